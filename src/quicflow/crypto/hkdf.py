@@ -1,0 +1,48 @@
+"""HKDF (RFC 5869) and TLS 1.3 HKDF-Expand-Label (RFC 8446 §7.1)."""
+
+from __future__ import annotations
+
+import hmac
+
+from cryptography.hazmat.primitives import hashes
+
+_LABEL_PREFIX = b"tls13 "
+
+
+def hkdf_extract(hash: hashes.HashAlgorithm, salt: bytes, ikm: bytes) -> bytes:
+    """HKDF-Extract: HMAC-Hash(salt, ikm); an empty salt means hash_len zero bytes."""
+    if not salt:
+        salt = bytes(hash.digest_size)
+    return hmac.digest(salt, ikm, hash.name)
+
+
+def hkdf_expand(hash: hashes.HashAlgorithm, prk: bytes, info: bytes, length: int) -> bytes:
+    """HKDF-Expand (RFC 5869 §2.3)."""
+    size = hash.digest_size
+    if length < 0 or length > 255 * size:
+        raise ValueError(f"HKDF-Expand length {length} out of range")
+    out = bytearray()
+    block = b""
+    counter = 1
+    while len(out) < length:
+        block = hmac.digest(prk, block + info + bytes((counter,)), hash.name)
+        out += block
+        counter += 1
+    return bytes(out[:length])
+
+
+def hkdf_expand_label(
+    hash: hashes.HashAlgorithm, secret: bytes, label: bytes, context: bytes, length: int
+) -> bytes:
+    """HKDF-Expand-Label; ``label`` is given without the ``"tls13 "`` prefix."""
+    full_label = _LABEL_PREFIX + label
+    if len(full_label) > 255 or len(context) > 255 or not 0 <= length <= 0xFFFF:
+        raise ValueError("HKDF-Expand-Label argument too long")
+    info = (
+        length.to_bytes(2, "big")
+        + bytes((len(full_label),))
+        + full_label
+        + bytes((len(context),))
+        + context
+    )
+    return hkdf_expand(hash, secret, info, length)

@@ -1,0 +1,148 @@
+"""QUIC key schedule (RFC 9001 §5.1-5.2, §6) and per-packet protection (§5.3-5.4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+
+from .aead import decode_packet_number, make_aead, packet_nonce
+from .header_protection import SAMPLE_LEN, make_header_protection
+from .hkdf import hkdf_expand_label, hkdf_extract
+from .suites import AEAD_IV_LEN, CipherSuite, suite_hash, suite_hash_len, suite_key_len
+
+INITIAL_SALT_V1 = bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a")
+INITIAL_SUITE = CipherSuite.AES_128_GCM_SHA256
+
+Buffer = bytes | bytearray | memoryview
+
+
+class DecryptError(Exception):
+    """A packet could not be unprotected (too short, bad tag, ...)."""
+
+
+@dataclass(slots=True)
+class PacketKeys:
+    """The keying material derived from one traffic secret."""
+
+    suite: CipherSuite
+    secret: bytes
+    key: bytes
+    iv: bytes
+    hp_key: bytes
+
+
+def derive_packet_keys(suite: CipherSuite, secret: bytes) -> PacketKeys:
+    """Derive key, iv and header-protection key ("quic key"/"quic iv"/"quic hp")."""
+    h = suite_hash(suite)
+    key_len = suite_key_len(suite)
+    return PacketKeys(
+        suite=suite,
+        secret=bytes(secret),
+        key=hkdf_expand_label(h, secret, b"quic key", b"", key_len),
+        iv=hkdf_expand_label(h, secret, b"quic iv", b"", AEAD_IV_LEN),
+        hp_key=hkdf_expand_label(h, secret, b"quic hp", b"", key_len),
+    )
+
+
+def next_generation_secret(suite: CipherSuite, secret: bytes) -> bytes:
+    """The secret of the next key phase (RFC 9001 §6.1, label "quic ku")."""
+    return hkdf_expand_label(suite_hash(suite), secret, b"quic ku", b"", suite_hash_len(suite))
+
+
+def next_packet_keys(keys: PacketKeys) -> PacketKeys:
+    """Keys of the next key phase; the header-protection key does not change."""
+    secret = next_generation_secret(keys.suite, keys.secret)
+    h = suite_hash(keys.suite)
+    return PacketKeys(
+        suite=keys.suite,
+        secret=secret,
+        key=hkdf_expand_label(h, secret, b"quic key", b"", suite_key_len(keys.suite)),
+        iv=hkdf_expand_label(h, secret, b"quic iv", b"", AEAD_IV_LEN),
+        hp_key=keys.hp_key,
+    )
+
+
+def initial_secrets(dcid: bytes) -> tuple[bytes, bytes]:
+    """(client, server) Initial secrets for QUIC v1 from the client's first DCID."""
+    h: hashes.HashAlgorithm = hashes.SHA256()
+    initial = hkdf_extract(h, INITIAL_SALT_V1, dcid)
+    client = hkdf_expand_label(h, initial, b"client in", b"", h.digest_size)
+    server = hkdf_expand_label(h, initial, b"server in", b"", h.digest_size)
+    return client, server
+
+
+class PacketProtector:
+    """Seals and opens packets with one set of keys; AEAD and HP contexts are cached.
+
+    A runtime object (never part of snapshot state): rebuild it from ``PacketKeys``.
+    """
+
+    __slots__ = ("keys", "_aead", "_iv", "_hp")
+
+    def __init__(self, keys: PacketKeys) -> None:
+        self.keys = keys
+        self._aead = make_aead(keys.suite, keys.key)
+        self._iv = int.from_bytes(keys.iv, "big")
+        self._hp = make_header_protection(keys.suite, keys.hp_key)
+
+    def next_generation(self) -> PacketProtector:
+        """A protector for the next key phase (RFC 9001 §6)."""
+        return PacketProtector(next_packet_keys(self.keys))
+
+    def hp_mask(self, sample: Buffer) -> bytes:
+        """The 5-byte header-protection mask for a 16-byte sample."""
+        if len(sample) != SAMPLE_LEN:
+            raise ValueError("header protection sample must be 16 bytes")
+        return self._hp.mask(sample)
+
+    def seal(self, header: bytes, payload: bytes, pn: int) -> bytes:
+        """Encrypt ``payload`` with ``header`` as associated data, then mask the header.
+
+        The pn length comes from ``header[0] & 3``; the pn field ends ``header``.
+        Raises ``ValueError`` when the packet is too short to be sampled.
+        """
+        pn_len = (header[0] & 3) + 1
+        pn_offset = len(header) - pn_len
+        sample_at = pn_offset + 4
+        packet = bytearray(header)
+        packet += self._aead.encrypt(packet_nonce(self._iv, pn), payload, header)
+        if len(packet) < sample_at + SAMPLE_LEN:
+            raise ValueError("packet too short for header protection sample; pad the payload")
+        mask = self._hp.mask(packet[sample_at : sample_at + SAMPLE_LEN])
+        packet[0] ^= mask[0] & (0x0F if packet[0] & 0x80 else 0x1F)
+        for i in range(pn_len):
+            packet[pn_offset + i] ^= mask[1 + i]
+        return bytes(packet)
+
+    def open(self, packet: Buffer, pn_offset: int, largest_pn: int) -> tuple[bytes, bytes, int]:
+        """Remove header protection, recover the pn and decrypt.
+
+        ``packet`` runs from the first byte to the end of this packet.
+        Returns ``(plain_header, payload, pn)``; raises ``DecryptError``.
+        """
+        view = memoryview(packet)
+        sample_at = pn_offset + 4
+        if pn_offset < 1 or len(view) < sample_at + SAMPLE_LEN:
+            raise DecryptError("packet too short to remove header protection")
+        mask = self._hp.mask(view[sample_at : sample_at + SAMPLE_LEN])
+        first = view[0]
+        first ^= mask[0] & (0x0F if first & 0x80 else 0x1F)
+        pn_len = (first & 3) + 1
+        header = bytearray(view[: pn_offset + pn_len])
+        header[0] = first
+        truncated = 0
+        for i in range(pn_len):
+            byte = header[pn_offset + i] ^ mask[1 + i]
+            header[pn_offset + i] = byte
+            truncated = (truncated << 8) | byte
+        pn = decode_packet_number(truncated, pn_len * 8, largest_pn)
+        plain_header = bytes(header)
+        try:
+            payload = self._aead.decrypt(
+                packet_nonce(self._iv, pn), view[pn_offset + pn_len :], plain_header
+            )
+        except InvalidTag:
+            raise DecryptError("packet authentication failed") from None
+        return plain_header, payload, pn

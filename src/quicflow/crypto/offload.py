@@ -1,0 +1,301 @@
+"""Crypto offload: 1-RTT packet protection programmed with a cid -> keys table.
+
+The engine works like a NIC would: the connection installs its 1-RTT secrets per
+connection ID, then hands over whole batches of short-header packets to seal in place
+or to open. ``SoftwareOffloadEngine`` is the pure-Python reference implementation; any
+other engine must produce bit-identical output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+from cryptography.exceptions import InvalidTag
+
+from .aead import Aead, decode_packet_number, make_aead
+from .header_protection import SAMPLE_LEN, HeaderProtection, make_header_protection
+from .keys import derive_packet_keys, next_generation_secret
+from .suites import AEAD_TAG_LEN, CipherSuite
+
+Buffer = bytes | bytearray | memoryview
+
+
+class OpenResult(NamedTuple):
+    """One opened packet: ``header`` is the unprotected short header."""
+
+    pn: int
+    header: bytes
+    payload: bytes
+    key_phase: int
+    phase_changed: bool
+
+
+class OffloadEngine(Protocol):
+    """The contract every offload engine (software, native, NIC) implements."""
+
+    def install(
+        self,
+        cid: bytes,
+        suite: CipherSuite,
+        secret: bytes,
+        *,
+        opener: bool,
+        key_phase: int = 0,
+        largest_pn: int = -1,
+        hp_key: bytes | None = None,
+    ) -> None: ...
+
+    def alias(self, new_cid: bytes, existing_cid: bytes, *, opener: bool) -> None: ...
+
+    def update(self, cid: bytes, *, opener: bool) -> None: ...
+
+    def remove(self, cid: bytes, *, opener: bool) -> None: ...
+
+    def seal(self, buf: bytearray, packets: Sequence[tuple[int, int, int, int, bytes]]) -> None: ...
+
+    def open(
+        self, buf: Buffer, packets: Sequence[tuple[int, int, bytes]]
+    ) -> list[OpenResult | None]: ...
+
+
+@dataclass(slots=True)
+class PhaseKeys:
+    """Keys of one key phase generation: its secret, AEAD object and IV as an int."""
+
+    secret: bytes
+    aead: Aead
+    iv: int
+
+
+@dataclass(slots=True)
+class CidKeyState:
+    """One table entry, shared by all aliases of a connection (one direction)."""
+
+    suite: CipherSuite
+    hp_key: bytes
+    hp: HeaderProtection
+    key_phase: int
+    current: PhaseKeys
+    next: PhaseKeys
+    previous: PhaseKeys | None
+    largest_pn: int
+    phase_start_pn: int  # first pn of the current phase (opener side)
+
+
+def _phase_keys(suite: CipherSuite, secret: bytes) -> PhaseKeys:
+    keys = derive_packet_keys(suite, secret)
+    return PhaseKeys(
+        secret=keys.secret, aead=make_aead(suite, keys.key), iv=int.from_bytes(keys.iv, "big")
+    )
+
+
+def _rotate(state: CidKeyState) -> None:
+    """Move to the next key phase: current -> previous, next -> current."""
+    state.previous = state.current
+    state.current = state.next
+    state.next = _phase_keys(state.suite, next_generation_secret(state.suite, state.current.secret))
+    state.key_phase ^= 1
+
+
+def new_key_state(
+    suite: CipherSuite,
+    secret: bytes,
+    *,
+    key_phase: int = 0,
+    largest_pn: int = -1,
+    hp_key: bytes | None = None,
+) -> CidKeyState:
+    """Build a table entry; ``hp_key`` is needed when ``secret`` is not the first generation."""
+    suite = CipherSuite(suite)
+    current = derive_packet_keys(suite, secret)
+    hp = current.hp_key if hp_key is None else bytes(hp_key)
+    return CidKeyState(
+        suite=suite,
+        hp_key=hp,
+        hp=make_header_protection(suite, hp),
+        key_phase=key_phase & 1,
+        current=PhaseKeys(
+            secret=current.secret,
+            aead=make_aead(suite, current.key),
+            iv=int.from_bytes(current.iv, "big"),
+        ),
+        next=_phase_keys(suite, next_generation_secret(suite, current.secret)),
+        previous=None,
+        largest_pn=largest_pn,
+        phase_start_pn=largest_pn + 1,
+    )
+
+
+class SoftwareOffloadEngine:
+    """Reference engine on ``cryptography``; sealing is in place in the batch buffer."""
+
+    __slots__ = ("_sealers", "_openers", "sealed", "opened", "open_failures")
+
+    def __init__(self) -> None:
+        self._sealers: dict[bytes, CidKeyState] = {}
+        self._openers: dict[bytes, CidKeyState] = {}
+        self.sealed = 0
+        self.opened = 0
+        self.open_failures = 0
+
+    def _table(self, opener: bool) -> dict[bytes, CidKeyState]:
+        return self._openers if opener else self._sealers
+
+    # -- programming the table -------------------------------------------------------
+
+    def install(
+        self,
+        cid: bytes,
+        suite: CipherSuite,
+        secret: bytes,
+        *,
+        opener: bool,
+        key_phase: int = 0,
+        largest_pn: int = -1,
+        hp_key: bytes | None = None,
+    ) -> None:
+        """Program ``cid`` with the keys of ``secret`` (replaces an existing entry)."""
+        self._table(opener)[bytes(cid)] = new_key_state(
+            suite, secret, key_phase=key_phase, largest_pn=largest_pn, hp_key=hp_key
+        )
+
+    def alias(self, new_cid: bytes, existing_cid: bytes, *, opener: bool) -> None:
+        """Make ``new_cid`` share the entry of ``existing_cid`` (KeyError if unknown)."""
+        table = self._table(opener)
+        table[bytes(new_cid)] = table[bytes(existing_cid)]
+
+    def update(self, cid: bytes, *, opener: bool) -> None:
+        """Key update: switch to the next-generation keys and flip the key phase."""
+        state = self._table(opener)[bytes(cid)]
+        _rotate(state)
+        state.phase_start_pn = state.largest_pn + 1
+
+    def remove(self, cid: bytes, *, opener: bool) -> None:
+        """Forget ``cid`` only (its aliases keep the shared entry)."""
+        self._table(opener).pop(bytes(cid), None)
+
+    def key_state(self, cid: bytes, *, opener: bool) -> CidKeyState:
+        """The live table entry of ``cid`` (for snapshots); KeyError if unknown."""
+        return self._table(opener)[bytes(cid)]
+
+    def __contains__(self, cid: object) -> bool:
+        return cid in self._openers or cid in self._sealers
+
+    # -- batches --------------------------------------------------------------------
+
+    def seal(self, buf: bytearray, packets: Sequence[tuple[int, int, int, int, bytes]]) -> None:
+        """Seal short-header packets in place: ``(offset, header_len, payload_len, pn, cid)``.
+
+        ``buf[offset:offset+header_len]`` is the plaintext header, the payload follows,
+        then 16 free bytes for the tag. Unknown cid -> ``KeyError``.
+        """
+        sealers = self._sealers
+        last_cid: bytes | None = None
+        state: CidKeyState | None = None
+        with memoryview(buf) as view:
+            for offset, header_len, payload_len, pn, cid in packets:
+                if cid is not last_cid:
+                    state = sealers[cid]
+                    last_cid = cid
+                assert state is not None
+                first = (buf[offset] & 0xFB) | (state.key_phase << 2)
+                buf[offset] = first
+                pn_len = (first & 3) + 1
+                body = offset + header_len
+                end = body + payload_len + AEAD_TAG_LEN
+                pn_offset = body - pn_len
+                sample_at = pn_offset + 4
+                if sample_at + SAMPLE_LEN > end or end > len(buf):
+                    raise ValueError("packet too short for header protection, or overruns buf")
+                keys = state.current
+                nonce = (keys.iv ^ pn).to_bytes(12, "big")
+                header = bytes(view[offset:body])
+                if _HAS_ENCRYPT_INTO:
+                    keys.aead.encrypt_into(
+                        nonce, view[body : end - AEAD_TAG_LEN], header, view[body:end]
+                    )
+                else:  # pragma: no cover - cryptography < 46
+                    plain = view[body : end - AEAD_TAG_LEN]
+                    buf[body:end] = keys.aead.encrypt(nonce, plain, header)
+                mask = state.hp.mask(view[sample_at : sample_at + SAMPLE_LEN])
+                buf[offset] = first ^ (mask[0] & 0x1F)
+                for i in range(pn_len):
+                    buf[pn_offset + i] ^= mask[1 + i]
+                if pn > state.largest_pn:
+                    state.largest_pn = pn
+        self.sealed += len(packets)
+
+    def open(
+        self, buf: Buffer, packets: Sequence[tuple[int, int, bytes]]
+    ) -> list[OpenResult | None]:
+        """Open short-header packets ``(offset, length, cid)``; ``None`` for each failure."""
+        openers = self._openers
+        results: list[OpenResult | None] = []
+        append = results.append
+        opened = 0
+        failures = 0
+        with memoryview(buf) as view:
+            for offset, length, cid in packets:
+                state = openers.get(cid)
+                if state is None:
+                    failures += 1
+                    append(None)
+                    continue
+                result = self._open_one(state, view, offset, offset + length, len(cid))
+                if result is None:
+                    failures += 1
+                else:
+                    opened += 1
+                append(result)
+        self.opened += opened
+        self.open_failures += failures
+        return results
+
+    @staticmethod
+    def _open_one(
+        state: CidKeyState, view: memoryview, offset: int, end: int, cid_len: int
+    ) -> OpenResult | None:
+        pn_offset = offset + 1 + cid_len
+        sample_at = pn_offset + 4
+        if end > len(view) or sample_at + SAMPLE_LEN > end or view[offset] & 0x80:
+            return None
+        mask = state.hp.mask(view[sample_at : sample_at + SAMPLE_LEN])
+        first = view[offset] ^ (mask[0] & 0x1F)
+        pn_len = (first & 3) + 1
+        body = pn_offset + pn_len
+        header = bytearray(view[offset:body])
+        header[0] = first
+        truncated = 0
+        for i in range(1 + cid_len, 1 + cid_len + pn_len):
+            byte = header[i] ^ mask[i - cid_len]
+            header[i] = byte
+            truncated = (truncated << 8) | byte
+        pn = decode_packet_number(truncated, pn_len << 3, state.largest_pn)
+        phase = (first >> 2) & 1
+        plain_header = bytes(header)
+        if phase == state.key_phase:
+            keys = state.current
+            rotate = False
+        elif state.previous is not None and pn < state.phase_start_pn:
+            keys = state.previous
+            rotate = False
+        else:
+            keys = state.next
+            rotate = True
+        try:
+            payload = keys.aead.decrypt(
+                (keys.iv ^ pn).to_bytes(12, "big"), view[body:end], plain_header
+            )
+        except InvalidTag:
+            return None
+        if rotate:
+            _rotate(state)
+            state.phase_start_pn = pn
+        if pn > state.largest_pn:
+            state.largest_pn = pn
+        return OpenResult(pn, plain_header, payload, phase, rotate)
+
+
+_HAS_ENCRYPT_INTO = hasattr(make_aead(CipherSuite.AES_128_GCM_SHA256, bytes(16)), "encrypt_into")
