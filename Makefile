@@ -1,0 +1,63 @@
+# quicflow build, test and tooling targets.
+# `make demo` and `make test` are the two set-up commands; everything they need
+# (virtualenv, Python packages, Debian packages) is installed on first use.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := test
+
+PYTHON      ?= python3
+VENV        := .venv
+VPY         := $(VENV)/bin/python
+STAMP       := $(VENV)/.stamp
+# Per-test limit (seconds); the whole suite is meant to stay under 15 minutes.
+TEST_TIMEOUT ?= 300
+PYTEST_ARGS ?=
+
+DEB_PACKAGES := ngtcp2-client ngtcp2-server tshark iproute2 nftables
+DEB_BINARIES := gtlsclient gtlsserver tshark ip nft
+
+.PHONY: venv deps test lint demo bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q -e '.[test]'
+	@touch $@
+
+deps:
+	@missing=""; \
+	for b in $(DEB_BINARIES); do command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "deps: missing$$missing; run 'make deps' as root to install: $(DEB_PACKAGES)" >&2; \
+		exit 0; \
+	fi; \
+	echo "deps: missing$$missing; installing $(DEB_PACKAGES)"; \
+	echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+		$(DEB_PACKAGES) </dev/null >/dev/null
+
+test: venv deps
+	$(VPY) -m pytest -q -x --timeout=$(TEST_TIMEOUT) $(PYTEST_ARGS)
+
+# mypy: MYPYPATH + explicit package bases so that src/quicflow maps to `quicflow.*`
+# whether or not src/quicflow/__init__.py exists.
+lint: venv
+	@rc=0; \
+	$(VENV)/bin/ruff check src tests || rc=1; \
+	MYPYPATH=src $(VENV)/bin/mypy --strict --explicit-package-bases src || rc=1; \
+	exit $$rc
+
+demo: venv
+	$(VENV)/bin/quicflow demo
+
+bench: venv
+	$(VPY) bench/run.py
+
+clean:
+	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -path ./$(VENV) -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -type d -print0 \
+		| xargs -0 rm -rf

@@ -1,0 +1,1 @@
+"""Helpers for quicflow's tests: a lossy UDP relay and network namespaces."""
