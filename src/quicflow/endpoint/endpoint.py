@@ -1,0 +1,223 @@
+"""Sans-I/O endpoint: demultiplexing by connection ID, accepting, stateless replies.
+
+Datagrams come in as batches (a GRO buffer with its segment size, or single datagrams);
+runs of segments with the same DCID cost one connection lookup (``counters.lookups``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..crypto.offload import OffloadEngine, SoftwareOffloadEngine
+from ..transport.config import Configuration
+from ..transport.connection import Address, Connection, client_connection, server_connection
+from ..transport.receive import receive_datagram
+from ..transport.send import datagrams_to_send
+from ..wire.errors import WireError
+from ..wire.packet import INITIAL, QUIC_V1, build_version_negotiation, parse_header
+
+MIN_INITIAL_SIZE = 1200
+
+
+@dataclass(slots=True)
+class EndpointCounters:
+    datagrams_received: int = 0
+    segments_received: int = 0
+    lookups: int = 0
+    connections_accepted: int = 0
+    version_negotiations_sent: int = 0
+    dropped_malformed: int = 0
+    dropped_unknown_cid: int = 0
+    dropped_short_initial: int = 0
+    dropped_closed: int = 0
+
+    def dropped(self) -> int:
+        return (
+            self.dropped_malformed
+            + self.dropped_unknown_cid
+            + self.dropped_short_initial
+            + self.dropped_closed
+        )
+
+
+@dataclass(slots=True)
+class Endpoint:
+    """All connections on one local address, client or server side."""
+
+    configuration: Configuration
+    is_server: bool
+    engine: OffloadEngine = field(default_factory=SoftwareOffloadEngine)
+    connections: dict[bytes, Connection] = field(default_factory=dict)
+    accepted: list[Connection] = field(default_factory=list)  # new server connections
+    stateless: list[tuple[bytes, Address]] = field(default_factory=list)
+    counters: EndpointCounters = field(default_factory=EndpointCounters)
+    all_connections: list[Connection] = field(default_factory=list)
+
+    @property
+    def cid_length(self) -> int:
+        return self.configuration.connection_id_length
+
+    # ------------------------------------------------------------------ client
+
+    def connect(self, address: Address, now: float, server_name: str | None = None) -> Connection:
+        conn = client_connection(
+            self.configuration, address, now, server_name=server_name, engine=self.engine
+        )
+        self._track(conn)
+        return conn
+
+    # ------------------------------------------------------------------ receive
+
+    def receive(self, data: bytes, address: Address, now: float, ecn: int = 0) -> Connection | None:
+        """One plain datagram."""
+        self.counters.datagrams_received += 1
+        self.counters.segments_received += 1
+        self.counters.lookups += 1
+        conn = self._lookup(data, address, now)
+        if conn is not None:
+            receive_datagram(conn, data, address, now, ecn)
+            self._sync_cids(conn)
+        return conn
+
+    def receive_batch(
+        self, data: bytes | memoryview, segment_size: int, address: Address, now: float,
+        ecn: int = 0,
+    ) -> list[Connection]:
+        """A GRO batch: segments of ``segment_size`` (the last may be shorter) from one
+        address. Consecutive segments with the same DCID share one lookup."""
+        self.counters.datagrams_received += 1
+        touched: list[Connection] = []
+        view = memoryview(data)
+        total = len(view)
+        if segment_size <= 0:
+            segment_size = total
+        pos = 0
+        prev_key: bytes | None = None
+        conn: Connection | None = None
+        cid_len = self.cid_length
+        while pos < total:
+            segment = bytes(view[pos : pos + segment_size])
+            pos += segment_size
+            self.counters.segments_received += 1
+            if not segment:
+                continue
+            if segment[0] & 0x80:
+                key = None  # long headers: look each one up (handshake only)
+            else:
+                key = segment[1 : 1 + cid_len]
+            if key is None or key != prev_key or conn is None:
+                self.counters.lookups += 1
+                conn = self._lookup(segment, address, now)
+                prev_key = key
+                if conn is not None and (not touched or touched[-1] is not conn):
+                    touched.append(conn)
+            if conn is not None:
+                receive_datagram(conn, segment, address, now, ecn)
+        for c in touched:
+            self._sync_cids(c)
+        return touched
+
+    def _lookup(self, data: bytes, address: Address, now: float) -> Connection | None:
+        if not data:
+            self.counters.dropped_malformed += 1
+            return None
+        first = data[0]
+        if not first & 0x80:
+            conn = self.connections.get(bytes(data[1 : 1 + self.cid_length]))
+            if conn is None:
+                self.counters.dropped_unknown_cid += 1
+            elif conn.terminated:
+                self.counters.dropped_closed += 1
+                return None
+            return conn
+        try:
+            hdr = parse_header(data, 0, self.cid_length)
+        except WireError:
+            self.counters.dropped_malformed += 1
+            return None
+        conn = self.connections.get(hdr.dcid)
+        if conn is not None:
+            if conn.terminated:
+                self.counters.dropped_closed += 1
+                return None
+            return conn
+        if not self.is_server:
+            self.counters.dropped_unknown_cid += 1
+            return None
+        if hdr.version != QUIC_V1:
+            if hdr.version != 0 and len(data) >= MIN_INITIAL_SIZE:
+                vn = build_version_negotiation(hdr.scid, hdr.dcid, [QUIC_V1])
+                self.stateless.append((vn, address))
+                self.counters.version_negotiations_sent += 1
+            else:
+                self.counters.dropped_malformed += 1
+            return None
+        if hdr.packet_type != INITIAL:
+            self.counters.dropped_unknown_cid += 1
+            return None
+        if len(data) < MIN_INITIAL_SIZE:
+            self.counters.dropped_short_initial += 1
+            return None
+        if len(hdr.dcid) < 8:
+            self.counters.dropped_malformed += 1
+            return None
+        conn = server_connection(
+            self.configuration, address, hdr.dcid, now, engine=self.engine, client_scid=hdr.scid
+        )
+        self.connections[hdr.dcid] = conn
+        self._track(conn)
+        self.accepted.append(conn)
+        self.counters.connections_accepted += 1
+        return conn
+
+    # ------------------------------------------------------------------ send
+
+    def datagrams_to_send(self, conn: Connection, now: float) -> list[bytes]:
+        out = datagrams_to_send(conn, now)
+        self._sync_cids(conn)
+        return out
+
+    def pop_stateless(self) -> list[tuple[bytes, Address]]:
+        out, self.stateless = self.stateless, []
+        return out
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _track(self, conn: Connection) -> None:
+        self.all_connections.append(conn)
+        self._sync_cids(conn)
+
+    def _sync_cids(self, conn: Connection) -> None:
+        if not conn.cid_changes:
+            return
+        for added, cid in conn.cid_changes:
+            if added:
+                self.connections[cid] = conn
+            elif self.connections.get(cid) is conn:
+                del self.connections[cid]
+        conn.cid_changes.clear()
+        if conn.terminated:
+            self.forget(conn)
+
+    def forget(self, conn: Connection) -> None:
+        """Remove a terminated connection from every table."""
+        for cid, c in list(self.connections.items()):
+            if c is conn:
+                del self.connections[cid]
+        if conn in self.all_connections:
+            self.all_connections.remove(conn)
+
+    def new_server_cid(self) -> bytes:
+        return os.urandom(self.cid_length)
+
+    def stats(self) -> dict[str, Any]:
+        c = self.counters
+        return {
+            "datagrams_received": c.datagrams_received,
+            "segments_received": c.segments_received,
+            "lookups": c.lookups,
+            "connections_accepted": c.connections_accepted,
+            "dropped": c.dropped(),
+        }

@@ -1,0 +1,93 @@
+"""The user-facing connection configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..crypto.suites import CipherSuite
+
+KIB = 1024
+MIB = 1024 * 1024
+
+
+@dataclass(slots=True)
+class Configuration:
+    """Options of one QUIC endpoint (client or server).
+
+    alpn_protocols: application protocols offered (client) or accepted (server), in order of
+        preference; ALPN is required by QUIC, so the list must not be empty.
+    certificate_chain / private_key: the server's certificate chain (leaf first, as
+        ``cryptography`` certificates) and key. ``certificate_file``/``private_key_file``
+        load PEM files instead (see :meth:`load_cert_chain`).
+    cafile / cadata: CA certificates (PEM file / PEM bytes) a client trusts; neither means
+        the system store. verify_peer=False turns verification off (insecure).
+    server_name: the host name a client checks the certificate against (defaults to the host
+        passed to ``connect``).
+    idle_timeout: seconds of silence after which the connection closes (max_idle_timeout).
+    max_data / max_data_window: initial and largest connection receive window; the window
+        grows towards the largest one as the measured bandwidth-delay product requires.
+    max_stream_data / max_stream_data_window: the same per stream.
+    max_streams_bidi / max_streams_uni: how many streams the peer may have open at once.
+    congestion_control: "cubic" (default) or "newreno".
+    max_datagram_size: largest UDP payload sent (1200 .. 65527; bounded by the path).
+    cipher_suites: TLS 1.3 suites offered/accepted, in order of preference.
+    groups: key exchange groups, the first gets the client's key share.
+    active_connection_id_limit: how many connection IDs we accept from the peer.
+    connection_id_length: length of the connection IDs we issue (4..20).
+    keylog_file: append TLS secrets in SSLKEYLOGFILE format (for Wireshark/tshark).
+    """
+
+    alpn_protocols: list[str] = field(default_factory=list)
+    certificate_chain: list[Any] = field(default_factory=list)
+    private_key: Any = None
+    cafile: str | None = None
+    cadata: bytes | None = None
+    verify_peer: bool = True
+    server_name: str | None = None
+    idle_timeout: float = 30.0
+    max_data: int = 4 * MIB
+    max_data_window: int = 64 * MIB
+    max_stream_data: int = 1 * MIB
+    max_stream_data_window: int = 32 * MIB
+    max_streams_bidi: int = 256
+    max_streams_uni: int = 256
+    congestion_control: str = "cubic"
+    max_datagram_size: int = 1200
+    cipher_suites: list[CipherSuite] = field(
+        default_factory=lambda: [
+            CipherSuite.AES_128_GCM_SHA256,
+            CipherSuite.AES_256_GCM_SHA384,
+            CipherSuite.CHACHA20_POLY1305_SHA256,
+        ]
+    )
+    groups: list[str] = field(default_factory=lambda: ["x25519", "secp256r1"])
+    active_connection_id_limit: int = 8
+    connection_id_length: int = 8
+    max_ack_delay: float = 0.025
+    ack_delay_exponent: int = 3
+    keylog_file: str | None = None
+
+    def load_cert_chain(self, certfile: str, keyfile: str | None = None) -> None:
+        """Load a PEM certificate chain and private key."""
+        from ..tls.certs import load_pem_chain, load_pem_key
+
+        self.certificate_chain = load_pem_chain(certfile)
+        self.private_key = load_pem_key(keyfile or certfile)
+
+    def validate(self) -> None:
+        """Raise ValueError with a clear message for an unusable configuration."""
+        if not self.alpn_protocols:
+            raise ValueError("Configuration.alpn_protocols must name at least one protocol")
+        if not 1200 <= self.max_datagram_size <= 65527:
+            raise ValueError("max_datagram_size must be between 1200 and 65527")
+        if self.congestion_control not in ("cubic", "newreno"):
+            raise ValueError("congestion_control must be 'cubic' or 'newreno'")
+        if not 4 <= self.connection_id_length <= 20:
+            raise ValueError("connection_id_length must be between 4 and 20")
+        if self.active_connection_id_limit < 2:
+            raise ValueError("active_connection_id_limit must be at least 2")
+        if self.idle_timeout < 0:
+            raise ValueError("idle_timeout must not be negative")
+        if not self.cipher_suites:
+            raise ValueError("cipher_suites must not be empty")

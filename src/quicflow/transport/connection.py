@@ -1,0 +1,593 @@
+"""The sans-I/O QUIC connection: state, public API, timers and closing.
+
+Receiving lives in ``receive.py``, packet building in ``send.py``; both are plain functions
+over a :class:`Connection`, whose fields are plain data (see ``snapshot.py``). The fields
+marked *runtime* (TLS session, packet protectors, offload engine) are rebuilt on restore.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..crypto.epoch import Epoch
+from ..crypto.keys import PacketProtector, derive_packet_keys, initial_secrets
+from ..crypto.offload import OffloadEngine, SoftwareOffloadEngine
+from ..crypto.suites import CipherSuite
+from ..tls.config import TlsConfig
+from ..tls.session import TlsSession
+from ..wire.tparams import TransportParameters, encode_transport_parameters
+from .config import Configuration
+from .congestion import CongestionControl, Pacer
+from .errors import (
+    APPLICATION_ERROR,
+    PROTOCOL_VIOLATION,
+    STREAM_LIMIT_ERROR,
+    STREAM_STATE_ERROR,
+    QuicError,
+)
+from .events import ConnectionTerminated, Event, StreamWritable
+from .recovery import LossDetection
+from .rtt import RttEstimator
+from .state import (
+    CLOSED,
+    CLOSING,
+    DRAINING,
+    HANDSHAKE,
+    FlowControl,
+    LocalCid,
+    PacketSpace,
+    PeerCid,
+    StreamLimits,
+)
+from .streams import RecvStream, SendStream, Stream
+
+Address = tuple[Any, ...]
+
+SPACE_OF_EPOCH = {Epoch.INITIAL: 0, Epoch.ZERO_RTT: 2, Epoch.HANDSHAKE: 1, Epoch.ONE_RTT: 2}
+
+
+class StreamLimitReached(Exception):
+    """No stream of that type can be opened until the peer raises its limit."""
+
+
+@dataclass(slots=True)
+class ConnectionCounters:
+    packets_sent: int = 0
+    packets_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    datagrams_sent: int = 0
+    datagrams_received: int = 0
+    packets_lost: int = 0
+    packets_dropped: int = 0
+    duplicate_packets: int = 0
+    engine_open_failures: int = 0
+
+
+@dataclass(slots=True)
+class Connection:
+    """One QUIC connection, either role. Create with :func:`client_connection` or
+    :func:`server_connection`."""
+
+    configuration: Configuration
+    is_client: bool
+    now_created: float
+    original_dcid: bytes
+    peer_address: Address
+    local_cid_length: int
+    # connection IDs
+    host_cids: list[LocalCid] = field(default_factory=list)
+    next_host_cid_seq: int = 0
+    peer_cids: list[PeerCid] = field(default_factory=list)
+    peer_cid: bytes = b""
+    peer_cid_seq: int = 0
+    retire_pending: list[int] = field(default_factory=list)
+    cid_changes: list[tuple[bool, bytes]] = field(default_factory=list)  # (added, cid)
+    initial_scid: bytes = b""  # our first SCID
+    peer_initial_scid: bytes | None = None
+    retry_scid: bytes | None = None
+    token: bytes = b""
+    # state
+    state: int = HANDSHAKE
+    handshake_complete: bool = False
+    handshake_confirmed: bool = False
+    handshake_done_pending: bool = False
+    address_validated: bool = False
+    bytes_received_unvalidated: int = 0
+    bytes_sent_unvalidated: int = 0
+    spaces: list[PacketSpace] = field(default_factory=lambda: [PacketSpace() for _ in range(3)])
+    alpn_protocol: str | None = None
+    peer_params: TransportParameters | None = None
+    # keys (secrets are kept for snapshot; 1-RTT keys live in the offload engine)
+    cipher_suite: CipherSuite = CipherSuite.AES_128_GCM_SHA256
+    one_rtt_send_secret: bytes = b""
+    one_rtt_recv_secret: bytes = b""
+    key_phase: int = 0
+    one_rtt_ready: bool = False
+    # streams and flow control
+    streams: dict[int, Stream] = field(default_factory=dict)
+    send_queue: list[int] = field(default_factory=list)  # stream ids with data to send
+    flow: FlowControl = field(default_factory=FlowControl)
+    bidi: StreamLimits = field(default_factory=StreamLimits)
+    uni: StreamLimits = field(default_factory=StreamLimits)
+    pending_stream_updates: list[int] = field(default_factory=list)  # MAX_STREAM_DATA
+    # recovery
+    pacer: Pacer = field(default_factory=Pacer)
+    loss: LossDetection = field(default_factory=LossDetection)
+    probes_pending: list[int] = field(default_factory=lambda: [0, 0, 0])
+    max_datagram_size: int = 1200
+    # paths
+    path_challenges_received: list[bytes] = field(default_factory=list)
+    # timers
+    idle_timeout: float = 30.0
+    idle_deadline: float = 0.0
+    close_deadline: float | None = None
+    last_ack_eliciting_sent_after_receive: bool = False
+    # closing
+    close_error: tuple[int, int | None, str, bool] | None = None  # (code, frame_type, reason, app)
+    close_pending: bool = False
+    terminated: bool = False
+    events: list[Event] = field(default_factory=list)
+    counters: ConnectionCounters = field(default_factory=ConnectionCounters)
+    one_rtt_send_hp: bytes = b""
+    one_rtt_recv_hp: bytes = b""
+    pacer_deadline: float | None = None
+    _now_hint: float = 0.0
+    # runtime objects (not snapshotted)
+    tls: TlsSession | None = None
+    send_protectors: list[PacketProtector | None] = field(default_factory=lambda: [None] * 4)
+    recv_protectors: list[PacketProtector | None] = field(default_factory=lambda: [None] * 4)
+    engine: OffloadEngine = field(default_factory=SoftwareOffloadEngine)
+
+    # ------------------------------------------------------------------ setup
+
+    def _local_transport_parameters(self) -> TransportParameters:
+        cfg = self.configuration
+        tp = TransportParameters(
+            max_idle_timeout=int(cfg.idle_timeout * 1000),
+            max_udp_payload_size=65527,
+            initial_max_data=cfg.max_data,
+            initial_max_stream_data_bidi_local=cfg.max_stream_data,
+            initial_max_stream_data_bidi_remote=cfg.max_stream_data,
+            initial_max_stream_data_uni=cfg.max_stream_data,
+            initial_max_streams_bidi=cfg.max_streams_bidi,
+            initial_max_streams_uni=cfg.max_streams_uni,
+            ack_delay_exponent=cfg.ack_delay_exponent,
+            max_ack_delay=int(cfg.max_ack_delay * 1000),
+            active_connection_id_limit=cfg.active_connection_id_limit,
+            initial_source_connection_id=self.initial_scid,
+        )
+        if not self.is_client:
+            tp.original_destination_connection_id = self.original_dcid
+            tp.stateless_reset_token = self.host_cids[0].reset_token
+            if self.retry_scid is not None:
+                tp.retry_source_connection_id = self.retry_scid
+        return tp
+
+    def _tls_config(self, server_name: str | None) -> TlsConfig:
+        cfg = self.configuration
+        return TlsConfig(
+            is_client=self.is_client,
+            alpn_protocols=list(cfg.alpn_protocols),
+            server_name=cfg.server_name or server_name,
+            certificate_chain=list(cfg.certificate_chain),
+            private_key=cfg.private_key,
+            cafile=cfg.cafile,
+            cadata=cfg.cadata,
+            verify_peer=cfg.verify_peer,
+            cipher_suites=list(cfg.cipher_suites),
+            groups=list(cfg.groups),
+            keylog_file=cfg.keylog_file,
+        )
+
+    def _setup(self, now: float, server_name: str | None) -> None:
+        cfg = self.configuration
+        cfg.validate()
+        self.max_datagram_size = 1200
+        self.idle_timeout = cfg.idle_timeout
+        self.idle_deadline = now + cfg.idle_timeout if cfg.idle_timeout else float("inf")
+        self.flow.max_data = cfg.max_data
+        self.flow.window = cfg.max_data
+        self.flow.window_max = max(cfg.max_data, cfg.max_data_window)
+        self.bidi.max_remote = cfg.max_streams_bidi
+        self.bidi.window = cfg.max_streams_bidi
+        self.uni.max_remote = cfg.max_streams_uni
+        self.uni.window = cfg.max_streams_uni
+        self.loss = LossDetection(
+            is_server=not self.is_client,
+            max_ack_delay=0.025,
+            cc=CongestionControl(algorithm=cfg.congestion_control),
+        )
+        self.loss.amplification_limited = False
+        self.issue_host_cid()
+        self.initial_scid = self.host_cids[0].cid
+        self._install_initial_keys(self.original_dcid)
+        params = encode_transport_parameters(self._local_transport_parameters())
+        self.tls = TlsSession(self._tls_config(server_name), params)
+        self.tls.start()
+        for epoch, data in self.tls.pop_output():
+            self.spaces[SPACE_OF_EPOCH[epoch]].crypto_send.write(data)
+
+    def _install_initial_keys(self, dcid: bytes) -> None:
+        client_secret, server_secret = initial_secrets(dcid)
+        suite = CipherSuite.AES_128_GCM_SHA256
+        send, recv = (
+            (client_secret, server_secret) if self.is_client else (server_secret, client_secret)
+        )
+        self.send_protectors[Epoch.INITIAL] = PacketProtector(derive_packet_keys(suite, send))
+        self.recv_protectors[Epoch.INITIAL] = PacketProtector(derive_packet_keys(suite, recv))
+
+    # ------------------------------------------------------------------ CIDs
+
+    def issue_host_cid(self) -> LocalCid:
+        entry = LocalCid(
+            sequence=self.next_host_cid_seq,
+            cid=os.urandom(self.local_cid_length),
+            reset_token=os.urandom(16),
+        )
+        self.next_host_cid_seq += 1
+        self.host_cids.append(entry)
+        self.cid_changes.append((True, entry.cid))
+        if self.one_rtt_ready:
+            self.engine.alias(entry.cid, self.host_cids[0].cid, opener=True)
+        return entry
+
+    def host_cid_list(self) -> list[bytes]:
+        return [c.cid for c in self.host_cids if not c.retired]
+
+    # ------------------------------------------------------------------ streams API
+
+    def _limits(self, stream_id: int) -> StreamLimits:
+        return self.uni if stream_id & 2 else self.bidi
+
+    def open_stream(self, bidirectional: bool = True) -> int:
+        """Open a local stream and return its id; raises StreamLimitReached."""
+        if self.state >= CLOSING:
+            raise QuicError(APPLICATION_ERROR, "connection is closed")
+        limits = self.bidi if bidirectional else self.uni
+        if limits.opened_local >= limits.peer_max:
+            raise StreamLimitReached(
+                f"peer allows {limits.peer_max} {'bidi' if bidirectional else 'uni'} streams"
+            )
+        stream_id = (limits.opened_local << 2) | (0 if self.is_client else 1)
+        if not bidirectional:
+            stream_id |= 2
+        limits.opened_local += 1
+        self._create_stream(stream_id, local=True)
+        return stream_id
+
+    def _create_stream(self, stream_id: int, local: bool) -> Stream:
+        cfg = self.configuration
+        params = self.peer_params or TransportParameters()
+        uni = bool(stream_id & 2)
+        send: SendStream | None = None
+        recv: RecvStream | None = None
+        if local or not uni:
+            if uni:
+                peer_limit = params.initial_max_stream_data_uni
+            elif local:
+                peer_limit = params.initial_max_stream_data_bidi_remote
+            else:
+                peer_limit = params.initial_max_stream_data_bidi_local
+            send = SendStream(max_data=peer_limit)
+        if not local or not uni:
+            window = cfg.max_stream_data
+            recv = RecvStream(
+                max_data=window,
+                window=window,
+                window_max=max(window, cfg.max_stream_data_window),
+            )
+        stream = Stream(stream_id=stream_id, send=send, recv=recv, local=local)
+        self.streams[stream_id] = stream
+        return stream
+
+    def _stream(self, stream_id: int) -> Stream:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            raise ValueError(f"stream {stream_id} does not exist (or is finished)")
+        return stream
+
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        if self.state >= CLOSING:
+            raise QuicError(APPLICATION_ERROR, "connection is closed")
+        send = self._stream(stream_id).send
+        if send is None:
+            raise ValueError(f"stream {stream_id} is receive-only")
+        send.write(data, end_stream)
+        if stream_id not in self.send_queue:
+            self.send_queue.append(stream_id)
+
+    def stream_buffered(self, stream_id: int) -> int:
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.send is None:
+            return 0
+        return stream.send.buffered
+
+    def read_stream(self, stream_id: int, max_bytes: int = -1) -> bytes:
+        """Read received bytes; b"" with :meth:`stream_at_eof` true means the end."""
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.recv is None:
+            return b""
+        recv = stream.recv
+        data = recv.read(max_bytes)
+        if data:
+            self.flow.data_consumed += len(data)
+            if recv.should_update_window():
+                recv.new_limit(self._now_hint, self.rtt.smoothed_rtt)
+                if stream_id not in self.pending_stream_updates:
+                    self.pending_stream_updates.append(stream_id)
+            flow = self.flow
+            if flow.max_data - flow.data_consumed <= flow.window // 2:
+                if flow.last_update_time and self._now_hint - flow.last_update_time < (
+                    2 * self.rtt.smoothed_rtt
+                ):
+                    flow.window = min(flow.window * 2, flow.window_max)
+                flow.last_update_time = self._now_hint
+                flow.max_data = flow.data_consumed + flow.window
+                flow.pending_max_data = True
+        self._maybe_forget_stream(stream)
+        return data
+
+    def stream_at_eof(self, stream_id: int) -> bool:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return True
+        recv = stream.recv
+        return recv is None or recv.at_eof() and recv.readable == 0 or recv.reset_code is not None
+
+    def reset_stream(self, stream_id: int, error_code: int) -> None:
+        send = self._stream(stream_id).send
+        if send is None:
+            raise ValueError(f"stream {stream_id} is receive-only")
+        send.reset(error_code)
+        if stream_id not in self.send_queue:
+            self.send_queue.append(stream_id)
+
+    def stop_sending(self, stream_id: int, error_code: int) -> None:
+        recv = self._stream(stream_id).recv
+        if recv is None:
+            raise ValueError(f"stream {stream_id} is send-only")
+        if recv.stop_sending_code is None and recv.final_size is None:
+            recv.stop_sending_code = error_code
+            recv.stop_sending_pending = True
+            if stream_id not in self.send_queue:
+                self.send_queue.append(stream_id)
+
+    def _maybe_forget_stream(self, stream: Stream) -> None:
+        send, recv = stream.send, stream.recv
+        if send is not None and not send.is_complete():
+            return
+        if recv is not None and not (recv.fin_read or recv.reset_code is not None):
+            return
+        if recv is not None and recv.stop_sending_pending:
+            return
+        del self.streams[stream.stream_id]
+        if not stream.local:
+            limits = self._limits(stream.stream_id)
+            limits.closed_remote += 1
+            new_max = limits.closed_remote + limits.window
+            if new_max - limits.max_remote >= max(1, limits.window // 4):
+                limits.max_remote = new_max
+                limits.pending_max_streams = True
+
+    def stream_ids(self) -> list[int]:
+        return list(self.streams)
+
+    def notify_writable(self, stream_id: int) -> None:
+        self.events.append(StreamWritable(stream_id))
+
+    # ------------------------------------------------------------------ events & time
+
+    @property
+    def rtt(self) -> RttEstimator:
+        return self.loss.rtt
+
+    @property
+    def cc(self) -> CongestionControl:
+        return self.loss.cc
+
+    def next_event(self) -> Event | None:
+        if self.events:
+            return self.events.pop(0)
+        return None
+
+    def pop_events(self) -> list[Event]:
+        events, self.events = self.events, []
+        return events
+
+    def pto(self) -> float:
+        max_ack_delay = (self.peer_params.max_ack_delay / 1000) if self.peer_params else 0.025
+        return self.rtt.pto_duration(max_ack_delay, True)
+
+    def timer(self) -> float | None:
+        """The next time :meth:`handle_timer` must run, or None."""
+        if self.terminated:
+            return None
+        if self.state >= CLOSING:
+            return self.close_deadline
+        deadlines = [self.idle_deadline]
+        loss = self.loss.timer()
+        if loss is not None:
+            deadlines.append(loss)
+        for space in self.spaces:
+            if space.ack_deadline is not None and not space.discarded:
+                deadlines.append(space.ack_deadline)
+        if self.pacer_deadline is not None:
+            deadlines.append(self.pacer_deadline)
+        return min(deadlines)
+
+    def handle_timer(self, now: float) -> None:
+        from .recovery_glue import on_loss_timeout
+
+        self._now_hint = now
+        if self.terminated:
+            return
+        if self.state >= CLOSING:
+            if self.close_deadline is not None and now >= self.close_deadline:
+                self._terminate()
+            return
+        if now >= self.idle_deadline:
+            self.state = DRAINING
+            self.close_error = (0, None, "idle timeout", False)
+            self.events.append(ConnectionTerminated(0, None, "idle timeout", False))
+            self._terminate()
+            return
+        loss = self.loss.timer()
+        if loss is not None and now >= loss:
+            on_loss_timeout(self, now)
+        if self.pacer_deadline is not None and now >= self.pacer_deadline:
+            self.pacer_deadline = None
+
+    def _terminate(self) -> None:
+        self.state = CLOSED
+        self.terminated = True
+        for entry in self.host_cids:
+            self.cid_changes.append((False, entry.cid))
+        if self.one_rtt_ready:
+            for entry in self.host_cids:
+                self.engine.remove(entry.cid, opener=True)
+            self.engine.remove(self.peer_cid, opener=False)
+            self.one_rtt_ready = False
+
+    # ------------------------------------------------------------------ closing
+
+    def close(
+        self,
+        error_code: int = 0,
+        reason: str = "",
+        *,
+        application: bool = True,
+        frame_type: int | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Close the connection: CONNECTION_CLOSE goes out, then the closing period."""
+        if self.state >= CLOSING:
+            return
+        if now is not None:
+            self._now_hint = now
+        self.close_error = (error_code, None if application else (frame_type or 0), reason,
+                            application)
+        self.close_pending = True
+        self.state = CLOSING
+        self.close_deadline = self._now_hint + 3 * self.pto()
+        self.events.append(
+            ConnectionTerminated(
+                error_code, None if application else frame_type, reason, False
+            )
+        )
+
+    def close_with_error(self, error: QuicError) -> None:
+        self.close(error.code, error.reason, application=False, frame_type=error.frame_type)
+
+    def enter_draining(self, code: int, frame_type: int | None, reason: str) -> None:
+        if self.state >= CLOSING:
+            if self.state == CLOSING:
+                self.state = DRAINING
+            return
+        self.state = DRAINING
+        self.close_deadline = self._now_hint + 3 * self.pto()
+        self.events.append(ConnectionTerminated(code, frame_type, reason, True))
+
+    # ------------------------------------------------------------------ misc
+
+    @property
+    def is_closed(self) -> bool:
+        return self.terminated
+
+    def check_stream_direction(self, stream_id: int, receiving: bool) -> None:
+        """Raise STREAM_STATE_ERROR for frames on a stream in the wrong direction."""
+        local = bool(stream_id & 1) != self.is_client
+        uni = bool(stream_id & 2)
+        if uni and local == receiving:
+            raise QuicError(STREAM_STATE_ERROR, f"stream {stream_id} is wrong direction")
+
+    def get_or_create_peer_stream(self, stream_id: int) -> Stream | None:
+        """The stream for an incoming frame, creating peer streams up to it.
+
+        Returns None for a stream that was finished and forgotten.
+        """
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            return stream
+        from .events import StreamOpened
+
+        local = bool(stream_id & 1) != self.is_client
+        index = stream_id >> 2
+        limits = self._limits(stream_id)
+        if local:
+            if index >= limits.opened_local:
+                raise QuicError(STREAM_STATE_ERROR, f"stream {stream_id} not opened")
+            return None
+        if index >= limits.max_remote:
+            raise QuicError(STREAM_LIMIT_ERROR, f"stream {stream_id} over the limit")
+        if index < limits.opened_remote:
+            return None
+        base = stream_id & 3
+        for i in range(limits.opened_remote, index + 1):
+            sid = (i << 2) | base
+            self._create_stream(sid, local=False)
+            self.events.append(StreamOpened(sid))
+        limits.opened_remote = index + 1
+        return self.streams[stream_id]
+
+    def amplification_credit(self) -> int:
+        if self.is_client or self.address_validated:
+            return 1 << 62
+        return 3 * self.bytes_received_unvalidated - self.bytes_sent_unvalidated
+
+    def protocol_violation(self, reason: str) -> QuicError:
+        return QuicError(PROTOCOL_VIOLATION, reason)
+
+
+def client_connection(
+    configuration: Configuration,
+    peer_address: Address,
+    now: float,
+    *,
+    server_name: str | None = None,
+    engine: OffloadEngine | None = None,
+) -> Connection:
+    """A client connection; its first flight is ready in ``datagrams_to_send``."""
+    conn = Connection(
+        configuration=configuration,
+        is_client=True,
+        now_created=now,
+        original_dcid=os.urandom(8),
+        peer_address=peer_address,
+        local_cid_length=configuration.connection_id_length,
+        engine=engine or SoftwareOffloadEngine(),
+    )
+    conn._now_hint = now
+    conn.peer_cid = conn.original_dcid
+    conn._setup(now, server_name)
+    return conn
+
+
+def server_connection(
+    configuration: Configuration,
+    peer_address: Address,
+    original_dcid: bytes,
+    now: float,
+    *,
+    engine: OffloadEngine | None = None,
+    client_scid: bytes = b"",
+    retry_scid: bytes | None = None,
+    address_validated: bool = False,
+) -> Connection:
+    conn = Connection(
+        configuration=configuration,
+        is_client=False,
+        now_created=now,
+        original_dcid=original_dcid,
+        peer_address=peer_address,
+        local_cid_length=configuration.connection_id_length,
+        engine=engine or SoftwareOffloadEngine(),
+    )
+    conn._now_hint = now
+    conn.peer_cid = client_scid
+    conn.retry_scid = retry_scid
+    conn.address_validated = address_validated
+    conn._setup(now, None)
+    return conn

@@ -1,0 +1,58 @@
+"""QUIC transport error codes (RFC 9000 §20) and the exception that carries them."""
+
+from __future__ import annotations
+
+NO_ERROR = 0x0
+INTERNAL_ERROR = 0x1
+CONNECTION_REFUSED = 0x2
+FLOW_CONTROL_ERROR = 0x3
+STREAM_LIMIT_ERROR = 0x4
+STREAM_STATE_ERROR = 0x5
+FINAL_SIZE_ERROR = 0x6
+FRAME_ENCODING_ERROR = 0x7
+TRANSPORT_PARAMETER_ERROR = 0x8
+CONNECTION_ID_LIMIT_ERROR = 0x9
+PROTOCOL_VIOLATION = 0xA
+INVALID_TOKEN = 0xB
+APPLICATION_ERROR = 0xC
+CRYPTO_BUFFER_EXCEEDED = 0xD
+KEY_UPDATE_ERROR = 0xE
+AEAD_LIMIT_REACHED = 0xF
+NO_VIABLE_PATH = 0x10
+CRYPTO_ERROR = 0x100
+
+ERROR_NAMES = {
+    NO_ERROR: "NO_ERROR",
+    INTERNAL_ERROR: "INTERNAL_ERROR",
+    CONNECTION_REFUSED: "CONNECTION_REFUSED",
+    FLOW_CONTROL_ERROR: "FLOW_CONTROL_ERROR",
+    STREAM_LIMIT_ERROR: "STREAM_LIMIT_ERROR",
+    STREAM_STATE_ERROR: "STREAM_STATE_ERROR",
+    FINAL_SIZE_ERROR: "FINAL_SIZE_ERROR",
+    FRAME_ENCODING_ERROR: "FRAME_ENCODING_ERROR",
+    TRANSPORT_PARAMETER_ERROR: "TRANSPORT_PARAMETER_ERROR",
+    CONNECTION_ID_LIMIT_ERROR: "CONNECTION_ID_LIMIT_ERROR",
+    PROTOCOL_VIOLATION: "PROTOCOL_VIOLATION",
+    INVALID_TOKEN: "INVALID_TOKEN",
+    APPLICATION_ERROR: "APPLICATION_ERROR",
+    CRYPTO_BUFFER_EXCEEDED: "CRYPTO_BUFFER_EXCEEDED",
+    KEY_UPDATE_ERROR: "KEY_UPDATE_ERROR",
+    AEAD_LIMIT_REACHED: "AEAD_LIMIT_REACHED",
+    NO_VIABLE_PATH: "NO_VIABLE_PATH",
+}
+
+
+def error_name(code: int) -> str:
+    if CRYPTO_ERROR <= code < CRYPTO_ERROR + 0x100:
+        return f"CRYPTO_ERROR(alert {code - CRYPTO_ERROR})"
+    return ERROR_NAMES.get(code, hex(code))
+
+
+class QuicError(Exception):
+    """A protocol violation: the connection closes with ``code``."""
+
+    def __init__(self, code: int, reason: str, frame_type: int = 0) -> None:
+        super().__init__(f"{error_name(code)}: {reason}")
+        self.code = code
+        self.reason = reason
+        self.frame_type = frame_type

@@ -1,0 +1,72 @@
+"""Events a connection reports to the layer above."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class HandshakeCompleted:
+    alpn_protocol: str | None
+
+
+@dataclass(slots=True)
+class StreamOpened:
+    """The peer opened a stream."""
+
+    stream_id: int
+
+
+@dataclass(slots=True)
+class StreamReadable:
+    """New bytes (or the end of the stream) can be read."""
+
+    stream_id: int
+
+
+@dataclass(slots=True)
+class StreamReset:
+    """The peer reset its sending side (RESET_STREAM)."""
+
+    stream_id: int
+    error_code: int
+
+
+@dataclass(slots=True)
+class StopSendingReceived:
+    """The peer asked us to stop sending (STOP_SENDING); our side was reset."""
+
+    stream_id: int
+    error_code: int
+
+
+@dataclass(slots=True)
+class StreamWritable:
+    """Send buffer space or flow-control credit freed up on a stream."""
+
+    stream_id: int
+
+
+@dataclass(slots=True)
+class StreamsAvailable:
+    """The peer raised its stream limit: new local streams can be opened."""
+
+
+@dataclass(slots=True)
+class ConnectionTerminated:
+    error_code: int
+    frame_type: int | None
+    reason: str
+    by_peer: bool
+
+
+Event = (
+    HandshakeCompleted
+    | StreamOpened
+    | StreamReadable
+    | StreamReset
+    | StopSendingReceived
+    | StreamWritable
+    | StreamsAvailable
+    | ConnectionTerminated
+)

@@ -1,0 +1,594 @@
+"""Receiving: datagram -> packets -> frames -> connection state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..crypto.epoch import Epoch
+from ..crypto.keys import DecryptError, PacketProtector, derive_packet_keys
+from ..crypto.retry import verify_retry_integrity_tag
+from ..crypto.suites import CipherSuite
+from ..tls.alerts import TlsAlert
+from ..wire import frames as F
+from ..wire.errors import FrameEncodingError, TransportParameterError, WireError
+from ..wire.packet import (
+    HANDSHAKE,
+    INITIAL,
+    ONE_RTT,
+    QUIC_V1,
+    RETRY,
+    VERSION_NEGOTIATION,
+    ZERO_RTT,
+    PacketHeader,
+    parse_header,
+    retry_pseudo_packet,
+)
+from ..wire.tparams import decode_transport_parameters
+from .connection import SPACE_OF_EPOCH, Address, Connection
+from .errors import (
+    CONNECTION_ID_LIMIT_ERROR,
+    CRYPTO_ERROR,
+    FLOW_CONTROL_ERROR,
+    FRAME_ENCODING_ERROR,
+    INTERNAL_ERROR,
+    PROTOCOL_VIOLATION,
+    STREAM_STATE_ERROR,
+    TRANSPORT_PARAMETER_ERROR,
+    QuicError,
+)
+from .events import (
+    HandshakeCompleted,
+    StopSendingReceived,
+    StreamReadable,
+    StreamReset,
+    StreamsAvailable,
+    StreamWritable,
+)
+from .recovery_glue import on_ack_frame
+from .state import CLOSING, DRAINING, ESTABLISHED, PeerCid
+
+EPOCH_OF_TYPE = {INITIAL: Epoch.INITIAL, HANDSHAKE: Epoch.HANDSHAKE, ZERO_RTT: Epoch.ZERO_RTT}
+
+# frames allowed in Initial and Handshake packets (RFC 9000 §12.4)
+_HANDSHAKE_FRAMES = (F.Padding, F.Ping, F.Ack, F.Crypto, F.ConnectionClose)
+
+
+def receive_datagram(
+    conn: Connection, data: bytes, addr: Address, now: float, ecn: int = 0
+) -> None:
+    """Process one UDP datagram (possibly several coalesced packets)."""
+    conn._now_hint = now
+    if conn.terminated or conn.state == DRAINING:
+        return
+    conn.counters.datagrams_received += 1
+    conn.counters.bytes_received += len(data)
+    if not conn.address_validated:
+        conn.bytes_received_unvalidated += len(data)
+    pos = 0
+    n = len(data)
+    while pos < n:
+        try:
+            hdr = parse_header(data, pos, conn.local_cid_length)
+        except WireError:
+            conn.counters.packets_dropped += 1
+            return
+        end = hdr.end
+        try:
+            _receive_packet(conn, data, pos, hdr, addr, now, ecn)
+        except QuicError as exc:
+            conn.close_with_error(exc)
+            return
+        except TlsAlert as exc:
+            conn.close(CRYPTO_ERROR + exc.description, str(exc), application=False,
+                       frame_type=F.CRYPTO)
+            return
+        if conn.state >= CLOSING:
+            return
+        pos = end
+
+
+def _receive_packet(
+    conn: Connection,
+    data: bytes,
+    pos: int,
+    hdr: PacketHeader,
+    addr: Address,
+    now: float,
+    ecn: int,
+) -> None:
+    ptype = hdr.packet_type
+    if ptype == VERSION_NEGOTIATION:
+        if conn.is_client and not conn.peer_initial_scid and QUIC_V1 not in hdr.supported_versions:
+            conn.enter_draining(0, None, "server does not support QUIC version 1")
+        return
+    if ptype == RETRY:
+        _receive_retry(conn, data, pos, hdr)
+        return
+    if hdr.pn_offset < 0 or (ptype != ONE_RTT and hdr.version != QUIC_V1):
+        conn.counters.packets_dropped += 1
+        return
+    if ptype == ONE_RTT:
+        epoch = Epoch.ONE_RTT
+        if not conn.one_rtt_ready:
+            conn.counters.packets_dropped += 1
+            return
+        results = conn.engine.open(data, [(pos, hdr.end - pos, hdr.dcid)])
+        result = results[0]
+        if result is None:
+            conn.counters.engine_open_failures += 1
+            _check_stateless_reset(conn, data[pos : hdr.end])
+            return
+        pn, payload = result.pn, result.payload
+        if result.phase_changed:
+            _on_peer_key_update(conn)
+    else:
+        epoch = EPOCH_OF_TYPE[ptype]
+        protector = conn.recv_protectors[epoch]
+        if protector is None:
+            conn.counters.packets_dropped += 1
+            return
+        space = conn.spaces[SPACE_OF_EPOCH[epoch]]
+        try:
+            _, payload, pn = protector.open(
+                memoryview(data)[pos : hdr.end], hdr.pn_offset - pos, space.largest_received
+            )
+        except DecryptError:
+            conn.counters.packets_dropped += 1
+            return
+        if conn.is_client and ptype == INITIAL and conn.peer_initial_scid is None:
+            conn.peer_initial_scid = hdr.scid
+            conn.peer_cid = hdr.scid
+        if not conn.is_client and ptype == HANDSHAKE and not conn.address_validated:
+            conn.address_validated = True
+    space_index = SPACE_OF_EPOCH[epoch]
+    space = conn.spaces[space_index]
+    if space.discarded:
+        return
+    if pn in space.received:
+        conn.counters.duplicate_packets += 1
+        return
+    conn.counters.packets_received += 1
+    if epoch == Epoch.HANDSHAKE and not conn.is_client:
+        _discard_epoch(conn, Epoch.INITIAL)
+    ack_eliciting = _process_frames(conn, payload, epoch, now)
+    # ACK bookkeeping
+    if pn < space.largest_received or (
+        space.received and pn > space.largest_received + 1
+    ):
+        space.ack_immediately = True  # reordering or a gap
+    space.received.add(pn, pn + 1)
+    if len(space.received) > 64:
+        space.received.shift_below(space.received.starts[-32])
+    if pn > space.largest_received:
+        space.largest_received = pn
+        space.largest_received_time = now
+    if ecn:
+        space.ecn_counts[{2: 0, 1: 1, 3: 2}[ecn & 3]] += 1
+    space.ack_pending = True
+    if ack_eliciting:
+        space.ack_eliciting_pending += 1
+        if epoch != Epoch.ONE_RTT or space.ack_eliciting_pending >= 2:
+            space.ack_immediately = True
+        elif space.ack_deadline is None:
+            space.ack_deadline = now + conn.configuration.max_ack_delay
+    conn.idle_deadline = now + _effective_idle(conn)
+    conn.last_ack_eliciting_sent_after_receive = False
+    if conn.state == CLOSING:
+        conn.close_pending = True
+
+
+def _effective_idle(conn: Connection) -> float:
+    ours = conn.configuration.idle_timeout
+    peer = conn.peer_params.max_idle_timeout / 1000 if conn.peer_params else 0.0
+    values = [v for v in (ours, peer) if v > 0]
+    if not values:
+        return float("inf")
+    return max(min(values), 3 * conn.pto())
+
+
+def _check_stateless_reset(conn: Connection, packet: bytes) -> None:
+    if len(packet) < 21:
+        return
+    token = bytes(packet[-16:])
+    for entry in conn.peer_cids:
+        if entry.reset_token == token:
+            conn.enter_draining(0, None, "stateless reset")
+            conn._terminate()
+            return
+
+
+def _receive_retry(conn: Connection, data: bytes, pos: int, hdr: PacketHeader) -> None:
+    if not conn.is_client or conn.peer_initial_scid is not None or conn.retry_scid is not None:
+        return
+    packet = bytes(data[pos : hdr.end])
+    pseudo = retry_pseudo_packet(conn.original_dcid, packet[:-16])
+    if not verify_retry_integrity_tag(pseudo, packet[-16:]) or hdr.dcid != conn.initial_scid:
+        conn.counters.packets_dropped += 1
+        return
+    conn.retry_scid = hdr.scid
+    conn.peer_cid = hdr.scid
+    conn.token = hdr.token
+    conn._install_initial_keys(hdr.scid)
+    # everything sent in Initial is resent with the new keys
+    space = conn.spaces[0]
+    from .recovery_glue import requeue_epoch
+
+    requeue_epoch(conn, Epoch.INITIAL)
+    space.next_pn = max(space.next_pn, 1)
+
+
+def _on_peer_key_update(conn: Connection) -> None:
+    from ..crypto.keys import next_generation_secret
+
+    conn.key_phase ^= 1
+    conn.one_rtt_recv_secret = next_generation_secret(conn.cipher_suite, conn.one_rtt_recv_secret)
+    conn.one_rtt_send_secret = next_generation_secret(conn.cipher_suite, conn.one_rtt_send_secret)
+    conn.engine.update(conn.peer_cid, opener=False)
+
+
+def _discard_epoch(conn: Connection, epoch: Epoch) -> None:
+    space = conn.spaces[SPACE_OF_EPOCH[epoch]]
+    if space.discarded:
+        return
+    space.discarded = True
+    space.ack_deadline = None
+    conn.send_protectors[epoch] = None
+    conn.recv_protectors[epoch] = None
+    conn.loss.discard_epoch(epoch)
+
+
+# ---------------------------------------------------------------------- frames
+
+
+def _process_frames(conn: Connection, payload: bytes, epoch: Epoch, now: float) -> bool:
+    try:
+        frames = F.parse_frames(payload)
+    except FrameEncodingError as exc:
+        raise QuicError(FRAME_ENCODING_ERROR, str(exc), exc.frame_type) from None
+    except WireError as exc:
+        raise QuicError(FRAME_ENCODING_ERROR, str(exc)) from None
+    if not frames:
+        raise QuicError(PROTOCOL_VIOLATION, "packet without frames")
+    ack_eliciting = False
+    handshake_epoch = epoch != Epoch.ONE_RTT
+    for frame in frames:
+        cls = type(frame)
+        if handshake_epoch and not isinstance(frame, _HANDSHAKE_FRAMES):
+            raise QuicError(PROTOCOL_VIOLATION, f"{cls.__name__} not allowed in {epoch.name}")
+        if cls is not F.Ack and cls is not F.Padding and cls is not F.ConnectionClose:
+            ack_eliciting = True
+        handler = _HANDLERS.get(cls)
+        if handler is not None:
+            handler(conn, frame, epoch, now)
+        if conn.state >= CLOSING:
+            break
+    return ack_eliciting
+
+
+def _on_ack(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    on_ack_frame(conn, frame, epoch, now)
+
+
+def _on_crypto(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    space = conn.spaces[SPACE_OF_EPOCH[epoch]]
+    recv = space.crypto_recv
+    try:
+        recv.receive(frame.offset, frame.data, False)
+    except QuicError:
+        raise QuicError(0xD, "CRYPTO data beyond the buffer") from None  # CRYPTO_BUFFER_EXCEEDED
+    data = recv.read()
+    recv.max_data = recv.read_offset + recv.window
+    if not data or conn.tls is None:
+        return
+    tls = conn.tls
+    tls.receive(epoch, data)
+    _after_tls(conn, now)
+
+
+def _after_tls(conn: Connection, now: float) -> None:
+    tls = conn.tls
+    assert tls is not None
+    for out_epoch, out_data in tls.pop_output():
+        conn.spaces[SPACE_OF_EPOCH[out_epoch]].crypto_send.write(out_data)
+    for key_epoch, is_send, suite, secret in tls.pop_secrets():
+        _install_secret(conn, Epoch(key_epoch), is_send, CipherSuite(suite), secret)
+    if not conn.peer_params and tls.peer_transport_parameters is not None:
+        _apply_peer_params(conn, tls.peer_transport_parameters)
+    if tls.handshake_complete and not conn.handshake_complete:
+        conn.handshake_complete = True
+        conn.alpn_protocol = tls.alpn_protocol
+        conn.state = ESTABLISHED
+        conn.events.append(HandshakeCompleted(tls.alpn_protocol))
+        if not conn.is_client:
+            conn.handshake_confirmed = True
+            conn.handshake_done_pending = True
+            _discard_epoch(conn, Epoch.HANDSHAKE)
+            for _ in range(conn.configuration.active_connection_id_limit - 1):
+                if len(conn.host_cids) >= min(
+                    conn.configuration.active_connection_id_limit,
+                    conn.peer_params.active_connection_id_limit if conn.peer_params else 2,
+                ):
+                    break
+                conn.issue_host_cid()
+        else:
+            limit = conn.peer_params.active_connection_id_limit if conn.peer_params else 2
+            while len(conn.host_cids) < min(limit, conn.configuration.active_connection_id_limit):
+                conn.issue_host_cid()
+
+
+def _install_secret(
+    conn: Connection, epoch: Epoch, is_send: bool, suite: CipherSuite, secret: bytes
+) -> None:
+    if epoch == Epoch.ONE_RTT:
+        conn.cipher_suite = suite
+        if is_send:
+            conn.one_rtt_send_secret = secret
+        else:
+            conn.one_rtt_recv_secret = secret
+        if conn.one_rtt_send_secret and conn.one_rtt_recv_secret and not conn.one_rtt_ready:
+            program_engine(conn)
+        return
+    protector = PacketProtector(derive_packet_keys(suite, secret))
+    if is_send:
+        conn.send_protectors[epoch] = protector
+    else:
+        conn.recv_protectors[epoch] = protector
+
+
+def program_engine(conn: Connection) -> None:
+    """Install the 1-RTT keys in the offload engine under every CID in use."""
+    from ..crypto.keys import derive_packet_keys as _derive
+
+    engine = conn.engine
+    suite = conn.cipher_suite
+    if not conn.one_rtt_recv_hp:
+        conn.one_rtt_recv_hp = _derive(suite, conn.one_rtt_recv_secret).hp_key
+        conn.one_rtt_send_hp = _derive(suite, conn.one_rtt_send_secret).hp_key
+    largest = conn.spaces[2].largest_received
+    first: bytes | None = None
+    for entry in conn.host_cids:
+        if entry.retired:
+            continue
+        if first is None:
+            engine.install(entry.cid, suite, conn.one_rtt_recv_secret, opener=True,
+                           key_phase=conn.key_phase, largest_pn=largest,
+                           hp_key=conn.one_rtt_recv_hp)
+            first = entry.cid
+        else:
+            engine.alias(entry.cid, first, opener=True)
+    engine.install(conn.peer_cid, suite, conn.one_rtt_send_secret, opener=False,
+                   key_phase=conn.key_phase, hp_key=conn.one_rtt_send_hp)
+    conn.one_rtt_ready = True
+
+
+def _apply_peer_params(conn: Connection, raw: bytes) -> None:
+    try:
+        params = decode_transport_parameters(raw, from_server=conn.is_client)
+    except TransportParameterError as exc:
+        raise QuicError(TRANSPORT_PARAMETER_ERROR, str(exc)) from None
+    if conn.is_client:
+        if params.original_destination_connection_id != conn.original_dcid:
+            raise QuicError(TRANSPORT_PARAMETER_ERROR, "original_destination_connection_id")
+        if params.retry_source_connection_id != conn.retry_scid:
+            raise QuicError(TRANSPORT_PARAMETER_ERROR, "retry_source_connection_id")
+        if params.stateless_reset_token is not None:
+            conn.peer_cids.append(PeerCid(0, conn.peer_cid, params.stateless_reset_token))
+        else:
+            conn.peer_cids.append(PeerCid(0, conn.peer_cid, None))
+    else:
+        conn.peer_cids.append(PeerCid(0, conn.peer_cid, None))
+    if params.initial_source_connection_id != conn.peer_cid and (
+        params.initial_source_connection_id != conn.peer_initial_scid
+    ):
+        raise QuicError(TRANSPORT_PARAMETER_ERROR, "initial_source_connection_id mismatch")
+    conn.peer_params = params
+    conn.flow.peer_max_data = params.initial_max_data
+    conn.bidi.peer_max = params.initial_max_streams_bidi
+    conn.uni.peer_max = params.initial_max_streams_uni
+    conn.max_datagram_size = min(conn.configuration.max_datagram_size,
+                                 params.max_udp_payload_size)
+    from .congestion import initial_window
+
+    conn.cc.max_datagram_size = conn.max_datagram_size
+    conn.cc.cwnd = max(conn.cc.cwnd, initial_window(conn.max_datagram_size))
+    conn.pacer.max_datagram_size = conn.max_datagram_size
+    conn.idle_deadline = conn._now_hint + _effective_idle(conn)
+    for stream in conn.streams.values():  # streams opened before the params arrived
+        if stream.send is not None and stream.local:
+            stream.send.max_data = (
+                params.initial_max_stream_data_uni if stream.stream_id & 2
+                else params.initial_max_stream_data_bidi_remote
+            )
+
+
+def _on_stream(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    sid = frame.stream_id
+    conn.check_stream_direction(sid, receiving=True)
+    stream = conn.get_or_create_peer_stream(sid)
+    if stream is None or stream.recv is None:
+        return
+    recv = stream.recv
+    grown = recv.receive(frame.offset, frame.data, frame.fin)
+    if grown:
+        flow = conn.flow
+        flow.data_received += grown
+        if flow.data_received > flow.max_data:
+            raise QuicError(FLOW_CONTROL_ERROR, "connection flow control limit exceeded")
+    if recv.readable or recv.at_eof():
+        conn.events.append(StreamReadable(sid))
+
+
+def _on_reset_stream(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    sid = frame.stream_id
+    conn.check_stream_direction(sid, receiving=True)
+    stream = conn.get_or_create_peer_stream(sid)
+    if stream is None or stream.recv is None:
+        return
+    first = stream.recv.reset_code is None
+    grown = stream.recv.on_reset(frame.error_code, frame.final_size)
+    conn.flow.data_received += grown
+    if conn.flow.data_received > conn.flow.max_data:
+        raise QuicError(FLOW_CONTROL_ERROR, "connection flow control limit exceeded")
+    if first:
+        conn.events.append(StreamReset(sid, frame.error_code))
+        conn.events.append(StreamReadable(sid))
+
+
+def _on_stop_sending(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    sid = frame.stream_id
+    conn.check_stream_direction(sid, receiving=False)
+    stream = conn.get_or_create_peer_stream(sid)
+    if stream is None or stream.send is None:
+        return
+    if stream.send.reset_code is None and not stream.send.is_complete():
+        conn.reset_stream(sid, frame.error_code)
+        conn.events.append(StopSendingReceived(sid, frame.error_code))
+
+
+def _on_max_data(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    if frame.maximum > conn.flow.peer_max_data:
+        conn.flow.peer_max_data = frame.maximum
+        for sid in conn.streams:
+            conn.events.append(StreamWritable(sid))
+
+
+def _on_max_stream_data(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    sid = frame.stream_id
+    conn.check_stream_direction(sid, receiving=False)
+    stream = conn.get_or_create_peer_stream(sid)
+    if stream is None or stream.send is None:
+        return
+    if frame.maximum > stream.send.max_data:
+        stream.send.max_data = frame.maximum
+        if sid not in conn.send_queue and stream.send.has_data_to_send():
+            conn.send_queue.append(sid)
+        conn.events.append(StreamWritable(sid))
+
+
+def _on_max_streams(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    limits = conn.bidi if frame.bidi else conn.uni
+    if frame.maximum > limits.peer_max:
+        limits.peer_max = frame.maximum
+        conn.events.append(StreamsAvailable())
+
+
+def _on_stream_data_blocked(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    conn.check_stream_direction(frame.stream_id, receiving=True)
+    conn.get_or_create_peer_stream(frame.stream_id)
+
+
+def _on_streams_blocked(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    if frame.limit > (1 << 60):
+        raise QuicError(FRAME_ENCODING_ERROR, "STREAMS_BLOCKED over 2^60")
+
+
+def _on_new_connection_id(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    if not conn.peer_cid:
+        raise QuicError(PROTOCOL_VIOLATION, "NEW_CONNECTION_ID with zero-length CIDs")
+    for entry in conn.peer_cids:
+        if entry.sequence == frame.sequence:
+            if entry.cid != frame.cid:
+                raise QuicError(PROTOCOL_VIOLATION, "NEW_CONNECTION_ID sequence reused")
+            return
+    if frame.sequence < conn.peer_cid_seq or any(s == frame.sequence for s in conn.retire_pending):
+        return
+    conn.peer_cids.append(PeerCid(frame.sequence, frame.cid, frame.reset_token))
+    if frame.retire_prior_to > 0:
+        keep = []
+        for entry in conn.peer_cids:
+            if entry.sequence < frame.retire_prior_to:
+                conn.retire_pending.append(entry.sequence)
+            else:
+                keep.append(entry)
+        conn.peer_cids = keep
+        if conn.peer_cid_seq < frame.retire_prior_to:
+            best = min(keep, key=lambda e: e.sequence)
+            _switch_peer_cid(conn, best)
+    if len(conn.peer_cids) > conn.configuration.active_connection_id_limit:
+        raise QuicError(CONNECTION_ID_LIMIT_ERROR, "too many connection IDs")
+
+
+def _switch_peer_cid(conn: Connection, entry: PeerCid) -> None:
+    old = conn.peer_cid
+    conn.peer_cid = entry.cid
+    conn.peer_cid_seq = entry.sequence
+    if conn.one_rtt_ready:
+        conn.engine.alias(entry.cid, old, opener=False)
+        conn.engine.remove(old, opener=False)
+
+
+def _on_retire_connection_id(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    if frame.sequence >= conn.next_host_cid_seq:
+        raise QuicError(PROTOCOL_VIOLATION, "RETIRE_CONNECTION_ID for an unissued CID")
+    for entry in conn.host_cids:
+        if entry.sequence == frame.sequence and not entry.retired:
+            entry.retired = True
+            conn.cid_changes.append((False, entry.cid))
+            active = [c for c in conn.host_cids if not c.retired]
+            if conn.one_rtt_ready:
+                if not active:
+                    new = conn.issue_host_cid()  # keeps the engine entry alive
+                    active = [new]
+                conn.engine.remove(entry.cid, opener=True)
+            conn.host_cids = [c for c in conn.host_cids if not c.retired] + [entry]
+            conn.host_cids = [c for c in conn.host_cids if not c.retired]
+            if len(active) < conn.configuration.active_connection_id_limit:
+                conn.issue_host_cid()
+            return
+
+
+def _on_path_challenge(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    conn.path_challenges_received.append(frame.data)
+
+
+def _on_path_response(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    return
+
+
+def _on_connection_close(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    reason = frame.reason.decode("utf-8", "replace")
+    conn.enter_draining(frame.error_code, frame.frame_type, reason)
+
+
+def _on_handshake_done(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    if not conn.is_client:
+        raise QuicError(PROTOCOL_VIOLATION, "HANDSHAKE_DONE from a client")
+    if not conn.handshake_confirmed:
+        conn.handshake_confirmed = True
+        _discard_epoch(conn, Epoch.HANDSHAKE)
+
+
+def _on_new_token(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    if not conn.is_client:
+        raise QuicError(PROTOCOL_VIOLATION, "NEW_TOKEN from a client")
+
+
+def _ignore(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    return
+
+
+_HANDLERS: dict[type, Callable[[Connection, Any, Epoch, float], None]] = {
+    F.Padding: _ignore,
+    F.Ping: _ignore,
+    F.Ack: _on_ack,
+    F.ResetStream: _on_reset_stream,
+    F.StopSending: _on_stop_sending,
+    F.Crypto: _on_crypto,
+    F.NewToken: _on_new_token,
+    F.Stream: _on_stream,
+    F.MaxData: _on_max_data,
+    F.MaxStreamData: _on_max_stream_data,
+    F.MaxStreams: _on_max_streams,
+    F.DataBlocked: _ignore,
+    F.StreamDataBlocked: _on_stream_data_blocked,
+    F.StreamsBlocked: _on_streams_blocked,
+    F.NewConnectionId: _on_new_connection_id,
+    F.RetireConnectionId: _on_retire_connection_id,
+    F.PathChallenge: _on_path_challenge,
+    F.PathResponse: _on_path_response,
+    F.ConnectionClose: _on_connection_close,
+    F.HandshakeDone: _on_handshake_done,
+}
+
+__all__ = ["receive_datagram", "program_engine", "STREAM_STATE_ERROR", "INTERNAL_ERROR"]

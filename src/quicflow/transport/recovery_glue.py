@@ -1,0 +1,137 @@
+"""What the connection does with acknowledged and lost packets' frames."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..crypto.epoch import Epoch
+from .connection import SPACE_OF_EPOCH, Connection
+from .events import StreamWritable
+from .recovery import SentPacket
+from .state import (
+    R_CRYPTO,
+    R_HANDSHAKE_DONE,
+    R_MAX_DATA,
+    R_MAX_STREAM_DATA,
+    R_MAX_STREAMS,
+    R_NEW_CID,
+    R_RESET,
+    R_RETIRE_CID,
+    R_STOP,
+    R_STREAM,
+)
+
+
+def on_ack_frame(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    if epoch == Epoch.ONE_RTT and conn.peer_params is not None:
+        exponent = conn.peer_params.ack_delay_exponent
+    else:
+        exponent = 3
+    ack_delay = (frame.ack_delay << exponent) / 1_000_000
+    loss = conn.loss
+    acked, lost = loss.on_ack_received(
+        epoch, frame.ranges, ack_delay, now, conn.handshake_confirmed
+    )
+    space = conn.spaces[SPACE_OF_EPOCH[epoch]]
+    largest = frame.ranges[0][1] if frame.ranges else -1
+    if largest > space.largest_acked:
+        space.largest_acked = largest
+    if acked:
+        conn.probes_pending = [0, 0, 0]
+        on_acked_packets(conn, acked)
+    if lost:
+        on_lost_packets(conn, lost)
+
+
+def on_acked_packets(conn: Connection, packets: list[SentPacket]) -> None:
+    writable: set[int] = set()
+    streams = conn.streams
+    for packet in packets:
+        for record in packet.frames:
+            rec: tuple[int, ...] = record  # type: ignore[assignment]
+            kind = rec[0]
+            if kind == R_STREAM:
+                stream = streams.get(rec[1])
+                if stream is not None and stream.send is not None:
+                    stream.send.on_acked(rec[2], rec[3], bool(rec[4]))
+                    writable.add(rec[1])
+            elif kind == R_CRYPTO:
+                space = conn.spaces[SPACE_OF_EPOCH[Epoch(rec[1])]]
+                space.crypto_send.on_acked(rec[2], rec[3], False)
+            elif kind == R_RESET:
+                stream = streams.get(rec[1])
+                if stream is not None and stream.send is not None:
+                    stream.send.reset_acked = True
+                    writable.add(rec[1])
+    for sid in writable:
+        stream = streams.get(sid)
+        if stream is None:
+            continue
+        conn.events.append(StreamWritable(sid))
+        if stream.send is not None and stream.send.is_complete():
+            conn._maybe_forget_stream(stream)
+
+
+def on_lost_packets(conn: Connection, packets: list[SentPacket]) -> None:
+    conn.counters.packets_lost += len(packets)
+    streams = conn.streams
+    for packet in packets:
+        for record in packet.frames:
+            rec: tuple[int, ...] = record  # type: ignore[assignment]
+            kind = rec[0]
+            if kind == R_STREAM:
+                stream = streams.get(rec[1])
+                if stream is not None and stream.send is not None:
+                    stream.send.on_lost(rec[2], rec[3], bool(rec[4]))
+                    if rec[1] not in conn.send_queue:
+                        conn.send_queue.append(rec[1])
+            elif kind == R_CRYPTO:
+                space = conn.spaces[SPACE_OF_EPOCH[Epoch(rec[1])]]
+                if not space.discarded:
+                    space.crypto_send.on_lost(rec[2], rec[3], False)
+            elif kind == R_MAX_DATA:
+                conn.flow.pending_max_data = True
+            elif kind == R_MAX_STREAM_DATA:
+                if rec[1] in streams and rec[1] not in conn.pending_stream_updates:
+                    conn.pending_stream_updates.append(rec[1])
+            elif kind == R_MAX_STREAMS:
+                (conn.bidi if rec[1] else conn.uni).pending_max_streams = True
+            elif kind == R_NEW_CID:
+                for entry in conn.host_cids:
+                    if entry.sequence == rec[1] and not entry.retired:
+                        entry.announced = False
+            elif kind == R_RETIRE_CID:
+                conn.retire_pending.append(rec[1])
+            elif kind == R_HANDSHAKE_DONE:
+                conn.handshake_done_pending = True
+            elif kind == R_RESET:
+                stream = streams.get(rec[1])
+                if stream is not None and stream.send is not None and not stream.send.reset_acked:
+                    stream.send.reset_pending = True
+                    if rec[1] not in conn.send_queue:
+                        conn.send_queue.append(rec[1])
+            elif kind == R_STOP:
+                stream = streams.get(rec[1])
+                if stream is not None and stream.recv is not None and stream.recv.final_size is None:
+                    stream.recv.stop_sending_pending = True
+                    if rec[1] not in conn.send_queue:
+                        conn.send_queue.append(rec[1])
+
+
+def on_loss_timeout(conn: Connection, now: float) -> None:
+    lost, probe_epoch = conn.loss.on_timeout(now)
+    if lost:
+        on_lost_packets(conn, lost)
+    if probe_epoch is not None:
+        index = SPACE_OF_EPOCH[probe_epoch]
+        conn.probes_pending[index] = 2
+        if probe_epoch != Epoch.ONE_RTT:
+            requeue_epoch(conn, probe_epoch)
+
+
+def requeue_epoch(conn: Connection, epoch: Epoch) -> None:
+    """Queue every unacknowledged CRYPTO byte of ``epoch`` again (PTO, Retry)."""
+    space = conn.spaces[SPACE_OF_EPOCH[epoch]]
+    crypto = space.crypto_send
+    if crypto.next_offset > crypto.acked_offset:
+        crypto.on_lost(crypto.acked_offset, crypto.next_offset - crypto.acked_offset, False)

@@ -1,0 +1,469 @@
+"""Sending: fill datagrams with packets; 1-RTT packets are sealed by the offload engine.
+
+Each call builds plaintext short-header packets into one buffer with a descriptor per
+packet, and the engine seals them all in one ``seal`` call (DESIGN.md, "Crypto offload").
+"""
+
+from __future__ import annotations
+
+from ..crypto.epoch import Epoch
+from ..wire import frames as F
+from ..wire.packet import (
+    HANDSHAKE,
+    INITIAL,
+    QUIC_V1,
+    build_long_header,
+    build_short_header,
+    encode_packet_number,
+)
+from ..wire.varint import push_varint, varint_len
+from .connection import Connection
+from .errors import APPLICATION_ERROR
+from .recovery import SentPacket
+from .state import (
+    CLOSING,
+    R_CRYPTO,
+    R_DATA_BLOCKED,
+    R_HANDSHAKE_DONE,
+    R_MAX_DATA,
+    R_MAX_STREAM_DATA,
+    R_MAX_STREAMS,
+    R_NEW_CID,
+    R_PING,
+    R_RESET,
+    R_RETIRE_CID,
+    R_STOP,
+    R_STREAM,
+    R_STREAM_BLOCKED,
+    R_STREAMS_BLOCKED,
+    PacketSpace,
+)
+
+TAG_LEN = 16
+MAX_DATAGRAMS_PER_CALL = 64
+_EPOCHS = (Epoch.INITIAL, Epoch.HANDSHAKE, Epoch.ONE_RTT)
+_SPACE = {Epoch.INITIAL: 0, Epoch.HANDSHAKE: 1, Epoch.ONE_RTT: 2}
+
+
+def datagrams_to_send(conn: Connection, now: float) -> list[bytes]:
+    """Build up to MAX_DATAGRAMS_PER_CALL datagrams for ``conn.peer_address``."""
+    conn._now_hint = now
+    if conn.terminated:
+        return []
+    if conn.state >= CLOSING:
+        if conn.close_pending and conn.state == CLOSING:
+            conn.close_pending = False
+            return _close_datagrams(conn, now)
+        return []
+    buf = bytearray()
+    bounds: list[int] = []
+    seal: list[tuple[int, int, int, int, bytes]] = []
+    budget = conn.amplification_credit()
+    mds = conn.max_datagram_size
+    while len(bounds) < MAX_DATAGRAMS_PER_CALL:
+        start = len(buf)
+        room = min(mds, budget)
+        if room < 48:
+            break
+        built = _build_datagram(conn, now, buf, room, seal)
+        if not built:
+            break
+        size = len(buf) - start
+        bounds.append(len(buf))
+        budget -= size
+        if not conn.address_validated:
+            conn.bytes_sent_unvalidated += size
+        conn.counters.datagrams_sent += 1
+        conn.counters.bytes_sent += size
+    if seal:
+        conn.engine.seal(buf, seal)
+    out: list[bytes] = []
+    prev = 0
+    view = memoryview(buf)
+    for end in bounds:
+        out.append(bytes(view[prev:end]))
+        prev = end
+    return out
+
+
+def _build_datagram(
+    conn: Connection,
+    now: float,
+    buf: bytearray,
+    room: int,
+    seal: list[tuple[int, int, int, int, bytes]],
+) -> bool:
+    """Append one datagram's packets to ``buf``; False when there is nothing to send."""
+    start = len(buf)
+    packets: list[tuple[Epoch, int, int, bytearray, list[tuple[int, ...]], bool, bool]] = []
+    left = room
+    has_initial = False
+    ack_eliciting_initial = False
+    for epoch in _EPOCHS:
+        if epoch == Epoch.ONE_RTT:
+            if not conn.one_rtt_ready:
+                continue
+        elif conn.send_protectors[epoch] is None:
+            continue
+        space = conn.spaces[_SPACE[epoch]]
+        if space.discarded:
+            continue
+        pn = space.next_pn
+        _, pn_len = encode_packet_number(pn, space.largest_acked if space.largest_acked >= 0
+                                         else None)
+        if epoch == Epoch.ONE_RTT:
+            overhead = 1 + len(conn.peer_cid) + pn_len + TAG_LEN
+        else:
+            overhead = 1 + 4 + 2 + len(conn.peer_cid) + len(conn.initial_scid) + 2 + pn_len
+            overhead += TAG_LEN
+            if epoch == Epoch.INITIAL:
+                overhead += varint_len(len(conn.token)) + len(conn.token)
+        capacity = left - overhead
+        if capacity < 8:
+            break
+        payload = bytearray()
+        records: list[tuple[int, ...]] = []
+        eliciting = _fill_payload(conn, epoch, space, payload, capacity, records, now)
+        if not payload:
+            continue
+        packets.append((epoch, pn, pn_len, payload, records, eliciting, False))
+        space.next_pn = pn + 1
+        left -= overhead + len(payload)
+        if epoch == Epoch.INITIAL:
+            has_initial = True
+            ack_eliciting_initial = ack_eliciting_initial or eliciting
+    if not packets:
+        return False
+    # padding: client Initial datagrams and ack-eliciting server Initial datagrams
+    # fill 1200 bytes (RFC 9000 §14.1)
+    if has_initial and (conn.is_client or ack_eliciting_initial):
+        target = max(1200, 0) if room >= 1200 else room
+        used = room - left
+        if used < target:
+            packets[-1][3].extend(bytes(target - used))
+    for epoch, pn, pn_len, payload, records, eliciting, _ in packets:
+        # header protection needs 4 bytes of pn+payload for its sample
+        if pn_len + len(payload) < 4:
+            payload.extend(bytes(4 - pn_len - len(payload)))
+        if epoch == Epoch.ONE_RTT:
+            header = build_short_header(conn.peer_cid, pn, pn_len, conn.key_phase)
+            offset = len(buf)
+            buf += header
+            buf += payload
+            buf += bytes(TAG_LEN)
+            seal.append((offset, len(header), len(payload), pn, conn.peer_cid))
+        else:
+            protector = conn.send_protectors[epoch]
+            assert protector is not None
+            ptype = INITIAL if epoch == Epoch.INITIAL else HANDSHAKE
+            header = build_long_header(
+                ptype, QUIC_V1, conn.peer_cid, conn.initial_scid,
+                conn.token if epoch == Epoch.INITIAL else b"",
+                pn_len + len(payload) + TAG_LEN, pn, pn_len,
+            )
+            buf += protector.seal(header, bytes(payload), pn)
+        size = len(buf) - (offset if epoch == Epoch.ONE_RTT else len(buf) - 0)
+        _on_packet_sent(conn, epoch, pn, len(header) + len(payload) + TAG_LEN, eliciting,
+                        records, now)
+        del size
+    if conn.is_client and conn.spaces[1].next_pn > 0 and not conn.spaces[0].discarded:
+        # RFC 9001 §4.9.1: a client discards Initial keys when it first sends Handshake
+        from .receive import _discard_epoch
+
+        _discard_epoch(conn, Epoch.INITIAL)
+    return len(buf) > start
+
+
+def _on_packet_sent(
+    conn: Connection,
+    epoch: Epoch,
+    pn: int,
+    size: int,
+    ack_eliciting: bool,
+    records: list[tuple[int, ...]],
+    now: float,
+) -> None:
+    conn.counters.packets_sent += 1
+    in_flight = ack_eliciting or any(r[0] == R_PING for r in records)
+    packet = SentPacket(
+        pn=pn,
+        time_sent=now,
+        size=size,
+        ack_eliciting=ack_eliciting,
+        in_flight=ack_eliciting,
+        epoch=epoch,
+        frames=list(records),
+    )
+    del in_flight
+    conn.loss.on_packet_sent(packet)
+    if ack_eliciting:
+        conn.pacer.consume(now, size, conn.rtt, conn.cc.cwnd)
+        if not conn.last_ack_eliciting_sent_after_receive:
+            from .receive import _effective_idle
+
+            conn.idle_deadline = now + _effective_idle(conn)
+            conn.last_ack_eliciting_sent_after_receive = True
+
+
+def _write_ack(conn: Connection, space: PacketSpace, payload: bytearray, now: float,
+               epoch: Epoch) -> None:
+    received = space.received
+    ranges: list[tuple[int, int]] = []
+    for i in range(len(received.starts) - 1, max(-1, len(received.starts) - 33), -1):
+        ranges.append((received.starts[i], received.ends[i] - 1))
+    delay_us = int((now - space.largest_received_time) * 1_000_000)
+    exponent = conn.configuration.ack_delay_exponent if epoch == Epoch.ONE_RTT else 3
+    ecn = tuple(space.ecn_counts) if any(space.ecn_counts) else None
+    F.encode_frame(F.Ack(ranges=ranges, ack_delay=max(0, delay_us) >> exponent,
+                         ecn=ecn), payload)  # type: ignore[arg-type]
+    space.ack_pending = False
+    space.ack_immediately = False
+    space.ack_eliciting_pending = 0
+    space.ack_deadline = None
+
+
+def _fill_payload(
+    conn: Connection,
+    epoch: Epoch,
+    space: PacketSpace,
+    payload: bytearray,
+    capacity: int,
+    records: list[tuple[int, ...]],
+    now: float,
+) -> bool:
+    """Write frames; returns whether the packet is ack-eliciting."""
+    send_ack = space.ack_pending and (
+        space.ack_immediately
+        or (space.ack_deadline is not None and now >= space.ack_deadline)
+        or epoch != Epoch.ONE_RTT
+    )
+    probe = conn.probes_pending[_SPACE[epoch]] > 0
+    cc_ok = probe or conn.cc.available() >= conn.max_datagram_size or epoch != Epoch.ONE_RTT
+    if cc_ok and epoch == Epoch.ONE_RTT and not probe:
+        if conn.pacer.budget(now, conn.rtt, conn.cc.cwnd) < conn.max_datagram_size:
+            conn.pacer_deadline = conn.pacer.next_send_time(now, conn.max_datagram_size,
+                                                            conn.rtt, conn.cc.cwnd)
+            cc_ok = False
+    if not cc_ok and not send_ack:
+        return False
+    if space.ack_pending and (send_ack or cc_ok):
+        _write_ack(conn, space, payload, now, epoch)
+    if not cc_ok:
+        return False
+    start_len = len(payload)
+    limit = capacity
+    # CRYPTO
+    crypto = space.crypto_send
+    while crypto.has_data_to_send():
+        room = limit - len(payload) - 1 - 8 - 4
+        if room <= 0:
+            break
+        chunk = crypto.next_chunk(room, 1 << 62)
+        if chunk is None:
+            break
+        offset, data, _, _ = chunk
+        F.encode_frame(F.Crypto(offset=offset, data=data), payload)
+        records.append((R_CRYPTO, int(epoch), offset, len(data)))
+    if epoch == Epoch.ONE_RTT:
+        _fill_control(conn, payload, limit, records)
+        _fill_streams(conn, payload, limit, records)
+    eliciting = len(payload) > start_len
+    if probe and not eliciting:
+        payload.append(F.PING)
+        records.append((R_PING,))
+        eliciting = True
+    if eliciting and probe:
+        conn.probes_pending[_SPACE[epoch]] -= 1
+    return eliciting
+
+
+def _fill_control(
+    conn: Connection, payload: bytearray, limit: int, records: list[tuple[int, ...]]
+) -> None:
+    if limit - len(payload) < 64:
+        return
+    if conn.handshake_done_pending:
+        payload.append(F.HANDSHAKE_DONE)
+        records.append((R_HANDSHAKE_DONE,))
+        conn.handshake_done_pending = False
+    while conn.path_challenges_received and limit - len(payload) > 16:
+        data = conn.path_challenges_received.pop(0)
+        F.encode_frame(F.PathResponse(data=data), payload)
+    flow = conn.flow
+    if flow.pending_max_data:
+        F.encode_frame(F.MaxData(maximum=flow.max_data), payload)
+        records.append((R_MAX_DATA,))
+        flow.pending_max_data = False
+    for bidi, limits in ((True, conn.bidi), (False, conn.uni)):
+        if limits.pending_max_streams:
+            F.encode_frame(F.MaxStreams(bidi=bidi, maximum=limits.max_remote), payload)
+            records.append((R_MAX_STREAMS, int(bidi)))
+            limits.pending_max_streams = False
+    while conn.pending_stream_updates and limit - len(payload) > 24:
+        sid = conn.pending_stream_updates.pop()
+        stream = conn.streams.get(sid)
+        if stream is None or stream.recv is None or stream.recv.final_size is not None:
+            continue
+        F.encode_frame(F.MaxStreamData(stream_id=sid, maximum=stream.recv.max_data), payload)
+        records.append((R_MAX_STREAM_DATA, sid))
+    for entry in conn.host_cids:
+        if not entry.announced and not entry.retired and entry.sequence > 0:
+            if limit - len(payload) < 48:
+                break
+            F.encode_frame(
+                F.NewConnectionId(sequence=entry.sequence, retire_prior_to=0, cid=entry.cid,
+                                  reset_token=entry.reset_token),
+                payload,
+            )
+            entry.announced = True
+            records.append((R_NEW_CID, entry.sequence))
+    while conn.retire_pending and limit - len(payload) > 10:
+        seq = conn.retire_pending.pop(0)
+        F.encode_frame(F.RetireConnectionId(sequence=seq), payload)
+        records.append((R_RETIRE_CID, seq))
+
+
+def _fill_streams(
+    conn: Connection, payload: bytearray, limit: int, records: list[tuple[int, ...]]
+) -> None:
+    queue = conn.send_queue
+    flow = conn.flow
+    i = 0
+    while i < len(queue):
+        room = limit - len(payload)
+        if room < 24:
+            return
+        sid = queue[i]
+        stream = conn.streams.get(sid)
+        if stream is None:
+            queue.pop(i)
+            continue
+        send, recv = stream.send, stream.recv
+        if recv is not None and recv.stop_sending_pending:
+            F.encode_frame(F.StopSending(stream_id=sid, error_code=recv.stop_sending_code or 0),
+                           payload)
+            records.append((R_STOP, sid))
+            recv.stop_sending_pending = False
+            continue
+        if send is None:
+            queue.pop(i)
+            continue
+        if send.reset_pending:
+            F.encode_frame(
+                F.ResetStream(stream_id=sid, error_code=send.reset_code or 0,
+                              final_size=send.next_offset),
+                payload,
+            )
+            records.append((R_RESET, sid))
+            send.reset_pending = False
+            queue.pop(i)
+            continue
+        credit = flow.peer_max_data - flow.data_sent
+        sent_any = False
+        while True:
+            room = limit - len(payload)
+            header_max = 1 + varint_len(sid) + varint_len(send.next_offset + room) + 2
+            if room - header_max <= 0:
+                break
+            chunk = send.next_chunk(room - header_max, credit)
+            if chunk is None:
+                break
+            offset, data, fin, new_bytes = chunk
+            flow.data_sent += new_bytes
+            credit -= new_bytes
+            _push_stream_frame(payload, sid, offset, data, fin)
+            records.append((R_STREAM, sid, offset, len(data), int(fin)))
+            sent_any = True
+        if not send.has_data_to_send():
+            if send.is_flow_blocked() and send.blocked_sent_at != send.max_data:
+                F.encode_frame(F.StreamDataBlocked(stream_id=sid, limit=send.max_data), payload)
+                records.append((R_STREAM_BLOCKED, sid))
+                send.blocked_sent_at = send.max_data
+            queue.pop(i)
+            continue
+        if credit <= 0:
+            if flow.blocked_sent_at != flow.peer_max_data:
+                F.encode_frame(F.DataBlocked(limit=flow.peer_max_data), payload)
+                records.append((R_DATA_BLOCKED,))
+                flow.blocked_sent_at = flow.peer_max_data
+            return
+        if sent_any:
+            # the packet is full: rotate this stream to the back for fairness
+            queue.append(queue.pop(i))
+            return
+        i += 1
+    for bidi, limits in ((True, conn.bidi), (False, conn.uni)):
+        if limits.blocked_sent_at == -2:
+            F.encode_frame(F.StreamsBlocked(bidi=bidi, limit=limits.peer_max), payload)
+            records.append((R_STREAMS_BLOCKED, int(bidi)))
+            limits.blocked_sent_at = limits.peer_max
+
+
+def _push_stream_frame(
+    payload: bytearray, sid: int, offset: int, data: bytes, fin: bool
+) -> None:
+    ftype = 0x0A | (0x04 if offset else 0) | (0x01 if fin else 0)
+    payload.append(ftype)
+    push_varint(payload, sid)
+    if offset:
+        push_varint(payload, offset)
+    push_varint(payload, len(data))
+    payload += data
+
+
+def _close_datagrams(conn: Connection, now: float) -> list[bytes]:
+    assert conn.close_error is not None
+    code, frame_type, reason, application = conn.close_error
+    reason_bytes = reason.encode()[:256]
+    buf = bytearray()
+    seal: list[tuple[int, int, int, int, bytes]] = []
+    for epoch in _EPOCHS:
+        space = conn.spaces[_SPACE[epoch]]
+        if space.discarded:
+            continue
+        if epoch == Epoch.ONE_RTT:
+            if not conn.one_rtt_ready:
+                continue
+            frame = F.ConnectionClose(error_code=code, frame_type=frame_type if not application
+                                      else None, reason=reason_bytes)
+        else:
+            if conn.send_protectors[epoch] is None:
+                continue
+            if application:
+                frame = F.ConnectionClose(error_code=APPLICATION_ERROR, frame_type=0, reason=b"")
+            else:
+                frame = F.ConnectionClose(error_code=code, frame_type=frame_type or 0,
+                                          reason=reason_bytes)
+        payload = bytearray()
+        F.encode_frame(frame, payload)
+        if len(payload) < 4:
+            payload.extend(bytes(4 - len(payload)))
+        pn = space.next_pn
+        space.next_pn += 1
+        pn_len = 4
+        if epoch == Epoch.ONE_RTT:
+            header = build_short_header(conn.peer_cid, pn, pn_len, conn.key_phase)
+            offset = len(buf)
+            buf += header + payload + bytes(TAG_LEN)
+            seal.append((offset, len(header), len(payload), pn, conn.peer_cid))
+        else:
+            protector = conn.send_protectors[epoch]
+            assert protector is not None
+            if epoch == Epoch.INITIAL and conn.is_client:
+                payload.extend(bytes(max(0, 1200 - 80 - len(payload))))
+            header = build_long_header(
+                INITIAL if epoch == Epoch.INITIAL else HANDSHAKE, QUIC_V1, conn.peer_cid,
+                conn.initial_scid, conn.token if epoch == Epoch.INITIAL else b"",
+                pn_len + len(payload) + TAG_LEN, pn, pn_len,
+            )
+            buf += protector.seal(header, bytes(payload), pn)
+    if not buf:
+        return []
+    if seal:
+        conn.engine.seal(buf, seal)
+    if not conn.address_validated:
+        budget = conn.amplification_credit()
+        if len(buf) > budget:
+            return []
+        conn.bytes_sent_unvalidated += len(buf)
+    return [bytes(buf)]

@@ -1,0 +1,109 @@
+"""Plain-data pieces of connection state: packet number spaces, CIDs, flow control."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .rangeset import RangeSet
+from .streams import RecvStream, SendStream
+
+# connection states
+HANDSHAKE = 0
+ESTABLISHED = 1
+CLOSING = 2
+DRAINING = 3
+CLOSED = 4
+
+# retransmission record kinds (first element of each record tuple)
+R_STREAM = 0
+R_CRYPTO = 1
+R_MAX_DATA = 2
+R_MAX_STREAM_DATA = 3
+R_MAX_STREAMS = 4
+R_NEW_CID = 5
+R_RETIRE_CID = 6
+R_HANDSHAKE_DONE = 7
+R_RESET = 8
+R_STOP = 9
+R_DATA_BLOCKED = 10
+R_STREAM_BLOCKED = 11
+R_STREAMS_BLOCKED = 12
+R_ACK = 13
+R_PING = 14
+
+
+def _crypto_send() -> SendStream:
+    return SendStream(max_data=1 << 62)
+
+
+def _crypto_recv() -> RecvStream:
+    return RecvStream(max_data=1 << 20, window=1 << 20, window_max=1 << 20)
+
+
+@dataclass(slots=True)
+class PacketSpace:
+    """One packet number space: what we sent and what we must acknowledge."""
+
+    next_pn: int = 0
+    largest_acked: int = -1
+    received: RangeSet = field(default_factory=RangeSet)
+    largest_received: int = -1
+    largest_received_time: float = 0.0
+    ack_eliciting_pending: int = 0
+    ack_immediately: bool = False
+    ack_deadline: float | None = None
+    ack_pending: bool = False  # a received packet not yet acknowledged
+    ecn_counts: list[int] = field(default_factory=lambda: [0, 0, 0])
+    crypto_send: SendStream = field(default_factory=_crypto_send)
+    crypto_recv: RecvStream = field(default_factory=_crypto_recv)
+    discarded: bool = False
+
+
+@dataclass(slots=True)
+class LocalCid:
+    """A connection ID we issued."""
+
+    sequence: int
+    cid: bytes
+    reset_token: bytes
+    retired: bool = False
+    announced: bool = False  # NEW_CONNECTION_ID sent (and not lost)
+
+
+@dataclass(slots=True)
+class PeerCid:
+    """A connection ID the peer issued to us."""
+
+    sequence: int
+    cid: bytes
+    reset_token: bytes | None
+
+
+@dataclass(slots=True)
+class FlowControl:
+    """Connection-level flow control in both directions."""
+
+    peer_max_data: int = 0  # peer's limit on what we send
+    data_sent: int = 0
+    max_data: int = 0  # our limit on what the peer sends
+    data_received: int = 0  # sum of highest offsets of the peer's streams
+    data_consumed: int = 0  # read by the application
+    window: int = 0
+    window_max: int = 0
+    last_update_time: float = 0.0
+    blocked_sent_at: int = -1
+    pending_max_data: bool = False
+
+
+@dataclass(slots=True)
+class StreamLimits:
+    """Stream counts in both directions for one stream type (bidi or uni)."""
+
+    peer_max: int = 0  # how many we may open
+    opened_local: int = 0
+    max_remote: int = 0  # how many the peer may open (advertised)
+    opened_remote: int = 0  # highest peer stream index + 1
+    closed_remote: int = 0
+    window: int = 0
+    pending_max_streams: bool = False
+    blocked_sent_at: int = -1
