@@ -1,0 +1,326 @@
+"""The client side of the TLS 1.3 handshake as QUIC uses it (RFC 9001 §4)."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+
+from cryptography import x509
+
+from quicflow.crypto.epoch import Epoch
+from quicflow.crypto.suites import CipherSuite
+
+from .alerts import (
+    BAD_CERTIFICATE,
+    DECODE_ERROR,
+    DECRYPT_ERROR,
+    ILLEGAL_PARAMETER,
+    MISSING_EXTENSION,
+    NO_APPLICATION_PROTOCOL,
+    PROTOCOL_VERSION,
+    UNEXPECTED_MESSAGE,
+    UNSUPPORTED_EXTENSION,
+    TlsAlert,
+)
+from .config import TlsConfig
+from .core import HandshakeCore
+from .keyschedule import KeySchedule, message_hash
+from .keyshare import KeyExchangeKey, generate_key, public_bytes, shared_secret
+from .messages import (
+    CERTIFICATE,
+    CERTIFICATE_REQUEST,
+    CERTIFICATE_VERIFY,
+    ENCRYPTED_EXTENSIONS,
+    EXT_ALPN,
+    EXT_COOKIE,
+    EXT_KEY_SHARE,
+    EXT_PRE_SHARED_KEY,
+    EXT_QUIC_TRANSPORT_PARAMETERS,
+    EXT_SERVER_NAME,
+    EXT_SIGNATURE_ALGORITHMS,
+    EXT_SUPPORTED_GROUPS,
+    EXT_SUPPORTED_VERSIONS,
+    FINISHED,
+    GROUP_IDS,
+    KEY_UPDATE,
+    NEW_SESSION_TICKET,
+    SERVER_HELLO,
+    TLS13,
+    ClientHello,
+    Reader,
+    ServerHello,
+    decode_certificate,
+    decode_certificate_verify,
+    decode_encrypted_extensions,
+    decode_server_hello,
+    encode_client_hello,
+    encode_finished,
+    ext_alpn,
+    ext_cookie,
+    ext_key_share_client,
+    ext_server_name,
+    ext_supported_versions_client,
+    handshake,
+    parse_alpn,
+    parse_cookie,
+    parse_key_share_server,
+    parse_u16,
+    u16_list,
+    vec,
+)
+from .verify import (
+    CLIENT_SIGNATURE_ALGORITHMS,
+    SERVER_CONTEXT,
+    certificate_verify_content,
+    verify_chain,
+    verify_signature,
+)
+
+# client states
+WAIT_SH, WAIT_EE, WAIT_CERT, WAIT_CV, WAIT_FINISHED, DONE = range(6)
+
+_SH_ALLOWED = {EXT_SUPPORTED_VERSIONS, EXT_KEY_SHARE}
+_HRR_ALLOWED = {EXT_SUPPORTED_VERSIONS, EXT_KEY_SHARE, EXT_COOKIE}
+_EE_FORBIDDEN = {
+    EXT_SUPPORTED_VERSIONS,
+    EXT_KEY_SHARE,
+    EXT_COOKIE,
+    EXT_SIGNATURE_ALGORITHMS,
+    EXT_PRE_SHARED_KEY,
+}
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class ClientHandshake(HandshakeCore):
+    def __init__(self, config: TlsConfig, transport_parameters: bytes) -> None:
+        super().__init__(config, transport_parameters)
+        self.state = WAIT_SH
+        self.client_random = os.urandom(32)
+        self.group_ids = [GROUP_IDS[g] for g in config.groups]
+        self.shares: dict[int, KeyExchangeKey] = {}
+        self.hello: ClientHello | None = None
+        self.retried_suite: int | None = None
+        self.cert_request_context: bytes | None = None
+        self.started = False
+
+    def expected_epoch(self) -> Epoch | None:
+        if self.state == WAIT_SH:
+            return Epoch.INITIAL if self.started else None
+        if self.state == DONE:
+            return None
+        return Epoch.HANDSHAKE
+
+    # ------------------------------------------------------------ ClientHello
+
+    def start(self) -> None:
+        if self.started:
+            return
+        self.started = True
+        group = self.group_ids[0]
+        self.shares = {group: generate_key(group)}
+        cfg = self.config
+        extensions = [
+            (EXT_SUPPORTED_VERSIONS, ext_supported_versions_client([TLS13])),
+            (EXT_SUPPORTED_GROUPS, u16_list(self.group_ids)),
+            (EXT_KEY_SHARE, ext_key_share_client([(group, public_bytes(self.shares[group]))])),
+            (EXT_SIGNATURE_ALGORITHMS, u16_list(CLIENT_SIGNATURE_ALGORITHMS)),
+            (EXT_ALPN, ext_alpn(cfg.alpn_protocols)),
+            (EXT_QUIC_TRANSPORT_PARAMETERS, self.transport_parameters),
+        ]
+        if cfg.server_name and not _is_ip(cfg.server_name):
+            extensions.insert(0, (EXT_SERVER_NAME, ext_server_name(cfg.server_name)))
+        self.hello = ClientHello(
+            random=self.client_random,
+            session_id=b"",
+            cipher_suites=[int(s) for s in cfg.cipher_suites],
+            extensions=extensions,
+        )
+        self._send_hello()
+
+    def _send_hello(self) -> None:
+        assert self.hello is not None
+        data = encode_client_hello(self.hello)
+        self.transcript += data
+        self.send(Epoch.INITIAL, data)
+
+    # ------------------------------------------------------------ dispatch
+
+    def handle(self, epoch: Epoch, msg_type: int, body: bytes, raw: bytes) -> None:
+        state = self.state
+        if state == WAIT_SH and msg_type == SERVER_HELLO:
+            self._server_hello(decode_server_hello(body), raw)
+        elif state == WAIT_EE and msg_type == ENCRYPTED_EXTENSIONS:
+            self._encrypted_extensions(body, raw)
+        elif state == WAIT_CERT and msg_type == CERTIFICATE_REQUEST:
+            self._certificate_request(body, raw)
+        elif state == WAIT_CERT and msg_type == CERTIFICATE:
+            self._certificate(body, raw)
+        elif state == WAIT_CV and msg_type == CERTIFICATE_VERIFY:
+            self._certificate_verify(body, raw)
+        elif state == WAIT_FINISHED and msg_type == FINISHED:
+            self._finished(body, raw)
+        else:
+            raise TlsAlert(UNEXPECTED_MESSAGE, f"unexpected handshake message type {msg_type}")
+
+    def handle_post_handshake(self, epoch: Epoch, msg_type: int, body: bytes) -> None:
+        if epoch != Epoch.ONE_RTT:
+            raise TlsAlert(
+                UNEXPECTED_MESSAGE, f"message {msg_type} in {epoch.name} after handshake"
+            )
+        if msg_type == NEW_SESSION_TICKET:
+            return  # no resumption: tickets are ignored
+        if msg_type == KEY_UPDATE:
+            raise TlsAlert(UNEXPECTED_MESSAGE, "KeyUpdate is forbidden in QUIC")
+        raise TlsAlert(UNEXPECTED_MESSAGE, f"unexpected post-handshake message {msg_type}")
+
+    # ------------------------------------------------------------ ServerHello / HRR
+
+    def _check_common(self, sh: ServerHello, allowed: set[int]) -> CipherSuite:
+        assert self.hello is not None
+        if EXT_SUPPORTED_VERSIONS not in sh.ext_map:
+            raise TlsAlert(PROTOCOL_VERSION, "server did not negotiate TLS 1.3")
+        if parse_u16(sh.ext_map[EXT_SUPPORTED_VERSIONS]) != TLS13:
+            raise TlsAlert(ILLEGAL_PARAMETER, "server selected a version other than TLS 1.3")
+        for ext_type in sh.ext_map:
+            if ext_type not in allowed:
+                raise TlsAlert(UNSUPPORTED_EXTENSION, f"unsolicited extension {ext_type}")
+        if sh.session_id != self.hello.session_id:
+            raise TlsAlert(ILLEGAL_PARAMETER, "server did not echo legacy_session_id")
+        if sh.cipher_suite not in self.hello.cipher_suites:
+            raise TlsAlert(ILLEGAL_PARAMETER, f"server chose cipher suite {sh.cipher_suite:#06x}")
+        if self.retried_suite is not None and sh.cipher_suite != self.retried_suite:
+            raise TlsAlert(ILLEGAL_PARAMETER, "cipher suite changed after HelloRetryRequest")
+        return CipherSuite(sh.cipher_suite)
+
+    def _server_hello(self, sh: ServerHello, raw: bytes) -> None:
+        if sh.is_retry_request:
+            self._hello_retry_request(sh, raw)
+            return
+        suite = self._check_common(sh, _SH_ALLOWED)
+        if EXT_KEY_SHARE not in sh.ext_map:
+            raise TlsAlert(MISSING_EXTENSION, "ServerHello has no key_share")
+        group, peer_key = parse_key_share_server(sh.ext_map[EXT_KEY_SHARE])
+        if group not in self.shares:
+            raise TlsAlert(ILLEGAL_PARAMETER, f"server key share for unoffered group {group:#06x}")
+        self.require_empty(Epoch.INITIAL)
+        shared = shared_secret(self.shares[group], peer_key)
+        self.shares.clear()
+        self.suite = suite
+        self.ks = KeySchedule(suite)
+        self.ks.set_shared_secret(shared)
+        self.transcript += raw
+        self.install_handshake_secrets()
+        self.state = WAIT_EE
+
+    def _hello_retry_request(self, hrr: ServerHello, raw: bytes) -> None:
+        assert self.hello is not None
+        if self.retried_suite is not None:
+            raise TlsAlert(UNEXPECTED_MESSAGE, "second HelloRetryRequest")
+        suite = self._check_common(hrr, _HRR_ALLOWED)
+        self.require_empty(Epoch.INITIAL)
+        self.retried_suite = int(suite)
+        cookie = parse_cookie(hrr.ext_map[EXT_COOKIE]) if EXT_COOKIE in hrr.ext_map else None
+        new_group: int | None = None
+        if EXT_KEY_SHARE in hrr.ext_map:
+            new_group = parse_u16(hrr.ext_map[EXT_KEY_SHARE])
+            if new_group not in self.group_ids or new_group in self.shares:
+                raise TlsAlert(
+                    ILLEGAL_PARAMETER, f"HelloRetryRequest selected bad group {new_group:#06x}"
+                )
+        elif cookie is None:
+            raise TlsAlert(ILLEGAL_PARAMETER, "HelloRetryRequest would not change ClientHello")
+        # transcript: message_hash(ClientHello1) || HelloRetryRequest || ClientHello2
+        self.transcript = bytearray(message_hash(suite, bytes(self.transcript)) + raw)
+        extensions = []
+        for ext_type, data in self.hello.extensions:
+            if ext_type == EXT_KEY_SHARE and new_group is not None:
+                self.shares = {new_group: generate_key(new_group)}
+                key = public_bytes(self.shares[new_group])
+                data = ext_key_share_client([(new_group, key)])
+            if ext_type != EXT_COOKIE:
+                extensions.append((ext_type, data))
+        if cookie is not None:
+            extensions.append((EXT_COOKIE, ext_cookie(cookie)))
+        self.hello.extensions = extensions
+        self._send_hello()
+
+    # ------------------------------------------------------------ encrypted flight
+
+    def _encrypted_extensions(self, body: bytes, raw: bytes) -> None:
+        ext = decode_encrypted_extensions(body)
+        for ext_type in _EE_FORBIDDEN:
+            if ext_type in ext:
+                raise TlsAlert(ILLEGAL_PARAMETER, f"extension {ext_type} in EncryptedExtensions")
+        if EXT_ALPN not in ext:
+            raise TlsAlert(NO_APPLICATION_PROTOCOL, "server did not select an ALPN protocol")
+        protocols = parse_alpn(ext[EXT_ALPN])
+        if len(protocols) != 1 or protocols[0] not in self.config.alpn_protocols:
+            raise TlsAlert(ILLEGAL_PARAMETER, f"server selected unoffered ALPN {protocols!r}")
+        if EXT_QUIC_TRANSPORT_PARAMETERS not in ext:
+            raise TlsAlert(MISSING_EXTENSION, "server sent no quic_transport_parameters")
+        self.alpn = protocols[0]
+        self.peer_tp = ext[EXT_QUIC_TRANSPORT_PARAMETERS]
+        self.transcript += raw
+        self.state = WAIT_CERT
+
+    def _certificate_request(self, body: bytes, raw: bytes) -> None:
+        r = Reader(body)
+        context = r.vec(1)
+        r.sub(2)  # extensions: we answer with an empty Certificate whatever they ask
+        r.done()
+        if self.cert_request_context is not None:
+            raise TlsAlert(UNEXPECTED_MESSAGE, "second CertificateRequest")
+        self.cert_request_context = context
+        self.transcript += raw
+
+    def _certificate(self, body: bytes, raw: bytes) -> None:
+        context, ders = decode_certificate(body)
+        if context:
+            raise TlsAlert(ILLEGAL_PARAMETER, "server Certificate with a request context")
+        if not ders:
+            raise TlsAlert(DECODE_ERROR, "server sent an empty certificate list")
+        try:
+            certs = [x509.load_der_x509_certificate(der) for der in ders]
+        except ValueError as exc:
+            raise TlsAlert(BAD_CERTIFICATE, f"cannot parse server certificate: {exc}") from exc
+        cfg = self.config
+        if cfg.verify_peer:
+            verify_chain(certs, cfg.server_name, cfg.cafile, cfg.cadata)
+        self.peer_certs = certs
+        self.transcript += raw
+        self.state = WAIT_CV
+
+    def _certificate_verify(self, body: bytes, raw: bytes) -> None:
+        algorithm, signature = decode_certificate_verify(body)
+        content = certificate_verify_content(SERVER_CONTEXT, self.thash())
+        verify_signature(self.peer_certs[0], algorithm, signature, content)
+        self.transcript += raw
+        self.state = WAIT_FINISHED
+
+    def _finished(self, body: bytes, raw: bytes) -> None:
+        assert self.ks is not None
+        expected = self.ks.finished_verify_data(self.server_hs_secret, self.thash())
+        if not hmac.compare_digest(expected, body):
+            raise TlsAlert(DECRYPT_ERROR, "server Finished does not verify")
+        self.require_empty(Epoch.HANDSHAKE)
+        self.transcript += raw
+        server_finished_hash = self.thash()
+        out = b""
+        if self.cert_request_context is not None:
+            empty_cert = handshake(CERTIFICATE, vec(1, self.cert_request_context) + vec(3, b""))
+            self.transcript += empty_cert
+            out += empty_cert
+        fin = encode_finished(self.ks.finished_verify_data(self.client_hs_secret, self.thash()))
+        self.transcript += fin
+        self.send(Epoch.HANDSHAKE, out + fin)
+        self.install_application_secrets(server_finished_hash)
+        self.state = DONE
+        self.complete = True

@@ -1,0 +1,67 @@
+"""Configuration of one side of a TLS 1.3 handshake."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from quicflow.crypto.suites import CipherSuite
+
+PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+SUPPORTED_GROUPS = ("x25519", "secp256r1")
+
+
+def _all_suites() -> list[CipherSuite]:
+    return [
+        CipherSuite.AES_128_GCM_SHA256,
+        CipherSuite.AES_256_GCM_SHA384,
+        CipherSuite.CHACHA20_POLY1305_SHA256,
+    ]
+
+
+def _default_groups() -> list[str]:
+    return ["x25519", "secp256r1"]
+
+
+@dataclass
+class TlsConfig:
+    """Settings of a client or server handshake.
+
+    A server needs ``certificate_chain`` (leaf first) and ``private_key``. A client
+    verifies the server against ``cadata`` (PEM) and/or ``cafile``, else the system store,
+    unless ``verify_peer`` is False. ``groups`` are names from ``SUPPORTED_GROUPS``; the
+    client sends a key share for the first one. ``cipher_suites`` is the preference order
+    (the server's order wins).
+    """
+
+    is_client: bool
+    alpn_protocols: list[str] = field(default_factory=list)
+    server_name: str | None = None
+    certificate_chain: list[x509.Certificate] = field(default_factory=list)
+    private_key: PrivateKey | None = None
+    cafile: str | None = None
+    cadata: bytes | None = None
+    verify_peer: bool = True
+    cipher_suites: list[CipherSuite] = field(default_factory=_all_suites)
+    groups: list[str] = field(default_factory=_default_groups)
+    keylog_file: str | None = None
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for a configuration that cannot work."""
+        if not self.alpn_protocols:
+            raise ValueError("TlsConfig.alpn_protocols must not be empty (QUIC requires ALPN)")
+        for proto in self.alpn_protocols:
+            if not 0 < len(proto.encode()) < 256:
+                raise ValueError(f"bad ALPN protocol {proto!r}")
+        if not self.cipher_suites:
+            raise ValueError("TlsConfig.cipher_suites must not be empty")
+        if not self.groups:
+            raise ValueError("TlsConfig.groups must not be empty")
+        for group in self.groups:
+            if group not in SUPPORTED_GROUPS:
+                raise ValueError(f"unsupported group {group!r}; use one of {SUPPORTED_GROUPS}")
+        if not self.is_client and (not self.certificate_chain or self.private_key is None):
+            raise ValueError("a server TlsConfig needs certificate_chain and private_key")

@@ -1,0 +1,139 @@
+"""State and message plumbing shared by the client and server handshakes."""
+
+from __future__ import annotations
+
+from cryptography import x509
+
+from quicflow.crypto.epoch import Epoch
+from quicflow.crypto.suites import CipherSuite
+
+from .alerts import DECODE_ERROR, UNEXPECTED_MESSAGE, TlsAlert
+from .config import TlsConfig
+from .keyschedule import KeySchedule, transcript_hash
+
+# largest handshake message accepted (a long certificate chain still fits)
+MAX_MESSAGE_LEN = 1 << 18
+
+Secret = tuple[Epoch, bool, CipherSuite, bytes]
+
+
+class HandshakeCore:
+    """Buffers, transcript, outputs and results of one handshake (either side)."""
+
+    def __init__(self, config: TlsConfig, transport_parameters: bytes) -> None:
+        config.validate()
+        self.config = config
+        self.transport_parameters = transport_parameters
+        self.buffers: dict[Epoch, bytearray] = {e: bytearray() for e in Epoch}
+        self.output: list[tuple[Epoch, bytes]] = []
+        self.secrets: list[Secret] = []
+        self.transcript = bytearray()
+        self.suite: CipherSuite | None = None
+        self.ks: KeySchedule | None = None
+        self.client_random = b""
+        self.client_hs_secret = b""
+        self.server_hs_secret = b""
+        self.complete = False
+        self.alpn: str | None = None
+        self.peer_tp: bytes | None = None
+        self.peer_certs: list[x509.Certificate] = []
+        self.failed: TlsAlert | None = None
+
+    # ------------------------------------------------------------ to override
+
+    def expected_epoch(self) -> Epoch | None:
+        """The epoch the next message must arrive in (None: nothing expected)."""
+        raise NotImplementedError
+
+    def handle(self, epoch: Epoch, msg_type: int, body: bytes, raw: bytes) -> None:
+        raise NotImplementedError
+
+    def handle_post_handshake(self, epoch: Epoch, msg_type: int, body: bytes) -> None:
+        raise TlsAlert(UNEXPECTED_MESSAGE, f"unexpected message {msg_type} after handshake")
+
+    # ------------------------------------------------------------ plumbing
+
+    def receive(self, epoch: Epoch, data: bytes) -> None:
+        if self.failed is not None:
+            raise self.failed
+        try:
+            self._receive(epoch, data)
+        except TlsAlert as alert:
+            self.failed = alert
+            raise
+        except Exception as exc:  # any parsing slip is a decode error, never a crash
+            decode_alert = TlsAlert(DECODE_ERROR, f"malformed handshake data: {exc!r}")
+            self.failed = decode_alert
+            raise decode_alert from exc
+
+    def _receive(self, epoch: Epoch, data: bytes) -> None:
+        epoch = Epoch(epoch)
+        buf = self.buffers[epoch]
+        buf += data
+        while len(buf) >= 4:
+            length = int.from_bytes(buf[1:4], "big")
+            if length > MAX_MESSAGE_LEN:
+                raise TlsAlert(DECODE_ERROR, f"handshake message of {length} bytes is too long")
+            if len(buf) < 4 + length:
+                break
+            raw = bytes(buf[: 4 + length])
+            del buf[: 4 + length]
+            msg_type = raw[0]
+            if self.complete:
+                self.handle_post_handshake(epoch, msg_type, raw[4:])
+                continue
+            expected = self.expected_epoch()
+            if expected != epoch:
+                raise TlsAlert(
+                    UNEXPECTED_MESSAGE,
+                    f"handshake message {msg_type} in epoch {epoch.name}, "
+                    f"expected {expected.name if expected is not None else 'none'}",
+                )
+            self.handle(epoch, msg_type, raw[4:], raw)
+
+    def require_empty(self, epoch: Epoch) -> None:
+        """Messages must not span a key change (RFC 8446 §5.1)."""
+        if self.buffers[epoch]:
+            raise TlsAlert(UNEXPECTED_MESSAGE, f"data left in epoch {epoch.name} at a key change")
+
+    def thash(self) -> bytes:
+        assert self.suite is not None
+        return transcript_hash(self.suite, self.transcript)
+
+    def send(self, epoch: Epoch, data: bytes) -> None:
+        self.output.append((epoch, data))
+
+    def add_secret(self, epoch: Epoch, is_send: bool, secret: bytes) -> None:
+        assert self.suite is not None
+        self.secrets.append((epoch, is_send, self.suite, secret))
+
+    def keylog(self, label: str, secret: bytes) -> None:
+        path = self.config.keylog_file
+        if not path:
+            return
+        try:
+            with open(path, "a", encoding="ascii") as f:
+                f.write(f"{label} {self.client_random.hex()} {secret.hex()}\n")
+        except OSError:
+            pass  # key logging is a debugging aid and must never break a handshake
+
+    def install_handshake_secrets(self) -> None:
+        """After ServerHello: derive and publish the handshake traffic secrets."""
+        assert self.ks is not None
+        c_hs, s_hs = self.ks.handshake_traffic(self.thash())
+        self.client_hs_secret, self.server_hs_secret = c_hs, s_hs
+        is_client = self.config.is_client
+        self.add_secret(Epoch.HANDSHAKE, is_client, c_hs)
+        self.add_secret(Epoch.HANDSHAKE, not is_client, s_hs)
+        self.keylog("CLIENT_HANDSHAKE_TRAFFIC_SECRET", c_hs)
+        self.keylog("SERVER_HANDSHAKE_TRAFFIC_SECRET", s_hs)
+
+    def install_application_secrets(self, thash: bytes) -> None:
+        """From the hash of CH..server Finished: publish the 1-RTT traffic secrets."""
+        assert self.ks is not None
+        c_ap, s_ap = self.ks.application_traffic(thash)
+        is_client = self.config.is_client
+        self.add_secret(Epoch.ONE_RTT, is_client, c_ap)
+        self.add_secret(Epoch.ONE_RTT, not is_client, s_ap)
+        self.keylog("CLIENT_TRAFFIC_SECRET_0", c_ap)
+        self.keylog("SERVER_TRAFFIC_SECRET_0", s_ap)

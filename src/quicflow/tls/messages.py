@@ -1,0 +1,394 @@
+"""TLS 1.3 handshake messages and extensions as bytes (RFC 8446 §4).
+
+Only what QUIC uses: no record layer, no ChangeCipherSpec, no EndOfEarlyData.
+Every decoding failure raises ``TlsAlert(DECODE_ERROR)``.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from .alerts import DECODE_ERROR, ILLEGAL_PARAMETER, TlsAlert
+
+T = TypeVar("T")
+
+# handshake message types
+CLIENT_HELLO = 1
+SERVER_HELLO = 2
+NEW_SESSION_TICKET = 4
+END_OF_EARLY_DATA = 5
+ENCRYPTED_EXTENSIONS = 8
+CERTIFICATE = 11
+CERTIFICATE_REQUEST = 13
+CERTIFICATE_VERIFY = 15
+FINISHED = 20
+KEY_UPDATE = 24
+MESSAGE_HASH = 254
+
+# extension types
+EXT_SERVER_NAME = 0
+EXT_SUPPORTED_GROUPS = 10
+EXT_SIGNATURE_ALGORITHMS = 13
+EXT_ALPN = 16
+EXT_PRE_SHARED_KEY = 41
+EXT_EARLY_DATA = 42
+EXT_SUPPORTED_VERSIONS = 43
+EXT_COOKIE = 44
+EXT_PSK_KEY_EXCHANGE_MODES = 45
+EXT_KEY_SHARE = 51
+EXT_QUIC_TRANSPORT_PARAMETERS = 0x39
+
+TLS13 = 0x0304
+LEGACY_VERSION = 0x0303
+
+# SHA-256("HelloRetryRequest"), RFC 8446 §4.1.3
+HRR_RANDOM = bytes.fromhex("cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e09e2c8a8339c")
+
+# named groups
+GROUP_SECP256R1 = 0x0017
+GROUP_X25519 = 0x001D
+GROUP_IDS: dict[str, int] = {"secp256r1": GROUP_SECP256R1, "x25519": GROUP_X25519}
+
+# signature schemes
+SIG_ECDSA_SECP256R1_SHA256 = 0x0403
+SIG_RSA_PSS_RSAE_SHA256 = 0x0804
+SIG_RSA_PSS_RSAE_SHA384 = 0x0805
+SIG_RSA_PSS_RSAE_SHA512 = 0x0806
+SIG_ED25519 = 0x0807
+
+Extensions = list[tuple[int, bytes]]
+
+
+class Reader:
+    """Bounds-checked reader over one message body."""
+
+    __slots__ = ("data", "pos", "end")
+
+    def __init__(self, data: bytes, pos: int = 0, end: int | None = None) -> None:
+        self.data = data
+        self.pos = pos
+        self.end = len(data) if end is None else end
+
+    def _take(self, n: int) -> int:
+        start = self.pos
+        if n < 0 or start + n > self.end:
+            raise TlsAlert(DECODE_ERROR, "truncated handshake message")
+        self.pos = start + n
+        return start
+
+    def u8(self) -> int:
+        return self.data[self._take(1)]
+
+    def u16(self) -> int:
+        start = self._take(2)
+        return int.from_bytes(self.data[start : start + 2], "big")
+
+    def u24(self) -> int:
+        start = self._take(3)
+        return int.from_bytes(self.data[start : start + 3], "big")
+
+    def raw(self, n: int) -> bytes:
+        start = self._take(n)
+        return self.data[start : start + n]
+
+    def vec(self, len_bytes: int) -> bytes:
+        n = int.from_bytes(self.raw(len_bytes), "big")
+        return self.raw(n)
+
+    def sub(self, len_bytes: int) -> Reader:
+        n = int.from_bytes(self.raw(len_bytes), "big")
+        start = self._take(n)
+        return Reader(self.data, start, start + n)
+
+    def rest(self) -> bytes:
+        return self.raw(self.end - self.pos)
+
+    def at_end(self) -> bool:
+        return self.pos >= self.end
+
+    def done(self) -> None:
+        if self.pos != self.end:
+            raise TlsAlert(DECODE_ERROR, "trailing bytes in handshake message")
+
+    def items(self, func: Callable[[Reader], T]) -> list[T]:
+        out: list[T] = []
+        while not self.at_end():
+            out.append(func(self))
+        return out
+
+
+def vec(len_bytes: int, data: bytes) -> bytes:
+    if len(data) >= 1 << (8 * len_bytes):
+        raise ValueError("vector too long")
+    return len(data).to_bytes(len_bytes, "big") + data
+
+
+def u16_list(values: Iterable[int], len_bytes: int = 2) -> bytes:
+    return vec(len_bytes, b"".join(struct.pack("!H", v) for v in values))
+
+
+def handshake(msg_type: int, body: bytes) -> bytes:
+    """Wrap a body into a handshake message (type, 24-bit length)."""
+    return bytes([msg_type]) + len(body).to_bytes(3, "big") + body
+
+
+def encode_extensions(extensions: Extensions) -> bytes:
+    return vec(2, b"".join(struct.pack("!H", t) + vec(2, d) for t, d in extensions))
+
+
+def decode_extensions(r: Reader) -> dict[int, bytes]:
+    """Read an extensions block; duplicates are illegal (RFC 8446 §4.2)."""
+    out: dict[int, bytes] = {}
+    ext = r.sub(2)
+    while not ext.at_end():
+        ext_type = ext.u16()
+        data = ext.vec(2)
+        if ext_type in out:
+            raise TlsAlert(ILLEGAL_PARAMETER, f"duplicate extension {ext_type}")
+        out[ext_type] = data
+    return out
+
+
+# ---------------------------------------------------------------- ClientHello
+
+
+@dataclass(slots=True)
+class ClientHello:
+    random: bytes
+    session_id: bytes
+    cipher_suites: list[int]
+    extensions: Extensions = field(default_factory=list)
+    # decoded only (for lookup); encoding uses ``extensions``
+    ext_map: dict[int, bytes] = field(default_factory=dict)
+
+
+def encode_client_hello(hello: ClientHello) -> bytes:
+    body = (
+        struct.pack("!H", LEGACY_VERSION)
+        + hello.random
+        + vec(1, hello.session_id)
+        + u16_list(hello.cipher_suites)
+        + vec(1, b"\x00")
+        + encode_extensions(hello.extensions)
+    )
+    return handshake(CLIENT_HELLO, body)
+
+
+def decode_client_hello(body: bytes) -> ClientHello:
+    r = Reader(body)
+    r.u16()  # legacy_version, ignored in TLS 1.3
+    random = r.raw(32)
+    session_id = r.vec(1)
+    if len(session_id) > 32:
+        raise TlsAlert(ILLEGAL_PARAMETER, "legacy_session_id longer than 32 bytes")
+    suites_r = r.sub(2)
+    suites = suites_r.items(Reader.u16)
+    compression = r.vec(1)
+    if compression != b"\x00":
+        raise TlsAlert(ILLEGAL_PARAMETER, "legacy_compression_methods must be [null]")
+    ext_map = decode_extensions(r)
+    r.done()
+    return ClientHello(random, session_id, suites, list(ext_map.items()), ext_map)
+
+
+# ---------------------------------------------------------------- ServerHello
+
+
+@dataclass(slots=True)
+class ServerHello:
+    random: bytes
+    session_id: bytes
+    cipher_suite: int
+    extensions: Extensions = field(default_factory=list)
+    ext_map: dict[int, bytes] = field(default_factory=dict)
+
+    @property
+    def is_retry_request(self) -> bool:
+        return self.random == HRR_RANDOM
+
+
+def encode_server_hello(hello: ServerHello) -> bytes:
+    body = (
+        struct.pack("!H", LEGACY_VERSION)
+        + hello.random
+        + vec(1, hello.session_id)
+        + struct.pack("!HB", hello.cipher_suite, 0)
+        + encode_extensions(hello.extensions)
+    )
+    return handshake(SERVER_HELLO, body)
+
+
+def decode_server_hello(body: bytes) -> ServerHello:
+    r = Reader(body)
+    r.u16()
+    random = r.raw(32)
+    session_id = r.vec(1)
+    suite = r.u16()
+    if r.u8() != 0:
+        raise TlsAlert(ILLEGAL_PARAMETER, "legacy_compression_method must be 0")
+    ext_map = decode_extensions(r)
+    r.done()
+    return ServerHello(random, session_id, suite, list(ext_map.items()), ext_map)
+
+
+# ---------------------------------------------------------------- other messages
+
+
+def encode_encrypted_extensions(extensions: Extensions) -> bytes:
+    return handshake(ENCRYPTED_EXTENSIONS, encode_extensions(extensions))
+
+
+def decode_encrypted_extensions(body: bytes) -> dict[int, bytes]:
+    r = Reader(body)
+    ext_map = decode_extensions(r)
+    r.done()
+    return ext_map
+
+
+def encode_certificate(context: bytes, cert_ders: list[bytes]) -> bytes:
+    entries = b"".join(vec(3, der) + vec(2, b"") for der in cert_ders)
+    return handshake(CERTIFICATE, vec(1, context) + vec(3, entries))
+
+
+def decode_certificate(body: bytes) -> tuple[bytes, list[bytes]]:
+    """Returns (certificate_request_context, DER certificates)."""
+    r = Reader(body)
+    context = r.vec(1)
+    entries = r.sub(3)
+    ders: list[bytes] = []
+    while not entries.at_end():
+        der = entries.vec(3)
+        if not der:
+            raise TlsAlert(DECODE_ERROR, "empty certificate entry")
+        decode_extensions(entries)  # per-certificate extensions, unused
+        ders.append(der)
+    r.done()
+    return context, ders
+
+
+def encode_certificate_verify(algorithm: int, signature: bytes) -> bytes:
+    return handshake(CERTIFICATE_VERIFY, struct.pack("!H", algorithm) + vec(2, signature))
+
+
+def decode_certificate_verify(body: bytes) -> tuple[int, bytes]:
+    r = Reader(body)
+    algorithm = r.u16()
+    signature = r.vec(2)
+    r.done()
+    return algorithm, signature
+
+
+def encode_finished(verify_data: bytes) -> bytes:
+    return handshake(FINISHED, verify_data)
+
+
+# ---------------------------------------------------------------- extension bodies
+
+
+def ext_supported_versions_client(versions: list[int]) -> bytes:
+    return u16_list(versions, 1)
+
+
+def parse_supported_versions_client(data: bytes) -> list[int]:
+    r = Reader(data)
+    out = r.sub(1).items(Reader.u16)
+    r.done()
+    return out
+
+
+def parse_u16(data: bytes) -> int:
+    r = Reader(data)
+    value = r.u16()
+    r.done()
+    return value
+
+
+def parse_u16_list(data: bytes) -> list[int]:
+    r = Reader(data)
+    out = r.sub(2).items(Reader.u16)
+    r.done()
+    return out
+
+
+def ext_key_share_client(shares: list[tuple[int, bytes]]) -> bytes:
+    return vec(2, b"".join(struct.pack("!H", g) + vec(2, k) for g, k in shares))
+
+
+def _key_share_entry(r: Reader) -> tuple[int, bytes]:
+    group = r.u16()
+    key = r.vec(2)
+    return group, key
+
+
+def parse_key_share_client(data: bytes) -> list[tuple[int, bytes]]:
+    r = Reader(data)
+    out = r.sub(2).items(_key_share_entry)
+    r.done()
+    return out
+
+
+def ext_key_share_server(group: int, key: bytes) -> bytes:
+    return struct.pack("!H", group) + vec(2, key)
+
+
+def parse_key_share_server(data: bytes) -> tuple[int, bytes]:
+    r = Reader(data)
+    entry = _key_share_entry(r)
+    r.done()
+    return entry
+
+
+def ext_server_name(host: str) -> bytes:
+    name = host.encode("ascii")
+    return vec(2, b"\x00" + vec(2, name))
+
+
+def parse_server_name(data: bytes) -> str | None:
+    r = Reader(data)
+    names = r.sub(2)
+    host: str | None = None
+    while not names.at_end():
+        name_type = names.u8()
+        name = names.vec(2)
+        if name_type == 0 and host is None:
+            try:
+                host = name.decode("ascii")
+            except UnicodeDecodeError as exc:
+                raise TlsAlert(DECODE_ERROR, "server_name is not ASCII") from exc
+    r.done()
+    return host
+
+
+def ext_alpn(protocols: list[str]) -> bytes:
+    return vec(2, b"".join(vec(1, p.encode()) for p in protocols))
+
+
+def parse_alpn(data: bytes) -> list[str]:
+    r = Reader(data)
+    protos = r.sub(2)
+    out: list[str] = []
+    while not protos.at_end():
+        raw = protos.vec(1)
+        if not raw:
+            raise TlsAlert(DECODE_ERROR, "empty ALPN protocol name")
+        out.append(raw.decode("latin-1"))
+    r.done()
+    if not out:
+        raise TlsAlert(DECODE_ERROR, "empty ALPN list")
+    return out
+
+
+def ext_cookie(cookie: bytes) -> bytes:
+    return vec(2, cookie)
+
+
+def parse_cookie(data: bytes) -> bytes:
+    r = Reader(data)
+    cookie = r.vec(2)
+    r.done()
+    if not cookie:
+        raise TlsAlert(DECODE_ERROR, "empty cookie")
+    return cookie

@@ -1,0 +1,245 @@
+"""The server side of the TLS 1.3 handshake as QUIC uses it (RFC 9001 §4)."""
+
+from __future__ import annotations
+
+import hmac
+import os
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from quicflow.crypto.epoch import Epoch
+from quicflow.crypto.suites import CipherSuite
+
+from .alerts import (
+    DECRYPT_ERROR,
+    HANDSHAKE_FAILURE,
+    ILLEGAL_PARAMETER,
+    MISSING_EXTENSION,
+    NO_APPLICATION_PROTOCOL,
+    PROTOCOL_VERSION,
+    UNEXPECTED_MESSAGE,
+    TlsAlert,
+)
+from .config import TlsConfig
+from .core import HandshakeCore
+from .keyschedule import KeySchedule, message_hash
+from .keyshare import generate_key, public_bytes, shared_secret
+from .messages import (
+    CLIENT_HELLO,
+    EXT_ALPN,
+    EXT_KEY_SHARE,
+    EXT_QUIC_TRANSPORT_PARAMETERS,
+    EXT_SERVER_NAME,
+    EXT_SIGNATURE_ALGORITHMS,
+    EXT_SUPPORTED_GROUPS,
+    EXT_SUPPORTED_VERSIONS,
+    FINISHED,
+    GROUP_IDS,
+    HRR_RANDOM,
+    TLS13,
+    ClientHello,
+    ServerHello,
+    decode_client_hello,
+    encode_certificate,
+    encode_certificate_verify,
+    encode_encrypted_extensions,
+    encode_finished,
+    encode_server_hello,
+    ext_alpn,
+    ext_key_share_server,
+    parse_alpn,
+    parse_key_share_client,
+    parse_server_name,
+    parse_supported_versions_client,
+    parse_u16_list,
+)
+from .verify import (
+    SERVER_CONTEXT,
+    certificate_verify_content,
+    sign,
+    signature_algorithms_for_key,
+)
+
+# server states
+WAIT_CH, WAIT_CH2, WAIT_FINISHED, DONE = range(4)
+
+
+class ServerHandshake(HandshakeCore):
+    def __init__(self, config: TlsConfig, transport_parameters: bytes) -> None:
+        super().__init__(config, transport_parameters)
+        self.state = WAIT_CH
+        self.group_ids = [GROUP_IDS[g] for g in config.groups]
+        self.hrr_group: int | None = None
+        self.expected_client_finished = b""
+        self.server_name: str | None = None
+
+    def expected_epoch(self) -> Epoch | None:
+        if self.state in (WAIT_CH, WAIT_CH2):
+            return Epoch.INITIAL
+        if self.state == WAIT_FINISHED:
+            return Epoch.HANDSHAKE
+        return None
+
+    def handle(self, epoch: Epoch, msg_type: int, body: bytes, raw: bytes) -> None:
+        if self.state in (WAIT_CH, WAIT_CH2) and msg_type == CLIENT_HELLO:
+            self._client_hello(decode_client_hello(body), raw)
+        elif self.state == WAIT_FINISHED and msg_type == FINISHED:
+            self._finished(body)
+        else:
+            raise TlsAlert(UNEXPECTED_MESSAGE, f"unexpected handshake message type {msg_type}")
+
+    # ------------------------------------------------------------ negotiation
+
+    def _negotiate_suite(self, hello: ClientHello) -> CipherSuite:
+        for suite in self.config.cipher_suites:
+            if int(suite) in hello.cipher_suites:
+                return CipherSuite(suite)
+        raise TlsAlert(HANDSHAKE_FAILURE, "no cipher suite in common")
+
+    def _negotiate_alpn(self, ext: dict[int, bytes]) -> str:
+        if EXT_ALPN not in ext:
+            raise TlsAlert(NO_APPLICATION_PROTOCOL, "client offered no ALPN protocol")
+        offered = parse_alpn(ext[EXT_ALPN])
+        for proto in self.config.alpn_protocols:
+            if proto in offered:
+                return proto
+        raise TlsAlert(
+            NO_APPLICATION_PROTOCOL,
+            f"no ALPN protocol in common: client offers {offered!r}, "
+            f"server supports {self.config.alpn_protocols!r}",
+        )
+
+    def _negotiate_signature(self, ext: dict[int, bytes]) -> int:
+        if EXT_SIGNATURE_ALGORITHMS not in ext:
+            raise TlsAlert(MISSING_EXTENSION, "ClientHello has no signature_algorithms")
+        offered = parse_u16_list(ext[EXT_SIGNATURE_ALGORITHMS])
+        assert self.config.private_key is not None
+        for algorithm in signature_algorithms_for_key(self.config.private_key):
+            if algorithm in offered:
+                return algorithm
+        raise TlsAlert(HANDSHAKE_FAILURE, "no signature algorithm in common with the client")
+
+    # ------------------------------------------------------------ ClientHello
+
+    def _client_hello(self, hello: ClientHello, raw: bytes) -> None:
+        ext = hello.ext_map
+        self.require_empty(Epoch.INITIAL)
+        if EXT_SUPPORTED_VERSIONS not in ext or TLS13 not in parse_supported_versions_client(
+            ext[EXT_SUPPORTED_VERSIONS]
+        ):
+            raise TlsAlert(PROTOCOL_VERSION, "client does not offer TLS 1.3")
+        if EXT_QUIC_TRANSPORT_PARAMETERS not in ext:
+            raise TlsAlert(MISSING_EXTENSION, "client sent no quic_transport_parameters")
+        for required in (EXT_SUPPORTED_GROUPS, EXT_KEY_SHARE):
+            if required not in ext:
+                raise TlsAlert(MISSING_EXTENSION, f"ClientHello lacks extension {required}")
+        suite = self._negotiate_suite(hello)
+        alpn = self._negotiate_alpn(ext)
+        sig_alg = self._negotiate_signature(ext)
+        client_groups = parse_u16_list(ext[EXT_SUPPORTED_GROUPS])
+        shares = parse_key_share_client(ext[EXT_KEY_SHARE])
+        share_map: dict[int, bytes] = {}
+        for group, key in shares:
+            if group in share_map or group not in client_groups:
+                raise TlsAlert(ILLEGAL_PARAMETER, f"bad key share entry for group {group:#06x}")
+            share_map[group] = key
+        server_name = parse_server_name(ext[EXT_SERVER_NAME]) if EXT_SERVER_NAME in ext else None
+
+        if self.state == WAIT_CH2:
+            assert self.suite is not None
+            if suite != self.suite:
+                raise TlsAlert(ILLEGAL_PARAMETER, "ClientHello2 changes the cipher suite")
+            if self.hrr_group not in share_map or len(share_map) != 1:
+                raise TlsAlert(ILLEGAL_PARAMETER, "ClientHello2 lacks the requested key share")
+            group = self.hrr_group
+        else:
+            chosen = next((g for g in self.group_ids if g in share_map), None)
+            if chosen is None:
+                retry = next((g for g in self.group_ids if g in client_groups), None)
+                if retry is None:
+                    raise TlsAlert(HANDSHAKE_FAILURE, "no key exchange group in common")
+                self._send_retry_request(hello, suite, retry, raw)
+                return
+            group = chosen
+
+        self.client_random = hello.random
+        self.server_name = server_name
+        self.alpn = alpn
+        self.peer_tp = ext[EXT_QUIC_TRANSPORT_PARAMETERS]
+        self.suite = suite
+        self.transcript += raw
+
+        kx_key = generate_key(group)
+        shared = shared_secret(kx_key, share_map[group])
+        sh = ServerHello(
+            random=os.urandom(32),
+            session_id=hello.session_id,
+            cipher_suite=int(suite),
+            extensions=[
+                (EXT_SUPPORTED_VERSIONS, TLS13.to_bytes(2, "big")),
+                (EXT_KEY_SHARE, ext_key_share_server(group, public_bytes(kx_key))),
+            ],
+        )
+        sh_bytes = encode_server_hello(sh)
+        self.transcript += sh_bytes
+        self.send(Epoch.INITIAL, sh_bytes)
+        self.ks = KeySchedule(suite)
+        self.ks.set_shared_secret(shared)
+        self.install_handshake_secrets()
+        self._send_server_flight(sig_alg)
+
+    def _send_retry_request(
+        self, hello: ClientHello, suite: CipherSuite, group: int, raw: bytes
+    ) -> None:
+        self.suite = suite
+        self.hrr_group = group
+        hrr = ServerHello(
+            random=HRR_RANDOM,
+            session_id=hello.session_id,
+            cipher_suite=int(suite),
+            extensions=[
+                (EXT_SUPPORTED_VERSIONS, TLS13.to_bytes(2, "big")),
+                (EXT_KEY_SHARE, group.to_bytes(2, "big")),
+            ],
+        )
+        hrr_bytes = encode_server_hello(hrr)
+        self.transcript = bytearray(message_hash(suite, raw) + hrr_bytes)
+        self.send(Epoch.INITIAL, hrr_bytes)
+        self.state = WAIT_CH2
+
+    def _send_server_flight(self, sig_alg: int) -> None:
+        cfg = self.config
+        assert self.ks is not None and self.alpn is not None and cfg.private_key is not None
+        out = bytearray()
+        for msg in (
+            encode_encrypted_extensions(
+                [
+                    (EXT_ALPN, ext_alpn([self.alpn])),
+                    (EXT_QUIC_TRANSPORT_PARAMETERS, self.transport_parameters),
+                ]
+            ),
+            encode_certificate(b"", [c.public_bytes(Encoding.DER) for c in cfg.certificate_chain]),
+        ):
+            self.transcript += msg
+            out += msg
+        content = certificate_verify_content(SERVER_CONTEXT, self.thash())
+        cv = encode_certificate_verify(sig_alg, sign(cfg.private_key, sig_alg, content))
+        self.transcript += cv
+        out += cv
+        fin = encode_finished(self.ks.finished_verify_data(self.server_hs_secret, self.thash()))
+        self.transcript += fin
+        out += fin
+        self.send(Epoch.HANDSHAKE, bytes(out))
+        server_finished_hash = self.thash()
+        self.expected_client_finished = self.ks.finished_verify_data(
+            self.client_hs_secret, server_finished_hash
+        )
+        self.install_application_secrets(server_finished_hash)
+        self.state = WAIT_FINISHED
+
+    def _finished(self, body: bytes) -> None:
+        if not hmac.compare_digest(self.expected_client_finished, body):
+            raise TlsAlert(DECRYPT_ERROR, "client Finished does not verify")
+        self.require_empty(Epoch.HANDSHAKE)
+        self.state = DONE
+        self.complete = True

@@ -1,0 +1,89 @@
+"""``TlsSession``: the TLS 1.3 handshake of one QUIC connection (RFC 9001 §4).
+
+Sans-I/O: CRYPTO-frame bytes go in per epoch with ``receive``; handshake bytes to send
+come out of ``pop_output`` and traffic secrets out of ``pop_secrets``.
+"""
+
+from __future__ import annotations
+
+from cryptography import x509
+
+from quicflow.crypto.epoch import Epoch
+from quicflow.crypto.suites import CipherSuite
+
+from .client import ClientHandshake
+from .config import TlsConfig
+from .core import Secret
+from .server import ServerHandshake
+
+
+class TlsSession:
+    """One side of a TLS 1.3 handshake carried in QUIC CRYPTO frames.
+
+    Every failure raises ``TlsAlert``; after one, the session is dead and every further
+    ``receive`` raises the same alert.
+    """
+
+    __slots__ = ("_hs",)
+
+    def __init__(self, config: TlsConfig, transport_parameters: bytes) -> None:
+        self._hs: ClientHandshake | ServerHandshake
+        if config.is_client:
+            self._hs = ClientHandshake(config, bytes(transport_parameters))
+        else:
+            self._hs = ServerHandshake(config, bytes(transport_parameters))
+
+    def start(self) -> None:
+        """Client: queue the ClientHello in ``Epoch.INITIAL``. Server: nothing."""
+        if isinstance(self._hs, ClientHandshake):
+            self._hs.start()
+
+    def receive(self, epoch: Epoch, data: bytes) -> None:
+        """Feed in-order CRYPTO bytes of ``epoch`` (partial or several messages)."""
+        self._hs.receive(epoch, data)
+
+    def pop_output(self) -> list[tuple[Epoch, bytes]]:
+        """Handshake bytes to send, in order, with their epoch."""
+        out, self._hs.output = self._hs.output, []
+        return out
+
+    def pop_secrets(self) -> list[Secret]:
+        """``(epoch, is_send, suite, secret)`` of the traffic secrets installed since the
+        last call: handshake secrets once the ServerHello is processed/sent, then 1-RTT
+        secrets (server: after its Finished; client: after its Finished)."""
+        out, self._hs.secrets = self._hs.secrets, []
+        return out
+
+    @property
+    def is_client(self) -> bool:
+        return isinstance(self._hs, ClientHandshake)
+
+    @property
+    def handshake_complete(self) -> bool:
+        """True once the peer's Finished is verified (and, on the client, ours sent)."""
+        return self._hs.complete
+
+    @property
+    def alpn_protocol(self) -> str | None:
+        return self._hs.alpn
+
+    @property
+    def peer_transport_parameters(self) -> bytes | None:
+        """The peer's raw quic_transport_parameters extension."""
+        return self._hs.peer_tp
+
+    @property
+    def peer_certificates(self) -> list[x509.Certificate]:
+        """The server's chain, leaf first (client side; empty on the server)."""
+        return list(self._hs.peer_certs)
+
+    @property
+    def cipher_suite(self) -> CipherSuite | None:
+        return self._hs.suite if self._hs.ks is not None else None
+
+    @property
+    def server_name(self) -> str | None:
+        """Server side: the SNI host name the client sent; client side: the configured one."""
+        if isinstance(self._hs, ServerHandshake):
+            return self._hs.server_name
+        return self._hs.config.server_name

@@ -1,0 +1,178 @@
+"""Certificate chain verification and CertificateVerify signatures (RFC 8446 §4.4.3)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+
+from .alerts import (
+    BAD_CERTIFICATE,
+    CERTIFICATE_EXPIRED,
+    CERTIFICATE_UNKNOWN,
+    DECRYPT_ERROR,
+    HANDSHAKE_FAILURE,
+    ILLEGAL_PARAMETER,
+    UNKNOWN_CA,
+    TlsAlert,
+)
+from .config import PrivateKey
+from .messages import (
+    SIG_ECDSA_SECP256R1_SHA256,
+    SIG_ED25519,
+    SIG_RSA_PSS_RSAE_SHA256,
+    SIG_RSA_PSS_RSAE_SHA384,
+    SIG_RSA_PSS_RSAE_SHA512,
+)
+
+SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
+
+# what a client offers in signature_algorithms, in preference order
+CLIENT_SIGNATURE_ALGORITHMS = [
+    SIG_ECDSA_SECP256R1_SHA256,
+    SIG_ED25519,
+    SIG_RSA_PSS_RSAE_SHA256,
+    SIG_RSA_PSS_RSAE_SHA384,
+    SIG_RSA_PSS_RSAE_SHA512,
+]
+
+_PSS_HASHES: dict[int, type[hashes.SHA256] | type[hashes.SHA384] | type[hashes.SHA512]] = {
+    SIG_RSA_PSS_RSAE_SHA256: hashes.SHA256,
+    SIG_RSA_PSS_RSAE_SHA384: hashes.SHA384,
+    SIG_RSA_PSS_RSAE_SHA512: hashes.SHA512,
+}
+
+SERVER_CONTEXT = b"TLS 1.3, server CertificateVerify"
+CLIENT_CONTEXT = b"TLS 1.3, client CertificateVerify"
+
+
+def certificate_verify_content(context: bytes, thash: bytes) -> bytes:
+    """64 spaces, the context string, a zero byte, the transcript hash."""
+    return b" " * 64 + context + b"\x00" + thash
+
+
+def signature_algorithms_for_key(key: PrivateKey) -> list[int]:
+    """Signature schemes ``key`` can produce, best first."""
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return [SIG_ED25519]
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        if isinstance(key.curve, ec.SECP256R1):
+            return [SIG_ECDSA_SECP256R1_SHA256]
+        return []
+    if isinstance(key, rsa.RSAPrivateKey):
+        return [SIG_RSA_PSS_RSAE_SHA256, SIG_RSA_PSS_RSAE_SHA384, SIG_RSA_PSS_RSAE_SHA512]
+    return []
+
+
+def sign(key: PrivateKey, algorithm: int, content: bytes) -> bytes:
+    if algorithm == SIG_ED25519 and isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(content)
+    if algorithm == SIG_ECDSA_SECP256R1_SHA256 and isinstance(key, ec.EllipticCurvePrivateKey):
+        return key.sign(content, ec.ECDSA(hashes.SHA256()))
+    if algorithm in _PSS_HASHES and isinstance(key, rsa.RSAPrivateKey):
+        h = _PSS_HASHES[algorithm]()
+        pss = padding.PSS(mgf=padding.MGF1(h), salt_length=h.digest_size)
+        return key.sign(content, pss, h)
+    raise TlsAlert(HANDSHAKE_FAILURE, f"cannot sign with scheme {algorithm:#06x}")
+
+
+def verify_signature(
+    cert: x509.Certificate, algorithm: int, signature: bytes, content: bytes
+) -> None:
+    """Check a CertificateVerify signature with the leaf's public key."""
+    if algorithm not in CLIENT_SIGNATURE_ALGORITHMS:
+        raise TlsAlert(ILLEGAL_PARAMETER, f"signature scheme {algorithm:#06x} was not offered")
+    try:
+        pub = cert.public_key()
+        if algorithm == SIG_ED25519 and isinstance(pub, ed25519.Ed25519PublicKey):
+            pub.verify(signature, content)
+        elif (
+            algorithm == SIG_ECDSA_SECP256R1_SHA256
+            and isinstance(pub, ec.EllipticCurvePublicKey)
+            and isinstance(pub.curve, ec.SECP256R1)
+        ):
+            pub.verify(signature, content, ec.ECDSA(hashes.SHA256()))
+        elif algorithm in _PSS_HASHES and isinstance(pub, rsa.RSAPublicKey):
+            h = _PSS_HASHES[algorithm]()
+            pss = padding.PSS(mgf=padding.MGF1(h), salt_length=h.digest_size)
+            pub.verify(signature, content, pss, h)
+        else:
+            raise TlsAlert(
+                ILLEGAL_PARAMETER,
+                f"signature scheme {algorithm:#06x} does not match the certificate key",
+            )
+    except InvalidSignature as exc:
+        raise TlsAlert(DECRYPT_ERROR, "CertificateVerify signature is invalid") from exc
+    except (UnsupportedAlgorithm, ValueError) as exc:
+        raise TlsAlert(BAD_CERTIFICATE, f"unusable certificate public key: {exc}") from exc
+
+
+def load_trust_store(cafile: str | None, cadata: bytes | None) -> Store:
+    """Trust anchors from ``cadata`` and/or ``cafile``, else the system bundle."""
+    anchors: list[x509.Certificate] = []
+    try:
+        if cadata:
+            anchors += x509.load_pem_x509_certificates(cadata)
+        if cafile:
+            with open(cafile, "rb") as f:
+                anchors += x509.load_pem_x509_certificates(f.read())
+        if not cadata and not cafile:
+            with open(SYSTEM_CA_FILE, "rb") as f:
+                anchors += x509.load_pem_x509_certificates(f.read())
+    except (OSError, ValueError) as exc:
+        raise TlsAlert(CERTIFICATE_UNKNOWN, f"cannot load trust anchors: {exc}") from exc
+    if not anchors:
+        raise TlsAlert(UNKNOWN_CA, "no trust anchors configured")
+    return Store(anchors)
+
+
+def _subject(server_name: str) -> x509.DNSName | x509.IPAddress:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(server_name))
+    except ValueError:
+        return x509.DNSName(server_name)
+
+
+def verify_chain(
+    chain: Sequence[x509.Certificate],
+    server_name: str | None,
+    cafile: str | None,
+    cadata: bytes | None,
+) -> None:
+    """Verify a server chain (leaf first) for ``server_name``; raises ``TlsAlert``."""
+    if not chain:
+        raise TlsAlert(BAD_CERTIFICATE, "server sent no certificate")
+    if not server_name:
+        raise TlsAlert(
+            CERTIFICATE_UNKNOWN, "cannot verify the server certificate without a server_name"
+        )
+    store = load_trust_store(cafile, cadata)
+    try:
+        verifier = PolicyBuilder().store(store).build_server_verifier(_subject(server_name))
+        verifier.verify(chain[0], list(chain[1:]))
+    except VerificationError as exc:
+        reason = str(exc)
+        if "subjectAltName" in reason or "subject" in reason.lower() and "match" in reason:
+            raise TlsAlert(
+                BAD_CERTIFICATE,
+                f"certificate does not match host {server_name!r}: {reason}",
+            ) from exc
+        if "expired" in reason or "not yet valid" in reason or "validity" in reason:
+            raise TlsAlert(
+                CERTIFICATE_EXPIRED, f"certificate for {server_name!r} is not valid now: {reason}"
+            ) from exc
+        if "candidates exhausted" in reason or "issuer" in reason:
+            raise TlsAlert(
+                UNKNOWN_CA,
+                f"certificate for {server_name!r} is not issued by a trusted CA: {reason}",
+            ) from exc
+        raise TlsAlert(
+            CERTIFICATE_UNKNOWN, f"certificate for {server_name!r} rejected: {reason}"
+        ) from exc
+    except ValueError as exc:  # bad subject name, unsupported key types, ...
+        raise TlsAlert(BAD_CERTIFICATE, f"certificate for {server_name!r} rejected: {exc}") from exc
