@@ -1,0 +1,263 @@
+"""Congestion control (RFC 9002 §7 NewReno, RFC 9438 CUBIC) and pacing (RFC 9002 §7.7).
+
+All sizes are bytes (ints), all times float seconds. One dataclass serves both
+algorithms, selected by ``algorithm``; it is plain data so it snapshots as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .rtt import RttEstimator
+
+ALGORITHMS = ("newreno", "cubic")
+
+#: Stands for an infinite slow-start threshold (kept an int so the state is plain data).
+SSTHRESH_INFINITE = (1 << 62) - 1
+
+#: RFC 9002 §7.3.2: kLossReductionFactor of NewReno.
+LOSS_REDUCTION_FACTOR = 0.5
+
+#: RFC 9438 §5: the CUBIC constants.
+CUBIC_C = 0.4
+CUBIC_BETA = 0.7
+#: RFC 9438 §4.3: additive increase factor of the Reno-friendly estimate.
+CUBIC_ALPHA = 3 * (1 - CUBIC_BETA) / (1 + CUBIC_BETA)
+
+
+def initial_window(max_datagram_size: int) -> int:
+    """RFC 9002 §7.2: min(10·mds, max(14720, 2·mds))."""
+    return min(10 * max_datagram_size, max(14720, 2 * max_datagram_size))
+
+
+def minimum_window(max_datagram_size: int) -> int:
+    """RFC 9002 §7.2: kMinimumWindow = 2·mds."""
+    return 2 * max_datagram_size
+
+
+@dataclass(slots=True)
+class CongestionControl:
+    """Congestion window and bytes in flight of one path.
+
+    ``cwnd == 0`` at construction means "start from the initial window". The
+    connection may set ``app_limited`` while it has nothing to send so the window
+    does not grow on ACKs it did not earn (RFC 9002 §7.8).
+    """
+
+    algorithm: str = "cubic"
+    max_datagram_size: int = 1200
+    cwnd: int = 0
+    ssthresh: int = SSTHRESH_INFINITE
+    bytes_in_flight: int = 0
+    recovery_start_time: float | None = None
+    app_limited: bool = False
+    #: Sub-datagram growth not yet added to cwnd (NewReno: bytes acked in congestion
+    #: avoidance; CUBIC: fractional bytes).
+    ca_acked: float = 0.0
+    congestion_events: int = 0
+    persistent_congestion_events: int = 0
+    # CUBIC state (RFC 9438 §4), sizes in bytes.
+    cubic_w_max: float = 0.0
+    cubic_cwnd_prior: float = 0.0
+    cubic_k: float = 0.0
+    cubic_t_epoch: float | None = None
+    cubic_cwnd_epoch: float = 0.0
+    cubic_w_est: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown congestion control algorithm {self.algorithm!r}")
+        if self.max_datagram_size < 1200:
+            raise ValueError("max_datagram_size must be at least 1200")
+        if self.cwnd == 0:
+            self.cwnd = initial_window(self.max_datagram_size)
+
+    @property
+    def minimum_window(self) -> int:
+        return 2 * self.max_datagram_size
+
+    def available(self) -> int:
+        """Bytes that may be sent now: cwnd − bytes in flight (never negative)."""
+        room = self.cwnd - self.bytes_in_flight
+        return room if room > 0 else 0
+
+    def in_recovery(self, time_sent: float) -> bool:
+        """Whether a packet sent at ``time_sent`` belongs to the current recovery period."""
+        start = self.recovery_start_time
+        return start is not None and time_sent <= start
+
+    def on_sent(self, size: int, now: float) -> None:
+        """An in-flight packet of ``size`` bytes was sent."""
+        self.bytes_in_flight += size
+
+    def on_removed_from_flight(self, size: int) -> None:
+        """Bytes leave the flight without an ACK and without a congestion signal."""
+        remaining = self.bytes_in_flight - size
+        self.bytes_in_flight = remaining if remaining > 0 else 0
+
+    def on_acked(self, size: int, time_sent: float, now: float, rtt: RttEstimator) -> None:
+        """In-flight bytes were acknowledged (RFC 9002 §7.3, A.9).
+
+        ``size`` may be the sum of several packets of one ACK, ``time_sent`` the send
+        time of the latest of them (they must all be outside the recovery period).
+        """
+        self.on_removed_from_flight(size)
+        if self.app_limited or self.in_recovery(time_sent):
+            return
+        if self.cwnd < self.ssthresh:
+            step = self.ssthresh - self.cwnd
+            if size <= step:
+                self.cwnd += size
+                return
+            self.cwnd += step
+            size -= step
+        if self.algorithm == "cubic":
+            self._cubic_grow(size, now, rtt.smoothed_rtt)
+        else:
+            acked = self.ca_acked + size
+            while acked >= self.cwnd:
+                acked -= self.cwnd
+                self.cwnd += self.max_datagram_size
+            self.ca_acked = acked
+
+    def on_congestion_event(self, time_sent: float, now: float) -> None:
+        """Loss or ECN-CE of a packet sent at ``time_sent`` (RFC 9002 §7.3.2).
+
+        At most one reduction per recovery period: a packet sent before the current
+        recovery started does not reduce the window again.
+        """
+        if self.in_recovery(time_sent):
+            return
+        self.recovery_start_time = now
+        self.congestion_events += 1
+        self.ca_acked = 0.0
+        if self.algorithm == "cubic":
+            cwnd = float(self.cwnd)
+            # RFC 9438 §4.7: fast convergence.
+            if cwnd < self.cubic_w_max:
+                self.cubic_w_max = cwnd * (1 + CUBIC_BETA) / 2
+            else:
+                self.cubic_w_max = cwnd
+            self.cubic_cwnd_prior = cwnd
+            self.ssthresh = int(cwnd * CUBIC_BETA)
+            self.cubic_t_epoch = None
+        else:
+            self.ssthresh = int(self.cwnd * LOSS_REDUCTION_FACTOR)
+        self.cwnd = max(self.ssthresh, self.minimum_window)
+
+    def on_ecn_ce(self, time_sent: float, now: float) -> None:
+        """The peer reported a higher ECN-CE count for an ACK whose largest packet was
+        sent at ``time_sent`` (RFC 9002 §7.1)."""
+        self.on_congestion_event(time_sent, now)
+
+    def on_persistent_congestion(self) -> None:
+        """RFC 9002 §7.6.2: collapse to the minimum window and leave recovery.
+
+        CUBIC (RFC 9438 §4.8) then restarts with K = 0 and W_max equal to the window
+        at the start of the next congestion avoidance stage.
+        """
+        self.cwnd = self.minimum_window
+        self.recovery_start_time = None
+        self.persistent_congestion_events += 1
+        self.ca_acked = 0.0
+        self.cubic_t_epoch = None
+        self.cubic_w_max = 0.0
+
+    # -- CUBIC ---------------------------------------------------------------
+
+    def cubic_window(self, t: float) -> float:
+        """W_cubic(t) in bytes, t seconds after the start of the current epoch."""
+        d = t - self.cubic_k
+        return CUBIC_C * d * d * d * self.max_datagram_size + self.cubic_w_max
+
+    def _cubic_start_epoch(self, now: float) -> None:
+        mss = self.max_datagram_size
+        cwnd = float(self.cwnd)
+        self.cubic_t_epoch = now
+        self.cubic_cwnd_epoch = cwnd
+        self.cubic_w_est = cwnd
+        if self.cubic_w_max <= cwnd:
+            # Slow start ended without loss, or first stage after a timeout.
+            self.cubic_w_max = cwnd
+            self.cubic_k = 0.0
+        else:
+            self.cubic_k = ((self.cubic_w_max - cwnd) / mss / CUBIC_C) ** (1.0 / 3.0)
+
+    def _cubic_grow(self, size: int, now: float, srtt: float) -> None:
+        if self.cubic_t_epoch is None:
+            self._cubic_start_epoch(now)
+        assert self.cubic_t_epoch is not None
+        t = now - self.cubic_t_epoch
+        cwnd = float(self.cwnd)
+        mss = self.max_datagram_size
+        # Reno-friendly estimate (RFC 9438 §4.3).
+        alpha = 1.0 if self.cubic_w_est >= self.cubic_cwnd_prior else CUBIC_ALPHA
+        self.cubic_w_est += alpha * mss * size / cwnd
+        if self.cubic_window(t) < self.cubic_w_est:
+            if self.cubic_w_est > cwnd:
+                self.cwnd = int(self.cubic_w_est)
+            return
+        # Concave / convex region (RFC 9438 §4.4, §4.5).
+        target = self.cubic_window(t + srtt)
+        if target < cwnd:
+            target = cwnd
+        elif target > 1.5 * cwnd:
+            target = 1.5 * cwnd
+        growth = self.ca_acked + (target - cwnd) * size / cwnd
+        whole = int(growth)
+        self.cwnd += whole
+        self.ca_acked = growth - whole
+
+
+@dataclass(slots=True)
+class Pacer:
+    """Token-bucket pacer (RFC 9002 §7.7): rate 1.25·cwnd/srtt, bursts of 10 datagrams.
+
+    Use ``next_send_time`` (or ``budget`` for a whole batch) before sending and
+    ``consume`` after. ``rtt`` is an :class:`RttEstimator` or a smoothed RTT in seconds.
+    """
+
+    max_datagram_size: int = 1200
+    burst_datagrams: int = 10
+    multiplier: float = 1.25
+    tokens: float = 0.0
+    last_time: float | None = None
+
+    def rate(self, rtt: RttEstimator | float, cwnd: int) -> float:
+        """Pacing rate in bytes per second (0 means unpaced)."""
+        srtt = rtt.smoothed_rtt if isinstance(rtt, RttEstimator) else rtt
+        if srtt <= 0.0:
+            return 0.0
+        return self.multiplier * cwnd / srtt
+
+    def _refill(self, now: float, rate: float) -> float:
+        capacity = float(self.burst_datagrams * self.max_datagram_size)
+        last = self.last_time
+        if last is None or rate == 0.0:
+            self.tokens = capacity
+        elif now > last:
+            tokens = self.tokens + (now - last) * rate
+            self.tokens = tokens if tokens < capacity else capacity
+        if last is None or now > last:
+            self.last_time = now
+        return self.tokens
+
+    def next_send_time(
+        self, now: float, size: int, rtt: RttEstimator | float, cwnd: int
+    ) -> float:
+        """Earliest time (≥ now) at which a packet of ``size`` bytes may leave."""
+        rate = self.rate(rtt, cwnd)
+        tokens = self._refill(now, rate)
+        if tokens >= size or rate == 0.0:
+            return now
+        return now + (size - tokens) / rate
+
+    def budget(self, now: float, rtt: RttEstimator | float, cwnd: int) -> int:
+        """Bytes that may leave right now (for filling a batch)."""
+        tokens = self._refill(now, self.rate(rtt, cwnd))
+        return int(tokens) if tokens > 0 else 0
+
+    def consume(self, now: float, size: int, rtt: RttEstimator | float, cwnd: int) -> None:
+        """``size`` bytes were sent at ``now``."""
+        self._refill(now, self.rate(rtt, cwnd))
+        self.tokens -= size
