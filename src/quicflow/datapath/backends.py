@@ -1,0 +1,280 @@
+"""Batch send/receive primitives over one non-blocking UDP socket.
+
+Two send backends exist:
+
+* ``gso``: one ``sendmsg`` with a ``UDP_SEGMENT`` cmsg per chunk of up to 64 segments /
+  64 KiB; the kernel (or the NIC) splits it into datagrams of the segment size.
+* ``basic``: one ``send``/``sendto`` per datagram; always works.
+
+Receive is one ``recvmsg`` per buffer in both: with ``UDP_GRO`` enabled a buffer may hold
+several coalesced segments, and the ``UDP_GRO`` cmsg tells their size.
+
+An ``mmsg`` backend (ctypes ``sendmmsg``/``recvmmsg``) is deliberately absent: measured
+here it is slower than the plain calls on receive and at most ~8 % faster on send, while
+GSO/GRO are 5-25x faster (``bench/datapath_micro.py``, ``bench/RESULTS.md``).
+
+Each primitive returns how far it got, so the caller can keep the rest for later; none
+loses data silently.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from dataclasses import dataclass
+
+from quicflow.datapath.constants import (
+    ECN_MASK,
+    IP_TOS,
+    IPPROTO_IP,
+    IPPROTO_IPV6,
+    IPV6_TCLASS,
+    MSG_TRUNC,
+    RECV_SLOT_BYTES,
+    SOL_UDP,
+    UDP_GRO,
+    UDP_SEGMENT,
+)
+from quicflow.datapath.probe import Capabilities
+
+__all__ = [
+    "DatapathCounters",
+    "Address",
+    "RecvEntry",
+    "MMSG_REFUSED",
+    "resolve_backend",
+    "recv_into",
+    "send_gso",
+    "send_basic",
+    "GSO_REFUSED_ERRNOS",
+    "WOULD_BLOCK_ERRNOS",
+]
+
+Address = tuple[str, int]
+#: One received buffer: (data, segment_size, peer address, ECN bits).
+RecvEntry = tuple[memoryview | bytes, int, Address, int]
+
+#: Errors that mean "the kernel send buffer (or a queue below it) is full: try later".
+WOULD_BLOCK_ERRNOS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS})
+#: Errors of a GSO send that mean "this kernel / device / path refuses GSO".
+GSO_REFUSED_ERRNOS = frozenset({errno.EIO, errno.EINVAL, errno.EMSGSIZE})
+
+MMSG_REFUSED = (
+    "backend 'mmsg' is not provided: measured on this project's reference machine, ctypes "
+    "recvmmsg is slower than plain recvmsg and ctypes sendmmsg at most ~8% faster than "
+    "send, while GSO/GRO are 5-25x faster (see bench/RESULTS.md, 'datapath micro-benchmark'); "
+    "use 'auto', 'gso' or 'basic'"
+)
+
+_ANC_SPACE = socket.CMSG_SPACE(4) * 3
+_SEGMENT_CACHE: dict[int, bytes] = {}
+
+
+@dataclass(slots=True)
+class DatapathCounters:
+    """Per-socket counters (plain ints; read them any time)."""
+
+    syscalls_send: int = 0
+    syscalls_recv: int = 0
+    datagrams_sent: int = 0
+    datagrams_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    batches_sent: int = 0
+    batches_received: int = 0
+    #: receive buffers the kernel cut (MSG_TRUNC); they are dropped, never delivered short
+    truncated: int = 0
+    #: sends refused with EAGAIN/EWOULDBLOCK/ENOBUFS (the data stays pending)
+    send_eagain: int = 0
+    #: GSO sends refused (EIO/EINVAL/EMSGSIZE) after which GSO was switched off
+    gso_fallbacks: int = 0
+    #: datagrams dropped because their own send failed with another error (e.g. EMSGSIZE
+    #: on a datagram larger than the path MTU, ECONNREFUSED on a connected socket)
+    send_errors: int = 0
+    #: receive calls that failed with an error other than EAGAIN (e.g. a queued ICMP error)
+    recv_errors: int = 0
+
+
+def resolve_backend(requested: str, caps: Capabilities) -> str:
+    """Map a requested backend name to the one in use; raise ValueError if impossible."""
+    if requested == "auto":
+        return "gso" if caps.gso else "basic"
+    if requested == "gso":
+        if not caps.gso:
+            raise ValueError("backend 'gso' requested but this kernel refuses UDP_SEGMENT")
+        return "gso"
+    if requested == "basic":
+        return "basic"
+    if requested == "mmsg":
+        raise ValueError(MMSG_REFUSED)
+    raise ValueError(f"unknown datapath backend {requested!r}: use 'auto', 'gso' or 'basic'")
+
+
+def _segment_cmsg(segment_size: int) -> bytes:
+    raw = _SEGMENT_CACHE.get(segment_size)
+    if raw is None:
+        raw = struct.pack("=H", segment_size)
+        _SEGMENT_CACHE[segment_size] = raw
+    return raw
+
+
+def recv_into(
+    sock: socket.socket, out: list[RecvEntry], max_datagrams: int, counters: DatapathCounters
+) -> None:
+    """Append up to ``max_datagrams`` buffers read from ``sock`` to ``out`` (until EAGAIN).
+
+    The address is the kernel's, cut to (host, port): IPv4 peers of a dual-stack socket
+    show as ``::ffff:a.b.c.d`` (see ``normalize_address``).
+    """
+    recvmsg = sock.recvmsg
+    append = out.append
+    received = 0
+    nbytes = 0
+    calls = 0
+    try:
+        for _ in range(max_datagrams):
+            calls += 1
+            try:
+                data, ancdata, flags, addr = recvmsg(RECV_SLOT_BYTES, _ANC_SPACE)
+            except BlockingIOError:
+                break
+            except InterruptedError:
+                continue
+            except OSError:
+                counters.recv_errors += 1
+                continue
+            if flags & MSG_TRUNC:
+                counters.truncated += 1
+                continue
+            size = len(data)
+            segment = size
+            ecn = 0
+            for level, kind, cdata in ancdata:
+                if level == SOL_UDP:
+                    if kind == UDP_GRO:
+                        segment = int.from_bytes(cdata[:4], "little")
+                        if not 0 < segment < size:
+                            segment = size
+                elif kind == IP_TOS and level == IPPROTO_IP:
+                    ecn = cdata[0] & ECN_MASK
+                elif kind == IPV6_TCLASS and level == IPPROTO_IPV6:
+                    ecn = cdata[0] & ECN_MASK  # little-endian int: low byte first
+            if len(addr) != 2:
+                addr = (addr[0], addr[1])
+            append((data, segment, addr, ecn))
+            received += -(-size // segment) if segment else 1
+            nbytes += size
+    finally:
+        counters.syscalls_recv += calls
+        counters.datagrams_received += received
+        counters.bytes_received += nbytes
+
+
+def send_gso(
+    sock: socket.socket,
+    view: memoryview,
+    offset: int,
+    segment_size: int,
+    addr: Address | None,
+    chunk_bytes: int,
+    counters: DatapathCounters,
+) -> tuple[int, int]:
+    """Send ``view[offset:]`` as GSO chunks of ``chunk_bytes`` (a multiple of the segment).
+
+    Returns ``(new_offset, errno)``: errno 0 when everything was sent; a would-block errno
+    when the kernel buffer is full; any other errno when the chunk at ``new_offset`` failed
+    (the caller retries that chunk with ``send_basic``, and switches GSO off when the errno
+    is in ``GSO_REFUSED_ERRNOS``).
+    """
+    total = len(view)
+    cmsg = [(SOL_UDP, UDP_SEGMENT, _segment_cmsg(segment_size))]
+    sendmsg = sock.sendmsg
+    while offset < total:
+        end = min(offset + chunk_bytes, total)
+        chunk = view[offset:end]
+        counters.syscalls_send += 1
+        try:
+            if end - offset > segment_size:
+                if addr is None:
+                    sendmsg([chunk], cmsg)
+                else:
+                    sendmsg([chunk], cmsg, 0, addr)
+            elif addr is None:
+                sock.send(chunk)
+            else:
+                sock.sendto(chunk, addr)
+        except InterruptedError:
+            continue
+        except OSError as exc:
+            code = exc.errno or 0
+            if code in WOULD_BLOCK_ERRNOS:
+                counters.send_eagain += 1
+            return offset, code or errno.EIO
+        counters.datagrams_sent += -(-(end - offset) // segment_size)
+        counters.bytes_sent += end - offset
+        offset = end
+    return offset, 0
+
+
+def send_basic(
+    sock: socket.socket,
+    view: memoryview,
+    offset: int,
+    segment_size: int,
+    addr: Address | None,
+    counters: DatapathCounters,
+    limit: int | None = None,
+) -> tuple[int, int]:
+    """Send ``view[offset:limit]`` one datagram of ``segment_size`` (last may be shorter)
+    per syscall. Returns ``(new_offset, errno)`` like ``send_gso`` (errno 0 or would-block).
+    """
+    total = len(view) if limit is None else limit
+    sent = 0
+    nbytes = 0
+    calls = 0
+    code = 0
+    try:
+        if addr is None:
+            send = sock.send
+            while offset < total:
+                end = min(offset + segment_size, total)
+                calls += 1
+                try:
+                    send(view[offset:end])
+                except InterruptedError:
+                    continue
+                except OSError as exc:
+                    if (exc.errno or 0) in WOULD_BLOCK_ERRNOS:
+                        counters.send_eagain += 1
+                        code = exc.errno or errno.EAGAIN
+                        return offset, code
+                    counters.send_errors += 1
+                else:
+                    sent += 1
+                    nbytes += end - offset
+                offset = end
+        else:
+            sendto = sock.sendto
+            while offset < total:
+                end = min(offset + segment_size, total)
+                calls += 1
+                try:
+                    sendto(view[offset:end], addr)
+                except InterruptedError:
+                    continue
+                except OSError as exc:
+                    if (exc.errno or 0) in WOULD_BLOCK_ERRNOS:
+                        counters.send_eagain += 1
+                        code = exc.errno or errno.EAGAIN
+                        return offset, code
+                    counters.send_errors += 1
+                else:
+                    sent += 1
+                    nbytes += end - offset
+                offset = end
+        return offset, 0
+    finally:
+        counters.syscalls_send += calls
+        counters.datagrams_sent += sent
+        counters.bytes_sent += nbytes

@@ -1,0 +1,52 @@
+"""Linux socket constants that Python 3.11's :mod:`socket` module does not export.
+
+Values are from the Linux UAPI headers (``linux/udp.h``, ``linux/in.h``,
+``linux/in6.h``, ``asm-generic/socket.h``); they are stable ABI.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Final
+
+SOL_UDP: Final = 17
+UDP_SEGMENT: Final = 103
+UDP_GRO: Final = 104
+
+IPPROTO_IP: Final = socket.IPPROTO_IP
+IPPROTO_IPV6: Final = socket.IPPROTO_IPV6
+IP_TOS: Final = 1
+IP_PKTINFO: Final = 8
+IP_RECVERR: Final = 11
+IP_RECVTOS: Final = 13
+IPV6_V6ONLY: Final = 26
+IPV6_RECVTCLASS: Final = 66
+IPV6_TCLASS: Final = 67
+
+SO_REUSEPORT: Final = 15
+SO_SNDBUFFORCE: Final = 32
+SO_RCVBUFFORCE: Final = 33
+SO_ATTACH_REUSEPORT_CBPF: Final = 51
+
+MSG_TRUNC: Final = socket.MSG_TRUNC
+
+#: Largest UDP payload the receive path must hold in one slot (a GRO buffer).
+MAX_UDP_PAYLOAD: Final = 65535
+#: Receive slot size: one full GRO buffer never truncates.
+RECV_SLOT_BYTES: Final = 65536
+#: Largest UDP payload of one IPv4 datagram (65535 - 20 IP - 8 UDP).
+MAX_GSO_BYTES_V4: Final = 65507
+#: Largest UDP payload of one IPv6 datagram (65535 - 8 UDP; the IPv6 header is not counted).
+MAX_GSO_BYTES_V6: Final = 65527
+#: Segments per GSO call that every kernel with UDP_SEGMENT accepts (UDP_MAX_SEGMENTS was
+#: 64 before Linux 5.x raised it to 128).
+MAX_GSO_SEGMENTS: Final = 64
+
+#: ECN codepoints (the low two bits of the TOS / traffic class byte).
+ECN_NOT_ECT: Final = 0
+ECN_ECT1: Final = 1
+ECN_ECT0: Final = 2
+ECN_CE: Final = 3
+ECN_MASK: Final = 3
+
+BACKENDS: Final = ("auto", "gso", "mmsg", "basic")
