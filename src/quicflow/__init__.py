@@ -1,0 +1,30 @@
+"""quicflow: a QUIC (RFC 9000/9001/9002) transport for Python, built for scale."""
+
+from .aio import (
+    ConnectionClosedError,
+    QuicConnection,
+    QuicflowError,
+    QuicServer,
+    QuicStreamReader,
+    QuicStreamWriter,
+    StreamResetError,
+    connect,
+    serve,
+)
+from .transport.config import Configuration
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Configuration",
+    "ConnectionClosedError",
+    "QuicConnection",
+    "QuicServer",
+    "QuicStreamReader",
+    "QuicStreamWriter",
+    "QuicflowError",
+    "StreamResetError",
+    "__version__",
+    "connect",
+    "serve",
+]

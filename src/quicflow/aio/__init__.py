@@ -1,0 +1,18 @@
+"""The asyncio face of quicflow: ``connect()``, ``serve()``, stream readers/writers."""
+
+from .api import QuicServer, connect, serve
+from .connection import QuicConnection
+from .errors import ConnectionClosedError, QuicflowError, StreamResetError
+from .streams import QuicStreamReader, QuicStreamWriter
+
+__all__ = [
+    "ConnectionClosedError",
+    "QuicConnection",
+    "QuicServer",
+    "QuicStreamReader",
+    "QuicStreamWriter",
+    "QuicflowError",
+    "StreamResetError",
+    "connect",
+    "serve",
+]

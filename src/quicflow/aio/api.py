@@ -1,0 +1,149 @@
+"""``connect()`` and ``serve()``: the asyncio entry points."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Any
+
+from ..crypto.offload import OffloadEngine, SoftwareOffloadEngine
+from ..datapath.socket import UdpTransport
+from ..endpoint.endpoint import Endpoint
+from ..transport.config import Configuration
+from ..transport.connection import Connection
+from .connection import QuicConnection, StreamHandler
+from .errors import ConnectionClosedError
+from .runner import EndpointRunner
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+@asynccontextmanager
+async def connect(
+    host: str,
+    port: int,
+    *,
+    configuration: Configuration | None = None,
+    backend: str = "auto",
+    stream_handler: StreamHandler | None = None,
+    engine: OffloadEngine | None = None,
+    wait_connected: bool = True,
+) -> AsyncIterator[QuicConnection]:
+    """Connect to a QUIC server; yields a :class:`QuicConnection`.
+
+    ``async with quicflow.connect("localhost", 4433, configuration=cfg) as conn: ...``
+    On leaving the block the connection is closed (code 0) and the socket released.
+    Raises :class:`ConnectionClosedError` when the handshake fails (certificate refused,
+    timed out, closed by the peer), with a message that says why.
+    """
+    config = replace(configuration) if configuration is not None else Configuration()
+    config.validate()
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    if not infos:
+        raise OSError(f"cannot resolve {host!r}")
+    family, _, _, _, sockaddr = infos[0]
+    peer = (sockaddr[0], sockaddr[1])
+    local = "0.0.0.0" if family == socket.AF_INET else "::"
+    transport = UdpTransport.open(local, 0, backend=backend, connect_to=peer)
+    endpoint = Endpoint(config, is_server=False, engine=engine or SoftwareOffloadEngine())
+    runner = EndpointRunner(transport, endpoint, connected_peer=peer)
+    server_name = None if _is_ip(host) else host
+    if config.server_name is None and server_name is None and config.verify_peer:
+        server_name = host  # verify against the IP address literal
+    conn = endpoint.connect(peer, loop.time(), server_name=server_name)
+    face = QuicConnection(runner, conn, stream_handler=stream_handler)
+    runner.faces[id(conn)] = face
+    runner.schedule_flush(conn)
+    try:
+        if wait_connected:
+            await face.wait_connected()
+        yield face
+    finally:
+        if not conn.terminated:
+            face.close()
+            try:
+                await asyncio.wait_for(face.wait_closed(), timeout=3 * conn.pto() + 0.5)
+            except (asyncio.TimeoutError, ConnectionClosedError):
+                pass
+        runner.close()
+
+
+class QuicServer:
+    """A running server: ``close()`` stops it; ``connections`` lists the live ones."""
+
+    def __init__(self, runner: EndpointRunner) -> None:
+        self.runner = runner
+
+    @property
+    def address(self) -> tuple[Any, ...]:
+        return self.runner.transport.local_address
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.runner.endpoint
+
+    @property
+    def connections(self) -> list[QuicConnection]:
+        return list(self.runner.faces.values())
+
+    def close(self) -> None:
+        for face in list(self.runner.faces.values()):
+            face.close()
+        self.runner.close()
+
+    async def wait_closed(self) -> None:
+        await asyncio.sleep(0)
+
+    async def __aenter__(self) -> QuicServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+async def serve(
+    handler: StreamHandler | None,
+    host: str,
+    port: int,
+    *,
+    configuration: Configuration,
+    backend: str = "auto",
+    connection_handler: Any = None,
+    engine: OffloadEngine | None = None,
+) -> QuicServer:
+    """Start a QUIC server on ``host:port``.
+
+    ``handler(reader, writer)`` runs (as a task if it is a coroutine function) for each
+    stream a client opens. ``connection_handler(connection)`` is called for each new
+    connection. The configuration needs a certificate and key.
+    """
+    config = replace(configuration)
+    config.validate()
+    if not config.certificate_chain or config.private_key is None:
+        raise ValueError("a server needs Configuration.certificate_chain and private_key")
+    transport = UdpTransport.open(host, port, backend=backend)
+    endpoint = Endpoint(config, is_server=True, engine=engine or SoftwareOffloadEngine())
+    runner_box: list[EndpointRunner] = []
+
+    def on_accept(conn: Connection) -> QuicConnection:
+        face = QuicConnection(runner_box[0], conn, stream_handler=handler)
+        if connection_handler is not None:
+            result = connection_handler(face)
+            if asyncio.iscoroutine(result):
+                asyncio.get_running_loop().create_task(result)
+        return face
+
+    runner = EndpointRunner(transport, endpoint, on_accept=on_accept)
+    runner_box.append(runner)
+    return QuicServer(runner)

@@ -1,0 +1,207 @@
+"""The asyncio face of one QUIC connection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..transport.connection import Connection, StreamLimitReached
+from ..transport.events import (
+    ConnectionTerminated,
+    Event,
+    HandshakeCompleted,
+    StopSendingReceived,
+    StreamOpened,
+    StreamReadable,
+    StreamReset,
+    StreamsAvailable,
+    StreamWritable,
+)
+from .errors import ConnectionClosedError
+from .runner import EndpointRunner
+from .streams import QuicStreamReader, QuicStreamWriter
+
+StreamHandler = Callable[[QuicStreamReader, QuicStreamWriter], Awaitable[None] | None]
+
+
+class QuicConnection:
+    """A connection: open streams, accept the peer's, close."""
+
+    def __init__(
+        self,
+        runner: EndpointRunner,
+        conn: Connection,
+        *,
+        stream_handler: StreamHandler | None = None,
+    ) -> None:
+        self.runner = runner
+        self.conn = conn
+        self.loop = runner.loop
+        self.stream_handler = stream_handler
+        self._readers: dict[int, QuicStreamReader] = {}
+        self._writers: dict[int, QuicStreamWriter] = {}
+        self._incoming: asyncio.Queue[tuple[QuicStreamReader, QuicStreamWriter]] = asyncio.Queue()
+        self._connected: asyncio.Future[None] = self.loop.create_future()
+        self._terminated: asyncio.Future[None] = self.loop.create_future()
+        self._streams_waiter: asyncio.Future[None] | None = None
+        self._close_error: ConnectionClosedError | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.app_state: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def closed(self) -> bool:
+        return self._close_error is not None
+
+    @property
+    def alpn_protocol(self) -> str | None:
+        return self.conn.alpn_protocol
+
+    def raise_if_closed(self) -> None:
+        if self._close_error is not None:
+            raise self._close_error
+
+    async def wait_connected(self) -> None:
+        """Wait for the handshake; raises ConnectionClosedError when it fails."""
+        await asyncio.shield(self._connected)
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection is fully terminated."""
+        await asyncio.shield(self._terminated)
+
+    def flush(self) -> None:
+        self.runner.schedule_flush(self.conn)
+
+    def after_read(self) -> None:
+        c = self.conn
+        if c.flow.pending_max_data or c.pending_stream_updates:
+            self.flush()
+
+    # ------------------------------------------------------------------ streams
+
+    def _faces(self, stream_id: int) -> tuple[QuicStreamReader, QuicStreamWriter]:
+        reader = self._readers.get(stream_id)
+        if reader is None:
+            reader = self._readers[stream_id] = QuicStreamReader(self, stream_id)
+            self._writers[stream_id] = QuicStreamWriter(self, stream_id)
+        return reader, self._writers[stream_id]
+
+    async def create_stream(
+        self, bidirectional: bool = True
+    ) -> tuple[QuicStreamReader, QuicStreamWriter]:
+        """Open a stream; waits while the peer's stream limit is reached."""
+        while True:
+            self.raise_if_closed()
+            try:
+                stream_id = self.conn.open_stream(bidirectional)
+            except StreamLimitReached:
+                self._streams_waiter = self.loop.create_future()
+                try:
+                    await self._streams_waiter
+                finally:
+                    self._streams_waiter = None
+                continue
+            return self._faces(stream_id)
+
+    async def accept_stream(self) -> tuple[QuicStreamReader, QuicStreamWriter]:
+        """The next stream the peer opened (when no stream_handler was given)."""
+        while True:
+            if not self._incoming.empty():
+                return self._incoming.get_nowait()
+            self.raise_if_closed()
+            getter = asyncio.ensure_future(self._incoming.get())
+            done, _ = await asyncio.wait(
+                {getter, self._terminated}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if getter in done:
+                return getter.result()
+            getter.cancel()
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self, error_code: int = 0, reason: str = "") -> None:
+        """Close with an application error code and reason (CONNECTION_CLOSE 0x1d)."""
+        if not self.conn.terminated:
+            self.conn.close(error_code, reason, now=self.loop.time())
+            self.flush()
+
+    # ------------------------------------------------------------------ events
+
+    def handle_events(self, events: list[Event]) -> None:
+        for event in events:
+            cls = type(event)
+            if cls is StreamReadable:
+                reader = self._readers.get(event.stream_id)  # type: ignore[union-attr]
+                if reader is not None:
+                    reader._wake()
+            elif cls is StreamWritable:
+                writer = self._writers.get(event.stream_id)  # type: ignore[union-attr]
+                if writer is not None:
+                    writer._wake()
+            elif cls is StreamOpened:
+                self._on_stream_opened(event.stream_id)  # type: ignore[union-attr]
+            elif cls is StreamReset or cls is StopSendingReceived:
+                sid = event.stream_id  # type: ignore[union-attr]
+                if sid in self._readers:
+                    self._readers[sid]._wake()
+                    self._writers[sid]._wake()
+            elif cls is StreamsAvailable:
+                if self._streams_waiter is not None and not self._streams_waiter.done():
+                    self._streams_waiter.set_result(None)
+            elif cls is HandshakeCompleted:
+                if not self._connected.done():
+                    self._connected.set_result(None)
+            elif cls is ConnectionTerminated:
+                self._on_close_event(event)  # type: ignore[arg-type]
+
+    def _on_stream_opened(self, stream_id: int) -> None:
+        reader, writer = self._faces(stream_id)
+        if self.stream_handler is not None:
+            result = self.stream_handler(reader, writer)
+            if asyncio.iscoroutine(result):
+                task = self.loop.create_task(self._run_handler(result, writer))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        else:
+            self._incoming.put_nowait((reader, writer))
+
+    async def _run_handler(self, coro: Awaitable[None], writer: QuicStreamWriter) -> None:
+        try:
+            await coro
+        except ConnectionError:
+            pass
+        except Exception:
+            if not self.closed:
+                writer.reset(0x101)
+            raise
+
+    def _on_close_event(self, event: ConnectionTerminated) -> None:
+        if self._close_error is None:
+            application = event.frame_type is None and event.reason != "idle timeout"
+            if self.conn.close_error is not None and not event.by_peer:
+                application = self.conn.close_error[3]
+            self._close_error = ConnectionClosedError(
+                event.error_code, event.reason, event.by_peer, event.frame_type, application
+            )
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        error = self._close_error or ConnectionClosedError(0, "connection closed", False)
+        if not self._connected.done():
+            self._connected.set_exception(error)
+            self._connected.exception()  # mark retrieved
+        for reader in self._readers.values():
+            reader._wake()
+        for writer in self._writers.values():
+            writer._wake()
+        if self._streams_waiter is not None and not self._streams_waiter.done():
+            self._streams_waiter.set_result(None)
+
+    def on_terminated(self) -> None:
+        if self._close_error is None:
+            self._close_error = ConnectionClosedError(0, "connection closed", False)
+        self._wake_all()
+        if not self._terminated.done():
+            self._terminated.set_result(None)

@@ -1,0 +1,226 @@
+"""Drives an :class:`Endpoint` on one UDP socket inside an asyncio event loop.
+
+No per-datagram protocol callbacks: the socket is read in bounded batches until EAGAIN
+(``loop.add_reader``), each batch goes to the endpoint, then every touched connection is
+flushed once. Sends go out in GSO-shaped batches; when the kernel's buffer is full the
+runner waits for writability (``loop.add_writer``) and stops producing until it drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..datapath.socket import UdpTransport, normalize_address
+from ..endpoint.endpoint import Endpoint
+from ..transport.connection import Connection
+
+if TYPE_CHECKING:
+    from .connection import QuicConnection
+
+MAX_GSO_SEGMENTS = 64
+MAX_GSO_BYTES = 65000
+RECV_ROUNDS = 8  # batches read per readable callback before yielding to the loop
+
+
+class EndpointRunner:
+    """Socket + endpoint + timers; owns the connections' asyncio faces."""
+
+    def __init__(
+        self,
+        transport: UdpTransport,
+        endpoint: Endpoint,
+        *,
+        on_accept: Callable[[Connection], QuicConnection] | None = None,
+        connected_peer: tuple[Any, ...] | None = None,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.transport = transport
+        self.endpoint = endpoint
+        self.faces: dict[int, QuicConnection] = {}  # id(Connection) -> face
+        self.on_accept = on_accept
+        self.connected_peer = connected_peer
+        self._timers: dict[int, tuple[float, asyncio.TimerHandle]] = {}
+        self._dirty: list[Connection] = []
+        self._flush_scheduled = False
+        self._writer_waiting = False
+        self._closed = False
+        self.loop.add_reader(transport.fileno(), self._on_readable)
+
+    # ------------------------------------------------------------------ receive
+
+    def _on_readable(self) -> None:
+        if self._closed:
+            return
+        endpoint = self.endpoint
+        transport = self.transport
+        touched: list[Connection] = []
+        for _ in range(RECV_ROUNDS):
+            batch = transport.recv_batch(64)
+            if not batch:
+                break
+            now = self.loop.time()
+            for data, segment_size, addr, ecn in batch:
+                peer = normalize_address(addr) if addr else self.connected_peer
+                assert peer is not None
+                if segment_size < len(data):
+                    conns = endpoint.receive_batch(data, segment_size, peer, now, ecn)
+                    for c in conns:
+                        if c not in touched:
+                            touched.append(c)
+                else:
+                    c = endpoint.receive(bytes(data), peer, now, ecn)
+                    if c is not None and c not in touched:
+                        touched.append(c)
+        for conn in endpoint.accepted:
+            if self.on_accept is not None:
+                self.faces[id(conn)] = self.on_accept(conn)
+        endpoint.accepted.clear()
+        for data, addr in endpoint.pop_stateless():
+            transport.send_batch(data, len(data), addr)
+        for conn in touched:
+            self._dispatch(conn)
+            self._send(conn)
+
+    def _dispatch(self, conn: Connection) -> None:
+        face = self.faces.get(id(conn))
+        events = conn.pop_events()
+        if face is not None and events:
+            face.handle_events(events)
+
+    # ------------------------------------------------------------------ send
+
+    def schedule_flush(self, conn: Connection) -> None:
+        """Send what ``conn`` has, soon (coalesces many writes into one flush)."""
+        if conn not in self._dirty:
+            self._dirty.append(conn)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush_dirty)
+
+    def _flush_dirty(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            self._send(conn)
+
+    def _send(self, conn: Connection) -> None:
+        if self._closed:
+            return
+        if self._writer_waiting:
+            if conn not in self._dirty:
+                self._dirty.append(conn)
+            return
+        transport = self.transport
+        addr = None if self.connected_peer is not None else conn.peer_address
+        for _ in range(16):
+            now = self.loop.time()
+            datagrams = self.endpoint.datagrams_to_send(conn, now)
+            if not datagrams:
+                break
+            if not self._send_datagrams(transport, datagrams, addr):
+                self._wait_writable(conn)
+                break
+            if len(datagrams) < 64:
+                break
+        else:
+            self.schedule_flush(conn)  # more to send: yield to the loop first
+        self._dispatch(conn)
+        self._arm_timer(conn)
+        if conn.terminated:
+            self._forget(conn)
+
+    @staticmethod
+    def _send_datagrams(
+        transport: UdpTransport, datagrams: list[bytes], addr: tuple[Any, ...] | None
+    ) -> bool:
+        """Group runs of equal-size datagrams (the last of a run may be shorter) into
+        GSO batches; returns False when the kernel buffer filled up."""
+        ok = True
+        i = 0
+        n = len(datagrams)
+        while i < n:
+            size = len(datagrams[i])
+            j = i + 1
+            total = size
+            while (
+                j < n
+                and j - i < MAX_GSO_SEGMENTS
+                and total + len(datagrams[j]) <= MAX_GSO_BYTES
+                and len(datagrams[j]) <= size
+            ):
+                total += len(datagrams[j])
+                j += 1
+                if len(datagrams[j - 1]) < size:
+                    break
+            data = datagrams[i] if j == i + 1 else b"".join(datagrams[i:j])
+            if not transport.send_batch(data, size, addr):
+                ok = False
+            i = j
+        return ok
+
+    def _wait_writable(self, conn: Connection) -> None:
+        if conn not in self._dirty:
+            self._dirty.append(conn)
+        if not self._writer_waiting:
+            self._writer_waiting = True
+            self.loop.add_writer(self.transport.fileno(), self._on_writable)
+
+    def _on_writable(self) -> None:
+        if self.transport.flush_pending():
+            self.loop.remove_writer(self.transport.fileno())
+            self._writer_waiting = False
+            self._flush_dirty()
+
+    # ------------------------------------------------------------------ timers
+
+    def _arm_timer(self, conn: Connection) -> None:
+        key = id(conn)
+        deadline = conn.timer()
+        current = self._timers.get(key)
+        if deadline is None:
+            if current is not None:
+                current[1].cancel()
+                del self._timers[key]
+            return
+        if current is not None:
+            if current[0] == deadline:
+                return
+            current[1].cancel()
+        handle = self.loop.call_at(deadline, self._on_timer, conn)
+        self._timers[key] = (deadline, handle)
+
+    def _on_timer(self, conn: Connection) -> None:
+        self._timers.pop(id(conn), None)
+        conn.handle_timer(self.loop.time())
+        self._dispatch(conn)
+        self._send(conn)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _forget(self, conn: Connection) -> None:
+        entry = self._timers.pop(id(conn), None)
+        if entry is not None:
+            entry[1].cancel()
+        self.endpoint.forget(conn)
+        face = self.faces.pop(id(conn), None)
+        if face is not None:
+            face.on_terminated()
+        if self.connected_peer is not None and not self.faces:
+            self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for _, handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        try:
+            self.loop.remove_reader(self.transport.fileno())
+            if self._writer_waiting:
+                self.loop.remove_writer(self.transport.fileno())
+        except (ValueError, OSError):
+            pass
+        self.transport.close()
