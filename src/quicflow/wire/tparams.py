@@ -1,0 +1,248 @@
+"""QUIC transport parameters (RFC 9000 §18)."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from .errors import TransportParameterError, WireError
+from .varint import decode_varint, push_varint
+
+__all__ = [
+    "SERVER_ONLY_PARAMETERS",
+    "PreferredAddress",
+    "TransportParameters",
+    "decode_transport_parameters",
+    "encode_transport_parameters",
+]
+
+ORIGINAL_DESTINATION_CONNECTION_ID = 0x00
+MAX_IDLE_TIMEOUT = 0x01
+STATELESS_RESET_TOKEN = 0x02
+MAX_UDP_PAYLOAD_SIZE = 0x03
+INITIAL_MAX_DATA = 0x04
+INITIAL_MAX_STREAM_DATA_BIDI_LOCAL = 0x05
+INITIAL_MAX_STREAM_DATA_BIDI_REMOTE = 0x06
+INITIAL_MAX_STREAM_DATA_UNI = 0x07
+INITIAL_MAX_STREAMS_BIDI = 0x08
+INITIAL_MAX_STREAMS_UNI = 0x09
+ACK_DELAY_EXPONENT = 0x0A
+MAX_ACK_DELAY = 0x0B
+DISABLE_ACTIVE_MIGRATION = 0x0C
+PREFERRED_ADDRESS = 0x0D
+ACTIVE_CONNECTION_ID_LIMIT = 0x0E
+INITIAL_SOURCE_CONNECTION_ID = 0x0F
+RETRY_SOURCE_CONNECTION_ID = 0x10
+
+#: Parameters only a server may send (RFC 9000 §18.2).
+SERVER_ONLY_PARAMETERS = frozenset(
+    {
+        ORIGINAL_DESTINATION_CONNECTION_ID,
+        STATELESS_RESET_TOKEN,
+        PREFERRED_ADDRESS,
+        RETRY_SOURCE_CONNECTION_ID,
+    }
+)
+
+_MAX_CID_LEN = 20
+_MAX_STREAMS = 1 << 60
+
+
+@dataclass(slots=True)
+class PreferredAddress:
+    """RFC 9000 §18.2 preferred_address.
+
+    ``ipv4``/``ipv6`` are ``(address, port)`` with the address as text (as the
+    ``ipaddress`` module prints it), or ``None`` when the server sent the all-zero
+    address and port for that family.
+    """
+
+    ipv4: tuple[str, int] | None
+    ipv6: tuple[str, int] | None
+    connection_id: bytes
+    stateless_reset_token: bytes
+
+
+@dataclass(slots=True)
+class TransportParameters:
+    original_destination_connection_id: bytes | None = None
+    max_idle_timeout: int = 0  # milliseconds, 0 = no timeout
+    stateless_reset_token: bytes | None = None
+    max_udp_payload_size: int = 65527
+    initial_max_data: int = 0
+    initial_max_stream_data_bidi_local: int = 0
+    initial_max_stream_data_bidi_remote: int = 0
+    initial_max_stream_data_uni: int = 0
+    initial_max_streams_bidi: int = 0
+    initial_max_streams_uni: int = 0
+    ack_delay_exponent: int = 3
+    max_ack_delay: int = 25  # milliseconds
+    disable_active_migration: bool = False
+    preferred_address: PreferredAddress | None = None
+    active_connection_id_limit: int = 2
+    initial_source_connection_id: bytes | None = None
+    retry_source_connection_id: bytes | None = None
+
+
+# (id, field name, default) of the integer-valued parameters, in id order.
+_INT_PARAMS: tuple[tuple[int, str, int], ...] = (
+    (MAX_IDLE_TIMEOUT, "max_idle_timeout", 0),
+    (MAX_UDP_PAYLOAD_SIZE, "max_udp_payload_size", 65527),
+    (INITIAL_MAX_DATA, "initial_max_data", 0),
+    (INITIAL_MAX_STREAM_DATA_BIDI_LOCAL, "initial_max_stream_data_bidi_local", 0),
+    (INITIAL_MAX_STREAM_DATA_BIDI_REMOTE, "initial_max_stream_data_bidi_remote", 0),
+    (INITIAL_MAX_STREAM_DATA_UNI, "initial_max_stream_data_uni", 0),
+    (INITIAL_MAX_STREAMS_BIDI, "initial_max_streams_bidi", 0),
+    (INITIAL_MAX_STREAMS_UNI, "initial_max_streams_uni", 0),
+    (ACK_DELAY_EXPONENT, "ack_delay_exponent", 3),
+    (MAX_ACK_DELAY, "max_ack_delay", 25),
+    (ACTIVE_CONNECTION_ID_LIMIT, "active_connection_id_limit", 2),
+)
+_INT_FIELD = {pid: name for pid, name, _ in _INT_PARAMS}
+
+_CID_PARAMS: tuple[tuple[int, str], ...] = (
+    (ORIGINAL_DESTINATION_CONNECTION_ID, "original_destination_connection_id"),
+    (INITIAL_SOURCE_CONNECTION_ID, "initial_source_connection_id"),
+    (RETRY_SOURCE_CONNECTION_ID, "retry_source_connection_id"),
+)
+_CID_FIELD = dict(_CID_PARAMS)
+
+
+def _encode_preferred_address(pa: PreferredAddress) -> bytes:
+    out = bytearray()
+    if pa.ipv4 is None:
+        out += bytes(6)
+    else:
+        out += ipaddress.IPv4Address(pa.ipv4[0]).packed + pa.ipv4[1].to_bytes(2, "big")
+    if pa.ipv6 is None:
+        out += bytes(18)
+    else:
+        out += ipaddress.IPv6Address(pa.ipv6[0]).packed + pa.ipv6[1].to_bytes(2, "big")
+    if not 1 <= len(pa.connection_id) <= _MAX_CID_LEN:
+        raise ValueError("preferred_address connection id length must be 1..20")
+    if len(pa.stateless_reset_token) != 16:
+        raise ValueError("preferred_address reset token must be 16 bytes")
+    out.append(len(pa.connection_id))
+    out += pa.connection_id
+    out += pa.stateless_reset_token
+    return bytes(out)
+
+
+def _decode_preferred_address(value: bytes) -> PreferredAddress:
+    if len(value) < 4 + 2 + 16 + 2 + 1:
+        raise TransportParameterError("preferred_address truncated")
+    v4, v4port = value[0:4], int.from_bytes(value[4:6], "big")
+    v6, v6port = value[6:22], int.from_bytes(value[22:24], "big")
+    cid_len = value[24]
+    if not 1 <= cid_len <= _MAX_CID_LEN:
+        raise TransportParameterError("preferred_address connection id length not in 1..20")
+    if len(value) != 25 + cid_len + 16:
+        raise TransportParameterError("preferred_address has a bad length")
+    ipv4 = None
+    if any(v4) or v4port:
+        ipv4 = (str(ipaddress.IPv4Address(v4)), v4port)
+    ipv6 = None
+    if any(v6) or v6port:
+        ipv6 = (str(ipaddress.IPv6Address(v6)), v6port)
+    return PreferredAddress(ipv4, ipv6, value[25 : 25 + cid_len], value[25 + cid_len :])
+
+
+def _push_param(out: bytearray, pid: int, value: bytes) -> None:
+    push_varint(out, pid)
+    push_varint(out, len(value))
+    out += value
+
+
+def encode_transport_parameters(tp: TransportParameters) -> bytes:
+    """Encode ``tp``; parameters at their default value (or ``None``) are omitted."""
+    out = bytearray()
+    for pid, name in _CID_PARAMS:
+        cid = getattr(tp, name)
+        if cid is not None:
+            if len(cid) > _MAX_CID_LEN:
+                raise ValueError(f"{name} longer than 20 bytes")
+            _push_param(out, pid, cid)
+    if tp.stateless_reset_token is not None:
+        if len(tp.stateless_reset_token) != 16:
+            raise ValueError("stateless_reset_token must be 16 bytes")
+        _push_param(out, STATELESS_RESET_TOKEN, tp.stateless_reset_token)
+    for pid, name, default in _INT_PARAMS:
+        value = getattr(tp, name)
+        if value != default:
+            encoded = bytearray()
+            push_varint(encoded, value)
+            _push_param(out, pid, bytes(encoded))
+    if tp.disable_active_migration:
+        _push_param(out, DISABLE_ACTIVE_MIGRATION, b"")
+    if tp.preferred_address is not None:
+        _push_param(out, PREFERRED_ADDRESS, _encode_preferred_address(tp.preferred_address))
+    return bytes(out)
+
+
+def _check_int(pid: int, value: int) -> None:
+    if pid == MAX_UDP_PAYLOAD_SIZE and value < 1200:
+        raise TransportParameterError("max_udp_payload_size below 1200")
+    if pid == ACK_DELAY_EXPONENT and value > 20:
+        raise TransportParameterError("ack_delay_exponent above 20")
+    if pid == MAX_ACK_DELAY and value >= 1 << 14:
+        raise TransportParameterError("max_ack_delay of 2^14 or more")
+    if pid == ACTIVE_CONNECTION_ID_LIMIT and value < 2:
+        raise TransportParameterError("active_connection_id_limit below 2")
+    if pid in (INITIAL_MAX_STREAMS_BIDI, INITIAL_MAX_STREAMS_UNI) and value > _MAX_STREAMS:
+        raise TransportParameterError("initial_max_streams above 2^60")
+
+
+def decode_transport_parameters(
+    data: bytes | bytearray | memoryview, *, from_server: bool
+) -> TransportParameters:
+    """Decode and validate the peer's transport parameters.
+
+    ``from_server`` tells who sent them: a client must not send server-only parameters.
+    Unknown parameter ids (GREASE included) are skipped; any id seen twice is an error.
+    """
+    buf = bytes(data)
+    n = len(buf)
+    tp = TransportParameters()
+    seen: set[int] = set()
+    pos = 0
+    try:
+        while pos < n:
+            pid, pos = decode_varint(buf, pos)
+            length, pos = decode_varint(buf, pos)
+            end = pos + length
+            if end > n:
+                raise TransportParameterError("transport parameter value truncated")
+            if pid in seen:
+                raise TransportParameterError(f"duplicate transport parameter 0x{pid:x}")
+            seen.add(pid)
+            if not from_server and pid in SERVER_ONLY_PARAMETERS:
+                raise TransportParameterError(
+                    f"server-only transport parameter 0x{pid:x} sent by a client"
+                )
+            name = _INT_FIELD.get(pid)
+            if name is not None:
+                value, vend = decode_varint(buf, pos)
+                if vend != end:
+                    raise TransportParameterError(f"bad length of transport parameter {name}")
+                _check_int(pid, value)
+                setattr(tp, name, value)
+            elif pid in _CID_FIELD:
+                if length > _MAX_CID_LEN:
+                    raise TransportParameterError("connection id longer than 20 bytes")
+                setattr(tp, _CID_FIELD[pid], buf[pos:end])
+            elif pid == STATELESS_RESET_TOKEN:
+                if length != 16:
+                    raise TransportParameterError("stateless_reset_token not 16 bytes")
+                tp.stateless_reset_token = buf[pos:end]
+            elif pid == DISABLE_ACTIVE_MIGRATION:
+                if length != 0:
+                    raise TransportParameterError("disable_active_migration is not empty")
+                tp.disable_active_migration = True
+            elif pid == PREFERRED_ADDRESS:
+                tp.preferred_address = _decode_preferred_address(buf[pos:end])
+            pos = end
+    except TransportParameterError:
+        raise
+    except WireError as exc:
+        raise TransportParameterError(f"malformed transport parameters: {exc}") from None
+    return tp
