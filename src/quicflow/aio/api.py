@@ -74,7 +74,7 @@ async def connect(
             face.close()
             try:
                 await asyncio.wait_for(face.wait_closed(), timeout=3 * conn.pto() + 0.5)
-            except (asyncio.TimeoutError, ConnectionClosedError):
+            except (TimeoutError, ConnectionClosedError):
                 pass
         runner.close()
 

@@ -111,12 +111,12 @@ class QuicConnection:
             if not self._incoming.empty():
                 return self._incoming.get_nowait()
             self.raise_if_closed()
-            getter = asyncio.ensure_future(self._incoming.get())
-            done, _ = await asyncio.wait(
-                {getter, self._terminated}, return_when=asyncio.FIRST_COMPLETED
-            )
+            getter: asyncio.Future[Any] = asyncio.ensure_future(self._incoming.get())
+            waiters: set[asyncio.Future[Any]] = {getter, self._terminated}
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             if getter in done:
-                return getter.result()
+                pair: tuple[QuicStreamReader, QuicStreamWriter] = getter.result()
+                return pair
             getter.cancel()
 
     # ------------------------------------------------------------------ closing

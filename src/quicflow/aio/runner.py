@@ -70,9 +70,9 @@ class EndpointRunner:
                         if c not in touched:
                             touched.append(c)
                 else:
-                    c = endpoint.receive(bytes(data), peer, now, ecn)
-                    if c is not None and c not in touched:
-                        touched.append(c)
+                    one = endpoint.receive(bytes(data), peer, now, ecn)
+                    if one is not None and one not in touched:
+                        touched.append(one)
         for conn in endpoint.accepted:
             if self.on_accept is not None:
                 self.faces[id(conn)] = self.on_accept(conn)
@@ -119,7 +119,7 @@ class EndpointRunner:
             datagrams = self.endpoint.datagrams_to_send(conn, now)
             if not datagrams:
                 break
-            if not self._send_datagrams(transport, datagrams, addr):
+            if not self._send_datagrams(transport, datagrams, addr, conn.ecn_codepoint()):
                 self._wait_writable(conn)
                 break
             if len(datagrams) < 64:
@@ -133,7 +133,8 @@ class EndpointRunner:
 
     @staticmethod
     def _send_datagrams(
-        transport: UdpTransport, datagrams: list[bytes], addr: tuple[Any, ...] | None
+        transport: UdpTransport, datagrams: list[bytes], addr: tuple[Any, ...] | None,
+        ecn: int,
     ) -> bool:
         """Group runs of equal-size datagrams (the last of a run may be shorter) into
         GSO batches; returns False when the kernel buffer filled up."""
@@ -155,7 +156,7 @@ class EndpointRunner:
                 if len(datagrams[j - 1]) < size:
                     break
             data = datagrams[i] if j == i + 1 else b"".join(datagrams[i:j])
-            if not transport.send_batch(data, size, addr):
+            if not transport.send_batch(data, size, addr, ecn):
                 ok = False
             i = j
         return ok

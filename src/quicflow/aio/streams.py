@@ -50,7 +50,7 @@ class QuicStreamReader:
         if n == 0:
             return b""
         if n < 0:
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 chunk = await self.read(1 << 20)
                 if not chunk:

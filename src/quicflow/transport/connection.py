@@ -34,6 +34,7 @@ from .state import (
     CLOSED,
     CLOSING,
     DRAINING,
+    ECN_FAILED,
     HANDSHAKE,
     FlowControl,
     LocalCid,
@@ -131,6 +132,7 @@ class Connection:
     terminated: bool = False
     events: list[Event] = field(default_factory=list)
     counters: ConnectionCounters = field(default_factory=ConnectionCounters)
+    ecn_state: int = 0  # ECN_TESTING / ECN_CAPABLE / ECN_FAILED
     one_rtt_send_hp: bytes = b""
     one_rtt_recv_hp: bytes = b""
     pacer_deadline: float | None = None
@@ -248,6 +250,8 @@ class Connection:
             raise QuicError(APPLICATION_ERROR, "connection is closed")
         limits = self.bidi if bidirectional else self.uni
         if limits.opened_local >= limits.peer_max:
+            if limits.blocked_sent_at != limits.peer_max:
+                limits.blocked_pending = True
             raise StreamLimitReached(
                 f"peer allows {limits.peer_max} {'bidi' if bidirectional else 'uni'} streams"
             )
@@ -378,6 +382,10 @@ class Connection:
     def notify_writable(self, stream_id: int) -> None:
         self.events.append(StreamWritable(stream_id))
 
+    def ecn_codepoint(self) -> int:
+        """The ECN bits for outgoing datagrams: ECT(0) unless validation failed."""
+        return 0 if self.ecn_state == ECN_FAILED else 2
+
     # ------------------------------------------------------------------ events & time
 
     @property
@@ -407,6 +415,7 @@ class Connection:
             return None
         if self.state >= CLOSING:
             return self.close_deadline
+        self.sync_recovery()
         deadlines = [self.idle_deadline]
         loss = self.loss.timer()
         if loss is not None:
@@ -434,11 +443,24 @@ class Connection:
             self.events.append(ConnectionTerminated(0, None, "idle timeout", False))
             self._terminate()
             return
+        self.sync_recovery()
         loss = self.loss.timer()
         if loss is not None and now >= loss:
             on_loss_timeout(self, now)
         if self.pacer_deadline is not None and now >= self.pacer_deadline:
             self.pacer_deadline = None
+
+    def sync_recovery(self) -> None:
+        """Copy what loss detection needs to know about the connection into it."""
+        loss = self.loss
+        loss.handshake_confirmed = self.handshake_confirmed
+        loss.has_handshake_keys = self.send_protectors[Epoch.HANDSHAKE] is not None
+        loss.amplification_limited = (
+            not self.is_client and not self.address_validated
+            and self.amplification_credit() < 1200
+        )
+        if self.peer_params is not None:
+            loss.max_ack_delay = self.peer_params.max_ack_delay / 1000
 
     def _terminate(self) -> None:
         self.state = CLOSED

@@ -521,21 +521,16 @@ def _switch_peer_cid(conn: Connection, entry: PeerCid) -> None:
 def _on_retire_connection_id(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
     if frame.sequence >= conn.next_host_cid_seq:
         raise QuicError(PROTOCOL_VIOLATION, "RETIRE_CONNECTION_ID for an unissued CID")
-    for entry in conn.host_cids:
-        if entry.sequence == frame.sequence and not entry.retired:
-            entry.retired = True
-            conn.cid_changes.append((False, entry.cid))
-            active = [c for c in conn.host_cids if not c.retired]
-            if conn.one_rtt_ready:
-                if not active:
-                    new = conn.issue_host_cid()  # keeps the engine entry alive
-                    active = [new]
-                conn.engine.remove(entry.cid, opener=True)
-            conn.host_cids = [c for c in conn.host_cids if not c.retired] + [entry]
-            conn.host_cids = [c for c in conn.host_cids if not c.retired]
-            if len(active) < conn.configuration.active_connection_id_limit:
-                conn.issue_host_cid()
-            return
+    for index, entry in enumerate(conn.host_cids):
+        if entry.sequence != frame.sequence:
+            continue
+        # issue a replacement first: the engine entry must survive the removal
+        conn.issue_host_cid()
+        del conn.host_cids[index]
+        conn.cid_changes.append((False, entry.cid))
+        if conn.one_rtt_ready:
+            conn.engine.remove(entry.cid, opener=True)
+        return
 
 
 def _on_path_challenge(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:

@@ -9,6 +9,8 @@ from .connection import SPACE_OF_EPOCH, Connection
 from .events import StreamWritable
 from .recovery import SentPacket
 from .state import (
+    ECN_CAPABLE,
+    ECN_FAILED,
     R_CRYPTO,
     R_HANDSHAKE_DONE,
     R_MAX_DATA,
@@ -19,6 +21,7 @@ from .state import (
     R_RETIRE_CID,
     R_STOP,
     R_STREAM,
+    PacketSpace,
 )
 
 
@@ -38,9 +41,37 @@ def on_ack_frame(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None
         space.largest_acked = largest
     if acked:
         conn.probes_pending = [0, 0, 0]
+        _validate_ecn(conn, space, frame.ecn, acked, now)
         on_acked_packets(conn, acked)
     if lost:
         on_lost_packets(conn, lost)
+
+
+def _validate_ecn(
+    conn: Connection,
+    space: PacketSpace,
+    ecn: tuple[int, int, int] | None,
+    acked: list[SentPacket],
+    now: float,
+) -> None:
+    """RFC 9000 §13.4.2: the peer's ECN counts must account for the ECT(0) packets it
+    acknowledges; otherwise the path drops or bleaches the marks and ECN goes off."""
+    if conn.ecn_state == ECN_FAILED:
+        return
+    if ecn is None:
+        conn.ecn_state = ECN_FAILED
+        return
+    old = space.ecn_peer_counts
+    d_ect0, d_ect1, d_ce = ecn[0] - old[0], ecn[1] - old[1], ecn[2] - old[2]
+    if d_ect0 < 0 or d_ect1 < 0 or d_ce < 0:
+        return  # a reordered, older ACK
+    if d_ect1 > 0 or d_ect0 + d_ce < len(acked):
+        conn.ecn_state = ECN_FAILED
+        return
+    space.ecn_peer_counts = [ecn[0], ecn[1], ecn[2]]
+    conn.ecn_state = ECN_CAPABLE
+    if d_ce > 0:
+        conn.cc.on_ecn_ce(acked[-1].time_sent, now)
 
 
 def on_acked_packets(conn: Connection, packets: list[SentPacket]) -> None:
@@ -112,8 +143,9 @@ def on_lost_packets(conn: Connection, packets: list[SentPacket]) -> None:
                         conn.send_queue.append(rec[1])
             elif kind == R_STOP:
                 stream = streams.get(rec[1])
-                if stream is not None and stream.recv is not None and stream.recv.final_size is None:
-                    stream.recv.stop_sending_pending = True
+                recv = stream.recv if stream is not None else None
+                if recv is not None and recv.final_size is None:
+                    recv.stop_sending_pending = True
                     if rec[1] not in conn.send_queue:
                         conn.send_queue.append(rec[1])
 

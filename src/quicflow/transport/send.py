@@ -317,6 +317,12 @@ def _fill_control(
             )
             entry.announced = True
             records.append((R_NEW_CID, entry.sequence))
+    for bidi, limits in ((True, conn.bidi), (False, conn.uni)):
+        if limits.blocked_pending:
+            F.encode_frame(F.StreamsBlocked(bidi=bidi, limit=limits.peer_max), payload)
+            records.append((R_STREAMS_BLOCKED, int(bidi)))
+            limits.blocked_sent_at = limits.peer_max
+            limits.blocked_pending = False
     while conn.retire_pending and limit - len(payload) > 10:
         seq = conn.retire_pending.pop(0)
         F.encode_frame(F.RetireConnectionId(sequence=seq), payload)
@@ -392,11 +398,6 @@ def _fill_streams(
             queue.append(queue.pop(i))
             return
         i += 1
-    for bidi, limits in ((True, conn.bidi), (False, conn.uni)):
-        if limits.blocked_sent_at == -2:
-            F.encode_frame(F.StreamsBlocked(bidi=bidi, limit=limits.peer_max), payload)
-            records.append((R_STREAMS_BLOCKED, int(bidi)))
-            limits.blocked_sent_at = limits.peer_max
 
 
 def _push_stream_frame(

@@ -14,6 +14,11 @@ CLOSING = 2
 DRAINING = 3
 CLOSED = 4
 
+# ECN validation (RFC 9000 §13.4.2)
+ECN_TESTING = 0
+ECN_CAPABLE = 1
+ECN_FAILED = 2
+
 # retransmission record kinds (first element of each record tuple)
 R_STREAM = 0
 R_CRYPTO = 1
@@ -53,7 +58,8 @@ class PacketSpace:
     ack_immediately: bool = False
     ack_deadline: float | None = None
     ack_pending: bool = False  # a received packet not yet acknowledged
-    ecn_counts: list[int] = field(default_factory=lambda: [0, 0, 0])
+    ecn_counts: list[int] = field(default_factory=lambda: [0, 0, 0])  # what we received
+    ecn_peer_counts: list[int] = field(default_factory=lambda: [0, 0, 0])  # peer's ACK_ECN
     crypto_send: SendStream = field(default_factory=_crypto_send)
     crypto_recv: RecvStream = field(default_factory=_crypto_recv)
     discarded: bool = False
@@ -92,6 +98,7 @@ class FlowControl:
     window_max: int = 0
     last_update_time: float = 0.0
     blocked_sent_at: int = -1
+    blocked_pending: bool = False
     pending_max_data: bool = False
 
 
@@ -107,3 +114,4 @@ class StreamLimits:
     window: int = 0
     pending_max_streams: bool = False
     blocked_sent_at: int = -1
+    blocked_pending: bool = False
