@@ -116,13 +116,13 @@ class EndpointRunner:
         addr = None if self.connected_peer is not None else conn.peer_address
         for _ in range(16):
             now = self.loop.time()
-            datagrams = self.endpoint.datagrams_to_send(conn, now)
-            if not datagrams:
+            buf, bounds = self.endpoint.build_datagrams(conn, now)
+            if not bounds:
                 break
-            if not self._send_datagrams(transport, datagrams, addr, conn.ecn_codepoint()):
+            if not self._send_buffer(transport, buf, bounds, addr, conn.ecn_codepoint()):
                 self._wait_writable(conn)
                 break
-            if len(datagrams) < 64:
+            if len(bounds) < 64:
                 break
         else:
             self.schedule_flush(conn)  # more to send: yield to the loop first
@@ -132,32 +132,30 @@ class EndpointRunner:
             self._forget(conn)
 
     @staticmethod
-    def _send_datagrams(
-        transport: UdpTransport, datagrams: list[bytes], addr: tuple[Any, ...] | None,
-        ecn: int,
+    def _send_buffer(
+        transport: UdpTransport, buf: bytearray, bounds: list[int],
+        addr: tuple[Any, ...] | None, ecn: int,
     ) -> bool:
-        """Group runs of equal-size datagrams (the last of a run may be shorter) into
-        GSO batches; returns False when the kernel buffer filled up."""
+        """Send runs of equal-size datagrams (the last of a run may be shorter) as GSO
+        batches straight from the buffer; False when the kernel buffer filled up."""
         ok = True
+        view = memoryview(buf)
+        n = len(bounds)
         i = 0
-        n = len(datagrams)
+        start = 0
         while i < n:
-            size = len(datagrams[i])
+            size = bounds[i] - start
             j = i + 1
-            total = size
-            while (
-                j < n
-                and j - i < MAX_GSO_SEGMENTS
-                and total + len(datagrams[j]) <= MAX_GSO_BYTES
-                and len(datagrams[j]) <= size
-            ):
-                total += len(datagrams[j])
-                j += 1
-                if len(datagrams[j - 1]) < size:
+            while j < n and j - i < MAX_GSO_SEGMENTS and bounds[j] - start <= MAX_GSO_BYTES:
+                seg = bounds[j] - bounds[j - 1]
+                if seg > size:
                     break
-            data = datagrams[i] if j == i + 1 else b"".join(datagrams[i:j])
-            if not transport.send_batch(data, size, addr, ecn):
+                j += 1
+                if seg < size:
+                    break
+            if not transport.send_batch(view[start : bounds[j - 1]], size, addr, ecn):
                 ok = False
+            start = bounds[j - 1]
             i = j
         return ok
 

@@ -14,7 +14,7 @@ from ..crypto.offload import OffloadEngine, SoftwareOffloadEngine
 from ..transport.config import Configuration
 from ..transport.connection import Address, Connection, client_connection, server_connection
 from ..transport.receive import receive_datagram
-from ..transport.send import datagrams_to_send
+from ..transport.send import build_datagrams, datagrams_to_send
 from ..wire.errors import WireError
 from ..wire.packet import INITIAL, QUIC_V1, build_version_negotiation, parse_header
 
@@ -176,6 +176,12 @@ class Endpoint:
 
     def datagrams_to_send(self, conn: Connection, now: float) -> list[bytes]:
         out = datagrams_to_send(conn, now)
+        self._sync_cids(conn)
+        return out
+
+    def build_datagrams(self, conn: Connection, now: float) -> tuple[bytearray, list[int]]:
+        """Datagrams in one buffer with their end offsets (see transport.send)."""
+        out = build_datagrams(conn, now)
         self._sync_cids(conn)
         return out
 

@@ -17,6 +17,7 @@ from ..wire.packet import (
     encode_packet_number,
 )
 from ..wire.varint import push_varint, varint_len
+from .bulk import bulk_applies, build_bulk
 from .connection import Connection
 from .errors import APPLICATION_ERROR
 from .recovery import SentPacket
@@ -47,20 +48,42 @@ _SPACE = {Epoch.INITIAL: 0, Epoch.HANDSHAKE: 1, Epoch.ONE_RTT: 2}
 
 def datagrams_to_send(conn: Connection, now: float) -> list[bytes]:
     """Build up to MAX_DATAGRAMS_PER_CALL datagrams for ``conn.peer_address``."""
+    buf, bounds = build_datagrams(conn, now)
+    out: list[bytes] = []
+    prev = 0
+    view = memoryview(buf)
+    for end in bounds:
+        out.append(bytes(view[prev:end]))
+        prev = end
+    return out
+
+
+def build_datagrams(
+    conn: Connection, now: float, max_datagrams: int = MAX_DATAGRAMS_PER_CALL
+) -> tuple[bytearray, list[int]]:
+    """Datagrams back to back in one buffer, and the end offset of each.
+
+    Runs of equal-size datagrams (the last may be shorter) are what a GSO send takes.
+    """
     conn._now_hint = now
+    buf = bytearray()
+    bounds: list[int] = []
     if conn.terminated:
-        return []
+        return buf, bounds
     if conn.state >= CLOSING:
         if conn.close_pending and conn.state == CLOSING:
             conn.close_pending = False
-            return _close_datagrams(conn, now)
-        return []
-    buf = bytearray()
-    bounds: list[int] = []
+            for datagram in _close_datagrams(conn, now):
+                buf += datagram
+                bounds.append(len(buf))
+        return buf, bounds
     seal: list[tuple[int, int, int, int, bytes]] = []
     budget = conn.amplification_credit()
     mds = conn.max_datagram_size
-    while len(bounds) < MAX_DATAGRAMS_PER_CALL:
+    while len(bounds) < max_datagrams:
+        if budget >= 1 << 61 and bulk_applies(conn):
+            if build_bulk(conn, now, buf, bounds, seal, max_datagrams - len(bounds)):
+                continue
         start = len(buf)
         room = min(mds, budget)
         if room < 48:
@@ -77,13 +100,7 @@ def datagrams_to_send(conn: Connection, now: float) -> list[bytes]:
         conn.counters.bytes_sent += size
     if seal:
         conn.engine.seal(buf, seal)
-    out: list[bytes] = []
-    prev = 0
-    view = memoryview(buf)
-    for end in bounds:
-        out.append(bytes(view[prev:end]))
-        prev = end
-    return out
+    return buf, bounds
 
 
 def _build_datagram(

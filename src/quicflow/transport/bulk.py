@@ -1,0 +1,154 @@
+"""The bulk-transfer fast path of the sender.
+
+When a connection is past its handshake and has nothing to send but new data of one
+stream, each datagram is one full-size short-header packet carrying one STREAM frame.
+This loop builds a whole run of them with per-batch, not per-packet, checks: congestion
+window, pacing budget and flow control are read once; the offload engine seals the run in
+one call with the rest of the send buffer.
+"""
+
+from __future__ import annotations
+
+from ..crypto.epoch import Epoch
+from ..wire.packet import encode_packet_number
+from ..wire.varint import encode_varint
+from .connection import Connection
+from .recovery import SentPacket
+from .state import R_STREAM
+
+TAG_LEN = 16
+
+
+def bulk_applies(conn: Connection) -> bool:
+    """True when only stream data of the first queued stream waits to be sent."""
+    spaces = conn.spaces
+    if not (conn.handshake_confirmed and spaces[0].discarded and spaces[1].discarded):
+        return False
+    if (
+        spaces[2].ack_pending
+        or conn.handshake_done_pending
+        or conn.flow.pending_max_data
+        or conn.pending_stream_updates
+        or conn.path_challenges_received
+        or conn.retire_pending
+        or conn.probes_pending[2]
+        or conn.bidi.pending_max_streams
+        or conn.uni.pending_max_streams
+        or conn.bidi.blocked_pending
+        or conn.uni.blocked_pending
+        or not conn.send_queue
+    ):
+        return False
+    for entry in conn.host_cids:
+        if not entry.announced and entry.sequence > 0:
+            return False
+    stream = conn.streams.get(conn.send_queue[0])
+    if stream is None or stream.send is None:
+        return False
+    send = stream.send
+    if send.lost or send.fin_lost or send.reset_code is not None:
+        return False
+    recv = stream.recv
+    return recv is None or not recv.stop_sending_pending
+
+
+def build_bulk(
+    conn: Connection,
+    now: float,
+    buf: bytearray,
+    bounds: list[int],
+    seal: list[tuple[int, int, int, int, bytes]],
+    max_count: int,
+) -> int:
+    """Append up to ``max_count`` one-packet datagrams of the first queued stream.
+
+    Returns how many were built (0: the caller takes the general path).
+    """
+    mds = conn.max_datagram_size
+    cc = conn.cc
+    cwnd_room = cc.cwnd - cc.bytes_in_flight
+    if cwnd_room < mds:
+        return 0
+    pacer_room = conn.pacer.budget(now, conn.rtt, cc.cwnd)
+    count = min(max_count, cwnd_room // mds, max(1, pacer_room // mds))
+    sid = conn.send_queue[0]
+    stream = conn.streams[sid]
+    send = stream.send
+    assert send is not None
+    flow = conn.flow
+    start = send.next_offset
+    end = min(send.write_offset, send.max_data, start + flow.peer_max_data - flow.data_sent)
+    if end <= start:
+        return 0
+    space = conn.spaces[2]
+    pn = space.next_pn
+    _, pn_len = encode_packet_number(
+        pn + count, space.largest_acked if space.largest_acked >= 0 else None
+    )
+    dcid = conn.peer_cid
+    header_len = 1 + len(dcid) + pn_len
+    prefix = bytes((0x40 | (conn.key_phase << 2) | (pn_len - 1),)) + dcid
+    sid_bytes = encode_varint(sid)
+    capacity = mds - header_len - TAG_LEN
+    # frame header: type, stream id, offset (sized for the largest offset), 2-byte length
+    off_len = len(encode_varint(end))
+    data_cap = capacity - 1 - len(sid_bytes) - off_len - 2
+    base = send.buffer_start - send.acked_offset
+    fin_at = send.write_offset if send.fin_written else -1
+    loss = conn.loss
+    on_sent = loss.on_packet_sent
+    one_rtt = Epoch.ONE_RTT
+    built = 0
+    offset = start
+    total = 0
+    pn_mask = (1 << (8 * pn_len)) - 1
+    with memoryview(send.buffer) as data:
+        while built < count and offset < end:
+            length = end - offset
+            if length > data_cap:
+                length = data_cap
+            fin = offset + length == fin_at
+            packet_start = len(buf)
+            buf += prefix
+            buf += (pn & pn_mask).to_bytes(pn_len, "big")
+            if offset:
+                buf.append(0x0E | fin)
+                buf += sid_bytes
+                buf += encode_varint(offset)
+            else:
+                buf.append(0x0A | fin)
+                buf += sid_bytes
+            buf += (0x4000 | length).to_bytes(2, "big")
+            buf += data[base + offset : base + offset + length]
+            payload_len = len(buf) - packet_start - header_len
+            if pn_len + payload_len < 4:
+                buf += bytes(4 - pn_len - payload_len)
+                payload_len = 4 - pn_len
+            buf += bytes(TAG_LEN)
+            size = len(buf) - packet_start
+            seal.append((packet_start, header_len, payload_len, pn, dcid))
+            bounds.append(len(buf))
+            on_sent(SentPacket(pn, now, size, True, True, one_rtt,
+                               [(R_STREAM, sid, offset, length, int(fin))]))
+            if fin:
+                send.fin_sent = True
+            pn += 1
+            offset += length
+            total += size
+            built += 1
+    space.next_pn = pn
+    flow.data_sent += offset - start
+    send.next_offset = offset
+    if not send.has_data_to_send():
+        conn.send_queue.pop(0)
+    conn.pacer.consume(now, total, conn.rtt, cc.cwnd)
+    counters = conn.counters
+    counters.packets_sent += built
+    counters.datagrams_sent += built
+    counters.bytes_sent += total
+    if not conn.last_ack_eliciting_sent_after_receive:
+        from .receive import _effective_idle
+
+        conn.idle_deadline = now + _effective_idle(conn)
+        conn.last_ack_eliciting_sent_after_receive = True
+    return built
