@@ -17,7 +17,7 @@ from ..wire.packet import (
     encode_packet_number,
 )
 from ..wire.varint import push_varint, varint_len
-from .bulk import bulk_applies, build_bulk
+from .bulk import build_bulk, bulk_applies
 from .connection import Connection
 from .errors import APPLICATION_ERROR
 from .recovery import SentPacket
