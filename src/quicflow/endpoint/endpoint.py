@@ -14,6 +14,7 @@ from ..crypto.offload import OffloadEngine, SoftwareOffloadEngine
 from ..transport.config import Configuration
 from ..transport.connection import Address, Connection, client_connection, server_connection
 from ..transport.receive import receive_datagram
+from ..transport.receive_bulk import receive_short_run
 from ..transport.send import build_datagrams, datagrams_to_send
 from ..wire.errors import WireError
 from ..wire.packet import INITIAL, QUIC_V1, build_version_negotiation, parse_header
@@ -86,35 +87,54 @@ class Endpoint:
         ecn: int = 0,
     ) -> list[Connection]:
         """A GRO batch: segments of ``segment_size`` (the last may be shorter) from one
-        address. Consecutive segments with the same DCID share one lookup."""
-        self.counters.datagrams_received += 1
+        address. A run of short-header segments with the same DCID costs one lookup and
+        one engine call; long-header segments take the per-datagram path."""
+        counters = self.counters
+        counters.datagrams_received += 1
         touched: list[Connection] = []
-        view = memoryview(data)
-        total = len(view)
+        total = len(data)
         if segment_size <= 0:
             segment_size = total
-        pos = 0
-        prev_key: bytes | None = None
-        conn: Connection | None = None
         cid_len = self.cid_length
+        run: list[tuple[int, int, bytes]] = []
+        run_conn: Connection | None = None
+        run_key = b""
+        pos = 0
         while pos < total:
-            segment = bytes(view[pos : pos + segment_size])
-            pos += segment_size
-            self.counters.segments_received += 1
-            if not segment:
-                continue
-            if segment[0] & 0x80:
-                key = None  # long headers: look each one up (handshake only)
+            end = min(pos + segment_size, total)
+            counters.segments_received += 1
+            first = data[pos]
+            if not first & 0x80:
+                key = bytes(data[pos + 1 : pos + 1 + cid_len])
+                if run and key == run_key:
+                    run.append((pos, end - pos, key))
+                    pos = end
+                    continue
+                if run and run_conn is not None:
+                    receive_short_run(run_conn, data, run, address, now, ecn)
+                run = []
+                counters.lookups += 1
+                run_conn = self._lookup(bytes(data[pos:end]), address, now)
+                run_key = key
+                if run_conn is not None:
+                    run.append((pos, end - pos, key))
+                    if run_conn not in touched:
+                        touched.append(run_conn)
             else:
-                key = segment[1 : 1 + cid_len]
-            if key is None or key != prev_key or conn is None:
-                self.counters.lookups += 1
+                if run and run_conn is not None:
+                    receive_short_run(run_conn, data, run, address, now, ecn)
+                run = []
+                run_conn = None
+                segment = bytes(data[pos:end])
+                counters.lookups += 1
                 conn = self._lookup(segment, address, now)
-                prev_key = key
-                if conn is not None and (not touched or touched[-1] is not conn):
-                    touched.append(conn)
-            if conn is not None:
-                receive_datagram(conn, segment, address, now, ecn)
+                if conn is not None:
+                    receive_datagram(conn, segment, address, now, ecn)
+                    if conn not in touched:
+                        touched.append(conn)
+            pos = end
+        if run and run_conn is not None:
+            receive_short_run(run_conn, data, run, address, now, ecn)
         for c in touched:
             self._sync_cids(c)
         return touched

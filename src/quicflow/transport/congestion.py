@@ -220,6 +220,8 @@ class Pacer:
     max_datagram_size: int = 1200
     burst_datagrams: int = 10
     multiplier: float = 1.25
+    burst_interval: float = 0.0  # seconds of rate a burst may hold (0: fixed burst only)
+    max_burst_datagrams: int = 64
     tokens: float = 0.0
     last_time: float | None = None
 
@@ -232,6 +234,13 @@ class Pacer:
 
     def _refill(self, now: float, rate: float) -> float:
         capacity = float(self.burst_datagrams * self.max_datagram_size)
+        if self.burst_interval > 0.0 and rate > 0.0:
+            # a batch-sized burst: what the rate allows in ``burst_interval``, at most
+            # ``max_burst_datagrams`` (one GSO send), at least the fixed burst
+            timed = min(rate * self.burst_interval,
+                        float(self.max_burst_datagrams * self.max_datagram_size))
+            if timed > capacity:
+                capacity = timed
         last = self.last_time
         if last is None or rate == 0.0:
             self.tokens = capacity

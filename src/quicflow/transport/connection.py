@@ -203,6 +203,8 @@ class Connection:
             cc=CongestionControl(algorithm=cfg.congestion_control),
         )
         self.loss.amplification_limited = False
+        # pacing in batch-sized bursts: up to 2 ms of the pacing rate, at most one GSO send
+        self.pacer = Pacer(burst_interval=0.002, max_burst_datagrams=64)
         self.issue_host_cid()
         self.initial_scid = self.host_cids[0].cid
         self._install_initial_keys(self.original_dcid)
