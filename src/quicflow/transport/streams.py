@@ -143,10 +143,17 @@ class SendStream:
 
 @dataclass(slots=True)
 class RecvStream:
-    """Received bytes not yet read, out-of-order chunks and receive flow control."""
+    """Received bytes not yet read, out-of-order chunks and receive flow control.
 
-    buffer: bytearray = field(default_factory=bytearray)
-    buffer_start: int = 0
+    In-order data is kept as a list of chunks (``ready[ready_head:]``, the first one
+    consumed up to ``ready_pos``), so neither receiving nor reading moves the bytes
+    already buffered.
+    """
+
+    ready: list[bytes] = field(default_factory=list)
+    ready_head: int = 0
+    ready_pos: int = 0
+    ready_bytes: int = 0
     read_offset: int = 0  # bytes consumed by the application
     highest_offset: int = 0  # largest end offset seen
     final_size: int | None = None
@@ -162,11 +169,11 @@ class RecvStream:
 
     @property
     def contiguous_end(self) -> int:
-        return self.read_offset + len(self.buffer) - self.buffer_start
+        return self.read_offset + self.ready_bytes
 
     @property
     def readable(self) -> int:
-        return len(self.buffer) - self.buffer_start
+        return self.ready_bytes
 
     def at_eof(self) -> bool:
         return self.final_size is not None and self.contiguous_end == self.final_size
@@ -188,11 +195,13 @@ class RecvStream:
             self.highest_offset = end
         if self.reset_code is not None or self.stop_sending_code is not None:
             return grown
-        contiguous = self.contiguous_end
+        contiguous = self.read_offset + self.ready_bytes
         if end <= contiguous or not data:
             return grown
         if offset <= contiguous:
-            self.buffer += data[contiguous - offset :]
+            piece = bytes(data[contiguous - offset :])
+            self.ready.append(piece)
+            self.ready_bytes += len(piece)
             if self.chunks:
                 self._drain_chunks()
         else:
@@ -203,33 +212,53 @@ class RecvStream:
         chunks = self.chunks
         while chunks:
             offset, data = chunks[0]
-            contiguous = self.contiguous_end
+            contiguous = self.read_offset + self.ready_bytes
             if offset > contiguous:
                 break
             chunks.pop(0)
             if offset + len(data) > contiguous:
-                self.buffer += data[contiguous - offset :]
+                piece = data[contiguous - offset :]
+                self.ready.append(piece)
+                self.ready_bytes += len(piece)
 
     def read(self, max_bytes: int = -1) -> bytes:
-        available = self.readable
+        available = self.ready_bytes
         n = available if max_bytes < 0 else min(max_bytes, available)
         if n <= 0:
+            if available == 0 and self.at_eof():
+                self.fin_read = True  # nothing left to read and the end is known
+            return b""
+        ready = self.ready
+        head = self.ready_head
+        pos = self.ready_pos
+        parts: list[bytes] = []
+        need = n
+        while need:
+            chunk = ready[head]
+            left = len(chunk) - pos
+            if left <= need:
+                parts.append(chunk[pos:] if pos else chunk)
+                need -= left
+                head += 1
+                pos = 0
+            else:
+                parts.append(chunk[pos : pos + need])
+                pos += need
+                need = 0
+        if head >= 256 and head * 2 >= len(ready):
+            del ready[:head]
+            head = 0
+        self.ready_head = head
+        self.ready_pos = pos
+        self.ready_bytes -= n
+        self.read_offset += n
+        if not self.ready_bytes:
+            ready.clear()
+            self.ready_head = 0
+            self.ready_pos = 0
             if self.at_eof():
                 self.fin_read = True
-            return b""
-        start = self.buffer_start
-        data = bytes(self.buffer[start : start + n])
-        self.buffer_start += n
-        self.read_offset += n
-        if self.buffer_start == len(self.buffer):
-            self.buffer.clear()
-            self.buffer_start = 0
-        elif self.buffer_start >= _COMPACT_MIN and self.buffer_start * 2 >= len(self.buffer):
-            del self.buffer[: self.buffer_start]
-            self.buffer_start = 0
-        if self.at_eof():
-            self.fin_read = True
-        return data
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def should_update_window(self) -> bool:
         if self.final_size is not None:
@@ -256,8 +285,10 @@ class RecvStream:
         self.final_size = final_size
         if self.reset_code is None:
             self.reset_code = code
-        self.buffer = bytearray()
-        self.buffer_start = 0
+        self.ready = []
+        self.ready_head = 0
+        self.ready_pos = 0
+        self.ready_bytes = 0
         self.chunks = []
         return grown
 

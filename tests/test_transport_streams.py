@@ -1,0 +1,107 @@
+"""Stream buffers: reassembly, flow control, final size, and reading after FIN."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quicflow.transport.errors import FINAL_SIZE_ERROR, FLOW_CONTROL_ERROR, QuicError
+from quicflow.transport.rangeset import RangeSet
+from quicflow.transport.streams import RecvStream, SendStream
+
+
+def _recv(limit: int = 1 << 30) -> RecvStream:
+    return RecvStream(max_data=limit, window=limit, window_max=limit)
+
+
+def test_everything_buffered_with_fin_is_read_in_small_pieces() -> None:
+    # regression: FIN arriving before the application read all data must not end the
+    # stream early
+    data = random.Random(1).randbytes(300_000)
+    recv = _recv()
+    for offset in range(0, len(data), 1000):
+        recv.receive(offset, data[offset : offset + 1000], offset + 1000 >= len(data))
+    out = bytearray()
+    while True:
+        chunk = recv.read(4096)
+        if not chunk:
+            break
+        assert not recv.fin_read or recv.readable == 0
+        out += chunk
+    assert bytes(out) == data
+    assert recv.fin_read
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(min_value=0, max_value=2**32), st.data())
+def test_reassembly_any_order_and_duplicates(seed: int, draw: st.DataObject) -> None:
+    rng = random.Random(seed)
+    data = rng.randbytes(rng.randint(1, 20_000))
+    pieces = []
+    pos = 0
+    while pos < len(data):
+        n = rng.randint(1, 1500)
+        pieces.append((pos, data[pos : pos + n]))
+        pos += n
+    pieces += rng.sample(pieces, k=min(len(pieces), 5))  # duplicates
+    rng.shuffle(pieces)
+    recv = _recv()
+    out = bytearray()
+    for offset, chunk in pieces:
+        recv.receive(offset, chunk, offset + len(chunk) == len(data))
+        if draw.draw(st.booleans()):
+            out += recv.read()
+    out += recv.read()
+    assert hashlib.sha256(out).digest() == hashlib.sha256(data).digest()
+    assert recv.at_eof()
+
+
+def test_flow_control_and_final_size_violations() -> None:
+    recv = _recv(limit=1000)
+    with pytest.raises(QuicError) as exc:
+        recv.receive(900, b"x" * 200, False)
+    assert exc.value.code == FLOW_CONTROL_ERROR
+    recv = _recv()
+    recv.receive(0, b"abc", True)
+    with pytest.raises(QuicError) as exc:
+        recv.receive(3, b"d", False)
+    assert exc.value.code == FINAL_SIZE_ERROR
+    recv = _recv()
+    recv.receive(0, b"abcdef", False)
+    with pytest.raises(QuicError) as exc:
+        recv.receive(0, b"abc", True)  # final size below received data
+    assert exc.value.code == FINAL_SIZE_ERROR
+
+
+def test_send_stream_retransmits_lost_ranges_first_and_trims_acked() -> None:
+    send = SendStream(max_data=1 << 20)
+    payload = bytes(range(256)) * 1000
+    send.write(payload, fin=True)
+    sent = []
+    while True:
+        chunk = send.next_chunk(1000, 1 << 30)
+        if chunk is None:
+            break
+        sent.append(chunk)
+    assert b"".join(c[1] for c in sent) == payload and sent[-1][2]
+    send.on_lost(5000, 1000, False)
+    again = send.next_chunk(1000, 1 << 30)
+    assert again is not None and again[0] == 5000 and again[1] == payload[5000:6000]
+    assert again[3] == 0  # retransmissions do not count against flow control
+    for offset, data, fin, _ in sent:
+        send.on_acked(offset, len(data), fin)
+    assert send.is_complete() and send.buffered == 0
+
+
+def test_rangeset_merges_and_subtracts() -> None:
+    rs = RangeSet()
+    for start, end in [(10, 20), (30, 40), (20, 30), (0, 5), (50, 60)]:
+        rs.add(start, end)
+    assert list(rs) == [(0, 5), (10, 40), (50, 60)]
+    rs.subtract(15, 55)
+    assert list(rs) == [(0, 5), (10, 15), (55, 60)]
+    assert 12 in rs and 15 not in rs and rs.covers(55, 60)
