@@ -97,6 +97,16 @@ class QuicServer:
     def connections(self) -> list[QuicConnection]:
         return list(self.runner.faces.values())
 
+    def stats(self) -> dict[str, Any]:
+        """Counters of the server's endpoint and socket, and of each live connection."""
+        from .stats import connection_stats, datapath_stats, endpoint_stats
+
+        return {
+            "endpoint": endpoint_stats(self.runner),
+            "datapath": datapath_stats(self.runner),
+            "connections": [connection_stats(f.conn) for f in self.runner.faces.values()],
+        }
+
     def close(self) -> None:
         for face in list(self.runner.faces.values()):
             face.close()

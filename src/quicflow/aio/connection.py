@@ -59,6 +59,16 @@ class QuicConnection:
     def alpn_protocol(self) -> str | None:
         return self.conn.alpn_protocol
 
+    def stats(self) -> dict[str, Any]:
+        """Counters of this connection, its endpoint and its socket (plain dict)."""
+        from .stats import connection_stats, datapath_stats, endpoint_stats
+
+        return {
+            "connection": connection_stats(self.conn),
+            "endpoint": endpoint_stats(self.runner),
+            "datapath": datapath_stats(self.runner),
+        }
+
     def raise_if_closed(self) -> None:
         if self._close_error is not None:
             raise self._close_error

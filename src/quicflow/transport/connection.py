@@ -62,7 +62,11 @@ class ConnectionCounters:
     datagrams_sent: int = 0
     datagrams_received: int = 0
     packets_lost: int = 0
-    packets_dropped: int = 0
+    packets_dropped: int = 0  # all drops; by reason below
+    dropped_malformed: int = 0
+    dropped_no_keys: int = 0
+    dropped_undecryptable: int = 0
+    dropped_bad_retry: int = 0
     duplicate_packets: int = 0
     engine_open_failures: int = 0
 

@@ -72,6 +72,7 @@ def receive_datagram(
             hdr = parse_header(data, pos, conn.local_cid_length)
         except WireError:
             conn.counters.packets_dropped += 1
+            conn.counters.dropped_malformed += 1
             return
         end = hdr.end
         try:
@@ -107,16 +108,20 @@ def _receive_packet(
         return
     if hdr.pn_offset < 0 or (ptype != ONE_RTT and hdr.version != QUIC_V1):
         conn.counters.packets_dropped += 1
+        conn.counters.dropped_malformed += 1
         return
     if ptype == ONE_RTT:
         epoch = Epoch.ONE_RTT
         if not conn.one_rtt_ready:
             conn.counters.packets_dropped += 1
+            conn.counters.dropped_no_keys += 1
             return
         results = conn.engine.open(data, [(pos, hdr.end - pos, hdr.dcid)])
         result = results[0]
         if result is None:
             conn.counters.engine_open_failures += 1
+            conn.counters.packets_dropped += 1
+            conn.counters.dropped_undecryptable += 1
             _check_stateless_reset(conn, data[pos : hdr.end])
             return
         pn, payload = result.pn, result.payload
@@ -127,6 +132,7 @@ def _receive_packet(
         protector = conn.recv_protectors[epoch]
         if protector is None:
             conn.counters.packets_dropped += 1
+            conn.counters.dropped_no_keys += 1
             return
         space = conn.spaces[SPACE_OF_EPOCH[epoch]]
         try:
@@ -135,6 +141,7 @@ def _receive_packet(
             )
         except DecryptError:
             conn.counters.packets_dropped += 1
+            conn.counters.dropped_undecryptable += 1
             return
         if conn.is_client and ptype == INITIAL and conn.peer_initial_scid is None:
             conn.peer_initial_scid = hdr.scid
@@ -205,6 +212,7 @@ def _receive_retry(conn: Connection, data: bytes, pos: int, hdr: PacketHeader) -
     pseudo = retry_pseudo_packet(conn.original_dcid, packet[:-16])
     if not verify_retry_integrity_tag(pseudo, packet[-16:]) or hdr.dcid != conn.initial_scid:
         conn.counters.packets_dropped += 1
+        conn.counters.dropped_bad_retry += 1
         return
     conn.retry_scid = hdr.scid
     conn.peer_cid = hdr.scid

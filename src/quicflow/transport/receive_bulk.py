@@ -68,6 +68,7 @@ def receive_short_run(
     counters.datagrams_received += len(packets)
     if not conn.one_rtt_ready:
         counters.packets_dropped += len(packets)
+        counters.dropped_no_keys += len(packets)
         return
     for _, length, _ in packets:
         counters.bytes_received += length
@@ -84,6 +85,8 @@ def receive_short_run(
         for index, result in enumerate(results):
             if result is None:
                 counters.engine_open_failures += 1
+                counters.packets_dropped += 1
+                counters.dropped_undecryptable += 1
                 offset, length, _ = packets[index]
                 _check_stateless_reset(conn, bytes(buf[offset : offset + length]))
                 continue
