@@ -211,6 +211,12 @@ class Endpoint:
 
     # ------------------------------------------------------------------ bookkeeping
 
+    def adopt(self, conn: Connection) -> None:
+        """Take over a connection restored from a snapshot (transport/snapshot.py)."""
+        for cid in conn.host_cid_list():
+            self.connections[cid] = conn
+        self._track(conn)
+
     def _track(self, conn: Connection) -> None:
         self.all_connections.append(conn)
         self._sync_cids(conn)

@@ -247,7 +247,7 @@ class Codec:
         extra = set(values) - known
         if extra:
             raise SnapshotError(f"{name} has no field(s) {sorted(extra)} (other layout?)")
-        obj = cls.__new__(cls)
+        obj = object.__new__(cls)
         for f in fields:
             if f.name in values:
                 field_value = self.from_json(values[f.name], depth)
