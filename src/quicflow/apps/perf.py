@@ -1,0 +1,430 @@
+"""The QUIC performance protocol (draft-banks-quic-performance, ALPN ``perf``).
+
+A client opens a bidirectional stream and sends the number of response bytes it wants as
+an 8-byte big-endian integer, then any upload bytes, then FIN; the server reads to FIN and
+answers with that many bytes, then FIN. A unidirectional client stream is upload only.
+
+The response bytes are a fixed 64 KiB pattern repeated (byte ``k`` of a response is
+``PATTERN[k % 65536]``), so a client can check what it receives cheaply (``verify=True``).
+
+Counting: ``bytes_received`` is the sum of the response payloads the client read (the
+download), ``bytes_sent`` the sum of the upload payloads it wrote (the 8-byte size headers
+are not counted). Goodput is ``(bytes_received + bytes_sent) / seconds``, where ``seconds``
+runs from the moment every connection finished its handshake to the end of the last stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ..aio import (
+    ConnectionClosedError,
+    QuicConnection,
+    QuicServer,
+    QuicStreamReader,
+    QuicStreamWriter,
+    connect,
+    serve,
+)
+from ..transport.config import Configuration
+
+ALPN = "perf"
+PATTERN_SIZE = 64 * 1024
+#: bytes written per ``write()`` call; a multiple of PATTERN_SIZE so the pattern stays aligned
+CHUNK_SIZE = 16 * PATTERN_SIZE
+#: largest read per ``read()`` call
+READ_SIZE = 1 << 20
+#: application error code used to reset a malformed request stream
+PERF_REQUEST_ERROR = 0x1
+#: extra seconds given to a handshake beyond ``timeout`` before giving up on it
+HANDSHAKE_GUARD = 0.5
+
+
+def _make_pattern() -> bytes:
+    # Within each 256-byte block i*131 is a permutation of 0..255 (131 is odd); XOR with the
+    # block number makes the blocks differ, so shifted or repeated data does not match.
+    return bytes(((i * 131) ^ (i >> 8)) & 0xFF for i in range(PATTERN_SIZE))
+
+
+PATTERN = _make_pattern()
+#: the preallocated send buffer: PATTERN repeated to CHUNK_SIZE bytes
+CHUNK = PATTERN * (CHUNK_SIZE // PATTERN_SIZE)
+
+
+class PerfError(Exception):
+    """A perf exchange went wrong (short response, bytes that differ from the pattern)."""
+
+
+class PatternChecker:
+    """Checks a byte stream against the repeated pattern, chunk by chunk."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+        # long enough that one READ_SIZE chunk at any pattern position is one slice
+        self._ref = PATTERN * (READ_SIZE // PATTERN_SIZE + 1)
+
+    def feed(self, data: bytes) -> int:
+        """Check ``data`` (the next bytes); returns -1 if it matches, else the stream offset
+        of the first chunk that differs."""
+        ref = self._ref
+        n = len(data)
+        i = 0
+        while i < n:
+            pos = (self.offset + i) % PATTERN_SIZE
+            take = min(n - i, len(ref) - pos)
+            part = data if (i == 0 and take == n) else data[i : i + take]
+            if part != ref[pos : pos + take]:
+                return self.offset + i
+            i += take
+        self.offset += n
+        return -1
+
+
+# ---------------------------------------------------------------------------- server
+
+
+@dataclass
+class ServerStats:
+    """What a perf server has done so far (plain counters)."""
+
+    streams: int = 0
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    bad_requests: int = 0
+
+
+class PerfServerHandler:
+    """The server side: a stream handler for :func:`quicflow.serve`."""
+
+    def __init__(self) -> None:
+        self.stats = ServerStats()
+
+    async def __call__(self, reader: QuicStreamReader, writer: QuicStreamWriter) -> None:
+        stats = self.stats
+        stats.streams += 1
+        if reader.stream_id & 0x2:  # a unidirectional client stream: upload only
+            await self._read_to_fin(reader)
+            return
+        try:
+            header = await reader.readexactly(8)
+        except asyncio.IncompleteReadError:
+            stats.bad_requests += 1
+            writer.reset(PERF_REQUEST_ERROR)
+            return
+        (size,) = struct.unpack("!Q", header)
+        await self._read_to_fin(reader)
+        remaining = size
+        while remaining > 0:
+            n = CHUNK_SIZE if remaining >= CHUNK_SIZE else remaining
+            writer.write(CHUNK if n == CHUNK_SIZE else CHUNK[:n])
+            stats.bytes_sent += n
+            remaining -= n
+            await writer.drain()
+        writer.write_eof()
+
+    async def _read_to_fin(self, reader: QuicStreamReader) -> None:
+        stats = self.stats
+        while True:
+            data = await reader.read(READ_SIZE)
+            if not data:
+                return
+            stats.bytes_received += len(data)
+
+
+def server_configuration(
+    certificate_chain: list[Any], private_key: Any, **options: Any
+) -> Configuration:
+    """A server Configuration for perf (ALPN ``perf``) with the given certificate."""
+    return Configuration(
+        alpn_protocols=[ALPN],
+        certificate_chain=certificate_chain,
+        private_key=private_key,
+        **options,
+    )
+
+
+async def start_server(
+    host: str, port: int, *, configuration: Configuration, backend: str = "auto"
+) -> tuple[QuicServer, PerfServerHandler]:
+    """Start a perf server; returns the server and its handler (which holds the stats)."""
+    config = replace(configuration)
+    if ALPN not in config.alpn_protocols:
+        config.alpn_protocols = [*config.alpn_protocols, ALPN]
+    handler = PerfServerHandler()
+    server = await serve(handler, host, port, configuration=config, backend=backend)
+    return server, handler
+
+
+# ---------------------------------------------------------------------------- client
+
+
+ProgressCallback = Callable[[int, int, float], None]
+"""``progress(bytes_received, bytes_sent, seconds_since_transfer_start)``."""
+
+
+@dataclass
+class PerfResult:
+    """The outcome of :func:`run_client`. See the module docstring for the counting."""
+
+    bytes_received: int
+    bytes_sent: int
+    seconds: float
+    goodput_bytes_per_s: float
+    connections: int
+    streams: int
+    handshake_seconds: float
+    verified: bool
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A flat, JSON-ready dict (counters are merged in, plus syscalls_per_datagram)."""
+        out: dict[str, Any] = {
+            "bytes_received": self.bytes_received,
+            "bytes_sent": self.bytes_sent,
+            "seconds": self.seconds,
+            "goodput_bytes_per_s": self.goodput_bytes_per_s,
+            "connections": self.connections,
+            "streams": self.streams,
+            "handshake_seconds": self.handshake_seconds,
+            "verified": self.verified,
+        }
+        out.update(self.counters)
+        dgrams = self.counters.get("datagrams_sent", 0) + self.counters.get(
+            "datagrams_received", 0
+        )
+        calls = self.counters.get("syscalls_send", 0) + self.counters.get("syscalls_recv", 0)
+        out["syscalls_per_datagram"] = calls / dgrams if dgrams else 0.0
+        return out
+
+
+@dataclass
+class _Tally:
+    received: int = 0
+    sent: int = 0
+
+
+_DATAPATH_COUNTERS = (
+    "syscalls_send",
+    "syscalls_recv",
+    "datagrams_sent",
+    "datagrams_received",
+    "send_eagain",
+    "send_errors",
+)
+_CONNECTION_COUNTERS = ("packets_sent", "packets_received", "packets_lost")
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    """``total`` split into ``parts`` integers that differ by at most one (larger first)."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+async def _run_stream(
+    conn: QuicConnection, download: int, upload: int, tally: _Tally, verify: bool
+) -> None:
+    reader, writer = await conn.create_stream(bidirectional=True)
+    sid = reader.stream_id
+    writer.write(struct.pack("!Q", download))
+    remaining = upload
+    while remaining > 0:
+        n = CHUNK_SIZE if remaining >= CHUNK_SIZE else remaining
+        writer.write(CHUNK if n == CHUNK_SIZE else CHUNK[:n])
+        tally.sent += n
+        remaining -= n
+        await writer.drain()
+    writer.write_eof()
+    checker = PatternChecker() if verify else None
+    got = 0
+    while True:
+        data = await reader.read(READ_SIZE)
+        if not data:
+            break
+        got += len(data)
+        tally.received += len(data)
+        if checker is not None:
+            bad = checker.feed(data)
+            if bad >= 0:
+                raise PerfError(
+                    f"stream {sid}: response bytes differ from the perf pattern "
+                    f"in the {len(data)}-byte chunk at offset {bad}"
+                )
+        if got > download:
+            raise PerfError(f"stream {sid}: server sent more than the {download} bytes asked")
+    if got != download:
+        raise PerfError(f"stream {sid}: response ended after {got} of {download} bytes")
+
+
+class _Run:
+    """Shared state of one run_client() call."""
+
+    def __init__(self, connections: int) -> None:
+        self.tally = _Tally()
+        self.pending = connections
+        self.all_connected = asyncio.Event()
+        self.connected_at = 0.0
+        self.finished_at = 0.0
+        self.counters: dict[str, int] = {}
+
+    def add_counters(self, conn: QuicConnection) -> None:
+        dp = conn.runner.transport.counters
+        for name in _DATAPATH_COUNTERS:
+            self.counters[name] = self.counters.get(name, 0) + int(getattr(dp, name, 0))
+        cc = conn.conn.counters
+        for name in _CONNECTION_COUNTERS:
+            self.counters[name] = self.counters.get(name, 0) + int(getattr(cc, name, 0))
+
+
+async def _run_connection(
+    run: _Run,
+    host: str,
+    port: int,
+    configuration: Configuration,
+    backend: str,
+    timeout: float | None,
+    downloads: list[int],
+    uploads: list[int],
+    verify: bool,
+) -> None:
+    async with connect(
+        host, port, configuration=configuration, backend=backend, wait_connected=False
+    ) as conn:
+        # The idle timeout normally ends a handshake that gets no answer (and ends it at
+        # once); the guard is a fallback for a configuration with a longer idle timeout.
+        guard = None if timeout is None else timeout + HANDSHAKE_GUARD
+        try:
+            await asyncio.wait_for(conn.wait_connected(), guard)
+        except TimeoutError:
+            raise TimeoutError(
+                f"timed out: no handshake with {host} port {port} within {timeout:g} s"
+            ) from None
+        except ConnectionClosedError as e:
+            if e.reason == "idle timeout" and not e.by_peer:
+                raise TimeoutError(
+                    f"timed out: no answer from {host} port {port}"
+                    f" within {configuration.idle_timeout:g} s"
+                ) from None
+            raise
+        run.pending -= 1
+        if run.pending == 0:
+            run.connected_at = time.perf_counter()
+            run.all_connected.set()
+        await run.all_connected.wait()
+        await asyncio.gather(
+            *(
+                _run_stream(conn, d, u, run.tally, verify)
+                for d, u in zip(downloads, uploads, strict=True)
+            )
+        )
+        run.finished_at = max(run.finished_at, time.perf_counter())
+        run.add_counters(conn)
+
+
+async def _report_progress(run: _Run, progress: ProgressCallback, interval: float) -> None:
+    await run.all_connected.wait()
+    while True:
+        await asyncio.sleep(interval)
+        progress(run.tally.received, run.tally.sent, time.perf_counter() - run.connected_at)
+
+
+async def run_client(
+    host: str,
+    port: int,
+    *,
+    download: int,
+    upload: int = 0,
+    streams: int = 1,
+    connections: int = 1,
+    configuration: Configuration | None = None,
+    backend: str = "auto",
+    verify: bool = False,
+    timeout: float | None = None,
+    progress: ProgressCallback | None = None,
+    progress_interval: float = 1.0,
+) -> PerfResult:
+    """Run ``connections`` connections with ``streams`` bidirectional streams each.
+
+    ``download`` and ``upload`` are totals over all streams, split evenly between them.
+    ``timeout`` bounds each handshake (the configuration's ``idle_timeout`` bounds silence
+    after it). ``verify`` checks the response bytes against the pattern.
+    ``progress`` is called about every ``progress_interval`` seconds during the transfer.
+    Raises :class:`quicflow.ConnectionClosedError`, :class:`TimeoutError` (its message
+    starts with "timed out") or :class:`PerfError`.
+    """
+    if streams < 1 or connections < 1:
+        raise ValueError("streams and connections must be at least 1")
+    if download < 0 or upload < 0:
+        raise ValueError("download and upload sizes must not be negative")
+    config = replace(configuration) if configuration is not None else Configuration()
+    if ALPN not in config.alpn_protocols:
+        config.alpn_protocols = [ALPN]
+    total = streams * connections
+    downloads = split_evenly(download, total)
+    uploads = split_evenly(upload, total)
+    run = _Run(connections)
+    started = time.perf_counter()
+    tasks = [
+        asyncio.create_task(
+            _run_connection(
+                run,
+                host,
+                port,
+                config,
+                backend,
+                timeout,
+                downloads[i * streams : (i + 1) * streams],
+                uploads[i * streams : (i + 1) * streams],
+                verify,
+            )
+        )
+        for i in range(connections)
+    ]
+    reporter = (
+        asyncio.create_task(_report_progress(run, progress, progress_interval))
+        if progress is not None
+        else None
+    )
+    try:
+        await _wait_all(tasks)
+    finally:
+        if reporter is not None:
+            reporter.cancel()
+            await asyncio.gather(reporter, return_exceptions=True)
+    seconds = max(run.finished_at - run.connected_at, 1e-9)
+    moved = run.tally.received + run.tally.sent
+    return PerfResult(
+        bytes_received=run.tally.received,
+        bytes_sent=run.tally.sent,
+        seconds=seconds,
+        goodput_bytes_per_s=moved / seconds,
+        connections=connections,
+        streams=total,
+        handshake_seconds=run.connected_at - started,
+        verified=verify,
+        counters=run.counters,
+    )
+
+
+async def _wait_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Wait for every task; on the first failure cancel the others and raise it."""
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except asyncio.CancelledError:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    for t in pending:
+        t.cancel()
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
+    for t in tasks:
+        if t.done() and not t.cancelled():
+            exc = t.exception()
+            if exc is not None:
+                raise exc

@@ -1,0 +1,285 @@
+"""The perf protocol and the ``quicflow`` command, with real processes on loopback.
+
+Counting (see ``quicflow.apps.perf``): ``bytes_received`` is the sum of the response
+payloads the client read; ``bytes_sent`` the sum of the upload payloads it wrote (the
+8-byte size headers are not counted); ``--download``/``--upload`` are totals over all
+streams of all connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import quicflow
+from quicflow.apps.perf import PATTERN, PatternChecker, run_client, split_evenly, start_server
+from quicflow.cli.main import main, parse_size
+from quicflow.tls.certs import certificate_pem, generate_self_signed
+
+QUICFLOW = str(Path(sys.executable).parent / "quicflow")
+MIB = 1 << 20
+JSON_KEYS = {
+    "bytes_received", "bytes_sent", "seconds", "goodput_bytes_per_s", "connections",
+    "streams", "handshake_seconds", "datagrams_sent", "datagrams_received", "syscalls_send",
+    "syscalls_recv", "syscalls_per_datagram", "packets_lost", "verified",
+}  # fmt: skip
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[str]
+    port: int
+    cafile: str
+    lines: list[str]
+
+
+def _pump(stream: object, out: queue.Queue[str | None]) -> None:
+    for line in stream:  # type: ignore[attr-defined]
+        out.put(line.rstrip("\n"))
+    out.put(None)
+
+
+@pytest.fixture(scope="module")
+def perf_server() -> Iterator[ServerProcess]:
+    proc = subprocess.Popen(
+        [QUICFLOW, "perf", "server", "--host", "127.0.0.1", "--port", "0"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_pump, args=(proc.stderr, lines), daemon=True).start()
+    seen: list[str] = []
+    port = cafile = None
+    deadline = time.monotonic() + 30
+    while port is None and time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
+        assert line is not None, f"perf server exited early: {seen}"
+        seen.append(line)
+        if line.startswith("self-signed certificate written to "):
+            cafile = line.split()[4]
+        if line.startswith("listening on "):
+            port = int(line.split()[2].rsplit(":", 1)[1])
+    assert port is not None and cafile is not None, seen
+    assert os.path.isfile(cafile)
+    server = ServerProcess(proc, port, cafile, seen)
+    yield server
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    assert not os.path.exists(cafile), "the temporary certificate is removed at exit"
+
+
+def _client(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [QUICFLOW, "perf", "client", *args],
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+def test_download_upload_json(perf_server: ServerProcess) -> None:
+    r = _client(
+        "--host", "127.0.0.1", "--port", str(perf_server.port), "--cafile", perf_server.cafile,
+        "--download", "5M", "--upload", "2M", "--streams", "4", "--connections", "2",
+        "--verify", "--json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.strip().splitlines()
+    assert len(out) == 1, r.stdout
+    result = json.loads(out[0])
+    assert JSON_KEYS <= result.keys()
+    assert result["bytes_received"] == 5 * MIB
+    assert result["bytes_sent"] == 2 * MIB
+    assert result["connections"] == 2
+    assert result["streams"] == 8
+    assert result["verified"] is True
+    assert result["seconds"] > 0 and result["goodput_bytes_per_s"] > 0
+    assert result["goodput_bytes_per_s"] == pytest.approx(7 * MIB / result["seconds"])
+    assert result["datagrams_received"] > 5 * MIB // 1500
+    assert result["syscalls_send"] > 0 and result["syscalls_recv"] > 0
+
+
+def test_insecure_and_summary_line(perf_server: ServerProcess) -> None:
+    r = _client(
+        "--host", "127.0.0.1", "--port", str(perf_server.port), "--insecure",
+        "--download", "1M", "--congestion", "newreno", "--backend", "basic",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("received 1.0 MiB, sent 0 B in ")
+    assert "goodput" in r.stdout
+
+
+def test_other_ca_is_refused(perf_server: ServerProcess, tmp_path: Path) -> None:
+    other, _ = generate_self_signed(["localhost", "127.0.0.1"])
+    ca = tmp_path / "other-ca.pem"
+    ca.write_bytes(certificate_pem(other))
+    r = _client(
+        "--host", "127.0.0.1", "--port", str(perf_server.port), "--cafile", str(ca),
+        "--download", "1M", "--timeout", "5",
+    )  # fmt: skip
+    assert r.returncode == 1
+    assert r.stdout == ""
+    assert "certificate refused" in _one_error_line(r.stderr)
+
+
+def test_no_server_times_out(free_udp_port: int) -> None:
+    start = time.monotonic()
+    r = _client(
+        "--host", "127.0.0.1", "--port", str(free_udp_port), "--insecure", "--timeout", "2"
+    )
+    elapsed = time.monotonic() - start
+    assert r.returncode == 1
+    line = _one_error_line(r.stderr)
+    assert "timed out" in line
+    # the handshake gives up after 2 s (+0.5 s guard); leaving the connection then waits
+    # for its closing period (3 PTOs) in quicflow.aio.connect()
+    assert elapsed < 10, elapsed
+
+
+def test_bad_arguments_exit_2() -> None:
+    r = _client("--host", "127.0.0.1", "--download", "5X")
+    assert r.returncode == 2
+    assert "invalid size" in r.stderr
+
+
+def test_demo_json() -> None:
+    r = subprocess.run(
+        [QUICFLOW, "demo", "--size", "5M", "--json"],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["bytes_received"] == 5 * MIB
+    assert result["verified"] is True
+    assert result["goodput_bytes_per_s"] > 0
+
+
+def test_python_dash_m_help() -> None:
+    for module in ("quicflow", "quicflow.cli.main"):
+        r = subprocess.run(
+            [sys.executable, "-m", module, "perf", "client", "--help"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert "--download" in r.stdout and "1024" in r.stdout
+
+
+def test_main_returns_status_for_no_command() -> None:
+    with pytest.raises(SystemExit) as e:
+        main([])
+    assert e.value.code == 2
+
+
+# ---------------------------------------------------------------------------- sizes
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("100", 100),
+        ("0", 0),
+        ("1K", 1024),
+        ("1k", 1024),
+        ("3M", 3 * MIB),
+        ("2G", 2 << 30),
+        ("4MiB", 4 * MIB),
+        ("4MB", 4 * MIB),
+        ("1.5M", 3 * MIB // 2),
+        (" 64K ", 64 * 1024),
+    ],
+)
+def test_parse_size(text: str, value: int) -> None:
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "abc", "5X", "-1", "1.2.3M", "M", "K5", "iB", "5 GiBs"])
+def test_parse_size_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+# ---------------------------------------------------------------------------- the protocol
+
+
+def test_split_evenly() -> None:
+    assert split_evenly(10, 3) == [4, 3, 3]
+    assert split_evenly(0, 2) == [0, 0]
+    assert sum(split_evenly(5 * MIB + 7, 8)) == 5 * MIB + 7
+
+
+def test_pattern_checker() -> None:
+    data = PATTERN * 40 + PATTERN[:1000]
+    good = PatternChecker()
+    for i in range(0, len(data), 777_777):
+        assert good.feed(data[i : i + 777_777]) == -1
+    bad = PatternChecker()
+    corrupted = bytearray(data[: 3 * MIB])
+    corrupted[2 * MIB + 5] ^= 1
+    assert bad.feed(bytes(corrupted[: MIB])) == -1
+    assert bad.feed(bytes(corrupted[MIB:])) >= MIB
+    shifted = PatternChecker()
+    assert shifted.feed(data[1:1000]) == 0
+
+
+def test_in_process_uni_streams_and_bad_requests() -> None:
+    async def scenario() -> None:
+        cert, key = generate_self_signed(["localhost", "127.0.0.1"])
+        cfg = quicflow.Configuration(
+            alpn_protocols=["perf"], certificate_chain=[cert], private_key=key
+        )
+        server, handler = await start_server("127.0.0.1", 0, configuration=cfg)
+        port = server.address[1]
+        ccfg = quicflow.Configuration(alpn_protocols=["perf"], cadata=certificate_pem(cert))
+        try:
+            async with quicflow.connect("127.0.0.1", port, configuration=ccfg) as conn:
+                # upload-only unidirectional stream
+                _, uw = await conn.create_stream(bidirectional=False)
+                uw.write(b"x" * 100_000)
+                uw.write_eof()
+                await uw.wait_closed()
+                # a request shorter than its 8-byte size header is reset
+                br, bw = await conn.create_stream()
+                bw.write(b"\x00\x01")
+                bw.write_eof()
+                with pytest.raises(quicflow.StreamResetError):
+                    await br.read()
+                # a zero-byte request gets an empty answer and FIN
+                zr, zw = await conn.create_stream()
+                zw.write(struct.pack("!Q", 0))
+                zw.write_eof()
+                assert await zr.read() == b""
+            result = await run_client(
+                "127.0.0.1", port, download=3 * MIB + 1, upload=MIB, streams=3,
+                configuration=ccfg, verify=True, timeout=5,
+            )  # fmt: skip
+            assert result.bytes_received == 3 * MIB + 1
+            assert result.bytes_sent == MIB
+            assert handler.stats.bad_requests == 1
+            assert handler.stats.bytes_received == 100_000 + MIB
+        finally:
+            server.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
