@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import warnings
 from collections.abc import Sequence
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from .alerts import (
@@ -122,7 +124,9 @@ def load_trust_store(cafile: str | None, cadata: bytes | None) -> Store:
             with open(cafile, "rb") as f:
                 anchors += x509.load_pem_x509_certificates(f.read())
         if not cadata and not cafile:
-            with open(SYSTEM_CA_FILE, "rb") as f:
+            with open(SYSTEM_CA_FILE, "rb") as f, warnings.catch_warnings():
+                # some system CAs have non-positive serial numbers; that is not ours to report
+                warnings.simplefilter("ignore", CryptographyDeprecationWarning)
                 anchors += x509.load_pem_x509_certificates(f.read())
     except (OSError, ValueError) as exc:
         raise TlsAlert(CERTIFICATE_UNKNOWN, f"cannot load trust anchors: {exc}") from exc

@@ -499,7 +499,9 @@ class Connection:
                             application)
         self.close_pending = True
         self.state = CLOSING
-        self.close_deadline = self._now_hint + 3 * self.pto()
+        # nothing ever came from the peer: no closing period to answer it in
+        closing = 3 * self.pto() if self.counters.packets_received else 0.0
+        self.close_deadline = self._now_hint + closing
         self.events.append(
             ConnectionTerminated(
                 error_code, None if application else frame_type, reason, False
