@@ -55,7 +55,16 @@ class AckError(QuicError):
 
 @dataclass(slots=True)
 class SentPacket:
-    """One sent packet as loss detection sees it; ``frames`` belong to the connection."""
+    """A sent packet, or a sent batch of ``count`` consecutive packet numbers
+    ``pn .. pn + count - 1`` sent together (one record per batch, DESIGN.md).
+
+    ``size`` is the bytes of all of them; in a batch every packet is ``unit`` bytes but
+    the last, which may be shorter. ACK ranges and loss thresholds are applied to
+    batches by range arithmetic: the part of a batch that is acknowledged or lost is
+    reported as a record of its own (a *piece*) whose ``base_pn`` is the first packet
+    number of the batch it came from, so the connection can map the piece back to the
+    bytes it carried. ``frames`` belong to the connection.
+    """
 
     pn: int
     time_sent: float
@@ -64,6 +73,25 @@ class SentPacket:
     in_flight: bool
     epoch: Epoch
     frames: list[object] = field(default_factory=list)
+    count: int = 1
+    unit: int = 0
+    base_pn: int = -1
+
+    @property
+    def last_pn(self) -> int:
+        return self.pn + self.count - 1
+
+    def piece(self, lo: int, hi: int) -> SentPacket:
+        """Packets ``lo..hi`` (inclusive, inside this record) as a record of their own."""
+        if lo == self.pn and hi == self.pn + self.count - 1:
+            return self
+        n = hi - lo + 1
+        size = n * self.unit
+        if hi == self.pn + self.count - 1:
+            size -= self.unit * self.count - self.size  # the last packet may be shorter
+        base = self.base_pn if self.base_pn >= 0 else self.pn
+        return SentPacket(lo, self.time_sent, size, self.ack_eliciting, self.in_flight,
+                          self.epoch, self.frames, n, self.unit, base)
 
 
 @dataclass(slots=True)
@@ -80,6 +108,17 @@ class SpaceState:
     last_ack_eliciting_time: float | None = None
     ack_eliciting_in_flight: int = 0
     discarded: bool = False
+
+
+def _rebuilt(
+    sent: dict[int, SentPacket], removed: list[int], kept: list[SentPacket]
+) -> dict[int, SentPacket]:
+    """``sent`` without ``removed``, with the ``kept`` pieces, in packet number order."""
+    gone = set(removed)
+    merged = {k: v for k, v in sent.items() if k not in gone}
+    for piece in kept:
+        merged[piece.pn] = piece
+    return dict(sorted(merged.items()))
 
 
 def _new_spaces() -> list[SpaceState]:
@@ -164,13 +203,13 @@ class LossDetection:
             raise ValueError(f"packet number space of {pkt.epoch.name} was discarded")
         if pkt.pn <= sp.largest_sent:
             raise ValueError(f"packet number {pkt.pn} not above {sp.largest_sent}")
-        sp.largest_sent = pkt.pn
+        sp.largest_sent = pkt.pn + pkt.count - 1
         sp.sent[pkt.pn] = pkt
-        self.packets_sent += 1
+        self.packets_sent += pkt.count
         if pkt.in_flight:
             if pkt.ack_eliciting:
                 sp.last_ack_eliciting_time = pkt.time_sent
-                sp.ack_eliciting_in_flight += 1
+                sp.ack_eliciting_in_flight += pkt.count
             self.cc.on_sent(pkt.size, pkt.time_sent)
             self.timer_anchor = pkt.time_sent
 
@@ -203,10 +242,10 @@ class LossDetection:
             raise AckError(f"ACK of unsent packet {largest} in {epoch.name}")
         if largest > sp.largest_acked:
             sp.largest_acked = largest
-        largest_pkt = sp.sent.get(largest)
         acked = self._remove_acked(sp, ranges)
         if not acked:
             return [], []
+        largest_pkt = acked[-1] if acked[-1].pn + acked[-1].count - 1 == largest else None
 
         if largest_pkt is not None:
             for p in acked:
@@ -232,7 +271,7 @@ class LossDetection:
         for p in acked:
             if p.in_flight:
                 if p.ack_eliciting:
-                    sp.ack_eliciting_in_flight -= 1
+                    sp.ack_eliciting_in_flight -= p.count
                 if cc.in_recovery(p.time_sent):
                     recovering += p.size
                 else:
@@ -243,7 +282,7 @@ class LossDetection:
             cc.on_removed_from_flight(recovering)
         if growth:
             cc.on_acked(growth, growth_time, now, self.rtt)
-        self.packets_acked += len(acked)
+        self.packets_acked += sum(p.count for p in acked)
 
         if self.peer_validated():
             self.pto_count = 0
@@ -330,7 +369,7 @@ class LossDetection:
             sp.loss_time = None
             self._remove_from_flight(sp, removed)
             out.extend(removed)
-        self.packets_lost += len(out)
+        self.packets_lost += sum(p.count for p in out)
         return out
 
     def reset_path(self) -> None:
@@ -350,54 +389,75 @@ class LossDetection:
             if p.in_flight:
                 size += p.size
                 if p.ack_eliciting:
-                    sp.ack_eliciting_in_flight -= 1
+                    sp.ack_eliciting_in_flight -= p.count
         if size:
             self.cc.on_removed_from_flight(size)
 
     @staticmethod
     def _remove_acked(sp: SpaceState, ranges: list[tuple[int, int]]) -> list[SentPacket]:
-        """Pop the tracked packets named by ``ranges``, in packet number order.
+        """Pop what ``ranges`` acknowledge, in packet number order.
 
-        Walks whichever is smaller: the packet numbers the ranges cover, or the
-        tracked packets up to the largest acknowledged.
+        Records (packets or batches) and ranges are both sorted, so one merge walk over
+        the records up to the largest acknowledged packet number does it; a batch that
+        a range covers in part is split, and only its acknowledged pieces are returned.
         """
         sent = sp.sent
         if not sent:
             return []
-        covered = 0
         for lo, hi in ranges:
             if lo < 0 or hi < lo:
                 raise AckError(f"invalid ACK range {lo}..{hi}")
-            covered += hi - lo + 1
-        acked: list[SentPacket] = []
-        if covered <= len(sent):
-            pop = sent.pop
-            for lo, hi in sorted(ranges):
-                for pn in range(lo, hi + 1):
-                    p = pop(pn, None)
-                    if p is not None:
-                        acked.append(p)
-            return acked
         asc = sorted(ranges)
+        largest = asc[-1][1]
         n = len(asc)
+        acked: list[SentPacket] = []
+        kept: list[SentPacket] = []  # remaining pieces of split batches
+        removed: list[int] = []
         i = 0
-        lo, hi = asc[0]
-        for pn, p in sent.items():
-            while pn > hi:
+        for key, p in sent.items():
+            if key > largest:
+                break
+            first = key
+            last = key + p.count - 1
+            while i < n and asc[i][1] < first:
                 i += 1
-                if i == n:
-                    break
-                lo, hi = asc[i]
             if i == n:
                 break
-            if pn >= lo:
-                acked.append(p)
-        for p in acked:
-            del sent[p.pn]
+            if asc[i][0] <= first and last <= asc[i][1]:
+                acked.append(p)  # the common case: all of it
+                removed.append(key)
+                continue
+            if last < asc[i][0]:
+                continue
+            # a batch partly covered by one or more ranges
+            pos = first
+            j = i
+            while j < n and asc[j][0] <= last:
+                lo = max(asc[j][0], first)
+                hi = min(asc[j][1], last)
+                if lo > pos:
+                    kept.append(p.piece(pos, lo - 1))
+                acked.append(p.piece(lo, hi))
+                pos = hi + 1
+                j += 1
+            if pos <= last:
+                kept.append(p.piece(pos, last))
+            removed.append(key)
+        if not removed:
+            return acked
+        if not kept:
+            for key in removed:
+                del sent[key]
+            return acked
+        sp.sent = _rebuilt(sent, removed, kept)
         return acked
 
     def _detect_lost(self, sp: SpaceState, now: float) -> list[SentPacket]:
-        """DetectAndRemoveLostPackets (RFC 9002 A.10); sets the space's loss_time."""
+        """DetectAndRemoveLostPackets (RFC 9002 A.10); sets the space's loss_time.
+
+        For a batch, the packets at or below the packet threshold are lost by count, all
+        of it up to the largest acknowledged by time; the rest stays outstanding.
+        """
         sp.loss_time = None
         largest_acked = sp.largest_acked
         if largest_acked < 0:
@@ -406,19 +466,32 @@ class LossDetection:
         lost_send_time = now - loss_delay
         threshold_pn = largest_acked - PACKET_THRESHOLD
         lost: list[SentPacket] = []
+        kept: list[SentPacket] = []
+        removed: list[int] = []
         loss_time: float | None = None
         for pn, p in sp.sent.items():
             if pn > largest_acked:
                 break
-            if pn <= threshold_pn or p.time_sent <= lost_send_time:
-                lost.append(p)
+            last = pn + p.count - 1
+            if p.time_sent <= lost_send_time:
+                cut = min(last, largest_acked)  # lost by time up to the largest acked
             else:
+                cut = min(last, threshold_pn)  # lost by count
                 t = p.time_sent + loss_delay
-                if loss_time is None or t < loss_time:
+                if cut < min(last, largest_acked) and (loss_time is None or t < loss_time):
                     loss_time = t
+            if cut < pn:
+                continue
+            removed.append(pn)
+            lost.append(p.piece(pn, cut))
+            if cut < last:
+                kept.append(p.piece(cut + 1, last))
         sent = sp.sent
-        for p in lost:
-            del sent[p.pn]
+        if kept:
+            sp.sent = _rebuilt(sent, removed, kept)
+        else:
+            for pn in removed:
+                del sent[pn]
         sp.loss_time = loss_time
         return lost
 
@@ -430,10 +503,10 @@ class LossDetection:
             if p.in_flight:
                 lost_bytes += p.size
                 if p.ack_eliciting:
-                    sp.ack_eliciting_in_flight -= 1
+                    sp.ack_eliciting_in_flight -= p.count
                 if last_sent is None or p.time_sent > last_sent:
                     last_sent = p.time_sent
-        self.packets_lost += len(lost)
+        self.packets_lost += sum(p.count for p in lost)
         cc = self.cc
         if lost_bytes:
             cc.on_removed_from_flight(lost_bytes)
@@ -467,7 +540,7 @@ class LossDetection:
                 continue
             if p.pn != prev_pn + 1:
                 run_start = None
-            prev_pn = p.pn
+            prev_pn = p.pn + p.count - 1
             if not p.ack_eliciting:
                 continue
             if run_start is None:
