@@ -1,0 +1,64 @@
+"""Build hook for the optional native crypto extension (metadata lives in pyproject.toml).
+
+``quicflow.crypto._native`` (C on OpenSSL's libcrypto) speeds up the crypto offload engine.
+It is optional: without a C compiler, Python headers or the libssl headers the build prints
+a warning and quicflow installs without it (the pure-Python engine is used). Set
+``QUICFLOW_NO_NATIVE=1`` to skip the extension deliberately.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+NO_NATIVE_ENV = "QUICFLOW_NO_NATIVE"
+
+
+def _skip_native() -> bool:
+    return os.environ.get(NO_NATIVE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+class OptionalBuildExt(build_ext):
+    """``build_ext`` that turns a failed extension build into a warning."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # noqa: BLE001 - any compiler/linker/setup failure
+            self._warn(exc)
+
+    def build_extension(self, ext: Any) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # noqa: BLE001 - CompileError, LinkError, missing headers
+            self._warn(exc, ext.name)
+
+    @staticmethod
+    def _warn(exc: BaseException, name: str = "native extensions") -> None:
+        print(
+            f"WARNING: could not build {name} ({type(exc).__name__}: {exc}); "
+            "quicflow falls back to the pure-Python crypto engine. "
+            "Install gcc, python3-dev and libssl-dev to get it.",
+            file=sys.stderr,
+        )
+
+
+ext_modules = []
+if _skip_native():
+    print(f"{NO_NATIVE_ENV} is set: not building quicflow.crypto._native", file=sys.stderr)
+else:
+    ext_modules.append(
+        Extension(
+            "quicflow.crypto._native",
+            sources=["src/quicflow/crypto/_native.c"],
+            libraries=["crypto"],
+            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wno-missing-field-initializers"],
+            optional=True,
+        )
+    )
+
+setup(ext_modules=ext_modules, cmdclass={"build_ext": OptionalBuildExt})

@@ -1,0 +1,196 @@
+"""Native crypto offload engine: the ``OffloadEngine`` contract on OpenSSL's libcrypto.
+
+``NativeOffloadEngine`` keeps the cid table as Python dicts of ``CidState`` objects (C,
+shared by aliases) holding ``KeyContext`` objects (C: one key generation with its
+EVP_CIPHER_CTX objects built once). ``seal`` and ``open`` are one C call per batch. The
+output is bit-identical to ``SoftwareOffloadEngine``, the reference and fallback.
+
+``available()`` tells whether the extension loaded; ``best_engine()`` returns the native
+engine when it did (``QUICFLOW_ENGINE=python`` forces the pure-Python one).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from .keys import derive_packet_keys, next_generation_secret
+from .offload import Buffer, OffloadEngine, OpenResult, SoftwareOffloadEngine
+from .suites import CipherSuite, suite_key_len
+
+ENGINE_ENV = "QUICFLOW_ENGINE"
+
+_ext: Any
+_IMPORT_ERROR: str | None
+try:
+    _ext = importlib.import_module("quicflow.crypto._native")
+    _IMPORT_ERROR = None
+except ImportError as exc:  # not built (no compiler / no libssl-dev / QUICFLOW_NO_NATIVE)
+    _ext = None
+    _IMPORT_ERROR = str(exc)
+
+
+def available() -> bool:
+    """True when the C extension ``quicflow.crypto._native`` is importable."""
+    return _ext is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why the extension did not load (``None`` when it did)."""
+    return _IMPORT_ERROR
+
+
+def openssl_version() -> str | None:
+    """The OpenSSL version the extension runs on (``None`` when not available)."""
+    return None if _ext is None else str(_ext.OPENSSL_VERSION)
+
+
+class NativePhaseKeys(Protocol):
+    """What a ``KeyContext`` exposes (like ``offload.PhaseKeys``)."""
+
+    @property
+    def secret(self) -> bytes: ...
+
+    @property
+    def iv(self) -> int: ...
+
+    @property
+    def hp_key(self) -> bytes: ...
+
+
+class NativeKeyState(Protocol):
+    """The live table entry (``CidState``), read-only view like ``offload.CidKeyState``."""
+
+    @property
+    def suite(self) -> CipherSuite: ...
+
+    @property
+    def hp_key(self) -> bytes: ...
+
+    @property
+    def key_phase(self) -> int: ...
+
+    @property
+    def current(self) -> NativePhaseKeys: ...
+
+    @property
+    def next(self) -> NativePhaseKeys: ...
+
+    @property
+    def previous(self) -> NativePhaseKeys | None: ...
+
+    @property
+    def largest_pn(self) -> int: ...
+
+    @property
+    def phase_start_pn(self) -> int: ...
+
+
+def _key_context(suite: CipherSuite, secret: bytes, hp_key: bytes) -> Any:
+    keys = derive_packet_keys(suite, secret)
+    return _ext.KeyContext(int(suite), keys.key, keys.iv, hp_key, keys.secret)
+
+
+def _new_state(
+    suite: CipherSuite, secret: bytes, key_phase: int, largest_pn: int, hp_key: bytes | None
+) -> Any:
+    suite = CipherSuite(suite)
+    first = derive_packet_keys(suite, secret)
+    hp = first.hp_key if hp_key is None else bytes(hp_key)
+    if len(hp) != suite_key_len(suite):
+        raise ValueError(f"header protection key must be {suite_key_len(suite)} bytes")
+    current = _ext.KeyContext(int(suite), first.key, first.iv, hp, first.secret)
+    nxt = _key_context(suite, next_generation_secret(suite, first.secret), hp)
+    return _ext.CidState(suite, hp, key_phase & 1, current, nxt, largest_pn)
+
+
+class NativeOffloadEngine:
+    """``OffloadEngine`` on the C extension; bit-identical to ``SoftwareOffloadEngine``.
+
+    Differences, on invalid input only: packet numbers must be below 2**62 (seal raises
+    ``OverflowError``), ``largest_pn`` at install must be in -1 .. 2**62-1, and a seal
+    descriptor whose header cannot hold the first byte and the pn raises ``ValueError``.
+    ``key_state`` returns the live C entry (read-only attributes), not a ``CidKeyState``.
+    """
+
+    __slots__ = ("_sealers", "_openers", "sealed", "opened", "open_failures")
+
+    def __init__(self) -> None:
+        if _ext is None:
+            raise RuntimeError(f"native crypto extension not available: {_IMPORT_ERROR}")
+        self._sealers: dict[bytes, Any] = {}
+        self._openers: dict[bytes, Any] = {}
+        self.sealed = 0
+        self.opened = 0
+        self.open_failures = 0
+
+    def _table(self, opener: bool) -> dict[bytes, Any]:
+        return self._openers if opener else self._sealers
+
+    # -- programming the table -------------------------------------------------------
+
+    def install(
+        self,
+        cid: bytes,
+        suite: CipherSuite,
+        secret: bytes,
+        *,
+        opener: bool,
+        key_phase: int = 0,
+        largest_pn: int = -1,
+        hp_key: bytes | None = None,
+    ) -> None:
+        """Program ``cid`` with the keys of ``secret`` (replaces an existing entry)."""
+        self._table(opener)[bytes(cid)] = _new_state(suite, secret, key_phase, largest_pn, hp_key)
+
+    def alias(self, new_cid: bytes, existing_cid: bytes, *, opener: bool) -> None:
+        """Make ``new_cid`` share the entry of ``existing_cid`` (KeyError if unknown)."""
+        table = self._table(opener)
+        table[bytes(new_cid)] = table[bytes(existing_cid)]
+
+    def update(self, cid: bytes, *, opener: bool) -> None:
+        """Key update: switch to the next-generation keys and flip the key phase."""
+        self._table(opener)[bytes(cid)].update()
+
+    def remove(self, cid: bytes, *, opener: bool) -> None:
+        """Forget ``cid`` only (its aliases keep the shared entry)."""
+        self._table(opener).pop(bytes(cid), None)
+
+    def key_state(self, cid: bytes, *, opener: bool) -> NativeKeyState:
+        """The live table entry of ``cid`` (for snapshots); KeyError if unknown."""
+        state: NativeKeyState = self._table(opener)[bytes(cid)]
+        return state
+
+    def __contains__(self, cid: object) -> bool:
+        return cid in self._openers or cid in self._sealers
+
+    # -- batches --------------------------------------------------------------------
+
+    def seal(self, buf: bytearray, packets: Sequence[tuple[int, int, int, int, bytes]]) -> None:
+        """Seal short-header packets in place: ``(offset, header_len, payload_len, pn, cid)``."""
+        _ext.seal(self._sealers, buf, packets)
+        self.sealed += len(packets)
+
+    def open(
+        self, buf: Buffer, packets: Sequence[tuple[int, int, bytes]]
+    ) -> list[OpenResult | None]:
+        """Open short-header packets ``(offset, length, cid)``; ``None`` for each failure."""
+        results: list[OpenResult | None]
+        results, failures = _ext.open(self._openers, buf, packets, OpenResult)
+        self.opened += len(results) - failures
+        self.open_failures += failures
+        return results
+
+
+def best_engine() -> OffloadEngine:
+    """A ``NativeOffloadEngine`` when the extension loaded, else ``SoftwareOffloadEngine``.
+
+    ``QUICFLOW_ENGINE=python`` forces the pure-Python engine.
+    """
+    if os.environ.get(ENGINE_ENV, "").strip().lower() in ("python", "software", "py"):
+        return SoftwareOffloadEngine()
+    if _ext is not None:
+        return NativeOffloadEngine()
+    return SoftwareOffloadEngine()
