@@ -10,7 +10,8 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
-from ..crypto.offload import OffloadEngine, SoftwareOffloadEngine
+from ..crypto.native import best_engine
+from ..crypto.offload import OffloadEngine
 from ..datapath.socket import UdpTransport
 from ..endpoint.endpoint import Endpoint
 from ..transport.config import Configuration
@@ -56,7 +57,7 @@ async def connect(
     peer = (sockaddr[0], sockaddr[1])
     local = "0.0.0.0" if family == socket.AF_INET else "::"
     transport = UdpTransport.open(local, 0, backend=backend, connect_to=peer)
-    endpoint = Endpoint(config, is_server=False, engine=engine or SoftwareOffloadEngine())
+    endpoint = Endpoint(config, is_server=False, engine=engine or best_engine())
     runner = EndpointRunner(transport, endpoint, connected_peer=peer)
     server_name = None if _is_ip(host) else host
     if config.server_name is None and server_name is None and config.verify_peer:
@@ -143,7 +144,7 @@ async def serve(
     if not config.certificate_chain or config.private_key is None:
         raise ValueError("a server needs Configuration.certificate_chain and private_key")
     transport = UdpTransport.open(host, port, backend=backend)
-    endpoint = Endpoint(config, is_server=True, engine=engine or SoftwareOffloadEngine())
+    endpoint = Endpoint(config, is_server=True, engine=engine or best_engine())
     runner_box: list[EndpointRunner] = []
 
     def on_accept(conn: Connection) -> QuicConnection:

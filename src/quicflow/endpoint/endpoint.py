@@ -10,7 +10,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..crypto.offload import OffloadEngine, SoftwareOffloadEngine
+from ..crypto.native import best_engine
+from ..crypto.offload import OffloadEngine
 from ..transport.config import Configuration
 from ..transport.connection import Address, Connection, client_connection, server_connection
 from ..transport.receive import receive_datagram
@@ -49,7 +50,7 @@ class Endpoint:
 
     configuration: Configuration
     is_server: bool
-    engine: OffloadEngine = field(default_factory=SoftwareOffloadEngine)
+    engine: OffloadEngine = field(default_factory=best_engine)
     connections: dict[bytes, Connection] = field(default_factory=dict)
     accepted: list[Connection] = field(default_factory=list)  # new server connections
     stateless: list[tuple[bytes, Address]] = field(default_factory=list)
