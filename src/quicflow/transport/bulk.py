@@ -14,7 +14,7 @@ from ..wire.packet import encode_packet_number
 from ..wire.varint import encode_varint
 from .connection import Connection
 from .recovery import SentPacket
-from .state import R_STREAM
+from .state import R_STREAM_RUN
 
 TAG_LEN = 16
 
@@ -90,17 +90,21 @@ def build_bulk(
     prefix = bytes((0x40 | (conn.key_phase << 2) | (pn_len - 1),)) + dcid
     sid_bytes = encode_varint(sid)
     capacity = mds - header_len - TAG_LEN
-    # frame header: type, stream id, offset (sized for the largest offset), 2-byte length
+    # Every frame carries its offset with the same varint length (non-minimal encodings
+    # are allowed, RFC 9000 §16), so every full packet has the same size: one GSO run.
     off_len = len(encode_varint(end))
-    data_cap = capacity - 1 - len(sid_bytes) - off_len - 2
+    off_prefix = (0, 0x4000, 0x80000000, 0xC000000000000000)[off_len.bit_length() - 1]
+    frame_head = 1 + len(sid_bytes) + off_len + 2
+    data_cap = capacity - frame_head
+    if data_cap <= 0:
+        return 0
     base = send.buffer_start - send.acked_offset
     fin_at = send.write_offset if send.fin_written else -1
-    loss = conn.loss
-    on_sent = loss.on_packet_sent
-    one_rtt = Epoch.ONE_RTT
+    first_pn = pn
     built = 0
     offset = start
     total = 0
+    fin = False
     pn_mask = (1 << (8 * pn_len)) - 1
     with memoryview(send.buffer) as data:
         while built < count and offset < end:
@@ -111,31 +115,28 @@ def build_bulk(
             packet_start = len(buf)
             buf += prefix
             buf += (pn & pn_mask).to_bytes(pn_len, "big")
-            if offset:
-                buf.append(0x0E | fin)
-                buf += sid_bytes
-                buf += encode_varint(offset)
-            else:
-                buf.append(0x0A | fin)
-                buf += sid_bytes
+            buf.append(0x0E | fin)
+            buf += sid_bytes
+            buf += (off_prefix | offset).to_bytes(off_len, "big")
             buf += (0x4000 | length).to_bytes(2, "big")
             buf += data[base + offset : base + offset + length]
-            payload_len = len(buf) - packet_start - header_len
-            if pn_len + payload_len < 4:
-                buf += bytes(4 - pn_len - payload_len)
-                payload_len = 4 - pn_len
             buf += bytes(TAG_LEN)
             size = len(buf) - packet_start
-            seal.append((packet_start, header_len, payload_len, pn, dcid))
+            seal.append((packet_start, header_len, frame_head + length, pn, dcid))
             bounds.append(len(buf))
-            on_sent(SentPacket(pn, now, size, True, True, one_rtt,
-                               [(R_STREAM, sid, offset, length, int(fin))]))
-            if fin:
-                send.fin_sent = True
             pn += 1
             offset += length
             total += size
             built += 1
+    if fin:
+        send.fin_sent = True
+    # one record for the whole run: packet numbers first_pn.., stream bytes start..offset
+    unit = header_len + frame_head + data_cap + TAG_LEN
+    conn.loss.on_packet_sent(
+        SentPacket(first_pn, now, total, True, True, Epoch.ONE_RTT,
+                   [(R_STREAM_RUN, sid, start, data_cap, offset - start, int(fin))],
+                   built, unit)
+    )
     space.next_pn = pn
     flow.data_sent += offset - start
     send.next_offset = offset

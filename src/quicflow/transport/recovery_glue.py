@@ -21,6 +21,7 @@ from .state import (
     R_RETIRE_CID,
     R_STOP,
     R_STREAM,
+    R_STREAM_RUN,
     PacketSpace,
 )
 
@@ -81,7 +82,13 @@ def on_acked_packets(conn: Connection, packets: list[SentPacket]) -> None:
         for record in packet.frames:
             rec: tuple[int, ...] = record  # type: ignore[assignment]
             kind = rec[0]
-            if kind == R_STREAM:
+            if kind == R_STREAM_RUN:
+                stream = streams.get(rec[1])
+                if stream is not None and stream.send is not None:
+                    offset, length, fin = _run_piece(packet, rec)
+                    stream.send.on_acked(offset, length, fin)
+                    writable.add(rec[1])
+            elif kind == R_STREAM:
                 stream = streams.get(rec[1])
                 if stream is not None and stream.send is not None:
                     stream.send.on_acked(rec[2], rec[3], bool(rec[4]))
@@ -110,10 +117,13 @@ def on_lost_packets(conn: Connection, packets: list[SentPacket]) -> None:
         for record in packet.frames:
             rec: tuple[int, ...] = record  # type: ignore[assignment]
             kind = rec[0]
-            if kind == R_STREAM:
+            if kind == R_STREAM or kind == R_STREAM_RUN:
                 stream = streams.get(rec[1])
                 if stream is not None and stream.send is not None:
-                    stream.send.on_lost(rec[2], rec[3], bool(rec[4]))
+                    if kind == R_STREAM_RUN:
+                        stream.send.on_lost(*_run_piece(packet, rec))
+                    else:
+                        stream.send.on_lost(rec[2], rec[3], bool(rec[4]))
                     if rec[1] not in conn.send_queue:
                         conn.send_queue.append(rec[1])
             elif kind == R_CRYPTO:
@@ -148,6 +158,15 @@ def on_lost_packets(conn: Connection, packets: list[SentPacket]) -> None:
                     recv.stop_sending_pending = True
                     if rec[1] not in conn.send_queue:
                         conn.send_queue.append(rec[1])
+
+
+def _run_piece(packet: SentPacket, rec: tuple[int, ...]) -> tuple[int, int, bool]:
+    """The stream bytes (offset, length, fin) that a piece of a batch record carried."""
+    _, _, start, per_packet, total, fin = rec
+    base = packet.base_pn if packet.base_pn >= 0 else packet.pn
+    first = start + (packet.pn - base) * per_packet
+    end = min(start + (packet.pn - base + packet.count) * per_packet, start + total)
+    return first, end - first, bool(fin) and end == start + total
 
 
 def on_loss_timeout(conn: Connection, now: float) -> None:

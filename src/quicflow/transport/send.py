@@ -439,6 +439,8 @@ def _close_datagrams(conn: Connection, now: float) -> list[bytes]:
         space = conn.spaces[_SPACE[epoch]]
         if space.discarded:
             continue
+        if conn.handshake_complete and epoch != Epoch.ONE_RTT:
+            continue  # the peer has 1-RTT keys: send the close with its real code only
         if epoch == Epoch.ONE_RTT:
             if not conn.one_rtt_ready:
                 continue

@@ -35,6 +35,9 @@ R_STREAM_BLOCKED = 11
 R_STREAMS_BLOCKED = 12
 R_ACK = 13
 R_PING = 14
+# (R_STREAM_RUN, stream_id, offset, bytes_per_packet, total_bytes, fin): a batch of
+# packets each carrying the next bytes_per_packet bytes of one stream
+R_STREAM_RUN = 15
 
 
 def _crypto_send() -> SendStream:

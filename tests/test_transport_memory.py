@@ -1,0 +1,127 @@
+"""The sans-I/O core end to end in memory: handshake, transfers under loss and
+reordering, flow control, stream limits, closing, key discard. Deterministic seeds."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import pytest
+
+from quicflow.transport.config import Configuration
+from quicflow.transport.connection import Connection, StreamLimitReached
+from quicflow.transport.events import ConnectionTerminated, StreamOpened
+from quicflow.transport.state import ESTABLISHED
+
+from .support.memory_pair import MemoryPair
+
+
+def _drain(conn: Connection, sink: dict[int, bytearray]) -> None:
+    for sid in list(conn.streams):
+        data = conn.read_stream(sid)
+        if data:
+            sink.setdefault(sid, bytearray()).extend(data)
+
+
+def _transfer(pair: MemoryPair, up: bytes, down_size: int) -> tuple[bytes, bytes]:
+    """Client uploads ``up`` and the server answers with ``down_size`` bytes on one
+    bidirectional stream; returns (what the server got, what the client got)."""
+    pair.run(lambda: pair.client.handshake_complete and bool(pair.server_conns))
+    c = pair.client
+    sid = c.open_stream()
+    c.send_stream_data(sid, up, end_stream=True)
+    got_up: dict[int, bytearray] = {}
+    got_down: dict[int, bytearray] = {}
+    answered: set[int] = set()
+    down = random.Random(7).randbytes(down_size)
+
+    def done() -> bool:
+        s = pair.server_conns[0]
+        _drain(s, got_up)
+        if sid not in answered and s.stream_at_eof(sid) and sid in s.streams:
+            s.send_stream_data(sid, down, end_stream=True)
+            answered.add(sid)
+        _drain(c, got_down)
+        return bool(answered) and c.stream_at_eof(sid)
+
+    pair.run(done)
+    assert hashlib.sha256(got_down.get(sid, b"")).digest() == hashlib.sha256(down).digest()
+    return bytes(got_up.get(sid, b"")), bytes(got_down.get(sid, b""))
+
+
+def test_handshake_discards_initial_and_handshake_keys() -> None:
+    pair = MemoryPair()
+    pair.run(lambda: pair.client.handshake_confirmed and bool(pair.server_conns))
+    server = pair.server_conns[0]
+    for conn in (pair.client, server):
+        assert conn.state == ESTABLISHED
+        assert conn.spaces[0].discarded and conn.spaces[1].discarded
+        assert conn.alpn_protocol == "perf"
+    assert server.address_validated
+
+
+@pytest.mark.parametrize("loss,reorder", [(0.0, 0.0), (0.1, 0.1), (0.03, 0.3)])
+def test_transfer_intact_under_loss_and_reordering(loss: float, reorder: float) -> None:
+    pair = MemoryPair(seed=3, loss=loss, reorder=reorder)
+    up = random.Random(5).randbytes(1_500_000)
+    got_up, _ = _transfer(pair, up, 3_000_000)
+    assert hashlib.sha256(got_up).digest() == hashlib.sha256(up).digest()
+    if loss:
+        assert pair.down.dropped > 0 and pair.server_conns[0].counters.packets_lost > 0
+
+
+def test_flow_control_windows_small_still_complete() -> None:
+    cfg = Configuration(alpn_protocols=["perf"], verify_peer=False, max_data=16_384,
+                        max_data_window=16_384, max_stream_data=4096,
+                        max_stream_data_window=4096)
+    pair = MemoryPair(client_config=cfg)
+    _transfer(pair, b"x" * 10_000, 200_000)
+
+
+def test_stream_limit_is_enforced_and_raised() -> None:
+    from quicflow.tls.certs import generate_self_signed
+
+    cert, key = generate_self_signed(["localhost"])
+    server_cfg = Configuration(alpn_protocols=["perf"], certificate_chain=[cert],
+                               private_key=key, max_streams_bidi=4)
+    pair = MemoryPair(server_config=server_cfg)
+    pair.run(lambda: pair.client.handshake_complete and bool(pair.server_conns))
+    c = pair.client
+    sids = [c.open_stream() for _ in range(4)]
+    with pytest.raises(StreamLimitReached):
+        c.open_stream()
+    for sid in sids:
+        c.send_stream_data(sid, b"hello", end_stream=True)
+    server = pair.server_conns[0]
+    opened: list[int] = []
+
+    def server_done() -> bool:
+        for ev in server.pop_events():
+            if isinstance(ev, StreamOpened):
+                opened.append(ev.stream_id)
+        for sid in list(server.streams):
+            if server.read_stream(sid) or server.stream_at_eof(sid):
+                if sid in server.streams and not server.streams[sid].send.fin_written:
+                    server.send_stream_data(sid, b"", end_stream=True)
+        return len(opened) == 4 and c.bidi.peer_max > 4
+
+    pair.run(server_done)
+    assert sorted(opened) == sids
+    assert c.open_stream() == 16  # the fifth client bidi stream
+
+
+def test_application_close_reaches_peer_with_code_and_reason() -> None:
+    pair = MemoryPair()
+    pair.run(lambda: pair.client.handshake_complete and bool(pair.server_conns))
+    pair.client.close(42, "bye", now=pair.now)
+    server = pair.server_conns[0]
+    events: list[object] = []
+
+    def closed() -> bool:
+        events.extend(server.pop_events())
+        return any(isinstance(e, ConnectionTerminated) for e in events)
+
+    pair.run(closed)
+    term = [e for e in events if isinstance(e, ConnectionTerminated)][0]
+    assert (term.error_code, term.reason, term.by_peer, term.frame_type) == (42, "bye", True, None)
+    pair.run(lambda: pair.client.terminated and server.terminated)
