@@ -44,7 +44,7 @@ class QuicConnection:
         self._incoming: asyncio.Queue[tuple[QuicStreamReader, QuicStreamWriter]] = asyncio.Queue()
         self._connected: asyncio.Future[None] = self.loop.create_future()
         self._terminated: asyncio.Future[None] = self.loop.create_future()
-        self._streams_waiter: asyncio.Future[None] | None = None
+        self._streams_waiters: list[asyncio.Future[None]] = []  # blocked create_stream()s
         self._close_error: ConnectionClosedError | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.app_state: dict[str, Any] = {}
@@ -107,11 +107,13 @@ class QuicConnection:
             try:
                 stream_id = self.conn.open_stream(bidirectional)
             except StreamLimitReached:
-                self._streams_waiter = self.loop.create_future()
+                waiter = self.loop.create_future()
+                self._streams_waiters.append(waiter)
                 try:
-                    await self._streams_waiter
+                    await waiter
                 finally:
-                    self._streams_waiter = None
+                    if waiter in self._streams_waiters:
+                        self._streams_waiters.remove(waiter)
                 continue
             return self._faces(stream_id)
 
@@ -158,8 +160,7 @@ class QuicConnection:
                     self._readers[sid]._wake()
                     self._writers[sid]._wake()
             elif cls is StreamsAvailable:
-                if self._streams_waiter is not None and not self._streams_waiter.done():
-                    self._streams_waiter.set_result(None)
+                self._wake_stream_openers()
             elif cls is HandshakeCompleted:
                 if not self._connected.done():
                     self._connected.set_result(None)
@@ -206,8 +207,13 @@ class QuicConnection:
             reader._wake()
         for writer in self._writers.values():
             writer._wake()
-        if self._streams_waiter is not None and not self._streams_waiter.done():
-            self._streams_waiter.set_result(None)
+        self._wake_stream_openers()
+
+    def _wake_stream_openers(self) -> None:
+        waiters, self._streams_waiters = self._streams_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def on_terminated(self) -> None:
         if self._close_error is None:
