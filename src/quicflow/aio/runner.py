@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 MAX_GSO_SEGMENTS = 64
 MAX_GSO_BYTES = 65000
-RECV_ROUNDS = 8  # batches read per readable callback before yielding to the loop
+RECV_BATCH = 8  # receive buffers (each up to 64 GRO segments) read per round
+RECV_ROUNDS = 32  # rounds per readable callback before yielding to the loop
 
 
 class EndpointRunner:
@@ -55,12 +56,12 @@ class EndpointRunner:
             return
         endpoint = self.endpoint
         transport = self.transport
-        touched: list[Connection] = []
         for _ in range(RECV_ROUNDS):
-            batch = transport.recv_batch(64)
+            batch = transport.recv_batch(RECV_BATCH)
             if not batch:
                 break
             now = self.loop.time()
+            touched: list[Connection] = []
             for data, segment_size, addr, ecn in batch:
                 peer = normalize_address(addr) if addr else self.connected_peer
                 assert peer is not None
@@ -73,15 +74,19 @@ class EndpointRunner:
                     one = endpoint.receive(bytes(data), peer, now, ecn)
                     if one is not None and one not in touched:
                         touched.append(one)
-        for conn in endpoint.accepted:
-            if self.on_accept is not None:
-                self.faces[id(conn)] = self.on_accept(conn)
-        endpoint.accepted.clear()
-        for data, addr in endpoint.pop_stateless():
-            transport.send_batch(data, len(data), addr)
-        for conn in touched:
-            self._dispatch(conn)
-            self._send(conn)
+            if endpoint.accepted:
+                for conn in endpoint.accepted:
+                    if self.on_accept is not None:
+                        self.faces[id(conn)] = self.on_accept(conn)
+                endpoint.accepted.clear()
+            for data, addr in endpoint.pop_stateless():
+                transport.send_batch(data, len(data), addr)
+            # acknowledge (and send) after every round, so ACKs keep the peer's clock
+            for conn in touched:
+                self._dispatch(conn)
+                self._send(conn)
+            if len(batch) < RECV_BATCH:
+                break
 
     def _dispatch(self, conn: Connection) -> None:
         face = self.faces.get(id(conn))
