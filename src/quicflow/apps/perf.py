@@ -180,6 +180,7 @@ class PerfResult:
     handshake_seconds: float
     verified: bool
     counters: dict[str, int] = field(default_factory=dict)
+    backend: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """A flat, JSON-ready dict (counters are merged in, plus syscalls_per_datagram)."""
@@ -197,8 +198,19 @@ class PerfResult:
         dgrams = self.counters.get("datagrams_sent", 0) + self.counters.get(
             "datagrams_received", 0
         )
-        calls = self.counters.get("syscalls_send", 0) + self.counters.get("syscalls_recv", 0)
+        c = self.counters
+        calls = c.get("syscalls_send", 0) + c.get("syscalls_recv", 0)
         out["syscalls_per_datagram"] = calls / dgrams if dgrams else 0.0
+        sent, received = c.get("datagrams_sent", 0), c.get("datagrams_received", 0)
+        out["send_syscalls_per_datagram"] = c.get("syscalls_send", 0) / sent if sent else 0.0
+        out["recv_syscalls_per_datagram"] = (
+            c.get("syscalls_recv", 0) / received if received else 0.0
+        )
+        out["segments_per_send_batch"] = sent / c["batches_sent"] if c.get("batches_sent") else 0.0
+        out["segments_per_recv_batch"] = (
+            received / c["batches_received"] if c.get("batches_received") else 0.0
+        )
+        out["backend"] = self.backend
         return out
 
 
@@ -213,10 +225,27 @@ _DATAPATH_COUNTERS = (
     "syscalls_recv",
     "datagrams_sent",
     "datagrams_received",
+    "bytes_sent",
+    "bytes_received",
+    "batches_sent",
+    "batches_received",
+    "truncated",
     "send_eagain",
     "send_errors",
+    "recv_errors",
+    "gso_fallbacks",
 )
-_CONNECTION_COUNTERS = ("packets_sent", "packets_received", "packets_lost")
+_CONNECTION_COUNTERS = (
+    "packets_sent",
+    "packets_received",
+    "packets_lost",
+    "packets_dropped",
+    "dropped_malformed",
+    "dropped_no_keys",
+    "dropped_undecryptable",
+    "duplicate_packets",
+)
+_ENDPOINT_COUNTERS = ("lookups", "segments_received", "dropped")
 
 
 def split_evenly(total: int, parts: int) -> list[int]:
@@ -270,14 +299,22 @@ class _Run:
         self.connected_at = 0.0
         self.finished_at = 0.0
         self.counters: dict[str, int] = {}
+        self.backend = ""
 
     def add_counters(self, conn: QuicConnection) -> None:
-        dp = conn.runner.transport.counters
-        for name in _DATAPATH_COUNTERS:
-            self.counters[name] = self.counters.get(name, 0) + int(getattr(dp, name, 0))
-        cc = conn.conn.counters
-        for name in _CONNECTION_COUNTERS:
-            self.counters[name] = self.counters.get(name, 0) + int(getattr(cc, name, 0))
+        stats = conn.stats()
+        for group, names in (
+            ("datapath", _DATAPATH_COUNTERS),
+            ("connection", _CONNECTION_COUNTERS),
+            ("endpoint", _ENDPOINT_COUNTERS),
+        ):
+            values = stats[group]
+            prefix = "endpoint_" if group == "endpoint" else ""
+            for name in names:
+                # socket byte counts are UDP payload, not the perf payload
+                key = "udp_" + name if name.startswith("bytes_") else prefix + name
+                self.counters[key] = self.counters.get(key, 0) + int(values.get(name, 0))
+        self.backend = str(stats["datapath"]["backend"])
 
 
 async def _run_connection(
@@ -407,6 +444,7 @@ async def run_client(
         handshake_seconds=run.connected_at - started,
         verified=verify,
         counters=run.counters,
+        backend=run.backend,
     )
 
 

@@ -225,12 +225,25 @@ async def _serve_perf(args: argparse.Namespace, config: Configuration) -> int:
         server.close()
         await server.wait_closed()
     s = handler.stats
+    counters = server.stats()
+    dp = counters["datapath"]
     print(
         f"stopped: {s.streams} stream(s), received {format_bytes(s.bytes_received)},"
-        f" sent {format_bytes(s.bytes_sent)}",
+        f" sent {format_bytes(s.bytes_sent)}; {dp['datagrams_sent']} datagrams out,"
+        f" {dp['datagrams_received']} in, {dp['syscalls_per_datagram']:.3f} syscalls"
+        f" per datagram ({dp['backend']})",
         file=sys.stderr,
         flush=True,
     )
+    if args.json:
+        out = {
+            "streams": s.streams,
+            "bytes_received": s.bytes_received,
+            "bytes_sent": s.bytes_sent,
+            "endpoint": counters["endpoint"],
+            "datapath": dp,
+        }
+        print(json.dumps(out), flush=True)
     return 0
 
 
@@ -491,6 +504,11 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument(
         "--key", metavar="FILE", help="PEM private key (default: read it from --cert)"
     )
+    server.add_argument(
+        "--json", action="store_true",
+        help="on exit, print one JSON object with the server's endpoint and socket "
+        "counters (datagrams, syscalls, batches, lookups, drops by reason) on stdout",
+    )  # fmt: skip
     _add_transport_options(server)
     server.set_defaults(func=cmd_perf_server)
 
