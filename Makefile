@@ -14,14 +14,20 @@ STAMP       := $(VENV)/.stamp
 TEST_TIMEOUT ?= 300
 PYTEST_ARGS ?=
 
-DEB_PACKAGES := ngtcp2-client ngtcp2-server tshark iproute2 nftables
-DEB_BINARIES := gtlsclient gtlsserver tshark ip nft
+# iproute2 (ip, tc): network-namespace tests; libssl-dev: the native crypto engine's
+# headers (the package builds without them, falling back to the pure-Python engine).
+DEB_PACKAGES := iproute2 nftables libssl-dev
+DEB_BINARIES := ip tc nft
+DEB_FILES    := /usr/include/openssl/evp.h
 
 .PHONY: venv deps test lint demo bench clean
 
-venv: $(STAMP)
+# deps first: the native crypto engine is compiled when the venv installs quicflow
+venv: deps $(STAMP)
 
-$(STAMP): pyproject.toml
+NATIVE_SOURCES := $(shell find src/quicflow/crypto -name '*.c' -o -name '*.h' 2>/dev/null)
+
+$(STAMP): pyproject.toml setup.py $(NATIVE_SOURCES)
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q -e '.[test]'
 	@touch $@
@@ -29,18 +35,18 @@ $(STAMP): pyproject.toml
 deps:
 	@missing=""; \
 	for b in $(DEB_BINARIES); do command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
+	for f in $(DEB_FILES); do test -e $$f || missing="$$missing $$f"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then \
 		echo "deps: missing$$missing; run 'make deps' as root to install: $(DEB_PACKAGES)" >&2; \
 		exit 0; \
 	fi; \
 	echo "deps: missing$$missing; installing $(DEB_PACKAGES)"; \
-	echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections; \
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 		-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
 		$(DEB_PACKAGES) </dev/null >/dev/null
 
-test: venv deps
+test: venv
 	$(VPY) -m pytest -q -x --timeout=$(TEST_TIMEOUT) $(PYTEST_ARGS)
 
 # mypy: MYPYPATH + explicit package bases so that src/quicflow maps to `quicflow.*`
