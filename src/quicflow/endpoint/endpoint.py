@@ -34,6 +34,7 @@ class EndpointCounters:
     dropped_unknown_cid: int = 0
     dropped_short_initial: int = 0
     dropped_closed: int = 0
+    dropped_undecryptable_initial: int = 0
 
     def dropped(self) -> int:
         return (
@@ -41,6 +42,7 @@ class EndpointCounters:
             + self.dropped_unknown_cid
             + self.dropped_short_initial
             + self.dropped_closed
+            + self.dropped_undecryptable_initial
         )
 
 
@@ -80,8 +82,22 @@ class Endpoint:
         conn = self._lookup(data, address, now)
         if conn is not None:
             receive_datagram(conn, data, address, now, ecn)
+            if not self._keep_new(conn):
+                return None
             self._sync_cids(conn)
         return conn
+
+    def _keep_new(self, conn: Connection) -> bool:
+        """A connection created for an Initial none of whose packets could be opened is
+        forgotten at once (a forged or corrupted Initial must not hold server state)."""
+        if conn.counters.packets_received or not self.accepted or self.accepted[-1] is not conn:
+            return True
+        self.accepted.pop()
+        self.counters.connections_accepted -= 1
+        self.counters.dropped_undecryptable_initial += 1
+        conn.cid_changes.clear()
+        self.forget(conn)
+        return False
 
     def receive_batch(
         self, data: bytes | memoryview, segment_size: int, address: Address, now: float,
@@ -131,7 +147,7 @@ class Endpoint:
                 conn = self._lookup(segment, address, now)
                 if conn is not None:
                     receive_datagram(conn, segment, address, now, ecn)
-                    if conn not in touched:
+                    if self._keep_new(conn) and conn not in touched:
                         touched.append(conn)
             pos = end
         if run and run_conn is not None:

@@ -19,6 +19,10 @@ from .state import CLOSING, DRAINING
 _ECN_INDEX = {2: 0, 1: 1, 3: 2}
 
 
+_VARINT_MASK = (0x3F, 0x3FFF, 0, 0x3FFFFFFF, 0, 0, 0, 0x3FFFFFFFFFFFFFFF)
+_from_bytes = int.from_bytes
+
+
 def _stream_frame(payload: bytes) -> tuple[int, int, int, int, bool] | None:
     """(stream_id, offset, data_start, data_end, fin) when ``payload`` is exactly one
     STREAM frame plus optional PADDING; None otherwise."""
@@ -26,30 +30,37 @@ def _stream_frame(payload: bytes) -> tuple[int, int, int, int, bool] | None:
     if ftype & 0xF8 != 0x08:
         return None
     n = len(payload)
-    pos = 1
-    values = [0, 0, -1]
-    fields = (True, bool(ftype & 0x04), bool(ftype & 0x02))
-    for i in range(3):
-        if not fields[i]:
-            continue
+    if n < 2:
+        return None
+    size = 1 << (payload[1] >> 6)
+    pos = 1 + size
+    if pos > n:
+        return None
+    sid = _from_bytes(payload[1:pos], "big") & _VARINT_MASK[size - 1]
+    offset = 0
+    if ftype & 0x04:
         if pos >= n:
             return None
-        first = payload[pos]
-        size = 1 << (first >> 6)
+        size = 1 << (payload[pos] >> 6)
         if pos + size > n:
             return None
-        value = first & 0x3F
-        for k in range(1, size):
-            value = (value << 8) | payload[pos + k]
-        values[i] = value
+        offset = _from_bytes(payload[pos : pos + size], "big") & _VARINT_MASK[size - 1]
         pos += size
-    length = values[2]
-    end = n if length < 0 else pos + length
-    if end > n:
-        return None
-    if end < n and payload.count(0, end) != n - end:
-        return None  # more frames follow: general path
-    return values[0], values[1], pos, end, bool(ftype & 0x01)
+    if ftype & 0x02:
+        if pos >= n:
+            return None
+        size = 1 << (payload[pos] >> 6)
+        if pos + size > n:
+            return None
+        end = pos + size + (_from_bytes(payload[pos : pos + size], "big") & _VARINT_MASK[size - 1])
+        pos += size
+        if end > n:
+            return None
+        if end < n and payload.count(0, end) != n - end:
+            return None  # more frames follow: general path
+    else:
+        end = n
+    return sid, offset, pos, end, bool(ftype & 0x01)
 
 
 def receive_short_run(

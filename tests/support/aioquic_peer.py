@@ -1,0 +1,274 @@
+"""aioquic as the other end of interop tests, run in a process of its own.
+
+Large transfers need both cores: quicflow runs in the pytest process, aioquic here.
+The process speaks the protocol of ``tests/support/echo_proto.py`` and reports what
+happens as JSON lines on stdout (one object per line, flushed at once)::
+
+    python -m tests.support.aioquic_peer server --cert C --key K [--port 0] [--chacha]
+        {"event": "ready", "port": 4433}
+        {"event": "handshake", "cipher_suite": 4867, "alpn": "perf"}
+        {"event": "terminated", "error_code": 298, "frame_type": 6, "reason": "..."}
+
+    python -m tests.support.aioquic_peer client --port P [--host H] [--cafile F]
+        [--server-name N] [--streams S] [--upload U] [--download D] [--chacha]
+        {"event": "handshake", "cipher_suite": 4865, "alpn": "perf"}
+        {"event": "result", "ok": true, "streams": [...]}       (or {"event": "error", ...})
+
+``AioquicProcess`` starts such a process from a test and reads its events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make ``tests.support`` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+        __file__)))))
+
+from tests.support import echo_proto  # noqa: E402
+
+BIG_WINDOW = 16 * 1024 * 1024
+
+
+def emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def _configuration(args: argparse.Namespace, is_client: bool) -> Any:
+    import ssl
+
+    from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.tls import CipherSuite
+
+    cfg = QuicConfiguration(
+        is_client=is_client,
+        alpn_protocols=["perf"],
+        max_data=BIG_WINDOW,
+        max_stream_data=BIG_WINDOW,
+        idle_timeout=args.idle_timeout,
+    )
+    if args.chacha:
+        cfg.cipher_suites = [CipherSuite.CHACHA20_POLY1305_SHA256]
+    if is_client:
+        if args.cafile:
+            cfg.load_verify_locations(cafile=args.cafile)
+        if args.insecure:
+            cfg.verify_mode = ssl.CERT_NONE
+        cfg.server_name = args.server_name
+    else:
+        cfg.load_cert_chain(args.cert, args.key)
+    return cfg
+
+
+def _protocol_class() -> Any:
+    from aioquic.asyncio import QuicConnectionProtocol
+    from aioquic.quic import events
+
+    class ReportingProtocol(QuicConnectionProtocol):  # type: ignore[misc]
+        def quic_event_received(self, event: events.QuicEvent) -> None:
+            if isinstance(event, events.HandshakeCompleted):
+                suite = None
+                try:
+                    suite = int(self._quic.tls.key_schedule.cipher_suite)
+                except AttributeError:
+                    pass
+                emit({"event": "handshake", "cipher_suite": suite, "alpn": event.alpn_protocol})
+            elif isinstance(event, events.ConnectionTerminated):
+                emit({
+                    "event": "terminated",
+                    "error_code": event.error_code,
+                    "frame_type": event.frame_type,
+                    "reason": event.reason_phrase,
+                })
+            super().quic_event_received(event)
+
+    return ReportingProtocol
+
+
+async def run_server(args: argparse.Namespace) -> None:
+    from aioquic.asyncio import serve
+
+    def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def run() -> None:
+            try:
+                await echo_proto.serve_stream(reader, writer)
+            except Exception as exc:  # reported, the test decides
+                emit({"event": "stream_error", "error": repr(exc)})
+
+        asyncio.ensure_future(run())
+
+    server = await serve(
+        args.host, args.port, configuration=_configuration(args, False),
+        stream_handler=handler, create_protocol=_protocol_class(),
+    )
+    port = server._transport.get_extra_info("sockname")[1]
+    emit({"event": "ready", "port": port})
+    try:
+        await asyncio.Event().wait()  # until killed
+    finally:
+        server.close()
+
+
+async def run_client(args: argparse.Namespace) -> int:
+    from aioquic.asyncio import connect
+
+    cfg = _configuration(args, True)
+    try:
+        async with connect(
+            args.host, args.port, configuration=cfg, create_protocol=_protocol_class()
+        ) as client:
+
+            async def one(i: int) -> dict[str, Any]:
+                reader, writer = await client.create_stream()
+                upload = echo_proto.payload(10_000 + i, args.upload)
+                return await echo_proto.client_exchange(
+                    reader, writer, upload=upload, download=args.download, seed=i
+                )
+
+            results = await asyncio.wait_for(
+                asyncio.gather(*(one(i) for i in range(args.streams))), args.timeout
+            )
+            emit({"event": "result", "ok": all(r["ok"] for r in results), "streams": results})
+            client.close(error_code=0)
+            await client.wait_closed()
+    except Exception as exc:
+        emit({"event": "error", "error": repr(exc), "type": type(exc).__name__})
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("role", choices=["server", "client"])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--cert")
+    p.add_argument("--key")
+    p.add_argument("--cafile")
+    p.add_argument("--insecure", action="store_true")
+    p.add_argument("--server-name", default="localhost")
+    p.add_argument("--streams", type=int, default=1)
+    p.add_argument("--upload", type=int, default=0)
+    p.add_argument("--download", type=int, default=0)
+    p.add_argument("--chacha", action="store_true")
+    p.add_argument("--idle-timeout", type=float, default=30.0)
+    p.add_argument("--timeout", type=float, default=120.0)
+    args = p.parse_args(argv)
+    if args.role == "server":
+        try:
+            asyncio.run(run_server(args))
+        except KeyboardInterrupt:
+            pass
+        return 0
+    return asyncio.run(run_client(args))
+
+
+# ---------------------------------------------------------------------- test-side helper
+
+
+class AioquicProcess:
+    """An aioquic peer process started from a test running an asyncio loop.
+
+    ``async with AioquicProcess("server", "--cert", c, "--key", k) as peer:``
+    ``peer.port`` (server), ``await peer.next_event("result")``, ``peer.events``.
+    """
+
+    def __init__(self, *args: str) -> None:
+        self.args = list(args)
+        self.proc: asyncio.subprocess.Process | None = None
+        self.events: list[dict[str, Any]] = []
+        self.port: int | None = None
+        self._new = asyncio.Event()
+        self._reader_task: asyncio.Task[None] | None = None
+        self.stderr = b""
+
+    async def start(self) -> AioquicProcess:
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.support.aioquic_peer", *self.args,
+            cwd=root, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        self._reader_task = asyncio.ensure_future(self._read())
+        if self.args[0] == "server":
+            ready = await self.next_event("ready", timeout=30)
+            self.port = int(ready["port"])
+        return self
+
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        async for line in self.proc.stdout:
+            try:
+                self.events.append(json.loads(line))
+            except ValueError:
+                self.events.append({"event": "garbage", "line": line.decode(errors="replace")})
+            self._new.set()
+        self._new.set()
+
+    async def next_event(self, name: str, timeout: float = 60.0) -> dict[str, Any]:
+        """The first event called ``name`` (waits for it; fails when the process ends)."""
+
+        async def wait() -> dict[str, Any]:
+            while True:
+                for ev in self.events:
+                    if ev.get("event") == name:
+                        return ev
+                if self._reader_task is not None and self._reader_task.done():
+                    await self._collect_stderr()
+                    raise AssertionError(
+                        f"aioquic peer ended without a {name!r} event; events: {self.events}; "
+                        f"stderr: {self.stderr.decode(errors='replace')[-3000:]}"
+                    )
+                self._new.clear()
+                await self._new.wait()
+
+        try:
+            return await asyncio.wait_for(wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(
+                f"no {name!r} event from the aioquic peer within {timeout}s; "
+                f"events so far: {self.events}"
+            ) from None
+
+    async def wait_exit(self, timeout: float = 120.0) -> int:
+        assert self.proc is not None
+        rc = await asyncio.wait_for(self.proc.wait(), timeout)
+        if self._reader_task is not None:
+            await self._reader_task
+        return rc
+
+    async def _collect_stderr(self) -> None:
+        if self.proc is not None and self.proc.stderr is not None and not self.stderr:
+            try:
+                self.stderr = await asyncio.wait_for(self.proc.stderr.read(), 5)
+            except TimeoutError:
+                pass
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._reader_task is not None:
+            try:
+                await asyncio.wait_for(self._reader_task, 5)
+            except TimeoutError:
+                self._reader_task.cancel()
+
+    async def __aenter__(self) -> AioquicProcess:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
