@@ -24,8 +24,9 @@ def bulk_applies(conn: Connection) -> bool:
     spaces = conn.spaces
     if not (conn.handshake_confirmed and spaces[0].discarded and spaces[1].discarded):
         return False
+    app = spaces[2]
     if (
-        spaces[2].ack_pending
+        (app.ack_pending and app.ack_eliciting_pending)  # an ACK is owed: general path
         or conn.handshake_done_pending
         or conn.flow.pending_max_data
         or conn.pending_stream_updates

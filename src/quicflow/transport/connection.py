@@ -137,6 +137,8 @@ class Connection:
     events: list[Event] = field(default_factory=list)
     counters: ConnectionCounters = field(default_factory=ConnectionCounters)
     ecn_state: int = 0  # ECN_TESTING / ECN_CAPABLE / ECN_FAILED
+    key_update_pending: bool = False  # we updated our send keys; the peer has not yet
+    key_updates_received: int = 0
     one_rtt_send_hp: bytes = b""
     one_rtt_recv_hp: bytes = b""
     pacer_deadline: float | None = None
@@ -387,6 +389,25 @@ class Connection:
 
     def notify_writable(self, stream_id: int) -> None:
         self.events.append(StreamWritable(stream_id))
+
+    def initiate_key_update(self) -> None:
+        """Start a 1-RTT key update (RFC 9001 §6): send with the next keys from now on.
+
+        Raises ValueError before the handshake is confirmed or while the previous update
+        is not yet answered by the peer.
+        """
+        from ..crypto.keys import next_generation_secret
+
+        if not (self.handshake_confirmed and self.one_rtt_ready):
+            raise ValueError("a key update needs a confirmed handshake")
+        if self.key_update_pending:
+            raise ValueError("the previous key update is not yet answered by the peer")
+        self.key_update_pending = True
+        self.key_phase ^= 1
+        self.one_rtt_send_secret = next_generation_secret(
+            self.cipher_suite, self.one_rtt_send_secret
+        )
+        self.engine.update(self.peer_cid, opener=False)
 
     def ecn_codepoint(self) -> int:
         """The ECN bits for outgoing datagrams: ECT(0) unless validation failed."""

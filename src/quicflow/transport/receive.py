@@ -227,11 +227,21 @@ def _receive_retry(conn: Connection, data: bytes, pos: int, hdr: PacketHeader) -
 
 
 def _on_peer_key_update(conn: Connection) -> None:
+    """A packet in the next key phase opened (the engine has rotated its receive keys).
+
+    If we started the update, this is the peer's answer; otherwise the peer started it
+    and we update our send keys too (RFC 9001 §6.2).
+    """
     from ..crypto.keys import next_generation_secret
 
+    suite = conn.cipher_suite
+    conn.one_rtt_recv_secret = next_generation_secret(suite, conn.one_rtt_recv_secret)
+    conn.key_updates_received += 1
+    if conn.key_update_pending:
+        conn.key_update_pending = False
+        return
     conn.key_phase ^= 1
-    conn.one_rtt_recv_secret = next_generation_secret(conn.cipher_suite, conn.one_rtt_recv_secret)
-    conn.one_rtt_send_secret = next_generation_secret(conn.cipher_suite, conn.one_rtt_send_secret)
+    conn.one_rtt_send_secret = next_generation_secret(suite, conn.one_rtt_send_secret)
     conn.engine.update(conn.peer_cid, opener=False)
 
 
@@ -312,17 +322,17 @@ def _after_tls(conn: Connection, now: float) -> None:
             conn.handshake_confirmed = True
             conn.handshake_done_pending = True
             _discard_epoch(conn, Epoch.HANDSHAKE)
-            for _ in range(conn.configuration.active_connection_id_limit - 1):
-                if len(conn.host_cids) >= min(
-                    conn.configuration.active_connection_id_limit,
-                    conn.peer_params.active_connection_id_limit if conn.peer_params else 2,
-                ):
-                    break
-                conn.issue_host_cid()
-        else:
-            limit = conn.peer_params.active_connection_id_limit if conn.peer_params else 2
-            while len(conn.host_cids) < min(limit, conn.configuration.active_connection_id_limit):
-                conn.issue_host_cid()
+        _issue_cids_up_to_peer_limit(conn)
+
+
+MAX_ISSUED_CIDS = 8
+
+
+def _issue_cids_up_to_peer_limit(conn: Connection) -> None:
+    """Give the peer as many CIDs as its active_connection_id_limit allows (at most 8)."""
+    limit = conn.peer_params.active_connection_id_limit if conn.peer_params else 2
+    while len(conn.host_cids) < min(limit, MAX_ISSUED_CIDS):
+        conn.issue_host_cid()
 
 
 def _install_secret(

@@ -222,8 +222,8 @@ def _on_packet_sent(
             conn.last_ack_eliciting_sent_after_receive = True
 
 
-def _write_ack(conn: Connection, space: PacketSpace, payload: bytearray, now: float,
-               epoch: Epoch) -> None:
+def _encode_ack(conn: Connection, space: PacketSpace, payload: bytearray, now: float,
+                epoch: Epoch) -> None:
     received = space.received
     ranges: list[tuple[int, int]] = []
     for i in range(len(received.starts) - 1, max(-1, len(received.starts) - 33), -1):
@@ -233,6 +233,9 @@ def _write_ack(conn: Connection, space: PacketSpace, payload: bytearray, now: fl
     ecn = tuple(space.ecn_counts) if any(space.ecn_counts) else None
     F.encode_frame(F.Ack(ranges=ranges, ack_delay=max(0, delay_us) >> exponent,
                          ecn=ecn), payload)  # type: ignore[arg-type]
+
+
+def _ack_sent(space: PacketSpace) -> None:
     space.ack_pending = False
     space.ack_immediately = False
     space.ack_eliciting_pending = 0
@@ -248,11 +251,20 @@ def _fill_payload(
     records: list[tuple[int, ...]],
     now: float,
 ) -> bool:
-    """Write frames; returns whether the packet is ack-eliciting."""
-    send_ack = space.ack_pending and (
-        space.ack_immediately
-        or (space.ack_deadline is not None and now >= space.ack_deadline)
-        or epoch != Epoch.ONE_RTT
+    """Write frames; returns whether the packet is ack-eliciting.
+
+    An ACK goes alone only when one is due (ack-eliciting packets are waiting and the
+    epoch, a reordering or the ACK delay asks for it); otherwise it only rides along
+    with other frames, so two peers never acknowledge each other's ACKs forever.
+    """
+    ack_due = (
+        space.ack_pending
+        and space.ack_eliciting_pending > 0
+        and (
+            space.ack_immediately
+            or epoch != Epoch.ONE_RTT
+            or (space.ack_deadline is not None and now >= space.ack_deadline)
+        )
     )
     probe = conn.probes_pending[_SPACE[epoch]] > 0
     cc_ok = probe or conn.cc.available() >= conn.max_datagram_size or epoch != Epoch.ONE_RTT
@@ -261,13 +273,16 @@ def _fill_payload(
             conn.pacer_deadline = conn.pacer.next_send_time(now, conn.max_datagram_size,
                                                             conn.rtt, conn.cc.cwnd)
             cc_ok = False
-    if not cc_ok and not send_ack:
+    if not cc_ok and not ack_due:
         return False
-    if space.ack_pending and (send_ack or cc_ok):
-        _write_ack(conn, space, payload, now, epoch)
+    ack_end = 0
+    if space.ack_pending and (ack_due or cc_ok):
+        _encode_ack(conn, space, payload, now, epoch)
+        ack_end = len(payload)
     if not cc_ok:
+        _ack_sent(space)
         return False
-    start_len = len(payload)
+    start_len = ack_end
     limit = capacity
     # CRYPTO
     crypto = space.crypto_send
@@ -291,6 +306,11 @@ def _fill_payload(
         eliciting = True
     if eliciting and probe:
         conn.probes_pending[_SPACE[epoch]] -= 1
+    if not eliciting and not ack_due:
+        del payload[:]  # nothing but an ACK that is not due: send nothing
+        return False
+    if ack_end:
+        _ack_sent(space)
     return eliciting
 
 
