@@ -125,3 +125,90 @@ def test_application_close_reaches_peer_with_code_and_reason() -> None:
     term = [e for e in events if isinstance(e, ConnectionTerminated)][0]
     assert (term.error_code, term.reason, term.by_peer, term.frame_type) == (42, "bye", True, None)
     pair.run(lambda: pair.client.terminated and server.terminated)
+
+
+def test_key_update_both_directions_keeps_data_flowing() -> None:
+    pair = MemoryPair(seed=11)
+    pair.run(lambda: pair.client.handshake_confirmed and bool(pair.server_conns))
+    client, server = pair.client, pair.server_conns[0]
+    old_secret = client.one_rtt_send_secret
+    client.initiate_key_update()
+    with pytest.raises(ValueError):
+        client.initiate_key_update()  # not yet answered
+    _transfer(pair, b"u" * 200_000, 300_000)
+    assert client.one_rtt_send_secret != old_secret
+    assert server.key_updates_received == 1 and client.key_updates_received == 1
+    assert client.key_phase == server.key_phase == 1 and not client.key_update_pending
+    # and the server can start the next one
+    server.initiate_key_update()
+    _transfer(pair, b"v" * 100_000, 100_000)
+    assert client.key_updates_received == 2 and client.key_phase == 0
+
+
+def test_hello_retry_request_over_quic() -> None:
+    from quicflow.tls.certs import generate_self_signed
+
+    cert, key = generate_self_signed(["localhost"])
+    server_cfg = Configuration(alpn_protocols=["perf"], certificate_chain=[cert],
+                               private_key=key, groups=["secp256r1"])
+    pair = MemoryPair(server_config=server_cfg)  # the client sends an X25519 share first
+    _transfer(pair, b"hrr", 10_000)
+
+
+def test_server_respects_three_times_amplification_limit() -> None:
+    from quicflow.tls.certs import generate_self_signed
+
+    cert, key = generate_self_signed(["localhost"], key_type="rsa")
+    chain = [cert] * 8  # a large Certificate message: the first flight exceeds 3 x 1200
+    server_cfg = Configuration(alpn_protocols=["perf"], certificate_chain=chain,
+                               private_key=key)
+    pair = MemoryPair(server_config=server_cfg)
+    first = pair.client_ep.datagrams_to_send(pair.client, 0.0)
+    received = sum(len(d) for d in first)
+    for d in first:
+        pair.server.receive(d, ("127.0.0.1", 50000), 0.0)
+    server = pair.server_conns[0]
+    sent = sum(len(d) for d in pair.server.datagrams_to_send(server, 0.0))
+    assert 0 < sent <= 3 * received
+    assert not server.address_validated
+    # the client's Handshake packets validate the address and the handshake completes
+    pair.run(lambda: pair.client.handshake_confirmed)
+    assert server.address_validated and server.counters.bytes_sent > 3 * received
+
+
+def test_connection_ids_issued_up_to_the_peer_limit_and_retired() -> None:
+    client_cfg = Configuration(alpn_protocols=["perf"], verify_peer=False,
+                               active_connection_id_limit=4)
+    pair = MemoryPair(client_config=client_cfg)
+    _transfer(pair, b"x", 1000)
+    client, server = pair.client, pair.server_conns[0]
+    # the server issued as many CIDs as the client accepts, the client as many as the
+    # server accepts (8 by default)
+    assert len(client.peer_cids) == 4
+    assert len(server.peer_cids) == 8
+    assert len(pair.server.connections) >= 4  # every server CID routes to the connection
+    # retiring a CID makes the issuer replace it
+    from quicflow.wire.frames import RetireConnectionId
+
+    from quicflow.transport.receive import _HANDLERS
+
+    before = {c.sequence for c in server.host_cids}
+    _HANDLERS[RetireConnectionId](server, RetireConnectionId(sequence=1), None, pair.now)
+    after = {c.sequence for c in server.host_cids}
+    assert 1 not in after and len(after) == len(before) and max(after) > max(before)
+
+
+def test_idle_connection_is_quiet_no_ack_of_acks() -> None:
+    """Peers acknowledge ack-eliciting packets only: an idle connection exchanges
+    (almost) nothing instead of acknowledging each other's ACKs forever."""
+    pair = MemoryPair()
+    _transfer(pair, b"x" * 5000, 5000)
+    client, server = pair.client, pair.server_conns[0]
+    before = client.counters.datagrams_sent + server.counters.datagrams_sent
+    start = pair.now
+    pair.run(lambda: client.terminated and server.terminated)
+    after = client.counters.datagrams_sent + server.counters.datagrams_sent
+    assert after - before <= 4
+    # the simulated clock jumped straight to the idle timeout (30 s): no timer before it
+    assert pair.now >= start + 29.9
+    assert client.close_error is not None and client.close_error[2] == "idle timeout"
