@@ -16,6 +16,9 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 NO_NATIVE_ENV = "QUICFLOW_NO_NATIVE"
+# C sources of quicflow.crypto._native: a plain folder, deliberately not named "_native" so
+# that it can never be imported as a namespace package in place of the extension module.
+NATIVE_SRC = "src/quicflow/crypto/_native_src"
 
 
 def _skip_native() -> bool:
@@ -54,9 +57,17 @@ else:
     ext_modules.append(
         Extension(
             "quicflow.crypto._native",
-            sources=["src/quicflow/crypto/_native.c"],
+            sources=[f"{NATIVE_SRC}/{name}.c" for name in ("module", "keys", "table", "batch")],
+            depends=[f"{NATIVE_SRC}/native.h"],
             libraries=["crypto"],
-            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wno-missing-field-initializers"],
+            extra_compile_args=[
+                "-O2",
+                "-std=c11",
+                "-Wall",
+                "-Wextra",
+                "-Wno-missing-field-initializers",
+                "-fvisibility=hidden",  # export only PyInit__native, as with one static file
+            ],
             optional=True,
         )
     )

@@ -1,0 +1,394 @@
+/*
+ * quicflow.crypto._native -- batch: the seal(table, buf, packets) and
+ * open(table, buf, packets, result_type) loops over packet descriptors in one buffer,
+ * with packet-number recovery (RFC 9000 A.3) and key-phase handling on open.
+ */
+#include "native.h"
+
+/* RFC 9000 A.3 (same arithmetic as aead.decode_packet_number). */
+static inline int64_t
+decode_pn(int64_t truncated, int nbits, int64_t largest_pn)
+{
+    int64_t expected = largest_pn + 1;
+    int64_t win = (int64_t)1 << nbits;
+    int64_t hwin = win >> 1;
+    int64_t candidate = (expected & ~(win - 1)) | truncated;
+    if (candidate <= expected - hwin && candidate < PN_MAX - win) {
+        return candidate + win;
+    }
+    if (candidate > expected + hwin && candidate >= win) {
+        return candidate - win;
+    }
+    return candidate;
+}
+
+/* Unpack a descriptor of exactly n items; *owned receives a new reference to drop later. */
+static int
+unpack(PyObject *desc, Py_ssize_t n, PyObject **items, PyObject **owned)
+{
+    Py_ssize_t i;
+    PyObject *tup = desc;
+    *owned = NULL;
+    if (!PyTuple_CheckExact(desc)) {
+        tup = PySequence_Tuple(desc);
+        if (tup == NULL) {
+            return -1;
+        }
+        *owned = tup;
+    }
+    if (PyTuple_GET_SIZE(tup) != n) {
+        PyErr_Format(PyExc_ValueError, "packet descriptor must have %zd items, not %zd", n,
+                     PyTuple_GET_SIZE(tup));
+        return -1;
+    }
+    for (i = 0; i < n; i++) {
+        items[i] = PyTuple_GET_ITEM(tup, i);
+    }
+    return 0;
+}
+
+static inline int
+as_ssize(PyObject *obj, Py_ssize_t *out)
+{
+    *out = PyLong_AsSsize_t(obj);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static CidState *
+lookup(PyObject *table, PyObject *cid)
+{
+    PyObject *state = PyDict_GetItemWithError(table, cid);
+    if (state != NULL && !Py_IS_TYPE(state, &CidStateType)) {
+        PyErr_SetString(PyExc_TypeError, "offload table entry is not a CidState");
+        return NULL;
+    }
+    return (CidState *)state;
+}
+
+PyObject *
+mod_seal(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *table, *seq = NULL, *last_cid = NULL;
+    CidState *state = NULL;
+    Py_buffer view = {0};
+    Py_ssize_t n, i;
+    unsigned char *buf;
+
+    (void)module;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "seal(table, buf, packets)");
+        return NULL;
+    }
+    table = args[0];
+    if (!PyDict_Check(table)) {
+        PyErr_SetString(PyExc_TypeError, "table must be a dict");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    seq = PySequence_Fast(args[2], "packets must be a sequence");
+    if (seq == NULL) {
+        goto error;
+    }
+    buf = view.buf;
+    n = PySequence_Fast_GET_SIZE(seq);
+    for (i = 0; i < n; i++) {
+        PyObject *f[5], *owned;
+        Py_ssize_t offset, header_len, payload_len, body, end, pn_offset, sample_at;
+        unsigned long long pn;
+        unsigned char first, mask[5];
+        int pn_len, k;
+
+        if (unpack(PySequence_Fast_GET_ITEM(seq, i), 5, f, &owned) < 0) {
+            Py_XDECREF(owned);
+            goto error;
+        }
+        if (as_ssize(f[0], &offset) < 0 || as_ssize(f[1], &header_len) < 0 ||
+            as_ssize(f[2], &payload_len) < 0) {
+            Py_XDECREF(owned);
+            goto error;
+        }
+        pn = PyLong_AsUnsignedLongLong(f[3]);
+        if (pn == (unsigned long long)-1 && PyErr_Occurred()) {
+            Py_XDECREF(owned);
+            goto error;
+        }
+        if (f[4] != last_cid) {
+            state = lookup(table, f[4]);
+            if (state == NULL) {
+                if (!PyErr_Occurred()) {
+                    PyErr_SetObject(PyExc_KeyError, f[4]);
+                }
+                Py_XDECREF(owned);
+                goto error;
+            }
+            last_cid = f[4]; /* kept alive by seq (or by owned, dropped below: reset) */
+            if (owned != NULL) {
+                last_cid = NULL;
+            }
+        }
+        Py_XDECREF(owned);
+        if (pn >= (unsigned long long)PN_MAX) {
+            PyErr_SetString(PyExc_OverflowError, "packet number must be below 2**62");
+            goto error;
+        }
+        if (offset >= view.len) { /* like buf[offset] in the Python engine */
+            PyErr_SetString(PyExc_IndexError, "bytearray index out of range");
+            goto error;
+        }
+        if (offset < 0 || header_len < 2 || header_len > view.len ||
+            payload_len < 0 || payload_len > view.len) {
+            PyErr_SetString(PyExc_ValueError,
+                            "packet too short for header protection, or overruns buf");
+            goto error;
+        }
+        first = (unsigned char)((buf[offset] & 0xFB) | (state->key_phase << 2));
+        buf[offset] = first;
+        pn_len = (first & 3) + 1;
+        body = offset + header_len;
+        end = body + payload_len + TAG_LEN;
+        pn_offset = body - pn_len;
+        sample_at = pn_offset + 4;
+        if (sample_at + SAMPLE_LEN > end || end > view.len || pn_offset <= offset ||
+            payload_len > INT_MAX - TAG_LEN) {
+            PyErr_SetString(PyExc_ValueError,
+                            "packet too short for header protection, or overruns buf");
+            goto error;
+        }
+        if (kc_seal(state->current, pn, buf + offset, (int)header_len, buf + body,
+                    (int)payload_len) < 0) {
+            openssl_error("AEAD seal");
+            goto error;
+        }
+        if (kc_mask(state->current, buf + sample_at, mask) < 0) {
+            openssl_error("header protection mask");
+            goto error;
+        }
+        buf[offset] = first ^ (mask[0] & 0x1F);
+        for (k = 0; k < pn_len; k++) {
+            buf[pn_offset + k] ^= mask[1 + k];
+        }
+        if ((int64_t)pn > state->largest_pn) {
+            state->largest_pn = (int64_t)pn;
+        }
+    }
+    Py_DECREF(seq);
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+error:
+    Py_XDECREF(seq);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
+static PyObject *
+make_result(PyTypeObject *rtype, int64_t pn, PyObject *header, PyObject *payload, int phase,
+            int changed)
+{
+    PyObject *r, *pn_obj = PyLong_FromLongLong(pn);
+    if (pn_obj == NULL) {
+        return NULL;
+    }
+#if PY_VERSION_HEX < 0x030E0000
+    /* A NamedTuple: a tuple subclass without __dict__; fill it like tuple_subtype_new. */
+    if (rtype != NULL && rtype->tp_basicsize == PyTuple_Type.tp_basicsize) {
+        r = rtype->tp_alloc(rtype, 5);
+    } else
+#endif
+    {
+        r = PyTuple_New(5);
+    }
+    if (r == NULL) {
+        Py_DECREF(pn_obj);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(r, 0, pn_obj);
+    PyTuple_SET_ITEM(r, 1, Py_NewRef(header));
+    PyTuple_SET_ITEM(r, 2, Py_NewRef(payload));
+    PyTuple_SET_ITEM(r, 3, PyLong_FromLong(phase)); /* small ints: cannot fail */
+    PyTuple_SET_ITEM(r, 4, Py_NewRef(changed ? Py_True : Py_False));
+#if PY_VERSION_HEX >= 0x030E0000
+    if (rtype != NULL) {
+        PyObject *args = PyTuple_Pack(1, r);
+        Py_DECREF(r);
+        if (args == NULL) {
+            return NULL;
+        }
+        r = PyTuple_Type.tp_new(rtype, args, NULL);
+        Py_DECREF(args);
+    }
+#endif
+    return r;
+}
+
+/* Open one packet; new reference to a result, Py_None (borrowed semantics: new ref) on a
+ * failure, NULL with an exception on an internal error. */
+static PyObject *
+open_one(CidState *state, const unsigned char *buf, Py_ssize_t buf_len, Py_ssize_t offset,
+         Py_ssize_t length, Py_ssize_t cid_len, PyTypeObject *rtype)
+{
+    Py_ssize_t end = offset + length, pn_offset = offset + 1 + cid_len, sample_at, body;
+    unsigned char mask[5], first, *hdr;
+    int pn_len, phase, rotate = 0, k;
+    int64_t truncated = 0, pn;
+    KeyContext *keys;
+    PyObject *header, *payload, *result;
+
+    sample_at = pn_offset + 4;
+    if (offset < 0 || length < 0 || end > buf_len || sample_at + SAMPLE_LEN > end ||
+        (buf[offset] & 0x80) || length > INT_MAX) {
+        Py_RETURN_NONE;
+    }
+    if (kc_mask(state->current, buf + sample_at, mask) < 0) {
+        return openssl_error("header protection mask");
+    }
+    first = buf[offset] ^ (mask[0] & 0x1F);
+    pn_len = (first & 3) + 1;
+    body = pn_offset + pn_len;
+    header = PyBytes_FromStringAndSize((const char *)buf + offset, body - offset);
+    if (header == NULL) {
+        return NULL;
+    }
+    hdr = (unsigned char *)PyBytes_AS_STRING(header);
+    hdr[0] = first;
+    for (k = 0; k < pn_len; k++) {
+        unsigned char byte = hdr[1 + cid_len + k] ^ mask[1 + k];
+        hdr[1 + cid_len + k] = byte;
+        truncated = (truncated << 8) | byte;
+    }
+    pn = decode_pn(truncated, pn_len * 8, state->largest_pn);
+    phase = (first >> 2) & 1;
+    if (phase == state->key_phase) {
+        keys = state->current;
+    } else if (state->previous != NULL && pn < state->phase_start_pn) {
+        keys = state->previous;
+    } else {
+        keys = state->next;
+        rotate = 1;
+    }
+    payload = PyBytes_FromStringAndSize(NULL, end - body - TAG_LEN);
+    if (payload == NULL) {
+        Py_DECREF(header);
+        return NULL;
+    }
+    if (pn < 0 ||
+        kc_open(keys, (uint64_t)pn, hdr, (int)(body - offset), buf + body, (int)(end - body),
+                (unsigned char *)PyBytes_AS_STRING(payload)) < 0) {
+        Py_DECREF(header);
+        Py_DECREF(payload);
+        Py_RETURN_NONE;
+    }
+    if (rotate) {
+        if (cs_rotate(state) < 0) {
+            Py_DECREF(header);
+            Py_DECREF(payload);
+            return NULL;
+        }
+        state->phase_start_pn = pn;
+    }
+    if (pn > state->largest_pn) {
+        state->largest_pn = pn;
+    }
+    result = make_result(rtype, pn, header, payload, phase, rotate);
+    Py_DECREF(header);
+    Py_DECREF(payload);
+    return result;
+}
+
+PyObject *
+mod_open(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *table, *seq = NULL, *results = NULL, *last_cid = NULL, *out;
+    PyTypeObject *rtype = NULL;
+    CidState *state = NULL;
+    Py_buffer view = {0};
+    Py_ssize_t n, i, failures = 0, cid_len = 0;
+
+    (void)module;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "open(table, buf, packets, result_type)");
+        return NULL;
+    }
+    table = args[0];
+    if (!PyDict_Check(table)) {
+        PyErr_SetString(PyExc_TypeError, "table must be a dict");
+        return NULL;
+    }
+    if (args[3] != Py_None) {
+        if (!PyType_Check(args[3]) || !PyType_IsSubtype((PyTypeObject *)args[3], &PyTuple_Type)) {
+            PyErr_SetString(PyExc_TypeError, "result_type must be a tuple subclass or None");
+            return NULL;
+        }
+        rtype = (PyTypeObject *)args[3];
+    }
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    seq = PySequence_Fast(args[2], "packets must be a sequence");
+    if (seq == NULL) {
+        goto error;
+    }
+    n = PySequence_Fast_GET_SIZE(seq);
+    results = PyList_New(n);
+    if (results == NULL) {
+        goto error;
+    }
+    for (i = 0; i < n; i++) {
+        PyObject *f[3], *owned, *r;
+        Py_ssize_t offset, length;
+
+        if (unpack(PySequence_Fast_GET_ITEM(seq, i), 3, f, &owned) < 0) {
+            Py_XDECREF(owned);
+            goto error;
+        }
+        if (as_ssize(f[0], &offset) < 0 || as_ssize(f[1], &length) < 0) {
+            Py_XDECREF(owned);
+            goto error;
+        }
+        if (f[2] != last_cid || owned != NULL) {
+            state = lookup(table, f[2]);
+            if (state == NULL && PyErr_Occurred()) {
+                Py_XDECREF(owned);
+                goto error;
+            }
+            if (state != NULL) {
+                cid_len = PyBytes_Check(f[2]) ? PyBytes_GET_SIZE(f[2]) : PyObject_Length(f[2]);
+                if (cid_len < 0) {
+                    Py_XDECREF(owned);
+                    goto error;
+                }
+            }
+            last_cid = owned == NULL ? f[2] : NULL;
+        }
+        Py_XDECREF(owned);
+        if (state == NULL) {
+            failures++;
+            PyList_SET_ITEM(results, i, Py_NewRef(Py_None));
+            continue;
+        }
+        r = open_one(state, view.buf, view.len, offset, length, cid_len, rtype);
+        if (r == NULL) {
+            goto error;
+        }
+        if (r == Py_None) {
+            failures++;
+        }
+        PyList_SET_ITEM(results, i, r);
+    }
+    Py_DECREF(seq);
+    PyBuffer_Release(&view);
+    out = PyTuple_New(2);
+    if (out == NULL) {
+        Py_DECREF(results);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(out, 0, results);
+    PyTuple_SET_ITEM(out, 1, PyLong_FromSsize_t(failures));
+    return out;
+error:
+    Py_XDECREF(results);
+    Py_XDECREF(seq);
+    PyBuffer_Release(&view);
+    return NULL;
+}

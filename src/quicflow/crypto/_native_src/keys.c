@@ -1,0 +1,303 @@
+/*
+ * quicflow.crypto._native -- keys: cipher suites, OpenSSL error reporting,
+ * HKDF-Expand-Label, and the KeyContext type (the AEAD encrypt/decrypt and
+ * header-protection EVP contexts of one key-phase generation, set up once).
+ * The per-packet KeyContext primitives (kc_mask, kc_seal, kc_open) are static inline
+ * in native.h.
+ */
+#include "native.h"
+
+/* ---------------------------------------------------------------------------------- */
+/* suites, errors, HKDF                                                               */
+
+int
+suite_info(long suite, SuiteInfo *info)
+{
+    switch (suite) {
+    case SUITE_AES128:
+        *info = (SuiteInfo){16, 32, 0, EVP_aes_128_gcm, EVP_aes_128_ecb, EVP_sha256};
+        return 0;
+    case SUITE_AES256:
+        *info = (SuiteInfo){32, 48, 0, EVP_aes_256_gcm, EVP_aes_256_ecb, EVP_sha384};
+        return 0;
+    case SUITE_CHACHA:
+        *info = (SuiteInfo){32, 32, 1, EVP_chacha20_poly1305, EVP_chacha20, EVP_sha256};
+        return 0;
+    default:
+        PyErr_Format(PyExc_ValueError, "unsupported cipher suite 0x%lx", suite);
+        return -1;
+    }
+}
+
+PyObject *
+openssl_error(const char *what)
+{
+    unsigned long code = ERR_get_error();
+    char text[256];
+    ERR_error_string_n(code, text, sizeof(text));
+    ERR_clear_error();
+    PyErr_Format(PyExc_RuntimeError, "OpenSSL: %s failed (%s)", what, text);
+    return NULL;
+}
+
+/* HKDF-Expand-Label (RFC 8446 7.1) with an empty context, length <= hash length:
+ * a single HMAC block T(1) = HMAC(secret, HkdfLabel || 0x01). */
+int
+hkdf_expand_label_raw(const EVP_MD *md, const unsigned char *secret, int secret_len,
+                      const char *label, int length, unsigned char *out)
+{
+    unsigned char info[2 + 1 + 255 + 1 + 1];
+    unsigned char block[EVP_MAX_MD_SIZE];
+    unsigned int block_len = 0;
+    size_t label_len = strlen(label);
+    size_t n = 0;
+    if (length < 0 || length > EVP_MD_get_size(md) || label_len + 6 > 255) {
+        return -1;
+    }
+    info[n++] = (unsigned char)(length >> 8);
+    info[n++] = (unsigned char)length;
+    info[n++] = (unsigned char)(6 + label_len);
+    memcpy(info + n, "tls13 ", 6);
+    n += 6;
+    memcpy(info + n, label, label_len);
+    n += label_len;
+    info[n++] = 0; /* empty context */
+    info[n++] = 1; /* block counter */
+    if (HMAC(md, secret, secret_len, info, n, block, &block_len) == NULL) {
+        ERR_clear_error();
+        return -1;
+    }
+    memcpy(out, block, (size_t)length);
+    OPENSSL_cleanse(block, sizeof(block));
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* KeyContext                                                                         */
+
+static void
+kc_dealloc(KeyContext *self)
+{
+    EVP_CIPHER_CTX_free(self->enc);
+    EVP_CIPHER_CTX_free(self->dec);
+    EVP_CIPHER_CTX_free(self->hp);
+    OPENSSL_cleanse(self->iv, sizeof(self->iv));
+    Py_XDECREF(self->hp_key);
+    Py_XDECREF(self->secret);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* New reference; key/iv/hp_key lengths must already be checked. */
+KeyContext *
+kc_create(long suite, const unsigned char *key, const unsigned char *iv, PyObject *hp_key,
+          PyObject *secret)
+{
+    SuiteInfo info;
+    static const unsigned char zero16[16] = {0};
+    KeyContext *self;
+    const unsigned char *hp = (const unsigned char *)PyBytes_AS_STRING(hp_key);
+
+    if (suite_info(suite, &info) < 0) {
+        return NULL;
+    }
+    self = PyObject_New(KeyContext, &KeyContextType);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->suite = suite;
+    self->chacha = info.chacha;
+    self->key_len = info.key_len;
+    memcpy(self->iv, iv, IV_LEN);
+    Py_INCREF(hp_key);
+    self->hp_key = hp_key;
+    Py_INCREF(secret);
+    self->secret = secret;
+    self->enc = EVP_CIPHER_CTX_new();
+    self->dec = EVP_CIPHER_CTX_new();
+    self->hp = EVP_CIPHER_CTX_new();
+    if (self->enc == NULL || self->dec == NULL || self->hp == NULL) {
+        Py_DECREF(self);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    if (EVP_EncryptInit_ex(self->enc, info.aead(), NULL, key, NULL) != 1 ||
+        EVP_DecryptInit_ex(self->dec, info.aead(), NULL, key, NULL) != 1) {
+        Py_DECREF(self);
+        return (KeyContext *)openssl_error("AEAD key setup");
+    }
+    if (info.chacha) {
+        if (EVP_EncryptInit_ex(self->hp, info.hp(), NULL, hp, zero16) != 1) {
+            Py_DECREF(self);
+            return (KeyContext *)openssl_error("ChaCha20 header protection setup");
+        }
+    } else {
+        if (EVP_EncryptInit_ex(self->hp, info.hp(), NULL, hp, NULL) != 1 ||
+            EVP_CIPHER_CTX_set_padding(self->hp, 0) != 1) {
+            Py_DECREF(self);
+            return (KeyContext *)openssl_error("AES-ECB header protection setup");
+        }
+    }
+    return self;
+}
+
+int
+check_len(Py_buffer *view, Py_ssize_t want, const char *what)
+{
+    if (view->len != want) {
+        PyErr_Format(PyExc_ValueError, "%s must be %zd bytes", what, want);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+kc_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"suite", "key", "iv", "hp_key", "secret", NULL};
+    long suite;
+    Py_buffer key = {0}, iv = {0}, hp = {0};
+    PyObject *secret = Py_None, *hp_bytes = NULL, *secret_bytes = NULL;
+    KeyContext *result = NULL;
+    SuiteInfo info;
+
+    (void)type;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ly*y*y*|O:KeyContext", kwlist, &suite, &key,
+                                     &iv, &hp, &secret)) {
+        return NULL;
+    }
+    if (suite_info(suite, &info) < 0 || check_len(&key, info.key_len, "packet key") < 0 ||
+        check_len(&iv, IV_LEN, "iv") < 0 ||
+        check_len(&hp, info.key_len, "header protection key") < 0) {
+        goto done;
+    }
+    if (secret == Py_None) {
+        secret_bytes = Py_NewRef(Py_None);
+    } else {
+        secret_bytes = PyBytes_FromObject(secret);
+        if (secret_bytes == NULL) {
+            goto done;
+        }
+        if (PyBytes_GET_SIZE(secret_bytes) != info.hash_len) {
+            PyErr_Format(PyExc_ValueError, "secret must be %d bytes", info.hash_len);
+            goto done;
+        }
+    }
+    hp_bytes = PyBytes_FromStringAndSize(hp.buf, hp.len);
+    if (hp_bytes == NULL) {
+        goto done;
+    }
+    result = kc_create(suite, key.buf, iv.buf, hp_bytes, secret_bytes);
+done:
+    Py_XDECREF(hp_bytes);
+    Py_XDECREF(secret_bytes);
+    if (key.obj) PyBuffer_Release(&key);
+    if (iv.obj) PyBuffer_Release(&iv);
+    if (hp.obj) PyBuffer_Release(&hp);
+    return (PyObject *)result;
+}
+
+static PyObject *
+kc_get_secret(KeyContext *self, void *closure)
+{
+    (void)closure;
+    return Py_NewRef(self->secret);
+}
+
+static PyObject *
+kc_get_hp_key(KeyContext *self, void *closure)
+{
+    (void)closure;
+    return Py_NewRef(self->hp_key);
+}
+
+static PyObject *
+kc_get_suite(KeyContext *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromLong(self->suite);
+}
+
+static PyObject *
+kc_get_iv(KeyContext *self, void *closure)
+{
+    (void)closure;
+    return PyObject_CallMethod((PyObject *)&PyLong_Type, "from_bytes", "y#s",
+                               (const char *)self->iv, (Py_ssize_t)IV_LEN, "big");
+}
+
+static PyObject *
+kc_mask_py(KeyContext *self, PyObject *arg)
+{
+    Py_buffer sample;
+    unsigned char mask[5];
+    if (PyObject_GetBuffer(arg, &sample, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (check_len(&sample, SAMPLE_LEN, "header protection sample") < 0) {
+        PyBuffer_Release(&sample);
+        return NULL;
+    }
+    if (kc_mask(self, sample.buf, mask) < 0) {
+        PyBuffer_Release(&sample);
+        return openssl_error("header protection mask");
+    }
+    PyBuffer_Release(&sample);
+    return PyBytes_FromStringAndSize((const char *)mask, 5);
+}
+
+static PyGetSetDef kc_getset[] = {
+    {"suite", (getter)kc_get_suite, NULL, "cipher suite code point", NULL},
+    {"secret", (getter)kc_get_secret, NULL, "traffic secret of this generation (or None)",
+     NULL},
+    {"hp_key", (getter)kc_get_hp_key, NULL, "header protection key", NULL},
+    {"iv", (getter)kc_get_iv, NULL, "AEAD IV as a big-endian int", NULL},
+    {NULL},
+};
+
+static PyMethodDef kc_methods[] = {
+    {"mask", (PyCFunction)kc_mask_py, METH_O, "5-byte header protection mask of a sample"},
+    {NULL},
+};
+
+PyTypeObject KeyContextType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "quicflow.crypto._native.KeyContext",
+    .tp_basicsize = sizeof(KeyContext),
+    .tp_dealloc = (destructor)kc_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "KeyContext(suite, key, iv, hp_key, secret=None): one key generation",
+    .tp_getset = kc_getset,
+    .tp_methods = kc_methods,
+    .tp_new = kc_new,
+};
+
+
+/* ---------------------------------------------------------------------------------- */
+/* hkdf_expand_label(suite, secret, label, length) (for tests)                        */
+
+PyObject *
+mod_hkdf_expand_label(PyObject *module, PyObject *args)
+{
+    long suite;
+    Py_buffer secret;
+    const char *label;
+    int length;
+    SuiteInfo info;
+    unsigned char out[EVP_MAX_MD_SIZE];
+
+    (void)module;
+    if (!PyArg_ParseTuple(args, "ly*si:hkdf_expand_label", &suite, &secret, &label, &length)) {
+        return NULL;
+    }
+    if (suite_info(suite, &info) < 0) {
+        PyBuffer_Release(&secret);
+        return NULL;
+    }
+    if (secret.len > INT_MAX ||
+        hkdf_expand_label_raw(info.md(), secret.buf, (int)secret.len, label, length, out) < 0) {
+        PyBuffer_Release(&secret);
+        PyErr_SetString(PyExc_ValueError, "HKDF-Expand-Label failed (length > hash length?)");
+        return NULL;
+    }
+    PyBuffer_Release(&secret);
+    return PyBytes_FromStringAndSize((const char *)out, length);
+}

@@ -1,0 +1,49 @@
+/*
+ * quicflow.crypto._native -- module: method table, module definition and
+ * PyInit__native (KeyContext / CidState type registration, OPENSSL_VERSION).
+ * See native.h for an overview of the extension and its sources.
+ */
+#include "native.h"
+
+#include <openssl/crypto.h>
+
+static PyMethodDef module_methods[] = {
+    {"seal", (PyCFunction)(void (*)(void))mod_seal, METH_FASTCALL,
+     "seal(table, buf, packets): seal (offset, header_len, payload_len, pn, cid) in place"},
+    {"open", (PyCFunction)(void (*)(void))mod_open, METH_FASTCALL,
+     "open(table, buf, packets, result_type) -> (results, failures)"},
+    {"hkdf_expand_label", mod_hkdf_expand_label, METH_VARARGS,
+     "hkdf_expand_label(suite, secret, label, length) -> bytes (empty context)"},
+    {NULL},
+};
+
+static struct PyModuleDef native_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "quicflow.crypto._native",
+    .m_doc = "Batch QUIC packet protection on OpenSSL libcrypto",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC PyInit__native(void);
+
+PyMODINIT_FUNC
+PyInit__native(void)
+{
+    PyObject *m;
+    if (PyType_Ready(&KeyContextType) < 0 || PyType_Ready(&CidStateType) < 0) {
+        return NULL;
+    }
+    m = PyModule_Create(&native_module);
+    if (m == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(m, "KeyContext", (PyObject *)&KeyContextType) < 0 ||
+        PyModule_AddObjectRef(m, "CidState", (PyObject *)&CidStateType) < 0 ||
+        PyModule_AddStringConstant(m, "OPENSSL_VERSION", OpenSSL_version(OPENSSL_VERSION)) <
+            0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
