@@ -4,6 +4,11 @@ No per-datagram protocol callbacks: the socket is read in bounded batches until 
 (``loop.add_reader``), each batch goes to the endpoint, then every touched connection is
 flushed once. Sends go out in GSO-shaped batches; when the kernel's buffer is full the
 runner waits for writability (``loop.add_writer``) and stops producing until it drains.
+
+Path MTU: the socket never fragments (DF) and reports refusals and ICMP errors
+(``UdpTransport.enable_pmtu_discovery``); after sends and reads the runner takes the path
+MTUs the transport learned and lowers the affected connections' datagram size, so the
+frames of refused datagrams (lost, to QUIC) go out again in smaller packets.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from ..transport.connection import Connection
 if TYPE_CHECKING:
     from .connection import QuicConnection
 
+#: IP + UDP header bytes that a path MTU includes and a UDP payload does not.
+IPV4_UDP_OVERHEAD = 28
+IPV6_UDP_OVERHEAD = 48
 MAX_GSO_SEGMENTS = 64
 MAX_GSO_BYTES = 65000
 RECV_BATCH = 8  # receive buffers (each up to 64 GRO segments) read per round
@@ -47,6 +55,7 @@ class EndpointRunner:
         self._flush_scheduled = False
         self._writer_waiting = False
         self._closed = False
+        transport.enable_pmtu_discovery()
         self.loop.add_reader(transport.fileno(), self._on_readable)
 
     # ------------------------------------------------------------------ receive
@@ -87,6 +96,8 @@ class EndpointRunner:
                 self._send(conn)
             if len(batch) < RECV_BATCH:
                 break
+        if transport.mtu_events:
+            self._apply_mtu_events()
 
     def _dispatch(self, conn: Connection) -> None:
         face = self.faces.get(id(conn))
@@ -124,7 +135,10 @@ class EndpointRunner:
             buf, bounds = self.endpoint.build_datagrams(conn, now)
             if not bounds:
                 break
-            if not self._send_buffer(transport, buf, bounds, addr, conn.ecn_codepoint()):
+            sent = self._send_buffer(transport, buf, bounds, addr, conn.ecn_codepoint())
+            if transport.mtu_events:
+                self._apply_mtu_events()  # before building more: smaller datagrams now
+            if not sent:
                 self._wait_writable(conn)
                 break
             if len(bounds) < 64:
@@ -172,10 +186,39 @@ class EndpointRunner:
             self.loop.add_writer(self.transport.fileno(), self._on_writable)
 
     def _on_writable(self) -> None:
-        if self.transport.flush_pending():
+        done = self.transport.flush_pending()
+        if self.transport.mtu_events:
+            self._apply_mtu_events()
+        if done:
             self.loop.remove_writer(self.transport.fileno())
             self._writer_waiting = False
             self._flush_dirty()
+
+    # ------------------------------------------------------------------ path MTU
+
+    def _apply_mtu_events(self) -> None:
+        """Lower the datagram size of the connections whose path MTU the transport saw
+        drop, and flush them (their refused datagrams' frames are resent, smaller)."""
+        events = self.transport.mtu_events[:]
+        self.transport.mtu_events.clear()
+        connections = self.endpoint.all_connections
+        for addr, mtu in events:
+            if self.connected_peer is not None or addr is None:
+                peer = self.connected_peer
+                affected = list(connections)
+            else:
+                # a path MTU belongs to the destination host (the port may be 0)
+                peer = normalize_address(addr)
+                affected = [
+                    c for c in connections if normalize_address(c.peer_address)[0] == peer[0]
+                ]
+            ipv4 = peer is None or ":" not in normalize_address(peer)[0]
+            size = mtu - (IPV4_UDP_OVERHEAD if ipv4 else IPV6_UDP_OVERHEAD)
+            for conn in affected:
+                before = conn.max_datagram_size
+                conn.lower_max_datagram_size(size)
+                if conn.max_datagram_size != before and not conn.terminated:
+                    self.schedule_flush(conn)
 
     # ------------------------------------------------------------------ timers
 

@@ -234,6 +234,7 @@ _DATAPATH_COUNTERS = (
     "send_errors",
     "recv_errors",
     "gso_fallbacks",
+    "pmtu_drops",
 )
 _CONNECTION_COUNTERS = (
     "packets_sent",

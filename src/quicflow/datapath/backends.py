@@ -26,10 +26,13 @@ from dataclasses import dataclass
 
 from quicflow.datapath.constants import (
     ECN_MASK,
+    IP_RECVERR,
     IP_TOS,
     IPPROTO_IP,
     IPPROTO_IPV6,
+    IPV6_RECVERR,
     IPV6_TCLASS,
+    MSG_ERRQUEUE,
     MSG_TRUNC,
     RECV_SLOT_BYTES,
     SOL_UDP,
@@ -49,6 +52,8 @@ __all__ = [
     "send_basic",
     "GSO_REFUSED_ERRNOS",
     "WOULD_BLOCK_ERRNOS",
+    "ErrQueueEntry",
+    "read_error_queue",
 ]
 
 Address = tuple[str, int]
@@ -94,6 +99,15 @@ class DatapathCounters:
     send_errors: int = 0
     #: receive calls that failed with an error other than EAGAIN (e.g. a queued ICMP error)
     recv_errors: int = 0
+    #: datagrams refused with EMSGSIZE (larger than the path MTU; counted in send_errors too)
+    send_emsgsize: int = 0
+    #: path MTU decreases learned (EMSGSIZE, IP_MTU, the IP_RECVERR error queue)
+    pmtu_drops: int = 0
+    #: entries read from the socket error queue (IP_RECVERR)
+    errqueue_entries: int = 0
+    #: sends retried once after an error: with IP_RECVERR a queued ICMP error (about any
+    #: destination, on an unconnected socket) fails the next send once, whatever it is
+    send_retries: int = 0
 
 
 def resolve_backend(requested: str, caps: Capabilities) -> str:
@@ -190,6 +204,7 @@ def send_gso(
     total = len(view)
     cmsg = [(SOL_UDP, UDP_SEGMENT, _segment_cmsg(segment_size))]
     sendmsg = sock.sendmsg
+    retried = False
     while offset < total:
         end = min(offset + chunk_bytes, total)
         chunk = view[offset:end]
@@ -210,7 +225,13 @@ def send_gso(
             code = exc.errno or 0
             if code in WOULD_BLOCK_ERRNOS:
                 counters.send_eagain += 1
+            elif not retried:
+                # maybe an error left by an earlier datagram (IP_RECVERR): once more
+                retried = True
+                counters.send_retries += 1
+                continue
             return offset, code or errno.EIO
+        retried = False
         counters.datagrams_sent += -(-(end - offset) // segment_size)
         counters.bytes_sent += end - offset
         offset = end
@@ -228,12 +249,18 @@ def send_basic(
 ) -> tuple[int, int]:
     """Send ``view[offset:limit]`` one datagram of ``segment_size`` (last may be shorter)
     per syscall. Returns ``(new_offset, errno)`` like ``send_gso`` (errno 0 or would-block).
+
+    A datagram whose send fails is retried once (on a connected socket: for EMSGSIZE
+    only), since a pending socket error left by an earlier datagram's ICMP error fails
+    the next send once; if it fails again it is counted in ``send_errors`` (and
+    ``send_emsgsize``) and skipped.
     """
     total = len(view) if limit is None else limit
     sent = 0
     nbytes = 0
     calls = 0
     code = 0
+    retried = False
     try:
         if addr is None:
             send = sock.send
@@ -249,10 +276,17 @@ def send_basic(
                         counters.send_eagain += 1
                         code = exc.errno or errno.EAGAIN
                         return offset, code
+                    if not retried and exc.errno == errno.EMSGSIZE:
+                        retried = True  # maybe an error left by an earlier datagram
+                        counters.send_retries += 1
+                        continue
                     counters.send_errors += 1
+                    if exc.errno == errno.EMSGSIZE:
+                        counters.send_emsgsize += 1
                 else:
                     sent += 1
                     nbytes += end - offset
+                retried = False
                 offset = end
         else:
             sendto = sock.sendto
@@ -268,13 +302,53 @@ def send_basic(
                         counters.send_eagain += 1
                         code = exc.errno or errno.EAGAIN
                         return offset, code
+                    if not retried:
+                        retried = True  # maybe an error left by an earlier datagram
+                        counters.send_retries += 1
+                        continue
                     counters.send_errors += 1
+                    if exc.errno == errno.EMSGSIZE:
+                        counters.send_emsgsize += 1
                 else:
                     sent += 1
                     nbytes += end - offset
+                retried = False
                 offset = end
         return offset, 0
     finally:
         counters.syscalls_send += calls
         counters.datagrams_sent += sent
         counters.bytes_sent += nbytes
+
+
+#: One error-queue entry: (destination address, ee_errno, ee_origin, ee_type, ee_code,
+#: ee_info). ``ee_info`` is the MTU (IP header included) for EMSGSIZE entries.
+ErrQueueEntry = tuple[Address | None, int, int, int, int, int]
+_EE = struct.Struct("=IBBBBII")
+_ERRQUEUE_ANC = socket.CMSG_SPACE(_EE.size + 28) * 2
+
+
+def read_error_queue(
+    sock: socket.socket, counters: DatapathCounters, limit: int = 256
+) -> list[ErrQueueEntry]:
+    """Drain (up to ``limit`` entries of) the socket's error queue (needs IP_RECVERR /
+    IPV6_RECVERR); [] when it is empty. Each entry's address is where the refused
+    datagram was going (``None`` when the kernel gave none)."""
+    out: list[ErrQueueEntry] = []
+    for _ in range(limit):
+        try:
+            _, ancdata, _, addr = sock.recvmsg(64, _ERRQUEUE_ANC, MSG_ERRQUEUE)
+        except (BlockingIOError, InterruptedError):
+            break
+        except OSError:
+            break
+        counters.errqueue_entries += 1
+        dest: Address | None = None
+        if isinstance(addr, tuple) and len(addr) >= 2 and addr[0]:
+            dest = (addr[0], int(addr[1]))
+        for level, kind, cdata in ancdata:
+            if (level, kind) in ((IPPROTO_IP, IP_RECVERR), (IPPROTO_IPV6, IPV6_RECVERR)):
+                if len(cdata) >= _EE.size:
+                    ee_errno, origin, ee_type, code, _, info, _ = _EE.unpack_from(cdata)
+                    out.append((dest, ee_errno, origin, ee_type, code, info))
+    return out

@@ -17,8 +17,17 @@ IPPROTO_IP: Final = socket.IPPROTO_IP
 IPPROTO_IPV6: Final = socket.IPPROTO_IPV6
 IP_TOS: Final = 1
 IP_PKTINFO: Final = 8
+IP_MTU_DISCOVER: Final = 10
 IP_RECVERR: Final = 11
 IP_RECVTOS: Final = 13
+IP_MTU: Final = 14
+#: IP_MTU_DISCOVER / IPV6_MTU_DISCOVER value: always set DF, never fragment locally; a
+#: datagram larger than the (path) MTU is refused with EMSGSIZE.
+IP_PMTUDISC_DO: Final = 2
+IPV6_PMTUDISC_DO: Final = 2
+IPV6_MTU_DISCOVER: Final = 23
+IPV6_MTU: Final = 24
+IPV6_RECVERR: Final = 25
 IPV6_V6ONLY: Final = 26
 IPV6_RECVTCLASS: Final = 66
 IPV6_TCLASS: Final = 67
@@ -29,6 +38,12 @@ SO_RCVBUFFORCE: Final = 33
 SO_ATTACH_REUSEPORT_CBPF: Final = 51
 
 MSG_TRUNC: Final = socket.MSG_TRUNC
+MSG_ERRQUEUE: Final = 0x2000
+
+#: ``struct sock_extended_err.ee_origin`` values (linux/errqueue.h).
+SO_EE_ORIGIN_LOCAL: Final = 1
+SO_EE_ORIGIN_ICMP: Final = 2
+SO_EE_ORIGIN_ICMP6: Final = 3
 
 #: Largest UDP payload the receive path must hold in one slot (a GRO buffer).
 MAX_UDP_PAYLOAD: Final = 65535

@@ -8,6 +8,7 @@ batch waits in a pending queue until the caller (on writability) calls ``flush_p
 from __future__ import annotations
 
 import collections
+import errno
 import functools
 import ipaddress
 import os
@@ -20,6 +21,7 @@ from quicflow.datapath.backends import (
     Address,
     DatapathCounters,
     RecvEntry,
+    read_error_queue,
     recv_into,
     resolve_backend,
     send_basic,
@@ -27,10 +29,18 @@ from quicflow.datapath.backends import (
 )
 from quicflow.datapath.constants import (
     ECN_MASK,
+    IP_MTU,
+    IP_MTU_DISCOVER,
+    IP_PMTUDISC_DO,
+    IP_RECVERR,
     IP_RECVTOS,
     IP_TOS,
     IPPROTO_IP,
     IPPROTO_IPV6,
+    IPV6_MTU,
+    IPV6_MTU_DISCOVER,
+    IPV6_PMTUDISC_DO,
+    IPV6_RECVERR,
     IPV6_RECVTCLASS,
     IPV6_TCLASS,
     IPV6_V6ONLY,
@@ -43,11 +53,15 @@ from quicflow.datapath.constants import (
 )
 from quicflow.datapath.probe import Capabilities, probe_capabilities
 
-__all__ = ["UdpTransport", "normalize_address", "to_socket_address"]
+__all__ = ["UdpTransport", "MtuEvent", "normalize_address", "to_socket_address"]
 
 _V4_MAPPED = "::ffff:"
 #: One pending send: (data, start offset, segment size, address, ecn).
 _Pending = tuple[bytes, int, int, Address | None, int]
+#: A path MTU learned for a destination: (destination, or None for the connected peer,
+#: the MTU in bytes *including* the IP header, as the kernel reports it). A path MTU
+#: belongs to the destination host: the port may be 0 (IPv4 local refusals carry none).
+MtuEvent = tuple[Address | None, int]
 
 
 def normalize_address(addr: tuple[Any, ...]) -> Address:
@@ -134,6 +148,9 @@ class UdpTransport:
         "_pending_bytes",
         "counters",
         "capabilities",
+        "_pmtu",
+        "_path_mtu",
+        "mtu_events",
     )
 
     def __init__(self, sock: socket.socket, *, backend: str = "auto", configure: bool = True):
@@ -150,6 +167,10 @@ class UdpTransport:
         self._pending: collections.deque[_Pending] = collections.deque()
         self._pending_bytes = 0
         self.counters = DatapathCounters()
+        self._pmtu = False
+        self._path_mtu: dict[str | None, int] = {}  # destination host (None: connected)
+        #: Path MTU decreases learned since the owner last looked (it clears the list).
+        self.mtu_events: list[MtuEvent] = []
         sock.setblocking(False)
         if configure:
             _configure(sock, self._backend, caps)
@@ -164,11 +185,13 @@ class UdpTransport:
         reuse_port: bool = False,
         connect_to: tuple[Any, ...] | None = None,
         buffer_bytes: int = 8 << 20,
+        pmtu_discovery: bool = False,
     ) -> UdpTransport:
         """Create, configure, bind (then connect, if ``connect_to``) a UDP socket.
 
         ``host`` "::" makes a dual-stack socket (IPv4 peers appear as ``::ffff:a.b.c.d``;
         see :func:`normalize_address`). ``buffer_bytes`` <= 0 keeps the kernel defaults.
+        ``pmtu_discovery`` calls :meth:`enable_pmtu_discovery`.
         """
         infos = socket.getaddrinfo(
             host, port, socket.AF_UNSPEC, socket.SOCK_DGRAM, 0, socket.AI_PASSIVE
@@ -186,6 +209,8 @@ class UdpTransport:
                 _set_buffers(sock, buffer_bytes)
             transport = cls(sock, backend=backend, configure=False)
             _configure(sock, transport._backend, transport.capabilities)
+            if pmtu_discovery:
+                transport.enable_pmtu_discovery()
             sock.bind(sockaddr)
             if connect_to is not None:
                 sock.connect(to_socket_address(connect_to, family))
@@ -241,6 +266,82 @@ class UdpTransport:
     def __repr__(self) -> str:
         return f"<UdpTransport {self.backend} fd={self._sock.fileno()}>"
 
+    # ----------------------------------------------------------------- path MTU
+
+    def enable_pmtu_discovery(self) -> bool:
+        """Never let the kernel fragment (DF set: IP_MTU_DISCOVER = IP_PMTUDISC_DO, and
+        IPV6_MTU_DISCOVER on IPv6 sockets) and queue ICMP / local errors (IP_RECVERR,
+        IPV6_RECVERR), so a datagram larger than the path MTU is refused with EMSGSIZE and
+        the new MTU is learned: it is appended to :attr:`mtu_events` (and counted in
+        ``counters.pmtu_drops``). QUIC needs this (RFC 9000 §14: no IP fragmentation).
+
+        Off by default: a plain UdpTransport lets IPv4 fragment. Returns whether the
+        kernel accepted the options.
+        """
+        sock = self._sock
+        ok = True
+        options = [(IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO), (IPPROTO_IP, IP_RECVERR, 1)]
+        if self._family == socket.AF_INET6:
+            # IPPROTO_IP options also cover IPv4(-mapped) traffic of a dual-stack socket
+            options += [
+                (IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO),
+                (IPPROTO_IPV6, IPV6_RECVERR, 1),
+            ]
+        for level, name, value in options:
+            try:
+                sock.setsockopt(level, name, value)
+            except OSError:
+                ok = False
+        self._pmtu = ok
+        return ok
+
+    @property
+    def pmtu_discovery(self) -> bool:
+        """Whether :meth:`enable_pmtu_discovery` succeeded."""
+        return self._pmtu
+
+    def path_mtu(self, addr: tuple[Any, ...] | None = None) -> int | None:
+        """The last path MTU learned for ``addr`` (None: the connected peer), if any."""
+        key = None if addr is None else normalize_address(addr)[0]
+        return self._path_mtu.get(key)
+
+    def _query_mtu(self) -> int:
+        """The kernel's path MTU of a connected socket (IP_MTU / IPV6_MTU); 0 if unknown."""
+        sock = self._sock
+        try:
+            if self._family == socket.AF_INET6:
+                return int(sock.getsockopt(IPPROTO_IPV6, IPV6_MTU))
+            return int(sock.getsockopt(IPPROTO_IP, IP_MTU))
+        except OSError:
+            return 0
+
+    def _note_mtu(self, dest: Address | None, mtu: int) -> None:
+        if mtu <= 0:
+            return
+        key = None if dest is None else dest[0]
+        old = self._path_mtu.get(key)
+        self._path_mtu[key] = mtu
+        if old is None or mtu < old:
+            self.mtu_events.append((dest, mtu))
+            self.counters.pmtu_drops += 1
+
+    def check_errors(self, connected: bool | None = None) -> None:
+        """Read the error queue and learn the path MTUs it reports (EMSGSIZE entries:
+        local refusals and ICMP "fragmentation needed" / "packet too big"). On a
+        connected socket the kernel's IP_MTU is read as well and events carry ``None``.
+        Cheap when the queue is empty (one failing syscall)."""
+        if not self._pmtu:
+            return
+        entries = read_error_queue(self._sock, self.counters)
+        if connected is None:
+            connected = self.peer_address is not None if entries else False
+        for dest, ee_errno, _origin, _type, _code, info in entries:
+            if ee_errno == errno.EMSGSIZE and info > 0:
+                self._note_mtu(None if connected or dest is None else normalize_address(dest),
+                               info)
+        if connected:
+            self._note_mtu(None, self._query_mtu())
+
     # --------------------------------------------------------------------- receive
 
     def recv_batch(self, max_datagrams: int = 64) -> list[RecvEntry]:
@@ -252,9 +353,15 @@ class UdpTransport:
         (``counters.truncated``) and dropped, never delivered short.
         """
         out: list[RecvEntry] = []
-        recv_into(self._sock, out, max_datagrams, self.counters)
+        counters = self.counters
+        errors = counters.recv_errors
+        recv_into(self._sock, out, max_datagrams, counters)
         if out:
-            self.counters.batches_received += 1
+            counters.batches_received += 1
+        # A queued ICMP error shows as a failed recv, or as a wake-up with nothing to read
+        # (POLLERR stays up while the error queue holds something): drain the queue.
+        if self._pmtu and (not out or counters.recv_errors != errors):
+            self.check_errors()
         return out
 
     # ------------------------------------------------------------------------ send
@@ -335,7 +442,20 @@ class UdpTransport:
     def _send(
         self, view: memoryview, offset: int, segment_size: int, addr: Address | None, ecn: int
     ) -> int:
-        """Send ``view[offset:]``; return how far it got (== len(view) when all went)."""
+        """Send ``view[offset:]``; return how far it got (== len(view) when all went).
+
+        Datagrams refused for their size (EMSGSIZE) are counted (``send_errors``,
+        ``send_emsgsize``) and skipped, and the new path MTU is learned."""
+        counters = self.counters
+        refused = counters.send_emsgsize
+        offset = self._send_inner(view, offset, segment_size, addr, ecn)
+        if counters.send_emsgsize != refused and self._pmtu:
+            self.check_errors(connected=addr is None)
+        return offset
+
+    def _send_inner(
+        self, view: memoryview, offset: int, segment_size: int, addr: Address | None, ecn: int
+    ) -> int:
         if ecn != self._tos:
             self._set_tos(ecn)
         total = len(view)
@@ -350,12 +470,23 @@ class UdpTransport:
             offset, code = send_gso(sock, view, offset, segment_size, addr, chunk, counters)
             if code == 0 or code in WOULD_BLOCK_ERRNOS:
                 return offset
-            if code in GSO_REFUSED_ERRNOS:
-                self._gso = False
-                counters.gso_fallbacks += 1
             # Send the chunk that failed one datagram at a time, then go on.
             limit = min(offset + chunk, total)
-            offset, code = send_basic(sock, view, offset, segment_size, addr, counters, limit)
-            if code:
+            start = offset
+            refused = counters.send_emsgsize
+            offset, basic_code = send_basic(
+                sock, view, offset, segment_size, addr, counters, limit
+            )
+            if code in GSO_REFUSED_ERRNOS:
+                if counters.send_emsgsize != refused:
+                    # The segments themselves exceed the path MTU (a PMTU drop): GSO is
+                    # not at fault, keep it; the owner lowers its datagram size.
+                    pass
+                elif offset > start:
+                    # Plain datagrams of this size go through: GSO itself is refused.
+                    self._gso = False
+                    counters.gso_fallbacks += 1
+                # else nothing went (buffer full): decide on the next attempt
+            if basic_code:
                 return offset
         return offset

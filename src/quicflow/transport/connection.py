@@ -123,6 +123,7 @@ class Connection:
     loss: LossDetection = field(default_factory=LossDetection)
     probes_pending: list[int] = field(default_factory=lambda: [0, 0, 0])
     max_datagram_size: int = 1200
+    path_mtu_cap: int = 65527  # largest UDP payload the path was seen to carry
     # paths
     path_challenges_received: list[bytes] = field(default_factory=list)
     # timers
@@ -408,6 +409,17 @@ class Connection:
             self.cipher_suite, self.one_rtt_send_secret
         )
         self.engine.update(self.peer_cid, opener=False)
+
+    def lower_max_datagram_size(self, size: int) -> None:
+        """A smaller path MTU was learned: send UDP payloads of at most ``size`` bytes
+        from now on (never below 1200; never raises the current size)."""
+        self.path_mtu_cap = min(self.path_mtu_cap, max(1200, size))
+        new = max(1200, min(self.max_datagram_size, size))
+        if new >= self.max_datagram_size:
+            return
+        self.max_datagram_size = new
+        self.cc.max_datagram_size = new
+        self.pacer.max_datagram_size = new
 
     def ecn_codepoint(self) -> int:
         """The ECN bits for outgoing datagrams: ECT(0) unless validation failed."""
