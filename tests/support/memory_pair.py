@@ -2,6 +2,12 @@
 
 Time is simulated: when nothing moves, the clock jumps to the earliest timer. This is
 the protocol core alone (no sockets), deterministic for a given seed.
+
+ECN: each link hands every delivered datagram to ``Endpoint.receive`` with the ECN bits
+of ``Link.ecn`` — an int (0 = not ECT, the default; 2 = ECT(0); 3 = CE) or a callable
+``ecn(index, datagram) -> int`` (``index`` counts the datagrams the link delivered), so
+a test can model a path that keeps, bleaches or CE-marks the sender's marks.
+More clients on the same client endpoint: :meth:`MemoryPair.add_client`.
 """
 
 from __future__ import annotations
@@ -31,6 +37,15 @@ class Link:
     held: list[bytes] = field(default_factory=list)
     dropped: int = 0
     delivered: int = 0
+    ecn: int | Callable[[int, bytes], int] = 0
+    marked: int = 0  # datagrams marked so far (the index passed to a callable ``ecn``)
+
+    def mark(self, datagram: bytes) -> int:
+        """The ECN bits the receiver sees on ``datagram`` (called once per delivery)."""
+        index = self.marked
+        self.marked += 1
+        ecn = self.ecn
+        return ecn(index, datagram) if callable(ecn) else ecn
 
     def carry(self, datagrams: list[bytes]) -> list[bytes]:
         out: list[bytes] = []
@@ -62,6 +77,7 @@ class MemoryPair:
         reorder: float = 0.0,
         client_config: Configuration | None = None,
         server_config: Configuration | None = None,
+        ecn: int | Callable[[int, bytes], int] = 0,
     ) -> None:
         cert, key = _CERT
         self.server = Endpoint(
@@ -74,10 +90,17 @@ class MemoryPair:
             is_server=False,
         )
         rng = random.Random(seed)
-        self.up = Link(rng, loss, reorder)
-        self.down = Link(rng, loss, reorder)
+        self.up = Link(rng, loss, reorder, ecn=ecn)
+        self.down = Link(rng, loss, reorder, ecn=ecn)
         self.now = 0.0
         self.client = self.client_ep.connect(SERVER_ADDR, self.now, server_name="localhost")
+        self.clients = [self.client]
+
+    def add_client(self) -> Connection:
+        """Another client connection on the same client endpoint (same address)."""
+        conn = self.client_ep.connect(SERVER_ADDR, self.now, server_name="localhost")
+        self.clients.append(conn)
+        return conn
 
     @property
     def server_conns(self) -> list[Connection]:
@@ -86,12 +109,13 @@ class MemoryPair:
     def step(self) -> bool:
         """Move datagrams once both ways; True if anything moved."""
         moved = False
-        for d in self.up.carry(self.client_ep.datagrams_to_send(self.client, self.now)):
-            self.server.receive(d, CLIENT_ADDR, self.now)
-            moved = True
+        for client in self.clients:
+            for d in self.up.carry(self.client_ep.datagrams_to_send(client, self.now)):
+                self.server.receive(d, CLIENT_ADDR, self.now, self.up.mark(d))
+                moved = True
         for conn in self.server_conns:
             for d in self.down.carry(self.server.datagrams_to_send(conn, self.now)):
-                self.client_ep.receive(d, SERVER_ADDR, self.now)
+                self.client_ep.receive(d, SERVER_ADDR, self.now, self.down.mark(d))
                 moved = True
         return moved
 
@@ -103,14 +127,14 @@ class MemoryPair:
                 continue
             held = False
             for d in self.up.flush():
-                self.server.receive(d, CLIENT_ADDR, self.now)
+                self.server.receive(d, CLIENT_ADDR, self.now, self.up.mark(d))
                 held = True
             for d in self.down.flush():
-                self.client_ep.receive(d, SERVER_ADDR, self.now)
+                self.client_ep.receive(d, SERVER_ADDR, self.now, self.down.mark(d))
                 held = True
             if held:
                 continue  # what the held datagrams caused is sent before time moves
-            conns = [self.client, *self.server_conns]
+            conns = [*self.clients, *self.server_conns]
             timers = [t for t in (c.timer() for c in conns) if t is not None]
             if not timers:
                 raise AssertionError("no timer armed and nothing to send: stalled")

@@ -19,11 +19,12 @@ import itertools
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+T = TypeVar("T")
 _counter = itertools.count()
 
 
@@ -166,3 +167,45 @@ def netns_pair(
     pair = NetnsPair(a_cidr=a_cidr, b_cidr=b_cidr, mtu=mtu)
     with pair:
         yield pair
+
+
+# ---------------------------------------------------------------------- private namespace
+
+CLONE_NEWNET = 0x40000000
+
+
+def run_in_private_netns(setup: Sequence[Sequence[str]], fn: Callable[[], T]) -> T:
+    """Run ``fn()`` in a thread that first enters a new, private network namespace.
+
+    Only that thread moves (``unshare(CLONE_NEWNET)``); the process and the test thread
+    stay where they are.  The namespace's ``lo`` is brought up, then the ``setup``
+    commands (``ip``, ``tc``...) run inside it (children inherit the thread's namespace).
+    Sockets made by ``fn`` — an ``asyncio.run(...)`` works — live in that namespace; it
+    disappears when the thread ends and the last of them is closed.  ``fn``'s exception,
+    if any, is raised again here.  Needs root (the caller checks, with ``require``).
+    """
+    import ctypes
+    import threading
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            if libc.unshare(CLONE_NEWNET) != 0:
+                errno = ctypes.get_errno()
+                raise OSError(errno, f"unshare(CLONE_NEWNET): {os.strerror(errno)}")
+            subprocess.run(["ip", "link", "set", "lo", "up"], check=True, capture_output=True)
+            for cmd in setup:
+                subprocess.run(list(cmd), check=True, capture_output=True)
+            result.append(fn())
+        except BaseException as exc:  # handed to the calling thread
+            error.append(exc)
+
+    thread = threading.Thread(target=run, name="private-netns")
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result[0]

@@ -1,0 +1,197 @@
+"""Sans-I/O: a GRO batch costs one connection lookup per run of same-DCID segments.
+
+The segments are real: a server connection writes bulk stream data, the endpoint builds
+its datagrams (``Endpoint.build_datagrams``), and the test concatenates them into the
+shape a GRO receive produces — one buffer plus the segment size, every segment of that
+size except perhaps the last — and hands it to the client's ``Endpoint.receive_batch``.
+"""
+
+from __future__ import annotations
+
+import random
+
+from quicflow.endpoint.endpoint import Endpoint
+from quicflow.transport.connection import Connection
+
+from .support.memory_pair import SERVER_ADDR, MemoryPair
+
+N = 20
+
+
+def _established(pair: MemoryPair) -> None:
+    def ready() -> bool:
+        return len(pair.server_conns) == len(pair.clients) and all(
+            c.handshake_confirmed for c in (*pair.clients, *pair.server_conns)
+        )
+
+    pair.run(ready)
+
+
+def _warm_up(pair: MemoryPair, server: Connection, client: Connection) -> None:
+    """A first transfer on its own stream, so the sender's window has grown by itself."""
+    sid = server.open_stream()
+    data = random.Random(99).randbytes(400_000)
+    server.send_stream_data(sid, data, end_stream=True)
+    got = bytearray()
+
+    def done() -> bool:
+        if sid in client.streams:
+            got.extend(client.read_stream(sid))
+        return len(got) == len(data) and client.stream_at_eof(sid)
+
+    pair.run(done)
+    assert bytes(got) == data
+
+
+def _bulk_datagrams(
+    endpoint: Endpoint, conn: Connection, now: float, count: int | None
+) -> list[bytes]:
+    """The datagrams the connection builds (nothing is delivered back): at least
+    ``count`` of them, or (``count`` None) all it has to send."""
+    out: list[bytes] = []
+    t = now
+    idle = 0
+    for _ in range(200):
+        buf, bounds = endpoint.build_datagrams(conn, t)
+        start = 0
+        for end in bounds:
+            out.append(bytes(buf[start:end]))
+            start = end
+        if count is not None and len(out) >= count:
+            break
+        idle = 0 if bounds else idle + 1
+        if count is None and idle >= 5:
+            break
+        t += 0.001  # let the pacer refill
+    if count is not None:
+        assert len(out) >= count, f"the connection built only {len(out)} datagrams"
+    return out
+
+
+def _gro_buffer(segments: list[bytes]) -> tuple[bytes, int]:
+    size = len(segments[0])
+    assert all(len(s) == size for s in segments[:-1]), [len(s) for s in segments]
+    assert len(segments[-1]) <= size
+    return b"".join(segments), size
+
+
+def _readable(conn: Connection, sid: int) -> bytes:
+    return conn.read_stream(sid) if sid in conn.streams else b""
+
+
+def test_gro_batch_of_one_connection_costs_one_lookup() -> None:
+    pair = MemoryPair(seed=11)
+    _established(pair)
+    server = pair.server_conns[0]
+    client = pair.client
+    _warm_up(pair, server, client)
+
+    sid = server.open_stream()
+    data = random.Random(5).randbytes(N * 1200 * 2)
+    server.send_stream_data(sid, data, end_stream=True)
+    segments = _bulk_datagrams(pair.server, server, pair.now, N)[:N]
+    assert all(not s[0] & 0x80 for s in segments), "expected 1-RTT (short header) packets"
+    buf, seg_size = _gro_buffer(segments)
+    assert seg_size == server.max_datagram_size
+
+    ep = pair.client_ep
+    lookups = ep.counters.lookups
+    segs = ep.counters.segments_received
+    packets = client.counters.packets_received
+    touched = ep.receive_batch(buf, seg_size, SERVER_ADDR, pair.now)
+
+    assert ep.counters.lookups - lookups == 1
+    assert ep.counters.segments_received - segs == N
+    assert touched == [client]
+    assert client.counters.packets_received - packets == N
+    assert client.counters.packets_dropped == 0
+    assert client.counters.duplicate_packets == 0
+    # The bytes of all N segments are in the stream, in order: every segment carried
+    # about a datagram's worth of stream data (header, frame header and AEAD tag aside).
+    got = _readable(client, sid)
+    assert got == data[: len(got)]
+    assert len(got) >= N * (seg_size - 60), (len(got), N * seg_size)
+
+    # The rest of the transfer goes on normally and ends intact.
+    rest = bytearray(got)
+
+    def done() -> bool:
+        rest.extend(_readable(client, sid))
+        return client.stream_at_eof(sid)
+
+    pair.run(done)
+    assert bytes(rest) == data
+
+
+def test_gro_batch_with_a_shorter_last_segment() -> None:
+    pair = MemoryPair(seed=12)
+    _established(pair)
+    server, client = pair.server_conns[0], pair.client
+    _warm_up(pair, server, client)
+    sid = server.open_stream()
+    # N - 1 full datagrams and a short one carrying the end of the stream.
+    data = random.Random(6).randbytes((N - 1) * 1150 + 300)
+    server.send_stream_data(sid, data, end_stream=True)
+    segments = _bulk_datagrams(pair.server, server, pair.now, None)
+    assert len(segments) >= N - 1
+    assert len(segments[-1]) < len(segments[0])
+    buf, seg_size = _gro_buffer(segments)
+    ep = pair.client_ep
+    lookups = ep.counters.lookups
+    ep.receive_batch(buf, seg_size, SERVER_ADDR, pair.now)
+    assert ep.counters.lookups - lookups == 1
+    assert client.read_stream(sid) == data
+    assert client.stream_at_eof(sid)
+
+
+def test_interleaved_connections_cost_one_lookup_per_run() -> None:
+    pair = MemoryPair(seed=13)
+    pair.add_client()
+    _established(pair)
+    ep = pair.client_ep
+    # Map each server connection to its client (by the CIDs the client endpoint knows).
+    peers: list[tuple[Connection, Connection]] = []
+    for client in pair.clients:
+        server = next(
+            s
+            for s in pair.server_conns
+            if s.peer_cid in ep.connections and ep.connections[s.peer_cid] is client
+        )
+        peers.append((server, client))
+    (sa, ca), (sb, cb) = peers
+    assert ca is not cb
+    for server, client in peers:
+        _warm_up(pair, server, client)
+
+    streams = {}
+    payloads = {}
+    built = {}
+    for name, (server, _) in zip("ab", peers, strict=True):
+        sid = server.open_stream()
+        payloads[name] = random.Random(ord(name)).randbytes(N * 1200 * 2)
+        server.send_stream_data(sid, payloads[name], end_stream=True)
+        streams[name] = sid
+        built[name] = _bulk_datagrams(pair.server, server, pair.now, 12)[:12]
+
+    # Runs: a a a a | b b b | a a a | b b b b b | a a a a a  -> 5 runs, 20 segments
+    a, b = iter(built["a"]), iter(built["b"])
+    shape = [(a, 4), (b, 3), (a, 3), (b, 5), (a, 5)]
+    segments = [next(it) for it, n in shape for _ in range(n)]
+    assert len(segments) == N
+    buf, seg_size = _gro_buffer(segments)
+
+    lookups = ep.counters.lookups
+    segs = ep.counters.segments_received
+    got_a, got_b = ca.counters.packets_received, cb.counters.packets_received
+    touched = ep.receive_batch(buf, seg_size, SERVER_ADDR, pair.now)
+    assert ep.counters.lookups - lookups == len(shape)
+    assert ep.counters.segments_received - segs == N
+    assert set(map(id, touched)) == {id(ca), id(cb)}
+    assert ca.counters.packets_received - got_a == 12
+    assert cb.counters.packets_received - got_b == 8
+    for name, client, n in (("a", ca, 12), ("b", cb, 8)):
+        sid = streams[name]
+        got = _readable(client, sid)
+        assert got == payloads[name][: len(got)]
+        assert len(got) >= n * (seg_size - 60)
+        assert client.counters.packets_dropped == 0
