@@ -71,18 +71,20 @@ class EndpointRunner:
                 break
             now = self.loop.time()
             touched: list[Connection] = []
+            plain: list[tuple[bytes, tuple[Any, ...], int]] = []
             for data, segment_size, addr, ecn in batch:
                 peer = normalize_address(addr) if addr else self.connected_peer
                 assert peer is not None
                 if segment_size < len(data):
-                    conns = endpoint.receive_batch(data, segment_size, peer, now, ecn)
-                    for c in conns:
-                        if c not in touched:
-                            touched.append(c)
+                    if plain:  # keep arrival order
+                        touched += endpoint.receive_datagrams(plain, now)
+                        plain = []
+                    touched += endpoint.receive_batch(data, segment_size, peer, now, ecn)
                 else:
-                    one = endpoint.receive(bytes(data), peer, now, ecn)
-                    if one is not None and one not in touched:
-                        touched.append(one)
+                    plain.append((bytes(data), peer, ecn))
+            if plain:
+                touched += endpoint.receive_datagrams(plain, now)
+            touched = list({id(c): c for c in touched}.values())  # each once, in order
             if endpoint.accepted:
                 for conn in endpoint.accepted:
                     if self.on_accept is not None:

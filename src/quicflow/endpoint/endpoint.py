@@ -99,6 +99,56 @@ class Endpoint:
         self.forget(conn)
         return False
 
+    def receive_datagrams(
+        self, datagrams: list[tuple[bytes, Address, int]], now: float
+    ) -> list[Connection]:
+        """Plain datagrams ``(data, address, ecn)`` in arrival order (a socket without
+        GRO, or a peer that does not send GSO batches). Consecutive short-header
+        datagrams with the same DCID, address and ECN bits are joined and take the run
+        path: one lookup and one engine call for the run."""
+        touched: list[Connection] = []
+        counters = self.counters
+        cid_len = self.cid_length
+        i = 0
+        n = len(datagrams)
+        while i < n:
+            data, address, ecn = datagrams[i]
+            j = i + 1
+            if data and not data[0] & 0x80:
+                key = data[1 : 1 + cid_len]
+                while j < n:
+                    other, other_address, other_ecn = datagrams[j]
+                    if (
+                        not other
+                        or other[0] & 0x80
+                        or other_address != address
+                        or other_ecn != ecn
+                        or other[1 : 1 + cid_len] != key
+                    ):
+                        break
+                    j += 1
+            if j == i + 1:
+                conn = self.receive(data, address, now, ecn)
+            else:
+                counters.datagrams_received += j - i
+                counters.segments_received += j - i
+                counters.lookups += 1
+                conn = self._lookup(data, address, now)
+                if conn is not None:
+                    run: list[tuple[int, int, bytes]] = []
+                    pos = 0
+                    for k in range(i, j):
+                        length = len(datagrams[k][0])
+                        run.append((pos, length, key))
+                        pos += length
+                    joined = b"".join(d for d, _, _ in datagrams[i:j])
+                    receive_short_run(conn, joined, run, address, now, ecn)
+                    self._sync_cids(conn)
+            if conn is not None and conn not in touched:
+                touched.append(conn)
+            i = j
+        return touched
+
     def receive_batch(
         self, data: bytes | memoryview, segment_size: int, address: Address, now: float,
         ecn: int = 0,
