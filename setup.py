@@ -57,7 +57,10 @@ else:
     ext_modules.append(
         Extension(
             "quicflow.crypto._native",
-            sources=[f"{NATIVE_SRC}/{name}.c" for name in ("module", "keys", "table", "batch")],
+            sources=[
+                f"{NATIVE_SRC}/{name}.c"
+                for name in ("module", "keys", "table", "batch", "coalesce")
+            ],
             depends=[f"{NATIVE_SRC}/native.h"],
             libraries=["crypto"],
             extra_compile_args=[

@@ -8,7 +8,9 @@ for ``SoftwareOffloadEngine`` and ``NativeOffloadEngine`` (when the extension is
 for AES-128-GCM and ChaCha20-Poly1305 (``--all-suites`` adds AES-256-GCM), best of
 ``--rounds`` rounds. Seal re-seals the same plaintext buffer copy each time (the copy is
 timed separately and subtracted); open opens the same sealed datagram each time (no key
-state changes).
+state changes). Then ``open`` vs ``open_run`` on runs of STREAM packets (one stream,
+contiguous offsets): ``open`` alone, ``open`` plus the per-packet STREAM parse and slice the
+receiver did before ``open_run``, and ``open_run`` (open + coalesce into one entry).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from collections.abc import Callable
 
 from quicflow.crypto import CipherSuite, OpenResult, SoftwareOffloadEngine
 from quicflow.crypto.native import NativeOffloadEngine, available, openssl_version
-from quicflow.crypto.offload import OffloadEngine
+from quicflow.crypto.offload import OffloadEngine, single_stream_frame
+from quicflow.wire.frames import encode_stream_header
 
 CID = bytes.fromhex("0102030405060708")
 HEADER_LEN = 1 + len(CID) + 2
@@ -134,6 +137,64 @@ def _result_construction(batch: int, size: int, seconds: float, rounds: int) -> 
         print(f"  open results: {name:45s} {_best(fn, seconds, rounds) * 1e6 / batch:6.3f} µs/pkt")
 
 
+def _stream_batch(
+    batch: int, size: int
+) -> tuple[bytearray, list[tuple[int, int, int, int, bytes]]]:
+    """Like ``_plain_batch`` but each payload is one STREAM frame of stream 0, contiguous."""
+    payload_len = size - HEADER_LEN - 16
+    buf = bytearray(size * batch)
+    descs: list[tuple[int, int, int, int, bytes]] = []
+    offset = 1 << 20
+    for i in range(batch):
+        off = i * size
+        data_len = payload_len - len(encode_stream_header(0, offset, payload_len, False))
+        head = encode_stream_header(0, offset, data_len, False)
+        payload = head + os.urandom(data_len)
+        assert len(payload) == payload_len
+        buf[off : off + HEADER_LEN] = bytes((0x41,)) + CID + i.to_bytes(2, "big")
+        buf[off + HEADER_LEN : off + HEADER_LEN + payload_len] = payload
+        descs.append((off, HEADER_LEN, payload_len, i, CID))
+        offset += data_len
+    return buf, descs
+
+
+def measure_run(
+    make: Callable[[], OffloadEngine],
+    suite: CipherSuite,
+    batch: int,
+    size: int,
+    seconds: float,
+    rounds: int,
+) -> tuple[float, float, float]:
+    """(open, open + per-packet STREAM parse, open_run) in µs/packet on a STREAM run."""
+    sender, receiver = make(), make()
+    sender.install(CID, suite, _secret(suite), opener=False)
+    receiver.install(CID, suite, _secret(suite), opener=True, largest_pn=batch)
+    buf, descs = _stream_batch(batch, size)
+    sender.seal(buf, descs)
+    sealed = bytes(buf)
+    odescs = [(off, size, cid) for off, _h, _p, _pn, cid in descs]
+    entries = receiver.open_run(sealed, odescs)
+    assert len(entries) == 1 and entries[0][0] == 0 and entries[0][2] == batch, entries[:2]
+
+    def open_() -> None:
+        receiver.open(sealed, odescs)
+
+    def open_parse() -> None:
+        for result in receiver.open(sealed, odescs):
+            assert result is not None
+            payload = result.payload
+            parsed = single_stream_frame(payload)
+            assert parsed is not None
+            payload[parsed[2] : parsed[3]]
+
+    def open_run() -> None:
+        receiver.open_run(sealed, odescs)
+
+    o, op, r = (_best(fn, seconds, rounds) * 1e6 / batch for fn in (open_, open_parse, open_run))
+    return o, op, r
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=40)
@@ -163,6 +224,12 @@ def main() -> None:
                 f"{suite.name:28s} {name:9s} {seal:12.3f} {open_:12.3f} "
                 f"{args.size / seal:10.0f} {args.size / open_:10.0f}"
             )
+    print(f"STREAM runs of {args.batch} packets (one entry per run with open_run), µs/pkt:")
+    print(f"{'suite':28s} {'engine':9s} {'open':>8s} {'open+parse':>11s} {'open_run':>9s}")
+    for suite in suites:
+        for name, make in engines:
+            o, op, r = measure_run(make, suite, args.batch, args.size, args.seconds, args.rounds)
+            print(f"{suite.name:28s} {name:9s} {o:8.3f} {op:11.3f} {r:9.3f}")
     if available():
         _result_construction(args.batch, args.size, args.seconds, args.rounds)
 

@@ -2,7 +2,8 @@
 
 ``NativeOffloadEngine`` keeps the cid table as Python dicts of ``CidState`` objects (C,
 shared by aliases) holding ``KeyContext`` objects (C: one key generation with its
-EVP_CIPHER_CTX objects built once). ``seal`` and ``open`` are one C call per batch. The
+EVP_CIPHER_CTX objects built once). ``seal``, ``open`` and ``open_run`` are one C call per
+batch. The
 output is bit-identical to ``SoftwareOffloadEngine``, the reference and fallback.
 
 ``available()`` tells whether the extension loaded; ``best_engine()`` returns the native
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from .keys import derive_packet_keys, next_generation_secret
-from .offload import Buffer, OffloadEngine, OpenResult, SoftwareOffloadEngine
+from .offload import Buffer, OffloadEngine, OpenResult, RunEntry, SoftwareOffloadEngine
 from .suites import CipherSuite, suite_key_len
 
 ENGINE_ENV = "QUICFLOW_ENGINE"
@@ -182,6 +183,14 @@ class NativeOffloadEngine:
         self.opened += len(results) - failures
         self.open_failures += failures
         return results
+
+    def open_run(self, buf: Buffer, packets: Sequence[tuple[int, int, bytes]]) -> list[RunEntry]:
+        """Open a run like ``open()`` and coalesce its STREAM data (see ``RunEntry``)."""
+        entries: list[RunEntry]
+        entries, failures = _ext.open_run(self._openers, buf, packets)
+        self.opened += len(packets) - failures
+        self.open_failures += failures
+        return entries
 
 
 def best_engine() -> OffloadEngine:

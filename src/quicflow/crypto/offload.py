@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from cryptography.exceptions import InvalidTag
 
@@ -30,6 +30,113 @@ class OpenResult(NamedTuple):
     payload: bytes
     key_phase: int
     phase_changed: bool
+
+
+RunEntry = tuple[Any, ...]
+"""An ``open_run`` entry, one of (in packet order):
+
+- ``(0, first_pn, count, stream_id, offset, data, fin)``: ``count`` >= 1 packets with
+  consecutive pns, each exactly one STREAM frame (+ PADDING) of ``stream_id``, contiguous
+  in offset, FIN only on the last; ``data`` is their data concatenated.
+- ``(1, pn, payload, phase_changed)``: any other opened packet (or one that opened with a
+  key-phase change).
+- ``(2, index)``: descriptor ``index`` failed to open.
+"""
+
+STREAM_DATA_MAX = (1 << 62) - 1
+_VARINT_MASK = (0x3F, 0x3FFF, 0, 0x3FFFFFFF, 0, 0, 0, 0x3FFFFFFFFFFFFFFF)
+_from_bytes = int.from_bytes
+
+
+def single_stream_frame(payload: bytes) -> tuple[int, int, int, int, bool] | None:
+    """``(stream_id, offset, data_start, data_end, fin)`` when ``payload`` is exactly one
+    STREAM frame (types 0x08-0x0f) followed only by PADDING; ``None`` otherwise.
+
+    Strict and safe on arbitrary bytes: truncated varints, a length past the end, trailing
+    non-zero bytes or ``offset + length > 2**62 - 1`` give ``None`` (the general frame
+    parser then raises the right error).
+    """
+    n = len(payload)
+    if n < 2:
+        return None
+    ftype = payload[0]
+    if ftype & 0xF8 != 0x08:
+        return None
+    size = 1 << (payload[1] >> 6)
+    pos = 1 + size
+    if pos > n:
+        return None
+    sid = _from_bytes(payload[1:pos], "big") & _VARINT_MASK[size - 1]
+    offset = 0
+    if ftype & 0x04:
+        if pos >= n:
+            return None
+        size = 1 << (payload[pos] >> 6)
+        if pos + size > n:
+            return None
+        offset = _from_bytes(payload[pos : pos + size], "big") & _VARINT_MASK[size - 1]
+        pos += size
+    if ftype & 0x02:
+        if pos >= n:
+            return None
+        size = 1 << (payload[pos] >> 6)
+        if pos + size > n:
+            return None
+        end = pos + size + (_from_bytes(payload[pos : pos + size], "big") & _VARINT_MASK[size - 1])
+        pos += size
+        if end > n:
+            return None
+        if end < n and payload.count(0, end) != n - end:
+            return None  # more frames follow: general path
+    else:
+        end = n
+    if offset + (end - pos) > STREAM_DATA_MAX:
+        return None
+    return sid, offset, pos, end, bool(ftype & 0x01)
+
+
+def coalesce_run(results: Sequence[OpenResult | None]) -> list[RunEntry]:
+    """Turn ``open()`` results into ``open_run`` entries (the reference coalescing)."""
+    entries: list[RunEntry] = []
+    append = entries.append
+    # the run being built: first_pn, last_pn, sid, offset, next offset, chunks
+    first = last = sid = start_offset = next_offset = 0
+    chunks: list[bytes] = []
+    active = False
+    for index, result in enumerate(results):
+        if result is None:
+            if active:
+                append((0, first, last - first + 1, sid, start_offset, b"".join(chunks), False))
+                active = False
+            append((2, index))
+            continue
+        payload = result.payload
+        parsed = None if result.phase_changed else single_stream_frame(payload)
+        if parsed is None:
+            if active:
+                append((0, first, last - first + 1, sid, start_offset, b"".join(chunks), False))
+                active = False
+            append((1, result.pn, payload, result.phase_changed))
+            continue
+        psid, poffset, pstart, pend, fin = parsed
+        pn = result.pn
+        if not (active and pn == last + 1 and psid == sid and poffset == next_offset):
+            if active:
+                append((0, first, last - first + 1, sid, start_offset, b"".join(chunks), False))
+            first = pn
+            sid = psid
+            start_offset = poffset
+            chunks = []
+            active = True
+        last = pn
+        chunks.append(payload[pstart:pend])
+        next_offset = poffset + pend - pstart
+        if fin:
+            append((0, first, last - first + 1, sid, start_offset, b"".join(chunks), True))
+            active = False
+    if active:
+        append((0, first, last - first + 1, sid, start_offset, b"".join(chunks), False))
+    return entries
 
 
 class OffloadEngine(Protocol):
@@ -58,6 +165,10 @@ class OffloadEngine(Protocol):
     def open(
         self, buf: Buffer, packets: Sequence[tuple[int, int, bytes]]
     ) -> list[OpenResult | None]: ...
+
+    def open_run(
+        self, buf: Buffer, packets: Sequence[tuple[int, int, bytes]]
+    ) -> list[RunEntry]: ...
 
 
 @dataclass(slots=True)
@@ -252,6 +363,10 @@ class SoftwareOffloadEngine:
         self.opened += opened
         self.open_failures += failures
         return results
+
+    def open_run(self, buf: Buffer, packets: Sequence[tuple[int, int, bytes]]) -> list[RunEntry]:
+        """Open a run like ``open()`` and coalesce its STREAM data (see ``RunEntry``)."""
+        return coalesce_run(self.open(buf, packets))
 
     @staticmethod
     def _open_one(

@@ -1,17 +1,22 @@
 """The receiver's batch path: a run of short-header packets of one connection.
 
-The offload engine opens the whole run in one call; packets whose payload is one STREAM
-frame (optionally followed by PADDING) go straight into the stream, everything else takes
-the general per-frame path. ACK and idle-timer bookkeeping happens once per run.
+The offload engine opens the whole run in one call (``open_run``) and coalesces consecutive
+packets whose payload is one STREAM frame (optionally followed by PADDING) of one stream,
+contiguous in offset, into one entry: that goes into the stream with one ``receive`` and
+into the ACK ranges as one packet-number range. Everything else takes the general
+per-frame path. ACK and idle-timer bookkeeping happens once per run.
 """
 
 from __future__ import annotations
+
+from bisect import bisect_right
 
 from ..crypto.epoch import Epoch
 from ..tls.alerts import TlsAlert
 from .connection import Address, Connection
 from .errors import CRYPTO_ERROR, FLOW_CONTROL_ERROR, QuicError
 from .events import StreamReadable
+from .rangeset import RangeSet
 from .receive import _check_stateless_reset, _effective_idle, _on_peer_key_update
 from .receive import _process_frames as process_frames
 from .state import CLOSING, DRAINING
@@ -19,48 +24,18 @@ from .state import CLOSING, DRAINING
 _ECN_INDEX = {2: 0, 1: 1, 3: 2}
 
 
-_VARINT_MASK = (0x3F, 0x3FFF, 0, 0x3FFFFFFF, 0, 0, 0, 0x3FFFFFFFFFFFFFFF)
-_from_bytes = int.from_bytes
-
-
-def _stream_frame(payload: bytes) -> tuple[int, int, int, int, bool] | None:
-    """(stream_id, offset, data_start, data_end, fin) when ``payload`` is exactly one
-    STREAM frame plus optional PADDING; None otherwise."""
-    ftype = payload[0]
-    if ftype & 0xF8 != 0x08:
-        return None
-    n = len(payload)
-    if n < 2:
-        return None
-    size = 1 << (payload[1] >> 6)
-    pos = 1 + size
-    if pos > n:
-        return None
-    sid = _from_bytes(payload[1:pos], "big") & _VARINT_MASK[size - 1]
-    offset = 0
-    if ftype & 0x04:
-        if pos >= n:
-            return None
-        size = 1 << (payload[pos] >> 6)
-        if pos + size > n:
-            return None
-        offset = _from_bytes(payload[pos : pos + size], "big") & _VARINT_MASK[size - 1]
-        pos += size
-    if ftype & 0x02:
-        if pos >= n:
-            return None
-        size = 1 << (payload[pos] >> 6)
-        if pos + size > n:
-            return None
-        end = pos + size + (_from_bytes(payload[pos : pos + size], "big") & _VARINT_MASK[size - 1])
-        pos += size
-        if end > n:
-            return None
-        if end < n and payload.count(0, end) != n - end:
-            return None  # more frames follow: general path
-    else:
-        end = n
-    return sid, offset, pos, end, bool(ftype & 0x01)
+def _overlap(received: RangeSet, start: int, end: int) -> int:
+    """How many of ``[start, end)`` are already in ``received``."""
+    ends = received.ends
+    if not ends or start >= ends[-1]:
+        return 0
+    starts = received.starts
+    total = 0
+    i = bisect_right(ends, start)
+    while i < len(starts) and starts[i] < end:
+        total += min(end, ends[i]) - max(start, starts[i])
+        i += 1
+    return total
 
 
 def receive_short_run(
@@ -83,7 +58,7 @@ def receive_short_run(
         return
     for _, length, _ in packets:
         counters.bytes_received += length
-    results = conn.engine.open(buf, packets)
+    entries = conn.engine.open_run(buf, packets)
     space = conn.spaces[2]
     received = space.received
     streams = conn.streams
@@ -93,38 +68,57 @@ def receive_short_run(
     accepted = 0
     ecn_index = _ECN_INDEX.get(ecn & 3, -1)
     try:
-        for index, result in enumerate(results):
-            if result is None:
+        for entry in entries:
+            kind = entry[0]
+            if kind == 0:  # (0, first_pn, count, stream_id, offset, data, fin)
+                _, pn, count, sid, offset, data, fin = entry
+                end_pn = pn + count
+                duplicates = _overlap(received, pn, end_pn) if pn <= space.largest_received else 0
+                stream = streams.get(sid)
+                recv = stream.recv if stream is not None else None
+                if recv is None:
+                    conn.check_stream_direction(sid, receiving=True)
+                    stream = conn.get_or_create_peer_stream(sid)
+                    recv = stream.recv if stream is not None else None
+                if recv is not None:
+                    grown = recv.receive(offset, data, fin)
+                    if grown:
+                        flow.data_received += grown
+                        if flow.data_received > flow.max_data:
+                            raise QuicError(FLOW_CONTROL_ERROR, "connection flow control exceeded")
+                    if not readable or readable[-1] != sid:
+                        readable.append(sid)
+                if duplicates:
+                    counters.duplicate_packets += duplicates
+                    count -= duplicates
+                    if not count:
+                        continue
+                accepted += count
+                eliciting += count
+                largest = space.largest_received
+                if pn < largest or (received and pn > largest + 1):
+                    space.ack_immediately = True
+                received.add(pn, end_pn)
+                if end_pn - 1 > largest:
+                    space.largest_received = end_pn - 1
+                    space.largest_received_time = now
+                continue
+            if kind == 2:  # (2, index): did not open
                 counters.engine_open_failures += 1
                 counters.packets_dropped += 1
                 counters.dropped_undecryptable += 1
-                offset, length, _ = packets[index]
+                offset, length, _ = packets[entry[1]]
                 _check_stateless_reset(conn, bytes(buf[offset : offset + length]))
                 continue
-            pn = result.pn
-            if result.phase_changed:
+            _, pn, payload, phase_changed = entry  # (1, pn, payload, phase_changed)
+            if phase_changed:
                 _on_peer_key_update(conn)
             if pn <= space.largest_received and pn in received:
                 counters.duplicate_packets += 1
                 continue
-            payload = result.payload
-            parsed = _stream_frame(payload) if payload else None
-            stream = streams.get(parsed[0]) if parsed is not None else None
-            recv = stream.recv if stream is not None else None
-            if parsed is not None and recv is not None:
-                sid, offset, start, end, fin = parsed
-                grown = recv.receive(offset, payload[start:end], fin)
-                if grown:
-                    flow.data_received += grown
-                    if flow.data_received > flow.max_data:
-                        raise QuicError(FLOW_CONTROL_ERROR, "connection flow control exceeded")
-                if not readable or readable[-1] != sid:
-                    readable.append(sid)
-                is_eliciting = True
-            else:
-                is_eliciting = process_frames(conn, payload, Epoch.ONE_RTT, now)
-                if conn.state >= CLOSING:
-                    break
+            is_eliciting = process_frames(conn, payload, Epoch.ONE_RTT, now)
+            if conn.state >= CLOSING:
+                break
             accepted += 1
             if pn < space.largest_received or (received and pn > space.largest_received + 1):
                 space.ack_immediately = True

@@ -5,25 +5,8 @@
  */
 #include "native.h"
 
-/* RFC 9000 A.3 (same arithmetic as aead.decode_packet_number). */
-static inline int64_t
-decode_pn(int64_t truncated, int nbits, int64_t largest_pn)
-{
-    int64_t expected = largest_pn + 1;
-    int64_t win = (int64_t)1 << nbits;
-    int64_t hwin = win >> 1;
-    int64_t candidate = (expected & ~(win - 1)) | truncated;
-    if (candidate <= expected - hwin && candidate < PN_MAX - win) {
-        return candidate + win;
-    }
-    if (candidate > expected + hwin && candidate >= win) {
-        return candidate - win;
-    }
-    return candidate;
-}
-
 /* Unpack a descriptor of exactly n items; *owned receives a new reference to drop later. */
-static int
+int
 unpack(PyObject *desc, Py_ssize_t n, PyObject **items, PyObject **owned)
 {
     Py_ssize_t i;
@@ -47,14 +30,7 @@ unpack(PyObject *desc, Py_ssize_t n, PyObject **items, PyObject **owned)
     return 0;
 }
 
-static inline int
-as_ssize(PyObject *obj, Py_ssize_t *out)
-{
-    *out = PyLong_AsSsize_t(obj);
-    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
-}
-
-static CidState *
+CidState *
 lookup(PyObject *table, PyObject *cid)
 {
     PyObject *state = PyDict_GetItemWithError(table, cid);
@@ -228,71 +204,39 @@ static PyObject *
 open_one(CidState *state, const unsigned char *buf, Py_ssize_t buf_len, Py_ssize_t offset,
          Py_ssize_t length, Py_ssize_t cid_len, PyTypeObject *rtype)
 {
-    Py_ssize_t end = offset + length, pn_offset = offset + 1 + cid_len, sample_at, body;
-    unsigned char mask[5], first, *hdr;
-    int pn_len, phase, rotate = 0, k;
-    int64_t truncated = 0, pn;
-    KeyContext *keys;
-    PyObject *header, *payload, *result;
+    unsigned char local[HDR_LOCAL], *hdr = local;
+    OpenPrep op;
+    PyObject *header = NULL, *payload = NULL, *result = NULL;
+    int rc;
 
-    sample_at = pn_offset + 4;
-    if (offset < 0 || length < 0 || end > buf_len || sample_at + SAMPLE_LEN > end ||
-        (buf[offset] & 0x80) || length > INT_MAX) {
-        Py_RETURN_NONE;
-    }
-    if (kc_mask(state->current, buf + sample_at, mask) < 0) {
-        return openssl_error("header protection mask");
-    }
-    first = buf[offset] ^ (mask[0] & 0x1F);
-    pn_len = (first & 3) + 1;
-    body = pn_offset + pn_len;
-    header = PyBytes_FromStringAndSize((const char *)buf + offset, body - offset);
-    if (header == NULL) {
-        return NULL;
-    }
-    hdr = (unsigned char *)PyBytes_AS_STRING(header);
-    hdr[0] = first;
-    for (k = 0; k < pn_len; k++) {
-        unsigned char byte = hdr[1 + cid_len + k] ^ mask[1 + k];
-        hdr[1 + cid_len + k] = byte;
-        truncated = (truncated << 8) | byte;
-    }
-    pn = decode_pn(truncated, pn_len * 8, state->largest_pn);
-    phase = (first >> 2) & 1;
-    if (phase == state->key_phase) {
-        keys = state->current;
-    } else if (state->previous != NULL && pn < state->phase_start_pn) {
-        keys = state->previous;
-    } else {
-        keys = state->next;
-        rotate = 1;
-    }
-    payload = PyBytes_FromStringAndSize(NULL, end - body - TAG_LEN);
-    if (payload == NULL) {
-        Py_DECREF(header);
-        return NULL;
-    }
-    if (pn < 0 ||
-        kc_open(keys, (uint64_t)pn, hdr, (int)(body - offset), buf + body, (int)(end - body),
-                (unsigned char *)PyBytes_AS_STRING(payload)) < 0) {
-        Py_DECREF(header);
-        Py_DECREF(payload);
-        Py_RETURN_NONE;
-    }
-    if (rotate) {
-        if (cs_rotate(state) < 0) {
-            Py_DECREF(header);
-            Py_DECREF(payload);
-            return NULL;
+    if (cid_len > HDR_LOCAL - 5) {
+        hdr = PyMem_Malloc((size_t)cid_len + 5);
+        if (hdr == NULL) {
+            return PyErr_NoMemory();
         }
-        state->phase_start_pn = pn;
     }
-    if (pn > state->largest_pn) {
-        state->largest_pn = pn;
+    rc = open_prepare(state, buf, buf_len, offset, length, cid_len, hdr, &op);
+    if (rc != 0) {
+        result = rc > 0 ? Py_NewRef(Py_None) : NULL;
+        goto done;
     }
-    result = make_result(rtype, pn, header, payload, phase, rotate);
-    Py_DECREF(header);
-    Py_DECREF(payload);
+    header = PyBytes_FromStringAndSize((const char *)hdr, op.hdr_len);
+    payload = PyBytes_FromStringAndSize(NULL, op.plen);
+    if (header == NULL || payload == NULL) {
+        goto done;
+    }
+    rc = open_finish(state, buf, hdr, &op, (unsigned char *)PyBytes_AS_STRING(payload));
+    if (rc != 0) {
+        result = rc > 0 ? Py_NewRef(Py_None) : NULL;
+        goto done;
+    }
+    result = make_result(rtype, op.pn, header, payload, op.phase, op.rotate);
+done:
+    Py_XDECREF(header);
+    Py_XDECREF(payload);
+    if (hdr != local) {
+        PyMem_Free(hdr);
+    }
     return result;
 }
 

@@ -12,6 +12,8 @@ static PyMethodDef module_methods[] = {
      "seal(table, buf, packets): seal (offset, header_len, payload_len, pn, cid) in place"},
     {"open", (PyCFunction)(void (*)(void))mod_open, METH_FASTCALL,
      "open(table, buf, packets, result_type) -> (results, failures)"},
+    {"open_run", (PyCFunction)(void (*)(void))mod_open_run, METH_FASTCALL,
+     "open_run(table, buf, packets) -> (entries, failures): open and coalesce STREAM data"},
     {"hkdf_expand_label", mod_hkdf_expand_label, METH_VARARGS,
      "hkdf_expand_label(suite, secret, label, length) -> bytes (empty context)"},
     {NULL},

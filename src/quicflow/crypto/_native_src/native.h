@@ -17,6 +17,7 @@
  *             header-protection EVP contexts of one key generation).
  *   table.c   the CidState type (one offload-table entry) and key rotation ("quic ku").
  *   batch.c   seal(table, buf, packets) / open(table, buf, packets, result_type) loops.
+ *   coalesce.c open_run(table, buf, packets): open a run and coalesce its STREAM data.
  * The per-packet primitives (nonce, mask, seal, open of one KeyContext) are static inline
  * below so that the batch loops inline them exactly as in a single translation unit.
  *
@@ -29,6 +30,7 @@
  * Functions:
  *   seal(table, buf, packets) -> None
  *   open(table, buf, packets, result_type) -> (list[result | None], failures)
+ *   open_run(table, buf, packets) -> (list[entry], failures)   (see offload.RunEntry)
  *   hkdf_expand_label(suite, secret, label, length) -> bytes   (for tests)
  *
  * The GIL is held throughout: the table entries and their EVP contexts are shared mutable
@@ -209,10 +211,130 @@ extern PyTypeObject CidStateType;
 int cs_rotate(CidState *self);
 
 /* ---------------------------------------------------------------------------------- */
+/* opening one packet in two steps (batch.c open, coalesce.c open_run)                 */
+
+/* RFC 9000 A.3 (same arithmetic as aead.decode_packet_number). */
+static inline int64_t
+decode_pn(int64_t truncated, int nbits, int64_t largest_pn)
+{
+    int64_t expected = largest_pn + 1;
+    int64_t win = (int64_t)1 << nbits;
+    int64_t hwin = win >> 1;
+    int64_t candidate = (expected & ~(win - 1)) | truncated;
+    if (candidate <= expected - hwin && candidate < PN_MAX - win) {
+        return candidate + win;
+    }
+    if (candidate > expected + hwin && candidate >= win) {
+        return candidate - win;
+    }
+    return candidate;
+}
+
+/* Header buffer on the stack for cids up to HDR_LOCAL - 5 bytes (longer: PyMem_Malloc). */
+#define HDR_LOCAL 64
+
+/* A packet whose header protection is removed, ready to decrypt. */
+typedef struct {
+    Py_ssize_t body;     /* offset of the ciphertext in buf */
+    Py_ssize_t plen;     /* plaintext length (ciphertext minus tag) */
+    int hdr_len;         /* unprotected header length (1 + cid + pn) */
+    int phase;
+    int rotate;          /* success must rotate to the next phase */
+    int64_t pn;
+    KeyContext *keys;
+} OpenPrep;
+
+/* Remove header protection of buf[offset:offset+length] into hdr (>= 1 + cid_len + 4
+ * bytes), recover the pn and select keys. 0 = prepared, 1 = cannot be opened (too short,
+ * long header, overruns buf), -1 = internal error with an exception set. */
+static inline int
+open_prepare(CidState *state, const unsigned char *buf, Py_ssize_t buf_len, Py_ssize_t offset,
+             Py_ssize_t length, Py_ssize_t cid_len, unsigned char *hdr, OpenPrep *op)
+{
+    Py_ssize_t end = offset + length, pn_offset = offset + 1 + cid_len, sample_at;
+    unsigned char mask[5], first;
+    int pn_len, k;
+    int64_t truncated = 0;
+
+    sample_at = pn_offset + 4;
+    if (offset < 0 || length < 0 || end > buf_len || sample_at + SAMPLE_LEN > end ||
+        (buf[offset] & 0x80) || length > INT_MAX) {
+        return 1;
+    }
+    if (kc_mask(state->current, buf + sample_at, mask) < 0) {
+        openssl_error("header protection mask");
+        return -1;
+    }
+    first = buf[offset] ^ (mask[0] & 0x1F);
+    pn_len = (first & 3) + 1;
+    op->body = pn_offset + pn_len;
+    op->hdr_len = (int)(op->body - offset);
+    op->plen = end - op->body - TAG_LEN;
+    memcpy(hdr, buf + offset, (size_t)op->hdr_len);
+    hdr[0] = first;
+    for (k = 0; k < pn_len; k++) {
+        unsigned char byte = hdr[1 + cid_len + k] ^ mask[1 + k];
+        hdr[1 + cid_len + k] = byte;
+        truncated = (truncated << 8) | byte;
+    }
+    op->pn = decode_pn(truncated, pn_len * 8, state->largest_pn);
+    op->phase = (first >> 2) & 1;
+    op->rotate = 0;
+    if (op->phase == state->key_phase) {
+        op->keys = state->current;
+    } else if (state->previous != NULL && op->pn < state->phase_start_pn) {
+        op->keys = state->previous;
+    } else {
+        op->keys = state->next;
+        op->rotate = 1;
+    }
+    return 0;
+}
+
+/* Decrypt a prepared packet into out (op->plen bytes) and, on success, rotate keys and
+ * raise largest_pn. 0 = opened, 1 = bad tag (nothing changed), -1 = error (exception). */
+static inline int
+open_finish(CidState *state, const unsigned char *buf, const unsigned char *hdr,
+            const OpenPrep *op, unsigned char *out)
+{
+    if (op->pn < 0 || kc_open(op->keys, (uint64_t)op->pn, hdr, op->hdr_len, buf + op->body,
+                              (int)(op->plen + TAG_LEN), out) < 0) {
+        return 1;
+    }
+    if (op->rotate) {
+        if (cs_rotate(state) < 0) {
+            return -1;
+        }
+        state->phase_start_pn = op->pn;
+    }
+    if (op->pn > state->largest_pn) {
+        state->largest_pn = op->pn;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* descriptor helpers (batch.c)                                                       */
+
+/* Unpack a descriptor of exactly n items; *owned receives a new reference to drop later. */
+int unpack(PyObject *desc, Py_ssize_t n, PyObject **items, PyObject **owned);
+
+/* The CidState of cid (borrowed), NULL if absent, NULL with TypeError if not a CidState. */
+CidState *lookup(PyObject *table, PyObject *cid);
+
+static inline int
+as_ssize(PyObject *obj, Py_ssize_t *out)
+{
+    *out = PyLong_AsSsize_t(obj);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* ---------------------------------------------------------------------------------- */
 /* module functions (batch.c, keys.c), registered in module.c                         */
 
 PyObject *mod_seal(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_open(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mod_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_hkdf_expand_label(PyObject *module, PyObject *args);
 
 #endif /* QUICFLOW_NATIVE_H */
