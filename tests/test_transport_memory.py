@@ -188,9 +188,8 @@ def test_connection_ids_issued_up_to_the_peer_limit_and_retired() -> None:
     assert len(server.peer_cids) == 8
     assert len(pair.server.connections) >= 4  # every server CID routes to the connection
     # retiring a CID makes the issuer replace it
-    from quicflow.wire.frames import RetireConnectionId
-
     from quicflow.transport.receive import _HANDLERS
+    from quicflow.wire.frames import RetireConnectionId
 
     before = {c.sequence for c in server.host_cids}
     _HANDLERS[RetireConnectionId](server, RetireConnectionId(sequence=1), None, pair.now)
