@@ -237,3 +237,19 @@ def test_pacer_spaces_a_burst() -> None:
     # A float smoothed RTT works too; a zero RTT means no pacing.
     assert pacer.next_send_time(now + 10.0, MDS, 0.1, cwnd) == now + 10.0
     assert Pacer().next_send_time(5.0, MDS, 0.0, cwnd) == 5.0
+
+
+def test_pacer_granularity_lets_a_send_run_ahead_by_the_timer_resolution() -> None:
+    """Sends may spend what the rate earns within ``granularity`` (the event loop's
+    timer resolution) instead of waiting for a timer that oversleeps it."""
+    from quicflow.transport.congestion import Pacer
+
+    strict = Pacer(max_datagram_size=1200, burst_datagrams=1)
+    early = Pacer(max_datagram_size=1200, burst_datagrams=1, granularity=0.001)
+    rate_rtt, cwnd = 0.01, 120_000  # 1.25 * 120000 / 0.01 = 15 MB/s = 15000 B/ms
+    for p in (strict, early):
+        p.consume(0.0, 1200, rate_rtt, cwnd)
+    assert strict.budget(0.0, rate_rtt, cwnd) == 0
+    assert early.budget(0.0, rate_rtt, cwnd) == 15000
+    assert early.next_send_time(0.0, 1200, rate_rtt, cwnd) == 0.0
+    assert strict.next_send_time(0.0, 1200, rate_rtt, cwnd) > 0.0

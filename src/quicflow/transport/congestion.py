@@ -222,6 +222,10 @@ class Pacer:
     multiplier: float = 1.25
     burst_interval: float = 0.0  # seconds of rate a burst may hold (0: fixed burst only)
     max_burst_datagrams: int = 64
+    #: how early a send may be, in seconds: what the rate earns within the timer
+    #: resolution of the event loop (epoll sleeps in whole milliseconds) may be spent now
+    #: instead of in an oversleeping timer
+    granularity: float = 0.0
     tokens: float = 0.0
     last_time: float | None = None
 
@@ -256,14 +260,15 @@ class Pacer:
     ) -> float:
         """Earliest time (≥ now) at which a packet of ``size`` bytes may leave."""
         rate = self.rate(rtt, cwnd)
-        tokens = self._refill(now, rate)
+        tokens = self._refill(now, rate) + rate * self.granularity
         if tokens >= size or rate == 0.0:
             return now
         return now + (size - tokens) / rate
 
     def budget(self, now: float, rtt: RttEstimator | float, cwnd: int) -> int:
         """Bytes that may leave right now (for filling a batch)."""
-        tokens = self._refill(now, self.rate(rtt, cwnd))
+        rate = self.rate(rtt, cwnd)
+        tokens = self._refill(now, rate) + rate * self.granularity
         return int(tokens) if tokens > 0 else 0
 
     def consume(self, now: float, size: int, rtt: RttEstimator | float, cwnd: int) -> None:
