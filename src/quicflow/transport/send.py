@@ -112,7 +112,7 @@ def _build_datagram(
 ) -> bool:
     """Append one datagram's packets to ``buf``; False when there is nothing to send."""
     start = len(buf)
-    packets: list[tuple[Epoch, int, int, bytearray, list[tuple[int, ...]], bool, bool]] = []
+    packets: list[tuple[Epoch, int, int, bytearray, list[tuple[int, ...]], bool]] = []
     left = room
     has_initial = False
     ack_eliciting_initial = False
@@ -143,7 +143,7 @@ def _build_datagram(
         eliciting = _fill_payload(conn, epoch, space, payload, capacity, records, now)
         if not payload:
             continue
-        packets.append((epoch, pn, pn_len, payload, records, eliciting, False))
+        packets.append((epoch, pn, pn_len, payload, records, eliciting))
         space.next_pn = pn + 1
         left -= overhead + len(payload)
         if epoch == Epoch.INITIAL:
@@ -154,11 +154,11 @@ def _build_datagram(
     # padding: client Initial datagrams and ack-eliciting server Initial datagrams
     # fill 1200 bytes (RFC 9000 §14.1)
     if has_initial and (conn.is_client or ack_eliciting_initial):
-        target = max(1200, 0) if room >= 1200 else room
+        target = min(1200, room)
         used = room - left
         if used < target:
             packets[-1][3].extend(bytes(target - used))
-    for epoch, pn, pn_len, payload, records, eliciting, _ in packets:
+    for epoch, pn, pn_len, payload, records, eliciting in packets:
         # header protection needs 4 bytes of pn+payload for its sample
         if pn_len + len(payload) < 4:
             payload.extend(bytes(4 - pn_len - len(payload)))
@@ -179,10 +179,8 @@ def _build_datagram(
                 pn_len + len(payload) + TAG_LEN, pn, pn_len,
             )
             buf += protector.seal(header, bytes(payload), pn)
-        size = len(buf) - (offset if epoch == Epoch.ONE_RTT else len(buf) - 0)
         _on_packet_sent(conn, epoch, pn, len(header) + len(payload) + TAG_LEN, eliciting,
                         records, now)
-        del size
     if conn.is_client and conn.spaces[1].next_pn > 0 and not conn.spaces[0].discarded:
         # RFC 9001 §4.9.1: a client discards Initial keys when it first sends Handshake
         from .receive import _discard_epoch
@@ -201,7 +199,7 @@ def _on_packet_sent(
     now: float,
 ) -> None:
     conn.counters.packets_sent += 1
-    in_flight = ack_eliciting or any(r[0] == R_PING for r in records)
+    # in flight = ack-eliciting here: we never send PADDING-only packets
     packet = SentPacket(
         pn=pn,
         time_sent=now,
@@ -211,7 +209,6 @@ def _on_packet_sent(
         epoch=epoch,
         frames=list(records),
     )
-    del in_flight
     conn.loss.on_packet_sent(packet)
     if ack_eliciting:
         conn.pacer.consume(now, size, conn.rtt, conn.cc.cwnd)
