@@ -27,7 +27,7 @@ from .errors import (
     STREAM_STATE_ERROR,
     QuicError,
 )
-from .events import ConnectionTerminated, Event, StreamWritable
+from .events import ConnectionTerminated, Event, StreamOpened, StreamWritable
 from .recovery import LossDetection
 from .rtt import RttEstimator
 from .state import (
@@ -575,8 +575,6 @@ class Connection:
         stream = self.streams.get(stream_id)
         if stream is not None:
             return stream
-        from .events import StreamOpened
-
         local = bool(stream_id & 1) != self.is_client
         index = stream_id >> 2
         limits = self._limits(stream_id)
