@@ -17,6 +17,7 @@ import os
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from .cid_table import CidTableEngine
 from .keys import derive_packet_keys, next_generation_secret
 from .offload import Buffer, OffloadEngine, OpenResult, RunEntry, SoftwareOffloadEngine
 from .suites import CipherSuite, suite_key_len
@@ -94,20 +95,7 @@ def _key_context(suite: CipherSuite, secret: bytes, hp_key: bytes) -> Any:
     return _ext.KeyContext(int(suite), keys.key, keys.iv, hp_key, keys.secret)
 
 
-def _new_state(
-    suite: CipherSuite, secret: bytes, key_phase: int, largest_pn: int, hp_key: bytes | None
-) -> Any:
-    suite = CipherSuite(suite)
-    first = derive_packet_keys(suite, secret)
-    hp = first.hp_key if hp_key is None else bytes(hp_key)
-    if len(hp) != suite_key_len(suite):
-        raise ValueError(f"header protection key must be {suite_key_len(suite)} bytes")
-    current = _ext.KeyContext(int(suite), first.key, first.iv, hp, first.secret)
-    nxt = _key_context(suite, next_generation_secret(suite, first.secret), hp)
-    return _ext.CidState(suite, hp, key_phase & 1, current, nxt, largest_pn)
-
-
-class NativeOffloadEngine:
+class NativeOffloadEngine(CidTableEngine[NativeKeyState]):
     """``OffloadEngine`` on the C extension; bit-identical to ``SoftwareOffloadEngine``.
 
     Differences, on invalid input only: packet numbers must be below 2**62 (seal raises
@@ -116,56 +104,33 @@ class NativeOffloadEngine:
     ``key_state`` returns the live C entry (read-only attributes), not a ``CidKeyState``.
     """
 
-    __slots__ = ("_sealers", "_openers", "sealed", "opened", "open_failures")
+    __slots__ = ()
 
     def __init__(self) -> None:
         if _ext is None:
             raise RuntimeError(f"native crypto extension not available: {_IMPORT_ERROR}")
-        self._sealers: dict[bytes, Any] = {}
-        self._openers: dict[bytes, Any] = {}
-        self.sealed = 0
-        self.opened = 0
-        self.open_failures = 0
+        super().__init__()
 
-    def _table(self, opener: bool) -> dict[bytes, Any]:
-        return self._openers if opener else self._sealers
-
-    # -- programming the table -------------------------------------------------------
-
-    def install(
+    def _new_state(
         self,
-        cid: bytes,
         suite: CipherSuite,
         secret: bytes,
-        *,
-        opener: bool,
-        key_phase: int = 0,
-        largest_pn: int = -1,
-        hp_key: bytes | None = None,
-    ) -> None:
-        """Program ``cid`` with the keys of ``secret`` (replaces an existing entry)."""
-        self._table(opener)[bytes(cid)] = _new_state(suite, secret, key_phase, largest_pn, hp_key)
-
-    def alias(self, new_cid: bytes, existing_cid: bytes, *, opener: bool) -> None:
-        """Make ``new_cid`` share the entry of ``existing_cid`` (KeyError if unknown)."""
-        table = self._table(opener)
-        table[bytes(new_cid)] = table[bytes(existing_cid)]
-
-    def update(self, cid: bytes, *, opener: bool) -> None:
-        """Key update: switch to the next-generation keys and flip the key phase."""
-        self._table(opener)[bytes(cid)].update()
-
-    def remove(self, cid: bytes, *, opener: bool) -> None:
-        """Forget ``cid`` only (its aliases keep the shared entry)."""
-        self._table(opener).pop(bytes(cid), None)
-
-    def key_state(self, cid: bytes, *, opener: bool) -> NativeKeyState:
-        """The live table entry of ``cid`` (for snapshots); KeyError if unknown."""
-        state: NativeKeyState = self._table(opener)[bytes(cid)]
+        key_phase: int,
+        largest_pn: int,
+        hp_key: bytes | None,
+    ) -> NativeKeyState:
+        suite = CipherSuite(suite)
+        first = derive_packet_keys(suite, secret)
+        hp = first.hp_key if hp_key is None else bytes(hp_key)
+        if len(hp) != suite_key_len(suite):
+            raise ValueError(f"header protection key must be {suite_key_len(suite)} bytes")
+        current = _ext.KeyContext(int(suite), first.key, first.iv, hp, first.secret)
+        nxt = _key_context(suite, next_generation_secret(suite, first.secret), hp)
+        state: NativeKeyState = _ext.CidState(suite, hp, key_phase & 1, current, nxt, largest_pn)
         return state
 
-    def __contains__(self, cid: object) -> bool:
-        return cid in self._openers or cid in self._sealers
+    def _key_update(self, state: NativeKeyState) -> None:
+        _ext.CidState.update(state)  # rotates and sets phase_start_pn, in C
 
     # -- batches --------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple, Protocol
 from cryptography.exceptions import InvalidTag
 
 from .aead import Aead, decode_packet_number, make_aead
+from .cid_table import CidTableEngine
 from .header_protection import SAMPLE_LEN, HeaderProtection, make_header_protection
 from .keys import derive_packet_keys, next_generation_secret
 from .suites import AEAD_TAG_LEN, CipherSuite
@@ -239,60 +240,26 @@ def new_key_state(
     )
 
 
-class SoftwareOffloadEngine:
+class SoftwareOffloadEngine(CidTableEngine[CidKeyState]):
     """Reference engine on ``cryptography``; sealing is in place in the batch buffer."""
 
-    __slots__ = ("_sealers", "_openers", "sealed", "opened", "open_failures")
+    __slots__ = ()
 
-    def __init__(self) -> None:
-        self._sealers: dict[bytes, CidKeyState] = {}
-        self._openers: dict[bytes, CidKeyState] = {}
-        self.sealed = 0
-        self.opened = 0
-        self.open_failures = 0
-
-    def _table(self, opener: bool) -> dict[bytes, CidKeyState]:
-        return self._openers if opener else self._sealers
-
-    # -- programming the table -------------------------------------------------------
-
-    def install(
+    def _new_state(
         self,
-        cid: bytes,
         suite: CipherSuite,
         secret: bytes,
-        *,
-        opener: bool,
-        key_phase: int = 0,
-        largest_pn: int = -1,
-        hp_key: bytes | None = None,
-    ) -> None:
-        """Program ``cid`` with the keys of ``secret`` (replaces an existing entry)."""
-        self._table(opener)[bytes(cid)] = new_key_state(
+        key_phase: int,
+        largest_pn: int,
+        hp_key: bytes | None,
+    ) -> CidKeyState:
+        return new_key_state(
             suite, secret, key_phase=key_phase, largest_pn=largest_pn, hp_key=hp_key
         )
 
-    def alias(self, new_cid: bytes, existing_cid: bytes, *, opener: bool) -> None:
-        """Make ``new_cid`` share the entry of ``existing_cid`` (KeyError if unknown)."""
-        table = self._table(opener)
-        table[bytes(new_cid)] = table[bytes(existing_cid)]
-
-    def update(self, cid: bytes, *, opener: bool) -> None:
-        """Key update: switch to the next-generation keys and flip the key phase."""
-        state = self._table(opener)[bytes(cid)]
+    def _key_update(self, state: CidKeyState) -> None:
         _rotate(state)
         state.phase_start_pn = state.largest_pn + 1
-
-    def remove(self, cid: bytes, *, opener: bool) -> None:
-        """Forget ``cid`` only (its aliases keep the shared entry)."""
-        self._table(opener).pop(bytes(cid), None)
-
-    def key_state(self, cid: bytes, *, opener: bool) -> CidKeyState:
-        """The live table entry of ``cid`` (for snapshots); KeyError if unknown."""
-        return self._table(opener)[bytes(cid)]
-
-    def __contains__(self, cid: object) -> bool:
-        return cid in self._openers or cid in self._sealers
 
     # -- batches --------------------------------------------------------------------
 

@@ -243,11 +243,11 @@ done:
 PyObject *
 mod_open(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *table, *seq = NULL, *results = NULL, *last_cid = NULL, *out;
+    PyObject *table, *seq = NULL, *results = NULL, *out;
     PyTypeObject *rtype = NULL;
-    CidState *state = NULL;
+    CidCache cache = {0};
     Py_buffer view = {0};
-    Py_ssize_t n, i, failures = 0, cid_len = 0;
+    Py_ssize_t n, i, failures = 0;
 
     (void)module;
     if (nargs != 4) {
@@ -279,39 +279,19 @@ mod_open(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         goto error;
     }
     for (i = 0; i < n; i++) {
-        PyObject *f[3], *owned, *r;
+        PyObject *r;
         Py_ssize_t offset, length;
 
-        if (unpack(PySequence_Fast_GET_ITEM(seq, i), 3, f, &owned) < 0) {
-            Py_XDECREF(owned);
+        if (open_descriptor(table, PySequence_Fast_GET_ITEM(seq, i), &offset, &length,
+                            &cache) < 0) {
             goto error;
         }
-        if (as_ssize(f[0], &offset) < 0 || as_ssize(f[1], &length) < 0) {
-            Py_XDECREF(owned);
-            goto error;
-        }
-        if (f[2] != last_cid || owned != NULL) {
-            state = lookup(table, f[2]);
-            if (state == NULL && PyErr_Occurred()) {
-                Py_XDECREF(owned);
-                goto error;
-            }
-            if (state != NULL) {
-                cid_len = PyBytes_Check(f[2]) ? PyBytes_GET_SIZE(f[2]) : PyObject_Length(f[2]);
-                if (cid_len < 0) {
-                    Py_XDECREF(owned);
-                    goto error;
-                }
-            }
-            last_cid = owned == NULL ? f[2] : NULL;
-        }
-        Py_XDECREF(owned);
-        if (state == NULL) {
+        if (cache.state == NULL) {
             failures++;
             PyList_SET_ITEM(results, i, Py_NewRef(Py_None));
             continue;
         }
-        r = open_one(state, view.buf, view.len, offset, length, cid_len, rtype);
+        r = open_one(cache.state, view.buf, view.len, offset, length, cache.cid_len, rtype);
         if (r == NULL) {
             goto error;
         }

@@ -188,10 +188,11 @@ start_run(Run *run, PyObject *entries, PyObject *plain, int64_t pn, const Stream
 PyObject *
 mod_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *table, *seq = NULL, *entries = NULL, *last_cid = NULL, *out;
-    CidState *state = NULL;
+    PyObject *table, *seq = NULL, *entries = NULL, *out;
+    CidCache cache = {0};
+    CidState *state;
     Py_buffer view = {0};
-    Py_ssize_t n, i, failures = 0, cid_len = 0;
+    Py_ssize_t n, i, failures = 0, hdr_cap = HDR_LOCAL;
     unsigned char local[HDR_LOCAL], *hdr = local;
     Run run = {0};
 
@@ -218,47 +219,18 @@ mod_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         goto error;
     }
     for (i = 0; i < n; i++) {
-        PyObject *f[3], *owned, *plain = NULL, *items[4];
+        PyObject *plain = NULL, *items[4];
         Py_ssize_t offset, length;
         unsigned char *dest;
         StreamFrame frame;
         OpenPrep op;
         int rc, is_stream;
 
-        if (unpack(PySequence_Fast_GET_ITEM(seq, i), 3, f, &owned) < 0) {
-            Py_XDECREF(owned);
+        if (open_descriptor(table, PySequence_Fast_GET_ITEM(seq, i), &offset, &length,
+                            &cache) < 0) {
             goto error;
         }
-        if (as_ssize(f[0], &offset) < 0 || as_ssize(f[1], &length) < 0) {
-            Py_XDECREF(owned);
-            goto error;
-        }
-        if (f[2] != last_cid || owned != NULL) {
-            state = lookup(table, f[2]);
-            if (state == NULL && PyErr_Occurred()) {
-                Py_XDECREF(owned);
-                goto error;
-            }
-            if (state != NULL) {
-                cid_len = PyBytes_Check(f[2]) ? PyBytes_GET_SIZE(f[2]) : PyObject_Length(f[2]);
-                if (cid_len < 0) {
-                    Py_XDECREF(owned);
-                    goto error;
-                }
-                if (cid_len > HDR_LOCAL - 5) {
-                    unsigned char *big = PyMem_Realloc(hdr == local ? NULL : hdr,
-                                                       (size_t)cid_len + 5);
-                    if (big == NULL) {
-                        PyErr_NoMemory();
-                        Py_XDECREF(owned);
-                        goto error;
-                    }
-                    hdr = big;
-                }
-            }
-            last_cid = owned == NULL ? f[2] : NULL;
-        }
-        Py_XDECREF(owned);
+        state = cache.state;
         if (state == NULL) {
             failures++;
             if (append_failure(&run, entries, i) < 0) {
@@ -266,7 +238,17 @@ mod_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
             continue;
         }
-        rc = open_prepare(state, view.buf, view.len, offset, length, cid_len, hdr, &op);
+        if (cache.cid_len + 5 > hdr_cap) {
+            unsigned char *big = PyMem_Realloc(hdr == local ? NULL : hdr,
+                                               (size_t)cache.cid_len + 5);
+            if (big == NULL) {
+                PyErr_NoMemory();
+                goto error;
+            }
+            hdr = big;
+            hdr_cap = cache.cid_len + 5;
+        }
+        rc = open_prepare(state, view.buf, view.len, offset, length, cache.cid_len, hdr, &op);
         if (rc < 0) {
             goto error;
         }

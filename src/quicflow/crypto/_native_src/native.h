@@ -329,6 +329,47 @@ as_ssize(PyObject *obj, Py_ssize_t *out)
     return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
+/* The cid lookup of an open loop, cached while descriptors repeat the same cid object. */
+typedef struct {
+    PyObject *last_cid; /* borrowed (kept alive by the descriptor sequence), or NULL */
+    CidState *state;    /* borrowed entry of the cid, NULL when the cid is unknown */
+    Py_ssize_t cid_len; /* its length (valid when state != NULL) */
+} CidCache;
+
+/* Unpack an open descriptor (offset, length, cid) into *offset, *length and cache->state /
+ * cache->cid_len (state NULL: unknown cid). 0, or -1 with an exception set. */
+static inline int
+open_descriptor(PyObject *table, PyObject *desc, Py_ssize_t *offset, Py_ssize_t *length,
+                CidCache *cache)
+{
+    PyObject *f[3], *owned;
+    int rc = -1;
+
+    if (unpack(desc, 3, f, &owned) < 0 || as_ssize(f[0], offset) < 0 ||
+        as_ssize(f[1], length) < 0) {
+        goto done;
+    }
+    if (f[2] != cache->last_cid || owned != NULL) {
+        cache->state = lookup(table, f[2]);
+        if (cache->state == NULL && PyErr_Occurred()) {
+            goto done;
+        }
+        if (cache->state != NULL) {
+            cache->cid_len =
+                PyBytes_Check(f[2]) ? PyBytes_GET_SIZE(f[2]) : PyObject_Length(f[2]);
+            if (cache->cid_len < 0) {
+                goto done;
+            }
+        }
+        /* a converted descriptor's cid dies with owned: do not cache it */
+        cache->last_cid = owned == NULL ? f[2] : NULL;
+    }
+    rc = 0;
+done:
+    Py_XDECREF(owned);
+    return rc;
+}
+
 /* ---------------------------------------------------------------------------------- */
 /* module functions (batch.c, keys.c), registered in module.c                         */
 
