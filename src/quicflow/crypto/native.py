@@ -2,8 +2,8 @@
 
 ``NativeOffloadEngine`` keeps the cid table as Python dicts of ``CidState`` objects (C,
 shared by aliases) holding ``KeyContext`` objects (C: one key generation with its
-EVP_CIPHER_CTX objects built once). ``seal``, ``open`` and ``open_run`` are one C call per
-batch. The
+EVP_CIPHER_CTX objects built once). ``seal``, ``seal_stream_run``, ``open`` and
+``open_run`` are one C call per batch. The
 output is bit-identical to ``SoftwareOffloadEngine``, the reference and fallback.
 
 ``available()`` tells whether the extension loaded; ``best_engine()`` returns the native
@@ -138,6 +138,31 @@ class NativeOffloadEngine(CidTableEngine[NativeKeyState]):
         """Seal short-header packets in place: ``(offset, header_len, payload_len, pn, cid)``."""
         _ext.seal(self._sealers, buf, packets)
         self.sealed += len(packets)
+
+    def seal_stream_run(
+        self,
+        buf: bytearray,
+        cid: bytes,
+        pn: int,
+        pn_len: int,
+        stream_id: int,
+        data: Buffer,
+        start: int,
+        end: int,
+        offset: int,
+        off_len: int,
+        data_cap: int,
+        count: int,
+        fin: bool,
+    ) -> int:
+        """Append up to ``count`` sealed one-STREAM-frame packets of ``data[start:end]``
+        (one C call: headers, frames, data copy and sealing); returns the packets built."""
+        built: int = _ext.seal_stream_run(
+            self._sealers, buf, cid, pn, pn_len, stream_id, data, start, end, offset,
+            off_len, data_cap, count, fin,
+        )
+        self.sealed += built
+        return built
 
     def open(
         self, buf: Buffer, packets: Sequence[tuple[int, int, bytes]]

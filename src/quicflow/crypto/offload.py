@@ -14,6 +14,7 @@ from typing import Any, NamedTuple, Protocol
 
 from cryptography.exceptions import InvalidTag
 
+from ..wire.varint import encode_varint
 from .aead import Aead, decode_packet_number, make_aead
 from .cid_table import CidTableEngine
 from .header_protection import SAMPLE_LEN, HeaderProtection, make_header_protection
@@ -96,6 +97,42 @@ def single_stream_frame(payload: bytes) -> tuple[int, int, int, int, bool] | Non
     return sid, offset, pos, end, bool(ftype & 0x01)
 
 
+def stream_run_count(
+    pn: int,
+    pn_len: int,
+    stream_id: int,
+    data_len: int,
+    start: int,
+    end: int,
+    offset: int,
+    off_len: int,
+    data_cap: int,
+    count: int,
+) -> int:
+    """How many packets ``seal_stream_run`` builds; ``ValueError`` on invalid arguments.
+
+    The checks every engine makes (the native one in C, with the same messages).
+    """
+    if not 1 <= pn_len <= 4:
+        raise ValueError("pn_len must be 1..4")
+    if off_len not in (1, 2, 4, 8):
+        raise ValueError("off_len must be 1, 2, 4 or 8")
+    if not 0 < data_cap <= 0x3FFF:
+        raise ValueError("data_cap must be 1..16383")
+    if count < 0:
+        raise ValueError("count must not be negative")
+    if not 0 <= start <= end <= data_len:
+        raise ValueError("need 0 <= start <= end <= len(data)")
+    if not 0 <= stream_id <= STREAM_DATA_MAX:
+        raise ValueError("stream_id must be 0..2**62-1")
+    if offset < 0 or offset + (end - start) >= 1 << (8 * off_len - 2):
+        raise ValueError("stream offsets do not fit in off_len bytes")
+    n = min(count, -(-(end - start) // data_cap))
+    if n and not 0 <= pn <= STREAM_DATA_MAX - n + 1:
+        raise ValueError("packet numbers must be 0..2**62-1")
+    return n
+
+
 def coalesce_run(results: Sequence[OpenResult | None]) -> list[RunEntry]:
     """Turn ``open()`` results into ``open_run`` entries (the reference coalescing)."""
     entries: list[RunEntry] = []
@@ -162,6 +199,23 @@ class OffloadEngine(Protocol):
     def remove(self, cid: bytes, *, opener: bool) -> None: ...
 
     def seal(self, buf: bytearray, packets: Sequence[tuple[int, int, int, int, bytes]]) -> None: ...
+
+    def seal_stream_run(
+        self,
+        buf: bytearray,
+        cid: bytes,
+        pn: int,
+        pn_len: int,
+        stream_id: int,
+        data: Buffer,
+        start: int,
+        end: int,
+        offset: int,
+        off_len: int,
+        data_cap: int,
+        count: int,
+        fin: bool,
+    ) -> int: ...
 
     def open(
         self, buf: Buffer, packets: Sequence[tuple[int, int, bytes]]
@@ -304,6 +358,66 @@ class SoftwareOffloadEngine(CidTableEngine[CidKeyState]):
                 if pn > state.largest_pn:
                     state.largest_pn = pn
         self.sealed += len(packets)
+
+    def seal_stream_run(
+        self,
+        buf: bytearray,
+        cid: bytes,
+        pn: int,
+        pn_len: int,
+        stream_id: int,
+        data: Buffer,
+        start: int,
+        end: int,
+        offset: int,
+        off_len: int,
+        data_cap: int,
+        count: int,
+        fin: bool,
+    ) -> int:
+        """Append up to ``count`` sealed one-STREAM-frame packets of ``data[start:end]``.
+
+        The reference: plaintext packets as ``build_bulk`` built them, then one ``seal``.
+        See ``docs/INTERFACES.md`` (crypto) for the layout. Returns the packets built.
+        """
+        if cid not in self._sealers:
+            raise KeyError(cid)
+        n = stream_run_count(
+            pn, pn_len, stream_id, len(data), start, end, offset, off_len, data_cap, count
+        )
+        if n == 0:
+            return 0
+        head = bytes((0x40 | (pn_len - 1),)) + cid
+        header_len = len(head) + pn_len
+        sid_bytes = encode_varint(stream_id)
+        off_prefix = (0, 0x4000, 0, 0x80000000, 0, 0, 0, 0xC000000000000000)[off_len - 1]
+        frame_head = 1 + len(sid_bytes) + off_len + 2
+        pn_mask = (1 << (8 * pn_len)) - 1
+        packets: list[tuple[int, int, int, int, bytes]] = []
+        pos = start
+        with memoryview(data) as view:
+            for _ in range(n):
+                length = min(end - pos, data_cap)
+                packet_start = len(buf)
+                buf += head
+                buf += (pn & pn_mask).to_bytes(pn_len, "big")
+                buf.append(0x0E | (fin and pos + length == end))
+                buf += sid_bytes
+                buf += (off_prefix | (offset + pos - start)).to_bytes(off_len, "big")
+                buf += (0x4000 | length).to_bytes(2, "big")
+                buf += view[pos : pos + length]
+                pad = 4 - pn_len - frame_head - length
+                if pad > 0:
+                    buf += bytes(pad)
+                buf += bytes(AEAD_TAG_LEN)
+                packets.append(
+                    (packet_start, header_len, len(buf) - packet_start - header_len - AEAD_TAG_LEN,
+                     pn, cid)
+                )
+                pn += 1
+                pos += length
+        self.seal(buf, packets)
+        return n
 
     def open(
         self, buf: Buffer, packets: Sequence[tuple[int, int, bytes]]

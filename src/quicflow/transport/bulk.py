@@ -3,8 +3,8 @@
 When a connection is past its handshake and has nothing to send but new data of one
 stream, each datagram is one full-size short-header packet carrying one STREAM frame.
 This loop builds a whole run of them with per-batch, not per-packet, checks: congestion
-window, pacing budget and flow control are read once; the offload engine seals the run in
-one call with the rest of the send buffer.
+window, pacing budget and flow control are read once; the offload engine frames and seals
+the run in one call (``seal_stream_run``) straight from the stream's send buffer.
 """
 
 from __future__ import annotations
@@ -88,51 +88,36 @@ def build_bulk(
     )
     dcid = conn.peer_cid
     header_len = 1 + len(dcid) + pn_len
-    prefix = bytes((0x40 | (conn.key_phase << 2) | (pn_len - 1),)) + dcid
-    sid_bytes = encode_varint(sid)
+    sid_len = len(encode_varint(sid))
     capacity = mds - header_len - TAG_LEN
     # Every frame carries its offset with the same varint length (non-minimal encodings
     # are allowed, RFC 9000 §16), so every full packet has the same size: one GSO run.
     off_len = len(encode_varint(end))
-    off_prefix = (0, 0x4000, 0x80000000, 0xC000000000000000)[off_len.bit_length() - 1]
-    frame_head = 1 + len(sid_bytes) + off_len + 2
+    frame_head = 1 + sid_len + off_len + 2
     data_cap = capacity - frame_head
     if data_cap <= 0:
         return 0
     base = send.buffer_start - send.acked_offset
-    fin_at = send.write_offset if send.fin_written else -1
     first_pn = pn
-    built = 0
-    offset = start
-    total = 0
-    fin = False
-    pn_mask = (1 << (8 * pn_len)) - 1
-    with memoryview(send.buffer) as data:
-        while built < count and offset < end:
-            length = end - offset
-            if length > data_cap:
-                length = data_cap
-            fin = offset + length == fin_at
-            packet_start = len(buf)
-            buf += prefix
-            buf += (pn & pn_mask).to_bytes(pn_len, "big")
-            buf.append(0x0E | fin)
-            buf += sid_bytes
-            buf += (off_prefix | offset).to_bytes(off_len, "big")
-            buf += (0x4000 | length).to_bytes(2, "big")
-            buf += data[base + offset : base + offset + length]
-            buf += bytes(TAG_LEN)
-            size = len(buf) - packet_start
-            seal.append((packet_start, header_len, frame_head + length, pn, dcid))
-            bounds.append(len(buf))
-            pn += 1
-            offset += length
-            total += size
-            built += 1
-    if fin:
-        send.fin_sent = True
-    # one record for the whole run: packet numbers first_pn.., stream bytes start..offset
+    # The engine frames and seals the whole run in one call (nothing for the ``seal`` list:
+    # the general path's packets keep going there).
+    packet_start = len(buf)
+    built = conn.engine.seal_stream_run(
+        buf, dcid, pn, pn_len, sid, send.buffer, base + start, base + end, start, off_len,
+        data_cap, count, send.fin_written and end == send.write_offset,
+    )
+    if not built:  # cannot happen (count >= 1, data waits); nothing was appended
+        return 0
+    offset = min(end, start + built * data_cap)
+    fin = send.fin_written and offset == send.write_offset
+    pn += built
+    total = len(buf) - packet_start
+    # all packets are `unit` bytes but the last, which may be shorter
     unit = header_len + frame_head + data_cap + TAG_LEN
+    if built > 1:
+        bounds.extend(range(packet_start + unit, packet_start + built * unit, unit))
+    bounds.append(len(buf))
+    # one record for the whole run: packet numbers first_pn.., stream bytes start..offset
     conn.loss.on_packet_sent(
         SentPacket(first_pn, now, total, True, True, Epoch.ONE_RTT,
                    [(R_STREAM_RUN, sid, start, data_cap, offset - start, int(fin))],

@@ -73,8 +73,8 @@ mod_seal(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyObject *f[5], *owned;
         Py_ssize_t offset, header_len, payload_len, body, end, pn_offset, sample_at;
         unsigned long long pn;
-        unsigned char first, mask[5];
-        int pn_len, k;
+        unsigned char first;
+        int pn_len;
 
         if (unpack(PySequence_Fast_GET_ITEM(seq, i), 5, f, &owned) < 0) {
             Py_XDECREF(owned);
@@ -132,21 +132,9 @@ mod_seal(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                             "packet too short for header protection, or overruns buf");
             goto error;
         }
-        if (kc_seal(state->current, pn, buf + offset, (int)header_len, buf + body,
-                    (int)payload_len) < 0) {
-            openssl_error("AEAD seal");
+        if (seal_one(state, buf, offset, (int)header_len, (int)payload_len, pn, pn_len,
+                     first) < 0) {
             goto error;
-        }
-        if (kc_mask(state->current, buf + sample_at, mask) < 0) {
-            openssl_error("header protection mask");
-            goto error;
-        }
-        buf[offset] = first ^ (mask[0] & 0x1F);
-        for (k = 0; k < pn_len; k++) {
-            buf[pn_offset + k] ^= mask[1 + k];
-        }
-        if ((int64_t)pn > state->largest_pn) {
-            state->largest_pn = (int64_t)pn;
         }
     }
     Py_DECREF(seq);

@@ -14,6 +14,9 @@ static PyMethodDef module_methods[] = {
      "open(table, buf, packets, result_type) -> (results, failures)"},
     {"open_run", (PyCFunction)(void (*)(void))mod_open_run, METH_FASTCALL,
      "open_run(table, buf, packets) -> (entries, failures): open and coalesce STREAM data"},
+    {"seal_stream_run", (PyCFunction)(void (*)(void))mod_seal_stream_run, METH_FASTCALL,
+     "seal_stream_run(table, buf, cid, pn, pn_len, stream_id, data, start, end, offset, "
+     "off_len, data_cap, count, fin) -> int: frame and seal a run of STREAM packets"},
     {"hkdf_expand_label", mod_hkdf_expand_label, METH_VARARGS,
      "hkdf_expand_label(suite, secret, label, length) -> bytes (empty context)"},
     {NULL},

@@ -18,6 +18,7 @@
  *   table.c   the CidState type (one offload-table entry) and key rotation ("quic ku").
  *   batch.c   seal(table, buf, packets) / open(table, buf, packets, result_type) loops.
  *   coalesce.c open_run(table, buf, packets): open a run and coalesce its STREAM data.
+ *   stream_run.c seal_stream_run(...): frame and seal a run of one-STREAM-frame packets.
  * The per-packet primitives (nonce, mask, seal, open of one KeyContext) are static inline
  * below so that the batch loops inline them exactly as in a single translation unit.
  *
@@ -31,6 +32,8 @@
  *   seal(table, buf, packets) -> None
  *   open(table, buf, packets, result_type) -> (list[result | None], failures)
  *   open_run(table, buf, packets) -> (list[entry], failures)   (see offload.RunEntry)
+ *   seal_stream_run(table, buf, cid, pn, pn_len, stream_id, data, start, end, offset,
+ *                   off_len, data_cap, count, fin) -> packets built
  *   hkdf_expand_label(suite, secret, label, length) -> bytes   (for tests)
  *
  * The GIL is held throughout: the table entries and their EVP contexts are shared mutable
@@ -210,6 +213,38 @@ extern PyTypeObject CidStateType;
  * 0, or -1 with an exception set. */
 int cs_rotate(CidState *self);
 
+/* Seal one plaintext short-header packet in place: buf[offset:offset+header_len] is the
+ * header (first byte given as `first`, key-phase bit already set; pn in its last pn_len
+ * bytes), the payload of payload_len bytes follows, then 16 bytes for the tag. Applies
+ * header protection and raises largest_pn. The caller has checked the bounds (pn_len +
+ * payload_len >= 4, all inside buf). 0, or -1 with an exception set. */
+static inline int
+seal_one(CidState *state, unsigned char *buf, Py_ssize_t offset, int header_len,
+         int payload_len, uint64_t pn, int pn_len, unsigned char first)
+{
+    unsigned char mask[5];
+    Py_ssize_t body = offset + header_len, pn_offset = body - pn_len;
+    int k;
+
+    buf[offset] = first;
+    if (kc_seal(state->current, pn, buf + offset, header_len, buf + body, payload_len) < 0) {
+        openssl_error("AEAD seal");
+        return -1;
+    }
+    if (kc_mask(state->current, buf + pn_offset + 4, mask) < 0) {
+        openssl_error("header protection mask");
+        return -1;
+    }
+    buf[offset] = first ^ (mask[0] & 0x1F);
+    for (k = 0; k < pn_len; k++) {
+        buf[pn_offset + k] ^= mask[1 + k];
+    }
+    if ((int64_t)pn > state->largest_pn) {
+        state->largest_pn = (int64_t)pn;
+    }
+    return 0;
+}
+
 /* ---------------------------------------------------------------------------------- */
 /* opening one packet in two steps (batch.c open, coalesce.c open_run)                 */
 
@@ -376,6 +411,7 @@ done:
 PyObject *mod_seal(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_open(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mod_seal_stream_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_hkdf_expand_label(PyObject *module, PyObject *args);
 
 #endif /* QUICFLOW_NATIVE_H */
