@@ -110,6 +110,8 @@ def build_bulk(
         return 0
     offset = min(end, start + built * data_cap)
     fin = send.fin_written and offset == send.write_offset
+    if fin:
+        send.fin_sent = True  # it rode on the last packet: no FIN-only frame after it
     pn += built
     total = len(buf) - packet_start
     # all packets are `unit` bytes but the last, which may be shorter
