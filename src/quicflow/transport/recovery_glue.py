@@ -111,7 +111,13 @@ def on_acked_packets(conn: Connection, packets: list[SentPacket]) -> None:
 
 
 def on_lost_packets(conn: Connection, packets: list[SentPacket]) -> None:
-    conn.counters.packets_lost += len(packets)
+    conn.counters.packets_lost += sum(p.count for p in packets)
+    resend_frames(conn, packets)
+
+
+def resend_frames(conn: Connection, packets: list[SentPacket]) -> None:
+    """Queue the frames these packets carried to be sent again (QUIC retransmits
+    frames, not packets); used for lost packets and for PTO probes."""
     streams = conn.streams
     for packet in packets:
         for record in packet.frames:
@@ -178,6 +184,15 @@ def on_loss_timeout(conn: Connection, now: float) -> None:
         conn.probes_pending[index] = 2
         if probe_epoch != Epoch.ONE_RTT:
             requeue_epoch(conn, probe_epoch)
+        else:
+            # RFC 9002 §6.2.4: probes SHOULD carry data. Without new data a probe would
+            # be a bare PING, which a peer may never acknowledge (one that waits for our
+            # HANDSHAKE_DONE probes Handshake only): resend what the oldest packet in
+            # flight carried. It stays in flight; an ACK for either copy is fine.
+            unacked = conn.loss.unacked(Epoch.ONE_RTT)
+            if unacked:
+                oldest = unacked[0]
+                resend_frames(conn, [oldest.piece(oldest.pn, oldest.pn)])
 
 
 def requeue_epoch(conn: Connection, epoch: Epoch) -> None:
