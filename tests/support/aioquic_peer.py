@@ -1,26 +1,38 @@
-"""aioquic as the other end of interop tests, run in a process of its own.
+"""aioquic or qh3 as the other end of interop tests, run in a process of its own.
 
-Large transfers need both cores: quicflow runs in the pytest process, aioquic here.
-The process speaks the protocol of ``tests/support/echo_proto.py`` and reports what
-happens as JSON lines on stdout (one object per line, flushed at once)::
+Large transfers need both cores: quicflow runs in the pytest process, the peer here.
+``--library aioquic`` (the default) or ``--library qh3`` picks the implementation; qh3's
+asyncio API mirrors aioquic's (``qh3.asyncio.serve/connect``, ``QuicConfiguration``,
+``qh3.quic.events``), so one runner serves both.  The process speaks the protocol of
+``tests/support/echo_proto.py`` and reports what happens as JSON lines on stdout (one
+object per line, flushed at once)::
 
     python -m tests.support.aioquic_peer server --cert C --key K [--port 0] [--chacha]
+        [--library aioquic|qh3]
         {"event": "ready", "port": 4433}
         {"event": "handshake", "cipher_suite": 4867, "alpn": "perf"}
         {"event": "terminated", "error_code": 298, "frame_type": 6, "reason": "..."}
 
     python -m tests.support.aioquic_peer client --port P [--host H] [--cafile F]
         [--server-name N] [--streams S] [--upload U] [--download D] [--chacha]
+        [--library aioquic|qh3]
         {"event": "handshake", "cipher_suite": 4865, "alpn": "perf"}
         {"event": "result", "ok": true, "streams": [...]}       (or {"event": "error", ...})
 
-``AioquicProcess`` starts such a process from a test and reads its events.
+``AioquicProcess`` starts such a process from a test and reads its events
+(``AioquicProcess(..., library="qh3")`` for qh3; ``PeerProcess`` is the same class).
+
+qh3 differences handled here: its client trusts only CA certificates as anchors (give
+it a CA-issued server certificate and the CA as ``--cafile``), it does not offer Ed25519
+signatures (use EC P-256 certificates), its ``close()`` takes no error code (it closes
+with NO_ERROR), and the negotiated suite comes from ``QuicConnection.get_cipher()``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import sys
@@ -33,6 +45,7 @@ if __package__ in (None, ""):  # run as a script: make ``tests.support`` importa
 from tests.support import echo_proto  # noqa: E402
 
 BIG_WINDOW = 16 * 1024 * 1024
+LIBRARIES = ("aioquic", "qh3")
 
 
 def emit(obj: dict[str, Any]) -> None:
@@ -40,11 +53,16 @@ def emit(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def _lib(args: argparse.Namespace, module: str) -> Any:
+    """``module`` (e.g. ``"asyncio"``, ``"quic.events"``) of the library under test."""
+    return importlib.import_module(f"{args.library}.{module}")
+
+
 def _configuration(args: argparse.Namespace, is_client: bool) -> Any:
     import ssl
 
-    from aioquic.quic.configuration import QuicConfiguration
-    from aioquic.tls import CipherSuite
+    QuicConfiguration = _lib(args, "quic.configuration").QuicConfiguration  # noqa: N806
+    CipherSuite = _lib(args, "tls").CipherSuite  # noqa: N806
 
     cfg = QuicConfiguration(
         is_client=is_client,
@@ -66,18 +84,25 @@ def _configuration(args: argparse.Namespace, is_client: bool) -> Any:
     return cfg
 
 
-def _protocol_class() -> Any:
-    from aioquic.asyncio import QuicConnectionProtocol
-    from aioquic.quic import events
+def _negotiated_suite(library: str, quic: Any) -> int | None:
+    try:
+        if library == "qh3":
+            suite = quic.get_cipher()
+            return None if suite is None else int(suite)
+        return int(quic.tls.key_schedule.cipher_suite)
+    except AttributeError:
+        return None
 
-    class ReportingProtocol(QuicConnectionProtocol):  # type: ignore[misc]
-        def quic_event_received(self, event: events.QuicEvent) -> None:
+
+def _protocol_class(args: argparse.Namespace) -> Any:
+    QuicConnectionProtocol = _lib(args, "asyncio").QuicConnectionProtocol  # noqa: N806
+    events = _lib(args, "quic.events")
+    library = args.library
+
+    class ReportingProtocol(QuicConnectionProtocol):  # type: ignore[misc,valid-type]
+        def quic_event_received(self, event: Any) -> None:
             if isinstance(event, events.HandshakeCompleted):
-                suite = None
-                try:
-                    suite = int(self._quic.tls.key_schedule.cipher_suite)
-                except AttributeError:
-                    pass
+                suite = _negotiated_suite(library, self._quic)
                 emit({"event": "handshake", "cipher_suite": suite, "alpn": event.alpn_protocol})
             elif isinstance(event, events.ConnectionTerminated):
                 emit({
@@ -88,11 +113,24 @@ def _protocol_class() -> Any:
                 })
             super().quic_event_received(event)
 
+        if library == "qh3":
+
+            def _create_stream(self, stream_id: int) -> Any:
+                # qh3 builds its StreamWriter with protocol=None, so ``await
+                # writer.drain()`` raises AttributeError (and the dropped writer's
+                # __del__ then closes the stream: a FIN after partial data).  Give it a
+                # StreamReaderProtocol as aioquic does, so drain() works.  (Not a new
+                # writer: the discarded one's __del__ would send FIN at once.)
+                reader, writer = super()._create_stream(stream_id)
+                if writer._protocol is None:
+                    writer._protocol = asyncio.streams.StreamReaderProtocol(reader)
+                return reader, writer
+
     return ReportingProtocol
 
 
 async def run_server(args: argparse.Namespace) -> None:
-    from aioquic.asyncio import serve
+    serve = _lib(args, "asyncio").serve
 
     def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async def run() -> None:
@@ -105,7 +143,7 @@ async def run_server(args: argparse.Namespace) -> None:
 
     server = await serve(
         args.host, args.port, configuration=_configuration(args, False),
-        stream_handler=handler, create_protocol=_protocol_class(),
+        stream_handler=handler, create_protocol=_protocol_class(args),
     )
     port = server._transport.get_extra_info("sockname")[1]
     emit({"event": "ready", "port": port})
@@ -116,12 +154,12 @@ async def run_server(args: argparse.Namespace) -> None:
 
 
 async def run_client(args: argparse.Namespace) -> int:
-    from aioquic.asyncio import connect
+    connect = _lib(args, "asyncio").connect
 
     cfg = _configuration(args, True)
     try:
         async with connect(
-            args.host, args.port, configuration=cfg, create_protocol=_protocol_class()
+            args.host, args.port, configuration=cfg, create_protocol=_protocol_class(args)
         ) as client:
 
             async def one(i: int) -> dict[str, Any]:
@@ -135,7 +173,10 @@ async def run_client(args: argparse.Namespace) -> int:
                 asyncio.gather(*(one(i) for i in range(args.streams))), args.timeout
             )
             emit({"event": "result", "ok": all(r["ok"] for r in results), "streams": results})
-            client.close(error_code=0)
+            if args.library == "qh3":
+                client.close()  # qh3's close() takes no code: it closes with NO_ERROR
+            else:
+                client.close(error_code=0)
             await client.wait_closed()
     except Exception as exc:
         emit({"event": "error", "error": repr(exc), "type": type(exc).__name__})
@@ -146,6 +187,7 @@ async def run_client(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("role", choices=["server", "client"])
+    p.add_argument("--library", choices=LIBRARIES, default="aioquic")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--cert")
@@ -173,14 +215,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 class AioquicProcess:
-    """An aioquic peer process started from a test running an asyncio loop.
+    """An aioquic (or, with ``library="qh3"``, qh3) peer process started from a test
+    running an asyncio loop.
 
     ``async with AioquicProcess("server", "--cert", c, "--key", k) as peer:``
     ``peer.port`` (server), ``await peer.next_event("result")``, ``peer.events``.
     """
 
-    def __init__(self, *args: str) -> None:
-        self.args = list(args)
+    def __init__(self, *args: str, library: str = "aioquic") -> None:
+        if library not in LIBRARIES:
+            raise ValueError(f"unknown library {library!r}; use one of {LIBRARIES}")
+        self.library = library
+        self.args = list(args) + (["--library", library] if library != "aioquic" else [])
         self.proc: asyncio.subprocess.Process | None = None
         self.events: list[dict[str, Any]] = []
         self.port: int | None = None
@@ -221,7 +267,8 @@ class AioquicProcess:
                 if self._reader_task is not None and self._reader_task.done():
                     await self._collect_stderr()
                     raise AssertionError(
-                        f"aioquic peer ended without a {name!r} event; events: {self.events}; "
+                        f"{self.library} peer ended without a {name!r} event; "
+                        f"events: {self.events}; "
                         f"stderr: {self.stderr.decode(errors='replace')[-3000:]}"
                     )
                 self._new.clear()
@@ -231,7 +278,7 @@ class AioquicProcess:
             return await asyncio.wait_for(wait(), timeout)
         except TimeoutError:
             raise AssertionError(
-                f"no {name!r} event from the aioquic peer within {timeout}s; "
+                f"no {name!r} event from the {self.library} peer within {timeout}s; "
                 f"events so far: {self.events}"
             ) from None
 
@@ -268,6 +315,9 @@ class AioquicProcess:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+PeerProcess = AioquicProcess
 
 
 if __name__ == "__main__":
