@@ -453,6 +453,20 @@ class UdpTransport:
             self.check_errors(connected=addr is None)
         return offset
 
+    def _exceeds_path_mtu(self, segment_size: int, addr: Address | None) -> bool:
+        """Whether ``segment_size`` is over the path MTU learned for ``addr`` (after reading
+        the error queue, where an ICMP report may have just arrived)."""
+        if not self._pmtu:
+            return False
+        self.check_errors(connected=addr is None)
+        mtu = self.path_mtu(addr)
+        if mtu is None:
+            return False
+        dest = addr if addr is not None else self.peer_address
+        host = str(dest[0]) if dest is not None else ""
+        ipv6 = self._family == socket.AF_INET6 and ":" in host and "." not in host
+        return segment_size + (48 if ipv6 else 28) > mtu
+
     def _send_inner(
         self, view: memoryview, offset: int, segment_size: int, addr: Address | None, ecn: int
     ) -> int:
@@ -478,9 +492,12 @@ class UdpTransport:
                 sock, view, offset, segment_size, addr, counters, limit
             )
             if code in GSO_REFUSED_ERRNOS:
-                if counters.send_emsgsize != refused:
-                    # The segments themselves exceed the path MTU (a PMTU drop): GSO is
-                    # not at fault, keep it; the owner lowers its datagram size.
+                if counters.send_emsgsize != refused or self._exceeds_path_mtu(
+                    segment_size, addr
+                ):
+                    # The segments themselves exceed the path MTU (a PMTU drop; the kernel
+                    # says EINVAL when gso_size is over the route's MTU): GSO is not at
+                    # fault, keep it; the owner lowers its datagram size.
                     pass
                 elif offset > start:
                     # Plain datagrams of this size go through: GSO itself is refused.
