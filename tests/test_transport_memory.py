@@ -211,3 +211,32 @@ def test_idle_connection_is_quiet_no_ack_of_acks() -> None:
     # the simulated clock jumped straight to the idle timeout (30 s): no timer before it
     assert pair.now >= start + 29.9
     assert client.close_error is not None and client.close_error[2] == "idle timeout"
+
+
+def test_server_follows_a_client_whose_address_changed() -> None:
+    """NAT rebinding: the server sends to the new address, validates it with
+    PATH_CHALLENGE/PATH_RESPONSE (3x limit until then), and the transfer completes."""
+    pair = MemoryPair(seed=17)
+    pair.run(lambda: pair.client.handshake_confirmed and bool(pair.server_conns))
+    server = pair.server_conns[0]
+    client = pair.client
+    sid = client.open_stream()
+    up = random.Random(9).randbytes(400_000)
+    client.send_stream_data(sid, up[:200_000])
+    pair.run(lambda: server.streams.get(sid) is not None
+             and server.streams[sid].recv.highest_offset >= 100_000)
+    assert server.address_validated and server.path_changes == 0
+    pair.client_addr = ("127.0.0.1", 61000)  # the client's NAT picked a new port
+    client.send_stream_data(sid, up[200_000:], end_stream=True)
+    got = bytearray()
+
+    def done() -> bool:
+        if sid in server.streams:
+            got.extend(server.read_stream(sid))
+        return server.stream_at_eof(sid)
+
+    pair.run(done)
+    assert bytes(got) == up
+    assert server.peer_address == ("127.0.0.1", 61000)
+    assert server.path_changes == 1 and server.address_validated
+    assert server.path_challenge == b""  # answered by the client's PATH_RESPONSE

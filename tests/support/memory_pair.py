@@ -93,6 +93,7 @@ class MemoryPair:
         self.up = Link(rng, loss, reorder, ecn=ecn)
         self.down = Link(rng, loss, reorder, ecn=ecn)
         self.now = 0.0
+        self.client_addr = CLIENT_ADDR  # where the server sees the client's datagrams from
         self.client = self.client_ep.connect(SERVER_ADDR, self.now, server_name="localhost")
         self.clients = [self.client]
 
@@ -111,7 +112,7 @@ class MemoryPair:
         moved = False
         for client in self.clients:
             for d in self.up.carry(self.client_ep.datagrams_to_send(client, self.now)):
-                self.server.receive(d, CLIENT_ADDR, self.now, self.up.mark(d))
+                self.server.receive(d, self.client_addr, self.now, self.up.mark(d))
                 moved = True
         for conn in self.server_conns:
             for d in self.down.carry(self.server.datagrams_to_send(conn, self.now)):
@@ -127,7 +128,7 @@ class MemoryPair:
                 continue
             held = False
             for d in self.up.flush():
-                self.server.receive(d, CLIENT_ADDR, self.now, self.up.mark(d))
+                self.server.receive(d, self.client_addr, self.now, self.up.mark(d))
                 held = True
             for d in self.down.flush():
                 self.client_ep.receive(d, SERVER_ADDR, self.now, self.down.mark(d))

@@ -31,6 +31,7 @@ def bulk_applies(conn: Connection) -> bool:
         or conn.flow.pending_max_data
         or conn.pending_stream_updates
         or conn.path_challenges_received
+        or conn.path_challenge_pending
         or conn.retire_pending
         or conn.probes_pending[2]
         or conn.bidi.pending_max_streams

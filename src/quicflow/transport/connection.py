@@ -125,7 +125,10 @@ class Connection:
     max_datagram_size: int = 1200
     path_mtu_cap: int = 65527  # largest UDP payload the path was seen to carry
     # paths
-    path_challenges_received: list[bytes] = field(default_factory=list)
+    path_challenges_received: list[bytes] = field(default_factory=list)  # to answer
+    path_challenge: bytes = b""  # sent on the current path, not yet answered
+    path_challenge_pending: bool = False  # to be sent (again)
+    path_changes: int = 0
     # timers
     idle_timeout: float = 30.0
     idle_deadline: float = 0.0
@@ -421,6 +424,27 @@ class Connection:
         self.max_datagram_size = new
         self.cc.max_datagram_size = new
         self.pacer.max_datagram_size = new
+
+    def on_peer_address(self, addr: Address) -> None:
+        """A packet newer than any before came from ``addr`` (RFC 9000 §9.3).
+
+        A server follows a client whose address changed (NAT rebinding, migration): it
+        sends there from now on, validates the new path with PATH_CHALLENGE, and until
+        the PATH_RESPONSE arrives sends at most 3x what it received on it. A new host
+        (not just a new port) also restarts congestion control and RTT estimation.
+        """
+        if self.is_client or addr == self.peer_address or not self.handshake_confirmed:
+            return
+        new_host = addr[0] != self.peer_address[0]
+        self.peer_address = addr
+        self.path_changes += 1
+        self.address_validated = False
+        self.bytes_received_unvalidated = 0
+        self.bytes_sent_unvalidated = 0
+        self.path_challenge = os.urandom(8)
+        self.path_challenge_pending = True
+        if new_host:
+            self.loss.reset_path()
 
     def ecn_codepoint(self) -> int:
         """The ECN bits for outgoing datagrams: ECT(0) unless validation failed."""

@@ -170,6 +170,9 @@ def _receive_packet(
     if pn > space.largest_received:
         space.largest_received = pn
         space.largest_received_time = now
+        if epoch == Epoch.ONE_RTT and addr != conn.peer_address:
+            conn.on_peer_address(addr)
+            conn.bytes_received_unvalidated += len(data)
     if ecn:
         space.ecn_counts[{2: 0, 1: 1, 3: 2}[ecn & 3]] += 1
     space.ack_pending = True
@@ -556,7 +559,10 @@ def _on_path_challenge(conn: Connection, frame: Any, epoch: Epoch, now: float) -
 
 
 def _on_path_response(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
-    return
+    if conn.path_challenge and frame.data == conn.path_challenge:
+        conn.path_challenge = b""
+        conn.path_challenge_pending = False
+        conn.address_validated = True  # the new path is validated: no 3x limit
 
 
 def _on_connection_close(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:

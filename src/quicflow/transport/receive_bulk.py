@@ -60,6 +60,7 @@ def receive_short_run(
         counters.bytes_received += length
     entries = conn.engine.open_run(buf, packets)
     space = conn.spaces[2]
+    largest_before = space.largest_received
     received = space.received
     streams = conn.streams
     flow = conn.flow
@@ -134,6 +135,10 @@ def receive_short_run(
         conn.close(CRYPTO_ERROR + exc.description, str(exc), application=False)
     if not accepted:
         return
+    if addr != conn.peer_address and space.largest_received > largest_before:
+        conn.on_peer_address(addr)  # the newest packets came from a new address
+    if not conn.address_validated:
+        conn.bytes_received_unvalidated += sum(length for _, length, _ in packets)
     counters.packets_received += accepted
     if len(received) > 64:
         received.shift_below(received.starts[-32])

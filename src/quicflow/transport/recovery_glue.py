@@ -17,6 +17,7 @@ from .state import (
     R_MAX_STREAM_DATA,
     R_MAX_STREAMS,
     R_NEW_CID,
+    R_PATH_CHALLENGE,
     R_RESET,
     R_RETIRE_CID,
     R_STOP,
@@ -151,6 +152,9 @@ def resend_frames(conn: Connection, packets: list[SentPacket]) -> None:
                 conn.retire_pending.append(rec[1])
             elif kind == R_HANDSHAKE_DONE:
                 conn.handshake_done_pending = True
+            elif kind == R_PATH_CHALLENGE:
+                if conn.path_challenge:  # not yet answered: challenge the path again
+                    conn.path_challenge_pending = True
             elif kind == R_RESET:
                 stream = streams.get(rec[1])
                 if stream is not None and stream.send is not None and not stream.send.reset_acked:

@@ -30,6 +30,7 @@ from .state import (
     R_MAX_STREAM_DATA,
     R_MAX_STREAMS,
     R_NEW_CID,
+    R_PATH_CHALLENGE,
     R_PING,
     R_RESET,
     R_RETIRE_CID,
@@ -320,6 +321,10 @@ def _fill_control(
         payload.append(F.HANDSHAKE_DONE)
         records.append((R_HANDSHAKE_DONE,))
         conn.handshake_done_pending = False
+    if conn.path_challenge_pending and conn.path_challenge:
+        F.encode_frame(F.PathChallenge(data=conn.path_challenge), payload)
+        records.append((R_PATH_CHALLENGE,))
+        conn.path_challenge_pending = False
     while conn.path_challenges_received and limit - len(payload) > 16:
         data = conn.path_challenges_received.pop(0)
         F.encode_frame(F.PathResponse(data=data), payload)

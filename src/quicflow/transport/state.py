@@ -38,6 +38,7 @@ R_PING = 14
 # (R_STREAM_RUN, stream_id, offset, bytes_per_packet, total_bytes, fin): a batch of
 # packets each carrying the next bytes_per_packet bytes of one stream
 R_STREAM_RUN = 15
+R_PATH_CHALLENGE = 16
 
 
 def _crypto_send() -> SendStream:
