@@ -14,6 +14,7 @@ frames of refused datagrams (lost, to QUIC) go out again in smaller packets.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -214,8 +215,12 @@ class EndpointRunner:
                 affected = [
                     c for c in connections if normalize_address(c.peer_address)[0] == peer[0]
                 ]
-            ipv4 = peer is None or ":" not in normalize_address(peer)[0]
-            size = mtu - (IPV4_UDP_OVERHEAD if ipv4 else IPV6_UDP_OVERHEAD)
+            # An AF_INET6 socket counts IPv6 headers even for IPv4-mapped peers when it
+            # checks GSO segments against the path MTU (seen: 1252-byte segments refused
+            # with EMSGSIZE on a 1280 path while single datagrams of 1252 went through),
+            # so size by the socket's family, not the peer's.
+            ipv6 = self.transport.family == socket.AF_INET6
+            size = mtu - (IPV6_UDP_OVERHEAD if ipv6 else IPV4_UDP_OVERHEAD)
             for conn in affected:
                 before = conn.max_datagram_size
                 conn.lower_max_datagram_size(size)
