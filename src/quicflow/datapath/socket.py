@@ -475,6 +475,7 @@ class UdpTransport:
         total = len(view)
         sock = self._sock
         counters = self.counters
+        drained = False
         while offset < total:
             if not (self._gso and total - offset > segment_size):
                 offset, _ = send_basic(sock, view, offset, segment_size, addr, counters)
@@ -484,6 +485,14 @@ class UdpTransport:
             offset, code = send_gso(sock, view, offset, segment_size, addr, chunk, counters)
             if code == 0 or code in WOULD_BLOCK_ERRNOS:
                 return offset
+            if code in GSO_REFUSED_ERRNOS and self._pmtu and not drained:
+                # With IP_RECVERR every queued ICMP error fails one later send (a router
+                # sends one per oversized datagram): read them all, then try GSO again
+                # before concluding that the kernel refuses GSO itself.
+                drained = True
+                self.check_errors(connected=addr is None)
+                if not self._exceeds_path_mtu(segment_size, addr):
+                    continue
             # Send the chunk that failed one datagram at a time, then go on.
             limit = min(offset + chunk, total)
             start = offset
