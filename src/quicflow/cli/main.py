@@ -70,34 +70,31 @@ def _size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _positive_int(text: str) -> int:
+def _int_arg(text: str, low: int, high: int | None, what: str = "an integer") -> int:
+    """An integer argument in ``low..high`` (no upper bound when ``high`` is None)."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+    if high is None and value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}: {value}")
+    if high is not None and not low <= value <= high:
+        message = "port out of range" if what == "a port number" else (
+            f"must be between {low} and {high}")
+        raise argparse.ArgumentTypeError(f"{message}: {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_arg(text, 1, None)
 
 
 def _port_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range: {value}")
-    return value
+    return _int_arg(text, 0, 65535, "a port number")
 
 
 def _datagram_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 1200 <= value <= 65527:
-        raise argparse.ArgumentTypeError(f"must be between 1200 and 65527: {value}")
-    return value
+    return _int_arg(text, 1200, 65527)
 
 
 def _seconds_arg(text: str) -> float:
