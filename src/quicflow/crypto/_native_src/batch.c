@@ -41,6 +41,30 @@ lookup(PyObject *table, PyObject *cid)
     return (CidState *)state;
 }
 
+int
+batch_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t expected, const char *usage,
+           int flags, PyObject **table, Py_buffer *view, PyObject **seq)
+{
+    if (nargs != expected) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    if (!PyDict_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "table must be a dict");
+        return -1;
+    }
+    if (PyObject_GetBuffer(args[1], view, flags) < 0) {
+        return -1;
+    }
+    *seq = PySequence_Fast(args[2], "packets must be a sequence");
+    if (*seq == NULL) {
+        PyBuffer_Release(view);
+        return -1;
+    }
+    *table = args[0];
+    return 0;
+}
+
 PyObject *
 mod_seal(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -51,21 +75,9 @@ mod_seal(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     unsigned char *buf;
 
     (void)module;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "seal(table, buf, packets)");
+    if (batch_args(args, nargs, 3, "seal(table, buf, packets)", PyBUF_WRITABLE, &table, &view,
+                   &seq) < 0) {
         return NULL;
-    }
-    table = args[0];
-    if (!PyDict_Check(table)) {
-        PyErr_SetString(PyExc_TypeError, "table must be a dict");
-        return NULL;
-    }
-    if (PyObject_GetBuffer(args[1], &view, PyBUF_WRITABLE) < 0) {
-        return NULL;
-    }
-    seq = PySequence_Fast(args[2], "packets must be a sequence");
-    if (seq == NULL) {
-        goto error;
     }
     buf = view.buf;
     n = PySequence_Fast_GET_SIZE(seq);
@@ -238,28 +250,16 @@ mod_open(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t n, i, failures = 0;
 
     (void)module;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "open(table, buf, packets, result_type)");
-        return NULL;
-    }
-    table = args[0];
-    if (!PyDict_Check(table)) {
-        PyErr_SetString(PyExc_TypeError, "table must be a dict");
+    if (batch_args(args, nargs, 4, "open(table, buf, packets, result_type)", PyBUF_SIMPLE,
+                   &table, &view, &seq) < 0) {
         return NULL;
     }
     if (args[3] != Py_None) {
         if (!PyType_Check(args[3]) || !PyType_IsSubtype((PyTypeObject *)args[3], &PyTuple_Type)) {
             PyErr_SetString(PyExc_TypeError, "result_type must be a tuple subclass or None");
-            return NULL;
+            goto error;
         }
         rtype = (PyTypeObject *)args[3];
-    }
-    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) {
-        return NULL;
-    }
-    seq = PySequence_Fast(args[2], "packets must be a sequence");
-    if (seq == NULL) {
-        goto error;
     }
     n = PySequence_Fast_GET_SIZE(seq);
     results = PyList_New(n);

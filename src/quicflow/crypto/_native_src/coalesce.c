@@ -197,21 +197,9 @@ mod_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Run run = {0};
 
     (void)module;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "open_run(table, buf, packets)");
+    if (batch_args(args, nargs, 3, "open_run(table, buf, packets)", PyBUF_SIMPLE, &table, &view,
+                   &seq) < 0) {
         return NULL;
-    }
-    table = args[0];
-    if (!PyDict_Check(table)) {
-        PyErr_SetString(PyExc_TypeError, "table must be a dict");
-        return NULL;
-    }
-    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) {
-        return NULL;
-    }
-    seq = PySequence_Fast(args[2], "packets must be a sequence");
-    if (seq == NULL) {
-        goto error;
     }
     n = PySequence_Fast_GET_SIZE(seq);
     entries = PyList_New(0);

@@ -408,6 +408,12 @@ done:
 /* ---------------------------------------------------------------------------------- */
 /* module functions (batch.c, keys.c), registered in module.c                         */
 
+/* The prologue of seal/open/open_run(table, buf, packets, ...): the argument count, the
+ * table (a dict), the buffer (with `flags`) and the packet sequence. On success the
+ * caller owns *view and *seq; on failure nothing is held and an exception is set. */
+int batch_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t expected,
+               const char *usage, int flags, PyObject **table, Py_buffer *view,
+               PyObject **seq);
 PyObject *mod_seal(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_open(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
