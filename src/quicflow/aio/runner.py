@@ -61,6 +61,11 @@ class EndpointRunner:
 
     # ------------------------------------------------------------------ receive
 
+    def read_now(self) -> None:
+        """Read and process what waits now; for other sources of datagrams that share
+        this runner (a worker's handoff inbox, see ``datapath/handoff.py``)."""
+        self._on_readable()
+
     def _on_readable(self) -> None:
         if self._closed:
             return
