@@ -7,7 +7,9 @@ marked *runtime* (TLS session, packet protectors, offload engine) are rebuilt on
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +50,34 @@ Address = tuple[Any, ...]
 
 SPACE_OF_EPOCH = {Epoch.INITIAL: 0, Epoch.ZERO_RTT: 2, Epoch.HANDSHAKE: 1, Epoch.ONE_RTT: 2}
 
+#: Issues one of our connection IDs with its stateless reset token (an endpoint's
+#: generator; see ``quicflow.endpoint.cids``).
+CidIssuer = Callable[[], tuple[bytes, bytes]]
+
+
+def new_reset_token(cid: bytes) -> bytes:
+    """The stateless reset token for one of our CIDs: the one place tokens are made."""
+    return os.urandom(16)
+
+
+_seal_keys = itertools.count(1)
+
+
+def new_seal_key() -> bytes:
+    """A key for a connection's sealer entry in an offload engine: unique in the process
+    (engines never leave it), local, and unrelated to any connection ID."""
+    return next(_seal_keys).to_bytes(8, "big")
+
+
+def random_cid_issuer(length: int) -> CidIssuer:
+    """Random CIDs of ``length`` bytes (a connection without an endpoint)."""
+
+    def issue() -> tuple[bytes, bytes]:
+        cid = os.urandom(length)
+        return cid, new_reset_token(cid)
+
+    return issue
+
 
 class StreamLimitReached(Exception):
     """No stream of that type can be opened until the peer raises its limit."""
@@ -71,7 +101,7 @@ class ConnectionCounters:
     engine_open_failures: int = 0
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Connection:
     """One QUIC connection, either role. Create with :func:`client_connection` or
     :func:`server_connection`."""
@@ -148,6 +178,10 @@ class Connection:
     pacer_deadline: float | None = None
     _now_hint: float = 0.0
     # runtime objects (not snapshotted)
+    # The key of our 1-RTT sealer in the offload engine: local and unique (chosen by the
+    # endpoint), never the peer's CID, which a peer picks and another peer can copy.
+    seal_key: bytes = b""
+    cid_issuer: CidIssuer | None = None  # where our CIDs come from (the endpoint)
     tls: TlsSession | None = None
     send_protectors: list[PacketProtector | None] = field(default_factory=lambda: [None] * 4)
     recv_protectors: list[PacketProtector | None] = field(default_factory=lambda: [None] * 4)
@@ -237,11 +271,10 @@ class Connection:
     # ------------------------------------------------------------------ CIDs
 
     def issue_host_cid(self) -> LocalCid:
-        entry = LocalCid(
-            sequence=self.next_host_cid_seq,
-            cid=os.urandom(self.local_cid_length),
-            reset_token=os.urandom(16),
-        )
+        if self.cid_issuer is None:
+            self.cid_issuer = random_cid_issuer(self.local_cid_length)
+        cid, token = self.cid_issuer()
+        entry = LocalCid(sequence=self.next_host_cid_seq, cid=cid, reset_token=token)
         self.next_host_cid_seq += 1
         self.host_cids.append(entry)
         self.cid_changes.append((True, entry.cid))
@@ -412,7 +445,7 @@ class Connection:
         self.one_rtt_send_secret = next_generation_secret(
             self.cipher_suite, self.one_rtt_send_secret
         )
-        self.engine.update(self.peer_cid, opener=False)
+        self.engine.update(self.seal_key, opener=False)
 
     def lower_max_datagram_size(self, size: int) -> None:
         """A smaller path MTU was learned: send UDP payloads of at most ``size`` bytes
@@ -534,7 +567,7 @@ class Connection:
         if self.one_rtt_ready:
             for entry in self.host_cids:
                 self.engine.remove(entry.cid, opener=True)
-            self.engine.remove(self.peer_cid, opener=False)
+            self.engine.remove(self.seal_key, opener=False)
             self.one_rtt_ready = False
 
     # ------------------------------------------------------------------ closing
@@ -634,8 +667,15 @@ def client_connection(
     *,
     server_name: str | None = None,
     engine: OffloadEngine | None = None,
+    cid_issuer: CidIssuer | None = None,
+    seal_key: bytes | None = None,
 ) -> Connection:
-    """A client connection; its first flight is ready in ``datagrams_to_send``."""
+    """A client connection; its first flight is ready in ``datagrams_to_send``.
+
+    ``cid_issuer`` gives every CID the connection issues (default: random CIDs of the
+    configuration's length); ``seal_key`` is its sealer's key in ``engine`` (default:
+    :func:`new_seal_key`, unique in the process).
+    """
     conn = Connection(
         configuration=configuration,
         is_client=True,
@@ -644,6 +684,8 @@ def client_connection(
         peer_address=peer_address,
         local_cid_length=configuration.connection_id_length,
         engine=engine or SoftwareOffloadEngine(),
+        seal_key=new_seal_key() if seal_key is None else seal_key,
+        cid_issuer=cid_issuer,
     )
     conn._now_hint = now
     conn.peer_cid = conn.original_dcid
@@ -661,7 +703,11 @@ def server_connection(
     client_scid: bytes = b"",
     retry_scid: bytes | None = None,
     address_validated: bool = False,
+    cid_issuer: CidIssuer | None = None,
+    seal_key: bytes | None = None,
 ) -> Connection:
+    """A server connection for a client's first Initial (see :func:`client_connection`
+    for ``cid_issuer`` and ``seal_key``)."""
     conn = Connection(
         configuration=configuration,
         is_client=False,
@@ -670,6 +716,8 @@ def server_connection(
         peer_address=peer_address,
         local_cid_length=configuration.connection_id_length,
         engine=engine or SoftwareOffloadEngine(),
+        seal_key=new_seal_key() if seal_key is None else seal_key,
+        cid_issuer=cid_issuer,
     )
     conn._now_hint = now
     conn.peer_cid = client_scid
