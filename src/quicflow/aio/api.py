@@ -8,7 +8,7 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, overload
 
 from ..crypto.native import best_engine
 from ..crypto.offload import OffloadEngine
@@ -19,6 +19,7 @@ from ..transport.connection import Connection
 from .connection import QuicConnection, StreamHandler
 from .errors import ConnectionClosedError
 from .runner import EndpointRunner
+from .workers import CidPlan, WorkerGroupServer, serve_workers
 
 
 def _is_ip(host: str) -> bool:
@@ -123,6 +124,24 @@ class QuicServer:
         self.close()
 
 
+@overload
+async def serve(
+    handler: StreamHandler | None, host: str, port: int, *, configuration: Configuration,
+    backend: str = ..., connection_handler: Any = ..., engine: OffloadEngine | None = ...,
+    workers: None = ..., steering: bool = ..., cid_plan: CidPlan | None = ...,
+    app_stats: Any = ...,
+) -> QuicServer: ...
+
+
+@overload
+async def serve(
+    handler: StreamHandler | None, host: str, port: int, *, configuration: Configuration,
+    backend: str = ..., connection_handler: Any = ..., engine: OffloadEngine | None = ...,
+    workers: int, steering: bool = ..., cid_plan: CidPlan | None = ...,
+    app_stats: Any = ...,
+) -> WorkerGroupServer: ...
+
+
 async def serve(
     handler: StreamHandler | None,
     host: str,
@@ -132,19 +151,42 @@ async def serve(
     backend: str = "auto",
     connection_handler: Any = None,
     engine: OffloadEngine | None = None,
-) -> QuicServer:
+    workers: int | None = None,
+    steering: bool = True,
+    cid_plan: CidPlan | None = None,
+    app_stats: Any = None,
+) -> QuicServer | WorkerGroupServer:
     """Start a QUIC server on ``host:port``.
 
     ``handler(reader, writer)`` runs (as a task if it is a coroutine function) for each
     stream a client opens. ``connection_handler(connection)`` is called for each new
     connection. The configuration needs a certificate and key.
+
+    ``workers=N`` serves from N worker processes forked from this one (see
+    ``aio/workers.py``) and returns a :class:`WorkerGroupServer`; ``steering=False``
+    leaves the choice of worker to the kernel's 4-tuple hash (datagrams that reach the
+    wrong worker are handed over). ``cid_plan`` sets the QUIC-LB configuration and host
+    ID of the CIDs (default: plaintext, host 0). ``app_stats()`` (workers only) returns a
+    dict of the application's counters, reported with each worker's.
     """
     config = replace(configuration)
     config.validate()
     if not config.certificate_chain or config.private_key is None:
         raise ValueError("a server needs Configuration.certificate_chain and private_key")
+    if workers is not None:
+        return await serve_workers(
+            handler, host, port, configuration=config, workers=workers, backend=backend,
+            connection_handler=connection_handler, steering=steering, plan=cid_plan,
+            app_stats=app_stats,
+        )  # fmt: skip
+    generator = None
+    if cid_plan is not None:
+        config = cid_plan.configuration(config)
+        generator = cid_plan.generator(0)
     transport = UdpTransport.open(host, port, backend=backend)
-    endpoint = Endpoint(config, is_server=True, engine=engine or best_engine())
+    endpoint = Endpoint(
+        config, is_server=True, engine=engine or best_engine(), cid_generator=generator
+    )
     runner_box: list[EndpointRunner] = []
 
     def on_accept(conn: Connection) -> QuicConnection:
