@@ -80,3 +80,115 @@ async def _sixty_four(steering: bool) -> None:
 def test_two_workers_serve_64_connections_steered():
     rows = asyncio.run(_sixty_four(steering=True))
     assert [row["misrouted_datagrams"] for row in rows] == [0, 0]
+
+
+async def _behind_rebinding_nat(steering: bool) -> tuple[list[tuple[int, bool]], int, dict]:
+    from tests.support.nat import RebindingNat
+
+    server = await quicflow.serve(
+        serve_stream, "127.0.0.1", 0, configuration=server_configuration(),
+        workers=2, steering=steering,
+    )
+    nat = RebindingNat(("127.0.0.1", server.address[1]), every=8)
+    try:
+        port = nat.address[1]
+        outcomes = await asyncio.gather(
+            *(fetch(port, 512 * 1024, seed=i, idle_timeout=10) for i in range(12))
+        )
+    finally:
+        nat.close()
+        await server.wait_closed()
+    return outcomes, nat.rebinds, server.stats()
+
+
+def test_steering_off_misrouted_datagrams_are_counted_and_handed_over():
+    """The clients' NAT rebinds every 8 datagrams: without the program the kernel hashes
+    each new 4-tuple to any worker; what lands on the wrong one is handed over."""
+    outcomes, rebinds, stats = asyncio.run(_behind_rebinding_nat(steering=False))
+    assert all(ok for _, ok in outcomes)
+    assert rebinds >= 12
+    rows = check_worker_keys(stats, 2)
+    misrouted = sum(row["misrouted_datagrams"] for row in rows)
+    assert misrouted > 0
+    assert sum(row["handed_over_datagrams"] for row in rows) == misrouted
+
+
+def test_steering_on_rebound_clients_still_reach_their_worker():
+    """The same rebinding clients with the program: short headers follow the CID."""
+    outcomes, rebinds, stats = asyncio.run(_behind_rebinding_nat(steering=True))
+    assert all(ok for _, ok in outcomes)
+    assert rebinds >= 12
+    rows = check_worker_keys(stats, 2)
+    assert [row["misrouted_datagrams"] for row in rows] == [0, 0]
+
+
+_REQUEST = struct.Struct("!QQ")
+HELD_SIZE = 4 << 20  # far more than the client's initial stream window
+
+
+async def _start_held_download(
+    port: int, seed: int, stack: Any, resume: asyncio.Event
+) -> tuple[quicflow.QuicConnection, asyncio.Task[bool]]:
+    """A connection whose download stops after 64 KiB (the client does not read, so
+    flow control holds the server) until ``resume`` is set."""
+    conn = await stack.enter_async_context(
+        quicflow.connect("127.0.0.1", port, configuration=client_configuration(idle_timeout=2))
+    )
+    reader, writer = await conn.create_stream()
+    writer.write(_REQUEST.pack(HELD_SIZE, seed))
+    writer.write_eof()
+    await reader.readexactly(32)
+    head = await reader.readexactly(64 * 1024)
+
+    async def rest() -> bool:
+        await resume.wait()
+        body = head + await reader.readexactly(HELD_SIZE - len(head))
+        return digest(body) == digest(payload(seed, HELD_SIZE))
+
+    return conn, asyncio.get_running_loop().create_task(rest())
+
+
+async def _kill_one_worker() -> None:
+    from contextlib import AsyncExitStack
+
+    server = await quicflow.serve(
+        serve_stream, "127.0.0.1", 0, configuration=server_configuration(idle_timeout=2),
+        workers=2,
+    )
+    port = server.address[1]
+    resume = asyncio.Event()
+    try:
+        async with AsyncExitStack() as stack:
+            held = await asyncio.gather(
+                *(_start_held_download(port, i, stack, resume) for i in range(16))
+            )
+            owners = [worker_of(conn) for conn, _ in held]
+            assert set(owners) == {0, 1}, owners
+            old_pid = server.pids[1]
+            server.kill_worker(1, signal.SIGKILL)
+            await server.supervisor.wait_for(
+                lambda: server.supervisor.slots[1].restarts == 1, timeout=10
+            )
+            await server.wait_ready()
+            assert server.pids[1] not in (0, old_pid)
+            resume.set()
+            results = await asyncio.gather(*(t for _, t in held), return_exceptions=True)
+            for owner, result in zip(owners, results, strict=True):
+                if owner == 0:
+                    assert result is True  # the other worker's downloads complete intact
+                else:
+                    assert isinstance(result, quicflow.ConnectionClosedError), result
+        # New connections reach the restarted worker (Initials are hashed over both).
+        fresh = await asyncio.gather(*(fetch(port, 32 * 1024, seed=100 + i) for i in range(16)))
+        assert all(ok for _, ok in fresh)
+        assert {w for w, _ in fresh} == {0, 1}
+    finally:
+        await server.wait_closed()
+    rows = check_worker_keys(server.stats(), 2)
+    assert rows[1]["restarts"] == 1 and rows[1]["exit_codes"][0] == -signal.SIGKILL
+    assert rows[0]["restarts"] == 0
+    assert rows[1]["connections"] == owners.count(1) + sum(1 for w, _ in fresh if w == 1)
+
+
+def test_killing_a_worker_ends_only_its_connections_and_it_is_restarted():
+    asyncio.run(_kill_one_worker())

@@ -136,8 +136,18 @@ async def _worker(spec: _WorkerSpec, ctx: WorkerContext) -> int:
         cid_generator=spec.plan.generator(index),
     )  # fmt: skip
     box: list[EndpointRunner] = []
+    report_soon: list[bool] = [False]
+
+    def report() -> None:
+        report_soon[0] = False
+        ctx.report(worker_counters(box[0], spec.app_stats))
 
     def on_accept(conn: Connection) -> QuicConnection:
+        # Report each new connection at once: a worker that is killed loses only what
+        # happened since its last report, and accepted connections are what tests count.
+        if not report_soon[0]:
+            report_soon[0] = True
+            loop.call_soon(report)
         face = QuicConnection(box[0], conn, stream_handler=spec.handler)
         if spec.connection_handler is not None:
             result = spec.connection_handler(face)
@@ -157,7 +167,7 @@ async def _worker(spec: _WorkerSpec, ctx: WorkerContext) -> int:
             await asyncio.wait_for(stop.wait(), REPORT_INTERVAL)
         except TimeoutError:
             pass
-        ctx.report(worker_counters(runner, spec.app_stats))
+        report()
     # Graceful stop: close every connection (code 0), let the closes go out.
     loop.remove_reader(transport.inbox_fileno())
     for face in list(runner.faces.values()):
