@@ -161,7 +161,7 @@ def test_misrouted_datagrams_are_handed_to_their_owner(clients):
         seen: dict[int, list[tuple[bytes, tuple]]] = {0: [], 1: []}
         for _ in range(200):
             for w, t in enumerate(transports):
-                for data, seg, addr, _ecn in t.recv_batch(16):
+                for data, _seg, addr, _ecn in t.recv_batch(16):
                     seen[w].append((bytes(data), addr))
             if sum(map(len, seen.values())) == len(clients):
                 break

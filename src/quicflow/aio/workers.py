@@ -98,7 +98,7 @@ def worker_counters(
         "connected_sockets": connected_sockets_peak(runner),
         "live_connections": len(runner.faces),
         "endpoint": asdict(endpoint.counters),
-        "datapath": asdict(transport.counters),
+        "datapath": {**asdict(transport.counters), "backend": transport.backend},
     }
     if app is not None:
         out["app"] = app()
