@@ -27,10 +27,14 @@ class _Flow:
 
 
 class RebindingNat:
-    def __init__(self, server: Address, every: int, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, server: Address, every: int, host: str = "127.0.0.1",
+        upstream_host: str | None = None,
+    ) -> None:
         self.server = server
         self.every = every
         self.host = host
+        self.upstream_host = upstream_host or host
         self.flows: dict[Address, _Flow] = {}
         self.rebinds = 0
         self.loop = asyncio.get_running_loop()
@@ -54,7 +58,7 @@ class RebindingNat:
                 if flow.upstream:
                     self.rebinds += 1
                 up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                up.bind((self.host, 0))
+                up.bind((self.upstream_host, 0))
                 up.setblocking(False)
                 self.loop.add_reader(up.fileno(), self._from_server, up, addr)
                 flow.upstream.append(up)
