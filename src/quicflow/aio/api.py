@@ -13,6 +13,7 @@ from typing import Any, overload
 from ..crypto.native import best_engine
 from ..crypto.offload import OffloadEngine
 from ..datapath.socket import UdpTransport
+from ..endpoint.cids import ConnectionIdSource
 from ..endpoint.endpoint import Endpoint
 from ..transport.config import Configuration
 from ..transport.connection import Connection
@@ -40,8 +41,12 @@ async def connect(
     stream_handler: StreamHandler | None = None,
     engine: OffloadEngine | None = None,
     wait_connected: bool = True,
+    cid_generator: ConnectionIdSource | None = None,
 ) -> AsyncIterator[QuicConnection]:
     """Connect to a QUIC server; yields a :class:`QuicConnection`.
+
+    ``cid_generator`` issues the client's connection IDs (default: random ones of the
+    configuration's ``connection_id_length``, which may be 0).
 
     ``async with quicflow.connect("localhost", 4433, configuration=cfg) as conn: ...``
     On leaving the block the connection is closed (code 0) and the socket released.
@@ -58,7 +63,9 @@ async def connect(
     peer = (sockaddr[0], sockaddr[1])
     local = "0.0.0.0" if family == socket.AF_INET else "::"
     transport = UdpTransport.open(local, 0, backend=backend, connect_to=peer)
-    endpoint = Endpoint(config, is_server=False, engine=engine or best_engine())
+    endpoint = Endpoint(
+        config, is_server=False, engine=engine or best_engine(), cid_generator=cid_generator
+    )
     runner = EndpointRunner(transport, endpoint, connected_peer=peer)
     server_name = None if _is_ip(host) else host
     if config.server_name is None and server_name is None and config.verify_peer:
@@ -128,8 +135,8 @@ class QuicServer:
 async def serve(
     handler: StreamHandler | None, host: str, port: int, *, configuration: Configuration,
     backend: str = ..., connection_handler: Any = ..., engine: OffloadEngine | None = ...,
-    workers: None = ..., steering: bool = ..., cid_plan: CidPlan | None = ...,
-    app_stats: Any = ...,
+    cid_generator: ConnectionIdSource | None = ..., workers: None = ...,
+    steering: bool = ..., cid_plan: CidPlan | None = ..., app_stats: Any = ...,
 ) -> QuicServer: ...
 
 
@@ -137,8 +144,8 @@ async def serve(
 async def serve(
     handler: StreamHandler | None, host: str, port: int, *, configuration: Configuration,
     backend: str = ..., connection_handler: Any = ..., engine: OffloadEngine | None = ...,
-    workers: int, steering: bool = ..., cid_plan: CidPlan | None = ...,
-    app_stats: Any = ...,
+    cid_generator: None = ..., workers: int, steering: bool = ...,
+    cid_plan: CidPlan | None = ..., app_stats: Any = ...,
 ) -> WorkerGroupServer: ...
 
 
@@ -151,6 +158,7 @@ async def serve(
     backend: str = "auto",
     connection_handler: Any = None,
     engine: OffloadEngine | None = None,
+    cid_generator: ConnectionIdSource | None = None,
     workers: int | None = None,
     steering: bool = True,
     cid_plan: CidPlan | None = None,
@@ -160,26 +168,33 @@ async def serve(
 
     ``handler(reader, writer)`` runs (as a task if it is a coroutine function) for each
     stream a client opens. ``connection_handler(connection)`` is called for each new
-    connection. The configuration needs a certificate and key.
+    connection. The configuration needs a certificate and key. ``cid_generator`` issues
+    the server's connection IDs (default: plaintext QUIC-LB CIDs of the configuration's
+    ``connection_id_length`` with server ID 0, see ``quicflow.endpoint.cids``).
 
     ``workers=N`` serves from N worker processes forked from this one (see
     ``aio/workers.py``) and returns a :class:`WorkerGroupServer`; ``steering=False``
     leaves the choice of worker to the kernel's 4-tuple hash (datagrams that reach the
     wrong worker are handed over). ``cid_plan`` sets the QUIC-LB configuration and host
     ID of the CIDs (default: plaintext, host 0). ``app_stats()`` (workers only) returns a
-    dict of the application's counters, reported with each worker's.
+    dict of the application's counters, reported with each worker's. ``cid_plan`` and
+    ``cid_generator`` exclude each other; workers take a plan (one generator each).
     """
     config = replace(configuration)
     config.validate()
     if not config.certificate_chain or config.private_key is None:
         raise ValueError("a server needs Configuration.certificate_chain and private_key")
+    if cid_plan is not None and cid_generator is not None:
+        raise ValueError("give serve() a cid_plan or a cid_generator, not both")
     if workers is not None:
+        if cid_generator is not None:
+            raise ValueError("workers issue CIDs by a cid_plan (one generator per worker)")
         return await serve_workers(
             handler, host, port, configuration=config, workers=workers, backend=backend,
             connection_handler=connection_handler, steering=steering, plan=cid_plan,
             app_stats=app_stats,
         )  # fmt: skip
-    generator = None
+    generator = cid_generator
     if cid_plan is not None:
         config = cid_plan.configuration(config)
         generator = cid_plan.generator(0)

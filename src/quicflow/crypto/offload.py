@@ -236,7 +236,7 @@ class PhaseKeys:
     iv: int
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class CidKeyState:
     """One table entry, shared by all aliases of a connection (one direction)."""
 

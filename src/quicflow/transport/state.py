@@ -49,7 +49,7 @@ def _crypto_recv() -> RecvStream:
     return RecvStream(max_data=1 << 20, window=1 << 20, window_max=1 << 20)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class PacketSpace:
     """One packet number space: what we sent and what we must acknowledge."""
 
@@ -89,7 +89,7 @@ class PeerCid:
     reset_token: bytes | None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class FlowControl:
     """Connection-level flow control in both directions."""
 
@@ -106,7 +106,7 @@ class FlowControl:
     pending_max_data: bool = False
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class StreamLimits:
     """Stream counts in both directions for one stream type (bidi or uni)."""
 
