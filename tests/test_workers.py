@@ -12,6 +12,7 @@ import asyncio
 import signal
 import struct
 from collections import Counter
+from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
@@ -149,8 +150,6 @@ async def _start_held_download(
 
 
 async def _kill_one_worker() -> None:
-    from contextlib import AsyncExitStack
-
     server = await quicflow.serve(
         serve_stream, "127.0.0.1", 0, configuration=server_configuration(idle_timeout=2),
         workers=2,
@@ -192,3 +191,58 @@ async def _kill_one_worker() -> None:
 
 def test_killing_a_worker_ends_only_its_connections_and_it_is_restarted():
     asyncio.run(_kill_one_worker())
+
+
+async def _host_and_worker_ids() -> None:
+    from quicflow.endpoint.quiclb import QuicLbConfig
+
+    plan = quicflow.CidPlan(QuicLbConfig(config_id=1, server_id_len=3, nonce_len=6), 0x0102)
+    server = await quicflow.serve(
+        serve_stream, "127.0.0.1", 0, configuration=server_configuration(),
+        workers=2, cid_plan=plan,
+    )
+    try:
+        conns = []
+        async with AsyncExitStack() as stack:
+            for _ in range(8):
+                conn = await stack.enter_async_context(quicflow.connect(
+                    "127.0.0.1", server.address[1], configuration=client_configuration()
+                ))
+                assert (await download(conn, 16 * 1024)).ok
+                conns.append(conn)
+            await asyncio.sleep(0.1)  # NEW_CONNECTION_ID frames
+            for conn in conns:
+                cids = [p.cid for p in conn.conn.peer_cids] + [conn.conn.peer_cid]
+                assert len(cids) >= 2
+                worker = conn.conn.peer_cid[3]
+                for cid in cids:  # every CID the worker issued: its host and worker ID
+                    assert len(cid) == 10 and cid[0] >> 5 == 1
+                    assert cid[1:3] == b"\x01\x02" and cid[3] == worker
+    finally:
+        await server.wait_closed()
+    rows = check_worker_keys(server.stats(), 2)
+    assert [r["misrouted_datagrams"] for r in rows] == [0, 0]
+    assert sum(r["connections"] for r in rows) == 8
+
+
+def test_every_cid_carries_the_host_id_and_the_worker_id():
+    asyncio.run(_host_and_worker_ids())
+
+
+async def _single_process_host_id() -> None:
+    server = await quicflow.serve(
+        serve_stream, "127.0.0.1", 0, configuration=server_configuration(),
+        cid_plan=quicflow.CidPlan(host_id=7),
+    )
+    try:
+        async with quicflow.connect(
+            "127.0.0.1", server.address[1], configuration=client_configuration()
+        ) as conn:
+            assert (await download(conn, 1024)).ok
+            assert conn.conn.peer_cid[1:3] == b"\x07\x00"
+    finally:
+        server.close()
+
+
+def test_single_process_server_takes_a_host_id():
+    asyncio.run(_single_process_host_id())
