@@ -177,3 +177,27 @@ def test_misrouted_datagrams_are_handed_to_their_owner(clients):
     finally:
         inboxes.close()
         group.close()
+
+
+def test_worker_bytes_beyond_the_workers_never_pick_a_later_member(clients):
+    """A connected socket bound to the port after the listeners joins the group at index
+    N; a worker byte >= N must reach a listener, never that socket (the program falls
+    back by itself; this kernel also re-scores a pick when the group has connected
+    members)."""
+    group = ReuseportGroup.bind("127.0.0.1", 0, 2)
+    extra = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        extra.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        extra.bind(group.address)
+        extra.connect(clients[0].getsockname())  # a per-connection socket for client 0
+        extra.setblocking(False)
+        for s in group.sockets:
+            s.setblocking(False)
+        group.steer(WORKER_OFFSET)
+        for c in clients[1:]:
+            c.sendto(short_header(2), group.address)
+        got = receive_all([*group.sockets, extra], len(clients) - 1)
+        assert all(member < 2 for member, _, _ in got)
+    finally:
+        extra.close()
+        group.close()

@@ -75,12 +75,11 @@ class CidPlan:
 
 
 def connected_sockets_peak(runner: EndpointRunner) -> int:
-    """The most per-connection sockets the runner held at once (0 without them)."""
-    for name in ("connected_sockets_peak", "connected_sockets_max"):
-        value = getattr(runner, name, None)
-        if isinstance(value, int):
-            return value
-    return 0
+    """The most per-connection sockets the runner held at once (0 without them): read
+    from ``runner.sockets.counters.connected_sockets`` where per-connection sockets exist."""
+    counters = getattr(getattr(runner, "sockets", None), "counters", None)
+    value = getattr(counters, "connected_sockets", 0)
+    return value if isinstance(value, int) else 0
 
 
 def worker_counters(
@@ -159,8 +158,7 @@ async def _worker(spec: _WorkerSpec, ctx: WorkerContext) -> int:
     box.append(runner)
     loop.add_reader(transport.inbox_fileno(), runner.read_now)
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)  # SIGINT is the supervisor's
     ctx.ready()
     while not stop.is_set():
         try:

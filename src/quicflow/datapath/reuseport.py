@@ -4,7 +4,10 @@ N UDP sockets bound to one address and port with SO_REUSEPORT form a group: the 
 gives each datagram to one member. Without a program it hashes the 4-tuple; with a
 classic BPF program attached (``SO_ATTACH_REUSEPORT_CBPF``) the program's return value is
 the member's index, and an index >= the number of members makes the kernel fall back to
-the 4-tuple hash (``tests/test_reuseport.py`` measures both on this kernel).
+the 4-tuple hash (``tests/test_reuseport.py`` measures both on this kernel). The program
+returns that fallback index itself for anything it does not steer: a group can hold more
+members than workers (connected per-connection sockets bound after the listeners), and
+an index below the member count would select one of them.
 
 The steering program reads the UDP payload (offset 0 is the QUIC first byte):
 
@@ -101,7 +104,11 @@ def steering_program(
         fallback_jumps.append(-(len(prog) - 1))  # negative: patch jf, not jt
     prog.append((_LDB_ABS, 0, 0, 1 + worker_cid_offset))
     if slot_of is None or list(slot_of) == list(range(workers)):
-        # Identity map: the worker byte is the index; the kernel hashes when >= N.
+        # Identity map: the worker byte is the index. A byte >= N falls back explicitly:
+        # the group may hold more members than workers (per-connection sockets bound
+        # later), and an index the kernel finds in range would pick one of those.
+        prog.append((_JGE_K, 0, 0, workers))  # jt patched -> fallback
+        fallback_jumps.append(len(prog) - 1)
         prog.append((_RET_A, 0, 0, 0))
     else:
         for w, slot in enumerate(slot_of):

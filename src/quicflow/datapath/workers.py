@@ -20,6 +20,7 @@ The counters of a worker that died are kept and added to its restarted successor
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import signal
@@ -35,6 +36,22 @@ __all__ = ["WorkerContext", "WorkerSlot", "WorkerSupervisor", "merge_counters"]
 #: Counters that are a peak, not a total: merged with max() instead of +.
 PEAK_COUNTERS = frozenset({"connected_sockets"})
 _MESSAGE_BYTES = 1 << 20
+#: A worker that dies within this many seconds of its start is restarted with a doubling
+#: delay, up to MAX_RESTART_DELAY.
+YOUNG_SECONDS = 1.0
+MAX_RESTART_DELAY = 5.0
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """SIGTERM this process when its parent ends (prctl PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def merge_counters(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -86,6 +103,8 @@ class WorkerSlot:
     pidfd: int = -1
     restarts: int = 0
     ready: bool = False
+    started: float = 0.0  # loop time of the latest fork
+    backoff: float = 0.0  # delay before the latest restart
     stats: dict[str, Any] = field(default_factory=dict)  # the running worker's latest
     past: dict[str, Any] = field(default_factory=dict)  # summed over ended workers
     exit_codes: list[int] = field(default_factory=list)  # of ended workers (-N: signal N)
@@ -123,6 +142,7 @@ class WorkerSupervisor:
             parent_end.setblocking(False)
             self.slots.append(WorkerSlot(i, parent_end, child_end))
         self.stopping = False
+        self._parent_pid = os.getpid()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
 
@@ -148,6 +168,7 @@ class WorkerSupervisor:
         if pid == 0:
             self._child(slot)  # never returns
         slot.pid = slot.last_pid = pid
+        slot.started = self._loop.time()
         slot.stats = {}
         slot.pidfd = os.pidfd_open(pid)
         self._loop.add_reader(slot.pidfd, self._on_exit, slot)
@@ -193,7 +214,13 @@ class WorkerSupervisor:
         self._notify()
         if not self.stopping and self.restart:
             slot.restarts += 1
-            self._loop.call_later(self.restart_delay, self._restart, slot)
+            # A worker that dies young (a crash at start-up) is restarted ever later.
+            lived = self._loop.time() - slot.started
+            slot.backoff = (
+                min(max(2 * slot.backoff, self.restart_delay), MAX_RESTART_DELAY)
+                if lived < YOUNG_SECONDS else self.restart_delay
+            )  # fmt: skip
+            self._loop.call_later(slot.backoff, self._restart, slot)
 
     def _restart(self, slot: WorkerSlot) -> None:
         if not self.stopping and slot.pid == 0:
@@ -262,8 +289,13 @@ class WorkerSupervisor:
             asyncio.events._set_running_loop(None)
             asyncio.set_event_loop(None)
             signal.set_wakeup_fd(-1)
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+            for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
+            # Ctrl-C reaches the whole process group: the supervisor turns it into a
+            # SIGTERM for every worker, so a worker ignores SIGINT (no restart races)...
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            # ... and is told to stop when the supervisor dies without stopping it.
+            _die_with_parent(self._parent_pid)
             for other in self.slots:
                 other.parent_end.close()
                 if other is not slot:
