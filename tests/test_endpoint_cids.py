@@ -23,6 +23,7 @@ from quicflow.endpoint.quiclb import QuicLbConfig, ServerIdLayout
 from quicflow.tls.certs import generate_self_signed
 from quicflow.transport.config import Configuration
 from quicflow.transport.connection import Connection
+from tests.support.cid_helpers import FixedFirstCid
 
 SERVER_ADDR = ("127.0.0.1", 4433)
 _CERT = generate_self_signed(["localhost"])
@@ -33,21 +34,6 @@ def server_config(**kw: object) -> Configuration:
     return Configuration(
         alpn_protocols=["perf"], certificate_chain=[cert], private_key=key, **kw  # type: ignore[arg-type]
     )
-
-
-class FixedFirstCid:
-    """A client generator whose first CID is fixed (what a copying client does)."""
-
-    def __init__(self, first: bytes) -> None:
-        self.first: bytes | None = first
-        self.cid_length = len(first)
-
-    def generate(self) -> bytes:
-        first, self.first = self.first, None
-        return first if first is not None else os.urandom(self.cid_length)
-
-    def is_ours(self, cid: bytes) -> bool:
-        return len(cid) == self.cid_length
 
 
 @dataclass

@@ -5,11 +5,11 @@ byte intact (SHA-256 both ways), and neither breaks the other."""
 from __future__ import annotations
 
 import asyncio
-import os
 
 import quicflow
 from quicflow.endpoint.cids import CidGenerator
 from quicflow.endpoint.quiclb import ServerIdLayout
+from tests.support.cid_helpers import FixedFirstCid
 from tests.support.transfer import (
     StreamResult,
     client_configuration,
@@ -19,21 +19,6 @@ from tests.support.transfer import (
 )
 
 SIZE = 3 * 1024 * 1024
-
-
-class FixedFirstCid:
-    """A client generator whose first CID (its source CID) is fixed."""
-
-    def __init__(self, first: bytes) -> None:
-        self.first: bytes | None = first
-        self.cid_length = len(first)
-
-    def generate(self) -> bytes:
-        first, self.first = self.first, None
-        return first if first is not None else os.urandom(self.cid_length)
-
-    def is_ours(self, cid: bytes) -> bool:
-        return len(cid) == self.cid_length
 
 
 async def _client(port: int, seed: int, **kw: object) -> tuple[bytes, list[StreamResult]]:
