@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import select
 import socket
+import struct
 from collections import Counter
 
 import pytest
@@ -200,4 +201,41 @@ def test_worker_bytes_beyond_the_workers_never_pick_a_later_member(clients):
         assert all(member < 2 for member, _, _ in got)
     finally:
         extra.close()
+        group.close()
+
+
+def test_a_gro_batch_is_split_where_the_owner_changes(require):
+    """One GSO send of segments for workers 0, 1, 1, 0 arrives as one GRO buffer on one
+    member; each worker gets exactly its segments, in order, runs kept as GRO runs."""
+    from quicflow.datapath.constants import SOL_UDP, UDP_SEGMENT
+
+    group = ReuseportGroup.bind("127.0.0.1", 0, 2)
+    inboxes = HandoffInboxes(2)
+    route = CidRoute(cid_length=8, config_id=0, host_part=b"\x00", workers=2)
+    transports = [SteeringTransport(group.sockets[i], route, i, inboxes, backend="gso")
+                  for i in range(2)]  # fmt: skip
+    require(transports[0].backend == "gso", "needs GSO and GRO")
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        size = 100
+        owners = [0, 1, 1, 0]
+        segs = [(short_header(w) + bytes([i]) * size)[:size] for i, w in enumerate(owners)]
+        sender.sendmsg([b"".join(segs)], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))],
+                       0, group.address)  # fmt: skip
+        got: dict[int, list[tuple[bytes, int]]] = {0: [], 1: []}
+        for _ in range(100):
+            for w, t in enumerate(transports):
+                got[w] += [(bytes(d), s) for d, s, _a, _e in t.recv_batch(8)]
+            if sum(len(d) for v in got.values() for d, _ in v) == size * 4:
+                break
+            select.select([t.fileno() for t in transports] + inboxes.receivers, [], [], 0.05)
+        assert b"".join(d for d, _ in got[0]) == segs[0] + segs[3]
+        assert b"".join(d for d, _ in got[1]) == segs[1] + segs[2]
+        assert all(s == size for v in got.values() for _, s in v)
+        receiver = 0 if transports[0].counters.datagrams_received else 1
+        assert transports[receiver].misrouted_datagrams == 2  # the other worker's two
+        assert transports[1 - receiver].handed_over_datagrams == 2
+    finally:
+        sender.close()
+        inboxes.close()
         group.close()
