@@ -14,6 +14,8 @@ import struct
 from collections import Counter
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from quicflow.datapath.handoff import (
     CidRoute,
@@ -239,3 +241,32 @@ def test_a_gro_batch_is_split_where_the_owner_changes(require):
         sender.close()
         inboxes.close()
         group.close()
+
+
+@given(
+    segments=st.lists(
+        st.tuples(st.sampled_from([0x40, 0x41, 0xC0, 0xE0]), st.integers(0, 255),
+                  st.integers(0, 2), st.integers(0, 3)),
+        min_size=1, max_size=12,
+    ),
+    last_cut=st.integers(0, 30),
+)  # fmt: skip
+def test_the_gro_fast_path_agrees_with_the_per_segment_owner(segments, last_cut):
+    """``all_short_and_owned_by`` (strided slices) says yes exactly when every segment's
+    ``owner()`` is the worker, whatever the header forms, config ids and host bytes."""
+    route = CidRoute(cid_length=8, config_id=0, host_part=b"\x01", workers=3)
+    size = 40
+    parts = []
+    for first, cfg_byte, host, worker in segments:
+        if first & 0x80:  # long header: version, DCID length 8, DCID
+            seg = bytes([first, 0, 0, 0, 1, 8, cfg_byte, host, worker])
+        else:
+            seg = bytes([first, cfg_byte, host, worker])
+        parts.append(seg.ljust(size, b"\x00"))
+    data = b"".join(parts)
+    data = data[: max(len(data) - last_cut, len(data) - size + 1)]
+    owners = [route.owner(data, pos, min(pos + size, len(data)))
+              for pos in range(0, len(data), size)]  # fmt: skip
+    for worker in range(3):
+        expected = all(o == worker for o in owners) and not any(p[0] & 0x80 for p in parts)
+        assert route.all_short_and_owned_by(data, size, worker) == expected

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import socket
 import struct
-from dataclasses import dataclass
 
 from .backends import RecvEntry
 from .socket import UdpTransport
@@ -76,41 +75,71 @@ class HandoffInboxes:
         self.senders = []
 
 
-@dataclass(frozen=True, slots=True)
 class CidRoute:
     """Where the worker byte of this host's plaintext QUIC-LB CIDs sits.
 
     ``cid_length``: our CIDs' length; ``config_id``: their first three bits;
     ``host_part``: the server-ID bytes before the worker byte (this host's ID);
-    ``worker_cid_offset``: the worker byte's CID offset (``1 + len(host_part)``).
+    ``workers``: how many workers there are. The worker byte is at CID offset
+    ``worker_cid_offset`` (``1 + len(host_part)``).
     """
 
-    cid_length: int
-    config_id: int
-    host_part: bytes
-    workers: int
+    __slots__ = ("cid_length", "config_id", "host_part", "workers", "worker_cid_offset",
+                 "_config_bytes")  # fmt: skip
 
-    @property
-    def worker_cid_offset(self) -> int:
-        return 1 + len(self.host_part)
+    def __init__(self, cid_length: int, config_id: int, host_part: bytes, workers: int) -> None:
+        self.cid_length = cid_length
+        self.config_id = config_id
+        self.host_part = bytes(host_part)
+        self.workers = workers
+        self.worker_cid_offset = 1 + len(self.host_part)
+        #: the first CID bytes of this config (config id in the top three bits)
+        self._config_bytes = bytes(range(config_id << 5, (config_id + 1) << 5))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CidRoute) and (
+            self.cid_length, self.config_id, self.host_part, self.workers
+        ) == (other.cid_length, other.config_id, other.host_part, other.workers)
+
+    def __hash__(self) -> int:
+        return hash((self.cid_length, self.config_id, self.host_part, self.workers))
 
     def owner(self, data: bytes | memoryview, pos: int, end: int) -> int:
         """The worker that owns the packet at ``data[pos:end]``, or -1 when the DCID is
         not one of this host's worker CIDs (a client-chosen Initial DCID, say)."""
-        first = data[pos]
-        if first & 0x80:
+        if data[pos] & 0x80:
             if end - pos < 6 or data[pos + 5] != self.cid_length:
                 return -1
             cid = pos + 6
         else:
             cid = pos + 1
-        at = cid + 1 + len(self.host_part)
+        at = cid + self.worker_cid_offset
         if at >= end or data[cid] >> 5 != self.config_id:
             return -1
-        if self.host_part and data[cid + 1 : at] != self.host_part:
+        host = self.host_part
+        if host and (
+            data[cid + 1] != host[0] if len(host) == 1 else data[cid + 1 : at] != host
+        ):
             return -1
         worker = data[at]
         return worker if worker < self.workers else -1
+
+    def all_short_and_owned_by(self, data: bytes | memoryview, segment_size: int,
+                               worker: int) -> bool:
+        """Whether every segment of a GRO buffer is a short header whose DCID names
+        ``worker``: strided slices checked by C loops (``isascii``, ``translate``,
+        ``count``), no Python loop over segments (the common case)."""
+        raw = data if isinstance(data, bytes) else bytes(data)
+        n = -(-len(raw) // segment_size)
+        if not raw[0::segment_size].isascii():  # a first byte >= 0x80: a long header
+            return False
+        cfg = raw[1::segment_size]
+        if len(cfg) != n or cfg.translate(None, self._config_bytes):
+            return False  # a DCID of another config (or a segment too short)
+        for i, byte in enumerate(self.host_part):
+            if raw[2 + i :: segment_size].count(byte) != n:
+                return False
+        return raw[1 + self.worker_cid_offset :: segment_size].count(worker) == n
 
 
 class SteeringTransport(UdpTransport):
@@ -125,6 +154,8 @@ class SteeringTransport(UdpTransport):
         "misrouted_datagrams",
         "handed_over_datagrams",
         "handoff_dropped",
+        "_short_worker_at",
+        "_cfg",
     )
 
     def __init__(
@@ -139,6 +170,8 @@ class SteeringTransport(UdpTransport):
         super().__init__(sock, backend=backend)
         self.route = route
         self.worker_id = worker_id
+        self._short_worker_at = 1 + route.worker_cid_offset  # payload offset, short header
+        self._cfg = route.config_id
         self.inbox = inboxes.receivers[worker_id]
         self.outboxes = inboxes.senders
         #: segments that reached this worker but belong to another (handed over)
@@ -164,11 +197,21 @@ class SteeringTransport(UdpTransport):
         me = self.worker_id
         total = len(data)
         if segment_size >= total:
+            # the common case first: a short header naming this worker
+            at = self._short_worker_at
+            if total > at and data[at] == me and data[0] < 0x80 and data[1] >> 5 == self._cfg:
+                host = self.route.host_part
+                if not host or data[2 : 2 + len(host)] == host:
+                    out.append(entry)
+                    return
             target = owner(data, 0, total) if total else -1
             if target < 0 or target == me:
                 out.append(entry)
             else:
                 self._hand_over(target, data, segment_size, addr, ecn, 1)
+            return
+        if self.route.all_short_and_owned_by(data, segment_size, me):
+            out.append(entry)
             return
         # A GRO run: split it where the owner changes.
         run_start = 0
