@@ -186,6 +186,8 @@ async def _kill_one_worker() -> None:
     rows = check_worker_keys(server.stats(), 2)
     assert rows[1]["restarts"] == 1 and rows[1]["exit_codes"][0] == -signal.SIGKILL
     assert rows[0]["restarts"] == 0
+    # The restarted worker sits in the same group slot: nothing went to the wrong worker.
+    assert [row["misrouted_datagrams"] for row in rows] == [0, 0]
     assert rows[1]["connections"] == owners.count(1) + sum(1 for w, _ in fresh if w == 1)
 
 
