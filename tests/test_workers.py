@@ -248,3 +248,25 @@ async def _single_process_host_id() -> None:
 
 def test_single_process_server_takes_a_host_id():
     asyncio.run(_single_process_host_id())
+
+
+async def _dual_stack() -> None:
+    server = await quicflow.serve(
+        serve_stream, "::", 0, configuration=server_configuration(), workers=2
+    )
+    try:
+        port = server.address[1]
+        hosts = ("127.0.0.1", "::1")
+        outcomes = await asyncio.gather(
+            *(fetch(port, 32 * 1024, seed=i, host=h) for i in range(4) for h in hosts)
+        )
+    finally:
+        await server.wait_closed()
+    assert all(ok for _, ok in outcomes)
+    rows = check_worker_keys(server.stats(), 2)
+    assert sum(r["connections"] for r in rows) == 8
+    assert [r["misrouted_datagrams"] for r in rows] == [0, 0]
+
+
+def test_a_dual_stack_group_serves_ipv4_and_ipv6_clients():
+    asyncio.run(_dual_stack())

@@ -163,6 +163,7 @@ class WorkerSupervisor:
     def _fork(self, slot: WorkerSlot) -> None:
         assert self._loop is not None
         slot.ready = False
+        sys.stdout.flush()  # or a child could write the parent's buffered output again
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
