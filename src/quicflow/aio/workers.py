@@ -114,6 +114,7 @@ class _WorkerSpec:
     group: ReuseportGroup
     inboxes: HandoffInboxes
     app_stats: Callable[[], dict[str, Any]] | None
+    connection_sockets: int = 0
 
 
 def _run_worker(spec: _WorkerSpec, ctx: WorkerContext) -> int:
@@ -156,6 +157,10 @@ async def _worker(spec: _WorkerSpec, ctx: WorkerContext) -> int:
 
     runner = EndpointRunner(transport, endpoint, on_accept=on_accept)
     box.append(runner)
+    if spec.connection_sockets:
+        # Per-connection sockets (datapath/connected.py, where built): bound to the port
+        # after the group's listeners, so they join the group behind them.
+        getattr(runner, "enable_connection_sockets")(spec.connection_sockets)  # noqa: B009
     loop.add_reader(transport.inbox_fileno(), runner.read_now)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)  # SIGINT is the supervisor's
@@ -285,10 +290,16 @@ async def serve_workers(
     plan: CidPlan | None = None,
     app_stats: Callable[[], dict[str, Any]] | None = None,
     ready_timeout: float = 10.0,
+    connection_sockets: int = 0,
 ) -> WorkerGroupServer:
-    """Bind, steer, fork ``workers`` workers and wait until they serve."""
+    """Bind, steer, fork ``workers`` workers and wait until they serve.
+    ``connection_sockets``: each worker's cap of per-connection sockets (0: off)."""
     if not 1 <= workers <= 256:
         raise ValueError(f"workers must be 1..256, got {workers}")
+    if connection_sockets < 0:
+        raise ValueError("connection_sockets must be >= 0")
+    if connection_sockets and not hasattr(EndpointRunner, "enable_connection_sockets"):
+        raise ValueError("per-connection sockets are not available in this build")
     plan = plan or CidPlan()
     if plan.quic_lb.key is not None and steering:
         raise ValueError("steering reads plaintext QUIC-LB CIDs: use no key, or steering=False")
@@ -300,7 +311,8 @@ async def serve_workers(
             group.steer(plan.layout(0).worker_cid_offset, config_id=plan.quic_lb.config_id)
         inboxes = HandoffInboxes(workers)
         spec = _WorkerSpec(
-            handler, connection_handler, config, backend, plan, group, inboxes, app_stats
+            handler, connection_handler, config, backend, plan, group, inboxes, app_stats,
+            connection_sockets,
         )
         supervisor = WorkerSupervisor(workers, lambda ctx: _run_worker(spec, ctx))
         server = WorkerGroupServer(group, inboxes, supervisor, plan, steering)
