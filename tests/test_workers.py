@@ -133,7 +133,7 @@ async def _start_held_download(
     """A connection whose download stops after 64 KiB (the client does not read, so
     flow control holds the server) until ``resume`` is set."""
     conn = await stack.enter_async_context(
-        quicflow.connect("127.0.0.1", port, configuration=client_configuration(idle_timeout=2))
+        quicflow.connect("127.0.0.1", port, configuration=client_configuration(idle_timeout=3))
     )
     reader, writer = await conn.create_stream()
     writer.write(_REQUEST.pack(HELD_SIZE, seed))
@@ -151,7 +151,7 @@ async def _start_held_download(
 
 async def _kill_one_worker() -> None:
     server = await quicflow.serve(
-        serve_stream, "127.0.0.1", 0, configuration=server_configuration(idle_timeout=2),
+        serve_stream, "127.0.0.1", 0, configuration=server_configuration(idle_timeout=3),
         workers=2,
     )
     port = server.address[1]
