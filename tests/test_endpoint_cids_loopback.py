@@ -84,3 +84,60 @@ def test_server_cids_route_with_a_custom_layout() -> None:
         assert all(gen.server_id_of(cid) == b"\x07\x02" for cid in peer_cids)
 
     asyncio.run(main())
+
+
+def test_vanished_clients_expire_together_while_a_transfer_flows() -> None:
+    """Issue 10 item 8, live: 64 clients vanish (sockets closed, no CONNECTION_CLOSE),
+    the server forgets them all when their idle timers fire together, and downloads on
+    the same server keep going intact throughout."""
+    vanishing = 64
+
+    async def vanish(port: int, seed: int) -> bool:
+        async with quicflow.connect(
+            "127.0.0.1", port, configuration=client_configuration()
+        ) as conn:
+            ok = (await asyncio.wait_for(download(conn, 1000, seed=seed), 30)).ok
+            conn.runner.close()  # gone: no CONNECTION_CLOSE, no more datagrams
+        return ok
+
+    async def main() -> None:
+        server = await quicflow.serve(
+            serve_stream, "127.0.0.1", 0, configuration=server_configuration(idle_timeout=2.0)
+        )
+        registry = server.endpoint.registry
+        results: list[StreamResult] = []
+        try:
+            port = server.address[1]
+            async with quicflow.connect(
+                "127.0.0.1", port, configuration=client_configuration()
+            ) as legit:
+                stop = asyncio.Event()
+
+                async def keep_downloading() -> None:
+                    seed = 1
+                    while not stop.is_set():
+                        results.append(
+                            await asyncio.wait_for(download(legit, 300_000, seed=seed), 30)
+                        )
+                        seed += 1
+
+                flowing = asyncio.create_task(keep_downloading())
+                oks = await asyncio.gather(*(vanish(port, 100 + i) for i in range(vanishing)))
+                for _ in range(200):  # until every vanished connection timed out
+                    if len(registry) == 1 or flowing.done():
+                        break
+                    await asyncio.sleep(0.05)
+                stop.set()
+                await flowing
+                results.append(await asyncio.wait_for(download(legit, 2_000_000, seed=0), 30))
+                assert all(oks)
+                assert len(registry) == 1 and len(server.connections) == 1
+                assert next(iter(registry)) is server.connections[0].conn
+                # every vanished client was accepted, and forgotten by its idle timer
+                assert server.endpoint.counters.connections_accepted == 1 + vanishing
+                assert registry.counters.forgotten == vanishing
+        finally:
+            server.close()
+        assert len(results) > 3 and all(r.ok for r in results), [r for r in results if not r.ok]
+
+    asyncio.run(main())

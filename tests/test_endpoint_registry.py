@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from quicflow.endpoint.endpoint import Endpoint
 from quicflow.endpoint.registry import ConnectionRegistry
 from quicflow.transport.config import Configuration
@@ -42,6 +45,50 @@ def test_forget_removes_exactly_the_connections_own_entries() -> None:
     assert reg.ours == {b"shared..": b} and reg.initial == {}
     reg.forget(a)  # twice: harmless
     assert reg.counters.forgotten == 1
+
+
+_ops = st.lists(
+    st.tuples(
+        st.sampled_from(("add_cid", "add_initial", "remove_cid", "forget")),
+        st.integers(0, 3),  # which entity
+        st.sampled_from((b"", b"k1", b"k2", b"k3", b"k4")),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_ops)
+def test_registry_matches_a_model(ops: list[tuple[str, int, bytes]]) -> None:
+    reg: ConnectionRegistry[Entity] = ConnectionRegistry()
+    ents = [Entity() for _ in range(4)]
+    ours: dict[bytes, int] = {}
+    initial: dict[bytes, int] = {}
+    alive: set[int] = set()
+    for op, who, key in ops:
+        conn = ents[who]
+        if op in ("add_cid", "add_initial"):
+            model = ours if op == "add_cid" else initial
+            claimed = model.setdefault(key, who) == who
+            assert getattr(reg, op)(key, conn) == claimed
+            if claimed:  # a refused key does not register the connection
+                alive.add(who)
+        elif op == "remove_cid":
+            reg.remove_cid(key, conn)
+            if ours.get(key) == who:
+                del ours[key]
+        else:
+            reg.forget(conn)
+            ours = {k: v for k, v in ours.items() if v != who}
+            initial = {k: v for k, v in initial.items() if v != who}
+            alive.discard(who)
+        assert {k: ents.index(v) for k, v in reg.ours.items()} == ours
+        assert {k: ents.index(v) for k, v in reg.initial.items()} == initial
+        assert {ents.index(c) for c in reg} == alive
+        for i in alive:  # each connection's own key set is exactly what it holds
+            held = {(1, k) for k, v in ours.items() if v == i}
+            held |= {(0, k) for k, v in initial.items() if v == i}
+            assert reg.keys_of(ents[i]) == held
 
 
 def test_connections_have_no_value_equality() -> None:

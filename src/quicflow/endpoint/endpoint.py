@@ -411,6 +411,10 @@ class Endpoint:
         """Remove a connection and exactly its own CIDs (O(its CIDs), see registry.py)."""
         self.registry.forget(conn)
 
+    def new_server_cid(self) -> bytes:
+        """A fresh CID of ours that no connection holds (e.g. a Retry's SCID)."""
+        return self.issue_cid()[0]
+
     def stats(self) -> dict[str, Any]:
         c = self.counters
         return {
