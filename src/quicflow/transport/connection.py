@@ -41,6 +41,7 @@ from .state import (
     PacketSpace,
     PeerCid,
     StreamLimits,
+    initial_crypto_recv,
 )
 from .streams import RecvStream, SendStream, Stream
 
@@ -69,6 +70,8 @@ class ConnectionCounters:
     dropped_bad_retry: int = 0
     duplicate_packets: int = 0
     engine_open_failures: int = 0
+    dropped_reassembly_full: int = 0  # out-of-order data over the budget: not acked
+    dropped_one_rtt_early: int = 0  # 1-RTT before the handshake completed (server)
 
 
 @dataclass(slots=True)
@@ -207,6 +210,7 @@ class Connection:
         self.bidi.window = cfg.max_streams_bidi
         self.uni.max_remote = cfg.max_streams_uni
         self.uni.window = cfg.max_streams_uni
+        self.spaces[0].crypto_recv = initial_crypto_recv()
         self.loss = LossDetection(
             is_server=not self.is_client,
             max_ack_delay=0.025,

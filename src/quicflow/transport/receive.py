@@ -46,7 +46,8 @@ from .events import (
     StreamWritable,
 )
 from .recovery_glue import on_ack_frame
-from .state import CLOSING, DRAINING, ESTABLISHED, PeerCid
+from .state import CLOSING, DRAINING, ESTABLISHED, PacketSpace, PeerCid
+from .streams import ReassemblyFull
 
 EPOCH_OF_TYPE = {INITIAL: Epoch.INITIAL, HANDSHAKE: Epoch.HANDSHAKE, ZERO_RTT: Epoch.ZERO_RTT}
 
@@ -158,7 +159,14 @@ def _receive_packet(
     conn.counters.packets_received += 1
     if epoch == Epoch.HANDSHAKE and not conn.is_client:
         _discard_epoch(conn, Epoch.INITIAL)
-    ack_eliciting = _process_frames(conn, payload, epoch, now)
+    crypto_before = _crypto_held(space) if epoch == Epoch.INITIAL else 0
+    try:
+        ack_eliciting = _process_frames(conn, payload, epoch, now)
+    except ReassemblyFull:
+        conn.counters.packets_received -= 1
+        conn.counters.packets_dropped += 1
+        conn.counters.dropped_reassembly_full += 1
+        return  # not acknowledged: the peer sends it again
     # ACK bookkeeping
     if pn < space.largest_received or (
         space.received and pn > space.largest_received + 1
@@ -182,10 +190,18 @@ def _receive_packet(
             space.ack_immediately = True
         elif space.ack_deadline is None:
             space.ack_deadline = now + conn.configuration.max_ack_delay
-    conn.idle_deadline = now + _effective_idle(conn)
+    if epoch != Epoch.INITIAL or conn.is_client or _crypto_held(space) > crypto_before:
+        # an Initial that brings a server no new handshake data (anyone can build one)
+        # does not keep the connection alive
+        conn.idle_deadline = now + _effective_idle(conn)
     conn.last_ack_eliciting_sent_after_receive = False
     if conn.state == CLOSING:
         conn.close_pending = True
+
+
+def _crypto_held(space: PacketSpace) -> int:
+    recv = space.crypto_recv
+    return recv.read_offset + recv.ready_bytes + recv.chunk_bytes
 
 
 def _effective_idle(conn: Connection) -> float:
@@ -210,6 +226,8 @@ def _check_stateless_reset(conn: Connection, packet: bytes) -> None:
 
 def _receive_retry(conn: Connection, data: bytes, pos: int, hdr: PacketHeader) -> None:
     if not conn.is_client or conn.peer_initial_scid is not None or conn.retry_scid is not None:
+        conn.counters.packets_dropped += 1  # a Retry to a server, or too late: ignored
+        conn.counters.dropped_bad_retry += 1
         return
     packet = bytes(data[pos : hdr.end])
     pseudo = retry_pseudo_packet(conn.original_dcid, packet[:-16])
@@ -430,9 +448,12 @@ def _on_stream(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
     if stream is None or stream.recv is None:
         return
     recv = stream.recv
-    grown = recv.receive(frame.offset, frame.data, frame.fin)
+    flow = conn.flow
+    cost = recv.chunk_cost
+    grown = recv.receive(frame.offset, frame.data, frame.fin, flow.reassembly_budget())
+    if recv.chunk_cost != cost:
+        flow.reassembly_cost += recv.chunk_cost - cost
     if grown:
-        flow = conn.flow
         flow.data_received += grown
         if flow.data_received > flow.max_data:
             raise QuicError(FLOW_CONTROL_ERROR, "connection flow control limit exceeded")
@@ -447,7 +468,9 @@ def _on_reset_stream(conn: Connection, frame: Any, epoch: Epoch, now: float) -> 
     if stream is None or stream.recv is None:
         return
     first = stream.recv.reset_code is None
+    cost = stream.recv.chunk_cost
     grown = stream.recv.on_reset(frame.error_code, frame.final_size)
+    conn.flow.reassembly_cost -= cost  # on_reset dropped every stored piece
     conn.flow.data_received += grown
     if conn.flow.data_received > conn.flow.max_data:
         raise QuicError(FLOW_CONTROL_ERROR, "connection flow control limit exceeded")

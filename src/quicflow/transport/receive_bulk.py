@@ -20,6 +20,7 @@ from .rangeset import RangeSet
 from .receive import _check_stateless_reset, _effective_idle, _on_peer_key_update
 from .receive import _process_frames as process_frames
 from .state import CLOSING, DRAINING
+from .streams import ReassemblyFull
 
 _ECN_INDEX = {2: 0, 1: 1, 3: 2}
 
@@ -82,7 +83,15 @@ def receive_short_run(
                     stream = conn.get_or_create_peer_stream(sid)
                     recv = stream.recv if stream is not None else None
                 if recv is not None:
-                    grown = recv.receive(offset, data, fin)
+                    cost = recv.chunk_cost
+                    try:
+                        grown = recv.receive(offset, data, fin, flow.reassembly_budget())
+                    except ReassemblyFull:  # dropped unacknowledged: sent again
+                        counters.packets_dropped += count
+                        counters.dropped_reassembly_full += count
+                        continue
+                    if recv.chunk_cost != cost:
+                        flow.reassembly_cost += recv.chunk_cost - cost
                     if grown:
                         flow.data_received += grown
                         if flow.data_received > flow.max_data:
@@ -117,7 +126,12 @@ def receive_short_run(
             if pn <= space.largest_received and pn in received:
                 counters.duplicate_packets += 1
                 continue
-            is_eliciting = process_frames(conn, payload, Epoch.ONE_RTT, now)
+            try:
+                is_eliciting = process_frames(conn, payload, Epoch.ONE_RTT, now)
+            except ReassemblyFull:  # dropped unacknowledged: sent again
+                counters.packets_dropped += 1
+                counters.dropped_reassembly_full += 1
+                continue
             if conn.state >= CLOSING:
                 break
             accepted += 1
