@@ -71,7 +71,7 @@ class ConnectionCounters:
     duplicate_packets: int = 0
     engine_open_failures: int = 0
     dropped_reassembly_full: int = 0  # out-of-order data over the budget: not acked
-    dropped_one_rtt_early: int = 0  # 1-RTT before the handshake completed (server)
+    one_rtt_before_handshake: int = 0  # server: 1-RTT packets held or dropped, not acked
 
 
 @dataclass(slots=True)
@@ -145,10 +145,15 @@ class Connection:
     counters: ConnectionCounters = field(default_factory=ConnectionCounters)
     ecn_state: int = 0  # ECN_TESTING / ECN_CAPABLE / ECN_FAILED
     key_update_pending: bool = False  # we updated our send keys; the peer has not yet
+    key_update_requested: bool = False  # asked for, waiting for key_update_allowed_at
+    key_update_allowed_at: float = 0.0  # 3 PTO after the previous update (RFC 9001 §6.5)
     key_updates_received: int = 0
     one_rtt_send_hp: bytes = b""
     one_rtt_recv_hp: bytes = b""
     pacer_deadline: float | None = None
+    # server: 1-RTT datagrams that came before the handshake completed, processed once
+    # it has (RFC 9001 §5.7), at most MAX_EARLY_ONE_RTT of them: (packet, address, ecn)
+    early_one_rtt: list[tuple[bytes, Address, int]] = field(default_factory=list)
     _now_hint: float = 0.0
     # runtime objects (not snapshotted)
     tls: TlsSession | None = None
@@ -402,15 +407,24 @@ class Connection:
     def initiate_key_update(self) -> None:
         """Start a 1-RTT key update (RFC 9001 §6): send with the next keys from now on.
 
-        Raises ValueError before the handshake is confirmed or while the previous update
-        is not yet answered by the peer.
+        An update asked for while the previous one is not yet answered by the peer, or
+        less than three PTOs after it was (RFC 9001 §6.5: the peer may not have the next
+        keys yet), waits and starts by itself as soon as it may (see :meth:`timer`).
+        Raises ValueError before the handshake is confirmed.
         """
-        from ..crypto.keys import next_generation_secret
-
         if not (self.handshake_confirmed and self.one_rtt_ready):
             raise ValueError("a key update needs a confirmed handshake")
-        if self.key_update_pending:
-            raise ValueError("the previous key update is not yet answered by the peer")
+        self.key_update_requested = True
+        self._start_key_update_if_allowed(self._now_hint)
+
+    def _start_key_update_if_allowed(self, now: float) -> None:
+        from ..crypto.keys import next_generation_secret
+
+        if self.key_update_pending or now < self.key_update_allowed_at:
+            return
+        if self.state >= CLOSING or not self.one_rtt_ready:
+            return
+        self.key_update_requested = False
         self.key_update_pending = True
         self.key_phase ^= 1
         self.one_rtt_send_secret = next_generation_secret(
@@ -493,6 +507,8 @@ class Connection:
                 deadlines.append(space.ack_deadline)
         if self.pacer_deadline is not None:
             deadlines.append(self.pacer_deadline)
+        if self.key_update_requested and not self.key_update_pending:
+            deadlines.append(self.key_update_allowed_at)
         return min(deadlines)
 
     def handle_timer(self, now: float) -> None:
@@ -517,6 +533,8 @@ class Connection:
             on_loss_timeout(self, now)
         if self.pacer_deadline is not None and now >= self.pacer_deadline:
             self.pacer_deadline = None
+        if self.key_update_requested:
+            self._start_key_update_if_allowed(now)
 
     def sync_recovery(self) -> None:
         """Copy what loss detection needs to know about the connection into it."""

@@ -75,19 +75,56 @@ def receive_datagram(
             conn.counters.packets_dropped += 1
             conn.counters.dropped_malformed += 1
             return
-        end = hdr.end
+        if not _receive_one(conn, data, pos, hdr, addr, now, ecn):
+            return
+        pos = hdr.end
+    if conn.early_one_rtt and conn.handshake_complete:
+        _replay_early_one_rtt(conn, now)
+
+
+def _receive_one(
+    conn: Connection, data: bytes, pos: int, hdr: PacketHeader, addr: Address, now: float,
+    ecn: int,
+) -> bool:
+    """One packet; False when the connection is closing because of it (or was)."""
+    try:
+        _receive_packet(conn, data, pos, hdr, addr, now, ecn)
+    except QuicError as exc:
+        conn.close_with_error(exc)
+        return False
+    except TlsAlert as exc:
+        conn.close(CRYPTO_ERROR + exc.description, str(exc), application=False,
+                   frame_type=F.CRYPTO)
+        return False
+    return conn.state < CLOSING
+
+
+#: 1-RTT datagrams a server holds while its handshake is not complete (RFC 9001 §5.7
+#: forbids processing them before; more than a few are dropped, unacknowledged).
+MAX_EARLY_ONE_RTT = 4
+
+
+def hold_early_one_rtt(conn: Connection, packet: bytes, addr: Address, ecn: int) -> None:
+    """A server got a 1-RTT packet before its handshake completed: keep a few for later,
+    acknowledge none (a client may take an ACK of 1-RTT as handshake confirmation and
+    would then never resend a lost Finished)."""
+    conn.counters.one_rtt_before_handshake += 1
+    if len(conn.early_one_rtt) < MAX_EARLY_ONE_RTT:
+        conn.early_one_rtt.append((packet, addr, ecn))
+    else:
+        conn.counters.packets_dropped += 1
+        conn.counters.dropped_no_keys += 1
+
+
+def _replay_early_one_rtt(conn: Connection, now: float) -> None:
+    held, conn.early_one_rtt = conn.early_one_rtt, []
+    for packet, addr, ecn in held:
         try:
-            _receive_packet(conn, data, pos, hdr, addr, now, ecn)
-        except QuicError as exc:
-            conn.close_with_error(exc)
+            hdr = parse_header(packet, 0, conn.local_cid_length)
+        except WireError:
+            continue
+        if not _receive_one(conn, packet, 0, hdr, addr, now, ecn):
             return
-        except TlsAlert as exc:
-            conn.close(CRYPTO_ERROR + exc.description, str(exc), application=False,
-                       frame_type=F.CRYPTO)
-            return
-        if conn.state >= CLOSING:
-            return
-        pos = end
 
 
 def _receive_packet(
@@ -116,6 +153,9 @@ def _receive_packet(
         if not conn.one_rtt_ready:
             conn.counters.packets_dropped += 1
             conn.counters.dropped_no_keys += 1
+            return
+        if not conn.handshake_complete and not conn.is_client:
+            hold_early_one_rtt(conn, bytes(data[pos : hdr.end]), addr, ecn)
             return
         results = conn.engine.open(data, [(pos, hdr.end - pos, hdr.dcid)])
         result = results[0]
@@ -258,6 +298,8 @@ def _on_peer_key_update(conn: Connection) -> None:
     suite = conn.cipher_suite
     conn.one_rtt_recv_secret = next_generation_secret(suite, conn.one_rtt_recv_secret)
     conn.key_updates_received += 1
+    # the next update waits three PTOs: the peer may still be on the old keys' timer
+    conn.key_update_allowed_at = conn._now_hint + 3 * conn.pto()
     if conn.key_update_pending:
         conn.key_update_pending = False
         return
@@ -299,7 +341,12 @@ def _process_frames(conn: Connection, payload: bytes, epoch: Epoch, now: float) 
             ack_eliciting = True
         handler = _HANDLERS.get(cls)
         if handler is not None:
-            handler(conn, frame, epoch, now)
+            try:
+                handler(conn, frame, epoch, now)
+            except QuicError as exc:
+                if not exc.frame_type:  # name the frame that broke the rule
+                    exc.frame_type = F.frame_type_of(frame)
+                raise
         if conn.state >= CLOSING:
             break
     return ack_eliciting
@@ -417,6 +464,8 @@ def _apply_peer_params(conn: Connection, raw: bytes) -> None:
             conn.peer_cids.append(PeerCid(0, conn.peer_cid, None))
     else:
         conn.peer_cids.append(PeerCid(0, conn.peer_cid, None))
+    if params.initial_source_connection_id is None:  # RFC 9000 §7.3
+        raise QuicError(TRANSPORT_PARAMETER_ERROR, "initial_source_connection_id missing")
     if params.initial_source_connection_id != conn.peer_cid and (
         params.initial_source_connection_id != conn.peer_initial_scid
     ):
@@ -577,8 +626,16 @@ def _on_retire_connection_id(conn: Connection, frame: Any, epoch: Epoch, now: fl
         return
 
 
+#: PATH_CHALLENGE data kept to answer: the latest ones (RFC 9000 §8.2.2 lets an endpoint
+#: leave challenges unanswered; a flood of them must not grow the connection).
+MAX_PATH_CHALLENGES = 4
+
+
 def _on_path_challenge(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
-    conn.path_challenges_received.append(frame.data)
+    received = conn.path_challenges_received
+    received.append(frame.data)
+    if len(received) > MAX_PATH_CHALLENGES:
+        del received[0]
 
 
 def _on_path_response(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:

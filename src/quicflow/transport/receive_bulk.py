@@ -17,7 +17,12 @@ from .connection import Address, Connection
 from .errors import CRYPTO_ERROR, FLOW_CONTROL_ERROR, QuicError
 from .events import StreamReadable
 from .rangeset import RangeSet
-from .receive import _check_stateless_reset, _effective_idle, _on_peer_key_update
+from .receive import (
+    _check_stateless_reset,
+    _effective_idle,
+    _on_peer_key_update,
+    hold_early_one_rtt,
+)
 from .receive import _process_frames as process_frames
 from .state import CLOSING, DRAINING
 from .streams import ReassemblyFull
@@ -59,6 +64,10 @@ def receive_short_run(
         return
     for _, length, _ in packets:
         counters.bytes_received += length
+    if not conn.handshake_complete and not conn.is_client:  # RFC 9001 §5.7
+        for offset, length, _ in packets:
+            hold_early_one_rtt(conn, bytes(buf[offset : offset + length]), addr, ecn)
+        return
     entries = conn.engine.open_run(buf, packets)
     space = conn.spaces[2]
     largest_before = space.largest_received
@@ -144,6 +153,8 @@ def receive_short_run(
             if is_eliciting:
                 eliciting += 1
     except QuicError as exc:
+        if not exc.frame_type and entry[0] == 0:  # a coalesced run of STREAM frames
+            exc.frame_type = 0x0A | (0x04 if entry[4] else 0) | (0x01 if entry[6] else 0)
         conn.close_with_error(exc)
     except TlsAlert as exc:
         conn.close(CRYPTO_ERROR + exc.description, str(exc), application=False)
