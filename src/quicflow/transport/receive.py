@@ -28,7 +28,6 @@ from ..wire.tparams import decode_transport_parameters
 from .connection import SPACE_OF_EPOCH, Address, Connection
 from .errors import (
     CONNECTION_ID_LIMIT_ERROR,
-    CRYPTO_ERROR,
     FLOW_CONTROL_ERROR,
     FRAME_ENCODING_ERROR,
     INTERNAL_ERROR,
@@ -93,7 +92,7 @@ def _receive_one(
         conn.close_with_error(exc)
         return False
     except TlsAlert as exc:
-        conn.close(CRYPTO_ERROR + exc.description, str(exc), application=False,
+        conn.close(exc.quic_error_code, str(exc), application=False,
                    frame_type=F.CRYPTO)
         return False
     return conn.state < CLOSING

@@ -14,7 +14,7 @@ from bisect import bisect_right
 from ..crypto.epoch import Epoch
 from ..tls.alerts import TlsAlert
 from .connection import Address, Connection
-from .errors import CRYPTO_ERROR, FLOW_CONTROL_ERROR, QuicError
+from .errors import FLOW_CONTROL_ERROR, QuicError
 from .events import StreamReadable
 from .rangeset import RangeSet
 from .receive import (
@@ -157,7 +157,7 @@ def receive_short_run(
             exc.frame_type = 0x0A | (0x04 if entry[4] else 0) | (0x01 if entry[6] else 0)
         conn.close_with_error(exc)
     except TlsAlert as exc:
-        conn.close(CRYPTO_ERROR + exc.description, str(exc), application=False)
+        conn.close(exc.quic_error_code, str(exc), application=False)
     if not accepted:
         return
     if addr != conn.peer_address and space.largest_received > largest_before:
