@@ -41,6 +41,7 @@ from .events import StreamReadable
 from .rangeset import RangeSet
 from .recovery import LossDetection, PnSpace, SentPacket, SpaceState
 from .rtt import RttEstimator
+from .snapshot_check import check_tree
 from .state import CLOSING, FlowControl, LocalCid, PacketSpace, PeerCid, StreamLimits
 from .streams import RecvStream, SendStream, Stream
 
@@ -177,9 +178,6 @@ def restore_connection(
     (``conn.host_cid_list()``); ``conn.cid_changes`` lists them as added, so an
     endpoint's CID bookkeeping registers them too.
     """
-    from .receive import program_engine
-    from .recovery_glue import on_lost_packets
-
     header, body = CODEC.decode(blob)
     created = header.get("created")
     if type(created) is not float or not math.isfinite(created):
@@ -189,6 +187,30 @@ def restore_connection(
     conn, app_state = body["connection"], body["app_state"]
     if type(conn) is not Connection or type(app_state) is not bytes:
         raise SnapshotError("snapshot body is not a connection snapshot")
+    validate_connection_tree(conn)
+    try:
+        return _rebuild(conn, app_state, engine, now, created, configuration)
+    except (AttributeError, TypeError, ValueError, IndexError, KeyError,
+            OverflowError) as exc:  # well-typed but inconsistent state
+        raise SnapshotError(f"snapshot state is inconsistent: {exc}") from None
+
+
+def validate_connection_tree(conn: Connection) -> None:
+    """Every field of every captured object holds a value of its annotated type
+    (:mod:`.snapshot_check`); raises :class:`SnapshotError` otherwise."""
+    check_tree(conn, CLASSES, {Connection: RUNTIME_FIELDS, Configuration: CONFIG_SECRET_FIELDS})
+
+
+def _rebuild(
+    conn: Connection,
+    app_state: bytes,
+    engine: OffloadEngine,
+    now: float,
+    created: float,
+    configuration: Configuration | None,
+) -> tuple[Connection, bytes]:
+    from .receive import program_engine
+    from .recovery_glue import on_lost_packets
 
     # runtime objects
     conn.tls = None
