@@ -121,6 +121,7 @@ class Connection:
     bidi: StreamLimits = field(default_factory=StreamLimits)
     uni: StreamLimits = field(default_factory=StreamLimits)
     pending_stream_updates: list[int] = field(default_factory=list)  # MAX_STREAM_DATA
+    send_buffered: int = 0  # bytes the application wrote, not yet acknowledged or reset
     # recovery
     pacer: Pacer = field(default_factory=Pacer)
     loss: LossDetection = field(default_factory=LossDetection)
@@ -322,6 +323,7 @@ class Connection:
         if send is None:
             raise ValueError(f"stream {stream_id} is receive-only")
         send.write(data, end_stream)
+        self.send_buffered += len(data)
         if stream_id not in self.send_queue:
             self.send_queue.append(stream_id)
 
@@ -367,7 +369,7 @@ class Connection:
         send = self._stream(stream_id).send
         if send is None:
             raise ValueError(f"stream {stream_id} is receive-only")
-        send.reset(error_code)
+        self.send_buffered -= send.reset(error_code)
         if stream_id not in self.send_queue:
             self.send_queue.append(stream_id)
 

@@ -111,10 +111,13 @@ class SendStream:
             self.fin_sent = True
         return start, self._slice(start, end), fin, end - start
 
-    def on_acked(self, offset: int, length: int, fin: bool) -> None:
+    def on_acked(self, offset: int, length: int, fin: bool) -> int:
+        """Take an acknowledged range; returns by how much ``acked_offset`` moved (the
+        written bytes this releases), 0 on a reset stream (its buffer is gone)."""
         if fin:
             self.fin_acked = True
         end = offset + length
+        released = 0
         if end > self.acked_offset:
             acked = self.acked
             acked.add(max(offset, self.acked_offset), end)
@@ -122,12 +125,14 @@ class SendStream:
                 self.lost.subtract(offset, end)
             if acked.starts[0] <= self.acked_offset < acked.ends[0]:
                 new_acked = acked.ends[0]
-                self.buffer_start += new_acked - self.acked_offset
+                released = new_acked - self.acked_offset
+                self.buffer_start += released
                 self.acked_offset = new_acked
                 acked.shift_below(new_acked)
                 if self.buffer_start >= _COMPACT_MIN and self.buffer_start * 2 >= len(self.buffer):
                     del self.buffer[: self.buffer_start]
                     self.buffer_start = 0
+        return released if self.reset_code is None else 0
 
     def on_lost(self, offset: int, length: int, fin: bool) -> None:
         if self.reset_code is not None:
@@ -148,13 +153,17 @@ class SendStream:
             return self.reset_acked
         return self.fin_acked and self.acked_offset >= self.write_offset
 
-    def reset(self, code: int) -> None:
+    def reset(self, code: int) -> int:
+        """Abandon the stream; returns the written bytes this releases."""
         if self.reset_code is None and not self.is_complete():
+            released = self.write_offset - self.acked_offset
             self.reset_code = code
             self.reset_pending = True
             self.buffer = bytearray()
             self.buffer_start = 0
             self.lost = RangeSet()
+            return released
+        return 0
 
 
 @dataclass(slots=True)
