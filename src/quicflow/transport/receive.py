@@ -334,8 +334,11 @@ def _process_frames(conn: Connection, payload: bytes, epoch: Epoch, now: float) 
     handshake_epoch = epoch != Epoch.ONE_RTT
     for frame in frames:
         cls = type(frame)
-        if handshake_epoch and not isinstance(frame, _HANDSHAKE_FRAMES):
-            raise QuicError(PROTOCOL_VIOLATION, f"{cls.__name__} not allowed in {epoch.name}")
+        if handshake_epoch and (not isinstance(frame, _HANDSHAKE_FRAMES) or (
+            cls is F.ConnectionClose and frame.frame_type is None  # 0x1d: 1-RTT only
+        )):
+            raise QuicError(PROTOCOL_VIOLATION, f"{cls.__name__} not allowed in {epoch.name}",
+                            F.frame_type_of(frame))
         if cls is not F.Ack and cls is not F.Padding and cls is not F.ConnectionClose:
             ack_eliciting = True
         handler = _HANDLERS.get(cls)
