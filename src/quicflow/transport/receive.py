@@ -335,7 +335,7 @@ def _process_frames(conn: Connection, payload: bytes, epoch: Epoch, now: float) 
     for frame in frames:
         cls = type(frame)
         if handshake_epoch and (not isinstance(frame, _HANDSHAKE_FRAMES) or (
-            cls is F.ConnectionClose and frame.frame_type is None  # 0x1d: 1-RTT only
+            isinstance(frame, F.ConnectionClose) and frame.frame_type is None  # 0x1d
         )):
             raise QuicError(PROTOCOL_VIOLATION, f"{cls.__name__} not allowed in {epoch.name}",
                             F.frame_type_of(frame))
