@@ -501,7 +501,8 @@ def _on_stream(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
     recv = stream.recv
     flow = conn.flow
     cost = recv.chunk_cost
-    grown = recv.receive(frame.offset, frame.data, frame.fin, flow.reassembly_budget())
+    grown = recv.receive(frame.offset, frame.data, frame.fin,
+                         flow.max_data - flow.data_consumed - flow.reassembly_cost)
     if recv.chunk_cost != cost:
         flow.reassembly_cost += recv.chunk_cost - cost
     if grown:

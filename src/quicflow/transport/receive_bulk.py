@@ -94,7 +94,8 @@ def receive_short_run(
                 if recv is not None:
                     cost = recv.chunk_cost
                     try:
-                        grown = recv.receive(offset, data, fin, flow.reassembly_budget())
+                        grown = recv.receive(offset, data, fin, flow.max_data
+                                             - flow.data_consumed - flow.reassembly_cost)
                     except ReassemblyFull:  # dropped unacknowledged: sent again
                         counters.packets_dropped += count
                         counters.dropped_reassembly_full += count

@@ -265,6 +265,20 @@ class RecvStream:
         ranges = self.chunk_ranges
         starts, ends = ranges.starts, ranges.ends
         n = len(starts)
+        if not n or offset >= ends[-1]:  # the common case: beyond everything stored
+            size = end - offset
+            cost = size if size > PIECE_COST else PIECE_COST
+            if cost > min(budget, self.max_data - self.read_offset - self.chunk_cost):
+                raise ReassemblyFull("out-of-order data over the reassembly budget")
+            self.chunks[offset] = data if type(data) is bytes else bytes(data)
+            self.chunk_bytes += size
+            self.chunk_cost += cost
+            if n and offset == ends[-1]:
+                ends[-1] = end
+            else:
+                starts.append(offset)
+                ends.append(end)
+            return
         i = bisect_right(ends, offset)  # first range ending after ``offset``
         if i < n and starts[i] <= offset and end <= ends[i]:
             return  # a duplicate: every byte is stored already
