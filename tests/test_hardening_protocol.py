@@ -356,3 +356,26 @@ def test_early_key_update_waits_three_pto_instead_of_failing() -> None:
     assert changed_at[0] >= answered_at + 3 * pto * 0.99
     assert got == data
     assert client.key_phase == server.key_phase == phase ^ 1
+
+
+# ---------------------------------------------------------------------- a peer that never reads
+
+
+def test_server_app_that_never_reads_holds_at_most_its_window() -> None:
+    """The client sends on 64 streams to a server whose application never reads: what
+    the server buffers stays within the connection window it advertised."""
+    pair, client, server = _established()
+    data = bytes(1 << 20)
+    sids = [client.open_stream() for _ in range(64)]
+    for sid in sids:
+        client.send_stream_data(sid, data)
+
+    def blocked() -> bool:
+        return client.flow.data_sent >= client.flow.peer_max_data
+
+    pair.run(blocked, max_time=pair.now + 30)
+    pair.run(lambda: not pair.step())
+    held = sum(s.recv.readable + s.recv.out_of_order_bytes
+               for s in server.streams.values() if s.recv is not None)
+    assert 0 < held <= server.configuration.max_data == server.flow.max_data
+    assert not server.is_closed and not client.is_closed
