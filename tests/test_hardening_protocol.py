@@ -379,3 +379,25 @@ def test_server_app_that_never_reads_holds_at_most_its_window() -> None:
                for s in server.streams.values() if s.recv is not None)
     assert 0 < held <= server.configuration.max_data == server.flow.max_data
     assert not server.is_closed and not client.is_closed
+
+
+def test_early_one_rtt_is_held_bounded_unacknowledged_then_processed() -> None:
+    """1-RTT packets that reach the server before its handshake completes: a few are
+    held (bounded in number and bytes), none is acknowledged or acted on, and the held
+    ones are processed once the handshake completes."""
+    pair = MemoryPair()
+    pair.run(lambda: pair.client.handshake_complete)
+    client = pair.client
+    server = pair.server_conns[0]
+    assert not server.handshake_complete
+    sid = client.open_stream()
+    for i in range(50):
+        _inject(pair, client, Epoch.ONE_RTT, [F.Stream(sid, i * 100, bytes([i]) * 100)])
+    assert len(server.early_one_rtt) == 4
+    assert server.counters.one_rtt_before_handshake == 50
+    assert not server.spaces[2].received and not server.spaces[2].ack_pending
+    assert sid not in server.streams
+    pair.run(lambda: server.handshake_complete)
+    assert server.early_one_rtt == []
+    recv = server.streams[sid].recv
+    assert recv is not None and recv.read() == b"".join(bytes([i]) * 100 for i in range(4))

@@ -99,8 +99,10 @@ def _receive_one(
 
 
 #: 1-RTT datagrams a server holds while its handshake is not complete (RFC 9001 §5.7
-#: forbids processing them before; more than a few are dropped, unacknowledged).
+#: forbids processing them before; more than a few are dropped, unacknowledged), and the
+#: bytes they may take together.
 MAX_EARLY_ONE_RTT = 4
+MAX_EARLY_ONE_RTT_BYTES = 16 * 1024
 
 
 def hold_early_one_rtt(conn: Connection, packet: bytes, addr: Address, ecn: int) -> None:
@@ -108,8 +110,11 @@ def hold_early_one_rtt(conn: Connection, packet: bytes, addr: Address, ecn: int)
     acknowledge none (a client may take an ACK of 1-RTT as handshake confirmation and
     would then never resend a lost Finished)."""
     conn.counters.one_rtt_before_handshake += 1
-    if len(conn.early_one_rtt) < MAX_EARLY_ONE_RTT:
-        conn.early_one_rtt.append((packet, addr, ecn))
+    held = conn.early_one_rtt
+    if len(held) < MAX_EARLY_ONE_RTT and (
+        sum(len(p) for p, _, _ in held) + len(packet) <= MAX_EARLY_ONE_RTT_BYTES
+    ):
+        held.append((packet, addr, ecn))
     else:
         conn.counters.packets_dropped += 1
         conn.counters.dropped_no_keys += 1
