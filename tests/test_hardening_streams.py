@@ -14,7 +14,7 @@ import tracemalloc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quicflow.transport.streams import ReassemblyFull, RecvStream, SendStream
+from quicflow.transport.streams import MAX_RANGES, ReassemblyFull, RecvStream, SendStream
 
 
 def _recv(limit: int = 1 << 20) -> RecvStream:
@@ -189,3 +189,23 @@ def test_reassembly_with_overlaps_and_duplicates_is_byte_exact(
     out += recv.read()
     assert bytes(out) == data and recv.at_eof()
     assert recv.out_of_order_pieces == 0
+
+
+def test_gaps_per_stream_are_bounded_even_with_a_huge_window() -> None:
+    """Descending 1-KiB pieces with gaps between them, in a 1 GiB window (so the charge
+    is no limit): at most MAX_RANGES gaps are kept, each new one costs a binary search
+    and a bounded insertion; pieces that touch a stored range are still taken."""
+    recv = _recv(1 << 30)
+    refused = 0
+    top = 2048 * (MAX_RANGES + 500)
+    for offset in range(top, 0, -2048):  # always in front of everything stored
+        try:
+            recv.receive(offset, bytes(1024), False)
+        except ReassemblyFull:
+            refused += 1
+    assert len(recv.chunk_ranges) == MAX_RANGES and refused == 500
+    first = recv.chunk_ranges.starts[0]
+    recv.receive(first - 1024, bytes(1024), False)  # adjacent to a range: accepted
+    assert len(recv.chunk_ranges) == MAX_RANGES
+    recv.receive(0, bytes(top + 1024), True)
+    assert recv.readable == top + 1024 and recv.out_of_order_pieces == 0

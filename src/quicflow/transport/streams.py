@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
 from .errors import FINAL_SIZE_ERROR, FLOW_CONTROL_ERROR, STREAM_STATE_ERROR, QuicError
@@ -13,6 +13,9 @@ _COMPACT_MIN = 1 << 16
 #: so a stream holds at most window / PIECE_COST pieces, and tiny pieces cannot make the
 #: bookkeeping outgrow the bytes the peer was allowed to send.
 PIECE_COST = 1024
+#: Most separate ranges (gaps) of out-of-order data per stream: a new piece is a binary
+#: search plus a list insertion that moves at most this many entries.
+MAX_RANGES = 4096
 _NO_LIMIT = 1 << 62
 
 
@@ -266,6 +269,8 @@ class RecvStream:
         starts, ends = ranges.starts, ranges.ends
         n = len(starts)
         if not n or offset >= ends[-1]:  # the common case: beyond everything stored
+            if n >= MAX_RANGES and offset > ends[-1]:
+                raise ReassemblyFull("too many gaps in the out-of-order data")
             size = end - offset
             cost = size if size > PIECE_COST else PIECE_COST
             if cost > min(budget, self.max_data - self.read_offset - self.chunk_cost):
@@ -282,6 +287,10 @@ class RecvStream:
         i = bisect_right(ends, offset)  # first range ending after ``offset``
         if i < n and starts[i] <= offset and end <= ends[i]:
             return  # a duplicate: every byte is stored already
+        if n >= MAX_RANGES:  # only frames that touch a stored range (no new gap)
+            j = bisect_left(ends, offset)
+            if j >= n or starts[j] > end:
+                raise ReassemblyFull("too many gaps in the out-of-order data")
         room = min(budget, self.max_data - self.read_offset - self.chunk_cost)
         gaps: list[tuple[int, int]] = []
         cost = 0
