@@ -81,32 +81,31 @@ def test_tiny_out_of_order_frames_are_bounded_per_connection_and_not_acked() -> 
     bounded by its connection window (each charged 1 KiB), the rest is dropped without
     an ACK (so an honest peer would resend), and the connection survives."""
     pair, client, server = _established()
-    sids = [client.open_stream() for _ in range(16)]
+    sids = [client.open_stream() for _ in range(6)]  # 6 x 1 MiB windows > 4 MiB
     frames_per_packet = 100
     for sid in sids:
-        for first in range(2, 600_000, 2 * frames_per_packet):
+        for first in range(2, 6000, 2 * frames_per_packet):
             frames = [F.Stream(sid, off, b"x") for off in
                       range(first, first + 2 * frames_per_packet, 2)]
             _inject(pair, client, Epoch.ONE_RTT, frames)
     pieces = sum(s.recv.out_of_order_pieces for s in server.streams.values() if s.recv)
     window = server.flow.max_data - server.flow.data_consumed
-    assert 0 < pieces <= window // 1024
+    assert window // 1024 - 16 <= pieces <= window // 1024  # the connection budget binds
     assert server.flow.reassembly_cost == pieces * 1024
     assert server.counters.dropped_reassembly_full > 0
     assert not server.is_closed
-    # the honest data behind it all still arrives intact
+    # honest data on another stream still arrives intact
     data = random.Random(2).randbytes(200_000)
-    client.send_stream_data(sids[0], data, end_stream=True)
+    honest = client.open_stream()
+    client.send_stream_data(honest, data, end_stream=True)
     got = bytearray()
 
     def done() -> bool:
-        got.extend(server.read_stream(sids[0]))
-        return server.stream_at_eof(sids[0])
+        got.extend(server.read_stream(honest))
+        return len(got) == len(data) and server.stream_at_eof(honest)
 
     pair.run(done)
-    # the injected 'x' bytes sit in the gaps the real data now fills: real data wins
-    # wherever both exist, so compare only what the honest client wrote
-    assert len(got) == len(data)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
 
 
 def test_duplicate_initial_crypto_before_handshake_is_stored_once_and_not_kept_alive() -> None:
