@@ -54,7 +54,32 @@ def test_the_unmodified_document_restores() -> None:
     _restore(_encode(_doc()))
 
 
+def _stream_part(f: dict[str, Any], part: str) -> dict[str, Any]:
+    """The fields of the first stream's ``recv`` or ``send`` record."""
+    record = f["streams"]["$d"][0][1]["f"][part]
+    assert record is not None, "the captured connection has no such stream side"
+    fields: dict[str, Any] = record["f"]
+    return fields
+
+
+def _set_ranges(fields: dict[str, Any], name: str, starts: list[int], ends: list[int]) -> None:
+    fields[name] = {"$c": "RangeSet", "f": {"starts": starts, "ends": ends}}
+
+
 EDITS: dict[str, Callable[[dict[str, Any]], None]] = {
+    # well-typed but inconsistent state: the receive path would fail on a later packet
+    "out-of-order range without its pieces": lambda f: _set_ranges(
+        _stream_part(f, "recv"), "chunk_ranges", [1 << 40], [(1 << 40) + 5]),
+    "ready_bytes not matching the buffers": lambda f: _stream_part(f, "recv").__setitem__(
+        "ready_bytes", _stream_part(f, "recv")["ready_bytes"] + 5),
+    "received packet ranges unsorted": lambda f: _set_ranges(
+        f["spaces"][2]["f"], "received", [5, 1], [6, 2]),
+    "send buffer_start past the buffer": lambda f: _stream_part(f, "send").__setitem__(
+        "buffer_start", 1 << 30),
+    "lost range below the acknowledged offset": lambda f: _set_ranges(
+        _stream_part(f, "send"), "lost", [-10], [-5]),
+    "stream filed under another id": lambda f: f["streams"]["$d"][0].__setitem__(0, 999),
+
     "int field holds a string": lambda f: f.__setitem__("key_phase", "one"),
     "bool field holds an int": lambda f: f.__setitem__("is_client", 1),
     "bytes field holds an int": lambda f: f.__setitem__("peer_cid", 7),

@@ -41,7 +41,7 @@ from .events import StreamReadable
 from .rangeset import RangeSet
 from .recovery import LossDetection, PnSpace, SentPacket, SpaceState
 from .rtt import RttEstimator
-from .snapshot_check import check_tree
+from .snapshot_check import check_rangeset, check_recv_stream, check_send_stream, check_tree
 from .state import CLOSING, FlowControl, LocalCid, PacketSpace, PeerCid, StreamLimits
 from .streams import RecvStream, SendStream, Stream
 
@@ -199,6 +199,17 @@ def validate_connection_tree(conn: Connection) -> None:
     """Every field of every captured object holds a value of its annotated type
     (:mod:`.snapshot_check`); raises :class:`SnapshotError` otherwise."""
     check_tree(conn, CLASSES, {Connection: RUNTIME_FIELDS, Configuration: CONFIG_SECRET_FIELDS})
+    for index, space in enumerate(conn.spaces):
+        check_rangeset(space.received.starts, space.received.ends, f"spaces[{index}].received")
+        check_recv_stream(space.crypto_recv, f"spaces[{index}].crypto_recv")
+        check_send_stream(space.crypto_send, f"spaces[{index}].crypto_send")
+    for stream_id, stream in conn.streams.items():
+        if stream.stream_id != stream_id:
+            raise SnapshotError(f"snapshot stream {stream_id} is filed under another id")
+        if stream.recv is not None:
+            check_recv_stream(stream.recv, f"stream {stream_id} recv")
+        if stream.send is not None:
+            check_send_stream(stream.send, f"stream {stream_id} send")
 
 
 def _rebuild(

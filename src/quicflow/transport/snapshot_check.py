@@ -170,3 +170,66 @@ def _check_plain(value: Any, hint: Any, where: str, allowed: frozenset[type[Any]
             raise _fail(where, hint, value)
         return
     raise SnapshotError(f"snapshot field {where}: unsupported annotation {hint!r}")
+
+
+# ---------------------------------------------------------------------- consistency
+
+
+def check_rangeset(starts: list[int], ends: list[int], where: str) -> None:
+    """Sorted, disjoint, non-empty ``[start, end)`` ranges, as RangeSet keeps them."""
+    if len(starts) != len(ends):
+        raise SnapshotError(f"snapshot {where}: starts and ends differ in length")
+    prev = None
+    for start, end in zip(starts, ends, strict=True):
+        if start >= end or (prev is not None and start <= prev):
+            raise SnapshotError(f"snapshot {where}: ranges not sorted and disjoint")
+        prev = end
+
+
+def check_recv_stream(recv: Any, where: str) -> None:
+    """The buffers of a RecvStream agree with its counters (the receive path relies on
+    it: a stored piece it cannot find would raise on a later packet)."""
+    ready = recv.ready
+    if not 0 <= recv.ready_head <= len(ready) or recv.ready_pos < 0:
+        raise SnapshotError(f"snapshot {where}: bad ready position")
+    held = sum(len(c) for c in ready[recv.ready_head:]) - recv.ready_pos
+    if held != recv.ready_bytes or (recv.ready_pos and recv.ready_head >= len(ready)):
+        raise SnapshotError(f"snapshot {where}: ready_bytes does not match the buffers")
+    ranges = recv.chunk_ranges
+    check_rangeset(ranges.starts, ranges.ends, f"{where}.chunk_ranges")
+    chunks = recv.chunks
+    contiguous = recv.read_offset + recv.ready_bytes
+    if ranges.starts and ranges.starts[0] <= contiguous:
+        raise SnapshotError(f"snapshot {where}: out-of-order data below the contiguous end")
+    pieces = total = cost = 0
+    for start, end in zip(ranges.starts, ranges.ends, strict=True):
+        pos = start
+        while pos < end:
+            piece = chunks.get(pos)
+            if not piece or pos + len(piece) > end:
+                raise SnapshotError(f"snapshot {where}: pieces do not tile chunk_ranges")
+            pos += len(piece)
+            pieces += 1
+            total += len(piece)
+            cost += max(len(piece), 1024)
+    if pieces != len(chunks) or total != recv.chunk_bytes or cost != recv.chunk_cost:
+        raise SnapshotError(f"snapshot {where}: out-of-order counters do not match")
+    if recv.highest_offset < contiguous or recv.highest_offset > recv.max_data:
+        raise SnapshotError(f"snapshot {where}: highest_offset out of range")
+
+
+def check_send_stream(send: Any, where: str) -> None:
+    if not 0 <= send.acked_offset <= send.next_offset <= send.write_offset:
+        raise SnapshotError(f"snapshot {where}: offsets out of order")
+    if not 0 <= send.buffer_start <= len(send.buffer):
+        raise SnapshotError(f"snapshot {where}: buffer_start outside the buffer")
+    if send.reset_code is None and (
+        len(send.buffer) - send.buffer_start != send.write_offset - send.acked_offset
+    ):
+        raise SnapshotError(f"snapshot {where}: buffer does not hold the unacknowledged data")
+    for name in ("acked", "lost"):
+        rs = getattr(send, name)
+        check_rangeset(rs.starts, rs.ends, f"{where}.{name}")
+    lost = send.lost
+    if lost.starts and (lost.starts[0] < send.acked_offset or lost.ends[-1] > send.next_offset):
+        raise SnapshotError(f"snapshot {where}: lost ranges outside the sent data")
