@@ -316,6 +316,7 @@ def test_server_does_not_ack_one_rtt_before_its_handshake_completes() -> None:
     pair.run(done, max_time=20.0)
     assert dropped, "the client's Handshake datagram was never dropped"
     assert not any(acked_early), "the server acknowledged 1-RTT before its handshake"
+    assert client.spaces[1].next_pn >= 2  # the client sent its Finished again
     assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
     server = pair.server_conns[0]
     assert server.counters.one_rtt_before_handshake > 0
