@@ -38,6 +38,9 @@ def endpoint_stats(runner: EndpointRunner) -> dict[str, Any]:
     out: dict[str, Any] = asdict(e)
     out["dropped"] = e.dropped()
     out["segments_per_lookup"] = e.segments_received / e.lookups if e.lookups else 0.0
+    out["send_buffered"] = runner.send_budget.used
+    out["send_buffered_peak"] = runner.send_budget.peak
+    out["send_buffer_limit"] = runner.send_budget.limit
     return out
 
 
@@ -56,5 +59,6 @@ def connection_stats(conn: Connection) -> dict[str, Any]:
         cipher_suite=conn.cipher_suite.name,
         alpn=conn.alpn_protocol,
         max_datagram_size=conn.max_datagram_size,
+        send_buffered=conn.send_buffered,
     )
     return out

@@ -122,11 +122,13 @@ class PerfServerHandler:
         await self._read_to_fin(reader)
         remaining = size
         while remaining > 0:
+            # drain first: with many streams, every first write would otherwise go past
+            # the connection's send buffer bound at once
+            await writer.drain()
             n = CHUNK_SIZE if remaining >= CHUNK_SIZE else remaining
             writer.write(CHUNK if n == CHUNK_SIZE else CHUNK[:n])
             stats.bytes_sent += n
             remaining -= n
-            await writer.drain()
         writer.write_eof()
 
     async def _read_to_fin(self, reader: QuicStreamReader) -> None:
