@@ -194,7 +194,7 @@ def restore_connection(
         raise SnapshotError("snapshot body is not a connection snapshot")
     validate_connection_tree(conn)
     try:
-        return _rebuild(conn, app_state, engine, now, created, configuration)
+        return _rebuild(conn, app_state, engine, now, created, configuration, seal_key)
     except (AttributeError, TypeError, ValueError, IndexError, KeyError,
             OverflowError) as exc:  # well-typed but inconsistent state
         raise SnapshotError(f"snapshot state is inconsistent: {exc}") from None
@@ -224,6 +224,7 @@ def _rebuild(
     now: float,
     created: float,
     configuration: Configuration | None,
+    seal_key: bytes | None,
 ) -> tuple[Connection, bytes]:
     from .receive import program_engine
     from .recovery_glue import on_lost_packets
