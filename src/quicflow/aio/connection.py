@@ -11,6 +11,7 @@ from ..transport.events import (
     ConnectionTerminated,
     Event,
     HandshakeCompleted,
+    NewTokenReceived,
     StopSendingReceived,
     StreamOpened,
     StreamReadable,
@@ -166,6 +167,8 @@ class QuicConnection:
                     self._connected.set_result(None)
             elif cls is ConnectionTerminated:
                 self._on_close_event(event)  # type: ignore[arg-type]
+            elif cls is NewTokenReceived:
+                self.runner.endpoint.store_token(self.conn, event.token)  # type: ignore[union-attr]
 
     def _on_stream_opened(self, stream_id: int) -> None:
         reader, writer = self._faces(stream_id)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +58,7 @@ class EndpointRunner:
         self._writer_waiting = False
         self._closed = False
         transport.enable_pmtu_discovery()
+        endpoint.wall_offset = time.time() - self.loop.time()
         self.loop.add_reader(transport.fileno(), self._on_readable)
 
     # ------------------------------------------------------------------ receive

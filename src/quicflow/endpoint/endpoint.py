@@ -6,8 +6,9 @@ runs of segments with the same DCID cost one connection lookup (``counters.looku
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..crypto.native import best_engine
@@ -19,6 +20,7 @@ from ..transport.receive_bulk import receive_short_run
 from ..transport.send import build_datagrams, datagrams_to_send
 from ..wire.errors import WireError
 from ..wire.packet import INITIAL, QUIC_V1, build_version_negotiation, parse_header
+from .admission import Admission
 
 MIN_INITIAL_SIZE = 1200
 
@@ -58,6 +60,20 @@ class Endpoint:
     stateless: list[tuple[bytes, Address]] = field(default_factory=list)
     counters: EndpointCounters = field(default_factory=EndpointCounters)
     all_connections: list[Connection] = field(default_factory=list)
+    #: add to ``now`` to get wall-clock (Unix) seconds: token times must agree across
+    #: processes and hosts; the I/O layer sets it
+    wall_offset: float = 0.0
+    admission: Admission = field(init=False)
+    token_origins: dict[int, str] = field(default_factory=dict)  # (client) id -> server
+
+    def __post_init__(self) -> None:
+        cfg = self.configuration
+        if cfg.token_key is None or cfg.reset_key is None:  # one random key per endpoint
+            self.configuration = replace(
+                cfg, token_key=cfg.token_key or os.urandom(32),
+                reset_key=cfg.reset_key or os.urandom(32),
+            )
+        self.admission = Admission(self.configuration)
 
     @property
     def cid_length(self) -> int:
@@ -69,8 +85,21 @@ class Endpoint:
         conn = client_connection(
             self.configuration, address, now, server_name=server_name, engine=self.engine
         )
+        cache = self.configuration.token_cache
+        if cache is not None:  # a NEW_TOKEN token from an earlier connection
+            origin = f"{server_name or address[0]}:{address[1]}"
+            self.token_origins[id(conn)] = origin
+            conn.token = cache.take(origin)
         self._track(conn)
         return conn
+
+    def store_token(self, conn: Connection, token: bytes) -> None:
+        """Keep a token the server sent ``conn`` (NewTokenReceived) for the next
+        connection to the same server (``Configuration.token_cache``)."""
+        cache = self.configuration.token_cache
+        origin = self.token_origins.get(id(conn))
+        if cache is not None and origin is not None:
+            cache.put(origin, token)
 
     # ------------------------------------------------------------------ receive
 
@@ -84,6 +113,8 @@ class Endpoint:
             receive_datagram(conn, data, address, now, ecn)
             if not self._keep_new(conn):
                 return None
+            if self.admission.half_open:
+                self.admission.update(conn)
             self._sync_cids(conn)
         return conn
 
@@ -197,6 +228,8 @@ class Endpoint:
                 conn = self._lookup(segment, address, now)
                 if conn is not None:
                     receive_datagram(conn, segment, address, now, ecn)
+                    if self.admission.half_open:
+                        self.admission.update(conn)
                     if self._keep_new(conn) and conn not in touched:
                         touched.append(conn)
             pos = end
@@ -215,6 +248,10 @@ class Endpoint:
             conn = self.connections.get(bytes(data[1 : 1 + self.cid_length]))
             if conn is None:
                 self.counters.dropped_unknown_cid += 1
+                if self.is_server:
+                    reset = self.admission.reset_for(data, self.cid_length, now)
+                    if reset is not None:
+                        self.stateless.append((reset, address))
             elif conn.terminated:
                 self.counters.dropped_closed += 1
                 return None
@@ -250,9 +287,18 @@ class Endpoint:
         if len(hdr.dcid) < 8:
             self.counters.dropped_malformed += 1
             return None
-        conn = server_connection(
-            self.configuration, address, hdr.dcid, now, engine=self.engine, client_scid=hdr.scid
+        admit = self.admission.admit(
+            hdr, address, now + self.wall_offset, self.new_server_cid, self.stateless
         )
+        if admit is None:
+            return None
+        conn = server_connection(
+            self.configuration, address, admit.original_dcid, now, engine=self.engine,
+            client_scid=hdr.scid, retry_scid=admit.retry_scid, address_validated=admit.validated,
+        )
+        conn.new_token = self.admission.new_token(address, now + self.wall_offset)
+        conn.new_token_pending = bool(conn.new_token)
+        self.admission.track(conn)
         self.connections[hdr.dcid] = conn
         self._track(conn)
         self.accepted.append(conn)
@@ -302,6 +348,8 @@ class Endpoint:
 
     def forget(self, conn: Connection) -> None:
         """Remove a terminated connection from every table."""
+        self.admission.forget(conn)
+        self.token_origins.pop(id(conn), None)
         for cid, c in list(self.connections.items()):
             if c is conn:
                 del self.connections[cid]
@@ -319,4 +367,6 @@ class Endpoint:
             "lookups": c.lookups,
             "connections_accepted": c.connections_accepted,
             "dropped": c.dropped(),
+            "half_open": len(self.admission.half_open),
+            **dataclasses.asdict(self.admission.counters),
         }

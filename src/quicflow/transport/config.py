@@ -36,6 +36,23 @@ class Configuration:
     active_connection_id_limit: how many connection IDs we accept from the peer.
     connection_id_length: length of the connection IDs we issue (4..20).
     keylog_file: append TLS secrets in SSLKEYLOGFILE format (for Wireshark/tshark).
+
+    Address validation and stateless replies (servers; see endpoint/admission.py):
+    retry: "never", "always" or "load" (default): send a Retry to Initials without a
+        valid token always, never, or once ``retry_threshold`` connections have not
+        validated their address.
+    retry_threshold: half-open connections at which retry="load" starts sending Retry.
+    max_half_open: most connections waiting for address validation; more Initials are
+        dropped (counted). half_open_timeout: their lifetime without progress (seconds).
+    token_key: key sealing Retry and NEW_TOKEN tokens; give every worker and host behind
+        one address the same key so any of them accepts the others' tokens (None: a
+        random key per endpoint). retry_token_lifetime / new_token_lifetime: seconds a
+        token is valid (new_token_lifetime=0 sends no NEW_TOKEN).
+    reset_key: static key stateless reset tokens are derived from (HMAC of the CID), the
+        same on every host (None: random per endpoint). stateless_reset_rate: most
+        stateless resets sent per second.
+    token_cache: (clients) a ``quicflow.endpoint.tokens.TokenCache`` shared by
+        connections; NEW_TOKEN tokens go in, the next connection to that server uses one.
     """
 
     alpn_protocols: list[str] = field(default_factory=list)
@@ -67,6 +84,16 @@ class Configuration:
     max_ack_delay: float = 0.025
     ack_delay_exponent: int = 3
     keylog_file: str | None = None
+    retry: str = "load"
+    retry_threshold: int = 64
+    max_half_open: int = 1024
+    half_open_timeout: float = 5.0
+    token_key: bytes | None = None
+    retry_token_lifetime: float = 10.0
+    new_token_lifetime: float = 7 * 86400.0
+    reset_key: bytes | None = None
+    stateless_reset_rate: float = 200.0
+    token_cache: Any = None
 
     def load_cert_chain(self, certfile: str, keyfile: str | None = None) -> None:
         """Load a PEM certificate chain and private key."""
@@ -89,5 +116,9 @@ class Configuration:
             raise ValueError("active_connection_id_limit must be at least 2")
         if self.idle_timeout < 0:
             raise ValueError("idle_timeout must not be negative")
+        if self.retry not in ("never", "always", "load"):
+            raise ValueError("retry must be 'never', 'always' or 'load'")
+        if self.retry_threshold < 0 or self.max_half_open < 0 or self.half_open_timeout <= 0:
+            raise ValueError("retry_threshold/max_half_open/half_open_timeout out of range")
         if not self.cipher_suites:
             raise ValueError("cipher_suites must not be empty")

@@ -14,6 +14,7 @@ from typing import Any
 from ..crypto.epoch import Epoch
 from ..crypto.keys import PacketProtector, derive_packet_keys, initial_secrets
 from ..crypto.offload import OffloadEngine, SoftwareOffloadEngine
+from ..crypto.stateless_reset import stateless_reset_token
 from ..crypto.suites import CipherSuite
 from ..tls.config import TlsConfig
 from ..tls.session import TlsSession
@@ -94,6 +95,8 @@ class Connection:
     peer_initial_scid: bytes | None = None
     retry_scid: bytes | None = None
     token: bytes = b""
+    new_token: bytes = b""  # (server) the NEW_TOKEN token to give the client
+    new_token_pending: bool = False
     # state
     state: int = HANDSHAKE
     handshake_complete: bool = False
@@ -200,6 +203,8 @@ class Connection:
         self.max_datagram_size = 1200
         self.idle_timeout = cfg.idle_timeout
         self.idle_deadline = now + cfg.idle_timeout if cfg.idle_timeout else float("inf")
+        if not self.is_client and not self.address_validated:  # half-open: short life
+            self.idle_deadline = min(self.idle_deadline, now + cfg.half_open_timeout)
         self.flow.max_data = cfg.max_data
         self.flow.window = cfg.max_data
         self.flow.window_max = max(cfg.max_data, cfg.max_data_window)
@@ -218,7 +223,8 @@ class Connection:
         self.pacer = Pacer(burst_interval=0.002, max_burst_datagrams=256, granularity=0.001)
         self.issue_host_cid()
         self.initial_scid = self.host_cids[0].cid
-        self._install_initial_keys(self.original_dcid)
+        # a server after Retry: Initial keys come from the client's new DCID (our SCID)
+        self._install_initial_keys(self.retry_scid or self.original_dcid)
         params = encode_transport_parameters(self._local_transport_parameters())
         self.tls = TlsSession(self._tls_config(server_name), params)
         self.tls.start()
@@ -237,10 +243,12 @@ class Connection:
     # ------------------------------------------------------------------ CIDs
 
     def issue_host_cid(self) -> LocalCid:
+        cid = os.urandom(self.local_cid_length)
+        reset_key = self.configuration.reset_key
         entry = LocalCid(
             sequence=self.next_host_cid_seq,
-            cid=os.urandom(self.local_cid_length),
-            reset_token=os.urandom(16),
+            cid=cid,
+            reset_token=stateless_reset_token(reset_key, cid) if reset_key else os.urandom(16),
         )
         self.next_host_cid_seq += 1
         self.host_cids.append(entry)

@@ -60,6 +60,13 @@ class ConnectionTerminated:
     by_peer: bool
 
 
+@dataclass(slots=True)
+class NewTokenReceived:
+    """(client) The server gave a token (NEW_TOKEN) for a later connection to it."""
+
+    token: bytes
+
+
 Event = (
     HandshakeCompleted
     | StreamOpened
@@ -69,4 +76,5 @@ Event = (
     | StreamWritable
     | StreamsAvailable
     | ConnectionTerminated
+    | NewTokenReceived
 )

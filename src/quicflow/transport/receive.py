@@ -42,6 +42,7 @@ from .events import (
     StopSendingReceived,
     StreamReadable,
     StreamReset,
+    NewTokenReceived,
     StreamsAvailable,
     StreamWritable,
 )
@@ -192,6 +193,8 @@ def _effective_idle(conn: Connection) -> float:
     ours = conn.configuration.idle_timeout
     peer = conn.peer_params.max_idle_timeout / 1000 if conn.peer_params else 0.0
     values = [v for v in (ours, peer) if v > 0]
+    if not conn.is_client and not conn.address_validated:  # half-open: short life
+        values.append(conn.configuration.half_open_timeout)
     if not values:
         return float("inf")
     return max(min(values), 3 * conn.pto())
@@ -581,6 +584,7 @@ def _on_handshake_done(conn: Connection, frame: Any, epoch: Epoch, now: float) -
 def _on_new_token(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
     if not conn.is_client:
         raise QuicError(PROTOCOL_VIOLATION, "NEW_TOKEN from a client")
+    conn.events.append(NewTokenReceived(bytes(frame.token)))
 
 
 def _ignore(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:

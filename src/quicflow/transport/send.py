@@ -30,6 +30,7 @@ from .state import (
     R_MAX_STREAM_DATA,
     R_MAX_STREAMS,
     R_NEW_CID,
+    R_NEW_TOKEN,
     R_PATH_CHALLENGE,
     R_PING,
     R_RESET,
@@ -321,6 +322,12 @@ def _fill_control(
         payload.append(F.HANDSHAKE_DONE)
         records.append((R_HANDSHAKE_DONE,))
         conn.handshake_done_pending = False
+    if conn.new_token_pending and conn.handshake_confirmed and (
+        limit - len(payload) > len(conn.new_token) + 16
+    ):
+        F.encode_frame(F.NewToken(token=conn.new_token), payload)
+        records.append((R_NEW_TOKEN,))
+        conn.new_token_pending = False
     if conn.path_challenge_pending and conn.path_challenge:
         F.encode_frame(F.PathChallenge(data=conn.path_challenge), payload)
         records.append((R_PATH_CHALLENGE,))
