@@ -8,6 +8,7 @@ asyncio API mirrors aioquic's (``qh3.asyncio.serve/connect``, ``QuicConfiguratio
 object per line, flushed at once)::
 
     python -m tests.support.aioquic_peer server --cert C --key K [--port 0] [--chacha]
+        [--retry]
         [--library aioquic|qh3]
         {"event": "ready", "port": 4433}
         {"event": "handshake", "cipher_suite": 4867, "alpn": "perf"}
@@ -144,6 +145,7 @@ async def run_server(args: argparse.Namespace) -> None:
     server = await serve(
         args.host, args.port, configuration=_configuration(args, False),
         stream_handler=handler, create_protocol=_protocol_class(args),
+        **({"retry": True} if args.retry else {}),
     )
     port = server._transport.get_extra_info("sockname")[1]
     emit({"event": "ready", "port": port})
@@ -199,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--upload", type=int, default=0)
     p.add_argument("--download", type=int, default=0)
     p.add_argument("--chacha", action="store_true")
+    p.add_argument("--retry", action="store_true", help="(server) Retry every Initial")
     p.add_argument("--idle-timeout", type=float, default=30.0)
     p.add_argument("--timeout", type=float, default=120.0)
     args = p.parse_args(argv)
