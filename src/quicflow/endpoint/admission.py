@@ -72,7 +72,7 @@ class Admission:
     half_open: dict[int, Any] = field(default_factory=dict)  # id(conn) -> Connection
     counters: AdmissionCounters = field(default_factory=AdmissionCounters)
     _reset_allowance: float = 0.0
-    _reset_time: float = 0.0
+    _reset_time: float | None = None  # (a full second's allowance at first)
 
     def __post_init__(self) -> None:
         self.sealer = TokenSealer(_key(self.configuration.token_key))
@@ -146,9 +146,8 @@ class Admission:
             c.stateless_resets_too_small += 1
             return None
         rate = self.configuration.stateless_reset_rate
-        self._reset_allowance = min(
-            rate, self._reset_allowance + (now - self._reset_time) * rate
-        )
+        elapsed = 1.0 if self._reset_time is None else max(0.0, now - self._reset_time)
+        self._reset_allowance = min(rate, self._reset_allowance + elapsed * rate)
         self._reset_time = now
         if self._reset_allowance < 1.0:
             c.stateless_resets_limited += 1

@@ -21,6 +21,7 @@ from ..transport.send import build_datagrams, datagrams_to_send
 from ..wire.errors import WireError
 from ..wire.packet import INITIAL, QUIC_V1, build_version_negotiation, parse_header
 from .admission import Admission
+from .reset import match_reset
 
 MIN_INITIAL_SIZE = 1200
 
@@ -252,6 +253,8 @@ class Endpoint:
                     reset = self.admission.reset_for(data, self.cid_length, now)
                     if reset is not None:
                         self.stateless.append((reset, address))
+                else:
+                    return match_reset(self.all_connections, data, address)
             elif conn.terminated:
                 self.counters.dropped_closed += 1
                 return None
