@@ -57,7 +57,7 @@ def test_retry_always_then_handshake_and_transfer() -> None:
 def test_retry_never_and_load_below_threshold_send_none() -> None:
     for policy in ("never", "load"):
         pair = MemoryPair(server_config=server_config(retry=policy))
-        pair.run(lambda: pair.client.handshake_complete)
+        pair.run(lambda p=pair: p.client.handshake_complete)
         assert pair.server.admission.counters.retries_sent == 0
         assert pair.client.retry_scid is None
 
@@ -167,7 +167,7 @@ def test_invalid_new_token_counts_as_no_token() -> None:
                           client_config=client_config(token_cache=cache))
         assert pair.client.token == stale
         pair.server.wall_offset = 1_800_000_000.0
-        pair.run(lambda: pair.client.handshake_complete)
+        pair.run(lambda p=pair: p.client.handshake_complete)
         adm = pair.server.admission.counters
         assert adm.invalid_new_tokens == 1 and adm.new_tokens_accepted == 0
         assert adm.retries_sent == retries

@@ -39,10 +39,10 @@ from .errors import (
 )
 from .events import (
     HandshakeCompleted,
+    NewTokenReceived,
     StopSendingReceived,
     StreamReadable,
     StreamReset,
-    NewTokenReceived,
     StreamsAvailable,
     StreamWritable,
 )
