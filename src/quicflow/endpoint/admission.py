@@ -95,7 +95,8 @@ class Admission:
             if kind == RETRY_TOKEN or (opened is not None and opened[0] == RETRY_TOKEN):
                 if opened is None:
                     c.invalid_retry_tokens += 1
-                    close = stateless.invalid_token_close(hdr.scid, hdr.dcid, new_cid())
+                    close = stateless.invalid_token_close(hdr.scid, hdr.dcid, new_cid(),
+                                                          hdr.version)
                     replies.append((close, address))
                     return None
                 c.retry_tokens_accepted += 1
@@ -108,7 +109,8 @@ class Admission:
         if cfg.retry == "always" or (cfg.retry == "load" and half_open >= cfg.retry_threshold):
             scid = new_cid()
             token = self.sealer.seal(RETRY_TOKEN, address, hdr.dcid, wall)
-            replies.append((stateless.retry_packet(hdr.scid, hdr.dcid, scid, token), address))
+            retry = stateless.retry_packet(hdr.scid, hdr.dcid, scid, token, hdr.version)
+            replies.append((retry, address))
             c.retries_sent += 1
             return None
         if half_open >= cfg.max_half_open:

@@ -19,7 +19,7 @@ from ..transport.receive import receive_datagram
 from ..transport.receive_bulk import receive_short_run
 from ..transport.send import build_datagrams, datagrams_to_send
 from ..wire.errors import WireError
-from ..wire.packet import INITIAL, QUIC_V1, build_version_negotiation, parse_header
+from ..wire.packet import INITIAL, build_version_negotiation, parse_header
 from .admission import Admission
 from .reset import match_reset
 
@@ -273,9 +273,9 @@ class Endpoint:
         if not self.is_server:
             self.counters.dropped_unknown_cid += 1
             return None
-        if hdr.version != QUIC_V1:
+        if hdr.version not in self.configuration.versions:
             if hdr.version != 0 and len(data) >= MIN_INITIAL_SIZE:
-                vn = build_version_negotiation(hdr.scid, hdr.dcid, [QUIC_V1])
+                vn = build_version_negotiation(hdr.scid, hdr.dcid, self.configuration.versions)
                 self.stateless.append((vn, address))
                 self.counters.version_negotiations_sent += 1
             else:
@@ -298,6 +298,7 @@ class Endpoint:
         conn = server_connection(
             self.configuration, address, admit.original_dcid, now, engine=self.engine,
             client_scid=hdr.scid, retry_scid=admit.retry_scid, address_validated=admit.validated,
+            version=hdr.version,
         )
         conn.new_token = self.admission.new_token(address, now + self.wall_offset)
         conn.new_token_pending = bool(conn.new_token)

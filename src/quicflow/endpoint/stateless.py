@@ -26,14 +26,16 @@ def retry_packet(
 ) -> bytes:
     """A Retry to the client's Initial (sent to ``client_scid``, tagged with its DCID)."""
     body = build_retry(version, client_scid, new_scid, token, b"")
-    return body + retry_integrity_tag(retry_pseudo_packet(client_dcid, body))
+    return body + retry_integrity_tag(retry_pseudo_packet(client_dcid, body), version)
 
 
-def invalid_token_close(client_scid: bytes, client_dcid: bytes, new_scid: bytes) -> bytes:
+def invalid_token_close(
+    client_scid: bytes, client_dcid: bytes, new_scid: bytes, version: int = QUIC_V1
+) -> bytes:
     """An Initial carrying CONNECTION_CLOSE(INVALID_TOKEN), protected with the Initial
     keys of the client's DCID."""
-    _, server_secret = initial_secrets(client_dcid)
-    protector = PacketProtector(derive_packet_keys(INITIAL_SUITE, server_secret))
+    _, server_secret = initial_secrets(client_dcid, version)
+    protector = PacketProtector(derive_packet_keys(INITIAL_SUITE, server_secret, version))
     payload = bytearray()
     F.encode_frame(
         F.ConnectionClose(error_code=INVALID_TOKEN, frame_type=0, reason=b"invalid token"),
@@ -41,7 +43,7 @@ def invalid_token_close(client_scid: bytes, client_dcid: bytes, new_scid: bytes)
     )
     pn_len = 1
     header = build_long_header(
-        INITIAL, QUIC_V1, client_scid, new_scid, b"", pn_len + len(payload) + 16, 0, pn_len
+        INITIAL, version, client_scid, new_scid, b"", pn_len + len(payload) + 16, 0, pn_len
     )
     return protector.seal(header, bytes(payload), 0)
 

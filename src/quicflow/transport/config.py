@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..crypto.suites import CipherSuite
+from ..wire.packet import QUIC_V1, QUIC_V2, SUPPORTED_VERSIONS
 
 KIB = 1024
 MIB = 1024 * 1024
@@ -53,6 +54,14 @@ class Configuration:
         stateless resets sent per second.
     token_cache: (clients) a ``quicflow.endpoint.tokens.TokenCache`` shared by
         connections; NEW_TOKEN tokens go in, the next connection to that server uses one.
+
+    versions: QUIC versions (``QUIC_V1`` = 1, ``QUIC_V2`` = 0x6b3343cf, RFC 9369) in order
+        of preference; both by default. A server accepts these. A client offers them for
+        compatible version negotiation (RFC 9368) and sends its first Initial in
+        ``initial_version`` (default: ``versions[0]``); a server then moves to the first
+        version in the client's list that it accepts (so a client with
+        ``versions=[QUIC_V2, QUIC_V1], initial_version=QUIC_V1`` starts in v1, which every
+        server understands, and ends in v2 with a server that has it).
     """
 
     alpn_protocols: list[str] = field(default_factory=list)
@@ -94,6 +103,8 @@ class Configuration:
     reset_key: bytes | None = None
     stateless_reset_rate: float = 200.0
     token_cache: Any = None
+    versions: list[int] = field(default_factory=lambda: [QUIC_V1, QUIC_V2])
+    initial_version: int | None = None
 
     def load_cert_chain(self, certfile: str, keyfile: str | None = None) -> None:
         """Load a PEM certificate chain and private key."""
@@ -120,5 +131,9 @@ class Configuration:
             raise ValueError("retry must be 'never', 'always' or 'load'")
         if self.retry_threshold < 0 or self.max_half_open < 0 or self.half_open_timeout <= 0:
             raise ValueError("retry_threshold/max_half_open/half_open_timeout out of range")
+        if not self.versions or any(v not in SUPPORTED_VERSIONS for v in self.versions):
+            raise ValueError("versions must list QUIC versions 1 (0x1) and/or 2 (0x6b3343cf)")
+        if self.initial_version is not None and self.initial_version not in self.versions:
+            raise ValueError("initial_version must be one of versions")
         if not self.cipher_suites:
             raise ValueError("cipher_suites must not be empty")

@@ -95,6 +95,7 @@ class Connection:
     peer_initial_scid: bytes | None = None
     retry_scid: bytes | None = None
     token: bytes = b""
+    version: int = 1  # QUIC version in use (QUIC_V1 or QUIC_V2)
     new_token: bytes = b""  # (server) the NEW_TOKEN token to give the client
     new_token_pending: bool = False
     # state
@@ -173,6 +174,7 @@ class Connection:
             max_ack_delay=int(cfg.max_ack_delay * 1000),
             active_connection_id_limit=cfg.active_connection_id_limit,
             initial_source_connection_id=self.initial_scid,
+            version_information=[self.version, *cfg.versions],
         )
         if not self.is_client:
             tp.original_destination_connection_id = self.original_dcid
@@ -227,18 +229,45 @@ class Connection:
         self._install_initial_keys(self.retry_scid or self.original_dcid)
         params = encode_transport_parameters(self._local_transport_parameters())
         self.tls = TlsSession(self._tls_config(server_name), params)
+        if not self.is_client and len(cfg.versions) > 1:
+            self.tls.on_client_parameters(self._negotiate_version)
         self.tls.start()
         for epoch, data in self.tls.pop_output():
             self.spaces[SPACE_OF_EPOCH[epoch]].crypto_send.write(data)
 
     def _install_initial_keys(self, dcid: bytes) -> None:
-        client_secret, server_secret = initial_secrets(dcid)
+        client_secret, server_secret = initial_secrets(dcid, self.version)
         suite = CipherSuite.AES_128_GCM_SHA256
         send, recv = (
             (client_secret, server_secret) if self.is_client else (server_secret, client_secret)
         )
-        self.send_protectors[Epoch.INITIAL] = PacketProtector(derive_packet_keys(suite, send))
-        self.recv_protectors[Epoch.INITIAL] = PacketProtector(derive_packet_keys(suite, recv))
+        v = self.version
+        self.send_protectors[Epoch.INITIAL] = PacketProtector(derive_packet_keys(suite, send, v))
+        self.recv_protectors[Epoch.INITIAL] = PacketProtector(derive_packet_keys(suite, recv, v))
+
+    def switch_version(self, version: int) -> None:
+        """Compatible version negotiation (RFC 9368): from now on speak ``version``; the
+        Initial keys are derived again for it (same client DCID, the version's salt)."""
+        self.version = version
+        self._install_initial_keys(self.retry_scid or self.original_dcid)
+
+    def _negotiate_version(self, client_params: bytes) -> bytes:
+        """(server, from the TLS layer on the ClientHello) Pick the version: the first in
+        the client's version_information (its order of preference) that we accept;
+        returns our transport parameters with it as the chosen version."""
+        from ..wire.errors import WireError
+        from ..wire.tparams import decode_transport_parameters
+
+        try:
+            info = decode_transport_parameters(client_params, from_server=False).version_information
+        except WireError:
+            info = None  # the error is raised (with its code) when the parameters are applied
+        if info and info[0] == self.version:
+            ours = self.configuration.versions
+            chosen = next((v for v in info[1:] if v in ours), self.version)
+            if chosen != self.version:
+                self.switch_version(chosen)
+        return encode_transport_parameters(self._local_transport_parameters())
 
     # ------------------------------------------------------------------ CIDs
 
@@ -418,7 +447,7 @@ class Connection:
         self.key_update_pending = True
         self.key_phase ^= 1
         self.one_rtt_send_secret = next_generation_secret(
-            self.cipher_suite, self.one_rtt_send_secret
+            self.cipher_suite, self.one_rtt_send_secret, self.version
         )
         self.engine.update(self.peer_cid, opener=False)
 
@@ -655,6 +684,9 @@ def client_connection(
     )
     conn._now_hint = now
     conn.peer_cid = conn.original_dcid
+    conn.version = configuration.initial_version or (
+        configuration.versions[0] if configuration.versions else 1
+    )
     conn._setup(now, server_name)
     return conn
 
@@ -669,6 +701,7 @@ def server_connection(
     client_scid: bytes = b"",
     retry_scid: bytes | None = None,
     address_validated: bool = False,
+    version: int = 1,
 ) -> Connection:
     conn = Connection(
         configuration=configuration,
@@ -683,5 +716,6 @@ def server_connection(
     conn.peer_cid = client_scid
     conn.retry_scid = retry_scid
     conn.address_validated = address_validated
+    conn.version = version
     conn._setup(now, None)
     return conn

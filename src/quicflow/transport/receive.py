@@ -17,6 +17,7 @@ from ..wire.packet import (
     INITIAL,
     ONE_RTT,
     QUIC_V1,
+    QUIC_V2,
     RETRY,
     VERSION_NEGOTIATION,
     ZERO_RTT,
@@ -101,13 +102,23 @@ def _receive_packet(
 ) -> None:
     ptype = hdr.packet_type
     if ptype == VERSION_NEGOTIATION:
-        if conn.is_client and not conn.peer_initial_scid and QUIC_V1 not in hdr.supported_versions:
-            conn.enter_draining(0, None, "server does not support QUIC version 1")
+        if conn.is_client and not conn.peer_initial_scid and (
+            conn.version not in hdr.supported_versions
+        ):
+            names = {QUIC_V1: "1", QUIC_V2: "2"}
+            conn.enter_draining(0, None, "server does not support QUIC version "
+                                + names.get(conn.version, hex(conn.version)))
         return
     if ptype == RETRY:
         _receive_retry(conn, data, pos, hdr)
         return
-    if hdr.pn_offset < 0 or (ptype != ONE_RTT and hdr.version != QUIC_V1):
+    if ptype != ONE_RTT and hdr.version != conn.version and hdr.pn_offset >= 0:
+        # compatible version negotiation (RFC 9368): the server's first packet in
+        # another version we offered switches the client to it
+        if (conn.is_client and conn.peer_initial_scid is None and ptype == INITIAL
+                and hdr.version in conn.configuration.versions):
+            conn.switch_version(hdr.version)
+    if hdr.pn_offset < 0 or (ptype != ONE_RTT and hdr.version != conn.version):
         conn.counters.packets_dropped += 1
         conn.counters.dropped_malformed += 1
         return
@@ -216,7 +227,8 @@ def _receive_retry(conn: Connection, data: bytes, pos: int, hdr: PacketHeader) -
         return
     packet = bytes(data[pos : hdr.end])
     pseudo = retry_pseudo_packet(conn.original_dcid, packet[:-16])
-    if not verify_retry_integrity_tag(pseudo, packet[-16:]) or hdr.dcid != conn.initial_scid:
+    if (hdr.version != conn.version or hdr.dcid != conn.initial_scid
+            or not verify_retry_integrity_tag(pseudo, packet[-16:], conn.version)):
         conn.counters.packets_dropped += 1
         conn.counters.dropped_bad_retry += 1
         return
@@ -241,13 +253,15 @@ def _on_peer_key_update(conn: Connection) -> None:
     from ..crypto.keys import next_generation_secret
 
     suite = conn.cipher_suite
-    conn.one_rtt_recv_secret = next_generation_secret(suite, conn.one_rtt_recv_secret)
+    conn.one_rtt_recv_secret = next_generation_secret(suite, conn.one_rtt_recv_secret,
+                                                      conn.version)
     conn.key_updates_received += 1
     if conn.key_update_pending:
         conn.key_update_pending = False
         return
     conn.key_phase ^= 1
-    conn.one_rtt_send_secret = next_generation_secret(suite, conn.one_rtt_send_secret)
+    conn.one_rtt_send_secret = next_generation_secret(suite, conn.one_rtt_send_secret,
+                                                      conn.version)
     conn.engine.update(conn.peer_cid, opener=False)
 
 
@@ -353,7 +367,7 @@ def _install_secret(
         if conn.one_rtt_send_secret and conn.one_rtt_recv_secret and not conn.one_rtt_ready:
             program_engine(conn)
         return
-    protector = PacketProtector(derive_packet_keys(suite, secret))
+    protector = PacketProtector(derive_packet_keys(suite, secret, conn.version))
     if is_send:
         conn.send_protectors[epoch] = protector
     else:
@@ -367,8 +381,8 @@ def program_engine(conn: Connection) -> None:
     engine = conn.engine
     suite = conn.cipher_suite
     if not conn.one_rtt_recv_hp:
-        conn.one_rtt_recv_hp = _derive(suite, conn.one_rtt_recv_secret).hp_key
-        conn.one_rtt_send_hp = _derive(suite, conn.one_rtt_send_secret).hp_key
+        conn.one_rtt_recv_hp = _derive(suite, conn.one_rtt_recv_secret, conn.version).hp_key
+        conn.one_rtt_send_hp = _derive(suite, conn.one_rtt_send_secret, conn.version).hp_key
     largest = conn.spaces[2].largest_received
     first: bytes | None = None
     for entry in conn.host_cids:
@@ -377,12 +391,12 @@ def program_engine(conn: Connection) -> None:
         if first is None:
             engine.install(entry.cid, suite, conn.one_rtt_recv_secret, opener=True,
                            key_phase=conn.key_phase, largest_pn=largest,
-                           hp_key=conn.one_rtt_recv_hp)
+                           hp_key=conn.one_rtt_recv_hp, version=conn.version)
             first = entry.cid
         else:
             engine.alias(entry.cid, first, opener=True)
     engine.install(conn.peer_cid, suite, conn.one_rtt_send_secret, opener=False,
-                   key_phase=conn.key_phase, hp_key=conn.one_rtt_send_hp)
+                   key_phase=conn.key_phase, hp_key=conn.one_rtt_send_hp, version=conn.version)
     conn.one_rtt_ready = True
 
 
@@ -406,6 +420,7 @@ def _apply_peer_params(conn: Connection, raw: bytes) -> None:
         params.initial_source_connection_id != conn.peer_initial_scid
     ):
         raise QuicError(TRANSPORT_PARAMETER_ERROR, "initial_source_connection_id mismatch")
+    _check_version_information(conn, params.version_information)
     conn.peer_params = params
     conn.flow.peer_max_data = params.initial_max_data
     conn.bidi.peer_max = params.initial_max_streams_bidi
@@ -424,6 +439,23 @@ def _apply_peer_params(conn: Connection, raw: bytes) -> None:
                 params.initial_max_stream_data_uni if stream.stream_id & 2
                 else params.initial_max_stream_data_bidi_remote
             )
+
+
+VERSION_NEGOTIATION_ERROR = 0x11  # RFC 9368 §4
+
+
+def _check_version_information(conn: Connection, info: list[int] | None) -> None:
+    """RFC 9368 §4: the peer's chosen version must be the one in use (a client's: the
+    version of its first Initial; a server's: the negotiated one)."""
+    if info is None:
+        if conn.version != QUIC_V1:  # a v2 peer must send version_information
+            raise QuicError(VERSION_NEGOTIATION_ERROR, "version_information missing")
+        return
+    if info[0] != conn.version and (conn.is_client or info[0] not in info[1:]):
+        raise QuicError(VERSION_NEGOTIATION_ERROR,
+                        f"chosen version {info[0]:#x} is not the version in use")
+    if conn.is_client and conn.version not in info[1:]:
+        raise QuicError(VERSION_NEGOTIATION_ERROR, "version in use not in the available list")
 
 
 def _on_stream(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:

@@ -11,7 +11,6 @@ from ..wire import frames as F
 from ..wire.packet import (
     HANDSHAKE,
     INITIAL,
-    QUIC_V1,
     build_long_header,
     build_short_header,
     encode_packet_number,
@@ -176,7 +175,7 @@ def _build_datagram(
             assert protector is not None
             ptype = INITIAL if epoch == Epoch.INITIAL else HANDSHAKE
             header = build_long_header(
-                ptype, QUIC_V1, conn.peer_cid, conn.initial_scid,
+                ptype, conn.version, conn.peer_cid, conn.initial_scid,
                 conn.token if epoch == Epoch.INITIAL else b"",
                 pn_len + len(payload) + TAG_LEN, pn, pn_len,
             )
@@ -501,7 +500,7 @@ def _close_datagrams(conn: Connection, now: float) -> list[bytes]:
             if epoch == Epoch.INITIAL and conn.is_client:
                 payload.extend(bytes(max(0, 1200 - 80 - len(payload))))
             header = build_long_header(
-                INITIAL if epoch == Epoch.INITIAL else HANDSHAKE, QUIC_V1, conn.peer_cid,
+                INITIAL if epoch == Epoch.INITIAL else HANDSHAKE, conn.version, conn.peer_cid,
                 conn.initial_scid, conn.token if epoch == Epoch.INITIAL else b"",
                 pn_len + len(payload) + TAG_LEN, pn, pn_len,
             )
