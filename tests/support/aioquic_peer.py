@@ -110,7 +110,16 @@ def _protocol_class(args: argparse.Namespace) -> Any:
     library = args.library
 
     class ReportingProtocol(QuicConnectionProtocol):  # type: ignore[misc,valid-type]
+        datagrams: list[bytes]
+
         def quic_event_received(self, event: Any) -> None:
+            if isinstance(event, events.DatagramFrameReceived):
+                if not hasattr(self, "datagrams"):
+                    self.datagrams = []
+                self.datagrams.append(event.data)
+                if not self._quic.configuration.is_client:  # the server echoes them
+                    self._quic.send_datagram_frame(event.data)
+                    self.transmit()
             if isinstance(event, events.HandshakeCompleted):
                 suite = _negotiated_suite(library, self._quic)
                 emit({"event": "handshake", "cipher_suite": suite, "alpn": event.alpn_protocol,
@@ -181,6 +190,16 @@ async def run_client(args: argparse.Namespace) -> int:
                     reader, writer, upload=upload, download=args.download, seed=i
                 )
 
+            if args.datagram_count:  # send N datagrams, report which came back
+                for i in range(args.datagram_count):
+                    client._quic.send_datagram_frame(f"datagram {i}".encode())
+                client.transmit()
+                for _ in range(300):
+                    if len(getattr(client, "datagrams", [])) >= args.datagram_count:
+                        break
+                    await asyncio.sleep(0.01)
+                emit({"event": "datagrams",
+                      "echoed": [d.decode() for d in getattr(client, "datagrams", [])]})
             results = await asyncio.wait_for(
                 asyncio.gather(*(one(i) for i in range(args.streams))), args.timeout
             )
@@ -215,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--versions", help="QUIC versions by preference, e.g. 2,1")
     p.add_argument("--original-version", help="(client) version of the first Initial")
     p.add_argument("--datagrams", action="store_true", help="accept DATAGRAM frames (echo)")
+    p.add_argument("--datagram-count", type=int, default=0,
+                   help="(client, with --datagrams) send this many and report the echoes")
     p.add_argument("--idle-timeout", type=float, default=30.0)
     p.add_argument("--timeout", type=float, default=120.0)
     args = p.parse_args(argv)

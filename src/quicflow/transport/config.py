@@ -55,6 +55,11 @@ class Configuration:
     token_cache: (clients) a ``quicflow.endpoint.tokens.TokenCache`` shared by
         connections; NEW_TOKEN tokens go in, the next connection to that server uses one.
 
+    max_datagram_frame_size: largest DATAGRAM frame (RFC 9221) we accept; 0 (default)
+        turns DATAGRAM frames off (the transport parameter is not sent).
+    max_datagram_queue: DATAGRAM frames waiting to be sent; when full, the oldest is
+        dropped (counted in ``datagram_frames_dropped``). Datagrams are never retransmitted.
+
     versions: QUIC versions (``QUIC_V1`` = 1, ``QUIC_V2`` = 0x6b3343cf, RFC 9369) in order
         of preference; both by default. A server accepts these. A client offers them for
         compatible version negotiation (RFC 9368) and sends its first Initial in
@@ -103,6 +108,8 @@ class Configuration:
     reset_key: bytes | None = None
     stateless_reset_rate: float = 200.0
     token_cache: Any = None
+    max_datagram_frame_size: int = 0
+    max_datagram_queue: int = 256
     versions: list[int] = field(default_factory=lambda: [QUIC_V1, QUIC_V2])
     initial_version: int | None = None
 

@@ -70,6 +70,9 @@ class ConnectionCounters:
     dropped_bad_retry: int = 0
     duplicate_packets: int = 0
     engine_open_failures: int = 0
+    datagram_frames_sent: int = 0  # DATAGRAM frames (RFC 9221)
+    datagram_frames_received: int = 0
+    datagram_frames_dropped: int = 0  # send queue full: the oldest was dropped
 
 
 @dataclass(slots=True)
@@ -98,6 +101,7 @@ class Connection:
     version: int = 1  # QUIC version in use (QUIC_V1 or QUIC_V2)
     new_token: bytes = b""  # (server) the NEW_TOKEN token to give the client
     new_token_pending: bool = False
+    datagrams_pending: list[bytes] = field(default_factory=list)  # DATAGRAM frames to send
     # state
     state: int = HANDSHAKE
     handshake_complete: bool = False
@@ -175,6 +179,7 @@ class Connection:
             active_connection_id_limit=cfg.active_connection_id_limit,
             initial_source_connection_id=self.initial_scid,
             version_information=[self.version, *cfg.versions],
+            max_datagram_frame_size=cfg.max_datagram_frame_size,
         )
         if not self.is_client:
             tp.original_destination_connection_id = self.original_dcid
@@ -352,6 +357,27 @@ class Connection:
         send.write(data, end_stream)
         if stream_id not in self.send_queue:
             self.send_queue.append(stream_id)
+
+    def send_datagram(self, data: bytes) -> None:
+        """Queue ``data`` as one DATAGRAM frame (RFC 9221): unreliable, never
+        retransmitted. Raises ValueError when the peer does not accept DATAGRAM frames
+        or ``data`` cannot fit in one (the peer's limit and our packet size). When the
+        queue (``max_datagram_queue``) is full, the oldest queued one is dropped."""
+        if self.state >= CLOSING:
+            raise QuicError(APPLICATION_ERROR, "connection is closed")
+        limit = self.peer_params.max_datagram_frame_size if self.peer_params else 0
+        if not limit:
+            raise ValueError("the peer does not accept DATAGRAM frames")
+        frame = 1 + (1 if len(data) < 64 else 2 if len(data) < 16384 else 4) + len(data)
+        room = self.max_datagram_size - (1 + len(self.peer_cid) + 4 + 16)
+        if frame > min(limit, room):
+            raise ValueError(f"datagram of {len(data)} bytes does not fit in a DATAGRAM frame "
+                             f"(at most {min(limit, room)} bytes with its header)")
+        queue = self.datagrams_pending
+        if len(queue) >= max(1, self.configuration.max_datagram_queue):
+            queue.pop(0)
+            self.counters.datagram_frames_dropped += 1
+        queue.append(bytes(data))
 
     def stream_buffered(self, stream_id: int) -> int:
         stream = self.streams.get(stream_id)

@@ -67,6 +67,13 @@ class NewTokenReceived:
     token: bytes
 
 
+@dataclass(slots=True)
+class DatagramReceived:
+    """A DATAGRAM frame arrived (RFC 9221)."""
+
+    data: bytes
+
+
 Event = (
     HandshakeCompleted
     | StreamOpened
@@ -77,4 +84,5 @@ Event = (
     | StreamsAvailable
     | ConnectionTerminated
     | NewTokenReceived
+    | DatagramReceived
 )

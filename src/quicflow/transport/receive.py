@@ -39,6 +39,7 @@ from .errors import (
     QuicError,
 )
 from .events import (
+    DatagramReceived,
     HandshakeCompleted,
     NewTokenReceived,
     StopSendingReceived,
@@ -619,6 +620,15 @@ def _on_new_token(conn: Connection, frame: Any, epoch: Epoch, now: float) -> Non
     conn.events.append(NewTokenReceived(bytes(frame.token)))
 
 
+def _on_datagram(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    limit = conn.configuration.max_datagram_frame_size
+    if not limit or 1 + len(frame.data) > limit:  # (the limit counts the frame's header)
+        raise QuicError(PROTOCOL_VIOLATION, "DATAGRAM frame not allowed or too large",
+                        F.DATAGRAM_LEN)
+    conn.counters.datagram_frames_received += 1
+    conn.events.append(DatagramReceived(bytes(frame.data)))
+
+
 def _ignore(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
     return
 
@@ -644,6 +654,7 @@ _HANDLERS: dict[type, Callable[[Connection, Any, Epoch, float], None]] = {
     F.PathResponse: _on_path_response,
     F.ConnectionClose: _on_connection_close,
     F.HandshakeDone: _on_handshake_done,
+    F.Datagram: _on_datagram,
 }
 
 __all__ = ["receive_datagram", "program_engine", "STREAM_STATE_ERROR", "INTERNAL_ERROR"]

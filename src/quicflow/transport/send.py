@@ -296,6 +296,8 @@ def _fill_payload(
         records.append((R_CRYPTO, int(epoch), offset, len(data)))
     if epoch == Epoch.ONE_RTT:
         _fill_control(conn, payload, limit, records)
+        if conn.datagrams_pending:
+            _fill_datagrams(conn, payload, limit)
         _fill_streams(conn, payload, limit, records)
     eliciting = len(payload) > start_len
     if probe and not eliciting:
@@ -372,6 +374,14 @@ def _fill_control(
         seq = conn.retire_pending.pop(0)
         F.encode_frame(F.RetireConnectionId(sequence=seq), payload)
         records.append((R_RETIRE_CID, seq))
+
+
+def _fill_datagrams(conn: Connection, payload: bytearray, limit: int) -> None:
+    """DATAGRAM frames, oldest first, while they fit (no record: never retransmitted)."""
+    queue = conn.datagrams_pending
+    while queue and limit - len(payload) >= len(queue[0]) + 5:
+        F.encode_frame(F.Datagram(data=queue.pop(0)), payload)
+        conn.counters.datagram_frames_sent += 1
 
 
 def _fill_streams(
