@@ -59,6 +59,7 @@ async def connect(
     transport = UdpTransport.open(local, 0, backend=backend, connect_to=peer)
     endpoint = Endpoint(config, is_server=False, engine=engine or best_engine())
     runner = EndpointRunner(transport, endpoint, connected_peer=peer)
+    runner.peer_name = f"{host} port {port}"
     server_name = None if _is_ip(host) else host
     if config.server_name is None and server_name is None and config.verify_peer:
         server_name = host  # verify against the IP address literal

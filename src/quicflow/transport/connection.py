@@ -629,6 +629,15 @@ class Connection:
             )
         )
 
+    def abort(self, reason: str) -> None:
+        """End at once, sending nothing: the peer is known to be unreachable (e.g. an
+        ICMP port unreachable answered our Initial). ConnectionTerminated says why."""
+        if self.terminated:
+            return
+        self.close_error = (0, None, reason, False)
+        self.events.append(ConnectionTerminated(0, None, reason, False))
+        self._terminate()
+
     def close_with_error(self, error: QuicError) -> None:
         self.close(error.code, error.reason, application=False, frame_type=error.frame_type)
 
