@@ -109,15 +109,15 @@ def test_token_from_another_endpoint_with_the_same_key() -> None:
     a.wall_offset, b.wall_offset = 1_700_000_000.0, 1_700_000_100.0 - 50.0
     token = a.admission.new_token(CLIENT_ADDR, 10.0 + a.wall_offset)
     opened = b.admission.sealer.open(token, ("127.0.0.1", 1234), 60.0 + b.wall_offset, 3600)
-    assert opened == (NEW_TOKEN, b"")
+    assert opened == (NEW_TOKEN, b"", b"")
     other = Endpoint(server_config(token_key=b"another key" * 3), is_server=True)
     assert other.admission.sealer.open(token, CLIENT_ADDR, 60.0 + b.wall_offset, 3600) is None
 
 
 def test_token_checks() -> None:
     sealer = TokenSealer(KEY)
-    t = sealer.seal(RETRY_TOKEN, CLIENT_ADDR, b"odcid123", 1000.0)
-    assert sealer.open(t, CLIENT_ADDR, 1005.0, 10.0) == (RETRY_TOKEN, b"odcid123")
+    t = sealer.seal(RETRY_TOKEN, CLIENT_ADDR, b"odcid123", 1000.0, b"rscid456")
+    assert sealer.open(t, CLIENT_ADDR, 1005.0, 10.0) == (RETRY_TOKEN, b"odcid123", b"rscid456")
     assert sealer.open(t, CLIENT_ADDR, 1011.0, 10.0) is None  # expired
     assert sealer.open(t, ("127.0.0.1", 50001), 1005.0, 10.0) is None  # another port
     assert sealer.open(t, ("127.0.0.2", 50000), 1005.0, 10.0) is None  # another host
@@ -125,7 +125,7 @@ def test_token_checks() -> None:
     bad[-1] ^= 1
     assert sealer.open(bytes(bad), CLIENT_ADDR, 1005.0, 10.0) is None
     n = sealer.seal(NEW_TOKEN, CLIENT_ADDR, b"", 1000.0)
-    assert sealer.open(n, ("127.0.0.1", 1), 1005.0, 10.0) == (NEW_TOKEN, b"")  # any port
+    assert sealer.open(n, ("127.0.0.1", 1), 1005.0, 10.0) == (NEW_TOKEN, b"", b"")  # any port
     assert sealer.open(b"garbage" * 9, CLIENT_ADDR, 1005.0, 10.0) is None
 
 
@@ -171,3 +171,21 @@ def test_invalid_new_token_counts_as_no_token() -> None:
         adm = pair.server.admission.counters
         assert adm.invalid_new_tokens == 1 and adm.new_tokens_accepted == 0
         assert adm.retries_sent == retries
+
+
+def test_retry_token_with_another_dcid_is_invalid() -> None:
+    """A Retry token is bound to the Retry's SCID: an Initial that carries it to another
+    DCID (a replay by someone who saw it) is closed with INVALID_TOKEN."""
+    server = Endpoint(server_config(retry="always"), is_server=True)
+    client = Endpoint(client_config(), is_server=False)
+    conn = client.connect(SERVER_ADDR, 0.0, server_name="localhost")
+    for d in client.datagrams_to_send(conn, 0.0):
+        server.receive(d, CLIENT_ADDR, 0.0)
+    retry = server.pop_stateless()[0][0]
+    token = parse_header(retry, 0, 8).token
+    other = client.connect(SERVER_ADDR, 0.0, server_name="localhost")
+    other.token = token  # a fresh connection (its own DCID) replays the token
+    for d in client.datagrams_to_send(other, 0.0):
+        server.receive(d, CLIENT_ADDR, 0.0)
+    assert server.admission.counters.invalid_retry_tokens == 1
+    assert not server.all_connections

@@ -93,7 +93,7 @@ class Admission:
             lifetime = cfg.retry_token_lifetime if kind == RETRY_TOKEN else cfg.new_token_lifetime
             opened = self.sealer.open(hdr.token, address, wall, lifetime)
             if kind == RETRY_TOKEN or (opened is not None and opened[0] == RETRY_TOKEN):
-                if opened is None:
+                if opened is None or opened[2] != hdr.dcid:  # (the Retry's SCID)
                     c.invalid_retry_tokens += 1
                     close = stateless.invalid_token_close(hdr.scid, hdr.dcid, new_cid(),
                                                           hdr.version)
@@ -108,7 +108,7 @@ class Admission:
         half_open = len(self.half_open)
         if cfg.retry == "always" or (cfg.retry == "load" and half_open >= cfg.retry_threshold):
             scid = new_cid()
-            token = self.sealer.seal(RETRY_TOKEN, address, hdr.dcid, wall)
+            token = self.sealer.seal(RETRY_TOKEN, address, hdr.dcid, wall, scid)
             retry = stateless.retry_packet(hdr.scid, hdr.dcid, scid, token, hdr.version)
             replies.append((retry, address))
             c.retries_sent += 1

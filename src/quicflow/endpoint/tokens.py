@@ -4,7 +4,9 @@ A token is sealed (AES-256-GCM) with a key derived from the server's configured
 ``token_key``, so every worker process and every host configured with the same key can
 check the tokens any of them issued; nothing is stored on the server.
 
-Layout: ``kind (1) | nonce (12) | AEAD(issued_at_ms (8) | odcid_len (1) | odcid)``. The
+Layout: ``kind (1) | nonce (12) | AEAD(issued_at_ms (8) | len (1) | odcid | len (1) |
+retry_scid)`` (Retry tokens carry the client's original DCID and the Retry's SCID, which
+the client's next Initial must use as its DCID; NEW_TOKEN tokens leave both empty). The
 kind byte is in clear (the server must tell a Retry token from a NEW_TOKEN one, RFC 9000
 §8.1.1) and is authenticated with the client's address as associated data: the full
 address (IP and port) for Retry tokens, only the IP for NEW_TOKEN tokens (a client's next
@@ -31,7 +33,7 @@ from ..crypto.hkdf import hkdf_expand, hkdf_extract
 RETRY_TOKEN = 0x52  # 'R'
 NEW_TOKEN = 0x4E  # 'N'
 _NONCE_LEN = 12
-_MIN_LEN = 1 + _NONCE_LEN + 9 + 16
+_MIN_LEN = 1 + _NONCE_LEN + 10 + 16
 
 Address = tuple[Any, ...]
 
@@ -59,20 +61,24 @@ class TokenSealer:
         prk = hkdf_extract(h, b"quicflow address validation", self.key)
         self._aead = AESGCM(hkdf_expand(h, prk, b"token key", 32))
 
-    def seal(self, kind: int, address: Address, odcid: bytes, wall_time: float) -> bytes:
+    def seal(
+        self, kind: int, address: Address, odcid: bytes, wall_time: float,
+        retry_scid: bytes = b"",
+    ) -> bytes:
         assert self._aead is not None
         nonce = os.urandom(_NONCE_LEN)
         plain = (
             int(wall_time * 1000).to_bytes(8, "big") + bytes((len(odcid),)) + odcid
+            + bytes((len(retry_scid),)) + retry_scid
         )
         aad = bytes((kind,)) + _address_bytes(address, kind == RETRY_TOKEN)
         return bytes((kind,)) + nonce + self._aead.encrypt(nonce, plain, aad)
 
     def open(
         self, token: bytes, address: Address, wall_time: float, lifetime: float
-    ) -> tuple[int, bytes] | None:
-        """``(kind, odcid)`` of a token that is ours, for this address and not expired;
-        None otherwise (wrong key, tampered, another address, expired, garbage)."""
+    ) -> tuple[int, bytes, bytes] | None:
+        """``(kind, odcid, retry_scid)`` of a token that is ours, for this address and not
+        expired; None otherwise (wrong key, tampered, another address, expired, garbage)."""
         assert self._aead is not None
         if len(token) < _MIN_LEN or token[0] not in (RETRY_TOKEN, NEW_TOKEN):
             return None
@@ -82,12 +88,15 @@ class TokenSealer:
             plain = self._aead.decrypt(token[1 : 1 + _NONCE_LEN], token[1 + _NONCE_LEN :], aad)
         except Exception:  # InvalidTag (and nothing else can come out of garbage)
             return None
-        if len(plain) < 9 or len(plain) != 9 + plain[8]:
+        if len(plain) < 10 or len(plain) < 10 + plain[8]:
+            return None
+        end = 9 + plain[8]
+        if len(plain) != end + 1 + plain[end]:
             return None
         issued = int.from_bytes(plain[:8], "big") / 1000
         if not issued - 1.0 <= wall_time <= issued + lifetime:
             return None
-        return kind, plain[9:]
+        return kind, plain[9:end], plain[end + 1 :]
 
 
 def token_kind(token: bytes) -> int:
