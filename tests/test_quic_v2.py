@@ -78,3 +78,23 @@ def test_version_negotiation_when_the_server_lacks_the_version() -> None:
     events = [e for e in pair.client.pop_events() if isinstance(e, ConnectionTerminated)]
     assert events and events[0].reason == "server does not support QUIC version 1"
     assert pair.server.counters.version_negotiations_sent == 1
+
+
+def test_version_information_parameter() -> None:
+    import pytest
+
+    from quicflow.wire.errors import TransportParameterError
+    from quicflow.wire.tparams import (
+        TransportParameters,
+        decode_transport_parameters,
+        encode_transport_parameters,
+    )
+
+    tp = TransportParameters(version_information=[QUIC_V2, QUIC_V1, QUIC_V2],
+                             max_datagram_frame_size=1200)
+    back = decode_transport_parameters(encode_transport_parameters(tp), from_server=True)
+    assert back.version_information == [QUIC_V2, QUIC_V1, QUIC_V2]
+    assert back.max_datagram_frame_size == 1200
+    for bad in (b"\x11\x03\x00\x00\x01", b"\x11\x04\x00\x00\x00\x00"):  # length 3; chosen 0
+        with pytest.raises(TransportParameterError):
+            decode_transport_parameters(bad, from_server=True)
