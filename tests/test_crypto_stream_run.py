@@ -73,8 +73,11 @@ def old_way(
     data_cap: int,
     count: int,
     fin: bool,
+    *,
+    key: bytes | None = None,
 ) -> int:
-    """The build_bulk loop before seal_stream_run: plaintext packets, then one seal()."""
+    """The build_bulk loop before seal_stream_run: plaintext packets, then one seal()
+    (sealed with the entry of ``key``, default ``cid``; ``cid`` goes into the headers)."""
     prefix = bytes((0x40 | (pn_len - 1),)) + cid
     header_len = len(prefix) + pn_len
     sid_bytes = encode_varint(sid)
@@ -95,7 +98,8 @@ def old_way(
             buf += (0x4000 | length).to_bytes(2, "big")
             buf += view[pos : pos + length]
             buf += bytes(TAG)
-            descs.append((packet_start, header_len, frame_head + length, pn, cid))
+            table_key = cid if key is None else key
+            descs.append((packet_start, header_len, frame_head + length, pn, table_key))
             pn += 1
             pos += length
     engine.seal(buf, descs)
@@ -130,6 +134,9 @@ def run_args(draw: st.DrawFn) -> dict[str, Any]:
         "suite": suite,
         "secret": draw(st.binary(min_size=suite_hash_len(suite), max_size=suite_hash_len(suite))),
         "cid": draw(st.binary(min_size=0, max_size=20)),
+        # the sealer's table key when it is not the header's DCID (endpoints use a local
+        # key); None: the 14-argument form, keyed by the DCID itself
+        "key": draw(st.one_of(st.none(), st.binary(min_size=0, max_size=16))),
         "updates": draw(st.integers(0, 3)),
         "prefix": draw(st.binary(max_size=40)),
         "kind": draw(st.sampled_from((bytes, bytearray, memoryview))),
@@ -141,11 +148,16 @@ def run_args(draw: st.DrawFn) -> dict[str, Any]:
 
 
 def _call(engine: OffloadEngine, buf: bytearray, cid: bytes, call: tuple[Any, ...],
-          kind: Any) -> int:
+          kind: Any, key: bytes | None = None) -> int:
     pn, pn_len, sid, data, start, end, offset, off_len, data_cap, count, fin = call
+    if key is None:
+        return engine.seal_stream_run(
+            buf, cid, pn, pn_len, sid, kind(data), start, end, offset, off_len, data_cap,
+            count, fin,
+        )
     return engine.seal_stream_run(
-        buf, cid, pn, pn_len, sid, kind(data), start, end, offset, off_len, data_cap, count,
-        fin,
+        buf, key, pn, pn_len, sid, kind(data), start, end, offset, off_len, data_cap, count,
+        fin, cid,
     )
 
 
@@ -159,18 +171,20 @@ def _expected_count(call: tuple[Any, ...]) -> int:
 def test_engines_match_old_way_and_each_other(args: dict[str, Any]) -> None:
     suite, secret, cid, updates = args["suite"], args["secret"], args["cid"], args["updates"]
     call = args["call"]
-    ref_engine = sealer(SoftwareOffloadEngine, suite, secret, cid, updates)
+    key = args["key"]
+    table_key = cid if key is None else key
+    ref_engine = sealer(SoftwareOffloadEngine, suite, secret, table_key, updates)
     ref = bytearray(args["prefix"])
-    ref_n = old_way(ref_engine, ref, cid, *call)
+    ref_n = old_way(ref_engine, ref, cid, *call, key=table_key)
     assert ref_n == _expected_count(call)
     for make in engines():
-        engine = sealer(make, suite, secret, cid, updates)
+        engine = sealer(make, suite, secret, table_key, updates)
         buf = bytearray(args["prefix"])
-        n = _call(engine, buf, cid, call, args["kind"])
+        n = _call(engine, buf, cid, call, args["kind"], key)
         assert n == ref_n, make
         assert buf == ref, make
         assert engine.sealed == ref_engine.sealed  # type: ignore[attr-defined]
-        state, ref_state = engine.key_state(cid, opener=False), ref_engine.key_state(cid, opener=False)  # type: ignore[attr-defined]  # noqa: E501
+        state, ref_state = engine.key_state(table_key, opener=False), ref_engine.key_state(table_key, opener=False)  # type: ignore[attr-defined]  # noqa: E501
         assert state.largest_pn == ref_state.largest_pn
         assert state.key_phase == ref_state.key_phase == updates & 1
 
@@ -182,10 +196,11 @@ def test_peer_open_run_gives_the_data_back(args: dict[str, Any], opener_kind: in
     make = makers[opener_kind % len(makers)]
     suite, secret, cid, updates = args["suite"], args["secret"], args["cid"], args["updates"]
     pn, pn_len, sid, data, start, end, offset, _ol, data_cap, _count, fin = args["call"]
-    sender = sealer(makers[-1], suite, secret, cid, updates)
+    key = args["key"]
+    sender = sealer(makers[-1], suite, secret, cid if key is None else key, updates)
     prefix = args["prefix"]
     buf = bytearray(prefix)
-    n = _call(sender, buf, cid, args["call"], args["kind"])
+    n = _call(sender, buf, cid, args["call"], args["kind"], key)
     if n == 0:
         assert buf == prefix
         return
@@ -272,6 +287,34 @@ def test_invalid_arguments(change: dict[str, int], message: str) -> None:
         assert buf == b"keep"
         with pytest.raises(KeyError):
             engine.seal_stream_run(buf, b"unknown", **kwargs)
+
+
+def test_dcid_is_written_and_key_selects_the_entry() -> None:
+    """The table key and the header's DCID are separate: packets sealed under a local
+    key carry the DCID given (also zero-length) and open under it at the peer."""
+    suite = CipherSuite.AES_128_GCM_SHA256
+    secret = _secret(suite)
+    for make in engines():
+        for dcid in (b"", CID):
+            engine = sealer(make, suite, secret, b"local-key", 0)
+            buf = bytearray()
+            assert engine.seal_stream_run(
+                buf, b"local-key", 5, 2, 0, bytes(300), 0, 300, 0, 2, 100, 9, True, dcid
+            ) == 3
+            assert buf[1 : 1 + len(dcid)] == dcid
+            receiver = make()
+            receiver.install(dcid, suite, secret, opener=True, largest_pn=4)
+            unit = len(buf) // 3
+            entries = receiver.open_run(bytes(buf), [(i * unit, unit, dcid) for i in range(3)])
+            assert entries == [(0, 5, 3, 0, 0, bytes(300), True)]
+            with pytest.raises(TypeError):
+                engine.seal_stream_run(
+                    buf, b"local-key", 9, 2, 0, bytes(10), 0, 10, 0, 2, 100, 1, True,
+                    "str",  # type: ignore[arg-type]
+                )
+            with pytest.raises(KeyError):  # the DCID is not a table key
+                engine.seal_stream_run(buf, dcid or b"x", 9, 2, 0, bytes(10), 0, 10, 0, 2, 100,
+                                       1, True, dcid)
 
 
 def test_exported_buffer_cannot_grow() -> None:

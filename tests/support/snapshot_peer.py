@@ -139,7 +139,7 @@ class LocalSide:
     @property
     def conn(self) -> Connection | None:
         if self._conn is None and self.endpoint.all_connections:
-            self._conn = self.endpoint.all_connections[0]
+            self._conn = next(iter(self.endpoint.all_connections))
         return self._conn
 
     def step(self, now: float, incoming: list[bytes]) -> list[bytes]:

@@ -13,6 +13,7 @@ from typing import Any
 from ..crypto.native import best_engine
 from ..crypto.offload import OffloadEngine
 from ..datapath.socket import UdpTransport
+from ..endpoint.cids import ConnectionIdSource
 from ..endpoint.endpoint import Endpoint
 from ..transport.config import Configuration
 from ..transport.connection import Connection
@@ -39,8 +40,12 @@ async def connect(
     stream_handler: StreamHandler | None = None,
     engine: OffloadEngine | None = None,
     wait_connected: bool = True,
+    cid_generator: ConnectionIdSource | None = None,
 ) -> AsyncIterator[QuicConnection]:
     """Connect to a QUIC server; yields a :class:`QuicConnection`.
+
+    ``cid_generator`` issues the client's connection IDs (default: random ones of the
+    configuration's ``connection_id_length``, which may be 0).
 
     ``async with quicflow.connect("localhost", 4433, configuration=cfg) as conn: ...``
     On leaving the block the connection is closed (code 0) and the socket released.
@@ -57,7 +62,9 @@ async def connect(
     peer = (sockaddr[0], sockaddr[1])
     local = "0.0.0.0" if family == socket.AF_INET else "::"
     transport = UdpTransport.open(local, 0, backend=backend, connect_to=peer)
-    endpoint = Endpoint(config, is_server=False, engine=engine or best_engine())
+    endpoint = Endpoint(
+        config, is_server=False, engine=engine or best_engine(), cid_generator=cid_generator
+    )
     runner = EndpointRunner(transport, endpoint, connected_peer=peer)
     runner.peer_name = f"{host} port {port}"
     server_name = None if _is_ip(host) else host
@@ -133,19 +140,24 @@ async def serve(
     backend: str = "auto",
     connection_handler: Any = None,
     engine: OffloadEngine | None = None,
+    cid_generator: ConnectionIdSource | None = None,
 ) -> QuicServer:
     """Start a QUIC server on ``host:port``.
 
     ``handler(reader, writer)`` runs (as a task if it is a coroutine function) for each
     stream a client opens. ``connection_handler(connection)`` is called for each new
-    connection. The configuration needs a certificate and key.
+    connection. The configuration needs a certificate and key. ``cid_generator`` issues
+    the server's connection IDs (default: plaintext QUIC-LB CIDs of the configuration's
+    ``connection_id_length`` with server ID 0, see ``quicflow.endpoint.cids``).
     """
     config = replace(configuration)
     config.validate()
     if not config.certificate_chain or config.private_key is None:
         raise ValueError("a server needs Configuration.certificate_chain and private_key")
     transport = UdpTransport.open(host, port, backend=backend)
-    endpoint = Endpoint(config, is_server=True, engine=engine or best_engine())
+    endpoint = Endpoint(
+        config, is_server=True, engine=engine or best_engine(), cid_generator=cid_generator
+    )
     runner_box: list[EndpointRunner] = []
 
     def on_accept(conn: Connection) -> QuicConnection:

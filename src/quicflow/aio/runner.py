@@ -55,7 +55,7 @@ class EndpointRunner:
         #: how to name the peer in errors ("HOST port PORT" of connect()); set by connect
         self.peer_name: str | None = None
         self._timers: dict[int, tuple[float, asyncio.TimerHandle]] = {}
-        self._dirty: list[Connection] = []
+        self._dirty: dict[Connection, None] = {}  # by identity, in order
         self._flush_scheduled = False
         self._writer_waiting = False
         self._closed = False
@@ -89,7 +89,7 @@ class EndpointRunner:
                     plain.append((bytes(data), peer, ecn))
             if plain:
                 touched += endpoint.receive_datagrams(plain, now)
-            touched = list({id(c): c for c in touched}.values())  # each once, in order
+            touched = list(dict.fromkeys(touched))  # each once (by identity), in order
             if endpoint.accepted:
                 for conn in endpoint.accepted:
                     if self.on_accept is not None:
@@ -118,15 +118,14 @@ class EndpointRunner:
 
     def schedule_flush(self, conn: Connection) -> None:
         """Send what ``conn`` has, soon (coalesces many writes into one flush)."""
-        if conn not in self._dirty:
-            self._dirty.append(conn)
+        self._dirty[conn] = None
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush_dirty)
 
     def _flush_dirty(self) -> None:
         self._flush_scheduled = False
-        dirty, self._dirty = self._dirty, []
+        dirty, self._dirty = self._dirty, {}
         for conn in dirty:
             self._send(conn)
 
@@ -134,8 +133,7 @@ class EndpointRunner:
         if self._closed:
             return
         if self._writer_waiting:
-            if conn not in self._dirty:
-                self._dirty.append(conn)
+            self._dirty[conn] = None
             return
         transport = self.transport
         addr = None if self.connected_peer is not None else conn.peer_address
@@ -188,8 +186,7 @@ class EndpointRunner:
         return ok
 
     def _wait_writable(self, conn: Connection) -> None:
-        if conn not in self._dirty:
-            self._dirty.append(conn)
+        self._dirty[conn] = None
         if not self._writer_waiting:
             self._writer_waiting = True
             self.loop.add_writer(self.transport.fileno(), self._on_writable)

@@ -157,12 +157,14 @@ class NativeOffloadEngine(CidTableEngine[NativeKeyState]):
         data_cap: int,
         count: int,
         fin: bool,
+        dcid: bytes | None = None,
     ) -> int:
         """Append up to ``count`` sealed one-STREAM-frame packets of ``data[start:end]``
-        (one C call: headers, frames, data copy and sealing); returns the packets built."""
+        (one C call: headers, frames, data copy and sealing); returns the packets built.
+        ``cid`` is the sealer's table key, ``dcid`` (default ``cid``) the header's DCID."""
         built: int = _ext.seal_stream_run(
             self._sealers, buf, cid, pn, pn_len, stream_id, data, start, end, offset,
-            off_len, data_cap, count, fin,
+            off_len, data_cap, count, fin, dcid,
         )
         self.sealed += built
         return built

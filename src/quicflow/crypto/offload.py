@@ -216,6 +216,7 @@ class OffloadEngine(Protocol):
         data_cap: int,
         count: int,
         fin: bool,
+        dcid: bytes | None = None,
     ) -> int: ...
 
     def open(
@@ -236,7 +237,7 @@ class PhaseKeys:
     iv: int
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class CidKeyState:
     """One table entry, shared by all aliases of a connection (one direction)."""
 
@@ -384,20 +385,27 @@ class SoftwareOffloadEngine(CidTableEngine[CidKeyState]):
         data_cap: int,
         count: int,
         fin: bool,
+        dcid: bytes | None = None,
     ) -> int:
         """Append up to ``count`` sealed one-STREAM-frame packets of ``data[start:end]``.
 
-        The reference: plaintext packets as ``build_bulk`` built them, then one ``seal``.
-        See ``docs/INTERFACES.md`` (crypto) for the layout. Returns the packets built.
+        ``cid`` is the sealer's table key; ``dcid`` (default: ``cid``) is the destination
+        CID written into every header. The reference: plaintext packets as ``build_bulk``
+        built them, then one ``seal``. See ``docs/INTERFACES.md`` (crypto) for the
+        layout. Returns the packets built.
         """
         if cid not in self._sealers:
             raise KeyError(cid)
+        if dcid is None:
+            dcid = cid
+        elif type(dcid) is not bytes:
+            raise TypeError("dcid must be bytes")
         n = stream_run_count(
             pn, pn_len, stream_id, len(data), start, end, offset, off_len, data_cap, count
         )
         if n == 0:
             return 0
-        head = bytes((0x40 | (pn_len - 1),)) + cid
+        head = bytes((0x40 | (pn_len - 1),)) + dcid
         header_len = len(head) + pn_len
         sid_bytes = encode_varint(stream_id)
         off_prefix = (0, 0x4000, 0, 0x80000000, 0, 0, 0, 0xC000000000000000)[off_len - 1]

@@ -2,28 +2,63 @@
 
 Datagrams come in as batches (a GRO buffer with its segment size, or single datagrams);
 runs of segments with the same DCID cost one connection lookup (``counters.lookups``).
+
+The endpoint owns connection IDs: its generator (``cid_generator``; a server's default is
+plaintext QUIC-LB with the default ``ServerIdLayout``) issues every CID its connections
+use, and its registry (``registry.py``) maps client-chosen initial DCIDs and our CIDs to
+connections, held by identity. Short-header packets whose DCID the generator does not
+recognise as ours are dropped (``dropped_not_ours``) before any lookup. The generator's
+CID length wins over ``Configuration.connection_id_length``: the endpoint keeps a copy
+of the configuration with the generator's length.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field, replace
+from collections.abc import KeysView
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..crypto.native import best_engine
 from ..crypto.offload import OffloadEngine
+from ..crypto.stateless_reset import stateless_reset_token
 from ..transport.config import Configuration
-from ..transport.connection import Address, Connection, client_connection, server_connection
+from ..transport.connection import (
+    Address,
+    Connection,
+    client_connection,
+    server_connection,
+)
 from ..transport.receive import receive_datagram
 from ..transport.receive_bulk import receive_short_run
 from ..transport.send import build_datagrams, datagrams_to_send
 from ..wire.errors import WireError
 from ..wire.packet import INITIAL, build_version_negotiation, parse_header
 from .admission import Admission
+from .cids import CidGenerator, ConnectionIdSource, RandomCidGenerator
+from .quiclb import QuicLbConfig, ServerIdLayout
+from .registry import ConnectionRegistry
 from .reset import match_reset
 
 MIN_INITIAL_SIZE = 1200
+#: Fresh CIDs drawn before giving up on one no other connection holds (a collision of
+#: random nonces is rare; several in a row mean the generator is broken).
+CID_ATTEMPTS = 8
+
+
+def default_server_generator(cid_length: int, layout: ServerIdLayout | None = None) -> CidGenerator:
+    """Plaintext QUIC-LB CIDs of ``cid_length`` bytes for ``layout``'s server ID."""
+    layout = layout or ServerIdLayout()
+    nonce_len = cid_length - 1 - layout.server_id_len
+    if nonce_len < 4:
+        raise ValueError(
+            f"a server's connection IDs need at least {1 + layout.server_id_len + 4} bytes "
+            f"(QUIC-LB: first octet, {layout.server_id_len}-byte server ID, 4-byte nonce), "
+            f"got connection_id_length={cid_length}"
+        )
+    config = QuicLbConfig(server_id_len=layout.server_id_len, nonce_len=nonce_len)
+    return CidGenerator(config, layout.server_id())
 
 
 @dataclass(slots=True)
@@ -38,6 +73,9 @@ class EndpointCounters:
     dropped_short_initial: int = 0
     dropped_closed: int = 0
     dropped_undecryptable_initial: int = 0
+    dropped_not_ours: int = 0  # short header whose DCID our generator did not issue
+    dropped_initial_collision: int = 0  # another address's Initial with a held DCID
+    cid_collisions: int = 0  # a CID the registry refused (held by another connection)
 
     def dropped(self) -> int:
         return (
@@ -46,21 +84,28 @@ class EndpointCounters:
             + self.dropped_short_initial
             + self.dropped_closed
             + self.dropped_undecryptable_initial
+            + self.dropped_not_ours
+            + self.dropped_initial_collision
         )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Endpoint:
-    """All connections on one local address, client or server side."""
+    """All connections on one local address, client or server side.
+
+    ``cid_generator`` issues every CID of ours (default: plaintext QUIC-LB with the
+    default ``ServerIdLayout`` for a server, random CIDs for a client, both of the
+    configuration's ``connection_id_length``).
+    """
 
     configuration: Configuration
     is_server: bool
     engine: OffloadEngine = field(default_factory=best_engine)
-    connections: dict[bytes, Connection] = field(default_factory=dict)
+    cid_generator: ConnectionIdSource | None = None
+    registry: ConnectionRegistry[Connection] = field(default_factory=ConnectionRegistry)
     accepted: list[Connection] = field(default_factory=list)  # new server connections
     stateless: list[tuple[bytes, Address]] = field(default_factory=list)
     counters: EndpointCounters = field(default_factory=EndpointCounters)
-    all_connections: list[Connection] = field(default_factory=list)
     #: add to ``now`` to get wall-clock (Unix) seconds: token times must agree across
     #: processes and hosts; the I/O layer sets it
     wall_offset: float = 0.0
@@ -68,23 +113,53 @@ class Endpoint:
     token_origins: dict[int, str] = field(default_factory=dict)  # (client) id -> server
 
     def __post_init__(self) -> None:
+        length = self.configuration.connection_id_length
+        if self.cid_generator is None:
+            self.cid_generator = (
+                default_server_generator(length) if self.is_server else RandomCidGenerator(length)
+            )
+        if self.cid_generator.cid_length != length:
+            self.configuration = dataclasses.replace(
+                self.configuration, connection_id_length=self.cid_generator.cid_length
+            )
         cfg = self.configuration
         if cfg.token_key is None or cfg.reset_key is None:  # one random key per endpoint
-            self.configuration = replace(
+            self.configuration = dataclasses.replace(
                 cfg, token_key=cfg.token_key or os.urandom(32),
                 reset_key=cfg.reset_key or os.urandom(32),
             )
         self.admission = Admission(self.configuration)
 
     @property
+    def generator(self) -> ConnectionIdSource:
+        gen = self.cid_generator
+        assert gen is not None  # set in __post_init__
+        return gen
+
+    @property
     def cid_length(self) -> int:
-        return self.configuration.connection_id_length
+        return self.generator.cid_length
+
+    @property
+    def connections(self) -> dict[bytes, Connection]:
+        """Our CIDs -> connection (read-only view of the registry's map)."""
+        return self.registry.ours
+
+    @property
+    def all_connections(self) -> KeysView[Connection]:
+        """Every connection held, by identity (a live view)."""
+        return self.registry.connections()
 
     # ------------------------------------------------------------------ client
 
     def connect(self, address: Address, now: float, server_name: str | None = None) -> Connection:
+        if self.cid_length == 0 and self.registry.is_held(b""):
+            raise ValueError(
+                "zero-length connection IDs: a connection needs an endpoint (socket) of its own"
+            )
         conn = client_connection(
-            self.configuration, address, now, server_name=server_name, engine=self.engine
+            self.configuration, address, now, server_name=server_name, engine=self.engine,
+            cid_issuer=self.issue_cid,
         )
         cache = self.configuration.token_cache
         if cache is not None:  # a NEW_TOKEN token from an earlier connection
@@ -101,6 +176,19 @@ class Endpoint:
         origin = self.token_origins.get(id(conn))
         if cache is not None and origin is not None:
             cache.put(origin, token)
+
+    def issue_cid(self) -> tuple[bytes, bytes]:
+        """A CID of ours that no connection holds, and its stateless reset token."""
+        gen = self.generator
+        registry = self.registry
+        cid = gen.generate()
+        for _ in range(CID_ATTEMPTS - 1):
+            if not registry.is_held(cid):
+                break
+            cid = gen.generate()
+        # derived from the static key: right after a restart, a takeover, on every host
+        assert self.configuration.reset_key is not None  # set in __post_init__
+        return cid, stateless_reset_token(self.configuration.reset_key, cid)
 
     # ------------------------------------------------------------------ receive
 
@@ -138,7 +226,7 @@ class Endpoint:
         GRO, or a peer that does not send GSO batches). Consecutive short-header
         datagrams with the same DCID, address and ECN bits are joined and take the run
         path: one lookup and one engine call for the run."""
-        touched: list[Connection] = []
+        touched: dict[Connection, None] = {}  # by identity, in order
         counters = self.counters
         cid_len = self.cid_length
         i = 0
@@ -176,10 +264,10 @@ class Endpoint:
                     joined = b"".join(d for d, _, _ in datagrams[i:j])
                     receive_short_run(conn, joined, run, address, now, ecn)
                     self._sync_cids(conn)
-            if conn is not None and conn not in touched:
-                touched.append(conn)
+            if conn is not None:
+                touched[conn] = None
             i = j
-        return touched
+        return list(touched)
 
     def receive_batch(
         self, data: bytes | memoryview, segment_size: int, address: Address, now: float,
@@ -190,7 +278,7 @@ class Endpoint:
         one engine call; long-header segments take the per-datagram path."""
         counters = self.counters
         counters.datagrams_received += 1
-        touched: list[Connection] = []
+        touched: dict[Connection, None] = {}  # by identity, in order
         total = len(data)
         if segment_size <= 0:
             segment_size = total
@@ -217,8 +305,7 @@ class Endpoint:
                 run_key = key
                 if run_conn is not None:
                     run.append((pos, end - pos, key))
-                    if run_conn not in touched:
-                        touched.append(run_conn)
+                    touched[run_conn] = None
             else:
                 if run and run_conn is not None:
                     receive_short_run(run_conn, data, run, address, now, ecn)
@@ -231,22 +318,27 @@ class Endpoint:
                     receive_datagram(conn, segment, address, now, ecn)
                     if self.admission.half_open:
                         self.admission.update(conn)
-                    if self._keep_new(conn) and conn not in touched:
-                        touched.append(conn)
+                    if self._keep_new(conn):
+                        touched[conn] = None
             pos = end
         if run and run_conn is not None:
             receive_short_run(run_conn, data, run, address, now, ecn)
         for c in touched:
             self._sync_cids(c)
-        return touched
+        return list(touched)
 
     def _lookup(self, data: bytes, address: Address, now: float) -> Connection | None:
         if not data:
             self.counters.dropped_malformed += 1
             return None
         first = data[0]
+        registry = self.registry
         if not first & 0x80:
-            conn = self.connections.get(bytes(data[1 : 1 + self.cid_length]))
+            cid = bytes(data[1 : 1 + self.cid_length])
+            if not self.generator.is_ours(cid):
+                self.counters.dropped_not_ours += 1
+                return None
+            conn = registry.by_cid(cid)
             if conn is None:
                 self.counters.dropped_unknown_cid += 1
                 if self.is_server:
@@ -264,7 +356,14 @@ class Endpoint:
         except WireError:
             self.counters.dropped_malformed += 1
             return None
-        conn = self.connections.get(hdr.dcid)
+        dcid = hdr.dcid
+        conn = registry.by_cid(dcid) if self.generator.is_ours(dcid) else None
+        if conn is None and self.is_server:
+            conn = registry.by_initial(dcid)
+            if conn is not None and conn.peer_address != address:
+                # a client-chosen DCID another client holds: refuse, never share
+                self.counters.dropped_initial_collision += 1
+                return None
         if conn is not None:
             if conn.terminated:
                 self.counters.dropped_closed += 1
@@ -298,12 +397,12 @@ class Endpoint:
         conn = server_connection(
             self.configuration, address, admit.original_dcid, now, engine=self.engine,
             client_scid=hdr.scid, retry_scid=admit.retry_scid, address_validated=admit.validated,
-            version=hdr.version,
+            version=hdr.version, cid_issuer=self.issue_cid,
         )
         conn.new_token = self.admission.new_token(address, now + self.wall_offset)
         conn.new_token_pending = bool(conn.new_token)
         self.admission.track(conn)
-        self.connections[hdr.dcid] = conn
+        registry.add_initial(dcid, conn)
         self._track(conn)
         self.accepted.append(conn)
         self.counters.connections_accepted += 1
@@ -329,39 +428,43 @@ class Endpoint:
     # ------------------------------------------------------------------ bookkeeping
 
     def adopt(self, conn: Connection) -> None:
-        """Take over a connection restored from a snapshot (transport/snapshot.py)."""
+        """Take over a connection restored from a snapshot (transport/snapshot.py).
+
+        Its CIDs are registered (short-header packets reach it only if they carry our
+        server ID: restore it where its CIDs route) and new ones come from our generator.
+        """
+        conn.cid_issuer = self.issue_cid
         for cid in conn.host_cid_list():
-            self.connections[cid] = conn
+            conn.cid_changes.append((True, cid))
         self._track(conn)
 
     def _track(self, conn: Connection) -> None:
-        self.all_connections.append(conn)
+        self.registry.add(conn)
         self._sync_cids(conn)
 
     def _sync_cids(self, conn: Connection) -> None:
         if not conn.cid_changes:
             return
+        registry = self.registry
         for added, cid in conn.cid_changes:
             if added:
-                self.connections[cid] = conn
-            elif self.connections.get(cid) is conn:
-                del self.connections[cid]
+                if not registry.add_cid(cid, conn):
+                    self.counters.cid_collisions += 1
+            else:
+                registry.remove_cid(cid, conn)
         conn.cid_changes.clear()
         if conn.terminated:
             self.forget(conn)
 
     def forget(self, conn: Connection) -> None:
-        """Remove a terminated connection from every table."""
+        """Remove a connection and exactly its own CIDs (O(its CIDs), see registry.py)."""
         self.admission.forget(conn)
         self.token_origins.pop(id(conn), None)
-        for cid, c in list(self.connections.items()):
-            if c is conn:
-                del self.connections[cid]
-        if conn in self.all_connections:
-            self.all_connections.remove(conn)
+        self.registry.forget(conn)
 
     def new_server_cid(self) -> bytes:
-        return os.urandom(self.cid_length)
+        """A fresh CID of ours that no connection holds (e.g. a Retry's SCID)."""
+        return self.issue_cid()[0]
 
     def stats(self) -> dict[str, Any]:
         c = self.counters
@@ -371,6 +474,9 @@ class Endpoint:
             "lookups": c.lookups,
             "connections_accepted": c.connections_accepted,
             "dropped": c.dropped(),
+            "dropped_not_ours": c.dropped_not_ours,
+            "cid_collisions": c.cid_collisions,
+            "connections": len(self.registry),
             "half_open": len(self.admission.half_open),
             **dataclasses.asdict(self.admission.counters),
         }

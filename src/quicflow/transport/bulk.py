@@ -106,8 +106,8 @@ def build_bulk(
     # the general path's packets keep going there).
     packet_start = len(buf)
     built = conn.engine.seal_stream_run(
-        buf, dcid, pn, pn_len, sid, send.buffer, base + start, base + end, start, off_len,
-        data_cap, count, send.fin_written and end == send.write_offset,
+        buf, conn.seal_key, pn, pn_len, sid, send.buffer, base + start, base + end, start,
+        off_len, data_cap, count, send.fin_written and end == send.write_offset, dcid,
     )
     if not built:  # cannot happen (count >= 1, data waits); nothing was appended
         return 0

@@ -35,7 +35,9 @@ class Configuration:
     cipher_suites: TLS 1.3 suites offered/accepted, in order of preference.
     groups: key exchange groups, the first gets the client's key share.
     active_connection_id_limit: how many connection IDs we accept from the peer.
-    connection_id_length: length of the connection IDs we issue (4..20).
+    connection_id_length: length of the connection IDs we issue (4..20; 0 for a client
+        alone on its socket). A server's CIDs come from its endpoint's QUIC-LB generator,
+        whose length wins (the server endpoint uses a copy of the configuration with it).
     keylog_file: append TLS secrets in SSLKEYLOGFILE format (for Wireshark/tshark).
 
     Address validation and stateless replies (servers; see endpoint/admission.py):
@@ -128,8 +130,8 @@ class Configuration:
             raise ValueError("max_datagram_size must be between 1200 and 65527")
         if self.congestion_control not in ("cubic", "newreno"):
             raise ValueError("congestion_control must be 'cubic' or 'newreno'")
-        if not 4 <= self.connection_id_length <= 20:
-            raise ValueError("connection_id_length must be between 4 and 20")
+        if not (self.connection_id_length == 0 or 4 <= self.connection_id_length <= 20):
+            raise ValueError("connection_id_length must be 0 or between 4 and 20")
         if self.active_connection_id_limit < 2:
             raise ValueError("active_connection_id_limit must be at least 2")
         if self.idle_timeout < 0:

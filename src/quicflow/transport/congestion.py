@@ -35,7 +35,7 @@ def minimum_window(max_datagram_size: int) -> int:
     return 2 * max_datagram_size
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class CongestionControl:
     """Congestion window and bytes in flight of one path.
 
@@ -209,7 +209,7 @@ class CongestionControl:
         self.ca_acked = growth - whole
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Pacer:
     """Token-bucket pacer (RFC 9002 §7.7): rate 1.25·cwnd/srtt, bursts of 10 datagrams.
 

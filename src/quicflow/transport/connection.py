@@ -7,14 +7,15 @@ marked *runtime* (TLS session, packet protectors, offload engine) are rebuilt on
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..crypto.epoch import Epoch
 from ..crypto.keys import PacketProtector, derive_packet_keys, initial_secrets
 from ..crypto.offload import OffloadEngine, SoftwareOffloadEngine
-from ..crypto.stateless_reset import stateless_reset_token
 from ..crypto.suites import CipherSuite
 from ..tls.config import TlsConfig
 from ..tls.session import TlsSession
@@ -49,6 +50,34 @@ Address = tuple[Any, ...]
 
 SPACE_OF_EPOCH = {Epoch.INITIAL: 0, Epoch.ZERO_RTT: 2, Epoch.HANDSHAKE: 1, Epoch.ONE_RTT: 2}
 
+#: Issues one of our connection IDs with its stateless reset token (an endpoint's
+#: generator; see ``quicflow.endpoint.cids``).
+CidIssuer = Callable[[], tuple[bytes, bytes]]
+
+
+def new_reset_token(cid: bytes) -> bytes:
+    """The stateless reset token for one of our CIDs: the one place tokens are made."""
+    return os.urandom(16)
+
+
+_seal_keys = itertools.count(1)
+
+
+def new_seal_key() -> bytes:
+    """A key for a connection's sealer entry in an offload engine: unique in the process
+    (engines never leave it), local, and unrelated to any connection ID."""
+    return next(_seal_keys).to_bytes(8, "big")
+
+
+def random_cid_issuer(length: int) -> CidIssuer:
+    """Random CIDs of ``length`` bytes (a connection without an endpoint)."""
+
+    def issue() -> tuple[bytes, bytes]:
+        cid = os.urandom(length)
+        return cid, new_reset_token(cid)
+
+    return issue
+
 
 class StreamLimitReached(Exception):
     """No stream of that type can be opened until the peer raises its limit."""
@@ -75,7 +104,7 @@ class ConnectionCounters:
     datagram_frames_dropped: int = 0  # send queue full: the oldest was dropped
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Connection:
     """One QUIC connection, either role. Create with :func:`client_connection` or
     :func:`server_connection`."""
@@ -156,6 +185,10 @@ class Connection:
     pacer_deadline: float | None = None
     _now_hint: float = 0.0
     # runtime objects (not snapshotted)
+    # The key of our 1-RTT sealer in the offload engine: local and unique (chosen by the
+    # endpoint), never the peer's CID, which a peer picks and another peer can copy.
+    seal_key: bytes = b""
+    cid_issuer: CidIssuer | None = None  # where our CIDs come from (the endpoint)
     tls: TlsSession | None = None
     send_protectors: list[PacketProtector | None] = field(default_factory=lambda: [None] * 4)
     recv_protectors: list[PacketProtector | None] = field(default_factory=lambda: [None] * 4)
@@ -277,13 +310,10 @@ class Connection:
     # ------------------------------------------------------------------ CIDs
 
     def issue_host_cid(self) -> LocalCid:
-        cid = os.urandom(self.local_cid_length)
-        reset_key = self.configuration.reset_key
-        entry = LocalCid(
-            sequence=self.next_host_cid_seq,
-            cid=cid,
-            reset_token=stateless_reset_token(reset_key, cid) if reset_key else os.urandom(16),
-        )
+        if self.cid_issuer is None:
+            self.cid_issuer = random_cid_issuer(self.local_cid_length)
+        cid, token = self.cid_issuer()
+        entry = LocalCid(sequence=self.next_host_cid_seq, cid=cid, reset_token=token)
         self.next_host_cid_seq += 1
         self.host_cids.append(entry)
         self.cid_changes.append((True, entry.cid))
@@ -475,7 +505,7 @@ class Connection:
         self.one_rtt_send_secret = next_generation_secret(
             self.cipher_suite, self.one_rtt_send_secret, self.version
         )
-        self.engine.update(self.peer_cid, opener=False)
+        self.engine.update(self.seal_key, opener=False)
 
     def lower_max_datagram_size(self, size: int) -> None:
         """A smaller path MTU was learned: send UDP payloads of at most ``size`` bytes
@@ -597,7 +627,7 @@ class Connection:
         if self.one_rtt_ready:
             for entry in self.host_cids:
                 self.engine.remove(entry.cid, opener=True)
-            self.engine.remove(self.peer_cid, opener=False)
+            self.engine.remove(self.seal_key, opener=False)
             self.one_rtt_ready = False
 
     # ------------------------------------------------------------------ closing
@@ -706,8 +736,15 @@ def client_connection(
     *,
     server_name: str | None = None,
     engine: OffloadEngine | None = None,
+    cid_issuer: CidIssuer | None = None,
+    seal_key: bytes | None = None,
 ) -> Connection:
-    """A client connection; its first flight is ready in ``datagrams_to_send``."""
+    """A client connection; its first flight is ready in ``datagrams_to_send``.
+
+    ``cid_issuer`` gives every CID the connection issues (default: random CIDs of the
+    configuration's length); ``seal_key`` is its sealer's key in ``engine`` (default:
+    :func:`new_seal_key`, unique in the process).
+    """
     conn = Connection(
         configuration=configuration,
         is_client=True,
@@ -716,6 +753,8 @@ def client_connection(
         peer_address=peer_address,
         local_cid_length=configuration.connection_id_length,
         engine=engine or SoftwareOffloadEngine(),
+        seal_key=new_seal_key() if seal_key is None else seal_key,
+        cid_issuer=cid_issuer,
     )
     conn._now_hint = now
     conn.peer_cid = conn.original_dcid
@@ -737,7 +776,11 @@ def server_connection(
     retry_scid: bytes | None = None,
     address_validated: bool = False,
     version: int = 1,
+    cid_issuer: CidIssuer | None = None,
+    seal_key: bytes | None = None,
 ) -> Connection:
+    """A server connection for a client's first Initial (see :func:`client_connection`
+    for ``cid_issuer`` and ``seal_key``)."""
     conn = Connection(
         configuration=configuration,
         is_client=False,
@@ -746,6 +789,8 @@ def server_connection(
         peer_address=peer_address,
         local_cid_length=configuration.connection_id_length,
         engine=engine or SoftwareOffloadEngine(),
+        seal_key=new_seal_key() if seal_key is None else seal_key,
+        cid_issuer=cid_issuer,
     )
     conn._now_hint = now
     conn.peer_cid = client_scid

@@ -263,7 +263,7 @@ def _on_peer_key_update(conn: Connection) -> None:
     conn.key_phase ^= 1
     conn.one_rtt_send_secret = next_generation_secret(suite, conn.one_rtt_send_secret,
                                                       conn.version)
-    conn.engine.update(conn.peer_cid, opener=False)
+    conn.engine.update(conn.seal_key, opener=False)
 
 
 def _discard_epoch(conn: Connection, epoch: Epoch) -> None:
@@ -352,6 +352,8 @@ MAX_ISSUED_CIDS = 8
 def _issue_cids_up_to_peer_limit(conn: Connection) -> None:
     """Give the peer as many CIDs as its active_connection_id_limit allows (at most 8)."""
     limit = conn.peer_params.active_connection_id_limit if conn.peer_params else 2
+    if not conn.local_cid_length:
+        return  # zero-length CIDs: there is only one (RFC 9000 §5.1.1)
     while len(conn.host_cids) < min(limit, MAX_ISSUED_CIDS):
         conn.issue_host_cid()
 
@@ -396,7 +398,8 @@ def program_engine(conn: Connection) -> None:
             first = entry.cid
         else:
             engine.alias(entry.cid, first, opener=True)
-    engine.install(conn.peer_cid, suite, conn.one_rtt_send_secret, opener=False,
+    # the sealer is keyed by a local key, never by the peer's CID (which it chooses)
+    engine.install(conn.seal_key, suite, conn.one_rtt_send_secret, opener=False,
                    key_phase=conn.key_phase, hp_key=conn.one_rtt_send_hp, version=conn.version)
     conn.one_rtt_ready = True
 
@@ -567,12 +570,9 @@ def _on_new_connection_id(conn: Connection, frame: Any, epoch: Epoch, now: float
 
 
 def _switch_peer_cid(conn: Connection, entry: PeerCid) -> None:
-    old = conn.peer_cid
+    # the sealer's engine key is local (conn.seal_key): a new peer CID changes no entry
     conn.peer_cid = entry.cid
     conn.peer_cid_seq = entry.sequence
-    if conn.one_rtt_ready:
-        conn.engine.alias(entry.cid, old, opener=False)
-        conn.engine.remove(old, opener=False)
 
 
 def _on_retire_connection_id(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:

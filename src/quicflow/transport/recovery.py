@@ -94,7 +94,7 @@ class SentPacket:
                           self.epoch, self.frames, n, self.unit, base)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class SpaceState:
     """Per packet number space state of RFC 9002 Appendix A.
 
@@ -125,7 +125,7 @@ def _new_spaces() -> list[SpaceState]:
     return [SpaceState(), SpaceState(), SpaceState()]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class LossDetection:
     """RFC 9002 loss detection and the congestion controller it drives.
 

@@ -10,7 +10,7 @@ INITIAL_RTT = 0.333
 GRANULARITY = 0.001
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class RttEstimator:
     """Smoothed RTT, RTT variation and minimum RTT of one path (RFC 9002 §5)."""
 

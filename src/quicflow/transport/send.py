@@ -169,7 +169,7 @@ def _build_datagram(
             buf += header
             buf += payload
             buf += bytes(TAG_LEN)
-            seal.append((offset, len(header), len(payload), pn, conn.peer_cid))
+            seal.append((offset, len(header), len(payload), pn, conn.seal_key))
         else:
             protector = conn.send_protectors[epoch]
             assert protector is not None
@@ -503,7 +503,7 @@ def _close_datagrams(conn: Connection, now: float) -> list[bytes]:
             header = build_short_header(conn.peer_cid, pn, pn_len, conn.key_phase)
             offset = len(buf)
             buf += header + payload + bytes(TAG_LEN)
-            seal.append((offset, len(header), len(payload), pn, conn.peer_cid))
+            seal.append((offset, len(header), len(payload), pn, conn.seal_key))
         else:
             protector = conn.send_protectors[epoch]
             assert protector is not None

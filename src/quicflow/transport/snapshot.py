@@ -36,7 +36,7 @@ from ..wire.tparams import PreferredAddress, TransportParameters
 from .codec import Codec, SnapshotError
 from .config import Configuration
 from .congestion import CongestionControl, Pacer
-from .connection import Connection, ConnectionCounters
+from .connection import Connection, ConnectionCounters, new_seal_key
 from .events import StreamReadable
 from .rangeset import RangeSet
 from .recovery import LossDetection, PnSpace, SentPacket, SpaceState
@@ -65,7 +65,9 @@ SEAL_KEY_LEN = 32
 _NONCE_LEN = 12
 
 #: Fields of a Connection that are runtime objects, rebuilt on restore.
-RUNTIME_FIELDS = frozenset({"tls", "send_protectors", "recv_protectors", "engine", "events"})
+RUNTIME_FIELDS = frozenset(
+    {"tls", "send_protectors", "recv_protectors", "engine", "events", "seal_key", "cid_issuer"}
+)
 #: Configuration fields holding ``cryptography`` key objects, not captured.
 CONFIG_SECRET_FIELDS = frozenset(
     {"certificate_chain", "private_key", "token_key", "reset_key", "token_cache"}
@@ -166,6 +168,7 @@ def restore_connection(
     engine: OffloadEngine,
     now: float,
     configuration: Configuration | None = None,
+    seal_key: bytes | None = None,
 ) -> tuple[Connection, bytes]:
     """Rebuild a captured connection at ``now``; returns ``(connection, app_state)``.
 
@@ -174,6 +177,8 @@ def restore_connection(
     deadlines are moved by ``now - capture time``. ``configuration`` (e.g. the new
     endpoint's, with its certificates) replaces the captured one when given; otherwise
     the captured configuration comes back without certificate chain and private key.
+    ``seal_key`` is the sealer's key in ``engine`` (default: a fresh process-unique
+    key from ``new_seal_key``; the captured one may be in use here).
 
     To receive datagrams, the endpoint must know the connection's CIDs
     (``conn.host_cid_list()``); ``conn.cid_changes`` lists them as added, so an
@@ -198,6 +203,8 @@ def restore_connection(
     conn.recv_protectors = [None] * 4
     conn.engine = engine
     conn.events = []
+    # a fresh local sealer key: the captured one may be in use in this engine
+    conn.seal_key = new_seal_key() if seal_key is None else seal_key
     if configuration is not None:
         conn.configuration = configuration
 

@@ -50,7 +50,7 @@ def _crypto_recv() -> RecvStream:
     return RecvStream(max_data=1 << 20, window=1 << 20, window_max=1 << 20)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class PacketSpace:
     """One packet number space: what we sent and what we must acknowledge."""
 
@@ -90,7 +90,7 @@ class PeerCid:
     reset_token: bytes | None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class FlowControl:
     """Connection-level flow control in both directions."""
 
@@ -107,7 +107,7 @@ class FlowControl:
     pending_max_data: bool = False
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class StreamLimits:
     """Stream counts in both directions for one stream type (bidi or uni)."""
 

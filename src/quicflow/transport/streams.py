@@ -11,7 +11,7 @@ from .rangeset import RangeSet
 _COMPACT_MIN = 1 << 16
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class SendStream:
     """Bytes the application wrote, from the first unacknowledged offset on."""
 
@@ -141,7 +141,7 @@ class SendStream:
             self.lost = RangeSet()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class RecvStream:
     """Received bytes not yet read, out-of-order chunks and receive flow control.
 
@@ -293,7 +293,7 @@ class RecvStream:
         return grown
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Stream:
     stream_id: int
     send: SendStream | None

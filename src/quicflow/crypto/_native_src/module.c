@@ -15,8 +15,9 @@ static PyMethodDef module_methods[] = {
     {"open_run", (PyCFunction)(void (*)(void))mod_open_run, METH_FASTCALL,
      "open_run(table, buf, packets) -> (entries, failures): open and coalesce STREAM data"},
     {"seal_stream_run", (PyCFunction)(void (*)(void))mod_seal_stream_run, METH_FASTCALL,
-     "seal_stream_run(table, buf, cid, pn, pn_len, stream_id, data, start, end, offset, "
-     "off_len, data_cap, count, fin) -> int: frame and seal a run of STREAM packets"},
+     "seal_stream_run(table, buf, key, pn, pn_len, stream_id, data, start, end, offset, "
+     "off_len, data_cap, count, fin[, dcid]) -> int: frame and seal a run of STREAM "
+     "packets (sealed with key's entry; dcid, default key, goes into the headers)"},
     {"hkdf_expand_label", mod_hkdf_expand_label, METH_VARARGS,
      "hkdf_expand_label(suite, secret, label, length) -> bytes (empty context)"},
     {NULL},

@@ -32,8 +32,8 @@
  *   seal(table, buf, packets) -> None
  *   open(table, buf, packets, result_type) -> (list[result | None], failures)
  *   open_run(table, buf, packets) -> (list[entry], failures)   (see offload.RunEntry)
- *   seal_stream_run(table, buf, cid, pn, pn_len, stream_id, data, start, end, offset,
- *                   off_len, data_cap, count, fin) -> packets built
+ *   seal_stream_run(table, buf, key, pn, pn_len, stream_id, data, start, end, offset,
+ *                   off_len, data_cap, count, fin[, dcid]) -> packets built
  *   hkdf_expand_label(suite, secret, label, length) -> bytes   (for tests)
  *
  * The GIL is held throughout: the table entries and their EVP contexts are shared mutable

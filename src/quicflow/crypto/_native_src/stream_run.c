@@ -1,9 +1,10 @@
 /*
- * quicflow.crypto._native -- stream_run: seal_stream_run(table, buf, cid, pn, pn_len,
- * stream_id, data, start, end, offset, off_len, data_cap, count, fin), the sender's bulk
- * path. Appends to the bytearray buf up to count sealed short-header packets, each one
- * STREAM frame of stream_id carrying the next data_cap bytes of data[start:end]:
- *   0x40 | key phase | (pn_len - 1), cid, pn truncated to pn_len bytes   (header)
+ * quicflow.crypto._native -- stream_run: seal_stream_run(table, buf, key, pn, pn_len,
+ * stream_id, data, start, end, offset, off_len, data_cap, count, fin[, dcid]), the
+ * sender's bulk path. Appends to the bytearray buf up to count sealed short-header
+ * packets, each one STREAM frame of stream_id carrying the next data_cap bytes of
+ * data[start:end], sealed with the table entry of key:
+ *   0x40 | key phase | (pn_len - 1), dcid (default: key), pn truncated to pn_len bytes
  *   0x0E | FIN, stream_id (minimal varint), stream offset (varint of off_len bytes),
  *   length (2-byte varint), data, PADDING up to pn_len + payload = 4, 16-byte tag.
  * FIN only on the packet that carries byte `end`, when fin is true. Returns the number of
@@ -60,7 +61,7 @@ arg_u64(PyObject *obj, uint64_t *out, const char *msg)
 PyObject *
 mod_seal_stream_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *table, *bufobj, *cid;
+    PyObject *table, *bufobj, *cid, *dcid;
     CidState *state;
     Py_buffer data = {0};
     Py_ssize_t pn_len, off_len, start, end, data_cap, count, old_len, cid_len, n, i, pos;
@@ -72,15 +73,16 @@ mod_seal_stream_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     uint64_t off_prefix;
 
     (void)module;
-    if (nargs != 14) {
+    if (nargs != 14 && nargs != 15) {
         PyErr_SetString(PyExc_TypeError,
-                        "seal_stream_run(table, buf, cid, pn, pn_len, stream_id, data, start, "
-                        "end, offset, off_len, data_cap, count, fin)");
+                        "seal_stream_run(table, buf, key, pn, pn_len, stream_id, data, start, "
+                        "end, offset, off_len, data_cap, count, fin[, dcid])");
         return NULL;
     }
     table = args[0];
     bufobj = args[1];
     cid = args[2];
+    dcid = (nargs == 15 && args[14] != Py_None) ? args[14] : cid;
     if (!PyDict_Check(table)) {
         PyErr_SetString(PyExc_TypeError, "table must be a dict");
         return NULL;
@@ -100,7 +102,11 @@ mod_seal_stream_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         return NULL;
     }
-    cid_len = PyBytes_GET_SIZE(cid);
+    if (!PyBytes_Check(dcid)) {
+        PyErr_SetString(PyExc_TypeError, "dcid must be bytes");
+        return NULL;
+    }
+    cid_len = PyBytes_GET_SIZE(dcid);
     if (as_ssize(args[4], &pn_len) < 0 || as_ssize(args[7], &start) < 0 ||
         as_ssize(args[8], &end) < 0 || as_ssize(args[10], &off_len) < 0 ||
         as_ssize(args[11], &data_cap) < 0 || as_ssize(args[12], &count) < 0) {
@@ -187,7 +193,7 @@ mod_seal_stream_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             (unsigned char)(0x40 | (state->key_phase << 2) | (int)(pn_len - 1));
 
         out[p++] = first;
-        memcpy(out + p, PyBytes_AS_STRING(cid), (size_t)cid_len);
+        memcpy(out + p, PyBytes_AS_STRING(dcid), (size_t)cid_len);
         p += cid_len;
         put_be(out + p, this_pn, (int)pn_len);
         p += pn_len;
