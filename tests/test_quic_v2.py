@@ -98,3 +98,17 @@ def test_version_information_parameter() -> None:
     for bad in (b"\x11\x03\x00\x00\x01", b"\x11\x04\x00\x00\x00\x00"):  # length 3; chosen 0
         with pytest.raises(TransportParameterError):
             decode_transport_parameters(bad, from_server=True)
+
+
+def test_incompatible_negotiation_restarts_in_a_common_version() -> None:
+    """A client that starts in v2 against a v1-only server gets Version Negotiation and
+    starts over in v1 (RFC 9368 §2.1), once, with a new destination CID."""
+    pair = MemoryPair(server_config=server_config(versions=[QUIC_V1]),
+                      client_config=client_config(versions=[QUIC_V2, QUIC_V1]))
+    first_dcid = pair.client.original_dcid
+    pair.run(lambda: pair.client.handshake_confirmed)
+    server = pair.server_conns[0]
+    assert pair.client.version == QUIC_V1 == server.version
+    assert pair.client.version_restarted and pair.client.original_dcid != first_dcid
+    assert pair.server.counters.version_negotiations_sent == 1
+    _echo_transfer(pair)

@@ -50,3 +50,17 @@ def test_v2_with_aioquic_client(pem: tuple[str, str], theirs: tuple[str, ...]) -
         pem, "--upload", "200000", "--download", "400000", *theirs), 60)
     assert result["ok"], result
     assert accepted[0].conn.version == QUIC_V2 and _peer_version(peer) == QUIC_V2
+
+
+def test_version_negotiation_with_a_v1_only_aioquic_server(pem: tuple[str, str]) -> None:  # noqa: F811
+    """Our client starts in v2; aioquic configured for v1 only answers with Version
+    Negotiation, and the client starts over in v1 (RFC 9368 §2.1)."""
+    async def body(conn: quicflow.QuicConnection) -> tuple[dict[str, object], int, bool]:
+        result = await our_exchange(conn, upload=50_000, download=50_000, seed=8)
+        return result, conn.conn.version, conn.conn.version_restarted
+
+    (result, version, restarted), _, _ = run(with_aioquic_server(
+        pem, body, aioquic_args=("--versions", "1"),
+        client_kw={"versions": [QUIC_V2, QUIC_V1]}), 60)
+    assert result["ok"], result
+    assert version == QUIC_V1 and restarted

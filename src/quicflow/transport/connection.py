@@ -128,6 +128,7 @@ class Connection:
     retry_scid: bytes | None = None
     token: bytes = b""
     version: int = 1  # QUIC version in use (QUIC_V1 or QUIC_V2)
+    version_restarted: bool = False  # (client) restarted after Version Negotiation
     new_token: bytes = b""  # (server) the NEW_TOKEN token to give the client
     new_token_pending: bool = False
     datagrams_pending: list[bytes] = field(default_factory=list)  # DATAGRAM frames to send
@@ -288,6 +289,27 @@ class Connection:
         Initial keys are derived again for it (same client DCID, the version's salt)."""
         self.version = version
         self._install_initial_keys(self.retry_scid or self.original_dcid)
+
+    def restart_in_version(self, version: int) -> None:
+        """(client) Incompatible version negotiation (RFC 9368 §2.1): the server sent
+        Version Negotiation without our version but with ``version``: start over in it
+        (a new first flight with a new destination CID; streams opened meanwhile keep
+        their data, nothing of it was sent yet). Only once per connection."""
+        server_name = self.tls.server_name if self.tls is not None else None
+        for entry in self.host_cids:
+            self.cid_changes.append((False, entry.cid))
+        self.host_cids = []
+        self.next_host_cid_seq = 0
+        self.version = version
+        self.version_restarted = True
+        self.original_dcid = os.urandom(8)
+        self.peer_cid = self.original_dcid
+        self.retry_scid = None
+        self.spaces = [PacketSpace() for _ in range(3)]
+        self.send_protectors = [None] * 4
+        self.recv_protectors = [None] * 4
+        self.probes_pending = [0, 0, 0]
+        self._setup(self._now_hint, server_name)
 
     def _negotiate_version(self, client_params: bytes) -> bytes:
         """(server, from the TLS layer on the ClientHello) Pick the version: the first in

@@ -104,8 +104,13 @@ def _receive_packet(
     ptype = hdr.packet_type
     if ptype == VERSION_NEGOTIATION:
         if conn.is_client and not conn.peer_initial_scid and (
-            conn.version not in hdr.supported_versions
+            conn.version not in hdr.supported_versions  # (else ignored, RFC 9000 §6.2)
         ):
+            other = next((v for v in conn.configuration.versions
+                          if v in hdr.supported_versions), None)
+            if other is not None and not conn.version_restarted:
+                conn.restart_in_version(other)
+                return
             names = {QUIC_V1: "1", QUIC_V2: "2"}
             conn.enter_draining(0, None, "server does not support QUIC version "
                                 + names.get(conn.version, hex(conn.version)))
