@@ -70,7 +70,9 @@ RUNTIME_FIELDS = frozenset(
     {"tls", "send_protectors", "recv_protectors", "engine", "events", "seal_key", "cid_issuer"}
 )
 #: Configuration fields holding ``cryptography`` key objects, not captured.
-CONFIG_SECRET_FIELDS = frozenset({"certificate_chain", "private_key"})
+CONFIG_SECRET_FIELDS = frozenset(
+    {"certificate_chain", "private_key", "token_key", "reset_key", "token_cache"}
+)
 
 #: Absolute times (float seconds of the process's monotonic clock), per class, that are
 #: shifted by (restore time - capture time). None and infinity stay as they are; the
