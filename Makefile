@@ -15,10 +15,14 @@ TEST_TIMEOUT ?= 300
 PYTEST_ARGS ?=
 
 # iproute2 (ip, tc): network-namespace tests; libssl-dev: the native crypto engine's
-# headers (the package builds without them, falling back to the pure-Python engine).
-DEB_PACKAGES := iproute2 nftables libssl-dev
-DEB_BINARIES := ip tc nft
-DEB_FILES    := /usr/include/openssl/evp.h
+# headers (the package builds without them, falling back to the pure-Python engine);
+# golang-go + quic-go's sources: the quic-go interop peer (tests/peers/quicgo, built
+# offline in GOPATH mode, cached in ~/.cache/quicflow-peers); tshark: the key-log test.
+DEB_PACKAGES := iproute2 nftables libssl-dev golang-go golang-github-lucas-clemente-quic-go-dev \
+                tshark
+DEB_BINARIES := ip tc nft go tshark
+DEB_FILES    := /usr/include/openssl/evp.h \
+                /usr/share/gocode/src/github.com/lucas-clemente/quic-go/server.go
 
 .PHONY: venv deps test lint demo bench clean
 
@@ -42,6 +46,8 @@ deps:
 		exit 0; \
 	fi; \
 	echo "deps: missing$$missing; installing $(DEB_PACKAGES)"; \
+	echo "wireshark-common wireshark-common/install-setuid boolean false" \
+		| debconf-set-selections; \
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 		-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
 		$(DEB_PACKAGES) </dev/null >/dev/null
