@@ -17,12 +17,15 @@ PYTEST_ARGS ?=
 # iproute2 (ip, tc): network-namespace tests; libssl-dev: the native crypto engine's
 # headers (the package builds without them, falling back to the pure-Python engine);
 # golang-go + quic-go's sources: the quic-go interop peer (tests/peers/quicgo, built
-# offline in GOPATH mode, cached in ~/.cache/quicflow-peers); tshark: the key-log test.
+# offline in GOPATH mode); cargo + quinn's crates: the quinn peer (tests/peers/quinn, built
+# offline against /usr/share/cargo/registry); both cached in ~/.cache/quicflow-peers.
+# tshark: the key-log test (its debconf question is preseeded below).
 DEB_PACKAGES := iproute2 nftables libssl-dev golang-go golang-github-lucas-clemente-quic-go-dev \
-                tshark
-DEB_BINARIES := ip tc nft go tshark
+                cargo librust-quinn-dev tshark
+DEB_BINARIES := ip tc nft go cargo tshark
 DEB_FILES    := /usr/include/openssl/evp.h \
-                /usr/share/gocode/src/github.com/lucas-clemente/quic-go/server.go
+                /usr/share/gocode/src/github.com/lucas-clemente/quic-go/server.go \
+                /usr/share/doc/librust-quinn-dev/copyright
 
 .PHONY: venv deps test lint demo bench clean
 

@@ -8,7 +8,7 @@
 //	    {"event":"ready","port":N}
 //	    {"event":"handshake","cipher_suite":4865,"alpn":"hq-interop"}
 //	    {"event":"request","path":"/a","bytes":N}
-//	    {"event":"closed","remote":true,"application":true,"code":0,"reason":"",...}
+//	    {"event":"closed","how":"application","remote":true,"code":0,"reason":"",...}
 //	quicgo-peer client -connect HOST:PORT -server-name N (-ca F | -insecure) -out DIR
 //	        [-suite aes128|aes256|chacha20] [-key-update N] [-close-code C] [-sequential]
 //	        /path ...
@@ -140,10 +140,10 @@ func closedEvent(err error, c *counters) {
 	var trErr *quic.TransportError
 	switch {
 	case errors.As(err, &appErr):
-		ev["application"], ev["remote"] = true, appErr.Remote
+		ev["how"], ev["application"], ev["remote"] = "application", true, appErr.Remote
 		ev["code"], ev["reason"] = uint64(appErr.ErrorCode), appErr.ErrorMessage
 	case errors.As(err, &trErr):
-		ev["application"], ev["remote"] = false, trErr.Remote
+		ev["how"], ev["application"], ev["remote"] = "transport", false, trErr.Remote
 		ev["code"], ev["reason"] = uint64(trErr.ErrorCode), trErr.ErrorMessage
 	}
 	emit(ev)
