@@ -68,6 +68,15 @@ def test_multistream_transfer(site: Site, role: str) -> None:
     exchange(role, site)
 
 
+@pytest.mark.parametrize("role", ROLES)
+def test_more_streams_than_the_stream_limit(site: Site, role: str) -> None:
+    """400 files at once: more streams than quicflow's server allows open at a time (256)
+    and than quinn allows (100, its default), so each client waits for MAX_STREAMS."""
+    for i in range(400):
+        site.add(f"s{i}.txt", 1000 + i)
+    exchange(role, site)
+
+
 @pytest.mark.parametrize("suite", sorted(SUITES))
 @pytest.mark.parametrize("role", ROLES)
 def test_cipher_suite_alone(site: Site, role: str, suite: str) -> None:

@@ -195,7 +195,7 @@ func server(args []string) {
 	}
 	tr := &tracer{}
 	conf := &quic.Config{
-		MaxIdleTimeout: 30 * time.Second, Tracer: tr, MaxIncomingStreams: 1000,
+		MaxIdleTimeout: 30 * time.Second, Tracer: tr, // 100 streams at once (the default)
 	}
 	if *retry {
 		conf.RequireAddressValidation = func(net.Addr) bool { return true }
