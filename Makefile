@@ -27,7 +27,7 @@ DEB_FILES    := /usr/include/openssl/evp.h \
                 /usr/share/gocode/src/github.com/lucas-clemente/quic-go/server.go \
                 /usr/share/doc/librust-quinn-dev/copyright
 
-.PHONY: venv deps test lint demo bench clean
+.PHONY: venv deps peers test lint demo bench clean
 
 # deps first: the native crypto engine is compiled when the venv installs quicflow
 venv: deps $(STAMP)
@@ -55,7 +55,14 @@ deps:
 		-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
 		$(DEB_PACKAGES) </dev/null >/dev/null
 
-test: venv
+# The compiled interop peers (tests/peers: quic-go, quinn), built once per cache key into
+# ~/.cache/quicflow-peers, before pytest so that a first build (quinn: ~2 minutes) does not
+# count against a test's time limit. A peer that cannot be built is reported by its tests.
+peers: venv
+	@$(VPY) -m tests.support.quicgo >/dev/null || true
+	@$(VPY) -m tests.support.quinn >/dev/null || true
+
+test: venv peers
 	$(VPY) -m pytest -q -x --timeout=$(TEST_TIMEOUT) $(PYTEST_ARGS)
 
 # mypy: MYPYPATH + explicit package bases so that src/quicflow maps to `quicflow.*`

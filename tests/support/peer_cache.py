@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import os
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -64,6 +65,7 @@ def cached_build(name: str, key: str, binary_name: str,
         if binary.is_file():  # built by a concurrent run meanwhile
             return binary
         tmp = directory / (binary_name + ".tmp")
+        print(f"building {binary} (once per cache key)", file=sys.stderr, flush=True)
         build(directory, tmp)
         os.replace(tmp, binary)
     return binary

@@ -109,6 +109,9 @@ class QuicGoProcess(AioquicProcess):
         return await self.start()
 
 
-if __name__ == "__main__":  # python -m tests.support.quicgo: build and print the path
-    print(build())
-    sys.exit(0)
+if __name__ == "__main__":  # build the peer (if needed) and print its path
+    try:
+        print(build())
+    except RuntimeError as exc:
+        print(f"the quic-go peer was not built: {exc}", file=sys.stderr)
+        sys.exit(1)
