@@ -114,8 +114,12 @@ def test_key_updates_started_by_quicflow(site: Site, role: str) -> None:
 def test_key_updates_started_by_quicgo(site: Site, role: str) -> None:
     site.add("a.bin", 4 * MB)
     out = exchange(role, site, peer_args=("--key-update", "200"))
-    assert out.peer["key_updates_local"] >= 2
-    assert out.conn_stats["key_updates_received"] == out.peer["key_updates_local"]
+    started = out.peer["key_updates_local"]
+    assert started >= 2
+    # quicflow followed every update quic-go started, except possibly the last one, when
+    # quic-go started it in its final packets (an update can only start once the previous
+    # one is confirmed, RFC 9001 §6.1, so at most one can be unseen at the close)
+    assert started - 1 <= out.conn_stats["key_updates_received"] <= started
 
 
 def test_retry_from_quicgo_server(site: Site) -> None:
