@@ -51,7 +51,14 @@ class Capture:
             raise AssertionError(f"tshark did not start capturing: {seen}")
 
     def stop(self) -> str:
-        time.sleep(1.0)  # dumpcap writes what it has read; let it read the last packets
+        # dumpcap writes what it has read when interrupted: give it the time to read the
+        # last packets (until the file has stopped growing for a second, 15 s at most)
+        size, still_since, deadline = -1, time.monotonic(), time.monotonic() + 15
+        while time.monotonic() < deadline and time.monotonic() - still_since < 1.0:
+            time.sleep(0.1)
+            now_size = self.path.stat().st_size if self.path.exists() else 0
+            if now_size != size:
+                size, still_since = now_size, time.monotonic()
         self.proc.send_signal(signal.SIGINT)
         _, err = self.proc.communicate(timeout=30)
         return err
