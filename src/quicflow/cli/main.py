@@ -47,6 +47,7 @@ from .common import (
     _describe_error,
     _fail,
     _format_address,
+    _int_arg,
     _port_arg,
     _positive_int,
     _seconds_arg,
