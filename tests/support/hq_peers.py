@@ -84,14 +84,23 @@ def _quicflow_view(face: quicflow.QuicConnection) -> dict[str, Any]:
 
 
 async def start_key_update(face: quicflow.QuicConnection) -> None:
-    """Start a key update once the previous one (if any) was answered by the peer."""
+    """Start a key update once the previous one (if any) was answered by the peer, and
+    wait until it has started (RFC 9001 §6.5: the core defers an update asked for less
+    than three PTOs after the previous one)."""
+    conn = face.conn
     for _ in range(5000):
-        if not face.conn.key_update_pending and face.conn.handshake_confirmed:
-            face.conn.initiate_key_update()
-            face.flush()
-            return
+        if not conn.key_update_pending and conn.handshake_confirmed:
+            if not conn.key_update_requested:
+                conn.initiate_key_update()
+                face.flush()
+            if not conn.key_update_requested:
+                return
         await asyncio.sleep(0.001)
-    raise AssertionError("the peer did not answer the previous key update within 5 s")
+    raise AssertionError("the previous key update was not answered, or this one did not "
+                         f"start, within 5 s (pending={conn.key_update_pending}, "
+                         f"requested={conn.key_update_requested}, allowed_at="
+                         f"{conn.key_update_allowed_at - asyncio.get_running_loop().time():.3f}"
+                         " s from now)")
 
 
 async def as_client(peer_class: PeerClass, site: Site, *, peer_args: tuple[str, ...] = (),
