@@ -8,15 +8,21 @@
   server answers it, that client's handshake completes, and the stray is counted;
 * a client whose source port changes mid-transfer is moved to a new connected socket
   (the old one closed) and its download completes intact;
-* with more connections than the cap, those above it are served on the listener, intact.
+* with more connections than the cap, those above it are served on the listener, intact;
+* ``quicflow perf server --connection-sockets N --json`` reports ``connected_sockets``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import select
+import signal
 import socket
+import subprocess
+import sys
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -66,6 +72,10 @@ async def _connect_many(
     ]
 
 
+async def _download_all(clients: list[QuicConnection], size: int) -> list[Any]:
+    return await asyncio.gather(*(download(c, size, seed=i) for i, c in enumerate(clients)))
+
+
 async def _close_all(clients: list[QuicConnection]) -> None:
     """Close every client at once (leaving an exit stack closes them one by one, each
     waiting out its closing period)."""
@@ -90,10 +100,7 @@ def test_64_connections_each_on_its_own_connected_socket() -> None:
         try:
             async with AsyncExitStack() as stack:
                 clients = await _connect_many(stack, port, 64)
-                results = await asyncio.wait_for(
-                    asyncio.gather(*(download(c, 256 * KIB, seed=i) for i, c in enumerate(clients))),
-                    60,
-                )
+                results = await asyncio.wait_for(_download_all(clients, 256 * KIB), 60)
                 assert all(r.ok for r in results)
                 client_ports = {c.runner.transport.local_address[1] for c in clients}
                 assert len(client_ports) == 64
@@ -130,10 +137,7 @@ def test_over_the_cap_connections_stay_on_the_listener() -> None:
         try:
             async with AsyncExitStack() as stack:
                 clients = await _connect_many(stack, port, 20)
-                results = await asyncio.wait_for(
-                    asyncio.gather(*(download(c, 256 * KIB, seed=i) for i, c in enumerate(clients))),
-                    60,
-                )
+                results = await asyncio.wait_for(_download_all(clients, 256 * KIB), 60)
                 assert all(r.ok for r in results)
                 own = [f for f in server.connections if server.runner.connection_socket(f.conn)]
                 assert len(own) == 8
@@ -283,3 +287,40 @@ def _send_initial_to(
             return probe
         probe.close()
     raise AssertionError("no client port hashed to the new socket")
+
+
+def test_perf_server_connection_sockets_option_and_json() -> None:
+    """``quicflow perf server --connection-sockets 2 --json``: three heavy connections,
+    two get a socket (the cap), all verified; the JSON says so."""
+    quicflow_bin = str(Path(sys.executable).parent / "quicflow")
+    server = subprocess.Popen(
+        [quicflow_bin, "perf", "server", "--host", "127.0.0.1", "--port", "0",
+         "--connection-sockets", "2", "--json"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stderr is not None
+        port = cafile = None
+        while port is None:
+            line = server.stderr.readline()
+            assert line, "perf server exited early"
+            if line.startswith("self-signed certificate written to "):
+                cafile = line.split()[4]
+            if line.startswith("listening on "):
+                port = line.split()[2].rsplit(":", 1)[1]
+        assert cafile is not None
+        client = subprocess.run(
+            [quicflow_bin, "perf", "client", "--host", "127.0.0.1", "--port", port,
+             "--cafile", cafile, "--download", "6M", "--connections", "3", "--verify"],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert client.returncode == 0, client.stderr
+    finally:
+        server.send_signal(signal.SIGTERM)
+        out, _ = server.communicate(timeout=20)
+    assert server.returncode == 0
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["connected_sockets"] == 2
+    assert result["sockets"]["cap"] == 2
+    assert result["endpoint"]["connected_sockets"] == 2
+    assert result["bytes_sent"] >= 6 << 20

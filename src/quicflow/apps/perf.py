@@ -31,6 +31,7 @@ from ..aio import (
     connect,
     serve,
 )
+from ..datapath.connected import DEFAULT_CONNECTION_SOCKETS
 from ..transport.config import Configuration
 
 ALPN = "perf"
@@ -149,14 +150,18 @@ def server_configuration(
 
 
 async def start_server(
-    host: str, port: int, *, configuration: Configuration, backend: str = "auto"
+    host: str, port: int, *, configuration: Configuration, backend: str = "auto",
+    connection_sockets: int = DEFAULT_CONNECTION_SOCKETS,
 ) -> tuple[QuicServer, PerfServerHandler]:
     """Start a perf server; returns the server and its handler (which holds the stats)."""
     config = replace(configuration)
     if ALPN not in config.alpn_protocols:
         config.alpn_protocols = [*config.alpn_protocols, ALPN]
     handler = PerfServerHandler()
-    server = await serve(handler, host, port, configuration=config, backend=backend)
+    server = await serve(
+        handler, host, port, configuration=config, backend=backend,
+        connection_sockets=connection_sockets,
+    )  # fmt: skip
     return server, handler
 
 

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from ..aio import ConnectionClosedError
 from ..apps.perf import PerfError, PerfResult, run_client, server_configuration, start_server
+from ..datapath.connected import DEFAULT_CONNECTION_SOCKETS
 from ..tls.certs import (
     certificate_pem,
     generate_self_signed,
@@ -87,6 +88,10 @@ def _int_arg(text: str, low: int, high: int | None, what: str = "an integer") ->
 
 def _positive_int(text: str) -> int:
     return _int_arg(text, 1, None)
+
+
+def _nonnegative_int(text: str) -> int:
+    return _int_arg(text, 0, None)
 
 
 def _port_arg(text: str) -> int:
@@ -208,8 +213,9 @@ def _certificate_hostnames(host: str) -> list[str]:
 
 async def _serve_perf(args: argparse.Namespace, config: Configuration) -> int:
     server, handler = await start_server(
-        args.host, args.port, configuration=config, backend=args.backend
-    )
+        args.host, args.port, configuration=config, backend=args.backend,
+        connection_sockets=args.connection_sockets,
+    )  # fmt: skip
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -239,6 +245,8 @@ async def _serve_perf(args: argparse.Namespace, config: Configuration) -> int:
             "bytes_sent": s.bytes_sent,
             "endpoint": counters["endpoint"],
             "datapath": dp,
+            "connected_sockets": counters["sockets"]["connected_sockets"],
+            "sockets": counters["sockets"],
         }
         print(json.dumps(out), flush=True)
     return 0
@@ -505,6 +513,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true",
         help="on exit, print one JSON object with the server's endpoint and socket "
         "counters (datagrams, syscalls, batches, lookups, drops by reason) on stdout",
+    )  # fmt: skip
+    server.add_argument(
+        "--connection-sockets", type=_nonnegative_int, default=DEFAULT_CONNECTION_SOCKETS,
+        metavar="N",
+        help="the most connections given a UDP socket of their own, connected to the "
+        "client (heavy or long-lived ones first, the rest stay on the listener); 0 = off "
+        "(default: %(default)s)",
     )  # fmt: skip
     _add_transport_options(server)
     server.set_defaults(func=cmd_perf_server)
