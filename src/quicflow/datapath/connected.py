@@ -289,7 +289,10 @@ class ConnectedSockets:
             return None
         try:
             connect_socket(sock, peer)
-            transport = UdpTransport(sock, backend=self.backend)
+            # a listener that fell back to per-datagram sends (GSO refused) says what
+            # this machine does: new sockets start there too
+            backend = "basic" if self.listener.backend == "basic" else self.backend
+            transport = UdpTransport(sock, backend=backend)
             transport.enable_pmtu_discovery()
         except OSError:
             sock.close()
