@@ -17,8 +17,10 @@ the port holds min(N, cap) sockets.
 ``quicflow perf client --connections N --download TOTAL`` (TOTAL split evenly).
 
 ``memory``: N idle connections held open by one client process against a server
-process, with every connection given a socket vs none; kernel memory from
-/proc/net/sockstat (UDP mem, in pages) and the server's RSS.
+process, with every connection given a socket vs none: the server's RSS, the kernel's
+slab memory (/proc/slabinfo, both processes: the client holds one socket per connection
+in both cases, so the difference of the two rows is what a connected socket costs), the
+UDP memory charged to queued datagrams (/proc/net/sockstat) and sockets per connection.
 """
 
 from __future__ import annotations
@@ -207,6 +209,16 @@ def _udp_pages() -> int:
     return 0
 
 
+def _slab_bytes() -> int:
+    """Bytes of every slab cache's active objects (root: /proc/slabinfo)."""
+    total = 0
+    with open("/proc/slabinfo") as f:
+        for line in f.readlines()[2:]:
+            parts = line.split()
+            total += int(parts[1]) * int(parts[3])
+    return total
+
+
 def _sockets_used() -> int:
     with open("/proc/net/sockstat") as f:
         return int(f.readline().split()[2])
@@ -258,9 +270,9 @@ asyncio.run(main())
 def cmd_memory(args: argparse.Namespace) -> None:
     root = Path(__file__).resolve().parent.parent
     src = str(root / "src")
-    print("| idle connections | connection sockets | server RSS KiB/conn | kernel UDP bytes/conn"
-          " | sockets/conn |")
-    print("|---|---|---|---|---|")
+    print("| idle connections | connection sockets | server RSS KiB/conn | kernel slab bytes/conn"
+          " | UDP queued bytes/conn | sockets/conn |")
+    print("|---|---|---|---|---|---|")
     for cap in (0, args.connections):
         server = subprocess.Popen(
             [sys.executable, "-c", _SERVER.format(src=src, cap=cap)], cwd=root,
@@ -270,6 +282,7 @@ def cmd_memory(args: argparse.Namespace) -> None:
         port = int(server.stdout.readline())
         time.sleep(1.0)
         rss0, pages0, used0 = _rss_kib(server.pid), _udp_pages(), _sockets_used()
+        slab0 = _slab_bytes()
         clients = subprocess.Popen(
             [sys.executable, "-c", _CLIENTS.format(src=src, n=args.connections, port=port)],
             cwd=root, stdout=subprocess.PIPE, text=True,
@@ -282,11 +295,12 @@ def cmd_memory(args: argparse.Namespace) -> None:
                 break
         time.sleep(1.0)
         rss1, pages1, used1 = _rss_kib(server.pid), _udp_pages(), _sockets_used()
+        slab1 = _slab_bytes()
         # the client process's sockets are counted in sockstat too: one per connection
         n = args.connections
         kernel = ((pages1 - pages0) * os.sysconf("SC_PAGE_SIZE")) / n
-        print(f"| {n} | {cap} | {(rss1 - rss0) / n:.1f} | {kernel:.0f} |"
-              f" {(used1 - used0) / n:.2f} |", flush=True)
+        print(f"| {n} | {cap} | {(rss1 - rss0) / n:.1f} | {(slab1 - slab0) / n:.0f} |"
+              f" {kernel:.0f} | {(used1 - used0) / n:.2f} |", flush=True)
         clients.kill()
         server.kill()
         clients.wait()

@@ -42,6 +42,7 @@ from typing import Any, Protocol
 from quicflow.datapath.backends import Address, DatapathCounters
 from quicflow.datapath.constants import IPPROTO_IPV6, IPV6_V6ONLY, SO_REUSEPORT
 from quicflow.datapath.socket import UdpTransport, normalize_address, to_socket_address
+from quicflow.datapath.socket import _set_buffers as set_buffers
 
 __all__ = [
     "DEFAULT_CONNECTION_SOCKETS",
@@ -62,8 +63,9 @@ __all__ = [
 DEFAULT_CONNECTION_SOCKETS = 256
 #: File descriptors left for everything else when the cap is clipped to RLIMIT_NOFILE.
 FD_RESERVE = 64
-#: Receive/send buffer of a per-connection socket (the kernel charges what is queued).
-CONNECTION_SOCKET_BUFFER = 4 << 20
+#: Receive/send buffer limit of a per-connection socket, as the listener's (the kernel
+#: charges only what is queued; without privileges net.core.[rw]mem_max clips it).
+CONNECTION_SOCKET_BUFFER = 8 << 20
 
 
 class _Counters(Protocol):
@@ -157,11 +159,7 @@ def bind_connection_socket(
         if family == socket.AF_INET6:
             v6only = listener.getsockopt(IPPROTO_IPV6, IPV6_V6ONLY)
             sock.setsockopt(IPPROTO_IPV6, IPV6_V6ONLY, v6only)
-        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, option, buffer_bytes)
-            except OSError:
-                pass
+        set_buffers(sock, buffer_bytes)  # SO_*BUFFORCE when privileged, like the listener
         sock.bind(listener.getsockname())
     except BaseException:
         sock.close()
