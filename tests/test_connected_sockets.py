@@ -319,3 +319,39 @@ def test_perf_server_connection_sockets_option_and_json() -> None:
     assert result["sockets"]["cap"] == 2
     assert result["endpoint"]["connected_sockets"] == 2
     assert result["bytes_sent"] >= 6 << 20
+
+
+def test_detach_and_attach_a_connection_socket() -> None:
+    """The takeover interface: a connection's socket is handed over open (detach) and
+    served again through ``attach_connection_socket`` (here in the same process, with
+    nothing read in between); a socket connected elsewhere is refused."""
+
+    async def main() -> None:
+        server = await _serve(cap=4)
+        try:
+            async with quicflow.connect(
+                "127.0.0.1", server.address[1], configuration=client_configuration()
+            ) as conn:
+                task = asyncio.create_task(download(conn, 8 << 20, seed=11))
+                await _settle(server, lambda: bool(server.runner.sockets))
+                (face,) = server.connections
+                runner = server.runner
+                sock = runner.detach_connection_socket(face.conn)
+                assert sock is not None and runner.connection_socket(face.conn) is None
+                fd = sock.fileno()
+                runner.attach_connection_socket(face.conn, sock)
+                again = runner.connection_socket(face.conn)
+                assert again is not None and again.fileno() == fd
+                other = connected.bind_connection_socket(runner.transport.socket)
+                connected.connect_socket(other, ("127.0.0.1", 9))
+                with pytest.raises(ValueError, match="connected to"):
+                    runner.attach_connection_socket(face.conn, other)
+                other.close()
+                assert (await asyncio.wait_for(task, 60)).ok
+                stats = server.stats()["sockets"]
+                assert stats["connected_sockets_attached"] == 1
+                assert stats["connected_sockets_opened"] == 1
+        finally:
+            server.close()
+
+    asyncio.run(main())
