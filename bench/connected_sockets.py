@@ -76,22 +76,22 @@ class _FakeConnection:
 
 
 def _time_sends(sender: socket.socket, dest: Any, drain: socket.socket, count: int) -> float:
-    """µs per sendto of PAYLOAD (drained every 100 so nothing overflows)."""
-    best = float("inf")
-    for _ in range(5):
-        elapsed = 0.0
-        for _ in range(count // 100):
-            t0 = time.perf_counter()
-            for _ in range(100):
-                sender.sendto(PAYLOAD, dest)
-            elapsed += time.perf_counter() - t0
-            try:
-                while True:
-                    drain.recv(2048)
-            except BlockingIOError:
-                pass
-        best = min(best, elapsed / count * 1e6)
-    return best
+    """µs per sendto of PAYLOAD: blocks of 100 sends (drained after each, so nothing
+    overflows), the 10th percentile of the blocks (the machine is shared: a block that a
+    context switch hit is not the kernel's lookup cost)."""
+    blocks = []
+    for _ in range(max(1, count // 100)):
+        t0 = time.perf_counter()
+        for _ in range(100):
+            sender.sendto(PAYLOAD, dest)
+        blocks.append((time.perf_counter() - t0) / 100 * 1e6)
+        try:
+            while True:
+                drain.recv(2048)
+        except BlockingIOError:
+            pass
+    blocks.sort()
+    return blocks[len(blocks) // 10]
 
 
 def _lookup_row(n: int, mode: str, count: int) -> tuple[int, float, float]:
@@ -171,30 +171,37 @@ def _stop_server(proc: subprocess.Popen[str]) -> dict[str, Any]:
     return result
 
 
+def _goodput_once(n: int, cap: int, total: str) -> tuple[float, int]:
+    proc, port, cafile = _start_server(["--connection-sockets", str(cap)])
+    try:
+        r = subprocess.run(
+            [QUICFLOW, "perf", "client", "--host", "127.0.0.1", "--port", port,
+             "--cafile", cafile, "--connections", str(n), "--download", total, "--json"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        stats = _stop_server(proc)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr)
+    return json.loads(r.stdout)["goodput_bytes_per_s"] / 1e6, int(stats["connected_sockets"])
+
+
 def cmd_goodput(args: argparse.Namespace) -> None:
-    print("| connections | connection sockets | goodput MB/s | connected sockets held |")
-    print("|---|---|---|---|")
+    """Runs alternate between the two settings, so both see the same machine load."""
+    caps = (0, DEFAULT_CONNECTION_SOCKETS)
+    print("| connections | connection sockets | goodput MB/s (median) | runs | held |")
+    print("|---|---|---|---|---|")
     for n in [int(x) for x in args.connections.split(",")]:
-        for cap in (0, DEFAULT_CONNECTION_SOCKETS):
-            rates = []
-            held = 0
-            for _ in range(args.runs):
-                proc, port, cafile = _start_server(["--connection-sockets", str(cap)])
-                try:
-                    r = subprocess.run(
-                        [QUICFLOW, "perf", "client", "--host", "127.0.0.1", "--port", port,
-                         "--cafile", cafile, "--connections", str(n), "--download",
-                         args.total, "--json"],
-                        capture_output=True, text=True, timeout=300,
-                    )  # fmt: skip
-                finally:
-                    stats = _stop_server(proc)
-                if r.returncode != 0:
-                    raise RuntimeError(r.stderr)
-                rates.append(json.loads(r.stdout)["goodput_bytes_per_s"] / 1e6)
-                held = stats["connected_sockets"]
-            rates.sort()
-            print(f"| {n} | {cap} | {rates[len(rates) // 2]:.0f} | {held} |", flush=True)
+        rates: dict[int, list[float]] = {cap: [] for cap in caps}
+        held: dict[int, int] = {}
+        for _ in range(args.runs):
+            for cap in caps:
+                rate, held[cap] = _goodput_once(n, cap, args.total)
+                rates[cap].append(rate)
+        for cap in caps:
+            r = sorted(rates[cap])
+            runs = ", ".join(f"{x:.0f}" for x in rates[cap])
+            print(f"| {n} | {cap} | {r[len(r) // 2]:.0f} | {runs} | {held[cap]} |", flush=True)
 
 
 # ------------------------------------------------------------------------------ memory
@@ -245,8 +252,8 @@ async def main():
     print(server.address[1], flush=True)
     while True:
         await asyncio.sleep(0.5)
-        print(len(server.connections), server.stats()["sockets"]["connected_sockets_now"],
-              flush=True)
+        sockets = server.runner.sockets
+        print(len(server.runner.faces), len(sockets) if sockets else 0, flush=True)
 asyncio.run(main())
 """
 
@@ -312,7 +319,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="part", required=True)
     p = sub.add_parser("lookup")
     p.add_argument("--counts", default="0,64,256,1000,2000,5000")
-    p.add_argument("--datagrams", type=int, default=5000)
+    p.add_argument("--datagrams", type=int, default=20000)
     p.set_defaults(func=cmd_lookup)
     p = sub.add_parser("goodput")
     p.add_argument("--connections", default="1,64,256")

@@ -8,9 +8,9 @@ and the connection's datagrams leave through it (GSO) without a destination addr
 Why a cap and a policy: on this kernel a datagram that matches a connected socket costs
 about 3 µs whatever their number, but one that matches none of them (every Initial,
 every NAT rebinding, every datagram of a connection left on the listener) is checked
-against all the sockets bound to the port: ~3 µs with 0, ~10 µs with 1,000, ~100 µs with
-5,000 (bench/RESULTS.md, "connected sockets"). Each one also holds ~3.3 KB of kernel
-memory and a file descriptor. So at most ``cap`` connections hold one, chosen by
+against all the sockets bound to the port: 3.0 µs with 0, 4.1 µs with 256, 7.4 µs with
+1,000, 30 µs with 5,000 (bench/RESULTS.md, "Per-connection sockets"). Each one also holds
+~8 KB of kernel memory (slab objects and UDP memory accounting) and a file descriptor. So at most ``cap`` connections hold one, chosen by
 :class:`SocketPolicy`; the others are demultiplexed by connection ID on the listener.
 
 Pitfalls handled here (DESIGN.md, "Scalable sockets"):
@@ -56,9 +56,9 @@ __all__ = [
 ]
 
 #: Default cap of connected sockets per listener (per worker process). Chosen from the
-#: measured curve (bench/RESULTS.md, "connected sockets"): with 256 sockets on the port a
-#: datagram that matches none of them costs ~1.5x what it costs with none, while 1,000
-#: already triple it; 256 sockets hold under 1 MB of kernel memory and stay far below the
+#: measured curve (bench/RESULTS.md, "Per-connection sockets"): with 256 sockets on the
+#: port a datagram that matches none of them costs ~1.4x what it costs with none, 1,000
+#: would make it 2.5x; 256 sockets hold ~2 MB of kernel memory and stay far below the
 #: usual 1,024 file-descriptor limit.
 DEFAULT_CONNECTION_SOCKETS = 256
 #: File descriptors left for everything else when the cap is clipped to RLIMIT_NOFILE.
