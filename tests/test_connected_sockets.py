@@ -355,3 +355,34 @@ def test_detach_and_attach_a_connection_socket() -> None:
             server.close()
 
     asyncio.run(main())
+
+
+def test_dual_stack_listener_gives_ipv4_and_ipv6_clients_sockets() -> None:
+    """On a "::" listener, an IPv4 client's socket is connected to its IPv4-mapped
+    address and an IPv6 client's to its IPv6 address, both on the listener's port."""
+
+    async def main() -> None:
+        server = await quicflow.serve(
+            serve_stream, "::", 0, configuration=server_configuration(),
+            connection_sockets=4, socket_policy=EVERY,
+        )  # fmt: skip
+        port = server.address[1]
+        try:
+            for host, peer_host in (("127.0.0.1", "::ffff:127.0.0.1"), ("::1", "::1")):
+                async with quicflow.connect(
+                    host, port, configuration=client_configuration()
+                ) as conn:
+                    assert (await asyncio.wait_for(download(conn, 1 << 20), 30)).ok
+                    client_port = conn.runner.transport.local_address[1]
+                    (face,) = [
+                        f for f in server.connections if f.conn.peer_address[1] == client_port
+                    ]
+                    sock = server.runner.connection_socket(face.conn)
+                    assert sock is not None
+                    assert sock.getsockname()[:2] == (peer_host, port)
+                    assert sock.getpeername()[:2] == (peer_host, client_port)
+            assert server.stats()["sockets"]["connected_sockets_opened"] == 2
+        finally:
+            server.close()
+
+    asyncio.run(main())
