@@ -10,8 +10,9 @@ about 3 µs whatever their number, but one that matches none of them (every Init
 every NAT rebinding, every datagram of a connection left on the listener) is checked
 against all the sockets bound to the port: 3.0 µs with 0, 4.1 µs with 256, 7.4 µs with
 1,000, 30 µs with 5,000 (bench/RESULTS.md, "Per-connection sockets"). Each one also holds
-~8 KB of kernel memory (slab objects and UDP memory accounting) and a file descriptor. So at most ``cap`` connections hold one, chosen by
-:class:`SocketPolicy`; the others are demultiplexed by connection ID on the listener.
+~8 KB of kernel memory (slab objects and UDP memory accounting) and a file descriptor.
+So at most ``cap`` connections hold one, chosen by :class:`SocketPolicy`; the others are
+demultiplexed by connection ID on the listener.
 
 Pitfalls handled here (DESIGN.md, "Scalable sockets"):
 
