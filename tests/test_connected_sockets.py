@@ -386,3 +386,40 @@ def test_dual_stack_listener_gives_ipv4_and_ipv6_clients_sockets() -> None:
             server.close()
 
     asyncio.run(main())
+
+
+def test_connections_sharing_a_client_socket_share_one_connected_socket() -> None:
+    """Three connections from one client socket (one 4-tuple): one connected socket, not
+    three on the same 4-tuple; every download intact."""
+    from quicflow.aio.runner import EndpointRunner
+    from quicflow.datapath.socket import UdpTransport
+
+    async def main() -> None:
+        server = await _serve(cap=8)
+        peer = ("127.0.0.1", server.address[1])
+        loop = asyncio.get_running_loop()
+        transport = UdpTransport.open("127.0.0.1", 0, connect_to=peer)
+        endpoint = Endpoint(client_configuration(), is_server=False)
+        runner = EndpointRunner(transport, endpoint, connected_peer=peer)
+        faces = []
+        try:
+            for _ in range(3):
+                conn = endpoint.connect(peer, loop.time())
+                face = QuicConnection(runner, conn)
+                runner.faces[id(conn)] = face
+                runner.schedule_flush(conn)
+                faces.append(face)
+            for face in faces:
+                await asyncio.wait_for(face.wait_connected(), 10)
+            results = await asyncio.wait_for(_download_all(faces, 1 << 20), 60)
+            assert all(r.ok for r in results)
+            assert len(server.connections) == 3
+            held = [f for f in server.connections if server.runner.connection_socket(f.conn)]
+            assert len(held) == 1
+            assert _kernel_connected_peers(peer[1]) == {transport.local_address[1]}
+            await _close_all(faces)
+        finally:
+            runner.close()
+            server.close()
+
+    asyncio.run(main())

@@ -212,6 +212,7 @@ class ConnectedSockets:
         self.counters = ConnectedSocketCounters()
         self._held: dict[int, tuple[Any, UdpTransport, Address]] = {}  # id(conn) -> ...
         self._by_fd: dict[int, Any] = {}  # fd -> conn
+        self._by_peer: dict[Address, int] = {}  # client address -> id(conn) holding it
         self._moved: set[int] = set()  # id(conn) of connections waiting for a new socket
         self._closed_totals = DatapathCounters()
 
@@ -272,6 +273,11 @@ class ConnectedSockets:
         if len(self._held) >= self.cap:
             self.counters.connected_sockets_cap_reached += 1
             return None
+        if conn.peer_address in self._by_peer:
+            # another connection from the same client socket holds one: the kernel
+            # delivers the 4-tuple's datagrams there (demultiplexed by CID all the same);
+            # a second socket on the same 4-tuple would only cost memory
+            return None
         transport = self._open(conn, conn.peer_address)
         if transport is not None and moved:
             self._moved.discard(key)
@@ -304,6 +310,7 @@ class ConnectedSockets:
     def _add(self, conn: Any, transport: UdpTransport, peer: Address) -> None:
         self._held[id(conn)] = (conn, transport, peer)
         self._by_fd[transport.fileno()] = conn
+        self._by_peer[peer] = id(conn)
         c = self.counters
         c.connected_sockets_now = len(self._held)
         if c.connected_sockets_now > c.connected_sockets:
@@ -317,6 +324,8 @@ class ConnectedSockets:
             return None
         transport = entry[1]
         self._by_fd.pop(transport.fileno(), None)
+        if self._by_peer.get(entry[2]) == id(conn):
+            del self._by_peer[entry[2]]
         self.counters.connected_sockets_now = len(self._held)
         if self.on_close is not None:
             self.on_close(transport)
