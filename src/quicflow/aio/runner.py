@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..datapath.backends import RecvEntry
 from ..datapath.connected import ConnectedSockets, SocketPolicy
 from ..datapath.socket import UdpTransport, normalize_address
 from ..endpoint.endpoint import Endpoint
@@ -143,14 +144,16 @@ class EndpointRunner:
             batch = transport.recv_batch(RECV_BATCH)
             if not batch:
                 break
+            received = len(batch)
+            if socket_peer is not None:
+                batch, found = self._sort_strays(batch, socket_peer)
+                strays += found
             now = self.loop.time()
             touched: list[Connection] = []
             plain: list[tuple[bytes, tuple[Any, ...], int]] = []
             for data, segment_size, addr, ecn in batch:
                 peer = normalize_address(addr) if addr else (socket_peer or self.connected_peer)
                 assert peer is not None
-                if socket_peer is not None and peer != socket_peer:
-                    strays += 1  # demultiplexed by CID like any datagram, never dropped
                 if segment_size < len(data):
                     if plain:  # keep arrival order
                         touched += endpoint.receive_datagrams(plain, now)
@@ -172,7 +175,7 @@ class EndpointRunner:
             for conn in touched:
                 self._dispatch(conn)
                 self._send(conn)
-            if len(batch) < RECV_BATCH or transport.closed:
+            if received < RECV_BATCH or transport.closed:
                 break
         if strays and self.sockets is not None:
             self.sockets.note_stray(strays)
@@ -180,6 +183,18 @@ class EndpointRunner:
             self._apply_mtu_events(transport)
         if transport.unreachable_events:
             self._apply_unreachable(transport)
+
+    def _sort_strays(
+        self, batch: list[RecvEntry], socket_peer: tuple[Any, ...]
+    ) -> tuple[list[RecvEntry], int]:
+        """``batch`` read from a per-connection socket, with the datagrams of other peers
+        (strays) passed through the listener's ``claim`` (a worker hands another worker's
+        over); how many strays there were. Never drops one."""
+        strays = [e for e in batch if e[2] and normalize_address(e[2]) != socket_peer]
+        if not strays:
+            return batch, 0
+        own = [e for e in batch if not e[2] or normalize_address(e[2]) == socket_peer]
+        return own + self.transport.claim(strays), len(strays)
 
     def _dispatch(self, conn: Connection) -> None:
         face = self.faces.get(id(conn))
