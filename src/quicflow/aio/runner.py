@@ -338,11 +338,13 @@ class EndpointRunner:
 
     # ------------------------------------------------------------------ unreachable
 
-    def _apply_unreachable(self, transport: UdpTransport) -> None:
+    def _apply_unreachable(self, transport: UdpTransport | None = None) -> None:
         """An ICMP error said nothing listens where a client connects: a connection
         that has heard nothing from its server yet fails at once (one that has is kept:
         ICMP is not authenticated, RFC 9000 §14.2.1). A server's per-connection sockets
         see these too (a client gone away); they are dropped, like the listener's."""
+        if transport is None:
+            transport = self.transport
         transport.unreachable_events.clear()
         if self.connected_peer is None or transport is not self.transport:
             return
