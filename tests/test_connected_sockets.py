@@ -10,6 +10,8 @@
   (the old one closed) and its download completes intact;
 * with more connections than the cap, those above it are served on the listener, intact;
 * ``quicflow perf server --connection-sockets N --json`` reports ``connected_sockets``.
+* ICMP errors a vanished client's port draws on its connection's socket are counted and
+  dropped, not kept (nor do they fail the server's connection).
 """
 
 from __future__ import annotations
@@ -420,6 +422,33 @@ def test_connections_sharing_a_client_socket_share_one_connected_socket() -> Non
             await _close_all(faces)
         finally:
             runner.close()
+            server.close()
+
+    asyncio.run(main())
+
+
+def test_icmp_errors_of_a_vanished_client_do_not_pile_up_on_its_socket() -> None:
+    # The client's port closes mid-transfer: what the server sends through the
+    # connection's socket draws ICMP port unreachable, read from that socket's error
+    # queue and counted. Only a client fails on those (fast failure, before any answer);
+    # a server's per-connection socket drops them instead of keeping them until the
+    # connection times out.
+    async def main() -> None:
+        server = await _serve(cap=4)
+        try:
+            async with quicflow.connect(
+                "127.0.0.1", server.address[1], configuration=client_configuration()
+            ) as conn:
+                task = asyncio.create_task(download(conn, 64 << 20, seed=3))
+                await _settle(server, lambda: len(server.runner.sockets or ()) == 1)
+                ((_, transport),) = list(server.runner.sockets.items())  # type: ignore[union-attr]
+                conn.runner.close()  # the client's socket is gone; nothing said
+                task.cancel()
+                await _settle(server, lambda: transport.counters.unreachable >= 3)
+                assert transport.counters.unreachable >= 3
+                assert len(transport.unreachable_events) < 3
+                assert server.connections  # the server's connection is not failed by ICMP
+        finally:
             server.close()
 
     asyncio.run(main())
