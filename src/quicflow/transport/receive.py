@@ -240,10 +240,8 @@ def _on_peer_key_update(conn: Connection) -> None:
     suite = conn.cipher_suite
     conn.one_rtt_recv_secret = next_generation_secret(suite, conn.one_rtt_recv_secret)
     conn.key_updates_received += 1
-    if conn.key_update_pending:
-        conn.key_update_pending = False
-        return
-    conn.key_phase ^= 1
+    if conn.send_key_phase == conn.recv_key_phase:
+        return  # the peer answered the update we started
     conn.one_rtt_send_secret = next_generation_secret(suite, conn.one_rtt_send_secret)
     conn.engine.update(conn.peer_cid, opener=False)
 
@@ -373,13 +371,12 @@ def program_engine(conn: Connection) -> None:
             continue
         if first is None:
             engine.install(entry.cid, suite, conn.one_rtt_recv_secret, opener=True,
-                           key_phase=conn.key_phase, largest_pn=largest,
-                           hp_key=conn.one_rtt_recv_hp)
+                           largest_pn=largest, hp_key=conn.one_rtt_recv_hp)
             first = entry.cid
         else:
             engine.alias(entry.cid, first, opener=True)
     engine.install(conn.peer_cid, suite, conn.one_rtt_send_secret, opener=False,
-                   key_phase=conn.key_phase, hp_key=conn.one_rtt_send_hp)
+                   hp_key=conn.one_rtt_send_hp)
     conn.one_rtt_ready = True
 
 
@@ -561,6 +558,7 @@ def _on_path_challenge(conn: Connection, frame: Any, epoch: Epoch, now: float) -
 def _on_path_response(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
     if conn.path_challenge and frame.data == conn.path_challenge:
         conn.path_challenge = b""
+        conn.previous_path = None
         conn.path_challenge_pending = False
         conn.address_validated = True  # the new path is validated: no 3x limit
 

@@ -38,6 +38,8 @@ from .config import Configuration
 from .congestion import CongestionControl, Pacer
 from .connection import Connection, ConnectionCounters
 from .events import StreamReadable
+from .keyphase import DirectionKeys, capture_keys, install_keys
+from .path import PATH_FIELDS, Path, apply_path, current_path
 from .rangeset import RangeSet
 from .recovery import LossDetection, PnSpace, SentPacket, SpaceState
 from .rtt import RttEstimator
@@ -55,12 +57,13 @@ __all__ = [
     "new_snapshot_key",
     "shift_times",
     "snapshot_info",
+    "release_connection",
 ]
 
 FORMAT = "quicflow-connection-snapshot"
-VERSION = 1
+VERSION = 2
 #: Authenticated data bound to every sealed snapshot.
-SEAL_AAD = b"quicflow-snapshot-v1"
+SEAL_AAD = b"quicflow-snapshot-v2"
 SEAL_KEY_LEN = 32
 _NONCE_LEN = 12
 
@@ -107,6 +110,8 @@ CLASSES: tuple[type[Any], ...] = (
     SentPacket,
     TransportParameters,
     PreferredAddress,
+    Path,
+    DirectionKeys,
 )
 ENUMS = (Epoch, CipherSuite, PnSpace)
 
@@ -115,19 +120,39 @@ CODEC = Codec(
     version=VERSION,
     classes=CLASSES,
     enums=ENUMS,
-    exclude={Connection: RUNTIME_FIELDS, Configuration: CONFIG_SECRET_FIELDS},
+    # the path (but its peer address, a required field) travels as one Path value
+    exclude={Connection: RUNTIME_FIELDS | (PATH_FIELDS - {"peer_address"}),
+             Configuration: CONFIG_SECRET_FIELDS},
 )
 
 
 # ---------------------------------------------------------------------- capture
 
 
-def snapshot_connection(conn: Connection, now: float, app_state: bytes = b"") -> bytes:
+def snapshot_connection(
+    conn: Connection,
+    now: float,
+    app_state: bytes = b"",
+    *,
+    local_address: tuple[Any, ...] | None = None,
+    wall_time: float | None = None,
+    release: bool = True,
+) -> bytes:
     """Capture an established connection (handshake confirmed, not closing) at ``now``.
 
     ``app_state`` is the application's own per-connection state, returned as is by
     :func:`restore_connection`. The result holds secrets: seal it before it leaves.
+
+    Every capture gets the next serial of the connection (``capture_id``/``serial`` in
+    the header; see :class:`~.snapshot_guard.SnapshotGuard`), and ``wall_time`` (the
+    caller's ``time.time()``) bounds its age. With ``release`` (the default) the
+    connection is handed off: it is terminated here without a CONNECTION_CLOSE, its keys
+    leave the engine, and it never sends again, so only the restored copy goes on with
+    its packet numbers. ``release=False`` is for tests and read-only inspection.
+    Refuses (:class:`SnapshotError`) anything it cannot capture whole.
     """
+    if conn.released:
+        raise SnapshotError("connection was already captured and handed off")
     if conn.terminated or conn.state >= CLOSING:
         raise SnapshotError("cannot snapshot a closing or closed connection")
     if not conn.handshake_complete or not conn.handshake_confirmed:
@@ -138,15 +163,43 @@ def snapshot_connection(conn: Connection, now: float, app_state: bytes = b"") ->
         raise SnapshotError("cannot snapshot while Initial/Handshake keys are in use")
     if not isinstance(app_state, (bytes, bytearray, memoryview)):
         raise TypeError("app_state must be bytes")
-    if not math.isfinite(now):
-        raise ValueError("now must be a finite time")
+    if not math.isfinite(now) or (wall_time is not None and not math.isfinite(wall_time)):
+        raise ValueError("now and wall_time must be finite times")
+    if conn.events:
+        raise SnapshotError("connection has undelivered events: pop_events() first")
+    send_keys, recv_keys = capture_keys(conn)
+    path = current_path(conn, local_address)
+    if not conn.capture_id:
+        conn.capture_id = os.urandom(16)
+    conn.capture_serial += 1
     header = {
         "created": float(now),
         "role": "client" if conn.is_client else "server",
         "alpn": conn.alpn_protocol,
+        "capture_id": conn.capture_id.hex(),
+        "serial": conn.capture_serial,
+        "wall_time": None if wall_time is None else float(wall_time),
     }
-    body = {"connection": conn, "app_state": bytes(app_state)}
-    return CODEC.encode(header, body)
+    body = {
+        "connection": conn,
+        "path": path,
+        "previous_path": conn.previous_path,
+        "keys": [send_keys, recv_keys],
+        "app_state": bytes(app_state),
+    }
+    blob = CODEC.encode(header, body)
+    if release:
+        release_connection(conn)
+    return blob
+
+
+def release_connection(conn: Connection) -> None:
+    """Hand a captured connection off: terminated here, silently (no CONNECTION_CLOSE,
+    which would end the restored copy too), its CIDs announced as removed and its keys
+    taken out of the engine, so it never seals another packet."""
+    conn.released = True
+    conn.close_pending = False
+    conn._terminate()
 
 
 def snapshot_info(blob: bytes) -> dict[str, Any]:
@@ -177,18 +230,25 @@ def restore_connection(
     (``conn.host_cid_list()``); ``conn.cid_changes`` lists them as added, so an
     endpoint's CID bookkeeping registers them too.
     """
-    from .receive import program_engine
     from .recovery_glue import on_lost_packets
 
     header, body = CODEC.decode(blob)
     created = header.get("created")
     if type(created) is not float or not math.isfinite(created):
         raise SnapshotError("snapshot header lacks a valid capture time")
-    if type(body) is not dict or set(body) != {"connection", "app_state"}:
+    if type(body) is not dict or set(body) != _BODY_KEYS:
         raise SnapshotError("snapshot body is not a connection snapshot")
     conn, app_state = body["connection"], body["app_state"]
+    path, previous, keys = body["path"], body["previous_path"], body["keys"]
     if type(conn) is not Connection or type(app_state) is not bytes:
         raise SnapshotError("snapshot body is not a connection snapshot")
+    if type(path) is not Path or (previous is not None and type(previous) is not Path):
+        raise SnapshotError("snapshot body holds no valid path")
+    if (type(keys) is not list or len(keys) != 2
+            or any(type(k) is not DirectionKeys for k in keys)):
+        raise SnapshotError("snapshot body holds no valid 1-RTT key state")
+    if tuple(path.peer_address) != tuple(conn.peer_address):
+        raise SnapshotError("snapshot path and connection disagree on the peer address")
 
     # runtime objects
     conn.tls = None
@@ -198,6 +258,8 @@ def restore_connection(
     conn.events = []
     if configuration is not None:
         conn.configuration = configuration
+    apply_path(conn, path)
+    conn.previous_path = previous
 
     shift_times(conn, now - created)
     conn._now_hint = now
@@ -211,7 +273,7 @@ def restore_connection(
 
     conn.cid_changes = [(True, cid) for cid in conn.host_cid_list()]
     conn.one_rtt_ready = False
-    program_engine(conn)
+    install_keys(conn, keys[0], keys[1])
 
     lost = conn.loss.lose_all()
     if lost:
@@ -224,6 +286,9 @@ def restore_connection(
         if recv.readable or recv.at_eof() or recv.reset_code is not None:
             conn.events.append(StreamReadable(stream_id))
     return conn, app_state
+
+
+_BODY_KEYS = frozenset({"connection", "path", "previous_path", "keys", "app_state"})
 
 
 def shift_times(root: Any, delta: float) -> None:
@@ -263,7 +328,8 @@ def shift_times(root: Any, delta: float) -> None:
 
 #: Dataclasses known to hold no absolute time (not walked).
 _NO_TIMES = frozenset(
-    {RangeSet, SendStream, ConnectionCounters, Configuration, TransportParameters, RttEstimator}
+    {RangeSet, SendStream, ConnectionCounters, Configuration, TransportParameters, RttEstimator,
+     Path, DirectionKeys}
 )
 
 
