@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -43,6 +44,7 @@ from .path import PATH_FIELDS, Path, apply_path, current_path
 from .rangeset import RangeSet
 from .recovery import LossDetection, PnSpace, SentPacket, SpaceState
 from .rtt import RttEstimator
+from .snapshot_guard import SnapshotGuard
 from .state import CLOSING, FlowControl, LocalCid, PacketSpace, PeerCid, StreamLimits
 from .streams import RecvStream, SendStream, Stream
 
@@ -58,6 +60,9 @@ __all__ = [
     "shift_times",
     "snapshot_info",
     "release_connection",
+    "capture_sealed",
+    "restore_sealed",
+    "SnapshotGuard",
 ]
 
 FORMAT = "quicflow-connection-snapshot"
@@ -230,9 +235,22 @@ def restore_connection(
     (``conn.host_cid_list()``); ``conn.cid_changes`` lists them as added, so an
     endpoint's CID bookkeeping registers them too.
     """
+    header, body = CODEC.decode(blob)
+    return _restore_decoded(header, body, engine=engine, now=now, configuration=configuration)
+
+
+def _restore_decoded(
+    header: dict[str, Any],
+    body: Any,
+    *,
+    engine: OffloadEngine,
+    now: float,
+    configuration: Configuration | None,
+    commit: Callable[[], None] | None = None,
+) -> tuple[Connection, bytes]:
+    """Validate the decoded document, call ``commit`` (nothing is used before), rebuild."""
     from .recovery_glue import on_lost_packets
 
-    header, body = CODEC.decode(blob)
     created = header.get("created")
     if type(created) is not float or not math.isfinite(created):
         raise SnapshotError("snapshot header lacks a valid capture time")
@@ -249,6 +267,8 @@ def restore_connection(
         raise SnapshotError("snapshot body holds no valid 1-RTT key state")
     if tuple(path.peer_address) != tuple(conn.peer_address):
         raise SnapshotError("snapshot path and connection disagree on the peer address")
+    if commit is not None:
+        commit()
 
     # runtime objects
     conn.tls = None
@@ -338,6 +358,53 @@ def _may_hold_times(value: Any) -> bool:
     if t is list or t is tuple or t is dict or t in TIME_FIELDS:
         return True
     return t not in _NO_TIMES and dataclasses.is_dataclass(value) and not isinstance(value, type)
+
+
+# ---------------------------------------------------------------------- sealed, single use
+
+
+def capture_sealed(
+    conn: Connection,
+    now: float,
+    key: bytes,
+    app_state: bytes = b"",
+    *,
+    guard: SnapshotGuard,
+    wall_time: float,
+    local_address: tuple[Any, ...] | None = None,
+) -> bytes:
+    """Capture and release ``conn`` and seal the snapshot; ``guard`` notes the capture's
+    serial, so this process refuses it and every older capture from now on."""
+    blob = snapshot_connection(conn, now, app_state, local_address=local_address,
+                               wall_time=wall_time)
+    guard.record_capture(conn.capture_id.hex(), conn.capture_serial, wall_time)
+    return seal_snapshot(blob, key)
+
+
+def restore_sealed(
+    sealed: bytes,
+    key: bytes,
+    *,
+    guard: SnapshotGuard,
+    wall_time: float,
+    engine: OffloadEngine,
+    now: float,
+    configuration: Configuration | None = None,
+) -> tuple[Connection, bytes]:
+    """Open, check and restore a sealed snapshot, once.
+
+    Refused with :class:`SnapshotError`, before anything of it is used (no engine entry,
+    no record change): a wrong key, tampering, truncation, a malformed document, a
+    snapshot older than ``guard.max_age`` and a replay (restored before, or older than
+    the connection's latest capture known to ``guard``). Accepted snapshots are recorded
+    in ``guard`` before the connection is rebuilt.
+    """
+    header, body = CODEC.decode(open_snapshot(sealed, key))
+    capture_id, serial = guard.check(header, wall_time)
+    return _restore_decoded(
+        header, body, engine=engine, now=now, configuration=configuration,
+        commit=lambda: guard.record_restore(capture_id, serial, wall_time),
+    )
 
 
 # ---------------------------------------------------------------------- sealing
