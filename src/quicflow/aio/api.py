@@ -14,10 +14,12 @@ from ..crypto.native import best_engine
 from ..crypto.offload import OffloadEngine
 from ..datapath.socket import UdpTransport
 from ..endpoint.endpoint import Endpoint
+from ..migration.handoff import take_over
 from ..transport.config import Configuration
 from ..transport.connection import Connection
 from .connection import QuicConnection, StreamHandler
 from .errors import ConnectionClosedError
+from .handover import CaptureHook, Handover, RestoreHook, restore_server
 from .runner import EndpointRunner
 
 
@@ -83,8 +85,16 @@ async def connect(
 class QuicServer:
     """A running server: ``close()`` stops it; ``connections`` lists the live ones."""
 
-    def __init__(self, runner: EndpointRunner) -> None:
+    def __init__(self, runner: EndpointRunner, handover: Handover | None = None) -> None:
         self.runner = runner
+        self.handover = handover or Handover(runner, None)
+
+    def handoff(self, path: str) -> asyncio.Future[int]:
+        """Offer this server's connections to a successor (``serve(..., takeover=path)``)
+        on a unix socket at ``path``; the future resolves with how many were handed over
+        (the server is stopped then: its socket and connections belong to the successor)."""
+        self.handover.offer(path)
+        return self.handover.handed_off
 
     @property
     def address(self) -> tuple[Any, ...]:
@@ -109,6 +119,9 @@ class QuicServer:
         }
 
     def close(self) -> None:
+        self.handover.close()
+        if self.handover.handed_off.done():
+            return  # the connections and the socket belong to the successor
         for face in list(self.runner.faces.values()):
             face.close()
         self.runner.close()
@@ -132,18 +145,34 @@ async def serve(
     backend: str = "auto",
     connection_handler: Any = None,
     engine: OffloadEngine | None = None,
+    capture: CaptureHook | None = None,
+    restore: RestoreHook | None = None,
+    takeover: str | None = None,
 ) -> QuicServer:
     """Start a QUIC server on ``host:port``.
 
     ``handler(reader, writer)`` runs (as a task if it is a coroutine function) for each
     stream a client opens. ``connection_handler(connection)`` is called for each new
     connection. The configuration needs a certificate and key.
+
+    Handoff (see ``QuicServer.handoff``): ``capture(connection)`` returns the application's
+    JSON-able state of a connection being handed over, after its face stopped;
+    ``restore(connection, state, streams)`` gets it in the new process, with each open
+    stream's (reader, writer) in ``streams``. ``takeover=path`` starts by taking over the
+    socket and connections of the server offering a handoff at ``path`` (``host`` and
+    ``port`` are then unused).
     """
     config = replace(configuration)
     config.validate()
     if not config.certificate_chain or config.private_key is None:
         raise ValueError("a server needs Configuration.certificate_chain and private_key")
-    transport = UdpTransport.open(host, port, backend=backend)
+    received = None
+    if takeover is not None:
+        loop = asyncio.get_running_loop()
+        received = await loop.run_in_executor(None, take_over, takeover)
+        transport = UdpTransport(received.sockets[0], backend=backend)
+    else:
+        transport = UdpTransport.open(host, port, backend=backend)
     endpoint = Endpoint(config, is_server=True, engine=engine or best_engine())
     runner_box: list[EndpointRunner] = []
 
@@ -157,4 +186,10 @@ async def serve(
 
     runner = EndpointRunner(transport, endpoint, on_accept=on_accept)
     runner_box.append(runner)
-    return QuicServer(runner)
+    guard = None
+    if received is not None:
+        try:
+            guard, count = restore_server(runner, received, handler=handler, restore=restore)
+        finally:
+            received.acknowledge({"restored": count if guard is not None else 0})
+    return QuicServer(runner, Handover(runner, capture, guard))

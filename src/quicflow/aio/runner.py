@@ -264,7 +264,9 @@ class EndpointRunner:
         if self.connected_peer is not None and not self.faces:
             self.close()
 
-    def close(self) -> None:
+    def pause(self) -> None:
+        """Stop reading, sending and timers, but keep the socket open (a handoff passes
+        it on; datagrams wait in its kernel queue meanwhile)."""
         if self._closed:
             return
         self._closed = True
@@ -277,4 +279,7 @@ class EndpointRunner:
                 self.loop.remove_writer(self.transport.fileno())
         except (ValueError, OSError):
             pass
+
+    def close(self) -> None:
+        self.pause()
         self.transport.close()

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from ..aio import ConnectionClosedError
 from ..apps.perf import PerfError, PerfResult, run_client, server_configuration, start_server
+from ..migration.handoff import HandoffError
 from ..tls.certs import (
     certificate_pem,
     generate_self_signed,
@@ -29,6 +30,7 @@ from ..tls.certs import (
     load_pem_key,
     private_key_pem,
 )
+from ..transport.codec import SnapshotError
 from ..transport.config import Configuration
 
 PROG = "quicflow"
@@ -208,19 +210,31 @@ def _certificate_hostnames(host: str) -> list[str]:
 
 async def _serve_perf(args: argparse.Namespace, config: Configuration) -> int:
     server, handler = await start_server(
-        args.host, args.port, configuration=config, backend=args.backend
+        args.host, args.port, configuration=config, backend=args.backend,
+        takeover=args.takeover,
     )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if args.takeover:
+        print(f"took over {len(server.connections)} connection(s) from {args.takeover}",
+              file=sys.stderr, flush=True)
+    handoff_path = args.handoff or args.takeover
+    handed = server.handoff(handoff_path) if handoff_path else None
     print(f"listening on {_format_address(server.address)} (ALPN perf)", file=sys.stderr,
           flush=True)
     try:
-        await stop.wait()
+        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
+        if handed is not None:
+            waiters.append(handed)
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        waiters[0].cancel()
     finally:
         server.close()
         await server.wait_closed()
+    if handed is not None and handed.done():
+        return _report_handoff(args, handed)
     s = handler.stats
     counters = server.stats()
     dp = counters["datapath"]
@@ -241,6 +255,17 @@ async def _serve_perf(args: argparse.Namespace, config: Configuration) -> int:
             "datapath": dp,
         }
         print(json.dumps(out), flush=True)
+    return 0
+
+
+def _report_handoff(args: argparse.Namespace, handed: asyncio.Future[int]) -> int:
+    """The old process after a takeover: say how many connections went, exit 0."""
+    if handed.exception() is not None:
+        return _fail(f"handoff failed: {handed.exception()}")
+    count = handed.result()
+    print(f"handed off {count} connection(s) to the successor", file=sys.stderr, flush=True)
+    if args.json:
+        print(json.dumps({"handed_off_connections": count}), flush=True)
     return 0
 
 
@@ -272,6 +297,8 @@ def cmd_perf_server(args: argparse.Namespace) -> int:
             keylog_file=args.keylog,
         )
         return asyncio.run(_serve_perf(args, config))
+    except (HandoffError, SnapshotError) as e:
+        return _fail(f"takeover failed: {e}")
     except (OSError, ValueError) as e:
         return _fail(_describe_error(e) if isinstance(e, OSError) else str(e))
     finally:
@@ -505,6 +532,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true",
         help="on exit, print one JSON object with the server's endpoint and socket "
         "counters (datagrams, syscalls, batches, lookups, drops by reason) on stdout",
+    )  # fmt: skip
+    server.add_argument(
+        "--handoff", metavar="PATH",
+        help="offer this server's connections to a successor on a unix socket at PATH "
+        "(mode 0600, same user only); when one takes over, print how many connections "
+        "went (with --json: {\"handed_off_connections\": N}) and exit 0",
+    )  # fmt: skip
+    server.add_argument(
+        "--takeover", metavar="PATH",
+        help="start by taking over the socket and connections of the server offering a "
+        "handoff at PATH (no new handshakes; --host/--port are then unused), then offer "
+        "the same at PATH for the next successor",
     )  # fmt: skip
     _add_transport_options(server)
     server.set_defaults(func=cmd_perf_server)

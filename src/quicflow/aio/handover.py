@@ -1,0 +1,180 @@
+"""Zero-downtime takeover of a running server on the same host (issue 7, items 2 and 3).
+
+Old process: :meth:`Handover.offer` listens on a unix socket (``migration.handoff``).
+When a successor connects, the server stops reading its UDP socket, stops every
+connection's asyncio face (its stream handler tasks are cancelled), asks the
+application's ``capture`` hook for each connection's state (JSON-able), captures and
+releases the connection (``transport.snapshot``: serial, sealed with the successor's
+key), and passes the UDP socket with the sealed snapshots. ``handed_off`` resolves with
+the number of connections handed over.
+
+Successor: :func:`restore_server` restores each snapshot into a fresh endpoint on the
+passed socket, gives each connection an asyncio face, re-attaches its open streams as
+readers/writers and calls the application's ``restore`` hook with them, before the
+socket is read again; then it can offer a handoff itself.
+
+Connections that cannot be captured (handshake not yet confirmed, closing) are not
+handed over: they end with the old process (a client still in its handshake retries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from ..migration.handoff import HandoffError, HandoffListener, Offer, Received, send_offer
+from ..transport.codec import SnapshotError
+from ..transport.snapshot import SnapshotGuard, capture_sealed, restore_sealed
+from .connection import QuicConnection, StreamHandler
+from .streams import QuicStreamReader, QuicStreamWriter
+
+if TYPE_CHECKING:
+    from .runner import EndpointRunner
+
+StreamFaces = dict[int, tuple[QuicStreamReader, QuicStreamWriter]]
+#: ``capture(connection)`` -> JSON-able state (or an awaitable of it); runs after the
+#: connection's asyncio face has stopped.
+CaptureHook = Callable[[QuicConnection], Any]
+#: ``restore(connection, state, streams)`` in the new process; ``streams`` maps each
+#: open stream id to its (reader, writer).
+RestoreHook = Callable[[QuicConnection, Any, StreamFaces], Awaitable[None] | None]
+
+FORMAT = "quicflow-handoff-1"
+
+
+class Handover:
+    """A server's handoff state: the replay record and the offer, if any."""
+
+    def __init__(
+        self,
+        runner: EndpointRunner,
+        capture: CaptureHook | None,
+        guard: SnapshotGuard | None = None,
+    ) -> None:
+        self.runner = runner
+        self.capture = capture
+        self.guard = guard or SnapshotGuard()
+        self.listener: HandoffListener | None = None
+        self.handed_off: asyncio.Future[int] = runner.loop.create_future()
+        self.skipped = 0  # connections that could not be captured
+        self._task: asyncio.Task[None] | None = None
+
+    def offer(self, path: str) -> None:
+        """Accept one successor at ``path`` (unix socket, mode 0600, same uid only)."""
+        if self.listener is not None:
+            raise RuntimeError("a handoff is already offered")
+        self.listener = HandoffListener(path)
+        self.runner.loop.add_reader(self.listener.fileno(), self._on_connect)
+
+    def close(self) -> None:
+        if self.listener is not None:
+            try:
+                self.runner.loop.remove_reader(self.listener.fileno())
+            except (ValueError, OSError):
+                pass
+            self.listener.close()
+            self.listener = None
+
+    def _on_connect(self) -> None:
+        listener = self.listener
+        if listener is None or self._task is not None:
+            return
+        accepted = listener.accept()
+        if accepted is None:
+            return
+        self.runner.loop.remove_reader(listener.fileno())
+        channel, key = accepted
+        self._task = self.runner.loop.create_task(self._hand_over(channel, key))
+
+    async def _hand_over(self, channel: Any, key: bytes) -> None:
+        try:
+            count = await self._capture_and_send(channel, key)
+        except BaseException as exc:
+            if not self.handed_off.done():
+                self.handed_off.set_exception(exc)
+            raise
+        else:
+            if not self.handed_off.done():
+                self.handed_off.set_result(count)
+        finally:
+            self.close()
+
+    async def _capture_and_send(self, channel: Any, key: bytes) -> int:
+        runner = self.runner
+        runner.pause()  # from here on datagrams wait in the kernel queue
+        faces = list(runner.faces.values())
+        for face in faces:
+            await face.stop()
+        snapshots: list[bytes] = []
+        for face in faces:
+            conn = face.conn
+            conn.pop_events()
+            try:
+                state = None
+                if self.capture is not None:
+                    state = self.capture(face)
+                    if asyncio.iscoroutine(state):
+                        state = await state
+                app_state = json.dumps(state).encode()
+                blob = capture_sealed(
+                    conn, runner.loop.time(), key, app_state, guard=self.guard,
+                    wall_time=time.time(), local_address=runner.transport.local_address,
+                )
+            except SnapshotError:
+                self.skipped += 1  # not established yet, or closing: ends here
+                continue
+            snapshots.append(blob)
+        header = {"format": FORMAT, "guard": self.guard.export().decode()}
+        offer = Offer(header=header, sockets=[runner.transport.socket], snapshots=snapshots)
+        result = await runner.loop.run_in_executor(None, send_offer, channel, offer)
+        for face in faces:
+            runner.faces.pop(id(face.conn), None)
+            face.on_terminated()
+        runner.transport.close()  # the successor holds its own copy of the socket
+        restored = result.get("restored")
+        if restored != len(snapshots):
+            raise HandoffError(f"successor restored {restored} of {len(snapshots)} connections")
+        return len(snapshots)
+
+
+def restore_server(
+    runner: EndpointRunner,
+    received: Received,
+    *,
+    handler: StreamHandler | None,
+    restore: RestoreHook | None,
+) -> tuple[SnapshotGuard, int]:
+    """Restore the snapshots of ``received`` into ``runner`` (synchronously, before the
+    loop reads the socket); returns the replay record and how many were restored."""
+    header = received.header
+    if header.get("format") != FORMAT:
+        raise HandoffError("not a quicflow handoff (unknown format)")
+    guard = SnapshotGuard()
+    guard.merge(str(header.get("guard", "{}")).encode())
+    endpoint = runner.endpoint
+    restored = 0
+    hooks: list[tuple[QuicConnection, Any, StreamFaces]] = []
+    for sealed in received.snapshots:
+        conn, app_state = restore_sealed(
+            sealed, received.key, guard=guard, wall_time=time.time(), engine=endpoint.engine,
+            now=runner.loop.time(), configuration=endpoint.configuration,
+        )
+        endpoint.adopt(conn)
+        face = QuicConnection(runner, conn, stream_handler=handler)
+        face.mark_connected()
+        runner.faces[id(conn)] = face
+        hooks.append((face, json.loads(app_state) if app_state else None, face.stream_faces()))
+        runner.schedule_flush(conn)
+        restored += 1
+    for face, state, streams in hooks:
+        if restore is not None:
+            result = restore(face, state, streams)
+            if asyncio.iscoroutine(result):
+                face.track_task(runner.loop.create_task(result))
+    return guard, restored
+
+
+__all__ = ["CaptureHook", "Handover", "RestoreHook", "StreamFaces", "restore_server"]

@@ -1,0 +1,146 @@
+"""Same-host takeover of a running ``quicflow perf server`` (issue 7, item 3).
+
+The old server offers a handoff (``--handoff PATH``); a successor (``--takeover PATH``)
+receives its UDP socket and sealed connection snapshots, restores them and serves on.
+A client in the middle of a 100 MB download notices a pause, nothing else: one
+handshake, every byte intact (SHA-256), and the old process exits 0 after saying how
+many connections it handed over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+import stat
+import struct
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+import quicflow
+from quicflow.migration.handoff import HandoffError, HandoffListener, take_over
+from quicflow.transport.config import Configuration
+from tests.support.takeover import ServerProc, perf_sha256, write_certificate
+
+MB = 1 << 20
+SIZE = 100 * MB
+
+
+def _servers(tmp_path: Path) -> tuple[ServerProc, ServerProc, str, str]:
+    cert, key = write_certificate(tmp_path)
+    path = str(tmp_path / "handoff.sock")
+    common = ["--cert", cert, "--key", key, "--json"]
+    old = ServerProc(["--host", "127.0.0.1", "--port", "0", "--handoff", path, *common])
+    new = ServerProc(["--takeover", path, *common], wait_for_go=True)
+    return old, new, path, cert
+
+
+def _take_over(old: ServerProc, new: ServerProc) -> tuple[int, dict[str, object] | None]:
+    new.go()
+    status, doc = old.finish()
+    new.wait_line("listening on ")
+    return status, doc
+
+
+@pytest.mark.timeout(300)
+def test_takeover_mid_download_quicflow_client(tmp_path: Path) -> None:
+    old, new, path, cert = _servers(tmp_path)
+    try:
+        port = old.port()
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        assert mode == 0o600
+
+        async def client() -> tuple[str, int, tuple[int, dict[str, object] | None], int]:
+            loop = asyncio.get_running_loop()
+            config = Configuration(alpn_protocols=["perf"], cafile=cert,
+                                   server_name="localhost")
+            async with quicflow.connect("127.0.0.1", port, configuration=config) as conn:
+                first = conn.conn
+                reader, writer = await conn.create_stream()
+                writer.write(struct.pack("!Q", SIZE))
+                writer.write_eof()
+                digest = hashlib.sha256()
+                got = 0
+                switch: asyncio.Future[tuple[int, dict[str, object] | None]] | None = None
+                at = 0
+                while True:
+                    if switch is None or not switch.done():
+                        await asyncio.sleep(0.002)  # read slowly until the switch is over
+                    data = await reader.read(64 * 1024 if switch is None or not switch.done()
+                                             else MB)
+                    if not data:
+                        break
+                    digest.update(data)
+                    got += len(data)
+                    if switch is None and got >= 10 * MB:
+                        at = got
+                        switch = loop.run_in_executor(None, _take_over, old, new)
+                assert switch is not None
+                result = await switch
+                assert conn.conn is first and not conn.closed
+                lost = conn.stats()["connection"]["packets_lost"]
+                return digest.hexdigest(), at, result, lost
+
+        digest, at, (status, doc), _ = asyncio.run(client())
+        assert 0 < at < SIZE, "the switch happened mid-download"
+        assert digest == perf_sha256(SIZE)
+        assert status == 0 and doc == {"handed_off_connections": 1}
+        assert any(line.startswith("handed off 1 connection") for line in old.seen)
+        new_status, summary = new.stop()
+        assert new_status == 0 and summary is not None
+        endpoint = summary["endpoint"]
+        assert isinstance(endpoint, dict)
+        assert endpoint["connections_accepted"] == 0, "no new handshake after the switch"
+        assert isinstance(summary["bytes_sent"], int) and 0 < summary["bytes_sent"] < SIZE
+    finally:
+        old.kill()
+        new.kill()
+
+
+def test_handoff_socket_refuses_other_users(tmp_path: Path) -> None:
+    """Only the same uid may take over: a process of another user is refused (the check
+    runs on SO_PEERCRED; here a child drops to uid 65534 when we are root)."""
+    if os.getuid() != 0:
+        pytest.fail("this test needs root to run a process as another user")
+    directory = tempfile.mkdtemp(prefix="quicflow-handoff-")
+    os.chmod(directory, 0o755)  # reachable by the other user
+    path = os.path.join(directory, "h.sock")
+    listener = HandoffListener(path)
+    try:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        os.chmod(path, 0o666)  # let the other user connect: only the uid check is left
+        pid = os.fork()
+        if pid == 0:  # child: another user tries to take over
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                take_over(path, timeout=5)
+                os._exit(0)
+            except HandoffError:
+                os._exit(3)
+            except BaseException:
+                os._exit(4)
+        deadline = 50
+        accepted = None
+        while deadline and accepted is None and listener.refused == 0:
+            time.sleep(0.1)
+            deadline -= 1
+            accepted = listener.accept()
+        _, status = os.waitpid(pid, 0)
+        assert accepted is None and listener.refused == 1
+        assert os.WEXITSTATUS(status) == 3
+    finally:
+        listener.close()
+    assert not os.path.exists(path)
+    os.rmdir(directory)
+
+
+def test_takeover_of_nothing_fails_cleanly(tmp_path: Path) -> None:
+    with pytest.raises(HandoffError, match="taking over"):
+        take_over(str(tmp_path / "nobody.sock"), timeout=2)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        assert s.family == socket.AF_UNIX
