@@ -11,19 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.util
 import os
 import socket
 import stat
 import struct
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import quicflow
 from quicflow.migration.handoff import HandoffError, HandoffListener, take_over
 from quicflow.transport.config import Configuration
+from tests.support.aioquic_peer import AioquicProcess
 from tests.support.takeover import ServerProc, perf_sha256, write_certificate
 
 MB = 1 << 20
@@ -96,6 +100,46 @@ def test_takeover_mid_download_quicflow_client(tmp_path: Path) -> None:
         assert isinstance(endpoint, dict)
         assert endpoint["connections_accepted"] == 0, "no new handshake after the switch"
         assert isinstance(summary["bytes_sent"], int) and 0 < summary["bytes_sent"] < SIZE
+    finally:
+        old.kill()
+        new.kill()
+
+
+@pytest.mark.interop
+@pytest.mark.timeout(300)
+def test_takeover_mid_download_aioquic_client(tmp_path: Path,
+                                              require: Callable[[bool, str], None]) -> None:
+    """A client that knows nothing of quicflow (aioquic) sees one handshake and gets
+    every byte while the server process is replaced under it."""
+    require(importlib.util.find_spec("aioquic") is not None, "aioquic is not installed")
+    old, new, _, cert = _servers(tmp_path)
+
+    async def run() -> tuple[list[dict[str, Any]], tuple[int, dict[str, object] | None], int]:
+        port = old.port()
+        loop = asyncio.get_running_loop()
+        async with AioquicProcess("perfclient", "--port", str(port), "--cafile", cert,
+                                  "--download", str(SIZE)) as client:
+            await client.next_event("progress", timeout=120)
+            switched = await loop.run_in_executor(None, _take_over, old, new)
+            assert not any(e["event"] == "result" for e in client.events), "switch too late"
+            await client.next_event("result", timeout=240)
+            rc = await client.wait_exit()
+            return client.events, switched, rc
+
+    try:
+        events, (status, doc), rc = asyncio.run(run())
+        result = next(e for e in events if e["event"] == "result")
+        assert rc == 0 and result["ok"] and result["bytes"] == SIZE
+        assert result["sha256"] == perf_sha256(SIZE)
+        assert [e["event"] for e in events].count("handshake") == 1
+        assert not any(e["event"] in ("terminated", "error") and e.get("error_code", 0)
+                       for e in events)
+        assert status == 0 and doc == {"handed_off_connections": 1}
+        new_status, summary = new.stop()
+        assert new_status == 0 and summary is not None
+        endpoint = summary["endpoint"]
+        assert isinstance(endpoint, dict) and endpoint["connections_accepted"] == 0
+        assert isinstance(summary["bytes_sent"], int) and summary["bytes_sent"] > 0
     finally:
         old.kill()
         new.kill()
