@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 import quicflow
+from quicflow.apps.perf import PATTERN
 from quicflow.migration.handoff import HandoffError, HandoffListener, take_over
 from quicflow.transport.config import Configuration
 from tests.support.aioquic_peer import AioquicProcess
@@ -188,3 +189,97 @@ def test_takeover_of_nothing_fails_cleanly(tmp_path: Path) -> None:
         take_over(str(tmp_path / "nobody.sock"), timeout=2)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         assert s.family == socket.AF_UNIX
+
+
+IDLE, BUSY = 1000, 20
+BUSY_SIZE = 8 * MB
+
+
+@pytest.mark.timeout(600)
+def test_takeover_of_1000_idle_and_20_busy_connections(tmp_path: Path) -> None:
+    """Every connection survives a takeover: the 20 mid-transfer downloads complete
+    intact, and each of the 1,000 idle ones completes a request afterwards."""
+    old, new, _, cert = _servers(tmp_path)
+
+    async def run() -> tuple[list[str], list[bool], tuple[int, dict[str, object] | None]]:
+        port = old.port()
+        loop = asyncio.get_running_loop()
+        config = Configuration(alpn_protocols=["perf"], cafile=cert, server_name="localhost")
+        opened: list[quicflow.QuicConnection] = []
+        all_open = asyncio.Event()
+        finish = asyncio.Event()
+        gate = asyncio.Semaphore(64)
+
+        async def hold() -> None:
+            async with gate:
+                cm = quicflow.connect("127.0.0.1", port, configuration=config)
+                conn = await cm.__aenter__()
+            try:
+                opened.append(conn)
+                if len(opened) == IDLE + BUSY:
+                    all_open.set()
+                await finish.wait()
+            finally:
+                await cm.__aexit__(None, None, None)
+
+        t0 = time.monotonic()
+        holders = [loop.create_task(hold()) for _ in range(IDLE + BUSY)]
+        await asyncio.wait_for(all_open.wait(), 300)
+        print("open", time.monotonic() - t0)
+        busy, idle = opened[:BUSY], opened[BUSY:]
+        switched = asyncio.Event()
+        started = [asyncio.Event() for _ in busy]
+
+        async def download(conn: quicflow.QuicConnection, i: int) -> str:
+            reader, writer = await conn.create_stream()
+            writer.write(struct.pack("!Q", BUSY_SIZE))
+            writer.write_eof()
+            digest = hashlib.sha256()
+            while True:
+                if not switched.is_set():
+                    await asyncio.sleep(0.005)
+                data = await reader.read(32 * 1024 if not switched.is_set() else MB)
+                if not data:
+                    return digest.hexdigest()
+                digest.update(data)
+                started[i].set()
+
+        downloads = [loop.create_task(download(c, i)) for i, c in enumerate(busy)]
+        for event in started:
+            await asyncio.wait_for(event.wait(), 120)
+        t0 = time.monotonic()
+        result = await loop.run_in_executor(None, _take_over, old, new)
+        print("switch", time.monotonic() - t0, old.seen[-3:], new.seen[-3:])
+        switched.set()
+        assert not any(t.done() for t in downloads), "a download ended before the switch"
+
+        async def request(conn: quicflow.QuicConnection) -> bool:
+            async with gate:
+                reader, writer = await conn.create_stream()
+                writer.write(struct.pack("!Q", 4096))
+                writer.write_eof()
+                data = await asyncio.wait_for(reader.read(), 60)
+                return data == PATTERN[:4096] and not conn.closed
+
+        t0 = time.monotonic()
+        answers = await asyncio.gather(*(request(c) for c in idle))
+        print("requests", time.monotonic() - t0)
+        digests = await asyncio.gather(*downloads)
+        print("downloads", time.monotonic() - t0)
+        finish.set()
+        await asyncio.gather(*holders)
+        print("close", time.monotonic() - t0)
+        return list(digests), list(answers), result
+
+    try:
+        digests, answers, (status, doc) = asyncio.run(run())
+        assert status == 0 and doc == {"handed_off_connections": IDLE + BUSY}
+        assert digests == [perf_sha256(BUSY_SIZE)] * BUSY
+        assert answers.count(True) == IDLE
+        new_status, summary = new.stop()
+        assert new_status == 0 and summary is not None
+        endpoint = summary["endpoint"]
+        assert isinstance(endpoint, dict) and endpoint["connections_accepted"] == 0
+    finally:
+        old.kill()
+        new.kill()

@@ -191,3 +191,24 @@ def test_path_under_validation_is_captured_whole() -> None:
     assert conn.previous_path.validated
     net.run(lambda: new.app.done and client.app.done, max_time=120.0)
     assert conn.address_validated and conn.previous_path is None
+
+
+def test_unsent_bytes_taken_back_before_capture() -> None:
+    """``take_back_unsent`` withdraws what was written but never sent: the snapshot
+    shrinks, the application writes those bytes again after the restore, and the peer
+    gets every byte once, in order."""
+    net, client, server = _start(0.0)
+    net.run(lambda: _sent(server) >= SIZE // 4 and len(_conn(server).streams) == 2)
+    conn = _conn(server)
+    app: TwoWayApp = server.app
+    own = app.own
+    assert own is not None
+    stream = conn.streams[own].send
+    assert stream is not None and stream.write_offset > stream.next_offset, "unsent bytes"
+    full = len(snapshot_connection(conn, net.now, release=False))
+    offset = conn.take_back_unsent(own)
+    assert offset == stream.next_offset == stream.write_offset
+    app.sent = offset  # the app goes on from there
+    assert len(snapshot_connection(conn, net.now, release=False)) < full
+    new = _move(net, server, is_client=False)
+    net.run(lambda: new.app.done and client.app.done, max_time=120.0)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from ..migration.handoff import HandoffError, HandoffListener, Offer, Received, send_offer
+from ..migration.handoff import HandoffError, HandoffListener, Offer, Received
 from ..transport.codec import SnapshotError
 from ..transport.snapshot import SnapshotGuard, capture_sealed, restore_sealed
 from .connection import QuicConnection, StreamHandler
@@ -60,6 +60,8 @@ class Handover:
         self.listener: HandoffListener | None = None
         self.handed_off: asyncio.Future[int] = runner.loop.create_future()
         self.skipped = 0  # connections that could not be captured
+        #: seconds spent: "stop" (faces), "capture" (hooks + snapshots), "send"
+        self.timings: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
 
     def offer(self, path: str) -> None:
@@ -103,15 +105,25 @@ class Handover:
             self.close()
 
     async def _capture_and_send(self, channel: Any, key: bytes) -> int:
+        """Stop, then capture each connection and send its snapshot at once (the
+        successor restores while we capture the next)."""
         runner = self.runner
+        loop = runner.loop
         runner.pause()  # from here on datagrams wait in the kernel queue
+        t0 = time.monotonic()
         faces = list(runner.faces.values())
         for face in faces:
             await face.stop()
-        snapshots: list[bytes] = []
+        t1 = time.monotonic()
+        offer = Offer(channel)
+        offer.begin({"format": FORMAT, "guard": self.guard.export().decode()},
+                    [runner.transport.socket])
+        size = 0
+        capture_time = 0.0
         for face in faces:
             conn = face.conn
             conn.pop_events()
+            started = time.monotonic()
             try:
                 state = None
                 if self.capture is not None:
@@ -120,24 +132,30 @@ class Handover:
                         state = await state
                 app_state = json.dumps(state).encode()
                 blob = capture_sealed(
-                    conn, runner.loop.time(), key, app_state, guard=self.guard,
+                    conn, loop.time(), key, app_state, guard=self.guard,
                     wall_time=time.time(), local_address=runner.transport.local_address,
                 )
             except SnapshotError:
                 self.skipped += 1  # not established yet, or closing: ends here
                 continue
-            snapshots.append(blob)
-        header = {"format": FORMAT, "guard": self.guard.export().decode()}
-        offer = Offer(header=header, sockets=[runner.transport.socket], snapshots=snapshots)
-        result = await runner.loop.run_in_executor(None, send_offer, channel, offer)
+            finally:
+                capture_time += time.monotonic() - started
+            offer.snapshot(blob)  # blocking: the loop is paused for us anyway
+            size += len(blob)
+        t2 = time.monotonic()
+        result = await loop.run_in_executor(
+            None, offer.finish, {"guard": self.guard.export().decode()}
+        )
+        self.timings = {"stop": t1 - t0, "capture": capture_time, "send": t2 - t1 - capture_time,
+                        "ack": time.monotonic() - t2, "bytes": float(size)}
         for face in faces:
             runner.faces.pop(id(face.conn), None)
             face.on_terminated()
         runner.transport.close()  # the successor holds its own copy of the socket
         restored = result.get("restored")
-        if restored != len(snapshots):
-            raise HandoffError(f"successor restored {restored} of {len(snapshots)} connections")
-        return len(snapshots)
+        if restored != offer.sent:
+            raise HandoffError(f"successor restored {restored} of {offer.sent} connections")
+        return offer.sent
 
 
 def restore_server(
@@ -157,7 +175,7 @@ def restore_server(
     endpoint = runner.endpoint
     restored = 0
     hooks: list[tuple[QuicConnection, Any, StreamFaces]] = []
-    for sealed in received.snapshots:
+    for sealed in received.snapshots():
         conn, app_state = restore_sealed(
             sealed, received.key, guard=guard, wall_time=time.time(), engine=endpoint.engine,
             now=runner.loop.time(), configuration=endpoint.configuration,
@@ -167,8 +185,11 @@ def restore_server(
         face.mark_connected()
         runner.faces[id(conn)] = face
         hooks.append((face, json.loads(app_state) if app_state else None, face.stream_faces()))
-        runner.schedule_flush(conn)
         restored += 1
+    if received.trailer is not None:
+        guard.merge(str(received.trailer.get("guard", "{}")).encode())
+    for face, _, _ in hooks:
+        runner.schedule_flush(face.conn)
     for face, state, streams in hooks:
         if restore is not None:
             result = restore(face, state, streams)

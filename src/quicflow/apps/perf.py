@@ -164,8 +164,15 @@ class PerfServerHandler:
     # -- handoff hooks -----------------------------------------------------------------
 
     def capture(self, connection: QuicConnection) -> dict[str, Any]:
-        """The state of the connection's streams in progress (JSON-able)."""
-        return {str(sid): p for sid, p in _progress_table(connection).items()}
+        """The state of the connection's streams in progress (JSON-able). Response bytes
+        written but not yet sent are taken back (the pattern is written again after the
+        restore), so the snapshot holds only what is in flight."""
+        table = _progress_table(connection)
+        for sid, p in table.items():
+            if p[1] >= 0 and p[2] and sid in connection.conn.streams:
+                before, p[3] = p[3], connection.conn.take_back_unsent(sid)
+                self.stats.bytes_sent -= before - p[3]
+        return {str(sid): p for sid, p in table.items()}
 
     async def restore(
         self, connection: QuicConnection, state: Any,

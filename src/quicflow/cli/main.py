@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any, TextIO
 
-from ..aio import ConnectionClosedError
+from ..aio import ConnectionClosedError, QuicServer
 from ..apps.perf import PerfError, PerfResult, run_client, server_configuration, start_server
 from ..migration.handoff import HandoffError
 from ..tls.certs import (
@@ -209,6 +209,7 @@ def _certificate_hostnames(host: str) -> list[str]:
 
 
 async def _serve_perf(args: argparse.Namespace, config: Configuration) -> int:
+    started = time.monotonic()
     server, handler = await start_server(
         args.host, args.port, configuration=config, backend=args.backend,
         takeover=args.takeover,
@@ -218,8 +219,8 @@ async def _serve_perf(args: argparse.Namespace, config: Configuration) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if args.takeover:
-        print(f"took over {len(server.connections)} connection(s) from {args.takeover}",
-              file=sys.stderr, flush=True)
+        print(f"took over {len(server.connections)} connection(s) from {args.takeover}"
+              f" in {time.monotonic() - started:.3f} s", file=sys.stderr, flush=True)
     handoff_path = args.handoff or args.takeover
     handed = server.handoff(handoff_path) if handoff_path else None
     print(f"listening on {_format_address(server.address)} (ALPN perf)", file=sys.stderr,
@@ -234,7 +235,7 @@ async def _serve_perf(args: argparse.Namespace, config: Configuration) -> int:
         server.close()
         await server.wait_closed()
     if handed is not None and handed.done():
-        return _report_handoff(args, handed)
+        return _report_handoff(args, server, handed)
     s = handler.stats
     counters = server.stats()
     dp = counters["datapath"]
@@ -258,12 +259,18 @@ async def _serve_perf(args: argparse.Namespace, config: Configuration) -> int:
     return 0
 
 
-def _report_handoff(args: argparse.Namespace, handed: asyncio.Future[int]) -> int:
+def _report_handoff(
+    args: argparse.Namespace, server: QuicServer, handed: asyncio.Future[int]
+) -> int:
     """The old process after a takeover: say how many connections went, exit 0."""
     if handed.exception() is not None:
         return _fail(f"handoff failed: {handed.exception()}")
     count = handed.result()
-    print(f"handed off {count} connection(s) to the successor", file=sys.stderr, flush=True)
+    t = server.handover.timings
+    print(f"handed off {count} connection(s) to the successor (stop {t.get('stop', 0):.3f} s,"
+          f" capture {t.get('capture', 0):.3f} s, send {t.get('send', 0):.3f} s,"
+          f" until restored {t.get('ack', 0):.3f} s,"
+          f" {int(t.get('bytes', 0))} bytes of snapshots)", file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps({"handed_off_connections": count}), flush=True)
     return 0

@@ -6,6 +6,6 @@ What a snapshot holds and how it is restored is the transport's (``transport.sna
 the asyncio glue that captures and restores a running server is ``aio.handover``.
 """
 
-from .handoff import HandoffError, HandoffListener, Offer, Received, send_offer, take_over
+from .handoff import HandoffError, HandoffListener, Offer, Received, take_over
 
-__all__ = ["HandoffError", "HandoffListener", "Offer", "Received", "send_offer", "take_over"]
+__all__ = ["HandoffError", "HandoffListener", "Offer", "Received", "take_over"]

@@ -7,9 +7,10 @@ SO_PEERCRED and refuse any other user. The exchange:
 1. successor -> old: ``HELLO`` and a fresh 32-byte snapshot key (the snapshots are
    sealed with a key only the successor knows, so they are useless to anyone else, at
    rest or in transit);
-2. old -> successor: a header (JSON: how many snapshots, what the sockets are, the
-   replay record, anything else the caller adds), the sockets themselves (SCM_RIGHTS,
-   with the header), then each sealed snapshot, length-prefixed;
+2. old -> successor: a header (JSON: how many sockets, the caller's fields), the sockets
+   themselves (SCM_RIGHTS, with the header), then each sealed snapshot as soon as it is
+   captured, length-prefixed (so the successor restores while the old one captures),
+   then an end mark and a trailer (JSON: e.g. the replay record);
 3. successor -> old: an acknowledgment (JSON), after which the old process exits.
 
 Datagrams that arrive meanwhile wait in the kernel queues of the passed sockets: the old
@@ -25,6 +26,7 @@ import os
 import socket
 import stat
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,26 +80,85 @@ def _send_frame(sock: socket.socket, data: bytes) -> None:
     sock.sendall(_LEN.pack(len(data)) + data)
 
 
-@dataclass(slots=True, eq=False)
-class Offer:
-    """What the old process hands over (built by the caller)."""
+_END = 0xFFFFFFFF  # length value that ends the snapshots; the trailer follows
 
-    header: dict[str, Any]
-    sockets: list[socket.socket]
-    snapshots: list[bytes]
+
+class Offer:
+    """The old process's side of one handoff, on an accepted channel: ``begin`` (header
+    and sockets), ``snapshot`` for each sealed snapshot, ``finish`` (trailer, then the
+    successor's acknowledgment). Blocking, with ``timeout`` per operation."""
+
+    def __init__(self, channel: socket.socket, timeout: float = 60.0) -> None:
+        self.channel = channel
+        channel.settimeout(timeout)
+        self.sent = 0
+
+    def begin(self, header: dict[str, Any], sockets: list[socket.socket]) -> None:
+        doc = dict(header)
+        doc["sockets"] = len(sockets)
+        raw = json.dumps(doc).encode()
+        fds = [s.fileno() for s in sockets]
+        try:
+            # the header and the first fds travel together; the rest in further messages
+            socket.send_fds(self.channel, [_LEN.pack(len(raw)) + raw], fds[:MAX_FDS])
+            rest = fds[MAX_FDS:]
+            while rest:
+                socket.send_fds(self.channel, [b"F"], rest[:MAX_FDS])
+                rest = rest[MAX_FDS:]
+        except OSError as exc:
+            self.close()
+            raise HandoffError(f"handoff to the successor failed: {exc}") from exc
+
+    def snapshot(self, blob: bytes) -> None:
+        try:
+            _send_frame(self.channel, blob)
+        except OSError as exc:
+            self.close()
+            raise HandoffError(f"handoff to the successor failed: {exc}") from exc
+        self.sent += 1
+
+    def finish(self, trailer: dict[str, Any]) -> dict[str, Any]:
+        """Send the end mark and ``trailer``; return the successor's acknowledgment."""
+        try:
+            self.channel.sendall(_LEN.pack(_END))
+            _send_frame(self.channel, json.dumps(trailer).encode())
+            answer = _recv_frame(self.channel, MAX_HEADER)
+        except OSError as exc:
+            raise HandoffError(f"handoff to the successor failed: {exc}") from exc
+        finally:
+            self.close()
+        result: dict[str, Any] = json.loads(answer)
+        return result
+
+    def close(self) -> None:
+        self.channel.close()
 
 
 @dataclass(slots=True, eq=False)
 class Received:
-    """What the successor got: the header, the sockets (owned by the caller now) and the
-    sealed snapshots; ``acknowledge`` tells the old process the result and lets it go."""
+    """What the successor got: the header and the sockets (owned by the caller now);
+    ``snapshots()`` yields the sealed snapshots as they arrive, then ``trailer`` is set;
+    ``acknowledge`` tells the old process the result and lets it go."""
 
     header: dict[str, Any]
     sockets: list[socket.socket]
-    snapshots: list[bytes]
     channel: socket.socket
     key: bytes
+    trailer: dict[str, Any] | None = None
     acknowledged: bool = field(default=False)
+
+    def snapshots(self) -> Iterator[bytes]:
+        try:
+            while True:
+                (length,) = _LEN.unpack(_recv_exact(self.channel, _LEN.size))
+                if length == _END:
+                    self.trailer = json.loads(_recv_frame(self.channel, MAX_HEADER))
+                    return
+                if length > MAX_SNAPSHOT:
+                    raise HandoffError(f"snapshot of {length} bytes is over the limit")
+                yield _recv_exact(self.channel, length)
+        except (OSError, ValueError) as exc:
+            raise HandoffError(f"receiving the snapshots failed: {exc}") from exc
 
     def acknowledge(self, result: dict[str, Any]) -> None:
         if self.acknowledged:
@@ -165,36 +226,10 @@ class HandoffListener:
             pass
 
 
-def send_offer(channel: socket.socket, offer: Offer, timeout: float = 60.0) -> dict[str, Any]:
-    """Send the offer on an accepted channel and wait for the successor's acknowledgment."""
-    header = dict(offer.header)
-    header["snapshots"] = len(offer.snapshots)
-    header["sockets"] = len(offer.sockets)
-    raw = json.dumps(header).encode()
-    fds = [s.fileno() for s in offer.sockets]
-    channel.settimeout(timeout)
-    try:
-        # the header and the first fds travel together; the rest in further messages
-        first, rest = fds[:MAX_FDS], fds[MAX_FDS:]
-        socket.send_fds(channel, [_LEN.pack(len(raw)) + raw], first)
-        while rest:
-            socket.send_fds(channel, [b"F"], rest[:MAX_FDS])
-            rest = rest[MAX_FDS:]
-        for blob in offer.snapshots:
-            _send_frame(channel, blob)
-        answer = _recv_frame(channel, MAX_HEADER)
-    except OSError as exc:
-        raise HandoffError(f"handoff to the successor failed: {exc}") from exc
-    finally:
-        channel.close()
-    result: dict[str, Any] = json.loads(answer)
-    return result
-
-
 def take_over(path: str, timeout: float = 60.0) -> Received:
     """Connect to the process offering a handoff at ``path`` and receive its sockets and
-    sealed snapshots (blocking; call before serving). The caller restores them and then
-    calls ``Received.acknowledge``."""
+    sealed snapshots (blocking; call before serving). The caller restores them as
+    ``Received.snapshots()`` yields them and then calls ``Received.acknowledge``."""
     channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     channel.settimeout(timeout)
     try:
@@ -221,14 +256,13 @@ def take_over(path: str, timeout: float = 60.0) -> Received:
             if not more:
                 raise HandoffError("handoff peer sent fewer sockets than announced")
             received_sockets += [_adopt_fd(fd) for fd in more]
-        snapshots = [_recv_frame(channel, MAX_SNAPSHOT) for _ in range(int(header["snapshots"]))]
     except (OSError, ValueError, KeyError) as exc:
         channel.close()
         raise HandoffError(f"taking over from {path} failed: {exc}") from exc
     except BaseException:
         channel.close()
         raise
-    return Received(header, received_sockets, snapshots, channel, key)
+    return Received(header, received_sockets, channel, key)
 
 
 def _adopt_fd(fd: int) -> socket.socket:
@@ -252,7 +286,6 @@ __all__ = [
     "Offer",
     "Received",
     "peer_uid",
-    "send_offer",
     "take_over",
     "SO_PEERCRED",
 ]

@@ -106,7 +106,8 @@ class Codec:
             text = json.dumps(doc, allow_nan=False, separators=(",", ":"))
         except ValueError as exc:
             raise SnapshotError(f"header value not encodable: {exc}") from None
-        return MAGIC + zlib.compress(text.encode("utf-8"), 6)
+        # level 1: stream buffers are mostly incompressible; speed matters in a handoff
+        return MAGIC + zlib.compress(text.encode("utf-8"), 1)
 
     def to_json(self, value: Any) -> Any:
         t = type(value)

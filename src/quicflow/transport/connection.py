@@ -72,7 +72,7 @@ class ConnectionCounters:
     engine_open_failures: int = 0
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # an entity: compared by identity
 class Connection:
     """One QUIC connection, either role. Create with :func:`client_connection` or
     :func:`server_connection`."""
@@ -322,6 +322,14 @@ class Connection:
         send.write(data, end_stream)
         if stream_id not in self.send_queue:
             self.send_queue.append(stream_id)
+
+    def take_back_unsent(self, stream_id: int) -> int:
+        """Withdraw the bytes written on ``stream_id`` but never sent; returns the offset
+        where writing continues (before a capture, to keep the snapshot small)."""
+        send = self._stream(stream_id).send
+        if send is None:
+            raise ValueError(f"stream {stream_id} is receive-only")
+        return send.take_back()
 
     def stream_buffered(self, stream_id: int) -> int:
         stream = self.streams.get(stream_id)

@@ -173,6 +173,11 @@ def snapshot_connection(
     if conn.events:
         raise SnapshotError("connection has undelivered events: pop_events() first")
     send_keys, recv_keys = capture_keys(conn)
+    for space in conn.spaces:
+        space.crypto_send.compact()
+    for stream in conn.streams.values():
+        if stream.send is not None:
+            stream.send.compact()
     path = current_path(conn, local_address)
     if not conn.capture_id:
         conn.capture_id = os.urandom(16)
