@@ -222,10 +222,8 @@ def test_takeover_of_1000_idle_and_20_busy_connections(tmp_path: Path) -> None:
             finally:
                 await cm.__aexit__(None, None, None)
 
-        t0 = time.monotonic()
         holders = [loop.create_task(hold()) for _ in range(IDLE + BUSY)]
         await asyncio.wait_for(all_open.wait(), 300)
-        print("open", time.monotonic() - t0)
         busy, idle = opened[:BUSY], opened[BUSY:]
         switched = asyncio.Event()
         started = [asyncio.Event() for _ in busy]
@@ -247,9 +245,7 @@ def test_takeover_of_1000_idle_and_20_busy_connections(tmp_path: Path) -> None:
         downloads = [loop.create_task(download(c, i)) for i, c in enumerate(busy)]
         for event in started:
             await asyncio.wait_for(event.wait(), 120)
-        t0 = time.monotonic()
         result = await loop.run_in_executor(None, _take_over, old, new)
-        print("switch", time.monotonic() - t0, old.seen[-3:], new.seen[-3:])
         switched.set()
         assert not any(t.done() for t in downloads), "a download ended before the switch"
 
@@ -261,14 +257,10 @@ def test_takeover_of_1000_idle_and_20_busy_connections(tmp_path: Path) -> None:
                 data = await asyncio.wait_for(reader.read(), 60)
                 return data == PATTERN[:4096] and not conn.closed
 
-        t0 = time.monotonic()
         answers = await asyncio.gather(*(request(c) for c in idle))
-        print("requests", time.monotonic() - t0)
         digests = await asyncio.gather(*downloads)
-        print("downloads", time.monotonic() - t0)
         finish.set()
         await asyncio.gather(*holders)
-        print("close", time.monotonic() - t0)
         return list(digests), list(answers), result
 
     try:
@@ -280,6 +272,82 @@ def test_takeover_of_1000_idle_and_20_busy_connections(tmp_path: Path) -> None:
         assert new_status == 0 and summary is not None
         endpoint = summary["endpoint"]
         assert isinstance(endpoint, dict) and endpoint["connections_accepted"] == 0
+    finally:
+        old.kill()
+        new.kill()
+
+
+@pytest.mark.timeout(300)
+def test_takeover_through_lossy_relay_with_key_update_and_upload(tmp_path: Path) -> None:
+    """Through a relay losing 2% and reordering 5% each way: the client uploads on one
+    stream and downloads on another, starts a key update, and the server process is
+    replaced while the update is in progress. Both transfers end intact."""
+    from tests.support.relay import LossyUdpRelay
+
+    old, new, _, cert = _servers(tmp_path)
+    down, up = 24 * MB, 6 * MB
+    upload = os.urandom(up)
+
+    async def run() -> tuple[str, bytes, tuple[int, dict[str, object] | None], int]:
+        port = old.port()
+        loop = asyncio.get_running_loop()
+        config = Configuration(alpn_protocols=["perf"], cafile=cert, server_name="localhost")
+        async with LossyUdpRelay(("127.0.0.1", port), loss=0.02, reorder=0.05,
+                                 seed=7) as relay:
+            host, rport = relay.address[0], relay.address[1]
+            async with quicflow.connect(host, rport, configuration=config) as conn:
+                r1, w1 = await conn.create_stream()
+                w1.write(struct.pack("!Q", down))
+                w1.write_eof()
+                r2, w2 = await conn.create_stream()
+                w2.write(struct.pack("!Q", 0))
+                switched = asyncio.Event()
+
+                async def send_upload() -> bytes:
+                    for i in range(0, up, 64 * 1024):
+                        w2.write(upload[i : i + 64 * 1024])
+                        await w2.drain()
+                        if not switched.is_set():
+                            await asyncio.sleep(0.004)
+                    w2.write_eof()
+                    return await r2.read()
+
+                uploader = loop.create_task(send_upload())
+                digest = hashlib.sha256()
+                got = 0
+                switch = None
+                mid: list[int] = []
+                while True:
+                    if not switched.is_set():
+                        await asyncio.sleep(0.003)
+                    data = await r1.read(32 * 1024 if not switched.is_set() else MB)
+                    if not data:
+                        break
+                    digest.update(data)
+                    got += len(data)
+                    if switch is None and got >= 3 * MB:
+                        conn.conn.initiate_key_update()
+                        conn.flush()
+                        switch = loop.run_in_executor(None, _take_over, old, new)
+                        switch.add_done_callback(lambda _: switched.set())
+                    if switched.is_set() and not mid:
+                        mid.append(got)
+                assert switch is not None and mid and mid[0] < down, "switch mid-download"
+                result = await switch
+                tail = await uploader
+                return digest.hexdigest(), tail, result, conn.conn.key_updates_received
+
+    try:
+        digest, tail, (status, doc), updates = asyncio.run(run())
+        assert digest == perf_sha256(down) and tail == b""
+        assert updates >= 1
+        assert status == 0 and doc == {"handed_off_connections": 1}
+        new_status, summary = new.stop()
+        assert new_status == 0 and summary is not None
+        endpoint = summary["endpoint"]
+        assert isinstance(endpoint, dict) and endpoint["connections_accepted"] == 0
+        received = summary["bytes_received"]
+        assert isinstance(received, int) and 0 < received <= up, "upload finished after it"
     finally:
         old.kill()
         new.kill()
