@@ -334,8 +334,6 @@ def shift_times(root: Any, delta: float) -> None:
         if t is dict:
             stack.extend(v for v in obj.values() if _may_hold_times(v))
             continue
-        if not dataclasses.is_dataclass(obj):
-            continue
         for name in TIME_FIELDS.get(t, ()):
             value = getattr(obj, name)
             if value is None or not math.isfinite(value):
@@ -343,10 +341,8 @@ def shift_times(root: Any, delta: float) -> None:
             if value == 0.0 and name in _ZERO_MEANS_NEVER:
                 continue
             setattr(obj, name, value + delta)
-        for f in dataclasses.fields(obj):
-            if t is Connection and f.name in RUNTIME_FIELDS:
-                continue
-            value = getattr(obj, f.name)
+        for name in _walk_fields(t):
+            value = getattr(obj, name)
             if _may_hold_times(value):
                 stack.append(value)
 
@@ -356,13 +352,28 @@ _NO_TIMES = frozenset(
     {RangeSet, SendStream, ConnectionCounters, Configuration, TransportParameters, RttEstimator,
      Path, DirectionKeys}
 )
+#: Values that never hold a time (rejected at once: most of what a walk meets).
+_SCALARS = frozenset({int, float, str, bytes, bytearray, bool, type(None), CipherSuite, Epoch,
+                      PnSpace})
+_FIELDS_CACHE: dict[type[Any], tuple[str, ...]] = {}
+
+
+def _walk_fields(t: type[Any]) -> tuple[str, ...]:
+    names = _FIELDS_CACHE.get(t)
+    if names is None:
+        skip = RUNTIME_FIELDS if t is Connection else frozenset()
+        names = tuple(f.name for f in dataclasses.fields(t) if f.name not in skip)
+        _FIELDS_CACHE[t] = names
+    return names
 
 
 def _may_hold_times(value: Any) -> bool:
     t = type(value)
+    if t in _SCALARS or t in _NO_TIMES:
+        return False
     if t is list or t is tuple or t is dict or t in TIME_FIELDS:
         return True
-    return t not in _NO_TIMES and dataclasses.is_dataclass(value) and not isinstance(value, type)
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
 
 
 # ---------------------------------------------------------------------- sealed, single use

@@ -47,6 +47,7 @@ class SnapshotGuard:
     max_skew: float = DEFAULT_MAX_SKEW
     max_entries: int = DEFAULT_MAX_ENTRIES
     latest: dict[str, tuple[int, float]] = field(default_factory=dict)
+    pruned_at: float = -math.inf
 
     def check(self, header: dict[str, Any], wall_time: float) -> tuple[str, int]:
         """Raise :class:`SnapshotError` unless the snapshot of ``header`` may be restored
@@ -80,7 +81,8 @@ class SnapshotGuard:
         self._raise_floor(capture_id, serial + 1, wall_time)
 
     def _raise_floor(self, capture_id: str, floor: int, wall_time: float) -> None:
-        self.prune(wall_time)
+        if wall_time - self.pruned_at > 1.0 or len(self.latest) >= self.max_entries:
+            self.prune(wall_time)  # at most once a second: O(1) per record on average
         seen = self.latest.get(capture_id)
         if seen is None and len(self.latest) >= self.max_entries:
             raise SnapshotError("replay record is full: refusing to restore more connections")
@@ -88,6 +90,7 @@ class SnapshotGuard:
             self.latest[capture_id] = (floor, wall_time)
 
     def prune(self, wall_time: float) -> None:
+        self.pruned_at = wall_time
         horizon = wall_time - self.max_age - self.max_skew
         stale = [k for k, (_, t) in self.latest.items() if t < horizon]
         for k in stale:
