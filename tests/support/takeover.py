@@ -77,6 +77,10 @@ class ServerProc:
         self.proc.stdin.flush()
 
     def wait_line(self, prefix: str, timeout: float = 60.0) -> str:
+        """The first line starting with ``prefix`` (seen already, or waited for)."""
+        for line in self.seen:
+            if line.startswith(prefix):
+                return line
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:

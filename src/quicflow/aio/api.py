@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -118,6 +119,24 @@ class QuicServer:
             "connections": [connection_stats(f.conn) for f in self.runner.faces.values()],
         }
 
+    async def move_to(self, host: str, port: int, context: ssl.SSLContext, *,
+                      server_name: str | None = None, count: int | None = None) -> int:
+        """Move up to ``count`` (default all) connections to the server accepting moves at
+        ``host:port`` (mutually authenticated TLS, ``migration.transfer.client_context``);
+        the service address must follow them. Returns how many were restored there."""
+        from .moving import move_connections
+
+        return await move_connections(self.handover, host, port, context,
+                                      server_name=server_name, count=count)
+
+    async def accept_moves(self, host: str, port: int, context: ssl.SSLContext) -> Any:
+        """Accept connections moved from another host (TLS requiring a client certificate
+        from the CA of ``context``, see ``migration.transfer.server_context``); returns
+        the ``Receiver`` (``address``, ``refused``, ``close()``)."""
+        from .moving import accept_moves
+
+        return await accept_moves(self.handover, host, port, context)
+
     def close(self) -> None:
         self.handover.close()
         if self.handover.handed_off.done():
@@ -192,4 +211,6 @@ async def serve(
             guard, count = restore_server(runner, received, handler=handler, restore=restore)
         finally:
             received.acknowledge({"restored": count if guard is not None else 0})
-    return QuicServer(runner, Handover(runner, capture, guard))
+    return QuicServer(
+        runner, Handover(runner, capture, guard, handler=handler, restore=restore)
+    )

@@ -53,9 +53,14 @@ class Handover:
         runner: EndpointRunner,
         capture: CaptureHook | None,
         guard: SnapshotGuard | None = None,
+        *,
+        handler: StreamHandler | None = None,
+        restore: RestoreHook | None = None,
     ) -> None:
         self.runner = runner
         self.capture = capture
+        self.handler = handler  # for connections restored here later (cross-host moves)
+        self.restore = restore
         self.guard = guard or SnapshotGuard()
         self.listener: HandoffListener | None = None
         self.handed_off: asyncio.Future[int] = runner.loop.create_future()
@@ -63,6 +68,28 @@ class Handover:
         #: seconds spent: "stop" (faces), "capture" (hooks + snapshots), "send"
         self.timings: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
+        self.moves: set[asyncio.Task[None]] = set()
+        self.moved_in = 0  # connections restored here from another host
+
+    async def capture_one(self, face: QuicConnection, key: bytes) -> bytes | None:
+        """Capture and release one stopped connection, sealed with ``key``; None (and
+        counted in ``skipped``) when it cannot be captured (handshake, closing)."""
+        runner = self.runner
+        conn = face.conn
+        conn.pop_events()
+        try:
+            state = None
+            if self.capture is not None:
+                state = self.capture(face)
+                if asyncio.iscoroutine(state):
+                    state = await state
+            return capture_sealed(
+                conn, runner.loop.time(), key, json.dumps(state).encode(), guard=self.guard,
+                wall_time=time.time(), local_address=runner.transport.local_address,
+            )
+        except SnapshotError:
+            self.skipped += 1  # not established yet, or closing: ends here
+            return None
 
     def offer(self, path: str) -> None:
         """Accept one successor at ``path`` (unix socket, mode 0600, same uid only)."""
@@ -87,9 +114,17 @@ class Handover:
         accepted = listener.accept()
         if accepted is None:
             return
+        channel, kind, payload = accepted
+        if kind == "move":  # a command asks us to move connections to another host
+            from .moving import serve_move_request
+
+            task = self.runner.loop.create_task(serve_move_request(self, channel, payload))
+            self.moves.add(task)
+            task.add_done_callback(self.moves.discard)
+            return
         self.runner.loop.remove_reader(listener.fileno())
-        channel, key = accepted
-        self._task = self.runner.loop.create_task(self._hand_over(channel, key))
+        assert isinstance(payload, bytes)
+        self._task = self.runner.loop.create_task(self._hand_over(channel, payload))
 
     async def _hand_over(self, channel: Any, key: bytes) -> None:
         try:
@@ -121,25 +156,11 @@ class Handover:
         size = 0
         capture_time = 0.0
         for face in faces:
-            conn = face.conn
-            conn.pop_events()
             started = time.monotonic()
-            try:
-                state = None
-                if self.capture is not None:
-                    state = self.capture(face)
-                    if asyncio.iscoroutine(state):
-                        state = await state
-                app_state = json.dumps(state).encode()
-                blob = capture_sealed(
-                    conn, loop.time(), key, app_state, guard=self.guard,
-                    wall_time=time.time(), local_address=runner.transport.local_address,
-                )
-            except SnapshotError:
-                self.skipped += 1  # not established yet, or closing: ends here
+            blob = await self.capture_one(face, key)
+            capture_time += time.monotonic() - started
+            if blob is None:
                 continue
-            finally:
-                capture_time += time.monotonic() - started
             offer.snapshot(blob)  # blocking: the loop is paused for us anyway
             size += len(blob)
         t2 = time.monotonic()
@@ -172,30 +193,48 @@ def restore_server(
         raise HandoffError("not a quicflow handoff (unknown format)")
     guard = SnapshotGuard()
     guard.merge(str(header.get("guard", "{}")).encode())
-    endpoint = runner.endpoint
     restored = 0
     hooks: list[tuple[QuicConnection, Any, StreamFaces]] = []
     for sealed in received.snapshots():
-        conn, app_state = restore_sealed(
-            sealed, received.key, guard=guard, wall_time=time.time(), engine=endpoint.engine,
-            now=runner.loop.time(), configuration=endpoint.configuration,
-        )
-        endpoint.adopt(conn)
-        face = QuicConnection(runner, conn, stream_handler=handler)
-        face.mark_connected()
-        runner.faces[id(conn)] = face
-        hooks.append((face, json.loads(app_state) if app_state else None, face.stream_faces()))
+        hooks.append(restore_one(runner, sealed, received.key, guard, handler))
         restored += 1
     if received.trailer is not None:
         guard.merge(str(received.trailer.get("guard", "{}")).encode())
-    for face, _, _ in hooks:
+    start_restored(runner, hooks, restore)
+    return guard, restored
+
+
+def restore_one(
+    runner: EndpointRunner, sealed: bytes, key: bytes, guard: SnapshotGuard,
+    handler: StreamHandler | None,
+) -> tuple[QuicConnection, Any, StreamFaces]:
+    """Restore one sealed snapshot into ``runner`` (refused ones raise SnapshotError);
+    returns the new face, the application's state and the open streams' faces."""
+    endpoint = runner.endpoint
+    conn, app_state = restore_sealed(
+        sealed, key, guard=guard, wall_time=time.time(), engine=endpoint.engine,
+        now=runner.loop.time(), configuration=endpoint.configuration,
+    )
+    endpoint.adopt(conn)
+    face = QuicConnection(runner, conn, stream_handler=handler)
+    face.mark_connected()
+    runner.faces[id(conn)] = face
+    return face, json.loads(app_state) if app_state else None, face.stream_faces()
+
+
+def start_restored(
+    runner: EndpointRunner, restored: list[tuple[QuicConnection, Any, StreamFaces]],
+    restore: RestoreHook | None,
+) -> None:
+    """Flush the restored connections (their lost frames go out) and run the hooks."""
+    for face, _, _ in restored:
         runner.schedule_flush(face.conn)
-    for face, state, streams in hooks:
+    for face, state, streams in restored:
         if restore is not None:
             result = restore(face, state, streams)
             if asyncio.iscoroutine(result):
                 face.track_task(runner.loop.create_task(result))
-    return guard, restored
 
 
-__all__ = ["CaptureHook", "Handover", "RestoreHook", "StreamFaces", "restore_server"]
+__all__ = ["CaptureHook", "Handover", "RestoreHook", "StreamFaces", "restore_one",
+           "restore_server", "start_restored"]

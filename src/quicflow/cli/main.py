@@ -32,6 +32,7 @@ from ..tls.certs import (
 )
 from ..transport.codec import SnapshotError
 from ..transport.config import Configuration
+from .migrate import add_migrate_parser, add_server_options, start_receiver
 
 PROG = "quicflow"
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -223,6 +224,7 @@ async def _serve_perf(args: argparse.Namespace, config: Configuration) -> int:
               f" in {time.monotonic() - started:.3f} s", file=sys.stderr, flush=True)
     handoff_path = args.handoff or args.takeover
     handed = server.handoff(handoff_path) if handoff_path else None
+    receiver = await start_receiver(args, server)
     print(f"listening on {_format_address(server.address)} (ALPN perf)", file=sys.stderr,
           flush=True)
     try:
@@ -232,6 +234,8 @@ async def _serve_perf(args: argparse.Namespace, config: Configuration) -> int:
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         waiters[0].cancel()
     finally:
+        if receiver is not None:
+            receiver.close()
         server.close()
         await server.wait_closed()
     if handed is not None and handed.done():
@@ -552,8 +556,10 @@ def build_parser() -> argparse.ArgumentParser:
         "handoff at PATH (no new handshakes; --host/--port are then unused), then offer "
         "the same at PATH for the next successor",
     )  # fmt: skip
+    add_server_options(server)
     _add_transport_options(server)
     server.set_defaults(func=cmd_perf_server)
+    add_migrate_parser(perf_sub)
 
     client = perf_sub.add_parser(
         "client",

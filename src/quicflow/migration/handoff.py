@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 HELLO = b"QFHANDOFF1\n"
+MOVE_HELLO = b"QFMOVEREQ1\n"  # same length as HELLO
 KEY_LEN = 32
 #: SO_PEERCRED (Linux): the connected peer's (pid, uid, gid)
 SO_PEERCRED = getattr(socket, "SO_PEERCRED", 17)
@@ -196,9 +197,12 @@ class HandoffListener:
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def accept(self, timeout: float = 10.0) -> tuple[socket.socket, bytes] | None:
-        """A successor that connected and said hello: ``(channel, key)``; None when no one
-        is waiting or the one who came was refused (other uid, bad hello)."""
+    def accept(
+        self, timeout: float = 10.0
+    ) -> tuple[socket.socket, str, bytes | dict[str, Any]] | None:
+        """Someone of our uid who connected and said hello: ``(channel, "takeover",
+        key)`` for a successor, ``(channel, "move", request)`` for a move command; None
+        when no one is waiting or the one who came was refused (other uid, bad hello)."""
         try:
             channel, _ = self._sock.accept()
         except (BlockingIOError, InterruptedError):
@@ -206,14 +210,19 @@ class HandoffListener:
         try:
             channel.settimeout(timeout)
             _check_peer(channel)
-            hello = _recv_exact(channel, len(HELLO) + KEY_LEN)
-            if not hello.startswith(HELLO):
-                raise HandoffError("not a quicflow handoff request")
-        except (HandoffError, OSError):
+            hello = _recv_exact(channel, len(HELLO))
+            if hello == HELLO:
+                return channel, "takeover", _recv_exact(channel, KEY_LEN)
+            if hello == MOVE_HELLO:
+                request = json.loads(_recv_frame(channel, MAX_HEADER))
+                if type(request) is not dict:
+                    raise HandoffError("bad move request")
+                return channel, "move", request
+            raise HandoffError("not a quicflow handoff request")
+        except (HandoffError, OSError, ValueError):
             self.refused += 1
             channel.close()
             return None
-        return channel, hello[len(HELLO):]
 
     def close(self) -> None:
         """Stop offering; remove the path if it is still ours (a successor may have
@@ -265,6 +274,35 @@ def take_over(path: str, timeout: float = 60.0) -> Received:
     return Received(header, received_sockets, channel, key)
 
 
+def request_move(path: str, request: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
+    """Ask the server offering a handoff at ``path`` to move connections to another host
+    (``request``: ``to``, ``cert``, ``key``, ``ca``, optional ``server_name``, ``count``);
+    returns its answer (``moved`` or ``error``)."""
+    channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    channel.settimeout(timeout)
+    try:
+        channel.connect(path)
+        _check_peer(channel)
+        channel.sendall(MOVE_HELLO)
+        _send_frame(channel, json.dumps(request).encode())
+        answer: dict[str, Any] = json.loads(_recv_frame(channel, MAX_HEADER))
+    except (OSError, ValueError) as exc:
+        raise HandoffError(f"move request to {path} failed: {exc}") from exc
+    finally:
+        channel.close()
+    return answer
+
+
+def reply(channel: socket.socket, answer: dict[str, Any]) -> None:
+    """Answer a move request and close its channel."""
+    try:
+        _send_frame(channel, json.dumps(answer).encode())
+    except OSError:
+        pass
+    finally:
+        channel.close()
+
+
 def _adopt_fd(fd: int) -> socket.socket:
     return socket.socket(fileno=fd)
 
@@ -286,6 +324,8 @@ __all__ = [
     "Offer",
     "Received",
     "peer_uid",
+    "reply",
+    "request_move",
     "take_over",
     "SO_PEERCRED",
 ]
