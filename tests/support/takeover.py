@@ -52,8 +52,9 @@ def perf_sha256(size: int) -> str:
 class ServerProc:
     """A perf server process; ``lines`` collects its stderr, ``stdout()`` its stdout."""
 
-    def __init__(self, args: list[str], *, wait_for_go: bool = False) -> None:
-        cmd = [sys.executable]
+    def __init__(self, args: list[str], *, wait_for_go: bool = False,
+                 prefix: list[str] | None = None) -> None:
+        cmd = [*(prefix or []), sys.executable]
         cmd += ["-c", _WAIT_THEN_RUN] if wait_for_go else ["-m", "quicflow.cli.main"]
         env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
         self.proc = subprocess.Popen(

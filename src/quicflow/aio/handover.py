@@ -65,6 +65,7 @@ class Handover:
         self.listener: HandoffListener | None = None
         self.handed_off: asyncio.Future[int] = runner.loop.create_future()
         self.skipped = 0  # connections that could not be captured
+        self.skip_reasons: dict[str, int] = {}
         #: seconds spent: "stop" (faces), "capture" (hooks + snapshots), "send"
         self.timings: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
@@ -87,8 +88,9 @@ class Handover:
                 conn, runner.loop.time(), key, json.dumps(state).encode(), guard=self.guard,
                 wall_time=time.time(), local_address=runner.transport.local_address,
             )
-        except SnapshotError:
+        except SnapshotError as exc:
             self.skipped += 1  # not established yet, or closing: ends here
+            self.skip_reasons[str(exc)] = self.skip_reasons.get(str(exc), 0) + 1
             return None
 
     def offer(self, path: str) -> None:

@@ -111,7 +111,7 @@ async def serve_move_request(handover: Handover, channel: socket.socket,
             server_name=request.get("server_name"),
             count=None if count is None else int(count),
         )
-        answer = {"moved": moved}
+        answer = {"moved": moved, "not_captured": handover.skip_reasons}
     except (KeyError, ValueError, OSError, TransferError) as exc:
         answer = {"error": str(exc)}
     await asyncio.get_running_loop().run_in_executor(None, reply, channel, answer)

@@ -67,6 +67,8 @@ def cmd_perf_migrate(args: argparse.Namespace) -> int:
         print(f"quicflow: moving failed: {answer['error']}", file=sys.stderr)
         return 1
     moved = int(answer.get("moved", 0))
+    for reason, n in dict(answer.get("not_captured") or {}).items():
+        print(f"quicflow: {n} connection(s) not moved: {reason}", file=sys.stderr)
     if args.json:
         print(json.dumps({"moved_connections": moved}), flush=True)
     else:
