@@ -29,7 +29,6 @@ import asyncio
 import os
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -122,7 +121,8 @@ async def _run(n: int, busy: int, interval: float, directory: Path) -> dict[str,
         pauses = []
         busy_pauses = []
         for i, times in enumerate(answers):
-            gaps = [b - a for a, b in zip(times, times[1:], strict=False) if b > t0 and a < t0 + t_all]
+            pairs = zip(times, times[1:], strict=False)
+            gaps = [b - a for a, b in pairs if b > t0 and a < t0 + t_all]
             gap = max(gaps) if gaps else float("nan")
             if i < busy:
                 busy_pauses.append(gap)
