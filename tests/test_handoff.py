@@ -100,6 +100,8 @@ def test_takeover_mid_download_quicflow_client(tmp_path: Path) -> None:
         endpoint = summary["endpoint"]
         assert isinstance(endpoint, dict)
         assert endpoint["connections_accepted"] == 0, "no new handshake after the switch"
+        # the connection's own connected socket went along (SCM_RIGHTS) and served on
+        assert endpoint["connected_sockets_attached"] == 1
         assert isinstance(summary["bytes_sent"], int) and 0 < summary["bytes_sent"] < SIZE
     finally:
         old.kill()

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..crypto.native import best_engine
 from ..crypto.offload import OffloadEngine
+from ..datapath.connected import DEFAULT_CONNECTION_SOCKETS, SocketPolicy
 from ..datapath.socket import UdpTransport
 from ..endpoint.endpoint import Endpoint
 from ..migration.handoff import take_over
@@ -111,11 +112,12 @@ class QuicServer:
 
     def stats(self) -> dict[str, Any]:
         """Counters of the server's endpoint and socket, and of each live connection."""
-        from .stats import connection_stats, datapath_stats, endpoint_stats
+        from .stats import connection_stats, datapath_stats, endpoint_stats, socket_stats
 
         return {
             "endpoint": endpoint_stats(self.runner),
             "datapath": datapath_stats(self.runner),
+            "sockets": socket_stats(self.runner),
             "connections": [connection_stats(f.conn) for f in self.runner.faces.values()],
         }
 
@@ -167,12 +169,19 @@ async def serve(
     capture: CaptureHook | None = None,
     restore: RestoreHook | None = None,
     takeover: str | None = None,
+    connection_sockets: int = DEFAULT_CONNECTION_SOCKETS,
+    socket_policy: SocketPolicy | None = None,
 ) -> QuicServer:
     """Start a QUIC server on ``host:port``.
 
     ``handler(reader, writer)`` runs (as a task if it is a coroutine function) for each
     stream a client opens. ``connection_handler(connection)`` is called for each new
     connection. The configuration needs a certificate and key.
+
+    ``connection_sockets``: the most connections given a UDP socket of their own (bound
+    to ``host:port`` with SO_REUSEPORT and connected to the client), 0 for none; which
+    ones get one is ``socket_policy``'s choice (default: heavy or long-lived connections
+    with a validated address, see ``quicflow.datapath.connected``).
 
     Handoff (see ``QuicServer.handoff``): ``capture(connection)`` returns the application's
     JSON-able state of a connection being handed over, after its face stopped;
@@ -185,13 +194,16 @@ async def serve(
     config.validate()
     if not config.certificate_chain or config.private_key is None:
         raise ValueError("a server needs Configuration.certificate_chain and private_key")
+    if connection_sockets < 0:
+        raise ValueError("connection_sockets must be >= 0")
     received = None
     if takeover is not None:
         loop = asyncio.get_running_loop()
         received = await loop.run_in_executor(None, take_over, takeover)
         transport = UdpTransport(received.sockets[0], backend=backend)
     else:
-        transport = UdpTransport.open(host, port, backend=backend)
+        transport = UdpTransport.open(host, port, backend=backend,
+                                      reuse_port=connection_sockets > 0)
     endpoint = Endpoint(config, is_server=True, engine=engine or best_engine())
     runner_box: list[EndpointRunner] = []
 
@@ -204,6 +216,8 @@ async def serve(
         return face
 
     runner = EndpointRunner(transport, endpoint, on_accept=on_accept)
+    if connection_sockets:
+        runner.enable_connection_sockets(connection_sockets, socket_policy)
     runner_box.append(runner)
     guard = None
     if received is not None:

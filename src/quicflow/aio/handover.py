@@ -152,9 +152,18 @@ class Handover:
         for face in faces:
             await face.stop()
         t1 = time.monotonic()
+        # per-connection sockets go along (their queued datagrams with them), keyed by a
+        # CID of their connection
+        sockets = [runner.transport.socket]
+        by_cid: dict[str, int] = {}
+        for face in faces:
+            sock = runner.detach_connection_socket(face.conn)
+            if sock is not None:
+                by_cid[face.conn.recv_key_cid().hex()] = len(sockets)
+                sockets.append(sock)
         offer = Offer(channel)
-        offer.begin({"format": FORMAT, "guard": self.guard.export().decode()},
-                    [runner.transport.socket])
+        offer.begin({"format": FORMAT, "guard": self.guard.export().decode(),
+                     "connection_sockets": by_cid}, sockets)
         size = 0
         capture_time = 0.0
         for face in faces:
@@ -174,7 +183,9 @@ class Handover:
         for face in faces:
             runner.faces.pop(id(face.conn), None)
             face.on_terminated()
-        runner.transport.close()  # the successor holds its own copy of the socket
+        runner.transport.close()  # the successor holds its own copies of the sockets
+        for sock in sockets[1:]:
+            sock.close()
         restored = result.get("restored")
         if restored != offer.sent:
             raise HandoffError(f"successor restored {restored} of {offer.sent} connections")
@@ -197,13 +208,27 @@ def restore_server(
     guard.merge(str(header.get("guard", "{}")).encode())
     restored = 0
     hooks: list[tuple[QuicConnection, Any, StreamFaces]] = []
+    by_cid = header.get("connection_sockets") or {}
     for sealed in received.snapshots():
-        hooks.append(restore_one(runner, sealed, received.key, guard, handler))
+        one = restore_one(runner, sealed, received.key, guard, handler)
+        hooks.append(one)
         restored += 1
+        index = by_cid.get(one[0].conn.recv_key_cid().hex())
+        if type(index) is int and 0 < index < len(received.sockets):
+            _attach(runner, one[0], received.sockets[index])
     if received.trailer is not None:
         guard.merge(str(received.trailer.get("guard", "{}")).encode())
     start_restored(runner, hooks, restore)
     return guard, restored
+
+
+def _attach(runner: EndpointRunner, face: QuicConnection, sock: Any) -> None:
+    """Serve a restored connection through the socket it had (if this server gives
+    connections sockets of their own; otherwise the listener serves it)."""
+    try:
+        runner.attach_connection_socket(face.conn, sock)
+    except (ValueError, OSError):
+        sock.close()  # what the kernel held for it is lost; QUIC sends it again
 
 
 def restore_one(

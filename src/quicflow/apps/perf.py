@@ -31,6 +31,7 @@ from ..aio import (
     connect,
     serve,
 )
+from ..datapath.connected import DEFAULT_CONNECTION_SOCKETS
 from ..transport.config import Configuration
 
 ALPN = "perf"
@@ -226,6 +227,7 @@ def server_configuration(
 async def start_server(
     host: str, port: int, *, configuration: Configuration, backend: str = "auto",
     takeover: str | None = None,
+    connection_sockets: int = DEFAULT_CONNECTION_SOCKETS,
 ) -> tuple[QuicServer, PerfServerHandler]:
     """Start a perf server; returns the server and its handler (which holds the stats).
 
@@ -235,8 +237,11 @@ async def start_server(
     if ALPN not in config.alpn_protocols:
         config.alpn_protocols = [*config.alpn_protocols, ALPN]
     handler = PerfServerHandler()
-    server = await serve(handler, host, port, configuration=config, backend=backend,
-                         capture=handler.capture, restore=handler.restore, takeover=takeover)
+    server = await serve(
+        handler, host, port, configuration=config, backend=backend,
+        connection_sockets=connection_sockets, capture=handler.capture,
+        restore=handler.restore, takeover=takeover,
+    )  # fmt: skip
     return server, handler
 
 

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from ..aio import ConnectionClosedError, QuicServer
 from ..apps.perf import PerfError, PerfResult, run_client, server_configuration, start_server
+from ..datapath.connected import DEFAULT_CONNECTION_SOCKETS
 from ..migration.handoff import HandoffError
 from ..tls.certs import (
     certificate_pem,
@@ -90,6 +91,10 @@ def _int_arg(text: str, low: int, high: int | None, what: str = "an integer") ->
 
 def _positive_int(text: str) -> int:
     return _int_arg(text, 1, None)
+
+
+def _nonnegative_int(text: str) -> int:
+    return _int_arg(text, 0, None)
 
 
 def _port_arg(text: str) -> int:
@@ -213,8 +218,8 @@ async def _serve_perf(args: argparse.Namespace, config: Configuration) -> int:
     started = time.monotonic()
     server, handler = await start_server(
         args.host, args.port, configuration=config, backend=args.backend,
-        takeover=args.takeover,
-    )
+        takeover=args.takeover, connection_sockets=args.connection_sockets,
+    )  # fmt: skip
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -258,6 +263,8 @@ async def _serve_perf(args: argparse.Namespace, config: Configuration) -> int:
             "bytes_sent": s.bytes_sent,
             "endpoint": counters["endpoint"],
             "datapath": dp,
+            "connected_sockets": counters["sockets"]["connected_sockets"],
+            "sockets": counters["sockets"],
         }
         print(json.dumps(out), flush=True)
     return 0
@@ -543,6 +550,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true",
         help="on exit, print one JSON object with the server's endpoint and socket "
         "counters (datagrams, syscalls, batches, lookups, drops by reason) on stdout",
+    )  # fmt: skip
+    server.add_argument(
+        "--connection-sockets", type=_nonnegative_int, default=DEFAULT_CONNECTION_SOCKETS,
+        metavar="N",
+        help="the most connections given a UDP socket of their own, connected to the "
+        "client (heavy or long-lived ones first, the rest stay on the listener); 0 = off "
+        "(default: %(default)s)",
     )  # fmt: skip
     server.add_argument(
         "--handoff", metavar="PATH",
