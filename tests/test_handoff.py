@@ -353,3 +353,70 @@ def test_takeover_through_lossy_relay_with_key_update_and_upload(tmp_path: Path)
     finally:
         old.kill()
         new.kill()
+
+
+@pytest.mark.timeout(120)
+def test_handshake_in_progress_finishes_and_is_handed_over(tmp_path: Path) -> None:
+    """A connection still in its handshake when the successor arrives is not lost: the
+    old process stops accepting new connections, lets the handshake finish (its answers
+    are lost at first, then let through), and hands it over."""
+    from tests.support.relay import LossyUdpRelay
+
+    old, new, _, cert = _servers(tmp_path)
+
+    async def run() -> tuple[bytes, tuple[int, dict[str, object] | None]]:
+        port = old.port()
+        loop = asyncio.get_running_loop()
+        config = Configuration(alpn_protocols=["perf"], cafile=cert, server_name="localhost")
+        async with LossyUdpRelay(("127.0.0.1", port), s2c_loss=1.0) as relay:
+            cm = quicflow.connect(relay.address[0], relay.address[1], configuration=config,
+                                  wait_connected=False)
+            conn = await cm.__aenter__()
+            try:
+                await asyncio.sleep(0.2)  # the server has the Initial, its answers are lost
+                switch = loop.run_in_executor(None, _take_over, old, new)
+                await asyncio.sleep(0.15)
+                relay.s2c.loss = 0.0
+                await asyncio.wait_for(conn.wait_connected(), 30)
+                result = await switch
+                reader, writer = await conn.create_stream()
+                writer.write(struct.pack("!Q", 4096))
+                writer.write_eof()
+                data = await asyncio.wait_for(reader.read(), 30)
+            finally:
+                await cm.__aexit__(None, None, None)
+            return data, result
+
+    try:
+        data, (status, doc) = asyncio.run(run())
+        assert data == PATTERN[:4096]
+        assert status == 0 and doc == {"handed_off_connections": 1}
+        new_status, summary = new.stop()
+        assert new_status == 0 and summary is not None
+        endpoint = summary["endpoint"]
+        assert isinstance(endpoint, dict) and endpoint["connections_accepted"] == 0
+    finally:
+        old.kill()
+        new.kill()
+
+
+def test_endpoint_not_accepting_drops_new_initials() -> None:
+    """While a server hands over, Initials of new connections are dropped and counted
+    (their clients send them again, and the successor answers)."""
+    from quicflow.endpoint.endpoint import Endpoint
+    from quicflow.tls.certs import generate_self_signed
+
+    cert, key = generate_self_signed(["localhost"])
+    server = Endpoint(Configuration(alpn_protocols=["perf"], certificate_chain=[cert],
+                                    private_key=key), is_server=True)
+    client = Endpoint(Configuration(alpn_protocols=["perf"], verify_peer=False),
+                      is_server=False)
+    conn = client.connect(("127.0.0.1", 4433), 1.0, server_name="localhost")
+    initial = client.datagrams_to_send(conn, 1.0)
+    server.accepting = False
+    for datagram in initial:
+        assert server.receive(datagram, ("127.0.0.1", 5555), 1.0) is None
+    assert server.counters.dropped_not_accepting == len(initial) and not server.accepted
+    server.accepting = True
+    server.receive(initial[0], ("127.0.0.1", 5555), 1.1)
+    assert len(server.accepted) == 1

@@ -66,6 +66,8 @@ class Handover:
         self.handed_off: asyncio.Future[int] = runner.loop.create_future()
         self.skipped = 0  # connections that could not be captured
         self.skip_reasons: dict[str, int] = {}
+        #: seconds a handoff waits for handshakes in progress before it captures
+        self.handshake_grace = 3.0
         #: seconds spent: "stop" (faces), "capture" (hooks + snapshots), "send"
         self.timings: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
@@ -146,6 +148,15 @@ class Handover:
         successor restores while we capture the next)."""
         runner = self.runner
         loop = runner.loop
+        # no new connections; let the handshakes in progress finish (for a while), so
+        # they can be handed over too
+        runner.endpoint.accepting = False
+        deadline = loop.time() + self.handshake_grace
+        while loop.time() < deadline and any(
+            not f.conn.handshake_confirmed and not f.conn.terminated
+            for f in runner.faces.values()
+        ):
+            await asyncio.sleep(0.01)
         runner.pause()  # from here on datagrams wait in the kernel queue
         t0 = time.monotonic()
         faces = list(runner.faces.values())

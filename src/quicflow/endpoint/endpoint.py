@@ -35,10 +35,12 @@ class EndpointCounters:
     dropped_short_initial: int = 0
     dropped_closed: int = 0
     dropped_undecryptable_initial: int = 0
+    dropped_not_accepting: int = 0  # Initials for new connections while handing over
 
     def dropped(self) -> int:
         return (
-            self.dropped_malformed
+            self.dropped_not_accepting
+            + self.dropped_malformed
             + self.dropped_unknown_cid
             + self.dropped_short_initial
             + self.dropped_closed
@@ -58,6 +60,9 @@ class Endpoint:
     stateless: list[tuple[bytes, Address]] = field(default_factory=list)
     counters: EndpointCounters = field(default_factory=EndpointCounters)
     all_connections: list[Connection] = field(default_factory=list)
+    #: False while the connections are being handed over: Initials of new connections
+    #: are dropped (their clients send them again, to the successor)
+    accepting: bool = True
 
     @property
     def cid_length(self) -> int:
@@ -249,6 +254,9 @@ class Endpoint:
             return None
         if len(hdr.dcid) < 8:
             self.counters.dropped_malformed += 1
+            return None
+        if not self.accepting:
+            self.counters.dropped_not_accepting += 1
             return None
         conn = server_connection(
             self.configuration, address, hdr.dcid, now, engine=self.engine, client_scid=hdr.scid
