@@ -56,9 +56,11 @@ async def move_connections(
     for face in faces:
         await face.stop()
         blob = await handover.capture_one(face, sender.key)
+        if blob is None:  # could not be captured (it began closing meanwhile): end it here
+            face.close()
+            continue
         runner._forget(face.conn)  # released: it never sends here again
-        if blob is not None:
-            await sender.snapshot(blob)
+        await sender.snapshot(blob)
     result = await sender.finish({"guard": handover.guard.export().decode()})
     restored = result.get("restored")
     if type(restored) is not int:
