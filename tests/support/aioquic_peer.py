@@ -14,6 +14,10 @@ object per line, flushed at once)::
         {"event": "handshake", "cipher_suite": 4867, "alpn": "perf"}
         {"event": "terminated", "error_code": 298, "frame_type": 6, "reason": "..."}
 
+    python -m tests.support.aioquic_peer perfclient --port P --download D [--cafile F]
+        {"event": "progress", "bytes": 10485760}                 (every 10 MB)
+        {"event": "result", "ok": true, "bytes": D, "sha256": "..."}
+
     python -m tests.support.aioquic_peer client --port P [--host H] [--cafile F]
         [--server-name N] [--streams S] [--upload U] [--download D] [--chacha]
         [--library aioquic|qh3]
@@ -215,9 +219,45 @@ async def run_client(args: argparse.Namespace) -> int:
     return 0
 
 
+async def run_perf_client(args: argparse.Namespace) -> int:
+    """A plain perf client (draft-banks-quic-performance): one stream, ``--download``
+    bytes; reports progress every 10 MB and the SHA-256 of what arrived."""
+    import hashlib
+    import struct
+
+    connect = _lib(args, "asyncio").connect
+    try:
+        async with connect(
+            args.host, args.port, configuration=_configuration(args, True),
+            create_protocol=_protocol_class(args),
+        ) as client:
+            reader, writer = await client.create_stream()
+            writer.write(struct.pack("!Q", args.download))
+            writer.write_eof()
+            digest = hashlib.sha256()
+            got, mark = 0, 10 << 20
+            while True:
+                data = await asyncio.wait_for(reader.read(1 << 20), args.timeout)
+                if not data:
+                    break
+                digest.update(data)
+                got += len(data)
+                if got >= mark:
+                    emit({"event": "progress", "bytes": got})
+                    mark += 10 << 20
+            emit({"event": "result", "ok": got == args.download, "bytes": got,
+                  "sha256": digest.hexdigest()})
+            client.close(error_code=0)
+            await client.wait_closed()
+    except Exception as exc:
+        emit({"event": "error", "error": repr(exc), "type": type(exc).__name__})
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("role", choices=["server", "client"])
+    p.add_argument("role", choices=["server", "client", "perfclient"])
     p.add_argument("--library", choices=LIBRARIES, default="aioquic")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
@@ -245,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             pass
         return 0
+    if args.role == "perfclient":
+        return asyncio.run(run_perf_client(args))
     return asyncio.run(run_client(args))
 
 

@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import os
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -17,10 +18,12 @@ from ..datapath.connected import DEFAULT_CONNECTION_SOCKETS, SocketPolicy
 from ..datapath.socket import UdpTransport
 from ..endpoint.cids import ConnectionIdSource
 from ..endpoint.endpoint import Endpoint
+from ..migration.handoff import take_over
 from ..transport.config import Configuration
 from ..transport.connection import Connection
 from .connection import QuicConnection, StreamHandler
 from .errors import ConnectionClosedError
+from .handover import CaptureHook, Handover, RestoreHook, restore_server
 from .runner import EndpointRunner
 from .workers import CidPlan, WorkerGroupServer, serve_workers
 
@@ -104,8 +107,16 @@ async def connect(
 class QuicServer:
     """A running server: ``close()`` stops it; ``connections`` lists the live ones."""
 
-    def __init__(self, runner: EndpointRunner) -> None:
+    def __init__(self, runner: EndpointRunner, handover: Handover | None = None) -> None:
         self.runner = runner
+        self.handover = handover or Handover(runner, None)
+
+    def handoff(self, path: str) -> asyncio.Future[int]:
+        """Offer this server's connections to a successor (``serve(..., takeover=path)``)
+        on a unix socket at ``path``; the future resolves with how many were handed over
+        (the server is stopped then: its socket and connections belong to the successor)."""
+        self.handover.offer(path)
+        return self.handover.handed_off
 
     @property
     def address(self) -> tuple[Any, ...]:
@@ -130,7 +141,28 @@ class QuicServer:
             "connections": [connection_stats(f.conn) for f in self.runner.faces.values()],
         }
 
+    async def move_to(self, host: str, port: int, context: ssl.SSLContext, *,
+                      server_name: str | None = None, count: int | None = None) -> int:
+        """Move up to ``count`` (default all) connections to the server accepting moves at
+        ``host:port`` (mutually authenticated TLS, ``migration.transfer.client_context``);
+        the service address must follow them. Returns how many were restored there."""
+        from .moving import move_connections
+
+        return await move_connections(self.handover, host, port, context,
+                                      server_name=server_name, count=count)
+
+    async def accept_moves(self, host: str, port: int, context: ssl.SSLContext) -> Any:
+        """Accept connections moved from another host (TLS requiring a client certificate
+        from the CA of ``context``, see ``migration.transfer.server_context``); returns
+        the ``Receiver`` (``address``, ``refused``, ``close()``)."""
+        from .moving import accept_moves
+
+        return await accept_moves(self.handover, host, port, context)
+
     def close(self) -> None:
+        self.handover.close()
+        if self.handover.handed_off.done():
+            return  # the connections and the socket belong to the successor
         for face in list(self.runner.faces.values()):
             face.close()
         self.runner.close()
@@ -151,6 +183,8 @@ async def serve(
     backend: str = ..., connection_handler: Any = ..., engine: OffloadEngine | None = ...,
     cid_generator: ConnectionIdSource | None = ..., workers: None = ...,
     steering: bool = ..., cid_plan: CidPlan | None = ..., app_stats: Any = ...,
+    capture: CaptureHook | None = ..., restore: RestoreHook | None = ...,
+    takeover: str | None = ...,
     connection_sockets: int = ..., socket_policy: SocketPolicy | None = ...,
 ) -> QuicServer: ...
 
@@ -161,6 +195,7 @@ async def serve(
     backend: str = ..., connection_handler: Any = ..., engine: OffloadEngine | None = ...,
     cid_generator: None = ..., workers: int, steering: bool = ...,
     cid_plan: CidPlan | None = ..., app_stats: Any = ...,
+    capture: None = ..., restore: None = ..., takeover: None = ...,
     connection_sockets: int = ..., socket_policy: SocketPolicy | None = ...,
 ) -> WorkerGroupServer: ...
 
@@ -179,6 +214,9 @@ async def serve(
     steering: bool = True,
     cid_plan: CidPlan | None = None,
     app_stats: Any = None,
+    capture: CaptureHook | None = None,
+    restore: RestoreHook | None = None,
+    takeover: str | None = None,
     connection_sockets: int = DEFAULT_CONNECTION_SOCKETS,
     socket_policy: SocketPolicy | None = None,
 ) -> QuicServer | WorkerGroupServer:
@@ -203,6 +241,15 @@ async def serve(
     ones get one is ``socket_policy``'s choice (default: heavy or long-lived connections
     with a validated address, see ``quicflow.datapath.connected``). With ``workers=N``
     the cap is each worker's.
+
+    Handoff (see ``QuicServer.handoff``): ``capture(connection)`` returns the application's
+    JSON-able state of a connection being handed over, after its face stopped;
+    ``restore(connection, state, streams)`` gets it in the new process, with each open
+    stream's (reader, writer) in ``streams``. ``takeover=path`` starts by taking over the
+    socket and connections of the server offering a handoff at ``path`` (``host`` and
+    ``port`` are then unused). The successor must issue CIDs the same way (the same
+    ``cid_generator``/``cid_plan``: restored connections keep their CIDs). Handoff is
+    not available with ``workers`` yet (ValueError).
     """
     config = replace(configuration)
     config.validate()
@@ -216,6 +263,9 @@ async def serve(
     if workers is not None:
         if cid_generator is not None:
             raise ValueError("workers issue CIDs by a cid_plan (one generator per worker)")
+        if takeover is not None or capture is not None or restore is not None:
+            raise ValueError("handoff (takeover, capture, restore) is not supported with "
+                             "workers yet")
         return await serve_workers(
             handler, host, port, configuration=config, workers=workers, backend=backend,
             connection_handler=connection_handler, steering=steering, plan=cid_plan,
@@ -226,7 +276,14 @@ async def serve(
     if cid_plan is not None:
         config = cid_plan.configuration(config)
         generator = cid_plan.generator(0)
-    transport = UdpTransport.open(host, port, backend=backend, reuse_port=connection_sockets > 0)
+    received = None
+    if takeover is not None:
+        loop = asyncio.get_running_loop()
+        received = await loop.run_in_executor(None, take_over, takeover)
+        transport = UdpTransport(received.sockets[0], backend=backend)
+    else:
+        transport = UdpTransport.open(host, port, backend=backend,
+                                      reuse_port=connection_sockets > 0)
     endpoint = Endpoint(
         config, is_server=True, engine=engine or best_engine(), cid_generator=generator
     )
@@ -244,4 +301,12 @@ async def serve(
     if connection_sockets:
         runner.enable_connection_sockets(connection_sockets, socket_policy)
     runner_box.append(runner)
-    return QuicServer(runner)
+    guard = None
+    if received is not None:
+        try:
+            guard, count = restore_server(runner, received, handler=handler, restore=restore)
+        finally:
+            received.acknowledge({"restored": count if guard is not None else 0})
+    return QuicServer(
+        runner, Handover(runner, capture, guard, handler=handler, restore=restore)
+    )

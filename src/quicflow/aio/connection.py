@@ -198,6 +198,31 @@ class QuicConnection:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    # ------------------------------------------------------------------ handoff
+
+    async def stop(self) -> None:
+        """Stop this face for a handoff: cancel the stream handler tasks and wait for
+        them (what they wrote so far stays in the connection)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def track_task(self, task: asyncio.Task[Any]) -> None:
+        """Count ``task`` among this connection's handler tasks (``stop()`` cancels it)."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def mark_connected(self) -> None:
+        """The connection was restored after its handshake (handoff)."""
+        if not self._connected.done():
+            self._connected.set_result(None)
+
+    def stream_faces(self) -> dict[int, tuple[QuicStreamReader, QuicStreamWriter]]:
+        """Reader and writer of every open stream of the connection."""
+        return {sid: self._faces(sid) for sid in self.conn.stream_ids()}
+
     # ------------------------------------------------------------------ closing
 
     def close(self, error_code: int = 0, reason: str = "") -> None:

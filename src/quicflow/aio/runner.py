@@ -395,19 +395,28 @@ class EndpointRunner:
         if self.connected_peer is not None and not self.faces:
             self.close()
 
-    def close(self) -> None:
+    def pause(self) -> None:
+        """Stop reading, sending and timers, but keep the socket open (a handoff passes
+        it on; datagrams wait in its kernel queue meanwhile)."""
         if self._closed:
             return
         self._closed = True
         for _, handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
+        transports = [self.transport]
+        if self.sockets is not None:  # connection sockets stay open too (a handoff)
+            transports += [t for _, t in self.sockets.items()]
+        for transport in transports:
+            try:
+                self.loop.remove_reader(transport.fileno())
+                if self._waiting.pop(transport.fileno(), None) is not None:
+                    self.loop.remove_writer(transport.fileno())
+            except (ValueError, OSError):
+                pass
+
+    def close(self) -> None:
+        self.pause()
         if self.sockets is not None:
             self.sockets.close_all()
-        try:
-            self.loop.remove_reader(self.transport.fileno())
-            if self._waiting.pop(self.transport.fileno(), None) is not None:
-                self.loop.remove_writer(self.transport.fileno())
-        except (ValueError, OSError):
-            pass
         self.transport.close()

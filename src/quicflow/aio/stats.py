@@ -54,6 +54,7 @@ def endpoint_stats(runner: EndpointRunner) -> dict[str, Any]:
     out["connected_sockets"] = sockets["connected_sockets"]
     out["connected_sockets_now"] = sockets["connected_sockets_now"]
     out["strays_redelivered"] = sockets["strays_redelivered"]
+    out["connected_sockets_attached"] = sockets["connected_sockets_attached"]
     return out
 
 

@@ -153,6 +153,12 @@ class QuicStreamWriter:
             finally:
                 self._waiter = None
 
+    def take_back(self) -> int:
+        """Withdraw the bytes written but not yet sent (a capture hook's tool: the
+        snapshot then carries only what is in flight); returns the stream offset where
+        writing must continue after the restore."""
+        return self._connection.conn.take_back_unsent(self.stream_id)
+
     def reset(self, error_code: int = 0) -> None:
         """Abandon the stream (RESET_STREAM)."""
         self._connection.conn.reset_stream(self.stream_id, error_code)

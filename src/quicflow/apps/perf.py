@@ -19,7 +19,7 @@ import asyncio
 import os
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -102,35 +102,61 @@ class ServerStats:
 
 
 class PerfServerHandler:
-    """The server side: a stream handler for :func:`quicflow.serve`."""
+    """The server side: a stream handler for :func:`quicflow.serve`, with the handoff
+    hooks ``capture``/``restore`` (a response in progress continues from its offset).
+
+    Per stream it keeps ``[header hex, size (-1 unknown), request read to FIN, sent]`` in
+    ``connection.app_state["perf"]``, updated before every await, so a stream stopped at
+    any await point is described exactly.
+    """
 
     def __init__(self) -> None:
         self.stats = ServerStats()
 
     async def __call__(self, reader: QuicStreamReader, writer: QuicStreamWriter) -> None:
+        self.stats.streams += 1
+        progress: list[Any] = ["", -1, False, 0]
+        _progress_table(writer.connection)[reader.stream_id] = progress
+        await self._serve(reader, writer, progress)
+
+    async def _serve(
+        self, reader: QuicStreamReader, writer: QuicStreamWriter, p: list[Any]
+    ) -> None:
         stats = self.stats
-        stats.streams += 1
-        if reader.stream_id & 0x2:  # a unidirectional client stream: upload only
-            await self._read_to_fin(reader)
-            return
+        table = _progress_table(writer.connection)
         try:
-            header = await reader.readexactly(8)
-        except asyncio.IncompleteReadError:
-            stats.bad_requests += 1
-            writer.reset(PERF_REQUEST_ERROR)
-            return
-        (size,) = struct.unpack("!Q", header)
-        await self._read_to_fin(reader)
-        remaining = size
-        while remaining > 0:
-            # drain first: with many streams, every first write would otherwise go past
-            # the connection's send buffer bound at once
-            await writer.drain()
-            n = CHUNK_SIZE if remaining >= CHUNK_SIZE else remaining
-            writer.write(CHUNK if n == CHUNK_SIZE else CHUNK[:n])
-            stats.bytes_sent += n
-            remaining -= n
-        writer.write_eof()
+            if reader.stream_id & 0x2:  # a unidirectional client stream: upload only
+                await self._read_to_fin(reader)
+                return
+            while p[1] < 0:
+                head = bytes.fromhex(p[0])
+                if len(head) >= 8:
+                    (p[1],) = struct.unpack("!Q", head[:8])
+                    stats.bytes_received += len(head) - 8
+                    break
+                chunk = await reader.read(8 - len(head))
+                if not chunk:
+                    stats.bad_requests += 1
+                    writer.reset(PERF_REQUEST_ERROR)
+                    return
+                p[0] = (head + chunk).hex()
+            if not p[2]:
+                await self._read_to_fin(reader)
+                p[2] = True
+            size = p[1]
+            while p[3] < size:
+                # drain first: with many streams, every first write would otherwise go past
+                # the connection's send buffer bound at once
+                await writer.drain()
+                start = p[3] % PATTERN_SIZE
+                n = min(size - p[3], CHUNK_SIZE - start)
+                writer.write(CHUNK[start : start + n] if start or n < CHUNK_SIZE else CHUNK)
+                stats.bytes_sent += n
+                p[3] += n
+            writer.write_eof()
+        finally:
+            if not _stopping():
+                table.pop(reader.stream_id, None)
 
     async def _read_to_fin(self, reader: QuicStreamReader) -> None:
         stats = self.stats
@@ -139,6 +165,55 @@ class PerfServerHandler:
             if not data:
                 return
             stats.bytes_received += len(data)
+
+    # -- handoff hooks -----------------------------------------------------------------
+
+    def capture(self, connection: QuicConnection) -> dict[str, Any]:
+        """The state of the connection's streams in progress (JSON-able). Response bytes
+        written but not yet sent are taken back (the pattern is written again after the
+        restore), so the snapshot holds only what is in flight."""
+        table = _progress_table(connection)
+        for sid, p in table.items():
+            if p[1] >= 0 and p[2] and sid in connection.conn.streams:
+                before, p[3] = p[3], connection.conn.take_back_unsent(sid)
+                self.stats.bytes_sent -= before - p[3]
+        return {str(sid): p for sid, p in table.items()}
+
+    async def restore(
+        self, connection: QuicConnection, state: Any,
+        streams: dict[int, tuple[QuicStreamReader, QuicStreamWriter]],
+    ) -> None:
+        """Continue every stream in progress from where the old process stopped."""
+        table = _progress_table(connection)
+        for key, p in (state or {}).items():
+            sid = int(key)
+            if sid not in streams or type(p) is not list or len(p) != 4:
+                continue
+            table[sid] = p
+            reader, writer = streams[sid]
+            connection.track_task(
+                asyncio.get_running_loop().create_task(_quiet(self._serve(reader, writer, p)))
+            )
+
+
+async def _quiet(coro: Awaitable[None]) -> None:
+    """Run a restored stream's handler; a connection that ends meanwhile is no error."""
+    try:
+        await coro
+    except ConnectionError:
+        pass
+
+
+def _progress_table(connection: QuicConnection) -> dict[int, list[Any]]:
+    table: dict[int, list[Any]] = connection.app_state.setdefault("perf", {})
+    return table
+
+
+def _stopping() -> bool:
+    """True inside a task being cancelled (a handoff stops the stream handlers): its
+    progress entry must stay for ``capture``."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def server_configuration(
@@ -163,10 +238,15 @@ async def start_server(
     steering: bool = True,
     cid_plan: CidPlan | None = None,
     connection_sockets: int = DEFAULT_CONNECTION_SOCKETS,
+    takeover: str | None = None,
 ) -> tuple[QuicServer | WorkerGroupServer, PerfServerHandler]:
     """Start a perf server; returns the server and its handler (which holds the stats;
     with ``workers``, each worker has its own copy: see :func:`server_report`).
-    ``connection_sockets``: the cap of per-connection sockets (each worker's)."""
+    ``connection_sockets``: the cap of per-connection sockets (each worker's).
+
+    ``takeover=path`` takes over the connections of the perf server offering a handoff
+    at ``path`` (responses in progress go on from where they were); not with
+    ``workers``."""
     config = replace(configuration)
     if ALPN not in config.alpn_protocols:
         config.alpn_protocols = [*config.alpn_protocols, ALPN]
@@ -175,9 +255,12 @@ async def start_server(
     if workers is None:
         server = await serve(
             handler, host, port, configuration=config, backend=backend, cid_plan=cid_plan,
-            connection_sockets=connection_sockets,
+            connection_sockets=connection_sockets, capture=handler.capture,
+            restore=handler.restore, takeover=takeover,
         )  # fmt: skip
     else:
+        if takeover is not None:
+            raise ValueError("takeover is not supported with workers yet")
         server = await serve(
             handler, host, port, configuration=config, backend=backend, workers=workers,
             steering=steering, cid_plan=cid_plan, app_stats=lambda: asdict(handler.stats),

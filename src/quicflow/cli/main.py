@@ -17,9 +17,9 @@ import sys
 import tempfile
 import threading
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
-from ..aio import ConnectionClosedError
+from ..aio import ConnectionClosedError, QuicServer
 from ..aio.workers import CidPlan
 from ..apps.perf import (
     PerfError,
@@ -31,6 +31,7 @@ from ..apps.perf import (
 )
 from ..datapath.connected import DEFAULT_CONNECTION_SOCKETS
 from ..endpoint.quiclb import QuicLbConfig
+from ..migration.handoff import HandoffError
 from ..tls.certs import (
     certificate_pem,
     generate_self_signed,
@@ -38,6 +39,7 @@ from ..tls.certs import (
     load_pem_key,
     private_key_pem,
 )
+from ..transport.codec import SnapshotError
 from ..transport.config import Configuration
 from .common import (
     PROG,
@@ -59,6 +61,7 @@ from .common import (
     parse_size,
 )
 from .hq import add_hq_parser
+from .migrate import add_migrate_parser, add_server_options, start_receiver
 
 __all__ = ["build_parser", "format_bytes", "main", "parse_size"]
 
@@ -79,23 +82,41 @@ def summary_line(result: PerfResult) -> str:
 
 
 async def _serve_perf(args: argparse.Namespace, config: Configuration) -> int:
+    started = time.monotonic()
     server, handler = await start_server(
         args.host, args.port, configuration=config, backend=args.backend,
         workers=args.workers, steering=not args.no_steering, cid_plan=_cid_plan(args),
-        connection_sockets=args.connection_sockets,
+        connection_sockets=args.connection_sockets, takeover=args.takeover,
     )  # fmt: skip
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    handed: asyncio.Future[int] | None = None
+    receiver = None
+    if isinstance(server, QuicServer):  # (workers: no handoff yet, refused before)
+        if args.takeover:
+            print(f"took over {len(server.connections)} connection(s) from {args.takeover}"
+                  f" in {time.monotonic() - started:.3f} s", file=sys.stderr, flush=True)
+        handoff_path = args.handoff or args.takeover
+        handed = server.handoff(handoff_path) if handoff_path else None
+        receiver = await start_receiver(args, server)
     workers = f", {args.workers} worker(s)" if args.workers is not None else ""
     print(f"listening on {_format_address(server.address)} (ALPN perf{workers})",
           file=sys.stderr, flush=True)
     try:
-        await stop.wait()
+        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
+        if handed is not None:
+            waiters.append(handed)
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        waiters[0].cancel()
     finally:
+        if receiver is not None:
+            receiver.close()
         server.close()
         await server.wait_closed()
+    if handed is not None and handed.done() and isinstance(server, QuicServer):
+        return _report_handoff(args, server, handed)
     report = server_report(server, handler)
     dp = report["datapath"]
     print(
@@ -122,6 +143,23 @@ def _cid_plan(args: argparse.Namespace) -> CidPlan:
     return CidPlan(quic_lb, args.host_id)
 
 
+def _report_handoff(
+    args: argparse.Namespace, server: QuicServer, handed: asyncio.Future[int]
+) -> int:
+    """The old process after a takeover: say how many connections went, exit 0."""
+    if handed.exception() is not None:
+        return _fail(f"handoff failed: {handed.exception()}")
+    count = handed.result()
+    t = server.handover.timings
+    print(f"handed off {count} connection(s) to the successor (stop {t.get('stop', 0):.3f} s,"
+          f" capture {t.get('capture', 0):.3f} s, send {t.get('send', 0):.3f} s,"
+          f" until restored {t.get('ack', 0):.3f} s,"
+          f" {int(t.get('bytes', 0))} bytes of snapshots)", file=sys.stderr, flush=True)
+    if args.json:
+        print(json.dumps({"handed_off_connections": count}), flush=True)
+    return 0
+
+
 def cmd_perf_server(args: argparse.Namespace) -> int:
     temp_cert: str | None = None
     try:
@@ -130,6 +168,9 @@ def cmd_perf_server(args: argparse.Namespace) -> int:
         return _fail(f"bad QUIC-LB options: {e}", 2)
     if args.quic_lb_key is not None and args.workers is not None and not args.no_steering:
         return _fail("--quic-lb-key encrypts the worker byte: add --no-steering", 2)
+    if args.workers is not None and (args.handoff or args.takeover or args.migrate_listen):
+        return _fail("--handoff, --takeover and --migrate-listen do not work with --workers "
+                     "yet", 2)
     try:
         if args.cert:
             chain = load_pem_chain(args.cert)
@@ -164,6 +205,8 @@ def cmd_perf_server(args: argparse.Namespace) -> int:
             config.token_key = secret
             config.reset_key = secret
         return asyncio.run(_serve_perf(args, config))
+    except (HandoffError, SnapshotError) as e:
+        return _fail(f"takeover failed: {e}")
     except (OSError, ValueError) as e:
         return _fail(_describe_error(e) if isinstance(e, OSError) else str(e))
     finally:
@@ -448,8 +491,22 @@ def build_parser() -> argparse.ArgumentParser:
         "client (heavy or long-lived ones first, the rest stay on the listener); 0 = off "
         "(default: %(default)s)",
     )  # fmt: skip
+    server.add_argument(
+        "--handoff", metavar="PATH",
+        help="offer this server's connections to a successor on a unix socket at PATH "
+        "(mode 0600, same user only); when one takes over, print how many connections "
+        "went (with --json: {\"handed_off_connections\": N}) and exit 0",
+    )  # fmt: skip
+    server.add_argument(
+        "--takeover", metavar="PATH",
+        help="start by taking over the socket and connections of the server offering a "
+        "handoff at PATH (no new handshakes; --host/--port are then unused), then offer "
+        "the same at PATH for the next successor",
+    )  # fmt: skip
+    add_server_options(server)
     _add_transport_options(server)
     server.set_defaults(func=cmd_perf_server)
+    add_migrate_parser(perf_sub)
 
     client = perf_sub.add_parser(
         "client",

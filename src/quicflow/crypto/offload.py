@@ -199,6 +199,11 @@ class OffloadEngine(Protocol):
 
     def remove(self, cid: bytes, *, opener: bool) -> None: ...
 
+    def key_state(self, cid: bytes, *, opener: bool) -> Any:
+        """The live table entry of ``cid``: ``key_phase``, ``current.secret``, ``hp_key``,
+        ``largest_pn``, ``phase_start_pn``, ``previous`` (KeyError if unknown)."""
+        ...
+
     def seal(self, buf: bytearray, packets: Sequence[tuple[int, int, int, int, bytes]]) -> None: ...
 
     def seal_stream_run(

@@ -76,10 +76,12 @@ class EndpointCounters:
     dropped_not_ours: int = 0  # short header whose DCID our generator did not issue
     dropped_initial_collision: int = 0  # another address's Initial with a held DCID
     cid_collisions: int = 0  # a CID the registry refused (held by another connection)
+    dropped_not_accepting: int = 0  # Initials for new connections while handing over
 
     def dropped(self) -> int:
         return (
-            self.dropped_malformed
+            self.dropped_not_accepting
+            + self.dropped_malformed
             + self.dropped_unknown_cid
             + self.dropped_short_initial
             + self.dropped_closed
@@ -111,6 +113,9 @@ class Endpoint:
     wall_offset: float = 0.0
     admission: Admission = field(init=False)
     token_origins: dict[int, str] = field(default_factory=dict)  # (client) id -> server
+    #: False while the connections are being handed over: Initials of new connections
+    #: are dropped (their clients send them again, to the successor)
+    accepting: bool = True
 
     def __post_init__(self) -> None:
         length = self.configuration.connection_id_length
@@ -388,6 +393,9 @@ class Endpoint:
             return None
         if len(hdr.dcid) < 8:
             self.counters.dropped_malformed += 1
+            return None
+        if not self.accepting:
+            self.counters.dropped_not_accepting += 1
             return None
         admit = self.admission.admit(
             hdr, address, now + self.wall_offset, self.new_server_cid, self.stateless

@@ -69,11 +69,13 @@ class Codec:
         self.max_size = max_size
         self._classes: dict[str, type[Any]] = {}
         self._fields: dict[type[Any], tuple[dataclasses.Field[Any], ...]] = {}
+        self._names: dict[type[Any], frozenset[str]] = {}
         for cls in classes:
             if not dataclasses.is_dataclass(cls):
                 raise TypeError(f"{cls!r} is not a dataclass")
             self._register(self._classes, cls)
             self._fields[cls] = dataclasses.fields(cls)
+            self._names[cls] = frozenset(f.name for f in self._fields[cls])
         self._enums: dict[str, type[Enum]] = {}
         for enum_cls in enums:
             self._register(self._enums, enum_cls)
@@ -106,7 +108,8 @@ class Codec:
             text = json.dumps(doc, allow_nan=False, separators=(",", ":"))
         except ValueError as exc:
             raise SnapshotError(f"header value not encodable: {exc}") from None
-        return MAGIC + zlib.compress(text.encode("utf-8"), 6)
+        # level 1: stream buffers are mostly incompressible; speed matters in a handoff
+        return MAGIC + zlib.compress(text.encode("utf-8"), 1)
 
     def to_json(self, value: Any) -> Any:
         t = type(value)
@@ -243,8 +246,7 @@ class Codec:
         if set(value) != {"$c", "f"} or type(values) is not dict:
             raise SnapshotError(f"malformed {name} record")
         fields = self._fields[cls]
-        known = {f.name for f in fields}
-        extra = set(values) - known
+        extra = values.keys() - self._names[cls]
         if extra:
             raise SnapshotError(f"{name} has no field(s) {sorted(extra)} (other layout?)")
         obj = object.__new__(cls)

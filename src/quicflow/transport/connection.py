@@ -30,6 +30,7 @@ from .errors import (
     QuicError,
 )
 from .events import ConnectionTerminated, Event, StreamOpened, StreamWritable
+from .path import Path
 from .recovery import LossDetection
 from .rtt import RttEstimator
 from .state import (
@@ -107,7 +108,7 @@ class ConnectionCounters:
     datagram_frames_dropped: int = 0  # send queue full: the oldest was dropped
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False)  # an entity: compared by identity
 class Connection:
     """One QUIC connection, either role. Create with :func:`client_connection` or
     :func:`server_connection`."""
@@ -150,7 +151,8 @@ class Connection:
     cipher_suite: CipherSuite = CipherSuite.AES_128_GCM_SHA256
     one_rtt_send_secret: bytes = b""
     one_rtt_recv_secret: bytes = b""
-    key_phase: int = 0
+    # key phases are not kept here: the offload engine's table entry of each direction is
+    # their one source of truth (see send_key_phase / recv_key_phase)
     one_rtt_ready: bool = False
     # streams and flow control
     streams: dict[int, Stream] = field(default_factory=dict)
@@ -171,6 +173,7 @@ class Connection:
     path_challenge: bytes = b""  # sent on the current path, not yet answered
     path_challenge_pending: bool = False  # to be sent (again)
     path_changes: int = 0
+    previous_path: Path | None = None  # while a new peer address is being validated
     # timers
     idle_timeout: float = 30.0
     idle_deadline: float = 0.0
@@ -183,10 +186,15 @@ class Connection:
     events: list[Event] = field(default_factory=list)
     counters: ConnectionCounters = field(default_factory=ConnectionCounters)
     ecn_state: int = 0  # ECN_TESTING / ECN_CAPABLE / ECN_FAILED
-    key_update_pending: bool = False  # we updated our send keys; the peer has not yet
+    # (key_update_pending is a property: the two directions' phases differ in the engine)
     key_update_requested: bool = False  # asked for, waiting for key_update_allowed_at
     key_update_allowed_at: float = 0.0  # 3 PTO after the previous update (RFC 9001 §6.5)
     key_updates_received: int = 0
+    # migration: a random id given at the first capture, and how many captures so far;
+    # a capture releases the connection (``released``): it never sends again here
+    capture_id: bytes = b""
+    capture_serial: int = 0
+    released: bool = False
     one_rtt_send_hp: bytes = b""
     one_rtt_recv_hp: bytes = b""
     pacer_deadline: float | None = None
@@ -442,6 +450,17 @@ class Connection:
             self.counters.datagram_frames_dropped += 1
         queue.append(bytes(data))
 
+    def take_back_unsent(self, stream_id: int) -> int:
+        """Withdraw the bytes written on ``stream_id`` but never sent; returns the offset
+        where writing continues (before a capture, to keep the snapshot small)."""
+        send = self._stream(stream_id).send
+        if send is None:
+            raise ValueError(f"stream {stream_id} is receive-only")
+        written = send.write_offset
+        offset = send.take_back()
+        self.send_buffered -= written - offset  # no longer held: out of the send budget
+        return offset
+
     def stream_buffered(self, stream_id: int) -> int:
         stream = self.streams.get(stream_id)
         if stream is None or stream.send is None:
@@ -542,12 +561,44 @@ class Connection:
         if self.state >= CLOSING or not self.one_rtt_ready:
             return
         self.key_update_requested = False
-        self.key_update_pending = True
-        self.key_phase ^= 1
+        # the engine's sealer moves to the next phase (the phase's one source of truth)
         self.one_rtt_send_secret = next_generation_secret(
             self.cipher_suite, self.one_rtt_send_secret, self.version
         )
         self.engine.update(self.seal_key, opener=False)
+
+    def recv_key_cid(self) -> bytes:
+        """The CID under which the engine holds our 1-RTT receive keys (any CID of ours
+        in use: aliases share one table entry)."""
+        for entry in self.host_cids:
+            if not entry.retired:
+                return entry.cid
+        raise LookupError("connection has no CID in use")
+
+    @property
+    def send_key_phase(self) -> int:
+        """The key phase we send with (read from the offload engine's table)."""
+        if not self.one_rtt_ready:
+            return 0
+        return int(self.engine.key_state(self.seal_key, opener=False).key_phase)
+
+    @property
+    def recv_key_phase(self) -> int:
+        """The key phase of the peer's packets we open (from the engine's table)."""
+        if not self.one_rtt_ready:
+            return 0
+        return int(self.engine.key_state(self.recv_key_cid(), opener=True).key_phase)
+
+    @property
+    def key_phase(self) -> int:
+        """The current send key phase (``send_key_phase``)."""
+        return self.send_key_phase
+
+    @property
+    def key_update_pending(self) -> bool:
+        """We started a key update that the peer has not answered yet: the two
+        directions are in different phases (RFC 9001 §6)."""
+        return self.one_rtt_ready and self.send_key_phase != self.recv_key_phase
 
     def lower_max_datagram_size(self, size: int) -> None:
         """A smaller path MTU was learned: send UDP payloads of at most ``size`` bytes
@@ -571,6 +622,12 @@ class Connection:
         if self.is_client or addr == self.peer_address or not self.handshake_confirmed:
             return
         new_host = addr[0] != self.peer_address[0]
+        if self.address_validated and self.previous_path is None:
+            self.previous_path = Path(
+                peer_address=self.peer_address, validated=True,
+                max_datagram_size=self.max_datagram_size, mtu_cap=self.path_mtu_cap,
+                ecn_state=self.ecn_state,
+            )
         self.peer_address = addr
         self.path_changes += 1
         self.address_validated = False

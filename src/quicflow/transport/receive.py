@@ -326,10 +326,8 @@ def _on_peer_key_update(conn: Connection) -> None:
     conn.key_updates_received += 1
     # the next update waits three PTOs: the peer may still be on the old keys' timer
     conn.key_update_allowed_at = conn._now_hint + 3 * conn.pto()
-    if conn.key_update_pending:
-        conn.key_update_pending = False
-        return
-    conn.key_phase ^= 1
+    if conn.send_key_phase == conn.recv_key_phase:
+        return  # the peer answered the update we started
     conn.one_rtt_send_secret = next_generation_secret(suite, conn.one_rtt_send_secret,
                                                       conn.version)
     conn.engine.update(conn.seal_key, opener=False)
@@ -470,14 +468,15 @@ def program_engine(conn: Connection) -> None:
             continue
         if first is None:
             engine.install(entry.cid, suite, conn.one_rtt_recv_secret, opener=True,
-                           key_phase=conn.key_phase, largest_pn=largest,
-                           hp_key=conn.one_rtt_recv_hp, version=conn.version)
+                           largest_pn=largest, hp_key=conn.one_rtt_recv_hp,
+                           version=conn.version)
             first = entry.cid
         else:
             engine.alias(entry.cid, first, opener=True)
-    # the sealer is keyed by a local key, never by the peer's CID (which it chooses)
+    # the sealer is keyed by a local key, never by the peer's CID (which it chooses);
+    # both directions start in key phase 0 (the engine keeps the phases from then on)
     engine.install(conn.seal_key, suite, conn.one_rtt_send_secret, opener=False,
-                   key_phase=conn.key_phase, hp_key=conn.one_rtt_send_hp, version=conn.version)
+                   hp_key=conn.one_rtt_send_hp, version=conn.version)
     conn.one_rtt_ready = True
 
 
@@ -690,6 +689,7 @@ def _on_path_challenge(conn: Connection, frame: Any, epoch: Epoch, now: float) -
 def _on_path_response(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
     if conn.path_challenge and frame.data == conn.path_challenge:
         conn.path_challenge = b""
+        conn.previous_path = None
         conn.path_challenge_pending = False
         conn.address_validated = True  # the new path is validated: no 3x limit
 

@@ -164,7 +164,7 @@ def _build_datagram(
         if pn_len + len(payload) < 4:
             payload.extend(bytes(4 - pn_len - len(payload)))
         if epoch == Epoch.ONE_RTT:
-            header = build_short_header(conn.peer_cid, pn, pn_len, conn.key_phase)
+            header = build_short_header(conn.peer_cid, pn, pn_len, 0)  # engine sets the phase
             offset = len(buf)
             buf += header
             buf += payload
@@ -502,7 +502,7 @@ def _close_datagrams(conn: Connection, now: float) -> list[bytes]:
         space.next_pn += 1
         pn_len = 4
         if epoch == Epoch.ONE_RTT:
-            header = build_short_header(conn.peer_cid, pn, pn_len, conn.key_phase)
+            header = build_short_header(conn.peer_cid, pn, pn_len, 0)  # engine sets the phase
             offset = len(buf)
             buf += header + payload + bytes(TAG_LEN)
             seal.append((offset, len(header), len(payload), pn, conn.seal_key))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -31,17 +32,20 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..crypto.epoch import Epoch
 from ..crypto.offload import OffloadEngine
-from ..crypto.suites import CipherSuite
+from ..crypto.suites import CipherSuite, suite_hash_len, suite_key_len
 from ..wire.tparams import PreferredAddress, TransportParameters
 from .codec import Codec, SnapshotError
 from .config import Configuration
 from .congestion import CongestionControl, Pacer
 from .connection import Connection, ConnectionCounters, new_seal_key
 from .events import StreamReadable
+from .keyphase import DirectionKeys, capture_keys, install_keys
+from .path import PATH_FIELDS, Path, apply_path, current_path
 from .rangeset import RangeSet
 from .recovery import LossDetection, PnSpace, SentPacket, SpaceState
 from .rtt import RttEstimator
 from .snapshot_check import check_rangeset, check_recv_stream, check_send_stream, check_tree
+from .snapshot_guard import SnapshotGuard
 from .state import CLOSING, FlowControl, LocalCid, PacketSpace, PeerCid, StreamLimits
 from .streams import RecvStream, SendStream, Stream
 
@@ -56,12 +60,16 @@ __all__ = [
     "new_snapshot_key",
     "shift_times",
     "snapshot_info",
+    "release_connection",
+    "capture_sealed",
+    "restore_sealed",
+    "SnapshotGuard",
 ]
 
 FORMAT = "quicflow-connection-snapshot"
-VERSION = 1
+VERSION = 2
 #: Authenticated data bound to every sealed snapshot.
-SEAL_AAD = b"quicflow-snapshot-v1"
+SEAL_AAD = b"quicflow-snapshot-v2"
 SEAL_KEY_LEN = 32
 _NONCE_LEN = 12
 
@@ -112,6 +120,8 @@ CLASSES: tuple[type[Any], ...] = (
     SentPacket,
     TransportParameters,
     PreferredAddress,
+    Path,
+    DirectionKeys,
 )
 ENUMS = (Epoch, CipherSuite, PnSpace)
 
@@ -120,19 +130,43 @@ CODEC = Codec(
     version=VERSION,
     classes=CLASSES,
     enums=ENUMS,
-    exclude={Connection: RUNTIME_FIELDS, Configuration: CONFIG_SECRET_FIELDS},
+    # the path (but its peer address, a required field) travels as one Path value
+    exclude={Connection: RUNTIME_FIELDS | (PATH_FIELDS - {"peer_address"}),
+             Configuration: CONFIG_SECRET_FIELDS},
 )
+#: What the type checks of a restore leave out: the fields the codec does not capture.
+_CHECK_SKIP: dict[type[Any], frozenset[str]] = {
+    Connection: RUNTIME_FIELDS, Configuration: CONFIG_SECRET_FIELDS,
+}
 
 
 # ---------------------------------------------------------------------- capture
 
 
-def snapshot_connection(conn: Connection, now: float, app_state: bytes = b"") -> bytes:
+def snapshot_connection(
+    conn: Connection,
+    now: float,
+    app_state: bytes = b"",
+    *,
+    local_address: tuple[Any, ...] | None = None,
+    wall_time: float | None = None,
+    release: bool = True,
+) -> bytes:
     """Capture an established connection (handshake confirmed, not closing) at ``now``.
 
     ``app_state`` is the application's own per-connection state, returned as is by
     :func:`restore_connection`. The result holds secrets: seal it before it leaves.
+
+    Every capture gets the next serial of the connection (``capture_id``/``serial`` in
+    the header; see :class:`~.snapshot_guard.SnapshotGuard`), and ``wall_time`` (the
+    caller's ``time.time()``) bounds its age. With ``release`` (the default) the
+    connection is handed off: it is terminated here without a CONNECTION_CLOSE, its keys
+    leave the engine, and it never sends again, so only the restored copy goes on with
+    its packet numbers. ``release=False`` is for tests and read-only inspection.
+    Refuses (:class:`SnapshotError`) anything it cannot capture whole.
     """
+    if conn.released:
+        raise SnapshotError("connection was already captured and handed off")
     if conn.terminated or conn.state >= CLOSING:
         raise SnapshotError("cannot snapshot a closing or closed connection")
     if not conn.handshake_complete or not conn.handshake_confirmed:
@@ -143,15 +177,48 @@ def snapshot_connection(conn: Connection, now: float, app_state: bytes = b"") ->
         raise SnapshotError("cannot snapshot while Initial/Handshake keys are in use")
     if not isinstance(app_state, (bytes, bytearray, memoryview)):
         raise TypeError("app_state must be bytes")
-    if not math.isfinite(now):
-        raise ValueError("now must be a finite time")
+    if not math.isfinite(now) or (wall_time is not None and not math.isfinite(wall_time)):
+        raise ValueError("now and wall_time must be finite times")
+    if conn.events:
+        raise SnapshotError("connection has undelivered events: pop_events() first")
+    send_keys, recv_keys = capture_keys(conn)
+    for space in conn.spaces:
+        space.crypto_send.compact()
+    for stream in conn.streams.values():
+        if stream.send is not None:
+            stream.send.compact()
+    path = current_path(conn, local_address)
+    if not conn.capture_id:
+        conn.capture_id = os.urandom(16)
+    conn.capture_serial += 1
     header = {
         "created": float(now),
         "role": "client" if conn.is_client else "server",
         "alpn": conn.alpn_protocol,
+        "capture_id": conn.capture_id.hex(),
+        "serial": conn.capture_serial,
+        "wall_time": None if wall_time is None else float(wall_time),
     }
-    body = {"connection": conn, "app_state": bytes(app_state)}
-    return CODEC.encode(header, body)
+    body = {
+        "connection": conn,
+        "path": path,
+        "previous_path": conn.previous_path,
+        "keys": [send_keys, recv_keys],
+        "app_state": bytes(app_state),
+    }
+    blob = CODEC.encode(header, body)
+    if release:
+        release_connection(conn)
+    return blob
+
+
+def release_connection(conn: Connection) -> None:
+    """Hand a captured connection off: terminated here, silently (no CONNECTION_CLOSE,
+    which would end the restored copy too), its CIDs announced as removed and its keys
+    taken out of the engine, so it never seals another packet."""
+    conn.released = True
+    conn.close_pending = False
+    conn._terminate()
 
 
 def snapshot_info(blob: bytes) -> dict[str, Any]:
@@ -186,17 +253,42 @@ def restore_connection(
     endpoint's CID bookkeeping registers them too.
     """
     header, body = CODEC.decode(blob)
+    return _restore_decoded(header, body, engine=engine, now=now, configuration=configuration,
+                            seal_key=seal_key)
+
+
+def _restore_decoded(
+    header: dict[str, Any],
+    body: Any,
+    *,
+    engine: OffloadEngine,
+    now: float,
+    configuration: Configuration | None,
+    seal_key: bytes | None = None,
+    commit: Callable[[], None] | None = None,
+) -> tuple[Connection, bytes]:
+    """Validate the decoded document, call ``commit`` (nothing is used before), rebuild."""
     created = header.get("created")
     if type(created) is not float or not math.isfinite(created):
         raise SnapshotError("snapshot header lacks a valid capture time")
-    if type(body) is not dict or set(body) != {"connection", "app_state"}:
+    if type(body) is not dict or set(body) != _BODY_KEYS:
         raise SnapshotError("snapshot body is not a connection snapshot")
     conn, app_state = body["connection"], body["app_state"]
+    path, previous, keys = body["path"], body["previous_path"], body["keys"]
     if type(conn) is not Connection or type(app_state) is not bytes:
         raise SnapshotError("snapshot body is not a connection snapshot")
+    if type(path) is not Path or (previous is not None and type(previous) is not Path):
+        raise SnapshotError("snapshot body holds no valid path")
+    if (type(keys) is not list or len(keys) != 2
+            or any(type(k) is not DirectionKeys for k in keys)):
+        raise SnapshotError("snapshot body holds no valid 1-RTT key state")
     validate_connection_tree(conn)
+    validate_path_and_keys(conn, path, previous, keys[0], keys[1])
+    if commit is not None:
+        commit()
     try:
-        return _rebuild(conn, app_state, engine, now, created, configuration, seal_key)
+        return _rebuild(conn, app_state, path, previous, keys[0], keys[1], engine, now, created,
+                        configuration, seal_key)
     except (AttributeError, TypeError, ValueError, IndexError, KeyError,
             OverflowError) as exc:  # well-typed but inconsistent state
         raise SnapshotError(f"snapshot state is inconsistent: {exc}") from None
@@ -205,7 +297,7 @@ def restore_connection(
 def validate_connection_tree(conn: Connection) -> None:
     """Every field of every captured object holds a value of its annotated type
     (:mod:`.snapshot_check`); raises :class:`SnapshotError` otherwise."""
-    check_tree(conn, CLASSES, {Connection: RUNTIME_FIELDS, Configuration: CONFIG_SECRET_FIELDS})
+    check_tree(conn, CLASSES, _CHECK_SKIP)
     for index, space in enumerate(conn.spaces):
         check_rangeset(space.received.starts, space.received.ends, f"spaces[{index}].received")
         check_recv_stream(space.crypto_recv, f"spaces[{index}].crypto_recv")
@@ -219,16 +311,50 @@ def validate_connection_tree(conn: Connection) -> None:
             check_send_stream(stream.send, f"stream {stream_id} send")
 
 
+def validate_path_and_keys(
+    conn: Connection,
+    path: Path,
+    previous: Path | None,
+    send: DirectionKeys,
+    recv: DirectionKeys,
+) -> None:
+    """The snapshot's path values and 1-RTT key state are well-typed and fit the
+    connection (key and secret sizes of its cipher suite, phases 0/1, packet numbers);
+    raises :class:`SnapshotError` otherwise, before anything is installed."""
+    check_tree(path, CLASSES, _CHECK_SKIP)
+    if previous is not None:
+        check_tree(previous, CLASSES, _CHECK_SKIP)
+    check_tree(send, CLASSES, _CHECK_SKIP)
+    check_tree(recv, CLASSES, _CHECK_SKIP)
+    if tuple(path.peer_address) != tuple(conn.peer_address):
+        raise SnapshotError("snapshot path and connection disagree on the peer address")
+    for value in (path, previous):
+        if value is not None and not (1200 <= value.max_datagram_size <= 65527
+                                      and 1200 <= value.mtu_cap <= 65527):
+            raise SnapshotError("snapshot path has an invalid datagram size")
+    suite = conn.cipher_suite
+    for name, keys in (("send", send), ("receive", recv)):
+        if keys.key_phase not in (0, 1):
+            raise SnapshotError(f"snapshot {name} key phase is not 0 or 1")
+        if len(keys.secret) != suite_hash_len(suite) or len(keys.hp_key) != suite_key_len(suite):
+            raise SnapshotError(f"snapshot {name} keys do not fit the cipher suite")
+        if not -1 <= keys.largest_pn < 1 << 62 or not 0 <= keys.phase_start_pn < 1 << 62:
+            raise SnapshotError(f"snapshot {name} keys have an invalid packet number")
+
+
 def _rebuild(
     conn: Connection,
     app_state: bytes,
+    path: Path,
+    previous: Path | None,
+    send_keys: DirectionKeys,
+    recv_keys: DirectionKeys,
     engine: OffloadEngine,
     now: float,
     created: float,
     configuration: Configuration | None,
     seal_key: bytes | None,
 ) -> tuple[Connection, bytes]:
-    from .receive import program_engine
     from .recovery_glue import on_lost_packets
 
     # runtime objects
@@ -241,6 +367,8 @@ def _rebuild(
     conn.seal_key = new_seal_key() if seal_key is None else seal_key
     if configuration is not None:
         conn.configuration = configuration
+    apply_path(conn, path)
+    conn.previous_path = previous
 
     shift_times(conn, now - created)
     conn._now_hint = now
@@ -254,7 +382,7 @@ def _rebuild(
 
     conn.cid_changes = [(True, cid) for cid in conn.host_cid_list()]
     conn.one_rtt_ready = False
-    program_engine(conn)
+    install_keys(conn, send_keys, recv_keys)
 
     lost = conn.loss.lose_all()
     if lost:
@@ -267,6 +395,9 @@ def _rebuild(
         if recv.readable or recv.at_eof() or recv.reset_code is not None:
             conn.events.append(StreamReadable(stream_id))
     return conn, app_state
+
+
+_BODY_KEYS = frozenset({"connection", "path", "previous_path", "keys", "app_state"})
 
 
 def shift_times(root: Any, delta: float) -> None:
@@ -287,8 +418,6 @@ def shift_times(root: Any, delta: float) -> None:
         if t is dict:
             stack.extend(v for v in obj.values() if _may_hold_times(v))
             continue
-        if not dataclasses.is_dataclass(obj):
-            continue
         for name in TIME_FIELDS.get(t, ()):
             value = getattr(obj, name)
             if value is None or not math.isfinite(value):
@@ -296,25 +425,88 @@ def shift_times(root: Any, delta: float) -> None:
             if value == 0.0 and name in _ZERO_MEANS_NEVER:
                 continue
             setattr(obj, name, value + delta)
-        for f in dataclasses.fields(obj):
-            if t is Connection and f.name in RUNTIME_FIELDS:
-                continue
-            value = getattr(obj, f.name)
+        for name in _walk_fields(t):
+            value = getattr(obj, name)
             if _may_hold_times(value):
                 stack.append(value)
 
 
 #: Dataclasses known to hold no absolute time (not walked).
 _NO_TIMES = frozenset(
-    {RangeSet, SendStream, ConnectionCounters, Configuration, TransportParameters, RttEstimator}
+    {RangeSet, SendStream, ConnectionCounters, Configuration, TransportParameters, RttEstimator,
+     Path, DirectionKeys}
 )
+#: Values that never hold a time (rejected at once: most of what a walk meets).
+_SCALARS = frozenset({int, float, str, bytes, bytearray, bool, type(None), CipherSuite, Epoch,
+                      PnSpace})
+_FIELDS_CACHE: dict[type[Any], tuple[str, ...]] = {}
+
+
+def _walk_fields(t: type[Any]) -> tuple[str, ...]:
+    names = _FIELDS_CACHE.get(t)
+    if names is None:
+        skip = RUNTIME_FIELDS if t is Connection else frozenset()
+        names = tuple(f.name for f in dataclasses.fields(t) if f.name not in skip)
+        _FIELDS_CACHE[t] = names
+    return names
 
 
 def _may_hold_times(value: Any) -> bool:
     t = type(value)
+    if t in _SCALARS or t in _NO_TIMES:
+        return False
     if t is list or t is tuple or t is dict or t in TIME_FIELDS:
         return True
-    return t not in _NO_TIMES and dataclasses.is_dataclass(value) and not isinstance(value, type)
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
+
+
+# ---------------------------------------------------------------------- sealed, single use
+
+
+def capture_sealed(
+    conn: Connection,
+    now: float,
+    key: bytes,
+    app_state: bytes = b"",
+    *,
+    guard: SnapshotGuard,
+    wall_time: float,
+    local_address: tuple[Any, ...] | None = None,
+) -> bytes:
+    """Capture and release ``conn`` and seal the snapshot; ``guard`` notes the capture's
+    serial, so this process refuses it and every older capture from now on."""
+    blob = snapshot_connection(conn, now, app_state, local_address=local_address,
+                               wall_time=wall_time)
+    guard.record_capture(conn.capture_id.hex(), conn.capture_serial, wall_time)
+    return seal_snapshot(blob, key)
+
+
+def restore_sealed(
+    sealed: bytes,
+    key: bytes,
+    *,
+    guard: SnapshotGuard,
+    wall_time: float,
+    engine: OffloadEngine,
+    now: float,
+    configuration: Configuration | None = None,
+    seal_key: bytes | None = None,
+) -> tuple[Connection, bytes]:
+    """Open, check and restore a sealed snapshot, once (``seal_key`` as in
+    :func:`restore_connection`: by default a fresh key of this process).
+
+    Refused with :class:`SnapshotError`, before anything of it is used (no engine entry,
+    no record change): a wrong key, tampering, truncation, a malformed document, a
+    snapshot older than ``guard.max_age`` and a replay (restored before, or older than
+    the connection's latest capture known to ``guard``). Accepted snapshots are recorded
+    in ``guard`` before the connection is rebuilt.
+    """
+    header, body = CODEC.decode(open_snapshot(sealed, key))
+    capture_id, serial = guard.check(header, wall_time)
+    return _restore_decoded(
+        header, body, engine=engine, now=now, configuration=configuration, seal_key=seal_key,
+        commit=lambda: guard.record_restore(capture_id, serial, wall_time),
+    )
 
 
 # ---------------------------------------------------------------------- sealing

@@ -156,6 +156,23 @@ class SendStream:
             return self.reset_acked
         return self.fin_acked and self.acked_offset >= self.write_offset
 
+    def take_back(self) -> int:
+        """Withdraw what was written but never sent (and an unsent FIN); returns the
+        offset where writing continues. Sent bytes stay (they may be in flight)."""
+        if self.reset_code is None and self.next_offset < self.write_offset:
+            base = self.buffer_start - self.acked_offset
+            del self.buffer[base + self.next_offset :]
+            self.write_offset = self.next_offset
+        if self.fin_written and not self.fin_sent:
+            self.fin_written = False
+        return self.write_offset
+
+    def compact(self) -> None:
+        """Drop the acknowledged bytes still held at the front of the buffer."""
+        if self.buffer_start:
+            del self.buffer[: self.buffer_start]
+            self.buffer_start = 0
+
     def reset(self, code: int) -> int:
         """Abandon the stream; returns the written bytes this releases."""
         if self.reset_code is None and not self.is_complete():

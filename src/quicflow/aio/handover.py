@@ -1,0 +1,278 @@
+"""Zero-downtime takeover of a running server on the same host (issue 7, items 2 and 3).
+
+Old process: :meth:`Handover.offer` listens on a unix socket (``migration.handoff``).
+When a successor connects, the server stops reading its UDP socket, stops every
+connection's asyncio face (its stream handler tasks are cancelled), asks the
+application's ``capture`` hook for each connection's state (JSON-able), captures and
+releases the connection (``transport.snapshot``: serial, sealed with the successor's
+key), and passes the UDP socket with the sealed snapshots. ``handed_off`` resolves with
+the number of connections handed over.
+
+Successor: :func:`restore_server` restores each snapshot into a fresh endpoint on the
+passed socket, gives each connection an asyncio face, re-attaches its open streams as
+readers/writers and calls the application's ``restore`` hook with them, before the
+socket is read again; then it can offer a handoff itself.
+
+Connections that cannot be captured (handshake not yet confirmed, closing) are not
+handed over: they end with the old process (a client still in its handshake retries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from ..migration.handoff import HandoffError, HandoffListener, Offer, Received
+from ..transport.codec import SnapshotError
+from ..transport.snapshot import SnapshotGuard, capture_sealed, restore_sealed
+from .connection import QuicConnection, StreamHandler
+from .streams import QuicStreamReader, QuicStreamWriter
+
+if TYPE_CHECKING:
+    from .runner import EndpointRunner
+
+StreamFaces = dict[int, tuple[QuicStreamReader, QuicStreamWriter]]
+#: ``capture(connection)`` -> JSON-able state (or an awaitable of it); runs after the
+#: connection's asyncio face has stopped.
+CaptureHook = Callable[[QuicConnection], Any]
+#: ``restore(connection, state, streams)`` in the new process; ``streams`` maps each
+#: open stream id to its (reader, writer).
+RestoreHook = Callable[[QuicConnection, Any, StreamFaces], Awaitable[None] | None]
+
+FORMAT = "quicflow-handoff-1"
+
+
+class Handover:
+    """A server's handoff state: the replay record and the offer, if any."""
+
+    def __init__(
+        self,
+        runner: EndpointRunner,
+        capture: CaptureHook | None,
+        guard: SnapshotGuard | None = None,
+        *,
+        handler: StreamHandler | None = None,
+        restore: RestoreHook | None = None,
+    ) -> None:
+        self.runner = runner
+        self.capture = capture
+        self.handler = handler  # for connections restored here later (cross-host moves)
+        self.restore = restore
+        self.guard = guard or SnapshotGuard()
+        self.listener: HandoffListener | None = None
+        self.handed_off: asyncio.Future[int] = runner.loop.create_future()
+        self.skipped = 0  # connections that could not be captured
+        self.skip_reasons: dict[str, int] = {}
+        #: seconds a handoff waits for handshakes in progress before it captures
+        self.handshake_grace = 3.0
+        #: seconds spent: "stop" (faces), "capture" (hooks + snapshots), "send"
+        self.timings: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.moves: set[asyncio.Task[None]] = set()
+        self.moved_in = 0  # connections restored here from another host
+
+    async def capture_one(self, face: QuicConnection, key: bytes) -> bytes | None:
+        """Capture and release one stopped connection, sealed with ``key``; None (and
+        counted in ``skipped``) when it cannot be captured (handshake, closing)."""
+        runner = self.runner
+        conn = face.conn
+        conn.pop_events()
+        try:
+            state = None
+            if self.capture is not None:
+                state = self.capture(face)
+                if asyncio.iscoroutine(state):
+                    state = await state
+            return capture_sealed(
+                conn, runner.loop.time(), key, json.dumps(state).encode(), guard=self.guard,
+                wall_time=time.time(), local_address=runner.transport.local_address,
+            )
+        except SnapshotError as exc:
+            self.skipped += 1  # not established yet, or closing: ends here
+            self.skip_reasons[str(exc)] = self.skip_reasons.get(str(exc), 0) + 1
+            return None
+
+    def offer(self, path: str) -> None:
+        """Accept one successor at ``path`` (unix socket, mode 0600, same uid only)."""
+        if self.listener is not None:
+            raise RuntimeError("a handoff is already offered")
+        self.listener = HandoffListener(path)
+        self.runner.loop.add_reader(self.listener.fileno(), self._on_connect)
+
+    def close(self) -> None:
+        if self.listener is not None:
+            try:
+                self.runner.loop.remove_reader(self.listener.fileno())
+            except (ValueError, OSError):
+                pass
+            self.listener.close()
+            self.listener = None
+
+    def _on_connect(self) -> None:
+        listener = self.listener
+        if listener is None or self._task is not None:
+            return
+        accepted = listener.accept()
+        if accepted is None:
+            return
+        channel, kind, payload = accepted
+        if kind == "move":  # a command asks us to move connections to another host
+            from .moving import serve_move_request
+
+            task = self.runner.loop.create_task(serve_move_request(self, channel, payload))
+            self.moves.add(task)
+            task.add_done_callback(self.moves.discard)
+            return
+        self.runner.loop.remove_reader(listener.fileno())
+        assert isinstance(payload, bytes)
+        self._task = self.runner.loop.create_task(self._hand_over(channel, payload))
+
+    async def _hand_over(self, channel: Any, key: bytes) -> None:
+        try:
+            count = await self._capture_and_send(channel, key)
+        except BaseException as exc:
+            if not self.handed_off.done():
+                self.handed_off.set_exception(exc)
+            raise
+        else:
+            if not self.handed_off.done():
+                self.handed_off.set_result(count)
+        finally:
+            self.close()
+
+    async def _capture_and_send(self, channel: Any, key: bytes) -> int:
+        """Stop, then capture each connection and send its snapshot at once (the
+        successor restores while we capture the next)."""
+        runner = self.runner
+        loop = runner.loop
+        # no new connections; let the handshakes in progress finish (for a while), so
+        # they can be handed over too
+        runner.endpoint.accepting = False
+        deadline = loop.time() + self.handshake_grace
+        while loop.time() < deadline and any(
+            not f.conn.handshake_confirmed and not f.conn.terminated
+            for f in runner.faces.values()
+        ):
+            await asyncio.sleep(0.01)
+        runner.pause()  # from here on datagrams wait in the kernel queue
+        t0 = time.monotonic()
+        faces = list(runner.faces.values())
+        for face in faces:
+            await face.stop()
+        t1 = time.monotonic()
+        # per-connection sockets go along (their queued datagrams with them), keyed by a
+        # CID of their connection
+        sockets = [runner.transport.socket]
+        by_cid: dict[str, int] = {}
+        for face in faces:
+            sock = runner.detach_connection_socket(face.conn)
+            if sock is not None:
+                by_cid[face.conn.recv_key_cid().hex()] = len(sockets)
+                sockets.append(sock)
+        offer = Offer(channel)
+        offer.begin({"format": FORMAT, "guard": self.guard.export().decode(),
+                     "connection_sockets": by_cid}, sockets)
+        size = 0
+        capture_time = 0.0
+        for face in faces:
+            started = time.monotonic()
+            blob = await self.capture_one(face, key)
+            capture_time += time.monotonic() - started
+            if blob is None:
+                continue
+            offer.snapshot(blob)  # blocking: the loop is paused for us anyway
+            size += len(blob)
+        t2 = time.monotonic()
+        result = await loop.run_in_executor(
+            None, offer.finish, {"guard": self.guard.export().decode()}
+        )
+        self.timings = {"stop": t1 - t0, "capture": capture_time, "send": t2 - t1 - capture_time,
+                        "ack": time.monotonic() - t2, "bytes": float(size)}
+        for face in faces:
+            runner.faces.pop(id(face.conn), None)
+            face.on_terminated()
+        runner.transport.close()  # the successor holds its own copies of the sockets
+        for sock in sockets[1:]:
+            sock.close()
+        restored = result.get("restored")
+        if restored != offer.sent:
+            raise HandoffError(f"successor restored {restored} of {offer.sent} connections")
+        return offer.sent
+
+
+def restore_server(
+    runner: EndpointRunner,
+    received: Received,
+    *,
+    handler: StreamHandler | None,
+    restore: RestoreHook | None,
+) -> tuple[SnapshotGuard, int]:
+    """Restore the snapshots of ``received`` into ``runner`` (synchronously, before the
+    loop reads the socket); returns the replay record and how many were restored."""
+    header = received.header
+    if header.get("format") != FORMAT:
+        raise HandoffError("not a quicflow handoff (unknown format)")
+    guard = SnapshotGuard()
+    guard.merge(str(header.get("guard", "{}")).encode())
+    restored = 0
+    hooks: list[tuple[QuicConnection, Any, StreamFaces]] = []
+    by_cid = header.get("connection_sockets") or {}
+    for sealed in received.snapshots():
+        one = restore_one(runner, sealed, received.key, guard, handler)
+        hooks.append(one)
+        restored += 1
+        index = by_cid.get(one[0].conn.recv_key_cid().hex())
+        if type(index) is int and 0 < index < len(received.sockets):
+            _attach(runner, one[0], received.sockets[index])
+    if received.trailer is not None:
+        guard.merge(str(received.trailer.get("guard", "{}")).encode())
+    start_restored(runner, hooks, restore)
+    return guard, restored
+
+
+def _attach(runner: EndpointRunner, face: QuicConnection, sock: Any) -> None:
+    """Serve a restored connection through the socket it had (if this server gives
+    connections sockets of their own; otherwise the listener serves it)."""
+    try:
+        runner.attach_connection_socket(face.conn, sock)
+    except (ValueError, OSError):
+        sock.close()  # what the kernel held for it is lost; QUIC sends it again
+
+
+def restore_one(
+    runner: EndpointRunner, sealed: bytes, key: bytes, guard: SnapshotGuard,
+    handler: StreamHandler | None,
+) -> tuple[QuicConnection, Any, StreamFaces]:
+    """Restore one sealed snapshot into ``runner`` (refused ones raise SnapshotError);
+    returns the new face, the application's state and the open streams' faces."""
+    endpoint = runner.endpoint
+    conn, app_state = restore_sealed(
+        sealed, key, guard=guard, wall_time=time.time(), engine=endpoint.engine,
+        now=runner.loop.time(), configuration=endpoint.configuration,
+    )
+    endpoint.adopt(conn)
+    face = QuicConnection(runner, conn, stream_handler=handler)
+    face.mark_connected()
+    runner.faces[id(conn)] = face
+    return face, json.loads(app_state) if app_state else None, face.stream_faces()
+
+
+def start_restored(
+    runner: EndpointRunner, restored: list[tuple[QuicConnection, Any, StreamFaces]],
+    restore: RestoreHook | None,
+) -> None:
+    """Flush the restored connections (their lost frames go out) and run the hooks."""
+    for face, _, _ in restored:
+        runner.schedule_flush(face.conn)
+    for face, state, streams in restored:
+        if restore is not None:
+            result = restore(face, state, streams)
+            if asyncio.iscoroutine(result):
+                face.track_task(runner.loop.create_task(result))
+
+
+__all__ = ["CaptureHook", "Handover", "RestoreHook", "StreamFaces", "restore_one",
+           "restore_server", "start_restored"]

@@ -1,0 +1,210 @@
+"""Cross-host transfer: sealed snapshots over TCP inside mutually authenticated TLS.
+
+Both ends present a certificate from a CA they both trust (stdlib ``ssl``, TLS 1.3,
+``CERT_REQUIRED`` on both sides): a peer without one, or with one from another CA, fails
+the TLS handshake and is counted as refused. The exchange, after the handshake:
+
+1. receiver -> sender: ``HELLO`` and a fresh 32-byte snapshot key (the snapshots are
+   sealed as well, with a key only the receiver knows);
+2. sender -> receiver: a header (JSON), each sealed snapshot as soon as it is captured
+   (length-prefixed), an end mark and a trailer (JSON: e.g. the replay record);
+3. receiver -> sender: an acknowledgment (JSON, e.g. how many were restored).
+
+This module moves bytes only; ``quicflow.aio.moving`` captures and restores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import ssl
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+HELLO = b"QFMOVE1\n"
+KEY_LEN = 32
+MAX_JSON = 64 << 20
+MAX_SNAPSHOT = 1 << 30
+_LEN = struct.Struct("!I")
+_END = 0xFFFFFFFF
+
+
+class TransferError(Exception):
+    """The transfer failed or was refused."""
+
+
+def _context(purpose: ssl.Purpose, cert: str, key: str, ca: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(purpose, cafile=ca)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def server_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
+    """The receiving side: requires a client certificate issued by ``ca``."""
+    return _context(ssl.Purpose.CLIENT_AUTH, cert, key, ca)
+
+
+def client_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
+    """The sending side: presents ``cert`` and checks the receiver's against ``ca``."""
+    return _context(ssl.Purpose.SERVER_AUTH, cert, key, ca)
+
+
+async def _read_frame(reader: asyncio.StreamReader, limit: int) -> bytes | None:
+    """One length-prefixed frame; None for the end mark."""
+    (length,) = _LEN.unpack(await reader.readexactly(_LEN.size))
+    if length == _END:
+        return None
+    if length > limit:
+        raise TransferError(f"frame of {length} bytes is over the limit")
+    return await reader.readexactly(length)
+
+
+def _frame(data: bytes) -> bytes:
+    return _LEN.pack(len(data)) + data
+
+
+class Sender:
+    """The sending side of one transfer (``open_sender``)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 key: bytes) -> None:
+        self.reader, self.writer, self.key = reader, writer, key
+        self.sent = 0
+
+    async def header(self, header: dict[str, Any]) -> None:
+        self.writer.write(_frame(json.dumps(header).encode()))
+        await self.writer.drain()
+
+    async def snapshot(self, blob: bytes) -> None:
+        self.writer.write(_frame(blob))
+        await self.writer.drain()
+        self.sent += 1
+
+    async def finish(self, trailer: dict[str, Any]) -> dict[str, Any]:
+        """End mark and trailer; returns the receiver's acknowledgment."""
+        try:
+            self.writer.write(_LEN.pack(_END) + _frame(json.dumps(trailer).encode()))
+            await self.writer.drain()
+            answer = await _read_frame(self.reader, MAX_JSON)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            raise TransferError(f"transfer failed: {exc}") from exc
+        finally:
+            self.writer.close()
+        if answer is None:
+            raise TransferError("receiver sent no acknowledgment")
+        result: dict[str, Any] = json.loads(answer)
+        return result
+
+
+async def open_sender(host: str, port: int, context: ssl.SSLContext,
+                      server_name: str | None = None, timeout: float = 30.0) -> Sender:
+    """Connect to a receiver and complete the mutual TLS handshake and the hello."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(
+            host, port, ssl=context, server_hostname=server_name or host), timeout)
+        hello = await asyncio.wait_for(reader.readexactly(len(HELLO) + KEY_LEN), timeout)
+    except (OSError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError) as exc:
+        raise TransferError(f"cannot open a transfer to {host}:{port}: {exc}") from exc
+    if not hello.startswith(HELLO):
+        writer.close()
+        raise TransferError("the peer is not a quicflow migration receiver")
+    return Sender(reader, writer, hello[len(HELLO):])
+
+
+class Session:
+    """The receiving side of one transfer, given to the ``serve_receiver`` handler."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 key: bytes, header: dict[str, Any]) -> None:
+        self.reader, self.writer, self.key, self.header = reader, writer, key, header
+        self.trailer: dict[str, Any] | None = None
+        self.peer = writer.get_extra_info("peercert")
+
+    async def snapshots(self) -> AsyncIterator[bytes]:
+        while True:
+            blob = await _read_frame(self.reader, MAX_SNAPSHOT)
+            if blob is None:
+                raw = await _read_frame(self.reader, MAX_JSON)
+                self.trailer = json.loads(raw or b"{}")
+                return
+            yield blob
+
+    async def acknowledge(self, result: dict[str, Any]) -> None:
+        self.writer.write(_frame(json.dumps(result).encode()))
+        await self.writer.drain()
+        self.writer.close()
+
+
+class Receiver:
+    """A TLS server accepting transfers; ``refused`` counts peers that failed the
+    handshake (no certificate, another CA) or the exchange."""
+
+    def __init__(self, handler: Callable[[Session], Awaitable[None]]) -> None:
+        self.handler = handler
+        self.refused = 0
+        self.accepted = 0
+        self.server: asyncio.Server | None = None
+
+    @property
+    def address(self) -> tuple[Any, ...]:
+        assert self.server is not None
+        return tuple(self.server.sockets[0].getsockname())
+
+    async def _on_connect(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        try:
+            key = os.urandom(KEY_LEN)
+            writer.write(HELLO + key)
+            await writer.drain()
+            raw = await asyncio.wait_for(_read_frame(reader, MAX_JSON), 30)
+            header = json.loads(raw or b"{}")
+        except (OSError, ValueError, ssl.SSLError, asyncio.IncompleteReadError,
+                TimeoutError, TransferError):
+            self.refused += 1
+            writer.close()
+            return
+        self.accepted += 1
+        try:
+            await self.handler(Session(reader, writer, key, header))
+        finally:
+            writer.close()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+def _count_refused(receiver: Receiver) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]],
+                                                    None]:
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+
+    def handler(lp: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if isinstance(context.get("exception"), ssl.SSLError):
+            receiver.refused += 1  # a TLS handshake that failed (unauthenticated peer)
+            return
+        if previous is not None:
+            previous(lp, context)
+        else:
+            lp.default_exception_handler(context)
+
+    return handler
+
+
+async def serve_receiver(host: str, port: int, context: ssl.SSLContext,
+                         handler: Callable[[Session], Awaitable[None]]) -> Receiver:
+    """Listen for transfers on ``host:port`` (TLS with client certificates)."""
+    receiver = Receiver(handler)
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_count_refused(receiver))
+    receiver.server = await asyncio.start_server(
+        receiver._on_connect, host, port, ssl=context, ssl_handshake_timeout=10)
+    return receiver
+
+
+__all__ = ["Receiver", "Sender", "Session", "TransferError", "client_context",
+           "open_sender", "serve_receiver", "server_context"]

@@ -1,0 +1,73 @@
+"""A network path as one plain value (RFC 9000 §9): what a snapshot carries of it.
+
+The connection keeps the fields of its current path flat (they are read on every packet);
+:func:`current_path` gathers them into one :class:`Path` for a snapshot and
+:func:`apply_path` puts a captured one back. While a new peer address is being validated
+the connection also keeps the path it came from (``Connection.previous_path``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+Address = tuple[Any, ...]
+
+
+@dataclass(slots=True, eq=False)
+class Path:
+    """One path between us and the peer."""
+
+    peer_address: Address
+    local_address: Address | None = None  # None: not known to the transport
+    validated: bool = False
+    challenge: bytes = b""  # PATH_CHALLENGE data sent on this path, not yet answered
+    challenge_pending: bool = False  # the challenge is to be sent (again)
+    bytes_received_unvalidated: int = 0  # anti-amplification counters (3x limit)
+    bytes_sent_unvalidated: int = 0
+    max_datagram_size: int = 1200
+    mtu_cap: int = 65527  # largest UDP payload the path was seen to carry
+    ecn_state: int = 0  # ECN_TESTING / ECN_CAPABLE / ECN_FAILED
+
+
+def current_path(conn: Connection, local_address: Address | None = None) -> Path:
+    """The connection's current path as one value."""
+    return Path(
+        peer_address=tuple(conn.peer_address),
+        local_address=None if local_address is None else tuple(local_address),
+        validated=conn.address_validated,
+        challenge=conn.path_challenge,
+        challenge_pending=conn.path_challenge_pending,
+        bytes_received_unvalidated=conn.bytes_received_unvalidated,
+        bytes_sent_unvalidated=conn.bytes_sent_unvalidated,
+        max_datagram_size=conn.max_datagram_size,
+        mtu_cap=conn.path_mtu_cap,
+        ecn_state=conn.ecn_state,
+    )
+
+
+def apply_path(conn: Connection, path: Path) -> None:
+    """Make ``path`` the connection's current path (the inverse of :func:`current_path`)."""
+    conn.peer_address = tuple(path.peer_address)
+    conn.address_validated = path.validated
+    conn.path_challenge = path.challenge
+    conn.path_challenge_pending = path.challenge_pending
+    conn.bytes_received_unvalidated = path.bytes_received_unvalidated
+    conn.bytes_sent_unvalidated = path.bytes_sent_unvalidated
+    conn.max_datagram_size = path.max_datagram_size
+    conn.path_mtu_cap = path.mtu_cap
+    conn.ecn_state = path.ecn_state
+    conn.cc.max_datagram_size = path.max_datagram_size
+    conn.pacer.max_datagram_size = path.max_datagram_size
+
+
+#: The Connection fields a Path holds (kept out of the connection's own record in a
+#: snapshot, so the Path is their one source there).
+PATH_FIELDS = frozenset({
+    "peer_address", "address_validated", "path_challenge", "path_challenge_pending",
+    "bytes_received_unvalidated", "bytes_sent_unvalidated", "max_datagram_size",
+    "path_mtu_cap", "ecn_state",
+})
