@@ -256,6 +256,7 @@ def restore_one(
     endpoint.adopt(conn)
     face = QuicConnection(runner, conn, stream_handler=handler)
     face.mark_connected()
+    face.sync_send_buffer()  # its unacknowledged bytes count against this endpoint's budget
     runner.faces[id(conn)] = face
     return face, json.loads(app_state) if app_state else None, face.stream_faces()
 
