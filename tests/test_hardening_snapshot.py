@@ -80,7 +80,7 @@ EDITS: dict[str, Callable[[dict[str, Any]], None]] = {
         _stream_part(f, "send"), "lost", [-10], [-5]),
     "stream filed under another id": lambda f: f["streams"]["$d"][0].__setitem__(0, 999),
 
-    "int field holds a string": lambda f: f.__setitem__("key_phase", "one"),
+    "int field holds a string": lambda f: f.__setitem__("key_updates_received", "one"),
     "bool field holds an int": lambda f: f.__setitem__("is_client", 1),
     "bytes field holds an int": lambda f: f.__setitem__("peer_cid", 7),
     "float field holds a string": lambda f: f.__setitem__("idle_deadline", "soon"),
@@ -107,6 +107,61 @@ def test_malformed_field_raises_snapshot_error(name: str) -> None:
     EDITS[name](_conn_fields(doc))
     with pytest.raises(SnapshotError):
         _restore(_encode(doc))
+
+
+def _body_part(doc: dict[str, Any], name: str) -> Any:
+    return next(v for k, v in doc["body"]["$d"] if k == name)
+
+
+def _set_body_part(doc: dict[str, Any], name: str, value: Any) -> None:
+    for pair in doc["body"]["$d"]:
+        if pair[0] == name:
+            pair[1] = value
+
+
+def _keys(doc: dict[str, Any], index: int) -> dict[str, Any]:
+    fields: dict[str, Any] = _body_part(doc, "keys")[index]["f"]
+    return fields
+
+
+def _path(doc: dict[str, Any]) -> dict[str, Any]:
+    fields: dict[str, Any] = _body_part(doc, "path")["f"]
+    return fields
+
+
+_B64_5 = {"$b": "AAAAAAA="}  # 5 bytes
+#: Edits of the parts a snapshot carries beside the connection record (the path and the
+#: 1-RTT key state read from the offload engine, issue 7).
+BODY_EDITS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "send key phase 2": lambda d: _keys(d, 0).__setitem__("key_phase", 2),
+    "receive key phase a string": lambda d: _keys(d, 1).__setitem__("key_phase", "1"),
+    "send secret of the wrong length": lambda d: _keys(d, 0).__setitem__("secret", _B64_5),
+    "receive hp key of the wrong length": lambda d: _keys(d, 1).__setitem__("hp_key", _B64_5),
+    "hp key an int": lambda d: _keys(d, 0).__setitem__("hp_key", 7),
+    "largest pn below -1": lambda d: _keys(d, 1).__setitem__("largest_pn", -5),
+    "phase start pn huge": lambda d: _keys(d, 1).__setitem__("phase_start_pn", 1 << 63),
+    "one key direction only": lambda d: _body_part(d, "keys").pop(),
+    "keys hold a Path": lambda d: _body_part(d, "keys").__setitem__(0, _body_part(d, "path")),
+    "path peer address differs": lambda d: _path(d).__setitem__(
+        "peer_address", {"$t": ["127.0.0.2", 4433]}),
+    "path validated an int": lambda d: _path(d).__setitem__("validated", 1),
+    "path datagram size below 1200": lambda d: _path(d).__setitem__("max_datagram_size", 100),
+    "path mtu cap huge": lambda d: _path(d).__setitem__("mtu_cap", 1 << 40),
+    "path a key record": lambda d: _set_body_part(d, "path", _body_part(d, "keys")[0]),
+    "previous path an int": lambda d: _set_body_part(d, "previous_path", 3),
+    "previous path with a bad counter": lambda d: _set_body_part(d, "previous_path", {
+        "$c": "Path", "f": {**_path(d), "bytes_sent_unvalidated": "many"}}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BODY_EDITS))
+def test_malformed_path_or_keys_raise_snapshot_error_before_any_install(name: str) -> None:
+    doc = _doc()
+    BODY_EDITS[name](doc)
+    engine = SoftwareOffloadEngine()
+    with pytest.raises(SnapshotError):
+        restore_connection(_encode(doc), engine=engine, now=1000.0)
+    assert not engine._sealers and not engine._openers, "refused, yet keys were installed"
 
 
 def _leaves(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

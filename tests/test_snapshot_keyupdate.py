@@ -235,3 +235,35 @@ def test_unsent_bytes_taken_back_before_capture() -> None:
     new = _move(net, server, is_client=False)
     net.run(lambda: new.app.done and client.app.done, max_time=120.0)
 
+
+def test_restored_sealer_is_keyed_by_a_fresh_local_seal_key() -> None:
+    """The offload engine keys sealers by ``Connection.seal_key`` (process-local, never
+    the peer's CID, not captured): a restore installs the captured send keys under a
+    fresh key, so a connection still holding the old key in the same engine keeps its
+    own sealer untouched, and nothing is installed under the peer's CID."""
+    net, client, server = _start(0.0)
+    net.run(lambda: _sent(client) >= SIZE // 4 and _sent(server) >= SIZE // 4
+            and _conn(client).handshake_confirmed)
+    old = _conn(client)
+    old.initiate_key_update()  # send phase 1, receive phase 0: the directions differ
+    net.run_for(0.002)
+    captured = (old.send_key_phase, old.recv_key_phase)
+    assert captured == (1, 0)
+    engine = old.engine
+    old_sealer = engine.key_state(old.seal_key, opener=False)
+    old_largest = old_sealer.largest_pn
+    blob = snapshot_connection(old, net.now, b"", release=False)
+    conn, _ = restore_connection(blob, engine=engine, now=net.now)
+    assert conn.seal_key and conn.seal_key != old.seal_key
+    assert engine.key_state(old.seal_key, opener=False) is old_sealer
+    new_sealer = engine.key_state(conn.seal_key, opener=False)
+    assert new_sealer is not old_sealer
+    assert (new_sealer.key_phase, new_sealer.largest_pn) == (1, old_largest)
+    assert (conn.send_key_phase, conn.recv_key_phase) == captured and conn.key_update_pending
+    with pytest.raises(KeyError):
+        engine.key_state(conn.peer_cid, opener=False)
+    # an explicit seal_key is used as given
+    blob2 = snapshot_connection(old, net.now, b"", release=False)
+    conn2, _ = restore_connection(blob2, engine=type(engine)(), now=net.now,
+                                  seal_key=b"\x00local\x00")
+    assert conn2.engine.key_state(b"\x00local\x00", opener=False).key_phase == 1
