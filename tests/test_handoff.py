@@ -186,6 +186,24 @@ def test_handoff_socket_refuses_other_users(tmp_path: Path) -> None:
     os.rmdir(directory)
 
 
+def test_old_listener_leaves_the_path_to_its_successor(tmp_path: Path) -> None:
+    """After a handoff the successor offers at the same path while the old process
+    closes its listener; the old one must not remove the path then (a check-then-unlink
+    removed the successor's socket now and then: "No such file or directory" in the
+    successor). The successor's listener stays reachable."""
+    path = str(tmp_path / "h.sock")
+    old = HandoffListener(path)
+    new = HandoffListener(path)  # the successor replaces the old socket file
+    try:
+        old.close(unlink=False)
+        assert stat.S_ISSOCK(os.stat(path).st_mode)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(path)  # reaches the successor's listener
+    finally:
+        new.close()
+    assert not os.path.exists(path)
+
+
 def test_takeover_of_nothing_fails_cleanly(tmp_path: Path) -> None:
     with pytest.raises(HandoffError, match="taking over"):
         take_over(str(tmp_path / "nobody.sock"), timeout=2)

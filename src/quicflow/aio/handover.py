@@ -102,13 +102,14 @@ class Handover:
         self.listener = HandoffListener(path)
         self.runner.loop.add_reader(self.listener.fileno(), self._on_connect)
 
-    def close(self) -> None:
+    def close(self, *, unlink: bool = True) -> None:
+        """Stop offering (``unlink=False``: leave the path, a successor owns it now)."""
         if self.listener is not None:
             try:
                 self.runner.loop.remove_reader(self.listener.fileno())
             except (ValueError, OSError):
                 pass
-            self.listener.close()
+            self.listener.close(unlink=unlink)
             self.listener = None
 
     def _on_connect(self) -> None:
@@ -134,14 +135,14 @@ class Handover:
         try:
             count = await self._capture_and_send(channel, key)
         except BaseException as exc:
+            self.close()
             if not self.handed_off.done():
                 self.handed_off.set_exception(exc)
             raise
-        else:
-            if not self.handed_off.done():
-                self.handed_off.set_result(count)
-        finally:
-            self.close()
+        # the successor offers at the same path next: never unlink it from here
+        self.close(unlink=False)
+        if not self.handed_off.done():
+            self.handed_off.set_result(count)
 
     async def _capture_and_send(self, channel: Any, key: bytes) -> int:
         """Stop, then capture each connection and send its snapshot at once (the

@@ -224,10 +224,14 @@ class HandoffListener:
             channel.close()
             return None
 
-    def close(self) -> None:
-        """Stop offering; remove the path if it is still ours (a successor may have
-        bound its own there already)."""
+    def close(self, *, unlink: bool = True) -> None:
+        """Stop offering; with ``unlink``, remove the path if it is still ours. After a
+        successful handoff pass ``unlink=False``: the successor binds its own socket at
+        the same path at about the same time, and a check-then-unlink here could remove
+        the successor's socket (it did, now and then, in tests)."""
         self._sock.close()
+        if not unlink:
+            return
         try:
             if os.stat(self.path).st_ino == self._inode:
                 os.unlink(self.path)
