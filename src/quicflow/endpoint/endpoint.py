@@ -37,6 +37,7 @@ from ..wire.errors import WireError
 from ..wire.packet import INITIAL, build_version_negotiation, parse_header
 from .admission import Admission
 from .cids import CidGenerator, ConnectionIdSource, RandomCidGenerator
+from .moved import MovedCids
 from .quiclb import QuicLbConfig, ServerIdLayout
 from .registry import ConnectionRegistry
 from .reset import match_reset
@@ -77,10 +78,12 @@ class EndpointCounters:
     dropped_initial_collision: int = 0  # another address's Initial with a held DCID
     cid_collisions: int = 0  # a CID the registry refused (held by another connection)
     dropped_not_accepting: int = 0  # Initials for new connections while handing over
+    dropped_moved: int = 0  # packets for a connection handed off (no stateless reset)
 
     def dropped(self) -> int:
         return (
             self.dropped_not_accepting
+            + self.dropped_moved
             + self.dropped_malformed
             + self.dropped_unknown_cid
             + self.dropped_short_initial
@@ -116,6 +119,9 @@ class Endpoint:
     #: False while the connections are being handed over: Initials of new connections
     #: are dropped (their clients send them again, to the successor)
     accepting: bool = True
+    #: CIDs of connections handed off (captured and released): their packets are
+    #: dropped, never answered with a stateless reset the client would accept
+    moved: MovedCids = field(default_factory=MovedCids)
 
     def __post_init__(self) -> None:
         length = self.configuration.connection_id_length
@@ -345,6 +351,9 @@ class Endpoint:
                 return None
             conn = registry.by_cid(cid)
             if conn is None:
+                if self.moved and self.moved.holds(cid, now):
+                    self.counters.dropped_moved += 1  # it went elsewhere: no reset
+                    return None
                 self.counters.dropped_unknown_cid += 1
                 if self.is_server:
                     reset = self.admission.reset_for(data, self.cid_length, now)
@@ -465,7 +474,11 @@ class Endpoint:
             self.forget(conn)
 
     def forget(self, conn: Connection) -> None:
-        """Remove a connection and exactly its own CIDs (O(its CIDs), see registry.py)."""
+        """Remove a connection and exactly its own CIDs (O(its CIDs), see registry.py).
+        A handed-off connection's CIDs are remembered for a while (``moved``)."""
+        if conn.released:
+            self.moved.record((e.cid for e in conn.host_cids), conn._now_hint,
+                              conn.idle_timeout)
         self.admission.forget(conn)
         self.token_origins.pop(id(conn), None)
         self.registry.forget(conn)
@@ -483,6 +496,7 @@ class Endpoint:
             "connections_accepted": c.connections_accepted,
             "dropped": c.dropped(),
             "dropped_not_ours": c.dropped_not_ours,
+            "dropped_moved": c.dropped_moved,
             "cid_collisions": c.cid_collisions,
             "connections": len(self.registry),
             "half_open": len(self.admission.half_open),
