@@ -23,6 +23,7 @@ from quicflow.transport.snapshot import (
     seal_snapshot,
     snapshot_connection,
 )
+from quicflow.wire.packet import QUIC_V2
 from tests.support.snapshot_peer import CLIENT_ADDR, SERVER_ADDR, LocalSide, adopt
 from tests.support.twoway import TwoWayApp
 from tests.test_snapshot import Net, _server_endpoint
@@ -30,9 +31,13 @@ from tests.test_snapshot import Net, _server_endpoint
 SIZE = 200_000
 
 
-def _start(loss: float, size: int = SIZE) -> tuple[Net, LocalSide, LocalSide]:
+def _start(loss: float, size: int = SIZE, versions: list[int] | None = None
+           ) -> tuple[Net, LocalSide, LocalSide]:
     now = 1000.0
-    cli_ep = Endpoint(Configuration(alpn_protocols=["perf"], verify_peer=False), is_server=False)
+    config = Configuration(alpn_protocols=["perf"], verify_peer=False)
+    if versions is not None:
+        config.versions = versions
+    cli_ep = Endpoint(config, is_server=False)
     conn = cli_ep.connect(SERVER_ADDR, now, server_name="localhost")
     client = LocalSide(cli_ep, TwoWayApp(True, size), SERVER_ADDR, conn)
     server = LocalSide(_server_endpoint(), TwoWayApp(False, size), CLIENT_ADDR)
@@ -267,3 +272,22 @@ def test_restored_sealer_is_keyed_by_a_fresh_local_seal_key() -> None:
     conn2, _ = restore_connection(blob2, engine=type(engine)(), now=net.now,
                                   seal_key=b"\x00local\x00")
     assert conn2.engine.key_state(b"\x00local\x00", opener=False).key_phase == 1
+
+
+@pytest.mark.parametrize("role", ["client", "server"])
+def test_quic_v2_connection_captured_during_a_key_update(role: str) -> None:
+    """A QUIC v2 connection (RFC 9369: its own HKDF labels, also for the next key
+    generation) captured after its own key update started: the copy installs the keys
+    with the connection's version and both transfers complete, in v2."""
+    net, client, server = _start(0.0, versions=[QUIC_V2])
+    net.run(lambda: _sent(client) >= SIZE // 4 and _sent(server) >= SIZE // 4
+            and len(_conn(client).streams) == 2 and len(_conn(server).streams) == 2)
+    assert _conn(client).version == _conn(server).version == QUIC_V2
+    me, peer = (client, server) if role == "client" else (server, client)
+    _ours_in_flight(net, me, peer)
+    new = _move(net, me, role == "client")
+    net.run(lambda: new.app.done and peer.app.done, max_time=120.0)
+    restored = _conn(new)
+    assert restored.version == QUIC_V2
+    assert restored.key_updates_received >= 1 and restored.counters.engine_open_failures <= 30
+    assert not restored.terminated and not _conn(peer).terminated
