@@ -41,11 +41,14 @@ async def connect(
     engine: OffloadEngine | None = None,
     wait_connected: bool = True,
     cid_generator: ConnectionIdSource | None = None,
+    face_class: type[QuicConnection] = QuicConnection,
 ) -> AsyncIterator[QuicConnection]:
     """Connect to a QUIC server; yields a :class:`QuicConnection`.
 
     ``cid_generator`` issues the client's connection IDs (default: random ones of the
-    configuration's ``connection_id_length``, which may be 0).
+    configuration's ``connection_id_length``, which may be 0). ``face_class`` (a
+    :class:`QuicConnection` subclass) lets an application protocol such as HTTP/3 see
+    the connection's events first.
 
     ``async with quicflow.connect("localhost", 4433, configuration=cfg) as conn: ...``
     On leaving the block the connection is closed (code 0) and the socket released.
@@ -70,7 +73,7 @@ async def connect(
     if config.server_name is None and server_name is None and config.verify_peer:
         server_name = host  # verify against the IP address literal
     conn = endpoint.connect(peer, loop.time(), server_name=server_name)
-    face = QuicConnection(runner, conn, stream_handler=stream_handler)
+    face = face_class(runner, conn, stream_handler=stream_handler)
     runner.faces[id(conn)] = face
     runner.schedule_flush(conn)
     try:
@@ -140,6 +143,7 @@ async def serve(
     connection_handler: Any = None,
     engine: OffloadEngine | None = None,
     cid_generator: ConnectionIdSource | None = None,
+    face_class: type[QuicConnection] = QuicConnection,
 ) -> QuicServer:
     """Start a QUIC server on ``host:port``.
 
@@ -160,7 +164,7 @@ async def serve(
     runner_box: list[EndpointRunner] = []
 
     def on_accept(conn: Connection) -> QuicConnection:
-        face = QuicConnection(runner_box[0], conn, stream_handler=handler)
+        face = face_class(runner_box[0], conn, stream_handler=handler)
         if connection_handler is not None:
             result = connection_handler(face)
             if asyncio.iscoroutine(result):
