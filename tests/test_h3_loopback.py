@@ -95,3 +95,88 @@ def test_get_and_post_10mb() -> None:
         assert resp.trailers == [(b"x-length", str(10 * MB).encode())]
 
     run(with_server(body), timeout=60)
+
+
+def test_100_concurrent_requests_on_one_connection() -> None:
+    async def one(client: h3.H3Client, i: int) -> str:
+        size = 1000 + 997 * i
+        resp = await client.get(f"/bytes/{size}")
+        data = await resp.read()
+        assert resp.status == 200 and sha(data) == resp.header("x-sha256")
+        return sha(data)
+
+    async def body(client: h3.H3Client, server: h3.H3Server) -> None:
+        hashes = await asyncio.gather(*(one(client, i) for i in range(100)))
+        assert hashes == [sha(body_of(1000 + 997 * i)) for i in range(100)]
+        assert client.face.h3.counters.requests_sent == 100
+        assert server.connections[0].h3.counters.requests_received == 100
+
+    run(with_server(body), timeout=60)
+
+
+def test_qpack_dynamic_table_carries_repeated_headers() -> None:
+    custom = [(f"x-custom-{i}", f"value-{i}-" + "v" * 40) for i in range(20)]
+
+    async def body(client: h3.H3Client, server: h3.H3Server) -> None:
+        for _ in range(10):
+            resp = await client.get("/headers", custom)
+            assert await resp.read() == b"ok"
+            got = [(n.decode(), v.decode()) for n, v in resp.headers or [] if n != b":status"]
+            assert got == custom
+        ours, theirs = client.face.h3.counters, server.connections[0].h3.counters
+        # both encoders inserted the fields into the dynamic table ...
+        assert ours.encoder_bytes_sent > 0 and theirs.encoder_bytes_received > 0
+        assert theirs.encoder_bytes_sent > 0 and ours.encoder_bytes_received > 0
+        # ... and the decoders acknowledged the sections (decoder-stream instructions)
+        assert theirs.decoder_bytes_sent > 0 and ours.decoder_bytes_sent > 0
+        # the 9 repeated requests were far smaller than the first: the table was used
+        assert ours.encoder_bytes_sent < 20 * 60 * 2
+
+    run(with_server(body), timeout=30)
+
+
+def test_goaway_lets_requests_in_progress_finish_and_refuses_new_ones() -> None:
+    async def body(client: h3.H3Client, server: h3.H3Server) -> None:
+        first = await client.get(f"/bytes/{2 * MB}")  # head received, body in flight
+        server.goaway()
+        while client.face.goaway_received is None:
+            await asyncio.sleep(0.005)
+        assert client.face.goaway_received == 4  # first unprocessed request: stream 4
+        data = await first.read()
+        assert sha(data) == sha(body_of(2 * MB))
+        with pytest.raises(h3.RequestRefused):
+            await client.get("/bytes/10")
+
+    run(with_server(body), timeout=30)
+
+
+def test_server_rejects_requests_above_its_goaway_id() -> None:
+    async def body(client: h3.H3Client, server: h3.H3Server) -> None:
+        resp = await client.get("/bytes/10")
+        assert await resp.read() == body_of(10)
+        server.goaway()  # GOAWAY(4) is in flight while the client sends stream 4
+        stream = await client.face.open_request()
+        stream.send_headers([(":method", "GET"), (":scheme", "https"),
+                             (":authority", "x"), (":path", "/bytes/10")], end_stream=True)
+        with pytest.raises(StreamResetError) as info:
+            await stream.wait_headers()
+        assert info.value.error_code == H3_REQUEST_REJECTED
+        assert server.connections[0].h3.counters.requests_rejected == 1
+
+    run(with_server(body), timeout=30)
+
+
+def test_cancelled_request_reaches_the_server_as_h3_request_cancelled() -> None:
+    async def body(client: h3.H3Client, server: h3.H3Server) -> None:
+        resp = await client.get("/slow")
+        assert len(await resp.read(1000)) > 0
+        resp.cancel()
+        face = server.connections[0]
+        while "cancelled" not in face.app_state:
+            await asyncio.sleep(0.005)
+        assert face.app_state["cancelled"] == H3_REQUEST_CANCELLED
+        # the connection is still usable
+        again = await client.get("/bytes/100")
+        assert await again.read() == body_of(100)
+
+    run(with_server(body), timeout=30)
