@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from quicflow.aio.errors import StreamResetError
 from quicflow.h3 import aio as h3
 from quicflow.h3.errors import H3_NO_ERROR, H3_REQUEST_CANCELLED, H3_REQUEST_REJECTED
 from tests.support.aioquic_peer import AioquicProcess
