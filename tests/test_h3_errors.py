@@ -1,0 +1,248 @@
+"""HTTP/3 protocol errors: a hand-driven peer breaks one rule of RFC 9114 / 9204 at a time
+against quicflow's HTTP/3 server and we read the error code it closes (or resets) with.
+Plus hypothesis tests of the frame parser and SETTINGS decoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import quicflow
+from quicflow.aio.errors import ConnectionClosedError, StreamResetError
+from quicflow.h3 import aio as h3
+from quicflow.h3 import errors as E
+from quicflow.h3 import frames as F
+from quicflow.h3.errors import H3Error
+from quicflow.wire.varint import encode_varint
+from tests.support.prereq import have_module
+from tests.support.quic_helpers import run
+from tests.test_h3_loopback import app, body_of, h3_client_config, h3_server_config
+
+SETTINGS = F.encode_frame(F.SETTINGS, F.encode_settings({}))
+GET_PATH = "/bytes/10"
+
+
+@pytest.fixture(autouse=True)
+def _lsqpack(require: Callable[[bool, str], None]) -> None:
+    require(have_module("pylsqpack"), "pylsqpack not installed (pip install 'quicflow[h3]')")
+
+
+def request_block(headers: list[tuple[bytes, bytes]], stream_id: int = 0) -> bytes:
+    import pylsqpack
+
+    _, block = pylsqpack.Encoder().encode(stream_id, headers)  # static table only
+    return F.encode_frame(F.HEADERS, block)
+
+
+GOOD_HEAD = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"localhost"),
+             (b":path", GET_PATH.encode())]
+
+
+async def raw_peer(misbehave: Callable[[quicflow.QuicConnection], Awaitable[Any]]) -> Any:
+    """A bare QUIC client speaking ALPN h3 by hand against our HTTP/3 server."""
+    server = await h3.serve(app, "127.0.0.1", 0, configuration=h3_server_config())
+    try:
+        async with quicflow.connect("127.0.0.1", server.address[1],
+                                    configuration=h3_client_config()) as conn:
+            return await misbehave(conn)
+    finally:
+        server.close()
+
+
+async def control_stream(conn: quicflow.QuicConnection, payload: bytes, fin: bool = False
+                         ) -> None:
+    _, writer = await conn.create_stream(bidirectional=False)
+    writer.write(encode_varint(F.STREAM_CONTROL) + payload)
+    if fin:
+        writer.write_eof()
+
+
+async def closed_with(conn: quicflow.QuicConnection) -> int:
+    await conn.wait_closed()
+    with pytest.raises(ConnectionClosedError) as info:
+        conn.raise_if_closed()
+    assert info.value.by_peer
+    return info.value.error_code
+
+
+def expect_close(code: int, action: Callable[[quicflow.QuicConnection], Awaitable[None]]) -> None:
+    async def go(conn: quicflow.QuicConnection) -> int:
+        await action(conn)
+        return await closed_with(conn)
+
+    assert run(raw_peer(go), timeout=20) == code
+
+
+def test_second_control_stream_is_h3_stream_creation_error() -> None:
+    async def act(conn: quicflow.QuicConnection) -> None:
+        await control_stream(conn, SETTINGS)
+        await control_stream(conn, SETTINGS)
+
+    expect_close(E.H3_STREAM_CREATION_ERROR, act)
+
+
+def test_closing_the_control_stream_is_h3_closed_critical_stream() -> None:
+    async def act(conn: quicflow.QuicConnection) -> None:
+        await control_stream(conn, SETTINGS, fin=True)
+
+    expect_close(E.H3_CLOSED_CRITICAL_STREAM, act)
+
+
+def test_control_stream_not_starting_with_settings_is_h3_missing_settings() -> None:
+    async def act(conn: quicflow.QuicConnection) -> None:
+        await control_stream(conn, F.encode_frame(F.GOAWAY, encode_varint(0)))
+
+    expect_close(E.H3_MISSING_SETTINGS, act)
+
+
+def test_data_frame_on_control_stream_is_h3_frame_unexpected() -> None:
+    async def act(conn: quicflow.QuicConnection) -> None:
+        await control_stream(conn, SETTINGS + F.encode_frame(F.DATA, b"x"))
+
+    expect_close(E.H3_FRAME_UNEXPECTED, act)
+
+
+def test_http2_setting_is_h3_settings_error() -> None:
+    async def act(conn: quicflow.QuicConnection) -> None:
+        await control_stream(conn, F.encode_frame(F.SETTINGS, F.encode_settings({0x2: 1})))
+
+    expect_close(E.H3_SETTINGS_ERROR, act)
+
+
+def test_push_promise_on_request_stream_is_h3_frame_unexpected() -> None:
+    async def act(conn: quicflow.QuicConnection) -> None:
+        await control_stream(conn, SETTINGS)
+        _, writer = await conn.create_stream()
+        writer.write(request_block(GOOD_HEAD) + F.encode_frame(F.PUSH_PROMISE, b"\x00\x00"))
+
+    expect_close(E.H3_FRAME_UNEXPECTED, act)
+
+
+def test_request_stream_ending_inside_a_frame_is_h3_frame_error() -> None:
+    async def act(conn: quicflow.QuicConnection) -> None:
+        await control_stream(conn, SETTINGS)
+        _, writer = await conn.create_stream()
+        writer.write(request_block(GOOD_HEAD) + encode_varint(F.DATA) + encode_varint(100)
+                     + b"short")
+        writer.write_eof()
+
+    expect_close(E.H3_FRAME_ERROR, act)
+
+
+def test_malformed_request_is_reset_with_h3_message_error_and_connection_lives() -> None:
+    async def go(conn: quicflow.QuicConnection) -> bytes:
+        await control_stream(conn, SETTINGS)
+        reader, writer = await conn.create_stream()
+        writer.write(request_block(GOOD_HEAD + [(b"Upper", b"x")]))
+        writer.write_eof()
+        with pytest.raises(StreamResetError) as info:
+            await reader.read()
+        assert info.value.error_code == E.H3_MESSAGE_ERROR
+        # the next well-formed request on the same connection is served
+        reader, writer = await conn.create_stream()
+        writer.write(request_block(GOOD_HEAD, reader.stream_id))
+        writer.write_eof()
+        return await reader.read()
+
+    raw = run(raw_peer(go), timeout=20)
+    assert raw.endswith(body_of(10))  # HEADERS frame, then DATA carrying the 10 bytes
+
+
+def test_grease_streams_frames_and_settings_are_ignored() -> None:
+    async def go(conn: quicflow.QuicConnection) -> bytes:
+        grease_frame = F.encode_frame(0x21 + 0x1F * 3, b"ignore me")
+        await control_stream(conn, F.encode_frame(F.SETTINGS, F.encode_settings({0x5A5A: 7}))
+                             + grease_frame)
+        _, odd = await conn.create_stream(bidirectional=False)
+        odd.write(encode_varint(0x21 + 0x1F * 9) + b"unknown stream type")
+        reader, writer = await conn.create_stream()
+        writer.write(grease_frame + request_block(GOOD_HEAD) + grease_frame)
+        writer.write_eof()
+        return await reader.read()
+
+    assert run(raw_peer(go), timeout=20).endswith(body_of(10))
+
+
+# ---------------------------------------------------------------- parsers (hypothesis)
+
+frame_types = st.sampled_from([F.DATA, F.HEADERS, F.SETTINGS, F.GOAWAY, 0x21, 0x5A5A])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(frame_types, st.binary(max_size=300)), max_size=8),
+       st.lists(st.integers(min_value=1, max_value=50), min_size=1, max_size=20))
+def test_frame_parser_reassembles_frames_split_anywhere(
+    frames: list[tuple[int, bytes]], cuts: list[int]
+) -> None:
+    wire = b"".join(F.encode_frame(t, p) for t, p in frames)
+    parser = F.FrameParser()
+    got: list[tuple[int, bytes]] = []
+    pos, i = 0, 0
+    while pos < len(wire):
+        step = cuts[i % len(cuts)]
+        parser.feed(wire[pos:pos + step])
+        pos += step
+        i += 1
+        while (item := parser.next()) is not None:
+            got.append(item)
+    assert not parser.in_frame
+    # DATA arrives in pieces; known frames whole; unknown frames vanish
+    merged: list[tuple[int, bytes]] = []
+    for t, p in got:
+        if t == F.DATA and merged and merged[-1][0] == F.DATA:
+            merged[-1] = (F.DATA, merged[-1][1] + p)
+        else:
+            merged.append((t, p))
+    expected: list[tuple[int, bytes]] = []
+    for t, p in frames:
+        if t in F.KNOWN_FRAMES and not (t == F.DATA and not p):
+            if t == F.DATA and expected and expected[-1][0] == F.DATA:
+                expected[-1] = (F.DATA, expected[-1][1] + p)
+            else:
+                expected.append((t, p))
+    assert merged == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_frame_parser_and_settings_raise_only_h3_errors(data: bytes) -> None:
+    parser = F.FrameParser(max_frame_size=64)
+    parser.feed(data)
+    try:
+        while parser.next() is not None:
+            pass
+    except H3Error as exc:
+        assert exc.code in (E.H3_FRAME_ERROR, E.H3_EXCESSIVE_LOAD)
+    try:
+        F.parse_settings(data)
+    except H3Error as exc:
+        assert exc.code in (E.H3_FRAME_ERROR, E.H3_SETTINGS_ERROR)
+
+
+@given(st.integers(min_value=0, max_value=(1 << 60) - 1).map(lambda q: q * 4),
+       st.binary(max_size=100))
+def test_datagram_quarter_stream_id_round_trip(stream_id: int, payload: bytes) -> None:
+    assert F.parse_datagram(F.encode_datagram(stream_id, payload)) == (stream_id, payload)
+
+
+def test_datagram_quarter_stream_id_rfc9297_example() -> None:
+    # stream 4 -> quarter stream ID 1
+    assert F.encode_datagram(4, b"hi") == b"\x01hi"
+    with pytest.raises(ValueError):
+        F.encode_datagram(1, b"")
+
+
+def test_missing_pylsqpack_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from quicflow.h3.connection import H3Connection
+    from quicflow.transport.connection import Connection
+
+    monkeypatch.setitem(sys.modules, "pylsqpack", None)  # import fails
+    with pytest.raises(ImportError, match=r"pip install 'quicflow\[h3\]'"):
+        H3Connection(Connection.__new__(Connection), is_client=True)
