@@ -1,6 +1,7 @@
 """quicflow: a QUIC (RFC 9000/9001/9002) transport for Python, built for scale."""
 
 from .aio import (
+    CidPlan,
     ConnectionClosedError,
     QuicConnection,
     QuicflowError,
@@ -8,6 +9,7 @@ from .aio import (
     QuicStreamReader,
     QuicStreamWriter,
     StreamResetError,
+    WorkerGroupServer,
     connect,
     serve,
 )
@@ -16,6 +18,7 @@ from .transport.config import Configuration
 __version__ = "0.1.0"
 
 __all__ = [
+    "CidPlan",
     "Configuration",
     "ConnectionClosedError",
     "QuicConnection",
@@ -24,6 +27,7 @@ __all__ = [
     "QuicStreamWriter",
     "QuicflowError",
     "StreamResetError",
+    "WorkerGroupServer",
     "__version__",
     "connect",
     "serve",

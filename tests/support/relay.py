@@ -50,6 +50,23 @@ class Direction:
     undeliverable: int = 0  # server datagrams before any client was seen
     held: bytes | None = field(default=None, repr=False)
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    # deterministic drops: (kind, n) drops the n-th datagram (from 1) that holds a packet
+    # of that kind ("initial", "handshake", "0rtt", "1rtt"; see ``packet_kinds``)
+    drop_nth: list[tuple[str, int]] = field(default_factory=list)
+    seen_kinds: dict[str, int] = field(default_factory=dict)
+    dropped_on_purpose: list[tuple[str, int]] = field(default_factory=list)
+
+    def drops(self, data: bytes) -> bool:
+        """Count ``data``'s packet kinds; True if a ``drop_nth`` rule takes it."""
+        if not self.drop_nth:
+            return False
+        take = False
+        for kind in packet_kinds(data):
+            n = self.seen_kinds[kind] = self.seen_kinds.get(kind, 0) + 1
+            if (kind, n) in self.drop_nth:
+                self.dropped_on_purpose.append((kind, n))
+                take = True
+        return take
 
     def counters(self) -> dict[str, int]:
         return {
@@ -60,6 +77,35 @@ class Direction:
             "delayed": self.delayed,
             "undeliverable": self.undeliverable,
         }
+
+
+_LONG_KINDS = {0: "initial", 1: "0rtt", 2: "handshake", 3: "retry"}
+
+
+def packet_kinds(data: bytes) -> list[str]:
+    """The kinds of the QUIC v1 packets coalesced in ``data`` (each once, in order);
+    a short header ends the datagram ("1rtt")."""
+    from quicflow.wire.errors import WireError
+    from quicflow.wire.packet import parse_header
+
+    kinds: list[str] = []
+    pos = 0
+    while pos < len(data):
+        if not data[pos] & 0x80:
+            kind = "1rtt"
+            end = len(data)
+        else:
+            kind = _LONG_KINDS[(data[pos] >> 4) & 3]
+            try:
+                end = parse_header(data, pos, 0).end
+            except WireError:
+                break
+        if kind not in kinds:
+            kinds.append(kind)
+        if end <= pos:
+            break
+        pos = end
+    return kinds
 
 
 class _Side(asyncio.DatagramProtocol):
@@ -83,6 +129,8 @@ class LossyUdpRelay:
 
     ``loss``/``reorder`` set both directions; ``c2s_*``/``s2c_*`` override one direction.
     Settings may be changed while running (``relay.c2s.loss = 0.5``).
+    ``c2s_drop_nth=[("handshake", 1)]`` drops, deterministically, the client's first
+    datagram that holds a Handshake packet (kinds: see :func:`packet_kinds`).
     """
 
     def __init__(
@@ -96,6 +144,8 @@ class LossyUdpRelay:
         c2s_reorder: float | None = None,
         s2c_reorder: float | None = None,
         seed: int = 0,
+        c2s_drop_nth: list[tuple[str, int]] | None = None,
+        s2c_drop_nth: list[tuple[str, int]] | None = None,
         max_hold: float = 0.05,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -118,6 +168,8 @@ class LossyUdpRelay:
             reorder=reorder if s2c_reorder is None else s2c_reorder,
             rng=random.Random(f"quicflow-relay-{seed}-s2c"),
         )
+        self.c2s.drop_nth = list(c2s_drop_nth or [])
+        self.s2c.drop_nth = list(s2c_drop_nth or [])
         self.client_addr: Address | None = None
         self.errors: list[Exception] = []
         self._host = host
@@ -209,6 +261,9 @@ class LossyUdpRelay:
 
     def _relay(self, d: Direction, data: bytes) -> None:
         d.received += 1
+        if d.drops(data):
+            d.dropped += 1
+            return
         if d.loss > 0.0 and d.rng.random() < d.loss:
             d.dropped += 1
             return

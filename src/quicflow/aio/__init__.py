@@ -4,8 +4,10 @@ from .api import QuicServer, connect, serve
 from .connection import QuicConnection
 from .errors import ConnectionClosedError, QuicflowError, StreamResetError
 from .streams import QuicStreamReader, QuicStreamWriter
+from .workers import CidPlan, WorkerGroupServer
 
 __all__ = [
+    "CidPlan",
     "ConnectionClosedError",
     "QuicConnection",
     "QuicServer",
@@ -13,6 +15,7 @@ __all__ = [
     "QuicStreamWriter",
     "QuicflowError",
     "StreamResetError",
+    "WorkerGroupServer",
     "connect",
     "serve",
 ]

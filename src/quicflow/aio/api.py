@@ -8,7 +8,7 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, overload
 
 from ..crypto.native import best_engine
 from ..crypto.offload import OffloadEngine
@@ -20,6 +20,7 @@ from ..transport.connection import Connection
 from .connection import QuicConnection, StreamHandler
 from .errors import ConnectionClosedError
 from .runner import EndpointRunner
+from .workers import CidPlan, WorkerGroupServer, serve_workers
 
 
 def _is_ip(host: str) -> bool:
@@ -46,14 +47,13 @@ async def connect(
     """Connect to a QUIC server; yields a :class:`QuicConnection`.
 
     ``cid_generator`` issues the client's connection IDs (default: random ones of the
-    configuration's ``connection_id_length``, which may be 0). ``face_class`` (a
-    :class:`QuicConnection` subclass) lets an application protocol such as HTTP/3 see
-    the connection's events first.
+    configuration's ``connection_id_length``, which may be 0).
 
     ``async with quicflow.connect("localhost", 4433, configuration=cfg) as conn: ...``
     On leaving the block the connection is closed (code 0) and the socket released.
     Raises :class:`ConnectionClosedError` when the handshake fails (certificate refused,
     timed out, closed by the peer), with a message that says why.
+    ``face_class``: the :class:`QuicConnection` subclass to build (HTTP/3 uses its own).
     """
     config = replace(configuration) if configuration is not None else Configuration()
     config.validate()
@@ -133,6 +133,26 @@ class QuicServer:
         self.close()
 
 
+@overload
+async def serve(
+    handler: StreamHandler | None, host: str, port: int, *, configuration: Configuration,
+    backend: str = ..., connection_handler: Any = ..., engine: OffloadEngine | None = ...,
+    cid_generator: ConnectionIdSource | None = ..., workers: None = ...,
+    steering: bool = ..., cid_plan: CidPlan | None = ..., app_stats: Any = ...,
+    face_class: type[QuicConnection] = ...,
+) -> QuicServer: ...
+
+
+@overload
+async def serve(
+    handler: StreamHandler | None, host: str, port: int, *, configuration: Configuration,
+    backend: str = ..., connection_handler: Any = ..., engine: OffloadEngine | None = ...,
+    cid_generator: None = ..., workers: int, steering: bool = ...,
+    cid_plan: CidPlan | None = ..., app_stats: Any = ...,
+    face_class: type[QuicConnection] = ...,
+) -> WorkerGroupServer: ...
+
+
 async def serve(
     handler: StreamHandler | None,
     host: str,
@@ -143,8 +163,12 @@ async def serve(
     connection_handler: Any = None,
     engine: OffloadEngine | None = None,
     cid_generator: ConnectionIdSource | None = None,
+    workers: int | None = None,
+    steering: bool = True,
+    cid_plan: CidPlan | None = None,
+    app_stats: Any = None,
     face_class: type[QuicConnection] = QuicConnection,
-) -> QuicServer:
+) -> QuicServer | WorkerGroupServer:
     """Start a QUIC server on ``host:port``.
 
     ``handler(reader, writer)`` runs (as a task if it is a coroutine function) for each
@@ -152,14 +176,38 @@ async def serve(
     connection. The configuration needs a certificate and key. ``cid_generator`` issues
     the server's connection IDs (default: plaintext QUIC-LB CIDs of the configuration's
     ``connection_id_length`` with server ID 0, see ``quicflow.endpoint.cids``).
+
+    ``workers=N`` serves from N worker processes forked from this one (see
+    ``aio/workers.py``) and returns a :class:`WorkerGroupServer`; ``steering=False``
+    leaves the choice of worker to the kernel's 4-tuple hash (datagrams that reach the
+    wrong worker are handed over). ``cid_plan`` sets the QUIC-LB configuration and host
+    ID of the CIDs (default: plaintext, host 0). ``app_stats()`` (workers only) returns a
+    dict of the application's counters, reported with each worker's. ``cid_plan`` and
+    ``cid_generator`` exclude each other; workers take a plan (one generator each).
+    ``face_class`` (a :class:`QuicConnection` subclass, e.g. HTTP/3's) is built for each
+    accepted connection.
     """
     config = replace(configuration)
     config.validate()
     if not config.certificate_chain or config.private_key is None:
         raise ValueError("a server needs Configuration.certificate_chain and private_key")
+    if cid_plan is not None and cid_generator is not None:
+        raise ValueError("give serve() a cid_plan or a cid_generator, not both")
+    if workers is not None:
+        if cid_generator is not None:
+            raise ValueError("workers issue CIDs by a cid_plan (one generator per worker)")
+        return await serve_workers(
+            handler, host, port, configuration=config, workers=workers, backend=backend,
+            connection_handler=connection_handler, steering=steering, plan=cid_plan,
+            app_stats=app_stats, face_class=face_class,
+        )  # fmt: skip
+    generator = cid_generator
+    if cid_plan is not None:
+        config = cid_plan.configuration(config)
+        generator = cid_plan.generator(0)
     transport = UdpTransport.open(host, port, backend=backend)
     endpoint = Endpoint(
-        config, is_server=True, engine=engine or best_engine(), cid_generator=cid_generator
+        config, is_server=True, engine=engine or best_engine(), cid_generator=generator
     )
     runner_box: list[EndpointRunner] = []
 

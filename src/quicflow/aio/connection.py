@@ -20,6 +20,7 @@ from ..transport.events import (
 )
 from .errors import ConnectionClosedError
 from .runner import EndpointRunner
+from .sendbuffer import SendGate
 from .streams import QuicStreamReader, QuicStreamWriter
 
 StreamHandler = Callable[[QuicStreamReader, QuicStreamWriter], Awaitable[None] | None]
@@ -48,6 +49,11 @@ class QuicConnection:
         self._close_error: ConnectionClosedError | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.app_state: dict[str, Any] = {}
+        # written-but-unacknowledged bytes: this connection's bound and its share of the
+        # endpoint's (sendbuffer.py)
+        self.send_limit = conn.configuration.send_buffer_per_connection
+        self.send_gate = SendGate(self.loop)
+        self._send_accounted = 0
 
     # ------------------------------------------------------------------ state
 
@@ -83,6 +89,26 @@ class QuicConnection:
 
     def flush(self) -> None:
         self.runner.schedule_flush(self.conn)
+
+    def sync_send_buffer(self) -> None:
+        """Mirror the connection's unacknowledged written bytes into the endpoint's
+        budget; wake a blocked writer when space was freed."""
+        used = self.conn.send_buffered
+        delta = used - self._send_accounted
+        if delta:
+            self._send_accounted = used
+            self.runner.send_budget.add(delta)
+            if delta < 0 and used <= self.send_limit:
+                self.send_gate.wake_one()
+
+    def send_buffer_full(self) -> SendGate | None:
+        """The gate to wait at when this connection or the endpoint is over its bound."""
+        if self.conn.send_buffered > self.send_limit:
+            return self.send_gate
+        budget = self.runner.send_budget
+        if budget.used > budget.limit:
+            return budget.gate
+        return None
 
     def after_read(self) -> None:
         c = self.conn
@@ -166,6 +192,7 @@ class QuicConnection:
                     self._connected.set_result(None)
             elif cls is ConnectionTerminated:
                 self._on_close_event(event)  # type: ignore[arg-type]
+        self.sync_send_buffer()
 
     def _on_stream_opened(self, stream_id: int) -> None:
         reader, writer = self._faces(stream_id)
@@ -207,6 +234,7 @@ class QuicConnection:
             reader._wake()
         for writer in self._writers.values():
             writer._wake()
+        self.send_gate.wake_all()
         self._wake_stream_openers()
 
     def _wake_stream_openers(self) -> None:
@@ -216,6 +244,9 @@ class QuicConnection:
                 waiter.set_result(None)
 
     def on_terminated(self) -> None:
+        if self._send_accounted:  # nothing of it will be sent: release its share
+            self.runner.send_budget.add(-self._send_accounted)
+            self._send_accounted = 0
         if self._close_error is None:
             self._close_error = ConnectionClosedError(0, "connection closed", False)
         self._wake_all()

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..datapath.socket import UdpTransport, normalize_address
 from ..endpoint.endpoint import Endpoint
 from ..transport.connection import Connection
+from .sendbuffer import SendBudget
 
 if TYPE_CHECKING:
     from .connection import QuicConnection
@@ -56,10 +57,17 @@ class EndpointRunner:
         self._flush_scheduled = False
         self._writer_waiting = False
         self._closed = False
+        #: unacknowledged written bytes of all connections (send_buffer_per_endpoint)
+        self.send_budget = SendBudget(self.loop, endpoint.configuration.send_buffer_per_endpoint)
         transport.enable_pmtu_discovery()
         self.loop.add_reader(transport.fileno(), self._on_readable)
 
     # ------------------------------------------------------------------ receive
+
+    def read_now(self) -> None:
+        """Read and process what waits now; for other sources of datagrams that share
+        this runner (a worker's handoff inbox, see ``datapath/handoff.py``)."""
+        self._on_readable()
 
     def _on_readable(self) -> None:
         if self._closed:

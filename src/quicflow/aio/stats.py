@@ -11,23 +11,26 @@ from .runner import EndpointRunner
 
 def datapath_stats(runner: EndpointRunner) -> dict[str, Any]:
     """Socket-level counters with the derived ratios a benchmark wants."""
-    c = runner.transport.counters
-    out: dict[str, Any] = asdict(c)
+    out: dict[str, Any] = asdict(runner.transport.counters)
     out["backend"] = runner.transport.backend
-    datagrams = c.datagrams_sent + c.datagrams_received
-    syscalls = c.syscalls_send + c.syscalls_recv
-    out["syscalls_per_datagram"] = syscalls / datagrams if datagrams else 0.0
-    out["send_syscalls_per_datagram"] = (
-        c.syscalls_send / c.datagrams_sent if c.datagrams_sent else 0.0
-    )
-    out["recv_syscalls_per_datagram"] = (
-        c.syscalls_recv / c.datagrams_received if c.datagrams_received else 0.0
-    )
-    out["segments_per_send_batch"] = c.datagrams_sent / c.batches_sent if c.batches_sent else 0.0
-    out["segments_per_recv_batch"] = (
-        c.datagrams_received / c.batches_received if c.batches_received else 0.0
-    )
+    out.update(datapath_ratios(out))
     return out
+
+
+def datapath_ratios(c: dict[str, Any]) -> dict[str, float]:
+    """Syscalls per datagram and segments per batch from raw datapath counters (also
+    for counters added up over several sockets)."""
+    sent, received = c.get("datagrams_sent", 0), c.get("datagrams_received", 0)
+    calls_send, calls_recv = c.get("syscalls_send", 0), c.get("syscalls_recv", 0)
+    batches_sent, batches_received = c.get("batches_sent", 0), c.get("batches_received", 0)
+    datagrams = sent + received
+    return {
+        "syscalls_per_datagram": (calls_send + calls_recv) / datagrams if datagrams else 0.0,
+        "send_syscalls_per_datagram": calls_send / sent if sent else 0.0,
+        "recv_syscalls_per_datagram": calls_recv / received if received else 0.0,
+        "segments_per_send_batch": sent / batches_sent if batches_sent else 0.0,
+        "segments_per_recv_batch": received / batches_received if batches_received else 0.0,
+    }
 
 
 def endpoint_stats(runner: EndpointRunner) -> dict[str, Any]:
@@ -35,6 +38,9 @@ def endpoint_stats(runner: EndpointRunner) -> dict[str, Any]:
     out: dict[str, Any] = asdict(e)
     out["dropped"] = e.dropped()
     out["segments_per_lookup"] = e.segments_received / e.lookups if e.lookups else 0.0
+    out["send_buffered"] = runner.send_budget.used
+    out["send_buffered_peak"] = runner.send_budget.peak
+    out["send_buffer_limit"] = runner.send_budget.limit
     return out
 
 
@@ -53,5 +59,6 @@ def connection_stats(conn: Connection) -> dict[str, Any]:
         cipher_suite=conn.cipher_suite.name,
         alpn=conn.alpn_protocol,
         max_datagram_size=conn.max_datagram_size,
+        send_buffered=conn.send_buffered,
     )
     return out

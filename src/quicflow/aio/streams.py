@@ -114,8 +114,10 @@ class QuicStreamWriter:
         """Queue ``data``; call :meth:`drain` to wait for buffer space."""
         self._check()
         if data:
-            self._connection.conn.send_stream_data(self.stream_id, bytes(data))
-            self._connection.flush()
+            face = self._connection
+            face.conn.send_stream_data(self.stream_id, bytes(data))
+            face.sync_send_buffer()
+            face.flush()
 
     def writelines(self, lines: list[bytes]) -> None:
         self.write(b"".join(lines))
@@ -130,21 +132,31 @@ class QuicStreamWriter:
         return True
 
     async def drain(self) -> None:
-        """Wait until the stream's send buffer is below the high-water mark."""
+        """Wait until the stream's send buffer is below the high-water mark and the
+        connection's and the endpoint's unacknowledged written bytes are within
+        ``Configuration.send_buffer_per_connection`` / ``send_buffer_per_endpoint``."""
         face = self._connection
         while True:
             self._check()
+            gate = None
             if face.conn.stream_buffered(self.stream_id) <= WRITE_HIGH_WATER:
-                return
-            self._waiter = face.loop.create_future()
+                gate = face.send_buffer_full()
+                if gate is None:
+                    face.send_gate.pass_on()
+                    face.runner.send_budget.gate.pass_on()
+                    return
+            self._waiter = waiter = face.loop.create_future()
+            if gate is not None:
+                gate.add(waiter)
             try:
-                await self._waiter
+                await waiter
             finally:
                 self._waiter = None
 
     def reset(self, error_code: int = 0) -> None:
         """Abandon the stream (RESET_STREAM)."""
         self._connection.conn.reset_stream(self.stream_id, error_code)
+        self._connection.sync_send_buffer()
         self._connection.flush()
 
     def close(self) -> None:

@@ -16,10 +16,11 @@ runs from the moment every connection finished its handshake to the end of the l
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..aio import (
@@ -31,6 +32,7 @@ from ..aio import (
     connect,
     serve,
 )
+from ..aio.workers import CidPlan, WorkerGroupServer, worker_counters
 from ..transport.config import Configuration
 
 ALPN = "perf"
@@ -120,11 +122,13 @@ class PerfServerHandler:
         await self._read_to_fin(reader)
         remaining = size
         while remaining > 0:
+            # drain first: with many streams, every first write would otherwise go past
+            # the connection's send buffer bound at once
+            await writer.drain()
             n = CHUNK_SIZE if remaining >= CHUNK_SIZE else remaining
             writer.write(CHUNK if n == CHUNK_SIZE else CHUNK[:n])
             stats.bytes_sent += n
             remaining -= n
-            await writer.drain()
         writer.write_eof()
 
     async def _read_to_fin(self, reader: QuicStreamReader) -> None:
@@ -149,15 +153,63 @@ def server_configuration(
 
 
 async def start_server(
-    host: str, port: int, *, configuration: Configuration, backend: str = "auto"
-) -> tuple[QuicServer, PerfServerHandler]:
-    """Start a perf server; returns the server and its handler (which holds the stats)."""
+    host: str,
+    port: int,
+    *,
+    configuration: Configuration,
+    backend: str = "auto",
+    workers: int | None = None,
+    steering: bool = True,
+    cid_plan: CidPlan | None = None,
+) -> tuple[QuicServer | WorkerGroupServer, PerfServerHandler]:
+    """Start a perf server; returns the server and its handler (which holds the stats;
+    with ``workers``, each worker has its own copy: see :func:`server_report`)."""
     config = replace(configuration)
     if ALPN not in config.alpn_protocols:
         config.alpn_protocols = [*config.alpn_protocols, ALPN]
     handler = PerfServerHandler()
-    server = await serve(handler, host, port, configuration=config, backend=backend)
+    server: QuicServer | WorkerGroupServer
+    if workers is None:
+        server = await serve(
+            handler, host, port, configuration=config, backend=backend, cid_plan=cid_plan
+        )
+    else:
+        server = await serve(
+            handler, host, port, configuration=config, backend=backend, workers=workers,
+            steering=steering, cid_plan=cid_plan, app_stats=lambda: asdict(handler.stats),
+        )  # fmt: skip
     return server, handler
+
+
+def server_report(
+    server: QuicServer | WorkerGroupServer, handler: PerfServerHandler
+) -> dict[str, Any]:
+    """The perf server's totals (``streams``, ``bytes_received``, ``bytes_sent``,
+    ``endpoint``, ``datapath``) and ``workers``: one dict per worker with ``pid``,
+    ``connections``, ``datagrams_received``, ``misrouted_datagrams``,
+    ``connected_sockets`` (one worker, this process, without ``workers=``)."""
+    if isinstance(server, WorkerGroupServer):
+        stats = server.stats()
+        app = stats["app"]
+        return {
+            "streams": app.get("streams", 0),
+            "bytes_received": app.get("bytes_received", 0),
+            "bytes_sent": app.get("bytes_sent", 0),
+            "endpoint": stats["endpoint"],
+            "datapath": stats["datapath"],
+            "workers": stats["workers"],
+        }
+    counters = server.stats()
+    row = worker_counters(server.runner, lambda: asdict(handler.stats))
+    row.update(pid=os.getpid(), worker_id=0, restarts=0)
+    return {
+        "streams": handler.stats.streams,
+        "bytes_received": handler.stats.bytes_received,
+        "bytes_sent": handler.stats.bytes_sent,
+        "endpoint": counters["endpoint"],
+        "datapath": counters["datapath"],
+        "workers": [row],
+    }
 
 
 # ---------------------------------------------------------------------------- client

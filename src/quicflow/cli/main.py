@@ -21,7 +21,16 @@ import time
 from typing import Any, TextIO
 
 from ..aio import ConnectionClosedError
-from ..apps.perf import PerfError, PerfResult, run_client, server_configuration, start_server
+from ..aio.workers import CidPlan
+from ..apps.perf import (
+    PerfError,
+    PerfResult,
+    run_client,
+    server_configuration,
+    server_report,
+    start_server,
+)
+from ..endpoint.quiclb import QuicLbConfig
 from ..tls.certs import (
     certificate_pem,
     generate_self_signed,
@@ -208,44 +217,55 @@ def _certificate_hostnames(host: str) -> list[str]:
 
 async def _serve_perf(args: argparse.Namespace, config: Configuration) -> int:
     server, handler = await start_server(
-        args.host, args.port, configuration=config, backend=args.backend
-    )
+        args.host, args.port, configuration=config, backend=args.backend,
+        workers=args.workers, steering=not args.no_steering, cid_plan=_cid_plan(args),
+    )  # fmt: skip
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(f"listening on {_format_address(server.address)} (ALPN perf)", file=sys.stderr,
-          flush=True)
+    workers = f", {args.workers} worker(s)" if args.workers is not None else ""
+    print(f"listening on {_format_address(server.address)} (ALPN perf{workers})",
+          file=sys.stderr, flush=True)
     try:
         await stop.wait()
     finally:
         server.close()
         await server.wait_closed()
-    s = handler.stats
-    counters = server.stats()
-    dp = counters["datapath"]
+    report = server_report(server, handler)
+    dp = report["datapath"]
     print(
-        f"stopped: {s.streams} stream(s), received {format_bytes(s.bytes_received)},"
-        f" sent {format_bytes(s.bytes_sent)}; {dp['datagrams_sent']} datagrams out,"
-        f" {dp['datagrams_received']} in, {dp['syscalls_per_datagram']:.3f} syscalls"
-        f" per datagram ({dp['backend']})",
+        f"stopped: {report['streams']} stream(s), received"
+        f" {format_bytes(report['bytes_received'])}, sent {format_bytes(report['bytes_sent'])};"
+        f" {dp.get('datagrams_sent', 0)} datagrams out, {dp.get('datagrams_received', 0)} in,"
+        f" {dp.get('syscalls_per_datagram', 0.0):.3f} syscalls per datagram"
+        f" ({dp.get('backend', args.backend)})",
         file=sys.stderr,
         flush=True,
     )
     if args.json:
-        out = {
-            "streams": s.streams,
-            "bytes_received": s.bytes_received,
-            "bytes_sent": s.bytes_sent,
-            "endpoint": counters["endpoint"],
-            "datapath": dp,
-        }
-        print(json.dumps(out), flush=True)
+        print(json.dumps(report), flush=True)
     return 0
+
+
+def _cid_plan(args: argparse.Namespace) -> CidPlan:
+    """The CID plan of the command line (ValueError when the options do not fit)."""
+    key = args.quic_lb_key
+    quic_lb = QuicLbConfig(
+        config_id=args.quic_lb_config_id, server_id_len=args.host_id_len + 1,
+        nonce_len=args.quic_lb_nonce_len, key=key,
+    )  # fmt: skip
+    return CidPlan(quic_lb, args.host_id)
 
 
 def cmd_perf_server(args: argparse.Namespace) -> int:
     temp_cert: str | None = None
+    try:
+        _cid_plan(args)
+    except ValueError as e:
+        return _fail(f"bad QUIC-LB options: {e}", 2)
+    if args.quic_lb_key is not None and args.workers is not None and not args.no_steering:
+        return _fail("--quic-lb-key encrypts the worker byte: add --no-steering", 2)
     try:
         if args.cert:
             chain = load_pem_chain(args.cert)
@@ -465,6 +485,54 @@ def _add_transport_options(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _hex_key(text: str) -> bytes:
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not hexadecimal: {text!r}") from None
+    if len(key) != 16:
+        raise argparse.ArgumentTypeError(f"must be 16 bytes (32 hex digits), got {len(key)}")
+    return key
+
+
+def _add_worker_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--workers", type=lambda t: _int_arg(t, 1, 256), default=None, metavar="N",
+        help="serve from N worker processes sharing the port, steered by the worker byte "
+        "of the connection ID; a supervisor restarts a worker that dies (default: one "
+        "process, no supervisor)",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-steering", action="store_true",
+        help="with --workers: no steering program; the kernel hashes the 4-tuple and a "
+        "worker hands datagrams of other workers' connections over (misrouted_datagrams)",
+    )  # fmt: skip
+    p.add_argument(
+        "--host-id", type=lambda t: _int_arg(t, 0, None), default=0, metavar="N",
+        help="this host's ID in the server ID of every connection ID (QUIC-LB), for a "
+        "load balancer that routes by it (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--host-id-len", type=lambda t: _int_arg(t, 0, 14), default=1, metavar="BYTES",
+        help="bytes of the host ID; the server ID is these plus one worker byte "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--quic-lb-config-id", type=lambda t: _int_arg(t, 0, 6), default=0, metavar="N",
+        help="QUIC-LB config rotation bits of the connection IDs, 0..6 (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--quic-lb-nonce-len", type=lambda t: _int_arg(t, 4, 18), default=5, metavar="BYTES",
+        help="QUIC-LB nonce bytes; CID length = 1 + server ID + nonce <= 20 "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--quic-lb-key", type=_hex_key, metavar="HEX",
+        help="16-byte AES key (32 hex digits) to encrypt the server ID (QUIC-LB single- or "
+        "four-pass); needs --no-steering with --workers (default: plaintext)",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -504,8 +572,11 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument(
         "--json", action="store_true",
         help="on exit, print one JSON object with the server's endpoint and socket "
-        "counters (datagrams, syscalls, batches, lookups, drops by reason) on stdout",
+        "counters (datagrams, syscalls, batches, lookups, drops by reason) on stdout, and "
+        "'workers': per worker its pid, connections (accepted), datagrams_received, "
+        "misrouted_datagrams and connected_sockets (the most held at once)",
     )  # fmt: skip
+    _add_worker_options(server)
     _add_transport_options(server)
     server.set_defaults(func=cmd_perf_server)
 

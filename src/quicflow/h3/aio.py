@@ -441,7 +441,10 @@ class H3QuicConnection(QuicConnection):
 def _face_class(
     options: dict[str, Any], handler: RequestHandler | None = None
 ) -> type[H3QuicConnection]:
-    attrs: dict[str, Any] = {"h3_options": options, "request_handler": staticmethod(handler)}
+    attrs: dict[str, Any] = {
+        "h3_options": options,
+        "request_handler": staticmethod(handler) if handler is not None else None,
+    }
     return type("H3Face", (H3QuicConnection,), attrs)
 
 

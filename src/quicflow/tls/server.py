@@ -17,6 +17,7 @@ from .alerts import (
     MISSING_EXTENSION,
     NO_APPLICATION_PROTOCOL,
     PROTOCOL_VERSION,
+    QUIC_PROTOCOL_VIOLATION,
     UNEXPECTED_MESSAGE,
     TlsAlert,
 )
@@ -28,6 +29,8 @@ from .messages import (
     CLIENT_HELLO,
     EXT_ALPN,
     EXT_KEY_SHARE,
+    EXT_PRE_SHARED_KEY,
+    EXT_PSK_KEY_EXCHANGE_MODES,
     EXT_QUIC_TRANSPORT_PARAMETERS,
     EXT_SERVER_NAME,
     EXT_SIGNATURE_ALGORITHMS,
@@ -124,6 +127,15 @@ class ServerHandshake(HandshakeCore):
     def _client_hello(self, hello: ClientHello, raw: bytes) -> None:
         ext = hello.ext_map
         self.require_empty(Epoch.INITIAL)
+        if hello.session_id:  # RFC 9001 §8.4: a QUIC connection error
+            raise TlsAlert(ILLEGAL_PARAMETER, "non-empty legacy_session_id in a QUIC "
+                           "ClientHello", transport_error=QUIC_PROTOCOL_VIOLATION)
+        if EXT_PRE_SHARED_KEY in ext:
+            if EXT_PSK_KEY_EXCHANGE_MODES not in ext:  # RFC 8446 §4.2.9, §9.2
+                raise TlsAlert(MISSING_EXTENSION,
+                               "pre_shared_key without psk_key_exchange_modes")
+            if hello.extensions[-1][0] != EXT_PRE_SHARED_KEY:  # RFC 8446 §4.2.11
+                raise TlsAlert(ILLEGAL_PARAMETER, "pre_shared_key is not the last extension")
         if EXT_SUPPORTED_VERSIONS not in ext or TLS13 not in parse_supported_versions_client(
             ext[EXT_SUPPORTED_VERSIONS]
         ):

@@ -38,6 +38,11 @@ class Configuration:
         alone on its socket). A server's CIDs come from its endpoint's QUIC-LB generator,
         whose length wins (the server endpoint uses a copy of the configuration with it).
     keylog_file: append TLS secrets in SSLKEYLOGFILE format (for Wireshark/tshark).
+    send_buffer_per_connection / send_buffer_per_endpoint: bytes the application may have
+        written and not yet had acknowledged, on one connection / on all connections of one
+        endpoint (a server) together; ``drain()`` waits while either is exceeded (and while
+        its own stream holds more than 4 MiB), so a peer that never reads cannot make the
+        server buffer more than that.
     """
 
     alpn_protocols: list[str] = field(default_factory=list)
@@ -69,6 +74,8 @@ class Configuration:
     max_ack_delay: float = 0.025
     ack_delay_exponent: int = 3
     keylog_file: str | None = None
+    send_buffer_per_connection: int = 16 * MIB
+    send_buffer_per_endpoint: int = 512 * MIB
 
     def load_cert_chain(self, certfile: str, keyfile: str | None = None) -> None:
         """Load a PEM certificate chain and private key."""
@@ -91,5 +98,7 @@ class Configuration:
             raise ValueError("active_connection_id_limit must be at least 2")
         if self.idle_timeout < 0:
             raise ValueError("idle_timeout must not be negative")
+        if self.send_buffer_per_connection < 1 or self.send_buffer_per_endpoint < 1:
+            raise ValueError("send buffer limits must be positive")
         if not self.cipher_suites:
             raise ValueError("cipher_suites must not be empty")

@@ -43,6 +43,7 @@ from .state import (
     PacketSpace,
     PeerCid,
     StreamLimits,
+    initial_crypto_recv,
 )
 from .streams import RecvStream, SendStream, Stream
 
@@ -99,6 +100,8 @@ class ConnectionCounters:
     dropped_bad_retry: int = 0
     duplicate_packets: int = 0
     engine_open_failures: int = 0
+    dropped_reassembly_full: int = 0  # out-of-order data over the budget: not acked
+    one_rtt_before_handshake: int = 0  # server: 1-RTT packets held or dropped, not acked
 
 
 @dataclass(slots=True, eq=False)
@@ -148,6 +151,7 @@ class Connection:
     bidi: StreamLimits = field(default_factory=StreamLimits)
     uni: StreamLimits = field(default_factory=StreamLimits)
     pending_stream_updates: list[int] = field(default_factory=list)  # MAX_STREAM_DATA
+    send_buffered: int = 0  # bytes the application wrote, not yet acknowledged or reset
     # recovery
     pacer: Pacer = field(default_factory=Pacer)
     loss: LossDetection = field(default_factory=LossDetection)
@@ -172,10 +176,15 @@ class Connection:
     counters: ConnectionCounters = field(default_factory=ConnectionCounters)
     ecn_state: int = 0  # ECN_TESTING / ECN_CAPABLE / ECN_FAILED
     key_update_pending: bool = False  # we updated our send keys; the peer has not yet
+    key_update_requested: bool = False  # asked for, waiting for key_update_allowed_at
+    key_update_allowed_at: float = 0.0  # 3 PTO after the previous update (RFC 9001 §6.5)
     key_updates_received: int = 0
     one_rtt_send_hp: bytes = b""
     one_rtt_recv_hp: bytes = b""
     pacer_deadline: float | None = None
+    # server: 1-RTT datagrams that came before the handshake completed, processed once
+    # it has (RFC 9001 §5.7), at most MAX_EARLY_ONE_RTT of them: (packet, address, ecn)
+    early_one_rtt: list[tuple[bytes, Address, int]] = field(default_factory=list)
     _now_hint: float = 0.0
     # runtime objects (not snapshotted)
     # The key of our 1-RTT sealer in the offload engine: local and unique (chosen by the
@@ -241,6 +250,7 @@ class Connection:
         self.bidi.window = cfg.max_streams_bidi
         self.uni.max_remote = cfg.max_streams_uni
         self.uni.window = cfg.max_streams_uni
+        self.spaces[0].crypto_recv = initial_crypto_recv()
         self.loss = LossDetection(
             is_server=not self.is_client,
             max_ack_delay=0.025,
@@ -346,6 +356,7 @@ class Connection:
         if send is None:
             raise ValueError(f"stream {stream_id} is receive-only")
         send.write(data, end_stream)
+        self.send_buffered += len(data)
         if stream_id not in self.send_queue:
             self.send_queue.append(stream_id)
 
@@ -391,7 +402,7 @@ class Connection:
         send = self._stream(stream_id).send
         if send is None:
             raise ValueError(f"stream {stream_id} is receive-only")
-        send.reset(error_code)
+        self.send_buffered -= send.reset(error_code)
         if stream_id not in self.send_queue:
             self.send_queue.append(stream_id)
 
@@ -431,15 +442,24 @@ class Connection:
     def initiate_key_update(self) -> None:
         """Start a 1-RTT key update (RFC 9001 §6): send with the next keys from now on.
 
-        Raises ValueError before the handshake is confirmed or while the previous update
-        is not yet answered by the peer.
+        An update asked for while the previous one is not yet answered by the peer, or
+        less than three PTOs after it was (RFC 9001 §6.5: the peer may not have the next
+        keys yet), waits and starts by itself as soon as it may (see :meth:`timer`).
+        Raises ValueError before the handshake is confirmed.
         """
-        from ..crypto.keys import next_generation_secret
-
         if not (self.handshake_confirmed and self.one_rtt_ready):
             raise ValueError("a key update needs a confirmed handshake")
-        if self.key_update_pending:
-            raise ValueError("the previous key update is not yet answered by the peer")
+        self.key_update_requested = True
+        self._start_key_update_if_allowed(self._now_hint)
+
+    def _start_key_update_if_allowed(self, now: float) -> None:
+        from ..crypto.keys import next_generation_secret
+
+        if self.key_update_pending or now < self.key_update_allowed_at:
+            return
+        if self.state >= CLOSING or not self.one_rtt_ready:
+            return
+        self.key_update_requested = False
         self.key_update_pending = True
         self.key_phase ^= 1
         self.one_rtt_send_secret = next_generation_secret(
@@ -522,6 +542,8 @@ class Connection:
                 deadlines.append(space.ack_deadline)
         if self.pacer_deadline is not None:
             deadlines.append(self.pacer_deadline)
+        if self.key_update_requested and not self.key_update_pending:
+            deadlines.append(self.key_update_allowed_at)
         return min(deadlines)
 
     def handle_timer(self, now: float) -> None:
@@ -546,6 +568,8 @@ class Connection:
             on_loss_timeout(self, now)
         if self.pacer_deadline is not None and now >= self.pacer_deadline:
             self.pacer_deadline = None
+        if self.key_update_requested:
+            self._start_key_update_if_allowed(now)
 
     def sync_recovery(self) -> None:
         """Copy what loss detection needs to know about the connection into it."""

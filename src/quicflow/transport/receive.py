@@ -28,7 +28,6 @@ from ..wire.tparams import decode_transport_parameters
 from .connection import SPACE_OF_EPOCH, Address, Connection
 from .errors import (
     CONNECTION_ID_LIMIT_ERROR,
-    CRYPTO_ERROR,
     FLOW_CONTROL_ERROR,
     FRAME_ENCODING_ERROR,
     INTERNAL_ERROR,
@@ -46,7 +45,8 @@ from .events import (
     StreamWritable,
 )
 from .recovery_glue import on_ack_frame
-from .state import CLOSING, DRAINING, ESTABLISHED, PeerCid
+from .state import CLOSING, DRAINING, ESTABLISHED, PacketSpace, PeerCid
+from .streams import ReassemblyFull
 
 EPOCH_OF_TYPE = {INITIAL: Epoch.INITIAL, HANDSHAKE: Epoch.HANDSHAKE, ZERO_RTT: Epoch.ZERO_RTT}
 
@@ -74,19 +74,61 @@ def receive_datagram(
             conn.counters.packets_dropped += 1
             conn.counters.dropped_malformed += 1
             return
-        end = hdr.end
+        if not _receive_one(conn, data, pos, hdr, addr, now, ecn):
+            return
+        pos = hdr.end
+    if conn.early_one_rtt and conn.handshake_complete:
+        _replay_early_one_rtt(conn, now)
+
+
+def _receive_one(
+    conn: Connection, data: bytes, pos: int, hdr: PacketHeader, addr: Address, now: float,
+    ecn: int,
+) -> bool:
+    """One packet; False when the connection is closing because of it (or was)."""
+    try:
+        _receive_packet(conn, data, pos, hdr, addr, now, ecn)
+    except QuicError as exc:
+        conn.close_with_error(exc)
+        return False
+    except TlsAlert as exc:
+        conn.close(exc.quic_error_code, str(exc), application=False,
+                   frame_type=F.CRYPTO)
+        return False
+    return conn.state < CLOSING
+
+
+#: 1-RTT datagrams a server holds while its handshake is not complete (RFC 9001 §5.7
+#: forbids processing them before; more than a few are dropped, unacknowledged), and the
+#: bytes they may take together.
+MAX_EARLY_ONE_RTT = 4
+MAX_EARLY_ONE_RTT_BYTES = 16 * 1024
+
+
+def hold_early_one_rtt(conn: Connection, packet: bytes, addr: Address, ecn: int) -> None:
+    """A server got a 1-RTT packet before its handshake completed: keep a few for later,
+    acknowledge none (a client may take an ACK of 1-RTT as handshake confirmation and
+    would then never resend a lost Finished)."""
+    conn.counters.one_rtt_before_handshake += 1
+    held = conn.early_one_rtt
+    if len(held) < MAX_EARLY_ONE_RTT and (
+        sum(len(p) for p, _, _ in held) + len(packet) <= MAX_EARLY_ONE_RTT_BYTES
+    ):
+        held.append((packet, addr, ecn))
+    else:
+        conn.counters.packets_dropped += 1
+        conn.counters.dropped_no_keys += 1
+
+
+def _replay_early_one_rtt(conn: Connection, now: float) -> None:
+    held, conn.early_one_rtt = conn.early_one_rtt, []
+    for packet, addr, ecn in held:
         try:
-            _receive_packet(conn, data, pos, hdr, addr, now, ecn)
-        except QuicError as exc:
-            conn.close_with_error(exc)
+            hdr = parse_header(packet, 0, conn.local_cid_length)
+        except WireError:
+            continue
+        if not _receive_one(conn, packet, 0, hdr, addr, now, ecn):
             return
-        except TlsAlert as exc:
-            conn.close(CRYPTO_ERROR + exc.description, str(exc), application=False,
-                       frame_type=F.CRYPTO)
-            return
-        if conn.state >= CLOSING:
-            return
-        pos = end
 
 
 def _receive_packet(
@@ -115,6 +157,9 @@ def _receive_packet(
         if not conn.one_rtt_ready:
             conn.counters.packets_dropped += 1
             conn.counters.dropped_no_keys += 1
+            return
+        if not conn.handshake_complete and not conn.is_client:
+            hold_early_one_rtt(conn, bytes(data[pos : hdr.end]), addr, ecn)
             return
         results = conn.engine.open(data, [(pos, hdr.end - pos, hdr.dcid)])
         result = results[0]
@@ -158,7 +203,14 @@ def _receive_packet(
     conn.counters.packets_received += 1
     if epoch == Epoch.HANDSHAKE and not conn.is_client:
         _discard_epoch(conn, Epoch.INITIAL)
-    ack_eliciting = _process_frames(conn, payload, epoch, now)
+    crypto_before = _crypto_held(space) if epoch == Epoch.INITIAL else 0
+    try:
+        ack_eliciting = _process_frames(conn, payload, epoch, now)
+    except ReassemblyFull:
+        conn.counters.packets_received -= 1
+        conn.counters.packets_dropped += 1
+        conn.counters.dropped_reassembly_full += 1
+        return  # not acknowledged: the peer sends it again
     # ACK bookkeeping
     if pn < space.largest_received or (
         space.received and pn > space.largest_received + 1
@@ -182,10 +234,18 @@ def _receive_packet(
             space.ack_immediately = True
         elif space.ack_deadline is None:
             space.ack_deadline = now + conn.configuration.max_ack_delay
-    conn.idle_deadline = now + _effective_idle(conn)
+    if epoch != Epoch.INITIAL or conn.is_client or _crypto_held(space) > crypto_before:
+        # an Initial that brings a server no new handshake data (anyone can build one)
+        # does not keep the connection alive
+        conn.idle_deadline = now + _effective_idle(conn)
     conn.last_ack_eliciting_sent_after_receive = False
     if conn.state == CLOSING:
         conn.close_pending = True
+
+
+def _crypto_held(space: PacketSpace) -> int:
+    recv = space.crypto_recv
+    return recv.read_offset + recv.ready_bytes + recv.chunk_bytes
 
 
 def _effective_idle(conn: Connection) -> float:
@@ -210,6 +270,8 @@ def _check_stateless_reset(conn: Connection, packet: bytes) -> None:
 
 def _receive_retry(conn: Connection, data: bytes, pos: int, hdr: PacketHeader) -> None:
     if not conn.is_client or conn.peer_initial_scid is not None or conn.retry_scid is not None:
+        conn.counters.packets_dropped += 1  # a Retry to a server, or too late: ignored
+        conn.counters.dropped_bad_retry += 1
         return
     packet = bytes(data[pos : hdr.end])
     pseudo = retry_pseudo_packet(conn.original_dcid, packet[:-16])
@@ -240,6 +302,8 @@ def _on_peer_key_update(conn: Connection) -> None:
     suite = conn.cipher_suite
     conn.one_rtt_recv_secret = next_generation_secret(suite, conn.one_rtt_recv_secret)
     conn.key_updates_received += 1
+    # the next update waits three PTOs: the peer may still be on the old keys' timer
+    conn.key_update_allowed_at = conn._now_hint + 3 * conn.pto()
     if conn.key_update_pending:
         conn.key_update_pending = False
         return
@@ -275,13 +339,21 @@ def _process_frames(conn: Connection, payload: bytes, epoch: Epoch, now: float) 
     handshake_epoch = epoch != Epoch.ONE_RTT
     for frame in frames:
         cls = type(frame)
-        if handshake_epoch and not isinstance(frame, _HANDSHAKE_FRAMES):
-            raise QuicError(PROTOCOL_VIOLATION, f"{cls.__name__} not allowed in {epoch.name}")
+        if handshake_epoch and (not isinstance(frame, _HANDSHAKE_FRAMES) or (
+            isinstance(frame, F.ConnectionClose) and frame.frame_type is None  # 0x1d
+        )):
+            raise QuicError(PROTOCOL_VIOLATION, f"{cls.__name__} not allowed in {epoch.name}",
+                            F.frame_type_of(frame))
         if cls is not F.Ack and cls is not F.Padding and cls is not F.ConnectionClose:
             ack_eliciting = True
         handler = _HANDLERS.get(cls)
         if handler is not None:
-            handler(conn, frame, epoch, now)
+            try:
+                handler(conn, frame, epoch, now)
+            except QuicError as exc:
+                if not exc.frame_type:  # name the frame that broke the rule
+                    exc.frame_type = F.frame_type_of(frame)
+                raise
         if conn.state >= CLOSING:
             break
     return ack_eliciting
@@ -402,6 +474,8 @@ def _apply_peer_params(conn: Connection, raw: bytes) -> None:
             conn.peer_cids.append(PeerCid(0, conn.peer_cid, None))
     else:
         conn.peer_cids.append(PeerCid(0, conn.peer_cid, None))
+    if params.initial_source_connection_id is None:  # RFC 9000 §7.3
+        raise QuicError(TRANSPORT_PARAMETER_ERROR, "initial_source_connection_id missing")
     if params.initial_source_connection_id != conn.peer_cid and (
         params.initial_source_connection_id != conn.peer_initial_scid
     ):
@@ -433,9 +507,13 @@ def _on_stream(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
     if stream is None or stream.recv is None:
         return
     recv = stream.recv
-    grown = recv.receive(frame.offset, frame.data, frame.fin)
+    flow = conn.flow
+    cost = recv.chunk_cost
+    grown = recv.receive(frame.offset, frame.data, frame.fin,
+                         flow.max_data - flow.data_consumed - flow.reassembly_cost)
+    if recv.chunk_cost != cost:
+        flow.reassembly_cost += recv.chunk_cost - cost
     if grown:
-        flow = conn.flow
         flow.data_received += grown
         if flow.data_received > flow.max_data:
             raise QuicError(FLOW_CONTROL_ERROR, "connection flow control limit exceeded")
@@ -450,7 +528,9 @@ def _on_reset_stream(conn: Connection, frame: Any, epoch: Epoch, now: float) -> 
     if stream is None or stream.recv is None:
         return
     first = stream.recv.reset_code is None
+    cost = stream.recv.chunk_cost
     grown = stream.recv.on_reset(frame.error_code, frame.final_size)
+    conn.flow.reassembly_cost -= cost  # on_reset dropped every stored piece
     conn.flow.data_received += grown
     if conn.flow.data_received > conn.flow.max_data:
         raise QuicError(FLOW_CONTROL_ERROR, "connection flow control limit exceeded")
@@ -554,8 +634,16 @@ def _on_retire_connection_id(conn: Connection, frame: Any, epoch: Epoch, now: fl
         return
 
 
+#: PATH_CHALLENGE data kept to answer: the latest ones (RFC 9000 §8.2.2 lets an endpoint
+#: leave challenges unanswered; a flood of them must not grow the connection).
+MAX_PATH_CHALLENGES = 4
+
+
 def _on_path_challenge(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
-    conn.path_challenges_received.append(frame.data)
+    received = conn.path_challenges_received
+    received.append(frame.data)
+    if len(received) > MAX_PATH_CHALLENGES:
+        del received[0]
 
 
 def _on_path_response(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:

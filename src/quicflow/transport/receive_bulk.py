@@ -14,12 +14,18 @@ from bisect import bisect_right
 from ..crypto.epoch import Epoch
 from ..tls.alerts import TlsAlert
 from .connection import Address, Connection
-from .errors import CRYPTO_ERROR, FLOW_CONTROL_ERROR, QuicError
+from .errors import FLOW_CONTROL_ERROR, QuicError
 from .events import StreamReadable
 from .rangeset import RangeSet
-from .receive import _check_stateless_reset, _effective_idle, _on_peer_key_update
+from .receive import (
+    _check_stateless_reset,
+    _effective_idle,
+    _on_peer_key_update,
+    hold_early_one_rtt,
+)
 from .receive import _process_frames as process_frames
 from .state import CLOSING, DRAINING
+from .streams import ReassemblyFull
 
 _ECN_INDEX = {2: 0, 1: 1, 3: 2}
 
@@ -58,6 +64,10 @@ def receive_short_run(
         return
     for _, length, _ in packets:
         counters.bytes_received += length
+    if not conn.handshake_complete and not conn.is_client:  # RFC 9001 §5.7
+        for offset, length, _ in packets:
+            hold_early_one_rtt(conn, bytes(buf[offset : offset + length]), addr, ecn)
+        return
     entries = conn.engine.open_run(buf, packets)
     space = conn.spaces[2]
     largest_before = space.largest_received
@@ -82,7 +92,16 @@ def receive_short_run(
                     stream = conn.get_or_create_peer_stream(sid)
                     recv = stream.recv if stream is not None else None
                 if recv is not None:
-                    grown = recv.receive(offset, data, fin)
+                    cost = recv.chunk_cost
+                    try:
+                        grown = recv.receive(offset, data, fin, flow.max_data
+                                             - flow.data_consumed - flow.reassembly_cost)
+                    except ReassemblyFull:  # dropped unacknowledged: sent again
+                        counters.packets_dropped += count
+                        counters.dropped_reassembly_full += count
+                        continue
+                    if recv.chunk_cost != cost:
+                        flow.reassembly_cost += recv.chunk_cost - cost
                     if grown:
                         flow.data_received += grown
                         if flow.data_received > flow.max_data:
@@ -117,7 +136,12 @@ def receive_short_run(
             if pn <= space.largest_received and pn in received:
                 counters.duplicate_packets += 1
                 continue
-            is_eliciting = process_frames(conn, payload, Epoch.ONE_RTT, now)
+            try:
+                is_eliciting = process_frames(conn, payload, Epoch.ONE_RTT, now)
+            except ReassemblyFull:  # dropped unacknowledged: sent again
+                counters.packets_dropped += 1
+                counters.dropped_reassembly_full += 1
+                continue
             if conn.state >= CLOSING:
                 break
             accepted += 1
@@ -130,9 +154,11 @@ def receive_short_run(
             if is_eliciting:
                 eliciting += 1
     except QuicError as exc:
+        if not exc.frame_type and entry[0] == 0:  # a coalesced run of STREAM frames
+            exc.frame_type = 0x0A | (0x04 if entry[4] else 0) | (0x01 if entry[6] else 0)
         conn.close_with_error(exc)
     except TlsAlert as exc:
-        conn.close(CRYPTO_ERROR + exc.description, str(exc), application=False)
+        conn.close(exc.quic_error_code, str(exc), application=False)
     if not accepted:
         return
     if addr != conn.peer_address and space.largest_received > largest_before:

@@ -87,12 +87,12 @@ def on_acked_packets(conn: Connection, packets: list[SentPacket]) -> None:
                 stream = streams.get(rec[1])
                 if stream is not None and stream.send is not None:
                     offset, length, fin = _run_piece(packet, rec)
-                    stream.send.on_acked(offset, length, fin)
+                    conn.send_buffered -= stream.send.on_acked(offset, length, fin)
                     writable.add(rec[1])
             elif kind == R_STREAM:
                 stream = streams.get(rec[1])
                 if stream is not None and stream.send is not None:
-                    stream.send.on_acked(rec[2], rec[3], bool(rec[4]))
+                    conn.send_buffered -= stream.send.on_acked(rec[2], rec[3], bool(rec[4]))
                     writable.add(rec[1])
             elif kind == R_CRYPTO:
                 space = conn.spaces[SPACE_OF_EPOCH[Epoch(rec[1])]]

@@ -461,8 +461,10 @@ def _close_datagrams(conn: Connection, now: float) -> list[bytes]:
         space = conn.spaces[_SPACE[epoch]]
         if space.discarded:
             continue
-        if conn.handshake_complete and epoch != Epoch.ONE_RTT:
-            continue  # the peer has 1-RTT keys: send the close with its real code only
+        if conn.handshake_confirmed and epoch != Epoch.ONE_RTT:
+            continue  # the peer processes 1-RTT: send the close with its real code only
+        # before that, the close goes in Handshake packets too: a server does not
+        # process 1-RTT before its handshake completes (RFC 9000 §10.2.3, RFC 9001 §5.7)
         if epoch == Epoch.ONE_RTT:
             if not conn.one_rtt_ready:
                 continue

@@ -41,6 +41,7 @@ from .events import StreamReadable
 from .rangeset import RangeSet
 from .recovery import LossDetection, PnSpace, SentPacket, SpaceState
 from .rtt import RttEstimator
+from .snapshot_check import check_rangeset, check_recv_stream, check_send_stream, check_tree
 from .state import CLOSING, FlowControl, LocalCid, PacketSpace, PeerCid, StreamLimits
 from .streams import RecvStream, SendStream, Stream
 
@@ -76,7 +77,7 @@ CONFIG_SECRET_FIELDS = frozenset({"certificate_chain", "private_key"})
 #: ``last_update_time`` fields use 0.0 for "never" and stay 0.0.
 TIME_FIELDS: dict[type[Any], tuple[str, ...]] = {
     Connection: ("now_created", "idle_deadline", "close_deadline", "pacer_deadline",
-                 "_now_hint"),
+                 "_now_hint", "key_update_allowed_at"),
     PacketSpace: ("largest_received_time", "ack_deadline"),
     FlowControl: ("last_update_time",),
     RecvStream: ("last_update_time",),
@@ -182,9 +183,6 @@ def restore_connection(
     (``conn.host_cid_list()``); ``conn.cid_changes`` lists them as added, so an
     endpoint's CID bookkeeping registers them too.
     """
-    from .receive import program_engine
-    from .recovery_glue import on_lost_packets
-
     header, body = CODEC.decode(blob)
     created = header.get("created")
     if type(created) is not float or not math.isfinite(created):
@@ -194,6 +192,41 @@ def restore_connection(
     conn, app_state = body["connection"], body["app_state"]
     if type(conn) is not Connection or type(app_state) is not bytes:
         raise SnapshotError("snapshot body is not a connection snapshot")
+    validate_connection_tree(conn)
+    try:
+        return _rebuild(conn, app_state, engine, now, created, configuration)
+    except (AttributeError, TypeError, ValueError, IndexError, KeyError,
+            OverflowError) as exc:  # well-typed but inconsistent state
+        raise SnapshotError(f"snapshot state is inconsistent: {exc}") from None
+
+
+def validate_connection_tree(conn: Connection) -> None:
+    """Every field of every captured object holds a value of its annotated type
+    (:mod:`.snapshot_check`); raises :class:`SnapshotError` otherwise."""
+    check_tree(conn, CLASSES, {Connection: RUNTIME_FIELDS, Configuration: CONFIG_SECRET_FIELDS})
+    for index, space in enumerate(conn.spaces):
+        check_rangeset(space.received.starts, space.received.ends, f"spaces[{index}].received")
+        check_recv_stream(space.crypto_recv, f"spaces[{index}].crypto_recv")
+        check_send_stream(space.crypto_send, f"spaces[{index}].crypto_send")
+    for stream_id, stream in conn.streams.items():
+        if stream.stream_id != stream_id:
+            raise SnapshotError(f"snapshot stream {stream_id} is filed under another id")
+        if stream.recv is not None:
+            check_recv_stream(stream.recv, f"stream {stream_id} recv")
+        if stream.send is not None:
+            check_send_stream(stream.send, f"stream {stream_id} send")
+
+
+def _rebuild(
+    conn: Connection,
+    app_state: bytes,
+    engine: OffloadEngine,
+    now: float,
+    created: float,
+    configuration: Configuration | None,
+) -> tuple[Connection, bytes]:
+    from .receive import program_engine
+    from .recovery_glue import on_lost_packets
 
     # runtime objects
     conn.tls = None

@@ -49,6 +49,16 @@ def _crypto_recv() -> RecvStream:
     return RecvStream(max_data=1 << 20, window=1 << 20, window_max=1 << 20)
 
 
+#: CRYPTO data a server buffers in the Initial space, whose keys anyone can derive: a
+#: ClientHello fits many times over (RFC 9000 §7.5 asks for at least 4096 bytes).
+INITIAL_CRYPTO_WINDOW = 1 << 16
+
+
+def initial_crypto_recv() -> RecvStream:
+    return RecvStream(max_data=INITIAL_CRYPTO_WINDOW, window=INITIAL_CRYPTO_WINDOW,
+                      window_max=INITIAL_CRYPTO_WINDOW)
+
+
 @dataclass(slots=True, eq=False)
 class PacketSpace:
     """One packet number space: what we sent and what we must acknowledge."""
@@ -104,6 +114,12 @@ class FlowControl:
     blocked_sent_at: int = -1
     blocked_pending: bool = False
     pending_max_data: bool = False
+    reassembly_cost: int = 0  # sum of the streams' out-of-order charge (chunk_cost)
+
+    def reassembly_budget(self) -> int:
+        """How much more out-of-order data (charged per piece) the streams may hold:
+        together never more than the connection's receive window."""
+        return self.max_data - self.data_consumed - self.reassembly_cost
 
 
 @dataclass(slots=True, eq=False)

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
-from bisect import insort
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
 from .errors import FINAL_SIZE_ERROR, FLOW_CONTROL_ERROR, STREAM_STATE_ERROR, QuicError
 from .rangeset import RangeSet
 
 _COMPACT_MIN = 1 << 16
+#: What one stored out-of-order piece is charged against the receive window, at least:
+#: so a stream holds at most window / PIECE_COST pieces, and tiny pieces cannot make the
+#: bookkeeping outgrow the bytes the peer was allowed to send.
+PIECE_COST = 1024
+#: Most separate ranges (gaps) of out-of-order data per stream: a new piece is a binary
+#: search plus a list insertion that moves at most this many entries.
+MAX_RANGES = 4096
+_NO_LIMIT = 1 << 62
+
+
+class ReassemblyFull(Exception):
+    """An out-of-order piece does not fit the reassembly budget. Nothing was changed:
+    the packet that carried it is dropped unacknowledged, so the peer sends it again
+    (by then the gap before it may be filled)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -71,10 +85,13 @@ class SendStream:
         """
         if self.reset_code is not None or max_len <= 0:
             return None
-        if self.lost:
-            start = self.lost.starts[0]
-            end = min(self.lost.ends[0], start + max_len)
-            self.lost.subtract(start, end)
+        lost = self.lost
+        if lost and lost.starts[0] < self.acked_offset:
+            lost.shift_below(self.acked_offset)  # acknowledged since: nothing to resend
+        if lost:
+            start = lost.starts[0]
+            end = min(lost.ends[0], start + max_len)
+            lost.subtract(start, end)
             fin = False
             if self.fin_lost and end == self.write_offset:
                 fin = True
@@ -97,21 +114,28 @@ class SendStream:
             self.fin_sent = True
         return start, self._slice(start, end), fin, end - start
 
-    def on_acked(self, offset: int, length: int, fin: bool) -> None:
+    def on_acked(self, offset: int, length: int, fin: bool) -> int:
+        """Take an acknowledged range; returns by how much ``acked_offset`` moved (the
+        written bytes this releases), 0 on a reset stream (its buffer is gone)."""
         if fin:
             self.fin_acked = True
         end = offset + length
+        released = 0
         if end > self.acked_offset:
             acked = self.acked
             acked.add(max(offset, self.acked_offset), end)
+            if self.lost:  # a late ACK for data declared lost: do not resend it
+                self.lost.subtract(offset, end)
             if acked.starts[0] <= self.acked_offset < acked.ends[0]:
                 new_acked = acked.ends[0]
-                self.buffer_start += new_acked - self.acked_offset
+                released = new_acked - self.acked_offset
+                self.buffer_start += released
                 self.acked_offset = new_acked
                 acked.shift_below(new_acked)
                 if self.buffer_start >= _COMPACT_MIN and self.buffer_start * 2 >= len(self.buffer):
                     del self.buffer[: self.buffer_start]
                     self.buffer_start = 0
+        return released if self.reset_code is None else 0
 
     def on_lost(self, offset: int, length: int, fin: bool) -> None:
         if self.reset_code is not None:
@@ -132,22 +156,34 @@ class SendStream:
             return self.reset_acked
         return self.fin_acked and self.acked_offset >= self.write_offset
 
-    def reset(self, code: int) -> None:
+    def reset(self, code: int) -> int:
+        """Abandon the stream; returns the written bytes this releases."""
         if self.reset_code is None and not self.is_complete():
+            released = self.write_offset - self.acked_offset
             self.reset_code = code
             self.reset_pending = True
             self.buffer = bytearray()
             self.buffer_start = 0
             self.lost = RangeSet()
+            return released
+        return 0
 
 
 @dataclass(slots=True, eq=False)
 class RecvStream:
-    """Received bytes not yet read, out-of-order chunks and receive flow control.
+    """Received bytes not yet read, out-of-order pieces and receive flow control.
 
     In-order data is kept as a list of chunks (``ready[ready_head:]``, the first one
     consumed up to ``ready_pos``), so neither receiving nor reading moves the bytes
     already buffered.
+
+    Out-of-order data is stored once: ``chunk_ranges`` holds the byte ranges stored
+    above the contiguous end, ``chunks`` one piece per uncovered part of a frame, keyed
+    by its offset (pieces never overlap and tile ``chunk_ranges`` exactly). A frame costs
+    a binary search plus one piece per gap it fills; draining pops pieces by offset and
+    drops all the ranges it passed at once. Each piece is charged at least
+    :data:`PIECE_COST` against the stream's window (and the caller's connection budget):
+    a piece over the budget raises :class:`ReassemblyFull` before anything changes.
     """
 
     ready: list[bytes] = field(default_factory=list)
@@ -157,7 +193,10 @@ class RecvStream:
     read_offset: int = 0  # bytes consumed by the application
     highest_offset: int = 0  # largest end offset seen
     final_size: int | None = None
-    chunks: list[tuple[int, bytes]] = field(default_factory=list)  # sorted out-of-order data
+    chunks: dict[int, bytes] = field(default_factory=dict)  # out-of-order pieces by offset
+    chunk_ranges: RangeSet = field(default_factory=RangeSet)  # what ``chunks`` covers
+    chunk_bytes: int = 0  # bytes in ``chunks``
+    chunk_cost: int = 0  # their charge: sum of max(len(piece), PIECE_COST)
     max_data: int = 0  # our advertised MAX_STREAM_DATA
     window: int = 0
     window_max: int = 0
@@ -175,51 +214,145 @@ class RecvStream:
     def readable(self) -> int:
         return self.ready_bytes
 
+    @property
+    def out_of_order_bytes(self) -> int:
+        """Bytes received above a gap, waiting for it to be filled."""
+        return self.chunk_bytes
+
+    @property
+    def out_of_order_pieces(self) -> int:
+        return len(self.chunks)
+
     def at_eof(self) -> bool:
         return self.final_size is not None and self.contiguous_end == self.final_size
 
-    def receive(self, offset: int, data: bytes | memoryview, fin: bool) -> int:
-        """Take a STREAM frame; returns by how much ``highest_offset`` grew."""
+    def receive(
+        self, offset: int, data: bytes | memoryview, fin: bool, budget: int = _NO_LIMIT
+    ) -> int:
+        """Take a STREAM frame; returns by how much ``highest_offset`` grew.
+
+        ``budget`` is how much more out-of-order charge the caller (the connection)
+        allows. Raises :class:`ReassemblyFull` (with no change made) for an out-of-order
+        piece over the budget.
+        """
         end = offset + len(data)
         if self.final_size is not None:
             if end > self.final_size or (fin and end != self.final_size):
                 raise QuicError(FINAL_SIZE_ERROR, "data beyond the final size")
-        if fin:
-            if end < self.highest_offset:
-                raise QuicError(FINAL_SIZE_ERROR, "final size below received data")
-            self.final_size = end
+        if fin and end < self.highest_offset:
+            raise QuicError(FINAL_SIZE_ERROR, "final size below received data")
         if end > self.max_data:
             raise QuicError(FLOW_CONTROL_ERROR, "stream flow control limit exceeded")
-        grown = max(0, end - self.highest_offset)
-        if grown:
-            self.highest_offset = end
-        if self.reset_code is not None or self.stop_sending_code is not None:
-            return grown
         contiguous = self.read_offset + self.ready_bytes
-        if end <= contiguous or not data:
-            return grown
-        if offset <= contiguous:
-            piece = bytes(data[contiguous - offset :])
-            self.ready.append(piece)
-            self.ready_bytes += len(piece)
-            if self.chunks:
-                self._drain_chunks()
-        else:
-            insort(self.chunks, (offset, bytes(data)))
-        return grown
-
-    def _drain_chunks(self) -> None:
-        chunks = self.chunks
-        while chunks:
-            offset, data = chunks[0]
-            contiguous = self.read_offset + self.ready_bytes
+        if end > contiguous and data and self.reset_code is None and (
+            self.stop_sending_code is None
+        ):
             if offset > contiguous:
-                break
-            chunks.pop(0)
-            if offset + len(data) > contiguous:
-                piece = data[contiguous - offset :]
+                self._store(offset, data, end, budget)
+            elif self.chunks:
+                self._fill(offset, data, end, contiguous)
+            else:
+                piece = bytes(data[contiguous - offset :])
                 self.ready.append(piece)
                 self.ready_bytes += len(piece)
+        if fin:
+            self.final_size = end
+        grown = end - self.highest_offset
+        if grown > 0:
+            self.highest_offset = end
+            return grown
+        return 0
+
+    def _store(self, offset: int, data: bytes | memoryview, end: int, budget: int) -> None:
+        """Keep the parts of an out-of-order frame not stored yet."""
+        ranges = self.chunk_ranges
+        starts, ends = ranges.starts, ranges.ends
+        n = len(starts)
+        if not n or offset >= ends[-1]:  # the common case: beyond everything stored
+            if n >= MAX_RANGES and offset > ends[-1]:
+                raise ReassemblyFull("too many gaps in the out-of-order data")
+            size = end - offset
+            cost = size if size > PIECE_COST else PIECE_COST
+            if cost > min(budget, self.max_data - self.read_offset - self.chunk_cost):
+                raise ReassemblyFull("out-of-order data over the reassembly budget")
+            self.chunks[offset] = data if type(data) is bytes else bytes(data)
+            self.chunk_bytes += size
+            self.chunk_cost += cost
+            if n and offset == ends[-1]:
+                ends[-1] = end
+            else:
+                starts.append(offset)
+                ends.append(end)
+            return
+        i = bisect_right(ends, offset)  # first range ending after ``offset``
+        if i < n and starts[i] <= offset and end <= ends[i]:
+            return  # a duplicate: every byte is stored already
+        if n >= MAX_RANGES:  # only frames that touch a stored range (no new gap)
+            j = bisect_left(ends, offset)
+            if j >= n or starts[j] > end:
+                raise ReassemblyFull("too many gaps in the out-of-order data")
+        room = min(budget, self.max_data - self.read_offset - self.chunk_cost)
+        gaps: list[tuple[int, int]] = []
+        cost = 0
+        pos = offset
+        while pos < end:
+            if i < n and starts[i] <= pos:
+                pos = ends[i]
+                i += 1
+                continue
+            stop = end if i >= n else min(end, starts[i])
+            gaps.append((pos, stop))
+            cost += max(stop - pos, PIECE_COST)
+            if cost > room:
+                raise ReassemblyFull("out-of-order data over the reassembly budget")
+            pos = stop
+        chunks = self.chunks
+        stored = 0
+        for start, stop in gaps:
+            if start == offset and stop == end and type(data) is bytes:
+                chunks[start] = data
+            else:
+                chunks[start] = bytes(data[start - offset : stop - offset])
+            stored += stop - start
+        self.chunk_bytes += stored
+        self.chunk_cost += cost
+        ranges.add(offset, end)
+
+    def _fill(self, offset: int, data: bytes | memoryview, end: int, contiguous: int) -> None:
+        """In-order data while pieces are stored: take the new bytes and every stored
+        range they reach, in order; ranges passed are dropped in one step."""
+        ranges = self.chunk_ranges
+        starts, ends = ranges.starts, ranges.ends
+        chunks = self.chunks
+        ready = self.ready
+        n = len(starts)
+        i = 0
+        pos = contiguous
+        freed = 0
+        freed_cost = 0
+        while True:
+            if i < n and starts[i] <= pos:  # a stored range starts here: take it
+                stop = ends[i]
+                while pos < stop:
+                    piece = chunks.pop(pos)
+                    size = len(piece)
+                    ready.append(piece)
+                    pos += size
+                    freed += size
+                    freed_cost += size if size > PIECE_COST else PIECE_COST
+                i += 1
+                continue
+            if pos >= end:
+                break
+            stop = end if i >= n else min(end, starts[i])
+            ready.append(bytes(data[pos - offset : stop - offset]))
+            pos = stop
+        if i:
+            del starts[:i]
+            del ends[:i]
+        self.chunk_bytes -= freed
+        self.chunk_cost -= freed_cost
+        self.ready_bytes += pos - contiguous
 
     def read(self, max_bytes: int = -1) -> bytes:
         available = self.ready_bytes
@@ -289,7 +422,10 @@ class RecvStream:
         self.ready_head = 0
         self.ready_pos = 0
         self.ready_bytes = 0
-        self.chunks = []
+        self.chunks = {}
+        self.chunk_ranges = RangeSet()
+        self.chunk_bytes = 0
+        self.chunk_cost = 0
         return grown
 
 

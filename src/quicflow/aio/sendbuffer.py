@@ -1,0 +1,76 @@
+"""Bounds on the bytes applications wrote and the peer has not yet acknowledged.
+
+Each connection counts them (``Connection.send_buffered``); its face mirrors that
+count into the endpoint's :class:`SendBudget`, so both the per-connection and the
+per-endpoint bound are checked in O(1). ``drain()`` waits at a :class:`SendGate` while a
+bound is exceeded. A gate wakes one waiter at a time, and a waiter that finds room passes
+the turn on (``pass_on``) after it returned, so a freed megabyte lets one writer write its
+next chunk rather than every blocked writer at once: the overshoot past a bound stays
+about one write, not one write per stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+
+class SendGate:
+    """Writers waiting for buffer space, first come first served."""
+
+    __slots__ = ("_loop", "_waiters", "_pass_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._pass_scheduled = False
+
+    def add(self, waiter: asyncio.Future[None]) -> None:
+        self._waiters.append(waiter)
+
+    def wake_one(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def wake_all(self) -> None:
+        waiters, self._waiters = self._waiters, deque()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def pass_on(self) -> None:
+        """A writer found room: let the next one look once this one has written."""
+        if self._waiters and not self._pass_scheduled:
+            self._pass_scheduled = True
+            self._loop.call_soon(self._pass)
+
+    def _pass(self) -> None:
+        self._pass_scheduled = False
+        self.wake_one()
+
+
+class SendBudget:
+    """Written-but-unacknowledged bytes over all connections of one endpoint."""
+
+    __slots__ = ("limit", "used", "peak", "gate")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0  # the most ever held at once
+        self.gate = SendGate(loop)
+
+    def add(self, delta: int) -> None:
+        used = self.used = self.used + delta
+        if delta > 0:
+            if used > self.peak:
+                self.peak = used
+        elif used <= self.limit:
+            self.gate.wake_one()
+
+    def exceeded(self) -> bool:
+        return self.used > self.limit

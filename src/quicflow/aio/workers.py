@@ -1,0 +1,332 @@
+"""``serve(..., workers=N)``: N worker processes behind one port, steered by connection ID.
+
+The caller's process is the supervisor. It binds the port as a reuseport group of N
+sockets (member i is worker i's, bound before anything else), attaches the CBPF steering
+program (unless ``steering=False``), makes the handoff inboxes, then forks the workers
+(``datapath/workers.py``): each runs its own event loop, endpoint and runner on its own
+member socket, issues CIDs whose QUIC-LB server ID is ``host ID + worker ID`` and hands
+datagrams of other workers' connections to their owners (``datapath/handoff.py``). The
+handler reaches the workers by fork: whatever ``handler`` and ``connection_handler``
+are (closures included), each worker has its own copy, taken when it is forked; a worker
+that dies is forked again from the supervisor as it is then.
+
+The supervisor keeps every member socket open while the group lives, so the kernel
+never moves a member into another's slot: a worker's slot waits (its datagrams queue in
+its socket) until the restarted worker reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from ..crypto.native import best_engine
+from ..datapath.handoff import CidRoute, HandoffInboxes, SteeringTransport
+from ..datapath.reuseport import ReuseportGroup
+from ..datapath.workers import WorkerContext, WorkerSupervisor, merge_counters
+from ..endpoint.cids import CidGenerator
+from ..endpoint.endpoint import Endpoint
+from ..endpoint.quiclb import QuicLbConfig, ServerIdLayout
+from ..transport.config import Configuration
+from ..transport.connection import Connection
+from .connection import QuicConnection, StreamHandler
+from .runner import EndpointRunner
+from .stats import datapath_ratios
+
+__all__ = ["CidPlan", "WorkerGroupServer", "serve_workers", "worker_counters"]
+
+#: How often a worker reports its counters to the supervisor (seconds).
+REPORT_INTERVAL = 0.25
+#: How long a stopping worker waits for its connections' closes to go out.
+CLOSE_GRACE = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class CidPlan:
+    """The QUIC-LB layout of a server's CIDs: ``quic_lb`` (its ``server_id_len`` is
+    host_id_len + 1: one worker byte last) and this host's ``host_id``."""
+
+    quic_lb: QuicLbConfig = QuicLbConfig()
+    host_id: int = 0
+
+    def __post_init__(self) -> None:
+        ServerIdLayout(self.host_id, self.host_id_len, 0, 1)  # checks the host ID fits
+
+    @property
+    def host_id_len(self) -> int:
+        return self.quic_lb.server_id_len - 1
+
+    def layout(self, worker_id: int) -> ServerIdLayout:
+        return ServerIdLayout(self.host_id, self.host_id_len, worker_id, 1)
+
+    def generator(self, worker_id: int) -> CidGenerator:
+        return CidGenerator(self.quic_lb, self.layout(worker_id).server_id())
+
+    def route(self, workers: int) -> CidRoute:
+        host_part = self.host_id.to_bytes(self.host_id_len, "big") if self.host_id_len else b""
+        return CidRoute(self.quic_lb.cid_len, self.quic_lb.config_id, host_part, workers)
+
+    def configuration(self, config: Configuration) -> Configuration:
+        """``config`` with its CID length set to the QUIC-LB CID length."""
+        return replace(config, connection_id_length=self.quic_lb.cid_len)
+
+
+def connected_sockets_peak(runner: EndpointRunner) -> int:
+    """The most per-connection sockets the runner held at once (0 without them): read
+    from ``runner.sockets.counters.connected_sockets`` where per-connection sockets exist."""
+    counters = getattr(getattr(runner, "sockets", None), "counters", None)
+    value = getattr(counters, "connected_sockets", 0)
+    return value if isinstance(value, int) else 0
+
+
+def worker_counters(
+    runner: EndpointRunner, app: Callable[[], dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The counters one worker reports (raw counts; the supervisor adds them up)."""
+    transport = runner.transport
+    endpoint = runner.endpoint
+    out: dict[str, Any] = {
+        "connections": endpoint.counters.connections_accepted,
+        "datagrams_received": transport.counters.datagrams_received,
+        "misrouted_datagrams": getattr(transport, "misrouted_datagrams", 0),
+        "handed_over_datagrams": getattr(transport, "handed_over_datagrams", 0),
+        "handoff_dropped": getattr(transport, "handoff_dropped", 0),
+        "connected_sockets": connected_sockets_peak(runner),
+        "live_connections": len(runner.faces),
+        "endpoint": asdict(endpoint.counters),
+        "datapath": {**asdict(transport.counters), "backend": transport.backend},
+    }
+    if app is not None:
+        out["app"] = app()
+    return out
+
+
+@dataclass(slots=True)
+class _WorkerSpec:
+    handler: StreamHandler | None
+    connection_handler: Any
+    configuration: Configuration
+    backend: str
+    plan: CidPlan
+    group: ReuseportGroup
+    inboxes: HandoffInboxes
+    app_stats: Callable[[], dict[str, Any]] | None
+    connection_sockets: int = 0
+    face_class: type[QuicConnection] = QuicConnection
+
+
+def _run_worker(spec: _WorkerSpec, ctx: WorkerContext) -> int:
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    return loop.run_until_complete(_worker(spec, ctx))
+
+
+async def _worker(spec: _WorkerSpec, ctx: WorkerContext) -> int:
+    loop = asyncio.get_running_loop()
+    index = ctx.index
+    workers = len(spec.group)
+    transport = SteeringTransport(
+        spec.group.sockets[index], spec.plan.route(workers), index, spec.inboxes,
+        backend=spec.backend,
+    )  # fmt: skip
+    endpoint = Endpoint(
+        spec.configuration, is_server=True, engine=best_engine(),
+        cid_generator=spec.plan.generator(index),
+    )  # fmt: skip
+    box: list[EndpointRunner] = []
+    report_soon: list[bool] = [False]
+
+    def report() -> None:
+        report_soon[0] = False
+        ctx.report(worker_counters(box[0], spec.app_stats))
+
+    def on_accept(conn: Connection) -> QuicConnection:
+        # Report each new connection at once: a worker that is killed loses only what
+        # happened since its last report, and accepted connections are what tests count.
+        if not report_soon[0]:
+            report_soon[0] = True
+            loop.call_soon(report)
+        face = spec.face_class(box[0], conn, stream_handler=spec.handler)
+        if spec.connection_handler is not None:
+            result = spec.connection_handler(face)
+            if asyncio.iscoroutine(result):
+                loop.create_task(result)
+        return face
+
+    runner = EndpointRunner(transport, endpoint, on_accept=on_accept)
+    box.append(runner)
+    if spec.connection_sockets:
+        # Per-connection sockets (datapath/connected.py, where built): bound to the port
+        # after the group's listeners, so they join the group behind them.
+        getattr(runner, "enable_connection_sockets")(spec.connection_sockets)  # noqa: B009
+    loop.add_reader(transport.inbox_fileno(), runner.read_now)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)  # SIGINT is the supervisor's
+    ctx.ready()
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), REPORT_INTERVAL)
+        except TimeoutError:
+            pass
+        report()
+    # Graceful stop: close every connection (code 0), let the closes go out.
+    loop.remove_reader(transport.inbox_fileno())
+    for face in list(runner.faces.values()):
+        face.close()
+    deadline = loop.time() + CLOSE_GRACE
+    while runner.faces and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    ctx.report(worker_counters(runner, spec.app_stats))
+    runner.close()
+    return 0
+
+
+class WorkerGroupServer:
+    """A running worker group: the supervisor's handle (see the module docstring)."""
+
+    def __init__(
+        self, group: ReuseportGroup, inboxes: HandoffInboxes, supervisor: WorkerSupervisor,
+        plan: CidPlan, steering: bool,
+    ) -> None:
+        self.group = group
+        self.inboxes = inboxes
+        self.supervisor = supervisor
+        self.plan = plan
+        self.steering = steering
+        self._address = group.address
+        self._closing: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> tuple[Any, ...]:
+        return self._address
+
+    @property
+    def pids(self) -> list[int]:
+        """The running workers' process IDs, by worker ID (0 while one restarts)."""
+        return self.supervisor.pids
+
+    async def wait_ready(self, timeout: float = 10.0) -> None:
+        """Wait until every worker serves (after start, or after a restart)."""
+        await self.supervisor.wait_ready(timeout)
+
+    def kill_worker(self, index: int, signum: int = signal.SIGKILL) -> None:
+        self.supervisor.signal(index, signum)
+
+    def workers(self) -> list[dict[str, Any]]:
+        """One dict per worker ID: ``pid``, ``connections`` (accepted),
+        ``datagrams_received``, ``misrouted_datagrams``, ``connected_sockets`` (peak),
+        and more (``handed_over_datagrams``, ``restarts``, ``endpoint``, ``datapath``...);
+        counts include the worker's earlier incarnations."""
+        out = []
+        for slot in self.supervisor.slots:
+            entry = slot.counters()
+            entry["live_connections"] = slot.stats.get("live_connections", 0)
+            entry.update(
+                pid=slot.pid or slot.last_pid,
+                worker_id=slot.index,
+                restarts=slot.restarts,
+                exit_codes=list(slot.exit_codes),
+            )
+            out.append(entry)
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        """``workers`` (see :meth:`workers`) and the totals over them (``endpoint``,
+        ``datapath``, ``app`` and the per-worker counts added up)."""
+        workers = self.workers()
+        total: dict[str, Any] = {}
+        for w in workers:
+            total = merge_counters(total, w)
+        datapath = dict(total.get("datapath", {}))
+        if datapath:
+            datapath.update(datapath_ratios(datapath))
+        endpoint = dict(total.get("endpoint", {}))
+        return {
+            "workers": workers,
+            "connections": total.get("connections", 0),
+            "misrouted_datagrams": total.get("misrouted_datagrams", 0),
+            "handed_over_datagrams": total.get("handed_over_datagrams", 0),
+            "endpoint": endpoint,
+            "datapath": datapath,
+            "app": total.get("app", {}),
+        }
+
+    def close(self) -> None:
+        """Start a graceful stop of every worker (``await wait_closed()`` for the end)."""
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._stop())
+
+    async def _stop(self) -> None:
+        try:
+            await self.supervisor.stop()
+        finally:
+            self.inboxes.close()
+            self.group.close()
+
+    async def wait_closed(self) -> None:
+        self.close()
+        assert self._closing is not None
+        await asyncio.shield(self._closing)
+
+    async def __aenter__(self) -> WorkerGroupServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.wait_closed()
+
+
+async def serve_workers(
+    handler: StreamHandler | None,
+    host: str,
+    port: int,
+    *,
+    configuration: Configuration,
+    workers: int,
+    backend: str = "auto",
+    connection_handler: Any = None,
+    steering: bool = True,
+    plan: CidPlan | None = None,
+    app_stats: Callable[[], dict[str, Any]] | None = None,
+    ready_timeout: float = 10.0,
+    connection_sockets: int = 0,
+    face_class: type[QuicConnection] = QuicConnection,
+) -> WorkerGroupServer:
+    """Bind, steer, fork ``workers`` workers and wait until they serve.
+    ``connection_sockets``: each worker's cap of per-connection sockets (0: off)."""
+    if not 1 <= workers <= 256:
+        raise ValueError(f"workers must be 1..256, got {workers}")
+    if connection_sockets < 0:
+        raise ValueError("connection_sockets must be >= 0")
+    if connection_sockets and not hasattr(EndpointRunner, "enable_connection_sockets"):
+        raise ValueError("per-connection sockets are not available in this build")
+    plan = plan or CidPlan()
+    if plan.quic_lb.key is not None and steering:
+        raise ValueError("steering reads plaintext QUIC-LB CIDs: use no key, or steering=False")
+    config = plan.configuration(configuration)
+    group = ReuseportGroup.bind(host, port, workers)
+    inboxes: HandoffInboxes | None = None
+    try:
+        if steering:
+            group.steer(plan.layout(0).worker_cid_offset, config_id=plan.quic_lb.config_id)
+        inboxes = HandoffInboxes(workers)
+        spec = _WorkerSpec(
+            handler, connection_handler, config, backend, plan, group, inboxes, app_stats,
+            connection_sockets, face_class,
+        )
+        supervisor = WorkerSupervisor(workers, lambda ctx: _run_worker(spec, ctx))
+        server = WorkerGroupServer(group, inboxes, supervisor, plan, steering)
+        supervisor.start()
+    except BaseException:
+        if inboxes is not None:
+            inboxes.close()
+        group.close()
+        raise
+    try:
+        await server.wait_ready(ready_timeout)
+    except BaseException:
+        await server.wait_closed()
+        raise
+    return server

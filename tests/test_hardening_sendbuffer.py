@@ -1,0 +1,67 @@
+"""A client that never reads cannot make a server buffer more than its bounds (issue
+10, item 10): written-but-unacknowledged bytes are bounded per connection and per
+endpoint, drain() waits on those bounds, and the peak is measured by the server's own
+counter (endpoint stats ``send_buffered_peak``), over real loopback sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import pytest
+
+import quicflow
+from quicflow.apps.perf import CHUNK, CHUNK_SIZE, PerfServerHandler
+
+from .support.quic_helpers import client_config, run, server_config
+
+MIB = 1 << 20
+
+
+async def _quiet(server: quicflow.QuicServer, key: str) -> None:
+    """Wait until the server's sent-bytes counter stops moving (everything it may send
+    is sent and the rest is held back)."""
+    last = -1
+    still = 0
+    while still < 10:
+        await asyncio.sleep(0.05)
+        now = server.stats()["endpoint"][key]
+        still = still + 1 if now == last else 0
+        last = now
+
+
+@pytest.mark.parametrize("per_connection,per_endpoint", [(4 * MIB, 1 << 30), (1 << 30, 4 * MIB)])
+def test_client_with_256_streams_that_never_reads(per_connection: int, per_endpoint: int) -> None:
+    async def main() -> None:
+        handler = PerfServerHandler()
+        server = await quicflow.serve(
+            handler, "127.0.0.1", 0,
+            configuration=server_config(send_buffer_per_connection=per_connection,
+                                        send_buffer_per_endpoint=per_endpoint),
+        )
+        try:
+            port = server.address[1]
+            async with quicflow.connect("127.0.0.1", port,
+                                        configuration=client_config()) as conn:
+                readers = []
+                for _ in range(256):
+                    reader, writer = await conn.create_stream()
+                    writer.write(struct.pack("!Q", 1 << 40))  # "send me a terabyte"
+                    writer.write_eof()
+                    readers.append(reader)
+                await _quiet(server, "send_buffered")
+                stats = server.stats()["endpoint"]
+                bound = min(per_connection, per_endpoint)
+                # at most one write (CHUNK_SIZE) past the bound, never one per stream
+                assert 0 < stats["send_buffered_peak"] <= bound + CHUNK_SIZE
+                assert stats["send_buffered"] <= bound + CHUNK_SIZE
+                assert handler.stats.streams == 256
+                # the connection still works: what the client reads is the perf pattern
+                data = await readers[0].readexactly(2 * MIB)
+                assert data == (CHUNK * 2)[: 2 * MIB]
+                conn.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main(), timeout=60)

@@ -1,0 +1,105 @@
+"""ClientHello checks a QUIC server must make (issue 10, item 11): pre_shared_key
+without psk_key_exchange_modes (RFC 8446 §4.2.9/§9.2: missing_extension), a
+pre_shared_key that is not the last extension (§4.2.11: illegal_parameter), and a
+non-empty legacy_session_id (RFC 9001 §8.4: PROTOCOL_VIOLATION), in TLS alone and over
+QUIC, where the client sees the error code."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography import x509
+
+from quicflow.crypto.epoch import Epoch
+from quicflow.tls import PrivateKey, TlsAlert, generate_self_signed
+from quicflow.tls.messages import (
+    EXT_PRE_SHARED_KEY,
+    EXT_PSK_KEY_EXCHANGE_MODES,
+    decode_client_hello,
+    encode_client_hello,
+)
+from quicflow.transport.events import ConnectionTerminated
+from quicflow.transport.streams import SendStream
+
+from .support.memory_pair import MemoryPair
+from .test_tls_errors import client_hello_bytes, pair
+
+# a syntactically valid PreSharedKeyExtension: one identity, one 32-byte binder
+_PSK = (b"\x00\x0a" + b"\x00\x04" + b"abcd" + b"\x00\x00\x00\x01"
+        + b"\x00\x21" + b"\x20" + bytes(32))
+
+
+def _rewrite(raw: bytes, *, session_id: bytes | None = None,
+             add: list[tuple[int, bytes]] = (), drop: int | None = None) -> bytes:
+    hello = decode_client_hello(raw[4:])
+    if session_id is not None:
+        hello.session_id = session_id
+    hello.extensions = [(t, d) for t, d in hello.extensions if t != drop] + list(add)
+    return encode_client_hello(hello)
+
+
+@pytest.fixture(scope="module")
+def cert() -> tuple[x509.Certificate, PrivateKey]:
+    return generate_self_signed(["localhost"])
+
+
+def _server_refuses(cert: tuple[x509.Certificate, PrivateKey], hello: bytes) -> TlsAlert:
+    _, server = pair(*cert)
+    with pytest.raises(TlsAlert) as exc:
+        server.receive(Epoch.INITIAL, hello)
+    return exc.value
+
+
+def test_pre_shared_key_without_psk_key_exchange_modes_is_refused(
+    cert: tuple[x509.Certificate, PrivateKey],
+) -> None:
+    raw = client_hello_bytes(cert)
+    alert = _server_refuses(cert, _rewrite(raw, drop=EXT_PSK_KEY_EXCHANGE_MODES,
+                                           add=[(EXT_PRE_SHARED_KEY, _PSK)]))
+    assert alert.description == 109 and alert.quic_error_code == 0x100 + 109
+    assert "psk_key_exchange_modes" in alert.message
+
+
+def test_pre_shared_key_not_last_is_refused(
+    cert: tuple[x509.Certificate, PrivateKey],
+) -> None:
+    raw = client_hello_bytes(cert)
+    hello = decode_client_hello(raw[4:])
+    hello.extensions = ([(EXT_PRE_SHARED_KEY, _PSK), (EXT_PSK_KEY_EXCHANGE_MODES, b"\x01\x01")]
+                        + [(t, d) for t, d in hello.extensions
+                           if t != EXT_PSK_KEY_EXCHANGE_MODES])
+    alert = _server_refuses(cert, encode_client_hello(hello))
+    assert alert.description == 47
+
+
+def test_non_empty_legacy_session_id_is_a_protocol_violation(
+    cert: tuple[x509.Certificate, PrivateKey],
+) -> None:
+    alert = _server_refuses(cert, _rewrite(client_hello_bytes(cert), session_id=bytes(32)))
+    assert alert.quic_error_code == 0x0A and "legacy_session_id" in alert.message
+
+
+def _quic_client_sends(pair_: MemoryPair, **rewrite: object) -> ConnectionTerminated:
+    client = pair_.client
+    space = client.spaces[0]
+    raw = bytes(space.crypto_send.buffer)
+    space.crypto_send = SendStream(max_data=1 << 62)
+    space.crypto_send.write(_rewrite(raw, **rewrite))  # type: ignore[arg-type]
+    events: list[object] = []
+
+    def closed() -> bool:
+        events.extend(client.pop_events())
+        return any(isinstance(e, ConnectionTerminated) for e in events)
+
+    pair_.run(closed)
+    return next(e for e in events if isinstance(e, ConnectionTerminated))
+
+
+def test_over_quic_the_client_sees_protocol_violation_for_a_session_id() -> None:
+    term = _quic_client_sends(MemoryPair(), session_id=b"\x01" * 8)
+    assert (term.error_code, term.by_peer) == (0x0A, True)
+
+
+def test_over_quic_the_client_sees_missing_extension_for_a_bare_psk() -> None:
+    term = _quic_client_sends(MemoryPair(), drop=EXT_PSK_KEY_EXCHANGE_MODES,
+                              add=[(EXT_PRE_SHARED_KEY, _PSK)])
+    assert (term.error_code, term.by_peer) == (0x100 + 109, True)
