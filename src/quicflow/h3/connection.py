@@ -271,6 +271,9 @@ class H3Connection:
         if stream_id > self.max_peer_bidi:
             self.max_peer_bidi = stream_id
         if self.goaway_sent is not None and stream_id >= self.goaway_sent:
+            recv = self.quic.streams[stream_id].recv
+            if recv is not None and recv.stop_sending_code is not None:
+                return None  # rejected already
             self.counters.requests_rejected += 1
             self._abandon(stream_id, H3_REQUEST_REJECTED)
             return None
