@@ -271,8 +271,8 @@ class H3Connection:
         if stream_id > self.max_peer_bidi:
             self.max_peer_bidi = stream_id
         if self.goaway_sent is not None and stream_id >= self.goaway_sent:
-            recv = self.quic.streams[stream_id].recv
-            if recv is not None and recv.stop_sending_code is not None:
+            send = self.quic.streams[stream_id].send
+            if send is not None and send.reset_code is not None:
                 return None  # rejected already
             self.counters.requests_rejected += 1
             self._abandon(stream_id, H3_REQUEST_REJECTED)
