@@ -254,7 +254,13 @@ class H3Connection:
             return
         st = self.requests.get(stream_id)
         if st is None:
-            if stream_id not in self.quic.streams or self._is_local(stream_id):
+            stream = self.quic.streams.get(stream_id)
+            if stream is None or self._is_local(stream_id):
+                return
+            if (stream.send is not None and stream.send.reset_code is not None) or (
+                stream.recv is not None and stream.recv.stop_sending_code is not None
+            ):
+                self._discard(stream_id)  # a request we rejected or abandoned
                 return
             st = self._new_peer_request(stream_id)
             if st is None:
@@ -271,17 +277,20 @@ class H3Connection:
         if stream_id > self.max_peer_bidi:
             self.max_peer_bidi = stream_id
         if self.goaway_sent is not None and stream_id >= self.goaway_sent:
-            send = self.quic.streams[stream_id].send
-            if send is not None and send.reset_code is not None:
-                return None  # rejected already
             self.counters.requests_rejected += 1
             self._abandon(stream_id, H3_REQUEST_REJECTED)
+            self._discard(stream_id)
             return None
         st = RequestState(
             stream_id, F.FrameParser(self.max_field_section_size), self.stream_buffer, False
         )
         self.requests[stream_id] = st
         return st
+
+    def _discard(self, stream_id: int) -> None:
+        """Read and drop what arrived on an abandoned stream (frees its credit)."""
+        while self.quic.read_stream(stream_id, 1 << 16):
+            pass
 
     def _abandon(self, stream_id: int, code: int) -> None:
         quic = self.quic
