@@ -252,6 +252,19 @@ async def scenario(proto: H3Protocol, name: str) -> dict[str, Any]:
         await late.ended.wait()
         return {"first_sha": sha(bytes(first.body)), "late_reset": late.reset_code,
                 "late_status": status_of(late)}
+    if name == "asgi":  # tests/support/starlette_app.py
+        _, ex = await proto.request("GET", f"/bytes/{3 * MB}", [])
+        await ex.ended.wait()
+        upload = body_of(2 * MB, seed=3)
+        _, ex2 = await proto.request("POST", "/sha", [(b"content-type", b"application/x")],
+                                     upload)
+        await ex2.ended.wait()
+        _, ex3 = await proto.request("GET", "/state", [])
+        await ex3.ended.wait()
+        return {"get_status": status_of(ex), "get_sha": sha(bytes(ex.body)),
+                "get_header_sha": dict(ex.headers or []).get(b"x-sha256", b"").decode(),
+                "post_status": status_of(ex2), "post_answer": json.loads(ex2.body),
+                "post_sha": sha(upload), "state": json.loads(ex3.body)}
     raise ValueError(name)
 
 

@@ -39,6 +39,7 @@ from ..tls.certs import (
     private_key_pem,
 )
 from ..transport.config import Configuration
+from .h3cmd import register as register_h3_commands
 
 PROG = "quicflow"
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -669,6 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-q", "--quiet", action="store_true", help="no progress lines on stderr"
     )
     demo.set_defaults(func=cmd_demo)
+    register_h3_commands(sub)  # serve, get (HTTP/3)
     return parser
 
 

@@ -29,6 +29,7 @@ from ..aio.api import serve as quic_serve
 from ..aio.connection import QuicConnection
 from ..aio.errors import ConnectionClosedError, StreamResetError
 from ..aio.runner import EndpointRunner
+from ..aio.workers import WorkerGroupServer
 from ..transport.config import Configuration
 from ..transport.connection import Connection, StreamLimitReached
 from ..transport.events import (
@@ -567,9 +568,11 @@ async def connect(
 
 
 class H3Server:
-    """A running HTTP/3 server (from :func:`serve`)."""
+    """A running HTTP/3 server (from :func:`serve`). With ``workers=N`` the connections
+    live in the worker processes: ``goaway()`` and ``connections`` see none of them, and
+    ``shutdown()``/``close()`` stop the workers."""
 
-    def __init__(self, server: QuicServer) -> None:
+    def __init__(self, server: QuicServer | WorkerGroupServer) -> None:
         self.server = server
 
     @property
@@ -578,6 +581,8 @@ class H3Server:
 
     @property
     def connections(self) -> list[H3QuicConnection]:
+        if not isinstance(self.server, QuicServer):
+            return []
         return [c for c in self.server.connections if isinstance(c, H3QuicConnection)]
 
     def goaway(self) -> None:
@@ -601,6 +606,7 @@ class H3Server:
             face.close(H3_NO_ERROR)
         await asyncio.sleep(0.05)
         self.server.close()
+        await self.server.wait_closed()
 
     def close(self) -> None:
         for face in self.connections:
@@ -631,7 +637,9 @@ async def serve(
     """Start an HTTP/3 server: ``await handler(request)`` runs for each request (an
     :class:`H3Stream`; respond with ``respond()`` or ``send_headers``/``write``/``end``).
     A handler that raises resets its stream with H3_INTERNAL_ERROR; one that returns
-    without answering sends 500. Extra keyword arguments go to :func:`quicflow.serve`."""
+    without answering sends 500. Extra keyword arguments go to :func:`quicflow.serve`
+    (``workers=N`` included: each worker process serves HTTP/3 with its own copy of
+    ``handler``)."""
     options = {
         "enable_connect_protocol": enable_connect_protocol,
         "enable_datagram": enable_datagram,
