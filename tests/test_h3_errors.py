@@ -246,3 +246,44 @@ def test_missing_pylsqpack_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setitem(sys.modules, "pylsqpack", None)  # import fails
     with pytest.raises(ImportError, match=r"pip install 'quicflow\[h3\]'"):
         H3Connection(Connection.__new__(Connection), is_client=True)
+
+
+def test_qpack_blocked_request_waits_for_the_encoder_stream() -> None:
+    """A HEADERS frame that references dynamic-table entries not yet received blocks the
+    stream (RFC 9204 §2.1.2); it is decoded and served once the encoder stream arrives."""
+    import asyncio
+
+    import pylsqpack
+
+    async def go(conn: quicflow.QuicConnection) -> tuple[bytes, int]:
+        await control_stream(conn, SETTINGS)
+        encoder = pylsqpack.Encoder()
+        setup = encoder.apply_settings(4096, 16)
+        head = GOOD_HEAD + [(b"x-big", b"v" * 100), (b"x-other", b"w" * 50)]
+        encoder.encode(1000, head)  # lsqpack inserts fields on their second use
+        reader, writer = await conn.create_stream()
+        inserts, block = encoder.encode(reader.stream_id, head)
+        assert inserts and len(block) < 20  # refers to the entries inserted just now
+        writer.write(F.encode_frame(F.HEADERS, block))
+        writer.write_eof()
+        await asyncio.sleep(0.2)  # the server holds the section, blocked
+        blocked = servers[0].connections[0].h3.counters.blocked_sections
+        _, enc = await conn.create_stream(bidirectional=False)
+        enc.write(encode_varint(F.STREAM_QPACK_ENCODER) + setup + inserts)
+        return await reader.read(), blocked
+
+    servers: list[h3.H3Server] = []
+
+    async def peer() -> tuple[bytes, int]:
+        server = await h3.serve(app, "127.0.0.1", 0, configuration=h3_server_config())
+        servers.append(server)
+        try:
+            async with quicflow.connect("127.0.0.1", server.address[1],
+                                        configuration=h3_client_config()) as conn:
+                return await go(conn)
+        finally:
+            server.close()
+
+    raw, blocked = run(peer(), timeout=20)
+    assert blocked == 1
+    assert raw.endswith(body_of(10))

@@ -180,3 +180,42 @@ def test_cancelled_request_reaches_the_server_as_h3_request_cancelled() -> None:
         assert await again.read() == body_of(100)
 
     run(with_server(body), timeout=30)
+
+
+async def tunnel(request: h3.H3Stream) -> None:
+    """Extended CONNECT (RFC 9220): echo the tunnel's bytes upper-cased."""
+    assert request.method == "CONNECT" and request.header(":protocol") == "echo-upper"
+    request.send_headers([(":status", "200")])
+    async for chunk in request.iter_chunks():
+        await request.write(chunk.upper())
+    await request.end()
+
+
+def test_extended_connect_tunnel_both_ways() -> None:
+    async def go() -> None:
+        server = await h3.serve(tunnel, "127.0.0.1", 0, configuration=h3_server_config(),
+                                enable_connect_protocol=True)
+        try:
+            async with h3.connect("127.0.0.1", server.address[1],
+                                  configuration=h3_client_config()) as client:
+                stream = await client.open_request("CONNECT", "/tunnel",
+                                                   protocol="echo-upper")
+                assert (await stream.wait_headers())[0] == (b":status", b"200")
+                got = b""
+                for word in (b"hello ", b"tunnel"):
+                    await stream.write(word)
+                    got += await stream.read(len(word))
+                await stream.end()
+                assert got + await stream.read() == b"HELLO TUNNEL"
+        finally:
+            server.close()
+
+    run(go(), timeout=30)
+
+
+def test_extended_connect_needs_the_servers_setting() -> None:
+    async def body(client: h3.H3Client, server: h3.H3Server) -> None:
+        with pytest.raises(h3.RequestRefused, match="extended CONNECT"):
+            await client.open_request("CONNECT", "/x", protocol="websocket")
+
+    run(with_server(body), timeout=30)

@@ -482,6 +482,10 @@ class H3Client:
         ``protocol`` makes it an extended CONNECT (RFC 9220)."""
         if self.face.goaway_received is not None:
             raise RequestRefused("the server sent GOAWAY: no new requests on this connection")
+        if protocol is not None:
+            await self.settings()
+            if not self.face.h3.peer_allows_extended_connect:
+                raise RequestRefused("the server did not enable extended CONNECT (RFC 9220)")
         stream = await self.face.open_request()
         head: list[tuple[str | bytes, str | bytes]] = [(":method", method)]
         if protocol is not None:
