@@ -29,7 +29,7 @@ def main() -> int:
     cert, key = generate_self_signed(["localhost"])
     server = Endpoint(
         Configuration(alpn_protocols=["perf"], certificate_chain=[cert], private_key=key,
-                      idle_timeout=5),
+                      idle_timeout=5, retry="never", max_half_open=10**9),
         is_server=True,
     )  # fmt: skip
     for i in range(args.connections):

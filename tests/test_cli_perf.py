@@ -13,6 +13,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -144,11 +145,19 @@ def test_other_ca_is_refused(perf_server: ServerProcess, tmp_path: Path) -> None
     assert "certificate refused" in _one_error_line(r.stderr)
 
 
-def test_no_server_times_out(free_udp_port: int) -> None:
+def test_no_server_times_out() -> None:
+    """A peer that swallows every datagram (a bound socket that never answers; a closed
+    port is refused at once instead, see test_fast_failure.py)."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
     start = time.monotonic()
-    r = _client(
-        "--host", "127.0.0.1", "--port", str(free_udp_port), "--insecure", "--timeout", "2"
-    )
+    try:
+        r = _client(
+            "--host", "127.0.0.1", "--port", str(silent.getsockname()[1]), "--insecure",
+            "--timeout", "2",
+        )
+    finally:
+        silent.close()
     elapsed = time.monotonic() - start
     assert r.returncode == 1
     line = _one_error_line(r.stderr)

@@ -99,7 +99,8 @@ def test_connections_have_no_value_equality() -> None:
 def _server() -> Endpoint:
     cert, key = _CERT
     cfg = Configuration(
-        alpn_protocols=["perf"], certificate_chain=[cert], private_key=key, idle_timeout=5.0
+        alpn_protocols=["perf"], certificate_chain=[cert], private_key=key, idle_timeout=5.0,
+        retry="never", max_half_open=10_000,  # every spoofed Initial opens a connection
     )
     return Endpoint(cfg, is_server=True)
 

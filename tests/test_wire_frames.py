@@ -205,7 +205,7 @@ def test_padding_collapses_and_nonminimal_types() -> None:
     ("raw", "ftype"),
     [
         (b"\x1f", 0x1F),  # unknown
-        (b"\x40\x30", 0x30),  # unknown, 2-byte type
+        (b"\x40\x32", 0x32),  # unknown, 2-byte type (0x30, 0x31: DATAGRAM)
         (b"\x80", 0x80),  # truncated type
         (b"\x02\x05\x00\x00\x06", 0x02),  # first ACK range below zero
         (b"\x02\x05\x00\x01\x00\x04\x00", 0x02),  # second range below zero

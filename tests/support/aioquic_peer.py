@@ -8,6 +8,7 @@ asyncio API mirrors aioquic's (``qh3.asyncio.serve/connect``, ``QuicConfiguratio
 object per line, flushed at once)::
 
     python -m tests.support.aioquic_peer server --cert C --key K [--port 0] [--chacha]
+        [--retry] [--versions 2,1] [--datagrams]
         [--library aioquic|qh3]
         {"event": "ready", "port": 4433}
         {"event": "handshake", "cipher_suite": 4867, "alpn": "perf"}
@@ -73,6 +74,15 @@ def _configuration(args: argparse.Namespace, is_client: bool) -> Any:
     )
     if args.chacha:
         cfg.cipher_suites = [CipherSuite.CHACHA20_POLY1305_SHA256]
+    if args.versions:  # "2,1": QUIC versions in order of preference (client: first = sent)
+        names = {"1": 0x00000001, "2": 0x6B3343CF}
+        cfg.supported_versions = [names[v] for v in args.versions.split(",")]
+        if is_client:
+            cfg.original_version = cfg.supported_versions[0]
+    if args.original_version:  # the client's first flight (compatible negotiation)
+        cfg.original_version = {"1": 0x00000001, "2": 0x6B3343CF}[args.original_version]
+    if args.datagrams:
+        cfg.max_datagram_frame_size = 65536
     if is_client:
         if args.cafile:
             cfg.load_verify_locations(cafile=args.cafile)
@@ -100,10 +110,20 @@ def _protocol_class(args: argparse.Namespace) -> Any:
     library = args.library
 
     class ReportingProtocol(QuicConnectionProtocol):  # type: ignore[misc,valid-type]
+        datagrams: list[bytes]
+
         def quic_event_received(self, event: Any) -> None:
+            if isinstance(event, events.DatagramFrameReceived):
+                if not hasattr(self, "datagrams"):
+                    self.datagrams = []
+                self.datagrams.append(event.data)
+                if not self._quic.configuration.is_client:  # the server echoes them
+                    self._quic.send_datagram_frame(event.data)
+                    self.transmit()
             if isinstance(event, events.HandshakeCompleted):
                 suite = _negotiated_suite(library, self._quic)
-                emit({"event": "handshake", "cipher_suite": suite, "alpn": event.alpn_protocol})
+                emit({"event": "handshake", "cipher_suite": suite, "alpn": event.alpn_protocol,
+                      "version": getattr(self._quic, "_version", None)})
             elif isinstance(event, events.ConnectionTerminated):
                 emit({
                     "event": "terminated",
@@ -144,6 +164,7 @@ async def run_server(args: argparse.Namespace) -> None:
     server = await serve(
         args.host, args.port, configuration=_configuration(args, False),
         stream_handler=handler, create_protocol=_protocol_class(args),
+        **({"retry": True} if args.retry else {}),
     )
     port = server._transport.get_extra_info("sockname")[1]
     emit({"event": "ready", "port": port})
@@ -169,6 +190,16 @@ async def run_client(args: argparse.Namespace) -> int:
                     reader, writer, upload=upload, download=args.download, seed=i
                 )
 
+            if args.datagram_count:  # send N datagrams, report which came back
+                for i in range(args.datagram_count):
+                    client._quic.send_datagram_frame(f"datagram {i}".encode())
+                client.transmit()
+                for _ in range(300):
+                    if len(getattr(client, "datagrams", [])) >= args.datagram_count:
+                        break
+                    await asyncio.sleep(0.01)
+                emit({"event": "datagrams",
+                      "echoed": [d.decode() for d in getattr(client, "datagrams", [])]})
             results = await asyncio.wait_for(
                 asyncio.gather(*(one(i) for i in range(args.streams))), args.timeout
             )
@@ -199,6 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--upload", type=int, default=0)
     p.add_argument("--download", type=int, default=0)
     p.add_argument("--chacha", action="store_true")
+    p.add_argument("--retry", action="store_true", help="(server) Retry every Initial")
+    p.add_argument("--versions", help="QUIC versions by preference, e.g. 2,1")
+    p.add_argument("--original-version", help="(client) version of the first Initial")
+    p.add_argument("--datagrams", action="store_true", help="accept DATAGRAM frames (echo)")
+    p.add_argument("--datagram-count", type=int, default=0,
+                   help="(client, with --datagrams) send this many and report the echoes")
     p.add_argument("--idle-timeout", type=float, default=30.0)
     p.add_argument("--timeout", type=float, default=120.0)
     args = p.parse_args(argv)

@@ -43,7 +43,7 @@ def forge(conn: Connection, epoch: Epoch, payload: bytes, *, pad_to: int = 0) ->
     if epoch == Epoch.ONE_RTT:
         header = build_short_header(conn.peer_cid, pn, pn_len, conn.key_phase)
         buf = bytearray(header + body + bytes(TAG_LEN))
-        conn.engine.seal(buf, [(0, len(header), len(body), pn, conn.peer_cid)])
+        conn.engine.seal(buf, [(0, len(header), len(body), pn, conn.seal_key)])
         return bytes(buf)
     protector = conn.send_protectors[epoch]
     if protector is None:

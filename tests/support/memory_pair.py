@@ -114,6 +114,9 @@ class MemoryPair:
             for d in self.up.carry(self.client_ep.datagrams_to_send(client, self.now)):
                 self.server.receive(d, self.client_addr, self.now, self.up.mark(d))
                 moved = True
+        for d in self.down.carry([d for d, _ in self.server.pop_stateless()]):
+            self.client_ep.receive(d, SERVER_ADDR, self.now, self.down.mark(d))  # Retry...
+            moved = True
         for conn in self.server_conns:
             for d in self.down.carry(self.server.datagrams_to_send(conn, self.now)):
                 self.client_ep.receive(d, SERVER_ADDR, self.now, self.down.mark(d))

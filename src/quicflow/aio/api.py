@@ -69,6 +69,7 @@ async def connect(
         config, is_server=False, engine=engine or best_engine(), cid_generator=cid_generator
     )
     runner = EndpointRunner(transport, endpoint, connected_peer=peer)
+    runner.peer_name = f"{host} port {port}"
     server_name = None if _is_ip(host) else host
     if config.server_name is None and server_name is None and config.verify_peer:
         server_name = host  # verify against the IP address literal

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..transport.connection import Connection, StreamLimitReached
 from ..transport.events import (
     ConnectionTerminated,
+    DatagramReceived,
     Event,
     HandshakeCompleted,
+    NewTokenReceived,
     StopSendingReceived,
     StreamOpened,
     StreamReadable,
@@ -48,6 +51,9 @@ class QuicConnection:
         self._streams_waiters: list[asyncio.Future[None]] = []  # blocked create_stream()s
         self._close_error: ConnectionClosedError | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._datagrams: collections.deque[bytes] = collections.deque()
+        self._datagram_waiter: asyncio.Future[None] | None = None
+        self.datagrams_dropped = 0  # received but not read in time (queue full)
         self.app_state: dict[str, Any] = {}
         # written-but-unacknowledged bytes: this connection's bound and its share of the
         # endpoint's (sendbuffer.py)
@@ -157,6 +163,41 @@ class QuicConnection:
                 return pair
             getter.cancel()
 
+    # ------------------------------------------------------------------ datagrams
+
+    #: received DATAGRAM frames kept until read; more are dropped (``datagrams_dropped``)
+    DATAGRAM_QUEUE = 1024
+
+    def send_datagram(self, data: bytes) -> None:
+        """Send ``data`` in one DATAGRAM frame (RFC 9221): unreliable, unordered, never
+        retransmitted. Both sides need ``Configuration.max_datagram_frame_size`` > 0;
+        ValueError when the peer does not accept them or ``data`` does not fit."""
+        self.raise_if_closed()
+        self.conn.send_datagram(data)
+        self.flush()
+
+    async def receive_datagram(self) -> bytes:
+        """The next DATAGRAM frame's payload; raises ConnectionClosedError once the
+        connection is closed and none is left."""
+        while not self._datagrams:
+            self.raise_if_closed()
+            waiter = self._datagram_waiter = self.loop.create_future()
+            try:
+                await asyncio.wait({waiter, self._terminated},
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self._datagram_waiter = None
+        return self._datagrams.popleft()
+
+    def _on_datagram(self, data: bytes) -> None:
+        if len(self._datagrams) >= self.DATAGRAM_QUEUE:
+            self._datagrams.popleft()
+            self.datagrams_dropped += 1
+        self._datagrams.append(data)
+        waiter = self._datagram_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     # ------------------------------------------------------------------ closing
 
     def close(self, error_code: int = 0, reason: str = "") -> None:
@@ -192,6 +233,10 @@ class QuicConnection:
                     self._connected.set_result(None)
             elif cls is ConnectionTerminated:
                 self._on_close_event(event)  # type: ignore[arg-type]
+            elif cls is DatagramReceived:
+                self._on_datagram(event.data)  # type: ignore[union-attr]
+            elif cls is NewTokenReceived:
+                self.runner.endpoint.store_token(self.conn, event.token)  # type: ignore[union-attr]
         self.sync_send_buffer()
 
     def _on_stream_opened(self, stream_id: int) -> None:

@@ -22,6 +22,8 @@ class ConnectionClosedError(QuicflowError, ConnectionError):
         super().__init__(self.describe())
 
     def describe(self) -> str:
+        if self.reason.startswith("connection refused:") and not self.by_peer:
+            return self.reason  # "connection refused: nothing listens on HOST port PORT"
         who = "peer closed the connection" if self.by_peer else "connection closed"
         if self.reason == "idle timeout" and not self.by_peer:
             return "timed out: no answer from the peer (idle timeout)"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,8 @@ class EndpointRunner:
         self.faces: dict[int, QuicConnection] = {}  # id(Connection) -> face
         self.on_accept = on_accept
         self.connected_peer = connected_peer
+        #: how to name the peer in errors ("HOST port PORT" of connect()); set by connect
+        self.peer_name: str | None = None
         self._timers: dict[int, tuple[float, asyncio.TimerHandle]] = {}
         self._dirty: dict[Connection, None] = {}  # by identity, in order
         self._flush_scheduled = False
@@ -60,6 +63,7 @@ class EndpointRunner:
         #: unacknowledged written bytes of all connections (send_buffer_per_endpoint)
         self.send_budget = SendBudget(self.loop, endpoint.configuration.send_buffer_per_endpoint)
         transport.enable_pmtu_discovery()
+        endpoint.wall_offset = time.time() - self.loop.time()
         self.loop.add_reader(transport.fileno(), self._on_readable)
 
     # ------------------------------------------------------------------ receive
@@ -109,6 +113,8 @@ class EndpointRunner:
                 break
         if transport.mtu_events:
             self._apply_mtu_events()
+        if transport.unreachable_events:
+            self._apply_unreachable()
 
     def _dispatch(self, conn: Connection) -> None:
         face = self.faces.get(id(conn))
@@ -231,6 +237,23 @@ class EndpointRunner:
                 conn.lower_max_datagram_size(size)
                 if conn.max_datagram_size != before and not conn.terminated:
                     self.schedule_flush(conn)
+
+    # ------------------------------------------------------------------ unreachable
+
+    def _apply_unreachable(self) -> None:
+        """An ICMP error said nothing listens where a client connects: a connection
+        that has heard nothing from its server yet fails at once (one that has is kept:
+        ICMP is not authenticated, RFC 9000 §14.2.1)."""
+        self.transport.unreachable_events.clear()
+        if self.connected_peer is None:
+            return
+        host, port = self.connected_peer[0], self.connected_peer[1]
+        name = self.peer_name or f"{host} port {port}"
+        for conn in list(self.endpoint.all_connections):
+            if conn.is_client and not conn.terminated and not conn.counters.packets_received:
+                conn.abort(f"connection refused: nothing listens on {name}")
+                self._dispatch(conn)
+                self._forget(conn)
 
     # ------------------------------------------------------------------ timers
 

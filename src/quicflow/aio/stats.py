@@ -37,6 +37,10 @@ def endpoint_stats(runner: EndpointRunner) -> dict[str, Any]:
     e = runner.endpoint.counters
     out: dict[str, Any] = asdict(e)
     out["dropped"] = e.dropped()
+    admission = runner.endpoint.admission
+    out.update(asdict(admission.counters))
+    out["half_open"] = len(admission.half_open)
+    out["dropped"] += admission.counters.dropped_half_open
     out["segments_per_lookup"] = e.segments_received / e.lookups if e.lookups else 0.0
     out["send_buffered"] = runner.send_budget.used
     out["send_buffered_peak"] = runner.send_budget.peak

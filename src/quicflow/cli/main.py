@@ -291,7 +291,15 @@ def cmd_perf_server(args: argparse.Namespace) -> int:
             congestion_control=args.congestion,
             max_datagram_size=args.max_datagram,
             keylog_file=args.keylog,
+            retry=args.retry,
         )
+        if args.token_key_file:
+            with open(args.token_key_file, "rb") as f:
+                secret = f.read()
+            if len(secret) < 16:
+                return _fail("--token-key-file must hold at least 16 bytes", 2)
+            config.token_key = secret
+            config.reset_key = secret
         return asyncio.run(_serve_perf(args, config))
     except (OSError, ValueError) as e:
         return _fail(_describe_error(e) if isinstance(e, OSError) else str(e))
@@ -578,6 +586,18 @@ def build_parser() -> argparse.ArgumentParser:
         "misrouted_datagrams and connected_sockets (the most held at once)",
     )  # fmt: skip
     _add_worker_options(server)
+    server.add_argument(
+        "--retry", choices=("never", "always", "load"), default="load",
+        help="address validation with Retry: never, always, or load = once "
+        "connections that have not validated their address pass a threshold "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    server.add_argument(
+        "--token-key-file", metavar="FILE",
+        help="secret (at least 16 bytes) that seals Retry/NEW_TOKEN tokens and derives "
+        "stateless reset tokens; give every worker and host behind one address the same "
+        "file (default: a random key per process)",
+    )  # fmt: skip
     _add_transport_options(server)
     server.set_defaults(func=cmd_perf_server)
 

@@ -39,6 +39,7 @@ class CidTableEngine(Generic[S]):
         key_phase: int,
         largest_pn: int,
         hp_key: bytes | None,
+        version: int = 1,
     ) -> S:
         """A new table entry for the keys of ``secret``."""
         raise NotImplementedError
@@ -60,10 +61,12 @@ class CidTableEngine(Generic[S]):
         key_phase: int = 0,
         largest_pn: int = -1,
         hp_key: bytes | None = None,
+        version: int = 1,
     ) -> None:
-        """Program ``cid`` with the keys of ``secret`` (replaces an existing entry)."""
+        """Program ``cid`` with the keys of ``secret`` (replaces an existing entry);
+        ``version`` picks the HKDF labels (QUIC v1 or v2) of its keys and key updates."""
         self._table(opener)[bytes(cid)] = self._new_state(
-            suite, secret, key_phase, largest_pn, hp_key
+            suite, secret, key_phase, largest_pn, hp_key, version
         )
 
     def alias(self, new_cid: bytes, existing_cid: bytes, *, opener: bool) -> None:

@@ -13,6 +13,14 @@ from .hkdf import hkdf_expand_label, hkdf_extract
 from .suites import AEAD_IV_LEN, CipherSuite, suite_hash, suite_hash_len, suite_key_len
 
 INITIAL_SALT_V1 = bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a")
+INITIAL_SALT_V2 = bytes.fromhex("0dede3def700a6db819381be6e269dcbf9bd2ed9")  # RFC 9369 §3.3.1
+QUIC_V1 = 0x00000001
+QUIC_V2 = 0x6B3343CF
+#: HKDF labels per QUIC version: key, iv, hp, ku (RFC 9001 §5.1, RFC 9369 §3.3.2)
+LABELS = {
+    QUIC_V1: (b"quic key", b"quic iv", b"quic hp", b"quic ku"),
+    QUIC_V2: (b"quicv2 key", b"quicv2 iv", b"quicv2 hp", b"quicv2 ku"),
+}
 INITIAL_SUITE = CipherSuite.AES_128_GCM_SHA256
 
 Buffer = bytes | bytearray | memoryview
@@ -31,43 +39,51 @@ class PacketKeys:
     key: bytes
     iv: bytes
     hp_key: bytes
+    version: int = QUIC_V1
 
 
-def derive_packet_keys(suite: CipherSuite, secret: bytes) -> PacketKeys:
-    """Derive key, iv and header-protection key ("quic key"/"quic iv"/"quic hp")."""
+def derive_packet_keys(suite: CipherSuite, secret: bytes, version: int = QUIC_V1) -> PacketKeys:
+    """Derive key, iv and header-protection key ("quic key"/"quic iv"/"quic hp"; the
+    "quicv2 ..." labels for QUIC v2)."""
     h = suite_hash(suite)
     key_len = suite_key_len(suite)
+    key_label, iv_label, hp_label, _ = LABELS[version]
     return PacketKeys(
         suite=suite,
         secret=bytes(secret),
-        key=hkdf_expand_label(h, secret, b"quic key", b"", key_len),
-        iv=hkdf_expand_label(h, secret, b"quic iv", b"", AEAD_IV_LEN),
-        hp_key=hkdf_expand_label(h, secret, b"quic hp", b"", key_len),
+        key=hkdf_expand_label(h, secret, key_label, b"", key_len),
+        iv=hkdf_expand_label(h, secret, iv_label, b"", AEAD_IV_LEN),
+        hp_key=hkdf_expand_label(h, secret, hp_label, b"", key_len),
+        version=version,
     )
 
 
-def next_generation_secret(suite: CipherSuite, secret: bytes) -> bytes:
-    """The secret of the next key phase (RFC 9001 §6.1, label "quic ku")."""
-    return hkdf_expand_label(suite_hash(suite), secret, b"quic ku", b"", suite_hash_len(suite))
+def next_generation_secret(suite: CipherSuite, secret: bytes, version: int = QUIC_V1) -> bytes:
+    """The secret of the next key phase (RFC 9001 §6.1, label "quic ku"/"quicv2 ku")."""
+    return hkdf_expand_label(
+        suite_hash(suite), secret, LABELS[version][3], b"", suite_hash_len(suite)
+    )
 
 
 def next_packet_keys(keys: PacketKeys) -> PacketKeys:
     """Keys of the next key phase; the header-protection key does not change."""
-    secret = next_generation_secret(keys.suite, keys.secret)
+    secret = next_generation_secret(keys.suite, keys.secret, keys.version)
     h = suite_hash(keys.suite)
+    key_label, iv_label, _, _ = LABELS[keys.version]
     return PacketKeys(
         suite=keys.suite,
         secret=secret,
-        key=hkdf_expand_label(h, secret, b"quic key", b"", suite_key_len(keys.suite)),
-        iv=hkdf_expand_label(h, secret, b"quic iv", b"", AEAD_IV_LEN),
+        key=hkdf_expand_label(h, secret, key_label, b"", suite_key_len(keys.suite)),
+        iv=hkdf_expand_label(h, secret, iv_label, b"", AEAD_IV_LEN),
         hp_key=keys.hp_key,
+        version=keys.version,
     )
 
 
-def initial_secrets(dcid: bytes) -> tuple[bytes, bytes]:
-    """(client, server) Initial secrets for QUIC v1 from the client's first DCID."""
+def initial_secrets(dcid: bytes, version: int = QUIC_V1) -> tuple[bytes, bytes]:
+    """(client, server) Initial secrets from the client's first DCID (QUIC v1 or v2)."""
     h: hashes.HashAlgorithm = hashes.SHA256()
-    initial = hkdf_extract(h, INITIAL_SALT_V1, dcid)
+    initial = hkdf_extract(h, INITIAL_SALT_V2 if version == QUIC_V2 else INITIAL_SALT_V1, dcid)
     client = hkdf_expand_label(h, initial, b"client in", b"", h.digest_size)
     server = hkdf_expand_label(h, initial, b"server in", b"", h.digest_size)
     return client, server

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from .cid_table import CidTableEngine
-from .keys import derive_packet_keys, next_generation_secret
+from .keys import QUIC_V2, derive_packet_keys, next_generation_secret
 from .offload import Buffer, OffloadEngine, OpenResult, RunEntry, SoftwareOffloadEngine
 from .suites import CipherSuite, suite_key_len
 
@@ -90,8 +90,8 @@ class NativeKeyState(Protocol):
     def phase_start_pn(self) -> int: ...
 
 
-def _key_context(suite: CipherSuite, secret: bytes, hp_key: bytes) -> Any:
-    keys = derive_packet_keys(suite, secret)
+def _key_context(suite: CipherSuite, secret: bytes, hp_key: bytes, version: int = 1) -> Any:
+    keys = derive_packet_keys(suite, secret, version)
     return _ext.KeyContext(int(suite), keys.key, keys.iv, hp_key, keys.secret)
 
 
@@ -118,15 +118,18 @@ class NativeOffloadEngine(CidTableEngine[NativeKeyState]):
         key_phase: int,
         largest_pn: int,
         hp_key: bytes | None,
+        version: int = 1,
     ) -> NativeKeyState:
         suite = CipherSuite(suite)
-        first = derive_packet_keys(suite, secret)
+        first = derive_packet_keys(suite, secret, version)
         hp = first.hp_key if hp_key is None else bytes(hp_key)
         if len(hp) != suite_key_len(suite):
             raise ValueError(f"header protection key must be {suite_key_len(suite)} bytes")
         current = _ext.KeyContext(int(suite), first.key, first.iv, hp, first.secret)
-        nxt = _key_context(suite, next_generation_secret(suite, first.secret), hp)
-        state: NativeKeyState = _ext.CidState(suite, hp, key_phase & 1, current, nxt, largest_pn)
+        nxt = _key_context(suite, next_generation_secret(suite, first.secret, version), hp,
+                           version)
+        state: NativeKeyState = _ext.CidState(suite, hp, key_phase & 1, current, nxt, largest_pn,
+                                              version == QUIC_V2)
         return state
 
     def _key_update(self, state: NativeKeyState) -> None:

@@ -190,6 +190,7 @@ class OffloadEngine(Protocol):
         key_phase: int = 0,
         largest_pn: int = -1,
         hp_key: bytes | None = None,
+        version: int = 1,
     ) -> None: ...
 
     def alias(self, new_cid: bytes, existing_cid: bytes, *, opener: bool) -> None: ...
@@ -249,10 +250,11 @@ class CidKeyState:
     previous: PhaseKeys | None
     largest_pn: int
     phase_start_pn: int  # first pn of the current phase (opener side)
+    version: int = 1  # QUIC version: its HKDF labels
 
 
-def _phase_keys(suite: CipherSuite, secret: bytes) -> PhaseKeys:
-    keys = derive_packet_keys(suite, secret)
+def _phase_keys(suite: CipherSuite, secret: bytes, version: int = 1) -> PhaseKeys:
+    keys = derive_packet_keys(suite, secret, version)
     return PhaseKeys(
         secret=keys.secret, aead=make_aead(suite, keys.key), iv=int.from_bytes(keys.iv, "big")
     )
@@ -262,7 +264,11 @@ def _rotate(state: CidKeyState) -> None:
     """Move to the next key phase: current -> previous, next -> current."""
     state.previous = state.current
     state.current = state.next
-    state.next = _phase_keys(state.suite, next_generation_secret(state.suite, state.current.secret))
+    state.next = _phase_keys(
+        state.suite,
+        next_generation_secret(state.suite, state.current.secret, state.version),
+        state.version,
+    )
     state.key_phase ^= 1
 
 
@@ -273,10 +279,11 @@ def new_key_state(
     key_phase: int = 0,
     largest_pn: int = -1,
     hp_key: bytes | None = None,
+    version: int = 1,
 ) -> CidKeyState:
     """Build a table entry; ``hp_key`` is needed when ``secret`` is not the first generation."""
     suite = CipherSuite(suite)
-    current = derive_packet_keys(suite, secret)
+    current = derive_packet_keys(suite, secret, version)
     hp = current.hp_key if hp_key is None else bytes(hp_key)
     return CidKeyState(
         suite=suite,
@@ -288,10 +295,11 @@ def new_key_state(
             aead=make_aead(suite, current.key),
             iv=int.from_bytes(current.iv, "big"),
         ),
-        next=_phase_keys(suite, next_generation_secret(suite, current.secret)),
+        next=_phase_keys(suite, next_generation_secret(suite, current.secret, version), version),
         previous=None,
         largest_pn=largest_pn,
         phase_start_pn=largest_pn + 1,
+        version=version,
     )
 
 
@@ -307,9 +315,11 @@ class SoftwareOffloadEngine(CidTableEngine[CidKeyState]):
         key_phase: int,
         largest_pn: int,
         hp_key: bytes | None,
+        version: int = 1,
     ) -> CidKeyState:
         return new_key_state(
-            suite, secret, key_phase=key_phase, largest_pn=largest_pn, hp_key=hp_key
+            suite, secret, key_phase=key_phase, largest_pn=largest_pn, hp_key=hp_key,
+            version=version,
         )
 
     def _key_update(self, state: CidKeyState) -> None:

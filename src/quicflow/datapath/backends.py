@@ -103,6 +103,7 @@ class DatapathCounters:
     send_emsgsize: int = 0
     #: path MTU decreases learned (EMSGSIZE, IP_MTU, the IP_RECVERR error queue)
     pmtu_drops: int = 0
+    unreachable: int = 0  # ICMP port unreachable (ECONNREFUSED) reports read
     #: entries read from the socket error queue (IP_RECVERR)
     errqueue_entries: int = 0
     #: sends retried once after an error: with IP_RECVERR a queued ICMP error (about any

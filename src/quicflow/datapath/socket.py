@@ -151,6 +151,7 @@ class UdpTransport:
         "_pmtu",
         "_path_mtu",
         "mtu_events",
+        "unreachable_events",
     )
 
     def __init__(self, sock: socket.socket, *, backend: str = "auto", configure: bool = True):
@@ -171,6 +172,9 @@ class UdpTransport:
         self._path_mtu: dict[str | None, int] = {}  # destination host (None: connected)
         #: Path MTU decreases learned since the owner last looked (it clears the list).
         self.mtu_events: list[MtuEvent] = []
+        #: peers reported unreachable (ICMP port/host unreachable: ECONNREFUSED and
+        #: EHOSTUNREACH / ENETUNREACH), None for a connected socket's peer
+        self.unreachable_events: list[Address | None] = []
         sock.setblocking(False)
         if configure:
             _configure(sock, self._backend, caps)
@@ -339,6 +343,11 @@ class UdpTransport:
             if ee_errno == errno.EMSGSIZE and info > 0:
                 self._note_mtu(None if connected or dest is None else normalize_address(dest),
                                info)
+            elif ee_errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                self.counters.unreachable += 1
+                self.unreachable_events.append(
+                    None if connected or dest is None else normalize_address(dest)
+                )
         if connected:
             self._note_mtu(None, self._query_mtu())
 

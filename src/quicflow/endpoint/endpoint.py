@@ -15,28 +15,31 @@ of the configuration with the generator's length.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import KeysView
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..crypto.native import best_engine
 from ..crypto.offload import OffloadEngine
+from ..crypto.stateless_reset import stateless_reset_token
 from ..transport.config import Configuration
 from ..transport.connection import (
     Address,
     Connection,
     client_connection,
-    new_reset_token,
     server_connection,
 )
 from ..transport.receive import receive_datagram
 from ..transport.receive_bulk import receive_short_run
 from ..transport.send import build_datagrams, datagrams_to_send
 from ..wire.errors import WireError
-from ..wire.packet import INITIAL, QUIC_V1, build_version_negotiation, parse_header
+from ..wire.packet import INITIAL, build_version_negotiation, parse_header
+from .admission import Admission
 from .cids import CidGenerator, ConnectionIdSource, RandomCidGenerator
 from .quiclb import QuicLbConfig, ServerIdLayout
 from .registry import ConnectionRegistry
+from .reset import match_reset
 
 MIN_INITIAL_SIZE = 1200
 #: Fresh CIDs drawn before giving up on one no other connection holds (a collision of
@@ -103,6 +106,11 @@ class Endpoint:
     accepted: list[Connection] = field(default_factory=list)  # new server connections
     stateless: list[tuple[bytes, Address]] = field(default_factory=list)
     counters: EndpointCounters = field(default_factory=EndpointCounters)
+    #: add to ``now`` to get wall-clock (Unix) seconds: token times must agree across
+    #: processes and hosts; the I/O layer sets it
+    wall_offset: float = 0.0
+    admission: Admission = field(init=False)
+    token_origins: dict[int, str] = field(default_factory=dict)  # (client) id -> server
 
     def __post_init__(self) -> None:
         length = self.configuration.connection_id_length
@@ -114,6 +122,13 @@ class Endpoint:
             self.configuration = dataclasses.replace(
                 self.configuration, connection_id_length=self.cid_generator.cid_length
             )
+        cfg = self.configuration
+        if cfg.token_key is None or cfg.reset_key is None:  # one random key per endpoint
+            self.configuration = dataclasses.replace(
+                cfg, token_key=cfg.token_key or os.urandom(32),
+                reset_key=cfg.reset_key or os.urandom(32),
+            )
+        self.admission = Admission(self.configuration)
 
     @property
     def generator(self) -> ConnectionIdSource:
@@ -146,8 +161,21 @@ class Endpoint:
             self.configuration, address, now, server_name=server_name, engine=self.engine,
             cid_issuer=self.issue_cid,
         )
+        cache = self.configuration.token_cache
+        if cache is not None:  # a NEW_TOKEN token from an earlier connection
+            origin = f"{server_name or address[0]}:{address[1]}"
+            self.token_origins[id(conn)] = origin
+            conn.token = cache.take(origin)
         self._track(conn)
         return conn
+
+    def store_token(self, conn: Connection, token: bytes) -> None:
+        """Keep a token the server sent ``conn`` (NewTokenReceived) for the next
+        connection to the same server (``Configuration.token_cache``)."""
+        cache = self.configuration.token_cache
+        origin = self.token_origins.get(id(conn))
+        if cache is not None and origin is not None:
+            cache.put(origin, token)
 
     def issue_cid(self) -> tuple[bytes, bytes]:
         """A CID of ours that no connection holds, and its stateless reset token."""
@@ -158,7 +186,9 @@ class Endpoint:
             if not registry.is_held(cid):
                 break
             cid = gen.generate()
-        return cid, new_reset_token(cid)
+        # derived from the static key: right after a restart, a takeover, on every host
+        assert self.configuration.reset_key is not None  # set in __post_init__
+        return cid, stateless_reset_token(self.configuration.reset_key, cid)
 
     # ------------------------------------------------------------------ receive
 
@@ -172,6 +202,8 @@ class Endpoint:
             receive_datagram(conn, data, address, now, ecn)
             if not self._keep_new(conn):
                 return None
+            if self.admission.half_open:
+                self.admission.update(conn)
             self._sync_cids(conn)
         return conn
 
@@ -284,6 +316,8 @@ class Endpoint:
                 conn = self._lookup(segment, address, now)
                 if conn is not None:
                     receive_datagram(conn, segment, address, now, ecn)
+                    if self.admission.half_open:
+                        self.admission.update(conn)
                     if self._keep_new(conn):
                         touched[conn] = None
             pos = end
@@ -307,6 +341,12 @@ class Endpoint:
             conn = registry.by_cid(cid)
             if conn is None:
                 self.counters.dropped_unknown_cid += 1
+                if self.is_server:
+                    reset = self.admission.reset_for(data, self.cid_length, now)
+                    if reset is not None:
+                        self.stateless.append((reset, address))
+                else:
+                    return match_reset(self.all_connections, data, address)
             elif conn.terminated:
                 self.counters.dropped_closed += 1
                 return None
@@ -332,9 +372,9 @@ class Endpoint:
         if not self.is_server:
             self.counters.dropped_unknown_cid += 1
             return None
-        if hdr.version != QUIC_V1:
+        if hdr.version not in self.configuration.versions:
             if hdr.version != 0 and len(data) >= MIN_INITIAL_SIZE:
-                vn = build_version_negotiation(hdr.scid, hdr.dcid, [QUIC_V1])
+                vn = build_version_negotiation(hdr.scid, hdr.dcid, self.configuration.versions)
                 self.stateless.append((vn, address))
                 self.counters.version_negotiations_sent += 1
             else:
@@ -349,10 +389,19 @@ class Endpoint:
         if len(hdr.dcid) < 8:
             self.counters.dropped_malformed += 1
             return None
-        conn = server_connection(
-            self.configuration, address, dcid, now, engine=self.engine, client_scid=hdr.scid,
-            cid_issuer=self.issue_cid,
+        admit = self.admission.admit(
+            hdr, address, now + self.wall_offset, self.new_server_cid, self.stateless
         )
+        if admit is None:
+            return None
+        conn = server_connection(
+            self.configuration, address, admit.original_dcid, now, engine=self.engine,
+            client_scid=hdr.scid, retry_scid=admit.retry_scid, address_validated=admit.validated,
+            version=hdr.version, cid_issuer=self.issue_cid,
+        )
+        conn.new_token = self.admission.new_token(address, now + self.wall_offset)
+        conn.new_token_pending = bool(conn.new_token)
+        self.admission.track(conn)
         registry.add_initial(dcid, conn)
         self._track(conn)
         self.accepted.append(conn)
@@ -409,6 +458,8 @@ class Endpoint:
 
     def forget(self, conn: Connection) -> None:
         """Remove a connection and exactly its own CIDs (O(its CIDs), see registry.py)."""
+        self.admission.forget(conn)
+        self.token_origins.pop(id(conn), None)
         self.registry.forget(conn)
 
     def new_server_cid(self) -> bytes:
@@ -426,4 +477,6 @@ class Endpoint:
             "dropped_not_ours": c.dropped_not_ours,
             "cid_collisions": c.cid_collisions,
             "connections": len(self.registry),
+            "half_open": len(self.admission.half_open),
+            **dataclasses.asdict(self.admission.counters),
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import os
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -75,6 +76,8 @@ class ServerHandshake(HandshakeCore):
         self.hrr_group: int | None = None
         self.expected_client_finished = b""
         self.server_name: str | None = None
+        #: rewrites our transport parameters once the client's are known (see TlsSession)
+        self.params_hook: Callable[[bytes], bytes] | None = None
 
     def expected_epoch(self) -> Epoch | None:
         if self.state in (WAIT_CH, WAIT_CH2):
@@ -178,6 +181,8 @@ class ServerHandshake(HandshakeCore):
         self.server_name = server_name
         self.alpn = alpn
         self.peer_tp = ext[EXT_QUIC_TRANSPORT_PARAMETERS]
+        if self.params_hook is not None:
+            self.transport_parameters = self.params_hook(self.peer_tp)
         self.suite = suite
         self.transcript += raw
 

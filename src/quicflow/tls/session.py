@@ -6,6 +6,8 @@ come out of ``pop_output`` and traffic secrets out of ``pop_secrets``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from cryptography import x509
 
 from quicflow.crypto.epoch import Epoch
@@ -32,6 +34,12 @@ class TlsSession:
             self._hs = ClientHandshake(config, bytes(transport_parameters))
         else:
             self._hs = ServerHandshake(config, bytes(transport_parameters))
+
+    def on_client_parameters(self, hook: Callable[[bytes], bytes]) -> None:
+        """(server) ``hook(client transport parameters)`` runs on the ClientHello and
+        returns the transport parameters to send (compatible version negotiation)."""
+        if isinstance(self._hs, ServerHandshake):
+            self._hs.params_hook = hook
 
     def start(self) -> None:
         """Client: queue the ClientHello in ``Epoch.INITIAL``. Server: nothing."""

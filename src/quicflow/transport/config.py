@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..crypto.suites import CipherSuite
+from ..wire.packet import QUIC_V1, QUIC_V2, SUPPORTED_VERSIONS
 
 KIB = 1024
 MIB = 1024 * 1024
@@ -43,6 +44,36 @@ class Configuration:
         endpoint (a server) together; ``drain()`` waits while either is exceeded (and while
         its own stream holds more than 4 MiB), so a peer that never reads cannot make the
         server buffer more than that.
+
+    Address validation and stateless replies (servers; see endpoint/admission.py):
+    retry: "never", "always" or "load" (default): send a Retry to Initials without a
+        valid token always, never, or once ``retry_threshold`` connections have not
+        validated their address.
+    retry_threshold: half-open connections at which retry="load" starts sending Retry.
+    max_half_open: most connections waiting for address validation; more Initials are
+        dropped (counted). half_open_timeout: their lifetime without progress (seconds).
+    token_key: key sealing Retry and NEW_TOKEN tokens; give every worker and host behind
+        one address the same key so any of them accepts the others' tokens (None: a
+        random key per endpoint). retry_token_lifetime / new_token_lifetime: seconds a
+        token is valid (new_token_lifetime=0 sends no NEW_TOKEN).
+    reset_key: static key stateless reset tokens are derived from (HMAC of the CID), the
+        same on every host (None: random per endpoint). stateless_reset_rate: most
+        stateless resets sent per second.
+    token_cache: (clients) a ``quicflow.endpoint.tokens.TokenCache`` shared by
+        connections; NEW_TOKEN tokens go in, the next connection to that server uses one.
+
+    max_datagram_frame_size: largest DATAGRAM frame (RFC 9221) we accept; 0 (default)
+        turns DATAGRAM frames off (the transport parameter is not sent).
+    max_datagram_queue: DATAGRAM frames waiting to be sent; when full, the oldest is
+        dropped (counted in ``datagram_frames_dropped``). Datagrams are never retransmitted.
+
+    versions: QUIC versions (``QUIC_V1`` = 1, ``QUIC_V2`` = 0x6b3343cf, RFC 9369) in order
+        of preference; both by default. A server accepts these. A client offers them for
+        compatible version negotiation (RFC 9368) and sends its first Initial in
+        ``initial_version`` (default: ``versions[0]``); a server then moves to the first
+        version in the client's list that it accepts (so a client with
+        ``versions=[QUIC_V2, QUIC_V1], initial_version=QUIC_V1`` starts in v1, which every
+        server understands, and ends in v2 with a server that has it).
     """
 
     alpn_protocols: list[str] = field(default_factory=list)
@@ -76,6 +107,20 @@ class Configuration:
     keylog_file: str | None = None
     send_buffer_per_connection: int = 16 * MIB
     send_buffer_per_endpoint: int = 512 * MIB
+    retry: str = "load"
+    retry_threshold: int = 64
+    max_half_open: int = 1024
+    half_open_timeout: float = 5.0
+    token_key: bytes | None = None
+    retry_token_lifetime: float = 10.0
+    new_token_lifetime: float = 7 * 86400.0
+    reset_key: bytes | None = None
+    stateless_reset_rate: float = 200.0
+    token_cache: Any = None
+    max_datagram_frame_size: int = 0
+    max_datagram_queue: int = 256
+    versions: list[int] = field(default_factory=lambda: [QUIC_V1, QUIC_V2])
+    initial_version: int | None = None
 
     def load_cert_chain(self, certfile: str, keyfile: str | None = None) -> None:
         """Load a PEM certificate chain and private key."""
@@ -100,5 +145,13 @@ class Configuration:
             raise ValueError("idle_timeout must not be negative")
         if self.send_buffer_per_connection < 1 or self.send_buffer_per_endpoint < 1:
             raise ValueError("send buffer limits must be positive")
+        if self.retry not in ("never", "always", "load"):
+            raise ValueError("retry must be 'never', 'always' or 'load'")
+        if self.retry_threshold < 0 or self.max_half_open < 0 or self.half_open_timeout <= 0:
+            raise ValueError("retry_threshold/max_half_open/half_open_timeout out of range")
+        if not self.versions or any(v not in SUPPORTED_VERSIONS for v in self.versions):
+            raise ValueError("versions must list QUIC versions 1 (0x1) and/or 2 (0x6b3343cf)")
+        if self.initial_version is not None and self.initial_version not in self.versions:
+            raise ValueError("initial_version must be one of versions")
         if not self.cipher_suites:
             raise ValueError("cipher_suites must not be empty")

@@ -102,6 +102,9 @@ class ConnectionCounters:
     engine_open_failures: int = 0
     dropped_reassembly_full: int = 0  # out-of-order data over the budget: not acked
     one_rtt_before_handshake: int = 0  # server: 1-RTT packets held or dropped, not acked
+    datagram_frames_sent: int = 0  # DATAGRAM frames (RFC 9221)
+    datagram_frames_received: int = 0
+    datagram_frames_dropped: int = 0  # send queue full: the oldest was dropped
 
 
 @dataclass(slots=True, eq=False)
@@ -127,6 +130,11 @@ class Connection:
     peer_initial_scid: bytes | None = None
     retry_scid: bytes | None = None
     token: bytes = b""
+    version: int = 1  # QUIC version in use (QUIC_V1 or QUIC_V2)
+    version_restarted: bool = False  # (client) restarted after Version Negotiation
+    new_token: bytes = b""  # (server) the NEW_TOKEN token to give the client
+    new_token_pending: bool = False
+    datagrams_pending: list[bytes] = field(default_factory=list)  # DATAGRAM frames to send
     # state
     state: int = HANDSHAKE
     handshake_complete: bool = False
@@ -213,6 +221,8 @@ class Connection:
             max_ack_delay=int(cfg.max_ack_delay * 1000),
             active_connection_id_limit=cfg.active_connection_id_limit,
             initial_source_connection_id=self.initial_scid,
+            version_information=[self.version, *cfg.versions],
+            max_datagram_frame_size=cfg.max_datagram_frame_size,
         )
         if not self.is_client:
             tp.original_destination_connection_id = self.original_dcid
@@ -243,6 +253,8 @@ class Connection:
         self.max_datagram_size = 1200
         self.idle_timeout = cfg.idle_timeout
         self.idle_deadline = now + cfg.idle_timeout if cfg.idle_timeout else float("inf")
+        if not self.is_client and not self.address_validated:  # half-open: short life
+            self.idle_deadline = min(self.idle_deadline, now + cfg.half_open_timeout)
         self.flow.max_data = cfg.max_data
         self.flow.window = cfg.max_data
         self.flow.window_max = max(cfg.max_data, cfg.max_data_window)
@@ -262,21 +274,70 @@ class Connection:
         self.pacer = Pacer(burst_interval=0.002, max_burst_datagrams=256, granularity=0.001)
         self.issue_host_cid()
         self.initial_scid = self.host_cids[0].cid
-        self._install_initial_keys(self.original_dcid)
+        # a server after Retry: Initial keys come from the client's new DCID (our SCID)
+        self._install_initial_keys(self.retry_scid or self.original_dcid)
         params = encode_transport_parameters(self._local_transport_parameters())
         self.tls = TlsSession(self._tls_config(server_name), params)
+        if not self.is_client and len(cfg.versions) > 1:
+            self.tls.on_client_parameters(self._negotiate_version)
         self.tls.start()
         for epoch, data in self.tls.pop_output():
             self.spaces[SPACE_OF_EPOCH[epoch]].crypto_send.write(data)
 
     def _install_initial_keys(self, dcid: bytes) -> None:
-        client_secret, server_secret = initial_secrets(dcid)
+        client_secret, server_secret = initial_secrets(dcid, self.version)
         suite = CipherSuite.AES_128_GCM_SHA256
         send, recv = (
             (client_secret, server_secret) if self.is_client else (server_secret, client_secret)
         )
-        self.send_protectors[Epoch.INITIAL] = PacketProtector(derive_packet_keys(suite, send))
-        self.recv_protectors[Epoch.INITIAL] = PacketProtector(derive_packet_keys(suite, recv))
+        v = self.version
+        self.send_protectors[Epoch.INITIAL] = PacketProtector(derive_packet_keys(suite, send, v))
+        self.recv_protectors[Epoch.INITIAL] = PacketProtector(derive_packet_keys(suite, recv, v))
+
+    def switch_version(self, version: int) -> None:
+        """Compatible version negotiation (RFC 9368): from now on speak ``version``; the
+        Initial keys are derived again for it (same client DCID, the version's salt)."""
+        self.version = version
+        self._install_initial_keys(self.retry_scid or self.original_dcid)
+
+    def restart_in_version(self, version: int) -> None:
+        """(client) Incompatible version negotiation (RFC 9368 §2.1): the server sent
+        Version Negotiation without our version but with ``version``: start over in it
+        (a new first flight with a new destination CID; streams opened meanwhile keep
+        their data, nothing of it was sent yet). Only once per connection."""
+        server_name = self.tls.server_name if self.tls is not None else None
+        for entry in self.host_cids:
+            self.cid_changes.append((False, entry.cid))
+        self.host_cids = []
+        self.next_host_cid_seq = 0
+        self.version = version
+        self.version_restarted = True
+        self.original_dcid = os.urandom(8)
+        self.peer_cid = self.original_dcid
+        self.retry_scid = None
+        self.spaces = [PacketSpace() for _ in range(3)]
+        self.send_protectors = [None] * 4
+        self.recv_protectors = [None] * 4
+        self.probes_pending = [0, 0, 0]
+        self._setup(self._now_hint, server_name)
+
+    def _negotiate_version(self, client_params: bytes) -> bytes:
+        """(server, from the TLS layer on the ClientHello) Pick the version: the first in
+        the client's version_information (its order of preference) that we accept;
+        returns our transport parameters with it as the chosen version."""
+        from ..wire.errors import WireError
+        from ..wire.tparams import decode_transport_parameters
+
+        try:
+            info = decode_transport_parameters(client_params, from_server=False).version_information
+        except WireError:
+            info = None  # the error is raised (with its code) when the parameters are applied
+        if info and info[0] == self.version:
+            ours = self.configuration.versions
+            chosen = next((v for v in info[1:] if v in ours), self.version)
+            if chosen != self.version:
+                self.switch_version(chosen)
+        return encode_transport_parameters(self._local_transport_parameters())
 
     # ------------------------------------------------------------------ CIDs
 
@@ -359,6 +420,27 @@ class Connection:
         self.send_buffered += len(data)
         if stream_id not in self.send_queue:
             self.send_queue.append(stream_id)
+
+    def send_datagram(self, data: bytes) -> None:
+        """Queue ``data`` as one DATAGRAM frame (RFC 9221): unreliable, never
+        retransmitted. Raises ValueError when the peer does not accept DATAGRAM frames
+        or ``data`` cannot fit in one (the peer's limit and our packet size). When the
+        queue (``max_datagram_queue``) is full, the oldest queued one is dropped."""
+        if self.state >= CLOSING:
+            raise QuicError(APPLICATION_ERROR, "connection is closed")
+        limit = self.peer_params.max_datagram_frame_size if self.peer_params else 0
+        if not limit:
+            raise ValueError("the peer does not accept DATAGRAM frames")
+        frame = 1 + (1 if len(data) < 64 else 2 if len(data) < 16384 else 4) + len(data)
+        room = self.max_datagram_size - (1 + len(self.peer_cid) + 4 + 16)
+        if frame > min(limit, room):
+            raise ValueError(f"datagram of {len(data)} bytes does not fit in a DATAGRAM frame "
+                             f"(at most {min(limit, room)} bytes with its header)")
+        queue = self.datagrams_pending
+        if len(queue) >= max(1, self.configuration.max_datagram_queue):
+            queue.pop(0)
+            self.counters.datagram_frames_dropped += 1
+        queue.append(bytes(data))
 
     def stream_buffered(self, stream_id: int) -> int:
         stream = self.streams.get(stream_id)
@@ -463,7 +545,7 @@ class Connection:
         self.key_update_pending = True
         self.key_phase ^= 1
         self.one_rtt_send_secret = next_generation_secret(
-            self.cipher_suite, self.one_rtt_send_secret
+            self.cipher_suite, self.one_rtt_send_secret, self.version
         )
         self.engine.update(self.seal_key, opener=False)
 
@@ -623,6 +705,15 @@ class Connection:
             )
         )
 
+    def abort(self, reason: str) -> None:
+        """End at once, sending nothing: the peer is known to be unreachable (e.g. an
+        ICMP port unreachable answered our Initial). ConnectionTerminated says why."""
+        if self.terminated:
+            return
+        self.close_error = (0, None, reason, False)
+        self.events.append(ConnectionTerminated(0, None, reason, False))
+        self._terminate()
+
     def close_with_error(self, error: QuicError) -> None:
         self.close(error.code, error.reason, application=False, frame_type=error.frame_type)
 
@@ -713,6 +804,9 @@ def client_connection(
     )
     conn._now_hint = now
     conn.peer_cid = conn.original_dcid
+    conn.version = configuration.initial_version or (
+        configuration.versions[0] if configuration.versions else 1
+    )
     conn._setup(now, server_name)
     return conn
 
@@ -727,6 +821,7 @@ def server_connection(
     client_scid: bytes = b"",
     retry_scid: bytes | None = None,
     address_validated: bool = False,
+    version: int = 1,
     cid_issuer: CidIssuer | None = None,
     seal_key: bytes | None = None,
 ) -> Connection:
@@ -747,5 +842,6 @@ def server_connection(
     conn.peer_cid = client_scid
     conn.retry_scid = retry_scid
     conn.address_validated = address_validated
+    conn.version = version
     conn._setup(now, None)
     return conn

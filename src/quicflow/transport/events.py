@@ -60,6 +60,20 @@ class ConnectionTerminated:
     by_peer: bool
 
 
+@dataclass(slots=True)
+class NewTokenReceived:
+    """(client) The server gave a token (NEW_TOKEN) for a later connection to it."""
+
+    token: bytes
+
+
+@dataclass(slots=True)
+class DatagramReceived:
+    """A DATAGRAM frame arrived (RFC 9221)."""
+
+    data: bytes
+
+
 Event = (
     HandshakeCompleted
     | StreamOpened
@@ -69,4 +83,6 @@ Event = (
     | StreamWritable
     | StreamsAvailable
     | ConnectionTerminated
+    | NewTokenReceived
+    | DatagramReceived
 )

@@ -17,6 +17,7 @@ from ..wire.packet import (
     INITIAL,
     ONE_RTT,
     QUIC_V1,
+    QUIC_V2,
     RETRY,
     VERSION_NEGOTIATION,
     ZERO_RTT,
@@ -37,7 +38,9 @@ from .errors import (
     QuicError,
 )
 from .events import (
+    DatagramReceived,
     HandshakeCompleted,
+    NewTokenReceived,
     StopSendingReceived,
     StreamReadable,
     StreamReset,
@@ -142,13 +145,28 @@ def _receive_packet(
 ) -> None:
     ptype = hdr.packet_type
     if ptype == VERSION_NEGOTIATION:
-        if conn.is_client and not conn.peer_initial_scid and QUIC_V1 not in hdr.supported_versions:
-            conn.enter_draining(0, None, "server does not support QUIC version 1")
+        if conn.is_client and not conn.peer_initial_scid and (
+            conn.version not in hdr.supported_versions  # (else ignored, RFC 9000 §6.2)
+        ):
+            other = next((v for v in conn.configuration.versions
+                          if v in hdr.supported_versions), None)
+            if other is not None and not conn.version_restarted:
+                conn.restart_in_version(other)
+                return
+            names = {QUIC_V1: "1", QUIC_V2: "2"}
+            conn.enter_draining(0, None, "server does not support QUIC version "
+                                + names.get(conn.version, hex(conn.version)))
         return
     if ptype == RETRY:
         _receive_retry(conn, data, pos, hdr)
         return
-    if hdr.pn_offset < 0 or (ptype != ONE_RTT and hdr.version != QUIC_V1):
+    if ptype != ONE_RTT and hdr.version != conn.version and hdr.pn_offset >= 0:
+        # compatible version negotiation (RFC 9368): the server's first packet in
+        # another version we offered switches the client to it
+        if (conn.is_client and conn.peer_initial_scid is None and ptype == INITIAL
+                and hdr.version in conn.configuration.versions):
+            conn.switch_version(hdr.version)
+    if hdr.pn_offset < 0 or (ptype != ONE_RTT and hdr.version != conn.version):
         conn.counters.packets_dropped += 1
         conn.counters.dropped_malformed += 1
         return
@@ -252,6 +270,8 @@ def _effective_idle(conn: Connection) -> float:
     ours = conn.configuration.idle_timeout
     peer = conn.peer_params.max_idle_timeout / 1000 if conn.peer_params else 0.0
     values = [v for v in (ours, peer) if v > 0]
+    if not conn.is_client and not conn.address_validated:  # half-open: short life
+        values.append(conn.configuration.half_open_timeout)
     if not values:
         return float("inf")
     return max(min(values), 3 * conn.pto())
@@ -275,7 +295,8 @@ def _receive_retry(conn: Connection, data: bytes, pos: int, hdr: PacketHeader) -
         return
     packet = bytes(data[pos : hdr.end])
     pseudo = retry_pseudo_packet(conn.original_dcid, packet[:-16])
-    if not verify_retry_integrity_tag(pseudo, packet[-16:]) or hdr.dcid != conn.initial_scid:
+    if (hdr.version != conn.version or hdr.dcid != conn.initial_scid
+            or not verify_retry_integrity_tag(pseudo, packet[-16:], conn.version)):
         conn.counters.packets_dropped += 1
         conn.counters.dropped_bad_retry += 1
         return
@@ -300,7 +321,8 @@ def _on_peer_key_update(conn: Connection) -> None:
     from ..crypto.keys import next_generation_secret
 
     suite = conn.cipher_suite
-    conn.one_rtt_recv_secret = next_generation_secret(suite, conn.one_rtt_recv_secret)
+    conn.one_rtt_recv_secret = next_generation_secret(suite, conn.one_rtt_recv_secret,
+                                                      conn.version)
     conn.key_updates_received += 1
     # the next update waits three PTOs: the peer may still be on the old keys' timer
     conn.key_update_allowed_at = conn._now_hint + 3 * conn.pto()
@@ -308,7 +330,8 @@ def _on_peer_key_update(conn: Connection) -> None:
         conn.key_update_pending = False
         return
     conn.key_phase ^= 1
-    conn.one_rtt_send_secret = next_generation_secret(suite, conn.one_rtt_send_secret)
+    conn.one_rtt_send_secret = next_generation_secret(suite, conn.one_rtt_send_secret,
+                                                      conn.version)
     conn.engine.update(conn.seal_key, opener=False)
 
 
@@ -424,7 +447,7 @@ def _install_secret(
         if conn.one_rtt_send_secret and conn.one_rtt_recv_secret and not conn.one_rtt_ready:
             program_engine(conn)
         return
-    protector = PacketProtector(derive_packet_keys(suite, secret))
+    protector = PacketProtector(derive_packet_keys(suite, secret, conn.version))
     if is_send:
         conn.send_protectors[epoch] = protector
     else:
@@ -438,8 +461,8 @@ def program_engine(conn: Connection) -> None:
     engine = conn.engine
     suite = conn.cipher_suite
     if not conn.one_rtt_recv_hp:
-        conn.one_rtt_recv_hp = _derive(suite, conn.one_rtt_recv_secret).hp_key
-        conn.one_rtt_send_hp = _derive(suite, conn.one_rtt_send_secret).hp_key
+        conn.one_rtt_recv_hp = _derive(suite, conn.one_rtt_recv_secret, conn.version).hp_key
+        conn.one_rtt_send_hp = _derive(suite, conn.one_rtt_send_secret, conn.version).hp_key
     largest = conn.spaces[2].largest_received
     first: bytes | None = None
     for entry in conn.host_cids:
@@ -448,13 +471,13 @@ def program_engine(conn: Connection) -> None:
         if first is None:
             engine.install(entry.cid, suite, conn.one_rtt_recv_secret, opener=True,
                            key_phase=conn.key_phase, largest_pn=largest,
-                           hp_key=conn.one_rtt_recv_hp)
+                           hp_key=conn.one_rtt_recv_hp, version=conn.version)
             first = entry.cid
         else:
             engine.alias(entry.cid, first, opener=True)
     # the sealer is keyed by a local key, never by the peer's CID (which it chooses)
     engine.install(conn.seal_key, suite, conn.one_rtt_send_secret, opener=False,
-                   key_phase=conn.key_phase, hp_key=conn.one_rtt_send_hp)
+                   key_phase=conn.key_phase, hp_key=conn.one_rtt_send_hp, version=conn.version)
     conn.one_rtt_ready = True
 
 
@@ -480,6 +503,7 @@ def _apply_peer_params(conn: Connection, raw: bytes) -> None:
         params.initial_source_connection_id != conn.peer_initial_scid
     ):
         raise QuicError(TRANSPORT_PARAMETER_ERROR, "initial_source_connection_id mismatch")
+    _check_version_information(conn, params.version_information)
     conn.peer_params = params
     conn.flow.peer_max_data = params.initial_max_data
     conn.bidi.peer_max = params.initial_max_streams_bidi
@@ -498,6 +522,23 @@ def _apply_peer_params(conn: Connection, raw: bytes) -> None:
                 params.initial_max_stream_data_uni if stream.stream_id & 2
                 else params.initial_max_stream_data_bidi_remote
             )
+
+
+VERSION_NEGOTIATION_ERROR = 0x11  # RFC 9368 §4
+
+
+def _check_version_information(conn: Connection, info: list[int] | None) -> None:
+    """RFC 9368 §4: the peer's chosen version must be the one in use (a client's: the
+    version of its first Initial; a server's: the negotiated one)."""
+    if info is None:
+        if conn.version != QUIC_V1:  # a v2 peer must send version_information
+            raise QuicError(VERSION_NEGOTIATION_ERROR, "version_information missing")
+        return
+    if info[0] != conn.version and (conn.is_client or info[0] not in info[1:]):
+        raise QuicError(VERSION_NEGOTIATION_ERROR,
+                        f"chosen version {info[0]:#x} is not the version in use")
+    if conn.is_client and conn.version not in info[1:]:
+        raise QuicError(VERSION_NEGOTIATION_ERROR, "version in use not in the available list")
 
 
 def _on_stream(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
@@ -669,6 +710,16 @@ def _on_handshake_done(conn: Connection, frame: Any, epoch: Epoch, now: float) -
 def _on_new_token(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
     if not conn.is_client:
         raise QuicError(PROTOCOL_VIOLATION, "NEW_TOKEN from a client")
+    conn.events.append(NewTokenReceived(bytes(frame.token)))
+
+
+def _on_datagram(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    limit = conn.configuration.max_datagram_frame_size
+    if not limit or 1 + len(frame.data) > limit:  # (the limit counts the frame's header)
+        raise QuicError(PROTOCOL_VIOLATION, "DATAGRAM frame not allowed or too large",
+                        F.DATAGRAM_LEN)
+    conn.counters.datagram_frames_received += 1
+    conn.events.append(DatagramReceived(bytes(frame.data)))
 
 
 def _ignore(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
@@ -696,6 +747,7 @@ _HANDLERS: dict[type, Callable[[Connection, Any, Epoch, float], None]] = {
     F.PathResponse: _on_path_response,
     F.ConnectionClose: _on_connection_close,
     F.HandshakeDone: _on_handshake_done,
+    F.Datagram: _on_datagram,
 }
 
 __all__ = ["receive_datagram", "program_engine", "STREAM_STATE_ERROR", "INTERNAL_ERROR"]

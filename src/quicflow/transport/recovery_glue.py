@@ -17,6 +17,7 @@ from .state import (
     R_MAX_STREAM_DATA,
     R_MAX_STREAMS,
     R_NEW_CID,
+    R_NEW_TOKEN,
     R_PATH_CHALLENGE,
     R_RESET,
     R_RETIRE_CID,
@@ -152,6 +153,8 @@ def resend_frames(conn: Connection, packets: list[SentPacket]) -> None:
                 conn.retire_pending.append(rec[1])
             elif kind == R_HANDSHAKE_DONE:
                 conn.handshake_done_pending = True
+            elif kind == R_NEW_TOKEN:
+                conn.new_token_pending = True
             elif kind == R_PATH_CHALLENGE:
                 if conn.path_challenge:  # not yet answered: challenge the path again
                     conn.path_challenge_pending = True

@@ -11,7 +11,6 @@ from ..wire import frames as F
 from ..wire.packet import (
     HANDSHAKE,
     INITIAL,
-    QUIC_V1,
     build_long_header,
     build_short_header,
     encode_packet_number,
@@ -30,6 +29,7 @@ from .state import (
     R_MAX_STREAM_DATA,
     R_MAX_STREAMS,
     R_NEW_CID,
+    R_NEW_TOKEN,
     R_PATH_CHALLENGE,
     R_PING,
     R_RESET,
@@ -175,7 +175,7 @@ def _build_datagram(
             assert protector is not None
             ptype = INITIAL if epoch == Epoch.INITIAL else HANDSHAKE
             header = build_long_header(
-                ptype, QUIC_V1, conn.peer_cid, conn.initial_scid,
+                ptype, conn.version, conn.peer_cid, conn.initial_scid,
                 conn.token if epoch == Epoch.INITIAL else b"",
                 pn_len + len(payload) + TAG_LEN, pn, pn_len,
             )
@@ -296,6 +296,8 @@ def _fill_payload(
         records.append((R_CRYPTO, int(epoch), offset, len(data)))
     if epoch == Epoch.ONE_RTT:
         _fill_control(conn, payload, limit, records)
+        if conn.datagrams_pending:
+            _fill_datagrams(conn, payload, limit)
         _fill_streams(conn, payload, limit, records)
     eliciting = len(payload) > start_len
     if probe and not eliciting:
@@ -321,6 +323,12 @@ def _fill_control(
         payload.append(F.HANDSHAKE_DONE)
         records.append((R_HANDSHAKE_DONE,))
         conn.handshake_done_pending = False
+    if conn.new_token_pending and conn.handshake_confirmed and (
+        limit - len(payload) > len(conn.new_token) + 16
+    ):
+        F.encode_frame(F.NewToken(token=conn.new_token), payload)
+        records.append((R_NEW_TOKEN,))
+        conn.new_token_pending = False
     if conn.path_challenge_pending and conn.path_challenge:
         F.encode_frame(F.PathChallenge(data=conn.path_challenge), payload)
         records.append((R_PATH_CHALLENGE,))
@@ -366,6 +374,14 @@ def _fill_control(
         seq = conn.retire_pending.pop(0)
         F.encode_frame(F.RetireConnectionId(sequence=seq), payload)
         records.append((R_RETIRE_CID, seq))
+
+
+def _fill_datagrams(conn: Connection, payload: bytearray, limit: int) -> None:
+    """DATAGRAM frames, oldest first, while they fit (no record: never retransmitted)."""
+    queue = conn.datagrams_pending
+    while queue and limit - len(payload) >= len(queue[0]) + 5:
+        F.encode_frame(F.Datagram(data=queue.pop(0)), payload)
+        conn.counters.datagram_frames_sent += 1
 
 
 def _fill_streams(
@@ -496,7 +512,7 @@ def _close_datagrams(conn: Connection, now: float) -> list[bytes]:
             if epoch == Epoch.INITIAL and conn.is_client:
                 payload.extend(bytes(max(0, 1200 - 80 - len(payload))))
             header = build_long_header(
-                INITIAL if epoch == Epoch.INITIAL else HANDSHAKE, QUIC_V1, conn.peer_cid,
+                INITIAL if epoch == Epoch.INITIAL else HANDSHAKE, conn.version, conn.peer_cid,
                 conn.initial_scid, conn.token if epoch == Epoch.INITIAL else b"",
                 pn_len + len(payload) + TAG_LEN, pn, pn_len,
             )

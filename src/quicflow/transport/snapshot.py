@@ -70,7 +70,9 @@ RUNTIME_FIELDS = frozenset(
     {"tls", "send_protectors", "recv_protectors", "engine", "events", "seal_key", "cid_issuer"}
 )
 #: Configuration fields holding ``cryptography`` key objects, not captured.
-CONFIG_SECRET_FIELDS = frozenset({"certificate_chain", "private_key"})
+CONFIG_SECRET_FIELDS = frozenset(
+    {"certificate_chain", "private_key", "token_key", "reset_key", "token_cache"}
+)
 
 #: Absolute times (float seconds of the process's monotonic clock), per class, that are
 #: shifted by (restore time - capture time). None and infinity stay as they are; the
@@ -194,7 +196,7 @@ def restore_connection(
         raise SnapshotError("snapshot body is not a connection snapshot")
     validate_connection_tree(conn)
     try:
-        return _rebuild(conn, app_state, engine, now, created, configuration)
+        return _rebuild(conn, app_state, engine, now, created, configuration, seal_key)
     except (AttributeError, TypeError, ValueError, IndexError, KeyError,
             OverflowError) as exc:  # well-typed but inconsistent state
         raise SnapshotError(f"snapshot state is inconsistent: {exc}") from None
@@ -224,6 +226,7 @@ def _rebuild(
     now: float,
     created: float,
     configuration: Configuration | None,
+    seal_key: bytes | None,
 ) -> tuple[Connection, bytes]:
     from .receive import program_engine
     from .recovery_glue import on_lost_packets

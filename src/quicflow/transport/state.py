@@ -39,6 +39,7 @@ R_PING = 14
 # packets each carrying the next bytes_per_packet bytes of one stream
 R_STREAM_RUN = 15
 R_PATH_CHALLENGE = 16
+R_NEW_TOKEN = 24  # (R_NEW_TOKEN,): the server's NEW_TOKEN frame
 
 
 def _crypto_send() -> SendStream:

@@ -32,6 +32,8 @@ PATH_RESPONSE = 0x1B
 CONNECTION_CLOSE = 0x1C
 CONNECTION_CLOSE_APP = 0x1D
 HANDSHAKE_DONE = 0x1E
+DATAGRAM = 0x30  # RFC 9221: data to the end of the packet
+DATAGRAM_LEN = 0x31  # with a length
 
 MAX_STREAMS_LIMIT = 1 << 60  # RFC 9000 §19.11: stream counts above 2^60 are invalid
 
@@ -154,6 +156,13 @@ class HandshakeDone:
     pass
 
 
+@dataclass(slots=True)
+class Datagram:
+    """RFC 9221 DATAGRAM (types 0x30 without and 0x31 with a length)."""
+
+    data: bytes
+
+
 Frame = Union[  # noqa: UP007 - a named alias reads better as Union
     Padding,
     Ping,
@@ -175,4 +184,5 @@ Frame = Union[  # noqa: UP007 - a named alias reads better as Union
     PathResponse,
     ConnectionClose,
     HandshakeDone,
+    Datagram,
 ]

@@ -13,6 +13,8 @@ from .frame_types import (
     CONNECTION_CLOSE_APP,
     CRYPTO,
     DATA_BLOCKED,
+    DATAGRAM,
+    DATAGRAM_LEN,
     HANDSHAKE_DONE,
     MAX_DATA,
     MAX_STREAM_DATA,
@@ -39,6 +41,7 @@ from .frame_types import (
     ConnectionClose,
     Crypto,
     DataBlocked,
+    Datagram,
     Frame,
     HandshakeDone,
     MaxData,
@@ -67,6 +70,8 @@ __all__ = [
     "CRYPTO",
     "DATA_BLOCKED",
     "HANDSHAKE_DONE",
+    "DATAGRAM",
+    "DATAGRAM_LEN",
     "MAX_DATA",
     "MAX_STREAMS_BIDI",
     "MAX_STREAMS_UNI",
@@ -93,6 +98,7 @@ __all__ = [
     "DataBlocked",
     "Frame",
     "HandshakeDone",
+    "Datagram",
     "MaxData",
     "MaxStreamData",
     "MaxStreams",
@@ -295,11 +301,22 @@ def _parse_handshake_done(data: bytes, pos: int, ftype: int) -> tuple[Frame, int
     return HandshakeDone(), pos
 
 
+def _parse_datagram(data: bytes, pos: int, ftype: int) -> tuple[Frame, int]:
+    if ftype == DATAGRAM_LEN:
+        length, pos = decode_varint(data, pos)
+    else:
+        length = len(data) - pos
+    value, pos = _bytes(data, pos, length, ftype)
+    return Datagram(value), pos
+
+
 def _parse_ping(data: bytes, pos: int, ftype: int) -> tuple[Frame, int]:
     return Ping(), pos
 
 
 _PARSERS: dict[int, _Parser] = {
+    DATAGRAM: _parse_datagram,
+    DATAGRAM_LEN: _parse_datagram,
     PING: _parse_ping,
     ACK: _parse_ack,
     ACK_ECN: _parse_ack,
@@ -583,7 +600,14 @@ def _enc_handshake_done(f: HandshakeDone, out: bytearray) -> None:
     out.append(HANDSHAKE_DONE)
 
 
+def _enc_datagram(f: Datagram, out: bytearray) -> None:
+    out.append(DATAGRAM_LEN)
+    push_varint(out, len(f.data))
+    out += f.data
+
+
 _ENCODERS: dict[type, Callable[[Any, bytearray], None]] = {
+    Datagram: _enc_datagram,
     Padding: _enc_padding,
     Ping: _enc_ping,
     Ack: _enc_ack,
@@ -647,6 +671,7 @@ _TYPE_OF: dict[type, int] = {
     PathChallenge: PATH_CHALLENGE,
     PathResponse: PATH_RESPONSE,
     HandshakeDone: HANDSHAKE_DONE,
+    Datagram: DATAGRAM_LEN,
 }
 
 

@@ -13,6 +13,8 @@ __all__ = [
     "MAX_CID_LEN",
     "ONE_RTT",
     "QUIC_V1",
+    "QUIC_V2",
+    "SUPPORTED_VERSIONS",
     "RETRY",
     "RETRY_INTEGRITY_TAG_LEN",
     "VERSION_NEGOTIATION",
@@ -36,6 +38,13 @@ ONE_RTT = 4
 VERSION_NEGOTIATION = 5
 
 QUIC_V1 = 0x00000001
+QUIC_V2 = 0x6B3343CF  # RFC 9369
+SUPPORTED_VERSIONS = (QUIC_V1, QUIC_V2)
+
+# long header type bits -> packet type, per version (RFC 9369 §3.2 permutes them)
+_TYPE_OF_BITS = {QUIC_V1: (0, 1, 2, 3), QUIC_V2: (3, 0, 1, 2)}
+_BITS_OF_TYPE = {QUIC_V1: (0, 1, 2, 3), QUIC_V2: (1, 2, 3, 0)}
+_V1_BITS = _BITS_OF_TYPE[QUIC_V1]  # (other versions: the v1 layout)
 
 MAX_CID_LEN = 20
 RETRY_INTEGRITY_TAG_LEN = 16
@@ -69,7 +78,7 @@ def parse_header(
 ) -> PacketHeader:
     """Parse the header of the packet starting at ``data[pos]``.
 
-    Long headers of a version other than QUIC v1 (and not 0, Version Negotiation) are
+    Long headers of a version other than QUIC v1 and v2 (and not 0, Version Negotiation) are
     returned with only the invariant fields filled (``pn_offset=-1``, ``end=len(data)``)
     so that the endpoint can answer with Version Negotiation.
     """
@@ -117,9 +126,11 @@ def parse_header(
 
     if not first & 0x40:
         raise WireError("fixed bit is 0")
-    packet_type = (first >> 4) & 3
-    if version != QUIC_V1:
-        return PacketHeader(packet_type, version, dcid, scid, b"", -1, n, first)
+    bits = (first >> 4) & 3
+    types = _TYPE_OF_BITS.get(version)
+    if types is None:
+        return PacketHeader(bits, version, dcid, scid, b"", -1, n, first)
+    packet_type = types[bits]
     if dcid_len > MAX_CID_LEN or scid_len > MAX_CID_LEN:
         raise WireError("connection id too long")
 
@@ -180,7 +191,7 @@ def build_long_header(
     if len(dcid) > MAX_CID_LEN or len(scid) > MAX_CID_LEN:
         raise ValueError("connection id too long")
     out = bytearray()
-    out.append(0xC0 | (packet_type << 4) | (pn_len - 1))
+    out.append(0xC0 | (_BITS_OF_TYPE.get(version, _V1_BITS)[packet_type] << 4) | (pn_len - 1))
     out += version.to_bytes(4, "big")
     out.append(len(dcid))
     out += dcid
@@ -270,7 +281,7 @@ def build_retry(
     if len(dcid) > MAX_CID_LEN or len(scid) > MAX_CID_LEN:
         raise ValueError("connection id too long")
     out = bytearray()
-    out.append(0xC0 | (RETRY << 4) | (unused_bits & 0x0F))
+    out.append(0xC0 | (_BITS_OF_TYPE.get(version, _V1_BITS)[RETRY] << 4) | (unused_bits & 0x0F))
     out += version.to_bytes(4, "big")
     out.append(len(dcid))
     out += dcid

@@ -33,6 +33,8 @@ PREFERRED_ADDRESS = 0x0D
 ACTIVE_CONNECTION_ID_LIMIT = 0x0E
 INITIAL_SOURCE_CONNECTION_ID = 0x0F
 RETRY_SOURCE_CONNECTION_ID = 0x10
+VERSION_INFORMATION = 0x11  # RFC 9368 §3
+MAX_DATAGRAM_FRAME_SIZE = 0x20  # RFC 9221 §3
 
 #: Parameters only a server may send (RFC 9000 §18.2).
 SERVER_ONLY_PARAMETERS = frozenset(
@@ -82,6 +84,9 @@ class TransportParameters:
     active_connection_id_limit: int = 2
     initial_source_connection_id: bytes | None = None
     retry_source_connection_id: bytes | None = None
+    #: RFC 9368: [chosen version, available versions...]
+    version_information: list[int] | None = None
+    max_datagram_frame_size: int = 0  # RFC 9221: 0 = DATAGRAM frames not accepted
 
 
 # (id, field name, default) of the integer-valued parameters, in id order.
@@ -97,6 +102,7 @@ _INT_PARAMS: tuple[tuple[int, str, int], ...] = (
     (ACK_DELAY_EXPONENT, "ack_delay_exponent", 3),
     (MAX_ACK_DELAY, "max_ack_delay", 25),
     (ACTIVE_CONNECTION_ID_LIMIT, "active_connection_id_limit", 2),
+    (MAX_DATAGRAM_FRAME_SIZE, "max_datagram_frame_size", 0),
 )
 _INT_FIELD = {pid: name for pid, name, _ in _INT_PARAMS}
 
@@ -176,6 +182,13 @@ def encode_transport_parameters(tp: TransportParameters) -> bytes:
         _push_param(out, DISABLE_ACTIVE_MIGRATION, b"")
     if tp.preferred_address is not None:
         _push_param(out, PREFERRED_ADDRESS, _encode_preferred_address(tp.preferred_address))
+    if tp.version_information is not None:
+        if not tp.version_information or not all(
+            0 < v < 1 << 32 for v in tp.version_information
+        ):
+            raise ValueError("version_information needs a chosen version, none zero")
+        _push_param(out, VERSION_INFORMATION,
+                    b"".join(v.to_bytes(4, "big") for v in tp.version_information))
     return bytes(out)
 
 
@@ -240,6 +253,13 @@ def decode_transport_parameters(
                 tp.disable_active_migration = True
             elif pid == PREFERRED_ADDRESS:
                 tp.preferred_address = _decode_preferred_address(buf[pos:end])
+            elif pid == VERSION_INFORMATION:
+                if length < 4 or length % 4:
+                    raise TransportParameterError("version_information has a bad length")
+                versions = [int.from_bytes(buf[i : i + 4], "big") for i in range(pos, end, 4)]
+                if versions[0] == 0:
+                    raise TransportParameterError("version_information chosen version is 0")
+                tp.version_information = versions
             pos = end
     except TransportParameterError:
         raise

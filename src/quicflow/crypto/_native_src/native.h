@@ -205,6 +205,7 @@ typedef struct {
     KeyContext *previous; /* or NULL */
     int64_t largest_pn;
     int64_t phase_start_pn;
+    int v2; /* QUIC version 2: "quicv2 ku/key/iv" labels for key updates */
 } CidState;
 
 extern PyTypeObject CidStateType;

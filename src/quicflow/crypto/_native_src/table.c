@@ -22,17 +22,18 @@ static PyObject *
 cs_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"suite", "hp_key", "key_phase", "current", "next", "largest_pn",
-                             NULL};
+                             "v2", NULL};
     PyObject *suite, *hp_key;
     int key_phase;
+    int v2 = 0;
     KeyContext *current, *next;
     long long largest_pn;
     long suite_id;
     CidState *self;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OSiO!O!L:CidState", kwlist, &suite, &hp_key,
-                                     &key_phase, &KeyContextType, &current, &KeyContextType,
-                                     &next, &largest_pn)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OSiO!O!L|p:CidState", kwlist, &suite,
+                                     &hp_key, &key_phase, &KeyContextType, &current,
+                                     &KeyContextType, &next, &largest_pn, &v2)) {
         return NULL;
     }
     suite_id = PyLong_AsLong(suite);
@@ -64,6 +65,7 @@ cs_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->previous = NULL;
     self->largest_pn = largest_pn;
     self->phase_start_pn = largest_pn + 1;
+    self->v2 = v2;
     return (PyObject *)self;
 }
 
@@ -83,10 +85,12 @@ cs_rotate(CidState *self)
     }
     md = info.md();
     if (hkdf_expand_label_raw(md, (const unsigned char *)PyBytes_AS_STRING(secret),
-                              (int)PyBytes_GET_SIZE(secret), "quic ku", info.hash_len,
-                              ku) < 0 ||
-        hkdf_expand_label_raw(md, ku, info.hash_len, "quic key", info.key_len, key) < 0 ||
-        hkdf_expand_label_raw(md, ku, info.hash_len, "quic iv", IV_LEN, iv) < 0) {
+                              (int)PyBytes_GET_SIZE(secret), self->v2 ? "quicv2 ku" : "quic ku",
+                              info.hash_len, ku) < 0 ||
+        hkdf_expand_label_raw(md, ku, info.hash_len, self->v2 ? "quicv2 key" : "quic key",
+                              info.key_len, key) < 0 ||
+        hkdf_expand_label_raw(md, ku, info.hash_len, self->v2 ? "quicv2 iv" : "quic iv",
+                              IV_LEN, iv) < 0) {
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL: HKDF-Expand-Label failed");
         return -1;
     }

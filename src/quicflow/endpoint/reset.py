@@ -1,0 +1,36 @@
+"""Recognising a stateless reset on the client side (RFC 9000 §10.3.1).
+
+A reset's first bytes are random, so it does not carry a connection ID we know: a packet
+whose DCID matches no connection is compared (last 16 bytes) with the reset tokens of the
+connections to the address it came from. Clients have few connections per endpoint; the
+check costs one comparison per peer CID of each connection to that address.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+from typing import Any
+
+from ..transport.connection import Connection
+from ..transport.receive import _check_stateless_reset
+from .stateless import MIN_RESET_SIZE
+
+Address = tuple[Any, ...]
+
+
+def match_reset(
+    connections: Iterable[Connection], data: bytes, address: Address
+) -> Connection | None:
+    """The connection ``data`` is a stateless reset for (now terminated), or None."""
+    if len(data) < MIN_RESET_SIZE:
+        return None
+    token = bytes(data[-16:])
+    for conn in connections:
+        if conn.terminated or conn.peer_address != address:
+            continue
+        if any(e.reset_token is not None and hmac.compare_digest(e.reset_token, token)
+               for e in conn.peer_cids):
+            _check_stateless_reset(conn, data)
+            return conn
+    return None
