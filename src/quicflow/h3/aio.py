@@ -33,6 +33,7 @@ from ..aio.workers import WorkerGroupServer
 from ..transport.config import Configuration
 from ..transport.connection import Connection, StreamLimitReached
 from ..transport.events import (
+    DatagramReceived,
     Event,
     HandshakeCompleted,
     StopSendingReceived,
@@ -51,7 +52,9 @@ RequestHandler = Callable[["H3Stream"], Awaitable[None]]
 
 #: write() waits while more than this many bytes are queued on the stream
 WRITE_HIGH_WATER = 4 << 20
-_H3_EVENTS = (StreamReadable, StreamOpened, StreamReset, StopSendingReceived)
+_H3_EVENTS = (StreamReadable, StreamOpened, StreamReset, StopSendingReceived,
+              DatagramReceived)
+DATAGRAM_FRAME_SIZE = 65535  # our transport's max_datagram_frame_size with datagrams on
 
 
 def _b(value: str | bytes) -> bytes:
@@ -268,7 +271,7 @@ class H3QuicConnection(QuicConnection):
         h3 = self.h3
         for event in events:
             cls = type(event)
-            if cls in _H3_EVENTS or cls.__name__ == "DatagramReceived":
+            if cls in _H3_EVENTS:
                 self._dispatch(h3.handle_event(event))
                 if cls is StopSendingReceived or cls is StreamReset:
                     stream = self.h3_streams.get(event.stream_id)  # type: ignore[union-attr]
@@ -449,10 +452,12 @@ def _face_class(
     return type("H3Face", (H3QuicConnection,), attrs)
 
 
-def _h3_configuration(configuration: Configuration | None) -> Configuration:
+def _h3_configuration(configuration: Configuration | None, datagrams: bool) -> Configuration:
     config = replace(configuration) if configuration is not None else Configuration()
     if not config.alpn_protocols:
         config.alpn_protocols = ["h3"]
+    if datagrams and not config.max_datagram_frame_size:
+        config.max_datagram_frame_size = DATAGRAM_FRAME_SIZE
     return config
 
 
@@ -558,7 +563,7 @@ async def connect(
     extra keyword arguments go to :func:`quicflow.connect`. Closes with H3_NO_ERROR."""
     options = {"enable_datagram": enable_datagram, "max_table_capacity": max_table_capacity}
     async with quic_connect(
-        host, port, configuration=_h3_configuration(configuration),
+        host, port, configuration=_h3_configuration(configuration, enable_datagram),
         face_class=_face_class(options), **kwargs,
     ) as face:
         assert isinstance(face, H3QuicConnection)
@@ -650,7 +655,7 @@ async def serve(
         "max_table_capacity": max_table_capacity,
     }
     server = await quic_serve(
-        None, host, port, configuration=_h3_configuration(configuration),
+        None, host, port, configuration=_h3_configuration(configuration, enable_datagram),
         face_class=_face_class(options, handler), **kwargs,
     )
     return H3Server(server)

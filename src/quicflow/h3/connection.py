@@ -22,6 +22,9 @@ from typing import Any
 
 from ..transport.connection import Connection
 from ..transport.events import (
+    DatagramReceived as QuicDatagramReceived,
+)
+from ..transport.events import (
     Event,
     HandshakeCompleted,
     StreamOpened,
@@ -47,6 +50,7 @@ from .errors import (
     H3_REQUEST_CANCELLED,
     H3_REQUEST_INCOMPLETE,
     H3_REQUEST_REJECTED,
+    H3_SETTINGS_ERROR,
     H3_STREAM_CREATION_ERROR,
     QPACK_DECODER_STREAM_ERROR,
     QPACK_DECOMPRESSION_FAILED,
@@ -161,14 +165,10 @@ class H3Connection:
 
     @property
     def datagram_supported(self) -> bool:
-        """HTTP/3 datagrams need the transport's DATAGRAM frames (RFC 9221).
-
-        TODO(protocol branch): ``Connection.send_datagram`` and the ``DatagramReceived``
-        transport event are being added on branch ``protocol``; until they are on main
-        this is False, SETTINGS_H3_DATAGRAM is not advertised and :meth:`send_datagram`
-        raises. The HTTP/3 framing itself (quarter stream ID) is implemented.
-        """
-        return hasattr(self.quic, "send_datagram")
+        """HTTP/3 datagrams ride on the transport's DATAGRAM frames (RFC 9221): we
+        advertise SETTINGS_H3_DATAGRAM only when our transport accepts them
+        (``Configuration.max_datagram_frame_size`` > 0)."""
+        return self.quic.configuration.max_datagram_frame_size > 0
 
     def local_settings(self) -> dict[int, int]:
         settings = {
@@ -228,7 +228,7 @@ class H3Connection:
                 self._on_stop_sending(ev.stream_id, ev.error_code, out)
             elif cls is HandshakeCompleted:
                 self.start()
-            elif cls.__name__ == "DatagramReceived":  # transport hook (branch protocol)
+            elif cls is QuicDatagramReceived:
                 out.extend(self.receive_datagram(ev.data))
         except H3Error as exc:
             self._fail(exc)
@@ -513,6 +513,12 @@ class H3Connection:
                 raise H3Error(H3_MISSING_SETTINGS, "control stream must start with SETTINGS")
             us.settings_seen = True
             settings = F.parse_settings(payload)
+            if settings.get(F.SETTINGS_H3_DATAGRAM) == 1:
+                params = self.quic.peer_params
+                if params is None or not params.max_datagram_frame_size:
+                    # RFC 9297 §2.1.1: the setting needs the transport parameter
+                    raise H3Error(H3_SETTINGS_ERROR,
+                                  "SETTINGS_H3_DATAGRAM without max_datagram_frame_size")
             self.peer_settings = settings
             encoder_data = self.encoder.apply_settings(
                 settings.get(F.SETTINGS_QPACK_MAX_TABLE_CAPACITY, 0),
@@ -640,25 +646,22 @@ class H3Connection:
 
     def send_datagram(self, stream_id: int, data: bytes) -> None:
         """An HTTP/3 datagram for request ``stream_id`` (RFC 9297)."""
-        if not self.datagram_supported:
-            raise RuntimeError(
-                "HTTP/3 datagrams need transport DATAGRAM frames (RFC 9221), "
-                "not available in this quicflow build yet"
-            )
+        if not (self.enable_datagram and self.datagram_supported):
+            raise RuntimeError("HTTP/3 datagrams are not enabled on this connection")
         if not self.peer_allows_datagrams:
             raise RuntimeError("the peer did not send SETTINGS_H3_DATAGRAM=1")
-        self.quic.send_datagram(F.encode_datagram(stream_id, data))  # type: ignore[attr-defined]
+        self.quic.send_datagram(F.encode_datagram(stream_id, data))
 
     def receive_datagram(self, data: bytes) -> list[H3Event]:
         """A transport DATAGRAM's payload: the HTTP/3 datagram it carries, if any."""
-        if not self.enable_datagram:
+        if not (self.enable_datagram and self.datagram_supported):
             raise H3Error(H3_DATAGRAM_ERROR, "HTTP/3 datagram without SETTINGS_H3_DATAGRAM")
         try:
             stream_id, payload = F.parse_datagram(data)
         except WireError as exc:
             raise H3Error(H3_DATAGRAM_ERROR, "truncated HTTP/3 datagram") from exc
-        if stream_id > (1 << 62) - 1:
-            raise H3Error(H3_ID_ERROR, "quarter stream id too large")
+        if stream_id >> 2 >= 1 << 60:  # RFC 9297 §2.1: at most 2^60 - 1
+            raise H3Error(H3_ID_ERROR, "quarter stream ID too large")
         if stream_id not in self.requests:
             self.counters.datagrams_dropped += 1
             return []
