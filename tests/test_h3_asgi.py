@@ -46,10 +46,15 @@ def quicflow_cmd(*args: str, **kw: Any) -> subprocess.CompletedProcess[bytes]:
 
 @pytest.fixture
 def starlette_server(pem: tuple[str, str]) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    yield from start_starlette(pem)
+
+
+def start_starlette(pem: tuple[str, str], *extra: str
+                    ) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     cert, key = pem
     proc = subprocess.Popen(
         [sys.executable, "-m", "quicflow", "serve", "tests.support.starlette_app:app",
-         "--host", "127.0.0.1", "--port", "0", "--cert", cert, "--key", key],
+         "--host", "127.0.0.1", "--port", "0", "--cert", cert, "--key", key, *extra],
         cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.PIPE,
     )
     assert proc.stderr is not None
@@ -58,7 +63,7 @@ def starlette_server(pem: tuple[str, str]) -> Iterator[tuple[int, subprocess.Pop
     for _ in range(20):
         line = proc.stderr.readline().decode()
         lines.append(line)
-        found = re.search(r"on https://127\.0\.0\.1:(\d+) \(HTTP/3\)", line)
+        found = re.search(r"on https://127\.0\.0\.1:(\d+) \(HTTP/3", line)
         if found:
             port = int(found.group(1))
             break
@@ -134,6 +139,24 @@ def test_aioquic_client_fetches_from_starlette_served_by_quicflow_serve(
     assert result["post_status"] == 200
     assert result["post_answer"] == {"sha256": result["post_sha"], "size": 2 * MB}
     assert result["state"] == {"started": True}
+
+
+def test_quicflow_serve_with_workers(pem: tuple[str, str]) -> None:
+    cert, _ = pem
+    servers = start_starlette(pem, "--workers", "2")
+    port, proc = next(servers)
+    try:
+        for _ in range(4):
+            done = quicflow_cmd("get", f"https://localhost:{port}/bytes/1000", "--cafile",
+                                cert, "--json")
+            assert done.returncode == 0, done.stderr
+            assert json.loads(done.stdout)["sha256"] == sha(body_of(1000))
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        assert b"lifespan shutdown" in err
+    finally:
+        servers.close()
 
 
 def test_quicflow_get_connection_refused_is_exit_1(pem: tuple[str, str],

@@ -287,3 +287,73 @@ def test_qpack_blocked_request_waits_for_the_encoder_stream() -> None:
     raw, blocked = run(peer(), timeout=20)
     assert blocked == 1
     assert raw.endswith(body_of(10))
+
+
+def test_garbage_on_request_and_control_streams_never_harms_the_server() -> None:
+    """Random and mutated bytes on a request stream or the control stream: the server
+    answers with an H3/QPACK error code (or a response), never crashes, and serves the
+    next connection."""
+    import asyncio
+    import random
+
+    rng = random.Random(9114)
+    good = request_block(GOOD_HEAD)
+    payloads: list[tuple[bool, bytes]] = []
+    for i in range(16):
+        if i % 3 == 0:
+            data = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 60)))
+        else:
+            mutated = bytearray(good)
+            for _ in range(rng.randrange(1, 4)):
+                mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+            data = bytes(mutated)
+        payloads.append((i % 2 == 0, data))
+    codes = set(E.ERROR_NAMES) | {0}
+
+    async def go() -> list[int | str]:
+        server = await h3.serve(app, "127.0.0.1", 0, configuration=h3_server_config())
+        loop = asyncio.get_running_loop()
+        errors: list[BaseException] = []
+        loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx.get("exception")))
+        outcomes: list[int | str] = []
+        try:
+            for on_request, data in payloads:
+                async with quicflow.connect("127.0.0.1", server.address[1],
+                                            configuration=h3_client_config()) as conn:
+                    outcome: int | str | None = None
+                    if on_request:
+                        await control_stream(conn, SETTINGS)
+                        reader, writer = await conn.create_stream()
+                        writer.write(data)
+                        writer.write_eof()
+                        try:
+                            await asyncio.wait_for(reader.read(), 0.5)
+                            outcome = "answered"
+                        except StreamResetError as exc:
+                            outcome = exc.error_code
+                        except (ConnectionClosedError, TimeoutError):
+                            pass
+                    else:
+                        await control_stream(conn, data)
+                    if outcome is None:
+                        try:
+                            await asyncio.wait_for(conn.wait_closed(), 0.5)
+                            outcome = await closed_with(conn)
+                        except TimeoutError:
+                            outcome = "open"
+                    outcomes.append(outcome)
+            # the server still works
+            async with h3.connect("127.0.0.1", server.address[1],
+                                  configuration=h3_client_config()) as client:
+                resp = await client.get(GET_PATH)
+                assert await resp.read() == body_of(10)
+        finally:
+            server.close()
+        assert not [e for e in errors if e is not None], errors
+        return outcomes
+
+    outcomes = run(go(), timeout=60)
+    assert len(outcomes) == len(payloads)
+    for outcome in outcomes:
+        assert outcome in ("answered", "open") or outcome in codes, hex(int(outcome))
+    assert any(isinstance(o, int) and o != 0 for o in outcomes)  # some were refused

@@ -312,9 +312,9 @@ def register(sub: Any) -> None:
                        help="PEM private key of the certificate")
     serve.add_argument(
         "--workers", type=_workers, default=None, metavar="N",
-        help="serve from N worker processes sharing the port (quicflow.serve(workers=N)); "
-        "each worker imports nothing anew: it is forked after the lifespan startup, which "
-        "runs once in the supervisor (default: one process)",
+        help="serve from N worker processes sharing the port (quicflow.serve(workers=N)), "
+        "forked after the lifespan startup, which runs once, in the supervisor "
+        "(default: one process)",
     )  # fmt: skip
     serve.add_argument("--lifespan", choices=["auto", "on", "off"], default="auto",
                        help="run the application's lifespan scope: auto = if it supports "
