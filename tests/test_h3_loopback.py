@@ -267,3 +267,29 @@ def test_datagrams_refused_when_not_negotiated() -> None:
             resp.send_datagram(b"x")
 
     run(with_server(body), timeout=30)
+
+
+def test_early_response_stops_the_unread_upload_with_h3_no_error() -> None:
+    """RFC 9114 §4.1: a server that answers before the request ends may ask the client
+    to stop sending it (STOP_SENDING with H3_NO_ERROR); the response stays valid."""
+    from quicflow.h3.errors import H3_NO_ERROR
+
+    async def early(request: h3.H3Stream) -> None:
+        await request.respond(413, [], b"too large")  # does not read the body
+
+    async def go() -> None:
+        server = await h3.serve(early, "127.0.0.1", 0, configuration=h3_server_config())
+        try:
+            async with h3.connect("127.0.0.1", server.address[1],
+                                  configuration=h3_client_config()) as client:
+                stream = await client.open_request("POST", "/upload")
+                with pytest.raises(StreamResetError) as info:
+                    for _ in range(100):  # 100 MB that nobody wants
+                        await stream.write(b"x" * MB)
+                assert info.value.error_code == H3_NO_ERROR
+                await stream.wait_headers()
+                assert stream.status == 413 and await stream.read() == b"too large"
+        finally:
+            server.close()
+
+    run(go(), timeout=30)

@@ -381,6 +381,11 @@ class H3QuicConnection(QuicConnection):
                 stream.cancel(H3_INTERNAL_ERROR)
             raise
         finally:
+            if stream._fin_sent and not stream._ended and not self.closed:
+                # answered without reading the whole request: stop its upload
+                stream._ended = True
+                self.h3.stop_reading(stream.stream_id)
+                self.flush()
             self._maybe_forget(stream)
 
     def _on_goaway(self, last: int) -> None:

@@ -47,6 +47,7 @@ from .errors import (
     H3_ID_ERROR,
     H3_MESSAGE_ERROR,
     H3_MISSING_SETTINGS,
+    H3_NO_ERROR,
     H3_REQUEST_CANCELLED,
     H3_REQUEST_INCOMPLETE,
     H3_REQUEST_REJECTED,
@@ -623,6 +624,20 @@ class H3Connection:
         if st is not None:
             st.ended = st.send_done = True
         self._abandon(stream_id, code)
+
+    def stop_reading(self, stream_id: int, code: int = H3_NO_ERROR) -> None:
+        """Stop reading a request body that is no longer wanted (RFC 9114 §4.1: a server
+        that answered before the request ended asks the client, with STOP_SENDING and
+        H3_NO_ERROR, to stop sending it)."""
+        st = self.requests.get(stream_id)
+        if st is None or st.ended:
+            return
+        st.ended = True
+        stream = self.quic.streams.get(stream_id)
+        if stream is not None and stream.recv is not None and stream.recv.reset_code is None:
+            self.quic.stop_sending(stream_id, code)
+        self._discard(stream_id)
+        self._maybe_forget(st)
 
     def send_goaway(self) -> int:
         """GOAWAY on the control stream: a server names the first request it will not
