@@ -357,3 +357,25 @@ def test_garbage_on_request_and_control_streams_never_harms_the_server() -> None
     for outcome in outcomes:
         assert outcome in ("answered", "open") or outcome in codes, hex(int(outcome))
     assert any(isinstance(o, int) and o != 0 for o in outcomes)  # some were refused
+
+
+def test_peer_allowing_fewer_than_3_uni_streams_is_refused() -> None:
+    """RFC 9114 §6.2: the control and both QPACK streams must fit; a server allowing
+    only 2 unidirectional streams gets H3_GENERAL_PROTOCOL_ERROR from our client."""
+    from dataclasses import replace
+
+    async def go() -> int:
+        config = replace(h3_server_config(), max_streams_uni=2)
+        server = await h3.serve(app, "127.0.0.1", 0, configuration=config)
+        try:
+            async with h3.connect("127.0.0.1", server.address[1],
+                                  configuration=h3_client_config()) as client:
+                await client.face.wait_closed()
+                with pytest.raises(ConnectionClosedError) as info:
+                    client.face.raise_if_closed()
+                assert not info.value.by_peer
+                return info.value.error_code
+        finally:
+            server.close()
+
+    assert run(go(), timeout=20) == E.H3_GENERAL_PROTOCOL_ERROR

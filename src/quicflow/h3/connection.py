@@ -44,6 +44,7 @@ from .errors import (
     H3_DATAGRAM_ERROR,
     H3_FRAME_ERROR,
     H3_FRAME_UNEXPECTED,
+    H3_GENERAL_PROTOCOL_ERROR,
     H3_ID_ERROR,
     H3_MESSAGE_ERROR,
     H3_MISSING_SETTINGS,
@@ -200,6 +201,11 @@ class H3Connection:
             return
         self.started = True
         quic = self.quic
+        params = quic.peer_params
+        if params is not None and params.initial_max_streams_uni < 3:
+            # RFC 9114 §6.2: a peer must allow the control and both QPACK streams
+            raise H3Error(H3_GENERAL_PROTOCOL_ERROR,
+                          "the peer allows fewer than 3 unidirectional streams")
         self.control_stream_id = quic.open_stream(False)
         quic.send_stream_data(
             self.control_stream_id,
