@@ -15,12 +15,19 @@ TEST_TIMEOUT ?= 300
 PYTEST_ARGS ?=
 
 # iproute2 (ip, tc): network-namespace tests; libssl-dev: the native crypto engine's
-# headers (the package builds without them, falling back to the pure-Python engine).
-DEB_PACKAGES := iproute2 nftables libssl-dev
-DEB_BINARIES := ip tc nft
-DEB_FILES    := /usr/include/openssl/evp.h
+# headers (the package builds without them, falling back to the pure-Python engine);
+# golang-go + quic-go's sources: the quic-go interop peer (tests/peers/quicgo, built
+# offline in GOPATH mode); cargo + quinn's crates: the quinn peer (tests/peers/quinn, built
+# offline against /usr/share/cargo/registry); both cached in ~/.cache/quicflow-peers.
+# tshark: the key-log test (its debconf question is preseeded below).
+DEB_PACKAGES := iproute2 nftables libssl-dev golang-go golang-github-lucas-clemente-quic-go-dev \
+                cargo librust-quinn-dev tshark
+DEB_BINARIES := ip tc nft go cargo tshark
+DEB_FILES    := /usr/include/openssl/evp.h \
+                /usr/share/gocode/src/github.com/lucas-clemente/quic-go/server.go \
+                /usr/share/doc/librust-quinn-dev/copyright
 
-.PHONY: venv deps test lint demo bench clean
+.PHONY: venv deps peers test lint demo bench clean
 
 # deps first: the native crypto engine is compiled when the venv installs quicflow
 venv: deps $(STAMP)
@@ -42,11 +49,20 @@ deps:
 		exit 0; \
 	fi; \
 	echo "deps: missing$$missing; installing $(DEB_PACKAGES)"; \
+	echo "wireshark-common wireshark-common/install-setuid boolean false" \
+		| debconf-set-selections; \
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 		-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
 		$(DEB_PACKAGES) </dev/null >/dev/null
 
-test: venv
+# The compiled interop peers (tests/peers: quic-go, quinn), built once per cache key into
+# ~/.cache/quicflow-peers, before pytest so that a first build (quinn: ~2 minutes) does not
+# count against a test's time limit. A peer that cannot be built is reported by its tests.
+peers: venv
+	@$(VPY) -m tests.support.quicgo >/dev/null || true
+	@$(VPY) -m tests.support.quinn >/dev/null || true
+
+test: venv peers
 	$(VPY) -m pytest -q -x --timeout=$(TEST_TIMEOUT) $(PYTEST_ARGS)
 
 # mypy: MYPYPATH + explicit package bases so that src/quicflow maps to `quicflow.*`

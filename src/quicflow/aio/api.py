@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,6 +22,15 @@ from .connection import QuicConnection, StreamHandler
 from .errors import ConnectionClosedError
 from .runner import EndpointRunner
 from .workers import CidPlan, WorkerGroupServer, serve_workers
+
+#: environment variable naming a TLS key log file, as other TLS and QUIC stacks honour it
+KEYLOG_ENV = "SSLKEYLOGFILE"
+
+
+def _keylog_from_environment(config: Configuration) -> None:
+    """Without an explicit ``keylog_file``, log keys to ``$SSLKEYLOGFILE`` when it is set."""
+    if config.keylog_file is None:
+        config.keylog_file = os.environ.get(KEYLOG_ENV) or None
 
 
 def _is_ip(host: str) -> bool:
@@ -57,6 +67,7 @@ async def connect(
     """
     config = replace(configuration) if configuration is not None else Configuration()
     config.validate()
+    _keylog_from_environment(config)
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     if not infos:
@@ -190,6 +201,7 @@ async def serve(
     """
     config = replace(configuration)
     config.validate()
+    _keylog_from_environment(config)
     if not config.certificate_chain or config.private_key is None:
         raise ValueError("a server needs Configuration.certificate_chain and private_key")
     if cid_plan is not None and cid_generator is not None:

@@ -1,0 +1,199 @@
+"""What the ``quicflow`` subcommands share: argument types, byte/rate formatting, the
+progress line, the one-line failure message, transport options."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import socket
+import sys
+from typing import Any, TextIO
+
+from ..aio import ConnectionClosedError
+from ..apps.hq import HqError
+from ..apps.perf import PerfError
+
+PROG = "quicflow"
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+SIZE_HELP = "bytes, or with a K, M or G suffix for KiB (1024), MiB (1024²) or GiB (1024³)"
+
+
+# ---------------------------------------------------------------------------- argument types
+
+
+def parse_size(text: str) -> int:
+    """A byte count: "100", "1K" (1024), "3M" (3·1024²), "2G" (2·1024³), "1.5M".
+
+    The suffix is case-insensitive and may be followed by "B" or "iB" ("4MiB", "4MB" —
+    both 1024-based). Raises ValueError for anything else (and for negative sizes).
+    """
+    s = text.strip().upper()
+    if s.endswith("IB"):
+        s = s[:-2]
+        if not s or s[-1] not in "KMG":
+            raise ValueError(f"invalid size {text!r}: expected e.g. 100, 64K, 5M or 2G")
+    elif s.endswith("B"):
+        s = s[:-1]
+    unit = s[-1:] if s[-1:] in ("K", "M", "G") else ""
+    number = s[: len(s) - len(unit)].strip()
+    if not number or not all(c.isdigit() or c == "." for c in number) or number.count(".") > 1:
+        raise ValueError(f"invalid size {text!r}: expected e.g. 100, 64K, 5M or 2G")
+    if "." in number:
+        value = int(float(number) * _UNITS[unit])
+    else:
+        value = int(number) * _UNITS[unit]
+    return value
+
+
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _int_arg(text: str, low: int, high: int | None, what: str = "an integer") -> int:
+    """An integer argument in ``low..high`` (no upper bound when ``high`` is None)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+    if high is None and value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}: {value}")
+    if high is not None and not low <= value <= high:
+        message = "port out of range" if what == "a port number" else (
+            f"must be between {low} and {high}")
+        raise argparse.ArgumentTypeError(f"{message}: {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_arg(text, 1, None)
+
+
+def _port_arg(text: str) -> int:
+    return _int_arg(text, 0, 65535, "a port number")
+
+
+def _datagram_arg(text: str) -> int:
+    return _int_arg(text, 1200, 65527)
+
+
+def _seconds_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
+# ---------------------------------------------------------------------------- formatting
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes in binary units: "512 B", "12.3 KiB", "45.6 MiB", "1.20 GiB"."""
+    if n < 1024:
+        return f"{n:.0f} B"
+    for unit, scale in (("KiB", 1 << 10), ("MiB", 1 << 20)):
+        if n < 1024 * scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / (1 << 30):.2f} GiB"
+
+
+def format_rate(bytes_per_s: float) -> str:
+    return f"{format_bytes(bytes_per_s)}/s"
+
+
+
+class Progress:
+    """Prints "<bytes moved>  <rate>" on stderr: one updating line on a TTY, else a line
+    each time."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last_bytes = 0
+        self.last_time = 0.0
+        self.printed = False
+
+    def __call__(self, received: int, sent: int, elapsed: float) -> None:
+        moved = received + sent
+        dt = elapsed - self.last_time
+        rate = (moved - self.last_bytes) / dt if dt > 0 else 0.0
+        self.last_bytes, self.last_time = moved, elapsed
+        text = f"{format_bytes(moved)}  {format_rate(rate)}"
+        if self.tty:
+            self.stream.write(f"\r{text:<32}")
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+        self.printed = True
+
+    def finish(self) -> None:
+        if self.tty and self.printed:
+            self.stream.write("\r" + " " * 32 + "\r")
+            self.stream.flush()
+
+
+def _fail(message: str, code: int = 1) -> int:
+    """Print one line on stderr; return the exit status."""
+    line = " ".join(message.split())  # exactly one line
+    print(f"{PROG}: {line}", file=sys.stderr, flush=True)
+    return code
+
+
+def _describe_error(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionClosedError | PerfError | HqError):
+        return str(exc)
+    if isinstance(exc, TimeoutError):
+        return str(exc) or "timed out"
+    if isinstance(exc, OSError):
+        return f"network error: {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+# ---------------------------------------------------------------------------- perf server
+
+
+def _format_address(address: tuple[Any, ...]) -> str:
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _certificate_hostnames(host: str) -> list[str]:
+    names = ["localhost", "127.0.0.1", "::1"]
+    try:
+        ip = ipaddress.ip_address(host)
+        if not ip.is_unspecified and str(ip) not in names:
+            names.append(str(ip))
+    except ValueError:
+        if host and host not in names:
+            names.append(host)
+    hostname = socket.gethostname()
+    if hostname and hostname not in names:
+        names.append(hostname)
+    return names
+
+
+def _add_transport_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--congestion", choices=["cubic", "newreno"], default="cubic",
+        help="congestion controller (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-datagram", type=_datagram_arg, default=1200, metavar="N",
+        help="largest UDP payload to send, 1200..65527 bytes (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--backend", choices=["auto", "gso", "basic"], default="auto",
+        help="UDP datapath: gso = batched sends with UDP_SEGMENT and GRO receives, "
+        "basic = one syscall per datagram, auto = gso when the kernel supports it "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--keylog", metavar="FILE",
+        help="append TLS secrets to FILE in SSLKEYLOGFILE format (for Wireshark)",
+    )  # fmt: skip
+

@@ -1,0 +1,213 @@
+"""``quicflow hq server`` and ``quicflow hq client``: hq-interop (HTTP/0.9 over QUIC)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import tempfile
+
+from ..aio import ConnectionClosedError
+from ..apps.hq import HqError, HqResult, parse_url, run_client, server_configuration, start_server
+from ..tls.certs import certificate_pem, generate_self_signed, load_pem_chain, load_pem_key
+from ..transport.config import Configuration
+from .common import (
+    Progress,
+    _add_transport_options,
+    _certificate_hostnames,
+    _describe_error,
+    _fail,
+    _format_address,
+    _port_arg,
+    _seconds_arg,
+    format_bytes,
+    format_rate,
+)
+
+# ---------------------------------------------------------------------------- server
+
+
+async def _serve(args: argparse.Namespace, config: Configuration) -> int:
+    server, handler = await start_server(
+        args.host, args.port, root=args.root, configuration=config, backend=args.backend
+    )
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"listening on {_format_address(server.address)} (ALPN hq-interop),"
+          f" serving {handler.root}", file=sys.stderr, flush=True)  # fmt: skip
+    try:
+        await stop.wait()
+    finally:
+        server.close()
+        await server.wait_closed()
+    s = handler.stats
+    print(f"stopped: {s.requests} request(s) answered, {s.refused} refused,"
+          f" sent {format_bytes(s.bytes_sent)}", file=sys.stderr, flush=True)  # fmt: skip
+    return 0
+
+
+def cmd_hq_server(args: argparse.Namespace) -> int:
+    if not os.path.isdir(args.root):
+        return _fail(f"--root {args.root}: not a directory", 2)
+    if args.key and not args.cert:
+        return _fail("--key needs --cert", 2)
+    temp_cert: str | None = None
+    try:
+        if args.cert:
+            chain = load_pem_chain(args.cert)
+            key = load_pem_key(args.key or args.cert)
+        else:
+            cert, key = generate_self_signed(_certificate_hostnames(args.host))
+            chain = [cert]
+            fd, temp_cert = tempfile.mkstemp(prefix="quicflow-hq-", suffix=".pem")
+            with os.fdopen(fd, "wb") as f:
+                f.write(certificate_pem(cert))
+            print(f"self-signed certificate written to {temp_cert}"
+                  f" (clients: --cafile {temp_cert})", file=sys.stderr, flush=True)  # fmt: skip
+        config = server_configuration(
+            chain, key, congestion_control=args.congestion,
+            max_datagram_size=args.max_datagram, keylog_file=args.keylog,
+        )  # fmt: skip
+        return asyncio.run(_serve(args, config))
+    except (OSError, ValueError) as e:
+        return _fail(_describe_error(e) if isinstance(e, OSError) else str(e))
+    finally:
+        if temp_cert is not None:
+            try:
+                os.unlink(temp_cert)
+            except OSError:
+                pass
+
+
+# ---------------------------------------------------------------------------- client
+
+
+def _summary(result: HqResult) -> list[str]:
+    lines = [f"{d.url} -> {d.file}: {d.bytes} bytes, sha256 {d.sha256}" for d in result.downloads]
+    rate = result.bytes_received / result.seconds
+    lines.append(f"received {format_bytes(result.bytes_received)} in {len(result.downloads)}"
+                 f" file(s) in {result.seconds:.3f} s: {format_rate(rate)}")  # fmt: skip
+    return lines
+
+
+def cmd_hq_client(args: argparse.Namespace) -> int:
+    for url in args.urls:
+        try:
+            parse_url(url)
+        except ValueError as e:
+            return _fail(str(e), 2)
+    if not os.path.isdir(args.output):
+        return _fail(f"--output {args.output}: not a directory", 2)
+    if args.cafile and not os.path.isfile(args.cafile):
+        return _fail(f"--cafile {args.cafile}: no such file", 2)
+    config = Configuration(
+        alpn_protocols=["hq-interop"], verify_peer=not args.insecure, cafile=args.cafile,
+        server_name=args.server_name, congestion_control=args.congestion,
+        max_datagram_size=args.max_datagram, idle_timeout=args.timeout,
+        keylog_file=args.keylog,
+    )  # fmt: skip
+    progress = None if args.quiet else Progress(sys.stderr)
+    try:
+        result = asyncio.run(run_client(
+            args.urls, args.output, configuration=config, backend=args.backend,
+            timeout=args.timeout, progress=progress,
+        ))  # fmt: skip
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except (ConnectionClosedError, HqError, TimeoutError, OSError, ValueError) as e:
+        return _fail(_describe_error(e))
+    finally:
+        if progress is not None:
+            progress.finish()
+    if args.json:
+        print(json.dumps(result.to_dict(), sort_keys=True), flush=True)
+    else:
+        print("\n".join(_summary(result)), flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def add_hq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``hq server`` and ``hq client`` to the ``quicflow`` command's subparsers."""
+    hq = sub.add_parser(
+        "hq",
+        help="hq-interop (HTTP/0.9 over QUIC, ALPN hq-interop): server and client",
+        description="hq-interop, the HTTP/0.9-over-QUIC protocol interop tools use (ALPN "
+        "hq-interop): the client sends 'GET /path' on a stream of its own per file, the "
+        "server answers with the file's bytes.",
+    )
+    hq_sub = hq.add_subparsers(dest="role", required=True, metavar="ROLE")
+
+    server = hq_sub.add_parser(
+        "server",
+        help="serve the files of a directory until SIGINT/SIGTERM",
+        description="Serve the regular files under --root until SIGINT or SIGTERM (then "
+        "exit 0). Prints 'listening on ADDRESS:PORT' on stderr once ready. Requests for "
+        "paths outside --root (.., symbolic links leading out), missing files and malformed "
+        "requests are refused: their stream is reset with application error code 1. Without "
+        "--cert it makes a self-signed certificate and says on stderr in which file.",
+    )
+    server.add_argument("--root", required=True, metavar="DIR", help="directory to serve")
+    server.add_argument(
+        "--host", default="::",
+        help="address to listen on; :: accepts IPv4 and IPv6 (default: %(default)s)",
+    )  # fmt: skip
+    server.add_argument(
+        "--port", type=_port_arg, default=4433,
+        help="UDP port, 0 for any free one (default: %(default)s)",
+    )  # fmt: skip
+    server.add_argument("--cert", metavar="FILE", help="PEM certificate chain, leaf first")
+    server.add_argument(
+        "--key", metavar="FILE", help="PEM private key (default: read it from --cert)"
+    )
+    _add_transport_options(server)
+    server.set_defaults(func=cmd_hq_server)
+
+    client = hq_sub.add_parser(
+        "client",
+        help="download URLs into a directory",
+        description="Download every URL (https://HOST[:PORT]/PATH) into --output, under "
+        "the last segment of its path. URLs of one HOST:PORT share a connection and are "
+        "fetched at the same time, one stream each. Prints one line per file (URL, file, "
+        "size, SHA-256) and a summary on stdout, a progress line on stderr about once a "
+        "second. Exit status 0 when every file arrived, 1 with one line on stderr saying "
+        "why otherwise (request refused, certificate refused, timed out...), 2 for bad "
+        "arguments.",
+    )
+    client.add_argument("urls", nargs="+", metavar="URL", help="https://HOST[:PORT]/PATH")
+    client.add_argument(
+        "--output", "-o", required=True, metavar="DIR",
+        help="directory to write the files into (must exist)",
+    )  # fmt: skip
+    trust = client.add_mutually_exclusive_group()
+    trust.add_argument(
+        "--insecure", action="store_true", help="do not verify the server's certificate"
+    )
+    trust.add_argument(
+        "--cafile", metavar="FILE",
+        help="PEM file of the CA certificates to trust (default: the system store)",
+    )  # fmt: skip
+    client.add_argument(
+        "--server-name", metavar="NAME",
+        help="name to check the certificate against and send as SNI (default: the URL's host)",
+    )  # fmt: skip
+    client.add_argument(
+        "--timeout", type=_seconds_arg, default=10.0, metavar="SECONDS",
+        help="give up when the handshake takes longer, or the server stays silent for "
+        "longer (the idle timeout) (default: %(default)s)",
+    )  # fmt: skip
+    client.add_argument(
+        "--json", action="store_true",
+        help="print one JSON object on stdout (files: url, path, file, bytes, sha256; "
+        "bytes_received, seconds, connections, handshake_seconds) instead of lines",
+    )  # fmt: skip
+    client.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    _add_transport_options(client)
+    client.set_defaults(func=cmd_hq_client)

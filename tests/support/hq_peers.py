@@ -1,0 +1,214 @@
+"""hq-interop exchanges between quicflow and a foreign peer program, in both roles.
+
+The peer is a process speaking the JSON-lines protocol of ``tests/peers/*`` (quic-go's
+``QuicGoProcess``, quinn's ``QuinnProcess``): ``server --cert C --key K --root DIR ...``
+answers ``{"event": "ready", "port": N}``; ``client --connect HOST:PORT --ca F
+--server-name N --out DIR ... /path...`` answers ``{"event": "result", "files": [...]}``;
+both report ``handshake`` and ``closed`` (``how``, ``remote``, ``code``). quicflow runs in
+the test's event loop. Every file is compared by SHA-256 with the served one. Roles:
+``qf-client`` is quicflow's hq client against the peer's server, ``qf-server`` the peer's
+client against quicflow's hq server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import quicflow
+from quicflow.apps import hq
+from tests.support.aioquic_peer import AioquicProcess
+from tests.support.quic_helpers import run, self_signed
+from tests.support.relay import LossyUdpRelay
+
+PeerClass = Callable[..., AioquicProcess]
+ROLES = ["qf-client", "qf-server"]
+
+
+@dataclass
+class Site:
+    """A served directory, the certificate files and a download directory."""
+
+    root: Path
+    out: Path
+    cert: str
+    key: str
+    files: dict[str, str] = field(default_factory=dict)  # "/name" -> sha256
+
+    def add(self, name: str, size: int) -> str:
+        data = os.urandom(size)
+        (self.root / name).write_bytes(data)
+        self.files["/" + name] = hashlib.sha256(data).hexdigest()
+        return "/" + name
+
+
+def client_config(**kw: Any) -> quicflow.Configuration:
+    return quicflow.Configuration(
+        alpn_protocols=[hq.ALPN], cadata=self_signed().cert_pem, server_name="localhost", **kw
+    )
+
+
+def server_config(**kw: Any) -> quicflow.Configuration:
+    cred = self_signed()
+    return hq.server_configuration([cred.cert], cred.key, **kw)
+
+
+def check_downloads(site: Site, downloads: list[tuple[str, int, str]]) -> None:
+    """Every served file arrived whole: (path, bytes, sha256) as the server has it."""
+    assert sorted(p for p, _, _ in downloads) == sorted(site.files)
+    for path, size, sha in downloads:
+        assert size == (site.root / path.lstrip("/")).stat().st_size, path
+        assert sha == site.files[path], f"{path}: content differs"
+
+
+# ---------------------------------------------------------------------------- the two roles
+
+
+@dataclass
+class Outcome:
+    peer: dict[str, Any]  # the peer's "closed" event (and "handshake" under "handshake")
+    conn_stats: dict[str, Any]  # what quicflow's Connection saw
+    close: quicflow.ConnectionClosedError | None = None  # quicflow server: how it ended
+
+
+def _quicflow_view(face: quicflow.QuicConnection) -> dict[str, Any]:
+    c = face.conn
+    return {"cipher_suite": int(c.cipher_suite) if c.cipher_suite is not None else None,
+            "alpn": face.alpn_protocol, "key_updates_received": c.key_updates_received,
+            "retried": c.retry_scid is not None}  # fmt: skip
+
+
+async def start_key_update(face: quicflow.QuicConnection) -> None:
+    """Start a key update once the previous one (if any) was answered by the peer, and
+    wait until it has started (RFC 9001 §6.5: the core defers an update asked for less
+    than three PTOs after the previous one)."""
+    conn = face.conn
+    for _ in range(5000):
+        if not conn.key_update_pending and conn.handshake_confirmed:
+            if not conn.key_update_requested:
+                conn.initiate_key_update()
+                face.flush()
+            if not conn.key_update_requested:
+                return
+        await asyncio.sleep(0.001)
+    raise AssertionError("the previous key update was not answered, or this one did not "
+                         f"start, within 5 s (pending={conn.key_update_pending}, "
+                         f"requested={conn.key_update_requested}, allowed_at="
+                         f"{conn.key_update_allowed_at - asyncio.get_running_loop().time():.3f}"
+                         " s from now)")
+
+
+async def as_client(peer_class: PeerClass, site: Site, *, peer_args: tuple[str, ...] = (),
+                    loss: float = 0.0, key_updates: bool = False, sequential: bool = False,
+                    **config: Any) -> Outcome:  # fmt: skip
+    """quicflow's client downloads every file of the site from the peer's server (all at
+    once; with ``sequential``, one after the other; with ``key_updates`` too, quicflow
+    starting a key update before each)."""
+    async with peer_class("server", "--cert", site.cert, "--key", site.key,
+                          "--root", str(site.root), *peer_args) as peer:  # fmt: skip
+        assert peer.port is not None
+        port = peer.port
+        relay = None
+        if loss:
+            relay = await LossyUdpRelay(("127.0.0.1", port), loss=loss, reorder=loss,
+                                        seed=7).start()  # fmt: skip
+            port = relay.address[1]
+        try:
+            async with quicflow.connect("127.0.0.1", port,
+                                        configuration=client_config(**config)) as face:
+                if key_updates or sequential:
+                    results = []
+                    for p in site.files:
+                        if key_updates:
+                            await start_key_update(face)
+                        results.append(await hq.fetch(face, p))
+                else:
+                    results = await asyncio.gather(*(hq.fetch(face, p) for p in site.files))
+                view = _quicflow_view(face)
+            downloads = [(p, n, sha) for p, (n, sha) in zip(site.files, results, strict=True)]
+            check_downloads(site, downloads)
+            closed = await peer.next_event("closed", timeout=30)
+        finally:
+            if relay is not None:
+                await relay.close()
+        closed["handshake"] = await peer.next_event("handshake")
+    return Outcome(closed, view)
+
+
+async def as_server(peer_class: PeerClass, site: Site, *, peer_args: tuple[str, ...] = (),
+                    loss: float = 0.0, key_updates: bool = False, sequential: bool = False,
+                    **config: Any) -> Outcome:  # fmt: skip
+    """The peer's client downloads every file of the site from quicflow's server (all at
+    once; with ``key_updates``, one after the other, quicflow starting a key update
+    before it answers each request)."""
+    faces: list[quicflow.QuicConnection] = []
+    handler = hq.HqServerHandler(str(site.root))
+
+    async def serve_stream(reader: quicflow.QuicStreamReader,
+                           writer: quicflow.QuicStreamWriter) -> None:  # fmt: skip
+        if key_updates:
+            await start_key_update(writer.connection)
+        await handler(reader, writer)
+
+    server = await quicflow.serve(serve_stream, "127.0.0.1", 0,
+                                  configuration=server_config(**config),
+                                  connection_handler=faces.append)  # fmt: skip
+    if key_updates or sequential:
+        peer_args = (*peer_args, "--sequential")
+    port = server.address[1]
+    relay = None
+    if loss:
+        relay = await LossyUdpRelay(("127.0.0.1", port), loss=loss, reorder=loss,
+                                    seed=7).start()  # fmt: skip
+        port = relay.address[1]
+    try:
+        async with peer_class("client", "--connect", f"127.0.0.1:{port}",
+                              "--ca", site.cert, "--server-name", "localhost",
+                              "--out", str(site.out), *peer_args, *site.files) as peer:
+            result = await peer.next_event("result", timeout=120)
+            closed = await peer.next_event("closed", timeout=30)
+            closed["handshake"] = await peer.next_event("handshake")
+            assert await peer.wait_exit(30) == 0
+        assert len(faces) == 1
+        face = faces[0]
+        await asyncio.wait_for(face.wait_closed(), 10)
+        close: quicflow.ConnectionClosedError | None = None
+        try:
+            face.raise_if_closed()
+        except quicflow.ConnectionClosedError as e:
+            close = e
+        view = _quicflow_view(face)
+    finally:
+        if relay is not None:
+            await relay.close()
+        server.close()
+    downloads = [(f["path"], f["bytes"], f["sha256"]) for f in result["files"]]
+    check_downloads(site, downloads)
+    for path, _, sha in downloads:  # the files the peer wrote are the served ones too
+        assert hashlib.sha256((site.out / path.lstrip("/")).read_bytes()).hexdigest() == sha
+    assert handler.stats.requests == len(site.files)
+    return Outcome(closed, view, close)
+
+
+def exchange(peer_class: PeerClass, role: str, site: Site, timeout: float = 120,
+             **kw: Any) -> Outcome:  # fmt: skip
+    """Run one exchange in ``role`` ("qf-client" or "qf-server") against the peer."""
+    body: Callable[..., Awaitable[Outcome]] = as_client if role == "qf-client" else as_server
+    return run(body(peer_class, site, **kw), timeout=timeout)
+
+
+def make_site(tmp_path: Path) -> Site:
+    (tmp_path / "root").mkdir()
+    (tmp_path / "out").mkdir()
+    cert, key = self_signed().write(tmp_path, "server")
+    return Site(tmp_path / "root", tmp_path / "out", cert, key)
+
+
+def peer_saw_close_0(event: dict[str, Any]) -> bool:
+    """The peer's "closed" event reports an application close with code 0."""
+    return event.get("how") == "application" and event.get("code") == 0

@@ -1,0 +1,138 @@
+"""Interoperability with quic-go (Debian's packaged sources), in both roles, over hq-interop.
+
+quic-go runs as our own peer program (``tests/peers/quicgo/main.go``, built once per cache
+key by ``tests/support/quicgo.py``) in a process of its own; quicflow runs in the test's
+event loop (``tests/support/hq_peers.py``). Every file is compared by SHA-256 with the
+served one. Roles: ``qf-client`` is quicflow's hq client against quic-go's server,
+``qf-server`` quic-go's client against quicflow's hq server.
+
+quic-go facts used here: its TLS stack (qtls) lets a client restrict the TLS 1.3 suites
+(``tls.Config.CipherSuites``); it starts key updates by itself after a packet count that
+its API does not expose (the peer sets the internal ``KeyUpdateInterval`` variable); its
+server sends Retry when ``Config.RequireAddressValidation`` says so. quicflow's server
+does not send Retry yet, so Retry is tested with quicflow as the client only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quicflow.apps import hq
+from quicflow.crypto.suites import CipherSuite
+from tests.support import hq_peers, quicgo
+from tests.support.hq_peers import ROLES, Outcome, Site, make_site, peer_saw_close_0
+from tests.support.quicgo import QuicGoProcess
+
+pytestmark = pytest.mark.interop
+
+KB, MB = 1024, 1024 * 1024
+SUITES = {
+    "aes128": CipherSuite.AES_128_GCM_SHA256,
+    "aes256": CipherSuite.AES_256_GCM_SHA384,
+    "chacha20": CipherSuite.CHACHA20_POLY1305_SHA256,
+}
+
+
+@pytest.fixture
+def site(tmp_path: Path, require: Callable[[bool, str], None]) -> Site:
+    why = quicgo.missing()
+    require(why is None, why or "")
+    quicgo.build()
+    return make_site(tmp_path)
+
+
+def exchange(role: str, site: Site, timeout: float = 120, **kw: Any) -> Outcome:
+    return hq_peers.exchange(QuicGoProcess, role, site, timeout, **kw)
+
+
+# ---------------------------------------------------------------------------- cases
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_handshake_and_close_with_code_0(site: Site, role: str) -> None:
+    site.add("hello.txt", 13)
+    out = exchange(role, site)
+    assert out.peer["handshake"]["alpn"] == hq.ALPN
+    assert out.conn_stats["alpn"] == hq.ALPN
+    assert out.peer["handshake"]["cipher_suite"] == out.conn_stats["cipher_suite"]
+    # the side that did not close saw an application close with code 0 from its peer
+    assert peer_saw_close_0(out.peer)
+    if role == "qf-client":
+        assert out.peer["remote"] is True  # quic-go's server saw our CONNECTION_CLOSE(0)
+    else:
+        assert out.close is not None and out.close.by_peer and out.close.application
+        assert out.close.error_code == 0
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_multistream_transfer(site: Site, role: str) -> None:
+    for i, size in enumerate([0, 1, 1200, 64 * KB + 1, 300 * KB, 1 * MB, 3 * MB, 7]):
+        site.add(f"f{i}.bin", size)
+    exchange(role, site)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_more_streams_than_the_stream_limit(site: Site, role: str) -> None:
+    """400 files at once: more streams than quicflow's server allows open at a time (256)
+    and than quic-go allows (100, its default), so each client waits for MAX_STREAMS."""
+    for i in range(400):
+        site.add(f"s{i}.txt", 1000 + i)
+    exchange(role, site)
+
+
+@pytest.mark.parametrize("suite", sorted(SUITES))
+@pytest.mark.parametrize("role", ROLES)
+def test_cipher_suite_alone(site: Site, role: str, suite: str) -> None:
+    """The client offers one suite only (quicflow's Configuration.cipher_suites, quic-go's
+    tls.Config.CipherSuites); the connection uses it and transfers intact."""
+    site.add("data.bin", 512 * KB)
+    if role == "qf-client":
+        out = exchange(role, site, cipher_suites=[SUITES[suite]])
+    else:
+        out = exchange(role, site, peer_args=("--suite", suite))
+    assert out.conn_stats["cipher_suite"] == int(SUITES[suite])
+    assert out.peer["handshake"]["cipher_suite"] == int(SUITES[suite])
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_key_updates_started_by_quicflow(site: Site, role: str) -> None:
+    """Three files one after the other, quicflow starting a key update before each: quic-go
+    follows all three, and quicflow sees each answered."""
+    for name in ("a.bin", "b.bin", "c.bin"):
+        site.add(name, 1 * MB)
+    out = exchange(role, site, key_updates=True)
+    assert out.peer["key_updates_remote"] == 3
+    assert out.peer["key_updates_local"] == 0
+    assert out.conn_stats["key_updates_received"] == 3  # the peer's answers
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_key_updates_started_by_quicgo(site: Site, role: str) -> None:
+    site.add("a.bin", 4 * MB)
+    out = exchange(role, site, peer_args=("--key-update", "200"))
+    started = out.peer["key_updates_local"]
+    assert started >= 2
+    # quicflow followed every update quic-go started, except possibly the last one, when
+    # quic-go started it in its final packets (an update can only start once the previous
+    # one is confirmed, RFC 9001 §6.1, so at most one can be unseen at the close)
+    assert started - 1 <= out.conn_stats["key_updates_received"] <= started
+
+
+def test_retry_from_quicgo_server(site: Site) -> None:
+    """quic-go's server demands address validation: quicflow's client follows the Retry
+    (new token, retry_source_connection_id checked) and the transfer completes."""
+    site.add("a.bin", 1 * MB)
+    out = exchange("qf-client", site, peer_args=("--retry",))
+    assert out.conn_stats["retried"] is True
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_loss_and_reordering(site: Site, role: str) -> None:
+    """5 % loss and 5 % reordering each way through tests/support/relay.py."""
+    for i in range(4):
+        site.add(f"l{i}.bin", 256 * KB)
+    exchange(role, site, loss=0.05, timeout=150)
