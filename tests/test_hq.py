@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 import quicflow
 from quicflow.apps import hq
+from tests.support import hq_peers
 from tests.support.aioquic_hq import AioquicHqProcess
 from tests.support.prereq import have_module
 from tests.support.quic_helpers import run, self_signed
@@ -166,6 +167,41 @@ def test_refused_requests_leave_the_connection_working(tmp_path: Path) -> None:
     assert all("refused" in e and "code 1" in e for e in errors), errors
     assert size == 100 * KB
     assert stats.refused == 4 and stats.requests == 1
+
+
+def test_key_update_before_each_request_on_a_quiet_connection(tmp_path: Path) -> None:
+    """Three files one after the other over quicflow at both ends, the client starting a
+    key update before each (``hq_peers.start_key_update``, as the interop suites do).
+
+    Between two requests the connection is quiet, so an update deferred by three PTOs
+    (RFC 9001 §6.5) starts from the timer without sending anything: the peer answers it
+    only once the next request goes out in the new key phase. Both sides must count all
+    three updates and every file must arrive whole.
+    """
+    digests = make_root(tmp_path / "root", {f"f{i}.bin": 20 * KB for i in range(3)})
+
+    async def main() -> tuple[list[str], int, int, int]:
+        server = await quicflow.serve(hq.HqServerHandler(str(tmp_path / "root")),
+                                      "127.0.0.1", 0, configuration=_server_config(),
+                                      connection_handler=faces.append)
+        try:
+            async with quicflow.connect("127.0.0.1", server.address[1],
+                                        configuration=_client_config()) as face:
+                got = []
+                for name in digests:
+                    await hq_peers.start_key_update(face)
+                    got.append((await hq.fetch(face, "/" + name))[1])
+                return got, face.conn.key_updates_received, \
+                    faces[0].conn.key_updates_received, face.conn.key_phase
+        finally:
+            server.close()
+
+    faces: list[quicflow.QuicConnection] = []
+    got, answered, followed, phase = run(main())
+    assert got == list(digests.values())
+    assert followed == 3  # the server followed each update the client started
+    assert answered == 3  # and the client saw each one answered
+    assert phase == 1  # three flips of the key phase bit
 
 
 # ---------------------------------------------------------------------------- the command

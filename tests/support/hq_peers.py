@@ -86,18 +86,26 @@ def _quicflow_view(face: quicflow.QuicConnection) -> dict[str, Any]:
 async def start_key_update(face: quicflow.QuicConnection) -> None:
     """Start a key update once the previous one (if any) was answered by the peer, and
     wait until it has started (RFC 9001 §6.5: the core defers an update asked for less
-    than three PTOs after the previous one)."""
+    than three PTOs after the previous one, and starts it by itself from its timer).
+
+    The wait ends as soon as the update has started, not when it is answered: the peer
+    can only answer once it receives a packet in the new key phase, and the caller's
+    next request is what sends one. The update is asked for exactly once: a deferred
+    update can start and be answered between two polls, so "not pending and not
+    requested" alone does not tell that it still has to be asked for.
+    """
     conn = face.conn
+    asked = False
     for _ in range(5000):
-        if not conn.key_update_pending and conn.handshake_confirmed:
-            if not conn.key_update_requested:
-                conn.initiate_key_update()
-                face.flush()
-            if not conn.key_update_requested:
-                return
+        if not asked and not conn.key_update_pending and conn.handshake_confirmed:
+            conn.initiate_key_update()
+            face.flush()
+            asked = True
+        if asked and not conn.key_update_requested:
+            return
         await asyncio.sleep(0.001)
     raise AssertionError("the previous key update was not answered, or this one did not "
-                         f"start, within 5 s (pending={conn.key_update_pending}, "
+                         f"start, within 5 s (asked={asked}, pending={conn.key_update_pending}, "
                          f"requested={conn.key_update_requested}, allowed_at="
                          f"{conn.key_update_allowed_at - asyncio.get_running_loop().time():.3f}"
                          " s from now)")
