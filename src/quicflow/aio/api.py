@@ -207,8 +207,8 @@ async def serve(
     to ``host:port`` with SO_REUSEPORT and connected to the client), 0 for none; which
     ones get one is ``socket_policy``'s choice (default: heavy or long-lived connections
     with a validated address, see ``quicflow.datapath.connected``). With ``workers=N``
-    the cap is each worker's. ``face_class`` (a :class:`QuicConnection` subclass, e.g. HTTP/3's) is built for each
-    accepted connection.
+    the cap is each worker's. ``face_class`` (a :class:`QuicConnection` subclass, e.g.
+    HTTP/3's) is built for each accepted connection.
     """
     config = replace(configuration)
     config.validate()
