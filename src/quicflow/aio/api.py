@@ -56,6 +56,7 @@ async def connect(
     engine: OffloadEngine | None = None,
     wait_connected: bool = True,
     cid_generator: ConnectionIdSource | None = None,
+    face_class: type[QuicConnection] = QuicConnection,
 ) -> AsyncIterator[QuicConnection]:
     """Connect to a QUIC server; yields a :class:`QuicConnection`.
 
@@ -66,6 +67,7 @@ async def connect(
     On leaving the block the connection is closed (code 0) and the socket released.
     Raises :class:`ConnectionClosedError` when the handshake fails (certificate refused,
     timed out, closed by the peer), with a message that says why.
+    ``face_class``: the :class:`QuicConnection` subclass to build (HTTP/3 uses its own).
     """
     config = replace(configuration) if configuration is not None else Configuration()
     config.validate()
@@ -87,7 +89,7 @@ async def connect(
     if config.server_name is None and server_name is None and config.verify_peer:
         server_name = host  # verify against the IP address literal
     conn = endpoint.connect(peer, loop.time(), server_name=server_name)
-    face = QuicConnection(runner, conn, stream_handler=stream_handler)
+    face = face_class(runner, conn, stream_handler=stream_handler)
     runner.faces[id(conn)] = face
     runner.schedule_flush(conn)
     try:
@@ -186,6 +188,7 @@ async def serve(
     capture: CaptureHook | None = ..., restore: RestoreHook | None = ...,
     takeover: str | None = ...,
     connection_sockets: int = ..., socket_policy: SocketPolicy | None = ...,
+    face_class: type[QuicConnection] = ...,
 ) -> QuicServer: ...
 
 
@@ -197,6 +200,7 @@ async def serve(
     cid_plan: CidPlan | None = ..., app_stats: Any = ...,
     capture: None = ..., restore: None = ..., takeover: None = ...,
     connection_sockets: int = ..., socket_policy: SocketPolicy | None = ...,
+    face_class: type[QuicConnection] = ...,
 ) -> WorkerGroupServer: ...
 
 
@@ -219,6 +223,7 @@ async def serve(
     takeover: str | None = None,
     connection_sockets: int = DEFAULT_CONNECTION_SOCKETS,
     socket_policy: SocketPolicy | None = None,
+    face_class: type[QuicConnection] = QuicConnection,
 ) -> QuicServer | WorkerGroupServer:
     """Start a QUIC server on ``host:port``.
 
@@ -240,7 +245,8 @@ async def serve(
     to ``host:port`` with SO_REUSEPORT and connected to the client), 0 for none; which
     ones get one is ``socket_policy``'s choice (default: heavy or long-lived connections
     with a validated address, see ``quicflow.datapath.connected``). With ``workers=N``
-    the cap is each worker's.
+    the cap is each worker's. ``face_class`` (a :class:`QuicConnection` subclass, e.g.
+    HTTP/3's) is built for each accepted connection.
 
     Handoff (see ``QuicServer.handoff``): ``capture(connection)`` returns the application's
     JSON-able state of a connection being handed over, after its face stopped;
@@ -249,7 +255,8 @@ async def serve(
     socket and connections of the server offering a handoff at ``path`` (``host`` and
     ``port`` are then unused). The successor must issue CIDs the same way (the same
     ``cid_generator``/``cid_plan``: restored connections keep their CIDs). Handoff is
-    not available with ``workers`` yet (ValueError).
+    not available with ``workers`` yet, nor ``takeover`` with another ``face_class``
+    (ValueError).
     """
     config = replace(configuration)
     config.validate()
@@ -260,6 +267,10 @@ async def serve(
         raise ValueError("connection_sockets must be >= 0")
     if cid_plan is not None and cid_generator is not None:
         raise ValueError("give serve() a cid_plan or a cid_generator, not both")
+    if takeover is not None and face_class is not QuicConnection:
+        # restored connections get plain faces; a subclass's own state (e.g. HTTP/3's
+        # QPACK tables) is not captured
+        raise ValueError("takeover is only available with the default face_class")
     if workers is not None:
         if cid_generator is not None:
             raise ValueError("workers issue CIDs by a cid_plan (one generator per worker)")
@@ -270,7 +281,7 @@ async def serve(
             handler, host, port, configuration=config, workers=workers, backend=backend,
             connection_handler=connection_handler, steering=steering, plan=cid_plan,
             app_stats=app_stats, connection_sockets=connection_sockets,
-            socket_policy=socket_policy,
+            socket_policy=socket_policy, face_class=face_class,
         )  # fmt: skip
     generator = cid_generator
     if cid_plan is not None:
@@ -290,7 +301,7 @@ async def serve(
     runner_box: list[EndpointRunner] = []
 
     def on_accept(conn: Connection) -> QuicConnection:
-        face = QuicConnection(runner_box[0], conn, stream_handler=handler)
+        face = face_class(runner_box[0], conn, stream_handler=handler)
         if connection_handler is not None:
             result = connection_handler(face)
             if asyncio.iscoroutine(result):

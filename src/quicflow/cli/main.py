@@ -60,6 +60,7 @@ from .common import (
     format_rate,
     parse_size,
 )
+from .h3cmd import register as register_h3_commands
 from .hq import add_hq_parser
 from .migrate import add_migrate_parser, add_server_options, start_receiver
 
@@ -599,6 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     add_hq_parser(sub)
+    register_h3_commands(sub)  # serve, get (HTTP/3)
     return parser
 
 
