@@ -24,6 +24,8 @@ def datapath_stats(runner: EndpointRunner) -> dict[str, Any]:
         c.syscalls_recv / c.datagrams_received if c.datagrams_received else 0.0
     )
     out["segments_per_send_batch"] = c.datagrams_sent / c.batches_sent if c.batches_sent else 0.0
+    # one send batch is one sendmsg with UDP_SEGMENT on the gso backend
+    out["segments_per_gso_call"] = out["segments_per_send_batch"]
     out["segments_per_recv_batch"] = (
         c.datagrams_received / c.batches_received if c.batches_received else 0.0
     )
@@ -35,6 +37,13 @@ def endpoint_stats(runner: EndpointRunner) -> dict[str, Any]:
     out: dict[str, Any] = asdict(e)
     out["dropped"] = e.dropped()
     out["segments_per_lookup"] = e.segments_received / e.lookups if e.lookups else 0.0
+    # 1-RTT packets the send path handed to the offload engine, and in how many calls
+    engine = runner.endpoint.engine
+    sealed = int(getattr(engine, "sealed", 0))
+    calls = int(getattr(engine, "seal_calls", 0))
+    out["engine_packets_sealed"] = sealed
+    out["engine_seal_calls"] = calls
+    out["packets_per_engine_call"] = sealed / calls if calls else 0.0
     return out
 
 

@@ -239,6 +239,8 @@ async def _serve_perf(args: argparse.Namespace, config: Configuration) -> int:
             "bytes_sent": s.bytes_sent,
             "endpoint": counters["endpoint"],
             "datapath": dp,
+            "packets_per_engine_call": counters["endpoint"]["packets_per_engine_call"],
+            "segments_per_gso_call": dp["segments_per_gso_call"],
         }
         print(json.dumps(out), flush=True)
     return 0
@@ -504,7 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument(
         "--json", action="store_true",
         help="on exit, print one JSON object with the server's endpoint and socket "
-        "counters (datagrams, syscalls, batches, lookups, drops by reason) on stdout",
+        "counters (datagrams, syscalls, batches, lookups, drops by reason, "
+        "packets_per_engine_call, segments_per_gso_call) on stdout",
     )  # fmt: skip
     _add_transport_options(server)
     server.set_defaults(func=cmd_perf_server)
@@ -565,7 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true",
         help="print one JSON object on stdout (bytes_received, bytes_sent, seconds, "
         "goodput_bytes_per_s, connections, streams, handshake_seconds, datagram and "
-        "syscall counters, packets_lost, syscalls_per_datagram) instead of a summary line",
+        "syscall counters, packets_lost, syscalls_per_datagram, packets_per_engine_call, "
+        "segments_per_gso_call, connection_goodputs, fairness) instead of a summary line",
     )  # fmt: skip
     client.add_argument(
         "-q", "--quiet", action="store_true", help="no progress lines on stderr"

@@ -138,6 +138,7 @@ class NativeOffloadEngine(CidTableEngine[NativeKeyState]):
         """Seal short-header packets in place: ``(offset, header_len, payload_len, pn, cid)``."""
         _ext.seal(self._sealers, buf, packets)
         self.sealed += len(packets)
+        self.seal_calls += 1
 
     def seal_stream_run(
         self,
@@ -162,6 +163,7 @@ class NativeOffloadEngine(CidTableEngine[NativeKeyState]):
             off_len, data_cap, count, fin,
         )
         self.sealed += built
+        self.seal_calls += 1
         return built
 
     def open(

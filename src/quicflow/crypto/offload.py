@@ -358,6 +358,7 @@ class SoftwareOffloadEngine(CidTableEngine[CidKeyState]):
                 if pn > state.largest_pn:
                     state.largest_pn = pn
         self.sealed += len(packets)
+        self.seal_calls += 1
 
     def seal_stream_run(
         self,
