@@ -1,6 +1,7 @@
 """quicflow: a QUIC (RFC 9000/9001/9002) transport for Python, built for scale."""
 
 from .aio import (
+    ClientEndpoint,
     ConnectionClosedError,
     QuicConnection,
     QuicflowError,
@@ -8,6 +9,7 @@ from .aio import (
     QuicStreamReader,
     QuicStreamWriter,
     StreamResetError,
+    client_endpoint,
     connect,
     serve,
 )
@@ -16,6 +18,7 @@ from .transport.config import Configuration
 __version__ = "0.1.0"
 
 __all__ = [
+    "ClientEndpoint",
     "Configuration",
     "ConnectionClosedError",
     "QuicConnection",
@@ -25,6 +28,7 @@ __all__ = [
     "QuicflowError",
     "StreamResetError",
     "__version__",
+    "client_endpoint",
     "connect",
     "serve",
 ]

@@ -1,11 +1,12 @@
 """The asyncio face of quicflow: ``connect()``, ``serve()``, stream readers/writers."""
 
-from .api import QuicServer, connect, serve
+from .api import ClientEndpoint, QuicServer, client_endpoint, connect, serve
 from .connection import QuicConnection
 from .errors import ConnectionClosedError, QuicflowError, StreamResetError
 from .streams import QuicStreamReader, QuicStreamWriter
 
 __all__ = [
+    "ClientEndpoint",
     "ConnectionClosedError",
     "QuicConnection",
     "QuicServer",
@@ -13,6 +14,7 @@ __all__ = [
     "QuicStreamWriter",
     "QuicflowError",
     "StreamResetError",
+    "client_endpoint",
     "connect",
     "serve",
 ]
