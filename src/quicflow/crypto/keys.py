@@ -46,6 +46,20 @@ def derive_packet_keys(suite: CipherSuite, secret: bytes) -> PacketKeys:
     )
 
 
+def derive_key_iv(suite: CipherSuite, secret: bytes) -> tuple[bytes, bytes]:
+    """Only the AEAD key and IV of ``secret`` (when the header-protection key is known)."""
+    h = suite_hash(suite)
+    return (
+        hkdf_expand_label(h, secret, b"quic key", b"", suite_key_len(suite)),
+        hkdf_expand_label(h, secret, b"quic iv", b"", AEAD_IV_LEN),
+    )
+
+
+def derive_hp_key(suite: CipherSuite, secret: bytes) -> bytes:
+    """Only the header-protection key of ``secret`` ("quic hp")."""
+    return hkdf_expand_label(suite_hash(suite), secret, b"quic hp", b"", suite_key_len(suite))
+
+
 def next_generation_secret(suite: CipherSuite, secret: bytes) -> bytes:
     """The secret of the next key phase (RFC 9001 §6.1, label "quic ku")."""
     return hkdf_expand_label(suite_hash(suite), secret, b"quic ku", b"", suite_hash_len(suite))
@@ -54,14 +68,8 @@ def next_generation_secret(suite: CipherSuite, secret: bytes) -> bytes:
 def next_packet_keys(keys: PacketKeys) -> PacketKeys:
     """Keys of the next key phase; the header-protection key does not change."""
     secret = next_generation_secret(keys.suite, keys.secret)
-    h = suite_hash(keys.suite)
-    return PacketKeys(
-        suite=keys.suite,
-        secret=secret,
-        key=hkdf_expand_label(h, secret, b"quic key", b"", suite_key_len(keys.suite)),
-        iv=hkdf_expand_label(h, secret, b"quic iv", b"", AEAD_IV_LEN),
-        hp_key=keys.hp_key,
-    )
+    key, iv = derive_key_iv(keys.suite, secret)
+    return PacketKeys(suite=keys.suite, secret=secret, key=key, iv=iv, hp_key=keys.hp_key)
 
 
 def initial_secrets(dcid: bytes) -> tuple[bytes, bytes]:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from .cid_table import CidTableEngine
-from .keys import derive_packet_keys, next_generation_secret
+from .keys import derive_hp_key, derive_key_iv, next_generation_secret
 from .offload import Buffer, OffloadEngine, OpenResult, RunEntry, SoftwareOffloadEngine
 from .suites import CipherSuite, suite_key_len
 
@@ -91,8 +91,8 @@ class NativeKeyState(Protocol):
 
 
 def _key_context(suite: CipherSuite, secret: bytes, hp_key: bytes) -> Any:
-    keys = derive_packet_keys(suite, secret)
-    return _ext.KeyContext(int(suite), keys.key, keys.iv, hp_key, keys.secret)
+    key, iv = derive_key_iv(suite, secret)
+    return _ext.KeyContext(int(suite), key, iv, hp_key, bytes(secret))
 
 
 class NativeOffloadEngine(CidTableEngine[NativeKeyState]):
@@ -120,12 +120,12 @@ class NativeOffloadEngine(CidTableEngine[NativeKeyState]):
         hp_key: bytes | None,
     ) -> NativeKeyState:
         suite = CipherSuite(suite)
-        first = derive_packet_keys(suite, secret)
-        hp = first.hp_key if hp_key is None else bytes(hp_key)
+        secret = bytes(secret)
+        hp = derive_hp_key(suite, secret) if hp_key is None else bytes(hp_key)
         if len(hp) != suite_key_len(suite):
             raise ValueError(f"header protection key must be {suite_key_len(suite)} bytes")
-        current = _ext.KeyContext(int(suite), first.key, first.iv, hp, first.secret)
-        nxt = _key_context(suite, next_generation_secret(suite, first.secret), hp)
+        current = _key_context(suite, secret, hp)
+        nxt = _key_context(suite, next_generation_secret(suite, secret), hp)
         state: NativeKeyState = _ext.CidState(suite, hp, key_phase & 1, current, nxt, largest_pn)
         return state
 

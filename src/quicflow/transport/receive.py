@@ -359,13 +359,13 @@ def _install_secret(
 
 def program_engine(conn: Connection) -> None:
     """Install the 1-RTT keys in the offload engine under every CID in use."""
-    from ..crypto.keys import derive_packet_keys as _derive
+    from ..crypto.keys import derive_hp_key
 
     engine = conn.engine
     suite = conn.cipher_suite
     if not conn.one_rtt_recv_hp:
-        conn.one_rtt_recv_hp = _derive(suite, conn.one_rtt_recv_secret).hp_key
-        conn.one_rtt_send_hp = _derive(suite, conn.one_rtt_send_secret).hp_key
+        conn.one_rtt_recv_hp = derive_hp_key(suite, conn.one_rtt_recv_secret)
+        conn.one_rtt_send_hp = derive_hp_key(suite, conn.one_rtt_send_secret)
     largest = conn.spaces[2].largest_received
     first: bytes | None = None
     for entry in conn.host_cids:

@@ -1,0 +1,248 @@
+"""CPU per handshake: a server in its own process, a quicflow client in this one.
+
+Run: ``.venv/bin/python bench/handshake.py [--server quicflow|aioquic|qh3]
+[--handshakes 300] [--concurrency 8] [--idle 0] [--client endpoint|connect]``
+
+The server (quicflow: ``bench/handshake.py serve``, a quicflow server with a 600 s idle
+timeout; aioquic/qh3: ``bench/peers/*_perf.py server``; all ALPN ``perf``) is started on
+127.0.0.1. With ``--idle K`` the client first opens K connections on one client endpoint
+and leaves them open (idle) for the whole run. Then it runs HANDSHAKES connections,
+CONCURRENCY at a time: connect, wait for the handshake to complete, close (code 0), wait
+until closed. Printed (one JSON object on stdout, progress on stderr):
+
+- ``server_cpu_ms_per_handshake``: user + system CPU of the server process (from
+  /proc/PID/stat) over the measured loop, divided by HANDSHAKES;
+- ``client_cpu_ms_per_handshake``: this process's CPU (``time.process_time``) over the
+  loop, divided by HANDSHAKES;
+- ``server_rss_kb`` before and after the idle connections (VmRSS from /proc), and the
+  difference per idle connection.
+
+``--client endpoint`` opens the measured connections on one shared client endpoint
+(``quicflow.client_endpoint``); ``connect`` gives each its own socket (``quicflow.connect``).
+``--profile FILE`` runs the quicflow server under cProfile and writes the stats to FILE
+(read it with ``python -m pstats FILE``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+sys.path.insert(0, os.path.join(ROOT, "src"))
+sys.path.insert(0, BENCH)
+
+import quicflow  # noqa: E402
+from quicflow.tls.certs import (  # noqa: E402
+    certificate_pem,
+    generate_self_signed,
+    load_pem_chain,
+    load_pem_key,
+    private_key_pem,
+)
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def log(message: str) -> None:
+    print(f"[handshake] {message}", file=sys.stderr, flush=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+# ---------------------------------------------------------------------------- server
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    config = quicflow.Configuration(
+        alpn_protocols=["perf", "h3"],
+        certificate_chain=load_pem_chain(args.cert),
+        private_key=load_pem_key(args.key),
+        idle_timeout=600.0,
+    )
+
+    async def handler(reader: Any, writer: Any) -> None:
+        writer.write_eof()
+
+    server = await quicflow.serve(handler, "127.0.0.1", args.port, configuration=config)
+    if args.gc == "off":
+        import gc
+
+        gc.disable()
+    elif args.gc == "default":
+        import gc
+
+        gc.set_threshold(700, 10, 10)
+    print(f"listening on 127.0.0.1:{server.address[1]}", file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    import signal
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    await stop.wait()
+    server.close()
+
+
+def serve_main(args: argparse.Namespace) -> int:
+    if args.profile:
+        import cProfile
+
+        prof = cProfile.Profile(time.thread_time)  # CPU time, not wall time
+        prof.enable()
+        try:
+            asyncio.run(_serve(args))
+        finally:
+            prof.disable()
+            prof.dump_stats(args.profile)
+    else:
+        asyncio.run(_serve(args))
+    return 0
+
+
+# ---------------------------------------------------------------------------- client
+
+
+def server_argv(
+    name: str, port: int, cert: str, key: str, profile: str | None, gc: str = "library"
+) -> list[str]:
+    if name == "quicflow":
+        argv = [sys.executable, os.path.abspath(__file__), "serve", "--port", str(port),
+                "--cert", cert, "--key", key, "--gc", gc]
+        return argv + (["--profile", profile] if profile else [])
+    script = os.path.join(BENCH, "peers", f"{name}_perf.py")
+    return [sys.executable, script, "server", "--host", "127.0.0.1", "--port", str(port),
+            "--cert", cert, "--key", key, "--timeout", "600"]
+
+
+async def _client(args: argparse.Namespace, port: int, pid: int) -> dict[str, Any]:
+    config = quicflow.Configuration(
+        alpn_protocols=[args.alpn], verify_peer=False, idle_timeout=600.0
+    )
+    out: dict[str, Any] = {"server": args.server, "handshakes": args.handshakes,
+                           "concurrency": args.concurrency, "idle": args.idle,
+                           "client": args.client}
+    async with quicflow.client_endpoint("127.0.0.1", configuration=config) as idle_ep, \
+            quicflow.client_endpoint("127.0.0.1", configuration=config) as ep:
+        rss_before = rss_kb(pid)
+        holders: list[asyncio.Task[None]] = []
+        release = asyncio.Event()
+        if args.idle:
+            opened = 0
+            ready = asyncio.Semaphore(64)
+
+            async def hold() -> None:
+                nonlocal opened
+                async with ready:
+                    cm = idle_ep.connect("127.0.0.1", port)
+                    await cm.__aenter__()
+                opened += 1
+                if opened % 1000 == 0:
+                    log(f"{opened} idle connections open")
+                await release.wait()
+
+            holders = [asyncio.create_task(hold()) for _ in range(args.idle)]
+            while opened < args.idle:
+                await asyncio.sleep(0.2)
+                for t in holders:
+                    if t.done() and t.exception() is not None:
+                        raise t.exception()  # type: ignore[misc]
+            await asyncio.sleep(1.0)
+            out["server_rss_kb_before_idle"] = rss_before
+            out["server_rss_kb_with_idle"] = rss_kb(pid)
+            out["server_kb_per_idle_connection"] = (rss_kb(pid) - rss_before) / args.idle
+        sem = asyncio.Semaphore(args.concurrency)
+
+        async def one() -> None:
+            async with sem:
+                if args.client == "endpoint":
+                    async with ep.connect("127.0.0.1", port):
+                        pass
+                else:
+                    async with quicflow.connect("127.0.0.1", port, configuration=config):
+                        pass
+
+        for _ in range(min(20, args.handshakes)):  # warm-up, not counted
+            await one()
+        await asyncio.sleep(0.3)
+        s0, c0, t0 = cpu_seconds(pid), time.process_time(), time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(args.handshakes)))
+        await asyncio.sleep(0.3)  # the server's closing periods end
+        s1, c1, t1 = cpu_seconds(pid), time.process_time(), time.perf_counter()
+        out["server_cpu_ms_per_handshake"] = (s1 - s0) * 1000 / args.handshakes
+        out["client_cpu_ms_per_handshake"] = (c1 - c0) * 1000 / args.handshakes
+        out["handshakes_per_s"] = args.handshakes / (t1 - t0 - 0.3)
+        release.set()
+        for t in holders:
+            t.cancel()
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd")
+    srv = sub.add_parser("serve", help="run the quicflow server (used by the benchmark)")
+    srv.add_argument("--port", type=int, default=0)
+    srv.add_argument("--cert", required=True)
+    srv.add_argument("--key", required=True)
+    srv.add_argument("--profile", help="cProfile the server into FILE")
+    srv.add_argument("--gc", choices=["library", "default", "off"], default="library")
+    ap.add_argument("--server", default="quicflow", choices=["quicflow", "aioquic", "qh3"])
+    ap.add_argument("--handshakes", type=int, default=300)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--idle", type=int, default=0, help="idle connections held meanwhile")
+    ap.add_argument("--client", choices=["endpoint", "connect"], default="endpoint")
+    ap.add_argument("--alpn", default="perf")
+    ap.add_argument("--profile", help="cProfile the quicflow server into FILE")
+    ap.add_argument("--gc", choices=["library", "default", "off"], default="library",
+                    help="quicflow server's garbage collector: as the library leaves it, "
+                    "Python's default thresholds, or disabled (for measuring)")
+    args = ap.parse_args()
+    if args.cmd == "serve":
+        return serve_main(args)
+    from run import free_udp_port, running_server
+
+    with tempfile.TemporaryDirectory(prefix="quicflow-hs-") as workdir:
+        cert, key = generate_self_signed(["localhost", "127.0.0.1"])
+        cert_file = os.path.join(workdir, "cert.pem")
+        key_file = os.path.join(workdir, "key.pem")
+        with open(cert_file, "wb") as f:
+            f.write(certificate_pem(cert))
+        with open(key_file, "wb") as f:
+            f.write(private_key_pem(key))
+        port = free_udp_port()
+        argv = server_argv(args.server, port, cert_file, key_file, args.profile, args.gc)
+        try:
+            with running_server(argv, workdir) as server:
+                result = asyncio.run(_client(args, port, server.proc.pid))
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            log(f"FAILED: {e}")
+            return 1
+    log(f"{args.server}: server {result['server_cpu_ms_per_handshake']:.2f} ms, client "
+        f"{result['client_cpu_ms_per_handshake']:.2f} ms per handshake")
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
