@@ -68,12 +68,23 @@ def handshake(server: Endpoint, client_cfg: Configuration, now: float, port: int
         clock[0] += time.thread_time() - t0
 
 
+def _rss_kb() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--handshakes", type=int, default=2000)
     ap.add_argument("--idle", type=int, default=0)
     ap.add_argument("--profile", help="cProfile (CPU time) of the whole run into FILE")
     ap.add_argument("--gc", choices=["default", "freeze", "off"], default="default")
+    ap.add_argument("--tracemalloc", type=int, default=0, metavar="N",
+                    help="trace allocations while the idle connections are made and "
+                         "print the N biggest sites on stderr")
     args = ap.parse_args()
     cert, key = generate_self_signed(["localhost"])
     server_cfg = Configuration(alpn_protocols=["perf"], certificate_chain=[cert],
@@ -81,8 +92,28 @@ def main() -> int:
     client_cfg = Configuration(alpn_protocols=["perf"], verify_peer=False, idle_timeout=600.0)
     server = Endpoint(server_cfg, is_server=True)
     clock = [0.0]
+    handshake(server, client_cfg, 1.0, 9999, clock, keep=False)  # imports, caches
+    gc.collect()
+    rss0 = _rss_kb()
+    if args.tracemalloc:
+        import tracemalloc
+
+        tracemalloc.start()
+        snap0 = tracemalloc.take_snapshot()
     for i in range(args.idle):
         handshake(server, client_cfg, 1.0, 10000 + i % 50000, clock, keep=True)
+    gc.collect()
+    memory: dict[str, float] = {}
+    if args.idle:
+        memory["rss_kb_per_idle_connection"] = (_rss_kb() - rss0) / args.idle
+    if args.tracemalloc:
+        snap1 = tracemalloc.take_snapshot()
+        traced = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        memory["traced_kb_per_idle_connection"] = traced / 1024 / max(args.idle, 1)
+        for stat in snap1.compare_to(snap0, "lineno")[: args.tracemalloc]:
+            print(f"{stat.size_diff / max(args.idle, 1):8.0f} B/conn {stat.count_diff:8d} "
+                  f"{stat.traceback}", file=sys.stderr)
     if args.gc == "freeze":
         gc.freeze()
     elif args.gc == "off":
@@ -102,7 +133,8 @@ def main() -> int:
         prof.disable()
         prof.dump_stats(args.profile)
     print(json.dumps({"handshakes": args.handshakes, "idle": args.idle, "gc": args.gc,
-                      "server_core_ms_per_handshake": clock[0] * 1000 / args.handshakes}))
+                      "server_core_ms_per_handshake": clock[0] * 1000 / args.handshakes,
+                      **memory}))
     return 0
 
 

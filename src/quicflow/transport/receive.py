@@ -46,7 +46,7 @@ from .events import (
     StreamWritable,
 )
 from .recovery_glue import on_ack_frame
-from .state import CLOSING, DRAINING, ESTABLISHED, PeerCid
+from .state import CLOSING, DRAINING, ESTABLISHED, PeerCid, _crypto_recv, _crypto_send
 
 EPOCH_OF_TYPE = {INITIAL: Epoch.INITIAL, HANDSHAKE: Epoch.HANDSHAKE, ZERO_RTT: Epoch.ZERO_RTT}
 
@@ -257,6 +257,9 @@ def _discard_epoch(conn: Connection, epoch: Epoch) -> None:
     conn.send_protectors[epoch] = None
     conn.recv_protectors[epoch] = None
     conn.loss.discard_epoch(epoch)
+    # release what the space's CRYPTO streams still hold (a flight, reassembly buffers)
+    space.crypto_send = _crypto_send()
+    space.crypto_recv = _crypto_recv()
 
 
 # ---------------------------------------------------------------------- frames
@@ -326,6 +329,9 @@ def _after_tls(conn: Connection, now: float) -> None:
             conn.handshake_done_pending = True
             _discard_epoch(conn, Epoch.HANDSHAKE)
         _issue_cids_up_to_peer_limit(conn)
+        # the TLS state (transcript, key schedule, messages, its configuration) has no
+        # use after the handshake: later CRYPTO data (a NewSessionTicket) is dropped
+        conn.tls = None
 
 
 MAX_ISSUED_CIDS = 8
