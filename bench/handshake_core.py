@@ -31,6 +31,7 @@ from quicflow.transport.connection import client_connection  # noqa: E402
 from quicflow.transport.send import datagrams_to_send  # noqa: E402
 
 CLIENT_ADDR = ("127.0.0.1", 40000)
+GC_TUNED = (20_000, 20, 100)
 
 
 def handshake(server: Endpoint, client_cfg: Configuration, now: float, port: int,
@@ -81,7 +82,7 @@ def main() -> int:
     ap.add_argument("--handshakes", type=int, default=2000)
     ap.add_argument("--idle", type=int, default=0)
     ap.add_argument("--profile", help="cProfile (CPU time) of the whole run into FILE")
-    ap.add_argument("--gc", choices=["default", "freeze", "off"], default="default")
+    ap.add_argument("--gc", choices=["default", "freeze", "tuned", "off"], default="default")
     ap.add_argument("--tracemalloc", type=int, default=0, metavar="N",
                     help="trace allocations while the idle connections are made and "
                          "print the N biggest sites on stderr")
@@ -116,10 +117,23 @@ def main() -> int:
                   f"{stat.traceback}", file=sys.stderr)
     if args.gc == "freeze":
         gc.freeze()
+    elif args.gc == "tuned":
+        gc.freeze()
+        gc.set_threshold(*GC_TUNED)
     elif args.gc == "off":
         gc.disable()
     for _ in range(50):
         handshake(server, client_cfg, 1.0, 9999, clock, keep=False)
+    gc_time = [0.0, 0.0, 0]  # total, started at, collections
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_time[1] = time.thread_time()
+        else:
+            gc_time[0] += time.thread_time() - gc_time[1]
+            gc_time[2] += 1
+
+    gc.callbacks.append(on_gc)
     prof = None
     if args.profile:
         import cProfile
@@ -134,6 +148,8 @@ def main() -> int:
         prof.dump_stats(args.profile)
     print(json.dumps({"handshakes": args.handshakes, "idle": args.idle, "gc": args.gc,
                       "server_core_ms_per_handshake": clock[0] * 1000 / args.handshakes,
+                      "gc_ms_per_handshake": gc_time[0] * 1000 / args.handshakes,
+                      "gc_collections": gc_time[2],
                       **memory}))
     return 0
 

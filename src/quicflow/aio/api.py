@@ -200,9 +200,12 @@ async def client_endpoint(
         for face in faces:
             face.close()
         if faces:
-            await asyncio.wait(
-                [asyncio.ensure_future(f.wait_closed()) for f in faces], timeout=1.0
-            )
+            waits = [asyncio.ensure_future(f.wait_closed()) for f in faces]
+            _, pending = await asyncio.wait(waits, timeout=1.0)
+            for w in pending:  # closing periods cut short: the socket goes now
+                w.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
         ep.runner.close()
 
 
