@@ -124,3 +124,38 @@ def test_connect_to_ip_literal_calls_no_resolver(monkeypatch: pytest.MonkeyPatch
             server.close()
 
     run(main(), 30)
+
+
+def test_idle_connection_holds_no_datagram_or_writer_queue() -> None:
+    """An idle server connection has not made its DATAGRAM queue nor its queue of
+    blocked writers (each an empty deque of ~0.6 KB); the first datagram makes the one
+    it needs and arrives intact."""
+
+    async def main() -> None:
+        faces: list[quicflow.QuicConnection] = []
+        server = await quicflow.serve(
+            echo_proto.serve_stream, "127.0.0.1", 0,
+            configuration=server_config(max_datagram_frame_size=1200),
+            connection_handler=faces.append,
+        )
+        try:
+            port = server.address[1]
+            cfg = client_config(max_datagram_frame_size=1200)
+            async with quicflow.client_endpoint(configuration=cfg) as ep:
+                async with ep.connect("127.0.0.1", port) as a, ep.connect("127.0.0.1", port):
+                    while len(faces) < 2:
+                        await asyncio.sleep(0.01)
+                    for face in faces:
+                        assert face._datagrams is None
+                        assert face.send_gate._waiters is None
+                    a.send_datagram(b"first datagram")
+                    got = await asyncio.gather(
+                        *(asyncio.wait_for(f.receive_datagram(), 0.2) for f in faces),
+                        return_exceptions=True,
+                    )
+                    assert b"first datagram" in got
+                    assert sum(f._datagrams is not None for f in faces) == 1
+        finally:
+            server.close()
+
+    run(main(), 30)

@@ -64,7 +64,7 @@ class QuicConnection:
         self._streams_waiters: list[asyncio.Future[None]] = []  # blocked create_stream()s
         self._close_error: ConnectionClosedError | None = None
         self._tasks: set[asyncio.Task[Any]] | None = None
-        self._datagrams: collections.deque[bytes] = collections.deque()
+        self._datagrams: collections.deque[bytes] | None = None  # made by the first one
         self._datagram_waiter: asyncio.Future[None] | None = None
         self.datagrams_dropped = 0  # received but not read in time (queue full)
         self.app_state: dict[str, Any] = {}
@@ -220,13 +220,17 @@ class QuicConnection:
                                    return_when=asyncio.FIRST_COMPLETED)
             finally:
                 self._datagram_waiter = None
+        assert self._datagrams is not None
         return self._datagrams.popleft()
 
     def _on_datagram(self, data: bytes) -> None:
-        if len(self._datagrams) >= self.DATAGRAM_QUEUE:
-            self._datagrams.popleft()
+        queue = self._datagrams
+        if queue is None:
+            queue = self._datagrams = collections.deque()
+        if len(queue) >= self.DATAGRAM_QUEUE:
+            queue.popleft()
             self.datagrams_dropped += 1
-        self._datagrams.append(data)
+        queue.append(data)
         waiter = self._datagram_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
