@@ -30,6 +30,7 @@ from quicflow.datapath.reuseport import (
     attach_program,
     steering_program,
 )
+from quicflow.datapath.socket import UdpTransport
 
 WORKER_OFFSET = 2  # CID offset of the worker byte: first octet, host byte, worker byte
 
@@ -177,6 +178,35 @@ def test_misrouted_datagrams_are_handed_to_their_owner(clients):
         misrouted = sum(t.misrouted_datagrams for t in transports)
         assert misrouted == sum(t.handed_over_datagrams for t in transports)
         assert misrouted > 0  # 48 sources over 2 members: some landed on the wrong one
+    finally:
+        inboxes.close()
+        group.close()
+
+
+def test_strays_of_a_workers_connection_socket_reach_their_owner(clients):
+    """A per-connection socket is bound to the port before it is connected, and may
+    queue other clients' datagrams meanwhile; the runner passes those strays to its
+    listener's ``claim``: a worker keeps its own and hands the others' over, with the
+    client's address (datagrams the hash gave it without steering, or long headers)."""
+    group = ReuseportGroup.bind("127.0.0.1", 0, 2)
+    inboxes = HandoffInboxes(2)
+    route = CidRoute(cid_length=8, config_id=0, host_part=b"\x00", workers=2)
+    transports = [SteeringTransport(group.sockets[i], route, i, inboxes) for i in range(2)]
+    try:
+        addr = clients[0].getsockname()
+        data = [short_header(w) + bytes([i]) for i, w in enumerate([0, 1, 1])]
+        kept = transports[0].claim([(d, len(d), addr, 0) for d in data])
+        assert [bytes(d)[-1] for d, _, _, _ in kept] == [0]
+        assert transports[0].misrouted_datagrams == 2
+        got: list[tuple[bytes, tuple]] = []
+        for _ in range(100):
+            got += [(bytes(d), a) for d, _, a, _ in transports[1].recv_batch(16)]
+            if len(got) == 2:
+                break
+            select.select(inboxes.receivers, [], [], 0.05)
+        assert sorted(d[-1] for d, _ in got) == [1, 2]
+        assert all(a[1] == addr[1] for _, a in got)
+        assert UdpTransport.claim(transports[0], kept) == kept  # a lone server keeps all
     finally:
         inboxes.close()
         group.close()

@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+import quicflow.endpoint.endpoint as endpoint_module
 from quicflow.transport.config import Configuration
 from quicflow.transport.connection import Connection, StreamLimitReached
 from quicflow.transport.events import ConnectionTerminated, StreamOpened
@@ -241,3 +242,44 @@ def test_server_follows_a_client_whose_address_changed() -> None:
     assert server.peer_address == ("127.0.0.1", 61000)
     assert server.path_changes == 1 and server.address_validated
     assert server.path_challenge == b""  # answered by the client's PATH_RESPONSE
+
+
+def test_lost_path_response_is_challenged_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PATH_RESPONSE is never retransmitted (RFC 9000 §8.2.2): when the one answering the
+    server's challenge is lost, the server must challenge again, or it stays held to 3x
+    what it receives on the new path for good (seen with a NAT rebinding through a relay
+    that dropped the client's datagram carrying the response)."""
+    pair = MemoryPair(seed=23)
+    pair.run(lambda: pair.client.handshake_confirmed and bool(pair.server_conns))
+    server = pair.server_conns[0]
+    client = pair.client
+    sid = client.open_stream()
+    up = random.Random(5).randbytes(300_000)
+    client.send_stream_data(sid, up[:100_000])
+    pair.run(lambda: server.streams.get(sid) is not None
+             and server.streams[sid].recv.highest_offset >= 50_000)
+    pair.client_addr = ("127.0.0.1", 61001)
+    send = endpoint_module.datagrams_to_send
+    dropped: list[int] = []
+
+    def drop_the_response(conn: Connection, now: float) -> list[bytes]:
+        answering = conn.is_client and bool(conn.path_challenges_received)
+        out = send(conn, now)
+        if answering and not dropped:
+            dropped.append(len(out))
+            return []  # the datagrams carrying the PATH_RESPONSE are lost
+        return out
+
+    monkeypatch.setattr(endpoint_module, "datagrams_to_send", drop_the_response)
+    client.send_stream_data(sid, up[100_000:], end_stream=True)
+    got = bytearray()
+
+    def done() -> bool:
+        if sid in server.streams:
+            got.extend(server.read_stream(sid))
+        return server.stream_at_eof(sid) and server.address_validated
+
+    pair.run(done, max_time=30.0)
+    assert dropped, "no PATH_RESPONSE was dropped"
+    assert bytes(got) == up
+    assert server.path_changes == 1 and server.path_challenge == b""

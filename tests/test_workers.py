@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import quicflow
+from quicflow.datapath.connected import SocketPolicy
 from tests.support.transfer import (
     client_configuration,
     digest,
@@ -56,10 +57,10 @@ def check_worker_keys(stats: dict[str, Any], workers: int) -> list[dict[str, Any
     return rows
 
 
-async def _sixty_four(steering: bool) -> None:
+async def _sixty_four(steering: bool, **serve_options: Any) -> list[dict[str, Any]]:
     server = await quicflow.serve(
         serve_stream, "127.0.0.1", 0, configuration=server_configuration(),
-        workers=2, steering=steering,
+        workers=2, steering=steering, **serve_options,
     )
     try:
         port = server.address[1]
@@ -81,6 +82,20 @@ async def _sixty_four(steering: bool) -> None:
 def test_two_workers_serve_64_connections_steered():
     rows = asyncio.run(_sixty_four(steering=True))
     assert [row["misrouted_datagrams"] for row in rows] == [0, 0]
+
+
+def test_two_workers_with_connection_sockets_serve_64_connections_steered():
+    # Every connection gets a socket of its own (policy: at once): they join the port's
+    # reuseport group behind the 2 listeners, and the steering program must still reach
+    # slots 0 and 1 only (a connected socket in a listener's slot would take that
+    # worker's datagrams, or the other's: misrouted, or lost with the socket).
+    rows = asyncio.run(_sixty_four(
+        steering=True, connection_sockets=64,
+        socket_policy=SocketPolicy(min_bytes=0, min_age=0),
+    ))  # fmt: skip
+    assert [row["misrouted_datagrams"] for row in rows] == [0, 0]
+    for row in rows:
+        assert 0 < row["connected_sockets"] <= row["connections"], row
 
 
 async def _behind_rebinding_nat(steering: bool) -> tuple[list[tuple[int, bool]], int, dict]:

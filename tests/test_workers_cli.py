@@ -36,10 +36,10 @@ def start_server(*extra: str) -> tuple[subprocess.Popen[str], int]:
     raise AssertionError(f"no 'listening on' line: {seen}")
 
 
-def run_clients(port: int, connections: int) -> dict:
+def run_clients(port: int, connections: int, download: str = "1M") -> dict:
     out = subprocess.run(
         [QUICFLOW, "perf", "client", "--host", "127.0.0.1", "--port", str(port), "--insecure",
-         "--connections", str(connections), "--download", "1M", "--json", "-q"],
+         "--connections", str(connections), "--download", download, "--json", "-q"],
         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -71,6 +71,8 @@ def test_perf_server_workers_json(sig: int) -> None:
     for row in workers:
         assert WORKER_KEYS <= set(row)
         assert row["pid"] > 0 and row["pid"] != proc.pid
+        # per-connection sockets are on (default cap), but ~170 KiB per connection is a
+        # short exchange for the default policy (256 KiB or 2 s): it costs no socket
         assert row["misrouted_datagrams"] == 0 and row["connected_sockets"] == 0
     assert len({row["pid"] for row in workers}) == 2
     assert sum(row["connections"] for row in workers) == 6
@@ -80,6 +82,29 @@ def test_perf_server_workers_json(sig: int) -> None:
     # the totals it printed before workers existed
     assert report["streams"] == 6 and report["bytes_sent"] == 1 << 20
     assert {"endpoint", "datapath", "bytes_received"} <= set(report)
+
+
+def test_perf_server_workers_with_connection_sockets_json() -> None:
+    # 2 connections of 4 MiB each qualify for a socket of their own (256 KiB moved)
+    proc, port = start_server("--workers", "2", "--connection-sockets", "8")
+    try:
+        client = run_clients(port, 2, download="8M")
+        assert client["bytes_received"] == 8 << 20
+        report = stop(proc, signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    workers = report["workers"]
+    for row in workers:
+        assert row["misrouted_datagrams"] == 0
+        assert 0 <= row["connected_sockets"] <= row["connections"]
+        # a worker with a connection gave it a socket of its own
+        assert (row["connected_sockets"] > 0) == (row["connections"] > 0), row
+    assert report["connected_sockets"] == max(row["connected_sockets"] for row in workers)
+    assert sum(row["datagrams_received"] for row in workers) == (
+        report["datapath"]["datagrams_received"]
+    )
 
 
 def test_perf_server_without_workers_has_one_worker_row() -> None:

@@ -172,6 +172,7 @@ class LossyUdpRelay:
         self.s2c.drop_nth = list(s2c_drop_nth or [])
         self.client_addr: Address | None = None
         self.errors: list[Exception] = []
+        self.rebinds = 0
         self._host = host
         self._port = port
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -196,6 +197,19 @@ class LossyUdpRelay:
             raise
         self._front, self._back = front, back
         return self
+
+    async def rebind(self) -> Address:
+        """Switch to a new upstream socket (a new source port, as a NAT rebinding does);
+        the old one is closed. Returns the new upstream address."""
+        if self._loop is None or self._back is None:
+            raise RuntimeError("relay not started")
+        back, _ = await self._loop.create_datagram_endpoint(
+            lambda: _Side(self, False), local_addr=(self._host, 0)
+        )
+        old, self._back = self._back, back
+        old.close()
+        self.rebinds += 1
+        return self.upstream_address
 
     async def close(self) -> None:
         """Stop relaying; a datagram still held back is sent first."""

@@ -135,14 +135,17 @@ async def transfer(
     max_datagram_size: int = 1200,
     timeout: float = 60.0,
     before: Callable[[quicflow.QuicServer, quicflow.QuicConnection], None] | None = None,
+    connection_sockets: int | None = None,
 ) -> TransferOutcome:
     """Serve on ``server_host`` (port 0), connect to ``client_host`` (default: the same)
     and move ``size`` bytes down (and ``upload`` bytes up) on one stream.
-    ``before(server, connection)`` runs once connected, before the transfer."""
+    ``before(server, connection)`` runs once connected, before the transfer.
+    ``connection_sockets``: the server's cap of per-connection sockets (None: default)."""
     server = await quicflow.serve(
         serve_stream, server_host, 0,
         configuration=server_configuration(max_datagram_size=max_datagram_size),
         backend=backend,
+        **({} if connection_sockets is None else {"connection_sockets": connection_sockets}),
     )  # fmt: skip
     try:
         host = client_host or server_host

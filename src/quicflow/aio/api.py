@@ -13,6 +13,7 @@ from typing import Any, overload
 
 from ..crypto.native import best_engine
 from ..crypto.offload import OffloadEngine
+from ..datapath.connected import DEFAULT_CONNECTION_SOCKETS, SocketPolicy
 from ..datapath.socket import UdpTransport
 from ..endpoint.cids import ConnectionIdSource
 from ..endpoint.endpoint import Endpoint
@@ -250,11 +251,12 @@ class QuicServer:
 
     def stats(self) -> dict[str, Any]:
         """Counters of the server's endpoint and socket, and of each live connection."""
-        from .stats import connection_stats, datapath_stats, endpoint_stats
+        from .stats import connection_stats, datapath_stats, endpoint_stats, socket_stats
 
         return {
             "endpoint": endpoint_stats(self.runner),
             "datapath": datapath_stats(self.runner),
+            "sockets": socket_stats(self.runner),
             "connections": [connection_stats(f.conn) for f in self.runner.faces.values()],
         }
 
@@ -279,6 +281,7 @@ async def serve(
     backend: str = ..., connection_handler: Any = ..., engine: OffloadEngine | None = ...,
     cid_generator: ConnectionIdSource | None = ..., workers: None = ...,
     steering: bool = ..., cid_plan: CidPlan | None = ..., app_stats: Any = ...,
+    connection_sockets: int = ..., socket_policy: SocketPolicy | None = ...,
 ) -> QuicServer: ...
 
 
@@ -288,6 +291,7 @@ async def serve(
     backend: str = ..., connection_handler: Any = ..., engine: OffloadEngine | None = ...,
     cid_generator: None = ..., workers: int, steering: bool = ...,
     cid_plan: CidPlan | None = ..., app_stats: Any = ...,
+    connection_sockets: int = ..., socket_policy: SocketPolicy | None = ...,
 ) -> WorkerGroupServer: ...
 
 
@@ -305,6 +309,8 @@ async def serve(
     steering: bool = True,
     cid_plan: CidPlan | None = None,
     app_stats: Any = None,
+    connection_sockets: int = DEFAULT_CONNECTION_SOCKETS,
+    socket_policy: SocketPolicy | None = None,
 ) -> QuicServer | WorkerGroupServer:
     """Start a QUIC server on ``host:port``.
 
@@ -321,12 +327,20 @@ async def serve(
     ID of the CIDs (default: plaintext, host 0). ``app_stats()`` (workers only) returns a
     dict of the application's counters, reported with each worker's. ``cid_plan`` and
     ``cid_generator`` exclude each other; workers take a plan (one generator each).
+
+    ``connection_sockets``: the most connections given a UDP socket of their own (bound
+    to ``host:port`` with SO_REUSEPORT and connected to the client), 0 for none; which
+    ones get one is ``socket_policy``'s choice (default: heavy or long-lived connections
+    with a validated address, see ``quicflow.datapath.connected``). With ``workers=N``
+    the cap is each worker's.
     """
     config = replace(configuration)
     config.validate()
     _keylog_from_environment(config)
     if not config.certificate_chain or config.private_key is None:
         raise ValueError("a server needs Configuration.certificate_chain and private_key")
+    if connection_sockets < 0:
+        raise ValueError("connection_sockets must be >= 0")
     if cid_plan is not None and cid_generator is not None:
         raise ValueError("give serve() a cid_plan or a cid_generator, not both")
     if workers is not None:
@@ -335,13 +349,14 @@ async def serve(
         return await serve_workers(
             handler, host, port, configuration=config, workers=workers, backend=backend,
             connection_handler=connection_handler, steering=steering, plan=cid_plan,
-            app_stats=app_stats,
+            app_stats=app_stats, connection_sockets=connection_sockets,
+            socket_policy=socket_policy,
         )  # fmt: skip
     generator = cid_generator
     if cid_plan is not None:
         config = cid_plan.configuration(config)
         generator = cid_plan.generator(0)
-    transport = UdpTransport.open(host, port, backend=backend)
+    transport = UdpTransport.open(host, port, backend=backend, reuse_port=connection_sockets > 0)
     endpoint = Endpoint(
         config, is_server=True, engine=engine or best_engine(), cid_generator=generator
     )
@@ -356,5 +371,7 @@ async def serve(
         return face
 
     runner = EndpointRunner(transport, endpoint, on_accept=on_accept)
+    if connection_sockets:
+        runner.enable_connection_sockets(connection_sockets, socket_policy)
     runner_box.append(runner)
     return QuicServer(runner)

@@ -9,6 +9,12 @@ Path MTU: the socket never fragments (DF) and reports refusals and ICMP errors
 (``UdpTransport.enable_pmtu_discovery``); after sends and reads the runner takes the path
 MTUs the transport learned and lowers the affected connections' datagram size, so the
 frames of refused datagrams (lost, to QUIC) go out again in smaller packets.
+
+Per-connection sockets (server, :meth:`EndpointRunner.enable_connection_sockets`): the
+set and its policy live in ``datapath.connected``; the runner reads each connected socket
+like the listener, checks the source of every datagram (strays go to the endpoint's
+demultiplexing like any other datagram, and are counted), and sends a connection's
+datagrams through the socket :meth:`ConnectedSockets.route` picks.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..datapath.backends import RecvEntry
+from ..datapath.connected import ConnectedSockets, SocketPolicy
 from ..datapath.socket import UdpTransport, normalize_address
 from ..endpoint.endpoint import Endpoint
 from ..transport.connection import Connection
@@ -58,13 +66,53 @@ class EndpointRunner:
         self._timers: dict[int, tuple[float, asyncio.TimerHandle]] = {}
         self._dirty: dict[Connection, None] = {}  # by identity, in order
         self._flush_scheduled = False
-        self._writer_waiting = False
+        # fd -> (socket, connections waiting for it to drain) while its buffer is full
+        self._waiting: dict[int, tuple[UdpTransport, dict[Connection, None]]] = {}
         self._closed = False
         #: unacknowledged written bytes of all connections (send_buffer_per_endpoint)
         self.send_budget = SendBudget(self.loop, endpoint.configuration.send_buffer_per_endpoint)
+        #: per-connection sockets (None: every datagram goes through ``transport``)
+        self.sockets: ConnectedSockets | None = None
         transport.enable_pmtu_discovery()
         endpoint.wall_offset = time.time() - self.loop.time()
         self.loop.add_reader(transport.fileno(), self._on_readable)
+
+    def enable_connection_sockets(self, cap: int, policy: SocketPolicy | None = None) -> None:
+        """Give up to ``cap`` connections a socket of their own (see datapath.connected).
+        The listener must have been bound with SO_REUSEPORT."""
+        self.sockets = ConnectedSockets(
+            self.transport, cap, policy=policy, backend=self.transport.backend,
+            on_open=self._socket_opened, on_close=self._socket_closing,
+        )  # fmt: skip
+
+    def connection_socket(self, conn: Connection) -> socket.socket | None:
+        """The connected socket serving ``conn``, if any (its fd can be handed over)."""
+        return self.sockets.socket_of(conn) if self.sockets is not None else None
+
+    def attach_connection_socket(self, conn: Connection, sock: socket.socket) -> None:
+        """Serve ``conn`` (already known to the endpoint, e.g. through ``Endpoint.adopt``)
+        through ``sock``, a per-connection socket connected to its client and bound to the
+        listener's port, received from another process; it is read from now on."""
+        if self.sockets is None:
+            raise ValueError("per-connection sockets are off on this server")
+        self.sockets.attach(conn, sock)
+
+    def detach_connection_socket(self, conn: Connection) -> socket.socket | None:
+        """Stop reading ``conn``'s connected socket and hand it over open (None if none)."""
+        return self.sockets.detach(conn) if self.sockets is not None else None
+
+    def _socket_opened(self, transport: UdpTransport, conn: Connection) -> None:
+        self.loop.add_reader(transport.fileno(), self._on_conn_readable, transport)
+        # datagrams queued between bind and connect (other clients' included) wait there
+
+    def _socket_closing(self, transport: UdpTransport) -> None:
+        fd = transport.fileno()
+        self.loop.remove_reader(fd)
+        waiting = self._waiting.pop(fd, None)
+        if waiting is not None:
+            self.loop.remove_writer(fd)
+            for conn in waiting[1]:
+                self.schedule_flush(conn)  # on the listener, or a new socket
 
     # ------------------------------------------------------------------ receive
 
@@ -74,19 +122,37 @@ class EndpointRunner:
         self._on_readable()
 
     def _on_readable(self) -> None:
+        self._read(self.transport, None)
+
+    def _on_conn_readable(self, transport: UdpTransport) -> None:
+        sockets = self.sockets
+        if sockets is None or transport.closed:
+            return
+        peer = sockets.peer_of(transport)
+        if peer is None:  # released meanwhile
+            return
+        self._read(transport, peer)
+
+    def _read(self, transport: UdpTransport, socket_peer: tuple[Any, ...] | None) -> None:
+        """Read ``transport`` in rounds and feed the endpoint. ``socket_peer``: the peer a
+        per-connection socket is connected to; datagrams from anyone else are strays."""
         if self._closed:
             return
         endpoint = self.endpoint
-        transport = self.transport
+        strays = 0
         for _ in range(RECV_ROUNDS):
             batch = transport.recv_batch(RECV_BATCH)
             if not batch:
                 break
+            received = len(batch)
+            if socket_peer is not None:
+                batch, found = self._sort_strays(batch, socket_peer)
+                strays += found
             now = self.loop.time()
             touched: list[Connection] = []
             plain: list[tuple[bytes, tuple[Any, ...], int]] = []
             for data, segment_size, addr, ecn in batch:
-                peer = normalize_address(addr) if addr else self.connected_peer
+                peer = normalize_address(addr) if addr else (socket_peer or self.connected_peer)
                 assert peer is not None
                 if segment_size < len(data):
                     if plain:  # keep arrival order
@@ -104,17 +170,31 @@ class EndpointRunner:
                         self.faces[id(conn)] = self.on_accept(conn)
                 endpoint.accepted.clear()
             for data, addr in endpoint.pop_stateless():
-                transport.send_batch(data, len(data), addr)
+                self.transport.send_batch(data, len(data), addr)
             # acknowledge (and send) after every round, so ACKs keep the peer's clock
             for conn in touched:
                 self._dispatch(conn)
                 self._send(conn)
-            if len(batch) < RECV_BATCH:
+            if received < RECV_BATCH or transport.closed:
                 break
+        if strays and self.sockets is not None:
+            self.sockets.note_stray(strays)
         if transport.mtu_events:
-            self._apply_mtu_events()
+            self._apply_mtu_events(transport)
         if transport.unreachable_events:
-            self._apply_unreachable()
+            self._apply_unreachable(transport)
+
+    def _sort_strays(
+        self, batch: list[RecvEntry], socket_peer: tuple[Any, ...]
+    ) -> tuple[list[RecvEntry], int]:
+        """``batch`` read from a per-connection socket, with the datagrams of other peers
+        (strays) passed through the listener's ``claim`` (a worker hands another worker's
+        over); how many strays there were. Never drops one."""
+        strays = [e for e in batch if e[2] and normalize_address(e[2]) != socket_peer]
+        if not strays:
+            return batch, 0
+        own = [e for e in batch if not e[2] or normalize_address(e[2]) == socket_peer]
+        return own + self.transport.claim(strays), len(strays)
 
     def _dispatch(self, conn: Connection) -> None:
         face = self.faces.get(id(conn))
@@ -137,14 +217,23 @@ class EndpointRunner:
         for conn in dirty:
             self._send(conn)
 
+    def _route(self, conn: Connection) -> tuple[UdpTransport, tuple[Any, ...] | None]:
+        """The socket ``conn`` sends through and the destination to give it (None on a
+        connected socket)."""
+        if self.sockets is not None:
+            own = self.sockets.route(conn, self.loop.time())
+            if own is not None:
+                return own, None
+        return self.transport, None if self.connected_peer is not None else conn.peer_address
+
     def _send(self, conn: Connection) -> None:
         if self._closed:
             return
-        if self._writer_waiting:
-            self._dirty[conn] = None
+        transport, addr = self._route(conn)
+        waiting = self._waiting.get(transport.fileno())
+        if waiting is not None:
+            waiting[1][conn] = None
             return
-        transport = self.transport
-        addr = None if self.connected_peer is not None else conn.peer_address
         for _ in range(16):
             now = self.loop.time()
             buf, bounds = self.endpoint.build_datagrams(conn, now)
@@ -152,9 +241,9 @@ class EndpointRunner:
                 break
             sent = self._send_buffer(transport, buf, bounds, addr, conn.ecn_codepoint())
             if transport.mtu_events:
-                self._apply_mtu_events()  # before building more: smaller datagrams now
+                self._apply_mtu_events(transport)  # before building more: smaller now
             if not sent:
-                self._wait_writable(conn)
+                self._wait_writable(transport, conn)
                 break
             if len(bounds) < 64:
                 break
@@ -193,32 +282,41 @@ class EndpointRunner:
             i = j
         return ok
 
-    def _wait_writable(self, conn: Connection) -> None:
-        self._dirty[conn] = None
-        if not self._writer_waiting:
-            self._writer_waiting = True
-            self.loop.add_writer(self.transport.fileno(), self._on_writable)
+    def _wait_writable(self, transport: UdpTransport, conn: Connection) -> None:
+        fd = transport.fileno()
+        waiting = self._waiting.get(fd)
+        if waiting is None:
+            waiting = self._waiting[fd] = (transport, {})
+            self.loop.add_writer(fd, self._on_writable, transport)
+        waiting[1][conn] = None
 
-    def _on_writable(self) -> None:
-        done = self.transport.flush_pending()
-        if self.transport.mtu_events:
-            self._apply_mtu_events()
+    def _on_writable(self, transport: UdpTransport) -> None:
+        done = transport.flush_pending()
+        if transport.mtu_events:
+            self._apply_mtu_events(transport)
         if done:
-            self.loop.remove_writer(self.transport.fileno())
-            self._writer_waiting = False
-            self._flush_dirty()
+            fd = transport.fileno()
+            self.loop.remove_writer(fd)
+            waiting = self._waiting.pop(fd, None)
+            if waiting is not None:
+                for conn in waiting[1]:
+                    self._send(conn)
 
     # ------------------------------------------------------------------ path MTU
 
-    def _apply_mtu_events(self) -> None:
-        """Lower the datagram size of the connections whose path MTU the transport saw
+    def _apply_mtu_events(self, transport: UdpTransport) -> None:
+        """Lower the datagram size of the connections whose path MTU ``transport`` saw
         drop, and flush them (their refused datagrams' frames are resent, smaller)."""
-        events = self.transport.mtu_events[:]
-        self.transport.mtu_events.clear()
+        events = transport.mtu_events[:]
+        transport.mtu_events.clear()
         connections = self.endpoint.all_connections
+        own = None
+        if transport is not self.transport and self.sockets is not None:
+            own = self.sockets.connection_of(transport.fileno())
         for addr, mtu in events:
-            if self.connected_peer is not None or addr is None:
-                peer = self.connected_peer
+            if own is not None:  # a per-connection socket: its connection only
+                affected = [own]
+            elif self.connected_peer is not None or addr is None:
                 affected = list(connections)
             else:
                 # a path MTU belongs to the destination host (the port may be 0)
@@ -230,7 +328,7 @@ class EndpointRunner:
             # checks GSO segments against the path MTU (seen: 1252-byte segments refused
             # with EMSGSIZE on a 1280 path while single datagrams of 1252 went through),
             # so size by the socket's family, not the peer's.
-            ipv6 = self.transport.family == socket.AF_INET6
+            ipv6 = transport.family == socket.AF_INET6
             size = mtu - (IPV6_UDP_OVERHEAD if ipv6 else IPV4_UDP_OVERHEAD)
             for conn in affected:
                 before = conn.max_datagram_size
@@ -240,12 +338,15 @@ class EndpointRunner:
 
     # ------------------------------------------------------------------ unreachable
 
-    def _apply_unreachable(self) -> None:
+    def _apply_unreachable(self, transport: UdpTransport | None = None) -> None:
         """An ICMP error said nothing listens where a client connects: a connection
         that has heard nothing from its server yet fails at once (one that has is kept:
-        ICMP is not authenticated, RFC 9000 §14.2.1)."""
-        self.transport.unreachable_events.clear()
-        if self.connected_peer is None:
+        ICMP is not authenticated, RFC 9000 §14.2.1). A server's per-connection sockets
+        see these too (a client gone away); they are dropped, like the listener's."""
+        if transport is None:
+            transport = self.transport
+        transport.unreachable_events.clear()
+        if self.connected_peer is None or transport is not self.transport:
             return
         host, port = self.connected_peer[0], self.connected_peer[1]
         name = self.peer_name or f"{host} port {port}"
@@ -286,6 +387,8 @@ class EndpointRunner:
         if entry is not None:
             entry[1].cancel()
         self.endpoint.forget(conn)
+        if self.sockets is not None:
+            self.sockets.forget(conn)
         face = self.faces.pop(id(conn), None)
         if face is not None:
             face.on_terminated()
@@ -299,9 +402,11 @@ class EndpointRunner:
         for _, handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
+        if self.sockets is not None:
+            self.sockets.close_all()
         try:
             self.loop.remove_reader(self.transport.fileno())
-            if self._writer_waiting:
+            if self._waiting.pop(self.transport.fileno(), None) is not None:
                 self.loop.remove_writer(self.transport.fileno())
         except (ValueError, OSError):
             pass

@@ -5,13 +5,18 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from ..datapath.connected import ConnectedSocketCounters, add_counters
 from ..transport.connection import Connection
 from .runner import EndpointRunner
 
 
 def datapath_stats(runner: EndpointRunner) -> dict[str, Any]:
     """Socket-level counters with the derived ratios a benchmark wants."""
-    out: dict[str, Any] = asdict(runner.transport.counters)
+    c = runner.transport.counters
+    if runner.sockets is not None:  # the listener's and every per-connection socket's
+        c = runner.sockets.datapath_totals()
+        add_counters(c, runner.transport.counters)
+    out: dict[str, Any] = asdict(c)
     out["backend"] = runner.transport.backend
     out.update(datapath_ratios(out))
     return out
@@ -54,6 +59,22 @@ def endpoint_stats(runner: EndpointRunner) -> dict[str, Any]:
     out["engine_packets_sealed"] = sealed
     out["engine_seal_calls"] = calls
     out["packets_per_engine_call"] = sealed / calls if calls else 0.0
+    sockets = socket_stats(runner)
+    out["connected_sockets"] = sockets["connected_sockets"]
+    out["connected_sockets_now"] = sockets["connected_sockets_now"]
+    out["strays_redelivered"] = sockets["strays_redelivered"]
+    return out
+
+
+def socket_stats(runner: EndpointRunner) -> dict[str, Any]:
+    """Per-connection socket counters (all 0 when they are off); ``connected_sockets`` is
+    the most held at once, ``connected_sockets_now`` how many are held now."""
+    if runner.sockets is None:
+        out = asdict(ConnectedSocketCounters())
+        out["cap"] = 0
+    else:
+        out = asdict(runner.sockets.counters)
+        out["cap"] = runner.sockets.cap
     return out
 
 

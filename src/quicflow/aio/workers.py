@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ..crypto.native import best_engine
+from ..datapath.connected import SocketPolicy, add_counters
 from ..datapath.handoff import CidRoute, HandoffInboxes, SteeringTransport
 from ..datapath.reuseport import ReuseportGroup
 from ..datapath.workers import WorkerContext, WorkerSupervisor, merge_counters
@@ -75,11 +76,8 @@ class CidPlan:
 
 
 def connected_sockets_peak(runner: EndpointRunner) -> int:
-    """The most per-connection sockets the runner held at once (0 without them): read
-    from ``runner.sockets.counters.connected_sockets`` where per-connection sockets exist."""
-    counters = getattr(getattr(runner, "sockets", None), "counters", None)
-    value = getattr(counters, "connected_sockets", 0)
-    return value if isinstance(value, int) else 0
+    """The most per-connection sockets the runner held at once (0 without them)."""
+    return runner.sockets.counters.connected_sockets if runner.sockets is not None else 0
 
 
 def worker_counters(
@@ -88,16 +86,20 @@ def worker_counters(
     """The counters one worker reports (raw counts; the supervisor adds them up)."""
     transport = runner.transport
     endpoint = runner.endpoint
+    datapath = transport.counters
+    if runner.sockets is not None:  # the listener's and every per-connection socket's
+        datapath = runner.sockets.datapath_totals()
+        add_counters(datapath, transport.counters)
     out: dict[str, Any] = {
         "connections": endpoint.counters.connections_accepted,
-        "datagrams_received": transport.counters.datagrams_received,
+        "datagrams_received": datapath.datagrams_received,
         "misrouted_datagrams": getattr(transport, "misrouted_datagrams", 0),
         "handed_over_datagrams": getattr(transport, "handed_over_datagrams", 0),
         "handoff_dropped": getattr(transport, "handoff_dropped", 0),
         "connected_sockets": connected_sockets_peak(runner),
         "live_connections": len(runner.faces),
         "endpoint": asdict(endpoint.counters),
-        "datapath": {**asdict(transport.counters), "backend": transport.backend},
+        "datapath": {**asdict(datapath), "backend": transport.backend},
     }
     if app is not None:
         out["app"] = app()
@@ -115,6 +117,7 @@ class _WorkerSpec:
     inboxes: HandoffInboxes
     app_stats: Callable[[], dict[str, Any]] | None
     connection_sockets: int = 0
+    socket_policy: SocketPolicy | None = None
 
 
 def _run_worker(spec: _WorkerSpec, ctx: WorkerContext) -> int:
@@ -158,9 +161,10 @@ async def _worker(spec: _WorkerSpec, ctx: WorkerContext) -> int:
     runner = EndpointRunner(transport, endpoint, on_accept=on_accept)
     box.append(runner)
     if spec.connection_sockets:
-        # Per-connection sockets (datapath/connected.py, where built): bound to the port
-        # after the group's listeners, so they join the group behind them.
-        getattr(runner, "enable_connection_sockets")(spec.connection_sockets)  # noqa: B009
+        # Per-connection sockets (datapath/connected.py): bound to the port after the
+        # group's listeners, so they join the group behind them (indices >= N; the
+        # supervisor holds the listeners open, so slots 0..N-1 stay theirs).
+        runner.enable_connection_sockets(spec.connection_sockets, spec.socket_policy)
     loop.add_reader(transport.inbox_fileno(), runner.read_now)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)  # SIGINT is the supervisor's
@@ -295,15 +299,15 @@ async def serve_workers(
     app_stats: Callable[[], dict[str, Any]] | None = None,
     ready_timeout: float = 10.0,
     connection_sockets: int = 0,
+    socket_policy: SocketPolicy | None = None,
 ) -> WorkerGroupServer:
     """Bind, steer, fork ``workers`` workers and wait until they serve.
-    ``connection_sockets``: each worker's cap of per-connection sockets (0: off)."""
+    ``connection_sockets``: each worker's cap of per-connection sockets (0: off), given
+    by ``socket_policy`` (see ``datapath/connected.py``)."""
     if not 1 <= workers <= 256:
         raise ValueError(f"workers must be 1..256, got {workers}")
     if connection_sockets < 0:
         raise ValueError("connection_sockets must be >= 0")
-    if connection_sockets and not hasattr(EndpointRunner, "enable_connection_sockets"):
-        raise ValueError("per-connection sockets are not available in this build")
     plan = plan or CidPlan()
     if plan.quic_lb.key is not None and steering:
         raise ValueError("steering reads plaintext QUIC-LB CIDs: use no key, or steering=False")
@@ -316,7 +320,7 @@ async def serve_workers(
         inboxes = HandoffInboxes(workers)
         spec = _WorkerSpec(
             handler, connection_handler, config, backend, plan, group, inboxes, app_stats,
-            connection_sockets,
+            connection_sockets, socket_policy,
         )
         supervisor = WorkerSupervisor(workers, lambda ctx: _run_worker(spec, ctx))
         server = WorkerGroupServer(group, inboxes, supervisor, plan, steering)

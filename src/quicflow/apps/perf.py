@@ -33,6 +33,7 @@ from ..aio import (
     serve,
 )
 from ..aio.workers import CidPlan, WorkerGroupServer, worker_counters
+from ..datapath.connected import DEFAULT_CONNECTION_SOCKETS
 from ..transport.config import Configuration
 
 ALPN = "perf"
@@ -161,9 +162,11 @@ async def start_server(
     workers: int | None = None,
     steering: bool = True,
     cid_plan: CidPlan | None = None,
+    connection_sockets: int = DEFAULT_CONNECTION_SOCKETS,
 ) -> tuple[QuicServer | WorkerGroupServer, PerfServerHandler]:
     """Start a perf server; returns the server and its handler (which holds the stats;
-    with ``workers``, each worker has its own copy: see :func:`server_report`)."""
+    with ``workers``, each worker has its own copy: see :func:`server_report`).
+    ``connection_sockets``: the cap of per-connection sockets (each worker's)."""
     config = replace(configuration)
     if ALPN not in config.alpn_protocols:
         config.alpn_protocols = [*config.alpn_protocols, ALPN]
@@ -171,12 +174,14 @@ async def start_server(
     server: QuicServer | WorkerGroupServer
     if workers is None:
         server = await serve(
-            handler, host, port, configuration=config, backend=backend, cid_plan=cid_plan
-        )
+            handler, host, port, configuration=config, backend=backend, cid_plan=cid_plan,
+            connection_sockets=connection_sockets,
+        )  # fmt: skip
     else:
         server = await serve(
             handler, host, port, configuration=config, backend=backend, workers=workers,
             steering=steering, cid_plan=cid_plan, app_stats=lambda: asdict(handler.stats),
+            connection_sockets=connection_sockets,
         )  # fmt: skip
     return server, handler
 
@@ -188,7 +193,9 @@ def server_report(
     ``endpoint``, ``datapath``, ``packets_per_engine_call``, ``segments_per_gso_call``)
     and ``workers``: one dict per worker with ``pid``, ``connections``,
     ``datagrams_received``, ``misrouted_datagrams``, ``connected_sockets`` (one worker,
-    this process, without ``workers=``)."""
+    this process, without ``workers=``). The top-level ``connected_sockets`` is the most
+    per-connection sockets one worker held at once; ``sockets`` (without ``workers=``)
+    has every per-connection socket counter."""
     if isinstance(server, WorkerGroupServer):
         stats = server.stats()
         app = stats["app"]
@@ -198,6 +205,9 @@ def server_report(
             "bytes_sent": app.get("bytes_sent", 0),
             "endpoint": stats["endpoint"],
             "datapath": stats["datapath"],
+            "connected_sockets": max(
+                (w.get("connected_sockets", 0) for w in stats["workers"]), default=0
+            ),
             "workers": stats["workers"],
         }
     else:
@@ -210,6 +220,8 @@ def server_report(
             "bytes_sent": handler.stats.bytes_sent,
             "endpoint": counters["endpoint"],
             "datapath": counters["datapath"],
+            "connected_sockets": counters["sockets"]["connected_sockets"],
+            "sockets": counters["sockets"],
             "workers": [row],
         }
     report["packets_per_engine_call"] = report["endpoint"].get("packets_per_engine_call", 0.0)

@@ -71,6 +71,10 @@ def _positive_int(text: str) -> int:
     return _int_arg(text, 1, None)
 
 
+def _nonnegative_int(text: str) -> int:
+    return _int_arg(text, 0, None)
+
+
 def _port_arg(text: str) -> int:
     return _int_arg(text, 0, 65535, "a port number")
 

@@ -29,6 +29,7 @@ from ..apps.perf import (
     server_report,
     start_server,
 )
+from ..datapath.connected import DEFAULT_CONNECTION_SOCKETS
 from ..endpoint.quiclb import QuicLbConfig
 from ..tls.certs import (
     certificate_pem,
@@ -48,6 +49,7 @@ from .common import (
     _fail,
     _format_address,
     _int_arg,
+    _nonnegative_int,
     _port_arg,
     _positive_int,
     _seconds_arg,
@@ -80,6 +82,7 @@ async def _serve_perf(args: argparse.Namespace, config: Configuration) -> int:
     server, handler = await start_server(
         args.host, args.port, configuration=config, backend=args.backend,
         workers=args.workers, steering=not args.no_steering, cid_plan=_cid_plan(args),
+        connection_sockets=args.connection_sockets,
     )  # fmt: skip
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -438,6 +441,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="secret (at least 16 bytes) that seals Retry/NEW_TOKEN tokens and derives "
         "stateless reset tokens; give every worker and host behind one address the same "
         "file (default: a random key per process)",
+    )  # fmt: skip
+    server.add_argument(
+        "--connection-sockets", type=_nonnegative_int, default=DEFAULT_CONNECTION_SOCKETS,
+        metavar="N",
+        help="the most connections given a UDP socket of their own, connected to the "
+        "client (heavy or long-lived ones first, the rest stay on the listener); 0 = off "
+        "(default: %(default)s)",
     )  # fmt: skip
     _add_transport_options(server)
     server.set_defaults(func=cmd_perf_server)

@@ -191,6 +191,12 @@ class SteeringTransport(UdpTransport):
         self._read_inbox(out, max_datagrams)
         return out
 
+    def claim(self, entries: list[RecvEntry]) -> list[RecvEntry]:
+        out: list[RecvEntry] = []
+        for entry in entries:
+            self._sort(entry, out)
+        return out
+
     def _sort(self, entry: RecvEntry, out: list[RecvEntry]) -> None:
         data, segment_size, addr, ecn = entry
         owner = self.route.owner

@@ -353,6 +353,12 @@ class UdpTransport:
 
     # --------------------------------------------------------------------- receive
 
+    def claim(self, entries: list[RecvEntry]) -> list[RecvEntry]:
+        """Of ``entries`` (read elsewhere: strays of a per-connection socket bound to this
+        socket's port), those this socket's endpoint should process; a worker's transport
+        hands other workers' over (``datapath/handoff.py``). Here: all of them."""
+        return entries
+
     def recv_batch(self, max_datagrams: int = 64) -> list[RecvEntry]:
         """Read buffers until EAGAIN or ``max_datagrams`` buffers; [] when nothing waits.
 

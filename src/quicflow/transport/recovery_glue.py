@@ -103,6 +103,11 @@ def on_acked_packets(conn: Connection, packets: list[SentPacket]) -> None:
                 if stream is not None and stream.send is not None:
                     stream.send.reset_acked = True
                     writable.add(rec[1])
+            elif kind == R_PATH_CHALLENGE and conn.path_challenge:
+                # The challenge arrived but no PATH_RESPONSE yet: it may be in this very
+                # packet (frames after the ACK clear the flag again), or lost, and a
+                # PATH_RESPONSE is never retransmitted. Ask again, with the same data.
+                conn.path_challenge_pending = True
     for sid in writable:
         stream = streams.get(sid)
         if stream is None:
