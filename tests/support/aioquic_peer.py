@@ -259,10 +259,12 @@ class AioquicProcess:
     ``peer.port`` (server), ``await peer.next_event("result")``, ``peer.events``.
     """
 
-    def __init__(self, *args: str, library: str = "aioquic") -> None:
+    def __init__(self, *args: str, library: str = "aioquic",
+                 module: str = "tests.support.aioquic_peer") -> None:
         if library not in LIBRARIES:
             raise ValueError(f"unknown library {library!r}; use one of {LIBRARIES}")
         self.library = library
+        self.module = module
         self.args = list(args) + (["--library", library] if library != "aioquic" else [])
         self.proc: asyncio.subprocess.Process | None = None
         self.events: list[dict[str, Any]] = []
@@ -274,7 +276,7 @@ class AioquicProcess:
     async def start(self) -> AioquicProcess:
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.support.aioquic_peer", *self.args,
+            sys.executable, "-m", self.module, *self.args,
             cwd=root, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
         self._reader_task = asyncio.ensure_future(self._read())

@@ -69,13 +69,14 @@ async def _open(
     host: str,
     stream_handler: StreamHandler | None,
     wait_connected: bool,
+    face_class: type[QuicConnection] = QuicConnection,
 ) -> AsyncIterator[QuicConnection]:
     """One client connection on ``runner``'s endpoint: handshake, yield, close."""
     endpoint = runner.endpoint
     conn = endpoint.connect(
         peer, runner.loop.time(), server_name=_server_name(host, endpoint.configuration)
     )
-    face = QuicConnection(runner, conn, stream_handler=stream_handler)
+    face = face_class(runner, conn, stream_handler=stream_handler)
     runner.faces[id(conn)] = face
     runner.schedule_flush(conn)
     try:
@@ -102,6 +103,7 @@ async def connect(
     engine: OffloadEngine | None = None,
     wait_connected: bool = True,
     cid_generator: ConnectionIdSource | None = None,
+    face_class: type[QuicConnection] = QuicConnection,
 ) -> AsyncIterator[QuicConnection]:
     """Connect to a QUIC server; yields a :class:`QuicConnection`.
 
@@ -114,6 +116,7 @@ async def connect(
     timed out, closed by the peer), with a message that says why. An IP address literal
     is used as is (no resolver call). Each call has a socket of its own; to share one
     socket among many connections use :func:`client_endpoint`.
+    ``face_class``: the :class:`QuicConnection` subclass to build (HTTP/3 uses its own).
     """
     config = replace(configuration) if configuration is not None else Configuration()
     config.validate()
@@ -127,7 +130,9 @@ async def connect(
     runner = EndpointRunner(transport, endpoint, connected_peer=peer)
     runner.peer_name = f"{host} port {port}"
     try:
-        async with _open(runner, peer, host, stream_handler, wait_connected) as face:
+        async with _open(
+            runner, peer, host, stream_handler, wait_connected, face_class
+        ) as face:
             yield face
     finally:
         runner.close()
@@ -165,14 +170,18 @@ class ClientEndpoint:
         *,
         stream_handler: StreamHandler | None = None,
         wait_connected: bool = True,
+        face_class: type[QuicConnection] = QuicConnection,
     ) -> AsyncIterator[QuicConnection]:
-        """Open a connection on the shared socket; closed on leaving the block."""
+        """Open a connection on the shared socket; closed on leaving the block
+        (``face_class`` as for :func:`connect`)."""
         if self.runner._closed:
             raise RuntimeError("the client endpoint is closed")
         family, peer = await _resolve(host, port)
         if family == socket.AF_INET6 and self.runner.transport.family == socket.AF_INET:
             raise ValueError(f"an IPv4 client endpoint cannot reach {host!r}")
-        async with _open(self.runner, peer, host, stream_handler, wait_connected) as face:
+        async with _open(
+            self.runner, peer, host, stream_handler, wait_connected, face_class
+        ) as face:
             yield face
 
     def stats(self) -> dict[str, Any]:
@@ -282,6 +291,7 @@ async def serve(
     cid_generator: ConnectionIdSource | None = ..., workers: None = ...,
     steering: bool = ..., cid_plan: CidPlan | None = ..., app_stats: Any = ...,
     connection_sockets: int = ..., socket_policy: SocketPolicy | None = ...,
+    face_class: type[QuicConnection] = ...,
 ) -> QuicServer: ...
 
 
@@ -292,6 +302,7 @@ async def serve(
     cid_generator: None = ..., workers: int, steering: bool = ...,
     cid_plan: CidPlan | None = ..., app_stats: Any = ...,
     connection_sockets: int = ..., socket_policy: SocketPolicy | None = ...,
+    face_class: type[QuicConnection] = ...,
 ) -> WorkerGroupServer: ...
 
 
@@ -311,6 +322,7 @@ async def serve(
     app_stats: Any = None,
     connection_sockets: int = DEFAULT_CONNECTION_SOCKETS,
     socket_policy: SocketPolicy | None = None,
+    face_class: type[QuicConnection] = QuicConnection,
 ) -> QuicServer | WorkerGroupServer:
     """Start a QUIC server on ``host:port``.
 
@@ -332,7 +344,8 @@ async def serve(
     to ``host:port`` with SO_REUSEPORT and connected to the client), 0 for none; which
     ones get one is ``socket_policy``'s choice (default: heavy or long-lived connections
     with a validated address, see ``quicflow.datapath.connected``). With ``workers=N``
-    the cap is each worker's.
+    the cap is each worker's. ``face_class`` (a :class:`QuicConnection` subclass, e.g.
+    HTTP/3's) is built for each accepted connection.
     """
     config = replace(configuration)
     config.validate()
@@ -350,7 +363,7 @@ async def serve(
             handler, host, port, configuration=config, workers=workers, backend=backend,
             connection_handler=connection_handler, steering=steering, plan=cid_plan,
             app_stats=app_stats, connection_sockets=connection_sockets,
-            socket_policy=socket_policy,
+            socket_policy=socket_policy, face_class=face_class,
         )  # fmt: skip
     generator = cid_generator
     if cid_plan is not None:
@@ -363,7 +376,7 @@ async def serve(
     runner_box: list[EndpointRunner] = []
 
     def on_accept(conn: Connection) -> QuicConnection:
-        face = QuicConnection(runner_box[0], conn, stream_handler=handler)
+        face = face_class(runner_box[0], conn, stream_handler=handler)
         if connection_handler is not None:
             result = connection_handler(face)
             if asyncio.iscoroutine(result):

@@ -282,13 +282,17 @@ class QuicConnection:
         if self.stream_handler is not None:
             result = self.stream_handler(reader, writer)
             if asyncio.iscoroutine(result):
-                task = self.loop.create_task(self._run_handler(result, writer))
-                if self._tasks is None:
-                    self._tasks = set()
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._keep_task(self.loop.create_task(self._run_handler(result, writer)))
         else:
             self._incoming_queue().put_nowait((reader, writer))
+
+    def _keep_task(self, task: asyncio.Task[Any]) -> None:
+        """Hold a reference to ``task`` until it is done (the set is made on first use)."""
+        tasks = self._tasks
+        if tasks is None:
+            tasks = self._tasks = set()
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     async def _run_handler(self, coro: Awaitable[None], writer: QuicStreamWriter) -> None:
         try:

@@ -118,6 +118,7 @@ class _WorkerSpec:
     app_stats: Callable[[], dict[str, Any]] | None
     connection_sockets: int = 0
     socket_policy: SocketPolicy | None = None
+    face_class: type[QuicConnection] = QuicConnection
 
 
 def _run_worker(spec: _WorkerSpec, ctx: WorkerContext) -> int:
@@ -151,7 +152,7 @@ async def _worker(spec: _WorkerSpec, ctx: WorkerContext) -> int:
         if not report_soon[0]:
             report_soon[0] = True
             loop.call_soon(report)
-        face = QuicConnection(box[0], conn, stream_handler=spec.handler)
+        face = spec.face_class(box[0], conn, stream_handler=spec.handler)
         if spec.connection_handler is not None:
             result = spec.connection_handler(face)
             if asyncio.iscoroutine(result):
@@ -300,6 +301,7 @@ async def serve_workers(
     ready_timeout: float = 10.0,
     connection_sockets: int = 0,
     socket_policy: SocketPolicy | None = None,
+    face_class: type[QuicConnection] = QuicConnection,
 ) -> WorkerGroupServer:
     """Bind, steer, fork ``workers`` workers and wait until they serve.
     ``connection_sockets``: each worker's cap of per-connection sockets (0: off), given
@@ -320,7 +322,7 @@ async def serve_workers(
         inboxes = HandoffInboxes(workers)
         spec = _WorkerSpec(
             handler, connection_handler, config, backend, plan, group, inboxes, app_stats,
-            connection_sockets, socket_policy,
+            connection_sockets, socket_policy, face_class,
         )
         supervisor = WorkerSupervisor(workers, lambda ctx: _run_worker(spec, ctx))
         server = WorkerGroupServer(group, inboxes, supervisor, plan, steering)

@@ -58,6 +58,7 @@ from .common import (
     format_rate,
     parse_size,
 )
+from .h3cmd import register as register_h3_commands
 from .hq import add_hq_parser
 
 __all__ = ["build_parser", "format_bytes", "main", "parse_size"]
@@ -544,6 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     add_hq_parser(sub)
+    register_h3_commands(sub)  # serve, get (HTTP/3)
     return parser
 
 
