@@ -120,6 +120,11 @@ def test_download_upload_json(perf_server: ServerProcess) -> None:
     assert result["goodput_bytes_per_s"] == pytest.approx(7 * MIB / result["seconds"])
     assert result["datagrams_received"] > 5 * MIB // 1500
     assert result["syscalls_send"] > 0 and result["syscalls_recv"] > 0
+    # batching counters (issue 11): the client's uploads went through the engine in runs
+    assert result["packets_per_engine_call"] > 1.0
+    assert result["segments_per_gso_call"] >= 1.0
+    assert len(result["connection_goodputs"]) == 2
+    assert 0.5 <= result["fairness"] <= 1.0
 
 
 def test_insecure_and_summary_line(perf_server: ServerProcess) -> None:
@@ -292,3 +297,40 @@ def test_in_process_uni_streams_and_bad_requests() -> None:
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
 
+
+
+def test_server_json_has_batching_counters() -> None:
+    """``perf server --json`` prints its counters on exit, with packets per engine call
+    and segments per GSO call (issue 11) next to the existing keys."""
+    proc = subprocess.Popen(
+        [QUICFLOW, "perf", "server", "--host", "127.0.0.1", "--port", "0", "--json"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        port = None
+        cafile = None
+        deadline = time.monotonic() + 30
+        while port is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line, "perf server exited early"
+            if line.startswith("self-signed certificate written to "):
+                cafile = line.split()[4]
+            if line.startswith("listening on "):
+                port = int(line.split()[2].rsplit(":", 1)[1])
+        assert port is not None and cafile is not None
+        r = _client(
+            "--host", "127.0.0.1", "--port", str(port), "--cafile", cafile,
+            "--download", "4M", "--json",
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert {"streams", "bytes_sent", "endpoint", "datapath"} <= result.keys()
+    assert result["bytes_sent"] == 4 * MIB
+    # 4 MiB left in runs of many packets per engine call and per GSO send
+    assert result["packets_per_engine_call"] > 4
+    assert result["endpoint"]["engine_packets_sealed"] * 1200 > 4 * MIB
+    assert result["segments_per_gso_call"] > 4

@@ -16,7 +16,7 @@ from quicflow.crypto import (
     retry_integrity_tag,
     verify_retry_integrity_tag,
 )
-from quicflow.crypto.keys import QUIC_V2
+from quicflow.crypto.keys import QUIC_V2, derive_hp_key, derive_key_iv
 from quicflow.crypto.offload import OffloadEngine, SoftwareOffloadEngine
 from quicflow.wire.packet import (
     HANDSHAKE,
@@ -131,6 +131,9 @@ def test_a1_initial_secrets_and_keys() -> None:
     assert sk.key.hex() == "82db637861d55e1d011f19ea71d5d2a7"
     assert sk.iv.hex() == "dd13c276499c0249d3310652"
     assert sk.hp_key.hex() == "edf6d05c83121201b436e16877593c3a"
+    # the split derivations the engines use take the version's labels too
+    assert derive_key_iv(INITIAL_SUITE, client, QUIC_V2) == (ck.key, ck.iv)
+    assert derive_hp_key(INITIAL_SUITE, server, QUIC_V2) == sk.hp_key
 
 
 def _initial(secret: str) -> PacketProtector:

@@ -253,3 +253,23 @@ def test_pacer_granularity_lets_a_send_run_ahead_by_the_timer_resolution() -> No
     assert early.budget(0.0, rate_rtt, cwnd) == 15000
     assert early.next_send_time(0.0, 1200, rate_rtt, cwnd) == 0.0
     assert strict.next_send_time(0.0, 1200, rate_rtt, cwnd) > 0.0
+
+
+def test_pacer_hands_out_bursts_not_single_datagrams() -> None:
+    """With a budget under a burst, run_budget gives nothing now and the time at which a
+    burst's worth has built up; at that time the whole burst may go (issue 11)."""
+    pacer = Pacer(max_datagram_size=MDS, burst_interval=0.002, max_burst_datagrams=256)
+    cwnd, srtt = 100 * MDS, 0.1  # rate 1.5 MB/s: the 10-datagram bucket is the burst
+    room, later = pacer.run_budget(0.0, srtt, cwnd, 64 * MDS)
+    assert later is None and room >= 10 * MDS  # a full bucket at the start
+    pacer.consume(0.0, room, srtt, cwnd)
+    room, later = pacer.run_budget(0.001, srtt, cwnd, 64 * MDS)
+    assert room == 0 and later is not None  # ~1.5 datagrams earned: wait, do not trickle
+    rate = pacer.rate(srtt, cwnd)
+    assert later == pytest.approx(10 * MDS / rate, rel=1e-6)  # a full bucket then
+    room, again = pacer.run_budget(later, srtt, cwnd, 64 * MDS)
+    assert again is None and room >= 10 * MDS
+    # a small want (little data waits) goes as soon as it is covered
+    pacer.consume(later, room, srtt, cwnd)
+    room, wait = pacer.run_budget(later + 0.0001, srtt, cwnd, MDS)
+    assert wait is not None and wait == pytest.approx(later + MDS / rate, rel=1e-6)

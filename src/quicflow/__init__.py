@@ -2,6 +2,7 @@
 
 from .aio import (
     CidPlan,
+    ClientEndpoint,
     ConnectionClosedError,
     QuicConnection,
     QuicflowError,
@@ -10,6 +11,7 @@ from .aio import (
     QuicStreamWriter,
     StreamResetError,
     WorkerGroupServer,
+    client_endpoint,
     connect,
     serve,
 )
@@ -19,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CidPlan",
+    "ClientEndpoint",
     "Configuration",
     "ConnectionClosedError",
     "QuicConnection",
@@ -29,6 +32,7 @@ __all__ = [
     "StreamResetError",
     "WorkerGroupServer",
     "__version__",
+    "client_endpoint",
     "connect",
     "serve",
 ]

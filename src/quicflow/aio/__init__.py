@@ -1,6 +1,6 @@
 """The asyncio face of quicflow: ``connect()``, ``serve()``, stream readers/writers."""
 
-from .api import QuicServer, connect, serve
+from .api import ClientEndpoint, QuicServer, client_endpoint, connect, serve
 from .connection import QuicConnection
 from .errors import ConnectionClosedError, QuicflowError, StreamResetError
 from .streams import QuicStreamReader, QuicStreamWriter
@@ -8,6 +8,7 @@ from .workers import CidPlan, WorkerGroupServer
 
 __all__ = [
     "CidPlan",
+    "ClientEndpoint",
     "ConnectionClosedError",
     "QuicConnection",
     "QuicServer",
@@ -16,6 +17,7 @@ __all__ = [
     "QuicflowError",
     "StreamResetError",
     "WorkerGroupServer",
+    "client_endpoint",
     "connect",
     "serve",
 ]

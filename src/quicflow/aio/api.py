@@ -45,6 +45,56 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+async def _resolve(host: str, port: int) -> tuple[int, tuple[str, int]]:
+    """(family, (address, port)) of ``host``; an IP literal needs no resolver call."""
+    if _is_ip(host):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return family, (host, port)
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    if not infos:
+        raise OSError(f"cannot resolve {host!r}")
+    family, _, _, _, sockaddr = infos[0]
+    return int(family), (str(sockaddr[0]), int(sockaddr[1]))
+
+
+def _server_name(host: str, config: Configuration) -> str | None:
+    server_name = None if _is_ip(host) else host
+    if config.server_name is None and server_name is None and config.verify_peer:
+        server_name = host  # verify against the IP address literal
+    return server_name
+
+
+@asynccontextmanager
+async def _open(
+    runner: EndpointRunner,
+    peer: tuple[str, int],
+    host: str,
+    stream_handler: StreamHandler | None,
+    wait_connected: bool,
+    face_class: type[QuicConnection] = QuicConnection,
+) -> AsyncIterator[QuicConnection]:
+    """One client connection on ``runner``'s endpoint: handshake, yield, close."""
+    endpoint = runner.endpoint
+    conn = endpoint.connect(
+        peer, runner.loop.time(), server_name=_server_name(host, endpoint.configuration)
+    )
+    face = face_class(runner, conn, stream_handler=stream_handler)
+    runner.faces[id(conn)] = face
+    runner.schedule_flush(conn)
+    try:
+        if wait_connected:
+            await face.wait_connected()
+        yield face
+    finally:
+        if not conn.terminated:
+            face.close()
+            try:
+                await asyncio.wait_for(face.wait_closed(), timeout=3 * conn.pto() + 0.5)
+            except (TimeoutError, ConnectionClosedError):
+                pass
+
+
 @asynccontextmanager
 async def connect(
     host: str,
@@ -66,18 +116,15 @@ async def connect(
     ``async with quicflow.connect("localhost", 4433, configuration=cfg) as conn: ...``
     On leaving the block the connection is closed (code 0) and the socket released.
     Raises :class:`ConnectionClosedError` when the handshake fails (certificate refused,
-    timed out, closed by the peer), with a message that says why.
+    timed out, closed by the peer), with a message that says why. An IP address literal
+    is used as is (no resolver call). Each call has a socket of its own; to share one
+    socket among many connections use :func:`client_endpoint`.
     ``face_class``: the :class:`QuicConnection` subclass to build (HTTP/3 uses its own).
     """
     config = replace(configuration) if configuration is not None else Configuration()
     config.validate()
     _keylog_from_environment(config)
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    if not infos:
-        raise OSError(f"cannot resolve {host!r}")
-    family, _, _, _, sockaddr = infos[0]
-    peer = (sockaddr[0], sockaddr[1])
+    family, peer = await _resolve(host, port)
     local = "0.0.0.0" if family == socket.AF_INET else "::"
     transport = UdpTransport.open(local, 0, backend=backend, connect_to=peer)
     endpoint = Endpoint(
@@ -85,25 +132,115 @@ async def connect(
     )
     runner = EndpointRunner(transport, endpoint, connected_peer=peer)
     runner.peer_name = f"{host} port {port}"
-    server_name = None if _is_ip(host) else host
-    if config.server_name is None and server_name is None and config.verify_peer:
-        server_name = host  # verify against the IP address literal
-    conn = endpoint.connect(peer, loop.time(), server_name=server_name)
-    face = face_class(runner, conn, stream_handler=stream_handler)
-    runner.faces[id(conn)] = face
-    runner.schedule_flush(conn)
     try:
-        if wait_connected:
-            await face.wait_connected()
-        yield face
+        async with _open(
+            runner, peer, host, stream_handler, wait_connected, face_class
+        ) as face:
+            yield face
     finally:
-        if not conn.terminated:
-            face.close()
-            try:
-                await asyncio.wait_for(face.wait_closed(), timeout=3 * conn.pto() + 0.5)
-            except (TimeoutError, ConnectionClosedError):
-                pass
         runner.close()
+
+
+class ClientEndpoint:
+    """One client socket and endpoint shared by many connections.
+
+    Made by :func:`client_endpoint`; ``async with ep.connect(host, port) as conn`` opens a
+    connection on it exactly like :func:`quicflow.connect` does, without a socket, an
+    endpoint and an offload engine of its own.
+    """
+
+    def __init__(self, runner: EndpointRunner) -> None:
+        self.runner = runner
+
+    @property
+    def address(self) -> tuple[Any, ...]:
+        """The local address and port of the shared socket."""
+        return self.runner.transport.local_address
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.runner.endpoint
+
+    @property
+    def connections(self) -> list[QuicConnection]:
+        return list(self.runner.faces.values())
+
+    @asynccontextmanager
+    async def connect(
+        self,
+        host: str,
+        port: int,
+        *,
+        stream_handler: StreamHandler | None = None,
+        wait_connected: bool = True,
+        face_class: type[QuicConnection] = QuicConnection,
+    ) -> AsyncIterator[QuicConnection]:
+        """Open a connection on the shared socket; closed on leaving the block
+        (``face_class`` as for :func:`connect`)."""
+        if self.runner._closed:
+            raise RuntimeError("the client endpoint is closed")
+        family, peer = await _resolve(host, port)
+        if family == socket.AF_INET6 and self.runner.transport.family == socket.AF_INET:
+            raise ValueError(f"an IPv4 client endpoint cannot reach {host!r}")
+        async with _open(
+            self.runner, peer, host, stream_handler, wait_connected, face_class
+        ) as face:
+            yield face
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of the endpoint and socket, and of each live connection."""
+        from .stats import connection_stats, datapath_stats, endpoint_stats
+
+        return {
+            "endpoint": endpoint_stats(self.runner),
+            "datapath": datapath_stats(self.runner),
+            "connections": [connection_stats(f.conn) for f in self.runner.faces.values()],
+        }
+
+    def close(self) -> None:
+        """Close every connection (code 0) and the socket."""
+        for face in list(self.runner.faces.values()):
+            face.close()
+        self.runner.close()
+
+
+@asynccontextmanager
+async def client_endpoint(
+    host: str = "::",
+    port: int = 0,
+    *,
+    configuration: Configuration | None = None,
+    backend: str = "auto",
+    engine: OffloadEngine | None = None,
+) -> AsyncIterator[ClientEndpoint]:
+    """A client socket on ``host:port`` that many connections share.
+
+    ``async with quicflow.client_endpoint(configuration=cfg) as ep:`` then
+    ``async with ep.connect("127.0.0.1", 4433) as conn: ...`` as often as wanted,
+    concurrently. The default "::" is dual-stack (IPv4 and IPv6 servers); "0.0.0.0"
+    makes an IPv4-only socket. On leaving the block the remaining connections are closed
+    and the socket released.
+    """
+    config = replace(configuration) if configuration is not None else Configuration()
+    config.validate()
+    _keylog_from_environment(config)
+    transport = UdpTransport.open(host, port, backend=backend)
+    endpoint = Endpoint(config, is_server=False, engine=engine or best_engine())
+    ep = ClientEndpoint(EndpointRunner(transport, endpoint))
+    try:
+        yield ep
+    finally:
+        faces = list(ep.runner.faces.values())
+        for face in faces:
+            face.close()
+        if faces:
+            waits = [asyncio.ensure_future(f.wait_closed()) for f in faces]
+            _, pending = await asyncio.wait(waits, timeout=1.0)
+            for w in pending:  # closing periods cut short: the socket goes now
+                w.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        ep.runner.close()
 
 
 class QuicServer:

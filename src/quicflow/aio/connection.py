@@ -30,7 +30,18 @@ StreamHandler = Callable[[QuicStreamReader, QuicStreamWriter], Awaitable[None] |
 
 
 class QuicConnection:
-    """A connection: open streams, accept the peer's, close."""
+    """A connection: open streams, accept the peer's, close.
+
+    Futures, the queue of accepted streams and the task set are made when first needed:
+    an idle server connection holds none of them.
+    """
+
+    __slots__ = (
+        "runner", "conn", "loop", "stream_handler", "_readers", "_writers", "_incoming",
+        "_connected", "_terminated", "_is_connected", "_is_terminated", "_streams_waiters",
+        "_close_error", "_tasks", "_datagrams", "_datagram_waiter", "datagrams_dropped",
+        "app_state", "send_limit", "send_gate", "_send_accounted", "__weakref__",
+    )
 
     def __init__(
         self,
@@ -45,13 +56,15 @@ class QuicConnection:
         self.stream_handler = stream_handler
         self._readers: dict[int, QuicStreamReader] = {}
         self._writers: dict[int, QuicStreamWriter] = {}
-        self._incoming: asyncio.Queue[tuple[QuicStreamReader, QuicStreamWriter]] = asyncio.Queue()
-        self._connected: asyncio.Future[None] = self.loop.create_future()
-        self._terminated: asyncio.Future[None] = self.loop.create_future()
+        self._incoming: asyncio.Queue[tuple[QuicStreamReader, QuicStreamWriter]] | None = None
+        self._connected: asyncio.Future[None] | None = None
+        self._terminated: asyncio.Future[None] | None = None
+        self._is_connected = False
+        self._is_terminated = False
         self._streams_waiters: list[asyncio.Future[None]] = []  # blocked create_stream()s
         self._close_error: ConnectionClosedError | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._datagrams: collections.deque[bytes] = collections.deque()
+        self._tasks: set[asyncio.Task[Any]] | None = None
+        self._datagrams: collections.deque[bytes] | None = None  # made by the first one
         self._datagram_waiter: asyncio.Future[None] | None = None
         self.datagrams_dropped = 0  # received but not read in time (queue full)
         self.app_state: dict[str, Any] = {}
@@ -87,11 +100,26 @@ class QuicConnection:
 
     async def wait_connected(self) -> None:
         """Wait for the handshake; raises ConnectionClosedError when it fails."""
+        if self._is_connected:
+            return
+        if self._connected is None:
+            if self._close_error is not None:
+                raise self._close_error
+            self._connected = self.loop.create_future()
         await asyncio.shield(self._connected)
 
     async def wait_closed(self) -> None:
         """Wait until the connection is fully terminated."""
+        if self._is_terminated:
+            return
+        if self._terminated is None:
+            self._terminated = self.loop.create_future()
         await asyncio.shield(self._terminated)
+
+    def _incoming_queue(self) -> asyncio.Queue[tuple[QuicStreamReader, QuicStreamWriter]]:
+        if self._incoming is None:
+            self._incoming = asyncio.Queue()
+        return self._incoming
 
     def flush(self) -> None:
         self.runner.schedule_flush(self.conn)
@@ -151,11 +179,14 @@ class QuicConnection:
 
     async def accept_stream(self) -> tuple[QuicStreamReader, QuicStreamWriter]:
         """The next stream the peer opened (when no stream_handler was given)."""
+        incoming = self._incoming_queue()
         while True:
-            if not self._incoming.empty():
-                return self._incoming.get_nowait()
+            if not incoming.empty():
+                return incoming.get_nowait()
             self.raise_if_closed()
-            getter: asyncio.Future[Any] = asyncio.ensure_future(self._incoming.get())
+            if self._terminated is None:
+                self._terminated = self.loop.create_future()
+            getter: asyncio.Future[Any] = asyncio.ensure_future(incoming.get())
             waiters: set[asyncio.Future[Any]] = {getter, self._terminated}
             done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             if getter in done:
@@ -181,19 +212,25 @@ class QuicConnection:
         connection is closed and none is left."""
         while not self._datagrams:
             self.raise_if_closed()
+            if self._terminated is None:
+                self._terminated = self.loop.create_future()
             waiter = self._datagram_waiter = self.loop.create_future()
             try:
                 await asyncio.wait({waiter, self._terminated},
                                    return_when=asyncio.FIRST_COMPLETED)
             finally:
                 self._datagram_waiter = None
+        assert self._datagrams is not None
         return self._datagrams.popleft()
 
     def _on_datagram(self, data: bytes) -> None:
-        if len(self._datagrams) >= self.DATAGRAM_QUEUE:
-            self._datagrams.popleft()
+        queue = self._datagrams
+        if queue is None:
+            queue = self._datagrams = collections.deque()
+        if len(queue) >= self.DATAGRAM_QUEUE:
+            queue.popleft()
             self.datagrams_dropped += 1
-        self._datagrams.append(data)
+        queue.append(data)
         waiter = self._datagram_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -203,7 +240,7 @@ class QuicConnection:
     async def stop(self) -> None:
         """Stop this face for a handoff: cancel the stream handler tasks and wait for
         them (what they wrote so far stays in the connection)."""
-        tasks = list(self._tasks)
+        tasks = list(self._tasks or ())
         for task in tasks:
             task.cancel()
         if tasks:
@@ -211,12 +248,12 @@ class QuicConnection:
 
     def track_task(self, task: asyncio.Task[Any]) -> None:
         """Count ``task`` among this connection's handler tasks (``stop()`` cancels it)."""
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._keep_task(task)
 
     def mark_connected(self) -> None:
         """The connection was restored after its handshake (handoff)."""
-        if not self._connected.done():
+        self._is_connected = True
+        if self._connected is not None and not self._connected.done():
             self._connected.set_result(None)
 
     def stream_faces(self) -> dict[int, tuple[QuicStreamReader, QuicStreamWriter]]:
@@ -254,7 +291,8 @@ class QuicConnection:
             elif cls is StreamsAvailable:
                 self._wake_stream_openers()
             elif cls is HandshakeCompleted:
-                if not self._connected.done():
+                self._is_connected = True
+                if self._connected is not None and not self._connected.done():
                     self._connected.set_result(None)
             elif cls is ConnectionTerminated:
                 self._on_close_event(event)  # type: ignore[arg-type]
@@ -269,11 +307,17 @@ class QuicConnection:
         if self.stream_handler is not None:
             result = self.stream_handler(reader, writer)
             if asyncio.iscoroutine(result):
-                task = self.loop.create_task(self._run_handler(result, writer))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._keep_task(self.loop.create_task(self._run_handler(result, writer)))
         else:
-            self._incoming.put_nowait((reader, writer))
+            self._incoming_queue().put_nowait((reader, writer))
+
+    def _keep_task(self, task: asyncio.Task[Any]) -> None:
+        """Hold a reference to ``task`` until it is done (the set is made on first use)."""
+        tasks = self._tasks
+        if tasks is None:
+            tasks = self._tasks = set()
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     async def _run_handler(self, coro: Awaitable[None], writer: QuicStreamWriter) -> None:
         try:
@@ -297,7 +341,7 @@ class QuicConnection:
 
     def _wake_all(self) -> None:
         error = self._close_error or ConnectionClosedError(0, "connection closed", False)
-        if not self._connected.done():
+        if self._connected is not None and not self._connected.done():
             self._connected.set_exception(error)
             self._connected.exception()  # mark retrieved
         for reader in self._readers.values():
@@ -320,5 +364,6 @@ class QuicConnection:
         if self._close_error is None:
             self._close_error = ConnectionClosedError(0, "connection closed", False)
         self._wake_all()
-        if not self._terminated.done():
+        self._is_terminated = True
+        if self._terminated is not None and not self._terminated.done():
             self._terminated.set_result(None)

@@ -22,10 +22,13 @@ class SendGate:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        # made by the first writer that waits: an idle connection's gate holds no queue
+        self._waiters: deque[asyncio.Future[None]] | None = None
         self._pass_scheduled = False
 
     def add(self, waiter: asyncio.Future[None]) -> None:
+        if self._waiters is None:
+            self._waiters = deque()
         self._waiters.append(waiter)
 
     def wake_one(self) -> None:
@@ -37,8 +40,8 @@ class SendGate:
                 return
 
     def wake_all(self) -> None:
-        waiters, self._waiters = self._waiters, deque()
-        for waiter in waiters:
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
             if not waiter.done():
                 waiter.set_result(None)
 

@@ -34,6 +34,8 @@ def datapath_ratios(c: dict[str, Any]) -> dict[str, float]:
         "send_syscalls_per_datagram": calls_send / sent if sent else 0.0,
         "recv_syscalls_per_datagram": calls_recv / received if received else 0.0,
         "segments_per_send_batch": sent / batches_sent if batches_sent else 0.0,
+        # one send batch is one sendmsg with UDP_SEGMENT on the gso backend
+        "segments_per_gso_call": sent / batches_sent if batches_sent else 0.0,
         "segments_per_recv_batch": received / batches_received if batches_received else 0.0,
     }
 
@@ -50,6 +52,13 @@ def endpoint_stats(runner: EndpointRunner) -> dict[str, Any]:
     out["send_buffered"] = runner.send_budget.used
     out["send_buffered_peak"] = runner.send_budget.peak
     out["send_buffer_limit"] = runner.send_budget.limit
+    # 1-RTT packets the send path handed to the offload engine, and in how many calls
+    engine = runner.endpoint.engine
+    sealed = int(getattr(engine, "sealed", 0))
+    calls = int(getattr(engine, "seal_calls", 0))
+    out["engine_packets_sealed"] = sealed
+    out["engine_seal_calls"] = calls
+    out["packets_per_engine_call"] = sealed / calls if calls else 0.0
     sockets = socket_stats(runner)
     out["connected_sockets"] = sockets["connected_sockets"]
     out["connected_sockets_now"] = sockets["connected_sockets_now"]

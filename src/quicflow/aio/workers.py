@@ -248,6 +248,10 @@ class WorkerGroupServer:
         if datapath:
             datapath.update(datapath_ratios(datapath))
         endpoint = dict(total.get("endpoint", {}))
+        if endpoint:  # a ratio of the totals, not a sum of the workers' ratios
+            calls = endpoint.get("engine_seal_calls", 0)
+            sealed = endpoint.get("engine_packets_sealed", 0)
+            endpoint["packets_per_engine_call"] = sealed / calls if calls else 0.0
         return {
             "workers": workers,
             "connections": total.get("connections", 0),

@@ -273,15 +273,16 @@ def server_report(
     server: QuicServer | WorkerGroupServer, handler: PerfServerHandler
 ) -> dict[str, Any]:
     """The perf server's totals (``streams``, ``bytes_received``, ``bytes_sent``,
-    ``endpoint``, ``datapath``) and ``workers``: one dict per worker with ``pid``,
-    ``connections``, ``datagrams_received``, ``misrouted_datagrams``,
-    ``connected_sockets`` (one worker, this process, without ``workers=``). The top-level
-    ``connected_sockets`` is the most per-connection sockets one worker held at once;
-    ``sockets`` (without ``workers=``) has every per-connection socket counter."""
+    ``endpoint``, ``datapath``, ``packets_per_engine_call``, ``segments_per_gso_call``)
+    and ``workers``: one dict per worker with ``pid``, ``connections``,
+    ``datagrams_received``, ``misrouted_datagrams``, ``connected_sockets`` (one worker,
+    this process, without ``workers=``). The top-level ``connected_sockets`` is the most
+    per-connection sockets one worker held at once; ``sockets`` (without ``workers=``)
+    has every per-connection socket counter."""
     if isinstance(server, WorkerGroupServer):
         stats = server.stats()
         app = stats["app"]
-        return {
+        report = {
             "streams": app.get("streams", 0),
             "bytes_received": app.get("bytes_received", 0),
             "bytes_sent": app.get("bytes_sent", 0),
@@ -292,19 +293,23 @@ def server_report(
             ),
             "workers": stats["workers"],
         }
-    counters = server.stats()
-    row = worker_counters(server.runner, lambda: asdict(handler.stats))
-    row.update(pid=os.getpid(), worker_id=0, restarts=0)
-    return {
-        "streams": handler.stats.streams,
-        "bytes_received": handler.stats.bytes_received,
-        "bytes_sent": handler.stats.bytes_sent,
-        "endpoint": counters["endpoint"],
-        "datapath": counters["datapath"],
-        "connected_sockets": counters["sockets"]["connected_sockets"],
-        "sockets": counters["sockets"],
-        "workers": [row],
-    }
+    else:
+        counters = server.stats()
+        row = worker_counters(server.runner, lambda: asdict(handler.stats))
+        row.update(pid=os.getpid(), worker_id=0, restarts=0)
+        report = {
+            "streams": handler.stats.streams,
+            "bytes_received": handler.stats.bytes_received,
+            "bytes_sent": handler.stats.bytes_sent,
+            "endpoint": counters["endpoint"],
+            "datapath": counters["datapath"],
+            "connected_sockets": counters["sockets"]["connected_sockets"],
+            "sockets": counters["sockets"],
+            "workers": [row],
+        }
+    report["packets_per_engine_call"] = report["endpoint"].get("packets_per_engine_call", 0.0)
+    report["segments_per_gso_call"] = report["datapath"].get("segments_per_gso_call", 0.0)
+    return report
 
 
 # ---------------------------------------------------------------------------- client
@@ -328,6 +333,15 @@ class PerfResult:
     verified: bool
     counters: dict[str, int] = field(default_factory=dict)
     backend: str = ""
+    #: each connection's payload bytes / its seconds from the common start to its last byte
+    connection_goodputs: list[float] = field(default_factory=list)
+
+    @property
+    def fairness(self) -> float:
+        """Jain's index of ``connection_goodputs``: 1.0 when all are equal, 1/n worst."""
+        xs = self.connection_goodputs
+        square_sum = sum(x * x for x in xs)
+        return sum(xs) ** 2 / (len(xs) * square_sum) if square_sum else 1.0
 
     def to_dict(self) -> dict[str, Any]:
         """A flat, JSON-ready dict (counters are merged in, plus syscalls_per_datagram)."""
@@ -340,6 +354,8 @@ class PerfResult:
             "streams": self.streams,
             "handshake_seconds": self.handshake_seconds,
             "verified": self.verified,
+            "connection_goodputs": list(self.connection_goodputs),
+            "fairness": self.fairness,
         }
         out.update(self.counters)
         dgrams = self.counters.get("datagrams_sent", 0) + self.counters.get(
@@ -356,6 +372,11 @@ class PerfResult:
         out["segments_per_send_batch"] = sent / c["batches_sent"] if c.get("batches_sent") else 0.0
         out["segments_per_recv_batch"] = (
             received / c["batches_received"] if c.get("batches_received") else 0.0
+        )
+        out["segments_per_gso_call"] = out["segments_per_send_batch"]
+        calls = c.get("endpoint_engine_seal_calls", 0)
+        out["packets_per_engine_call"] = (
+            c.get("endpoint_engine_packets_sealed", 0) / calls if calls else 0.0
         )
         out["backend"] = self.backend
         return out
@@ -393,7 +414,13 @@ _CONNECTION_COUNTERS = (
     "dropped_undecryptable",
     "duplicate_packets",
 )
-_ENDPOINT_COUNTERS = ("lookups", "segments_received", "dropped")
+_ENDPOINT_COUNTERS = (
+    "lookups",
+    "segments_received",
+    "dropped",
+    "engine_packets_sealed",
+    "engine_seal_calls",
+)
 
 
 def split_evenly(total: int, parts: int) -> list[int]:
@@ -404,7 +431,7 @@ def split_evenly(total: int, parts: int) -> list[int]:
 
 async def _run_stream(
     conn: QuicConnection, download: int, upload: int, tally: _Tally, verify: bool
-) -> None:
+) -> int:
     reader, writer = await conn.create_stream(bidirectional=True)
     sid = reader.stream_id
     writer.write(struct.pack("!Q", download))
@@ -435,6 +462,7 @@ async def _run_stream(
             raise PerfError(f"stream {sid}: server sent more than the {download} bytes asked")
     if got != download:
         raise PerfError(f"stream {sid}: response ended after {got} of {download} bytes")
+    return got + upload
 
 
 class _Run:
@@ -448,6 +476,7 @@ class _Run:
         self.finished_at = 0.0
         self.counters: dict[str, int] = {}
         self.backend = ""
+        self.moved: list[tuple[int, float]] = []  # per connection: (bytes, finished at)
 
     def add_counters(self, conn: QuicConnection) -> None:
         stats = conn.stats()
@@ -500,13 +529,15 @@ async def _run_connection(
             run.connected_at = time.perf_counter()
             run.all_connected.set()
         await run.all_connected.wait()
-        await asyncio.gather(
+        moved = await asyncio.gather(
             *(
                 _run_stream(conn, d, u, run.tally, verify)
                 for d, u in zip(downloads, uploads, strict=True)
             )
         )
-        run.finished_at = max(run.finished_at, time.perf_counter())
+        finished = time.perf_counter()
+        run.finished_at = max(run.finished_at, finished)
+        run.moved.append((sum(moved), finished))
         run.add_counters(conn)
 
 
@@ -593,6 +624,9 @@ async def run_client(
         verified=verify,
         counters=run.counters,
         backend=run.backend,
+        connection_goodputs=[
+            n / max(t - run.connected_at, 1e-9) for n, t in run.moved
+        ],
     )
 
 

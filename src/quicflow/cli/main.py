@@ -468,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument(
         "--json", action="store_true",
         help="on exit, print one JSON object with the server's endpoint and socket "
-        "counters (datagrams, syscalls, batches, lookups, drops by reason) on stdout, and "
+        "counters (datagrams, syscalls, batches, lookups, drops by reason, "
+        "packets_per_engine_call, segments_per_gso_call) on stdout, and "
         "'workers': per worker its pid, connections (accepted), datagrams_received, "
         "misrouted_datagrams and connected_sockets (the most held at once)",
     )  # fmt: skip
@@ -565,7 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true",
         help="print one JSON object on stdout (bytes_received, bytes_sent, seconds, "
         "goodput_bytes_per_s, connections, streams, handshake_seconds, datagram and "
-        "syscall counters, packets_lost, syscalls_per_datagram) instead of a summary line",
+        "syscall counters, packets_lost, syscalls_per_datagram, packets_per_engine_call, "
+        "segments_per_gso_call, connection_goodputs, fairness) instead of a summary line",
     )  # fmt: skip
     client.add_argument(
         "-q", "--quiet", action="store_true", help="no progress lines on stderr"

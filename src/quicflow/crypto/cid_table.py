@@ -18,12 +18,13 @@ S = TypeVar("S")
 class CidTableEngine(Generic[S]):
     """Table programming and counters common to the offload engines; ``S`` is the entry."""
 
-    __slots__ = ("_sealers", "_openers", "sealed", "opened", "open_failures")
+    __slots__ = ("_sealers", "_openers", "sealed", "seal_calls", "opened", "open_failures")
 
     def __init__(self) -> None:
         self._sealers: dict[bytes, S] = {}
         self._openers: dict[bytes, S] = {}
-        self.sealed = 0
+        self.sealed = 0  # packets sealed by seal() and seal_stream_run()
+        self.seal_calls = 0  # calls of seal() and seal_stream_run()
         self.opened = 0
         self.open_failures = 0
 

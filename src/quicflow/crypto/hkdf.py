@@ -31,18 +31,40 @@ def hkdf_expand(hash: hashes.HashAlgorithm, prk: bytes, info: bytes, length: int
     return bytes(out[:length])
 
 
-def hkdf_expand_label(
-    hash: hashes.HashAlgorithm, secret: bytes, label: bytes, context: bytes, length: int
-) -> bytes:
-    """HKDF-Expand-Label; ``label`` is given without the ``"tls13 "`` prefix."""
+#: HkdfLabel || 0x01 for the empty-context labels (the QUIC key schedule's), by
+#: (label, length): a handful of entries, built once
+_SINGLE_BLOCK_INFO: dict[tuple[bytes, int], bytes] = {}
+
+
+def _label_info(label: bytes, context: bytes, length: int) -> bytes:
     full_label = _LABEL_PREFIX + label
     if len(full_label) > 255 or len(context) > 255 or not 0 <= length <= 0xFFFF:
         raise ValueError("HKDF-Expand-Label argument too long")
-    info = (
+    return (
         length.to_bytes(2, "big")
         + bytes((len(full_label),))
         + full_label
         + bytes((len(context),))
         + context
     )
-    return hkdf_expand(hash, secret, info, length)
+
+
+def hkdf_expand_label(
+    hash: hashes.HashAlgorithm, secret: bytes, label: bytes, context: bytes, length: int
+) -> bytes:
+    """HKDF-Expand-Label; ``label`` is given without the ``"tls13 "`` prefix.
+
+    Every label TLS 1.3 and QUIC expand is at most one hash long: that is one HMAC
+    (OpenSSL's, through ``hmac.digest``) over a label block built once per label.
+    """
+    if length <= hash.digest_size:
+        if context:
+            info = _label_info(label, context, length) + b"\x01"
+        else:
+            info = _SINGLE_BLOCK_INFO.get((label, length), b"")
+            if not info:
+                info = _label_info(label, context, length) + b"\x01"
+                if len(_SINGLE_BLOCK_INFO) < 64:
+                    _SINGLE_BLOCK_INFO[(label, length)] = info
+        return hmac.digest(secret, info, hash.name)[:length]
+    return hkdf_expand(hash, secret, _label_info(label, context, length), length)

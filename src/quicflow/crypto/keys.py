@@ -58,6 +58,25 @@ def derive_packet_keys(suite: CipherSuite, secret: bytes, version: int = QUIC_V1
     )
 
 
+def derive_key_iv(
+    suite: CipherSuite, secret: bytes, version: int = QUIC_V1
+) -> tuple[bytes, bytes]:
+    """Only the AEAD key and IV of ``secret`` (when the header-protection key is known)."""
+    h = suite_hash(suite)
+    key_label, iv_label, _, _ = LABELS[version]
+    return (
+        hkdf_expand_label(h, secret, key_label, b"", suite_key_len(suite)),
+        hkdf_expand_label(h, secret, iv_label, b"", AEAD_IV_LEN),
+    )
+
+
+def derive_hp_key(suite: CipherSuite, secret: bytes, version: int = QUIC_V1) -> bytes:
+    """Only the header-protection key of ``secret`` ("quic hp"/"quicv2 hp")."""
+    return hkdf_expand_label(
+        suite_hash(suite), secret, LABELS[version][2], b"", suite_key_len(suite)
+    )
+
+
 def next_generation_secret(suite: CipherSuite, secret: bytes, version: int = QUIC_V1) -> bytes:
     """The secret of the next key phase (RFC 9001 §6.1, label "quic ku"/"quicv2 ku")."""
     return hkdf_expand_label(
@@ -68,14 +87,9 @@ def next_generation_secret(suite: CipherSuite, secret: bytes, version: int = QUI
 def next_packet_keys(keys: PacketKeys) -> PacketKeys:
     """Keys of the next key phase; the header-protection key does not change."""
     secret = next_generation_secret(keys.suite, keys.secret, keys.version)
-    h = suite_hash(keys.suite)
-    key_label, iv_label, _, _ = LABELS[keys.version]
+    key, iv = derive_key_iv(keys.suite, secret, keys.version)
     return PacketKeys(
-        suite=keys.suite,
-        secret=secret,
-        key=hkdf_expand_label(h, secret, key_label, b"", suite_key_len(keys.suite)),
-        iv=hkdf_expand_label(h, secret, iv_label, b"", AEAD_IV_LEN),
-        hp_key=keys.hp_key,
+        suite=keys.suite, secret=secret, key=key, iv=iv, hp_key=keys.hp_key,
         version=keys.version,
     )
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from .cid_table import CidTableEngine
-from .keys import QUIC_V2, derive_packet_keys, next_generation_secret
+from .keys import QUIC_V2, derive_hp_key, derive_key_iv, next_generation_secret
 from .offload import Buffer, OffloadEngine, OpenResult, RunEntry, SoftwareOffloadEngine
 from .suites import CipherSuite, suite_key_len
 
@@ -91,8 +91,8 @@ class NativeKeyState(Protocol):
 
 
 def _key_context(suite: CipherSuite, secret: bytes, hp_key: bytes, version: int = 1) -> Any:
-    keys = derive_packet_keys(suite, secret, version)
-    return _ext.KeyContext(int(suite), keys.key, keys.iv, hp_key, keys.secret)
+    key, iv = derive_key_iv(suite, secret, version)
+    return _ext.KeyContext(int(suite), key, iv, hp_key, bytes(secret))
 
 
 class NativeOffloadEngine(CidTableEngine[NativeKeyState]):
@@ -121,13 +121,12 @@ class NativeOffloadEngine(CidTableEngine[NativeKeyState]):
         version: int = 1,
     ) -> NativeKeyState:
         suite = CipherSuite(suite)
-        first = derive_packet_keys(suite, secret, version)
-        hp = first.hp_key if hp_key is None else bytes(hp_key)
+        secret = bytes(secret)
+        hp = derive_hp_key(suite, secret, version) if hp_key is None else bytes(hp_key)
         if len(hp) != suite_key_len(suite):
             raise ValueError(f"header protection key must be {suite_key_len(suite)} bytes")
-        current = _ext.KeyContext(int(suite), first.key, first.iv, hp, first.secret)
-        nxt = _key_context(suite, next_generation_secret(suite, first.secret, version), hp,
-                           version)
+        current = _key_context(suite, secret, hp, version)
+        nxt = _key_context(suite, next_generation_secret(suite, secret, version), hp, version)
         state: NativeKeyState = _ext.CidState(suite, hp, key_phase & 1, current, nxt, largest_pn,
                                               version == QUIC_V2)
         return state
@@ -141,6 +140,7 @@ class NativeOffloadEngine(CidTableEngine[NativeKeyState]):
         """Seal short-header packets in place: ``(offset, header_len, payload_len, pn, cid)``."""
         _ext.seal(self._sealers, buf, packets)
         self.sealed += len(packets)
+        self.seal_calls += 1
 
     def seal_stream_run(
         self,
@@ -167,6 +167,7 @@ class NativeOffloadEngine(CidTableEngine[NativeKeyState]):
             off_len, data_cap, count, fin, dcid,
         )
         self.sealed += built
+        self.seal_calls += 1
         return built
 
     def open(

@@ -18,7 +18,7 @@ from ..wire.varint import encode_varint
 from .aead import Aead, decode_packet_number, make_aead
 from .cid_table import CidTableEngine
 from .header_protection import SAMPLE_LEN, HeaderProtection, make_header_protection
-from .keys import derive_packet_keys, next_generation_secret
+from .keys import derive_hp_key, derive_key_iv, next_generation_secret
 from .suites import AEAD_TAG_LEN, CipherSuite
 
 Buffer = bytes | bytearray | memoryview
@@ -259,9 +259,9 @@ class CidKeyState:
 
 
 def _phase_keys(suite: CipherSuite, secret: bytes, version: int = 1) -> PhaseKeys:
-    keys = derive_packet_keys(suite, secret, version)
+    key, iv = derive_key_iv(suite, secret, version)
     return PhaseKeys(
-        secret=keys.secret, aead=make_aead(suite, keys.key), iv=int.from_bytes(keys.iv, "big")
+        secret=bytes(secret), aead=make_aead(suite, key), iv=int.from_bytes(iv, "big")
     )
 
 
@@ -288,19 +288,15 @@ def new_key_state(
 ) -> CidKeyState:
     """Build a table entry; ``hp_key`` is needed when ``secret`` is not the first generation."""
     suite = CipherSuite(suite)
-    current = derive_packet_keys(suite, secret, version)
-    hp = current.hp_key if hp_key is None else bytes(hp_key)
+    secret = bytes(secret)
+    hp = derive_hp_key(suite, secret, version) if hp_key is None else bytes(hp_key)
     return CidKeyState(
         suite=suite,
         hp_key=hp,
         hp=make_header_protection(suite, hp),
         key_phase=key_phase & 1,
-        current=PhaseKeys(
-            secret=current.secret,
-            aead=make_aead(suite, current.key),
-            iv=int.from_bytes(current.iv, "big"),
-        ),
-        next=_phase_keys(suite, next_generation_secret(suite, current.secret, version), version),
+        current=_phase_keys(suite, secret, version),
+        next=_phase_keys(suite, next_generation_secret(suite, secret, version), version),
         previous=None,
         largest_pn=largest_pn,
         phase_start_pn=largest_pn + 1,
@@ -374,6 +370,7 @@ class SoftwareOffloadEngine(CidTableEngine[CidKeyState]):
                 if pn > state.largest_pn:
                     state.largest_pn = pn
         self.sealed += len(packets)
+        self.seal_calls += 1
 
     def seal_stream_run(
         self,

@@ -354,9 +354,7 @@ class H3QuicConnection(QuicConnection):
                 return
             stream = self.h3_streams[ev.stream_id] = H3Stream(self, ev.stream_id)
             stream.headers = ev.headers
-            task = self.loop.create_task(self._run_request(stream))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._keep_task(self.loop.create_task(self._run_request(stream)))
             return
         for name, value in ev.headers:
             if name == b":status" and value.startswith(b"1"):

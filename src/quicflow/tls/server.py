@@ -67,6 +67,32 @@ from .verify import (
 # server states
 WAIT_CH, WAIT_CH2, WAIT_FINISHED, DONE = range(4)
 
+#: what every handshake with one certificate and key shares, prepared once: the
+#: Certificate message and the signature schemes of the key. Keyed by the identity of
+#: the key and certificate objects (kept alive in the entry, so the ids stay theirs).
+_IDENTITIES: dict[tuple[int, ...], tuple[tuple[object, ...], bytes, list[int]]] = {}
+_MAX_IDENTITIES = 32
+#: RFC 8446 §4.4.3: the signed content is this prefix and the transcript hash
+_SERVER_VERIFY_PREFIX = certificate_verify_content(SERVER_CONTEXT, b"")
+
+
+def _identity(config: TlsConfig) -> tuple[bytes, list[int]]:
+    """(Certificate message, signature schemes) of ``config``'s certificate and key."""
+    objects: tuple[object, ...] = (config.private_key, *config.certificate_chain)
+    key = tuple(id(o) for o in objects)
+    hit = _IDENTITIES.get(key)
+    if hit is not None and all(a is b for a, b in zip(hit[0], objects, strict=True)):
+        return hit[1], hit[2]
+    assert config.private_key is not None
+    message = encode_certificate(
+        b"", [c.public_bytes(Encoding.DER) for c in config.certificate_chain]
+    )
+    schemes = signature_algorithms_for_key(config.private_key)
+    if len(_IDENTITIES) >= _MAX_IDENTITIES:
+        _IDENTITIES.clear()
+    _IDENTITIES[key] = (objects, message, schemes)
+    return message, schemes
+
 
 class ServerHandshake(HandshakeCore):
     def __init__(self, config: TlsConfig, transport_parameters: bytes) -> None:
@@ -120,7 +146,7 @@ class ServerHandshake(HandshakeCore):
             raise TlsAlert(MISSING_EXTENSION, "ClientHello has no signature_algorithms")
         offered = parse_u16_list(ext[EXT_SIGNATURE_ALGORITHMS])
         assert self.config.private_key is not None
-        for algorithm in signature_algorithms_for_key(self.config.private_key):
+        for algorithm in _identity(self.config)[1]:
             if algorithm in offered:
                 return algorithm
         raise TlsAlert(HANDSHAKE_FAILURE, "no signature algorithm in common with the client")
@@ -235,11 +261,11 @@ class ServerHandshake(HandshakeCore):
                     (EXT_QUIC_TRANSPORT_PARAMETERS, self.transport_parameters),
                 ]
             ),
-            encode_certificate(b"", [c.public_bytes(Encoding.DER) for c in cfg.certificate_chain]),
+            _identity(cfg)[0],
         ):
             self.transcript += msg
             out += msg
-        content = certificate_verify_content(SERVER_CONTEXT, self.thash())
+        content = _SERVER_VERIFY_PREFIX + self.thash()
         cv = encode_certificate_verify(sig_alg, sign(cfg.private_key, sig_alg, content))
         self.transcript += cv
         out += cv

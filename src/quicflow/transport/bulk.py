@@ -66,15 +66,14 @@ def build_bulk(
 ) -> int:
     """Append up to ``max_count`` one-packet datagrams of the first queued stream.
 
-    Returns how many were built (0: the caller takes the general path).
+    Returns how many were built (0: the caller takes the general path; -1: the pacer
+    holds the data back until ``conn.pacer_deadline``, send nothing more now).
     """
     mds = conn.max_datagram_size
     cc = conn.cc
     cwnd_room = cc.cwnd - cc.bytes_in_flight
     if cwnd_room < mds:
         return 0
-    pacer_room = conn.pacer.budget(now, conn.rtt, cc.cwnd)
-    count = min(max_count, cwnd_room // mds, max(1, pacer_room // mds))
     sid = conn.send_queue[0]
     stream = conn.streams[sid]
     send = stream.send
@@ -84,6 +83,13 @@ def build_bulk(
     end = min(send.write_offset, send.max_data, start + flow.peer_max_data - flow.data_sent)
     if end <= start:
         return 0
+    # the run this turn could take: window, caller's room, the data that waits
+    want = min(cwnd_room, max_count * mds, (end - start) + (end - start) // 1024 * 64 + mds)
+    pacer_room, later = conn.pacer.run_budget(now, conn.rtt, cc.cwnd, want)
+    if later is not None:
+        conn.pacer_deadline = later  # a burst's worth of budget by then: the timer sends
+        return -1
+    count = min(max_count, cwnd_room // mds, max(1, pacer_room // mds))
     space = conn.spaces[2]
     pn = space.next_pn
     _, pn_len = encode_packet_number(

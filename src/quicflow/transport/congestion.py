@@ -236,7 +236,8 @@ class Pacer:
             return 0.0
         return self.multiplier * cwnd / srtt
 
-    def _refill(self, now: float, rate: float) -> float:
+    def capacity(self, rate: float) -> float:
+        """The bucket size in bytes: the largest burst at ``rate``."""
         capacity = float(self.burst_datagrams * self.max_datagram_size)
         if self.burst_interval > 0.0 and rate > 0.0:
             # a batch-sized burst: what the rate allows in ``burst_interval``, at most
@@ -245,6 +246,10 @@ class Pacer:
                         float(self.max_burst_datagrams * self.max_datagram_size))
             if timed > capacity:
                 capacity = timed
+        return capacity
+
+    def _refill(self, now: float, rate: float) -> float:
+        capacity = self.capacity(rate)
         last = self.last_time
         if last is None or rate == 0.0:
             self.tokens = capacity
@@ -270,6 +275,29 @@ class Pacer:
         rate = self.rate(rtt, cwnd)
         tokens = self._refill(now, rate) + rate * self.granularity
         return int(tokens) if tokens > 0 else 0
+
+    def run_budget(
+        self, now: float, rtt: RttEstimator | float, cwnd: int, want: int
+    ) -> tuple[int, float | None]:
+        """Bytes a run may take now, or (0, when to try again).
+
+        A run is worth an engine call only when it is a burst: while the budget covers
+        neither ``want`` bytes nor a full bucket, nothing is handed out and the second
+        value says when the budget will cover ``min(want, bucket)``. Sending one datagram
+        each time a datagram's worth of budget trickles in would make every call (and
+        every connection's turn) build one packet; waiting for a burst keeps the same
+        average rate, in bursts no larger than the bucket the pacer allows anyway.
+        """
+        rate = self.rate(rtt, cwnd)
+        if rate == 0.0:
+            return want, None
+        capacity = self.capacity(rate)
+        early = rate * self.granularity
+        tokens = self._refill(now, rate) + early
+        need = float(want) if want < capacity else capacity
+        if tokens >= need:
+            return int(tokens), None
+        return 0, now + (need - tokens) / rate
 
     def consume(self, now: float, size: int, rtt: RttEstimator | float, cwnd: int) -> None:
         """``size`` bytes were sent at ``now``."""

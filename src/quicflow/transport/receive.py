@@ -48,7 +48,15 @@ from .events import (
     StreamWritable,
 )
 from .recovery_glue import on_ack_frame
-from .state import CLOSING, DRAINING, ESTABLISHED, PacketSpace, PeerCid
+from .state import (
+    CLOSING,
+    DRAINING,
+    ESTABLISHED,
+    PacketSpace,
+    PeerCid,
+    _crypto_recv,
+    _crypto_send,
+)
 from .streams import ReassemblyFull
 
 EPOCH_OF_TYPE = {INITIAL: Epoch.INITIAL, HANDSHAKE: Epoch.HANDSHAKE, ZERO_RTT: Epoch.ZERO_RTT}
@@ -342,6 +350,9 @@ def _discard_epoch(conn: Connection, epoch: Epoch) -> None:
     conn.send_protectors[epoch] = None
     conn.recv_protectors[epoch] = None
     conn.loss.discard_epoch(epoch)
+    # release what the space's CRYPTO streams still hold (a flight, reassembly buffers)
+    space.crypto_send = _crypto_send()
+    space.crypto_recv = _crypto_recv()
 
 
 # ---------------------------------------------------------------------- frames
@@ -419,6 +430,9 @@ def _after_tls(conn: Connection, now: float) -> None:
             conn.handshake_done_pending = True
             _discard_epoch(conn, Epoch.HANDSHAKE)
         _issue_cids_up_to_peer_limit(conn)
+        # the TLS state (transcript, key schedule, messages, its configuration) has no
+        # use after the handshake: later CRYPTO data (a NewSessionTicket) is dropped
+        conn.tls = None
 
 
 MAX_ISSUED_CIDS = 8
@@ -454,13 +468,13 @@ def _install_secret(
 
 def program_engine(conn: Connection) -> None:
     """Install the 1-RTT keys in the offload engine under every CID in use."""
-    from ..crypto.keys import derive_packet_keys as _derive
+    from ..crypto.keys import derive_hp_key
 
     engine = conn.engine
     suite = conn.cipher_suite
     if not conn.one_rtt_recv_hp:
-        conn.one_rtt_recv_hp = _derive(suite, conn.one_rtt_recv_secret, conn.version).hp_key
-        conn.one_rtt_send_hp = _derive(suite, conn.one_rtt_send_secret, conn.version).hp_key
+        conn.one_rtt_recv_hp = derive_hp_key(suite, conn.one_rtt_recv_secret, conn.version)
+        conn.one_rtt_send_hp = derive_hp_key(suite, conn.one_rtt_send_secret, conn.version)
     largest = conn.spaces[2].largest_received
     first: bytes | None = None
     for entry in conn.host_cids:

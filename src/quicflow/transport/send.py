@@ -83,8 +83,11 @@ def build_datagrams(
     mds = conn.max_datagram_size
     while len(bounds) < max_datagrams:
         if budget >= 1 << 61 and bulk_applies(conn):
-            if build_bulk(conn, now, buf, bounds, seal, max_datagrams - len(bounds)):
+            built = build_bulk(conn, now, buf, bounds, seal, max_datagrams - len(bounds))
+            if built > 0:
                 continue
+            if built < 0:
+                break  # paced: the rest goes as one burst at conn.pacer_deadline
         start = len(buf)
         room = min(mds, budget)
         if room < 48:

@@ -81,6 +81,8 @@ kc_dealloc(KeyContext *self)
     EVP_CIPHER_CTX_free(self->enc);
     EVP_CIPHER_CTX_free(self->dec);
     EVP_CIPHER_CTX_free(self->hp);
+    OPENSSL_cleanse(self->key, sizeof(self->key));
+    OPENSSL_cleanse(self->hp_raw, sizeof(self->hp_raw));
     OPENSSL_cleanse(self->iv, sizeof(self->iv));
     Py_XDECREF(self->hp_key);
     Py_XDECREF(self->secret);
@@ -93,7 +95,6 @@ kc_create(long suite, const unsigned char *key, const unsigned char *iv, PyObjec
           PyObject *secret)
 {
     SuiteInfo info;
-    static const unsigned char zero16[16] = {0};
     KeyContext *self;
     const unsigned char *hp = (const unsigned char *)PyBytes_AS_STRING(hp_key);
 
@@ -112,32 +113,59 @@ kc_create(long suite, const unsigned char *key, const unsigned char *iv, PyObjec
     self->hp_key = hp_key;
     Py_INCREF(secret);
     self->secret = secret;
-    self->enc = EVP_CIPHER_CTX_new();
-    self->dec = EVP_CIPHER_CTX_new();
-    self->hp = EVP_CIPHER_CTX_new();
-    if (self->enc == NULL || self->dec == NULL || self->hp == NULL) {
-        Py_DECREF(self);
-        PyErr_NoMemory();
-        return NULL;
-    }
-    if (EVP_EncryptInit_ex(self->enc, info.aead(), NULL, key, NULL) != 1 ||
-        EVP_DecryptInit_ex(self->dec, info.aead(), NULL, key, NULL) != 1) {
-        Py_DECREF(self);
-        return (KeyContext *)openssl_error("AEAD key setup");
-    }
-    if (info.chacha) {
-        if (EVP_EncryptInit_ex(self->hp, info.hp(), NULL, hp, zero16) != 1) {
-            Py_DECREF(self);
-            return (KeyContext *)openssl_error("ChaCha20 header protection setup");
-        }
-    } else {
-        if (EVP_EncryptInit_ex(self->hp, info.hp(), NULL, hp, NULL) != 1 ||
-            EVP_CIPHER_CTX_set_padding(self->hp, 0) != 1) {
-            Py_DECREF(self);
-            return (KeyContext *)openssl_error("AES-ECB header protection setup");
-        }
-    }
+    self->enc = NULL;
+    self->dec = NULL;
+    self->hp = NULL;
+    memcpy(self->key, key, (size_t)info.key_len);
+    memcpy(self->hp_raw, hp, (size_t)info.key_len);
     return self;
+}
+
+int
+kc_setup(KeyContext *kc, int which)
+{
+    static const unsigned char zero16[16] = {0};
+    SuiteInfo info;
+    EVP_CIPHER_CTX *ctx;
+    int ok;
+
+    switch (kc->suite) { /* suite_info without its Python exception */
+    case SUITE_AES128:
+        info = (SuiteInfo){16, 32, 0, EVP_aes_128_gcm, EVP_aes_128_ecb, EVP_sha256};
+        break;
+    case SUITE_AES256:
+        info = (SuiteInfo){32, 48, 0, EVP_aes_256_gcm, EVP_aes_256_ecb, EVP_sha384};
+        break;
+    default:
+        info = (SuiteInfo){32, 32, 1, EVP_chacha20_poly1305, EVP_chacha20, EVP_sha256};
+        break;
+    }
+    ctx = EVP_CIPHER_CTX_new();
+    if (ctx == NULL) {
+        return -1;
+    }
+    if (which == KC_ENC) {
+        ok = EVP_EncryptInit_ex(ctx, info.aead(), NULL, kc->key, NULL) == 1;
+    } else if (which == KC_DEC) {
+        ok = EVP_DecryptInit_ex(ctx, info.aead(), NULL, kc->key, NULL) == 1;
+    } else if (info.chacha) {
+        ok = EVP_EncryptInit_ex(ctx, info.hp(), NULL, kc->hp_raw, zero16) == 1;
+    } else {
+        ok = EVP_EncryptInit_ex(ctx, info.hp(), NULL, kc->hp_raw, NULL) == 1 &&
+             EVP_CIPHER_CTX_set_padding(ctx, 0) == 1;
+    }
+    if (!ok) {
+        EVP_CIPHER_CTX_free(ctx);
+        return -1;
+    }
+    if (which == KC_ENC) {
+        kc->enc = ctx;
+    } else if (which == KC_DEC) {
+        kc->dec = ctx;
+    } else {
+        kc->hp = ctx;
+    }
+    return 0;
 }
 
 int

@@ -98,9 +98,13 @@ typedef struct {
     long suite;
     int chacha;
     int key_len;
+    /* built on first use (kc_setup): a sealer never needs dec, an opener never enc, and
+     * the next key phase's generation none until a key update; each costs ~1 KB */
     EVP_CIPHER_CTX *enc;
     EVP_CIPHER_CTX *dec;
     EVP_CIPHER_CTX *hp;
+    unsigned char key[MAX_KEY_LEN];
+    unsigned char hp_raw[MAX_KEY_LEN];
     unsigned char iv[IV_LEN];
     PyObject *hp_key; /* bytes */
     PyObject *secret; /* bytes or None */
@@ -112,11 +116,22 @@ extern PyTypeObject KeyContextType;
 KeyContext *kc_create(long suite, const unsigned char *key, const unsigned char *iv,
                       PyObject *hp_key, PyObject *secret);
 
+#define KC_ENC 0
+#define KC_DEC 1
+#define KC_HP 2
+
+/* Build and key the context ``which`` (KC_ENC, KC_DEC or KC_HP) of kc; 0, or -1 with
+ * the reason left in OpenSSL's error queue (no Python exception). */
+int kc_setup(KeyContext *kc, int which);
+
 /* The 5-byte header-protection mask for a 16-byte sample. */
 static inline int
 kc_mask(KeyContext *kc, const unsigned char *sample, unsigned char *mask)
 {
     int outl;
+    if (kc->hp == NULL && kc_setup(kc, KC_HP) < 0) {
+        return -1;
+    }
     if (kc->chacha) {
         static const unsigned char zeros[5] = {0};
         if (EVP_EncryptInit_ex(kc->hp, NULL, NULL, NULL, sample) != 1 ||
@@ -150,6 +165,9 @@ kc_seal(KeyContext *kc, uint64_t pn, const unsigned char *aad, int aad_len, unsi
 {
     unsigned char nonce[IV_LEN];
     int outl;
+    if (kc->enc == NULL && kc_setup(kc, KC_ENC) < 0) {
+        return -1;
+    }
     make_nonce(kc->iv, pn, nonce);
     if (EVP_EncryptInit_ex(kc->enc, NULL, NULL, NULL, nonce) != 1 ||
         EVP_EncryptUpdate(kc->enc, NULL, &outl, aad, aad_len) != 1) {
@@ -172,6 +190,9 @@ kc_open(KeyContext *kc, uint64_t pn, const unsigned char *aad, int aad_len,
 {
     unsigned char nonce[IV_LEN];
     int outl, len = ct_len - TAG_LEN;
+    if (kc->dec == NULL && kc_setup(kc, KC_DEC) < 0) {
+        goto fail;
+    }
     make_nonce(kc->iv, pn, nonce);
     if (len < 0 || EVP_DecryptInit_ex(kc->dec, NULL, NULL, NULL, nonce) != 1 ||
         EVP_CIPHER_CTX_ctrl(kc->dec, EVP_CTRL_AEAD_SET_TAG, TAG_LEN,

@@ -1,0 +1,299 @@
+"""CPU per handshake: a server in its own process, a quicflow client in this one.
+
+Run: ``.venv/bin/python bench/handshake.py [--server quicflow|aioquic|qh3]
+[--handshakes 300] [--concurrency 8] [--idle 0] [--client endpoint|connect]``
+(``--server ngtcp2 --alpn h3`` for Debian's ngtcp2-server, which speaks HTTP/3 only: the
+client offers ALPN h3 and closes right after the handshake, so only the handshake runs)
+
+The server (quicflow: ``bench/handshake.py serve``, a quicflow server with a 600 s idle
+timeout; aioquic/qh3: ``bench/peers/*_perf.py server``; all ALPN ``perf``) is started on
+127.0.0.1. With ``--idle K`` the client first opens K connections on one client endpoint
+and leaves them open (idle) for the whole run. Then it runs HANDSHAKES connections,
+CONCURRENCY at a time: connect, wait for the handshake to complete, close (code 0), wait
+until closed. Printed (one JSON object on stdout, progress on stderr):
+
+- ``server_cpu_ms_per_handshake``: user + system CPU of the server process (from
+  /proc/PID/stat) over the measured loop, divided by HANDSHAKES;
+- ``client_cpu_ms_per_handshake``: this process's CPU (``time.process_time``) over the
+  loop, divided by HANDSHAKES;
+- ``server_rss_kb`` before and after the idle connections (VmRSS from /proc), and the
+  difference per idle connection.
+
+``--client endpoint`` opens the measured connections on one shared client endpoint
+(``quicflow.client_endpoint``); ``connect`` gives each its own socket (``quicflow.connect``).
+``--profile FILE`` runs the quicflow server under cProfile and writes the stats to FILE
+(read it with ``python -m pstats FILE``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+sys.path.insert(0, os.path.join(ROOT, "src"))
+sys.path.insert(0, BENCH)
+
+import quicflow  # noqa: E402
+from quicflow.tls.certs import (  # noqa: E402
+    certificate_pem,
+    generate_self_signed,
+    load_pem_chain,
+    load_pem_key,
+    private_key_pem,
+)
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def log(message: str) -> None:
+    print(f"[handshake] {message}", file=sys.stderr, flush=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    user, system = cpu_split(pid)
+    return user + system
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid``."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+# ---------------------------------------------------------------------------- server
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    config = quicflow.Configuration(
+        alpn_protocols=["perf", "h3"],
+        certificate_chain=load_pem_chain(args.cert),
+        private_key=load_pem_key(args.key),
+        idle_timeout=600.0,
+    )
+
+    async def handler(reader: Any, writer: Any) -> None:
+        writer.write_eof()
+
+    server = await quicflow.serve(handler, "127.0.0.1", args.port, configuration=config)
+    if args.gc == "off":
+        import gc
+
+        gc.disable()
+    elif args.gc == "default":
+        import gc
+
+        gc.set_threshold(700, 10, 10)
+    print(f"listening on 127.0.0.1:{server.address[1]}", file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    import signal
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    await stop.wait()
+    server.close()
+
+
+def serve_main(args: argparse.Namespace) -> int:
+    if args.profile:
+        import cProfile
+
+        prof = cProfile.Profile(time.thread_time)  # CPU time, not wall time
+        prof.enable()
+        try:
+            asyncio.run(_serve(args))
+        finally:
+            prof.disable()
+            prof.dump_stats(args.profile)
+    else:
+        asyncio.run(_serve(args))
+    return 0
+
+
+# ---------------------------------------------------------------------------- client
+
+
+def server_argv(
+    name: str, port: int, cert: str, key: str, profile: str | None, gc: str = "library"
+) -> list[str]:
+    if name == "quicflow":
+        argv = [sys.executable, os.path.abspath(__file__), "serve", "--port", str(port),
+                "--cert", cert, "--key", key, "--gc", gc]
+        return argv + (["--profile", profile] if profile else [])
+    if name == "ngtcp2":  # Debian's ngtcp2-server (GnuTLS example server, HTTP/3 only)
+        return ["gtlsserver", "-q", "--timeout=600s", "127.0.0.1", str(port), key, cert]
+    script = os.path.join(BENCH, "peers", f"{name}_perf.py")
+    return [sys.executable, script, "server", "--host", "127.0.0.1", "--port", str(port),
+            "--cert", cert, "--key", key, "--timeout", "600"]
+
+
+@contextmanager
+def started(argv: list[str], workdir: str, name: str) -> Iterator[Any]:
+    """The server process; ngtcp2's prints no 'listening on' line: give it a second."""
+    if name != "ngtcp2":
+        from run import running_server
+
+        with running_server(argv, workdir) as server:
+            yield server.proc
+        return
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        if proc.poll() is not None:
+            raise RuntimeError(f"{argv[0]} exited ({proc.returncode})")
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def _client(args: argparse.Namespace, port: int, pid: int) -> dict[str, Any]:
+    config = quicflow.Configuration(
+        alpn_protocols=[args.alpn], verify_peer=False, idle_timeout=600.0
+    )
+    out: dict[str, Any] = {"server": args.server, "handshakes": args.handshakes,
+                           "concurrency": args.concurrency, "idle": args.idle,
+                           "client": args.client}
+    async with quicflow.client_endpoint("127.0.0.1", configuration=config) as idle_ep, \
+            quicflow.client_endpoint("127.0.0.1", configuration=config) as ep:
+        rss_before = rss_kb(pid)
+        holders: list[asyncio.Task[None]] = []
+        release = asyncio.Event()
+        if args.idle:
+            opened = 0
+            ready = asyncio.Semaphore(64)
+
+            async def hold() -> None:
+                nonlocal opened
+                async with ready:
+                    cm = idle_ep.connect("127.0.0.1", port)
+                    await cm.__aenter__()
+                opened += 1
+                if opened % 1000 == 0:
+                    log(f"{opened} idle connections open")
+                await release.wait()
+
+            holders = [asyncio.create_task(hold()) for _ in range(args.idle)]
+            while opened < args.idle:
+                await asyncio.sleep(0.2)
+                for t in holders:
+                    if t.done() and t.exception() is not None:
+                        raise t.exception()  # type: ignore[misc]
+            await asyncio.sleep(1.0)
+            out["server_rss_kb_before_idle"] = rss_before
+            out["server_rss_kb_with_idle"] = rss_kb(pid)
+            out["server_kb_per_idle_connection"] = (rss_kb(pid) - rss_before) / args.idle
+        sem = asyncio.Semaphore(args.concurrency)
+        if args.client == "aioquic":  # aioquic's own client, for its client CPU figure
+            import ssl
+
+            from aioquic.asyncio.client import connect as aioquic_connect
+            from aioquic.quic.configuration import QuicConfiguration
+
+            aio_cfg = QuicConfiguration(alpn_protocols=[args.alpn], is_client=True,
+                                        verify_mode=ssl.CERT_NONE)
+
+        async def one() -> None:
+            async with sem:
+                if args.client == "endpoint":
+                    async with ep.connect("127.0.0.1", port):
+                        pass
+                elif args.client == "aioquic":
+                    async with aioquic_connect("127.0.0.1", port, configuration=aio_cfg):
+                        pass
+                else:
+                    async with quicflow.connect("127.0.0.1", port, configuration=config):
+                        pass
+
+        for _ in range(min(20, args.handshakes)):  # warm-up, not counted
+            await one()
+        await asyncio.sleep(0.3)
+        (u0, k0), c0, t0 = cpu_split(pid), time.process_time(), time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(args.handshakes)))
+        await asyncio.sleep(0.3)  # the server's closing periods end
+        (u1, k1), c1, t1 = cpu_split(pid), time.process_time(), time.perf_counter()
+        out["server_cpu_ms_per_handshake"] = (u1 + k1 - u0 - k0) * 1000 / args.handshakes
+        out["server_user_ms_per_handshake"] = (u1 - u0) * 1000 / args.handshakes
+        out["server_system_ms_per_handshake"] = (k1 - k0) * 1000 / args.handshakes
+        out["client_cpu_ms_per_handshake"] = (c1 - c0) * 1000 / args.handshakes
+        out["handshakes_per_s"] = args.handshakes / (t1 - t0 - 0.3)
+        # printed now: closing thousands of idle connections can take long
+        log(f"{args.server}: server {out['server_cpu_ms_per_handshake']:.2f} ms, client "
+            f"{out['client_cpu_ms_per_handshake']:.2f} ms per handshake")
+        print(json.dumps(out), flush=True)
+        release.set()
+        for t in holders:
+            t.cancel()
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd")
+    srv = sub.add_parser("serve", help="run the quicflow server (used by the benchmark)")
+    srv.add_argument("--port", type=int, default=0)
+    srv.add_argument("--cert", required=True)
+    srv.add_argument("--key", required=True)
+    srv.add_argument("--profile", help="cProfile the server into FILE")
+    srv.add_argument("--gc", choices=["library", "default", "off"], default="library")
+    ap.add_argument("--server", default="quicflow",
+                    choices=["quicflow", "aioquic", "qh3", "ngtcp2"],
+                    help="ngtcp2: Debian's gtlsserver (ngtcp2-server), needs --alpn h3")
+    ap.add_argument("--handshakes", type=int, default=300)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--idle", type=int, default=0, help="idle connections held meanwhile")
+    ap.add_argument("--client", choices=["endpoint", "connect", "aioquic"], default="endpoint",
+                    help="quicflow client on one shared endpoint, quicflow.connect() per "
+                    "connection, or aioquic's client (for comparison)")
+    ap.add_argument("--alpn", default="perf")
+    ap.add_argument("--profile", help="cProfile the quicflow server into FILE")
+    ap.add_argument("--gc", choices=["library", "default", "off"], default="library",
+                    help="quicflow server's garbage collector: as the library leaves it, "
+                    "Python's default thresholds, or disabled (for measuring)")
+    args = ap.parse_args()
+    if args.cmd == "serve":
+        return serve_main(args)
+    from run import free_udp_port
+
+    with tempfile.TemporaryDirectory(prefix="quicflow-hs-") as workdir:
+        cert, key = generate_self_signed(["localhost", "127.0.0.1"])
+        cert_file = os.path.join(workdir, "cert.pem")
+        key_file = os.path.join(workdir, "key.pem")
+        with open(cert_file, "wb") as f:
+            f.write(certificate_pem(cert))
+        with open(key_file, "wb") as f:
+            f.write(private_key_pem(key))
+        port = free_udp_port()
+        argv = server_argv(args.server, port, cert_file, key_file, args.profile, args.gc)
+        try:
+            with started(argv, workdir, args.server) as proc:
+                result = asyncio.run(_client(args, port, proc.pid))
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            log(f"FAILED: {e}")
+            return 1
+    return 0 if result else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

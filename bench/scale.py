@@ -1,0 +1,150 @@
+"""Many connections at once: aggregate goodput, server CPU per GB, fairness, batching.
+
+Run: ``.venv/bin/python bench/scale.py [--connections 1,8,64,256] [--size 200M]
+[--impl quicflow,aioquic,qh3] [--repeat 1]``
+
+For each implementation and each connection count a fresh perf server is started
+(``quicflow perf server --json`` or ``bench/peers/*_perf.py server``), one perf client
+process downloads SIZE in total over N concurrent connections (one stream each) on
+loopback with 1200-byte datagrams, and the table gives:
+
+- aggregate goodput (the client's ``goodput_bytes_per_s``: payload bytes / seconds from
+  the end of the handshakes to the last byte);
+- server CPU seconds per GB of payload (user + system time of the server process, read
+  from /proc/PID/stat just before the client starts and just after it ends, so start-up
+  and handshake set-up outside the run are not counted, but the handshakes are);
+- Jain's fairness index over the connections' goodputs (quicflow's client reports each
+  connection's bytes / its seconds to its last byte; the peers do not, shown as –);
+- for quicflow, packets per engine call and segments per GSO call of the server (its
+  ``--json`` counters at exit).
+
+Progress goes to stderr, the markdown table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, BENCH)
+
+from run import (  # noqa: E402
+    Impl,
+    certificate_pem,
+    client_timeout,
+    free_udp_port,
+    generate_self_signed,
+    log,
+    parse_size,
+    private_key_pem,
+    run_client,
+    running_server,
+)
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+def one_run(impl: Impl, connections: int, size: int, workdir: str) -> dict[str, Any]:
+    port = free_udp_port()
+    srv = impl.server("127.0.0.1", port, 1200)
+    if impl.name == "quicflow":
+        srv.append("--json")
+    cli = impl.client("127.0.0.1", port, size, 1200, connections)
+    with running_server(srv, workdir) as server:
+        before = cpu_seconds(server.proc.pid)
+        result = run_client(cli, client_timeout(size) + connections * 0.5)
+        after = cpu_seconds(server.proc.pid)
+        server.stop()
+        out = server.output()
+    got = int(result["bytes_received"])
+    if got != size:
+        raise RuntimeError(f"received {got} of {size} bytes")
+    row: dict[str, Any] = {
+        "goodput": float(result["goodput_bytes_per_s"]),
+        "cpu_per_gb": (after - before) / (size / 1e9),
+        "fairness": result.get("fairness"),
+    }
+    if impl.name == "quicflow":
+        lines = [x for x in out.splitlines() if x.startswith("{")]
+        if lines:
+            stats = json.loads(lines[-1])
+            row["packets_per_engine_call"] = stats.get("packets_per_engine_call")
+            row["segments_per_gso_call"] = stats.get("segments_per_gso_call")
+    return row
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--connections", default="1,8,64,256",
+                    help="comma-separated connection counts (default: %(default)s)")
+    ap.add_argument("--size", type=parse_size, default=parse_size("200M"),
+                    help="total download per run (default: 200M)")
+    ap.add_argument("--impl", default="quicflow",
+                    help="comma-separated: quicflow, aioquic, qh3 (default: %(default)s)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per cell, median kept")
+    args = ap.parse_args()
+    counts = [int(x) for x in args.connections.split(",")]
+    names = [x.strip() for x in args.impl.split(",") if x.strip()]
+    rows: list[str] = [
+        "| implementation | connections | goodput MB/s | server CPU s/GB | Jain's index"
+        " | packets/engine call | segments/GSO call |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    with tempfile.TemporaryDirectory(prefix="quicflow-scale-") as workdir:
+        cert, key = generate_self_signed(["localhost", "127.0.0.1"])
+        cert_file = os.path.join(workdir, "cert.pem")
+        key_file = os.path.join(workdir, "key.pem")
+        with open(cert_file, "wb") as f:
+            f.write(certificate_pem(cert))
+        with open(key_file, "wb") as f:
+            f.write(private_key_pem(key))
+        for name in names:
+            impl = Impl(name, cert_file, key_file)
+            for n in counts:
+                results = []
+                for rep in range(args.repeat):
+                    label = f"{name} x{n} run {rep + 1}/{args.repeat}"
+                    try:
+                        r = one_run(impl, n, args.size, workdir)
+                    except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
+                        log(f"{label}: FAILED: {e}")
+                        continue
+                    log(f"{label}: {r['goodput'] / 1e6:.1f} MB/s, "
+                        f"{r['cpu_per_gb']:.1f} CPU-s/GB, fairness {r['fairness']}, "
+                        f"{r.get('packets_per_engine_call')} packets/engine call")
+                    results.append(r)
+                    time.sleep(0.5)
+                if not results:
+                    rows.append(f"| {name} | {n} | failed | | | | |")
+                    continue
+                results.sort(key=lambda r: r["goodput"])
+                r = results[len(results) // 2]
+                rows.append(
+                    f"| {name} | {n} | {r['goodput'] / 1e6:.1f} | {r['cpu_per_gb']:.1f} | "
+                    f"{_fmt(r['fairness'], '.3f')} | "
+                    f"{_fmt(r.get('packets_per_engine_call'), '.1f')} | "
+                    f"{_fmt(r.get('segments_per_gso_call'), '.1f')} |"
+                )
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
