@@ -55,9 +55,17 @@ class Direction:
     drop_nth: list[tuple[str, int]] = field(default_factory=list)
     seen_kinds: dict[str, int] = field(default_factory=dict)
     dropped_on_purpose: list[tuple[str, int]] = field(default_factory=list)
+    # deterministic drops by position: the next ``drop_next`` datagrams, whatever they hold
+    # (set it from the relay's loop, e.g. right before the client sends its close)
+    drop_next: int = 0
 
     def drops(self, data: bytes) -> bool:
-        """Count ``data``'s packet kinds; True if a ``drop_nth`` rule takes it."""
+        """Count ``data``'s packet kinds; True if a ``drop_nth`` or ``drop_next`` rule
+        takes it."""
+        if self.drop_next > 0:
+            self.drop_next -= 1
+            self.dropped_on_purpose.append(("next", 1))
+            return True
         if not self.drop_nth:
             return False
         take = False
