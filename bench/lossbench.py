@@ -78,6 +78,7 @@ class _Progress:
         self.max_gap = 0.0
         self.gap_start = 0.0  # when the longest gap began, seconds after the start
         self.handshake = 0.0  # seconds until the handshake completed
+        self.conn: Any = None  # a quicflow client's Connection, for diagnostics
 
     def mark(self) -> None:
         now = time.monotonic()
@@ -142,6 +143,7 @@ async def quicflow_client(port: int, args: argparse.Namespace, seed: int,
                                     server_name="localhost")
     async with quicflow.connect("127.0.0.1", port, configuration=config) as conn:
         progress.connected()
+        progress.conn = conn.conn
         reader, writer = await conn.create_stream()
         result = await _exchange(reader, writer, args, seed, progress)
         done.append(time.monotonic())
@@ -152,7 +154,7 @@ async def aioquic_client(port: int, args: argparse.Namespace, seed: int,
                          progress: _Progress, done: list[float]) -> dict[str, object]:
     import ssl
 
-    from aioquic.asyncio import connect
+    from aioquic.asyncio.client import connect
     from aioquic.quic.configuration import QuicConfiguration
 
     config = QuicConfiguration(is_client=True, alpn_protocols=["perf"], max_data=BIG_WINDOW,
@@ -172,16 +174,17 @@ async def aioquic_client(port: int, args: argparse.Namespace, seed: int,
 
 
 async def _serve_quicflow(port: int, cert: str, key: str) -> None:
-    import quicflow
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    import quicflow
 
     with open(cert, "rb") as f:
         chain = [x509.load_pem_x509_certificate(f.read())]
     with open(key, "rb") as f:
         private_key = load_pem_private_key(f.read(), None)
     config = quicflow.Configuration(alpn_protocols=["perf"], certificate_chain=chain,
-                                    private_key=private_key)  # type: ignore[arg-type]
+                                    private_key=private_key)
     server = await quicflow.serve(echo_proto.serve_stream, "127.0.0.1", port,
                                   configuration=config)
     print(json.dumps({"event": "ready", "port": server.address[1]}), flush=True)
@@ -244,6 +247,10 @@ async def one_run(run: Run, server: Server, args: argparse.Namespace) -> None:
     except Exception as exc:  # noqa: BLE001 - recorded as a failed run
         run.error = repr(exc)[:300]
     finally:
+        if progress.conn is not None and (not run.ok or run.timed_out):
+            c = progress.conn
+            run.error += (f" [client: state {c.state}, pto_count {c.loss.pto_count}, "
+                          f"counters {json.dumps(asdict(c.counters))}]")
         run.relay = relay.stats()
         await relay.close()
     end = done[0] if done else time.monotonic()
