@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import gc
 import hashlib
 import json
 import logging
@@ -74,6 +75,13 @@ from tests.support.forge import forge  # noqa: E402
 IDLE = 2.0
 EXTREMES = (0, 1, 2, 63, 64, 16383, 16384, (1 << 30) - 1, 1 << 30, (1 << 62) - 1)
 FRAME_TYPES = [*range(0x00, 0x1F), 0x30, 0x31]
+
+
+def py_blocks() -> int:
+    """Memory blocks Python has allocated and not freed, after a full collection (unlike
+    RSS, this falls again when objects are freed)."""
+    gc.collect()
+    return sys.getallocatedblocks()
 
 
 def rss_kb(pid: int | str = "self") -> int:
@@ -235,6 +243,7 @@ def phase_inproc(args: argparse.Namespace, rng: random.Random, templates: Templa
     counts = {"random": 0, "mutated": 0, "initial": 0, "one_rtt": 0}
     exceptions: list[str] = []
     rss_before = rss_kb()
+    blocks_before = py_blocks()
     start = time.monotonic()
     last_print = start
     n = 0
@@ -283,6 +292,9 @@ def phase_inproc(args: argparse.Namespace, rng: random.Random, templates: Templa
                 for conn in conns:
                     server.datagrams_to_send(conn, pair.now)
             counts[kind] += 1
+            # as the runner does: stateless replies go out, new connections are taken
+            server.pop_stateless()
+            server.accepted.clear()
         except Exception as exc:  # noqa: BLE001 - the campaign counts them
             exceptions.append(f"{kind}: {exc!r}"[:300])
         if n % 4096 == 0:  # timers and sends of the random-address connections
@@ -306,6 +318,7 @@ def phase_inproc(args: argparse.Namespace, rng: random.Random, templates: Templa
         "connections_at_end": left_before,
         "connections_left_after_idle_timeout": len(server.all_connections),
         "rss_kb_before": rss_before, "rss_kb_after": rss_kb(),
+        "python_blocks_before": blocks_before, "python_blocks_after": py_blocks(),
     }
 
 
@@ -508,6 +521,7 @@ async def _serve(idle: float, retry: str) -> None:
         endpoint = server.runner.endpoint
         print(json.dumps({
             "connections": len(endpoint.all_connections), "rss_kb": rss_kb(),
+            "python_blocks": py_blocks(),
             "exceptions": errors["exceptions"], "exception_samples": errors["samples"][:5],
             "stream_errors": errors["stream_errors"],
             "endpoint": {k: v for k, v in endpoint.stats().items()
@@ -587,6 +601,8 @@ def main(argv: list[str] | None = None) -> int:
                 "connections_left_after_idle_timeout": after["connections"],
                 "server_rss_kb_before": before["rss_kb"],
                 "server_rss_kb_after_idle": after["rss_kb"],
+                "server_python_blocks_before": before["python_blocks"],
+                "server_python_blocks_after_idle": after["python_blocks"],
                 "server_endpoint_counters": after["endpoint"],
                 "legit_transfer_intact": bool(result["ok"]),
                 "legit_transfer": result,
@@ -616,7 +632,8 @@ def write_summary(report: dict[str, Any]) -> None:
             f"({r['inputs_per_second']:,}/s; by kind {r['by_kind']}); exceptions "
             f"{r['exceptions']}; connections left after the idle timeout "
             f"{r['connections_left_after_idle_timeout']} (of {r['connections_at_end']} at "
-            f"the end); RSS {r['rss_kb_before']:,} -> {r['rss_kb_after']:,} kB")
+            f"the end); RSS {r['rss_kb_before']:,} -> {r['rss_kb_after']:,} kB; Python "
+            f"blocks allocated {r['python_blocks_before']:,} -> {r['python_blocks_after']:,}")
     if "udp" in report:
         r = report["udp"]
         lines.append(
@@ -627,6 +644,8 @@ def write_summary(report: dict[str, Any]) -> None:
             f"the idle timeout {r['connections_left_after_idle_timeout']}; server RSS "
             f"{r['server_rss_kb_before']:,} -> {r['server_rss_kb_during_end']:,} (end of "
             f"fuzzing) -> {r['server_rss_kb_after_idle']:,} kB (after the idle timeout); "
+            f"server Python blocks allocated {r['server_python_blocks_before']:,} -> "
+            f"{r['server_python_blocks_after_idle']:,} (after the idle timeout); "
             f"legitimate client's transfer afterwards intact: {r['legit_transfer_intact']}")
     with open(os.path.join(ROOT, "bench", "RESULTS.md"), "a") as f:
         f.write("\n".join(lines) + "\n")
