@@ -169,7 +169,8 @@ class LossyUdpRelay:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
-        for value in (loss, reorder, duplicate, corrupt, c2s_loss, s2c_loss, c2s_reorder, s2c_reorder):
+        for value in (loss, reorder, duplicate, corrupt, c2s_loss, s2c_loss, c2s_reorder,
+                      s2c_reorder):
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"probabilities must be within [0, 1], got {value}")
         self.server_addr: Address = tuple(server_addr)
