@@ -27,7 +27,7 @@ DEB_FILES    := /usr/include/openssl/evp.h \
                 /usr/share/gocode/src/github.com/lucas-clemente/quic-go/server.go \
                 /usr/share/doc/librust-quinn-dev/copyright
 
-.PHONY: venv deps peers test lint demo bench clean
+.PHONY: venv deps peers test lint demo bench lossbench fuzz clean
 
 # deps first: the native crypto engine is compiled when the venv installs quicflow
 venv: deps $(STAMP)
@@ -78,6 +78,16 @@ demo: venv
 
 bench: venv
 	$(VPY) bench/run.py
+
+# the loss matrix (issue 10): LOSSBENCH_ARGS="--runs 3" for a shorter run
+LOSSBENCH_ARGS ?=
+lossbench: venv
+	$(VPY) bench/lossbench.py $(LOSSBENCH_ARGS)
+
+# the fuzz campaign (issue 10): FUZZ_ARGS="--inproc-seconds 60 --udp-seconds 60" etc.
+FUZZ_ARGS ?=
+fuzz: venv
+	$(VPY) bench/fuzz.py $(FUZZ_ARGS)
 
 clean:
 	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis

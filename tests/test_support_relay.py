@@ -164,3 +164,27 @@ def test_async_api() -> None:
 def test_rejects_bad_probability() -> None:
     with pytest.raises(ValueError):
         LossyUdpRelay(("127.0.0.1", 1), loss=1.5)
+
+
+def test_duplicate_and_corrupt() -> None:
+    """``duplicate`` sends a datagram twice; ``corrupt`` flips exactly one bit of it."""
+    with _udp() as server, _udp() as client:
+        with RelayThread(server.getsockname(), duplicate=0.1, corrupt=0.1, seed=5) as relay:
+            got = _pump(relay, client, server)
+        got = _drain(relay, server, got)
+    c2s = relay.c2s
+    assert c2s.dropped == 0
+    assert 0.05 * N <= c2s.duplicated <= 0.15 * N, c2s
+    assert 0.05 * N <= c2s.corrupted <= 0.15 * N, c2s
+    assert len(got) == c2s.forwarded == N + c2s.duplicated
+    originals: dict[int, list[int]] = {}
+    for i in range(N):
+        p = _payload(i)
+        originals.setdefault(len(p), []).append(int.from_bytes(p, "big"))
+    distances = [
+        min((int.from_bytes(d, "big") ^ o).bit_count() for o in originals[len(d)])
+        for d in got
+    ]
+    assert max(distances) == 1  # never more than one bit changed
+    # each corrupted datagram arrives once, or twice when it was also duplicated
+    assert c2s.corrupted <= distances.count(1) <= 2 * c2s.corrupted

@@ -29,7 +29,8 @@ _CERT = generate_self_signed(["localhost"])
 
 @dataclass
 class Link:
-    """One direction: drops with ``loss`` and holds back a datagram with ``reorder``."""
+    """One direction: drops with ``loss`` (and the next ``drop_next`` datagrams) and holds
+    back a datagram with ``reorder``."""
 
     rng: random.Random
     loss: float = 0.0
@@ -39,6 +40,7 @@ class Link:
     delivered: int = 0
     ecn: int | Callable[[int, bytes], int] = 0
     marked: int = 0  # datagrams marked so far (the index passed to a callable ``ecn``)
+    drop_next: int = 0  # drop this many of the next datagrams, whatever ``loss`` says
 
     def mark(self, datagram: bytes) -> int:
         """The ECN bits the receiver sees on ``datagram`` (called once per delivery)."""
@@ -50,6 +52,10 @@ class Link:
     def carry(self, datagrams: list[bytes]) -> list[bytes]:
         out: list[bytes] = []
         for d in datagrams:
+            if self.drop_next > 0:
+                self.drop_next -= 1
+                self.dropped += 1
+                continue
             if self.loss and self.rng.random() < self.loss:
                 self.dropped += 1
                 continue

@@ -14,7 +14,7 @@ from ``seed``, so a run is reproducible whatever the interleaving of the two dir
 Reordering: with probability ``reorder`` a datagram is held back and sent right after the
 next datagram of the same direction (a swap of two neighbours).  A held datagram that no
 other datagram follows within ``max_hold`` seconds is sent anyway (counted as ``delayed``),
-so reordering never turns into loss.  Contents are never altered.
+so reordering never turns into loss.  Contents are never altered unless ``corrupt`` is set.
 
 Use ``LossyUdpRelay`` from a running event loop (``await relay.start()`` /
 ``await relay.close()``, or ``async with``), or ``RelayThread`` — a context manager that runs
@@ -41,12 +41,16 @@ class Direction:
     name: str
     loss: float = 0.0
     reorder: float = 0.0
+    duplicate: float = 0.0  # probability that a forwarded datagram is sent twice
+    corrupt: float = 0.0  # probability that one random byte of a datagram is flipped
     rng: random.Random = field(default_factory=random.Random, repr=False)
     received: int = 0  # datagrams read from the socket
     forwarded: int = 0  # datagrams sent on (including reordered and delayed ones)
     dropped: int = 0  # datagrams lost on purpose
     reordered: int = 0  # datagrams sent after a datagram that arrived later
     delayed: int = 0  # held datagrams released by the max_hold timer instead
+    duplicated: int = 0  # extra copies sent
+    corrupted: int = 0  # datagrams forwarded with one byte altered
     undeliverable: int = 0  # server datagrams before any client was seen
     held: bytes | None = field(default=None, repr=False)
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
@@ -55,9 +59,17 @@ class Direction:
     drop_nth: list[tuple[str, int]] = field(default_factory=list)
     seen_kinds: dict[str, int] = field(default_factory=dict)
     dropped_on_purpose: list[tuple[str, int]] = field(default_factory=list)
+    # deterministic drops by position: the next ``drop_next`` datagrams, whatever they hold
+    # (set it from the relay's loop, e.g. right before the client sends its close)
+    drop_next: int = 0
 
     def drops(self, data: bytes) -> bool:
-        """Count ``data``'s packet kinds; True if a ``drop_nth`` rule takes it."""
+        """Count ``data``'s packet kinds; True if a ``drop_nth`` or ``drop_next`` rule
+        takes it."""
+        if self.drop_next > 0:
+            self.drop_next -= 1
+            self.dropped_on_purpose.append(("next", 1))
+            return True
         if not self.drop_nth:
             return False
         take = False
@@ -75,6 +87,8 @@ class Direction:
             "dropped": self.dropped,
             "reordered": self.reordered,
             "delayed": self.delayed,
+            "duplicated": self.duplicated,
+            "corrupted": self.corrupted,
             "undeliverable": self.undeliverable,
         }
 
@@ -128,6 +142,9 @@ class LossyUdpRelay:
     """UDP relay between one client and one server with per-direction loss and reordering.
 
     ``loss``/``reorder`` set both directions; ``c2s_*``/``s2c_*`` override one direction.
+    ``duplicate`` sends a datagram twice and ``corrupt`` flips one random bit of it, each
+    with that probability, in both directions (defaults 0: the random stream is then the
+    same as without them, so seeded tests keep their drops).
     Settings may be changed while running (``relay.c2s.loss = 0.5``).
     ``c2s_drop_nth=[("handshake", 1)]`` drops, deterministically, the client's first
     datagram that holds a Handshake packet (kinds: see :func:`packet_kinds`).
@@ -147,10 +164,13 @@ class LossyUdpRelay:
         c2s_drop_nth: list[tuple[str, int]] | None = None,
         s2c_drop_nth: list[tuple[str, int]] | None = None,
         max_hold: float = 0.05,
+        duplicate: float = 0.0,
+        corrupt: float = 0.0,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
-        for value in (loss, reorder, c2s_loss, s2c_loss, c2s_reorder, s2c_reorder):
+        for value in (loss, reorder, duplicate, corrupt, c2s_loss, s2c_loss, c2s_reorder,
+                      s2c_reorder):
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"probabilities must be within [0, 1], got {value}")
         self.server_addr: Address = tuple(server_addr)
@@ -168,6 +188,8 @@ class LossyUdpRelay:
             reorder=reorder if s2c_reorder is None else s2c_reorder,
             rng=random.Random(f"quicflow-relay-{seed}-s2c"),
         )
+        for d in (self.c2s, self.s2c):
+            d.duplicate, d.corrupt = duplicate, corrupt
         self.c2s.drop_nth = list(c2s_drop_nth or [])
         self.s2c.drop_nth = list(s2c_drop_nth or [])
         self.client_addr: Address | None = None
@@ -281,6 +303,14 @@ class LossyUdpRelay:
         if d.loss > 0.0 and d.rng.random() < d.loss:
             d.dropped += 1
             return
+        if d.corrupt > 0.0 and data and d.rng.random() < d.corrupt:
+            altered = bytearray(data)
+            altered[d.rng.randrange(len(altered))] ^= 1 << d.rng.randrange(8)
+            data = bytes(altered)
+            d.corrupted += 1
+        if d.duplicate > 0.0 and d.rng.random() < d.duplicate:
+            self._send(d, data)
+            d.duplicated += 1
         if d.held is None and d.reorder > 0.0 and d.rng.random() < d.reorder:
             d.held = data
             if self._loop is not None and self.max_hold > 0:

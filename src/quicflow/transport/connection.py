@@ -20,6 +20,7 @@ from ..crypto.suites import CipherSuite
 from ..tls.config import TlsConfig
 from ..tls.session import TlsSession
 from ..wire.tparams import TransportParameters, encode_transport_parameters
+from .closing import closing_timer, on_closing_timer, start_closing
 from .config import Configuration
 from .congestion import CongestionControl, Pacer
 from .errors import (
@@ -106,6 +107,7 @@ class ConnectionCounters:
     datagram_frames_sent: int = 0  # DATAGRAM frames (RFC 9221)
     datagram_frames_received: int = 0
     datagram_frames_dropped: int = 0  # send queue full: the oldest was dropped
+    close_resends: int = 0  # CONNECTION_CLOSE sent again on the closing timer
 
 
 @dataclass(slots=True, eq=False)  # an entity: compared by identity
@@ -182,6 +184,10 @@ class Connection:
     # closing
     close_error: tuple[int, int | None, str, bool] | None = None  # (code, frame_type, reason, app)
     close_pending: bool = False
+    close_started: float = 0.0  # closing state: see closing.py
+    close_resend_at: float | None = None
+    close_resends: int = 0
+    close_packets_seen: int = 0
     terminated: bool = False
     events: list[Event] = field(default_factory=list)
     counters: ConnectionCounters = field(default_factory=ConnectionCounters)
@@ -670,7 +676,7 @@ class Connection:
         if self.terminated:
             return None
         if self.state >= CLOSING:
-            return self.close_deadline
+            return closing_timer(self)
         self.sync_recovery()
         deadlines = [self.idle_deadline]
         loss = self.loss.timer()
@@ -692,8 +698,7 @@ class Connection:
         if self.terminated:
             return
         if self.state >= CLOSING:
-            if self.close_deadline is not None and now >= self.close_deadline:
-                self._terminate()
+            on_closing_timer(self, now)
             return
         if now >= self.idle_deadline:
             self.state = DRAINING
@@ -754,8 +759,8 @@ class Connection:
         self.close_pending = True
         self.state = CLOSING
         # nothing ever came from the peer: no closing period to answer it in
-        closing = 3 * self.pto() if self.counters.packets_received else 0.0
-        self.close_deadline = self._now_hint + closing
+        start_closing(self, self._now_hint, 3 * self.pto() if self.counters.packets_received
+                      else 0.0)
         self.events.append(
             ConnectionTerminated(
                 error_code, None if application else frame_type, reason, False

@@ -26,6 +26,7 @@ from ..wire.packet import (
     retry_pseudo_packet,
 )
 from ..wire.tparams import decode_transport_parameters
+from .closing import answer_in_closing
 from .connection import SPACE_OF_EPOCH, Address, Connection
 from .errors import (
     CONNECTION_ID_LIMIT_ERROR,
@@ -266,7 +267,7 @@ def _receive_packet(
         conn.idle_deadline = now + _effective_idle(conn)
     conn.last_ack_eliciting_sent_after_receive = False
     if conn.state == CLOSING:
-        conn.close_pending = True
+        answer_in_closing(conn)
 
 
 def _crypto_held(space: PacketSpace) -> int:

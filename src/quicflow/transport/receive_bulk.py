@@ -13,6 +13,7 @@ from bisect import bisect_right
 
 from ..crypto.epoch import Epoch
 from ..tls.alerts import TlsAlert
+from .closing import answer_in_closing
 from .connection import Address, Connection
 from .errors import FLOW_CONTROL_ERROR, QuicError
 from .events import StreamReadable
@@ -180,7 +181,7 @@ def receive_short_run(
     conn.idle_deadline = now + _effective_idle(conn)
     conn.last_ack_eliciting_sent_after_receive = False
     if conn.state == CLOSING:
-        conn.close_pending = True
+        answer_in_closing(conn)
     seen = set()
     for sid in readable:
         if sid not in seen:

@@ -87,7 +87,7 @@ CONFIG_SECRET_FIELDS = frozenset(
 #: ``last_update_time`` fields use 0.0 for "never" and stay 0.0.
 TIME_FIELDS: dict[type[Any], tuple[str, ...]] = {
     Connection: ("now_created", "idle_deadline", "close_deadline", "pacer_deadline",
-                 "_now_hint", "key_update_allowed_at"),
+                 "_now_hint", "key_update_allowed_at", "close_started", "close_resend_at"),
     PacketSpace: ("largest_received_time", "ack_deadline"),
     FlowControl: ("last_update_time",),
     RecvStream: ("last_update_time",),

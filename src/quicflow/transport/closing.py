@@ -1,0 +1,77 @@
+"""The closing state's sends: answers to incoming packets, and a few blind repeats.
+
+RFC 9000 §10.2.1: an endpoint in the closing state answers packets from the peer with
+its CONNECTION_CLOSE and SHOULD limit the rate at which it does. That alone is fragile:
+if the one CONNECTION_CLOSE we sent is lost and the peer has nothing in flight, the peer
+never sends again, so we never get a packet to answer, and the peer learns of the close
+only at its idle timeout. So, while closing (never while draining), the close is also
+sent again on a backoff timer — :data:`RESEND_DELAYS` (in PTOs, counted from the
+close) — at most ``len(RESEND_DELAYS)`` extra copies, all inside the closing period of
+3 PTO. The peer, once it has one copy, is draining and sends nothing: these copies
+cost at most three small datagrams per closed connection.
+
+Answers to incoming packets are rate-limited the way the RFC suggests: the 1st, 2nd,
+4th, 8th... ack-eliciting packet received while closing is answered, the others not.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .state import CLOSING
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+#: When the CONNECTION_CLOSE is sent again, in PTOs after the close (a doubling gap:
+#: 1/4, 1/2 then 1 PTO), each before the closing period (3 PTO) ends.
+RESEND_DELAYS = (0.25, 0.75, 1.75)
+
+
+def start_closing(conn: Connection, now: float, period: float) -> None:
+    """The connection has just entered the closing state at ``now`` for ``period``."""
+    conn.close_deadline = now + period
+    conn.close_packets_seen = 0
+    conn.close_resends = 0
+    conn.close_started = now
+    conn.close_resend_at = now + RESEND_DELAYS[0] * conn.pto() if period > 0 else None
+
+
+def closing_timer(conn: Connection) -> float | None:
+    """The next deadline of a closing or draining connection."""
+    deadline = conn.close_deadline
+    resend = conn.close_resend_at
+    if resend is None or conn.state != CLOSING:
+        return deadline
+    return resend if deadline is None else min(deadline, resend)
+
+
+def on_closing_timer(conn: Connection, now: float) -> None:
+    """Time passed in the closing or draining state: repeat the close, or end."""
+    if conn.close_deadline is not None and now >= conn.close_deadline:
+        conn._terminate()
+        return
+    resend = conn.close_resend_at
+    if resend is None or now < resend:
+        return
+    if conn.state != CLOSING:  # draining: never send
+        conn.close_resend_at = None
+        return
+    conn.close_pending = True
+    conn.close_resends += 1
+    conn.counters.close_resends += 1
+    if conn.close_resends < len(RESEND_DELAYS):
+        at = conn.close_started + RESEND_DELAYS[conn.close_resends] * conn.pto()
+        # never past the end of the closing period
+        if conn.close_deadline is None or at < conn.close_deadline:
+            conn.close_resend_at = max(at, now)
+            return
+    conn.close_resend_at = None
+
+
+def answer_in_closing(conn: Connection) -> None:
+    """An ack-eliciting packet arrived while closing: answer it, rate-limited."""
+    conn.close_packets_seen += 1
+    seen = conn.close_packets_seen
+    if seen & (seen - 1) == 0:  # 1, 2, 4, 8, ...
+        conn.close_pending = True

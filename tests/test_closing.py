@@ -1,0 +1,154 @@
+"""The closing state (RFC 9000 §10.2.1) when the one CONNECTION_CLOSE is lost.
+
+A peer with nothing in flight never sends again, so a closing endpoint that only answered
+incoming packets left it waiting for its idle timeout. The close is now also sent again
+on a backoff timer inside the closing period (transport/closing.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import quicflow
+from quicflow.transport.closing import RESEND_DELAYS
+from quicflow.transport.connection import Connection
+from quicflow.transport.events import ConnectionTerminated
+from tests.support.memory_pair import MemoryPair
+from tests.support.quic_helpers import client_config, run, server_config
+from tests.support.relay import LossyUdpRelay
+
+
+def _quiet_pair() -> tuple[MemoryPair, Connection]:
+    """A pair after a small exchange, with nothing in flight either way."""
+    pair = MemoryPair(seed=3)
+    pair.run(lambda: pair.client.handshake_confirmed and bool(pair.server_conns))
+    client, server = pair.client, pair.server_conns[0]
+    sid = client.open_stream()
+    client.send_stream_data(sid, b"x" * 5000, end_stream=True)
+    pair.run(lambda: server.stream_at_eof(sid) or bool(server.read_stream(sid)))
+    pair.run(lambda: client.loss.bytes_in_flight == 0 and server.loss.bytes_in_flight == 0)
+    for _ in range(20):  # let delayed ACKs go out
+        pair.step()
+    assert client.loss.bytes_in_flight == 0 and server.loss.bytes_in_flight == 0
+    server.pop_events()
+    return pair, server
+
+
+def _terminated(conn: Connection, seen: list[ConnectionTerminated]) -> bool:
+    seen.extend(e for e in conn.pop_events() if isinstance(e, ConnectionTerminated))
+    return bool(seen)
+
+
+def test_lost_close_still_reaches_an_idle_peer_with_its_code() -> None:
+    pair, server = _quiet_pair()
+    idle = server.idle_deadline - pair.now
+    pair.up.drop_next = 1  # the client's first CONNECTION_CLOSE datagram
+    closed_at = pair.now
+    pair.client.close(42, "bye", now=pair.now)
+    seen: list[ConnectionTerminated] = []
+    pair.run(lambda: _terminated(server, seen), max_time=closed_at + 2 * idle)
+    term = seen[0]
+    assert (term.error_code, term.reason, term.by_peer) == (42, "bye", True)
+    assert pair.up.dropped == 1
+    # learned within the client's closing period, long before the idle timeout
+    assert pair.now - closed_at < 3 * pair.client.pto() < idle / 10
+    assert pair.client.counters.close_resends >= 1
+
+
+def test_close_is_repeated_a_bounded_number_of_times_then_the_connection_ends() -> None:
+    pair, server = _quiet_pair()
+    pair.up.drop_next = 1000  # every datagram the client sends from now on is lost
+    client = pair.client
+    client.close(7, "gone", now=pair.now)
+    pair.run(lambda: client.terminated)
+    # the first copy and exactly len(RESEND_DELAYS) repeats, then nothing
+    assert client.counters.close_resends == len(RESEND_DELAYS) == 3
+    assert pair.up.dropped == 1 + len(RESEND_DELAYS)
+    assert not server.terminated  # it never heard: only its idle timeout ends it
+
+
+def test_draining_peer_sends_nothing_and_closer_stops_repeating() -> None:
+    pair, server = _quiet_pair()
+    client = pair.client
+    client.close(9, "done", now=pair.now)
+    seen: list[ConnectionTerminated] = []
+    pair.run(lambda: _terminated(server, seen))
+    server_sent = server.counters.datagrams_sent
+    pair.run(lambda: client.terminated and server.terminated)
+    assert seen[0].error_code == 9
+    assert server.counters.datagrams_sent == server_sent  # draining: silent
+    # the closer does not know the close arrived: its repeats stay bounded
+    assert client.counters.close_resends <= len(RESEND_DELAYS)
+
+
+def test_answers_to_packets_while_closing_are_rate_limited() -> None:
+    pair, server = _quiet_pair()
+    client = pair.client
+    pair.up.drop_next = 1000  # the server never hears the close and keeps sending
+    client.close(5, "", now=pair.now)
+    sid = server.open_stream()
+    received_before = client.counters.packets_received
+    for _ in range(20):  # one small ack-eliciting server packet at a time
+        server.send_stream_data(sid, b"y" * 10)
+        pair.step()
+        pair.now += 0.0002
+    pair.step()
+    received = client.counters.packets_received - received_before
+    answers = pair.up.dropped - 1  # what the client sent after its first close
+    assert not client.terminated and client.counters.close_resends == 0
+    assert received == 20
+    assert answers == 5  # the 1st, 2nd, 4th, 8th and 16th packets are answered
+
+
+def test_lost_close_reaches_the_server_over_real_sockets() -> None:
+    """Loopback, through the relay: the client's first CONNECTION_CLOSE datagram is
+    dropped; the server still sees the client's code long before its idle timeout."""
+    code, reason = 0x2A, "bye through a lossy path"
+
+    async def main() -> tuple[BaseException, dict[str, dict[str, int]]]:
+        seen: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+        server_side: list[quicflow.QuicConnection] = []
+
+        async def handler(reader: quicflow.QuicStreamReader,
+                          writer: quicflow.QuicStreamWriter) -> None:
+            await reader.readexactly(5)
+            writer.write(b"ready")
+            await writer.drain()
+            try:
+                await reader.read(100)  # blocks until the client closes
+                seen.set_result(AssertionError("read returned instead of raising"))
+            except BaseException as exc:  # noqa: BLE001 - the test inspects it
+                seen.set_result(exc)
+
+        server = await quicflow.serve(
+            handler, "127.0.0.1", 0, configuration=server_config(idle_timeout=60.0),
+            connection_handler=server_side.append,
+        )
+        relay = await LossyUdpRelay(server.address, seed=1).start()
+        try:
+            async with quicflow.connect(
+                "127.0.0.1", relay.address[1], configuration=client_config(idle_timeout=60.0)
+            ) as conn:
+                reader, writer = await conn.create_stream()
+                writer.write(b"hello")
+                await writer.drain()
+                assert await reader.readexactly(5) == b"ready"
+                # wait until neither side has anything in flight: the server would
+                # otherwise probe, and the client's answer would hide the lost close
+                for _ in range(500):
+                    if (conn.conn.loss.bytes_in_flight == 0 and server_side
+                            and server_side[0].conn.loss.bytes_in_flight == 0):
+                        break
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.1)  # and the last ACKs have gone through
+                relay.c2s.drop_next = 1
+                conn.close(code, reason)
+                exc = await asyncio.wait_for(seen, 10)  # the idle timeout is 60 s
+            return exc, relay.stats()
+        finally:
+            await relay.close()
+            server.close()
+
+    exc, stats = run(main(), 30)
+    assert isinstance(exc, quicflow.ConnectionClosedError), repr(exc)
+    assert (exc.error_code, exc.reason, exc.by_peer) == (code, reason, True)
+    assert stats["c2s"]["dropped"] == 1, stats
