@@ -1,8 +1,9 @@
 """The sans-I/O QUIC connection: state, public API, timers and closing.
 
-Receiving lives in ``receive.py``, packet building in ``send.py``; both are plain functions
-over a :class:`Connection`, whose fields are plain data (see ``snapshot.py``). The fields
-marked *runtime* (TLS session, packet protectors, offload engine) are rebuilt on restore.
+Receiving lives in ``receive.py``, packet building in ``send.py``, the stream API in
+``stream_api.py`` (bound here as methods); all are plain functions over a
+:class:`Connection`, whose fields are plain data (see ``snapshot.py``). The fields marked
+*runtime* (TLS session, packet protectors, offload engine) are rebuilt on restore.
 """
 
 from __future__ import annotations
@@ -20,17 +21,15 @@ from ..crypto.suites import CipherSuite
 from ..tls.config import TlsConfig
 from ..tls.session import TlsSession
 from ..wire.tparams import TransportParameters, encode_transport_parameters
+from . import stream_api
 from .closing import closing_timer, on_closing_timer, start_closing
 from .config import Configuration
 from .congestion import CongestionControl, Pacer
 from .errors import (
-    APPLICATION_ERROR,
     PROTOCOL_VIOLATION,
-    STREAM_LIMIT_ERROR,
-    STREAM_STATE_ERROR,
     QuicError,
 )
-from .events import ConnectionTerminated, Event, StreamOpened, StreamWritable
+from .events import ConnectionTerminated, Event
 from .path import Path
 from .recovery import LossDetection
 from .rtt import RttEstimator
@@ -47,7 +46,8 @@ from .state import (
     StreamLimits,
     initial_crypto_recv,
 )
-from .streams import RecvStream, SendStream, Stream
+from .stream_api import StreamLimitReached as StreamLimitReached
+from .streams import Stream
 
 Address = tuple[Any, ...]
 
@@ -80,10 +80,6 @@ def random_cid_issuer(length: int) -> CidIssuer:
         return cid, new_reset_token(cid)
 
     return issue
-
-
-class StreamLimitReached(Exception):
-    """No stream of that type can be opened until the peer raises its limit."""
 
 
 @dataclass(slots=True)
@@ -371,180 +367,21 @@ class Connection:
         return [c.cid for c in self.host_cids if not c.retired]
 
     # ------------------------------------------------------------------ streams API
+    # (in stream_api.py; bound here so ``conn.open_stream(...)`` etc. keep working)
 
-    def _limits(self, stream_id: int) -> StreamLimits:
-        return self.uni if stream_id & 2 else self.bidi
-
-    def open_stream(self, bidirectional: bool = True) -> int:
-        """Open a local stream and return its id; raises StreamLimitReached."""
-        if self.state >= CLOSING:
-            raise QuicError(APPLICATION_ERROR, "connection is closed")
-        limits = self.bidi if bidirectional else self.uni
-        if limits.opened_local >= limits.peer_max:
-            if limits.blocked_sent_at != limits.peer_max:
-                limits.blocked_pending = True
-            raise StreamLimitReached(
-                f"peer allows {limits.peer_max} {'bidi' if bidirectional else 'uni'} streams"
-            )
-        stream_id = (limits.opened_local << 2) | (0 if self.is_client else 1)
-        if not bidirectional:
-            stream_id |= 2
-        limits.opened_local += 1
-        self._create_stream(stream_id, local=True)
-        return stream_id
-
-    def _create_stream(self, stream_id: int, local: bool) -> Stream:
-        cfg = self.configuration
-        params = self.peer_params or TransportParameters()
-        uni = bool(stream_id & 2)
-        send: SendStream | None = None
-        recv: RecvStream | None = None
-        if local or not uni:
-            if uni:
-                peer_limit = params.initial_max_stream_data_uni
-            elif local:
-                peer_limit = params.initial_max_stream_data_bidi_remote
-            else:
-                peer_limit = params.initial_max_stream_data_bidi_local
-            send = SendStream(max_data=peer_limit)
-        if not local or not uni:
-            window = cfg.max_stream_data
-            recv = RecvStream(
-                max_data=window,
-                window=window,
-                window_max=max(window, cfg.max_stream_data_window),
-            )
-        stream = Stream(stream_id=stream_id, send=send, recv=recv, local=local)
-        self.streams[stream_id] = stream
-        return stream
-
-    def _stream(self, stream_id: int) -> Stream:
-        stream = self.streams.get(stream_id)
-        if stream is None:
-            raise ValueError(f"stream {stream_id} does not exist (or is finished)")
-        return stream
-
-    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
-        if self.state >= CLOSING:
-            raise QuicError(APPLICATION_ERROR, "connection is closed")
-        send = self._stream(stream_id).send
-        if send is None:
-            raise ValueError(f"stream {stream_id} is receive-only")
-        send.write(data, end_stream)
-        self.send_buffered += len(data)
-        if stream_id not in self.send_queue:
-            self.send_queue.append(stream_id)
-
-    def send_datagram(self, data: bytes) -> None:
-        """Queue ``data`` as one DATAGRAM frame (RFC 9221): unreliable, never
-        retransmitted. Raises ValueError when the peer does not accept DATAGRAM frames
-        or ``data`` cannot fit in one (the peer's limit and our packet size). When the
-        queue (``max_datagram_queue``) is full, the oldest queued one is dropped."""
-        if self.state >= CLOSING:
-            raise QuicError(APPLICATION_ERROR, "connection is closed")
-        limit = self.peer_params.max_datagram_frame_size if self.peer_params else 0
-        if not limit:
-            raise ValueError("the peer does not accept DATAGRAM frames")
-        frame = 1 + (1 if len(data) < 64 else 2 if len(data) < 16384 else 4) + len(data)
-        room = self.max_datagram_size - (1 + len(self.peer_cid) + 4 + 16)
-        if frame > min(limit, room):
-            raise ValueError(f"datagram of {len(data)} bytes does not fit in a DATAGRAM frame "
-                             f"(at most {min(limit, room)} bytes with its header)")
-        queue = self.datagrams_pending
-        if len(queue) >= max(1, self.configuration.max_datagram_queue):
-            queue.pop(0)
-            self.counters.datagram_frames_dropped += 1
-        queue.append(bytes(data))
-
-    def take_back_unsent(self, stream_id: int) -> int:
-        """Withdraw the bytes written on ``stream_id`` but never sent; returns the offset
-        where writing continues (before a capture, to keep the snapshot small)."""
-        send = self._stream(stream_id).send
-        if send is None:
-            raise ValueError(f"stream {stream_id} is receive-only")
-        written = send.write_offset
-        offset = send.take_back()
-        self.send_buffered -= written - offset  # no longer held: out of the send budget
-        return offset
-
-    def stream_buffered(self, stream_id: int) -> int:
-        stream = self.streams.get(stream_id)
-        if stream is None or stream.send is None:
-            return 0
-        return stream.send.buffered
-
-    def read_stream(self, stream_id: int, max_bytes: int = -1) -> bytes:
-        """Read received bytes; b"" with :meth:`stream_at_eof` true means the end."""
-        stream = self.streams.get(stream_id)
-        if stream is None or stream.recv is None:
-            return b""
-        recv = stream.recv
-        data = recv.read(max_bytes)
-        if data:
-            self.flow.data_consumed += len(data)
-            if recv.should_update_window():
-                recv.new_limit(self._now_hint, self.rtt.smoothed_rtt)
-                if stream_id not in self.pending_stream_updates:
-                    self.pending_stream_updates.append(stream_id)
-            flow = self.flow
-            if flow.max_data - flow.data_consumed <= flow.window // 2:
-                if flow.last_update_time and self._now_hint - flow.last_update_time < (
-                    2 * self.rtt.smoothed_rtt
-                ):
-                    flow.window = min(flow.window * 2, flow.window_max)
-                flow.last_update_time = self._now_hint
-                flow.max_data = flow.data_consumed + flow.window
-                flow.pending_max_data = True
-        self._maybe_forget_stream(stream)
-        return data
-
-    def stream_at_eof(self, stream_id: int) -> bool:
-        stream = self.streams.get(stream_id)
-        if stream is None:
-            return True
-        recv = stream.recv
-        return recv is None or recv.at_eof() and recv.readable == 0 or recv.reset_code is not None
-
-    def reset_stream(self, stream_id: int, error_code: int) -> None:
-        send = self._stream(stream_id).send
-        if send is None:
-            raise ValueError(f"stream {stream_id} is receive-only")
-        self.send_buffered -= send.reset(error_code)
-        if stream_id not in self.send_queue:
-            self.send_queue.append(stream_id)
-
-    def stop_sending(self, stream_id: int, error_code: int) -> None:
-        recv = self._stream(stream_id).recv
-        if recv is None:
-            raise ValueError(f"stream {stream_id} is send-only")
-        if recv.stop_sending_code is None and recv.final_size is None:
-            recv.stop_sending_code = error_code
-            recv.stop_sending_pending = True
-            if stream_id not in self.send_queue:
-                self.send_queue.append(stream_id)
-
-    def _maybe_forget_stream(self, stream: Stream) -> None:
-        send, recv = stream.send, stream.recv
-        if send is not None and not send.is_complete():
-            return
-        if recv is not None and not (recv.fin_read or recv.reset_code is not None):
-            return
-        if recv is not None and recv.stop_sending_pending:
-            return
-        del self.streams[stream.stream_id]
-        if not stream.local:
-            limits = self._limits(stream.stream_id)
-            limits.closed_remote += 1
-            new_max = limits.closed_remote + limits.window
-            if new_max - limits.max_remote >= max(1, limits.window // 4):
-                limits.max_remote = new_max
-                limits.pending_max_streams = True
-
-    def stream_ids(self) -> list[int]:
-        return list(self.streams)
-
-    def notify_writable(self, stream_id: int) -> None:
-        self.events.append(StreamWritable(stream_id))
+    open_stream = stream_api.open_stream
+    send_stream_data = stream_api.send_stream_data
+    send_datagram = stream_api.send_datagram
+    take_back_unsent = stream_api.take_back_unsent
+    stream_buffered = stream_api.stream_buffered
+    read_stream = stream_api.read_stream
+    stream_at_eof = stream_api.stream_at_eof
+    reset_stream = stream_api.reset_stream
+    stop_sending = stream_api.stop_sending
+    stream_ids = stream_api.stream_ids
+    notify_writable = stream_api.notify_writable
+    check_stream_direction = stream_api.check_stream_direction
+    get_or_create_peer_stream = stream_api.get_or_create_peer_stream
 
     def initiate_key_update(self) -> None:
         """Start a 1-RTT key update (RFC 9001 §6): send with the next keys from now on.
@@ -793,40 +630,6 @@ class Connection:
     @property
     def is_closed(self) -> bool:
         return self.terminated
-
-    def check_stream_direction(self, stream_id: int, receiving: bool) -> None:
-        """Raise STREAM_STATE_ERROR for frames on a stream in the wrong direction."""
-        local = bool(stream_id & 1) != self.is_client
-        uni = bool(stream_id & 2)
-        if uni and local == receiving:
-            raise QuicError(STREAM_STATE_ERROR, f"stream {stream_id} is wrong direction")
-
-    def get_or_create_peer_stream(self, stream_id: int) -> Stream | None:
-        """The stream for an incoming frame, creating peer streams up to it.
-
-        Returns None for a stream that was finished and forgotten.
-        """
-        stream = self.streams.get(stream_id)
-        if stream is not None:
-            return stream
-        local = bool(stream_id & 1) != self.is_client
-        index = stream_id >> 2
-        limits = self._limits(stream_id)
-        if local:
-            if index >= limits.opened_local:
-                raise QuicError(STREAM_STATE_ERROR, f"stream {stream_id} not opened")
-            return None
-        if index >= limits.max_remote:
-            raise QuicError(STREAM_LIMIT_ERROR, f"stream {stream_id} over the limit")
-        if index < limits.opened_remote:
-            return None
-        base = stream_id & 3
-        for i in range(limits.opened_remote, index + 1):
-            sid = (i << 2) | base
-            self._create_stream(sid, local=False)
-            self.events.append(StreamOpened(sid))
-        limits.opened_remote = index + 1
-        return self.streams[stream_id]
 
     def amplification_credit(self) -> int:
         if self.is_client or self.address_validated:

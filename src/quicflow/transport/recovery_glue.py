@@ -26,6 +26,7 @@ from .state import (
     R_STREAM_RUN,
     PacketSpace,
 )
+from .stream_api import maybe_forget_stream
 
 
 def on_ack_frame(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
@@ -114,7 +115,7 @@ def on_acked_packets(conn: Connection, packets: list[SentPacket]) -> None:
             continue
         conn.events.append(StreamWritable(sid))
         if stream.send is not None and stream.send.is_complete():
-            conn._maybe_forget_stream(stream)
+            maybe_forget_stream(conn, stream)
 
 
 def on_lost_packets(conn: Connection, packets: list[SentPacket]) -> None:
