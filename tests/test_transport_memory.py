@@ -147,6 +147,41 @@ def test_key_update_both_directions_keeps_data_flowing() -> None:
     assert client.key_updates_received == 2 and client.key_phase == 0
 
 
+def test_key_update_after_peer_started_one_waits_for_an_ack_of_the_current_phase() -> None:
+    """RFC 9001 §6.1: after following the client's update, the server may start its own
+    only once the client acknowledged a packet the server sent with the current keys,
+    and three PTOs after that ACK (§6.5) - however long it waits for it."""
+    pair = MemoryPair(seed=5)
+    pair.run(lambda: pair.client.handshake_confirmed and bool(pair.server_conns))
+    client, server = pair.client, pair.server_conns[0]
+    client.initiate_key_update()
+    sid = client.open_stream()
+    client.send_stream_data(sid, b"phase one", end_stream=True)
+    pair.run(lambda: server.key_updates_received == 1)  # the server followed: phase 1
+    assert server.key_phase == 1
+    first_pn = server.spaces[2].next_pn  # the server's first packet of phase 1 (and later)
+    pair.up.loss = 1.0  # nothing from the client arrives: no ACK of a phase-1 packet
+    server.initiate_key_update()
+    blocked_from = pair.now
+    pair.run(lambda: pair.now > blocked_from + 40 * server.pto())
+    assert server.key_phase == 1 and server.key_update_requested  # still waiting
+    assert server.spaces[2].largest_acked < first_pn
+    pair.up.loss = 0.0
+    acked_at: list[float] = []
+
+    def updated() -> bool:
+        if not acked_at and server.spaces[2].largest_acked >= first_pn:
+            acked_at.append(pair.now)
+        return server.key_phase == 0
+
+    pto = server.pto()
+    pair.run(updated)  # no new data: the server's PING asks for the ACK
+    assert acked_at and pair.now - acked_at[0] >= 2.5 * pto
+    got_up, _ = _transfer(pair, b"w" * 30_000, 40_000)  # the down hash is checked inside
+    assert hashlib.sha256(got_up).digest() == hashlib.sha256(b"w" * 30_000).digest()
+    assert client.key_updates_received == 2 and client.key_phase == client.recv_key_phase == 0
+
+
 def test_hello_retry_request_over_quic() -> None:
     from quicflow.tls.certs import generate_self_signed
 

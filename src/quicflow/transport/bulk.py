@@ -28,6 +28,7 @@ def bulk_applies(conn: Connection) -> bool:
     if (
         (app.ack_pending and app.ack_eliciting_pending)  # an ACK is owed: general path
         or conn.handshake_done_pending
+        or conn.key_update_ping
         or conn.new_token_pending
         or conn.datagrams_pending
         or conn.flow.pending_max_data

@@ -191,6 +191,10 @@ class Connection:
     # (key_update_pending is a property: the two directions' phases differ in the engine)
     key_update_requested: bool = False  # asked for, waiting for key_update_allowed_at
     key_update_allowed_at: float = 0.0  # 3 PTO after the previous update (RFC 9001 §6.5)
+    # first 1-RTT pn sent with the current send keys; -1: the handshake's keys (no update
+    # yet). A new update waits for an ACK of a pn >= it (RFC 9001 §6.1).
+    key_phase_first_pn: int = -1
+    key_update_ping: bool = False  # a waiting update asks for that ACK with a PING
     key_updates_received: int = 0
     # migration: a random id given at the first capture, and how many captures so far;
     # a capture releases the connection (``released``): it never sends again here
@@ -386,24 +390,33 @@ class Connection:
     def initiate_key_update(self) -> None:
         """Start a 1-RTT key update (RFC 9001 §6): send with the next keys from now on.
 
-        An update asked for while the previous one is not yet answered by the peer, or
-        less than three PTOs after it was (RFC 9001 §6.5: the peer may not have the next
-        keys yet), waits and starts by itself as soon as it may (see :meth:`timer`).
-        Raises ValueError before the handshake is confirmed.
+        An update asked for while the previous one is not yet answered by the peer,
+        before the peer acknowledged a packet we sent with the current keys (RFC 9001
+        §6.1; a PING asks for that ACK), or less than three PTOs after that ACK (§6.5:
+        the peer may not have the next keys yet), waits and starts by itself as soon as
+        it may (see :meth:`timer`). Raises ValueError before the handshake is confirmed.
         """
         if not (self.handshake_confirmed and self.one_rtt_ready):
             raise ValueError("a key update needs a confirmed handshake")
         self.key_update_requested = True
+        if not self.key_phase_acked():
+            self.key_update_ping = True
         self._start_key_update_if_allowed(self._now_hint)
+
+    def key_phase_acked(self) -> bool:
+        """The peer acknowledged a packet we sent with the current keys (or there was
+        no update yet): a new update may start (RFC 9001 §6.1)."""
+        return self.spaces[2].largest_acked >= self.key_phase_first_pn
 
     def _start_key_update_if_allowed(self, now: float) -> None:
         from ..crypto.keys import next_generation_secret
 
         if self.key_update_pending or now < self.key_update_allowed_at:
             return
-        if self.state >= CLOSING or not self.one_rtt_ready:
+        if self.state >= CLOSING or not self.one_rtt_ready or not self.key_phase_acked():
             return
         self.key_update_requested = False
+        self.key_phase_first_pn = self.spaces[2].next_pn
         # the engine's sealer moves to the next phase (the phase's one source of truth)
         self.one_rtt_send_secret = next_generation_secret(
             self.cipher_suite, self.one_rtt_send_secret, self.version
@@ -524,7 +537,7 @@ class Connection:
                 deadlines.append(space.ack_deadline)
         if self.pacer_deadline is not None:
             deadlines.append(self.pacer_deadline)
-        if self.key_update_requested and not self.key_update_pending:
+        if self.key_update_requested and not self.key_update_pending and self.key_phase_acked():
             deadlines.append(self.key_update_allowed_at)
         return min(deadlines)
 

@@ -337,6 +337,7 @@ def _on_peer_key_update(conn: Connection) -> None:
     conn.key_update_allowed_at = conn._now_hint + 3 * conn.pto()
     if conn.send_key_phase == conn.recv_key_phase:
         return  # the peer answered the update we started
+    conn.key_phase_first_pn = conn.spaces[2].next_pn
     conn.one_rtt_send_secret = next_generation_secret(suite, conn.one_rtt_send_secret,
                                                       conn.version)
     conn.engine.update(conn.seal_key, opener=False)

@@ -42,6 +42,10 @@ def on_ack_frame(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None
     space = conn.spaces[SPACE_OF_EPOCH[epoch]]
     largest = frame.ranges[0][1] if frame.ranges else -1
     if largest > space.largest_acked:
+        if epoch == Epoch.ONE_RTT and space.largest_acked < conn.key_phase_first_pn <= largest:
+            # the first ACK of a packet sent with the current keys: the next key update
+            # may start three PTOs from now (RFC 9001 §6.1, §6.5)
+            conn.key_update_allowed_at = max(conn.key_update_allowed_at, now + 3 * conn.pto())
         space.largest_acked = largest
     if acked:
         conn.probes_pending = [0, 0, 0]

@@ -322,6 +322,10 @@ def _fill_control(
 ) -> None:
     if limit - len(payload) < 64:
         return
+    if conn.key_update_ping:
+        payload.append(F.PING)
+        records.append((R_PING,))
+        conn.key_update_ping = False
     if conn.handshake_done_pending:
         payload.append(F.HANDSHAKE_DONE)
         records.append((R_HANDSHAKE_DONE,))
