@@ -8,6 +8,7 @@ what it must receive.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 import pytest
@@ -381,3 +382,58 @@ def test_idle_timeout_when_peer_disappears() -> None:
     assert "timed out" in str(exc), str(exc)
     assert not exc.by_peer
     assert elapsed < 6, elapsed
+
+
+def test_handler_failing_on_a_peer_unidirectional_stream_is_contained() -> None:
+    """A server handler that raises on the client's unidirectional stream: the stream is
+    abandoned (STOP_SENDING, the client's send side ends reset with 0x101), the server
+    serves the next streams, and no exception reaches the loop's exception handler (the
+    clean-up used to try RESET_STREAM on the receive-only stream: ValueError)."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        escaped: list[dict[str, object]] = []
+        loop.set_exception_handler(lambda _loop, context: escaped.append(context))
+        failed: asyncio.Future[int] = loop.create_future()
+        server_side: list[quicflow.QuicConnection] = []
+
+        async def handler(reader: quicflow.QuicStreamReader,
+                          writer: quicflow.QuicStreamWriter) -> None:
+            if reader.stream_id & 2:  # the client's unidirectional stream
+                await reader.readexactly(4)
+                failed.set_result(reader.stream_id)
+                raise RuntimeError("handler bug")
+            await echo_proto.serve_stream(reader, writer)
+
+        server = await quicflow.serve(handler, "127.0.0.1", 0, configuration=server_config(),
+                                      connection_handler=server_side.append)
+        try:
+            async with quicflow.connect(
+                "127.0.0.1", server.address[1], configuration=client_config()
+            ) as conn:
+                _, writer = await conn.create_stream(bidirectional=False)
+                writer.write(b"ping")
+                await writer.drain()
+                sid = await asyncio.wait_for(failed, 10)
+                # the server's STOP_SENDING resets our side (no FIN was sent: the stream
+                # is only forgotten once that reset is acknowledged)
+                codes: set[int | None] = set()
+                for _ in range(5000):
+                    stream = conn.conn.streams.get(sid)
+                    if stream is None:
+                        break
+                    assert stream.send is not None
+                    codes.add(stream.send.reset_code)
+                    await asyncio.sleep(0.001)
+                assert sid not in conn.conn.streams and codes <= {None, 0x101}
+                for seed in (1, 2):
+                    result = await exchange(conn, upload=200_000, download=100_000, seed=seed)
+                    assert result["ok"], result
+                assert not server_side[0].closed
+        finally:
+            server.close()
+        gc.collect()  # a task whose exception was never retrieved is reported when freed
+        await asyncio.sleep(0)
+        assert escaped == []
+
+    run(main())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,6 +26,11 @@ from .errors import ConnectionClosedError
 from .runner import EndpointRunner
 from .sendbuffer import SendGate
 from .streams import QuicStreamReader, QuicStreamWriter
+
+log = logging.getLogger("quicflow.aio")
+
+#: Application error code of a stream whose handler raised (RESET_STREAM/STOP_SENDING).
+HANDLER_FAILED = 0x101
 
 StreamHandler = Callable[[QuicStreamReader, QuicStreamWriter], Awaitable[None] | None]
 
@@ -320,14 +326,33 @@ class QuicConnection:
         task.add_done_callback(tasks.discard)
 
     async def _run_handler(self, coro: Awaitable[None], writer: QuicStreamWriter) -> None:
+        """Run a stream handler; a failure is logged (``quicflow.aio``) and abandons
+        its stream, never the connection, and nothing reaches the loop's handler."""
         try:
             await coro
         except ConnectionError:
             pass
         except Exception:
+            log.exception("stream handler failed on stream %d", writer.stream_id)
             if not self.closed:
-                writer.reset(0x101)
-            raise
+                self._abandon_stream(writer.stream_id, HANDLER_FAILED)
+
+    def _abandon_stream(self, stream_id: int, error_code: int) -> None:
+        """After its handler failed: RESET_STREAM if we can still send on the stream,
+        STOP_SENDING on the peer's unidirectional one; nothing for a stream already
+        finished and forgotten. Never raises (it runs in clean-up)."""
+        try:
+            stream = self.conn.streams.get(stream_id)
+            if stream is None:
+                return
+            if stream.send is not None:
+                self.conn.reset_stream(stream_id, error_code)
+                self.sync_send_buffer()
+            elif stream.recv is not None:
+                self.conn.stop_sending(stream_id, error_code)
+            self.flush()
+        except Exception:  # noqa: BLE001 - clean-up must not replace the handler's error
+            log.debug("could not abandon stream %d", stream_id, exc_info=True)
 
     def _on_close_event(self, event: ConnectionTerminated) -> None:
         if self._close_error is None:
