@@ -76,6 +76,7 @@ class EndpointCounters:
     dropped_not_ours: int = 0  # short header whose DCID our generator did not issue
     dropped_initial_collision: int = 0  # another address's Initial with a held DCID
     cid_collisions: int = 0  # a CID the registry refused (held by another connection)
+    handshakes_failed: int = 0  # server connections that ended before their handshake did
 
     def dropped(self) -> int:
         return (
@@ -460,7 +461,11 @@ class Endpoint:
         """Remove a connection and exactly its own CIDs (O(its CIDs), see registry.py)."""
         self.admission.forget(conn)
         self.token_origins.pop(id(conn), None)
-        self.registry.forget(conn)
+        dropped = self.registry.forget(conn)
+        if dropped and self.is_server and conn.counters.packets_received and not (
+            conn.handshake_complete
+        ):
+            self.counters.handshakes_failed += 1
 
     def new_server_cid(self) -> bytes:
         """A fresh CID of ours that no connection holds (e.g. a Retry's SCID)."""
@@ -476,6 +481,7 @@ class Endpoint:
             "dropped": c.dropped(),
             "dropped_not_ours": c.dropped_not_ours,
             "cid_collisions": c.cid_collisions,
+            "handshakes_failed": c.handshakes_failed,
             "connections": len(self.registry),
             "half_open": len(self.admission.half_open),
             **dataclasses.asdict(self.admission.counters),

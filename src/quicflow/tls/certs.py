@@ -78,7 +78,8 @@ def _builder(subject: x509.Name, issuer: x509.Name, public_key: object) -> x509.
 
 
 def _leaf(
-    hostnames: list[str], key: PrivateKey, issuer: x509.Name, issuer_key: PrivateKey
+    hostnames: list[str], key: PrivateKey, issuer: x509.Name, issuer_key: PrivateKey,
+    client_auth: bool = False,
 ) -> x509.Certificate:
     if not hostnames:
         raise ValueError("a certificate needs at least one host name")
@@ -89,7 +90,9 @@ def _leaf(
         _builder(subject, issuer, key.public_key())
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(ca=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(
+            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH] if client_auth
+            else [ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(_san(hostnames), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
@@ -123,10 +126,13 @@ def issue_certificate(
     ca_key: PrivateKey,
     hostnames: list[str],
     key_type: KeyType = "ec",
+    *,
+    client_auth: bool = False,
 ) -> tuple[x509.Certificate, PrivateKey]:
-    """A server (leaf) certificate for ``hostnames`` signed by the CA, and its key."""
+    """A server (leaf) certificate for ``hostnames`` signed by the CA, and its key;
+    ``client_auth`` also allows it as a TLS client certificate (mutual TLS)."""
     key = generate_key(key_type)
-    return _leaf(hostnames, key, ca_cert.subject, ca_key), key
+    return _leaf(hostnames, key, ca_cert.subject, ca_key, client_auth), key
 
 
 def generate_self_signed(
