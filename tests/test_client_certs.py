@@ -225,3 +225,52 @@ def test_quicflow_client_with_aioquic_server(
     assert result["ok"], result
     expected = client_cred("A").cert.subject.rfc4514_string() if present else None
     assert handshake["peer_subject"] == expected, handshake
+
+
+# ---------------------------------------------------------------------------- the CLI
+
+
+def test_perf_cli_client_certificate(tmp_path: Path) -> None:
+    """``quicflow perf server --client-ca F --require-client-cert`` lets ``perf client
+    --cert/--key`` in and refuses a client without a certificate (exit 1, one line)."""
+    import subprocess
+    import sys
+
+    quicflow_cmd = str(Path(sys.executable).parent / "quicflow")
+    server_cert, server_key = issued("A", "localhost").write(tmp_path, "server")
+    cert, key = client_cred("A").write(tmp_path, "client")
+    cafile = tmp_path / "ca.pem"
+    cafile.write_bytes(ca("A").cert_pem)
+    proc = subprocess.Popen(
+        [quicflow_cmd, "perf", "server", "--host", "127.0.0.1", "--port", "0",
+         "--cert", server_cert, "--key", server_key, "--client-ca", str(cafile),
+         "--require-client-cert"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        port = None
+        for line in proc.stderr:
+            if line.startswith("listening on "):
+                port = line.split()[2].rsplit(":", 1)[1]
+                break
+        assert port is not None, "perf server did not start"
+        base = [quicflow_cmd, "perf", "client", "--host", "127.0.0.1", "--port", port,
+                "--server-name", "localhost", "--cafile", str(cafile), "--download", "1M",
+                "--upload", "100K", "--verify", "--quiet", "--timeout", "5"]
+
+        def client(*extra: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*base, *extra], capture_output=True, text=True,
+                                  timeout=60, stdin=subprocess.DEVNULL)
+
+        ok = client("--cert", cert, "--key", key)
+        assert ok.returncode == 0, ok.stderr
+        assert ok.stdout.startswith("received 1.0 MiB, sent 100.0 KiB"), ok.stdout
+        refused = client()
+        assert refused.returncode == 1, refused.stdout
+        lines = [ln for ln in refused.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and "client certificate required" in lines[0], refused.stderr
+        assert "alert 116" in lines[0], lines[0]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
