@@ -131,7 +131,9 @@ def _protocol_class(args: argparse.Namespace) -> Any:
                     self.transmit()
             if isinstance(event, events.HandshakeCompleted):
                 suite = _negotiated_suite(library, self._quic)
-                peer = getattr(self._quic.tls, "_peer_certificate", None)
+                peer = None
+                if library == "aioquic":  # its tls.Context keeps the peer's leaf here
+                    peer = getattr(self._quic.tls, "_peer_certificate", None)
                 emit({"event": "handshake", "cipher_suite": suite, "alpn": event.alpn_protocol,
                       "version": getattr(self._quic, "_version", None),
                       "peer_subject": None if peer is None else peer.subject.rfc4514_string()})
