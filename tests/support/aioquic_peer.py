@@ -8,7 +8,7 @@ asyncio API mirrors aioquic's (``qh3.asyncio.serve/connect``, ``QuicConfiguratio
 object per line, flushed at once)::
 
     python -m tests.support.aioquic_peer server --cert C --key K [--port 0] [--chacha]
-        [--retry] [--versions 2,1] [--datagrams]
+        [--retry] [--versions 2,1] [--datagrams] [--request-client-cert]
         [--library aioquic|qh3]
         {"event": "ready", "port": 4433}
         {"event": "handshake", "cipher_suite": 4867, "alpn": "perf"}
@@ -20,9 +20,16 @@ object per line, flushed at once)::
 
     python -m tests.support.aioquic_peer client --port P [--host H] [--cafile F]
         [--server-name N] [--streams S] [--upload U] [--download D] [--chacha]
-        [--library aioquic|qh3]
+        [--client-cert C --client-key K] [--library aioquic|qh3]
         {"event": "handshake", "cipher_suite": 4865, "alpn": "perf"}
         {"event": "result", "ok": true, "streams": [...]}       (or {"event": "error", ...})
+
+Client certificates: ``--client-cert/--client-key`` make the client present a chain when
+asked (aioquic's ``QuicConfiguration.load_cert_chain`` on a client). aioquic 1.7's server
+has no option to ask for one; ``--request-client-cert`` sets its test-only
+``tls.Context._request_client_certificate`` (it then checks the client's CertificateVerify
+signature but not the chain), and the handshake event carries the subject of the peer's
+certificate (``peer_subject``, None without one).
 
 ``AioquicProcess`` starts such a process from a test and reads its events
 (``AioquicProcess(..., library="qh3")`` for qh3; ``PeerProcess`` is the same class).
@@ -93,6 +100,8 @@ def _configuration(args: argparse.Namespace, is_client: bool) -> Any:
         if args.insecure:
             cfg.verify_mode = ssl.CERT_NONE
         cfg.server_name = args.server_name
+        if args.client_cert:
+            cfg.load_cert_chain(args.client_cert, args.client_key)
     else:
         cfg.load_cert_chain(args.cert, args.key)
     return cfg
@@ -126,8 +135,12 @@ def _protocol_class(args: argparse.Namespace) -> Any:
                     self.transmit()
             if isinstance(event, events.HandshakeCompleted):
                 suite = _negotiated_suite(library, self._quic)
+                peer = None
+                if library == "aioquic":  # its tls.Context keeps the peer's leaf here
+                    peer = getattr(self._quic.tls, "_peer_certificate", None)
                 emit({"event": "handshake", "cipher_suite": suite, "alpn": event.alpn_protocol,
-                      "version": getattr(self._quic, "_version", None)})
+                      "version": getattr(self._quic, "_version", None),
+                      "peer_subject": None if peer is None else peer.subject.rfc4514_string()})
             elif isinstance(event, events.ConnectionTerminated):
                 emit({
                     "event": "terminated",
@@ -153,8 +166,23 @@ def _protocol_class(args: argparse.Namespace) -> Any:
     return ReportingProtocol
 
 
+def _request_client_certificates(args: argparse.Namespace) -> None:
+    """Make every server-side TLS context of the library send a CertificateRequest."""
+    context = _lib(args, "tls").Context
+    original = context.__init__
+
+    def init(self: Any, *a: Any, **kw: Any) -> None:
+        original(self, *a, **kw)
+        if not self._is_client:
+            self._request_client_certificate = True
+
+    context.__init__ = init
+
+
 async def run_server(args: argparse.Namespace) -> None:
     serve = _lib(args, "asyncio").serve
+    if args.request_client_cert:
+        _request_client_certificates(args)
 
     def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async def run() -> None:
@@ -276,6 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--datagrams", action="store_true", help="accept DATAGRAM frames (echo)")
     p.add_argument("--datagram-count", type=int, default=0,
                    help="(client, with --datagrams) send this many and report the echoes")
+    p.add_argument("--client-cert", help="(client) certificate chain PEM to present")
+    p.add_argument("--client-key", help="(client) its private key PEM")
+    p.add_argument("--request-client-cert", action="store_true",
+                   help="(server) send a CertificateRequest (aioquic's test-only hook)")
     p.add_argument("--idle-timeout", type=float, default=30.0)
     p.add_argument("--timeout", type=float, default=120.0)
     args = p.parse_args(argv)

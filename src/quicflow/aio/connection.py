@@ -8,6 +8,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from cryptography import x509
+
 from ..transport.connection import Connection, StreamLimitReached
 from ..transport.events import (
     ConnectionTerminated,
@@ -89,6 +91,13 @@ class QuicConnection:
     @property
     def alpn_protocol(self) -> str | None:
         return self.conn.alpn_protocol
+
+    @property
+    def peer_certificates(self) -> list[x509.Certificate]:
+        """The peer's certificate chain (``cryptography`` certificates, leaf first) once
+        connected: the server's on a client, the client's on a server (empty when the
+        client presented none)."""
+        return self.conn.peer_certificates
 
     def stats(self) -> dict[str, Any]:
         """Counters of this connection, its endpoint and its socket (plain dict)."""

@@ -33,8 +33,11 @@ class ConnectionClosedError(QuicflowError, ConnectionError):
             else error_name(self.error_code)
         )
         if CRYPTO_ERROR <= self.error_code < CRYPTO_ERROR + 0x100 and not self.application:
-            what = "certificate refused" if self.error_code - CRYPTO_ERROR in (
+            alert = self.error_code - CRYPTO_ERROR
+            what = "certificate refused" if alert in (
                 42, 43, 44, 45, 46, 48, 49) else "TLS handshake failed"
+            if alert == 116:
+                what = "client certificate required"
             side = "by the peer" if self.by_peer else "locally"
             return f"{what} {side}: {code}" + (f", reason: {self.reason}" if self.reason else "")
         return f"{who} with code {code}" + (f", reason: {self.reason!r}" if self.reason else "")

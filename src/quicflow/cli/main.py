@@ -198,6 +198,13 @@ def cmd_perf_server(args: argparse.Namespace) -> int:
             keylog_file=args.keylog,
             retry=args.retry,
         )
+        if args.require_client_cert and not args.client_ca:
+            return _fail("--require-client-cert needs --client-ca", 2)
+        if args.client_ca:
+            if not os.path.isfile(args.client_ca):
+                return _fail(f"--client-ca {args.client_ca}: no such file", 2)
+            config.cafile = args.client_ca
+            config.client_certificates = "require" if args.require_client_cert else "request"
         if args.token_key_file:
             with open(args.token_key_file, "rb") as f:
                 secret = f.read()
@@ -222,7 +229,7 @@ def cmd_perf_server(args: argparse.Namespace) -> int:
 
 
 def _client_configuration(args: argparse.Namespace) -> Configuration:
-    return Configuration(
+    config = Configuration(
         alpn_protocols=["perf"],
         verify_peer=not args.insecure,
         cafile=args.cafile,
@@ -232,6 +239,9 @@ def _client_configuration(args: argparse.Namespace) -> Configuration:
         idle_timeout=args.timeout,
         keylog_file=args.keylog,
     )
+    if args.cert:
+        config.load_cert_chain(args.cert, args.key)
+    return config
 
 
 def _run_perf_client(
@@ -283,7 +293,12 @@ def _print_result(result: PerfResult, as_json: bool) -> None:
 def cmd_perf_client(args: argparse.Namespace) -> int:
     if args.cafile and not os.path.isfile(args.cafile):
         return _fail(f"--cafile {args.cafile}: no such file", 2)
-    config = _client_configuration(args)
+    if args.key and not args.cert:
+        return _fail("--key needs --cert", 2)
+    try:
+        config = _client_configuration(args)
+    except (OSError, ValueError) as e:
+        return _fail(f"--cert/--key: {e}", 2)
     outcome = _run_perf_client(args.host, args.port, args, config, verify=args.verify)
     if isinstance(outcome, int):
         return outcome
@@ -506,6 +521,17 @@ def build_parser() -> argparse.ArgumentParser:
         "the same at PATH for the next successor",
     )  # fmt: skip
     add_server_options(server)
+    server.add_argument(
+        "--client-ca", metavar="FILE",
+        help="ask clients for a certificate and verify it against the CA certificates "
+        "in this PEM file (clients without one are still accepted, see "
+        "--require-client-cert)",
+    )  # fmt: skip
+    server.add_argument(
+        "--require-client-cert", action="store_true",
+        help="with --client-ca: refuse clients without a certificate (TLS alert "
+        "certificate_required, CRYPTO_ERROR 0x174)",
+    )  # fmt: skip
     _add_transport_options(server)
     server.set_defaults(func=cmd_perf_server)
     add_migrate_parser(perf_sub)
@@ -549,6 +575,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--cafile", metavar="FILE",
         help="PEM file of the CA certificates to trust (default: the system store)",
     )  # fmt: skip
+    client.add_argument(
+        "--cert", metavar="FILE",
+        help="PEM client certificate chain, leaf first, presented when the server asks",
+    )  # fmt: skip
+    client.add_argument(
+        "--key", metavar="FILE", help="PEM private key of --cert (default: read it from --cert)"
+    )
     client.add_argument(
         "--server-name", metavar="NAME",
         help="name to check the certificate against and send as SNI (default: --host)",

@@ -79,6 +79,7 @@ class EndpointCounters:
     cid_collisions: int = 0  # a CID the registry refused (held by another connection)
     dropped_not_accepting: int = 0  # Initials for new connections while handing over
     dropped_moved: int = 0  # packets for a connection handed off (no stateless reset)
+    handshakes_failed: int = 0  # server connections that ended before their handshake did
 
     def dropped(self) -> int:
         return (
@@ -481,7 +482,11 @@ class Endpoint:
                               conn.idle_timeout)
         self.admission.forget(conn)
         self.token_origins.pop(id(conn), None)
-        self.registry.forget(conn)
+        dropped = self.registry.forget(conn)
+        if dropped and self.is_server and conn.counters.packets_received and not (
+            conn.handshake_complete
+        ):
+            self.counters.handshakes_failed += 1
 
     def new_server_cid(self) -> bytes:
         """A fresh CID of ours that no connection holds (e.g. a Retry's SCID)."""
@@ -498,6 +503,7 @@ class Endpoint:
             "dropped_not_ours": c.dropped_not_ours,
             "dropped_moved": c.dropped_moved,
             "cid_collisions": c.cid_collisions,
+            "handshakes_failed": c.handshakes_failed,
             "connections": len(self.registry),
             "half_open": len(self.admission.half_open),
             **dataclasses.asdict(self.admission.counters),

@@ -132,13 +132,14 @@ class ConnectionRegistry(Generic[C]):
 
     # ------------------------------------------------------------------ teardown
 
-    def forget(self, conn: C) -> None:
-        """Drop ``conn`` and exactly the keys it owns (O(its keys), not O(connections))."""
+    def forget(self, conn: C) -> bool:
+        """Drop ``conn`` and exactly the keys it owns (O(its keys), not O(connections));
+        False if it was not here."""
         counters = self.counters
         counters.ops += 1
         owned = self._owned.pop(conn, None)
         if owned is None:
-            return
+            return False
         counters.forgotten += 1
         for which, key in owned:
             table = self.ours if which == OURS_MAP else self.initial
@@ -146,3 +147,4 @@ class ConnectionRegistry(Generic[C]):
             if table.get(key) is conn:
                 del table[key]
                 counters.ops += 1
+        return True

@@ -7,6 +7,7 @@ import ipaddress
 import os
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from quicflow.crypto.epoch import Epoch
 from quicflow.crypto.suites import CipherSuite
@@ -48,12 +49,14 @@ from .messages import (
     SERVER_HELLO,
     TLS13,
     ClientHello,
-    Reader,
     ServerHello,
     decode_certificate,
+    decode_certificate_request,
     decode_certificate_verify,
     decode_encrypted_extensions,
     decode_server_hello,
+    encode_certificate,
+    encode_certificate_verify,
     encode_client_hello,
     encode_finished,
     ext_alpn,
@@ -66,13 +69,17 @@ from .messages import (
     parse_cookie,
     parse_key_share_server,
     parse_u16,
+    parse_u16_list,
     u16_list,
     vec,
 )
 from .verify import (
+    CLIENT_CONTEXT,
     CLIENT_SIGNATURE_ALGORITHMS,
     SERVER_CONTEXT,
     certificate_verify_content,
+    sign,
+    signature_algorithms_for_key,
     verify_chain,
     verify_signature,
 )
@@ -109,6 +116,7 @@ class ClientHandshake(HandshakeCore):
         self.hello: ClientHello | None = None
         self.retried_suite: int | None = None
         self.cert_request_context: bytes | None = None
+        self.cert_request_schemes: list[int] = []
         self.started = False
 
     def expected_epoch(self) -> Epoch | None:
@@ -272,13 +280,13 @@ class ClientHandshake(HandshakeCore):
         self.state = WAIT_CERT
 
     def _certificate_request(self, body: bytes, raw: bytes) -> None:
-        r = Reader(body)
-        context = r.vec(1)
-        r.sub(2)  # extensions: we answer with an empty Certificate whatever they ask
-        r.done()
+        context, ext = decode_certificate_request(body)
         if self.cert_request_context is not None:
             raise TlsAlert(UNEXPECTED_MESSAGE, "second CertificateRequest")
+        if EXT_SIGNATURE_ALGORITHMS not in ext:  # RFC 8446 §4.3.2: it MUST be there
+            raise TlsAlert(MISSING_EXTENSION, "CertificateRequest without signature_algorithms")
         self.cert_request_context = context
+        self.cert_request_schemes = parse_u16_list(ext[EXT_SIGNATURE_ALGORITHMS])
         self.transcript += raw
 
     def _certificate(self, body: bytes, raw: bytes) -> None:
@@ -305,6 +313,30 @@ class ClientHandshake(HandshakeCore):
         self.transcript += raw
         self.state = WAIT_FINISHED
 
+    def _client_authentication(self) -> bytes:
+        """Our Certificate (and CertificateVerify) for the server's CertificateRequest:
+        our chain signed with a scheme the server listed, else an empty Certificate."""
+        assert self.cert_request_context is not None
+        cfg = self.config
+        key = cfg.private_key
+        scheme = None
+        if key is not None and cfg.certificate_chain:
+            ours = signature_algorithms_for_key(key)
+            scheme = next((s for s in ours if s in self.cert_request_schemes), None)
+        if key is None or scheme is None:
+            empty = handshake(CERTIFICATE, vec(1, self.cert_request_context) + vec(3, b""))
+            self.transcript += empty
+            return empty
+        cert = encode_certificate(
+            self.cert_request_context,
+            [c.public_bytes(Encoding.DER) for c in cfg.certificate_chain],
+        )
+        self.transcript += cert
+        content = certificate_verify_content(CLIENT_CONTEXT, self.thash())
+        cv = encode_certificate_verify(scheme, sign(key, scheme, content))
+        self.transcript += cv
+        return cert + cv
+
     def _finished(self, body: bytes, raw: bytes) -> None:
         assert self.ks is not None
         expected = self.ks.finished_verify_data(self.server_hs_secret, self.thash())
@@ -313,11 +345,7 @@ class ClientHandshake(HandshakeCore):
         self.require_empty(Epoch.HANDSHAKE)
         self.transcript += raw
         server_finished_hash = self.thash()
-        out = b""
-        if self.cert_request_context is not None:
-            empty_cert = handshake(CERTIFICATE, vec(1, self.cert_request_context) + vec(3, b""))
-            self.transcript += empty_cert
-            out += empty_cert
+        out = self._client_authentication() if self.cert_request_context is not None else b""
         fin = encode_finished(self.ks.finished_verify_data(self.client_hs_secret, self.thash()))
         self.transcript += fin
         self.send(Epoch.HANDSHAKE, out + fin)

@@ -12,6 +12,7 @@ from quicflow.crypto.suites import CipherSuite
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 SUPPORTED_GROUPS = ("x25519", "secp256r1")
+CLIENT_CERTIFICATE_MODES = ("none", "request", "require")
 
 
 def _all_suites() -> list[CipherSuite]:
@@ -35,6 +36,14 @@ class TlsConfig:
     unless ``verify_peer`` is False. ``groups`` are names from ``SUPPORTED_GROUPS``; the
     client sends a key share for the first one. ``cipher_suites`` is the preference order
     (the server's order wins).
+
+    Client certificates (RFC 8446 §4.3.2, §4.4.2): a server with ``client_certificates``
+    "request" sends a CertificateRequest and accepts a client without a certificate;
+    "require" closes such a handshake with certificate_required (116); "none" (default)
+    asks for none. A presented chain is verified against ``cafile``/``cadata`` (else the
+    system store) for the clientAuth use, unless ``verify_peer`` is False. A client
+    presents ``certificate_chain``/``private_key`` when asked and has them, else it
+    answers with an empty Certificate.
     """
 
     is_client: bool
@@ -48,6 +57,7 @@ class TlsConfig:
     cipher_suites: list[CipherSuite] = field(default_factory=_all_suites)
     groups: list[str] = field(default_factory=_default_groups)
     keylog_file: str | None = None
+    client_certificates: str = "none"
 
     def validate(self) -> None:
         """Raise ``ValueError`` for a configuration that cannot work."""
@@ -63,5 +73,12 @@ class TlsConfig:
         for group in self.groups:
             if group not in SUPPORTED_GROUPS:
                 raise ValueError(f"unsupported group {group!r}; use one of {SUPPORTED_GROUPS}")
+        if self.client_certificates not in CLIENT_CERTIFICATE_MODES:
+            raise ValueError(
+                f"client_certificates must be one of {CLIENT_CERTIFICATE_MODES}, "
+                f"not {self.client_certificates!r}"
+            )
+        if self.is_client and bool(self.certificate_chain) != (self.private_key is not None):
+            raise ValueError("a client certificate needs both certificate_chain and private_key")
         if not self.is_client and (not self.certificate_chain or self.private_key is None):
             raise ValueError("a server TlsConfig needs certificate_chain and private_key")

@@ -269,6 +269,19 @@ def decode_certificate(body: bytes) -> tuple[bytes, list[bytes]]:
     return context, ders
 
 
+def encode_certificate_request(context: bytes, extensions: Extensions) -> bytes:
+    return handshake(CERTIFICATE_REQUEST, vec(1, context) + encode_extensions(extensions))
+
+
+def decode_certificate_request(body: bytes) -> tuple[bytes, dict[int, bytes]]:
+    """Returns (certificate_request_context, extensions)."""
+    r = Reader(body)
+    context = r.vec(1)
+    ext_map = decode_extensions(r)
+    r.done()
+    return context, ext_map
+
+
 def encode_certificate_verify(algorithm: int, signature: bytes) -> bytes:
     return handshake(CERTIFICATE_VERIFY, struct.pack("!H", algorithm) + vec(2, signature))
 

@@ -6,12 +6,15 @@ import hmac
 import os
 from collections.abc import Callable
 
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from quicflow.crypto.epoch import Epoch
 from quicflow.crypto.suites import CipherSuite
 
 from .alerts import (
+    BAD_CERTIFICATE,
+    CERTIFICATE_REQUIRED,
     DECRYPT_ERROR,
     HANDSHAKE_FAILURE,
     ILLEGAL_PARAMETER,
@@ -27,6 +30,8 @@ from .core import HandshakeCore
 from .keyschedule import KeySchedule, message_hash
 from .keyshare import generate_key, public_bytes, shared_secret
 from .messages import (
+    CERTIFICATE,
+    CERTIFICATE_VERIFY,
     CLIENT_HELLO,
     EXT_ALPN,
     EXT_KEY_SHARE,
@@ -43,8 +48,11 @@ from .messages import (
     TLS13,
     ClientHello,
     ServerHello,
+    decode_certificate,
+    decode_certificate_verify,
     decode_client_hello,
     encode_certificate,
+    encode_certificate_request,
     encode_certificate_verify,
     encode_encrypted_extensions,
     encode_finished,
@@ -56,16 +64,26 @@ from .messages import (
     parse_server_name,
     parse_supported_versions_client,
     parse_u16_list,
+    u16_list,
 )
 from .verify import (
+    CLIENT_CONTEXT,
+    CLIENT_SIGNATURE_ALGORITHMS,
     SERVER_CONTEXT,
     certificate_verify_content,
     sign,
     signature_algorithms_for_key,
+    verify_client_chain,
+    verify_signature,
 )
 
 # server states
-WAIT_CH, WAIT_CH2, WAIT_FINISHED, DONE = range(4)
+WAIT_CH, WAIT_CH2, WAIT_FINISHED, DONE, WAIT_CLIENT_CERT, WAIT_CLIENT_CV = range(6)
+
+#: RFC 8446 §4.3.2: our CertificateRequest (empty context, the schemes we verify)
+_CERTIFICATE_REQUEST = encode_certificate_request(
+    b"", [(EXT_SIGNATURE_ALGORITHMS, u16_list(CLIENT_SIGNATURE_ALGORITHMS))]
+)
 
 #: what every handshake with one certificate and key shares, prepared once: the
 #: Certificate message and the signature schemes of the key. Keyed by the identity of
@@ -100,7 +118,6 @@ class ServerHandshake(HandshakeCore):
         self.state = WAIT_CH
         self.group_ids = [GROUP_IDS[g] for g in config.groups]
         self.hrr_group: int | None = None
-        self.expected_client_finished = b""
         self.server_name: str | None = None
         #: rewrites our transport parameters once the client's are known (see TlsSession)
         self.params_hook: Callable[[bytes], bytes] | None = None
@@ -108,7 +125,7 @@ class ServerHandshake(HandshakeCore):
     def expected_epoch(self) -> Epoch | None:
         if self.state in (WAIT_CH, WAIT_CH2):
             return Epoch.INITIAL
-        if self.state == WAIT_FINISHED:
+        if self.state in (WAIT_FINISHED, WAIT_CLIENT_CERT, WAIT_CLIENT_CV):
             return Epoch.HANDSHAKE
         return None
 
@@ -117,6 +134,10 @@ class ServerHandshake(HandshakeCore):
             self._client_hello(decode_client_hello(body), raw)
         elif self.state == WAIT_FINISHED and msg_type == FINISHED:
             self._finished(body)
+        elif self.state == WAIT_CLIENT_CERT and msg_type == CERTIFICATE:
+            self._client_certificate(body, raw)
+        elif self.state == WAIT_CLIENT_CV and msg_type == CERTIFICATE_VERIFY:
+            self._client_certificate_verify(body, raw)
         else:
             raise TlsAlert(UNEXPECTED_MESSAGE, f"unexpected handshake message type {msg_type}")
 
@@ -254,6 +275,7 @@ class ServerHandshake(HandshakeCore):
         cfg = self.config
         assert self.ks is not None and self.alpn is not None and cfg.private_key is not None
         out = bytearray()
+        ask = cfg.client_certificates != "none"
         for msg in (
             encode_encrypted_extensions(
                 [
@@ -261,6 +283,7 @@ class ServerHandshake(HandshakeCore):
                     (EXT_QUIC_TRANSPORT_PARAMETERS, self.transport_parameters),
                 ]
             ),
+            *((_CERTIFICATE_REQUEST,) if ask else ()),
             _identity(cfg)[0],
         ):
             self.transcript += msg
@@ -273,15 +296,42 @@ class ServerHandshake(HandshakeCore):
         self.transcript += fin
         out += fin
         self.send(Epoch.HANDSHAKE, bytes(out))
-        server_finished_hash = self.thash()
-        self.expected_client_finished = self.ks.finished_verify_data(
-            self.client_hs_secret, server_finished_hash
-        )
-        self.install_application_secrets(server_finished_hash)
+        self.install_application_secrets(self.thash())
+        self.state = WAIT_CLIENT_CERT if ask else WAIT_FINISHED
+
+    def _client_certificate(self, body: bytes, raw: bytes) -> None:
+        context, ders = decode_certificate(body)
+        if context:
+            raise TlsAlert(ILLEGAL_PARAMETER, "client Certificate with a wrong request context")
+        self.transcript += raw
+        if not ders:
+            if self.config.client_certificates == "require":
+                raise TlsAlert(
+                    CERTIFICATE_REQUIRED,
+                    "the client sent no certificate and this server requires one",
+                )
+            self.state = WAIT_FINISHED
+            return
+        try:
+            certs = [x509.load_der_x509_certificate(der) for der in ders]
+        except ValueError as exc:
+            raise TlsAlert(BAD_CERTIFICATE, f"cannot parse client certificate: {exc}") from exc
+        if self.config.verify_peer:
+            verify_client_chain(certs, self.config.cafile, self.config.cadata)
+        self.peer_certs = certs
+        self.state = WAIT_CLIENT_CV
+
+    def _client_certificate_verify(self, body: bytes, raw: bytes) -> None:
+        algorithm, signature = decode_certificate_verify(body)
+        content = certificate_verify_content(CLIENT_CONTEXT, self.thash())
+        verify_signature(self.peer_certs[0], algorithm, signature, content)
+        self.transcript += raw
         self.state = WAIT_FINISHED
 
     def _finished(self, body: bytes) -> None:
-        if not hmac.compare_digest(self.expected_client_finished, body):
+        assert self.ks is not None
+        expected = self.ks.finished_verify_data(self.client_hs_secret, self.thash())
+        if not hmac.compare_digest(expected, body):
             raise TlsAlert(DECRYPT_ERROR, "client Finished does not verify")
         self.require_empty(Epoch.HANDSHAKE)
         self.state = DONE

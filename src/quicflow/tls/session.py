@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from quicflow.crypto.epoch import Epoch
 from quicflow.crypto.suites import CipherSuite
@@ -82,8 +83,14 @@ class TlsSession:
 
     @property
     def peer_certificates(self) -> list[x509.Certificate]:
-        """The server's chain, leaf first (client side; empty on the server)."""
+        """The peer's chain, leaf first: the server's (client side), or the client's
+        (server side; empty when the client presented none or none was asked for)."""
         return list(self._hs.peer_certs)
+
+    @property
+    def peer_certificate_ders(self) -> list[bytes]:
+        """``peer_certificates`` as DER bytes (plain data a connection keeps)."""
+        return [c.public_bytes(Encoding.DER) for c in self._hs.peer_certs]
 
     @property
     def cipher_suite(self) -> CipherSuite | None:

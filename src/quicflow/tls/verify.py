@@ -21,6 +21,7 @@ from .alerts import (
     HANDSHAKE_FAILURE,
     ILLEGAL_PARAMETER,
     UNKNOWN_CA,
+    UNSUPPORTED_CERTIFICATE,
     TlsAlert,
 )
 from .config import PrivateKey
@@ -142,6 +143,20 @@ def _subject(server_name: str) -> x509.DNSName | x509.IPAddress:
         return x509.DNSName(server_name)
 
 
+def _chain_alert(exc: VerificationError, who: str) -> TlsAlert:
+    """The alert for a chain ``cryptography`` rejected (``who`` names the certificate)."""
+    reason = str(exc)
+    if "subjectAltName" in reason or "subject" in reason.lower() and "match" in reason:
+        return TlsAlert(BAD_CERTIFICATE, f"{who} does not match: {reason}")
+    if "expired" in reason or "not yet valid" in reason or "validity" in reason:
+        return TlsAlert(CERTIFICATE_EXPIRED, f"{who} is not valid now: {reason}")
+    if "candidates exhausted" in reason or "issuer" in reason:
+        return TlsAlert(UNKNOWN_CA, f"{who} is not issued by a trusted CA: {reason}")
+    if "extended key usage" in reason.lower() or "EKU" in reason:
+        return TlsAlert(UNSUPPORTED_CERTIFICATE, f"{who} is not for this use: {reason}")
+    return TlsAlert(CERTIFICATE_UNKNOWN, f"{who} rejected: {reason}")
+
+
 def verify_chain(
     chain: Sequence[x509.Certificate],
     server_name: str | None,
@@ -156,27 +171,33 @@ def verify_chain(
             CERTIFICATE_UNKNOWN, "cannot verify the server certificate without a server_name"
         )
     store = load_trust_store(cafile, cadata)
+    who = f"certificate for {server_name!r}"
     try:
         verifier = PolicyBuilder().store(store).build_server_verifier(_subject(server_name))
         verifier.verify(chain[0], list(chain[1:]))
     except VerificationError as exc:
-        reason = str(exc)
-        if "subjectAltName" in reason or "subject" in reason.lower() and "match" in reason:
-            raise TlsAlert(
-                BAD_CERTIFICATE,
-                f"certificate does not match host {server_name!r}: {reason}",
-            ) from exc
-        if "expired" in reason or "not yet valid" in reason or "validity" in reason:
-            raise TlsAlert(
-                CERTIFICATE_EXPIRED, f"certificate for {server_name!r} is not valid now: {reason}"
-            ) from exc
-        if "candidates exhausted" in reason or "issuer" in reason:
-            raise TlsAlert(
-                UNKNOWN_CA,
-                f"certificate for {server_name!r} is not issued by a trusted CA: {reason}",
-            ) from exc
-        raise TlsAlert(
-            CERTIFICATE_UNKNOWN, f"certificate for {server_name!r} rejected: {reason}"
-        ) from exc
+        alert = _chain_alert(exc, who)
+        if alert.description == BAD_CERTIFICATE:
+            alert = TlsAlert(
+                BAD_CERTIFICATE, f"certificate does not match host {server_name!r}: {exc}"
+            )
+        raise alert from exc
     except ValueError as exc:  # bad subject name, unsupported key types, ...
-        raise TlsAlert(BAD_CERTIFICATE, f"certificate for {server_name!r} rejected: {exc}") from exc
+        raise TlsAlert(BAD_CERTIFICATE, f"{who} rejected: {exc}") from exc
+
+
+def verify_client_chain(
+    chain: Sequence[x509.Certificate], cafile: str | None, cadata: bytes | None
+) -> None:
+    """Verify a client chain (leaf first) for the clientAuth use; raises ``TlsAlert``."""
+    if not chain:
+        raise TlsAlert(BAD_CERTIFICATE, "client sent no certificate")
+    store = load_trust_store(cafile, cadata)
+    who = f"client certificate {chain[0].subject.rfc4514_string()!r}"
+    try:
+        verifier = PolicyBuilder().store(store).build_client_verifier()
+        verifier.verify(chain[0], list(chain[1:]))
+    except VerificationError as exc:
+        raise _chain_alert(exc, who) from exc
+    except ValueError as exc:
+        raise TlsAlert(BAD_CERTIFICATE, f"{who} rejected: {exc}") from exc

@@ -19,10 +19,16 @@ class Configuration:
     alpn_protocols: application protocols offered (client) or accepted (server), in order of
         preference; ALPN is required by QUIC, so the list must not be empty.
     certificate_chain / private_key: the server's certificate chain (leaf first, as
-        ``cryptography`` certificates) and key. ``certificate_file``/``private_key_file``
-        load PEM files instead (see :meth:`load_cert_chain`).
-    cafile / cadata: CA certificates (PEM file / PEM bytes) a client trusts; neither means
+        ``cryptography`` certificates) and key; on a client, the client certificate it
+        presents when a server asks (optional). :meth:`load_cert_chain` loads PEM files.
+    cafile / cadata: CA certificates (PEM file / PEM bytes) a client trusts for the
+        server's certificate, and a server trusts for client certificates; neither means
         the system store. verify_peer=False turns verification off (insecure).
+    client_certificates: (servers) "none" (default): ask for no client certificate;
+        "request": ask, accept a client without one; "require": ask, and close a handshake
+        without one with CRYPTO_ERROR 0x100+116 (certificate_required). A presented chain
+        must verify against cafile/cadata for the clientAuth use. The peer's chain is
+        ``Connection.peer_certificates`` (leaf first) on both sides.
     server_name: the host name a client checks the certificate against (defaults to the host
         passed to ``connect``).
     idle_timeout: seconds of silence after which the connection closes (max_idle_timeout).
@@ -121,6 +127,7 @@ class Configuration:
     max_datagram_queue: int = 256
     versions: list[int] = field(default_factory=lambda: [QUIC_V1, QUIC_V2])
     initial_version: int | None = None
+    client_certificates: str = "none"
 
     def load_cert_chain(self, certfile: str, keyfile: str | None = None) -> None:
         """Load a PEM certificate chain and private key."""
@@ -155,3 +162,5 @@ class Configuration:
             raise ValueError("initial_version must be one of versions")
         if not self.cipher_suites:
             raise ValueError("cipher_suites must not be empty")
+        if self.client_certificates not in ("none", "request", "require"):
+            raise ValueError("client_certificates must be 'none', 'request' or 'require'")

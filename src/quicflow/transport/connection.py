@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography import x509
+
 from ..crypto.epoch import Epoch
 from ..crypto.keys import PacketProtector, derive_packet_keys, initial_secrets
 from ..crypto.offload import OffloadEngine, SoftwareOffloadEngine
@@ -144,6 +146,7 @@ class Connection:
     bytes_sent_unvalidated: int = 0
     spaces: list[PacketSpace] = field(default_factory=lambda: [PacketSpace() for _ in range(3)])
     alpn_protocol: str | None = None
+    peer_certificate_ders: list[bytes] = field(default_factory=list)  # peer's chain, DER
     peer_params: TransportParameters | None = None
     # keys (secrets are kept for snapshot; 1-RTT keys live in the offload engine)
     cipher_suite: CipherSuite = CipherSuite.AES_128_GCM_SHA256
@@ -259,6 +262,7 @@ class Connection:
             cipher_suites=list(cfg.cipher_suites),
             groups=list(cfg.groups),
             keylog_file=cfg.keylog_file,
+            client_certificates=cfg.client_certificates,
         )
 
     def _setup(self, now: float, server_name: str | None) -> None:
@@ -507,6 +511,12 @@ class Connection:
     @property
     def cc(self) -> CongestionControl:
         return self.loss.cc
+
+    @property
+    def peer_certificates(self) -> list[x509.Certificate]:
+        """The peer's certificate chain, leaf first, once the handshake is complete: the
+        server's on a client; on a server the client's (empty if it presented none)."""
+        return [x509.load_der_x509_certificate(der) for der in self.peer_certificate_ders]
 
     def next_event(self) -> Event | None:
         if self.events:

@@ -425,6 +425,7 @@ def _after_tls(conn: Connection, now: float) -> None:
     if tls.handshake_complete and not conn.handshake_complete:
         conn.handshake_complete = True
         conn.alpn_protocol = tls.alpn_protocol
+        conn.peer_certificate_ders = tls.peer_certificate_ders
         conn.state = ESTABLISHED
         conn.events.append(HandshakeCompleted(tls.alpn_protocol))
         if not conn.is_client:
