@@ -20,9 +20,10 @@ PYTEST_ARGS ?=
 # offline in GOPATH mode); cargo + quinn's crates: the quinn peer (tests/peers/quinn, built
 # offline against /usr/share/cargo/registry); both cached in ~/.cache/quicflow-peers.
 # tshark: the key-log test (its debconf question is preseeded below).
+# ngtcp2-client, ngtcp2-server: gtlsclient/gtlsserver, the ngtcp2 HTTP/3 interop peers.
 DEB_PACKAGES := iproute2 nftables libssl-dev golang-go golang-github-lucas-clemente-quic-go-dev \
-                cargo librust-quinn-dev tshark
-DEB_BINARIES := ip tc nft go cargo tshark
+                cargo librust-quinn-dev tshark ngtcp2-client ngtcp2-server
+DEB_BINARIES := ip tc nft go cargo tshark gtlsclient gtlsserver
 DEB_FILES    := /usr/include/openssl/evp.h \
                 /usr/share/gocode/src/github.com/lucas-clemente/quic-go/server.go \
                 /usr/share/doc/librust-quinn-dev/copyright

@@ -32,7 +32,8 @@ CIPHERS = {
     "AES_256_GCM_SHA384": "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+AES-256-GCM",
     "CHACHA20_POLY1305_SHA256": "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+CHACHA20-POLY1305",
 }
-_CLOSE = re.compile(r"frm (rx|tx) \d+ \S+ CONNECTION_CLOSE\(0x1[cd]\) error_code=\S*\(0x([0-9a-f]+)\)")
+_CLOSE = re.compile(
+    r"frm (rx|tx) \d+ \S+ CONNECTION_CLOSE\(0x1[cd]\) error_code=\S*\(0x([0-9a-f]+)\)")
 _ORDERED = re.compile(r"^Ordered STREAM data stream_id=0x([0-9a-f]+)$")
 _HEX_LINE = re.compile(r"^([0-9a-f]{8})  ((?:[0-9a-f]{2} {1,2}){1,16})")
 
@@ -161,7 +162,7 @@ async def gtlsclient(port: int, urls: list[str], *options: str, log_path: Path,
             env={**os.environ, "SSLKEYLOGFILE": ""})
         try:
             status = await asyncio.wait_for(proc.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
             raise
