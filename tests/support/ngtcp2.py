@@ -65,6 +65,13 @@ def closes(log: str, direction: str) -> list[int]:
     return [int(code, 16) for d, code in _CLOSE.findall(log) if d == direction]
 
 
+def simulated_losses(log: str) -> tuple[int, int]:
+    """(outgoing, incoming) packets ngtcp2 dropped on purpose (``--tx-loss``/``--rx-loss``;
+    an outgoing GSO batch counts once)."""
+    return (log.count("** Simulated outgoing packet loss **"),
+            log.count("** Simulated incoming packet loss **"))
+
+
 def stream_data(log: str, stream_id: int) -> bytes:
     """The ordered STREAM data of ``stream_id`` that ngtcp2 handed to HTTP/3 (from the
     hex dumps of its log)."""
@@ -170,4 +177,4 @@ async def gtlsclient(port: int, urls: list[str], *options: str, log_path: Path,
 
 
 __all__ = ["CIPHERS", "GtlsServer", "available", "closes", "gtlsclient",
-           "request_body", "stream_data", "udp_bound"]
+           "request_body", "simulated_losses", "stream_data", "udp_bound"]
