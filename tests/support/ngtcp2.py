@@ -161,7 +161,8 @@ async def gtlsclient(port: int, urls: list[str], *options: str, log_path: Path,
                      timeout: float = 30.0) -> tuple[int, str]:  # fmt: skip
     """Run gtlsclient against 127.0.0.1:``port`` until all its streams closed; returns
     (exit status, frame log)."""
-    command = [CLIENT, "--no-http-dump", "--exit-on-all-streams-close", "--timeout=10s",
+    command = [CLIENT, "--no-http-dump", "--no-quic-dump", "--exit-on-all-streams-close",
+               "--timeout=10s",
                *options, "127.0.0.1", str(port), *urls]  # fmt: skip
     with open(log_path, "wb") as log:
         proc = await asyncio.create_subprocess_exec(
