@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -128,6 +130,56 @@ def test_our_client_gtlsserver_with_loss(site: Path) -> None:
                  timeout=60)  # fmt: skip
     dropped_out, dropped_in = ngtcp2.simulated_losses(log)
     assert dropped_out > 0 and dropped_in > 0
+    assert ngtcp2.closes(log, "rx") == [H3_NO_ERROR]
+
+
+def test_our_client_gtlsserver_key_updates_started_by_us(site: Path) -> None:
+    """We start three key updates during downloads (RFC 9001 §6); gtlsserver follows each
+    (its packets in the new phase count as answers) and the bodies stay intact."""
+
+    async def body(client: h3.H3Client) -> tuple[int, int]:
+        conn = client.face.conn
+        await download(client, site, "small.bin")  # the handshake is confirmed by now
+        for _ in range(3):
+            conn.initiate_key_update()  # waits 3 PTOs after the previous one by itself
+            await download(client, site, "one.bin")
+            while conn.key_update_pending or conn.key_update_requested:
+                await download(client, site, "small.bin")
+        return conn.key_updates_received, conn.key_phase
+
+    (answered, _), log = run(against_gtlsserver(site, body), timeout=30)
+    assert answered == 3
+    assert ngtcp2.closes(log, "rx") == [H3_NO_ERROR]
+
+
+def test_quicflow_get_from_gtlsserver(site: Path, tmp_path: Path) -> None:
+    """``quicflow get --json -o FILE`` fetches from gtlsserver: exit 0, the JSON report's
+    sha256 and size, and the file written, all match."""
+    out = tmp_path / "got.bin"
+
+    async def fetch(port: int) -> tuple[int, bytes, bytes]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "quicflow", "get", "--insecure", "--json", "-q",
+            "-o", str(out), f"https://127.0.0.1:{port}/three.bin",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout, stderr = await proc.communicate()
+        assert proc.returncode is not None
+        return proc.returncode, stdout, stderr
+
+    async def go() -> tuple[tuple[int, bytes, bytes], str]:
+        cert, key = self_signed().write(tmp_path, "server")
+        port = ngtcp2.free_udp_port()
+        server = ngtcp2.GtlsServer(site, cert, key, port, log_path=tmp_path / "srv.log")
+        async with server:
+            result = await fetch(port)
+        return result, server.log()
+
+    (code, stdout, stderr), log = run(go(), timeout=60)
+    assert code == 0, stderr.decode()
+    report = json.loads(stdout)
+    expected = sha((site / "three.bin").read_bytes())
+    assert report["status"] == 200 and report["size"] == 3 * MB
+    assert report["sha256"] == expected == sha(out.read_bytes())
     assert ngtcp2.closes(log, "rx") == [H3_NO_ERROR]
 
 
