@@ -56,12 +56,14 @@ deps:
 		-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
 		$(DEB_PACKAGES) </dev/null >/dev/null
 
-# The compiled interop peers (tests/peers: quic-go, quinn), built once per cache key into
+# The compiled interop peers (tests/peers: quic-go, quinn) and picoquic's Python 3.12 venv
+# (PyPI aiopquic), built once per cache key into
 # ~/.cache/quicflow-peers, before pytest so that a first build (quinn: ~2 minutes) does not
 # count against a test's time limit. A peer that cannot be built is reported by its tests.
 peers: venv
 	@$(VPY) -m tests.support.quicgo >/dev/null || true
 	@$(VPY) -m tests.support.quinn >/dev/null || true
+	@$(VPY) -m tests.support.picoquic >/dev/null || true
 
 test: venv peers
 	$(VPY) -m pytest -q -x --timeout=$(TEST_TIMEOUT) $(PYTEST_ARGS)

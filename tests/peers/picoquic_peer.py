@@ -21,6 +21,7 @@ import asyncio
 import hashlib
 import json
 import os
+import socket
 import sys
 from typing import Any
 
@@ -89,19 +90,29 @@ class Peer(QuicConnectionProtocol):
         return {"path": path, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
+def bound(port: int) -> bool:
+    with open("/proc/net/udp") as f:
+        rows = f.readlines()[1:]
+    return any(int(row.split()[1].rsplit(":", 1)[1], 16) == port for row in rows if row.strip())
+
+
 async def run_server(args: argparse.Namespace) -> None:
-    cfg = QuicConfiguration(is_client=False, alpn_protocols=[ALPN])
+    cfg = QuicConfiguration(is_client=False, alpn_protocols=[ALPN], ip_family=socket.AF_INET)
     cfg.load_cert_chain(args.cert, args.key)
     Peer.root = os.path.realpath(args.root)
     await serve("127.0.0.1", args.port, configuration=cfg, create_protocol=Peer,
                 retry=args.retry)
+    for _ in range(500):  # picoquic binds from its own thread: wait until it has
+        if bound(args.port):
+            break
+        await asyncio.sleep(0.01)
     emit({"event": "ready", "port": args.port})
     await asyncio.Future()
 
 
 async def run_client(args: argparse.Namespace) -> None:
     cfg = QuicConfiguration(is_client=True, alpn_protocols=[ALPN],
-                            server_name=args.server_name)
+                            server_name=args.server_name, ip_family=socket.AF_INET)
     cfg.load_verify_locations(cafile=args.ca)
     if args.cipher_suite:
         cfg.cipher_suite = int(args.cipher_suite, 0)
