@@ -20,9 +20,11 @@ PYTEST_ARGS ?=
 # offline in GOPATH mode); cargo + quinn's crates: the quinn peer (tests/peers/quinn, built
 # offline against /usr/share/cargo/registry); both cached in ~/.cache/quicflow-peers.
 # tshark: the key-log test (its debconf question is preseeded below).
+# ngtcp2-client, ngtcp2-server: gtlsclient/gtlsserver, the ngtcp2 HTTP/3 interop peers;
+# nodejs: runs the quiche peer (npm comes with the machine's Node build).
 DEB_PACKAGES := iproute2 nftables libssl-dev golang-go golang-github-lucas-clemente-quic-go-dev \
-                cargo librust-quinn-dev tshark
-DEB_BINARIES := ip tc nft go cargo tshark
+                cargo librust-quinn-dev tshark ngtcp2-client ngtcp2-server nodejs
+DEB_BINARIES := ip tc nft go cargo tshark gtlsclient gtlsserver node
 DEB_FILES    := /usr/include/openssl/evp.h \
                 /usr/share/gocode/src/github.com/lucas-clemente/quic-go/server.go \
                 /usr/share/doc/librust-quinn-dev/copyright
@@ -55,12 +57,15 @@ deps:
 		-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
 		$(DEB_PACKAGES) </dev/null >/dev/null
 
-# The compiled interop peers (tests/peers: quic-go, quinn), built once per cache key into
+# The compiled interop peers (tests/peers: quic-go, quinn), picoquic's Python 3.12 venv
+# (PyPI aiopquic) and quiche's node_modules (npm @matrixai/quic), built once per cache key into
 # ~/.cache/quicflow-peers, before pytest so that a first build (quinn: ~2 minutes) does not
 # count against a test's time limit. A peer that cannot be built is reported by its tests.
 peers: venv
 	@$(VPY) -m tests.support.quicgo >/dev/null || true
 	@$(VPY) -m tests.support.quinn >/dev/null || true
+	@$(VPY) -m tests.support.picoquic >/dev/null || true
+	@$(VPY) -m tests.support.quiche >/dev/null || true
 
 test: venv peers
 	$(VPY) -m pytest -q -x --timeout=$(TEST_TIMEOUT) $(PYTEST_ARGS)

@@ -80,7 +80,7 @@ async def _open(
         peer, runner.loop.time(), server_name=_server_name(host, endpoint.configuration)
     )
     face = face_class(runner, conn, stream_handler=stream_handler)
-    runner.faces[id(conn)] = face
+    runner.add_face(conn, face)
     runner.schedule_flush(conn)
     try:
         if wait_connected:

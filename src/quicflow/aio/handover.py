@@ -193,7 +193,7 @@ class Handover:
         self.timings = {"stop": t1 - t0, "capture": capture_time, "send": t2 - t1 - capture_time,
                         "ack": time.monotonic() - t2, "bytes": float(size)}
         for face in faces:
-            runner.faces.pop(id(face.conn), None)
+            runner.remove_face(face.conn)
             face.on_terminated()
         runner.transport.close()  # the successor holds its own copies of the sockets
         for sock in sockets[1:]:
@@ -258,7 +258,7 @@ def restore_one(
     face = QuicConnection(runner, conn, stream_handler=handler)
     face.mark_connected()
     face.sync_send_buffer()  # its unacknowledged bytes count against this endpoint's budget
-    runner.faces[id(conn)] = face
+    runner.add_face(conn, face)
     return face, json.loads(app_state) if app_state else None, face.stream_faces()
 
 

@@ -30,6 +30,7 @@ from ..datapath.connected import ConnectedSockets, SocketPolicy
 from ..datapath.socket import UdpTransport, normalize_address
 from ..endpoint.endpoint import Endpoint
 from ..transport.connection import Connection
+from .gcpolicy import POLICY as GC_POLICY
 from .sendbuffer import SendBudget
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ class EndpointRunner:
         self.transport = transport
         self.endpoint = endpoint
         self.faces: dict[int, QuicConnection] = {}  # id(Connection) -> face
+        self._counted = 0  # faces reported to the process's GC policy (gcpolicy.py)
         self.on_accept = on_accept
         self.connected_peer = connected_peer
         #: how to name the peer in errors ("HOST port PORT" of connect()); set by connect
@@ -167,7 +169,7 @@ class EndpointRunner:
             if endpoint.accepted:
                 for conn in endpoint.accepted:
                     if self.on_accept is not None:
-                        self.faces[id(conn)] = self.on_accept(conn)
+                        self.add_face(conn, self.on_accept(conn))
                 endpoint.accepted.clear()
             for data, addr in endpoint.pop_stateless():
                 self.transport.send_batch(data, len(data), addr)
@@ -382,6 +384,19 @@ class EndpointRunner:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def add_face(self, conn: Connection, face: QuicConnection) -> None:
+        """Serve ``conn`` through ``face`` (counted for the process's GC policy)."""
+        self.faces[id(conn)] = face
+        self._counted += 1
+        GC_POLICY.added()
+
+    def remove_face(self, conn: Connection) -> QuicConnection | None:
+        face = self.faces.pop(id(conn), None)
+        if face is not None and self._counted > 0:
+            self._counted -= 1
+            GC_POLICY.removed()
+        return face
+
     def _forget(self, conn: Connection) -> None:
         entry = self._timers.pop(id(conn), None)
         if entry is not None:
@@ -389,7 +404,7 @@ class EndpointRunner:
         self.endpoint.forget(conn)
         if self.sockets is not None:
             self.sockets.forget(conn)
-        face = self.faces.pop(id(conn), None)
+        face = self.remove_face(conn)
         if face is not None:
             face.on_terminated()
         if self.connected_peer is not None and not self.faces:
@@ -417,6 +432,9 @@ class EndpointRunner:
 
     def close(self) -> None:
         self.pause()
+        while self._counted > 0:  # faces left behind no longer count as held
+            self._counted -= 1
+            GC_POLICY.removed()
         if self.sockets is not None:
             self.sockets.close_all()
         self.transport.close()

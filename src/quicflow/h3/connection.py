@@ -269,6 +269,11 @@ class H3Connection:
             ):
                 self._discard(stream_id)  # a request we rejected or abandoned
                 return
+            if stream.recv is not None and stream.recv.read_offset > 0:
+                # a request already read and forgotten, its response still in flight: a
+                # duplicate of its STREAM frame made the stream readable again
+                self._discard(stream_id)
+                return
             st = self._new_peer_request(stream_id)
             if st is None:
                 return

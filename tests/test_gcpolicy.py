@@ -1,0 +1,73 @@
+"""The process's GC policy (aio/gcpolicy.py): long-lived connection state is frozen out of
+the collector's full collections as a server grows, and released when it shrinks."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
+
+import pytest
+
+import quicflow
+from quicflow.aio import gcpolicy
+from tests.support.transfer import client_configuration, server_configuration
+
+
+@pytest.fixture
+def policy(monkeypatch: pytest.MonkeyPatch) -> Iterator[gcpolicy.FreezeOnGrowth]:
+    fresh = gcpolicy.FreezeOnGrowth()
+    monkeypatch.setattr(gcpolicy, "POLICY", fresh)
+    yield fresh
+    gc.unfreeze()
+
+
+def test_freezes_at_each_doubling_and_releases_when_small(policy: gcpolicy.FreezeOnGrowth) -> None:
+    for _ in range(gcpolicy.FREEZE_FROM - 1):
+        policy.added()
+    assert policy.freezes == 0 and gc.get_freeze_count() == 0
+    policy.added()
+    assert policy.freezes == 1 and policy.frozen_at == gcpolicy.FREEZE_FROM
+    assert gc.get_freeze_count() > 0
+    for _ in range(gcpolicy.FREEZE_FROM):  # up to twice as many: the second freeze
+        policy.added()
+    assert policy.freezes == 2
+    while policy.live >= policy.frozen_at // 4:
+        policy.removed()
+    assert policy.unfreezes == 1 and gc.get_freeze_count() == 0
+
+
+def test_a_server_reports_its_connections(monkeypatch: pytest.MonkeyPatch,
+                                          policy: gcpolicy.FreezeOnGrowth) -> None:
+    monkeypatch.setattr(gcpolicy, "FREEZE_FROM", 8)
+    from quicflow.aio import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "GC_POLICY", policy)
+
+    async def echo(reader: quicflow.QuicStreamReader, writer: quicflow.QuicStreamWriter) -> None:
+        writer.write(await reader.read())
+        writer.write_eof()
+
+    async def main() -> tuple[int, int]:
+        server = await quicflow.serve(echo, "127.0.0.1", 0,
+                                      configuration=server_configuration())
+        port = server.address[1]
+        async with quicflow.client_endpoint(configuration=client_configuration()) as ep:
+            async with AsyncExitStack() as stack:
+                faces = [await stack.enter_async_context(ep.connect("127.0.0.1", port))
+                         for _ in range(12)]
+                for face in faces:
+                    reader, writer = await face.create_stream()
+                    writer.write(b"ping")
+                    writer.write_eof()
+                    assert await reader.read() == b"ping"
+                held = policy.live
+        await asyncio.sleep(0.2)
+        server.close()
+        return held, policy.freezes
+
+    held, freezes = asyncio.run(main())
+    assert held >= 12  # the server's 12 (and the client's, in this same process)
+    assert freezes >= 1
+    assert policy.live == 0
