@@ -4,14 +4,22 @@ progress line, the one-line failure message, transport options."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
+import os
 import socket
 import sys
+import tempfile
+from collections.abc import Iterator
 from typing import Any, TextIO
+
+from cryptography import x509
 
 from ..aio import ConnectionClosedError
 from ..apps.hq import HqError
 from ..apps.perf import PerfError
+from ..tls.certs import certificate_pem, generate_self_signed, load_pem_chain, load_pem_key
+from ..tls.config import PrivateKey
 
 PROG = "quicflow"
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -179,6 +187,73 @@ def _certificate_hostnames(host: str) -> list[str]:
     if hostname and hostname not in names:
         names.append(hostname)
     return names
+
+
+def add_listen_options(p: argparse.ArgumentParser) -> None:
+    """--host, --port, --cert, --key of a server that makes a self-signed certificate
+    without --cert (see ``server_certificate``)."""
+    p.add_argument(
+        "--host", default="::",
+        help="address to listen on; :: accepts IPv4 and IPv6 (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--port", type=_port_arg, default=4433,
+        help="UDP port, 0 for any free one (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--cert", metavar="FILE", help="PEM certificate chain, leaf first")
+    p.add_argument(
+        "--key", metavar="FILE", help="PEM private key (default: read it from --cert)"
+    )
+
+
+@contextlib.contextmanager
+def server_certificate(
+    args: argparse.Namespace, prefix: str
+) -> Iterator[tuple[list[x509.Certificate], PrivateKey]]:
+    """The (chain, key) of --cert/--key; without --cert a fresh self-signed certificate
+    for ``_certificate_hostnames(args.host)``, written to a temporary PEM file (named on
+    stderr, for the clients' --cafile) that is removed on exit."""
+    if args.cert:
+        yield load_pem_chain(args.cert), load_pem_key(args.key or args.cert)
+        return
+    cert, key = generate_self_signed(_certificate_hostnames(args.host))
+    fd, temp_cert = tempfile.mkstemp(prefix=prefix, suffix=".pem")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(certificate_pem(cert))
+        print(f"self-signed certificate written to {temp_cert}"
+              f" (clients: --cafile {temp_cert})", file=sys.stderr, flush=True)  # fmt: skip
+        yield [cert], key
+    finally:
+        try:
+            os.unlink(temp_cert)
+        except OSError:
+            pass
+
+
+def add_client_tls_options(p: argparse.ArgumentParser) -> None:
+    """--insecure or --cafile (one of them) of a client."""
+    trust = p.add_mutually_exclusive_group()
+    trust.add_argument(
+        "--insecure", action="store_true", help="do not verify the server's certificate"
+    )
+    trust.add_argument(
+        "--cafile", metavar="FILE",
+        help="PEM file of the CA certificates to trust (default: the system store)",
+    )  # fmt: skip
+
+
+def add_timeout_option(p: argparse.ArgumentParser) -> None:
+    """--timeout of a client (handshake and idle timeout)."""
+    p.add_argument(
+        "--timeout", type=_seconds_arg, default=10.0, metavar="SECONDS",
+        help="give up when the handshake takes longer, or the server stays silent for "
+        "longer (the idle timeout) (default: %(default)s)",
+    )  # fmt: skip
+
+
+def add_quiet_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
 
 
 def _add_transport_options(p: argparse.ArgumentParser) -> None:

@@ -8,23 +8,23 @@ import json
 import os
 import signal
 import sys
-import tempfile
 
 from ..aio import ConnectionClosedError
 from ..apps.hq import HqError, HqResult, parse_url, run_client, server_configuration, start_server
-from ..tls.certs import certificate_pem, generate_self_signed, load_pem_chain, load_pem_key
 from ..transport.config import Configuration
 from .common import (
     Progress,
     _add_transport_options,
-    _certificate_hostnames,
     _describe_error,
     _fail,
     _format_address,
-    _port_arg,
-    _seconds_arg,
+    add_client_tls_options,
+    add_listen_options,
+    add_quiet_option,
+    add_timeout_option,
     format_bytes,
     format_rate,
+    server_certificate,
 )
 
 # ---------------------------------------------------------------------------- server
@@ -56,32 +56,15 @@ def cmd_hq_server(args: argparse.Namespace) -> int:
         return _fail(f"--root {args.root}: not a directory", 2)
     if args.key and not args.cert:
         return _fail("--key needs --cert", 2)
-    temp_cert: str | None = None
     try:
-        if args.cert:
-            chain = load_pem_chain(args.cert)
-            key = load_pem_key(args.key or args.cert)
-        else:
-            cert, key = generate_self_signed(_certificate_hostnames(args.host))
-            chain = [cert]
-            fd, temp_cert = tempfile.mkstemp(prefix="quicflow-hq-", suffix=".pem")
-            with os.fdopen(fd, "wb") as f:
-                f.write(certificate_pem(cert))
-            print(f"self-signed certificate written to {temp_cert}"
-                  f" (clients: --cafile {temp_cert})", file=sys.stderr, flush=True)  # fmt: skip
-        config = server_configuration(
-            chain, key, congestion_control=args.congestion,
-            max_datagram_size=args.max_datagram, keylog_file=args.keylog,
-        )  # fmt: skip
-        return asyncio.run(_serve(args, config))
+        with server_certificate(args, "quicflow-hq-") as (chain, key):
+            config = server_configuration(
+                chain, key, congestion_control=args.congestion,
+                max_datagram_size=args.max_datagram, keylog_file=args.keylog,
+            )  # fmt: skip
+            return asyncio.run(_serve(args, config))
     except (OSError, ValueError) as e:
         return _fail(_describe_error(e) if isinstance(e, OSError) else str(e))
-    finally:
-        if temp_cert is not None:
-            try:
-                os.unlink(temp_cert)
-            except OSError:
-                pass
 
 
 # ---------------------------------------------------------------------------- client
@@ -155,18 +138,7 @@ def add_hq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--cert it makes a self-signed certificate and says on stderr in which file.",
     )
     server.add_argument("--root", required=True, metavar="DIR", help="directory to serve")
-    server.add_argument(
-        "--host", default="::",
-        help="address to listen on; :: accepts IPv4 and IPv6 (default: %(default)s)",
-    )  # fmt: skip
-    server.add_argument(
-        "--port", type=_port_arg, default=4433,
-        help="UDP port, 0 for any free one (default: %(default)s)",
-    )  # fmt: skip
-    server.add_argument("--cert", metavar="FILE", help="PEM certificate chain, leaf first")
-    server.add_argument(
-        "--key", metavar="FILE", help="PEM private key (default: read it from --cert)"
-    )
+    add_listen_options(server)
     _add_transport_options(server)
     server.set_defaults(func=cmd_hq_server)
 
@@ -186,28 +158,17 @@ def add_hq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--output", "-o", required=True, metavar="DIR",
         help="directory to write the files into (must exist)",
     )  # fmt: skip
-    trust = client.add_mutually_exclusive_group()
-    trust.add_argument(
-        "--insecure", action="store_true", help="do not verify the server's certificate"
-    )
-    trust.add_argument(
-        "--cafile", metavar="FILE",
-        help="PEM file of the CA certificates to trust (default: the system store)",
-    )  # fmt: skip
+    add_client_tls_options(client)
     client.add_argument(
         "--server-name", metavar="NAME",
         help="name to check the certificate against and send as SNI (default: the URL's host)",
     )  # fmt: skip
-    client.add_argument(
-        "--timeout", type=_seconds_arg, default=10.0, metavar="SECONDS",
-        help="give up when the handshake takes longer, or the server stays silent for "
-        "longer (the idle timeout) (default: %(default)s)",
-    )  # fmt: skip
+    add_timeout_option(client)
     client.add_argument(
         "--json", action="store_true",
         help="print one JSON object on stdout (files: url, path, file, bytes, sha256; "
         "bytes_received, seconds, connections, handshake_seconds) instead of lines",
     )  # fmt: skip
-    client.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    add_quiet_option(client)
     _add_transport_options(client)
     client.set_defaults(func=cmd_hq_client)

@@ -32,13 +32,7 @@ from ..apps.perf import (
 from ..datapath.connected import DEFAULT_CONNECTION_SOCKETS
 from ..endpoint.quiclb import QuicLbConfig
 from ..migration.handoff import HandoffError
-from ..tls.certs import (
-    certificate_pem,
-    generate_self_signed,
-    load_pem_chain,
-    load_pem_key,
-    private_key_pem,
-)
+from ..tls.certs import certificate_pem, generate_self_signed, private_key_pem
 from ..transport.codec import SnapshotError
 from ..transport.config import Configuration
 from .common import (
@@ -46,7 +40,6 @@ from .common import (
     SIZE_HELP,
     Progress,
     _add_transport_options,
-    _certificate_hostnames,
     _describe_error,
     _fail,
     _format_address,
@@ -56,9 +49,14 @@ from .common import (
     _positive_int,
     _seconds_arg,
     _size_arg,
+    add_client_tls_options,
+    add_listen_options,
+    add_quiet_option,
+    add_timeout_option,
     format_bytes,
     format_rate,
     parse_size,
+    server_certificate,
 )
 from .h3cmd import register as register_h3_commands
 from .hq import add_hq_parser
@@ -162,7 +160,6 @@ def _report_handoff(
 
 
 def cmd_perf_server(args: argparse.Namespace) -> int:
-    temp_cert: str | None = None
     try:
         _cid_plan(args)
     except ValueError as e:
@@ -172,57 +169,37 @@ def cmd_perf_server(args: argparse.Namespace) -> int:
     if args.workers is not None and (args.handoff or args.takeover or args.migrate_listen):
         return _fail("--handoff, --takeover and --migrate-listen do not work with --workers "
                      "yet", 2)
+    if args.key and not args.cert:
+        return _fail("--key needs --cert", 2)
     try:
-        if args.cert:
-            chain = load_pem_chain(args.cert)
-            key = load_pem_key(args.key or args.cert)
-        else:
-            if args.key:
-                return _fail("--key needs --cert", 2)
-            cert, key = generate_self_signed(_certificate_hostnames(args.host))
-            chain = [cert]
-            fd, temp_cert = tempfile.mkstemp(prefix="quicflow-perf-", suffix=".pem")
-            with os.fdopen(fd, "wb") as f:
-                f.write(certificate_pem(cert))
-            print(
-                f"self-signed certificate written to {temp_cert}"
-                f" (clients: --cafile {temp_cert})",
-                file=sys.stderr,
-                flush=True,
+        with server_certificate(args, "quicflow-perf-") as (chain, key):
+            config = server_configuration(
+                chain,
+                key,
+                congestion_control=args.congestion,
+                max_datagram_size=args.max_datagram,
+                keylog_file=args.keylog,
+                retry=args.retry,
             )
-        config = server_configuration(
-            chain,
-            key,
-            congestion_control=args.congestion,
-            max_datagram_size=args.max_datagram,
-            keylog_file=args.keylog,
-            retry=args.retry,
-        )
-        if args.require_client_cert and not args.client_ca:
-            return _fail("--require-client-cert needs --client-ca", 2)
-        if args.client_ca:
-            if not os.path.isfile(args.client_ca):
-                return _fail(f"--client-ca {args.client_ca}: no such file", 2)
-            config.cafile = args.client_ca
-            config.client_certificates = "require" if args.require_client_cert else "request"
-        if args.token_key_file:
-            with open(args.token_key_file, "rb") as f:
-                secret = f.read()
-            if len(secret) < 16:
-                return _fail("--token-key-file must hold at least 16 bytes", 2)
-            config.token_key = secret
-            config.reset_key = secret
-        return asyncio.run(_serve_perf(args, config))
+            if args.require_client_cert and not args.client_ca:
+                return _fail("--require-client-cert needs --client-ca", 2)
+            if args.client_ca:
+                if not os.path.isfile(args.client_ca):
+                    return _fail(f"--client-ca {args.client_ca}: no such file", 2)
+                config.cafile = args.client_ca
+                config.client_certificates = "require" if args.require_client_cert else "request"
+            if args.token_key_file:
+                with open(args.token_key_file, "rb") as f:
+                    secret = f.read()
+                if len(secret) < 16:
+                    return _fail("--token-key-file must hold at least 16 bytes", 2)
+                config.token_key = secret
+                config.reset_key = secret
+            return asyncio.run(_serve_perf(args, config))
     except (HandoffError, SnapshotError) as e:
         return _fail(f"takeover failed: {e}")
     except (OSError, ValueError) as e:
         return _fail(_describe_error(e) if isinstance(e, OSError) else str(e))
-    finally:
-        if temp_cert is not None:
-            try:
-                os.unlink(temp_cert)
-            except OSError:
-                pass
 
 
 # ---------------------------------------------------------------------------- perf client
@@ -468,18 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
         "self-signed certificate (for localhost, 127.0.0.1, ::1 and this host's name) "
         "and says on stderr in which file, for the client's --cafile.",
     )
-    server.add_argument(
-        "--host", default="::",
-        help="address to listen on; :: accepts IPv4 and IPv6 (default: %(default)s)",
-    )  # fmt: skip
-    server.add_argument(
-        "--port", type=_port_arg, default=4433,
-        help="UDP port, 0 for any free one (default: %(default)s)",
-    )  # fmt: skip
-    server.add_argument("--cert", metavar="FILE", help="PEM certificate chain, leaf first")
-    server.add_argument(
-        "--key", metavar="FILE", help="PEM private key (default: read it from --cert)"
-    )
+    add_listen_options(server)
     server.add_argument(
         "--json", action="store_true",
         help="on exit, print one JSON object with the server's endpoint and socket "
@@ -566,15 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--connections", type=_positive_int, default=1, metavar="N",
         help="concurrent connections (default: %(default)s)",
     )  # fmt: skip
-    trust = client.add_mutually_exclusive_group()
-    trust.add_argument(
-        "--insecure", action="store_true",
-        help="do not verify the server's certificate",
-    )  # fmt: skip
-    trust.add_argument(
-        "--cafile", metavar="FILE",
-        help="PEM file of the CA certificates to trust (default: the system store)",
-    )  # fmt: skip
+    add_client_tls_options(client)
     client.add_argument(
         "--cert", metavar="FILE",
         help="PEM client certificate chain, leaf first, presented when the server asks",
@@ -586,11 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--server-name", metavar="NAME",
         help="name to check the certificate against and send as SNI (default: --host)",
     )  # fmt: skip
-    client.add_argument(
-        "--timeout", type=_seconds_arg, default=10.0, metavar="SECONDS",
-        help="give up when the handshake takes longer, or the server stays silent for "
-        "longer (the idle timeout) (default: %(default)s)",
-    )  # fmt: skip
+    add_timeout_option(client)
     client.add_argument(
         "--verify", action="store_true",
         help="check that the response bytes are the server's pattern",
@@ -602,9 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
         "syscall counters, packets_lost, syscalls_per_datagram, packets_per_engine_call, "
         "segments_per_gso_call, connection_goodputs, fairness) instead of a summary line",
     )  # fmt: skip
-    client.add_argument(
-        "-q", "--quiet", action="store_true", help="no progress lines on stderr"
-    )
+    add_quiet_option(client)
     _add_transport_options(client)
     client.set_defaults(func=cmd_perf_client)
 
@@ -629,9 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=_seconds_arg, default=10.0, metavar="SECONDS",
         help="handshake and idle timeout (default: %(default)s)",
     )  # fmt: skip
-    demo.add_argument(
-        "-q", "--quiet", action="store_true", help="no progress lines on stderr"
-    )
+    add_quiet_option(demo)
     demo.set_defaults(func=cmd_demo)
 
     add_hq_parser(sub)
