@@ -4,14 +4,16 @@ progress line, the one-line failure message, transport options."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import ipaddress
+import json
 import os
 import socket
 import sys
 import tempfile
-from collections.abc import Iterator
-from typing import Any, TextIO
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, Protocol, TextIO, TypeVar
 
 from cryptography import x509
 
@@ -20,7 +22,16 @@ from ..apps.hq import HqError
 from ..apps.perf import PerfError
 from ..tls.certs import certificate_pem, generate_self_signed, load_pem_chain, load_pem_key
 from ..tls.config import PrivateKey
+from ..transport.config import Configuration
 
+T = TypeVar("T")
+
+
+class _Reportable(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+R = TypeVar("R", bound=_Reportable)
 PROG = "quicflow"
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 SIZE_HELP = "bytes, or with a K, M or G suffix for KiB (1024), MiB (1024²) or GiB (1024³)"
@@ -254,6 +265,49 @@ def add_timeout_option(p: argparse.ArgumentParser) -> None:
 
 def add_quiet_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def client_configuration(args: argparse.Namespace, alpn: str) -> Configuration:
+    """The client Configuration of --insecure/--cafile, --server-name, --timeout and the
+    transport options."""
+    return Configuration(
+        alpn_protocols=[alpn], verify_peer=not args.insecure, cafile=args.cafile,
+        server_name=args.server_name, congestion_control=args.congestion,
+        max_datagram_size=args.max_datagram, idle_timeout=args.timeout,
+        keylog_file=args.keylog,
+    )  # fmt: skip
+
+
+def run_with_progress(
+    args: argparse.Namespace,
+    run: Callable[[Progress | None], Coroutine[Any, Any, T]],
+    errors: tuple[type[BaseException], ...],
+) -> T | int:
+    """``asyncio.run(run(progress))`` with a progress line on stderr unless --quiet; the
+    result, or the exit status after one line on stderr (130 when interrupted, 1 for
+    ``errors``)."""
+    progress = None if args.quiet else Progress(sys.stderr)
+    try:
+        result = asyncio.run(run(progress))
+    except KeyboardInterrupt:
+        if progress is not None:
+            progress.finish()
+        return _fail("interrupted", 130)
+    except errors as e:
+        if progress is not None:
+            progress.finish()
+        return _fail(_describe_error(e))
+    if progress is not None:
+        progress.finish()
+    return result
+
+
+def print_result(result: R, as_json: bool, text: Callable[[R], str]) -> None:
+    """``result.to_dict()`` as one JSON object (--json) or ``text(result)`` on stdout."""
+    if as_json:
+        print(json.dumps(result.to_dict(), sort_keys=True), flush=True)
+    else:
+        print(text(result), flush=True)
 
 
 def _add_transport_options(p: argparse.ArgumentParser) -> None:

@@ -17,15 +17,10 @@ from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 from ..transport.config import Configuration
+from .common import _fail
 
-PROG = "quicflow"
 PROGRESS_MIN = 1 << 20  # bodies above this get a progress line on stderr
 PROGRESS_EVERY = 0.5  # seconds
-
-
-def _fail(message: str, code: int = 1) -> int:
-    print(f"{PROG}: {' '.join(message.split())}", file=sys.stderr, flush=True)
-    return code
 
 
 def _describe(exc: BaseException) -> str:
@@ -44,24 +39,22 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _port(text: str) -> int:
+def _int_in(text: str, low: int, high: int, what: str, name: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {value}")
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{name} must be {low}..{high}, got {value}")
     return value
+
+
+def _port(text: str) -> int:
+    return _int_in(text, 0, 65535, "a port number", "port")
 
 
 def _workers(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 1 <= value <= 256:
-        raise argparse.ArgumentTypeError(f"--workers must be 1..256, got {value}")
-    return value
+    return _int_in(text, 1, 256, "an integer", "--workers")
 
 
 def _seconds(text: str) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import sys
@@ -13,7 +12,6 @@ from ..aio import ConnectionClosedError
 from ..apps.hq import HqError, HqResult, parse_url, run_client, server_configuration, start_server
 from ..transport.config import Configuration
 from .common import (
-    Progress,
     _add_transport_options,
     _describe_error,
     _fail,
@@ -22,8 +20,11 @@ from .common import (
     add_listen_options,
     add_quiet_option,
     add_timeout_option,
+    client_configuration,
     format_bytes,
     format_rate,
+    print_result,
+    run_with_progress,
     server_certificate,
 )
 
@@ -88,29 +89,18 @@ def cmd_hq_client(args: argparse.Namespace) -> int:
         return _fail(f"--output {args.output}: not a directory", 2)
     if args.cafile and not os.path.isfile(args.cafile):
         return _fail(f"--cafile {args.cafile}: no such file", 2)
-    config = Configuration(
-        alpn_protocols=["hq-interop"], verify_peer=not args.insecure, cafile=args.cafile,
-        server_name=args.server_name, congestion_control=args.congestion,
-        max_datagram_size=args.max_datagram, idle_timeout=args.timeout,
-        keylog_file=args.keylog,
-    )  # fmt: skip
-    progress = None if args.quiet else Progress(sys.stderr)
-    try:
-        result = asyncio.run(run_client(
+    config = client_configuration(args, "hq-interop")
+    outcome = run_with_progress(
+        args,
+        lambda progress: run_client(
             args.urls, args.output, configuration=config, backend=args.backend,
             timeout=args.timeout, progress=progress,
-        ))  # fmt: skip
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130)
-    except (ConnectionClosedError, HqError, TimeoutError, OSError, ValueError) as e:
-        return _fail(_describe_error(e))
-    finally:
-        if progress is not None:
-            progress.finish()
-    if args.json:
-        print(json.dumps(result.to_dict(), sort_keys=True), flush=True)
-    else:
-        print("\n".join(_summary(result)), flush=True)
+        ),
+        (ConnectionClosedError, HqError, TimeoutError, OSError, ValueError),
+    )  # fmt: skip
+    if isinstance(outcome, int):
+        return outcome
+    print_result(outcome, args.json, lambda r: "\n".join(_summary(r)))
     return 0
 
 

@@ -38,7 +38,6 @@ from ..transport.config import Configuration
 from .common import (
     PROG,
     SIZE_HELP,
-    Progress,
     _add_transport_options,
     _describe_error,
     _fail,
@@ -53,9 +52,12 @@ from .common import (
     add_listen_options,
     add_quiet_option,
     add_timeout_option,
+    client_configuration,
     format_bytes,
     format_rate,
     parse_size,
+    print_result,
+    run_with_progress,
     server_certificate,
 )
 from .h3cmd import register as register_h3_commands
@@ -206,16 +208,7 @@ def cmd_perf_server(args: argparse.Namespace) -> int:
 
 
 def _client_configuration(args: argparse.Namespace) -> Configuration:
-    config = Configuration(
-        alpn_protocols=["perf"],
-        verify_peer=not args.insecure,
-        cafile=args.cafile,
-        server_name=args.server_name,
-        congestion_control=args.congestion,
-        max_datagram_size=args.max_datagram,
-        idle_timeout=args.timeout,
-        keylog_file=args.keylog,
-    )
+    config = client_configuration(args, "perf")
     if args.cert:
         config.load_cert_chain(args.cert, args.key)
     return config
@@ -230,41 +223,19 @@ def _run_perf_client(
     verify: bool,
 ) -> PerfResult | int:
     """Run the client, printing progress; returns the result or an exit status."""
-    progress = None if args.quiet else Progress(sys.stderr)
-    try:
-        result = asyncio.run(
-            run_client(
-                host,
-                port,
-                download=args.download,
-                upload=args.upload,
-                streams=args.streams,
-                connections=args.connections,
-                configuration=config,
-                backend=args.backend,
-                verify=verify,
-                timeout=args.timeout,
-                progress=progress,
-            )
-        )
-    except KeyboardInterrupt:
-        if progress is not None:
-            progress.finish()
-        return _fail("interrupted", 130)
-    except (ConnectionClosedError, PerfError, TimeoutError, OSError, ValueError) as e:
-        if progress is not None:
-            progress.finish()
-        return _fail(_describe_error(e))
-    if progress is not None:
-        progress.finish()
-    return result
+    return run_with_progress(
+        args,
+        lambda progress: run_client(
+            host, port, download=args.download, upload=args.upload, streams=args.streams,
+            connections=args.connections, configuration=config, backend=args.backend,
+            verify=verify, timeout=args.timeout, progress=progress,
+        ),
+        (ConnectionClosedError, PerfError, TimeoutError, OSError, ValueError),
+    )  # fmt: skip
 
 
 def _print_result(result: PerfResult, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(result.to_dict(), sort_keys=True), flush=True)
-    else:
-        print(summary_line(result), flush=True)
+    print_result(result, as_json, summary_line)
 
 
 def cmd_perf_client(args: argparse.Namespace) -> int:
