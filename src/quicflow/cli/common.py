@@ -9,6 +9,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -158,6 +159,15 @@ class Progress:
         if self.tty and self.printed:
             self.stream.write("\r" + " " * 32 + "\r")
             self.stream.flush()
+
+
+def stop_event() -> asyncio.Event:
+    """An event set on SIGINT or SIGTERM (in the running loop)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
 
 
 def _fail(message: str, code: int = 1) -> int:

@@ -10,33 +10,26 @@ import argparse
 import asyncio
 import hashlib
 import json
-import signal
 import sys
 import time
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 from ..transport.config import Configuration
-from .common import _fail
+from .common import _describe_error, _fail, stop_event
 
 PROGRESS_MIN = 1 << 20  # bodies above this get a progress line on stderr
 PROGRESS_EVERY = 0.5  # seconds
 
 
 def _describe(exc: BaseException) -> str:
-    from ..aio.errors import ConnectionClosedError, StreamResetError
+    from ..aio.errors import StreamResetError
     from ..h3.errors import ERROR_NAMES
 
     if isinstance(exc, StreamResetError):
         name = ERROR_NAMES.get(exc.error_code, hex(exc.error_code))
         return f"the server reset the request ({name})"
-    if isinstance(exc, ConnectionClosedError):
-        return str(exc)
-    if isinstance(exc, TimeoutError):
-        return str(exc) or "timed out"
-    if isinstance(exc, OSError):
-        return f"network error: {exc}"
-    return f"{type(exc).__name__}: {exc}"
+    return _describe_error(exc)
 
 
 def _int_in(text: str, low: int, high: int, what: str, name: str) -> int:
@@ -113,11 +106,7 @@ async def _serve(args: argparse.Namespace) -> int:
     workers = f", {args.workers} workers" if kwargs.get("workers") else ""
     print(f"serving {args.app} on https://{shown}:{port} (HTTP/3{workers})",
           file=sys.stderr, flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+    await stop_event().wait()
     print("shutting down (GOAWAY)", file=sys.stderr, flush=True)
     try:
         await server.shutdown(args.grace)

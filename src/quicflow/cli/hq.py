@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
 
 from ..aio import ConnectionClosedError
@@ -26,6 +25,7 @@ from .common import (
     print_result,
     run_with_progress,
     server_certificate,
+    stop_event,
 )
 
 # ---------------------------------------------------------------------------- server
@@ -35,10 +35,7 @@ async def _serve(args: argparse.Namespace, config: Configuration) -> int:
     server, handler = await start_server(
         args.host, args.port, root=args.root, configuration=config, backend=args.backend
     )
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     print(f"listening on {_format_address(server.address)} (ALPN hq-interop),"
           f" serving {handler.root}", file=sys.stderr, flush=True)  # fmt: skip
     try:

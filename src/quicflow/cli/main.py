@@ -59,6 +59,7 @@ from .common import (
     print_result,
     run_with_progress,
     server_certificate,
+    stop_event,
 )
 from .h3cmd import register as register_h3_commands
 from .hq import add_hq_parser
@@ -89,10 +90,7 @@ async def _serve_perf(args: argparse.Namespace, config: Configuration) -> int:
         workers=args.workers, steering=not args.no_steering, cid_plan=_cid_plan(args),
         connection_sockets=args.connection_sockets, takeover=args.takeover,
     )  # fmt: skip
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     handed: asyncio.Future[int] | None = None
     receiver = None
     if isinstance(server, QuicServer):  # (workers: no handoff yet, refused before)
