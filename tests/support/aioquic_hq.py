@@ -20,13 +20,13 @@ import hashlib
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, Self
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
         __file__)))))
 
-from tests.support.aioquic_peer import AioquicProcess  # noqa: E402
+from tests.support.aioquic_peer import ROOT, AioquicProcess  # noqa: E402
 
 ALPN = "hq-interop"
 
@@ -105,20 +105,9 @@ def main() -> int:
 class AioquicHqProcess(AioquicProcess):
     """This module run as a process: ``async with AioquicHqProcess("server", ...) as p``."""
 
-    async def start(self) -> AioquicHqProcess:
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.support.aioquic_hq", *self.args,
-            cwd=root, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        self._reader_task = asyncio.ensure_future(self._read())
-        if self.args[0] == "server":
-            ready = await self.next_event("ready", timeout=30)
-            self.port = int(ready["port"])
-        return self
-
-    async def __aenter__(self) -> AioquicHqProcess:
-        return await self.start()
+    async def start(self) -> Self:
+        return await self._spawn(sys.executable, "-m", "tests.support.aioquic_hq", *self.args,
+                                 cwd=ROOT)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ import importlib
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, Self
 
 if __package__ in (None, ""):  # run as a script: make ``tests.support`` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
@@ -57,6 +57,7 @@ if __package__ in (None, ""):  # run as a script: make ``tests.support`` importa
 from tests.support import echo_proto  # noqa: E402
 
 BIG_WINDOW = 16 * 1024 * 1024
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LIBRARIES = ("aioquic", "qh3")
 
 
@@ -347,14 +348,19 @@ class AioquicProcess:
         self._reader_task: asyncio.Task[None] | None = None
         self.stderr = b""
 
-    async def start(self) -> AioquicProcess:
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    async def start(self) -> Self:
+        return await self._spawn(sys.executable, "-m", self.module, *self.args, cwd=ROOT)
+
+    async def _spawn(self, *command: str, cwd: str | None = None,
+                     env: dict[str, str] | None = None, wait_ready: bool = True) -> Self:
+        """Start ``command`` with its JSON-lines stdout read into ``events``; a server's
+        (when ``wait_ready``) ``port`` is taken from its "ready" event."""
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", self.module, *self.args,
-            cwd=root, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )
+            *command, cwd=cwd, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
         self._reader_task = asyncio.ensure_future(self._read())
-        if self.args[0] == "server":
+        if wait_ready and self.args[0] == "server":
             ready = await self.next_event("ready", timeout=30)
             self.port = int(ready["port"])
         return self
@@ -423,7 +429,7 @@ class AioquicProcess:
             except TimeoutError:
                 self._reader_task.cancel()
 
-    async def __aenter__(self) -> AioquicProcess:
+    async def __aenter__(self) -> Self:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:

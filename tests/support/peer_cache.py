@@ -69,3 +69,26 @@ def cached_build(name: str, key: str, binary_name: str,
         build(directory, tmp)
         os.replace(tmp, binary)
     return binary
+
+
+def prepare(missing: Callable[[], str | None], name: str, key: Callable[[], str],
+            file_name: str, build: Callable[[Path, Path], None], *,
+            marker: bool = False) -> Path:  # fmt: skip
+    """``cached_build(name, key(), file_name, build)`` once ``missing()`` says nothing is
+    missing (else RuntimeError with its reason); with ``marker`` the built file holds the
+    path of what was set up, and that path is returned."""
+    why = missing()
+    if why is not None:
+        raise RuntimeError(why)
+    path = cached_build(name, key(), file_name, build)
+    return Path(path.read_text().strip()) if marker else path
+
+
+def main(build: Callable[[], Path], failure: str) -> None:
+    """``python -m tests.support.<peer>``: build the peer if needed and print its path, or
+    print ``failure: <why>`` on stderr and exit 1."""
+    try:
+        print(build())
+    except RuntimeError as exc:
+        print(f"{failure}: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -19,12 +19,12 @@ import glob
 import os
 import shutil
 import subprocess
-import sys
 from functools import cache
 from pathlib import Path
+from typing import Self
 
 from tests.support.aioquic_peer import AioquicProcess
-from tests.support.peer_cache import cached_build, command_output, digest
+from tests.support.peer_cache import command_output, digest, main, prepare
 
 ROOT = Path(__file__).resolve().parents[2]
 PEER = ROOT / "tests" / "peers" / "picoquic_peer.py"
@@ -74,14 +74,13 @@ def _make_venv(directory: Path, output: Path) -> None:
 @cache
 def build() -> Path:
     """The venv's interpreter (made on first use; RuntimeError with pip's output)."""
-    why = missing()
-    if why is not None:
-        raise RuntimeError(why)
+    return prepare(missing, "picoquic", _cache_key, MARKER, _make_venv, marker=True)
+
+
+def _cache_key() -> str:
     python = interpreter()
     assert python is not None
-    key = digest(AIOPQUIC.encode(), command_output(python, "--version").encode())
-    marker = cached_build("picoquic", key, MARKER, _make_venv)
-    return Path(marker.read_text().strip())
+    return digest(AIOPQUIC.encode(), command_output(python, "--version").encode())
 
 
 class PicoquicProcess(AioquicProcess):
@@ -97,20 +96,9 @@ class PicoquicProcess(AioquicProcess):
         if self.args[0] == "server" and "--port" not in self.args:
             self.args += ["--port", str(free_udp_port())]
 
-    async def start(self) -> PicoquicProcess:
+    async def start(self) -> Self:
         python = await asyncio.get_running_loop().run_in_executor(None, build)
-        self.proc = await asyncio.create_subprocess_exec(
-            str(python), str(PEER), *self.args,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        self._reader_task = asyncio.ensure_future(self._read())
-        if self.args[0] == "server":
-            ready = await self.next_event("ready", timeout=30)
-            self.port = int(ready["port"])
-        return self
-
-    async def __aenter__(self) -> PicoquicProcess:
-        return await self.start()
+        return await self._spawn(str(python), str(PEER), *self.args)
 
 
 def free_udp_port() -> int:
@@ -123,8 +111,4 @@ def free_udp_port() -> int:
 
 
 if __name__ == "__main__":  # make the venv (if needed) and print its interpreter
-    try:
-        print(build())
-    except RuntimeError as exc:
-        print(f"the picoquic peer was not set up: {exc}", file=sys.stderr)
-        sys.exit(1)
+    main(build, "the picoquic peer was not set up")

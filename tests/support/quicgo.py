@@ -18,17 +18,18 @@ import asyncio
 import os
 import shutil
 import subprocess
-import sys
 from functools import cache
 from pathlib import Path
+from typing import Self
 
 from tests.support.aioquic_peer import AioquicProcess
 from tests.support.peer_cache import (
     cache_root,
-    cached_build,
     command_output,
     digest,
+    main,
     package_version,
+    prepare,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,10 +76,7 @@ def _go_build(directory: Path, output: Path) -> None:
 @cache
 def build() -> Path:
     """The peer binary, built on first use (raises RuntimeError with go's output)."""
-    why = missing()
-    if why is not None:
-        raise RuntimeError(why)
-    return cached_build("quicgo", cache_key(), BINARY_NAME, _go_build)
+    return prepare(missing, "quicgo", cache_key, BINARY_NAME, _go_build)
 
 
 class QuicGoProcess(AioquicProcess):
@@ -93,25 +91,10 @@ class QuicGoProcess(AioquicProcess):
         self.library = "quic-go"
         self.args = list(args)
 
-    async def start(self) -> QuicGoProcess:
+    async def start(self) -> Self:
         binary = await asyncio.get_running_loop().run_in_executor(None, build)
-        self.proc = await asyncio.create_subprocess_exec(
-            str(binary), *self.args,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        self._reader_task = asyncio.ensure_future(self._read())
-        if self.args[0] == "server":
-            ready = await self.next_event("ready", timeout=30)
-            self.port = int(ready["port"])
-        return self
-
-    async def __aenter__(self) -> QuicGoProcess:
-        return await self.start()
+        return await self._spawn(str(binary), *self.args)
 
 
 if __name__ == "__main__":  # build the peer (if needed) and print its path
-    try:
-        print(build())
-    except RuntimeError as exc:
-        print(f"the quic-go peer was not built: {exc}", file=sys.stderr)
-        sys.exit(1)
+    main(build, "the quic-go peer was not built")

@@ -16,12 +16,12 @@ import asyncio
 import os
 import shutil
 import subprocess
-import sys
 from functools import cache
 from pathlib import Path
+from typing import Self
 
 from tests.support.aioquic_peer import AioquicProcess
-from tests.support.peer_cache import cached_build, command_output, digest
+from tests.support.peer_cache import command_output, digest, main, prepare
 
 ROOT = Path(__file__).resolve().parents[2]
 PEER = ROOT / "tests" / "peers" / "quiche" / "peer.mjs"
@@ -48,12 +48,11 @@ def _npm_install(directory: Path, output: Path) -> None:
 @cache
 def build() -> Path:
     """The cached node_modules holding the package (installed on first use)."""
-    why = missing()
-    if why is not None:
-        raise RuntimeError(why)
-    key = digest(PACKAGE.encode(), command_output("node", "--version").encode())
-    marker = cached_build("quiche-node", key, MARKER, _npm_install)
-    return Path(marker.read_text().strip())
+    return prepare(missing, "quiche-node", _cache_key, MARKER, _npm_install, marker=True)
+
+
+def _cache_key() -> str:
+    return digest(PACKAGE.encode(), command_output("node", "--version").encode())
 
 
 class QuicheProcess(AioquicProcess):
@@ -64,23 +63,11 @@ class QuicheProcess(AioquicProcess):
         self.library = "quiche"
         self.args = list(args)
 
-    async def start(self) -> QuicheProcess:
+    async def start(self) -> Self:
         modules = await asyncio.get_running_loop().run_in_executor(None, build)
-        self.proc = await asyncio.create_subprocess_exec(
-            "node", str(PEER), *self.args,
-            env={**os.environ, "QUICHE_PEER_MODULES": str(modules)},
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        self._reader_task = asyncio.ensure_future(self._read())
-        return self
-
-    async def __aenter__(self) -> QuicheProcess:
-        return await self.start()
+        return await self._spawn("node", str(PEER), *self.args, wait_ready=False,
+                                 env={**os.environ, "QUICHE_PEER_MODULES": str(modules)})
 
 
 if __name__ == "__main__":  # install (if needed) and print the node_modules path
-    try:
-        print(build())
-    except RuntimeError as exc:
-        print(f"the quiche peer was not set up: {exc}", file=sys.stderr)
-        sys.exit(1)
+    main(build, "the quiche peer was not set up")

@@ -18,12 +18,12 @@ import asyncio
 import os
 import shutil
 import subprocess
-import sys
 from functools import cache
 from pathlib import Path
+from typing import Self
 
 from tests.support.aioquic_peer import AioquicProcess
-from tests.support.peer_cache import cached_build, command_output, digest, package_version
+from tests.support.peer_cache import command_output, digest, main, package_version, prepare
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE_DIR = ROOT / "tests" / "peers" / "quinn"
@@ -80,10 +80,7 @@ def _cargo_build(directory: Path, output: Path) -> None:
 @cache
 def build() -> Path:
     """The peer binary, built on first use (raises RuntimeError with cargo's output)."""
-    why = missing()
-    if why is not None:
-        raise RuntimeError(why)
-    return cached_build("quinn", cache_key(), BINARY_NAME, _cargo_build)
+    return prepare(missing, "quinn", cache_key, BINARY_NAME, _cargo_build)
 
 
 class QuinnProcess(AioquicProcess):
@@ -94,25 +91,10 @@ class QuinnProcess(AioquicProcess):
         self.library = "quinn"
         self.args = list(args)
 
-    async def start(self) -> QuinnProcess:
+    async def start(self) -> Self:
         binary = await asyncio.get_running_loop().run_in_executor(None, build)
-        self.proc = await asyncio.create_subprocess_exec(
-            str(binary), *self.args,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        self._reader_task = asyncio.ensure_future(self._read())
-        if self.args[0] == "server":
-            ready = await self.next_event("ready", timeout=30)
-            self.port = int(ready["port"])
-        return self
-
-    async def __aenter__(self) -> QuinnProcess:
-        return await self.start()
+        return await self._spawn(str(binary), *self.args)
 
 
 if __name__ == "__main__":  # build the peer (if needed) and print its path
-    try:
-        print(build())
-    except RuntimeError as exc:
-        print(f"the quinn peer was not built: {exc}", file=sys.stderr)
-        sys.exit(1)
+    main(build, "the quinn peer was not built")
