@@ -17,27 +17,16 @@ from typing import Any
 import pytest
 
 from quicflow.apps import hq
-from quicflow.crypto.suites import CipherSuite
 from tests.support import hq_peers, picoquic
-from tests.support.hq_peers import ROLES, Outcome, Site, make_site
+from tests.support.hq_peers import KB, MB, ROLES, SUITES, Outcome, Site
 from tests.support.picoquic import PicoquicProcess
 
 pytestmark = pytest.mark.interop
 
-KB, MB = 1024, 1024 * 1024
-SUITES = {
-    "aes128": CipherSuite.AES_128_GCM_SHA256,
-    "aes256": CipherSuite.AES_256_GCM_SHA384,
-    "chacha20": CipherSuite.CHACHA20_POLY1305_SHA256,
-}
-
 
 @pytest.fixture
 def site(tmp_path: Path, require: Callable[[bool, str], None]) -> Site:
-    why = picoquic.missing()
-    require(why is None, why or "")
-    picoquic.build()
-    return make_site(tmp_path)
+    return hq_peers.peer_site(picoquic, tmp_path, require)
 
 
 def exchange(role: str, site: Site, timeout: float = 60, **kw: Any) -> Outcome:
@@ -59,35 +48,23 @@ def test_handshake_transfer_and_close_with_code_0(site: Site, role: str) -> None
 @pytest.mark.parametrize("suite", sorted(SUITES))
 @pytest.mark.parametrize("role", ROLES)
 def test_cipher_suite_alone(site: Site, role: str, suite: str) -> None:
-    """The client offers one suite only (quicflow's cipher_suites, aiopquic's
-    cipher_suite); the connection uses it and the file arrives intact."""
-    site.add("data.bin", 512 * KB)
-    if role == "qf-client":
-        out = exchange(role, site, cipher_suites=[SUITES[suite]])
-    else:
-        out = exchange(role, site, peer_args=("--cipher-suite", str(int(SUITES[suite]))))
-    assert out.conn_stats["cipher_suite"] == int(SUITES[suite])
+    """aiopquic's client is limited with its cipher_suite option."""
+    hq_peers.cipher_suite_alone(exchange, role, site, suite,
+                                ("--cipher-suite", str(int(SUITES[suite]))))
 
 
 @pytest.mark.parametrize("role", ROLES)
 def test_key_updates_started_by_quicflow(site: Site, role: str) -> None:
-    for name in ("a.bin", "b.bin", "c.bin"):
-        site.add(name, 1 * MB)
-    out = exchange(role, site, key_updates=True)
-    assert out.conn_stats["key_updates_received"] == 3  # picoquic answered each
+    hq_peers.key_updates_started_by_quicflow(exchange, role, site)  # picoquic answered each
 
 
 def test_retry_from_picoquic_server(site: Site) -> None:
     """picoquic's server answers the first Initial with a Retry: quicflow's client follows
     it and the transfer completes."""
-    site.add("a.bin", 1 * MB)
-    out = exchange("qf-client", site, peer_args=("--retry",))
-    assert out.conn_stats["retried"] is True
+    hq_peers.retry_from_peer_server(exchange, site)
 
 
 @pytest.mark.parametrize("role", ROLES)
 def test_loss_and_reordering(site: Site, role: str) -> None:
     """5 % loss and 5 % reordering each way through tests/support/relay.py."""
-    for i in range(4):
-        site.add(f"l{i}.bin", 256 * KB)
-    exchange(role, site, loss=0.05, timeout=90)
+    hq_peers.loss_and_reordering(exchange, role, site, timeout=90)

@@ -21,27 +21,16 @@ from typing import Any
 import pytest
 
 from quicflow.apps import hq
-from quicflow.crypto.suites import CipherSuite
 from tests.support import hq_peers, quinn
-from tests.support.hq_peers import ROLES, Outcome, Site, make_site, peer_saw_close_0
+from tests.support.hq_peers import MB, ROLES, SUITES, Outcome, Site, peer_saw_close_0
 from tests.support.quinn import QuinnProcess
 
 pytestmark = pytest.mark.interop
 
-KB, MB = 1024, 1024 * 1024
-SUITES = {
-    "aes128": CipherSuite.AES_128_GCM_SHA256,
-    "aes256": CipherSuite.AES_256_GCM_SHA384,
-    "chacha20": CipherSuite.CHACHA20_POLY1305_SHA256,
-}
-
 
 @pytest.fixture
 def site(tmp_path: Path, require: Callable[[bool, str], None]) -> Site:
-    why = quinn.missing()
-    require(why is None, why or "")
-    quinn.build()
-    return make_site(tmp_path)
+    return hq_peers.peer_site(quinn, tmp_path, require)
 
 
 def exchange(role: str, site: Site, timeout: float = 120, **kw: Any) -> Outcome:
@@ -63,39 +52,26 @@ def test_handshake_and_close_with_code_0(site: Site, role: str) -> None:
 
 @pytest.mark.parametrize("role", ROLES)
 def test_multistream_transfer(site: Site, role: str) -> None:
-    for i, size in enumerate([0, 1, 1200, 64 * KB + 1, 300 * KB, 1 * MB, 3 * MB, 7]):
-        site.add(f"f{i}.bin", size)
-    exchange(role, site)
+    hq_peers.multistream_transfer(exchange, role, site)
 
 
 @pytest.mark.parametrize("role", ROLES)
 def test_more_streams_than_the_stream_limit(site: Site, role: str) -> None:
-    """400 files at once: more streams than quicflow's server allows open at a time (256)
-    and than quinn allows (100, its default), so each client waits for MAX_STREAMS."""
-    for i in range(400):
-        site.add(f"s{i}.txt", 1000 + i)
-    exchange(role, site)
+    hq_peers.more_streams_than_the_stream_limit(exchange, role, site)
 
 
 @pytest.mark.parametrize("suite", sorted(SUITES))
 @pytest.mark.parametrize("role", ROLES)
 def test_cipher_suite_alone(site: Site, role: str, suite: str) -> None:
-    site.add("data.bin", 512 * KB)
-    if role == "qf-client":
-        out = exchange(role, site, cipher_suites=[SUITES[suite]])
-    else:
-        out = exchange(role, site, peer_args=("--suite", suite))
-    assert out.conn_stats["cipher_suite"] == int(SUITES[suite])
+    """quinn's rustls client is limited to the one suite."""
+    hq_peers.cipher_suite_alone(exchange, role, site, suite, ("--suite", suite))
 
 
 @pytest.mark.parametrize("role", ROLES)
 def test_key_updates_started_by_quicflow(site: Site, role: str) -> None:
     """Three files one after the other, quicflow starting a key update before each:
     quinn answers each one (packets in the new phase)."""
-    for name in ("a.bin", "b.bin", "c.bin"):
-        site.add(name, 1 * MB)
-    out = exchange(role, site, key_updates=True)
-    assert out.conn_stats["key_updates_received"] == 3
+    hq_peers.key_updates_started_by_quicflow(exchange, role, site)
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -109,14 +85,10 @@ def test_key_updates_started_by_quinn(site: Site, role: str) -> None:
 
 
 def test_retry_from_quinn_server(site: Site) -> None:
-    site.add("a.bin", 1 * MB)
-    out = exchange("qf-client", site, peer_args=("--retry",))
-    assert out.conn_stats["retried"] is True
+    hq_peers.retry_from_peer_server(exchange, site)
 
 
 @pytest.mark.parametrize("role", ROLES)
 def test_loss_and_reordering(site: Site, role: str) -> None:
     """5 % loss and 5 % reordering each way through tests/support/relay.py."""
-    for i in range(4):
-        site.add(f"l{i}.bin", 256 * KB)
-    exchange(role, site, loss=0.05, timeout=150)
+    hq_peers.loss_and_reordering(exchange, role, site, timeout=150)

@@ -18,10 +18,11 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import quicflow
 from quicflow.apps import hq
+from quicflow.crypto.suites import CipherSuite
 from tests.support.aioquic_peer import AioquicProcess
 from tests.support.quic_helpers import run, self_signed
 from tests.support.relay import LossyUdpRelay
@@ -220,3 +221,85 @@ def make_site(tmp_path: Path) -> Site:
 def peer_saw_close_0(event: dict[str, Any]) -> bool:
     """The peer's "closed" event reports an application close with code 0."""
     return event.get("how") == "application" and event.get("code") == 0
+
+
+# ------------------------------------------------------------ cases shared by the peers
+# Each runs one exchange through ``exchange`` (a test module's ``exchange(role, site,
+# timeout=..., **kw)``) and asserts what holds for every peer; the test modules add the
+# assertions that only their peer can report.
+
+KB, MB = 1024, 1024 * 1024
+SUITES = {
+    "aes128": CipherSuite.AES_128_GCM_SHA256,
+    "aes256": CipherSuite.AES_256_GCM_SHA384,
+    "chacha20": CipherSuite.CHACHA20_POLY1305_SHA256,
+}
+Exchange = Callable[..., Outcome]
+
+
+class Peer(Protocol):
+    def missing(self) -> str | None: ...
+    def build(self) -> Path: ...
+
+
+def peer_site(peer: Peer, tmp_path: Path, require: Callable[[bool, str], None]) -> Site:
+    """The site fixture of a foreign peer's tests: required (a CI skip fails), built, and
+    an empty site to add files to."""
+    why = peer.missing()
+    require(why is None, why or "")
+    peer.build()
+    return make_site(tmp_path)
+
+
+def multistream_transfer(exchange: Exchange, role: str, site: Site) -> Outcome:
+    for i, size in enumerate([0, 1, 1200, 64 * KB + 1, 300 * KB, 1 * MB, 3 * MB, 7]):
+        site.add(f"f{i}.bin", size)
+    return exchange(role, site)
+
+
+def more_streams_than_the_stream_limit(exchange: Exchange, role: str, site: Site) -> Outcome:
+    """400 files at once: more streams than quicflow's server allows open at a time (256)
+    and than the peers allow (100 for quic-go and quinn), so each client waits for
+    MAX_STREAMS."""
+    for i in range(400):
+        site.add(f"s{i}.txt", 1000 + i)
+    return exchange(role, site)
+
+
+def cipher_suite_alone(exchange: Exchange, role: str, site: Site, suite: str,
+                       peer_args: tuple[str, ...]) -> Outcome:  # fmt: skip
+    """The client offers one suite only (quicflow's Configuration.cipher_suites; the peer's
+    client through ``peer_args``); the connection uses it and the file arrives intact."""
+    site.add("data.bin", 512 * KB)
+    if role == "qf-client":
+        out = exchange(role, site, cipher_suites=[SUITES[suite]])
+    else:
+        out = exchange(role, site, peer_args=peer_args)
+    assert out.conn_stats["cipher_suite"] == int(SUITES[suite])
+    return out
+
+
+def key_updates_started_by_quicflow(exchange: Exchange, role: str, site: Site) -> Outcome:
+    """Three files one after the other, quicflow starting a key update before each; the
+    peer answers each one."""
+    for name in ("a.bin", "b.bin", "c.bin"):
+        site.add(name, 1 * MB)
+    out = exchange(role, site, key_updates=True)
+    assert out.conn_stats["key_updates_received"] == 3  # the peer's answers
+    return out
+
+
+def retry_from_peer_server(exchange: Exchange, site: Site) -> Outcome:
+    """The peer's server answers the first Initial with a Retry: quicflow's client follows
+    it (new token, retry_source_connection_id checked) and the transfer completes."""
+    site.add("a.bin", 1 * MB)
+    out = exchange("qf-client", site, peer_args=("--retry",))
+    assert out.conn_stats["retried"] is True
+    return out
+
+
+def loss_and_reordering(exchange: Exchange, role: str, site: Site, timeout: float) -> Outcome:
+    """5 % loss and 5 % reordering each way through tests/support/relay.py."""
+    for i in range(4):
+        site.add(f"l{i}.bin", 256 * KB)
+    return exchange(role, site, loss=0.05, timeout=timeout)
