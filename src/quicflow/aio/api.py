@@ -246,14 +246,26 @@ async def client_endpoint(
 class QuicServer:
     """A running server: ``close()`` stops it; ``connections`` lists the live ones."""
 
-    def __init__(self, runner: EndpointRunner, handover: Handover | None = None) -> None:
+    def __init__(self, runner: EndpointRunner, handover: Handover | None = None,
+                 face_class: type[QuicConnection] = QuicConnection) -> None:
         self.runner = runner
         self.handover = handover or Handover(runner, None)
+        self.face_class = face_class
+
+    def _check_capturable(self) -> None:
+        if self.face_class is not QuicConnection:
+            raise ValueError(
+                f"connections served through {self.face_class.__name__} cannot be handed "
+                "over or moved: only the default QuicConnection face is captured (HTTP/3's "
+                "QPACK state cannot be yet)"
+            )
 
     def handoff(self, path: str) -> asyncio.Future[int]:
         """Offer this server's connections to a successor (``serve(..., takeover=path)``)
         on a unix socket at ``path``; the future resolves with how many were handed over
-        (the server is stopped then: its socket and connections belong to the successor)."""
+        (the server is stopped then: its socket and connections belong to the successor).
+        Raises ValueError for a server with another ``face_class`` (e.g. HTTP/3)."""
+        self._check_capturable()
         self.handover.offer(path)
         return self.handover.handed_off
 
@@ -286,6 +298,8 @@ class QuicServer:
         ``host:port`` (mutually authenticated TLS, ``migration.transfer.client_context``);
         the service address must follow them. Returns how many were restored there."""
         from .moving import move_connections
+
+        self._check_capturable()
 
         return await move_connections(self.handover, host, port, context,
                                       server_name=server_name, count=count)
@@ -456,5 +470,6 @@ async def serve(
         finally:
             received.acknowledge({"restored": count if guard is not None else 0})
     return QuicServer(
-        runner, Handover(runner, capture, guard, handler=handler, restore=restore)
+        runner, Handover(runner, capture, guard, handler=handler, restore=restore),
+        face_class,
     )
