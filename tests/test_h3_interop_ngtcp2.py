@@ -206,6 +206,22 @@ def test_our_client_sees_gtlsserver_shut_down(site: Path) -> None:
     assert ngtcp2.closes(log, "tx") == [0]  # transport NO_ERROR, ngtcp2's own words
 
 
+def test_gtlsserver_accepts_our_clients_goaway(site: Path) -> None:
+    """Our client's GOAWAY (RFC 9114 §5.2: a push ID, 0, as we allow no push) during a
+    download: gtlsserver receives it on our control stream (read back from its log),
+    the request in progress completes intact, and the connection closes cleanly."""
+
+    async def body(client: h3.H3Client, _: ngtcp2.GtlsServer) -> int:
+        resp = await fetch(client, "/half.bin")
+        client.goaway()
+        assert sha(await resp.read()) == sha((site / "half.bin").read_bytes())
+        return client.face.h3.control_stream_id
+
+    control, log = run(against_gtlsserver(site, body), timeout=30)
+    assert (ngtcp2.FRAME_GOAWAY, b"\x00") in ngtcp2.control_frames(log, control)
+    assert ngtcp2.closes(log, "rx") == [H3_NO_ERROR]
+
+
 # ---------------------------------------------------------------- gtlsclient, our server
 
 async def gtlsclient_against(site: Path, urls: list[str], *options: str,
