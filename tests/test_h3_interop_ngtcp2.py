@@ -124,6 +124,25 @@ def test_our_client_gtlsserver_get_and_post_10mb(site: Path) -> None:
     assert ngtcp2.closes(log, "rx") == [H3_NO_ERROR]
 
 
+def test_our_client_reads_gtlsserver_trailers(site: Path) -> None:
+    """gtlsserver ``--send-trailers`` ends each file response with a trailer section
+    naming the stream: the body is intact and the trailers arrive apart from the head."""
+
+    async def body(client: h3.H3Client, _: ngtcp2.GtlsServer) -> list[tuple[int, Any]]:
+        seen = []
+        for _i in range(2):
+            resp = await fetch(client, "/half.bin")
+            assert sha(await resp.read()) == sha((site / "half.bin").read_bytes())
+            assert resp.header("x-ngtcp2-stream-id") is None  # not in the head
+            seen.append((resp.stream_id, resp.trailers))
+        return seen
+
+    seen, log = run(against_gtlsserver(site, body, "--send-trailers", "--no-quic-dump"),
+                    timeout=30)  # fmt: skip
+    assert seen == [(sid, [(b"x-ngtcp2-stream-id", str(sid).encode())]) for sid, _ in seen]
+    assert ngtcp2.closes(log, "rx") == [H3_NO_ERROR]
+
+
 def test_our_client_gtlsserver_100_concurrent_requests(site: Path) -> None:
     async def one(client: h3.H3Client, i: int) -> str:
         resp = await fetch(client, f"/{many_name(i)}")
