@@ -82,6 +82,20 @@ async function sendWithFin(conn, stream, data) {
   }
 }
 
+// The binding can lose quiche's timer (its loss detection included): after a tail loss
+// the connection then never sends a probe and the transfer stalls for ever. Drive an
+// expired timer ourselves (logged on stderr when it happens).
+function driveLostTimers(conn) {
+  return setInterval(() => {
+    const left = conn.conn.timeout();
+    if (left !== null && left <= 0 && !conn.conn.isClosed()) {
+      console.error('watchdog: drove an expired quiche timer');
+      conn.conn.onTimeout();
+      conn.send().catch(() => {});
+    }
+  }, 20);
+}
+
 async function runServer() {
   const key = toArrayBuffer(Buffer.from(webcrypto.getRandomValues(new Uint8Array(32))));
   const hmac = (k, data) => createHmac('sha256', Buffer.from(k)).update(Buffer.from(data)).digest();
@@ -116,7 +130,9 @@ async function runServer() {
                    code: data.errorCode ?? null, remote: err instanceof errors.ErrorQUICConnectionPeer,
                    error: String(err.message) };
       });
+      const watchdog = driveLostTimers(conn);
       conn.addEventListener(events.EventQUICConnectionStopped.name, () => {
+        clearInterval(watchdog);
         emit(closed);
         resolveDone();
       }, { once: true });
@@ -141,12 +157,12 @@ const client = await QUICClient.createQUICClient({
   config: { applicationProtos: ['hq-interop'], verifyPeer: true, ca: readFileSync(opts.ca, 'utf8') },
 });
 emit({ event: 'handshake', alpn: 'hq-interop' });
+const watchdog = driveLostTimers(client.connection);
 
 async function fetch(path) {
   const stream = client.connection.newStream('bidi');
-  const writer = stream.writable.getWriter();
-  await writer.write(Buffer.from(`GET ${path}\r\n`));
-  await writer.close();
+  stream.writable.getWriter();  // the request goes to quiche directly, with its FIN
+  await sendWithFin(client.connection, stream, Buffer.from(`GET ${path}\r\n`));
   const chunks = [];
   for await (const chunk of stream.readable) chunks.push(Buffer.from(chunk));
   const data = Buffer.concat(chunks);
@@ -162,6 +178,7 @@ if (opts.sequential) {
   files = await Promise.all(opts.paths.map(fetch));
 }
 emit({ event: 'result', files });
+clearInterval(watchdog);
 await client.destroy({ isApp: true, errorCode: 0 });
 emit({ event: 'closed', how: 'application', code: 0, remote: false });
 process.exit(0);
