@@ -419,6 +419,15 @@ class H3QuicConnection(QuicConnection):
     def active_requests(self) -> int:
         return len(self.h3_streams)
 
+    @property
+    def undelivered_requests(self) -> int:
+        """Request streams whose sending side the peer has not yet acknowledged in full
+        (a response written and finished by its handler can still be in the buffers).
+        Counted over the open streams: for shutdown, not for every packet."""
+        return sum(1 for sid, stream in self.conn.streams.items()
+                   if not sid & 2 and stream.send is not None
+                   and not stream.send.is_complete())  # fmt: skip
+
     async def open_request(self) -> H3Stream:
         while True:
             self.raise_if_closed()
@@ -605,13 +614,15 @@ class H3Server:
                 face.send_goaway()
 
     async def shutdown(self, timeout: float = 5.0) -> None:
-        """Graceful shutdown: GOAWAY, wait for the requests in progress (up to
-        ``timeout`` seconds), then close every connection with H3_NO_ERROR."""
+        """Graceful shutdown: GOAWAY, wait for the requests in progress to finish and
+        their responses to be acknowledged (up to ``timeout`` seconds), then close every
+        connection with H3_NO_ERROR."""
         self.goaway()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline and any(
-            f.active_requests and not f.closed for f in self.connections
+            (f.active_requests or f.undelivered_requests) and not f.closed
+            for f in self.connections
         ):
             await asyncio.sleep(0.01)
         for face in self.connections:
