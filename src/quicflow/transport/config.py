@@ -37,7 +37,15 @@ class Configuration:
     max_stream_data / max_stream_data_window: the same per stream.
     max_streams_bidi / max_streams_uni: how many streams the peer may have open at once.
     congestion_control: "cubic" (default) or "newreno".
-    max_datagram_size: largest UDP payload sent (1200 .. 65527; bounded by the path).
+    max_datagram_size: largest UDP payload sent (1200 .. 65527; default 1452). With
+        ``pmtud`` (default) it is the ceiling of path MTU discovery: a connection starts
+        at 1200 bytes and probes upwards (RFC 8899) to the smallest of this, the peer's
+        max_udp_payload_size and the path MTU. Without ``pmtud`` the connection sends
+        datagrams of this size as soon as the handshake allows (the path must carry them;
+        a smaller path MTU reported by the datapath still lowers it).
+    pmtud: probe the path MTU upwards from 1200 bytes (DPLPMTUD, RFC 8899), fall back to
+        1200 on a black hole and search again. pmtud_raise_interval: seconds after a
+        finished search before probing for a larger size again (PMTU_RAISE_TIMER).
     cipher_suites: TLS 1.3 suites offered/accepted, in order of preference.
     groups: key exchange groups, the first gets the client's key share.
     active_connection_id_limit: how many connection IDs we accept from the peer.
@@ -97,7 +105,9 @@ class Configuration:
     max_streams_bidi: int = 256
     max_streams_uni: int = 256
     congestion_control: str = "cubic"
-    max_datagram_size: int = 1200
+    max_datagram_size: int = 1452
+    pmtud: bool = True
+    pmtud_raise_interval: float = 600.0
     cipher_suites: list[CipherSuite] = field(
         default_factory=lambda: [
             CipherSuite.AES_128_GCM_SHA256,
@@ -142,6 +152,8 @@ class Configuration:
             raise ValueError("Configuration.alpn_protocols must name at least one protocol")
         if not 1200 <= self.max_datagram_size <= 65527:
             raise ValueError("max_datagram_size must be between 1200 and 65527")
+        if self.pmtud_raise_interval <= 0:
+            raise ValueError("pmtud_raise_interval must be positive")
         if self.congestion_control not in ("cubic", "newreno"):
             raise ValueError("congestion_control must be 'cubic' or 'newreno'")
         if not (self.connection_id_length == 0 or 4 <= self.connection_id_length <= 20):

@@ -524,8 +524,9 @@ def _apply_peer_params(conn: Connection, raw: bytes) -> None:
     conn.flow.peer_max_data = params.initial_max_data
     conn.bidi.peer_max = params.initial_max_streams_bidi
     conn.uni.peer_max = params.initial_max_streams_uni
-    conn.max_datagram_size = min(conn.configuration.max_datagram_size,
-                                 params.max_udp_payload_size, conn.path_mtu_cap)
+    if not conn.pmtud.enabled:  # else: 1200 until probes show more (pmtud.py)
+        conn.max_datagram_size = max(1200, min(conn.configuration.max_datagram_size,
+                                               params.max_udp_payload_size, conn.path_mtu_cap))
     from .congestion import initial_window
 
     conn.cc.max_datagram_size = conn.max_datagram_size

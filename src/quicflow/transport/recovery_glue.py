@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..crypto.epoch import Epoch
+from . import pmtud
 from .connection import SPACE_OF_EPOCH, Connection
 from .events import StreamWritable
 from .recovery import SentPacket
@@ -51,6 +52,9 @@ def on_ack_frame(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None
         conn.probes_pending = [0, 0, 0]
         _validate_ecn(conn, space, frame.ecn, acked, now)
         on_acked_packets(conn, acked)
+        pm = conn.pmtud
+        if pm.probe_pn >= 0 or pm.big_loss_events:
+            pmtud.on_acks(conn, acked, now)
     if lost:
         on_lost_packets(conn, lost)
 
@@ -125,6 +129,8 @@ def on_acked_packets(conn: Connection, packets: list[SentPacket]) -> None:
 def on_lost_packets(conn: Connection, packets: list[SentPacket]) -> None:
     conn.counters.packets_lost += sum(p.count for p in packets)
     resend_frames(conn, packets)
+    if conn.pmtud.enabled:
+        pmtud.on_losses(conn, packets, conn._now_hint)
 
 
 def resend_frames(conn: Connection, packets: list[SentPacket]) -> None:
@@ -199,6 +205,8 @@ def on_loss_timeout(conn: Connection, now: float) -> None:
     if probe_epoch is not None:
         index = SPACE_OF_EPOCH[probe_epoch]
         conn.probes_pending[index] = 2
+        if probe_epoch == Epoch.ONE_RTT and conn.pmtud.enabled:
+            pmtud.on_pto(conn, now)
         if probe_epoch != Epoch.ONE_RTT:
             requeue_epoch(conn, probe_epoch)
         else:

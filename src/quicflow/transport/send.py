@@ -19,6 +19,7 @@ from ..wire.varint import push_varint, varint_len
 from .bulk import build_bulk, bulk_applies
 from .connection import Connection
 from .errors import APPLICATION_ERROR
+from .pmtud import build_probe, probe_due
 from .recovery import SentPacket
 from .state import (
     CLOSING,
@@ -102,6 +103,10 @@ def build_datagrams(
             conn.bytes_sent_unvalidated += size
         conn.counters.datagrams_sent += 1
         conn.counters.bytes_sent += size
+    if conn.pmtud.next_at <= now and probe_due(conn, now):
+        # a path MTU probe goes last: larger than the rest, it is a GSO run of its own
+        if build_probe(conn, now, buf, seal):
+            bounds.append(len(buf))
     if seal:
         conn.engine.seal(buf, seal)
     return buf, bounds

@@ -41,6 +41,7 @@ from .connection import Connection, ConnectionCounters, new_seal_key
 from .events import StreamReadable
 from .keyphase import DirectionKeys, capture_keys, install_keys
 from .path import PATH_FIELDS, Path, apply_path, current_path
+from .pmtud import Pmtud
 from .rangeset import RangeSet
 from .recovery import LossDetection, PnSpace, SentPacket, SpaceState
 from .rtt import RttEstimator
@@ -96,6 +97,7 @@ TIME_FIELDS: dict[type[Any], tuple[str, ...]] = {
     SentPacket: ("time_sent",),
     CongestionControl: ("recovery_start_time", "cubic_t_epoch"),
     Pacer: ("last_time",),
+    Pmtud: ("next_at",),
 }
 _ZERO_MEANS_NEVER = frozenset({"last_update_time"})
 
@@ -122,6 +124,7 @@ CLASSES: tuple[type[Any], ...] = (
     PreferredAddress,
     Path,
     DirectionKeys,
+    Pmtud,
 )
 ENUMS = (Epoch, CipherSuite, PnSpace)
 
