@@ -14,11 +14,13 @@ Probes are ack-eliciting and in flight, but their loss is no congestion signal (
 probe raises the connection's datagram size (the congestion window grows to at least the
 initial window of the new size, RFC 9002 §7.2).
 
-Black holes (RFC 8899 §4.3): when full-size packets stop getting through while the
-datagram size is above the base (BLACK_HOLE_PTOS consecutive PTOs, or BLACK_HOLE_LOSSES
-loss events in a row with full-size packets lost and none acknowledged) the connection
-falls back to 1200 bytes and searches again below the size that failed. A finished search
-starts again after ``Configuration.pmtud_raise_interval`` (PMTU_RAISE_TIMER).
+Black holes (RFC 8899 §4.3): while the datagram size is above the base, PTO probes are
+sent in datagrams of at most 1200 bytes (``send.py``), so smaller packets keep getting
+through when full-size ones do not. BLACK_HOLE_LOSSES loss events in a row with
+full-size packets lost and none acknowledged between them mean a black hole: the
+connection falls back to 1200 bytes and searches again, first at the size that failed
+(a false alarm costs one probe), then below it. A finished search starts again after
+``Configuration.pmtud_raise_interval`` (PMTU_RAISE_TIMER).
 
 All state is plain data in :class:`Pmtud` (captured with the connection).
 """
@@ -40,7 +42,6 @@ if TYPE_CHECKING:
 
 BASE_PLPMTU = 1200
 MAX_PROBES = 3
-BLACK_HOLE_PTOS = 2
 BLACK_HOLE_LOSSES = 3
 TAG_LEN = 16
 INF = float("inf")
@@ -258,13 +259,6 @@ def on_acks(conn: Connection, acked: list[SentPacket], now: float) -> bool:
     return big
 
 
-def on_pto(conn: Connection, now: float) -> None:
-    """A 1-RTT PTO fired: after BLACK_HOLE_PTOS in a row with the size above the base,
-    full-size packets are taken to be black-holed."""
-    if conn.max_datagram_size > BASE_PLPMTU and conn.loss.pto_count >= BLACK_HOLE_PTOS:
-        black_hole(conn, now)
-
-
 def black_hole(conn: Connection, now: float) -> None:
     """Fall back to BASE_PLPMTU and search again below the size that failed."""
     pm = conn.pmtud
@@ -273,7 +267,7 @@ def black_hole(conn: Connection, now: float) -> None:
     pm.big_loss_events = 0
     set_datagram_size(conn, BASE_PLPMTU)
     if pm.enabled:
-        _start_search(pm, conn, now, failed - 1)
+        _start_search(pm, conn, now, failed)
         pm.started = True
 
 

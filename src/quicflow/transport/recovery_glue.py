@@ -205,8 +205,6 @@ def on_loss_timeout(conn: Connection, now: float) -> None:
     if probe_epoch is not None:
         index = SPACE_OF_EPOCH[probe_epoch]
         conn.probes_pending[index] = 2
-        if probe_epoch == Epoch.ONE_RTT and conn.pmtud.enabled:
-            pmtud.on_pto(conn, now)
         if probe_epoch != Epoch.ONE_RTT:
             requeue_epoch(conn, probe_epoch)
         else:

@@ -91,6 +91,8 @@ def build_datagrams(
                 break  # paced: the rest goes as one burst at conn.pacer_deadline
         start = len(buf)
         room = min(mds, budget)
+        if conn.probes_pending[2] and mds > 1200 and conn.pmtud.enabled:
+            room = min(room, 1200)  # PTO probes fit any path: black hole detection
         if room < 48:
             break
         built = _build_datagram(conn, now, buf, room, seal)
