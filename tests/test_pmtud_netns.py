@@ -55,7 +55,7 @@ _SERVER = textwrap.dedent(
         server.close()
 
     asyncio.run(main())
-    """ % PORT
+    """.replace("%d", str(PORT))
 )
 
 _CLIENT = textwrap.dedent(
@@ -78,7 +78,7 @@ _CLIENT = textwrap.dedent(
         print(json.dumps(result), flush=True)
 
     asyncio.run(main())
-    """ % PORT
+    """.replace("%d", str(PORT))
 )
 
 

@@ -53,6 +53,8 @@ class Configuration:
         alone on its socket). A server's CIDs come from its endpoint's QUIC-LB generator,
         whose length wins (the server endpoint uses a copy of the configuration with it).
     keylog_file: append TLS secrets in SSLKEYLOGFILE format (for Wireshark/tshark).
+    qlog_dir: write a qlog trace of each connection (JSON-SEQ, ``<ODCID>_<role>.sqlog``)
+        into this directory; the asyncio API also takes it from ``$QLOGDIR``.
     send_buffer_per_connection / send_buffer_per_endpoint: bytes the application may have
         written and not yet had acknowledged, on one connection / on all connections of one
         endpoint (a server) together; ``drain()`` waits while either is exceeded (and while
@@ -138,6 +140,7 @@ class Configuration:
     versions: list[int] = field(default_factory=lambda: [QUIC_V1, QUIC_V2])
     initial_version: int | None = None
     client_certificates: str = "none"
+    qlog_dir: str | None = None
 
     def load_cert_chain(self, certfile: str, keyfile: str | None = None) -> None:
         """Load a PEM certificate chain and private key."""

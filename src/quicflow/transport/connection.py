@@ -34,6 +34,7 @@ from .errors import (
 from .events import ConnectionTerminated, Event
 from .path import Path
 from .pmtud import Pmtud, new_pmtud
+from .qlog import QlogTrace
 from .recovery import LossDetection
 from .rtt import RttEstimator
 from .state import (
@@ -222,6 +223,7 @@ class Connection:
     send_protectors: list[PacketProtector | None] = field(default_factory=lambda: [None] * 4)
     recv_protectors: list[PacketProtector | None] = field(default_factory=lambda: [None] * 4)
     engine: OffloadEngine = field(default_factory=SoftwareOffloadEngine)
+    qlog: QlogTrace | None = None  # qlog events go here when set (qlog.py)
 
     # ------------------------------------------------------------------ setup
 
@@ -429,6 +431,11 @@ class Connection:
             self.cipher_suite, self.one_rtt_send_secret, self.version
         )
         self.engine.update(self.seal_key, opener=False)
+        if self.qlog is not None:
+            from .qlog import key_updated
+
+            key_updated(self, now, Epoch.ONE_RTT, True, "local_update",
+                        key_phase=self.send_key_phase)
 
     def recv_key_cid(self) -> bytes:
         """The CID under which the engine holds our 1-RTT receive keys (any CID of ours

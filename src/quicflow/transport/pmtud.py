@@ -157,6 +157,10 @@ def build_probe(
     buf += bytes(TAG_LEN)
     seal.append((offset, len(header), payload_len, pn, conn.seal_key))
     space.next_pn = pn + 1
+    if conn.qlog is not None:
+        from .qlog import packet_sent
+
+        packet_sent(conn, now, Epoch.ONE_RTT, pn, payload, size)
     packet = SentPacket(pn=pn, time_sent=now, size=size, ack_eliciting=True, in_flight=True,
                         epoch=Epoch.ONE_RTT, frames=[(R_PING,)], pmtu_probe=True)
     conn.loss.on_packet_sent(packet)

@@ -16,6 +16,7 @@ from ..wire.packet import (
     encode_packet_number,
 )
 from ..wire.varint import push_varint, varint_len
+from . import qlog
 from .bulk import build_bulk, bulk_applies
 from .connection import Connection
 from .errors import APPLICATION_ERROR
@@ -83,7 +84,7 @@ def build_datagrams(
     budget = conn.amplification_credit()
     mds = conn.max_datagram_size
     while len(bounds) < max_datagrams:
-        if budget >= 1 << 61 and bulk_applies(conn):
+        if budget >= 1 << 61 and conn.qlog is None and bulk_applies(conn):
             built = build_bulk(conn, now, buf, bounds, seal, max_datagrams - len(bounds))
             if built > 0:
                 continue
@@ -190,6 +191,8 @@ def _build_datagram(
                 pn_len + len(payload) + TAG_LEN, pn, pn_len,
             )
             buf += protector.seal(header, bytes(payload), pn)
+        if conn.qlog is not None:
+            qlog.packet_sent(conn, now, epoch, pn, payload, len(header) + len(payload) + TAG_LEN)
         _on_packet_sent(conn, epoch, pn, len(header) + len(payload) + TAG_LEN, eliciting,
                         records, now)
     if conn.is_client and conn.spaces[1].next_pn > 0 and not conn.spaces[0].discarded:
@@ -531,6 +534,8 @@ def _close_datagrams(conn: Connection, now: float) -> list[bytes]:
                 pn_len + len(payload) + TAG_LEN, pn, pn_len,
             )
             buf += protector.seal(header, bytes(payload), pn)
+        if conn.qlog is not None:
+            qlog.packet_sent(conn, now, epoch, pn, payload, len(header) + len(payload) + TAG_LEN)
     if not buf:
         return []
     if seal:

@@ -76,7 +76,8 @@ _NONCE_LEN = 12
 
 #: Fields of a Connection that are runtime objects, rebuilt on restore.
 RUNTIME_FIELDS = frozenset(
-    {"tls", "send_protectors", "recv_protectors", "engine", "events", "seal_key", "cid_issuer"}
+    {"tls", "send_protectors", "recv_protectors", "engine", "events", "seal_key", "cid_issuer",
+     "qlog"}
 )
 #: Configuration fields holding ``cryptography`` key objects, not captured.
 CONFIG_SECRET_FIELDS = frozenset(
