@@ -24,6 +24,7 @@ from ..transport.connection import Connection
 from .connection import QuicConnection, StreamHandler
 from .errors import ConnectionClosedError
 from .handover import CaptureHook, Handover, RestoreHook, restore_server
+from .qlogfile import qlog_from_environment
 from .runner import EndpointRunner
 from .workers import CidPlan, WorkerGroupServer, serve_workers
 
@@ -124,6 +125,7 @@ async def connect(
     config = replace(configuration) if configuration is not None else Configuration()
     config.validate()
     _keylog_from_environment(config)
+    qlog_from_environment(config)
     family, peer = await _resolve(host, port)
     local = "0.0.0.0" if family == socket.AF_INET else "::"
     transport = UdpTransport.open(local, 0, backend=backend, connect_to=peer)
@@ -224,6 +226,7 @@ async def client_endpoint(
     config = replace(configuration) if configuration is not None else Configuration()
     config.validate()
     _keylog_from_environment(config)
+    qlog_from_environment(config)
     transport = UdpTransport.open(host, port, backend=backend)
     endpoint = Endpoint(config, is_server=False, engine=engine or best_engine())
     ep = ClientEndpoint(EndpointRunner(transport, endpoint))
@@ -412,6 +415,7 @@ async def serve(
     config = replace(configuration)
     config.validate()
     _keylog_from_environment(config)
+    qlog_from_environment(config)
     if not config.certificate_chain or config.private_key is None:
         raise ValueError("a server needs Configuration.certificate_chain and private_key")
     if connection_sockets < 0:

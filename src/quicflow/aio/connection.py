@@ -10,6 +10,7 @@ from typing import Any
 
 from cryptography import x509
 
+from ..transport import qlog
 from ..transport.connection import Connection, StreamLimitReached
 from ..transport.events import (
     ConnectionTerminated,
@@ -364,6 +365,8 @@ class QuicConnection:
             log.debug("could not abandon stream %d", stream_id, exc_info=True)
 
     def _on_close_event(self, event: ConnectionTerminated) -> None:
+        if self.conn.qlog is not None:
+            qlog.connection_closed(self.conn, self.loop.time(), event)
         if self._close_error is None:
             application = event.frame_type is None and event.reason != "idle timeout"
             if self.conn.close_error is not None and not event.by_peer:

@@ -31,6 +31,7 @@ from ..datapath.socket import UdpTransport, normalize_address
 from ..endpoint.endpoint import Endpoint
 from ..transport.connection import Connection
 from .gcpolicy import POLICY as GC_POLICY
+from .qlogfile import file_factory
 from .sendbuffer import SendBudget
 
 if TYPE_CHECKING:
@@ -77,6 +78,9 @@ class EndpointRunner:
         self.sockets: ConnectedSockets | None = None
         transport.enable_pmtu_discovery()
         endpoint.wall_offset = time.time() - self.loop.time()
+        qlog_dir = endpoint.configuration.qlog_dir
+        if qlog_dir and endpoint.qlog_factory is None:
+            endpoint.qlog_factory = file_factory(qlog_dir, transport.local_address)
         self.loop.add_reader(transport.fileno(), self._on_readable)
 
     def enable_connection_sockets(self, cap: int, policy: SocketPolicy | None = None) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..datapath.connected import ConnectedSocketCounters, add_counters
 from ..transport.connection import Connection
+from ..transport.pmtud import stats as pmtud_stats
 from .runner import EndpointRunner
 
 
@@ -96,4 +97,5 @@ def connection_stats(conn: Connection) -> dict[str, Any]:
         max_datagram_size=conn.max_datagram_size,
         send_buffered=conn.send_buffered,
     )
+    out.update(pmtud_stats(conn))
     return out

@@ -178,6 +178,7 @@ def cmd_perf_server(args: argparse.Namespace) -> int:
                 key,
                 congestion_control=args.congestion,
                 max_datagram_size=args.max_datagram,
+                pmtud=args.pmtud,
                 keylog_file=args.keylog,
                 retry=args.retry,
             )

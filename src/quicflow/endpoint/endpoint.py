@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import KeysView
+from collections.abc import Callable, KeysView
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..crypto.native import best_engine
 from ..crypto.offload import OffloadEngine
 from ..crypto.stateless_reset import stateless_reset_token
+from ..transport import qlog
 from ..transport.config import Configuration
 from ..transport.connection import (
     Address,
@@ -123,6 +124,9 @@ class Endpoint:
     #: CIDs of connections handed off (captured and released): their packets are
     #: dropped, never answered with a stateless reset the client would accept
     moved: MovedCids = field(default_factory=MovedCids)
+    #: called with each new connection and ``now`` before its first packet, to attach a
+    #: qlog trace (``transport.qlog.start``); the I/O layer sets it (None: no qlog)
+    qlog_factory: Callable[[Connection, float], None] | None = None
 
     def __post_init__(self) -> None:
         length = self.configuration.connection_id_length
@@ -173,6 +177,8 @@ class Endpoint:
             self.configuration, address, now, server_name=server_name, engine=self.engine,
             cid_issuer=self.issue_cid,
         )
+        if self.qlog_factory is not None:
+            self.qlog_factory(conn, now)
         cache = self.configuration.token_cache
         if cache is not None:  # a NEW_TOKEN token from an earlier connection
             origin = f"{server_name or address[0]}:{address[1]}"
@@ -225,6 +231,7 @@ class Endpoint:
         if conn.counters.packets_received or not self.accepted or self.accepted[-1] is not conn:
             return True
         self.accepted.pop()
+        qlog.stop(conn, keep=False)
         self.counters.connections_accepted -= 1
         self.counters.dropped_undecryptable_initial += 1
         conn.cid_changes.clear()
@@ -417,6 +424,8 @@ class Endpoint:
             client_scid=hdr.scid, retry_scid=admit.retry_scid, address_validated=admit.validated,
             version=hdr.version, cid_issuer=self.issue_cid,
         )
+        if self.qlog_factory is not None:
+            self.qlog_factory(conn, now)
         conn.new_token = self.admission.new_token(address, now + self.wall_offset)
         conn.new_token_pending = bool(conn.new_token)
         self.admission.track(conn)
@@ -481,6 +490,7 @@ class Endpoint:
             self.moved.record((e.cid for e in conn.host_cids), conn._now_hint,
                               conn.idle_timeout)
         self.admission.forget(conn)
+        qlog.stop(conn)
         self.token_origins.pop(id(conn), None)
         dropped = self.registry.forget(conn)
         if dropped and self.is_server and conn.counters.packets_received and not (

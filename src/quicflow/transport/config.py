@@ -37,7 +37,15 @@ class Configuration:
     max_stream_data / max_stream_data_window: the same per stream.
     max_streams_bidi / max_streams_uni: how many streams the peer may have open at once.
     congestion_control: "cubic" (default) or "newreno".
-    max_datagram_size: largest UDP payload sent (1200 .. 65527; bounded by the path).
+    max_datagram_size: largest UDP payload sent (1200 .. 65527; default 1452). With
+        ``pmtud`` (default) it is the ceiling of path MTU discovery: a connection starts
+        at 1200 bytes and probes upwards (RFC 8899) to the smallest of this, the peer's
+        max_udp_payload_size and the path MTU. Without ``pmtud`` the connection sends
+        datagrams of this size as soon as the handshake allows (the path must carry them;
+        a smaller path MTU reported by the datapath still lowers it).
+    pmtud: probe the path MTU upwards from 1200 bytes (DPLPMTUD, RFC 8899), fall back to
+        1200 on a black hole and search again. pmtud_raise_interval: seconds after a
+        finished search before probing for a larger size again (PMTU_RAISE_TIMER).
     cipher_suites: TLS 1.3 suites offered/accepted, in order of preference.
     groups: key exchange groups, the first gets the client's key share.
     active_connection_id_limit: how many connection IDs we accept from the peer.
@@ -45,6 +53,8 @@ class Configuration:
         alone on its socket). A server's CIDs come from its endpoint's QUIC-LB generator,
         whose length wins (the server endpoint uses a copy of the configuration with it).
     keylog_file: append TLS secrets in SSLKEYLOGFILE format (for Wireshark/tshark).
+    qlog_dir: write a qlog trace of each connection (JSON-SEQ, ``<ODCID>_<role>.sqlog``)
+        into this directory; the asyncio API also takes it from ``$QLOGDIR``.
     send_buffer_per_connection / send_buffer_per_endpoint: bytes the application may have
         written and not yet had acknowledged, on one connection / on all connections of one
         endpoint (a server) together; ``drain()`` waits while either is exceeded (and while
@@ -97,7 +107,9 @@ class Configuration:
     max_streams_bidi: int = 256
     max_streams_uni: int = 256
     congestion_control: str = "cubic"
-    max_datagram_size: int = 1200
+    max_datagram_size: int = 1452
+    pmtud: bool = True
+    pmtud_raise_interval: float = 600.0
     cipher_suites: list[CipherSuite] = field(
         default_factory=lambda: [
             CipherSuite.AES_128_GCM_SHA256,
@@ -128,6 +140,7 @@ class Configuration:
     versions: list[int] = field(default_factory=lambda: [QUIC_V1, QUIC_V2])
     initial_version: int | None = None
     client_certificates: str = "none"
+    qlog_dir: str | None = None
 
     def load_cert_chain(self, certfile: str, keyfile: str | None = None) -> None:
         """Load a PEM certificate chain and private key."""
@@ -142,6 +155,8 @@ class Configuration:
             raise ValueError("Configuration.alpn_protocols must name at least one protocol")
         if not 1200 <= self.max_datagram_size <= 65527:
             raise ValueError("max_datagram_size must be between 1200 and 65527")
+        if self.pmtud_raise_interval <= 0:
+            raise ValueError("pmtud_raise_interval must be positive")
         if self.congestion_control not in ("cubic", "newreno"):
             raise ValueError("congestion_control must be 'cubic' or 'newreno'")
         if not (self.connection_id_length == 0 or 4 <= self.connection_id_length <= 20):

@@ -33,6 +33,8 @@ from .errors import (
 )
 from .events import ConnectionTerminated, Event
 from .path import Path
+from .pmtud import Pmtud, new_pmtud
+from .qlog import QlogTrace
 from .recovery import LossDetection
 from .rtt import RttEstimator
 from .state import (
@@ -169,6 +171,7 @@ class Connection:
     probes_pending: list[int] = field(default_factory=lambda: [0, 0, 0])
     max_datagram_size: int = 1200
     path_mtu_cap: int = 65527  # largest UDP payload the path was seen to carry
+    pmtud: Pmtud = field(default_factory=Pmtud)  # path MTU discovery (pmtud.py)
     # paths
     path_challenges_received: list[bytes] = field(default_factory=list)  # to answer
     path_challenge: bytes = b""  # sent on the current path, not yet answered
@@ -220,6 +223,7 @@ class Connection:
     send_protectors: list[PacketProtector | None] = field(default_factory=lambda: [None] * 4)
     recv_protectors: list[PacketProtector | None] = field(default_factory=lambda: [None] * 4)
     engine: OffloadEngine = field(default_factory=SoftwareOffloadEngine)
+    qlog: QlogTrace | None = None  # qlog events go here when set (qlog.py)
 
     # ------------------------------------------------------------------ setup
 
@@ -269,6 +273,7 @@ class Connection:
         cfg = self.configuration
         cfg.validate()
         self.max_datagram_size = 1200
+        self.pmtud = new_pmtud(cfg.pmtud)
         self.idle_timeout = cfg.idle_timeout
         self.idle_deadline = now + cfg.idle_timeout if cfg.idle_timeout else float("inf")
         if not self.is_client and not self.address_validated:  # half-open: short life
@@ -426,6 +431,11 @@ class Connection:
             self.cipher_suite, self.one_rtt_send_secret, self.version
         )
         self.engine.update(self.seal_key, opener=False)
+        if self.qlog is not None:
+            from .qlog import key_updated
+
+            key_updated(self, now, Epoch.ONE_RTT, True, "local_update",
+                        key_phase=self.send_key_phase)
 
     def recv_key_cid(self) -> bytes:
         """The CID under which the engine holds our 1-RTT receive keys (any CID of ours
@@ -463,13 +473,15 @@ class Connection:
     def lower_max_datagram_size(self, size: int) -> None:
         """A smaller path MTU was learned: send UDP payloads of at most ``size`` bytes
         from now on (never below 1200; never raises the current size)."""
+        from .pmtud import on_path_mtu_cap
+
         self.path_mtu_cap = min(self.path_mtu_cap, max(1200, size))
         new = max(1200, min(self.max_datagram_size, size))
-        if new >= self.max_datagram_size:
-            return
-        self.max_datagram_size = new
-        self.cc.max_datagram_size = new
-        self.pacer.max_datagram_size = new
+        if new < self.max_datagram_size:
+            self.max_datagram_size = new
+            self.cc.max_datagram_size = new
+            self.pacer.max_datagram_size = new
+        on_path_mtu_cap(self, self._now_hint)
 
     def on_peer_address(self, addr: Address) -> None:
         """A packet newer than any before came from ``addr`` (RFC 9000 §9.3).
@@ -496,7 +508,10 @@ class Connection:
         self.path_challenge = os.urandom(8)
         self.path_challenge_pending = True
         if new_host:
+            from .pmtud import restart
+
             self.loss.reset_path()
+            restart(self, self._now_hint)
 
     def ecn_codepoint(self) -> int:
         """The ECN bits for outgoing datagrams: ECT(0) unless validation failed."""
@@ -549,6 +564,8 @@ class Connection:
             deadlines.append(self.pacer_deadline)
         if self.key_update_requested and not self.key_update_pending and self.key_phase_acked():
             deadlines.append(self.key_update_allowed_at)
+        if self.handshake_confirmed and self.pmtud.next_at < self.idle_deadline:
+            deadlines.append(self.pmtud.next_at)  # a path MTU probe is due (pmtud.py)
         return min(deadlines)
 
     def handle_timer(self, now: float) -> None:

@@ -26,6 +26,7 @@ from ..wire.packet import (
     retry_pseudo_packet,
 )
 from ..wire.tparams import decode_transport_parameters
+from . import qlog
 from .closing import answer_in_closing
 from .connection import SPACE_OF_EPOCH, Address, Connection
 from .errors import (
@@ -228,6 +229,9 @@ def _receive_packet(
         conn.counters.duplicate_packets += 1
         return
     conn.counters.packets_received += 1
+    if conn.qlog is not None:
+        qlog.packet_received(conn, now, epoch, pn, payload, hdr.end - pos, hdr.dcid,
+                             None if epoch == Epoch.ONE_RTT else hdr.scid)
     if epoch == Epoch.HANDSHAKE and not conn.is_client:
         _discard_epoch(conn, Epoch.INITIAL)
     crypto_before = _crypto_held(space) if epoch == Epoch.INITIAL else 0
@@ -335,12 +339,18 @@ def _on_peer_key_update(conn: Connection) -> None:
     conn.key_updates_received += 1
     # the next update waits three PTOs: the peer may still be on the old keys' timer
     conn.key_update_allowed_at = conn._now_hint + 3 * conn.pto()
+    if conn.qlog is not None:
+        qlog.key_updated(conn, conn._now_hint, Epoch.ONE_RTT, False, "remote_update",
+                         key_phase=conn.recv_key_phase)
     if conn.send_key_phase == conn.recv_key_phase:
         return  # the peer answered the update we started
     conn.key_phase_first_pn = conn.spaces[2].next_pn
     conn.one_rtt_send_secret = next_generation_secret(suite, conn.one_rtt_send_secret,
                                                       conn.version)
     conn.engine.update(conn.seal_key, opener=False)
+    if conn.qlog is not None:
+        qlog.key_updated(conn, conn._now_hint, Epoch.ONE_RTT, True, "remote_update",
+                         key_phase=conn.send_key_phase)
 
 
 def _discard_epoch(conn: Connection, epoch: Epoch) -> None:
@@ -454,6 +464,8 @@ def _install_secret(
     conn: Connection, epoch: Epoch, is_send: bool, suite: CipherSuite, secret: bytes
 ) -> None:
     if epoch == Epoch.ONE_RTT:
+        if conn.qlog is not None:
+            qlog.key_updated(conn, conn._now_hint, epoch, is_send, "tls")
         conn.cipher_suite = suite
         if is_send:
             conn.one_rtt_send_secret = secret
@@ -462,6 +474,8 @@ def _install_secret(
         if conn.one_rtt_send_secret and conn.one_rtt_recv_secret and not conn.one_rtt_ready:
             program_engine(conn)
         return
+    if conn.qlog is not None:
+        qlog.key_updated(conn, conn._now_hint, epoch, is_send, "tls")
     protector = PacketProtector(derive_packet_keys(suite, secret, conn.version))
     if is_send:
         conn.send_protectors[epoch] = protector
@@ -524,8 +538,9 @@ def _apply_peer_params(conn: Connection, raw: bytes) -> None:
     conn.flow.peer_max_data = params.initial_max_data
     conn.bidi.peer_max = params.initial_max_streams_bidi
     conn.uni.peer_max = params.initial_max_streams_uni
-    conn.max_datagram_size = min(conn.configuration.max_datagram_size,
-                                 params.max_udp_payload_size, conn.path_mtu_cap)
+    if not conn.pmtud.enabled:  # else: 1200 until probes show more (pmtud.py)
+        conn.max_datagram_size = max(1200, min(conn.configuration.max_datagram_size,
+                                               params.max_udp_payload_size, conn.path_mtu_cap))
     from .congestion import initial_window
 
     conn.cc.max_datagram_size = conn.max_datagram_size

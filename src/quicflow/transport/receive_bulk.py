@@ -57,6 +57,12 @@ def receive_short_run(
     conn._now_hint = now
     if conn.terminated or conn.state == DRAINING:
         return
+    if conn.qlog is not None:  # packet by packet, so that each is logged with its frames
+        from .receive import receive_datagram
+
+        for offset, length, _ in packets:
+            receive_datagram(conn, bytes(buf[offset : offset + length]), addr, now, ecn)
+        return
     counters = conn.counters
     counters.datagrams_received += len(packets)
     if not conn.one_rtt_ready:

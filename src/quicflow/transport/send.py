@@ -16,9 +16,11 @@ from ..wire.packet import (
     encode_packet_number,
 )
 from ..wire.varint import push_varint, varint_len
+from . import qlog
 from .bulk import build_bulk, bulk_applies
 from .connection import Connection
 from .errors import APPLICATION_ERROR
+from .pmtud import build_probe, probe_due
 from .recovery import SentPacket
 from .state import (
     CLOSING,
@@ -82,7 +84,7 @@ def build_datagrams(
     budget = conn.amplification_credit()
     mds = conn.max_datagram_size
     while len(bounds) < max_datagrams:
-        if budget >= 1 << 61 and bulk_applies(conn):
+        if budget >= 1 << 61 and conn.qlog is None and bulk_applies(conn):
             built = build_bulk(conn, now, buf, bounds, seal, max_datagrams - len(bounds))
             if built > 0:
                 continue
@@ -90,6 +92,8 @@ def build_datagrams(
                 break  # paced: the rest goes as one burst at conn.pacer_deadline
         start = len(buf)
         room = min(mds, budget)
+        if conn.probes_pending[2] and mds > 1200 and conn.pmtud.enabled:
+            room = min(room, 1200)  # PTO probes fit any path: black hole detection
         if room < 48:
             break
         built = _build_datagram(conn, now, buf, room, seal)
@@ -102,6 +106,10 @@ def build_datagrams(
             conn.bytes_sent_unvalidated += size
         conn.counters.datagrams_sent += 1
         conn.counters.bytes_sent += size
+    if conn.pmtud.next_at <= now and probe_due(conn, now):
+        # a path MTU probe goes last: larger than the rest, it is a GSO run of its own
+        if build_probe(conn, now, buf, seal):
+            bounds.append(len(buf))
     if seal:
         conn.engine.seal(buf, seal)
     return buf, bounds
@@ -183,6 +191,8 @@ def _build_datagram(
                 pn_len + len(payload) + TAG_LEN, pn, pn_len,
             )
             buf += protector.seal(header, bytes(payload), pn)
+        if conn.qlog is not None:
+            qlog.packet_sent(conn, now, epoch, pn, payload, len(header) + len(payload) + TAG_LEN)
         _on_packet_sent(conn, epoch, pn, len(header) + len(payload) + TAG_LEN, eliciting,
                         records, now)
     if conn.is_client and conn.spaces[1].next_pn > 0 and not conn.spaces[0].discarded:
@@ -524,6 +534,8 @@ def _close_datagrams(conn: Connection, now: float) -> list[bytes]:
                 pn_len + len(payload) + TAG_LEN, pn, pn_len,
             )
             buf += protector.seal(header, bytes(payload), pn)
+        if conn.qlog is not None:
+            qlog.packet_sent(conn, now, epoch, pn, payload, len(header) + len(payload) + TAG_LEN)
     if not buf:
         return []
     if seal:

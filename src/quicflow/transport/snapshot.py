@@ -41,6 +41,7 @@ from .connection import Connection, ConnectionCounters, new_seal_key
 from .events import StreamReadable
 from .keyphase import DirectionKeys, capture_keys, install_keys
 from .path import PATH_FIELDS, Path, apply_path, current_path
+from .pmtud import Pmtud
 from .rangeset import RangeSet
 from .recovery import LossDetection, PnSpace, SentPacket, SpaceState
 from .rtt import RttEstimator
@@ -75,7 +76,8 @@ _NONCE_LEN = 12
 
 #: Fields of a Connection that are runtime objects, rebuilt on restore.
 RUNTIME_FIELDS = frozenset(
-    {"tls", "send_protectors", "recv_protectors", "engine", "events", "seal_key", "cid_issuer"}
+    {"tls", "send_protectors", "recv_protectors", "engine", "events", "seal_key", "cid_issuer",
+     "qlog"}
 )
 #: Configuration fields holding ``cryptography`` key objects, not captured.
 CONFIG_SECRET_FIELDS = frozenset(
@@ -96,6 +98,7 @@ TIME_FIELDS: dict[type[Any], tuple[str, ...]] = {
     SentPacket: ("time_sent",),
     CongestionControl: ("recovery_start_time", "cubic_t_epoch"),
     Pacer: ("last_time",),
+    Pmtud: ("next_at",),
 }
 _ZERO_MEANS_NEVER = frozenset({"last_update_time"})
 
@@ -122,6 +125,7 @@ CLASSES: tuple[type[Any], ...] = (
     PreferredAddress,
     Path,
     DirectionKeys,
+    Pmtud,
 )
 ENUMS = (Epoch, CipherSuite, PnSpace)
 
