@@ -318,7 +318,10 @@ async def serve_workers(
     inboxes: HandoffInboxes | None = None
     try:
         if steering:
-            group.steer(plan.layout(0).worker_cid_offset, config_id=plan.quic_lb.config_id)
+            group.steer(
+                plan.layout(0).worker_cid_offset, config_id=plan.quic_lb.config_id,
+                cid_length=plan.quic_lb.cid_len,
+            )
         inboxes = HandoffInboxes(workers)
         spec = _WorkerSpec(
             handler, connection_handler, config, backend, plan, group, inboxes, app_stats,
