@@ -3,6 +3,7 @@
 from .api import ClientEndpoint, QuicServer, client_endpoint, connect, serve
 from .connection import QuicConnection
 from .errors import ConnectionClosedError, QuicflowError, StreamResetError
+from ..transport.pathprobe import MigrationError
 from .streams import QuicStreamReader, QuicStreamWriter
 from .workers import CidPlan, WorkerGroupServer
 
@@ -10,6 +11,7 @@ __all__ = [
     "CidPlan",
     "ClientEndpoint",
     "ConnectionClosedError",
+    "MigrationError",
     "QuicConnection",
     "QuicServer",
     "QuicStreamReader",

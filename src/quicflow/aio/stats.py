@@ -95,5 +95,7 @@ def connection_stats(conn: Connection) -> dict[str, Any]:
         alpn=conn.alpn_protocol,
         max_datagram_size=conn.max_datagram_size,
         send_buffered=conn.send_buffered,
+        path_changes=conn.path_changes,
+        peer_address=list(conn.peer_address),
     )
     return out

@@ -22,12 +22,14 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from ..crypto.epoch import Epoch
 from ..wire import frames as F
 from ..wire.packet import build_short_header, encode_packet_number
 from ..wire.tparams import PreferredAddress, TransportParameters
 from .errors import TRANSPORT_PARAMETER_ERROR, QuicError
 from .events import PathMigrated, PathProbeFailed, PreferredAddressAvailable
 from .path import PROBE_MIGRATE, PROBE_PREFERRED, Address, PathProbe
+from .recovery import SentPacket
 from .rtt import RttEstimator
 from .state import CLOSING, PeerCid
 
@@ -191,8 +193,9 @@ def after_one_rtt_packet(
 def probe_datagrams(conn: Connection, now: float) -> list[tuple[bytes, Address]]:
     """Datagrams for paths other than the current one, with their destinations: answers
     to challenges that came from elsewhere, and (client) the running probe's
-    PATH_CHALLENGE when due. Not recorded for loss recovery: a lost challenge is sent
+    PATH_CHALLENGE when due. Not retransmitted by loss recovery: a lost challenge is sent
     again on the probe's own timer, a lost PATH_RESPONSE is never resent (§8.2.2)."""
+    conn._now_hint = now
     if conn.state >= CLOSING or not conn.one_rtt_ready or conn.terminated:
         conn.off_path_challenges.clear()
         return []
@@ -231,6 +234,11 @@ def _packet(conn: Connection, dcid: bytes, frames: bytearray, size: int) -> byte
     buf += frames
     buf += bytes(TAG_LEN)
     conn.engine.seal(buf, [(0, len(header), len(frames), pn, conn.seal_key)])
+    # known to recovery (so its ACK is valid), but neither in flight nor an RTT sample:
+    # it went on another path
+    conn.loss.on_packet_sent(SentPacket(pn=pn, time_sent=conn._now_hint, size=len(buf),
+                                        ack_eliciting=False, in_flight=False,
+                                        epoch=Epoch.ONE_RTT, frames=[]))
     counters = conn.counters
     counters.packets_sent += 1
     counters.datagrams_sent += 1
