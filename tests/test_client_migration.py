@@ -115,3 +115,186 @@ def test_client_migrates_mid_transfer(sockets: int) -> None:
                     assert sock.getpeername()[1] == new_local[1]
 
     run(main(), timeout=60)
+
+
+class _FirstSourceOnly(asyncio.DatagramProtocol):
+    """A UDP forwarder that passes only the first client address it hears from: a new
+    path of that client leads nowhere (its path validation must fail)."""
+
+    def __init__(self, server: tuple[str, int]) -> None:
+        self.server = server
+        self.client: tuple[str, int] | None = None
+        self.dropped = 0
+        self.front: asyncio.DatagramTransport | None = None
+        self.back: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.front = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.client is None:
+            self.client = addr
+        if addr != self.client:
+            self.dropped += 1
+            return
+        assert self.back is not None
+        self.back.sendto(data, self.server)
+
+
+class _Back(asyncio.DatagramProtocol):
+    def __init__(self, fwd: _FirstSourceOnly) -> None:
+        self.fwd = fwd
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.fwd.client is not None and self.fwd.front is not None:
+            self.fwd.front.sendto(data, self.fwd.client)
+
+
+def test_failed_validation_keeps_the_old_path() -> None:
+    up, down = 1_500_000, 1_500_000
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await quicflow.serve(_sink_and_source, "127.0.0.1", 0,
+                                      configuration=server_config())
+        async with server:
+            fwd = _FirstSourceOnly(("127.0.0.1", server.address[1]))
+            front, _ = await loop.create_datagram_endpoint(lambda: fwd,
+                                                           local_addr=("127.0.0.1", 0))
+            back, _ = await loop.create_datagram_endpoint(lambda: _Back(fwd),
+                                                          local_addr=("127.0.0.1", 0))
+            fwd.back = back  # type: ignore[assignment]
+            try:
+                port = front.get_extra_info("sockname")[1]
+                async with quicflow.connect("127.0.0.1", port,
+                                            configuration=client_config()) as conn:
+                    before = conn.local_address
+                    half = asyncio.Event()
+                    task = asyncio.ensure_future(_transfer(conn, up, down, half))
+                    await half.wait()
+                    with pytest.raises(quicflow.MigrationError, match="no PATH_RESPONSE"):
+                        await conn.migrate()
+                    assert conn.local_address == before  # still on the old socket
+                    up_digest, down_digest = await task
+                    assert up_digest == hashlib.sha256(_data(up, 1)).digest()
+                    assert down_digest == hashlib.sha256(_data(down, 2)).digest()
+                    stats = conn.stats()["connection"]
+                    assert stats["migrations"] == 0
+                    assert stats["migrations_failed"] == 1
+                    assert stats["path_probes_sent"] >= 2  # resent before giving up
+                    assert fwd.dropped == stats["path_probes_sent"]
+                    assert _server_conn(server).stats()["connection"]["path_changes"] == 0
+            finally:
+                front.close()
+                back.close()
+
+    run(main(), timeout=60)
+
+
+def test_migration_refused_when_the_server_disables_it() -> None:
+    async def main() -> None:
+        server = await quicflow.serve(
+            _sink_and_source, "127.0.0.1", 0,
+            configuration=server_config(disable_active_migration=True),
+        )
+        async with server:
+            async with quicflow.connect("127.0.0.1", server.address[1],
+                                        configuration=client_config()) as conn:
+                await conn.wait_connected()
+                while not conn.conn.handshake_confirmed:
+                    await asyncio.sleep(0.01)
+                before = conn.local_address
+                with pytest.raises(quicflow.MigrationError,
+                                   match="disable_active_migration"):
+                    await conn.migrate()
+                assert conn.local_address == before
+                assert conn.conn.probe is None
+                up, down = await _transfer(conn, 100_000, 100_000)
+                assert up == hashlib.sha256(_data(100_000, 1)).digest()
+
+    run(main(), timeout=30)
+
+
+def test_migration_refused_without_a_spare_connection_id() -> None:
+    async def main() -> None:
+        server = await quicflow.serve(_sink_and_source, "127.0.0.1", 0,
+                                      configuration=server_config())
+        async with server:
+            # active_connection_id_limit 2: the server gives one spare CID; after one
+            # migration it is used and the retired one's replacement may not have come
+            async with quicflow.connect("127.0.0.1", server.address[1],
+                                        configuration=client_config()) as conn:
+                while not conn.conn.handshake_confirmed or len(conn.conn.peer_cids) < 2:
+                    await asyncio.sleep(0.01)
+                # forget the spare CIDs the server gave (as if it had given none)
+                conn.conn.peer_cids = [c for c in conn.conn.peer_cids
+                                       if c.sequence == conn.conn.peer_cid_seq]
+                with pytest.raises(quicflow.MigrationError, match="no spare connection ID"):
+                    await conn.migrate()
+
+    run(main(), timeout=30)
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_client_moves_to_the_preferred_address(family: str) -> None:
+    host = "127.0.0.1" if family == "ipv4" else "::1"
+    up, down = 1_000_000, 2_000_000
+
+    async def main() -> None:
+        pref_port = _free_port() if family == "ipv4" else _free_port6()
+        key = "preferred_address" if family == "ipv4" else "preferred_address_v6"
+        server = await quicflow.serve(
+            _sink_and_source, host, 0,
+            configuration=server_config(**{key: (host, pref_port)}),
+        )
+        async with server:
+            main_port = server.address[1]
+            async with quicflow.connect(host, main_port,
+                                        configuration=client_config()) as conn:
+                for _ in range(300):
+                    if conn.conn.counters.migrations:
+                        break
+                    await asyncio.sleep(0.01)
+                assert conn.peer_address[1] == pref_port
+                assert conn.conn.peer_cid_seq == 1  # the preferred address's CID
+                up_digest, down_digest = await _transfer(conn, up, down)
+                assert up_digest == hashlib.sha256(_data(up, 1)).digest()
+                assert down_digest == hashlib.sha256(_data(down, 2)).digest()
+                served = _server_conn(server)
+                srv = served.stats()["connection"]
+                assert tuple(srv["peer_address"])[1] == conn.local_address[1]
+                listener = server.runner.listeners[0]
+                assert listener.local_address[1] == pref_port
+                assert server.runner.home_listener(served.conn) is listener
+                # the download left through the preferred address's socket
+                assert listener.counters.bytes_sent >= down
+                assert conn.conn.counters.migrations == 1
+
+    run(main(), timeout=30)
+
+
+def _free_port6() -> int:
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+        s.bind(("::1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_client_can_decline_the_preferred_address() -> None:
+    async def main() -> None:
+        pref_port = _free_port()
+        server = await quicflow.serve(
+            _sink_and_source, "127.0.0.1", 0,
+            configuration=server_config(preferred_address=("127.0.0.1", pref_port)),
+        )
+        async with server:
+            async with quicflow.connect(
+                "127.0.0.1", server.address[1],
+                configuration=client_config(use_preferred_address=False),
+            ) as conn:
+                up, down = await _transfer(conn, 300_000, 300_000)
+                assert down == hashlib.sha256(_data(300_000, 2)).digest()
+                assert conn.peer_address[1] == server.address[1]
+                assert conn.conn.counters.migrations == 0
+                assert server.runner.listeners[0].counters.datagrams_received == 0
+
+    run(main(), timeout=30)

@@ -137,8 +137,8 @@ class QuicConnection:
         not answer within three probe timeouts, the connection stays where it was and
         :class:`MigrationError` says so. Also raised at once when migration is not
         allowed or possible: the server sent disable_active_migration, it gave no spare
-        connection ID, the handshake is not confirmed, another migration runs, or the
-        connection shares its socket (``client_endpoint``).
+        connection ID, another migration runs, or the connection shares its socket
+        (``client_endpoint``). Waits for the handshake to be confirmed first.
         """
         from ..transport.pathprobe import MigrationError, start_probe
         from .paths import open_probe_socket
@@ -151,6 +151,12 @@ class QuicConnection:
                                  "a shared client socket or a server cannot")
         if self._migration is not None and not self._migration.done():
             raise MigrationError("a migration is already in progress")
+        await self.wait_connected()
+        # a client's handshake is confirmed by HANDSHAKE_DONE, one round trip at most
+        deadline = self.loop.time() + 3 * conn.pto()
+        while not conn.handshake_confirmed and self.loop.time() < deadline:
+            await asyncio.sleep(conn.pto() / 4)
+            self.raise_if_closed()
         start_probe(conn, self.loop.time())
         try:
             open_probe_socket(runner, host, port, runner.connected_peer)
