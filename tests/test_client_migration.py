@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -298,3 +299,61 @@ def test_client_can_decline_the_preferred_address() -> None:
                 assert server.runner.listeners[0].counters.datagrams_received == 0
 
     run(main(), timeout=30)
+
+
+def test_perf_server_preferred_address_option(tmp_path: Path) -> None:
+    """``quicflow perf server --preferred-address``: a client ends on that address and
+    the download is intact; ``perf client --no-preferred-address`` stays (exit 0)."""
+    import struct
+    import subprocess
+    import sys
+
+    from tests.support.quic_helpers import self_signed
+
+    cert, key = self_signed().write(tmp_path, "server")
+    pref = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quicflow", "perf", "server", "--host", "127.0.0.1",
+         "--port", "0", "--cert", cert, "--key", key,
+         "--preferred-address", f"127.0.0.1:{pref}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        port = None
+        for line in proc.stderr:
+            if line.startswith("listening on "):
+                port = int(line.split()[2].rsplit(":", 1)[1])
+                break
+        assert port is not None, "perf server did not start"
+
+        async def main() -> None:
+            async with quicflow.connect("127.0.0.1", port,
+                                        configuration=client_config()) as conn:
+                reader, writer = await conn.create_stream()
+                writer.write(struct.pack("!Q", 2_000_000))
+                writer.write_eof()
+                got = 0
+                while chunk := await reader.read(CHUNK):
+                    got += len(chunk)
+                assert got == 2_000_000
+                assert conn.peer_address[1] == pref
+                assert conn.conn.counters.migrations == 1
+
+        run(main(), timeout=30)
+        stay = subprocess.run(
+            [sys.executable, "-m", "quicflow", "perf", "client", "--host", "127.0.0.1",
+             "--port", str(port), "--cafile", cert, "--server-name", "localhost",
+             "--download", "1M", "--verify", "--quiet", "--no-preferred-address",
+             "--timeout", "10"],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert stay.returncode == 0, stay.stderr
+        bad = subprocess.run(
+            [sys.executable, "-m", "quicflow", "perf", "server", "--preferred-address",
+             "localhost:80"], capture_output=True, text=True, timeout=60,
+        )
+        assert bad.returncode == 2 and "not IP:PORT" in bad.stderr
+    finally:
+        proc.terminate()
+        proc.wait(10)
