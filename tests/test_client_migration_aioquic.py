@@ -19,7 +19,7 @@ from tests.test_interop_aioquic import pem  # noqa: F401  (fixture)
 MODULE = "tests.support.aioquic_migrate"
 
 
-def test_quicflow_client_migrates_to_aioquic_server(pem: tuple[str, str]) -> None:
+def test_quicflow_client_migrates_to_aioquic_server(pem: tuple[str, str]) -> None:  # noqa: F811
     cert, key = pem
     up, down = 1_500_000, 3_000_000
 
@@ -45,7 +45,7 @@ def test_quicflow_client_migrates_to_aioquic_server(pem: tuple[str, str]) -> Non
     run(main(), timeout=90)
 
 
-def test_aioquic_client_rebinds_on_quicflow_server(pem: tuple[str, str]) -> None:
+def test_aioquic_client_rebinds_on_quicflow_server(pem: tuple[str, str]) -> None:  # noqa: F811
     cert, _ = pem
     down, up = 3_000_000, 500_000
 
@@ -76,7 +76,7 @@ def test_aioquic_client_rebinds_on_quicflow_server(pem: tuple[str, str]) -> None
     run(main(), timeout=90)
 
 
-def test_aioquic_client_follows_our_preferred_address(pem: tuple[str, str]) -> None:
+def test_aioquic_client_follows_our_preferred_address(pem: tuple[str, str]) -> None:  # noqa: F811
     cert, _ = pem
     down = 2_000_000
 

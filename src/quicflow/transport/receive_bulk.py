@@ -14,10 +14,10 @@ from bisect import bisect_right
 from ..crypto.epoch import Epoch
 from ..tls.alerts import TlsAlert
 from .closing import answer_in_closing
-from .pathprobe import after_one_rtt_packet
 from .connection import Address, Connection
 from .errors import FLOW_CONTROL_ERROR, QuicError
 from .events import StreamReadable
+from .pathprobe import after_one_rtt_packet
 from .rangeset import RangeSet
 from .receive import (
     _check_stateless_reset,
