@@ -167,14 +167,18 @@ def receive_short_run(
         conn.close(exc.quic_error_code, str(exc), application=False)
     if not accepted:
         return
-    size = sum(length for _, length, _ in packets)
     conn.last_packet_probing = all_probing
-    # the newest packets from a new address move a server there; probes are answered
     newest = space.largest_received > largest_before
-    moved = addr != conn.peer_address and not all_probing and newest
-    after_one_rtt_packet(conn, addr, newest, size, challenges_before)
-    if not conn.address_validated and not moved:
-        conn.bytes_received_unvalidated += size
+    if addr != conn.peer_address or not conn.address_validated:
+        # the newest packets from a new address move a server there; probes from
+        # another address are answered there (pathprobe.py)
+        size = sum(length for _, length, _ in packets)
+        moved = addr != conn.peer_address and not all_probing and newest
+        after_one_rtt_packet(conn, addr, newest, size, challenges_before)
+        if not conn.address_validated and not moved:
+            conn.bytes_received_unvalidated += size
+    elif newest and not all_probing:
+        conn.last_non_probing_pn = space.largest_received
     counters.packets_received += accepted
     if len(received) > 64:
         received.shift_below(received.starts[-32])
