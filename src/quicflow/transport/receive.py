@@ -253,7 +253,10 @@ def _receive_packet(
         space.largest_received = pn
         space.largest_received_time = now
     if epoch == Epoch.ONE_RTT:
-        pathprobe.after_one_rtt_packet(conn, addr, newest, len(data), challenges_before)
+        if addr != conn.peer_address:  # a new path, or a probe of one (pathprobe.py)
+            pathprobe.after_one_rtt_packet(conn, addr, newest, len(data), challenges_before)
+        elif newest and not conn.last_packet_probing:
+            conn.last_non_probing_pn = pn
     if ecn:
         space.ecn_counts[{2: 0, 1: 1, 3: 2}[ecn & 3]] += 1
     space.ack_pending = True
