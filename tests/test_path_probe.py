@@ -131,3 +131,25 @@ def test_refusals() -> None:
                              if c.sequence == pair.client.peer_cid_seq]
     with pytest.raises(MigrationError, match="no spare connection ID"):
         start_probe(pair.client, pair.now)
+
+
+def test_snapshot_keeps_a_running_probe_and_off_path_answers() -> None:
+    from quicflow.crypto.offload import SoftwareOffloadEngine
+    from quicflow.transport.snapshot import restore_connection, snapshot_connection
+
+    pair = _ready()
+    client, server = pair.client, pair.server_conns[0]
+    probe = start_probe(client, pair.now)
+    datagram, _ = probe_datagrams(client, pair.now)[0]
+    pair.server.receive(datagram, NEW_ADDR, pair.now)
+    assert server.off_path_challenges
+    client.pop_events()
+    server.pop_events()
+    later = pair.now + 5.0
+    copy, _ = restore_connection(snapshot_connection(client, pair.now, release=False),
+                                 engine=SoftwareOffloadEngine(), now=later)
+    assert copy.probe is not None and copy.probe.cid == probe.cid
+    assert copy.probe.deadline == pytest.approx(probe.deadline + 5.0)  # times shifted
+    served, _ = restore_connection(snapshot_connection(server, pair.now, release=False),
+                                   engine=SoftwareOffloadEngine(), now=later)
+    assert served.off_path_challenges == server.off_path_challenges
