@@ -357,3 +357,29 @@ def test_perf_server_preferred_address_option(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_stateless_replies_leave_from_the_preferred_address() -> None:
+    """A Version Negotiation for an Initial that reached the preferred address comes
+    from that address (a client's socket connected there would drop it otherwise)."""
+
+    async def main() -> None:
+        pref = _free_port()
+        server = await quicflow.serve(
+            _sink_and_source, "127.0.0.1", 0,
+            configuration=server_config(preferred_address=("127.0.0.1", pref)),
+        )
+        async with server:
+            loop = asyncio.get_running_loop()
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.connect(("127.0.0.1", pref))
+                sock.setblocking(False)
+                dcid, scid = b"\x01" * 8, b"\x02" * 8
+                probe = (b"\xc0" + b"\x0a\x0a\x0a\x0a" + bytes([8]) + dcid + bytes([8])
+                         + scid).ljust(1200, b"\x00")
+                sock.send(probe)
+                reply = await asyncio.wait_for(loop.sock_recv(sock, 2048), 5)
+            assert reply[1:5] == b"\x00\x00\x00\x00"  # Version Negotiation
+            assert reply[6:14] == scid
+
+    run(main(), timeout=30)

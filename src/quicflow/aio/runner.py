@@ -191,6 +191,9 @@ class EndpointRunner:
                     if self.on_accept is not None:
                         self.add_face(conn, self.on_accept(conn))
                 endpoint.accepted.clear()
+            if self.listeners and transport in self.listeners:
+                for data, addr in endpoint.pop_stateless():  # from the address they hit
+                    transport.send_batch(data, len(data), addr)
             for data, addr in endpoint.pop_stateless():
                 self.transport.send_batch(data, len(data), addr)
             if self.listeners:
