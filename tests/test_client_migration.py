@@ -236,8 +236,10 @@ def test_migration_refused_without_a_spare_connection_id() -> None:
     run(main(), timeout=30)
 
 
-@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
-def test_client_moves_to_the_preferred_address(family: str) -> None:
+@pytest.mark.parametrize(("family", "sockets"),
+                         [("ipv4", 0), ("ipv6", 0), ("ipv4", 16)],
+                         ids=["ipv4", "ipv6", "ipv4-per-connection-sockets"])
+def test_client_moves_to_the_preferred_address(family: str, sockets: int) -> None:
     host = "127.0.0.1" if family == "ipv4" else "::1"
     up, down = 1_000_000, 2_000_000
 
@@ -247,6 +249,7 @@ def test_client_moves_to_the_preferred_address(family: str) -> None:
         server = await quicflow.serve(
             _sink_and_source, host, 0,
             configuration=server_config(**{key: (host, pref_port)}),
+            connection_sockets=sockets, socket_policy=SocketPolicy(min_bytes=0, min_age=0),
         )
         async with server:
             main_port = server.address[1]
@@ -270,6 +273,12 @@ def test_client_moves_to_the_preferred_address(family: str) -> None:
                 # the download left through the preferred address's socket
                 assert listener.counters.bytes_sent >= down
                 assert conn.conn.counters.migrations == 1
+                # a connection served on the preferred listener holds no socket bound to
+                # the main one (it would send from the wrong address)
+                assert server.runner.connection_socket(served.conn) is None
+                if sockets:  # it had one on the main listener before it moved
+                    assert server.runner.sockets is not None
+                    assert server.runner.sockets.counters.connected_sockets_opened >= 1
 
     run(main(), timeout=30)
 
