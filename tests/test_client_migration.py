@@ -392,3 +392,37 @@ def test_stateless_replies_leave_from_the_preferred_address() -> None:
             assert reply[6:14] == scid
 
     run(main(), timeout=30)
+
+
+def test_unreachable_preferred_address_keeps_the_original() -> None:
+    """The server offers a preferred address where nothing answers: the client's probe
+    fails (≈3 s) and the connection stays on the original address, transfer intact."""
+    up, down = 500_000, 1_500_000
+
+    async def main() -> None:
+        pref = _free_port()
+        server = await quicflow.serve(
+            _sink_and_source, "127.0.0.1", 0,
+            configuration=server_config(preferred_address=("127.0.0.1", pref)),
+        )
+        async with server:
+            listener = server.runner.listeners.pop()  # it stops listening there
+            server.runner.loop.remove_reader(listener.fileno())
+            listener.close()
+            async with quicflow.connect("127.0.0.1", server.address[1],
+                                        configuration=client_config()) as conn:
+                up_digest, down_digest = await _transfer(conn, up, down)  # while probing
+                assert down_digest == hashlib.sha256(_data(down, 2)).digest()
+                for _ in range(600):
+                    if conn.conn.counters.migrations_failed:
+                        break
+                    await asyncio.sleep(0.01)
+                assert conn.conn.counters.migrations_failed == 1
+                assert conn.conn.counters.migrations == 0
+                assert conn.peer_address[1] == server.address[1]
+                assert conn.runner.probe_transport is None  # its socket was closed
+                up_digest, down_digest = await _transfer(conn, up, down)
+                assert up_digest == hashlib.sha256(_data(up, 1)).digest()
+                assert down_digest == hashlib.sha256(_data(down, 2)).digest()
+
+    run(main(), timeout=60)
