@@ -272,6 +272,11 @@ def test_client_moves_to_the_preferred_address(family: str, sockets: int) -> Non
                 assert server.runner.home_listener(served.conn) is listener
                 # the download left through the preferred address's socket
                 assert listener.counters.bytes_sent >= down
+                totals = server.stats()["datapath"]  # counted in the server's totals
+                assert totals["bytes_sent"] >= listener.counters.bytes_sent
+                assert totals["datagrams_received"] >= (
+                    listener.counters.datagrams_received
+                    + server.runner.transport.counters.datagrams_received)
                 assert conn.conn.counters.migrations == 1
                 # a connection served on the preferred listener holds no socket bound to
                 # the main one (it would send from the wrong address)
