@@ -466,8 +466,10 @@ async def serve(
         runner.enable_connection_sockets(connection_sockets, socket_policy)
     for preferred in (config.preferred_address, config.preferred_address_v6):
         if preferred is not None:  # clients may move there (RFC 9000 §9.6)
+            # SO_REUSEPORT: a successor taking over (a handoff does not carry this
+            # socket) can bind it while this process still holds it
             runner.add_listener(UdpTransport.open(preferred[0], int(preferred[1]),
-                                                  backend=backend))
+                                                  backend=backend, reuse_port=True))
     runner_box.append(runner)
     guard = None
     if received is not None:
