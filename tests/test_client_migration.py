@@ -77,18 +77,20 @@ def _server_conn(server: quicflow.QuicServer) -> quicflow.QuicConnection:
     return conns[0]
 
 
-@pytest.mark.parametrize("sockets", [0, 16], ids=["listener", "per-connection-sockets"])
-def test_client_migrates_mid_transfer(sockets: int) -> None:
+@pytest.mark.parametrize(("host", "sockets"),
+                         [("127.0.0.1", 0), ("127.0.0.1", 16), ("::1", 16)],
+                         ids=["listener", "per-connection-sockets", "ipv6"])
+def test_client_migrates_mid_transfer(host: str, sockets: int) -> None:
     up, down = 3_000_000, 3_000_000
 
     async def main() -> None:
         server = await quicflow.serve(
-            _sink_and_source, "127.0.0.1", 0, configuration=server_config(),
+            _sink_and_source, host, 0, configuration=server_config(),
             connection_sockets=sockets, socket_policy=SocketPolicy(min_bytes=0, min_age=0),
         )
         async with server:
             port = server.address[1]
-            async with quicflow.connect("127.0.0.1", port,
+            async with quicflow.connect(host, port,
                                         configuration=client_config()) as conn:
                 before = conn.local_address
                 half = asyncio.Event()
