@@ -77,10 +77,11 @@ def _server_conn(server: quicflow.QuicServer) -> quicflow.QuicConnection:
     return conns[0]
 
 
-@pytest.mark.parametrize(("host", "sockets"),
-                         [("127.0.0.1", 0), ("127.0.0.1", 16), ("::1", 16)],
-                         ids=["listener", "per-connection-sockets", "ipv6"])
-def test_client_migrates_mid_transfer(host: str, sockets: int) -> None:
+@pytest.mark.parametrize(("host", "sockets", "new_host"),
+                         [("127.0.0.1", 0, None), ("127.0.0.1", 16, None), ("::1", 16, None),
+                          ("127.0.0.1", 16, "127.0.0.2")],
+                         ids=["listener", "per-connection-sockets", "ipv6", "new-address"])
+def test_client_migrates_mid_transfer(host: str, sockets: int, new_host: str | None) -> None:
     up, down = 3_000_000, 3_000_000
 
     async def main() -> None:
@@ -96,9 +97,11 @@ def test_client_migrates_mid_transfer(host: str, sockets: int) -> None:
                 half = asyncio.Event()
                 task = asyncio.ensure_future(_transfer(conn, up, down, half))
                 await half.wait()
-                new_local = await conn.migrate()
+                new_local = await conn.migrate(new_host)
                 assert new_local[1] != before[1]
                 assert conn.local_address == new_local
+                if new_host is not None:
+                    assert new_local[0] == new_host
                 up_digest, down_digest = await task
                 assert up_digest == hashlib.sha256(_data(up, 1)).digest()
                 assert down_digest == hashlib.sha256(_data(down, 2)).digest()
@@ -108,7 +111,7 @@ def test_client_migrates_mid_transfer(host: str, sockets: int) -> None:
                 served = _server_conn(server)
                 srv = served.stats()["connection"]
                 assert srv["path_changes"] >= 1
-                assert tuple(srv["peer_address"])[1] == new_local[1]
+                assert tuple(srv["peer_address"])[:2] == tuple(new_local)[:2]
                 # more data on the new path still flows, and the server is there
                 again = await _transfer(conn, 200_000, 200_000)
                 assert again[0] == hashlib.sha256(_data(200_000, 1)).digest()
