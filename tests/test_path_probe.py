@@ -61,12 +61,16 @@ def test_probe_does_not_move_the_server_and_is_answered_on_its_path() -> None:
     assert client.rtt.smoothed_rtt == RttEstimator().smoothed_rtt
     assert client.cc.cwnd == fresh_cwnd
     # the client's next packets (non-probing, from the new address) move the server
+    server_old_cid = server.peer_cid
     pair.client_addr = NEW_ADDR
     sid = client.open_stream()
     client.send_stream_data(sid, b"x" * 5000, end_stream=True)
     pair.run(lambda: server.address_validated and server.peer_address == NEW_ADDR
              and not server.path_challenge)
     assert server.path_changes == 1
+    # ... which sends there with a client CID never used on the old path (§9.5)
+    assert server.peer_cid != server_old_cid
+    assert server_old_cid not in [c.cid for c in server.peer_cids]
     # the server got RETIRE_CONNECTION_ID for the old CID and gave a new one
     pair.run(lambda: not client.retire_pending)
     assert all(c.sequence != old_seq for c in server.host_cids)

@@ -510,6 +510,7 @@ class Connection:
         self.path_challenge_pending = True
         if new_host:
             self.loss.reset_path()
+        pathprobe.use_fresh_peer_cid(self)  # RFC 9000 §9.5: not one CID on two paths
 
     def ecn_codepoint(self) -> int:
         """The ECN bits for outgoing datagrams: ECT(0) unless validation failed."""

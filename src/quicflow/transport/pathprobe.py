@@ -136,6 +136,21 @@ def complete_probe(conn: Connection, now: float) -> None:
     conn.events.append(PathMigrated(probe.kind, probe.peer_address))
 
 
+def use_fresh_peer_cid(conn: Connection) -> None:
+    """(server, following a client to a new address) Send there with a connection ID of
+    the client's never used on another path, if it gave a spare one, and retire the old
+    one (RFC 9000 §9.5)."""
+    entry = spare_peer_cid(conn, exclude_preferred=False)
+    if entry is None:
+        return  # none spare: the current one goes on (allowed after a NAT rebinding)
+    old_seq = conn.peer_cid_seq
+    conn.peer_cid = entry.cid
+    conn.peer_cid_seq = entry.sequence
+    conn.peer_cids = [c for c in conn.peer_cids if c.sequence != old_seq]
+    if old_seq not in conn.retire_pending:
+        conn.retire_pending.append(old_seq)
+
+
 def probe_timer(conn: Connection) -> float | None:
     probe = conn.probe
     if probe is None:
