@@ -157,3 +157,22 @@ def test_snapshot_keeps_a_running_probe_and_off_path_answers() -> None:
     served, _ = restore_connection(snapshot_connection(server, pair.now, release=False),
                                    engine=SoftwareOffloadEngine(), now=later)
     assert served.off_path_challenges == server.off_path_challenges
+
+
+def test_probe_cid_retired_meanwhile_is_not_used() -> None:
+    """The server retired the probe's CID (Retire Prior To) before the answer came: the
+    connection moves with another spare CID, never a retired one."""
+    pair = _ready()
+    client, server = pair.client, pair.server_conns[0]
+    pair.run(lambda: len(client.peer_cids) >= 3)
+    probe = start_probe(client, pair.now)
+    datagram, _ = probe_datagrams(client, pair.now)[0]
+    pair.server.receive(datagram, NEW_ADDR, pair.now)
+    client.peer_cids = [c for c in client.peer_cids if c.sequence != probe.cid_seq]
+    client.retire_pending.append(probe.cid_seq)
+    (answer, _), = probe_datagrams(server, pair.now)
+    pair.client_ep.receive(answer, SERVER_ADDR, pair.now)
+    assert client.counters.migrations == 1
+    assert client.peer_cid != probe.cid
+    assert client.peer_cid_seq not in client.retire_pending
+    assert any(c.sequence == client.peer_cid_seq for c in client.peer_cids)

@@ -122,11 +122,16 @@ def complete_probe(conn: Connection, now: float) -> None:
     assert probe is not None
     conn.probe = None
     old_seq = conn.peer_cid_seq
-    conn.peer_cid = probe.cid
-    conn.peer_cid_seq = probe.cid_seq
-    conn.peer_cids = [c for c in conn.peer_cids if c.sequence != old_seq]
-    if old_seq not in conn.retire_pending:
-        conn.retire_pending.append(old_seq)
+    entry: PeerCid | None = next((c for c in conn.peer_cids if c.sequence == probe.cid_seq),
+                                 None)
+    if entry is None:  # the server retired it meanwhile (Retire Prior To)
+        entry = spare_peer_cid(conn, exclude_preferred=False)
+    if entry is not None and entry.sequence != old_seq:
+        conn.peer_cid = entry.cid
+        conn.peer_cid_seq = entry.sequence
+        conn.peer_cids = [c for c in conn.peer_cids if c.sequence != old_seq]
+        if old_seq not in conn.retire_pending:
+            conn.retire_pending.append(old_seq)
     conn.peer_address = probe.peer_address
     conn.path_changes += 1
     conn.counters.migrations += 1
