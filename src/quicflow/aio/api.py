@@ -427,6 +427,8 @@ async def serve(
         # QPACK tables) is not captured
         raise ValueError("takeover is only available with the default face_class")
     if workers is not None:
+        if config.preferred_address is not None or config.preferred_address_v6 is not None:
+            raise ValueError("a preferred address is not supported with workers yet")
         if cid_generator is not None:
             raise ValueError("workers issue CIDs by a cid_plan (one generator per worker)")
         if takeover is not None or capture is not None or restore is not None:
@@ -466,6 +468,12 @@ async def serve(
     runner = EndpointRunner(transport, endpoint, on_accept=on_accept)
     if connection_sockets:
         runner.enable_connection_sockets(connection_sockets, socket_policy)
+    for preferred in (config.preferred_address, config.preferred_address_v6):
+        if preferred is not None:  # clients may move there (RFC 9000 §9.6)
+            # SO_REUSEPORT: a successor taking over (a handoff does not carry this
+            # socket) can bind it while this process still holds it
+            runner.add_listener(UdpTransport.open(preferred[0], int(preferred[1]),
+                                                  backend=backend, reuse_port=True))
     runner_box.append(runner)
     guard = None
     if received is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import os
 import queue
@@ -159,6 +160,21 @@ def _report_handoff(
     return 0
 
 
+def _preferred_arg(text: str) -> tuple[str, int]:
+    """HOST:PORT or [IPv6]:PORT, HOST an IP address."""
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not IP:PORT (IPv6 as [ADDR]:PORT)") from None
+    if not sep or not 0 < number < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r}: the port must be 1..65535")
+    return host, number
+
+
 def cmd_perf_server(args: argparse.Namespace) -> int:
     try:
         _cid_plan(args)
@@ -189,6 +205,14 @@ def cmd_perf_server(args: argparse.Namespace) -> int:
                     return _fail(f"--client-ca {args.client_ca}: no such file", 2)
                 config.cafile = args.client_ca
                 config.client_certificates = "require" if args.require_client_cert else "request"
+            for host, port in args.preferred_address:
+                family = "preferred_address_v6" if ":" in host else "preferred_address"
+                if getattr(config, family) is not None:
+                    return _fail("--preferred-address: at most one address per family", 2)
+                setattr(config, family, (host, port))
+            if args.preferred_address and args.workers is not None:
+                return _fail("--preferred-address does not work with --workers yet", 2)
+            config.disable_active_migration = args.disable_active_migration
             if args.token_key_file:
                 with open(args.token_key_file, "rb") as f:
                     secret = f.read()
@@ -208,6 +232,7 @@ def cmd_perf_server(args: argparse.Namespace) -> int:
 
 def _client_configuration(args: argparse.Namespace) -> Configuration:
     config = client_configuration(args, "perf")
+    config.use_preferred_address = not args.no_preferred_address
     if args.cert:
         config.load_cert_chain(args.cert, args.key)
     return config
@@ -468,6 +493,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --client-ca: refuse clients without a certificate (TLS alert "
         "certificate_required, CRYPTO_ERROR 0x174)",
     )  # fmt: skip
+    server.add_argument(
+        "--preferred-address", action="append", default=[], metavar="HOST:PORT",
+        type=_preferred_arg,
+        help="offer clients this address to move to after the handshake (RFC 9000 "
+        "§9.6 preferred_address) and listen there too; IPv6 as [ADDR]:PORT; give it "
+        "twice for one address of each family",
+    )  # fmt: skip
+    server.add_argument(
+        "--disable-active-migration", action="store_true",
+        help="tell clients not to move to a new address of their own "
+        "(disable_active_migration; a preferred address stays allowed)",
+    )  # fmt: skip
     _add_transport_options(server)
     server.set_defaults(func=cmd_perf_server)
     add_migrate_parser(perf_sub)
@@ -527,6 +564,11 @@ def build_parser() -> argparse.ArgumentParser:
         "segments_per_gso_call, connection_goodputs, fairness) instead of a summary line",
     )  # fmt: skip
     add_quiet_option(client)
+    client.add_argument(
+        "--no-preferred-address", action="store_true",
+        help="stay on the server's address even when it offers a preferred address "
+        "(default: validate it after the handshake and move there)",
+    )  # fmt: skip
     _add_transport_options(client)
     client.set_defaults(func=cmd_perf_client)
 

@@ -90,6 +90,16 @@ class Configuration:
         version in the client's list that it accepts (so a client with
         ``versions=[QUIC_V2, QUIC_V1], initial_version=QUIC_V1`` starts in v1, which every
         server understands, and ends in v2 with a server that has it).
+
+    preferred_address / preferred_address_v6: (servers) an ``(IP address, port)`` of each
+        family offered to clients in the preferred_address transport parameter (RFC 9000
+        §9.6), with a connection ID the endpoint issued for it; ``serve()`` listens
+        there too. None (default): none offered.
+    use_preferred_address: (clients) move to a server's preferred address once the
+        handshake is confirmed, after validating it (default True; on failure the
+        connection stays on the original address).
+    disable_active_migration: send disable_active_migration: clients must not move to a
+        new address of their own (RFC 9000 §18.2; a preferred address stays allowed).
     """
 
     alpn_protocols: list[str] = field(default_factory=list)
@@ -141,6 +151,10 @@ class Configuration:
     initial_version: int | None = None
     client_certificates: str = "none"
     qlog_dir: str | None = None
+    preferred_address: tuple[str, int] | None = None
+    preferred_address_v6: tuple[str, int] | None = None
+    use_preferred_address: bool = True
+    disable_active_migration: bool = False
 
     def load_cert_chain(self, certfile: str, keyfile: str | None = None) -> None:
         """Load a PEM certificate chain and private key."""
@@ -179,3 +193,21 @@ class Configuration:
             raise ValueError("cipher_suites must not be empty")
         if self.client_certificates not in ("none", "request", "require"):
             raise ValueError("client_certificates must be 'none', 'request' or 'require'")
+        _check_preferred(self.preferred_address, 4)
+        _check_preferred(self.preferred_address_v6, 6)
+
+
+def _check_preferred(value: tuple[str, int] | None, family: int) -> None:
+    if value is None:
+        return
+    import ipaddress
+
+    try:
+        host, port = value
+        addr = ipaddress.ip_address(host)
+    except (TypeError, ValueError):
+        raise ValueError(f"preferred_address{'_v6' if family == 6 else ''} must be "
+                         f"(IPv{family} address, port), not {value!r}") from None
+    if addr.version != family or not 0 < int(port) < 65536:
+        raise ValueError(f"preferred_address{'_v6' if family == 6 else ''} must be "
+                         f"(IPv{family} address, port 1..65535), not {value!r}")

@@ -23,7 +23,7 @@ from ..crypto.suites import CipherSuite
 from ..tls.config import TlsConfig
 from ..tls.session import TlsSession
 from ..wire.tparams import TransportParameters, encode_transport_parameters
-from . import stream_api
+from . import pathprobe, stream_api
 from .closing import closing_timer, on_closing_timer, start_closing
 from .config import Configuration
 from .congestion import CongestionControl, Pacer
@@ -32,7 +32,7 @@ from .errors import (
     QuicError,
 )
 from .events import ConnectionTerminated, Event
-from .path import Path
+from .path import Path, PathProbe
 from .pmtud import Pmtud, new_pmtud
 from .qlog import QlogTrace
 from .recovery import LossDetection
@@ -108,6 +108,9 @@ class ConnectionCounters:
     datagram_frames_received: int = 0
     datagram_frames_dropped: int = 0  # send queue full: the oldest was dropped
     close_resends: int = 0  # CONNECTION_CLOSE sent again on the closing timer
+    migrations: int = 0  # (client) moves to a new path validated by PATH_RESPONSE
+    migrations_failed: int = 0  # (client) probes of a new path that got no answer
+    path_probes_sent: int = 0  # (client) PATH_CHALLENGE datagrams sent on a probed path
 
 
 @dataclass(slots=True, eq=False)  # an entity: compared by identity
@@ -178,6 +181,13 @@ class Connection:
     path_challenge_pending: bool = False  # to be sent (again)
     path_changes: int = 0
     previous_path: Path | None = None  # while a new peer address is being validated
+    probe: PathProbe | None = None  # (client) a new path being validated (pathprobe.py)
+    # challenges that came from another address in probing-only packets, answered there:
+    # (data, address, byte budget)
+    off_path_challenges: list[tuple[bytes, Address, int]] = field(default_factory=list)
+    last_packet_probing: bool = False  # the last packet processed had only probing frames
+    last_non_probing_pn: int = -1  # newest 1-RTT packet with a non-probing frame
+    preferred_pending: bool = False  # (client) the server's preferred address is untried
     # timers
     idle_timeout: float = 30.0
     idle_deadline: float = 0.0
@@ -250,6 +260,8 @@ class Connection:
             tp.stateless_reset_token = self.host_cids[0].reset_token
             if self.retry_scid is not None:
                 tp.retry_source_connection_id = self.retry_scid
+            tp.disable_active_migration = cfg.disable_active_migration
+            tp.preferred_address = pathprobe.preferred_address_parameter(self)
         return tp
 
     def _tls_config(self, server_name: str | None) -> TlsConfig:
@@ -297,6 +309,7 @@ class Connection:
         self.pacer = Pacer(burst_interval=0.002, max_burst_datagrams=256, granularity=0.001)
         self.issue_host_cid()
         self.initial_scid = self.host_cids[0].cid
+        pathprobe.issue_preferred_cid(self)
         # a server after Retry: Initial keys come from the client's new DCID (our SCID)
         self._install_initial_keys(self.retry_scid or self.original_dcid)
         params = encode_transport_parameters(self._local_transport_parameters())
@@ -512,6 +525,7 @@ class Connection:
 
             self.loss.reset_path()
             restart(self, self._now_hint)
+        pathprobe.use_fresh_peer_cid(self)  # RFC 9000 §9.5: not one CID on two paths
 
     def ecn_codepoint(self) -> int:
         """The ECN bits for outgoing datagrams: ECT(0) unless validation failed."""
@@ -566,6 +580,8 @@ class Connection:
             deadlines.append(self.key_update_allowed_at)
         if self.handshake_confirmed and self.pmtud.next_at < self.idle_deadline:
             deadlines.append(self.pmtud.next_at)  # a path MTU probe is due (pmtud.py)
+        if self.probe is not None:
+            deadlines.append(pathprobe.probe_timer(self) or self.probe.deadline)
         return min(deadlines)
 
     def handle_timer(self, now: float) -> None:
@@ -591,6 +607,8 @@ class Connection:
             self.pacer_deadline = None
         if self.key_update_requested:
             self._start_key_update_if_allowed(now)
+        if self.probe is not None:
+            pathprobe.on_probe_timer(self, now)
 
     def sync_recovery(self) -> None:
         """Copy what loss detection needs to know about the connection into it."""

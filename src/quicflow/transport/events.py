@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -74,6 +75,36 @@ class DatagramReceived:
     data: bytes
 
 
+
+
+@dataclass(slots=True)
+class PathMigrated:
+    """(client) The connection moved to a new path after validating it: ``kind`` 1 a
+    migration to a new local address or port, 2 the server's preferred address."""
+
+    kind: int
+    peer_address: tuple[Any, ...]
+
+
+@dataclass(slots=True)
+class PathProbeFailed:
+    """(client) A new path was not validated in time; the connection stays where it was."""
+
+    kind: int
+    peer_address: tuple[Any, ...]
+    reason: str
+
+
+@dataclass(slots=True)
+class PreferredAddressAvailable:
+    """(client) The handshake is confirmed and the server offered a preferred address
+    (RFC 9000 §9.6) in the family of its current one: probe it with
+    ``pathprobe.start_probe(conn, now, PROBE_PREFERRED, address)`` from a socket that can
+    reach it (the asyncio face does this by itself)."""
+
+    address: tuple[Any, ...]
+
+
 Event = (
     HandshakeCompleted
     | StreamOpened
@@ -85,4 +116,7 @@ Event = (
     | ConnectionTerminated
     | NewTokenReceived
     | DatagramReceived
+    | PathMigrated
+    | PathProbeFailed
+    | PreferredAddressAvailable
 )

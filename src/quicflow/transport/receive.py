@@ -26,7 +26,7 @@ from ..wire.packet import (
     retry_pseudo_packet,
 )
 from ..wire.tparams import decode_transport_parameters
-from . import qlog
+from . import pathprobe, qlog
 from .closing import answer_in_closing
 from .connection import SPACE_OF_EPOCH, Address, Connection
 from .errors import (
@@ -235,6 +235,7 @@ def _receive_packet(
     if epoch == Epoch.HANDSHAKE and not conn.is_client:
         _discard_epoch(conn, Epoch.INITIAL)
     crypto_before = _crypto_held(space) if epoch == Epoch.INITIAL else 0
+    challenges_before = len(conn.path_challenges_received)
     try:
         ack_eliciting = _process_frames(conn, payload, epoch, now)
     except ReassemblyFull:
@@ -250,12 +251,15 @@ def _receive_packet(
     space.received.add(pn, pn + 1)
     if len(space.received) > 64:
         space.received.shift_below(space.received.starts[-32])
-    if pn > space.largest_received:
+    newest = pn > space.largest_received
+    if newest:
         space.largest_received = pn
         space.largest_received_time = now
-        if epoch == Epoch.ONE_RTT and addr != conn.peer_address:
-            conn.on_peer_address(addr)
-            conn.bytes_received_unvalidated += len(data)
+    if epoch == Epoch.ONE_RTT:
+        if addr != conn.peer_address:  # a new path, or a probe of one (pathprobe.py)
+            pathprobe.after_one_rtt_packet(conn, addr, newest, len(data), challenges_before)
+        elif newest and not conn.last_packet_probing:
+            conn.last_non_probing_pn = pn
     if ecn:
         space.ecn_counts[{2: 0, 1: 1, 3: 2}[ecn & 3]] += 1
     space.ack_pending = True
@@ -380,9 +384,12 @@ def _process_frames(conn: Connection, payload: bytes, epoch: Epoch, now: float) 
     if not frames:
         raise QuicError(PROTOCOL_VIOLATION, "packet without frames")
     ack_eliciting = False
+    probing = True
     handshake_epoch = epoch != Epoch.ONE_RTT
     for frame in frames:
         cls = type(frame)
+        if probing and cls not in pathprobe.PROBING_FRAMES:
+            probing = False
         if handshake_epoch and (not isinstance(frame, _HANDSHAKE_FRAMES) or (
             isinstance(frame, F.ConnectionClose) and frame.frame_type is None  # 0x1d
         )):
@@ -400,6 +407,7 @@ def _process_frames(conn: Connection, payload: bytes, epoch: Epoch, now: float) 
                 raise
         if conn.state >= CLOSING:
             break
+    conn.last_packet_probing = probing
     return ack_eliciting
 
 
@@ -534,6 +542,7 @@ def _apply_peer_params(conn: Connection, raw: bytes) -> None:
     ):
         raise QuicError(TRANSPORT_PARAMETER_ERROR, "initial_source_connection_id mismatch")
     _check_version_information(conn, params.version_information)
+    pathprobe.on_peer_parameters(conn, params)
     conn.peer_params = params
     conn.flow.peer_max_data = params.initial_max_data
     conn.bidi.peer_max = params.initial_max_streams_bidi
@@ -719,6 +728,9 @@ def _on_path_challenge(conn: Connection, frame: Any, epoch: Epoch, now: float) -
 
 
 def _on_path_response(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    if conn.probe is not None and frame.data == conn.probe.challenge:
+        pathprobe.complete_probe(conn, now)  # (client) the new path answered: move
+        return
     if conn.path_challenge and frame.data == conn.path_challenge:
         conn.path_challenge = b""
         conn.previous_path = None
@@ -737,6 +749,7 @@ def _on_handshake_done(conn: Connection, frame: Any, epoch: Epoch, now: float) -
     if not conn.handshake_confirmed:
         conn.handshake_confirmed = True
         _discard_epoch(conn, Epoch.HANDSHAKE)
+        pathprobe.on_handshake_confirmed(conn)
 
 
 def _on_new_token(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:

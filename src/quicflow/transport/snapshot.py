@@ -40,7 +40,7 @@ from .congestion import CongestionControl, Pacer
 from .connection import Connection, ConnectionCounters, new_seal_key
 from .events import StreamReadable
 from .keyphase import DirectionKeys, capture_keys, install_keys
-from .path import PATH_FIELDS, Path, apply_path, current_path
+from .path import PATH_FIELDS, Path, PathProbe, apply_path, current_path
 from .pmtud import Pmtud
 from .rangeset import RangeSet
 from .recovery import LossDetection, PnSpace, SentPacket, SpaceState
@@ -91,6 +91,7 @@ TIME_FIELDS: dict[type[Any], tuple[str, ...]] = {
     Connection: ("now_created", "idle_deadline", "close_deadline", "pacer_deadline",
                  "_now_hint", "key_update_allowed_at", "close_started", "close_resend_at"),
     PacketSpace: ("largest_received_time", "ack_deadline"),
+    PathProbe: ("started", "next_send", "deadline"),
     FlowControl: ("last_update_time",),
     RecvStream: ("last_update_time",),
     LossDetection: ("first_rtt_sample_time", "timer_anchor"),
@@ -124,6 +125,7 @@ CLASSES: tuple[type[Any], ...] = (
     TransportParameters,
     PreferredAddress,
     Path,
+    PathProbe,
     DirectionKeys,
     Pmtud,
 )
