@@ -17,6 +17,7 @@ from ..transport.events import (
     Event,
     HandshakeCompleted,
     NewTokenReceived,
+    SessionTicketReceived,
     StopSendingReceived,
     StreamOpened,
     StreamReadable,
@@ -91,6 +92,17 @@ class QuicConnection:
     @property
     def alpn_protocol(self) -> str | None:
         return self.conn.alpn_protocol
+
+    @property
+    def session_resumed(self) -> bool:
+        """The handshake resumed a session from a ticket (no certificate exchanged)."""
+        return self.conn.session_resumed
+
+    @property
+    def early_data_accepted(self) -> bool:
+        """The server accepted the client's 0-RTT data (known on a client once the
+        server's EncryptedExtensions came; on a server at the ClientHello)."""
+        return self.conn.early_data_accepted
 
     @property
     def peer_certificates(self) -> list[x509.Certificate]:
@@ -315,6 +327,8 @@ class QuicConnection:
                 self._on_datagram(event.data)  # type: ignore[union-attr]
             elif cls is NewTokenReceived:
                 self.runner.endpoint.store_token(self.conn, event.token)  # type: ignore[union-attr]
+            elif cls is SessionTicketReceived:
+                self.runner.endpoint.store_ticket(self.conn, event.ticket)  # type: ignore[union-attr]
         self.sync_send_buffer()
 
     def _on_stream_opened(self, stream_id: int) -> None:

@@ -136,7 +136,9 @@ class ClientHandshake(HandshakeCore):
         #: took the PSK; the resumption secret once complete; tickets received
         self.psk_ticket: SessionTicket | None = None
         self.psk: bytes = b""
+        self.early_offered = False
         self.early_status: bool | None = None
+        self.tickets_received = 0
         self.resumed = False
         self.resumption_secret = b""
         self.wall_time = 0.0
@@ -175,7 +177,7 @@ class ClientHandshake(HandshakeCore):
             extensions.append((EXT_PSK_KEY_EXCHANGE_MODES, encode_psk_modes([PSK_DHE_KE])))
             if cfg.early_data and ticket.max_early_data:
                 extensions.append((EXT_EARLY_DATA, b""))
-                self.early_status = False  # until the server says it took it
+                self.early_offered = True
             identity = (ticket.ticket, ticket.obfuscated_age(self.wall_time))
             binder = bytes(suite_hash(CipherSuite(ticket.suite)).digest_size)
             extensions.append((EXT_PRE_SHARED_KEY, encode_offered_psks([identity], [binder])))
@@ -210,7 +212,7 @@ class ClientHandshake(HandshakeCore):
             truncated = bytes(self.transcript) + data[: -(3 + hash_len)]
             binder = ks.binder(transcript_hash(suite, truncated))
             data = data[:-hash_len] + binder
-            if self.early_status is not None and self.retried_suite is None:
+            if self.early_offered and self.retried_suite is None:
                 secret = ks.client_early_traffic(transcript_hash(suite, data))
                 self.secrets.append((Epoch.ZERO_RTT, True, suite, secret))
                 self.keylog("CLIENT_EARLY_TRAFFIC_SECRET", secret)
@@ -325,6 +327,8 @@ class ClientHandshake(HandshakeCore):
                 extensions.append((ext_type, data))
         if cookie is not None:
             extensions.append((EXT_COOKIE, ext_cookie(cookie)))
+        if self.early_offered:
+            self.early_status = False
         # a HelloRetryRequest rejects 0-RTT (RFC 8446 §4.2.10, RFC 9001 §4.7); the PSK is
         # offered again if its hash is the one the server chose, with a new binder
         if self.psk_ticket is not None and (
@@ -355,12 +359,14 @@ class ClientHandshake(HandshakeCore):
             raise TlsAlert(MISSING_EXTENSION, "server sent no quic_transport_parameters")
         if EXT_EARLY_DATA in ext:
             parse_empty(ext[EXT_EARLY_DATA])
-            if not self.resumed or self.early_status is None or self.retried_suite is not None:
+            if not self.resumed or not self.early_offered or self.retried_suite is not None:
                 raise TlsAlert(ILLEGAL_PARAMETER, "server accepted early data never offered")
             assert self.psk_ticket is not None
             if protocols[0] != self.psk_ticket.alpn:  # RFC 8446 §4.2.10
                 raise TlsAlert(ILLEGAL_PARAMETER, "0-RTT accepted with another ALPN protocol")
             self.early_status = True
+        elif self.early_offered:
+            self.early_status = False
         self.alpn = protocols[0]
         self.peer_tp = ext[EXT_QUIC_TRANSPORT_PARAMETERS]
         self.transcript += raw
@@ -451,7 +457,8 @@ class ClientHandshake(HandshakeCore):
             raise TlsAlert(ILLEGAL_PARAMETER, "max_early_data_size other than 0xffffffff",
                            transport_error=QUIC_PROTOCOL_VIOLATION)
         assert self.ks is not None and self.suite is not None and self.alpn is not None
-        if not nst.lifetime or len(self.tickets) >= 8:
+        self.tickets_received += 1
+        if not nst.lifetime or self.tickets_received > 8:  # a few are plenty
             return
         self.tickets.append(SessionTicket(
             ticket=nst.ticket,

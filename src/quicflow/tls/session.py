@@ -61,9 +61,20 @@ class TlsSession:
 
     @property
     def early_data_status(self) -> bool | None:
-        """0-RTT: None when not offered, then False (rejected, or not yet accepted on the
-        client until EncryptedExtensions) or True (accepted)."""
+        """0-RTT: None when not offered (or, on a client, not yet answered), False when
+        rejected, True when accepted (a client knows at EncryptedExtensions or a
+        HelloRetryRequest)."""
         return self._hs.early_status
+
+    @property
+    def early_data_offered(self) -> bool:
+        """(client) 0-RTT was offered in the ClientHello (its keys are in pop_secrets)."""
+        return isinstance(self._hs, ClientHandshake) and self._hs.early_offered
+
+    @property
+    def offered_ticket(self) -> SessionTicket | None:
+        """(client) The configured session ticket."""
+        return self._hs.config.session_ticket if isinstance(self._hs, ClientHandshake) else None
 
     def pop_tickets(self) -> list[SessionTicket]:
         """(client) Session tickets received since the last call."""

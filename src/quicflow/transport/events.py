@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(slots=True)
 class HandshakeCompleted:
+    """The handshake is complete; ``session_resumed``: a session ticket's PSK was used;
+    ``early_data_accepted``: the server took the client's 0-RTT data."""
+
     alpn_protocol: str | None
+    session_resumed: bool = False
+    early_data_accepted: bool = False
 
 
 @dataclass(slots=True)
@@ -61,6 +67,14 @@ class ConnectionTerminated:
 
 
 @dataclass(slots=True)
+class SessionTicketReceived:
+    """(client) The server gave a session ticket (``quicflow.tls.tickets.SessionTicket``)
+    to resume a later connection with (and send 0-RTT data in it)."""
+
+    ticket: Any
+
+
+@dataclass(slots=True)
 class NewTokenReceived:
     """(client) The server gave a token (NEW_TOKEN) for a later connection to it."""
 
@@ -85,4 +99,5 @@ Event = (
     | ConnectionTerminated
     | NewTokenReceived
     | DatagramReceived
+    | SessionTicketReceived
 )
