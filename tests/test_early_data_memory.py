@@ -13,7 +13,7 @@ from quicflow.transport.config import Configuration
 from quicflow.transport.connection import Connection
 from quicflow.transport.events import HandshakeCompleted, SessionTicketReceived
 from quicflow.wire.packet import ZERO_RTT, parse_header
-from tests.support.memory_pair import SERVER_ADDR, MemoryPair, _CERT
+from tests.support.memory_pair import _CERT, MemoryPair
 
 DATA = os.urandom(30_000)  # more than one datagram: several 0-RTT packets
 

@@ -262,7 +262,8 @@ class Connection:
                 tp.retry_source_connection_id = self.retry_scid
         return tp
 
-    def _tls_config(self, server_name: str | None, ticket: SessionTicket | None) -> TlsConfig:
+    def _tls_config(self, server_name: str | None,
+                    ticket: SessionTicket | None = None) -> TlsConfig:
         cfg = self.configuration
         sealer = None
         if not self.is_client and cfg.ticket_key:
