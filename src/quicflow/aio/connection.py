@@ -319,6 +319,7 @@ class QuicConnection:
                 self._wake_stream_openers()
             elif cls is HandshakeCompleted:
                 self._is_connected = True
+                self._wake_stream_openers()  # the peer's stream limits are known now
                 if self._connected is not None and not self._connected.done():
                     self._connected.set_result(None)
             elif cls is ConnectionTerminated:
