@@ -170,11 +170,13 @@ class ClientHandshake(HandshakeCore):
         ]
         if cfg.server_name and not _is_ip(cfg.server_name):
             extensions.insert(0, (EXT_SERVER_NAME, ext_server_name(cfg.server_name)))
+        # the modes we resume with: servers send tickets only to clients that list one
+        # (RFC 8446 §4.2.9)
+        extensions.append((EXT_PSK_KEY_EXCHANGE_MODES, encode_psk_modes([PSK_DHE_KE])))
         ticket = cfg.session_ticket
         if ticket is not None and self._ticket_fits(ticket):
             self.psk_ticket = ticket
             self.psk = ticket.psk
-            extensions.append((EXT_PSK_KEY_EXCHANGE_MODES, encode_psk_modes([PSK_DHE_KE])))
             if cfg.early_data and ticket.max_early_data:
                 extensions.append((EXT_EARLY_DATA, b""))
                 self.early_offered = True

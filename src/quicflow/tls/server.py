@@ -72,6 +72,7 @@ from .tickets import (
     QUIC_MAX_EARLY_DATA,
     NewSessionTicket,
     TicketContents,
+    compact_parameters,
     encode_new_session_ticket,
     parse_empty,
     parse_offered_psks,
@@ -140,6 +141,7 @@ class ServerHandshake(HandshakeCore):
         self.early_status: bool | None = None  # None: not offered; True accepted
         self.ticket: TicketContents | None = None
         self.client_ticket_age = 0.0
+        self.client_takes_tickets = False  # the client listed psk_dhe_ke
 
     def expected_epoch(self) -> Epoch | None:
         if self.state in (WAIT_CH, WAIT_CH2):
@@ -295,6 +297,8 @@ class ServerHandshake(HandshakeCore):
         that does not is fatal: RFC 8446 §4.2.11). None: a full handshake."""
         ext = hello.ext_map
         sealer = self.config.ticket_sealer
+        self.client_takes_tickets = EXT_PSK_KEY_EXCHANGE_MODES in ext and (
+            PSK_DHE_KE in parse_psk_modes(ext[EXT_PSK_KEY_EXCHANGE_MODES]))
         if EXT_EARLY_DATA in ext:
             parse_empty(ext[EXT_EARLY_DATA])
             if self.state == WAIT_CH:
@@ -302,7 +306,7 @@ class ServerHandshake(HandshakeCore):
         if (EXT_PRE_SHARED_KEY not in ext or sealer is None
                 or self.config.client_certificates != "none"):
             return None
-        if PSK_DHE_KE not in parse_psk_modes(ext[EXT_PSK_KEY_EXCHANGE_MODES]):
+        if not self.client_takes_tickets:
             return None
         offered = parse_offered_psks(ext[EXT_PRE_SHARED_KEY])
         identity, obfuscated_age = offered.identities[0]
@@ -431,7 +435,8 @@ class ServerHandshake(HandshakeCore):
         self.state = DONE
         self.complete = True
         cfg = self.config
-        if cfg.ticket_sealer is not None and cfg.client_certificates == "none":
+        if (cfg.ticket_sealer is not None and cfg.client_certificates == "none"
+                and self.client_takes_tickets):  # RFC 8446 §4.2.9
             self.transcript += raw
             self._send_ticket(self.ks.resumption_master(self.thash()))
 
@@ -447,8 +452,8 @@ class ServerHandshake(HandshakeCore):
             issued_at=self.wall_time, lifetime=cfg.ticket_lifetime, age_add=age_add,
             max_early_data=max_early, suite=int(self.suite),
             psk=self.ks.ticket_psk(resumption_master, nonce), alpn=self.alpn or "",
-            server_name=self.server_name or "", transport_parameters=self.transport_parameters,
-            ticket_id=os.urandom(16),
+            server_name=self.server_name or "",
+            transport_parameters=compact_parameters(self.transport_parameters),
         )
         nst = NewSessionTicket(cfg.ticket_lifetime, age_add, nonce,
                                cfg.ticket_sealer.seal(contents),

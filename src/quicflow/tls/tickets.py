@@ -31,6 +31,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from quicflow.crypto.hkdf import hkdf_expand, hkdf_extract
+from quicflow.wire.errors import WireError
+from quicflow.wire.tparams import (
+    TransportParameters,
+    decode_transport_parameters,
+    encode_transport_parameters,
+)
 
 from .alerts import DECODE_ERROR, ILLEGAL_PARAMETER, TlsAlert
 from .messages import EXT_EARLY_DATA, NEW_SESSION_TICKET, Reader, decode_extensions, handshake, vec
@@ -157,6 +163,42 @@ def parse_selected_identity(data: bytes) -> int:
     return value
 
 
+# ---------------------------------------------------------------- remembered parameters
+
+#: the limits a client remembers for 0-RTT and a server accepting 0-RTT must not lower
+#: (RFC 9000 §7.4.1, RFC 9221 §3)
+REMEMBERED = (
+    "active_connection_id_limit",
+    "initial_max_data",
+    "initial_max_stream_data_bidi_local",
+    "initial_max_stream_data_bidi_remote",
+    "initial_max_stream_data_uni",
+    "initial_max_streams_bidi",
+    "initial_max_streams_uni",
+    "max_datagram_frame_size",
+)
+
+
+def remembered_parameters(raw: bytes) -> TransportParameters | None:
+    """The remembered limits of a server's transport parameters (others at defaults);
+    None for bytes that do not decode."""
+    try:
+        full = decode_transport_parameters(raw, from_server=True)
+    except WireError:
+        return None
+    out = TransportParameters()
+    for name in REMEMBERED:
+        setattr(out, name, getattr(full, name))
+    return out
+
+
+def compact_parameters(raw: bytes) -> bytes:
+    """Only the remembered limits of ``raw``, encoded (what a ticket carries: small, so
+    a ClientHello with it still fits what clients allow)."""
+    params = remembered_parameters(raw)
+    return encode_transport_parameters(params) if params is not None else b""
+
+
 # ---------------------------------------------------------------- server: sealed tickets
 
 
@@ -172,15 +214,15 @@ class TicketContents:
     psk: bytes
     alpn: str
     server_name: str
-    transport_parameters: bytes  # the server's, as sent (RFC 9000 §7.4.1)
-    ticket_id: bytes = b""  # random, 16 bytes: the anti-replay key
+    transport_parameters: bytes  # the server's remembered limits (RFC 9000 §7.4.1)
+    ticket_id: bytes = b""  # the ticket's random AEAD nonce: the anti-replay key
 
     def encode(self) -> bytes:
         return (
             bytes((_FORMAT,)) + struct.pack("!QIIIH", int(self.issued_at * 1000), self.lifetime,
                                             self.age_add, self.max_early_data, self.suite)
             + vec(1, self.psk) + vec(1, self.alpn.encode()) + vec(1, self.server_name.encode())
-            + vec(2, self.transport_parameters) + vec(1, self.ticket_id)
+            + vec(2, self.transport_parameters)
         )
 
     @classmethod
@@ -193,10 +235,8 @@ class TicketContents:
         alpn = r.vec(1).decode()
         sni = r.vec(1).decode()
         tp = r.vec(2)
-        ticket_id = r.vec(1)
         r.done()
-        return cls(issued / 1000, lifetime, age_add, max_early, suite, psk, alpn, sni, tp,
-                   ticket_id)
+        return cls(issued / 1000, lifetime, age_add, max_early, suite, psk, alpn, sni, tp)
 
 
 @dataclass(slots=True, eq=False)
@@ -229,6 +269,7 @@ class TicketSealer:
             contents = TicketContents.decode(plain)
         except Exception:  # InvalidTag, or a format we do not know: not a ticket of ours
             return None
+        contents.ticket_id = ticket[:_NONCE_LEN]
         if not contents.issued_at - 1.0 <= wall_time <= contents.issued_at + contents.lifetime:
             return None
         return contents

@@ -20,10 +20,8 @@ from typing import TYPE_CHECKING
 
 from ..crypto.epoch import Epoch
 from ..tls.session import TlsSession
-from ..tls.tickets import TicketContents
+from ..tls.tickets import REMEMBERED, TicketContents, remembered_parameters
 from ..wire import frames as F
-from ..wire.errors import WireError
-from ..wire.tparams import TransportParameters, decode_transport_parameters
 from .events import SessionTicketReceived
 
 if TYPE_CHECKING:
@@ -32,31 +30,6 @@ if TYPE_CHECKING:
 #: frames a 0-RTT packet must not carry (RFC 9000 §12.4, §17.2.3)
 FORBIDDEN_IN_0RTT = (F.Ack, F.Crypto, F.NewToken, F.HandshakeDone, F.PathResponse,
                      F.RetireConnectionId)
-
-#: the limits a client remembers and a server accepting 0-RTT must not lower
-#: (RFC 9000 §7.4.1, RFC 9221 §3)
-REMEMBERED = (
-    "active_connection_id_limit",
-    "initial_max_data",
-    "initial_max_stream_data_bidi_local",
-    "initial_max_stream_data_bidi_remote",
-    "initial_max_stream_data_uni",
-    "initial_max_streams_bidi",
-    "initial_max_streams_uni",
-    "max_datagram_frame_size",
-)
-
-
-def remembered_parameters(raw: bytes) -> TransportParameters | None:
-    """The limits of a server's remembered transport parameters (others at defaults)."""
-    try:
-        full = decode_transport_parameters(raw, from_server=True)
-    except WireError:
-        return None
-    out = TransportParameters()
-    for name in REMEMBERED:
-        setattr(out, name, getattr(full, name))
-    return out
 
 
 def start_client(conn: Connection, tls: TlsSession) -> None:
