@@ -67,6 +67,7 @@ def resumed_with_data(pair: MemoryPair, early: bool = True
     old = set(pair.server_conns)
     for d in first:
         pair.server.receive(d, pair.client_addr, pair.now)
+    pair.run(lambda: any(c not in old for c in pair.server_conns))  # (after a Retry)
     [server] = [c for c in pair.server_conns if c not in old]
     if not early:
         pair.run(lambda: client.handshake_complete)
@@ -187,3 +188,73 @@ def test_stored_ticket_resumes_from_another_process_key() -> None:
     client, server, _ = resumed_with_data(other)
     assert client.session_resumed and client.early_data_accepted
     assert server.session_resumed and server.early_data_accepted
+
+
+def test_both_engines_carry_zero_rtt(monkeypatch: object) -> None:
+    # 0-RTT packets are sealed by the packet protector, 1-RTT ones by the offload
+    # engine: the C engine and the Python one give the same result
+    import pytest
+
+    mp = pytest.MonkeyPatch()
+    try:
+        for engine in ("python", "native"):
+            mp.setenv("QUICFLOW_ENGINE", engine)
+            client_cfg, server_cfg = configs()
+            pair = MemoryPair(client_config=client_cfg, server_config=server_cfg)
+            assert type(pair.server.engine).__name__.startswith(
+                "Software" if engine == "python" else "Native")
+            first_connection(pair)
+            client, server, _ = resumed_with_data(pair)
+            assert client.early_data_accepted and server.counters.zero_rtt_received >= 5
+    finally:
+        mp.undo()
+
+
+def test_zero_rtt_before_the_initial_is_dropped_and_resent() -> None:
+    # 0-RTT datagrams that overtake the Initial find no connection: the endpoint drops
+    # them (counted); the client sends their data again, intact
+    client_cfg, server_cfg = configs()
+    pair = MemoryPair(client_config=client_cfg, server_config=server_cfg)
+    first_connection(pair)
+    client = pair.add_client()
+    sid = client.open_stream()
+    client.send_stream_data(sid, DATA, end_stream=True)
+    first = pair.client_ep.datagrams_to_send(client, pair.now)
+    assert len(first) >= 3 and zero_rtt_packets(first[1:]) == len(first) - 1
+    dropped = pair.server.counters.dropped_unknown_cid
+    for d in [*first[1:], first[0]]:  # the Initial comes last
+        pair.server.receive(d, pair.client_addr, pair.now)
+    assert pair.server.counters.dropped_unknown_cid == dropped + len(first) - 1
+    [server] = [c for c in pair.server_conns if c.early_data_attempted]
+    got = bytearray()
+
+    def done() -> bool:
+        got.extend(received(server, sid))
+        return len(got) == len(DATA)
+    pair.run(done)
+    assert bytes(got) == DATA and client.early_data_accepted
+
+
+def test_hello_retry_request_rejects_zero_rtt_data_resent() -> None:
+    # RFC 9001 §4.7: a HelloRetryRequest (the server wants another key share) rejects
+    # 0-RTT; the data the client sent in it arrives in 1-RTT
+    client_cfg, server_cfg = configs()
+    pair = MemoryPair(client_config=client_cfg, server_config=server_cfg)
+    first_connection(pair)
+    pair.server.configuration.groups = ["secp256r1"]  # the client's share is x25519
+    client, server, first = resumed_with_data(pair)
+    assert zero_rtt_packets(first) >= 1
+    assert client.session_resumed and server.session_resumed
+    assert not client.early_data_accepted and server.counters.zero_rtt_received == 0
+
+
+def test_zero_rtt_after_retry() -> None:
+    # a Retry drops the first flight's 0-RTT packets with it: their data is queued
+    # again at once (not left to loss detection) and arrives intact
+    client_cfg, server_cfg = configs(retry="always")
+    pair = MemoryPair(client_config=client_cfg, server_config=server_cfg)
+    first_connection(pair)
+    client, server, _ = resumed_with_data(pair)
+    assert client.retry_scid is not None and client.session_resumed
+    assert client.early_data_accepted and server.early_data_accepted
+    assert client.counters.packets_lost == 0  # requeued by the Retry, not found lost

@@ -100,6 +100,16 @@ def reject_early_data(conn: Connection) -> None:
     resend_frames(conn, conn.loss.discard_epoch(Epoch.ZERO_RTT))
 
 
+def on_retry(conn: Connection) -> None:
+    """(client) A Retry: the server kept nothing of the first flight, so the 0-RTT
+    packets in it are lost; their frames go again at once (in 0-RTT, to the new DCID;
+    RFC 9000 §17.2.5.3)."""
+    from .recovery_glue import resend_frames
+
+    if conn.send_protectors[Epoch.ZERO_RTT] is not None:
+        resend_frames(conn, conn.loss.discard_epoch(Epoch.ZERO_RTT))
+
+
 def client_switched_version(conn: Connection) -> None:
     """Compatible version negotiation moved the client to another version: its 0-RTT
     (in the first version) is not accepted; resend the data in 1-RTT."""

@@ -322,6 +322,7 @@ def _receive_retry(conn: Connection, data: bytes, pos: int, hdr: PacketHeader) -
 
     requeue_epoch(conn, Epoch.INITIAL)
     space.next_pn = max(space.next_pn, 1)
+    early_data.on_retry(conn)
 
 
 def _on_peer_key_update(conn: Connection) -> None:
