@@ -266,3 +266,21 @@ def test_perf_client_resume_json(mode: str) -> None:
     assert result["verified"] is True
     # a server with --early-data reject issues tickets without 0-RTT: none is sent
     assert (result["zero_rtt_packets_sent"] > 0) == (mode == "--0rtt")
+
+
+def test_workers_share_one_ticket_key() -> None:
+    """`perf server --workers 2` without --ticket-key-file: the workers share one key, so
+    a ticket from either worker resumes (with 0-RTT) at whichever one gets the next
+    connection (each `perf client --0rtt` run makes two connections from new ports)."""
+    server, port = _start_perf_server("--port", "0", "--workers", "2")
+    try:
+        for _ in range(4):
+            out = subprocess.run(
+                [sys.executable, "-m", "quicflow", "perf", "client", "--host", "127.0.0.1",
+                 "--port", str(port), "--insecure", "--download", "100K", "--verify",
+                 "--json", "-q", "--0rtt"], capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+            result = json.loads(out.stdout)
+            assert result["resumed"] is True and result["early_data_accepted"] is True
+    finally:
+        _stop(server)
