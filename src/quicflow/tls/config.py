@@ -73,6 +73,7 @@ class TlsConfig:
     ticket_sealer: TicketSealer | None = None
     ticket_lifetime: int = 86400
     ticket_age_window: float = 10.0
+    ticket_parameters: bytes = b""  # (server) remembered limits for tickets, pre-encoded
 
     def validate(self) -> None:
         """Raise ``ValueError`` for a configuration that cannot work."""

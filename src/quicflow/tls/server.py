@@ -453,7 +453,8 @@ class ServerHandshake(HandshakeCore):
             max_early_data=max_early, suite=int(self.suite),
             psk=self.ks.ticket_psk(resumption_master, nonce), alpn=self.alpn or "",
             server_name=self.server_name or "",
-            transport_parameters=compact_parameters(self.transport_parameters),
+            transport_parameters=(cfg.ticket_parameters
+                                  or compact_parameters(self.transport_parameters)),
         )
         nst = NewSessionTicket(cfg.ticket_lifetime, age_add, nonce,
                                cfg.ticket_sealer.seal(contents),

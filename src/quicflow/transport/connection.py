@@ -286,6 +286,7 @@ class Connection:
             ticket_sealer=sealer,
             ticket_lifetime=cfg.ticket_lifetime,
             ticket_age_window=cfg.ticket_age_window,
+            ticket_parameters=early_data.ticket_parameters(self) if sealer else b"",
         )
 
     def _setup(self, now: float, server_name: str | None,

@@ -22,6 +22,7 @@ from ..crypto.epoch import Epoch
 from ..tls.session import TlsSession
 from ..tls.tickets import REMEMBERED, TicketContents, remembered_parameters
 from ..wire import frames as F
+from ..wire.tparams import TransportParameters, encode_transport_parameters
 from .events import SessionTicketReceived
 
 if TYPE_CHECKING:
@@ -30,6 +31,27 @@ if TYPE_CHECKING:
 #: frames a 0-RTT packet must not carry (RFC 9000 §12.4, §17.2.3)
 FORBIDDEN_IN_0RTT = (F.Ack, F.Crypto, F.NewToken, F.HandshakeDone, F.PathResponse,
                      F.RetireConnectionId)
+
+
+_TICKET_PARAMETERS: dict[tuple[int, ...], bytes] = {}
+
+
+def ticket_parameters(conn: Connection) -> bytes:
+    """The remembered limits a server's tickets carry (RFC 9000 §7.4.1), encoded; made
+    once per set of limits (they come from the configuration), not per handshake."""
+    cfg = conn.configuration
+    limits = (cfg.active_connection_id_limit, cfg.max_data, cfg.max_stream_data,
+              cfg.max_streams_bidi, cfg.max_streams_uni, cfg.max_datagram_frame_size)
+    encoded = _TICKET_PARAMETERS.get(limits)
+    if encoded is None:
+        ours = conn.local_params()
+        params = TransportParameters()
+        for name in REMEMBERED:
+            setattr(params, name, getattr(ours, name))
+        if len(_TICKET_PARAMETERS) >= 64:
+            _TICKET_PARAMETERS.clear()
+        encoded = _TICKET_PARAMETERS[limits] = encode_transport_parameters(params)
+    return encoded
 
 
 def start_client(conn: Connection, tls: TlsSession) -> None:
