@@ -8,21 +8,25 @@ import dataclasses
 import hashlib
 import os
 
+import pytest
+
 from quicflow.tls.tickets import SessionTicketCache
 from quicflow.transport.config import Configuration
 from quicflow.transport.connection import Connection
 from quicflow.transport.events import HandshakeCompleted, SessionTicketReceived
-from quicflow.wire.packet import ZERO_RTT, parse_header
+from quicflow.wire.packet import QUIC_V1, QUIC_V2, ZERO_RTT, parse_header
 from tests.support.memory_pair import _CERT, MemoryPair
 
 DATA = os.urandom(30_000)  # more than one datagram: several 0-RTT packets
 
 
-def configs(**server_kw: object) -> tuple[Configuration, Configuration]:
+def configs(versions: list[int] | None = None,
+            **server_kw: object) -> tuple[Configuration, Configuration]:
     cert, key = _CERT
+    vs = versions or [QUIC_V1, QUIC_V2]
     server = Configuration(alpn_protocols=["perf"], certificate_chain=[cert], private_key=key,
-                           **server_kw)  # type: ignore[arg-type]
-    client = Configuration(alpn_protocols=["perf"], verify_peer=False,
+                           versions=list(vs), **server_kw)  # type: ignore[arg-type]
+    client = Configuration(alpn_protocols=["perf"], verify_peer=False, versions=list(vs),
                            session_ticket_cache=SessionTicketCache())
     return client, server
 
@@ -94,12 +98,16 @@ def zero_rtt_packets(datagrams: list[bytes]) -> int:
     return count
 
 
-def test_zero_rtt_accepted_intact() -> None:
-    client_cfg, server_cfg = configs()
+@pytest.mark.parametrize("version", [QUIC_V1, QUIC_V2])
+def test_zero_rtt_accepted_intact(version: int) -> None:
+    client_cfg, server_cfg = configs([version])
     pair = MemoryPair(client_config=client_cfg, server_config=server_cfg)
     first_connection(pair)
     client, server, first = resumed_with_data(pair)
     assert zero_rtt_packets(first) >= 1  # 0-RTT in the first flight
+    # the long-header type bits: 0x1 in v1, 0x2 in v2 (RFC 9369 §3.2)
+    assert {(d[0] >> 4) & 3 for d in first[1:]} == {1 if version == QUIC_V1 else 2}
+    assert client.version == server.version == version
     assert client.session_resumed and server.session_resumed
     assert client.early_data_accepted and server.early_data_accepted
     assert server.counters.zero_rtt_received >= 5  # the data came in 0-RTT
@@ -190,24 +198,18 @@ def test_stored_ticket_resumes_from_another_process_key() -> None:
     assert server.session_resumed and server.early_data_accepted
 
 
-def test_both_engines_carry_zero_rtt(monkeypatch: object) -> None:
+@pytest.mark.parametrize("engine", ["python", "native"])
+def test_both_engines_carry_zero_rtt(engine: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # 0-RTT packets are sealed by the packet protector, 1-RTT ones by the offload
     # engine: the C engine and the Python one give the same result
-    import pytest
-
-    mp = pytest.MonkeyPatch()
-    try:
-        for engine in ("python", "native"):
-            mp.setenv("QUICFLOW_ENGINE", engine)
-            client_cfg, server_cfg = configs()
-            pair = MemoryPair(client_config=client_cfg, server_config=server_cfg)
-            assert type(pair.server.engine).__name__.startswith(
-                "Software" if engine == "python" else "Native")
-            first_connection(pair)
-            client, server, _ = resumed_with_data(pair)
-            assert client.early_data_accepted and server.counters.zero_rtt_received >= 5
-    finally:
-        mp.undo()
+    monkeypatch.setenv("QUICFLOW_ENGINE", engine)
+    client_cfg, server_cfg = configs()
+    pair = MemoryPair(client_config=client_cfg, server_config=server_cfg)
+    assert type(pair.server.engine).__name__.startswith(
+        "Software" if engine == "python" else "Native")
+    first_connection(pair)
+    client, server, _ = resumed_with_data(pair)
+    assert client.early_data_accepted and server.counters.zero_rtt_received >= 5
 
 
 def test_zero_rtt_before_the_initial_is_dropped_and_resent() -> None:
