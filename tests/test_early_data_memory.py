@@ -260,3 +260,31 @@ def test_zero_rtt_after_retry() -> None:
     assert client.retry_scid is not None and client.session_resumed
     assert client.early_data_accepted and server.early_data_accepted
     assert client.counters.packets_lost == 0  # requeued by the Retry, not found lost
+
+
+def test_client_keeps_to_the_remembered_limits() -> None:
+    # RFC 9000 §7.4.1: 0-RTT data stays within the limits the ticket remembers (here the
+    # server's stream window of 8 KiB); the rest follows once the handshake completes
+    client_cfg, server_cfg = configs(max_data=16 * 1024, max_stream_data=8 * 1024)
+    pair = MemoryPair(client_config=client_cfg, server_config=server_cfg)
+    first_connection(pair)
+    client = pair.add_client()
+    assert client.remembered_params is not None
+    assert client.remembered_params.initial_max_stream_data_bidi_remote == 8 * 1024
+    sid = client.open_stream()
+    client.send_stream_data(sid, DATA, end_stream=True)
+    first = pair.client_ep.datagrams_to_send(client, pair.now)
+    assert zero_rtt_packets(first) >= 1
+    assert 0 < client.flow.data_sent <= 8 * 1024  # blocked at the remembered window
+    old = set(pair.server_conns)
+    pair.clients = [pair.clients[0], client]
+    for d in first:
+        pair.server.receive(d, pair.client_addr, pair.now)
+    [server] = [c for c in pair.server_conns if c not in old]
+    got = bytearray()
+
+    def done() -> bool:
+        got.extend(received(server, sid))
+        return len(got) == len(DATA)
+    pair.run(done)
+    assert bytes(got) == DATA and client.early_data_accepted
