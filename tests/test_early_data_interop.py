@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +184,41 @@ def test_foreign_client_resumes_with_our_server(
         # handshake: nothing to count)
 
     run(main(), 90)
+
+
+@pytest.mark.interop
+def test_aioquic_http3_request_in_zero_rtt(pki: Pki, require: Callable[[bool, str], None]
+                                           ) -> None:
+    """aioquic's HTTP/3 client resumes and sends its GET in 0-RTT to our HTTP/3 server
+    (tickets are on by default there): the answer arrives intact."""
+    require(have_module("aioquic"), "Python package 'aioquic' not installed (make venv)")
+    require(have_module("pylsqpack"), "pylsqpack not installed (pip install 'quicflow[h3]')")
+    from quicflow.h3 import aio as h3
+    from tests.test_h3_loopback import app, body_of, sha
+
+    async def main() -> None:
+        cfg = replace(server_config(issued(CA_NAME, "localhost")), alpn_protocols=["h3"])
+        server = await h3.serve(app, "127.0.0.1", 0, configuration=cfg)
+        try:
+            async with AioquicProcess(
+                "h3client", "--port", str(server.address[1]), "--cafile", pki.cafile,
+                "--download", "100000", module="tests.support.aioquic_resume",
+            ) as peer:
+                await peer.wait_exit(60)
+                assert not [e for e in peer.events if e["event"] == "error"], peer.events
+                result = await peer.next_event("result", timeout=1)
+                shake = await peer.next_event("resumption", timeout=1)
+            resumed = server.connections[-1] if server.connections else None
+        finally:
+            server.close()
+        assert result["status"] == 200, result
+        assert result["sha256"] == result["header_sha256"] == sha(body_of(100000))
+        assert shake == {"event": "resumption", "session_resumed": True,
+                         "early_data_accepted": True}
+        if resumed is not None:
+            assert resumed.conn.counters.zero_rtt_received > 0
+
+    run(main(), 60)
 
 
 # ---------------------------------------------------------------- processes and CLI

@@ -11,6 +11,9 @@ its own, speaking ``tests/support/echo_proto.py``; events are JSON lines on stdo
         {"event": "resumption", "session_resumed": b, "early_data_accepted": b}  (second)
         {"event": "result", "ok": true, ...}
 
+    python -m tests.support.aioquic_resume h3client --port P --download N
+        {"event": "resumption", ...}   {"event": "result", "status": 200, "sha256": ...}
+
 The server keeps the tickets it issues in memory (``session_ticket_handler`` and
 ``session_ticket_fetcher``); the client's second connection offers the ticket of the
 first (``QuicConfiguration.session_ticket``) and, unless ``--no-early-data``, writes its
@@ -107,9 +110,66 @@ async def run_client(args: argparse.Namespace) -> int:
     return 0
 
 
+async def run_h3_client(args: argparse.Namespace) -> int:
+    """aioquic's HTTP/3 client: a first connection for a ticket, then a GET of
+    ``/bytes/N`` (N = --download) sent in 0-RTT on the resumed connection."""
+    import hashlib
+
+    from aioquic.h3.connection import H3_ALPN, H3Connection
+    from aioquic.quic.events import ProtocolNegotiated
+
+    from tests.support.aioquic_h3_peer import H3Protocol, status_of
+
+    class EarlyH3(H3Protocol):
+        def quic_event_received(self, event: Any) -> None:
+            if isinstance(event, ProtocolNegotiated) and self.h3 is not None:
+                return  # keep the HTTP/3 connection made for the 0-RTT request
+            super().quic_event_received(event)
+
+    connect = _lib(args, "asyncio").connect
+    got: list[Any] = []
+
+    def config() -> Any:
+        cfg = _configuration(args, True)
+        cfg.alpn_protocols = H3_ALPN
+        return cfg
+
+    try:
+        async with connect(args.host, args.port, configuration=config(),
+                           create_protocol=H3Protocol,
+                           session_ticket_handler=got.append) as proto:
+            for _ in range(300):
+                if got:
+                    break
+                await asyncio.sleep(0.01)
+            proto.close(error_code=0x100)
+        if not got:
+            emit({"event": "error", "error": "no session ticket"})
+            return 1
+        cfg = config()
+        cfg.session_ticket = got[-1]
+        async with connect(args.host, args.port, configuration=cfg,
+                           create_protocol=EarlyH3,
+                           wait_connected=args.no_early_data) as proto:
+            if proto.h3 is None:
+                proto.h3 = H3Connection(proto._quic)  # before the handshake: 0-RTT
+            _, ex = await proto.request("GET", f"/bytes/{args.download}", [])
+            await asyncio.wait_for(ex.ended.wait(), args.timeout)
+            emit({"event": "resumption", "session_resumed": proto._quic.tls.session_resumed,
+                  "early_data_accepted": proto._quic.tls.early_data_accepted})
+            emit({"event": "result", "status": status_of(ex),
+                  "sha256": hashlib.sha256(bytes(ex.body)).hexdigest(), "length": len(ex.body),
+                  "header_sha256": dict(ex.headers or []).get(b"x-sha256", b"").decode()})
+            proto.close(error_code=0x100)
+    except Exception as exc:
+        emit({"event": "error", "error": repr(exc), "type": type(exc).__name__})
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("role", choices=["server", "client"])
+    p.add_argument("role", choices=["server", "client", "h3client"])
     p.add_argument("--library", choices=LIBRARIES, default="aioquic")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
@@ -136,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             pass
         return 0
+    if args.role == "h3client":
+        return asyncio.run(run_h3_client(args))
     return asyncio.run(run_client(args))
 
 
