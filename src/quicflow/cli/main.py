@@ -547,13 +547,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--cert", metavar="FILE",
         help="PEM client certificate chain, leaf first, presented when the server asks",
     )  # fmt: skip
-    client.add_argument(
+    resumption = client.add_mutually_exclusive_group()
+    resumption.add_argument(
         "--resume", action="store_true",
         help="connect twice: the first connection only fetches a session ticket, the "
         "second resumes the session and is measured (--json adds resumed and "
         "early_data_accepted); with one connection",
     )  # fmt: skip
-    client.add_argument(
+    resumption.add_argument(
         "--0rtt", dest="zero_rtt", action="store_true",
         help="like --resume, and the second connection sends its requests and upload as "
         "0-RTT data in its first flight (resent in 1-RTT if the server rejects it)",
