@@ -20,6 +20,7 @@ from ..transport.events import (
     NewTokenReceived,
     PathMigrated,
     PathProbeFailed,
+    SessionTicketReceived,
     StopSendingReceived,
     StreamOpened,
     StreamReadable,
@@ -97,6 +98,17 @@ class QuicConnection:
     @property
     def alpn_protocol(self) -> str | None:
         return self.conn.alpn_protocol
+
+    @property
+    def session_resumed(self) -> bool:
+        """The handshake resumed a session from a ticket (no certificate exchanged)."""
+        return self.conn.session_resumed
+
+    @property
+    def early_data_accepted(self) -> bool:
+        """The server accepted the client's 0-RTT data (known on a client once the
+        server's EncryptedExtensions came; on a server at the ClientHello)."""
+        return self.conn.early_data_accepted
 
     @property
     def peer_certificates(self) -> list[x509.Certificate]:
@@ -381,6 +393,7 @@ class QuicConnection:
                 self._wake_stream_openers()
             elif cls is HandshakeCompleted:
                 self._is_connected = True
+                self._wake_stream_openers()  # the peer's stream limits are known now
                 if self._connected is not None and not self._connected.done():
                     self._connected.set_result(None)
             elif cls is ConnectionTerminated:
@@ -391,6 +404,8 @@ class QuicConnection:
                 self._on_path_event(event)
             elif cls is NewTokenReceived:
                 self.runner.endpoint.store_token(self.conn, event.token)  # type: ignore[union-attr]
+            elif cls is SessionTicketReceived:
+                self.runner.endpoint.store_ticket(self.conn, event.ticket)  # type: ignore[union-attr]
         self.sync_send_buffer()
 
     def _on_stream_opened(self, stream_id: int) -> None:

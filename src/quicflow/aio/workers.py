@@ -18,6 +18,7 @@ its socket) until the restarted worker reads it.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -314,6 +315,11 @@ async def serve_workers(
     if plan.quic_lb.key is not None and steering:
         raise ValueError("steering reads plaintext QUIC-LB CIDs: use no key, or steering=False")
     config = plan.configuration(configuration)
+    # one set of keys for every worker (not one per worker's endpoint): a session ticket,
+    # a NEW_TOKEN token or a reset token from one worker is good at all the others
+    config = replace(config, ticket_key=config.ticket_key or os.urandom(32),
+                     token_key=config.token_key or os.urandom(32),
+                     reset_key=config.reset_key or os.urandom(32))
     group = ReuseportGroup.bind(host, port, workers)
     inboxes: HandoffInboxes | None = None
     try:

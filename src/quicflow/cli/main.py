@@ -81,6 +81,9 @@ def summary_line(result: PerfResult) -> str:
         f" ({result.goodput_bytes_per_s * 8 / 1e9:.2f} Gbit/s);"
         f" {conns} connection(s) x {per_conn} stream(s),"
         f" handshake {result.handshake_seconds * 1000:.1f} ms"
+        + ("" if result.resumed is None else
+           f"; resumed {'yes' if result.resumed else 'no'},"
+           f" 0-RTT {'accepted' if result.early_data_accepted else 'not accepted'}")
     )
 
 
@@ -220,6 +223,13 @@ def cmd_perf_server(args: argparse.Namespace) -> int:
                     return _fail("--token-key-file must hold at least 16 bytes", 2)
                 config.token_key = secret
                 config.reset_key = secret
+            if args.ticket_key_file:
+                with open(args.ticket_key_file, "rb") as f:
+                    secret = f.read()
+                if len(secret) < 16:
+                    return _fail("--ticket-key-file must hold at least 16 bytes", 2)
+                config.ticket_key = secret
+            config.early_data = args.early_data == "accept"
             return asyncio.run(_serve_perf(args, config))
     except (HandoffError, SnapshotError) as e:
         return _fail(f"takeover failed: {e}")
@@ -258,6 +268,21 @@ def _run_perf_client(
     )  # fmt: skip
 
 
+def _run_resumed(args: argparse.Namespace, config: Configuration) -> PerfResult | int:
+    from ..apps.perf_resume import run_resumed_client
+
+    return run_with_progress(
+        args,
+        lambda progress: run_resumed_client(
+            args.host, args.port, download=args.download, upload=args.upload,
+            streams=args.streams, configuration=config, backend=args.backend,
+            verify=args.verify, timeout=args.timeout, early_data=args.zero_rtt,
+            progress=progress,
+        ),
+        (ConnectionClosedError, PerfError, TimeoutError, OSError, ValueError),
+    )  # fmt: skip
+
+
 def _print_result(result: PerfResult, as_json: bool) -> None:
     print_result(result, as_json, summary_line)
 
@@ -271,7 +296,12 @@ def cmd_perf_client(args: argparse.Namespace) -> int:
         config = _client_configuration(args)
     except (OSError, ValueError) as e:
         return _fail(f"--cert/--key: {e}", 2)
-    outcome = _run_perf_client(args.host, args.port, args, config, verify=args.verify)
+    if args.resume or args.zero_rtt:
+        if args.connections != 1:
+            return _fail("--resume/--0rtt measure one connection: drop --connections", 2)
+        outcome = _run_resumed(args, config)
+    else:
+        outcome = _run_perf_client(args.host, args.port, args, config, verify=args.verify)
     if isinstance(outcome, int):
         return outcome
     _print_result(outcome, args.json)
@@ -463,6 +493,17 @@ def build_parser() -> argparse.ArgumentParser:
         "file (default: a random key per process)",
     )  # fmt: skip
     server.add_argument(
+        "--ticket-key-file", metavar="FILE",
+        help="secret (at least 16 bytes) that seals session tickets (resumption and "
+        "0-RTT); give every worker and host behind one address the same file (default: "
+        "a random key per process)",
+    )  # fmt: skip
+    server.add_argument(
+        "--early-data", choices=("accept", "reject"), default="accept",
+        help="0-RTT: accept (tickets allow it; each ticket's early data is accepted once "
+        "per process) or reject (resumption only) (default: %(default)s)",
+    )  # fmt: skip
+    server.add_argument(
         "--connection-sockets", type=_nonnegative_int, default=DEFAULT_CONNECTION_SOCKETS,
         metavar="N",
         help="the most connections given a UDP socket of their own, connected to the "
@@ -543,6 +584,18 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument(
         "--cert", metavar="FILE",
         help="PEM client certificate chain, leaf first, presented when the server asks",
+    )  # fmt: skip
+    resumption = client.add_mutually_exclusive_group()
+    resumption.add_argument(
+        "--resume", action="store_true",
+        help="connect twice: the first connection only fetches a session ticket, the "
+        "second resumes the session and is measured (--json adds resumed and "
+        "early_data_accepted); with one connection",
+    )  # fmt: skip
+    resumption.add_argument(
+        "--0rtt", dest="zero_rtt", action="store_true",
+        help="like --resume, and the second connection sends its requests and upload as "
+        "0-RTT data in its first flight (resent in 1-RTT if the server rejects it)",
     )  # fmt: skip
     client.add_argument(
         "--key", metavar="FILE", help="PEM private key of --cert (default: read it from --cert)"

@@ -23,6 +23,7 @@ from typing import Any
 from ..crypto.native import best_engine
 from ..crypto.offload import OffloadEngine
 from ..crypto.stateless_reset import stateless_reset_token
+from ..tls.tickets import SessionTicket, StrikeRegister
 from ..transport import qlog
 from ..transport.config import Configuration
 from ..transport.connection import (
@@ -139,10 +140,15 @@ class Endpoint:
                 self.configuration, connection_id_length=self.cid_generator.cid_length
             )
         cfg = self.configuration
-        if cfg.token_key is None or cfg.reset_key is None:  # one random key per endpoint
+        if cfg.token_key is None or cfg.reset_key is None or (  # one random key per endpoint
+            self.is_server and (cfg.ticket_key is None or cfg.strike_register is None)
+        ):
             self.configuration = dataclasses.replace(
                 cfg, token_key=cfg.token_key or os.urandom(32),
                 reset_key=cfg.reset_key or os.urandom(32),
+                ticket_key=cfg.ticket_key or (os.urandom(32) if self.is_server else None),
+                strike_register=cfg.strike_register or (
+                    StrikeRegister(window=cfg.ticket_age_window) if self.is_server else None),
             )
         self.admission = Admission(self.configuration)
 
@@ -173,19 +179,30 @@ class Endpoint:
             raise ValueError(
                 "zero-length connection IDs: a connection needs an endpoint (socket) of its own"
             )
+        cfg = self.configuration
+        origin = f"{server_name or address[0]}:{address[1]}"
+        tickets = cfg.session_ticket_cache
         conn = client_connection(
-            self.configuration, address, now, server_name=server_name, engine=self.engine,
-            cid_issuer=self.issue_cid,
+            cfg, address, now, server_name=server_name, engine=self.engine,
+            cid_issuer=self.issue_cid, wall_offset=self.wall_offset,
+            session_ticket=tickets.take(origin) if tickets is not None else None,
         )
         if self.qlog_factory is not None:
             self.qlog_factory(conn, now)
-        cache = self.configuration.token_cache
-        if cache is not None:  # a NEW_TOKEN token from an earlier connection
-            origin = f"{server_name or address[0]}:{address[1]}"
+        if cfg.token_cache is not None or tickets is not None:
             self.token_origins[id(conn)] = origin
-            conn.token = cache.take(origin)
+        if cfg.token_cache is not None:  # a NEW_TOKEN token from an earlier connection
+            conn.token = cfg.token_cache.take(origin)
         self._track(conn)
         return conn
+
+    def store_ticket(self, conn: Connection, ticket: SessionTicket) -> None:
+        """Keep a session ticket the server sent ``conn`` (SessionTicketReceived) for
+        the next connection to the same server (``Configuration.session_ticket_cache``)."""
+        cache = self.configuration.session_ticket_cache
+        origin = self.token_origins.get(id(conn))
+        if cache is not None and origin is not None:
+            cache.put(origin, ticket)
 
     def store_token(self, conn: Connection, token: bytes) -> None:
         """Keep a token the server sent ``conn`` (NewTokenReceived) for the next
@@ -426,6 +443,7 @@ class Endpoint:
         )
         if self.qlog_factory is not None:
             self.qlog_factory(conn, now)
+        conn.wall_offset = self.wall_offset
         conn.new_token = self.admission.new_token(address, now + self.wall_offset)
         conn.new_token_pending = bool(conn.new_token)
         self.admission.track(conn)

@@ -78,6 +78,26 @@ class Configuration:
     token_cache: (clients) a ``quicflow.endpoint.tokens.TokenCache`` shared by
         connections; NEW_TOKEN tokens go in, the next connection to that server uses one.
 
+    Session resumption and 0-RTT (RFC 8446 §4.6.1, RFC 9001 §4.6; see tls/tickets.py):
+    ticket_key: (servers) key sealing session tickets; one NewSessionTicket goes out
+        after each handshake, valid ``ticket_lifetime`` seconds. Give every worker and
+        host the same key so any of them resumes the others' sessions (None: a random
+        key per endpoint; a connection without an endpoint then issues no tickets).
+    session_ticket_cache: (clients) a ``quicflow.tls.tickets.SessionTicketCache`` shared
+        by connections; tickets go in, the next connection to that server offers one
+        (each is used once).
+    early_data: clients send 0-RTT data when their ticket allows it (what the application
+        writes before the handshake completes, within the server's remembered limits of
+        RFC 9000 §7.4.1); servers allow 0-RTT in their tickets and accept it. Data of
+        rejected 0-RTT is sent again in 1-RTT. ``Connection.early_data_accepted`` and
+        ``session_resumed`` (and ``HandshakeCompleted``) say what happened.
+    early_data_hook: (servers) ``hook(server_name, alpn_protocol, peer_address) -> bool``,
+        the application's say on a ClientHello's 0-RTT (after the protocol's checks).
+    strike_register: (servers) the ``StrikeRegister`` for anti-replay: each ticket's
+        0-RTT is accepted once per register, ClientHellos whose ticket age is more than
+        ``ticket_age_window`` seconds off are refused 0-RTT (None: the endpoint makes one;
+        a connection without register accepts no 0-RTT).
+
     max_datagram_frame_size: largest DATAGRAM frame (RFC 9221) we accept; 0 (default)
         turns DATAGRAM frames off (the transport parameter is not sent).
     max_datagram_queue: DATAGRAM frames waiting to be sent; when full, the oldest is
@@ -155,6 +175,13 @@ class Configuration:
     preferred_address_v6: tuple[str, int] | None = None
     use_preferred_address: bool = True
     disable_active_migration: bool = False
+    ticket_key: bytes | None = None
+    ticket_lifetime: int = 86400
+    session_ticket_cache: Any = None
+    early_data: bool = True
+    early_data_hook: Any = None
+    strike_register: Any = None
+    ticket_age_window: float = 10.0
 
     def load_cert_chain(self, certfile: str, keyfile: str | None = None) -> None:
         """Load a PEM certificate chain and private key."""
@@ -191,6 +218,8 @@ class Configuration:
             raise ValueError("initial_version must be one of versions")
         if not self.cipher_suites:
             raise ValueError("cipher_suites must not be empty")
+        if not 0 < self.ticket_lifetime <= 7 * 86400:
+            raise ValueError("ticket_lifetime must be between 1 second and 7 days")
         if self.client_certificates not in ("none", "request", "require"):
             raise ValueError("client_certificates must be 'none', 'request' or 'require'")
         _check_preferred(self.preferred_address, 4)

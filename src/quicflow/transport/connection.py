@@ -22,8 +22,9 @@ from ..crypto.offload import OffloadEngine, SoftwareOffloadEngine
 from ..crypto.suites import CipherSuite
 from ..tls.config import TlsConfig
 from ..tls.session import TlsSession
+from ..tls.tickets import SessionTicket, ticket_sealer
 from ..wire.tparams import TransportParameters, encode_transport_parameters
-from . import pathprobe, stream_api
+from . import early_data, pathprobe, stream_api
 from .closing import closing_timer, on_closing_timer, start_closing
 from .config import Configuration
 from .congestion import CongestionControl, Pacer
@@ -111,6 +112,8 @@ class ConnectionCounters:
     migrations: int = 0  # (client) moves to a new path validated by PATH_RESPONSE
     migrations_failed: int = 0  # (client) probes of a new path that got no answer
     path_probes_sent: int = 0  # (client) PATH_CHALLENGE datagrams sent on a probed path
+    zero_rtt_sent: int = 0  # (client) 0-RTT packets sent
+    zero_rtt_received: int = 0  # (server) 0-RTT packets opened and processed
 
 
 @dataclass(slots=True, eq=False)  # an entity: compared by identity
@@ -141,6 +144,13 @@ class Connection:
     new_token: bytes = b""  # (server) the NEW_TOKEN token to give the client
     new_token_pending: bool = False
     datagrams_pending: list[bytes] = field(default_factory=list)  # DATAGRAM frames to send
+    # resumption and 0-RTT (early_data.py); wall_offset: add to ``now`` for Unix time
+    wall_offset: float = 0.0
+    session_resumed: bool = False
+    early_data_attempted: bool = False  # (client) sent 0-RTT; (server) the client offered it
+    early_data_accepted: bool = False
+    remembered_params: TransportParameters | None = None  # (client) limits for 0-RTT
+    version_switched: bool = False  # (server) compatible version negotiation moved us
     # state
     state: int = HANDSHAKE
     handshake_complete: bool = False
@@ -237,6 +247,10 @@ class Connection:
 
     # ------------------------------------------------------------------ setup
 
+    def local_params(self) -> TransportParameters:
+        """The transport parameters we send (or would send now)."""
+        return self._local_transport_parameters()
+
     def _local_transport_parameters(self) -> TransportParameters:
         cfg = self.configuration
         tp = TransportParameters(
@@ -264,8 +278,12 @@ class Connection:
             tp.preferred_address = pathprobe.preferred_address_parameter(self)
         return tp
 
-    def _tls_config(self, server_name: str | None) -> TlsConfig:
+    def _tls_config(self, server_name: str | None,
+                    ticket: SessionTicket | None = None) -> TlsConfig:
         cfg = self.configuration
+        sealer = None
+        if not self.is_client and cfg.ticket_key:
+            sealer = ticket_sealer(cfg.ticket_key)
         return TlsConfig(
             is_client=self.is_client,
             alpn_protocols=list(cfg.alpn_protocols),
@@ -279,9 +297,16 @@ class Connection:
             groups=list(cfg.groups),
             keylog_file=cfg.keylog_file,
             client_certificates=cfg.client_certificates,
+            session_ticket=ticket,
+            early_data=cfg.early_data,
+            ticket_sealer=sealer,
+            ticket_lifetime=cfg.ticket_lifetime,
+            ticket_age_window=cfg.ticket_age_window,
+            ticket_parameters=early_data.ticket_parameters(self) if sealer else b"",
         )
 
-    def _setup(self, now: float, server_name: str | None) -> None:
+    def _setup(self, now: float, server_name: str | None,
+               ticket: SessionTicket | None = None) -> None:
         cfg = self.configuration
         cfg.validate()
         self.max_datagram_size = 1200
@@ -313,12 +338,20 @@ class Connection:
         # a server after Retry: Initial keys come from the client's new DCID (our SCID)
         self._install_initial_keys(self.retry_scid or self.original_dcid)
         params = encode_transport_parameters(self._local_transport_parameters())
-        self.tls = TlsSession(self._tls_config(server_name), params)
+        self.tls = TlsSession(self._tls_config(server_name, ticket), params)
         if not self.is_client and len(cfg.versions) > 1:
             self.tls.on_client_parameters(self._negotiate_version)
+        if not self.is_client:
+            early_data.server_hook(self, self.tls)
+        self.tls.set_wall_time(now + self.wall_offset)
         self.tls.start()
         for epoch, data in self.tls.pop_output():
             self.spaces[SPACE_OF_EPOCH[epoch]].crypto_send.write(data)
+        for epoch, is_send, suite, secret in self.tls.pop_secrets():  # 0-RTT (client)
+            keys = derive_packet_keys(suite, secret, self.version)
+            (self.send_protectors if is_send else self.recv_protectors)[epoch] = (
+                PacketProtector(keys))
+        early_data.start_client(self, self.tls)
 
     def _install_initial_keys(self, dcid: bytes) -> None:
         client_secret, server_secret = initial_secrets(dcid, self.version)
@@ -335,6 +368,8 @@ class Connection:
         Initial keys are derived again for it (same client DCID, the version's salt)."""
         self.version = version
         self._install_initial_keys(self.retry_scid or self.original_dcid)
+        self.version_switched = True
+        early_data.client_switched_version(self)
 
     def restart_in_version(self, version: int) -> None:
         """(client) Incompatible version negotiation (RFC 9368 §2.1): the server sent
@@ -342,6 +377,10 @@ class Connection:
         (a new first flight with a new destination CID; streams opened meanwhile keep
         their data, nothing of it was sent yet). Only once per connection."""
         server_name = self.tls.server_name if self.tls is not None else None
+        ticket = self.tls.offered_ticket if self.tls is not None else None
+        if self.early_data_attempted:  # nothing of it reached the server: send it again
+            early_data.reject_early_data(self)
+            self.early_data_attempted = False
         for entry in self.host_cids:
             self.cid_changes.append((False, entry.cid))
         self.host_cids = []
@@ -355,7 +394,7 @@ class Connection:
         self.send_protectors = [None] * 4
         self.recv_protectors = [None] * 4
         self.probes_pending = [0, 0, 0]
-        self._setup(self._now_hint, server_name)
+        self._setup(self._now_hint, server_name, ticket)
 
     def _negotiate_version(self, client_params: bytes) -> bytes:
         """(server, from the TLS layer on the ClientHello) Pick the version: the first in
@@ -707,8 +746,15 @@ def client_connection(
     engine: OffloadEngine | None = None,
     cid_issuer: CidIssuer | None = None,
     seal_key: bytes | None = None,
+    session_ticket: SessionTicket | None = None,
+    wall_offset: float = 0.0,
 ) -> Connection:
     """A client connection; its first flight is ready in ``datagrams_to_send``.
+
+    ``session_ticket`` (from an earlier connection's ``SessionTicketReceived``) is
+    offered to resume; with ``Configuration.early_data`` and a ticket that allows it,
+    stream data written before the handshake completes goes in 0-RTT packets.
+    ``wall_offset`` turns ``now`` into Unix time (ticket ages are wall-clock).
 
     ``cid_issuer`` gives every CID the connection issues (default: random CIDs of the
     configuration's length); ``seal_key`` is its sealer's key in ``engine`` (default:
@@ -726,11 +772,12 @@ def client_connection(
         cid_issuer=cid_issuer,
     )
     conn._now_hint = now
+    conn.wall_offset = wall_offset
     conn.peer_cid = conn.original_dcid
     conn.version = configuration.initial_version or (
         configuration.versions[0] if configuration.versions else 1
     )
-    conn._setup(now, server_name)
+    conn._setup(now, server_name, session_ticket)
     return conn
 
 

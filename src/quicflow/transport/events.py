@@ -8,7 +8,12 @@ from typing import Any
 
 @dataclass(slots=True)
 class HandshakeCompleted:
+    """The handshake is complete; ``session_resumed``: a session ticket's PSK was used;
+    ``early_data_accepted``: the server took the client's 0-RTT data."""
+
     alpn_protocol: str | None
+    session_resumed: bool = False
+    early_data_accepted: bool = False
 
 
 @dataclass(slots=True)
@@ -59,6 +64,14 @@ class ConnectionTerminated:
     frame_type: int | None
     reason: str
     by_peer: bool
+
+
+@dataclass(slots=True)
+class SessionTicketReceived:
+    """(client) The server gave a session ticket (``quicflow.tls.tickets.SessionTicket``)
+    to resume a later connection with (and send 0-RTT data in it)."""
+
+    ticket: Any
 
 
 @dataclass(slots=True)
@@ -119,4 +132,5 @@ Event = (
     | PathMigrated
     | PathProbeFailed
     | PreferredAddressAvailable
+    | SessionTicketReceived
 )

@@ -26,7 +26,7 @@ from ..wire.packet import (
     retry_pseudo_packet,
 )
 from ..wire.tparams import decode_transport_parameters
-from . import pathprobe, qlog
+from . import early_data, pathprobe, qlog
 from .closing import answer_in_closing
 from .connection import SPACE_OF_EPOCH, Address, Connection
 from .errors import (
@@ -232,6 +232,8 @@ def _receive_packet(
     if conn.qlog is not None:
         qlog.packet_received(conn, now, epoch, pn, payload, hdr.end - pos, hdr.dcid,
                              None if epoch == Epoch.ONE_RTT else hdr.scid)
+    if epoch == Epoch.ZERO_RTT:
+        conn.counters.zero_rtt_received += 1
     if epoch == Epoch.HANDSHAKE and not conn.is_client:
         _discard_epoch(conn, Epoch.INITIAL)
     crypto_before = _crypto_held(space) if epoch == Epoch.INITIAL else 0
@@ -327,6 +329,7 @@ def _receive_retry(conn: Connection, data: bytes, pos: int, hdr: PacketHeader) -
 
     requeue_epoch(conn, Epoch.INITIAL)
     space.next_pn = max(space.next_pn, 1)
+    early_data.on_retry(conn)
 
 
 def _on_peer_key_update(conn: Connection) -> None:
@@ -385,11 +388,14 @@ def _process_frames(conn: Connection, payload: bytes, epoch: Epoch, now: float) 
         raise QuicError(PROTOCOL_VIOLATION, "packet without frames")
     ack_eliciting = False
     probing = True
-    handshake_epoch = epoch != Epoch.ONE_RTT
+    handshake_epoch = epoch == Epoch.INITIAL or epoch == Epoch.HANDSHAKE
     for frame in frames:
         cls = type(frame)
         if probing and cls not in pathprobe.PROBING_FRAMES:
             probing = False
+        if epoch == Epoch.ZERO_RTT and isinstance(frame, early_data.FORBIDDEN_IN_0RTT):
+            raise QuicError(PROTOCOL_VIOLATION, f"{cls.__name__} not allowed in 0-RTT",
+                            F.frame_type_of(frame))
         if handshake_epoch and (not isinstance(frame, _HANDSHAKE_FRAMES) or (
             isinstance(frame, F.ConnectionClose) and frame.frame_type is None  # 0x1d
         )):
@@ -427,6 +433,7 @@ def _on_crypto(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
     if not data or conn.tls is None:
         return
     tls = conn.tls
+    tls.set_wall_time(now + conn.wall_offset)
     tls.receive(epoch, data)
     _after_tls(conn, now)
 
@@ -438,6 +445,7 @@ def _after_tls(conn: Connection, now: float) -> None:
         conn.spaces[SPACE_OF_EPOCH[out_epoch]].crypto_send.write(out_data)
     for key_epoch, is_send, suite, secret in tls.pop_secrets():
         _install_secret(conn, Epoch(key_epoch), is_send, CipherSuite(suite), secret)
+    early_data.after_tls(conn, tls)
     if not conn.peer_params and tls.peer_transport_parameters is not None:
         _apply_peer_params(conn, tls.peer_transport_parameters)
     if tls.handshake_complete and not conn.handshake_complete:
@@ -445,15 +453,19 @@ def _after_tls(conn: Connection, now: float) -> None:
         conn.alpn_protocol = tls.alpn_protocol
         conn.peer_certificate_ders = tls.peer_certificate_ders
         conn.state = ESTABLISHED
-        conn.events.append(HandshakeCompleted(tls.alpn_protocol))
+        conn.events.append(HandshakeCompleted(tls.alpn_protocol, conn.session_resumed,
+                                              conn.early_data_accepted))
         if not conn.is_client:
             conn.handshake_confirmed = True
             conn.handshake_done_pending = True
             _discard_epoch(conn, Epoch.HANDSHAKE)
         _issue_cids_up_to_peer_limit(conn)
         # the TLS state (transcript, key schedule, messages, its configuration) has no
-        # use after the handshake: later CRYPTO data (a NewSessionTicket) is dropped
-        conn.tls = None
+        # use after the handshake on a server: later CRYPTO data is dropped (a client
+        # keeps it for the session tickets that come)
+        if not conn.is_client:
+            conn.tls = None
+            conn.recv_protectors[Epoch.ZERO_RTT] = None
 
 
 MAX_ISSUED_CIDS = 8

@@ -11,6 +11,7 @@ from ..wire import frames as F
 from ..wire.packet import (
     HANDSHAKE,
     INITIAL,
+    ZERO_RTT,
     build_long_header,
     build_short_header,
     encode_packet_number,
@@ -45,8 +46,11 @@ from .state import (
 
 TAG_LEN = 16
 MAX_DATAGRAMS_PER_CALL = 64
-_EPOCHS = (Epoch.INITIAL, Epoch.HANDSHAKE, Epoch.ONE_RTT)
-_SPACE = {Epoch.INITIAL: 0, Epoch.HANDSHAKE: 1, Epoch.ONE_RTT: 2}
+_EPOCHS = (Epoch.INITIAL, Epoch.ZERO_RTT, Epoch.HANDSHAKE, Epoch.ONE_RTT)
+_SPACE = {Epoch.INITIAL: 0, Epoch.ZERO_RTT: 2, Epoch.HANDSHAKE: 1, Epoch.ONE_RTT: 2}
+_LONG_TYPE = {Epoch.INITIAL: INITIAL, Epoch.ZERO_RTT: ZERO_RTT, Epoch.HANDSHAKE: HANDSHAKE}
+#: epochs whose packets carry application data (congestion-controlled and paced)
+_APP = (Epoch.ZERO_RTT, Epoch.ONE_RTT)
 
 
 def datagrams_to_send(conn: Connection, now: float) -> list[bytes]:
@@ -134,6 +138,8 @@ def _build_datagram(
                 continue
         elif conn.send_protectors[epoch] is None:
             continue
+        elif epoch == Epoch.ZERO_RTT and conn.one_rtt_ready:
+            continue  # (client) 1-RTT from now on
         space = conn.spaces[_SPACE[epoch]]
         if space.discarded:
             continue
@@ -184,7 +190,7 @@ def _build_datagram(
         else:
             protector = conn.send_protectors[epoch]
             assert protector is not None
-            ptype = INITIAL if epoch == Epoch.INITIAL else HANDSHAKE
+            ptype = _LONG_TYPE[epoch]
             header = build_long_header(
                 ptype, conn.version, conn.peer_cid, conn.initial_scid,
                 conn.token if epoch == Epoch.INITIAL else b"",
@@ -213,6 +219,8 @@ def _on_packet_sent(
     now: float,
 ) -> None:
     conn.counters.packets_sent += 1
+    if epoch == Epoch.ZERO_RTT:
+        conn.counters.zero_rtt_sent += 1
     # in flight = ack-eliciting here: we never send PADDING-only packets
     packet = SentPacket(
         pn=pn,
@@ -277,9 +285,11 @@ def _fill_payload(
             or (space.ack_deadline is not None and now >= space.ack_deadline)
         )
     )
+    if epoch == Epoch.ZERO_RTT:
+        ack_due = False  # a client's 0-RTT packets carry no ACK (RFC 9000 §12.4)
     probe = conn.probes_pending[_SPACE[epoch]] > 0
-    cc_ok = probe or conn.cc.available() >= conn.max_datagram_size or epoch != Epoch.ONE_RTT
-    if cc_ok and epoch == Epoch.ONE_RTT and not probe:
+    cc_ok = probe or conn.cc.available() >= conn.max_datagram_size or epoch not in _APP
+    if cc_ok and epoch in _APP and not probe:
         if conn.pacer.budget(now, conn.rtt, conn.cc.cwnd) < conn.max_datagram_size:
             conn.pacer_deadline = conn.pacer.next_send_time(now, conn.max_datagram_size,
                                                             conn.rtt, conn.cc.cwnd)
@@ -287,7 +297,7 @@ def _fill_payload(
     if not cc_ok and not ack_due:
         return False
     ack_end = 0
-    if space.ack_pending and (ack_due or cc_ok):
+    if space.ack_pending and (ack_due or cc_ok) and epoch != Epoch.ZERO_RTT:
         _encode_ack(conn, space, payload, now, epoch)
         ack_end = len(payload)
     if not cc_ok:
@@ -297,7 +307,7 @@ def _fill_payload(
     limit = capacity
     # CRYPTO
     crypto = space.crypto_send
-    while crypto.has_data_to_send():
+    while crypto.has_data_to_send() and epoch != Epoch.ZERO_RTT:
         room = limit - len(payload) - 1 - 8 - 4
         if room <= 0:
             break
@@ -311,6 +321,8 @@ def _fill_payload(
         _fill_control(conn, payload, limit, records)
         if conn.datagrams_pending:
             _fill_datagrams(conn, payload, limit)
+        _fill_streams(conn, payload, limit, records)
+    elif epoch == Epoch.ZERO_RTT:
         _fill_streams(conn, payload, limit, records)
     eliciting = len(payload) > start_len
     if probe and not eliciting:
@@ -492,7 +504,7 @@ def _close_datagrams(conn: Connection, now: float) -> list[bytes]:
     seal: list[tuple[int, int, int, int, bytes]] = []
     for epoch in _EPOCHS:
         space = conn.spaces[_SPACE[epoch]]
-        if space.discarded:
+        if space.discarded or epoch == Epoch.ZERO_RTT:
             continue
         if conn.handshake_confirmed and epoch != Epoch.ONE_RTT:
             continue  # the peer processes 1-RTT: send the close with its real code only

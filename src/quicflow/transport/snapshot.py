@@ -79,9 +79,11 @@ RUNTIME_FIELDS = frozenset(
     {"tls", "send_protectors", "recv_protectors", "engine", "events", "seal_key", "cid_issuer",
      "qlog"}
 )
-#: Configuration fields holding ``cryptography`` key objects, not captured.
+#: Configuration fields holding ``cryptography`` key objects, keys, caches and hooks:
+#: not captured.
 CONFIG_SECRET_FIELDS = frozenset(
-    {"certificate_chain", "private_key", "token_key", "reset_key", "token_cache"}
+    {"certificate_chain", "private_key", "token_key", "reset_key", "token_cache",
+     "ticket_key", "session_ticket_cache", "early_data_hook", "strike_register"}
 )
 
 #: Absolute times (float seconds of the process's monotonic clock), per class, that are
