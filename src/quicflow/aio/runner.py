@@ -173,6 +173,9 @@ class EndpointRunner:
                 endpoint.accepted.clear()
             for data, addr in endpoint.pop_stateless():
                 self.transport.send_batch(data, len(data), addr)
+            if endpoint.forwarded:  # moved connections' datagrams: to their new host
+                for data, addr, target in endpoint.pop_forwarded():
+                    target(data, addr)
             # acknowledge (and send) after every round, so ACKs keep the peer's clock
             for conn in touched:
                 self._dispatch(conn)
@@ -185,6 +188,15 @@ class EndpointRunner:
             self._apply_mtu_events(transport)
         if transport.unreachable_events:
             self._apply_unreachable(transport)
+
+    def receive_forwarded(self, data: bytes, address: tuple[Any, ...]) -> None:
+        """A datagram another host forwarded to us for a connection moved here."""
+        if self._closed:
+            return
+        conn = self.endpoint.receive_forwarded(data, address, self.loop.time())
+        if conn is not None:
+            self._dispatch(conn)
+            self._send(conn)
 
     def _sort_strays(
         self, batch: list[RecvEntry], socket_peer: tuple[Any, ...]

@@ -10,6 +10,13 @@ the TLS handshake and is counted as refused. The exchange, after the handshake:
    (length-prefixed), an end mark and a trailer (JSON: e.g. the replay record);
 3. receiver -> sender: an acknowledgment (JSON, e.g. how many were restored).
 
+A move per connection behind a CID-routing balancer (``quicflow.aio.moving``) adds two
+steps: after the header the sender asks a question (JSON) and the receiver answers it
+(JSON: the CIDs it issues for the moved connections) before any snapshot; after the
+acknowledgment the channel stays open for a while and carries the datagrams that still
+reach the sender for the moved connections (each frame: address family, client address
+and port, the datagram), until an end mark.
+
 This module moves bytes only; ``quicflow.aio.moving`` captures and restores.
 """
 
@@ -18,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -67,6 +75,40 @@ def _frame(data: bytes) -> bytes:
     return _LEN.pack(len(data)) + data
 
 
+#: Datagrams a sender holds for forwarding before the acknowledgment (then dropped).
+MAX_PENDING_FORWARDS = 4096
+#: Bytes of forwarded datagrams the sender may have unsent in the channel (then dropped:
+#: QUIC's loss recovery sends them again).
+MAX_FORWARD_BUFFER = 4 << 20
+MAX_DATAGRAM = 65535
+
+
+def encode_forwarded(data: bytes, address: tuple[Any, ...]) -> bytes:
+    """One forwarded datagram: family (4 or 6), the client's address and port, data."""
+    host, port = str(address[0]), int(address[1])
+    if ":" in host:
+        head = b"\x06" + socket.inet_pton(socket.AF_INET6, host)
+    else:
+        head = b"\x04" + socket.inet_pton(socket.AF_INET, host)
+    return _frame(head + port.to_bytes(2, "big") + bytes(data))
+
+
+def decode_forwarded(frame: bytes) -> tuple[bytes, tuple[Any, ...]]:
+    """The datagram and client address of an ``encode_forwarded`` frame (ValueError)."""
+    if frame[:1] == b"\x04":
+        size, family = 4, socket.AF_INET
+    elif frame[:1] == b"\x06":
+        size, family = 16, socket.AF_INET6
+    else:
+        raise ValueError("bad forwarded datagram")
+    if len(frame) < 3 + size:
+        raise ValueError("forwarded datagram truncated")
+    host = socket.inet_ntop(family, frame[1 : 1 + size])
+    port = int.from_bytes(frame[1 + size : 3 + size], "big")
+    address: tuple[Any, ...] = (host, port) if size == 4 else (host, port, 0, 0)
+    return frame[3 + size :], address
+
+
 class Sender:
     """The sending side of one transfer (``open_sender``)."""
 
@@ -74,6 +116,56 @@ class Sender:
                  key: bytes) -> None:
         self.reader, self.writer, self.key = reader, writer, key
         self.sent = 0
+        self.forwarding = False  # after a keep_open finish: forward() writes at once
+        self.closed = False
+        self._pending: list[bytes] = []  # forwarded before the acknowledgment
+        self.forwarded = 0
+        self.forward_dropped = 0
+
+    async def ask(self, question: dict[str, Any]) -> dict[str, Any]:
+        """Send ``question`` (JSON) and return the receiver's answer (before snapshots)."""
+        try:
+            self.writer.write(_frame(json.dumps(question).encode()))
+            await self.writer.drain()
+            raw = await _read_frame(self.reader, MAX_JSON)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            raise TransferError(f"transfer failed: {exc}") from exc
+        answer = json.loads(raw or b"null")
+        if type(answer) is not dict:
+            raise TransferError("the receiver's answer is not a JSON object")
+        return answer
+
+    def forward(self, data: bytes, address: tuple[Any, ...]) -> None:
+        """Pass a datagram that reached us for a moved connection on to the receiver
+        (held until the acknowledgment; bounded, dropped beyond: QUIC resends)."""
+        if self.closed:
+            self.forward_dropped += 1
+            return
+        frame = encode_forwarded(data, address)
+        if not self.forwarding:
+            if len(self._pending) >= MAX_PENDING_FORWARDS:
+                self.forward_dropped += 1
+                return
+            self._pending.append(frame)
+            return
+        transport = self.writer.transport
+        if transport.get_write_buffer_size() > MAX_FORWARD_BUFFER:
+            self.forward_dropped += 1
+            return
+        self.writer.write(frame)
+        self.forwarded += 1
+
+    def close(self) -> None:
+        """End forwarding (end mark) and close the channel."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if self.forwarding:
+                self.writer.write(_LEN.pack(_END))
+        except OSError:
+            pass
+        self.writer.close()
 
     async def header(self, header: dict[str, Any]) -> None:
         self.writer.write(_frame(json.dumps(header).encode()))
@@ -84,19 +176,29 @@ class Sender:
         await self.writer.drain()
         self.sent += 1
 
-    async def finish(self, trailer: dict[str, Any]) -> dict[str, Any]:
-        """End mark and trailer; returns the receiver's acknowledgment."""
+    async def finish(self, trailer: dict[str, Any], *,
+                     keep_open: bool = False) -> dict[str, Any]:
+        """End mark and trailer; returns the receiver's acknowledgment. With
+        ``keep_open`` the channel then forwards datagrams (``forward``) until ``close``."""
         try:
             self.writer.write(_LEN.pack(_END) + _frame(json.dumps(trailer).encode()))
             await self.writer.drain()
             answer = await _read_frame(self.reader, MAX_JSON)
         except (OSError, asyncio.IncompleteReadError) as exc:
+            self.close()
             raise TransferError(f"transfer failed: {exc}") from exc
-        finally:
-            self.writer.close()
         if answer is None:
+            self.close()
             raise TransferError("receiver sent no acknowledgment")
         result: dict[str, Any] = json.loads(answer)
+        if keep_open:
+            self.forwarding = True
+            pending, self._pending = self._pending, []
+            for frame in pending:
+                self.writer.write(frame)
+            self.forwarded += len(pending)
+        else:
+            self.close()
         return result
 
 
@@ -133,10 +235,35 @@ class Session:
                 return
             yield blob
 
-    async def acknowledge(self, result: dict[str, Any]) -> None:
+    async def question(self) -> Any:
+        """The sender's question (``Sender.ask``), decoded JSON."""
+        raw = await _read_frame(self.reader, MAX_JSON)
+        return json.loads(raw or b"null")
+
+    async def answer(self, doc: dict[str, Any]) -> None:
+        self.writer.write(_frame(json.dumps(doc).encode()))
+        await self.writer.drain()
+
+    async def acknowledge(self, result: dict[str, Any], *, keep_open: bool = False) -> None:
         self.writer.write(_frame(json.dumps(result).encode()))
         await self.writer.drain()
-        self.writer.close()
+        if not keep_open:
+            self.writer.close()
+
+    async def forwarded(self) -> AsyncIterator[tuple[bytes, tuple[Any, ...]]]:
+        """The datagrams the sender forwards after a ``keep_open`` acknowledgment, until
+        its end mark or the channel closes."""
+        while True:
+            try:
+                frame = await _read_frame(self.reader, MAX_DATAGRAM + 32)
+            except (OSError, asyncio.IncompleteReadError, TransferError):
+                return
+            if frame is None:
+                return
+            try:
+                yield decode_forwarded(frame)
+            except ValueError:
+                return
 
 
 class Receiver:
