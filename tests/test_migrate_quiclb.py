@@ -61,10 +61,12 @@ def migrate_by_cid(net: LbNet, tmp_path: Path, pki: dict[str, str],
     )  # fmt: skip
 
 
-def start_clients(net: LbNet, clients: int, size: int) -> subprocess.Popen[str]:
+def start_clients(net: LbNet, clients: int, size: int,
+                  fast: bool = False) -> subprocess.Popen[str]:
     client = subprocess.Popen(
         exec_argv(net.client, [sys.executable, "-m", "tests.support.lb_move_clients", VIP,
-                               str(PORT), str(clients), str(size)]),
+                               str(PORT), str(clients), str(size),
+                               *(["fast"] if fast else [])]),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         cwd=ROOT, env=dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}:{ROOT}"),
     )  # fmt: skip
