@@ -50,7 +50,7 @@ table ip quic_lb {
 		counter dnat to jhash ip saddr . udp sport . ip daddr . udp dport mod 2 map { 0 : $HOST1, 1 : $HOST2 }
 	}
 }
-"""
+"""  # noqa: E501
 
 HOST = r"""
 import socket, sys
