@@ -13,6 +13,8 @@ was forwarded to B, never dropped. Needs root (``ip netns``) and nft.
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import json
 import os
 import subprocess
@@ -22,10 +24,11 @@ from typing import Any
 
 import pytest
 
+from tests.support.aioquic_peer import AioquicProcess
 from tests.support.lbnet import VIP, LbNet, lb_net
-from tests.support.netns import exec_argv
+from tests.support.netns import exec_argv, run_in
 from tests.support.prereq import have_binary, is_root, require
-from tests.support.takeover import ROOT, ServerProc, write_certificate
+from tests.support.takeover import ROOT, ServerProc, perf_sha256, write_certificate
 from tests.test_migrate_hosts import _pki
 
 PORT = 4433
@@ -121,5 +124,61 @@ def test_one_connection_moves_to_another_host_by_cid_behind_nftables(tmp_path: P
     assert isinstance(summary_b["bytes_sent"], int) and summary_b["bytes_sent"] > 0
     assert short_rule > 0
     # nothing that reached A for the moved connection was dropped: forwarded, and B got it
+    assert endpoint_a["dropped_moved"] == 0
+    assert endpoint_b["forwarded_received"] == endpoint_a["forwarded_moved"]
+
+
+@pytest.mark.interop
+@pytest.mark.timeout(300)
+def test_aioquic_client_follows_its_connection_to_another_host_by_cid(tmp_path: Path) -> None:
+    """A client that knows nothing of quicflow (aioquic) honours the Retire Prior To of
+    B's NEW_CONNECTION_ID frames: one handshake, every byte, the rest served by B."""
+    require(is_root(), "needs root for network namespaces (run the tests as root, as CI does)")
+    require(have_binary("ip") and have_binary("nft") and have_binary("tc"),
+            "programs ip, nft and tc needed")
+    require(importlib.util.find_spec("aioquic") is not None, "aioquic is not installed")
+    pki = _pki(tmp_path)
+    size = 48 << 20
+    with lb_net() as net:
+        net.load_ruleset(PORT, new_connections_to_host1=True)
+        # ~100 Mbit/s towards the client: the download is mid-way at the move
+        run_in(net.router, ["tc", "qdisc", "add", "dev", f"qfl1a{net.tag}"[:15], "root", "tbf",
+                            "rate", "100mbit", "burst", "64kb", "latency", "20ms"])
+        a, b = start_hosts(net, tmp_path, pki)
+        cert = str(tmp_path / "cert.pem")
+
+        async def run() -> tuple[list[dict[str, Any]], subprocess.CompletedProcess[str]]:
+            loop = asyncio.get_running_loop()
+            client = AioquicProcess("perfclient")
+            await client._spawn(*exec_argv(net.client, [
+                sys.executable, "-m", "tests.support.aioquic_peer", "perfclient", "--host",
+                VIP, "--port", str(PORT), "--cafile", cert, "--download", str(size)]),
+                cwd=str(ROOT))  # fmt: skip
+            try:
+                await client.next_event("progress", timeout=60)
+                moved = await loop.run_in_executor(None, migrate_by_cid, net, tmp_path, pki, 1)
+                assert not any(e["event"] == "result" for e in client.events), "moved too late"
+                await client.next_event("result", timeout=200)
+                assert await client.wait_exit() == 0
+                return client.events, moved
+            finally:
+                await client.stop()
+
+        try:
+            events, moved = asyncio.run(run())
+            status_b, summary_b = b.stop()
+            status_a, summary_a = a.stop()
+        finally:
+            a.kill()
+            b.kill()
+    assert moved.returncode == 0 and json.loads(moved.stdout) == {"moved_connections": 1}
+    result = next(e for e in events if e["event"] == "result")
+    assert result["ok"] and result["bytes"] == size and result["sha256"] == perf_sha256(size)
+    assert [e["event"] for e in events].count("handshake") == 1
+    assert status_a == status_b == 0 and summary_a is not None and summary_b is not None
+    endpoint_a, endpoint_b = summary_a["endpoint"], summary_b["endpoint"]
+    assert isinstance(endpoint_a, dict) and isinstance(endpoint_b, dict)
+    assert endpoint_b["connections_accepted"] == 0, "no new handshake on B"
+    assert isinstance(summary_b["bytes_sent"], int) and summary_b["bytes_sent"] > 0
     assert endpoint_a["dropped_moved"] == 0
     assert endpoint_b["forwarded_received"] == endpoint_a["forwarded_moved"]

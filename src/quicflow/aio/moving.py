@@ -83,6 +83,7 @@ async def move_connections(
         try:
             issued = _parse_cids(await sender.ask({"cids": [_cids_wanted(f.conn)
                                                             for f in faces]}), len(faces))
+            _check_cids(runner, issued)
         except TransferError:
             sender.close()
             raise
@@ -141,6 +142,20 @@ def _parse_cids(answer: dict[str, Any], connections: int) -> list[list[tuple[byt
         except (TypeError, ValueError) as exc:
             raise TransferError("the receiver's CIDs are malformed") from exc
     return out
+
+
+def _check_cids(runner: EndpointRunner, issued: list[list[tuple[bytes, bytes]]]) -> None:
+    """Refuse (before any connection stops) CIDs of another length or with our own
+    server ID: the hosts' QUIC-LB settings or host IDs do not fit together."""
+    endpoint = runner.endpoint
+    for row in issued:
+        for cid, token in row:
+            if len(cid) != endpoint.cid_length or len(token) != 16:
+                raise TransferError("the receiver's CIDs have another length: give both "
+                                    "hosts the same QUIC-LB options")
+            if endpoint.generator.is_ours(cid):
+                raise TransferError("the receiver issues CIDs with our server ID: give "
+                                    "it another --host-id")
 
 
 def _issue_for(runner: EndpointRunner, question: Any) -> dict[str, Any]:

@@ -138,7 +138,7 @@ class Sender:
     def forward(self, data: bytes, address: tuple[Any, ...]) -> None:
         """Pass a datagram that reached us for a moved connection on to the receiver
         (held until the acknowledgment; bounded, dropped beyond: QUIC resends)."""
-        if self.closed:
+        if self.closed or self.writer.is_closing():
             self.forward_dropped += 1
             return
         frame = encode_forwarded(data, address)
