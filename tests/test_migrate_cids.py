@@ -22,7 +22,7 @@ from quicflow.tls.certs import generate_self_signed
 from quicflow.transport.config import Configuration
 from quicflow.transport.connection import Connection
 from quicflow.transport.snapshot import restore_connection, snapshot_connection
-from tests.support.memory_pair import MemoryPair
+from tests.support.memory_pair import CLIENT_ADDR, MemoryPair
 
 _CERT = generate_self_signed(["localhost"])
 
@@ -140,3 +140,21 @@ def test_moved_cids_forward_for_a_bounded_time_then_drop() -> None:
     assert moved.target(b"c1", 5.0) is None  # the forwarding time is over
     assert moved.holds(b"c1", 6.0)  # still dropped (never reset) until its lifetime ends
     assert not moved.holds(b"c1", 31.0)
+
+
+def test_forwarded_datagrams_only_for_the_connections_moved_by_that_sender() -> None:
+    """A receiver delivers forwarded datagrams only for the CIDs it was given (those of
+    the connections the sender moved to it); others are dropped and counted."""
+    pair = MemoryPair()
+    pair.run(lambda: pair.client.handshake_confirmed and bool(pair.server_conns)
+             and pair.server_conns[0].handshake_confirmed)
+    ep = pair.server
+    cid = pair.server_conns[0].host_cid_list()[0]
+    datagram = b"\x40" + cid + bytes(40)
+    before = ep.counters.dropped_unknown_cid
+    assert ep.receive_forwarded(datagram, CLIENT_ADDR, pair.now, allowed={b"x" * 8}) is None
+    assert ep.counters.dropped_unknown_cid == before + 1
+    # allowed: delivered to its connection (this one fails to open, as forged bytes do)
+    assert ep.receive_forwarded(datagram, CLIENT_ADDR, pair.now, allowed={cid}) is (
+        pair.server_conns[0])
+    assert ep.counters.forwarded_received == 2

@@ -193,12 +193,14 @@ async def accept_moves(
         guard = handover.guard
         guard.merge(str(session.header.get("guard", "{}")).encode())
         restored = refused = 0
+        moved_cids: set[bytes] = set()  # what this sender may forward for
         async for blob in session.snapshots():
             try:
                 one = restore_one(runner, blob, session.key, guard, handover.handler)
             except SnapshotError:
                 refused += 1
                 continue
+            moved_cids.update(one[0].conn.host_cid_list())
             start_restored(runner, [one], handover.restore)
             restored += 1
         if session.trailer is not None:
@@ -208,7 +210,7 @@ async def accept_moves(
                                   keep_open=via_cids)
         if via_cids:  # what still reaches the old host for them, until it stops
             async for data, address in session.forwarded():
-                runner.receive_forwarded(data, address)
+                runner.receive_forwarded(data, address, moved_cids)
 
     return await serve_receiver(host, port, context, on_session)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import TYPE_CHECKING, Any
 
 from ..datapath.backends import RecvEntry
@@ -189,11 +189,13 @@ class EndpointRunner:
         if transport.unreachable_events:
             self._apply_unreachable(transport)
 
-    def receive_forwarded(self, data: bytes, address: tuple[Any, ...]) -> None:
-        """A datagram another host forwarded to us for a connection moved here."""
+    def receive_forwarded(self, data: bytes, address: tuple[Any, ...],
+                          allowed: Container[bytes] | None = None) -> None:
+        """A datagram another host forwarded to us for a connection moved here (only
+        for the CIDs in ``allowed``, when given)."""
         if self._closed:
             return
-        conn = self.endpoint.receive_forwarded(data, address, self.loop.time())
+        conn = self.endpoint.receive_forwarded(data, address, self.loop.time(), allowed)
         if conn is not None:
             self._dispatch(conn)
             self._send(conn)

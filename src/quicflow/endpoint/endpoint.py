@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import KeysView
+from collections.abc import Container, KeysView
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -441,17 +441,22 @@ class Endpoint:
         self.counters.connections_accepted += 1
         return conn
 
-    def receive_forwarded(self, data: bytes, address: Address, now: float) -> Connection | None:
+    def receive_forwarded(
+        self, data: bytes, address: Address, now: float, allowed: Container[bytes] | None = None
+    ) -> Connection | None:
         """A short-header datagram that another host received from ``address`` for a
         connection moved here (over an authenticated channel): delivered by CID, whether
-        or not the CID carries our server ID (the client used the old host's CIDs)."""
+        or not the CID carries our server ID (the client used the old host's CIDs).
+        ``allowed``: the CIDs that sender may forward for (those of the connections it
+        moved here); others are dropped."""
         counters = self.counters
         counters.forwarded_received += 1
         if not data or data[0] & 0x80:
             counters.dropped_malformed += 1
             return None
         counters.lookups += 1
-        conn = self.registry.by_cid(bytes(data[1 : 1 + self.cid_length]))
+        cid = bytes(data[1 : 1 + self.cid_length])
+        conn = self.registry.by_cid(cid) if allowed is None or cid in allowed else None
         if conn is None or conn.terminated:
             counters.dropped_unknown_cid += 1
             return None
