@@ -123,6 +123,7 @@ def test_one_connection_moves_to_another_host_by_cid_behind_nftables(tmp_path: P
     # through the balancer by its own server ID
     assert isinstance(summary_b["bytes_sent"], int) and summary_b["bytes_sent"] > 0
     assert short_rule > 0
+    assert not any("Traceback" in line for line in a.seen + b.seen), b.seen
     # nothing that reached A for the moved connection was dropped: forwarded, and B got it
     assert endpoint_a["dropped_moved"] == 0
     assert endpoint_b["forwarded_received"] == endpoint_a["forwarded_moved"]
@@ -180,5 +181,6 @@ def test_aioquic_client_follows_its_connection_to_another_host_by_cid(tmp_path: 
     assert isinstance(endpoint_a, dict) and isinstance(endpoint_b, dict)
     assert endpoint_b["connections_accepted"] == 0, "no new handshake on B"
     assert isinstance(summary_b["bytes_sent"], int) and summary_b["bytes_sent"] > 0
+    assert not any("Traceback" in line for line in a.seen + b.seen), b.seen
     assert endpoint_a["dropped_moved"] == 0
     assert endpoint_b["forwarded_received"] == endpoint_a["forwarded_moved"]

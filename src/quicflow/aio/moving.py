@@ -104,10 +104,12 @@ async def move_connections(
                 continue
             old_cids = [e.cid for e in face.conn.host_cids]
             runner._forget(face.conn)  # released: it never sends here again
-            if via_cids:  # what still reaches us for it goes to the new host
+            sender.queue_snapshot(blob)
+            if via_cids:  # from now on (after its snapshot in the channel), what still
+                # reaches us for it goes to the new host
                 endpoint.moved.forward(old_cids, sender.forward,
                                        runner.loop.time() + forward_seconds)
-            await sender.snapshot(blob)
+            await sender.drain()
         result = await sender.finish({"guard": handover.guard.export().decode()},
                                      keep_open=via_cids)
     except BaseException:
@@ -194,6 +196,12 @@ async def accept_moves(
         guard.merge(str(session.header.get("guard", "{}")).encode())
         restored = refused = 0
         moved_cids: set[bytes] = set()  # what this sender may forward for
+
+        def on_forwarded(data: bytes, address: tuple[Any, ...]) -> None:
+            runner.receive_forwarded(data, address, moved_cids)
+
+        if via_cids:
+            session.on_forwarded = on_forwarded
         async for blob in session.snapshots():
             try:
                 one = restore_one(runner, blob, session.key, guard, handover.handler)
@@ -210,7 +218,7 @@ async def accept_moves(
                                   keep_open=via_cids)
         if via_cids:  # what still reaches the old host for them, until it stops
             async for data, address in session.forwarded():
-                runner.receive_forwarded(data, address, moved_cids)
+                on_forwarded(data, address)
 
     return await serve_receiver(host, port, context, on_session)
 

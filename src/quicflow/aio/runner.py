@@ -175,7 +175,9 @@ class EndpointRunner:
                 self.transport.send_batch(data, len(data), addr)
             if endpoint.forwarded:  # moved connections' datagrams: to their new host
                 for data, addr, target in endpoint.pop_forwarded():
-                    target(data, addr)
+                    if not target(data, addr):  # the channel is gone or too far behind
+                        endpoint.counters.forwarded_moved -= 1
+                        endpoint.counters.dropped_moved += 1
             # acknowledge (and send) after every round, so ACKs keep the peer's clock
             for conn in touched:
                 self._dispatch(conn)

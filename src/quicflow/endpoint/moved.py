@@ -25,8 +25,9 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-#: Where a moved connection's datagrams go: ``target(datagram, client_address)``.
-ForwardTarget = Callable[[bytes, tuple[Any, ...]], None]
+#: Where a moved connection's datagrams go: ``target(datagram, client_address)``, False
+#: when it could not take it (the caller counts it as dropped).
+ForwardTarget = Callable[[bytes, tuple[Any, ...]], bool]
 
 #: Longest time the CIDs of a handed-off connection are remembered (seconds).
 MAX_LIFETIME = 600.0

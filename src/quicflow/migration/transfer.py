@@ -10,12 +10,13 @@ the TLS handshake and is counted as refused. The exchange, after the handshake:
    (length-prefixed), an end mark and a trailer (JSON: e.g. the replay record);
 3. receiver -> sender: an acknowledgment (JSON, e.g. how many were restored).
 
-A move per connection behind a CID-routing balancer (``quicflow.aio.moving``) adds two
-steps: after the header the sender asks a question (JSON) and the receiver answers it
-(JSON: the CIDs it issues for the moved connections) before any snapshot; after the
-acknowledgment the channel stays open for a while and carries the datagrams that still
-reach the sender for the moved connections (each frame: address family, client address
-and port, the datagram), until an end mark.
+A move per connection behind a CID-routing balancer (``quicflow.aio.moving``) adds:
+after the header the sender asks a question (JSON) and the receiver answers it (JSON:
+the CIDs it issues for the moved connections) before any snapshot; the datagrams that
+still reach the sender for connections already sent (each: address family, client
+address and port, the datagram) travel between the snapshots (a frame after the
+``_FWD`` mark), and after the acknowledgment the channel stays open for a while for
+more of them (plain frames), until an end mark.
 
 This module moves bytes only; ``quicflow.aio.moving`` captures and restores.
 """
@@ -75,11 +76,10 @@ def _frame(data: bytes) -> bytes:
     return _LEN.pack(len(data)) + data
 
 
-#: Datagrams a sender holds for forwarding before the acknowledgment (then dropped).
-MAX_PENDING_FORWARDS = 4096
-#: Bytes of forwarded datagrams the sender may have unsent in the channel (then dropped:
-#: QUIC's loss recovery sends them again).
+#: Bytes the sender may have unsent in the channel when a datagram is to be forwarded
+#: (beyond, it is not forwarded: QUIC's loss recovery sends what it carried again).
 MAX_FORWARD_BUFFER = 4 << 20
+_FWD = 0xFFFFFFFE  # length value: a forwarded datagram's frame follows (between snapshots)
 MAX_DATAGRAM = 65535
 
 
@@ -116,9 +116,8 @@ class Sender:
                  key: bytes) -> None:
         self.reader, self.writer, self.key = reader, writer, key
         self.sent = 0
-        self.forwarding = False  # after a keep_open finish: forward() writes at once
+        self.forwarding = False  # after the trailer of a keep_open finish: plain frames
         self.closed = False
-        self._pending: list[bytes] = []  # forwarded before the acknowledgment
         self.forwarded = 0
         self.forward_dropped = 0
 
@@ -135,25 +134,20 @@ class Sender:
             raise TransferError("the receiver's answer is not a JSON object")
         return answer
 
-    def forward(self, data: bytes, address: tuple[Any, ...]) -> None:
-        """Pass a datagram that reached us for a moved connection on to the receiver
-        (held until the acknowledgment; bounded, dropped beyond: QUIC resends)."""
+    def forward(self, data: bytes, address: tuple[Any, ...]) -> bool:
+        """Pass a datagram that reached us for a connection already sent on to the
+        receiver, at once (between the snapshots, or after the acknowledgment); False
+        when the channel is closed or too far behind (bounded: QUIC resends)."""
         if self.closed or self.writer.is_closing():
             self.forward_dropped += 1
-            return
-        frame = encode_forwarded(data, address)
-        if not self.forwarding:
-            if len(self._pending) >= MAX_PENDING_FORWARDS:
-                self.forward_dropped += 1
-                return
-            self._pending.append(frame)
-            return
-        transport = self.writer.transport
-        if transport.get_write_buffer_size() > MAX_FORWARD_BUFFER:
+            return False
+        if self.writer.transport.get_write_buffer_size() > MAX_FORWARD_BUFFER:
             self.forward_dropped += 1
-            return
-        self.writer.write(frame)
+            return False
+        frame = encode_forwarded(data, address)
+        self.writer.write(frame if self.forwarding else _LEN.pack(_FWD) + frame)
         self.forwarded += 1
+        return True
 
     def close(self) -> None:
         """End forwarding (end mark) and close the channel."""
@@ -172,9 +166,16 @@ class Sender:
         await self.writer.drain()
 
     async def snapshot(self, blob: bytes) -> None:
-        self.writer.write(_frame(blob))
+        self.queue_snapshot(blob)
         await self.writer.drain()
+
+    def queue_snapshot(self, blob: bytes) -> None:
+        """Write a snapshot into the channel now (``drain`` to wait for it to leave)."""
+        self.writer.write(_frame(blob))
         self.sent += 1
+
+    async def drain(self) -> None:
+        await self.writer.drain()
 
     async def finish(self, trailer: dict[str, Any], *,
                      keep_open: bool = False) -> dict[str, Any]:
@@ -182,6 +183,9 @@ class Sender:
         ``keep_open`` the channel then forwards datagrams (``forward``) until ``close``."""
         try:
             self.writer.write(_LEN.pack(_END) + _frame(json.dumps(trailer).encode()))
+            # what is forwarded from now on follows the trailer: plain frames, read after
+            # the acknowledgment (Session.forwarded)
+            self.forwarding = keep_open
             await self.writer.drain()
             answer = await _read_frame(self.reader, MAX_JSON)
         except (OSError, asyncio.IncompleteReadError) as exc:
@@ -191,13 +195,7 @@ class Sender:
             self.close()
             raise TransferError("receiver sent no acknowledgment")
         result: dict[str, Any] = json.loads(answer)
-        if keep_open:
-            self.forwarding = True
-            pending, self._pending = self._pending, []
-            for frame in pending:
-                self.writer.write(frame)
-            self.forwarded += len(pending)
-        else:
+        if not keep_open:
             self.close()
         return result
 
@@ -225,15 +223,31 @@ class Session:
         self.reader, self.writer, self.key, self.header = reader, writer, key, header
         self.trailer: dict[str, Any] | None = None
         self.peer = writer.get_extra_info("peercert")
+        #: called with each datagram forwarded between the snapshots (``Sender.forward``
+        #: before the acknowledgment); None: such datagrams are refused
+        self.on_forwarded: Callable[[bytes, tuple[Any, ...]], None] | None = None
 
     async def snapshots(self) -> AsyncIterator[bytes]:
+        reader = self.reader
         while True:
-            blob = await _read_frame(self.reader, MAX_SNAPSHOT)
-            if blob is None:
-                raw = await _read_frame(self.reader, MAX_JSON)
+            (length,) = _LEN.unpack(await reader.readexactly(_LEN.size))
+            if length == _END:
+                raw = await _read_frame(reader, MAX_JSON)
                 self.trailer = json.loads(raw or b"{}")
                 return
-            yield blob
+            if length == _FWD:
+                frame = await _read_frame(reader, MAX_DATAGRAM + 32)
+                if frame is None or self.on_forwarded is None:
+                    raise TransferError("unexpected forwarded datagram")
+                try:
+                    data, address = decode_forwarded(frame)
+                except ValueError as exc:
+                    raise TransferError(str(exc)) from exc
+                self.on_forwarded(data, address)
+                continue
+            if length > MAX_SNAPSHOT:
+                raise TransferError(f"frame of {length} bytes is over the limit")
+            yield await reader.readexactly(length)
 
     async def question(self) -> Any:
         """The sender's question (``Sender.ask``), decoded JSON."""
@@ -275,6 +289,7 @@ class Receiver:
         self.refused = 0
         self.accepted = 0
         self.server: asyncio.Server | None = None
+        self._open: set[asyncio.StreamWriter] = set()
 
     @property
     def address(self) -> tuple[Any, ...]:
@@ -295,14 +310,23 @@ class Receiver:
             writer.close()
             return
         self.accepted += 1
+        self._open.add(writer)
         try:
             await self.handler(Session(reader, writer, key, header))
+        except asyncio.CancelledError:
+            # the server is shutting down with a session still open (a forwarding
+            # window): end quietly, asyncio would log a cancelled connection task
+            pass
         finally:
+            self._open.discard(writer)
             writer.close()
 
     def close(self) -> None:
+        """Stop accepting, and end the sessions still open (e.g. forwarding)."""
         if self.server is not None:
             self.server.close()
+        for writer in list(self._open):
+            writer.close()
 
 
 def _count_refused(receiver: Receiver) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]],
