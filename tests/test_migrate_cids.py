@@ -11,6 +11,8 @@ same stream with no new handshake.
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,11 +20,19 @@ import pytest
 from quicflow.endpoint.endpoint import Endpoint, default_server_generator
 from quicflow.endpoint.moved import MovedCids
 from quicflow.endpoint.quiclb import ServerIdLayout
+from quicflow.migration.transfer import (
+    Session,
+    client_context,
+    open_sender,
+    serve_receiver,
+    server_context,
+)
 from quicflow.tls.certs import generate_self_signed
 from quicflow.transport.config import Configuration
 from quicflow.transport.connection import Connection
 from quicflow.transport.snapshot import restore_connection, snapshot_connection
 from tests.support.memory_pair import CLIENT_ADDR, MemoryPair
+from tests.test_migrate_hosts import _pki
 
 _CERT = generate_self_signed(["localhost"])
 
@@ -158,3 +168,54 @@ def test_forwarded_datagrams_only_for_the_connections_moved_by_that_sender() -> 
     assert ep.receive_forwarded(datagram, CLIENT_ADDR, pair.now, allowed={cid}) is (
         pair.server_conns[0])
     assert ep.counters.forwarded_received == 2
+
+
+def test_transfer_channel_forwards_between_snapshots_and_after_the_trailer(
+        tmp_path: Path) -> None:
+    """Datagrams forwarded while the snapshots travel (marked frames), right after the
+    trailer (before the acknowledgment arrives) and after it all reach the receiver, in
+    order, with their client addresses (IPv4 and IPv6)."""
+    pki = _pki(tmp_path)
+
+    async def run() -> tuple[list[Any], list[bytes], list[bool]]:
+        got: list[Any] = []
+        blobs: list[bytes] = []
+        done = asyncio.Event()
+
+        async def handler(session: Session) -> None:
+            session.on_forwarded = lambda d, a: got.append(("between", d, a))
+            async for blob in session.snapshots():
+                blobs.append(blob)
+            await session.acknowledge({"restored": len(blobs)}, keep_open=True)
+            async for d, a in session.forwarded():
+                got.append(("after", d, a))
+            done.set()
+
+        receiver = await serve_receiver(
+            "127.0.0.1", 0, server_context(pki["b_cert"], pki["b_key"], pki["ca"]), handler)
+        host, port = receiver.address[0], receiver.address[1]
+        sender = await open_sender(host, port, client_context(pki["a_cert"], pki["a_key"],
+                                                               pki["ca"]), "localhost")
+        await sender.header({"format": "test"})
+        sender.queue_snapshot(b"snapshot-1")
+        taken = [sender.forward(b"d1", ("10.0.0.1", 1000))]
+        await sender.snapshot(b"snapshot-2")
+        taken.append(sender.forward(b"d2", ("::1", 2000, 0, 0)))
+        finish = asyncio.get_running_loop().create_task(sender.finish({}, keep_open=True))
+        await asyncio.sleep(0)  # the trailer is written; the acknowledgment not yet read
+        taken.append(sender.forward(b"d3", ("10.0.0.1", 1000)))
+        assert (await finish) == {"restored": 2}
+        taken.append(sender.forward(b"d4", ("10.0.0.2", 3000)))
+        sender.close()
+        taken.append(sender.forward(b"d5", ("10.0.0.2", 3000)))  # closed: refused
+        await asyncio.wait_for(done.wait(), 10)
+        receiver.close()
+        return got, blobs, taken
+
+    got, blobs, taken = asyncio.run(run())
+    assert blobs == [b"snapshot-1", b"snapshot-2"]
+    assert got == [("between", b"d1", ("10.0.0.1", 1000)),
+                   ("between", b"d2", ("::1", 2000, 0, 0)),
+                   ("after", b"d3", ("10.0.0.1", 1000)),
+                   ("after", b"d4", ("10.0.0.2", 3000))]
+    assert taken == [True, True, True, True, False]
