@@ -83,6 +83,16 @@ def cmd_perf_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _forward_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 600:
+        raise argparse.ArgumentTypeError("must be more than 0 and at most 600")
+    return value
+
+
 def add_migrate_parser(perf_sub: Any) -> None:
     p = perf_sub.add_parser(
         "migrate",
@@ -113,7 +123,7 @@ def add_migrate_parser(perf_sub: Any) -> None:
         "QUIC-LB balancer routes to the other host (docs/nftables-quic-lb.md)",
     )  # fmt: skip
     p.add_argument(
-        "--forward-seconds", type=float, default=10.0, metavar="S",
+        "--forward-seconds", type=_forward_seconds, default=10.0, metavar="S",
         help="with --mode cids: how long the old server forwards what still reaches it "
         "for the moved connections to the new one (default 10, at most 600)",
     )  # fmt: skip
