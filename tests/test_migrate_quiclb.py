@@ -33,7 +33,7 @@ from tests.test_migrate_hosts import _pki
 
 PORT = 4433
 CLIENTS = 4
-SIZE = 24 << 20
+SIZE = 32 << 20
 
 
 def start_hosts(net: LbNet, tmp_path: Path, pki: dict[str, str]) -> tuple[ServerProc, ...]:
@@ -139,7 +139,7 @@ def test_aioquic_client_follows_its_connection_to_another_host_by_cid(tmp_path: 
             "programs ip, nft and tc needed")
     require(importlib.util.find_spec("aioquic") is not None, "aioquic is not installed")
     pki = _pki(tmp_path)
-    size = 48 << 20
+    size = 64 << 20
     with lb_net() as net:
         net.load_ruleset(PORT, new_connections_to_host1=True)
         # ~100 Mbit/s towards the client: the download is mid-way at the move
