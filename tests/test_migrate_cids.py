@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from quicflow.crypto.stateless_reset import stateless_reset_token
 from quicflow.endpoint.endpoint import Endpoint, default_server_generator
 from quicflow.endpoint.moved import MovedCids
 from quicflow.endpoint.quiclb import ServerIdLayout
@@ -107,6 +108,11 @@ def test_moved_by_cid_the_client_switches_to_the_new_servers_cids() -> None:
     assert not client.terminated and not conn.terminated
     assert client.peer_cid[1] == 2, "the client switched to B's CIDs"
     assert {e.cid[1] for e in client.peer_cids} == {2}
+    # the reset tokens the client holds for them are B's own (B can honour them)
+    reset_key = b.configuration.reset_key
+    assert reset_key is not None
+    assert all(e.reset_token == stateless_reset_token(reset_key, e.cid)
+               for e in client.peer_cids)
     assert a.counters.forwarded_moved > 0
     assert b.counters.forwarded_received == a.counters.forwarded_moved
     assert a.counters.dropped_moved == 0 and a.counters.connections_accepted == 1
