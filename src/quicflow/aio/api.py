@@ -296,16 +296,24 @@ class QuicServer:
         }
 
     async def move_to(self, host: str, port: int, context: ssl.SSLContext, *,
-                      server_name: str | None = None, count: int | None = None) -> int:
+                      server_name: str | None = None, count: int | None = None,
+                      via_cids: bool = False, forward_seconds: float | None = None) -> int:
         """Move up to ``count`` (default all) connections to the server accepting moves at
-        ``host:port`` (mutually authenticated TLS, ``migration.transfer.client_context``);
-        the service address must follow them. Returns how many were restored there."""
-        from .moving import move_connections
+        ``host:port`` (mutually authenticated TLS, ``migration.transfer.client_context``).
+        Without ``via_cids`` the service address must follow them; with it the address
+        stays and a CID-routing balancer (QUIC-LB server IDs) takes each client to the
+        other server once it switches to that server's CIDs; what still reaches this
+        server for them is forwarded for ``forward_seconds`` (default 10). Returns how
+        many were restored there."""
+        from .moving import FORWARD_SECONDS, move_connections
 
         self._check_capturable()
 
-        return await move_connections(self.handover, host, port, context,
-                                      server_name=server_name, count=count)
+        return await move_connections(
+            self.handover, host, port, context, server_name=server_name, count=count,
+            via_cids=via_cids,
+            forward_seconds=FORWARD_SECONDS if forward_seconds is None else forward_seconds,
+        )
 
     async def accept_moves(self, host: str, port: int, context: ssl.SSLContext) -> Any:
         """Accept connections moved from another host (TLS requiring a client certificate

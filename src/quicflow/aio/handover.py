@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..migration.handoff import HandoffError, HandoffListener, Offer, Received
 from ..transport.codec import SnapshotError
+from ..transport.connection import Connection
 from ..transport.snapshot import SnapshotGuard, capture_sealed, restore_sealed
 from .connection import QuicConnection, StreamHandler
 from .streams import QuicStreamReader, QuicStreamWriter
@@ -74,9 +75,13 @@ class Handover:
         self.moves: set[asyncio.Task[None]] = set()
         self.moved_in = 0  # connections restored here from another host
 
-    async def capture_one(self, face: QuicConnection, key: bytes) -> bytes | None:
+    async def capture_one(
+        self, face: QuicConnection, key: bytes,
+        prepare: Callable[[Connection], None] | None = None,
+    ) -> bytes | None:
         """Capture and release one stopped connection, sealed with ``key``; None (and
-        counted in ``skipped``) when it cannot be captured (handshake, closing)."""
+        counted in ``skipped``) when it cannot be captured (handshake, closing).
+        ``prepare(conn)`` runs right before the capture, with nothing sent in between."""
         runner = self.runner
         conn = face.conn
         conn.pop_events()
@@ -86,6 +91,8 @@ class Handover:
                 state = self.capture(face)
                 if asyncio.iscoroutine(state):
                     state = await state
+            if prepare is not None:
+                prepare(conn)
             return capture_sealed(
                 conn, runner.loop.time(), key, json.dumps(state).encode(), guard=self.guard,
                 wall_time=time.time(), local_address=runner.transport.local_address,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import TYPE_CHECKING, Any
 
 from ..datapath.backends import RecvEntry
@@ -202,6 +202,11 @@ class EndpointRunner:
                 self.transport.send_batch(data, len(data), addr)
             if self.listeners:
                 self._note_homes(transport, touched)
+            if endpoint.forwarded:  # moved connections' datagrams: to their new host
+                for data, addr, target in endpoint.pop_forwarded():
+                    if not target(data, addr):  # the channel is gone or too far behind
+                        endpoint.counters.forwarded_moved -= 1
+                        endpoint.counters.dropped_moved += 1
             # acknowledge (and send) after every round, so ACKs keep the peer's clock
             for conn in touched:
                 self._dispatch(conn)
@@ -229,6 +234,16 @@ class EndpointRunner:
             prev = homes.get(conn)
             if prev is None or prev[1] != pn:
                 homes[conn] = (transport, pn)
+    def receive_forwarded(self, data: bytes, address: tuple[Any, ...],
+                          allowed: Container[bytes] | None = None) -> None:
+        """A datagram another host forwarded to us for a connection moved here (only
+        for the CIDs in ``allowed``, when given)."""
+        if self._closed:
+            return
+        conn = self.endpoint.receive_forwarded(data, address, self.loop.time(), allowed)
+        if conn is not None:
+            self._dispatch(conn)
+            self._send(conn)
 
     def _sort_strays(
         self, batch: list[RecvEntry], socket_peer: tuple[Any, ...]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, KeysView
+from collections.abc import Callable, Container, KeysView
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,7 @@ from ..wire.errors import WireError
 from ..wire.packet import INITIAL, build_version_negotiation, parse_header
 from .admission import Admission
 from .cids import CidGenerator, ConnectionIdSource, RandomCidGenerator
-from .moved import MovedCids
+from .moved import ForwardTarget, MovedCids
 from .quiclb import QuicLbConfig, ServerIdLayout
 from .registry import ConnectionRegistry
 from .reset import match_reset
@@ -81,6 +81,8 @@ class EndpointCounters:
     cid_collisions: int = 0  # a CID the registry refused (held by another connection)
     dropped_not_accepting: int = 0  # Initials for new connections while handing over
     dropped_moved: int = 0  # packets for a connection handed off (no stateless reset)
+    forwarded_moved: int = 0  # packets for a connection moved elsewhere, forwarded there
+    forwarded_received: int = 0  # packets another host forwarded to us (receive_forwarded)
     handshakes_failed: int = 0  # server connections that ended before their handshake did
 
     def dropped(self) -> int:
@@ -128,6 +130,8 @@ class Endpoint:
     #: called with each new connection and ``now`` before its first packet, to attach a
     #: qlog trace (``transport.qlog.start``); the I/O layer sets it (None: no qlog)
     qlog_factory: Callable[[Connection, float], None] | None = None
+    #: datagrams to forward to the host a connection moved to: (data, client, target)
+    forwarded: list[tuple[bytes, Address, ForwardTarget]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         length = self.configuration.connection_id_length
@@ -289,7 +293,13 @@ class Endpoint:
                 counters.datagrams_received += j - i
                 counters.segments_received += j - i
                 counters.lookups += 1
+                forwarded = len(self.forwarded)
                 conn = self._lookup(data, address, now)
+                if conn is None and len(self.forwarded) > forwarded:
+                    target = self.forwarded[-1][2]  # the rest of the run goes along
+                    for k in range(i + 1, j):
+                        counters.forwarded_moved += 1
+                        self.forwarded.append((datagrams[k][0], address, target))
                 if conn is not None:
                     run: list[tuple[int, int, bytes]] = []
                     pos = 0
@@ -377,7 +387,12 @@ class Endpoint:
             conn = registry.by_cid(cid)
             if conn is None:
                 if self.moved and self.moved.holds(cid, now):
-                    self.counters.dropped_moved += 1  # it went elsewhere: no reset
+                    target = self.moved.target(cid, now)
+                    if target is not None:  # moved per connection: forward it there
+                        self.counters.forwarded_moved += 1
+                        self.forwarded.append((bytes(data), address, target))
+                    else:
+                        self.counters.dropped_moved += 1  # it went elsewhere: no reset
                     return None
                 self.counters.dropped_unknown_cid += 1
                 if self.is_server:
@@ -452,6 +467,33 @@ class Endpoint:
         self.accepted.append(conn)
         self.counters.connections_accepted += 1
         return conn
+
+    def receive_forwarded(
+        self, data: bytes, address: Address, now: float, allowed: Container[bytes] | None = None
+    ) -> Connection | None:
+        """A short-header datagram that another host received from ``address`` for a
+        connection moved here (over an authenticated channel): delivered by CID, whether
+        or not the CID carries our server ID (the client used the old host's CIDs).
+        ``allowed``: the CIDs that sender may forward for (those of the connections it
+        moved here); others are dropped."""
+        counters = self.counters
+        counters.forwarded_received += 1
+        if not data or data[0] & 0x80:
+            counters.dropped_malformed += 1
+            return None
+        counters.lookups += 1
+        cid = bytes(data[1 : 1 + self.cid_length])
+        conn = self.registry.by_cid(cid) if allowed is None or cid in allowed else None
+        if conn is None or conn.terminated:
+            counters.dropped_unknown_cid += 1
+            return None
+        receive_datagram(conn, data, address, now, 0)
+        self._sync_cids(conn)
+        return conn
+
+    def pop_forwarded(self) -> list[tuple[bytes, Address, ForwardTarget]]:
+        out, self.forwarded = self.forwarded, []
+        return out
 
     # ------------------------------------------------------------------ send
 
@@ -530,6 +572,8 @@ class Endpoint:
             "dropped": c.dropped(),
             "dropped_not_ours": c.dropped_not_ours,
             "dropped_moved": c.dropped_moved,
+            "forwarded_moved": c.forwarded_moved,
+            "forwarded_received": c.forwarded_received,
             "cid_collisions": c.cid_collisions,
             "handshakes_failed": c.handshakes_failed,
             "connections": len(self.registry),

@@ -134,6 +134,9 @@ class Connection:
     peer_cid: bytes = b""
     peer_cid_seq: int = 0
     retire_pending: list[int] = field(default_factory=list)
+    #: the Retire Prior To of our NEW_CONNECTION_ID frames: our CIDs below this sequence
+    #: are retired by the peer and not replaced (see ``hand_over_cids``)
+    host_retire_prior_to: int = 0
     cid_changes: list[tuple[bool, bytes]] = field(default_factory=list)  # (added, cid)
     initial_scid: bytes = b""  # our first SCID
     peer_initial_scid: bytes | None = None
@@ -427,6 +430,32 @@ class Connection:
         if self.one_rtt_ready:
             self.engine.alias(entry.cid, self.host_cids[0].cid, opener=True)
         return entry
+
+    def hand_over_cids(self, cids: list[tuple[bytes, bytes]]) -> int:
+        """Give the peer ``cids`` (``(cid, stateless reset token)`` pairs, e.g. CIDs that
+        route to another host) in place of every CID issued so far: they are announced
+        in NEW_CONNECTION_ID frames whose Retire Prior To retires all the older ones
+        (RFC 9000 §5.1.2), and the older ones are not replaced when the peer retires
+        them. Returns that Retire Prior To (the first new sequence number). At most the
+        peer's ``active_connection_id_limit`` CIDs may be given (RFC 9000 §5.1.1)."""
+        limit = self.peer_params.active_connection_id_limit if self.peer_params else 2
+        if not cids:
+            raise ValueError("hand_over_cids needs at least one CID")
+        if len(cids) > limit:
+            raise ValueError(f"the peer accepts {limit} connection IDs, not {len(cids)}")
+        if any(len(cid) != self.local_cid_length or len(token) != 16 for cid, token in cids):
+            raise ValueError("a handed-over CID has the wrong length or a bad reset token")
+        first = self.next_host_cid_seq
+        for cid, token in cids:
+            entry = LocalCid(sequence=self.next_host_cid_seq, cid=bytes(cid),
+                             reset_token=bytes(token))
+            self.next_host_cid_seq += 1
+            self.host_cids.append(entry)
+            self.cid_changes.append((True, entry.cid))
+            if self.one_rtt_ready:
+                self.engine.alias(entry.cid, self.recv_key_cid(), opener=True)
+        self.host_retire_prior_to = first
+        return first
 
     def host_cid_list(self) -> list[bytes]:
         return [c.cid for c in self.host_cids if not c.retired]

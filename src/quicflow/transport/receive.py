@@ -718,8 +718,10 @@ def _on_retire_connection_id(conn: Connection, frame: Any, epoch: Epoch, now: fl
     for index, entry in enumerate(conn.host_cids):
         if entry.sequence != frame.sequence:
             continue
-        # issue a replacement first: the engine entry must survive the removal
-        conn.issue_host_cid()
+        # issue a replacement first: the engine entry must survive the removal (not for
+        # CIDs we asked the peer to retire: the handed-over ones replace them)
+        if entry.sequence >= conn.host_retire_prior_to:
+            conn.issue_host_cid()
         del conn.host_cids[index]
         conn.cid_changes.append((False, entry.cid))
         if conn.one_rtt_ready:

@@ -387,7 +387,8 @@ def _fill_control(
             if limit - len(payload) < 48:
                 break
             F.encode_frame(
-                F.NewConnectionId(sequence=entry.sequence, retire_prior_to=0, cid=entry.cid,
+                F.NewConnectionId(sequence=entry.sequence,
+                                  retire_prior_to=conn.host_retire_prior_to, cid=entry.cid,
                                   reset_token=entry.reset_token),
                 payload,
             )
