@@ -56,8 +56,10 @@ class Handover:
         *,
         handler: StreamHandler | None = None,
         restore: RestoreHook | None = None,
+        face_class: type[QuicConnection] = QuicConnection,
     ) -> None:
         self.runner = runner
+        self.face_class = face_class  # built for connections restored here
         self.capture = capture
         self.handler = handler  # for connections restored here later (cross-host moves)
         self.restore = restore
@@ -210,6 +212,7 @@ def restore_server(
     *,
     handler: StreamHandler | None,
     restore: RestoreHook | None,
+    face_class: type[QuicConnection] = QuicConnection,
 ) -> tuple[SnapshotGuard, int]:
     """Restore the snapshots of ``received`` into ``runner`` (synchronously, before the
     loop reads the socket); returns the replay record and how many were restored."""
@@ -222,7 +225,7 @@ def restore_server(
     hooks: list[tuple[QuicConnection, Any, StreamFaces]] = []
     by_cid = header.get("connection_sockets") or {}
     for sealed in received.snapshots():
-        one = restore_one(runner, sealed, received.key, guard, handler)
+        one = restore_one(runner, sealed, received.key, guard, handler, face_class)
         hooks.append(one)
         restored += 1
         index = by_cid.get(one[0].conn.recv_key_cid().hex())
@@ -245,7 +248,7 @@ def _attach(runner: EndpointRunner, face: QuicConnection, sock: Any) -> None:
 
 def restore_one(
     runner: EndpointRunner, sealed: bytes, key: bytes, guard: SnapshotGuard,
-    handler: StreamHandler | None,
+    handler: StreamHandler | None, face_class: type[QuicConnection] = QuicConnection,
 ) -> tuple[QuicConnection, Any, StreamFaces]:
     """Restore one sealed snapshot into ``runner`` (refused ones raise SnapshotError);
     returns the new face, the application's state and the open streams' faces."""
@@ -255,7 +258,7 @@ def restore_one(
         now=runner.loop.time(), configuration=endpoint.configuration,
     )
     endpoint.adopt(conn)
-    face = QuicConnection(runner, conn, stream_handler=handler)
+    face = face_class(runner, conn, stream_handler=handler)
     face.mark_connected()
     face.sync_send_buffer()  # its unacknowledged bytes count against this endpoint's budget
     runner.add_face(conn, face)

@@ -84,7 +84,8 @@ async def accept_moves(
         restored = refused = 0
         async for blob in session.snapshots():
             try:
-                one = restore_one(runner, blob, session.key, guard, handover.handler)
+                one = restore_one(runner, blob, session.key, guard, handover.handler,
+                                  handover.face_class)
             except SnapshotError:
                 refused += 1
                 continue
