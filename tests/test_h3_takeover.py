@@ -168,3 +168,178 @@ def test_h3_takeover_mid_download_aioquic_client(
     finally:
         old.kill()
         new.kill()
+
+
+def test_successor_without_resume_hook_cancels_requests_in_progress(tmp_path: Path) -> None:
+    """A response in progress that the application cannot continue (no resume_request)
+    is reset with H3_REQUEST_CANCELLED by the successor; the connection goes on and
+    answers the next request (one process holds both servers here)."""
+    stalled = asyncio.Event()
+
+    async def old_handler(stream: h3.H3Stream) -> None:
+        stream.send_headers([(":status", "200")])
+        await stream.write(b"x" * 1000)
+        stalled.set()
+        await asyncio.Event().wait()  # never finishes here
+
+    async def new_handler(stream: h3.H3Stream) -> None:
+        await stream.respond(200, [], b"from the successor")
+
+    async def go() -> tuple[int, int, bytes, bool]:
+        h3_server = replace(server_config(), alpn_protocols=["h3"])
+        path = str(tmp_path / "handoff.sock")
+        old = await h3.serve(old_handler, "127.0.0.1", 0, configuration=h3_server,
+                             migratable=True)
+        async with h3.connect("127.0.0.1", old.address[1],
+                              configuration=replace(client_config(), alpn_protocols=["h3"])
+                              ) as client:
+            first = client.face.conn
+            response = await client.get("/busy")
+            await stalled.wait()
+            handed = old.handoff(path)
+            new = await h3.serve(new_handler, "127.0.0.1", 0, configuration=h3_server,
+                                 takeover=path)
+            count = await handed
+            with pytest.raises(StreamResetError) as info:
+                await response.read()
+            after = await client.get("/next")
+            text = await after.read()
+            same = client.face.conn is first and not client.face.closed
+            accepted = new.stats()["endpoint"]["connections_accepted"]
+            new.close()
+            return count, info.value.error_code, text, same and accepted == 0
+
+    count, code, text, same = run(go(), timeout=30)
+    assert count == 1
+    assert code == H3_REQUEST_CANCELLED
+    assert text == b"from the successor"
+    assert same
+
+
+def test_capture_refuses_what_it_cannot_capture_whole() -> None:
+    """A connection with a QPACK dynamic table, and one whose peer sent encoder
+    instructions beyond capacity 0, are refused; a capturable one is captured and its
+    SETTINGS advertise no dynamic table."""
+
+    async def go() -> list[str]:
+        reasons: list[str] = []
+        for migratable in (False, True):
+            server = await h3.serve(lambda s: s.respond(200), "127.0.0.1", 0,
+                                    configuration=replace(server_config(),
+                                                          alpn_protocols=["h3"]),
+                                    migratable=migratable)
+            try:
+                async with h3.connect("127.0.0.1", server.address[1],
+                                      configuration=replace(client_config(),
+                                                            alpn_protocols=["h3"])) as c:
+                    settings = await c.settings()
+                    await (await c.get("/")).read()
+                    face = server.connections[0]
+                    conn: H3Connection = face.h3
+                    if not migratable:
+                        assert settings[0x01] == 4096  # QPACK_MAX_TABLE_CAPACITY
+                    else:
+                        assert settings[0x01] == 0 and settings[0x07] == 0
+                        assert capture_h3(conn)["format"] == 1
+                        conn.qpack_encoder_dirty = True  # as _read_uni sets it
+                    with pytest.raises(H3CaptureError) as info:
+                        capture_h3(conn)
+                    reasons.append(str(info.value))
+            finally:
+                server.close()
+        return reasons
+
+    reasons = run(go(), timeout=30)
+    assert "dynamic table" in reasons[0]
+    assert "beyond capacity 0" in reasons[1]
+
+
+def test_takeover_refused_for_a_face_that_cannot_be_captured(tmp_path: Path) -> None:
+    """serve(takeover=...) with a face class whose state is not captured refuses before
+    it touches the handoff socket."""
+    face = h3._face_class({})  # an HTTP/3 face without migratable
+
+    async def go() -> None:
+        with pytest.raises(ValueError, match="takeover is not available.*migratable=True"):
+            await quic_serve(None, "127.0.0.1", 0, configuration=server_config(),
+                             takeover=str(tmp_path / "nothing.sock"), face_class=face)
+
+    run(go(), timeout=10)
+
+
+def test_h3_connection_moves_to_another_server_mid_response(tmp_path: Path) -> None:
+    """``H3Server.move_to`` (issue 7 item 4a for HTTP/3): the response in progress
+    continues on server B after the route switches (a relay stands for the router);
+    same connection, body intact (one process holds A, B and the client)."""
+    from quicflow.migration.transfer import client_context, server_context
+    from quicflow.tls.certs import (
+        certificate_pem,
+        generate_ca,
+        issue_certificate,
+        private_key_pem,
+    )
+    from tests.support.relay import LossyUdpRelay
+
+    ca, ca_key = generate_ca("h3 move CA")
+    (tmp_path / "ca.pem").write_bytes(certificate_pem(ca))
+    files = {}
+    for name in ("a", "b"):
+        cert, key = issue_certificate(ca, ca_key, ["localhost", "127.0.0.1"],
+                                      client_auth=True)
+        (tmp_path / f"{name}.pem").write_bytes(certificate_pem(cert))
+        (tmp_path / f"{name}.key").write_bytes(private_key_pem(key))
+        files[name] = (str(tmp_path / f"{name}.pem"), str(tmp_path / f"{name}.key"))
+    ca_file = str(tmp_path / "ca.pem")
+    size, stall = 4 * MB, MB
+    from tests.support.h3_takeover_server import send_body
+
+    def capture_request(stream: h3.H3Stream) -> Any:
+        return {"size": size}
+
+    async def resume_request(stream: h3.H3Stream, state: Any) -> None:
+        await send_body(stream, int(state["size"]), None)
+
+    async def handler_a(stream: h3.H3Stream) -> None:
+        stream.send_headers([(":status", "200")])
+        await send_body(stream, size, stall)
+
+    async def go() -> tuple[int, str, bool]:
+        config = replace(server_config(), alpn_protocols=["h3"])
+        a = await h3.serve(handler_a, "127.0.0.1", 0, configuration=config,
+                           migratable=True, capture_request=capture_request)
+        b = await h3.serve(handler_a, "127.0.0.1", 0, configuration=config,
+                           migratable=True, resume_request=resume_request)
+        receiver = await b.server.accept_moves(  # type: ignore[union-attr]
+            "127.0.0.1", 0, server_context(*files["b"], ca_file))
+        relay = await LossyUdpRelay(("127.0.0.1", a.address[1])).start()
+        try:
+            async with h3.connect(relay.address[0], relay.address[1],
+                                  configuration=replace(client_config(),
+                                                        alpn_protocols=["h3"])) as c:
+                first = c.face.conn
+                response = await c.get("/bytes")
+                import hashlib
+
+                digest = hashlib.sha256()
+                got = 0
+                moved = 0
+                while chunk := await response.read(64 * 1024):
+                    digest.update(chunk)
+                    got += len(chunk)
+                    if not moved and got >= stall // 2:
+                        moved = await a.move_to(
+                            receiver.address[0], receiver.address[1],
+                            client_context(*files["a"], ca_file), server_name="localhost")
+                        relay.server_addr = ("127.0.0.1", b.address[1])
+                same = c.face.conn is first and not c.face.closed
+                return moved, digest.hexdigest(), same
+        finally:
+            await relay.close()
+            receiver.close()
+            a.close()
+            b.close()
+
+    moved, digest, same = run(go(), timeout=60)
+    assert moved == 1
+    assert digest == body_sha256(4 * MB)
+    assert same
