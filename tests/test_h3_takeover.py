@@ -51,9 +51,10 @@ def _lsqpack(require: Callable[[bool, str], None]) -> None:
 class H3ServerProc(ServerProc):
     """``tests/support/h3_takeover_server.py`` in a process (ServerProc's helpers)."""
 
-    def __init__(self, args: list[str], *, wait_for_go: bool = False) -> None:  # noqa: D107
+    def __init__(self, args: list[str], *, wait_for_go: bool = False,
+                 module: str = "tests.support.h3_takeover_server") -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-        cmd = [sys.executable, "-m", "tests.support.h3_takeover_server", *args]
+        cmd = [sys.executable, "-m", module, *args]
         if wait_for_go:
             cmd.append("--wait-go")
         self.proc = subprocess.Popen(
@@ -343,3 +344,70 @@ def test_h3_connection_moves_to_another_server_mid_response(tmp_path: Path) -> N
     assert moved == 1
     assert digest == body_sha256(4 * MB)
     assert same
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("grace", ["20", "0.01"])
+def test_quicflow_serve_asgi_handoff_and_requests_in_progress(
+    tmp_path: Path, require: Callable[[bool, str], None], grace: str
+) -> None:
+    """``quicflow serve APP --handoff PATH`` / ``--takeover PATH``. ASGI requests cannot
+    move (the application's coroutine holds their state): a response in progress when
+    the successor arrives finishes in the old process within --grace (20 s here), or,
+    with --grace 0.01, the successor resets it with H3_REQUEST_CANCELLED. Either way the
+    connection moves and its next request is answered by the successor."""
+    require(have_module("starlette"), "starlette not installed (make venv)")
+    from tests.support.starlette_app import body_of as starlette_body
+
+    cert, key = write_certificate(tmp_path)
+    path = str(tmp_path / "asgi.sock")
+    app = ["serve", "tests.support.starlette_app:app", "--cert", cert, "--key", key,
+           "--grace", grace]
+    old = H3ServerProc([*app, "--port", "0", "--handoff", path], module="quicflow")
+    new: H3ServerProc | None = None
+    try:
+        port = int(old.wait_line("serving ").split(":")[-1].split()[0])
+
+        async def client() -> tuple[bytes, int | None, bytes, int, bool, list[str]]:
+            nonlocal new
+            loop = asyncio.get_running_loop()
+            config = Configuration(alpn_protocols=["h3"], cafile=cert,
+                                   server_name="localhost")
+            async with h3.connect("127.0.0.1", port, configuration=config) as c:
+                first = c.face.conn
+                response = await c.get("/stream/400")  # 25 MiB: more than the windows hold
+                body = bytearray(await response.read(64 * 1024))
+                new = H3ServerProc([*app, "--takeover", path], module="quicflow")
+                # not reading meanwhile: flow control holds the response in progress
+                line = await loop.run_in_executor(None, old.wait_line, "successor connected")
+                assert "after 1 request(s) in progress" in line
+                reset = None
+                try:
+                    while chunk := await response.read(64 * 1024):
+                        body += chunk
+                except StreamResetError as exc:
+                    reset = exc.error_code
+                status, _ = await loop.run_in_executor(None, old.finish)
+                await loop.run_in_executor(None, new.wait_line, "serving ")
+                after = await c.get("/bytes/100000")
+                data = await after.read()
+                same = c.face.conn is first and not c.face.closed
+                return bytes(body), reset, data, status, same, old.seen
+
+        body, reset, data, status, same, old_lines = asyncio.run(client())
+        if grace == "20":
+            assert reset is None
+            assert body == b"".join(starlette_body(65536, seed=i) for i in range(400))
+        else:
+            assert reset == H3_REQUEST_CANCELLED and len(body) < 400 * 65536
+        assert data == starlette_body(100000)
+        assert status == 0 and same
+        assert "handed off 1 connection(s)" in old_lines
+        assert "lifespan shutdown" in old_lines
+        assert new is not None
+        new.proc.terminate()
+        assert new.proc.wait(timeout=30) == 0
+    finally:
+        old.kill()
+        if new is not None:
+            new.kill()

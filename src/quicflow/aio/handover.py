@@ -75,6 +75,9 @@ class Handover:
         self._task: asyncio.Task[None] | None = None
         self.moves: set[asyncio.Task[None]] = set()
         self.moved_in = 0  # connections restored here from another host
+        #: awaited before the connections are stopped for a handoff or a move (e.g. an
+        #: application letting requests it cannot resume elsewhere finish for a while)
+        self.before_stop: Callable[[], Awaitable[None]] | None = None
 
     async def capture_one(self, face: QuicConnection, key: bytes) -> bytes | None:
         """Capture and release one stopped connection, sealed with ``key``; None (and
@@ -160,6 +163,8 @@ class Handover:
             for f in runner.faces.values()
         ):
             await asyncio.sleep(0.01)
+        if self.before_stop is not None:
+            await self.before_stop()
         runner.pause()  # from here on datagrams wait in the kernel queue
         t0 = time.monotonic()
         faces = list(runner.faces.values())

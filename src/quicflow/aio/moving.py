@@ -48,6 +48,8 @@ async def move_connections(
     receiver at ``host:port``; returns how many the receiver restored."""
     runner = handover.runner
     sender = await open_sender(host, port, context, server_name)
+    if handover.before_stop is not None:
+        await handover.before_stop()
     faces = [f for f in runner.faces.values()
              if f.conn.handshake_confirmed and f.conn.state < CLOSING]
     if count is not None:

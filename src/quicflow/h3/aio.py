@@ -684,6 +684,7 @@ async def serve(
     migratable: bool = False,
     capture_request: RequestCapture | None = None,
     resume_request: RequestResume | None = None,
+    handoff_grace: float = 0.0,
     **kwargs: Any,
 ) -> H3Server:
     """Start an HTTP/3 server: ``await handler(request)`` runs for each request (an
@@ -700,8 +701,11 @@ async def serve(
     A request whose response is in progress continues in the successor when
     ``capture_request(stream)`` returns its JSON-able state and ``resume_request(stream,
     state)`` finishes it there (``stream.body_sent`` bytes were already written);
-    otherwise the successor resets that stream with H3_REQUEST_CANCELLED. Without
-    ``migratable`` a handoff or move raises ValueError."""
+    otherwise the successor resets that stream with H3_REQUEST_CANCELLED.
+    ``handoff_grace`` (seconds, 0: none) lets requests in progress finish, for up to that
+    long, before a handoff or move stops the connections (for applications that cannot
+    resume them, e.g. ASGI). Without ``migratable`` a handoff or move raises
+    ValueError."""
     if "capture" in kwargs or "restore" in kwargs:
         raise ValueError("HTTP/3 servers take capture_request/resume_request (per request)")
     migratable = migratable or kwargs.get("takeover") is not None
@@ -719,7 +723,12 @@ async def serve(
         None, host, port, configuration=_h3_configuration(configuration, enable_datagram),
         face_class=_face_class(options, handler), **kwargs,
     )
-    return H3Server(server)
+    h3_server = H3Server(server)
+    if migratable and handoff_grace > 0 and isinstance(server, QuicServer):
+        from .handoff import wait_for_requests
+
+        server.handover.before_stop = lambda: wait_for_requests(h3_server, handoff_grace)
+    return h3_server
 
 
 __all__ = [

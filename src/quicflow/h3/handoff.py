@@ -106,7 +106,7 @@ def restore_face(face: H3QuicConnection, state: Any,
             c is None or type(c) is int for c in codes
         ) or type(d.get("body_sent")) is not int:
             raise H3CaptureError("malformed HTTP/3 state: request stream flags")
-        stream._ended, stream._headers_sent, stream._fin_sent = flags
+        stream._ended, stream._headers_sent, stream._fin_sent = (bool(f) for f in flags)
         stream._reset_code, stream._stop_code = codes
         stream.body_sent = d["body_sent"]
         restored.append((stream, d.get("app")))
@@ -117,7 +117,7 @@ def restore_face(face: H3QuicConnection, state: Any,
     face.goaway_received = goaway
     if face.h3.peer_settings is not None and not face.settings_received.done():
         face.settings_received.set_result(dict(face.h3.peer_settings))
-    for stream, app in restored:
+    for stream, _ in restored:
         face.h3_streams[stream.stream_id] = stream
     for stream, app in restored:
         if not in_progress(stream):
@@ -130,6 +130,21 @@ def restore_face(face: H3QuicConnection, state: Any,
     for sid in list(face.conn.streams):
         face._dispatch(face.h3.handle_event(StreamReadable(sid)))
     face.flush()
+
+
+def requests_in_progress(server: Any) -> int:
+    """How many requests of ``server`` (an H3Server) have a response in progress."""
+    return sum(1 for face in server.connections if not face.closed
+               for stream in face.h3_streams.values() if in_progress(stream))
+
+
+async def wait_for_requests(server: Any, timeout: float) -> None:
+    """Wait (up to ``timeout`` seconds) until no request of ``server`` (an H3Server) has
+    a response in progress; new requests keep being served meanwhile."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline and requests_in_progress(server):
+        await asyncio.sleep(0.01)
 
 
 def hooks(capture_request: RequestCapture | None, resume_request: RequestResume | None
@@ -151,4 +166,4 @@ def hooks(capture_request: RequestCapture | None, resume_request: RequestResume 
 
 
 __all__ = ["RequestCapture", "RequestResume", "capture_face", "hooks", "in_progress",
-           "restore_face"]
+           "requests_in_progress", "restore_face", "wait_for_requests"]
