@@ -411,3 +411,30 @@ def test_quicflow_serve_asgi_handoff_and_requests_in_progress(
         old.kill()
         if new is not None:
             new.kill()
+
+
+def test_accept_moves_and_workers_refused_where_http3_state_cannot_go(
+    tmp_path: Path, require: Callable[[bool, str], None]
+) -> None:
+    """A non-migratable HTTP/3 server refuses to receive moved connections (it could not
+    restore their HTTP/3 state), and ``quicflow serve --workers N --handoff`` exits 2."""
+    require(have_module("starlette"), "starlette not installed (make venv)")
+
+    async def go() -> None:
+        server = await h3.serve(lambda s: s.respond(200), "127.0.0.1", 0,
+                                configuration=replace(server_config(), alpn_protocols=["h3"]))
+        try:
+            with pytest.raises(ValueError, match="migratable=True"):
+                await server.server.accept_moves(  # type: ignore[union-attr]
+                    "127.0.0.1", 0, None)  # type: ignore[arg-type]
+        finally:
+            server.close()
+
+    run(go(), timeout=10)
+    cert, key = write_certificate(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "quicflow", "serve", "tests.support.starlette_app:app",
+         "--cert", cert, "--key", key, "--workers", "2", "--handoff",
+         str(tmp_path / "h.sock")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--workers" in done.stderr and len(done.stderr.strip().splitlines()) == 1

@@ -309,9 +309,11 @@ class QuicServer:
     async def accept_moves(self, host: str, port: int, context: ssl.SSLContext) -> Any:
         """Accept connections moved from another host (TLS requiring a client certificate
         from the CA of ``context``, see ``migration.transfer.server_context``); returns
-        the ``Receiver`` (``address``, ``refused``, ``close()``)."""
+        the ``Receiver`` (``address``, ``refused``, ``close()``). ValueError, like
+        ``move_to``, when this server's ``face_class`` cannot restore connections."""
         from .moving import accept_moves
 
+        self._check_capturable()
         return await accept_moves(self.handover, host, port, context)
 
     def close(self) -> None:
