@@ -259,6 +259,8 @@ class H3QuicConnection(QuicConnection):
 
     h3_options: dict[str, Any] = {}
     request_handler: RequestHandler | None = None
+    #: HTTP/3 state is captured only through h3.serve(migratable=True)'s hooks
+    capture_refusal: str | None = "its HTTP/3 state is captured only by h3.serve(migratable=True)"
 
     def __init__(self, runner: EndpointRunner, conn: Connection, **kw: Any) -> None:
         super().__init__(runner, conn, **kw)
