@@ -256,18 +256,17 @@ class QuicServer:
         self.face_class = face_class
 
     def _check_capturable(self) -> None:
-        if self.face_class is not QuicConnection:
-            raise ValueError(
-                f"connections served through {self.face_class.__name__} cannot be handed "
-                "over or moved: only the default QuicConnection face is captured (HTTP/3's "
-                "QPACK state cannot be yet)"
-            )
+        reason = self.face_class.capture_refusal
+        if reason is not None:
+            raise ValueError(f"connections served through {self.face_class.__name__} "
+                             f"cannot be handed over or moved: {reason}")
 
     def handoff(self, path: str) -> asyncio.Future[int]:
         """Offer this server's connections to a successor (``serve(..., takeover=path)``)
         on a unix socket at ``path``; the future resolves with how many were handed over
         (the server is stopped then: its socket and connections belong to the successor).
-        Raises ValueError for a server with another ``face_class`` (e.g. HTTP/3)."""
+        Raises ValueError for a server whose ``face_class`` cannot be captured (its
+        ``capture_refusal``, e.g. HTTP/3 not served with ``migratable=True``)."""
         self._check_capturable()
         self.handover.offer(path)
         return self.handover.handed_off
@@ -318,9 +317,11 @@ class QuicServer:
     async def accept_moves(self, host: str, port: int, context: ssl.SSLContext) -> Any:
         """Accept connections moved from another host (TLS requiring a client certificate
         from the CA of ``context``, see ``migration.transfer.server_context``); returns
-        the ``Receiver`` (``address``, ``refused``, ``close()``)."""
+        the ``Receiver`` (``address``, ``refused``, ``close()``). ValueError, like
+        ``move_to``, when this server's ``face_class`` cannot restore connections."""
         from .moving import accept_moves
 
+        self._check_capturable()
         return await accept_moves(self.handover, host, port, context)
 
     def close(self) -> None:
@@ -417,8 +418,9 @@ async def serve(
     socket and connections of the server offering a handoff at ``path`` (``host`` and
     ``port`` are then unused). The successor must issue CIDs the same way (the same
     ``cid_generator``/``cid_plan``: restored connections keep their CIDs). Handoff is
-    not available with ``workers`` yet, nor ``takeover`` with another ``face_class``
-    (ValueError).
+    not available with ``workers`` yet, nor ``takeover`` with a ``face_class`` whose
+    ``capture_refusal`` is set (ValueError); restored connections get ``face_class``
+    faces (its own state travels through ``capture``/``restore``).
     """
     config = replace(configuration)
     config.validate()
@@ -430,10 +432,10 @@ async def serve(
         raise ValueError("connection_sockets must be >= 0")
     if cid_plan is not None and cid_generator is not None:
         raise ValueError("give serve() a cid_plan or a cid_generator, not both")
-    if takeover is not None and face_class is not QuicConnection:
-        # restored connections get plain faces; a subclass's own state (e.g. HTTP/3's
-        # QPACK tables) is not captured
-        raise ValueError("takeover is only available with the default face_class")
+    if takeover is not None and face_class.capture_refusal is not None:
+        # a subclass's own state (e.g. HTTP/3's QPACK tables) could not be restored
+        raise ValueError(f"takeover is not available with {face_class.__name__}: "
+                         f"{face_class.capture_refusal}")
     if workers is not None:
         if config.preferred_address is not None or config.preferred_address_v6 is not None:
             raise ValueError("a preferred address is not supported with workers yet")
@@ -486,10 +488,12 @@ async def serve(
     guard = None
     if received is not None:
         try:
-            guard, count = restore_server(runner, received, handler=handler, restore=restore)
+            guard, count = restore_server(runner, received, handler=handler, restore=restore,
+                                          face_class=face_class)
         finally:
             received.acknowledge({"restored": count if guard is not None else 0})
     return QuicServer(
-        runner, Handover(runner, capture, guard, handler=handler, restore=restore),
+        runner, Handover(runner, capture, guard, handler=handler, restore=restore,
+                         face_class=face_class),
         face_class,
     )

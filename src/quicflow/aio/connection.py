@@ -56,6 +56,9 @@ class QuicConnection:
         "app_state", "send_limit", "send_gate", "_send_accounted", "_migration",
         "__weakref__",
     )
+    #: why connections of this face class cannot be handed over or moved (None: they
+    #: can); a subclass with state of its own sets it unless its capture hooks cover it
+    capture_refusal: str | None = None
 
     def __init__(
         self,

@@ -57,8 +57,10 @@ class Handover:
         *,
         handler: StreamHandler | None = None,
         restore: RestoreHook | None = None,
+        face_class: type[QuicConnection] = QuicConnection,
     ) -> None:
         self.runner = runner
+        self.face_class = face_class  # built for connections restored here
         self.capture = capture
         self.handler = handler  # for connections restored here later (cross-host moves)
         self.restore = restore
@@ -74,6 +76,9 @@ class Handover:
         self._task: asyncio.Task[None] | None = None
         self.moves: set[asyncio.Task[None]] = set()
         self.moved_in = 0  # connections restored here from another host
+        #: awaited before the connections are stopped for a handoff or a move (e.g. an
+        #: application letting requests it cannot resume elsewhere finish for a while)
+        self.before_stop: Callable[[], Awaitable[None]] | None = None
 
     async def capture_one(
         self, face: QuicConnection, key: bytes,
@@ -165,6 +170,8 @@ class Handover:
             for f in runner.faces.values()
         ):
             await asyncio.sleep(0.01)
+        if self.before_stop is not None:
+            await self.before_stop()
         runner.pause()  # from here on datagrams wait in the kernel queue
         t0 = time.monotonic()
         faces = list(runner.faces.values())
@@ -217,6 +224,7 @@ def restore_server(
     *,
     handler: StreamHandler | None,
     restore: RestoreHook | None,
+    face_class: type[QuicConnection] = QuicConnection,
 ) -> tuple[SnapshotGuard, int]:
     """Restore the snapshots of ``received`` into ``runner`` (synchronously, before the
     loop reads the socket); returns the replay record and how many were restored."""
@@ -229,7 +237,7 @@ def restore_server(
     hooks: list[tuple[QuicConnection, Any, StreamFaces]] = []
     by_cid = header.get("connection_sockets") or {}
     for sealed in received.snapshots():
-        one = restore_one(runner, sealed, received.key, guard, handler)
+        one = restore_one(runner, sealed, received.key, guard, handler, face_class)
         hooks.append(one)
         restored += 1
         index = by_cid.get(one[0].conn.recv_key_cid().hex())
@@ -252,7 +260,7 @@ def _attach(runner: EndpointRunner, face: QuicConnection, sock: Any) -> None:
 
 def restore_one(
     runner: EndpointRunner, sealed: bytes, key: bytes, guard: SnapshotGuard,
-    handler: StreamHandler | None,
+    handler: StreamHandler | None, face_class: type[QuicConnection] = QuicConnection,
 ) -> tuple[QuicConnection, Any, StreamFaces]:
     """Restore one sealed snapshot into ``runner`` (refused ones raise SnapshotError);
     returns the new face, the application's state and the open streams' faces."""
@@ -262,7 +270,7 @@ def restore_one(
         now=runner.loop.time(), configuration=endpoint.configuration,
     )
     endpoint.adopt(conn)
-    face = QuicConnection(runner, conn, stream_handler=handler)
+    face = face_class(runner, conn, stream_handler=handler)
     face.mark_connected()
     face.sync_send_buffer()  # its unacknowledged bytes count against this endpoint's budget
     runner.add_face(conn, face)

@@ -70,6 +70,8 @@ async def move_connections(
     the address stays and the clients switch to CIDs of the receiver (see above)."""
     runner = handover.runner
     sender = await open_sender(host, port, context, server_name)
+    if handover.before_stop is not None:
+        await handover.before_stop()
     faces = [f for f in runner.faces.values()
              if f.conn.handshake_confirmed and f.conn.state < CLOSING]
     if count is not None:
@@ -204,7 +206,8 @@ async def accept_moves(
             session.on_forwarded = on_forwarded
         async for blob in session.snapshots():
             try:
-                one = restore_one(runner, blob, session.key, guard, handover.handler)
+                one = restore_one(runner, blob, session.key, guard, handover.handler,
+                                  handover.face_class)
             except SnapshotError:
                 refused += 1
                 continue
