@@ -424,6 +424,24 @@ def test_key_context_mask_and_hkdf_match_python(suite: CipherSuite) -> None:
     assert eng.key_state(b"c", opener=True).next.secret == nxt
 
 
+@pytest.mark.parametrize("suite", SUITES)
+def test_shared_contexts_rekey_between_key_contexts(suite: CipherSuite) -> None:
+    """The EVP contexts are shared per suite and re-keyed when another KeyContext uses
+    them: masks interleaved over many keys, with KeyContexts freed and new ones made
+    (often at the freed address), all equal Python's."""
+    ext = native._ext
+    live: list[tuple[Any, Any]] = []
+    for round_ in range(60):
+        keys = derive_packet_keys(suite, os.urandom(suite_hash_len(suite)))
+        live.append((ext.KeyContext(int(suite), keys.key, keys.iv, keys.hp_key),
+                     make_header_protection(suite, keys.hp_key)))
+        if round_ % 3 == 2:
+            del live[round_ % len(live)]  # frees a context that may own a shared one
+        for ctx, hp in live[-5:] + live[:2]:
+            sample = os.urandom(16)
+            assert ctx.mask(sample) == hp.mask(sample)
+
+
 def test_best_engine_and_override(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(native.ENGINE_ENV, raising=False)
     expected = NativeOffloadEngine if native.available() else SoftwareOffloadEngine
