@@ -425,19 +425,20 @@ def test_key_context_mask_and_hkdf_match_python(suite: CipherSuite) -> None:
 
 
 @pytest.mark.parametrize("suite", SUITES)
-def test_shared_contexts_rekey_between_key_contexts(suite: CipherSuite) -> None:
-    """The EVP contexts are shared per suite and re-keyed when another KeyContext uses
-    them: masks interleaved over many keys, with KeyContexts freed and new ones made
-    (often at the freed address), all equal Python's."""
+def test_pooled_contexts_handed_over_between_key_contexts(suite: CipherSuite) -> None:
+    """EVP contexts come from a pool per suite and role (512 each): more KeyContexts than
+    that in use take entries over from one another and re-key them, freed KeyContexts
+    return theirs; every mask, interleaved over all keys, equals Python's."""
     ext = native._ext
     live: list[tuple[Any, Any]] = []
-    for round_ in range(60):
+    for round_ in range(700):
         keys = derive_packet_keys(suite, os.urandom(suite_hash_len(suite)))
         live.append((ext.KeyContext(int(suite), keys.key, keys.iv, keys.hp_key),
                      make_header_protection(suite, keys.hp_key)))
-        if round_ % 3 == 2:
-            del live[round_ % len(live)]  # frees a context that may own a shared one
-        for ctx, hp in live[-5:] + live[:2]:
+        if round_ % 7 == 6:
+            del live[(round_ * 31) % len(live)]  # returns its pool entry
+    for _ in range(2):
+        for ctx, hp in live:
             sample = os.urandom(16)
             assert ctx.mask(sample) == hp.mask(sample)
 

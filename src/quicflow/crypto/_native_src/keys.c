@@ -75,16 +75,18 @@ hkdf_expand_label_raw(const EVP_MD *md, const unsigned char *secret, int secret_
 /* ---------------------------------------------------------------------------------- */
 /* KeyContext                                                                         */
 
-SharedCtx kc_shared[KC_SUITES][KC_ROLES];
+CtxPool kc_pools[KC_SUITES][KC_ROLES];
 
 static void
 kc_dealloc(KeyContext *self)
 {
     int which;
     for (which = 0; which < KC_ROLES; which++) {
-        SharedCtx *s = &kc_shared[self->slot][which];
-        if (s->owner == self) { /* the key stays in the context until the next re-key */
-            s->owner = NULL;
+        int i = self->slot[which];
+        if (i >= 0) { /* the entry goes back; its context is re-keyed by the next taker */
+            CtxPool *pool = &kc_pools[self->suite_index][which];
+            pool->entries[i].owner = NULL;
+            pool->free[pool->free_count++] = i;
         }
     }
     OPENSSL_cleanse(self->key, sizeof(self->key));
@@ -114,7 +116,8 @@ kc_create(long suite, const unsigned char *key, const unsigned char *iv, PyObjec
     self->suite = suite;
     self->chacha = info.chacha;
     self->key_len = info.key_len;
-    self->slot = suite == SUITE_AES128 ? 0 : suite == SUITE_AES256 ? 1 : 2;
+    self->suite_index = suite == SUITE_AES128 ? 0 : suite == SUITE_AES256 ? 1 : 2;
+    self->slot[0] = self->slot[1] = self->slot[2] = self->slot[3] = -1;
     memcpy(self->iv, iv, IV_LEN);
     Py_INCREF(hp_key);
     self->hp_key = hp_key;
@@ -126,17 +129,28 @@ kc_create(long suite, const unsigned char *key, const unsigned char *iv, PyObjec
 }
 
 EVP_CIPHER_CTX *
-kc_rekey(KeyContext *kc, int which)
+kc_acquire(KeyContext *kc, int which)
 {
     static const unsigned char zero16[16] = {0};
-    SharedCtx *s = &kc_shared[kc->slot][which];
+    CtxPool *pool = &kc_pools[kc->suite_index][which];
     const unsigned char *key = which == KC_ENC || which == KC_DEC ? kc->key : kc->hp_raw;
     const unsigned char *iv = which >= KC_HP && kc->chacha ? zero16 : NULL;
     const EVP_CIPHER *cipher = NULL;
-    int ok;
+    PoolEntry *entry;
+    int i, ok;
 
-    s->owner = NULL;
-    if (s->ctx == NULL) { /* first use in this process: the cipher, then the key */
+    if (pool->free_count > 0) {
+        i = pool->free[--pool->free_count];
+    } else if (pool->used < KC_POOL) {
+        i = pool->used;
+    } else { /* full: hand over the entry taken longest ago */
+        i = pool->hand;
+        pool->hand = (pool->hand + 1) % KC_POOL;
+        pool->entries[i].owner->slot[which] = -1;
+        pool->entries[i].owner = NULL;
+    }
+    entry = &pool->entries[i];
+    if (entry->ctx == NULL) { /* a new entry: the cipher, then the key */
         switch (kc->suite) {
         case SUITE_AES128:
             cipher = which >= KC_HP ? EVP_aes_128_ecb() : EVP_aes_128_gcm();
@@ -148,28 +162,35 @@ kc_rekey(KeyContext *kc, int which)
             cipher = which >= KC_HP ? EVP_chacha20() : EVP_chacha20_poly1305();
             break;
         }
-        s->ctx = EVP_CIPHER_CTX_new();
-        if (s->ctx == NULL) {
+        entry->ctx = EVP_CIPHER_CTX_new();
+        if (entry->ctx == NULL) {
             return NULL;
+        }
+        if (i == pool->used) {
+            pool->used++;
         }
     }
     if (which == KC_DEC) {
-        ok = EVP_DecryptInit_ex(s->ctx, cipher, NULL, key, NULL) == 1;
+        ok = EVP_DecryptInit_ex(entry->ctx, cipher, NULL, key, NULL) == 1;
     } else {
-        ok = EVP_EncryptInit_ex(s->ctx, cipher, NULL, key, iv) == 1;
+        ok = EVP_EncryptInit_ex(entry->ctx, cipher, NULL, key, iv) == 1;
     }
     if (ok && cipher != NULL && which >= KC_HP && !kc->chacha) {
-        ok = EVP_CIPHER_CTX_set_padding(s->ctx, 0) == 1;
+        ok = EVP_CIPHER_CTX_set_padding(entry->ctx, 0) == 1;
     }
-    if (!ok) {
-        if (cipher != NULL) { /* never keyed: build it again next time */
-            EVP_CIPHER_CTX_free(s->ctx);
-            s->ctx = NULL;
+    if (!ok) { /* the entry stays free; a never-keyed context is built again next time */
+        if (cipher != NULL) {
+            EVP_CIPHER_CTX_free(entry->ctx);
+            entry->ctx = NULL;
+        }
+        if (i < pool->used) {
+            pool->free[pool->free_count++] = i;
         }
         return NULL;
     }
-    s->owner = kc;
-    return s->ctx;
+    entry->owner = kc;
+    kc->slot[which] = i;
+    return entry->ctx;
 }
 
 int

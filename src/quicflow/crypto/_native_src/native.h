@@ -98,7 +98,8 @@ typedef struct {
     long suite;
     int chacha;
     int key_len;
-    int slot; /* index of the suite in kc_shared */
+    int suite_index;     /* 0..KC_SUITES-1: which pool of contexts */
+    int slot[4];         /* per role (KC_ROLES): index of the pool entry it holds, or -1 */
     unsigned char key[MAX_KEY_LEN];
     unsigned char hp_raw[MAX_KEY_LEN];
     unsigned char iv[IV_LEN];
@@ -122,30 +123,43 @@ KeyContext *kc_create(long suite, const unsigned char *key, const unsigned char 
 #define KC_ROLES 4
 #define KC_SUITES 3
 
-/* The EVP contexts are not per KeyContext (about 0.6-1 KB each, four per idle
- * connection) but one per suite and role for the whole process, holding the key of the
- * KeyContext that used it last (``owner``): a run of packets of one connection keys it
- * once. kc_dealloc clears ``owner`` when it points at the freed KeyContext. The GIL
- * serialises every use. */
+/* The EVP contexts (about 0.6-1 KB of OpenSSL memory each) do not belong to a
+ * KeyContext for its life, which kept four with every idle connection: each suite and
+ * role has a pool of at most KC_POOL contexts for the process. A KeyContext takes an
+ * entry on first use and keeps it (no re-keying while it holds it); when the pool is
+ * full the entry taken longest ago is handed over (FIFO) and re-keyed, and its former
+ * holder takes another when it next needs one. So the connections in use keep their
+ * contexts while idle ones hold none. kc_dealloc returns its entries. The GIL serialises
+ * every use. */
+#define KC_POOL 512
+
 typedef struct {
     EVP_CIPHER_CTX *ctx;
-    const KeyContext *owner;
-} SharedCtx;
+    KeyContext *owner; /* NULL: free (ctx kept for the next taker) */
+} PoolEntry;
 
-extern SharedCtx kc_shared[KC_SUITES][KC_ROLES];
+typedef struct {
+    PoolEntry entries[KC_POOL];
+    int used;          /* entries[0:used] have been created */
+    int hand;          /* next entry to hand over when full */
+    int free_count;
+    int free[KC_POOL]; /* entries returned by kc_dealloc */
+} CtxPool;
 
-/* Key the shared context ``which`` with kc's key (creating it on first use); the
- * context, or NULL with the reason left in OpenSSL's error queue (no Python exception). */
-EVP_CIPHER_CTX *kc_rekey(KeyContext *kc, int which);
+extern CtxPool kc_pools[KC_SUITES][KC_ROLES];
+
+/* Take a pool entry for role ``which`` and key it with kc's key; the context, or NULL
+ * with the reason left in OpenSSL's error queue (no Python exception). */
+EVP_CIPHER_CTX *kc_acquire(KeyContext *kc, int which);
 
 static inline EVP_CIPHER_CTX *
 kc_ctx(KeyContext *kc, int which)
 {
-    SharedCtx *s = &kc_shared[kc->slot][which];
-    if (s->owner == kc) {
-        return s->ctx;
+    int i = kc->slot[which];
+    if (i >= 0) {
+        return kc_pools[kc->suite_index][which].entries[i].ctx;
     }
-    return kc_rekey(kc, which);
+    return kc_acquire(kc, which);
 }
 
 /* The 5-byte header-protection mask for a 16-byte sample (which: KC_HP or KC_HP_OPEN). */
