@@ -205,6 +205,26 @@ def _check_int(pid: int, value: int) -> None:
         raise TransportParameterError("initial_max_streams above 2^60")
 
 
+def peek_version_information(data: bytes) -> list[int] | None:
+    """The version_information of encoded parameters, without decoding the others;
+    None when absent or malformed (the full decode reports errors)."""
+    n = len(data)
+    pos = 0
+    try:
+        while pos < n:
+            pid, pos = decode_varint(data, pos)
+            length, pos = decode_varint(data, pos)
+            end = pos + length
+            if pid == VERSION_INFORMATION:
+                if end > n or length < 4 or length % 4:
+                    return None
+                return [int.from_bytes(data[i : i + 4], "big") for i in range(pos, end, 4)]
+            pos = end
+    except WireError:
+        return None
+    return None
+
+
 def decode_transport_parameters(
     data: bytes | bytearray | memoryview, *, from_server: bool
 ) -> TransportParameters:
