@@ -159,6 +159,21 @@ def _push_param(out: bytearray, pid: int, value: bytes) -> None:
     out += value
 
 
+#: the integer parameters' encoding by their values (a server's are the same for every
+#: connection of a configuration)
+_INT_ENCODED: dict[tuple[int, ...], bytes] = {}
+
+
+def _encode_ints(values: tuple[int, ...]) -> bytes:
+    out = bytearray()
+    for (pid, _, default), value in zip(_INT_PARAMS, values, strict=True):
+        if value != default:
+            encoded = bytearray()
+            push_varint(encoded, value)
+            _push_param(out, pid, bytes(encoded))
+    return bytes(out)
+
+
 def encode_transport_parameters(tp: TransportParameters) -> bytes:
     """Encode ``tp``; parameters at their default value (or ``None``) are omitted."""
     out = bytearray()
@@ -172,12 +187,14 @@ def encode_transport_parameters(tp: TransportParameters) -> bytes:
         if len(tp.stateless_reset_token) != 16:
             raise ValueError("stateless_reset_token must be 16 bytes")
         _push_param(out, STATELESS_RESET_TOKEN, tp.stateless_reset_token)
-    for pid, name, default in _INT_PARAMS:
-        value = getattr(tp, name)
-        if value != default:
-            encoded = bytearray()
-            push_varint(encoded, value)
-            _push_param(out, pid, bytes(encoded))
+    values = tuple([getattr(tp, name) for _, name, _ in _INT_PARAMS])
+    ints = _INT_ENCODED.get(values)
+    if ints is None:  # the integers are one configuration's: encoded once per process
+        ints = _encode_ints(values)
+        if len(_INT_ENCODED) >= 32:
+            _INT_ENCODED.clear()
+        _INT_ENCODED[values] = ints
+    out += ints
     if tp.disable_active_migration:
         _push_param(out, DISABLE_ACTIVE_MIGRATION, b"")
     if tp.preferred_address is not None:
