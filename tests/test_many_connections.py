@@ -9,6 +9,7 @@ a connection's data back until a burst's worth of budget has built up.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -208,3 +209,34 @@ def test_connections_share_one_loop_timer_and_idle_timeouts_still_fire() -> None
             server.close()
 
     run(main(), 60)
+
+
+def test_connections_waiting_for_a_full_socket_take_turns() -> None:
+    """When the socket buffer fills while waiting connections resume, the one that filled
+    it waits behind those that had no turn yet (before, the first to block was served
+    first at every writable event and could keep the buffer to itself)."""
+
+    async def main() -> None:
+        server = await quicflow.serve(
+            echo_proto.serve_stream, "127.0.0.1", 0, configuration=server_config()
+        )
+        runner = server.runner
+        try:
+            conns = [object() for _ in range(4)]
+            fd = runner.transport.fileno()
+            served: list[object] = []
+
+            def send(conn: Any) -> None:  # the second one to send fills the buffer
+                served.append(conn)
+                if len(served) == 2:
+                    runner._waiting[fd] = (runner.transport, {conn: None})
+
+            runner._send = send  # type: ignore[method-assign]
+            runner._resume(fd, conns)  # type: ignore[arg-type]
+            assert served == conns[:2]
+            assert list(runner._waiting[fd][1]) == [conns[2], conns[3], conns[1]]
+            runner._waiting.clear()
+        finally:
+            server.close()
+
+    run(main(), 30)
