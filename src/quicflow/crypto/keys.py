@@ -145,7 +145,8 @@ class PacketProtector:
         """The 5-byte header-protection mask for a 16-byte sample."""
         if len(sample) != SAMPLE_LEN:
             raise ValueError("header protection sample must be 16 bytes")
-        return self._hp.mask(sample)
+        mask: bytes = self._hp.mask(sample)
+        return mask
 
     def seal(self, header: bytes, payload: bytes, pn: int) -> bytes:
         """Encrypt ``payload`` with ``header`` as associated data, then mask the header.
