@@ -22,7 +22,10 @@ until closed. Printed (one JSON object on stdout, progress on stderr):
 ``--client endpoint`` opens the measured connections on one shared client endpoint
 (``quicflow.client_endpoint``); ``connect`` gives each its own socket (``quicflow.connect``).
 ``--profile FILE`` runs the quicflow server under cProfile and writes the stats to FILE
-(read it with ``python -m pstats FILE``).
+(read it with ``python -m pstats FILE``). ``--tracemalloc PREFIX`` (with ``--idle K``)
+traces the quicflow server's allocations: snapshots PREFIX.1 and PREFIX.2 before and
+after the idle connections, and the bytes per idle connection by allocating line (and
+its caller) on stderr and in the JSON (``top_lines_per_idle_connection``).
 """
 
 from __future__ import annotations
