@@ -22,7 +22,10 @@ until closed. Printed (one JSON object on stdout, progress on stderr):
 ``--client endpoint`` opens the measured connections on one shared client endpoint
 (``quicflow.client_endpoint``); ``connect`` gives each its own socket (``quicflow.connect``).
 ``--profile FILE`` runs the quicflow server under cProfile and writes the stats to FILE
-(read it with ``python -m pstats FILE``).
+(read it with ``python -m pstats FILE``). ``--tracemalloc PREFIX`` (with ``--idle K``)
+traces the quicflow server's allocations: snapshots PREFIX.1 and PREFIX.2 before and
+after the idle connections, and the bytes per idle connection by allocating line (and
+its caller) on stderr and in the JSON (``top_lines_per_idle_connection``).
 """
 
 from __future__ import annotations
@@ -95,6 +98,22 @@ async def _serve(args: argparse.Namespace) -> None:
         writer.write_eof()
 
     server = await quicflow.serve(handler, "127.0.0.1", args.port, configuration=config)
+    loop = asyncio.get_running_loop()
+    import signal
+
+    if args.tracemalloc:
+        import tracemalloc
+
+        tracemalloc.start(2)  # a line and its caller
+        dumped = [0]
+
+        def dump() -> None:  # SIGUSR1 from the client: write a snapshot, then say so
+            dumped[0] += 1
+            tracemalloc.take_snapshot().dump(f"{args.tracemalloc}.tmp")
+            os.rename(f"{args.tracemalloc}.tmp", f"{args.tracemalloc}.{dumped[0]}")
+            print(f"snapshot {dumped[0]}", file=sys.stderr, flush=True)
+
+        loop.add_signal_handler(signal.SIGUSR1, dump)
     if args.gc == "off":
         import gc
 
@@ -105,9 +124,6 @@ async def _serve(args: argparse.Namespace) -> None:
         gc.set_threshold(700, 10, 10)
     print(f"listening on 127.0.0.1:{server.address[1]}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    import signal
-
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     await stop.wait()
@@ -134,11 +150,13 @@ def serve_main(args: argparse.Namespace) -> int:
 
 
 def server_argv(
-    name: str, port: int, cert: str, key: str, profile: str | None, gc: str = "library"
+    name: str, port: int, cert: str, key: str, profile: str | None, gc: str = "library",
+    tracemalloc: str | None = None,
 ) -> list[str]:
     if name == "quicflow":
         argv = [sys.executable, os.path.abspath(__file__), "serve", "--port", str(port),
                 "--cert", cert, "--key", key, "--gc", gc]
+        argv += ["--tracemalloc", tracemalloc] if tracemalloc else []
         return argv + (["--profile", profile] if profile else [])
     if name == "ngtcp2":  # Debian's ngtcp2-server (GnuTLS example server, HTTP/3 only)
         return ["gtlsserver", "-q", "--timeout=600s", "127.0.0.1", str(port), key, cert]
@@ -168,6 +186,37 @@ def started(argv: list[str], workdir: str, name: str) -> Iterator[Any]:
         proc.wait(timeout=10)
 
 
+async def _snapshot(pid: int) -> None:
+    import signal
+
+    os.kill(pid, signal.SIGUSR1)
+    await asyncio.sleep(2.0)  # the server writes it (seconds with many held)
+
+
+def _top_lines(args: argparse.Namespace) -> list[str]:
+    """Bytes per idle connection by allocating source line, largest first."""
+    import tracemalloc
+
+    for _ in range(60):
+        if os.path.exists(f"{args.tracemalloc}.2"):
+            break
+        time.sleep(1.0)
+    time.sleep(2.0)
+    a = tracemalloc.Snapshot.load(f"{args.tracemalloc}.1")
+    b = tracemalloc.Snapshot.load(f"{args.tracemalloc}.2")
+    rows = []
+    for st in b.compare_to(a, "traceback")[:50]:
+        where = " <- ".join(f"{os.path.relpath(f.filename)}:{f.lineno}"
+                            for f in reversed(st.traceback))
+        rows.append(f"{st.size_diff / args.idle:8.1f} B {st.count_diff / args.idle:6.2f} obj "
+                    f"{where}")
+    total = sum(s.size_diff for s in b.compare_to(a, "filename"))
+    rows.insert(0, f"{total / args.idle:8.1f} B total traced per idle connection")
+    for r in rows:
+        log(r)
+    return rows
+
+
 async def _client(args: argparse.Namespace, port: int, pid: int) -> dict[str, Any]:
     config = quicflow.Configuration(
         alpn_protocols=[args.alpn], verify_peer=False, idle_timeout=600.0
@@ -177,6 +226,8 @@ async def _client(args: argparse.Namespace, port: int, pid: int) -> dict[str, An
                            "client": args.client}
     async with quicflow.client_endpoint("127.0.0.1", configuration=config) as idle_ep, \
             quicflow.client_endpoint("127.0.0.1", configuration=config) as ep:
+        if args.tracemalloc:
+            await _snapshot(pid)
         rss_before = rss_kb(pid)
         holders: list[asyncio.Task[None]] = []
         release = asyncio.Event()
@@ -201,6 +252,9 @@ async def _client(args: argparse.Namespace, port: int, pid: int) -> dict[str, An
                     if t.done() and t.exception() is not None:
                         raise t.exception()  # type: ignore[misc]
             await asyncio.sleep(1.0)
+            if args.tracemalloc:
+                await _snapshot(pid)
+                out["top_lines_per_idle_connection"] = _top_lines(args)
             out["server_rss_kb_before_idle"] = rss_before
             out["server_rss_kb_with_idle"] = rss_kb(pid)
             out["server_kb_per_idle_connection"] = (rss_kb(pid) - rss_before) / args.idle
@@ -257,6 +311,7 @@ def main() -> int:
     srv.add_argument("--key", required=True)
     srv.add_argument("--profile", help="cProfile the server into FILE")
     srv.add_argument("--gc", choices=["library", "default", "off"], default="library")
+    srv.add_argument("--tracemalloc", help="snapshot file prefix (SIGUSR1 writes one)")
     ap.add_argument("--server", default="quicflow",
                     choices=["quicflow", "aioquic", "qh3", "ngtcp2"],
                     help="ngtcp2: Debian's gtlsserver (ngtcp2-server), needs --alpn h3")
@@ -271,6 +326,9 @@ def main() -> int:
     ap.add_argument("--gc", choices=["library", "default", "off"], default="library",
                     help="quicflow server's garbage collector: as the library leaves it, "
                     "Python's default thresholds, or disabled (for measuring)")
+    ap.add_argument("--tracemalloc", metavar="PREFIX",
+                    help="quicflow server: tracemalloc snapshots PREFIX.1/.2 before and after "
+                    "the idle connections; bytes per idle connection by source line on stderr")
     args = ap.parse_args()
     if args.cmd == "serve":
         return serve_main(args)
@@ -285,7 +343,8 @@ def main() -> int:
         with open(key_file, "wb") as f:
             f.write(private_key_pem(key))
         port = free_udp_port()
-        argv = server_argv(args.server, port, cert_file, key_file, args.profile, args.gc)
+        argv = server_argv(args.server, port, cert_file, key_file, args.profile, args.gc,
+                           args.tracemalloc)
         try:
             with started(argv, workdir, args.server) as proc:
                 result = asyncio.run(_client(args, port, proc.pid))

@@ -24,6 +24,7 @@ from quicflow.crypto import (
     suite_hash_len,
 )
 from quicflow.crypto.header_protection import make_header_protection
+from quicflow.crypto.hkdf import hkdf_expand
 from quicflow.crypto.native import NativeOffloadEngine, best_engine
 from quicflow.crypto.offload import OpenResult
 from tests.support.prereq import require
@@ -404,9 +405,11 @@ def test_key_context_mask_and_hkdf_match_python(suite: CipherSuite) -> None:
     ext = native._ext
     secret = os.urandom(suite_hash_len(suite))
     for label, length in ((b"quic ku", suite_hash_len(suite)), (b"quic iv", 12), (b"quic key", 16)):
-        assert ext.hkdf_expand_label(int(suite), secret, label.decode(), length) == (
-            hkdf_expand_label(suite_hash(suite), secret, label, b"", length)
-        )
+        # the reference: RFC 5869 HKDF-Expand (pure Python) over the RFC 8446 HkdfLabel
+        info = length.to_bytes(2, "big") + bytes((6 + len(label),)) + b"tls13 " + label + b"\0"
+        expected = hkdf_expand(suite_hash(suite), secret, info, length)
+        assert ext.hkdf_expand_label(int(suite), secret, label.decode(), length) == expected
+        assert hkdf_expand_label(suite_hash(suite), secret, label, b"", length) == expected
     keys = derive_packet_keys(suite, secret)
     ctx = ext.KeyContext(int(suite), keys.key, keys.iv, keys.hp_key, secret)
     hp = make_header_protection(suite, keys.hp_key)
@@ -422,6 +425,25 @@ def test_key_context_mask_and_hkdf_match_python(suite: CipherSuite) -> None:
     eng = NativeOffloadEngine()
     eng.install(b"c", suite, secret, opener=True)
     assert eng.key_state(b"c", opener=True).next.secret == nxt
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_pooled_contexts_handed_over_between_key_contexts(suite: CipherSuite) -> None:
+    """EVP contexts come from a pool per suite and role (512 each): more KeyContexts than
+    that in use take entries over from one another and re-key them, freed KeyContexts
+    return theirs; every mask, interleaved over all keys, equals Python's."""
+    ext = native._ext
+    live: list[tuple[Any, Any]] = []
+    for round_ in range(700):
+        keys = derive_packet_keys(suite, os.urandom(suite_hash_len(suite)))
+        live.append((ext.KeyContext(int(suite), keys.key, keys.iv, keys.hp_key),
+                     make_header_protection(suite, keys.hp_key)))
+        if round_ % 7 == 6:
+            del live[(round_ * 31) % len(live)]  # returns its pool entry
+    for _ in range(2):
+        for ctx, hp in live:
+            sample = os.urandom(16)
+            assert ctx.mask(sample) == hp.mask(sample)
 
 
 def test_best_engine_and_override(monkeypatch: pytest.MonkeyPatch) -> None:

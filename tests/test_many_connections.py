@@ -9,6 +9,7 @@ a connection's data back until a burst's worth of budget has built up.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -156,6 +157,86 @@ def test_idle_connection_holds_no_datagram_or_writer_queue() -> None:
                     )
                     assert b"first datagram" in got
                     assert sum(f._datagrams is not None for f in faces) == 1
+        finally:
+            server.close()
+
+    run(main(), 30)
+
+
+def test_connections_share_one_loop_timer_and_idle_timeouts_still_fire() -> None:
+    """The runner keeps every connection's deadline in its own heap under one asyncio
+    timer (not one TimerHandle per connection); the heap stays bounded however often
+    deadlines move, and each connection's idle timeout still ends it."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        accepted: list[object] = []
+        server = await quicflow.serve(
+            echo_proto.serve_stream, "127.0.0.1", 0,
+            configuration=server_config(idle_timeout=3.0),
+            connection_handler=lambda face: accepted.append(face.conn),
+        )
+        runner = server.runner
+        try:
+            port = server.address[1]
+            async with quicflow.client_endpoint(
+                configuration=client_config(idle_timeout=30.0)
+            ) as ep:
+                held = []  # the context managers: dropping one closes its connection
+
+                async def open_one() -> None:
+                    cm = ep.connect("127.0.0.1", port)
+                    held.append(cm)
+                    conn = await cm.__aenter__()
+                    reader, writer = await conn.create_stream()  # moves deadlines
+                    writer.write(b"x" * 3000)
+                    await writer.drain()
+
+                await asyncio.gather(*(open_one() for _ in range(24)))
+                assert len(runner._timers) == 24
+                scheduled = [h for h in loop._scheduled  # type: ignore[attr-defined]
+                             if not h.cancelled() and
+                             getattr(h._callback, "__self__", None) is runner]
+                assert len(scheduled) == 1  # one loop timer for the 24 connections
+                assert len(runner._timer_heap) <= 2 * len(runner._timers) + 64
+                for _ in range(150):  # the server's 3 s idle timeout ends them all
+                    if not runner.faces:
+                        break
+                    await asyncio.sleep(0.1)
+                assert not runner.faces and not runner._timers
+                assert len(accepted) == 24
+                assert {c.close_error[2] for c in accepted} == {"idle timeout"}  # type: ignore[attr-defined]
+        finally:
+            server.close()
+
+    run(main(), 60)
+
+
+def test_connections_waiting_for_a_full_socket_take_turns() -> None:
+    """When the socket buffer fills while waiting connections resume, the one that filled
+    it waits behind those that had no turn yet (before, the first to block was served
+    first at every writable event and could keep the buffer to itself)."""
+
+    async def main() -> None:
+        server = await quicflow.serve(
+            echo_proto.serve_stream, "127.0.0.1", 0, configuration=server_config()
+        )
+        runner = server.runner
+        try:
+            conns = [object() for _ in range(4)]
+            fd = runner.transport.fileno()
+            served: list[object] = []
+
+            def send(conn: Any) -> None:  # the second one to send fills the buffer
+                served.append(conn)
+                if len(served) == 2:
+                    runner._waiting[fd] = (runner.transport, {conn: None})
+
+            runner._send = send  # type: ignore[method-assign]
+            runner._resume(fd, conns)  # type: ignore[arg-type]
+            assert served == conns[:2]
+            assert list(runner._waiting[fd][1]) == [conns[2], conns[3], conns[1]]
+            runner._waiting.clear()
         finally:
             server.close()
 

@@ -84,6 +84,21 @@ def test_round_trip_from_client_without_server_only(tp: TransportParameters) -> 
     assert decode_transport_parameters(raw, from_server=False) == tp
 
 
+@given(params, st.none() | st.lists(st.integers(1, 2**32 - 1), min_size=1, max_size=5),
+       st.binary(max_size=8))
+def test_peek_version_information_agrees_with_decode(
+    tp: TransportParameters, versions: list[int] | None, tail: bytes
+) -> None:
+    from quicflow.wire.tparams import peek_version_information
+
+    tp.version_information = versions
+    raw = encode_transport_parameters(tp)
+    assert peek_version_information(raw) == versions
+    # never raises, whatever follows or however it is cut
+    peek_version_information(raw + tail)
+    peek_version_information(raw[: len(raw) // 2])
+
+
 def test_defaults_are_omitted() -> None:
     assert encode_transport_parameters(TransportParameters()) == b""
     tp = decode_transport_parameters(b"", from_server=True)

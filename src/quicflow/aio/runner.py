@@ -20,6 +20,7 @@ datagrams through the socket :meth:`ConnectedSockets.route` picks.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import socket
 import time
 from collections.abc import Callable, Container
@@ -67,7 +68,14 @@ class EndpointRunner:
         self.connected_peer = connected_peer
         #: how to name the peer in errors ("HOST port PORT" of connect()); set by connect
         self.peer_name: str | None = None
-        self._timers: dict[int, tuple[float, asyncio.TimerHandle]] = {}
+        #: one asyncio timer for all connections (see _arm_timer): id(conn) -> (deadline,
+        #: conn), a heap of (deadline, serial, id) with stale entries skipped, and the
+        #: loop timer armed for the earliest deadline
+        self._timers: dict[int, tuple[float, Connection]] = {}
+        self._timer_heap: list[tuple[float, int, int]] = []
+        self._timer_serial = 0
+        self._wheel: asyncio.TimerHandle | None = None
+        self._wheel_at = float("inf")
         self._dirty: dict[Connection, None] = {}  # by identity, in order
         self._flush_scheduled = False
         # fd -> (socket, connections waiting for it to drain) while its buffer is full
@@ -373,8 +381,22 @@ class EndpointRunner:
             self.loop.remove_writer(fd)
             waiting = self._waiting.pop(fd, None)
             if waiting is not None:
-                for conn in waiting[1]:
-                    self._send(conn)
+                self._resume(fd, list(waiting[1]))
+
+    def _resume(self, fd: int, order: list[Connection]) -> None:
+        """Let the connections that waited for ``fd`` send, in turn. When one fills the
+        buffer again, the ones after it wait ahead of it: it had its turn (served first
+        each time, the earliest blocked would take the whole buffer every round)."""
+        for i, conn in enumerate(order):
+            self._send(conn)
+            again = self._waiting.get(fd)
+            if again is not None:
+                queue = again[1]
+                queue.pop(conn, None)
+                for later in order[i + 1 :]:
+                    queue[later] = None
+                queue[conn] = None
+                return
 
     # ------------------------------------------------------------------ path MTU
 
@@ -433,26 +455,64 @@ class EndpointRunner:
     # ------------------------------------------------------------------ timers
 
     def _arm_timer(self, conn: Connection) -> None:
+        """Keep ``conn``'s deadline in the runner's timer heap. Every connection shares
+        one loop timer (armed for the earliest deadline): its callback serves, in one
+        pass, every connection due by then, instead of one asyncio timer per connection
+        (a TimerHandle and a heap of Python-compared handles per re-arm)."""
         key = id(conn)
         deadline = conn.timer()
         current = self._timers.get(key)
         if deadline is None:
             if current is not None:
-                current[1].cancel()
-                del self._timers[key]
+                del self._timers[key]  # its heap entry is skipped when it comes up
             return
-        if current is not None:
-            if current[0] == deadline:
-                return
-            current[1].cancel()
-        handle = self.loop.call_at(deadline, self._on_timer, conn)
-        self._timers[key] = (deadline, handle)
+        if current is not None and current[0] == deadline:
+            return
+        self._timers[key] = (deadline, conn)
+        self._timer_serial += 1
+        heap = self._timer_heap
+        heapq.heappush(heap, (deadline, self._timer_serial, key))
+        if len(heap) > 2 * len(self._timers) + 64:  # drop stale entries: O(1) amortised
+            self._timer_heap = heap = [
+                (d, self._timer_serial + i, k)
+                for i, (k, (d, _)) in enumerate(self._timers.items())
+            ]
+            self._timer_serial += len(heap)
+            heapq.heapify(heap)
+        if deadline < self._wheel_at:
+            self._arm_wheel(deadline)
 
-    def _on_timer(self, conn: Connection) -> None:
-        self._timers.pop(id(conn), None)
-        conn.handle_timer(self.loop.time())
-        self._dispatch(conn)
-        self._send(conn)
+    def _arm_wheel(self, when: float) -> None:
+        if self._wheel is not None:
+            self._wheel.cancel()
+        self._wheel_at = when
+        self._wheel = self.loop.call_at(when, self._on_wheel)
+
+    def _on_wheel(self) -> None:
+        self._wheel = None
+        self._wheel_at = float("inf")
+        now = self.loop.time()
+        heap, timers = self._timer_heap, self._timers
+        due: list[Connection] = []
+        while heap and heap[0][0] <= now:
+            deadline, _, key = heapq.heappop(heap)
+            entry = timers.get(key)
+            if entry is not None and entry[0] == deadline:
+                del timers[key]
+                due.append(entry[1])
+        for conn in due:  # in deadline order, each once
+            conn.handle_timer(now)
+            self._dispatch(conn)
+            self._send(conn)
+        heap = self._timer_heap  # (re-arming may have compacted it)
+        while heap:  # the next live deadline arms the loop timer
+            deadline, _, key = heap[0]
+            entry = timers.get(key)
+            if entry is not None and entry[0] == deadline:
+                if deadline < self._wheel_at:
+                    self._arm_wheel(deadline)
+                break
+            heapq.heappop(heap)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -470,9 +530,7 @@ class EndpointRunner:
         return face
 
     def _forget(self, conn: Connection) -> None:
-        entry = self._timers.pop(id(conn), None)
-        if entry is not None:
-            entry[1].cancel()
+        self._timers.pop(id(conn), None)  # its heap entry is skipped when it comes up
         self.endpoint.forget(conn)
         if self.sockets is not None:
             self.sockets.forget(conn)
@@ -489,9 +547,12 @@ class EndpointRunner:
         if self._closed:
             return
         self._closed = True
-        for _, handle in self._timers.values():
-            handle.cancel()
+        if self._wheel is not None:
+            self._wheel.cancel()
+            self._wheel = None
+        self._wheel_at = float("inf")
         self._timers.clear()
+        self._timer_heap.clear()
         transports = [self.transport, *self.listeners]
         if self.probe_transport is not None:
             transports.append(self.probe_transport)

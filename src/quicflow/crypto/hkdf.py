@@ -6,7 +6,13 @@ import hmac
 
 from cryptography.hazmat.primitives import hashes
 
+from .extension import native_for_keys
+
 _LABEL_PREFIX = b"tls13 "
+#: the C extension's HKDF-Expand-Label takes a suite for its hash
+_SUITE_OF_HASH = {"sha256": 0x1301, "sha384": 0x1302}
+_NATIVE = native_for_keys()
+_STR_LABEL: dict[bytes, str] = {}
 
 
 def hkdf_extract(hash: hashes.HashAlgorithm, salt: bytes, ikm: bytes) -> bytes:
@@ -58,6 +64,15 @@ def hkdf_expand_label(
     (OpenSSL's, through ``hmac.digest``) over a label block built once per label.
     """
     if length <= hash.digest_size:
+        if _NATIVE is not None and not context:
+            suite = _SUITE_OF_HASH.get(hash.name)
+            name = _STR_LABEL.get(label)
+            if name is None and len(_STR_LABEL) < 64 and label.isascii() and \
+                    b"\0" not in label and len(label) <= 249:
+                name = _STR_LABEL[label] = label.decode("ascii")
+            if suite is not None and name is not None:  # one C call, the same HMAC
+                out: bytes = _NATIVE.hkdf_expand_label(suite, secret, name, length)
+                return out
         if context:
             info = _label_info(label, context, length) + b"\x01"
         else:

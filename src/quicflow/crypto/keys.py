@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 
 from .aead import decode_packet_number, make_aead, packet_nonce
+from .extension import native_for_keys
 from .header_protection import SAMPLE_LEN, make_header_protection
 from .hkdf import hkdf_expand_label, hkdf_extract
 from .suites import AEAD_IV_LEN, CipherSuite, suite_hash, suite_hash_len, suite_key_len
@@ -22,6 +24,7 @@ LABELS = {
     QUIC_V2: (b"quicv2 key", b"quicv2 iv", b"quicv2 hp", b"quicv2 ku"),
 }
 INITIAL_SUITE = CipherSuite.AES_128_GCM_SHA256
+_STR_LABELS = {label: label.decode() for labels in LABELS.values() for label in labels}
 
 Buffer = bytes | bytearray | memoryview
 
@@ -45,9 +48,20 @@ class PacketKeys:
 def derive_packet_keys(suite: CipherSuite, secret: bytes, version: int = QUIC_V1) -> PacketKeys:
     """Derive key, iv and header-protection key ("quic key"/"quic iv"/"quic hp"; the
     "quicv2 ..." labels for QUIC v2)."""
-    h = suite_hash(suite)
     key_len = suite_key_len(suite)
     key_label, iv_label, hp_label, _ = LABELS[version]
+    ext = native_for_keys()
+    if ext is not None:  # the same HMACs in one C call each (no Python wrapper per label)
+        s, expand = int(suite), ext.hkdf_expand_label
+        return PacketKeys(
+            suite=suite,
+            secret=bytes(secret),
+            key=expand(s, secret, _STR_LABELS[key_label], key_len),
+            iv=expand(s, secret, _STR_LABELS[iv_label], AEAD_IV_LEN),
+            hp_key=expand(s, secret, _STR_LABELS[hp_label], key_len),
+            version=version,
+        )
+    h = suite_hash(suite)
     return PacketKeys(
         suite=suite,
         secret=bytes(secret),
@@ -115,7 +129,13 @@ class PacketProtector:
         self.keys = keys
         self._aead = make_aead(keys.suite, keys.key)
         self._iv = int.from_bytes(keys.iv, "big")
-        self._hp = make_header_protection(keys.suite, keys.hp_key)
+        ext = native_for_keys()
+        # the C KeyContext's mask (a pooled OpenSSL context, keyed on first use) costs a
+        # fraction of building a cryptography Cipher per key; the masks are identical
+        self._hp: Any = (
+            make_header_protection(keys.suite, keys.hp_key) if ext is None
+            else ext.KeyContext(int(keys.suite), keys.key, keys.iv, keys.hp_key)
+        )
 
     def next_generation(self) -> PacketProtector:
         """A protector for the next key phase (RFC 9001 §6)."""
@@ -125,7 +145,8 @@ class PacketProtector:
         """The 5-byte header-protection mask for a 16-byte sample."""
         if len(sample) != SAMPLE_LEN:
             raise ValueError("header protection sample must be 16 bytes")
-        return self._hp.mask(sample)
+        mask: bytes = self._hp.mask(sample)
+        return mask
 
     def seal(self, header: bytes, payload: bytes, pn: int) -> bytes:
         """Encrypt ``payload`` with ``header`` as associated data, then mask the header.

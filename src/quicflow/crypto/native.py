@@ -12,26 +12,20 @@ engine when it did (``QUICFLOW_ENGINE=python`` forces the pure-Python one).
 
 from __future__ import annotations
 
-import importlib
-import os
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 from .cid_table import CidTableEngine
+from .extension import ENGINE_ENV, EXT, IMPORT_ERROR, python_forced
 from .keys import QUIC_V2, derive_hp_key, derive_key_iv, next_generation_secret
 from .offload import Buffer, OffloadEngine, OpenResult, RunEntry, SoftwareOffloadEngine
 from .suites import CipherSuite, suite_key_len
 
-ENGINE_ENV = "QUICFLOW_ENGINE"
+__all__ = ["ENGINE_ENV", "NativeOffloadEngine", "available", "best_engine",
+           "openssl_version", "unavailable_reason"]
 
-_ext: Any
-_IMPORT_ERROR: str | None
-try:
-    _ext = importlib.import_module("quicflow.crypto._native")
-    _IMPORT_ERROR = None
-except ImportError as exc:  # not built (no compiler / no libssl-dev / QUICFLOW_NO_NATIVE)
-    _ext = None
-    _IMPORT_ERROR = str(exc)
+_ext: Any = EXT  # None when not built (no compiler / no libssl-dev / QUICFLOW_NO_NATIVE)
+_IMPORT_ERROR: str | None = IMPORT_ERROR
 
 
 def available() -> bool:
@@ -194,7 +188,7 @@ def best_engine() -> OffloadEngine:
 
     ``QUICFLOW_ENGINE=python`` forces the pure-Python engine.
     """
-    if os.environ.get(ENGINE_ENV, "").strip().lower() in ("python", "software", "py"):
+    if python_forced():
         return SoftwareOffloadEngine()
     if _ext is not None:
         return NativeOffloadEngine()

@@ -38,11 +38,21 @@ _MIN_LEN = 1 + _NONCE_LEN + 10 + 16
 Address = tuple[Any, ...]
 
 
+#: packed form of the hosts seen lately (``ipaddress`` costs several µs per parse)
+_PACKED: dict[Any, bytes] = {}
+
+
 def _address_bytes(address: Address, with_port: bool) -> bytes:
-    try:
-        ip = ipaddress.ip_address(address[0]).packed
-    except ValueError:
-        ip = str(address[0]).encode()
+    host = address[0]
+    ip = _PACKED.get(host)
+    if ip is None:
+        try:
+            ip = ipaddress.ip_address(host).packed
+        except ValueError:
+            ip = str(host).encode()
+        if len(_PACKED) >= 4096:
+            _PACKED.clear()
+        _PACKED[host] = ip
     if with_port:
         return ip + int(address[1]).to_bytes(2, "big")
     return ip

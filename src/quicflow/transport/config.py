@@ -148,7 +148,7 @@ class Configuration:
         ]
     )
     groups: list[str] = field(default_factory=lambda: ["x25519", "secp256r1"])
-    active_connection_id_limit: int = 8
+    active_connection_id_limit: int = 4
     connection_id_length: int = 8
     max_ack_delay: float = 0.025
     ack_delay_exponent: int = 3

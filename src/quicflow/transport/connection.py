@@ -340,9 +340,12 @@ class Connection:
         pathprobe.issue_preferred_cid(self)
         # a server after Retry: Initial keys come from the client's new DCID (our SCID)
         self._install_initial_keys(self.retry_scid or self.original_dcid)
-        params = encode_transport_parameters(self._local_transport_parameters())
+        negotiates = not self.is_client and len(cfg.versions) > 1
+        # a negotiating server's parameters come from the hook, on the ClientHello
+        params = b"" if negotiates else encode_transport_parameters(
+            self._local_transport_parameters())
         self.tls = TlsSession(self._tls_config(server_name, ticket), params)
-        if not self.is_client and len(cfg.versions) > 1:
+        if negotiates:
             self.tls.on_client_parameters(self._negotiate_version)
         if not self.is_client:
             early_data.server_hook(self, self.tls)
@@ -403,13 +406,10 @@ class Connection:
         """(server, from the TLS layer on the ClientHello) Pick the version: the first in
         the client's version_information (its order of preference) that we accept;
         returns our transport parameters with it as the chosen version."""
-        from ..wire.errors import WireError
-        from ..wire.tparams import decode_transport_parameters
+        from ..wire.tparams import peek_version_information
 
-        try:
-            info = decode_transport_parameters(client_params, from_server=False).version_information
-        except WireError:
-            info = None  # the error is raised (with its code) when the parameters are applied
+        # malformed parameters: the error is raised (with its code) when they are applied
+        info = peek_version_information(client_params)
         if info and info[0] == self.version:
             ours = self.configuration.versions
             chosen = next((v for v in info[1:] if v in ours), self.version)

@@ -159,6 +159,21 @@ def _push_param(out: bytearray, pid: int, value: bytes) -> None:
     out += value
 
 
+#: the integer parameters' encoding by their values (a server's are the same for every
+#: connection of a configuration)
+_INT_ENCODED: dict[tuple[int, ...], bytes] = {}
+
+
+def _encode_ints(values: tuple[int, ...]) -> bytes:
+    out = bytearray()
+    for (pid, _, default), value in zip(_INT_PARAMS, values, strict=True):
+        if value != default:
+            encoded = bytearray()
+            push_varint(encoded, value)
+            _push_param(out, pid, bytes(encoded))
+    return bytes(out)
+
+
 def encode_transport_parameters(tp: TransportParameters) -> bytes:
     """Encode ``tp``; parameters at their default value (or ``None``) are omitted."""
     out = bytearray()
@@ -172,12 +187,14 @@ def encode_transport_parameters(tp: TransportParameters) -> bytes:
         if len(tp.stateless_reset_token) != 16:
             raise ValueError("stateless_reset_token must be 16 bytes")
         _push_param(out, STATELESS_RESET_TOKEN, tp.stateless_reset_token)
-    for pid, name, default in _INT_PARAMS:
-        value = getattr(tp, name)
-        if value != default:
-            encoded = bytearray()
-            push_varint(encoded, value)
-            _push_param(out, pid, bytes(encoded))
+    values = tuple([getattr(tp, name) for _, name, _ in _INT_PARAMS])
+    ints = _INT_ENCODED.get(values)
+    if ints is None:  # the integers are one configuration's: encoded once per process
+        ints = _encode_ints(values)
+        if len(_INT_ENCODED) >= 32:
+            _INT_ENCODED.clear()
+        _INT_ENCODED[values] = ints
+    out += ints
     if tp.disable_active_migration:
         _push_param(out, DISABLE_ACTIVE_MIGRATION, b"")
     if tp.preferred_address is not None:
@@ -203,6 +220,26 @@ def _check_int(pid: int, value: int) -> None:
         raise TransportParameterError("active_connection_id_limit below 2")
     if pid in (INITIAL_MAX_STREAMS_BIDI, INITIAL_MAX_STREAMS_UNI) and value > _MAX_STREAMS:
         raise TransportParameterError("initial_max_streams above 2^60")
+
+
+def peek_version_information(data: bytes) -> list[int] | None:
+    """The version_information of encoded parameters, without decoding the others;
+    None when absent or malformed (the full decode reports errors)."""
+    n = len(data)
+    pos = 0
+    try:
+        while pos < n:
+            pid, pos = decode_varint(data, pos)
+            length, pos = decode_varint(data, pos)
+            end = pos + length
+            if pid == VERSION_INFORMATION:
+                if end > n or length < 4 or length % 4:
+                    return None
+                return [int.from_bytes(data[i : i + 4], "big") for i in range(pos, end, 4)]
+            pos = end
+    except WireError:
+        return None
+    return None
 
 
 def decode_transport_parameters(

@@ -1,7 +1,7 @@
 /*
  * quicflow.crypto._native -- keys: cipher suites, OpenSSL error reporting,
- * HKDF-Expand-Label, and the KeyContext type (the AEAD encrypt/decrypt and
- * header-protection EVP contexts of one key-phase generation, set up once).
+ * HKDF-Expand-Label, the KeyContext type (the keys of one key-phase generation) and the
+ * process's shared EVP contexts it keys on use (kc_rekey).
  * The per-packet KeyContext primitives (kc_mask, kc_seal, kc_open) are static inline
  * in native.h.
  */
@@ -75,12 +75,20 @@ hkdf_expand_label_raw(const EVP_MD *md, const unsigned char *secret, int secret_
 /* ---------------------------------------------------------------------------------- */
 /* KeyContext                                                                         */
 
+CtxPool kc_pools[KC_SUITES][KC_ROLES];
+
 static void
 kc_dealloc(KeyContext *self)
 {
-    EVP_CIPHER_CTX_free(self->enc);
-    EVP_CIPHER_CTX_free(self->dec);
-    EVP_CIPHER_CTX_free(self->hp);
+    int which;
+    for (which = 0; which < KC_ROLES; which++) {
+        int i = self->slot[which];
+        if (i >= 0) { /* the entry goes back; its context is re-keyed by the next taker */
+            CtxPool *pool = &kc_pools[self->suite_index][which];
+            pool->entries[i].owner = NULL;
+            pool->free[pool->free_count++] = i;
+        }
+    }
     OPENSSL_cleanse(self->key, sizeof(self->key));
     OPENSSL_cleanse(self->hp_raw, sizeof(self->hp_raw));
     OPENSSL_cleanse(self->iv, sizeof(self->iv));
@@ -108,64 +116,81 @@ kc_create(long suite, const unsigned char *key, const unsigned char *iv, PyObjec
     self->suite = suite;
     self->chacha = info.chacha;
     self->key_len = info.key_len;
+    self->suite_index = suite == SUITE_AES128 ? 0 : suite == SUITE_AES256 ? 1 : 2;
+    self->slot[0] = self->slot[1] = self->slot[2] = self->slot[3] = -1;
     memcpy(self->iv, iv, IV_LEN);
     Py_INCREF(hp_key);
     self->hp_key = hp_key;
     Py_INCREF(secret);
     self->secret = secret;
-    self->enc = NULL;
-    self->dec = NULL;
-    self->hp = NULL;
     memcpy(self->key, key, (size_t)info.key_len);
     memcpy(self->hp_raw, hp, (size_t)info.key_len);
     return self;
 }
 
-int
-kc_setup(KeyContext *kc, int which)
+EVP_CIPHER_CTX *
+kc_acquire(KeyContext *kc, int which)
 {
     static const unsigned char zero16[16] = {0};
-    SuiteInfo info;
-    EVP_CIPHER_CTX *ctx;
-    int ok;
+    CtxPool *pool = &kc_pools[kc->suite_index][which];
+    const unsigned char *key = which == KC_ENC || which == KC_DEC ? kc->key : kc->hp_raw;
+    const unsigned char *iv = which >= KC_HP && kc->chacha ? zero16 : NULL;
+    const EVP_CIPHER *cipher = NULL;
+    PoolEntry *entry;
+    int i, ok;
 
-    switch (kc->suite) { /* suite_info without its Python exception */
-    case SUITE_AES128:
-        info = (SuiteInfo){16, 32, 0, EVP_aes_128_gcm, EVP_aes_128_ecb, EVP_sha256};
-        break;
-    case SUITE_AES256:
-        info = (SuiteInfo){32, 48, 0, EVP_aes_256_gcm, EVP_aes_256_ecb, EVP_sha384};
-        break;
-    default:
-        info = (SuiteInfo){32, 32, 1, EVP_chacha20_poly1305, EVP_chacha20, EVP_sha256};
-        break;
+    if (pool->free_count > 0) {
+        i = pool->free[--pool->free_count];
+    } else if (pool->used < KC_POOL) {
+        i = pool->used;
+    } else { /* full: hand over the entry taken longest ago */
+        i = pool->hand;
+        pool->hand = (pool->hand + 1) % KC_POOL;
+        pool->entries[i].owner->slot[which] = -1;
+        pool->entries[i].owner = NULL;
     }
-    ctx = EVP_CIPHER_CTX_new();
-    if (ctx == NULL) {
-        return -1;
+    entry = &pool->entries[i];
+    if (entry->ctx == NULL) { /* a new entry: the cipher, then the key */
+        switch (kc->suite) {
+        case SUITE_AES128:
+            cipher = which >= KC_HP ? EVP_aes_128_ecb() : EVP_aes_128_gcm();
+            break;
+        case SUITE_AES256:
+            cipher = which >= KC_HP ? EVP_aes_256_ecb() : EVP_aes_256_gcm();
+            break;
+        default:
+            cipher = which >= KC_HP ? EVP_chacha20() : EVP_chacha20_poly1305();
+            break;
+        }
+        entry->ctx = EVP_CIPHER_CTX_new();
+        if (entry->ctx == NULL) {
+            return NULL;
+        }
+        if (i == pool->used) {
+            pool->used++;
+        }
     }
-    if (which == KC_ENC) {
-        ok = EVP_EncryptInit_ex(ctx, info.aead(), NULL, kc->key, NULL) == 1;
-    } else if (which == KC_DEC) {
-        ok = EVP_DecryptInit_ex(ctx, info.aead(), NULL, kc->key, NULL) == 1;
-    } else if (info.chacha) {
-        ok = EVP_EncryptInit_ex(ctx, info.hp(), NULL, kc->hp_raw, zero16) == 1;
+    if (which == KC_DEC) {
+        ok = EVP_DecryptInit_ex(entry->ctx, cipher, NULL, key, NULL) == 1;
     } else {
-        ok = EVP_EncryptInit_ex(ctx, info.hp(), NULL, kc->hp_raw, NULL) == 1 &&
-             EVP_CIPHER_CTX_set_padding(ctx, 0) == 1;
+        ok = EVP_EncryptInit_ex(entry->ctx, cipher, NULL, key, iv) == 1;
     }
-    if (!ok) {
-        EVP_CIPHER_CTX_free(ctx);
-        return -1;
+    if (ok && cipher != NULL && which >= KC_HP && !kc->chacha) {
+        ok = EVP_CIPHER_CTX_set_padding(entry->ctx, 0) == 1;
     }
-    if (which == KC_ENC) {
-        kc->enc = ctx;
-    } else if (which == KC_DEC) {
-        kc->dec = ctx;
-    } else {
-        kc->hp = ctx;
+    if (!ok) { /* the entry stays free; a never-keyed context is built again next time */
+        if (cipher != NULL) {
+            EVP_CIPHER_CTX_free(entry->ctx);
+            entry->ctx = NULL;
+        }
+        if (i < pool->used) {
+            pool->free[pool->free_count++] = i;
+        }
+        return NULL;
     }
-    return 0;
+    entry->owner = kc;
+    kc->slot[which] = i;
+    return entry->ctx;
 }
 
 int
@@ -265,7 +290,7 @@ kc_mask_py(KeyContext *self, PyObject *arg)
         PyBuffer_Release(&sample);
         return NULL;
     }
-    if (kc_mask(self, sample.buf, mask) < 0) {
+    if (kc_mask(self, KC_HP, sample.buf, mask) < 0) {
         PyBuffer_Release(&sample);
         return openssl_error("header protection mask");
     }

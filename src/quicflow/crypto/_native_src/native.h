@@ -24,8 +24,8 @@
  *
  * Types:
  *   KeyContext(suite, key, iv, hp_key, secret=None): the keys of one key-phase generation,
- *       with its EVP_CIPHER_CTX objects (AEAD encrypt, AEAD decrypt, header protection)
- *       initialised once; per packet only the nonce is set.
+ *       keyed into the process's shared EVP_CIPHER_CTX objects (one per suite and role)
+ *       when a run of packets starts; per packet only the nonce is set.
  *   CidState(suite, hp_key, key_phase, current, next, largest_pn): one table entry (shared
  *       by the aliases of a connection), mirrors offload.CidKeyState.
  * Functions:
@@ -98,11 +98,8 @@ typedef struct {
     long suite;
     int chacha;
     int key_len;
-    /* built on first use (kc_setup): a sealer never needs dec, an opener never enc, and
-     * the next key phase's generation none until a key update; each costs ~1 KB */
-    EVP_CIPHER_CTX *enc;
-    EVP_CIPHER_CTX *dec;
-    EVP_CIPHER_CTX *hp;
+    int suite_index;     /* 0..KC_SUITES-1: which pool of contexts */
+    int slot[4];         /* per role (KC_ROLES): index of the pool entry it holds, or -1 */
     unsigned char key[MAX_KEY_LEN];
     unsigned char hp_raw[MAX_KEY_LEN];
     unsigned char iv[IV_LEN];
@@ -116,31 +113,73 @@ extern PyTypeObject KeyContextType;
 KeyContext *kc_create(long suite, const unsigned char *key, const unsigned char *iv,
                       PyObject *hp_key, PyObject *secret);
 
+/* Roles of the shared EVP contexts: AEAD encrypt, AEAD decrypt, header protection of
+ * packets we seal and of packets we open (two, so that a connection that both sends and
+ * receives does not re-key one context back and forth). */
 #define KC_ENC 0
 #define KC_DEC 1
 #define KC_HP 2
+#define KC_HP_OPEN 3
+#define KC_ROLES 4
+#define KC_SUITES 3
 
-/* Build and key the context ``which`` (KC_ENC, KC_DEC or KC_HP) of kc; 0, or -1 with
- * the reason left in OpenSSL's error queue (no Python exception). */
-int kc_setup(KeyContext *kc, int which);
+/* The EVP contexts (about 0.6-1 KB of OpenSSL memory each) do not belong to a
+ * KeyContext for its life, which kept four with every idle connection: each suite and
+ * role has a pool of at most KC_POOL contexts for the process. A KeyContext takes an
+ * entry on first use and keeps it (no re-keying while it holds it); when the pool is
+ * full the entry taken longest ago is handed over (FIFO) and re-keyed, and its former
+ * holder takes another when it next needs one. So the connections in use keep their
+ * contexts while idle ones hold none. kc_dealloc returns its entries. The GIL serialises
+ * every use. */
+#define KC_POOL 512
 
-/* The 5-byte header-protection mask for a 16-byte sample. */
+typedef struct {
+    EVP_CIPHER_CTX *ctx;
+    KeyContext *owner; /* NULL: free (ctx kept for the next taker) */
+} PoolEntry;
+
+typedef struct {
+    PoolEntry entries[KC_POOL];
+    int used;          /* entries[0:used] have been created */
+    int hand;          /* next entry to hand over when full */
+    int free_count;
+    int free[KC_POOL]; /* entries returned by kc_dealloc */
+} CtxPool;
+
+extern CtxPool kc_pools[KC_SUITES][KC_ROLES];
+
+/* Take a pool entry for role ``which`` and key it with kc's key; the context, or NULL
+ * with the reason left in OpenSSL's error queue (no Python exception). */
+EVP_CIPHER_CTX *kc_acquire(KeyContext *kc, int which);
+
+static inline EVP_CIPHER_CTX *
+kc_ctx(KeyContext *kc, int which)
+{
+    int i = kc->slot[which];
+    if (i >= 0) {
+        return kc_pools[kc->suite_index][which].entries[i].ctx;
+    }
+    return kc_acquire(kc, which);
+}
+
+/* The 5-byte header-protection mask for a 16-byte sample (which: KC_HP or KC_HP_OPEN). */
 static inline int
-kc_mask(KeyContext *kc, const unsigned char *sample, unsigned char *mask)
+kc_mask(KeyContext *kc, int which, const unsigned char *sample, unsigned char *mask)
 {
     int outl;
-    if (kc->hp == NULL && kc_setup(kc, KC_HP) < 0) {
+    EVP_CIPHER_CTX *hp = kc_ctx(kc, which);
+    if (hp == NULL) {
         return -1;
     }
     if (kc->chacha) {
         static const unsigned char zeros[5] = {0};
-        if (EVP_EncryptInit_ex(kc->hp, NULL, NULL, NULL, sample) != 1 ||
-            EVP_EncryptUpdate(kc->hp, mask, &outl, zeros, 5) != 1) {
+        if (EVP_EncryptInit_ex(hp, NULL, NULL, NULL, sample) != 1 ||
+            EVP_EncryptUpdate(hp, mask, &outl, zeros, 5) != 1) {
             return -1;
         }
     } else {
         unsigned char block[SAMPLE_LEN];
-        if (EVP_EncryptUpdate(kc->hp, block, &outl, sample, SAMPLE_LEN) != 1) {
+        if (EVP_EncryptUpdate(hp, block, &outl, sample, SAMPLE_LEN) != 1) {
             return -1;
         }
         memcpy(mask, block, 5);
@@ -165,19 +204,20 @@ kc_seal(KeyContext *kc, uint64_t pn, const unsigned char *aad, int aad_len, unsi
 {
     unsigned char nonce[IV_LEN];
     int outl;
-    if (kc->enc == NULL && kc_setup(kc, KC_ENC) < 0) {
+    EVP_CIPHER_CTX *enc = kc_ctx(kc, KC_ENC);
+    if (enc == NULL) {
         return -1;
     }
     make_nonce(kc->iv, pn, nonce);
-    if (EVP_EncryptInit_ex(kc->enc, NULL, NULL, NULL, nonce) != 1 ||
-        EVP_EncryptUpdate(kc->enc, NULL, &outl, aad, aad_len) != 1) {
+    if (EVP_EncryptInit_ex(enc, NULL, NULL, NULL, nonce) != 1 ||
+        EVP_EncryptUpdate(enc, NULL, &outl, aad, aad_len) != 1) {
         return -1;
     }
-    if (len > 0 && EVP_EncryptUpdate(kc->enc, data, &outl, data, len) != 1) {
+    if (len > 0 && EVP_EncryptUpdate(enc, data, &outl, data, len) != 1) {
         return -1;
     }
-    if (EVP_EncryptFinal_ex(kc->enc, data + len, &outl) != 1 ||
-        EVP_CIPHER_CTX_ctrl(kc->enc, EVP_CTRL_AEAD_GET_TAG, TAG_LEN, data + len) != 1) {
+    if (EVP_EncryptFinal_ex(enc, data + len, &outl) != 1 ||
+        EVP_CIPHER_CTX_ctrl(enc, EVP_CTRL_AEAD_GET_TAG, TAG_LEN, data + len) != 1) {
         return -1;
     }
     return 0;
@@ -190,20 +230,20 @@ kc_open(KeyContext *kc, uint64_t pn, const unsigned char *aad, int aad_len,
 {
     unsigned char nonce[IV_LEN];
     int outl, len = ct_len - TAG_LEN;
-    if (kc->dec == NULL && kc_setup(kc, KC_DEC) < 0) {
+    EVP_CIPHER_CTX *dec = kc_ctx(kc, KC_DEC);
+    if (dec == NULL) {
         goto fail;
     }
     make_nonce(kc->iv, pn, nonce);
-    if (len < 0 || EVP_DecryptInit_ex(kc->dec, NULL, NULL, NULL, nonce) != 1 ||
-        EVP_CIPHER_CTX_ctrl(kc->dec, EVP_CTRL_AEAD_SET_TAG, TAG_LEN,
-                            (void *)(ct + len)) != 1 ||
-        EVP_DecryptUpdate(kc->dec, NULL, &outl, aad, aad_len) != 1) {
+    if (len < 0 || EVP_DecryptInit_ex(dec, NULL, NULL, NULL, nonce) != 1 ||
+        EVP_CIPHER_CTX_ctrl(dec, EVP_CTRL_AEAD_SET_TAG, TAG_LEN, (void *)(ct + len)) != 1 ||
+        EVP_DecryptUpdate(dec, NULL, &outl, aad, aad_len) != 1) {
         goto fail;
     }
-    if (len > 0 && EVP_DecryptUpdate(kc->dec, out, &outl, ct, len) != 1) {
+    if (len > 0 && EVP_DecryptUpdate(dec, out, &outl, ct, len) != 1) {
         goto fail;
     }
-    if (EVP_DecryptFinal_ex(kc->dec, out + len, &outl) != 1) {
+    if (EVP_DecryptFinal_ex(dec, out + len, &outl) != 1) {
         goto fail;
     }
     return 0;
@@ -253,7 +293,7 @@ seal_one(CidState *state, unsigned char *buf, Py_ssize_t offset, int header_len,
         openssl_error("AEAD seal");
         return -1;
     }
-    if (kc_mask(state->current, buf + pn_offset + 4, mask) < 0) {
+    if (kc_mask(state->current, KC_HP, buf + pn_offset + 4, mask) < 0) {
         openssl_error("header protection mask");
         return -1;
     }
@@ -318,7 +358,7 @@ open_prepare(CidState *state, const unsigned char *buf, Py_ssize_t buf_len, Py_s
         (buf[offset] & 0x80) || length > INT_MAX) {
         return 1;
     }
-    if (kc_mask(state->current, buf + sample_at, mask) < 0) {
+    if (kc_mask(state->current, KC_HP_OPEN, buf + sample_at, mask) < 0) {
         openssl_error("header protection mask");
         return -1;
     }
