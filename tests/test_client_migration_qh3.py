@@ -1,8 +1,9 @@
 """Client migration and preferred address with qh3 (issue 8, item 5; RFC 9000 §9, §9.6),
 over real loopback sockets, qh3 in a process of its own
 (``tests/support/aioquic_migrate.py --library qh3``): our client migrating mid-transfer
-to qh3's server, and qh3's client moving to a new local port with a fresh connection ID
-mid-download on our server.  Transfers are checked by SHA-256; each side's view of the
+to qh3's server, and qh3's client moving mid-download on our server to a new local port
+with a fresh connection ID, to a new port with the same one (a NAT rebinding), or to a
+fresh connection ID on the same port.  Transfers are checked by SHA-256; each side's view of the
 new path is checked.
 
 qh3 as a client does not follow a server's preferred_address: qh3 2.1.0's
@@ -84,7 +85,11 @@ def test_quicflow_client_migrates_to_qh3_server(pki: Pki) -> None:  # noqa: F811
     run(main(), timeout=90)
 
 
-def test_qh3_client_rebinds_on_quicflow_server(pki: Pki) -> None:  # noqa: F811
+@pytest.mark.parametrize("how", ["both", "port", "cid"])
+def test_qh3_client_rebinds_on_quicflow_server(how: str, pki: Pki) -> None:  # noqa: F811
+    """Half-way through the download qh3's client moves to a new local port and a fresh
+    connection ID (both), only to a new port with the same connection ID (port: a NAT
+    rebinding), or only to a fresh connection ID (cid; RFC 9000 §5.1.2)."""
     down, up = 3_000_000, 500_000
 
     async def main() -> None:
@@ -97,20 +102,29 @@ def test_qh3_client_rebinds_on_quicflow_server(pki: Pki) -> None:  # noqa: F811
             async with qh3_migrate_process(
                 "client", "--port", str(server.address[1]), "--cafile", pki.cafile,
                 "--download", str(down), "--upload", str(up), "--rebind",
+                "--rebind-how", how,
             ) as peer:
                 rebound = await peer.next_event("rebound")
-                assert rebound["new_port"] != rebound["old_port"]
+                assert (rebound["new_port"] != rebound["old_port"]) == (how != "cid")
                 result = await peer.next_event("result")
                 assert result["ok"], result
                 assert result["sha256"] == hashlib.sha256(data(down, 2)).hexdigest()
                 conns = server.connections
                 assert len(conns) == 1
+                conn = conns[0].conn
                 stats = conns[0].stats()["connection"]
-                assert stats["path_changes"] >= 1
                 assert tuple(stats["peer_address"])[1] == rebound["new_port"]
-                # the per-connection socket followed the client to its new 4-tuple
-                sock = server.runner.connection_socket(conns[0].conn)
+                # the per-connection socket follows the client to its 4-tuple
+                sock = server.runner.connection_socket(conn)
                 assert sock is not None and sock.getpeername()[1] == rebound["new_port"]
+                if how == "cid":
+                    assert stats["path_changes"] == 0
+                else:
+                    assert stats["path_changes"] >= 1
+                # qh3 retired the connection ID it started with (sequence 0) when it
+                # switched to a fresh one; it keeps it on a NAT rebinding
+                live = {c.sequence for c in conn.host_cids if not c.retired}
+                assert (0 in live) == (how == "port"), live
                 assert await peer.wait_exit() == 0
 
     run(main(), timeout=90)

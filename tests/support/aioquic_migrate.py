@@ -10,7 +10,7 @@ upload, then FIN; the server answers with the SHA-256 of the upload and then the
         {"event": "served", "upload_sha256": "...", "peer": ["127.0.0.1", 50123]}
 
     python -m tests.support.aioquic_migrate client --port P --cafile F --download D
-        [--upload U] [--rebind]
+        [--upload U] [--rebind [--rebind-how both|port|cid]]
         {"event": "rebound", "old_port": A, "new_port": B}       (with --rebind)
         {"event": "result", "ok": true, "sha256": "...", "server": ["127.0.0.1", P2],
          "local_port": B}
@@ -18,7 +18,9 @@ upload, then FIN; the server answers with the SHA-256 of the upload and then the
 ``--rebind``: half-way through the download the client moves to a new UDP socket (a new
 local port) and switches to a fresh connection ID (``QuicConnection.change_connection_id``),
 as a NAT rebinding or a deliberate migration would; aioquic 1.7's client has no API for
-it, so the protocol's datagram transport is replaced by a new one. ``server`` reports the
+it, so the protocol's datagram transport is replaced by a new one (``--rebind-how port``:
+only the new socket, the same connection ID, as a NAT rebinding looks; ``cid``: only the
+fresh connection ID, on the same socket). ``server`` reports the
 peer address aioquic's server sends to when a stream is served; ``result.server`` is the
 address the client sends to at the end (a server's preferred address once aioquic's
 client moved there by itself, RFC 9000 §9.6).
@@ -168,13 +170,18 @@ async def run_client(args: argparse.Namespace) -> int:
                 rebound = True
                 old = client._transport
                 old_port = old.get_extra_info("sockname")[1]
-                family_host = "::" if old.get_extra_info("socket").family == 10 else "0.0.0.0"
-                await loop.create_datagram_endpoint(lambda: client,
-                                                    local_addr=(family_host, 0))
-                client.change_connection_id()  # a fresh CID on the new path; transmits
+                if args.rebind_how in ("both", "port"):
+                    family = old.get_extra_info("socket").family
+                    family_host = "::" if family == 10 else "0.0.0.0"
+                    await loop.create_datagram_endpoint(lambda: client,
+                                                        local_addr=(family_host, 0))
+                    loop.call_later(1.0, old.close)
+                if args.rebind_how in ("both", "cid"):
+                    client.change_connection_id()  # a fresh CID (on the new path); transmits
+                else:
+                    client.transmit()  # same CID from the new port: a NAT rebinding
                 new_port = client._transport.get_extra_info("sockname")[1]
                 emit({"event": "rebound", "old_port": old_port, "new_port": new_port})
-                loop.call_later(1.0, old.close)
         server = _peer_of(client)
         ok = (got == args.download
               and upload_digest == hashlib.sha256(data(args.upload, 1)).digest())
@@ -200,6 +207,9 @@ def main() -> int:
     p.add_argument("--download", type=int, default=0)
     p.add_argument("--upload", type=int, default=0)
     p.add_argument("--rebind", action="store_true")
+    p.add_argument("--rebind-how", choices=["both", "port", "cid"], default="both",
+                   help="with --rebind: a new port and a fresh CID (both), only a new "
+                        "port (port: a NAT rebinding), only a fresh CID (cid)")
     p.add_argument("--library", choices=["aioquic", "qh3"], default="aioquic")
     args = p.parse_args()
     if args.role == "server":
