@@ -1,4 +1,5 @@
-"""aioquic as the other end of the migration tests, in a process of its own.
+"""aioquic (or, with ``--library qh3``, qh3) as the other end of the migration tests, in a
+process of its own.
 
 The protocol (ALPN ``perf``): the client sends the download size as 8 bytes, then its
 upload, then FIN; the server answers with the SHA-256 of the upload and then the download
@@ -9,7 +10,7 @@ upload, then FIN; the server answers with the SHA-256 of the upload and then the
         {"event": "served", "upload_sha256": "...", "peer": ["127.0.0.1", 50123]}
 
     python -m tests.support.aioquic_migrate client --port P --cafile F --download D
-        [--upload U] [--rebind]
+        [--upload U] [--rebind [--rebind-how both|port|cid]]
         {"event": "rebound", "old_port": A, "new_port": B}       (with --rebind)
         {"event": "result", "ok": true, "sha256": "...", "server": ["127.0.0.1", P2],
          "local_port": B}
@@ -17,10 +18,18 @@ upload, then FIN; the server answers with the SHA-256 of the upload and then the
 ``--rebind``: half-way through the download the client moves to a new UDP socket (a new
 local port) and switches to a fresh connection ID (``QuicConnection.change_connection_id``),
 as a NAT rebinding or a deliberate migration would; aioquic 1.7's client has no API for
-it, so the protocol's datagram transport is replaced by a new one. ``server`` reports the
+it, so the protocol's datagram transport is replaced by a new one (``--rebind-how port``:
+only the new socket, the same connection ID, as a NAT rebinding looks; ``cid``: only the
+fresh connection ID, on the same socket). ``server`` reports the
 peer address aioquic's server sends to when a stream is served; ``result.server`` is the
 address the client sends to at the end (a server's preferred address once aioquic's
 client moved there by itself, RFC 9000 §9.6).
+
+qh3 (``--library qh3``; its asyncio API mirrors aioquic's): its native core keeps no
+Python-side ``_network_paths``, so the address a connection sends to is the one its
+last datagram went to (``datagrams_to_send`` is wrapped); its StreamWriter gets the
+protocol ``drain()`` needs; its ``close()`` takes no error code.  ``--rebind`` works the
+same way with qh3 (its ``change_connection_id`` switches to a fresh connection ID).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import importlib
 import json
 import os
 import sys
@@ -46,8 +56,13 @@ def emit(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def _lib(args: argparse.Namespace, module: str) -> Any:
+    """``module`` (e.g. ``"asyncio"``) of the library under test (aioquic or qh3)."""
+    return importlib.import_module(f"{args.library}.{module}")
+
+
 def _configuration(args: argparse.Namespace, is_client: bool) -> Any:
-    from aioquic.quic.configuration import QuicConfiguration
+    QuicConfiguration = _lib(args, "quic.configuration").QuicConfiguration  # noqa: N806
 
     cfg = QuicConfiguration(is_client=is_client, alpn_protocols=["perf"],
                             max_data=16 << 20, max_stream_data=16 << 20, idle_timeout=30.0)
@@ -59,15 +74,55 @@ def _configuration(args: argparse.Namespace, is_client: bool) -> Any:
     return cfg
 
 
+def _protocol_class(args: argparse.Namespace, created: list[Any]) -> Any:
+    """The library's QuicConnectionProtocol, keeping every instance in ``created`` and
+    remembering where it last sent (``sent_to``: qh3's native core keeps no Python-side
+    ``_network_paths``)."""
+    base = _lib(args, "asyncio").QuicConnectionProtocol
+    qh3 = args.library == "qh3"
+
+    class Protocol(base):  # type: ignore[misc,valid-type]
+        sent_to: Any = None
+
+        def __init__(self, quic: Any, *a: Any, **kw: Any) -> None:
+            super().__init__(quic, *a, **kw)
+            created.append(self)
+            if qh3:
+                produce = quic.datagrams_to_send
+
+                def datagrams_to_send(now: float) -> list[tuple[bytes, Any]]:
+                    out = produce(now)
+                    if out:
+                        self.sent_to = out[-1][1]
+                    return out  # type: ignore[no-any-return]
+
+                quic.datagrams_to_send = datagrams_to_send
+
+        if qh3:
+
+            def _create_stream(self, stream_id: int) -> Any:
+                # qh3's StreamWriter has protocol=None, so drain() would fail: give it
+                # one (as tests/support/aioquic_peer.py does)
+                reader, writer = super()._create_stream(stream_id)
+                if writer._protocol is None:
+                    writer._protocol = asyncio.streams.StreamReaderProtocol(reader)
+                return reader, writer
+
+    return Protocol
+
+
+def _peer_of(protocol: Any) -> list[Any] | None:
+    """The address ``protocol``'s connection sends to now."""
+    paths = getattr(protocol._quic, "_network_paths", None)
+    if paths is not None:  # aioquic: the active path comes first
+        return list(paths[0].addr) if paths else None
+    return None if protocol.sent_to is None else list(protocol.sent_to)
+
+
 async def run_server(args: argparse.Namespace) -> None:
-    from aioquic.asyncio import QuicConnectionProtocol, serve
-
-    protocols: list[QuicConnectionProtocol] = []
-
-    class Protocol(QuicConnectionProtocol):  # type: ignore[misc]
-        def __init__(self, *a: Any, **kw: Any) -> None:
-            super().__init__(*a, **kw)
-            protocols.append(self)
+    serve = _lib(args, "asyncio").serve
+    protocols: list[Any] = []
+    Protocol = _protocol_class(args, protocols)  # noqa: N806
 
     def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async def run() -> None:
@@ -83,9 +138,7 @@ async def run_server(args: argparse.Namespace) -> None:
             writer.write_eof()
             peer = None
             for p in protocols:
-                paths = p._quic._network_paths
-                if paths:
-                    peer = list(paths[0].addr)
+                peer = _peer_of(p) or peer
             emit({"event": "served", "upload_sha256": digest.hexdigest(), "peer": peer})
 
         asyncio.ensure_future(run())
@@ -97,10 +150,11 @@ async def run_server(args: argparse.Namespace) -> None:
 
 
 async def run_client(args: argparse.Namespace) -> int:
-    from aioquic.asyncio import connect
+    connect = _lib(args, "asyncio").connect
 
     loop = asyncio.get_running_loop()
-    async with connect(args.host, args.port, configuration=_configuration(args, True)) as client:
+    async with connect(args.host, args.port, configuration=_configuration(args, True),
+                       create_protocol=_protocol_class(args, [])) as client:
         reader, writer = await client.create_stream()
         writer.write(args.download.to_bytes(8, "big"))
         writer.write(data(args.upload, 1))
@@ -116,20 +170,28 @@ async def run_client(args: argparse.Namespace) -> int:
                 rebound = True
                 old = client._transport
                 old_port = old.get_extra_info("sockname")[1]
-                family_host = "::" if old.get_extra_info("socket").family == 10 else "0.0.0.0"
-                await loop.create_datagram_endpoint(lambda: client,
-                                                    local_addr=(family_host, 0))
-                client.change_connection_id()  # a fresh CID on the new path; transmits
+                if args.rebind_how in ("both", "port"):
+                    family = old.get_extra_info("socket").family
+                    family_host = "::" if family == 10 else "0.0.0.0"
+                    await loop.create_datagram_endpoint(lambda: client,
+                                                        local_addr=(family_host, 0))
+                    loop.call_later(1.0, old.close)
+                if args.rebind_how in ("both", "cid"):
+                    client.change_connection_id()  # a fresh CID (on the new path); transmits
+                else:
+                    client.transmit()  # same CID from the new port: a NAT rebinding
                 new_port = client._transport.get_extra_info("sockname")[1]
                 emit({"event": "rebound", "old_port": old_port, "new_port": new_port})
-                loop.call_later(1.0, old.close)
-        server = list(client._quic._network_paths[0].addr)
+        server = _peer_of(client)
         ok = (got == args.download
               and upload_digest == hashlib.sha256(data(args.upload, 1)).digest())
         emit({"event": "result", "ok": ok, "sha256": digest.hexdigest(), "bytes": got,
               "server": server,
               "local_port": client._transport.get_extra_info("sockname")[1]})
-        client.close(error_code=0)
+        if args.library == "qh3":
+            client.close()  # qh3's close() takes no code: it closes with NO_ERROR
+        else:
+            client.close(error_code=0)
         await client.wait_closed()
     return 0
 
@@ -145,6 +207,10 @@ def main() -> int:
     p.add_argument("--download", type=int, default=0)
     p.add_argument("--upload", type=int, default=0)
     p.add_argument("--rebind", action="store_true")
+    p.add_argument("--rebind-how", choices=["both", "port", "cid"], default="both",
+                   help="with --rebind: a new port and a fresh CID (both), only a new "
+                        "port (port: a NAT rebinding), only a fresh CID (cid)")
+    p.add_argument("--library", choices=["aioquic", "qh3"], default="aioquic")
     args = p.parse_args()
     if args.role == "server":
         asyncio.run(run_server(args))
