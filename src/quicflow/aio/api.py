@@ -459,14 +459,15 @@ async def serve(
                 asyncio.get_running_loop().create_task(result)
         return face
 
-    runner = EndpointRunner(transport, endpoint, on_accept=on_accept)
+    runner = EndpointRunner(transport, endpoint, on_accept=on_accept, read=received is None)
     if connection_sockets:
         runner.enable_connection_sockets(connection_sockets, socket_policy)
     runner_box.append(runner)
     guard = None
     if received is not None:
         try:
-            guard, count = restore_server(runner, received, handler=handler, restore=restore)
+            guard, count = await restore_server(runner, received, handler=handler,
+                                                restore=restore)
         finally:
             received.acknowledge({"restored": count if guard is not None else 0})
     return QuicServer(

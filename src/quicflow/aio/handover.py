@@ -43,6 +43,8 @@ CaptureHook = Callable[[QuicConnection], Any]
 RestoreHook = Callable[[QuicConnection, Any, StreamFaces], Awaitable[None] | None]
 
 FORMAT = "quicflow-handoff-1"
+#: seconds of capturing before the old process serves its other connections a moment
+SLICE = 0.005
 
 
 class Handover:
@@ -145,92 +147,157 @@ class Handover:
             self.handed_off.set_result(count)
 
     async def _capture_and_send(self, channel: Any, key: bytes) -> int:
-        """Stop, then capture each connection and send its snapshot at once (the
-        successor restores while we capture the next)."""
+        """Hand the connections over one by one while serving the others: each one is
+        stopped, captured and sent (the successor restores it at once and serves it from
+        then on); datagrams read meanwhile for those handed over already are forwarded.
+        So a connection pauses only for its own capture and restore, not for the whole
+        switch."""
         runner = self.runner
         loop = runner.loop
+        endpoint = runner.endpoint
         # no new connections; let the handshakes in progress finish (for a while), so
         # they can be handed over too
-        runner.endpoint.accepting = False
+        endpoint.accepting = False
         deadline = loop.time() + self.handshake_grace
         while loop.time() < deadline and any(
             not f.conn.handshake_confirmed and not f.conn.terminated
             for f in runner.faces.values()
         ):
             await asyncio.sleep(0.01)
-        runner.pause()  # from here on datagrams wait in the kernel queue
+        if runner.sockets is not None:
+            runner.sockets.cap = 0  # no new per-connection sockets from here on
         t0 = time.monotonic()
         faces = list(runner.faces.values())
-        for face in faces:
-            await face.stop()
-        t1 = time.monotonic()
-        # per-connection sockets go along (their queued datagrams with them), keyed by a
-        # CID of their connection
+        # The listener and every per-connection socket go over first (the successor holds
+        # copies; we go on reading ours until each connection's turn), keyed by a CID of
+        # their connection.
         sockets = [runner.transport.socket]
         by_cid: dict[str, int] = {}
         for face in faces:
-            sock = runner.detach_connection_socket(face.conn)
+            sock = runner.connection_socket(face.conn)
             if sock is not None:
                 by_cid[face.conn.recv_key_cid().hex()] = len(sockets)
                 sockets.append(sock)
         offer = Offer(channel)
         offer.begin({"format": FORMAT, "guard": self.guard.export().decode(),
                      "connection_sockets": by_cid}, sockets)
+        endpoint.forwarding = []
+        runner.forward = lambda entries: offer.datagrams(
+            [(data, len(data), addr, ecn) for data, addr, ecn in entries])
         size = 0
-        capture_time = 0.0
-        for face in faces:
-            started = time.monotonic()
-            blob = await self.capture_one(face, key)
-            capture_time += time.monotonic() - started
-            if blob is None:
-                continue
-            offer.snapshot(blob)  # blocking: the loop is paused for us anyway
-            size += len(blob)
+        stop_time = capture_time = 0.0
+        detached: list[Any] = []
+        slice_end = time.monotonic() + SLICE
+        try:
+            for face in faces:
+                if face.conn.terminated:
+                    continue
+                started = time.monotonic()
+                conn = face.conn
+                # what arrives for it from now on waits (and follows its snapshot)
+                endpoint.frozen[id(conn)] = []
+                await face.stop()
+                captured = time.monotonic()
+                stop_time += captured - started
+                blob = await self.capture_one(face, key)
+                capture_time += time.monotonic() - captured
+                held = endpoint.frozen.pop(id(conn), [])
+                if blob is None:  # it stays here (and ends with this process)
+                    runner.deliver([(d, len(d), a, e) for d, a, e in held])
+                    continue
+                detach_sock = runner.detach_connection_socket(conn)
+                if detach_sock is not None:
+                    detached.append(detach_sock)  # the successor reads its copy from now
+                runner.forget_connection(conn)  # its CIDs: forwarded from now on
+                face.on_terminated()
+                offer.snapshot(blob)  # blocking: the successor reads as we send
+                if held:
+                    offer.datagrams([(d, len(d), a, e) for d, a, e in held])
+                size += len(blob)
+                if time.monotonic() >= slice_end:
+                    await asyncio.sleep(0)  # serve the others (and forward) for a moment
+                    slice_end = time.monotonic() + SLICE
+            # the end: we read nothing more; what waits in the socket is the successor's
+            runner.pause()
+            if endpoint.forwarding:
+                offer.datagrams([(d, len(d), a, e) for d, a, e in endpoint.forwarding])
+        finally:
+            endpoint.forwarding = None
+            endpoint.frozen.clear()
+            runner.forward = None
         t2 = time.monotonic()
         result = await loop.run_in_executor(
             None, offer.finish, {"guard": self.guard.export().decode()}
         )
-        self.timings = {"stop": t1 - t0, "capture": capture_time, "send": t2 - t1 - capture_time,
+        self.timings = {"stop": stop_time, "capture": capture_time,
+                        "send": t2 - t0 - capture_time - stop_time,
                         "ack": time.monotonic() - t2, "bytes": float(size)}
-        for face in faces:
+        for face in list(runner.faces.values()):  # not captured: they end here
             runner.remove_face(face.conn)
             face.on_terminated()
         runner.transport.close()  # the successor holds its own copies of the sockets
-        for sock in sockets[1:]:
+        for sock in detached:
             sock.close()
+        if runner.sockets is not None:
+            runner.sockets.close_all()
         restored = result.get("restored")
         if restored != offer.sent:
             raise HandoffError(f"successor restored {restored} of {offer.sent} connections")
         return offer.sent
 
 
-def restore_server(
+async def restore_server(
     runner: EndpointRunner,
     received: Received,
     *,
     handler: StreamHandler | None,
     restore: RestoreHook | None,
 ) -> tuple[SnapshotGuard, int]:
-    """Restore the snapshots of ``received`` into ``runner`` (synchronously, before the
-    loop reads the socket); returns the replay record and how many were restored."""
+    """Restore the snapshots of ``received`` into ``runner`` as they arrive, serving each
+    restored connection at once (through its own socket, if it had one) and processing
+    the datagrams the old process forwards for it; after the end mark, read the
+    listening socket (``runner`` was made with ``read=False``). Returns the replay record
+    and how many connections were restored."""
     header = received.header
     if header.get("format") != FORMAT:
         raise HandoffError("not a quicflow handoff (unknown format)")
     guard = SnapshotGuard()
     guard.merge(str(header.get("guard", "{}")).encode())
     restored = 0
-    hooks: list[tuple[QuicConnection, Any, StreamFaces]] = []
     by_cid = header.get("connection_sockets") or {}
-    for sealed in received.snapshots():
-        one = restore_one(runner, sealed, received.key, guard, handler)
-        hooks.append(one)
+    loop = runner.loop
+    frames: asyncio.Queue[Any] = asyncio.Queue()
+
+    def pump() -> None:  # a thread: the channel is a blocking socket
+        try:
+            for frame in received.frames():
+                loop.call_soon_threadsafe(frames.put_nowait, frame)
+            loop.call_soon_threadsafe(frames.put_nowait, None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the loop
+            loop.call_soon_threadsafe(frames.put_nowait, exc)
+
+    reading = loop.run_in_executor(None, pump)
+    slice_end = time.monotonic() + SLICE
+    while (frame := await frames.get()) is not None:
+        if isinstance(frame, BaseException):
+            raise frame
+        kind, payload = frame
+        if kind == "datagrams":
+            runner.deliver(payload)
+            continue
+        one = restore_one(runner, payload, received.key, guard, handler)
         restored += 1
         index = by_cid.get(one[0].conn.recv_key_cid().hex())
         if type(index) is int and 0 < index < len(received.sockets):
             _attach(runner, one[0], received.sockets[index])
+        start_restored(runner, [one], restore)
+        if time.monotonic() >= slice_end:
+            await asyncio.sleep(0)  # serve the restored ones (and send) for a moment
+            slice_end = time.monotonic() + SLICE
+    await reading
     if received.trailer is not None:
         guard.merge(str(received.trailer.get("guard", "{}")).encode())
-    start_restored(runner, hooks, restore)
+    runner.start_reading()  # the old process reads nothing more
     return guard, restored
 
 

@@ -62,6 +62,11 @@ def default_server_generator(cid_length: int, layout: ServerIdLayout | None = No
     return CidGenerator(config, layout.server_id())
 
 
+#: Most packets set aside for one connection being captured, or per round of reading for
+#: connections handed off (``Endpoint.frozen``, ``Endpoint.forwarding``).
+MAX_DIVERTED = 4096
+
+
 @dataclass(slots=True)
 class EndpointCounters:
     datagrams_received: int = 0
@@ -79,6 +84,7 @@ class EndpointCounters:
     cid_collisions: int = 0  # a CID the registry refused (held by another connection)
     dropped_not_accepting: int = 0  # Initials for new connections while handing over
     dropped_moved: int = 0  # packets for a connection handed off (no stateless reset)
+    forwarded_moved: int = 0  # packets for a connection handed off, kept to forward
     handshakes_failed: int = 0  # server connections that ended before their handshake did
 
     def dropped(self) -> int:
@@ -123,6 +129,15 @@ class Endpoint:
     #: CIDs of connections handed off (captured and released): their packets are
     #: dropped, never answered with a stateless reset the client would accept
     moved: MovedCids = field(default_factory=MovedCids)
+    #: during a same-host handoff: packets for connections already handed off are put
+    #: here as ``(data, address, ecn)`` (for the I/O layer to pass to the successor)
+    #: instead of being dropped; None otherwise
+    forwarding: list[tuple[bytes, Address, int]] | None = None
+    #: connections being captured (by ``id``): their packets are set aside here, to
+    #: reach them again after the restore, instead of changing them meanwhile
+    frozen: dict[int, list[tuple[bytes, Address, int]]] = field(default_factory=dict)
+    _diverted: list[tuple[bytes, Address, int]] | None = field(default=None, init=False,
+                                                                repr=False)
 
     def __post_init__(self) -> None:
         length = self.configuration.connection_id_length
@@ -209,7 +224,7 @@ class Endpoint:
         self.counters.datagrams_received += 1
         self.counters.segments_received += 1
         self.counters.lookups += 1
-        conn = self._lookup(data, address, now)
+        conn = self._lookup(data, address, now, ecn)
         if conn is not None:
             receive_datagram(conn, data, address, now, ecn)
             if not self._keep_new(conn):
@@ -265,7 +280,12 @@ class Endpoint:
                 counters.datagrams_received += j - i
                 counters.segments_received += j - i
                 counters.lookups += 1
-                conn = self._lookup(data, address, now)
+                self._diverted = None
+                conn = self._lookup(data, address, now, ecn)
+                if self._diverted is not None:
+                    # the run's first was set aside for a handoff: so is the rest of it
+                    for other, other_address, other_ecn in datagrams[i + 1 : j]:
+                        self._divert(self._diverted, other, other_address, other_ecn)
                 if conn is not None:
                     run: list[tuple[int, int, bytes]] = []
                     pos = 0
@@ -313,7 +333,7 @@ class Endpoint:
                     receive_short_run(run_conn, data, run, address, now, ecn)
                 run = []
                 counters.lookups += 1
-                run_conn = self._lookup(bytes(data[pos:end]), address, now)
+                run_conn = self._lookup(bytes(data[pos:end]), address, now, ecn)
                 run_key = key
                 if run_conn is not None:
                     run.append((pos, end - pos, key))
@@ -325,7 +345,7 @@ class Endpoint:
                 run_conn = None
                 segment = bytes(data[pos:end])
                 counters.lookups += 1
-                conn = self._lookup(segment, address, now)
+                conn = self._lookup(segment, address, now, ecn)
                 if conn is not None:
                     receive_datagram(conn, segment, address, now, ecn)
                     if self.admission.half_open:
@@ -339,7 +359,17 @@ class Endpoint:
             self._sync_cids(c)
         return list(touched)
 
-    def _lookup(self, data: bytes, address: Address, now: float) -> Connection | None:
+    def _divert(self, into: list[tuple[bytes, Address, int]], data: bytes, address: Address,
+                ecn: int) -> None:
+        self._diverted = into
+        if len(into) >= MAX_DIVERTED:  # bounded: QUIC sends what was in them again
+            self.counters.dropped_moved += 1
+            return
+        into.append((data, address, ecn))
+        self.counters.forwarded_moved += 1
+
+    def _lookup(self, data: bytes, address: Address, now: float, ecn: int = 0
+                ) -> Connection | None:
         if not data:
             self.counters.dropped_malformed += 1
             return None
@@ -353,6 +383,9 @@ class Endpoint:
             conn = registry.by_cid(cid)
             if conn is None:
                 if self.moved and self.moved.holds(cid, now):
+                    if self.forwarding is not None:  # handing over: to the successor
+                        self._divert(self.forwarding, data, address, ecn)
+                        return None
                     self.counters.dropped_moved += 1  # it went elsewhere: no reset
                     return None
                 self.counters.dropped_unknown_cid += 1
@@ -365,6 +398,11 @@ class Endpoint:
             elif conn.terminated:
                 self.counters.dropped_closed += 1
                 return None
+            elif self.frozen:
+                held = self.frozen.get(id(conn))
+                if held is not None:
+                    self._divert(held, data, address, ecn)
+                    return None
             return conn
         try:
             hdr = parse_header(data, 0, self.cid_length)
@@ -502,6 +540,7 @@ class Endpoint:
             "dropped": c.dropped(),
             "dropped_not_ours": c.dropped_not_ours,
             "dropped_moved": c.dropped_moved,
+            "forwarded_moved": c.forwarded_moved,
             "cid_collisions": c.cid_collisions,
             "handshakes_failed": c.handshakes_failed,
             "connections": len(self.registry),

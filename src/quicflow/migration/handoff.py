@@ -10,12 +10,17 @@ SO_PEERCRED and refuse any other user. The exchange:
 2. old -> successor: a header (JSON: how many sockets, the caller's fields), the sockets
    themselves (SCM_RIGHTS, with the header), then each sealed snapshot as soon as it is
    captured, length-prefixed (so the successor restores while the old one captures),
-   then an end mark and a trailer (JSON: e.g. the replay record);
+   then an end mark and a trailer (JSON: e.g. the replay record); between snapshots,
+   datagrams the old process read for connections it has handed over already
+   (``Offer.datagrams``: forwarded, in the order read);
 3. successor -> old: an acknowledgment (JSON), after which the old process exits.
 
-Datagrams that arrive meanwhile wait in the kernel queues of the passed sockets: the old
-process stops reading before it captures, the successor starts reading after it
-restores. This module moves bytes and file descriptors only; what the snapshots hold is
+The old process serves every connection until its own turn comes (so each pauses only
+for its own capture and restore): it keeps reading the listening socket and forwards
+what arrives for connections already handed over; a connection's own socket is read by
+the old process until its capture and by the successor from its restore (meanwhile
+datagrams wait in the kernel queue). After the end mark the old process reads nothing;
+the successor reads the listening socket from then on. This module moves bytes and file descriptors only; what the snapshots hold is
 the caller's business (``quicflow.aio.handover``).
 """
 
@@ -30,6 +35,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..datapath.backends import RecvEntry
+from ..datapath.handoff import decode_handoff, encode_handoff
+
 HELLO = b"QFHANDOFF1\n"
 MOVE_HELLO = b"QFMOVEREQ1\n"  # same length as HELLO
 KEY_LEN = 32
@@ -39,6 +47,9 @@ MAX_FDS = 250  # per SCM_RIGHTS message (the kernel's SCM_MAX_FD is 253)
 MAX_HEADER = 64 << 20
 MAX_SNAPSHOT = 1 << 30
 _LEN = struct.Struct("!I")
+#: length bit of a frame of forwarded datagrams (snapshots stay below MAX_SNAPSHOT)
+_DATAGRAMS = 0x80000000
+MAX_DATAGRAMS_FRAME = 16 << 20
 
 
 class HandoffError(Exception):
@@ -118,6 +129,21 @@ class Offer:
             raise HandoffError(f"handoff to the successor failed: {exc}") from exc
         self.sent += 1
 
+    def datagrams(self, entries: list[tuple[bytes, int, tuple[Any, ...], int]]) -> None:
+        """Forward datagrams ``(data, segment_size, address, ecn)`` read for connections
+        handed over already (the successor processes them as if it had read them)."""
+        parts: list[bytes] = []
+        for data, segment_size, addr, ecn in entries:
+            message = encode_handoff(data, segment_size, (str(addr[0]), int(addr[1])), ecn)
+            parts.append(_LEN.pack(len(message)))
+            parts.append(message)
+        raw = b"".join(parts)
+        try:
+            self.channel.sendall(_LEN.pack(_DATAGRAMS | len(raw)) + raw)
+        except OSError as exc:
+            self.close()
+            raise HandoffError(f"handoff to the successor failed: {exc}") from exc
+
     def finish(self, trailer: dict[str, Any]) -> dict[str, Any]:
         """Send the end mark and ``trailer``; return the successor's acknowledgment."""
         try:
@@ -149,15 +175,30 @@ class Received:
     acknowledged: bool = field(default=False)
 
     def snapshots(self) -> Iterator[bytes]:
+        """The sealed snapshots (forwarded datagrams are skipped)."""
+        for kind, payload in self.frames():
+            if kind == "snapshot":
+                assert isinstance(payload, bytes)
+                yield payload
+
+    def frames(self) -> Iterator[tuple[str, bytes | list[RecvEntry]]]:
+        """``("snapshot", sealed)`` and ``("datagrams", [(data, segment_size, address,
+        ecn), ...])`` in the order sent, until the end mark (then ``trailer`` is set)."""
         try:
             while True:
                 (length,) = _LEN.unpack(_recv_exact(self.channel, _LEN.size))
                 if length == _END:
                     self.trailer = json.loads(_recv_frame(self.channel, MAX_HEADER))
                     return
+                if length & _DATAGRAMS:
+                    length &= ~_DATAGRAMS
+                    if length > MAX_DATAGRAMS_FRAME:
+                        raise HandoffError(f"datagram frame of {length} bytes is over the limit")
+                    yield "datagrams", _split_datagrams(_recv_exact(self.channel, length))
+                    continue
                 if length > MAX_SNAPSHOT:
                     raise HandoffError(f"snapshot of {length} bytes is over the limit")
-                yield _recv_exact(self.channel, length)
+                yield "snapshot", _recv_exact(self.channel, length)
         except (OSError, ValueError) as exc:
             raise HandoffError(f"receiving the snapshots failed: {exc}") from exc
 
@@ -305,6 +346,22 @@ def reply(channel: socket.socket, answer: dict[str, Any]) -> None:
         pass
     finally:
         channel.close()
+
+
+def _split_datagrams(raw: bytes) -> list[RecvEntry]:
+    out: list[RecvEntry] = []
+    pos = 0
+    while pos < len(raw):
+        if pos + _LEN.size > len(raw):
+            raise HandoffError("datagram frame truncated")
+        (n,) = _LEN.unpack_from(raw, pos)
+        pos += _LEN.size
+        entry = decode_handoff(raw[pos : pos + n])
+        pos += n
+        if entry is None or pos > len(raw):
+            raise HandoffError("malformed forwarded datagram")
+        out.append(entry)
+    return out
 
 
 def _adopt_fd(fd: int) -> socket.socket:
