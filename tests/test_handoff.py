@@ -255,8 +255,10 @@ def test_takeover_of_1000_idle_and_20_busy_connections(tmp_path: Path) -> None:
             digest = hashlib.sha256()
             while True:
                 if not switched.is_set():
-                    await asyncio.sleep(0.005)
-                data = await reader.read(32 * 1024 if not switched.is_set() else MB)
+                    # slow until the switch is over (the old process serves each
+                    # connection until its turn comes): the takeover lands mid-transfer
+                    await asyncio.sleep(0.025)
+                data = await reader.read(16 * 1024 if not switched.is_set() else MB)
                 if not data:
                     return digest.hexdigest()
                 digest.update(data)
