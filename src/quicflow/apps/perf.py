@@ -19,7 +19,7 @@ import asyncio
 import os
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -113,11 +113,15 @@ class PerfServerHandler:
     def __init__(self) -> None:
         self.stats = ServerStats()
 
-    async def __call__(self, reader: QuicStreamReader, writer: QuicStreamWriter) -> None:
+    def __call__(self, reader: QuicStreamReader, writer: QuicStreamWriter
+                 ) -> Coroutine[Any, Any, None]:
+        # The progress entry is made here, not in the task: a handoff that stops the
+        # connection before the task's first step still captures the stream (and the
+        # successor serves it from the start).
         self.stats.streams += 1
         progress: list[Any] = ["", -1, False, 0]
         _progress_table(writer.connection)[reader.stream_id] = progress
-        await self._serve(reader, writer, progress)
+        return self._serve(reader, writer, progress)
 
     async def _serve(
         self, reader: QuicStreamReader, writer: QuicStreamWriter, p: list[Any]
