@@ -194,9 +194,11 @@ class Handover:
                     continue
                 started = time.monotonic()
                 conn = face.conn
+                await face.stop()  # (other connections are served meanwhile)
                 # what arrives for it from now on waits (and follows its snapshot)
                 endpoint.frozen[id(conn)] = []
-                await face.stop()
+                while face.has_tasks():  # started by what arrived during stop()
+                    await face.stop()
                 captured = time.monotonic()
                 stop_time += captured - started
                 blob = await self.capture_one(face, key)
@@ -277,7 +279,6 @@ async def restore_server(
             loop.call_soon_threadsafe(frames.put_nowait, exc)
 
     reading = loop.run_in_executor(None, pump)
-    slice_end = time.monotonic() + SLICE
     while (frame := await frames.get()) is not None:
         if isinstance(frame, BaseException):
             raise frame
@@ -291,9 +292,8 @@ async def restore_server(
         if type(index) is int and 0 < index < len(received.sockets):
             _attach(runner, one[0], received.sockets[index])
         start_restored(runner, [one], restore)
-        if time.monotonic() >= slice_end:
-            await asyncio.sleep(0)  # serve the restored ones (and send) for a moment
-            slice_end = time.monotonic() + SLICE
+        # no yielding while more wait: each waiting connection is paused, while the
+        # restored ones are only served a little later
     await reading
     if received.trailer is not None:
         guard.merge(str(received.trailer.get("guard", "{}")).encode())
