@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from ..migration.handoff import HandoffError, HandoffListener, Offer, Received
+from ..migration.handoff import HandoffError, HandoffListener, Offer, Received, refuse
 from ..transport.codec import SnapshotError
 from ..transport.snapshot import SnapshotGuard, capture_sealed, restore_sealed
 from .connection import QuicConnection, StreamHandler
@@ -43,8 +43,10 @@ CaptureHook = Callable[[QuicConnection], Any]
 RestoreHook = Callable[[QuicConnection, Any, StreamFaces], Awaitable[None] | None]
 
 FORMAT = "quicflow-handoff-1"
-#: seconds of capturing before the old process serves its other connections a moment
-SLICE = 0.005
+#: connections captured at a time: the next ones are stopped only when the successor
+#: has restored these (a captured connection is paused until its restore)
+WINDOW = 16
+
 
 
 class Handover:
@@ -122,6 +124,10 @@ class Handover:
         if accepted is None:
             return
         channel, kind, payload = accepted
+        if kind == "group":  # a worker group cannot take over a single process
+            refuse(channel, f"the server at {listener.path} runs without workers: start "
+                   "the successor without --workers (workers take over from workers)")
+            return
         if kind == "move":  # a command asks us to move connections to another host
             from .moving import serve_move_request
 
@@ -187,38 +193,38 @@ class Handover:
         size = 0
         stop_time = capture_time = 0.0
         detached: list[Any] = []
-        slice_end = time.monotonic() + SLICE
         try:
-            for face in faces:
-                if face.conn.terminated:
-                    continue
+            for first in range(0, len(faces), WINDOW):
+                batch = [f for f in faces[first : first + WINDOW] if not f.conn.terminated]
+                # at most WINDOW captured connections wait for their restore: each of
+                # them is paused, the others are served here meanwhile
+                while offer.sent - offer.progress() > 0:
+                    await asyncio.sleep(0.001)
                 started = time.monotonic()
-                conn = face.conn
-                await face.stop()  # (other connections are served meanwhile)
-                # what arrives for it from now on waits (and follows its snapshot)
-                endpoint.frozen[id(conn)] = []
-                while face.has_tasks():  # started by what arrived during stop()
-                    await face.stop()
-                captured = time.monotonic()
-                stop_time += captured - started
-                blob = await self.capture_one(face, key)
-                capture_time += time.monotonic() - captured
-                held = endpoint.frozen.pop(id(conn), [])
-                if blob is None:  # it stays here (and ends with this process)
-                    runner.deliver([(d, len(d), a, e) for d, a, e in held])
-                    continue
-                detach_sock = runner.detach_connection_socket(conn)
-                if detach_sock is not None:
-                    detached.append(detach_sock)  # the successor reads its copy from now
-                runner.forget_connection(conn)  # its CIDs: forwarded from now on
-                face.on_terminated()
-                offer.snapshot(blob)  # blocking: the successor reads as we send
-                if held:
-                    offer.datagrams([(d, len(d), a, e) for d, a, e in held])
-                size += len(blob)
-                if time.monotonic() >= slice_end:
-                    await asyncio.sleep(0)  # serve the others (and forward) for a moment
-                    slice_end = time.monotonic() + SLICE
+                await asyncio.gather(*(face.stop() for face in batch))  # serving the rest
+                stop_time += time.monotonic() - started
+                for face in batch:
+                    started = time.monotonic()
+                    conn = face.conn
+                    # what arrives for it from now on waits (and follows its snapshot)
+                    endpoint.frozen[id(conn)] = []
+                    while face.has_tasks():  # started by what arrived during stop()
+                        await face.stop()
+                    blob = await self.capture_one(face, key)
+                    capture_time += time.monotonic() - started
+                    held = endpoint.frozen.pop(id(conn), [])
+                    if blob is None:  # it stays here (and ends with this process)
+                        runner.deliver([(d, len(d), a, e) for d, a, e in held])
+                        continue
+                    detach_sock = runner.detach_connection_socket(conn)
+                    if detach_sock is not None:
+                        detached.append(detach_sock)  # the successor reads its copy now
+                    runner.forget_connection(conn)  # its CIDs: forwarded from now on
+                    face.on_terminated()
+                    offer.snapshot(blob)  # blocking: the successor reads as we send
+                    if held:
+                        offer.datagrams([(d, len(d), a, e) for d, a, e in held])
+                    size += len(blob)
             # the end: we read nothing more; what waits in the socket is the successor's
             runner.pause()
             if endpoint.forwarding:
@@ -285,6 +291,7 @@ async def restore_server(
         kind, payload = frame
         if kind == "datagrams":
             runner.deliver(payload)
+            await asyncio.sleep(0)  # let the restored connections answer them
             continue
         one = restore_one(runner, payload, received.key, guard, handler)
         restored += 1
@@ -292,8 +299,7 @@ async def restore_server(
         if type(index) is int and 0 < index < len(received.sockets):
             _attach(runner, one[0], received.sockets[index])
         start_restored(runner, [one], restore)
-        # no yielding while more wait: each waiting connection is paused, while the
-        # restored ones are only served a little later
+        received.report_progress(restored)  # the old process captures the next ones
     await reading
     if received.trailer is not None:
         guard.merge(str(received.trailer.get("guard", "{}")).encode())

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import stat
 import struct
@@ -40,6 +41,7 @@ from ..datapath.handoff import decode_handoff, encode_handoff
 
 HELLO = b"QFHANDOFF1\n"
 MOVE_HELLO = b"QFMOVEREQ1\n"  # same length as HELLO
+GROUP_HELLO = b"QFGROUPHO1\n"  # a worker group's successor (migration.group)
 KEY_LEN = 32
 #: SO_PEERCRED (Linux): the connected peer's (pid, uid, gid)
 SO_PEERCRED = getattr(socket, "SO_PEERCRED", 17)
@@ -104,6 +106,30 @@ class Offer:
         self.channel = channel
         channel.settimeout(timeout)
         self.sent = 0
+        #: how many snapshots the successor says it has restored (``progress``)
+        self.restored = 0
+        self._pending = b""  # bytes of the successor's messages read, not yet used
+
+    def progress(self) -> int:
+        """Read the successor's progress reports that have arrived (without waiting);
+        returns how many snapshots it has restored so far."""
+        while select.select([self.channel], [], [], 0)[0]:  # (the channel has a timeout)
+            try:
+                chunk = self.channel.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                raise HandoffError(f"the successor's channel failed: {exc}") from exc
+            if not chunk:
+                break
+            self._pending += chunk
+        while len(self._pending) >= _LEN.size:
+            (value,) = _LEN.unpack_from(self._pending)
+            if not value & _DATAGRAMS:
+                break  # the final answer: ``finish`` reads it
+            self.restored = value & ~_DATAGRAMS
+            self._pending = self._pending[_LEN.size :]
+        return self.restored
 
     def begin(self, header: dict[str, Any], sockets: list[socket.socket]) -> None:
         doc = dict(header)
@@ -149,7 +175,22 @@ class Offer:
         try:
             self.channel.sendall(_LEN.pack(_END))
             _send_frame(self.channel, json.dumps(trailer).encode())
-            answer = _recv_frame(self.channel, MAX_HEADER)
+            while True:  # progress reports, then the answer
+                while len(self._pending) < _LEN.size:
+                    chunk = self.channel.recv(4096)
+                    if not chunk:
+                        raise HandoffError("handoff peer closed the connection early")
+                    self._pending += chunk
+                (value,) = _LEN.unpack_from(self._pending)
+                self._pending = self._pending[_LEN.size :]
+                if not value & _DATAGRAMS:
+                    break
+            if value > MAX_HEADER:
+                raise HandoffError("handoff answer over the limit")
+            answer = self._pending[:value]
+            self._pending = b""
+            if len(answer) < value:
+                answer += _recv_exact(self.channel, value - len(answer))
         except OSError as exc:
             raise HandoffError(f"handoff to the successor failed: {exc}") from exc
         finally:
@@ -202,6 +243,14 @@ class Received:
         except (OSError, ValueError) as exc:
             raise HandoffError(f"receiving the snapshots failed: {exc}") from exc
 
+    def report_progress(self, restored: int) -> None:
+        """Tell the old process how many snapshots have been restored so far (it keeps
+        only a few captured connections waiting for their restore)."""
+        try:
+            self.channel.sendall(_LEN.pack(_DATAGRAMS | restored))
+        except OSError:
+            pass  # the old process's error shows at the end
+
     def acknowledge(self, result: dict[str, Any]) -> None:
         if self.acknowledged:
             return
@@ -242,8 +291,9 @@ class HandoffListener:
         self, timeout: float = 10.0
     ) -> tuple[socket.socket, str, bytes | dict[str, Any]] | None:
         """Someone of our uid who connected and said hello: ``(channel, "takeover",
-        key)`` for a successor, ``(channel, "move", request)`` for a move command; None
-        when no one is waiting or the one who came was refused (other uid, bad hello)."""
+        key)`` for a successor, ``(channel, "move", request)`` for a move command,
+        ``(channel, "group", request)`` for a worker group's successor; None when no one
+        is waiting or the one who came was refused (other uid, bad hello)."""
         try:
             channel, _ = self._sock.accept()
         except (BlockingIOError, InterruptedError):
@@ -254,11 +304,11 @@ class HandoffListener:
             hello = _recv_exact(channel, len(HELLO))
             if hello == HELLO:
                 return channel, "takeover", _recv_exact(channel, KEY_LEN)
-            if hello == MOVE_HELLO:
+            if hello == MOVE_HELLO or hello == GROUP_HELLO:
                 request = json.loads(_recv_frame(channel, MAX_HEADER))
                 if type(request) is not dict:
                     raise HandoffError("bad move request")
-                return channel, "move", request
+                return channel, "move" if hello == MOVE_HELLO else "group", request
             raise HandoffError("not a quicflow handoff request")
         except (HandoffError, OSError, ValueError):
             self.refused += 1
@@ -304,13 +354,15 @@ def take_over(path: str, timeout: float = 60.0) -> Received:
         elif len(raw) > length:
             raise HandoffError("handoff header longer than announced")
         header: dict[str, Any] = json.loads(raw)
+        if "error" in header:  # refused, e.g. a worker group (see migration.group)
+            raise HandoffError(str(header["error"]))
         want = int(header.get("sockets", 0))
         while len(received_sockets) < want:
             _, more, _, _ = socket.recv_fds(channel, 1, MAX_FDS)
             if not more:
                 raise HandoffError("handoff peer sent fewer sockets than announced")
             received_sockets += [_adopt_fd(fd) for fd in more]
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, HandoffError) as exc:
         channel.close()
         raise HandoffError(f"taking over from {path} failed: {exc}") from exc
     except BaseException:
@@ -336,6 +388,18 @@ def request_move(path: str, request: dict[str, Any], timeout: float = 600.0) -> 
     finally:
         channel.close()
     return answer
+
+
+def refuse(channel: socket.socket, message: str) -> None:
+    """Refuse a successor (of either kind) with ``message`` and close its channel: the
+    answer has the form of a handoff header, so ``take_over`` raises it."""
+    raw = json.dumps({"error": message}).encode()
+    try:
+        channel.sendall(_LEN.pack(len(raw)) + raw)
+    except OSError:
+        pass
+    finally:
+        channel.close()
 
 
 def reply(channel: socket.socket, answer: dict[str, Any]) -> None:
@@ -385,6 +449,7 @@ __all__ = [
     "Offer",
     "Received",
     "peer_uid",
+    "refuse",
     "reply",
     "request_move",
     "take_over",
