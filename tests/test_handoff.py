@@ -440,32 +440,3 @@ def test_endpoint_not_accepting_drops_new_initials() -> None:
     server.accepting = True
     server.receive(initial[0], ("127.0.0.1", 5555), 1.1)
     assert len(server.accepted) == 1
-
-
-def test_handoff_with_workers_is_refused_clearly(tmp_path: Path) -> None:
-    """Worker groups cannot hand over yet: the command line says so with exit status 2
-    and serve() raises ValueError, instead of starting a server that would ignore the
-    option."""
-    import subprocess
-    import sys
-
-    for option in ("--handoff", "--takeover"):
-        result = subprocess.run(
-            [sys.executable, "-m", "quicflow", "perf", "server", "--port", "0",
-             "--workers", "2", option, str(tmp_path / "h.sock")],
-            capture_output=True, text=True, timeout=60,
-        )
-        assert result.returncode == 2, result.stderr
-        assert "--workers" in result.stderr
-
-    from quicflow.tls.certs import generate_self_signed
-
-    cert, key = generate_self_signed(["localhost"])
-    config = Configuration(alpn_protocols=["perf"], certificate_chain=[cert], private_key=key)
-
-    async def main() -> None:
-        with pytest.raises(ValueError, match="workers"):
-            await quicflow.serve(None, "127.0.0.1", 0, configuration=config, workers=2,
-                                 takeover=str(tmp_path / "h.sock"))
-
-    asyncio.run(main())

@@ -349,7 +349,8 @@ async def serve(
     backend: str = ..., connection_handler: Any = ..., engine: OffloadEngine | None = ...,
     cid_generator: None = ..., workers: int, steering: bool = ...,
     cid_plan: CidPlan | None = ..., app_stats: Any = ...,
-    capture: None = ..., restore: None = ..., takeover: None = ...,
+    capture: CaptureHook | None = ..., restore: RestoreHook | None = ...,
+    takeover: str | None = ...,
     connection_sockets: int = ..., socket_policy: SocketPolicy | None = ...,
     face_class: type[QuicConnection] = ...,
 ) -> WorkerGroupServer: ...
@@ -406,8 +407,11 @@ async def serve(
     socket and connections of the server offering a handoff at ``path`` (``host`` and
     ``port`` are then unused). The successor must issue CIDs the same way (the same
     ``cid_generator``/``cid_plan``: restored connections keep their CIDs). Handoff is
-    not available with ``workers`` yet, nor ``takeover`` with another ``face_class``
-    (ValueError).
+    not available with another ``face_class`` (ValueError). With ``workers=N``, every
+    worker hands over to its successor: ``WorkerGroupServer.handoff(path)`` offers the
+    group at ``path`` (worker i at ``path.i``), and ``serve(workers=N, takeover=path)``
+    takes it over with as many workers (another count is refused with a HandoffError
+    saying which to use; see ``migration.group``).
     """
     config = replace(configuration)
     config.validate()
@@ -425,14 +429,12 @@ async def serve(
     if workers is not None:
         if cid_generator is not None:
             raise ValueError("workers issue CIDs by a cid_plan (one generator per worker)")
-        if takeover is not None or capture is not None or restore is not None:
-            raise ValueError("handoff (takeover, capture, restore) is not supported with "
-                             "workers yet")
         return await serve_workers(
             handler, host, port, configuration=config, workers=workers, backend=backend,
             connection_handler=connection_handler, steering=steering, plan=cid_plan,
             app_stats=app_stats, connection_sockets=connection_sockets,
-            socket_policy=socket_policy, face_class=face_class,
+            socket_policy=socket_policy, face_class=face_class, capture=capture,
+            restore=restore, takeover=takeover,
         )  # fmt: skip
     generator = cid_generator
     if cid_plan is not None:

@@ -46,6 +46,9 @@ FORMAT = "quicflow-handoff-1"
 #: connections captured at a time: the next ones are stopped only when the successor
 #: has restored these (a captured connection is paused until its restore)
 WINDOW = 16
+BATCH = 8  # connections stopped together (stop() waits for their tasks to end)
+#: seconds the successor restores (and processes forwarded datagrams) before it serves
+RESTORE_SLICE = 0.01
 
 
 
@@ -194,12 +197,11 @@ class Handover:
         stop_time = capture_time = 0.0
         detached: list[Any] = []
         try:
-            for first in range(0, len(faces), WINDOW):
-                batch = [f for f in faces[first : first + WINDOW] if not f.conn.terminated]
+            for first in range(0, len(faces), BATCH):
+                batch = [f for f in faces[first : first + BATCH] if not f.conn.terminated]
                 # at most WINDOW captured connections wait for their restore: each of
                 # them is paused, the others are served here meanwhile
-                while offer.sent - offer.progress() > 0:
-                    await asyncio.sleep(0.001)
+                await _until_restored(offer, WINDOW - BATCH)
                 started = time.monotonic()
                 await asyncio.gather(*(face.stop() for face in batch))  # serving the rest
                 stop_time += time.monotonic() - started
@@ -254,6 +256,22 @@ class Handover:
         return offer.sent
 
 
+async def _until_restored(offer: Offer, most: int, timeout: float = 60.0) -> None:
+    """Wait (serving the other connections) until at most ``most`` snapshots sent to
+    the successor are not restored yet."""
+    loop = asyncio.get_running_loop()
+    fd = offer.channel.fileno()
+    while offer.sent - offer.progress() > most:
+        ready: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        try:
+            await asyncio.wait_for(ready, timeout)
+        except TimeoutError:
+            raise HandoffError("the successor stopped restoring") from None
+        finally:
+            loop.remove_reader(fd)
+
+
 async def restore_server(
     runner: EndpointRunner,
     received: Received,
@@ -285,21 +303,24 @@ async def restore_server(
             loop.call_soon_threadsafe(frames.put_nowait, exc)
 
     reading = loop.run_in_executor(None, pump)
+    slice_end = time.monotonic() + RESTORE_SLICE
     while (frame := await frames.get()) is not None:
         if isinstance(frame, BaseException):
             raise frame
         kind, payload = frame
         if kind == "datagrams":
             runner.deliver(payload)
-            await asyncio.sleep(0)  # let the restored connections answer them
-            continue
-        one = restore_one(runner, payload, received.key, guard, handler)
-        restored += 1
-        index = by_cid.get(one[0].conn.recv_key_cid().hex())
-        if type(index) is int and 0 < index < len(received.sockets):
-            _attach(runner, one[0], received.sockets[index])
-        start_restored(runner, [one], restore)
-        received.report_progress(restored)  # the old process captures the next ones
+        else:
+            one = restore_one(runner, payload, received.key, guard, handler)
+            restored += 1
+            index = by_cid.get(one[0].conn.recv_key_cid().hex())
+            if type(index) is int and 0 < index < len(received.sockets):
+                _attach(runner, one[0], received.sockets[index])
+            start_restored(runner, [one], restore)
+            received.report_progress(restored)  # the old process captures the next ones
+        if frames.empty() or time.monotonic() >= slice_end:
+            await asyncio.sleep(0)  # serve the restored connections (answer, send)
+            slice_end = time.monotonic() + RESTORE_SLICE
     await reading
     if received.trailer is not None:
         guard.merge(str(received.trailer.get("guard", "{}")).encode())

@@ -249,8 +249,8 @@ async def start_server(
     ``connection_sockets``: the cap of per-connection sockets (each worker's).
 
     ``takeover=path`` takes over the connections of the perf server offering a handoff
-    at ``path`` (responses in progress go on from where they were); not with
-    ``workers``."""
+    at ``path`` (responses in progress go on from where they were); with ``workers``,
+    the worker group offering at ``path`` (as many workers)."""
     config = replace(configuration)
     if ALPN not in config.alpn_protocols:
         config.alpn_protocols = [*config.alpn_protocols, ALPN]
@@ -263,12 +263,11 @@ async def start_server(
             restore=handler.restore, takeover=takeover,
         )  # fmt: skip
     else:
-        if takeover is not None:
-            raise ValueError("takeover is not supported with workers yet")
         server = await serve(
             handler, host, port, configuration=config, backend=backend, workers=workers,
             steering=steering, cid_plan=cid_plan, app_stats=lambda: asdict(handler.stats),
-            connection_sockets=connection_sockets,
+            connection_sockets=connection_sockets, capture=handler.capture,
+            restore=handler.restore, takeover=takeover,
         )  # fmt: skip
     return server, handler
 
