@@ -256,6 +256,11 @@ class Handover:
         return offer.sent
 
 
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 async def _until_restored(offer: Offer, most: int, timeout: float = 60.0) -> None:
     """Wait (serving the other connections) until at most ``most`` snapshots sent to
     the successor are not restored yet."""
@@ -263,7 +268,7 @@ async def _until_restored(offer: Offer, most: int, timeout: float = 60.0) -> Non
     fd = offer.channel.fileno()
     while offer.sent - offer.progress() > most:
         ready: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        loop.add_reader(fd, _resolve, ready)
         try:
             await asyncio.wait_for(ready, timeout)
         except TimeoutError:

@@ -32,11 +32,11 @@ from ..datapath.workers import WorkerContext, WorkerSupervisor, merge_counters
 from ..endpoint.cids import CidGenerator
 from ..endpoint.endpoint import Endpoint
 from ..endpoint.quiclb import QuicLbConfig, ServerIdLayout
-from ..transport.config import Configuration
-from ..transport.connection import Connection
 from ..migration.group import offer_group, same_socket, take_over_group, worker_path
 from ..migration.handoff import HandoffError, HandoffListener, Received, refuse, reply, take_over
 from ..transport.codec import SnapshotError
+from ..transport.config import Configuration
+from ..transport.connection import Connection
 from .connection import QuicConnection, StreamHandler
 from .handover import CaptureHook, Handover, RestoreHook, restore_server
 from .runner import EndpointRunner

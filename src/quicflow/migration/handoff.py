@@ -20,8 +20,9 @@ for its own capture and restore): it keeps reading the listening socket and forw
 what arrives for connections already handed over; a connection's own socket is read by
 the old process until its capture and by the successor from its restore (meanwhile
 datagrams wait in the kernel queue). After the end mark the old process reads nothing;
-the successor reads the listening socket from then on. This module moves bytes and file descriptors only; what the snapshots hold is
-the caller's business (``quicflow.aio.handover``).
+the successor reads the listening socket from then on. This module moves bytes and file
+descriptors only; what the snapshots hold is the caller's business
+(``quicflow.aio.handover``).
 """
 
 from __future__ import annotations
