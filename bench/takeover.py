@@ -110,7 +110,16 @@ async def _run(n: int, busy: int, interval: float, directory: Path) -> dict[str,
         result = await loop.run_in_executor(None, _switch, old, new)
         t_exit = time.monotonic() - t0
         # every connection answers again
+        give_up = time.monotonic() + 120
         while any(not a or a[-1] < t0 + t_exit for a in answers):
+            if time.monotonic() > give_up:
+                silent = [i for i, a in enumerate(answers) if not a or a[-1] < t0 + t_exit]
+                reasons = {repr(conns[i]._close_error) for i in silent}
+                failed = [t.exception() for t in tasks if t.done() and t.exception()]
+                raise RuntimeError(f"{len(silent)} connection(s) never answered again "
+                                   f"(busy among them: {sum(i < busy for i in silent)}); "
+                                   f"close errors {reasons}; {len(failed)} loops failed: "
+                                   f"{failed[:3]}")
             await asyncio.sleep(0.05)
         t_all = time.monotonic() - t0
         await asyncio.sleep(max(1.0, 2 * interval))

@@ -49,6 +49,8 @@ WINDOW = 16
 BATCH = 8  # connections stopped together (stop() waits for their tasks to end)
 #: seconds the successor restores (and processes forwarded datagrams) before it serves
 RESTORE_SLICE = 0.01
+#: seconds the successor waits for the next message of the old process
+CHANNEL_TIMEOUT = 60.0
 
 
 
@@ -298,19 +300,37 @@ async def restore_server(
     by_cid = header.get("connection_sockets") or {}
     loop = runner.loop
     frames: asyncio.Queue[Any] = asyncio.Queue()
+    parser = received.frame_parser()
+    channel = received.channel
+    fd = channel.fileno()
 
-    def pump() -> None:  # a thread: the channel is a blocking socket
+    def on_readable() -> None:  # read in the loop: a reader thread starves for the GIL
         try:
-            for frame in received.frames():
-                loop.call_soon_threadsafe(frames.put_nowait, frame)
-            loop.call_soon_threadsafe(frames.put_nowait, None)
-        except BaseException as exc:  # noqa: BLE001 - handed to the loop
-            loop.call_soon_threadsafe(frames.put_nowait, exc)
+            data = channel.recv(1 << 20)
+            if not data:
+                raise HandoffError("the old process closed the handoff channel early")
+            for frame in parser.feed(data):
+                frames.put_nowait(None if frame[0] == "end" else frame)
+        except (OSError, ValueError, HandoffError) as exc:
+            loop.remove_reader(fd)
+            frames.put_nowait(exc if isinstance(exc, HandoffError)
+                              else HandoffError(f"receiving the snapshots failed: {exc}"))
+            return
+        if parser.ended:
+            loop.remove_reader(fd)
 
-    reading = loop.run_in_executor(None, pump)
+    loop.add_reader(fd, on_readable)
     slice_end = time.monotonic() + RESTORE_SLICE
-    while (frame := await frames.get()) is not None:
+    while True:
+        try:
+            frame = await asyncio.wait_for(frames.get(), CHANNEL_TIMEOUT)
+        except TimeoutError:
+            loop.remove_reader(fd)
+            raise HandoffError("the old process stopped sending") from None
+        if frame is None:
+            break
         if isinstance(frame, BaseException):
+            loop.remove_reader(fd)
             raise frame
         kind, payload = frame
         if kind == "datagrams":
@@ -326,7 +346,6 @@ async def restore_server(
         if frames.empty() or time.monotonic() >= slice_end:
             await asyncio.sleep(0)  # serve the restored connections (answer, send)
             slice_end = time.monotonic() + RESTORE_SLICE
-    await reading
     if received.trailer is not None:
         guard.merge(str(received.trailer.get("guard", "{}")).encode())
     runner.start_reading()  # the old process reads nothing more

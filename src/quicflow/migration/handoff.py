@@ -252,6 +252,11 @@ class Received:
         except OSError:
             pass  # the old process's error shows at the end
 
+    def frame_parser(self) -> FrameParser:
+        """An incremental parser of the rest of the channel (for reading it from an
+        event loop instead of ``frames()``)."""
+        return FrameParser(self)
+
     def acknowledge(self, result: dict[str, Any]) -> None:
         if self.acknowledged:
             return
@@ -260,6 +265,57 @@ class Received:
             _send_frame(self.channel, json.dumps(result).encode())
         finally:
             self.channel.close()
+
+
+class FrameParser:
+    """``Received.frames()`` without blocking: ``feed(bytes)`` returns the frames
+    complete so far (``("snapshot", sealed)``, ``("datagrams", entries)``), then
+    ``("end", trailer)`` once (also setting ``Received.trailer``)."""
+
+    def __init__(self, received: Received) -> None:
+        self.received = received
+        self._buffer = bytearray()
+        self.ended = False
+
+    def feed(self, data: bytes) -> list[tuple[str, Any]]:
+        buf = self._buffer
+        buf += data
+        out: list[tuple[str, Any]] = []
+        pos = 0
+        while not self.ended and len(buf) - pos >= _LEN.size:
+            (length,) = _LEN.unpack_from(buf, pos)
+            start = pos + _LEN.size
+            if length == _END:
+                if len(buf) - start < _LEN.size:
+                    break
+                (size,) = _LEN.unpack_from(buf, start)
+                if size > MAX_HEADER:
+                    raise HandoffError("handoff trailer over the limit")
+                end = start + _LEN.size + size
+                if len(buf) < end:
+                    break
+                trailer = json.loads(bytes(buf[start + _LEN.size : end]))
+                self.received.trailer = trailer
+                self.ended = True
+                out.append(("end", trailer))
+                pos = end
+                break
+            kind = "snapshot"
+            if length & _DATAGRAMS:
+                length &= ~_DATAGRAMS
+                kind = "datagrams"
+                if length > MAX_DATAGRAMS_FRAME:
+                    raise HandoffError(f"datagram frame of {length} bytes is over the limit")
+            elif length > MAX_SNAPSHOT:
+                raise HandoffError(f"snapshot of {length} bytes is over the limit")
+            end = start + length
+            if len(buf) < end:
+                break
+            payload = bytes(buf[start:end])
+            out.append((kind, payload if kind == "snapshot" else _split_datagrams(payload)))
+            pos = end
+        del buf[:pos]
+        return out
 
 
 class HandoffListener:
