@@ -129,9 +129,10 @@ class Endpoint:
     #: CIDs of connections handed off (captured and released): their packets are
     #: dropped, never answered with a stateless reset the client would accept
     moved: MovedCids = field(default_factory=MovedCids)
-    #: during a same-host handoff: packets for connections already handed off are put
-    #: here as ``(data, address, ecn)`` (for the I/O layer to pass to the successor)
-    #: instead of being dropped; None otherwise
+    #: during a same-host handoff: short-header packets with a CID of ours that no
+    #: connection here holds (handed off already, or issued by the successor since) are
+    #: put here as ``(data, address, ecn)`` for the I/O layer to pass to the successor,
+    #: instead of being dropped or answered with a stateless reset; None otherwise
     forwarding: list[tuple[bytes, Address, int]] | None = None
     #: connections being captured (by ``id``): their packets are set aside here, to
     #: reach them again after the restore, instead of changing them meanwhile
@@ -382,10 +383,12 @@ class Endpoint:
                 return None
             conn = registry.by_cid(cid)
             if conn is None:
+                if self.forwarding is not None:
+                    # handing over: a CID of a connection handed over already, or one
+                    # the successor issued for it since: the successor's business
+                    self._divert(self.forwarding, data, address, ecn)
+                    return None
                 if self.moved and self.moved.holds(cid, now):
-                    if self.forwarding is not None:  # handing over: to the successor
-                        self._divert(self.forwarding, data, address, ecn)
-                        return None
                     self.counters.dropped_moved += 1  # it went elsewhere: no reset
                     return None
                 self.counters.dropped_unknown_cid += 1
