@@ -322,11 +322,14 @@ async def restore_server(
     loop.add_reader(fd, on_readable)
     slice_end = time.monotonic() + RESTORE_SLICE
     while True:
-        try:
-            frame = await asyncio.wait_for(frames.get(), CHANNEL_TIMEOUT)
-        except TimeoutError:
-            loop.remove_reader(fd)
-            raise HandoffError("the old process stopped sending") from None
+        if frames.empty():
+            try:
+                frame = await asyncio.wait_for(frames.get(), CHANNEL_TIMEOUT)
+            except TimeoutError:
+                loop.remove_reader(fd)
+                raise HandoffError("the old process stopped sending") from None
+        else:
+            frame = frames.get_nowait()  # no loop turn per frame
         if frame is None:
             break
         if isinstance(frame, BaseException):
