@@ -477,7 +477,10 @@ def _split_datagrams(raw: bytes) -> list[RecvEntry]:
             raise HandoffError("datagram frame truncated")
         (n,) = _LEN.unpack_from(raw, pos)
         pos += _LEN.size
-        entry = decode_handoff(raw[pos : pos + n])
+        try:
+            entry = decode_handoff(raw[pos : pos + n])
+        except ValueError:  # a host that is not text
+            entry = None
         pos += n
         if entry is None or pos > len(raw):
             raise HandoffError("malformed forwarded datagram")
