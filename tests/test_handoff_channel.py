@@ -118,3 +118,10 @@ def test_progress_reports_then_the_answer() -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_forwarded_datagram_with_a_bad_host_is_refused() -> None:
+    message = struct.pack("!HHBB", 443, 1, 0, 2) + b"\xff\xfe" + b"x"
+    body = _LEN.pack(len(message)) + message
+    with pytest.raises(HandoffError, match="malformed forwarded datagram"):
+        _parser().feed(_LEN.pack(0x80000000 | len(body)) + body)
