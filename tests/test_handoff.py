@@ -462,7 +462,7 @@ def test_handing_over_forwards_unknown_cids_of_ours_instead_of_resetting() -> No
     assert server.receive(packet, peer, 1.1) is None
     assert server.pop_stateless() == []
     assert server.forwarding == [(packet, peer, 0)]
-    assert server.counters.forwarded_moved == 1
+    assert server.counters.handoff_diverted == 1
     foreign = bytes([0x40]) + bytes([0xFF]) * len(cid) + os.urandom(60)
     server.receive(foreign, peer, 1.2)
     assert server.forwarding == [(packet, peer, 0)] and server.pop_stateless() == []

@@ -84,7 +84,7 @@ class EndpointCounters:
     cid_collisions: int = 0  # a CID the registry refused (held by another connection)
     dropped_not_accepting: int = 0  # Initials for new connections while handing over
     dropped_moved: int = 0  # packets for a connection handed off (no stateless reset)
-    forwarded_moved: int = 0  # packets for a connection handed off, kept to forward
+    handoff_diverted: int = 0  # packets set aside for a same-host successor (takeover)
     handshakes_failed: int = 0  # server connections that ended before their handshake did
 
     def dropped(self) -> int:
@@ -367,7 +367,7 @@ class Endpoint:
             self.counters.dropped_moved += 1
             return
         into.append((data, address, ecn))
-        self.counters.forwarded_moved += 1
+        self.counters.handoff_diverted += 1
 
     def _lookup(self, data: bytes, address: Address, now: float, ecn: int = 0
                 ) -> Connection | None:
@@ -543,7 +543,7 @@ class Endpoint:
             "dropped": c.dropped(),
             "dropped_not_ours": c.dropped_not_ours,
             "dropped_moved": c.dropped_moved,
-            "forwarded_moved": c.forwarded_moved,
+            "handoff_diverted": c.handoff_diverted,
             "cid_collisions": c.cid_collisions,
             "handshakes_failed": c.handshakes_failed,
             "connections": len(self.registry),
