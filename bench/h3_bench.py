@@ -1,13 +1,18 @@
-"""HTTP/3: quicflow (quicflow.h3) beside aioquic (aioquic.h3), in the same run.
+"""HTTP/3: quicflow (quicflow.h3) beside aioquic (aioquic.h3) and ngtcp2, in the same run.
 
 1. goodput: one GET of a SIZE-byte body (default 200 MiB) on one connection, the server
    in a process of its own, the client in this one; bytes / seconds from sending the
-   request to the last body byte (handshake excluded).
+   request to the last body byte (handshake excluded). ngtcp2 (Debian ngtcp2-server,
+   ngtcp2-client; skipped with a note when not installed): ``gtlsserver`` serving the
+   body from a file on tmpfs to ``gtlsclient -q --download`` into tmpfs, timed from
+   starting gtlsclient to its exit (so its process start and handshake are included:
+   about 1 ms of loopback RTT and a few ms of start-up, against seconds of transfer).
 2. requests/s: CONNS connections (default 10) each keeping DEPTH requests (default 8) in
    flight for SECONDS, responses of 1 KB; completed responses / seconds.
 
-Both libraries get the same certificate, the same 1200-byte datagram cap (aioquic's
-default; quicflow's default too), 16 MiB receive windows. Usage::
+All three get the same certificate, the same 1200-byte datagram cap (aioquic's default;
+quicflow's default too; ngtcp2 with ``--max-udp-payload-size=1200 --no-pmtud``), 16 MiB
+receive windows. Usage::
 
     .venv/bin/python bench/h3_bench.py [--size MiB] [--runs N] [--seconds S]
 
@@ -21,6 +26,8 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -209,6 +216,56 @@ async def goodput(impl: str, cert: str, key: str, size: int) -> float:
         proc.wait()
 
 
+def udp_bound(port: int) -> bool:
+    with open("/proc/net/udp") as f:
+        rows = f.readlines()[1:]
+    return any(int(row.split()[1].rsplit(":", 1)[1], 16) == port for row in rows if row.strip())
+
+
+def ngtcp2_available() -> bool:
+    return shutil.which("gtlsserver") is not None and shutil.which("gtlsclient") is not None
+
+
+async def ngtcp2_goodput(cert: str, key: str, size: int) -> float:
+    """gtlsserver -> gtlsclient: one download of ``size`` bytes, checked by SHA-256."""
+    work = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    htdocs, into = os.path.join(work, "htdocs"), os.path.join(work, "into")
+    os.mkdir(htdocs)
+    os.mkdir(into)
+    data = body(size)
+    with open(os.path.join(htdocs, "body.bin"), "wb") as f:
+        f.write(data)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cap = ["--max-udp-payload-size=1200", "--no-pmtud"]
+    server = subprocess.Popen(["gtlsserver", "-q", "-d", htdocs, *cap, "127.0.0.1", str(port),
+                               key, cert], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        while not udp_bound(port):
+            if server.poll() is not None:
+                raise RuntimeError("gtlsserver exited")
+            await asyncio.sleep(0.01)
+        start = time.perf_counter()
+        client = await asyncio.create_subprocess_exec(
+            "gtlsclient", "-q", "--exit-on-all-streams-close", f"--download={into}", *cap,
+            "--max-data=16M", "--max-stream-data-bidi-local=16M", "--max-window=16M",
+            "--max-stream-window=16M", "127.0.0.1", str(port),
+            f"https://127.0.0.1:{port}/body.bin",
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await client.wait()
+        seconds = time.perf_counter() - start
+        with open(os.path.join(into, "body.bin"), "rb") as f:
+            got = f.read()
+        assert got == data, f"ngtcp2: {len(got)} of {size} bytes"
+        return size / seconds
+    finally:
+        server.kill()
+        server.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 async def request_rate(impl: str, cert: str, key: str, conns: int, depth: int,
                        seconds: float) -> float:
     proc, port = await start_server(impl, cert, key)
@@ -249,10 +306,16 @@ async def main_async(args: argparse.Namespace) -> None:
     with open(key, "wb") as f:
         f.write(private_key_pem(key_obj))
     size = args.size * MIB
-    rates: dict[str, list[float]] = {"quicflow": [], "aioquic": []}
+    rates: dict[str, list[float]] = {"quicflow": [], "aioquic": [], "ngtcp2": []}
+    impls = ["quicflow", "aioquic"] + (["ngtcp2"] if ngtcp2_available() else [])
+    if "ngtcp2" not in impls:
+        print("ngtcp2's gtlsserver/gtlsclient not installed: no ngtcp2 column", file=sys.stderr)
     for run in range(args.runs):
-        for impl in ("quicflow", "aioquic"):
-            rate = await goodput(impl, cert, key, size)
+        for impl in impls:
+            if impl == "ngtcp2":
+                rate = await ngtcp2_goodput(cert, key, size)
+            else:
+                rate = await goodput(impl, cert, key, size)
             rates[impl].append(rate)
             print(f"goodput run {run + 1} {impl}: {rate / 1e6:.1f} MB/s", file=sys.stderr)
     rps: dict[str, list[float]] = {"quicflow": [], "aioquic": []}
@@ -268,14 +331,17 @@ async def main_async(args: argparse.Namespace) -> None:
 
     q, a = statistics.median(rates["quicflow"]), statistics.median(rates["aioquic"])
     qr, ar = statistics.median(rps["quicflow"]), statistics.median(rps["aioquic"])
-    print("| measurement | quicflow | aioquic | quicflow/aioquic |")
-    print("|---|---|---|---|")
+    ng = rates["ngtcp2"]
+    ng_cell = cell(ng, 1e6, ".1f") if ng else "not installed"
+    ng_ratio = f"{q / statistics.median(ng):.2f}" if ng else "—"
+    print("| measurement | quicflow | aioquic | ngtcp2 | quicflow/aioquic | quicflow/ngtcp2 |")
+    print("|---|---|---|---|---|---|")
     print(f"| download of one {args.size} MiB body, 1 connection, MB/s | "
           f"{cell(rates['quicflow'], 1e6, '.1f')} | {cell(rates['aioquic'], 1e6, '.1f')} | "
-          f"{q / a:.2f} |")
+          f"{ng_cell} | {q / a:.2f} | {ng_ratio} |")
     print(f"| 1 KB responses, {args.conns} connections x {args.depth} in flight, "
           f"requests/s | {cell(rps['quicflow'], 1, '.0f')} | {cell(rps['aioquic'], 1, '.0f')}"
-          f" | {qr / ar:.2f} |")
+          f" | — | {qr / ar:.2f} | — |")
 
 
 def main() -> None:

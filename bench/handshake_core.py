@@ -9,7 +9,8 @@ connection is forgotten). The server's share is timed separately (``time.thread_
 around every server call: receive, build datagrams, timers), so the figure is the
 server CPU per handshake of the protocol core, free of the event loop and syscalls
 that bench/handshake.py includes. ``--idle K`` keeps K completed connections in the
-server endpoint meanwhile. Prints one JSON object.
+server endpoint meanwhile. ``--resume`` times resumed handshakes (a session ticket from
+a first handshake, no 0-RTT): no certificate, no signature. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "src"))
@@ -28,6 +30,7 @@ from quicflow.endpoint.endpoint import Endpoint  # noqa: E402
 from quicflow.tls.certs import generate_self_signed  # noqa: E402
 from quicflow.transport.config import Configuration  # noqa: E402
 from quicflow.transport.connection import client_connection  # noqa: E402
+from quicflow.transport.events import SessionTicketReceived  # noqa: E402
 from quicflow.transport.send import datagrams_to_send  # noqa: E402
 
 CLIENT_ADDR = ("127.0.0.1", 40000)
@@ -35,9 +38,10 @@ GC_TUNED = (20_000, 20, 100)
 
 
 def handshake(server: Endpoint, client_cfg: Configuration, now: float, port: int,
-              clock: list[float], keep: bool) -> None:
+              clock: list[float], keep: bool, ticket: Any = None) -> Any:
+    """One handshake; returns the session ticket the client got (or None)."""
     addr = ("127.0.0.1", port)
-    client = client_connection(client_cfg, ("127.0.0.1", 4433), now)
+    client = client_connection(client_cfg, ("127.0.0.1", 4433), now, session_ticket=ticket)
     from quicflow.transport.receive import receive_datagram
 
     sconn = None
@@ -58,6 +62,9 @@ def handshake(server: Endpoint, client_cfg: Configuration, now: float, port: int
                 not out and not back:
             break
     assert sconn is not None and sconn.handshake_complete and client.handshake_complete
+    assert ticket is None or sconn.session_resumed
+    got = next((e.ticket for e in client.pop_events() if isinstance(e, SessionTicketReceived)),
+               None)
     if not keep:
         client.close(0, "", now=now)
         t0 = time.thread_time()
@@ -67,6 +74,7 @@ def handshake(server: Endpoint, client_cfg: Configuration, now: float, port: int
         server.datagrams_to_send(sconn, now + 10)
         server.forget(sconn)
         clock[0] += time.thread_time() - t0
+    return got
 
 
 def _rss_kb() -> int:
@@ -81,6 +89,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--handshakes", type=int, default=2000)
     ap.add_argument("--idle", type=int, default=0)
+    ap.add_argument("--resume", action="store_true",
+                    help="time resumed handshakes (session ticket, no 0-RTT)")
     ap.add_argument("--profile", help="cProfile (CPU time) of the whole run into FILE")
     ap.add_argument("--gc", choices=["default", "freeze", "tuned", "off"], default="default")
     ap.add_argument("--tracemalloc", type=int, default=0, metavar="N",
@@ -90,10 +100,13 @@ def main() -> int:
     cert, key = generate_self_signed(["localhost"])
     server_cfg = Configuration(alpn_protocols=["perf"], certificate_chain=[cert],
                                private_key=key, idle_timeout=600.0)
-    client_cfg = Configuration(alpn_protocols=["perf"], verify_peer=False, idle_timeout=600.0)
+    client_cfg = Configuration(alpn_protocols=["perf"], verify_peer=False, idle_timeout=600.0,
+                               early_data=False)
     server = Endpoint(server_cfg, is_server=True)
     clock = [0.0]
-    handshake(server, client_cfg, 1.0, 9999, clock, keep=False)  # imports, caches
+    ticket = handshake(server, client_cfg, 1.0, 9999, clock, keep=False)  # imports, caches
+    if not args.resume:
+        ticket = None
     gc.collect()
     rss0 = _rss_kb()
     if args.tracemalloc:
@@ -142,11 +155,12 @@ def main() -> int:
         prof.enable()
     clock = [0.0]
     for _ in range(args.handshakes):
-        handshake(server, client_cfg, 1.0, 9999, clock, keep=False)
+        handshake(server, client_cfg, 1.0, 9999, clock, keep=False, ticket=ticket)
     if prof is not None:
         prof.disable()
         prof.dump_stats(args.profile)
     print(json.dumps({"handshakes": args.handshakes, "idle": args.idle, "gc": args.gc,
+                      "resumed": ticket is not None,
                       "server_core_ms_per_handshake": clock[0] * 1000 / args.handshakes,
                       "gc_ms_per_handshake": gc_time[0] * 1000 / args.handshakes,
                       "gc_collections": gc_time[2],

@@ -1,6 +1,17 @@
-"""Cross-host move (issue 7, item 4a): the stall a client sees, against its PTO.
+"""Cross-host move (issue 7, item 4): the stall a client sees, against its PTO.
 
-Run: ``.venv/bin/python bench/move_hosts.py [--connections 10]``.
+Run: ``.venv/bin/python bench/move_hosts.py [--connections 10]`` (4a, the address moves)
+or ``.venv/bin/python bench/move_hosts.py --mode cids [--connections 10] [--move N]``
+(4b, by CID behind the nftables QUIC-LB balancer; needs root).
+
+``--mode cids``: the namespaces of ``tests/support/lbnet.py`` (client, balancer loading
+docs/nftables-quic-lb.nft, hosts A and B, the balancer's link to the client limited to
+``--rate`` Mbit/s); every client downloads through its own connection to A at full
+speed; ``quicflow perf migrate --mode cids --count N`` moves N of them (default all) to
+B. Reported per moved connection (polled every millisecond in the client): when new
+stream data last arrived before the switch to B's CIDs and first after it (the stall),
+split at the switch, the client's PTO just before the switch, and the longest gap
+between two reads of the application.
 
 Two perf servers (A with ``--handoff``, B with ``--migrate-listen``) on loopback; each
 client reaches the service through a UDP relay that stands for the router: switching the
@@ -87,10 +98,86 @@ async def _run(n: int, directory: Path) -> list[tuple[float, float, float]]:
         b.kill()
 
 
+def _run_cids(n: int, move: int, directory: Path, rate: int) -> list[dict[str, float]]:
+    """4b: move ``move`` of ``n`` downloads by CID; the moved clients' measurements.
+    ``rate``: Mbit/s towards the client (the balancer's link; 0: no limit, the clients
+    then read slowly until the move is over)."""
+    import json
+
+    from tests.support.lbnet import lb_net
+    from tests.support.netns import run_in
+    from tests.test_migrate_quiclb import PORT, migrate_by_cid, start_clients, start_hosts
+
+    pki = _pki(directory)
+    with lb_net() as net:
+        net.load_ruleset(PORT, new_connections_to_host1=True)
+        if rate:
+            run_in(net.router, ["tc", "qdisc", "add", "dev", f"qfl1a{net.tag}"[:15], "root",
+                                "tbf", "rate", f"{rate}mbit", "burst", "64kb", "latency", "20ms"])
+        a, b = start_hosts(net, directory, pki)
+        client = None
+        try:
+            # at the rate, each download lasts ~8 s, whatever the number of clients
+            size = max(4, rate * 8 // 8 // n) * MB if rate else 48 * MB
+            client = start_clients(net, n, size, fast=bool(rate))
+            t0 = time.monotonic()
+            moved = migrate_by_cid(net, directory, pki, move)
+            print(f"migrate: {moved.stdout.strip()} in {time.monotonic() - t0:.2f} s "
+                  f"{moved.stderr.strip()}", file=sys.stderr)
+            assert client.stdin is not None
+            client.stdin.write("go\n")
+            client.stdin.flush()
+            out, err = client.communicate(timeout=300)
+            if client.returncode != 0:
+                raise SystemExit(f"clients failed: {err}")
+        finally:
+            if client is not None and client.poll() is None:
+                client.kill()
+            a.kill()
+            b.kill()
+    rows = json.loads(out)["clients"]
+    if not all(r["intact"] and r["same_connection"] for r in rows):
+        raise SystemExit(f"a download was not intact: {rows}")
+    return [r for r in rows if r["last_host"] == 2]
+
+
+def _cids_report(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = _run_cids(args.connections, args.move or args.connections, Path(tmp),
+                         args.rate)
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    move = f" --move {args.move}" if args.move else ""
+    move += f" --rate {args.rate}"
+    print(f"\n## bench/move_hosts.py --mode cids — {date}\n")
+    print("Command: `.venv/bin/python bench/move_hosts.py --mode cids --connections "
+          f"{args.connections}{move}`; {len(rows)} connection(s) moved by CID\n")
+    print("| measure (ms) | min | median | max |\n|---|---|---|---|")
+    for name, key in (("stall: new data last from A -> first from B", "arrival_stall"),
+                      ("new data last from A -> switch to B's CIDs", "arrival_before_switch"),
+                      ("switch to B's CIDs -> new data from B", "switch_to_arrival"),
+                      ("client PTO just before the switch", "pto_before"),
+                      ("longest gap between reads (application)", "longest_gap")):
+        values = sorted(float(r[key]) for r in rows if r[key] is not None)
+        if not values:
+            continue
+        print(f"| {name} | {values[0] * 1000:.1f} | {values[len(values) // 2] * 1000:.1f} | "
+              f"{values[-1] * 1000:.1f} |")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--connections", type=int, default=10)
+    p.add_argument("--mode", choices=("address", "cids"), default="address",
+                   help="address: 4a on loopback (default); cids: 4b behind nftables (root)")
+    p.add_argument("--move", type=int, default=0,
+                   help="with --mode cids: how many connections move (default all)")
+    p.add_argument("--rate", type=int, default=200,
+                   help="with --mode cids: Mbit/s of the balancer's link to the client "
+                   "(default 200; 0: unlimited, clients read slowly until the move)")
     args = p.parse_args()
+    if args.mode == "cids":
+        return _cids_report(args)
     with tempfile.TemporaryDirectory() as tmp:
         rows = asyncio.run(_run(args.connections, Path(tmp)))
     stalls = sorted(r[0] for r in rows)

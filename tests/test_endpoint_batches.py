@@ -129,8 +129,10 @@ def test_gro_batch_with_a_shorter_last_segment() -> None:
     server, client = pair.server_conns[0], pair.client
     _warm_up(pair, server, client)
     sid = server.open_stream()
-    # N - 1 full datagrams and a short one carrying the end of the stream.
-    data = random.Random(6).randbytes((N - 1) * 1150 + 300)
+    # N - 1 full datagrams and a short one carrying the end of the stream (a datagram
+    # carries about max_datagram_size - 50 bytes of stream data)
+    per_datagram = server.max_datagram_size - 50
+    data = random.Random(6).randbytes((N - 1) * per_datagram + 300)
     server.send_stream_data(sid, data, end_stream=True)
     segments = _bulk_datagrams(pair.server, server, pair.now, None)
     assert len(segments) >= N - 1

@@ -58,6 +58,20 @@ def test_key_updates_started_by_quicflow(site: Site, role: str) -> None:
     hq_peers.key_updates_started_by_quicflow(exchange, role, site)  # picoquic answered each
 
 
+@pytest.mark.parametrize("role", ROLES)
+def test_key_updates_started_by_picoquic(site: Site, role: str) -> None:
+    """picoquic starts a key update every 20 packets it sends (aiopquic's
+    ``key_update_interval``, picoquic's crypto epoch length), no sooner than its time
+    guard after the previous one: its server during the downloads, its client with the
+    ACKs it sends. quicflow starts none here, so each update it counts is picoquic's; it
+    follows each and the files arrive intact."""
+    for name in ("a.bin", "b.bin", "c.bin"):
+        site.add(name, 1 * MB)
+    out = exchange(role, site, peer_args=("--key-update-interval", "20"), sequential=True)
+    assert out.conn_stats["key_updates_received"] >= 1
+    assert out.peer["code"] == 0
+
+
 def test_retry_from_picoquic_server(site: Site) -> None:
     """picoquic's server answers the first Initial with a Retry: quicflow's client follows
     it and the transfer completes."""

@@ -179,3 +179,47 @@ def test_unauthenticated_migration_peer_is_refused(tmp_path: Path) -> None:
         assert asyncio.run(attempt(wrong_ca)) is False
     finally:
         b.kill()
+
+
+def test_move_by_cid_to_a_server_with_our_host_id_is_refused(tmp_path: Path) -> None:
+    """``perf migrate --mode cids`` to a server that issues CIDs with A's own server ID
+    (both left at the default --host-id) exits 1 with the reason before any connection
+    stops: the connection goes on, on A."""
+    pki = _pki(tmp_path)
+    cert, key = write_certificate(tmp_path)
+    path = str(tmp_path / "a.sock")
+    a = ServerProc(["--host", "127.0.0.1", "--port", "0", "--cert", cert, "--key", key,
+                    "--handoff", path])
+    b = ServerProc(["--host", "127.0.0.1", "--port", "0", "--cert", cert, "--key", key,
+                    "--migrate-listen", "127.0.0.1:0", "--migrate-cert", pki["b_cert"],
+                    "--migrate-key", pki["b_key"], "--migrate-ca", pki["ca"]])
+    try:
+        a_port = a.port()
+        b.port()
+        to = b.wait_line("accepting migrations on ").split()[-1]
+
+        async def run() -> tuple[subprocess.CompletedProcess[str], str]:
+            config = Configuration(alpn_protocols=["perf"], cafile=cert,
+                                   server_name="localhost")
+            async with quicflow.connect("127.0.0.1", a_port, configuration=config) as conn:
+                env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+                result = await asyncio.get_running_loop().run_in_executor(None, lambda: (
+                    subprocess.run(
+                        [sys.executable, "-m", "quicflow.cli.main", "perf", "migrate",
+                         "--handoff", path, "--to", to, "--cert", pki["a_cert"], "--key",
+                         pki["a_key"], "--ca", pki["ca"], "--server-name", "localhost",
+                         "--mode", "cids", "--json"],
+                        capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)))
+                reader, writer = await conn.create_stream()  # still served by A
+                writer.write(struct.pack("!Q", MB))
+                writer.write_eof()
+                body = await asyncio.wait_for(reader.read(), 30)
+                return result, hashlib.sha256(body).hexdigest()
+
+        result, digest = asyncio.run(run())
+        assert result.returncode == 1 and result.stdout == ""
+        assert "another --host-id" in result.stderr
+        assert digest == perf_sha256(MB)
+    finally:
+        a.kill()
+        b.kill()

@@ -43,6 +43,12 @@ def long_header() -> bytes:
     return bytes([0xC0, 0, 0, 0, 1, 8]) + b"\x11" * 8 + b"\x00" * 40
 
 
+def handshake_header(worker: int, cid_length: int = 8, config_id: int = 0) -> bytes:
+    """A v1 Handshake packet's first bytes with a DCID of ``cid_length`` naming ``worker``."""
+    dcid = bytes([(config_id << 5) | (cid_length - 1), 0, worker]).ljust(cid_length, b"\x05")
+    return bytes([0xE0, 0, 0, 0, 1, cid_length]) + dcid + b"\x00" * 40
+
+
 def receive_all(socks: list[socket.socket], expected: int) -> list[tuple[int, bytes, tuple]]:
     """(member index, data, source) of ``expected`` datagrams over the members."""
     out: list[tuple[int, bytes, tuple]] = []
@@ -109,6 +115,43 @@ def test_long_headers_and_foreign_cids_fall_back_to_the_4_tuple_hash(group, clie
     assert len({next(iter(m)) for m in member_of.values()}) > 1
 
 
+def test_long_headers_with_our_cid_length_follow_the_worker_byte(group, clients):
+    """Given our CID length, Handshake packets (and later Initials) go to the worker
+    their DCID names from any source address; other DCID lengths, other configs and
+    worker bytes with no member still fall back to the 4-tuple hash."""
+    group.steer(WORKER_OFFSET, cid_length=8)
+    for i, c in enumerate(clients):
+        c.sendto(handshake_header(i % 3), group.address)
+    got = receive_all(group.sockets, len(clients))
+    assert all(member == data[8] for member, data, _ in got)
+    assert Counter(member for member, _, _ in got) == {0: 16, 1: 16, 2: 16}
+    # Short headers are steered as before by the same program.
+    for i, c in enumerate(clients):
+        c.sendto(short_header(i % 3), group.address)
+    assert all(m == d[3] for m, d, _ in receive_all(group.sockets, len(clients)))
+    # Everything else: one member per source (the hash), spread over several members.
+    rounds = [handshake_header(1, cid_length=12), handshake_header(2, config_id=3),
+              handshake_header(7), long_header()]  # fmt: skip
+    member_of: dict[tuple, set[int]] = {}
+    for payload in rounds:
+        for c in clients:
+            c.sendto(payload, group.address)
+        for member, _, addr in receive_all(group.sockets, len(clients)):
+            member_of.setdefault(addr, set()).add(member)
+    assert all(len(m) == 1 for m in member_of.values())
+    assert len({next(iter(m)) for m in member_of.values()}) > 1
+
+
+def test_long_header_steering_with_a_slot_map(group, clients):
+    group.steer(WORKER_OFFSET, cid_length=8, slot_of=[2, 0, 1])
+    for i, c in enumerate(clients[:24]):
+        c.sendto(handshake_header(i % 3), group.address)
+        c.sendto(short_header(i % 3), group.address)
+    got = receive_all(group.sockets, 48)
+    worker_at = {2: 0, 0: 1, 1: 2}
+    assert all(worker_at[m] == (d[8] if d[0] & 0x80 else d[3]) for m, d, _ in got)
+
+
 def test_without_a_program_the_kernel_hashes_the_4_tuple(group, clients):
     for c in clients:
         c.sendto(short_header(0), group.address)
@@ -143,6 +186,12 @@ def test_program_shape():
         steering_program(0, 2)
     with pytest.raises(ValueError):
         steering_program(2, 2, slot_of=[0])
+    with pytest.raises(ValueError):
+        steering_program(2, 2, cid_length=2)  # the worker byte would lie beyond the CID
+    long = steering_program(WORKER_OFFSET, 4, cid_length=8)
+    assert long[-1] == (0x06, 0, 0, FALLBACK_INDEX) and long[-2] == (0x16, 0, 0, 0)
+    code, jt, jf, k = long[3]  # DCID length 8, or the long block's "ret FALLBACK"
+    assert (code, jt, k) == (0x15, 0, 8) and long[3 + 1 + jf] == (0x06, 0, 0, FALLBACK_INDEX)
 
 
 def test_handoff_message_round_trip():

@@ -2,10 +2,10 @@
 with docs/nftables-quic-lb.nft, two backend hosts with 2 workers each.
 
 32 clients download concurrently through a NAT that rebinds their source ports, so the
-router routes most packets by the server ID in the CID (a new 4-tuple is a new conntrack
-entry, decided by the ruleset) and each host by the worker byte. All downloads must be
-intact, and each host's counters must show exactly the connections whose server IDs it
-owns.
+router routes every short-header packet by the server ID in its CID (the ruleset is
+stateless: each packet is decided by its own bytes) and each host by the worker byte.
+All downloads must be intact, and each host's counters must show exactly the
+connections whose server IDs it owns.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def test_two_hosts_behind_nftables_serve_the_connections_they_own():
             reports = [stop_host(p) if p.poll() is None else {} for p in servers]
         short_rule, handshake_rule, initial_rule = net.rule_packets()
         result = json.loads(out.stdout)
-    # Every client's first Initial was hashed; every rebound flow began with a short
+    # Every client's first Initial was hashed; every packet of a rebound flow was a short
     # header, routed by the server ID.
     assert initial_rule >= 32
     assert short_rule >= result["rebinds"] > 0

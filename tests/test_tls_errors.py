@@ -237,7 +237,11 @@ def test_garbage_after_client_hello_rejected(cert: tuple[x509.Certificate, Priva
 def test_key_update_forbidden_after_handshake(cert: tuple[x509.Certificate, PrivateKey]) -> None:
     client, server = pair(*cert)
     run(client, server)
-    client.receive(Epoch.ONE_RTT, b"\x04\x00\x00\x01\x00")  # NewSessionTicket-ish: ignored
+    from quicflow.tls.tickets import NewSessionTicket, encode_new_session_ticket
+
+    # a NewSessionTicket is taken (kept as a ticket), a KeyUpdate is refused
+    client.receive(Epoch.ONE_RTT, encode_new_session_ticket(
+        NewSessionTicket(60, 0, b"\x00", b"ticket", None)))
     with pytest.raises(TlsAlert) as exc:
         client.receive(Epoch.ONE_RTT, b"\x18\x00\x00\x01\x00")
     assert exc.value.description == 10

@@ -99,6 +99,8 @@ def bound(port: int) -> bool:
 async def run_server(args: argparse.Namespace) -> None:
     cfg = QuicConfiguration(is_client=False, alpn_protocols=[ALPN], ip_family=socket.AF_INET)
     cfg.load_cert_chain(args.cert, args.key)
+    if args.key_update_interval:
+        cfg.key_update_interval = args.key_update_interval
     Peer.root = os.path.realpath(args.root)
     await serve("127.0.0.1", args.port, configuration=cfg, create_protocol=Peer,
                 retry=args.retry)
@@ -116,6 +118,8 @@ async def run_client(args: argparse.Namespace) -> None:
     cfg.load_verify_locations(cafile=args.ca)
     if args.cipher_suite:
         cfg.cipher_suite = int(args.cipher_suite, 0)
+    if args.key_update_interval:
+        cfg.key_update_interval = args.key_update_interval
     host, port = args.connect.rsplit(":", 1)
     async with connect(host, int(port), configuration=cfg, create_protocol=Peer) as peer:
         assert isinstance(peer, Peer)
@@ -137,6 +141,8 @@ def main() -> int:
     s.add_argument("--root", required=True)
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--retry", action="store_true")
+    s.add_argument("--key-update-interval", type=int, default=0,
+                   help="start a key update every N packets picoquic sends (0: never)")
     c = sub.add_parser("client")
     c.add_argument("--connect", required=True)
     c.add_argument("--ca", required=True)
@@ -144,6 +150,8 @@ def main() -> int:
     c.add_argument("--out", required=True)
     c.add_argument("--sequential", action="store_true")
     c.add_argument("--cipher-suite", default="")
+    c.add_argument("--key-update-interval", type=int, default=0,
+                   help="start a key update every N packets picoquic sends (0: never)")
     c.add_argument("paths", nargs="+")
     args = parser.parse_args()
     asyncio.run(run_server(args) if args.role == "server" else run_client(args))

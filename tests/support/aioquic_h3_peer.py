@@ -41,6 +41,7 @@ from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import (
     ConnectionTerminated,
+    HandshakeCompleted,
     ProtocolNegotiated,
     QuicEvent,
     StopSendingReceived,
@@ -83,8 +84,12 @@ class H3Protocol(QuicConnectionProtocol):
         self.exchanges: dict[int, Exchange] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.goaway_received = False
+        self.handshakes = 0  # HandshakeCompleted events seen (1: no new handshake)
+        self.size = 0  # the download scenario's body size (--size)
 
     def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, HandshakeCompleted):
+            self.handshakes += 1
         if isinstance(event, ProtocolNegotiated):
             self.h3 = H3Connection(self._quic)
         elif isinstance(event, ConnectionTerminated):
@@ -252,6 +257,17 @@ async def scenario(proto: H3Protocol, name: str) -> dict[str, Any]:
         await late.ended.wait()
         return {"first_sha": sha(bytes(first.body)), "late_reset": late.reset_code,
                 "late_status": status_of(late)}
+    if name == "download":  # one large body; "progress" once 1 MB arrived (takeover tests)
+        _, ex = await proto.request("GET", f"/bytes/{proto.size}", [])
+        while len(ex.body) < MB and not ex.ended.is_set():
+            await asyncio.sleep(0.01)
+        emit({"event": "progress", "bytes": len(ex.body)})
+        await ex.ended.wait()
+        _, ex2 = await proto.request("GET", "/bytes/1000", [])
+        await ex2.ended.wait()
+        return {"status": status_of(ex), "sha": sha(bytes(ex.body)), "bytes": len(ex.body),
+                "reset": ex.reset_code, "second_status": status_of(ex2),
+                "second_sha": sha(bytes(ex2.body)), "handshakes": proto.handshakes}
     if name == "asgi":  # tests/support/starlette_app.py
         _, ex = await proto.request("GET", f"/bytes/{3 * MB}", [])
         await ex.ended.wait()
@@ -295,6 +311,7 @@ async def run_client(args: argparse.Namespace) -> None:
     async with connect("127.0.0.1", args.port, configuration=config,
                        create_protocol=H3Protocol) as proto:
         assert isinstance(proto, H3Protocol)
+        proto.size = args.size
         try:
             result = await asyncio.wait_for(scenario(proto, args.scenario), 60)
             emit({"event": "result", **result})
@@ -311,6 +328,7 @@ def main() -> None:
     parser.add_argument("--cafile")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--scenario", default="get_post_10mb")
+    parser.add_argument("--size", type=int, default=10 * MB)
     args = parser.parse_args()
     runner: Callable[[argparse.Namespace], Any] = (
         run_server if args.role == "server" else run_client

@@ -24,7 +24,7 @@ import quicflow
 from quicflow.apps import hq
 from quicflow.crypto.suites import CipherSuite
 from tests.support.aioquic_peer import AioquicProcess
-from tests.support.quic_helpers import run, self_signed
+from tests.support.quic_helpers import Credential, ca, issued, run, self_signed
 from tests.support.relay import LossyUdpRelay
 
 PeerClass = Callable[..., AioquicProcess]
@@ -33,13 +33,23 @@ ROLES = ["qf-client", "qf-server"]
 
 @dataclass
 class Site:
-    """A served directory, the certificate files and a download directory."""
+    """A served directory, the certificate files and a download directory. The server
+    certificate (both sides use it) is self-signed unless the site was made with a CA
+    (``make_site(..., ca_name=...)``): then ``ca`` is the CA's PEM file, which the
+    clients trust."""
 
     root: Path
     out: Path
     cert: str
     key: str
     files: dict[str, str] = field(default_factory=dict)  # "/name" -> sha256
+    credential: Credential = field(default_factory=self_signed)
+    ca: str = ""
+    ca_pem: bytes = b""
+
+    def __post_init__(self) -> None:
+        if not self.ca:
+            self.ca, self.ca_pem = self.cert, self.credential.cert_pem
 
     def add(self, name: str, size: int) -> str:
         data = os.urandom(size)
@@ -48,14 +58,15 @@ class Site:
         return "/" + name
 
 
-def client_config(**kw: Any) -> quicflow.Configuration:
+def client_config(cadata: bytes | None = None, **kw: Any) -> quicflow.Configuration:
     return quicflow.Configuration(
-        alpn_protocols=[hq.ALPN], cadata=self_signed().cert_pem, server_name="localhost", **kw
+        alpn_protocols=[hq.ALPN], cadata=cadata or self_signed().cert_pem,
+        server_name="localhost", **kw
     )
 
 
-def server_config(**kw: Any) -> quicflow.Configuration:
-    cred = self_signed()
+def server_config(cred: Credential | None = None, **kw: Any) -> quicflow.Configuration:
+    cred = cred or self_signed()
     return hq.server_configuration([cred.cert], cred.key, **kw)
 
 
@@ -128,8 +139,9 @@ async def as_client(peer_class: PeerClass, site: Site, *, peer_args: tuple[str, 
                                         seed=7).start()  # fmt: skip
             port = relay.address[1]
         try:
-            async with quicflow.connect("127.0.0.1", port,
-                                        configuration=client_config(**config)) as face:
+            async with quicflow.connect(
+                    "127.0.0.1", port,
+                    configuration=client_config(site.ca_pem, **config)) as face:
                 if key_updates or sequential:
                     results = []
                     for p in site.files:
@@ -165,7 +177,7 @@ async def as_server(peer_class: PeerClass, site: Site, *, peer_args: tuple[str, 
         await handler(reader, writer)
 
     server = await quicflow.serve(serve_stream, "127.0.0.1", 0,
-                                  configuration=server_config(**config),
+                                  configuration=server_config(site.credential, **config),
                                   connection_handler=faces.append)  # fmt: skip
     if key_updates or sequential:
         peer_args = (*peer_args, "--sequential")
@@ -177,7 +189,7 @@ async def as_server(peer_class: PeerClass, site: Site, *, peer_args: tuple[str, 
         port = relay.address[1]
     try:
         async with peer_class("client", "--connect", f"127.0.0.1:{port}",
-                              "--ca", site.cert, "--server-name", "localhost",
+                              "--ca", site.ca, "--server-name", "localhost",
                               "--out", str(site.out), *peer_args, *site.files) as peer:
             result = await peer.next_event("result", timeout=120)
             closed = await peer.next_event("closed", timeout=30)
@@ -211,11 +223,21 @@ def exchange(peer_class: PeerClass, role: str, site: Site, timeout: float = 120,
     return run(body(peer_class, site, **kw), timeout=timeout)
 
 
-def make_site(tmp_path: Path) -> Site:
+def make_site(tmp_path: Path, ca_name: str | None = None) -> Site:
+    """An empty site; with ``ca_name``, its certificate is issued by that test CA (for
+    peers whose TLS does not take a self-signed leaf as its own trust anchor)."""
     (tmp_path / "root").mkdir()
     (tmp_path / "out").mkdir()
-    cert, key = self_signed().write(tmp_path, "server")
-    return Site(tmp_path / "root", tmp_path / "out", cert, key)
+    if ca_name is None:
+        cert, key = self_signed().write(tmp_path, "server")
+        return Site(tmp_path / "root", tmp_path / "out", cert, key)
+    credential = issued(ca_name, "localhost")
+    cert, key = credential.write(tmp_path, "server")
+    authority = ca(ca_name)
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(authority.cert_pem)
+    return Site(tmp_path / "root", tmp_path / "out", cert, key, credential=credential,
+                ca=str(ca_file), ca_pem=authority.cert_pem)
 
 
 def peer_saw_close_0(event: dict[str, Any]) -> bool:

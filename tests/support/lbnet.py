@@ -6,8 +6,9 @@
                                          10.77.3.1 ── 10.77.3.2 host 2
 
 The service address ``VIP`` (10.77.9.9) exists nowhere: the router's nftables ruleset
-(docs/nftables-quic-lb.nft) DNATs it to a host; hosts and the client route via the
-router, so replies pass its conntrack and leave with the VIP as source. Private 10.77.x
+(docs/nftables-quic-lb.nft) rewrites it, packet by packet, to a host's address; hosts
+and the client route via the router, so replies pass it and leave with the VIP as
+source. Private 10.77.x
 addresses, only inside these namespaces. Needs root; always cleaned up.
 """
 
@@ -64,19 +65,26 @@ class LbNet:
             raise
         return self
 
-    def load_ruleset(self, port: int) -> None:
-        """The documented ruleset with this network's addresses and ``port``."""
+    def load_ruleset(self, port: int, *, new_connections_to_host1: bool = False) -> None:
+        """The documented ruleset with this network's addresses and ``port``; with
+        ``new_connections_to_host1`` the hash for Initials picks host 1 only (host 2
+        gets connections only by their CIDs, e.g. moved to it)."""
         text = RULESET.read_text()
         values = {"VIP": VIP, "PORT": str(port), "HOST1": self.host_ips[0],
                   "HOST2": self.host_ips[1]}  # fmt: skip
         for name, value in values.items():
             text, n = re.subn(rf"(?m)^define {name} = .*$", f"define {name} = {value}", text)
             assert n == 1, f"the ruleset has no 'define {name}' line"
+        if new_connections_to_host1:
+            old = "map { 0 : $HOST1, 1 : $HOST2 }"
+            assert text.count(old) == 1, "the ruleset's hash for Initials changed"
+            text = text.replace(old, "map { 0 : $HOST1, 1 : $HOST1 }")
         run_in(self.router, ["nft", "-f", "-"], input=text, stdin=None)
 
     def rule_packets(self) -> list[int]:
-        """Packets counted by each rule of the ``quic`` chain, in order (the nat chain sees
-        the first packet of each conntrack flow only)."""
+        """Packets counted by each rule of the ``quic`` chain, in order (the ruleset is
+        stateless: every packet to the service address is counted by the rule that
+        routed it)."""
         out = run_in(self.router, ["nft", "-j", "list", "chain", "ip", "quic_lb", "quic"])
         counts = []
         for item in json.loads(out.stdout)["nftables"]:

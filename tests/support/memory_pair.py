@@ -41,6 +41,8 @@ class Link:
     ecn: int | Callable[[int, bytes], int] = 0
     marked: int = 0  # datagrams marked so far (the index passed to a callable ``ecn``)
     drop_next: int = 0  # drop this many of the next datagrams, whatever ``loss`` says
+    mtu: int = 65527  # larger datagrams are dropped silently (a black hole)
+    too_big: int = 0  # datagrams dropped for ``mtu``
 
     def mark(self, datagram: bytes) -> int:
         """The ECN bits the receiver sees on ``datagram`` (called once per delivery)."""
@@ -52,6 +54,9 @@ class Link:
     def carry(self, datagrams: list[bytes]) -> list[bytes]:
         out: list[bytes] = []
         for d in datagrams:
+            if len(d) > self.mtu:
+                self.too_big += 1
+                continue
             if self.drop_next > 0:
                 self.drop_next -= 1
                 self.dropped += 1

@@ -12,9 +12,11 @@ by parsing the HTTP/3 frames.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -32,9 +34,16 @@ CIPHERS = {
     "AES_256_GCM_SHA384": "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+AES-256-GCM",
     "CHACHA20_POLY1305_SHA256": "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+CHACHA20-POLY1305",
 }
+# ngtcp2's tools write their log unbuffered: ~40 s for the hex dump of a 10 MB upload
+# line by line, 2 s through a 8 MiB buffer (written out when the tool exits)
+BUFFERED = ["stdbuf", "-o8M", "-e8M"]
 _CLOSE = re.compile(
     r"frm (rx|tx) \d+ \S+ CONNECTION_CLOSE\(0x1[cd]\) error_code=\S*\(0x([0-9a-f]+)\)")
 _ORDERED = re.compile(r"^Ordered STREAM data stream_id=0x([0-9a-f]+)$")
+_STREAM_RESETS = re.compile(
+    r"frm (rx|tx) \d+ \S+ (RESET_STREAM|STOP_SENDING)\(0x0[45]\) id=0x([0-9a-f]+) "
+    r"app_error_code=\S*\(0x([0-9a-f]+)\)")
+FRAME_GOAWAY = 0x7
 _HEX_LINE = re.compile(r"^([0-9a-f]{8})  ((?:[0-9a-f]{2} {1,2}){1,16})")
 
 
@@ -70,6 +79,13 @@ def simulated_losses(log: str) -> tuple[int, int]:
     an outgoing GSO batch counts once)."""
     return (log.count("** Simulated outgoing packet loss **"),
             log.count("** Simulated incoming packet loss **"))
+
+
+def stream_signals(log: str, direction: str) -> list[tuple[str, int, int]]:
+    """(frame, stream id, application error code) of every RESET_STREAM and STOP_SENDING
+    ngtcp2 received (``rx``) or sent (``tx``)."""
+    return [(kind, int(sid, 16), int(code, 16))
+            for d, kind, sid, code in _STREAM_RESETS.findall(log) if d == direction]
 
 
 def stream_data(log: str, stream_id: int) -> bytes:
@@ -118,13 +134,57 @@ def request_body(log: str, stream_id: int) -> bytes:
     return bytes(body)
 
 
+def control_frames(log: str, stream_id: int) -> list[tuple[int, bytes]]:
+    """The HTTP/3 frames ngtcp2 received on the peer's control stream ``stream_id`` (a
+    unidirectional stream: its type byte, 0x00, comes first)."""
+    data = stream_data(log, stream_id)
+    assert data[:1] == b"\x00", f"stream {stream_id} is not a control stream: {data[:8]!r}"
+    parser = FrameParser()
+    parser.feed(data[1:])
+    frames = []
+    while (frame := parser.next()) is not None:
+        frames.append(frame)
+    return frames
+
+
+def _tail(log: str, lines: int = 15) -> str:
+    return "\n".join(log.rstrip().splitlines()[-lines:])
+
+
+def check_downloads(into: Path, expected: dict[str, bytes], log: str) -> None:
+    """Fail with a message saying what went wrong unless every file ``gtlsclient
+    --download=into`` was to save is there with the expected bytes. gtlsclient exits 0
+    even when a transfer stalled (its idle timeout just ends the run) or when it could
+    not write a file, so its exit status proves nothing: sizes and SHA-256 do."""
+    problems = []
+    for name, want in expected.items():
+        path = into / name
+        if not path.exists():
+            problems.append(f"{name}: never saved (0 of {len(want)} bytes)")
+            continue
+        got = path.read_bytes()
+        if len(got) != len(want):
+            problems.append(f"{name}: incomplete, {len(got)} of {len(want)} bytes "
+                            "(the transfer stalled or was cut)")  # fmt: skip
+        elif hashlib.sha256(got).digest() != hashlib.sha256(want).digest():
+            problems.append(f"{name}: {len(got)} bytes as expected but the content differs")
+    if problems:
+        hints = [line for line in log.splitlines()
+                 if "ERR_IDLE_CLOSE" in line or "Timeout" in line or line.startswith("open:")]
+        raise AssertionError(
+            "gtlsclient did not complete its transfer (it exits 0 even so):\n  "
+            + "\n  ".join(problems)
+            + "".join(f"\nits log says: {hint}" for hint in hints[:3])
+            + f"\nlast lines of its log:\n{_tail(log)}")
+
+
 class GtlsServer:
     """``async with GtlsServer(htdocs, cert, key, port, *options) as server``: gtlsserver on
     127.0.0.1:``port`` serving ``htdocs``; ``server.log()`` after exit has its frame log."""
 
     def __init__(self, htdocs: Path, cert: str, key: str, port: int, *options: str,
                  log_path: Path) -> None:  # fmt: skip
-        self.command = [SERVER, "--no-http-dump", "-d", str(htdocs), *options,
+        self.command = [*BUFFERED, SERVER, "--no-http-dump", "-d", str(htdocs), *options,
                         "127.0.0.1", str(port), key, cert]  # fmt: skip
         self.port = port
         self.log_path = log_path
@@ -146,7 +206,8 @@ class GtlsServer:
                         exc: BaseException | None, tb: TracebackType | None) -> None:  # fmt: skip
         assert self.proc is not None
         await asyncio.sleep(0.1)  # let it log the CONNECTION_CLOSE it received
-        self.proc.terminate()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # a clean exit writes out its log buffer
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -156,13 +217,21 @@ class GtlsServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def interrupt(self) -> None:
+        """SIGINT: gtlsserver's only shutdown (it has no GOAWAY): it closes every
+        connection at once and exits."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+
 
 async def gtlsclient(port: int, urls: list[str], *options: str, log_path: Path,
-                     timeout: float = 30.0) -> tuple[int, str]:  # fmt: skip
+                     timeout: float = 30.0,
+                     quic_dump: bool = False) -> tuple[int, str]:  # fmt: skip
     """Run gtlsclient against 127.0.0.1:``port`` until all its streams closed; returns
-    (exit status, frame log)."""
-    command = [CLIENT, "--no-http-dump", "--no-quic-dump", "--exit-on-all-streams-close",
-               "--timeout=10s",
+    (exit status, frame log). ``quic_dump`` keeps the hex dumps of the STREAM data it
+    received in the log (see :func:`stream_data`)."""
+    command = [*BUFFERED, CLIENT, "--no-http-dump", *([] if quic_dump else ["--no-quic-dump"]),
+               "--exit-on-all-streams-close", "--timeout=10s",
                *options, "127.0.0.1", str(port), *urls]  # fmt: skip
     with open(log_path, "wb") as log:
         proc = await asyncio.create_subprocess_exec(
@@ -177,5 +246,6 @@ async def gtlsclient(port: int, urls: list[str], *options: str, log_path: Path,
     return status, log_path.read_text(errors="replace")
 
 
-__all__ = ["CIPHERS", "GtlsServer", "available", "closes", "gtlsclient",
-           "request_body", "simulated_losses", "stream_data", "udp_bound"]
+__all__ = ["CIPHERS", "GtlsServer", "available", "check_downloads", "closes", "control_frames",
+           "gtlsclient", "request_body", "simulated_losses", "stream_data", "stream_signals",
+           "udp_bound"]

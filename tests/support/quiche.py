@@ -65,7 +65,7 @@ class QuicheProcess(AioquicProcess):
 
     async def start(self) -> Self:
         modules = await asyncio.get_running_loop().run_in_executor(None, build)
-        return await self._spawn("node", str(PEER), *self.args, wait_ready=False,
+        return await self._spawn("node", str(PEER), *self.args,
                                  env={**os.environ, "QUICHE_PEER_MODULES": str(modules)})
 
 

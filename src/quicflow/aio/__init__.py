@@ -1,5 +1,6 @@
 """The asyncio face of quicflow: ``connect()``, ``serve()``, stream readers/writers."""
 
+from ..transport.pathprobe import MigrationError
 from .api import ClientEndpoint, QuicServer, client_endpoint, connect, serve
 from .connection import QuicConnection
 from .errors import ConnectionClosedError, QuicflowError, StreamResetError
@@ -10,6 +11,7 @@ __all__ = [
     "CidPlan",
     "ClientEndpoint",
     "ConnectionClosedError",
+    "MigrationError",
     "QuicConnection",
     "QuicServer",
     "QuicStreamReader",

@@ -24,6 +24,7 @@ from ..transport.connection import Connection
 from .connection import QuicConnection, StreamHandler
 from .errors import ConnectionClosedError
 from .handover import CaptureHook, Handover, RestoreHook, restore_server
+from .qlogfile import qlog_from_environment
 from .runner import EndpointRunner
 from .workers import CidPlan, WorkerGroupServer, serve_workers
 
@@ -124,6 +125,7 @@ async def connect(
     config = replace(configuration) if configuration is not None else Configuration()
     config.validate()
     _keylog_from_environment(config)
+    qlog_from_environment(config)
     family, peer = await _resolve(host, port)
     local = "0.0.0.0" if family == socket.AF_INET else "::"
     transport = UdpTransport.open(local, 0, backend=backend, connect_to=peer)
@@ -224,6 +226,7 @@ async def client_endpoint(
     config = replace(configuration) if configuration is not None else Configuration()
     config.validate()
     _keylog_from_environment(config)
+    qlog_from_environment(config)
     transport = UdpTransport.open(host, port, backend=backend)
     endpoint = Endpoint(config, is_server=False, engine=engine or best_engine())
     ep = ClientEndpoint(EndpointRunner(transport, endpoint))
@@ -253,18 +256,17 @@ class QuicServer:
         self.face_class = face_class
 
     def _check_capturable(self) -> None:
-        if self.face_class is not QuicConnection:
-            raise ValueError(
-                f"connections served through {self.face_class.__name__} cannot be handed "
-                "over or moved: only the default QuicConnection face is captured (HTTP/3's "
-                "QPACK state cannot be yet)"
-            )
+        reason = self.face_class.capture_refusal
+        if reason is not None:
+            raise ValueError(f"connections served through {self.face_class.__name__} "
+                             f"cannot be handed over or moved: {reason}")
 
     def handoff(self, path: str) -> asyncio.Future[int]:
         """Offer this server's connections to a successor (``serve(..., takeover=path)``)
         on a unix socket at ``path``; the future resolves with how many were handed over
         (the server is stopped then: its socket and connections belong to the successor).
-        Raises ValueError for a server with another ``face_class`` (e.g. HTTP/3)."""
+        Raises ValueError for a server whose ``face_class`` cannot be captured (its
+        ``capture_refusal``, e.g. HTTP/3 not served with ``migratable=True``)."""
         self._check_capturable()
         self.handover.offer(path)
         return self.handover.handed_off
@@ -293,23 +295,33 @@ class QuicServer:
         }
 
     async def move_to(self, host: str, port: int, context: ssl.SSLContext, *,
-                      server_name: str | None = None, count: int | None = None) -> int:
+                      server_name: str | None = None, count: int | None = None,
+                      via_cids: bool = False, forward_seconds: float | None = None) -> int:
         """Move up to ``count`` (default all) connections to the server accepting moves at
-        ``host:port`` (mutually authenticated TLS, ``migration.transfer.client_context``);
-        the service address must follow them. Returns how many were restored there."""
-        from .moving import move_connections
+        ``host:port`` (mutually authenticated TLS, ``migration.transfer.client_context``).
+        Without ``via_cids`` the service address must follow them; with it the address
+        stays and a CID-routing balancer (QUIC-LB server IDs) takes each client to the
+        other server once it switches to that server's CIDs; what still reaches this
+        server for them is forwarded for ``forward_seconds`` (default 10). Returns how
+        many were restored there."""
+        from .moving import FORWARD_SECONDS, move_connections
 
         self._check_capturable()
 
-        return await move_connections(self.handover, host, port, context,
-                                      server_name=server_name, count=count)
+        return await move_connections(
+            self.handover, host, port, context, server_name=server_name, count=count,
+            via_cids=via_cids,
+            forward_seconds=FORWARD_SECONDS if forward_seconds is None else forward_seconds,
+        )
 
     async def accept_moves(self, host: str, port: int, context: ssl.SSLContext) -> Any:
         """Accept connections moved from another host (TLS requiring a client certificate
         from the CA of ``context``, see ``migration.transfer.server_context``); returns
-        the ``Receiver`` (``address``, ``refused``, ``close()``)."""
+        the ``Receiver`` (``address``, ``refused``, ``close()``). ValueError, like
+        ``move_to``, when this server's ``face_class`` cannot restore connections."""
         from .moving import accept_moves
 
+        self._check_capturable()
         return await accept_moves(self.handover, host, port, context)
 
     def close(self) -> None:
@@ -407,26 +419,31 @@ async def serve(
     socket and connections of the server offering a handoff at ``path`` (``host`` and
     ``port`` are then unused). The successor must issue CIDs the same way (the same
     ``cid_generator``/``cid_plan``: restored connections keep their CIDs). Handoff is
-    not available with another ``face_class`` (ValueError). With ``workers=N``, every
-    worker hands over to its successor: ``WorkerGroupServer.handoff(path)`` offers the
-    group at ``path`` (worker i at ``path.i``), and ``serve(workers=N, takeover=path)``
-    takes it over with as many workers (another count is refused with a HandoffError
-    saying which to use; see ``migration.group``).
+    not available with a ``face_class`` whose ``capture_refusal`` is set (ValueError);
+    restored connections get ``face_class`` faces (its own state travels through
+    ``capture``/``restore``). With ``workers=N``, every worker hands over to its
+    successor: ``WorkerGroupServer.handoff(path)`` offers the group at ``path`` (worker
+    i at ``path.i``), and ``serve(workers=N, takeover=path)`` takes it over with as many
+    workers (another count is refused with a HandoffError saying which to use; see
+    ``migration.group``).
     """
     config = replace(configuration)
     config.validate()
     _keylog_from_environment(config)
+    qlog_from_environment(config)
     if not config.certificate_chain or config.private_key is None:
         raise ValueError("a server needs Configuration.certificate_chain and private_key")
     if connection_sockets < 0:
         raise ValueError("connection_sockets must be >= 0")
     if cid_plan is not None and cid_generator is not None:
         raise ValueError("give serve() a cid_plan or a cid_generator, not both")
-    if takeover is not None and face_class is not QuicConnection:
-        # restored connections get plain faces; a subclass's own state (e.g. HTTP/3's
-        # QPACK tables) is not captured
-        raise ValueError("takeover is only available with the default face_class")
+    if takeover is not None and face_class.capture_refusal is not None:
+        # a subclass's own state (e.g. HTTP/3's QPACK tables) could not be restored
+        raise ValueError(f"takeover is not available with {face_class.__name__}: "
+                         f"{face_class.capture_refusal}")
     if workers is not None:
+        if config.preferred_address is not None or config.preferred_address_v6 is not None:
+            raise ValueError("a preferred address is not supported with workers yet")
         if cid_generator is not None:
             raise ValueError("workers issue CIDs by a cid_plan (one generator per worker)")
         return await serve_workers(
@@ -464,15 +481,22 @@ async def serve(
     runner = EndpointRunner(transport, endpoint, on_accept=on_accept, read=received is None)
     if connection_sockets:
         runner.enable_connection_sockets(connection_sockets, socket_policy)
+    for preferred in (config.preferred_address, config.preferred_address_v6):
+        if preferred is not None:  # clients may move there (RFC 9000 §9.6)
+            # SO_REUSEPORT: a successor taking over (a handoff does not carry this
+            # socket) can bind it while this process still holds it
+            runner.add_listener(UdpTransport.open(preferred[0], int(preferred[1]),
+                                                  backend=backend, reuse_port=True))
     runner_box.append(runner)
     guard = None
     if received is not None:
         try:
             guard, count = await restore_server(runner, received, handler=handler,
-                                                restore=restore)
+                                                restore=restore, face_class=face_class)
         finally:
             received.acknowledge({"restored": count if guard is not None else 0})
     return QuicServer(
-        runner, Handover(runner, capture, guard, handler=handler, restore=restore),
+        runner, Handover(runner, capture, guard, handler=handler, restore=restore,
+                         face_class=face_class),
         face_class,
     )

@@ -10,6 +10,7 @@ from typing import Any
 
 from cryptography import x509
 
+from ..transport import qlog
 from ..transport.connection import Connection, StreamLimitReached
 from ..transport.events import (
     ConnectionTerminated,
@@ -17,6 +18,9 @@ from ..transport.events import (
     Event,
     HandshakeCompleted,
     NewTokenReceived,
+    PathMigrated,
+    PathProbeFailed,
+    SessionTicketReceived,
     StopSendingReceived,
     StreamOpened,
     StreamReadable,
@@ -24,6 +28,7 @@ from ..transport.events import (
     StreamsAvailable,
     StreamWritable,
 )
+from ..transport.path import PROBE_MIGRATE
 from .errors import ConnectionClosedError
 from .runner import EndpointRunner
 from .sendbuffer import SendGate
@@ -48,8 +53,12 @@ class QuicConnection:
         "runner", "conn", "loop", "stream_handler", "_readers", "_writers", "_incoming",
         "_connected", "_terminated", "_is_connected", "_is_terminated", "_streams_waiters",
         "_close_error", "_tasks", "_datagrams", "_datagram_waiter", "datagrams_dropped",
-        "app_state", "send_limit", "send_gate", "_send_accounted", "__weakref__",
+        "app_state", "send_limit", "send_gate", "_send_accounted", "_migration",
+        "__weakref__",
     )
+    #: why connections of this face class cannot be handed over or moved (None: they
+    #: can); a subclass with state of its own sets it unless its capture hooks cover it
+    capture_refusal: str | None = None
 
     def __init__(
         self,
@@ -81,6 +90,7 @@ class QuicConnection:
         self.send_limit = conn.configuration.send_buffer_per_connection
         self.send_gate = SendGate(self.loop)
         self._send_accounted = 0
+        self._migration: asyncio.Future[tuple[Any, ...]] | None = None
 
     # ------------------------------------------------------------------ state
 
@@ -91,6 +101,17 @@ class QuicConnection:
     @property
     def alpn_protocol(self) -> str | None:
         return self.conn.alpn_protocol
+
+    @property
+    def session_resumed(self) -> bool:
+        """The handshake resumed a session from a ticket (no certificate exchanged)."""
+        return self.conn.session_resumed
+
+    @property
+    def early_data_accepted(self) -> bool:
+        """The server accepted the client's 0-RTT data (known on a client once the
+        server's EncryptedExtensions came; on a server at the ClientHello)."""
+        return self.conn.early_data_accepted
 
     @property
     def peer_certificates(self) -> list[x509.Certificate]:
@@ -108,6 +129,74 @@ class QuicConnection:
             "endpoint": endpoint_stats(self.runner),
             "datapath": datapath_stats(self.runner),
         }
+
+    @property
+    def peer_address(self) -> tuple[Any, ...]:
+        """The address the connection sends to now (a server's preferred address once a
+        client moved there; a migrated client's new address on a server)."""
+        return tuple(self.conn.peer_address)
+
+    @property
+    def local_address(self) -> tuple[Any, ...]:
+        """(client) The local address and port the connection sends from now."""
+        return self.runner.transport.local_address
+
+    async def migrate(self, host: str | None = None, port: int = 0) -> tuple[Any, ...]:
+        """(client) Move the connection to a new local address or port (RFC 9000 §9).
+
+        A new socket is bound to ``host:port`` (default: the current socket's wildcard
+        address, a new port) and connected to the server; the new path is validated
+        with PATH_CHALLENGE and a connection ID never used before, while the data keeps
+        flowing on the old path. Once the server answers, everything goes on the new
+        path (RTT and congestion state start afresh), the old connection ID is retired
+        and the old socket closed; returns the new local address. If the server does
+        not answer within three probe timeouts, the connection stays where it was and
+        :class:`MigrationError` says so. Also raised at once when migration is not
+        allowed or possible: the server sent disable_active_migration, it gave no spare
+        connection ID, another migration runs, or the connection shares its socket
+        (``client_endpoint``). Waits for the handshake to be confirmed first.
+        """
+        from ..transport.pathprobe import MigrationError, start_probe
+        from .paths import open_probe_socket
+
+        self.raise_if_closed()
+        conn = self.conn
+        runner = self.runner
+        if not conn.is_client or runner.connected_peer is None:
+            raise MigrationError("migrate() moves a client connection made by connect(); "
+                                 "a shared client socket or a server cannot")
+        if self._migration is not None and not self._migration.done():
+            raise MigrationError("a migration is already in progress")
+        await self.wait_connected()
+        # a client's handshake is confirmed by HANDSHAKE_DONE, one round trip at most
+        deadline = self.loop.time() + 3 * conn.pto()
+        while not conn.handshake_confirmed and self.loop.time() < deadline:
+            await asyncio.sleep(conn.pto() / 4)
+            self.raise_if_closed()
+        start_probe(conn, self.loop.time())
+        try:
+            open_probe_socket(runner, host, port, runner.connected_peer)
+        except (OSError, MigrationError) as exc:
+            conn.probe = None
+            if isinstance(exc, MigrationError):
+                raise
+            raise MigrationError(f"cannot open a socket on {host or '*'} port {port}: "
+                                 f"{exc}") from None
+        future: asyncio.Future[tuple[Any, ...]] = self.loop.create_future()
+        self._migration = future
+        self.flush()
+        return await future
+
+    def _on_path_event(self, event: Event) -> None:
+        from ..transport.pathprobe import MigrationError
+
+        future = self._migration
+        if future is None or future.done() or event.kind != PROBE_MIGRATE:  # type: ignore[union-attr]
+            return
+        if type(event) is PathMigrated:
+            future.set_result(self.runner.transport.local_address)
+        else:
+            future.set_exception(MigrationError(event.reason))  # type: ignore[union-attr]
 
     def raise_if_closed(self) -> None:
         if self._close_error is not None:
@@ -311,14 +400,19 @@ class QuicConnection:
                 self._wake_stream_openers()
             elif cls is HandshakeCompleted:
                 self._is_connected = True
+                self._wake_stream_openers()  # the peer's stream limits are known now
                 if self._connected is not None and not self._connected.done():
                     self._connected.set_result(None)
             elif cls is ConnectionTerminated:
                 self._on_close_event(event)  # type: ignore[arg-type]
             elif cls is DatagramReceived:
                 self._on_datagram(event.data)  # type: ignore[union-attr]
+            elif cls is PathMigrated or cls is PathProbeFailed:
+                self._on_path_event(event)
             elif cls is NewTokenReceived:
                 self.runner.endpoint.store_token(self.conn, event.token)  # type: ignore[union-attr]
+            elif cls is SessionTicketReceived:
+                self.runner.endpoint.store_ticket(self.conn, event.ticket)  # type: ignore[union-attr]
         self.sync_send_buffer()
 
     def _on_stream_opened(self, stream_id: int) -> None:
@@ -368,6 +462,8 @@ class QuicConnection:
             log.debug("could not abandon stream %d", stream_id, exc_info=True)
 
     def _on_close_event(self, event: ConnectionTerminated) -> None:
+        if self.conn.qlog is not None:
+            qlog.connection_closed(self.conn, self.loop.time(), event)
         if self._close_error is None:
             application = event.frame_type is None and event.reason != "idle timeout"
             if self.conn.close_error is not None and not event.by_peer:
@@ -379,6 +475,9 @@ class QuicConnection:
 
     def _wake_all(self) -> None:
         error = self._close_error or ConnectionClosedError(0, "connection closed", False)
+        if self._migration is not None and not self._migration.done():
+            self._migration.set_exception(error)
+            self._migration.exception()  # mark retrieved
         if self._connected is not None and not self._connected.done():
             self._connected.set_exception(error)
             self._connected.exception()  # mark retrieved

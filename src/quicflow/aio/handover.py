@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..migration.handoff import HandoffError, HandoffListener, Offer, Received, refuse
 from ..transport.codec import SnapshotError
+from ..transport.connection import Connection
 from ..transport.snapshot import SnapshotGuard, capture_sealed, restore_sealed
 from .connection import QuicConnection, StreamHandler
 from .streams import QuicStreamReader, QuicStreamWriter
@@ -65,8 +66,10 @@ class Handover:
         *,
         handler: StreamHandler | None = None,
         restore: RestoreHook | None = None,
+        face_class: type[QuicConnection] = QuicConnection,
     ) -> None:
         self.runner = runner
+        self.face_class = face_class  # built for connections restored here
         self.capture = capture
         self.handler = handler  # for connections restored here later (cross-host moves)
         self.restore = restore
@@ -82,10 +85,17 @@ class Handover:
         self._task: asyncio.Task[None] | None = None
         self.moves: set[asyncio.Task[None]] = set()
         self.moved_in = 0  # connections restored here from another host
+        #: awaited before the connections are stopped for a handoff or a move (e.g. an
+        #: application letting requests it cannot resume elsewhere finish for a while)
+        self.before_stop: Callable[[], Awaitable[None]] | None = None
 
-    async def capture_one(self, face: QuicConnection, key: bytes) -> bytes | None:
+    async def capture_one(
+        self, face: QuicConnection, key: bytes,
+        prepare: Callable[[Connection], None] | None = None,
+    ) -> bytes | None:
         """Capture and release one stopped connection, sealed with ``key``; None (and
-        counted in ``skipped``) when it cannot be captured (handshake, closing)."""
+        counted in ``skipped``) when it cannot be captured (handshake, closing).
+        ``prepare(conn)`` runs right before the capture, with nothing sent in between."""
         runner = self.runner
         conn = face.conn
         conn.pop_events()
@@ -95,6 +105,8 @@ class Handover:
                 state = self.capture(face)
                 if asyncio.iscoroutine(state):
                     state = await state
+            if prepare is not None:
+                prepare(conn)
             return capture_sealed(
                 conn, runner.loop.time(), key, json.dumps(state).encode(), guard=self.guard,
                 wall_time=time.time(), local_address=runner.transport.local_address,
@@ -175,6 +187,8 @@ class Handover:
             for f in runner.faces.values()
         ):
             await asyncio.sleep(0.01)
+        if self.before_stop is not None:
+            await self.before_stop()
         if runner.sockets is not None:
             runner.sockets.cap = 0  # no new per-connection sockets from here on
         t0 = time.monotonic()
@@ -285,6 +299,7 @@ async def restore_server(
     *,
     handler: StreamHandler | None,
     restore: RestoreHook | None,
+    face_class: type[QuicConnection] = QuicConnection,
 ) -> tuple[SnapshotGuard, int]:
     """Restore the snapshots of ``received`` into ``runner`` as they arrive, serving each
     restored connection at once (through its own socket, if it had one) and processing
@@ -339,7 +354,7 @@ async def restore_server(
         if kind == "datagrams":
             runner.deliver(payload)
         else:
-            one = restore_one(runner, payload, received.key, guard, handler)
+            one = restore_one(runner, payload, received.key, guard, handler, face_class)
             restored += 1
             index = by_cid.get(one[0].conn.recv_key_cid().hex())
             if type(index) is int and 0 < index < len(received.sockets):
@@ -366,7 +381,7 @@ def _attach(runner: EndpointRunner, face: QuicConnection, sock: Any) -> None:
 
 def restore_one(
     runner: EndpointRunner, sealed: bytes, key: bytes, guard: SnapshotGuard,
-    handler: StreamHandler | None,
+    handler: StreamHandler | None, face_class: type[QuicConnection] = QuicConnection,
 ) -> tuple[QuicConnection, Any, StreamFaces]:
     """Restore one sealed snapshot into ``runner`` (refused ones raise SnapshotError);
     returns the new face, the application's state and the open streams' faces."""
@@ -376,7 +391,7 @@ def restore_one(
         now=runner.loop.time(), configuration=endpoint.configuration,
     )
     endpoint.adopt(conn)
-    face = QuicConnection(runner, conn, stream_handler=handler)
+    face = face_class(runner, conn, stream_handler=handler)
     face.mark_connected()
     face.sync_send_buffer()  # its unacknowledged bytes count against this endpoint's budget
     runner.add_face(conn, face)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import TYPE_CHECKING, Any
 
 from ..datapath.backends import RecvEntry
@@ -31,6 +31,8 @@ from ..datapath.socket import UdpTransport, normalize_address
 from ..endpoint.endpoint import Endpoint
 from ..transport.connection import Connection
 from .gcpolicy import POLICY as GC_POLICY
+from .paths import PATH_EVENTS, on_path_events, send_probes
+from .qlogfile import file_factory
 from .sendbuffer import SendBudget
 
 if TYPE_CHECKING:
@@ -76,12 +78,23 @@ class EndpointRunner:
         self.send_budget = SendBudget(self.loop, endpoint.configuration.send_buffer_per_endpoint)
         #: per-connection sockets (None: every datagram goes through ``transport``)
         self.sockets: ConnectedSockets | None = None
+        #: (client) the socket of a new path being probed; sockets left after a
+        #: migration, read a moment longer (see aio/paths.py)
+        self.probe_transport: UdpTransport | None = None
+        self.retired_transports: dict[int, UdpTransport] = {}
+        #: (server) more listeners (a preferred address) and, while there are any, the
+        #: listener each connection's newest non-probing packet came in on (its home)
+        self.listeners: list[UdpTransport] = []
+        self._home: dict[Connection, tuple[UdpTransport, int]] = {}
         transport.enable_pmtu_discovery()
         endpoint.wall_offset = time.time() - self.loop.time()
         #: gets the datagrams the endpoint set aside for the successor during a handoff
         #: (``Endpoint.forwarding``), after each round of reading
         self.forward: Callable[[list[tuple[bytes, Any, int]]], None] | None = None
         self._reading = False
+        qlog_dir = endpoint.configuration.qlog_dir
+        if qlog_dir and endpoint.qlog_factory is None:
+            endpoint.qlog_factory = file_factory(qlog_dir, transport.local_address)
         if read:
             self.start_reading()
 
@@ -99,6 +112,17 @@ class EndpointRunner:
             self.transport, cap, policy=policy, backend=self.transport.backend,
             on_open=self._socket_opened, on_close=self._socket_closing,
         )  # fmt: skip
+
+    def add_listener(self, transport: UdpTransport) -> None:
+        """Serve on ``transport`` too (a server's preferred address): read like the
+        main listener; connections that move there send through it."""
+        transport.enable_pmtu_discovery()
+        self.listeners.append(transport)
+        self.loop.add_reader(transport.fileno(), self._read, transport, None)
+
+    def home_listener(self, conn: Connection) -> UdpTransport:
+        home = self._home.get(conn) if self.listeners else None
+        return home[0] if home is not None else self.transport
 
     def connection_socket(self, conn: Connection) -> socket.socket | None:
         """The connected socket serving ``conn``, if any (its fd can be handed over)."""
@@ -162,7 +186,7 @@ class EndpointRunner:
             if socket_peer is not None:
                 batch, found = self._sort_strays(batch, socket_peer)
                 strays += found
-            self._process(batch, socket_peer)
+            self._process(batch, socket_peer, transport)
             if received < RECV_BATCH or transport.closed:
                 break
         if strays and self.sockets is not None:
@@ -176,10 +200,12 @@ class EndpointRunner:
         """Process datagrams read elsewhere as if read from the listening socket (those
         a predecessor forwards during a handoff)."""
         if not self._closed and batch:
-            self._process(batch, None)
+            self._process(batch, None, self.transport)
 
-    def _process(self, batch: list[RecvEntry], socket_peer: tuple[Any, ...] | None) -> None:
-        """Feed one round of datagrams to the endpoint, then answer and send."""
+    def _process(self, batch: list[RecvEntry], socket_peer: tuple[Any, ...] | None,
+                 transport: UdpTransport) -> None:
+        """Feed one round of datagrams read from ``transport`` to the endpoint, then
+        answer and send."""
         endpoint = self.endpoint
         now = self.loop.time()
         touched: list[Connection] = []
@@ -202,15 +228,50 @@ class EndpointRunner:
                 if self.on_accept is not None:
                     self.add_face(conn, self.on_accept(conn))
             endpoint.accepted.clear()
+        if self.listeners and transport in self.listeners:
+            for data, addr in endpoint.pop_stateless():  # from the address they hit
+                transport.send_batch(data, len(data), addr)
         for data, addr in endpoint.pop_stateless():
             self.transport.send_batch(data, len(data), addr)
+        if self.listeners:
+            self._note_homes(transport, touched)
+        if endpoint.forwarded:  # moved connections' datagrams: to their new host
+            for data, addr, target in endpoint.pop_forwarded():
+                if not target(data, addr):  # the channel is gone or too far behind
+                    endpoint.counters.forwarded_moved -= 1
+                    endpoint.counters.dropped_moved += 1
         forwarding = endpoint.forwarding
-        if forwarding:
+        if forwarding:  # a same-host takeover: to the successor
             endpoint.forwarding = []
             if self.forward is not None:
                 self.forward(forwarding)
         # acknowledge (and send) after every round, so ACKs keep the peer's clock
         for conn in touched:
+            self._dispatch(conn)
+            self._send(conn)
+            if conn.off_path_challenges:  # answered through the socket they came in
+                send_probes(self, conn, transport if socket_peer is None
+                            and transport is not self.probe_transport else None)
+
+    def _note_homes(self, transport: UdpTransport, touched: list[Connection]) -> None:
+        """A batch read from ``transport``: the connections whose newest non-probing
+        packet came in it live on its listener from now on."""
+        if transport is not self.transport and transport not in self.listeners:
+            transport = self.transport  # a per-connection socket of the main listener
+        homes = self._home
+        for conn in touched:
+            pn = conn.last_non_probing_pn
+            prev = homes.get(conn)
+            if prev is None or prev[1] != pn:
+                homes[conn] = (transport, pn)
+    def receive_forwarded(self, data: bytes, address: tuple[Any, ...],
+                          allowed: Container[bytes] | None = None) -> None:
+        """A datagram another host forwarded to us for a connection moved here (only
+        for the CIDs in ``allowed``, when given)."""
+        if self._closed:
+            return
+        conn = self.endpoint.receive_forwarded(data, address, self.loop.time(), allowed)
+        if conn is not None:
             self._dispatch(conn)
             self._send(conn)
 
@@ -229,6 +290,11 @@ class EndpointRunner:
     def _dispatch(self, conn: Connection) -> None:
         face = self.faces.get(id(conn))
         events = conn.pop_events()
+        if events and conn.is_client:
+            for event in events:
+                if type(event) in PATH_EVENTS:
+                    on_path_events(self, conn, events)
+                    break
         if face is not None and events:
             face.handle_events(events)
 
@@ -250,6 +316,12 @@ class EndpointRunner:
     def _route(self, conn: Connection) -> tuple[UdpTransport, tuple[Any, ...] | None]:
         """The socket ``conn`` sends through and the destination to give it (None on a
         connected socket)."""
+        if self.listeners:
+            home = self._home.get(conn)
+            if home is not None and home[0] is not self.transport:
+                if self.sockets is not None:
+                    self.sockets.release(conn)
+                return home[0], conn.peer_address
         if self.sockets is not None:
             own = self.sockets.route(conn, self.loop.time())
             if own is not None:
@@ -279,6 +351,8 @@ class EndpointRunner:
                 break
         else:
             self.schedule_flush(conn)  # more to send: yield to the loop first
+        if conn.probe is not None:
+            send_probes(self, conn, None)
         self._dispatch(conn)
         self._arm_timer(conn)
         if conn.terminated:
@@ -432,6 +506,7 @@ class EndpointRunner:
         self.endpoint.forget(conn)
         if self.sockets is not None:
             self.sockets.forget(conn)
+        self._home.pop(conn, None)
         face = self.remove_face(conn)
         if face is not None:
             face.on_terminated()
@@ -453,7 +528,10 @@ class EndpointRunner:
         for _, handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
-        transports = [self.transport]
+        transports = [self.transport, *self.listeners]
+        if self.probe_transport is not None:
+            transports.append(self.probe_transport)
+        transports += list(self.retired_transports.values())
         if self.sockets is not None:  # connection sockets stay open too (a handoff)
             transports += [t for _, t in self.sockets.items()]
         for transport in transports:
@@ -471,4 +549,9 @@ class EndpointRunner:
             GC_POLICY.removed()
         if self.sockets is not None:
             self.sockets.close_all()
+        for other in [*self.listeners, *self.retired_transports.values()]:
+            other.close()
+        if self.probe_transport is not None:
+            self.probe_transport.close()
+            self.probe_transport = None
         self.transport.close()

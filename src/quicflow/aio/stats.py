@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from ..datapath.backends import DatapathCounters
 from ..datapath.connected import ConnectedSocketCounters, add_counters
 from ..transport.connection import Connection
+from ..transport.pmtud import stats as pmtud_stats
 from .runner import EndpointRunner
 
 
@@ -16,6 +18,12 @@ def datapath_stats(runner: EndpointRunner) -> dict[str, Any]:
     if runner.sockets is not None:  # the listener's and every per-connection socket's
         c = runner.sockets.datapath_totals()
         add_counters(c, runner.transport.counters)
+    if runner.listeners:  # and those of the preferred addresses' listeners
+        if c is runner.transport.counters:
+            c = DatapathCounters()
+            add_counters(c, runner.transport.counters)
+        for listener in runner.listeners:
+            add_counters(c, listener.counters)
     out: dict[str, Any] = asdict(c)
     out["backend"] = runner.transport.backend
     out.update(datapath_ratios(out))
@@ -95,5 +103,8 @@ def connection_stats(conn: Connection) -> dict[str, Any]:
         alpn=conn.alpn_protocol,
         max_datagram_size=conn.max_datagram_size,
         send_buffered=conn.send_buffered,
+        path_changes=conn.path_changes,
+        peer_address=list(conn.peer_address),
     )
+    out.update(pmtud_stats(conn))
     return out

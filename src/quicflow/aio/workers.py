@@ -209,12 +209,14 @@ async def _worker(spec: _WorkerSpec, ctx: WorkerContext) -> int:
         # group's listeners, so they join the group behind them (indices >= N; the
         # supervisor holds the listeners open, so slots 0..N-1 stay theirs).
         runner.enable_connection_sockets(spec.connection_sockets, spec.socket_policy)
-    handover = Handover(runner, spec.capture, handler=spec.handler, restore=spec.restore)
+    handover = Handover(runner, spec.capture, handler=spec.handler, restore=spec.restore,
+                        face_class=spec.face_class)
     if received is not None:
         count = 0
         try:
             handover.guard, count = await restore_server(
-                runner, received, handler=spec.handler, restore=spec.restore)
+                runner, received, handler=spec.handler, restore=spec.restore,
+                face_class=spec.face_class)
         except (HandoffError, SnapshotError) as exc:
             ctx.send({"handoff_error": f"worker {index}: {exc}"})
             return 2
@@ -501,6 +503,11 @@ async def serve_workers(
     if plan.quic_lb.key is not None and steering:
         raise ValueError("steering reads plaintext QUIC-LB CIDs: use no key, or steering=False")
     config = plan.configuration(configuration)
+    # one set of keys for every worker (not one per worker's endpoint): a session ticket,
+    # a NEW_TOKEN token or a reset token from one worker is good at all the others
+    config = replace(config, ticket_key=config.ticket_key or os.urandom(32),
+                     token_key=config.token_key or os.urandom(32),
+                     reset_key=config.reset_key or os.urandom(32))
     if takeover is not None:
         loop = asyncio.get_running_loop()
         members = await loop.run_in_executor(None, take_over_group, takeover, workers)
@@ -511,7 +518,10 @@ async def serve_workers(
     inboxes: HandoffInboxes | None = None
     try:
         if steering:
-            group.steer(plan.layout(0).worker_cid_offset, config_id=plan.quic_lb.config_id)
+            group.steer(
+                plan.layout(0).worker_cid_offset, config_id=plan.quic_lb.config_id,
+                cid_length=plan.quic_lb.cid_len,
+            )
         inboxes = HandoffInboxes(workers)
         spec = _WorkerSpec(
             handler, connection_handler, config, backend, plan, group, inboxes, app_stats,

@@ -258,6 +258,15 @@ class AsgiServer:
         await self.h3.shutdown(timeout)
         await self.lifespan.shutdown()
 
+    def handoff(self, path: str) -> asyncio.Future[int]:
+        """Offer the connections to a successor ``serve_asgi(..., takeover=path)`` (the
+        server must be started with ``migratable=True`` or ``takeover``). ASGI requests
+        in progress cannot move (the application's coroutine holds their state): the
+        handoff lets them finish for ``handoff_grace`` seconds first, and the successor
+        resets those still running with H3_REQUEST_CANCELLED. Run ``lifespan.shutdown()``
+        after the future resolves."""
+        return self.h3.handoff(path)
+
 
 async def serve_asgi(
     app: ASGIApp,

@@ -338,6 +338,10 @@ class PerfResult:
     backend: str = ""
     #: each connection's payload bytes / its seconds from the common start to its last byte
     connection_goodputs: list[float] = field(default_factory=list)
+    #: (``--resume``/``--0rtt``) the measured connection resumed a session; the server
+    #: accepted its 0-RTT data (None: not a resumption run)
+    resumed: bool | None = None
+    early_data_accepted: bool | None = None
 
     @property
     def fairness(self) -> float:
@@ -382,6 +386,9 @@ class PerfResult:
             c.get("endpoint_engine_packets_sealed", 0) / calls if calls else 0.0
         )
         out["backend"] = self.backend
+        if self.resumed is not None:
+            out["resumed"] = self.resumed
+            out["early_data_accepted"] = bool(self.early_data_accepted)
         return out
 
 

@@ -284,7 +284,7 @@ def client_configuration(args: argparse.Namespace, alpn: str) -> Configuration:
         alpn_protocols=[alpn], verify_peer=not args.insecure, cafile=args.cafile,
         server_name=args.server_name, congestion_control=args.congestion,
         max_datagram_size=args.max_datagram, idle_timeout=args.timeout,
-        keylog_file=args.keylog,
+        keylog_file=args.keylog, pmtud=args.pmtud,
     )  # fmt: skip
 
 
@@ -326,8 +326,14 @@ def _add_transport_options(p: argparse.ArgumentParser) -> None:
         help="congestion controller (default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
-        "--max-datagram", type=_datagram_arg, default=1200, metavar="N",
-        help="largest UDP payload to send, 1200..65527 bytes (default: %(default)s)",
+        "--max-datagram", type=_datagram_arg, default=1452, metavar="N",
+        help="largest UDP payload to send, 1200..65527 bytes; with path MTU discovery "
+        "the ceiling it probes up to from 1200 (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-pmtud", dest="pmtud", action="store_false",
+        help="no path MTU discovery: send --max-datagram sized datagrams from the start "
+        "(the path must carry them)",
     )  # fmt: skip
     p.add_argument(
         "--backend", choices=["auto", "gso", "basic"], default="auto",

@@ -15,6 +15,7 @@ import time
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
+from ..migration.handoff import HandoffError
 from ..transport.config import Configuration
 from .common import _describe_error, _fail, stop_event
 
@@ -93,11 +94,22 @@ async def _serve(args: argparse.Namespace) -> int:
         return _fail(f"cannot load --cert/--key: {exc}")
     kwargs: dict[str, Any] = {}
     if args.workers is not None and args.workers > 1:
+        if args.handoff or args.takeover:
+            print("quicflow serve: --handoff/--takeover do not work with --workers yet",
+                  file=sys.stderr)
+            return 2
         kwargs["workers"] = args.workers
+    handoff = args.handoff or args.takeover
+    if handoff:
+        kwargs.update(migratable=True, handoff_grace=args.grace, takeover=args.takeover)
     try:
         server = await serve_asgi(app, args.host, args.port, configuration=config,
                                   lifespan=args.lifespan, root_path=args.root_path, **kwargs)
+    except HandoffError as exc:
+        return _fail(f"cannot take over at {args.takeover}: {exc}")
     except OSError as exc:
+        if args.takeover:
+            return _fail(f"cannot take over at {args.takeover}: {exc}")
         return _fail(f"cannot listen on {args.host} port {args.port}: {exc}")
     except RuntimeError as exc:
         return _fail(f"application {args.app}: {exc}")
@@ -106,13 +118,48 @@ async def _serve(args: argparse.Namespace) -> int:
     workers = f", {args.workers} workers" if kwargs.get("workers") else ""
     print(f"serving {args.app} on https://{shown}:{port} (HTTP/3{workers})",
           file=sys.stderr, flush=True)
-    await stop_event().wait()
+    if handoff:
+        _announce_successor(server, args.grace)
+        stop: asyncio.Future[Any] = asyncio.ensure_future(stop_event().wait())
+        handed: asyncio.Future[Any] = server.handoff(handoff)
+        await asyncio.wait([stop, handed], return_when=asyncio.FIRST_COMPLETED)
+        if handed.done():
+            stop.cancel()
+            try:
+                count = handed.result()
+            except (HandoffError, OSError) as exc:
+                return _fail(f"handoff failed: {exc}")
+            print(f"handed off {count} connection(s)", file=sys.stderr, flush=True)
+            try:
+                await server.lifespan.shutdown()
+            except RuntimeError as exc:
+                return _fail(f"application {args.app}: {exc}")
+            return 0
+    else:
+        await stop_event().wait()
     print("shutting down (GOAWAY)", file=sys.stderr, flush=True)
     try:
         await server.shutdown(args.grace)
     except RuntimeError as exc:
         return _fail(f"application {args.app}: {exc}")
     return 0
+
+
+def _announce_successor(server: Any, grace: float) -> None:
+    """A line on stderr when a successor connects (before requests in progress finish)."""
+    from ..h3.handoff import requests_in_progress
+
+    handover = server.h3.server.handover
+    wait = handover.before_stop
+
+    async def announce() -> None:
+        busy = requests_in_progress(server.h3)
+        print(f"successor connected: handing off after {busy} request(s) in progress "
+              f"finish (at most {grace:g} s)", file=sys.stderr, flush=True)
+        if wait is not None:
+            await wait()
+
+    handover.before_stop = announce
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -306,8 +353,17 @@ def register(sub: Any) -> None:
     serve.add_argument("--timeout", type=_seconds, default=30.0, metavar="SECONDS",
                        help="idle timeout of connections (default: %(default)s)")
     serve.add_argument("--grace", type=_seconds, default=5.0, metavar="SECONDS",
-                       help="on shutdown, how long requests in progress may take "
-                       "(default: %(default)s)")
+                       help="on shutdown or handoff, how long requests in progress may "
+                       "take (default: %(default)s)")
+    serve.add_argument("--handoff", metavar="PATH",
+                       help="offer the connections to a successor (quicflow serve "
+                       "--takeover PATH) on a unix socket at PATH (mode 0600, same user "
+                       "only); then exit 0 printing how many were handed off. Serves "
+                       "HTTP/3 without QPACK dynamic tables (larger headers)")
+    serve.add_argument("--takeover", metavar="PATH",
+                       help="take over the socket and connections of the server offering "
+                       "a handoff at PATH (--host/--port unused), then offer at PATH "
+                       "again. Requests still in progress after --grace are reset")
     serve.set_defaults(func=cmd_serve)
 
     get = sub.add_parser(

@@ -59,6 +59,7 @@ def cmd_hq_server(args: argparse.Namespace) -> int:
             config = server_configuration(
                 chain, key, congestion_control=args.congestion,
                 max_datagram_size=args.max_datagram, keylog_file=args.keylog,
+                pmtud=args.pmtud,
             )  # fmt: skip
             return asyncio.run(_serve(args, config))
     except (OSError, ValueError) as e:

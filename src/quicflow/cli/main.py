@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import os
 import queue
@@ -80,6 +81,9 @@ def summary_line(result: PerfResult) -> str:
         f" ({result.goodput_bytes_per_s * 8 / 1e9:.2f} Gbit/s);"
         f" {conns} connection(s) x {per_conn} stream(s),"
         f" handshake {result.handshake_seconds * 1000:.1f} ms"
+        + ("" if result.resumed is None else
+           f"; resumed {'yes' if result.resumed else 'no'},"
+           f" 0-RTT {'accepted' if result.early_data_accepted else 'not accepted'}")
     )
 
 
@@ -166,6 +170,21 @@ def _report_handoff(
     return 0
 
 
+def _preferred_arg(text: str) -> tuple[str, int]:
+    """HOST:PORT or [IPv6]:PORT, HOST an IP address."""
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not IP:PORT (IPv6 as [ADDR]:PORT)") from None
+    if not sep or not 0 < number < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r}: the port must be 1..65535")
+    return host, number
+
+
 def cmd_perf_server(args: argparse.Namespace) -> int:
     try:
         _cid_plan(args)
@@ -184,6 +203,7 @@ def cmd_perf_server(args: argparse.Namespace) -> int:
                 key,
                 congestion_control=args.congestion,
                 max_datagram_size=args.max_datagram,
+                pmtud=args.pmtud,
                 keylog_file=args.keylog,
                 retry=args.retry,
             )
@@ -194,6 +214,14 @@ def cmd_perf_server(args: argparse.Namespace) -> int:
                     return _fail(f"--client-ca {args.client_ca}: no such file", 2)
                 config.cafile = args.client_ca
                 config.client_certificates = "require" if args.require_client_cert else "request"
+            for host, port in args.preferred_address:
+                family = "preferred_address_v6" if ":" in host else "preferred_address"
+                if getattr(config, family) is not None:
+                    return _fail("--preferred-address: at most one address per family", 2)
+                setattr(config, family, (host, port))
+            if args.preferred_address and args.workers is not None:
+                return _fail("--preferred-address does not work with --workers yet", 2)
+            config.disable_active_migration = args.disable_active_migration
             if args.token_key_file:
                 with open(args.token_key_file, "rb") as f:
                     secret = f.read()
@@ -201,6 +229,13 @@ def cmd_perf_server(args: argparse.Namespace) -> int:
                     return _fail("--token-key-file must hold at least 16 bytes", 2)
                 config.token_key = secret
                 config.reset_key = secret
+            if args.ticket_key_file:
+                with open(args.ticket_key_file, "rb") as f:
+                    secret = f.read()
+                if len(secret) < 16:
+                    return _fail("--ticket-key-file must hold at least 16 bytes", 2)
+                config.ticket_key = secret
+            config.early_data = args.early_data == "accept"
             return asyncio.run(_serve_perf(args, config))
     except (HandoffError, SnapshotError) as e:
         return _fail(f"takeover failed: {e}")
@@ -213,6 +248,7 @@ def cmd_perf_server(args: argparse.Namespace) -> int:
 
 def _client_configuration(args: argparse.Namespace) -> Configuration:
     config = client_configuration(args, "perf")
+    config.use_preferred_address = not args.no_preferred_address
     if args.cert:
         config.load_cert_chain(args.cert, args.key)
     return config
@@ -238,6 +274,21 @@ def _run_perf_client(
     )  # fmt: skip
 
 
+def _run_resumed(args: argparse.Namespace, config: Configuration) -> PerfResult | int:
+    from ..apps.perf_resume import run_resumed_client
+
+    return run_with_progress(
+        args,
+        lambda progress: run_resumed_client(
+            args.host, args.port, download=args.download, upload=args.upload,
+            streams=args.streams, configuration=config, backend=args.backend,
+            verify=args.verify, timeout=args.timeout, early_data=args.zero_rtt,
+            progress=progress,
+        ),
+        (ConnectionClosedError, PerfError, TimeoutError, OSError, ValueError),
+    )  # fmt: skip
+
+
 def _print_result(result: PerfResult, as_json: bool) -> None:
     print_result(result, as_json, summary_line)
 
@@ -251,7 +302,12 @@ def cmd_perf_client(args: argparse.Namespace) -> int:
         config = _client_configuration(args)
     except (OSError, ValueError) as e:
         return _fail(f"--cert/--key: {e}", 2)
-    outcome = _run_perf_client(args.host, args.port, args, config, verify=args.verify)
+    if args.resume or args.zero_rtt:
+        if args.connections != 1:
+            return _fail("--resume/--0rtt measure one connection: drop --connections", 2)
+        outcome = _run_resumed(args, config)
+    else:
+        outcome = _run_perf_client(args.host, args.port, args, config, verify=args.verify)
     if isinstance(outcome, int):
         return outcome
     _print_result(outcome, args.json)
@@ -443,6 +499,17 @@ def build_parser() -> argparse.ArgumentParser:
         "file (default: a random key per process)",
     )  # fmt: skip
     server.add_argument(
+        "--ticket-key-file", metavar="FILE",
+        help="secret (at least 16 bytes) that seals session tickets (resumption and "
+        "0-RTT); give every worker and host behind one address the same file (default: "
+        "a random key per process)",
+    )  # fmt: skip
+    server.add_argument(
+        "--early-data", choices=("accept", "reject"), default="accept",
+        help="0-RTT: accept (tickets allow it; each ticket's early data is accepted once "
+        "per process) or reject (resumption only) (default: %(default)s)",
+    )  # fmt: skip
+    server.add_argument(
         "--connection-sockets", type=_nonnegative_int, default=DEFAULT_CONNECTION_SOCKETS,
         metavar="N",
         help="the most connections given a UDP socket of their own, connected to the "
@@ -475,6 +542,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--require-client-cert", action="store_true",
         help="with --client-ca: refuse clients without a certificate (TLS alert "
         "certificate_required, CRYPTO_ERROR 0x174)",
+    )  # fmt: skip
+    server.add_argument(
+        "--preferred-address", action="append", default=[], metavar="HOST:PORT",
+        type=_preferred_arg,
+        help="offer clients this address to move to after the handshake (RFC 9000 "
+        "§9.6 preferred_address) and listen there too; IPv6 as [ADDR]:PORT; give it "
+        "twice for one address of each family",
+    )  # fmt: skip
+    server.add_argument(
+        "--disable-active-migration", action="store_true",
+        help="tell clients not to move to a new address of their own "
+        "(disable_active_migration; a preferred address stays allowed)",
     )  # fmt: skip
     _add_transport_options(server)
     server.set_defaults(func=cmd_perf_server)
@@ -515,6 +594,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--cert", metavar="FILE",
         help="PEM client certificate chain, leaf first, presented when the server asks",
     )  # fmt: skip
+    resumption = client.add_mutually_exclusive_group()
+    resumption.add_argument(
+        "--resume", action="store_true",
+        help="connect twice: the first connection only fetches a session ticket, the "
+        "second resumes the session and is measured (--json adds resumed and "
+        "early_data_accepted); with one connection",
+    )  # fmt: skip
+    resumption.add_argument(
+        "--0rtt", dest="zero_rtt", action="store_true",
+        help="like --resume, and the second connection sends its requests and upload as "
+        "0-RTT data in its first flight (resent in 1-RTT if the server rejects it)",
+    )  # fmt: skip
     client.add_argument(
         "--key", metavar="FILE", help="PEM private key of --cert (default: read it from --cert)"
     )
@@ -535,6 +626,11 @@ def build_parser() -> argparse.ArgumentParser:
         "segments_per_gso_call, connection_goodputs, fairness) instead of a summary line",
     )  # fmt: skip
     add_quiet_option(client)
+    client.add_argument(
+        "--no-preferred-address", action="store_true",
+        help="stay on the server's address even when it offers a preferred address "
+        "(default: validate it after the handshake and move there)",
+    )  # fmt: skip
     _add_transport_options(client)
     client.set_defaults(func=cmd_perf_client)
 

@@ -11,6 +11,12 @@ Moving the connections of a running perf server on host A to a perf server on ho
 
 The command asks A's server (over its handoff socket: same user only) to move its
 connections; A opens TLS to B with its certificate, B requires one from ca.pem.
+
+With ``--mode cids`` the address stays: A and B sit behind a balancer that routes by
+the server ID in the CID (docs/nftables-quic-lb.md; both started with their own
+``--host-id``), B issues CIDs of its own for each moved connection, the client switches
+to them and the balancer delivers to B; A forwards what still reaches it for
+``--forward-seconds``.
 """
 
 from __future__ import annotations
@@ -57,7 +63,8 @@ async def start_receiver(args: argparse.Namespace, server: QuicServer) -> Any:
 def cmd_perf_migrate(args: argparse.Namespace) -> int:
     request: dict[str, Any] = {"to": args.to, "cert": args.cert, "key": args.key,
                                "ca": args.ca, "server_name": args.server_name,
-                               "count": args.count}
+                               "count": args.count, "mode": args.mode,
+                               "forward_seconds": args.forward_seconds}
     try:
         answer = request_move(args.handoff, request)
     except HandoffError as exc:
@@ -76,6 +83,16 @@ def cmd_perf_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _forward_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 600:
+        raise argparse.ArgumentTypeError("must be more than 0 and at most 600")
+    return value
+
+
 def add_migrate_parser(perf_sub: Any) -> None:
     p = perf_sub.add_parser(
         "migrate",
@@ -83,7 +100,8 @@ def add_migrate_parser(perf_sub: Any) -> None:
         description="Ask the perf server offering a handoff at --handoff to move its "
         "connections (all, or --count of them) to the perf server accepting migrations "
         "at --to, over TCP inside mutually authenticated TLS; the service address must "
-        "follow them to the other host. Prints how many moved (--json: "
+        "follow them to the other host, or (--mode cids) a balancer routing by the CIDs' "
+        "server ID takes the clients there. Prints how many moved (--json: "
         '{"moved_connections": N}); exit 0, or 1 with one line saying why.',
     )
     p.add_argument("--handoff", required=True, metavar="PATH",
@@ -98,5 +116,16 @@ def add_migrate_parser(perf_sub: Any) -> None:
     p.add_argument("--server-name", metavar="NAME",
                    help="name to check the receiver's certificate against (default: host)")
     p.add_argument("--count", type=int, metavar="N", help="move at most N connections")
+    p.add_argument(
+        "--mode", choices=("address", "cids"), default="address",
+        help="address (default): the service address follows the connections to the "
+        "other host; cids: the address stays, the clients get connection IDs that a "
+        "QUIC-LB balancer routes to the other host (docs/nftables-quic-lb.md)",
+    )  # fmt: skip
+    p.add_argument(
+        "--forward-seconds", type=_forward_seconds, default=10.0, metavar="S",
+        help="with --mode cids: how long the old server forwards what still reaches it "
+        "for the moved connections to the new one (default 10, at most 600)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_perf_migrate)

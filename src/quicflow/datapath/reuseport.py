@@ -15,8 +15,12 @@ The steering program reads the UDP payload (offset 0 is the QUIC first byte):
   QUIC-LB server ID, at payload offset ``1 + worker_cid_offset``; a CID whose config id
   (its first three bits) is not ours, or whose worker byte names no worker, falls back
   to the hash;
-- a long header (Initial, Handshake...): an index >= N, so the 4-tuple hash picks the
-  worker, which then issues CIDs carrying its own worker byte.
+- a long header whose DCID (length at payload offset 5, the CID from offset 6) has our
+  CID length, when the program is given it: the same worker byte, so Handshake packets
+  and the client's later Initials follow the CID even after its address changed;
+- any other long header (a client's first Initials, whose DCID it chose at random): an
+  index >= N, so the 4-tuple hash picks the worker, which then issues CIDs carrying its
+  own worker byte.
 
 Index ↔ member: the kernel numbers members in the order they joined, and closing member
 i moves the *last* member into slot i. ``ReuseportGroup`` binds every member at once and
@@ -69,20 +73,69 @@ _MAX_JUMP = 255
 BUFFER_BYTES = 8 << 20
 
 
+def _cid_block(
+    base: int, worker_cid_offset: int, workers: int, config_id: int | None,
+    slot_of: Sequence[int] | None,
+) -> list[Instruction]:
+    """Steer by the CID that starts at payload offset ``base``; every "no" ends in the
+    block's own last instruction, ``ret FALLBACK``."""
+    block: list[Instruction] = []
+    fallback_jumps: list[int] = []  # >0: patch jt; <0: patch jf
+    if config_id is not None:
+        block.append((_LDB_ABS, 0, 0, base))
+        block.append((_ALU_AND_K, 0, 0, 0xE0))
+        block.append((_JEQ_K, 0, 0, config_id << 5))  # jf -> fallback
+        fallback_jumps.append(-(len(block) - 1))
+    block.append((_LDB_ABS, 0, 0, base + worker_cid_offset))
+    if slot_of is None or list(slot_of) == list(range(workers)):
+        # Identity map: the worker byte is the index. A byte >= N falls back explicitly:
+        # the group may hold more members than workers (per-connection sockets bound
+        # later), and an index the kernel finds in range would pick one of those.
+        block.append((_JGE_K, 0, 0, workers))  # jt -> fallback
+        fallback_jumps.append(len(block) - 1)
+        block.append((_RET_A, 0, 0, 0))
+    else:
+        for w, slot in enumerate(slot_of):
+            if slot < 0:
+                continue
+            block.append((_JEQ_K, 0, 1, w))
+            block.append((_RET_K, 0, 0, slot))
+    block.append((_RET_K, 0, 0, FALLBACK_INDEX))
+    _patch(block, fallback_jumps, len(block) - 1)
+    return block
+
+
+def _patch(prog: list[Instruction], jumps: Sequence[int], target: int) -> None:
+    """Point the listed conditional jumps (>0: jt, <0: jf) of ``prog`` at ``target``."""
+    for ref in jumps:
+        at = abs(ref)
+        code, jt, jf, k = prog[at]
+        distance = target - at - 1
+        if distance > _MAX_JUMP:
+            raise ValueError("too many workers for one classic BPF program")
+        prog[at] = (code, distance, jf, k) if ref > 0 else (code, jt, distance, k)
+
+
 def steering_program(
     worker_cid_offset: int,
     workers: int,
     *,
     config_id: int | None = 0,
     slot_of: Sequence[int] | None = None,
+    cid_length: int | None = None,
 ) -> list[Instruction]:
-    """The classic BPF program that steers short headers by the DCID's worker byte.
+    """The classic BPF program that steers datagrams by the DCID's worker byte.
 
     ``worker_cid_offset`` is the CID offset of the worker byte (``ServerIdLayout.
     worker_cid_offset``); ``workers`` the number of workers. ``config_id`` (0..6) makes a
     CID of another QUIC-LB configuration fall back to the hash (None: do not check).
     ``slot_of[w]`` is the group index of worker ``w`` when it is not ``w`` itself (-1:
     worker ``w`` has no member now; its datagrams fall back to the hash).
+    ``cid_length``: our CIDs' length. With it, long headers whose DCID has that length
+    are steered too (Handshake packets, and the client's Initials once it has switched to
+    our CID, reach their worker even after the client's address changed); the DCID's
+    position in a long header is version-independent (RFC 8999). Without it, every long
+    header falls back to the hash.
     """
     if not 0 < worker_cid_offset < 20:
         raise ValueError(f"worker byte offset must be 1..19, got {worker_cid_offset}")
@@ -90,41 +143,26 @@ def steering_program(
         raise ValueError(f"workers must be 1..256, got {workers}")
     if slot_of is not None and len(slot_of) != workers:
         raise ValueError("slot_of needs one slot per worker")
-    prog: list[Instruction] = [(_LDB_ABS, 0, 0, 0)]
-    # The tail (filled in below) ends with "ret FALLBACK"; jumps to it are patched.
-    fallback_jumps: list[int] = []
-    prog.append((_JSET_K, 0, 0, 0x80))  # long header -> fallback (jt patched)
-    fallback_jumps.append(len(prog) - 1)
-    if config_id is not None:
-        if not 0 <= config_id <= 6:
-            raise ValueError(f"config_id must be 0..6, got {config_id}")
-        prog.append((_LDB_ABS, 0, 0, 1))
-        prog.append((_ALU_AND_K, 0, 0, 0xE0))
-        prog.append((_JEQ_K, 0, 0, config_id << 5))  # jf patched -> fallback
-        fallback_jumps.append(-(len(prog) - 1))  # negative: patch jf, not jt
-    prog.append((_LDB_ABS, 0, 0, 1 + worker_cid_offset))
-    if slot_of is None or list(slot_of) == list(range(workers)):
-        # Identity map: the worker byte is the index. A byte >= N falls back explicitly:
-        # the group may hold more members than workers (per-connection sockets bound
-        # later), and an index the kernel finds in range would pick one of those.
-        prog.append((_JGE_K, 0, 0, workers))  # jt patched -> fallback
-        fallback_jumps.append(len(prog) - 1)
-        prog.append((_RET_A, 0, 0, 0))
-    else:
-        for w, slot in enumerate(slot_of):
-            if slot < 0:
-                continue
-            prog.append((_JEQ_K, 0, 1, w))
-            prog.append((_RET_K, 0, 0, slot))
-    prog.append((_RET_K, 0, 0, FALLBACK_INDEX))
-    last = len(prog) - 1
-    for ref in fallback_jumps:
-        at = abs(ref)
-        code, jt, jf, k = prog[at]
-        distance = last - at - 1
-        if distance > _MAX_JUMP:
-            raise ValueError("too many workers for one classic BPF program")
-        prog[at] = (code, distance, jf, k) if ref > 0 else (code, jt, distance, k)
+    if config_id is not None and not 0 <= config_id <= 6:
+        raise ValueError(f"config_id must be 0..6, got {config_id}")
+    if cid_length is not None and not worker_cid_offset < cid_length <= 20:
+        raise ValueError(f"cid_length must be {worker_cid_offset + 1}..20, got {cid_length}")
+    short = _cid_block(1, worker_cid_offset, workers, config_id, slot_of)
+    if cid_length is None:
+        # ldb [0]; jset 0x80 -> ret FALLBACK (the short block's last instruction)
+        head: list[Instruction] = [(_LDB_ABS, 0, 0, 0), (_JSET_K, 0, 0, 0x80)]
+        prog = head + short
+        _patch(prog, [1], len(prog) - 1)
+        return prog
+    long = _cid_block(6, worker_cid_offset, workers, config_id, slot_of)
+    # ldb [0]; jset 0x80 ? long : short. long: ldb [5]; jeq cid_length ? block : fallback
+    prog = [(_LDB_ABS, 0, 0, 0), (_JSET_K, 0, len(long) + 2, 0x80),
+            (_LDB_ABS, 0, 0, 5), (_JEQ_K, 0, 0, cid_length)]  # fmt: skip
+    prog += long
+    _patch(prog, [-3], len(prog) - 1)  # a DCID of another length -> long's fallback
+    prog += short
+    if len(long) + 2 > _MAX_JUMP:
+        raise ValueError("too many workers for one classic BPF program")
     return prog
 
 
@@ -216,10 +254,12 @@ class ReuseportGroup:
         *,
         config_id: int | None = 0,
         slot_of: Sequence[int] | None = None,
+        cid_length: int | None = None,
     ) -> None:
         """Attach the steering program for ``len(self)`` workers."""
         program = steering_program(
-            worker_cid_offset, len(self.sockets), config_id=config_id, slot_of=slot_of
+            worker_cid_offset, len(self.sockets), config_id=config_id, slot_of=slot_of,
+            cid_length=cid_length,
         )
         attach_program(self.sockets[0], program)
         self.program = program

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import KeysView
+from collections.abc import Callable, Container, KeysView
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..crypto.native import best_engine
 from ..crypto.offload import OffloadEngine
 from ..crypto.stateless_reset import stateless_reset_token
+from ..tls.tickets import SessionTicket, StrikeRegister
+from ..transport import qlog
 from ..transport.config import Configuration
 from ..transport.connection import (
     Address,
@@ -37,7 +39,7 @@ from ..wire.errors import WireError
 from ..wire.packet import INITIAL, build_version_negotiation, parse_header
 from .admission import Admission
 from .cids import CidGenerator, ConnectionIdSource, RandomCidGenerator
-from .moved import MovedCids
+from .moved import ForwardTarget, MovedCids
 from .quiclb import QuicLbConfig, ServerIdLayout
 from .registry import ConnectionRegistry
 from .reset import match_reset
@@ -85,6 +87,8 @@ class EndpointCounters:
     dropped_not_accepting: int = 0  # Initials for new connections while handing over
     dropped_moved: int = 0  # packets for a connection handed off (no stateless reset)
     handoff_diverted: int = 0  # packets set aside for a same-host successor (takeover)
+    forwarded_moved: int = 0  # packets for a connection moved elsewhere, forwarded there
+    forwarded_received: int = 0  # packets another host forwarded to us (receive_forwarded)
     handshakes_failed: int = 0  # server connections that ended before their handshake did
 
     def dropped(self) -> int:
@@ -139,6 +143,11 @@ class Endpoint:
     frozen: dict[int, list[tuple[bytes, Address, int]]] = field(default_factory=dict)
     _diverted: list[tuple[bytes, Address, int]] | None = field(default=None, init=False,
                                                                 repr=False)
+    #: called with each new connection and ``now`` before its first packet, to attach a
+    #: qlog trace (``transport.qlog.start``); the I/O layer sets it (None: no qlog)
+    qlog_factory: Callable[[Connection, float], None] | None = None
+    #: datagrams to forward to the host a connection moved to: (data, client, target)
+    forwarded: list[tuple[bytes, Address, ForwardTarget]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         length = self.configuration.connection_id_length
@@ -151,10 +160,15 @@ class Endpoint:
                 self.configuration, connection_id_length=self.cid_generator.cid_length
             )
         cfg = self.configuration
-        if cfg.token_key is None or cfg.reset_key is None:  # one random key per endpoint
+        if cfg.token_key is None or cfg.reset_key is None or (  # one random key per endpoint
+            self.is_server and (cfg.ticket_key is None or cfg.strike_register is None)
+        ):
             self.configuration = dataclasses.replace(
                 cfg, token_key=cfg.token_key or os.urandom(32),
                 reset_key=cfg.reset_key or os.urandom(32),
+                ticket_key=cfg.ticket_key or (os.urandom(32) if self.is_server else None),
+                strike_register=cfg.strike_register or (
+                    StrikeRegister(window=cfg.ticket_age_window) if self.is_server else None),
             )
         self.admission = Admission(self.configuration)
 
@@ -185,17 +199,30 @@ class Endpoint:
             raise ValueError(
                 "zero-length connection IDs: a connection needs an endpoint (socket) of its own"
             )
+        cfg = self.configuration
+        origin = f"{server_name or address[0]}:{address[1]}"
+        tickets = cfg.session_ticket_cache
         conn = client_connection(
-            self.configuration, address, now, server_name=server_name, engine=self.engine,
-            cid_issuer=self.issue_cid,
+            cfg, address, now, server_name=server_name, engine=self.engine,
+            cid_issuer=self.issue_cid, wall_offset=self.wall_offset,
+            session_ticket=tickets.take(origin) if tickets is not None else None,
         )
-        cache = self.configuration.token_cache
-        if cache is not None:  # a NEW_TOKEN token from an earlier connection
-            origin = f"{server_name or address[0]}:{address[1]}"
+        if self.qlog_factory is not None:
+            self.qlog_factory(conn, now)
+        if cfg.token_cache is not None or tickets is not None:
             self.token_origins[id(conn)] = origin
-            conn.token = cache.take(origin)
+        if cfg.token_cache is not None:  # a NEW_TOKEN token from an earlier connection
+            conn.token = cfg.token_cache.take(origin)
         self._track(conn)
         return conn
+
+    def store_ticket(self, conn: Connection, ticket: SessionTicket) -> None:
+        """Keep a session ticket the server sent ``conn`` (SessionTicketReceived) for
+        the next connection to the same server (``Configuration.session_ticket_cache``)."""
+        cache = self.configuration.session_ticket_cache
+        origin = self.token_origins.get(id(conn))
+        if cache is not None and origin is not None:
+            cache.put(origin, ticket)
 
     def store_token(self, conn: Connection, token: bytes) -> None:
         """Keep a token the server sent ``conn`` (NewTokenReceived) for the next
@@ -241,6 +268,7 @@ class Endpoint:
         if conn.counters.packets_received or not self.accepted or self.accepted[-1] is not conn:
             return True
         self.accepted.pop()
+        qlog.stop(conn, keep=False)
         self.counters.connections_accepted -= 1
         self.counters.dropped_undecryptable_initial += 1
         conn.cid_changes.clear()
@@ -282,11 +310,17 @@ class Endpoint:
                 counters.segments_received += j - i
                 counters.lookups += 1
                 self._diverted = None
+                forwarded = len(self.forwarded)
                 conn = self._lookup(data, address, now, ecn)
                 if self._diverted is not None:
                     # the run's first was set aside for a handoff: so is the rest of it
                     for other, other_address, other_ecn in datagrams[i + 1 : j]:
                         self._divert(self._diverted, other, other_address, other_ecn)
+                elif conn is None and len(self.forwarded) > forwarded:
+                    target = self.forwarded[-1][2]  # the rest of the run goes along
+                    for k in range(i + 1, j):
+                        counters.forwarded_moved += 1
+                        self.forwarded.append((datagrams[k][0], address, target))
                 if conn is not None:
                     run: list[tuple[int, int, bytes]] = []
                     pos = 0
@@ -383,12 +417,18 @@ class Endpoint:
                 return None
             conn = registry.by_cid(cid)
             if conn is None:
+                gone = bool(self.moved) and self.moved.holds(cid, now)
+                target = self.moved.target(cid, now) if gone else None
+                if target is not None:  # moved per connection: forward it there
+                    self.counters.forwarded_moved += 1
+                    self.forwarded.append((bytes(data), address, target))
+                    return None
                 if self.forwarding is not None:
                     # handing over: a CID of a connection handed over already, or one
                     # the successor issued for it since: the successor's business
                     self._divert(self.forwarding, data, address, ecn)
                     return None
-                if self.moved and self.moved.holds(cid, now):
+                if gone:
                     self.counters.dropped_moved += 1  # it went elsewhere: no reset
                     return None
                 self.counters.dropped_unknown_cid += 1
@@ -458,6 +498,9 @@ class Endpoint:
             client_scid=hdr.scid, retry_scid=admit.retry_scid, address_validated=admit.validated,
             version=hdr.version, cid_issuer=self.issue_cid,
         )
+        if self.qlog_factory is not None:
+            self.qlog_factory(conn, now)
+        conn.wall_offset = self.wall_offset
         conn.new_token = self.admission.new_token(address, now + self.wall_offset)
         conn.new_token_pending = bool(conn.new_token)
         self.admission.track(conn)
@@ -466,6 +509,33 @@ class Endpoint:
         self.accepted.append(conn)
         self.counters.connections_accepted += 1
         return conn
+
+    def receive_forwarded(
+        self, data: bytes, address: Address, now: float, allowed: Container[bytes] | None = None
+    ) -> Connection | None:
+        """A short-header datagram that another host received from ``address`` for a
+        connection moved here (over an authenticated channel): delivered by CID, whether
+        or not the CID carries our server ID (the client used the old host's CIDs).
+        ``allowed``: the CIDs that sender may forward for (those of the connections it
+        moved here); others are dropped."""
+        counters = self.counters
+        counters.forwarded_received += 1
+        if not data or data[0] & 0x80:
+            counters.dropped_malformed += 1
+            return None
+        counters.lookups += 1
+        cid = bytes(data[1 : 1 + self.cid_length])
+        conn = self.registry.by_cid(cid) if allowed is None or cid in allowed else None
+        if conn is None or conn.terminated:
+            counters.dropped_unknown_cid += 1
+            return None
+        receive_datagram(conn, data, address, now, 0)
+        self._sync_cids(conn)
+        return conn
+
+    def pop_forwarded(self) -> list[tuple[bytes, Address, ForwardTarget]]:
+        out, self.forwarded = self.forwarded, []
+        return out
 
     # ------------------------------------------------------------------ send
 
@@ -522,6 +592,7 @@ class Endpoint:
             self.moved.record((e.cid for e in conn.host_cids), conn._now_hint,
                               conn.idle_timeout)
         self.admission.forget(conn)
+        qlog.stop(conn)
         self.token_origins.pop(id(conn), None)
         dropped = self.registry.forget(conn)
         if dropped and self.is_server and conn.counters.packets_received and not (
@@ -544,6 +615,8 @@ class Endpoint:
             "dropped_not_ours": c.dropped_not_ours,
             "dropped_moved": c.dropped_moved,
             "handoff_diverted": c.handoff_diverted,
+            "forwarded_moved": c.forwarded_moved,
+            "forwarded_received": c.forwarded_received,
             "cid_collisions": c.cid_collisions,
             "handshakes_failed": c.handshakes_failed,
             "connections": len(self.registry),

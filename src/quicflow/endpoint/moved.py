@@ -8,6 +8,12 @@ connection would die on the new host. So the CIDs of a handed-off connection are
 for a while and their packets dropped (and counted) instead; QUIC's loss recovery sends
 what they carried again, to the new host.
 
+A connection moved per connection behind a CID-routing balancer (its client switches to
+CIDs that route to the new host, the address stays) gets a forwarding target for a
+bounded time (:meth:`MovedCids.forward`): what still reaches us with its old CIDs
+meanwhile (sent before the client switched, or reordered) goes to the new host instead
+of being dropped.
+
 Bounded: only our own handoffs add entries (at most the connection's CIDs each), and an
 entry lives ``lifetime`` seconds (the connection's idle timeout, at most
 :data:`MAX_LIFETIME`); entries are added in time order and expire from the front.
@@ -16,7 +22,12 @@ entry lives ``lifetime`` seconds (the connection's idle timeout, at most
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
+
+#: Where a moved connection's datagrams go: ``target(datagram, client_address)``, False
+#: when it could not take it (the caller counts it as dropped).
+ForwardTarget = Callable[[bytes, tuple[Any, ...]], bool]
 
 #: Longest time the CIDs of a handed-off connection are remembered (seconds).
 MAX_LIFETIME = 600.0
@@ -25,10 +36,12 @@ MAX_LIFETIME = 600.0
 class MovedCids:
     """CID -> expiry time, oldest first."""
 
-    __slots__ = ("_expiry",)
+    __slots__ = ("_expiry", "_forward")
 
     def __init__(self) -> None:
         self._expiry: dict[bytes, float] = {}
+        # CID -> (target, until): a subset of _expiry's keys, removed with them
+        self._forward: dict[bytes, tuple[ForwardTarget, float]] = {}
 
     def __len__(self) -> int:
         return len(self._expiry)
@@ -42,6 +55,23 @@ class MovedCids:
         for cid in cids:
             self._expiry.pop(cid, None)  # keep the order of expiry times
             self._expiry[bytes(cid)] = until
+
+    def forward(self, cids: Iterable[bytes], target: ForwardTarget, until: float) -> None:
+        """Forward datagrams for ``cids`` (recorded already) to ``target`` until ``until``
+        (never past their record's expiry)."""
+        for cid in cids:
+            if cid in self._expiry:
+                self._forward[bytes(cid)] = (target, min(until, self._expiry[cid]))
+
+    def target(self, cid: bytes, now: float) -> ForwardTarget | None:
+        """Where to forward a datagram for ``cid`` now (None: drop it)."""
+        entry = self._forward.get(cid)
+        if entry is None:
+            return None
+        if now >= entry[1]:
+            del self._forward[cid]
+            return None
+        return entry[0]
 
     def holds(self, cid: bytes, now: float) -> bool:
         """Whether ``cid`` belonged to a connection handed off less than its lifetime
@@ -61,6 +91,7 @@ class MovedCids:
             if expiry[cid] > now:
                 break
             del expiry[cid]
+            self._forward.pop(cid, None)
 
 
-__all__ = ["MAX_LIFETIME", "MovedCids"]
+__all__ = ["MAX_LIFETIME", "ForwardTarget", "MovedCids"]

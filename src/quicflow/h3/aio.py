@@ -45,6 +45,7 @@ from ..transport.events import (
 from . import events as E
 from .connection import H3Connection, RequestRefused
 from .errors import H3_INTERNAL_ERROR, H3_NO_ERROR, H3_REQUEST_CANCELLED, H3_REQUEST_REJECTED
+from .handoff import RequestCapture, RequestResume
 
 Headers = list[tuple[bytes, bytes]]
 HeaderInput = Iterable[tuple[str | bytes, str | bytes]]
@@ -82,6 +83,8 @@ class H3Stream:
         self._headers_sent = False
         self._fin_sent = False
         self._datagrams: deque[bytes] = deque()
+        #: body bytes written (DATA payloads): where a resumed response goes on from
+        self.body_sent = 0
 
     # ------------------------------------------------------------------ fields
 
@@ -185,6 +188,7 @@ class H3Stream:
         """A DATA frame; waits while the stream's send buffer is over the high water."""
         self._check_write()
         self.face.h3.send_data(self.stream_id, data, end_stream)
+        self.body_sent += len(data)
         self._fin_sent = self._fin_sent or end_stream
         self.face.flush()
         quic = self.face.conn
@@ -255,6 +259,8 @@ class H3QuicConnection(QuicConnection):
 
     h3_options: dict[str, Any] = {}
     request_handler: RequestHandler | None = None
+    #: HTTP/3 state is captured only through h3.serve(migratable=True)'s hooks
+    capture_refusal: str | None = "its HTTP/3 state is captured only by h3.serve(migratable=True)"
 
     def __init__(self, runner: EndpointRunner, conn: Connection, **kw: Any) -> None:
         super().__init__(runner, conn, **kw)
@@ -354,7 +360,7 @@ class H3QuicConnection(QuicConnection):
                 return
             stream = self.h3_streams[ev.stream_id] = H3Stream(self, ev.stream_id)
             stream.headers = ev.headers
-            self._keep_task(self.loop.create_task(self._run_request(stream)))
+            self.start_request(stream, self.request_handler(stream))
             return
         for name, value in ev.headers:
             if name == b":status" and value.startswith(b"1"):
@@ -362,11 +368,14 @@ class H3QuicConnection(QuicConnection):
         stream.headers = ev.headers
         stream._wake()
 
-    async def _run_request(self, stream: H3Stream) -> None:
-        handler = self.request_handler
-        assert handler is not None
+    def start_request(self, stream: H3Stream, work: Awaitable[None]) -> None:
+        """Run ``work`` (the handler's coroutine for ``stream``, or one resuming it after
+        a handoff) as the request's task; ``stop()`` cancels it."""
+        self._keep_task(self.loop.create_task(self._run_request(stream, work)))
+
+    async def _run_request(self, stream: H3Stream, work: Awaitable[None]) -> None:
         try:
-            await handler(stream)
+            await work
             if not stream._fin_sent and not self.closed:
                 if not stream._headers_sent:
                     await stream.respond(500)
@@ -419,6 +428,15 @@ class H3QuicConnection(QuicConnection):
     def active_requests(self) -> int:
         return len(self.h3_streams)
 
+    @property
+    def undelivered_requests(self) -> int:
+        """Request streams whose sending side the peer has not yet acknowledged in full
+        (a response written and finished by its handler can still be in the buffers).
+        Counted over the open streams: for shutdown, not for every packet."""
+        return sum(1 for sid, stream in self.conn.streams.items()
+                   if not sid & 2 and stream.send is not None
+                   and not stream.send.is_complete())  # fmt: skip
+
     async def open_request(self) -> H3Stream:
         while True:
             self.raise_if_closed()
@@ -445,12 +463,17 @@ class H3QuicConnection(QuicConnection):
         self.close(code, reason)
 
 
+NOT_MIGRATABLE = ("its QPACK dynamic tables cannot be captured: serve HTTP/3 with "
+                  "migratable=True (no dynamic table) to hand over or move connections")
+
+
 def _face_class(
     options: dict[str, Any], handler: RequestHandler | None = None
 ) -> type[H3QuicConnection]:
     attrs: dict[str, Any] = {
         "h3_options": options,
         "request_handler": staticmethod(handler) if handler is not None else None,
+        "capture_refusal": None if options.get("capturable") else NOT_MIGRATABLE,
     }
     return type("H3Face", (H3QuicConnection,), attrs)
 
@@ -605,13 +628,15 @@ class H3Server:
                 face.send_goaway()
 
     async def shutdown(self, timeout: float = 5.0) -> None:
-        """Graceful shutdown: GOAWAY, wait for the requests in progress (up to
-        ``timeout`` seconds), then close every connection with H3_NO_ERROR."""
+        """Graceful shutdown: GOAWAY, wait for the requests in progress to finish and
+        their responses to be acknowledged (up to ``timeout`` seconds), then close every
+        connection with H3_NO_ERROR."""
         self.goaway()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline and any(
-            f.active_requests and not f.closed for f in self.connections
+            (f.active_requests or f.undelivered_requests) and not f.closed
+            for f in self.connections
         ):
             await asyncio.sleep(0.01)
         for face in self.connections:
@@ -627,6 +652,20 @@ class H3Server:
 
     def stats(self) -> dict[str, Any]:
         return self.server.stats()
+
+    def _single(self) -> QuicServer:
+        if not isinstance(self.server, QuicServer):
+            raise ValueError("handoff and moves are not available with workers yet")
+        return self.server
+
+    def handoff(self, path: str) -> asyncio.Future[int]:
+        """Offer the connections to a successor (``serve(..., takeover=path)``); see
+        ``QuicServer.handoff``. ValueError unless served with ``migratable=True``."""
+        return self._single().handoff(path)
+
+    async def move_to(self, host: str, port: int, context: Any, **kwargs: Any) -> int:
+        """Move connections to another host; see ``QuicServer.move_to``."""
+        return await self._single().move_to(host, port, context, **kwargs)
 
     async def __aenter__(self) -> H3Server:
         return self
@@ -644,6 +683,10 @@ async def serve(
     enable_connect_protocol: bool = False,
     enable_datagram: bool = False,
     max_table_capacity: int = 4096,
+    migratable: bool = False,
+    capture_request: RequestCapture | None = None,
+    resume_request: RequestResume | None = None,
+    handoff_grace: float = 0.0,
     **kwargs: Any,
 ) -> H3Server:
     """Start an HTTP/3 server: ``await handler(request)`` runs for each request (an
@@ -651,17 +694,43 @@ async def serve(
     A handler that raises resets its stream with H3_INTERNAL_ERROR; one that returns
     without answering sends 500. Extra keyword arguments go to :func:`quicflow.serve`
     (``workers=N`` included: each worker process serves HTTP/3 with its own copy of
-    ``handler``)."""
-    options = {
+    ``handler``).
+
+    ``migratable=True`` (implied by ``takeover=PATH``) makes the connections capturable:
+    no QPACK dynamic table either way (we advertise capacity 0, our encoder uses none;
+    header blocks get larger, see README), so ``server.server.handoff(path)``,
+    ``move_to()`` and a successor's ``serve(..., takeover=path)`` carry them along.
+    A request whose response is in progress continues in the successor when
+    ``capture_request(stream)`` returns its JSON-able state and ``resume_request(stream,
+    state)`` finishes it there (``stream.body_sent`` bytes were already written);
+    otherwise the successor resets that stream with H3_REQUEST_CANCELLED.
+    ``handoff_grace`` (seconds, 0: none) lets requests in progress finish, for up to that
+    long, before a handoff or move stops the connections (for applications that cannot
+    resume them, e.g. ASGI). Without ``migratable`` a handoff or move raises
+    ValueError."""
+    if "capture" in kwargs or "restore" in kwargs:
+        raise ValueError("HTTP/3 servers take capture_request/resume_request (per request)")
+    migratable = migratable or kwargs.get("takeover") is not None
+    options: dict[str, Any] = {
         "enable_connect_protocol": enable_connect_protocol,
         "enable_datagram": enable_datagram,
         "max_table_capacity": max_table_capacity,
     }
+    if migratable:
+        from .handoff import hooks
+
+        options["capturable"] = True
+        kwargs["capture"], kwargs["restore"] = hooks(capture_request, resume_request)
     server = await quic_serve(
         None, host, port, configuration=_h3_configuration(configuration, enable_datagram),
         face_class=_face_class(options, handler), **kwargs,
     )
-    return H3Server(server)
+    h3_server = H3Server(server)
+    if migratable and handoff_grace > 0 and isinstance(server, QuicServer):
+        from .handoff import wait_for_requests
+
+        server.handover.before_stop = lambda: wait_for_requests(h3_server, handoff_grace)
+    return h3_server
 
 
 __all__ = [

@@ -11,8 +11,12 @@ read from the transport only while the application has credit (``stream_buffer``
 of body; :meth:`consumed` gives credit back), so unread body bytes stay in the
 transport's flow-controlled window.
 
-State is plain data except the QPACK encoder/decoder, which are pylsqpack objects (their
-dynamic tables cannot be captured; a snapshot of an HTTP/3 connection is left to do).
+State is plain data except the QPACK encoder/decoder, which are pylsqpack objects whose
+dynamic tables cannot be captured. With ``capturable=True`` neither side has a dynamic
+table (we advertise QPACK_MAX_TABLE_CAPACITY 0 and QPACK_BLOCKED_STREAMS 0, and our
+encoder ignores the peer's capacity), so the QPACK state is empty and the connection can
+be captured (``h3/snapshot.py``); the cost is header compression by static table and
+Huffman only.
 """
 
 from __future__ import annotations
@@ -79,6 +83,34 @@ GREASE_SETTING = 0x1F * 7 + 0x21
 HEADERS_READ = 16384  # bytes read from a request stream at a time before its headers
 
 
+SET_CAPACITY_0 = 0x20  # the only encoder instruction a decoder of capacity 0 accepts
+
+
+def complete_instructions(partial: bytearray, data: bytes) -> bytes:
+    """QPACK decoder-stream bytes (RFC 9204 §4.4: each instruction is one prefixed
+    integer, prefix 7 bits for Section Acknowledgment, 6 otherwise) cut at the last whole
+    instruction; the incomplete tail stays in ``partial``."""
+    partial += data
+    end = pos = 0
+    n = len(partial)
+    while pos < n:
+        first = partial[pos]
+        mask = 0x7F if first & 0x80 else 0x3F
+        pos += 1
+        if first & mask == mask:  # continuation bytes follow
+            while pos < n and partial[pos] & 0x80:
+                pos += 1
+            if pos >= n:
+                break
+            pos += 1
+        end = pos
+    if end == 0 and n > 16:  # no integer needs this much: let the QPACK library refuse it
+        end = n
+    whole = bytes(partial[:end])
+    del partial[:end]
+    return whole
+
+
 class RequestRefused(Exception):
     """A new request cannot be sent: the peer sent GOAWAY or the connection is closing."""
 
@@ -138,6 +170,7 @@ class H3Connection:
     enable_connect_protocol: bool = False
     enable_datagram: bool = False
     stream_buffer: int = 1 << 20
+    capturable: bool = False  # no QPACK dynamic table either way (see the module doc)
     # state
     started: bool = False
     control_stream_id: int | None = None
@@ -157,8 +190,16 @@ class H3Connection:
     encoder: Any = None  # pylsqpack.Encoder (runtime object)
     decoder: Any = None  # pylsqpack.Decoder (runtime object)
     lsqpack: Any = None  # the pylsqpack module (its exception classes)
+    #: capturable mode: the peer's encoder stream carried something other than
+    #: "Set Dynamic Table Capacity 0" (its decoder may hold a partial instruction)
+    qpack_encoder_dirty: bool = False
+    #: capturable mode: an incomplete instruction of the peer's decoder stream
+    decoder_partial: bytearray = field(default_factory=bytearray)
 
     def __post_init__(self) -> None:
+        if self.capturable:
+            self.max_table_capacity = 0
+            self.blocked_streams = 0
         lsqpack = self.lsqpack = require_pylsqpack()
         self.encoder = lsqpack.Encoder()
         self.decoder = lsqpack.Decoder(self.max_table_capacity, self.blocked_streams)
@@ -476,6 +517,8 @@ class H3Connection:
         elif stype == F.STREAM_QPACK_ENCODER:
             if data:
                 self.counters.encoder_bytes_received += len(data)
+                if self.capturable and data.count(SET_CAPACITY_0) != len(data):
+                    self.qpack_encoder_dirty = True  # refused or an error: not capturable
                 try:
                     unblocked = self.decoder.feed_encoder(data)
                 except self.lsqpack.EncoderStreamError as exc:
@@ -485,8 +528,11 @@ class H3Connection:
         elif stype == F.STREAM_QPACK_DECODER:
             if data:
                 self.counters.decoder_bytes_received += len(data)
+                if self.capturable:  # feed whole instructions only: the rest is plain data
+                    data = complete_instructions(self.decoder_partial, data)
                 try:
-                    self.encoder.feed_decoder(data)
+                    if data:
+                        self.encoder.feed_decoder(data)
                 except self.lsqpack.DecoderStreamError as exc:
                     raise H3Error(QPACK_DECODER_STREAM_ERROR, "bad decoder stream") from exc
         if eof:
@@ -533,8 +579,8 @@ class H3Connection:
                                   "SETTINGS_H3_DATAGRAM without max_datagram_frame_size")
             self.peer_settings = settings
             encoder_data = self.encoder.apply_settings(
-                settings.get(F.SETTINGS_QPACK_MAX_TABLE_CAPACITY, 0),
-                settings.get(F.SETTINGS_QPACK_BLOCKED_STREAMS, 0),
+                0 if self.capturable else settings.get(F.SETTINGS_QPACK_MAX_TABLE_CAPACITY, 0),
+                0 if self.capturable else settings.get(F.SETTINGS_QPACK_BLOCKED_STREAMS, 0),
             )
             self._send_encoder(encoder_data)
             out.append(SettingsReceived(settings))

@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from quicflow.crypto.epoch import Epoch
-from quicflow.crypto.suites import CipherSuite
+from quicflow.crypto.suites import CipherSuite, suite_hash
 
 from .alerts import (
     BAD_CERTIFICATE,
@@ -20,13 +20,14 @@ from .alerts import (
     MISSING_EXTENSION,
     NO_APPLICATION_PROTOCOL,
     PROTOCOL_VERSION,
+    QUIC_PROTOCOL_VIOLATION,
     UNEXPECTED_MESSAGE,
     UNSUPPORTED_EXTENSION,
     TlsAlert,
 )
 from .config import TlsConfig
 from .core import HandshakeCore
-from .keyschedule import KeySchedule, message_hash
+from .keyschedule import KeySchedule, message_hash, transcript_hash
 from .keyshare import KeyExchangeKey, generate_key, public_bytes, shared_secret
 from .messages import (
     CERTIFICATE,
@@ -35,8 +36,10 @@ from .messages import (
     ENCRYPTED_EXTENSIONS,
     EXT_ALPN,
     EXT_COOKIE,
+    EXT_EARLY_DATA,
     EXT_KEY_SHARE,
     EXT_PRE_SHARED_KEY,
+    EXT_PSK_KEY_EXCHANGE_MODES,
     EXT_QUIC_TRANSPORT_PARAMETERS,
     EXT_SERVER_NAME,
     EXT_SIGNATURE_ALGORITHMS,
@@ -73,6 +76,16 @@ from .messages import (
     u16_list,
     vec,
 )
+from .tickets import (
+    PSK_DHE_KE,
+    QUIC_MAX_EARLY_DATA,
+    SessionTicket,
+    decode_new_session_ticket,
+    encode_offered_psks,
+    encode_psk_modes,
+    parse_empty,
+    parse_selected_identity,
+)
 from .verify import (
     CLIENT_CONTEXT,
     CLIENT_SIGNATURE_ALGORITHMS,
@@ -87,7 +100,7 @@ from .verify import (
 # client states
 WAIT_SH, WAIT_EE, WAIT_CERT, WAIT_CV, WAIT_FINISHED, DONE = range(6)
 
-_SH_ALLOWED = {EXT_SUPPORTED_VERSIONS, EXT_KEY_SHARE}
+_SH_ALLOWED = {EXT_SUPPORTED_VERSIONS, EXT_KEY_SHARE, EXT_PRE_SHARED_KEY}
 _HRR_ALLOWED = {EXT_SUPPORTED_VERSIONS, EXT_KEY_SHARE, EXT_COOKIE}
 _EE_FORBIDDEN = {
     EXT_SUPPORTED_VERSIONS,
@@ -118,6 +131,18 @@ class ClientHandshake(HandshakeCore):
         self.cert_request_context: bytes | None = None
         self.cert_request_schemes: list[int] = []
         self.started = False
+        #: resumption: the ticket offered, whether 0-RTT was offered and what became of
+        #: it (None: not offered; True accepted; False rejected), whether the server
+        #: took the PSK; the resumption secret once complete; tickets received
+        self.psk_ticket: SessionTicket | None = None
+        self.psk: bytes = b""
+        self.early_offered = False
+        self.early_status: bool | None = None
+        self.tickets_received = 0
+        self.resumed = False
+        self.resumption_secret = b""
+        self.wall_time = 0.0
+        self.tickets: list[SessionTicket] = []
 
     def expected_epoch(self) -> Epoch | None:
         if self.state == WAIT_SH:
@@ -145,6 +170,19 @@ class ClientHandshake(HandshakeCore):
         ]
         if cfg.server_name and not _is_ip(cfg.server_name):
             extensions.insert(0, (EXT_SERVER_NAME, ext_server_name(cfg.server_name)))
+        # the modes we resume with: servers send tickets only to clients that list one
+        # (RFC 8446 §4.2.9)
+        extensions.append((EXT_PSK_KEY_EXCHANGE_MODES, encode_psk_modes([PSK_DHE_KE])))
+        ticket = cfg.session_ticket
+        if ticket is not None and self._ticket_fits(ticket):
+            self.psk_ticket = ticket
+            self.psk = ticket.psk
+            if cfg.early_data and ticket.max_early_data:
+                extensions.append((EXT_EARLY_DATA, b""))
+                self.early_offered = True
+            identity = (ticket.ticket, ticket.obfuscated_age(self.wall_time))
+            binder = bytes(suite_hash(CipherSuite(ticket.suite)).digest_size)
+            extensions.append((EXT_PRE_SHARED_KEY, encode_offered_psks([identity], [binder])))
         self.hello = ClientHello(
             random=self.client_random,
             session_id=b"",
@@ -153,9 +191,33 @@ class ClientHandshake(HandshakeCore):
         )
         self._send_hello()
 
+    def _ticket_fits(self, ticket: SessionTicket) -> bool:
+        """Offer ``ticket`` only to the server it came from, for a protocol and a suite
+        we offer, while it lives (RFC 8446 §4.6.1)."""
+        cfg = self.config
+        return (
+            ticket.usable(self.wall_time)
+            and ticket.server_name == (cfg.server_name or "")
+            and ticket.alpn in cfg.alpn_protocols
+            and ticket.suite in [int(s) for s in cfg.cipher_suites]
+        )
+
     def _send_hello(self) -> None:
         assert self.hello is not None
         data = encode_client_hello(self.hello)
+        ticket = self.psk_ticket
+        if ticket is not None:
+            # the binder signs the transcript up to the binders list (RFC 8446 §4.2.11.2)
+            suite = CipherSuite(ticket.suite)
+            ks = KeySchedule(suite, self.psk)
+            hash_len = ks.hash_len
+            truncated = bytes(self.transcript) + data[: -(3 + hash_len)]
+            binder = ks.binder(transcript_hash(suite, truncated))
+            data = data[:-hash_len] + binder
+            if self.early_offered and self.retried_suite is None:
+                secret = ks.client_early_traffic(transcript_hash(suite, data))
+                self.secrets.append((Epoch.ZERO_RTT, True, suite, secret))
+                self.keylog("CLIENT_EARLY_TRAFFIC_SECRET", secret)
         self.transcript += data
         self.send(Epoch.INITIAL, data)
 
@@ -184,7 +246,8 @@ class ClientHandshake(HandshakeCore):
                 UNEXPECTED_MESSAGE, f"message {msg_type} in {epoch.name} after handshake"
             )
         if msg_type == NEW_SESSION_TICKET:
-            return  # no resumption: tickets are ignored
+            self._new_session_ticket(body)
+            return
         if msg_type == KEY_UPDATE:
             raise TlsAlert(UNEXPECTED_MESSAGE, "KeyUpdate is forbidden in QUIC")
         raise TlsAlert(UNEXPECTED_MESSAGE, f"unexpected post-handshake message {msg_type}")
@@ -219,10 +282,19 @@ class ClientHandshake(HandshakeCore):
         if group not in self.shares:
             raise TlsAlert(ILLEGAL_PARAMETER, f"server key share for unoffered group {group:#06x}")
         self.require_empty(Epoch.INITIAL)
+        psk: bytes | None = None
+        if EXT_PRE_SHARED_KEY in sh.ext_map:
+            ticket = self.psk_ticket
+            if ticket is None or parse_selected_identity(sh.ext_map[EXT_PRE_SHARED_KEY]) != 0:
+                raise TlsAlert(ILLEGAL_PARAMETER, "server selected a PSK we did not offer")
+            if suite_hash(CipherSuite(ticket.suite)).name != suite_hash(suite).name:
+                raise TlsAlert(ILLEGAL_PARAMETER, "server chose a suite the PSK cannot use")
+            psk = self.psk
+            self.resumed = True
         shared = shared_secret(self.shares[group], peer_key)
         self.shares.clear()
         self.suite = suite
-        self.ks = KeySchedule(suite)
+        self.ks = KeySchedule(suite, psk)
         self.ks.set_shared_secret(shared)
         self.transcript += raw
         self.install_handshake_secrets()
@@ -253,10 +325,23 @@ class ClientHandshake(HandshakeCore):
                 self.shares = {new_group: generate_key(new_group)}
                 key = public_bytes(self.shares[new_group])
                 data = ext_key_share_client([(new_group, key)])
-            if ext_type != EXT_COOKIE:
+            if ext_type not in (EXT_COOKIE, EXT_EARLY_DATA, EXT_PRE_SHARED_KEY):
                 extensions.append((ext_type, data))
         if cookie is not None:
             extensions.append((EXT_COOKIE, ext_cookie(cookie)))
+        if self.early_offered:
+            self.early_status = False
+        # a HelloRetryRequest rejects 0-RTT (RFC 8446 §4.2.10, RFC 9001 §4.7); the PSK is
+        # offered again if its hash is the one the server chose, with a new binder
+        if self.psk_ticket is not None and (
+            suite_hash(CipherSuite(self.psk_ticket.suite)).name != suite_hash(suite).name
+        ):
+            self.psk_ticket = None
+        if self.psk_ticket is not None:
+            ticket = self.psk_ticket
+            identity = (ticket.ticket, ticket.obfuscated_age(self.wall_time))
+            binder = bytes(suite_hash(suite).digest_size)
+            extensions.append((EXT_PRE_SHARED_KEY, encode_offered_psks([identity], [binder])))
         self.hello.extensions = extensions
         self._send_hello()
 
@@ -274,10 +359,20 @@ class ClientHandshake(HandshakeCore):
             raise TlsAlert(ILLEGAL_PARAMETER, f"server selected unoffered ALPN {protocols!r}")
         if EXT_QUIC_TRANSPORT_PARAMETERS not in ext:
             raise TlsAlert(MISSING_EXTENSION, "server sent no quic_transport_parameters")
+        if EXT_EARLY_DATA in ext:
+            parse_empty(ext[EXT_EARLY_DATA])
+            if not self.resumed or not self.early_offered or self.retried_suite is not None:
+                raise TlsAlert(ILLEGAL_PARAMETER, "server accepted early data never offered")
+            assert self.psk_ticket is not None
+            if protocols[0] != self.psk_ticket.alpn:  # RFC 8446 §4.2.10
+                raise TlsAlert(ILLEGAL_PARAMETER, "0-RTT accepted with another ALPN protocol")
+            self.early_status = True
+        elif self.early_offered:
+            self.early_status = False
         self.alpn = protocols[0]
         self.peer_tp = ext[EXT_QUIC_TRANSPORT_PARAMETERS]
         self.transcript += raw
-        self.state = WAIT_CERT
+        self.state = WAIT_FINISHED if self.resumed else WAIT_CERT
 
     def _certificate_request(self, body: bytes, raw: bytes) -> None:
         context, ext = decode_certificate_request(body)
@@ -350,5 +445,32 @@ class ClientHandshake(HandshakeCore):
         self.transcript += fin
         self.send(Epoch.HANDSHAKE, out + fin)
         self.install_application_secrets(server_finished_hash)
+        self.resumption_secret = self.ks.resumption_master(self.thash())
         self.state = DONE
         self.complete = True
+        self.transcript = bytearray()  # no use any more (tickets need only the secret)
+
+    def _new_session_ticket(self, body: bytes) -> None:
+        """Keep a ticket (RFC 8446 §4.6.1) with the server's transport parameters for
+        0-RTT (RFC 9000 §7.4.1); RFC 9001 §4.6.1: early data other than 0xffffffff is
+        a PROTOCOL_VIOLATION."""
+        nst = decode_new_session_ticket(body)
+        if nst.max_early_data is not None and nst.max_early_data != QUIC_MAX_EARLY_DATA:
+            raise TlsAlert(ILLEGAL_PARAMETER, "max_early_data_size other than 0xffffffff",
+                           transport_error=QUIC_PROTOCOL_VIOLATION)
+        assert self.ks is not None and self.suite is not None and self.alpn is not None
+        self.tickets_received += 1
+        if not nst.lifetime or self.tickets_received > 8:  # a few are plenty
+            return
+        self.tickets.append(SessionTicket(
+            ticket=nst.ticket,
+            psk=self.ks.ticket_psk(self.resumption_secret, nst.nonce),
+            suite=int(self.suite),
+            alpn=self.alpn,
+            server_name=self.config.server_name or "",
+            age_add=nst.age_add,
+            lifetime=nst.lifetime,
+            received_at=self.wall_time,
+            max_early_data=nst.max_early_data or 0,
+            transport_parameters=self.peer_tp or b"",
+        ))

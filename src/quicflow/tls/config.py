@@ -9,6 +9,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from quicflow.crypto.suites import CipherSuite
 
+from .tickets import SessionTicket, TicketSealer
+
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 SUPPORTED_GROUPS = ("x25519", "secp256r1")
@@ -44,6 +46,14 @@ class TlsConfig:
     system store) for the clientAuth use, unless ``verify_peer`` is False. A client
     presents ``certificate_chain``/``private_key`` when asked and has them, else it
     answers with an empty Certificate.
+
+    Resumption (RFC 8446 §4.6.1, RFC 9001 §4.6): a server with a ``ticket_sealer``
+    sends one NewSessionTicket after the handshake (valid ``ticket_lifetime`` seconds,
+    allowing 0-RTT when ``early_data``) and resumes sessions from the tickets it (or
+    any server with the same key) sealed. A client offers ``session_ticket`` when it
+    matches the server name, an ALPN protocol and a cipher suite it offers, and sends
+    0-RTT with it when ``early_data`` and the ticket allows it. A server that asks for
+    client certificates neither issues nor accepts tickets.
     """
 
     is_client: bool
@@ -58,6 +68,12 @@ class TlsConfig:
     groups: list[str] = field(default_factory=_default_groups)
     keylog_file: str | None = None
     client_certificates: str = "none"
+    session_ticket: SessionTicket | None = None
+    early_data: bool = True
+    ticket_sealer: TicketSealer | None = None
+    ticket_lifetime: int = 86400
+    ticket_age_window: float = 10.0
+    ticket_parameters: bytes = b""  # (server) remembered limits for tickets, pre-encoded
 
     def validate(self) -> None:
         """Raise ``ValueError`` for a configuration that cannot work."""
@@ -78,6 +94,8 @@ class TlsConfig:
                 f"client_certificates must be one of {CLIENT_CERTIFICATE_MODES}, "
                 f"not {self.client_certificates!r}"
             )
+        if not 0 < self.ticket_lifetime <= 7 * 86400:
+            raise ValueError("ticket_lifetime must be between 1 s and 7 days")
         if self.is_client and bool(self.certificate_chain) != (self.private_key is not None):
             raise ValueError("a client certificate needs both certificate_chain and private_key")
         if not self.is_client and (not self.certificate_chain or self.private_key is None):

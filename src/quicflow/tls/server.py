@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from quicflow.crypto.epoch import Epoch
-from quicflow.crypto.suites import CipherSuite
+from quicflow.crypto.suites import CipherSuite, suite_hash
 
 from .alerts import (
     BAD_CERTIFICATE,
@@ -27,13 +27,14 @@ from .alerts import (
 )
 from .config import TlsConfig
 from .core import HandshakeCore
-from .keyschedule import KeySchedule, message_hash
+from .keyschedule import KeySchedule, message_hash, transcript_hash
 from .keyshare import generate_key, public_bytes, shared_secret
 from .messages import (
     CERTIFICATE,
     CERTIFICATE_VERIFY,
     CLIENT_HELLO,
     EXT_ALPN,
+    EXT_EARLY_DATA,
     EXT_KEY_SHARE,
     EXT_PRE_SHARED_KEY,
     EXT_PSK_KEY_EXCHANGE_MODES,
@@ -65,6 +66,17 @@ from .messages import (
     parse_supported_versions_client,
     parse_u16_list,
     u16_list,
+)
+from .tickets import (
+    PSK_DHE_KE,
+    QUIC_MAX_EARLY_DATA,
+    NewSessionTicket,
+    TicketContents,
+    compact_parameters,
+    encode_new_session_ticket,
+    parse_empty,
+    parse_offered_psks,
+    parse_psk_modes,
 )
 from .verify import (
     CLIENT_CONTEXT,
@@ -121,6 +133,15 @@ class ServerHandshake(HandshakeCore):
         self.server_name: str | None = None
         #: rewrites our transport parameters once the client's are known (see TlsSession)
         self.params_hook: Callable[[bytes], bytes] | None = None
+        #: the application's (and the transport's) say on 0-RTT: called with the ticket
+        #: of a ClientHello that may have its early data accepted
+        self.early_data_hook: Callable[[TicketContents], bool] | None = None
+        self.wall_time = 0.0
+        self.resumed = False
+        self.early_status: bool | None = None  # None: not offered; True accepted
+        self.ticket: TicketContents | None = None
+        self.client_ticket_age = 0.0
+        self.client_takes_tickets = False  # the client listed psk_dhe_ke
 
     def expected_epoch(self) -> Epoch | None:
         if self.state in (WAIT_CH, WAIT_CH2):
@@ -133,7 +154,7 @@ class ServerHandshake(HandshakeCore):
         if self.state in (WAIT_CH, WAIT_CH2) and msg_type == CLIENT_HELLO:
             self._client_hello(decode_client_hello(body), raw)
         elif self.state == WAIT_FINISHED and msg_type == FINISHED:
-            self._finished(body)
+            self._finished(body, raw)
         elif self.state == WAIT_CLIENT_CERT and msg_type == CERTIFICATE:
             self._client_certificate(body, raw)
         elif self.state == WAIT_CLIENT_CV and msg_type == CERTIFICATE_VERIFY:
@@ -230,27 +251,102 @@ class ServerHandshake(HandshakeCore):
         self.peer_tp = ext[EXT_QUIC_TRANSPORT_PARAMETERS]
         if self.params_hook is not None:
             self.transport_parameters = self.params_hook(self.peer_tp)
+        psk = self._choose_psk(hello, raw)
+        if psk is not None:
+            assert self.ticket is not None
+            suite = CipherSuite(self.ticket.suite) if self.state != WAIT_CH2 else suite
         self.suite = suite
         self.transcript += raw
+        early_secret = b""
+        if self.early_status is not None:
+            self.early_status = psk is not None and self._accept_early_data(hello)
+            if self.early_status:
+                assert psk is not None
+                early_secret = KeySchedule(suite, psk).client_early_traffic(self.thash())
 
         kx_key = generate_key(group)
         shared = shared_secret(kx_key, share_map[group])
+        sh_ext = [
+            (EXT_SUPPORTED_VERSIONS, TLS13.to_bytes(2, "big")),
+            (EXT_KEY_SHARE, ext_key_share_server(group, public_bytes(kx_key))),
+        ]
+        if psk is not None:
+            sh_ext.append((EXT_PRE_SHARED_KEY, (0).to_bytes(2, "big")))
         sh = ServerHello(
             random=os.urandom(32),
             session_id=hello.session_id,
             cipher_suite=int(suite),
-            extensions=[
-                (EXT_SUPPORTED_VERSIONS, TLS13.to_bytes(2, "big")),
-                (EXT_KEY_SHARE, ext_key_share_server(group, public_bytes(kx_key))),
-            ],
+            extensions=sh_ext,
         )
+        if early_secret:
+            self.add_secret(Epoch.ZERO_RTT, False, early_secret)
+            self.keylog("CLIENT_EARLY_TRAFFIC_SECRET", early_secret)
         sh_bytes = encode_server_hello(sh)
         self.transcript += sh_bytes
         self.send(Epoch.INITIAL, sh_bytes)
-        self.ks = KeySchedule(suite)
+        self.ks = KeySchedule(suite, psk)
         self.ks.set_shared_secret(shared)
         self.install_handshake_secrets()
         self._send_server_flight(sig_alg)
+
+    # ------------------------------------------------------------ resumption
+
+    def _choose_psk(self, hello: ClientHello, raw: bytes) -> bytes | None:
+        """The resumption PSK of the client's first identity when it is a live ticket of
+        ours for this server name and protocol, with a binder that verifies (a binder
+        that does not is fatal: RFC 8446 §4.2.11). None: a full handshake."""
+        ext = hello.ext_map
+        sealer = self.config.ticket_sealer
+        self.client_takes_tickets = EXT_PSK_KEY_EXCHANGE_MODES in ext and (
+            PSK_DHE_KE in parse_psk_modes(ext[EXT_PSK_KEY_EXCHANGE_MODES]))
+        if EXT_EARLY_DATA in ext:
+            parse_empty(ext[EXT_EARLY_DATA])
+            if self.state == WAIT_CH:
+                self.early_status = False  # offered; accepted below if all agrees
+        if (EXT_PRE_SHARED_KEY not in ext or sealer is None
+                or self.config.client_certificates != "none"):
+            return None
+        if not self.client_takes_tickets:
+            return None
+        offered = parse_offered_psks(ext[EXT_PRE_SHARED_KEY])
+        identity, obfuscated_age = offered.identities[0]
+        contents = sealer.open(identity, self.wall_time)
+        if contents is None or contents.server_name != (self.server_name or ""):
+            return None
+        suite = CipherSuite(contents.suite) if contents.suite in [
+            int(s) for s in CipherSuite] else None
+        if suite is None or int(suite) not in hello.cipher_suites or (
+            suite not in self.config.cipher_suites
+        ):
+            return None
+        if self.state == WAIT_CH2 and (
+            self.suite is None or suite_hash(self.suite).name != suite_hash(suite).name
+        ):
+            return None
+        ks = KeySchedule(suite, contents.psk)
+        truncated = bytes(self.transcript) + raw[: len(raw) - offered.binders_len]
+        expected = ks.binder(transcript_hash(suite, truncated))
+        if not hmac.compare_digest(expected, offered.binders[0]):
+            raise TlsAlert(DECRYPT_ERROR, "PSK binder does not verify")
+        self.ticket = contents
+        self.client_ticket_age = ((obfuscated_age - contents.age_add) & 0xFFFFFFFF) / 1000
+        self.resumed = True
+        return contents.psk
+
+    def _accept_early_data(self, hello: ClientHello) -> bool:
+        """0-RTT only on a first ClientHello (RFC 8446 §4.2.10), with the ticket's
+        protocol, a ticket that allows it, a fresh age (RFC 8446 §8.3) and the
+        transport's and application's consent (parameters, anti-replay, policy)."""
+        ticket = self.ticket
+        cfg = self.config
+        if ticket is None or self.state != WAIT_CH or not cfg.early_data:
+            return False
+        if ticket.max_early_data != QUIC_MAX_EARLY_DATA or ticket.alpn != self.alpn:
+            return False
+        server_age = self.wall_time - ticket.issued_at
+        if abs(server_age - self.client_ticket_age) > cfg.ticket_age_window:
+            return False
+        return self.early_data_hook is None or self.early_data_hook(ticket)
 
     def _send_retry_request(
         self, hello: ClientHello, suite: CipherSuite, group: int, raw: bytes
@@ -275,23 +371,25 @@ class ServerHandshake(HandshakeCore):
         cfg = self.config
         assert self.ks is not None and self.alpn is not None and cfg.private_key is not None
         out = bytearray()
-        ask = cfg.client_certificates != "none"
+        ask = cfg.client_certificates != "none" and not self.resumed
+        ee = [
+            (EXT_ALPN, ext_alpn([self.alpn])),
+            (EXT_QUIC_TRANSPORT_PARAMETERS, self.transport_parameters),
+        ]
+        if self.early_status:
+            ee.append((EXT_EARLY_DATA, b""))
         for msg in (
-            encode_encrypted_extensions(
-                [
-                    (EXT_ALPN, ext_alpn([self.alpn])),
-                    (EXT_QUIC_TRANSPORT_PARAMETERS, self.transport_parameters),
-                ]
-            ),
+            encode_encrypted_extensions(ee),
             *((_CERTIFICATE_REQUEST,) if ask else ()),
-            _identity(cfg)[0],
+            *((_identity(cfg)[0],) if not self.resumed else ()),
         ):
             self.transcript += msg
             out += msg
-        content = _SERVER_VERIFY_PREFIX + self.thash()
-        cv = encode_certificate_verify(sig_alg, sign(cfg.private_key, sig_alg, content))
-        self.transcript += cv
-        out += cv
+        if not self.resumed:
+            content = _SERVER_VERIFY_PREFIX + self.thash()
+            cv = encode_certificate_verify(sig_alg, sign(cfg.private_key, sig_alg, content))
+            self.transcript += cv
+            out += cv
         fin = encode_finished(self.ks.finished_verify_data(self.server_hs_secret, self.thash()))
         self.transcript += fin
         out += fin
@@ -328,7 +426,7 @@ class ServerHandshake(HandshakeCore):
         self.transcript += raw
         self.state = WAIT_FINISHED
 
-    def _finished(self, body: bytes) -> None:
+    def _finished(self, body: bytes, raw: bytes) -> None:
         assert self.ks is not None
         expected = self.ks.finished_verify_data(self.client_hs_secret, self.thash())
         if not hmac.compare_digest(expected, body):
@@ -336,3 +434,29 @@ class ServerHandshake(HandshakeCore):
         self.require_empty(Epoch.HANDSHAKE)
         self.state = DONE
         self.complete = True
+        cfg = self.config
+        if (cfg.ticket_sealer is not None and cfg.client_certificates == "none"
+                and self.client_takes_tickets):  # RFC 8446 §4.2.9
+            self.transcript += raw
+            self._send_ticket(self.ks.resumption_master(self.thash()))
+
+    def _send_ticket(self, resumption_master: bytes) -> None:
+        """One NewSessionTicket in 1-RTT (RFC 8446 §4.6.1), sealed with the ticket key;
+        0-RTT allowed with max_early_data_size 0xffffffff (RFC 9001 §4.6.1)."""
+        cfg = self.config
+        assert self.ks is not None and self.suite is not None and cfg.ticket_sealer is not None
+        nonce = b"\x00"
+        age_add = int.from_bytes(os.urandom(4), "big")
+        max_early = QUIC_MAX_EARLY_DATA if cfg.early_data else 0
+        contents = TicketContents(
+            issued_at=self.wall_time, lifetime=cfg.ticket_lifetime, age_add=age_add,
+            max_early_data=max_early, suite=int(self.suite),
+            psk=self.ks.ticket_psk(resumption_master, nonce), alpn=self.alpn or "",
+            server_name=self.server_name or "",
+            transport_parameters=(cfg.ticket_parameters
+                                  or compact_parameters(self.transport_parameters)),
+        )
+        nst = NewSessionTicket(cfg.ticket_lifetime, age_add, nonce,
+                               cfg.ticket_sealer.seal(contents),
+                               max_early if max_early else None)
+        self.send(Epoch.ONE_RTT, encode_new_session_ticket(nst))

@@ -18,6 +18,7 @@ from .client import ClientHandshake
 from .config import TlsConfig
 from .core import Secret
 from .server import ServerHandshake
+from .tickets import SessionTicket, TicketContents
 
 
 class TlsSession:
@@ -41,6 +42,46 @@ class TlsSession:
         returns the transport parameters to send (compatible version negotiation)."""
         if isinstance(self._hs, ServerHandshake):
             self._hs.params_hook = hook
+
+    def on_early_data(self, hook: Callable[[TicketContents], bool]) -> None:
+        """(server) ``hook(ticket)`` has the last say on accepting a ClientHello's 0-RTT
+        (after the checks of RFC 8446 §4.2.10 and §8.3 passed)."""
+        if isinstance(self._hs, ServerHandshake):
+            self._hs.early_data_hook = hook
+
+    def set_wall_time(self, wall_time: float) -> None:
+        """Wall-clock (Unix) seconds now: ticket ages and lifetimes are wall-clock
+        times, shared by every process and host (the caller knows the clock)."""
+        self._hs.wall_time = wall_time
+
+    @property
+    def session_resumed(self) -> bool:
+        """The server accepted a resumption PSK (no certificates in this handshake)."""
+        return self._hs.resumed
+
+    @property
+    def early_data_status(self) -> bool | None:
+        """0-RTT: None when not offered (or, on a client, not yet answered), False when
+        rejected, True when accepted (a client knows at EncryptedExtensions or a
+        HelloRetryRequest)."""
+        return self._hs.early_status
+
+    @property
+    def early_data_offered(self) -> bool:
+        """(client) 0-RTT was offered in the ClientHello (its keys are in pop_secrets)."""
+        return isinstance(self._hs, ClientHandshake) and self._hs.early_offered
+
+    @property
+    def offered_ticket(self) -> SessionTicket | None:
+        """(client) The configured session ticket."""
+        return self._hs.config.session_ticket if isinstance(self._hs, ClientHandshake) else None
+
+    def pop_tickets(self) -> list[SessionTicket]:
+        """(client) Session tickets received since the last call."""
+        if isinstance(self._hs, ClientHandshake):
+            out, self._hs.tickets = self._hs.tickets, []
+            return out
+        return []
 
     def start(self) -> None:
         """Client: queue the ClientHello in ``Epoch.INITIAL``. Server: nothing."""

@@ -37,7 +37,15 @@ class Configuration:
     max_stream_data / max_stream_data_window: the same per stream.
     max_streams_bidi / max_streams_uni: how many streams the peer may have open at once.
     congestion_control: "cubic" (default) or "newreno".
-    max_datagram_size: largest UDP payload sent (1200 .. 65527; bounded by the path).
+    max_datagram_size: largest UDP payload sent (1200 .. 65527; default 1452). With
+        ``pmtud`` (default) it is the ceiling of path MTU discovery: a connection starts
+        at 1200 bytes and probes upwards (RFC 8899) to the smallest of this, the peer's
+        max_udp_payload_size and the path MTU. Without ``pmtud`` the connection sends
+        datagrams of this size as soon as the handshake allows (the path must carry them;
+        a smaller path MTU reported by the datapath still lowers it).
+    pmtud: probe the path MTU upwards from 1200 bytes (DPLPMTUD, RFC 8899), fall back to
+        1200 on a black hole and search again. pmtud_raise_interval: seconds after a
+        finished search before probing for a larger size again (PMTU_RAISE_TIMER).
     cipher_suites: TLS 1.3 suites offered/accepted, in order of preference.
     groups: key exchange groups, the first gets the client's key share.
     active_connection_id_limit: how many connection IDs we accept from the peer.
@@ -45,6 +53,8 @@ class Configuration:
         alone on its socket). A server's CIDs come from its endpoint's QUIC-LB generator,
         whose length wins (the server endpoint uses a copy of the configuration with it).
     keylog_file: append TLS secrets in SSLKEYLOGFILE format (for Wireshark/tshark).
+    qlog_dir: write a qlog trace of each connection (JSON-SEQ, ``<ODCID>_<role>.sqlog``)
+        into this directory; the asyncio API also takes it from ``$QLOGDIR``.
     send_buffer_per_connection / send_buffer_per_endpoint: bytes the application may have
         written and not yet had acknowledged, on one connection / on all connections of one
         endpoint (a server) together; ``drain()`` waits while either is exceeded (and while
@@ -68,6 +78,26 @@ class Configuration:
     token_cache: (clients) a ``quicflow.endpoint.tokens.TokenCache`` shared by
         connections; NEW_TOKEN tokens go in, the next connection to that server uses one.
 
+    Session resumption and 0-RTT (RFC 8446 §4.6.1, RFC 9001 §4.6; see tls/tickets.py):
+    ticket_key: (servers) key sealing session tickets; one NewSessionTicket goes out
+        after each handshake, valid ``ticket_lifetime`` seconds. Give every worker and
+        host the same key so any of them resumes the others' sessions (None: a random
+        key per endpoint; a connection without an endpoint then issues no tickets).
+    session_ticket_cache: (clients) a ``quicflow.tls.tickets.SessionTicketCache`` shared
+        by connections; tickets go in, the next connection to that server offers one
+        (each is used once).
+    early_data: clients send 0-RTT data when their ticket allows it (what the application
+        writes before the handshake completes, within the server's remembered limits of
+        RFC 9000 §7.4.1); servers allow 0-RTT in their tickets and accept it. Data of
+        rejected 0-RTT is sent again in 1-RTT. ``Connection.early_data_accepted`` and
+        ``session_resumed`` (and ``HandshakeCompleted``) say what happened.
+    early_data_hook: (servers) ``hook(server_name, alpn_protocol, peer_address) -> bool``,
+        the application's say on a ClientHello's 0-RTT (after the protocol's checks).
+    strike_register: (servers) the ``StrikeRegister`` for anti-replay: each ticket's
+        0-RTT is accepted once per register, ClientHellos whose ticket age is more than
+        ``ticket_age_window`` seconds off are refused 0-RTT (None: the endpoint makes one;
+        a connection without register accepts no 0-RTT).
+
     max_datagram_frame_size: largest DATAGRAM frame (RFC 9221) we accept; 0 (default)
         turns DATAGRAM frames off (the transport parameter is not sent).
     max_datagram_queue: DATAGRAM frames waiting to be sent; when full, the oldest is
@@ -80,6 +110,16 @@ class Configuration:
         version in the client's list that it accepts (so a client with
         ``versions=[QUIC_V2, QUIC_V1], initial_version=QUIC_V1`` starts in v1, which every
         server understands, and ends in v2 with a server that has it).
+
+    preferred_address / preferred_address_v6: (servers) an ``(IP address, port)`` of each
+        family offered to clients in the preferred_address transport parameter (RFC 9000
+        §9.6), with a connection ID the endpoint issued for it; ``serve()`` listens
+        there too. None (default): none offered.
+    use_preferred_address: (clients) move to a server's preferred address once the
+        handshake is confirmed, after validating it (default True; on failure the
+        connection stays on the original address).
+    disable_active_migration: send disable_active_migration: clients must not move to a
+        new address of their own (RFC 9000 §18.2; a preferred address stays allowed).
     """
 
     alpn_protocols: list[str] = field(default_factory=list)
@@ -97,7 +137,9 @@ class Configuration:
     max_streams_bidi: int = 256
     max_streams_uni: int = 256
     congestion_control: str = "cubic"
-    max_datagram_size: int = 1200
+    max_datagram_size: int = 1452
+    pmtud: bool = True
+    pmtud_raise_interval: float = 600.0
     cipher_suites: list[CipherSuite] = field(
         default_factory=lambda: [
             CipherSuite.AES_128_GCM_SHA256,
@@ -128,6 +170,18 @@ class Configuration:
     versions: list[int] = field(default_factory=lambda: [QUIC_V1, QUIC_V2])
     initial_version: int | None = None
     client_certificates: str = "none"
+    qlog_dir: str | None = None
+    preferred_address: tuple[str, int] | None = None
+    preferred_address_v6: tuple[str, int] | None = None
+    use_preferred_address: bool = True
+    disable_active_migration: bool = False
+    ticket_key: bytes | None = None
+    ticket_lifetime: int = 86400
+    session_ticket_cache: Any = None
+    early_data: bool = True
+    early_data_hook: Any = None
+    strike_register: Any = None
+    ticket_age_window: float = 10.0
 
     def load_cert_chain(self, certfile: str, keyfile: str | None = None) -> None:
         """Load a PEM certificate chain and private key."""
@@ -142,6 +196,8 @@ class Configuration:
             raise ValueError("Configuration.alpn_protocols must name at least one protocol")
         if not 1200 <= self.max_datagram_size <= 65527:
             raise ValueError("max_datagram_size must be between 1200 and 65527")
+        if self.pmtud_raise_interval <= 0:
+            raise ValueError("pmtud_raise_interval must be positive")
         if self.congestion_control not in ("cubic", "newreno"):
             raise ValueError("congestion_control must be 'cubic' or 'newreno'")
         if not (self.connection_id_length == 0 or 4 <= self.connection_id_length <= 20):
@@ -162,5 +218,25 @@ class Configuration:
             raise ValueError("initial_version must be one of versions")
         if not self.cipher_suites:
             raise ValueError("cipher_suites must not be empty")
+        if not 0 < self.ticket_lifetime <= 7 * 86400:
+            raise ValueError("ticket_lifetime must be between 1 second and 7 days")
         if self.client_certificates not in ("none", "request", "require"):
             raise ValueError("client_certificates must be 'none', 'request' or 'require'")
+        _check_preferred(self.preferred_address, 4)
+        _check_preferred(self.preferred_address_v6, 6)
+
+
+def _check_preferred(value: tuple[str, int] | None, family: int) -> None:
+    if value is None:
+        return
+    import ipaddress
+
+    try:
+        host, port = value
+        addr = ipaddress.ip_address(host)
+    except (TypeError, ValueError):
+        raise ValueError(f"preferred_address{'_v6' if family == 6 else ''} must be "
+                         f"(IPv{family} address, port), not {value!r}") from None
+    if addr.version != family or not 0 < int(port) < 65536:
+        raise ValueError(f"preferred_address{'_v6' if family == 6 else ''} must be "
+                         f"(IPv{family} address, port 1..65535), not {value!r}")

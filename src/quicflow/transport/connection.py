@@ -22,8 +22,9 @@ from ..crypto.offload import OffloadEngine, SoftwareOffloadEngine
 from ..crypto.suites import CipherSuite
 from ..tls.config import TlsConfig
 from ..tls.session import TlsSession
+from ..tls.tickets import SessionTicket, ticket_sealer
 from ..wire.tparams import TransportParameters, encode_transport_parameters
-from . import stream_api
+from . import early_data, pathprobe, stream_api
 from .closing import closing_timer, on_closing_timer, start_closing
 from .config import Configuration
 from .congestion import CongestionControl, Pacer
@@ -32,7 +33,9 @@ from .errors import (
     QuicError,
 )
 from .events import ConnectionTerminated, Event
-from .path import Path
+from .path import Path, PathProbe
+from .pmtud import Pmtud, new_pmtud
+from .qlog import QlogTrace
 from .recovery import LossDetection
 from .rtt import RttEstimator
 from .state import (
@@ -106,6 +109,11 @@ class ConnectionCounters:
     datagram_frames_received: int = 0
     datagram_frames_dropped: int = 0  # send queue full: the oldest was dropped
     close_resends: int = 0  # CONNECTION_CLOSE sent again on the closing timer
+    migrations: int = 0  # (client) moves to a new path validated by PATH_RESPONSE
+    migrations_failed: int = 0  # (client) probes of a new path that got no answer
+    path_probes_sent: int = 0  # (client) PATH_CHALLENGE datagrams sent on a probed path
+    zero_rtt_sent: int = 0  # (client) 0-RTT packets sent
+    zero_rtt_received: int = 0  # (server) 0-RTT packets opened and processed
 
 
 @dataclass(slots=True, eq=False)  # an entity: compared by identity
@@ -126,6 +134,9 @@ class Connection:
     peer_cid: bytes = b""
     peer_cid_seq: int = 0
     retire_pending: list[int] = field(default_factory=list)
+    #: the Retire Prior To of our NEW_CONNECTION_ID frames: our CIDs below this sequence
+    #: are retired by the peer and not replaced (see ``hand_over_cids``)
+    host_retire_prior_to: int = 0
     cid_changes: list[tuple[bool, bytes]] = field(default_factory=list)  # (added, cid)
     initial_scid: bytes = b""  # our first SCID
     peer_initial_scid: bytes | None = None
@@ -136,6 +147,13 @@ class Connection:
     new_token: bytes = b""  # (server) the NEW_TOKEN token to give the client
     new_token_pending: bool = False
     datagrams_pending: list[bytes] = field(default_factory=list)  # DATAGRAM frames to send
+    # resumption and 0-RTT (early_data.py); wall_offset: add to ``now`` for Unix time
+    wall_offset: float = 0.0
+    session_resumed: bool = False
+    early_data_attempted: bool = False  # (client) sent 0-RTT; (server) the client offered it
+    early_data_accepted: bool = False
+    remembered_params: TransportParameters | None = None  # (client) limits for 0-RTT
+    version_switched: bool = False  # (server) compatible version negotiation moved us
     # state
     state: int = HANDSHAKE
     handshake_complete: bool = False
@@ -169,12 +187,20 @@ class Connection:
     probes_pending: list[int] = field(default_factory=lambda: [0, 0, 0])
     max_datagram_size: int = 1200
     path_mtu_cap: int = 65527  # largest UDP payload the path was seen to carry
+    pmtud: Pmtud = field(default_factory=Pmtud)  # path MTU discovery (pmtud.py)
     # paths
     path_challenges_received: list[bytes] = field(default_factory=list)  # to answer
     path_challenge: bytes = b""  # sent on the current path, not yet answered
     path_challenge_pending: bool = False  # to be sent (again)
     path_changes: int = 0
     previous_path: Path | None = None  # while a new peer address is being validated
+    probe: PathProbe | None = None  # (client) a new path being validated (pathprobe.py)
+    # challenges that came from another address in probing-only packets, answered there:
+    # (data, address, byte budget)
+    off_path_challenges: list[tuple[bytes, Address, int]] = field(default_factory=list)
+    last_packet_probing: bool = False  # the last packet processed had only probing frames
+    last_non_probing_pn: int = -1  # newest 1-RTT packet with a non-probing frame
+    preferred_pending: bool = False  # (client) the server's preferred address is untried
     # timers
     idle_timeout: float = 30.0
     idle_deadline: float = 0.0
@@ -220,8 +246,13 @@ class Connection:
     send_protectors: list[PacketProtector | None] = field(default_factory=lambda: [None] * 4)
     recv_protectors: list[PacketProtector | None] = field(default_factory=lambda: [None] * 4)
     engine: OffloadEngine = field(default_factory=SoftwareOffloadEngine)
+    qlog: QlogTrace | None = None  # qlog events go here when set (qlog.py)
 
     # ------------------------------------------------------------------ setup
+
+    def local_params(self) -> TransportParameters:
+        """The transport parameters we send (or would send now)."""
+        return self._local_transport_parameters()
 
     def _local_transport_parameters(self) -> TransportParameters:
         cfg = self.configuration
@@ -246,10 +277,16 @@ class Connection:
             tp.stateless_reset_token = self.host_cids[0].reset_token
             if self.retry_scid is not None:
                 tp.retry_source_connection_id = self.retry_scid
+            tp.disable_active_migration = cfg.disable_active_migration
+            tp.preferred_address = pathprobe.preferred_address_parameter(self)
         return tp
 
-    def _tls_config(self, server_name: str | None) -> TlsConfig:
+    def _tls_config(self, server_name: str | None,
+                    ticket: SessionTicket | None = None) -> TlsConfig:
         cfg = self.configuration
+        sealer = None
+        if not self.is_client and cfg.ticket_key:
+            sealer = ticket_sealer(cfg.ticket_key)
         return TlsConfig(
             is_client=self.is_client,
             alpn_protocols=list(cfg.alpn_protocols),
@@ -263,12 +300,20 @@ class Connection:
             groups=list(cfg.groups),
             keylog_file=cfg.keylog_file,
             client_certificates=cfg.client_certificates,
+            session_ticket=ticket,
+            early_data=cfg.early_data,
+            ticket_sealer=sealer,
+            ticket_lifetime=cfg.ticket_lifetime,
+            ticket_age_window=cfg.ticket_age_window,
+            ticket_parameters=early_data.ticket_parameters(self) if sealer else b"",
         )
 
-    def _setup(self, now: float, server_name: str | None) -> None:
+    def _setup(self, now: float, server_name: str | None,
+               ticket: SessionTicket | None = None) -> None:
         cfg = self.configuration
         cfg.validate()
         self.max_datagram_size = 1200
+        self.pmtud = new_pmtud(cfg.pmtud)
         self.idle_timeout = cfg.idle_timeout
         self.idle_deadline = now + cfg.idle_timeout if cfg.idle_timeout else float("inf")
         if not self.is_client and not self.address_validated:  # half-open: short life
@@ -292,15 +337,24 @@ class Connection:
         self.pacer = Pacer(burst_interval=0.002, max_burst_datagrams=256, granularity=0.001)
         self.issue_host_cid()
         self.initial_scid = self.host_cids[0].cid
+        pathprobe.issue_preferred_cid(self)
         # a server after Retry: Initial keys come from the client's new DCID (our SCID)
         self._install_initial_keys(self.retry_scid or self.original_dcid)
         params = encode_transport_parameters(self._local_transport_parameters())
-        self.tls = TlsSession(self._tls_config(server_name), params)
+        self.tls = TlsSession(self._tls_config(server_name, ticket), params)
         if not self.is_client and len(cfg.versions) > 1:
             self.tls.on_client_parameters(self._negotiate_version)
+        if not self.is_client:
+            early_data.server_hook(self, self.tls)
+        self.tls.set_wall_time(now + self.wall_offset)
         self.tls.start()
         for epoch, data in self.tls.pop_output():
             self.spaces[SPACE_OF_EPOCH[epoch]].crypto_send.write(data)
+        for epoch, is_send, suite, secret in self.tls.pop_secrets():  # 0-RTT (client)
+            keys = derive_packet_keys(suite, secret, self.version)
+            (self.send_protectors if is_send else self.recv_protectors)[epoch] = (
+                PacketProtector(keys))
+        early_data.start_client(self, self.tls)
 
     def _install_initial_keys(self, dcid: bytes) -> None:
         client_secret, server_secret = initial_secrets(dcid, self.version)
@@ -317,6 +371,8 @@ class Connection:
         Initial keys are derived again for it (same client DCID, the version's salt)."""
         self.version = version
         self._install_initial_keys(self.retry_scid or self.original_dcid)
+        self.version_switched = True
+        early_data.client_switched_version(self)
 
     def restart_in_version(self, version: int) -> None:
         """(client) Incompatible version negotiation (RFC 9368 §2.1): the server sent
@@ -324,6 +380,10 @@ class Connection:
         (a new first flight with a new destination CID; streams opened meanwhile keep
         their data, nothing of it was sent yet). Only once per connection."""
         server_name = self.tls.server_name if self.tls is not None else None
+        ticket = self.tls.offered_ticket if self.tls is not None else None
+        if self.early_data_attempted:  # nothing of it reached the server: send it again
+            early_data.reject_early_data(self)
+            self.early_data_attempted = False
         for entry in self.host_cids:
             self.cid_changes.append((False, entry.cid))
         self.host_cids = []
@@ -337,7 +397,7 @@ class Connection:
         self.send_protectors = [None] * 4
         self.recv_protectors = [None] * 4
         self.probes_pending = [0, 0, 0]
-        self._setup(self._now_hint, server_name)
+        self._setup(self._now_hint, server_name, ticket)
 
     def _negotiate_version(self, client_params: bytes) -> bytes:
         """(server, from the TLS layer on the ClientHello) Pick the version: the first in
@@ -370,6 +430,32 @@ class Connection:
         if self.one_rtt_ready:
             self.engine.alias(entry.cid, self.host_cids[0].cid, opener=True)
         return entry
+
+    def hand_over_cids(self, cids: list[tuple[bytes, bytes]]) -> int:
+        """Give the peer ``cids`` (``(cid, stateless reset token)`` pairs, e.g. CIDs that
+        route to another host) in place of every CID issued so far: they are announced
+        in NEW_CONNECTION_ID frames whose Retire Prior To retires all the older ones
+        (RFC 9000 §5.1.2), and the older ones are not replaced when the peer retires
+        them. Returns that Retire Prior To (the first new sequence number). At most the
+        peer's ``active_connection_id_limit`` CIDs may be given (RFC 9000 §5.1.1)."""
+        limit = self.peer_params.active_connection_id_limit if self.peer_params else 2
+        if not cids:
+            raise ValueError("hand_over_cids needs at least one CID")
+        if len(cids) > limit:
+            raise ValueError(f"the peer accepts {limit} connection IDs, not {len(cids)}")
+        if any(len(cid) != self.local_cid_length or len(token) != 16 for cid, token in cids):
+            raise ValueError("a handed-over CID has the wrong length or a bad reset token")
+        first = self.next_host_cid_seq
+        for cid, token in cids:
+            entry = LocalCid(sequence=self.next_host_cid_seq, cid=bytes(cid),
+                             reset_token=bytes(token))
+            self.next_host_cid_seq += 1
+            self.host_cids.append(entry)
+            self.cid_changes.append((True, entry.cid))
+            if self.one_rtt_ready:
+                self.engine.alias(entry.cid, self.recv_key_cid(), opener=True)
+        self.host_retire_prior_to = first
+        return first
 
     def host_cid_list(self) -> list[bytes]:
         return [c.cid for c in self.host_cids if not c.retired]
@@ -426,6 +512,11 @@ class Connection:
             self.cipher_suite, self.one_rtt_send_secret, self.version
         )
         self.engine.update(self.seal_key, opener=False)
+        if self.qlog is not None:
+            from .qlog import key_updated
+
+            key_updated(self, now, Epoch.ONE_RTT, True, "local_update",
+                        key_phase=self.send_key_phase)
 
     def recv_key_cid(self) -> bytes:
         """The CID under which the engine holds our 1-RTT receive keys (any CID of ours
@@ -463,13 +554,15 @@ class Connection:
     def lower_max_datagram_size(self, size: int) -> None:
         """A smaller path MTU was learned: send UDP payloads of at most ``size`` bytes
         from now on (never below 1200; never raises the current size)."""
+        from .pmtud import on_path_mtu_cap
+
         self.path_mtu_cap = min(self.path_mtu_cap, max(1200, size))
         new = max(1200, min(self.max_datagram_size, size))
-        if new >= self.max_datagram_size:
-            return
-        self.max_datagram_size = new
-        self.cc.max_datagram_size = new
-        self.pacer.max_datagram_size = new
+        if new < self.max_datagram_size:
+            self.max_datagram_size = new
+            self.cc.max_datagram_size = new
+            self.pacer.max_datagram_size = new
+        on_path_mtu_cap(self, self._now_hint)
 
     def on_peer_address(self, addr: Address) -> None:
         """A packet newer than any before came from ``addr`` (RFC 9000 §9.3).
@@ -496,7 +589,11 @@ class Connection:
         self.path_challenge = os.urandom(8)
         self.path_challenge_pending = True
         if new_host:
+            from .pmtud import restart
+
             self.loss.reset_path()
+            restart(self, self._now_hint)
+        pathprobe.use_fresh_peer_cid(self)  # RFC 9000 §9.5: not one CID on two paths
 
     def ecn_codepoint(self) -> int:
         """The ECN bits for outgoing datagrams: ECT(0) unless validation failed."""
@@ -549,6 +646,10 @@ class Connection:
             deadlines.append(self.pacer_deadline)
         if self.key_update_requested and not self.key_update_pending and self.key_phase_acked():
             deadlines.append(self.key_update_allowed_at)
+        if self.handshake_confirmed and self.pmtud.next_at < self.idle_deadline:
+            deadlines.append(self.pmtud.next_at)  # a path MTU probe is due (pmtud.py)
+        if self.probe is not None:
+            deadlines.append(pathprobe.probe_timer(self) or self.probe.deadline)
         return min(deadlines)
 
     def handle_timer(self, now: float) -> None:
@@ -574,6 +675,8 @@ class Connection:
             self.pacer_deadline = None
         if self.key_update_requested:
             self._start_key_update_if_allowed(now)
+        if self.probe is not None:
+            pathprobe.on_probe_timer(self, now)
 
     def sync_recovery(self) -> None:
         """Copy what loss detection needs to know about the connection into it."""
@@ -672,8 +775,15 @@ def client_connection(
     engine: OffloadEngine | None = None,
     cid_issuer: CidIssuer | None = None,
     seal_key: bytes | None = None,
+    session_ticket: SessionTicket | None = None,
+    wall_offset: float = 0.0,
 ) -> Connection:
     """A client connection; its first flight is ready in ``datagrams_to_send``.
+
+    ``session_ticket`` (from an earlier connection's ``SessionTicketReceived``) is
+    offered to resume; with ``Configuration.early_data`` and a ticket that allows it,
+    stream data written before the handshake completes goes in 0-RTT packets.
+    ``wall_offset`` turns ``now`` into Unix time (ticket ages are wall-clock).
 
     ``cid_issuer`` gives every CID the connection issues (default: random CIDs of the
     configuration's length); ``seal_key`` is its sealer's key in ``engine`` (default:
@@ -691,11 +801,12 @@ def client_connection(
         cid_issuer=cid_issuer,
     )
     conn._now_hint = now
+    conn.wall_offset = wall_offset
     conn.peer_cid = conn.original_dcid
     conn.version = configuration.initial_version or (
         configuration.versions[0] if configuration.versions else 1
     )
-    conn._setup(now, server_name)
+    conn._setup(now, server_name, session_ticket)
     return conn
 
 

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(slots=True)
 class HandshakeCompleted:
+    """The handshake is complete; ``session_resumed``: a session ticket's PSK was used;
+    ``early_data_accepted``: the server took the client's 0-RTT data."""
+
     alpn_protocol: str | None
+    session_resumed: bool = False
+    early_data_accepted: bool = False
 
 
 @dataclass(slots=True)
@@ -61,6 +67,14 @@ class ConnectionTerminated:
 
 
 @dataclass(slots=True)
+class SessionTicketReceived:
+    """(client) The server gave a session ticket (``quicflow.tls.tickets.SessionTicket``)
+    to resume a later connection with (and send 0-RTT data in it)."""
+
+    ticket: Any
+
+
+@dataclass(slots=True)
 class NewTokenReceived:
     """(client) The server gave a token (NEW_TOKEN) for a later connection to it."""
 
@@ -74,6 +88,36 @@ class DatagramReceived:
     data: bytes
 
 
+
+
+@dataclass(slots=True)
+class PathMigrated:
+    """(client) The connection moved to a new path after validating it: ``kind`` 1 a
+    migration to a new local address or port, 2 the server's preferred address."""
+
+    kind: int
+    peer_address: tuple[Any, ...]
+
+
+@dataclass(slots=True)
+class PathProbeFailed:
+    """(client) A new path was not validated in time; the connection stays where it was."""
+
+    kind: int
+    peer_address: tuple[Any, ...]
+    reason: str
+
+
+@dataclass(slots=True)
+class PreferredAddressAvailable:
+    """(client) The handshake is confirmed and the server offered a preferred address
+    (RFC 9000 §9.6) in the family of its current one: probe it with
+    ``pathprobe.start_probe(conn, now, PROBE_PREFERRED, address)`` from a socket that can
+    reach it (the asyncio face does this by itself)."""
+
+    address: tuple[Any, ...]
+
+
 Event = (
     HandshakeCompleted
     | StreamOpened
@@ -85,4 +129,8 @@ Event = (
     | ConnectionTerminated
     | NewTokenReceived
     | DatagramReceived
+    | PathMigrated
+    | PathProbeFailed
+    | PreferredAddressAvailable
+    | SessionTicketReceived
 )

@@ -33,6 +33,33 @@ class Path:
     ecn_state: int = 0  # ECN_TESTING / ECN_CAPABLE / ECN_FAILED
 
 
+#: What a :class:`PathProbe` is for.
+PROBE_MIGRATE = 1  # the client moves to a new local address or port (RFC 9000 §9.2)
+PROBE_PREFERRED = 2  # the client moves to the server's preferred address (RFC 9000 §9.6)
+
+
+@dataclass(slots=True, eq=False)
+class PathProbe:
+    """(client) A new path being validated before the connection moves to it.
+
+    Packets on it carry a peer connection ID never used on another path (``cid``, of
+    sequence ``cid_seq``), PATH_CHALLENGE and padding to 1200 bytes; the connection keeps
+    sending everything else on its current path until the PATH_RESPONSE arrives, then
+    switches (``pathprobe.complete_probe``); without one by ``deadline`` it stays where it
+    is (RFC 9000 §8.2.4, §9.6.1).
+    """
+
+    kind: int
+    peer_address: Address
+    cid: bytes
+    cid_seq: int
+    challenge: bytes
+    started: float
+    next_send: float
+    deadline: float
+    sends: int = 0
+
+
 def current_path(conn: Connection, local_address: Address | None = None) -> Path:
     """The connection's current path as one value."""
     return Path(

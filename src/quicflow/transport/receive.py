@@ -26,6 +26,7 @@ from ..wire.packet import (
     retry_pseudo_packet,
 )
 from ..wire.tparams import decode_transport_parameters
+from . import early_data, pathprobe, qlog
 from .closing import answer_in_closing
 from .connection import SPACE_OF_EPOCH, Address, Connection
 from .errors import (
@@ -228,9 +229,15 @@ def _receive_packet(
         conn.counters.duplicate_packets += 1
         return
     conn.counters.packets_received += 1
+    if conn.qlog is not None:
+        qlog.packet_received(conn, now, epoch, pn, payload, hdr.end - pos, hdr.dcid,
+                             None if epoch == Epoch.ONE_RTT else hdr.scid)
+    if epoch == Epoch.ZERO_RTT:
+        conn.counters.zero_rtt_received += 1
     if epoch == Epoch.HANDSHAKE and not conn.is_client:
         _discard_epoch(conn, Epoch.INITIAL)
     crypto_before = _crypto_held(space) if epoch == Epoch.INITIAL else 0
+    challenges_before = len(conn.path_challenges_received)
     try:
         ack_eliciting = _process_frames(conn, payload, epoch, now)
     except ReassemblyFull:
@@ -246,12 +253,15 @@ def _receive_packet(
     space.received.add(pn, pn + 1)
     if len(space.received) > 64:
         space.received.shift_below(space.received.starts[-32])
-    if pn > space.largest_received:
+    newest = pn > space.largest_received
+    if newest:
         space.largest_received = pn
         space.largest_received_time = now
-        if epoch == Epoch.ONE_RTT and addr != conn.peer_address:
-            conn.on_peer_address(addr)
-            conn.bytes_received_unvalidated += len(data)
+    if epoch == Epoch.ONE_RTT:
+        if addr != conn.peer_address:  # a new path, or a probe of one (pathprobe.py)
+            pathprobe.after_one_rtt_packet(conn, addr, newest, len(data), challenges_before)
+        elif newest and not conn.last_packet_probing:
+            conn.last_non_probing_pn = pn
     if ecn:
         space.ecn_counts[{2: 0, 1: 1, 3: 2}[ecn & 3]] += 1
     space.ack_pending = True
@@ -319,6 +329,7 @@ def _receive_retry(conn: Connection, data: bytes, pos: int, hdr: PacketHeader) -
 
     requeue_epoch(conn, Epoch.INITIAL)
     space.next_pn = max(space.next_pn, 1)
+    early_data.on_retry(conn)
 
 
 def _on_peer_key_update(conn: Connection) -> None:
@@ -335,12 +346,18 @@ def _on_peer_key_update(conn: Connection) -> None:
     conn.key_updates_received += 1
     # the next update waits three PTOs: the peer may still be on the old keys' timer
     conn.key_update_allowed_at = conn._now_hint + 3 * conn.pto()
+    if conn.qlog is not None:
+        qlog.key_updated(conn, conn._now_hint, Epoch.ONE_RTT, False, "remote_update",
+                         key_phase=conn.recv_key_phase)
     if conn.send_key_phase == conn.recv_key_phase:
         return  # the peer answered the update we started
     conn.key_phase_first_pn = conn.spaces[2].next_pn
     conn.one_rtt_send_secret = next_generation_secret(suite, conn.one_rtt_send_secret,
                                                       conn.version)
     conn.engine.update(conn.seal_key, opener=False)
+    if conn.qlog is not None:
+        qlog.key_updated(conn, conn._now_hint, Epoch.ONE_RTT, True, "remote_update",
+                         key_phase=conn.send_key_phase)
 
 
 def _discard_epoch(conn: Connection, epoch: Epoch) -> None:
@@ -370,9 +387,15 @@ def _process_frames(conn: Connection, payload: bytes, epoch: Epoch, now: float) 
     if not frames:
         raise QuicError(PROTOCOL_VIOLATION, "packet without frames")
     ack_eliciting = False
-    handshake_epoch = epoch != Epoch.ONE_RTT
+    probing = True
+    handshake_epoch = epoch == Epoch.INITIAL or epoch == Epoch.HANDSHAKE
     for frame in frames:
         cls = type(frame)
+        if probing and cls not in pathprobe.PROBING_FRAMES:
+            probing = False
+        if epoch == Epoch.ZERO_RTT and isinstance(frame, early_data.FORBIDDEN_IN_0RTT):
+            raise QuicError(PROTOCOL_VIOLATION, f"{cls.__name__} not allowed in 0-RTT",
+                            F.frame_type_of(frame))
         if handshake_epoch and (not isinstance(frame, _HANDSHAKE_FRAMES) or (
             isinstance(frame, F.ConnectionClose) and frame.frame_type is None  # 0x1d
         )):
@@ -390,6 +413,7 @@ def _process_frames(conn: Connection, payload: bytes, epoch: Epoch, now: float) 
                 raise
         if conn.state >= CLOSING:
             break
+    conn.last_packet_probing = probing
     return ack_eliciting
 
 
@@ -409,6 +433,7 @@ def _on_crypto(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
     if not data or conn.tls is None:
         return
     tls = conn.tls
+    tls.set_wall_time(now + conn.wall_offset)
     tls.receive(epoch, data)
     _after_tls(conn, now)
 
@@ -420,6 +445,7 @@ def _after_tls(conn: Connection, now: float) -> None:
         conn.spaces[SPACE_OF_EPOCH[out_epoch]].crypto_send.write(out_data)
     for key_epoch, is_send, suite, secret in tls.pop_secrets():
         _install_secret(conn, Epoch(key_epoch), is_send, CipherSuite(suite), secret)
+    early_data.after_tls(conn, tls)
     if not conn.peer_params and tls.peer_transport_parameters is not None:
         _apply_peer_params(conn, tls.peer_transport_parameters)
     if tls.handshake_complete and not conn.handshake_complete:
@@ -427,15 +453,19 @@ def _after_tls(conn: Connection, now: float) -> None:
         conn.alpn_protocol = tls.alpn_protocol
         conn.peer_certificate_ders = tls.peer_certificate_ders
         conn.state = ESTABLISHED
-        conn.events.append(HandshakeCompleted(tls.alpn_protocol))
+        conn.events.append(HandshakeCompleted(tls.alpn_protocol, conn.session_resumed,
+                                              conn.early_data_accepted))
         if not conn.is_client:
             conn.handshake_confirmed = True
             conn.handshake_done_pending = True
             _discard_epoch(conn, Epoch.HANDSHAKE)
         _issue_cids_up_to_peer_limit(conn)
         # the TLS state (transcript, key schedule, messages, its configuration) has no
-        # use after the handshake: later CRYPTO data (a NewSessionTicket) is dropped
-        conn.tls = None
+        # use after the handshake on a server: later CRYPTO data is dropped (a client
+        # keeps it for the session tickets that come)
+        if not conn.is_client:
+            conn.tls = None
+            conn.recv_protectors[Epoch.ZERO_RTT] = None
 
 
 MAX_ISSUED_CIDS = 8
@@ -454,6 +484,8 @@ def _install_secret(
     conn: Connection, epoch: Epoch, is_send: bool, suite: CipherSuite, secret: bytes
 ) -> None:
     if epoch == Epoch.ONE_RTT:
+        if conn.qlog is not None:
+            qlog.key_updated(conn, conn._now_hint, epoch, is_send, "tls")
         conn.cipher_suite = suite
         if is_send:
             conn.one_rtt_send_secret = secret
@@ -462,6 +494,8 @@ def _install_secret(
         if conn.one_rtt_send_secret and conn.one_rtt_recv_secret and not conn.one_rtt_ready:
             program_engine(conn)
         return
+    if conn.qlog is not None:
+        qlog.key_updated(conn, conn._now_hint, epoch, is_send, "tls")
     protector = PacketProtector(derive_packet_keys(suite, secret, conn.version))
     if is_send:
         conn.send_protectors[epoch] = protector
@@ -520,12 +554,14 @@ def _apply_peer_params(conn: Connection, raw: bytes) -> None:
     ):
         raise QuicError(TRANSPORT_PARAMETER_ERROR, "initial_source_connection_id mismatch")
     _check_version_information(conn, params.version_information)
+    pathprobe.on_peer_parameters(conn, params)
     conn.peer_params = params
     conn.flow.peer_max_data = params.initial_max_data
     conn.bidi.peer_max = params.initial_max_streams_bidi
     conn.uni.peer_max = params.initial_max_streams_uni
-    conn.max_datagram_size = min(conn.configuration.max_datagram_size,
-                                 params.max_udp_payload_size, conn.path_mtu_cap)
+    if not conn.pmtud.enabled:  # else: 1200 until probes show more (pmtud.py)
+        conn.max_datagram_size = max(1200, min(conn.configuration.max_datagram_size,
+                                               params.max_udp_payload_size, conn.path_mtu_cap))
     from .congestion import initial_window
 
     conn.cc.max_datagram_size = conn.max_datagram_size
@@ -682,8 +718,10 @@ def _on_retire_connection_id(conn: Connection, frame: Any, epoch: Epoch, now: fl
     for index, entry in enumerate(conn.host_cids):
         if entry.sequence != frame.sequence:
             continue
-        # issue a replacement first: the engine entry must survive the removal
-        conn.issue_host_cid()
+        # issue a replacement first: the engine entry must survive the removal (not for
+        # CIDs we asked the peer to retire: the handed-over ones replace them)
+        if entry.sequence >= conn.host_retire_prior_to:
+            conn.issue_host_cid()
         del conn.host_cids[index]
         conn.cid_changes.append((False, entry.cid))
         if conn.one_rtt_ready:
@@ -704,6 +742,9 @@ def _on_path_challenge(conn: Connection, frame: Any, epoch: Epoch, now: float) -
 
 
 def _on_path_response(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    if conn.probe is not None and frame.data == conn.probe.challenge:
+        pathprobe.complete_probe(conn, now)  # (client) the new path answered: move
+        return
     if conn.path_challenge and frame.data == conn.path_challenge:
         conn.path_challenge = b""
         conn.previous_path = None
@@ -722,6 +763,7 @@ def _on_handshake_done(conn: Connection, frame: Any, epoch: Epoch, now: float) -
     if not conn.handshake_confirmed:
         conn.handshake_confirmed = True
         _discard_epoch(conn, Epoch.HANDSHAKE)
+        pathprobe.on_handshake_confirmed(conn)
 
 
 def _on_new_token(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:

@@ -17,6 +17,7 @@ from .closing import answer_in_closing
 from .connection import Address, Connection
 from .errors import FLOW_CONTROL_ERROR, QuicError
 from .events import StreamReadable
+from .pathprobe import after_one_rtt_packet
 from .rangeset import RangeSet
 from .receive import (
     _check_stateless_reset,
@@ -57,6 +58,12 @@ def receive_short_run(
     conn._now_hint = now
     if conn.terminated or conn.state == DRAINING:
         return
+    if conn.qlog is not None:  # packet by packet, so that each is logged with its frames
+        from .receive import receive_datagram
+
+        for offset, length, _ in packets:
+            receive_datagram(conn, bytes(buf[offset : offset + length]), addr, now, ecn)
+        return
     counters = conn.counters
     counters.datagrams_received += len(packets)
     if not conn.one_rtt_ready:
@@ -73,6 +80,8 @@ def receive_short_run(
     space = conn.spaces[2]
     largest_before = space.largest_received
     received = space.received
+    challenges_before = len(conn.path_challenges_received)
+    all_probing = True  # only probing frames in the run (RFC 9000 §9.1)
     streams = conn.streams
     flow = conn.flow
     readable: list[int] = []
@@ -116,6 +125,7 @@ def receive_short_run(
                         continue
                 accepted += count
                 eliciting += count
+                all_probing = False
                 largest = space.largest_received
                 if pn < largest or (received and pn > largest + 1):
                     space.ack_immediately = True
@@ -146,6 +156,7 @@ def receive_short_run(
             if conn.state >= CLOSING:
                 break
             accepted += 1
+            all_probing = all_probing and conn.last_packet_probing
             if pn < space.largest_received or (received and pn > space.largest_received + 1):
                 space.ack_immediately = True
             received.add(pn, pn + 1)
@@ -162,10 +173,18 @@ def receive_short_run(
         conn.close(exc.quic_error_code, str(exc), application=False)
     if not accepted:
         return
-    if addr != conn.peer_address and space.largest_received > largest_before:
-        conn.on_peer_address(addr)  # the newest packets came from a new address
-    if not conn.address_validated:
-        conn.bytes_received_unvalidated += sum(length for _, length, _ in packets)
+    conn.last_packet_probing = all_probing
+    newest = space.largest_received > largest_before
+    if addr != conn.peer_address or not conn.address_validated:
+        # the newest packets from a new address move a server there; probes from
+        # another address are answered there (pathprobe.py)
+        size = sum(length for _, length, _ in packets)
+        moved = addr != conn.peer_address and not all_probing and newest
+        after_one_rtt_packet(conn, addr, newest, size, challenges_before)
+        if not conn.address_validated and not moved:
+            conn.bytes_received_unvalidated += size
+    elif newest and not all_probing:
+        conn.last_non_probing_pn = space.largest_received
     counters.packets_received += accepted
     if len(received) > 64:
         received.shift_below(received.starts[-32])

@@ -76,6 +76,7 @@ class SentPacket:
     count: int = 1
     unit: int = 0
     base_pn: int = -1
+    pmtu_probe: bool = False  # a DPLPMTUD probe: its loss is no congestion signal
 
     @property
     def last_pn(self) -> int:
@@ -91,7 +92,7 @@ class SentPacket:
             size -= self.unit * self.count - self.size  # the last packet may be shorter
         base = self.base_pn if self.base_pn >= 0 else self.pn
         return SentPacket(lo, self.time_sent, size, self.ack_eliciting, self.in_flight,
-                          self.epoch, self.frames, n, self.unit, base)
+                          self.epoch, self.frames, n, self.unit, base, self.pmtu_probe)
 
 
 @dataclass(slots=True, eq=False)
@@ -504,6 +505,8 @@ class LossDetection:
                 lost_bytes += p.size
                 if p.ack_eliciting:
                     sp.ack_eliciting_in_flight -= p.count
+                if p.pmtu_probe:
+                    continue  # a lost probe says nothing about congestion (RFC 9000 §14.4)
                 if last_sent is None or p.time_sent > last_sent:
                     last_sent = p.time_sent
         self.packets_lost += sum(p.count for p in lost)
@@ -541,7 +544,7 @@ class LossDetection:
             if p.pn != prev_pn + 1:
                 run_start = None
             prev_pn = p.pn + p.count - 1
-            if not p.ack_eliciting:
+            if not p.ack_eliciting or p.pmtu_probe:
                 continue
             if run_start is None:
                 run_start = p.time_sent

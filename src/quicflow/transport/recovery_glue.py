@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..crypto.epoch import Epoch
+from . import pmtud, qlog
 from .connection import SPACE_OF_EPOCH, Connection
 from .events import StreamWritable
 from .recovery import SentPacket
@@ -51,8 +52,13 @@ def on_ack_frame(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None
         conn.probes_pending = [0, 0, 0]
         _validate_ecn(conn, space, frame.ecn, acked, now)
         on_acked_packets(conn, acked)
+        pm = conn.pmtud
+        if pm.probe_pn >= 0 or pm.big_loss_events:
+            pmtud.on_acks(conn, acked, now)
     if lost:
         on_lost_packets(conn, lost)
+    if conn.qlog is not None:
+        qlog.metrics_updated(conn, now)
 
 
 def _validate_ecn(
@@ -124,7 +130,11 @@ def on_acked_packets(conn: Connection, packets: list[SentPacket]) -> None:
 
 def on_lost_packets(conn: Connection, packets: list[SentPacket]) -> None:
     conn.counters.packets_lost += sum(p.count for p in packets)
+    if conn.qlog is not None:
+        qlog.packets_lost(conn, conn._now_hint, packets)
     resend_frames(conn, packets)
+    if conn.pmtud.enabled:
+        pmtud.on_losses(conn, packets, conn._now_hint)
 
 
 def resend_frames(conn: Connection, packets: list[SentPacket]) -> None:

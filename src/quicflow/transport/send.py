@@ -11,14 +11,17 @@ from ..wire import frames as F
 from ..wire.packet import (
     HANDSHAKE,
     INITIAL,
+    ZERO_RTT,
     build_long_header,
     build_short_header,
     encode_packet_number,
 )
 from ..wire.varint import push_varint, varint_len
+from . import qlog
 from .bulk import build_bulk, bulk_applies
 from .connection import Connection
 from .errors import APPLICATION_ERROR
+from .pmtud import build_probe, probe_due
 from .recovery import SentPacket
 from .state import (
     CLOSING,
@@ -43,8 +46,11 @@ from .state import (
 
 TAG_LEN = 16
 MAX_DATAGRAMS_PER_CALL = 64
-_EPOCHS = (Epoch.INITIAL, Epoch.HANDSHAKE, Epoch.ONE_RTT)
-_SPACE = {Epoch.INITIAL: 0, Epoch.HANDSHAKE: 1, Epoch.ONE_RTT: 2}
+_EPOCHS = (Epoch.INITIAL, Epoch.ZERO_RTT, Epoch.HANDSHAKE, Epoch.ONE_RTT)
+_SPACE = {Epoch.INITIAL: 0, Epoch.ZERO_RTT: 2, Epoch.HANDSHAKE: 1, Epoch.ONE_RTT: 2}
+_LONG_TYPE = {Epoch.INITIAL: INITIAL, Epoch.ZERO_RTT: ZERO_RTT, Epoch.HANDSHAKE: HANDSHAKE}
+#: epochs whose packets carry application data (congestion-controlled and paced)
+_APP = (Epoch.ZERO_RTT, Epoch.ONE_RTT)
 
 
 def datagrams_to_send(conn: Connection, now: float) -> list[bytes]:
@@ -82,7 +88,7 @@ def build_datagrams(
     budget = conn.amplification_credit()
     mds = conn.max_datagram_size
     while len(bounds) < max_datagrams:
-        if budget >= 1 << 61 and bulk_applies(conn):
+        if budget >= 1 << 61 and conn.qlog is None and bulk_applies(conn):
             built = build_bulk(conn, now, buf, bounds, seal, max_datagrams - len(bounds))
             if built > 0:
                 continue
@@ -90,6 +96,8 @@ def build_datagrams(
                 break  # paced: the rest goes as one burst at conn.pacer_deadline
         start = len(buf)
         room = min(mds, budget)
+        if conn.probes_pending[2] and mds > 1200 and conn.pmtud.enabled:
+            room = min(room, 1200)  # PTO probes fit any path: black hole detection
         if room < 48:
             break
         built = _build_datagram(conn, now, buf, room, seal)
@@ -102,6 +110,10 @@ def build_datagrams(
             conn.bytes_sent_unvalidated += size
         conn.counters.datagrams_sent += 1
         conn.counters.bytes_sent += size
+    if conn.pmtud.next_at <= now and probe_due(conn, now):
+        # a path MTU probe goes last: larger than the rest, it is a GSO run of its own
+        if build_probe(conn, now, buf, seal):
+            bounds.append(len(buf))
     if seal:
         conn.engine.seal(buf, seal)
     return buf, bounds
@@ -126,6 +138,8 @@ def _build_datagram(
                 continue
         elif conn.send_protectors[epoch] is None:
             continue
+        elif epoch == Epoch.ZERO_RTT and conn.one_rtt_ready:
+            continue  # (client) 1-RTT from now on
         space = conn.spaces[_SPACE[epoch]]
         if space.discarded:
             continue
@@ -176,13 +190,15 @@ def _build_datagram(
         else:
             protector = conn.send_protectors[epoch]
             assert protector is not None
-            ptype = INITIAL if epoch == Epoch.INITIAL else HANDSHAKE
+            ptype = _LONG_TYPE[epoch]
             header = build_long_header(
                 ptype, conn.version, conn.peer_cid, conn.initial_scid,
                 conn.token if epoch == Epoch.INITIAL else b"",
                 pn_len + len(payload) + TAG_LEN, pn, pn_len,
             )
             buf += protector.seal(header, bytes(payload), pn)
+        if conn.qlog is not None:
+            qlog.packet_sent(conn, now, epoch, pn, payload, len(header) + len(payload) + TAG_LEN)
         _on_packet_sent(conn, epoch, pn, len(header) + len(payload) + TAG_LEN, eliciting,
                         records, now)
     if conn.is_client and conn.spaces[1].next_pn > 0 and not conn.spaces[0].discarded:
@@ -203,6 +219,8 @@ def _on_packet_sent(
     now: float,
 ) -> None:
     conn.counters.packets_sent += 1
+    if epoch == Epoch.ZERO_RTT:
+        conn.counters.zero_rtt_sent += 1
     # in flight = ack-eliciting here: we never send PADDING-only packets
     packet = SentPacket(
         pn=pn,
@@ -267,9 +285,11 @@ def _fill_payload(
             or (space.ack_deadline is not None and now >= space.ack_deadline)
         )
     )
+    if epoch == Epoch.ZERO_RTT:
+        ack_due = False  # a client's 0-RTT packets carry no ACK (RFC 9000 §12.4)
     probe = conn.probes_pending[_SPACE[epoch]] > 0
-    cc_ok = probe or conn.cc.available() >= conn.max_datagram_size or epoch != Epoch.ONE_RTT
-    if cc_ok and epoch == Epoch.ONE_RTT and not probe:
+    cc_ok = probe or conn.cc.available() >= conn.max_datagram_size or epoch not in _APP
+    if cc_ok and epoch in _APP and not probe:
         if conn.pacer.budget(now, conn.rtt, conn.cc.cwnd) < conn.max_datagram_size:
             conn.pacer_deadline = conn.pacer.next_send_time(now, conn.max_datagram_size,
                                                             conn.rtt, conn.cc.cwnd)
@@ -277,7 +297,7 @@ def _fill_payload(
     if not cc_ok and not ack_due:
         return False
     ack_end = 0
-    if space.ack_pending and (ack_due or cc_ok):
+    if space.ack_pending and (ack_due or cc_ok) and epoch != Epoch.ZERO_RTT:
         _encode_ack(conn, space, payload, now, epoch)
         ack_end = len(payload)
     if not cc_ok:
@@ -287,7 +307,7 @@ def _fill_payload(
     limit = capacity
     # CRYPTO
     crypto = space.crypto_send
-    while crypto.has_data_to_send():
+    while crypto.has_data_to_send() and epoch != Epoch.ZERO_RTT:
         room = limit - len(payload) - 1 - 8 - 4
         if room <= 0:
             break
@@ -301,6 +321,8 @@ def _fill_payload(
         _fill_control(conn, payload, limit, records)
         if conn.datagrams_pending:
             _fill_datagrams(conn, payload, limit)
+        _fill_streams(conn, payload, limit, records)
+    elif epoch == Epoch.ZERO_RTT:
         _fill_streams(conn, payload, limit, records)
     eliciting = len(payload) > start_len
     if probe and not eliciting:
@@ -365,7 +387,8 @@ def _fill_control(
             if limit - len(payload) < 48:
                 break
             F.encode_frame(
-                F.NewConnectionId(sequence=entry.sequence, retire_prior_to=0, cid=entry.cid,
+                F.NewConnectionId(sequence=entry.sequence,
+                                  retire_prior_to=conn.host_retire_prior_to, cid=entry.cid,
                                   reset_token=entry.reset_token),
                 payload,
             )
@@ -482,7 +505,7 @@ def _close_datagrams(conn: Connection, now: float) -> list[bytes]:
     seal: list[tuple[int, int, int, int, bytes]] = []
     for epoch in _EPOCHS:
         space = conn.spaces[_SPACE[epoch]]
-        if space.discarded:
+        if space.discarded or epoch == Epoch.ZERO_RTT:
             continue
         if conn.handshake_confirmed and epoch != Epoch.ONE_RTT:
             continue  # the peer processes 1-RTT: send the close with its real code only
@@ -524,6 +547,8 @@ def _close_datagrams(conn: Connection, now: float) -> list[bytes]:
                 pn_len + len(payload) + TAG_LEN, pn, pn_len,
             )
             buf += protector.seal(header, bytes(payload), pn)
+        if conn.qlog is not None:
+            qlog.packet_sent(conn, now, epoch, pn, payload, len(header) + len(payload) + TAG_LEN)
     if not buf:
         return []
     if seal:

@@ -40,7 +40,8 @@ from .congestion import CongestionControl, Pacer
 from .connection import Connection, ConnectionCounters, new_seal_key
 from .events import StreamReadable
 from .keyphase import DirectionKeys, capture_keys, install_keys
-from .path import PATH_FIELDS, Path, apply_path, current_path
+from .path import PATH_FIELDS, Path, PathProbe, apply_path, current_path
+from .pmtud import Pmtud
 from .rangeset import RangeSet
 from .recovery import LossDetection, PnSpace, SentPacket, SpaceState
 from .rtt import RttEstimator
@@ -75,11 +76,14 @@ _NONCE_LEN = 12
 
 #: Fields of a Connection that are runtime objects, rebuilt on restore.
 RUNTIME_FIELDS = frozenset(
-    {"tls", "send_protectors", "recv_protectors", "engine", "events", "seal_key", "cid_issuer"}
+    {"tls", "send_protectors", "recv_protectors", "engine", "events", "seal_key", "cid_issuer",
+     "qlog"}
 )
-#: Configuration fields holding ``cryptography`` key objects, not captured.
+#: Configuration fields holding ``cryptography`` key objects, keys, caches and hooks:
+#: not captured.
 CONFIG_SECRET_FIELDS = frozenset(
-    {"certificate_chain", "private_key", "token_key", "reset_key", "token_cache"}
+    {"certificate_chain", "private_key", "token_key", "reset_key", "token_cache",
+     "ticket_key", "session_ticket_cache", "early_data_hook", "strike_register"}
 )
 
 #: Absolute times (float seconds of the process's monotonic clock), per class, that are
@@ -89,6 +93,7 @@ TIME_FIELDS: dict[type[Any], tuple[str, ...]] = {
     Connection: ("now_created", "idle_deadline", "close_deadline", "pacer_deadline",
                  "_now_hint", "key_update_allowed_at", "close_started", "close_resend_at"),
     PacketSpace: ("largest_received_time", "ack_deadline"),
+    PathProbe: ("started", "next_send", "deadline"),
     FlowControl: ("last_update_time",),
     RecvStream: ("last_update_time",),
     LossDetection: ("first_rtt_sample_time", "timer_anchor"),
@@ -96,6 +101,7 @@ TIME_FIELDS: dict[type[Any], tuple[str, ...]] = {
     SentPacket: ("time_sent",),
     CongestionControl: ("recovery_start_time", "cubic_t_epoch"),
     Pacer: ("last_time",),
+    Pmtud: ("next_at",),
 }
 _ZERO_MEANS_NEVER = frozenset({"last_update_time"})
 
@@ -121,7 +127,9 @@ CLASSES: tuple[type[Any], ...] = (
     TransportParameters,
     PreferredAddress,
     Path,
+    PathProbe,
     DirectionKeys,
+    Pmtud,
 )
 ENUMS = (Epoch, CipherSuite, PnSpace)
 

@@ -49,7 +49,7 @@ def open_stream(conn: Connection, bidirectional: bool = True) -> int:
 
 def create_stream(conn: Connection, stream_id: int, local: bool) -> Stream:
     cfg = conn.configuration
-    params = conn.peer_params or TransportParameters()
+    params = conn.peer_params or conn.remembered_params or TransportParameters()
     uni = bool(stream_id & 2)
     send: SendStream | None = None
     recv: RecvStream | None = None

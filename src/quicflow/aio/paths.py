@@ -1,0 +1,128 @@
+"""New paths in the asyncio face: client migration, preferred addresses, probes.
+
+The sans-I/O side is ``transport/pathprobe.py``; here the sockets move.
+
+Client (a runner made by :func:`quicflow.connect`, its socket connected to the server):
+a probe gets a socket of its own (``EndpointRunner.probe_transport``: bound to the new
+local address or port, connected to the server's address or preferred address), read
+like the main one. When the transport reports :class:`PathMigrated` the runner sends
+through that socket from then on; the old socket is still read for a moment (packets
+the server sent before it followed) and then closed. On :class:`PathProbeFailed` the
+probe's socket is closed and nothing else changes. A client whose socket is shared by
+several connections (``client_endpoint``) sends its probes from that socket.
+
+Server: ``serve()`` with a preferred address opens a listener there too
+(``EndpointRunner.listeners``). A connection's datagrams leave through the listener its
+newest non-probing packet arrived on (its *home*); answers to probes go back through the
+socket the probe came in on.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING, Any
+
+from ..datapath.socket import UdpTransport, normalize_address
+from ..transport.connection import Connection
+from ..transport.events import PathMigrated, PathProbeFailed, PreferredAddressAvailable
+from ..transport.path import PROBE_PREFERRED
+from ..transport.pathprobe import MigrationError, probe_datagrams, start_probe
+
+if TYPE_CHECKING:
+    from .runner import EndpointRunner
+
+PATH_EVENTS = frozenset({PathMigrated, PathProbeFailed, PreferredAddressAvailable})
+#: Seconds the old socket of a client that migrated is still read before it is closed.
+OLD_SOCKET_GRACE = 1.0
+
+
+def open_probe_socket(
+    runner: EndpointRunner, local_host: str | None, local_port: int, peer: tuple[Any, ...]
+) -> UdpTransport:
+    """(client) A socket for a new path to ``peer``, read by ``runner`` from now on."""
+    if runner.probe_transport is not None:
+        raise MigrationError("a migration is already in progress")
+    family = runner.transport.family
+    if local_host is None:
+        local_host = "0.0.0.0" if family == socket.AF_INET else "::"
+    transport = UdpTransport.open(local_host, local_port, backend=runner.transport.backend,
+                                  connect_to=peer)
+    transport.enable_pmtu_discovery()
+    runner.probe_transport = transport
+    runner.loop.add_reader(transport.fileno(), runner._read, transport, None)
+    return transport
+
+
+def close_probe_socket(runner: EndpointRunner) -> None:
+    transport = runner.probe_transport
+    runner.probe_transport = None
+    if transport is not None:
+        _retire(runner, transport, 0.0)
+
+
+def _retire(runner: EndpointRunner, transport: UdpTransport, after: float) -> None:
+    def close() -> None:
+        if not transport.closed:
+            try:
+                runner.loop.remove_reader(transport.fileno())
+            except (ValueError, OSError):
+                pass
+            transport.close()
+        runner.retired_transports.pop(id(transport), None)
+
+    if after <= 0:
+        close()
+        return
+    runner.retired_transports[id(transport)] = transport
+    runner.loop.call_later(after, close)
+
+
+def on_path_events(runner: EndpointRunner, conn: Connection, events: list[Any]) -> None:
+    """React to the path events of ``conn`` before its face sees them."""
+    for event in events:
+        cls = type(event)
+        if cls is PathMigrated:
+            probe = runner.probe_transport
+            if probe is not None and runner.connected_peer is not None:
+                old = runner.transport
+                runner.loop.remove_reader(old.fileno())
+                runner.transport = probe
+                runner.probe_transport = None
+                runner.connected_peer = normalize_address(event.peer_address)
+                # still read the old socket a moment: what the server sent before it
+                # followed us arrives there
+                runner.loop.add_reader(old.fileno(), runner._read, old, None)
+                _retire(runner, old, OLD_SOCKET_GRACE)
+        elif cls is PathProbeFailed:
+            close_probe_socket(runner)
+        elif cls is PreferredAddressAvailable:
+            _probe_preferred(runner, conn, event.address)
+
+
+def _probe_preferred(runner: EndpointRunner, conn: Connection, addr: tuple[Any, ...]) -> None:
+    try:
+        if runner.connected_peer is not None:
+            if runner.probe_transport is not None:
+                return  # a migration of the application's own is running
+            host = str(addr[0])
+            if host.startswith("::ffff:"):
+                host = host[7:]
+            open_probe_socket(runner, None, 0, (host, int(addr[1])))
+        start_probe(conn, runner.loop.time(), PROBE_PREFERRED, tuple(addr))
+    except (MigrationError, OSError):
+        close_probe_socket(runner)  # stays on the original address
+
+
+def send_probes(runner: EndpointRunner, conn: Connection, via: UdpTransport | None) -> None:
+    """Send ``conn``'s datagrams for other paths: a client's probe through its probe
+    socket (or its shared socket), a server's answers through ``via`` (the listener the
+    probe came in on) or its home listener."""
+    now = runner.loop.time()
+    for data, addr in probe_datagrams(conn, now):
+        if conn.is_client:
+            transport = runner.probe_transport or runner.transport
+            dest = None if transport.peer_address is not None else addr
+        else:
+            transport = via if via is not None else runner.home_listener(conn)
+            dest = addr
+        transport.send_batch(data, len(data), dest)

@@ -1,0 +1,159 @@
+"""aioquic as the other end of the migration tests, in a process of its own.
+
+The protocol (ALPN ``perf``): the client sends the download size as 8 bytes, then its
+upload, then FIN; the server answers with the SHA-256 of the upload and then the download
+(:func:`data` bytes). Events are JSON lines on stdout::
+
+    python -m tests.support.aioquic_migrate server --cert C --key K
+        {"event": "ready", "port": P}
+        {"event": "served", "upload_sha256": "...", "peer": ["127.0.0.1", 50123]}
+
+    python -m tests.support.aioquic_migrate client --port P --cafile F --download D
+        [--upload U] [--rebind]
+        {"event": "rebound", "old_port": A, "new_port": B}       (with --rebind)
+        {"event": "result", "ok": true, "sha256": "...", "server": ["127.0.0.1", P2],
+         "local_port": B}
+
+``--rebind``: half-way through the download the client moves to a new UDP socket (a new
+local port) and switches to a fresh connection ID (``QuicConnection.change_connection_id``),
+as a NAT rebinding or a deliberate migration would; aioquic 1.7's client has no API for
+it, so the protocol's datagram transport is replaced by a new one. ``server`` reports the
+peer address aioquic's server sends to when a stream is served; ``result.server`` is the
+address the client sends to at the end (a server's preferred address once aioquic's
+client moved there by itself, RFC 9000 §9.6).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import sys
+from typing import Any
+
+CHUNK = 64 * 1024
+
+
+def data(n: int, seed: int) -> bytes:
+    block = hashlib.sha256(seed.to_bytes(4, "big")).digest() * (CHUNK // 32)
+    return (block * (n // CHUNK + 1))[:n]
+
+
+def emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def _configuration(args: argparse.Namespace, is_client: bool) -> Any:
+    from aioquic.quic.configuration import QuicConfiguration
+
+    cfg = QuicConfiguration(is_client=is_client, alpn_protocols=["perf"],
+                            max_data=16 << 20, max_stream_data=16 << 20, idle_timeout=30.0)
+    if is_client:
+        cfg.load_verify_locations(cafile=args.cafile)
+        cfg.server_name = "localhost"
+    else:
+        cfg.load_cert_chain(args.cert, args.key)
+    return cfg
+
+
+async def run_server(args: argparse.Namespace) -> None:
+    from aioquic.asyncio import QuicConnectionProtocol, serve
+
+    protocols: list[QuicConnectionProtocol] = []
+
+    class Protocol(QuicConnectionProtocol):  # type: ignore[misc]
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            super().__init__(*a, **kw)
+            protocols.append(self)
+
+    def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def run() -> None:
+            want = int.from_bytes(await reader.readexactly(8), "big")
+            digest = hashlib.sha256()
+            while chunk := await reader.read(CHUNK):
+                digest.update(chunk)
+            writer.write(digest.digest())
+            body = data(want, 2)
+            for i in range(0, len(body), CHUNK):
+                writer.write(body[i : i + CHUNK])
+                await writer.drain()
+            writer.write_eof()
+            peer = None
+            for p in protocols:
+                paths = p._quic._network_paths
+                if paths:
+                    peer = list(paths[0].addr)
+            emit({"event": "served", "upload_sha256": digest.hexdigest(), "peer": peer})
+
+        asyncio.ensure_future(run())
+
+    server = await serve(args.host, args.port, configuration=_configuration(args, False),
+                         stream_handler=handler, create_protocol=Protocol)
+    emit({"event": "ready", "port": server._transport.get_extra_info("sockname")[1]})
+    await asyncio.Event().wait()
+
+
+async def run_client(args: argparse.Namespace) -> int:
+    from aioquic.asyncio import connect
+
+    loop = asyncio.get_running_loop()
+    async with connect(args.host, args.port, configuration=_configuration(args, True)) as client:
+        reader, writer = await client.create_stream()
+        writer.write(args.download.to_bytes(8, "big"))
+        writer.write(data(args.upload, 1))
+        writer.write_eof()
+        upload_digest = await reader.readexactly(32)
+        digest = hashlib.sha256()
+        got = 0
+        rebound = False
+        while chunk := await reader.read(CHUNK):
+            digest.update(chunk)
+            got += len(chunk)
+            if args.rebind and not rebound and got >= args.download // 2:
+                rebound = True
+                old = client._transport
+                old_port = old.get_extra_info("sockname")[1]
+                family_host = "::" if old.get_extra_info("socket").family == 10 else "0.0.0.0"
+                await loop.create_datagram_endpoint(lambda: client,
+                                                    local_addr=(family_host, 0))
+                client.change_connection_id()  # a fresh CID on the new path; transmits
+                new_port = client._transport.get_extra_info("sockname")[1]
+                emit({"event": "rebound", "old_port": old_port, "new_port": new_port})
+                loop.call_later(1.0, old.close)
+        server = list(client._quic._network_paths[0].addr)
+        ok = (got == args.download
+              and upload_digest == hashlib.sha256(data(args.upload, 1)).digest())
+        emit({"event": "result", "ok": ok, "sha256": digest.hexdigest(), "bytes": got,
+              "server": server,
+              "local_port": client._transport.get_extra_info("sockname")[1]})
+        client.close(error_code=0)
+        await client.wait_closed()
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("role", choices=["server", "client"])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--cert")
+    p.add_argument("--key")
+    p.add_argument("--cafile")
+    p.add_argument("--download", type=int, default=0)
+    p.add_argument("--upload", type=int, default=0)
+    p.add_argument("--rebind", action="store_true")
+    args = p.parse_args()
+    if args.role == "server":
+        asyncio.run(run_server(args))
+        return 0
+    return asyncio.run(run_client(args))
+
+
+if __name__ == "__main__":
+    if __package__ in (None, ""):
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__)))))
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""An HTTP/3 server process (quicflow's h3 asyncio face) for takeover tests.
+
+    python -m tests.support.h3_takeover_server --cert C --key K --handoff PATH \
+        [--stall-after BYTES]
+    python -m tests.support.h3_takeover_server --cert C --key K --takeover PATH --wait-go
+
+``GET /bytes/N`` answers N bytes of ``body_slice`` (the 64 KiB block that
+``tests/support/aioquic_h3_peer.body_of`` repeats). With ``--stall-after`` the handler
+stops writing after that many body bytes and waits (so a takeover lands mid-response);
+the successor continues each response in progress from ``stream.body_sent``
+(``capture_request``/``resume_request``). stderr: ``listening on H:P``, ``handed off N
+connection(s)``; stdout: one JSON line on exit (``handed_off_connections`` after a
+handoff, else the endpoint's counters after SIGTERM). A successor offers handoff at PATH
+again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+        __file__)))))
+
+from quicflow.h3 import aio as h3
+from quicflow.transport.config import Configuration
+
+BLOCK = hashlib.sha256(b"0").digest() * 2048  # 64 KiB
+CHUNK = 256 * 1024
+
+
+def body_slice(offset: int, length: int) -> bytes:
+    """Bytes [offset, offset + length) of the body (BLOCK repeated)."""
+    start = offset % len(BLOCK)
+    reps = (start + length) // len(BLOCK) + 1
+    return (BLOCK * reps)[start:start + length]
+
+
+def body_sha256(size: int) -> str:
+    h = hashlib.sha256()
+    full, rest = divmod(size, len(BLOCK))
+    for _ in range(full):
+        h.update(BLOCK)
+    h.update(BLOCK[:rest])
+    return h.hexdigest()
+
+
+async def send_body(stream: h3.H3Stream, size: int, stall_after: int | None) -> None:
+    while stream.body_sent < size:
+        if stall_after is not None and stream.body_sent >= stall_after:
+            await asyncio.Event().wait()  # until the handoff stops this handler
+        n = min(CHUNK, size - stream.body_sent)
+        if stall_after is not None:
+            n = min(n, max(stall_after - stream.body_sent, 1))
+        await stream.write(body_slice(stream.body_sent, n))
+    await stream.end()
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cert", required=True)
+    parser.add_argument("--key", required=True)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--handoff")
+    parser.add_argument("--takeover")
+    parser.add_argument("--wait-go", action="store_true")
+    parser.add_argument("--stall-after", type=int)
+    args = parser.parse_args()
+    loop = asyncio.get_running_loop()
+    if args.wait_go:
+        await loop.run_in_executor(None, sys.stdin.readline)
+
+    async def handler(stream: h3.H3Stream) -> None:
+        await stream.read()
+        path = stream.path
+        if not path.startswith("/bytes/"):
+            await stream.respond(404)
+            return
+        size = int(path.rsplit("/", 1)[1])
+        stream.send_headers([(":status", "200"), ("content-length", str(size))])
+        await send_body(stream, size, args.stall_after)
+
+    def capture_request(stream: h3.H3Stream) -> Any:
+        if not stream.path.startswith("/bytes/") or not stream._headers_sent:
+            return None
+        return {"size": int(stream.path.rsplit("/", 1)[1])}
+
+    async def resume_request(stream: h3.H3Stream, state: Any) -> None:
+        await send_body(stream, int(state["size"]), None)
+
+    config = Configuration(alpn_protocols=["h3"])
+    config.load_cert_chain(args.cert, args.key)
+    server = await h3.serve(
+        handler, "127.0.0.1", args.port, configuration=config, migratable=True,
+        capture_request=capture_request, resume_request=resume_request,
+        takeover=args.takeover,
+    )  # fmt: skip
+    host, port = server.address[:2]
+    print(f"listening on {host}:{port}", file=sys.stderr, flush=True)
+    path = args.handoff or args.takeover
+    stopped = loop.create_future()
+    loop.add_signal_handler(signal.SIGTERM, lambda: stopped.done() or stopped.set_result(None))
+    handed = server.handoff(path) if path else loop.create_future()
+    await asyncio.wait([handed, stopped], return_when=asyncio.FIRST_COMPLETED)
+    if handed.done():
+        count = handed.result()
+        print(f"handed off {count} connection(s)", file=sys.stderr, flush=True)
+        print(json.dumps({"handed_off_connections": count}), flush=True)
+        return 0
+    print(json.dumps({"endpoint": server.stats()["endpoint"]}), flush=True)
+    server.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

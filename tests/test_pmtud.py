@@ -1,0 +1,140 @@
+"""DPLPMTUD in the sans-I/O core (RFC 8899, RFC 9000 §14.3), two endpoints in memory
+whose links drop datagrams above an MTU silently (tests/support/memory_pair.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from quicflow.tls.certs import generate_self_signed
+from quicflow.transport.config import Configuration
+from quicflow.transport.connection import Connection
+from quicflow.transport.pmtud import BASE_PLPMTU
+from quicflow.transport.snapshot import restore_connection, snapshot_connection
+from tests.support.memory_pair import MemoryPair
+
+_CERT = generate_self_signed(["localhost"])
+
+
+def _pair(mds: int = 1452, *, pmtud: bool = True, mtu: int = 65527, seed: int = 1,
+          loss: float = 0.0) -> MemoryPair:
+    cert, key = _CERT
+    pair = MemoryPair(
+        seed=seed, loss=loss,
+        client_config=Configuration(alpn_protocols=["perf"], verify_peer=False,
+                                    max_datagram_size=mds, pmtud=pmtud),
+        server_config=Configuration(alpn_protocols=["perf"], certificate_chain=[cert],
+                                    private_key=key, max_datagram_size=mds, pmtud=pmtud),
+    )
+    pair.up.mtu = pair.down.mtu = mtu
+    pair.run(lambda: pair.client.handshake_confirmed and bool(pair.server_conns)
+             and pair.server_conns[0].handshake_confirmed)
+    return pair
+
+
+def _upload(pair: MemoryPair, size: int, *, during: object = None) -> tuple[Connection, bool]:
+    """Client uploads ``size`` random bytes on one stream; returns (server conn, intact)."""
+    client = pair.client
+    server = pair.server_conns[0]
+    sid = client.open_stream()
+    data = os.urandom(size)
+    client.send_stream_data(sid, data, end_stream=True)
+    got = bytearray()
+
+    def done() -> bool:
+        if callable(during):
+            during(len(got))
+        server.pop_events()
+        while sid in server.streams:
+            chunk = server.read_stream(sid, 1 << 20)
+            if not chunk:
+                break
+            got.extend(chunk)
+        return len(got) == size
+
+    pair.run(done, max_time=120)
+    return server, hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+
+
+def test_starts_at_1200_and_reaches_the_ceiling() -> None:
+    """Both ends start at 1200 and probe up to the configured ceiling (1452) on a path
+    that carries it; the data arrives intact."""
+    pair = _pair()
+    client = pair.client
+    assert client.max_datagram_size == BASE_PLPMTU  # nothing raised before probing
+    server, intact = _upload(pair, 2_000_000)
+    assert intact
+    for conn in (client, server):
+        assert conn.max_datagram_size == 1452
+        assert conn.cc.max_datagram_size == conn.pacer.max_datagram_size == 1452
+        assert conn.pmtud.probes_acked >= 1
+        assert conn.pmtud.candidate == 0  # search complete: raise timer armed
+    # the largest datagram that crossed the link is the probe size, never more
+    assert pair.up.too_big == 0
+
+
+def test_binary_search_finds_an_mtu_between_base_and_ceiling() -> None:
+    """A path of 1400 bytes under a ceiling of 1452: the first (optimistic) probe is
+    lost, the binary search ends exactly at 1400, and no probe loss is a congestion
+    event (RFC 9000 §14.4)."""
+    pair = _pair(mtu=1400)
+    client = pair.client
+    server, intact = _upload(pair, 3_000_000)
+    assert intact
+    assert client.max_datagram_size == 1400
+    assert client.pmtud.probes_lost >= 3  # 1452 tried MAX_PROBES times
+    assert pair.up.too_big == client.pmtud.probes_lost  # only probes were too big
+    assert client.cc.congestion_events == 0, "a lost probe reduced the window"
+
+
+def test_without_pmtud_the_configured_size_is_used_at_once() -> None:
+    pair = _pair(pmtud=False)
+    assert pair.client.max_datagram_size == 1452
+    _, intact = _upload(pair, 200_000)
+    assert intact
+    assert pair.client.pmtud.probes_sent == 0
+    assert pair.server_conns[0].pmtud.probes_sent == 0
+
+
+def test_black_hole_falls_back_to_1200_and_searches_again() -> None:
+    """After the search reached 1452 the path starts dropping everything above 1280
+    without a word (no ICMP): the sender detects the black hole, falls back to 1200,
+    the upload completes intact, and a new search settles at 1280."""
+    pair = _pair()
+    pair.run(lambda: pair.client.max_datagram_size == 1452)
+
+    def shrink(received: int) -> None:
+        if received > 500_000:
+            pair.up.mtu = pair.down.mtu = 1280
+
+    server, intact = _upload(pair, 4_000_000, during=shrink)
+    client = pair.client
+    assert intact
+    assert client.pmtud.black_holes >= 1
+    pair.run(lambda: client.pmtud.candidate == 0, max_time=200)  # the new search ends
+    assert client.max_datagram_size == 1280
+
+
+def test_black_hole_detection_spares_random_loss() -> None:
+    """5 % random loss both ways is no black hole: the size stays at the ceiling."""
+    pair = _pair(loss=0.05, seed=3)
+    pair.run(lambda: pair.client.max_datagram_size == 1452, max_time=60)
+    _, intact = _upload(pair, 3_000_000)
+    assert intact
+    assert pair.client.pmtud.black_holes == 0
+    assert pair.client.max_datagram_size == 1452
+
+
+def test_state_survives_a_snapshot() -> None:
+    """The search state is captured and restored with the connection."""
+    pair = _pair(mtu=1400)
+    _upload(pair, 1_000_000)
+    server = pair.client
+    pair.run(lambda: server.pmtud.candidate == 0)  # its search is done
+    server.pop_events()
+    before = (server.max_datagram_size, server.pmtud.low, server.pmtud.probes_sent)
+    blob = snapshot_connection(server, pair.now, release=True)
+    restored, _ = restore_connection(blob, engine=server.engine, now=pair.now + 1)
+    after = (restored.max_datagram_size, restored.pmtud.low, restored.pmtud.probes_sent)
+    assert after == before == (1400, 1400, before[2])
+    assert restored.pmtud.next_at == server.pmtud.next_at + 1  # the raise timer moved
