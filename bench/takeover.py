@@ -110,7 +110,16 @@ async def _run(n: int, busy: int, interval: float, directory: Path) -> dict[str,
         result = await loop.run_in_executor(None, _switch, old, new)
         t_exit = time.monotonic() - t0
         # every connection answers again
+        give_up = time.monotonic() + 120
         while any(not a or a[-1] < t0 + t_exit for a in answers):
+            if time.monotonic() > give_up:
+                silent = [i for i, a in enumerate(answers) if not a or a[-1] < t0 + t_exit]
+                reasons = {repr(conns[i]._close_error) for i in silent}
+                failed = [t.exception() for t in tasks if t.done() and t.exception()]
+                raise RuntimeError(f"{len(silent)} connection(s) never answered again "
+                                   f"(busy among them: {sum(i < busy for i in silent)}); "
+                                   f"close errors {reasons}; {len(failed)} loops failed: "
+                                   f"{failed[:3]}")
             await asyncio.sleep(0.05)
         t_all = time.monotonic() - t0
         await asyncio.sleep(max(1.0, 2 * interval))
@@ -120,7 +129,11 @@ async def _run(n: int, busy: int, interval: float, directory: Path) -> dict[str,
         await asyncio.gather(*holders, return_exceptions=True)
         pauses = []
         busy_pauses = []
+        baseline = []  # the same measure before the switch (what load alone costs)
         for i, times in enumerate(answers):
+            before = [b - a for a, b in zip(times, times[1:], strict=False) if b < t0]
+            if i >= busy and before:
+                baseline.append(max(before) - interval)
             pairs = zip(times, times[1:], strict=False)
             gaps = [b - a for a, b in pairs if b > t0 and a < t0 + t_all]
             gap = max(gaps) if gaps else float("nan")
@@ -133,6 +146,7 @@ async def _run(n: int, busy: int, interval: float, directory: Path) -> dict[str,
         took = next(line for line in new.seen if line.startswith("took over"))
         return {"status": status, "json": doc, "exit": t_exit, "all": t_all,
                 "pauses": pauses, "busy_pauses": busy_pauses, "handoff": handoff,
+                "baseline": baseline,
                 "took": took}
     finally:
         new.kill()
@@ -171,6 +185,9 @@ def main() -> int:
     print(f"| switch: signal -> old process exited | {r['exit']:.2f} s |")
     print(f"| switch: signal -> every connection answered again | {r['all']:.2f} s |")
     print(f"| pause per idle connection (p50 / p99 / max) | {_fmt(r['pauses'])} |")
+    if r["baseline"]:
+        print(f"| same measure before the switch, {max(2.0, 4 * args.interval):.0f} s of load "
+              f"alone (p50 / p99 / max) | {_fmt(r['baseline'])} |")
     if r["busy_pauses"]:
         print(f"| pause per busy connection, gap between reads (p50 / p99 / max) | "
               f"{_fmt(r['busy_pauses'])} |")

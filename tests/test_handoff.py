@@ -255,8 +255,10 @@ def test_takeover_of_1000_idle_and_20_busy_connections(tmp_path: Path) -> None:
             digest = hashlib.sha256()
             while True:
                 if not switched.is_set():
-                    await asyncio.sleep(0.005)
-                data = await reader.read(32 * 1024 if not switched.is_set() else MB)
+                    # slow until the switch is over (the old process serves each
+                    # connection until its turn comes): the takeover lands mid-transfer
+                    await asyncio.sleep(0.025)
+                data = await reader.read(16 * 1024 if not switched.is_set() else MB)
                 if not data:
                     return digest.hexdigest()
                 digest.update(data)
@@ -440,30 +442,46 @@ def test_endpoint_not_accepting_drops_new_initials() -> None:
     assert len(server.accepted) == 1
 
 
-def test_handoff_with_workers_is_refused_clearly(tmp_path: Path) -> None:
-    """Worker groups cannot hand over yet: the command line says so with exit status 2
-    and serve() raises ValueError, instead of starting a server that would ignore the
-    option."""
-    import subprocess
-    import sys
-
-    for option in ("--handoff", "--takeover"):
-        result = subprocess.run(
-            [sys.executable, "-m", "quicflow", "perf", "server", "--port", "0",
-             "--workers", "2", option, str(tmp_path / "h.sock")],
-            capture_output=True, text=True, timeout=60,
-        )
-        assert result.returncode == 2, result.stderr
-        assert "--workers" in result.stderr
-
+def test_handing_over_forwards_unknown_cids_of_ours_instead_of_resetting() -> None:
+    """During a handoff a short header with a CID of ours that no connection here holds
+    (one the successor issued meanwhile) goes to the successor, never gets a stateless
+    reset (the client would accept it: 170 of 1,020 connections were reset so in
+    bench/takeover.py); a CID that is not ours is still dropped."""
+    from quicflow.endpoint.endpoint import Endpoint
     from quicflow.tls.certs import generate_self_signed
 
     cert, key = generate_self_signed(["localhost"])
-    config = Configuration(alpn_protocols=["perf"], certificate_chain=[cert], private_key=key)
+    server = Endpoint(Configuration(alpn_protocols=["perf"], certificate_chain=[cert],
+                                    private_key=key), is_server=True)
+    cid = server.new_server_cid()  # ours, held by no connection
+    packet = bytes([0x40]) + cid + os.urandom(60)
+    peer = ("127.0.0.1", 5555)
+    server.receive(packet, peer, 1.0)
+    assert len(server.pop_stateless()) == 1  # normally: a stateless reset
+    server.forwarding = []
+    assert server.receive(packet, peer, 1.1) is None
+    assert server.pop_stateless() == []
+    assert server.forwarding == [(packet, peer, 0)]
+    assert server.counters.handoff_diverted == 1
+    foreign = bytes([0x40]) + bytes([0xFF]) * len(cid) + os.urandom(60)
+    server.receive(foreign, peer, 1.2)
+    assert server.forwarding == [(packet, peer, 0)] and server.pop_stateless() == []
 
-    async def main() -> None:
-        with pytest.raises(ValueError, match="workers"):
-            await quicflow.serve(None, "127.0.0.1", 0, configuration=config, workers=2,
-                                 takeover=str(tmp_path / "h.sock"))
 
-    asyncio.run(main())
+def test_perf_stream_is_captured_before_its_handler_runs() -> None:
+    """A stream whose handler task has not taken its first step when a handoff stops the
+    connection is still in the captured state (the successor serves it from the start;
+    before, such a request hung after the switch)."""
+    from types import SimpleNamespace
+
+    from quicflow.apps.perf import PerfServerHandler
+
+    handler = PerfServerHandler()
+    connection: Any = SimpleNamespace(app_state={}, conn=SimpleNamespace(streams={}))
+    reader: Any = SimpleNamespace(stream_id=4)
+    writer: Any = SimpleNamespace(stream_id=4, connection=connection)
+    coro = handler(reader, writer)  # the task that would run it has not started
+    try:
+        assert handler.capture(connection) == {"4": ["", -1, False, 0]}
+    finally:
+        coro.close()

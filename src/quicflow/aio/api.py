@@ -361,7 +361,8 @@ async def serve(
     backend: str = ..., connection_handler: Any = ..., engine: OffloadEngine | None = ...,
     cid_generator: None = ..., workers: int, steering: bool = ...,
     cid_plan: CidPlan | None = ..., app_stats: Any = ...,
-    capture: None = ..., restore: None = ..., takeover: None = ...,
+    capture: CaptureHook | None = ..., restore: RestoreHook | None = ...,
+    takeover: str | None = ...,
     connection_sockets: int = ..., socket_policy: SocketPolicy | None = ...,
     face_class: type[QuicConnection] = ...,
 ) -> WorkerGroupServer: ...
@@ -418,9 +419,13 @@ async def serve(
     socket and connections of the server offering a handoff at ``path`` (``host`` and
     ``port`` are then unused). The successor must issue CIDs the same way (the same
     ``cid_generator``/``cid_plan``: restored connections keep their CIDs). Handoff is
-    not available with ``workers`` yet, nor ``takeover`` with a ``face_class`` whose
-    ``capture_refusal`` is set (ValueError); restored connections get ``face_class``
-    faces (its own state travels through ``capture``/``restore``).
+    not available with a ``face_class`` whose ``capture_refusal`` is set (ValueError);
+    restored connections get ``face_class`` faces (its own state travels through
+    ``capture``/``restore``). With ``workers=N``, every worker hands over to its
+    successor: ``WorkerGroupServer.handoff(path)`` offers the group at ``path`` (worker
+    i at ``path.i``), and ``serve(workers=N, takeover=path)`` takes it over with as many
+    workers (another count is refused with a HandoffError saying which to use; see
+    ``migration.group``).
     """
     config = replace(configuration)
     config.validate()
@@ -441,14 +446,12 @@ async def serve(
             raise ValueError("a preferred address is not supported with workers yet")
         if cid_generator is not None:
             raise ValueError("workers issue CIDs by a cid_plan (one generator per worker)")
-        if takeover is not None or capture is not None or restore is not None:
-            raise ValueError("handoff (takeover, capture, restore) is not supported with "
-                             "workers yet")
         return await serve_workers(
             handler, host, port, configuration=config, workers=workers, backend=backend,
             connection_handler=connection_handler, steering=steering, plan=cid_plan,
             app_stats=app_stats, connection_sockets=connection_sockets,
-            socket_policy=socket_policy, face_class=face_class,
+            socket_policy=socket_policy, face_class=face_class, capture=capture,
+            restore=restore, takeover=takeover,
         )  # fmt: skip
     generator = cid_generator
     if cid_plan is not None:
@@ -475,7 +478,7 @@ async def serve(
                 asyncio.get_running_loop().create_task(result)
         return face
 
-    runner = EndpointRunner(transport, endpoint, on_accept=on_accept)
+    runner = EndpointRunner(transport, endpoint, on_accept=on_accept, read=received is None)
     if connection_sockets:
         runner.enable_connection_sockets(connection_sockets, socket_policy)
     for preferred in (config.preferred_address, config.preferred_address_v6):
@@ -488,8 +491,8 @@ async def serve(
     guard = None
     if received is not None:
         try:
-            guard, count = restore_server(runner, received, handler=handler, restore=restore,
-                                          face_class=face_class)
+            guard, count = await restore_server(runner, received, handler=handler,
+                                                restore=restore, face_class=face_class)
         finally:
             received.acknowledge({"restored": count if guard is not None else 0})
     return QuicServer(

@@ -350,6 +350,10 @@ class QuicConnection:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    def has_tasks(self) -> bool:
+        """Whether stream handler tasks of this connection are still running."""
+        return any(not t.done() for t in self._tasks or ())
+
     def track_task(self, task: asyncio.Task[Any]) -> None:
         """Count ``task`` among this connection's handler tasks (``stop()`` cancels it)."""
         self._keep_task(task)

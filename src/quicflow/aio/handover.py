@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from ..migration.handoff import HandoffError, HandoffListener, Offer, Received
+from ..migration.handoff import HandoffError, HandoffListener, Offer, Received, refuse
 from ..transport.codec import SnapshotError
 from ..transport.connection import Connection
 from ..transport.snapshot import SnapshotGuard, capture_sealed, restore_sealed
@@ -44,6 +44,15 @@ CaptureHook = Callable[[QuicConnection], Any]
 RestoreHook = Callable[[QuicConnection, Any, StreamFaces], Awaitable[None] | None]
 
 FORMAT = "quicflow-handoff-1"
+#: connections captured at a time: the next ones are stopped only when the successor
+#: has restored these (a captured connection is paused until its restore)
+WINDOW = 16
+BATCH = 8  # connections stopped together (stop() waits for their tasks to end)
+#: seconds the successor restores (and processes forwarded datagrams) before it serves
+RESTORE_SLICE = 0.01
+#: seconds the successor waits for the next message of the old process
+CHANNEL_TIMEOUT = 60.0
+
 
 
 class Handover:
@@ -132,6 +141,10 @@ class Handover:
         if accepted is None:
             return
         channel, kind, payload = accepted
+        if kind == "group":  # a worker group cannot take over a single process
+            refuse(channel, f"the server at {listener.path} runs without workers: start "
+                   "the successor without --workers (workers take over from workers)")
+            return
         if kind == "move":  # a command asks us to move connections to another host
             from .moving import serve_move_request
 
@@ -157,13 +170,17 @@ class Handover:
             self.handed_off.set_result(count)
 
     async def _capture_and_send(self, channel: Any, key: bytes) -> int:
-        """Stop, then capture each connection and send its snapshot at once (the
-        successor restores while we capture the next)."""
+        """Hand the connections over one by one while serving the others: each one is
+        stopped, captured and sent (the successor restores it at once and serves it from
+        then on); datagrams read meanwhile for those handed over already are forwarded.
+        So a connection pauses only for its own capture and restore, not for the whole
+        switch."""
         runner = self.runner
         loop = runner.loop
+        endpoint = runner.endpoint
         # no new connections; let the handshakes in progress finish (for a while), so
         # they can be handed over too
-        runner.endpoint.accepting = False
+        endpoint.accepting = False
         deadline = loop.time() + self.handshake_grace
         while loop.time() < deadline and any(
             not f.conn.handshake_confirmed and not f.conn.terminated
@@ -172,53 +189,111 @@ class Handover:
             await asyncio.sleep(0.01)
         if self.before_stop is not None:
             await self.before_stop()
-        runner.pause()  # from here on datagrams wait in the kernel queue
+        if runner.sockets is not None:
+            runner.sockets.cap = 0  # no new per-connection sockets from here on
         t0 = time.monotonic()
         faces = list(runner.faces.values())
-        for face in faces:
-            await face.stop()
-        t1 = time.monotonic()
-        # per-connection sockets go along (their queued datagrams with them), keyed by a
-        # CID of their connection
+        # The listener and every per-connection socket go over first (the successor holds
+        # copies; we go on reading ours until each connection's turn), keyed by a CID of
+        # their connection.
         sockets = [runner.transport.socket]
         by_cid: dict[str, int] = {}
         for face in faces:
-            sock = runner.detach_connection_socket(face.conn)
+            sock = runner.connection_socket(face.conn)
             if sock is not None:
                 by_cid[face.conn.recv_key_cid().hex()] = len(sockets)
                 sockets.append(sock)
         offer = Offer(channel)
         offer.begin({"format": FORMAT, "guard": self.guard.export().decode(),
                      "connection_sockets": by_cid}, sockets)
+        endpoint.forwarding = []
+        runner.forward = lambda entries: offer.datagrams(
+            [(data, len(data), addr, ecn) for data, addr, ecn in entries])
         size = 0
-        capture_time = 0.0
-        for face in faces:
-            started = time.monotonic()
-            blob = await self.capture_one(face, key)
-            capture_time += time.monotonic() - started
-            if blob is None:
-                continue
-            offer.snapshot(blob)  # blocking: the loop is paused for us anyway
-            size += len(blob)
+        stop_time = capture_time = 0.0
+        detached: list[Any] = []
+        try:
+            for first in range(0, len(faces), BATCH):
+                batch = [f for f in faces[first : first + BATCH] if not f.conn.terminated]
+                # at most WINDOW captured connections wait for their restore: each of
+                # them is paused, the others are served here meanwhile
+                await _until_restored(offer, WINDOW - BATCH)
+                started = time.monotonic()
+                await asyncio.gather(*(face.stop() for face in batch))  # serving the rest
+                stop_time += time.monotonic() - started
+                for face in batch:
+                    started = time.monotonic()
+                    conn = face.conn
+                    # what arrives for it from now on waits (and follows its snapshot)
+                    endpoint.frozen[id(conn)] = []
+                    while face.has_tasks():  # started by what arrived during stop()
+                        await face.stop()
+                    blob = await self.capture_one(face, key)
+                    capture_time += time.monotonic() - started
+                    held = endpoint.frozen.pop(id(conn), [])
+                    if blob is None:  # it stays here (and ends with this process)
+                        runner.deliver([(d, len(d), a, e) for d, a, e in held])
+                        continue
+                    detach_sock = runner.detach_connection_socket(conn)
+                    if detach_sock is not None:
+                        detached.append(detach_sock)  # the successor reads its copy now
+                    runner.forget_connection(conn)  # its CIDs: forwarded from now on
+                    face.on_terminated()
+                    offer.snapshot(blob)  # blocking: the successor reads as we send
+                    if held:
+                        offer.datagrams([(d, len(d), a, e) for d, a, e in held])
+                    size += len(blob)
+            # the end: we read nothing more; what waits in the socket is the successor's
+            runner.pause()
+            if endpoint.forwarding:
+                offer.datagrams([(d, len(d), a, e) for d, a, e in endpoint.forwarding])
+        finally:
+            endpoint.forwarding = None
+            endpoint.frozen.clear()
+            runner.forward = None
         t2 = time.monotonic()
         result = await loop.run_in_executor(
             None, offer.finish, {"guard": self.guard.export().decode()}
         )
-        self.timings = {"stop": t1 - t0, "capture": capture_time, "send": t2 - t1 - capture_time,
+        self.timings = {"stop": stop_time, "capture": capture_time,
+                        "send": t2 - t0 - capture_time - stop_time,
                         "ack": time.monotonic() - t2, "bytes": float(size)}
-        for face in faces:
+        for face in list(runner.faces.values()):  # not captured: they end here
             runner.remove_face(face.conn)
             face.on_terminated()
         runner.transport.close()  # the successor holds its own copies of the sockets
-        for sock in sockets[1:]:
+        for sock in detached:
             sock.close()
+        if runner.sockets is not None:
+            runner.sockets.close_all()
         restored = result.get("restored")
         if restored != offer.sent:
             raise HandoffError(f"successor restored {restored} of {offer.sent} connections")
         return offer.sent
 
 
-def restore_server(
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _until_restored(offer: Offer, most: int, timeout: float = 60.0) -> None:
+    """Wait (serving the other connections) until at most ``most`` snapshots sent to
+    the successor are not restored yet."""
+    loop = asyncio.get_running_loop()
+    fd = offer.channel.fileno()
+    while offer.sent - offer.progress() > most:
+        ready: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, _resolve, ready)
+        try:
+            await asyncio.wait_for(ready, timeout)
+        except TimeoutError:
+            raise HandoffError("the successor stopped restoring") from None
+        finally:
+            loop.remove_reader(fd)
+
+
+async def restore_server(
     runner: EndpointRunner,
     received: Received,
     *,
@@ -226,26 +301,72 @@ def restore_server(
     restore: RestoreHook | None,
     face_class: type[QuicConnection] = QuicConnection,
 ) -> tuple[SnapshotGuard, int]:
-    """Restore the snapshots of ``received`` into ``runner`` (synchronously, before the
-    loop reads the socket); returns the replay record and how many were restored."""
+    """Restore the snapshots of ``received`` into ``runner`` as they arrive, serving each
+    restored connection at once (through its own socket, if it had one) and processing
+    the datagrams the old process forwards for it; after the end mark, read the
+    listening socket (``runner`` was made with ``read=False``). Returns the replay record
+    and how many connections were restored."""
     header = received.header
     if header.get("format") != FORMAT:
         raise HandoffError("not a quicflow handoff (unknown format)")
     guard = SnapshotGuard()
     guard.merge(str(header.get("guard", "{}")).encode())
     restored = 0
-    hooks: list[tuple[QuicConnection, Any, StreamFaces]] = []
     by_cid = header.get("connection_sockets") or {}
-    for sealed in received.snapshots():
-        one = restore_one(runner, sealed, received.key, guard, handler, face_class)
-        hooks.append(one)
-        restored += 1
-        index = by_cid.get(one[0].conn.recv_key_cid().hex())
-        if type(index) is int and 0 < index < len(received.sockets):
-            _attach(runner, one[0], received.sockets[index])
+    loop = runner.loop
+    frames: asyncio.Queue[Any] = asyncio.Queue()
+    parser = received.frame_parser()
+    channel = received.channel
+    fd = channel.fileno()
+
+    def on_readable() -> None:  # read in the loop: a reader thread starves for the GIL
+        try:
+            data = channel.recv(1 << 20)
+            if not data:
+                raise HandoffError("the old process closed the handoff channel early")
+            for frame in parser.feed(data):
+                frames.put_nowait(None if frame[0] == "end" else frame)
+        except (OSError, ValueError, HandoffError) as exc:
+            loop.remove_reader(fd)
+            frames.put_nowait(exc if isinstance(exc, HandoffError)
+                              else HandoffError(f"receiving the snapshots failed: {exc}"))
+            return
+        if parser.ended:
+            loop.remove_reader(fd)
+
+    loop.add_reader(fd, on_readable)
+    slice_end = time.monotonic() + RESTORE_SLICE
+    while True:
+        if frames.empty():
+            try:
+                frame = await asyncio.wait_for(frames.get(), CHANNEL_TIMEOUT)
+            except TimeoutError:
+                loop.remove_reader(fd)
+                raise HandoffError("the old process stopped sending") from None
+        else:
+            frame = frames.get_nowait()  # no loop turn per frame
+        if frame is None:
+            break
+        if isinstance(frame, BaseException):
+            loop.remove_reader(fd)
+            raise frame
+        kind, payload = frame
+        if kind == "datagrams":
+            runner.deliver(payload)
+        else:
+            one = restore_one(runner, payload, received.key, guard, handler, face_class)
+            restored += 1
+            index = by_cid.get(one[0].conn.recv_key_cid().hex())
+            if type(index) is int and 0 < index < len(received.sockets):
+                _attach(runner, one[0], received.sockets[index])
+            start_restored(runner, [one], restore)
+            received.report_progress(restored)  # the old process captures the next ones
+        if frames.empty() or time.monotonic() >= slice_end:
+            await asyncio.sleep(0)  # serve the restored connections (answer, send)
+            slice_end = time.monotonic() + RESTORE_SLICE
     if received.trailer is not None:
         guard.merge(str(received.trailer.get("guard", "{}")).encode())
-    start_restored(runner, hooks, restore)
+    runner.start_reading()  # the old process reads nothing more
     return guard, restored
 
 

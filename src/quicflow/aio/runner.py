@@ -58,6 +58,7 @@ class EndpointRunner:
         *,
         on_accept: Callable[[Connection], QuicConnection] | None = None,
         connected_peer: tuple[Any, ...] | None = None,
+        read: bool = True,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.transport = transport
@@ -95,10 +96,22 @@ class EndpointRunner:
         self._home: dict[Connection, tuple[UdpTransport, int]] = {}
         transport.enable_pmtu_discovery()
         endpoint.wall_offset = time.time() - self.loop.time()
+        #: gets the datagrams the endpoint set aside for the successor during a handoff
+        #: (``Endpoint.forwarding``), after each round of reading
+        self.forward: Callable[[list[tuple[bytes, Any, int]]], None] | None = None
+        self._reading = False
         qlog_dir = endpoint.configuration.qlog_dir
         if qlog_dir and endpoint.qlog_factory is None:
             endpoint.qlog_factory = file_factory(qlog_dir, transport.local_address)
-        self.loop.add_reader(transport.fileno(), self._on_readable)
+        if read:
+            self.start_reading()
+
+    def start_reading(self) -> None:
+        """Read the listening socket from now on (at once unless ``read=False`` was given:
+        a successor taking over starts reading it when its predecessor has stopped)."""
+        if not self._reading and not self._closed:
+            self._reading = True
+            self.loop.add_reader(self.transport.fileno(), self._on_readable)
 
     def enable_connection_sockets(self, cap: int, policy: SocketPolicy | None = None) -> None:
         """Give up to ``cap`` connections a socket of their own (see datapath.connected).
@@ -172,7 +185,6 @@ class EndpointRunner:
         per-connection socket is connected to; datagrams from anyone else are strays."""
         if self._closed:
             return
-        endpoint = self.endpoint
         strays = 0
         for _ in range(RECV_ROUNDS):
             batch = transport.recv_batch(RECV_BATCH)
@@ -182,46 +194,7 @@ class EndpointRunner:
             if socket_peer is not None:
                 batch, found = self._sort_strays(batch, socket_peer)
                 strays += found
-            now = self.loop.time()
-            touched: list[Connection] = []
-            plain: list[tuple[bytes, tuple[Any, ...], int]] = []
-            for data, segment_size, addr, ecn in batch:
-                peer = normalize_address(addr) if addr else (socket_peer or self.connected_peer)
-                assert peer is not None
-                if segment_size < len(data):
-                    if plain:  # keep arrival order
-                        touched += endpoint.receive_datagrams(plain, now)
-                        plain = []
-                    touched += endpoint.receive_batch(data, segment_size, peer, now, ecn)
-                else:
-                    plain.append((bytes(data), peer, ecn))
-            if plain:
-                touched += endpoint.receive_datagrams(plain, now)
-            touched = list(dict.fromkeys(touched))  # each once (by identity), in order
-            if endpoint.accepted:
-                for conn in endpoint.accepted:
-                    if self.on_accept is not None:
-                        self.add_face(conn, self.on_accept(conn))
-                endpoint.accepted.clear()
-            if self.listeners and transport in self.listeners:
-                for data, addr in endpoint.pop_stateless():  # from the address they hit
-                    transport.send_batch(data, len(data), addr)
-            for data, addr in endpoint.pop_stateless():
-                self.transport.send_batch(data, len(data), addr)
-            if self.listeners:
-                self._note_homes(transport, touched)
-            if endpoint.forwarded:  # moved connections' datagrams: to their new host
-                for data, addr, target in endpoint.pop_forwarded():
-                    if not target(data, addr):  # the channel is gone or too far behind
-                        endpoint.counters.forwarded_moved -= 1
-                        endpoint.counters.dropped_moved += 1
-            # acknowledge (and send) after every round, so ACKs keep the peer's clock
-            for conn in touched:
-                self._dispatch(conn)
-                self._send(conn)
-                if conn.off_path_challenges:  # answered through the socket they came in
-                    send_probes(self, conn, transport if socket_peer is None
-                                and transport is not self.probe_transport else None)
+            self._process(batch, socket_peer, transport)
             if received < RECV_BATCH or transport.closed:
                 break
         if strays and self.sockets is not None:
@@ -230,6 +203,63 @@ class EndpointRunner:
             self._apply_mtu_events(transport)
         if transport.unreachable_events:
             self._apply_unreachable(transport)
+
+    def deliver(self, batch: list[RecvEntry]) -> None:
+        """Process datagrams read elsewhere as if read from the listening socket (those
+        a predecessor forwards during a handoff)."""
+        if not self._closed and batch:
+            self._process(batch, None, self.transport)
+
+    def _process(self, batch: list[RecvEntry], socket_peer: tuple[Any, ...] | None,
+                 transport: UdpTransport) -> None:
+        """Feed one round of datagrams read from ``transport`` to the endpoint, then
+        answer and send."""
+        endpoint = self.endpoint
+        now = self.loop.time()
+        touched: list[Connection] = []
+        plain: list[tuple[bytes, tuple[Any, ...], int]] = []
+        for data, segment_size, addr, ecn in batch:
+            peer = normalize_address(addr) if addr else (socket_peer or self.connected_peer)
+            assert peer is not None
+            if segment_size < len(data):
+                if plain:  # keep arrival order
+                    touched += endpoint.receive_datagrams(plain, now)
+                    plain = []
+                touched += endpoint.receive_batch(data, segment_size, peer, now, ecn)
+            else:
+                plain.append((bytes(data), peer, ecn))
+        if plain:
+            touched += endpoint.receive_datagrams(plain, now)
+        touched = list(dict.fromkeys(touched))  # each once (by identity), in order
+        if endpoint.accepted:
+            for conn in endpoint.accepted:
+                if self.on_accept is not None:
+                    self.add_face(conn, self.on_accept(conn))
+            endpoint.accepted.clear()
+        if self.listeners and transport in self.listeners:
+            for data, addr in endpoint.pop_stateless():  # from the address they hit
+                transport.send_batch(data, len(data), addr)
+        for data, addr in endpoint.pop_stateless():
+            self.transport.send_batch(data, len(data), addr)
+        if self.listeners:
+            self._note_homes(transport, touched)
+        if endpoint.forwarded:  # moved connections' datagrams: to their new host
+            for data, addr, target in endpoint.pop_forwarded():
+                if not target(data, addr):  # the channel is gone or too far behind
+                    endpoint.counters.forwarded_moved -= 1
+                    endpoint.counters.dropped_moved += 1
+        forwarding = endpoint.forwarding
+        if forwarding:  # a same-host takeover: to the successor
+            endpoint.forwarding = []
+            if self.forward is not None:
+                self.forward(forwarding)
+        # acknowledge (and send) after every round, so ACKs keep the peer's clock
+        for conn in touched:
+            self._dispatch(conn)
+            self._send(conn)
+            if conn.off_path_challenges:  # answered through the socket they came in
+                send_probes(self, conn, transport if socket_peer is None
+                            and transport is not self.probe_transport else None)
 
     def _note_homes(self, transport: UdpTransport, touched: list[Connection]) -> None:
         """A batch read from ``transport``: the connections whose newest non-probing
@@ -541,12 +571,18 @@ class EndpointRunner:
         if self.connected_peer is not None and not self.faces:
             self.close()
 
+    def forget_connection(self, conn: Connection) -> None:
+        """Drop every trace of ``conn`` here (it was handed off: captured and released)."""
+        self._dirty.pop(conn, None)
+        self._forget(conn)
+
     def pause(self) -> None:
         """Stop reading, sending and timers, but keep the socket open (a handoff passes
         it on; datagrams wait in its kernel queue meanwhile)."""
         if self._closed:
             return
         self._closed = True
+        self._reading = False
         if self._wheel is not None:
             self._wheel.cancel()
             self._wheel = None

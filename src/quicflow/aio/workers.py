@@ -32,9 +32,13 @@ from ..datapath.workers import WorkerContext, WorkerSupervisor, merge_counters
 from ..endpoint.cids import CidGenerator
 from ..endpoint.endpoint import Endpoint
 from ..endpoint.quiclb import QuicLbConfig, ServerIdLayout
+from ..migration.group import offer_group, same_socket, take_over_group, worker_path
+from ..migration.handoff import HandoffError, HandoffListener, Received, refuse, reply, take_over
+from ..transport.codec import SnapshotError
 from ..transport.config import Configuration
 from ..transport.connection import Connection
 from .connection import QuicConnection, StreamHandler
+from .handover import CaptureHook, Handover, RestoreHook, restore_server
 from .runner import EndpointRunner
 from .stats import datapath_ratios
 
@@ -44,6 +48,10 @@ __all__ = ["CidPlan", "WorkerGroupServer", "serve_workers", "worker_counters"]
 REPORT_INTERVAL = 0.25
 #: How long a stopping worker waits for its connections' closes to go out.
 CLOSE_GRACE = 0.5
+#: How long a successor worker waits for its predecessor to offer at ``PATH.i``.
+TAKEOVER_WAIT = 10.0
+#: How long a successor group waits for its workers to take over and serve.
+TAKEOVER_READY_TIMEOUT = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +128,12 @@ class _WorkerSpec:
     connection_sockets: int = 0
     socket_policy: SocketPolicy | None = None
     face_class: type[QuicConnection] = QuicConnection
+    capture: CaptureHook | None = None
+    restore: RestoreHook | None = None
+    #: the group's takeover path (worker i takes over from ``PATH.i`` when first started)
+    takeover: str | None = None
+    #: the group's handoff path once offered (worker i offers at ``PATH.i``)
+    handoff: str | None = None
 
 
 def _run_worker(spec: _WorkerSpec, ctx: WorkerContext) -> int:
@@ -128,10 +142,38 @@ def _run_worker(spec: _WorkerSpec, ctx: WorkerContext) -> int:
     return loop.run_until_complete(_worker(spec, ctx))
 
 
+async def _take_over_worker(path: str, deadline: float) -> Received:
+    """Take over from old worker ``path`` (retried until ``deadline``: it may still be
+    starting to offer)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            return await loop.run_in_executor(None, take_over, path)
+        except HandoffError:
+            if loop.time() >= deadline or os.path.exists(path):
+                raise
+            await asyncio.sleep(0.05)
+
+
 async def _worker(spec: _WorkerSpec, ctx: WorkerContext) -> int:
     loop = asyncio.get_running_loop()
     index = ctx.index
     workers = len(spec.group)
+    received: Received | None = None
+    if spec.takeover is not None and ctx.incarnation == 0:
+        try:
+            received = await _take_over_worker(worker_path(spec.takeover, index),
+                                               loop.time() + TAKEOVER_WAIT)
+            if not received.sockets or not same_socket(received.sockets[0],
+                                                        spec.group.sockets[index]):
+                raise HandoffError(f"worker {index}'s predecessor passed another socket "
+                                   "than the group's member socket")
+        except HandoffError as exc:
+            if received is not None:
+                received.acknowledge({"restored": 0, "error": str(exc)})
+            ctx.send({"handoff_error": str(exc)})
+            return 2
+        received.sockets[0].close()  # a copy of the member socket the group holds
     transport = SteeringTransport(
         spec.group.sockets[index], spec.plan.route(workers), index, spec.inboxes,
         backend=spec.backend,
@@ -160,15 +202,44 @@ async def _worker(spec: _WorkerSpec, ctx: WorkerContext) -> int:
                 loop.create_task(result)
         return face
 
-    runner = EndpointRunner(transport, endpoint, on_accept=on_accept)
+    runner = EndpointRunner(transport, endpoint, on_accept=on_accept, read=received is None)
     box.append(runner)
     if spec.connection_sockets:
         # Per-connection sockets (datapath/connected.py): bound to the port after the
         # group's listeners, so they join the group behind them (indices >= N; the
         # supervisor holds the listeners open, so slots 0..N-1 stay theirs).
         runner.enable_connection_sockets(spec.connection_sockets, spec.socket_policy)
+    handover = Handover(runner, spec.capture, handler=spec.handler, restore=spec.restore,
+                        face_class=spec.face_class)
+    if received is not None:
+        count = 0
+        try:
+            handover.guard, count = await restore_server(
+                runner, received, handler=spec.handler, restore=spec.restore,
+                face_class=spec.face_class)
+        except (HandoffError, SnapshotError) as exc:
+            ctx.send({"handoff_error": f"worker {index}: {exc}"})
+            return 2
+        finally:
+            received.acknowledge({"restored": count})
+        ctx.send({"restored": count})
     loop.add_reader(transport.inbox_fileno(), runner.read_now)
+
+    def offer(path: str) -> None:
+        if handover.listener is None and not handover.handed_off.done():
+            handover.offer(worker_path(path, index))
+
+    def on_control() -> None:
+        for message in ctx.receive():
+            path = message.get("handoff")
+            if isinstance(path, str):
+                offer(path)
+
+    loop.add_reader(ctx.control.fileno(), on_control)
+    if spec.handoff is not None:
+        offer(spec.handoff)
     stop = asyncio.Event()
+    handover.handed_off.add_done_callback(lambda _: stop.set())
     loop.add_signal_handler(signal.SIGTERM, stop.set)  # SIGINT is the supervisor's
     ctx.ready()
     while not stop.is_set():
@@ -177,8 +248,18 @@ async def _worker(spec: _WorkerSpec, ctx: WorkerContext) -> int:
         except TimeoutError:
             pass
         report()
-    # Graceful stop: close every connection (code 0), let the closes go out.
+    loop.remove_reader(ctx.control.fileno())
     loop.remove_reader(transport.inbox_fileno())
+    if handover.handed_off.done():  # the connections and sockets went to the successor
+        error = handover.handed_off.exception()
+        ctx.report(worker_counters(runner, spec.app_stats))
+        if error is not None:
+            ctx.send({"handoff_error": f"worker {index}: {error}"})
+            return 1
+        ctx.send({"handed_off": handover.handed_off.result()})
+        return 0
+    handover.close()
+    # Graceful stop: close every connection (code 0), let the closes go out.
     for face in list(runner.faces.values()):
         face.close()
     deadline = loop.time() + CLOSE_GRACE
@@ -194,15 +275,110 @@ class WorkerGroupServer:
 
     def __init__(
         self, group: ReuseportGroup, inboxes: HandoffInboxes, supervisor: WorkerSupervisor,
-        plan: CidPlan, steering: bool,
+        plan: CidPlan, steering: bool, spec: _WorkerSpec | None = None,
     ) -> None:
         self.group = group
         self.inboxes = inboxes
         self.supervisor = supervisor
         self.plan = plan
         self.steering = steering
+        self.spec = spec
         self._address = group.address
         self._closing: asyncio.Task[None] | None = None
+        self._listener: HandoffListener | None = None
+        self._handed_off: asyncio.Future[int] | None = None
+        self._handing = False
+
+    # ------------------------------------------------------------------ handoff
+
+    @property
+    def restored_connections(self) -> int:
+        """How many connections the workers took over when the group started."""
+        return sum(int(s.handoff.get("restored", 0)) for s in self.supervisor.slots)
+
+    def handoff(self, path: str) -> asyncio.Future[int]:
+        """Offer the group to a successor group of as many workers (``serve(workers=N,
+        takeover=path)``): the group offers at ``path``, worker i at ``path.i`` (see
+        ``migration.group``). The future resolves with how many connections the workers
+        handed over, once every worker has ended."""
+        if self._listener is not None:
+            raise RuntimeError("a handoff is already offered")
+        if self.spec is None:
+            raise RuntimeError("this group cannot hand over")
+        loop = asyncio.get_running_loop()
+        self.spec.handoff = path  # workers forked from now on offer at once
+        self._listener = HandoffListener(path)
+        self._handed_off = loop.create_future()
+        loop.add_reader(self._listener.fileno(), self._on_connect)
+        for slot in self.supervisor.slots:
+            self.supervisor.send(slot.index, {"handoff": path})
+        return self._handed_off
+
+    def _on_connect(self) -> None:
+        listener = self._listener
+        if listener is None or self._handing:
+            return
+        accepted = listener.accept()
+        if accepted is None:
+            return
+        channel, kind, payload = accepted
+        workers = len(self.group)
+        if kind == "move":
+            reply(channel, {"error": "moving connections to another host is not available "
+                                     "with workers"})
+            return
+        if kind == "takeover":
+            refuse(channel, f"the server at {listener.path} runs {workers} worker(s): start "
+                   f"the successor with --workers {workers}")
+            return
+        assert isinstance(payload, dict)
+        wanted = payload.get("workers")
+        if wanted != workers:
+            refuse(channel, f"the server at {listener.path} runs {workers} worker(s), the "
+                   f"successor {wanted}: start it with --workers {workers}")
+            return
+        self._handing = True
+        self.supervisor.restart = False  # each worker ends after its own handoff
+        try:
+            offer_group(channel, workers, self.group.sockets)
+        except HandoffError as exc:
+            self._finish_handoff(exc)
+            return
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(listener.fileno())
+        loop.create_task(self._wait_handed_off())
+
+    async def _wait_handed_off(self) -> None:
+        try:
+            await self.supervisor.wait_for(
+                lambda: all(s.pid == 0 for s in self.supervisor.slots), TAKEOVER_READY_TIMEOUT)
+        except TimeoutError as exc:
+            self._finish_handoff(HandoffError(f"the workers did not hand over: {exc}"))
+            return
+        missing = [s.index for s in self.supervisor.slots if "handed_off" not in s.handoff]
+        if missing:
+            errors = [str(s.handoff.get("handoff_error", "")) for s in self.supervisor.slots]
+            self._finish_handoff(HandoffError(
+                f"worker(s) {missing} ended without handing over {' '.join(errors)}".strip()))
+            return
+        total = sum(int(s.handoff["handed_off"]) for s in self.supervisor.slots)
+        self._finish_handoff(total)
+
+    def _finish_handoff(self, result: int | BaseException) -> None:
+        if self._listener is not None:
+            try:
+                asyncio.get_running_loop().remove_reader(self._listener.fileno())
+            except (ValueError, OSError):
+                pass
+            # after a handoff the successor owns the path: never unlink it from here
+            self._listener.close(unlink=isinstance(result, BaseException))
+            self._listener = None
+        future = self._handed_off
+        if future is not None and not future.done():
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
     @property
     def address(self) -> tuple[Any, ...]:
@@ -265,6 +441,13 @@ class WorkerGroupServer:
 
     def close(self) -> None:
         """Start a graceful stop of every worker (``await wait_closed()`` for the end)."""
+        if self._listener is not None and not self._handing:
+            try:
+                asyncio.get_running_loop().remove_reader(self._listener.fileno())
+            except (ValueError, OSError):
+                pass
+            self._listener.close()
+            self._listener = None
         if self._closing is None:
             self._closing = asyncio.get_running_loop().create_task(self._stop())
 
@@ -303,10 +486,15 @@ async def serve_workers(
     connection_sockets: int = 0,
     socket_policy: SocketPolicy | None = None,
     face_class: type[QuicConnection] = QuicConnection,
+    capture: CaptureHook | None = None,
+    restore: RestoreHook | None = None,
+    takeover: str | None = None,
 ) -> WorkerGroupServer:
     """Bind, steer, fork ``workers`` workers and wait until they serve.
     ``connection_sockets``: each worker's cap of per-connection sockets (0: off), given
-    by ``socket_policy`` (see ``datapath/connected.py``)."""
+    by ``socket_policy`` (see ``datapath/connected.py``). ``takeover=path``: take over
+    the group offering a handoff at ``path`` (as many workers; ``host``/``port`` unused;
+    see ``migration.group``); ``capture``/``restore``: the application's hooks."""
     if not 1 <= workers <= 256:
         raise ValueError(f"workers must be 1..256, got {workers}")
     if connection_sockets < 0:
@@ -320,7 +508,13 @@ async def serve_workers(
     config = replace(config, ticket_key=config.ticket_key or os.urandom(32),
                      token_key=config.token_key or os.urandom(32),
                      reset_key=config.reset_key or os.urandom(32))
-    group = ReuseportGroup.bind(host, port, workers)
+    if takeover is not None:
+        loop = asyncio.get_running_loop()
+        members = await loop.run_in_executor(None, take_over_group, takeover, workers)
+        group = ReuseportGroup(members)
+        ready_timeout = max(ready_timeout, TAKEOVER_READY_TIMEOUT)
+    else:
+        group = ReuseportGroup.bind(host, port, workers)
     inboxes: HandoffInboxes | None = None
     try:
         if steering:
@@ -331,10 +525,10 @@ async def serve_workers(
         inboxes = HandoffInboxes(workers)
         spec = _WorkerSpec(
             handler, connection_handler, config, backend, plan, group, inboxes, app_stats,
-            connection_sockets, socket_policy, face_class,
+            connection_sockets, socket_policy, face_class, capture, restore, takeover,
         )
         supervisor = WorkerSupervisor(workers, lambda ctx: _run_worker(spec, ctx))
-        server = WorkerGroupServer(group, inboxes, supervisor, plan, steering)
+        server = WorkerGroupServer(group, inboxes, supervisor, plan, steering, spec)
         supervisor.start()
     except BaseException:
         if inboxes is not None:
@@ -342,6 +536,14 @@ async def serve_workers(
         group.close()
         raise
     try:
+        if takeover is not None:
+            await supervisor.wait_for(lambda: all(
+                (s.pid and s.ready) or "handoff_error" in s.handoff for s in supervisor.slots
+            ), ready_timeout)
+            errors = [str(s.handoff["handoff_error"]) for s in supervisor.slots
+                      if "handoff_error" in s.handoff]
+            if errors:
+                raise HandoffError("; ".join(errors))
         await server.wait_ready(ready_timeout)
     except BaseException:
         await server.wait_closed()

@@ -19,7 +19,7 @@ import asyncio
 import os
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -113,11 +113,15 @@ class PerfServerHandler:
     def __init__(self) -> None:
         self.stats = ServerStats()
 
-    async def __call__(self, reader: QuicStreamReader, writer: QuicStreamWriter) -> None:
+    def __call__(self, reader: QuicStreamReader, writer: QuicStreamWriter
+                 ) -> Coroutine[Any, Any, None]:
+        # The progress entry is made here, not in the task: a handoff that stops the
+        # connection before the task's first step still captures the stream (and the
+        # successor serves it from the start).
         self.stats.streams += 1
         progress: list[Any] = ["", -1, False, 0]
         _progress_table(writer.connection)[reader.stream_id] = progress
-        await self._serve(reader, writer, progress)
+        return self._serve(reader, writer, progress)
 
     async def _serve(
         self, reader: QuicStreamReader, writer: QuicStreamWriter, p: list[Any]
@@ -245,8 +249,8 @@ async def start_server(
     ``connection_sockets``: the cap of per-connection sockets (each worker's).
 
     ``takeover=path`` takes over the connections of the perf server offering a handoff
-    at ``path`` (responses in progress go on from where they were); not with
-    ``workers``."""
+    at ``path`` (responses in progress go on from where they were); with ``workers``,
+    the worker group offering at ``path`` (as many workers)."""
     config = replace(configuration)
     if ALPN not in config.alpn_protocols:
         config.alpn_protocols = [*config.alpn_protocols, ALPN]
@@ -259,12 +263,11 @@ async def start_server(
             restore=handler.restore, takeover=takeover,
         )  # fmt: skip
     else:
-        if takeover is not None:
-            raise ValueError("takeover is not supported with workers yet")
         server = await serve(
             handler, host, port, configuration=config, backend=backend, workers=workers,
             steering=steering, cid_plan=cid_plan, app_stats=lambda: asdict(handler.stats),
-            connection_sockets=connection_sockets,
+            connection_sockets=connection_sockets, capture=handler.capture,
+            restore=handler.restore, takeover=takeover,
         )  # fmt: skip
     return server, handler
 

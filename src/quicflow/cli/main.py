@@ -21,7 +21,7 @@ import time
 from typing import Any, TextIO
 
 from ..aio import ConnectionClosedError, QuicServer
-from ..aio.workers import CidPlan
+from ..aio.workers import CidPlan, WorkerGroupServer
 from ..apps.perf import (
     PerfError,
     PerfResult,
@@ -97,12 +97,14 @@ async def _serve_perf(args: argparse.Namespace, config: Configuration) -> int:
     stop = stop_event()
     handed: asyncio.Future[int] | None = None
     receiver = None
-    if isinstance(server, QuicServer):  # (workers: no handoff yet, refused before)
-        if args.takeover:
-            print(f"took over {len(server.connections)} connection(s) from {args.takeover}"
-                  f" in {time.monotonic() - started:.3f} s", file=sys.stderr, flush=True)
-        handoff_path = args.handoff or args.takeover
-        handed = server.handoff(handoff_path) if handoff_path else None
+    if args.takeover:
+        taken = (len(server.connections) if isinstance(server, QuicServer)
+                 else server.restored_connections)
+        print(f"took over {taken} connection(s) from {args.takeover}"
+              f" in {time.monotonic() - started:.3f} s", file=sys.stderr, flush=True)
+    handoff_path = args.handoff or args.takeover
+    handed = server.handoff(handoff_path) if handoff_path else None
+    if isinstance(server, QuicServer):  # (workers: no moves, refused before)
         receiver = await start_receiver(args, server)
     workers = f", {args.workers} worker(s)" if args.workers is not None else ""
     print(f"listening on {_format_address(server.address)} (ALPN perf{workers})",
@@ -118,7 +120,7 @@ async def _serve_perf(args: argparse.Namespace, config: Configuration) -> int:
             receiver.close()
         server.close()
         await server.wait_closed()
-    if handed is not None and handed.done() and isinstance(server, QuicServer):
+    if handed is not None and handed.done():
         return _report_handoff(args, server, handed)
     report = server_report(server, handler)
     dp = report["datapath"]
@@ -147,17 +149,22 @@ def _cid_plan(args: argparse.Namespace) -> CidPlan:
 
 
 def _report_handoff(
-    args: argparse.Namespace, server: QuicServer, handed: asyncio.Future[int]
+    args: argparse.Namespace, server: QuicServer | WorkerGroupServer,
+    handed: asyncio.Future[int],
 ) -> int:
     """The old process after a takeover: say how many connections went, exit 0."""
     if handed.exception() is not None:
         return _fail(f"handoff failed: {handed.exception()}")
     count = handed.result()
-    t = server.handover.timings
-    print(f"handed off {count} connection(s) to the successor (stop {t.get('stop', 0):.3f} s,"
-          f" capture {t.get('capture', 0):.3f} s, send {t.get('send', 0):.3f} s,"
-          f" until restored {t.get('ack', 0):.3f} s,"
-          f" {int(t.get('bytes', 0))} bytes of snapshots)", file=sys.stderr, flush=True)
+    if isinstance(server, QuicServer):
+        t = server.handover.timings
+        print(f"handed off {count} connection(s) to the successor (stop "
+              f"{t.get('stop', 0):.3f} s, capture {t.get('capture', 0):.3f} s, send "
+              f"{t.get('send', 0):.3f} s, until restored {t.get('ack', 0):.3f} s,"
+              f" {int(t.get('bytes', 0))} bytes of snapshots)", file=sys.stderr, flush=True)
+    else:
+        print(f"handed off {count} connection(s) to the successor group "
+              f"({len(server.group)} workers)", file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps({"handed_off_connections": count}), flush=True)
     return 0
@@ -185,9 +192,8 @@ def cmd_perf_server(args: argparse.Namespace) -> int:
         return _fail(f"bad QUIC-LB options: {e}", 2)
     if args.quic_lb_key is not None and args.workers is not None and not args.no_steering:
         return _fail("--quic-lb-key encrypts the worker byte: add --no-steering", 2)
-    if args.workers is not None and (args.handoff or args.takeover or args.migrate_listen):
-        return _fail("--handoff, --takeover and --migrate-listen do not work with --workers "
-                     "yet", 2)
+    if args.workers is not None and args.migrate_listen:
+        return _fail("--migrate-listen does not work with --workers yet", 2)
     if args.key and not args.cert:
         return _fail("--key needs --cert", 2)
     try:
@@ -514,13 +520,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--handoff", metavar="PATH",
         help="offer this server's connections to a successor on a unix socket at PATH "
         "(mode 0600, same user only); when one takes over, print how many connections "
-        "went (with --json: {\"handed_off_connections\": N}) and exit 0",
+        "went (with --json: {\"handed_off_connections\": N}) and exit 0; with --workers "
+        "the group offers at PATH and worker i at PATH.i, each worker handing over to its "
+        "successor",
     )  # fmt: skip
     server.add_argument(
         "--takeover", metavar="PATH",
         help="start by taking over the socket and connections of the server offering a "
         "handoff at PATH (no new handshakes; --host/--port are then unused), then offer "
-        "the same at PATH for the next successor",
+        "the same at PATH for the next successor; a worker group (--workers N) takes "
+        "over a group of N workers (worker i from PATH.i)",
     )  # fmt: skip
     add_server_options(server)
     server.add_argument(

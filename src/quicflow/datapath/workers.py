@@ -74,9 +74,31 @@ def merge_counters(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 class WorkerContext:
     """What a worker's ``target`` gets: its index and its line to the parent."""
 
-    def __init__(self, index: int, control: socket.socket) -> None:
+    def __init__(self, index: int, control: socket.socket, incarnation: int = 0) -> None:
         self.index = index
         self.control = control
+        #: 0 for the slot's first worker, then 1, 2... for each restart
+        self.incarnation = incarnation
+
+    def receive(self) -> list[dict[str, Any]]:
+        """Messages the parent sent (``WorkerSupervisor.send``) and not yet read (call
+        when the control socket is readable)."""
+        out: list[dict[str, Any]] = []
+        while True:
+            try:
+                raw = self.control.recv(_MESSAGE_BYTES, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return out
+            except OSError:
+                return out
+            if not raw:
+                return out
+            try:
+                message = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(message, dict):
+                out.append(message)
 
     def send(self, message: dict[str, Any]) -> None:
         try:
@@ -108,6 +130,8 @@ class WorkerSlot:
     stats: dict[str, Any] = field(default_factory=dict)  # the running worker's latest
     past: dict[str, Any] = field(default_factory=dict)  # summed over ended workers
     exit_codes: list[int] = field(default_factory=list)  # of ended workers (-N: signal N)
+    #: what the worker said last about a handoff: {"handed_off": N} or {"restored": N}
+    handoff: dict[str, Any] = field(default_factory=dict)
 
     def counters(self) -> dict[str, Any]:
         return merge_counters(self.past, self.stats)
@@ -191,6 +215,9 @@ class WorkerSupervisor:
                 continue
             if message.get("ready"):
                 slot.ready = True
+            for key in ("handed_off", "restored", "handoff_error"):
+                if key in message:
+                    slot.handoff[key] = message[key]
             stats = message.get("stats")
             if isinstance(stats, dict):
                 slot.stats = stats
@@ -250,6 +277,13 @@ class WorkerSupervisor:
         """Wait until every worker is running and has said it serves."""
         await self.wait_for(lambda: all(s.pid and s.ready for s in self.slots), timeout)
 
+    def send(self, index: int, message: dict[str, Any]) -> None:
+        """Send worker ``index`` a message (it reads it with ``WorkerContext.receive``)."""
+        try:
+            self.slots[index].parent_end.send(json.dumps(message).encode())
+        except OSError:
+            pass  # not running: a restarted worker reads its orders from its spec
+
     def signal(self, index: int, signum: int) -> None:
         pid = self.slots[index].pid
         if pid:
@@ -303,7 +337,7 @@ class WorkerSupervisor:
                     other.child_end.close()
             if self.on_fork is not None:
                 self.on_fork(slot.index)
-            code = self.target(WorkerContext(slot.index, slot.child_end))
+            code = self.target(WorkerContext(slot.index, slot.child_end, slot.restarts))
         except BaseException:
             try:
                 traceback.print_exc()

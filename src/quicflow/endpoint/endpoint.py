@@ -64,6 +64,11 @@ def default_server_generator(cid_length: int, layout: ServerIdLayout | None = No
     return CidGenerator(config, layout.server_id())
 
 
+#: Most packets set aside for one connection being captured, or per round of reading for
+#: connections handed off (``Endpoint.frozen``, ``Endpoint.forwarding``).
+MAX_DIVERTED = 4096
+
+
 @dataclass(slots=True)
 class EndpointCounters:
     datagrams_received: int = 0
@@ -81,6 +86,7 @@ class EndpointCounters:
     cid_collisions: int = 0  # a CID the registry refused (held by another connection)
     dropped_not_accepting: int = 0  # Initials for new connections while handing over
     dropped_moved: int = 0  # packets for a connection handed off (no stateless reset)
+    handoff_diverted: int = 0  # packets set aside for a same-host successor (takeover)
     forwarded_moved: int = 0  # packets for a connection moved elsewhere, forwarded there
     forwarded_received: int = 0  # packets another host forwarded to us (receive_forwarded)
     handshakes_failed: int = 0  # server connections that ended before their handshake did
@@ -127,6 +133,16 @@ class Endpoint:
     #: CIDs of connections handed off (captured and released): their packets are
     #: dropped, never answered with a stateless reset the client would accept
     moved: MovedCids = field(default_factory=MovedCids)
+    #: during a same-host handoff: short-header packets with a CID of ours that no
+    #: connection here holds (handed off already, or issued by the successor since) are
+    #: put here as ``(data, address, ecn)`` for the I/O layer to pass to the successor,
+    #: instead of being dropped or answered with a stateless reset; None otherwise
+    forwarding: list[tuple[bytes, Address, int]] | None = None
+    #: connections being captured (by ``id``): their packets are set aside here, to
+    #: reach them again after the restore, instead of changing them meanwhile
+    frozen: dict[int, list[tuple[bytes, Address, int]]] = field(default_factory=dict)
+    _diverted: list[tuple[bytes, Address, int]] | None = field(default=None, init=False,
+                                                                repr=False)
     #: called with each new connection and ``now`` before its first packet, to attach a
     #: qlog trace (``transport.qlog.start``); the I/O layer sets it (None: no qlog)
     qlog_factory: Callable[[Connection, float], None] | None = None
@@ -236,7 +252,7 @@ class Endpoint:
         self.counters.datagrams_received += 1
         self.counters.segments_received += 1
         self.counters.lookups += 1
-        conn = self._lookup(data, address, now)
+        conn = self._lookup(data, address, now, ecn)
         if conn is not None:
             receive_datagram(conn, data, address, now, ecn)
             if not self._keep_new(conn):
@@ -293,9 +309,14 @@ class Endpoint:
                 counters.datagrams_received += j - i
                 counters.segments_received += j - i
                 counters.lookups += 1
+                self._diverted = None
                 forwarded = len(self.forwarded)
-                conn = self._lookup(data, address, now)
-                if conn is None and len(self.forwarded) > forwarded:
+                conn = self._lookup(data, address, now, ecn)
+                if self._diverted is not None:
+                    # the run's first was set aside for a handoff: so is the rest of it
+                    for other, other_address, other_ecn in datagrams[i + 1 : j]:
+                        self._divert(self._diverted, other, other_address, other_ecn)
+                elif conn is None and len(self.forwarded) > forwarded:
                     target = self.forwarded[-1][2]  # the rest of the run goes along
                     for k in range(i + 1, j):
                         counters.forwarded_moved += 1
@@ -347,7 +368,7 @@ class Endpoint:
                     receive_short_run(run_conn, data, run, address, now, ecn)
                 run = []
                 counters.lookups += 1
-                run_conn = self._lookup(bytes(data[pos:end]), address, now)
+                run_conn = self._lookup(bytes(data[pos:end]), address, now, ecn)
                 run_key = key
                 if run_conn is not None:
                     run.append((pos, end - pos, key))
@@ -359,7 +380,7 @@ class Endpoint:
                 run_conn = None
                 segment = bytes(data[pos:end])
                 counters.lookups += 1
-                conn = self._lookup(segment, address, now)
+                conn = self._lookup(segment, address, now, ecn)
                 if conn is not None:
                     receive_datagram(conn, segment, address, now, ecn)
                     if self.admission.half_open:
@@ -373,7 +394,17 @@ class Endpoint:
             self._sync_cids(c)
         return list(touched)
 
-    def _lookup(self, data: bytes, address: Address, now: float) -> Connection | None:
+    def _divert(self, into: list[tuple[bytes, Address, int]], data: bytes, address: Address,
+                ecn: int) -> None:
+        self._diverted = into
+        if len(into) >= MAX_DIVERTED:  # bounded: QUIC sends what was in them again
+            self.counters.dropped_moved += 1
+            return
+        into.append((data, address, ecn))
+        self.counters.handoff_diverted += 1
+
+    def _lookup(self, data: bytes, address: Address, now: float, ecn: int = 0
+                ) -> Connection | None:
         if not data:
             self.counters.dropped_malformed += 1
             return None
@@ -386,13 +417,19 @@ class Endpoint:
                 return None
             conn = registry.by_cid(cid)
             if conn is None:
-                if self.moved and self.moved.holds(cid, now):
-                    target = self.moved.target(cid, now)
-                    if target is not None:  # moved per connection: forward it there
-                        self.counters.forwarded_moved += 1
-                        self.forwarded.append((bytes(data), address, target))
-                    else:
-                        self.counters.dropped_moved += 1  # it went elsewhere: no reset
+                gone = bool(self.moved) and self.moved.holds(cid, now)
+                target = self.moved.target(cid, now) if gone else None
+                if target is not None:  # moved per connection: forward it there
+                    self.counters.forwarded_moved += 1
+                    self.forwarded.append((bytes(data), address, target))
+                    return None
+                if self.forwarding is not None:
+                    # handing over: a CID of a connection handed over already, or one
+                    # the successor issued for it since: the successor's business
+                    self._divert(self.forwarding, data, address, ecn)
+                    return None
+                if gone:
+                    self.counters.dropped_moved += 1  # it went elsewhere: no reset
                     return None
                 self.counters.dropped_unknown_cid += 1
                 if self.is_server:
@@ -404,6 +441,11 @@ class Endpoint:
             elif conn.terminated:
                 self.counters.dropped_closed += 1
                 return None
+            elif self.frozen:
+                held = self.frozen.get(id(conn))
+                if held is not None:
+                    self._divert(held, data, address, ecn)
+                    return None
             return conn
         try:
             hdr = parse_header(data, 0, self.cid_length)
@@ -572,6 +614,7 @@ class Endpoint:
             "dropped": c.dropped(),
             "dropped_not_ours": c.dropped_not_ours,
             "dropped_moved": c.dropped_moved,
+            "handoff_diverted": c.handoff_diverted,
             "forwarded_moved": c.forwarded_moved,
             "forwarded_received": c.forwarded_received,
             "cid_collisions": c.cid_collisions,

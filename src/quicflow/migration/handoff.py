@@ -10,19 +10,26 @@ SO_PEERCRED and refuse any other user. The exchange:
 2. old -> successor: a header (JSON: how many sockets, the caller's fields), the sockets
    themselves (SCM_RIGHTS, with the header), then each sealed snapshot as soon as it is
    captured, length-prefixed (so the successor restores while the old one captures),
-   then an end mark and a trailer (JSON: e.g. the replay record);
+   then an end mark and a trailer (JSON: e.g. the replay record); between snapshots,
+   datagrams the old process read for connections it has handed over already
+   (``Offer.datagrams``: forwarded, in the order read);
 3. successor -> old: an acknowledgment (JSON), after which the old process exits.
 
-Datagrams that arrive meanwhile wait in the kernel queues of the passed sockets: the old
-process stops reading before it captures, the successor starts reading after it
-restores. This module moves bytes and file descriptors only; what the snapshots hold is
-the caller's business (``quicflow.aio.handover``).
+The old process serves every connection until its own turn comes (so each pauses only
+for its own capture and restore): it keeps reading the listening socket and forwards
+what arrives for connections already handed over; a connection's own socket is read by
+the old process until its capture and by the successor from its restore (meanwhile
+datagrams wait in the kernel queue). After the end mark the old process reads nothing;
+the successor reads the listening socket from then on. This module moves bytes and file
+descriptors only; what the snapshots hold is the caller's business
+(``quicflow.aio.handover``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import stat
 import struct
@@ -30,8 +37,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..datapath.backends import RecvEntry
+from ..datapath.handoff import decode_handoff, encode_handoff
+
 HELLO = b"QFHANDOFF1\n"
 MOVE_HELLO = b"QFMOVEREQ1\n"  # same length as HELLO
+GROUP_HELLO = b"QFGROUPHO1\n"  # a worker group's successor (migration.group)
 KEY_LEN = 32
 #: SO_PEERCRED (Linux): the connected peer's (pid, uid, gid)
 SO_PEERCRED = getattr(socket, "SO_PEERCRED", 17)
@@ -39,6 +50,9 @@ MAX_FDS = 250  # per SCM_RIGHTS message (the kernel's SCM_MAX_FD is 253)
 MAX_HEADER = 64 << 20
 MAX_SNAPSHOT = 1 << 30
 _LEN = struct.Struct("!I")
+#: length bit of a frame of forwarded datagrams (snapshots stay below MAX_SNAPSHOT)
+_DATAGRAMS = 0x80000000
+MAX_DATAGRAMS_FRAME = 16 << 20
 
 
 class HandoffError(Exception):
@@ -93,6 +107,30 @@ class Offer:
         self.channel = channel
         channel.settimeout(timeout)
         self.sent = 0
+        #: how many snapshots the successor says it has restored (``progress``)
+        self.restored = 0
+        self._pending = b""  # bytes of the successor's messages read, not yet used
+
+    def progress(self) -> int:
+        """Read the successor's progress reports that have arrived (without waiting);
+        returns how many snapshots it has restored so far."""
+        while select.select([self.channel], [], [], 0)[0]:  # (the channel has a timeout)
+            try:
+                chunk = self.channel.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                raise HandoffError(f"the successor's channel failed: {exc}") from exc
+            if not chunk:
+                break
+            self._pending += chunk
+        while len(self._pending) >= _LEN.size:
+            (value,) = _LEN.unpack_from(self._pending)
+            if not value & _DATAGRAMS:
+                break  # the final answer: ``finish`` reads it
+            self.restored = value & ~_DATAGRAMS
+            self._pending = self._pending[_LEN.size :]
+        return self.restored
 
     def begin(self, header: dict[str, Any], sockets: list[socket.socket]) -> None:
         doc = dict(header)
@@ -118,12 +156,42 @@ class Offer:
             raise HandoffError(f"handoff to the successor failed: {exc}") from exc
         self.sent += 1
 
+    def datagrams(self, entries: list[tuple[bytes, int, tuple[Any, ...], int]]) -> None:
+        """Forward datagrams ``(data, segment_size, address, ecn)`` read for connections
+        handed over already (the successor processes them as if it had read them)."""
+        parts: list[bytes] = []
+        for data, segment_size, addr, ecn in entries:
+            message = encode_handoff(data, segment_size, (str(addr[0]), int(addr[1])), ecn)
+            parts.append(_LEN.pack(len(message)))
+            parts.append(message)
+        raw = b"".join(parts)
+        try:
+            self.channel.sendall(_LEN.pack(_DATAGRAMS | len(raw)) + raw)
+        except OSError as exc:
+            self.close()
+            raise HandoffError(f"handoff to the successor failed: {exc}") from exc
+
     def finish(self, trailer: dict[str, Any]) -> dict[str, Any]:
         """Send the end mark and ``trailer``; return the successor's acknowledgment."""
         try:
             self.channel.sendall(_LEN.pack(_END))
             _send_frame(self.channel, json.dumps(trailer).encode())
-            answer = _recv_frame(self.channel, MAX_HEADER)
+            while True:  # progress reports, then the answer
+                while len(self._pending) < _LEN.size:
+                    chunk = self.channel.recv(4096)
+                    if not chunk:
+                        raise HandoffError("handoff peer closed the connection early")
+                    self._pending += chunk
+                (value,) = _LEN.unpack_from(self._pending)
+                self._pending = self._pending[_LEN.size :]
+                if not value & _DATAGRAMS:
+                    break
+            if value > MAX_HEADER:
+                raise HandoffError("handoff answer over the limit")
+            answer = self._pending[:value]
+            self._pending = b""
+            if len(answer) < value:
+                answer += _recv_exact(self.channel, value - len(answer))
         except OSError as exc:
             raise HandoffError(f"handoff to the successor failed: {exc}") from exc
         finally:
@@ -149,17 +217,45 @@ class Received:
     acknowledged: bool = field(default=False)
 
     def snapshots(self) -> Iterator[bytes]:
+        """The sealed snapshots (forwarded datagrams are skipped)."""
+        for kind, payload in self.frames():
+            if kind == "snapshot":
+                assert isinstance(payload, bytes)
+                yield payload
+
+    def frames(self) -> Iterator[tuple[str, bytes | list[RecvEntry]]]:
+        """``("snapshot", sealed)`` and ``("datagrams", [(data, segment_size, address,
+        ecn), ...])`` in the order sent, until the end mark (then ``trailer`` is set)."""
         try:
             while True:
                 (length,) = _LEN.unpack(_recv_exact(self.channel, _LEN.size))
                 if length == _END:
                     self.trailer = json.loads(_recv_frame(self.channel, MAX_HEADER))
                     return
+                if length & _DATAGRAMS:
+                    length &= ~_DATAGRAMS
+                    if length > MAX_DATAGRAMS_FRAME:
+                        raise HandoffError(f"datagram frame of {length} bytes is over the limit")
+                    yield "datagrams", _split_datagrams(_recv_exact(self.channel, length))
+                    continue
                 if length > MAX_SNAPSHOT:
                     raise HandoffError(f"snapshot of {length} bytes is over the limit")
-                yield _recv_exact(self.channel, length)
+                yield "snapshot", _recv_exact(self.channel, length)
         except (OSError, ValueError) as exc:
             raise HandoffError(f"receiving the snapshots failed: {exc}") from exc
+
+    def report_progress(self, restored: int) -> None:
+        """Tell the old process how many snapshots have been restored so far (it keeps
+        only a few captured connections waiting for their restore)."""
+        try:
+            self.channel.sendall(_LEN.pack(_DATAGRAMS | restored))
+        except OSError:
+            pass  # the old process's error shows at the end
+
+    def frame_parser(self) -> FrameParser:
+        """An incremental parser of the rest of the channel (for reading it from an
+        event loop instead of ``frames()``)."""
+        return FrameParser(self)
 
     def acknowledge(self, result: dict[str, Any]) -> None:
         if self.acknowledged:
@@ -169,6 +265,57 @@ class Received:
             _send_frame(self.channel, json.dumps(result).encode())
         finally:
             self.channel.close()
+
+
+class FrameParser:
+    """``Received.frames()`` without blocking: ``feed(bytes)`` returns the frames
+    complete so far (``("snapshot", sealed)``, ``("datagrams", entries)``), then
+    ``("end", trailer)`` once (also setting ``Received.trailer``)."""
+
+    def __init__(self, received: Received) -> None:
+        self.received = received
+        self._buffer = bytearray()
+        self.ended = False
+
+    def feed(self, data: bytes) -> list[tuple[str, Any]]:
+        buf = self._buffer
+        buf += data
+        out: list[tuple[str, Any]] = []
+        pos = 0
+        while not self.ended and len(buf) - pos >= _LEN.size:
+            (length,) = _LEN.unpack_from(buf, pos)
+            start = pos + _LEN.size
+            if length == _END:
+                if len(buf) - start < _LEN.size:
+                    break
+                (size,) = _LEN.unpack_from(buf, start)
+                if size > MAX_HEADER:
+                    raise HandoffError("handoff trailer over the limit")
+                end = start + _LEN.size + size
+                if len(buf) < end:
+                    break
+                trailer = json.loads(bytes(buf[start + _LEN.size : end]))
+                self.received.trailer = trailer
+                self.ended = True
+                out.append(("end", trailer))
+                pos = end
+                break
+            kind = "snapshot"
+            if length & _DATAGRAMS:
+                length &= ~_DATAGRAMS
+                kind = "datagrams"
+                if length > MAX_DATAGRAMS_FRAME:
+                    raise HandoffError(f"datagram frame of {length} bytes is over the limit")
+            elif length > MAX_SNAPSHOT:
+                raise HandoffError(f"snapshot of {length} bytes is over the limit")
+            end = start + length
+            if len(buf) < end:
+                break
+            payload = bytes(buf[start:end])
+            out.append((kind, payload if kind == "snapshot" else _split_datagrams(payload)))
+            pos = end
+        del buf[:pos]
+        return out
 
 
 class HandoffListener:
@@ -201,8 +348,9 @@ class HandoffListener:
         self, timeout: float = 10.0
     ) -> tuple[socket.socket, str, bytes | dict[str, Any]] | None:
         """Someone of our uid who connected and said hello: ``(channel, "takeover",
-        key)`` for a successor, ``(channel, "move", request)`` for a move command; None
-        when no one is waiting or the one who came was refused (other uid, bad hello)."""
+        key)`` for a successor, ``(channel, "move", request)`` for a move command,
+        ``(channel, "group", request)`` for a worker group's successor; None when no one
+        is waiting or the one who came was refused (other uid, bad hello)."""
         try:
             channel, _ = self._sock.accept()
         except (BlockingIOError, InterruptedError):
@@ -213,11 +361,11 @@ class HandoffListener:
             hello = _recv_exact(channel, len(HELLO))
             if hello == HELLO:
                 return channel, "takeover", _recv_exact(channel, KEY_LEN)
-            if hello == MOVE_HELLO:
+            if hello == MOVE_HELLO or hello == GROUP_HELLO:
                 request = json.loads(_recv_frame(channel, MAX_HEADER))
                 if type(request) is not dict:
                     raise HandoffError("bad move request")
-                return channel, "move", request
+                return channel, "move" if hello == MOVE_HELLO else "group", request
             raise HandoffError("not a quicflow handoff request")
         except (HandoffError, OSError, ValueError):
             self.refused += 1
@@ -263,13 +411,15 @@ def take_over(path: str, timeout: float = 60.0) -> Received:
         elif len(raw) > length:
             raise HandoffError("handoff header longer than announced")
         header: dict[str, Any] = json.loads(raw)
+        if "error" in header:  # refused, e.g. a worker group (see migration.group)
+            raise HandoffError(str(header["error"]))
         want = int(header.get("sockets", 0))
         while len(received_sockets) < want:
             _, more, _, _ = socket.recv_fds(channel, 1, MAX_FDS)
             if not more:
                 raise HandoffError("handoff peer sent fewer sockets than announced")
             received_sockets += [_adopt_fd(fd) for fd in more]
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, HandoffError) as exc:
         channel.close()
         raise HandoffError(f"taking over from {path} failed: {exc}") from exc
     except BaseException:
@@ -297,6 +447,18 @@ def request_move(path: str, request: dict[str, Any], timeout: float = 600.0) -> 
     return answer
 
 
+def refuse(channel: socket.socket, message: str) -> None:
+    """Refuse a successor (of either kind) with ``message`` and close its channel: the
+    answer has the form of a handoff header, so ``take_over`` raises it."""
+    raw = json.dumps({"error": message}).encode()
+    try:
+        channel.sendall(_LEN.pack(len(raw)) + raw)
+    except OSError:
+        pass
+    finally:
+        channel.close()
+
+
 def reply(channel: socket.socket, answer: dict[str, Any]) -> None:
     """Answer a move request and close its channel."""
     try:
@@ -305,6 +467,25 @@ def reply(channel: socket.socket, answer: dict[str, Any]) -> None:
         pass
     finally:
         channel.close()
+
+
+def _split_datagrams(raw: bytes) -> list[RecvEntry]:
+    out: list[RecvEntry] = []
+    pos = 0
+    while pos < len(raw):
+        if pos + _LEN.size > len(raw):
+            raise HandoffError("datagram frame truncated")
+        (n,) = _LEN.unpack_from(raw, pos)
+        pos += _LEN.size
+        try:
+            entry = decode_handoff(raw[pos : pos + n])
+        except ValueError:  # a host that is not text
+            entry = None
+        pos += n
+        if entry is None or pos > len(raw):
+            raise HandoffError("malformed forwarded datagram")
+        out.append(entry)
+    return out
 
 
 def _adopt_fd(fd: int) -> socket.socket:
@@ -328,6 +509,7 @@ __all__ = [
     "Offer",
     "Received",
     "peer_uid",
+    "refuse",
     "reply",
     "request_move",
     "take_over",
