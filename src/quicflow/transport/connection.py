@@ -209,7 +209,7 @@ class Connection:
     pacer_deadline: float | None = None
     # server: 1-RTT datagrams that came before the handshake completed, processed once
     # it has (RFC 9001 §5.7), at most MAX_EARLY_ONE_RTT of them: (packet, address, ecn)
-    early_one_rtt: list[tuple[bytes, Address, int]] = field(default_factory=list)
+    early_one_rtt: list[tuple[bytes, Address, int, float]] = field(default_factory=list)
     _now_hint: float = 0.0
     # runtime objects (not snapshotted)
     # The key of our 1-RTT sealer in the offload engine: local and unique (chosen by the

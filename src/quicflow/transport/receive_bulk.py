@@ -59,6 +59,7 @@ def receive_short_run(
         return
     counters = conn.counters
     counters.datagrams_received += len(packets)
+    max_ack_delay = conn.configuration.max_ack_delay
     if not conn.one_rtt_ready:
         counters.packets_dropped += len(packets)
         counters.dropped_no_keys += len(packets)
@@ -121,6 +122,8 @@ def receive_short_run(
                     space.ack_immediately = True
                 received.add(pn, end_pn)
                 if end_pn - 1 > largest:
+                    if now - space.largest_received_time > max_ack_delay:
+                        space.ack_immediately = True  # after a silence: PTO probes
                     space.largest_received = end_pn - 1
                     space.largest_received_time = now
                 continue
@@ -150,6 +153,8 @@ def receive_short_run(
                 space.ack_immediately = True
             received.add(pn, pn + 1)
             if pn > space.largest_received:
+                if now - space.largest_received_time > max_ack_delay:
+                    space.ack_immediately = True  # after a silence: PTO probes
                 space.largest_received = pn
                 space.largest_received_time = now
             if is_eliciting:

@@ -277,7 +277,12 @@ def _fill_payload(
     if not cc_ok and not ack_due:
         return False
     ack_end = 0
-    if space.ack_pending and (ack_due or cc_ok):
+    if (space.ack_pending or (epoch != Epoch.ONE_RTT and space.received)) and (
+        ack_due or cc_ok
+    ):
+        # Initial and Handshake packets always carry an ACK of what arrived (dropped
+        # below if nothing else goes in): a lost ACK would otherwise leave the peer
+        # without an RTT sample for the whole handshake (its PTOs stay at 1 s)
         _encode_ack(conn, space, payload, now, epoch)
         ack_end = len(payload)
     if not cc_ok:
@@ -287,6 +292,12 @@ def _fill_payload(
     limit = capacity
     # CRYPTO
     crypto = space.crypto_send
+    if probe and epoch != Epoch.ONE_RTT and not crypto.has_data_to_send():
+        # the second probe datagram of a PTO carries the unacknowledged handshake data
+        # too, not just a PING (RFC 9002 §6.2.4: probes SHOULD carry data)
+        if crypto.next_offset > crypto.acked_offset:
+            crypto.on_lost(crypto.acked_offset, crypto.next_offset - crypto.acked_offset,
+                           False)
     while crypto.has_data_to_send():
         room = limit - len(payload) - 1 - 8 - 4
         if room <= 0:
