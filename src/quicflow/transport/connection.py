@@ -545,6 +545,8 @@ class Connection:
         for space in self.spaces:
             if space.ack_deadline is not None and not space.discarded:
                 deadlines.append(space.ack_deadline)
+            if space.ack_repeat_at is not None:
+                deadlines.append(space.ack_repeat_at)
         if self.pacer_deadline is not None:
             deadlines.append(self.pacer_deadline)
         if self.key_update_requested and not self.key_update_pending and self.key_phase_acked():

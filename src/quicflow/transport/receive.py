@@ -265,6 +265,7 @@ def _receive_packet(
     space.ack_pending = True
     if ack_eliciting:
         space.ack_eliciting_pending += 1
+        space.ack_repeats = 0
         if epoch != Epoch.ONE_RTT or space.ack_eliciting_pending >= 2:
             space.ack_immediately = True
         elif space.ack_deadline is None:

@@ -179,6 +179,7 @@ def receive_short_run(
     space.ack_pending = True
     if eliciting:
         space.ack_eliciting_pending += eliciting
+        space.ack_repeats = 0
         if space.ack_eliciting_pending >= 2:
             space.ack_immediately = True
         elif space.ack_deadline is None:

@@ -258,7 +258,8 @@ def _fill_payload(
     epoch, a reordering or the ACK delay asks for it); otherwise it only rides along
     with other frames, so two peers never acknowledge each other's ACKs forever.
     """
-    ack_due = (
+    repeat_due = space.ack_repeat_at is not None and now >= space.ack_repeat_at
+    ack_due = repeat_due or (
         space.ack_pending
         and space.ack_eliciting_pending > 0
         and (
@@ -277,16 +278,17 @@ def _fill_payload(
     if not cc_ok and not ack_due:
         return False
     ack_end = 0
-    if (space.ack_pending or (epoch != Epoch.ONE_RTT and space.received)) and (
-        ack_due or cc_ok
-    ):
-        # Initial and Handshake packets always carry an ACK of what arrived (dropped
-        # below if nothing else goes in): a lost ACK would otherwise leave the peer
-        # without an RTT sample for the whole handshake (its PTOs stay at 1 s)
+    if (space.ack_pending or repeat_due
+            or ((epoch != Epoch.ONE_RTT or probe) and space.received)) and (ack_due or cc_ok):
+        # Initial and Handshake packets and probes always carry an ACK of what arrived
+        # (dropped below if nothing else goes in): a lost ACK would otherwise leave the
+        # peer without an RTT sample for the whole handshake (its PTOs stay at 1 s)
         _encode_ack(conn, space, payload, now, epoch)
         ack_end = len(payload)
     if not cc_ok:
         _ack_sent(space)
+        if epoch == Epoch.ONE_RTT:
+            _schedule_ack_repeat(conn, space, False, now)
         return False
     start_len = ack_end
     limit = capacity
@@ -325,7 +327,27 @@ def _fill_payload(
         return False
     if ack_end:
         _ack_sent(space)
+        if epoch == Epoch.ONE_RTT:
+            _schedule_ack_repeat(conn, space, eliciting, now)
     return eliciting
+
+
+#: An ACK-only packet is sent again up to this many times, one PTO and then two PTOs
+#: later (at most 1 s apart), while nothing new arrives. ACK frames are otherwise never
+#: resent: when the one ACK of a peer's PTO probe is lost, the peer backs off again,
+#: and a peer that sends one probe per PTO and doubles without a cap (aioquic) was
+#: silent for 30 s and more at 30 % loss each way (our client's idle timeout ended
+#: such transfers). A repeated ACK is not ack-eliciting, so it never draws an answer.
+ACK_REPEATS = 2
+
+
+def _schedule_ack_repeat(conn: Connection, space: PacketSpace, eliciting: bool,
+                         now: float) -> None:
+    if eliciting or space.ack_repeats >= ACK_REPEATS:
+        space.ack_repeat_at = None  # an ack-eliciting packet is resent by our own PTO
+        return
+    space.ack_repeat_at = now + min(conn.pto() * (1 << space.ack_repeats), 1.0)
+    space.ack_repeats += 1
 
 
 def _fill_control(
