@@ -22,9 +22,6 @@ PERSISTENT_CONGESTION_THRESHOLD = 3
 #: The PTO period stops doubling once it reaches this many seconds (or the PTO without
 #: backoff, if that is longer); see :attr:`LossDetection.max_pto_period`.
 MAX_PTO_PERIOD = 1.0
-#: Times per connection a server resends its handshake data at once on a duplicate
-#: client Initial (RFC 9002 §6.2.3: "a limited number of times").
-MAX_HANDSHAKE_SPEEDUPS = 8
 #: Frame type of ACK, reported with the PROTOCOL_VIOLATION of a bad ACK.
 _ACK_FRAME_TYPE = 0x02
 
@@ -181,8 +178,6 @@ class LossDetection:
     packets_lost: int = 0
     pto_fired: int = 0
     persistent_congestions: int = 0
-    #: server: handshake data resent at once for a duplicate client Initial (§6.2.3)
-    handshake_speedups: int = 0
 
     # -- queries -------------------------------------------------------------
 
