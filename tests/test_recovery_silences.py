@@ -257,3 +257,32 @@ def test_repeated_acks_keep_a_peer_with_uncapped_backoff_probing(
     totals = sorted(total for _, total in results)
     assert sum(gap > 5.0 for gap in gaps) <= 2, gaps[-5:]
     assert totals[len(totals) // 2] < 8.0
+
+
+def _client_probe_periods(pair: MemoryPair, count: int) -> list[float]:
+    """Periods between the client's handshake probes when nothing it sends arrives."""
+    client = pair.client
+    times = [pair.now]
+    pair.client_ep.datagrams_to_send(client, pair.now)  # lost
+    for _ in range(count):
+        deadline = client.timer()
+        assert deadline is not None
+        pair.now = deadline
+        client.handle_timer(pair.now)
+        assert pair.client_ep.datagrams_to_send(client, pair.now)  # probes, lost
+        times.append(pair.now)
+    return [b - a for a, b in zip(times, times[1:], strict=False)]
+
+
+def test_max_pto_period_option() -> None:
+    from quicflow.transport.config import Configuration
+
+    capped = _client_probe_periods(MemoryPair(), 4)
+    assert capped == pytest.approx([0.999, 1.0, 1.0, 1.0], abs=0.002)
+    strict = MemoryPair(client_config=Configuration(
+        alpn_protocols=["perf"], verify_peer=False, max_pto_period=0.0))
+    assert strict.client.loss.max_pto_period == 0.0
+    assert _client_probe_periods(strict, 4) == pytest.approx(
+        [0.999, 1.998, 3.996, 7.992], abs=0.002)
+    with pytest.raises(ValueError):
+        Configuration(max_pto_period=-1.0).validate()

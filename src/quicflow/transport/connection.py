@@ -285,6 +285,7 @@ class Connection:
             is_server=not self.is_client,
             max_ack_delay=0.025,
             cc=CongestionControl(algorithm=cfg.congestion_control),
+            max_pto_period=cfg.max_pto_period,
         )
         self.loss.amplification_limited = False
         # pacing in batch-sized bursts: up to 2 ms of the pacing rate, at most one GSO send;
