@@ -148,7 +148,7 @@ class LossDetection:
     - ``max_pto_period``: the backoff cap in seconds (0 = none). RFC 9002 §6.2.1 doubles
       the PTO period at every expiry, without limit; here it doubles only until it
       reaches ``max_pto_period`` (1 s by default), or stays at the PTO without backoff
-      if that is longer already. Why (docs/RECOVERY.md): unbounded doubling turns a few
+      if that is longer already. Why (README, "Loss recovery"): unbounded doubling turns a few
       consecutive losses into silences of many seconds (at 30 % loss each way, six
       failed probe rounds from a 1 s handshake PTO are a 63 s wait) and can outgrow the
       peer's idle timeout, which kills a connection that is alive. The probing a capped
