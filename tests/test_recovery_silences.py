@@ -286,3 +286,36 @@ def test_max_pto_period_option() -> None:
         [0.999, 1.998, 3.996, 7.992], abs=0.002)
     with pytest.raises(ValueError):
         Configuration(max_pto_period=-1.0).validate()
+
+
+def test_a_pto_probe_carries_the_ack(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client's ACK of the server's packet is lost, and so is the client's next data
+    packet (which had no ACK to carry). The client's PTO probe carries the ACK again,
+    so the server learns of its packet from the probe."""
+    from quicflow.transport import send
+
+    monkeypatch.setattr(send, "ACK_REPEATS", 0)  # the probe alone, not a repeat
+    pair, client, server = _established()
+    sid = client.open_stream()
+    client.send_stream_data(sid, b"hello", end_stream=False)
+    pair.run(lambda: sid in server.streams and server.read_stream(sid) == b"hello")
+    _settle(pair)
+    pair.now += 1.0
+    server.send_stream_data(sid, b"ping", end_stream=False)
+    for d in pair.server.datagrams_to_send(server, pair.now):
+        pair.client_ep.receive(d, ("127.0.0.1", 4433), pair.now)
+    assert pair.client_ep.datagrams_to_send(client, pair.now)  # the ACK: lost
+    client.send_stream_data(sid, b"more", end_stream=False)
+    assert pair.client_ep.datagrams_to_send(client, pair.now)  # data, no ACK: lost
+    deadline = client.timer()
+    assert deadline is not None
+    pair.now = deadline
+    client.handle_timer(pair.now)
+    assert client.loss.pto_fired == 1
+    probes = pair.client_ep.datagrams_to_send(client, pair.now)
+    assert probes
+    unacked = server.loss.ack_eliciting_in_flight
+    assert unacked > 0
+    pair.server.receive(probes[0], pair.client_addr, pair.now)
+    assert server.loss.ack_eliciting_in_flight < unacked
+
