@@ -45,6 +45,7 @@ TAG_LEN = 16
 MAX_DATAGRAMS_PER_CALL = 64
 _EPOCHS = (Epoch.INITIAL, Epoch.HANDSHAKE, Epoch.ONE_RTT)
 _SPACE = {Epoch.INITIAL: 0, Epoch.HANDSHAKE: 1, Epoch.ONE_RTT: 2}
+_HANDSHAKE_EPOCHS = (Epoch.INITIAL, Epoch.HANDSHAKE)
 
 
 def datagrams_to_send(conn: Connection, now: float) -> list[bytes]:
@@ -279,7 +280,8 @@ def _fill_payload(
         return False
     ack_end = 0
     if (space.ack_pending or repeat_due
-            or ((epoch != Epoch.ONE_RTT or probe) and space.received)) and (ack_due or cc_ok):
+            or ((epoch in _HANDSHAKE_EPOCHS or probe) and space.received)) and (
+                ack_due or cc_ok):
         # Initial and Handshake packets and probes always carry an ACK of what arrived
         # (dropped below if nothing else goes in): a lost ACK would otherwise leave the
         # peer without an RTT sample for the whole handshake (its PTOs stay at 1 s)
@@ -294,7 +296,7 @@ def _fill_payload(
     limit = capacity
     # CRYPTO
     crypto = space.crypto_send
-    if probe and epoch != Epoch.ONE_RTT and not crypto.has_data_to_send():
+    if probe and epoch in _HANDSHAKE_EPOCHS and not crypto.has_data_to_send():
         # the second probe datagram of a PTO carries the unacknowledged handshake data
         # too, not just a PING (RFC 9002 §6.2.4: probes SHOULD carry data)
         if crypto.next_offset > crypto.acked_offset:
