@@ -135,7 +135,7 @@ def _established(seed: int = 1) -> tuple[MemoryPair, Connection, Connection]:
     pair = MemoryPair(seed=seed)
     pair.run(lambda: pair.client.handshake_confirmed and bool(pair.server_conns)
              and pair.server_conns[0].handshake_confirmed)
-    pair.run(lambda: not pair.step())
+    _settle(pair)
     return pair, pair.client, pair.server_conns[0]
 
 
