@@ -28,6 +28,9 @@ def _quiet_pair() -> tuple[MemoryPair, Connection]:
     pair.run(lambda: client.loss.bytes_in_flight == 0 and server.loss.bytes_in_flight == 0)
     for _ in range(20):  # let delayed ACKs go out
         pair.step()
+    # and the repeats of the last ACK-only packets (send.ACK_REPEATS)
+    pair.run(lambda: all(space.ack_repeat_at is None for conn in (client, server)
+                         for space in conn.spaces))
     assert client.loss.bytes_in_flight == 0 and server.loss.bytes_in_flight == 0
     server.pop_events()
     return pair, server

@@ -100,6 +100,7 @@ def test_time_threshold_via_timer() -> None:
 
 def test_pto_backoff_and_probe_epoch() -> None:
     ld = server()
+    ld.max_pto_period = 0.0  # RFC 9002's unbounded doubling (the cap: tests below)
     send(ld, 0, 0.0)
     pto = 0.333 + 4 * 0.1665 + 0.025  # application space includes max_ack_delay
     t = ld.timer()
@@ -125,6 +126,53 @@ def test_pto_backoff_and_probe_epoch() -> None:
     assert ld.pto_count == 0
     # First RTT sample came after those packets: no persistent congestion.
     assert ld.persistent_congestions == 0
+
+
+def _fire_ptos(ld: LossDetection, count: int, epoch: Epoch = Epoch.ONE_RTT) -> list[float]:
+    """Let ``count`` PTOs expire with nothing acknowledged, a probe sent at each; returns
+    the periods between consecutive probes (simulated time)."""
+    t = 0.0
+    send(ld, 0, t, epoch)
+    periods = []
+    for pn in range(1, count + 1):
+        deadline = ld.timer()
+        assert deadline is not None
+        periods.append(deadline - t)
+        assert ld.on_timeout(deadline)[1] == epoch
+        t = deadline
+        send(ld, pn, t, epoch)
+    return periods
+
+
+def test_pto_backoff_is_capped_at_one_second() -> None:
+    # application space on a fast path: 30 ms PTO, doubling until 1 s, then 1 s
+    ld = server()
+    ld.rtt.update(0.002, 0.0, True, 0.025)
+    periods = _fire_ptos(ld, 11)
+    base = ld.rtt.pto_duration(0.025, True)
+    assert periods[:6] == pytest.approx([base * 2**i for i in range(6)])
+    assert base * 2**6 > 1.0 and periods[6:] == pytest.approx([1.0] * 5)
+    # five seconds of silence take 10 failed probe rounds (uncapped: 8, and 10 are 32 s)
+    assert sum(periods[:9]) < 5.0 < sum(periods[:10])
+    assert sum(base * 2**i for i in range(10)) > 30.0
+    assert ld.pto_count == 11
+
+
+def test_handshake_pto_does_not_back_off_past_its_first_second() -> None:
+    # before any RTT sample the PTO is 333 ms + 4 * 166.5 ms = 999 ms: the cap keeps it
+    # there (uncapped: 1, 2, 4, 8, 16 s — the > 5 s handshake silences at 30 % loss)
+    ld = LossDetection(is_server=False, cc=CongestionControl("newreno", MDS))
+    periods = _fire_ptos(ld, 5, Epoch.INITIAL)
+    assert periods[0] == pytest.approx(0.999)
+    assert periods[1:] == pytest.approx([1.0] * 4)
+
+
+def test_pto_cap_never_shortens_a_long_pto() -> None:
+    # a path whose PTO without backoff is above the cap keeps that PTO, without doubling
+    ld = server()
+    ld.rtt.update(2.0, 0.0, True, 0.025)
+    base = ld.rtt.pto_duration(0.025, True)
+    assert _fire_ptos(ld, 3) == pytest.approx([base] * 3)
 
 
 def test_no_application_pto_before_handshake_confirmed() -> None:

@@ -78,3 +78,18 @@ def test_loss_delay() -> None:
     assert r.loss_delay() == pytest.approx(9 / 8 * 0.16)
     tiny = RttEstimator(latest_rtt=1e-5, smoothed_rtt=1e-5, has_sample=True)
     assert tiny.loss_delay() == GRANULARITY
+
+
+def test_first_sample_before_confirmation_subtracts_a_long_reported_delay() -> None:
+    # a resent ACK or an ACK of packets held without keys (RFC 9000 §13.2.5) reports a
+    # delay above max_ack_delay: the first sample takes the path's RTT, not the wait
+    r = RttEstimator()
+    r.update(1.004, ack_delay=1.0, handshake_confirmed=False, max_ack_delay=0.025)
+    assert r.smoothed_rtt == pytest.approx(0.004)
+    assert r.min_rtt == 1.004  # min_rtt stays the raw sample (RFC 9002 §5.2)
+    # delays within max_ack_delay, after confirmation, or longer than the sample itself
+    # (not believable) leave the first sample whole, as RFC 9002 §5.3 does
+    for delay, confirmed in ((0.02, False), (1.0, True), (1.5, False)):
+        r = RttEstimator()
+        r.update(1.004, ack_delay=delay, handshake_confirmed=confirmed, max_ack_delay=0.025)
+        assert r.smoothed_rtt == 1.004

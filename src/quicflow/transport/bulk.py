@@ -27,6 +27,7 @@ def bulk_applies(conn: Connection) -> bool:
     app = spaces[2]
     if (
         (app.ack_pending and app.ack_eliciting_pending)  # an ACK is owed: general path
+        or (app.ack_repeat_at is not None and conn._now_hint >= app.ack_repeat_at)
         or conn.handshake_done_pending
         or conn.key_update_ping
         or conn.new_token_pending

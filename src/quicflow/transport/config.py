@@ -32,6 +32,9 @@ class Configuration:
     server_name: the host name a client checks the certificate against (defaults to the host
         passed to ``connect``).
     idle_timeout: seconds of silence after which the connection closes (max_idle_timeout).
+    max_pto_period: seconds at which the probe timeout stops doubling (default 1.0; a PTO
+        that is longer without backoff stays as it is); 0 doubles without limit, as RFC
+        9002 §6.2.1 has it. See ``LossDetection`` for why the default caps it.
     max_data / max_data_window: initial and largest connection receive window; the window
         grows towards the largest one as the measured bandwidth-delay product requires.
     max_stream_data / max_stream_data_window: the same per stream.
@@ -130,6 +133,7 @@ class Configuration:
     verify_peer: bool = True
     server_name: str | None = None
     idle_timeout: float = 30.0
+    max_pto_period: float = 1.0
     max_data: int = 4 * MIB
     max_data_window: int = 64 * MIB
     max_stream_data: int = 1 * MIB
@@ -206,6 +210,8 @@ class Configuration:
             raise ValueError("active_connection_id_limit must be at least 2")
         if self.idle_timeout < 0:
             raise ValueError("idle_timeout must not be negative")
+        if self.max_pto_period < 0:
+            raise ValueError("max_pto_period must not be negative")
         if self.send_buffer_per_connection < 1 or self.send_buffer_per_endpoint < 1:
             raise ValueError("send buffer limits must be positive")
         if self.retry not in ("never", "always", "load"):

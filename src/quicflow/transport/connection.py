@@ -235,7 +235,7 @@ class Connection:
     pacer_deadline: float | None = None
     # server: 1-RTT datagrams that came before the handshake completed, processed once
     # it has (RFC 9001 §5.7), at most MAX_EARLY_ONE_RTT of them: (packet, address, ecn)
-    early_one_rtt: list[tuple[bytes, Address, int]] = field(default_factory=list)
+    early_one_rtt: list[tuple[bytes, Address, int, float]] = field(default_factory=list)
     _now_hint: float = 0.0
     # runtime objects (not snapshotted)
     # The key of our 1-RTT sealer in the offload engine: local and unique (chosen by the
@@ -330,6 +330,7 @@ class Connection:
             is_server=not self.is_client,
             max_ack_delay=0.025,
             cc=CongestionControl(algorithm=cfg.congestion_control),
+            max_pto_period=cfg.max_pto_period,
         )
         self.loss.amplification_limited = False
         # pacing in batch-sized bursts: up to 2 ms of the pacing rate, at most one GSO send;
@@ -642,6 +643,8 @@ class Connection:
         for space in self.spaces:
             if space.ack_deadline is not None and not space.discarded:
                 deadlines.append(space.ack_deadline)
+            if space.ack_repeat_at is not None:
+                deadlines.append(space.ack_repeat_at)
         if self.pacer_deadline is not None:
             deadlines.append(self.pacer_deadline)
         if self.key_update_requested and not self.key_update_pending and self.key_phase_acked():

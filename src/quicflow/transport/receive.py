@@ -125,9 +125,9 @@ def hold_early_one_rtt(conn: Connection, packet: bytes, addr: Address, ecn: int)
     conn.counters.one_rtt_before_handshake += 1
     held = conn.early_one_rtt
     if len(held) < MAX_EARLY_ONE_RTT and (
-        sum(len(p) for p, _, _ in held) + len(packet) <= MAX_EARLY_ONE_RTT_BYTES
+        sum(len(p[0]) for p in held) + len(packet) <= MAX_EARLY_ONE_RTT_BYTES
     ):
-        held.append((packet, addr, ecn))
+        held.append((packet, addr, ecn, conn._now_hint))
     else:
         conn.counters.packets_dropped += 1
         conn.counters.dropped_no_keys += 1
@@ -135,13 +135,19 @@ def hold_early_one_rtt(conn: Connection, packet: bytes, addr: Address, ecn: int)
 
 def _replay_early_one_rtt(conn: Connection, now: float) -> None:
     held, conn.early_one_rtt = conn.early_one_rtt, []
-    for packet, addr, ecn in held:
+    space = conn.spaces[2]
+    for packet, addr, ecn, arrived in held:
         try:
             hdr = parse_header(packet, 0, conn.local_cid_length)
         except WireError:
             continue
+        largest = space.largest_received
         if not _receive_one(conn, packet, 0, hdr, addr, now, ecn):
             return
+        if space.largest_received != largest:
+            # the ACK delay counts from arrival: the time held for keys is ours to report
+            # (RFC 9000 §13.2.5), so the client's RTT sample does not include it
+            space.largest_received_time = min(now, arrived)
 
 
 def _receive_packet(
@@ -255,6 +261,8 @@ def _receive_packet(
         space.received.shift_below(space.received.starts[-32])
     newest = pn > space.largest_received
     if newest:
+        if now - space.largest_received_time > conn.configuration.max_ack_delay:
+            space.ack_immediately = True  # after a silence: likely PTO probes (see below)
         space.largest_received = pn
         space.largest_received_time = now
     if epoch == Epoch.ONE_RTT:
@@ -267,6 +275,7 @@ def _receive_packet(
     space.ack_pending = True
     if ack_eliciting:
         space.ack_eliciting_pending += 1
+        space.ack_repeats = 0
         if epoch != Epoch.ONE_RTT or space.ack_eliciting_pending >= 2:
             space.ack_immediately = True
         elif space.ack_deadline is None:

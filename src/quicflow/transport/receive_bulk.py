@@ -66,6 +66,7 @@ def receive_short_run(
         return
     counters = conn.counters
     counters.datagrams_received += len(packets)
+    max_ack_delay = conn.configuration.max_ack_delay
     if not conn.one_rtt_ready:
         counters.packets_dropped += len(packets)
         counters.dropped_no_keys += len(packets)
@@ -131,6 +132,8 @@ def receive_short_run(
                     space.ack_immediately = True
                 received.add(pn, end_pn)
                 if end_pn - 1 > largest:
+                    if now - space.largest_received_time > max_ack_delay:
+                        space.ack_immediately = True  # after a silence: PTO probes
                     space.largest_received = end_pn - 1
                     space.largest_received_time = now
                 continue
@@ -161,6 +164,8 @@ def receive_short_run(
                 space.ack_immediately = True
             received.add(pn, pn + 1)
             if pn > space.largest_received:
+                if now - space.largest_received_time > max_ack_delay:
+                    space.ack_immediately = True  # after a silence: PTO probes
                 space.largest_received = pn
                 space.largest_received_time = now
             if is_eliciting:
@@ -193,6 +198,7 @@ def receive_short_run(
     space.ack_pending = True
     if eliciting:
         space.ack_eliciting_pending += eliciting
+        space.ack_repeats = 0
         if space.ack_eliciting_pending >= 2:
             space.ack_immediately = True
         elif space.ack_deadline is None:

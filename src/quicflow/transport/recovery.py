@@ -19,6 +19,9 @@ from .rtt import GRANULARITY, RttEstimator
 PACKET_THRESHOLD = 3
 #: RFC 9002 §7.6.1: kPersistentCongestionThreshold.
 PERSISTENT_CONGESTION_THRESHOLD = 3
+#: The PTO period stops doubling once it reaches this many seconds (or the PTO without
+#: backoff, if that is longer); see :attr:`LossDetection.max_pto_period`.
+MAX_PTO_PERIOD = 1.0
 #: Frame type of ACK, reported with the PROTOCOL_VIOLATION of a bad ACK.
 _ACK_FRAME_TYPE = 0x02
 
@@ -143,6 +146,17 @@ class LossDetection:
       anti-deadlock probe uses).
     - ``amplification_limited``: a server that may not send more before address
       validation (3× limit); no PTO is armed while it is true.
+    - ``max_pto_period``: the backoff cap in seconds (0 = none). RFC 9002 §6.2.1 doubles
+      the PTO period at every expiry, without limit; here it doubles only until it
+      reaches ``max_pto_period`` (1 s by default), or stays at the PTO without backoff
+      if that is longer already. Why (README, "Loss recovery"): unbounded doubling turns a few
+      consecutive losses into silences of many seconds (at 30 % loss each way, six
+      failed probe rounds from a 1 s handshake PTO are a 63 s wait) and can outgrow the
+      peer's idle timeout, which kills a connection that is alive. The probing a capped
+      timer allows — at most two datagrams per max(PTO, 1 s) — stays below the rate of a
+      connection at the minimum congestion window (two datagrams per RTT, RFC 9002
+      §7.2), which every connection may send at even in persistent congestion; the
+      congestion response itself (persistent congestion, minimum window) is unchanged.
     """
 
     is_server: bool = False
@@ -156,6 +170,7 @@ class LossDetection:
     spaces: list[SpaceState] = field(default_factory=_new_spaces)
     pto_count: int = 0
     first_rtt_sample_time: float | None = None
+    max_pto_period: float = MAX_PTO_PERIOD
     #: When the RFC's SetLossDetectionTimer last ran (base of the anti-deadlock PTO).
     timer_anchor: float | None = None
     # Counters.
@@ -194,6 +209,19 @@ class LossDetection:
         return self.is_server or self.peer_completed_address_validation or (
             self.handshake_confirmed
         )
+
+    def pto_period(self, include_ack_delay: bool) -> float:
+        """The current PTO period: the PTO of RFC 9002 §6.2.1 (with the peer's
+        max_ack_delay for the application space) times 2^pto_count, but no longer than
+        ``max_pto_period`` once the backoff has begun — or than the PTO without backoff
+        when that alone is longer."""
+        base = self.rtt.pto_duration(self.max_ack_delay, include_ack_delay)
+        count = self.pto_count
+        period = base * (1 << count) if count < 62 else base * float(2**62)
+        cap = self.max_pto_period
+        if cap > 0 and period > base:
+            period = max(base, min(period, cap))
+        return period
 
     # -- events --------------------------------------------------------------
 
@@ -255,7 +283,7 @@ class LossDetection:
                         self.first_rtt_sample_time = now
                     self.rtt.update(
                         now - largest_pkt.time_sent,
-                        0.0 if space == PnSpace.INITIAL else ack_delay,
+                        ack_delay,  # also in Initial: a resent ACK reports its delay
                         self.handshake_confirmed,
                         self.max_ack_delay,
                     )
@@ -553,9 +581,9 @@ class LossDetection:
         return False
 
     def _pto_time_and_space(self) -> tuple[float | None, PnSpace | None]:
-        """GetPtoTimeAndSpace (RFC 9002 A.8) plus the no-timer case."""
-        backoff = 1 << self.pto_count if self.pto_count < 62 else float(2**62)
-        duration = self.rtt.pto_duration(0.0, False) * backoff
+        """GetPtoTimeAndSpace (RFC 9002 A.8) plus the no-timer case; the backoff is
+        capped by ``max_pto_period`` (see the class docstring)."""
+        duration = self.pto_period(False)
         if self.ack_eliciting_in_flight == 0:
             if self.peer_validated() or self.timer_anchor is None:
                 return None, None
@@ -571,7 +599,7 @@ class LossDetection:
             if space == PnSpace.APPLICATION:
                 if not self.handshake_confirmed:
                     break
-                d += self.max_ack_delay * backoff
+                d = self.pto_period(True)
             t = sp.last_ack_eliciting_time + d
             if best is None or t < best:
                 best = t

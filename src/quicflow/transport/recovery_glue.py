@@ -211,6 +211,15 @@ def on_loss_timeout(conn: Connection, now: float) -> None:
         conn.probes_pending[index] = 2
         if probe_epoch != Epoch.ONE_RTT:
             requeue_epoch(conn, probe_epoch)
+            if (probe_epoch == Epoch.INITIAL
+                    and conn.loss.spaces[1].ack_eliciting_in_flight
+                    and conn.send_protectors[Epoch.HANDSHAKE] is not None):
+                # RFC 9002 §6.2.4: also probe the other spaces with data in flight (the
+                # Handshake data coalesces with the Initial probe); otherwise a server
+                # whose whole first flight was lost resends its certificate only at
+                # the Handshake PTO, one backoff later
+                conn.probes_pending[1] = max(conn.probes_pending[1], 1)
+                requeue_epoch(conn, Epoch.HANDSHAKE)
         else:
             # RFC 9002 §6.2.4: probes SHOULD carry data. Without new data a probe would
             # be a bare PING, which a peer may never acknowledge (one that waits for our

@@ -39,6 +39,13 @@ class RttEstimator:
         if not self.has_sample:
             self.has_sample = True
             self.min_rtt = latest_rtt
+            if not handshake_confirmed and max_ack_delay < ack_delay <= latest_rtt + GRANULARITY:
+                # RFC 9002 takes the first sample whole. During the handshake a delay
+                # above max_ack_delay is one the peer reports for packets it held without
+                # keys (RFC 9000 §13.2.5) or for an ACK it resent after the first was
+                # lost; taken whole, it makes the RTT — and every PTO after it — seconds
+                # long (at 30 % loss: 1-2 s PTOs for the whole transfer).
+                latest_rtt = max(latest_rtt - ack_delay, GRANULARITY)
             self.smoothed_rtt = latest_rtt
             self.rttvar = latest_rtt / 2
             return

@@ -51,6 +51,7 @@ _SPACE = {Epoch.INITIAL: 0, Epoch.ZERO_RTT: 2, Epoch.HANDSHAKE: 1, Epoch.ONE_RTT
 _LONG_TYPE = {Epoch.INITIAL: INITIAL, Epoch.ZERO_RTT: ZERO_RTT, Epoch.HANDSHAKE: HANDSHAKE}
 #: epochs whose packets carry application data (congestion-controlled and paced)
 _APP = (Epoch.ZERO_RTT, Epoch.ONE_RTT)
+_HANDSHAKE_EPOCHS = (Epoch.INITIAL, Epoch.HANDSHAKE)
 
 
 def datagrams_to_send(conn: Connection, now: float) -> list[bytes]:
@@ -276,7 +277,9 @@ def _fill_payload(
     epoch, a reordering or the ACK delay asks for it); otherwise it only rides along
     with other frames, so two peers never acknowledge each other's ACKs forever.
     """
-    ack_due = (
+    repeat_due = (epoch == Epoch.ONE_RTT and space.ack_repeat_at is not None
+                  and now >= space.ack_repeat_at)
+    ack_due = repeat_due or (
         space.ack_pending
         and space.ack_eliciting_pending > 0
         and (
@@ -297,16 +300,30 @@ def _fill_payload(
     if not cc_ok and not ack_due:
         return False
     ack_end = 0
-    if space.ack_pending and (ack_due or cc_ok) and epoch != Epoch.ZERO_RTT:
+    if epoch != Epoch.ZERO_RTT and (space.ack_pending or repeat_due
+            or ((epoch in _HANDSHAKE_EPOCHS or probe) and space.received)) and (
+                ack_due or cc_ok):
+        # Initial and Handshake packets and probes always carry an ACK of what arrived
+        # (dropped below if nothing else goes in): a lost ACK would otherwise leave the
+        # peer without an RTT sample for the whole handshake (its PTOs stay at 1 s);
+        # a client's 0-RTT packets never carry one (RFC 9000 §12.4)
         _encode_ack(conn, space, payload, now, epoch)
         ack_end = len(payload)
     if not cc_ok:
         _ack_sent(space)
+        if epoch == Epoch.ONE_RTT:
+            _schedule_ack_repeat(conn, space, False, now)
         return False
     start_len = ack_end
     limit = capacity
     # CRYPTO
     crypto = space.crypto_send
+    if probe and epoch in _HANDSHAKE_EPOCHS and not crypto.has_data_to_send():
+        # the second probe datagram of a PTO carries the unacknowledged handshake data
+        # too, not just a PING (RFC 9002 §6.2.4: probes SHOULD carry data)
+        if crypto.next_offset > crypto.acked_offset:
+            crypto.on_lost(crypto.acked_offset, crypto.next_offset - crypto.acked_offset,
+                           False)
     while crypto.has_data_to_send() and epoch != Epoch.ZERO_RTT:
         room = limit - len(payload) - 1 - 8 - 4
         if room <= 0:
@@ -336,7 +353,27 @@ def _fill_payload(
         return False
     if ack_end:
         _ack_sent(space)
+        if epoch == Epoch.ONE_RTT:
+            _schedule_ack_repeat(conn, space, eliciting, now)
     return eliciting
+
+
+#: An ACK-only packet is sent again up to this many times, one PTO and then two PTOs
+#: later (at most 1 s apart), while nothing new arrives. ACK frames are otherwise never
+#: resent: when the one ACK of a peer's PTO probe is lost, the peer backs off again,
+#: and a peer that sends one probe per PTO and doubles without a cap (aioquic) was
+#: silent for 30 s and more at 30 % loss each way (our client's idle timeout ended
+#: such transfers). A repeated ACK is not ack-eliciting, so it never draws an answer.
+ACK_REPEATS = 2
+
+
+def _schedule_ack_repeat(conn: Connection, space: PacketSpace, eliciting: bool,
+                         now: float) -> None:
+    if eliciting or space.ack_repeats >= ACK_REPEATS:
+        space.ack_repeat_at = None  # an ack-eliciting packet is resent by our own PTO
+        return
+    space.ack_repeat_at = now + min(conn.pto() * (1 << space.ack_repeats), 1.0)
+    space.ack_repeats += 1
 
 
 def _fill_control(

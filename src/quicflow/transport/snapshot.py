@@ -92,7 +92,7 @@ CONFIG_SECRET_FIELDS = frozenset(
 TIME_FIELDS: dict[type[Any], tuple[str, ...]] = {
     Connection: ("now_created", "idle_deadline", "close_deadline", "pacer_deadline",
                  "_now_hint", "key_update_allowed_at", "close_started", "close_resend_at"),
-    PacketSpace: ("largest_received_time", "ack_deadline"),
+    PacketSpace: ("largest_received_time", "ack_deadline", "ack_repeat_at"),
     PathProbe: ("started", "next_send", "deadline"),
     FlowControl: ("last_update_time",),
     RecvStream: ("last_update_time",),

@@ -73,6 +73,10 @@ class PacketSpace:
     ack_immediately: bool = False
     ack_deadline: float | None = None
     ack_pending: bool = False  # a received packet not yet acknowledged
+    #: 1-RTT: when to send the last ACK-only packet again (and how many times it was),
+    #: see send.ACK_REPEATS
+    ack_repeat_at: float | None = None
+    ack_repeats: int = 0
     ecn_counts: list[int] = field(default_factory=lambda: [0, 0, 0])  # what we received
     ecn_peer_counts: list[int] = field(default_factory=lambda: [0, 0, 0])  # peer's ACK_ECN
     crypto_send: SendStream = field(default_factory=_crypto_send)
