@@ -178,6 +178,34 @@ def test_bad_arguments_exit_2() -> None:
     assert "invalid size" in r.stderr
 
 
+def test_unwritable_keylog_is_refused(tmp_path: Path) -> None:
+    """The TLS layer ignores key-log write errors, so an unwritable --keylog used to be
+    silently ignored; the command refuses it up front."""
+    r = _client("--host", "127.0.0.1", "--insecure", "--keylog", str(tmp_path / "no" / "k"))
+    assert r.returncode == 2
+    assert "--keylog: cannot append to" in r.stderr and "No such file" in r.stderr
+
+
+def test_file_and_resolver_errors_are_not_network_errors(
+    perf_server: ServerProcess, tmp_path: Path
+) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    r = subprocess.run(
+        [QUICFLOW, "perf", "client", "--host", "127.0.0.1", "--port", str(perf_server.port),
+         "--insecure", "--download", "1K", "-q"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        env={**os.environ, "QLOGDIR": str(not_a_dir)},
+    )  # fmt: skip
+    assert r.returncode == 1
+    line = _one_error_line(r.stderr)
+    assert line == f"quicflow: {not_a_dir}: cannot create the qlog directory (File exists)"
+    r = _client("--host", "name.invalid", "--port", "4433", "--insecure", "-q")
+    assert r.returncode == 1
+    line = _one_error_line(r.stderr)
+    assert line.startswith("quicflow: cannot resolve 'name.invalid': "), line
+
+
 def test_demo_json() -> None:
     r = subprocess.run(
         [QUICFLOW, "demo", "--size", "5M", "--json"],

@@ -52,7 +52,10 @@ async def _resolve(host: str, port: int) -> tuple[int, tuple[str, int]]:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         return family, (host, port)
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except socket.gaierror as e:
+        raise socket.gaierror(e.errno, f"cannot resolve {host!r}: {e.strerror}") from None
     if not infos:
         raise OSError(f"cannot resolve {host!r}")
     family, _, _, _, sockaddr = infos[0]
