@@ -363,3 +363,27 @@ def test_server_json_has_batching_counters() -> None:
     # (packets of at most 1452 bytes: the default ceiling of path MTU discovery)
     assert result["endpoint"]["engine_packets_sealed"] * 1452 > 4 * MIB
     assert result["segments_per_gso_call"] > 4
+
+
+def test_server_on_a_port_in_use_fails() -> None:
+    """A listener binds with SO_REUSEPORT (per-connection sockets need it), so a second
+    server of the same user on a busy port used to start and silently share the port
+    (the kernel splitting clients between the two); it now exits 1 saying so."""
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    taken.bind(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    try:
+        for extra in ([], ["--workers", "2"]):
+            r = subprocess.run(
+                [QUICFLOW, "perf", "server", "--host", "127.0.0.1", "--port", str(port),
+                 *extra],
+                capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+            assert r.returncode == 1, r.stderr
+            assert r.stderr.splitlines()[-1] == (
+                f"quicflow: network error: 127.0.0.1 port {port} is already in use"
+                " (another server listens there)"
+            )
+    finally:
+        taken.close()

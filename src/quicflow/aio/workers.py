@@ -28,6 +28,7 @@ from ..crypto.native import best_engine
 from ..datapath.connected import SocketPolicy, add_counters
 from ..datapath.handoff import CidRoute, HandoffInboxes, SteeringTransport
 from ..datapath.reuseport import ReuseportGroup
+from ..datapath.socket import ensure_port_free
 from ..datapath.workers import WorkerContext, WorkerSupervisor, merge_counters
 from ..endpoint.cids import CidGenerator
 from ..endpoint.endpoint import Endpoint
@@ -320,6 +321,7 @@ async def serve_workers(
     config = replace(config, ticket_key=config.ticket_key or os.urandom(32),
                      token_key=config.token_key or os.urandom(32),
                      reset_key=config.reset_key or os.urandom(32))
+    ensure_port_free(host, port)  # not silently sharing another server's port
     group = ReuseportGroup.bind(host, port, workers)
     inboxes: HandoffInboxes | None = None
     try:

@@ -198,7 +198,7 @@ def _describe_error(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.filename is not None:
         return f"{exc.filename}: {exc.strerror}"  # a file, not the network
     if isinstance(exc, OSError):
-        return f"network error: {exc}"
+        return f"network error: {exc.strerror or exc}"
     return f"{type(exc).__name__}: {exc}"
 
 
