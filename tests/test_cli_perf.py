@@ -387,3 +387,23 @@ def test_server_on_a_port_in_use_fails() -> None:
             )
     finally:
         taken.close()
+
+
+def test_handoff_path_errors_say_what_failed(tmp_path: Path) -> None:
+    def server(*args: str) -> str:
+        r = subprocess.run(
+            [QUICFLOW, "perf", "server", "--host", "127.0.0.1", "--port", "0", *args],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert r.returncode == 1, r.stderr
+        return r.stderr.splitlines()[-1]
+
+    nothing = tmp_path / "none.sock"
+    assert server("--takeover", str(nothing)) == (
+        f"quicflow: takeover failed: no server offers a handoff at {nothing}"
+        " (No such file or directory)"
+    )
+    missing_dir = tmp_path / "no" / "h.sock"
+    assert server("--handoff", str(missing_dir)) == (
+        f"quicflow: {missing_dir}: cannot offer a handoff there (No such file or directory)"
+    )

@@ -183,6 +183,10 @@ class HandoffListener:
         old_umask = os.umask(0o177)
         try:
             sock.bind(path)
+        except OSError as e:
+            sock.close()
+            raise OSError(e.errno, f"cannot offer a handoff there ({e.strerror})",
+                          path) from None
         except BaseException:
             sock.close()
             raise
@@ -271,6 +275,9 @@ def take_over(path: str, timeout: float = 60.0) -> Received:
             received_sockets += [_adopt_fd(fd) for fd in more]
     except (OSError, ValueError, KeyError) as exc:
         channel.close()
+        if isinstance(exc, FileNotFoundError | ConnectionRefusedError):
+            raise HandoffError(
+                f"no server offers a handoff at {path} ({exc.strerror})") from exc
         raise HandoffError(f"taking over from {path} failed: {exc}") from exc
     except BaseException:
         channel.close()
