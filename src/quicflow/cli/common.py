@@ -236,7 +236,11 @@ def add_listen_options(p: argparse.ArgumentParser) -> None:
         "--port", type=_port_arg, default=4433,
         help="UDP port, 0 for any free one (default: %(default)s)",
     )  # fmt: skip
-    p.add_argument("--cert", metavar="FILE", help="PEM certificate chain, leaf first")
+    p.add_argument(
+        "--cert", metavar="FILE",
+        help="PEM certificate chain, leaf first (default: a fresh self-signed "
+        "certificate; stderr names its file, for the clients' --cafile)",
+    )  # fmt: skip
     p.add_argument(
         "--key", metavar="FILE", help="PEM private key (default: read it from --cert)"
     )

@@ -381,7 +381,8 @@ def register(sub: Any) -> None:
     get.add_argument("url", metavar="URL", help="https://HOST[:PORT]/PATH (port 443 "
                      "by default)")
     get.add_argument("-o", "--output", metavar="FILE",
-                     help="write the body to FILE ('-': stdout)")
+                     help="write the body to FILE ('-': stdout) (default: stdout, or "
+                     "nowhere with --json)")
     trust = get.add_mutually_exclusive_group()
     trust.add_argument("--cafile", metavar="FILE",
                        help="PEM file of the CA(s) that may sign the server's "

@@ -520,7 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--takeover", metavar="PATH",
         help="start by taking over the socket and connections of the server offering a "
         "handoff at PATH (no new handshakes; --host/--port are then unused), then offer "
-        "the same at PATH for the next successor",
+        "the same at PATH for the next successor. Give it the predecessor's --cert/--key "
+        "and CID options (--host-id, --quic-lb-*): without --cert, new clients get a new "
+        "self-signed certificate",
     )  # fmt: skip
     add_server_options(server)
     server.add_argument(
@@ -583,14 +585,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_client_tls_options(client)
     client.add_argument(
         "--cert", metavar="FILE",
-        help="PEM client certificate chain, leaf first, presented when the server asks",
+        help="PEM client certificate chain, leaf first, presented when the server asks "
+        "(--client-ca on the server) (default: none)",
     )  # fmt: skip
+    client.add_argument(
+        "--key", metavar="FILE", help="PEM private key of --cert (default: read it from --cert)"
+    )
     resumption = client.add_mutually_exclusive_group()
     resumption.add_argument(
         "--resume", action="store_true",
         help="connect twice: the first connection only fetches a session ticket, the "
-        "second resumes the session and is measured (--json adds resumed and "
-        "early_data_accepted); with one connection",
+        "second resumes the session and is measured (--json adds resumed, "
+        "early_data_accepted and zero_rtt_packets_sent); not with --connections",
     )  # fmt: skip
     resumption.add_argument(
         "--0rtt", dest="zero_rtt", action="store_true",
@@ -598,16 +604,13 @@ def build_parser() -> argparse.ArgumentParser:
         "0-RTT data in its first flight (resent in 1-RTT if the server rejects it)",
     )  # fmt: skip
     client.add_argument(
-        "--key", metavar="FILE", help="PEM private key of --cert (default: read it from --cert)"
-    )
-    client.add_argument(
         "--server-name", metavar="NAME",
         help="name to check the certificate against and send as SNI (default: --host)",
     )  # fmt: skip
     add_timeout_option(client)
     client.add_argument(
         "--verify", action="store_true",
-        help="check that the response bytes are the server's pattern",
+        help="check that the response bytes are the server's pattern (exit 1 if not)",
     )  # fmt: skip
     client.add_argument(
         "--json", action="store_true",
