@@ -407,3 +407,24 @@ def test_handoff_path_errors_say_what_failed(tmp_path: Path) -> None:
     assert server("--handoff", str(missing_dir)) == (
         f"quicflow: {missing_dir}: cannot offer a handoff there (No such file or directory)"
     )
+
+
+def test_migrate_address_arguments() -> None:
+    """`perf migrate --to` without a port used to fail after connecting with "moving
+    failed: invalid literal for int()"; it is a bad argument (exit 2)."""
+    r = subprocess.run(
+        [QUICFLOW, "perf", "migrate", "--handoff", "/nonexistent.sock", "--to", "127.0.0.1",
+         "--cert", "c", "--key", "k", "--ca", "a"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert "argument --to: expected HOST:PORT" in r.stderr
+    r = subprocess.run(
+        [QUICFLOW, "perf", "migrate", "--handoff", "/nonexistent.sock", "--to",
+         "127.0.0.1:7444", "--cert", "c", "--key", "k", "--ca", "a"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert r.returncode == 1
+    assert _one_error_line(r.stderr) == (
+        "quicflow: no server offers a handoff at /nonexistent.sock (No such file or directory)"
+    )

@@ -298,6 +298,9 @@ def request_move(path: str, request: dict[str, Any], timeout: float = 600.0) -> 
         _send_frame(channel, json.dumps(request).encode())
         answer: dict[str, Any] = json.loads(_recv_frame(channel, MAX_HEADER))
     except (OSError, ValueError) as exc:
+        if isinstance(exc, FileNotFoundError | ConnectionRefusedError):
+            raise HandoffError(
+                f"no server offers a handoff at {path} ({exc.strerror})") from exc
         raise HandoffError(f"move request to {path} failed: {exc}") from exc
     finally:
         channel.close()
