@@ -83,6 +83,8 @@ def _human(n: float) -> str:
 async def _serve(args: argparse.Namespace) -> int:
     from ..apps.asgi import AppLoadError, load_app, serve_asgi
 
+    if ":" not in args.app:
+        return _fail(f"expected MODULE:APP, got {args.app!r}", 2)
     try:
         app = load_app(args.app)
     except AppLoadError as exc:
