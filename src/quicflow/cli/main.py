@@ -84,6 +84,8 @@ def summary_line(result: PerfResult) -> str:
         + ("" if result.resumed is None else
            f"; resumed {'yes' if result.resumed else 'no'},"
            f" 0-RTT {'accepted' if result.early_data_accepted else 'not accepted'}")
+        + (f"; moved to a new path {moved} time(s)"
+           if (moved := result.counters.get("migrations", 0)) else "")
     )
 
 
@@ -105,7 +107,9 @@ async def _serve_perf(args: argparse.Namespace, config: Configuration) -> int:
         handed = server.handoff(handoff_path) if handoff_path else None
         receiver = await start_receiver(args, server)
     workers = f", {args.workers} worker(s)" if args.workers is not None else ""
-    print(f"listening on {_format_address(server.address)} (ALPN perf{workers})",
+    preferred = "".join(f", preferred address {_format_address(a)}"
+                        for a in args.preferred_address)
+    print(f"listening on {_format_address(server.address)} (ALPN perf{workers}{preferred})",
           file=sys.stderr, flush=True)
     try:
         waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
@@ -617,7 +621,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="print one JSON object on stdout (bytes_received, bytes_sent, seconds, "
         "goodput_bytes_per_s, connections, streams, handshake_seconds, datagram and "
         "syscall counters, packets_lost, syscalls_per_datagram, packets_per_engine_call, "
-        "segments_per_gso_call, connection_goodputs, fairness) instead of a summary line",
+        "segments_per_gso_call, migrations (e.g. to the server's preferred address), "
+        "connection_goodputs, fairness) instead of a summary line",
     )  # fmt: skip
     add_quiet_option(client)
     client.add_argument(
