@@ -6,8 +6,10 @@ split fail here instead of confusing a reader."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -62,3 +64,30 @@ def test_file_paths_exist(doc: str) -> None:
         if not (ROOT / p).exists() and not (ROOT / "src/quicflow" / p).exists()
     )  # fmt: skip
     assert not missing, f"{doc} names files that do not exist: {missing}"
+
+
+def _subparsers(parser: argparse.ArgumentParser, path: str = "quicflow"
+                ) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _subparsers(sub, f"{path} {name}")
+
+
+def test_every_command_line_option_has_help_and_is_in_the_readme() -> None:
+    from quicflow.cli.main import build_parser
+
+    readme = (ROOT / "README.md").read_text()
+    problems = []
+    for command, parser in _subparsers(build_parser()):
+        for action in parser._actions:
+            longs = [o for o in action.option_strings if o.startswith("--")]
+            if not longs or longs == ["--help"]:
+                continue
+            if not action.help or action.help == argparse.SUPPRESS:
+                problems.append(f"{command} {longs[0]}: no help text")
+            if not any(re.search(r"(?<![\w-])" + re.escape(o) + r"(?![\w-])", readme)
+                       for o in action.option_strings):
+                problems.append(f"{command} {longs[0]}: not in README.md")
+    assert not problems, problems
