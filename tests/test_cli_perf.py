@@ -428,3 +428,24 @@ def test_migrate_address_arguments() -> None:
     assert _one_error_line(r.stderr) == (
         "quicflow: no server offers a handoff at /nonexistent.sock (No such file or directory)"
     )
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--no-steering"], "--no-steering needs --workers"),
+    (["--migrate-cert", "x.pem"],
+     "--migrate-cert, --migrate-key and --migrate-ca need --migrate-listen"),
+    (["--migrate-listen", "127.0.0.1:0"],
+     "--migrate-listen needs --migrate-cert, --migrate-key and --migrate-ca"),
+    (["--token-key-file", "/nonexistent/key"], "--token-key-file /nonexistent/key: no such file"),
+])  # fmt: skip
+def test_server_options_that_would_do_nothing_are_refused(
+    args: list[str], message: str
+) -> None:
+    """These were ignored (server started anyway) or failed only after the server
+    started, i.e. after a --takeover had already taken the connections over."""
+    r = subprocess.run(
+        [QUICFLOW, "perf", "server", "--host", "127.0.0.1", "--port", "0", *args],
+        capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert _one_error_line(r.stderr) == f"quicflow: {message}"

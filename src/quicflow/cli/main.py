@@ -194,6 +194,24 @@ def cmd_perf_server(args: argparse.Namespace) -> int:
                      "yet", 2)
     if args.key and not args.cert:
         return _fail("--key needs --cert", 2)
+    if args.no_steering and args.workers is None:
+        return _fail("--no-steering needs --workers", 2)
+    # checked before anything starts: a successor (--takeover) that failed on them
+    # later would have taken the connections over already
+    migrate_files = (args.migrate_cert, args.migrate_key, args.migrate_ca)
+    if args.migrate_listen and not all(migrate_files):
+        return _fail("--migrate-listen needs --migrate-cert, --migrate-key and --migrate-ca",
+                     2)
+    if any(migrate_files) and not args.migrate_listen:
+        return _fail("--migrate-cert, --migrate-key and --migrate-ca need --migrate-listen",
+                     2)
+    for option, path in (("--token-key-file", args.token_key_file),
+                         ("--ticket-key-file", args.ticket_key_file),
+                         ("--migrate-cert", args.migrate_cert),
+                         ("--migrate-key", args.migrate_key),
+                         ("--migrate-ca", args.migrate_ca)):
+        if path and not os.path.isfile(path):
+            return _fail(f"{option} {path}: no such file", 2)
     try:
         with server_certificate(args, "quicflow-perf-") as (chain, key):
             config = server_configuration(
