@@ -178,6 +178,34 @@ def test_bad_arguments_exit_2() -> None:
     assert "invalid size" in r.stderr
 
 
+def test_unwritable_keylog_is_refused(tmp_path: Path) -> None:
+    """The TLS layer ignores key-log write errors, so an unwritable --keylog used to be
+    silently ignored; the command refuses it up front."""
+    r = _client("--host", "127.0.0.1", "--insecure", "--keylog", str(tmp_path / "no" / "k"))
+    assert r.returncode == 2
+    assert "--keylog: cannot append to" in r.stderr and "No such file" in r.stderr
+
+
+def test_file_and_resolver_errors_are_not_network_errors(
+    perf_server: ServerProcess, tmp_path: Path
+) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    r = subprocess.run(
+        [QUICFLOW, "perf", "client", "--host", "127.0.0.1", "--port", str(perf_server.port),
+         "--insecure", "--download", "1K", "-q"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        env={**os.environ, "QLOGDIR": str(not_a_dir)},
+    )  # fmt: skip
+    assert r.returncode == 1
+    line = _one_error_line(r.stderr)
+    assert line == f"quicflow: {not_a_dir}: cannot create the qlog directory (File exists)"
+    r = _client("--host", "name.invalid", "--port", "4433", "--insecure", "-q")
+    assert r.returncode == 1
+    line = _one_error_line(r.stderr)
+    assert line.startswith("quicflow: cannot resolve 'name.invalid': "), line
+
+
 def test_demo_json() -> None:
     r = subprocess.run(
         [QUICFLOW, "demo", "--size", "5M", "--json"],
@@ -335,3 +363,89 @@ def test_server_json_has_batching_counters() -> None:
     # (packets of at most 1452 bytes: the default ceiling of path MTU discovery)
     assert result["endpoint"]["engine_packets_sealed"] * 1452 > 4 * MIB
     assert result["segments_per_gso_call"] > 4
+
+
+def test_server_on_a_port_in_use_fails() -> None:
+    """A listener binds with SO_REUSEPORT (per-connection sockets need it), so a second
+    server of the same user on a busy port used to start and silently share the port
+    (the kernel splitting clients between the two); it now exits 1 saying so."""
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    taken.bind(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    try:
+        for extra in ([], ["--workers", "2"]):
+            r = subprocess.run(
+                [QUICFLOW, "perf", "server", "--host", "127.0.0.1", "--port", str(port),
+                 *extra],
+                capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+            assert r.returncode == 1, r.stderr
+            assert r.stderr.splitlines()[-1] == (
+                f"quicflow: network error: 127.0.0.1 port {port} is already in use"
+                " (another server listens there)"
+            )
+    finally:
+        taken.close()
+
+
+def test_handoff_path_errors_say_what_failed(tmp_path: Path) -> None:
+    def server(*args: str) -> str:
+        r = subprocess.run(
+            [QUICFLOW, "perf", "server", "--host", "127.0.0.1", "--port", "0", *args],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert r.returncode == 1, r.stderr
+        return r.stderr.splitlines()[-1]
+
+    nothing = tmp_path / "none.sock"
+    assert server("--takeover", str(nothing)) == (
+        f"quicflow: takeover failed: no server offers a handoff at {nothing}"
+        " (No such file or directory)"
+    )
+    missing_dir = tmp_path / "no" / "h.sock"
+    assert server("--handoff", str(missing_dir)) == (
+        f"quicflow: {missing_dir}: cannot offer a handoff there (No such file or directory)"
+    )
+
+
+def test_migrate_address_arguments() -> None:
+    """`perf migrate --to` without a port used to fail after connecting with "moving
+    failed: invalid literal for int()"; it is a bad argument (exit 2)."""
+    r = subprocess.run(
+        [QUICFLOW, "perf", "migrate", "--handoff", "/nonexistent.sock", "--to", "127.0.0.1",
+         "--cert", "c", "--key", "k", "--ca", "a"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert "argument --to: expected HOST:PORT" in r.stderr
+    r = subprocess.run(
+        [QUICFLOW, "perf", "migrate", "--handoff", "/nonexistent.sock", "--to",
+         "127.0.0.1:7444", "--cert", "c", "--key", "k", "--ca", "a"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert r.returncode == 1
+    assert _one_error_line(r.stderr) == (
+        "quicflow: no server offers a handoff at /nonexistent.sock (No such file or directory)"
+    )
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--no-steering"], "--no-steering needs --workers"),
+    (["--migrate-cert", "x.pem"],
+     "--migrate-cert, --migrate-key and --migrate-ca need --migrate-listen"),
+    (["--migrate-listen", "127.0.0.1:0"],
+     "--migrate-listen needs --migrate-cert, --migrate-key and --migrate-ca"),
+    (["--token-key-file", "/nonexistent/key"], "--token-key-file /nonexistent/key: no such file"),
+])  # fmt: skip
+def test_server_options_that_would_do_nothing_are_refused(
+    args: list[str], message: str
+) -> None:
+    """These were ignored (server started anyway) or failed only after the server
+    started, i.e. after a --takeover had already taken the connections over."""
+    r = subprocess.run(
+        [QUICFLOW, "perf", "server", "--host", "127.0.0.1", "--port", "0", *args],
+        capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert _one_error_line(r.stderr) == f"quicflow: {message}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import socket
 from pathlib import Path
 
@@ -345,6 +346,7 @@ def test_perf_server_preferred_address_option(tmp_path: Path) -> None:
         for line in proc.stderr:
             if line.startswith("listening on "):
                 port = int(line.split()[2].rsplit(":", 1)[1])
+                assert f"preferred address 127.0.0.1:{pref}" in line, line
                 break
         assert port is not None, "perf server did not start"
 
@@ -366,10 +368,19 @@ def test_perf_server_preferred_address_option(tmp_path: Path) -> None:
             [sys.executable, "-m", "quicflow", "perf", "client", "--host", "127.0.0.1",
              "--port", str(port), "--cafile", cert, "--server-name", "localhost",
              "--download", "1M", "--verify", "--quiet", "--no-preferred-address",
-             "--timeout", "10"],
+             "--timeout", "10", "--json"],
             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         assert stay.returncode == 0, stay.stderr
+        assert json.loads(stay.stdout)["migrations"] == 0
+        move = subprocess.run(
+            [sys.executable, "-m", "quicflow", "perf", "client", "--host", "127.0.0.1",
+             "--port", str(port), "--cafile", cert, "--server-name", "localhost",
+             "--download", "1M", "--verify", "--quiet", "--timeout", "10"],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert move.returncode == 0, move.stderr
+        assert move.stdout.rstrip().endswith("; moved to a new path 1 time(s)"), move.stdout
         bad = subprocess.run(
             [sys.executable, "-m", "quicflow", "perf", "server", "--preferred-address",
              "localhost:80"], capture_output=True, text=True, timeout=60,

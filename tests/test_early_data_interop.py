@@ -301,6 +301,10 @@ def test_perf_client_resume_json(mode: str) -> None:
     assert result["verified"] is True
     # a server with --early-data reject issues tickets without 0-RTT: none is sent
     assert (result["zero_rtt_packets_sent"] > 0) == (mode == "--0rtt")
+    # the measured connection's datagram counters, as a plain run reports them
+    assert result["backend"] in ("gso", "basic")
+    assert result["datagrams_received"] > 0 and result["packets_received"] > 0
+    assert result["packets_per_engine_call"] > 0
 
 
 def test_workers_share_one_ticket_key() -> None:

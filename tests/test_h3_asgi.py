@@ -177,6 +177,28 @@ def test_quicflow_serve_bad_app_is_exit_1_and_bad_args_exit_2(pem: tuple[str, st
     done = quicflow_cmd("serve", "tests.support.starlette_app:app", "--cert", cert,
                         "--key", key, "--workers", "0")
     assert done.returncode == 2
+    done = quicflow_cmd("serve", "tests.support.starlette_app", "--cert", cert, "--key", key)
+    assert done.returncode == 2  # not MODULE:APP
+
+
+def test_quicflow_serve_that_cannot_start_shuts_the_app_down(
+    pem: tuple[str, str], tmp_path: Path
+) -> None:
+    """The lifespan startup runs before the server exists; when the server then cannot
+    start (here: a takeover with nobody to take over from), the lifespan is shut down
+    (it used to be left pending: a 'Future exception was never retrieved' traceback)."""
+    cert, key = pem
+    nobody = tmp_path / "nobody.sock"
+    done = quicflow_cmd("serve", "tests.support.starlette_app:app", "--cert", cert,
+                        "--key", key, "--takeover", str(nobody))
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    assert "Traceback" not in err and "never retrieved" not in err, err
+    assert err.splitlines() == [
+        "lifespan startup", "lifespan shutdown",
+        f"quicflow: cannot take over at {nobody}: no server offers a handoff at {nobody}"
+        " (No such file or directory)",
+    ]
 
 
 # ---------------------------------------------------------------- the adapter in-process

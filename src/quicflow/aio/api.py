@@ -15,7 +15,7 @@ from typing import Any, overload
 from ..crypto.native import best_engine
 from ..crypto.offload import OffloadEngine
 from ..datapath.connected import DEFAULT_CONNECTION_SOCKETS, SocketPolicy
-from ..datapath.socket import UdpTransport
+from ..datapath.socket import UdpTransport, ensure_port_free
 from ..endpoint.cids import ConnectionIdSource
 from ..endpoint.endpoint import Endpoint
 from ..migration.handoff import take_over
@@ -52,7 +52,10 @@ async def _resolve(host: str, port: int) -> tuple[int, tuple[str, int]]:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         return family, (host, port)
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except socket.gaierror as e:
+        raise socket.gaierror(e.errno, f"cannot resolve {host!r}: {e.strerror}") from None
     if not infos:
         raise OSError(f"cannot resolve {host!r}")
     family, _, _, _, sockaddr = infos[0]
@@ -463,6 +466,10 @@ async def serve(
         received = await loop.run_in_executor(None, take_over, takeover)
         transport = UdpTransport(received.sockets[0], backend=backend)
     else:
+        ensure_port_free(host, port)
+        for preferred in (config.preferred_address, config.preferred_address_v6):
+            if preferred is not None:
+                ensure_port_free(preferred[0], int(preferred[1]))
         transport = UdpTransport.open(host, port, backend=backend,
                                       reuse_port=connection_sockets > 0)
     endpoint = Endpoint(

@@ -81,7 +81,11 @@ def file_factory(
 ) -> Callable[[Connection, float], None]:
     """What an endpoint calls for each new connection: give it a trace writing to a file
     in ``directory`` (created if missing)."""
-    os.makedirs(directory, exist_ok=True)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot create the qlog directory ({e.strerror})",
+                      directory) from None
     offset = time.time() - time.monotonic()
 
     def attach(conn: Connection, now: float) -> None:

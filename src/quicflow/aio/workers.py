@@ -28,6 +28,7 @@ from ..crypto.native import best_engine
 from ..datapath.connected import SocketPolicy, add_counters
 from ..datapath.handoff import CidRoute, HandoffInboxes, SteeringTransport
 from ..datapath.reuseport import ReuseportGroup
+from ..datapath.socket import ensure_port_free
 from ..datapath.workers import WorkerContext, WorkerSupervisor, merge_counters
 from ..endpoint.cids import CidGenerator
 from ..endpoint.endpoint import Endpoint
@@ -514,6 +515,7 @@ async def serve_workers(
         group = ReuseportGroup(members)
         ready_timeout = max(ready_timeout, TAKEOVER_READY_TIMEOUT)
     else:
+        ensure_port_free(host, port)  # not silently sharing another server's port
         group = ReuseportGroup.bind(host, port, workers)
     inboxes: HandoffInboxes | None = None
     try:

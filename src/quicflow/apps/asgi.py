@@ -14,6 +14,7 @@ backpressure (``send`` waits while the stream's send buffer is full).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import sys
@@ -285,5 +286,12 @@ async def serve_asgi(
     async def handler(request: H3Stream) -> None:
         await _run_request(app, request, span.state, root_path)
 
-    server = await serve_h3(handler, host, port, configuration=configuration, **kwargs)
+    try:
+        server = await serve_h3(handler, host, port, configuration=configuration, **kwargs)
+    except Exception:
+        # no server (port in use, takeover failed): end the lifespan the startup began,
+        # so the application shuts down cleanly and nothing is left pending
+        with contextlib.suppress(Exception):
+            await span.shutdown()
+        raise
     return AsgiServer(server, span)

@@ -423,6 +423,8 @@ _CONNECTION_COUNTERS = (
     "dropped_no_keys",
     "dropped_undecryptable",
     "duplicate_packets",
+    "migrations",  # paths the client moved to (e.g. the server's preferred address)
+    "migrations_failed",
 )
 _ENDPOINT_COUNTERS = (
     "lookups",

@@ -11,7 +11,16 @@ from dataclasses import replace
 from ..aio import connect
 from ..tls.tickets import SessionTicketCache
 from ..transport.config import Configuration
-from .perf import ALPN, PerfError, PerfResult, ProgressCallback, _run_stream, _Tally, split_evenly
+from .perf import (
+    ALPN,
+    PerfError,
+    PerfResult,
+    ProgressCallback,
+    _report_progress,
+    _Run,
+    _run_stream,
+    split_evenly,
+)
 
 #: how long the first connection waits for the server's session ticket
 TICKET_WAIT = 3.0
@@ -57,35 +66,44 @@ async def run_resumed_client(
     config.session_ticket_cache = SessionTicketCache()
     config.early_data = early_data
     await _fetch_ticket(host, port, config, backend, timeout)
-    tally = _Tally()
+    run = _Run(1)
+    tally = run.tally
     started = time.perf_counter()
     async with connect(host, port, configuration=config, backend=backend,
                        wait_connected=False) as conn:
         if not early_data:
             await asyncio.wait_for(conn.wait_connected(), timeout)
-        connected_at = time.perf_counter()
-        work = asyncio.gather(*(
-            _run_stream(conn, d, u, tally, verify)
-            for d, u in zip(split_evenly(download, streams), split_evenly(upload, streams),
-                            strict=True)
-        ))
-        await asyncio.wait_for(conn.wait_connected(), timeout)
-        handshake = time.perf_counter() - started
-        if progress is not None:
-            progress(tally.received, tally.sent, time.perf_counter() - connected_at)
-        await work
+        connected_at = run.connected_at = time.perf_counter()
+        run.all_connected.set()
+        reporter = (
+            asyncio.create_task(_report_progress(run, progress, 1.0))
+            if progress is not None else None
+        )
+        try:
+            work = asyncio.gather(*(
+                _run_stream(conn, d, u, tally, verify)
+                for d, u in zip(split_evenly(download, streams),
+                                split_evenly(upload, streams), strict=True)
+            ))
+            await asyncio.wait_for(conn.wait_connected(), timeout)
+            handshake = time.perf_counter() - started
+            await work
+        finally:
+            if reporter is not None:
+                reporter.cancel()
+                await asyncio.gather(reporter, return_exceptions=True)
         finished = time.perf_counter()
         resumed, accepted = conn.session_resumed, conn.early_data_accepted
-        counters = {
-            "zero_rtt_packets_sent": conn.conn.counters.zero_rtt_sent,
-            "packets_lost": conn.conn.counters.packets_lost,
-        }
+        # the same datapath/connection/endpoint counters as run_client reports
+        run.add_counters(conn)
+        counters = dict(run.counters)
+        counters["zero_rtt_packets_sent"] = conn.conn.counters.zero_rtt_sent
     seconds = max(finished - connected_at, 1e-9)
     moved = tally.received + tally.sent
     return PerfResult(
         bytes_received=tally.received, bytes_sent=tally.sent, seconds=seconds,
         goodput_bytes_per_s=moved / seconds, connections=1, streams=streams,
-        handshake_seconds=handshake, verified=verify, counters=counters, backend=backend,
+        handshake_seconds=handshake, verified=verify, counters=counters, backend=run.backend,
         connection_goodputs=[moved / seconds], resumed=resumed,
         early_data_accepted=accepted,
     )

@@ -113,6 +113,17 @@ def _seconds_arg(text: str) -> float:
     return value
 
 
+def _keylog_arg(text: str) -> str:
+    """A file we can append to: the TLS layer ignores write errors (key logging must
+    never break a handshake), so the command line checks it once, up front."""
+    try:
+        with open(text, "a", encoding="ascii"):
+            pass
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot append to {text!r}: {e.strerror}") from None
+    return text
+
+
 # ---------------------------------------------------------------------------- formatting
 
 
@@ -182,8 +193,12 @@ def _describe_error(exc: BaseException) -> str:
         return str(exc)
     if isinstance(exc, TimeoutError):
         return str(exc) or "timed out"
+    if isinstance(exc, socket.gaierror):
+        return str(exc.strerror or exc)
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror}"  # a file, not the network
     if isinstance(exc, OSError):
-        return f"network error: {exc}"
+        return f"network error: {exc.strerror or exc}"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -221,7 +236,11 @@ def add_listen_options(p: argparse.ArgumentParser) -> None:
         "--port", type=_port_arg, default=4433,
         help="UDP port, 0 for any free one (default: %(default)s)",
     )  # fmt: skip
-    p.add_argument("--cert", metavar="FILE", help="PEM certificate chain, leaf first")
+    p.add_argument(
+        "--cert", metavar="FILE",
+        help="PEM certificate chain, leaf first (default: a fresh self-signed "
+        "certificate; stderr names its file, for the clients' --cafile)",
+    )  # fmt: skip
     p.add_argument(
         "--key", metavar="FILE", help="PEM private key (default: read it from --cert)"
     )
@@ -342,7 +361,8 @@ def _add_transport_options(p: argparse.ArgumentParser) -> None:
         "(default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
-        "--keylog", metavar="FILE",
-        help="append TLS secrets to FILE in SSLKEYLOGFILE format (for Wireshark)",
+        "--keylog", metavar="FILE", type=_keylog_arg,
+        help="append TLS secrets to FILE in SSLKEYLOGFILE format, for Wireshark/tshark "
+        "(default: $SSLKEYLOGFILE when set, else none)",
     )  # fmt: skip
 

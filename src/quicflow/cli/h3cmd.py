@@ -83,6 +83,8 @@ def _human(n: float) -> str:
 async def _serve(args: argparse.Namespace) -> int:
     from ..apps.asgi import AppLoadError, load_app, serve_asgi
 
+    if ":" not in args.app:
+        return _fail(f"expected MODULE:APP, got {args.app!r}", 2)
     try:
         app = load_app(args.app)
     except AppLoadError as exc:
@@ -381,7 +383,8 @@ def register(sub: Any) -> None:
     get.add_argument("url", metavar="URL", help="https://HOST[:PORT]/PATH (port 443 "
                      "by default)")
     get.add_argument("-o", "--output", metavar="FILE",
-                     help="write the body to FILE ('-': stdout)")
+                     help="write the body to FILE ('-': stdout) (default: stdout, or "
+                     "nowhere with --json)")
     trust = get.add_mutually_exclusive_group()
     trust.add_argument("--cafile", metavar="FILE",
                        help="PEM file of the CA(s) that may sign the server's "

@@ -84,6 +84,8 @@ def summary_line(result: PerfResult) -> str:
         + ("" if result.resumed is None else
            f"; resumed {'yes' if result.resumed else 'no'},"
            f" 0-RTT {'accepted' if result.early_data_accepted else 'not accepted'}")
+        + (f"; moved to a new path {moved} time(s)"
+           if (moved := result.counters.get("migrations", 0)) else "")
     )
 
 
@@ -107,7 +109,9 @@ async def _serve_perf(args: argparse.Namespace, config: Configuration) -> int:
     if isinstance(server, QuicServer):  # (workers: no moves, refused before)
         receiver = await start_receiver(args, server)
     workers = f", {args.workers} worker(s)" if args.workers is not None else ""
-    print(f"listening on {_format_address(server.address)} (ALPN perf{workers})",
+    preferred = "".join(f", preferred address {_format_address(a)}"
+                        for a in args.preferred_address)
+    print(f"listening on {_format_address(server.address)} (ALPN perf{workers}{preferred})",
           file=sys.stderr, flush=True)
     try:
         waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
@@ -196,6 +200,24 @@ def cmd_perf_server(args: argparse.Namespace) -> int:
         return _fail("--migrate-listen does not work with --workers yet", 2)
     if args.key and not args.cert:
         return _fail("--key needs --cert", 2)
+    if args.no_steering and args.workers is None:
+        return _fail("--no-steering needs --workers", 2)
+    # checked before anything starts: a successor (--takeover) that failed on them
+    # later would have taken the connections over already
+    migrate_files = (args.migrate_cert, args.migrate_key, args.migrate_ca)
+    if args.migrate_listen and not all(migrate_files):
+        return _fail("--migrate-listen needs --migrate-cert, --migrate-key and --migrate-ca",
+                     2)
+    if any(migrate_files) and not args.migrate_listen:
+        return _fail("--migrate-cert, --migrate-key and --migrate-ca need --migrate-listen",
+                     2)
+    for option, path in (("--token-key-file", args.token_key_file),
+                         ("--ticket-key-file", args.ticket_key_file),
+                         ("--migrate-cert", args.migrate_cert),
+                         ("--migrate-key", args.migrate_key),
+                         ("--migrate-ca", args.migrate_ca)):
+        if path and not os.path.isfile(path):
+            return _fail(f"{option} {path}: no such file", 2)
     try:
         with server_certificate(args, "quicflow-perf-") as (chain, key):
             config = server_configuration(
@@ -529,7 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="start by taking over the socket and connections of the server offering a "
         "handoff at PATH (no new handshakes; --host/--port are then unused), then offer "
         "the same at PATH for the next successor; a worker group (--workers N) takes "
-        "over a group of N workers (worker i from PATH.i)",
+        "over a group of N workers (worker i from PATH.i). Give it the predecessor's "
+        "--cert/--key and CID options (--host-id, --quic-lb-*): without --cert, new "
+        "clients get a new self-signed certificate",
     )  # fmt: skip
     add_server_options(server)
     server.add_argument(
@@ -592,14 +616,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_client_tls_options(client)
     client.add_argument(
         "--cert", metavar="FILE",
-        help="PEM client certificate chain, leaf first, presented when the server asks",
+        help="PEM client certificate chain, leaf first, presented when the server asks "
+        "(--client-ca on the server) (default: none)",
     )  # fmt: skip
+    client.add_argument(
+        "--key", metavar="FILE", help="PEM private key of --cert (default: read it from --cert)"
+    )
     resumption = client.add_mutually_exclusive_group()
     resumption.add_argument(
         "--resume", action="store_true",
         help="connect twice: the first connection only fetches a session ticket, the "
-        "second resumes the session and is measured (--json adds resumed and "
-        "early_data_accepted); with one connection",
+        "second resumes the session and is measured (--json adds resumed, "
+        "early_data_accepted and zero_rtt_packets_sent); not with --connections",
     )  # fmt: skip
     resumption.add_argument(
         "--0rtt", dest="zero_rtt", action="store_true",
@@ -607,23 +635,21 @@ def build_parser() -> argparse.ArgumentParser:
         "0-RTT data in its first flight (resent in 1-RTT if the server rejects it)",
     )  # fmt: skip
     client.add_argument(
-        "--key", metavar="FILE", help="PEM private key of --cert (default: read it from --cert)"
-    )
-    client.add_argument(
         "--server-name", metavar="NAME",
         help="name to check the certificate against and send as SNI (default: --host)",
     )  # fmt: skip
     add_timeout_option(client)
     client.add_argument(
         "--verify", action="store_true",
-        help="check that the response bytes are the server's pattern",
+        help="check that the response bytes are the server's pattern (exit 1 if not)",
     )  # fmt: skip
     client.add_argument(
         "--json", action="store_true",
         help="print one JSON object on stdout (bytes_received, bytes_sent, seconds, "
         "goodput_bytes_per_s, connections, streams, handshake_seconds, datagram and "
         "syscall counters, packets_lost, syscalls_per_datagram, packets_per_engine_call, "
-        "segments_per_gso_call, connection_goodputs, fairness) instead of a summary line",
+        "segments_per_gso_call, migrations (e.g. to the server's preferred address), "
+        "connection_goodputs, fairness) instead of a summary line",
     )  # fmt: skip
     add_quiet_option(client)
     client.add_argument(

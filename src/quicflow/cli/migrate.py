@@ -29,13 +29,15 @@ from typing import Any
 from ..aio import QuicServer
 from ..migration.handoff import HandoffError, request_move
 from ..migration.transfer import server_context
+from .common import _positive_int
 
 
 def add_server_options(server: argparse.ArgumentParser) -> None:
     server.add_argument(
-        "--migrate-listen", metavar="HOST:PORT",
+        "--migrate-listen", metavar="HOST:PORT", type=_listen_host_port,
         help="accept connections moved here from a perf server on another host, over "
-        "TCP inside TLS that requires a client certificate from --migrate-ca",
+        "TCP inside TLS that requires a client certificate from --migrate-ca; needs "
+        "--migrate-cert, --migrate-key and --migrate-ca (default: off)",
     )  # fmt: skip
     server.add_argument("--migrate-cert", metavar="FILE",
                         help="PEM certificate for --migrate-listen")
@@ -83,6 +85,20 @@ def cmd_perf_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _host_port(text: str, lowest: int = 1) -> str:
+    """HOST:PORT (IPv6 as [ADDR]:PORT), checked here and passed on as written."""
+    host, sep, port = text.rpartition(":")
+    if (not sep or not host.strip("[]") or not port.isdigit()
+            or not lowest <= int(port) < 65536):
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port {lowest}..65535, "
+                                         f"got {text!r}")
+    return text
+
+
+def _listen_host_port(text: str) -> str:
+    return _host_port(text, lowest=0)  # 0: any free port (it is printed)
+
+
 def _forward_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -106,7 +122,7 @@ def add_migrate_parser(perf_sub: Any) -> None:
     )
     p.add_argument("--handoff", required=True, metavar="PATH",
                    help="the running server's handoff socket (its --handoff PATH)")
-    p.add_argument("--to", required=True, metavar="HOST:PORT",
+    p.add_argument("--to", required=True, metavar="HOST:PORT", type=_host_port,
                    help="the receiving server's --migrate-listen address")
     p.add_argument("--cert", required=True, metavar="FILE",
                    help="PEM client certificate the sending server presents")
@@ -114,8 +130,10 @@ def add_migrate_parser(perf_sub: Any) -> None:
     p.add_argument("--ca", required=True, metavar="FILE",
                    help="PEM CA the receiver's certificate must chain to")
     p.add_argument("--server-name", metavar="NAME",
-                   help="name to check the receiver's certificate against (default: host)")
-    p.add_argument("--count", type=int, metavar="N", help="move at most N connections")
+                   help="name to check the receiver's certificate against "
+                   "(default: the HOST of --to)")
+    p.add_argument("--count", type=_positive_int, metavar="N",
+                   help="move at most N connections (default: all of them)")
     p.add_argument(
         "--mode", choices=("address", "cids"), default="address",
         help="address (default): the service address follows the connections to the "
@@ -127,5 +145,7 @@ def add_migrate_parser(perf_sub: Any) -> None:
         help="with --mode cids: how long the old server forwards what still reaches it "
         "for the moved connections to the new one (default 10, at most 600)",
     )  # fmt: skip
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--json", action="store_true",
+                   help='print one JSON object on stdout, {"moved_connections": N}, '
+                   "instead of a line")
     p.set_defaults(func=cmd_perf_migrate)

@@ -129,6 +129,34 @@ def _configure(sock: socket.socket, backend: str, caps: Capabilities) -> None:
             pass
 
 
+def ensure_port_free(host: str, port: int) -> None:
+    """Raise ``OSError(EADDRINUSE)`` naming ``host`` and ``port`` when a UDP socket is
+    already bound there. A listener bound with SO_REUSEPORT would otherwise silently
+    share the port with another server of the same user (the kernel then splits the
+    clients between the two); a probe bind without SO_REUSEPORT fails instead. Port 0
+    (any free port) needs no check."""
+    if port == 0:
+        return
+    infos = socket.getaddrinfo(
+        host, port, socket.AF_UNSPEC, socket.SOCK_DGRAM, 0, socket.AI_PASSIVE
+    )
+    if not infos:
+        raise OSError(f"cannot resolve {host!r}")
+    family, _, _, _, sockaddr = infos[0]
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        if family == socket.AF_INET6 and host in ("::", ""):
+            probe.setsockopt(IPPROTO_IPV6, IPV6_V6ONLY, 0)
+        try:
+            probe.bind(sockaddr)
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+            raise OSError(
+                errno.EADDRINUSE,
+                f"{host} port {port} is already in use (another server listens there)",
+            ) from None
+
+
 class UdpTransport:
     """One non-blocking UDP socket with batch send/receive.
 

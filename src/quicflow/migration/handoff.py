@@ -330,6 +330,10 @@ class HandoffListener:
         old_umask = os.umask(0o177)
         try:
             sock.bind(path)
+        except OSError as e:
+            sock.close()
+            raise OSError(e.errno, f"cannot offer a handoff there ({e.strerror})",
+                          path) from None
         except BaseException:
             sock.close()
             raise
@@ -421,6 +425,9 @@ def take_over(path: str, timeout: float = 60.0) -> Received:
             received_sockets += [_adopt_fd(fd) for fd in more]
     except (OSError, ValueError, KeyError, HandoffError) as exc:
         channel.close()
+        if isinstance(exc, FileNotFoundError | ConnectionRefusedError):
+            raise HandoffError(
+                f"no server offers a handoff at {path} ({exc.strerror})") from exc
         raise HandoffError(f"taking over from {path} failed: {exc}") from exc
     except BaseException:
         channel.close()
@@ -441,6 +448,9 @@ def request_move(path: str, request: dict[str, Any], timeout: float = 600.0) -> 
         _send_frame(channel, json.dumps(request).encode())
         answer: dict[str, Any] = json.loads(_recv_frame(channel, MAX_HEADER))
     except (OSError, ValueError) as exc:
+        if isinstance(exc, FileNotFoundError | ConnectionRefusedError):
+            raise HandoffError(
+                f"no server offers a handoff at {path} ({exc.strerror})") from exc
         raise HandoffError(f"move request to {path} failed: {exc}") from exc
     finally:
         channel.close()
