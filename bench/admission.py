@@ -23,7 +23,7 @@ import tracemalloc
 from quicflow.endpoint.endpoint import Endpoint
 from quicflow.tls.certs import generate_self_signed
 from quicflow.transport.config import Configuration
-from quicflow.transport.connection import client_connection
+from quicflow.transport.factory import client_connection
 from quicflow.transport.send import datagrams_to_send
 
 

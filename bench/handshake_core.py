@@ -29,8 +29,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from quicflow.endpoint.endpoint import Endpoint  # noqa: E402
 from quicflow.tls.certs import generate_self_signed  # noqa: E402
 from quicflow.transport.config import Configuration  # noqa: E402
-from quicflow.transport.connection import client_connection  # noqa: E402
 from quicflow.transport.events import SessionTicketReceived  # noqa: E402
+from quicflow.transport.factory import client_connection  # noqa: E402
 from quicflow.transport.send import datagrams_to_send  # noqa: E402
 
 CLIENT_ADDR = ("127.0.0.1", 40000)

@@ -28,10 +28,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
                                 "src"))
 
 import quicflow  # noqa: E402
-from quicflow.tls.certs import certificate_pem, generate_self_signed  # noqa: E402
 from quicflow.endpoint.tokens import TokenCache  # noqa: E402
+from quicflow.tls.certs import certificate_pem, generate_self_signed  # noqa: E402
 from quicflow.tls.tickets import SessionTicketCache  # noqa: E402
-
 
 ANSWER = [4096]
 

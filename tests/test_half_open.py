@@ -11,7 +11,7 @@ import tracemalloc
 import quicflow
 from quicflow.endpoint.tokens import TokenCache
 from quicflow.transport.config import Configuration
-from quicflow.transport.connection import client_connection
+from quicflow.transport.factory import client_connection
 from quicflow.transport.send import datagrams_to_send
 from tests.support import echo_proto
 from tests.support.quic_helpers import client_config, run, server_config

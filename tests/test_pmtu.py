@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from quicflow.transport.config import Configuration
-from quicflow.transport.connection import client_connection
+from quicflow.transport.factory import client_connection
 from tests.support.netns import NetnsPair, ip, netns_pair, run_in
 from tests.support.prereq import have_binary, is_root, require
 

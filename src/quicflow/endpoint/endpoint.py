@@ -29,9 +29,8 @@ from ..transport.config import Configuration
 from ..transport.connection import (
     Address,
     Connection,
-    client_connection,
-    server_connection,
 )
+from ..transport.factory import client_connection, server_connection
 from ..transport.receive import receive_datagram
 from ..transport.receive_bulk import receive_short_run
 from ..transport.send import build_datagrams, datagrams_to_send

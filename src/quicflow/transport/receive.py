@@ -27,11 +27,11 @@ from ..wire.packet import (
 )
 from ..wire.tparams import decode_transport_parameters
 from . import early_data, pathprobe, qlog
+from . import receive_streams as RS
 from .closing import answer_in_closing
 from .connection import SPACE_OF_EPOCH, Address, Connection
 from .errors import (
     CONNECTION_ID_LIMIT_ERROR,
-    FLOW_CONTROL_ERROR,
     FRAME_ENCODING_ERROR,
     INTERNAL_ERROR,
     PROTOCOL_VIOLATION,
@@ -43,11 +43,6 @@ from .events import (
     DatagramReceived,
     HandshakeCompleted,
     NewTokenReceived,
-    StopSendingReceived,
-    StreamReadable,
-    StreamReset,
-    StreamsAvailable,
-    StreamWritable,
 )
 from .recovery_glue import on_ack_frame
 from .state import (
@@ -605,93 +600,6 @@ def _check_version_information(conn: Connection, info: list[int] | None) -> None
         raise QuicError(VERSION_NEGOTIATION_ERROR, "version in use not in the available list")
 
 
-def _on_stream(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
-    sid = frame.stream_id
-    conn.check_stream_direction(sid, receiving=True)
-    stream = conn.get_or_create_peer_stream(sid)
-    if stream is None or stream.recv is None:
-        return
-    recv = stream.recv
-    flow = conn.flow
-    cost = recv.chunk_cost
-    grown = recv.receive(frame.offset, frame.data, frame.fin,
-                         flow.max_data - flow.data_consumed - flow.reassembly_cost)
-    if recv.chunk_cost != cost:
-        flow.reassembly_cost += recv.chunk_cost - cost
-    if grown:
-        flow.data_received += grown
-        if flow.data_received > flow.max_data:
-            raise QuicError(FLOW_CONTROL_ERROR, "connection flow control limit exceeded")
-    if recv.readable or recv.at_eof():
-        conn.events.append(StreamReadable(sid))
-
-
-def _on_reset_stream(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
-    sid = frame.stream_id
-    conn.check_stream_direction(sid, receiving=True)
-    stream = conn.get_or_create_peer_stream(sid)
-    if stream is None or stream.recv is None:
-        return
-    first = stream.recv.reset_code is None
-    cost = stream.recv.chunk_cost
-    grown = stream.recv.on_reset(frame.error_code, frame.final_size)
-    conn.flow.reassembly_cost -= cost  # on_reset dropped every stored piece
-    conn.flow.data_received += grown
-    if conn.flow.data_received > conn.flow.max_data:
-        raise QuicError(FLOW_CONTROL_ERROR, "connection flow control limit exceeded")
-    if first:
-        conn.events.append(StreamReset(sid, frame.error_code))
-        conn.events.append(StreamReadable(sid))
-
-
-def _on_stop_sending(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
-    sid = frame.stream_id
-    conn.check_stream_direction(sid, receiving=False)
-    stream = conn.get_or_create_peer_stream(sid)
-    if stream is None or stream.send is None:
-        return
-    if stream.send.reset_code is None and not stream.send.is_complete():
-        conn.reset_stream(sid, frame.error_code)
-        conn.events.append(StopSendingReceived(sid, frame.error_code))
-
-
-def _on_max_data(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
-    if frame.maximum > conn.flow.peer_max_data:
-        conn.flow.peer_max_data = frame.maximum
-        for sid in conn.streams:
-            conn.events.append(StreamWritable(sid))
-
-
-def _on_max_stream_data(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
-    sid = frame.stream_id
-    conn.check_stream_direction(sid, receiving=False)
-    stream = conn.get_or_create_peer_stream(sid)
-    if stream is None or stream.send is None:
-        return
-    if frame.maximum > stream.send.max_data:
-        stream.send.max_data = frame.maximum
-        if sid not in conn.send_queue and stream.send.has_data_to_send():
-            conn.send_queue.append(sid)
-        conn.events.append(StreamWritable(sid))
-
-
-def _on_max_streams(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
-    limits = conn.bidi if frame.bidi else conn.uni
-    if frame.maximum > limits.peer_max:
-        limits.peer_max = frame.maximum
-        conn.events.append(StreamsAvailable())
-
-
-def _on_stream_data_blocked(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
-    conn.check_stream_direction(frame.stream_id, receiving=True)
-    conn.get_or_create_peer_stream(frame.stream_id)
-
-
-def _on_streams_blocked(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
-    if frame.limit > (1 << 60):
-        raise QuicError(FRAME_ENCODING_ERROR, "STREAMS_BLOCKED over 2^60")
-
-
 def _on_new_connection_id(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
     if not conn.peer_cid:
         raise QuicError(PROTOCOL_VIOLATION, "NEW_CONNECTION_ID with zero-length CIDs")
@@ -801,17 +709,17 @@ _HANDLERS: dict[type, Callable[[Connection, Any, Epoch, float], None]] = {
     F.Padding: _ignore,
     F.Ping: _ignore,
     F.Ack: _on_ack,
-    F.ResetStream: _on_reset_stream,
-    F.StopSending: _on_stop_sending,
+    F.ResetStream: RS.on_reset_stream,
+    F.StopSending: RS.on_stop_sending,
     F.Crypto: _on_crypto,
     F.NewToken: _on_new_token,
-    F.Stream: _on_stream,
-    F.MaxData: _on_max_data,
-    F.MaxStreamData: _on_max_stream_data,
-    F.MaxStreams: _on_max_streams,
+    F.Stream: RS.on_stream,
+    F.MaxData: RS.on_max_data,
+    F.MaxStreamData: RS.on_max_stream_data,
+    F.MaxStreams: RS.on_max_streams,
     F.DataBlocked: _ignore,
-    F.StreamDataBlocked: _on_stream_data_blocked,
-    F.StreamsBlocked: _on_streams_blocked,
+    F.StreamDataBlocked: RS.on_stream_data_blocked,
+    F.StreamsBlocked: RS.on_streams_blocked,
     F.NewConnectionId: _on_new_connection_id,
     F.RetireConnectionId: _on_retire_connection_id,
     F.PathChallenge: _on_path_challenge,

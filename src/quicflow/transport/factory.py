@@ -1,0 +1,95 @@
+"""Making connections: a client's first flight, a server's answer to a first Initial.
+
+The two constructors fill in what a new :class:`Connection` needs besides its
+configuration (its first CIDs, its sealer's key in the offload engine, the version) and
+run its TLS set-up; the endpoint calls them (``Endpoint.connect``, ``Endpoint.accept``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..crypto.offload import OffloadEngine, SoftwareOffloadEngine
+from ..tls.tickets import SessionTicket
+from .config import Configuration
+from .connection import Address, CidIssuer, Connection, new_seal_key
+
+
+def client_connection(
+    configuration: Configuration,
+    peer_address: Address,
+    now: float,
+    *,
+    server_name: str | None = None,
+    engine: OffloadEngine | None = None,
+    cid_issuer: CidIssuer | None = None,
+    seal_key: bytes | None = None,
+    session_ticket: SessionTicket | None = None,
+    wall_offset: float = 0.0,
+) -> Connection:
+    """A client connection; its first flight is ready in ``datagrams_to_send``.
+
+    ``session_ticket`` (from an earlier connection's ``SessionTicketReceived``) is
+    offered to resume; with ``Configuration.early_data`` and a ticket that allows it,
+    stream data written before the handshake completes goes in 0-RTT packets.
+    ``wall_offset`` turns ``now`` into Unix time (ticket ages are wall-clock).
+
+    ``cid_issuer`` gives every CID the connection issues (default: random CIDs of the
+    configuration's length); ``seal_key`` is its sealer's key in ``engine`` (default:
+    :func:`new_seal_key`, unique in the process).
+    """
+    conn = Connection(
+        configuration=configuration,
+        is_client=True,
+        now_created=now,
+        original_dcid=os.urandom(8),
+        peer_address=peer_address,
+        local_cid_length=configuration.connection_id_length,
+        engine=engine or SoftwareOffloadEngine(),
+        seal_key=new_seal_key() if seal_key is None else seal_key,
+        cid_issuer=cid_issuer,
+    )
+    conn._now_hint = now
+    conn.wall_offset = wall_offset
+    conn.peer_cid = conn.original_dcid
+    conn.version = configuration.initial_version or (
+        configuration.versions[0] if configuration.versions else 1
+    )
+    conn._setup(now, server_name, session_ticket)
+    return conn
+
+
+def server_connection(
+    configuration: Configuration,
+    peer_address: Address,
+    original_dcid: bytes,
+    now: float,
+    *,
+    engine: OffloadEngine | None = None,
+    client_scid: bytes = b"",
+    retry_scid: bytes | None = None,
+    address_validated: bool = False,
+    version: int = 1,
+    cid_issuer: CidIssuer | None = None,
+    seal_key: bytes | None = None,
+) -> Connection:
+    """A server connection for a client's first Initial (see :func:`client_connection`
+    for ``cid_issuer`` and ``seal_key``)."""
+    conn = Connection(
+        configuration=configuration,
+        is_client=False,
+        now_created=now,
+        original_dcid=original_dcid,
+        peer_address=peer_address,
+        local_cid_length=configuration.connection_id_length,
+        engine=engine or SoftwareOffloadEngine(),
+        seal_key=new_seal_key() if seal_key is None else seal_key,
+        cid_issuer=cid_issuer,
+    )
+    conn._now_hint = now
+    conn.peer_cid = client_scid
+    conn.retry_scid = retry_scid
+    conn.address_validated = address_validated
+    conn.version = version
+    conn._setup(now, None)
+    return conn

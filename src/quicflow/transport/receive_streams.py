@@ -1,0 +1,108 @@
+"""The frame handlers for streams and flow control (STREAM, RESET_STREAM, STOP_SENDING,
+MAX_DATA, MAX_STREAM_DATA, MAX_STREAMS, STREAM_DATA_BLOCKED, STREAMS_BLOCKED).
+
+Each takes ``(conn, frame, epoch, now)`` like every entry of ``receive._HANDLERS``; a
+violation raises :class:`QuicError` with the RFC's code (the caller names the frame).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..crypto.epoch import Epoch
+from .connection import Connection
+from .errors import FLOW_CONTROL_ERROR, FRAME_ENCODING_ERROR, QuicError
+from .events import (
+    StopSendingReceived,
+    StreamReadable,
+    StreamReset,
+    StreamsAvailable,
+    StreamWritable,
+)
+
+
+def on_stream(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    sid = frame.stream_id
+    conn.check_stream_direction(sid, receiving=True)
+    stream = conn.get_or_create_peer_stream(sid)
+    if stream is None or stream.recv is None:
+        return
+    recv = stream.recv
+    flow = conn.flow
+    cost = recv.chunk_cost
+    grown = recv.receive(frame.offset, frame.data, frame.fin,
+                         flow.max_data - flow.data_consumed - flow.reassembly_cost)
+    if recv.chunk_cost != cost:
+        flow.reassembly_cost += recv.chunk_cost - cost
+    if grown:
+        flow.data_received += grown
+        if flow.data_received > flow.max_data:
+            raise QuicError(FLOW_CONTROL_ERROR, "connection flow control limit exceeded")
+    if recv.readable or recv.at_eof():
+        conn.events.append(StreamReadable(sid))
+
+
+def on_reset_stream(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    sid = frame.stream_id
+    conn.check_stream_direction(sid, receiving=True)
+    stream = conn.get_or_create_peer_stream(sid)
+    if stream is None or stream.recv is None:
+        return
+    first = stream.recv.reset_code is None
+    cost = stream.recv.chunk_cost
+    grown = stream.recv.on_reset(frame.error_code, frame.final_size)
+    conn.flow.reassembly_cost -= cost  # on_reset dropped every stored piece
+    conn.flow.data_received += grown
+    if conn.flow.data_received > conn.flow.max_data:
+        raise QuicError(FLOW_CONTROL_ERROR, "connection flow control limit exceeded")
+    if first:
+        conn.events.append(StreamReset(sid, frame.error_code))
+        conn.events.append(StreamReadable(sid))
+
+
+def on_stop_sending(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    sid = frame.stream_id
+    conn.check_stream_direction(sid, receiving=False)
+    stream = conn.get_or_create_peer_stream(sid)
+    if stream is None or stream.send is None:
+        return
+    if stream.send.reset_code is None and not stream.send.is_complete():
+        conn.reset_stream(sid, frame.error_code)
+        conn.events.append(StopSendingReceived(sid, frame.error_code))
+
+
+def on_max_data(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    if frame.maximum > conn.flow.peer_max_data:
+        conn.flow.peer_max_data = frame.maximum
+        for sid in conn.streams:
+            conn.events.append(StreamWritable(sid))
+
+
+def on_max_stream_data(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    sid = frame.stream_id
+    conn.check_stream_direction(sid, receiving=False)
+    stream = conn.get_or_create_peer_stream(sid)
+    if stream is None or stream.send is None:
+        return
+    if frame.maximum > stream.send.max_data:
+        stream.send.max_data = frame.maximum
+        if sid not in conn.send_queue and stream.send.has_data_to_send():
+            conn.send_queue.append(sid)
+        conn.events.append(StreamWritable(sid))
+
+
+def on_max_streams(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    limits = conn.bidi if frame.bidi else conn.uni
+    if frame.maximum > limits.peer_max:
+        limits.peer_max = frame.maximum
+        conn.events.append(StreamsAvailable())
+
+
+def on_stream_data_blocked(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    conn.check_stream_direction(frame.stream_id, receiving=True)
+    conn.get_or_create_peer_stream(frame.stream_id)
+
+
+def on_streams_blocked(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    if frame.limit > (1 << 60):
+        raise QuicError(FRAME_ENCODING_ERROR, "STREAMS_BLOCKED over 2^60")
