@@ -372,11 +372,14 @@ def register(sub: Any) -> None:
                        help="offer the connections to a successor (quicflow serve "
                        "--takeover PATH) on a unix socket at PATH (mode 0600, same user "
                        "only); then exit 0 printing how many were handed off. Serves "
-                       "HTTP/3 without QPACK dynamic tables (larger headers)")
+                       "HTTP/3 without QPACK dynamic tables (larger headers). With "
+                       "--workers N, worker i hands over to the successor's worker i "
+                       "(start it with the same --workers N)")
     serve.add_argument("--takeover", metavar="PATH",
                        help="take over the socket and connections of the server offering "
-                       "a handoff at PATH (--host/--port unused), then offer at PATH "
-                       "again. Requests still in progress after --grace are reset")
+                       "a handoff at PATH (--host/--port unused; --workers as many as "
+                       "it runs), then offer at PATH again. Requests still in progress "
+                       "after --grace are reset")
     serve.set_defaults(func=cmd_serve)
 
     get = sub.add_parser(
