@@ -12,12 +12,15 @@ a further request on the restored connection, the old process's exit status and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import importlib.util
 import os
 import queue
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -413,12 +416,9 @@ def test_quicflow_serve_asgi_handoff_and_requests_in_progress(
             new.kill()
 
 
-def test_accept_moves_and_workers_refused_where_http3_state_cannot_go(
-    tmp_path: Path, require: Callable[[bool, str], None]
-) -> None:
+def test_accept_moves_refused_where_http3_state_cannot_go() -> None:
     """A non-migratable HTTP/3 server refuses to receive moved connections (it could not
-    restore their HTTP/3 state), and ``quicflow serve --workers N --handoff`` exits 2."""
-    require(have_module("starlette"), "starlette not installed (make venv)")
+    restore their HTTP/3 state)."""
 
     async def go() -> None:
         server = await h3.serve(lambda s: s.respond(200), "127.0.0.1", 0,
@@ -431,10 +431,108 @@ def test_accept_moves_and_workers_refused_where_http3_state_cannot_go(
             server.close()
 
     run(go(), timeout=10)
+
+
+def _wait_lines(proc: H3ServerProc, prefix: str, count: int,
+                timeout: float = 60.0) -> list[str]:
+    """The first ``count`` lines of ``proc``'s stderr starting with ``prefix``."""
+    deadline = time.monotonic() + timeout
+    while sum(line.startswith(prefix) for line in proc.seen) < count:
+        assert time.monotonic() < deadline, f"no {count} {prefix!r} lines: {proc.seen}"
+        try:
+            line = proc.lines.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        assert line is not None, f"the server exited early: {proc.seen}"
+        proc.seen.append(line)
+    return [line for line in proc.seen if line.startswith(prefix)][:count]
+
+
+@pytest.mark.timeout(240)
+def test_quicflow_serve_workers_asgi_takeover(
+    tmp_path: Path, require: Callable[[bool, str], None]
+) -> None:
+    """``quicflow serve APP --workers 2 --handoff PATH`` taken over by ``--workers 2
+    --takeover PATH``: each worker hands its HTTP/3 connections to its successor worker,
+    after letting its requests in progress finish (--grace, per worker). Downloads on
+    connections of both workers arrive whole, each connection's next request is answered
+    by the successor on the same connection (no new handshake), the old group exits 0
+    saying how many connections it handed off. A successor with another worker count is
+    refused first, and the group goes on serving."""
+    require(have_module("starlette"), "starlette not installed (make venv)")
+    from quicflow.aio.workers import CidPlan
+    from tests.support.starlette_app import body_of as starlette_body
+
     cert, key = write_certificate(tmp_path)
-    done = subprocess.run(
-        [sys.executable, "-m", "quicflow", "serve", "tests.support.starlette_app:app",
-         "--cert", cert, "--key", key, "--workers", "2", "--handoff",
-         str(tmp_path / "h.sock")], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2
-    assert "--workers" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    path = str(tmp_path / "asgi.sock")
+    app = ["serve", "tests.support.starlette_app:app", "--cert", cert, "--key", key,
+           "--grace", "60", "--workers", "2"]
+    old = H3ServerProc([*app, "--port", "0", "--handoff", path], module="quicflow")
+    new: H3ServerProc | None = None
+    chunks = 128  # 8 MiB per response: more than the windows and send buffers hold
+    offset = CidPlan().layout(0).worker_cid_offset
+    try:
+        port = int(old.wait_line("serving ").split(":")[-1].split()[0])
+        three = subprocess.run(
+            [sys.executable, "-m", "quicflow", *app[:-1], "3", "--takeover", path],
+            cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert three.returncode == 1 and "start it with --workers 2" in three.stderr
+
+        async def client() -> tuple[list[int], list[bytes], list[bytes], list[str], int,
+                                    bool]:
+            nonlocal new
+            loop = asyncio.get_running_loop()
+            config = Configuration(alpn_protocols=["h3"], cafile=cert,
+                                   server_name="localhost")
+            async with contextlib.AsyncExitStack() as stack:
+                clients: list[h3.H3Client] = []
+                workers: list[int] = []
+                while len(clients) < 4 or len(set(workers)) < 2:
+                    assert len(clients) < 16, f"connections not spread: {workers}"
+                    c = await stack.enter_async_context(
+                        h3.connect("127.0.0.1", port, configuration=config))
+                    clients.append(c)
+                    workers.append(c.face.conn.peer_cid[offset])  # the worker byte
+                firsts = [c.face.conn for c in clients]
+                responses = [await c.get(f"/stream/{chunks}") for c in clients]
+                bodies = [bytearray(await r.read(64 * 1024)) for r in responses]
+                new = H3ServerProc([*app, "--takeover", path], module="quicflow")
+                # not reading meanwhile: flow control holds the responses in progress
+                lines = await loop.run_in_executor(
+                    None, _wait_lines, old, "successor connected", 2)
+
+                async def rest(response: h3.H3Stream, body: bytearray) -> None:
+                    while chunk := await response.read(256 * 1024):
+                        body += chunk
+
+                await asyncio.gather(*(rest(r, b)
+                                       for r, b in zip(responses, bodies, strict=True)))
+                status, _ = await loop.run_in_executor(None, old.finish, 120)
+                await loop.run_in_executor(None, new.wait_line, "serving ")
+                afters = [await (await c.get(f"/bytes/{1000 + i}")).read()
+                          for i, c in enumerate(clients)]
+                same = all(c.face.conn is first and not c.face.closed
+                           for c, first in zip(clients, firsts, strict=True))
+                return workers, [bytes(b) for b in bodies], afters, lines, status, same
+
+        workers, bodies, afters, lines, status, same = asyncio.run(client())
+        n = len(workers)
+        assert sorted(set(workers)) == [0, 1]
+        whole = hashlib.sha256(b"".join(starlette_body(65536, seed=i)
+                                        for i in range(chunks))).hexdigest()
+        assert [hashlib.sha256(b).hexdigest() for b in bodies] == [whole] * n
+        assert afters == [starlette_body(1000 + i) for i in range(n)]
+        # each worker let its own requests in progress finish before handing over
+        busy = [int(line.split(" after ")[1].split()[0]) for line in lines]
+        assert sum(busy) == n, lines
+        assert status == 0 and same
+        assert f"handed off {n} connection(s)" in old.seen
+        assert "lifespan shutdown" in old.seen
+        assert new is not None
+        assert new.wait_line("took over ") == f"took over {n} connection(s) from {path}"
+        new.proc.terminate()
+        assert new.proc.wait(timeout=30) == 0
+    finally:
+        old.kill()
+        if new is not None:
+            new.kill()

@@ -7,7 +7,7 @@ import ipaddress
 import os
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any, overload
@@ -355,6 +355,7 @@ async def serve(
     takeover: str | None = ...,
     connection_sockets: int = ..., socket_policy: SocketPolicy | None = ...,
     face_class: type[QuicConnection] = ...,
+    on_handover: Callable[[Handover], None] | None = ...,
 ) -> QuicServer: ...
 
 
@@ -368,6 +369,7 @@ async def serve(
     takeover: str | None = ...,
     connection_sockets: int = ..., socket_policy: SocketPolicy | None = ...,
     face_class: type[QuicConnection] = ...,
+    on_handover: Callable[[Handover], None] | None = ...,
 ) -> WorkerGroupServer: ...
 
 
@@ -391,6 +393,7 @@ async def serve(
     connection_sockets: int = DEFAULT_CONNECTION_SOCKETS,
     socket_policy: SocketPolicy | None = None,
     face_class: type[QuicConnection] = QuicConnection,
+    on_handover: Callable[[Handover], None] | None = None,
 ) -> QuicServer | WorkerGroupServer:
     """Start a QUIC server on ``host:port``.
 
@@ -428,7 +431,9 @@ async def serve(
     successor: ``WorkerGroupServer.handoff(path)`` offers the group at ``path`` (worker
     i at ``path.i``), and ``serve(workers=N, takeover=path)`` takes it over with as many
     workers (another count is refused with a HandoffError saying which to use; see
-    ``migration.group``).
+    ``migration.group``). ``on_handover(handover)`` is called with the server's
+    :class:`Handover` once it exists (with workers: each worker's, in that worker), e.g.
+    to set its ``before_stop``.
     """
     config = replace(configuration)
     config.validate()
@@ -454,7 +459,7 @@ async def serve(
             connection_handler=connection_handler, steering=steering, plan=cid_plan,
             app_stats=app_stats, connection_sockets=connection_sockets,
             socket_policy=socket_policy, face_class=face_class, capture=capture,
-            restore=restore, takeover=takeover,
+            restore=restore, takeover=takeover, on_handover=on_handover,
         )  # fmt: skip
     generator = cid_generator
     if cid_plan is not None:
@@ -502,8 +507,8 @@ async def serve(
                                                 restore=restore, face_class=face_class)
         finally:
             received.acknowledge({"restored": count if guard is not None else 0})
-    return QuicServer(
-        runner, Handover(runner, capture, guard, handler=handler, restore=restore,
-                         face_class=face_class),
-        face_class,
-    )
+    handover = Handover(runner, capture, guard, handler=handler, restore=restore,
+                        face_class=face_class)
+    if on_handover is not None:
+        on_handover(handover)
+    return QuicServer(runner, handover, face_class)

@@ -135,6 +135,8 @@ class _WorkerSpec:
     takeover: str | None = None
     #: the group's handoff path once offered (worker i offers at ``PATH.i``)
     handoff: str | None = None
+    #: called in each worker with its Handover (e.g. to set ``before_stop``)
+    on_handover: Callable[[Handover], None] | None = None
 
 
 def _run_worker(spec: _WorkerSpec, ctx: WorkerContext) -> int:
@@ -212,6 +214,8 @@ async def _worker(spec: _WorkerSpec, ctx: WorkerContext) -> int:
         runner.enable_connection_sockets(spec.connection_sockets, spec.socket_policy)
     handover = Handover(runner, spec.capture, handler=spec.handler, restore=spec.restore,
                         face_class=spec.face_class)
+    if spec.on_handover is not None:
+        spec.on_handover(handover)
     if received is not None:
         count = 0
         try:
@@ -306,6 +310,10 @@ class WorkerGroupServer:
             raise RuntimeError("a handoff is already offered")
         if self.spec is None:
             raise RuntimeError("this group cannot hand over")
+        reason = self.spec.face_class.capture_refusal
+        if reason is not None:
+            raise ValueError(f"connections served through {self.spec.face_class.__name__} "
+                             f"cannot be handed over: {reason}")
         loop = asyncio.get_running_loop()
         self.spec.handoff = path  # workers forked from now on offer at once
         self._listener = HandoffListener(path)
@@ -490,12 +498,14 @@ async def serve_workers(
     capture: CaptureHook | None = None,
     restore: RestoreHook | None = None,
     takeover: str | None = None,
+    on_handover: Callable[[Handover], None] | None = None,
 ) -> WorkerGroupServer:
     """Bind, steer, fork ``workers`` workers and wait until they serve.
     ``connection_sockets``: each worker's cap of per-connection sockets (0: off), given
     by ``socket_policy`` (see ``datapath/connected.py``). ``takeover=path``: take over
     the group offering a handoff at ``path`` (as many workers; ``host``/``port`` unused;
-    see ``migration.group``); ``capture``/``restore``: the application's hooks."""
+    see ``migration.group``); ``capture``/``restore``: the application's hooks;
+    ``on_handover(handover)`` runs in each worker with its :class:`Handover`."""
     if not 1 <= workers <= 256:
         raise ValueError(f"workers must be 1..256, got {workers}")
     if connection_sockets < 0:
@@ -528,6 +538,7 @@ async def serve_workers(
         spec = _WorkerSpec(
             handler, connection_handler, config, backend, plan, group, inboxes, app_stats,
             connection_sockets, socket_policy, face_class, capture, restore, takeover,
+            on_handover=on_handover,
         )
         supervisor = WorkerSupervisor(workers, lambda ctx: _run_worker(spec, ctx))
         server = WorkerGroupServer(group, inboxes, supervisor, plan, steering, spec)

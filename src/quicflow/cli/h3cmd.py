@@ -12,9 +12,12 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
+from ..aio.handover import Handover
+from ..aio.workers import WorkerGroupServer
 from ..migration.handoff import HandoffError
 from ..transport.config import Configuration
 from .common import _describe_error, _fail, stop_event
@@ -96,14 +99,11 @@ async def _serve(args: argparse.Namespace) -> int:
         return _fail(f"cannot load --cert/--key: {exc}")
     kwargs: dict[str, Any] = {}
     if args.workers is not None and args.workers > 1:
-        if args.handoff or args.takeover:
-            print("quicflow serve: --handoff/--takeover do not work with --workers yet",
-                  file=sys.stderr)
-            return 2
         kwargs["workers"] = args.workers
     handoff = args.handoff or args.takeover
     if handoff:
-        kwargs.update(migratable=True, handoff_grace=args.grace, takeover=args.takeover)
+        kwargs.update(migratable=True, handoff_grace=args.grace, takeover=args.takeover,
+                      on_handover=_announce_successor(args.grace))
     try:
         server = await serve_asgi(app, args.host, args.port, configuration=config,
                                   lifespan=args.lifespan, root_path=args.root_path, **kwargs)
@@ -120,8 +120,13 @@ async def _serve(args: argparse.Namespace) -> int:
     workers = f", {args.workers} workers" if kwargs.get("workers") else ""
     print(f"serving {args.app} on https://{shown}:{port} (HTTP/3{workers})",
           file=sys.stderr, flush=True)
+    if args.takeover:
+        inner = server.h3.server
+        taken = (inner.restored_connections if isinstance(inner, WorkerGroupServer)
+                 else len(inner.connections))
+        print(f"took over {taken} connection(s) from {args.takeover}", file=sys.stderr,
+              flush=True)
     if handoff:
-        _announce_successor(server, args.grace)
         stop: asyncio.Future[Any] = asyncio.ensure_future(stop_event().wait())
         handed: asyncio.Future[Any] = server.handoff(handoff)
         await asyncio.wait([stop, handed], return_when=asyncio.FIRST_COMPLETED)
@@ -132,6 +137,8 @@ async def _serve(args: argparse.Namespace) -> int:
             except (HandoffError, OSError) as exc:
                 return _fail(f"handoff failed: {exc}")
             print(f"handed off {count} connection(s)", file=sys.stderr, flush=True)
+            if isinstance(server.h3.server, WorkerGroupServer):
+                await server.h3.server.wait_closed()  # its workers have ended
             try:
                 await server.lifespan.shutdown()
             except RuntimeError as exc:
@@ -147,21 +154,27 @@ async def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _announce_successor(server: Any, grace: float) -> None:
-    """A line on stderr when a successor connects (before requests in progress finish)."""
+def _announce_successor(grace: float) -> Callable[[Handover], None]:
+    """An ``on_handover`` hook: a line on stderr when a successor connects, before the
+    requests in progress finish (with workers, one line from each worker)."""
+    from ..aio.api import QuicServer
+    from ..h3.aio import H3Server
     from ..h3.handoff import requests_in_progress
 
-    handover = server.h3.server.handover
-    wait = handover.before_stop
+    def hook(handover: Handover) -> None:
+        wait = handover.before_stop
+        view = H3Server(QuicServer(handover.runner, handover))
 
-    async def announce() -> None:
-        busy = requests_in_progress(server.h3)
-        print(f"successor connected: handing off after {busy} request(s) in progress "
-              f"finish (at most {grace:g} s)", file=sys.stderr, flush=True)
-        if wait is not None:
-            await wait()
+        async def announce() -> None:
+            busy = requests_in_progress(view)
+            print(f"successor connected: handing off after {busy} request(s) in progress "
+                  f"finish (at most {grace:g} s)", file=sys.stderr, flush=True)
+            if wait is not None:
+                await wait()
 
-    handover.before_stop = announce
+        handover.before_stop = announce
+
+    return hook
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -361,11 +374,14 @@ def register(sub: Any) -> None:
                        help="offer the connections to a successor (quicflow serve "
                        "--takeover PATH) on a unix socket at PATH (mode 0600, same user "
                        "only); then exit 0 printing how many were handed off. Serves "
-                       "HTTP/3 without QPACK dynamic tables (larger headers)")
+                       "HTTP/3 without QPACK dynamic tables (larger headers). With "
+                       "--workers N, worker i hands over to the successor's worker i "
+                       "(start it with the same --workers N)")
     serve.add_argument("--takeover", metavar="PATH",
                        help="take over the socket and connections of the server offering "
-                       "a handoff at PATH (--host/--port unused), then offer at PATH "
-                       "again. Requests still in progress after --grace are reset")
+                       "a handoff at PATH (--host/--port unused; --workers as many as "
+                       "it runs), then offer at PATH again. Requests still in progress "
+                       "after --grace are reset")
     serve.set_defaults(func=cmd_serve)
 
     get = sub.add_parser(

@@ -28,6 +28,7 @@ from ..aio.api import connect as quic_connect
 from ..aio.api import serve as quic_serve
 from ..aio.connection import QuicConnection
 from ..aio.errors import ConnectionClosedError, StreamResetError
+from ..aio.handover import Handover
 from ..aio.runner import EndpointRunner
 from ..aio.workers import WorkerGroupServer
 from ..transport.config import Configuration
@@ -655,13 +656,14 @@ class H3Server:
 
     def _single(self) -> QuicServer:
         if not isinstance(self.server, QuicServer):
-            raise ValueError("handoff and moves are not available with workers yet")
+            raise ValueError("moves are not available with workers yet")
         return self.server
 
     def handoff(self, path: str) -> asyncio.Future[int]:
-        """Offer the connections to a successor (``serve(..., takeover=path)``); see
-        ``QuicServer.handoff``. ValueError unless served with ``migratable=True``."""
-        return self._single().handoff(path)
+        """Offer the connections to a successor (``serve(..., takeover=path)``, with as
+        many workers); see ``QuicServer.handoff`` and ``WorkerGroupServer.handoff``.
+        ValueError unless served with ``migratable=True``."""
+        return self.server.handoff(path)
 
     async def move_to(self, host: str, port: int, context: Any, **kwargs: Any) -> int:
         """Move connections to another host; see ``QuicServer.move_to``."""
@@ -717,20 +719,25 @@ async def serve(
         "max_table_capacity": max_table_capacity,
     }
     if migratable:
-        from .handoff import hooks
+        from .handoff import hooks, wait_for_requests
 
         options["capturable"] = True
         kwargs["capture"], kwargs["restore"] = hooks(capture_request, resume_request)
+        if handoff_grace > 0:  # in each worker too: its own connections' requests
+            then = kwargs.get("on_handover")
+
+            def on_handover(handover: Handover) -> None:
+                view = H3Server(QuicServer(handover.runner, handover))
+                handover.before_stop = lambda: wait_for_requests(view, handoff_grace)
+                if then is not None:
+                    then(handover)
+
+            kwargs["on_handover"] = on_handover
     server = await quic_serve(
         None, host, port, configuration=_h3_configuration(configuration, enable_datagram),
         face_class=_face_class(options, handler), **kwargs,
     )
-    h3_server = H3Server(server)
-    if migratable and handoff_grace > 0 and isinstance(server, QuicServer):
-        from .handoff import wait_for_requests
-
-        server.handover.before_stop = lambda: wait_for_requests(h3_server, handoff_grace)
-    return h3_server
+    return H3Server(server)
 
 
 __all__ = [
