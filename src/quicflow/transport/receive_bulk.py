@@ -154,7 +154,7 @@ def receive_short_run(
                 counters.packets_dropped += 1
                 counters.dropped_reassembly_full += 1
                 continue
-            if conn.state != state_before:
+            if conn.state >= CLOSING and conn.state != state_before:
                 break  # this packet closed the connection
             accepted += 1
             all_probing = all_probing and conn.last_packet_probing
