@@ -12,7 +12,7 @@ import quicflow
 from quicflow.transport.closing import RESEND_DELAYS
 from quicflow.transport.connection import Connection
 from quicflow.transport.events import ConnectionTerminated
-from tests.support.memory_pair import MemoryPair
+from tests.support.memory_pair import SERVER_ADDR, MemoryPair
 from tests.support.quic_helpers import client_config, run, server_config
 from tests.support.relay import LossyUdpRelay
 
@@ -155,3 +155,55 @@ def test_lost_close_reaches_the_server_over_real_sockets() -> None:
     assert isinstance(exc, quicflow.ConnectionClosedError), repr(exc)
     assert (exc.error_code, exc.reason, exc.by_peer) == (code, reason, True)
     assert stats["c2s"]["dropped"] == 1, stats
+
+
+def _close_with_server_packets_unacknowledged() -> tuple[MemoryPair, Connection]:
+    """The client closes right after its handshake (as a connect-then-close client
+    does) and then takes the server's first 1-RTT datagrams (HANDSHAKE_DONE, NEW_TOKEN,
+    NEW_CONNECTION_ID, a path MTU probe) in one ``receive_datagrams`` run, as the asyncio
+    runner does, before it could acknowledge them."""
+    pair = MemoryPair(seed=5)
+    client = pair.client
+    for _ in range(200):  # the client's flights go out; the server's 1-RTT ones are held
+        for d in pair.client_ep.datagrams_to_send(client, pair.now):
+            pair.server.receive(d, pair.client_addr, pair.now)
+        if pair.server_conns and pair.server_conns[0].handshake_complete:
+            break
+        for conn in pair.server_conns:
+            for d in pair.server.datagrams_to_send(conn, pair.now):
+                pair.client_ep.receive(d, SERVER_ADDR, pair.now)
+        pair.now += 0.0002
+    server = pair.server_conns[0]
+    datagrams = pair.server.datagrams_to_send(server, pair.now)
+    assert len(datagrams) >= 2 and all(not d[0] & 0x80 for d in datagrams)
+    client.close(11, "closing early", now=pair.now)
+    pair.received_before = client.counters.packets_received  # type: ignore[attr-defined]
+    pair.client_ep.receive_datagrams([(d, SERVER_ADDR, 0) for d in datagrams], pair.now)
+    return pair, server
+
+
+def test_packets_arriving_in_one_run_while_closing_are_counted_and_answered() -> None:
+    pair, _ = _close_with_server_packets_unacknowledged()
+    client = pair.client
+    # both taken (before, the run path decrypted them and dropped them unanswered)
+    assert client.counters.packets_received == pair.received_before + 2  # type: ignore[attr-defined]
+    assert client.spaces[2].ack_eliciting_pending >= 1
+    assert client.close_packets_seen == 1 and client.close_pending  # answered
+
+
+def test_no_blind_repeats_while_the_peer_waits_for_an_ack_and_a_lost_close_still_arrives(
+) -> None:
+    pair, server = _close_with_server_packets_unacknowledged()
+    client = pair.client
+    pair.up.drop_next = 1  # the client's first CONNECTION_CLOSE is lost
+    seen: list[ConnectionTerminated] = []
+    closed_at = pair.now
+    pair.run(lambda: _terminated(server, seen))
+    learned_after = pair.now - closed_at
+    pair.run(lambda: client.terminated)
+    assert (seen[0].error_code, seen[0].reason, seen[0].by_peer) == (11, "closing early", True)
+    # the server's PTO resend of its unacknowledged packet was answered instead
+    assert client.counters.close_resends == 0
+    assert client.counters.close_resends_skipped == 1
+    assert pair.up.dropped == 1
+    assert learned_after < 3 * client.pto()  # inside the closing period

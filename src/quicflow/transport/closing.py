@@ -10,6 +10,12 @@ close) — at most ``len(RESEND_DELAYS)`` extra copies, all inside the closing p
 3 PTO. The peer, once it has one copy, is draining and sends nothing: these copies
 cost at most three small datagrams per closed connection.
 
+A blind copy is skipped while the peer has 1-RTT ack-eliciting packets we never
+acknowledged (we send no ACK while closing): the peer's loss recovery sends again at its
+PTO unless it has our close, and that packet is answered as below. So a connection closed
+right after its handshake (the server's HANDSHAKE_DONE not yet acknowledged) sends one
+close, not four (``close_resends_skipped`` counts the copies saved).
+
 Answers to incoming packets are rate-limited the way the RFC suggests: the 1st, 2nd,
 4th, 8th... ack-eliciting packet received while closing is answered, the others not.
 """
@@ -55,6 +61,11 @@ def on_closing_timer(conn: Connection, now: float) -> None:
     if resend is None or now < resend:
         return
     if conn.state != CLOSING:  # draining: never send
+        conn.close_resend_at = None
+        return
+    if conn.spaces[2].ack_eliciting_pending and not conn.spaces[2].discarded:
+        # the peer waits for an ACK it never gets: it sends again and we answer then
+        conn.counters.close_resends_skipped += 1
         conn.close_resend_at = None
         return
     conn.close_pending = True

@@ -109,6 +109,7 @@ class ConnectionCounters:
     datagram_frames_received: int = 0
     datagram_frames_dropped: int = 0  # send queue full: the oldest was dropped
     close_resends: int = 0  # CONNECTION_CLOSE sent again on the closing timer
+    close_resends_skipped: int = 0  # copies not sent: the peer had unacknowledged packets
     migrations: int = 0  # (client) moves to a new path validated by PATH_RESPONSE
     migrations_failed: int = 0  # (client) probes of a new path that got no answer
     path_probes_sent: int = 0  # (client) PATH_CHALLENGE datagrams sent on a probed path

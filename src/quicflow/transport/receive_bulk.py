@@ -82,6 +82,7 @@ def receive_short_run(
     largest_before = space.largest_received
     received = space.received
     challenges_before = len(conn.path_challenges_received)
+    state_before = conn.state  # closing already: its packets are counted and answered
     all_probing = True  # only probing frames in the run (RFC 9000 §9.1)
     streams = conn.streams
     flow = conn.flow
@@ -156,8 +157,8 @@ def receive_short_run(
                 counters.packets_dropped += 1
                 counters.dropped_reassembly_full += 1
                 continue
-            if conn.state >= CLOSING:
-                break
+            if conn.state >= CLOSING and conn.state != state_before:
+                break  # this packet closed the connection
             accepted += 1
             all_probing = all_probing and conn.last_packet_probing
             if pn < space.largest_received or (received and pn > space.largest_received + 1):
