@@ -37,11 +37,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import importlib
-import json
 import os
 import sys
 from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make ``tests.support`` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+        __file__)))))
+
+from tests.support.aioquic_peer import _lib, emit  # noqa: E402
 
 CHUNK = 64 * 1024
 
@@ -49,16 +53,6 @@ CHUNK = 64 * 1024
 def data(n: int, seed: int) -> bytes:
     block = hashlib.sha256(seed.to_bytes(4, "big")).digest() * (CHUNK // 32)
     return (block * (n // CHUNK + 1))[:n]
-
-
-def emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
-def _lib(args: argparse.Namespace, module: str) -> Any:
-    """``module`` (e.g. ``"asyncio"``) of the library under test (aioquic or qh3)."""
-    return importlib.import_module(f"{args.library}.{module}")
 
 
 def _configuration(args: argparse.Namespace, is_client: bool) -> Any:
@@ -219,7 +213,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if __package__ in (None, ""):
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
-            os.path.abspath(__file__)))))
     sys.exit(main())
