@@ -45,7 +45,7 @@ if __package__ in (None, ""):  # run as a script: make ``tests.support`` importa
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
         __file__)))))
 
-from tests.support.aioquic_peer import _lib, emit  # noqa: E402
+from tests.support.aioquic_peer import _lib, emit, qh3_drainable  # noqa: E402
 
 CHUNK = 64 * 1024
 
@@ -95,12 +95,7 @@ def _protocol_class(args: argparse.Namespace, created: list[Any]) -> Any:
         if qh3:
 
             def _create_stream(self, stream_id: int) -> Any:
-                # qh3's StreamWriter has protocol=None, so drain() would fail: give it
-                # one (as tests/support/aioquic_peer.py does)
-                reader, writer = super()._create_stream(stream_id)
-                if writer._protocol is None:
-                    writer._protocol = asyncio.streams.StreamReaderProtocol(reader)
-                return reader, writer
+                return qh3_drainable(*super()._create_stream(stream_id))
 
     return Protocol
 

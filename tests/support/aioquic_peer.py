@@ -119,6 +119,17 @@ def _negotiated_suite(library: str, quic: Any) -> int | None:
         return None
 
 
+def qh3_drainable(reader: Any, writer: Any) -> tuple[Any, Any]:
+    """A qh3 stream's (reader, writer) with a working ``drain()``: qh3 builds its
+    StreamWriter with protocol=None, so ``await writer.drain()`` raises AttributeError
+    (and the dropped writer's __del__ then closes the stream: a FIN after partial data).
+    Give it a StreamReaderProtocol as aioquic does.  (Not a new writer: the discarded
+    one's __del__ would send FIN at once.)"""
+    if writer._protocol is None:
+        writer._protocol = asyncio.streams.StreamReaderProtocol(reader)
+    return reader, writer
+
+
 def _protocol_class(args: argparse.Namespace) -> Any:
     QuicConnectionProtocol = _lib(args, "asyncio").QuicConnectionProtocol  # noqa: N806
     events = _lib(args, "quic.events")
@@ -155,15 +166,7 @@ def _protocol_class(args: argparse.Namespace) -> Any:
         if library == "qh3":
 
             def _create_stream(self, stream_id: int) -> Any:
-                # qh3 builds its StreamWriter with protocol=None, so ``await
-                # writer.drain()`` raises AttributeError (and the dropped writer's
-                # __del__ then closes the stream: a FIN after partial data).  Give it a
-                # StreamReaderProtocol as aioquic does, so drain() works.  (Not a new
-                # writer: the discarded one's __del__ would send FIN at once.)
-                reader, writer = super()._create_stream(stream_id)
-                if writer._protocol is None:
-                    writer._protocol = asyncio.streams.StreamReaderProtocol(reader)
-                return reader, writer
+                return qh3_drainable(*super()._create_stream(stream_id))
 
     return ReportingProtocol
 
