@@ -37,21 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import quicflow  # noqa: E402
 from quicflow.transport.config import Configuration  # noqa: E402
 from tests.support.relay import LossyUdpRelay  # noqa: E402
-from tests.support.takeover import ServerProc, write_certificate  # noqa: E402
-from tests.test_migrate_hosts import _migrate, _pki  # noqa: E402
+from tests.test_migrate_hosts import _migrate, _pki, _two_hosts  # noqa: E402
 
 MB = 1 << 20
 
 
 async def _run(n: int, directory: Path) -> list[tuple[float, float, float]]:
-    pki = _pki(directory)
-    cert, key = write_certificate(directory)
-    path = str(directory / "a.sock")
-    a = ServerProc(["--host", "127.0.0.1", "--port", "0", "--cert", cert, "--key", key,
-                    "--handoff", path])
-    b = ServerProc(["--host", "127.0.0.1", "--port", "0", "--cert", cert, "--key", key,
-                    "--migrate-listen", "127.0.0.1:0", "--migrate-cert", pki["b_cert"],
-                    "--migrate-key", pki["b_key"], "--migrate-ca", pki["ca"]])
+    pki, cert, path, a, b = _two_hosts(directory)
     try:
         a_port, b_port = a.port(), b.port()
         to = b.wait_line("accepting migrations on ").split()[-1]

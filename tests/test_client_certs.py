@@ -148,6 +148,53 @@ def test_refused_client_quicflow(cred: str | None, alert: int) -> None:
     assert failed == 1
 
 
+def foreign_client_to_requiring_server(
+    library: str, configuration: quicflow.Configuration, cafile: str,
+    cred: str | None, alert: int | None, tmp_path: Path,
+) -> quicflow.QuicConnection:
+    """An aioquic or qh3 client (``tests/support/aioquic_peer.py``) presenting the
+    certificate of CA ``cred`` (or none) to our server requiring one: with ``alert``
+    None, both directions transfer hash-checked and our side reads the certificate;
+    otherwise both sides see CRYPTO_ERROR + ``alert`` and one handshake failed.
+    Returns our side's connection."""
+    extra: list[str] = []
+    if cred is not None:
+        cert, key = client_cred(cred).write(tmp_path, "client")
+        extra = ["--client-cert", cert, "--client-key", key]
+
+    async def main() -> tuple[list[dict[str, Any]], quicflow.QuicConnection, int]:
+        accepted: list[quicflow.QuicConnection] = []
+        async with await quicflow.serve(
+            echo_proto.serve_stream, "127.0.0.1", 0, configuration=configuration,
+            connection_handler=accepted.append,
+        ) as server:
+            async with AioquicProcess(
+                "client", "--port", str(server.address[1]), "--cafile", cafile,
+                "--server-name", "localhost", "--upload", str(UPLOAD),
+                "--download", str(DOWNLOAD), "--timeout", "10", *extra, library=library,
+            ) as peer:
+                await peer.wait_exit(40)
+            if alert is not None:
+                await close_error_of(accepted[0])
+            return peer.events, accepted[0], await handshakes_failed(
+                server, 1 if alert else 0)
+
+    events, face, failed = run(main(), 80)
+    if alert is None:
+        results = [ev for ev in events if ev["event"] == "result"]
+        assert results and results[0]["ok"], events  # sha256 both ways matched
+        assert face.peer_certificates == [client_cred("A").cert]
+        assert failed == 0
+    else:
+        terminated = [ev for ev in events if ev["event"] == "terminated"]
+        assert terminated and terminated[0]["error_code"] == CRYPTO_ERROR + alert, events
+        assert not [ev for ev in events if ev["event"] == "result"], events
+        assert face._close_error is not None
+        assert face._close_error.error_code == CRYPTO_ERROR + alert
+        assert failed == 1
+    return face
+
+
 # ---------------------------------------------------------------------------- aioquic
 
 
@@ -164,41 +211,8 @@ def test_aioquic_client_with_quicflow_server(
 ) -> None:
     cafile = tmp_path / "ca.pem"
     cafile.write_bytes(ca("A").cert_pem)
-    extra: list[str] = []
-    if cred is not None:
-        cert, key = client_cred(cred).write(tmp_path, "client")
-        extra = ["--client-cert", cert, "--client-key", key]
-
-    async def main() -> tuple[list[dict[str, Any]], quicflow.QuicConnection, int]:
-        accepted: list[quicflow.QuicConnection] = []
-        async with await quicflow.serve(
-            echo_proto.serve_stream, "127.0.0.1", 0, configuration=requiring_server(),
-            connection_handler=accepted.append,
-        ) as server:
-            async with AioquicProcess(
-                "client", "--port", str(server.address[1]), "--cafile", str(cafile),
-                "--server-name", "localhost", "--upload", str(UPLOAD),
-                "--download", str(DOWNLOAD), "--timeout", "10", *extra,
-            ) as peer:
-                await peer.wait_exit(40)
-            if alert is not None:
-                await close_error_of(accepted[0])
-            return peer.events, accepted[0], await handshakes_failed(
-                server, 1 if alert else 0)
-
-    events, face, failed = run(main(), 80)
-    if alert is None:
-        results = [ev for ev in events if ev["event"] == "result"]
-        assert results and results[0]["ok"], events
-        assert face.peer_certificates == [client_cred("A").cert]
-        assert failed == 0
-    else:
-        terminated = [ev for ev in events if ev["event"] == "terminated"]
-        assert terminated and terminated[0]["error_code"] == CRYPTO_ERROR + alert, events
-        assert not [ev for ev in events if ev["event"] == "result"], events
-        assert face._close_error is not None
-        assert face._close_error.error_code == CRYPTO_ERROR + alert
-        assert failed == 1
+    foreign_client_to_requiring_server(
+        "aioquic", requiring_server(), str(cafile), cred, alert, tmp_path)
 
 
 @pytest.mark.interop

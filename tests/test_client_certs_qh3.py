@@ -25,25 +25,21 @@ from typing import Any
 import pytest
 
 import quicflow
-from tests.support import echo_proto
 from tests.support.prereq import have_module
 from tests.support.quic_helpers import ca, issued, run, server_config
 from tests.test_client_certs import (
     CERTIFICATE_REQUIRED,
-    CRYPTO_ERROR,
     DOWNLOAD,
     UNKNOWN_CA,
     UPLOAD,
     client_cred,
-    close_error_of,
-    handshakes_failed,
+    foreign_client_to_requiring_server,
 )
 from tests.test_interop_qh3 import (
     CA_NAME,
     Pki,
     our_exchange,
     pki,  # noqa: F401  (fixture)
-    qh3_process,
     with_qh3_server,
 )
 
@@ -64,43 +60,10 @@ def requiring_server() -> quicflow.Configuration:
 def test_qh3_client_with_quicflow_server(
     cred: str | None, alert: int | None, tmp_path: Path, pki: Pki  # noqa: F811
 ) -> None:
-    extra: list[str] = []
-    if cred is not None:
-        cert, key = client_cred(cred).write(tmp_path, "client")
-        extra = ["--client-cert", cert, "--client-key", key]
-
-    async def main() -> tuple[list[dict[str, Any]], quicflow.QuicConnection, int]:
-        accepted: list[quicflow.QuicConnection] = []
-
-        async with await quicflow.serve(
-            echo_proto.serve_stream, "127.0.0.1", 0, configuration=requiring_server(),
-            connection_handler=accepted.append,
-        ) as server:
-            async with qh3_process(
-                "client", "--port", str(server.address[1]), "--cafile", pki.cafile,
-                "--server-name", "localhost", "--upload", str(UPLOAD),
-                "--download", str(DOWNLOAD), "--timeout", "10", *extra,
-            ) as peer:
-                await peer.wait_exit(40)
-            if alert is not None:
-                await close_error_of(accepted[0])
-            return peer.events, accepted[0], await handshakes_failed(
-                server, 1 if alert else 0)
-
-    events, face, failed = run(main(), 80)
-    if alert is None:
-        results = [ev for ev in events if ev["event"] == "result"]
-        assert results and results[0]["ok"], events  # sha256 both ways matched
-        assert face.peer_certificates == [client_cred("A").cert]
-        assert failed == 0
-    else:
-        terminated = [ev for ev in events if ev["event"] == "terminated"]
-        assert terminated and terminated[0]["error_code"] == CRYPTO_ERROR + alert, events
-        assert not [ev for ev in events if ev["event"] == "result"], events
-        assert face._close_error is not None
-        assert face._close_error.error_code == CRYPTO_ERROR + alert
+    face = foreign_client_to_requiring_server(
+        "qh3", requiring_server(), pki.cafile, cred, alert, tmp_path)
+    if alert is not None:
         assert face.peer_certificates == []
-        assert failed == 1
 
 
 def test_quicflow_client_with_certificate_unasked_by_qh3_server(pki: Pki) -> None:  # noqa: F811

@@ -57,6 +57,17 @@ def received(server: Connection, sid: int) -> bytes:
         out += chunk
 
 
+def run_until_received(pair: MemoryPair, server: Connection, sid: int) -> bytes:
+    """Run the pair until ``server`` has read len(DATA) bytes on ``sid``; those bytes."""
+    got = bytearray()
+
+    def done() -> bool:
+        got.extend(received(server, sid))
+        return len(got) == len(DATA)
+    pair.run(done)
+    return bytes(got)
+
+
 def resumed_with_data(pair: MemoryPair, early: bool = True
                       ) -> tuple[Connection, Connection, list[bytes]]:
     """A second connection writing DATA before its handshake (``early``; else after
@@ -228,13 +239,7 @@ def test_zero_rtt_before_the_initial_is_dropped_and_resent() -> None:
         pair.server.receive(d, pair.client_addr, pair.now)
     assert pair.server.counters.dropped_unknown_cid == dropped + len(first) - 1
     [server] = [c for c in pair.server_conns if c.early_data_attempted]
-    got = bytearray()
-
-    def done() -> bool:
-        got.extend(received(server, sid))
-        return len(got) == len(DATA)
-    pair.run(done)
-    assert bytes(got) == DATA and client.early_data_accepted
+    assert run_until_received(pair, server, sid) == DATA and client.early_data_accepted
 
 
 def test_hello_retry_request_rejects_zero_rtt_data_resent() -> None:
@@ -281,10 +286,4 @@ def test_client_keeps_to_the_remembered_limits() -> None:
     for d in first:
         pair.server.receive(d, pair.client_addr, pair.now)
     [server] = [c for c in pair.server_conns if c not in old]
-    got = bytearray()
-
-    def done() -> bool:
-        got.extend(received(server, sid))
-        return len(got) == len(DATA)
-    pair.run(done)
-    assert bytes(got) == DATA and client.early_data_accepted
+    assert run_until_received(pair, server, sid) == DATA and client.early_data_accepted

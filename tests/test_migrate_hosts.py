@@ -59,6 +59,23 @@ def _pki(directory: Path) -> dict[str, str]:
             "b_key": b[1], "rogue_cert": r[0], "rogue_key": r[1]}
 
 
+def _two_hosts(
+    directory: Path, *extra: str
+) -> tuple[dict[str, str], str, str, ServerProc, ServerProc]:
+    """Two perf servers on 127.0.0.1 with one server certificate: A takes ``perf migrate``
+    on the handoff socket ``path``, B accepts migrations (its identity and CA from
+    :func:`_pki`); ``extra`` options go to both. Returns (pki, cert, path, A, B)."""
+    pki = _pki(directory)
+    cert, key = write_certificate(directory)
+    path = str(directory / "a.sock")
+    a = ServerProc(["--host", "127.0.0.1", "--port", "0", "--cert", cert, "--key", key,
+                    "--handoff", path, *extra])
+    b = ServerProc(["--host", "127.0.0.1", "--port", "0", "--cert", cert, "--key", key,
+                    "--migrate-listen", "127.0.0.1:0", "--migrate-cert", pki["b_cert"],
+                    "--migrate-key", pki["b_key"], "--migrate-ca", pki["ca"], *extra])
+    return pki, cert, path, a, b
+
+
 def _migrate(path: str, to: str, pki: dict[str, str]) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     return subprocess.run(
@@ -71,14 +88,7 @@ def _migrate(path: str, to: str, pki: dict[str, str]) -> subprocess.CompletedPro
 
 @pytest.mark.timeout(300)
 def test_connections_move_to_another_server_and_the_address_follows(tmp_path: Path) -> None:
-    pki = _pki(tmp_path)
-    cert, key = write_certificate(tmp_path)
-    path = str(tmp_path / "a.sock")
-    a = ServerProc(["--host", "127.0.0.1", "--port", "0", "--cert", cert, "--key", key,
-                    "--handoff", path, "--json"])
-    b = ServerProc(["--host", "127.0.0.1", "--port", "0", "--cert", cert, "--key", key,
-                    "--migrate-listen", "127.0.0.1:0", "--migrate-cert", pki["b_cert"],
-                    "--migrate-key", pki["b_key"], "--migrate-ca", pki["ca"], "--json"])
+    pki, cert, path, a, b = _two_hosts(tmp_path, "--json")
     try:
         a_port, b_port = a.port(), b.port()
         move_to = b.wait_line("accepting migrations on ").split()[-1]
@@ -185,14 +195,7 @@ def test_move_by_cid_to_a_server_with_our_host_id_is_refused(tmp_path: Path) -> 
     """``perf migrate --mode cids`` to a server that issues CIDs with A's own server ID
     (both left at the default --host-id) exits 1 with the reason before any connection
     stops: the connection goes on, on A."""
-    pki = _pki(tmp_path)
-    cert, key = write_certificate(tmp_path)
-    path = str(tmp_path / "a.sock")
-    a = ServerProc(["--host", "127.0.0.1", "--port", "0", "--cert", cert, "--key", key,
-                    "--handoff", path])
-    b = ServerProc(["--host", "127.0.0.1", "--port", "0", "--cert", cert, "--key", key,
-                    "--migrate-listen", "127.0.0.1:0", "--migrate-cert", pki["b_cert"],
-                    "--migrate-key", pki["b_key"], "--migrate-ca", pki["ca"]])
+    pki, cert, path, a, b = _two_hosts(tmp_path)
     try:
         a_port = a.port()
         b.port()

@@ -147,16 +147,23 @@ def _settle(pair: MemoryPair) -> None:
         for s in c.spaces) for c in conns))
 
 
-def test_a_packet_after_a_silence_is_acknowledged_at_once() -> None:
-    """Two PTO probes after a silence: each is acknowledged at once (the first for the
-    silence, the second as every second packet is), so a lost ACK does not fail the
-    round. Before, the first probe's ACK waited max_ack_delay for the second."""
+def _stream_after_silence() -> tuple[MemoryPair, Connection, Connection, int]:
+    """An established pair with one stream the server has read "hello" on, settled,
+    then a second of silence (nothing was due before the idle timeout)."""
     pair, client, server = _established()
     sid = client.open_stream()
     client.send_stream_data(sid, b"hello", end_stream=False)
     pair.run(lambda: sid in server.streams and server.read_stream(sid) == b"hello")
     _settle(pair)
-    pair.now += 1.0  # a silence (nothing was due before the idle timeout)
+    pair.now += 1.0
+    return pair, client, server, sid
+
+
+def test_a_packet_after_a_silence_is_acknowledged_at_once() -> None:
+    """Two PTO probes after a silence: each is acknowledged at once (the first for the
+    silence, the second as every second packet is), so a lost ACK does not fail the
+    round. Before, the first probe's ACK waited max_ack_delay for the second."""
+    pair, client, server, sid = _stream_after_silence()
     server.send_stream_data(sid, b"ping", end_stream=False)
     datagrams = pair.server.datagrams_to_send(server, pair.now)
     assert len(datagrams) == 1
@@ -202,12 +209,7 @@ def test_an_ack_only_packet_is_sent_again_twice_then_no_more() -> None:
     than ACK_REPEATS times, and nothing answers an ACK-only packet)."""
     from quicflow.transport.send import ACK_REPEATS
 
-    pair, client, server = _established()
-    sid = client.open_stream()
-    client.send_stream_data(sid, b"hello", end_stream=False)
-    pair.run(lambda: sid in server.streams and server.read_stream(sid) == b"hello")
-    _settle(pair)
-    pair.now += 1.0  # a silence (nothing was due before the idle timeout)
+    pair, client, server, sid = _stream_after_silence()
     assert client.pto() < 0.05
     server.send_stream_data(sid, b"ping", end_stream=False)
     for d in pair.server.datagrams_to_send(server, pair.now):
@@ -295,12 +297,7 @@ def test_a_pto_probe_carries_the_ack(monkeypatch: pytest.MonkeyPatch) -> None:
     from quicflow.transport import send
 
     monkeypatch.setattr(send, "ACK_REPEATS", 0)  # the probe alone, not a repeat
-    pair, client, server = _established()
-    sid = client.open_stream()
-    client.send_stream_data(sid, b"hello", end_stream=False)
-    pair.run(lambda: sid in server.streams and server.read_stream(sid) == b"hello")
-    _settle(pair)
-    pair.now += 1.0
+    pair, client, server, sid = _stream_after_silence()
     server.send_stream_data(sid, b"ping", end_stream=False)
     for d in pair.server.datagrams_to_send(server, pair.now):
         pair.client_ep.receive(d, ("127.0.0.1", 4433), pair.now)

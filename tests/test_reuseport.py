@@ -65,6 +65,20 @@ def receive_all(socks: list[socket.socket], expected: int) -> list[tuple[int, by
     return out
 
 
+def assert_hashed_by_source(group, clients, rounds: list[bytes]) -> None:
+    """Every client sends each of ``rounds`` to the group: each source lands on one
+    member for all of them (the 4-tuple hash), and the sources spread over more than
+    one member."""
+    member_of: dict[tuple, set[int]] = {}
+    for payload in rounds:
+        for c in clients:
+            c.sendto(payload, group.address)
+        for member, _, addr in receive_all(group.sockets, len(clients)):
+            member_of.setdefault(addr, set()).add(member)
+    assert all(len(m) == 1 for m in member_of.values())
+    assert len({next(iter(m)) for m in member_of.values()}) > 1
+
+
 @pytest.fixture
 def group():
     g = ReuseportGroup.bind("127.0.0.1", 0, 3)
@@ -103,16 +117,9 @@ def test_short_headers_go_to_the_member_their_worker_byte_names(group, clients):
 def test_long_headers_and_foreign_cids_fall_back_to_the_4_tuple_hash(group, clients):
     group.steer(WORKER_OFFSET)
     rounds = [long_header(), long_header(), short_header(3), short_header(1, config_id=2)]
-    member_of: dict[tuple, set[int]] = {}
-    for payload in rounds:
-        for c in clients:
-            c.sendto(payload, group.address)
-        for member, _, addr in receive_all(group.sockets, len(clients)):
-            member_of.setdefault(addr, set()).add(member)
     # Each source lands on one member for all four kinds (the hash), and the hash
     # spreads the sources over more than one member.
-    assert all(len(m) == 1 for m in member_of.values())
-    assert len({next(iter(m)) for m in member_of.values()}) > 1
+    assert_hashed_by_source(group, clients, rounds)
 
 
 def test_long_headers_with_our_cid_length_follow_the_worker_byte(group, clients):
@@ -132,14 +139,7 @@ def test_long_headers_with_our_cid_length_follow_the_worker_byte(group, clients)
     # Everything else: one member per source (the hash), spread over several members.
     rounds = [handshake_header(1, cid_length=12), handshake_header(2, config_id=3),
               handshake_header(7), long_header()]  # fmt: skip
-    member_of: dict[tuple, set[int]] = {}
-    for payload in rounds:
-        for c in clients:
-            c.sendto(payload, group.address)
-        for member, _, addr in receive_all(group.sockets, len(clients)):
-            member_of.setdefault(addr, set()).add(member)
-    assert all(len(m) == 1 for m in member_of.values())
-    assert len({next(iter(m)) for m in member_of.values()}) > 1
+    assert_hashed_by_source(group, clients, rounds)
 
 
 def test_long_header_steering_with_a_slot_map(group, clients):

@@ -37,11 +37,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import importlib
-import json
 import os
 import sys
 from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make ``tests.support`` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+        __file__)))))
+
+from tests.support.aioquic_peer import _lib, emit, qh3_drainable  # noqa: E402
 
 CHUNK = 64 * 1024
 
@@ -49,16 +53,6 @@ CHUNK = 64 * 1024
 def data(n: int, seed: int) -> bytes:
     block = hashlib.sha256(seed.to_bytes(4, "big")).digest() * (CHUNK // 32)
     return (block * (n // CHUNK + 1))[:n]
-
-
-def emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
-def _lib(args: argparse.Namespace, module: str) -> Any:
-    """``module`` (e.g. ``"asyncio"``) of the library under test (aioquic or qh3)."""
-    return importlib.import_module(f"{args.library}.{module}")
 
 
 def _configuration(args: argparse.Namespace, is_client: bool) -> Any:
@@ -101,12 +95,7 @@ def _protocol_class(args: argparse.Namespace, created: list[Any]) -> Any:
         if qh3:
 
             def _create_stream(self, stream_id: int) -> Any:
-                # qh3's StreamWriter has protocol=None, so drain() would fail: give it
-                # one (as tests/support/aioquic_peer.py does)
-                reader, writer = super()._create_stream(stream_id)
-                if writer._protocol is None:
-                    writer._protocol = asyncio.streams.StreamReaderProtocol(reader)
-                return reader, writer
+                return qh3_drainable(*super()._create_stream(stream_id))
 
     return Protocol
 
@@ -219,7 +208,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if __package__ in (None, ""):
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
-            os.path.abspath(__file__)))))
     sys.exit(main())

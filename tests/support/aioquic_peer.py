@@ -48,6 +48,7 @@ import importlib
 import json
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any, Self
 
 if __package__ in (None, ""):  # run as a script: make ``tests.support`` importable
@@ -118,6 +119,17 @@ def _negotiated_suite(library: str, quic: Any) -> int | None:
         return None
 
 
+def qh3_drainable(reader: Any, writer: Any) -> tuple[Any, Any]:
+    """A qh3 stream's (reader, writer) with a working ``drain()``: qh3 builds its
+    StreamWriter with protocol=None, so ``await writer.drain()`` raises AttributeError
+    (and the dropped writer's __del__ then closes the stream: a FIN after partial data).
+    Give it a StreamReaderProtocol as aioquic does.  (Not a new writer: the discarded
+    one's __del__ would send FIN at once.)"""
+    if writer._protocol is None:
+        writer._protocol = asyncio.streams.StreamReaderProtocol(reader)
+    return reader, writer
+
+
 def _protocol_class(args: argparse.Namespace) -> Any:
     QuicConnectionProtocol = _lib(args, "asyncio").QuicConnectionProtocol  # noqa: N806
     events = _lib(args, "quic.events")
@@ -154,15 +166,7 @@ def _protocol_class(args: argparse.Namespace) -> Any:
         if library == "qh3":
 
             def _create_stream(self, stream_id: int) -> Any:
-                # qh3 builds its StreamWriter with protocol=None, so ``await
-                # writer.drain()`` raises AttributeError (and the dropped writer's
-                # __del__ then closes the stream: a FIN after partial data).  Give it a
-                # StreamReaderProtocol as aioquic does, so drain() works.  (Not a new
-                # writer: the discarded one's __del__ would send FIN at once.)
-                reader, writer = super()._create_stream(stream_id)
-                if writer._protocol is None:
-                    writer._protocol = asyncio.streams.StreamReaderProtocol(reader)
-                return reader, writer
+                return qh3_drainable(*super()._create_stream(stream_id))
 
     return ReportingProtocol
 
@@ -284,9 +288,12 @@ async def run_perf_client(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def peer_parser(roles: list[str]) -> argparse.ArgumentParser:
+    """The command line every aioquic/qh3 peer process here takes (this module's and
+    ``aioquic_resume``'s): the role, the library, where to listen or connect, the
+    certificates, the upload and download sizes."""
     p = argparse.ArgumentParser()
-    p.add_argument("role", choices=["server", "client", "perfclient"])
+    p.add_argument("role", choices=roles)
     p.add_argument("--library", choices=LIBRARIES, default="aioquic")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
@@ -295,9 +302,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cafile")
     p.add_argument("--insecure", action="store_true")
     p.add_argument("--server-name", default="localhost")
-    p.add_argument("--streams", type=int, default=1)
     p.add_argument("--upload", type=int, default=0)
     p.add_argument("--download", type=int, default=0)
+    return p
+
+
+def serve(run: Callable[[argparse.Namespace], Awaitable[None]], args: argparse.Namespace
+          ) -> int:
+    """Run a peer's server until it is interrupted; exit status 0."""
+    try:
+        asyncio.run(run(args))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = peer_parser(["server", "client", "perfclient"])
+    p.add_argument("--streams", type=int, default=1)
     p.add_argument("--chacha", action="store_true")
     p.add_argument("--retry", action="store_true", help="(server) Retry every Initial")
     p.add_argument("--versions", help="QUIC versions by preference, e.g. 2,1")
@@ -313,11 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=120.0)
     args = p.parse_args(argv)
     if args.role == "server":
-        try:
-            asyncio.run(run_server(args))
-        except KeyboardInterrupt:
-            pass
-        return 0
+        return serve(run_server, args)
     if args.role == "perfclient":
         return asyncio.run(run_perf_client(args))
     return asyncio.run(run_client(args))

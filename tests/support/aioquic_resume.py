@@ -34,11 +34,12 @@ if __package__ in (None, ""):
 
 from tests.support import echo_proto  # noqa: E402
 from tests.support.aioquic_peer import (  # noqa: E402
-    LIBRARIES,
     _configuration,
     _lib,
     _protocol_class,
     emit,
+    peer_parser,
+    serve,
 )
 
 
@@ -168,18 +169,7 @@ async def run_h3_client(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("role", choices=["server", "client", "h3client"])
-    p.add_argument("--library", choices=LIBRARIES, default="aioquic")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0)
-    p.add_argument("--cert")
-    p.add_argument("--key")
-    p.add_argument("--cafile")
-    p.add_argument("--insecure", action="store_true")
-    p.add_argument("--server-name", default="localhost")
-    p.add_argument("--upload", type=int, default=0)
-    p.add_argument("--download", type=int, default=0)
+    p = peer_parser(["server", "client", "h3client"])
     p.add_argument("--no-early-data", action="store_true")
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--idle-timeout", type=float, default=30.0)
@@ -191,11 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     args.datagrams = False
     args.client_cert = None
     if args.role == "server":
-        try:
-            asyncio.run(run_server(args))
-        except KeyboardInterrupt:
-            pass
-        return 0
+        return serve(run_server, args)
     if args.role == "h3client":
         return asyncio.run(run_h3_client(args))
     return asyncio.run(run_client(args))

@@ -189,6 +189,14 @@ def _preferred_arg(text: str) -> tuple[str, int]:
     return host, number
 
 
+def _read_key_file(path: str) -> bytes | None:
+    """The secret in ``path`` (--token-key-file, --ticket-key-file); None when it holds
+    fewer than 16 bytes."""
+    with open(path, "rb") as f:
+        secret = f.read()
+    return secret if len(secret) >= 16 else None
+
+
 def cmd_perf_server(args: argparse.Namespace) -> int:
     try:
         _cid_plan(args)
@@ -245,16 +253,14 @@ def cmd_perf_server(args: argparse.Namespace) -> int:
                 return _fail("--preferred-address does not work with --workers yet", 2)
             config.disable_active_migration = args.disable_active_migration
             if args.token_key_file:
-                with open(args.token_key_file, "rb") as f:
-                    secret = f.read()
-                if len(secret) < 16:
+                secret = _read_key_file(args.token_key_file)
+                if secret is None:
                     return _fail("--token-key-file must hold at least 16 bytes", 2)
                 config.token_key = secret
                 config.reset_key = secret
             if args.ticket_key_file:
-                with open(args.ticket_key_file, "rb") as f:
-                    secret = f.read()
-                if len(secret) < 16:
+                secret = _read_key_file(args.ticket_key_file)
+                if secret is None:
                     return _fail("--ticket-key-file must hold at least 16 bytes", 2)
                 config.ticket_key = secret
             config.early_data = args.early_data == "accept"

@@ -38,18 +38,8 @@ def client_connection(
     configuration's length); ``seal_key`` is its sealer's key in ``engine`` (default:
     :func:`new_seal_key`, unique in the process).
     """
-    conn = Connection(
-        configuration=configuration,
-        is_client=True,
-        now_created=now,
-        original_dcid=os.urandom(8),
-        peer_address=peer_address,
-        local_cid_length=configuration.connection_id_length,
-        engine=engine or SoftwareOffloadEngine(),
-        seal_key=new_seal_key() if seal_key is None else seal_key,
-        cid_issuer=cid_issuer,
-    )
-    conn._now_hint = now
+    conn = _new_connection(configuration, True, peer_address, os.urandom(8), now,
+                           engine, cid_issuer, seal_key)
     conn.wall_offset = wall_offset
     conn.peer_cid = conn.original_dcid
     conn.version = configuration.initial_version or (
@@ -75,9 +65,31 @@ def server_connection(
 ) -> Connection:
     """A server connection for a client's first Initial (see :func:`client_connection`
     for ``cid_issuer`` and ``seal_key``)."""
+    conn = _new_connection(configuration, False, peer_address, original_dcid, now,
+                           engine, cid_issuer, seal_key)
+    conn.peer_cid = client_scid
+    conn.retry_scid = retry_scid
+    conn.address_validated = address_validated
+    conn.version = version
+    conn._setup(now, None)
+    return conn
+
+
+def _new_connection(
+    configuration: Configuration,
+    is_client: bool,
+    peer_address: Address,
+    original_dcid: bytes,
+    now: float,
+    engine: OffloadEngine | None,
+    cid_issuer: CidIssuer | None,
+    seal_key: bytes | None,
+) -> Connection:
+    """The part both constructors share: a Connection with the engine and sealer key
+    defaulted (see :func:`client_connection`), its clock hint set to ``now``."""
     conn = Connection(
         configuration=configuration,
-        is_client=False,
+        is_client=is_client,
         now_created=now,
         original_dcid=original_dcid,
         peer_address=peer_address,
@@ -87,9 +99,4 @@ def server_connection(
         cid_issuer=cid_issuer,
     )
     conn._now_hint = now
-    conn.peer_cid = client_scid
-    conn.retry_scid = retry_scid
-    conn.address_validated = address_validated
-    conn.version = version
-    conn._setup(now, None)
     return conn
