@@ -292,7 +292,10 @@ def test_gtlsclient_our_server_with_loss(site: Path) -> None:
     downloaded(site, into, ["one.bin", "small.bin"], log)
     dropped_out, dropped_in = ngtcp2.simulated_losses(log)
     assert dropped_in > 0 and face.conn.counters.packets_lost > 0
-    closed_cleanly_by_peer(face)
+    if face.closed:  # the clean close itself is checked without loss (download test)
+        closed_cleanly_by_peer(face)
+    # else gtlsclient's one CONNECTION_CLOSE fell to its own --tx-loss (it exits right
+    # after sending it; seen once in a loaded suite run): our side ends at its idle timeout
 
 
 @pytest.mark.parametrize("rebinding, transfer", [
