@@ -16,13 +16,19 @@ until closed. Printed (one JSON object on stdout, progress on stderr):
   /proc/PID/stat) over the measured loop, divided by HANDSHAKES;
 - ``client_cpu_ms_per_handshake``: this process's CPU (``time.process_time``) over the
   loop, divided by HANDSHAKES;
+- ``server_gc_in_loop`` (quicflow server): the garbage collector's collections and CPU
+  ms per generation over the measured loop (``gc.callbacks`` in the server);
 - ``server_rss_kb`` before and after the idle connections (VmRSS from /proc), and the
-  difference per idle connection.
+  difference per idle connection;
+- ``server_idle_cpu_ms_per_s`` (with ``--idle``): the server's CPU over 3 s in which only
+  the idle connections are open, per second (timers of idle connections cost this).
 
 ``--client endpoint`` opens the measured connections on one shared client endpoint
 (``quicflow.client_endpoint``); ``connect`` gives each its own socket (``quicflow.connect``).
 ``--profile FILE`` runs the quicflow server under cProfile and writes the stats to FILE
-(read it with ``python -m pstats FILE``). ``--tracemalloc PREFIX`` (with ``--idle K``)
+(read it with ``python -m pstats FILE``); with ``--profile-loop`` the profile covers only
+the measured loop (the client signals the server, SIGUSR2, at its start and end), so that
+runs with and without ``--idle`` compare per handshake. ``--tracemalloc PREFIX`` (with ``--idle K``)
 traces the quicflow server's allocations: snapshots PREFIX.1 and PREFIX.2 before and
 after the idle connections, and the bytes per idle connection by allocating line (and
 its caller) on stderr and in the JSON (``top_lines_per_idle_connection``).
@@ -34,6 +40,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -99,7 +106,6 @@ async def _serve(args: argparse.Namespace) -> None:
 
     server = await quicflow.serve(handler, "127.0.0.1", args.port, configuration=config)
     loop = asyncio.get_running_loop()
-    import signal
 
     if args.tracemalloc:
         import tracemalloc
@@ -122,6 +128,40 @@ async def _serve(args: argparse.Namespace) -> None:
         import gc
 
         gc.set_threshold(700, 10, 10)
+    import gc
+
+    # the collector's work in the measured loop: [collections, seconds] per generation
+    gc_window = [[0, 0.0], [0, 0.0], [0, 0.0]]
+    gc_started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started[0] = time.thread_time()
+        else:
+            row = gc_window[info["generation"]]
+            row[0] += 1
+            row[1] += time.thread_time() - gc_started[0]
+
+    in_window = [False]
+
+    def toggle() -> None:  # SIGUSR2 from the client: the measured loop starts or ends
+        in_window[0] = not in_window[0]
+        if in_window[0]:
+            gc.callbacks.append(on_gc)
+        else:
+            gc.callbacks.remove(on_gc)
+            if args.window_file:
+                with open(args.window_file + ".tmp", "w") as f:
+                    json.dump({f"gen{g}": {"collections": n, "ms": round(t * 1000, 3)}
+                               for g, (n, t) in enumerate(gc_window)}, f)
+                os.rename(args.window_file + ".tmp", args.window_file)
+        if PROFILER is not None and args.profile_loop:
+            if in_window[0]:
+                PROFILER.enable()
+            else:
+                PROFILER.disable()
+
+    loop.add_signal_handler(signal.SIGUSR2, toggle)
     print(f"listening on 127.0.0.1:{server.address[1]}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -130,12 +170,17 @@ async def _serve(args: argparse.Namespace) -> None:
     server.close()
 
 
+PROFILER: Any = None  # the server's cProfile.Profile under --profile
+
+
 def serve_main(args: argparse.Namespace) -> int:
+    global PROFILER
     if args.profile:
         import cProfile
 
-        prof = cProfile.Profile(time.thread_time)  # CPU time, not wall time
-        prof.enable()
+        prof = PROFILER = cProfile.Profile(time.thread_time)  # CPU time, not wall time
+        if not args.profile_loop:
+            prof.enable()
         try:
             asyncio.run(_serve(args))
         finally:
@@ -151,12 +196,14 @@ def serve_main(args: argparse.Namespace) -> int:
 
 def server_argv(
     name: str, port: int, cert: str, key: str, profile: str | None, gc: str = "library",
-    tracemalloc: str | None = None,
+    tracemalloc: str | None = None, profile_loop: bool = False,
 ) -> list[str]:
     if name == "quicflow":
         argv = [sys.executable, os.path.abspath(__file__), "serve", "--port", str(port),
-                "--cert", cert, "--key", key, "--gc", gc]
+                "--cert", cert, "--key", key, "--gc", gc,
+                "--window-file", os.path.join(os.path.dirname(cert), "window.json")]
         argv += ["--tracemalloc", tracemalloc] if tracemalloc else []
+        argv += ["--profile-loop"] if profile and profile_loop else []
         return argv + (["--profile", profile] if profile else [])
     if name == "ngtcp2":  # Debian's ngtcp2-server (GnuTLS example server, HTTP/3 only)
         return ["gtlsserver", "-q", "--timeout=600s", "127.0.0.1", str(port), key, cert]
@@ -187,10 +234,18 @@ def started(argv: list[str], workdir: str, name: str) -> Iterator[Any]:
 
 
 async def _snapshot(pid: int) -> None:
-    import signal
-
     os.kill(pid, signal.SIGUSR1)
     await asyncio.sleep(2.0)  # the server writes it (seconds with many held)
+
+
+async def _window_stats(path: str) -> Any:
+    """The quicflow server's GC collections (count, ms) per generation in the loop."""
+    for _ in range(50):
+        if os.path.exists(path):
+            with open(path) as f:
+                return json.load(f)
+        await asyncio.sleep(0.1)
+    return None
 
 
 def _top_lines(args: argparse.Namespace) -> list[str]:
@@ -258,6 +313,11 @@ async def _client(args: argparse.Namespace, port: int, pid: int) -> dict[str, An
             out["server_rss_kb_before_idle"] = rss_before
             out["server_rss_kb_with_idle"] = rss_kb(pid)
             out["server_kb_per_idle_connection"] = (rss_kb(pid) - rss_before) / args.idle
+            # what the idle connections cost while nothing else happens (should be ~0)
+            (u0, k0), t0 = cpu_split(pid), time.perf_counter()
+            await asyncio.sleep(3.0)
+            (u1, k1), t1 = cpu_split(pid), time.perf_counter()
+            out["server_idle_cpu_ms_per_s"] = (u1 + k1 - u0 - k0) * 1000 / (t1 - t0)
         sem = asyncio.Semaphore(args.concurrency)
         if args.client == "aioquic":  # aioquic's own client, for its client CPU figure
             import ssl
@@ -283,10 +343,16 @@ async def _client(args: argparse.Namespace, port: int, pid: int) -> dict[str, An
         for _ in range(min(20, args.handshakes)):  # warm-up, not counted
             await one()
         await asyncio.sleep(0.3)
+        window = args.server == "quicflow"
+        if window:  # the server's measured window (GC counts; --profile-loop) starts
+            os.kill(pid, signal.SIGUSR2)
         (u0, k0), c0, t0 = cpu_split(pid), time.process_time(), time.perf_counter()
         await asyncio.gather(*(one() for _ in range(args.handshakes)))
         await asyncio.sleep(0.3)  # the server's closing periods end
         (u1, k1), c1, t1 = cpu_split(pid), time.process_time(), time.perf_counter()
+        if window:
+            os.kill(pid, signal.SIGUSR2)  # and ends
+            out["server_gc_in_loop"] = await _window_stats(args.window_file)
         out["server_cpu_ms_per_handshake"] = (u1 + k1 - u0 - k0) * 1000 / args.handshakes
         out["server_user_ms_per_handshake"] = (u1 - u0) * 1000 / args.handshakes
         out["server_system_ms_per_handshake"] = (k1 - k0) * 1000 / args.handshakes
@@ -310,6 +376,9 @@ def main() -> int:
     srv.add_argument("--cert", required=True)
     srv.add_argument("--key", required=True)
     srv.add_argument("--profile", help="cProfile the server into FILE")
+    srv.add_argument("--profile-loop", action="store_true",
+                     help="profile only between two SIGUSR2 signals")
+    srv.add_argument("--window-file", help="GC counts between two SIGUSR2 go here (JSON)")
     srv.add_argument("--gc", choices=["library", "default", "off"], default="library")
     srv.add_argument("--tracemalloc", help="snapshot file prefix (SIGUSR1 writes one)")
     ap.add_argument("--server", default="quicflow",
@@ -323,6 +392,9 @@ def main() -> int:
                     "connection, or aioquic's client (for comparison)")
     ap.add_argument("--alpn", default="perf")
     ap.add_argument("--profile", help="cProfile the quicflow server into FILE")
+    ap.add_argument("--profile-loop", action="store_true",
+                    help="with --profile: profile only the measured loop (not the start-up, "
+                    "the idle connections' opening or the warm-up)")
     ap.add_argument("--gc", choices=["library", "default", "off"], default="library",
                     help="quicflow server's garbage collector: as the library leaves it, "
                     "Python's default thresholds, or disabled (for measuring)")
@@ -343,8 +415,9 @@ def main() -> int:
         with open(key_file, "wb") as f:
             f.write(private_key_pem(key))
         port = free_udp_port()
+        args.window_file = os.path.join(workdir, "window.json")
         argv = server_argv(args.server, port, cert_file, key_file, args.profile, args.gc,
-                           args.tracemalloc)
+                           args.tracemalloc, args.profile_loop)
         try:
             with started(argv, workdir, args.server) as proc:
                 result = asyncio.run(_client(args, port, proc.pid))
