@@ -354,7 +354,9 @@ class Connection:
         self.tls.set_wall_time(now + self.wall_offset)
         self.tls.start()
         for epoch, data in self.tls.pop_output():
-            self.spaces[SPACE_OF_EPOCH[epoch]].crypto_send.write(data)
+            crypto = self.spaces[SPACE_OF_EPOCH[epoch]].crypto_send
+            if crypto is not None:  # (always: nothing is discarded yet)
+                crypto.write(data)
         for epoch, is_send, suite, secret in self.tls.pop_secrets():  # 0-RTT (client)
             keys = derive_packet_keys(suite, secret, self.version)
             (self.send_protectors if is_send else self.recv_protectors)[epoch] = (

@@ -51,8 +51,6 @@ from .state import (
     ESTABLISHED,
     PacketSpace,
     PeerCid,
-    _crypto_recv,
-    _crypto_send,
 )
 from .streams import ReassemblyFull
 
@@ -286,6 +284,8 @@ def _receive_packet(
 
 def _crypto_held(space: PacketSpace) -> int:
     recv = space.crypto_recv
+    if recv is None:  # discarded
+        return 0
     return recv.read_offset + recv.ready_bytes + recv.chunk_bytes
 
 
@@ -373,9 +373,10 @@ def _discard_epoch(conn: Connection, epoch: Epoch) -> None:
     conn.send_protectors[epoch] = None
     conn.recv_protectors[epoch] = None
     conn.loss.discard_epoch(epoch)
-    # release what the space's CRYPTO streams still hold (a flight, reassembly buffers)
-    space.crypto_send = _crypto_send()
-    space.crypto_recv = _crypto_recv()
+    # release the space's CRYPTO streams and what they still hold (a flight, reassembly
+    # buffers): nothing is sent or received in a discarded space
+    space.crypto_send = None
+    space.crypto_recv = None
 
 
 # ---------------------------------------------------------------------- frames
@@ -428,6 +429,8 @@ def _on_ack(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
 def _on_crypto(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
     space = conn.spaces[SPACE_OF_EPOCH[epoch]]
     recv = space.crypto_recv
+    if recv is None:  # discarded space (its packets are not opened: cannot happen)
+        return
     try:
         recv.receive(frame.offset, frame.data, False)
     except QuicError:
@@ -446,7 +449,9 @@ def _after_tls(conn: Connection, now: float) -> None:
     tls = conn.tls
     assert tls is not None
     for out_epoch, out_data in tls.pop_output():
-        conn.spaces[SPACE_OF_EPOCH[out_epoch]].crypto_send.write(out_data)
+        crypto = conn.spaces[SPACE_OF_EPOCH[out_epoch]].crypto_send
+        if crypto is not None:  # (TLS writes nothing for a discarded space)
+            crypto.write(out_data)
     for key_epoch, is_send, suite, secret in tls.pop_secrets():
         _install_secret(conn, Epoch(key_epoch), is_send, CipherSuite(suite), secret)
     early_data.after_tls(conn, tls)

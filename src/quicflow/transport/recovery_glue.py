@@ -107,8 +107,9 @@ def on_acked_packets(conn: Connection, packets: list[SentPacket]) -> None:
                     conn.send_buffered -= stream.send.on_acked(rec[2], rec[3], bool(rec[4]))
                     writable.add(rec[1])
             elif kind == R_CRYPTO:
-                space = conn.spaces[SPACE_OF_EPOCH[Epoch(rec[1])]]
-                space.crypto_send.on_acked(rec[2], rec[3], False)
+                crypto = conn.spaces[SPACE_OF_EPOCH[Epoch(rec[1])]].crypto_send
+                if crypto is not None:  # (None: the space was discarded)
+                    crypto.on_acked(rec[2], rec[3], False)
             elif kind == R_RESET:
                 stream = streams.get(rec[1])
                 if stream is not None and stream.send is not None:
@@ -155,9 +156,9 @@ def resend_frames(conn: Connection, packets: list[SentPacket]) -> None:
                     if rec[1] not in conn.send_queue:
                         conn.send_queue.append(rec[1])
             elif kind == R_CRYPTO:
-                space = conn.spaces[SPACE_OF_EPOCH[Epoch(rec[1])]]
-                if not space.discarded:
-                    space.crypto_send.on_lost(rec[2], rec[3], False)
+                crypto = conn.spaces[SPACE_OF_EPOCH[Epoch(rec[1])]].crypto_send
+                if crypto is not None:  # (None: the space was discarded)
+                    crypto.on_lost(rec[2], rec[3], False)
             elif kind == R_MAX_DATA:
                 conn.flow.pending_max_data = True
             elif kind == R_MAX_STREAM_DATA:
@@ -235,5 +236,5 @@ def requeue_epoch(conn: Connection, epoch: Epoch) -> None:
     """Queue every unacknowledged CRYPTO byte of ``epoch`` again (PTO, Retry)."""
     space = conn.spaces[SPACE_OF_EPOCH[epoch]]
     crypto = space.crypto_send
-    if crypto.next_offset > crypto.acked_offset:
+    if crypto is not None and crypto.next_offset > crypto.acked_offset:
         crypto.on_lost(crypto.acked_offset, crypto.next_offset - crypto.acked_offset, False)

@@ -318,6 +318,7 @@ def _fill_payload(
     limit = capacity
     # CRYPTO
     crypto = space.crypto_send
+    assert crypto is not None  # only a discarded space has none (build_datagrams skips it)
     if probe and epoch in _HANDSHAKE_EPOCHS and not crypto.has_data_to_send():
         # the second probe datagram of a PTO carries the unacknowledged handshake data
         # too, not just a PING (RFC 9002 §6.2.4: probes SHOULD carry data)

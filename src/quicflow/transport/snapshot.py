@@ -191,7 +191,8 @@ def snapshot_connection(
         raise SnapshotError("connection has undelivered events: pop_events() first")
     send_keys, recv_keys = capture_keys(conn)
     for space in conn.spaces:
-        space.crypto_send.compact()
+        if space.crypto_send is not None:
+            space.crypto_send.compact()
     for stream in conn.streams.values():
         if stream.send is not None:
             stream.send.compact()
@@ -308,8 +309,10 @@ def validate_connection_tree(conn: Connection) -> None:
     check_tree(conn, CLASSES, _CHECK_SKIP)
     for index, space in enumerate(conn.spaces):
         check_rangeset(space.received.starts, space.received.ends, f"spaces[{index}].received")
-        check_recv_stream(space.crypto_recv, f"spaces[{index}].crypto_recv")
-        check_send_stream(space.crypto_send, f"spaces[{index}].crypto_send")
+        if space.crypto_recv is not None:
+            check_recv_stream(space.crypto_recv, f"spaces[{index}].crypto_recv")
+        if space.crypto_send is not None:
+            check_send_stream(space.crypto_send, f"spaces[{index}].crypto_send")
     for stream_id, stream in conn.streams.items():
         if stream.stream_id != stream_id:
             raise SnapshotError(f"snapshot stream {stream_id} is filed under another id")

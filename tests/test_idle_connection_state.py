@@ -1,0 +1,50 @@
+"""What an established, idle connection keeps: a discarded packet number space (Initial,
+Handshake) holds no CRYPTO streams, on both ends, through a snapshot and restore too
+(memory per idle connection, issue 11: each discarded space's pair of streams with their
+buffers and range sets was ~1 KB of Python objects per connection)."""
+
+from __future__ import annotations
+
+import hashlib
+
+from quicflow.crypto.offload import SoftwareOffloadEngine
+from quicflow.transport.connection import Connection
+from quicflow.transport.snapshot import restore_connection, snapshot_connection
+from tests.support.memory_pair import MemoryPair
+
+
+def _discarded_spaces_hold_nothing(conn: Connection) -> None:
+    for index in (0, 1):  # Initial, Handshake
+        space = conn.spaces[index]
+        assert space.discarded
+        assert space.crypto_send is None and space.crypto_recv is None
+    app = conn.spaces[2]
+    assert not app.discarded
+    assert app.crypto_send is not None and app.crypto_recv is not None
+
+
+def test_discarded_spaces_drop_their_crypto_streams_and_data_still_flows() -> None:
+    pair = MemoryPair(seed=7)
+    pair.run(lambda: pair.client.handshake_confirmed and bool(pair.server_conns)
+             and pair.server_conns[0].handshake_confirmed)
+    client, server = pair.client, pair.server_conns[0]
+    _discarded_spaces_hold_nothing(client)
+    _discarded_spaces_hold_nothing(server)
+
+    data = bytes(range(256)) * 300
+    sid = client.open_stream()
+    client.send_stream_data(sid, data, end_stream=True)
+    got = bytearray()
+
+    def done() -> bool:
+        got.extend(server.read_stream(sid))
+        return sid in server.streams and server.stream_at_eof(sid)
+
+    pair.run(done)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+    pair.run(lambda: client.loss.bytes_in_flight == 0 and server.loss.bytes_in_flight == 0)
+    server.pop_events()
+
+    blob = snapshot_connection(server, pair.now)
+    restored, _ = restore_connection(blob, engine=SoftwareOffloadEngine(), now=pair.now)
+    _discarded_spaces_hold_nothing(restored)
