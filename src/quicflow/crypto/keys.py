@@ -24,7 +24,9 @@ LABELS = {
     QUIC_V2: (b"quicv2 key", b"quicv2 iv", b"quicv2 hp", b"quicv2 ku"),
 }
 INITIAL_SUITE = CipherSuite.AES_128_GCM_SHA256
-_STR_LABELS = {label: label.decode() for labels in LABELS.values() for label in labels}
+#: the C extension for key derivation and header protection, chosen once per process
+#: (None: not built, or ``QUICFLOW_ENGINE=python``)
+_EXT: Any = native_for_keys()
 
 Buffer = bytes | bytearray | memoryview
 
@@ -48,19 +50,11 @@ class PacketKeys:
 def derive_packet_keys(suite: CipherSuite, secret: bytes, version: int = QUIC_V1) -> PacketKeys:
     """Derive key, iv and header-protection key ("quic key"/"quic iv"/"quic hp"; the
     "quicv2 ..." labels for QUIC v2)."""
-    key_len = suite_key_len(suite)
     key_label, iv_label, hp_label, _ = LABELS[version]
-    ext = native_for_keys()
-    if ext is not None:  # the same HMACs in one C call each (no Python wrapper per label)
-        s, expand = int(suite), ext.hkdf_expand_label
-        return PacketKeys(
-            suite=suite,
-            secret=bytes(secret),
-            key=expand(s, secret, _STR_LABELS[key_label], key_len),
-            iv=expand(s, secret, _STR_LABELS[iv_label], AEAD_IV_LEN),
-            hp_key=expand(s, secret, _STR_LABELS[hp_label], key_len),
-            version=version,
-        )
+    if _EXT is not None:  # the same three HMACs in one C call
+        key, iv, hp = _EXT.quic_keys(suite, secret, version == QUIC_V2, False)
+        return PacketKeys(suite, bytes(secret), key, iv, hp, version)
+    key_len = suite_key_len(suite)
     h = suite_hash(suite)
     return PacketKeys(
         suite=suite,
@@ -129,7 +123,7 @@ class PacketProtector:
         self.keys = keys
         self._aead = make_aead(keys.suite, keys.key)
         self._iv = int.from_bytes(keys.iv, "big")
-        ext = native_for_keys()
+        ext = _EXT
         # the C KeyContext's mask (a pooled OpenSSL context, keyed on first use) costs a
         # fraction of building a cryptography Cipher per key; the masks are identical
         self._hp: Any = (

@@ -322,35 +322,3 @@ PyTypeObject KeyContextType = {
     .tp_methods = kc_methods,
     .tp_new = kc_new,
 };
-
-
-/* ---------------------------------------------------------------------------------- */
-/* hkdf_expand_label(suite, secret, label, length) (for tests)                        */
-
-PyObject *
-mod_hkdf_expand_label(PyObject *module, PyObject *args)
-{
-    long suite;
-    Py_buffer secret;
-    const char *label;
-    int length;
-    SuiteInfo info;
-    unsigned char out[EVP_MAX_MD_SIZE];
-
-    (void)module;
-    if (!PyArg_ParseTuple(args, "ly*si:hkdf_expand_label", &suite, &secret, &label, &length)) {
-        return NULL;
-    }
-    if (suite_info(suite, &info) < 0) {
-        PyBuffer_Release(&secret);
-        return NULL;
-    }
-    if (secret.len > INT_MAX ||
-        hkdf_expand_label_raw(info.md(), secret.buf, (int)secret.len, label, length, out) < 0) {
-        PyBuffer_Release(&secret);
-        PyErr_SetString(PyExc_ValueError, "HKDF-Expand-Label failed (length > hash length?)");
-        return NULL;
-    }
-    PyBuffer_Release(&secret);
-    return PyBytes_FromStringAndSize((const char *)out, length);
-}

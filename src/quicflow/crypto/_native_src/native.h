@@ -480,6 +480,10 @@ PyObject *mod_seal(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_open(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_seal_stream_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+/* hkdf.c: the TLS 1.3 key schedule's HKDF steps and the QUIC keys of a secret */
+PyObject *mod_hkdf_extract(PyObject *module, PyObject *args);
 PyObject *mod_hkdf_expand_label(PyObject *module, PyObject *args);
+PyObject *mod_finished_verify_data(PyObject *module, PyObject *args);
+PyObject *mod_quic_keys(PyObject *module, PyObject *args);
 
 #endif /* QUICFLOW_NATIVE_H */
