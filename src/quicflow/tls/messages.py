@@ -201,9 +201,10 @@ def _parse_extensions(data: bytes, pos: int, end: int) -> tuple[dict[int, bytes]
 
 
 def vec(len_bytes: int, data: bytes) -> bytes:
-    if len(data) >= 1 << (8 * len_bytes):
+    n = len(data)
+    if n >> (8 * len_bytes):
         raise ValueError("vector too long")
-    return len(data).to_bytes(len_bytes, "big") + data
+    return n.to_bytes(len_bytes, "big") + data
 
 
 def u16_list(values: Iterable[int], len_bytes: int = 2) -> bytes:

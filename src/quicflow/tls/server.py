@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import operator
 import os
 from collections.abc import Callable
 
@@ -99,19 +100,25 @@ _CERTIFICATE_REQUEST = encode_certificate_request(
 
 #: what every handshake with one certificate and key shares, prepared once: the
 #: Certificate message and the signature schemes of the key. Keyed by the identity of
-#: the key and certificate objects (kept alive in the entry, so the ids stay theirs).
-_IDENTITIES: dict[tuple[int, ...], tuple[tuple[object, ...], bytes, list[int]]] = {}
+#: the key object; the entry keeps the key and chain objects (so the id stays theirs)
+#: and is used only while the configuration holds those very objects.
+_IDENTITIES: dict[int, tuple[tuple[object, ...], bytes, list[int]]] = {}
 _MAX_IDENTITIES = 32
 #: RFC 8446 §4.4.3: the signed content is this prefix and the transcript hash
 _SERVER_VERIFY_PREFIX = certificate_verify_content(SERVER_CONTEXT, b"")
+#: EncryptedExtensions' ALPN extension by selected protocol (a few per process)
+_SELECTED_ALPN: dict[str, bytes] = {}
+_TLS13 = TLS13.to_bytes(2, "big")
 
 
 def _identity(config: TlsConfig) -> tuple[bytes, list[int]]:
     """(Certificate message, signature schemes) of ``config``'s certificate and key."""
     objects: tuple[object, ...] = (config.private_key, *config.certificate_chain)
-    key = tuple(id(o) for o in objects)
+    key = id(config.private_key)
     hit = _IDENTITIES.get(key)
-    if hit is not None and all(a is b for a, b in zip(hit[0], objects, strict=True)):
+    if hit is not None and len(hit[0]) == len(objects) and all(
+        map(operator.is_, hit[0], objects)
+    ):
         return hit[1], hit[2]
     assert config.private_key is not None
     message = encode_certificate(
@@ -267,7 +274,7 @@ class ServerHandshake(HandshakeCore):
         kx_key = generate_key(group)
         shared = shared_secret(kx_key, share_map[group])
         sh_ext = [
-            (EXT_SUPPORTED_VERSIONS, TLS13.to_bytes(2, "big")),
+            (EXT_SUPPORTED_VERSIONS, _TLS13),
             (EXT_KEY_SHARE, ext_key_share_server(group, public_bytes(kx_key))),
         ]
         if psk is not None:
@@ -358,7 +365,7 @@ class ServerHandshake(HandshakeCore):
             session_id=hello.session_id,
             cipher_suite=int(suite),
             extensions=[
-                (EXT_SUPPORTED_VERSIONS, TLS13.to_bytes(2, "big")),
+                (EXT_SUPPORTED_VERSIONS, _TLS13),
                 (EXT_KEY_SHARE, group.to_bytes(2, "big")),
             ],
         )
@@ -372,8 +379,13 @@ class ServerHandshake(HandshakeCore):
         assert self.ks is not None and self.alpn is not None and cfg.private_key is not None
         out = bytearray()
         ask = cfg.client_certificates != "none" and not self.resumed
+        alpn = _SELECTED_ALPN.get(self.alpn)
+        if alpn is None:
+            alpn = ext_alpn([self.alpn])
+            if len(_SELECTED_ALPN) < 64:
+                _SELECTED_ALPN[self.alpn] = alpn
         ee = [
-            (EXT_ALPN, ext_alpn([self.alpn])),
+            (EXT_ALPN, alpn),
             (EXT_QUIC_TRANSPORT_PARAMETERS, self.transport_parameters),
         ]
         if self.early_status:
@@ -417,6 +429,7 @@ class ServerHandshake(HandshakeCore):
         if self.config.verify_peer:
             verify_client_chain(certs, self.config.cafile, self.config.cadata)
         self.peer_certs = certs
+        self.peer_cert_ders = ders
         self.state = WAIT_CLIENT_CV
 
     def _client_certificate_verify(self, body: bytes, raw: bytes) -> None:
