@@ -8,7 +8,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 
-from .aead import decode_packet_number, make_aead, packet_nonce
+from .aead import Aead, decode_packet_number, make_aead, packet_nonce
 from .extension import native_for_keys
 from .header_protection import SAMPLE_LEN, make_header_protection
 from .hkdf import hkdf_expand_label, hkdf_extract
@@ -114,22 +114,26 @@ def initial_secrets(dcid: bytes, version: int = QUIC_V1) -> tuple[bytes, bytes]:
 class PacketProtector:
     """Seals and opens packets with one set of keys; AEAD and HP contexts are cached.
 
+    With the C extension a packet is sealed or opened in one call of its ``KeyContext``
+    (the same AEAD and header protection, pooled OpenSSL contexts: no per-key
+    ``cryptography`` objects); ``QUICFLOW_ENGINE=python`` runs the reference code below.
     A runtime object (never part of snapshot state): rebuild it from ``PacketKeys``.
     """
 
-    __slots__ = ("keys", "_aead", "_iv", "_hp")
+    __slots__ = ("keys", "_aead", "_iv", "_hp", "_native")
 
     def __init__(self, keys: PacketKeys) -> None:
         self.keys = keys
-        self._aead = make_aead(keys.suite, keys.key)
-        self._iv = int.from_bytes(keys.iv, "big")
         ext = _EXT
-        # the C KeyContext's mask (a pooled OpenSSL context, keyed on first use) costs a
-        # fraction of building a cryptography Cipher per key; the masks are identical
-        self._hp: Any = (
-            make_header_protection(keys.suite, keys.hp_key) if ext is None
-            else ext.KeyContext(int(keys.suite), keys.key, keys.iv, keys.hp_key)
-        )
+        self._native = ext is not None
+        self._iv = int.from_bytes(keys.iv, "big")
+        if ext is not None:
+            # the C KeyContext validates the key lengths like make_aead does
+            self._aead: Aead | None = None
+            self._hp: Any = ext.KeyContext(keys.suite, keys.key, keys.iv, keys.hp_key)
+        else:
+            self._aead = make_aead(keys.suite, keys.key)
+            self._hp = make_header_protection(keys.suite, keys.hp_key)
 
     def next_generation(self) -> PacketProtector:
         """A protector for the next key phase (RFC 9001 §6)."""
@@ -148,6 +152,10 @@ class PacketProtector:
         The pn length comes from ``header[0] & 3``; the pn field ends ``header``.
         Raises ``ValueError`` when the packet is too short to be sampled.
         """
+        if self._native:
+            sealed: bytes = self._hp.seal_packet(header, payload, pn)
+            return sealed
+        assert self._aead is not None
         pn_len = (header[0] & 3) + 1
         pn_offset = len(header) - pn_len
         sample_at = pn_offset + 4
@@ -167,10 +175,17 @@ class PacketProtector:
         ``packet`` runs from the first byte to the end of this packet.
         Returns ``(plain_header, payload, pn)``; raises ``DecryptError``.
         """
+        if self._native:
+            opened = self._hp.open_packet(packet, pn_offset, largest_pn)
+            if opened.__class__ is int:
+                raise DecryptError(_OPEN_ERRORS[opened])
+            result: tuple[bytes, bytes, int] = opened
+            return result
+        assert self._aead is not None
         view = memoryview(packet)
         sample_at = pn_offset + 4
         if pn_offset < 1 or len(view) < sample_at + SAMPLE_LEN:
-            raise DecryptError("packet too short to remove header protection")
+            raise DecryptError(_OPEN_ERRORS[1])
         mask = self._hp.mask(view[sample_at : sample_at + SAMPLE_LEN])
         first = view[0]
         first ^= mask[0] & (0x0F if first & 0x80 else 0x1F)
@@ -189,5 +204,10 @@ class PacketProtector:
                 packet_nonce(self._iv, pn), view[pn_offset + pn_len :], plain_header
             )
         except InvalidTag:
-            raise DecryptError("packet authentication failed") from None
+            raise DecryptError(_OPEN_ERRORS[2]) from None
         return plain_header, payload, pn
+
+
+#: why a packet could not be opened (the C KeyContext's codes)
+_OPEN_ERRORS = {1: "packet too short to remove header protection",
+                2: "packet authentication failed"}
