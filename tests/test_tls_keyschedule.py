@@ -18,6 +18,7 @@ from quicflow.crypto.keys import (
     derive_hp_key,
     derive_key_iv,
     derive_packet_keys,
+    initial_secrets,
     next_generation_secret,
 )
 from quicflow.crypto.native import NativeOffloadEngine, available
@@ -139,10 +140,15 @@ def test_quic_keys_in_one_call_equal_the_label_by_label_derivation(
     native_state = NativeOffloadEngine()
     native_state.install(b"c", suite, secret, opener=True, version=version)
     state = native_state.key_state(b"c", opener=True)
+    dcid = os.urandom(8)
+    native_initial = initial_secrets(dcid, version)
+    native_hp = derive_hp_key(suite, secret, version)
     monkeypatch.setattr(keys, "_EXT", None)
     monkeypatch.setattr(hkdf, "_NATIVE", None)
     python_keys = derive_packet_keys(suite, secret, version)
     assert native_keys == python_keys
+    assert native_initial == initial_secrets(dcid, version)
+    assert native_hp == python_keys.hp_key
     assert (python_keys.key, python_keys.iv) == derive_key_iv(suite, secret, version)
     assert python_keys.hp_key == derive_hp_key(suite, secret, version)
     ku = next_generation_secret(suite, secret, version)

@@ -80,6 +80,10 @@ def derive_key_iv(
 
 def derive_hp_key(suite: CipherSuite, secret: bytes, version: int = QUIC_V1) -> bytes:
     """Only the header-protection key of ``secret`` ("quic hp"/"quicv2 hp")."""
+    if _EXT is not None:  # the same HMAC, one C call
+        hp: bytes = _EXT.hkdf_expand_label(suite, secret, LABELS[version][2],
+                                           suite_key_len(suite))
+        return hp
     return hkdf_expand_label(
         suite_hash(suite), secret, LABELS[version][2], b"", suite_key_len(suite)
     )
@@ -104,8 +108,14 @@ def next_packet_keys(keys: PacketKeys) -> PacketKeys:
 
 def initial_secrets(dcid: bytes, version: int = QUIC_V1) -> tuple[bytes, bytes]:
     """(client, server) Initial secrets from the client's first DCID (QUIC v1 or v2)."""
+    salt = INITIAL_SALT_V2 if version == QUIC_V2 else INITIAL_SALT_V1
+    if _EXT is not None:  # the same three HMACs, one C call each
+        initial = _EXT.hkdf_extract(INITIAL_SUITE, salt, dcid)
+        expand = _EXT.hkdf_expand_label
+        return (expand(INITIAL_SUITE, initial, b"client in", 32),
+                expand(INITIAL_SUITE, initial, b"server in", 32))
     h: hashes.HashAlgorithm = hashes.SHA256()
-    initial = hkdf_extract(h, INITIAL_SALT_V2 if version == QUIC_V2 else INITIAL_SALT_V1, dcid)
+    initial = hkdf_extract(h, salt, dcid)
     client = hkdf_expand_label(h, initial, b"client in", b"", h.digest_size)
     server = hkdf_expand_label(h, initial, b"server in", b"", h.digest_size)
     return client, server
