@@ -119,6 +119,14 @@ def test_native_hkdf_steps_match_rfc5869(suite: CipherSuite) -> None:
                 + bytes((len(context),)) + context)
         assert ext.hkdf_expand_label(int(suite), secret, label, length, context) == \
             hkdf_expand(h, secret, info, length)
+    # an empty key (HMAC pads it with zeros) right after another key: not "the same key
+    # as before", which an empty key means to a reused OpenSSL MAC context
+    for key in (secret, b"", b"\x00", secret, b""):
+        info = (16).to_bytes(2, "big") + bytes((9,)) + b"tls13 key" + b"\0"
+        assert ext.hkdf_expand_label(int(suite), key, b"key", 16, b"") == \
+            hkdf_expand(h, key, info, 16)
+        assert ext.hkdf_extract(int(suite), key, b"ikm") == \
+            hmac.digest(key or bytes(n), b"ikm", h.name)
     with pytest.raises(ValueError):
         ext.hkdf_expand_label(int(suite), secret, b"x" * 250, 16, b"")
     with pytest.raises(ValueError):

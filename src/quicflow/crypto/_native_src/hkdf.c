@@ -11,6 +11,79 @@
  */
 #include "native.h"
 
+#include <openssl/core_names.h>
+#include <openssl/objects.h>
+
+/* One EVP_MAC_CTX per hash, fetched once and re-keyed per call: about 0.3 us per HMAC
+ * against 0.9 us for the one-shot HMAC(), which fetches and builds its context each time
+ * (OpenSSL 3). 0: not tried yet, 1: ready, -1: unavailable (HMAC() is used). */
+static EVP_MAC_CTX *hmac_ctxs[2];
+static int hmac_ready;
+
+static void
+hmac_setup(void)
+{
+    static const char *names[2] = {"SHA256", "SHA384"};
+    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    int i;
+    hmac_ready = -1;
+    if (mac == NULL) {
+        ERR_clear_error();
+        return;
+    }
+    for (i = 0; i < 2; i++) {
+        OSSL_PARAM params[2];
+        params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)names[i], 0);
+        params[1] = OSSL_PARAM_construct_end();
+        hmac_ctxs[i] = EVP_MAC_CTX_new(mac);
+        if (hmac_ctxs[i] == NULL || EVP_MAC_CTX_set_params(hmac_ctxs[i], params) != 1) {
+            for (; i >= 0; i--) {
+                EVP_MAC_CTX_free(hmac_ctxs[i]);
+                hmac_ctxs[i] = NULL;
+            }
+            EVP_MAC_free(mac);
+            ERR_clear_error();
+            return;
+        }
+    }
+    EVP_MAC_free(mac); /* the contexts hold their own references */
+    hmac_ready = 1;
+}
+
+int
+hmac_digest(const EVP_MD *md, const unsigned char *key, size_t key_len,
+            const unsigned char *data, size_t len, unsigned char *out, unsigned int *out_len)
+{
+    /* HMAC pads the key with zeros to the block size: an empty key is the same key as
+     * one zero byte (EVP_MAC_init would take an empty key as "keep the previous one") */
+    static const unsigned char zero = 0;
+    int type = EVP_MD_get_type(md);
+    int idx = type == NID_sha256 ? 0 : type == NID_sha384 ? 1 : -1;
+    if (hmac_ready == 0) {
+        hmac_setup();
+    }
+    if (hmac_ready == 1 && idx >= 0) {
+        size_t outl = 0;
+        EVP_MAC_CTX *ctx = hmac_ctxs[idx];
+        if (key_len == 0) {
+            key = &zero;
+            key_len = 1;
+        }
+        if (EVP_MAC_init(ctx, key, key_len, NULL) == 1 && EVP_MAC_update(ctx, data, len) == 1 &&
+            EVP_MAC_final(ctx, out, &outl, EVP_MAX_MD_SIZE) == 1) {
+            *out_len = (unsigned int)outl;
+            return 0;
+        }
+        ERR_clear_error();
+        return -1;
+    }
+    if (key_len > INT_MAX || HMAC(md, key, (int)key_len, data, len, out, out_len) == NULL) {
+        ERR_clear_error();
+        return -1;
+    }
+    return 0;
+}
+
 /* HMAC(secret, HkdfLabel(length, "tls13 " + label, context) || 0x01)[:length] */
 static int
 expand_label_ctx(const EVP_MD *md, const unsigned char *secret, size_t secret_len,
@@ -38,8 +111,7 @@ expand_label_ctx(const EVP_MD *md, const unsigned char *secret, size_t secret_le
         n += context_len;
     }
     info[n++] = 1; /* block counter */
-    if (HMAC(md, secret, (int)secret_len, info, n, block, &block_len) == NULL) {
-        ERR_clear_error();
+    if (hmac_digest(md, secret, secret_len, info, n, block, &block_len) < 0) {
         return -1;
     }
     memcpy(out, block, (size_t)length);
@@ -70,10 +142,8 @@ mod_hkdf_extract(PyObject *module, PyObject *args)
     }
     salt_buf = salt.len ? salt.buf : zeros;
     salt_len = salt.len ? (size_t)salt.len : (size_t)info.hash_len;
-    if (salt_len > INT_MAX ||
-        HMAC(info.md(), salt_buf, (int)salt_len, ikm.buf, (size_t)ikm.len, out, &out_len) ==
-            NULL) {
-        ERR_clear_error();
+    if (hmac_digest(info.md(), salt_buf, salt_len, ikm.buf, (size_t)ikm.len, out, &out_len) <
+        0) {
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL: HKDF-Extract failed");
         goto done;
     }
@@ -145,9 +215,8 @@ mod_finished_verify_data(PyObject *module, PyObject *args)
     }
     if (expand_label_ctx(info.md(), base.buf, (size_t)base.len, "finished", 8, NULL, 0,
                          info.hash_len, key) < 0 ||
-        HMAC(info.md(), key, info.hash_len, thash.buf, (size_t)thash.len, out, &out_len) ==
-            NULL) {
-        ERR_clear_error();
+        hmac_digest(info.md(), key, (size_t)info.hash_len, thash.buf, (size_t)thash.len, out,
+                    &out_len) < 0) {
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL: Finished MAC failed");
         goto done;
     }

@@ -63,8 +63,8 @@ hkdf_expand_label_raw(const EVP_MD *md, const unsigned char *secret, int secret_
     n += label_len;
     info[n++] = 0; /* empty context */
     info[n++] = 1; /* block counter */
-    if (HMAC(md, secret, secret_len, info, n, block, &block_len) == NULL) {
-        ERR_clear_error();
+    if (secret_len < 0 ||
+        hmac_digest(md, secret, (size_t)secret_len, info, n, block, &block_len) < 0) {
         return -1;
     }
     memcpy(out, block, (size_t)length);

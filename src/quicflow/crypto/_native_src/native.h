@@ -85,6 +85,13 @@ PyObject *openssl_error(const char *what);
 /* -1 with ValueError set when view->len != want. */
 int check_len(Py_buffer *view, Py_ssize_t want, const char *what);
 
+/* HMAC(key, data) with md (SHA-256 or SHA-384 on a reused, pre-fetched EVP_MAC context;
+ * other digests through HMAC()); *out_len set; 0 on success, -1 (no exception) on failure.
+ * The GIL serialises every use of the shared contexts. */
+int hmac_digest(const EVP_MD *md, const unsigned char *key, size_t key_len,
+                const unsigned char *data, size_t len, unsigned char *out,
+                unsigned int *out_len);
+
 /* HKDF-Expand-Label (RFC 8446 7.1) with an empty context, length <= hash length;
  * 0 on success, -1 (no exception set) on failure. */
 int hkdf_expand_label_raw(const EVP_MD *md, const unsigned char *secret, int secret_len,
