@@ -133,6 +133,24 @@ def test_trust_store_is_parsed_once_and_reread_when_the_file_changes(
     assert exc.value.description == 46 and "trust anchors" in exc.value.message
 
 
+def test_parsed_certificate_is_reused_but_still_verified(
+    cert: tuple[x509.Certificate, PrivateKey]
+) -> None:
+    # the client keeps the parsed certificate of a server it saw (by DER): the next
+    # handshake gets the same object, and it is verified again (a client trusting
+    # another CA refuses it with unknown_ca)
+    first, server = pair(*cert)
+    run(first, server)
+    again, server = pair(*cert)
+    run(again, server)
+    assert again.peer_certificates[0] is first.peer_certificates[0]
+    ca, _ = generate_ca("not the issuer")
+    client, server = pair(*cert, cadata=certificate_pem(ca))
+    with pytest.raises(TlsAlert) as exc:
+        run(client, server)
+    assert exc.value.description == 48
+
+
 def test_chain_from_other_ca(cert: tuple[x509.Certificate, PrivateKey]) -> None:
     ca1, ca1_key = generate_ca("CA one")
     ca2, _ = generate_ca("CA two")

@@ -6,7 +6,6 @@ import hmac
 import ipaddress
 import os
 
-from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from quicflow.crypto.epoch import Epoch
@@ -91,6 +90,7 @@ from .verify import (
     CLIENT_SIGNATURE_ALGORITHMS,
     SERVER_CONTEXT,
     certificate_verify_content,
+    load_der_chain,
     sign,
     signature_algorithms_for_key,
     verify_chain,
@@ -416,7 +416,7 @@ class ClientHandshake(HandshakeCore):
         if not ders:
             raise TlsAlert(DECODE_ERROR, "server sent an empty certificate list")
         try:
-            certs = [x509.load_der_x509_certificate(der) for der in ders]
+            certs = load_der_chain(ders)
         except ValueError as exc:
             raise TlsAlert(BAD_CERTIFICATE, f"cannot parse server certificate: {exc}") from exc
         cfg = self.config

@@ -7,7 +7,6 @@ import operator
 import os
 from collections.abc import Callable
 
-from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from quicflow.crypto.epoch import Epoch
@@ -84,6 +83,7 @@ from .verify import (
     CLIENT_SIGNATURE_ALGORITHMS,
     SERVER_CONTEXT,
     certificate_verify_content,
+    load_der_chain,
     sign,
     signature_algorithms_for_key,
     verify_client_chain,
@@ -423,7 +423,7 @@ class ServerHandshake(HandshakeCore):
             self.state = WAIT_FINISHED
             return
         try:
-            certs = [x509.load_der_x509_certificate(der) for der in ders]
+            certs = load_der_chain(ders)
         except ValueError as exc:
             raise TlsAlert(BAD_CERTIFICATE, f"cannot parse client certificate: {exc}") from exc
         if self.config.verify_peer:

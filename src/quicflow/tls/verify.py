@@ -60,6 +60,27 @@ def certificate_verify_content(context: bytes, thash: bytes) -> bytes:
     return b" " * 64 + context + b"\x00" + thash
 
 
+#: certificates already parsed, by DER: a client that connects to the same server again
+#: (or a server that sees the same client certificate) gets the same immutable object,
+#: its public key already decoded. A few entries (cleared past 64).
+_PARSED: dict[bytes, x509.Certificate] = {}
+
+
+def load_der_chain(ders: Sequence[bytes]) -> list[x509.Certificate]:
+    """The certificates of a Certificate message; ``ValueError`` for one that does not
+    parse. (Parsing only: every handshake still verifies the chain and the signature.)"""
+    certs = []
+    for der in ders:
+        cert = _PARSED.get(der)
+        if cert is None:
+            cert = x509.load_der_x509_certificate(der)
+            if len(_PARSED) >= 64:
+                _PARSED.clear()
+            _PARSED[der] = cert
+        certs.append(cert)
+    return certs
+
+
 def signature_algorithms_for_key(key: PrivateKey) -> list[int]:
     """Signature schemes ``key`` can produce, best first."""
     if isinstance(key, ed25519.Ed25519PrivateKey):
