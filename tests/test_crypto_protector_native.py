@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quicflow.crypto import keys
+from quicflow.crypto.extension import EXT
 from quicflow.crypto.keys import DecryptError, PacketKeys, PacketProtector, derive_packet_keys
 from quicflow.crypto.native import available
 from quicflow.crypto.suites import CipherSuite, suite_hash_len
@@ -23,7 +24,9 @@ def pair(keyset: PacketKeys, monkeypatch: pytest.MonkeyPatch) -> tuple[PacketPro
                                                                        PacketProtector]:
     """(native, Python) protectors of the same keys."""
     require(available(), "native crypto extension not built (gcc and libssl-dev needed)")
-    native = PacketProtector(keyset)
+    with monkeypatch.context() as m:
+        m.setattr(keys, "_EXT", EXT)  # (whatever QUICFLOW_ENGINE says for this run)
+        native = PacketProtector(keyset)
     with monkeypatch.context() as m:
         m.setattr(keys, "_EXT", None)
         python = PacketProtector(keyset)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from quicflow.crypto import hkdf, keys
+from quicflow.crypto.extension import EXT
 from quicflow.crypto.hkdf import hkdf_expand
 from quicflow.crypto.keys import (
     QUIC_V1,
@@ -36,15 +37,19 @@ def need_native() -> None:
     require(available(), "native crypto extension not built (gcc and libssl-dev needed)")
 
 
+def use_engine(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    """The C extension's HKDF steps, or the pure-Python ones (what ``QUICFLOW_ENGINE=
+    python`` selects at import), whatever the environment of this test run says."""
+    ext = EXT if native else None
+    monkeypatch.setattr(keyschedule, "_EXT", ext)
+    monkeypatch.setattr(hkdf, "_NATIVE", ext)
+    monkeypatch.setattr(keys, "_EXT", ext)
+    monkeypatch.setattr(keyschedule, "_CONSTANTS", {})
+
+
 @pytest.fixture(params=NATIVE, ids=lambda n: "native" if n else "python")
 def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[bool]:
-    """Run with the C extension's HKDF steps, or with the pure-Python ones (what
-    ``QUICFLOW_ENGINE=python`` selects at import)."""
-    if not request.param:
-        monkeypatch.setattr(keyschedule, "_EXT", None)
-        monkeypatch.setattr(hkdf, "_NATIVE", None)
-        monkeypatch.setattr(keys, "_EXT", None)
-        monkeypatch.setattr(keyschedule, "_CONSTANTS", {})
+    use_engine(monkeypatch, request.param)
     yield request.param
 
 
@@ -92,10 +97,9 @@ def test_native_schedule_equals_python_schedule(suite: CipherSuite, with_psk: bo
     psk = os.urandom(n) if with_psk else None
     shared = os.urandom(32)
     hashes = [os.urandom(n) for _ in range(4)]
+    use_engine(monkeypatch, True)
     native = schedule_outputs(suite, psk, shared, hashes)
-    monkeypatch.setattr(keyschedule, "_EXT", None)
-    monkeypatch.setattr(hkdf, "_NATIVE", None)
-    monkeypatch.setattr(keyschedule, "_CONSTANTS", {})
+    use_engine(monkeypatch, False)
     python = schedule_outputs(suite, psk, shared, hashes)
     assert native == python
     assert len(set(native)) == len(native)  # every step gave a distinct secret
@@ -104,7 +108,7 @@ def test_native_schedule_equals_python_schedule(suite: CipherSuite, with_psk: bo
 @pytest.mark.parametrize("suite", SUITES)
 def test_native_hkdf_steps_match_rfc5869(suite: CipherSuite) -> None:
     need_native()
-    ext = keyschedule._EXT or keys._EXT
+    ext = EXT
     assert ext is not None
     h = suite_hash(suite)
     n = h.digest_size
@@ -144,6 +148,7 @@ def test_quic_keys_in_one_call_equal_the_label_by_label_derivation(
 ) -> None:
     need_native()
     secret = os.urandom(suite_hash_len(suite))
+    use_engine(monkeypatch, True)
     native_keys = derive_packet_keys(suite, secret, version)
     native_state = NativeOffloadEngine()
     native_state.install(b"c", suite, secret, opener=True, version=version)
@@ -151,8 +156,7 @@ def test_quic_keys_in_one_call_equal_the_label_by_label_derivation(
     dcid = os.urandom(8)
     native_initial = initial_secrets(dcid, version)
     native_hp = derive_hp_key(suite, secret, version)
-    monkeypatch.setattr(keys, "_EXT", None)
-    monkeypatch.setattr(hkdf, "_NATIVE", None)
+    use_engine(monkeypatch, False)
     python_keys = derive_packet_keys(suite, secret, version)
     assert native_keys == python_keys
     assert native_initial == initial_secrets(dcid, version)

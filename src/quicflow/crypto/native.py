@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from .cid_table import CidTableEngine
 from .extension import ENGINE_ENV, EXT, IMPORT_ERROR, python_forced
-from .keys import QUIC_V2
+from .keys import LABELS, QUIC_V2
 from .offload import Buffer, OffloadEngine, OpenResult, RunEntry, SoftwareOffloadEngine
 from .suites import CipherSuite, suite_key_len
 
@@ -111,6 +111,7 @@ class NativeOffloadEngine(CidTableEngine[NativeKeyState]):
     ) -> NativeKeyState:
         suite = CipherSuite(suite)
         secret = bytes(secret)
+        LABELS[version]  # an unknown version fails here as in the software engine (KeyError)
         v2 = version == QUIC_V2
         # this generation's key, iv and hp key and the next one's secret, key and iv:
         # six HMACs in one C call (the same labels as derive_key_iv & co.)
