@@ -109,7 +109,8 @@ class NativeOffloadEngine(CidTableEngine[NativeKeyState]):
         hp_key: bytes | None,
         version: int = 1,
     ) -> NativeKeyState:
-        suite = CipherSuite(suite)
+        if type(suite) is not CipherSuite:
+            suite = CipherSuite(suite)
         secret = bytes(secret)
         LABELS[version]  # an unknown version fails here as in the software engine (KeyError)
         v2 = version == QUIC_V2

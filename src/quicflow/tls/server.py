@@ -173,8 +173,8 @@ class ServerHandshake(HandshakeCore):
 
     def _negotiate_suite(self, hello: ClientHello) -> CipherSuite:
         for suite in self.config.cipher_suites:
-            if int(suite) in hello.cipher_suites:
-                return CipherSuite(suite)
+            if suite in hello.cipher_suites:
+                return suite if type(suite) is CipherSuite else CipherSuite(suite)
         raise TlsAlert(HANDSHAKE_FAILURE, "no cipher suite in common")
 
     def _negotiate_alpn(self, ext: dict[int, bytes]) -> str:
