@@ -16,10 +16,12 @@ from quicflow.tls.messages import (
     ClientHello,
     Reader,
     ServerHello,
+    decode_certificate,
     decode_certificate_verify,
     decode_client_hello,
     decode_encrypted_extensions,
     decode_server_hello,
+    encode_certificate,
     encode_client_hello,
     encode_extensions,
     encode_server_hello,
@@ -93,6 +95,21 @@ def ref_certificate_verify(body: bytes) -> tuple[int, bytes]:
     return algorithm, signature
 
 
+def ref_certificate(body: bytes) -> tuple[bytes, list[bytes]]:
+    r = Reader(body)
+    context = r.vec(1)
+    entries = r.sub(3)
+    ders: list[bytes] = []
+    while not entries.at_end():
+        der = entries.vec(3)
+        if not der:
+            raise TlsAlert(DECODE_ERROR, "empty certificate entry")
+        ref_extensions(entries)
+        ders.append(der)
+    r.done()
+    return context, ders
+
+
 def ref_u16_vector(len_bytes: int) -> Callable[[bytes], list[int]]:
     def parse(data: bytes) -> list[int]:
         r = Reader(data)
@@ -147,6 +164,7 @@ PAIRS: list[tuple[Callable[[bytes], Any], Callable[[bytes], Any]]] = [
     (decode_server_hello, ref_server_hello),
     (decode_encrypted_extensions, ref_encrypted_extensions),
     (decode_certificate_verify, ref_certificate_verify),
+    (decode_certificate, ref_certificate),
     (parse_supported_versions_client, ref_u16_vector(1)),
     (parse_u16_list, ref_u16_vector(2)),
     (parse_u16, ref_u16),
@@ -224,6 +242,25 @@ def extension_bodies(draw: st.DrawFn) -> bytes:
     else:
         data = draw(st.binary(max_size=12))
     return bytes(mutate(draw, bytearray(data)))
+
+
+@st.composite
+def certificate_bodies(draw: st.DrawFn) -> bytes:
+    """Certificate-message bodies (contexts, entries with extensions), maybe mutated."""
+    context = draw(st.binary(max_size=4))
+    ders = draw(st.lists(st.binary(min_size=0, max_size=30), max_size=3))
+    entries = b"".join(len(d).to_bytes(3, "big") + d + encode_extensions(draw(extensions))
+                       for d in ders)
+    data = bytes((len(context),)) + context + len(entries).to_bytes(3, "big") + entries
+    if draw(st.booleans()) and ders and all(ders):
+        data = encode_certificate(context, ders)[4:]
+    return bytes(mutate(draw, bytearray(data)))
+
+
+@SETTINGS
+@given(certificate_bodies())
+def test_certificate_parser_matches_the_reader_parse(data: bytes) -> None:
+    same_everywhere(data)
 
 
 @SETTINGS

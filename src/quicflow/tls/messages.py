@@ -362,17 +362,31 @@ def encode_certificate(context: bytes, cert_ders: list[bytes]) -> bytes:
 
 def decode_certificate(body: bytes) -> tuple[bytes, list[bytes]]:
     """Returns (certificate_request_context, DER certificates)."""
-    r = Reader(body)
-    context = r.vec(1)
-    entries = r.sub(3)
+    end = len(body)
+    if end < 1 or 1 + body[0] > end:
+        raise _truncated()
+    pos = 1 + body[0]
+    context = body[1:pos]
+    if pos + 3 > end:
+        raise _truncated()
+    stop = pos + 3 + int.from_bytes(body[pos : pos + 3], "big")
+    if stop > end:
+        raise _truncated()
+    pos += 3
     ders: list[bytes] = []
-    while not entries.at_end():
-        der = entries.vec(3)
-        if not der:
+    while pos < stop:
+        if pos + 3 > stop:
+            raise _truncated()
+        nxt = pos + 3 + int.from_bytes(body[pos : pos + 3], "big")
+        if nxt > stop:
+            raise _truncated()
+        if nxt == pos + 3:
             raise TlsAlert(DECODE_ERROR, "empty certificate entry")
-        decode_extensions(entries)  # per-certificate extensions, unused
+        der = body[pos + 3 : nxt]
+        _, pos = _parse_extensions(body, nxt, stop)  # per-certificate extensions, unused
         ders.append(der)
-    r.done()
+    if stop != end:
+        raise _trailing()
     return context, ders
 
 
