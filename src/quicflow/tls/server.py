@@ -100,9 +100,10 @@ _CERTIFICATE_REQUEST = encode_certificate_request(
 
 #: what every handshake with one certificate and key shares, prepared once: the
 #: Certificate message and the signature schemes of the key. Keyed by the identity of
-#: the key object; the entry keeps the key and chain objects (so the id stays theirs)
-#: and is used only while the configuration holds those very objects.
-_IDENTITIES: dict[int, tuple[tuple[object, ...], bytes, list[int]]] = {}
+#: the key object and of the chain's last certificate; the entry keeps the key and chain
+#: objects (so the ids stay theirs) and is used only while the configuration holds
+#: those very objects.
+_IDENTITIES: dict[tuple[int, int], tuple[tuple[object, ...], bytes, list[int]]] = {}
 _MAX_IDENTITIES = 32
 #: RFC 8446 §4.4.3: the signed content is this prefix and the transcript hash
 _SERVER_VERIFY_PREFIX = certificate_verify_content(SERVER_CONTEXT, b"")
@@ -114,7 +115,7 @@ _TLS13 = TLS13.to_bytes(2, "big")
 def _identity(config: TlsConfig) -> tuple[bytes, list[int]]:
     """(Certificate message, signature schemes) of ``config``'s certificate and key."""
     objects: tuple[object, ...] = (config.private_key, *config.certificate_chain)
-    key = id(config.private_key)
+    key = (id(config.private_key), id(objects[-1]))
     hit = _IDENTITIES.get(key)
     if hit is not None and len(hit[0]) == len(objects) and all(
         map(operator.is_, hit[0], objects)
