@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from cryptography import x509
 
@@ -24,6 +26,7 @@ from quicflow.tls.messages import (
     decode_client_hello,
     encode_client_hello,
 )
+from quicflow.tls.verify import load_trust_store
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +103,52 @@ def test_unknown_ca(cert: tuple[x509.Certificate, PrivateKey]) -> None:
         run(client, server)
     assert exc.value.description == 48
     assert "localhost" in exc.value.message
+
+
+def test_trust_store_is_parsed_once_and_reread_when_the_file_changes(
+    cert: tuple[x509.Certificate, PrivateKey], tmp_path: Path
+) -> None:
+    # the parsed anchors are kept per (cafile, cadata, file stamp): the same store for
+    # every handshake, a new one when the CA file is replaced (a handshake then fails
+    # with unknown_ca against the new anchors), an alert when the file disappears
+    cafile = tmp_path / "ca.pem"
+    cafile.write_bytes(certificate_pem(cert[0]))
+    kw = {"cafile": str(cafile)}
+    client, server = pair(*cert, cadata=b"", client_kw=kw)
+    run(client, server)
+    assert client.handshake_complete
+    first = load_trust_store(str(cafile), None)
+    assert load_trust_store(str(cafile), None) is first
+    other, _ = generate_ca("another CA")
+    cafile.write_bytes(certificate_pem(other) + b"\n")  # another size: another stamp
+    assert load_trust_store(str(cafile), None) is not first
+    client, server = pair(*cert, cadata=b"", client_kw=kw)
+    with pytest.raises(TlsAlert) as exc:
+        run(client, server)
+    assert exc.value.description == 48
+    cafile.unlink()
+    client, server = pair(*cert, cadata=b"", client_kw=kw)
+    with pytest.raises(TlsAlert) as exc:
+        run(client, server)
+    assert exc.value.description == 46 and "trust anchors" in exc.value.message
+
+
+def test_parsed_certificate_is_reused_but_still_verified(
+    cert: tuple[x509.Certificate, PrivateKey]
+) -> None:
+    # the client keeps the parsed certificate of a server it saw (by DER): the next
+    # handshake gets the same object, and it is verified again (a client trusting
+    # another CA refuses it with unknown_ca)
+    first, server = pair(*cert)
+    run(first, server)
+    again, server = pair(*cert)
+    run(again, server)
+    assert again.peer_certificates[0] is first.peer_certificates[0]
+    ca, _ = generate_ca("not the issuer")
+    client, server = pair(*cert, cadata=certificate_pem(ca))
+    with pytest.raises(TlsAlert) as exc:
+        run(client, server)
+    assert exc.value.description == 48
 
 
 def test_chain_from_other_ca(cert: tuple[x509.Certificate, PrivateKey]) -> None:

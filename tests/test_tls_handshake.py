@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from quicflow.crypto.epoch import Epoch
 from quicflow.crypto.suites import CipherSuite
@@ -107,6 +108,9 @@ def test_each_cipher_suite(
     handshake(client, server)
     check_complete(client, server, suite)
     assert client.peer_certificates == [ec_cert[0]]
+    # the DER kept is the certificate as sent (what a connection stores and snapshots)
+    assert client.peer_certificate_ders == [ec_cert[0].public_bytes(Encoding.DER)]
+    assert server.peer_certificate_ders == []
 
 
 def test_server_preference_wins(ec_cert: tuple[x509.Certificate, PrivateKey]) -> None:

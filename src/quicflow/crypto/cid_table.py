@@ -66,13 +66,13 @@ class CidTableEngine(Generic[S]):
     ) -> None:
         """Program ``cid`` with the keys of ``secret`` (replaces an existing entry);
         ``version`` picks the HKDF labels (QUIC v1 or v2) of its keys and key updates."""
-        self._table(opener)[bytes(cid)] = self._new_state(
+        (self._openers if opener else self._sealers)[bytes(cid)] = self._new_state(
             suite, secret, key_phase, largest_pn, hp_key, version
         )
 
     def alias(self, new_cid: bytes, existing_cid: bytes, *, opener: bool) -> None:
         """Make ``new_cid`` share the entry of ``existing_cid`` (KeyError if unknown)."""
-        table = self._table(opener)
+        table = self._openers if opener else self._sealers
         table[bytes(new_cid)] = table[bytes(existing_cid)]
 
     def update(self, cid: bytes, *, opener: bool) -> None:
@@ -81,7 +81,7 @@ class CidTableEngine(Generic[S]):
 
     def remove(self, cid: bytes, *, opener: bool) -> None:
         """Forget ``cid`` only (its aliases keep the shared entry)."""
-        self._table(opener).pop(bytes(cid), None)
+        (self._openers if opener else self._sealers).pop(bytes(cid), None)
 
     def key_state(self, cid: bytes, *, opener: bool) -> S:
         """The live table entry of ``cid`` (for snapshots); KeyError if unknown."""

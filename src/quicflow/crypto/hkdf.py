@@ -11,12 +11,17 @@ from .extension import native_for_keys
 _LABEL_PREFIX = b"tls13 "
 #: the C extension's HKDF-Expand-Label takes a suite for its hash
 _SUITE_OF_HASH = {"sha256": 0x1301, "sha384": 0x1302}
+#: the C extension (chosen once per process), None for the pure-Python HMACs below
 _NATIVE = native_for_keys()
-_STR_LABEL: dict[bytes, str] = {}
 
 
 def hkdf_extract(hash: hashes.HashAlgorithm, salt: bytes, ikm: bytes) -> bytes:
     """HKDF-Extract: HMAC-Hash(salt, ikm); an empty salt means hash_len zero bytes."""
+    if _NATIVE is not None:
+        suite = _SUITE_OF_HASH.get(hash.name)
+        if suite is not None:  # the same HMAC, one C call
+            prk: bytes = _NATIVE.hkdf_extract(suite, salt, ikm)
+            return prk
     if not salt:
         salt = bytes(hash.digest_size)
     return hmac.digest(salt, ikm, hash.name)
@@ -61,17 +66,14 @@ def hkdf_expand_label(
     """HKDF-Expand-Label; ``label`` is given without the ``"tls13 "`` prefix.
 
     Every label TLS 1.3 and QUIC expand is at most one hash long: that is one HMAC
-    (OpenSSL's, through ``hmac.digest``) over a label block built once per label.
+    (OpenSSL's: one C call with the extension, else ``hmac.digest`` over a label block
+    built once per label).
     """
     if length <= hash.digest_size:
-        if _NATIVE is not None and not context:
+        if _NATIVE is not None:
             suite = _SUITE_OF_HASH.get(hash.name)
-            name = _STR_LABEL.get(label)
-            if name is None and len(_STR_LABEL) < 64 and label.isascii() and \
-                    b"\0" not in label and len(label) <= 249:
-                name = _STR_LABEL[label] = label.decode("ascii")
-            if suite is not None and name is not None:  # one C call, the same HMAC
-                out: bytes = _NATIVE.hkdf_expand_label(suite, secret, name, length)
+            if suite is not None:  # one C call, the same HMAC (ValueError on bad sizes)
+                out: bytes = _NATIVE.hkdf_expand_label(suite, secret, label, length, context)
                 return out
         if context:
             info = _label_info(label, context, length) + b"\x01"

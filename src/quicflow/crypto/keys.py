@@ -8,7 +8,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 
-from .aead import decode_packet_number, make_aead, packet_nonce
+from .aead import Aead, decode_packet_number, make_aead, packet_nonce
 from .extension import native_for_keys
 from .header_protection import SAMPLE_LEN, make_header_protection
 from .hkdf import hkdf_expand_label, hkdf_extract
@@ -24,7 +24,9 @@ LABELS = {
     QUIC_V2: (b"quicv2 key", b"quicv2 iv", b"quicv2 hp", b"quicv2 ku"),
 }
 INITIAL_SUITE = CipherSuite.AES_128_GCM_SHA256
-_STR_LABELS = {label: label.decode() for labels in LABELS.values() for label in labels}
+#: the C extension for key derivation and header protection, chosen once per process
+#: (None: not built, or ``QUICFLOW_ENGINE=python``)
+_EXT: Any = native_for_keys()
 
 Buffer = bytes | bytearray | memoryview
 
@@ -48,19 +50,11 @@ class PacketKeys:
 def derive_packet_keys(suite: CipherSuite, secret: bytes, version: int = QUIC_V1) -> PacketKeys:
     """Derive key, iv and header-protection key ("quic key"/"quic iv"/"quic hp"; the
     "quicv2 ..." labels for QUIC v2)."""
-    key_len = suite_key_len(suite)
     key_label, iv_label, hp_label, _ = LABELS[version]
-    ext = native_for_keys()
-    if ext is not None:  # the same HMACs in one C call each (no Python wrapper per label)
-        s, expand = int(suite), ext.hkdf_expand_label
-        return PacketKeys(
-            suite=suite,
-            secret=bytes(secret),
-            key=expand(s, secret, _STR_LABELS[key_label], key_len),
-            iv=expand(s, secret, _STR_LABELS[iv_label], AEAD_IV_LEN),
-            hp_key=expand(s, secret, _STR_LABELS[hp_label], key_len),
-            version=version,
-        )
+    if _EXT is not None:  # the same three HMACs in one C call
+        key, iv, hp = _EXT.quic_keys(suite, secret, version == QUIC_V2, False)
+        return PacketKeys(suite, bytes(secret), key, iv, hp, version)
+    key_len = suite_key_len(suite)
     h = suite_hash(suite)
     return PacketKeys(
         suite=suite,
@@ -86,6 +80,10 @@ def derive_key_iv(
 
 def derive_hp_key(suite: CipherSuite, secret: bytes, version: int = QUIC_V1) -> bytes:
     """Only the header-protection key of ``secret`` ("quic hp"/"quicv2 hp")."""
+    if _EXT is not None:  # the same HMAC, one C call
+        hp: bytes = _EXT.hkdf_expand_label(suite, secret, LABELS[version][2],
+                                           suite_key_len(suite))
+        return hp
     return hkdf_expand_label(
         suite_hash(suite), secret, LABELS[version][2], b"", suite_key_len(suite)
     )
@@ -110,8 +108,14 @@ def next_packet_keys(keys: PacketKeys) -> PacketKeys:
 
 def initial_secrets(dcid: bytes, version: int = QUIC_V1) -> tuple[bytes, bytes]:
     """(client, server) Initial secrets from the client's first DCID (QUIC v1 or v2)."""
+    salt = INITIAL_SALT_V2 if version == QUIC_V2 else INITIAL_SALT_V1
+    if _EXT is not None:  # the same three HMACs, one C call each
+        initial = _EXT.hkdf_extract(INITIAL_SUITE, salt, dcid)
+        expand = _EXT.hkdf_expand_label
+        return (expand(INITIAL_SUITE, initial, b"client in", 32),
+                expand(INITIAL_SUITE, initial, b"server in", 32))
     h: hashes.HashAlgorithm = hashes.SHA256()
-    initial = hkdf_extract(h, INITIAL_SALT_V2 if version == QUIC_V2 else INITIAL_SALT_V1, dcid)
+    initial = hkdf_extract(h, salt, dcid)
     client = hkdf_expand_label(h, initial, b"client in", b"", h.digest_size)
     server = hkdf_expand_label(h, initial, b"server in", b"", h.digest_size)
     return client, server
@@ -120,22 +124,26 @@ def initial_secrets(dcid: bytes, version: int = QUIC_V1) -> tuple[bytes, bytes]:
 class PacketProtector:
     """Seals and opens packets with one set of keys; AEAD and HP contexts are cached.
 
+    With the C extension a packet is sealed or opened in one call of its ``KeyContext``
+    (the same AEAD and header protection, pooled OpenSSL contexts: no per-key
+    ``cryptography`` objects); ``QUICFLOW_ENGINE=python`` runs the reference code below.
     A runtime object (never part of snapshot state): rebuild it from ``PacketKeys``.
     """
 
-    __slots__ = ("keys", "_aead", "_iv", "_hp")
+    __slots__ = ("keys", "_aead", "_iv", "_hp", "_native")
 
     def __init__(self, keys: PacketKeys) -> None:
         self.keys = keys
-        self._aead = make_aead(keys.suite, keys.key)
+        ext = _EXT
+        self._native = ext is not None
         self._iv = int.from_bytes(keys.iv, "big")
-        ext = native_for_keys()
-        # the C KeyContext's mask (a pooled OpenSSL context, keyed on first use) costs a
-        # fraction of building a cryptography Cipher per key; the masks are identical
-        self._hp: Any = (
-            make_header_protection(keys.suite, keys.hp_key) if ext is None
-            else ext.KeyContext(int(keys.suite), keys.key, keys.iv, keys.hp_key)
-        )
+        if ext is not None:
+            # the C KeyContext validates the key lengths like make_aead does
+            self._aead: Aead | None = None
+            self._hp: Any = ext.KeyContext(keys.suite, keys.key, keys.iv, keys.hp_key)
+        else:
+            self._aead = make_aead(keys.suite, keys.key)
+            self._hp = make_header_protection(keys.suite, keys.hp_key)
 
     def next_generation(self) -> PacketProtector:
         """A protector for the next key phase (RFC 9001 §6)."""
@@ -154,6 +162,10 @@ class PacketProtector:
         The pn length comes from ``header[0] & 3``; the pn field ends ``header``.
         Raises ``ValueError`` when the packet is too short to be sampled.
         """
+        if self._native:
+            sealed: bytes = self._hp.seal_packet(header, payload, pn)
+            return sealed
+        assert self._aead is not None
         pn_len = (header[0] & 3) + 1
         pn_offset = len(header) - pn_len
         sample_at = pn_offset + 4
@@ -173,10 +185,17 @@ class PacketProtector:
         ``packet`` runs from the first byte to the end of this packet.
         Returns ``(plain_header, payload, pn)``; raises ``DecryptError``.
         """
+        if self._native:
+            opened = self._hp.open_packet(packet, pn_offset, largest_pn)
+            if opened.__class__ is int:
+                raise DecryptError(_OPEN_ERRORS[opened])
+            result: tuple[bytes, bytes, int] = opened
+            return result
+        assert self._aead is not None
         view = memoryview(packet)
         sample_at = pn_offset + 4
         if pn_offset < 1 or len(view) < sample_at + SAMPLE_LEN:
-            raise DecryptError("packet too short to remove header protection")
+            raise DecryptError(_OPEN_ERRORS[1])
         mask = self._hp.mask(view[sample_at : sample_at + SAMPLE_LEN])
         first = view[0]
         first ^= mask[0] & (0x0F if first & 0x80 else 0x1F)
@@ -195,5 +214,10 @@ class PacketProtector:
                 packet_nonce(self._iv, pn), view[pn_offset + pn_len :], plain_header
             )
         except InvalidTag:
-            raise DecryptError("packet authentication failed") from None
+            raise DecryptError(_OPEN_ERRORS[2]) from None
         return plain_header, payload, pn
+
+
+#: why a packet could not be opened (the C KeyContext's codes)
+_OPEN_ERRORS = {1: "packet too short to remove header protection",
+                2: "packet authentication failed"}

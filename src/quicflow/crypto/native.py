@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from .cid_table import CidTableEngine
 from .extension import ENGINE_ENV, EXT, IMPORT_ERROR, python_forced
-from .keys import QUIC_V2, derive_hp_key, derive_key_iv, next_generation_secret
+from .keys import LABELS, QUIC_V2
 from .offload import Buffer, OffloadEngine, OpenResult, RunEntry, SoftwareOffloadEngine
 from .suites import CipherSuite, suite_key_len
 
@@ -84,11 +84,6 @@ class NativeKeyState(Protocol):
     def phase_start_pn(self) -> int: ...
 
 
-def _key_context(suite: CipherSuite, secret: bytes, hp_key: bytes, version: int = 1) -> Any:
-    key, iv = derive_key_iv(suite, secret, version)
-    return _ext.KeyContext(int(suite), key, iv, hp_key, bytes(secret))
-
-
 class NativeOffloadEngine(CidTableEngine[NativeKeyState]):
     """``OffloadEngine`` on the C extension; bit-identical to ``SoftwareOffloadEngine``.
 
@@ -114,15 +109,22 @@ class NativeOffloadEngine(CidTableEngine[NativeKeyState]):
         hp_key: bytes | None,
         version: int = 1,
     ) -> NativeKeyState:
-        suite = CipherSuite(suite)
+        if type(suite) is not CipherSuite:
+            suite = CipherSuite(suite)
         secret = bytes(secret)
-        hp = derive_hp_key(suite, secret, version) if hp_key is None else bytes(hp_key)
+        LABELS[version]  # an unknown version fails here as in the software engine (KeyError)
+        v2 = version == QUIC_V2
+        # this generation's key, iv and hp key and the next one's secret, key and iv:
+        # six HMACs in one C call (the same labels as derive_key_iv & co.)
+        key, iv, hp, ku, next_key, next_iv = _ext.quic_keys(suite, secret, v2, True)
+        if hp_key is not None:
+            hp = bytes(hp_key)
         if len(hp) != suite_key_len(suite):
             raise ValueError(f"header protection key must be {suite_key_len(suite)} bytes")
-        current = _key_context(suite, secret, hp, version)
-        nxt = _key_context(suite, next_generation_secret(suite, secret, version), hp, version)
+        current = _ext.KeyContext(suite, key, iv, hp, secret)
+        nxt = _ext.KeyContext(suite, next_key, next_iv, hp, ku)
         state: NativeKeyState = _ext.CidState(suite, hp, key_phase & 1, current, nxt, largest_pn,
-                                              version == QUIC_V2)
+                                              v2)
         return state
 
     def _key_update(self, state: NativeKeyState) -> None:

@@ -6,7 +6,6 @@ import hmac
 import ipaddress
 import os
 
-from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from quicflow.crypto.epoch import Epoch
@@ -91,6 +90,7 @@ from .verify import (
     CLIENT_SIGNATURE_ALGORITHMS,
     SERVER_CONTEXT,
     certificate_verify_content,
+    load_der_chain,
     sign,
     signature_algorithms_for_key,
     verify_chain,
@@ -109,6 +109,30 @@ _EE_FORBIDDEN = {
     EXT_SIGNATURE_ALGORITHMS,
     EXT_PRE_SHARED_KEY,
 }
+
+
+#: encoded ClientHello extensions that depend only on the configuration, by (groups,
+#: ALPN protocols, server name): (supported_groups, alpn, server_name or None); a few
+#: entries per process (cleared when it grows past 64)
+_HELLO_PARTS: dict[tuple[tuple[int, ...], tuple[str, ...], str | None],
+                  tuple[bytes, bytes, bytes | None]] = {}
+_SUPPORTED_VERSIONS = ext_supported_versions_client([TLS13])
+_SIGNATURE_ALGORITHMS = u16_list(CLIENT_SIGNATURE_ALGORITHMS)
+_PSK_MODES = encode_psk_modes([PSK_DHE_KE])
+
+
+def _hello_parts(group_ids: list[int], alpn: list[str],
+                 server_name: str | None) -> tuple[bytes, bytes, bytes | None]:
+    key = (tuple(group_ids), tuple(alpn), server_name)
+    parts = _HELLO_PARTS.get(key)
+    if parts is None:
+        sni = (ext_server_name(server_name) if server_name and not _is_ip(server_name)
+               else None)
+        parts = (u16_list(group_ids), ext_alpn(alpn), sni)
+        if len(_HELLO_PARTS) >= 64:
+            _HELLO_PARTS.clear()
+        _HELLO_PARTS[key] = parts
+    return parts
 
 
 def _is_ip(host: str) -> bool:
@@ -160,19 +184,20 @@ class ClientHandshake(HandshakeCore):
         group = self.group_ids[0]
         self.shares = {group: generate_key(group)}
         cfg = self.config
+        groups, alpn, sni = _hello_parts(self.group_ids, cfg.alpn_protocols, cfg.server_name)
         extensions = [
-            (EXT_SUPPORTED_VERSIONS, ext_supported_versions_client([TLS13])),
-            (EXT_SUPPORTED_GROUPS, u16_list(self.group_ids)),
+            (EXT_SUPPORTED_VERSIONS, _SUPPORTED_VERSIONS),
+            (EXT_SUPPORTED_GROUPS, groups),
             (EXT_KEY_SHARE, ext_key_share_client([(group, public_bytes(self.shares[group]))])),
-            (EXT_SIGNATURE_ALGORITHMS, u16_list(CLIENT_SIGNATURE_ALGORITHMS)),
-            (EXT_ALPN, ext_alpn(cfg.alpn_protocols)),
+            (EXT_SIGNATURE_ALGORITHMS, _SIGNATURE_ALGORITHMS),
+            (EXT_ALPN, alpn),
             (EXT_QUIC_TRANSPORT_PARAMETERS, self.transport_parameters),
         ]
-        if cfg.server_name and not _is_ip(cfg.server_name):
-            extensions.insert(0, (EXT_SERVER_NAME, ext_server_name(cfg.server_name)))
+        if sni is not None:
+            extensions.insert(0, (EXT_SERVER_NAME, sni))
         # the modes we resume with: servers send tickets only to clients that list one
         # (RFC 8446 §4.2.9)
-        extensions.append((EXT_PSK_KEY_EXCHANGE_MODES, encode_psk_modes([PSK_DHE_KE])))
+        extensions.append((EXT_PSK_KEY_EXCHANGE_MODES, _PSK_MODES))
         ticket = cfg.session_ticket
         if ticket is not None and self._ticket_fits(ticket):
             self.psk_ticket = ticket
@@ -391,13 +416,14 @@ class ClientHandshake(HandshakeCore):
         if not ders:
             raise TlsAlert(DECODE_ERROR, "server sent an empty certificate list")
         try:
-            certs = [x509.load_der_x509_certificate(der) for der in ders]
+            certs = load_der_chain(ders)
         except ValueError as exc:
             raise TlsAlert(BAD_CERTIFICATE, f"cannot parse server certificate: {exc}") from exc
         cfg = self.config
         if cfg.verify_peer:
             verify_chain(certs, cfg.server_name, cfg.cafile, cfg.cadata)
         self.peer_certs = certs
+        self.peer_cert_ders = ders
         self.transcript += raw
         self.state = WAIT_CV
 

@@ -15,6 +15,7 @@ from .keyschedule import KeySchedule, transcript_hash
 MAX_MESSAGE_LEN = 1 << 18
 
 Secret = tuple[Epoch, bool, CipherSuite, bytes]
+_EPOCHS = tuple(Epoch)
 
 
 class HandshakeCore:
@@ -24,7 +25,7 @@ class HandshakeCore:
         config.validate()
         self.config = config
         self.transport_parameters = transport_parameters
-        self.buffers: dict[Epoch, bytearray] = {e: bytearray() for e in Epoch}
+        self.buffers: dict[Epoch, bytearray] = {e: bytearray() for e in _EPOCHS}
         self.output: list[tuple[Epoch, bytes]] = []
         self.secrets: list[Secret] = []
         self.transcript = bytearray()
@@ -37,6 +38,7 @@ class HandshakeCore:
         self.alpn: str | None = None
         self.peer_tp: bytes | None = None
         self.peer_certs: list[x509.Certificate] = []
+        self.peer_cert_ders: list[bytes] = []  # the same chain as received (DER)
         self.failed: TlsAlert | None = None
 
     # ------------------------------------------------------------ to override
@@ -67,7 +69,8 @@ class HandshakeCore:
             raise decode_alert from exc
 
     def _receive(self, epoch: Epoch, data: bytes) -> None:
-        epoch = Epoch(epoch)
+        if type(epoch) is not Epoch:
+            epoch = Epoch(epoch)
         buf = self.buffers[epoch]
         buf += data
         while len(buf) >= 4:

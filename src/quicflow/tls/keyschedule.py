@@ -1,12 +1,21 @@
-"""The TLS 1.3 key schedule and transcript (RFC 8446 §7.1, §4.4.1)."""
+"""The TLS 1.3 key schedule and transcript (RFC 8446 §7.1, §4.4.1).
+
+With the C extension every step (HKDF-Extract, a Derive-Secret, a Finished MAC) is one
+C call; ``QUICFLOW_ENGINE=python`` (or no extension) runs the bit-identical pure-Python
+HKDF of ``quicflow.crypto.hkdf``. What depends only on the suite (the empty-transcript
+hash, the early secret without a PSK and the "derived" secret after it) is computed
+once per process.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 
+from quicflow.crypto.extension import native_for_keys
 from quicflow.crypto.hkdf import hkdf_expand_label, hkdf_extract
 from quicflow.crypto.suites import CipherSuite, suite_hash
 
@@ -19,6 +28,8 @@ _HASHLIB = {
     CipherSuite.AES_256_GCM_SHA384: hashlib.sha384,
     CipherSuite.CHACHA20_POLY1305_SHA256: hashlib.sha256,
 }
+#: the C extension (HKDF steps in one call each), None for the pure-Python code
+_EXT: Any = native_for_keys()
 
 
 def transcript_hash(suite: CipherSuite, transcript: bytes | bytearray) -> bytes:
@@ -36,25 +47,65 @@ def message_hash(suite: CipherSuite, first_client_hello: bytes) -> bytes:
     return bytes([MESSAGE_HASH, 0, 0, len(h)]) + h
 
 
+def _extract(suite: CipherSuite, hash: hashes.HashAlgorithm, salt: bytes, ikm: bytes) -> bytes:
+    if _EXT is not None:
+        out: bytes = _EXT.hkdf_extract(suite, salt, ikm)
+        return out
+    return hkdf_extract(hash, salt, ikm)
+
+
+class _SuiteConstants:
+    """Per suite, once per process: its hash, the empty-transcript hash, and the early
+    secret without a PSK with the "derived" secret after it."""
+
+    __slots__ = ("hash", "hash_len", "empty_hash", "early_secret", "derived")
+
+    def __init__(self, suite: CipherSuite) -> None:
+        self.hash = suite_hash(suite)
+        self.hash_len = self.hash.digest_size
+        self.empty_hash = transcript_hash(suite, b"")
+        zeros = bytes(self.hash_len)
+        self.early_secret = _extract(suite, self.hash, zeros, zeros)
+        self.derived = b""  # set just below, with a KeySchedule that has these
+
+
+_CONSTANTS: dict[CipherSuite, _SuiteConstants] = {}
+
+
+def _constants(suite: CipherSuite) -> _SuiteConstants:
+    found = _CONSTANTS.get(suite)
+    if found is None:
+        found = _SuiteConstants(suite)
+        _CONSTANTS[suite] = found  # (a handful of suites: never more entries)
+        found.derived = KeySchedule(suite)._derive(found.early_secret, "derived",
+                                                   found.empty_hash)
+    return found
+
+
 class KeySchedule:
     """Secrets of one handshake with a known cipher suite, from a resumption PSK
     (RFC 8446 §4.6.1, §7.1) or none (all-zero PSK)."""
 
     __slots__ = ("suite", "hash", "hash_len", "early_secret", "handshake_secret",
-                 "master_secret")
+                 "master_secret", "_const", "_psk")
 
     def __init__(self, suite: CipherSuite, psk: bytes | None = None) -> None:
+        const = _CONSTANTS.get(suite) or _constants(suite)
         self.suite = suite
-        self.hash = suite_hash(suite)
-        self.hash_len = self.hash.digest_size
-        zeros = bytes(self.hash_len)
-        self.early_secret = hkdf_extract(self.hash, zeros, psk if psk else zeros)
+        self._const = const
+        self.hash = const.hash
+        self.hash_len = const.hash_len
+        self._psk = bool(psk)
+        if psk:
+            self.early_secret = _extract(suite, self.hash, bytes(self.hash_len), psk)
+        else:
+            self.early_secret = const.early_secret
         self.handshake_secret = b""
         self.master_secret = b""
 
     def binder_key(self) -> bytes:
         """The resumption binder key: Derive-Secret(early, "res binder", "")."""
-        return self._derive(self.early_secret, b"res binder", self._empty_hash())
+        return self._derive(self.early_secret, "res binder", self._const.empty_hash)
 
     def binder(self, truncated_hash: bytes) -> bytes:
         """The PSK binder for the transcript hash of the ClientHello up to (without) the
@@ -63,45 +114,53 @@ class KeySchedule:
 
     def client_early_traffic(self, client_hello_hash: bytes) -> bytes:
         """client_early_traffic_secret for the hash of the ClientHello (0-RTT keys)."""
-        return self._derive(self.early_secret, b"c e traffic", client_hello_hash)
+        return self._derive(self.early_secret, "c e traffic", client_hello_hash)
 
     def resumption_master(self, thash: bytes) -> bytes:
         """resumption_master_secret for the hash of CH..client Finished."""
-        return self._derive(self.master_secret, b"res master", thash)
+        return self._derive(self.master_secret, "res master", thash)
 
     def ticket_psk(self, resumption_master: bytes, nonce: bytes) -> bytes:
         """The PSK a NewSessionTicket with ``nonce`` stands for (RFC 8446 §4.6.1)."""
-        return hkdf_expand_label(self.hash, resumption_master, b"resumption", nonce,
+        return self._derive(resumption_master, "resumption", nonce)
+
+    def _derive(self, secret: bytes, label: str, context: bytes) -> bytes:
+        """HKDF-Expand-Label(secret, label, context, hash length) (Derive-Secret when
+        ``context`` is a transcript hash)."""
+        if _EXT is not None:
+            out: bytes = _EXT.hkdf_expand_label(self.suite, secret, label, self.hash_len,
+                                                context)
+            return out
+        return hkdf_expand_label(self.hash, secret, label.encode("ascii"), context,
                                  self.hash_len)
-
-    def _derive(self, secret: bytes, label: bytes, thash: bytes) -> bytes:
-        return hkdf_expand_label(self.hash, secret, label, thash, self.hash_len)
-
-    def _empty_hash(self) -> bytes:
-        return transcript_hash(self.suite, b"")
 
     def set_shared_secret(self, shared: bytes) -> None:
         """Early secret → handshake secret → master secret."""
-        zeros = bytes(self.hash_len)
-        derived = self._derive(self.early_secret, b"derived", self._empty_hash())
-        self.handshake_secret = hkdf_extract(self.hash, derived, shared)
-        derived = self._derive(self.handshake_secret, b"derived", self._empty_hash())
-        self.master_secret = hkdf_extract(self.hash, derived, zeros)
+        const = self._const
+        derived = const.derived if not self._psk else self._derive(
+            self.early_secret, "derived", const.empty_hash)
+        self.handshake_secret = _extract(self.suite, self.hash, derived, shared)
+        derived = self._derive(self.handshake_secret, "derived", const.empty_hash)
+        self.master_secret = _extract(self.suite, self.hash, derived, bytes(self.hash_len))
 
     def handshake_traffic(self, thash: bytes) -> tuple[bytes, bytes]:
         """(client, server) handshake traffic secrets for the hash of CH..SH."""
         return (
-            self._derive(self.handshake_secret, b"c hs traffic", thash),
-            self._derive(self.handshake_secret, b"s hs traffic", thash),
+            self._derive(self.handshake_secret, "c hs traffic", thash),
+            self._derive(self.handshake_secret, "s hs traffic", thash),
         )
 
     def application_traffic(self, thash: bytes) -> tuple[bytes, bytes]:
         """(client, server) application traffic secrets for the hash of CH..server Finished."""
         return (
-            self._derive(self.master_secret, b"c ap traffic", thash),
-            self._derive(self.master_secret, b"s ap traffic", thash),
+            self._derive(self.master_secret, "c ap traffic", thash),
+            self._derive(self.master_secret, "s ap traffic", thash),
         )
 
     def finished_verify_data(self, base_key: bytes, thash: bytes) -> bytes:
+        """HMAC(HKDF-Expand-Label(base_key, "finished", "", Hash.length), thash)."""
+        if _EXT is not None:
+            out: bytes = _EXT.finished_verify_data(self.suite, base_key, thash)
+            return out
         finished_key = hkdf_expand_label(self.hash, base_key, b"finished", b"", self.hash_len)
         return hmac.digest(finished_key, thash, self.hash.name)

@@ -75,33 +75,62 @@ class Reader:
     def _take(self, n: int) -> int:
         start = self.pos
         if n < 0 or start + n > self.end:
-            raise TlsAlert(DECODE_ERROR, "truncated handshake message")
+            raise _truncated()
         self.pos = start + n
         return start
 
     def u8(self) -> int:
-        return self.data[self._take(1)]
+        start = self.pos
+        if start >= self.end:
+            raise _truncated()
+        self.pos = start + 1
+        return self.data[start]
 
     def u16(self) -> int:
-        start = self._take(2)
-        return int.from_bytes(self.data[start : start + 2], "big")
+        start = self.pos
+        if start + 2 > self.end:
+            raise _truncated()
+        self.pos = start + 2
+        data = self.data
+        return (data[start] << 8) | data[start + 1]
 
     def u24(self) -> int:
         start = self._take(3)
         return int.from_bytes(self.data[start : start + 3], "big")
 
     def raw(self, n: int) -> bytes:
-        start = self._take(n)
+        start = self.pos
+        if n < 0 or start + n > self.end:
+            raise _truncated()
+        self.pos = start + n
         return self.data[start : start + n]
 
+    def _length(self, len_bytes: int) -> int:
+        """A ``len_bytes``-long length field; returns the position after it and the
+        length (``self.pos`` moves past the field and the bytes it counts)."""
+        start = self.pos
+        data = self.data
+        if start + len_bytes > self.end:
+            raise _truncated()
+        if len_bytes == 1:
+            n = data[start]
+        elif len_bytes == 2:
+            n = (data[start] << 8) | data[start + 1]
+        else:
+            n = int.from_bytes(data[start : start + len_bytes], "big")
+        start += len_bytes
+        if start + n > self.end:
+            raise _truncated()
+        self.pos = start + n
+        return n
+
     def vec(self, len_bytes: int) -> bytes:
-        n = int.from_bytes(self.raw(len_bytes), "big")
-        return self.raw(n)
+        n = self._length(len_bytes)
+        return self.data[self.pos - n : self.pos]
 
     def sub(self, len_bytes: int) -> Reader:
-        n = int.from_bytes(self.raw(len_bytes), "big")
-        start = self._take(n)
-        return Reader(self.data, start, start + n)
+        n = self._length(len_bytes)
+        return Reader(self.data, self.pos - n, self.pos)
 
     def rest(self) -> bytes:
         return self.raw(self.end - self.pos)
@@ -115,15 +144,67 @@ class Reader:
 
     def items(self, func: Callable[[Reader], T]) -> list[T]:
         out: list[T] = []
-        while not self.at_end():
+        while self.pos < self.end:
             out.append(func(self))
         return out
 
 
+def _truncated() -> TlsAlert:
+    return TlsAlert(DECODE_ERROR, "truncated handshake message")
+
+
+def _trailing() -> TlsAlert:
+    return TlsAlert(DECODE_ERROR, "trailing bytes in handshake message")
+
+
+_U16 = struct.Struct("!H")
+_EXT_HEAD = struct.Struct("!HH")
+
+
+def _u16_array(data: bytes, pos: int, end: int, len_bytes: int) -> tuple[list[int], int]:
+    """A vector of u16 values with a ``len_bytes`` length at ``data[pos:end]``: (values,
+    position after it). One pass, no per-item call."""
+    if pos + len_bytes > end:
+        raise _truncated()
+    n = data[pos] if len_bytes == 1 else (data[pos] << 8) | data[pos + 1]
+    pos += len_bytes
+    stop = pos + n
+    if stop > end or n & 1:
+        raise _truncated()
+    return list(struct.unpack(f"!{n >> 1}H", data[pos:stop])), stop
+
+
+def _parse_extensions(data: bytes, pos: int, end: int) -> tuple[dict[int, bytes], int]:
+    """The extensions block at ``data[pos:end]``: (type -> body, position after it).
+    Duplicates are illegal (RFC 8446 §4.2)."""
+    if pos + 2 > end:
+        raise _truncated()
+    stop = pos + 2 + ((data[pos] << 8) | data[pos + 1])
+    if stop > end:
+        raise _truncated()
+    pos += 2
+    out: dict[int, bytes] = {}
+    unpack = _EXT_HEAD.unpack_from
+    while pos < stop:
+        if pos + 4 > stop:
+            raise _truncated()
+        ext_type, length = unpack(data, pos)
+        pos += 4
+        nxt = pos + length
+        if nxt > stop:
+            raise _truncated()
+        if ext_type in out:
+            raise TlsAlert(ILLEGAL_PARAMETER, f"duplicate extension {ext_type}")
+        out[ext_type] = data[pos:nxt]
+        pos = nxt
+    return out, stop
+
+
 def vec(len_bytes: int, data: bytes) -> bytes:
-    if len(data) >= 1 << (8 * len_bytes):
+    n = len(data)
+    if n >> (8 * len_bytes):
         raise ValueError("vector too long")
-    return len(data).to_bytes(len_bytes, "big") + data
+    return n.to_bytes(len_bytes, "big") + data
 
 
 def u16_list(values: Iterable[int], len_bytes: int = 2) -> bytes:
@@ -136,19 +217,25 @@ def handshake(msg_type: int, body: bytes) -> bytes:
 
 
 def encode_extensions(extensions: Extensions) -> bytes:
-    return vec(2, b"".join(struct.pack("!H", t) + vec(2, d) for t, d in extensions))
+    parts = [b""]
+    total = 0
+    pack = _EXT_HEAD.pack
+    for ext_type, data in extensions:
+        size = len(data)
+        if size > 0xFFFF:
+            raise ValueError("vector too long")
+        parts.append(pack(ext_type, size))
+        parts.append(data)
+        total += 4 + size
+    if total > 0xFFFF:
+        raise ValueError("vector too long")
+    parts[0] = _U16.pack(total)
+    return b"".join(parts)
 
 
 def decode_extensions(r: Reader) -> dict[int, bytes]:
     """Read an extensions block; duplicates are illegal (RFC 8446 §4.2)."""
-    out: dict[int, bytes] = {}
-    ext = r.sub(2)
-    while not ext.at_end():
-        ext_type = ext.u16()
-        data = ext.vec(2)
-        if ext_type in out:
-            raise TlsAlert(ILLEGAL_PARAMETER, f"duplicate extension {ext_type}")
-        out[ext_type] = data
+    out, r.pos = _parse_extensions(r.data, r.pos, r.end)
     return out
 
 
@@ -178,19 +265,27 @@ def encode_client_hello(hello: ClientHello) -> bytes:
 
 
 def decode_client_hello(body: bytes) -> ClientHello:
-    r = Reader(body)
-    r.u16()  # legacy_version, ignored in TLS 1.3
-    random = r.raw(32)
-    session_id = r.vec(1)
+    # one pass over the body: legacy_version (ignored in TLS 1.3), random, session id,
+    # cipher suites, compression methods, extensions
+    end = len(body)
+    if end < 35:
+        raise _truncated()
+    random = body[2:34]
+    pos = 35 + body[34]
+    if pos > end:
+        raise _truncated()
+    session_id = body[35:pos]
     if len(session_id) > 32:
         raise TlsAlert(ILLEGAL_PARAMETER, "legacy_session_id longer than 32 bytes")
-    suites_r = r.sub(2)
-    suites = suites_r.items(Reader.u16)
-    compression = r.vec(1)
+    suites, pos = _u16_array(body, pos, end, 2)
+    if pos >= end or pos + 1 + body[pos] > end:
+        raise _truncated()
+    compression = body[pos + 1 : pos + 1 + body[pos]]
     if compression != b"\x00":
         raise TlsAlert(ILLEGAL_PARAMETER, "legacy_compression_methods must be [null]")
-    ext_map = decode_extensions(r)
-    r.done()
+    ext_map, pos = _parse_extensions(body, pos + 2, end)
+    if pos != end:
+        raise _trailing()
     return ClientHello(random, session_id, suites, list(ext_map.items()), ext_map)
 
 
@@ -211,26 +306,38 @@ class ServerHello:
 
 
 def encode_server_hello(hello: ServerHello) -> bytes:
-    body = (
-        struct.pack("!H", LEGACY_VERSION)
-        + hello.random
-        + vec(1, hello.session_id)
-        + struct.pack("!HB", hello.cipher_suite, 0)
-        + encode_extensions(hello.extensions)
-    )
-    return handshake(SERVER_HELLO, body)
+    session_id = hello.session_id
+    if len(hello.random) != 32 or len(session_id) > 255:
+        raise ValueError("bad ServerHello random or session id")
+    extensions = encode_extensions(hello.extensions)
+    return b"".join((
+        _SH_HEAD.pack((SERVER_HELLO << 24) | (38 + len(session_id) + len(extensions)),
+                      LEGACY_VERSION),
+        hello.random, bytes((len(session_id),)), session_id,
+        _SUITE_AND_COMPRESSION.pack(hello.cipher_suite, 0), extensions,
+    ))
+
+
+#: type and 24-bit length (one u32), legacy_version
+_SH_HEAD = struct.Struct("!IH")
+_SUITE_AND_COMPRESSION = struct.Struct("!HB")
 
 
 def decode_server_hello(body: bytes) -> ServerHello:
-    r = Reader(body)
-    r.u16()
-    random = r.raw(32)
-    session_id = r.vec(1)
-    suite = r.u16()
-    if r.u8() != 0:
+    end = len(body)
+    if end < 35:
+        raise _truncated()
+    random = body[2:34]
+    pos = 35 + body[34]
+    if pos + 3 > end:
+        raise _truncated()
+    session_id = body[35:pos]
+    suite = (body[pos] << 8) | body[pos + 1]
+    if body[pos + 2] != 0:
         raise TlsAlert(ILLEGAL_PARAMETER, "legacy_compression_method must be 0")
-    ext_map = decode_extensions(r)
-    r.done()
+    ext_map, pos = _parse_extensions(body, pos + 3, end)
+    if pos != end:
+        raise _trailing()
     return ServerHello(random, session_id, suite, list(ext_map.items()), ext_map)
 
 
@@ -242,9 +349,9 @@ def encode_encrypted_extensions(extensions: Extensions) -> bytes:
 
 
 def decode_encrypted_extensions(body: bytes) -> dict[int, bytes]:
-    r = Reader(body)
-    ext_map = decode_extensions(r)
-    r.done()
+    ext_map, pos = _parse_extensions(body, 0, len(body))
+    if pos != len(body):
+        raise _trailing()
     return ext_map
 
 
@@ -255,17 +362,31 @@ def encode_certificate(context: bytes, cert_ders: list[bytes]) -> bytes:
 
 def decode_certificate(body: bytes) -> tuple[bytes, list[bytes]]:
     """Returns (certificate_request_context, DER certificates)."""
-    r = Reader(body)
-    context = r.vec(1)
-    entries = r.sub(3)
+    end = len(body)
+    if end < 1 or 1 + body[0] > end:
+        raise _truncated()
+    pos = 1 + body[0]
+    context = body[1:pos]
+    if pos + 3 > end:
+        raise _truncated()
+    stop = pos + 3 + int.from_bytes(body[pos : pos + 3], "big")
+    if stop > end:
+        raise _truncated()
+    pos += 3
     ders: list[bytes] = []
-    while not entries.at_end():
-        der = entries.vec(3)
-        if not der:
+    while pos < stop:
+        if pos + 3 > stop:
+            raise _truncated()
+        nxt = pos + 3 + int.from_bytes(body[pos : pos + 3], "big")
+        if nxt > stop:
+            raise _truncated()
+        if nxt == pos + 3:
             raise TlsAlert(DECODE_ERROR, "empty certificate entry")
-        decode_extensions(entries)  # per-certificate extensions, unused
+        der = body[pos + 3 : nxt]
+        _, pos = _parse_extensions(body, nxt, stop)  # per-certificate extensions, unused
         ders.append(der)
-    r.done()
+    if stop != end:
+        raise _trailing()
     return context, ders
 
 
@@ -287,11 +408,15 @@ def encode_certificate_verify(algorithm: int, signature: bytes) -> bytes:
 
 
 def decode_certificate_verify(body: bytes) -> tuple[int, bytes]:
-    r = Reader(body)
-    algorithm = r.u16()
-    signature = r.vec(2)
-    r.done()
-    return algorithm, signature
+    end = len(body)
+    if end < 4:
+        raise _truncated()
+    algorithm, n = _EXT_HEAD.unpack_from(body, 0)
+    if 4 + n > end:
+        raise _truncated()
+    if 4 + n != end:
+        raise _trailing()
+    return algorithm, body[4:]
 
 
 def encode_finished(verify_data: bytes) -> bytes:
@@ -306,23 +431,24 @@ def ext_supported_versions_client(versions: list[int]) -> bytes:
 
 
 def parse_supported_versions_client(data: bytes) -> list[int]:
-    r = Reader(data)
-    out = r.sub(1).items(Reader.u16)
-    r.done()
+    out, pos = _u16_array(data, 0, len(data), 1)
+    if pos != len(data):
+        raise _trailing()
     return out
 
 
 def parse_u16(data: bytes) -> int:
-    r = Reader(data)
-    value = r.u16()
-    r.done()
-    return value
+    if len(data) < 2:
+        raise _truncated()
+    if len(data) != 2:
+        raise _trailing()
+    return (data[0] << 8) | data[1]
 
 
 def parse_u16_list(data: bytes) -> list[int]:
-    r = Reader(data)
-    out = r.sub(2).items(Reader.u16)
-    r.done()
+    out, pos = _u16_array(data, 0, len(data), 2)
+    if pos != len(data):
+        raise _trailing()
     return out
 
 
@@ -330,16 +456,27 @@ def ext_key_share_client(shares: list[tuple[int, bytes]]) -> bytes:
     return vec(2, b"".join(struct.pack("!H", g) + vec(2, k) for g, k in shares))
 
 
-def _key_share_entry(r: Reader) -> tuple[int, bytes]:
-    group = r.u16()
-    key = r.vec(2)
-    return group, key
-
-
 def parse_key_share_client(data: bytes) -> list[tuple[int, bytes]]:
-    r = Reader(data)
-    out = r.sub(2).items(_key_share_entry)
-    r.done()
+    end = len(data)
+    if end < 2:
+        raise _truncated()
+    stop = 2 + ((data[0] << 8) | data[1])
+    if stop > end:
+        raise _truncated()
+    out: list[tuple[int, bytes]] = []
+    pos = 2
+    unpack = _EXT_HEAD.unpack_from
+    while pos < stop:
+        if pos + 4 > stop:
+            raise _truncated()
+        group, n = unpack(data, pos)
+        pos += 4
+        if pos + n > stop:
+            raise _truncated()
+        out.append((group, data[pos : pos + n]))
+        pos += n
+    if stop != end:
+        raise _trailing()
     return out
 
 
@@ -348,10 +485,15 @@ def ext_key_share_server(group: int, key: bytes) -> bytes:
 
 
 def parse_key_share_server(data: bytes) -> tuple[int, bytes]:
-    r = Reader(data)
-    entry = _key_share_entry(r)
-    r.done()
-    return entry
+    end = len(data)
+    if end < 4:
+        raise _truncated()
+    group, n = _EXT_HEAD.unpack_from(data, 0)
+    if 4 + n > end:
+        raise _truncated()
+    if 4 + n != end:
+        raise _trailing()
+    return group, data[4:]
 
 
 def ext_server_name(host: str) -> bytes:
@@ -380,15 +522,24 @@ def ext_alpn(protocols: list[str]) -> bytes:
 
 
 def parse_alpn(data: bytes) -> list[str]:
-    r = Reader(data)
-    protos = r.sub(2)
+    end = len(data)
+    if end < 2:
+        raise _truncated()
+    stop = 2 + ((data[0] << 8) | data[1])
+    if stop > end:
+        raise _truncated()
     out: list[str] = []
-    while not protos.at_end():
-        raw = protos.vec(1)
-        if not raw:
+    pos = 2
+    while pos < stop:
+        nxt = pos + 1 + data[pos]
+        if nxt > stop:
+            raise _truncated()
+        if nxt == pos + 1:
             raise TlsAlert(DECODE_ERROR, "empty ALPN protocol name")
-        out.append(raw.decode("latin-1"))
-    r.done()
+        out.append(data[pos + 1 : nxt].decode("latin-1"))
+        pos = nxt
+    if stop != end:
+        raise _trailing()
     if not out:
         raise TlsAlert(DECODE_ERROR, "empty ALPN list")
     return out

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hmac
+import operator
 import os
 from collections.abc import Callable
 
-from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from quicflow.crypto.epoch import Epoch
@@ -83,6 +83,7 @@ from .verify import (
     CLIENT_SIGNATURE_ALGORITHMS,
     SERVER_CONTEXT,
     certificate_verify_content,
+    load_der_chain,
     sign,
     signature_algorithms_for_key,
     verify_client_chain,
@@ -99,19 +100,26 @@ _CERTIFICATE_REQUEST = encode_certificate_request(
 
 #: what every handshake with one certificate and key shares, prepared once: the
 #: Certificate message and the signature schemes of the key. Keyed by the identity of
-#: the key and certificate objects (kept alive in the entry, so the ids stay theirs).
-_IDENTITIES: dict[tuple[int, ...], tuple[tuple[object, ...], bytes, list[int]]] = {}
+#: the key object and of the chain's last certificate; the entry keeps the key and chain
+#: objects (so the ids stay theirs) and is used only while the configuration holds
+#: those very objects.
+_IDENTITIES: dict[tuple[int, int], tuple[tuple[object, ...], bytes, list[int]]] = {}
 _MAX_IDENTITIES = 32
 #: RFC 8446 §4.4.3: the signed content is this prefix and the transcript hash
 _SERVER_VERIFY_PREFIX = certificate_verify_content(SERVER_CONTEXT, b"")
+#: EncryptedExtensions' ALPN extension by selected protocol (a few per process)
+_SELECTED_ALPN: dict[str, bytes] = {}
+_TLS13 = TLS13.to_bytes(2, "big")
 
 
 def _identity(config: TlsConfig) -> tuple[bytes, list[int]]:
     """(Certificate message, signature schemes) of ``config``'s certificate and key."""
     objects: tuple[object, ...] = (config.private_key, *config.certificate_chain)
-    key = tuple(id(o) for o in objects)
+    key = (id(config.private_key), id(objects[-1]))
     hit = _IDENTITIES.get(key)
-    if hit is not None and all(a is b for a, b in zip(hit[0], objects, strict=True)):
+    if hit is not None and len(hit[0]) == len(objects) and all(
+        map(operator.is_, hit[0], objects)
+    ):
         return hit[1], hit[2]
     assert config.private_key is not None
     message = encode_certificate(
@@ -166,8 +174,8 @@ class ServerHandshake(HandshakeCore):
 
     def _negotiate_suite(self, hello: ClientHello) -> CipherSuite:
         for suite in self.config.cipher_suites:
-            if int(suite) in hello.cipher_suites:
-                return CipherSuite(suite)
+            if suite in hello.cipher_suites:
+                return suite if type(suite) is CipherSuite else CipherSuite(suite)
         raise TlsAlert(HANDSHAKE_FAILURE, "no cipher suite in common")
 
     def _negotiate_alpn(self, ext: dict[int, bytes]) -> str:
@@ -267,7 +275,7 @@ class ServerHandshake(HandshakeCore):
         kx_key = generate_key(group)
         shared = shared_secret(kx_key, share_map[group])
         sh_ext = [
-            (EXT_SUPPORTED_VERSIONS, TLS13.to_bytes(2, "big")),
+            (EXT_SUPPORTED_VERSIONS, _TLS13),
             (EXT_KEY_SHARE, ext_key_share_server(group, public_bytes(kx_key))),
         ]
         if psk is not None:
@@ -358,7 +366,7 @@ class ServerHandshake(HandshakeCore):
             session_id=hello.session_id,
             cipher_suite=int(suite),
             extensions=[
-                (EXT_SUPPORTED_VERSIONS, TLS13.to_bytes(2, "big")),
+                (EXT_SUPPORTED_VERSIONS, _TLS13),
                 (EXT_KEY_SHARE, group.to_bytes(2, "big")),
             ],
         )
@@ -372,8 +380,13 @@ class ServerHandshake(HandshakeCore):
         assert self.ks is not None and self.alpn is not None and cfg.private_key is not None
         out = bytearray()
         ask = cfg.client_certificates != "none" and not self.resumed
+        alpn = _SELECTED_ALPN.get(self.alpn)
+        if alpn is None:
+            alpn = ext_alpn([self.alpn])
+            if len(_SELECTED_ALPN) < 64:
+                _SELECTED_ALPN[self.alpn] = alpn
         ee = [
-            (EXT_ALPN, ext_alpn([self.alpn])),
+            (EXT_ALPN, alpn),
             (EXT_QUIC_TRANSPORT_PARAMETERS, self.transport_parameters),
         ]
         if self.early_status:
@@ -411,12 +424,13 @@ class ServerHandshake(HandshakeCore):
             self.state = WAIT_FINISHED
             return
         try:
-            certs = [x509.load_der_x509_certificate(der) for der in ders]
+            certs = load_der_chain(ders)
         except ValueError as exc:
             raise TlsAlert(BAD_CERTIFICATE, f"cannot parse client certificate: {exc}") from exc
         if self.config.verify_peer:
             verify_client_chain(certs, self.config.cafile, self.config.cadata)
         self.peer_certs = certs
+        self.peer_cert_ders = ders
         self.state = WAIT_CLIENT_CV
 
     def _client_certificate_verify(self, body: bytes, raw: bytes) -> None:

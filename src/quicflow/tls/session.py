@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from quicflow.crypto.epoch import Epoch
 from quicflow.crypto.suites import CipherSuite
@@ -131,7 +130,7 @@ class TlsSession:
     @property
     def peer_certificate_ders(self) -> list[bytes]:
         """``peer_certificates`` as DER bytes (plain data a connection keeps)."""
-        return [c.public_bytes(Encoding.DER) for c in self._hs.peer_certs]
+        return list(self._hs.peer_cert_ders)
 
     @property
     def cipher_suite(self) -> CipherSuite | None:

@@ -63,8 +63,8 @@ hkdf_expand_label_raw(const EVP_MD *md, const unsigned char *secret, int secret_
     n += label_len;
     info[n++] = 0; /* empty context */
     info[n++] = 1; /* block counter */
-    if (HMAC(md, secret, secret_len, info, n, block, &block_len) == NULL) {
-        ERR_clear_error();
+    if (secret_len < 0 ||
+        hmac_digest(md, secret, (size_t)secret_len, info, n, block, &block_len) < 0) {
         return -1;
     }
     memcpy(out, block, (size_t)length);
@@ -307,8 +307,170 @@ static PyGetSetDef kc_getset[] = {
     {NULL},
 };
 
+/* seal_packet(header, payload, pn) -> bytes: the whole long-header packet, as
+ * keys.PacketProtector.seal builds it (AEAD with the header as AAD, then header
+ * protection with the first byte's pn length); ValueError when it cannot be sampled. */
+static PyObject *
+kc_seal_packet_py(KeyContext *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer header = {0}, payload = {0};
+    unsigned long long pn;
+    PyObject *out = NULL;
+    unsigned char *p, mask[5];
+    Py_ssize_t total, pn_offset, sample_at;
+    int pn_len, i;
+
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "seal_packet(header, payload, pn)");
+        return NULL;
+    }
+    pn = PyLong_AsUnsignedLongLong(args[2]);
+    if (pn == (unsigned long long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &header, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[1], &payload, PyBUF_SIMPLE) < 0) {
+        goto done;
+    }
+    if (header.len < 1) {
+        PyErr_SetString(PyExc_ValueError, "empty packet header");
+        goto done;
+    }
+    pn_len = (((const unsigned char *)header.buf)[0] & 3) + 1;
+    pn_offset = header.len - pn_len;
+    sample_at = pn_offset + 4;
+    total = header.len + payload.len + TAG_LEN;
+    if (pn_offset < 1 || total < sample_at + SAMPLE_LEN) {
+        PyErr_SetString(PyExc_ValueError,
+                        "packet too short for header protection sample; pad the payload");
+        goto done;
+    }
+    if (header.len > INT_MAX || payload.len > INT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "packet too long");
+        goto done;
+    }
+    out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL) {
+        goto done;
+    }
+    p = (unsigned char *)PyBytes_AS_STRING(out);
+    memcpy(p, header.buf, (size_t)header.len);
+    memcpy(p + header.len, payload.buf, (size_t)payload.len);
+    if (kc_seal(self, pn, p, (int)header.len, p + header.len, (int)payload.len) < 0 ||
+        kc_mask(self, KC_HP, p + sample_at, mask) < 0) {
+        Py_CLEAR(out);
+        openssl_error("packet seal");
+        goto done;
+    }
+    p[0] ^= mask[0] & ((p[0] & 0x80) ? 0x0F : 0x1F);
+    for (i = 0; i < pn_len; i++) {
+        p[pn_offset + i] ^= mask[1 + i];
+    }
+done:
+    if (header.obj) PyBuffer_Release(&header);
+    if (payload.obj) PyBuffer_Release(&payload);
+    return out;
+}
+
+/* open_packet(packet, pn_offset, largest_pn) -> (plain_header, payload, pn), or the int
+ * 1 (too short to remove header protection) or 2 (authentication failed), as
+ * keys.PacketProtector.open does it; packet runs from the first byte to the end of this
+ * packet. */
+static PyObject *
+kc_open_packet_py(KeyContext *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer packet = {0};
+    Py_ssize_t pn_offset, sample_at, header_len, ct_len;
+    long long largest;
+    const unsigned char *src;
+    unsigned char mask[5], first;
+    int64_t truncated = 0, pn;
+    int pn_len, i;
+    PyObject *header = NULL, *payload = NULL, *result = NULL, *pn_obj;
+    unsigned char *h;
+
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "open_packet(packet, pn_offset, largest_pn)");
+        return NULL;
+    }
+    pn_offset = PyLong_AsSsize_t(args[1]);
+    if (pn_offset == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    largest = PyLong_AsLongLong(args[2]);
+    if (largest == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (largest < -1 || largest >= PN_MAX) {
+        PyErr_SetString(PyExc_ValueError, "largest_pn out of range");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &packet, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    src = packet.buf;
+    sample_at = pn_offset + 4;
+    if (pn_offset < 1 || packet.len < sample_at + SAMPLE_LEN) {
+        result = PyLong_FromLong(1);
+        goto done;
+    }
+    if (packet.len > INT_MAX) {
+        result = PyLong_FromLong(2);
+        goto done;
+    }
+    if (kc_mask(self, KC_HP_OPEN, src + sample_at, mask) < 0) {
+        openssl_error("header protection mask");
+        goto done;
+    }
+    first = src[0] ^ (mask[0] & ((src[0] & 0x80) ? 0x0F : 0x1F));
+    pn_len = (first & 3) + 1;
+    header_len = pn_offset + pn_len;
+    header = PyBytes_FromStringAndSize((const char *)src, header_len);
+    if (header == NULL) {
+        goto done;
+    }
+    h = (unsigned char *)PyBytes_AS_STRING(header);
+    h[0] = first;
+    for (i = 0; i < pn_len; i++) {
+        h[pn_offset + i] ^= mask[1 + i];
+        truncated = (truncated << 8) | h[pn_offset + i];
+    }
+    pn = decode_pn(truncated, pn_len * 8, (int64_t)largest);
+    ct_len = packet.len - header_len;
+    if (ct_len < TAG_LEN) {
+        result = PyLong_FromLong(2);
+        goto done;
+    }
+    payload = PyBytes_FromStringAndSize(NULL, ct_len - TAG_LEN);
+    if (payload == NULL) {
+        goto done;
+    }
+    if (kc_open(self, (uint64_t)pn, h, (int)header_len, src + header_len, (int)ct_len,
+                (unsigned char *)PyBytes_AS_STRING(payload)) < 0) {
+        result = PyLong_FromLong(2);
+        goto done;
+    }
+    pn_obj = PyLong_FromLongLong(pn);
+    if (pn_obj != NULL) {
+        result = PyTuple_Pack(3, header, payload, pn_obj);
+        Py_DECREF(pn_obj);
+    }
+done:
+    Py_XDECREF(header);
+    Py_XDECREF(payload);
+    PyBuffer_Release(&packet);
+    return result;
+}
+
 static PyMethodDef kc_methods[] = {
     {"mask", (PyCFunction)kc_mask_py, METH_O, "5-byte header protection mask of a sample"},
+    {"seal_packet", (PyCFunction)(void (*)(void))kc_seal_packet_py, METH_FASTCALL,
+     "seal_packet(header, payload, pn) -> bytes: AEAD and header protection"},
+    {"open_packet", (PyCFunction)(void (*)(void))kc_open_packet_py, METH_FASTCALL,
+     "open_packet(packet, pn_offset, largest_pn) -> (header, payload, pn), or 1 (too "
+     "short) or 2 (authentication failed)"},
     {NULL},
 };
 
@@ -322,35 +484,3 @@ PyTypeObject KeyContextType = {
     .tp_methods = kc_methods,
     .tp_new = kc_new,
 };
-
-
-/* ---------------------------------------------------------------------------------- */
-/* hkdf_expand_label(suite, secret, label, length) (for tests)                        */
-
-PyObject *
-mod_hkdf_expand_label(PyObject *module, PyObject *args)
-{
-    long suite;
-    Py_buffer secret;
-    const char *label;
-    int length;
-    SuiteInfo info;
-    unsigned char out[EVP_MAX_MD_SIZE];
-
-    (void)module;
-    if (!PyArg_ParseTuple(args, "ly*si:hkdf_expand_label", &suite, &secret, &label, &length)) {
-        return NULL;
-    }
-    if (suite_info(suite, &info) < 0) {
-        PyBuffer_Release(&secret);
-        return NULL;
-    }
-    if (secret.len > INT_MAX ||
-        hkdf_expand_label_raw(info.md(), secret.buf, (int)secret.len, label, length, out) < 0) {
-        PyBuffer_Release(&secret);
-        PyErr_SetString(PyExc_ValueError, "HKDF-Expand-Label failed (length > hash length?)");
-        return NULL;
-    }
-    PyBuffer_Release(&secret);
-    return PyBytes_FromStringAndSize((const char *)out, length);
-}

@@ -18,8 +18,15 @@ static PyMethodDef module_methods[] = {
      "seal_stream_run(table, buf, key, pn, pn_len, stream_id, data, start, end, offset, "
      "off_len, data_cap, count, fin[, dcid]) -> int: frame and seal a run of STREAM "
      "packets (sealed with key's entry; dcid, default key, goes into the headers)"},
+    {"hkdf_extract", mod_hkdf_extract, METH_VARARGS,
+     "hkdf_extract(suite, salt, ikm) -> bytes (an empty salt is hash-length zeros)"},
     {"hkdf_expand_label", mod_hkdf_expand_label, METH_VARARGS,
-     "hkdf_expand_label(suite, secret, label, length) -> bytes (empty context)"},
+     "hkdf_expand_label(suite, secret, label, length[, context]) -> bytes "
+     "(length at most one hash)"},
+    {"finished_verify_data", mod_finished_verify_data, METH_VARARGS,
+     "finished_verify_data(suite, base_key, transcript_hash) -> bytes (RFC 8446 4.4.4)"},
+    {"quic_keys", mod_quic_keys, METH_VARARGS,
+     "quic_keys(suite, secret, v2, with_next) -> (key, iv, hp[, ku, next_key, next_iv])"},
     {NULL},
 };
 

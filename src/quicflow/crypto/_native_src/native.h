@@ -85,6 +85,13 @@ PyObject *openssl_error(const char *what);
 /* -1 with ValueError set when view->len != want. */
 int check_len(Py_buffer *view, Py_ssize_t want, const char *what);
 
+/* HMAC(key, data) with md (SHA-256 or SHA-384 on a reused, pre-fetched EVP_MAC context;
+ * other digests through HMAC()); *out_len set; 0 on success, -1 (no exception) on failure.
+ * The GIL serialises every use of the shared contexts. */
+int hmac_digest(const EVP_MD *md, const unsigned char *key, size_t key_len,
+                const unsigned char *data, size_t len, unsigned char *out,
+                unsigned int *out_len);
+
 /* HKDF-Expand-Label (RFC 8446 7.1) with an empty context, length <= hash length;
  * 0 on success, -1 (no exception set) on failure. */
 int hkdf_expand_label_raw(const EVP_MD *md, const unsigned char *secret, int secret_len,
@@ -480,6 +487,10 @@ PyObject *mod_seal(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_open(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_seal_stream_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+/* hkdf.c: the TLS 1.3 key schedule's HKDF steps and the QUIC keys of a secret */
+PyObject *mod_hkdf_extract(PyObject *module, PyObject *args);
 PyObject *mod_hkdf_expand_label(PyObject *module, PyObject *args);
+PyObject *mod_finished_verify_data(PyObject *module, PyObject *args);
+PyObject *mod_quic_keys(PyObject *module, PyObject *args);
 
 #endif /* QUICFLOW_NATIVE_H */
