@@ -232,7 +232,10 @@ class Pacer:
     #: bucket shrank to a few datagrams: each turn built a short run, more turns and
     #: ACKs cost more CPU per byte, the queue and srtt grew further, and connections
     #: with a larger window got larger runs than the rest (issue 11: 256 connections).
-    #: The average rate is unchanged; only the largest burst is one run.
+    #: Connections use ``max_burst_datagrams`` (256): every connection with a window of
+    #: 2048 datagrams or more may then send the same burst per turn (measured with 64
+    #: connections: Jain 0.83-0.99 with a floor of 64, 0.990-0.998 with 256). The
+    #: average rate is unchanged; only the largest burst is larger.
     run_datagrams: int = 0
     tokens: float = 0.0
     last_time: float | None = None
@@ -252,8 +255,8 @@ class Pacer:
             # ``max_burst_datagrams`` (one GSO send), at least the fixed burst
             timed = min(rate * self.burst_interval,
                         float(self.max_burst_datagrams * self.max_datagram_size))
-            # a run of ``run_datagrams`` (one engine call, one GSO send) at least, when
-            # the window is eight such runs or more (bounded by cwnd / 8 below that)
+            # ``run_datagrams`` at least when the window is eight times that or more
+            # (cwnd / 8 below that)
             floor = min(float(self.run_datagrams * self.max_datagram_size), cwnd / 8)
             if floor > timed:
                 timed = floor
