@@ -65,3 +65,46 @@ def test_client_with_256_streams_that_never_reads(per_connection: int, per_endpo
             await server.wait_closed()
 
     run(main(), timeout=60)
+
+
+def test_endpoint_budget_is_shared_fairly_among_connections() -> None:
+    """16 connections each ask for a terabyte and never read. Once the endpoint's bound
+    is half used, each connection may write only below an equal share of that half, so
+    every connection gets data to send. Without the shares the first connections wrote
+    4-5 MiB each until the bound was reached and the last ones never wrote a byte (a
+    peer's flow-control window releases little), so the sender could not serve them."""
+    connections = 16
+    per_endpoint = 48 * MIB
+
+    async def main() -> None:
+        handler = PerfServerHandler()
+        server = await quicflow.serve(
+            handler, "127.0.0.1", 0,
+            configuration=server_config(send_buffer_per_endpoint=per_endpoint),
+        )
+        try:
+            port = server.address[1]
+            clients = [quicflow.connect("127.0.0.1", port, configuration=client_config())
+                       for _ in range(connections)]
+            conns = [await c.__aenter__() for c in clients]
+            for conn in conns:
+                _, writer = await conn.create_stream()
+                writer.write(struct.pack("!Q", 1 << 40))  # "send me a terabyte"
+                writer.write_eof()
+            await _quiet(server, "send_buffered")
+            stats = server.stats()["endpoint"]
+            written = sorted(
+                c.streams[0].send.write_offset  # type: ignore[union-attr]
+                for c in server.runner.endpoint.all_connections
+            )
+            assert handler.stats.streams == connections
+            assert len(written) == connections
+            assert written[0] > 0, written  # every connection has data to send
+            assert stats["send_buffered_peak"] <= per_endpoint + CHUNK_SIZE
+            for client in clients:
+                await client.__aexit__(None, None, None)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main(), timeout=60)

@@ -273,3 +273,27 @@ def test_pacer_hands_out_bursts_not_single_datagrams() -> None:
     pacer.consume(later, room, srtt, cwnd)
     room, wait = pacer.run_budget(later + 0.0001, srtt, cwnd, MDS)
     assert wait is not None and wait == pytest.approx(later + MDS / rate, rel=1e-6)
+
+
+def test_pacer_bucket_holds_a_run_when_the_window_is_large() -> None:
+    """With srtt inflated by a busy sender's own queue, 2 ms of the rate is a few
+    datagrams; a connection with a window of eight runs or more may still send one run
+    (64 datagrams) at once, so every backlogged connection's turn builds runs of the
+    same length. A small window keeps the small burst (cwnd / 8 at most)."""
+    pacer = Pacer(max_datagram_size=MDS, burst_interval=0.002, max_burst_datagrams=256,
+                  run_datagrams=64)
+    plain = Pacer(max_datagram_size=MDS, burst_interval=0.002, max_burst_datagrams=256)
+    srtt = 0.1
+    big = 1000 * MDS  # rate 15 MB/s: 2 ms of it is 25 datagrams
+    assert plain.capacity(plain.rate(srtt, big), big) == pytest.approx(25 * MDS)
+    assert pacer.capacity(pacer.rate(srtt, big), big) == 64 * MDS
+    room, later = pacer.run_budget(0.0, srtt, big, 64 * MDS)
+    assert later is None and room >= 64 * MDS
+    pacer.consume(0.0, room, srtt, big)
+    # the average rate is the same: the next run waits for 64 datagrams' worth
+    _, later = pacer.run_budget(0.001, srtt, big, 64 * MDS)
+    assert later == pytest.approx(64 * MDS / pacer.rate(srtt, big), rel=0.05)
+    small = 80 * MDS  # a window of 80 datagrams: cwnd / 8 = 10 datagrams, the fixed burst
+    assert pacer.capacity(pacer.rate(srtt, small), small) == 10 * MDS
+    mid = 200 * MDS  # cwnd / 8 = 25 datagrams, more than 2 ms of the rate (5)
+    assert pacer.capacity(pacer.rate(srtt, mid), mid) == pytest.approx(25 * MDS)

@@ -232,20 +232,24 @@ class QuicConnection:
         """Mirror the connection's unacknowledged written bytes into the endpoint's
         budget; wake a blocked writer when space was freed."""
         used = self.conn.send_buffered
-        delta = used - self._send_accounted
-        if delta:
+        before = self._send_accounted
+        if used != before:
             self._send_accounted = used
-            self.runner.send_budget.add(delta)
-            if delta < 0 and used <= self.send_limit:
+            self.runner.send_budget.account(before, used)
+            if used < before and used <= self.send_limit:
                 self.send_gate.wake_one()
 
     def send_buffer_full(self) -> SendGate | None:
         """The gate to wait at when this connection or the endpoint is over its bound."""
-        if self.conn.send_buffered > self.send_limit:
+        held = self.conn.send_buffered
+        if held > self.send_limit:
             return self.send_gate
         budget = self.runner.send_budget
         if budget.used > budget.limit:
             return budget.gate
+        if budget.over_fair_share(held, len(self.runner.faces)):
+            budget.share_waiters[self.send_gate] = None  # woken when the pressure ends
+            return self.send_gate  # or as its own bytes are acknowledged
         return None
 
     def after_read(self) -> None:
@@ -496,8 +500,9 @@ class QuicConnection:
 
     def on_terminated(self) -> None:
         if self._send_accounted:  # nothing of it will be sent: release its share
-            self.runner.send_budget.add(-self._send_accounted)
+            self.runner.send_budget.account(self._send_accounted, 0)
             self._send_accounted = 0
+        self.runner.send_budget.share_waiters.pop(self.send_gate, None)
         if self._close_error is None:
             self._close_error = ConnectionClosedError(0, "connection closed", False)
         self._wake_all()

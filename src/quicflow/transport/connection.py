@@ -336,7 +336,8 @@ class Connection:
         self.loss.amplification_limited = False
         # pacing in batch-sized bursts: up to 2 ms of the pacing rate, at most one GSO send;
         # sends may run 1 ms ahead (asyncio timers wake in whole milliseconds)
-        self.pacer = Pacer(burst_interval=0.002, max_burst_datagrams=256, granularity=0.001)
+        self.pacer = Pacer(burst_interval=0.002, max_burst_datagrams=256, granularity=0.001,
+                           run_datagrams=256)
         self.issue_host_cid()
         self.initial_scid = self.host_cids[0].cid
         pathprobe.issue_preferred_cid(self)
