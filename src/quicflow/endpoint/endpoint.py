@@ -35,7 +35,7 @@ from ..transport.receive import receive_datagram
 from ..transport.receive_bulk import receive_short_run
 from ..transport.send import build_datagrams, datagrams_to_send
 from ..wire.errors import WireError
-from ..wire.packet import INITIAL, build_version_negotiation, parse_header
+from ..wire.packet import INITIAL, PacketHeader, build_version_negotiation, parse_header
 from .admission import Admission
 from .cids import CidGenerator, ConnectionIdSource, RandomCidGenerator
 from .moved import ForwardTarget, MovedCids
@@ -142,6 +142,9 @@ class Endpoint:
     frozen: dict[int, list[tuple[bytes, Address, int]]] = field(default_factory=dict)
     _diverted: list[tuple[bytes, Address, int]] | None = field(default=None, init=False,
                                                                 repr=False)
+    #: the long header ``_lookup`` parsed last (None after a short header or a drop):
+    #: handed to ``receive_datagram`` so the datagram's first header is parsed once
+    _header: PacketHeader | None = field(default=None, init=False, repr=False)
     #: called with each new connection and ``now`` before its first packet, to attach a
     #: qlog trace (``transport.qlog.start``); the I/O layer sets it (None: no qlog)
     qlog_factory: Callable[[Connection, float], None] | None = None
@@ -253,7 +256,7 @@ class Endpoint:
         self.counters.lookups += 1
         conn = self._lookup(data, address, now, ecn)
         if conn is not None:
-            receive_datagram(conn, data, address, now, ecn)
+            receive_datagram(conn, data, address, now, ecn, self._header)
             if not self._keep_new(conn):
                 return None
             if self.admission.half_open:
@@ -381,7 +384,7 @@ class Endpoint:
                 counters.lookups += 1
                 conn = self._lookup(segment, address, now, ecn)
                 if conn is not None:
-                    receive_datagram(conn, segment, address, now, ecn)
+                    receive_datagram(conn, segment, address, now, ecn, self._header)
                     if self.admission.half_open:
                         self.admission.update(conn)
                     if self._keep_new(conn):
@@ -404,6 +407,7 @@ class Endpoint:
 
     def _lookup(self, data: bytes, address: Address, now: float, ecn: int = 0
                 ) -> Connection | None:
+        self._header = None
         if not data:
             self.counters.dropped_malformed += 1
             return None
@@ -451,6 +455,7 @@ class Endpoint:
         except WireError:
             self.counters.dropped_malformed += 1
             return None
+        self._header = hdr
         dcid = hdr.dcid
         conn = registry.by_cid(dcid) if self.generator.is_ours(dcid) else None
         if conn is None and self.is_server:

@@ -63,9 +63,12 @@ _HANDSHAKE_FRAMES = (F.Padding, F.Ping, F.Ack, F.Crypto, F.ConnectionClose)
 
 
 def receive_datagram(
-    conn: Connection, data: bytes, addr: Address, now: float, ecn: int = 0
+    conn: Connection, data: bytes, addr: Address, now: float, ecn: int = 0,
+    first: PacketHeader | None = None,
 ) -> None:
-    """Process one UDP datagram (possibly several coalesced packets)."""
+    """Process one UDP datagram (possibly several coalesced packets). ``first``: the
+    datagram's first header when the caller parsed it already (a long header: its
+    fields do not depend on the CID length; the endpoint parses it to route)."""
     conn._now_hint = now
     if conn.terminated or conn.state == DRAINING:
         return
@@ -76,12 +79,15 @@ def receive_datagram(
     pos = 0
     n = len(data)
     while pos < n:
-        try:
-            hdr = parse_header(data, pos, conn.local_cid_length)
-        except WireError:
-            conn.counters.packets_dropped += 1
-            conn.counters.dropped_malformed += 1
-            return
+        if first is not None:
+            hdr, first = first, None
+        else:
+            try:
+                hdr = parse_header(data, pos, conn.local_cid_length)
+            except WireError:
+                conn.counters.packets_dropped += 1
+                conn.counters.dropped_malformed += 1
+                return
         if not _receive_one(conn, data, pos, hdr, addr, now, ecn):
             return
         pos = hdr.end
@@ -290,14 +296,22 @@ def _crypto_held(space: PacketSpace) -> int:
 
 
 def _effective_idle(conn: Connection) -> float:
-    ours = conn.configuration.idle_timeout
-    peer = conn.peer_params.max_idle_timeout / 1000 if conn.peer_params else 0.0
-    values = [v for v in (ours, peer) if v > 0]
+    """The idle timeout in force: the smaller of ours and the peer's (0: none), the
+    half-open limit for a server's unvalidated connection, never below 3 PTO."""
+    cfg = conn.configuration
+    idle = cfg.idle_timeout if cfg.idle_timeout > 0 else float("inf")
+    params = conn.peer_params
+    if params is not None and params.max_idle_timeout > 0:
+        peer = params.max_idle_timeout / 1000
+        if peer < idle:
+            idle = peer
     if not conn.is_client and not conn.address_validated:  # half-open: short life
-        values.append(conn.configuration.half_open_timeout)
-    if not values:
-        return float("inf")
-    return max(min(values), 3 * conn.pto())
+        if cfg.half_open_timeout < idle:
+            idle = cfg.half_open_timeout
+    if idle == float("inf"):
+        return idle
+    pto = 3 * conn.pto()
+    return idle if idle > pto else pto
 
 
 def _check_stateless_reset(conn: Connection, packet: bytes) -> None:
@@ -442,13 +456,19 @@ def _on_crypto(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
     _after_tls(conn, now)
 
 
+#: the TLS layer names epochs and suites by value: the members by table lookup (calling
+#: the enum classes runs the enum module's Python ``__call__``)
+_EPOCHS = {e.value: e for e in Epoch}
+_SUITES = {s.value: s for s in CipherSuite}
+
+
 def _after_tls(conn: Connection, now: float) -> None:
     tls = conn.tls
     assert tls is not None
     for out_epoch, out_data in tls.pop_output():
         conn.spaces[SPACE_OF_EPOCH[out_epoch]].crypto_send.write(out_data)
     for key_epoch, is_send, suite, secret in tls.pop_secrets():
-        _install_secret(conn, Epoch(key_epoch), is_send, CipherSuite(suite), secret)
+        _install_secret(conn, _EPOCHS[key_epoch], is_send, _SUITES[suite], secret)
     early_data.after_tls(conn, tls)
     if not conn.peer_params and tls.peer_transport_parameters is not None:
         _apply_peer_params(conn, tls.peer_transport_parameters)
