@@ -34,6 +34,7 @@ from ..transport.factory import client_connection, server_connection
 from ..transport.receive import receive_datagram
 from ..transport.receive_bulk import receive_short_run
 from ..transport.send import build_datagrams, datagrams_to_send
+from ..transport.state import DRAINING
 from ..wire.errors import WireError
 from ..wire.packet import INITIAL, PacketHeader, build_version_negotiation, parse_header
 from .admission import Admission
@@ -89,6 +90,9 @@ class EndpointCounters:
     forwarded_moved: int = 0  # packets for a connection moved elsewhere, forwarded there
     forwarded_received: int = 0  # packets another host forwarded to us (receive_forwarded)
     handshakes_failed: int = 0  # server connections that ended before their handshake did
+    #: packets for a connection in its draining period: it sends nothing and has nothing
+    #: to learn (RFC 9000 §10.2.2), e.g. a closing client's CONNECTION_CLOSE repeats
+    dropped_draining: int = 0
 
     def dropped(self) -> int:
         return (
@@ -101,6 +105,7 @@ class EndpointCounters:
             + self.dropped_undecryptable_initial
             + self.dropped_not_ours
             + self.dropped_initial_collision
+            + self.dropped_draining
         )
 
 
@@ -444,6 +449,9 @@ class Endpoint:
             elif conn.terminated:
                 self.counters.dropped_closed += 1
                 return None
+            elif conn.state == DRAINING:
+                self.counters.dropped_draining += 1
+                return None
             elif self.frozen:
                 held = self.frozen.get(id(conn))
                 if held is not None:
@@ -467,6 +475,9 @@ class Endpoint:
         if conn is not None:
             if conn.terminated:
                 self.counters.dropped_closed += 1
+                return None
+            if conn.state == DRAINING:
+                self.counters.dropped_draining += 1
                 return None
             return conn
         if not self.is_server:
