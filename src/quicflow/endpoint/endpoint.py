@@ -418,9 +418,11 @@ class Endpoint:
             return None
         first = data[0]
         registry = self.registry
+        gen = self.cid_generator
+        assert gen is not None  # set in __post_init__
         if not first & 0x80:
-            cid = bytes(data[1 : 1 + self.cid_length])
-            if not self.generator.is_ours(cid):
+            cid = bytes(data[1 : 1 + gen.cid_length])
+            if not gen.is_ours(cid):
                 self.counters.dropped_not_ours += 1
                 return None
             conn = registry.by_cid(cid)
@@ -459,13 +461,13 @@ class Endpoint:
                     return None
             return conn
         try:
-            hdr = parse_header(data, 0, self.cid_length)
+            hdr = parse_header(data, 0, gen.cid_length)
         except WireError:
             self.counters.dropped_malformed += 1
             return None
         self._header = hdr
         dcid = hdr.dcid
-        conn = registry.by_cid(dcid) if self.generator.is_ours(dcid) else None
+        conn = registry.by_cid(dcid) if gen.is_ours(dcid) else None
         if conn is None and self.is_server:
             conn = registry.by_initial(dcid)
             if conn is not None and conn.peer_address != address:

@@ -23,7 +23,11 @@ from ..crypto.suites import CipherSuite
 from ..tls.config import TlsConfig
 from ..tls.session import TlsSession
 from ..tls.tickets import SessionTicket, ticket_sealer
-from ..wire.tparams import TransportParameters, encode_transport_parameters
+from ..wire.tparams import (
+    TransportParameters,
+    encode_transport_parameters,
+    peek_version_information,
+)
 from . import early_data, pathprobe, stream_api
 from .closing import closing_timer, on_closing_timer, start_closing
 from .config import Configuration
@@ -408,8 +412,6 @@ class Connection:
         """(server, from the TLS layer on the ClientHello) Pick the version: the first in
         the client's version_information (its order of preference) that we accept;
         returns our transport parameters with it as the chosen version."""
-        from ..wire.tparams import peek_version_information
-
         # malformed parameters: the error is raised (with its code) when they are applied
         info = peek_version_information(client_params)
         if info and info[0] == self.version:
@@ -628,7 +630,7 @@ class Connection:
 
     def pto(self) -> float:
         max_ack_delay = (self.peer_params.max_ack_delay / 1000) if self.peer_params else 0.025
-        return self.rtt.pto_duration(max_ack_delay, True)
+        return self.loss.rtt.pto_duration(max_ack_delay, True)
 
     def timer(self) -> float | None:
         """The next time :meth:`handle_timer` must run, or None."""

@@ -6,7 +6,13 @@ from collections.abc import Callable
 from typing import Any
 
 from ..crypto.epoch import Epoch
-from ..crypto.keys import DecryptError, PacketProtector, derive_packet_keys
+from ..crypto.keys import (
+    DecryptError,
+    PacketProtector,
+    derive_hp_key,
+    derive_packet_keys,
+    next_generation_secret,
+)
 from ..crypto.retry import verify_retry_integrity_tag
 from ..crypto.suites import CipherSuite
 from ..tls.alerts import TlsAlert
@@ -29,6 +35,7 @@ from ..wire.tparams import decode_transport_parameters
 from . import early_data, pathprobe, qlog
 from . import receive_streams as RS
 from .closing import answer_in_closing
+from .congestion import initial_window
 from .connection import SPACE_OF_EPOCH, Address, Connection
 from .errors import (
     CONNECTION_ID_LIMIT_ERROR,
@@ -44,7 +51,7 @@ from .events import (
     HandshakeCompleted,
     NewTokenReceived,
 )
-from .recovery_glue import on_ack_frame
+from .recovery_glue import on_ack_frame, requeue_epoch
 from .state import (
     CLOSING,
     DRAINING,
@@ -343,8 +350,6 @@ def _receive_retry(conn: Connection, data: bytes, pos: int, hdr: PacketHeader) -
     conn._install_initial_keys(hdr.scid)
     # everything sent in Initial is resent with the new keys
     space = conn.spaces[0]
-    from .recovery_glue import requeue_epoch
-
     requeue_epoch(conn, Epoch.INITIAL)
     space.next_pn = max(space.next_pn, 1)
     early_data.on_retry(conn)
@@ -356,8 +361,6 @@ def _on_peer_key_update(conn: Connection) -> None:
     If we started the update, this is the peer's answer; otherwise the peer started it
     and we update our send keys too (RFC 9001 §6.2).
     """
-    from ..crypto.keys import next_generation_secret
-
     suite = conn.cipher_suite
     conn.one_rtt_recv_secret = next_generation_secret(suite, conn.one_rtt_recv_secret,
                                                       conn.version)
@@ -532,8 +535,6 @@ def _install_secret(
 
 def program_engine(conn: Connection) -> None:
     """Install the 1-RTT keys in the offload engine under every CID in use."""
-    from ..crypto.keys import derive_hp_key
-
     engine = conn.engine
     suite = conn.cipher_suite
     if not conn.one_rtt_recv_hp:
@@ -589,8 +590,6 @@ def _apply_peer_params(conn: Connection, raw: bytes) -> None:
     if not conn.pmtud.enabled:  # else: 1200 until probes show more (pmtud.py)
         conn.max_datagram_size = max(1200, min(conn.configuration.max_datagram_size,
                                                params.max_udp_payload_size, conn.path_mtu_cap))
-    from .congestion import initial_window
-
     conn.cc.max_datagram_size = conn.max_datagram_size
     conn.cc.cwnd = max(conn.cc.cwnd, initial_window(conn.max_datagram_size))
     conn.pacer.max_datagram_size = conn.max_datagram_size

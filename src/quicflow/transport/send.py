@@ -22,6 +22,7 @@ from .bulk import build_bulk, bulk_applies
 from .connection import Connection
 from .errors import APPLICATION_ERROR
 from .pmtud import build_probe, probe_due
+from .receive import _discard_epoch, _effective_idle
 from .recovery import SentPacket
 from .state import (
     CLOSING,
@@ -204,8 +205,6 @@ def _build_datagram(
                         records, now)
     if conn.is_client and conn.spaces[1].next_pn > 0 and not conn.spaces[0].discarded:
         # RFC 9001 §4.9.1: a client discards Initial keys when it first sends Handshake
-        from .receive import _discard_epoch
-
         _discard_epoch(conn, Epoch.INITIAL)
     return len(buf) > start
 
@@ -234,10 +233,9 @@ def _on_packet_sent(
     )
     conn.loss.on_packet_sent(packet)
     if ack_eliciting:
-        conn.pacer.consume(now, size, conn.rtt, conn.cc.cwnd)
+        loss = conn.loss
+        conn.pacer.consume(now, size, loss.rtt, loss.cc.cwnd)
         if not conn.last_ack_eliciting_sent_after_receive:
-            from .receive import _effective_idle
-
             conn.idle_deadline = now + _effective_idle(conn)
             conn.last_ack_eliciting_sent_after_receive = True
 
@@ -291,11 +289,12 @@ def _fill_payload(
     if epoch == Epoch.ZERO_RTT:
         ack_due = False  # a client's 0-RTT packets carry no ACK (RFC 9000 §12.4)
     probe = conn.probes_pending[_SPACE[epoch]] > 0
-    cc_ok = probe or conn.cc.available() >= conn.max_datagram_size or epoch not in _APP
+    loss = conn.loss
+    cc_ok = probe or epoch not in _APP or loss.cc.available() >= conn.max_datagram_size
     if cc_ok and epoch in _APP and not probe:
-        if conn.pacer.budget(now, conn.rtt, conn.cc.cwnd) < conn.max_datagram_size:
+        if conn.pacer.budget(now, loss.rtt, loss.cc.cwnd) < conn.max_datagram_size:
             conn.pacer_deadline = conn.pacer.next_send_time(now, conn.max_datagram_size,
-                                                            conn.rtt, conn.cc.cwnd)
+                                                            loss.rtt, loss.cc.cwnd)
             cc_ok = False
     if not cc_ok and not ack_due:
         return False
