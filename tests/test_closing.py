@@ -223,3 +223,45 @@ def test_no_blind_repeats_while_the_peer_waits_for_an_ack_and_a_lost_close_still
     assert client.counters.close_resends_skipped == 1
     assert pair.up.dropped == 1
     assert learned_after < 3 * client.pto()  # inside the closing period
+
+
+def _finished_and_close_together(lose_close: bool) -> tuple[MemoryPair, Connection]:
+    """A client completes its handshake and closes at once: its Finished and its close
+    reach the server in one batch (as from a connect-then-close client over a socket),
+    or the close is lost; the server's HANDSHAKE_DONE has not reached the client."""
+    pair = MemoryPair(seed=7)
+    client = pair.client
+    pair.run(lambda: client.handshake_complete)
+    finished = pair.client_ep.datagrams_to_send(client, pair.now)
+    client.close(13, "early", now=pair.now)
+    assert not client.handshake_confirmed
+    close = pair.client_ep.datagrams_to_send(client, pair.now)
+    assert finished and close
+    for d in finished + ([] if lose_close else close):
+        pair.server.receive(d, pair.client_addr, pair.now)
+    return pair, pair.server_conns[0]
+
+
+def test_a_client_closing_before_handshake_done_sends_no_blind_copies() -> None:
+    pair, server = _finished_and_close_together(lose_close=False)
+    client = pair.client
+    assert server.state == DRAINING  # nothing was sent in 1-RTT, nothing will be
+    seen: list[ConnectionTerminated] = []
+    pair.run(lambda: client.terminated and _terminated(server, seen))
+    assert (seen[0].error_code, seen[0].reason, seen[0].by_peer) == (13, "early", True)
+    # before: three blind copies, all dropped by the draining server
+    assert client.counters.close_resends == 0
+    assert client.counters.close_resends_skipped == 1
+    assert pair.server.counters.dropped_draining == 0
+
+
+def test_a_lost_close_before_handshake_done_is_answered_to_the_servers_packets() -> None:
+    pair, server = _finished_and_close_together(lose_close=True)
+    client = pair.client
+    closed_at = pair.now
+    seen: list[ConnectionTerminated] = []
+    pair.run(lambda: _terminated(server, seen))
+    assert (seen[0].error_code, seen[0].reason, seen[0].by_peer) == (13, "early", True)
+    assert pair.now - closed_at < 3 * client.pto()  # inside the client's closing period
+    pair.run(lambda: client.terminated)
+    assert client.counters.close_resends == 0
