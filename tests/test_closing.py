@@ -253,6 +253,8 @@ def test_a_client_closing_before_handshake_done_sends_no_blind_copies() -> None:
     assert client.counters.close_resends == 0
     assert client.counters.close_resends_skipped == 1
     assert pair.server.counters.dropped_draining == 0
+    # its CIDs beyond the first are made with its first 1-RTT packet: never, here
+    assert len(server.host_cids) == 1 and not server.host_cids[0].retired
 
 
 def test_a_lost_close_before_handshake_done_is_answered_to_the_servers_packets() -> None:

@@ -486,7 +486,7 @@ def _after_tls(conn: Connection, now: float) -> None:
             conn.handshake_confirmed = True
             conn.handshake_done_pending = True
             _discard_epoch(conn, Epoch.HANDSHAKE)
-        _issue_cids_up_to_peer_limit(conn)
+        conn.host_cids_pending = True  # issued with the first 1-RTT packet (send.py)
         # the TLS state (transcript, key schedule, messages, its configuration) has no
         # use after the handshake on a server: later CRYPTO data is dropped (a client
         # keeps it for the session tickets that come)
@@ -501,8 +501,9 @@ def _after_tls(conn: Connection, now: float) -> None:
 MAX_ISSUED_CIDS = 4
 
 
-def _issue_cids_up_to_peer_limit(conn: Connection) -> None:
+def issue_cids_up_to_peer_limit(conn: Connection) -> None:
     """Give the peer as many CIDs as its active_connection_id_limit allows (at most 4)."""
+    conn.host_cids_pending = False
     limit = conn.peer_params.active_connection_id_limit if conn.peer_params else 2
     if not conn.local_cid_length:
         return  # zero-length CIDs: there is only one (RFC 9000 §5.1.1)
