@@ -289,6 +289,11 @@ def _fill_payload(
     if epoch == Epoch.ZERO_RTT:
         ack_due = False  # a client's 0-RTT packets carry no ACK (RFC 9000 §12.4)
     probe = conn.probes_pending[_SPACE[epoch]] > 0
+    if (not ack_due and not probe and epoch in _HANDSHAKE_EPOCHS
+            and not space.crypto_send.has_data_to_send()):
+        # an Initial or Handshake packet carries CRYPTO data, a probe's PING or a due ACK:
+        # none here, so nothing at all (the ACK below would be written, then dropped)
+        return False
     loss = conn.loss
     cc_ok = probe or epoch not in _APP or loss.cc.available() >= conn.max_datagram_size
     if cc_ok and epoch in _APP and not probe:
