@@ -289,11 +289,15 @@ def _fill_payload(
     if epoch == Epoch.ZERO_RTT:
         ack_due = False  # a client's 0-RTT packets carry no ACK (RFC 9000 §12.4)
     probe = conn.probes_pending[_SPACE[epoch]] > 0
-    if (not ack_due and not probe and epoch in _HANDSHAKE_EPOCHS
-            and not space.crypto_send.has_data_to_send()):
-        # an Initial or Handshake packet carries CRYPTO data, a probe's PING or a due ACK:
-        # none here, so nothing at all (the ACK below would be written, then dropped)
-        return False
+    if not ack_due and not probe:
+        # no ACK is due and no probe: a packet goes only with something ack-eliciting in
+        # it (else the ACK below would be written, then dropped). An Initial or Handshake
+        # packet can only have CRYPTO data; a 1-RTT one what _app_frames_waiting lists.
+        if epoch in _HANDSHAKE_EPOCHS:
+            if not space.crypto_send.has_data_to_send():
+                return False
+        elif epoch == Epoch.ONE_RTT and not _app_frames_waiting(conn):
+            return False
     loss = conn.loss
     cc_ok = probe or epoch not in _APP or loss.cc.available() >= conn.max_datagram_size
     if cc_ok and epoch in _APP and not probe:
@@ -378,6 +382,35 @@ def _schedule_ack_repeat(conn: Connection, space: PacketSpace, eliciting: bool,
         return
     space.ack_repeat_at = now + min(conn.pto() * (1 << space.ack_repeats), 1.0)
     space.ack_repeats += 1
+
+
+def _app_frames_waiting(conn: Connection) -> bool:
+    """Whether a 1-RTT packet built now would carry a frame besides an ACK: what
+    _fill_control, _fill_datagrams and _fill_streams write, and CRYPTO data (True when
+    one of their triggers is set, even if that writer would then write nothing)."""
+    if (
+        conn.send_queue
+        or conn.datagrams_pending
+        or conn.handshake_done_pending
+        or conn.key_update_ping
+        or conn.new_token_pending
+        or conn.path_challenge_pending
+        or conn.path_challenges_received
+        or conn.pending_stream_updates
+        or conn.retire_pending
+        or conn.host_cids_pending
+        or conn.flow.pending_max_data
+        or conn.spaces[2].crypto_send.has_data_to_send()
+    ):
+        return True
+    bidi, uni = conn.bidi, conn.uni
+    if (bidi.pending_max_streams or uni.pending_max_streams or bidi.blocked_pending
+            or uni.blocked_pending):
+        return True
+    for entry in conn.host_cids:
+        if not entry.announced and not entry.retired and entry.sequence > 0:
+            return True
+    return False
 
 
 def _fill_control(
