@@ -14,14 +14,7 @@ A blind copy is skipped while the peer has 1-RTT ack-eliciting packets we never
 acknowledged (we send no ACK while closing): the peer's loss recovery sends again at its
 PTO unless it has our close, and that packet is answered as below. So a connection closed
 right after its handshake (the server's HANDSHAKE_DONE not yet acknowledged) sends one
-close, not four (``close_resends_skipped`` counts the copies saved). Likewise a client
-whose handshake is complete but not confirmed: the server owes it HANDSHAKE_DONE (RFC
-9001 §4.1.2), which is ack-eliciting and sent again at the server's PTO until
-acknowledged — unless the server has the close, and then it is draining and wants no
-copy (a connect-then-close client's close usually arrives together with its Finished,
-before the server sent anything in 1-RTT: the three copies were three more datagrams
-for both sides). Had the Finished not gone out, the server's handshake flight is the
-unacknowledged data it sends again.
+close, not four (``close_resends_skipped`` counts the copies saved).
 
 Answers to incoming packets are rate-limited the way the RFC suggests: the 1st, 2nd,
 4th, 8th... ack-eliciting packet received while closing is answered, the others not.
@@ -70,11 +63,8 @@ def on_closing_timer(conn: Connection, now: float) -> None:
     if conn.state != CLOSING:  # draining: never send
         conn.close_resend_at = None
         return
-    if (conn.spaces[2].ack_eliciting_pending and not conn.spaces[2].discarded) or (
-        conn.is_client and conn.handshake_complete and not conn.handshake_confirmed
-    ):
-        # the peer waits for an ACK it never gets, or the server still owes us its
-        # HANDSHAKE_DONE: it sends again (its PTO) and we answer then
+    if conn.spaces[2].ack_eliciting_pending and not conn.spaces[2].discarded:
+        # the peer waits for an ACK it never gets: it sends again and we answer then
         conn.counters.close_resends_skipped += 1
         conn.close_resend_at = None
         return

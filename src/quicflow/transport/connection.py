@@ -142,9 +142,10 @@ class Connection:
     #: the Retire Prior To of our NEW_CONNECTION_ID frames: our CIDs below this sequence
     #: are retired by the peer and not replaced (see ``hand_over_cids``)
     host_retire_prior_to: int = 0
-    #: the handshake is complete: our CIDs up to the peer's active_connection_id_limit are
-    #: issued when the next 1-RTT packet with room for them is built (send.py), so a
-    #: connection closed at once (its close came with the Finished) never makes them
+    #: (server) the handshake is complete: our CIDs up to the peer's
+    #: active_connection_id_limit are issued when the next 1-RTT packet with room for them
+    #: is built (send.py), so a connection closed at once (its client's close came with
+    #: the Finished) never makes them
     host_cids_pending: bool = False
     cid_changes: list[tuple[bool, bytes]] = field(default_factory=list)  # (added, cid)
     initial_scid: bytes = b""  # our first SCID

@@ -486,7 +486,11 @@ def _after_tls(conn: Connection, now: float) -> None:
             conn.handshake_confirmed = True
             conn.handshake_done_pending = True
             _discard_epoch(conn, Epoch.HANDSHAKE)
-        conn.host_cids_pending = True  # issued with the first 1-RTT packet (send.py)
+            # its spare CIDs go with its first 1-RTT packet (send.py): one whose client's
+            # close came with the Finished never makes them
+            conn.host_cids_pending = True
+        else:
+            _issue_cids_up_to_peer_limit(conn)
         # the TLS state (transcript, key schedule, messages, its configuration) has no
         # use after the handshake on a server: later CRYPTO data is dropped (a client
         # keeps it for the session tickets that come)
@@ -501,7 +505,7 @@ def _after_tls(conn: Connection, now: float) -> None:
 MAX_ISSUED_CIDS = 4
 
 
-def issue_cids_up_to_peer_limit(conn: Connection) -> None:
+def _issue_cids_up_to_peer_limit(conn: Connection) -> None:
     """Give the peer as many CIDs as its active_connection_id_limit allows (at most 4)."""
     conn.host_cids_pending = False
     limit = conn.peer_params.active_connection_id_limit if conn.peer_params else 2
