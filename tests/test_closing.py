@@ -223,4 +223,3 @@ def test_no_blind_repeats_while_the_peer_waits_for_an_ack_and_a_lost_close_still
     assert client.counters.close_resends_skipped == 1
     assert pair.up.dropped == 1
     assert learned_after < 3 * client.pto()  # inside the closing period
-

@@ -486,11 +486,7 @@ def _after_tls(conn: Connection, now: float) -> None:
             conn.handshake_confirmed = True
             conn.handshake_done_pending = True
             _discard_epoch(conn, Epoch.HANDSHAKE)
-            # its spare CIDs go with its first 1-RTT packet (send.py): one whose client's
-            # close came with the Finished never makes them
-            conn.host_cids_pending = True
-        else:
-            _issue_cids_up_to_peer_limit(conn)
+        _issue_cids_up_to_peer_limit(conn)
         # the TLS state (transcript, key schedule, messages, its configuration) has no
         # use after the handshake on a server: later CRYPTO data is dropped (a client
         # keeps it for the session tickets that come)
@@ -506,7 +502,18 @@ MAX_ISSUED_CIDS = 4
 
 
 def _issue_cids_up_to_peer_limit(conn: Connection) -> None:
-    """Give the peer as many CIDs as its active_connection_id_limit allows (at most 4)."""
+    """Give the peer as many CIDs as its active_connection_id_limit allows (at most 4).
+    A server makes them with its first 1-RTT packet (``issue_pending_cids`` from
+    send.py): they only reach the client in NEW_CONNECTION_ID frames, and a server whose
+    client's close came with the Finished drains without sending any."""
+    if not conn.is_client:
+        conn.host_cids_pending = True
+        return
+    issue_pending_cids(conn)
+
+
+def issue_pending_cids(conn: Connection) -> None:
+    """Issue our CIDs up to the peer's limit now (see ``_issue_cids_up_to_peer_limit``)."""
     conn.host_cids_pending = False
     limit = conn.peer_params.active_connection_id_limit if conn.peer_params else 2
     if not conn.local_cid_length:

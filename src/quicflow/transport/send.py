@@ -22,7 +22,7 @@ from .bulk import build_bulk, bulk_applies
 from .connection import Connection
 from .errors import APPLICATION_ERROR
 from .pmtud import build_probe, probe_due
-from .receive import _discard_epoch, _effective_idle, _issue_cids_up_to_peer_limit
+from .receive import _discard_epoch, _effective_idle, issue_pending_cids
 from .recovery import SentPacket
 from .state import (
     CLOSING,
@@ -450,7 +450,7 @@ def _fill_control(
             records.append((R_MAX_STREAMS, int(bidi)))
             limits.pending_max_streams = False
     if conn.host_cids_pending:
-        _issue_cids_up_to_peer_limit(conn)  # announced just below
+        issue_pending_cids(conn)  # announced just below
     while conn.pending_stream_updates and limit - len(payload) > 24:
         sid = conn.pending_stream_updates.pop()
         stream = conn.streams.get(sid)
