@@ -107,7 +107,7 @@ def on_acked_packets(conn: Connection, packets: list[SentPacket]) -> None:
                     conn.send_buffered -= stream.send.on_acked(rec[2], rec[3], bool(rec[4]))
                     writable.add(rec[1])
             elif kind == R_CRYPTO:
-                space = conn.spaces[SPACE_OF_EPOCH[rec[1]]]
+                space = conn.spaces[SPACE_OF_EPOCH[Epoch(rec[1])]]
                 space.crypto_send.on_acked(rec[2], rec[3], False)
             elif kind == R_RESET:
                 stream = streams.get(rec[1])
@@ -155,7 +155,7 @@ def resend_frames(conn: Connection, packets: list[SentPacket]) -> None:
                     if rec[1] not in conn.send_queue:
                         conn.send_queue.append(rec[1])
             elif kind == R_CRYPTO:
-                space = conn.spaces[SPACE_OF_EPOCH[rec[1]]]
+                space = conn.spaces[SPACE_OF_EPOCH[Epoch(rec[1])]]
                 if not space.discarded:
                     space.crypto_send.on_lost(rec[2], rec[3], False)
             elif kind == R_MAX_DATA:
