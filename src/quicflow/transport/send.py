@@ -294,7 +294,8 @@ def _fill_payload(
         # it (else the ACK below would be written, then dropped). An Initial or Handshake
         # packet can only have CRYPTO data; a 1-RTT one what _app_frames_waiting lists.
         if epoch in _HANDSHAKE_EPOCHS:
-            if not space.crypto_send.has_data_to_send():
+            crypto = space.crypto_send
+            if crypto is None or not crypto.has_data_to_send():
                 return False
         elif epoch == Epoch.ONE_RTT and not _app_frames_waiting(conn):
             return False
@@ -400,8 +401,10 @@ def _app_frames_waiting(conn: Connection) -> bool:
         or conn.retire_pending
         or conn.host_cids_pending
         or conn.flow.pending_max_data
-        or conn.spaces[2].crypto_send.has_data_to_send()
     ):
+        return True
+    crypto = conn.spaces[2].crypto_send
+    if crypto is not None and crypto.has_data_to_send():
         return True
     bidi, uni = conn.bidi, conn.uni
     if (bidi.pending_max_streams or uni.pending_max_streams or bidi.blocked_pending
