@@ -1,7 +1,7 @@
 """CPU per handshake of the sans-I/O core alone: no sockets, no asyncio.
 
 Run: ``.venv/bin/python bench/handshake_core.py [--handshakes 2000] [--idle 0]
-[--profile FILE]``
+[--profile FILE] [--profile-server FILE]``
 
 A client ``Connection`` and a server ``Endpoint`` exchange datagrams in memory until
 both sides have completed the handshake (then the client closes and the server
@@ -10,7 +10,9 @@ around every server call: receive, build datagrams, timers), so the figure is th
 server CPU per handshake of the protocol core, free of the event loop and syscalls
 that bench/handshake.py includes. ``--idle K`` keeps K completed connections in the
 server endpoint meanwhile. ``--resume`` times resumed handshakes (a session ticket from
-a first handshake, no 0-RTT): no certificate, no signature. Prints one JSON object.
+a first handshake, no 0-RTT): no certificate, no signature. ``--profile-server FILE``
+cProfiles only the server's calls of the measured handshakes (deterministic call counts:
+``server_calls_per_handshake`` in the output). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -37,6 +39,23 @@ CLIENT_ADDR = ("127.0.0.1", 40000)
 GC_TUNED = (20_000, 20, 100)
 
 
+#: the cProfile.Profile of --profile-server while the measured handshakes run
+_SERVER_PROFILE: list[Any] = []
+
+
+def _server_begin() -> float:
+    if _SERVER_PROFILE:
+        _SERVER_PROFILE[0].enable()
+    return time.thread_time()
+
+
+def _server_end(t0: float) -> float:
+    spent = time.thread_time() - t0
+    if _SERVER_PROFILE:
+        _SERVER_PROFILE[0].disable()
+    return spent
+
+
 def handshake(server: Endpoint, client_cfg: Configuration, now: float, port: int,
               clock: list[float], keep: bool, ticket: Any = None) -> Any:
     """One handshake; returns the session ticket the client got (or None)."""
@@ -47,14 +66,14 @@ def handshake(server: Endpoint, client_cfg: Configuration, now: float, port: int
     sconn = None
     for _ in range(10):
         out = datagrams_to_send(client, now)
-        t0 = time.thread_time()
+        t0 = _server_begin()
         for d in out:
             c = server.receive(d, addr, now)
             if c is not None:
                 sconn = c
         back = server.datagrams_to_send(sconn, now) if sconn is not None else []
         server.accepted.clear()
-        clock[0] += time.thread_time() - t0
+        clock[0] += _server_end(t0)
         for d in back:
             receive_datagram(client, d, ("127.0.0.1", 4433), now)
         now += 0.001
@@ -67,13 +86,13 @@ def handshake(server: Endpoint, client_cfg: Configuration, now: float, port: int
                None)
     if not keep:
         client.close(0, "", now=now)
-        t0 = time.thread_time()
+        t0 = _server_begin()
         for d in datagrams_to_send(client, now):
             server.receive(d, addr, now)
         sconn.handle_timer(now + 10)  # draining ends
         server.datagrams_to_send(sconn, now + 10)
         server.forget(sconn)
-        clock[0] += time.thread_time() - t0
+        clock[0] += _server_end(t0)
     return got
 
 
@@ -92,6 +111,9 @@ def main() -> int:
     ap.add_argument("--resume", action="store_true",
                     help="time resumed handshakes (session ticket, no 0-RTT)")
     ap.add_argument("--profile", help="cProfile (CPU time) of the whole run into FILE")
+    ap.add_argument("--profile-server", metavar="FILE",
+                    help="cProfile only the server's calls of the measured handshakes into "
+                         "FILE (call counts; see server_calls_per_handshake)")
     ap.add_argument("--gc", choices=["default", "freeze", "tuned", "off"], default="default")
     ap.add_argument("--tracemalloc", type=int, default=0, metavar="N",
                     help="trace allocations while the idle connections are made and "
@@ -153,18 +175,30 @@ def main() -> int:
 
         prof = cProfile.Profile(time.thread_time)
         prof.enable()
+    if args.profile_server:
+        import cProfile
+
+        _SERVER_PROFILE.append(cProfile.Profile())
     clock = [0.0]
     for _ in range(args.handshakes):
         handshake(server, client_cfg, 1.0, 9999, clock, keep=False, ticket=ticket)
     if prof is not None:
         prof.disable()
         prof.dump_stats(args.profile)
+    calls: dict[str, float] = {}
+    if _SERVER_PROFILE:
+        import pstats
+
+        _SERVER_PROFILE[0].dump_stats(args.profile_server)
+        stats = pstats.Stats(args.profile_server)
+        calls["server_calls_per_handshake"] = stats.total_calls / args.handshakes  # type: ignore[attr-defined]
+        _SERVER_PROFILE.clear()
     print(json.dumps({"handshakes": args.handshakes, "idle": args.idle, "gc": args.gc,
                       "resumed": ticket is not None,
                       "server_core_ms_per_handshake": clock[0] * 1000 / args.handshakes,
                       "gc_ms_per_handshake": gc_time[0] * 1000 / args.handshakes,
                       "gc_collections": gc_time[2],
-                      **memory}))
+                      **calls, **memory}))
     return 0
 
 

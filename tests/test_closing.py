@@ -12,6 +12,7 @@ import quicflow
 from quicflow.transport.closing import RESEND_DELAYS
 from quicflow.transport.connection import Connection
 from quicflow.transport.events import ConnectionTerminated
+from quicflow.transport.state import DRAINING
 from tests.support.memory_pair import SERVER_ADDR, MemoryPair
 from tests.support.quic_helpers import client_config, run, server_config
 from tests.support.relay import LossyUdpRelay
@@ -81,6 +82,21 @@ def test_draining_peer_sends_nothing_and_closer_stops_repeating() -> None:
     assert server.counters.datagrams_sent == server_sent  # draining: silent
     # the closer does not know the close arrived: its repeats stay bounded
     assert client.counters.close_resends <= len(RESEND_DELAYS)
+
+
+def test_a_draining_server_drops_the_close_repeats_at_the_endpoint() -> None:
+    pair, server = _quiet_pair()
+    client = pair.client
+    client.close(9, "done", now=pair.now)
+    pair.run(lambda: server.state == DRAINING)
+    received = server.counters.datagrams_received
+    pair.run(lambda: client.terminated and server.terminated)
+    # the server had nothing in flight, so the client repeated its close blindly; the
+    # endpoint drops the copies (counted) without handing them to the connection
+    assert client.counters.close_resends >= 1
+    assert pair.server.counters.dropped_draining >= 1
+    assert pair.server.counters.dropped_draining <= client.counters.close_resends
+    assert server.counters.datagrams_received == received
 
 
 def test_answers_to_packets_while_closing_are_rate_limited() -> None:

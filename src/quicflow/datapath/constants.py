@@ -37,7 +37,9 @@ SO_SNDBUFFORCE: Final = 32
 SO_RCVBUFFORCE: Final = 33
 SO_ATTACH_REUSEPORT_CBPF: Final = 51
 
-MSG_TRUNC: Final = socket.MSG_TRUNC
+#: a plain int: ``socket.MSG_TRUNC`` is a ``MsgFlag``, and ``flags & MsgFlag`` runs the
+#: enum module's Python ``__and__`` on every datagram received
+MSG_TRUNC: Final = int(socket.MSG_TRUNC)
 MSG_ERRQUEUE: Final = 0x2000
 
 #: ``struct sock_extended_err.ee_origin`` values (linux/errqueue.h).

@@ -34,8 +34,9 @@ from ..transport.factory import client_connection, server_connection
 from ..transport.receive import receive_datagram
 from ..transport.receive_bulk import receive_short_run
 from ..transport.send import build_datagrams, datagrams_to_send
+from ..transport.state import DRAINING
 from ..wire.errors import WireError
-from ..wire.packet import INITIAL, build_version_negotiation, parse_header
+from ..wire.packet import INITIAL, PacketHeader, build_version_negotiation, parse_header
 from .admission import Admission
 from .cids import CidGenerator, ConnectionIdSource, RandomCidGenerator
 from .moved import ForwardTarget, MovedCids
@@ -89,6 +90,9 @@ class EndpointCounters:
     forwarded_moved: int = 0  # packets for a connection moved elsewhere, forwarded there
     forwarded_received: int = 0  # packets another host forwarded to us (receive_forwarded)
     handshakes_failed: int = 0  # server connections that ended before their handshake did
+    #: packets for a connection in its draining period: it sends nothing and has nothing
+    #: to learn (RFC 9000 §10.2.2), e.g. a closing client's CONNECTION_CLOSE repeats
+    dropped_draining: int = 0
 
     def dropped(self) -> int:
         return (
@@ -101,6 +105,7 @@ class EndpointCounters:
             + self.dropped_undecryptable_initial
             + self.dropped_not_ours
             + self.dropped_initial_collision
+            + self.dropped_draining
         )
 
 
@@ -142,6 +147,9 @@ class Endpoint:
     frozen: dict[int, list[tuple[bytes, Address, int]]] = field(default_factory=dict)
     _diverted: list[tuple[bytes, Address, int]] | None = field(default=None, init=False,
                                                                 repr=False)
+    #: the long header ``_lookup`` parsed last (None after a short header or a drop):
+    #: handed to ``receive_datagram`` so the datagram's first header is parsed once
+    _header: PacketHeader | None = field(default=None, init=False, repr=False)
     #: called with each new connection and ``now`` before its first packet, to attach a
     #: qlog trace (``transport.qlog.start``); the I/O layer sets it (None: no qlog)
     qlog_factory: Callable[[Connection, float], None] | None = None
@@ -253,7 +261,7 @@ class Endpoint:
         self.counters.lookups += 1
         conn = self._lookup(data, address, now, ecn)
         if conn is not None:
-            receive_datagram(conn, data, address, now, ecn)
+            receive_datagram(conn, data, address, now, ecn, self._header)
             if not self._keep_new(conn):
                 return None
             if self.admission.half_open:
@@ -381,7 +389,7 @@ class Endpoint:
                 counters.lookups += 1
                 conn = self._lookup(segment, address, now, ecn)
                 if conn is not None:
-                    receive_datagram(conn, segment, address, now, ecn)
+                    receive_datagram(conn, segment, address, now, ecn, self._header)
                     if self.admission.half_open:
                         self.admission.update(conn)
                     if self._keep_new(conn):
@@ -404,14 +412,17 @@ class Endpoint:
 
     def _lookup(self, data: bytes, address: Address, now: float, ecn: int = 0
                 ) -> Connection | None:
+        self._header = None
         if not data:
             self.counters.dropped_malformed += 1
             return None
         first = data[0]
         registry = self.registry
+        gen = self.cid_generator
+        assert gen is not None  # set in __post_init__
         if not first & 0x80:
-            cid = bytes(data[1 : 1 + self.cid_length])
-            if not self.generator.is_ours(cid):
+            cid = bytes(data[1 : 1 + gen.cid_length])
+            if not gen.is_ours(cid):
                 self.counters.dropped_not_ours += 1
                 return None
             conn = registry.by_cid(cid)
@@ -440,6 +451,9 @@ class Endpoint:
             elif conn.terminated:
                 self.counters.dropped_closed += 1
                 return None
+            elif conn.state == DRAINING:
+                self.counters.dropped_draining += 1
+                return None
             elif self.frozen:
                 held = self.frozen.get(id(conn))
                 if held is not None:
@@ -447,12 +461,13 @@ class Endpoint:
                     return None
             return conn
         try:
-            hdr = parse_header(data, 0, self.cid_length)
+            hdr = parse_header(data, 0, gen.cid_length)
         except WireError:
             self.counters.dropped_malformed += 1
             return None
+        self._header = hdr
         dcid = hdr.dcid
-        conn = registry.by_cid(dcid) if self.generator.is_ours(dcid) else None
+        conn = registry.by_cid(dcid) if gen.is_ours(dcid) else None
         if conn is None and self.is_server:
             conn = registry.by_initial(dcid)
             if conn is not None and conn.peer_address != address:
@@ -462,6 +477,9 @@ class Endpoint:
         if conn is not None:
             if conn.terminated:
                 self.counters.dropped_closed += 1
+                return None
+            if conn.state == DRAINING:
+                self.counters.dropped_draining += 1
                 return None
             return conn
         if not self.is_server:

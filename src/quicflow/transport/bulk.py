@@ -31,6 +31,7 @@ def bulk_applies(conn: Connection) -> bool:
         or conn.handshake_done_pending
         or conn.key_update_ping
         or conn.new_token_pending
+        or conn.host_cids_pending
         or conn.datagrams_pending
         or conn.flow.pending_max_data
         or conn.pending_stream_updates

@@ -23,7 +23,11 @@ from ..crypto.suites import CipherSuite
 from ..tls.config import TlsConfig
 from ..tls.session import TlsSession
 from ..tls.tickets import SessionTicket, ticket_sealer
-from ..wire.tparams import TransportParameters, encode_transport_parameters
+from ..wire.tparams import (
+    TransportParameters,
+    encode_transport_parameters,
+    peek_version_information,
+)
 from . import early_data, pathprobe, stream_api
 from .closing import closing_timer, on_closing_timer, start_closing
 from .config import Configuration
@@ -138,6 +142,11 @@ class Connection:
     #: the Retire Prior To of our NEW_CONNECTION_ID frames: our CIDs below this sequence
     #: are retired by the peer and not replaced (see ``hand_over_cids``)
     host_retire_prior_to: int = 0
+    #: (server) the handshake is complete: our CIDs up to the peer's
+    #: active_connection_id_limit are issued when the next 1-RTT packet with room for them
+    #: is built (send.py), so a connection closed at once (its client's close came with
+    #: the Finished) never makes them
+    host_cids_pending: bool = False
     cid_changes: list[tuple[bool, bytes]] = field(default_factory=list)  # (added, cid)
     initial_scid: bytes = b""  # our first SCID
     peer_initial_scid: bytes | None = None
@@ -411,8 +420,6 @@ class Connection:
         """(server, from the TLS layer on the ClientHello) Pick the version: the first in
         the client's version_information (its order of preference) that we accept;
         returns our transport parameters with it as the chosen version."""
-        from ..wire.tparams import peek_version_information
-
         # malformed parameters: the error is raised (with its code) when they are applied
         info = peek_version_information(client_params)
         if info and info[0] == self.version:
@@ -460,6 +467,7 @@ class Connection:
             if self.one_rtt_ready:
                 self.engine.alias(entry.cid, self.recv_key_cid(), opener=True)
         self.host_retire_prior_to = first
+        self.host_cids_pending = False  # these replace the ones not issued yet
         return first
 
     def host_cid_list(self) -> list[bytes]:
@@ -631,7 +639,7 @@ class Connection:
 
     def pto(self) -> float:
         max_ack_delay = (self.peer_params.max_ack_delay / 1000) if self.peer_params else 0.025
-        return self.rtt.pto_duration(max_ack_delay, True)
+        return self.loss.rtt.pto_duration(max_ack_delay, True)
 
     def timer(self) -> float | None:
         """The next time :meth:`handle_timer` must run, or None."""

@@ -6,7 +6,13 @@ from collections.abc import Callable
 from typing import Any
 
 from ..crypto.epoch import Epoch
-from ..crypto.keys import DecryptError, PacketProtector, derive_packet_keys
+from ..crypto.keys import (
+    DecryptError,
+    PacketProtector,
+    derive_hp_key,
+    derive_packet_keys,
+    next_generation_secret,
+)
 from ..crypto.retry import verify_retry_integrity_tag
 from ..crypto.suites import CipherSuite
 from ..tls.alerts import TlsAlert
@@ -29,6 +35,7 @@ from ..wire.tparams import decode_transport_parameters
 from . import early_data, pathprobe, qlog
 from . import receive_streams as RS
 from .closing import answer_in_closing
+from .congestion import initial_window
 from .connection import SPACE_OF_EPOCH, Address, Connection
 from .errors import (
     CONNECTION_ID_LIMIT_ERROR,
@@ -44,7 +51,7 @@ from .events import (
     HandshakeCompleted,
     NewTokenReceived,
 )
-from .recovery_glue import on_ack_frame
+from .recovery_glue import on_ack_frame, requeue_epoch
 from .state import (
     CLOSING,
     DRAINING,
@@ -61,9 +68,12 @@ _HANDSHAKE_FRAMES = (F.Padding, F.Ping, F.Ack, F.Crypto, F.ConnectionClose)
 
 
 def receive_datagram(
-    conn: Connection, data: bytes, addr: Address, now: float, ecn: int = 0
+    conn: Connection, data: bytes, addr: Address, now: float, ecn: int = 0,
+    first: PacketHeader | None = None,
 ) -> None:
-    """Process one UDP datagram (possibly several coalesced packets)."""
+    """Process one UDP datagram (possibly several coalesced packets). ``first``: the
+    datagram's first header when the caller parsed it already (a long header: its
+    fields do not depend on the CID length; the endpoint parses it to route)."""
     conn._now_hint = now
     if conn.terminated or conn.state == DRAINING:
         return
@@ -74,12 +84,15 @@ def receive_datagram(
     pos = 0
     n = len(data)
     while pos < n:
-        try:
-            hdr = parse_header(data, pos, conn.local_cid_length)
-        except WireError:
-            conn.counters.packets_dropped += 1
-            conn.counters.dropped_malformed += 1
-            return
+        if first is not None:
+            hdr, first = first, None
+        else:
+            try:
+                hdr = parse_header(data, pos, conn.local_cid_length)
+            except WireError:
+                conn.counters.packets_dropped += 1
+                conn.counters.dropped_malformed += 1
+                return
         if not _receive_one(conn, data, pos, hdr, addr, now, ecn):
             return
         pos = hdr.end
@@ -290,14 +303,22 @@ def _crypto_held(space: PacketSpace) -> int:
 
 
 def _effective_idle(conn: Connection) -> float:
-    ours = conn.configuration.idle_timeout
-    peer = conn.peer_params.max_idle_timeout / 1000 if conn.peer_params else 0.0
-    values = [v for v in (ours, peer) if v > 0]
+    """The idle timeout in force: the smaller of ours and the peer's (0: none), the
+    half-open limit for a server's unvalidated connection, never below 3 PTO."""
+    cfg = conn.configuration
+    idle = cfg.idle_timeout if cfg.idle_timeout > 0 else float("inf")
+    params = conn.peer_params
+    if params is not None and params.max_idle_timeout > 0:
+        peer = params.max_idle_timeout / 1000
+        if peer < idle:
+            idle = peer
     if not conn.is_client and not conn.address_validated:  # half-open: short life
-        values.append(conn.configuration.half_open_timeout)
-    if not values:
-        return float("inf")
-    return max(min(values), 3 * conn.pto())
+        if cfg.half_open_timeout < idle:
+            idle = cfg.half_open_timeout
+    if idle == float("inf"):
+        return idle
+    pto = 3 * conn.pto()
+    return idle if idle > pto else pto
 
 
 def _check_stateless_reset(conn: Connection, packet: bytes) -> None:
@@ -329,8 +350,6 @@ def _receive_retry(conn: Connection, data: bytes, pos: int, hdr: PacketHeader) -
     conn._install_initial_keys(hdr.scid)
     # everything sent in Initial is resent with the new keys
     space = conn.spaces[0]
-    from .recovery_glue import requeue_epoch
-
     requeue_epoch(conn, Epoch.INITIAL)
     space.next_pn = max(space.next_pn, 1)
     early_data.on_retry(conn)
@@ -342,8 +361,6 @@ def _on_peer_key_update(conn: Connection) -> None:
     If we started the update, this is the peer's answer; otherwise the peer started it
     and we update our send keys too (RFC 9001 §6.2).
     """
-    from ..crypto.keys import next_generation_secret
-
     suite = conn.cipher_suite
     conn.one_rtt_recv_secret = next_generation_secret(suite, conn.one_rtt_recv_secret,
                                                       conn.version)
@@ -445,6 +462,12 @@ def _on_crypto(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
     _after_tls(conn, now)
 
 
+#: the TLS layer names epochs and suites by value: the members by table lookup (calling
+#: the enum classes runs the enum module's Python ``__call__``)
+_EPOCHS = {e.value: e for e in Epoch}
+_SUITES = {s.value: s for s in CipherSuite}
+
+
 def _after_tls(conn: Connection, now: float) -> None:
     tls = conn.tls
     assert tls is not None
@@ -453,7 +476,7 @@ def _after_tls(conn: Connection, now: float) -> None:
         if crypto is not None:  # (TLS writes nothing for a discarded space)
             crypto.write(out_data)
     for key_epoch, is_send, suite, secret in tls.pop_secrets():
-        _install_secret(conn, Epoch(key_epoch), is_send, CipherSuite(suite), secret)
+        _install_secret(conn, _EPOCHS[key_epoch], is_send, _SUITES[suite], secret)
     early_data.after_tls(conn, tls)
     if not conn.peer_params and tls.peer_transport_parameters is not None:
         _apply_peer_params(conn, tls.peer_transport_parameters)
@@ -484,7 +507,19 @@ MAX_ISSUED_CIDS = 4
 
 
 def _issue_cids_up_to_peer_limit(conn: Connection) -> None:
-    """Give the peer as many CIDs as its active_connection_id_limit allows (at most 4)."""
+    """Give the peer as many CIDs as its active_connection_id_limit allows (at most 4).
+    A server makes them with its first 1-RTT packet (``issue_pending_cids`` from
+    send.py): they only reach the client in NEW_CONNECTION_ID frames, and a server whose
+    client's close came with the Finished drains without sending any."""
+    if not conn.is_client:
+        conn.host_cids_pending = True
+        return
+    issue_pending_cids(conn)
+
+
+def issue_pending_cids(conn: Connection) -> None:
+    """Issue our CIDs up to the peer's limit now (see ``_issue_cids_up_to_peer_limit``)."""
+    conn.host_cids_pending = False
     limit = conn.peer_params.active_connection_id_limit if conn.peer_params else 2
     if not conn.local_cid_length:
         return  # zero-length CIDs: there is only one (RFC 9000 §5.1.1)
@@ -517,8 +552,6 @@ def _install_secret(
 
 def program_engine(conn: Connection) -> None:
     """Install the 1-RTT keys in the offload engine under every CID in use."""
-    from ..crypto.keys import derive_hp_key
-
     engine = conn.engine
     suite = conn.cipher_suite
     if not conn.one_rtt_recv_hp:
@@ -574,8 +607,6 @@ def _apply_peer_params(conn: Connection, raw: bytes) -> None:
     if not conn.pmtud.enabled:  # else: 1200 until probes show more (pmtud.py)
         conn.max_datagram_size = max(1200, min(conn.configuration.max_datagram_size,
                                                params.max_udp_payload_size, conn.path_mtu_cap))
-    from .congestion import initial_window
-
     conn.cc.max_datagram_size = conn.max_datagram_size
     conn.cc.cwnd = max(conn.cc.cwnd, initial_window(conn.max_datagram_size))
     conn.pacer.max_datagram_size = conn.max_datagram_size

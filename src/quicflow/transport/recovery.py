@@ -41,6 +41,8 @@ EPOCH_SPACE: tuple[PnSpace, ...] = (
     PnSpace.HANDSHAKE,
     PnSpace.APPLICATION,
 )
+#: the spaces in order (iterating the enum class runs the enum module's Python code)
+_PN_SPACES: tuple[PnSpace, ...] = tuple(PnSpace)
 #: Packet number space -> epoch in which a probe for that space is sent.
 SPACE_EPOCH: tuple[Epoch, ...] = (Epoch.INITIAL, Epoch.HANDSHAKE, Epoch.ONE_RTT)
 
@@ -591,7 +593,7 @@ class LossDetection:
             return self.timer_anchor + duration, space
         best: float | None = None
         best_space: PnSpace | None = None
-        for space in PnSpace:
+        for space in _PN_SPACES:
             sp = self.spaces[space]
             if sp.ack_eliciting_in_flight == 0 or sp.last_ack_eliciting_time is None:
                 continue

@@ -22,6 +22,7 @@ from .bulk import build_bulk, bulk_applies
 from .connection import Connection
 from .errors import APPLICATION_ERROR
 from .pmtud import build_probe, probe_due
+from .receive import _discard_epoch, _effective_idle, issue_pending_cids
 from .recovery import SentPacket
 from .state import (
     CLOSING,
@@ -204,8 +205,6 @@ def _build_datagram(
                         records, now)
     if conn.is_client and conn.spaces[1].next_pn > 0 and not conn.spaces[0].discarded:
         # RFC 9001 §4.9.1: a client discards Initial keys when it first sends Handshake
-        from .receive import _discard_epoch
-
         _discard_epoch(conn, Epoch.INITIAL)
     return len(buf) > start
 
@@ -234,10 +233,9 @@ def _on_packet_sent(
     )
     conn.loss.on_packet_sent(packet)
     if ack_eliciting:
-        conn.pacer.consume(now, size, conn.rtt, conn.cc.cwnd)
+        loss = conn.loss
+        conn.pacer.consume(now, size, loss.rtt, loss.cc.cwnd)
         if not conn.last_ack_eliciting_sent_after_receive:
-            from .receive import _effective_idle
-
             conn.idle_deadline = now + _effective_idle(conn)
             conn.last_ack_eliciting_sent_after_receive = True
 
@@ -291,11 +289,22 @@ def _fill_payload(
     if epoch == Epoch.ZERO_RTT:
         ack_due = False  # a client's 0-RTT packets carry no ACK (RFC 9000 §12.4)
     probe = conn.probes_pending[_SPACE[epoch]] > 0
-    cc_ok = probe or conn.cc.available() >= conn.max_datagram_size or epoch not in _APP
+    if not ack_due and not probe:
+        # no ACK is due and no probe: a packet goes only with something ack-eliciting in
+        # it (else the ACK below would be written, then dropped). An Initial or Handshake
+        # packet can only have CRYPTO data; a 1-RTT one what _app_frames_waiting lists.
+        if epoch in _HANDSHAKE_EPOCHS:
+            crypto = space.crypto_send
+            if crypto is None or not crypto.has_data_to_send():
+                return False
+        elif epoch == Epoch.ONE_RTT and not _app_frames_waiting(conn):
+            return False
+    loss = conn.loss
+    cc_ok = probe or epoch not in _APP or loss.cc.available() >= conn.max_datagram_size
     if cc_ok and epoch in _APP and not probe:
-        if conn.pacer.budget(now, conn.rtt, conn.cc.cwnd) < conn.max_datagram_size:
+        if conn.pacer.budget(now, loss.rtt, loss.cc.cwnd) < conn.max_datagram_size:
             conn.pacer_deadline = conn.pacer.next_send_time(now, conn.max_datagram_size,
-                                                            conn.rtt, conn.cc.cwnd)
+                                                            loss.rtt, loss.cc.cwnd)
             cc_ok = False
     if not cc_ok and not ack_due:
         return False
@@ -377,6 +386,37 @@ def _schedule_ack_repeat(conn: Connection, space: PacketSpace, eliciting: bool,
     space.ack_repeats += 1
 
 
+def _app_frames_waiting(conn: Connection) -> bool:
+    """Whether a 1-RTT packet built now would carry a frame besides an ACK: what
+    _fill_control, _fill_datagrams and _fill_streams write, and CRYPTO data (True when
+    one of their triggers is set, even if that writer would then write nothing)."""
+    if (
+        conn.send_queue
+        or conn.datagrams_pending
+        or conn.handshake_done_pending
+        or conn.key_update_ping
+        or conn.new_token_pending
+        or conn.path_challenge_pending
+        or conn.path_challenges_received
+        or conn.pending_stream_updates
+        or conn.retire_pending
+        or conn.host_cids_pending
+        or conn.flow.pending_max_data
+    ):
+        return True
+    crypto = conn.spaces[2].crypto_send
+    if crypto is not None and crypto.has_data_to_send():
+        return True
+    bidi, uni = conn.bidi, conn.uni
+    if (bidi.pending_max_streams or uni.pending_max_streams or bidi.blocked_pending
+            or uni.blocked_pending):
+        return True
+    for entry in conn.host_cids:
+        if not entry.announced and not entry.retired and entry.sequence > 0:
+            return True
+    return False
+
+
 def _fill_control(
     conn: Connection, payload: bytearray, limit: int, records: list[tuple[int, ...]]
 ) -> None:
@@ -413,6 +453,8 @@ def _fill_control(
             F.encode_frame(F.MaxStreams(bidi=bidi, maximum=limits.max_remote), payload)
             records.append((R_MAX_STREAMS, int(bidi)))
             limits.pending_max_streams = False
+    if conn.host_cids_pending:
+        issue_pending_cids(conn)  # announced just below
     while conn.pending_stream_updates and limit - len(payload) > 24:
         sid = conn.pending_stream_updates.pop()
         stream = conn.streams.get(sid)

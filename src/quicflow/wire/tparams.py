@@ -229,8 +229,16 @@ def peek_version_information(data: bytes) -> list[int] | None:
     pos = 0
     try:
         while pos < n:
-            pid, pos = decode_varint(data, pos)
-            length, pos = decode_varint(data, pos)
+            pid = data[pos]  # one-byte varints inline: nearly every id and length
+            if pid < 0x40:
+                pos += 1
+            else:
+                pid, pos = decode_varint(data, pos)
+            length = data[pos] if pos < n else 0x40
+            if length < 0x40:
+                pos += 1
+            else:
+                length, pos = decode_varint(data, pos)
             end = pos + length
             if pid == VERSION_INFORMATION:
                 if end > n or length < 4 or length % 4:
@@ -257,8 +265,16 @@ def decode_transport_parameters(
     pos = 0
     try:
         while pos < n:
-            pid, pos = decode_varint(buf, pos)
-            length, pos = decode_varint(buf, pos)
+            pid = buf[pos]  # one-byte varints inline: nearly every id and length
+            if pid < 0x40:
+                pos += 1
+            else:
+                pid, pos = decode_varint(buf, pos)
+            length = buf[pos] if pos < n else 0x40
+            if length < 0x40:
+                pos += 1
+            else:
+                length, pos = decode_varint(buf, pos)
             end = pos + length
             if end > n:
                 raise TransportParameterError("transport parameter value truncated")
@@ -271,7 +287,11 @@ def decode_transport_parameters(
                 )
             name = _INT_FIELD.get(pid)
             if name is not None:
-                value, vend = decode_varint(buf, pos)
+                value = buf[pos] if pos < n else 0x40
+                if value < 0x40:
+                    vend = pos + 1
+                else:
+                    value, vend = decode_varint(buf, pos)
                 if vend != end:
                     raise TransportParameterError(f"bad length of transport parameter {name}")
                 _check_int(pid, value)
