@@ -22,7 +22,8 @@ until closed. Printed (one JSON object on stdout, progress on stderr):
 ``--client endpoint`` opens the measured connections on one shared client endpoint
 (``quicflow.client_endpoint``); ``connect`` gives each its own socket (``quicflow.connect``).
 ``--profile FILE`` runs the quicflow server under cProfile and writes the stats to FILE
-(read it with ``python -m pstats FILE``). ``--tracemalloc PREFIX`` (with ``--idle K``)
+(read it with ``python -m pstats FILE``); ``--client-profile FILE`` does the same for
+this (client) process over the measured loop only. ``--tracemalloc PREFIX`` (with ``--idle K``)
 traces the quicflow server's allocations: snapshots PREFIX.1 and PREFIX.2 before and
 after the idle connections, and the bytes per idle connection by allocating line (and
 its caller) on stderr and in the JSON (``top_lines_per_idle_connection``).
@@ -283,9 +284,19 @@ async def _client(args: argparse.Namespace, port: int, pid: int) -> dict[str, An
         for _ in range(min(20, args.handshakes)):  # warm-up, not counted
             await one()
         await asyncio.sleep(0.3)
+        prof = None
+        if args.client_profile:
+            import cProfile
+
+            prof = cProfile.Profile(time.thread_time)
         (u0, k0), c0, t0 = cpu_split(pid), time.process_time(), time.perf_counter()
+        if prof is not None:
+            prof.enable()
         await asyncio.gather(*(one() for _ in range(args.handshakes)))
         await asyncio.sleep(0.3)  # the server's closing periods end
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(args.client_profile)
         (u1, k1), c1, t1 = cpu_split(pid), time.process_time(), time.perf_counter()
         out["server_cpu_ms_per_handshake"] = (u1 + k1 - u0 - k0) * 1000 / args.handshakes
         out["server_user_ms_per_handshake"] = (u1 - u0) * 1000 / args.handshakes
@@ -323,6 +334,8 @@ def main() -> int:
                     "connection, or aioquic's client (for comparison)")
     ap.add_argument("--alpn", default="perf")
     ap.add_argument("--profile", help="cProfile the quicflow server into FILE")
+    ap.add_argument("--client-profile", metavar="FILE",
+                    help="cProfile this (client) process over the measured loop into FILE")
     ap.add_argument("--gc", choices=["library", "default", "off"], default="library",
                     help="quicflow server's garbage collector: as the library leaves it, "
                     "Python's default thresholds, or disabled (for measuring)")
