@@ -290,6 +290,7 @@ async def _client(args: argparse.Namespace, port: int, pid: int) -> dict[str, An
 
             prof = cProfile.Profile(time.thread_time)
         (u0, k0), c0, t0 = cpu_split(pid), time.process_time(), time.perf_counter()
+        own0 = os.times()
         if prof is not None:
             prof.enable()
         await asyncio.gather(*(one() for _ in range(args.handshakes)))
@@ -298,10 +299,14 @@ async def _client(args: argparse.Namespace, port: int, pid: int) -> dict[str, An
             prof.disable()
             prof.dump_stats(args.client_profile)
         (u1, k1), c1, t1 = cpu_split(pid), time.process_time(), time.perf_counter()
+        own1 = os.times()
         out["server_cpu_ms_per_handshake"] = (u1 + k1 - u0 - k0) * 1000 / args.handshakes
         out["server_user_ms_per_handshake"] = (u1 - u0) * 1000 / args.handshakes
         out["server_system_ms_per_handshake"] = (k1 - k0) * 1000 / args.handshakes
         out["client_cpu_ms_per_handshake"] = (c1 - c0) * 1000 / args.handshakes
+        out["client_user_ms_per_handshake"] = (own1.user - own0.user) * 1000 / args.handshakes
+        out["client_system_ms_per_handshake"] = (
+            (own1.system - own0.system) * 1000 / args.handshakes)
         out["handshakes_per_s"] = args.handshakes / (t1 - t0 - 0.3)
         # printed now: closing thousands of idle connections can take long
         log(f"{args.server}: server {out['server_cpu_ms_per_handshake']:.2f} ms, client "

@@ -207,3 +207,40 @@ def test_no_blind_repeats_while_the_peer_waits_for_an_ack_and_a_lost_close_still
     assert client.counters.close_resends_skipped == 1
     assert pair.up.dropped == 1
     assert learned_after < 3 * client.pto()  # inside the closing period
+
+
+def test_client_closing_before_handshake_done_sends_no_blind_repeats() -> None:
+    """A client closes right after completing its handshake, before any of the server's
+    1-RTT packets (HANDSHAKE_DONE) arrived, and its one CONNECTION_CLOSE is lost, and so
+    are the server's first 1-RTT datagrams: the server repeats its unacknowledged
+    HANDSHAKE_DONE at its PTO, the client answers it with the close, and the server
+    learns the code inside the client's closing period, without blind repeats."""
+    pair = MemoryPair(seed=7)
+    client = pair.client
+    for _ in range(200):  # the client's flights go out; the server's 1-RTT ones are held
+        for d in pair.client_ep.datagrams_to_send(client, pair.now):
+            pair.server.receive(d, pair.client_addr, pair.now)
+        if pair.server_conns and pair.server_conns[0].handshake_complete:
+            break
+        for conn in pair.server_conns:
+            for d in pair.server.datagrams_to_send(conn, pair.now):
+                pair.client_ep.receive(d, SERVER_ADDR, pair.now)
+        pair.now += 0.0002
+    server = pair.server_conns[0]
+    assert client.handshake_complete and not client.handshake_confirmed
+    lost = pair.server.datagrams_to_send(server, pair.now)  # HANDSHAKE_DONE & co: lost
+    assert lost
+    pair.up.drop_next = 1  # the client's CONNECTION_CLOSE
+    closed_at = pair.now
+    client.close(12, "before HANDSHAKE_DONE", now=pair.now)
+    seen: list[ConnectionTerminated] = []
+    pair.run(lambda: _terminated(server, seen))
+    learned_after = pair.now - closed_at
+    pair.run(lambda: client.terminated)
+    assert (seen[0].error_code, seen[0].reason, seen[0].by_peer) == (
+        12, "before HANDSHAKE_DONE", True)
+    assert pair.up.dropped == 1
+    assert client.counters.close_resends == 0
+    assert client.counters.close_resends_skipped == 1
+    assert client.close_packets_seen >= 1  # the server's repeat was answered
+    assert learned_after < 3 * client.pto()
