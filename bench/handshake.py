@@ -23,10 +23,13 @@ until closed. Printed (one JSON object on stdout, progress on stderr):
 (``quicflow.client_endpoint``); ``connect`` gives each its own socket (``quicflow.connect``).
 ``--profile FILE`` runs the quicflow server under cProfile and writes the stats to FILE
 (read it with ``python -m pstats FILE``); ``--client-profile FILE`` does the same for
-this (client) process over the measured loop only. ``--tracemalloc PREFIX`` (with ``--idle K``)
-traces the quicflow server's allocations: snapshots PREFIX.1 and PREFIX.2 before and
-after the idle connections, and the bytes per idle connection by allocating line (and
-its caller) on stderr and in the JSON (``top_lines_per_idle_connection``).
+this (client) process over the measured loop only. ``--verify [BUNDLE]`` makes the client
+(quicflow's or aioquic's) verify the server's certificate (name "localhost") against a CA
+file holding BUNDLE (default: the system bundle) and the test certificate.
+``--tracemalloc PREFIX`` (with ``--idle K``) traces the quicflow server's allocations:
+snapshots PREFIX.1 and PREFIX.2 before and after the idle connections, and the bytes
+per idle connection by allocating line (and its caller) on stderr and in the JSON
+(``top_lines_per_idle_connection``).
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from quicflow.tls.certs import (  # noqa: E402
 )
 
 TICKS = os.sysconf("SC_CLK_TCK")
+SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
 def log(message: str) -> None:
@@ -219,12 +223,18 @@ def _top_lines(args: argparse.Namespace) -> list[str]:
 
 
 async def _client(args: argparse.Namespace, port: int, pid: int) -> dict[str, Any]:
-    config = quicflow.Configuration(
-        alpn_protocols=[args.alpn], verify_peer=False, idle_timeout=600.0
-    )
+    if args.cafile:  # verify the server (name "localhost") against this CA file
+        config = quicflow.Configuration(
+            alpn_protocols=[args.alpn], idle_timeout=600.0, cafile=args.cafile,
+            server_name="localhost",
+        )
+    else:
+        config = quicflow.Configuration(
+            alpn_protocols=[args.alpn], verify_peer=False, idle_timeout=600.0
+        )
     out: dict[str, Any] = {"server": args.server, "handshakes": args.handshakes,
                            "concurrency": args.concurrency, "idle": args.idle,
-                           "client": args.client}
+                           "client": args.client, "verify": bool(args.cafile)}
     async with quicflow.client_endpoint("127.0.0.1", configuration=config) as idle_ep, \
             quicflow.client_endpoint("127.0.0.1", configuration=config) as ep:
         if args.tracemalloc:
@@ -268,6 +278,10 @@ async def _client(args: argparse.Namespace, port: int, pid: int) -> dict[str, An
 
             aio_cfg = QuicConfiguration(alpn_protocols=[args.alpn], is_client=True,
                                         verify_mode=ssl.CERT_NONE)
+            if args.cafile:
+                aio_cfg.verify_mode = ssl.CERT_REQUIRED
+                aio_cfg.server_name = "localhost"
+                aio_cfg.load_verify_locations(cafile=args.cafile)
 
         async def one() -> None:
             async with sem:
@@ -338,6 +352,9 @@ def main() -> int:
                     help="quicflow client on one shared endpoint, quicflow.connect() per "
                     "connection, or aioquic's client (for comparison)")
     ap.add_argument("--alpn", default="perf")
+    ap.add_argument("--verify", metavar="BUNDLE", nargs="?", const=SYSTEM_BUNDLE,
+                    help="clients verify the server's certificate against a CA file: "
+                    f"BUNDLE (default {SYSTEM_BUNDLE}) plus the test certificate")
     ap.add_argument("--profile", help="cProfile the quicflow server into FILE")
     ap.add_argument("--client-profile", metavar="FILE",
                     help="cProfile this (client) process over the measured loop into FILE")
@@ -348,6 +365,7 @@ def main() -> int:
                     help="quicflow server: tracemalloc snapshots PREFIX.1/.2 before and after "
                     "the idle connections; bytes per idle connection by source line on stderr")
     args = ap.parse_args()
+    args.cafile = None
     if args.cmd == "serve":
         return serve_main(args)
     from run import free_udp_port
@@ -361,6 +379,10 @@ def main() -> int:
         with open(key_file, "wb") as f:
             f.write(private_key_pem(key))
         port = free_udp_port()
+        if args.verify:  # a CA file of realistic size: the system bundle + our certificate
+            args.cafile = os.path.join(workdir, "ca.pem")
+            with open(args.cafile, "wb") as f, open(args.verify, "rb") as bundle:
+                f.write(bundle.read() + b"\n" + certificate_pem(cert))
         argv = server_argv(args.server, port, cert_file, key_file, args.profile, args.gc,
                            args.tracemalloc)
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import warnings
 from collections.abc import Sequence
 
@@ -136,6 +137,38 @@ def load_trust_store(cafile: str | None, cadata: bytes | None) -> Store:
     return Store(anchors)
 
 
+#: trust stores already loaded: (cafile, its stat stamp, cadata) -> Store. Loading the
+#: system bundle parses ~150 PEM certificates (about 2 ms here), once per handshake
+#: before; a file that changes (mtime, size or inode) is loaded again.
+_STORES: dict[tuple[str | None, tuple[int, int, int] | None, bytes | None], Store] = {}
+_STORES_MAX = 16
+
+
+def _file_stamp(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+def trust_store(cafile: str | None, cadata: bytes | None) -> Store:
+    """:func:`load_trust_store`, remembered per (cafile as it is now, cadata): a client
+    verifying every server it connects to loads its anchors once, not per handshake."""
+    path = cafile if cafile else (None if cadata else SYSTEM_CA_FILE)
+    stamp = _file_stamp(path) if path else None
+    if path and stamp is None:
+        return load_trust_store(cafile, cadata)  # unreadable: its error, every time
+    key = (path, stamp, cadata or None)
+    store = _STORES.get(key)
+    if store is None:
+        store = load_trust_store(cafile, cadata)
+        if len(_STORES) >= _STORES_MAX:
+            _STORES.clear()
+        _STORES[key] = store
+    return store
+
+
 def _subject(server_name: str) -> x509.DNSName | x509.IPAddress:
     try:
         return x509.IPAddress(ipaddress.ip_address(server_name))
@@ -170,7 +203,7 @@ def verify_chain(
         raise TlsAlert(
             CERTIFICATE_UNKNOWN, "cannot verify the server certificate without a server_name"
         )
-    store = load_trust_store(cafile, cadata)
+    store = trust_store(cafile, cadata)
     who = f"certificate for {server_name!r}"
     try:
         verifier = PolicyBuilder().store(store).build_server_verifier(_subject(server_name))
@@ -192,7 +225,7 @@ def verify_client_chain(
     """Verify a client chain (leaf first) for the clientAuth use; raises ``TlsAlert``."""
     if not chain:
         raise TlsAlert(BAD_CERTIFICATE, "client sent no certificate")
-    store = load_trust_store(cafile, cadata)
+    store = trust_store(cafile, cadata)
     who = f"client certificate {chain[0].subject.rfc4514_string()!r}"
     try:
         verifier = PolicyBuilder().store(store).build_client_verifier()
