@@ -117,7 +117,10 @@ class _Open:
         )
         face = self.face = self.face_class(runner, conn, stream_handler=self.stream_handler)
         runner.add_face(conn, face)
-        runner.schedule_flush(conn)
+        if self.wait_connected:
+            runner.flush_now(conn)  # nothing else can join the first flight
+        else:
+            runner.schedule_flush(conn)  # 0-RTT data written next goes with it
         if self.wait_connected:
             try:
                 await face.wait_connected()
@@ -136,6 +139,7 @@ class _Open:
         conn = face.conn
         if not conn.terminated:
             face.close()
+            face.runner.flush_now(conn)  # the CONNECTION_CLOSE now, not a loop round later
             await face.wait_closed_for(3 * conn.pto() + 0.5)
 
 
