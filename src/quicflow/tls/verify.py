@@ -60,6 +60,27 @@ def certificate_verify_content(context: bytes, thash: bytes) -> bytes:
     return b" " * 64 + context + b"\x00" + thash
 
 
+#: certificates already parsed, by DER: a client that connects to the same server again
+#: (or a server that sees the same client certificate) gets the same immutable object,
+#: its public key already decoded. A few entries (cleared past 64).
+_PARSED: dict[bytes, x509.Certificate] = {}
+
+
+def load_der_chain(ders: Sequence[bytes]) -> list[x509.Certificate]:
+    """The certificates of a Certificate message; ``ValueError`` for one that does not
+    parse. (Parsing only: every handshake still verifies the chain and the signature.)"""
+    certs = []
+    for der in ders:
+        cert = _PARSED.get(der)
+        if cert is None:
+            cert = x509.load_der_x509_certificate(der)
+            if len(_PARSED) >= 64:
+                _PARSED.clear()
+            _PARSED[der] = cert
+        certs.append(cert)
+    return certs
+
+
 def signature_algorithms_for_key(key: PrivateKey) -> list[int]:
     """Signature schemes ``key`` can produce, best first."""
     if isinstance(key, ed25519.Ed25519PrivateKey):
@@ -116,8 +137,37 @@ def verify_signature(
         raise TlsAlert(BAD_CERTIFICATE, f"unusable certificate public key: {exc}") from exc
 
 
+#: trust stores already parsed, by (cafile, cadata, the file's stat stamp): parsing the
+#: system bundle costs ~1.4 ms, once per process now instead of once per handshake; a
+#: file that changes (mtime, size or inode) is read again. A few entries (cleared past 16).
+_STORES: dict[tuple[str | None, bytes | None, tuple[int, int, int] | None], Store] = {}
+
+
+def _stamp(path: str | None) -> tuple[int, int, int] | None:
+    if path is None:
+        return None
+    st = os.stat(path)
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
 def load_trust_store(cafile: str | None, cadata: bytes | None) -> Store:
-    """Trust anchors from ``cadata`` and/or ``cafile``, else the system bundle."""
+    """Trust anchors from ``cadata`` and/or ``cafile``, else the system bundle (parsed
+    once per process while the file stays the same)."""
+    try:
+        stamp = _stamp(cafile if cafile or cadata else SYSTEM_CA_FILE)
+    except OSError as exc:
+        raise TlsAlert(CERTIFICATE_UNKNOWN, f"cannot load trust anchors: {exc}") from exc
+    key = (cafile, cadata, stamp)
+    store = _STORES.get(key)
+    if store is None:
+        store = _read_trust_store(cafile, cadata)
+        if len(_STORES) >= 16:
+            _STORES.clear()
+        _STORES[key] = store
+    return store
+
+
+def _read_trust_store(cafile: str | None, cadata: bytes | None) -> Store:
     anchors: list[x509.Certificate] = []
     try:
         if cadata:
@@ -135,38 +185,6 @@ def load_trust_store(cafile: str | None, cadata: bytes | None) -> Store:
     if not anchors:
         raise TlsAlert(UNKNOWN_CA, "no trust anchors configured")
     return Store(anchors)
-
-
-#: trust stores already loaded: (cafile, its stat stamp, cadata) -> Store. Loading the
-#: system bundle parses ~150 PEM certificates (about 2 ms here), once per handshake
-#: before; a file that changes (mtime, size or inode) is loaded again.
-_STORES: dict[tuple[str | None, tuple[int, int, int] | None, bytes | None], Store] = {}
-_STORES_MAX = 16
-
-
-def _file_stamp(path: str) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size, st.st_ino
-
-
-def trust_store(cafile: str | None, cadata: bytes | None) -> Store:
-    """:func:`load_trust_store`, remembered per (cafile as it is now, cadata): a client
-    verifying every server it connects to loads its anchors once, not per handshake."""
-    path = cafile if cafile else (None if cadata else SYSTEM_CA_FILE)
-    stamp = _file_stamp(path) if path else None
-    if path and stamp is None:
-        return load_trust_store(cafile, cadata)  # unreadable: its error, every time
-    key = (path, stamp, cadata or None)
-    store = _STORES.get(key)
-    if store is None:
-        store = load_trust_store(cafile, cadata)
-        if len(_STORES) >= _STORES_MAX:
-            _STORES.clear()
-        _STORES[key] = store
-    return store
 
 
 def _subject(server_name: str) -> x509.DNSName | x509.IPAddress:
@@ -203,7 +221,7 @@ def verify_chain(
         raise TlsAlert(
             CERTIFICATE_UNKNOWN, "cannot verify the server certificate without a server_name"
         )
-    store = trust_store(cafile, cadata)
+    store = load_trust_store(cafile, cadata)
     who = f"certificate for {server_name!r}"
     try:
         verifier = PolicyBuilder().store(store).build_server_verifier(_subject(server_name))
@@ -225,7 +243,7 @@ def verify_client_chain(
     """Verify a client chain (leaf first) for the clientAuth use; raises ``TlsAlert``."""
     if not chain:
         raise TlsAlert(BAD_CERTIFICATE, "client sent no certificate")
-    store = trust_store(cafile, cadata)
+    store = load_trust_store(cafile, cadata)
     who = f"client certificate {chain[0].subject.rfc4514_string()!r}"
     try:
         verifier = PolicyBuilder().store(store).build_client_verifier()
