@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hmac
 import ipaddress
 import os
@@ -112,36 +111,12 @@ _EE_FORBIDDEN = {
 }
 
 
-@functools.lru_cache(maxsize=256)
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
     except ValueError:
         return False
     return True
-
-
-@functools.lru_cache(maxsize=64)
-def _hello_constants(
-    group_ids: tuple[int, ...], alpn: tuple[str, ...]
-) -> tuple[bytes, bytes, bytes, bytes, bytes]:
-    """The ClientHello extension values a configuration fixes (supported_versions,
-    supported_groups, signature_algorithms, ALPN, psk_key_exchange_modes): encoded once
-    per process and configuration, not per connection."""
-    return (
-        ext_supported_versions_client([TLS13]),
-        u16_list(group_ids),
-        u16_list(CLIENT_SIGNATURE_ALGORITHMS),
-        ext_alpn(list(alpn)),
-        # the modes we resume with: servers send tickets only to clients that list one
-        # (RFC 8446 §4.2.9)
-        encode_psk_modes([PSK_DHE_KE]),
-    )
-
-
-@functools.lru_cache(maxsize=256)
-def _server_name_extension(host: str) -> bytes | None:
-    return None if _is_ip(host) else ext_server_name(host)
 
 
 class ClientHandshake(HandshakeCore):
@@ -185,20 +160,19 @@ class ClientHandshake(HandshakeCore):
         group = self.group_ids[0]
         self.shares = {group: generate_key(group)}
         cfg = self.config
-        versions, groups, schemes, alpn, psk_modes = _hello_constants(
-            tuple(self.group_ids), tuple(cfg.alpn_protocols))
         extensions = [
-            (EXT_SUPPORTED_VERSIONS, versions),
-            (EXT_SUPPORTED_GROUPS, groups),
+            (EXT_SUPPORTED_VERSIONS, ext_supported_versions_client([TLS13])),
+            (EXT_SUPPORTED_GROUPS, u16_list(self.group_ids)),
             (EXT_KEY_SHARE, ext_key_share_client([(group, public_bytes(self.shares[group]))])),
-            (EXT_SIGNATURE_ALGORITHMS, schemes),
-            (EXT_ALPN, alpn),
+            (EXT_SIGNATURE_ALGORITHMS, u16_list(CLIENT_SIGNATURE_ALGORITHMS)),
+            (EXT_ALPN, ext_alpn(cfg.alpn_protocols)),
             (EXT_QUIC_TRANSPORT_PARAMETERS, self.transport_parameters),
-            (EXT_PSK_KEY_EXCHANGE_MODES, psk_modes),
         ]
-        sni = _server_name_extension(cfg.server_name) if cfg.server_name else None
-        if sni is not None:
-            extensions.insert(0, (EXT_SERVER_NAME, sni))
+        if cfg.server_name and not _is_ip(cfg.server_name):
+            extensions.insert(0, (EXT_SERVER_NAME, ext_server_name(cfg.server_name)))
+        # the modes we resume with: servers send tickets only to clients that list one
+        # (RFC 8446 §4.2.9)
+        extensions.append((EXT_PSK_KEY_EXCHANGE_MODES, encode_psk_modes([PSK_DHE_KE])))
         ticket = cfg.session_ticket
         if ticket is not None and self._ticket_fits(ticket):
             self.psk_ticket = ticket
