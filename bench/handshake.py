@@ -5,6 +5,14 @@ Run: ``.venv/bin/python bench/handshake.py [--server quicflow|aioquic|qh3]
 (``--server ngtcp2 --alpn h3`` for Debian's ngtcp2-server, which speaks HTTP/3 only: the
 client offers ALPN h3 and closes right after the handshake, so only the handshake runs)
 
+The client's side: ``--client aioquic`` runs aioquic's client instead of quicflow's (for
+its client CPU figure, against the same server); ``--client-profile FILE`` cProfiles this
+(client) process over the measured loop only; ``--verify [BUNDLE]`` makes the client
+(quicflow's or aioquic's) verify the server's certificate (name "localhost") against a CA
+file holding BUNDLE (default: the system bundle) and the test certificate. The JSON also
+has ``client_user_ms_per_handshake`` and ``client_system_ms_per_handshake``
+(``os.times``) and ``verify``.
+
 The server (quicflow: ``bench/handshake.py serve``, a quicflow server with a 600 s idle
 timeout; aioquic/qh3: ``bench/peers/*_perf.py server``; all ALPN ``perf``) is started on
 127.0.0.1. With ``--idle K`` the client first opens K connections on one client endpoint
@@ -22,14 +30,10 @@ until closed. Printed (one JSON object on stdout, progress on stderr):
 ``--client endpoint`` opens the measured connections on one shared client endpoint
 (``quicflow.client_endpoint``); ``connect`` gives each its own socket (``quicflow.connect``).
 ``--profile FILE`` runs the quicflow server under cProfile and writes the stats to FILE
-(read it with ``python -m pstats FILE``); ``--client-profile FILE`` does the same for
-this (client) process over the measured loop only. ``--verify [BUNDLE]`` makes the client
-(quicflow's or aioquic's) verify the server's certificate (name "localhost") against a CA
-file holding BUNDLE (default: the system bundle) and the test certificate.
-``--tracemalloc PREFIX`` (with ``--idle K``) traces the quicflow server's allocations:
-snapshots PREFIX.1 and PREFIX.2 before and after the idle connections, and the bytes
-per idle connection by allocating line (and its caller) on stderr and in the JSON
-(``top_lines_per_idle_connection``).
+(read it with ``python -m pstats FILE``). ``--tracemalloc PREFIX`` (with ``--idle K``)
+traces the quicflow server's allocations: snapshots PREFIX.1 and PREFIX.2 before and
+after the idle connections, and the bytes per idle connection by allocating line (and
+its caller) on stderr and in the JSON (``top_lines_per_idle_connection``).
 """
 
 from __future__ import annotations
@@ -222,6 +226,17 @@ def _top_lines(args: argparse.Namespace) -> list[str]:
     return rows
 
 
+def _client_profiler(path: str | None) -> Any:
+    """A running cProfile of this process's CPU time (None without ``path``)."""
+    if not path:
+        return None
+    import cProfile
+
+    prof = cProfile.Profile(time.thread_time)
+    prof.enable()
+    return prof
+
+
 async def _client(args: argparse.Namespace, port: int, pid: int) -> dict[str, Any]:
     if args.cafile:  # verify the server (name "localhost") against this CA file
         config = quicflow.Configuration(
@@ -298,22 +313,17 @@ async def _client(args: argparse.Namespace, port: int, pid: int) -> dict[str, An
         for _ in range(min(20, args.handshakes)):  # warm-up, not counted
             await one()
         await asyncio.sleep(0.3)
-        prof = None
-        if args.client_profile:
-            import cProfile
-
-            prof = cProfile.Profile(time.thread_time)
         (u0, k0), c0, t0 = cpu_split(pid), time.process_time(), time.perf_counter()
-        own0 = os.times()
-        if prof is not None:
-            prof.enable()
+
+        own0, prof = os.times(), _client_profiler(args.client_profile)
         await asyncio.gather(*(one() for _ in range(args.handshakes)))
         await asyncio.sleep(0.3)  # the server's closing periods end
         if prof is not None:
             prof.disable()
             prof.dump_stats(args.client_profile)
-        (u1, k1), c1, t1 = cpu_split(pid), time.process_time(), time.perf_counter()
         own1 = os.times()
+
+        (u1, k1), c1, t1 = cpu_split(pid), time.process_time(), time.perf_counter()
         out["server_cpu_ms_per_handshake"] = (u1 + k1 - u0 - k0) * 1000 / args.handshakes
         out["server_user_ms_per_handshake"] = (u1 - u0) * 1000 / args.handshakes
         out["server_system_ms_per_handshake"] = (k1 - k0) * 1000 / args.handshakes
@@ -355,9 +365,9 @@ def main() -> int:
     ap.add_argument("--verify", metavar="BUNDLE", nargs="?", const=SYSTEM_BUNDLE,
                     help="clients verify the server's certificate against a CA file: "
                     f"BUNDLE (default {SYSTEM_BUNDLE}) plus the test certificate")
-    ap.add_argument("--profile", help="cProfile the quicflow server into FILE")
     ap.add_argument("--client-profile", metavar="FILE",
                     help="cProfile this (client) process over the measured loop into FILE")
+    ap.add_argument("--profile", help="cProfile the quicflow server into FILE")
     ap.add_argument("--gc", choices=["library", "default", "off"], default="library",
                     help="quicflow server's garbage collector: as the library leaves it, "
                     "Python's default thresholds, or disabled (for measuring)")
