@@ -388,11 +388,11 @@ def main() -> int:
             f.write(certificate_pem(cert))
         with open(key_file, "wb") as f:
             f.write(private_key_pem(key))
-        port = free_udp_port()
         if args.verify:  # a CA file of realistic size: the system bundle + our certificate
             args.cafile = os.path.join(workdir, "ca.pem")
             with open(args.cafile, "wb") as f, open(args.verify, "rb") as bundle:
                 f.write(bundle.read() + b"\n" + certificate_pem(cert))
+        port = free_udp_port()
         argv = server_argv(args.server, port, cert_file, key_file, args.profile, args.gc,
                            args.tracemalloc)
         try:
