@@ -78,3 +78,29 @@ def test_wait_connected_raises_why_the_handshake_failed() -> None:
             server.close()
 
     run(main(), 30)
+
+
+def test_closing_the_client_endpoint_ends_every_wait_for_its_connections() -> None:
+    """ep.close() takes the socket away: connections still in their closing period can
+    never finish it, so whoever waits for their end (wait_closed, the ``async with``
+    of a connection being left) is released at once instead of waiting forever."""
+
+    async def main() -> None:
+        server = await quicflow.serve(
+            echo_proto.serve_stream, "127.0.0.1", 0, configuration=server_config()
+        )
+        try:
+            async with quicflow.client_endpoint(configuration=client_config()) as ep:
+                cms = [ep.connect("127.0.0.1", server.address[1]) for _ in range(3)]
+                conns = [await cm.__aenter__() for cm in cms]
+                leaving = asyncio.ensure_future(cms[0].__aexit__(None, None, None))
+                waiting = [asyncio.ensure_future(c.wait_closed()) for c in conns[1:]]
+                await asyncio.sleep(0.01)  # all three wait: one closing, two open
+                assert not leaving.done() and not any(w.done() for w in waiting)
+                ep.close()
+                await asyncio.wait_for(asyncio.gather(leaving, *waiting), 1.0)
+                assert all(c.closed for c in conns)
+        finally:
+            server.close()
+
+    run(main(), 30)

@@ -22,6 +22,7 @@ from ..endpoint.endpoint import Endpoint
 from ..migration.handoff import take_over
 from ..transport.config import Configuration
 from ..transport.connection import Connection
+from ..transport.state import CLOSING
 from .connection import QuicConnection, StreamHandler
 from .handover import CaptureHook, Handover, RestoreHook, restore_server
 from .qlogfile import qlog_from_environment
@@ -139,8 +140,22 @@ class _Open:
         conn = face.conn
         if not conn.terminated:
             face.close()
-            face.runner.flush_now(conn)  # the CONNECTION_CLOSE now, not a loop round later
-            await face.wait_closed_for(3 * conn.pto() + 0.5)
+            runner = face.runner
+            runner.flush_now(conn)  # the CONNECTION_CLOSE now, not a loop round later
+            if conn.state >= CLOSING and not runner._closed:
+                # the runner's timer ends the closing period (3 PTO); a runner closed
+                # meanwhile releases the wait (_release): no loop timer per connection
+                await face.wait_closed()
+            else:
+                await face.wait_closed_for(3 * conn.pto() + 0.5)
+
+
+def _close_runner(runner: EndpointRunner) -> None:
+    """Close a client runner and release whoever waits for its connections' end: with
+    the socket gone their closing periods never finish (they count as ended now)."""
+    runner.close()
+    for face in list(runner.faces.values()):
+        face.on_terminated()
 
 
 @asynccontextmanager
@@ -187,7 +202,7 @@ async def connect(
         ) as face:
             yield face
     finally:
-        runner.close()
+        _close_runner(runner)
 
 
 class ClientEndpoint:
@@ -242,7 +257,7 @@ class ClientEndpoint:
         """Close every connection (code 0) and the socket."""
         for face in list(self.runner.faces.values()):
             face.close()
-        self.runner.close()
+        _close_runner(self.runner)
 
 
 @asynccontextmanager
@@ -282,7 +297,7 @@ async def client_endpoint(
                 w.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
-        ep.runner.close()
+        _close_runner(ep.runner)
 
 
 class QuicServer:
