@@ -5,6 +5,14 @@ Run: ``.venv/bin/python bench/handshake.py [--server quicflow|aioquic|qh3]
 (``--server ngtcp2 --alpn h3`` for Debian's ngtcp2-server, which speaks HTTP/3 only: the
 client offers ALPN h3 and closes right after the handshake, so only the handshake runs)
 
+The client's side: ``--client aioquic`` runs aioquic's client instead of quicflow's (for
+its client CPU figure, against the same server); ``--client-profile FILE`` cProfiles this
+(client) process over the measured loop only; ``--verify [BUNDLE]`` makes the client
+(quicflow's or aioquic's) verify the server's certificate (name "localhost") against a CA
+file holding BUNDLE (default: the system bundle) and the test certificate. The JSON also
+has ``client_user_ms_per_handshake`` and ``client_system_ms_per_handshake``
+(``os.times``) and ``verify``.
+
 The server (quicflow: ``bench/handshake.py serve``, a quicflow server with a 600 s idle
 timeout; aioquic/qh3: ``bench/peers/*_perf.py server``; all ALPN ``perf``) is started on
 127.0.0.1. With ``--idle K`` the client first opens K connections on one client endpoint
@@ -64,6 +72,7 @@ from quicflow.tls.certs import (  # noqa: E402
 )
 
 TICKS = os.sysconf("SC_CLK_TCK")
+SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
 def log(message: str) -> None:
@@ -272,13 +281,30 @@ def _top_lines(args: argparse.Namespace) -> list[str]:
     return rows
 
 
+def _client_profiler(path: str | None) -> Any:
+    """A running cProfile of this process's CPU time (None without ``path``)."""
+    if not path:
+        return None
+    import cProfile
+
+    prof = cProfile.Profile(time.thread_time)
+    prof.enable()
+    return prof
+
+
 async def _client(args: argparse.Namespace, port: int, pid: int) -> dict[str, Any]:
-    config = quicflow.Configuration(
-        alpn_protocols=[args.alpn], verify_peer=False, idle_timeout=600.0
-    )
+    if args.cafile:  # verify the server (name "localhost") against this CA file
+        config = quicflow.Configuration(
+            alpn_protocols=[args.alpn], idle_timeout=600.0, cafile=args.cafile,
+            server_name="localhost",
+        )
+    else:
+        config = quicflow.Configuration(
+            alpn_protocols=[args.alpn], verify_peer=False, idle_timeout=600.0
+        )
     out: dict[str, Any] = {"server": args.server, "handshakes": args.handshakes,
                            "concurrency": args.concurrency, "idle": args.idle,
-                           "client": args.client}
+                           "client": args.client, "verify": bool(args.cafile)}
     async with quicflow.client_endpoint("127.0.0.1", configuration=config) as idle_ep, \
             quicflow.client_endpoint("127.0.0.1", configuration=config) as ep:
         if args.tracemalloc:
@@ -327,6 +353,10 @@ async def _client(args: argparse.Namespace, port: int, pid: int) -> dict[str, An
 
             aio_cfg = QuicConfiguration(alpn_protocols=[args.alpn], is_client=True,
                                         verify_mode=ssl.CERT_NONE)
+            if args.cafile:
+                aio_cfg.verify_mode = ssl.CERT_REQUIRED
+                aio_cfg.server_name = "localhost"
+                aio_cfg.load_verify_locations(cafile=args.cafile)
 
         async def one() -> None:
             async with sem:
@@ -347,8 +377,15 @@ async def _client(args: argparse.Namespace, port: int, pid: int) -> dict[str, An
         if window:  # the server's measured window (GC counts; --profile-loop) starts
             os.kill(pid, signal.SIGUSR2)
         (u0, k0), c0, t0 = cpu_split(pid), time.process_time(), time.perf_counter()
+
+        own0, prof = os.times(), _client_profiler(args.client_profile)
         await asyncio.gather(*(one() for _ in range(args.handshakes)))
         await asyncio.sleep(0.3)  # the server's closing periods end
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(args.client_profile)
+        own1 = os.times()
+
         (u1, k1), c1, t1 = cpu_split(pid), time.process_time(), time.perf_counter()
         if window:
             os.kill(pid, signal.SIGUSR2)  # and ends
@@ -357,6 +394,9 @@ async def _client(args: argparse.Namespace, port: int, pid: int) -> dict[str, An
         out["server_user_ms_per_handshake"] = (u1 - u0) * 1000 / args.handshakes
         out["server_system_ms_per_handshake"] = (k1 - k0) * 1000 / args.handshakes
         out["client_cpu_ms_per_handshake"] = (c1 - c0) * 1000 / args.handshakes
+        out["client_user_ms_per_handshake"] = (own1.user - own0.user) * 1000 / args.handshakes
+        out["client_system_ms_per_handshake"] = (
+            (own1.system - own0.system) * 1000 / args.handshakes)
         out["handshakes_per_s"] = args.handshakes / (t1 - t0 - 0.3)
         # printed now: closing thousands of idle connections can take long
         log(f"{args.server}: server {out['server_cpu_ms_per_handshake']:.2f} ms, client "
@@ -391,6 +431,11 @@ def main() -> int:
                     help="quicflow client on one shared endpoint, quicflow.connect() per "
                     "connection, or aioquic's client (for comparison)")
     ap.add_argument("--alpn", default="perf")
+    ap.add_argument("--verify", metavar="BUNDLE", nargs="?", const=SYSTEM_BUNDLE,
+                    help="clients verify the server's certificate against a CA file: "
+                    f"BUNDLE (default {SYSTEM_BUNDLE}) plus the test certificate")
+    ap.add_argument("--client-profile", metavar="FILE",
+                    help="cProfile this (client) process over the measured loop into FILE")
     ap.add_argument("--profile", help="cProfile the quicflow server into FILE")
     ap.add_argument("--profile-loop", action="store_true",
                     help="with --profile: profile only the measured loop (not the start-up, "
@@ -402,6 +447,7 @@ def main() -> int:
                     help="quicflow server: tracemalloc snapshots PREFIX.1/.2 before and after "
                     "the idle connections; bytes per idle connection by source line on stderr")
     args = ap.parse_args()
+    args.cafile = None
     if args.cmd == "serve":
         return serve_main(args)
     from run import free_udp_port
@@ -414,6 +460,10 @@ def main() -> int:
             f.write(certificate_pem(cert))
         with open(key_file, "wb") as f:
             f.write(private_key_pem(key))
+        if args.verify:  # a CA file of realistic size: the system bundle + our certificate
+            args.cafile = os.path.join(workdir, "ca.pem")
+            with open(args.cafile, "wb") as f, open(args.verify, "rb") as bundle:
+                f.write(bundle.read() + b"\n" + certificate_pem(cert))
         port = free_udp_port()
         args.window_file = os.path.join(workdir, "window.json")
         argv = server_argv(args.server, port, cert_file, key_file, args.profile, args.gc,

@@ -223,3 +223,83 @@ def test_no_blind_repeats_while_the_peer_waits_for_an_ack_and_a_lost_close_still
     assert client.counters.close_resends_skipped == 1
     assert pair.up.dropped == 1
     assert learned_after < 3 * client.pto()  # inside the closing period
+
+
+def _complete_not_confirmed(seed: int) -> tuple[MemoryPair, list[bytes]]:
+    """A pair whose client completed its handshake; the server's first 1-RTT datagrams
+    (HANDSHAKE_DONE & co) are built and returned, not delivered: not confirmed."""
+    pair = MemoryPair(seed=seed)
+    client = pair.client
+    for _ in range(200):  # the client's flights go out; the server's 1-RTT ones are held
+        for d in pair.client_ep.datagrams_to_send(client, pair.now):
+            pair.server.receive(d, pair.client_addr, pair.now)
+        if pair.server_conns and pair.server_conns[0].handshake_complete:
+            break
+        for conn in pair.server_conns:
+            for d in pair.server.datagrams_to_send(conn, pair.now):
+                pair.client_ep.receive(d, SERVER_ADDR, pair.now)
+        pair.now += 0.0002
+    assert client.handshake_complete and not client.handshake_confirmed
+    return pair, pair.server.datagrams_to_send(pair.server_conns[0], pair.now)
+
+
+def test_client_closing_before_handshake_done_sends_no_blind_repeats() -> None:
+    """A client closes right after completing its handshake, before any of the server's
+    1-RTT packets (HANDSHAKE_DONE) arrived, and its one CONNECTION_CLOSE is lost, and so
+    are the server's first 1-RTT datagrams: the server repeats its unacknowledged
+    HANDSHAKE_DONE at its PTO, the client answers it with the close, and the server
+    learns the code inside the client's closing period, without blind repeats."""
+    pair, held = _complete_not_confirmed(seed=7)
+    client, server = pair.client, pair.server_conns[0]
+    lost = held  # HANDSHAKE_DONE & co: lost
+    assert lost
+    pair.up.drop_next = 1  # the client's CONNECTION_CLOSE
+    closed_at = pair.now
+    client.close(12, "before HANDSHAKE_DONE", now=pair.now)
+    seen: list[ConnectionTerminated] = []
+    pair.run(lambda: _terminated(server, seen))
+    learned_after = pair.now - closed_at
+    pair.run(lambda: client.terminated)
+    assert (seen[0].error_code, seen[0].reason, seen[0].by_peer) == (
+        12, "before HANDSHAKE_DONE", True)
+    assert pair.up.dropped == 1
+    assert client.counters.close_resends == 0
+    assert client.counters.close_resends_skipped == 1
+    assert client.close_packets_seen >= 1  # the server's repeat was answered
+    assert learned_after < 3 * client.pto()
+
+
+def test_close_copies_are_the_same_packet_until_the_spaces_change() -> None:
+    """Repeats of the close are the first closing datagram byte for byte (one packet
+    number per space, RFC 9000 §10.2.1); once the handshake is confirmed while closing,
+    the next copy is built again with the 1-RTT packet only."""
+    pair, _ = _quiet_pair()
+    client = pair.client
+    pn_before = client.spaces[2].next_pn
+    client.close(3, "same bytes", now=pair.now)
+    first = pair.client_ep.datagrams_to_send(client, pair.now)
+    for _ in range(len(RESEND_DELAYS)):
+        assert client.close_resend_at is not None
+        pair.now = client.close_resend_at
+        client.handle_timer(pair.now)
+        assert pair.client_ep.datagrams_to_send(client, pair.now) == first
+    assert client.spaces[2].next_pn == pn_before + 1
+    assert client.counters.close_resends == len(RESEND_DELAYS)
+
+    # before confirmation the close goes in Handshake and 1-RTT packets, and the answers
+    # to the server's packets that come while closing are the same datagram
+    early, held = _complete_not_confirmed(seed=13)
+    c = early.client
+    c.close(4, "early", now=early.now)
+    closing = early.client_ep.datagrams_to_send(c, early.now)
+    assert len(closing) == 1 and closing[0][0] & 0x80  # Handshake packet first
+    early.client_ep.receive_datagrams([(d, SERVER_ADDR, 0) for d in held], early.now)
+    assert c.close_pending  # answered: the same bytes
+    assert early.client_ep.datagrams_to_send(c, early.now) == closing
+    # the handshake confirmed meanwhile (what a HANDSHAKE_DONE does; the copy is keyed on
+    # it): the next copy is built again, the close in a 1-RTT packet only
+    c.handshake_confirmed = True
+    c.close_pending = True
+    answer = early.client_ep.datagrams_to_send(c, early.now)
+    assert len(answer) == 1 and not answer[0][0] & 0x80
+    assert len(answer[0]) < len(closing[0])

@@ -117,6 +117,11 @@ def test_connect_to_ip_literal_calls_no_resolver(monkeypatch: pytest.MonkeyPatch
                 )
                 assert result["ok"]
             assert calls == []
+            async with quicflow.client_endpoint(configuration=client_config()) as ep:
+                for _ in range(2):  # nor on a shared client endpoint
+                    async with ep.connect("127.0.0.1", server.address[1]) as conn:
+                        assert conn.conn.handshake_complete
+            assert calls == []
             async with quicflow.connect(
                 "localhost", server.address[1], configuration=client_config()
             ) as conn:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import os
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
 from typing import Any, overload
 
@@ -21,8 +22,8 @@ from ..endpoint.endpoint import Endpoint
 from ..migration.handoff import take_over
 from ..transport.config import Configuration
 from ..transport.connection import Connection
+from ..transport.state import CLOSING
 from .connection import QuicConnection, StreamHandler
-from .errors import ConnectionClosedError
 from .handover import CaptureHook, Handover, RestoreHook, restore_server
 from .qlogfile import qlog_from_environment
 from .runner import EndpointRunner
@@ -38,7 +39,10 @@ def _keylog_from_environment(config: Configuration) -> None:
         config.keylog_file = os.environ.get(KEYLOG_ENV) or None
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_ip(host: str) -> bool:
+    """Whether ``host`` is an IP address literal (remembered: a client opening many
+    connections names the same few hosts)."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -69,34 +73,89 @@ def _server_name(host: str, config: Configuration) -> str | None:
     return server_name
 
 
-@asynccontextmanager
-async def _open(
-    runner: EndpointRunner,
-    peer: tuple[str, int],
-    host: str,
-    stream_handler: StreamHandler | None,
-    wait_connected: bool,
-    face_class: type[QuicConnection] = QuicConnection,
-) -> AsyncIterator[QuicConnection]:
-    """One client connection on ``runner``'s endpoint: handshake, yield, close."""
-    endpoint = runner.endpoint
-    conn = endpoint.connect(
-        peer, runner.loop.time(), server_name=_server_name(host, endpoint.configuration)
-    )
-    face = face_class(runner, conn, stream_handler=stream_handler)
-    runner.add_face(conn, face)
-    runner.schedule_flush(conn)
-    try:
-        if wait_connected:
-            await face.wait_connected()
-        yield face
-    finally:
+class _Open:
+    """``async with``: one client connection on ``runner``'s endpoint: handshake,
+    yield, close (and wait for the closing period, at most 3 PTO + 0.5 s).
+
+    A plain class rather than an ``asynccontextmanager`` generator: one object per
+    connection, no generator and no wrapper between the caller and the loop.
+    ``peer`` None: ``host`` is resolved on entry (a shared client endpoint)."""
+
+    __slots__ = ("runner", "peer", "host", "port", "stream_handler", "wait_connected",
+                 "face_class", "face")
+
+    def __init__(
+        self,
+        runner: EndpointRunner,
+        peer: tuple[str, int] | None,
+        host: str,
+        port: int,
+        stream_handler: StreamHandler | None,
+        wait_connected: bool,
+        face_class: type[QuicConnection] = QuicConnection,
+    ) -> None:
+        self.runner = runner
+        self.peer = peer
+        self.host = host
+        self.port = port
+        self.stream_handler = stream_handler
+        self.wait_connected = wait_connected
+        self.face_class = face_class
+        self.face: QuicConnection | None = None
+
+    async def __aenter__(self) -> QuicConnection:
+        runner = self.runner
+        peer = self.peer
+        if peer is None:  # on a shared client endpoint
+            if runner._closed:
+                raise RuntimeError("the client endpoint is closed")
+            family, peer = await _resolve(self.host, self.port)
+            if family == socket.AF_INET6 and runner.transport.family == socket.AF_INET:
+                raise ValueError(f"an IPv4 client endpoint cannot reach {self.host!r}")
+        endpoint = runner.endpoint
+        conn = endpoint.connect(
+            peer, runner.loop.time(), server_name=_server_name(self.host, endpoint.configuration)
+        )
+        face = self.face = self.face_class(runner, conn, stream_handler=self.stream_handler)
+        runner.add_face(conn, face)
+        if self.wait_connected:
+            runner.flush_now(conn)  # nothing else can join the first flight
+        else:
+            runner.schedule_flush(conn)  # 0-RTT data written next goes with it
+        if self.wait_connected:
+            try:
+                await face.wait_connected()
+            except BaseException:
+                await self._close(face)
+                raise
+        return face
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        face = self.face
+        if face is not None:
+            await self._close(face)
+
+    @staticmethod
+    async def _close(face: QuicConnection) -> None:
+        conn = face.conn
         if not conn.terminated:
             face.close()
-            try:
-                await asyncio.wait_for(face.wait_closed(), timeout=3 * conn.pto() + 0.5)
-            except (TimeoutError, ConnectionClosedError):
-                pass
+            runner = face.runner
+            runner.flush_now(conn)  # the CONNECTION_CLOSE now, not a loop round later
+            if conn.state >= CLOSING and not runner._closed:
+                # the runner's timer ends the closing period (3 PTO); a runner closed
+                # meanwhile releases the wait (_release): no loop timer per connection
+                await face.wait_closed()
+            else:
+                await face.wait_closed_for(3 * conn.pto() + 0.5)
+
+
+def _close_runner(runner: EndpointRunner) -> None:
+    """Close a client runner and release whoever waits for its connections' end: with
+    the socket gone their closing periods never finish (they count as ended now)."""
+    runner.close()
+    for face in list(runner.faces.values()):
+        face.on_terminated()
 
 
 @asynccontextmanager
@@ -138,12 +197,12 @@ async def connect(
     runner = EndpointRunner(transport, endpoint, connected_peer=peer)
     runner.peer_name = f"{host} port {port}"
     try:
-        async with _open(
-            runner, peer, host, stream_handler, wait_connected, face_class
+        async with _Open(
+            runner, peer, host, port, stream_handler, wait_connected, face_class
         ) as face:
             yield face
     finally:
-        runner.close()
+        _close_runner(runner)
 
 
 class ClientEndpoint:
@@ -170,8 +229,7 @@ class ClientEndpoint:
     def connections(self) -> list[QuicConnection]:
         return list(self.runner.faces.values())
 
-    @asynccontextmanager
-    async def connect(
+    def connect(
         self,
         host: str,
         port: int,
@@ -179,18 +237,11 @@ class ClientEndpoint:
         stream_handler: StreamHandler | None = None,
         wait_connected: bool = True,
         face_class: type[QuicConnection] = QuicConnection,
-    ) -> AsyncIterator[QuicConnection]:
+    ) -> AbstractAsyncContextManager[QuicConnection]:
         """Open a connection on the shared socket; closed on leaving the block
         (``face_class`` as for :func:`connect`)."""
-        if self.runner._closed:
-            raise RuntimeError("the client endpoint is closed")
-        family, peer = await _resolve(host, port)
-        if family == socket.AF_INET6 and self.runner.transport.family == socket.AF_INET:
-            raise ValueError(f"an IPv4 client endpoint cannot reach {host!r}")
-        async with _open(
-            self.runner, peer, host, stream_handler, wait_connected, face_class
-        ) as face:
-            yield face
+        return _Open(self.runner, None, host, port, stream_handler, wait_connected,
+                     face_class)
 
     def stats(self) -> dict[str, Any]:
         """Counters of the endpoint and socket, and of each live connection."""
@@ -206,7 +257,7 @@ class ClientEndpoint:
         """Close every connection (code 0) and the socket."""
         for face in list(self.runner.faces.values()):
             face.close()
-        self.runner.close()
+        _close_runner(self.runner)
 
 
 @asynccontextmanager
@@ -246,7 +297,7 @@ async def client_endpoint(
                 w.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
-        ep.runner.close()
+        _close_runner(ep.runner)
 
 
 class QuicServer:

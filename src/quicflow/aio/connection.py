@@ -51,10 +51,10 @@ class QuicConnection:
 
     __slots__ = (
         "runner", "conn", "loop", "stream_handler", "_readers", "_writers", "_incoming",
-        "_connected", "_terminated", "_is_connected", "_is_terminated", "_streams_waiters",
+        "_terminated", "_is_connected", "_is_terminated", "_streams_waiters",
         "_close_error", "_tasks", "_datagrams", "_datagram_waiter", "datagrams_dropped",
         "app_state", "send_limit", "send_gate", "_send_accounted", "_migration",
-        "__weakref__",
+        "_connect_waiters", "_close_waiters", "__weakref__",
     )
     #: why connections of this face class cannot be handed over or moved (None: they
     #: can); a subclass with state of its own sets it unless its capture hooks cover it
@@ -74,7 +74,6 @@ class QuicConnection:
         self._readers: dict[int, QuicStreamReader] = {}
         self._writers: dict[int, QuicStreamWriter] = {}
         self._incoming: asyncio.Queue[tuple[QuicStreamReader, QuicStreamWriter]] | None = None
-        self._connected: asyncio.Future[None] | None = None
         self._terminated: asyncio.Future[None] | None = None
         self._is_connected = False
         self._is_terminated = False
@@ -91,6 +90,10 @@ class QuicConnection:
         self.send_gate = SendGate(self.loop)
         self._send_accounted = 0
         self._migration: asyncio.Future[tuple[Any, ...]] | None = None
+        # one future per wait_connected()/wait_closed() call (made by the call): a waiter
+        # cancelled alone leaves the others waiting, without a shield per call
+        self._connect_waiters: list[asyncio.Future[None]] | None = None
+        self._close_waiters: list[asyncio.Future[None]] | None = None
 
     # ------------------------------------------------------------------ state
 
@@ -206,19 +209,52 @@ class QuicConnection:
         """Wait for the handshake; raises ConnectionClosedError when it fails."""
         if self._is_connected:
             return
-        if self._connected is None:
-            if self._close_error is not None:
-                raise self._close_error
-            self._connected = self.loop.create_future()
-        await asyncio.shield(self._connected)
+        if self._close_error is not None:
+            raise self._close_error
+        waiters = self._connect_waiters
+        if waiters is None:
+            waiters = self._connect_waiters = []
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter.cancelled():
+                _discard(waiters, waiter)
 
     async def wait_closed(self) -> None:
         """Wait until the connection is fully terminated."""
         if self._is_terminated:
             return
-        if self._terminated is None:
-            self._terminated = self.loop.create_future()
-        await asyncio.shield(self._terminated)
+        waiter = self._close_waiter()
+        try:
+            await waiter
+        finally:
+            if waiter.cancelled() and self._close_waiters is not None:
+                _discard(self._close_waiters, waiter)
+
+    async def wait_closed_for(self, timeout: float) -> bool:
+        """Wait until the connection is fully terminated, at most ``timeout`` seconds;
+        whether it is (one future and one loop timer: no task, unlike ``wait_for``)."""
+        if self._is_terminated:
+            return True
+        waiter = self._close_waiter()
+        timer = self.loop.call_later(timeout, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            if self._close_waiters is not None and not self._is_terminated:
+                _discard(self._close_waiters, waiter)
+        return self._is_terminated
+
+    def _close_waiter(self) -> asyncio.Future[None]:
+        waiters = self._close_waiters
+        if waiters is None:
+            waiters = self._close_waiters = []
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        waiters.append(waiter)
+        return waiter
 
     def _incoming_queue(self) -> asyncio.Queue[tuple[QuicStreamReader, QuicStreamWriter]]:
         if self._incoming is None:
@@ -364,9 +400,16 @@ class QuicConnection:
 
     def mark_connected(self) -> None:
         """The connection was restored after its handshake (handoff)."""
+        self._on_connected()
+
+    def _on_connected(self) -> None:
         self._is_connected = True
-        if self._connected is not None and not self._connected.done():
-            self._connected.set_result(None)
+        waiters = self._connect_waiters
+        if waiters:
+            self._connect_waiters = None
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def stream_faces(self) -> dict[int, tuple[QuicStreamReader, QuicStreamWriter]]:
         """Reader and writer of every open stream of the connection."""
@@ -403,10 +446,8 @@ class QuicConnection:
             elif cls is StreamsAvailable:
                 self._wake_stream_openers()
             elif cls is HandshakeCompleted:
-                self._is_connected = True
                 self._wake_stream_openers()  # the peer's stream limits are known now
-                if self._connected is not None and not self._connected.done():
-                    self._connected.set_result(None)
+                self._on_connected()
             elif cls is ConnectionTerminated:
                 self._on_close_event(event)  # type: ignore[arg-type]
             elif cls is DatagramReceived:
@@ -482,9 +523,13 @@ class QuicConnection:
         if self._migration is not None and not self._migration.done():
             self._migration.set_exception(error)
             self._migration.exception()  # mark retrieved
-        if self._connected is not None and not self._connected.done():
-            self._connected.set_exception(error)
-            self._connected.exception()  # mark retrieved
+        waiters = self._connect_waiters
+        if waiters:
+            self._connect_waiters = None
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(error)
+                    waiter.exception()  # mark retrieved
         for reader in self._readers.values():
             reader._wake()
         for writer in self._writers.values():
@@ -509,3 +554,22 @@ class QuicConnection:
         self._is_terminated = True
         if self._terminated is not None and not self._terminated.done():
             self._terminated.set_result(None)
+        waiters = self._close_waiters
+        if waiters:
+            self._close_waiters = None
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    """``wait_closed_for``'s timer: stop waiting (the caller sees it is not closed)."""
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _discard(waiters: list[asyncio.Future[None]], waiter: asyncio.Future[None]) -> None:
+    try:
+        waiters.remove(waiter)
+    except ValueError:
+        pass

@@ -315,6 +315,11 @@ class EndpointRunner:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush_dirty)
 
+    def flush_now(self, conn: Connection) -> None:
+        """Send what ``conn`` has at once (a flush already scheduled skips it)."""
+        self._dirty.pop(conn, None)
+        self._send(conn)
+
     def _flush_dirty(self) -> None:
         self._flush_scheduled = False
         dirty, self._dirty = self._dirty, {}

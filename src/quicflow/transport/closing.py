@@ -16,6 +16,15 @@ PTO unless it has our close, and that packet is answered as below. So a connecti
 right after its handshake (the server's HANDSHAKE_DONE not yet acknowledged) sends one
 close, not four (``close_resends_skipped`` counts the copies saved).
 
+The same holds for a client that closes after completing its handshake but before it is
+confirmed (no HANDSHAKE_DONE yet), even when none of the server's 1-RTT packets has
+arrived: a server that has our Finished sends HANDSHAKE_DONE (RFC 9001 §4.1.2), which is
+ack-eliciting and repeated until acknowledged; one that does not have it still waits for
+the ACK of its Handshake flight, which travelled in the same packet as the Finished, and
+repeats that flight. Either way it sends again unless it has our close, and is answered.
+(What is left uncovered: our Finished datagram and the close both lost while the server
+cannot send for the anti-amplification limit; it then ends at its half-open timeout.)
+
 Answers to incoming packets are rate-limited the way the RFC suggests: the 1st, 2nd,
 4th, 8th... ack-eliciting packet received while closing is answered, the others not.
 """
@@ -63,7 +72,9 @@ def on_closing_timer(conn: Connection, now: float) -> None:
     if conn.state != CLOSING:  # draining: never send
         conn.close_resend_at = None
         return
-    if conn.spaces[2].ack_eliciting_pending and not conn.spaces[2].discarded:
+    if (conn.spaces[2].ack_eliciting_pending and not conn.spaces[2].discarded) or (
+        conn.is_client and conn.handshake_complete and not conn.handshake_confirmed
+    ):
         # the peer waits for an ACK it never gets: it sends again and we answer then
         conn.counters.close_resends_skipped += 1
         conn.close_resend_at = None

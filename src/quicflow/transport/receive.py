@@ -491,7 +491,9 @@ def _after_tls(conn: Connection, now: float) -> None:
             conn.handshake_confirmed = True
             conn.handshake_done_pending = True
             _discard_epoch(conn, Epoch.HANDSHAKE)
-        _issue_cids_up_to_peer_limit(conn)
+            _issue_cids_up_to_peer_limit(conn)
+        # a client issues its spare CIDs once confirmed (_on_handshake_done): it may not
+        # migrate before (RFC 9000 §9), and one that closes at once never needs them
         # the TLS state (transcript, key schedule, messages, its configuration) has no
         # use after the handshake on a server: later CRYPTO data is dropped (a client
         # keeps it for the session tickets that come)
@@ -719,6 +721,8 @@ def _on_handshake_done(conn: Connection, frame: Any, epoch: Epoch, now: float) -
     if not conn.handshake_confirmed:
         conn.handshake_confirmed = True
         _discard_epoch(conn, Epoch.HANDSHAKE)
+        if conn.state < CLOSING:
+            _issue_cids_up_to_peer_limit(conn)  # the spares for migration, see _after_tls
         pathprobe.on_handshake_confirmed(conn)
 
 

@@ -577,7 +577,38 @@ def _push_stream_frame(
     payload += data
 
 
+def _close_shape(conn: Connection) -> int:
+    """What decides which packets a closing datagram holds and how they are sealed (the
+    spaces still in use, whether the peer is known to process 1-RTT, whether we have
+    1-RTT keys, and which: a key update the peer started moves our send keys too)."""
+    spaces = conn.spaces
+    return (spaces[0].discarded | spaces[1].discarded << 1 | spaces[2].discarded << 2
+            | conn.handshake_confirmed << 3 | conn.one_rtt_ready << 4
+            | hash(conn.one_rtt_send_secret) << 5)
+
+
 def _close_datagrams(conn: Connection, now: float) -> list[bytes]:
+    """The closing datagram: built once, then sent again byte for byte (RFC 9000
+    §10.2.1: retransmitting the final packet is allowed, an exception to the rule of a
+    new packet number per packet) until the packets it needs change (a space discarded,
+    the handshake confirmed); with qlog each copy is built and logged afresh."""
+    shape = _close_shape(conn)
+    if conn.close_datagram and conn.close_shape == shape and conn.qlog is None:
+        datagram = conn.close_datagram
+    else:
+        datagram = _build_close_datagram(conn, now)
+        conn.close_datagram, conn.close_shape = datagram, shape
+    if not datagram:
+        return []
+    if not conn.address_validated:
+        budget = conn.amplification_credit()
+        if len(datagram) > budget:
+            return []
+        conn.bytes_sent_unvalidated += len(datagram)
+    return [datagram]
+
+
+def _build_close_datagram(conn: Connection, now: float) -> bytes:
     assert conn.close_error is not None
     code, frame_type, reason, application = conn.close_error
     reason_bytes = reason.encode()[:256]
@@ -630,12 +661,7 @@ def _close_datagrams(conn: Connection, now: float) -> list[bytes]:
         if conn.qlog is not None:
             qlog.packet_sent(conn, now, epoch, pn, payload, len(header) + len(payload) + TAG_LEN)
     if not buf:
-        return []
+        return b""
     if seal:
         conn.engine.seal(buf, seal)
-    if not conn.address_validated:
-        budget = conn.amplification_credit()
-        if len(buf) > budget:
-            return []
-        conn.bytes_sent_unvalidated += len(buf)
-    return [bytes(buf)]
+    return bytes(buf)
