@@ -7,28 +7,12 @@ CIDs, reset tokens and NEW_CONNECTION_ID frames for the server to parse and stor
 from __future__ import annotations
 
 from quicflow.transport.events import ConnectionTerminated
-from tests.support.memory_pair import SERVER_ADDR, MemoryPair
-
-
-def _client_complete_not_confirmed(pair: MemoryPair) -> None:
-    """Run the handshake until the client has completed it, before the server's 1-RTT
-    datagrams (HANDSHAKE_DONE) reach it."""
-    client = pair.client
-    for _ in range(200):
-        for d in pair.client_ep.datagrams_to_send(client, pair.now):
-            pair.server.receive(d, pair.client_addr, pair.now)
-        if pair.server_conns and pair.server_conns[0].handshake_complete:
-            break
-        for conn in pair.server_conns:
-            for d in pair.server.datagrams_to_send(conn, pair.now):
-                pair.client_ep.receive(d, SERVER_ADDR, pair.now)
-        pair.now += 0.0002
-    assert client.handshake_complete and not client.handshake_confirmed
+from tests.support.memory_pair import MemoryPair
 
 
 def test_spare_cids_go_out_once_the_handshake_is_confirmed() -> None:
     pair = MemoryPair(seed=11)
-    _client_complete_not_confirmed(pair)
+    pair.complete_server_handshake()
     client, server = pair.client, pair.server_conns[0]
     assert len(client.host_cids) == 1  # complete, not confirmed: only the first CID
     assert len(server.peer_cids) == 1
@@ -41,7 +25,7 @@ def test_spare_cids_go_out_once_the_handshake_is_confirmed() -> None:
 
 def test_a_client_closing_before_confirmation_issues_no_spares() -> None:
     pair = MemoryPair(seed=12)
-    _client_complete_not_confirmed(pair)
+    pair.complete_server_handshake()
     client, server = pair.client, pair.server_conns[0]
     client.close(0, "done", now=pair.now)
     seen: list[ConnectionTerminated] = []

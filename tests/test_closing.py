@@ -180,15 +180,7 @@ def _close_with_server_packets_unacknowledged() -> tuple[MemoryPair, Connection]
     runner does, before it could acknowledge them."""
     pair = MemoryPair(seed=5)
     client = pair.client
-    for _ in range(200):  # the client's flights go out; the server's 1-RTT ones are held
-        for d in pair.client_ep.datagrams_to_send(client, pair.now):
-            pair.server.receive(d, pair.client_addr, pair.now)
-        if pair.server_conns and pair.server_conns[0].handshake_complete:
-            break
-        for conn in pair.server_conns:
-            for d in pair.server.datagrams_to_send(conn, pair.now):
-                pair.client_ep.receive(d, SERVER_ADDR, pair.now)
-        pair.now += 0.0002
+    pair.complete_server_handshake()
     server = pair.server_conns[0]
     datagrams = pair.server.datagrams_to_send(server, pair.now)
     assert len(datagrams) >= 2 and all(not d[0] & 0x80 for d in datagrams)
@@ -229,17 +221,7 @@ def _complete_not_confirmed(seed: int) -> tuple[MemoryPair, list[bytes]]:
     """A pair whose client completed its handshake; the server's first 1-RTT datagrams
     (HANDSHAKE_DONE & co) are built and returned, not delivered: not confirmed."""
     pair = MemoryPair(seed=seed)
-    client = pair.client
-    for _ in range(200):  # the client's flights go out; the server's 1-RTT ones are held
-        for d in pair.client_ep.datagrams_to_send(client, pair.now):
-            pair.server.receive(d, pair.client_addr, pair.now)
-        if pair.server_conns and pair.server_conns[0].handshake_complete:
-            break
-        for conn in pair.server_conns:
-            for d in pair.server.datagrams_to_send(conn, pair.now):
-                pair.client_ep.receive(d, SERVER_ADDR, pair.now)
-        pair.now += 0.0002
-    assert client.handshake_complete and not client.handshake_confirmed
+    pair.complete_server_handshake()
     return pair, pair.server.datagrams_to_send(pair.server_conns[0], pair.now)
 
 

@@ -134,6 +134,22 @@ class MemoryPair:
                 moved = True
         return moved
 
+    def complete_server_handshake(self) -> None:
+        """Carry the client's flights until the server has completed its handshake;
+        the server's 1-RTT datagrams (HANDSHAKE_DONE & co) are left unbuilt, so the
+        client has completed its handshake but not confirmed it."""
+        client = self.client
+        for _ in range(200):
+            for d in self.client_ep.datagrams_to_send(client, self.now):
+                self.server.receive(d, self.client_addr, self.now)
+            if self.server_conns and self.server_conns[0].handshake_complete:
+                break
+            for conn in self.server_conns:
+                for d in self.server.datagrams_to_send(conn, self.now):
+                    self.client_ep.receive(d, SERVER_ADDR, self.now)
+            self.now += 0.0002
+        assert client.handshake_complete and not client.handshake_confirmed
+
     def run(self, until: Callable[[], bool], *, max_time: float = 60.0) -> None:
         """Step, advancing the clock to the next timer when idle, until ``until()``."""
         while not until():

@@ -407,16 +407,22 @@ def encode_certificate_verify(algorithm: int, signature: bytes) -> bytes:
     return handshake(CERTIFICATE_VERIFY, struct.pack("!H", algorithm) + vec(2, signature))
 
 
-def decode_certificate_verify(body: bytes) -> tuple[int, bytes]:
-    end = len(body)
+def _u16_and_vector(data: bytes) -> tuple[int, bytes]:
+    """A 16-bit value followed by a 16-bit-length vector that ends the data."""
+    end = len(data)
     if end < 4:
         raise _truncated()
-    algorithm, n = _EXT_HEAD.unpack_from(body, 0)
+    value, n = _EXT_HEAD.unpack_from(data, 0)
     if 4 + n > end:
         raise _truncated()
     if 4 + n != end:
         raise _trailing()
-    return algorithm, body[4:]
+    return value, data[4:]
+
+
+def decode_certificate_verify(body: bytes) -> tuple[int, bytes]:
+    """(signature algorithm, signature)."""
+    return _u16_and_vector(body)
 
 
 def encode_finished(verify_data: bytes) -> bytes:
@@ -485,15 +491,8 @@ def ext_key_share_server(group: int, key: bytes) -> bytes:
 
 
 def parse_key_share_server(data: bytes) -> tuple[int, bytes]:
-    end = len(data)
-    if end < 4:
-        raise _truncated()
-    group, n = _EXT_HEAD.unpack_from(data, 0)
-    if 4 + n > end:
-        raise _truncated()
-    if 4 + n != end:
-        raise _trailing()
-    return group, data[4:]
+    """(group, key exchange)."""
+    return _u16_and_vector(data)
 
 
 def ext_server_name(host: str) -> bytes:

@@ -119,6 +119,18 @@ expand_label_ctx(const EVP_MD *md, const unsigned char *secret, size_t secret_le
     return 0;
 }
 
+/* HKDF-Expand-Label with an empty context (the packet keys of table.c) */
+int
+hkdf_expand_label_raw(const EVP_MD *md, const unsigned char *secret, int secret_len,
+                      const char *label, int length, unsigned char *out)
+{
+    if (secret_len < 0) {
+        return -1;
+    }
+    return expand_label_ctx(md, secret, (size_t)secret_len, label, strlen(label), NULL, 0,
+                            length, out);
+}
+
 /* hkdf_extract(suite, salt, ikm): HMAC-Hash(salt, ikm); an empty salt is hash_len zeros */
 PyObject *
 mod_hkdf_extract(PyObject *module, PyObject *args)

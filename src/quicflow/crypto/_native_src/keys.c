@@ -40,38 +40,6 @@ openssl_error(const char *what)
     return NULL;
 }
 
-/* HKDF-Expand-Label (RFC 8446 7.1) with an empty context, length <= hash length:
- * a single HMAC block T(1) = HMAC(secret, HkdfLabel || 0x01). */
-int
-hkdf_expand_label_raw(const EVP_MD *md, const unsigned char *secret, int secret_len,
-                      const char *label, int length, unsigned char *out)
-{
-    unsigned char info[2 + 1 + 255 + 1 + 1];
-    unsigned char block[EVP_MAX_MD_SIZE];
-    unsigned int block_len = 0;
-    size_t label_len = strlen(label);
-    size_t n = 0;
-    if (length < 0 || length > EVP_MD_get_size(md) || label_len + 6 > 255) {
-        return -1;
-    }
-    info[n++] = (unsigned char)(length >> 8);
-    info[n++] = (unsigned char)length;
-    info[n++] = (unsigned char)(6 + label_len);
-    memcpy(info + n, "tls13 ", 6);
-    n += 6;
-    memcpy(info + n, label, label_len);
-    n += label_len;
-    info[n++] = 0; /* empty context */
-    info[n++] = 1; /* block counter */
-    if (secret_len < 0 ||
-        hmac_digest(md, secret, (size_t)secret_len, info, n, block, &block_len) < 0) {
-        return -1;
-    }
-    memcpy(out, block, (size_t)length);
-    OPENSSL_cleanse(block, sizeof(block));
-    return 0;
-}
-
 /* ---------------------------------------------------------------------------------- */
 /* KeyContext                                                                         */
 
