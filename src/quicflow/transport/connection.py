@@ -154,7 +154,7 @@ class Connection:
     token: bytes = b""
     version: int = 1  # QUIC version in use (QUIC_V1 or QUIC_V2)
     version_restarted: bool = False  # (client) restarted after Version Negotiation
-    new_token: bytes = b""  # (server) the NEW_TOKEN token to give the client
+    new_token: bytes = b""  # (server) the NEW_TOKEN token (sealed by the endpoint when due)
     new_token_pending: bool = False
     datagrams_pending: list[bytes] = field(default_factory=list)  # DATAGRAM frames to send
     # resumption and 0-RTT (early_data.py); wall_offset: add to ``now`` for Unix time
