@@ -29,7 +29,7 @@ from ..wire.tparams import (
     peek_version_information,
 )
 from . import early_data, pathprobe, stream_api
-from .closing import closing_timer, on_closing_timer, start_closing
+from .closing import closing_timer, draining_deadline, on_closing_timer, start_closing
 from .config import Configuration
 from .congestion import CongestionControl, Pacer
 from .errors import (
@@ -767,7 +767,7 @@ class Connection:
                 self.state = DRAINING
             return
         self.state = DRAINING
-        self.close_deadline = self._now_hint + 3 * self.pto()
+        self.close_deadline = draining_deadline(self._now_hint, self.pto())
         self.events.append(ConnectionTerminated(code, frame_type, reason, True))
 
     # ------------------------------------------------------------------ misc
