@@ -7,9 +7,10 @@ on a backoff timer inside the closing period (transport/closing.py)."""
 from __future__ import annotations
 
 import asyncio
+import math
 
 import quicflow
-from quicflow.transport.closing import RESEND_DELAYS
+from quicflow.transport.closing import DRAIN_GRID, RESEND_DELAYS, draining_deadline
 from quicflow.transport.connection import Connection
 from quicflow.transport.events import ConnectionTerminated
 from quicflow.transport.state import DRAINING
@@ -285,3 +286,30 @@ def test_close_copies_are_the_same_packet_until_the_spaces_change() -> None:
     answer = early.client_ep.datagrams_to_send(c, early.now)
     assert len(answer) == 1 and not answer[0][0] & 0x80
     assert len(answer[0]) < len(closing[0])
+
+
+def test_connections_draining_close_together_end_at_one_deadline() -> None:
+    """The draining period lasts 3 PTO at least and ends on a grid (DRAIN_GRID), so a
+    server's connections whose clients closed a few ms apart end in one timer wake-up."""
+    pair = MemoryPair()
+    second = pair.add_client()
+    pair.run(lambda: pair.client.handshake_confirmed and second.handshake_confirmed)
+    pair.now = (math.floor(pair.now / DRAIN_GRID) + 1) * DRAIN_GRID + 0.001
+    starts = []
+    for client in (pair.client, second):
+        client.close(0, now=pair.now)
+        starts.append(pair.now)
+        pair.step()
+        pair.now += 0.005
+    servers = pair.server_conns
+    assert [s.state for s in servers] == [DRAINING, DRAINING]
+    for server, start in zip(servers, starts, strict=True):
+        assert server.close_deadline is not None
+        assert start + 3 * server.pto() <= server.close_deadline
+        assert server.close_deadline < start + 3 * server.pto() + DRAIN_GRID
+    for now, pto in ((0.0, 0.001), (12.3456, 0.0333), (1e6 + 0.1, 0.2)):
+        end = draining_deadline(now, pto)
+        assert now + 3 * pto <= end < now + 3 * pto + DRAIN_GRID
+    # same PTO, starts 5 ms apart inside one grid slot: one deadline for both
+    slot = 100 * DRAIN_GRID
+    assert draining_deadline(slot + 0.001, 0.01) == draining_deadline(slot + 0.006, 0.01)

@@ -9,6 +9,7 @@ from quicflow.endpoint.endpoint import Endpoint
 from quicflow.endpoint.tokens import NEW_TOKEN, RETRY_TOKEN, TokenCache, TokenSealer
 from quicflow.transport.config import Configuration
 from quicflow.transport.events import ConnectionTerminated, NewTokenReceived
+from quicflow.transport.state import DRAINING
 from quicflow.wire.packet import RETRY, parse_header
 from tests.support.memory_pair import _CERT, CLIENT_ADDR, SERVER_ADDR, MemoryPair
 
@@ -189,3 +190,30 @@ def test_retry_token_with_another_dcid_is_invalid() -> None:
         server.receive(d, CLIENT_ADDR, 0.0)
     assert server.admission.counters.invalid_retry_tokens == 1
     assert not server.all_connections
+
+
+def test_new_token_is_sealed_when_sent_not_for_a_client_closing_with_its_finished() -> None:
+    """The token is made when the server first sends it: a client whose close comes with
+    its Finished (the server confirms, then drains) costs no token; one that stays gets
+    its token as before."""
+    pair = MemoryPair(server_config=server_config())
+    adm = pair.server.admission.counters
+    while not pair.client.handshake_complete:
+        pair.step()
+        pair.now += 0.0002
+    assert adm.new_tokens_sealed == 0  # nothing was due yet
+    finished = pair.client_ep.datagrams_to_send(pair.client, pair.now)
+    pair.client.close(0, now=pair.now)
+    close = pair.client_ep.datagrams_to_send(pair.client, pair.now)
+    assert finished and close
+    for d in finished + close:  # one read batch: Finished, then CONNECTION_CLOSE
+        pair.server.receive(d, pair.client_addr, pair.now)
+    server = pair.server_conns[0]
+    assert server.handshake_confirmed and server.state == DRAINING
+    assert pair.server.datagrams_to_send(server, pair.now) == []
+    assert adm.new_tokens_sealed == 0 and server.new_token == b""
+
+    stays = MemoryPair(server_config=server_config())
+    token = _client_with_token(stays)
+    assert token[0] == NEW_TOKEN
+    assert stays.server.admission.counters.new_tokens_sealed == 1

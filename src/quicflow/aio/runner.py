@@ -255,7 +255,8 @@ class EndpointRunner:
                 self.forward(forwarding)
         # acknowledge (and send) after every round, so ACKs keep the peer's clock
         for conn in touched:
-            self._dispatch(conn)
+            if conn.events:
+                self._dispatch(conn)
             self._send(conn)
             if conn.off_path_challenges:  # answered through the socket they came in
                 send_probes(self, conn, transport if socket_peer is None
@@ -326,7 +327,8 @@ class EndpointRunner:
         for conn in dirty:
             self._send(conn)
 
-    def _route(self, conn: Connection) -> tuple[UdpTransport, tuple[Any, ...] | None]:
+    def _route(self, conn: Connection, now: float | None = None
+               ) -> tuple[UdpTransport, tuple[Any, ...] | None]:
         """The socket ``conn`` sends through and the destination to give it (None on a
         connected socket)."""
         if self.listeners:
@@ -336,7 +338,7 @@ class EndpointRunner:
                     self.sockets.release(conn)
                 return home[0], conn.peer_address
         if self.sockets is not None:
-            own = self.sockets.route(conn, self.loop.time())
+            own = self.sockets.route(conn, self.loop.time() if now is None else now)
             if own is not None:
                 return own, None
         return self.transport, None if self.connected_peer is not None else conn.peer_address
@@ -344,13 +346,15 @@ class EndpointRunner:
     def _send(self, conn: Connection) -> None:
         if self._closed:
             return
-        transport, addr = self._route(conn)
+        now = self.loop.time()
+        transport, addr = self._route(conn, now)
         waiting = self._waiting.get(transport.fileno())
         if waiting is not None:
             waiting[1][conn] = None
             return
-        for _ in range(16):
-            now = self.loop.time()
+        for i in range(16):
+            if i:
+                now = self.loop.time()
             buf, bounds = self.endpoint.build_datagrams(conn, now)
             if not bounds:
                 break
@@ -366,7 +370,8 @@ class EndpointRunner:
             self.schedule_flush(conn)  # more to send: yield to the loop first
         if conn.probe is not None:
             send_probes(self, conn, None)
-        self._dispatch(conn)
+        if conn.events:
+            self._dispatch(conn)
         self._arm_timer(conn)
         if conn.terminated:
             self._forget(conn)
@@ -537,7 +542,8 @@ class EndpointRunner:
                 due.append(entry[1])
         for conn in due:  # in deadline order, each once
             conn.handle_timer(now)
-            self._dispatch(conn)
+            if conn.events:
+                self._dispatch(conn)
             self._send(conn)
         heap = self._timer_heap  # (re-arming may have compacted it)
         while heap:  # the next live deadline arms the loop timer

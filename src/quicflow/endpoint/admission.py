@@ -42,6 +42,7 @@ class AdmissionCounters:
     retries_sent: int = 0
     retry_tokens_accepted: int = 0
     new_tokens_accepted: int = 0
+    new_tokens_sealed: int = 0  # NEW_TOKEN tokens made (when first sent, not per connection)
     invalid_retry_tokens: int = 0  # answered with INVALID_TOKEN
     invalid_new_tokens: int = 0  # ignored (treated as no token)
     dropped_half_open: int = 0  # Initials dropped by the half-open bound
@@ -118,10 +119,15 @@ class Admission:
             return None
         return Admit(hdr.dcid, None, False)
 
+    def issues_new_tokens(self) -> bool:
+        """Whether connections get a NEW_TOKEN token (new_token_lifetime > 0)."""
+        return self.configuration.new_token_lifetime > 0
+
     def new_token(self, address: Address, wall: float) -> bytes:
         """A NEW_TOKEN token for a client at ``address`` (b"" when they are off)."""
         if self.configuration.new_token_lifetime <= 0:
             return b""
+        self.counters.new_tokens_sealed += 1
         return self.sealer.seal(NEW_TOKEN, address, b"", wall)
 
     # ------------------------------------------------------------ half-open set

@@ -34,7 +34,7 @@ from ..transport.factory import client_connection, server_connection
 from ..transport.receive import receive_datagram
 from ..transport.receive_bulk import receive_short_run
 from ..transport.send import build_datagrams, datagrams_to_send
-from ..transport.state import DRAINING
+from ..transport.state import DRAINING, ESTABLISHED
 from ..wire.errors import WireError
 from ..wire.packet import INITIAL, PacketHeader, build_version_negotiation, parse_header
 from .admission import Admission
@@ -518,8 +518,9 @@ class Endpoint:
         if self.qlog_factory is not None:
             self.qlog_factory(conn, now)
         conn.wall_offset = self.wall_offset
-        conn.new_token = self.admission.new_token(address, now + self.wall_offset)
-        conn.new_token_pending = bool(conn.new_token)
+        # the NEW_TOKEN token is sealed when it is first sent (_mint_token): a client
+        # that closes with its Finished never gets one, and none is made for it
+        conn.new_token_pending = self.admission.issues_new_tokens()
         self.admission.track(conn)
         registry.add_initial(dcid, conn)
         self._track(conn)
@@ -557,15 +558,27 @@ class Endpoint:
     # ------------------------------------------------------------------ send
 
     def datagrams_to_send(self, conn: Connection, now: float) -> list[bytes]:
+        if conn.new_token_pending and not conn.new_token:
+            self._mint_token(conn, now)
         out = datagrams_to_send(conn, now)
         self._sync_cids(conn)
         return out
 
     def build_datagrams(self, conn: Connection, now: float) -> tuple[bytearray, list[int]]:
         """Datagrams in one buffer with their end offsets (see transport.send)."""
+        if conn.new_token_pending and not conn.new_token:
+            self._mint_token(conn, now)
         out = build_datagrams(conn, now)
         self._sync_cids(conn)
         return out
+
+    def _mint_token(self, conn: Connection, now: float) -> None:
+        """Seal ``conn``'s NEW_TOKEN token once it can be sent (handshake confirmed, still
+        established), for the address the client has then."""
+        if conn.handshake_confirmed and conn.state == ESTABLISHED:
+            token = self.admission.new_token(conn.peer_address, now + self.wall_offset)
+            conn.new_token = token
+            conn.new_token_pending = bool(token)
 
     def pop_stateless(self) -> list[tuple[bytes, Address]]:
         out, self.stateless = self.stateless, []

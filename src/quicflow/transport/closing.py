@@ -31,6 +31,7 @@ Answers to incoming packets are rate-limited the way the RFC suggests: the 1st, 
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from .state import CLOSING
@@ -41,6 +42,19 @@ if TYPE_CHECKING:
 #: When the CONNECTION_CLOSE is sent again, in PTOs after the close (a doubling gap:
 #: 1/4, 1/2 then 1 PTO), each before the closing period (3 PTO) ends.
 RESEND_DELAYS = (0.25, 0.75, 1.75)
+
+
+#: The draining period (3 PTO, RFC 9000 §10.2) ends on a grid of this many seconds,
+#: rounded up, so it is never shorter: connections that drain close together (a server's
+#: handshakes whose clients closed) end in one timer wake-up of the event loop instead of
+#: one each. A power of two, so the grid points are exact floats.
+DRAIN_GRID = 1 / 16
+
+
+def draining_deadline(now: float, pto: float) -> float:
+    """When a connection that starts draining at ``now`` ends (``now + 3 * pto`` at
+    least, on the :data:`DRAIN_GRID`)."""
+    return math.ceil((now + 3 * pto) / DRAIN_GRID) * DRAIN_GRID
 
 
 def start_closing(conn: Connection, now: float, period: float) -> None:

@@ -29,7 +29,7 @@ from ..wire.tparams import (
     peek_version_information,
 )
 from . import early_data, pathprobe, stream_api
-from .closing import closing_timer, on_closing_timer, start_closing
+from .closing import closing_timer, draining_deadline, on_closing_timer, start_closing
 from .config import Configuration
 from .congestion import CongestionControl, Pacer
 from .errors import (
@@ -154,7 +154,7 @@ class Connection:
     token: bytes = b""
     version: int = 1  # QUIC version in use (QUIC_V1 or QUIC_V2)
     version_restarted: bool = False  # (client) restarted after Version Negotiation
-    new_token: bytes = b""  # (server) the NEW_TOKEN token to give the client
+    new_token: bytes = b""  # (server) the NEW_TOKEN token (sealed by the endpoint when due)
     new_token_pending: bool = False
     datagrams_pending: list[bytes] = field(default_factory=list)  # DATAGRAM frames to send
     # resumption and 0-RTT (early_data.py); wall_offset: add to ``now`` for Unix time
@@ -767,7 +767,7 @@ class Connection:
                 self.state = DRAINING
             return
         self.state = DRAINING
-        self.close_deadline = self._now_hint + 3 * self.pto()
+        self.close_deadline = draining_deadline(self._now_hint, self.pto())
         self.events.append(ConnectionTerminated(code, frame_type, reason, True))
 
     # ------------------------------------------------------------------ misc

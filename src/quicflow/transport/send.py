@@ -430,7 +430,7 @@ def _fill_control(
         payload.append(F.HANDSHAKE_DONE)
         records.append((R_HANDSHAKE_DONE,))
         conn.handshake_done_pending = False
-    if conn.new_token_pending and conn.handshake_confirmed and (
+    if conn.new_token_pending and conn.handshake_confirmed and conn.new_token and (
         limit - len(payload) > len(conn.new_token) + 16
     ):
         F.encode_frame(F.NewToken(token=conn.new_token), payload)
