@@ -86,6 +86,10 @@ def build_bulk(
     end = min(send.write_offset, send.max_data, start + flow.peer_max_data - flow.data_sent)
     if end <= start:
         return 0
+    # one run comes from one chunk of the send buffer (the engine takes one buffer)
+    chunk, at, chunk_end = send.chunk_at(start)
+    if chunk_end < end:
+        end = chunk_end
     # the run this turn could take: window, caller's room, the data that waits
     want = min(cwnd_room, max_count * mds, (end - start) + (end - start) // 1024 * 64 + mds)
     pacer_room, later = conn.pacer.run_budget(now, conn.rtt, cc.cwnd, want)
@@ -109,13 +113,12 @@ def build_bulk(
     data_cap = capacity - frame_head
     if data_cap <= 0:
         return 0
-    base = send.buffer_start - send.acked_offset
     first_pn = pn
     # The engine frames and seals the whole run in one call (nothing for the ``seal`` list:
     # the general path's packets keep going there).
     packet_start = len(buf)
     built = conn.engine.seal_stream_run(
-        buf, conn.seal_key, pn, pn_len, sid, send.buffer, base + start, base + end, start,
+        buf, conn.seal_key, pn, pn_len, sid, chunk, at, at + end - start, start,
         off_len, data_cap, count, send.fin_written and end == send.write_offset, dcid,
     )
     if not built:  # cannot happen (count >= 1, data waits); nothing was appended
