@@ -86,10 +86,6 @@ def build_bulk(
     end = min(send.write_offset, send.max_data, start + flow.peer_max_data - flow.data_sent)
     if end <= start:
         return 0
-    # one run comes from one chunk of the send buffer (the engine takes one buffer)
-    chunk, at, chunk_end = send.chunk_at(start)
-    if chunk_end < end:
-        end = chunk_end
     # the run this turn could take: window, caller's room, the data that waits
     want = min(cwnd_room, max_count * mds, (end - start) + (end - start) // 1024 * 64 + mds)
     pacer_room, later = conn.pacer.run_budget(now, conn.rtt, cc.cwnd, want)
@@ -113,46 +109,60 @@ def build_bulk(
     data_cap = capacity - frame_head
     if data_cap <= 0:
         return 0
-    first_pn = pn
-    # The engine frames and seals the whole run in one call (nothing for the ``seal`` list:
-    # the general path's packets keep going there).
-    packet_start = len(buf)
-    built = conn.engine.seal_stream_run(
-        buf, conn.seal_key, pn, pn_len, sid, chunk, at, at + end - start, start,
-        off_len, data_cap, count, send.fin_written and end == send.write_offset, dcid,
-    )
-    if not built:  # cannot happen (count >= 1, data waits); nothing was appended
-        return 0
-    offset = min(end, start + built * data_cap)
-    fin = send.fin_written and offset == send.write_offset
-    if fin:
-        send.fin_sent = True  # it rode on the last packet: no FIN-only frame after it
-    pn += built
-    total = len(buf) - packet_start
-    # all packets are `unit` bytes but the last, which may be shorter
+    # all packets are `unit` bytes but the last of each engine call, which may be shorter
     unit = header_len + frame_head + data_cap + TAG_LEN
-    if built > 1:
-        bounds.extend(range(packet_start + unit, packet_start + built * unit, unit))
-    bounds.append(len(buf))
-    # one record for the whole run: packet numbers first_pn.., stream bytes start..offset
-    conn.loss.on_packet_sent(
-        SentPacket(first_pn, now, total, True, True, Epoch.ONE_RTT,
-                   [(R_STREAM_RUN, sid, start, data_cap, offset - start, int(fin))],
-                   built, unit)
-    )
-    space.next_pn = pn
-    flow.data_sent += offset - start
-    send.next_offset = offset
+    total = 0
+    done = 0
+    while True:
+        # The engine frames and seals a run of packets in one call (nothing for the
+        # ``seal`` list: the general path's packets keep going there). It takes one
+        # buffer: a run that reaches the end of a chunk of the send buffer goes on with
+        # the next chunk in another call, within the same count (one shorter packet).
+        chunk, at, chunk_end = send.chunk_at(start)
+        run_end = end if end <= chunk_end else chunk_end
+        packet_start = len(buf)
+        built = conn.engine.seal_stream_run(
+            buf, conn.seal_key, pn, pn_len, sid, chunk, at, at + run_end - start, start,
+            off_len, data_cap, count - done, send.fin_written and run_end == send.write_offset,
+            dcid,
+        )
+        if not built:  # cannot happen (count > done, data waits); nothing was appended
+            break
+        offset = min(run_end, start + built * data_cap)
+        fin = send.fin_written and offset == send.write_offset
+        if fin:
+            send.fin_sent = True  # it rode on the last packet: no FIN-only frame after it
+        size = len(buf) - packet_start
+        if built > 1:
+            bounds.extend(range(packet_start + unit, packet_start + built * unit, unit))
+        bounds.append(len(buf))
+        # one record per call: packet numbers pn.., stream bytes start..offset
+        conn.loss.on_packet_sent(
+            SentPacket(pn, now, size, True, True, Epoch.ONE_RTT,
+                       [(R_STREAM_RUN, sid, start, data_cap, offset - start, int(fin))],
+                       built, unit)
+        )
+        pn += built
+        space.next_pn = pn
+        flow.data_sent += offset - start
+        send.next_offset = offset
+        total += size
+        done += built
+        start = offset
+        if offset < run_end or offset >= end or done >= count:
+            break
+    if not done:
+        return 0
     if not send.has_data_to_send():
         conn.send_queue.pop(0)
     conn.pacer.consume(now, total, conn.rtt, cc.cwnd)
     counters = conn.counters
-    counters.packets_sent += built
-    counters.datagrams_sent += built
+    counters.packets_sent += done
+    counters.datagrams_sent += done
     counters.bytes_sent += total
     if not conn.last_ack_eliciting_sent_after_receive:
         from .receive import _effective_idle
 
         conn.idle_deadline = now + _effective_idle(conn)
         conn.last_ack_eliciting_sent_after_receive = True
-    return built
+    return done
