@@ -153,7 +153,11 @@ def build_bulk(
             break
     if not done:
         return 0
-    if not send.has_data_to_send():
+    if not send.has_data_to_send() and not (
+        send.is_flow_blocked() and send.blocked_sent_at != send.max_data
+    ):
+        # (a stream that just ran into the peer's limit stays queued: the general path
+        # sends its STREAM_DATA_BLOCKED, RFC 9000 §4.1, and then drops it)
         conn.send_queue.pop(0)
     conn.pacer.consume(now, total, conn.rtt, cc.cwnd)
     counters = conn.counters

@@ -99,8 +99,9 @@ class SendStream:
             return False
         if self.lost or self.fin_lost:
             return True
-        if self.next_offset < self.write_offset and self.next_offset < self.max_data:
-            return True
+        if self.next_offset < self.write_offset:
+            return self.next_offset < self.max_data
+        # a FIN alone only once every byte before it went (else it waits with them)
         return self.fin_written and not self.fin_sent
 
     def is_flow_blocked(self) -> bool:
