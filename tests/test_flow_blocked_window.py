@@ -1,14 +1,14 @@
 """A sender held by the receiver's stream limit says so (STREAM_DATA_BLOCKED, RFC 9000
 §4.1) also on the bulk send path, and the receiver takes it as a sign that its window
-is too small for the rate: it doubles the window (within ``max_stream_data_window``) but
-never advertises more than the application has made room for."""
+is too small for the rate: it doubles the window (within ``max_stream_data_window``); the
+larger limit goes out only with the next update, once the application reads."""
 
 from __future__ import annotations
 
 import hashlib
 
-from quicflow.transport.config import Configuration
 from quicflow.tls.certs import generate_self_signed
+from quicflow.transport.config import Configuration
 from tests.support.memory_pair import MemoryPair
 
 KIB = 1024
