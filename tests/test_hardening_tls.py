@@ -81,7 +81,7 @@ def test_non_empty_legacy_session_id_is_a_protocol_violation(
 def _quic_client_sends(pair_: MemoryPair, **rewrite: object) -> ConnectionTerminated:
     client = pair_.client
     space = client.spaces[0]
-    raw = bytes(space.crypto_send.buffer)
+    raw = b"".join(space.crypto_send.chunks)
     space.crypto_send = SendStream(max_data=1 << 62)
     space.crypto_send.write(_rewrite(raw, **rewrite))  # type: ignore[arg-type]
     events: list[object] = []

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from quicflow.transport.errors import FINAL_SIZE_ERROR, FLOW_CONTROL_ERROR, QuicError
 from quicflow.transport.rangeset import RangeSet
+from quicflow.transport.snapshot_check import check_send_stream
 from quicflow.transport.streams import RecvStream, SendStream
 
 
@@ -95,6 +96,70 @@ def test_send_stream_retransmits_lost_ranges_first_and_trims_acked() -> None:
     for offset, data, fin, _ in sent:
         send.on_acked(offset, len(data), fin)
     assert send.is_complete() and send.buffered == 0
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(min_value=0, max_value=2**32))
+def test_send_stream_chunks_hold_exactly_the_unacknowledged_bytes(seed: int) -> None:
+    # writes of every size (small ones coalesce, large ones stay separate chunks), sends,
+    # acknowledgements in any order, losses and take_back: every byte sent or resent is
+    # the byte written at that offset, and the buffer passes the snapshot check
+    rng = random.Random(seed)
+    send = SendStream(max_data=1 << 40)
+    written = bytearray()
+    in_flight: list[tuple[int, int]] = []
+    for _ in range(rng.randint(1, 60)):
+        op = rng.random()
+        if op < 0.35:
+            n = rng.choice([1, 100, 5000, 65535, 65536, 70_000, 300_000])
+            data = rng.randbytes(n)
+            send.write(data if rng.random() < 0.5 else bytearray(data))
+            written += data
+        elif op < 0.7:
+            got = send.next_chunk(rng.choice([10, 1200, 100_000]), 1 << 40)
+            if got is not None:
+                offset, data, _, _ = got
+                assert data == written[offset : offset + len(data)]
+                in_flight.append((offset, len(data)))
+        elif op < 0.85 and in_flight:
+            offset, n = in_flight.pop(rng.randrange(len(in_flight)))
+            send.on_acked(offset, n, False)
+        elif op < 0.95 and in_flight:
+            offset, n = in_flight.pop(rng.randrange(len(in_flight)))
+            send.on_lost(offset, n, False)
+        else:
+            del written[send.take_back() :]
+        check_send_stream(send, "s")
+        assert send.write_offset == len(written)
+    send.compact()
+    check_send_stream(send, "s")
+    assert b"".join(send.chunks) == written[send.acked_offset :]
+
+
+def test_send_stream_keeps_a_large_write_without_copying_it() -> None:
+    send = SendStream(max_data=1 << 30)
+    big = random.Random(2).randbytes(1 << 20)
+    send.write(b"head")
+    send.write(big)
+    send.write(b"tail")
+    assert send.chunks[1] is big  # the application's bytes, not a copy
+    assert [len(c) for c in send.chunks] == [4, 1 << 20, 4]
+    send.next_chunk(1 << 21, 1 << 30)
+    send.on_acked(0, (1 << 20) + 4, False)  # whole chunks acknowledged: dropped
+    assert send.chunks == [b"tail"] and send.buffer_start == 0
+
+
+def test_take_back_to_the_acknowledged_offset_leaves_no_empty_chunk() -> None:
+    # regression (found by the takeover test): withdrawing everything unsent when all
+    # that was sent is acknowledged left an empty first chunk, which a snapshot rejects
+    send = SendStream(max_data=1 << 30)
+    send.write(b"x" * 5000)
+    send.next_chunk(3000, 1 << 30)
+    send.on_acked(0, 3000, False)
+    assert send.take_back() == 3000
+    send.compact()
+    check_send_stream(send, "s")
+    assert send.chunks == [] and send.buffered == 0
 
 
 def test_rangeset_merges_and_subtracts() -> None:

@@ -109,47 +109,64 @@ def build_bulk(
     data_cap = capacity - frame_head
     if data_cap <= 0:
         return 0
-    base = send.buffer_start - send.acked_offset
-    first_pn = pn
-    # The engine frames and seals the whole run in one call (nothing for the ``seal`` list:
-    # the general path's packets keep going there).
-    packet_start = len(buf)
-    built = conn.engine.seal_stream_run(
-        buf, conn.seal_key, pn, pn_len, sid, send.buffer, base + start, base + end, start,
-        off_len, data_cap, count, send.fin_written and end == send.write_offset, dcid,
-    )
-    if not built:  # cannot happen (count >= 1, data waits); nothing was appended
-        return 0
-    offset = min(end, start + built * data_cap)
-    fin = send.fin_written and offset == send.write_offset
-    if fin:
-        send.fin_sent = True  # it rode on the last packet: no FIN-only frame after it
-    pn += built
-    total = len(buf) - packet_start
-    # all packets are `unit` bytes but the last, which may be shorter
+    # all packets are `unit` bytes but the last of each engine call, which may be shorter
     unit = header_len + frame_head + data_cap + TAG_LEN
-    if built > 1:
-        bounds.extend(range(packet_start + unit, packet_start + built * unit, unit))
-    bounds.append(len(buf))
-    # one record for the whole run: packet numbers first_pn.., stream bytes start..offset
-    conn.loss.on_packet_sent(
-        SentPacket(first_pn, now, total, True, True, Epoch.ONE_RTT,
-                   [(R_STREAM_RUN, sid, start, data_cap, offset - start, int(fin))],
-                   built, unit)
-    )
-    space.next_pn = pn
-    flow.data_sent += offset - start
-    send.next_offset = offset
-    if not send.has_data_to_send():
+    total = 0
+    done = 0
+    while True:
+        # The engine frames and seals a run of packets in one call (nothing for the
+        # ``seal`` list: the general path's packets keep going there). It takes one
+        # buffer: a run that reaches the end of a chunk of the send buffer goes on with
+        # the next chunk in another call, within the same count (one shorter packet).
+        chunk, at, chunk_end = send.chunk_at(start)
+        run_end = end if end <= chunk_end else chunk_end
+        packet_start = len(buf)
+        built = conn.engine.seal_stream_run(
+            buf, conn.seal_key, pn, pn_len, sid, chunk, at, at + run_end - start, start,
+            off_len, data_cap, count - done, send.fin_written and run_end == send.write_offset,
+            dcid,
+        )
+        if not built:  # cannot happen (count > done, data waits); nothing was appended
+            break
+        offset = min(run_end, start + built * data_cap)
+        fin = send.fin_written and offset == send.write_offset
+        if fin:
+            send.fin_sent = True  # it rode on the last packet: no FIN-only frame after it
+        size = len(buf) - packet_start
+        if built > 1:
+            bounds.extend(range(packet_start + unit, packet_start + built * unit, unit))
+        bounds.append(len(buf))
+        # one record per call: packet numbers pn.., stream bytes start..offset
+        conn.loss.on_packet_sent(
+            SentPacket(pn, now, size, True, True, Epoch.ONE_RTT,
+                       [(R_STREAM_RUN, sid, start, data_cap, offset - start, int(fin))],
+                       built, unit)
+        )
+        pn += built
+        space.next_pn = pn
+        flow.data_sent += offset - start
+        send.next_offset = offset
+        total += size
+        done += built
+        start = offset
+        if offset < run_end or offset >= end or done >= count:
+            break
+    if not done:
+        return 0
+    if not send.has_data_to_send() and not (
+        send.is_flow_blocked() and send.blocked_sent_at != send.max_data
+    ):
+        # (a stream that just ran into the peer's limit stays queued: the general path
+        # sends its STREAM_DATA_BLOCKED, RFC 9000 §4.1, and then drops it)
         conn.send_queue.pop(0)
     conn.pacer.consume(now, total, conn.rtt, cc.cwnd)
     counters = conn.counters
-    counters.packets_sent += built
-    counters.datagrams_sent += built
+    counters.packets_sent += done
+    counters.datagrams_sent += done
     counters.bytes_sent += total
     if not conn.last_ack_eliciting_sent_after_receive:
         from .receive import _effective_idle
 
         conn.idle_deadline = now + _effective_idle(conn)
         conn.last_ack_eliciting_sent_after_receive = True
-    return built
+    return done

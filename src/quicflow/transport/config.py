@@ -37,7 +37,8 @@ class Configuration:
         9002 §6.2.1 has it. See ``LossDetection`` for why the default caps it.
     max_data / max_data_window: initial and largest connection receive window; the window
         grows towards the largest one as the measured bandwidth-delay product requires.
-    max_stream_data / max_stream_data_window: the same per stream.
+    max_stream_data / max_stream_data_window: the same per stream; a stream's window also
+        doubles (up to the largest) when the peer reports STREAM_DATA_BLOCKED at its limit.
     max_streams_bidi / max_streams_uni: how many streams the peer may have open at once.
     congestion_control: "cubic" (default) or "newreno".
     max_datagram_size: largest UDP payload sent (1200 .. 65527; default 1452). With

@@ -100,7 +100,17 @@ def on_max_streams(conn: Connection, frame: Any, epoch: Epoch, now: float) -> No
 
 def on_stream_data_blocked(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
     conn.check_stream_direction(frame.stream_id, receiving=True)
-    conn.get_or_create_peer_stream(frame.stream_id)
+    stream = conn.get_or_create_peer_stream(frame.stream_id)
+    recv = stream.recv if stream is not None else None
+    if recv is None or frame.limit != recv.max_data or recv.final_size is not None:
+        return
+    # The peer has more to send and waits for our current limit: the window is smaller
+    # than the rate needs (autotuning only sees the intervals between our updates, and
+    # a sender that stalls on the limit keeps them long). Double it, within window_max;
+    # the larger limit goes out with the next update, when the application has read
+    # half the window (never more unread data than the window allows).
+    if recv.window < recv.window_max:
+        recv.window = min(recv.window * 2, recv.window_max)
 
 
 def on_streams_blocked(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:

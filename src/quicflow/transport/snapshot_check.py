@@ -235,10 +235,22 @@ def check_recv_stream(recv: Any, where: str) -> None:
 def check_send_stream(send: Any, where: str) -> None:
     if not 0 <= send.acked_offset <= send.next_offset <= send.write_offset:
         raise SnapshotError(f"snapshot {where}: offsets out of order")
-    if not 0 <= send.buffer_start <= len(send.buffer):
+    chunks, ends = send.chunks, send.chunk_ends
+    if type(chunks) is not list or type(ends) is not list or len(chunks) != len(ends):
+        raise SnapshotError(f"snapshot {where}: chunks and chunk_ends do not match")
+    for chunk, end in zip(chunks, ends, strict=True):
+        if type(chunk) not in (bytes, bytearray) or not chunk or type(end) is not int:
+            raise SnapshotError(f"snapshot {where}: bad send chunk")
+    at = ends[0] - len(chunks[0]) if chunks else send.acked_offset
+    for chunk, end in zip(chunks, ends, strict=True):
+        if end != at + len(chunk):
+            raise SnapshotError(f"snapshot {where}: chunk_ends do not match the chunks")
+        at = end
+    if not 0 <= send.buffer_start < (len(chunks[0]) if chunks else 1):
         raise SnapshotError(f"snapshot {where}: buffer_start outside the buffer")
     if send.reset_code is None and (
-        len(send.buffer) - send.buffer_start != send.write_offset - send.acked_offset
+        at != send.write_offset
+        or (chunks and ends[0] - len(chunks[0]) + send.buffer_start != send.acked_offset)
     ):
         raise SnapshotError(f"snapshot {where}: buffer does not hold the unacknowledged data")
     for name in ("acked", "lost"):

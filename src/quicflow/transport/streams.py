@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from .errors import FINAL_SIZE_ERROR, FLOW_CONTROL_ERROR, STREAM_STATE_ERROR, QuicError
 from .rangeset import RangeSet
 
-_COMPACT_MIN = 1 << 16
+#: A write of at least this many bytes is kept as its own chunk (``bytes`` uncopied).
+CHUNK_MIN = 1 << 16
+#: Smaller writes are copied into a trailing chunk of at most this many bytes.
+CHUNK_MAX = 1 << 20
 #: What one stored out-of-order piece is charged against the receive window, at least:
 #: so a stream holds at most window / PIECE_COST pieces, and tiny pieces cannot make the
 #: bookkeeping outgrow the bytes the peer was allowed to send.
@@ -27,10 +30,21 @@ class ReassemblyFull(Exception):
 
 @dataclass(slots=True, eq=False)
 class SendStream:
-    """Bytes the application wrote, from the first unacknowledged offset on."""
+    """Bytes the application wrote, from the first unacknowledged offset on.
 
-    buffer: bytearray = field(default_factory=bytearray)
-    buffer_start: int = 0  # index in ``buffer`` of offset ``acked_offset``
+    The bytes are held as a list of chunks (``chunks``, ``chunk_ends[i]`` the stream
+    offset where ``chunks[i]`` ends), not one growing buffer: a write of ``CHUNK_MIN``
+    bytes or more keeps the caller's ``bytes`` object as it is (no copy), smaller writes
+    are copied into a trailing ``bytearray`` of at most ``CHUNK_MAX`` bytes, and an
+    acknowledgement drops whole chunks from the front. So neither writing nor
+    acknowledging moves or reallocates the bytes already buffered (a growing buffer
+    did, and with many connections each write paid fresh pages and copies). A chunk
+    is never empty; the first one starts ``buffer_start`` bytes before ``acked_offset``.
+    """
+
+    chunks: list[bytes | bytearray] = field(default_factory=list)
+    chunk_ends: list[int] = field(default_factory=list)
+    buffer_start: int = 0  # index in ``chunks[0]`` of offset ``acked_offset``
     acked_offset: int = 0  # every byte below is acknowledged
     next_offset: int = 0  # first byte never sent
     write_offset: int = 0  # end of written data
@@ -55,27 +69,53 @@ class SendStream:
     def write(self, data: bytes | bytearray | memoryview, fin: bool = False) -> None:
         if self.fin_written or self.reset_code is not None:
             raise QuicError(STREAM_STATE_ERROR, "stream already closed for writing")
-        if data:
-            self.buffer += data
-            self.write_offset += len(data)
+        n = len(data)
+        if n:
+            self.write_offset += n
+            chunks = self.chunks
+            if n >= CHUNK_MIN:
+                chunks.append(data if type(data) is bytes else bytes(data))
+                self.chunk_ends.append(self.write_offset)
+            elif chunks and type(tail := chunks[-1]) is bytearray and len(tail) + n <= CHUNK_MAX:
+                tail += data
+                self.chunk_ends[-1] = self.write_offset
+            else:
+                chunks.append(bytearray(data))
+                self.chunk_ends.append(self.write_offset)
         if fin:
             self.fin_written = True
+
+    def chunk_at(self, offset: int) -> tuple[bytes | bytearray, int, int]:
+        """(chunk, index in it of ``offset``, stream offset where it ends) for a written,
+        unacknowledged ``offset``."""
+        ends = self.chunk_ends
+        i = bisect_right(ends, offset)
+        chunk = self.chunks[i]
+        end = ends[i]
+        return chunk, offset - (end - len(chunk)), end
 
     def has_data_to_send(self) -> bool:
         if self.reset_code is not None:
             return False
         if self.lost or self.fin_lost:
             return True
-        if self.next_offset < self.write_offset and self.next_offset < self.max_data:
-            return True
+        if self.next_offset < self.write_offset:
+            return self.next_offset < self.max_data
+        # a FIN alone only once every byte before it went (else it waits with them)
         return self.fin_written and not self.fin_sent
 
     def is_flow_blocked(self) -> bool:
         return self.next_offset < self.write_offset and self.next_offset >= self.max_data
 
     def _slice(self, start: int, end: int) -> bytes:
-        base = self.buffer_start - self.acked_offset
-        return bytes(self.buffer[base + start : base + end])
+        chunk, at, chunk_end = self.chunk_at(start)
+        if end <= chunk_end:
+            return bytes(chunk[at : at + end - start])
+        parts = [chunk[at:]]
+        while chunk_end < end:
+            chunk, at, chunk_end = self.chunk_at(chunk_end)
+            parts.append(chunk[: len(chunk) - max(0, chunk_end - end)])
+        return b"".join(parts)
 
     def next_chunk(self, max_len: int, conn_credit: int) -> tuple[int, bytes, bool, int] | None:
         """Next (offset, data, fin, new_bytes) to send; retransmissions come first.
@@ -129,12 +169,18 @@ class SendStream:
             if acked.starts[0] <= self.acked_offset < acked.ends[0]:
                 new_acked = acked.ends[0]
                 released = new_acked - self.acked_offset
-                self.buffer_start += released
                 self.acked_offset = new_acked
                 acked.shift_below(new_acked)
-                if self.buffer_start >= _COMPACT_MIN and self.buffer_start * 2 >= len(self.buffer):
-                    del self.buffer[: self.buffer_start]
-                    self.buffer_start = 0
+                ends = self.chunk_ends
+                if ends:
+                    if ends[0] <= new_acked:  # whole chunks acknowledged: drop them
+                        drop = bisect_right(ends, new_acked)
+                        del self.chunks[:drop]
+                        del ends[:drop]
+                    if ends:
+                        self.buffer_start = new_acked - (ends[0] - len(self.chunks[0]))
+                    else:
+                        self.buffer_start = 0
         return released if self.reset_code is None else 0
 
     def on_lost(self, offset: int, length: int, fin: bool) -> None:
@@ -160,9 +206,22 @@ class SendStream:
         """Withdraw what was written but never sent (and an unsent FIN); returns the
         offset where writing continues. Sent bytes stay (they may be in flight)."""
         if self.reset_code is None and self.next_offset < self.write_offset:
-            base = self.buffer_start - self.acked_offset
-            del self.buffer[base + self.next_offset :]
-            self.write_offset = self.next_offset
+            keep_to = self.next_offset
+            ends = self.chunk_ends
+            i = bisect_right(ends, keep_to)
+            chunk = self.chunks[i]
+            keep = keep_to - (ends[i] - len(chunk))
+            if keep_to == self.acked_offset:  # nothing unacknowledged stays
+                i = keep = 0
+            if keep:
+                self.chunks[i] = bytearray(chunk[:keep])
+                ends[i] = keep_to
+                i += 1
+            del self.chunks[i:]
+            del ends[i:]
+            if not ends:
+                self.buffer_start = 0
+            self.write_offset = keep_to
         if self.fin_written and not self.fin_sent:
             self.fin_written = False
         return self.write_offset
@@ -170,7 +229,7 @@ class SendStream:
     def compact(self) -> None:
         """Drop the acknowledged bytes still held at the front of the buffer."""
         if self.buffer_start:
-            del self.buffer[: self.buffer_start]
+            self.chunks[0] = bytearray(self.chunks[0][self.buffer_start :])
             self.buffer_start = 0
 
     def reset(self, code: int) -> int:
@@ -179,7 +238,8 @@ class SendStream:
             released = self.write_offset - self.acked_offset
             self.reset_code = code
             self.reset_pending = True
-            self.buffer = bytearray()
+            self.chunks = []
+            self.chunk_ends = []
             self.buffer_start = 0
             self.lost = RangeSet()
             return released

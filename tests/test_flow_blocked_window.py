@@ -1,0 +1,53 @@
+"""A sender held by the receiver's stream limit says so (STREAM_DATA_BLOCKED, RFC 9000
+§4.1) also on the bulk send path, and the receiver takes it as a sign that its window
+is too small for the rate: it doubles the window (within ``max_stream_data_window``); the
+larger limit goes out only with the next update, once the application reads."""
+
+from __future__ import annotations
+
+import hashlib
+
+from quicflow.tls.certs import generate_self_signed
+from quicflow.transport.config import Configuration
+from tests.support.memory_pair import MemoryPair
+
+KIB = 1024
+_CERT = generate_self_signed(["localhost"])
+
+
+def _pair() -> MemoryPair:
+    cert, key = _CERT
+    server = Configuration(alpn_protocols=["perf"], certificate_chain=[cert], private_key=key,
+                           max_stream_data=64 * KIB, max_stream_data_window=4096 * KIB)
+    client = Configuration(alpn_protocols=["perf"], verify_peer=False)
+    return MemoryPair(server_config=server, client_config=client)
+
+
+def test_blocked_sender_signals_and_the_receiver_grows_its_window() -> None:
+    pair = _pair()
+    pair.run(lambda: pair.client.handshake_confirmed)
+    data = hashlib.sha256(b"w").digest() * (4 * 1024 * KIB // 32)  # 4 MiB
+    sid = pair.client.open_stream()
+    pair.client.send_stream_data(sid, data, end_stream=True)
+    server = pair.server_conns[0]
+
+    def received() -> int:
+        stream = server.streams.get(sid)
+        return 0 if stream is None or stream.recv is None else stream.recv.highest_offset
+
+    # the server's application reads nothing yet: the client stops at 64 KiB
+    pair.run(lambda: received() >= 64 * KIB)
+    for _ in range(20):
+        pair.step()
+    send = pair.client.streams[sid].send
+    recv = server.streams[sid].recv
+    assert send is not None and recv is not None
+    assert send.max_data == 64 * KIB and send.blocked_sent_at == 64 * KIB  # it said so
+    assert recv.window == 128 * KIB  # doubled by the STREAM_DATA_BLOCKED
+    assert recv.max_data == 64 * KIB  # but nothing advertised without room made for it
+
+    got = bytearray()
+    pair.run(lambda: bool(got.extend(server.read_stream(sid))) or len(got) == len(data))
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+    assert recv.window > 128 * KIB  # grew further on later blocks, within the maximum
+    assert recv.window <= 4096 * KIB
