@@ -146,7 +146,7 @@ def test_server_snapshot_restore_mid_download() -> None:
     capture = net.now
     blob = snapshot_connection(old, capture, app_state=server.app.state())
     info = snapshot_info(blob)
-    assert info["format"] == "quicflow-connection-snapshot" and info["version"] == 2
+    assert info["format"] == "quicflow-connection-snapshot" and info["version"] == 3
     assert info["role"] == "server" and info["created"] == capture
     sealed = seal_snapshot(blob, key := new_snapshot_key())
 
@@ -344,10 +344,16 @@ def test_unknown_class_version_and_garbage_are_rejected() -> None:
         restore_connection(_rewrite(blob, evil_enum), engine=engine, now=1.0)
 
     def new_version(doc: dict[str, Any]) -> None:
-        doc["version"] = 3
+        doc["version"] = 4
 
-    with pytest.raises(SnapshotError, match="version 3"):
+    with pytest.raises(SnapshotError, match="version 4"):
         restore_connection(_rewrite(blob, new_version), engine=engine, now=1.0)
+
+    def old_version(doc: dict[str, Any]) -> None:  # a build before chunked send streams
+        doc["version"] = 2
+
+    with pytest.raises(SnapshotError, match="version 2"):
+        restore_connection(_rewrite(blob, old_version), engine=engine, now=1.0)
 
     def other_format(doc: dict[str, Any]) -> None:
         doc["format"] = "something-else"
@@ -434,7 +440,7 @@ def test_restore_shifts_times_and_keeps_state() -> None:
     assert set(restored.cid_changes) == {(True, c) for c in conn.host_cid_list()}
     timer = restored.timer()
     assert timer is not None and timer >= later - 1.0
-    assert CODEC.version == 2
+    assert CODEC.version == 3
 
 
 class _LazyClient(ClientApp):

@@ -68,7 +68,11 @@ __all__ = [
 ]
 
 FORMAT = "quicflow-connection-snapshot"
-VERSION = 2
+#: 3 (2026-11-30): a SendStream holds chunks (was one buffer), a discarded space's CRYPTO
+#: streams are None, a server's NEW_TOKEN is sealed when first sent. A process reading
+#: another version refuses the snapshot with SnapshotError (the connection stays where
+#: it was), so an old and a new build never hand connections to each other.
+VERSION = 3
 #: Authenticated data bound to every sealed snapshot.
 SEAL_AAD = b"quicflow-snapshot-v2"
 SEAL_KEY_LEN = 32
