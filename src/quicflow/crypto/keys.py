@@ -27,6 +27,7 @@ INITIAL_SUITE = CipherSuite.AES_128_GCM_SHA256
 #: the C extension for key derivation and header protection, chosen once per process
 #: (None: not built, or ``QUICFLOW_ENGINE=python``)
 _EXT: Any = native_for_keys()
+_SHA256: hashes.HashAlgorithm = hashes.SHA256()
 
 Buffer = bytes | bytearray | memoryview
 
@@ -80,10 +81,6 @@ def derive_key_iv(
 
 def derive_hp_key(suite: CipherSuite, secret: bytes, version: int = QUIC_V1) -> bytes:
     """Only the header-protection key of ``secret`` ("quic hp"/"quicv2 hp")."""
-    if _EXT is not None:  # the same HMAC, one C call
-        hp: bytes = _EXT.hkdf_expand_label(suite, secret, LABELS[version][2],
-                                           suite_key_len(suite))
-        return hp
     return hkdf_expand_label(
         suite_hash(suite), secret, LABELS[version][2], b"", suite_key_len(suite)
     )
@@ -108,14 +105,8 @@ def next_packet_keys(keys: PacketKeys) -> PacketKeys:
 
 def initial_secrets(dcid: bytes, version: int = QUIC_V1) -> tuple[bytes, bytes]:
     """(client, server) Initial secrets from the client's first DCID (QUIC v1 or v2)."""
-    salt = INITIAL_SALT_V2 if version == QUIC_V2 else INITIAL_SALT_V1
-    if _EXT is not None:  # the same three HMACs, one C call each
-        initial = _EXT.hkdf_extract(INITIAL_SUITE, salt, dcid)
-        expand = _EXT.hkdf_expand_label
-        return (expand(INITIAL_SUITE, initial, b"client in", 32),
-                expand(INITIAL_SUITE, initial, b"server in", 32))
-    h: hashes.HashAlgorithm = hashes.SHA256()
-    initial = hkdf_extract(h, salt, dcid)
+    h = _SHA256
+    initial = hkdf_extract(h, INITIAL_SALT_V2 if version == QUIC_V2 else INITIAL_SALT_V1, dcid)
     client = hkdf_expand_label(h, initial, b"client in", b"", h.digest_size)
     server = hkdf_expand_label(h, initial, b"server in", b"", h.digest_size)
     return client, server

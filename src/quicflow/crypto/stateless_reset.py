@@ -7,21 +7,17 @@ restarted, took over a connection or never saw it can still send the right reset
 
 from __future__ import annotations
 
-import hmac
-from typing import Any
+from cryptography.hazmat.primitives import hashes
 
-from .extension import native_for_keys
+from .hkdf import hkdf_extract
 
 RESET_TOKEN_LEN = 16
 _LABEL = b"quicflow stateless reset"
-#: the C extension: its HKDF-Extract is HMAC-Hash(salt, ikm) on a reused OpenSSL MAC
-#: context (an empty salt is hash-length zeros, the same HMAC key as an empty one)
-_EXT: Any = native_for_keys()
+_SHA256 = hashes.SHA256()
 
 
 def stateless_reset_token(key: bytes, cid: bytes) -> bytes:
     """The 16-byte stateless reset token of connection ID ``cid`` under ``key``."""
-    if _EXT is not None:
-        token: bytes = _EXT.hkdf_extract(0x1301, key, _LABEL + cid)[:RESET_TOKEN_LEN]
-        return token
-    return hmac.digest(key, _LABEL + cid, "sha256")[:RESET_TOKEN_LEN]
+    # HKDF-Extract is HMAC-Hash(salt, ikm) (in C when the extension is loaded); its empty
+    # salt is hash-length zeros, the same HMAC key as an empty key
+    return hkdf_extract(_SHA256, key, _LABEL + cid)[:RESET_TOKEN_LEN]

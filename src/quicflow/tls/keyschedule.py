@@ -47,13 +47,6 @@ def message_hash(suite: CipherSuite, first_client_hello: bytes) -> bytes:
     return bytes([MESSAGE_HASH, 0, 0, len(h)]) + h
 
 
-def _extract(suite: CipherSuite, hash: hashes.HashAlgorithm, salt: bytes, ikm: bytes) -> bytes:
-    if _EXT is not None:
-        out: bytes = _EXT.hkdf_extract(suite, salt, ikm)
-        return out
-    return hkdf_extract(hash, salt, ikm)
-
-
 class _SuiteConstants:
     """Per suite, once per process: its hash, the empty-transcript hash, and the early
     secret without a PSK with the "derived" secret after it."""
@@ -65,7 +58,7 @@ class _SuiteConstants:
         self.hash_len = self.hash.digest_size
         self.empty_hash = transcript_hash(suite, b"")
         zeros = bytes(self.hash_len)
-        self.early_secret = _extract(suite, self.hash, zeros, zeros)
+        self.early_secret = hkdf_extract(self.hash, zeros, zeros)
         self.derived = b""  # set just below, with a KeySchedule that has these
 
 
@@ -97,7 +90,7 @@ class KeySchedule:
         self.hash_len = const.hash_len
         self._psk = bool(psk)
         if psk:
-            self.early_secret = _extract(suite, self.hash, bytes(self.hash_len), psk)
+            self.early_secret = hkdf_extract(self.hash, bytes(self.hash_len), psk)
         else:
             self.early_secret = const.early_secret
         self.handshake_secret = b""
@@ -139,9 +132,9 @@ class KeySchedule:
         const = self._const
         derived = const.derived if not self._psk else self._derive(
             self.early_secret, "derived", const.empty_hash)
-        self.handshake_secret = _extract(self.suite, self.hash, derived, shared)
+        self.handshake_secret = hkdf_extract(self.hash, derived, shared)
         derived = self._derive(self.handshake_secret, "derived", const.empty_hash)
-        self.master_secret = _extract(self.suite, self.hash, derived, bytes(self.hash_len))
+        self.master_secret = hkdf_extract(self.hash, derived, bytes(self.hash_len))
 
     def handshake_traffic(self, thash: bytes) -> tuple[bytes, bytes]:
         """(client, server) handshake traffic secrets for the hash of CH..SH."""
