@@ -51,3 +51,28 @@ def test_blocked_sender_signals_and_the_receiver_grows_its_window() -> None:
     assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
     assert recv.window > 128 * KIB  # grew further on later blocks, within the maximum
     assert recv.window <= 4096 * KIB
+
+
+def test_repeated_blocked_frames_never_grow_the_window_past_its_maximum() -> None:
+    """A peer repeating STREAM_DATA_BLOCKED at our limit (hostile, or stuck) doubles the
+    window at most up to ``max_stream_data_window``, and never raises the limit it may
+    send to: that still waits for the application to read."""
+    from quicflow.crypto.epoch import Epoch
+    from quicflow.transport.receive_streams import on_stream_data_blocked
+    from quicflow.wire.frames import StreamDataBlocked
+
+    pair = _pair()
+    pair.run(lambda: pair.client.handshake_confirmed)
+    sid = pair.client.open_stream()
+    pair.client.send_stream_data(sid, b"x" * 1000)
+    server = pair.server_conns[0]
+    pair.run(lambda: sid in server.streams)
+    recv = server.streams[sid].recv
+    assert recv is not None
+    limit = recv.max_data
+    for _ in range(100):
+        on_stream_data_blocked(server, StreamDataBlocked(sid, limit), Epoch.ONE_RTT, pair.now)
+    assert recv.window == 4096 * KIB  # doubled up to the maximum, not past it
+    assert recv.max_data == limit  # nothing more the peer may send before we read
+    on_stream_data_blocked(server, StreamDataBlocked(sid, limit + 1), Epoch.ONE_RTT, pair.now)
+    assert recv.window == 4096 * KIB
