@@ -68,6 +68,7 @@ class EndpointRunner:
         self.endpoint = endpoint
         self.faces: dict[int, QuicConnection] = {}  # id(Connection) -> face
         self._counted = 0  # faces reported to the process's GC policy (gcpolicy.py)
+        GC_POLICY.runner_started()
         self.on_accept = on_accept
         self.connected_peer = connected_peer
         #: how to name the peer in errors ("HOST port PORT" of connect()); set by connect
