@@ -1,7 +1,7 @@
 """Waiting on a client connection: wait_connected(), wait_closed(), leaving the block.
 
 Each wait makes its own future (no shield, no task per wait): a waiter cancelled alone
-must leave the others waiting, and the end of the ``async with`` block waits for the
+must leave the others waiting, and the end of a ``connect()`` block waits for the
 closing period (bounded) without a ``wait_for`` task.
 """
 
@@ -82,8 +82,9 @@ def test_wait_connected_raises_why_the_handshake_failed() -> None:
 
 def test_closing_the_client_endpoint_ends_every_wait_for_its_connections() -> None:
     """ep.close() takes the socket away: connections still in their closing period can
-    never finish it, so whoever waits for their end (wait_closed, the ``async with``
-    of a connection being left) is released at once instead of waiting forever."""
+    never finish it, so whoever waits for their end (wait_closed) is released at once
+    instead of waiting forever. (Leaving the ``async with`` of a connection does not wait
+    for its closing period on a shared endpoint.)"""
 
     async def main() -> None:
         server = await quicflow.serve(
@@ -93,12 +94,13 @@ def test_closing_the_client_endpoint_ends_every_wait_for_its_connections() -> No
             async with quicflow.client_endpoint(configuration=client_config()) as ep:
                 cms = [ep.connect("127.0.0.1", server.address[1]) for _ in range(3)]
                 conns = [await cm.__aenter__() for cm in cms]
-                leaving = asyncio.ensure_future(cms[0].__aexit__(None, None, None))
-                waiting = [asyncio.ensure_future(c.wait_closed()) for c in conns[1:]]
+                await cms[0].__aexit__(None, None, None)  # returns while closing
+                assert not conns[0].conn.terminated
+                waiting = [asyncio.ensure_future(c.wait_closed()) for c in conns]
                 await asyncio.sleep(0.01)  # all three wait: one closing, two open
-                assert not leaving.done() and not any(w.done() for w in waiting)
+                assert not any(w.done() for w in waiting)
                 ep.close()
-                await asyncio.wait_for(asyncio.gather(leaving, *waiting), 1.0)
+                await asyncio.wait_for(asyncio.gather(*waiting), 1.0)
                 assert all(c.closed for c in conns)
         finally:
             server.close()

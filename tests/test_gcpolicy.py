@@ -19,8 +19,34 @@ from tests.support.transfer import client_configuration, server_configuration
 def policy(monkeypatch: pytest.MonkeyPatch) -> Iterator[gcpolicy.FreezeOnGrowth]:
     fresh = gcpolicy.FreezeOnGrowth()
     monkeypatch.setattr(gcpolicy, "POLICY", fresh)
+    thresholds = gc.get_threshold()
     yield fresh
     gc.unfreeze()
+    gc.set_threshold(*thresholds)
+
+
+def test_the_first_runner_raises_only_pythons_default_gen0_threshold(
+        policy: gcpolicy.FreezeOnGrowth) -> None:
+    gc.set_threshold(gcpolicy.PYTHON_GEN0_THRESHOLD, 10, 10)
+    policy.runner_started()
+    assert gc.get_threshold() == (gcpolicy.GEN0_THRESHOLD, 10, 10)
+    gc.set_threshold(1234, 10, 10)  # the application's own choice from now on
+    policy.runner_started()
+    assert gc.get_threshold() == (1234, 10, 10)
+    gc.set_threshold(gcpolicy.GEN0_THRESHOLD, 10, 10)
+    gcpolicy.set_enabled(False)  # turning the policy off puts the default back
+    try:
+        assert gc.get_threshold() == (gcpolicy.PYTHON_GEN0_THRESHOLD, 10, 10)
+        policy.runner_started()  # and a runner started then changes nothing
+        assert gc.get_threshold() == (gcpolicy.PYTHON_GEN0_THRESHOLD, 10, 10)
+    finally:
+        gcpolicy.set_enabled(True)
+
+
+def test_an_application_threshold_is_left_alone(policy: gcpolicy.FreezeOnGrowth) -> None:
+    gc.set_threshold(5000, 20, 30)
+    policy.runner_started()
+    assert gc.get_threshold() == (5000, 20, 30) and not policy.raised
 
 
 def test_freezes_at_each_doubling_and_releases_when_small(policy: gcpolicy.FreezeOnGrowth) -> None:

@@ -75,11 +75,19 @@ def _server_name(host: str, config: Configuration) -> str | None:
 
 class _Open:
     """``async with``: one client connection on ``runner``'s endpoint: handshake,
-    yield, close (and wait for the closing period, at most 3 PTO + 0.5 s).
+    yield, close.
+
+    Leaving the block sends the CONNECTION_CLOSE at once. On a shared client endpoint
+    (``peer`` None: ``host`` is resolved on entry) it returns then: the connection
+    stays in its closing state (RFC 9000 §10.2) on the endpoint, whose runner answers
+    late packets with the close, repeats it on its backoff timer and frees the
+    connection IDs when the 3 PTO are over (closing the endpoint ends them early, as
+    §10.2 allows when the socket goes); ``wait_closed()`` waits for that end. A
+    connection of its own (``connect()``) waits for the closing period before its
+    socket is closed (at most 3 PTO + 0.5 s): the socket is needed to finish it.
 
     A plain class rather than an ``asynccontextmanager`` generator: one object per
-    connection, no generator and no wrapper between the caller and the loop.
-    ``peer`` None: ``host`` is resolved on entry (a shared client endpoint)."""
+    connection, no generator and no wrapper between the caller and the loop."""
 
     __slots__ = ("runner", "peer", "host", "port", "stream_handler", "wait_connected",
                  "face_class", "face")
@@ -135,13 +143,14 @@ class _Open:
         if face is not None:
             await self._close(face)
 
-    @staticmethod
-    async def _close(face: QuicConnection) -> None:
+    async def _close(self, face: QuicConnection) -> None:
         conn = face.conn
         if not conn.terminated:
             face.close()
             runner = face.runner
             runner.flush_now(conn)  # the CONNECTION_CLOSE now, not a loop round later
+            if self.peer is None and conn.state >= CLOSING:
+                return  # a shared endpoint: its runner ends the closing period
             if conn.state >= CLOSING and not runner._closed:
                 # the runner's timer ends the closing period (3 PTO); a runner closed
                 # meanwhile releases the wait (_release): no loop timer per connection
@@ -227,7 +236,9 @@ class ClientEndpoint:
 
     @property
     def connections(self) -> list[QuicConnection]:
-        return list(self.runner.faces.values())
+        """The connections not closed yet (those left, still in their closing period
+        on the endpoint, are not listed)."""
+        return [f for f in self.runner.faces.values() if not f.closed]
 
     def connect(
         self,

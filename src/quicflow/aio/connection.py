@@ -444,10 +444,14 @@ class QuicConnection:
                     self._readers[sid]._wake()
                     self._writers[sid]._wake()
             elif cls is StreamsAvailable:
-                self._wake_stream_openers()
+                if self._streams_waiters:
+                    self._wake_stream_openers()
             elif cls is HandshakeCompleted:
-                self._wake_stream_openers()  # the peer's stream limits are known now
-                self._on_connected()
+                if self._streams_waiters:  # the peer's stream limits are known now
+                    self._wake_stream_openers()
+                self._is_connected = True
+                if self._connect_waiters:
+                    self._on_connected()
             elif cls is ConnectionTerminated:
                 self._on_close_event(event)  # type: ignore[arg-type]
             elif cls is DatagramReceived:
@@ -519,6 +523,8 @@ class QuicConnection:
         self._wake_all()
 
     def _wake_all(self) -> None:
+        """Wake whoever waits on this connection (each check is cheap: a connection that
+        closes with nobody waiting, as most short ones do, makes no call here)."""
         error = self._close_error or ConnectionClosedError(0, "connection closed", False)
         if self._migration is not None and not self._migration.done():
             self._migration.set_exception(error)
@@ -530,12 +536,16 @@ class QuicConnection:
                 if not waiter.done():
                     waiter.set_exception(error)
                     waiter.exception()  # mark retrieved
-        for reader in self._readers.values():
-            reader._wake()
-        for writer in self._writers.values():
-            writer._wake()
-        self.send_gate.wake_all()
-        self._wake_stream_openers()
+        if self._readers:
+            for reader in self._readers.values():
+                reader._wake()
+            for writer in self._writers.values():
+                writer._wake()
+        gate = self.send_gate
+        if gate._waiters:
+            gate.wake_all()
+        if self._streams_waiters:
+            self._wake_stream_openers()
 
     def _wake_stream_openers(self) -> None:
         waiters, self._streams_waiters = self._streams_waiters, []

@@ -46,6 +46,9 @@ MAX_GSO_SEGMENTS = 64
 MAX_GSO_BYTES = 65000
 RECV_BATCH = 8  # receive buffers (each up to 64 GRO segments) read per round
 RECV_ROUNDS = 32  # rounds per readable callback before yielding to the loop
+#: source addresses remembered in their normalized form (``normalize_address``): a
+#: server reads many datagrams from each client; the map is emptied when it is full
+PEER_CACHE = 4096
 
 
 class EndpointRunner:
@@ -65,6 +68,7 @@ class EndpointRunner:
         self.endpoint = endpoint
         self.faces: dict[int, QuicConnection] = {}  # id(Connection) -> face
         self._counted = 0  # faces reported to the process's GC policy (gcpolicy.py)
+        GC_POLICY.runner_started()
         self.on_accept = on_accept
         self.connected_peer = connected_peer
         #: how to name the peer in errors ("HOST port PORT" of connect()); set by connect
@@ -78,6 +82,7 @@ class EndpointRunner:
         self._wheel: asyncio.TimerHandle | None = None
         self._wheel_at = float("inf")
         self._dirty: dict[Connection, None] = {}  # by identity, in order
+        self._peers: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # see PEER_CACHE
         self._flush_scheduled = False
         # fd -> (socket, connections waiting for it to drain) while its buffer is full
         self._waiting: dict[int, tuple[UdpTransport, dict[Connection, None]]] = {}
@@ -217,30 +222,49 @@ class EndpointRunner:
         endpoint = self.endpoint
         now = self.loop.time()
         touched: list[Connection] = []
+        runs = 0  # endpoint calls whose connections ``touched`` holds
         plain: list[tuple[bytes, tuple[Any, ...], int]] = []
+        peers = self._peers
         for data, segment_size, addr, ecn in batch:
-            peer = normalize_address(addr) if addr else (socket_peer or self.connected_peer)
-            assert peer is not None
+            if addr:
+                peer = peers.get(addr)
+                if peer is None:
+                    if len(peers) >= PEER_CACHE:
+                        peers.clear()
+                    peer = peers[addr] = normalize_address(addr)
+            else:
+                peer = socket_peer or self.connected_peer
+                assert peer is not None
             if segment_size < len(data):
                 if plain:  # keep arrival order
                     touched += endpoint.receive_datagrams(plain, now)
                     plain = []
+                    runs += 1
                 touched += endpoint.receive_batch(data, segment_size, peer, now, ecn)
+                runs += 1
             else:
-                plain.append((bytes(data), peer, ecn))
+                plain.append((data if type(data) is bytes else bytes(data), peer, ecn))
         if plain:
-            touched += endpoint.receive_datagrams(plain, now)
-        touched = list(dict.fromkeys(touched))  # each once (by identity), in order
+            if runs:
+                touched += endpoint.receive_datagrams(plain, now)
+                runs += 1
+            else:
+                touched = endpoint.receive_datagrams(plain, now)
+                runs = 1
+        if runs > 1:
+            touched = list(dict.fromkeys(touched))  # each once (by identity), in order
         if endpoint.accepted:
+            on_accept = self.on_accept
             for conn in endpoint.accepted:
-                if self.on_accept is not None:
-                    self.add_face(conn, self.on_accept(conn))
+                if on_accept is not None:
+                    self.add_face(conn, on_accept(conn))
             endpoint.accepted.clear()
-        if self.listeners and transport in self.listeners:
-            for data, addr in endpoint.pop_stateless():  # from the address they hit
-                transport.send_batch(data, len(data), addr)
-        for data, addr in endpoint.pop_stateless():
-            self.transport.send_batch(data, len(data), addr)
+        if endpoint.stateless:
+            if self.listeners and transport in self.listeners:
+                for data, addr in endpoint.pop_stateless():  # from the address they hit
+                    transport.send_batch(data, len(data), addr)
+            for data, addr in endpoint.pop_stateless():
+                self.transport.send_batch(data, len(data), addr)
         if self.listeners:
             self._note_homes(transport, touched)
         if endpoint.forwarded:  # moved connections' datagrams: to their new host

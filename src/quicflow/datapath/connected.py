@@ -347,8 +347,10 @@ class ConnectedSockets:
 
     def forget(self, conn: Any) -> None:
         """``conn`` ended: close its socket and drop every trace of it."""
-        self.release(conn)
-        self._moved.discard(id(conn))
+        key = id(conn)
+        if key in self._held:  # (most connections never had one)
+            self.release(conn)
+        self._moved.discard(key)
 
     def note_stray(self, count: int = 1) -> None:
         """``count`` datagrams read from a connected socket came from another address
