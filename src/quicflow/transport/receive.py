@@ -52,6 +52,7 @@ from .events import (
     NewTokenReceived,
 )
 from .recovery_glue import on_ack_frame, requeue_epoch
+from .rtt import GRANULARITY
 from .state import (
     CLOSING,
     DRAINING,
@@ -237,7 +238,10 @@ def _receive_packet(
     space = conn.spaces[space_index]
     if space.discarded:
         return
-    if pn in space.received:
+    received = space.received
+    largest_received = space.largest_received
+    # (the largest received packet number is the set's largest: a newer one is no dup)
+    if pn <= largest_received and pn in received:
         conn.counters.duplicate_packets += 1
         return
     conn.counters.packets_received += 1
@@ -258,14 +262,16 @@ def _receive_packet(
         conn.counters.dropped_reassembly_full += 1
         return  # not acknowledged: the peer sends it again
     # ACK bookkeeping
-    if pn < space.largest_received or (
-        space.received and pn > space.largest_received + 1
-    ):
+    ends = received.ends
+    if pn < largest_received or (ends and pn > largest_received + 1):
         space.ack_immediately = True  # reordering or a gap
-    space.received.add(pn, pn + 1)
-    if len(space.received) > 64:
-        space.received.shift_below(space.received.starts[-32])
-    newest = pn > space.largest_received
+    if ends and ends[-1] == pn:
+        ends[-1] = pn + 1  # the next in order: the last range grows (RangeSet.add inline)
+    else:
+        received.add(pn, pn + 1)
+        if len(ends) > 64:
+            received.shift_below(received.starts[-32])
+    newest = pn > largest_received
     if newest:
         if now - space.largest_received_time > conn.configuration.max_ack_delay:
             space.ack_immediately = True  # after a silence: likely PTO probes (see below)
@@ -306,7 +312,7 @@ def _effective_idle(conn: Connection) -> float:
     """The idle timeout in force: the smaller of ours and the peer's (0: none), the
     half-open limit for a server's unvalidated connection, never below 3 PTO."""
     cfg = conn.configuration
-    idle = cfg.idle_timeout if cfg.idle_timeout > 0 else float("inf")
+    idle = cfg.idle_timeout if cfg.idle_timeout > 0 else _INF
     params = conn.peer_params
     if params is not None and params.max_idle_timeout > 0:
         peer = params.max_idle_timeout / 1000
@@ -315,10 +321,18 @@ def _effective_idle(conn: Connection) -> float:
     if not conn.is_client and not conn.address_validated:  # half-open: short life
         if cfg.half_open_timeout < idle:
             idle = cfg.half_open_timeout
-    if idle == float("inf"):
+    if idle == _INF:
         return idle
-    pto = 3 * conn.pto()
+    # 3 PTO: Connection.pto() (RttEstimator.pto_duration with the peer's max_ack_delay)
+    # inline, as this runs for every packet received
+    rtt = conn.loss.rtt
+    var = 4 * rtt.rttvar
+    pto = 3 * (rtt.smoothed_rtt + (var if var > GRANULARITY else GRANULARITY)
+               + (params.max_ack_delay / 1000 if params is not None else 0.025))
     return idle if idle > pto else pto
+
+
+_INF = float("inf")
 
 
 def _check_stateless_reset(conn: Connection, packet: bytes) -> None:
@@ -410,22 +424,22 @@ def _process_frames(conn: Connection, payload: bytes, epoch: Epoch, now: float) 
         raise QuicError(PROTOCOL_VIOLATION, "packet without frames")
     ack_eliciting = False
     probing = True
-    handshake_epoch = epoch == Epoch.INITIAL or epoch == Epoch.HANDSHAKE
+    probing_frames = pathprobe.PROBING_FRAMES
+    # the frame types allowed in this epoch (None: all), by exact type: parse_frames
+    # makes only these classes
+    allowed = _ALLOWED_IN_EPOCH[epoch]
+    handlers = _HANDLERS
     for frame in frames:
         cls = type(frame)
-        if probing and cls not in pathprobe.PROBING_FRAMES:
+        if probing and cls not in probing_frames:
             probing = False
-        if epoch == Epoch.ZERO_RTT and isinstance(frame, early_data.FORBIDDEN_IN_0RTT):
-            raise QuicError(PROTOCOL_VIOLATION, f"{cls.__name__} not allowed in 0-RTT",
+        if allowed is not None and cls not in allowed:
+            name = "0-RTT" if epoch == Epoch.ZERO_RTT else epoch.name
+            raise QuicError(PROTOCOL_VIOLATION, f"{cls.__name__} not allowed in {name}",
                             F.frame_type_of(frame))
-        if handshake_epoch and (not isinstance(frame, _HANDSHAKE_FRAMES) or (
-            isinstance(frame, F.ConnectionClose) and frame.frame_type is None  # 0x1d
-        )):
-            raise QuicError(PROTOCOL_VIOLATION, f"{cls.__name__} not allowed in {epoch.name}",
-                            F.frame_type_of(frame))
-        if cls is not F.Ack and cls is not F.Padding and cls is not F.ConnectionClose:
+        if cls not in _NOT_ACK_ELICITING:
             ack_eliciting = True
-        handler = _HANDLERS.get(cls)
+        handler = handlers[cls]
         if handler is not None:
             try:
                 handler(conn, frame, epoch, now)
@@ -711,6 +725,10 @@ def _on_path_response(conn: Connection, frame: Any, epoch: Epoch, now: float) ->
 
 
 def _on_connection_close(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    if frame.frame_type is None and (epoch == Epoch.INITIAL or epoch == Epoch.HANDSHAKE):
+        # an application close (0x1d) only in 0-RTT and 1-RTT (RFC 9000 §12.4, §12.5)
+        raise QuicError(PROTOCOL_VIOLATION, f"ConnectionClose not allowed in {epoch.name}",
+                        F.CONNECTION_CLOSE_APP)
     reason = frame.reason.decode("utf-8", "replace")
     conn.enter_draining(frame.error_code, frame.frame_type, reason)
 
@@ -741,13 +759,9 @@ def _on_datagram(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None
     conn.events.append(DatagramReceived(bytes(frame.data)))
 
 
-def _ignore(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
-    return
-
-
-_HANDLERS: dict[type, Callable[[Connection, Any, Epoch, float], None]] = {
-    F.Padding: _ignore,
-    F.Ping: _ignore,
+_HANDLERS: dict[type, Callable[[Connection, Any, Epoch, float], None] | None] = {
+    F.Padding: None,  # (None: nothing to do beyond the ACK bookkeeping)
+    F.Ping: None,
     F.Ack: _on_ack,
     F.ResetStream: RS.on_reset_stream,
     F.StopSending: RS.on_stop_sending,
@@ -757,7 +771,7 @@ _HANDLERS: dict[type, Callable[[Connection, Any, Epoch, float], None]] = {
     F.MaxData: RS.on_max_data,
     F.MaxStreamData: RS.on_max_stream_data,
     F.MaxStreams: RS.on_max_streams,
-    F.DataBlocked: _ignore,
+    F.DataBlocked: None,
     F.StreamDataBlocked: RS.on_stream_data_blocked,
     F.StreamsBlocked: RS.on_streams_blocked,
     F.NewConnectionId: _on_new_connection_id,
@@ -767,6 +781,17 @@ _HANDLERS: dict[type, Callable[[Connection, Any, Epoch, float], None]] = {
     F.ConnectionClose: _on_connection_close,
     F.HandshakeDone: _on_handshake_done,
     F.Datagram: _on_datagram,
+}
+
+_NOT_ACK_ELICITING = frozenset({F.Ack, F.Padding, F.ConnectionClose})  # RFC 9002 §2
+#: frame types allowed per epoch (RFC 9000 §12.4; a 0x1d CONNECTION_CLOSE is refused in
+#: Initial and Handshake packets by its handler), None: any
+_ALLOWED_IN_EPOCH: dict[Epoch, frozenset[type] | None] = {
+    Epoch.INITIAL: frozenset(_HANDSHAKE_FRAMES),
+    Epoch.HANDSHAKE: frozenset(_HANDSHAKE_FRAMES),
+    Epoch.ZERO_RTT: frozenset(cls for cls in _HANDLERS
+                              if cls not in early_data.FORBIDDEN_IN_0RTT),
+    Epoch.ONE_RTT: None,
 }
 
 __all__ = ["receive_datagram", "program_engine", "STREAM_STATE_ERROR", "INTERNAL_ERROR"]

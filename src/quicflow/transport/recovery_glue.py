@@ -50,7 +50,8 @@ def on_ack_frame(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None
         space.largest_acked = largest
     if acked:
         conn.probes_pending = [0, 0, 0]
-        _validate_ecn(conn, space, frame.ecn, acked, now)
+        if conn.ecn_state != ECN_FAILED:  # (_validate_ecn's first test, inline)
+            _validate_ecn(conn, space, frame.ecn, acked, now)
         on_acked_packets(conn, acked)
         pm = conn.pmtud
         if pm.probe_pn >= 0 or pm.big_loss_events:
@@ -88,6 +89,10 @@ def _validate_ecn(
         conn.cc.on_ecn_ce(acked[-1].time_sent, now)
 
 
+#: Epoch by value (a table lookup: calling the enum class runs enum's Python __call__)
+_EPOCHS = tuple(Epoch)
+
+
 def on_acked_packets(conn: Connection, packets: list[SentPacket]) -> None:
     writable: set[int] = set()
     streams = conn.streams
@@ -107,7 +112,7 @@ def on_acked_packets(conn: Connection, packets: list[SentPacket]) -> None:
                     conn.send_buffered -= stream.send.on_acked(rec[2], rec[3], bool(rec[4]))
                     writable.add(rec[1])
             elif kind == R_CRYPTO:
-                crypto = conn.spaces[SPACE_OF_EPOCH[Epoch(rec[1])]].crypto_send
+                crypto = conn.spaces[SPACE_OF_EPOCH[_EPOCHS[rec[1]]]].crypto_send
                 if crypto is not None:  # (None: the space was discarded)
                     crypto.on_acked(rec[2], rec[3], False)
             elif kind == R_RESET:
@@ -156,7 +161,7 @@ def resend_frames(conn: Connection, packets: list[SentPacket]) -> None:
                     if rec[1] not in conn.send_queue:
                         conn.send_queue.append(rec[1])
             elif kind == R_CRYPTO:
-                crypto = conn.spaces[SPACE_OF_EPOCH[Epoch(rec[1])]].crypto_send
+                crypto = conn.spaces[SPACE_OF_EPOCH[_EPOCHS[rec[1]]]].crypto_send
                 if crypto is not None:  # (None: the space was discarded)
                     crypto.on_lost(rec[2], rec[3], False)
             elif kind == R_MAX_DATA:

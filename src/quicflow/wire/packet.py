@@ -153,12 +153,22 @@ def parse_header(
 
     token = b""
     if packet_type == INITIAL:
-        token_len, p = decode_varint(data, p)
+        token_len = data[p] if p < n else 0x40  # one byte (0: no token) inline
+        if token_len < 0x40:
+            p += 1
+        else:
+            token_len, p = decode_varint(data, p)
         if p + token_len > n:
             raise WireError("truncated token")
-        token = bytes(data[p : p + token_len])
-        p += token_len
-    length, p = decode_varint(data, p)
+        if token_len:
+            token = bytes(data[p : p + token_len])
+            p += token_len
+    b = data[p] if p < n else 0xC0
+    if 0x40 <= b < 0x80 and p + 1 < n:  # a two-byte length: the usual case, inline
+        length = ((b & 0x3F) << 8) | data[p + 1]
+        p += 2
+    else:
+        length, p = decode_varint(data, p)
     end = p + length
     if end > n:
         raise WireError("packet length exceeds datagram")

@@ -104,7 +104,17 @@ _INT_PARAMS: tuple[tuple[int, str, int], ...] = (
     (ACTIVE_CONNECTION_ID_LIMIT, "active_connection_id_limit", 2),
     (MAX_DATAGRAM_FRAME_SIZE, "max_datagram_frame_size", 0),
 )
-_INT_FIELD = {pid: name for pid, name, _ in _INT_PARAMS}
+#: the range _check_int allows each integer parameter (checked inline when decoding)
+_INT_BOUNDS = {
+    MAX_UDP_PAYLOAD_SIZE: (1200, 2**62 - 1),
+    ACK_DELAY_EXPONENT: (0, 20),
+    MAX_ACK_DELAY: (0, (1 << 14) - 1),
+    ACTIVE_CONNECTION_ID_LIMIT: (2, 2**62 - 1),
+    INITIAL_MAX_STREAMS_BIDI: (0, _MAX_STREAMS),
+    INITIAL_MAX_STREAMS_UNI: (0, _MAX_STREAMS),
+}
+#: id -> (field name, smallest, largest value allowed)
+_INT_FIELD = {pid: (name, *_INT_BOUNDS.get(pid, (0, 2**62 - 1))) for pid, name, _ in _INT_PARAMS}
 
 _CID_PARAMS: tuple[tuple[int, str], ...] = (
     (ORIGINAL_DESTINATION_CONNECTION_ID, "original_destination_connection_id"),
@@ -285,8 +295,9 @@ def decode_transport_parameters(
                 raise TransportParameterError(
                     f"server-only transport parameter 0x{pid:x} sent by a client"
                 )
-            name = _INT_FIELD.get(pid)
-            if name is not None:
+            spec = _INT_FIELD.get(pid)
+            if spec is not None:
+                name, lo, hi = spec
                 value = buf[pos] if pos < n else 0x40
                 if value < 0x40:
                     vend = pos + 1
@@ -294,7 +305,8 @@ def decode_transport_parameters(
                     value, vend = decode_varint(buf, pos)
                 if vend != end:
                     raise TransportParameterError(f"bad length of transport parameter {name}")
-                _check_int(pid, value)
+                if value < lo or value > hi:
+                    _check_int(pid, value)  # raises, naming the limit
                 setattr(tp, name, value)
             elif pid in _CID_FIELD:
                 if length > _MAX_CID_LEN:
