@@ -62,6 +62,11 @@ from .state import (
 )
 from .streams import ReassemblyFull
 
+#: the epochs as module constants for the per-packet code (an enum class attribute costs
+#: about four times a global's lookup)
+EP_INITIAL, EP_0RTT, EP_HANDSHAKE, EP_1RTT = (Epoch.INITIAL, Epoch.ZERO_RTT, Epoch.HANDSHAKE,
+                                              Epoch.ONE_RTT)
+
 EPOCH_OF_TYPE = {INITIAL: Epoch.INITIAL, HANDSHAKE: Epoch.HANDSHAKE, ZERO_RTT: Epoch.ZERO_RTT}
 
 # frames allowed in Initial and Handshake packets (RFC 9000 §12.4)
@@ -78,12 +83,13 @@ def receive_datagram(
     conn._now_hint = now
     if conn.terminated or conn.state == DRAINING:
         return
-    conn.counters.datagrams_received += 1
-    conn.counters.bytes_received += len(data)
-    if not conn.address_validated:
-        conn.bytes_received_unvalidated += len(data)
-    pos = 0
     n = len(data)
+    counters = conn.counters
+    counters.datagrams_received += 1
+    counters.bytes_received += n
+    if not conn.address_validated:
+        conn.bytes_received_unvalidated += n
+    pos = 0
     while pos < n:
         if first is not None:
             hdr, first = first, None
@@ -91,10 +97,15 @@ def receive_datagram(
             try:
                 hdr = parse_header(data, pos, conn.local_cid_length)
             except WireError:
-                conn.counters.packets_dropped += 1
-                conn.counters.dropped_malformed += 1
+                counters.packets_dropped += 1
+                counters.dropped_malformed += 1
                 return
-        if not _receive_one(conn, data, pos, hdr, addr, now, ecn):
+        try:  # (_receive_one inline)
+            _receive_packet(conn, data, pos, hdr, addr, now, ecn)
+        except (QuicError, TlsAlert) as exc:
+            _close_for(conn, exc)
+            return
+        if conn.state >= CLOSING:
             return
         pos = hdr.end
     if conn.early_one_rtt and conn.handshake_complete:
@@ -108,14 +119,18 @@ def _receive_one(
     """One packet; False when the connection is closing because of it (or was)."""
     try:
         _receive_packet(conn, data, pos, hdr, addr, now, ecn)
-    except QuicError as exc:
-        conn.close_with_error(exc)
-        return False
-    except TlsAlert as exc:
-        conn.close(exc.quic_error_code, str(exc), application=False,
-                   frame_type=F.CRYPTO)
+    except (QuicError, TlsAlert) as exc:
+        _close_for(conn, exc)
         return False
     return conn.state < CLOSING
+
+
+def _close_for(conn: Connection, exc: QuicError | TlsAlert) -> None:
+    """Close for a violation found in a received packet (a TLS alert: CRYPTO's)."""
+    if isinstance(exc, QuicError):
+        conn.close_with_error(exc)
+    else:
+        conn.close(exc.quic_error_code, str(exc), application=False, frame_type=F.CRYPTO)
 
 
 #: 1-RTT datagrams a server holds while its handshake is not complete (RFC 9001 §5.7
@@ -194,7 +209,7 @@ def _receive_packet(
         conn.counters.dropped_malformed += 1
         return
     if ptype == ONE_RTT:
-        epoch = Epoch.ONE_RTT
+        epoch = EP_1RTT
         if not conn.one_rtt_ready:
             conn.counters.packets_dropped += 1
             conn.counters.dropped_no_keys += 1
@@ -247,13 +262,15 @@ def _receive_packet(
     conn.counters.packets_received += 1
     if conn.qlog is not None:
         qlog.packet_received(conn, now, epoch, pn, payload, hdr.end - pos, hdr.dcid,
-                             None if epoch == Epoch.ONE_RTT else hdr.scid)
-    if epoch == Epoch.ZERO_RTT:
+                             None if epoch == EP_1RTT else hdr.scid)
+    if epoch == EP_0RTT:
         conn.counters.zero_rtt_received += 1
-    if epoch == Epoch.HANDSHAKE and not conn.is_client:
-        _discard_epoch(conn, Epoch.INITIAL)
-    crypto_before = _crypto_held(space) if epoch == Epoch.INITIAL else 0
-    challenges_before = len(conn.path_challenges_received)
+    if epoch == EP_HANDSHAKE and not conn.is_client:
+        _discard_epoch(conn, EP_INITIAL)
+    # (only a server's Initial packets need what CRYPTO held before, see below)
+    server_initial = epoch == EP_INITIAL and not conn.is_client
+    crypto_before = _crypto_held(space) if server_initial else 0
+    challenges_before = len(conn.path_challenges_received) if epoch == EP_1RTT else 0
     try:
         ack_eliciting = _process_frames(conn, payload, epoch, now)
     except ReassemblyFull:
@@ -277,7 +294,7 @@ def _receive_packet(
             space.ack_immediately = True  # after a silence: likely PTO probes (see below)
         space.largest_received = pn
         space.largest_received_time = now
-    if epoch == Epoch.ONE_RTT:
+    if epoch == EP_1RTT:
         if addr != conn.peer_address:  # a new path, or a probe of one (pathprobe.py)
             pathprobe.after_one_rtt_packet(conn, addr, newest, len(data), challenges_before)
         elif newest and not conn.last_packet_probing:
@@ -288,11 +305,11 @@ def _receive_packet(
     if ack_eliciting:
         space.ack_eliciting_pending += 1
         space.ack_repeats = 0
-        if epoch != Epoch.ONE_RTT or space.ack_eliciting_pending >= 2:
+        if epoch != EP_1RTT or space.ack_eliciting_pending >= 2:
             space.ack_immediately = True
         elif space.ack_deadline is None:
             space.ack_deadline = now + conn.configuration.max_ack_delay
-    if epoch != Epoch.INITIAL or conn.is_client or _crypto_held(space) > crypto_before:
+    if not server_initial or _crypto_held(space) > crypto_before:
         # an Initial that brings a server no new handshake data (anyone can build one)
         # does not keep the connection alive
         conn.idle_deadline = now + _effective_idle(conn)
@@ -434,7 +451,7 @@ def _process_frames(conn: Connection, payload: bytes, epoch: Epoch, now: float) 
         if probing and cls not in probing_frames:
             probing = False
         if allowed is not None and cls not in allowed:
-            name = "0-RTT" if epoch == Epoch.ZERO_RTT else epoch.name
+            name = "0-RTT" if epoch == EP_0RTT else epoch.name
             raise QuicError(PROTOCOL_VIOLATION, f"{cls.__name__} not allowed in {name}",
                             F.frame_type_of(frame))
         if cls not in _NOT_ACK_ELICITING:
@@ -570,9 +587,11 @@ def program_engine(conn: Connection) -> None:
     """Install the 1-RTT keys in the offload engine under every CID in use."""
     engine = conn.engine
     suite = conn.cipher_suite
-    if not conn.one_rtt_recv_hp:
-        conn.one_rtt_recv_hp = derive_hp_key(suite, conn.one_rtt_recv_secret, conn.version)
-        conn.one_rtt_send_hp = derive_hp_key(suite, conn.one_rtt_send_secret, conn.version)
+    # the header-protection keys stay the same across key updates: kept on the
+    # connection; the first time, the engine derives them with the packet keys (the
+    # same "quic hp" expansion as derive_hp_key) and they are read back from its entries
+    recv_hp = conn.one_rtt_recv_hp or None
+    send_hp = conn.one_rtt_send_hp or None
     largest = conn.spaces[2].largest_received
     first: bytes | None = None
     for entry in conn.host_cids:
@@ -580,15 +599,21 @@ def program_engine(conn: Connection) -> None:
             continue
         if first is None:
             engine.install(entry.cid, suite, conn.one_rtt_recv_secret, opener=True,
-                           largest_pn=largest, hp_key=conn.one_rtt_recv_hp,
-                           version=conn.version)
+                           largest_pn=largest, hp_key=recv_hp, version=conn.version)
             first = entry.cid
         else:
             engine.alias(entry.cid, first, opener=True)
+    if recv_hp is None:
+        conn.one_rtt_recv_hp = (
+            engine.key_state(first, opener=True).hp_key if first is not None
+            else derive_hp_key(suite, conn.one_rtt_recv_secret, conn.version)
+        )
     # the sealer is keyed by a local key, never by the peer's CID (which it chooses);
     # both directions start in key phase 0 (the engine keeps the phases from then on)
     engine.install(conn.seal_key, suite, conn.one_rtt_send_secret, opener=False,
-                   hp_key=conn.one_rtt_send_hp, version=conn.version)
+                   hp_key=send_hp, version=conn.version)
+    if send_hp is None:
+        conn.one_rtt_send_hp = engine.key_state(conn.seal_key, opener=False).hp_key
     conn.one_rtt_ready = True
 
 
@@ -660,7 +685,7 @@ def _on_new_connection_id(conn: Connection, frame: Any, epoch: Epoch, now: float
             if entry.cid != frame.cid:
                 raise QuicError(PROTOCOL_VIOLATION, "NEW_CONNECTION_ID sequence reused")
             return
-    if frame.sequence < conn.peer_cid_seq or any(s == frame.sequence for s in conn.retire_pending):
+    if frame.sequence < conn.peer_cid_seq or frame.sequence in conn.retire_pending:
         return
     conn.peer_cids.append(PeerCid(frame.sequence, frame.cid, frame.reset_token))
     if frame.retire_prior_to > 0:

@@ -450,10 +450,9 @@ def parse_frames(payload: bytes | bytearray | memoryview) -> list[Frame]:
                 append(Stream(sid, offset, data[pos:end], bool(ftype & STREAM_FIN)))
                 pos = end
                 continue
-            parser = parsers.get(ftype)
-            if parser is None:
+            if ftype not in parsers:
                 raise FrameEncodingError(ftype, "unknown frame type")
-            frame, pos = parser(data, pos, ftype)
+            frame, pos = parsers[ftype](data, pos, ftype)
         except FrameEncodingError:
             raise
         except (WireError, IndexError):

@@ -127,9 +127,9 @@ def parse_header(
     if not first & 0x40:
         raise WireError("fixed bit is 0")
     bits = (first >> 4) & 3
-    types = _TYPE_OF_BITS.get(version)
-    if types is None:
+    if version not in _TYPE_OF_BITS:
         return PacketHeader(bits, version, dcid, scid, b"", -1, n, first)
+    types = _TYPE_OF_BITS[version]
     packet_type = types[bits]
     if dcid_len > MAX_CID_LEN or scid_len > MAX_CID_LEN:
         raise WireError("connection id too long")
