@@ -148,6 +148,9 @@ def _parse_ack(data: bytes, pos: int, ftype: int) -> tuple[Frame, int]:
     delay = data[pos]
     if delay < 0x40:
         pos += 1
+    elif delay < 0x80:  # (a two-byte delay is common too)
+        delay = ((delay & 0x3F) << 8) | data[pos + 1]
+        pos += 2
     else:
         delay, pos = decode_varint(data, pos)
     count = data[pos]

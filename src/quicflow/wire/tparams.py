@@ -124,6 +124,8 @@ del _pid, _name, _lo, _hi
 _INT_SPECS: tuple[tuple[str, int, int] | None, ...] = tuple(
     _INT_FIELD.get(pid) for pid in range(max(_INT_FIELD) + 1)
 )
+_N_INT_SPECS = len(_INT_SPECS)
+_from_bytes = int.from_bytes
 
 _CID_PARAMS: tuple[tuple[int, str], ...] = (
     (ORIGINAL_DESTINATION_CONNECTION_ID, "original_destination_connection_id"),
@@ -311,12 +313,18 @@ def decode_transport_parameters(
                 raise TransportParameterError(
                     f"server-only transport parameter 0x{pid:x} sent by a client"
                 )
-            spec = int_specs[pid] if pid < len(int_specs) else None
+            spec = int_specs[pid] if pid < _N_INT_SPECS else None
             if spec is not None:
                 name, lo, hi = spec
                 value = buf[pos] if pos < n else 0x40
                 if value < 0x40:
                     vend = pos + 1
+                elif value < 0x80 and pos + 1 < n:  # 2- and 4-byte varints inline too
+                    value = ((value & 0x3F) << 8) | buf[pos + 1]
+                    vend = pos + 2
+                elif 0x80 <= value < 0xC0 and pos + 4 <= n:
+                    value = _from_bytes(buf[pos : pos + 4], "big") & 0x3FFFFFFF
+                    vend = pos + 4
                 else:
                     value, vend = decode_varint(buf, pos)
                 if vend != end:
