@@ -479,11 +479,23 @@ def _on_crypto(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
     recv = space.crypto_recv
     if recv is None:  # discarded space (its packets are not opened: cannot happen)
         return
-    try:
-        recv.receive(frame.offset, frame.data, False)
-    except QuicError:
-        raise QuicError(0xD, "CRYPTO data beyond the buffer") from None  # CRYPTO_BUFFER_EXCEEDED
-    data = recv.read()
+    offset = frame.offset
+    data = frame.data
+    end = offset + len(data)
+    if offset == recv.read_offset and not recv.ready_bytes and not recv.chunks and (
+        end <= recv.max_data
+    ):
+        # in order with nothing held (a handshake's usual case): RecvStream.receive()
+        # then read() would buffer the bytes and hand them back at once
+        if end > recv.highest_offset:
+            recv.highest_offset = end
+        recv.read_offset = end
+    else:
+        try:
+            recv.receive(offset, data, False)
+        except QuicError:
+            raise QuicError(0xD, "CRYPTO data beyond the buffer") from None  # CRYPTO_BUFFER_EXCEEDED
+        data = recv.read()
     recv.max_data = recv.read_offset + recv.window
     if not data or conn.tls is None:
         return
