@@ -660,8 +660,9 @@ def _apply_peer_params(conn: Connection, raw: bytes) -> None:
     if not conn.pmtud.enabled:  # else: 1200 until probes show more (pmtud.py)
         conn.max_datagram_size = max(1200, min(conn.configuration.max_datagram_size,
                                                params.max_udp_payload_size, conn.path_mtu_cap))
-    conn.cc.max_datagram_size = conn.max_datagram_size
-    conn.cc.cwnd = max(conn.cc.cwnd, initial_window(conn.max_datagram_size))
+    cc = conn.loss.cc
+    cc.max_datagram_size = conn.max_datagram_size
+    cc.cwnd = max(cc.cwnd, initial_window(conn.max_datagram_size))
     conn.pacer.max_datagram_size = conn.max_datagram_size
     conn.idle_deadline = conn._now_hint + _effective_idle(conn)
     for stream in conn.streams.values():  # streams opened before the params arrived

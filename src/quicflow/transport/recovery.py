@@ -291,9 +291,13 @@ class LossDetection:
                     )
                     break
 
-        lost = self._detect_lost(sp, now)
-        if lost:
-            self._on_lost(sp, lost, now)
+        if sp.sent:
+            lost = self._detect_lost(sp, now)
+            if lost:
+                self._on_lost(sp, lost, now)
+        else:  # all acknowledged: nothing to declare lost (_detect_lost's own first test)
+            sp.loss_time = None
+            lost = []
 
         cc = self.cc
         growth = 0
