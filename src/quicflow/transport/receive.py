@@ -493,8 +493,8 @@ def _on_crypto(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
     else:
         try:
             recv.receive(offset, data, False)
-        except QuicError:
-            raise QuicError(0xD, "CRYPTO data beyond the buffer") from None  # CRYPTO_BUFFER_EXCEEDED
+        except QuicError:  # 0xd: CRYPTO_BUFFER_EXCEEDED
+            raise QuicError(0xD, "CRYPTO data beyond the buffer") from None
         data = recv.read()
     recv.max_data = recv.read_offset + recv.window
     if not data or conn.tls is None:
