@@ -33,7 +33,7 @@ class ConnectionIdSource(Protocol):
 class CidGenerator:
     """QUIC-LB CIDs (draft-ietf-quic-load-balancers) carrying one server ID."""
 
-    __slots__ = ("config", "server_id", "cid_length", "_plaintext")
+    __slots__ = ("config", "server_id", "cid_length", "_plaintext", "_config_id", "_sid_end")
 
     def __init__(self, config: QuicLbConfig, server_id: bytes) -> None:
         if len(server_id) != config.server_id_len:
@@ -46,6 +46,8 @@ class CidGenerator:
         self.cid_length = config.cid_len
         # Plaintext mode: the server ID sits in the clear, so is_ours() is a compare.
         self._plaintext = config.key is None
+        self._config_id = config.config_id  # (is_ours reads these for every datagram)
+        self._sid_end = 1 + len(self.server_id)
 
     @classmethod
     def from_layout(
@@ -74,8 +76,8 @@ class CidGenerator:
         if self._plaintext:
             return (
                 len(cid) == self.cid_length
-                and cid[0] >> 5 == self.config.config_id
-                and cid[1 : 1 + len(self.server_id)] == self.server_id
+                and cid[0] >> 5 == self._config_id
+                and cid[1 : self._sid_end] == self.server_id
             )
         return decode_server_id(self.config, cid) == self.server_id
 

@@ -262,11 +262,13 @@ class Endpoint:
         conn = self._lookup(data, address, now, ecn)
         if conn is not None:
             receive_datagram(conn, data, address, now, ecn, self._header)
-            if not self._keep_new(conn):
+            # (the calls' own first tests inline: most datagrams need neither)
+            if not conn.counters.packets_received and not self._keep_new(conn):
                 return None
             if self.admission.half_open:
                 self.admission.update(conn)
-            self._sync_cids(conn)
+            if conn.cid_changes:
+                self._sync_cids(conn)
         return conn
 
     def _keep_new(self, conn: Connection) -> bool:

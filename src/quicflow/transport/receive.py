@@ -6,13 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..crypto.epoch import Epoch
-from ..crypto.keys import (
-    DecryptError,
-    PacketProtector,
-    derive_hp_key,
-    derive_packet_keys,
-    next_generation_secret,
-)
+from ..crypto.keys import DecryptError
 from ..crypto.retry import verify_retry_integrity_tag
 from ..crypto.suites import CipherSuite
 from ..tls.alerts import TlsAlert
@@ -51,7 +45,9 @@ from .events import (
     HandshakeCompleted,
     NewTokenReceived,
 )
+from .receive_keys import install_secret, on_peer_key_update, program_engine
 from .recovery_glue import on_ack_frame, requeue_epoch
+from .rtt import GRANULARITY
 from .state import (
     CLOSING,
     DRAINING,
@@ -60,6 +56,11 @@ from .state import (
     PeerCid,
 )
 from .streams import ReassemblyFull
+
+#: the epochs as module constants for the per-packet code (an enum class attribute costs
+#: about four times a global's lookup)
+EP_INITIAL, EP_0RTT, EP_HANDSHAKE, EP_1RTT = (Epoch.INITIAL, Epoch.ZERO_RTT, Epoch.HANDSHAKE,
+                                              Epoch.ONE_RTT)
 
 EPOCH_OF_TYPE = {INITIAL: Epoch.INITIAL, HANDSHAKE: Epoch.HANDSHAKE, ZERO_RTT: Epoch.ZERO_RTT}
 
@@ -77,12 +78,13 @@ def receive_datagram(
     conn._now_hint = now
     if conn.terminated or conn.state == DRAINING:
         return
-    conn.counters.datagrams_received += 1
-    conn.counters.bytes_received += len(data)
-    if not conn.address_validated:
-        conn.bytes_received_unvalidated += len(data)
-    pos = 0
     n = len(data)
+    counters = conn.counters
+    counters.datagrams_received += 1
+    counters.bytes_received += n
+    if not conn.address_validated:
+        conn.bytes_received_unvalidated += n
+    pos = 0
     while pos < n:
         if first is not None:
             hdr, first = first, None
@@ -90,10 +92,15 @@ def receive_datagram(
             try:
                 hdr = parse_header(data, pos, conn.local_cid_length)
             except WireError:
-                conn.counters.packets_dropped += 1
-                conn.counters.dropped_malformed += 1
+                counters.packets_dropped += 1
+                counters.dropped_malformed += 1
                 return
-        if not _receive_one(conn, data, pos, hdr, addr, now, ecn):
+        try:  # (_receive_one inline)
+            _receive_packet(conn, data, pos, hdr, addr, now, ecn)
+        except (QuicError, TlsAlert) as exc:
+            _close_for(conn, exc)
+            return
+        if conn.state >= CLOSING:
             return
         pos = hdr.end
     if conn.early_one_rtt and conn.handshake_complete:
@@ -107,14 +114,18 @@ def _receive_one(
     """One packet; False when the connection is closing because of it (or was)."""
     try:
         _receive_packet(conn, data, pos, hdr, addr, now, ecn)
-    except QuicError as exc:
-        conn.close_with_error(exc)
-        return False
-    except TlsAlert as exc:
-        conn.close(exc.quic_error_code, str(exc), application=False,
-                   frame_type=F.CRYPTO)
+    except (QuicError, TlsAlert) as exc:
+        _close_for(conn, exc)
         return False
     return conn.state < CLOSING
+
+
+def _close_for(conn: Connection, exc: QuicError | TlsAlert) -> None:
+    """Close for a violation found in a received packet (a TLS alert: CRYPTO's)."""
+    if isinstance(exc, QuicError):
+        conn.close_with_error(exc)
+    else:
+        conn.close(exc.quic_error_code, str(exc), application=False, frame_type=F.CRYPTO)
 
 
 #: 1-RTT datagrams a server holds while its handshake is not complete (RFC 9001 §5.7
@@ -193,7 +204,7 @@ def _receive_packet(
         conn.counters.dropped_malformed += 1
         return
     if ptype == ONE_RTT:
-        epoch = Epoch.ONE_RTT
+        epoch = EP_1RTT
         if not conn.one_rtt_ready:
             conn.counters.packets_dropped += 1
             conn.counters.dropped_no_keys += 1
@@ -211,7 +222,7 @@ def _receive_packet(
             return
         pn, payload = result.pn, result.payload
         if result.phase_changed:
-            _on_peer_key_update(conn)
+            on_peer_key_update(conn)
     else:
         epoch = EPOCH_OF_TYPE[ptype]
         protector = conn.recv_protectors[epoch]
@@ -237,19 +248,24 @@ def _receive_packet(
     space = conn.spaces[space_index]
     if space.discarded:
         return
-    if pn in space.received:
+    received = space.received
+    largest_received = space.largest_received
+    # (the largest received packet number is the set's largest: a newer one is no dup)
+    if pn <= largest_received and pn in received:
         conn.counters.duplicate_packets += 1
         return
     conn.counters.packets_received += 1
     if conn.qlog is not None:
         qlog.packet_received(conn, now, epoch, pn, payload, hdr.end - pos, hdr.dcid,
-                             None if epoch == Epoch.ONE_RTT else hdr.scid)
-    if epoch == Epoch.ZERO_RTT:
+                             None if epoch == EP_1RTT else hdr.scid)
+    if epoch == EP_0RTT:
         conn.counters.zero_rtt_received += 1
-    if epoch == Epoch.HANDSHAKE and not conn.is_client:
-        _discard_epoch(conn, Epoch.INITIAL)
-    crypto_before = _crypto_held(space) if epoch == Epoch.INITIAL else 0
-    challenges_before = len(conn.path_challenges_received)
+    if epoch == EP_HANDSHAKE and not conn.is_client:
+        _discard_epoch(conn, EP_INITIAL)
+    # (only a server's Initial packets need what CRYPTO held before, see below)
+    server_initial = epoch == EP_INITIAL and not conn.is_client
+    crypto_before = _crypto_held(space) if server_initial else 0
+    challenges_before = len(conn.path_challenges_received) if epoch == EP_1RTT else 0
     try:
         ack_eliciting = _process_frames(conn, payload, epoch, now)
     except ReassemblyFull:
@@ -258,20 +274,22 @@ def _receive_packet(
         conn.counters.dropped_reassembly_full += 1
         return  # not acknowledged: the peer sends it again
     # ACK bookkeeping
-    if pn < space.largest_received or (
-        space.received and pn > space.largest_received + 1
-    ):
+    ends = received.ends
+    if pn < largest_received or (ends and pn > largest_received + 1):
         space.ack_immediately = True  # reordering or a gap
-    space.received.add(pn, pn + 1)
-    if len(space.received) > 64:
-        space.received.shift_below(space.received.starts[-32])
-    newest = pn > space.largest_received
+    if ends and ends[-1] == pn:
+        ends[-1] = pn + 1  # the next in order: the last range grows (RangeSet.add inline)
+    else:
+        received.add(pn, pn + 1)
+        if len(ends) > 64:
+            received.shift_below(received.starts[-32])
+    newest = pn > largest_received
     if newest:
         if now - space.largest_received_time > conn.configuration.max_ack_delay:
             space.ack_immediately = True  # after a silence: likely PTO probes (see below)
         space.largest_received = pn
         space.largest_received_time = now
-    if epoch == Epoch.ONE_RTT:
+    if epoch == EP_1RTT:
         if addr != conn.peer_address:  # a new path, or a probe of one (pathprobe.py)
             pathprobe.after_one_rtt_packet(conn, addr, newest, len(data), challenges_before)
         elif newest and not conn.last_packet_probing:
@@ -282,11 +300,11 @@ def _receive_packet(
     if ack_eliciting:
         space.ack_eliciting_pending += 1
         space.ack_repeats = 0
-        if epoch != Epoch.ONE_RTT or space.ack_eliciting_pending >= 2:
+        if epoch != EP_1RTT or space.ack_eliciting_pending >= 2:
             space.ack_immediately = True
         elif space.ack_deadline is None:
             space.ack_deadline = now + conn.configuration.max_ack_delay
-    if epoch != Epoch.INITIAL or conn.is_client or _crypto_held(space) > crypto_before:
+    if not server_initial or _crypto_held(space) > crypto_before:
         # an Initial that brings a server no new handshake data (anyone can build one)
         # does not keep the connection alive
         conn.idle_deadline = now + _effective_idle(conn)
@@ -306,7 +324,7 @@ def _effective_idle(conn: Connection) -> float:
     """The idle timeout in force: the smaller of ours and the peer's (0: none), the
     half-open limit for a server's unvalidated connection, never below 3 PTO."""
     cfg = conn.configuration
-    idle = cfg.idle_timeout if cfg.idle_timeout > 0 else float("inf")
+    idle = cfg.idle_timeout if cfg.idle_timeout > 0 else _INF
     params = conn.peer_params
     if params is not None and params.max_idle_timeout > 0:
         peer = params.max_idle_timeout / 1000
@@ -315,10 +333,18 @@ def _effective_idle(conn: Connection) -> float:
     if not conn.is_client and not conn.address_validated:  # half-open: short life
         if cfg.half_open_timeout < idle:
             idle = cfg.half_open_timeout
-    if idle == float("inf"):
+    if idle == _INF:
         return idle
-    pto = 3 * conn.pto()
+    # 3 PTO: Connection.pto() (RttEstimator.pto_duration with the peer's max_ack_delay)
+    # inline, as this runs for every packet received
+    rtt = conn.loss.rtt
+    var = 4 * rtt.rttvar
+    pto = 3 * (rtt.smoothed_rtt + (var if var > GRANULARITY else GRANULARITY)
+               + (params.max_ack_delay / 1000 if params is not None else 0.025))
     return idle if idle > pto else pto
+
+
+_INF = float("inf")
 
 
 def _check_stateless_reset(conn: Connection, packet: bytes) -> None:
@@ -355,32 +381,6 @@ def _receive_retry(conn: Connection, data: bytes, pos: int, hdr: PacketHeader) -
     early_data.on_retry(conn)
 
 
-def _on_peer_key_update(conn: Connection) -> None:
-    """A packet in the next key phase opened (the engine has rotated its receive keys).
-
-    If we started the update, this is the peer's answer; otherwise the peer started it
-    and we update our send keys too (RFC 9001 §6.2).
-    """
-    suite = conn.cipher_suite
-    conn.one_rtt_recv_secret = next_generation_secret(suite, conn.one_rtt_recv_secret,
-                                                      conn.version)
-    conn.key_updates_received += 1
-    # the next update waits three PTOs: the peer may still be on the old keys' timer
-    conn.key_update_allowed_at = conn._now_hint + 3 * conn.pto()
-    if conn.qlog is not None:
-        qlog.key_updated(conn, conn._now_hint, Epoch.ONE_RTT, False, "remote_update",
-                         key_phase=conn.recv_key_phase)
-    if conn.send_key_phase == conn.recv_key_phase:
-        return  # the peer answered the update we started
-    conn.key_phase_first_pn = conn.spaces[2].next_pn
-    conn.one_rtt_send_secret = next_generation_secret(suite, conn.one_rtt_send_secret,
-                                                      conn.version)
-    conn.engine.update(conn.seal_key, opener=False)
-    if conn.qlog is not None:
-        qlog.key_updated(conn, conn._now_hint, Epoch.ONE_RTT, True, "remote_update",
-                         key_phase=conn.send_key_phase)
-
-
 def _discard_epoch(conn: Connection, epoch: Epoch) -> None:
     space = conn.spaces[SPACE_OF_EPOCH[epoch]]
     if space.discarded:
@@ -410,22 +410,22 @@ def _process_frames(conn: Connection, payload: bytes, epoch: Epoch, now: float) 
         raise QuicError(PROTOCOL_VIOLATION, "packet without frames")
     ack_eliciting = False
     probing = True
-    handshake_epoch = epoch == Epoch.INITIAL or epoch == Epoch.HANDSHAKE
+    probing_frames = pathprobe.PROBING_FRAMES
+    # the frame types allowed in this epoch (None: all), by exact type: parse_frames
+    # makes only these classes
+    allowed = _ALLOWED_IN_EPOCH[epoch]
+    handlers = _HANDLERS
     for frame in frames:
         cls = type(frame)
-        if probing and cls not in pathprobe.PROBING_FRAMES:
+        if probing and cls not in probing_frames:
             probing = False
-        if epoch == Epoch.ZERO_RTT and isinstance(frame, early_data.FORBIDDEN_IN_0RTT):
-            raise QuicError(PROTOCOL_VIOLATION, f"{cls.__name__} not allowed in 0-RTT",
+        if allowed is not None and cls not in allowed:
+            name = "0-RTT" if epoch == EP_0RTT else epoch.name
+            raise QuicError(PROTOCOL_VIOLATION, f"{cls.__name__} not allowed in {name}",
                             F.frame_type_of(frame))
-        if handshake_epoch and (not isinstance(frame, _HANDSHAKE_FRAMES) or (
-            isinstance(frame, F.ConnectionClose) and frame.frame_type is None  # 0x1d
-        )):
-            raise QuicError(PROTOCOL_VIOLATION, f"{cls.__name__} not allowed in {epoch.name}",
-                            F.frame_type_of(frame))
-        if cls is not F.Ack and cls is not F.Padding and cls is not F.ConnectionClose:
+        if cls not in _NOT_ACK_ELICITING:
             ack_eliciting = True
-        handler = _HANDLERS.get(cls)
+        handler = handlers[cls]
         if handler is not None:
             try:
                 handler(conn, frame, epoch, now)
@@ -448,11 +448,23 @@ def _on_crypto(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
     recv = space.crypto_recv
     if recv is None:  # discarded space (its packets are not opened: cannot happen)
         return
-    try:
-        recv.receive(frame.offset, frame.data, False)
-    except QuicError:
-        raise QuicError(0xD, "CRYPTO data beyond the buffer") from None  # CRYPTO_BUFFER_EXCEEDED
-    data = recv.read()
+    offset = frame.offset
+    data = frame.data
+    end = offset + len(data)
+    if offset == recv.read_offset and not recv.ready_bytes and not recv.chunks and (
+        end <= recv.max_data
+    ):
+        # in order with nothing held (a handshake's usual case): RecvStream.receive()
+        # then read() would buffer the bytes and hand them back at once
+        if end > recv.highest_offset:
+            recv.highest_offset = end
+        recv.read_offset = end
+    else:
+        try:
+            recv.receive(offset, data, False)
+        except QuicError:  # 0xd: CRYPTO_BUFFER_EXCEEDED
+            raise QuicError(0xD, "CRYPTO data beyond the buffer") from None
+        data = recv.read()
     recv.max_data = recv.read_offset + recv.window
     if not data or conn.tls is None:
         return
@@ -476,7 +488,7 @@ def _after_tls(conn: Connection, now: float) -> None:
         if crypto is not None:  # (TLS writes nothing for a discarded space)
             crypto.write(out_data)
     for key_epoch, is_send, suite, secret in tls.pop_secrets():
-        _install_secret(conn, _EPOCHS[key_epoch], is_send, _SUITES[suite], secret)
+        install_secret(conn, _EPOCHS[key_epoch], is_send, _SUITES[suite], secret)
     early_data.after_tls(conn, tls)
     if not conn.peer_params and tls.peer_transport_parameters is not None:
         _apply_peer_params(conn, tls.peer_transport_parameters)
@@ -529,55 +541,6 @@ def issue_pending_cids(conn: Connection) -> None:
         conn.issue_host_cid()
 
 
-def _install_secret(
-    conn: Connection, epoch: Epoch, is_send: bool, suite: CipherSuite, secret: bytes
-) -> None:
-    if epoch == Epoch.ONE_RTT:
-        if conn.qlog is not None:
-            qlog.key_updated(conn, conn._now_hint, epoch, is_send, "tls")
-        conn.cipher_suite = suite
-        if is_send:
-            conn.one_rtt_send_secret = secret
-        else:
-            conn.one_rtt_recv_secret = secret
-        if conn.one_rtt_send_secret and conn.one_rtt_recv_secret and not conn.one_rtt_ready:
-            program_engine(conn)
-        return
-    if conn.qlog is not None:
-        qlog.key_updated(conn, conn._now_hint, epoch, is_send, "tls")
-    protector = PacketProtector(derive_packet_keys(suite, secret, conn.version))
-    if is_send:
-        conn.send_protectors[epoch] = protector
-    else:
-        conn.recv_protectors[epoch] = protector
-
-
-def program_engine(conn: Connection) -> None:
-    """Install the 1-RTT keys in the offload engine under every CID in use."""
-    engine = conn.engine
-    suite = conn.cipher_suite
-    if not conn.one_rtt_recv_hp:
-        conn.one_rtt_recv_hp = derive_hp_key(suite, conn.one_rtt_recv_secret, conn.version)
-        conn.one_rtt_send_hp = derive_hp_key(suite, conn.one_rtt_send_secret, conn.version)
-    largest = conn.spaces[2].largest_received
-    first: bytes | None = None
-    for entry in conn.host_cids:
-        if entry.retired:
-            continue
-        if first is None:
-            engine.install(entry.cid, suite, conn.one_rtt_recv_secret, opener=True,
-                           largest_pn=largest, hp_key=conn.one_rtt_recv_hp,
-                           version=conn.version)
-            first = entry.cid
-        else:
-            engine.alias(entry.cid, first, opener=True)
-    # the sealer is keyed by a local key, never by the peer's CID (which it chooses);
-    # both directions start in key phase 0 (the engine keeps the phases from then on)
-    engine.install(conn.seal_key, suite, conn.one_rtt_send_secret, opener=False,
-                   hp_key=conn.one_rtt_send_hp, version=conn.version)
-    conn.one_rtt_ready = True
-
-
 def _apply_peer_params(conn: Connection, raw: bytes) -> None:
     try:
         params = decode_transport_parameters(raw, from_server=conn.is_client)
@@ -609,8 +572,9 @@ def _apply_peer_params(conn: Connection, raw: bytes) -> None:
     if not conn.pmtud.enabled:  # else: 1200 until probes show more (pmtud.py)
         conn.max_datagram_size = max(1200, min(conn.configuration.max_datagram_size,
                                                params.max_udp_payload_size, conn.path_mtu_cap))
-    conn.cc.max_datagram_size = conn.max_datagram_size
-    conn.cc.cwnd = max(conn.cc.cwnd, initial_window(conn.max_datagram_size))
+    cc = conn.loss.cc
+    cc.max_datagram_size = conn.max_datagram_size
+    cc.cwnd = max(cc.cwnd, initial_window(conn.max_datagram_size))
     conn.pacer.max_datagram_size = conn.max_datagram_size
     conn.idle_deadline = conn._now_hint + _effective_idle(conn)
     for stream in conn.streams.values():  # streams opened before the params arrived
@@ -646,7 +610,7 @@ def _on_new_connection_id(conn: Connection, frame: Any, epoch: Epoch, now: float
             if entry.cid != frame.cid:
                 raise QuicError(PROTOCOL_VIOLATION, "NEW_CONNECTION_ID sequence reused")
             return
-    if frame.sequence < conn.peer_cid_seq or any(s == frame.sequence for s in conn.retire_pending):
+    if frame.sequence < conn.peer_cid_seq or frame.sequence in conn.retire_pending:
         return
     conn.peer_cids.append(PeerCid(frame.sequence, frame.cid, frame.reset_token))
     if frame.retire_prior_to > 0:
@@ -711,6 +675,10 @@ def _on_path_response(conn: Connection, frame: Any, epoch: Epoch, now: float) ->
 
 
 def _on_connection_close(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    if frame.frame_type is None and (epoch == Epoch.INITIAL or epoch == Epoch.HANDSHAKE):
+        # an application close (0x1d) only in 0-RTT and 1-RTT (RFC 9000 §12.4, §12.5)
+        raise QuicError(PROTOCOL_VIOLATION, f"ConnectionClose not allowed in {epoch.name}",
+                        F.CONNECTION_CLOSE_APP)
     reason = frame.reason.decode("utf-8", "replace")
     conn.enter_draining(frame.error_code, frame.frame_type, reason)
 
@@ -741,13 +709,9 @@ def _on_datagram(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None
     conn.events.append(DatagramReceived(bytes(frame.data)))
 
 
-def _ignore(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
-    return
-
-
-_HANDLERS: dict[type, Callable[[Connection, Any, Epoch, float], None]] = {
-    F.Padding: _ignore,
-    F.Ping: _ignore,
+_HANDLERS: dict[type, Callable[[Connection, Any, Epoch, float], None] | None] = {
+    F.Padding: None,  # (None: nothing to do beyond the ACK bookkeeping)
+    F.Ping: None,
     F.Ack: _on_ack,
     F.ResetStream: RS.on_reset_stream,
     F.StopSending: RS.on_stop_sending,
@@ -757,7 +721,7 @@ _HANDLERS: dict[type, Callable[[Connection, Any, Epoch, float], None]] = {
     F.MaxData: RS.on_max_data,
     F.MaxStreamData: RS.on_max_stream_data,
     F.MaxStreams: RS.on_max_streams,
-    F.DataBlocked: _ignore,
+    F.DataBlocked: None,
     F.StreamDataBlocked: RS.on_stream_data_blocked,
     F.StreamsBlocked: RS.on_streams_blocked,
     F.NewConnectionId: _on_new_connection_id,
@@ -767,6 +731,17 @@ _HANDLERS: dict[type, Callable[[Connection, Any, Epoch, float], None]] = {
     F.ConnectionClose: _on_connection_close,
     F.HandshakeDone: _on_handshake_done,
     F.Datagram: _on_datagram,
+}
+
+_NOT_ACK_ELICITING = frozenset({F.Ack, F.Padding, F.ConnectionClose})  # RFC 9002 §2
+#: frame types allowed per epoch (RFC 9000 §12.4; a 0x1d CONNECTION_CLOSE is refused in
+#: Initial and Handshake packets by its handler), None: any
+_ALLOWED_IN_EPOCH: dict[Epoch, frozenset[type] | None] = {
+    Epoch.INITIAL: frozenset(_HANDSHAKE_FRAMES),
+    Epoch.HANDSHAKE: frozenset(_HANDSHAKE_FRAMES),
+    Epoch.ZERO_RTT: frozenset(cls for cls in _HANDLERS
+                              if cls not in early_data.FORBIDDEN_IN_0RTT),
+    Epoch.ONE_RTT: None,
 }
 
 __all__ = ["receive_datagram", "program_engine", "STREAM_STATE_ERROR", "INTERNAL_ERROR"]

@@ -22,10 +22,10 @@ from .rangeset import RangeSet
 from .receive import (
     _check_stateless_reset,
     _effective_idle,
-    _on_peer_key_update,
     hold_early_one_rtt,
 )
 from .receive import _process_frames as process_frames
+from .receive_keys import on_peer_key_update
 from .state import CLOSING, DRAINING
 from .streams import ReassemblyFull
 
@@ -147,7 +147,7 @@ def receive_short_run(
                 continue
             _, pn, payload, phase_changed = entry  # (1, pn, payload, phase_changed)
             if phase_changed:
-                _on_peer_key_update(conn)
+                on_peer_key_update(conn)
             if pn <= space.largest_received and pn in received:
                 counters.duplicate_packets += 1
                 continue

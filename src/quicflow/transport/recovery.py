@@ -291,19 +291,27 @@ class LossDetection:
                     )
                     break
 
-        lost = self._detect_lost(sp, now)
-        if lost:
-            self._on_lost(sp, lost, now)
+        if sp.sent:
+            lost = self._detect_lost(sp, now)
+            if lost:
+                self._on_lost(sp, lost, now)
+        else:  # all acknowledged: nothing to declare lost (_detect_lost's own first test)
+            sp.loss_time = None
+            lost = []
 
         cc = self.cc
         growth = 0
         growth_time = 0.0
         recovering = 0
+        count = 0
+        # (cc.in_recovery inline: a packet sent at or before the recovery start)
+        recovery_start = cc.recovery_start_time
         for p in acked:
+            count += p.count
             if p.in_flight:
                 if p.ack_eliciting:
                     sp.ack_eliciting_in_flight -= p.count
-                if cc.in_recovery(p.time_sent):
+                if recovery_start is not None and p.time_sent <= recovery_start:
                     recovering += p.size
                 else:
                     growth += p.size
@@ -313,9 +321,11 @@ class LossDetection:
             cc.on_removed_from_flight(recovering)
         if growth:
             cc.on_acked(growth, growth_time, now, self.rtt)
-        self.packets_acked += sum(p.count for p in acked)
+        self.packets_acked += count
 
-        if self.peer_validated():
+        if self.is_server or self.peer_completed_address_validation or (
+            self.handshake_confirmed
+        ):  # peer_validated() inline
             self.pto_count = 0
         self.timer_anchor = now
         return acked, lost
@@ -438,7 +448,7 @@ class LossDetection:
         for lo, hi in ranges:
             if lo < 0 or hi < lo:
                 raise AckError(f"invalid ACK range {lo}..{hi}")
-        asc = sorted(ranges)
+        asc = ranges if len(ranges) == 1 else sorted(ranges)
         largest = asc[-1][1]
         n = len(asc)
         acked: list[SentPacket] = []
@@ -491,7 +501,7 @@ class LossDetection:
         """
         sp.loss_time = None
         largest_acked = sp.largest_acked
-        if largest_acked < 0:
+        if largest_acked < 0 or not sp.sent:
             return []
         loss_delay = self.rtt.loss_delay()
         lost_send_time = now - loss_delay

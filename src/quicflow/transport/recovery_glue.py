@@ -29,9 +29,11 @@ from .state import (
 )
 from .stream_api import maybe_forget_stream
 
+_ONE_RTT = Epoch.ONE_RTT  # (a global: an enum class attribute costs about four times more)
+
 
 def on_ack_frame(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
-    if epoch == Epoch.ONE_RTT and conn.peer_params is not None:
+    if epoch == _ONE_RTT and conn.peer_params is not None:
         exponent = conn.peer_params.ack_delay_exponent
     else:
         exponent = 3
@@ -43,14 +45,15 @@ def on_ack_frame(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None
     space = conn.spaces[SPACE_OF_EPOCH[epoch]]
     largest = frame.ranges[0][1] if frame.ranges else -1
     if largest > space.largest_acked:
-        if epoch == Epoch.ONE_RTT and space.largest_acked < conn.key_phase_first_pn <= largest:
+        if epoch == _ONE_RTT and space.largest_acked < conn.key_phase_first_pn <= largest:
             # the first ACK of a packet sent with the current keys: the next key update
             # may start three PTOs from now (RFC 9001 §6.1, §6.5)
             conn.key_update_allowed_at = max(conn.key_update_allowed_at, now + 3 * conn.pto())
         space.largest_acked = largest
     if acked:
         conn.probes_pending = [0, 0, 0]
-        _validate_ecn(conn, space, frame.ecn, acked, now)
+        if conn.ecn_state != ECN_FAILED:  # (_validate_ecn's first test, inline)
+            _validate_ecn(conn, space, frame.ecn, acked, now)
         on_acked_packets(conn, acked)
         pm = conn.pmtud
         if pm.probe_pn >= 0 or pm.big_loss_events:
@@ -88,6 +91,10 @@ def _validate_ecn(
         conn.cc.on_ecn_ce(acked[-1].time_sent, now)
 
 
+#: Epoch by value (a table lookup: calling the enum class runs enum's Python __call__)
+_EPOCHS = tuple(Epoch)
+
+
 def on_acked_packets(conn: Connection, packets: list[SentPacket]) -> None:
     writable: set[int] = set()
     streams = conn.streams
@@ -107,7 +114,7 @@ def on_acked_packets(conn: Connection, packets: list[SentPacket]) -> None:
                     conn.send_buffered -= stream.send.on_acked(rec[2], rec[3], bool(rec[4]))
                     writable.add(rec[1])
             elif kind == R_CRYPTO:
-                crypto = conn.spaces[SPACE_OF_EPOCH[Epoch(rec[1])]].crypto_send
+                crypto = conn.spaces[SPACE_OF_EPOCH[_EPOCHS[rec[1]]]].crypto_send
                 if crypto is not None:  # (None: the space was discarded)
                     crypto.on_acked(rec[2], rec[3], False)
             elif kind == R_RESET:
@@ -156,7 +163,7 @@ def resend_frames(conn: Connection, packets: list[SentPacket]) -> None:
                     if rec[1] not in conn.send_queue:
                         conn.send_queue.append(rec[1])
             elif kind == R_CRYPTO:
-                crypto = conn.spaces[SPACE_OF_EPOCH[Epoch(rec[1])]].crypto_send
+                crypto = conn.spaces[SPACE_OF_EPOCH[_EPOCHS[rec[1]]]].crypto_send
                 if crypto is not None:  # (None: the space was discarded)
                     crypto.on_lost(rec[2], rec[3], False)
             elif kind == R_MAX_DATA:

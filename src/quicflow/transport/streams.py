@@ -161,16 +161,22 @@ class SendStream:
             self.fin_acked = True
         end = offset + length
         released = 0
-        if end > self.acked_offset:
+        acked_offset = self.acked_offset
+        if end > acked_offset:
             acked = self.acked
-            acked.add(max(offset, self.acked_offset), end)
-            if self.lost:  # a late ACK for data declared lost: do not resend it
+            if self.lost.starts:  # a late ACK for data declared lost: do not resend it
                 self.lost.subtract(offset, end)
-            if acked.starts[0] <= self.acked_offset < acked.ends[0]:
-                new_acked = acked.ends[0]
-                released = new_acked - self.acked_offset
+            if offset <= acked_offset and not acked.starts:
+                new_acked = end  # in order, nothing acknowledged above: the usual case
+            else:
+                acked.add(max(offset, acked_offset), end)
+                new_acked = -1
+                if acked.starts[0] <= acked_offset < acked.ends[0]:
+                    new_acked = acked.ends[0]
+                    acked.shift_below(new_acked)
+            if new_acked >= 0:
+                released = new_acked - acked_offset
                 self.acked_offset = new_acked
-                acked.shift_below(new_acked)
                 ends = self.chunk_ends
                 if ends:
                     if ends[0] <= new_acked:  # whole chunks acknowledged: drop them

@@ -139,10 +139,30 @@ def _bytes(data: bytes, pos: int, length: int, ftype: int) -> tuple[bytes, int]:
 
 
 def _parse_ack(data: bytes, pos: int, ftype: int) -> tuple[Frame, int]:
-    largest, pos = decode_varint(data, pos)
-    delay, pos = decode_varint(data, pos)
-    count, pos = decode_varint(data, pos)
-    first, pos = decode_varint(data, pos)
+    # one-byte varints inline (the usual case for all four fields in a handshake)
+    largest = data[pos]
+    if largest < 0x40:
+        pos += 1
+    else:
+        largest, pos = decode_varint(data, pos)
+    delay = data[pos]
+    if delay < 0x40:
+        pos += 1
+    elif delay < 0x80:  # (a two-byte delay is common too)
+        delay = ((delay & 0x3F) << 8) | data[pos + 1]
+        pos += 2
+    else:
+        delay, pos = decode_varint(data, pos)
+    count = data[pos]
+    if count < 0x40:
+        pos += 1
+    else:
+        count, pos = decode_varint(data, pos)
+    first = data[pos]
+    if first < 0x40:
+        pos += 1
+    else:
+        first, pos = decode_varint(data, pos)
     smallest = largest - first
     if smallest < 0:
         raise FrameEncodingError(ftype, "ACK range below zero")
@@ -186,12 +206,23 @@ def _parse_stop_sending(data: bytes, pos: int, ftype: int) -> tuple[Frame, int]:
 
 
 def _parse_crypto(data: bytes, pos: int, ftype: int) -> tuple[Frame, int]:
-    offset, pos = decode_varint(data, pos)
-    length, pos = decode_varint(data, pos)
+    offset = data[pos]  # one-byte offset, 2-byte length: the usual case, inline
+    if offset < 0x40:
+        pos += 1
+    else:
+        offset, pos = decode_varint(data, pos)
+    b = data[pos]
+    if 0x40 <= b < 0x80:
+        length = ((b & 0x3F) << 8) | data[pos + 1]
+        pos += 2
+    else:
+        length, pos = decode_varint(data, pos)
     if offset + length > VARINT_MAX:
         raise FrameEncodingError(ftype, "CRYPTO offset + length above 2^62-1")
-    chunk, pos = _bytes(data, pos, length, ftype)
-    return Crypto(offset, chunk), pos
+    end = pos + length
+    if end > len(data):
+        raise FrameEncodingError(ftype, "truncated field")
+    return Crypto(offset, data[pos:end]), end
 
 
 def _parse_new_token(data: bytes, pos: int, ftype: int) -> tuple[Frame, int]:
@@ -258,8 +289,16 @@ def _parse_streams_blocked(data: bytes, pos: int, ftype: int) -> tuple[Frame, in
 
 
 def _parse_new_connection_id(data: bytes, pos: int, ftype: int) -> tuple[Frame, int]:
-    seq, pos = decode_varint(data, pos)
-    retire, pos = decode_varint(data, pos)
+    seq = data[pos]  # one-byte varints inline: the usual case
+    if seq < 0x40:
+        pos += 1
+    else:
+        seq, pos = decode_varint(data, pos)
+    retire = data[pos]
+    if retire < 0x40:
+        pos += 1
+    else:
+        retire, pos = decode_varint(data, pos)
     if retire > seq:
         raise FrameEncodingError(ftype, "retire_prior_to greater than sequence number")
     if pos >= len(data):
@@ -267,9 +306,11 @@ def _parse_new_connection_id(data: bytes, pos: int, ftype: int) -> tuple[Frame, 
     cid_len = data[pos]
     if not 1 <= cid_len <= 20:
         raise FrameEncodingError(ftype, "connection id length not in 1..20")
-    cid, pos = _bytes(data, pos + 1, cid_len, ftype)
-    token, pos = _bytes(data, pos, 16, ftype)
-    return NewConnectionId(seq, retire, cid, token), pos
+    pos += 1
+    end = pos + cid_len + 16
+    if end > len(data):
+        raise FrameEncodingError(ftype, "truncated field")
+    return NewConnectionId(seq, retire, data[pos : pos + cid_len], data[end - 16 : end]), end
 
 
 def _parse_retire_connection_id(data: bytes, pos: int, ftype: int) -> tuple[Frame, int]:
@@ -412,10 +453,9 @@ def parse_frames(payload: bytes | bytearray | memoryview) -> list[Frame]:
                 append(Stream(sid, offset, data[pos:end], bool(ftype & STREAM_FIN)))
                 pos = end
                 continue
-            parser = parsers.get(ftype)
-            if parser is None:
+            if ftype not in parsers:
                 raise FrameEncodingError(ftype, "unknown frame type")
-            frame, pos = parser(data, pos, ftype)
+            frame, pos = parsers[ftype](data, pos, ftype)
         except FrameEncodingError:
             raise
         except (WireError, IndexError):

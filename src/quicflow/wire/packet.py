@@ -127,9 +127,9 @@ def parse_header(
     if not first & 0x40:
         raise WireError("fixed bit is 0")
     bits = (first >> 4) & 3
-    types = _TYPE_OF_BITS.get(version)
-    if types is None:
+    if version not in _TYPE_OF_BITS:
         return PacketHeader(bits, version, dcid, scid, b"", -1, n, first)
+    types = _TYPE_OF_BITS[version]
     packet_type = types[bits]
     if dcid_len > MAX_CID_LEN or scid_len > MAX_CID_LEN:
         raise WireError("connection id too long")
@@ -153,12 +153,22 @@ def parse_header(
 
     token = b""
     if packet_type == INITIAL:
-        token_len, p = decode_varint(data, p)
+        token_len = data[p] if p < n else 0x40  # one byte (0: no token) inline
+        if token_len < 0x40:
+            p += 1
+        else:
+            token_len, p = decode_varint(data, p)
         if p + token_len > n:
             raise WireError("truncated token")
-        token = bytes(data[p : p + token_len])
-        p += token_len
-    length, p = decode_varint(data, p)
+        if token_len:
+            token = bytes(data[p : p + token_len])
+            p += token_len
+    b = data[p] if p < n else 0xC0
+    if 0x40 <= b < 0x80 and p + 1 < n:  # a two-byte length: the usual case, inline
+        length = ((b & 0x3F) << 8) | data[p + 1]
+        p += 2
+    else:
+        length, p = decode_varint(data, p)
     end = p + length
     if end > n:
         raise WireError("packet length exceeds datagram")

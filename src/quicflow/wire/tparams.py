@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import TransportParameterError, WireError
 from .varint import decode_varint, push_varint
@@ -104,7 +105,27 @@ _INT_PARAMS: tuple[tuple[int, str, int], ...] = (
     (ACTIVE_CONNECTION_ID_LIMIT, "active_connection_id_limit", 2),
     (MAX_DATAGRAM_FRAME_SIZE, "max_datagram_frame_size", 0),
 )
-_INT_FIELD = {pid: name for pid, name, _ in _INT_PARAMS}
+#: the range _check_int allows each integer parameter (checked inline when decoding)
+_INT_BOUNDS = {
+    MAX_UDP_PAYLOAD_SIZE: (1200, 2**62 - 1),
+    ACK_DELAY_EXPONENT: (0, 20),
+    MAX_ACK_DELAY: (0, (1 << 14) - 1),
+    ACTIVE_CONNECTION_ID_LIMIT: (2, 2**62 - 1),
+    INITIAL_MAX_STREAMS_BIDI: (0, _MAX_STREAMS),
+    INITIAL_MAX_STREAMS_UNI: (0, _MAX_STREAMS),
+}
+#: id -> (field name, smallest, largest value allowed)
+_INT_FIELD: dict[int, tuple[str, int, int]] = {}
+for _pid, _name, _ in _INT_PARAMS:
+    _lo, _hi = _INT_BOUNDS.get(_pid, (0, 2**62 - 1))
+    _INT_FIELD[_pid] = (_name, _lo, _hi)
+del _pid, _name, _lo, _hi
+#: the same indexed by id (None: not an integer parameter)
+_INT_SPECS: tuple[tuple[str, int, int] | None, ...] = tuple(
+    _INT_FIELD.get(pid) for pid in range(max(_INT_FIELD) + 1)
+)
+_N_INT_SPECS = len(_INT_SPECS)
+_from_bytes = int.from_bytes
 
 _CID_PARAMS: tuple[tuple[int, str], ...] = (
     (ORIGINAL_DESTINATION_CONNECTION_ID, "original_destination_connection_id"),
@@ -260,8 +281,10 @@ def decode_transport_parameters(
     """
     buf = bytes(data)
     n = len(buf)
-    tp = TransportParameters()
+    values: dict[str, Any] = {}  # field -> value: one TransportParameters(**values) at the end
+    seen_low = 0  # the ids below 64 seen, as bits (larger ones, e.g. GREASE: ``seen``)
     seen: set[int] = set()
+    int_specs = _INT_SPECS
     pos = 0
     try:
         while pos < n:
@@ -278,48 +301,61 @@ def decode_transport_parameters(
             end = pos + length
             if end > n:
                 raise TransportParameterError("transport parameter value truncated")
-            if pid in seen:
-                raise TransportParameterError(f"duplicate transport parameter 0x{pid:x}")
-            seen.add(pid)
+            if pid < 64:
+                if seen_low >> pid & 1:
+                    raise TransportParameterError(f"duplicate transport parameter 0x{pid:x}")
+                seen_low |= 1 << pid
+            else:
+                if pid in seen:
+                    raise TransportParameterError(f"duplicate transport parameter 0x{pid:x}")
+                seen.add(pid)
             if not from_server and pid in SERVER_ONLY_PARAMETERS:
                 raise TransportParameterError(
                     f"server-only transport parameter 0x{pid:x} sent by a client"
                 )
-            name = _INT_FIELD.get(pid)
-            if name is not None:
+            spec = int_specs[pid] if pid < _N_INT_SPECS else None
+            if spec is not None:
+                name, lo, hi = spec
                 value = buf[pos] if pos < n else 0x40
                 if value < 0x40:
                     vend = pos + 1
+                elif value < 0x80 and pos + 1 < n:  # 2- and 4-byte varints inline too
+                    value = ((value & 0x3F) << 8) | buf[pos + 1]
+                    vend = pos + 2
+                elif 0x80 <= value < 0xC0 and pos + 4 <= n:
+                    value = _from_bytes(buf[pos : pos + 4], "big") & 0x3FFFFFFF
+                    vend = pos + 4
                 else:
                     value, vend = decode_varint(buf, pos)
                 if vend != end:
                     raise TransportParameterError(f"bad length of transport parameter {name}")
-                _check_int(pid, value)
-                setattr(tp, name, value)
+                if value < lo or value > hi:
+                    _check_int(pid, value)  # raises, naming the limit
+                values[name] = value
             elif pid in _CID_FIELD:
                 if length > _MAX_CID_LEN:
                     raise TransportParameterError("connection id longer than 20 bytes")
-                setattr(tp, _CID_FIELD[pid], buf[pos:end])
+                values[_CID_FIELD[pid]] = buf[pos:end]
             elif pid == STATELESS_RESET_TOKEN:
                 if length != 16:
                     raise TransportParameterError("stateless_reset_token not 16 bytes")
-                tp.stateless_reset_token = buf[pos:end]
+                values["stateless_reset_token"] = buf[pos:end]
             elif pid == DISABLE_ACTIVE_MIGRATION:
                 if length != 0:
                     raise TransportParameterError("disable_active_migration is not empty")
-                tp.disable_active_migration = True
+                values["disable_active_migration"] = True
             elif pid == PREFERRED_ADDRESS:
-                tp.preferred_address = _decode_preferred_address(buf[pos:end])
+                values["preferred_address"] = _decode_preferred_address(buf[pos:end])
             elif pid == VERSION_INFORMATION:
                 if length < 4 or length % 4:
                     raise TransportParameterError("version_information has a bad length")
                 versions = [int.from_bytes(buf[i : i + 4], "big") for i in range(pos, end, 4)]
                 if versions[0] == 0:
                     raise TransportParameterError("version_information chosen version is 0")
-                tp.version_information = versions
+                values["version_information"] = versions
             pos = end
     except TransportParameterError:
         raise
     except WireError as exc:
         raise TransportParameterError(f"malformed transport parameters: {exc}") from None
-    return tp
+    return TransportParameters(**values)
