@@ -348,17 +348,21 @@ class EndpointRunner:
             return
         now = self.loop.time()
         transport, addr = self._route(conn, now)
-        waiting = self._waiting.get(transport.fileno())
-        if waiting is not None:
-            waiting[1][conn] = None
-            return
+        if self._waiting:
+            waiting = self._waiting.get(transport.fileno())
+            if waiting is not None:
+                waiting[1][conn] = None
+                return
         for i in range(16):
             if i:
                 now = self.loop.time()
             buf, bounds = self.endpoint.build_datagrams(conn, now)
             if not bounds:
                 break
-            sent = self._send_buffer(transport, buf, bounds, addr, conn.ecn_codepoint())
+            if len(bounds) == 1:  # one datagram (a handshake flight, an ACK): no runs
+                sent = transport.send_batch(buf, bounds[0], addr, conn.ecn_codepoint())
+            else:
+                sent = self._send_buffer(transport, buf, bounds, addr, conn.ecn_codepoint())
             if transport.mtu_events:
                 self._apply_mtu_events(transport)  # before building more: smaller now
             if not sent:

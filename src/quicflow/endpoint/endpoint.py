@@ -569,7 +569,8 @@ class Endpoint:
         if conn.new_token_pending and not conn.new_token:
             self._mint_token(conn, now)
         out = build_datagrams(conn, now)
-        self._sync_cids(conn)
+        if conn.cid_changes:
+            self._sync_cids(conn)
         return out
 
     def _mint_token(self, conn: Connection, now: float) -> None:

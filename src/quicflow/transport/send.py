@@ -53,6 +53,7 @@ _LONG_TYPE = {Epoch.INITIAL: INITIAL, Epoch.ZERO_RTT: ZERO_RTT, Epoch.HANDSHAKE:
 #: epochs whose packets carry application data (congestion-controlled and paced)
 _APP = (Epoch.ZERO_RTT, Epoch.ONE_RTT)
 _HANDSHAKE_EPOCHS = (Epoch.INITIAL, Epoch.HANDSHAKE)
+_INITIAL, _ZERO_RTT, _ONE_RTT = Epoch.INITIAL, Epoch.ZERO_RTT, Epoch.ONE_RTT
 
 
 def datagrams_to_send(conn: Connection, now: float) -> list[bytes]:
@@ -128,32 +129,64 @@ def _build_datagram(
     room: int,
     seal: list[tuple[int, int, int, int, bytes]],
 ) -> bool:
-    """Append one datagram's packets to ``buf``; False when there is nothing to send."""
+    """Append one datagram's packets to ``buf``; False when there is nothing to send.
+
+    An epoch with nothing to write is skipped before any packet is started: no ACK is
+    due, no probe, and (Initial/Handshake) no CRYPTO data or (1-RTT) none of the
+    triggers ``_app_frames_waiting`` lists; ``_fill_payload`` would return False for
+    it without changing anything (the usual second call after a flight, and most
+    calls for a connection that only received)."""
     start = len(buf)
     packets: list[tuple[Epoch, int, int, bytearray, list[tuple[int, ...]], bool]] = []
     left = room
     has_initial = False
     ack_eliciting_initial = False
+    one_rtt_ready = conn.one_rtt_ready
+    protectors = conn.send_protectors
+    spaces = conn.spaces
+    probes = conn.probes_pending
     for epoch in _EPOCHS:
-        if epoch == Epoch.ONE_RTT:
-            if not conn.one_rtt_ready:
+        if epoch is _ONE_RTT:
+            if not one_rtt_ready:
                 continue
-        elif conn.send_protectors[epoch] is None:
+            space = spaces[2]
+            if space.discarded:
+                continue
+            if not (
+                probes[2]
+                or (space.ack_repeat_at is not None and now >= space.ack_repeat_at)
+                or (space.ack_pending and space.ack_eliciting_pending > 0 and (
+                    space.ack_immediately
+                    or (space.ack_deadline is not None and now >= space.ack_deadline)))
+                or _app_frames_waiting(conn)
+            ):
+                continue  # _fill_payload's first test: nothing due, nothing waiting
+        elif protectors[epoch] is None:
             continue
-        elif epoch == Epoch.ZERO_RTT and conn.one_rtt_ready:
-            continue  # (client) 1-RTT from now on
-        space = conn.spaces[_SPACE[epoch]]
-        if space.discarded:
-            continue
+        elif epoch is _ZERO_RTT:
+            if one_rtt_ready:
+                continue  # (client) 1-RTT from now on
+            space = spaces[2]
+            if space.discarded:
+                continue
+        else:
+            index = 0 if epoch is _INITIAL else 1
+            space = spaces[index]
+            if space.discarded:
+                continue
+            if not (probes[index] or (space.ack_pending and space.ack_eliciting_pending > 0)):
+                crypto = space.crypto_send
+                if crypto is None or not crypto.has_data_to_send():
+                    continue  # _fill_payload's first test: nothing due, no CRYPTO data
         pn = space.next_pn
         _, pn_len = encode_packet_number(pn, space.largest_acked if space.largest_acked >= 0
                                          else None)
-        if epoch == Epoch.ONE_RTT:
+        if epoch is _ONE_RTT:
             overhead = 1 + len(conn.peer_cid) + pn_len + TAG_LEN
         else:
             overhead = 1 + 4 + 2 + len(conn.peer_cid) + len(conn.initial_scid) + 2 + pn_len
             overhead += TAG_LEN
-            if epoch == Epoch.INITIAL:
+            if epoch is _INITIAL:
                 overhead += varint_len(len(conn.token)) + len(conn.token)
         capacity = left - overhead
         if capacity < 8:
@@ -166,7 +199,7 @@ def _build_datagram(
         packets.append((epoch, pn, pn_len, payload, records, eliciting))
         space.next_pn = pn + 1
         left -= overhead + len(payload)
-        if epoch == Epoch.INITIAL:
+        if epoch is _INITIAL:
             has_initial = True
             ack_eliciting_initial = ack_eliciting_initial or eliciting
     if not packets:
@@ -178,11 +211,12 @@ def _build_datagram(
         used = room - left
         if used < target:
             packets[-1][3].extend(bytes(target - used))
+    qlog_on = conn.qlog is not None
     for epoch, pn, pn_len, payload, records, eliciting in packets:
         # header protection needs 4 bytes of pn+payload for its sample
         if pn_len + len(payload) < 4:
             payload.extend(bytes(4 - pn_len - len(payload)))
-        if epoch == Epoch.ONE_RTT:
+        if epoch is _ONE_RTT:
             header = build_short_header(conn.peer_cid, pn, pn_len, 0)  # engine sets the phase
             offset = len(buf)
             buf += header
@@ -190,20 +224,19 @@ def _build_datagram(
             buf += bytes(TAG_LEN)
             seal.append((offset, len(header), len(payload), pn, conn.seal_key))
         else:
-            protector = conn.send_protectors[epoch]
+            protector = protectors[epoch]
             assert protector is not None
-            ptype = _LONG_TYPE[epoch]
             header = build_long_header(
-                ptype, conn.version, conn.peer_cid, conn.initial_scid,
-                conn.token if epoch == Epoch.INITIAL else b"",
+                _LONG_TYPE[epoch], conn.version, conn.peer_cid, conn.initial_scid,
+                conn.token if epoch is _INITIAL else b"",
                 pn_len + len(payload) + TAG_LEN, pn, pn_len,
             )
             buf += protector.seal(header, bytes(payload), pn)
-        if conn.qlog is not None:
-            qlog.packet_sent(conn, now, epoch, pn, payload, len(header) + len(payload) + TAG_LEN)
-        _on_packet_sent(conn, epoch, pn, len(header) + len(payload) + TAG_LEN, eliciting,
-                        records, now)
-    if conn.is_client and conn.spaces[1].next_pn > 0 and not conn.spaces[0].discarded:
+        size = len(header) + len(payload) + TAG_LEN
+        if qlog_on:
+            qlog.packet_sent(conn, now, epoch, pn, payload, size)
+        _on_packet_sent(conn, epoch, pn, size, eliciting, records, now)
+    if conn.is_client and spaces[1].next_pn > 0 and not spaces[0].discarded:
         # RFC 9001 §4.9.1: a client discards Initial keys when it first sends Handshake
         _discard_epoch(conn, Epoch.INITIAL)
     return len(buf) > start
@@ -229,7 +262,7 @@ def _on_packet_sent(
         ack_eliciting=ack_eliciting,
         in_flight=ack_eliciting,
         epoch=epoch,
-        frames=list(records),
+        frames=records,  # the caller's fresh list, not used after this
     )
     conn.loss.on_packet_sent(packet)
     if ack_eliciting:
@@ -242,15 +275,33 @@ def _on_packet_sent(
 
 def _encode_ack(conn: Connection, space: PacketSpace, payload: bytearray, now: float,
                 epoch: Epoch) -> None:
+    """The space's ACK frame (the newest 32 ranges), written straight from the RangeSet:
+    the bytes ``F.encode_frame(F.Ack(...))`` writes, without the frame object. The
+    RangeSet keeps its ranges disjoint and non-adjacent, so every gap is >= 0."""
     received = space.received
-    ranges: list[tuple[int, int]] = []
-    for i in range(len(received.starts) - 1, max(-1, len(received.starts) - 33), -1):
-        ranges.append((received.starts[i], received.ends[i] - 1))
+    starts, ends = received.starts, received.ends
+    i = len(starts) - 1
+    stop = max(-1, i - 32)
     delay_us = int((now - space.largest_received_time) * 1_000_000)
-    exponent = conn.configuration.ack_delay_exponent if epoch == Epoch.ONE_RTT else 3
-    ecn = tuple(space.ecn_counts) if any(space.ecn_counts) else None
-    F.encode_frame(F.Ack(ranges=ranges, ack_delay=max(0, delay_us) >> exponent,
-                         ecn=ecn), payload)  # type: ignore[arg-type]
+    exponent = conn.configuration.ack_delay_exponent if epoch is _ONE_RTT else 3
+    ecn = space.ecn_counts
+    with_ecn = ecn[0] or ecn[1] or ecn[2]
+    payload.append(F.ACK_ECN if with_ecn else F.ACK)
+    smallest = starts[i]
+    largest = ends[i] - 1
+    push_varint(payload, largest)
+    push_varint(payload, (delay_us if delay_us > 0 else 0) >> exponent)
+    push_varint(payload, i - stop - 1)
+    push_varint(payload, largest - smallest)
+    for j in range(i - 1, stop, -1):
+        hi = ends[j] - 1
+        push_varint(payload, smallest - hi - 2)
+        smallest = starts[j]
+        push_varint(payload, hi - smallest)
+    if with_ecn:
+        push_varint(payload, ecn[0])
+        push_varint(payload, ecn[1])
+        push_varint(payload, ecn[2])
 
 
 def _ack_sent(space: PacketSpace) -> None:
@@ -342,7 +393,10 @@ def _fill_payload(
         if chunk is None:
             break
         offset, data, _, _ = chunk
-        F.encode_frame(F.Crypto(offset=offset, data=data), payload)
+        payload.append(F.CRYPTO)  # the CRYPTO frame, as F.encode_frame writes it
+        push_varint(payload, offset)
+        push_varint(payload, len(data))
+        payload += data
         records.append((R_CRYPTO, int(epoch), offset, len(data)))
     if epoch == Epoch.ONE_RTT:
         _fill_control(conn, payload, limit, records)
@@ -395,7 +449,7 @@ def _app_frames_waiting(conn: Connection) -> bool:
         or conn.datagrams_pending
         or conn.handshake_done_pending
         or conn.key_update_ping
-        or conn.new_token_pending
+        or (conn.new_token_pending and conn.handshake_confirmed)  # (_fill_control's test)
         or conn.path_challenge_pending
         or conn.path_challenges_received
         or conn.pending_stream_updates
