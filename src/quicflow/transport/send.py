@@ -146,21 +146,23 @@ def _build_datagram(
     spaces = conn.spaces
     probes = conn.probes_pending
     for epoch in _EPOCHS:
+        # what decides whether a packet of this epoch goes (see _fill_payload): an ACK
+        # is due (ack-eliciting packets are waiting and the epoch, a reordering or the
+        # ACK delay asks for it), a PTO probe, or something ack-eliciting waits
         if epoch is _ONE_RTT:
             if not one_rtt_ready:
                 continue
             space = spaces[2]
             if space.discarded:
                 continue
-            if not (
-                probes[2]
-                or (space.ack_repeat_at is not None and now >= space.ack_repeat_at)
-                or (space.ack_pending and space.ack_eliciting_pending > 0 and (
+            repeat_due = space.ack_repeat_at is not None and now >= space.ack_repeat_at
+            ack_due = repeat_due or (
+                space.ack_pending and space.ack_eliciting_pending > 0 and (
                     space.ack_immediately
                     or (space.ack_deadline is not None and now >= space.ack_deadline)))
-                or _app_frames_waiting(conn)
-            ):
-                continue  # _fill_payload's first test: nothing due, nothing waiting
+            probe = probes[2] > 0
+            if not ack_due and not probe and not _app_frames_waiting(conn):
+                continue
         elif protectors[epoch] is None:
             continue
         elif epoch is _ZERO_RTT:
@@ -169,15 +171,20 @@ def _build_datagram(
             space = spaces[2]
             if space.discarded:
                 continue
+            repeat_due = ack_due = False  # 0-RTT packets carry no ACK (RFC 9000 §12.4)
+            probe = probes[2] > 0
         else:
             index = 0 if epoch is _INITIAL else 1
             space = spaces[index]
             if space.discarded:
                 continue
-            if not (probes[index] or (space.ack_pending and space.ack_eliciting_pending > 0)):
-                crypto = space.crypto_send
+            repeat_due = False
+            ack_due = space.ack_pending and space.ack_eliciting_pending > 0
+            probe = probes[index] > 0
+            if not ack_due and not probe:
+                crypto = space.crypto_send  # an Initial or Handshake packet: CRYPTO only
                 if crypto is None or not crypto.has_data_to_send():
-                    continue  # _fill_payload's first test: nothing due, no CRYPTO data
+                    continue
         pn = space.next_pn
         _, pn_len = encode_packet_number(pn, space.largest_acked if space.largest_acked >= 0
                                          else None)
@@ -193,7 +200,8 @@ def _build_datagram(
             break
         payload = bytearray()
         records: list[tuple[int, ...]] = []
-        eliciting = _fill_payload(conn, epoch, space, payload, capacity, records, now)
+        eliciting = _fill_payload(conn, epoch, space, payload, capacity, records, now,
+                                  ack_due, repeat_due, probe)
         if not payload:
             continue
         packets.append((epoch, pn, pn_len, payload, records, eliciting))
@@ -319,37 +327,19 @@ def _fill_payload(
     capacity: int,
     records: list[tuple[int, ...]],
     now: float,
+    ack_due: bool,
+    repeat_due: bool,
+    probe: bool,
 ) -> bool:
     """Write frames; returns whether the packet is ack-eliciting.
 
-    An ACK goes alone only when one is due (ack-eliciting packets are waiting and the
-    epoch, a reordering or the ACK delay asks for it); otherwise it only rides along
-    with other frames, so two peers never acknowledge each other's ACKs forever.
+    An ACK goes alone only when one is due (``ack_due``: ack-eliciting packets are
+    waiting and the epoch, a reordering or the ACK delay asks for it; ``repeat_due``:
+    an ACK-only packet is repeated); otherwise it only rides along with other frames, so
+    two peers never acknowledge each other's ACKs forever. ``_build_datagram`` calls
+    this only when an ACK is due, a probe (``probe``) or something ack-eliciting waits
+    (else the ACK would be written, then dropped).
     """
-    repeat_due = (epoch == Epoch.ONE_RTT and space.ack_repeat_at is not None
-                  and now >= space.ack_repeat_at)
-    ack_due = repeat_due or (
-        space.ack_pending
-        and space.ack_eliciting_pending > 0
-        and (
-            space.ack_immediately
-            or epoch != Epoch.ONE_RTT
-            or (space.ack_deadline is not None and now >= space.ack_deadline)
-        )
-    )
-    if epoch == Epoch.ZERO_RTT:
-        ack_due = False  # a client's 0-RTT packets carry no ACK (RFC 9000 §12.4)
-    probe = conn.probes_pending[_SPACE[epoch]] > 0
-    if not ack_due and not probe:
-        # no ACK is due and no probe: a packet goes only with something ack-eliciting in
-        # it (else the ACK below would be written, then dropped). An Initial or Handshake
-        # packet can only have CRYPTO data; a 1-RTT one what _app_frames_waiting lists.
-        if epoch in _HANDSHAKE_EPOCHS:
-            crypto = space.crypto_send
-            if crypto is None or not crypto.has_data_to_send():
-                return False
-        elif epoch == Epoch.ONE_RTT and not _app_frames_waiting(conn):
-            return False
     loss = conn.loss
     cc_ok = probe or epoch not in _APP or loss.cc.available() >= conn.max_datagram_size
     if cc_ok and epoch in _APP and not probe:
@@ -361,7 +351,7 @@ def _fill_payload(
         return False
     ack_end = 0
     if epoch != Epoch.ZERO_RTT and (space.ack_pending or repeat_due
-            or ((epoch in _HANDSHAKE_EPOCHS or probe) and space.received)) and (
+            or ((epoch in _HANDSHAKE_EPOCHS or probe) and space.received.starts)) and (
                 ack_due or cc_ok):
         # Initial and Handshake packets and probes always carry an ACK of what arrived
         # (dropped below if nothing else goes in): a lost ACK would otherwise leave the

@@ -97,7 +97,7 @@ class SendStream:
     def has_data_to_send(self) -> bool:
         if self.reset_code is not None:
             return False
-        if self.lost or self.fin_lost:
+        if self.lost.starts or self.fin_lost:  # (not RangeSet.__bool__: a call per test)
             return True
         if self.next_offset < self.write_offset:
             return self.next_offset < self.max_data
