@@ -31,6 +31,7 @@ from ..datapath.connected import ConnectedSockets, SocketPolicy
 from ..datapath.socket import UdpTransport, normalize_address
 from ..endpoint.endpoint import Endpoint
 from ..transport.connection import Connection
+from ..transport.state import CLOSING
 from .gcpolicy import POLICY as GC_POLICY
 from .paths import PATH_EVENTS, on_path_events, send_probes
 from .qlogfile import file_factory
@@ -346,13 +347,29 @@ class EndpointRunner:
     def _send(self, conn: Connection) -> None:
         if self._closed:
             return
+        if conn.state < CLOSING or conn.close_pending or conn.cid_changes:
+            if not self._build_and_send(conn):
+                return  # its socket's buffer is full: it waits for writability
+        # else closing or draining with no close datagram due: nothing to build (the
+        # endpoint would return none), only the timer and the teardown below
+        if conn.probe is not None:
+            send_probes(self, conn, None)
+        if conn.events:
+            self._dispatch(conn)
+        self._arm_timer(conn)
+        if conn.terminated:
+            self._forget(conn)
+
+    def _build_and_send(self, conn: Connection) -> bool:
+        """Build and send what ``conn`` has; False when it joined the connections that
+        wait for its socket to become writable (nothing else is done for it then)."""
         now = self.loop.time()
         transport, addr = self._route(conn, now)
         if self._waiting:
             waiting = self._waiting.get(transport.fileno())
             if waiting is not None:
                 waiting[1][conn] = None
-                return
+                return False
         for i in range(16):
             if i:
                 now = self.loop.time()
@@ -372,13 +389,7 @@ class EndpointRunner:
                 break
         else:
             self.schedule_flush(conn)  # more to send: yield to the loop first
-        if conn.probe is not None:
-            send_probes(self, conn, None)
-        if conn.events:
-            self._dispatch(conn)
-        self._arm_timer(conn)
-        if conn.terminated:
-            self._forget(conn)
+        return True
 
     @staticmethod
     def _send_buffer(
