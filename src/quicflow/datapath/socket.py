@@ -436,6 +436,9 @@ class UdpTransport:
             try:
                 if addr is None:
                     self._sock.send(data)
+                elif (self._family == socket.AF_INET and len(addr) == 2
+                      and addr[1].__class__ is int and not addr[0].startswith(_V4_MAPPED)):
+                    self._sock.sendto(data, addr)  # what to_socket_address would give
                 else:
                     self._sock.sendto(data, to_socket_address(addr, self._family))
             except OSError as exc:

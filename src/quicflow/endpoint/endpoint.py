@@ -566,7 +566,7 @@ class Endpoint:
 
     def build_datagrams(self, conn: Connection, now: float) -> tuple[bytearray, list[int]]:
         """Datagrams in one buffer with their end offsets (see transport.send)."""
-        if conn.new_token_pending and not conn.new_token:
+        if conn.new_token_pending and not conn.new_token and conn.handshake_confirmed:
             self._mint_token(conn, now)
         out = build_datagrams(conn, now)
         if conn.cid_changes:
