@@ -427,10 +427,8 @@ class UdpTransport:
             raise ValueError("segment_size must be positive")
         counters = self.counters
         counters.batches_sent += 1
-        n = len(data)
-        if 0 < n <= segment_size and not self._pending and ecn & ECN_MASK == self._tos and (
-            data.__class__ is bytearray or data.__class__ is bytes
-        ):
+        n = data.nbytes if data.__class__ is memoryview else len(data)
+        if 0 < n <= segment_size and not self._pending and ecn & ECN_MASK == self._tos:
             # one datagram, nothing queued, ECN set: one send, without the general
             # path's layers (send_basic's counters); any error goes that way from scratch
             try:

@@ -91,7 +91,7 @@ def build_datagrams(
     budget = conn.amplification_credit()
     mds = conn.max_datagram_size
     while len(bounds) < max_datagrams:
-        if budget >= 1 << 61 and conn.qlog is None and bulk_applies(conn):
+        if budget >= 1 << 61 and conn.send_queue and conn.qlog is None and bulk_applies(conn):
             built = build_bulk(conn, now, buf, bounds, seal, max_datagrams - len(bounds))
             if built > 0:
                 continue
