@@ -90,29 +90,33 @@ def build_datagrams(
     seal: list[tuple[int, int, int, int, bytes]] = []
     budget = conn.amplification_credit()
     mds = conn.max_datagram_size
-    while len(bounds) < max_datagrams:
+    count = 0  # len(bounds)
+    end = 0  # len(buf)
+    while count < max_datagrams:
         if budget >= 1 << 61 and conn.send_queue and conn.qlog is None and bulk_applies(conn):
-            built = build_bulk(conn, now, buf, bounds, seal, max_datagrams - len(bounds))
+            built = build_bulk(conn, now, buf, bounds, seal, max_datagrams - count)
+            count, end = len(bounds), len(buf)
             if built > 0:
                 continue
             if built < 0:
                 break  # paced: the rest goes as one burst at conn.pacer_deadline
-        start = len(buf)
-        room = min(mds, budget)
+        room = mds if mds < budget else budget
         if conn.probes_pending[2] and mds > 1200 and conn.pmtud.enabled:
             room = min(room, 1200)  # PTO probes fit any path: black hole detection
         if room < 48:
             break
-        built = _build_datagram(conn, now, buf, room, seal)
-        if not built:
+        size = _build_datagram(conn, now, buf, room, seal)
+        if not size:
             break
-        size = len(buf) - start
-        bounds.append(len(buf))
+        end += size
+        bounds.append(end)
+        count += 1
         budget -= size
         if not conn.address_validated:
             conn.bytes_sent_unvalidated += size
-        conn.counters.datagrams_sent += 1
-        conn.counters.bytes_sent += size
+        counters = conn.counters
+        counters.datagrams_sent += 1
+        counters.bytes_sent += size
     if conn.pmtud.next_at <= now and probe_due(conn, now):
         # a path MTU probe goes last: larger than the rest, it is a GSO run of its own
         if build_probe(conn, now, buf, seal):
@@ -128,15 +132,14 @@ def _build_datagram(
     buf: bytearray,
     room: int,
     seal: list[tuple[int, int, int, int, bytes]],
-) -> bool:
-    """Append one datagram's packets to ``buf``; False when there is nothing to send.
+) -> int:
+    """Append one datagram's packets to ``buf``; its size (0: nothing to send).
 
     An epoch with nothing to write is skipped before any packet is started: no ACK is
     due, no probe, and (Initial/Handshake) no CRYPTO data or (1-RTT) none of the
     triggers ``_app_frames_waiting`` lists; ``_fill_payload`` would return False for
     it without changing anything (the usual second call after a flight, and most
     calls for a connection that only received)."""
-    start = len(buf)
     packets: list[tuple[Epoch, int, int, bytearray, list[tuple[int, ...]], bool]] = []
     left = room
     has_initial = False
@@ -145,6 +148,8 @@ def _build_datagram(
     protectors = conn.send_protectors
     spaces = conn.spaces
     probes = conn.probes_pending
+    peer_cid = conn.peer_cid
+    long_overhead = 0  # of a Handshake packet, without its pn (computed once needed)
     for epoch in _EPOCHS:
         # what decides whether a packet of this epoch goes (see _fill_payload): an ACK
         # is due (ack-eliciting packets are waiting and the epoch, a reordering or the
@@ -189,12 +194,14 @@ def _build_datagram(
         _, pn_len = encode_packet_number(pn, space.largest_acked if space.largest_acked >= 0
                                          else None)
         if epoch is _ONE_RTT:
-            overhead = 1 + len(conn.peer_cid) + pn_len + TAG_LEN
+            overhead = 1 + len(peer_cid) + pn_len + TAG_LEN
         else:
-            overhead = 1 + 4 + 2 + len(conn.peer_cid) + len(conn.initial_scid) + 2 + pn_len
-            overhead += TAG_LEN
+            if not long_overhead:
+                long_overhead = 1 + 4 + 2 + len(peer_cid) + len(conn.initial_scid) + 2 + TAG_LEN
+            overhead = long_overhead + pn_len
             if epoch is _INITIAL:
-                overhead += varint_len(len(conn.token)) + len(conn.token)
+                token_len = len(conn.token)
+                overhead += varint_len(token_len) + token_len
         capacity = left - overhead
         if capacity < 8:
             break
@@ -202,16 +209,17 @@ def _build_datagram(
         records: list[tuple[int, ...]] = []
         eliciting = _fill_payload(conn, epoch, space, payload, capacity, records, now,
                                   ack_due, repeat_due, probe)
-        if not payload:
+        plen = len(payload)
+        if not plen:
             continue
         packets.append((epoch, pn, pn_len, payload, records, eliciting))
         space.next_pn = pn + 1
-        left -= overhead + len(payload)
+        left -= overhead + plen
         if epoch is _INITIAL:
             has_initial = True
             ack_eliciting_initial = ack_eliciting_initial or eliciting
     if not packets:
-        return False
+        return 0
     # padding: client Initial datagrams and ack-eliciting server Initial datagrams
     # fill 1200 bytes (RFC 9000 §14.1)
     if has_initial and (conn.is_client or ack_eliciting_initial):
@@ -220,34 +228,39 @@ def _build_datagram(
         if used < target:
             packets[-1][3].extend(bytes(target - used))
     qlog_on = conn.qlog is not None
+    total = 0
     for epoch, pn, pn_len, payload, records, eliciting in packets:
+        plen = len(payload)
         # header protection needs 4 bytes of pn+payload for its sample
-        if pn_len + len(payload) < 4:
-            payload.extend(bytes(4 - pn_len - len(payload)))
+        if pn_len + plen < 4:
+            payload.extend(bytes(4 - pn_len - plen))
+            plen = 4 - pn_len
         if epoch is _ONE_RTT:
-            header = build_short_header(conn.peer_cid, pn, pn_len, 0)  # engine sets the phase
-            offset = len(buf)
+            header = build_short_header(peer_cid, pn, pn_len, 0)  # engine sets the phase
+            hlen = len(header)
+            seal.append((len(buf), hlen, plen, pn, conn.seal_key))
             buf += header
             buf += payload
             buf += bytes(TAG_LEN)
-            seal.append((offset, len(header), len(payload), pn, conn.seal_key))
         else:
             protector = protectors[epoch]
             assert protector is not None
             header = build_long_header(
-                _LONG_TYPE[epoch], conn.version, conn.peer_cid, conn.initial_scid,
+                _LONG_TYPE[epoch], conn.version, peer_cid, conn.initial_scid,
                 conn.token if epoch is _INITIAL else b"",
-                pn_len + len(payload) + TAG_LEN, pn, pn_len,
+                pn_len + plen + TAG_LEN, pn, pn_len,
             )
+            hlen = len(header)
             buf += protector.seal(header, bytes(payload), pn)
-        size = len(header) + len(payload) + TAG_LEN
+        size = hlen + plen + TAG_LEN
+        total += size
         if qlog_on:
             qlog.packet_sent(conn, now, epoch, pn, payload, size)
         _on_packet_sent(conn, epoch, pn, size, eliciting, records, now)
     if conn.is_client and spaces[1].next_pn > 0 and not spaces[0].discarded:
         # RFC 9001 §4.9.1: a client discards Initial keys when it first sends Handshake
         _discard_epoch(conn, Epoch.INITIAL)
-    return len(buf) > start
+    return total
 
 
 def _on_packet_sent(
