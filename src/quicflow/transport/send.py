@@ -283,7 +283,7 @@ def _on_packet_sent(
         ack_eliciting=ack_eliciting,
         in_flight=ack_eliciting,
         epoch=epoch,
-        frames=records,  # the caller's fresh list, not used after this
+        frames=records,  # type: ignore[arg-type]  # the caller's fresh list, not used after
     )
     conn.loss.on_packet_sent(packet)
     if ack_eliciting:
