@@ -31,6 +31,7 @@ from ..datapath.connected import ConnectedSockets, SocketPolicy
 from ..datapath.socket import UdpTransport, normalize_address
 from ..endpoint.endpoint import Endpoint
 from ..transport.connection import Connection
+from ..transport.state import CLOSING
 from .gcpolicy import POLICY as GC_POLICY
 from .paths import PATH_EVENTS, on_path_events, send_probes
 from .qlogfile import file_factory
@@ -64,6 +65,12 @@ class EndpointRunner:
         read: bool = True,
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        #: the loop's clock, called directly when it is asyncio's own (time.monotonic):
+        #: one call instead of two per send
+        self._clock: Callable[[], float] = (
+            time.monotonic if type(self.loop).time is asyncio.BaseEventLoop.time
+            else self.loop.time
+        )
         self.transport = transport
         self.endpoint = endpoint
         self.faces: dict[int, QuicConnection] = {}  # id(Connection) -> face
@@ -370,19 +377,39 @@ class EndpointRunner:
     def _send(self, conn: Connection) -> None:
         if self._closed:
             return
-        now = self.loop.time()
+        if conn.state < CLOSING or conn.close_pending or conn.cid_changes:
+            if not self._build_and_send(conn):
+                return  # its socket's buffer is full: it waits for writability
+        # else closing or draining with no close datagram due: nothing to build (the
+        # endpoint would return none), only the timer and the teardown below
+        if conn.probe is not None:
+            send_probes(self, conn, None)
+        if conn.events:
+            self._dispatch(conn)
+        self._arm_timer(conn)
+        if conn.terminated:
+            self._forget(conn)
+
+    def _build_and_send(self, conn: Connection) -> bool:
+        """Build and send what ``conn`` has; False when it joined the connections that
+        wait for its socket to become writable (nothing else is done for it then)."""
+        now = self._clock()
         transport, addr = self._route(conn, now)
-        waiting = self._waiting.get(transport.fileno())
-        if waiting is not None:
-            waiting[1][conn] = None
-            return
+        if self._waiting:
+            waiting = self._waiting.get(transport.fileno())
+            if waiting is not None:
+                waiting[1][conn] = None
+                return False
         for i in range(16):
             if i:
-                now = self.loop.time()
+                now = self._clock()
             buf, bounds = self.endpoint.build_datagrams(conn, now)
             if not bounds:
                 break
-            sent = self._send_buffer(transport, buf, bounds, addr, conn.ecn_codepoint())
+            if len(bounds) == 1:  # one datagram (a handshake flight, an ACK): no runs
+                sent = transport.send_batch(buf, bounds[0], addr, conn.ecn_codepoint())
+            else:
+                sent = self._send_buffer(transport, buf, bounds, addr, conn.ecn_codepoint())
             if transport.mtu_events:
                 self._apply_mtu_events(transport)  # before building more: smaller now
             if not sent:
@@ -392,13 +419,7 @@ class EndpointRunner:
                 break
         else:
             self.schedule_flush(conn)  # more to send: yield to the loop first
-        if conn.probe is not None:
-            send_probes(self, conn, None)
-        if conn.events:
-            self._dispatch(conn)
-        self._arm_timer(conn)
-        if conn.terminated:
-            self._forget(conn)
+        return True
 
     @staticmethod
     def _send_buffer(

@@ -425,7 +425,35 @@ class UdpTransport:
         """
         if segment_size <= 0:
             raise ValueError("segment_size must be positive")
-        self.counters.batches_sent += 1
+        counters = self.counters
+        counters.batches_sent += 1
+        n = data.nbytes if data.__class__ is memoryview else len(data)
+        if 0 < n <= segment_size and not self._pending and ecn & ECN_MASK == self._tos:
+            # one datagram, nothing queued, ECN set: one send, without the general
+            # path's layers (send_basic's counters); any error goes that way from scratch
+            try:
+                if addr is None:
+                    self._sock.send(data)
+                elif (self._family == socket.AF_INET and len(addr) == 2
+                      and addr[1].__class__ is int and not addr[0].startswith(_V4_MAPPED)):
+                    self._sock.sendto(data, addr)  # what to_socket_address would give
+                else:
+                    self._sock.sendto(data, to_socket_address(addr, self._family))
+            except OSError as exc:
+                code = exc.errno or 0
+                if not isinstance(exc, InterruptedError) and code not in WOULD_BLOCK_ERRNOS:
+                    counters.syscalls_send += 1
+                    if addr is None and code != errno.EMSGSIZE:
+                        counters.send_errors += 1  # as send_basic: counted and skipped
+                        return True
+                    # send_basic's one retry, done here: a pending socket error left by
+                    # an earlier datagram's ICMP error fails one send
+                    counters.send_retries += 1
+            else:
+                counters.syscalls_send += 1
+                counters.datagrams_sent += 1
+                counters.bytes_sent += n
+                return True
         view = data if isinstance(data, memoryview) else memoryview(data)
         if view.format != "B" or view.ndim != 1:
             view = view.cast("B")

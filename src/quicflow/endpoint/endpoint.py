@@ -568,10 +568,11 @@ class Endpoint:
 
     def build_datagrams(self, conn: Connection, now: float) -> tuple[bytearray, list[int]]:
         """Datagrams in one buffer with their end offsets (see transport.send)."""
-        if conn.new_token_pending and not conn.new_token:
+        if conn.new_token_pending and not conn.new_token and conn.handshake_confirmed:
             self._mint_token(conn, now)
         out = build_datagrams(conn, now)
-        self._sync_cids(conn)
+        if conn.cid_changes:
+            self._sync_cids(conn)
         return out
 
     def _mint_token(self, conn: Connection, now: float) -> None:

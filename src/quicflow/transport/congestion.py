@@ -288,7 +288,8 @@ class Pacer:
 
     def budget(self, now: float, rtt: RttEstimator | float, cwnd: int) -> int:
         """Bytes that may leave right now (for filling a batch)."""
-        rate = self.rate(rtt, cwnd)
+        srtt = rtt.smoothed_rtt if isinstance(rtt, RttEstimator) else rtt  # self.rate()
+        rate = self.multiplier * cwnd / srtt if srtt > 0.0 else 0.0
         tokens = self._refill(now, rate, cwnd) + rate * self.granularity
         return int(tokens) if tokens > 0 else 0
 
@@ -317,5 +318,6 @@ class Pacer:
 
     def consume(self, now: float, size: int, rtt: RttEstimator | float, cwnd: int) -> None:
         """``size`` bytes were sent at ``now``."""
-        self._refill(now, self.rate(rtt, cwnd), cwnd)
+        srtt = rtt.smoothed_rtt if isinstance(rtt, RttEstimator) else rtt  # self.rate()
+        self._refill(now, self.multiplier * cwnd / srtt if srtt > 0.0 else 0.0, cwnd)
         self.tokens -= size

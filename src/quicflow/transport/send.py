@@ -53,6 +53,7 @@ _LONG_TYPE = {Epoch.INITIAL: INITIAL, Epoch.ZERO_RTT: ZERO_RTT, Epoch.HANDSHAKE:
 #: epochs whose packets carry application data (congestion-controlled and paced)
 _APP = (Epoch.ZERO_RTT, Epoch.ONE_RTT)
 _HANDSHAKE_EPOCHS = (Epoch.INITIAL, Epoch.HANDSHAKE)
+_INITIAL, _ZERO_RTT, _ONE_RTT = Epoch.INITIAL, Epoch.ZERO_RTT, Epoch.ONE_RTT
 
 
 def datagrams_to_send(conn: Connection, now: float) -> list[bytes]:
@@ -89,29 +90,33 @@ def build_datagrams(
     seal: list[tuple[int, int, int, int, bytes]] = []
     budget = conn.amplification_credit()
     mds = conn.max_datagram_size
-    while len(bounds) < max_datagrams:
-        if budget >= 1 << 61 and conn.qlog is None and bulk_applies(conn):
-            built = build_bulk(conn, now, buf, bounds, seal, max_datagrams - len(bounds))
+    count = 0  # len(bounds)
+    end = 0  # len(buf)
+    while count < max_datagrams:
+        if budget >= 1 << 61 and conn.send_queue and conn.qlog is None and bulk_applies(conn):
+            built = build_bulk(conn, now, buf, bounds, seal, max_datagrams - count)
+            count, end = len(bounds), len(buf)
             if built > 0:
                 continue
             if built < 0:
                 break  # paced: the rest goes as one burst at conn.pacer_deadline
-        start = len(buf)
-        room = min(mds, budget)
+        room = mds if mds < budget else budget
         if conn.probes_pending[2] and mds > 1200 and conn.pmtud.enabled:
             room = min(room, 1200)  # PTO probes fit any path: black hole detection
         if room < 48:
             break
-        built = _build_datagram(conn, now, buf, room, seal)
-        if not built:
+        size = _build_datagram(conn, now, buf, room, seal)
+        if not size:
             break
-        size = len(buf) - start
-        bounds.append(len(buf))
+        end += size
+        bounds.append(end)
+        count += 1
         budget -= size
         if not conn.address_validated:
             conn.bytes_sent_unvalidated += size
-        conn.counters.datagrams_sent += 1
-        conn.counters.bytes_sent += size
+        counters = conn.counters
+        counters.datagrams_sent += 1
+        counters.bytes_sent += size
     if conn.pmtud.next_at <= now and probe_due(conn, now):
         # a path MTU probe goes last: larger than the rest, it is a GSO run of its own
         if build_probe(conn, now, buf, seal):
@@ -127,50 +132,94 @@ def _build_datagram(
     buf: bytearray,
     room: int,
     seal: list[tuple[int, int, int, int, bytes]],
-) -> bool:
-    """Append one datagram's packets to ``buf``; False when there is nothing to send."""
-    start = len(buf)
+) -> int:
+    """Append one datagram's packets to ``buf``; its size (0: nothing to send).
+
+    An epoch with nothing to write is skipped before any packet is started: no ACK is
+    due, no probe, and (Initial/Handshake) no CRYPTO data or (1-RTT) none of the
+    triggers ``_app_frames_waiting`` lists; ``_fill_payload`` would return False for
+    it without changing anything (the usual second call after a flight, and most
+    calls for a connection that only received)."""
     packets: list[tuple[Epoch, int, int, bytearray, list[tuple[int, ...]], bool]] = []
     left = room
     has_initial = False
     ack_eliciting_initial = False
+    one_rtt_ready = conn.one_rtt_ready
+    protectors = conn.send_protectors
+    spaces = conn.spaces
+    probes = conn.probes_pending
+    peer_cid = conn.peer_cid
+    long_overhead = 0  # of a Handshake packet, without its pn (computed once needed)
     for epoch in _EPOCHS:
-        if epoch == Epoch.ONE_RTT:
-            if not conn.one_rtt_ready:
+        # what decides whether a packet of this epoch goes (see _fill_payload): an ACK
+        # is due (ack-eliciting packets are waiting and the epoch, a reordering or the
+        # ACK delay asks for it), a PTO probe, or something ack-eliciting waits
+        if epoch is _ONE_RTT:
+            if not one_rtt_ready:
                 continue
-        elif conn.send_protectors[epoch] is None:
+            space = spaces[2]
+            if space.discarded:
+                continue
+            repeat_due = space.ack_repeat_at is not None and now >= space.ack_repeat_at
+            ack_due = repeat_due or (
+                space.ack_pending and space.ack_eliciting_pending > 0 and (
+                    space.ack_immediately
+                    or (space.ack_deadline is not None and now >= space.ack_deadline)))
+            probe = probes[2] > 0
+            if not ack_due and not probe and not _app_frames_waiting(conn):
+                continue
+        elif protectors[epoch] is None:
             continue
-        elif epoch == Epoch.ZERO_RTT and conn.one_rtt_ready:
-            continue  # (client) 1-RTT from now on
-        space = conn.spaces[_SPACE[epoch]]
-        if space.discarded:
-            continue
+        elif epoch is _ZERO_RTT:
+            if one_rtt_ready:
+                continue  # (client) 1-RTT from now on
+            space = spaces[2]
+            if space.discarded:
+                continue
+            repeat_due = ack_due = False  # 0-RTT packets carry no ACK (RFC 9000 §12.4)
+            probe = probes[2] > 0
+        else:
+            index = 0 if epoch is _INITIAL else 1
+            space = spaces[index]
+            if space.discarded:
+                continue
+            repeat_due = False
+            ack_due = space.ack_pending and space.ack_eliciting_pending > 0
+            probe = probes[index] > 0
+            if not ack_due and not probe:
+                crypto = space.crypto_send  # an Initial or Handshake packet: CRYPTO only
+                if crypto is None or not crypto.has_data_to_send():
+                    continue
         pn = space.next_pn
         _, pn_len = encode_packet_number(pn, space.largest_acked if space.largest_acked >= 0
                                          else None)
-        if epoch == Epoch.ONE_RTT:
-            overhead = 1 + len(conn.peer_cid) + pn_len + TAG_LEN
+        if epoch is _ONE_RTT:
+            overhead = 1 + len(peer_cid) + pn_len + TAG_LEN
         else:
-            overhead = 1 + 4 + 2 + len(conn.peer_cid) + len(conn.initial_scid) + 2 + pn_len
-            overhead += TAG_LEN
-            if epoch == Epoch.INITIAL:
-                overhead += varint_len(len(conn.token)) + len(conn.token)
+            if not long_overhead:
+                long_overhead = 1 + 4 + 2 + len(peer_cid) + len(conn.initial_scid) + 2 + TAG_LEN
+            overhead = long_overhead + pn_len
+            if epoch is _INITIAL:
+                token_len = len(conn.token)
+                overhead += varint_len(token_len) + token_len
         capacity = left - overhead
         if capacity < 8:
             break
         payload = bytearray()
         records: list[tuple[int, ...]] = []
-        eliciting = _fill_payload(conn, epoch, space, payload, capacity, records, now)
-        if not payload:
+        eliciting = _fill_payload(conn, epoch, space, payload, capacity, records, now,
+                                  ack_due, repeat_due, probe)
+        plen = len(payload)
+        if not plen:
             continue
         packets.append((epoch, pn, pn_len, payload, records, eliciting))
         space.next_pn = pn + 1
-        left -= overhead + len(payload)
-        if epoch == Epoch.INITIAL:
+        left -= overhead + plen
+        if epoch is _INITIAL:
             has_initial = True
             ack_eliciting_initial = ack_eliciting_initial or eliciting
     if not packets:
-        return False
+        return 0
     # padding: client Initial datagrams and ack-eliciting server Initial datagrams
     # fill 1200 bytes (RFC 9000 §14.1)
     if has_initial and (conn.is_client or ack_eliciting_initial):
@@ -178,35 +227,40 @@ def _build_datagram(
         used = room - left
         if used < target:
             packets[-1][3].extend(bytes(target - used))
+    qlog_on = conn.qlog is not None
+    total = 0
     for epoch, pn, pn_len, payload, records, eliciting in packets:
+        plen = len(payload)
         # header protection needs 4 bytes of pn+payload for its sample
-        if pn_len + len(payload) < 4:
-            payload.extend(bytes(4 - pn_len - len(payload)))
-        if epoch == Epoch.ONE_RTT:
-            header = build_short_header(conn.peer_cid, pn, pn_len, 0)  # engine sets the phase
-            offset = len(buf)
+        if pn_len + plen < 4:
+            payload.extend(bytes(4 - pn_len - plen))
+            plen = 4 - pn_len
+        if epoch is _ONE_RTT:
+            header = build_short_header(peer_cid, pn, pn_len, 0)  # engine sets the phase
+            hlen = len(header)
+            seal.append((len(buf), hlen, plen, pn, conn.seal_key))
             buf += header
             buf += payload
             buf += bytes(TAG_LEN)
-            seal.append((offset, len(header), len(payload), pn, conn.seal_key))
         else:
-            protector = conn.send_protectors[epoch]
+            protector = protectors[epoch]
             assert protector is not None
-            ptype = _LONG_TYPE[epoch]
             header = build_long_header(
-                ptype, conn.version, conn.peer_cid, conn.initial_scid,
-                conn.token if epoch == Epoch.INITIAL else b"",
-                pn_len + len(payload) + TAG_LEN, pn, pn_len,
+                _LONG_TYPE[epoch], conn.version, peer_cid, conn.initial_scid,
+                conn.token if epoch is _INITIAL else b"",
+                pn_len + plen + TAG_LEN, pn, pn_len,
             )
+            hlen = len(header)
             buf += protector.seal(header, bytes(payload), pn)
-        if conn.qlog is not None:
-            qlog.packet_sent(conn, now, epoch, pn, payload, len(header) + len(payload) + TAG_LEN)
-        _on_packet_sent(conn, epoch, pn, len(header) + len(payload) + TAG_LEN, eliciting,
-                        records, now)
-    if conn.is_client and conn.spaces[1].next_pn > 0 and not conn.spaces[0].discarded:
+        size = hlen + plen + TAG_LEN
+        total += size
+        if qlog_on:
+            qlog.packet_sent(conn, now, epoch, pn, payload, size)
+        _on_packet_sent(conn, epoch, pn, size, eliciting, records, now)
+    if conn.is_client and spaces[1].next_pn > 0 and not spaces[0].discarded:
         # RFC 9001 §4.9.1: a client discards Initial keys when it first sends Handshake
         _discard_epoch(conn, Epoch.INITIAL)
-    return len(buf) > start
+    return total
 
 
 def _on_packet_sent(
@@ -229,7 +283,7 @@ def _on_packet_sent(
         ack_eliciting=ack_eliciting,
         in_flight=ack_eliciting,
         epoch=epoch,
-        frames=list(records),
+        frames=records,  # type: ignore[arg-type]  # the caller's fresh list, not used after
     )
     conn.loss.on_packet_sent(packet)
     if ack_eliciting:
@@ -242,15 +296,33 @@ def _on_packet_sent(
 
 def _encode_ack(conn: Connection, space: PacketSpace, payload: bytearray, now: float,
                 epoch: Epoch) -> None:
+    """The space's ACK frame (the newest 32 ranges), written straight from the RangeSet:
+    the bytes ``F.encode_frame(F.Ack(...))`` writes, without the frame object. The
+    RangeSet keeps its ranges disjoint and non-adjacent, so every gap is >= 0."""
     received = space.received
-    ranges: list[tuple[int, int]] = []
-    for i in range(len(received.starts) - 1, max(-1, len(received.starts) - 33), -1):
-        ranges.append((received.starts[i], received.ends[i] - 1))
+    starts, ends = received.starts, received.ends
+    i = len(starts) - 1
+    stop = max(-1, i - 32)
     delay_us = int((now - space.largest_received_time) * 1_000_000)
-    exponent = conn.configuration.ack_delay_exponent if epoch == Epoch.ONE_RTT else 3
-    ecn = tuple(space.ecn_counts) if any(space.ecn_counts) else None
-    F.encode_frame(F.Ack(ranges=ranges, ack_delay=max(0, delay_us) >> exponent,
-                         ecn=ecn), payload)  # type: ignore[arg-type]
+    exponent = conn.configuration.ack_delay_exponent if epoch is _ONE_RTT else 3
+    ecn = space.ecn_counts
+    with_ecn = ecn[0] or ecn[1] or ecn[2]
+    payload.append(F.ACK_ECN if with_ecn else F.ACK)
+    smallest = starts[i]
+    largest = ends[i] - 1
+    push_varint(payload, largest)
+    push_varint(payload, (delay_us if delay_us > 0 else 0) >> exponent)
+    push_varint(payload, i - stop - 1)
+    push_varint(payload, largest - smallest)
+    for j in range(i - 1, stop, -1):
+        hi = ends[j] - 1
+        push_varint(payload, smallest - hi - 2)
+        smallest = starts[j]
+        push_varint(payload, hi - smallest)
+    if with_ecn:
+        push_varint(payload, ecn[0])
+        push_varint(payload, ecn[1])
+        push_varint(payload, ecn[2])
 
 
 def _ack_sent(space: PacketSpace) -> None:
@@ -268,37 +340,19 @@ def _fill_payload(
     capacity: int,
     records: list[tuple[int, ...]],
     now: float,
+    ack_due: bool,
+    repeat_due: bool,
+    probe: bool,
 ) -> bool:
     """Write frames; returns whether the packet is ack-eliciting.
 
-    An ACK goes alone only when one is due (ack-eliciting packets are waiting and the
-    epoch, a reordering or the ACK delay asks for it); otherwise it only rides along
-    with other frames, so two peers never acknowledge each other's ACKs forever.
+    An ACK goes alone only when one is due (``ack_due``: ack-eliciting packets are
+    waiting and the epoch, a reordering or the ACK delay asks for it; ``repeat_due``:
+    an ACK-only packet is repeated); otherwise it only rides along with other frames, so
+    two peers never acknowledge each other's ACKs forever. ``_build_datagram`` calls
+    this only when an ACK is due, a probe (``probe``) or something ack-eliciting waits
+    (else the ACK would be written, then dropped).
     """
-    repeat_due = (epoch == Epoch.ONE_RTT and space.ack_repeat_at is not None
-                  and now >= space.ack_repeat_at)
-    ack_due = repeat_due or (
-        space.ack_pending
-        and space.ack_eliciting_pending > 0
-        and (
-            space.ack_immediately
-            or epoch != Epoch.ONE_RTT
-            or (space.ack_deadline is not None and now >= space.ack_deadline)
-        )
-    )
-    if epoch == Epoch.ZERO_RTT:
-        ack_due = False  # a client's 0-RTT packets carry no ACK (RFC 9000 §12.4)
-    probe = conn.probes_pending[_SPACE[epoch]] > 0
-    if not ack_due and not probe:
-        # no ACK is due and no probe: a packet goes only with something ack-eliciting in
-        # it (else the ACK below would be written, then dropped). An Initial or Handshake
-        # packet can only have CRYPTO data; a 1-RTT one what _app_frames_waiting lists.
-        if epoch in _HANDSHAKE_EPOCHS:
-            crypto = space.crypto_send
-            if crypto is None or not crypto.has_data_to_send():
-                return False
-        elif epoch == Epoch.ONE_RTT and not _app_frames_waiting(conn):
-            return False
     loss = conn.loss
     cc_ok = probe or epoch not in _APP or loss.cc.available() >= conn.max_datagram_size
     if cc_ok and epoch in _APP and not probe:
@@ -310,7 +364,7 @@ def _fill_payload(
         return False
     ack_end = 0
     if epoch != Epoch.ZERO_RTT and (space.ack_pending or repeat_due
-            or ((epoch in _HANDSHAKE_EPOCHS or probe) and space.received)) and (
+            or ((epoch in _HANDSHAKE_EPOCHS or probe) and space.received.starts)) and (
                 ack_due or cc_ok):
         # Initial and Handshake packets and probes always carry an ACK of what arrived
         # (dropped below if nothing else goes in): a lost ACK would otherwise leave the
@@ -342,7 +396,10 @@ def _fill_payload(
         if chunk is None:
             break
         offset, data, _, _ = chunk
-        F.encode_frame(F.Crypto(offset=offset, data=data), payload)
+        payload.append(F.CRYPTO)  # the CRYPTO frame, as F.encode_frame writes it
+        push_varint(payload, offset)
+        push_varint(payload, len(data))
+        payload += data
         records.append((R_CRYPTO, int(epoch), offset, len(data)))
     if epoch == Epoch.ONE_RTT:
         _fill_control(conn, payload, limit, records)
@@ -395,7 +452,7 @@ def _app_frames_waiting(conn: Connection) -> bool:
         or conn.datagrams_pending
         or conn.handshake_done_pending
         or conn.key_update_ping
-        or conn.new_token_pending
+        or (conn.new_token_pending and conn.handshake_confirmed)  # (_fill_control's test)
         or conn.path_challenge_pending
         or conn.path_challenges_received
         or conn.pending_stream_updates

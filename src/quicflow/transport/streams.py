@@ -97,7 +97,7 @@ class SendStream:
     def has_data_to_send(self) -> bool:
         if self.reset_code is not None:
             return False
-        if self.lost or self.fin_lost:
+        if self.lost.starts or self.fin_lost:  # (not RangeSet.__bool__: a call per test)
             return True
         if self.next_offset < self.write_offset:
             return self.next_offset < self.max_data
@@ -126,9 +126,9 @@ class SendStream:
         if self.reset_code is not None or max_len <= 0:
             return None
         lost = self.lost
-        if lost and lost.starts[0] < self.acked_offset:
+        if lost.starts and lost.starts[0] < self.acked_offset:  # (no RangeSet.__bool__)
             lost.shift_below(self.acked_offset)  # acknowledged since: nothing to resend
-        if lost:
+        if lost.starts:
             start = lost.starts[0]
             end = min(lost.ends[0], start + max_len)
             lost.subtract(start, end)

@@ -198,14 +198,16 @@ def build_long_header(
         raise ValueError(f"bad packet number length {pn_len}")
     if not 0 <= payload_len_incl_pn_and_tag < 0x4000:
         raise ValueError("length does not fit a 2-byte varint")
-    if len(dcid) > MAX_CID_LEN or len(scid) > MAX_CID_LEN:
+    dcid_len = len(dcid)
+    scid_len = len(scid)
+    if dcid_len > MAX_CID_LEN or scid_len > MAX_CID_LEN:
         raise ValueError("connection id too long")
     out = bytearray()
     out.append(0xC0 | (_BITS_OF_TYPE.get(version, _V1_BITS)[packet_type] << 4) | (pn_len - 1))
     out += version.to_bytes(4, "big")
-    out.append(len(dcid))
+    out.append(dcid_len)
     out += dcid
-    out.append(len(scid))
+    out.append(scid_len)
     out += scid
     if packet_type == INITIAL:
         push_varint(out, len(token))

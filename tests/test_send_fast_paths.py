@@ -1,0 +1,149 @@
+"""The send path's shortcuts write what the general code writes.
+
+- ACK frames are written straight from the packet space's RangeSet: the same bytes as
+  ``encode_frame(Ack(...))`` (newest 32 ranges, ECN counts, ACK delay exponent).
+- A server's first flight is one datagram (Initial + Handshake, 1200 bytes) built
+  without starting a 1-RTT packet: NEW_TOKEN waits for confirmation.
+- A one-datagram ``send_batch`` (the usual handshake datagram) goes out in one syscall
+  with send_basic's counters, and an error on it is handled as send_basic handles it.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from types import SimpleNamespace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quicflow.crypto.epoch import Epoch
+from quicflow.datapath.socket import UdpTransport
+from quicflow.transport.events import NewTokenReceived
+from quicflow.transport.rangeset import RangeSet
+from quicflow.transport.send import _encode_ack
+from quicflow.transport.state import PacketSpace
+from quicflow.wire import frames as F
+from tests.support.memory_pair import MemoryPair
+
+
+def _reference_ack(space: PacketSpace, now: float, exponent: int) -> bytes:
+    """The ACK frame as the frame encoder writes it (what send.py wrote before)."""
+    received = space.received
+    ranges = [(received.starts[i], received.ends[i] - 1)
+              for i in range(len(received.starts) - 1, max(-1, len(received.starts) - 33), -1)]
+    delay_us = int((now - space.largest_received_time) * 1_000_000)
+    ecn = tuple(space.ecn_counts) if any(space.ecn_counts) else None
+    out = bytearray()
+    F.encode_frame(F.Ack(ranges=ranges, ack_delay=max(0, delay_us) >> exponent,
+                         ecn=ecn), out)  # type: ignore[arg-type]
+    return bytes(out)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    gaps=st.lists(st.tuples(st.integers(1, 5000), st.integers(1, 300)), min_size=1,
+                  max_size=45),
+    first=st.integers(0, 1 << 40),
+    ecn=st.lists(st.integers(0, 1 << 33), min_size=3, max_size=3)
+    | st.just([0, 0, 0]),
+    delay=st.floats(-0.01, 30.0),
+    one_rtt=st.booleans(),
+    exponent=st.integers(0, 20),
+)
+def test_ack_frame_matches_the_frame_encoder(
+    gaps: list[tuple[int, int]], first: int, ecn: list[int], delay: float, one_rtt: bool,
+    exponent: int,
+) -> None:
+    space = PacketSpace()
+    received = RangeSet()
+    pn = first
+    for gap, length in gaps:
+        received.add(pn, pn + length)
+        pn += length + gap
+    space.received = received
+    space.ecn_counts = list(ecn)
+    now = 100.0
+    space.largest_received_time = now - delay
+    conn = SimpleNamespace(configuration=SimpleNamespace(ack_delay_exponent=exponent))
+    epoch = Epoch.ONE_RTT if one_rtt else Epoch.HANDSHAKE
+    out = bytearray(b"\x01")  # written after what the payload already holds
+    _encode_ack(conn, space, out, now, epoch)  # type: ignore[arg-type]
+    assert bytes(out[1:]) == _reference_ack(space, now, exponent if one_rtt else 3)
+    frames = F.parse_frames(bytes(out[1:]))
+    ack = frames[0]
+    assert isinstance(ack, F.Ack)
+    assert ack.ranges[0][1] == received.ends[-1] - 1  # the largest packet first
+    assert len(ack.ranges) == min(32, len(received.starts))
+
+
+def test_server_flight_is_one_datagram_and_new_token_still_arrives() -> None:
+    pair = MemoryPair()
+    client = pair.client
+    for d in pair.client_ep.datagrams_to_send(client, pair.now):
+        pair.server.receive(d, pair.client_addr, pair.now)
+    (conn,) = pair.server_conns
+    flight = pair.server.datagrams_to_send(conn, pair.now)
+    # Initial (ServerHello) + Handshake (EE..Finished) coalesced and padded, no 1-RTT
+    # packet: nothing may go in one before the handshake is confirmed
+    assert [len(d) for d in flight] == [1200]
+    assert conn.counters.packets_sent == 2
+    assert conn.new_token_pending  # waits for confirmation
+    for d in flight:
+        pair.client_ep.receive(d, ("127.0.0.1", 4433), pair.now)
+    pair.run(lambda: client.handshake_confirmed)
+    pair.run(lambda: not conn.new_token_pending and not conn.spaces[2].ack_pending)
+    events = client.pop_events()
+    assert any(isinstance(e, NewTokenReceived) for e in events)
+
+
+def _receive_one(rx: UdpTransport) -> bytes:
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        batch = rx.recv_batch(8)
+        if batch:
+            return bytes(batch[0][0])
+        time.sleep(0.001)
+    raise AssertionError("nothing arrived")
+
+
+def test_one_datagram_send_counts_one_syscall() -> None:
+    with (
+        UdpTransport.open("127.0.0.1", 0, backend="basic") as rx,
+        UdpTransport.open("127.0.0.1", 0) as tx,
+    ):
+        first = bytearray(b"a" * 1200)
+        assert tx.send_batch(first, 1200, rx.local_address)  # sets the ECN codepoint
+        assert _receive_one(rx) == bytes(first)
+        before = (tx.counters.syscalls_send, tx.counters.datagrams_sent,
+                  tx.counters.bytes_sent)
+        data = bytearray(b"b" * 700)
+        assert tx.send_batch(data, 1200, rx.local_address)
+        assert _receive_one(rx) == bytes(data)
+        after = (tx.counters.syscalls_send, tx.counters.datagrams_sent,
+                 tx.counters.bytes_sent)
+        assert (after[0] - before[0], after[1] - before[1], after[2] - before[2]) == (
+            1, 1, 700)
+
+
+def test_connected_send_to_a_closed_port_is_counted_and_skipped() -> None:
+    # A connected socket gets ECONNREFUSED on the send after the ICMP port unreachable:
+    # that datagram is counted in send_errors and skipped (send_basic's rule), the
+    # batch is not held back, and the next send goes out.
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    closed_port = probe.getsockname()[1]
+    probe.close()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.connect(("127.0.0.1", closed_port))
+    with UdpTransport(sock, backend="basic") as tx:
+        assert tx.send_batch(b"x" * 100, 100, None)
+        results = []
+        deadline = time.monotonic() + 5.0
+        while tx.counters.send_errors == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the ICMP error arrives
+            results.append(tx.send_batch(b"y" * 100, 100, None))
+        assert tx.counters.send_errors == 1
+        assert all(results)  # never held back in the pending queue
+        assert not tx.has_pending()
