@@ -25,7 +25,6 @@ from ..tls.session import TlsSession
 from ..tls.tickets import SessionTicket, ticket_sealer
 from ..wire.tparams import (
     TransportParameters,
-    encode_transport_parameters,
     peek_version_information,
 )
 from . import early_data, pathprobe, stream_api
@@ -37,6 +36,7 @@ from .errors import (
     QuicError,
 )
 from .events import ConnectionTerminated, Event
+from .local_params import encode_local_parameters
 from .path import Path, PathProbe
 from .pmtud import Pmtud, new_pmtud
 from .qlog import QlogTrace
@@ -358,8 +358,7 @@ class Connection:
         self._install_initial_keys(self.retry_scid or self.original_dcid)
         negotiates = not self.is_client and len(cfg.versions) > 1
         # a negotiating server's parameters come from the hook, on the ClientHello
-        params = b"" if negotiates else encode_transport_parameters(
-            self._local_transport_parameters())
+        params = b"" if negotiates else encode_local_parameters(self)
         self.tls = TlsSession(self._tls_config(server_name, ticket), params)
         if negotiates:
             self.tls.on_client_parameters(self._negotiate_version)
@@ -431,7 +430,7 @@ class Connection:
             chosen = next((v for v in info[1:] if v in ours), self.version)
             if chosen != self.version:
                 self.switch_version(chosen)
-        return encode_transport_parameters(self._local_transport_parameters())
+        return encode_local_parameters(self)
 
     # ------------------------------------------------------------------ CIDs
 
