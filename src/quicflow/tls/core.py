@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from cryptography import x509
 
 from quicflow.crypto.epoch import Epoch
@@ -9,7 +11,7 @@ from quicflow.crypto.suites import CipherSuite
 
 from .alerts import DECODE_ERROR, UNEXPECTED_MESSAGE, TlsAlert
 from .config import TlsConfig
-from .keyschedule import KeySchedule, transcript_hash
+from .keyschedule import HASHLIB, KeySchedule, transcript_hash
 
 # largest handshake message accepted (a long certificate chain still fits)
 MAX_MESSAGE_LEN = 1 << 18
@@ -29,6 +31,11 @@ class HandshakeCore:
         self.output: list[tuple[Epoch, bytes]] = []
         self.secrets: list[Secret] = []
         self.transcript = bytearray()
+        # thash's running hash: of which transcript object and suite, and how far
+        self._running: Any = None
+        self._running_of: bytearray | None = None
+        self._running_suite: CipherSuite | None = None
+        self._running_len = 0
         self.suite: CipherSuite | None = None
         self.ks: KeySchedule | None = None
         self.client_random = b""
@@ -100,8 +107,28 @@ class HandshakeCore:
             raise TlsAlert(UNEXPECTED_MESSAGE, f"data left in epoch {epoch.name} at a key change")
 
     def thash(self) -> bytes:
-        assert self.suite is not None
-        return transcript_hash(self.suite, self.transcript)
+        """The hash of the transcript so far. A running hash: only the bytes appended
+        since the last call are hashed (the transcript only grows; a new transcript
+        object, e.g. after a HelloRetryRequest, or another suite starts it over)."""
+        suite = self.suite
+        assert suite is not None
+        transcript = self.transcript
+        running = self._running
+        if running is None or self._running_of is not transcript or \
+                self._running_suite != suite or self._running_len > len(transcript):
+            new = HASHLIB.get(suite)
+            if new is None:
+                return transcript_hash(suite, transcript)
+            running = self._running = new()
+            self._running_of = transcript
+            self._running_suite = suite
+            self._running_len = 0
+        n = len(transcript)
+        if self._running_len < n:
+            running.update(transcript[self._running_len:])
+            self._running_len = n
+        digest: bytes = running.copy().digest()
+        return digest
 
     def send(self, epoch: Epoch, data: bytes) -> None:
         self.output.append((epoch, data))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import operator
 import os
+import struct
 from collections.abc import Callable
 
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -28,7 +29,7 @@ from .alerts import (
 from .config import TlsConfig
 from .core import HandshakeCore
 from .keyschedule import KeySchedule, message_hash, transcript_hash
-from .keyshare import generate_key, public_bytes, shared_secret
+from .keyshare import server_share
 from .messages import (
     CERTIFICATE,
     CERTIFICATE_VERIFY,
@@ -46,6 +47,8 @@ from .messages import (
     FINISHED,
     GROUP_IDS,
     HRR_RANDOM,
+    LEGACY_VERSION,
+    SERVER_HELLO,
     TLS13,
     ClientHello,
     ServerHello,
@@ -59,7 +62,6 @@ from .messages import (
     encode_finished,
     encode_server_hello,
     ext_alpn,
-    ext_key_share_server,
     parse_alpn,
     parse_key_share_client,
     parse_server_name,
@@ -110,6 +112,29 @@ _SERVER_VERIFY_PREFIX = certificate_verify_content(SERVER_CONTEXT, b"")
 #: EncryptedExtensions' ALPN extension by selected protocol (a few per process)
 _SELECTED_ALPN: dict[str, bytes] = {}
 _TLS13 = TLS13.to_bytes(2, "big")
+
+
+_SH_FIXED = struct.Struct("!IH32sBHBHHHHHHHH")
+
+
+def server_hello_bytes(random: bytes, suite: int, group: int, key_share: bytes,
+                       with_psk: bool) -> bytes:
+    """The ServerHello of a full or PSK handshake with an empty legacy_session_id:
+    ``encode_server_hello`` of supported_versions (TLS 1.3), key_share and, resuming,
+    pre_shared_key (identity 0), in that order, packed in one go."""
+    n = len(key_share)
+    ext_len = 6 + 8 + n + (6 if with_psk else 0)
+    head = _SH_FIXED.pack(
+        (SERVER_HELLO << 24) | (38 + 2 + ext_len), LEGACY_VERSION, random, 0, suite, 0,
+        ext_len, EXT_SUPPORTED_VERSIONS, 2, TLS13, EXT_KEY_SHARE, 4 + n, group, n,
+    )
+    if with_psk:
+        return head + key_share + _PSK_ZERO
+    return head + key_share
+
+
+#: pre_shared_key in a ServerHello: selected_identity 0
+_PSK_ZERO = struct.pack("!HHH", EXT_PRE_SHARED_KEY, 2, 0)
 
 
 def _identity(config: TlsConfig) -> tuple[bytes, list[int]]:
@@ -272,24 +297,13 @@ class ServerHandshake(HandshakeCore):
                 assert psk is not None
                 early_secret = KeySchedule(suite, psk).client_early_traffic(self.thash())
 
-        kx_key = generate_key(group)
-        shared = shared_secret(kx_key, share_map[group])
-        sh_ext = [
-            (EXT_SUPPORTED_VERSIONS, _TLS13),
-            (EXT_KEY_SHARE, ext_key_share_server(group, public_bytes(kx_key))),
-        ]
-        if psk is not None:
-            sh_ext.append((EXT_PRE_SHARED_KEY, (0).to_bytes(2, "big")))
-        sh = ServerHello(
-            random=os.urandom(32),
-            session_id=hello.session_id,
-            cipher_suite=int(suite),
-            extensions=sh_ext,
-        )
+        our_share, shared = server_share(group, share_map[group])
         if early_secret:
             self.add_secret(Epoch.ZERO_RTT, False, early_secret)
             self.keylog("CLIENT_EARLY_TRAFFIC_SECRET", early_secret)
-        sh_bytes = encode_server_hello(sh)
+        # (the legacy_session_id is empty: checked above)
+        sh_bytes = server_hello_bytes(os.urandom(32), int(suite), group, our_share,
+                                      psk is not None)
         self.transcript += sh_bytes
         self.send(Epoch.INITIAL, sh_bytes)
         self.ks = KeySchedule(suite, psk)
