@@ -70,3 +70,18 @@ def test_changed_configuration_gets_new_parameters() -> None:
     assert params.initial_max_data == 5000
     assert params.original_destination_connection_id == b"p" * 8
     assert params.stateless_reset_token == second.host_cids[0].reset_token
+
+
+def test_plaintext_cids_are_what_encode_cid_makes() -> None:
+    from quicflow.endpoint.cids import CidGenerator
+    from quicflow.endpoint.quiclb import QuicLbConfig, decode_server_id, encode_cid
+
+    for config_id, sid_len, nonce_len in [(0, 2, 5), (3, 1, 4), (6, 8, 11)]:
+        cfg = QuicLbConfig(config_id=config_id, server_id_len=sid_len, nonce_len=nonce_len)
+        sid = bytes(range(1, sid_len + 1))
+        gen = CidGenerator(cfg, sid)
+        cids = {gen.generate() for _ in range(50)}
+        assert len(cids) == 50  # random nonces
+        for cid in cids:
+            assert cid == encode_cid(cfg, sid, cid[1 + sid_len:])
+            assert decode_server_id(cfg, cid) == sid and gen.is_ours(cid)

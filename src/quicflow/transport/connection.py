@@ -91,6 +91,28 @@ def random_cid_issuer(length: int) -> CidIssuer:
     return issue
 
 
+def new_spaces() -> list[PacketSpace]:
+    """The three packet number spaces of a new connection; the Initial space buffers at
+    most INITIAL_CRYPTO_WINDOW of CRYPTO data (its keys are public)."""
+    return [PacketSpace(crypto_recv=initial_crypto_recv()), PacketSpace(), PacketSpace()]
+
+
+def new_recovery(cfg: Configuration, is_client: bool) -> tuple[LossDetection, Pacer, Pmtud]:
+    """Loss detection, pacer and path MTU discovery of a new connection."""
+    loss = LossDetection(
+        is_server=not is_client,
+        max_ack_delay=0.025,
+        cc=CongestionControl(algorithm=cfg.congestion_control),
+        max_pto_period=cfg.max_pto_period,
+    )
+    loss.amplification_limited = False
+    # pacing in batch-sized bursts: up to 2 ms of the pacing rate, at most one GSO send;
+    # sends may run 1 ms ahead (asyncio timers wake in whole milliseconds)
+    pacer = Pacer(burst_interval=0.002, max_burst_datagrams=256, granularity=0.001,
+                  run_datagrams=256)
+    return loss, pacer, new_pmtud(cfg.pmtud)
+
+
 @dataclass(slots=True)
 class ConnectionCounters:
     packets_sent: int = 0
@@ -172,7 +194,7 @@ class Connection:
     address_validated: bool = False
     bytes_received_unvalidated: int = 0
     bytes_sent_unvalidated: int = 0
-    spaces: list[PacketSpace] = field(default_factory=lambda: [PacketSpace() for _ in range(3)])
+    spaces: list[PacketSpace] = field(default_factory=new_spaces)
     alpn_protocol: str | None = None
     peer_certificate_ders: list[bytes] = field(default_factory=list)  # peer's chain, DER
     peer_params: TransportParameters | None = None
@@ -327,7 +349,6 @@ class Connection:
         cfg = self.configuration
         cfg.validate()
         self.max_datagram_size = 1200
-        self.pmtud = new_pmtud(cfg.pmtud)
         self.idle_timeout = cfg.idle_timeout
         self.idle_deadline = now + cfg.idle_timeout if cfg.idle_timeout else float("inf")
         if not self.is_client and not self.address_validated:  # half-open: short life
@@ -339,18 +360,6 @@ class Connection:
         self.bidi.window = cfg.max_streams_bidi
         self.uni.max_remote = cfg.max_streams_uni
         self.uni.window = cfg.max_streams_uni
-        self.spaces[0].crypto_recv = initial_crypto_recv()
-        self.loss = LossDetection(
-            is_server=not self.is_client,
-            max_ack_delay=0.025,
-            cc=CongestionControl(algorithm=cfg.congestion_control),
-            max_pto_period=cfg.max_pto_period,
-        )
-        self.loss.amplification_limited = False
-        # pacing in batch-sized bursts: up to 2 ms of the pacing rate, at most one GSO send;
-        # sends may run 1 ms ahead (asyncio timers wake in whole milliseconds)
-        self.pacer = Pacer(burst_interval=0.002, max_burst_datagrams=256, granularity=0.001,
-                           run_datagrams=256)
         self.issue_host_cid()
         self.initial_scid = self.host_cids[0].cid
         pathprobe.issue_preferred_cid(self)
@@ -413,7 +422,8 @@ class Connection:
         self.original_dcid = os.urandom(8)
         self.peer_cid = self.original_dcid
         self.retry_scid = None
-        self.spaces = [PacketSpace() for _ in range(3)]
+        self.spaces = new_spaces()
+        self.loss, self.pacer, self.pmtud = new_recovery(self.configuration, True)
         self.send_protectors = [None] * 4
         self.recv_protectors = [None] * 4
         self.probes_pending = [0, 0, 0]
