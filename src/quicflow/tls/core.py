@@ -17,7 +17,6 @@ from .keyschedule import HASHLIB, KeySchedule, transcript_hash
 MAX_MESSAGE_LEN = 1 << 18
 
 Secret = tuple[Epoch, bool, CipherSuite, bytes]
-_EPOCHS = tuple(Epoch)
 
 
 class HandshakeCore:
@@ -27,7 +26,10 @@ class HandshakeCore:
         config.validate()
         self.config = config
         self.transport_parameters = transport_parameters
-        self.buffers: dict[Epoch, bytearray] = {e: bytearray() for e in _EPOCHS}
+        self.buffers: dict[Epoch, bytearray] = {
+            Epoch.INITIAL: bytearray(), Epoch.ZERO_RTT: bytearray(),
+            Epoch.HANDSHAKE: bytearray(), Epoch.ONE_RTT: bytearray(),
+        }
         self.output: list[tuple[Epoch, bytes]] = []
         self.secrets: list[Secret] = []
         self.transcript = bytearray()
@@ -155,8 +157,9 @@ class HandshakeCore:
         is_client = self.config.is_client
         self.add_secret(Epoch.HANDSHAKE, is_client, c_hs)
         self.add_secret(Epoch.HANDSHAKE, not is_client, s_hs)
-        self.keylog("CLIENT_HANDSHAKE_TRAFFIC_SECRET", c_hs)
-        self.keylog("SERVER_HANDSHAKE_TRAFFIC_SECRET", s_hs)
+        if self.config.keylog_file:
+            self.keylog("CLIENT_HANDSHAKE_TRAFFIC_SECRET", c_hs)
+            self.keylog("SERVER_HANDSHAKE_TRAFFIC_SECRET", s_hs)
 
     def install_application_secrets(self, thash: bytes) -> None:
         """From the hash of CH..server Finished: publish the 1-RTT traffic secrets."""
@@ -165,5 +168,6 @@ class HandshakeCore:
         is_client = self.config.is_client
         self.add_secret(Epoch.ONE_RTT, is_client, c_ap)
         self.add_secret(Epoch.ONE_RTT, not is_client, s_ap)
-        self.keylog("CLIENT_TRAFFIC_SECRET_0", c_ap)
-        self.keylog("SERVER_TRAFFIC_SECRET_0", s_ap)
+        if self.config.keylog_file:
+            self.keylog("CLIENT_TRAFFIC_SECRET_0", c_ap)
+            self.keylog("SERVER_TRAFFIC_SECRET_0", s_ap)

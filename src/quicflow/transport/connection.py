@@ -371,9 +371,10 @@ class Connection:
         self.tls = TlsSession(self._tls_config(server_name, ticket), params)
         if negotiates:
             self.tls.on_client_parameters(self._negotiate_version)
+        self.tls.set_wall_time(now + self.wall_offset)
         if not self.is_client:
             early_data.server_hook(self, self.tls)
-        self.tls.set_wall_time(now + self.wall_offset)
+            return  # a server's TLS says nothing before the ClientHello
         self.tls.start()
         for epoch, data in self.tls.pop_output():
             crypto = self.spaces[SPACE_OF_EPOCH[epoch]].crypto_send
