@@ -82,3 +82,65 @@ def test_running_transcript_hash(suite: CipherSuite) -> None:
         else CipherSuite.AES_128_GCM_SHA256
     core.suite = other
     assert core.thash() == transcript_hash(other, b"after a HelloRetryRequest")
+
+
+def _reference_server_name(data: bytes) -> str | None:
+    """parse_server_name as it was, over the bounds-checked Reader."""
+    from quicflow.tls.messages import DECODE_ERROR, Reader
+
+    r = Reader(data)
+    names = r.sub(2)
+    host: str | None = None
+    while not names.at_end():
+        name_type = names.u8()
+        name = names.vec(2)
+        if name_type == 0 and host is None:
+            try:
+                host = name.decode("ascii")
+            except UnicodeDecodeError as exc:
+                raise TlsAlert(DECODE_ERROR, "server_name is not ASCII") from exc
+    r.done()
+    return host
+
+
+def _reference_psk_modes(data: bytes) -> list[int]:
+    from quicflow.tls.messages import DECODE_ERROR, Reader
+
+    r = Reader(data)
+    modes = list(r.vec(1))
+    r.done()
+    if not modes:
+        raise TlsAlert(DECODE_ERROR, "empty psk_key_exchange_modes")
+    return modes
+
+
+def _outcome(parse: object, data: bytes) -> object:
+    try:
+        return ("ok", parse(data))  # type: ignore[operator]
+    except TlsAlert as alert:
+        return ("alert", alert.description, alert.message)
+
+
+def _server_name_ext(draw: st.DrawFn) -> bytes:
+    entries = b""
+    for _ in range(draw(st.integers(0, 3))):
+        name = draw(st.binary(max_size=20) | st.text("abc.-", max_size=20).map(str.encode))
+        entries += bytes([draw(st.sampled_from([0, 0, 1]))]) + len(name).to_bytes(2, "big")
+        entries += name
+    body = len(entries).to_bytes(2, "big") + entries
+    cut = draw(st.integers(0, len(body) + 2))
+    return (body + draw(st.binary(max_size=2)))[:cut]
+
+
+@given(st.composite(_server_name_ext)() | st.binary(max_size=40))
+def test_server_name_parser_matches_the_reader(data: bytes) -> None:
+    from quicflow.tls.messages import parse_server_name
+
+    assert _outcome(parse_server_name, data) == _outcome(_reference_server_name, data)
+
+
+@given(st.binary(max_size=6))
+def test_psk_modes_parser_matches_the_reader(data: bytes) -> None:
+    from quicflow.tls.tickets import parse_psk_modes
+
+    assert _outcome(parse_psk_modes, data) == _outcome(_reference_psk_modes, data)
