@@ -144,3 +144,22 @@ def test_psk_modes_parser_matches_the_reader(data: bytes) -> None:
     from quicflow.tls.tickets import parse_psk_modes
 
     assert _outcome(parse_psk_modes, data) == _outcome(_reference_psk_modes, data)
+
+
+@given(lifetime=st.integers(0, 604800), age_add=st.integers(0, 0xFFFFFFFF),
+       ticket=st.binary(min_size=1, max_size=400), early=st.booleans())
+def test_new_session_ticket_bytes_match_the_encoder(lifetime: int, age_add: int,
+                                                    ticket: bytes, early: bool) -> None:
+    from quicflow.tls.server import new_session_ticket_bytes
+    from quicflow.tls.tickets import (
+        QUIC_MAX_EARLY_DATA,
+        NewSessionTicket,
+        decode_new_session_ticket,
+        encode_new_session_ticket,
+    )
+
+    nst = NewSessionTicket(lifetime, age_add, b"\x00", ticket,
+                           QUIC_MAX_EARLY_DATA if early else None)
+    got = new_session_ticket_bytes(lifetime, age_add, ticket, early)
+    assert got == encode_new_session_ticket(nst)
+    assert decode_new_session_ticket(got[4:]) == nst

@@ -48,6 +48,7 @@ from .messages import (
     GROUP_IDS,
     HRR_RANDOM,
     LEGACY_VERSION,
+    NEW_SESSION_TICKET,
     SERVER_HELLO,
     TLS13,
     ClientHello,
@@ -72,10 +73,8 @@ from .messages import (
 from .tickets import (
     PSK_DHE_KE,
     QUIC_MAX_EARLY_DATA,
-    NewSessionTicket,
     TicketContents,
     compact_parameters,
-    encode_new_session_ticket,
     parse_empty,
     parse_offered_psks,
     parse_psk_modes,
@@ -133,6 +132,24 @@ def server_hello_bytes(random: bytes, suite: int, group: int, key_share: bytes,
     return head + key_share
 
 
+_NST_HEAD = struct.Struct("!IIIBBH")
+#: a NewSessionTicket's early_data extension: max_early_data_size 0xffffffff (RFC 9001 §4.6.1)
+_NST_EARLY_DATA = struct.pack("!HHHI", 8, EXT_EARLY_DATA, 4, QUIC_MAX_EARLY_DATA)
+
+
+def new_session_ticket_bytes(lifetime: int, age_add: int, ticket: bytes,
+                             early_data: bool) -> bytes:
+    """``encode_new_session_ticket`` of a ticket with the nonce 0x00 and, with
+    ``early_data``, QUIC's max_early_data_size, packed in one go."""
+    n = len(ticket)
+    if not 0 < n <= 0xFFFF:
+        raise ValueError("bad session ticket length")
+    ext = _NST_EARLY_DATA if early_data else b"\x00\x00"
+    head = _NST_HEAD.pack((NEW_SESSION_TICKET << 24) | (12 + n + len(ext)), lifetime, age_add,
+                          1, 0, n)
+    return head + ticket + ext
+
+
 #: pre_shared_key in a ServerHello: selected_identity 0
 _PSK_ZERO = struct.pack("!HHH", EXT_PRE_SHARED_KEY, 2, 0)
 
@@ -175,6 +192,8 @@ class ServerHandshake(HandshakeCore):
         self.ticket: TicketContents | None = None
         self.client_ticket_age = 0.0
         self.client_takes_tickets = False  # the client listed psk_dhe_ke
+        #: our Certificate message (from _identity, with the signature negotiation)
+        self.certificate_message = b""
 
     def expected_epoch(self) -> Epoch | None:
         if self.state in (WAIT_CH, WAIT_CH2):
@@ -221,7 +240,8 @@ class ServerHandshake(HandshakeCore):
             raise TlsAlert(MISSING_EXTENSION, "ClientHello has no signature_algorithms")
         offered = parse_u16_list(ext[EXT_SIGNATURE_ALGORITHMS])
         assert self.config.private_key is not None
-        for algorithm in _identity(self.config)[1]:
+        self.certificate_message, schemes = _identity(self.config)
+        for algorithm in schemes:
             if algorithm in offered:
                 return algorithm
         raise TlsAlert(HANDSHAKE_FAILURE, "no signature algorithm in common with the client")
@@ -408,7 +428,7 @@ class ServerHandshake(HandshakeCore):
         for msg in (
             encode_encrypted_extensions(ee),
             *((_CERTIFICATE_REQUEST,) if ask else ()),
-            *((_identity(cfg)[0],) if not self.resumed else ()),
+            *((self.certificate_message,) if not self.resumed else ()),
         ):
             self.transcript += msg
             out += msg
@@ -484,7 +504,5 @@ class ServerHandshake(HandshakeCore):
             transport_parameters=(cfg.ticket_parameters
                                   or compact_parameters(self.transport_parameters)),
         )
-        nst = NewSessionTicket(cfg.ticket_lifetime, age_add, nonce,
-                               cfg.ticket_sealer.seal(contents),
-                               max_early if max_early else None)
-        self.send(Epoch.ONE_RTT, encode_new_session_ticket(nst))
+        self.send(Epoch.ONE_RTT, new_session_ticket_bytes(
+            cfg.ticket_lifetime, age_add, cfg.ticket_sealer.seal(contents), bool(max_early)))
