@@ -105,8 +105,14 @@ def next_packet_keys(keys: PacketKeys) -> PacketKeys:
 
 def initial_secrets(dcid: bytes, version: int = QUIC_V1) -> tuple[bytes, bytes]:
     """(client, server) Initial secrets from the client's first DCID (QUIC v1 or v2)."""
+    salt = INITIAL_SALT_V2 if version == QUIC_V2 else INITIAL_SALT_V1
+    ext = _EXT
+    if ext is not None:  # the same HMACs as below, without the generic wrappers
+        initial = ext.hkdf_extract(0x1301, salt, dcid)
+        return (ext.hkdf_expand_label(0x1301, initial, b"client in", 32, b""),
+                ext.hkdf_expand_label(0x1301, initial, b"server in", 32, b""))
     h = _SHA256
-    initial = hkdf_extract(h, INITIAL_SALT_V2 if version == QUIC_V2 else INITIAL_SALT_V1, dcid)
+    initial = hkdf_extract(h, salt, dcid)
     client = hkdf_expand_label(h, initial, b"client in", b"", h.digest_size)
     server = hkdf_expand_label(h, initial, b"server in", b"", h.digest_size)
     return client, server

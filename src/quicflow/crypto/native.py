@@ -114,17 +114,17 @@ class NativeOffloadEngine(CidTableEngine[NativeKeyState]):
         secret = bytes(secret)
         LABELS[version]  # an unknown version fails here as in the software engine (KeyError)
         v2 = version == QUIC_V2
-        # this generation's key, iv and hp key and the next one's secret, key and iv:
-        # six HMACs in one C call (the same labels as derive_key_iv & co.)
-        key, iv, hp, ku, next_key, next_iv = _ext.quic_keys(suite, secret, v2, True)
+        # this generation's key, iv and hp key: three HMACs in one C call (the same labels
+        # as derive_key_iv & co.); the next generation's keys (key updates) are made in C
+        # from the secret when first needed, so a short connection never makes them
+        key, iv, hp = _ext.quic_keys(suite, secret, v2, False)
         if hp_key is not None:
             hp = bytes(hp_key)
         if len(hp) != suite_key_len(suite):
             raise ValueError(f"header protection key must be {suite_key_len(suite)} bytes")
         current = _ext.KeyContext(suite, key, iv, hp, secret)
-        nxt = _ext.KeyContext(suite, next_key, next_iv, hp, ku)
-        state: NativeKeyState = _ext.CidState(suite, hp, key_phase & 1, current, nxt, largest_pn,
-                                              v2)
+        state: NativeKeyState = _ext.CidState(suite, hp, key_phase & 1, current, None,
+                                              largest_pn, v2)
         return state
 
     def _key_update(self, state: NativeKeyState) -> None:

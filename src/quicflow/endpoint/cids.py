@@ -33,7 +33,8 @@ class ConnectionIdSource(Protocol):
 class CidGenerator:
     """QUIC-LB CIDs (draft-ietf-quic-load-balancers) carrying one server ID."""
 
-    __slots__ = ("config", "server_id", "cid_length", "_plaintext", "_config_id", "_sid_end")
+    __slots__ = ("config", "server_id", "cid_length", "_plaintext", "_config_id", "_sid_end",
+                 "_prefix", "_nonce_len")
 
     def __init__(self, config: QuicLbConfig, server_id: bytes) -> None:
         if len(server_id) != config.server_id_len:
@@ -48,6 +49,10 @@ class CidGenerator:
         self._plaintext = config.key is None
         self._config_id = config.config_id  # (is_ours reads these for every datagram)
         self._sid_end = 1 + len(self.server_id)
+        # plaintext CIDs are this prefix (first octet, server ID) and a random nonce
+        self._prefix = encode_cid(config, self.server_id, bytes(config.nonce_len))[
+            : 1 + config.server_id_len]
+        self._nonce_len = config.nonce_len
 
     @classmethod
     def from_layout(
@@ -61,7 +66,9 @@ class CidGenerator:
 
     def generate(self) -> bytes:
         """A fresh CID of ours (random nonce)."""
-        return encode_cid(self.config, self.server_id, os.urandom(self.config.nonce_len))
+        if self._plaintext:  # encode_cid's bytes, without its per-call checks
+            return self._prefix + os.urandom(self._nonce_len)
+        return encode_cid(self.config, self.server_id, os.urandom(self._nonce_len))
 
     def generate_for(self, server_id: bytes) -> bytes:
         """A fresh CID that routes to another server (to hand a connection over)."""

@@ -241,16 +241,18 @@ class Endpoint:
 
     def issue_cid(self) -> tuple[bytes, bytes]:
         """A CID of ours that no connection holds, and its stateless reset token."""
-        gen = self.generator
-        registry = self.registry
+        gen = self.cid_generator
+        assert gen is not None  # set in __post_init__
+        is_held = self.registry.is_held
         cid = gen.generate()
         for _ in range(CID_ATTEMPTS - 1):
-            if not registry.is_held(cid):
+            if not is_held(cid):
                 break
             cid = gen.generate()
         # derived from the static key: right after a restart, a takeover, on every host
-        assert self.configuration.reset_key is not None  # set in __post_init__
-        return cid, stateless_reset_token(self.configuration.reset_key, cid)
+        key = self.configuration.reset_key
+        assert key is not None  # set in __post_init__
+        return cid, stateless_reset_token(key, cid)
 
     # ------------------------------------------------------------------ receive
 

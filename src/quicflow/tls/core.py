@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from cryptography import x509
 
 from quicflow.crypto.epoch import Epoch
@@ -9,13 +11,12 @@ from quicflow.crypto.suites import CipherSuite
 
 from .alerts import DECODE_ERROR, UNEXPECTED_MESSAGE, TlsAlert
 from .config import TlsConfig
-from .keyschedule import KeySchedule, transcript_hash
+from .keyschedule import HASHLIB, KeySchedule, transcript_hash
 
 # largest handshake message accepted (a long certificate chain still fits)
 MAX_MESSAGE_LEN = 1 << 18
 
 Secret = tuple[Epoch, bool, CipherSuite, bytes]
-_EPOCHS = tuple(Epoch)
 
 
 class HandshakeCore:
@@ -25,10 +26,18 @@ class HandshakeCore:
         config.validate()
         self.config = config
         self.transport_parameters = transport_parameters
-        self.buffers: dict[Epoch, bytearray] = {e: bytearray() for e in _EPOCHS}
+        self.buffers: dict[Epoch, bytearray] = {
+            Epoch.INITIAL: bytearray(), Epoch.ZERO_RTT: bytearray(),
+            Epoch.HANDSHAKE: bytearray(), Epoch.ONE_RTT: bytearray(),
+        }
         self.output: list[tuple[Epoch, bytes]] = []
         self.secrets: list[Secret] = []
         self.transcript = bytearray()
+        # thash's running hash: of which transcript object and suite, and how far
+        self._running: Any = None
+        self._running_of: bytearray | None = None
+        self._running_suite: CipherSuite | None = None
+        self._running_len = 0
         self.suite: CipherSuite | None = None
         self.ks: KeySchedule | None = None
         self.client_random = b""
@@ -100,8 +109,28 @@ class HandshakeCore:
             raise TlsAlert(UNEXPECTED_MESSAGE, f"data left in epoch {epoch.name} at a key change")
 
     def thash(self) -> bytes:
-        assert self.suite is not None
-        return transcript_hash(self.suite, self.transcript)
+        """The hash of the transcript so far. A running hash: only the bytes appended
+        since the last call are hashed (the transcript only grows; a new transcript
+        object, e.g. after a HelloRetryRequest, or another suite starts it over)."""
+        suite = self.suite
+        assert suite is not None
+        transcript = self.transcript
+        running = self._running
+        if running is None or self._running_of is not transcript or \
+                self._running_suite != suite or self._running_len > len(transcript):
+            new = HASHLIB.get(suite)
+            if new is None:
+                return transcript_hash(suite, transcript)
+            running = self._running = new()
+            self._running_of = transcript
+            self._running_suite = suite
+            self._running_len = 0
+        n = len(transcript)
+        if self._running_len < n:
+            running.update(transcript[self._running_len:])
+            self._running_len = n
+        digest: bytes = running.copy().digest()
+        return digest
 
     def send(self, epoch: Epoch, data: bytes) -> None:
         self.output.append((epoch, data))
@@ -128,8 +157,9 @@ class HandshakeCore:
         is_client = self.config.is_client
         self.add_secret(Epoch.HANDSHAKE, is_client, c_hs)
         self.add_secret(Epoch.HANDSHAKE, not is_client, s_hs)
-        self.keylog("CLIENT_HANDSHAKE_TRAFFIC_SECRET", c_hs)
-        self.keylog("SERVER_HANDSHAKE_TRAFFIC_SECRET", s_hs)
+        if self.config.keylog_file:
+            self.keylog("CLIENT_HANDSHAKE_TRAFFIC_SECRET", c_hs)
+            self.keylog("SERVER_HANDSHAKE_TRAFFIC_SECRET", s_hs)
 
     def install_application_secrets(self, thash: bytes) -> None:
         """From the hash of CH..server Finished: publish the 1-RTT traffic secrets."""
@@ -138,5 +168,6 @@ class HandshakeCore:
         is_client = self.config.is_client
         self.add_secret(Epoch.ONE_RTT, is_client, c_ap)
         self.add_secret(Epoch.ONE_RTT, not is_client, s_ap)
-        self.keylog("CLIENT_TRAFFIC_SECRET_0", c_ap)
-        self.keylog("SERVER_TRAFFIC_SECRET_0", s_ap)
+        if self.config.keylog_file:
+            self.keylog("CLIENT_TRAFFIC_SECRET_0", c_ap)
+            self.keylog("SERVER_TRAFFIC_SECRET_0", s_ap)

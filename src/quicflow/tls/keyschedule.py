@@ -23,7 +23,7 @@ from .messages import MESSAGE_HASH
 
 #: hashlib's constructor of each suite's hash (the same digest as ``suite_hash``'s, with
 #: less per-call overhead than a ``cryptography`` Hash object)
-_HASHLIB = {
+HASHLIB = {
     CipherSuite.AES_128_GCM_SHA256: hashlib.sha256,
     CipherSuite.AES_256_GCM_SHA384: hashlib.sha384,
     CipherSuite.CHACHA20_POLY1305_SHA256: hashlib.sha256,
@@ -33,7 +33,7 @@ _EXT: Any = native_for_keys()
 
 
 def transcript_hash(suite: CipherSuite, transcript: bytes | bytearray) -> bytes:
-    new = _HASHLIB.get(suite)
+    new = HASHLIB.get(suite)
     if new is None:
         digest = hashes.Hash(suite_hash(suite))
         digest.update(bytes(transcript))

@@ -25,6 +25,28 @@ def public_bytes(key: KeyExchangeKey) -> bytes:
     return key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
 
 
+_X25519_GENERATE = x25519.X25519PrivateKey.generate
+_X25519_PEER = x25519.X25519PublicKey.from_public_bytes
+
+
+def server_share(group: int, peer: bytes) -> tuple[bytes, bytes]:
+    """(our public key share, shared secret) for the client's share ``peer`` of
+    ``group``, with a fresh key of ours (forward secrecy: never reused). The same checks
+    and alerts as :func:`shared_secret`; x25519 without the ABC type checks of the
+    general path (a key made right here is known to be one)."""
+    if group != GROUP_X25519:
+        key = generate_key(group)
+        return public_bytes(key), shared_secret(key, peer)
+    if len(peer) != 32:
+        raise TlsAlert(ILLEGAL_PARAMETER, "invalid key share: x25519 key share must be "
+                       "32 bytes")
+    try:
+        key_x = _X25519_GENERATE()
+        return key_x.public_key().public_bytes_raw(), key_x.exchange(_X25519_PEER(peer))
+    except ValueError as exc:
+        raise TlsAlert(ILLEGAL_PARAMETER, f"invalid key share: {exc}") from exc
+
+
 def shared_secret(key: KeyExchangeKey, peer: bytes) -> bytes:
     """The shared secret with the peer's key share; bad shares → illegal_parameter."""
     try:

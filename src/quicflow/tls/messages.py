@@ -501,18 +501,31 @@ def ext_server_name(host: str) -> bytes:
 
 
 def parse_server_name(data: bytes) -> str | None:
-    r = Reader(data)
-    names = r.sub(2)
+    """The first host_name of a server_name extension (RFC 6066 §3), in one pass."""
+    end = len(data)
+    if end < 2:
+        raise _truncated()
+    stop = 2 + ((data[0] << 8) | data[1])
+    if stop > end:
+        raise _truncated()
     host: str | None = None
-    while not names.at_end():
-        name_type = names.u8()
-        name = names.vec(2)
+    pos = 2
+    while pos < stop:
+        name_type = data[pos]
+        if pos + 3 > stop:
+            raise _truncated()
+        n = (data[pos + 1] << 8) | data[pos + 2]
+        pos += 3
+        if pos + n > stop:
+            raise _truncated()
         if name_type == 0 and host is None:
             try:
-                host = name.decode("ascii")
+                host = data[pos : pos + n].decode("ascii")
             except UnicodeDecodeError as exc:
                 raise TlsAlert(DECODE_ERROR, "server_name is not ASCII") from exc
-    r.done()
+        pos += n
+    if stop != end:
+        raise _trailing()
     return host
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import operator
 import os
+import struct
 from collections.abc import Callable
 
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -28,7 +29,7 @@ from .alerts import (
 from .config import TlsConfig
 from .core import HandshakeCore
 from .keyschedule import KeySchedule, message_hash, transcript_hash
-from .keyshare import generate_key, public_bytes, shared_secret
+from .keyshare import server_share
 from .messages import (
     CERTIFICATE,
     CERTIFICATE_VERIFY,
@@ -46,6 +47,9 @@ from .messages import (
     FINISHED,
     GROUP_IDS,
     HRR_RANDOM,
+    LEGACY_VERSION,
+    NEW_SESSION_TICKET,
+    SERVER_HELLO,
     TLS13,
     ClientHello,
     ServerHello,
@@ -59,7 +63,6 @@ from .messages import (
     encode_finished,
     encode_server_hello,
     ext_alpn,
-    ext_key_share_server,
     parse_alpn,
     parse_key_share_client,
     parse_server_name,
@@ -70,10 +73,8 @@ from .messages import (
 from .tickets import (
     PSK_DHE_KE,
     QUIC_MAX_EARLY_DATA,
-    NewSessionTicket,
     TicketContents,
     compact_parameters,
-    encode_new_session_ticket,
     parse_empty,
     parse_offered_psks,
     parse_psk_modes,
@@ -110,6 +111,47 @@ _SERVER_VERIFY_PREFIX = certificate_verify_content(SERVER_CONTEXT, b"")
 #: EncryptedExtensions' ALPN extension by selected protocol (a few per process)
 _SELECTED_ALPN: dict[str, bytes] = {}
 _TLS13 = TLS13.to_bytes(2, "big")
+
+
+_SH_FIXED = struct.Struct("!IH32sBHBHHHHHHHH")
+
+
+def server_hello_bytes(random: bytes, suite: int, group: int, key_share: bytes,
+                       with_psk: bool) -> bytes:
+    """The ServerHello of a full or PSK handshake with an empty legacy_session_id:
+    ``encode_server_hello`` of supported_versions (TLS 1.3), key_share and, resuming,
+    pre_shared_key (identity 0), in that order, packed in one go."""
+    n = len(key_share)
+    ext_len = 6 + 8 + n + (6 if with_psk else 0)
+    head = _SH_FIXED.pack(
+        (SERVER_HELLO << 24) | (38 + 2 + ext_len), LEGACY_VERSION, random, 0, suite, 0,
+        ext_len, EXT_SUPPORTED_VERSIONS, 2, TLS13, EXT_KEY_SHARE, 4 + n, group, n,
+    )
+    if with_psk:
+        return head + key_share + _PSK_ZERO
+    return head + key_share
+
+
+_NST_HEAD = struct.Struct("!IIIBBH")
+#: a NewSessionTicket's early_data extension: max_early_data_size 0xffffffff (RFC 9001 §4.6.1)
+_NST_EARLY_DATA = struct.pack("!HHHI", 8, EXT_EARLY_DATA, 4, QUIC_MAX_EARLY_DATA)
+
+
+def new_session_ticket_bytes(lifetime: int, age_add: int, ticket: bytes,
+                             early_data: bool) -> bytes:
+    """``encode_new_session_ticket`` of a ticket with the nonce 0x00 and, with
+    ``early_data``, QUIC's max_early_data_size, packed in one go."""
+    n = len(ticket)
+    if not 0 < n <= 0xFFFF:
+        raise ValueError("bad session ticket length")
+    ext = _NST_EARLY_DATA if early_data else b"\x00\x00"
+    head = _NST_HEAD.pack((NEW_SESSION_TICKET << 24) | (12 + n + len(ext)), lifetime, age_add,
+                          1, 0, n)
+    return head + ticket + ext
+
+
+#: pre_shared_key in a ServerHello: selected_identity 0
+_PSK_ZERO = struct.pack("!HHH", EXT_PRE_SHARED_KEY, 2, 0)
 
 
 def _identity(config: TlsConfig) -> tuple[bytes, list[int]]:
@@ -150,6 +192,8 @@ class ServerHandshake(HandshakeCore):
         self.ticket: TicketContents | None = None
         self.client_ticket_age = 0.0
         self.client_takes_tickets = False  # the client listed psk_dhe_ke
+        #: our Certificate message (from _identity, with the signature negotiation)
+        self.certificate_message = b""
 
     def expected_epoch(self) -> Epoch | None:
         if self.state in (WAIT_CH, WAIT_CH2):
@@ -196,7 +240,8 @@ class ServerHandshake(HandshakeCore):
             raise TlsAlert(MISSING_EXTENSION, "ClientHello has no signature_algorithms")
         offered = parse_u16_list(ext[EXT_SIGNATURE_ALGORITHMS])
         assert self.config.private_key is not None
-        for algorithm in _identity(self.config)[1]:
+        self.certificate_message, schemes = _identity(self.config)
+        for algorithm in schemes:
             if algorithm in offered:
                 return algorithm
         raise TlsAlert(HANDSHAKE_FAILURE, "no signature algorithm in common with the client")
@@ -272,24 +317,13 @@ class ServerHandshake(HandshakeCore):
                 assert psk is not None
                 early_secret = KeySchedule(suite, psk).client_early_traffic(self.thash())
 
-        kx_key = generate_key(group)
-        shared = shared_secret(kx_key, share_map[group])
-        sh_ext = [
-            (EXT_SUPPORTED_VERSIONS, _TLS13),
-            (EXT_KEY_SHARE, ext_key_share_server(group, public_bytes(kx_key))),
-        ]
-        if psk is not None:
-            sh_ext.append((EXT_PRE_SHARED_KEY, (0).to_bytes(2, "big")))
-        sh = ServerHello(
-            random=os.urandom(32),
-            session_id=hello.session_id,
-            cipher_suite=int(suite),
-            extensions=sh_ext,
-        )
+        our_share, shared = server_share(group, share_map[group])
         if early_secret:
             self.add_secret(Epoch.ZERO_RTT, False, early_secret)
             self.keylog("CLIENT_EARLY_TRAFFIC_SECRET", early_secret)
-        sh_bytes = encode_server_hello(sh)
+        # (the legacy_session_id is empty: checked above)
+        sh_bytes = server_hello_bytes(os.urandom(32), int(suite), group, our_share,
+                                      psk is not None)
         self.transcript += sh_bytes
         self.send(Epoch.INITIAL, sh_bytes)
         self.ks = KeySchedule(suite, psk)
@@ -394,7 +428,7 @@ class ServerHandshake(HandshakeCore):
         for msg in (
             encode_encrypted_extensions(ee),
             *((_CERTIFICATE_REQUEST,) if ask else ()),
-            *((_identity(cfg)[0],) if not self.resumed else ()),
+            *((self.certificate_message,) if not self.resumed else ()),
         ):
             self.transcript += msg
             out += msg
@@ -470,7 +504,5 @@ class ServerHandshake(HandshakeCore):
             transport_parameters=(cfg.ticket_parameters
                                   or compact_parameters(self.transport_parameters)),
         )
-        nst = NewSessionTicket(cfg.ticket_lifetime, age_add, nonce,
-                               cfg.ticket_sealer.seal(contents),
-                               max_early if max_early else None)
-        self.send(Epoch.ONE_RTT, encode_new_session_ticket(nst))
+        self.send(Epoch.ONE_RTT, new_session_ticket_bytes(
+            cfg.ticket_lifetime, age_add, cfg.ticket_sealer.seal(contents), bool(max_early)))

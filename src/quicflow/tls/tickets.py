@@ -108,12 +108,14 @@ def encode_psk_modes(modes: list[int]) -> bytes:
 
 
 def parse_psk_modes(data: bytes) -> list[int]:
-    r = Reader(data)
-    modes = list(r.vec(1))
-    r.done()
-    if not modes:
+    end = len(data)
+    if not end or 1 + data[0] > end:
+        raise TlsAlert(DECODE_ERROR, "truncated handshake message")
+    if 1 + data[0] != end:
+        raise TlsAlert(DECODE_ERROR, "trailing bytes in handshake message")
+    if end == 1:
         raise TlsAlert(DECODE_ERROR, "empty psk_key_exchange_modes")
-    return modes
+    return list(data[1:])
 
 
 @dataclass(slots=True)

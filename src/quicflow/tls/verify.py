@@ -51,6 +51,9 @@ _PSS_HASHES: dict[int, type[hashes.SHA256] | type[hashes.SHA384] | type[hashes.S
     SIG_RSA_PSS_RSAE_SHA512: hashes.SHA512,
 }
 
+#: the ECDSA signature algorithm object of ecdsa_secp256r1_sha256 (immutable: made once)
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+
 SERVER_CONTEXT = b"TLS 1.3, server CertificateVerify"
 CLIENT_CONTEXT = b"TLS 1.3, client CertificateVerify"
 
@@ -98,7 +101,7 @@ def sign(key: PrivateKey, algorithm: int, content: bytes) -> bytes:
     if algorithm == SIG_ED25519 and isinstance(key, ed25519.Ed25519PrivateKey):
         return key.sign(content)
     if algorithm == SIG_ECDSA_SECP256R1_SHA256 and isinstance(key, ec.EllipticCurvePrivateKey):
-        return key.sign(content, ec.ECDSA(hashes.SHA256()))
+        return key.sign(content, _ECDSA_SHA256)
     if algorithm in _PSS_HASHES and isinstance(key, rsa.RSAPrivateKey):
         h = _PSS_HASHES[algorithm]()
         pss = padding.PSS(mgf=padding.MGF1(h), salt_length=h.digest_size)
@@ -121,7 +124,7 @@ def verify_signature(
             and isinstance(pub, ec.EllipticCurvePublicKey)
             and isinstance(pub.curve, ec.SECP256R1)
         ):
-            pub.verify(signature, content, ec.ECDSA(hashes.SHA256()))
+            pub.verify(signature, content, _ECDSA_SHA256)
         elif algorithm in _PSS_HASHES and isinstance(pub, rsa.RSAPublicKey):
             h = _PSS_HASHES[algorithm]()
             pss = padding.PSS(mgf=padding.MGF1(h), salt_length=h.digest_size)

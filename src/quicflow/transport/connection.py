@@ -25,7 +25,6 @@ from ..tls.session import TlsSession
 from ..tls.tickets import SessionTicket, ticket_sealer
 from ..wire.tparams import (
     TransportParameters,
-    encode_transport_parameters,
     peek_version_information,
 )
 from . import early_data, pathprobe, stream_api
@@ -37,6 +36,7 @@ from .errors import (
     QuicError,
 )
 from .events import ConnectionTerminated, Event
+from .local_params import encode_local_parameters
 from .path import Path, PathProbe
 from .pmtud import Pmtud, new_pmtud
 from .qlog import QlogTrace
@@ -89,6 +89,28 @@ def random_cid_issuer(length: int) -> CidIssuer:
         return cid, new_reset_token(cid)
 
     return issue
+
+
+def new_spaces() -> list[PacketSpace]:
+    """The three packet number spaces of a new connection; the Initial space buffers at
+    most INITIAL_CRYPTO_WINDOW of CRYPTO data (its keys are public)."""
+    return [PacketSpace(crypto_recv=initial_crypto_recv()), PacketSpace(), PacketSpace()]
+
+
+def new_recovery(cfg: Configuration, is_client: bool) -> tuple[LossDetection, Pacer, Pmtud]:
+    """Loss detection, pacer and path MTU discovery of a new connection."""
+    loss = LossDetection(
+        is_server=not is_client,
+        max_ack_delay=0.025,
+        cc=CongestionControl(algorithm=cfg.congestion_control),
+        max_pto_period=cfg.max_pto_period,
+    )
+    loss.amplification_limited = False
+    # pacing in batch-sized bursts: up to 2 ms of the pacing rate, at most one GSO send;
+    # sends may run 1 ms ahead (asyncio timers wake in whole milliseconds)
+    pacer = Pacer(burst_interval=0.002, max_burst_datagrams=256, granularity=0.001,
+                  run_datagrams=256)
+    return loss, pacer, new_pmtud(cfg.pmtud)
 
 
 @dataclass(slots=True)
@@ -172,7 +194,7 @@ class Connection:
     address_validated: bool = False
     bytes_received_unvalidated: int = 0
     bytes_sent_unvalidated: int = 0
-    spaces: list[PacketSpace] = field(default_factory=lambda: [PacketSpace() for _ in range(3)])
+    spaces: list[PacketSpace] = field(default_factory=new_spaces)
     alpn_protocol: str | None = None
     peer_certificate_ders: list[bytes] = field(default_factory=list)  # peer's chain, DER
     peer_params: TransportParameters | None = None
@@ -327,7 +349,6 @@ class Connection:
         cfg = self.configuration
         cfg.validate()
         self.max_datagram_size = 1200
-        self.pmtud = new_pmtud(cfg.pmtud)
         self.idle_timeout = cfg.idle_timeout
         self.idle_deadline = now + cfg.idle_timeout if cfg.idle_timeout else float("inf")
         if not self.is_client and not self.address_validated:  # half-open: short life
@@ -339,18 +360,6 @@ class Connection:
         self.bidi.window = cfg.max_streams_bidi
         self.uni.max_remote = cfg.max_streams_uni
         self.uni.window = cfg.max_streams_uni
-        self.spaces[0].crypto_recv = initial_crypto_recv()
-        self.loss = LossDetection(
-            is_server=not self.is_client,
-            max_ack_delay=0.025,
-            cc=CongestionControl(algorithm=cfg.congestion_control),
-            max_pto_period=cfg.max_pto_period,
-        )
-        self.loss.amplification_limited = False
-        # pacing in batch-sized bursts: up to 2 ms of the pacing rate, at most one GSO send;
-        # sends may run 1 ms ahead (asyncio timers wake in whole milliseconds)
-        self.pacer = Pacer(burst_interval=0.002, max_burst_datagrams=256, granularity=0.001,
-                           run_datagrams=256)
         self.issue_host_cid()
         self.initial_scid = self.host_cids[0].cid
         pathprobe.issue_preferred_cid(self)
@@ -358,14 +367,14 @@ class Connection:
         self._install_initial_keys(self.retry_scid or self.original_dcid)
         negotiates = not self.is_client and len(cfg.versions) > 1
         # a negotiating server's parameters come from the hook, on the ClientHello
-        params = b"" if negotiates else encode_transport_parameters(
-            self._local_transport_parameters())
+        params = b"" if negotiates else encode_local_parameters(self)
         self.tls = TlsSession(self._tls_config(server_name, ticket), params)
         if negotiates:
             self.tls.on_client_parameters(self._negotiate_version)
+        self.tls.set_wall_time(now + self.wall_offset)
         if not self.is_client:
             early_data.server_hook(self, self.tls)
-        self.tls.set_wall_time(now + self.wall_offset)
+            return  # a server's TLS says nothing before the ClientHello
         self.tls.start()
         for epoch, data in self.tls.pop_output():
             crypto = self.spaces[SPACE_OF_EPOCH[epoch]].crypto_send
@@ -414,7 +423,8 @@ class Connection:
         self.original_dcid = os.urandom(8)
         self.peer_cid = self.original_dcid
         self.retry_scid = None
-        self.spaces = [PacketSpace() for _ in range(3)]
+        self.spaces = new_spaces()
+        self.loss, self.pacer, self.pmtud = new_recovery(self.configuration, True)
         self.send_protectors = [None] * 4
         self.recv_protectors = [None] * 4
         self.probes_pending = [0, 0, 0]
@@ -431,7 +441,7 @@ class Connection:
             chosen = next((v for v in info[1:] if v in ours), self.version)
             if chosen != self.version:
                 self.switch_version(chosen)
-        return encode_transport_parameters(self._local_transport_parameters())
+        return encode_local_parameters(self)
 
     # ------------------------------------------------------------------ CIDs
 

@@ -12,7 +12,7 @@ import os
 from ..crypto.offload import OffloadEngine, SoftwareOffloadEngine
 from ..tls.tickets import SessionTicket
 from .config import Configuration
-from .connection import Address, CidIssuer, Connection, new_seal_key
+from .connection import Address, CidIssuer, Connection, new_recovery, new_seal_key
 
 
 def client_connection(
@@ -87,6 +87,7 @@ def _new_connection(
 ) -> Connection:
     """The part both constructors share: a Connection with the engine and sealer key
     defaulted (see :func:`client_connection`), its clock hint set to ``now``."""
+    loss, pacer, pmtud = new_recovery(configuration, is_client)
     conn = Connection(
         configuration=configuration,
         is_client=is_client,
@@ -97,6 +98,9 @@ def _new_connection(
         engine=engine or SoftwareOffloadEngine(),
         seal_key=new_seal_key() if seal_key is None else seal_key,
         cid_issuer=cid_issuer,
+        loss=loss,
+        pacer=pacer,
+        pmtud=pmtud,
     )
     conn._now_hint = now
     return conn

@@ -269,7 +269,7 @@ typedef struct {
     PyObject *hp_key;
     int key_phase;
     KeyContext *current;
-    KeyContext *next;
+    KeyContext *next;     /* or NULL: not made yet (cs_next) */
     KeyContext *previous; /* or NULL */
     int64_t largest_pn;
     int64_t phase_start_pn;
@@ -278,8 +278,12 @@ typedef struct {
 
 extern PyTypeObject CidStateType;
 
-/* previous := current, current := next, next := "quic ku" generation of it; flip phase.
- * 0, or -1 with an exception set. */
+/* The next phase's keys ("quic ku" generation of the current secret), made on first
+ * need; NULL with an exception set. */
+KeyContext *cs_next(CidState *self);
+
+/* previous := current, current := next (cs_next); flip phase. 0, or -1 with an exception
+ * set. */
 int cs_rotate(CidState *self);
 
 /* Seal one plaintext short-header packet in place: buf[offset:offset+header_len] is the
@@ -389,7 +393,10 @@ open_prepare(CidState *state, const unsigned char *buf, Py_ssize_t buf_len, Py_s
     } else if (state->previous != NULL && op->pn < state->phase_start_pn) {
         op->keys = state->previous;
     } else {
-        op->keys = state->next;
+        op->keys = cs_next(state);
+        if (op->keys == NULL) {
+            return -1;
+        }
         op->rotate = 1;
     }
     return 0;

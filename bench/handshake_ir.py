@@ -1,0 +1,135 @@
+"""Instructions per handshake of the sans-I/O core server, counted by valgrind.
+
+Run: ``.venv/bin/python bench/handshake_ir.py [--handshakes 100] [--only FUNCTION]``
+
+CPU time on a shared machine moves by 15-30 % with the load; the number of instructions
+executed does not. This runs bench/handshake_core.py's in-memory handshakes under
+``valgrind --tool=callgrind`` and counts instructions only inside the server's calls
+(``server``, the default: receive, build, timers and teardown of each handshake) or only
+inside one function of the server (``--only server_connection`` and the like: the
+outermost call, its callees included). A tiny C helper, compiled on the fly with the
+system's ``valgrind/callgrind.h``, switches the counting on and off. Needs valgrind and
+a C compiler. Under valgrind OpenSSL may not use the CPU's SHA extensions, so hashing
+counts for more instructions than it costs in time. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+_HELPER = r"""
+#include <valgrind/callgrind.h>
+void qf_toggle(void) { CALLGRIND_TOGGLE_COLLECT; }
+"""
+
+#: --only choices: (module, attribute owner path, name)
+_TARGETS = {
+    "server_connection": ("quicflow.endpoint.endpoint", None, "server_connection"),
+    "client_hello": ("quicflow.tls.server", "ServerHandshake", "_client_hello"),
+    "server_flight": ("quicflow.tls.server", "ServerHandshake", "_send_server_flight"),
+    "finished": ("quicflow.tls.server", "ServerHandshake", "_finished"),
+    "issue_host_cid": ("quicflow.transport.connection", "Connection", "issue_host_cid"),
+}
+
+
+def _inner(args: argparse.Namespace) -> None:
+    import importlib
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, here)
+    import handshake_core as hc
+
+    from quicflow.endpoint.endpoint import Endpoint
+    from quicflow.tls.certs import generate_self_signed
+    from quicflow.transport.config import Configuration
+
+    toggle = ctypes.CDLL(args.helper).qf_toggle
+    cert, key = generate_self_signed(["localhost"])
+    server_cfg = Configuration(alpn_protocols=["perf"], certificate_chain=[cert],
+                               private_key=key, idle_timeout=600.0)
+    client_cfg = Configuration(alpn_protocols=["perf"], verify_peer=False, idle_timeout=600.0,
+                               early_data=False)
+    server = Endpoint(server_cfg, is_server=True)
+    clock = [0.0]
+    for _ in range(30):  # imports, caches
+        hc.handshake(server, client_cfg, 1.0, 9999, clock, keep=False)
+    if args.only == "server":
+        begin, end = hc._server_begin, hc._server_end
+
+        def counted_begin() -> float:
+            toggle()
+            return begin()
+
+        def counted_end(t0: float) -> float:
+            spent = end(t0)
+            toggle()
+            return spent
+
+        hc._server_begin, hc._server_end = counted_begin, counted_end  # type: ignore[assignment]
+    else:
+        module_name, owner_name, name = _TARGETS[args.only]
+        module = importlib.import_module(module_name)
+        owner: Any = getattr(module, owner_name) if owner_name else module
+        func = getattr(owner, name)
+        depth = [0]
+
+        def counted(*a: Any, **k: Any) -> Any:
+            depth[0] += 1
+            if depth[0] == 1:
+                toggle()
+            try:
+                return func(*a, **k)
+            finally:
+                if depth[0] == 1:
+                    toggle()
+                depth[0] -= 1
+
+        setattr(owner, name, counted)
+    for _ in range(args.handshakes):
+        hc.handshake(server, client_cfg, 1.0, 9999, clock, keep=False)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--handshakes", type=int, default=100)
+    ap.add_argument("--only", choices=["server", *_TARGETS], default="server",
+                    help="count inside all the server's calls (default) or one function")
+    ap.add_argument("--helper", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.helper:
+        _inner(args)
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "toggle.c")
+        helper = os.path.join(tmp, "toggle.so")
+        with open(src, "w") as f:
+            f.write(_HELPER)
+        subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", helper, src], check=True)
+        print(f"counting {args.handshakes} handshakes under valgrind...", file=sys.stderr)
+        run = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--collect-atstart=no",
+             f"--callgrind-out-file={os.path.join(tmp, 'callgrind.out')}",
+             sys.executable, os.path.abspath(__file__), "--handshakes", str(args.handshakes),
+             "--only", args.only, "--helper", helper],
+            capture_output=True, text=True, check=True,
+        )
+    found = re.search(r"Collected : (\d+)", run.stderr)
+    if found is None:
+        print(run.stderr, file=sys.stderr)
+        return 1
+    print(json.dumps({"handshakes": args.handshakes, "only": args.only,
+                      "instructions_per_handshake": round(int(found.group(1))
+                                                          / args.handshakes)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

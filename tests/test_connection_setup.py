@@ -1,0 +1,87 @@
+"""Connection set-up fast paths give what the general code gives.
+
+Our transport parameters are encoded from a per-configuration tail plus the
+connection's CIDs (transport/local_params.py): the bytes must be those of the full
+encoder for every role, version, Retry and configuration, and a configuration changed
+between connections must not reuse an old tail.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quicflow.crypto.keys import QUIC_V1, QUIC_V2
+from quicflow.tls.certs import generate_self_signed
+from quicflow.transport.config import Configuration
+from quicflow.transport.factory import client_connection, server_connection
+from quicflow.transport.local_params import encode_local_parameters
+from quicflow.wire.tparams import decode_transport_parameters, encode_transport_parameters
+
+_CERT, _KEY = generate_self_signed(["localhost"])
+
+_configs = st.fixed_dictionaries({
+    "idle_timeout": st.sampled_from([0.0, 0.5, 30.0, 600.0]),
+    "max_data": st.integers(0, 1 << 40),
+    "max_stream_data": st.integers(0, 1 << 30),
+    "max_streams_bidi": st.integers(0, 1000),
+    "max_streams_uni": st.integers(0, 1000),
+    "ack_delay_exponent": st.integers(0, 20),
+    "max_ack_delay": st.sampled_from([0.001, 0.025, 0.2]),
+    "active_connection_id_limit": st.integers(2, 8),
+    "max_datagram_frame_size": st.sampled_from([0, 1200, 65535]),
+    "disable_active_migration": st.booleans(),
+    "versions": st.sampled_from([[QUIC_V1], [QUIC_V1, QUIC_V2], [QUIC_V2, QUIC_V1]]),
+    "preferred_address": st.sampled_from([None, ("127.0.0.2", 4433)]),
+    "connection_id_length": st.integers(4, 20),
+})
+
+
+@settings(max_examples=150, deadline=None)
+@given(opts=_configs, server=st.booleans(), retry=st.booleans(),
+       odcid=st.binary(min_size=8, max_size=20))
+def test_local_parameters_match_the_full_encoder(opts: dict[str, object], server: bool,
+                                                 retry: bool, odcid: bytes) -> None:
+    cfg = Configuration(alpn_protocols=["x"], certificate_chain=[_CERT], private_key=_KEY,
+                        **opts)  # type: ignore[arg-type]
+    versions = cfg.versions
+    if server:
+        conn = server_connection(cfg, ("127.0.0.1", 5000), odcid, 1.0, client_scid=b"c" * 8,
+                                 retry_scid=b"r" * 8 if retry else None,
+                                 version=versions[0])
+    else:
+        conn = client_connection(cfg, ("127.0.0.1", 4433), 1.0)
+    got = encode_local_parameters(conn)
+    assert got == encode_transport_parameters(conn.local_params())
+    params = decode_transport_parameters(got, from_server=server)
+    assert params.initial_source_connection_id == conn.initial_scid
+    assert params.initial_max_data == cfg.max_data
+
+
+def test_changed_configuration_gets_new_parameters() -> None:
+    cfg = Configuration(alpn_protocols=["x"], certificate_chain=[_CERT], private_key=_KEY,
+                        max_data=1000)
+    first = server_connection(cfg, ("127.0.0.1", 5000), b"o" * 8, 1.0, client_scid=b"c" * 8)
+    assert decode_transport_parameters(encode_local_parameters(first),
+                                       from_server=True).initial_max_data == 1000
+    cfg.max_data = 5000
+    second = server_connection(cfg, ("127.0.0.1", 5000), b"p" * 8, 1.0, client_scid=b"c" * 8)
+    params = decode_transport_parameters(encode_local_parameters(second), from_server=True)
+    assert params.initial_max_data == 5000
+    assert params.original_destination_connection_id == b"p" * 8
+    assert params.stateless_reset_token == second.host_cids[0].reset_token
+
+
+def test_plaintext_cids_are_what_encode_cid_makes() -> None:
+    from quicflow.endpoint.cids import CidGenerator
+    from quicflow.endpoint.quiclb import QuicLbConfig, decode_server_id, encode_cid
+
+    for config_id, sid_len, nonce_len in [(0, 2, 5), (3, 1, 4), (6, 8, 11)]:
+        cfg = QuicLbConfig(config_id=config_id, server_id_len=sid_len, nonce_len=nonce_len)
+        sid = bytes(range(1, sid_len + 1))
+        gen = CidGenerator(cfg, sid)
+        cids = {gen.generate() for _ in range(50)}
+        assert len(cids) == 50  # random nonces
+        for cid in cids:
+            assert cid == encode_cid(cfg, sid, cid[1 + sid_len:])
+            assert decode_server_id(cfg, cid) == sid and gen.is_ours(cid)
