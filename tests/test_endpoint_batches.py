@@ -140,8 +140,11 @@ def test_gro_batch_with_a_shorter_last_segment() -> None:
     buf, seg_size = _gro_buffer(segments)
     ep = pair.client_ep
     lookups = ep.counters.lookups
+    received = client.counters.bytes_received
     ep.receive_batch(buf, seg_size, SERVER_ADDR, pair.now)
     assert ep.counters.lookups - lookups == 1
+    # the run's byte count is exact with the shorter last segment
+    assert client.counters.bytes_received - received == sum(map(len, segments))
     assert client.read_stream(sid) == data
     assert client.stream_at_eof(sid)
 
@@ -185,7 +188,11 @@ def test_interleaved_connections_cost_one_lookup_per_run() -> None:
     lookups = ep.counters.lookups
     segs = ep.counters.segments_received
     got_a, got_b = ca.counters.packets_received, cb.counters.packets_received
+    bytes_a, bytes_b = ca.counters.bytes_received, cb.counters.bytes_received
     touched = ep.receive_batch(buf, seg_size, SERVER_ADDR, pair.now)
+    # each connection counts exactly the bytes of its own runs
+    assert ca.counters.bytes_received - bytes_a == sum(len(s) for s in built["a"])
+    assert cb.counters.bytes_received - bytes_b == sum(len(s) for s in built["b"][:8])
     assert ep.counters.lookups - lookups == len(shape)
     assert ep.counters.segments_received - segs == N
     assert set(map(id, touched)) == {id(ca), id(cb)}

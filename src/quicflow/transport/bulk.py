@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from ..crypto.epoch import Epoch
 from ..wire.packet import encode_packet_number
-from ..wire.varint import encode_varint
 from .connection import Connection
 from .recovery import SentPacket
 from .state import R_STREAM_RUN
@@ -73,7 +72,8 @@ def build_bulk(
     holds the data back until ``conn.pacer_deadline``, send nothing more now).
     """
     mds = conn.max_datagram_size
-    cc = conn.cc
+    loss = conn.loss
+    cc = loss.cc
     cwnd_room = cc.cwnd - cc.bytes_in_flight
     if cwnd_room < mds:
         return 0
@@ -88,7 +88,8 @@ def build_bulk(
         return 0
     # the run this turn could take: window, caller's room, the data that waits
     want = min(cwnd_room, max_count * mds, (end - start) + (end - start) // 1024 * 64 + mds)
-    pacer_room, later = conn.pacer.run_budget(now, conn.rtt, cc.cwnd, want)
+    rtt = loss.rtt
+    pacer_room, later = conn.pacer.run_budget(now, rtt, cc.cwnd, want)
     if later is not None:
         conn.pacer_deadline = later  # a burst's worth of budget by then: the timer sends
         return -1
@@ -100,11 +101,12 @@ def build_bulk(
     )
     dcid = conn.peer_cid
     header_len = 1 + len(dcid) + pn_len
-    sid_len = len(encode_varint(sid))
+    # varint lengths (RFC 9000 §16), without encoding them
+    sid_len = 1 if sid < 0x40 else 2 if sid < 0x4000 else 4 if sid < 0x40000000 else 8
     capacity = mds - header_len - TAG_LEN
     # Every frame carries its offset with the same varint length (non-minimal encodings
     # are allowed, RFC 9000 §16), so every full packet has the same size: one GSO run.
-    off_len = len(encode_varint(end))
+    off_len = 1 if end < 0x40 else 2 if end < 0x4000 else 4 if end < 0x40000000 else 8
     frame_head = 1 + sid_len + off_len + 2
     data_cap = capacity - frame_head
     if data_cap <= 0:
@@ -137,7 +139,7 @@ def build_bulk(
             bounds.extend(range(packet_start + unit, packet_start + built * unit, unit))
         bounds.append(len(buf))
         # one record per call: packet numbers pn.., stream bytes start..offset
-        conn.loss.on_packet_sent(
+        loss.on_packet_sent(
             SentPacket(pn, now, size, True, True, Epoch.ONE_RTT,
                        [(R_STREAM_RUN, sid, start, data_cap, offset - start, int(fin))],
                        built, unit)
@@ -159,7 +161,7 @@ def build_bulk(
         # (a stream that just ran into the peer's limit stays queued: the general path
         # sends its STREAM_DATA_BLOCKED, RFC 9000 §4.1, and then drops it)
         conn.send_queue.pop(0)
-    conn.pacer.consume(now, total, conn.rtt, cc.cwnd)
+    conn.pacer.consume(now, total, rtt, cc.cwnd)
     counters = conn.counters
     counters.packets_sent += done
     counters.datagrams_sent += done

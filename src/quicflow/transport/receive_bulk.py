@@ -54,7 +54,8 @@ def receive_short_run(
     now: float,
     ecn: int = 0,
 ) -> None:
-    """Take a run of short-header datagrams ``(offset, length, dcid)`` from ``buf``."""
+    """Take a run of short-header datagrams ``(offset, length, dcid)`` from ``buf``: one
+    after the other, without gaps (a GRO batch's segments, or datagrams joined)."""
     conn._now_hint = now
     if conn.terminated or conn.state == DRAINING:
         return
@@ -71,8 +72,9 @@ def receive_short_run(
         counters.packets_dropped += len(packets)
         counters.dropped_no_keys += len(packets)
         return
-    for _, length, _ in packets:
-        counters.bytes_received += length
+    last = packets[-1]
+    size = last[0] + last[1] - packets[0][0]  # back to back: no per-datagram sum
+    counters.bytes_received += size
     if not conn.handshake_complete and not conn.is_client:  # RFC 9001 §5.7
         for offset, length, _ in packets:
             hold_early_one_rtt(conn, bytes(buf[offset : offset + length]), addr, ecn)
@@ -184,7 +186,6 @@ def receive_short_run(
     if addr != conn.peer_address or not conn.address_validated:
         # the newest packets from a new address move a server there; probes from
         # another address are answered there (pathprobe.py)
-        size = sum(length for _, length, _ in packets)
         moved = addr != conn.peer_address and not all_probing and newest
         after_one_rtt_packet(conn, addr, newest, size, challenges_before)
         if not conn.address_validated and not moved:
