@@ -277,10 +277,9 @@ def test_pacer_hands_out_bursts_not_single_datagrams() -> None:
 
 def test_pacer_bucket_holds_a_run_when_the_window_is_large() -> None:
     """With srtt inflated by a busy sender's own queue, 2 ms of the rate is a few
-    datagrams; a connection with a window of two runs or more may still send one run
+    datagrams; a connection with a window of eight runs or more may still send one run
     (64 datagrams) at once, so every backlogged connection's turn builds runs of the
-    same length. A smaller window sends half of itself at most (cwnd / 2), and a tiny
-    one the fixed burst."""
+    same length. A small window keeps the small burst (cwnd / 8 at most)."""
     pacer = Pacer(max_datagram_size=MDS, burst_interval=0.002, max_burst_datagrams=256,
                   run_datagrams=64)
     plain = Pacer(max_datagram_size=MDS, burst_interval=0.002, max_burst_datagrams=256)
@@ -294,15 +293,7 @@ def test_pacer_bucket_holds_a_run_when_the_window_is_large() -> None:
     # the average rate is the same: the next run waits for 64 datagrams' worth
     _, later = pacer.run_budget(0.001, srtt, big, 64 * MDS)
     assert later == pytest.approx(64 * MDS / pacer.rate(srtt, big), rel=0.05)
-    tiny = 16 * MDS  # a window of 16 datagrams: cwnd / 2 = 8, below the fixed burst (10)
-    assert pacer.capacity(pacer.rate(srtt, tiny), tiny) == 10 * MDS
-    small = 80 * MDS  # cwnd / 2 = 40 datagrams, more than 2 ms of the rate (2)
-    assert pacer.capacity(pacer.rate(srtt, small), small) == pytest.approx(40 * MDS)
-    mid = 200 * MDS  # cwnd / 2 = 100 datagrams: the floor (64) caps it
-    assert pacer.capacity(pacer.rate(srtt, mid), mid) == 64 * MDS
-    # the average rate stays 1.25·cwnd/srtt: a drained bucket waits for the rate
-    room, later = pacer.run_budget(1.0, srtt, small, 40 * MDS)
-    assert later is None and room >= 40 * MDS
-    pacer.consume(1.0, room, srtt, small)
-    _, later = pacer.run_budget(1.0, srtt, small, 40 * MDS)
-    assert later is not None and later - 1.0 >= 39 * MDS / pacer.rate(srtt, small)
+    small = 80 * MDS  # a window of 80 datagrams: cwnd / 8 = 10 datagrams, the fixed burst
+    assert pacer.capacity(pacer.rate(srtt, small), small) == 10 * MDS
+    mid = 200 * MDS  # cwnd / 8 = 25 datagrams, more than 2 ms of the rate (5)
+    assert pacer.capacity(pacer.rate(srtt, mid), mid) == pytest.approx(25 * MDS)

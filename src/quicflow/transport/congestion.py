@@ -226,20 +226,16 @@ class Pacer:
     #: resolution of the event loop (epoll sleeps in whole milliseconds) may be spent now
     #: instead of in an oversleeping timer
     granularity: float = 0.0
-    #: the bucket holds at least this many datagrams when cwnd is twice that or more
+    #: the bucket holds at least this many datagrams when cwnd is 8 times that or more
     #: (0: no such floor). A connection's pacing rate is 1.25·cwnd/srtt, and with many
     #: connections on one busy sender srtt grows with the sender's own queue, so the 2 ms
     #: bucket shrank to a few datagrams: each turn built a short run, more turns and
     #: ACKs cost more CPU per byte, the queue and srtt grew further, and connections
     #: with a larger window got larger runs than the rest (issue 11: 256 connections).
     #: Connections use ``max_burst_datagrams`` (256): every connection with a window of
-    #: 512 datagrams or more may then send the same burst per turn (measured with 64
-    #: connections: Jain 0.83-0.99 with a floor of 64, 0.990-0.998 with 256). Below
-    #: that, half the window: with 256 connections of 4 MiB each (srtt 90-190 ms on
-    #: loopback, windows of 30-2,000 datagrams) a floor of cwnd/8 woke each connection's
-    #: pacer timer ~10 times per RTT, and those turns were 45 % of the server's runner
-    #: turns; cwnd/2 takes a third of all turns away. The average rate is unchanged; only
-    #: the largest burst is larger.
+    #: 2048 datagrams or more may then send the same burst per turn (measured with 64
+    #: connections: Jain 0.83-0.99 with a floor of 64, 0.990-0.998 with 256). The
+    #: average rate is unchanged; only the largest burst is larger.
     run_datagrams: int = 0
     tokens: float = 0.0
     last_time: float | None = None
@@ -259,9 +255,9 @@ class Pacer:
             # ``max_burst_datagrams`` (one GSO send), at least the fixed burst
             timed = min(rate * self.burst_interval,
                         float(self.max_burst_datagrams * self.max_datagram_size))
-            # ``run_datagrams`` at least when the window is twice that or more
-            # (cwnd / 2 below that)
-            floor = min(float(self.run_datagrams * self.max_datagram_size), cwnd / 2)
+            # ``run_datagrams`` at least when the window is eight times that or more
+            # (cwnd / 8 below that)
+            floor = min(float(self.run_datagrams * self.max_datagram_size), cwnd / 8)
             if floor > timed:
                 timed = floor
             if timed > capacity:
