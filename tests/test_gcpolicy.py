@@ -106,15 +106,17 @@ def test_gen0_threshold_follows_the_live_connections(policy: gcpolicy.FreezeOnGr
     policy.runner_started()
     per = gcpolicy.GEN0_PER_CONNECTION
     start = gcpolicy.GEN0_THRESHOLD // per
-    for _ in range(2 * start - 1):
+    for _ in range(start - 1):
         policy.added()
-    assert gc.get_threshold() == (gcpolicy.GEN0_THRESHOLD, 10, 10)  # below twice: kept
+    assert gc.get_threshold() == (gcpolicy.GEN0_THRESHOLD, 10, 10)  # room for them: kept
     policy.added()
-    assert gc.get_threshold() == (per * policy.live, 10, 10)
+    assert gc.get_threshold() == (2 * per * policy.live, 10, 10)
     while gc.get_threshold()[0] < gcpolicy.GEN0_MAX:  # doubling by doubling, then capped
         before = gc.get_threshold()[0]
         policy.added()
-        assert gc.get_threshold()[0] in (before, min(gcpolicy.GEN0_MAX, per * policy.live))
+        now = gc.get_threshold()[0]
+        assert now in (before, min(gcpolicy.GEN0_MAX, 2 * per * policy.live))
+        assert now >= min(gcpolicy.GEN0_MAX, per * policy.live)  # never below per connection
     changes = policy.gen0_changes
     for _ in range(4 * gcpolicy.GEN0_MAX // per):
         policy.added()

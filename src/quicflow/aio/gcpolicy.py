@@ -32,10 +32,11 @@ objects still alive, which are mostly the state of the connections opened since 
 one (~80-100 tracked objects each), so with a fixed threshold below the live set (128
 concurrent handshakes plus the draining ones: ~600 connections, ~60,000 objects) each
 collection walked ~20,000 live objects (5-8 ms on this machine) every few hundred
-handshakes: ~0.02 ms, 3-4 % of a server handshake. Whenever the live connections double
-past ``threshold / GEN0_PER_CONNECTION``, the threshold becomes ``GEN0_PER_CONNECTION``
-times them (at most :data:`GEN0_MAX`), and it goes back to :data:`GEN0_THRESHOLD` when
-they fall below a quarter of that: the collector's work per allocation stays O(1) as
+handshakes: ~0.02 ms, 3-4 % of a server handshake. Whenever the live connections reach
+``threshold / GEN0_PER_CONNECTION``, the threshold becomes twice ``GEN0_PER_CONNECTION``
+times them (at most :data:`GEN0_MAX`; so it stays between one and two times that per
+connection, set once per doubling), and it comes down again when they fall below a
+quarter of where it was raised: the collector's work per allocation stays O(1) as
 the live set grows, and reference cycles wait at most in proportion to what is held.
 Changing a threshold collects nothing; a threshold the application set in between is
 left alone from then on.
@@ -72,7 +73,7 @@ class FreezeOnGrowth:
         self.raised = False  # the generation-0 threshold was raised by the policy
         self.gen0 = 0  # the generation-0 threshold the policy set last (while raised)
         self.gen0_at = 0  # live connections when it was raised above GEN0_THRESHOLD
-        self.gen0_next = 2 * GEN0_THRESHOLD // GEN0_PER_CONNECTION  # raise it again here
+        self.gen0_next = GEN0_THRESHOLD // GEN0_PER_CONNECTION  # raise it again here
         self.gen0_changes = 0
 
     def runner_started(self) -> None:
@@ -108,9 +109,9 @@ class FreezeOnGrowth:
             self.raised = False
             self.gen0_at = 0
             return
-        wanted = min(GEN0_MAX, max(GEN0_THRESHOLD, GEN0_PER_CONNECTION * self.live))
+        wanted = min(GEN0_MAX, max(GEN0_THRESHOLD, 2 * GEN0_PER_CONNECTION * self.live))
         self.gen0_at = self.live if wanted > GEN0_THRESHOLD else 0
-        self.gen0_next = 2 * wanted // GEN0_PER_CONNECTION if wanted < GEN0_MAX else 1 << 62
+        self.gen0_next = wanted // GEN0_PER_CONNECTION if wanted < GEN0_MAX else 1 << 62
         if wanted != gen0:
             gc.set_threshold(wanted, gen1, gen2)
             self.gen0 = wanted
