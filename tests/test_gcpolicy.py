@@ -97,3 +97,44 @@ def test_a_server_reports_its_connections(monkeypatch: pytest.MonkeyPatch,
     assert held >= 12  # the server's 12 (and the client's, in this same process)
     assert freezes >= 1
     assert policy.live == 0
+
+
+def test_gen0_threshold_follows_the_live_connections(policy: gcpolicy.FreezeOnGrowth,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gcpolicy, "FREEZE_FROM", 1 << 30)  # (no freezes in this test)
+    gc.set_threshold(gcpolicy.PYTHON_GEN0_THRESHOLD, 10, 10)
+    policy.runner_started()
+    per = gcpolicy.GEN0_PER_CONNECTION
+    start = gcpolicy.GEN0_THRESHOLD // per
+    for _ in range(start - 1):
+        policy.added()
+    assert gc.get_threshold() == (gcpolicy.GEN0_THRESHOLD, 10, 10)  # room for them: kept
+    policy.added()
+    assert gc.get_threshold() == (2 * per * policy.live, 10, 10)
+    while gc.get_threshold()[0] < gcpolicy.GEN0_MAX:  # doubling by doubling, then capped
+        before = gc.get_threshold()[0]
+        policy.added()
+        now = gc.get_threshold()[0]
+        assert now in (before, min(gcpolicy.GEN0_MAX, 2 * per * policy.live))
+        assert now >= min(gcpolicy.GEN0_MAX, per * policy.live)  # never below per connection
+    changes = policy.gen0_changes
+    for _ in range(4 * gcpolicy.GEN0_MAX // per):
+        policy.added()
+    assert gc.get_threshold()[0] == gcpolicy.GEN0_MAX and policy.gen0_changes == changes
+    while policy.live:  # back down to the library's threshold as they go
+        policy.removed()
+    assert gc.get_threshold() == (gcpolicy.GEN0_THRESHOLD, 10, 10)
+    assert policy.gen0_changes <= 2 * changes + 2  # a few steps, not one per connection
+
+
+def test_gen0_threshold_set_by_the_application_meanwhile_is_kept(
+        policy: gcpolicy.FreezeOnGrowth) -> None:
+    gc.set_threshold(gcpolicy.PYTHON_GEN0_THRESHOLD, 10, 10)
+    policy.runner_started()
+    gc.set_threshold(3000, 10, 10)  # the application's own choice
+    for _ in range(4 * gcpolicy.GEN0_THRESHOLD // gcpolicy.GEN0_PER_CONNECTION):
+        policy.added()
+    assert gc.get_threshold() == (3000, 10, 10) and not policy.raised
+    while policy.live:
+        policy.removed()
+    assert gc.get_threshold() == (3000, 10, 10)

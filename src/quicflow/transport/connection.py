@@ -12,6 +12,7 @@ import itertools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from cryptography import x509
@@ -59,6 +60,8 @@ from .stream_api import StreamLimitReached as StreamLimitReached
 from .streams import Stream
 
 Address = tuple[Any, ...]
+
+_NONE4: tuple[None, ...] = (None,) * 4
 
 SPACE_OF_EPOCH = {Epoch.INITIAL: 0, Epoch.ZERO_RTT: 2, Epoch.HANDSHAKE: 1, Epoch.ONE_RTT: 2}
 
@@ -216,7 +219,7 @@ class Connection:
     # recovery
     pacer: Pacer = field(default_factory=Pacer)
     loss: LossDetection = field(default_factory=LossDetection)
-    probes_pending: list[int] = field(default_factory=lambda: [0, 0, 0])
+    probes_pending: list[int] = field(default_factory=partial(list, (0, 0, 0)))
     max_datagram_size: int = 1200
     path_mtu_cap: int = 65527  # largest UDP payload the path was seen to carry
     pmtud: Pmtud = field(default_factory=Pmtud)  # path MTU discovery (pmtud.py)
@@ -279,8 +282,9 @@ class Connection:
     seal_key: bytes = b""
     cid_issuer: CidIssuer | None = None  # where our CIDs come from (the endpoint)
     tls: TlsSession | None = None
-    send_protectors: list[PacketProtector | None] = field(default_factory=lambda: [None] * 4)
-    recv_protectors: list[PacketProtector | None] = field(default_factory=lambda: [None] * 4)
+    # (list factories as partials: no Python frame per connection)
+    send_protectors: list[PacketProtector | None] = field(default_factory=partial(list, _NONE4))
+    recv_protectors: list[PacketProtector | None] = field(default_factory=partial(list, _NONE4))
     engine: OffloadEngine = field(default_factory=SoftwareOffloadEngine)
     qlog: QlogTrace | None = None  # qlog events go here when set (qlog.py)
 

@@ -490,7 +490,9 @@ def _fill_control(
     if conn.new_token_pending and conn.handshake_confirmed and conn.new_token and (
         limit - len(payload) > len(conn.new_token) + 16
     ):
-        F.encode_frame(F.NewToken(token=conn.new_token), payload)
+        payload.append(F.NEW_TOKEN)  # (the frame written directly: the token is not empty)
+        push_varint(payload, len(conn.new_token))
+        payload += conn.new_token
         records.append((R_NEW_TOKEN,))
         conn.new_token_pending = False
     if conn.path_challenge_pending and conn.path_challenge:

@@ -60,9 +60,13 @@ def initial_crypto_recv() -> RecvStream:
                       window_max=INITIAL_CRYPTO_WINDOW)
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, init=False)
 class PacketSpace:
-    """One packet number space: what we sent and what we must acknowledge."""
+    """One packet number space: what we sent and what we must acknowledge.
+
+    Three are made per connection: the ``__init__`` is written out (the generated one
+    called a factory function per list and CRYPTO stream). The fields' defaults below
+    stay what it sets."""
 
     next_pn: int = 0
     largest_acked: int = -1
@@ -85,6 +89,26 @@ class PacketSpace:
     crypto_send: SendStream | None = field(default_factory=_crypto_send)
     crypto_recv: RecvStream | None = field(default_factory=_crypto_recv)
     discarded: bool = False
+
+    def __init__(self, crypto_recv: RecvStream | None = None) -> None:
+        """A fresh space; ``crypto_recv`` replaces the default CRYPTO receive window."""
+        self.next_pn = 0
+        self.largest_acked = -1
+        self.received = RangeSet()
+        self.largest_received = -1
+        self.largest_received_time = 0.0
+        self.ack_eliciting_pending = 0
+        self.ack_immediately = False
+        self.ack_deadline = None
+        self.ack_pending = False
+        self.ack_repeat_at = None
+        self.ack_repeats = 0
+        self.ecn_counts = [0, 0, 0]
+        self.ecn_peer_counts = [0, 0, 0]
+        self.crypto_send = SendStream(max_data=1 << 62)
+        self.crypto_recv = (RecvStream(max_data=1 << 20, window=1 << 20, window_max=1 << 20)
+                            if crypto_recv is None else crypto_recv)
+        self.discarded = False
 
 
 @dataclass(slots=True)
