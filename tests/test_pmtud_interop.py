@@ -65,7 +65,7 @@ async def _serve_to(library: str, cafile: str, cred: Any) -> None:
     try:
         async with AioquicProcess(
             "client", "--port", str(server.address[1]), "--cafile", cafile,
-            "--server-name", "localhost", "--download", "3000000", "--upload", "1000",
+            "--server-name", "localhost", "--download", "8000000", "--upload", "1000",
             library=library,
         ) as peer:
             event = await peer.next_event("result", timeout=60)
