@@ -176,16 +176,18 @@ def test_lost_close_reaches_the_server_over_real_sockets() -> None:
 
 def _close_with_server_packets_unacknowledged() -> tuple[MemoryPair, Connection]:
     """The client closes right after its handshake (as a connect-then-close client
-    does) and then takes the server's first 1-RTT datagrams (HANDSHAKE_DONE, NEW_TOKEN,
-    NEW_CONNECTION_ID, a path MTU probe) in one ``receive_datagrams`` run, as the asyncio
-    runner does, before it could acknowledge them."""
+    does) and then takes the server's first 1-RTT datagrams (HANDSHAKE_DONE and NEW_TOKEN,
+    then its path MTU probe one PTO later) in one ``receive_datagrams`` run, as the
+    asyncio runner does, before it could acknowledge them."""
     pair = MemoryPair(seed=5)
     client = pair.client
     pair.complete_server_handshake()
     server = pair.server_conns[0]
     datagrams = pair.server.datagrams_to_send(server, pair.now)
-    assert len(datagrams) >= 2 and all(not d[0] & 0x80 for d in datagrams)
     client.close(11, "closing early", now=pair.now)
+    pair.now += server.pto()
+    datagrams += pair.server.datagrams_to_send(server, pair.now)  # the probe
+    assert len(datagrams) >= 2 and all(not d[0] & 0x80 for d in datagrams)
     pair.received_before = client.counters.packets_received  # type: ignore[attr-defined]
     pair.client_ep.receive_datagrams([(d, SERVER_ADDR, 0) for d in datagrams], pair.now)
     return pair, server

@@ -32,6 +32,13 @@ def _pair(mds: int = 1452, *, pmtud: bool = True, mtu: int = 65527, seed: int = 
     return pair
 
 
+def _probing(pair: MemoryPair) -> MemoryPair:
+    """Let both ends' first probe go (one PTO after the handshake is confirmed)."""
+    conns = (pair.client, pair.server_conns[0])
+    pair.run(lambda: all(c.pmtud.probes_sent for c in conns), max_time=5)
+    return pair
+
+
 def _upload(pair: MemoryPair, size: int, *, during: object = None) -> tuple[Connection, bool]:
     """Client uploads ``size`` random bytes on one stream; returns (server conn, intact)."""
     client = pair.client
@@ -62,6 +69,7 @@ def test_starts_at_1200_and_reaches_the_ceiling() -> None:
     pair = _pair()
     client = pair.client
     assert client.max_datagram_size == BASE_PLPMTU  # nothing raised before probing
+    _probing(pair)
     server, intact = _upload(pair, 2_000_000)
     assert intact
     for conn in (client, server):
@@ -73,11 +81,33 @@ def test_starts_at_1200_and_reaches_the_ceiling() -> None:
     assert pair.up.too_big == 0
 
 
+def test_first_probe_one_pto_after_confirmation() -> None:
+    """No probe before one PTO has passed since the handshake was confirmed (a
+    connection that ends at once gains nothing from a larger size); then each end
+    probes, and a connection closed before that never probes at all."""
+    pair = _pair()
+    client, server = pair.client, pair.server_conns[0]
+    confirmed = pair.now
+    pto = max(client.pto(), server.pto())
+    pair.run(lambda: pair.now >= confirmed + 0.9 * min(client.pto(), server.pto()))
+    assert client.pmtud.probes_sent == server.pmtud.probes_sent == 0
+    assert client.max_datagram_size == server.max_datagram_size == BASE_PLPMTU
+    _probing(pair)
+    assert pair.now <= confirmed + 2 * pto  # not much later either
+    pair.run(lambda: client.max_datagram_size == server.max_datagram_size == 1452)
+
+    short = _pair()
+    c, s = short.client, short.server_conns[0]
+    c.close(0, "done", now=short.now)
+    short.run(lambda: c.terminated and s.terminated, max_time=30)
+    assert c.pmtud.probes_sent == s.pmtud.probes_sent == 0
+
+
 def test_binary_search_finds_an_mtu_between_base_and_ceiling() -> None:
     """A path of 1400 bytes under a ceiling of 1452: the first (optimistic) probe is
     lost, the binary search ends exactly at 1400, and no probe loss is a congestion
     event (RFC 9000 §14.4)."""
-    pair = _pair(mtu=1400)
+    pair = _probing(_pair(mtu=1400))
     client = pair.client
     server, intact = _upload(pair, 3_000_000)
     assert intact
@@ -127,7 +157,7 @@ def test_black_hole_detection_spares_random_loss() -> None:
 
 def test_state_survives_a_snapshot() -> None:
     """The search state is captured and restored with the connection."""
-    pair = _pair(mtu=1400)
+    pair = _probing(_pair(mtu=1400))
     _upload(pair, 1_000_000)
     server = pair.client
     pair.run(lambda: server.pmtud.candidate == 0)  # its search is done

@@ -6,6 +6,7 @@ roles; the transfers are hash-checked."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -46,6 +47,13 @@ def test_quicflow_client_probes_a_foreign_server(pem: tuple[str, str],  # noqa: 
                 "127.0.0.1", peer.port,
                 configuration=client_config(max_datagram_size=CEILING),
             ) as conn:
+                # the search starts one PTO after confirmation: let it end first (a busy
+                # machine may take longer than the transfer below)
+                pm = conn.conn.pmtud
+                for _ in range(500):
+                    if pm.started and pm.candidate == 0:
+                        break
+                    await asyncio.sleep(0.01)
                 reader, writer = await conn.create_stream()
                 result = await echo_proto.client_exchange(
                     reader, writer, upload=os.urandom(2_000_000), download=500_000, seed=3)
@@ -65,7 +73,7 @@ async def _serve_to(library: str, cafile: str, cred: Any) -> None:
     try:
         async with AioquicProcess(
             "client", "--port", str(server.address[1]), "--cafile", cafile,
-            "--server-name", "localhost", "--download", "3000000", "--upload", "1000",
+            "--server-name", "localhost", "--download", "8000000", "--upload", "1000",
             library=library,
         ) as peer:
             event = await peer.next_event("result", timeout=60)

@@ -240,6 +240,9 @@ def test_idle_connection_is_quiet_no_ack_of_acks() -> None:
     pair = MemoryPair()
     _transfer(pair, b"x" * 5000, 5000)
     client, server = pair.client, pair.server_conns[0]
+    # (the path MTU searches, one PTO after confirmation, end first)
+    pair.run(lambda: all(c.pmtud.started and c.pmtud.candidate == 0 and not
+                         c.loss.bytes_in_flight for c in (client, server)))
     before = client.counters.datagrams_sent + server.counters.datagrams_sent
     start = pair.now
     pair.run(lambda: client.terminated and server.terminated)

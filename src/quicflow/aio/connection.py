@@ -157,9 +157,10 @@ class QuicConnection:
         :class:`MigrationError` says so. Also raised at once when migration is not
         allowed or possible: the server sent disable_active_migration, it gave no spare
         connection ID, another migration runs, or the connection shares its socket
-        (``client_endpoint``). Waits for the handshake to be confirmed first.
+        (``client_endpoint``). Waits for the handshake to be confirmed and a spare
+        connection ID from the server first (three probe timeouts at most).
         """
-        from ..transport.pathprobe import MigrationError, start_probe
+        from ..transport.pathprobe import MigrationError, spare_peer_cid, start_probe
         from .paths import open_probe_socket
 
         self.raise_if_closed()
@@ -171,9 +172,14 @@ class QuicConnection:
         if self._migration is not None and not self._migration.done():
             raise MigrationError("a migration is already in progress")
         await self.wait_connected()
-        # a client's handshake is confirmed by HANDSHAKE_DONE, one round trip at most
+        # a client's handshake is confirmed by HANDSHAKE_DONE, one round trip at most;
+        # our server's spare CIDs follow its first 1-RTT packet from us (our request, or
+        # our ACK of HANDSHAKE_DONE): one more round trip
         deadline = self.loop.time() + 3 * conn.pto()
-        while not conn.handshake_confirmed and self.loop.time() < deadline:
+        while self.loop.time() < deadline and not (
+            conn.handshake_confirmed
+            and (spare_peer_cid(conn) is not None or not conn.peer_cid)
+        ):
             await asyncio.sleep(conn.pto() / 4)
             self.raise_if_closed()
         start_probe(conn, self.loop.time())

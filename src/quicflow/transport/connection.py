@@ -172,6 +172,10 @@ class Connection:
     #: is built (send.py), so a connection closed at once (its client's close came with
     #: the Finished) never makes them
     host_cids_pending: bool = False
+    #: (server) confirmed, but no 1-RTT packet from the client yet: the next one (its
+    #: request, or its ACK of HANDSHAKE_DONE) sets ``host_cids_pending``, unless it
+    #: closes the connection (receive.py)
+    host_cids_deferred: bool = False
     cid_changes: list[tuple[bool, bytes]] = field(default_factory=list)  # (added, cid)
     initial_scid: bytes = b""  # our first SCID
     peer_initial_scid: bytes | None = None
@@ -485,7 +489,8 @@ class Connection:
             if self.one_rtt_ready:
                 self.engine.alias(entry.cid, self.recv_key_cid(), opener=True)
         self.host_retire_prior_to = first
-        self.host_cids_pending = False  # these replace the ones not issued yet
+        self.host_cids_pending = self.host_cids_deferred = False  # these replace the
+        # ones not issued yet
         return first
 
     def host_cid_list(self) -> list[bytes]:

@@ -1,7 +1,8 @@
 """Datagram packetization layer path MTU discovery (DPLPMTUD, RFC 8899; RFC 9000 §14.3).
 
 A connection starts at BASE_PLPMTU (1200 bytes, what every QUIC path must carry) and,
-once its handshake is confirmed, probes upwards with 1-RTT packets of exactly the probe
+one PTO after its handshake is confirmed (a connection that ends before gains nothing
+from a larger size, so it never probes), probes upwards with 1-RTT packets of exactly the probe
 size holding PING and PADDING. The search ceiling is the smallest of our configured
 ``max_datagram_size``, the peer's max_udp_payload_size and the path MTU the datapath
 learned (``Connection.path_mtu_cap``: local EMSGSIZE, ICMP "fragmentation needed").
@@ -69,7 +70,8 @@ class Pmtud:
 
 
 def new_pmtud(enabled: bool) -> Pmtud:
-    # 0.0: the first search starts at the first send after the handshake is confirmed
+    # 0.0: the first send after the handshake is confirmed sets the first search's start
+    # (one PTO later, ``probe_due``)
     return Pmtud(enabled=enabled, next_at=0.0 if enabled else INF)
 
 
@@ -124,6 +126,11 @@ def probe_due(conn: Connection, now: float) -> bool:
     if now < pm.next_at or not conn.handshake_confirmed or not conn.one_rtt_ready:
         return False
     if not pm.started or pm.candidate == 0:  # first search, or the raise timer expired
+        if pm.next_at == 0.0:
+            # the first send after confirmation: the first search starts one PTO later,
+            # so a connection that ends at once never probes (it would gain nothing)
+            pm.next_at = now + conn.pto()
+            return False
         pm.started = True
         if pm.candidate == 0:
             conn.path_mtu_cap = 65527 if pm.searches else conn.path_mtu_cap

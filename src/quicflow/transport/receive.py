@@ -290,6 +290,9 @@ def _receive_packet(
         space.largest_received = pn
         space.largest_received_time = now
     if epoch == EP_1RTT:
+        if conn.host_cids_deferred and conn.state == ESTABLISHED:
+            conn.host_cids_deferred = False  # the client is there: our spare CIDs go out
+            conn.host_cids_pending = True
         if addr != conn.peer_address:  # a new path, or a probe of one (pathprobe.py)
             pathprobe.after_one_rtt_packet(conn, addr, newest, len(data), challenges_before)
         elif newest and not conn.last_packet_probing:
@@ -523,10 +526,14 @@ MAX_ISSUED_CIDS = 4
 def _issue_cids_up_to_peer_limit(conn: Connection) -> None:
     """Give the peer as many CIDs as its active_connection_id_limit allows (at most 4).
     A server makes them with its first 1-RTT packet (``issue_pending_cids`` from
-    send.py): they only reach the client in NEW_CONNECTION_ID frames, and a server whose
-    client's close came with the Finished drains without sending any."""
+    send.py) after one from the client (its request, or its ACK of HANDSHAKE_DONE): they
+    only reach the client in NEW_CONNECTION_ID frames, and a server whose client's first
+    1-RTT packet is its close drains without making any."""
     if not conn.is_client:
-        conn.host_cids_pending = True
+        if conn.spaces[2].largest_received >= 0:
+            conn.host_cids_pending = True
+        else:
+            conn.host_cids_deferred = True
         return
     issue_pending_cids(conn)
 

@@ -26,7 +26,7 @@ from .receive import (
 )
 from .receive import _process_frames as process_frames
 from .receive_keys import on_peer_key_update
-from .state import CLOSING, DRAINING
+from .state import CLOSING, DRAINING, ESTABLISHED
 from .streams import ReassemblyFull
 
 _ECN_INDEX = {2: 0, 1: 1, 3: 2}
@@ -192,6 +192,9 @@ def receive_short_run(
             conn.bytes_received_unvalidated += size
     elif newest and not all_probing:
         conn.last_non_probing_pn = space.largest_received
+    if conn.host_cids_deferred and conn.state == ESTABLISHED:
+        conn.host_cids_deferred = False  # the client is there: our spare CIDs go out
+        conn.host_cids_pending = True
     counters.packets_received += accepted
     if len(received) > 64:
         received.shift_below(received.starts[-32])

@@ -175,7 +175,11 @@ def resend_frames(conn: Connection, packets: list[SentPacket]) -> None:
                 (conn.bidi if rec[1] else conn.uni).pending_max_streams = True
             elif kind == R_NEW_CID:
                 for entry in conn.host_cids:
-                    if entry.sequence == rec[1] and not entry.retired:
+                    # (one below our Retire Prior To is retired by it: not sent again,
+                    # a frame with it would be invalid, RFC 9000 §19.15)
+                    if entry.sequence == rec[1] and not entry.retired and (
+                        entry.sequence >= conn.host_retire_prior_to
+                    ):
                         entry.announced = False
             elif kind == R_RETIRE_CID:
                 conn.retire_pending.append(rec[1])

@@ -469,7 +469,9 @@ def _app_frames_waiting(conn: Connection) -> bool:
             or uni.blocked_pending):
         return True
     for entry in conn.host_cids:
-        if not entry.announced and not entry.retired and entry.sequence > 0:
+        if not entry.announced and not entry.retired and entry.sequence > 0 and (
+            entry.sequence >= conn.host_retire_prior_to  # (below: retired with it)
+        ):
             return True
     return False
 
@@ -522,7 +524,9 @@ def _fill_control(
         F.encode_frame(F.MaxStreamData(stream_id=sid, maximum=stream.recv.max_data), payload)
         records.append((R_MAX_STREAM_DATA, sid))
     for entry in conn.host_cids:
-        if not entry.announced and not entry.retired and entry.sequence > 0:
+        if not entry.announced and not entry.retired and entry.sequence > 0 and (
+            entry.sequence >= conn.host_retire_prior_to  # (below: retired with it)
+        ):
             if limit - len(payload) < 48:
                 break
             F.encode_frame(
