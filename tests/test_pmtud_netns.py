@@ -71,6 +71,13 @@ _CLIENT = textwrap.dedent(
         cfg = Configuration(alpn_protocols=["perf"], verify_peer=False,
                             max_datagram_size=mds, idle_timeout=20)
         async with quicflow.connect(host, %d, configuration=cfg) as conn:
+            # the search starts one PTO after confirmation: let it end before the
+            # exchange (a short upload on a busy machine can end first)
+            pm = conn.conn.pmtud
+            for _ in range(500):
+                if pm.started and pm.candidate == 0:
+                    break
+                await asyncio.sleep(0.01)
             reader, writer = await conn.create_stream()
             result = await echo_proto.client_exchange(
                 reader, writer, upload=os.urandom(up), download=down, seed=7)
