@@ -108,6 +108,7 @@ async def _serve(args: argparse.Namespace) -> None:
         certificate_chain=load_pem_chain(args.cert),
         private_key=load_pem_key(args.key),
         idle_timeout=600.0,
+        retry=args.retry,
     )
 
     async def handler(reader: Any, writer: Any) -> None:
@@ -205,11 +206,11 @@ def serve_main(args: argparse.Namespace) -> int:
 
 def server_argv(
     name: str, port: int, cert: str, key: str, profile: str | None, gc: str = "library",
-    tracemalloc: str | None = None, profile_loop: bool = False,
+    tracemalloc: str | None = None, profile_loop: bool = False, retry: str = "load",
 ) -> list[str]:
     if name == "quicflow":
         argv = [sys.executable, os.path.abspath(__file__), "serve", "--port", str(port),
-                "--cert", cert, "--key", key, "--gc", gc,
+                "--cert", cert, "--key", key, "--gc", gc, "--retry", retry,
                 "--window-file", os.path.join(os.path.dirname(cert), "window.json")]
         argv += ["--tracemalloc", tracemalloc] if tracemalloc else []
         argv += ["--profile-loop"] if profile and profile_loop else []
@@ -304,7 +305,8 @@ async def _client(args: argparse.Namespace, port: int, pid: int) -> dict[str, An
         )
     out: dict[str, Any] = {"server": args.server, "handshakes": args.handshakes,
                            "concurrency": args.concurrency, "idle": args.idle,
-                           "client": args.client, "verify": bool(args.cafile)}
+                           "client": args.client, "verify": bool(args.cafile),
+                           "server_retry": args.retry if args.server == "quicflow" else None}
     async with quicflow.client_endpoint("127.0.0.1", configuration=config) as idle_ep, \
             quicflow.client_endpoint("127.0.0.1", configuration=config) as ep:
         if args.tracemalloc:
@@ -420,6 +422,7 @@ def main() -> int:
                      help="profile only between two SIGUSR2 signals")
     srv.add_argument("--window-file", help="GC counts between two SIGUSR2 go here (JSON)")
     srv.add_argument("--gc", choices=["library", "default", "off"], default="library")
+    srv.add_argument("--retry", choices=["load", "never", "always"], default="load")
     srv.add_argument("--tracemalloc", help="snapshot file prefix (SIGUSR1 writes one)")
     ap.add_argument("--server", default="quicflow",
                     choices=["quicflow", "aioquic", "qh3", "ngtcp2"],
@@ -443,6 +446,11 @@ def main() -> int:
     ap.add_argument("--gc", choices=["library", "default", "off"], default="library",
                     help="quicflow server's garbage collector: as the library leaves it, "
                     "Python's default thresholds, or disabled (for measuring)")
+    ap.add_argument("--retry", choices=["load", "never", "always"], default="load",
+                    help="quicflow server's Retry policy (Configuration.retry; default "
+                    "'load': Retry once retry_threshold=64 handshakes are half-open, which "
+                    "--concurrency 128 exceeds; ngtcp2's server sends no Retry: 'never' "
+                    "compares like with like)")
     ap.add_argument("--tracemalloc", metavar="PREFIX",
                     help="quicflow server: tracemalloc snapshots PREFIX.1/.2 before and after "
                     "the idle connections; bytes per idle connection by source line on stderr")
@@ -467,7 +475,7 @@ def main() -> int:
         port = free_udp_port()
         args.window_file = os.path.join(workdir, "window.json")
         argv = server_argv(args.server, port, cert_file, key_file, args.profile, args.gc,
-                           args.tracemalloc, args.profile_loop)
+                           args.tracemalloc, args.profile_loop, args.retry)
         try:
             with started(argv, workdir, args.server) as proc:
                 result = asyncio.run(_client(args, port, proc.pid))
