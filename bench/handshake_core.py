@@ -96,6 +96,16 @@ def handshake(server: Endpoint, client_cfg: Configuration, now: float, port: int
     return got
 
 
+def server_and_client_config() -> tuple[Endpoint, Configuration]:
+    """The benchmarks' in-memory server endpoint and client configuration."""
+    cert, key = generate_self_signed(["localhost"])
+    server_cfg = Configuration(alpn_protocols=["perf"], certificate_chain=[cert],
+                               private_key=key, idle_timeout=600.0)
+    client_cfg = Configuration(alpn_protocols=["perf"], verify_peer=False, idle_timeout=600.0,
+                               early_data=False)
+    return Endpoint(server_cfg, is_server=True), client_cfg
+
+
 def _rss_kb() -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -119,12 +129,7 @@ def main() -> int:
                     help="trace allocations while the idle connections are made and "
                          "print the N biggest sites on stderr")
     args = ap.parse_args()
-    cert, key = generate_self_signed(["localhost"])
-    server_cfg = Configuration(alpn_protocols=["perf"], certificate_chain=[cert],
-                               private_key=key, idle_timeout=600.0)
-    client_cfg = Configuration(alpn_protocols=["perf"], verify_peer=False, idle_timeout=600.0,
-                               early_data=False)
-    server = Endpoint(server_cfg, is_server=True)
+    server, client_cfg = server_and_client_config()
     clock = [0.0]
     ticket = handshake(server, client_cfg, 1.0, 9999, clock, keep=False)  # imports, caches
     if not args.resume:

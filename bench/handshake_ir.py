@@ -47,17 +47,9 @@ def _inner(args: argparse.Namespace) -> None:
     sys.path.insert(0, here)
     import handshake_core as hc
 
-    from quicflow.endpoint.endpoint import Endpoint
-    from quicflow.tls.certs import generate_self_signed
-    from quicflow.transport.config import Configuration
 
     toggle = ctypes.CDLL(args.helper).qf_toggle
-    cert, key = generate_self_signed(["localhost"])
-    server_cfg = Configuration(alpn_protocols=["perf"], certificate_chain=[cert],
-                               private_key=key, idle_timeout=600.0)
-    client_cfg = Configuration(alpn_protocols=["perf"], verify_peer=False, idle_timeout=600.0,
-                               early_data=False)
-    server = Endpoint(server_cfg, is_server=True)
+    server, client_cfg = hc.server_and_client_config()
     clock = [0.0]
     for _ in range(30):  # imports, caches
         hc.handshake(server, client_cfg, 1.0, 9999, clock, keep=False)

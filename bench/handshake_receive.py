@@ -37,9 +37,7 @@ import handshake_core  # type: ignore[import-not-found]  # noqa: E402
 
 import quicflow.endpoint.endpoint as endpoint_module  # noqa: E402
 from quicflow.endpoint.endpoint import Endpoint  # noqa: E402
-from quicflow.tls.certs import generate_self_signed  # noqa: E402
 from quicflow.tls.session import TlsSession  # noqa: E402
-from quicflow.transport.config import Configuration  # noqa: E402
 
 
 def main() -> int:
@@ -102,12 +100,7 @@ def main() -> int:
     Endpoint.receive = measured_receive  # type: ignore[method-assign]
     TlsSession.receive = timed("tls", tls_receive)  # type: ignore[method-assign]
 
-    cert, key = generate_self_signed(["localhost"])
-    server_cfg = Configuration(alpn_protocols=["perf"], certificate_chain=[cert],
-                               private_key=key, idle_timeout=600.0)
-    client_cfg = Configuration(alpn_protocols=["perf"], verify_peer=False, idle_timeout=600.0,
-                               early_data=False)
-    server = Endpoint(server_cfg, is_server=True)
+    server, client_cfg = handshake_core.server_and_client_config()
     clock = [0.0]
     for _ in range(50):  # imports, caches
         handshake_core.handshake(server, client_cfg, 1.0, 9999, clock, keep=False)

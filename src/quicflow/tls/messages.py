@@ -153,6 +153,16 @@ def _truncated() -> TlsAlert:
     return TlsAlert(DECODE_ERROR, "truncated handshake message")
 
 
+def _u16_vector_stop(data: bytes, end: int) -> int:
+    """Where the vector with a 2-byte length at the start of data ends (checked <= end)."""
+    if end < 2:
+        raise _truncated()
+    stop = 2 + ((data[0] << 8) | data[1])
+    if stop > end:
+        raise _truncated()
+    return stop
+
+
 def _trailing() -> TlsAlert:
     return TlsAlert(DECODE_ERROR, "trailing bytes in handshake message")
 
@@ -464,11 +474,7 @@ def ext_key_share_client(shares: list[tuple[int, bytes]]) -> bytes:
 
 def parse_key_share_client(data: bytes) -> list[tuple[int, bytes]]:
     end = len(data)
-    if end < 2:
-        raise _truncated()
-    stop = 2 + ((data[0] << 8) | data[1])
-    if stop > end:
-        raise _truncated()
+    stop = _u16_vector_stop(data, end)
     out: list[tuple[int, bytes]] = []
     pos = 2
     unpack = _EXT_HEAD.unpack_from
@@ -503,11 +509,7 @@ def ext_server_name(host: str) -> bytes:
 def parse_server_name(data: bytes) -> str | None:
     """The first host_name of a server_name extension (RFC 6066 §3), in one pass."""
     end = len(data)
-    if end < 2:
-        raise _truncated()
-    stop = 2 + ((data[0] << 8) | data[1])
-    if stop > end:
-        raise _truncated()
+    stop = _u16_vector_stop(data, end)
     host: str | None = None
     pos = 2
     while pos < stop:
@@ -535,11 +537,7 @@ def ext_alpn(protocols: list[str]) -> bytes:
 
 def parse_alpn(data: bytes) -> list[str]:
     end = len(data)
-    if end < 2:
-        raise _truncated()
-    stop = 2 + ((data[0] << 8) | data[1])
-    if stop > end:
-        raise _truncated()
+    stop = _u16_vector_stop(data, end)
     out: list[str] = []
     pos = 2
     while pos < stop:
