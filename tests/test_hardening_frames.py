@@ -17,23 +17,9 @@ from quicflow.transport.errors import (
     PROTOCOL_VIOLATION,
     STREAM_STATE_ERROR,
 )
-from quicflow.wire.varint import push_varint
 
-from .support.forge import forge
+from .support.forge import forge, raw
 from .support.memory_pair import MemoryPair
-
-
-def raw(frame_type: int, *fields: int | bytes) -> bytes:
-    """A frame from its type and fields: ints become varints, bytes are copied."""
-    out = bytearray()
-    push_varint(out, frame_type)
-    for value in fields:
-        if isinstance(value, int):
-            push_varint(out, value)
-        else:
-            out += value
-    return bytes(out)
-
 
 TOKEN = bytes(16)
 CID = b"\x08" + bytes(range(8))

@@ -18,21 +18,9 @@ from quicflow.crypto.offload import OffloadEngine, SoftwareOffloadEngine
 from quicflow.transport.errors import PROTOCOL_VIOLATION, QuicError
 from quicflow.transport.receive import _process_frames
 from quicflow.transport.state import DRAINING
-from quicflow.wire.varint import push_varint
 
-from .support.forge import forge
+from .support.forge import forge, raw
 from .support.memory_pair import MemoryPair
-
-
-def raw(frame_type: int, *fields: int | bytes) -> bytes:
-    out = bytearray()
-    push_varint(out, frame_type)
-    for value in fields:
-        if isinstance(value, int):
-            push_varint(out, value)
-        else:
-            out += value
-    return bytes(out)
 
 
 def _established() -> MemoryPair:

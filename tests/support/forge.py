@@ -18,6 +18,7 @@ from quicflow.wire.packet import (
     build_long_header,
     build_short_header,
 )
+from quicflow.wire.varint import push_varint
 
 TAG_LEN = 16
 _SPACE = {Epoch.INITIAL: 0, Epoch.HANDSHAKE: 1, Epoch.ONE_RTT: 2}
@@ -60,3 +61,15 @@ def forge(conn: Connection, epoch: Epoch, payload: bytes, *, pad_to: int = 0) ->
         if room > 0:
             body += bytes(room)
     return protector.seal(header_for(len(body)), body, pn)
+
+
+def raw(frame_type: int, *fields: int | bytes) -> bytes:
+    """A frame from its type and fields: ints become varints, bytes are copied."""
+    out = bytearray()
+    push_varint(out, frame_type)
+    for value in fields:
+        if isinstance(value, int):
+            push_varint(out, value)
+        else:
+            out += value
+    return bytes(out)
