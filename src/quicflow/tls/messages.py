@@ -7,7 +7,7 @@ Every decoding failure raises ``TlsAlert(DECODE_ERROR)``.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -192,22 +192,28 @@ def _parse_extensions(data: bytes, pos: int, end: int) -> tuple[dict[int, bytes]
     stop = pos + 2 + ((data[pos] << 8) | data[pos + 1])
     if stop > end:
         raise _truncated()
-    pos += 2
     out: dict[int, bytes] = {}
+    for ext_type, body in _typed_entries(data, pos + 2, stop):
+        if ext_type in out:
+            raise TlsAlert(ILLEGAL_PARAMETER, f"duplicate extension {ext_type}")
+        out[ext_type] = body
+    return out, stop
+
+
+def _typed_entries(data: bytes, pos: int, stop: int) -> Iterator[tuple[int, bytes]]:
+    """The (u16 type, u16-length body) entries at ``data[pos:stop]``: extensions, key
+    shares."""
     unpack = _EXT_HEAD.unpack_from
     while pos < stop:
         if pos + 4 > stop:
             raise _truncated()
-        ext_type, length = unpack(data, pos)
+        kind, length = unpack(data, pos)
         pos += 4
         nxt = pos + length
         if nxt > stop:
             raise _truncated()
-        if ext_type in out:
-            raise TlsAlert(ILLEGAL_PARAMETER, f"duplicate extension {ext_type}")
-        out[ext_type] = data[pos:nxt]
+        yield kind, data[pos:nxt]
         pos = nxt
-    return out, stop
 
 
 def vec(len_bytes: int, data: bytes) -> bytes:
@@ -475,18 +481,7 @@ def ext_key_share_client(shares: list[tuple[int, bytes]]) -> bytes:
 def parse_key_share_client(data: bytes) -> list[tuple[int, bytes]]:
     end = len(data)
     stop = _u16_vector_stop(data, end)
-    out: list[tuple[int, bytes]] = []
-    pos = 2
-    unpack = _EXT_HEAD.unpack_from
-    while pos < stop:
-        if pos + 4 > stop:
-            raise _truncated()
-        group, n = unpack(data, pos)
-        pos += 4
-        if pos + n > stop:
-            raise _truncated()
-        out.append((group, data[pos : pos + n]))
-        pos += n
+    out = list(_typed_entries(data, 2, stop))
     if stop != end:
         raise _trailing()
     return out
