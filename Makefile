@@ -34,7 +34,7 @@ DEB_FILES    := /usr/include/openssl/evp.h \
 # deps first: the native crypto engine is compiled when the venv installs quicflow
 venv: deps $(STAMP)
 
-NATIVE_SOURCES := $(shell find src/quicflow/crypto -name '*.c' -o -name '*.h' 2>/dev/null)
+NATIVE_SOURCES := $(shell find src/quicflow/crypto src/quicflow/datapath -name '*.c' -o -name '*.h' 2>/dev/null)
 
 $(STAMP): pyproject.toml setup.py $(NATIVE_SOURCES)
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)

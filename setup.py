@@ -1,9 +1,10 @@
-"""Build hook for the optional native crypto extension (metadata lives in pyproject.toml).
+"""Build hook for the optional native extensions (metadata lives in pyproject.toml).
 
-``quicflow.crypto._native`` (C on OpenSSL's libcrypto) speeds up the crypto offload engine.
-It is optional: without a C compiler, Python headers or the libssl headers the build prints
-a warning and quicflow installs without it (the pure-Python engine is used). Set
-``QUICFLOW_NO_NATIVE=1`` to skip the extension deliberately.
+``quicflow.crypto._native`` (C on OpenSSL's libcrypto) speeds up the crypto offload engine;
+``quicflow.datapath._udp`` (plain C) reads a receive batch with one ``recvmmsg``.
+Both are optional: without a C compiler, Python headers or the libssl headers the build
+prints a warning and quicflow installs without them (the pure-Python code is used). Set
+``QUICFLOW_NO_NATIVE=1`` to skip them deliberately.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ NO_NATIVE_ENV = "QUICFLOW_NO_NATIVE"
 # C sources of quicflow.crypto._native: a plain folder, deliberately not named "_native" so
 # that it can never be imported as a namespace package in place of the extension module.
 NATIVE_SRC = "src/quicflow/crypto/_native_src"
+UDP_SRC = "src/quicflow/datapath/_udp_src"  # quicflow.datapath._udp, same reason
 
 
 def _skip_native() -> bool:
@@ -52,7 +54,7 @@ class OptionalBuildExt(build_ext):
 
 ext_modules = []
 if _skip_native():
-    print(f"{NO_NATIVE_ENV} is set: not building quicflow.crypto._native", file=sys.stderr)
+    print(f"{NO_NATIVE_ENV} is set: not building the native extensions", file=sys.stderr)
 else:
     ext_modules.append(
         Extension(
@@ -72,6 +74,17 @@ else:
                 "-Wno-missing-field-initializers",
                 "-fvisibility=hidden",  # export only PyInit__native, as with one static file
             ],
+            optional=True,
+        )
+    )
+    # quicflow.datapath._udp: one recvmmsg per receive batch (datapath/backends.py falls
+    # back to one recvmsg per buffer without it)
+    ext_modules.append(
+        Extension(
+            "quicflow.datapath._udp",
+            sources=[f"{UDP_SRC}/udp.c"],
+            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra",
+                                "-Wno-missing-field-initializers", "-fvisibility=hidden"],
             optional=True,
         )
     )

@@ -6,8 +6,13 @@ Two send backends exist:
   64 KiB; the kernel (or the NIC) splits it into datagrams of the segment size.
 * ``basic``: one ``send``/``sendto`` per datagram; always works.
 
-Receive is one ``recvmsg`` per buffer in both: with ``UDP_GRO`` enabled a buffer may hold
-several coalesced segments, and the ``UDP_GRO`` cmsg tells their size.
+Receive (both backends): with ``UDP_GRO`` enabled a buffer may hold several coalesced
+segments, and the ``UDP_GRO`` cmsg tells their size. A batch of buffers is read with one
+``recvmmsg`` by the optional C extension ``quicflow.datapath._udp`` (``recv_into_native``),
+else with one ``recvmsg`` per buffer (``recv_into_python``, the reference: same entries,
+same counters except ``syscalls_recv``). The native call also ends a batch as soon as the
+kernel returns fewer buffers than asked, without the last read that fails with EAGAIN.
+``QUICFLOW_ENGINE=python`` forces the Python loop.
 
 An ``mmsg`` backend (ctypes ``sendmmsg``/``recvmmsg``) is deliberately absent: measured
 here it is slower than the plain calls on receive and at most ~8 % faster on send, while
@@ -20,10 +25,14 @@ loses data silently.
 from __future__ import annotations
 
 import errno
+import importlib
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from quicflow.crypto.extension import python_forced
 from quicflow.datapath.constants import (
     ECN_MASK,
     IP_RECVERR,
@@ -48,6 +57,9 @@ __all__ = [
     "MMSG_REFUSED",
     "resolve_backend",
     "recv_into",
+    "recv_into_python",
+    "recv_into_native",
+    "receiver_for",
     "send_gso",
     "send_basic",
     "GSO_REFUSED_ERRNOS",
@@ -134,7 +146,50 @@ def _segment_cmsg(segment_size: int) -> bytes:
     return raw
 
 
+_UDP: Any
+try:
+    _UDP = importlib.import_module("quicflow.datapath._udp")
+except ImportError:  # not built: no compiler, or QUICFLOW_NO_NATIVE at install time
+    _UDP = None
+
+#: how a batch is read: ``(sock, out, max_datagrams, counters)``
+Receiver = Callable[[socket.socket, list[RecvEntry], int, DatapathCounters], None]
+
+
+def recv_into_native(
+    sock: socket.socket, out: list[RecvEntry], max_datagrams: int, counters: DatapathCounters
+) -> None:
+    """``recv_into_python`` in one ``recvmmsg`` per 8 buffers (``datapath/_udp_src``): the
+    same entries and counters; fewer ``syscalls_recv`` (no EAGAIN read after a batch the
+    kernel returned short). Needs the extension (``receiver_for``)."""
+    calls, received, nbytes, errors, truncated = _UDP.recv(sock.fileno(), out, max_datagrams)
+    counters.syscalls_recv += calls
+    if received:
+        counters.datagrams_received += received
+        counters.bytes_received += nbytes
+    if errors:
+        counters.recv_errors += errors
+    if truncated:
+        counters.truncated += truncated
+
+
+def receiver_for(sock: socket.socket) -> Receiver:
+    """The receive loop for ``sock``: the native one when the extension is built, not
+    forced off (``QUICFLOW_ENGINE=python``) and ``sock`` is an IPv4/IPv6 socket."""
+    if _UDP is None or python_forced() or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return recv_into_python
+    return recv_into_native
+
+
 def recv_into(
+    sock: socket.socket, out: list[RecvEntry], max_datagrams: int, counters: DatapathCounters
+) -> None:
+    """Append up to ``max_datagrams`` buffers read from ``sock`` to ``out`` (until the
+    queue is empty), with the loop ``receiver_for`` picks."""
+    receiver_for(sock)(sock, out, max_datagrams, counters)
+
+
+def recv_into_python(
     sock: socket.socket, out: list[RecvEntry], max_datagrams: int, counters: DatapathCounters
 ) -> None:
     """Append up to ``max_datagrams`` buffers read from ``sock`` to ``out`` (until EAGAIN).

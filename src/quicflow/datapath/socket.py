@@ -22,7 +22,7 @@ from quicflow.datapath.backends import (
     DatapathCounters,
     RecvEntry,
     read_error_queue,
-    recv_into,
+    receiver_for,
     resolve_backend,
     send_basic,
     send_gso,
@@ -174,6 +174,7 @@ class UdpTransport:
         "_tos",
         "_pending",
         "_pending_bytes",
+        "_recv",
         "counters",
         "capabilities",
         "_pmtu",
@@ -195,6 +196,7 @@ class UdpTransport:
         self._tos = -1
         self._pending: collections.deque[_Pending] = collections.deque()
         self._pending_bytes = 0
+        self._recv = receiver_for(sock)  # one recvmmsg per batch when the C part is built
         self.counters = DatapathCounters()
         self._pmtu = False
         self._path_mtu: dict[str | None, int] = {}  # destination host (None: connected)
@@ -398,7 +400,7 @@ class UdpTransport:
         out: list[RecvEntry] = []
         counters = self.counters
         errors = counters.recv_errors
-        recv_into(self._sock, out, max_datagrams, counters)
+        self._recv(self._sock, out, max_datagrams, counters)
         if out:
             counters.batches_received += 1
         # A queued ICMP error shows as a failed recv, or as a wake-up with nothing to read

@@ -1,0 +1,240 @@
+/*
+ * quicflow.datapath._udp -- receive a batch of UDP datagrams with one recvmmsg(2).
+ *
+ * The native half of datapath.backends.recv_into; the pure-Python recv_into_python (one
+ * recvmsg per buffer) is the reference, and both append the same entries:
+ *   (data: bytes, segment_size: int, (host: str, port: int), ecn_bits: int)
+ * with segment_size from the UDP_GRO control message (the buffer's length when absent or
+ * out of range), the ECN bits from IP_TOS / IPV6_TCLASS, the host as inet_ntop(3) writes
+ * it (as CPython's socket module does) and truncated buffers (MSG_TRUNC) dropped and
+ * counted.  Where the Python loop needs a last recvmsg that fails with EAGAIN to learn that
+ * the queue is empty, a recvmmsg that returns fewer datagrams than asked already says so.
+ *
+ * recv(fd, out, max_buffers) -> (calls, datagrams, bytes, errors, truncated)
+ *   Reads up to max_buffers buffers from the non-blocking socket fd, appends one entry
+ *   per buffer to the list out, and returns the counters to add: receive syscalls made,
+ *   datagrams (GRO segments counted one by one), bytes, failed calls other than EAGAIN
+ *   (e.g. a queued ICMP error; each uses up one buffer of the budget, as in Python) and
+ *   truncated buffers.
+ *
+ * The GIL is held throughout: the receive buffers are static and the call never blocks.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define SLOTS 8              /* buffers per recvmmsg call */
+#define SLOT_BYTES 65536     /* datapath.constants.RECV_SLOT_BYTES: up to 64 GRO segments */
+#define SOL_UDP_LEVEL 17     /* datapath.constants.SOL_UDP */
+#define UDP_GRO_TYPE 104     /* datapath.constants.UDP_GRO */
+#define ECN_MASK 3
+/* as backends._ANC_SPACE: room for three 4-byte control messages */
+#define CTRL_BYTES (3 * CMSG_SPACE(4))
+
+static unsigned char slot_data[SLOTS][SLOT_BYTES];
+static union {
+    struct cmsghdr align;
+    unsigned char bytes[CTRL_BYTES];
+} slot_ctrl[SLOTS];
+static struct sockaddr_storage slot_addr[SLOTS];
+
+static PyObject *
+make_address(const struct sockaddr_storage *ss, socklen_t len)
+{
+    char host[INET6_ADDRSTRLEN];
+    if (ss->ss_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in)) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        if (inet_ntop(AF_INET, &a->sin_addr, host, sizeof host) == NULL) {
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        return Py_BuildValue("(si)", host, (int)ntohs(a->sin_port));
+    }
+    if (ss->ss_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6)) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        if (inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host) == NULL) {
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        return Py_BuildValue("(si)", host, (int)ntohs(a->sin6_port));
+    }
+    PyErr_SetString(PyExc_ValueError, "recv: not an IPv4 or IPv6 datagram socket");
+    return NULL;
+}
+
+/* Append the entry of one received buffer; 0 on success, -1 with an exception set. */
+static int
+append_entry(PyObject *out, int i, const struct mmsghdr *msg, long *datagrams)
+{
+    const struct msghdr *hdr = &msg->msg_hdr;
+    long size = (long)msg->msg_len;
+    long segment = size;
+    int ecn = 0;
+    PyObject *data, *addr, *entry;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(hdr); c != NULL;
+         c = CMSG_NXTHDR((struct msghdr *)hdr, c)) {
+        const unsigned char *d = CMSG_DATA(c);
+        size_t n = c->cmsg_len - CMSG_LEN(0);
+        if (c->cmsg_level == SOL_UDP_LEVEL) {
+            if (c->cmsg_type == UDP_GRO_TYPE) {
+                /* int.from_bytes(cdata[:4], "little") */
+                unsigned long v = 0;
+                for (size_t k = 0; k < n && k < 4; k++) {
+                    v |= (unsigned long)d[k] << (8 * k);
+                }
+                segment = (long)v;
+                if (!(0 < segment && segment < size)) {
+                    segment = size;
+                }
+            }
+        } else if (n > 0 && c->cmsg_type == IP_TOS && c->cmsg_level == IPPROTO_IP) {
+            ecn = d[0] & ECN_MASK;
+        } else if (n > 0 && c->cmsg_type == IPV6_TCLASS && c->cmsg_level == IPPROTO_IPV6) {
+            ecn = d[0] & ECN_MASK; /* little-endian int: low byte first */
+        }
+    }
+    addr = make_address(&slot_addr[i], hdr->msg_namelen);
+    if (addr == NULL) {
+        return -1;
+    }
+    data = PyBytes_FromStringAndSize((const char *)slot_data[i], (Py_ssize_t)size);
+    if (data == NULL) {
+        Py_DECREF(addr);
+        return -1;
+    }
+    entry = PyTuple_New(4);
+    if (entry == NULL) {
+        Py_DECREF(data);
+        Py_DECREF(addr);
+        return -1;
+    }
+    PyTuple_SET_ITEM(entry, 0, data);
+    PyTuple_SET_ITEM(entry, 1, PyLong_FromLong(segment));
+    PyTuple_SET_ITEM(entry, 2, addr);
+    PyTuple_SET_ITEM(entry, 3, PyLong_FromLong(ecn));
+    if (PyTuple_GET_ITEM(entry, 1) == NULL || PyTuple_GET_ITEM(entry, 3) == NULL ||
+        PyList_Append(out, entry) < 0) {
+        Py_DECREF(entry);
+        return -1;
+    }
+    Py_DECREF(entry);
+    *datagrams += segment ? (size + segment - 1) / segment : 1;
+    return 0;
+}
+
+static PyObject *
+mod_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    struct mmsghdr msgs[SLOTS];
+    struct iovec iov[SLOTS];
+    long calls = 0, datagrams = 0, nbytes = 0, errors = 0, truncated = 0;
+    long budget, used = 0, fd_long;
+    int fd;
+    PyObject *out;
+    (void)self;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "recv(fd, out, max_buffers)");
+        return NULL;
+    }
+    fd_long = PyLong_AsLong(args[0]);
+    if (fd_long == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (fd_long < 0 || fd_long > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "recv: bad file descriptor");
+        return NULL;
+    }
+    fd = (int)fd_long;
+    out = args[1];
+    if (!PyList_Check(out)) {
+        PyErr_SetString(PyExc_TypeError, "recv: out must be a list");
+        return NULL;
+    }
+    budget = PyLong_AsLong(args[2]);
+    if (budget == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    while (used < budget) {
+        int want = budget - used > SLOTS ? SLOTS : (int)(budget - used);
+        int n;
+        for (int i = 0; i < want; i++) {
+            iov[i].iov_base = slot_data[i];
+            iov[i].iov_len = SLOT_BYTES;
+            memset(&msgs[i].msg_hdr, 0, sizeof msgs[i].msg_hdr);
+            msgs[i].msg_hdr.msg_name = &slot_addr[i];
+            msgs[i].msg_hdr.msg_namelen = sizeof slot_addr[i];
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+            msgs[i].msg_hdr.msg_control = slot_ctrl[i].bytes;
+            msgs[i].msg_hdr.msg_controllen = CTRL_BYTES;
+            msgs[i].msg_len = 0;
+        }
+        calls++;
+        n = recvmmsg(fd, msgs, (unsigned int)want, MSG_DONTWAIT, NULL);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                break;
+            }
+            if (errno == EINTR) {
+                if (PyErr_CheckSignals() < 0) {
+                    return NULL;
+                }
+                continue; /* retried, as CPython's recvmsg does (PEP 475) */
+            }
+            errors++; /* counted and skipped, like a failed recvmsg */
+            used++;
+            continue;
+        }
+        for (int i = 0; i < n; i++) {
+            used++;
+            if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
+                truncated++;
+                continue;
+            }
+            if (append_entry(out, i, &msgs[i], &datagrams) < 0) {
+                return NULL;
+            }
+            nbytes += (long)msgs[i].msg_len;
+        }
+        if (n < want) {
+            break; /* the queue was empty: no EAGAIN call needed to learn it */
+        }
+    }
+    return Py_BuildValue("(lllll)", calls, datagrams, nbytes, errors, truncated);
+}
+
+static PyMethodDef udp_methods[] = {
+    {"recv", (PyCFunction)(void (*)(void))mod_recv, METH_FASTCALL,
+     "recv(fd, out, max_buffers) -> (calls, datagrams, bytes, errors, truncated): read up "
+     "to max_buffers buffers with recvmmsg and append (data, segment_size, (host, port), "
+     "ecn) entries to out"},
+    {NULL},
+};
+
+static struct PyModuleDef udp_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "quicflow.datapath._udp",
+    .m_doc = "Batch UDP receive (recvmmsg) for quicflow.datapath",
+    .m_size = -1,
+    .m_methods = udp_methods,
+};
+
+PyMODINIT_FUNC PyInit__udp(void);
+
+PyMODINIT_FUNC
+PyInit__udp(void)
+{
+    PyObject *m = PyModule_Create(&udp_module);
+    if (m == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "SLOT_BYTES", SLOT_BYTES) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
