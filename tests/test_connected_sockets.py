@@ -157,6 +157,35 @@ def test_over_the_cap_connections_stay_on_the_listener() -> None:
     asyncio.run(main())
 
 
+class _DuringHandshake(SocketPolicy):
+    """A policy of its own class: a socket for every server connection at its first send,
+    before its handshake is confirmed (the stock policy waits for confirmation, which lets
+    the runner skip the policy for unconfirmed connections)."""
+
+    def qualifies(self, conn: Any, now: float, moved: bool) -> bool:
+        return not conn.is_client and not conn.terminated
+
+
+def test_a_policy_of_its_own_class_is_asked_before_confirmation() -> None:
+    async def main() -> None:
+        server = await _serve(cap=8, policy=_DuringHandshake())
+        try:
+            async with AsyncExitStack() as stack:
+                clients = await _connect_many(stack, server.address[1], 2)
+                results = await asyncio.wait_for(_download_all(clients, 64 * KIB), 30)
+                assert all(r.ok for r in results)
+                # the first flight (before confirmation) already left through the
+                # connection's own socket, not through the listener
+                listener = server.runner.transport.counters
+                assert listener.datagrams_sent == 0
+                assert server.stats()["sockets"]["connected_sockets"] == 2
+                await _close_all(clients)
+        finally:
+            server.close()
+
+    asyncio.run(main())
+
+
 def test_default_policy_keeps_short_connections_on_the_listener() -> None:
     async def main() -> None:
         server = await _serve(cap=8, policy=SocketPolicy(min_bytes=1 << 20, min_age=60.0))

@@ -52,7 +52,8 @@ class QuicConnection:
     __slots__ = (
         "runner", "conn", "loop", "stream_handler", "_readers", "_writers", "_incoming",
         "_terminated", "_is_connected", "_is_terminated", "_streams_waiters",
-        "_close_error", "_tasks", "_datagrams", "_datagram_waiter", "datagrams_dropped",
+        "_close_info", "_close_exc", "_tasks", "_datagrams", "_datagram_waiter",
+        "datagrams_dropped",
         "app_state", "send_limit", "send_gate", "_send_accounted", "_migration",
         "_connect_waiters", "_close_waiters", "__weakref__",
     )
@@ -78,7 +79,11 @@ class QuicConnection:
         self._is_connected = False
         self._is_terminated = False
         self._streams_waiters: list[asyncio.Future[None]] = []  # blocked create_stream()s
-        self._close_error: ConnectionClosedError | None = None
+        #: why it closed, once it did: ConnectionClosedError's arguments; the exception
+        #: itself (and its message) is made when first raised or handed to a waiter
+        #: (most short connections close with nobody asking)
+        self._close_info: tuple[int, str, bool, int | None, bool] | None = None
+        self._close_exc: ConnectionClosedError | None = None
         self._tasks: set[asyncio.Task[Any]] | None = None
         self._datagrams: collections.deque[bytes] | None = None  # made by the first one
         self._datagram_waiter: asyncio.Future[None] | None = None
@@ -99,7 +104,20 @@ class QuicConnection:
 
     @property
     def closed(self) -> bool:
-        return self._close_error is not None
+        return self._close_info is not None
+
+    def _error(self) -> ConnectionClosedError:
+        """The exception that says why the connection closed (made on first use)."""
+        error = self._close_exc
+        if error is None:
+            error = self._close_exc = ConnectionClosedError(
+                *(self._close_info or (0, "connection closed", False, None, False)))
+        return error
+
+    @property
+    def _close_error(self) -> ConnectionClosedError | None:
+        """The exception once the connection closed, else None."""
+        return None if self._close_info is None else self._error()
 
     @property
     def alpn_protocol(self) -> str | None:
@@ -208,15 +226,15 @@ class QuicConnection:
             future.set_exception(MigrationError(event.reason))  # type: ignore[union-attr]
 
     def raise_if_closed(self) -> None:
-        if self._close_error is not None:
-            raise self._close_error
+        if self._close_info is not None:
+            raise self._error()
 
     async def wait_connected(self) -> None:
         """Wait for the handshake; raises ConnectionClosedError when it fails."""
         if self._is_connected:
             return
-        if self._close_error is not None:
-            raise self._close_error
+        if self._close_info is not None:
+            raise self._error()
         waiters = self._connect_waiters
         if waiters is None:
             waiters = self._connect_waiters = []
@@ -519,11 +537,11 @@ class QuicConnection:
     def _on_close_event(self, event: ConnectionTerminated) -> None:
         if self.conn.qlog is not None:
             qlog.connection_closed(self.conn, self.loop.time(), event)
-        if self._close_error is None:
+        if self._close_info is None:
             application = event.frame_type is None and event.reason != "idle timeout"
             if self.conn.close_error is not None and not event.by_peer:
                 application = self.conn.close_error[3]
-            self._close_error = ConnectionClosedError(
+            self._close_info = (
                 event.error_code, event.reason, event.by_peer, event.frame_type, application
             )
         self._wake_all()
@@ -531,13 +549,13 @@ class QuicConnection:
     def _wake_all(self) -> None:
         """Wake whoever waits on this connection (each check is cheap: a connection that
         closes with nobody waiting, as most short ones do, makes no call here)."""
-        error = self._close_error or ConnectionClosedError(0, "connection closed", False)
         if self._migration is not None and not self._migration.done():
-            self._migration.set_exception(error)
+            self._migration.set_exception(self._error())
             self._migration.exception()  # mark retrieved
         waiters = self._connect_waiters
         if waiters:
             self._connect_waiters = None
+            error = self._error()
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_exception(error)
@@ -564,8 +582,8 @@ class QuicConnection:
             self.runner.send_budget.account(self._send_accounted, 0)
             self._send_accounted = 0
         self.runner.send_budget.share_waiters.pop(self.send_gate, None)
-        if self._close_error is None:
-            self._close_error = ConnectionClosedError(0, "connection closed", False)
+        if self._close_info is None:
+            self._close_info = (0, "connection closed", False, None, False)
         self._wake_all()
         self._is_terminated = True
         if self._terminated is not None and not self._terminated.done():

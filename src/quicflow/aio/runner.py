@@ -227,7 +227,7 @@ class EndpointRunner:
         """Feed one round of datagrams read from ``transport`` to the endpoint, then
         answer and send."""
         endpoint = self.endpoint
-        now = self.loop.time()
+        now = self._clock()
         touched: list[Connection] = []
         runs = 0  # endpoint calls whose connections ``touched`` holds
         plain: list[tuple[bytes, tuple[Any, ...], int]] = []
@@ -368,8 +368,9 @@ class EndpointRunner:
                 if self.sockets is not None:
                     self.sockets.release(conn)
                 return home[0], conn.peer_address
-        if self.sockets is not None:
-            own = self.sockets.route(conn, self.loop.time() if now is None else now)
+        sockets = self.sockets
+        if sockets is not None and (conn.handshake_confirmed or sockets.unconfirmed_may_hold):
+            own = sockets.route(conn, self.loop.time() if now is None else now)
             if own is not None:
                 return own, None
         return self.transport, None if self.connected_peer is not None else conn.peer_address
@@ -394,7 +395,13 @@ class EndpointRunner:
         """Build and send what ``conn`` has; False when it joined the connections that
         wait for its socket to become writable (nothing else is done for it then)."""
         now = self._clock()
-        transport, addr = self._route(conn, now)
+        sockets = self.sockets
+        if self.listeners or (sockets is not None and (
+                conn.handshake_confirmed or sockets.unconfirmed_may_hold)):
+            transport, addr = self._route(conn, now)
+        else:  # the listener (what _route gives then), without the call
+            transport = self.transport
+            addr = None if self.connected_peer is not None else conn.peer_address
         if self._waiting:
             waiting = self._waiting.get(transport.fileno())
             if waiting is not None:

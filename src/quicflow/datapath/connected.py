@@ -206,6 +206,11 @@ class ConnectedSockets:
         self.listener = listener
         self.cap = min(cap, max(0, _nofile_limit() - FD_RESERVE))
         self.policy = policy if policy is not None else SocketPolicy()
+        #: whether a connection whose handshake is not confirmed may hold a socket: not
+        #: with the stock policy (its ``qualifies`` asks for confirmation), so a sender
+        #: may skip :meth:`route` for such a connection; a policy of another class, or a
+        #: socket attached from outside (:meth:`attach`), turns it on
+        self.unconfirmed_may_hold = type(self.policy) is not SocketPolicy
         self.backend = backend
         self.on_open = on_open
         self.on_close = on_close
@@ -377,6 +382,7 @@ class ConnectedSockets:
         self.release(conn)
         transport = UdpTransport(sock, backend=self.backend)
         transport.enable_pmtu_discovery()
+        self.unconfirmed_may_hold = True
         self._add(conn, transport, peer)
         self.counters.connected_sockets_attached += 1
         return transport
