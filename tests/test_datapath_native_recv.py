@@ -20,6 +20,7 @@ from quicflow.datapath import UdpTransport, probe_capabilities
 from quicflow.datapath.backends import (
     DatapathCounters,
     RecvEntry,
+    native_receive_built,
     receiver_for,
     recv_into_native,
     recv_into_python,
@@ -31,9 +32,17 @@ CAPS = probe_capabilities(socket.AF_INET)
 
 @pytest.fixture(autouse=True)
 def _native(require: Callable[[bool, str], None]) -> None:
+    require(native_receive_built(), "quicflow.datapath._udp is not built: pip install -e . "
+            "with gcc")
+
+
+def test_sockets_use_the_native_loop_unless_python_is_forced(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        built = receiver_for(sock) is recv_into_native
-    require(built, "quicflow.datapath._udp is not built (or QUICFLOW_ENGINE=python)")
+        monkeypatch.setenv("QUICFLOW_ENGINE", "native")
+        assert receiver_for(sock) is recv_into_native
+        monkeypatch.setenv("QUICFLOW_ENGINE", "python")
+        assert receiver_for(sock) is recv_into_python
 
 
 def _wait(rx: UdpTransport) -> None:

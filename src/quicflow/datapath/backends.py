@@ -60,6 +60,7 @@ __all__ = [
     "recv_into_python",
     "recv_into_native",
     "receiver_for",
+    "native_receive_built",
     "send_gso",
     "send_basic",
     "GSO_REFUSED_ERRNOS",
@@ -171,6 +172,11 @@ def recv_into_native(
         counters.recv_errors += errors
     if truncated:
         counters.truncated += truncated
+
+
+def native_receive_built() -> bool:
+    """Whether the extension ``quicflow.datapath._udp`` was built and loads."""
+    return _UDP is not None
 
 
 def receiver_for(sock: socket.socket) -> Receiver:
