@@ -46,7 +46,7 @@ class OptionalBuildExt(build_ext):
     def _warn(exc: BaseException, name: str = "native extensions") -> None:
         print(
             f"WARNING: could not build {name} ({type(exc).__name__}: {exc}); "
-            "quicflow falls back to the pure-Python crypto engine. "
+            "quicflow falls back to its pure-Python code. "
             "Install gcc, python3-dev and libssl-dev to get it.",
             file=sys.stderr,
         )

@@ -14,9 +14,12 @@ same counters except ``syscalls_recv``). The native call also ends a batch as so
 kernel returns fewer buffers than asked, without the last read that fails with EAGAIN.
 ``QUICFLOW_ENGINE=python`` forces the Python loop.
 
-An ``mmsg`` backend (ctypes ``sendmmsg``/``recvmmsg``) is deliberately absent: measured
-here it is slower than the plain calls on receive and at most ~8 % faster on send, while
-GSO/GRO are 5-25x faster (``bench/datapath_micro.py``, ``bench/RESULTS.md``).
+An ``mmsg`` send backend (ctypes ``sendmmsg``/``recvmmsg``) is deliberately absent:
+measured here it is slower than the plain calls on receive and at most ~8 % faster on
+send, while GSO/GRO are 5-25x faster (``bench/datapath_micro.py``, ``bench/RESULTS.md``);
+a C ``sendmmsg`` saves about 0.6 us per loopback datagram (``bench/RESULTS.md``, "seventh
+pass: the runner and datapath"), too little to gather sends for. The C ``recvmmsg`` above
+is a different matter: it saves a Python call and exception per datagram.
 
 Each primitive returns how far it got, so the caller can keep the rest for later; none
 loses data silently.
