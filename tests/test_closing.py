@@ -254,6 +254,35 @@ def test_client_closing_before_handshake_done_sends_no_blind_repeats() -> None:
     assert learned_after < 3 * client.pto()
 
 
+def test_a_close_whose_blind_copies_would_all_be_skipped_arms_no_resend_timer() -> None:
+    """A client that closes before its handshake is confirmed, or with the server's
+    ack-eliciting 1-RTT packets unacknowledged (a connect-then-close client, the common
+    case), would skip every blind copy: the server sends again and is answered. Its only
+    timer is now the end of the closing period; before, one fired 1/4 PTO after the
+    close only to skip the copy."""
+    pair, held = _complete_not_confirmed(seed=17)
+    before_done = pair.client
+    pair2, held2 = _complete_not_confirmed(seed=19)
+    acked_none = pair2.client
+    pair2.client_ep.receive_datagrams([(d, SERVER_ADDR, 0) for d in held2], pair2.now)
+    assert acked_none.handshake_confirmed and acked_none.spaces[2].ack_eliciting_pending
+    for p, client in ((pair, before_done), (pair2, acked_none)):
+        client.close(5, "done", now=p.now)
+        assert client.counters.close_resends_skipped == 1  # counted once, at the close
+        assert client.close_resend_at is None
+        assert client.timer() == client.close_deadline == p.now + 3 * client.pto()
+        wakeups = 0
+        while not client.terminated:
+            p.now = client.timer()
+            client.handle_timer(p.now)
+            wakeups += 1
+        assert wakeups == 1 and client.counters.close_resends == 0
+    # a quiet connection still arms the blind copies (the tests above)
+    quiet, _ = _quiet_pair()
+    quiet.client.close(6, "quiet", now=quiet.now)
+    assert quiet.client.timer() == quiet.client.close_resend_at < quiet.client.close_deadline
+
+
 def test_close_copies_are_the_same_packet_until_the_spaces_change() -> None:
     """Repeats of the close are the first closing datagram byte for byte (one packet
     number per space, RFC 9000 §10.2.1); once the handshake is confirmed while closing,
