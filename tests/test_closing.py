@@ -344,3 +344,47 @@ def test_connections_draining_close_together_end_at_one_deadline() -> None:
     # same PTO, starts 5 ms apart inside one grid slot: one deadline for both
     slot = 100 * DRAIN_GRID
     assert draining_deadline(slot + 0.001, 0.01) == draining_deadline(slot + 0.006, 0.01)
+
+
+def test_closing_a_server_or_a_client_endpoint_sends_each_connection_its_close() -> None:
+    """``QuicServer.close()`` and ``ClientEndpoint.close()`` close every connection with
+    code 0. The closes used to be only scheduled, and the socket closed at once: no
+    CONNECTION_CLOSE left, and each peer learned of it at its idle timeout (60 s here)."""
+
+    async def confirmed(accepted: list[quicflow.QuicConnection], n: int) -> None:
+        while len(accepted) < n or not accepted[n - 1].conn.handshake_confirmed:
+            await asyncio.sleep(0.01)  # the server has the client's Finished
+
+    async def main() -> list[BaseException | None]:
+        accepted: list[quicflow.QuicConnection] = []
+        config = server_config(idle_timeout=60.0)
+        server = await quicflow.serve(None, "127.0.0.1", 0, configuration=config,
+                                      connection_handler=accepted.append)
+        seen: list[BaseException | None] = []
+        try:
+            async with quicflow.connect(
+                "127.0.0.1", server.address[1], configuration=client_config(idle_timeout=60.0)
+            ) as conn:
+                await confirmed(accepted, 1)
+                server.close()
+                await conn.wait_closed()
+                seen.append(conn._close_error)
+            server = await quicflow.serve(None, "127.0.0.1", 0, configuration=config,
+                                          connection_handler=accepted.append)
+            async with quicflow.client_endpoint(
+                "127.0.0.1", configuration=client_config(idle_timeout=60.0)
+            ) as ep:
+                async with ep.connect("127.0.0.1", server.address[1]):
+                    await confirmed(accepted, 2)
+                    ep.close()
+                    await accepted[1].wait_closed()
+            seen.append(accepted[1]._close_error)
+        finally:
+            server.close()
+        return seen
+
+    seen = run(main(), 30)
+    assert len(seen) == 2
+    for exc in seen:
+        assert isinstance(exc, quicflow.ConnectionClosedError), repr(exc)
+        assert (exc.error_code, exc.by_peer, exc.application) == (0, True, True), repr(exc)
