@@ -28,6 +28,7 @@ import pytest
 import quicflow
 from quicflow.apps.perf import PATTERN, PatternChecker, run_client, split_evenly, start_server
 from quicflow.cli.main import main, parse_size
+from quicflow.datapath.socket import bind_reuseport
 from quicflow.tls.certs import certificate_pem, generate_self_signed
 
 QUICFLOW = str(Path(sys.executable).parent / "quicflow")
@@ -371,7 +372,7 @@ def test_server_on_a_port_in_use_fails() -> None:
     (the kernel splitting clients between the two); it now exits 1 saying so."""
     taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    taken.bind(("127.0.0.1", 0))
+    bind_reuseport(taken, ("127.0.0.1", 0))  # a port of its own, not another server's
     port = taken.getsockname()[1]
     try:
         for extra in ([], ["--workers", "2"]):

@@ -254,6 +254,35 @@ def test_client_closing_before_handshake_done_sends_no_blind_repeats() -> None:
     assert learned_after < 3 * client.pto()
 
 
+def test_a_close_whose_blind_copies_would_all_be_skipped_arms_no_resend_timer() -> None:
+    """A client that closes before its handshake is confirmed, or with the server's
+    ack-eliciting 1-RTT packets unacknowledged (a connect-then-close client, the common
+    case), would skip every blind copy: the server sends again and is answered. Its only
+    timer is now the end of the closing period; before, one fired 1/4 PTO after the
+    close only to skip the copy."""
+    pair, held = _complete_not_confirmed(seed=17)
+    before_done = pair.client
+    pair2, held2 = _complete_not_confirmed(seed=19)
+    acked_none = pair2.client
+    pair2.client_ep.receive_datagrams([(d, SERVER_ADDR, 0) for d in held2], pair2.now)
+    assert acked_none.handshake_confirmed and acked_none.spaces[2].ack_eliciting_pending
+    for p, client in ((pair, before_done), (pair2, acked_none)):
+        client.close(5, "done", now=p.now)
+        assert client.counters.close_resends_skipped == 1  # counted once, at the close
+        assert client.close_resend_at is None
+        assert client.timer() == client.close_deadline == p.now + 3 * client.pto()
+        wakeups = 0
+        while not client.terminated:
+            p.now = client.timer()
+            client.handle_timer(p.now)
+            wakeups += 1
+        assert wakeups == 1 and client.counters.close_resends == 0
+    # a quiet connection still arms the blind copies (the tests above)
+    quiet, _ = _quiet_pair()
+    quiet.client.close(6, "quiet", now=quiet.now)
+    assert quiet.client.timer() == quiet.client.close_resend_at < quiet.client.close_deadline
+
+
 def test_close_copies_are_the_same_packet_until_the_spaces_change() -> None:
     """Repeats of the close are the first closing datagram byte for byte (one packet
     number per space, RFC 9000 §10.2.1); once the handshake is confirmed while closing,
@@ -315,3 +344,47 @@ def test_connections_draining_close_together_end_at_one_deadline() -> None:
     # same PTO, starts 5 ms apart inside one grid slot: one deadline for both
     slot = 100 * DRAIN_GRID
     assert draining_deadline(slot + 0.001, 0.01) == draining_deadline(slot + 0.006, 0.01)
+
+
+def test_closing_a_server_or_a_client_endpoint_sends_each_connection_its_close() -> None:
+    """``QuicServer.close()`` and ``ClientEndpoint.close()`` close every connection with
+    code 0. The closes used to be only scheduled, and the socket closed at once: no
+    CONNECTION_CLOSE left, and each peer learned of it at its idle timeout (60 s here)."""
+
+    async def confirmed(accepted: list[quicflow.QuicConnection], n: int) -> None:
+        while len(accepted) < n or not accepted[n - 1].conn.handshake_confirmed:
+            await asyncio.sleep(0.01)  # the server has the client's Finished
+
+    async def main() -> list[BaseException | None]:
+        accepted: list[quicflow.QuicConnection] = []
+        config = server_config(idle_timeout=60.0)
+        server = await quicflow.serve(None, "127.0.0.1", 0, configuration=config,
+                                      connection_handler=accepted.append)
+        seen: list[BaseException | None] = []
+        try:
+            async with quicflow.connect(
+                "127.0.0.1", server.address[1], configuration=client_config(idle_timeout=60.0)
+            ) as conn:
+                await confirmed(accepted, 1)
+                server.close()
+                await conn.wait_closed()
+                seen.append(conn._close_error)
+            server = await quicflow.serve(None, "127.0.0.1", 0, configuration=config,
+                                          connection_handler=accepted.append)
+            async with quicflow.client_endpoint(
+                "127.0.0.1", configuration=client_config(idle_timeout=60.0)
+            ) as ep:
+                async with ep.connect("127.0.0.1", server.address[1]):
+                    await confirmed(accepted, 2)
+                    ep.close()
+                    await accepted[1].wait_closed()
+            seen.append(accepted[1]._close_error)
+        finally:
+            server.close()
+        return seen
+
+    seen = run(main(), 30)
+    assert len(seen) == 2
+    for exc in seen:
+        assert isinstance(exc, quicflow.ConnectionClosedError), repr(exc)
+        assert (exc.error_code, exc.by_peer, exc.application) == (0, True, True), repr(exc)

@@ -9,7 +9,7 @@ import os
 from quicflow.tls.certs import generate_self_signed
 from quicflow.transport.config import Configuration
 from quicflow.transport.connection import Connection
-from quicflow.transport.pmtud import BASE_PLPMTU
+from quicflow.transport.pmtud import BASE_PLPMTU, probe_due
 from quicflow.transport.snapshot import restore_connection, snapshot_connection
 from tests.support.memory_pair import MemoryPair
 
@@ -168,3 +168,23 @@ def test_state_survives_a_snapshot() -> None:
     after = (restored.max_datagram_size, restored.pmtud.low, restored.pmtud.probes_sent)
     assert after == before == (1400, 1400, before[2])
     assert restored.pmtud.next_at == server.pmtud.next_at + 1  # the raise timer moved
+
+
+def test_a_connection_restored_before_its_wait_began_still_waits_one_pto() -> None:
+    """The first probe goes one PTO after the first send that follows confirmation
+    (``next_at`` 0.0 until then). A connection captured before that send kept the marker
+    only as a time like any other: shifted by the capture-to-restore delay, it became a
+    moment in the past and the restored connection probed at its first send."""
+    pair = _pair()
+    client = pair.client
+    assert client.handshake_confirmed and client.pmtud.next_at == 0.0  # not yet sent
+    client.pop_events()
+    blob = snapshot_connection(client, pair.now, release=True)
+    later = pair.now + 30.0
+    restored, _ = restore_connection(blob, engine=client.engine, now=later)
+    assert restored.handshake_confirmed and restored.one_rtt_ready
+    assert not probe_due(restored, later)  # its first send: the wait starts
+    assert restored.pmtud.next_at == later + restored.pto()
+    assert not probe_due(restored, later + restored.pto() / 2)
+    assert probe_due(restored, restored.pmtud.next_at)  # one PTO later, the search
+    assert restored.pmtud.started and restored.pmtud.probes_sent == 0

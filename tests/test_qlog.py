@@ -18,6 +18,7 @@ import quicflow
 from quicflow.tls.certs import generate_self_signed
 from quicflow.transport import qlog
 from quicflow.transport.config import Configuration
+from quicflow.transport.state import DRAINING
 from tests.support import echo_proto
 from tests.support.memory_pair import MemoryPair
 
@@ -339,3 +340,60 @@ def test_packet_lost_events_under_loss() -> None:
         assert (p["header"]["packet_type"], p["header"]["packet_number"]) in sent
     assert stream_coverage(events(client_sink.records, "quic:packet_sent"), sid) == (
         400_000, True)
+
+
+def test_a_server_closed_while_its_connections_close_or_drain_keeps_their_whole_traces(
+    tmp_path: Path,
+) -> None:
+    """A trace is written in blocks of 64 KiB and at the end when its connection is
+    forgotten. A server closed before that lost the records since the last block: a
+    connection still draining after its client's close (the test above failed now and
+    then under load that way: the server's draining period outlived its 0.1 s wait), or
+    one the server's close itself ended. Their traces now end with connection_closed."""
+    cert, key = _CERT
+
+    async def main() -> list[tuple[str, str]]:
+        accepted: list[quicflow.QuicConnection] = []
+        scfg = Configuration(alpn_protocols=["perf"], certificate_chain=[cert],
+                             private_key=key, qlog_dir=str(tmp_path))
+        # max_ack_delay 0.5 s: the server's PTO, hence its draining period (3 PTO),
+        # lasts long enough to close the server while it drains
+        ccfg = Configuration(alpn_protocols=["perf"], verify_peer=False,
+                             qlog_dir=str(tmp_path), max_ack_delay=0.5)
+        ends = []
+        for server_closes in (False, True):
+            server = await quicflow.serve(echo_proto.serve_stream, "127.0.0.1", 0,
+                                          configuration=scfg,
+                                          connection_handler=accepted.append)
+            try:
+                async with quicflow.connect("127.0.0.1", server.address[1],
+                                            configuration=ccfg) as conn:
+                    reader, writer = await conn.create_stream()
+                    result = await echo_proto.client_exchange(
+                        reader, writer, upload=b"u" * 5000, download=5000, seed=9)
+                    assert result["ok"]
+                    ends.append((conn.conn.original_dcid.hex(),
+                                 "local" if server_closes else "remote"))
+                    face = accepted[-1]
+                    if server_closes:
+                        server.close()
+                        await conn.wait_closed()
+                if not server_closes:
+                    while not face.closed:  # the client's close reached the server
+                        await asyncio.sleep(0.01)
+                    assert face.conn.state == DRAINING and not face.conn.terminated
+            finally:
+                server.close()
+        return ends
+
+    for odcid, owner in asyncio.run(main()):
+        server = load(tmp_path / f"{odcid}_server.sqlog")
+        check_trace(server, "server", odcid)
+        closed = events(server, "connectivity:connection_closed")
+        assert [c["owner"] for c in closed] == [owner]
+        if owner == "remote":  # the client's close was logged as received
+            assert any(f["frame_type"] == "connection_close"
+                       for p in events(server, "quic:packet_received") for f in p["frames"])
+        client = load(tmp_path / f"{odcid}_client.sqlog")
+        assert [c["owner"] for c in events(client, "connectivity:connection_closed")] == [
+            "remote" if owner == "local" else "local"]

@@ -159,6 +159,15 @@ class _Open:
                 await face.wait_closed_for(3 * conn.pto() + 0.5)
 
 
+def _close_faces(runner: EndpointRunner) -> None:
+    """Close every connection (code 0) and send each CONNECTION_CLOSE now, while the
+    socket is still open (a scheduled flush would find the runner closed: the peers
+    would learn of the close only at their idle timeout)."""
+    for face in list(runner.faces.values()):
+        face.close()
+        runner.flush_now(face.conn)
+
+
 def _close_runner(runner: EndpointRunner) -> None:
     """Close a client runner and release whoever waits for its connections' end: with
     the socket gone their closing periods never finish (they count as ended now)."""
@@ -266,8 +275,7 @@ class ClientEndpoint:
 
     def close(self) -> None:
         """Close every connection (code 0) and the socket."""
-        for face in list(self.runner.faces.values()):
-            face.close()
+        _close_faces(self.runner)
         _close_runner(self.runner)
 
 
@@ -393,8 +401,7 @@ class QuicServer:
         self.handover.close()
         if self.handover.handed_off.done():
             return  # the connections and the socket belong to the successor
-        for face in list(self.runner.faces.values()):
-            face.close()
+        _close_faces(self.runner)
         self.runner.close()
 
     async def wait_closed(self) -> None:

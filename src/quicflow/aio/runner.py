@@ -30,6 +30,7 @@ from ..datapath.backends import RecvEntry
 from ..datapath.connected import ConnectedSockets, SocketPolicy
 from ..datapath.socket import UdpTransport, normalize_address
 from ..endpoint.endpoint import Endpoint
+from ..transport import qlog
 from ..transport.connection import Connection
 from ..transport.state import CLOSING
 from .gcpolicy import POLICY as GC_POLICY
@@ -668,6 +669,10 @@ class EndpointRunner:
 
     def close(self) -> None:
         self.pause()
+        for conn in self.endpoint.registry:
+            # connections still open, closing or draining: their qlog records so far
+            # are written (a trace is otherwise flushed when its connection is forgotten)
+            qlog.stop(conn)
         while self._counted > 0:  # faces left behind no longer count as held
             self._counted -= 1
             GC_POLICY.removed()

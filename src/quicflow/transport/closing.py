@@ -14,7 +14,8 @@ A blind copy is skipped while the peer has 1-RTT ack-eliciting packets we never
 acknowledged (we send no ACK while closing): the peer's loss recovery sends again at its
 PTO unless it has our close, and that packet is answered as below. So a connection closed
 right after its handshake (the server's HANDSHAKE_DONE not yet acknowledged) sends one
-close, not four (``close_resends_skipped`` counts the copies saved).
+close, not four (``close_resends_skipped`` counts the copies saved). When that holds
+already at the close, no resend timer is armed at all.
 
 The same holds for a client that closes after completing its handshake but before it is
 confirmed (no HANDSHAKE_DONE yet), even when none of the server's 1-RTT packets has
@@ -57,13 +58,30 @@ def draining_deadline(now: float, pto: float) -> float:
     return math.ceil((now + 3 * pto) / DRAIN_GRID) * DRAIN_GRID
 
 
+def _peer_sends_again(conn: Connection) -> bool:
+    """Whether the peer waits for an ACK it never gets (we send none while closing), so
+    it sends again unless it has our close, and that packet is answered. Once true it
+    stays true while closing: nothing acknowledges the peer's packets, and what
+    confirms a client's handshake (HANDSHAKE_DONE) is itself such a packet."""
+    app = conn.spaces[2]
+    return bool(app.ack_eliciting_pending and not app.discarded) or (
+        conn.is_client and conn.handshake_complete and not conn.handshake_confirmed
+    )
+
+
 def start_closing(conn: Connection, now: float, period: float) -> None:
     """The connection has just entered the closing state at ``now`` for ``period``."""
     conn.close_deadline = now + period
     conn.close_packets_seen = 0
     conn.close_resends = 0
     conn.close_started = now
-    conn.close_resend_at = now + RESEND_DELAYS[0] * conn.pto() if period > 0 else None
+    conn.close_resend_at = None
+    if period > 0:
+        if _peer_sends_again(conn):
+            # every blind copy would be skipped: arm no timer that only finds that out
+            conn.counters.close_resends_skipped += 1
+        else:
+            conn.close_resend_at = now + RESEND_DELAYS[0] * conn.pto()
 
 
 def closing_timer(conn: Connection) -> float | None:
@@ -86,10 +104,7 @@ def on_closing_timer(conn: Connection, now: float) -> None:
     if conn.state != CLOSING:  # draining: never send
         conn.close_resend_at = None
         return
-    if (conn.spaces[2].ack_eliciting_pending and not conn.spaces[2].discarded) or (
-        conn.is_client and conn.handshake_complete and not conn.handshake_confirmed
-    ):
-        # the peer waits for an ACK it never gets: it sends again and we answer then
+    if _peer_sends_again(conn):  # (it became true after the close: a packet came)
         conn.counters.close_resends_skipped += 1
         conn.close_resend_at = None
         return

@@ -92,7 +92,10 @@ CONFIG_SECRET_FIELDS = frozenset(
 
 #: Absolute times (float seconds of the process's monotonic clock), per class, that are
 #: shifted by (restore time - capture time). None and infinity stay as they are; the
-#: ``last_update_time`` fields use 0.0 for "never" and stay 0.0.
+#: ``last_update_time`` fields use 0.0 for "never" and stay 0.0, and so does
+#: ``Pmtud.next_at``'s 0.0 ("the first send after confirmation starts the one-PTO wait
+#: before the first probe": a connection captured before that send still waits after a
+#: restore, instead of probing at once).
 TIME_FIELDS: dict[type[Any], tuple[str, ...]] = {
     Connection: ("now_created", "idle_deadline", "close_deadline", "pacer_deadline",
                  "_now_hint", "key_update_allowed_at", "close_started", "close_resend_at"),
@@ -107,7 +110,7 @@ TIME_FIELDS: dict[type[Any], tuple[str, ...]] = {
     Pacer: ("last_time",),
     Pmtud: ("next_at",),
 }
-_ZERO_MEANS_NEVER = frozenset({"last_update_time"})
+_ZERO_MEANS_NEVER = frozenset({"last_update_time", "next_at"})
 
 CLASSES: tuple[type[Any], ...] = (
     Connection,
