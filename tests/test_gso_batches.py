@@ -49,8 +49,8 @@ def _check_valid(bounds: list[int], batches: list[tuple[int, int, int]]) -> None
     ends = set(bounds)
     for start, end, size in batches:
         assert start == at and end > start and end in ends
-        segments = [b - a for a, b in zip([start] + [x for x in bounds if start < x < end],
-                                          [x for x in bounds if start < x <= end])]
+        inner = [x for x in bounds if start < x <= end]
+        segments = [b - a for a, b in zip([start, *inner[:-1]], inner, strict=True)]
         assert segments[0] == size
         assert all(s == size for s in segments[:-1]) and segments[-1] <= size
         assert len(segments) <= MAX_GSO_SEGMENTS
