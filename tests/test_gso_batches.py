@@ -70,6 +70,8 @@ def test_bulk_runs_split_at_the_segment_and_byte_limits() -> None:
     small = _bounds([100] * 130)
     assert [(e - s) // 100 for s, e, _ in gso_batches(small)] == [64, 64, 2]
     assert gso_batches([]) == []
+    # a zero-length entry (never built) does not break the split
+    assert gso_batches([0, 0, 1200]) == reference([0, 0, 1200])
 
 
 @given(st.lists(st.one_of(st.integers(1, 1500), st.sampled_from([1200, 1200, 1200, 1452])),

@@ -71,7 +71,9 @@ def gso_batches(bounds: list[int]) -> list[tuple[int, int, int]]:
         m = n - i
         if m > MAX_GSO_SEGMENTS:
             m = MAX_GSO_SEGMENTS
-        if size > 0 and m > MAX_GSO_BYTES // size:
+        if size <= 0:  # (never built: an empty datagram goes alone)
+            m = 1
+        elif m > MAX_GSO_BYTES // size:
             m = MAX_GSO_BYTES // size
         j = i + 1
         if m > 1 and bounds[i + m - 1] != start + m * size:
