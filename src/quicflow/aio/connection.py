@@ -295,9 +295,17 @@ class QuicConnection:
         before = self._send_accounted
         if used != before:
             self._send_accounted = used
-            self.runner.send_budget.account(before, used)
+            budget = self.runner.send_budget
+            budget.account(before, used)
             if used < before and used <= self.send_limit:
-                self.send_gate.wake_one()
+                if budget.over_fair_share(used, len(self.runner.faces)):
+                    # still over its fair share: a writer woken now would only wait
+                    # again. A later acknowledgement looks again, and the end of the
+                    # pressure wakes it (as send_buffer_full() would have registered it)
+                    if self.send_gate._waiters:
+                        budget.share_waiters[self.send_gate] = None
+                else:
+                    self.send_gate.wake_one()
 
     def send_buffer_full(self) -> SendGate | None:
         """The gate to wait at when this connection or the endpoint is over its bound."""
@@ -458,7 +466,7 @@ class QuicConnection:
                     reader._wake()
             elif cls is StreamWritable:
                 writer = self._writers.get(event.stream_id)  # type: ignore[union-attr]
-                if writer is not None:
+                if writer is not None and not writer._gated:  # (a gate wakes the rest)
                     writer._wake()
             elif cls is StreamOpened:
                 self._on_stream_opened(event.stream_id)  # type: ignore[union-attr]

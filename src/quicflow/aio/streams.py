@@ -93,6 +93,9 @@ class QuicStreamWriter:
         self._connection = connection
         self.stream_id = stream_id
         self._waiter: asyncio.Future[None] | None = None
+        #: drain() waits at a send gate (the connection's or the endpoint's buffer is
+        #: full): the gate wakes it, not every acknowledgement of the stream
+        self._gated = False
         self._closed = False
 
     @property
@@ -148,10 +151,12 @@ class QuicStreamWriter:
             self._waiter = waiter = face.loop.create_future()
             if gate is not None:
                 gate.add(waiter)
+                self._gated = True
             try:
                 await waiter
             finally:
                 self._waiter = None
+                self._gated = False
 
     def take_back(self) -> int:
         """Withdraw the bytes written but not yet sent (a capture hook's tool: the

@@ -264,8 +264,9 @@ class Pacer:
                 capacity = timed
         return capacity
 
-    def _refill(self, now: float, rate: float, cwnd: int = 0) -> float:
-        capacity = self.capacity(rate, cwnd)
+    def _refill(self, now: float, rate: float, capacity: float) -> float:
+        """Add what ``rate`` earned since the last call, up to ``capacity`` (the caller
+        computes the bucket once per call: ``capacity(rate, cwnd)``)."""
         last = self.last_time
         if last is None or rate == 0.0:
             self.tokens = capacity
@@ -281,7 +282,7 @@ class Pacer:
     ) -> float:
         """Earliest time (≥ now) at which a packet of ``size`` bytes may leave."""
         rate = self.rate(rtt, cwnd)
-        tokens = self._refill(now, rate, cwnd) + rate * self.granularity
+        tokens = self._refill(now, rate, self.capacity(rate, cwnd)) + rate * self.granularity
         if tokens >= size or rate == 0.0:
             return now
         return now + (size - tokens) / rate
@@ -290,7 +291,7 @@ class Pacer:
         """Bytes that may leave right now (for filling a batch)."""
         srtt = rtt.smoothed_rtt if isinstance(rtt, RttEstimator) else rtt  # self.rate()
         rate = self.multiplier * cwnd / srtt if srtt > 0.0 else 0.0
-        tokens = self._refill(now, rate, cwnd) + rate * self.granularity
+        tokens = self._refill(now, rate, self.capacity(rate, cwnd)) + rate * self.granularity
         return int(tokens) if tokens > 0 else 0
 
     def run_budget(
@@ -305,12 +306,13 @@ class Pacer:
         every connection's turn) build one packet; waiting for a burst keeps the same
         average rate, in bursts no larger than the bucket the pacer allows anyway.
         """
-        rate = self.rate(rtt, cwnd)
+        srtt = rtt.smoothed_rtt if isinstance(rtt, RttEstimator) else rtt  # self.rate()
+        rate = self.multiplier * cwnd / srtt if srtt > 0.0 else 0.0
         if rate == 0.0:
             return want, None
         capacity = self.capacity(rate, cwnd)
         early = rate * self.granularity
-        tokens = self._refill(now, rate, cwnd) + early
+        tokens = self._refill(now, rate, capacity) + early
         need = float(want) if want < capacity else capacity
         if tokens >= need:
             return int(tokens), None
@@ -319,5 +321,6 @@ class Pacer:
     def consume(self, now: float, size: int, rtt: RttEstimator | float, cwnd: int) -> None:
         """``size`` bytes were sent at ``now``."""
         srtt = rtt.smoothed_rtt if isinstance(rtt, RttEstimator) else rtt  # self.rate()
-        self._refill(now, self.multiplier * cwnd / srtt if srtt > 0.0 else 0.0, cwnd)
+        rate = self.multiplier * cwnd / srtt if srtt > 0.0 else 0.0
+        self._refill(now, rate, self.capacity(rate, cwnd))
         self.tokens -= size

@@ -595,16 +595,23 @@ class LossDetection:
     def _pto_time_and_space(self) -> tuple[float | None, PnSpace | None]:
         """GetPtoTimeAndSpace (RFC 9002 A.8) plus the no-timer case; the backoff is
         capped by ``max_pto_period`` (see the class docstring)."""
-        duration = self.pto_period(False)
-        if self.ack_eliciting_in_flight == 0:
+        s = self.spaces
+        if not (s[0].ack_eliciting_in_flight or s[1].ack_eliciting_in_flight):
+            # the usual case once the handshake is over: the application space alone
+            app = s[2]
+            if app.ack_eliciting_in_flight:
+                if app.last_ack_eliciting_time is None or not self.handshake_confirmed:
+                    return None, None
+                return app.last_ack_eliciting_time + self.pto_period(True), PnSpace.APPLICATION
             if self.peer_validated() or self.timer_anchor is None:
                 return None, None
             space = PnSpace.HANDSHAKE if self.has_handshake_keys else PnSpace.INITIAL
-            return self.timer_anchor + duration, space
+            return self.timer_anchor + self.pto_period(False), space
+        duration = self.pto_period(False)
         best: float | None = None
         best_space: PnSpace | None = None
         for space in _PN_SPACES:
-            sp = self.spaces[space]
+            sp = s[space]
             if sp.ack_eliciting_in_flight == 0 or sp.last_ack_eliciting_time is None:
                 continue
             d = duration

@@ -1,0 +1,91 @@
+"""The runner's split of a send buffer into GSO sends (``aio.runner.gso_batches``).
+
+The split decides which datagrams share one sendmsg: every send must be a run of
+equal-size datagrams of which only the last may be shorter, within the segment and byte
+limits, and together the sends must cover the buffer in order. The fast path (a whole
+full-size stretch compared at once) must split exactly as the datagram-by-datagram rule.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from quicflow.aio.runner import MAX_GSO_BYTES, MAX_GSO_SEGMENTS, gso_batches
+
+
+def reference(bounds: list[int]) -> list[tuple[int, int, int]]:
+    """The datagram-by-datagram rule (the runner's loop before the fast path)."""
+    out = []
+    n = len(bounds)
+    i = 0
+    start = 0
+    while i < n:
+        size = bounds[i] - start
+        j = i + 1
+        while j < n and j - i < MAX_GSO_SEGMENTS and bounds[j] - start <= MAX_GSO_BYTES:
+            seg = bounds[j] - bounds[j - 1]
+            if seg > size:
+                break
+            j += 1
+            if seg < size:
+                break
+        out.append((start, bounds[j - 1], size))
+        start = bounds[j - 1]
+        i = j
+    return out
+
+
+def _bounds(sizes: list[int]) -> list[int]:
+    out, end = [], 0
+    for size in sizes:
+        end += size
+        out.append(end)
+    return out
+
+
+def _check_valid(bounds: list[int], batches: list[tuple[int, int, int]]) -> None:
+    at = 0
+    ends = set(bounds)
+    for start, end, size in batches:
+        assert start == at and end > start and end in ends
+        inner = [x for x in bounds if start < x <= end]
+        segments = [b - a for a, b in zip([start, *inner[:-1]], inner, strict=True)]
+        assert segments[0] == size
+        assert all(s == size for s in segments[:-1]) and segments[-1] <= size
+        assert len(segments) <= MAX_GSO_SEGMENTS
+        assert len(segments) == 1 or end - start <= MAX_GSO_BYTES
+        at = end
+    assert at == (bounds[-1] if bounds else 0)
+
+
+def test_bulk_runs_split_at_the_segment_and_byte_limits() -> None:
+    # 200 datagrams of 1200 bytes and a shorter last one: 54 fit in 65,000 bytes
+    bounds = _bounds([1200] * 200 + [700])
+    batches = gso_batches(bounds)
+    assert [(e - s) // 1200 for s, e, _ in batches[:3]] == [54, 54, 54]
+    assert batches[-1] == (54 * 3 * 1200, 200 * 1200 + 700, 1200)
+    assert batches == reference(bounds)
+    # small datagrams: the 64-segment limit
+    small = _bounds([100] * 130)
+    assert [(e - s) // 100 for s, e, _ in gso_batches(small)] == [64, 64, 2]
+    assert gso_batches([]) == []
+    # a zero-length entry (never built) does not break the split
+    assert gso_batches([0, 0, 1200]) == reference([0, 0, 1200])
+
+
+@given(st.lists(st.one_of(st.integers(1, 1500), st.sampled_from([1200, 1200, 1200, 1452])),
+                max_size=300))
+def test_split_matches_the_datagram_by_datagram_rule(sizes: list[int]) -> None:
+    bounds = _bounds(sizes)
+    batches = gso_batches(bounds)
+    assert batches == reference(bounds)
+    _check_valid(bounds, batches)
+
+
+@given(st.integers(1, 1500), st.integers(1, 400), st.integers(1, 1500), st.integers(0, 5))
+def test_long_equal_runs_with_a_tail(size: int, count: int, tail: int, extra: int) -> None:
+    bounds = _bounds([size] * count + [tail] + [size] * extra)
+    batches = gso_batches(bounds)
+    assert batches == reference(bounds)
+    _check_valid(bounds, batches)
