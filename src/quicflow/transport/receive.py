@@ -63,6 +63,8 @@ EP_INITIAL, EP_0RTT, EP_HANDSHAKE, EP_1RTT = (Epoch.INITIAL, Epoch.ZERO_RTT, Epo
                                               Epoch.ONE_RTT)
 
 EPOCH_OF_TYPE = {INITIAL: Epoch.INITIAL, HANDSHAKE: Epoch.HANDSHAKE, ZERO_RTT: Epoch.ZERO_RTT}
+#: the packet number space of a long header packet type (0-RTT: the application's)
+_SPACE_OF_LONG = {INITIAL: 0, HANDSHAKE: 1, ZERO_RTT: 2}
 
 # frames allowed in Initial and Handshake packets (RFC 9000 §12.4)
 _HANDSHAKE_FRAMES = (F.Padding, F.Ping, F.Ack, F.Crypto, F.ConnectionClose)
@@ -205,6 +207,7 @@ def _receive_packet(
         return
     if ptype == ONE_RTT:
         epoch = EP_1RTT
+        space = conn.spaces[2]
         if not conn.one_rtt_ready:
             conn.counters.packets_dropped += 1
             conn.counters.dropped_no_keys += 1
@@ -230,7 +233,7 @@ def _receive_packet(
             conn.counters.packets_dropped += 1
             conn.counters.dropped_no_keys += 1
             return
-        space = conn.spaces[SPACE_OF_EPOCH[epoch]]
+        space = conn.spaces[_SPACE_OF_LONG[ptype]]
         try:
             _, payload, pn = protector.open(
                 memoryview(data)[pos : hdr.end], hdr.pn_offset - pos, space.largest_received
@@ -244,8 +247,6 @@ def _receive_packet(
             conn.peer_cid = hdr.scid
         if not conn.is_client and ptype == HANDSHAKE and not conn.address_validated:
             conn.address_validated = True
-    space_index = SPACE_OF_EPOCH[epoch]
-    space = conn.spaces[space_index]
     if space.discarded:
         return
     received = space.received
@@ -440,10 +441,6 @@ def _process_frames(conn: Connection, payload: bytes, epoch: Epoch, now: float) 
             break
     conn.last_packet_probing = probing
     return ack_eliciting
-
-
-def _on_ack(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
-    on_ack_frame(conn, frame, epoch, now)
 
 
 def _on_crypto(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
@@ -719,7 +716,7 @@ def _on_datagram(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None
 _HANDLERS: dict[type, Callable[[Connection, Any, Epoch, float], None] | None] = {
     F.Padding: None,  # (None: nothing to do beyond the ACK bookkeeping)
     F.Ping: None,
-    F.Ack: _on_ack,
+    F.Ack: on_ack_frame,  # (recovery_glue.py: no wrapper call per ACK frame)
     F.ResetStream: RS.on_reset_stream,
     F.StopSending: RS.on_stop_sending,
     F.Crypto: _on_crypto,
