@@ -63,6 +63,9 @@ EP_INITIAL, EP_0RTT, EP_HANDSHAKE, EP_1RTT = (Epoch.INITIAL, Epoch.ZERO_RTT, Epo
                                               Epoch.ONE_RTT)
 
 EPOCH_OF_TYPE = {INITIAL: Epoch.INITIAL, HANDSHAKE: Epoch.HANDSHAKE, ZERO_RTT: Epoch.ZERO_RTT}
+#: ECN codepoint -> index in ``ecn_counts`` (ECT(0), ECT(1), CE); 0 (Not-ECT) is never
+#: counted
+_ECN_INDEX = (0, 1, 0, 2)
 #: the packet number space of a long header packet type (0-RTT: the application's)
 _SPACE_OF_LONG = {INITIAL: 0, HANDSHAKE: 1, ZERO_RTT: 2}
 
@@ -265,7 +268,11 @@ def _receive_packet(
         _discard_epoch(conn, EP_INITIAL)
     # (only a server's Initial packets need what CRYPTO held before, see below)
     server_initial = epoch == EP_INITIAL and not conn.is_client
-    crypto_before = _crypto_held(space) if server_initial else 0
+    crypto_before = 0
+    if server_initial:  # (_crypto_held inline)
+        recv = space.crypto_recv
+        crypto_before = (recv.read_offset + recv.ready_bytes + recv.chunk_bytes
+                         if recv is not None else 0)
     challenges_before = len(conn.path_challenges_received) if epoch == EP_1RTT else 0
     try:
         ack_eliciting = _process_frames(conn, payload, epoch, now)
@@ -299,7 +306,7 @@ def _receive_packet(
         elif newest and not conn.last_packet_probing:
             conn.last_non_probing_pn = pn
     if ecn:
-        space.ecn_counts[{2: 0, 1: 1, 3: 2}[ecn & 3]] += 1
+        space.ecn_counts[_ECN_INDEX[ecn & 3]] += 1
     space.ack_pending = True
     if ack_eliciting:
         space.ack_eliciting_pending += 1

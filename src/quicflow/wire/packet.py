@@ -51,6 +51,8 @@ MAX_CID_LEN = 20
 RETRY_INTEGRITY_TAG_LEN = 16
 
 _from_bytes = int.from_bytes
+#: a long header's version and DCID length
+_VERSION_LEN = struct.Struct(">LB").unpack_from
 #: a long header's first byte, version and DCID length
 _FIRST_VERSION_LEN = struct.Struct(">BLB").pack
 
@@ -103,19 +105,26 @@ def parse_header(
     # Long header: version, DCID, SCID (invariants, RFC 8999 §5.1).
     if pos + 7 > n:
         raise WireError("truncated long header")
-    version = _from_bytes(data[pos + 1 : pos + 5], "big")
-    p = pos + 5
-    dcid_len = data[p]
-    p += 1
+    version, dcid_len = _VERSION_LEN(data, pos + 1)
+    p = pos + 6
     if p + dcid_len >= n:
         raise WireError("truncated destination connection id")
-    dcid = bytes(data[p : p + dcid_len])
-    p += dcid_len
-    scid_len = data[p]
-    p += 1
-    if p + scid_len > n:
-        raise WireError("truncated source connection id")
-    scid = bytes(data[p : p + scid_len])
+    if type(data) is bytes:  # (slices of bytes are bytes: no copy of a copy)
+        dcid = data[p : p + dcid_len]
+        p += dcid_len
+        scid_len = data[p]
+        p += 1
+        if p + scid_len > n:
+            raise WireError("truncated source connection id")
+        scid = data[p : p + scid_len]
+    else:
+        dcid = bytes(data[p : p + dcid_len])
+        p += dcid_len
+        scid_len = data[p]
+        p += 1
+        if p + scid_len > n:
+            raise WireError("truncated source connection id")
+        scid = bytes(data[p : p + scid_len])
     p += scid_len
 
     if version == 0:
