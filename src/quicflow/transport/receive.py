@@ -25,7 +25,6 @@ from ..wire.packet import (
     parse_header,
     retry_pseudo_packet,
 )
-from ..wire.tparams import decode_transport_parameters
 from . import early_data, pathprobe, qlog
 from . import receive_streams as RS
 from .closing import answer_in_closing
@@ -45,6 +44,7 @@ from .events import (
     HandshakeCompleted,
     NewTokenReceived,
 )
+from .peer_params import decode_peer_parameters
 from .receive_keys import install_secret, on_peer_key_update, program_engine
 from .recovery_glue import on_ack_frame, requeue_epoch
 from .rtt import GRANULARITY
@@ -554,7 +554,7 @@ def issue_pending_cids(conn: Connection) -> None:
 
 def _apply_peer_params(conn: Connection, raw: bytes) -> None:
     try:
-        params = decode_transport_parameters(raw, from_server=conn.is_client)
+        params = decode_peer_parameters(raw, from_server=conn.is_client)
     except TransportParameterError as exc:
         raise QuicError(TRANSPORT_PARAMETER_ERROR, str(exc)) from None
     if conn.is_client:

@@ -18,6 +18,9 @@ static PyMethodDef module_methods[] = {
      "seal_stream_run(table, buf, key, pn, pn_len, stream_id, data, start, end, offset, "
      "off_len, data_cap, count, fin[, dcid]) -> int: frame and seal a run of STREAM "
      "packets (sealed with key's entry; dcid, default key, goes into the headers)"},
+    {"decode_tparams", (PyCFunction)(void (*)(void))mod_decode_tparams, METH_FASTCALL,
+     "decode_tparams(data, from_server, specs, server_only) -> dict | None: the common "
+     "case of a peer's transport parameters (None: let wire.tparams decode or reject)"},
     {"hkdf_extract", mod_hkdf_extract, METH_VARARGS,
      "hkdf_extract(suite, salt, ikm) -> bytes (an empty salt is hash-length zeros)"},
     {"hkdf_expand_label", mod_hkdf_expand_label, METH_VARARGS,
