@@ -22,7 +22,6 @@ from ..wire.packet import (
     VERSION_NEGOTIATION,
     ZERO_RTT,
     PacketHeader,
-    parse_header,
     retry_pseudo_packet,
 )
 from . import early_data, pathprobe, qlog
@@ -44,6 +43,7 @@ from .events import (
     HandshakeCompleted,
     NewTokenReceived,
 )
+from .headers import parse_header
 from .peer_params import decode_peer_parameters
 from .receive_keys import install_secret, on_peer_key_update, program_engine
 from .recovery_glue import on_ack_frame, requeue_epoch
