@@ -43,6 +43,7 @@ from .events import (
     HandshakeCompleted,
     NewTokenReceived,
 )
+from .frame_parse import parse_frames
 from .headers import parse_header
 from .peer_params import decode_peer_parameters
 from .receive_keys import install_secret, on_peer_key_update, program_engine
@@ -412,7 +413,7 @@ def _discard_epoch(conn: Connection, epoch: Epoch) -> None:
 
 def _process_frames(conn: Connection, payload: bytes, epoch: Epoch, now: float) -> bool:
     try:
-        frames = F.parse_frames(payload)
+        frames = parse_frames(payload)
     except FrameEncodingError as exc:
         raise QuicError(FRAME_ENCODING_ERROR, str(exc), exc.frame_type) from None
     except WireError as exc:

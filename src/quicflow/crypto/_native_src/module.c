@@ -21,6 +21,9 @@ static PyMethodDef module_methods[] = {
     {"parse_header", (PyCFunction)(void (*)(void))mod_parse_header, METH_FASTCALL,
      "parse_header(data, pos, short_dcid_len, header_type) -> header | None: a short or "
      "a v1/v2 Initial/0-RTT/Handshake header (None: let wire.packet parse or reject it)"},
+    {"parse_frames", (PyCFunction)(void (*)(void))mod_parse_frames, METH_FASTCALL,
+     "parse_frames(payload, classes) -> list | None: the frames of a handshake or plain "
+     "1-RTT packet (None: let wire.frames parse or reject them)"},
     {"decode_tparams", (PyCFunction)(void (*)(void))mod_decode_tparams, METH_FASTCALL,
      "decode_tparams(data, from_server, specs, server_only) -> dict | None: the common "
      "case of a peer's transport parameters (None: let wire.tparams decode or reject)"},
