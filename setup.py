@@ -62,7 +62,7 @@ else:
             sources=[
                 f"{NATIVE_SRC}/{name}.c"
                 for name in ("module", "keys", "hkdf", "table", "batch", "coalesce",
-                             "stream_run")
+                             "stream_run", "tparams", "header", "frames")
             ],
             depends=[f"{NATIVE_SRC}/native.h"],
             libraries=["crypto"],

@@ -37,6 +37,10 @@ _TARGETS = {
     "server_flight": ("quicflow.tls.server", "ServerHandshake", "_send_server_flight"),
     "finished": ("quicflow.tls.server", "ServerHandshake", "_finished"),
     "issue_host_cid": ("quicflow.transport.connection", "Connection", "issue_host_cid"),
+    # the transport packet path: receive (TLS included: subtract tls_handle), build
+    "receive_datagram": ("quicflow.endpoint.endpoint", None, "receive_datagram"),
+    "tls_handle": ("quicflow.tls.server", "ServerHandshake", "handle"),
+    "datagrams_to_send": ("quicflow.endpoint.endpoint", None, "datagrams_to_send"),
 }
 
 
@@ -67,13 +71,25 @@ def _inner(args: argparse.Namespace) -> None:
 
         hc._server_begin, hc._server_end = counted_begin, counted_end  # type: ignore[assignment]
     else:
-        module_name, owner_name, name = _TARGETS[args.only]
+        module_name, owner_name, name = _target(args.only)
         module = importlib.import_module(module_name)
         owner: Any = getattr(module, owner_name) if owner_name else module
         func = getattr(owner, name)
         depth = [0]
+        in_server = [False]  # only the server's calls count (a function both sides run)
+        begin, end = hc._server_begin, hc._server_end
+
+        def server_begin() -> float:
+            in_server[0] = True
+            return begin()
+
+        def server_end(t0: float) -> float:
+            in_server[0] = False
+            return end(t0)
 
         def counted(*a: Any, **k: Any) -> Any:
+            if not in_server[0]:
+                return func(*a, **k)
             depth[0] += 1
             if depth[0] == 1:
                 toggle()
@@ -84,18 +100,33 @@ def _inner(args: argparse.Namespace) -> None:
                     toggle()
                 depth[0] -= 1
 
+        hc._server_begin, hc._server_end = server_begin, server_end  # type: ignore[assignment]
         setattr(owner, name, counted)
     for _ in range(args.handshakes):
         hc.handshake(server, client_cfg, 1.0, 9999, clock, keep=False)
 
 
+def _target(only: str) -> tuple[str, str | None, str]:
+    """A --only choice, or ``module:name`` / ``module:Class.name`` (the function as the
+    caller looks it up: patch the name in the module that calls it)."""
+    if ":" not in only:
+        return _TARGETS[only]
+    module_name, qualname = only.split(":", 1)
+    owner_name, _, name = qualname.rpartition(".")
+    return module_name, owner_name or None, name
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--handshakes", type=int, default=100)
-    ap.add_argument("--only", choices=["server", *_TARGETS], default="server",
-                    help="count inside all the server's calls (default) or one function")
+    ap.add_argument("--only", default="server",
+                    help="count inside all the server's calls (default) or one function: "
+                         f"{', '.join(_TARGETS)}, or any as MODULE:NAME or "
+                         "MODULE:CLASS.NAME (e.g. quicflow.transport.receive:_after_tls)")
     ap.add_argument("--helper", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.only != "server" and ":" not in args.only and args.only not in _TARGETS:
+        ap.error(f"--only: unknown function {args.only!r}")
     if args.helper:
         _inner(args)
         return 0

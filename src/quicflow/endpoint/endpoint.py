@@ -31,12 +31,13 @@ from ..transport.connection import (
     Connection,
 )
 from ..transport.factory import client_connection, server_connection
+from ..transport.headers import parse_header
 from ..transport.receive import receive_datagram
 from ..transport.receive_bulk import receive_short_run
 from ..transport.send import build_datagrams, datagrams_to_send
 from ..transport.state import DRAINING, ESTABLISHED
 from ..wire.errors import WireError
-from ..wire.packet import INITIAL, PacketHeader, build_version_negotiation, parse_header
+from ..wire.packet import INITIAL, PacketHeader, build_version_negotiation
 from .admission import Admission
 from .cids import CidGenerator, ConnectionIdSource, RandomCidGenerator
 from .moved import ForwardTarget, MovedCids

@@ -22,10 +22,8 @@ from ..wire.packet import (
     VERSION_NEGOTIATION,
     ZERO_RTT,
     PacketHeader,
-    parse_header,
     retry_pseudo_packet,
 )
-from ..wire.tparams import decode_transport_parameters
 from . import early_data, pathprobe, qlog
 from . import receive_streams as RS
 from .closing import answer_in_closing
@@ -45,6 +43,9 @@ from .events import (
     HandshakeCompleted,
     NewTokenReceived,
 )
+from .frame_parse import parse_frames
+from .headers import parse_header
+from .peer_params import decode_peer_parameters
 from .receive_keys import install_secret, on_peer_key_update, program_engine
 from .recovery_glue import on_ack_frame, requeue_epoch
 from .rtt import GRANULARITY
@@ -63,6 +64,11 @@ EP_INITIAL, EP_0RTT, EP_HANDSHAKE, EP_1RTT = (Epoch.INITIAL, Epoch.ZERO_RTT, Epo
                                               Epoch.ONE_RTT)
 
 EPOCH_OF_TYPE = {INITIAL: Epoch.INITIAL, HANDSHAKE: Epoch.HANDSHAKE, ZERO_RTT: Epoch.ZERO_RTT}
+#: ECN codepoint -> index in ``ecn_counts`` (ECT(0), ECT(1), CE); 0 (Not-ECT) is never
+#: counted
+_ECN_INDEX = (0, 1, 0, 2)
+#: the packet number space of a long header packet type (0-RTT: the application's)
+_SPACE_OF_LONG = {INITIAL: 0, HANDSHAKE: 1, ZERO_RTT: 2}
 
 # frames allowed in Initial and Handshake packets (RFC 9000 §12.4)
 _HANDSHAKE_FRAMES = (F.Padding, F.Ping, F.Ack, F.Crypto, F.ConnectionClose)
@@ -205,6 +211,7 @@ def _receive_packet(
         return
     if ptype == ONE_RTT:
         epoch = EP_1RTT
+        space = conn.spaces[2]
         if not conn.one_rtt_ready:
             conn.counters.packets_dropped += 1
             conn.counters.dropped_no_keys += 1
@@ -230,7 +237,7 @@ def _receive_packet(
             conn.counters.packets_dropped += 1
             conn.counters.dropped_no_keys += 1
             return
-        space = conn.spaces[SPACE_OF_EPOCH[epoch]]
+        space = conn.spaces[_SPACE_OF_LONG[ptype]]
         try:
             _, payload, pn = protector.open(
                 memoryview(data)[pos : hdr.end], hdr.pn_offset - pos, space.largest_received
@@ -244,8 +251,6 @@ def _receive_packet(
             conn.peer_cid = hdr.scid
         if not conn.is_client and ptype == HANDSHAKE and not conn.address_validated:
             conn.address_validated = True
-    space_index = SPACE_OF_EPOCH[epoch]
-    space = conn.spaces[space_index]
     if space.discarded:
         return
     received = space.received
@@ -264,7 +269,11 @@ def _receive_packet(
         _discard_epoch(conn, EP_INITIAL)
     # (only a server's Initial packets need what CRYPTO held before, see below)
     server_initial = epoch == EP_INITIAL and not conn.is_client
-    crypto_before = _crypto_held(space) if server_initial else 0
+    crypto_before = 0
+    if server_initial:  # (_crypto_held inline)
+        recv = space.crypto_recv
+        crypto_before = (recv.read_offset + recv.ready_bytes + recv.chunk_bytes
+                         if recv is not None else 0)
     challenges_before = len(conn.path_challenges_received) if epoch == EP_1RTT else 0
     try:
         ack_eliciting = _process_frames(conn, payload, epoch, now)
@@ -298,7 +307,7 @@ def _receive_packet(
         elif newest and not conn.last_packet_probing:
             conn.last_non_probing_pn = pn
     if ecn:
-        space.ecn_counts[{2: 0, 1: 1, 3: 2}[ecn & 3]] += 1
+        space.ecn_counts[_ECN_INDEX[ecn & 3]] += 1
     space.ack_pending = True
     if ack_eliciting:
         space.ack_eliciting_pending += 1
@@ -404,7 +413,7 @@ def _discard_epoch(conn: Connection, epoch: Epoch) -> None:
 
 def _process_frames(conn: Connection, payload: bytes, epoch: Epoch, now: float) -> bool:
     try:
-        frames = F.parse_frames(payload)
+        frames = parse_frames(payload)
     except FrameEncodingError as exc:
         raise QuicError(FRAME_ENCODING_ERROR, str(exc), exc.frame_type) from None
     except WireError as exc:
@@ -440,10 +449,6 @@ def _process_frames(conn: Connection, payload: bytes, epoch: Epoch, now: float) 
             break
     conn.last_packet_probing = probing
     return ack_eliciting
-
-
-def _on_ack(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
-    on_ack_frame(conn, frame, epoch, now)
 
 
 def _on_crypto(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
@@ -550,7 +555,7 @@ def issue_pending_cids(conn: Connection) -> None:
 
 def _apply_peer_params(conn: Connection, raw: bytes) -> None:
     try:
-        params = decode_transport_parameters(raw, from_server=conn.is_client)
+        params = decode_peer_parameters(raw, from_server=conn.is_client)
     except TransportParameterError as exc:
         raise QuicError(TRANSPORT_PARAMETER_ERROR, str(exc)) from None
     if conn.is_client:
@@ -719,7 +724,7 @@ def _on_datagram(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None
 _HANDLERS: dict[type, Callable[[Connection, Any, Epoch, float], None] | None] = {
     F.Padding: None,  # (None: nothing to do beyond the ACK bookkeeping)
     F.Ping: None,
-    F.Ack: _on_ack,
+    F.Ack: on_ack_frame,  # (recovery_glue.py: no wrapper call per ACK frame)
     F.ResetStream: RS.on_reset_stream,
     F.StopSending: RS.on_stop_sending,
     F.Crypto: _on_crypto,

@@ -272,22 +272,17 @@ def _on_packet_sent(
     records: list[tuple[int, ...]],
     now: float,
 ) -> None:
-    conn.counters.packets_sent += 1
-    if epoch == Epoch.ZERO_RTT:
-        conn.counters.zero_rtt_sent += 1
-    # in flight = ack-eliciting here: we never send PADDING-only packets
-    packet = SentPacket(
-        pn=pn,
-        time_sent=now,
-        size=size,
-        ack_eliciting=ack_eliciting,
-        in_flight=ack_eliciting,
-        epoch=epoch,
-        frames=records,  # type: ignore[arg-type]  # the caller's fresh list, not used after
-    )
-    conn.loss.on_packet_sent(packet)
+    counters = conn.counters
+    counters.packets_sent += 1
+    if epoch is _ZERO_RTT:
+        counters.zero_rtt_sent += 1
+    # in flight = ack-eliciting here: we never send PADDING-only packets; the fields
+    # by position (pn, time_sent, size, ack_eliciting, in_flight, epoch, frames: the
+    # caller's fresh list, not used after): keywords cost twice as much
+    loss = conn.loss
+    loss.on_packet_sent(SentPacket(pn, now, size, ack_eliciting, ack_eliciting, epoch,
+                                   records))  # type: ignore[arg-type]
     if ack_eliciting:
-        loss = conn.loss
         conn.pacer.consume(now, size, loss.rtt, loss.cc.cwnd)
         if not conn.last_ack_eliciting_sent_after_receive:
             conn.idle_deadline = now + _effective_idle(conn)
@@ -310,10 +305,22 @@ def _encode_ack(conn: Connection, space: PacketSpace, payload: bytearray, now: f
     payload.append(F.ACK_ECN if with_ecn else F.ACK)
     smallest = starts[i]
     largest = ends[i] - 1
-    push_varint(payload, largest)
+    # (one-byte varints inline: a handshake's largest, range count and first range)
+    if largest < 0x40:
+        payload.append(largest)
+    else:
+        push_varint(payload, largest)
     push_varint(payload, (delay_us if delay_us > 0 else 0) >> exponent)
-    push_varint(payload, i - stop - 1)
-    push_varint(payload, largest - smallest)
+    count = i - stop - 1
+    if count < 0x40:
+        payload.append(count)
+    else:
+        push_varint(payload, count)
+    first = largest - smallest
+    if first < 0x40:
+        payload.append(first)
+    else:
+        push_varint(payload, first)
     for j in range(i - 1, stop, -1):
         hi = ends[j] - 1
         push_varint(payload, smallest - hi - 2)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 
 from .errors import WireError
-from .varint import decode_varint, push_varint
+from .varint import decode_varint, encode_varint
 
 __all__ = [
     "HANDSHAKE",
@@ -50,6 +51,10 @@ MAX_CID_LEN = 20
 RETRY_INTEGRITY_TAG_LEN = 16
 
 _from_bytes = int.from_bytes
+#: a long header's version and DCID length
+_VERSION_LEN = struct.Struct(">LB").unpack_from
+#: a long header's first byte, version and DCID length
+_FIRST_VERSION_LEN = struct.Struct(">BLB").pack
 
 
 @dataclass(slots=True)
@@ -100,19 +105,26 @@ def parse_header(
     # Long header: version, DCID, SCID (invariants, RFC 8999 §5.1).
     if pos + 7 > n:
         raise WireError("truncated long header")
-    version = _from_bytes(data[pos + 1 : pos + 5], "big")
-    p = pos + 5
-    dcid_len = data[p]
-    p += 1
+    version, dcid_len = _VERSION_LEN(data, pos + 1)
+    p = pos + 6
     if p + dcid_len >= n:
         raise WireError("truncated destination connection id")
-    dcid = bytes(data[p : p + dcid_len])
-    p += dcid_len
-    scid_len = data[p]
-    p += 1
-    if p + scid_len > n:
-        raise WireError("truncated source connection id")
-    scid = bytes(data[p : p + scid_len])
+    if type(data) is bytes:  # (slices of bytes are bytes: no copy of a copy)
+        dcid = data[p : p + dcid_len]
+        p += dcid_len
+        scid_len = data[p]
+        p += 1
+        if p + scid_len > n:
+            raise WireError("truncated source connection id")
+        scid = data[p : p + scid_len]
+    else:
+        dcid = bytes(data[p : p + dcid_len])
+        p += dcid_len
+        scid_len = data[p]
+        p += 1
+        if p + scid_len > n:
+            raise WireError("truncated source connection id")
+        scid = bytes(data[p : p + scid_len])
     p += scid_len
 
     if version == 0:
@@ -202,19 +214,14 @@ def build_long_header(
     scid_len = len(scid)
     if dcid_len > MAX_CID_LEN or scid_len > MAX_CID_LEN:
         raise ValueError("connection id too long")
-    out = bytearray()
-    out.append(0xC0 | (_BITS_OF_TYPE.get(version, _V1_BITS)[packet_type] << 4) | (pn_len - 1))
-    out += version.to_bytes(4, "big")
-    out.append(dcid_len)
-    out += dcid
-    out.append(scid_len)
-    out += scid
+    first = 0xC0 | (_BITS_OF_TYPE.get(version, _V1_BITS)[packet_type] << 4) | (pn_len - 1)
+    bits = 8 * pn_len
+    # the Length field (2 bytes) and the truncated packet number as one integer
+    tail = (((payload_len_incl_pn_and_tag | 0x4000) << bits) | (pn & ((1 << bits) - 1))
+            ).to_bytes(2 + pn_len, "big")
     if packet_type == INITIAL:
-        push_varint(out, len(token))
-        out += token
-    out += (payload_len_incl_pn_and_tag | 0x4000).to_bytes(2, "big")
-    out += (pn & ((1 << (8 * pn_len)) - 1)).to_bytes(pn_len, "big")
-    return bytes(out)
+        tail = encode_varint(len(token)) + token + tail
+    return _FIRST_VERSION_LEN(first, version, dcid_len) + dcid + bytes((scid_len,)) + scid + tail
 
 
 def build_short_header(

@@ -10,6 +10,8 @@ from .errors import TransportParameterError, WireError
 from .varint import decode_varint, push_varint
 
 __all__ = [
+    "DECODE_SPECS",
+    "SERVER_ONLY_MASK",
     "SERVER_ONLY_PARAMETERS",
     "PreferredAddress",
     "TransportParameters",
@@ -133,6 +135,24 @@ _CID_PARAMS: tuple[tuple[int, str], ...] = (
     (RETRY_SOURCE_CONNECTION_ID, "retry_source_connection_id"),
 )
 _CID_FIELD = dict(_CID_PARAMS)
+
+#: The decoding rules above as plain data for the C engine's decoder of the common case
+#: (``quicflow.crypto._native.decode_tparams``, used by transport/peer_params.py): by id,
+#: None (skipped), ``(field, lo, hi)`` for an integer or ``(field, kind)`` with kind 1 a
+#: CID, 2 the 16-byte reset token, 3 the empty disable_active_migration flag, 4
+#: version_information, 0 preferred_address (left to ``decode_transport_parameters``).
+DECODE_SPECS: tuple[tuple[str, int] | tuple[str, int, int] | None, ...] = tuple(
+    _INT_SPECS[pid] if pid < _N_INT_SPECS and _INT_SPECS[pid] is not None
+    else (_CID_FIELD[pid], 1) if pid in _CID_FIELD
+    else ("stateless_reset_token", 2) if pid == STATELESS_RESET_TOKEN
+    else ("disable_active_migration", 3) if pid == DISABLE_ACTIVE_MIGRATION
+    else ("version_information", 4) if pid == VERSION_INFORMATION
+    else ("preferred_address", 0) if pid == PREFERRED_ADDRESS
+    else None
+    for pid in range(_N_INT_SPECS)
+)
+#: SERVER_ONLY_PARAMETERS as bits (all below 64)
+SERVER_ONLY_MASK = sum(1 << pid for pid in SERVER_ONLY_PARAMETERS)
 
 
 def _encode_preferred_address(pa: PreferredAddress) -> bytes:

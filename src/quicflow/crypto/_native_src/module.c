@@ -18,6 +18,15 @@ static PyMethodDef module_methods[] = {
      "seal_stream_run(table, buf, key, pn, pn_len, stream_id, data, start, end, offset, "
      "off_len, data_cap, count, fin[, dcid]) -> int: frame and seal a run of STREAM "
      "packets (sealed with key's entry; dcid, default key, goes into the headers)"},
+    {"parse_header", (PyCFunction)(void (*)(void))mod_parse_header, METH_FASTCALL,
+     "parse_header(data, pos, short_dcid_len, header_type) -> header | None: a short or "
+     "a v1/v2 Initial/0-RTT/Handshake header (None: let wire.packet parse or reject it)"},
+    {"parse_frames", (PyCFunction)(void (*)(void))mod_parse_frames, METH_FASTCALL,
+     "parse_frames(payload, classes) -> list | None: the frames of a handshake or plain "
+     "1-RTT packet (None: let wire.frames parse or reject them)"},
+    {"decode_tparams", (PyCFunction)(void (*)(void))mod_decode_tparams, METH_FASTCALL,
+     "decode_tparams(data, from_server, specs, server_only) -> dict | None: the common "
+     "case of a peer's transport parameters (None: let wire.tparams decode or reject)"},
     {"hkdf_extract", mod_hkdf_extract, METH_VARARGS,
      "hkdf_extract(suite, salt, ikm) -> bytes (an empty salt is hash-length zeros)"},
     {"hkdf_expand_label", mod_hkdf_expand_label, METH_VARARGS,

@@ -19,6 +19,9 @@
  *   batch.c   seal(table, buf, packets) / open(table, buf, packets, result_type) loops.
  *   coalesce.c open_run(table, buf, packets): open a run and coalesce its STREAM data.
  *   stream_run.c seal_stream_run(...): frame and seal a run of one-STREAM-frame packets.
+ *   tparams.c  decode_tparams(...): the common case of a peer's transport parameters.
+ *   header.c   parse_header(...): the common packet headers of a received datagram.
+ *   frames.c   parse_frames(...): the frames of a handshake or plain 1-RTT packet.
  * The per-packet primitives (nonce, mask, seal, open of one KeyContext) are static inline
  * below so that the batch loops inline them exactly as in a single translation unit.
  *
@@ -494,6 +497,9 @@ PyObject *mod_seal(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_open(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_seal_stream_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mod_parse_header(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mod_parse_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mod_decode_tparams(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 /* hkdf.c: the TLS 1.3 key schedule's HKDF steps and the QUIC keys of a secret */
 PyObject *mod_hkdf_extract(PyObject *module, PyObject *args);
 PyObject *mod_hkdf_expand_label(PyObject *module, PyObject *args);

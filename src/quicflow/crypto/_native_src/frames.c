@@ -1,0 +1,257 @@
+/*
+ * parse_frames(payload, classes) -> list | None
+ *
+ * The frames of a decrypted packet payload, parsed as wire/frames.parse_frames does
+ * (RFC 9000 12.4, 19), when every frame is one of those a handshake and a plain 1-RTT
+ * packet carry: PADDING (a run: one Padding), PING, ACK, ACK_ECN, CRYPTO, STREAM
+ * (0x08-0x0f), NEW_CONNECTION_ID, CONNECTION_CLOSE (0x1c, 0x1d) and HANDSHAKE_DONE, each
+ * well formed and its type in one byte.  Returns the list of frame objects (the same
+ * classes, with the same field values), or None for anything else: another frame type,
+ * a frame type in more than one byte, and every malformed frame.  The caller then runs
+ * parse_frames, the reference, which parses the payload or raises FrameEncodingError with
+ * its frame type and message; so the result (or the error) never depends on the parser.
+ *
+ * classes: (Padding, Ping, Ack, Crypto, Stream, NewConnectionId, ConnectionClose,
+ *           HandshakeDone), the wire.frame_types dataclasses.
+ */
+#include "native.h"
+
+#define VARINT_MAX ((((uint64_t)1) << 62) - 1)
+
+enum { C_PADDING, C_PING, C_ACK, C_CRYPTO, C_STREAM, C_NCID, C_CLOSE, C_DONE, N_CLASSES };
+
+static int
+varint(const uint8_t *b, Py_ssize_t n, Py_ssize_t *pos, uint64_t *out)
+{
+    Py_ssize_t p = *pos;
+    if (p >= n) {
+        return -1;
+    }
+    Py_ssize_t len = (Py_ssize_t)1 << (b[p] >> 6);
+    if (p + len > n) {
+        return -1;
+    }
+    uint64_t v = b[p] & 0x3F;
+    for (Py_ssize_t i = 1; i < len; i++) {
+        v = (v << 8) | b[p + i];
+    }
+    *pos = p + len;
+    *out = v;
+    return 0;
+}
+
+/* a new reference to cls(*args) (stealing the n references in args, which may be NULL
+   after a failed allocation: then NULL with the error set) */
+static PyObject *
+make(PyObject *cls, PyObject **args, Py_ssize_t n)
+{
+    PyObject *out = NULL;
+    Py_ssize_t i;
+    for (i = 0; i < n; i++) {
+        if (args[i] == NULL) {
+            goto done;
+        }
+    }
+    out = PyObject_Vectorcall(cls, args, (size_t)n, NULL);
+done:
+    for (i = 0; i < n; i++) {
+        Py_XDECREF(args[i]);
+    }
+    return out;
+}
+
+static PyObject *
+bytes_at(const uint8_t *b, Py_ssize_t pos, Py_ssize_t len)
+{
+    return PyBytes_FromStringAndSize((const char *)b + pos, len);
+}
+
+/* the ACK frame at b[*pos] (after its type): 1 parsed, 0 not here, -1 error */
+static int
+parse_ack(const uint8_t *b, Py_ssize_t n, Py_ssize_t *pos, int ecn, PyObject *cls,
+          PyObject **frame)
+{
+    uint64_t largest, delay, count, first;
+    Py_ssize_t p = *pos;
+    if (varint(b, n, &p, &largest) < 0 || varint(b, n, &p, &delay) < 0 ||
+        varint(b, n, &p, &count) < 0 || varint(b, n, &p, &first) < 0 || first > largest ||
+        count > (uint64_t)(n - p) / 2) {
+        return 0; /* (each further range takes two bytes at least) */
+    }
+    int64_t smallest = (int64_t)(largest - first);
+    PyObject *ranges = PyList_New(0);
+    if (ranges == NULL) {
+        return -1;
+    }
+    PyObject *range = Py_BuildValue("(LL)", (long long)smallest, (long long)largest);
+    if (range == NULL || PyList_Append(ranges, range) < 0) {
+        Py_XDECREF(range);
+        Py_DECREF(ranges);
+        return -1;
+    }
+    Py_DECREF(range);
+    for (uint64_t i = 0; i < count; i++) {
+        uint64_t gap, length;
+        if (varint(b, n, &p, &gap) < 0 || varint(b, n, &p, &length) < 0) {
+            Py_DECREF(ranges);
+            return 0;
+        }
+        /* largest = smallest - gap - 2; smallest = largest - length (never below 0) */
+        if ((uint64_t)smallest < gap + 2 || (uint64_t)smallest - gap - 2 < length) {
+            Py_DECREF(ranges);
+            return 0;
+        }
+        int64_t hi = smallest - (int64_t)gap - 2;
+        smallest = hi - (int64_t)length;
+        range = Py_BuildValue("(LL)", (long long)smallest, (long long)hi);
+        if (range == NULL || PyList_Append(ranges, range) < 0) {
+            Py_XDECREF(range);
+            Py_DECREF(ranges);
+            return -1;
+        }
+        Py_DECREF(range);
+    }
+    PyObject *counts;
+    if (ecn) {
+        uint64_t ect0, ect1, ce;
+        if (varint(b, n, &p, &ect0) < 0 || varint(b, n, &p, &ect1) < 0 ||
+            varint(b, n, &p, &ce) < 0) {
+            Py_DECREF(ranges);
+            return 0;
+        }
+        counts = Py_BuildValue("(KKK)", (unsigned long long)ect0, (unsigned long long)ect1,
+                               (unsigned long long)ce);
+    } else {
+        counts = Py_NewRef(Py_None);
+    }
+    PyObject *args[3] = {ranges, PyLong_FromUnsignedLongLong(delay), counts};
+    *frame = make(cls, args, 3);
+    *pos = p;
+    return *frame == NULL ? -1 : 1;
+}
+
+PyObject *
+mod_parse_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 2 || !PyTuple_Check(args[1]) || PyTuple_GET_SIZE(args[1]) != N_CLASSES) {
+        PyErr_SetString(PyExc_TypeError, "parse_frames(payload, classes: 8-tuple)");
+        return NULL;
+    }
+    PyObject *const *classes = &PyTuple_GET_ITEM(args[1], 0);
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    const uint8_t *b = (const uint8_t *)view.buf;
+    Py_ssize_t n = view.len;
+    PyObject *frames = PyList_New(0);
+    if (frames == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    Py_ssize_t pos = 0;
+    while (pos < n) {
+        int ftype = b[pos];
+        PyObject *frame = NULL;
+        pos += 1;
+        if (ftype == 0x00) { /* PADDING: the run of zero bytes, one frame */
+            Py_ssize_t start = pos - 1;
+            while (pos < n && b[pos] == 0) {
+                pos++;
+            }
+            PyObject *a[1] = {PyLong_FromSsize_t(pos - start)};
+            frame = make(classes[C_PADDING], a, 1);
+        } else if (ftype == 0x01) {
+            frame = PyObject_Vectorcall(classes[C_PING], NULL, 0, NULL);
+        } else if (ftype == 0x02 || ftype == 0x03) {
+            int rc = parse_ack(b, n, &pos, ftype == 0x03, classes[C_ACK], &frame);
+            if (rc == 0) {
+                goto not_here;
+            }
+        } else if (ftype == 0x06) { /* CRYPTO */
+            uint64_t offset, length;
+            if (varint(b, n, &pos, &offset) < 0 || varint(b, n, &pos, &length) < 0 ||
+                offset + length > VARINT_MAX || length > (uint64_t)(n - pos)) {
+                goto not_here;
+            }
+            PyObject *a[2] = {PyLong_FromUnsignedLongLong(offset),
+                              bytes_at(b, pos, (Py_ssize_t)length)};
+            pos += (Py_ssize_t)length;
+            frame = make(classes[C_CRYPTO], a, 2);
+        } else if (ftype >= 0x08 && ftype <= 0x0F) { /* STREAM */
+            uint64_t sid, offset = 0, length;
+            if (varint(b, n, &pos, &sid) < 0 ||
+                ((ftype & 0x04) && varint(b, n, &pos, &offset) < 0)) {
+                goto not_here;
+            }
+            if (ftype & 0x02) {
+                if (varint(b, n, &pos, &length) < 0 || length > (uint64_t)(n - pos)) {
+                    goto not_here;
+                }
+            } else {
+                length = (uint64_t)(n - pos);
+            }
+            if (offset + length > VARINT_MAX) {
+                goto not_here;
+            }
+            PyObject *a[4] = {PyLong_FromUnsignedLongLong(sid),
+                              PyLong_FromUnsignedLongLong(offset),
+                              bytes_at(b, pos, (Py_ssize_t)length),
+                              Py_NewRef((ftype & 0x01) ? Py_True : Py_False)};
+            pos += (Py_ssize_t)length;
+            frame = make(classes[C_STREAM], a, 4);
+        } else if (ftype == 0x18) { /* NEW_CONNECTION_ID */
+            uint64_t seq, retire;
+            if (varint(b, n, &pos, &seq) < 0 || varint(b, n, &pos, &retire) < 0 ||
+                retire > seq || pos >= n) {
+                goto not_here;
+            }
+            Py_ssize_t cid_len = b[pos];
+            if (cid_len < 1 || cid_len > 20 || pos + 1 + cid_len + 16 > n) {
+                goto not_here;
+            }
+            PyObject *a[4] = {PyLong_FromUnsignedLongLong(seq),
+                              PyLong_FromUnsignedLongLong(retire),
+                              bytes_at(b, pos + 1, cid_len),
+                              bytes_at(b, pos + 1 + cid_len, 16)};
+            pos += 1 + cid_len + 16;
+            frame = make(classes[C_NCID], a, 4);
+        } else if (ftype == 0x1C || ftype == 0x1D) { /* CONNECTION_CLOSE */
+            uint64_t code, frame_type = 0, length;
+            if (varint(b, n, &pos, &code) < 0 ||
+                (ftype == 0x1C && varint(b, n, &pos, &frame_type) < 0) ||
+                varint(b, n, &pos, &length) < 0 || length > (uint64_t)(n - pos)) {
+                goto not_here;
+            }
+            PyObject *a[3] = {PyLong_FromUnsignedLongLong(code),
+                              ftype == 0x1C ? PyLong_FromUnsignedLongLong(frame_type)
+                                            : Py_NewRef(Py_None),
+                              bytes_at(b, pos, (Py_ssize_t)length)};
+            pos += (Py_ssize_t)length;
+            frame = make(classes[C_CLOSE], a, 3);
+        } else if (ftype == 0x1E) {
+            frame = PyObject_Vectorcall(classes[C_DONE], NULL, 0, NULL);
+        } else {
+            goto not_here;
+        }
+        if (frame == NULL) {
+            goto error;
+        }
+        int rc = PyList_Append(frames, frame);
+        Py_DECREF(frame);
+        if (rc < 0) {
+            goto error;
+        }
+    }
+    PyBuffer_Release(&view);
+    return frames;
+not_here:
+    PyBuffer_Release(&view);
+    Py_DECREF(frames);
+    Py_RETURN_NONE;
+error:
+    PyBuffer_Release(&view);
+    Py_DECREF(frames);
+    return NULL;
+}

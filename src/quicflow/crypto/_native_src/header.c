@@ -1,0 +1,161 @@
+/*
+ * parse_header(data, pos, short_dcid_len, header_type) -> header | None
+ *
+ * The common packet headers of a received datagram, parsed as wire/packet.parse_header
+ * does (RFC 9000 17): a short header, or a long header of QUIC v1 or v2 (RFC 9369) of
+ * type Initial, 0-RTT or Handshake.  Returns
+ *   header_type(packet_type, version, dcid, scid, token, pn_offset, end, first_byte)
+ * with the same values, or None for anything else: Version Negotiation, Retry, another
+ * version, and every malformed header.  The caller then runs parse_header, the reference,
+ * which returns those headers or raises WireError with its message; so the result (or
+ * the error) never depends on which parser ran.  Nothing here is header-protected.
+ */
+#include "native.h"
+
+#define QUIC_V1 0x00000001u
+#define QUIC_V2 0x6B3343CFu
+#define MAX_CID_LEN 20
+/* wire/packet.py's packet types */
+#define T_INITIAL 0
+#define T_ZERO_RTT 1
+#define T_HANDSHAKE 2
+#define T_RETRY 3
+#define T_ONE_RTT 4
+
+static const int TYPE_OF_BITS_V1[4] = {T_INITIAL, T_ZERO_RTT, T_HANDSHAKE, T_RETRY};
+static const int TYPE_OF_BITS_V2[4] = {T_RETRY, T_INITIAL, T_ZERO_RTT, T_HANDSHAKE};
+
+static int
+varint_at(const uint8_t *b, Py_ssize_t n, Py_ssize_t *pos, uint64_t *out)
+{
+    Py_ssize_t p = *pos;
+    if (p >= n) {
+        return -1;
+    }
+    Py_ssize_t len = (Py_ssize_t)1 << (b[p] >> 6);
+    if (p + len > n) {
+        return -1;
+    }
+    uint64_t v = b[p] & 0x3F;
+    for (Py_ssize_t i = 1; i < len; i++) {
+        v = (v << 8) | b[p + i];
+    }
+    *pos = p + len;
+    *out = v;
+    return 0;
+}
+
+static PyObject *
+make_header(PyObject *header_type, int ptype, uint32_t version, const uint8_t *b,
+            Py_ssize_t dcid_at, Py_ssize_t dcid_len, Py_ssize_t scid_at, Py_ssize_t scid_len,
+            Py_ssize_t token_at, Py_ssize_t token_len, Py_ssize_t pn_offset, Py_ssize_t end,
+            int first)
+{
+    PyObject *args[8] = {NULL};
+    PyObject *result = NULL;
+    args[0] = PyLong_FromLong(ptype);
+    args[1] = PyLong_FromUnsignedLong(version);
+    args[2] = PyBytes_FromStringAndSize((const char *)b + dcid_at, dcid_len);
+    args[3] = PyBytes_FromStringAndSize((const char *)b + scid_at, scid_len);
+    args[4] = PyBytes_FromStringAndSize((const char *)b + token_at, token_len);
+    args[5] = PyLong_FromSsize_t(pn_offset);
+    args[6] = PyLong_FromSsize_t(end);
+    args[7] = PyLong_FromLong(first);
+    for (int i = 0; i < 8; i++) {
+        if (args[i] == NULL) {
+            goto done;
+        }
+    }
+    result = PyObject_Vectorcall(header_type, args, 8, NULL);
+done:
+    for (int i = 0; i < 8; i++) {
+        Py_XDECREF(args[i]);
+    }
+    return result;
+}
+
+PyObject *
+mod_parse_header(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError,
+                        "parse_header(data, pos, short_dcid_len, header_type)");
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t short_len = PyLong_AsSsize_t(args[2]);
+    if ((pos == -1 || short_len == -1) && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    const uint8_t *b = (const uint8_t *)view.buf;
+    Py_ssize_t n = view.len;
+    PyObject *result = NULL;
+    if (pos < 0 || pos >= n || short_len < 0) {
+        goto not_here;
+    }
+    int first = b[pos];
+    if (!(first & 0x80)) { /* short header (1-RTT) */
+        Py_ssize_t pn_offset = pos + 1 + short_len;
+        if (!(first & 0x40) || pn_offset >= n) {
+            goto not_here;
+        }
+        result = make_header(args[3], T_ONE_RTT, QUIC_V1, b, pos + 1, short_len, 0, 0, 0, 0,
+                             pn_offset, n, first);
+        PyBuffer_Release(&view);
+        return result;
+    }
+    if (pos + 7 > n) {
+        goto not_here;
+    }
+    uint32_t version = ((uint32_t)b[pos + 1] << 24) | ((uint32_t)b[pos + 2] << 16) |
+                       ((uint32_t)b[pos + 3] << 8) | b[pos + 4];
+    Py_ssize_t dcid_len = b[pos + 5];
+    Py_ssize_t p = pos + 6;
+    if (p + dcid_len >= n) {
+        goto not_here;
+    }
+    Py_ssize_t dcid_at = p;
+    p += dcid_len;
+    Py_ssize_t scid_len = b[p];
+    p += 1;
+    if (p + scid_len > n) {
+        goto not_here;
+    }
+    Py_ssize_t scid_at = p;
+    p += scid_len;
+    if (!(first & 0x40) || (version != QUIC_V1 && version != QUIC_V2) ||
+        dcid_len > MAX_CID_LEN || scid_len > MAX_CID_LEN) {
+        goto not_here; /* (version 0, Version Negotiation: not QUIC v1 or v2 either) */
+    }
+    int bits = (first >> 4) & 3;
+    int ptype = version == QUIC_V1 ? TYPE_OF_BITS_V1[bits] : TYPE_OF_BITS_V2[bits];
+    if (ptype == T_RETRY) {
+        goto not_here;
+    }
+    Py_ssize_t token_at = p, token_len = 0;
+    if (ptype == T_INITIAL) {
+        uint64_t tl;
+        if (varint_at(b, n, &p, &tl) < 0 || tl > (uint64_t)(n - p)) {
+            goto not_here;
+        }
+        token_at = p;
+        token_len = (Py_ssize_t)tl;
+        p += token_len;
+    }
+    uint64_t length;
+    if (varint_at(b, n, &p, &length) < 0 || length == 0 || length > (uint64_t)(n - p)) {
+        goto not_here;
+    }
+    result = make_header(args[3], ptype, version, b, dcid_at, dcid_len, scid_at, scid_len,
+                         token_at, token_len, p, p + (Py_ssize_t)length, first);
+    PyBuffer_Release(&view);
+    return result;
+not_here:
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+}

@@ -1,0 +1,39 @@
+"""The peer's transport parameters, decoded once per handshake on the packet path.
+
+The C engine decodes the common case (``quicflow.crypto._native.decode_tparams``: every
+parameter well formed, within its limits and sent once, no preferred_address) straight
+into the fields; anything else, every error included, goes to
+``wire.tparams.decode_transport_parameters``, the reference, which decodes it or raises
+``TransportParameterError`` with its message. Both give equal ``TransportParameters``
+for the same bytes (tests/test_peer_params_native.py); ``QUICFLOW_ENGINE=python`` (or no
+extension) uses the reference alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..crypto.extension import EXT, python_forced
+from ..wire.tparams import (
+    DECODE_SPECS,
+    SERVER_ONLY_MASK,
+    TransportParameters,
+    decode_transport_parameters,
+)
+
+#: the C decoder, or None (not built, or the pure-Python code forced)
+NATIVE_DECODE: Any = (
+    getattr(EXT, "decode_tparams", None) if EXT is not None and not python_forced() else None
+)
+
+
+def decode_peer_parameters(
+    data: bytes | bytearray | memoryview, *, from_server: bool
+) -> TransportParameters:
+    """``decode_transport_parameters(data, from_server=...)``, its common case in C."""
+    native = NATIVE_DECODE
+    if native is not None:
+        values = native(data, from_server, DECODE_SPECS, SERVER_ONLY_MASK)
+        if values is not None:
+            return TransportParameters(**values)
+    return decode_transport_parameters(data, from_server=from_server)
