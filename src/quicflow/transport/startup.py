@@ -9,6 +9,7 @@ its methods (``conn._setup``, ``conn.switch_version``, ...); the constructors in
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..crypto.epoch import Epoch
@@ -21,10 +22,12 @@ from ..wire.tparams import TransportParameters, peek_version_information
 from . import early_data, pathprobe
 from .config import Configuration
 from .congestion import CongestionControl, Pacer
+from .inline import Inline, inline_init
 from .local_params import encode_local_parameters
 from .pmtud import Pmtud, new_pmtud
 from .recovery import LossDetection
-from .state import PacketSpace, initial_crypto_recv
+from .state import INITIAL_CRYPTO_WINDOW, PacketSpace
+from .streams import RecvStream, SendStream
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -32,10 +35,26 @@ if TYPE_CHECKING:
 SPACE_OF_EPOCH = {Epoch.INITIAL: 0, Epoch.ZERO_RTT: 2, Epoch.HANDSHAKE: 1, Epoch.ONE_RTT: 2}
 
 
+def space_spec(window: int) -> Inline:
+    """``PacketSpace(crypto_recv=...)`` with a CRYPTO receive window of ``window`` bytes,
+    for :func:`~quicflow.transport.inline.inline_init` (its range sets and CRYPTO streams
+    made inline: 2 calls instead of 9)."""
+    return Inline(
+        PacketSpace, ecn_counts=[0, 0, 0], ecn_peer_counts=[0, 0, 0],
+        crypto_send=Inline(SendStream, max_data=1 << 62),
+        crypto_recv=Inline(RecvStream, max_data=window, window=window, window_max=window))
+
+
+#: the spaces of a new connection: the Initial space's CRYPTO window is smaller
+SPACE_SPECS = [space_spec(INITIAL_CRYPTO_WINDOW), space_spec(1 << 20), space_spec(1 << 20)]
+_new_initial_space: Callable[[], PacketSpace] = inline_init(PacketSpace, **SPACE_SPECS[0].values)
+_new_space: Callable[[], PacketSpace] = inline_init(PacketSpace, **SPACE_SPECS[1].values)
+
+
 def new_spaces() -> list[PacketSpace]:
     """The three packet number spaces of a new connection; the Initial space buffers at
     most INITIAL_CRYPTO_WINDOW of CRYPTO data (its keys are public)."""
-    return [PacketSpace(crypto_recv=initial_crypto_recv()), PacketSpace(), PacketSpace()]
+    return [_new_initial_space(), _new_space(), _new_space()]
 
 
 def new_recovery(cfg: Configuration, is_client: bool) -> tuple[LossDetection, Pacer, Pmtud]:
