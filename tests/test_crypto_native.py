@@ -452,3 +452,17 @@ def test_best_engine_and_override(monkeypatch: pytest.MonkeyPatch) -> None:
     assert type(best_engine()) is expected
     monkeypatch.setenv(native.ENGINE_ENV, "python")
     assert type(best_engine()) is SoftwareOffloadEngine
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(key=st.binary(max_size=300), data=st.binary(max_size=400),
+       sha384=st.booleans())
+def test_hmac_matches_python_for_any_key_length(key: bytes, data: bytes, sha384: bool) -> None:
+    """The C HMAC (one-block SHA-2 functions, keys hashed above the block size, empty
+    key) gives Python's hmac bytes: HKDF-Extract with a non-empty salt is the HMAC."""
+    import hmac as py_hmac
+
+    ext = native._ext
+    name, suite, size = ("sha384", 0x1302, 48) if sha384 else ("sha256", 0x1301, 32)
+    expected = py_hmac.digest(key or bytes(size), data, name)  # (empty salt: zeros)
+    assert ext.hkdf_extract(suite, key, data) == expected
