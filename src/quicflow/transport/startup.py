@@ -13,8 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..crypto.epoch import Epoch
-from ..crypto.keys import PacketProtector, derive_packet_keys, initial_secrets
-from ..crypto.suites import CipherSuite
+from ..crypto.keys import PacketProtector, derive_packet_keys, initial_packet_keys
 from ..tls.config import TlsConfig
 from ..tls.session import TlsSession
 from ..tls.tickets import SessionTicket, ticket_sealer
@@ -174,14 +173,10 @@ def setup(self: Connection, now: float, server_name: str | None,
 
 
 def install_initial_keys(self: Connection, dcid: bytes) -> None:
-    client_secret, server_secret = initial_secrets(dcid, self.version)
-    suite = CipherSuite.AES_128_GCM_SHA256
-    send, recv = (
-        (client_secret, server_secret) if self.is_client else (server_secret, client_secret)
-    )
-    v = self.version
-    self.send_protectors[Epoch.INITIAL] = PacketProtector(derive_packet_keys(suite, send, v))
-    self.recv_protectors[Epoch.INITIAL] = PacketProtector(derive_packet_keys(suite, recv, v))
+    client, server = initial_packet_keys(dcid, self.version)
+    send, recv = (client, server) if self.is_client else (server, client)
+    self.send_protectors[Epoch.INITIAL] = PacketProtector(send)
+    self.recv_protectors[Epoch.INITIAL] = PacketProtector(recv)
 
 
 def switch_version(self: Connection, version: int) -> None:

@@ -6,6 +6,7 @@
  *   hkdf_expand_label(suite, secret, label, length[, context])
  *   finished_verify_data(suite, base_key, transcript_hash)
  *   quic_keys(suite, secret, v2, with_next)             -> (key, iv, hp[, ku, key', iv'])
+ *   initial_keys(salt, dcid, v2)                        -> both directions' Initial keys
  * All lengths are at most one hash long (one HMAC block), as every TLS 1.3 / QUIC label
  * is; the pure-Python code in quicflow.crypto.hkdf is the bit-identical reference.
  */
@@ -357,5 +358,61 @@ wipe:
     OPENSSL_cleanse(nkey, sizeof(nkey));
 done:
     PyBuffer_Release(&secret);
+    return result;
+}
+
+/* initial_keys(salt, dcid, v2): the Initial secrets of a client's first DCID (RFC 9001
+ * 5.2: HKDF-Extract(salt, dcid), then "client in" / "server in") and the packet keys of
+ * each (quic_keys), all SHA-256 / AES-128-GCM: (client_secret, client_key, client_iv,
+ * client_hp, server_secret, server_key, server_iv, server_hp). */
+PyObject *
+mod_initial_keys(PyObject *module, PyObject *args)
+{
+    Py_buffer salt, dcid;
+    int v2;
+    const EVP_MD *md = EVP_sha256();
+    unsigned char initial[EVP_MAX_MD_SIZE], secret[2][32], key[2][16], iv[2][IV_LEN],
+        hp[2][16];
+    unsigned int initial_len = 0;
+    const char *labels[2] = {"client in", "server in"};
+    const char *lk = "quic key", *li = "quic iv", *lh = "quic hp";
+    PyObject *result = NULL;
+    int i;
+
+    (void)module;
+    if (!PyArg_ParseTuple(args, "y*y*p:initial_keys", &salt, &dcid, &v2)) {
+        return NULL;
+    }
+    if (v2) {
+        lk = "quicv2 key", li = "quicv2 iv", lh = "quicv2 hp";
+    }
+    if (hmac_digest(md, salt.buf, (size_t)salt.len, dcid.buf, (size_t)dcid.len, initial,
+                    &initial_len) < 0) {
+        goto fail;
+    }
+    for (i = 0; i < 2; i++) {
+        if (expand_label_ctx(md, initial, initial_len, labels[i], 9, NULL, 0, 32,
+                             secret[i]) < 0 ||
+            expand_label_ctx(md, secret[i], 32, lk, strlen(lk), NULL, 0, 16, key[i]) < 0 ||
+            expand_label_ctx(md, secret[i], 32, li, strlen(li), NULL, 0, IV_LEN, iv[i]) < 0 ||
+            expand_label_ctx(md, secret[i], 32, lh, strlen(lh), NULL, 0, 16, hp[i]) < 0) {
+            goto fail;
+        }
+    }
+    result = Py_BuildValue("(y#y#y#y#y#y#y#y#)", secret[0], (Py_ssize_t)32, key[0],
+                           (Py_ssize_t)16, iv[0], (Py_ssize_t)IV_LEN, hp[0], (Py_ssize_t)16,
+                           secret[1], (Py_ssize_t)32, key[1], (Py_ssize_t)16, iv[1],
+                           (Py_ssize_t)IV_LEN, hp[1], (Py_ssize_t)16);
+    goto wipe;
+fail:
+    PyErr_SetString(PyExc_RuntimeError, "OpenSSL: Initial key derivation failed");
+wipe:
+    OPENSSL_cleanse(initial, sizeof(initial));
+    OPENSSL_cleanse(secret, sizeof(secret));
+    OPENSSL_cleanse(key, sizeof(key));
+    OPENSSL_cleanse(iv, sizeof(iv));
+    OPENSSL_cleanse(hp, sizeof(hp));
+    PyBuffer_Release(&salt);
+    PyBuffer_Release(&dcid);
     return result;
 }
