@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from quicflow.transport.inline import Inline, inline_init
+from quicflow.transport.inline import Arg, Inline, inline_init
 from quicflow.transport.rangeset import RangeSet
 from quicflow.transport.startup import new_spaces
 from quicflow.transport.state import PacketSpace, initial_crypto_recv
@@ -104,3 +104,33 @@ def test_new_connection_equals_the_dataclass_constructor() -> None:
         assert not shared & {id(o) for o in _mutables(
             [getattr(other, f.name) for f in dataclasses.fields(Connection)
              if f.name not in skip], [])}
+
+
+def test_new_recovery_equals_the_dataclass_constructors() -> None:
+    from quicflow.transport.config import Configuration
+    from quicflow.transport.congestion import CongestionControl
+    from quicflow.transport.recovery import LossDetection
+    from quicflow.transport.startup import new_recovery
+
+    for algorithm in ("cubic", "newreno"):
+        cfg = Configuration(alpn_protocols=["x"], congestion_control=algorithm,
+                            max_pto_period=2.5)
+        for is_client in (True, False):
+            loss, _, _ = new_recovery(cfg, is_client)
+            plain = LossDetection(is_server=not is_client, max_ack_delay=0.025,
+                                  cc=CongestionControl(algorithm=algorithm),
+                                  max_pto_period=2.5)
+            assert _dump(loss) == _dump(plain)
+            again, _, _ = new_recovery(cfg, is_client)
+            assert not {id(o) for o in _mutables(loss, [])} & {
+                id(o) for o in _mutables(again, [])}
+
+
+def test_inline_init_arguments_at_any_depth() -> None:
+    with pytest.raises(TypeError):  # int is no dataclass: no fields to fill
+        inline_init(SendStream, max_data=Inline(int))
+    make2 = inline_init(SendStream, max_data=Arg("limit"), lost=Inline(RangeSet, starts=Arg("s")))
+    s = make2(limit=9, s=[4])
+    assert s.max_data == 9 and s.lost.starts == [4]
+    with pytest.raises(TypeError, match="twice"):
+        inline_init(SendStream, max_data=Arg("a"), next_offset=Arg("a"))

@@ -91,9 +91,12 @@ def _new_connection(
     defaulted (see :func:`client_connection`), its clock hint set to ``now``."""
     loss, pacer, pmtud = new_recovery(configuration, is_client)
     conn = _make_connection(
-        configuration, is_client, now, original_dcid, peer_address,
-        configuration.connection_id_length, engine or SoftwareOffloadEngine(),
-        new_seal_key() if seal_key is None else seal_key, cid_issuer, loss, pacer, pmtud,
+        configuration=configuration, is_client=is_client, now_created=now,
+        original_dcid=original_dcid, peer_address=peer_address,
+        local_cid_length=configuration.connection_id_length,
+        engine=engine or SoftwareOffloadEngine(),
+        seal_key=new_seal_key() if seal_key is None else seal_key, cid_issuer=cid_issuer,
+        loss=loss, pacer=pacer, pmtud=pmtud,
     )
     conn._now_hint = now
     return conn

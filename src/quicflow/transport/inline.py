@@ -33,8 +33,8 @@ class Inline:
 
 
 class Arg:
-    """A field's value given as the made function's argument ``name`` (in the order the
-    :class:`Arg` values are met: ``inline_init``'s keyword order)."""
+    """A field's value (at any depth) given as the made function's keyword-only argument
+    ``name``."""
 
     __slots__ = ("name",)
 
@@ -52,6 +52,7 @@ class _Writer:
         self.lines: list[str] = []
         self.ns: dict[str, Any] = {"_new": object.__new__}
         self.count = 0
+        self.params: list[str] = []
 
     def const(self, value: Any) -> str:
         if value is None or value is True or value is False or type(value) in (int, float):
@@ -77,6 +78,9 @@ class _Writer:
                 if isinstance(value, Inline):
                     expr = self.build(value.cls, value.values)
                 elif isinstance(value, Arg):
+                    if value.name in self.params:
+                        raise TypeError(f"argument {value.name!r} given twice")
+                    self.params.append(value.name)
                     expr = value.name
                 elif type(value) is list:  # a fresh list (of these constants) per call
                     expr = "[" + ", ".join(
@@ -111,7 +115,7 @@ def inline_init(cls: type[T], **values: Any) -> Callable[..., T]:
     argument of the function."""
     writer = _Writer()
     var = writer.build(cls, values)
-    params = ", ".join(v.name for v in values.values() if isinstance(v, Arg))
+    params = "*, " + ", ".join(writer.params) if writer.params else ""
     source = f"def make({params}):\n" + "\n".join(writer.lines) + f"\n    return {var}\n"
     exec(compile(source, f"<inline_init {cls.__name__}>", "exec"), writer.ns)
     make: Callable[..., T] = writer.ns["make"]

@@ -21,10 +21,10 @@ from ..wire.tparams import TransportParameters, peek_version_information
 from . import early_data, pathprobe
 from .config import Configuration
 from .congestion import CongestionControl, Pacer
-from .inline import Inline, inline_init
+from .inline import Arg, Inline, inline_init
 from .local_params import encode_local_parameters
 from .pmtud import Pmtud, new_pmtud
-from .recovery import LossDetection
+from .recovery import LossDetection, SpaceState
 from .state import INITIAL_CRYPTO_WINDOW, PacketSpace
 from .streams import RecvStream, SendStream
 
@@ -56,15 +56,21 @@ def new_spaces() -> list[PacketSpace]:
     return [_new_initial_space(), _new_space(), _new_space()]
 
 
+#: ``LossDetection(is_server=..., max_ack_delay=0.025, cc=cc, max_pto_period=...)`` with
+#: its RTT estimator and packet number spaces made inline (inline.py), by is_client
+_NEW_LOSS: dict[bool, Callable[..., LossDetection]] = {
+    is_client: inline_init(
+        LossDetection, is_server=not is_client, max_ack_delay=0.025, cc=Arg("cc"),
+        max_pto_period=Arg("max_pto_period"), amplification_limited=False,
+        spaces=[Inline(SpaceState), Inline(SpaceState), Inline(SpaceState)])
+    for is_client in (False, True)
+}
+
+
 def new_recovery(cfg: Configuration, is_client: bool) -> tuple[LossDetection, Pacer, Pmtud]:
     """Loss detection, pacer and path MTU discovery of a new connection."""
-    loss = LossDetection(
-        is_server=not is_client,
-        max_ack_delay=0.025,
-        cc=CongestionControl(algorithm=cfg.congestion_control),
-        max_pto_period=cfg.max_pto_period,
-    )
-    loss.amplification_limited = False
+    loss = _NEW_LOSS[is_client](cc=CongestionControl(algorithm=cfg.congestion_control),
+                                max_pto_period=cfg.max_pto_period)
     # pacing in batch-sized bursts: up to 2 ms of the pacing rate, at most one GSO send;
     # sends may run 1 ms ahead (asyncio timers wake in whole milliseconds)
     pacer = Pacer(burst_interval=0.002, max_burst_datagrams=256, granularity=0.001,
