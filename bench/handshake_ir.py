@@ -33,6 +33,8 @@ void qf_toggle(void) { CALLGRIND_TOGGLE_COLLECT; }
 #: --only choices: (module, attribute owner path, name)
 _TARGETS = {
     "server_connection": ("quicflow.endpoint.endpoint", None, "server_connection"),
+    # every datagram's lookup: admission, construction and registration of a new one
+    "lookup": ("quicflow.endpoint.endpoint", "Endpoint", "_lookup"),
     "client_hello": ("quicflow.tls.server", "ServerHandshake", "_client_hello"),
     "server_flight": ("quicflow.tls.server", "ServerHandshake", "_send_server_flight"),
     "finished": ("quicflow.tls.server", "ServerHandshake", "_finished"),

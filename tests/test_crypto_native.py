@@ -452,3 +452,32 @@ def test_best_engine_and_override(monkeypatch: pytest.MonkeyPatch) -> None:
     assert type(best_engine()) is expected
     monkeypatch.setenv(native.ENGINE_ENV, "python")
     assert type(best_engine()) is SoftwareOffloadEngine
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(key=st.binary(max_size=300), data=st.binary(max_size=400),
+       sha384=st.booleans())
+def test_hmac_matches_python_for_any_key_length(key: bytes, data: bytes, sha384: bool) -> None:
+    """The C HMAC (one-block SHA-2 functions, keys hashed above the block size, empty
+    key) gives Python's hmac bytes: HKDF-Extract with a non-empty salt is the HMAC."""
+    import hmac as py_hmac
+
+    ext = native._ext
+    name, suite, size = ("sha384", 0x1302, 48) if sha384 else ("sha256", 0x1301, 32)
+    expected = py_hmac.digest(key or bytes(size), data, name)  # (empty salt: zeros)
+    assert ext.hkdf_extract(suite, key, data) == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(dcid=st.binary(min_size=0, max_size=20), v2=st.booleans())
+def test_initial_packet_keys_one_call_matches_python(dcid: bytes, v2: bool) -> None:
+    """The Initial keys of any DCID and both versions: one C call = the Python path."""
+    from quicflow.crypto import keys as keys_module
+
+    version = keys_module.QUIC_V2 if v2 else keys_module.QUIC_V1
+    made = keys_module.initial_packet_keys(dcid, version)
+    client, server = keys_module.initial_secrets(dcid, version)
+    for keys, secret in zip(made, (client, server), strict=True):
+        want = derive_packet_keys(keys_module.INITIAL_SUITE, secret, version)
+        assert (keys.suite, keys.secret, keys.key, keys.iv, keys.hp_key, keys.version) == (
+            want.suite, want.secret, want.key, want.iv, want.hp_key, want.version)

@@ -136,6 +136,29 @@ def test_a1_server_keys() -> None:
     assert keys.hp_key.hex() == "c206b8d9b9f0f37644430b490eeaa314"
 
 
+@pytest.mark.parametrize("engine", ["native", "python"])
+def test_a1_initial_packet_keys_in_one_step(engine: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both directions' Initial keys in one call (one C call with the extension; the
+    Python path when QUICFLOW_ENGINE=python): the A.1 values."""
+    from quicflow.crypto import keys as keys_module
+    from quicflow.crypto.keys import initial_packet_keys
+    from tests.test_crypto_native import need_native
+
+    if engine == "python":
+        monkeypatch.setattr(keys_module, "_EXT", None)
+    else:
+        need_native()
+    client, server = initial_packet_keys(DCID)
+    assert (client.secret.hex(), server.secret.hex()) == (CLIENT_SECRET, SERVER_SECRET)
+    assert (client.key.hex(), client.iv.hex(), client.hp_key.hex()) == (
+        "1f369613dd76d5467730efcbe3b1a22d", "fa044b2f42a3fd3b46fb255c",
+        "9f50449e04a0e810283a1e9933adedd2")
+    assert (server.key.hex(), server.iv.hex(), server.hp_key.hex()) == (
+        "cf3a5331653c364c88f0f379b6067e37", "0ac1493ca1905853b0bba03e",
+        "c206b8d9b9f0f37644430b490eeaa314")
+    assert client.suite == server.suite == INITIAL_SUITE and client.version == 1
+
+
 # -- A.2 / A.3 ---------------------------------------------------------------------------
 
 

@@ -118,6 +118,20 @@ def initial_secrets(dcid: bytes, version: int = QUIC_V1) -> tuple[bytes, bytes]:
     return client, server
 
 
+def initial_packet_keys(dcid: bytes, version: int = QUIC_V1) -> tuple[PacketKeys, PacketKeys]:
+    """(client, server) Initial packet keys of the client's first DCID: the keys of
+    :func:`initial_secrets` (with the C extension: one call for the 9 HMACs)."""
+    salt = INITIAL_SALT_V2 if version == QUIC_V2 else INITIAL_SALT_V1
+    ext = _EXT
+    if ext is not None:
+        cs, ck, civ, chp, ss, sk, siv, shp = ext.initial_keys(salt, dcid, version == QUIC_V2)
+        return (PacketKeys(INITIAL_SUITE, cs, ck, civ, chp, version),
+                PacketKeys(INITIAL_SUITE, ss, sk, siv, shp, version))
+    client, server = initial_secrets(dcid, version)
+    return (derive_packet_keys(INITIAL_SUITE, client, version),
+            derive_packet_keys(INITIAL_SUITE, server, version))
+
+
 class PacketProtector:
     """Seals and opens packets with one set of keys; AEAD and HP contexts are cached.
 

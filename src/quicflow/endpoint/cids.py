@@ -18,6 +18,28 @@ from quicflow.endpoint.quiclb import (
     encode_cid,
 )
 
+#: random CID parts read from the kernel at once (one getrandom call per 64 CIDs, not
+#: one per CID)
+RANDOM_BATCH = 64
+#: unused random parts by length; ``list.pop`` hands each out once (atomic under the
+#: GIL, so threads never share one); cleared in a forked child, so that parent and
+#: child never hand out the same bytes
+_SPARE: dict[int, list[bytes]] = {}
+os.register_at_fork(after_in_child=_SPARE.clear)
+
+
+def random_part(length: int) -> bytes:
+    """``length`` random bytes (from ``os.urandom``, read in batches) for a CID."""
+    try:
+        return _SPARE[length].pop()
+    except (KeyError, IndexError):  # (empty: refill; a thread racing us gets its own)
+        if length <= 0:
+            return b""
+        block = os.urandom(length * RANDOM_BATCH)
+        parts = [block[i : i + length] for i in range(0, len(block), length)]
+        _SPARE[length] = parts
+        return parts.pop()
+
 
 class ConnectionIdSource(Protocol):
     """What the endpoint needs from a generator."""
@@ -67,8 +89,8 @@ class CidGenerator:
     def generate(self) -> bytes:
         """A fresh CID of ours (random nonce)."""
         if self._plaintext:  # encode_cid's bytes, without its per-call checks
-            return self._prefix + os.urandom(self._nonce_len)
-        return encode_cid(self.config, self.server_id, os.urandom(self._nonce_len))
+            return self._prefix + random_part(self._nonce_len)
+        return encode_cid(self.config, self.server_id, random_part(self._nonce_len))
 
     def generate_for(self, server_id: bytes) -> bytes:
         """A fresh CID that routes to another server (to hand a connection over)."""
@@ -100,7 +122,7 @@ class RandomCidGenerator:
         self.cid_length = length
 
     def generate(self) -> bytes:
-        return os.urandom(self.cid_length)
+        return random_part(self.cid_length)
 
     def is_ours(self, cid: bytes) -> bool:
         """Only the length can be checked: a random CID carries no mark."""

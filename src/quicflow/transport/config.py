@@ -219,7 +219,8 @@ class Configuration:
             raise ValueError("retry must be 'never', 'always' or 'load'")
         if self.retry_threshold < 0 or self.max_half_open < 0 or self.half_open_timeout <= 0:
             raise ValueError("retry_threshold/max_half_open/half_open_timeout out of range")
-        if not self.versions or any(v not in SUPPORTED_VERSIONS for v in self.versions):
+        # (checked for every new connection: set operations, no generator frame)
+        if not self.versions or not _SUPPORTED.issuperset(self.versions):
             raise ValueError("versions must list QUIC versions 1 (0x1) and/or 2 (0x6b3343cf)")
         if self.initial_version is not None and self.initial_version not in self.versions:
             raise ValueError("initial_version must be one of versions")
@@ -229,8 +230,13 @@ class Configuration:
             raise ValueError("ticket_lifetime must be between 1 second and 7 days")
         if self.client_certificates not in ("none", "request", "require"):
             raise ValueError("client_certificates must be 'none', 'request' or 'require'")
-        _check_preferred(self.preferred_address, 4)
-        _check_preferred(self.preferred_address_v6, 6)
+        if self.preferred_address is not None:
+            _check_preferred(self.preferred_address, 4)
+        if self.preferred_address_v6 is not None:
+            _check_preferred(self.preferred_address_v6, 6)
+
+
+_SUPPORTED = frozenset(SUPPORTED_VERSIONS)
 
 
 def _check_preferred(value: tuple[str, int] | None, family: int) -> None:

@@ -13,6 +13,8 @@ from ..crypto.offload import OffloadEngine, SoftwareOffloadEngine
 from ..tls.tickets import SessionTicket
 from .config import Configuration
 from .connection import Address, CidIssuer, Connection, new_recovery, new_seal_key
+from .inline import Arg, inline_init
+from .startup import SPACE_SPECS
 
 
 def client_connection(
@@ -88,19 +90,27 @@ def _new_connection(
     """The part both constructors share: a Connection with the engine and sealer key
     defaulted (see :func:`client_connection`), its clock hint set to ``now``."""
     loss, pacer, pmtud = new_recovery(configuration, is_client)
-    conn = Connection(
-        configuration=configuration,
-        is_client=is_client,
-        now_created=now,
-        original_dcid=original_dcid,
-        peer_address=peer_address,
+    conn = _make_connection(
+        configuration=configuration, is_client=is_client, now_created=now,
+        original_dcid=original_dcid, peer_address=peer_address,
         local_cid_length=configuration.connection_id_length,
         engine=engine or SoftwareOffloadEngine(),
-        seal_key=new_seal_key() if seal_key is None else seal_key,
-        cid_issuer=cid_issuer,
-        loss=loss,
-        pacer=pacer,
-        pmtud=pmtud,
+        seal_key=new_seal_key() if seal_key is None else seal_key, cid_issuer=cid_issuer,
+        loss=loss, pacer=pacer, pmtud=pmtud,
     )
     conn._now_hint = now
     return conn
+
+
+#: ``Connection(configuration=..., ..., pmtud=...)`` with its packet number spaces, flow
+#: control, stream limits and counters made inline (inline.py): one Python call for ~70
+#: objects, instead of a call per dataclass object (tests/test_inline_init.py)
+_make_connection = inline_init(
+    Connection, configuration=Arg("configuration"), is_client=Arg("is_client"),
+    now_created=Arg("now_created"), original_dcid=Arg("original_dcid"),
+    peer_address=Arg("peer_address"), local_cid_length=Arg("local_cid_length"),
+    engine=Arg("engine"), seal_key=Arg("seal_key"), cid_issuer=Arg("cid_issuer"),
+    loss=Arg("loss"), pacer=Arg("pacer"), pmtud=Arg("pmtud"),
+    spaces=SPACE_SPECS, probes_pending=[0, 0, 0], send_protectors=[None] * 4,
+    recv_protectors=[None] * 4,
+)

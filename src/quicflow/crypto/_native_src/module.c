@@ -36,6 +36,9 @@ static PyMethodDef module_methods[] = {
      "finished_verify_data(suite, base_key, transcript_hash) -> bytes (RFC 8446 4.4.4)"},
     {"quic_keys", mod_quic_keys, METH_VARARGS,
      "quic_keys(suite, secret, v2, with_next) -> (key, iv, hp[, ku, next_key, next_iv])"},
+    {"initial_keys", mod_initial_keys, METH_VARARGS,
+     "initial_keys(salt, dcid, v2) -> (client secret, key, iv, hp, server secret, key, iv, "
+     "hp)"},
     {NULL},
 };
 

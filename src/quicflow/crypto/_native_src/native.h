@@ -505,5 +505,6 @@ PyObject *mod_hkdf_extract(PyObject *module, PyObject *args);
 PyObject *mod_hkdf_expand_label(PyObject *module, PyObject *args);
 PyObject *mod_finished_verify_data(PyObject *module, PyObject *args);
 PyObject *mod_quic_keys(PyObject *module, PyObject *args);
+PyObject *mod_initial_keys(PyObject *module, PyObject *args);
 
 #endif /* QUICFLOW_NATIVE_H */

@@ -1,0 +1,122 @@
+"""Constructors with the nested objects' set-up written inline, for state made per connection.
+
+A new connection makes dozens of small slotted dataclass objects (packet number spaces,
+their CRYPTO streams, the range sets inside those), each through its own ``__init__``:
+one Python call per object, about 40 % of the cost of making them. :func:`inline_init`
+writes, once per process, one function that builds such an object *and* the dataclass
+objects its fields' default factories would make, with ``object.__new__`` and slot stores
+only. The result is the same plain data the constructors give (tests/test_inline_init.py
+compares them field by field), so snapshots and everything else see no difference.
+
+Only dataclasses without ``__post_init__`` are inlined (a class with one is called as
+usual); a field's default factory that is not a dataclass is called as usual.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class Inline:
+    """A field's value made inline: ``cls`` with some fields given (``max_data=...``);
+    a value may itself be an :class:`Inline`."""
+
+    __slots__ = ("cls", "values")
+
+    def __init__(self, cls: type, **values: Any) -> None:
+        self.cls = cls
+        self.values = values
+
+
+class Arg:
+    """A field's value (at any depth) given as the made function's keyword-only argument
+    ``name``."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _inlinable(factory: Any) -> bool:
+    return (isinstance(factory, type) and dataclasses.is_dataclass(factory)
+            and not hasattr(factory, "__post_init__"))
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.ns: dict[str, Any] = {"_new": object.__new__}
+        self.count = 0
+        self.params: list[str] = []
+
+    def const(self, value: Any) -> str:
+        if value is None or value is True or value is False or type(value) in (int, float):
+            return repr(value)
+        self.count += 1
+        name = f"_c{self.count}"
+        self.ns[name] = value
+        return name
+
+    def build(self, cls: type, values: dict[str, Any]) -> str:
+        """Lines that make a ``cls`` (fields from ``values``, else their defaults) into
+        a new local variable, whose name is returned."""
+        self.count += 1
+        var = f"o{self.count}"
+        self.lines.append(f"    {var} = _new({self.const(cls)})")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - names
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no field {sorted(unknown)}")
+        for f in dataclasses.fields(cls):
+            if f.name in values:
+                value = values[f.name]
+                if isinstance(value, Inline):
+                    expr = self.build(value.cls, value.values)
+                elif isinstance(value, Arg):
+                    if value.name in self.params:
+                        raise TypeError(f"argument {value.name!r} given twice")
+                    self.params.append(value.name)
+                    expr = value.name
+                elif type(value) is list:  # a fresh list (of these constants) per call
+                    expr = "[" + ", ".join(
+                        self.build(v.cls, v.values) if isinstance(v, Inline) else self.const(v)
+                        for v in value) + "]"
+                else:
+                    expr = self.const(value)
+            elif f.default_factory is not dataclasses.MISSING:
+                factory = f.default_factory
+                if factory is list:
+                    expr = "[]"
+                elif factory is dict:
+                    expr = "{}"
+                elif _inlinable(factory):
+                    expr = self.build(factory, {})  # type: ignore[arg-type]
+                else:
+                    expr = f"{self.const(factory)}()"
+            elif f.default is not dataclasses.MISSING:
+                expr = self.const(f.default)
+            else:
+                raise TypeError(f"{cls.__name__}.{f.name} has no default: give it")
+            self.lines.append(f"    {var}.{f.name} = {expr}")
+        return var
+
+
+def inline_init(cls: type[T], **values: Any) -> Callable[..., T]:
+    """A function that returns a new ``cls`` like ``cls(**values)``
+    with every nested dataclass default made inline (see the module's docstring).
+    Mutable defaults (``[]``, ``{}``, objects) are fresh per call, and so is a list
+    given in ``values`` (a copy); other values given are shared: give only immutable
+    ones, an :class:`Inline` or a list of them; an :class:`Arg` value becomes an
+    argument of the function."""
+    writer = _Writer()
+    var = writer.build(cls, values)
+    params = "*, " + ", ".join(writer.params) if writer.params else ""
+    source = f"def make({params}):\n" + "\n".join(writer.lines) + f"\n    return {var}\n"
+    exec(compile(source, f"<inline_init {cls.__name__}>", "exec"), writer.ns)
+    make: Callable[..., T] = writer.ns["make"]
+    return make
