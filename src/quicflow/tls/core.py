@@ -152,7 +152,10 @@ class HandshakeCore:
     def install_handshake_secrets(self) -> None:
         """After ServerHello: derive and publish the handshake traffic secrets."""
         assert self.ks is not None
-        c_hs, s_hs = self.ks.handshake_traffic(self.thash())
+        self.publish_handshake_secrets(*self.ks.handshake_traffic(self.thash()))
+
+    def publish_handshake_secrets(self, c_hs: bytes, s_hs: bytes) -> None:
+        """Keep and publish the (client, server) handshake traffic secrets."""
         self.client_hs_secret, self.server_hs_secret = c_hs, s_hs
         is_client = self.config.is_client
         self.add_secret(Epoch.HANDSHAKE, is_client, c_hs)
@@ -164,7 +167,10 @@ class HandshakeCore:
     def install_application_secrets(self, thash: bytes) -> None:
         """From the hash of CH..server Finished: publish the 1-RTT traffic secrets."""
         assert self.ks is not None
-        c_ap, s_ap = self.ks.application_traffic(thash)
+        self.publish_application_secrets(*self.ks.application_traffic(thash))
+
+    def publish_application_secrets(self, c_ap: bytes, s_ap: bytes) -> None:
+        """Publish the (client, server) application traffic secrets."""
         is_client = self.config.is_client
         self.add_secret(Epoch.ONE_RTT, is_client, c_ap)
         self.add_secret(Epoch.ONE_RTT, not is_client, s_ap)

@@ -194,6 +194,10 @@ class ServerHandshake(HandshakeCore):
         self.client_takes_tickets = False  # the client listed psk_dhe_ke
         #: our Certificate message (from _identity, with the signature negotiation)
         self.certificate_message = b""
+        #: the client Finished verify_data to expect and the PSK of the ticket to send,
+        #: both known when our Finished goes out (b"": not known then, or no ticket)
+        self.client_finished = b""
+        self.ticket_psk = b""
 
     def expected_epoch(self) -> Epoch | None:
         if self.state in (WAIT_CH, WAIT_CH2):
@@ -327,9 +331,7 @@ class ServerHandshake(HandshakeCore):
         self.transcript += sh_bytes
         self.send(Epoch.INITIAL, sh_bytes)
         self.ks = KeySchedule(suite, psk)
-        self.ks.set_shared_secret(shared)
-        self.install_handshake_secrets()
-        self._send_server_flight(sig_alg)
+        self._send_server_flight(sig_alg, shared)
 
     # ------------------------------------------------------------ resumption
 
@@ -409,10 +411,17 @@ class ServerHandshake(HandshakeCore):
         self.send(Epoch.INITIAL, hrr_bytes)
         self.state = WAIT_CH2
 
-    def _send_server_flight(self, sig_alg: int) -> None:
+    def _send_server_flight(self, sig_alg: int, shared: bytes) -> None:
+        """EncryptedExtensions, [CertificateRequest], [Certificate, CertificateVerify],
+        Finished, after the ServerHello: the key schedule from the (EC)DHE ``shared``
+        secret runs in two steps (``KeySchedule.server_handshake`` and
+        ``server_finished``: one C call each), which also give the client Finished to
+        expect and, when a ticket will be sent, its PSK."""
         cfg = self.config
-        assert self.ks is not None and self.alpn is not None and cfg.private_key is not None
-        out = bytearray()
+        ks = self.ks
+        assert ks is not None and self.alpn is not None and cfg.private_key is not None
+        transcript = self.transcript
+        sh_len = len(transcript)
         ask = cfg.client_certificates != "none" and not self.resumed
         alpn = _SELECTED_ALPN.get(self.alpn)
         if alpn is None:
@@ -425,23 +434,29 @@ class ServerHandshake(HandshakeCore):
         ]
         if self.early_status:
             ee.append((EXT_EARLY_DATA, b""))
-        for msg in (
-            encode_encrypted_extensions(ee),
-            *((_CERTIFICATE_REQUEST,) if ask else ()),
-            *((self.certificate_message,) if not self.resumed else ()),
-        ):
-            self.transcript += msg
-            out += msg
+        transcript += encode_encrypted_extensions(ee)
+        if ask:
+            transcript += _CERTIFICATE_REQUEST
         if not self.resumed:
-            content = _SERVER_VERIFY_PREFIX + self.thash()
-            cv = encode_certificate_verify(sig_alg, sign(cfg.private_key, sig_alg, content))
-            self.transcript += cv
-            out += cv
-        fin = encode_finished(self.ks.finished_verify_data(self.server_hs_secret, self.thash()))
-        self.transcript += fin
-        out += fin
-        self.send(Epoch.HANDSHAKE, bytes(out))
-        self.install_application_secrets(self.thash())
+            transcript += self.certificate_message
+        c_hs, s_hs, signed_hash = ks.server_handshake(shared, transcript, sh_len,
+                                                      len(transcript))
+        self.publish_handshake_secrets(c_hs, s_hs)
+        if not self.resumed:
+            signature = sign(cfg.private_key, sig_alg, _SERVER_VERIFY_PREFIX + signed_hash)
+            transcript += encode_certificate_verify(sig_alg, signature)
+        # RFC 8446 §4.2.9: a ticket only to a client that takes psk_dhe_ke, never with
+        # client certificates
+        with_ticket = (cfg.ticket_sealer is not None and cfg.client_certificates == "none"
+                       and self.client_takes_tickets)
+        server_fin, c_ap, s_ap, client_fin, ticket_psk = ks.server_finished(
+            c_hs, s_hs, transcript, with_ticket)
+        transcript += encode_finished(server_fin)
+        self.send(Epoch.HANDSHAKE, bytes(transcript[sh_len:]))
+        self.publish_application_secrets(c_ap, s_ap)
+        if not ask:  # (a client Certificate/CertificateVerify would change both)
+            self.client_finished = client_fin
+            self.ticket_psk = ticket_psk
         self.state = WAIT_CLIENT_CERT if ask else WAIT_FINISHED
 
     def _client_certificate(self, body: bytes, raw: bytes) -> None:
@@ -475,31 +490,32 @@ class ServerHandshake(HandshakeCore):
         self.state = WAIT_FINISHED
 
     def _finished(self, body: bytes, raw: bytes) -> None:
-        assert self.ks is not None
-        expected = self.ks.finished_verify_data(self.client_hs_secret, self.thash())
+        ks = self.ks
+        assert ks is not None
+        # known since our Finished unless a client certificate came in between
+        expected = self.client_finished or ks.finished_verify_data(self.client_hs_secret,
+                                                                   self.thash())
         if not hmac.compare_digest(expected, body):
             raise TlsAlert(DECRYPT_ERROR, "client Finished does not verify")
         self.require_empty(Epoch.HANDSHAKE)
         self.state = DONE
         self.complete = True
-        cfg = self.config
-        if (cfg.ticket_sealer is not None and cfg.client_certificates == "none"
-                and self.client_takes_tickets):  # RFC 8446 §4.2.9
-            self.transcript += raw
-            self._send_ticket(self.ks.resumption_master(self.thash()))
+        self.transcript += raw
+        if self.ticket_psk:  # (set when our Finished was sent: RFC 8446 §4.2.9 allows one)
+            self._send_ticket(self.ticket_psk)
 
-    def _send_ticket(self, resumption_master: bytes) -> None:
-        """One NewSessionTicket in 1-RTT (RFC 8446 §4.6.1), sealed with the ticket key;
-        0-RTT allowed with max_early_data_size 0xffffffff (RFC 9001 §4.6.1)."""
+    def _send_ticket(self, psk: bytes) -> None:
+        """One NewSessionTicket in 1-RTT (RFC 8446 §4.6.1) with the nonce 0x00 (``psk``
+        is its PSK), sealed with the ticket key; 0-RTT allowed with max_early_data_size
+        0xffffffff (RFC 9001 §4.6.1)."""
         cfg = self.config
         assert self.ks is not None and self.suite is not None and cfg.ticket_sealer is not None
-        nonce = b"\x00"
         age_add = int.from_bytes(os.urandom(4), "big")
         max_early = QUIC_MAX_EARLY_DATA if cfg.early_data else 0
         contents = TicketContents(
             issued_at=self.wall_time, lifetime=cfg.ticket_lifetime, age_add=age_add,
             max_early_data=max_early, suite=int(self.suite),
-            psk=self.ks.ticket_psk(resumption_master, nonce), alpn=self.alpn or "",
+            psk=psk, alpn=self.alpn or "",
             server_name=self.server_name or "",
             transport_parameters=(cfg.ticket_parameters
                                   or compact_parameters(self.transport_parameters)),

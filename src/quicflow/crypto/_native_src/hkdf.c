@@ -301,3 +301,199 @@ done:
     PyBuffer_Release(&secret);
     return result;
 }
+
+/* ---------------------------------------------------------------------------------- */
+/* a TLS 1.3 server's key schedule from the shared secret on, in two calls             */
+
+/* One EVP_MD_CTX per hash for the transcript (the GIL is held: no two users at once). */
+static EVP_MD_CTX *md_ctxs[2][2];
+
+static EVP_MD_CTX *
+transcript_ctx(const EVP_MD *md, int which)
+{
+    int idx = EVP_MD_get_type(md) == NID_sha384 ? 1 : 0;
+    if (md_ctxs[idx][which] == NULL) {
+        md_ctxs[idx][which] = EVP_MD_CTX_new();
+    }
+    return md_ctxs[idx][which];
+}
+
+/* *out = Hash(everything fed to ctx so far), ctx left as it was */
+static int
+digest_so_far(EVP_MD_CTX *ctx, EVP_MD_CTX *scratch, unsigned char *out)
+{
+    unsigned int n = 0;
+    return EVP_MD_CTX_copy_ex(scratch, ctx) == 1 && EVP_DigestFinal_ex(scratch, out, &n) == 1
+               ? 0
+               : -1;
+}
+
+/* HMAC(HKDF-Expand-Label(base_key, "finished", "", hash_len), thash) (RFC 8446 4.4.4) */
+static int
+finished_mac(const EVP_MD *md, int hash_len, const unsigned char *base_key,
+             const unsigned char *thash, unsigned char *out)
+{
+    unsigned char key[EVP_MAX_MD_SIZE];
+    unsigned int out_len = 0;
+    int rc = expand_label_ctx(md, base_key, (size_t)hash_len, "finished", 8, NULL, 0,
+                              hash_len, key) < 0 ||
+                     hmac_digest(md, key, (size_t)hash_len, thash, (size_t)hash_len, out,
+                                 &out_len) < 0
+                 ? -1
+                 : 0;
+    OPENSSL_cleanse(key, sizeof(key));
+    return rc;
+}
+
+/* tls_server_handshake(suite, derived, shared, transcript, sh_len, cert_len)
+ *   -> (handshake_secret, master_secret, c_hs, s_hs, hash of transcript[:cert_len])
+ * derived: Derive-Secret(early_secret, "derived", ""); the transcript hash at sh_len
+ * (ClientHello..ServerHello) gives the handshake traffic secrets, the one at cert_len
+ * (..Certificate) is what CertificateVerify signs. RFC 8446 7.1. */
+PyObject *
+mod_tls_server_handshake(PyObject *module, PyObject *args)
+{
+    long suite;
+    Py_buffer derived, shared, transcript;
+    Py_ssize_t sh_len, cert_len;
+    SuiteInfo info;
+    const EVP_MD *md;
+    EVP_MD_CTX *ctx, *scratch;
+    unsigned char hs[EVP_MAX_MD_SIZE], master[EVP_MAX_MD_SIZE], d2[EVP_MAX_MD_SIZE];
+    unsigned char c_hs[EVP_MAX_MD_SIZE], s_hs[EVP_MAX_MD_SIZE];
+    unsigned char h_sh[EVP_MAX_MD_SIZE], h_cert[EVP_MAX_MD_SIZE], empty[EVP_MAX_MD_SIZE];
+    unsigned char zeros[EVP_MAX_MD_SIZE] = {0};
+    unsigned int n = 0;
+    int hl;
+    PyObject *result = NULL;
+
+    (void)module;
+    if (!PyArg_ParseTuple(args, "ly*y*y*nn:tls_server_handshake", &suite, &derived, &shared,
+                          &transcript, &sh_len, &cert_len)) {
+        return NULL;
+    }
+    if (suite_info(suite, &info) < 0) {
+        goto done;
+    }
+    md = info.md();
+    hl = info.hash_len;
+    if (derived.len != hl || sh_len < 0 || sh_len > cert_len || cert_len > transcript.len) {
+        PyErr_SetString(PyExc_ValueError, "tls_server_handshake: bad lengths");
+        goto done;
+    }
+    ctx = transcript_ctx(md, 0);
+    scratch = transcript_ctx(md, 1);
+    if (ctx == NULL || scratch == NULL || EVP_DigestInit_ex(scratch, md, NULL) != 1 ||
+        EVP_DigestFinal_ex(scratch, empty, &n) != 1 || EVP_DigestInit_ex(ctx, md, NULL) != 1 ||
+        EVP_DigestUpdate(ctx, transcript.buf, (size_t)sh_len) != 1 ||
+        digest_so_far(ctx, scratch, h_sh) < 0 ||
+        EVP_DigestUpdate(ctx, (const unsigned char *)transcript.buf + sh_len,
+                         (size_t)(cert_len - sh_len)) != 1 ||
+        EVP_DigestFinal_ex(ctx, h_cert, &n) != 1 ||
+        hmac_digest(md, derived.buf, (size_t)hl, shared.buf, (size_t)shared.len, hs, &n) < 0 ||
+        expand_label_ctx(md, hs, (size_t)hl, "c hs traffic", 12, h_sh, (size_t)hl, hl, c_hs) <
+            0 ||
+        expand_label_ctx(md, hs, (size_t)hl, "s hs traffic", 12, h_sh, (size_t)hl, hl, s_hs) <
+            0 ||
+        expand_label_ctx(md, hs, (size_t)hl, "derived", 7, empty, (size_t)hl, hl, d2) < 0 ||
+        hmac_digest(md, d2, (size_t)hl, zeros, (size_t)hl, master, &n) < 0) {
+        ERR_clear_error();
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL: TLS handshake key schedule failed");
+        goto wipe;
+    }
+    result = Py_BuildValue("(y#y#y#y#y#)", hs, (Py_ssize_t)hl, master, (Py_ssize_t)hl, c_hs,
+                           (Py_ssize_t)hl, s_hs, (Py_ssize_t)hl, h_cert, (Py_ssize_t)hl);
+wipe:
+    OPENSSL_cleanse(hs, sizeof(hs));
+    OPENSSL_cleanse(master, sizeof(master));
+    OPENSSL_cleanse(d2, sizeof(d2));
+    OPENSSL_cleanse(c_hs, sizeof(c_hs));
+    OPENSSL_cleanse(s_hs, sizeof(s_hs));
+done:
+    PyBuffer_Release(&derived);
+    PyBuffer_Release(&shared);
+    PyBuffer_Release(&transcript);
+    return result;
+}
+
+/* tls_server_finished(suite, c_hs, s_hs, master, transcript, with_ticket)
+ *   -> (server verify_data, c_ap, s_ap, client verify_data, ticket PSK or b"")
+ * transcript: ClientHello..CertificateVerify (..EncryptedExtensions when resuming). The
+ * server Finished MACs its hash; the application secrets and the client Finished MAC
+ * take the hash up to the server Finished (no client certificate in between). With
+ * with_ticket, the PSK of a NewSessionTicket with nonce 0x00 from the resumption master
+ * secret, whose hash ends with the client Finished that verifies (RFC 8446 4.4.4, 4.6.1,
+ * 7.1). */
+PyObject *
+mod_tls_server_finished(PyObject *module, PyObject *args)
+{
+    long suite;
+    Py_buffer c_hs, s_hs, master, transcript;
+    int with_ticket;
+    SuiteInfo info;
+    const EVP_MD *md;
+    EVP_MD_CTX *ctx, *scratch;
+    unsigned char s_fin[4 + EVP_MAX_MD_SIZE], c_fin[4 + EVP_MAX_MD_SIZE];
+    unsigned char h[EVP_MAX_MD_SIZE], c_ap[EVP_MAX_MD_SIZE], s_ap[EVP_MAX_MD_SIZE];
+    unsigned char rms[EVP_MAX_MD_SIZE], psk[EVP_MAX_MD_SIZE];
+    static const unsigned char nonce0 = 0;
+    unsigned int n = 0;
+    int hl;
+    PyObject *result = NULL;
+
+    (void)module;
+    if (!PyArg_ParseTuple(args, "ly*y*y*y*p:tls_server_finished", &suite, &c_hs, &s_hs,
+                          &master, &transcript, &with_ticket)) {
+        return NULL;
+    }
+    if (suite_info(suite, &info) < 0) {
+        goto done;
+    }
+    md = info.md();
+    hl = info.hash_len;
+    if (c_hs.len != hl || s_hs.len != hl || master.len != hl) {
+        PyErr_SetString(PyExc_ValueError, "tls_server_finished: secrets of the wrong length");
+        goto done;
+    }
+    s_fin[0] = c_fin[0] = 20; /* HandshakeType finished, u24 length */
+    s_fin[1] = c_fin[1] = 0;
+    s_fin[2] = c_fin[2] = 0;
+    s_fin[3] = c_fin[3] = (unsigned char)hl;
+    ctx = transcript_ctx(md, 0);
+    scratch = transcript_ctx(md, 1);
+    if (ctx == NULL || scratch == NULL || EVP_DigestInit_ex(ctx, md, NULL) != 1 ||
+        EVP_DigestUpdate(ctx, transcript.buf, (size_t)transcript.len) != 1 ||
+        digest_so_far(ctx, scratch, h) < 0 || finished_mac(md, hl, s_hs.buf, h, s_fin + 4) < 0 ||
+        EVP_DigestUpdate(ctx, s_fin, (size_t)(4 + hl)) != 1 ||
+        digest_so_far(ctx, scratch, h) < 0 ||
+        expand_label_ctx(md, master.buf, (size_t)hl, "c ap traffic", 12, h, (size_t)hl, hl,
+                         c_ap) < 0 ||
+        expand_label_ctx(md, master.buf, (size_t)hl, "s ap traffic", 12, h, (size_t)hl, hl,
+                         s_ap) < 0 ||
+        finished_mac(md, hl, c_hs.buf, h, c_fin + 4) < 0 ||
+        (with_ticket &&
+         (EVP_DigestUpdate(ctx, c_fin, (size_t)(4 + hl)) != 1 ||
+          EVP_DigestFinal_ex(ctx, h, &n) != 1 ||
+          expand_label_ctx(md, master.buf, (size_t)hl, "res master", 10, h, (size_t)hl, hl,
+                           rms) < 0 ||
+          expand_label_ctx(md, rms, (size_t)hl, "resumption", 10, &nonce0, 1, hl, psk) < 0))) {
+        ERR_clear_error();
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL: TLS Finished key schedule failed");
+        goto wipe;
+    }
+    result = Py_BuildValue("(y#y#y#y#y#)", s_fin + 4, (Py_ssize_t)hl, c_ap, (Py_ssize_t)hl,
+                           s_ap, (Py_ssize_t)hl, c_fin + 4, (Py_ssize_t)hl, psk,
+                           (Py_ssize_t)(with_ticket ? hl : 0));
+wipe:
+    OPENSSL_cleanse(c_ap, sizeof(c_ap));
+    OPENSSL_cleanse(s_ap, sizeof(s_ap));
+    OPENSSL_cleanse(rms, sizeof(rms));
+    OPENSSL_cleanse(psk, sizeof(psk));
+    OPENSSL_cleanse(c_fin, sizeof(c_fin));
+done:
+    PyBuffer_Release(&c_hs);
+    PyBuffer_Release(&s_hs);
+    PyBuffer_Release(&master);
+    PyBuffer_Release(&transcript);
+    return result;
+}

@@ -35,6 +35,7 @@
  *   seal_stream_run(table, buf, key, pn, pn_len, stream_id, data, start, end, offset,
  *                   off_len, data_cap, count, fin[, dcid]) -> packets built
  *   hkdf_expand_label(suite, secret, label, length) -> bytes   (for tests)
+ *   tls_server_handshake / tls_server_finished: a TLS server's key schedule (hkdf.c)
  *
  * The GIL is held throughout: the table entries and their EVP contexts are shared mutable
  * state, exactly like the Python engine's.
@@ -499,5 +500,7 @@ PyObject *mod_hkdf_extract(PyObject *module, PyObject *args);
 PyObject *mod_hkdf_expand_label(PyObject *module, PyObject *args);
 PyObject *mod_finished_verify_data(PyObject *module, PyObject *args);
 PyObject *mod_quic_keys(PyObject *module, PyObject *args);
+PyObject *mod_tls_server_handshake(PyObject *module, PyObject *args);
+PyObject *mod_tls_server_finished(PyObject *module, PyObject *args);
 
 #endif /* QUICFLOW_NATIVE_H */
