@@ -112,7 +112,9 @@ def test_native_hkdf_steps_match_rfc5869(suite: CipherSuite) -> None:
     assert ext is not None
     h = suite_hash(suite)
     n = h.digest_size
-    for salt in (b"", os.urandom(n), os.urandom(7)):
+    # (keys of every length around the hash's block: a longer key is hashed first)
+    for salt in (b"", os.urandom(n), os.urandom(7), os.urandom(64), os.urandom(65),
+                 os.urandom(128), os.urandom(129), os.urandom(300)):
         ikm = os.urandom(40)
         expected = hmac.digest(salt or bytes(n), ikm, h.name)
         assert ext.hkdf_extract(int(suite), salt, ikm) == expected
