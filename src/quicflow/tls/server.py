@@ -34,6 +34,7 @@ from .messages import (
     CERTIFICATE,
     CERTIFICATE_VERIFY,
     CLIENT_HELLO,
+    ENCRYPTED_EXTENSIONS,
     EXT_ALPN,
     EXT_EARLY_DATA,
     EXT_KEY_SHARE,
@@ -59,7 +60,6 @@ from .messages import (
     encode_certificate,
     encode_certificate_request,
     encode_certificate_verify,
-    encode_encrypted_extensions,
     encode_finished,
     encode_server_hello,
     ext_alpn,
@@ -75,6 +75,7 @@ from .tickets import (
     QUIC_MAX_EARLY_DATA,
     TicketContents,
     compact_parameters,
+    encode_ticket,
     parse_empty,
     parse_offered_psks,
     parse_psk_modes,
@@ -85,8 +86,8 @@ from .verify import (
     SERVER_CONTEXT,
     certificate_verify_content,
     load_der_chain,
-    sign,
     signature_algorithms_for_key,
+    signer_for_key,
     verify_client_chain,
     verify_signature,
 )
@@ -104,11 +105,12 @@ _CERTIFICATE_REQUEST = encode_certificate_request(
 #: the key object and of the chain's last certificate; the entry keeps the key and chain
 #: objects (so the ids stay theirs) and is used only while the configuration holds
 #: those very objects.
-_IDENTITIES: dict[tuple[int, int], tuple[tuple[object, ...], bytes, list[int]]] = {}
+_IDENTITIES: dict[tuple[int, int], tuple[tuple[object, ...], bytes, list[int], Signer]] = {}
 _MAX_IDENTITIES = 32
 #: RFC 8446 §4.4.3: the signed content is this prefix and the transcript hash
 _SERVER_VERIFY_PREFIX = certificate_verify_content(SERVER_CONTEXT, b"")
-#: EncryptedExtensions' ALPN extension by selected protocol (a few per process)
+#: EncryptedExtensions' ALPN extension entry (type, length, body) by selected protocol
+#: (a few per process)
 _SELECTED_ALPN: dict[str, bytes] = {}
 _TLS13 = TLS13.to_bytes(2, "big")
 
@@ -154,24 +156,54 @@ def new_session_ticket_bytes(lifetime: int, age_add: int, ticket: bytes,
 _PSK_ZERO = struct.pack("!HHH", EXT_PRE_SHARED_KEY, 2, 0)
 
 
-def _identity(config: TlsConfig) -> tuple[bytes, list[int]]:
-    """(Certificate message, signature schemes) of ``config``'s certificate and key."""
+Signer = Callable[[int, bytes], bytes]
+
+
+def _identity(config: TlsConfig) -> tuple[bytes, list[int], Signer]:
+    """(Certificate message, signature schemes, signer) of ``config``'s certificate and
+    key."""
     objects: tuple[object, ...] = (config.private_key, *config.certificate_chain)
     key = (id(config.private_key), id(objects[-1]))
     hit = _IDENTITIES.get(key)
     if hit is not None and len(hit[0]) == len(objects) and all(
         map(operator.is_, hit[0], objects)
     ):
-        return hit[1], hit[2]
+        return hit[1], hit[2], hit[3]
     assert config.private_key is not None
     message = encode_certificate(
         b"", [c.public_bytes(Encoding.DER) for c in config.certificate_chain]
     )
     schemes = signature_algorithms_for_key(config.private_key)
+    signer = signer_for_key(config.private_key)
     if len(_IDENTITIES) >= _MAX_IDENTITIES:
         _IDENTITIES.clear()
-    _IDENTITIES[key] = (objects, message, schemes)
-    return message, schemes
+    _IDENTITIES[key] = (objects, message, schemes, signer)
+    return message, schemes, signer
+
+
+def _no_signer(algorithm: int, content: bytes) -> bytes:
+    raise TlsAlert(HANDSHAKE_FAILURE, "no signature algorithm negotiated")
+
+
+_EXT_ENTRY = struct.Struct("!HH")
+_EE_HEAD = struct.Struct("!IH")
+_EE_EARLY_DATA = _EXT_ENTRY.pack(EXT_EARLY_DATA, 0)
+
+
+def encrypted_extensions_bytes(alpn_entry: bytes, transport_parameters: bytes,
+                               early_data: bool) -> bytes:
+    """``encode_encrypted_extensions`` of the ALPN extension (``alpn_entry``: its type,
+    length and body), quic_transport_parameters and, with ``early_data``, an empty
+    early_data extension, in that order, packed in one go."""
+    n = len(transport_parameters)
+    total = len(alpn_entry) + 4 + n + (4 if early_data else 0)
+    if n > 0xFFFF or total > 0xFFFF:
+        raise ValueError("vector too long")
+    return b"".join((
+        _EE_HEAD.pack((ENCRYPTED_EXTENSIONS << 24) | (2 + total), total), alpn_entry,
+        _EXT_ENTRY.pack(EXT_QUIC_TRANSPORT_PARAMETERS, n), transport_parameters,
+        _EE_EARLY_DATA if early_data else b"",
+    ))
 
 
 class ServerHandshake(HandshakeCore):
@@ -194,6 +226,7 @@ class ServerHandshake(HandshakeCore):
         self.client_takes_tickets = False  # the client listed psk_dhe_ke
         #: our Certificate message (from _identity, with the signature negotiation)
         self.certificate_message = b""
+        self.signer: Signer = _no_signer
         #: the client Finished verify_data to expect and the PSK of the ticket to send,
         #: both known when our Finished goes out (b"": not known then, or no ticket)
         self.client_finished = b""
@@ -244,7 +277,7 @@ class ServerHandshake(HandshakeCore):
             raise TlsAlert(MISSING_EXTENSION, "ClientHello has no signature_algorithms")
         offered = parse_u16_list(ext[EXT_SIGNATURE_ALGORITHMS])
         assert self.config.private_key is not None
-        self.certificate_message, schemes = _identity(self.config)
+        self.certificate_message, schemes, self.signer = _identity(self.config)
         for algorithm in schemes:
             if algorithm in offered:
                 return algorithm
@@ -425,16 +458,12 @@ class ServerHandshake(HandshakeCore):
         ask = cfg.client_certificates != "none" and not self.resumed
         alpn = _SELECTED_ALPN.get(self.alpn)
         if alpn is None:
-            alpn = ext_alpn([self.alpn])
+            body = ext_alpn([self.alpn])
+            alpn = _EXT_ENTRY.pack(EXT_ALPN, len(body)) + body
             if len(_SELECTED_ALPN) < 64:
                 _SELECTED_ALPN[self.alpn] = alpn
-        ee = [
-            (EXT_ALPN, alpn),
-            (EXT_QUIC_TRANSPORT_PARAMETERS, self.transport_parameters),
-        ]
-        if self.early_status:
-            ee.append((EXT_EARLY_DATA, b""))
-        transcript += encode_encrypted_extensions(ee)
+        transcript += encrypted_extensions_bytes(alpn, self.transport_parameters,
+                                                 bool(self.early_status))
         if ask:
             transcript += _CERTIFICATE_REQUEST
         if not self.resumed:
@@ -443,7 +472,7 @@ class ServerHandshake(HandshakeCore):
                                                       len(transcript))
         self.publish_handshake_secrets(c_hs, s_hs)
         if not self.resumed:
-            signature = sign(cfg.private_key, sig_alg, _SERVER_VERIFY_PREFIX + signed_hash)
+            signature = self.signer(sig_alg, _SERVER_VERIFY_PREFIX + signed_hash)
             transcript += encode_certificate_verify(sig_alg, signature)
         # RFC 8446 §4.2.9: a ticket only to a client that takes psk_dhe_ke, never with
         # client certificates
@@ -512,13 +541,10 @@ class ServerHandshake(HandshakeCore):
         assert self.ks is not None and self.suite is not None and cfg.ticket_sealer is not None
         age_add = int.from_bytes(os.urandom(4), "big")
         max_early = QUIC_MAX_EARLY_DATA if cfg.early_data else 0
-        contents = TicketContents(
-            issued_at=self.wall_time, lifetime=cfg.ticket_lifetime, age_add=age_add,
-            max_early_data=max_early, suite=int(self.suite),
-            psk=psk, alpn=self.alpn or "",
-            server_name=self.server_name or "",
-            transport_parameters=(cfg.ticket_parameters
-                                  or compact_parameters(self.transport_parameters)),
-        )
+        plaintext = encode_ticket(  # (TicketContents.encode of these fields)
+            self.wall_time, cfg.ticket_lifetime, age_add, max_early, int(self.suite), psk,
+            self.alpn or "", self.server_name or "",
+            cfg.ticket_parameters or compact_parameters(self.transport_parameters))
         self.send(Epoch.ONE_RTT, new_session_ticket_bytes(
-            cfg.ticket_lifetime, age_add, cfg.ticket_sealer.seal(contents), bool(max_early)))
+            cfg.ticket_lifetime, age_add, cfg.ticket_sealer.seal_plaintext(plaintext),
+            bool(max_early)))
