@@ -259,3 +259,46 @@ def test_native_server_key_schedule_rejects_bad_lengths() -> None:
         ext.tls_server_finished(0x1301, d, d, bytes(31), b"abc", True)
     with pytest.raises(ValueError):
         ext.tls_server_finished(0x1304, d, d, d, b"abc", True)
+
+
+@pytest.mark.parametrize("suite", SUITES)
+@pytest.mark.parametrize("version", [QUIC_V1, QUIC_V2])
+def test_protector_for_secret_seals_like_the_protector_of_derived_keys(
+    engine: bool, suite: CipherSuite, version: int
+) -> None:
+    # PacketProtector.for_secret (one C call with the extension: packet_key_context) is
+    # PacketProtector(derive_packet_keys(...)): the same keys and the same packets
+    secret = os.urandom(suite_hash_len(suite))
+    fast = keys.PacketProtector.for_secret(suite, secret, version)
+    ref = keys.PacketProtector(derive_packet_keys(suite, secret, version))
+    assert fast.keys == ref.keys
+    header = bytes([0xC3]) + b"\x00\x00\x00\x01\x08" + os.urandom(8) + b"\x00\x40\x30" + \
+        b"\x00\x00\x00\x05"
+    payload = os.urandom(40)
+    sealed = fast.seal(header, payload, 5)
+    assert sealed == ref.seal(header, payload, 5)
+    assert ref.open(sealed, len(header) - 4, 4)[1:] == (payload, 5)
+    assert fast.next_generation().seal(header, payload, 6) == \
+        ref.next_generation().seal(header, payload, 6)
+    with pytest.raises(KeyError):
+        keys.PacketProtector.for_secret(suite, secret, 0x0A0A0A0A)
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_native_packet_key_context(suite: CipherSuite) -> None:
+    need_native()
+    ext = EXT
+    secret = os.urandom(suite_hash_len(suite))
+    for v2, version in ((False, QUIC_V1), (True, QUIC_V2)):
+        kc = ext.packet_key_context(int(suite), secret, v2)
+        ref = derive_packet_keys(suite, secret, version)
+        assert kc.hp_key == ref.hp_key and kc.secret == secret
+        assert kc.iv == int.from_bytes(ref.iv, "big")
+        hp = os.urandom(len(ref.hp_key))
+        assert ext.packet_key_context(int(suite), secret, v2, hp).hp_key == hp
+    with pytest.raises(ValueError, match="header protection key"):
+        ext.packet_key_context(int(suite), secret, False, b"short")
+    with pytest.raises(ValueError, match="secret"):
+        ext.packet_key_context(int(suite), secret[:-1], False)
+    with pytest.raises(ValueError):
+        ext.packet_key_context(0x1304, secret, False)

@@ -654,3 +654,63 @@ done:
     PyBuffer_Release(&transcript);
     return result;
 }
+
+/* packet_key_context(suite, secret, v2[, hp_key]) -> KeyContext: the packet keys of a
+ * traffic secret ("quic key", "quic iv", "quic hp"; "quicv2 ..." when v2) in a
+ * KeyContext that keeps the secret, in one call (what quic_keys + KeyContext do in two);
+ * hp_key, when given and not None, replaces the derived header-protection key (it stays
+ * the same across key updates). */
+PyObject *
+mod_packet_key_context(PyObject *module, PyObject *args)
+{
+    long suite;
+    PyObject *secret, *hp_given = Py_None, *hp_bytes = NULL;
+    int v2;
+    SuiteInfo info;
+    HmacKey k = {0};
+    unsigned char key[MAX_KEY_LEN], iv[IV_LEN], hp[MAX_KEY_LEN];
+    KeyContext *result = NULL;
+
+    (void)module;
+    if (!PyArg_ParseTuple(args, "lSp|O:packet_key_context", &suite, &secret, &v2, &hp_given)) {
+        return NULL;
+    }
+    if (suite_info(suite, &info) < 0) {
+        return NULL;
+    }
+    if (PyBytes_GET_SIZE(secret) != info.hash_len) {
+        PyErr_Format(PyExc_ValueError, "secret must be %d bytes", info.hash_len);
+        return NULL;
+    }
+    if (hp_given != Py_None) {
+        if (!PyBytes_Check(hp_given) || PyBytes_GET_SIZE(hp_given) != info.key_len) {
+            PyErr_Format(PyExc_ValueError, "header protection key must be %d bytes",
+                         info.key_len);
+            return NULL;
+        }
+    }
+    hmac_key_init(&k, info.md(), (const unsigned char *)PyBytes_AS_STRING(secret),
+                  (size_t)PyBytes_GET_SIZE(secret));
+    if (expand_label_key(&k, v2 ? "quicv2 key" : "quic key", v2 ? 10 : 8, NULL, 0, info.key_len,
+                         key) < 0 ||
+        expand_label_key(&k, v2 ? "quicv2 iv" : "quic iv", v2 ? 9 : 7, NULL, 0, IV_LEN, iv) < 0 ||
+        (hp_given == Py_None &&
+         expand_label_key(&k, v2 ? "quicv2 hp" : "quic hp", v2 ? 9 : 7, NULL, 0, info.key_len,
+                          hp) < 0)) {
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL: HKDF-Expand-Label failed");
+        goto wipe;
+    }
+    hp_bytes = hp_given != Py_None
+                   ? Py_NewRef(hp_given)
+                   : PyBytes_FromStringAndSize((const char *)hp, info.key_len);
+    if (hp_bytes == NULL) {
+        goto wipe;
+    }
+    result = kc_create(suite, key, iv, hp_bytes, secret);
+    Py_DECREF(hp_bytes);
+wipe:
+    hmac_key_wipe(&k);
+    OPENSSL_cleanse(key, sizeof(key));
+    OPENSSL_cleanse(hp, sizeof(hp));
+    return (PyObject *)result;
+}

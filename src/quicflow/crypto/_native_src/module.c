@@ -27,6 +27,9 @@ static PyMethodDef module_methods[] = {
      "finished_verify_data(suite, base_key, transcript_hash) -> bytes (RFC 8446 4.4.4)"},
     {"quic_keys", mod_quic_keys, METH_VARARGS,
      "quic_keys(suite, secret, v2, with_next) -> (key, iv, hp[, ku, next_key, next_iv])"},
+    {"packet_key_context", mod_packet_key_context, METH_VARARGS,
+     "packet_key_context(suite, secret, v2[, hp_key]) -> KeyContext of the secret's packet "
+     "keys (quic_keys and KeyContext in one call)"},
     {"tls_server_handshake", mod_tls_server_handshake, METH_VARARGS,
      "tls_server_handshake(suite, derived, shared, transcript, sh_len, cert_len) -> "
      "(handshake_secret, master_secret, c_hs, s_hs, hash of transcript[:cert_len])"},

@@ -502,5 +502,6 @@ PyObject *mod_finished_verify_data(PyObject *module, PyObject *args);
 PyObject *mod_quic_keys(PyObject *module, PyObject *args);
 PyObject *mod_tls_server_handshake(PyObject *module, PyObject *args);
 PyObject *mod_tls_server_finished(PyObject *module, PyObject *args);
+PyObject *mod_packet_key_context(PyObject *module, PyObject *args);
 
 #endif /* QUICFLOW_NATIVE_H */
