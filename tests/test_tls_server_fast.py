@@ -241,3 +241,21 @@ def test_signer_for_key_signs_like_sign(key_type: str) -> None:
     with pytest.raises(TlsAlert) as err:
         signer(0x0807 if key_type != "ed25519" else 0x0403, content)
     assert err.value.description == HANDSHAKE_FAILURE
+
+
+@given(algorithm=st.integers(0, 0xFFFF), signature=st.binary(max_size=600))
+def test_certificate_verify_packed_in_one_go(algorithm: int, signature: bytes) -> None:
+    import struct
+
+    from quicflow.tls.messages import (
+        CERTIFICATE_VERIFY,
+        decode_certificate_verify,
+        encode_certificate_verify,
+        handshake,
+        vec,
+    )
+
+    got = encode_certificate_verify(algorithm, signature)
+    assert got == handshake(CERTIFICATE_VERIFY, struct.pack("!H", algorithm)
+                            + vec(2, signature))
+    assert decode_certificate_verify(got[4:]) == (algorithm, signature)

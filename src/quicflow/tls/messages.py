@@ -419,8 +419,14 @@ def decode_certificate_request(body: bytes) -> tuple[bytes, dict[int, bytes]]:
     return context, ext_map
 
 
+_CV_HEAD = struct.Struct("!IHH")
+
+
 def encode_certificate_verify(algorithm: int, signature: bytes) -> bytes:
-    return handshake(CERTIFICATE_VERIFY, struct.pack("!H", algorithm) + vec(2, signature))
+    n = len(signature)
+    if n > 0xFFFF:
+        raise ValueError("vector too long")
+    return _CV_HEAD.pack((CERTIFICATE_VERIFY << 24) | (4 + n), algorithm, n) + signature
 
 
 def _u16_and_vector(data: bytes) -> tuple[int, bytes]:

@@ -231,6 +231,7 @@ class ServerHandshake(HandshakeCore):
         #: both known when our Finished goes out (b"": not known then, or no ticket)
         self.client_finished = b""
         self.ticket_psk = b""
+        self.ticket_entropy = b""  # fresh random bytes for the ticket: age_add, nonce
 
     def expected_epoch(self) -> Epoch | None:
         if self.state in (WAIT_CH, WAIT_CH2):
@@ -359,7 +360,11 @@ class ServerHandshake(HandshakeCore):
             self.add_secret(Epoch.ZERO_RTT, False, early_secret)
             self.keylog("CLIENT_EARLY_TRAFFIC_SECRET", early_secret)
         # (the legacy_session_id is empty: checked above)
-        sh_bytes = server_hello_bytes(os.urandom(32), int(suite), group, our_share,
+        # one draw from the OS for the ServerHello random and, when a ticket will follow,
+        # its age_add and sealing nonce (16 bytes kept for _send_ticket)
+        entropy = os.urandom(48 if self.client_takes_tickets else 32)
+        self.ticket_entropy = entropy[32:]
+        sh_bytes = server_hello_bytes(entropy[:32], int(suite), group, our_share,
                                       psk is not None)
         self.transcript += sh_bytes
         self.send(Epoch.INITIAL, sh_bytes)
@@ -539,12 +544,16 @@ class ServerHandshake(HandshakeCore):
         0xffffffff (RFC 9001 §4.6.1)."""
         cfg = self.config
         assert self.ks is not None and self.suite is not None and cfg.ticket_sealer is not None
-        age_add = int.from_bytes(os.urandom(4), "big")
+        entropy = self.ticket_entropy
+        if len(entropy) != 16:
+            entropy = os.urandom(16)
+        age_add = int.from_bytes(entropy[:4], "big")
         max_early = QUIC_MAX_EARLY_DATA if cfg.early_data else 0
         plaintext = encode_ticket(  # (TicketContents.encode of these fields)
             self.wall_time, cfg.ticket_lifetime, age_add, max_early, int(self.suite), psk,
             self.alpn or "", self.server_name or "",
             cfg.ticket_parameters or compact_parameters(self.transport_parameters))
         self.send(Epoch.ONE_RTT, new_session_ticket_bytes(
-            cfg.ticket_lifetime, age_add, cfg.ticket_sealer.seal_plaintext(plaintext),
+            cfg.ticket_lifetime, age_add, cfg.ticket_sealer.seal_plaintext(plaintext,
+                                                                          entropy[4:]),
             bool(max_early)))

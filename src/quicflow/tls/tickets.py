@@ -274,10 +274,12 @@ class TicketSealer:
     def seal(self, contents: TicketContents) -> bytes:
         return self.seal_plaintext(contents.encode())
 
-    def seal_plaintext(self, plaintext: bytes) -> bytes:
-        """A ticket of ``encode_ticket``'s bytes (what ``seal`` seals)."""
+    def seal_plaintext(self, plaintext: bytes, nonce: bytes = b"") -> bytes:
+        """A ticket of ``encode_ticket``'s bytes (what ``seal`` seals), under ``nonce``
+        (12 fresh random bytes; drawn here when not given)."""
         assert self._aead is not None
-        nonce = os.urandom(_NONCE_LEN)
+        if len(nonce) != _NONCE_LEN:
+            nonce = os.urandom(_NONCE_LEN)
         return nonce + self._aead.encrypt(nonce, plaintext, b"quicflow ticket")
 
     def open(self, ticket: bytes, wall_time: float) -> TicketContents | None:
