@@ -461,27 +461,79 @@ done:
 /* ---------------------------------------------------------------------------------- */
 /* a TLS 1.3 server's key schedule from the shared secret on, in two calls             */
 
-/* One EVP_MD_CTX per hash for the transcript (the GIL is held: no two users at once). */
-static EVP_MD_CTX *md_ctxs[2][2];
+/* A running transcript hash: a low-level SHA-256/384 state (a struct copy to read the
+ * hash so far), or an EVP_MD_CTX pair without the low-level functions. */
+typedef struct {
+    int low_level;
+    int idx;
+#ifdef QF_LOW_LEVEL_SHA
+    union {
+        SHA256_CTX s256;
+        SHA512_CTX s512;
+    } c;
+#endif
+    EVP_MD_CTX *evp, *scratch;
+} RunningHash;
 
-static EVP_MD_CTX *
-transcript_ctx(const EVP_MD *md, int which)
-{
-    int idx = EVP_MD_get_type(md) == NID_sha384 ? 1 : 0;
-    if (md_ctxs[idx][which] == NULL) {
-        md_ctxs[idx][which] = EVP_MD_CTX_new();
-    }
-    return md_ctxs[idx][which];
-}
-
-/* *out = Hash(everything fed to ctx so far), ctx left as it was */
 static int
-digest_so_far(EVP_MD_CTX *ctx, EVP_MD_CTX *scratch, unsigned char *out)
+rh_init(RunningHash *h, const EVP_MD *md)
 {
-    unsigned int n = 0;
-    return EVP_MD_CTX_copy_ex(scratch, ctx) == 1 && EVP_DigestFinal_ex(scratch, out, &n) == 1
+    h->idx = md_index(md);
+    h->low_level = 0;
+    h->evp = h->scratch = NULL;
+#ifdef QF_LOW_LEVEL_SHA
+    if (h->idx >= 0) {
+        h->low_level = 1;
+        return h->idx == 0 ? SHA256_Init(&h->c.s256) - 1 : SHA384_Init(&h->c.s512) - 1;
+    }
+#endif
+    h->evp = EVP_MD_CTX_new();
+    h->scratch = EVP_MD_CTX_new();
+    return h->evp != NULL && h->scratch != NULL && EVP_DigestInit_ex(h->evp, md, NULL) == 1
                ? 0
                : -1;
+}
+
+static int
+rh_update(RunningHash *h, const void *data, size_t len)
+{
+#ifdef QF_LOW_LEVEL_SHA
+    if (h->low_level) {
+        return h->idx == 0 ? SHA256_Update(&h->c.s256, data, len) - 1
+                           : SHA384_Update(&h->c.s512, data, len) - 1;
+    }
+#endif
+    return EVP_DigestUpdate(h->evp, data, len) == 1 ? 0 : -1;
+}
+
+/* *out = the hash of what was fed so far; h goes on as it was */
+static int
+rh_peek(RunningHash *h, unsigned char *out)
+{
+    unsigned int n = 0;
+#ifdef QF_LOW_LEVEL_SHA
+    if (h->low_level) {
+        if (h->idx == 0) {
+            SHA256_CTX c = h->c.s256;
+            return SHA256_Final(out, &c) - 1;
+        } else {
+            SHA512_CTX c = h->c.s512;
+            return SHA384_Final(out, &c) - 1;
+        }
+    }
+#endif
+    return EVP_MD_CTX_copy_ex(h->scratch, h->evp) == 1 &&
+                   EVP_DigestFinal_ex(h->scratch, out, &n) == 1
+               ? 0
+               : -1;
+}
+
+static void
+rh_free(RunningHash *h)
+{
+    EVP_MD_CTX_free(h->evp);
+    EVP_MD_CTX_free(h->scratch);
+    h->evp = h->scratch = NULL;
 }
 
 /* HMAC(HKDF-Expand-Label(base_key, "finished", "", hash_len), thash) (RFC 8446 4.4.4) */
@@ -514,7 +566,7 @@ mod_tls_server_handshake(PyObject *module, PyObject *args)
     Py_ssize_t sh_len, cert_len;
     SuiteInfo info;
     const EVP_MD *md;
-    EVP_MD_CTX *ctx, *scratch;
+    RunningHash th = {0};
     unsigned char hs[EVP_MAX_MD_SIZE], master[EVP_MAX_MD_SIZE], d2[EVP_MAX_MD_SIZE];
     unsigned char c_hs[EVP_MAX_MD_SIZE], s_hs[EVP_MAX_MD_SIZE];
     unsigned char h_sh[EVP_MAX_MD_SIZE], h_cert[EVP_MAX_MD_SIZE], empty[EVP_MAX_MD_SIZE];
@@ -538,15 +590,11 @@ mod_tls_server_handshake(PyObject *module, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "tls_server_handshake: bad lengths");
         goto done;
     }
-    ctx = transcript_ctx(md, 0);
-    scratch = transcript_ctx(md, 1);
-    if (ctx == NULL || scratch == NULL || EVP_DigestInit_ex(scratch, md, NULL) != 1 ||
-        EVP_DigestFinal_ex(scratch, empty, &n) != 1 || EVP_DigestInit_ex(ctx, md, NULL) != 1 ||
-        EVP_DigestUpdate(ctx, transcript.buf, (size_t)sh_len) != 1 ||
-        digest_so_far(ctx, scratch, h_sh) < 0 ||
-        EVP_DigestUpdate(ctx, (const unsigned char *)transcript.buf + sh_len,
-                         (size_t)(cert_len - sh_len)) != 1 ||
-        EVP_DigestFinal_ex(ctx, h_cert, &n) != 1 ||
+    if (rh_init(&th, md) < 0 || rh_peek(&th, empty) < 0 ||
+        rh_update(&th, transcript.buf, (size_t)sh_len) < 0 || rh_peek(&th, h_sh) < 0 ||
+        rh_update(&th, (const unsigned char *)transcript.buf + sh_len,
+                  (size_t)(cert_len - sh_len)) < 0 ||
+        rh_peek(&th, h_cert) < 0 ||
         hmac_digest(md, derived.buf, (size_t)hl, shared.buf, (size_t)shared.len, hs, &n) < 0 ||
         (hmac_key_init(&k, md, hs, (size_t)hl), 0) ||
         expand_label_key(&k, "c hs traffic", 12, h_sh, (size_t)hl, hl, c_hs) < 0 ||
@@ -560,6 +608,7 @@ mod_tls_server_handshake(PyObject *module, PyObject *args)
     result = Py_BuildValue("(y#y#y#y#y#)", hs, (Py_ssize_t)hl, master, (Py_ssize_t)hl, c_hs,
                            (Py_ssize_t)hl, s_hs, (Py_ssize_t)hl, h_cert, (Py_ssize_t)hl);
 wipe:
+    rh_free(&th);
     hmac_key_wipe(&k);
     OPENSSL_cleanse(hs, sizeof(hs));
     OPENSSL_cleanse(master, sizeof(master));
@@ -589,12 +638,11 @@ mod_tls_server_finished(PyObject *module, PyObject *args)
     int with_ticket;
     SuiteInfo info;
     const EVP_MD *md;
-    EVP_MD_CTX *ctx, *scratch;
+    RunningHash th = {0};
     unsigned char s_fin[4 + EVP_MAX_MD_SIZE], c_fin[4 + EVP_MAX_MD_SIZE];
     unsigned char h[EVP_MAX_MD_SIZE], c_ap[EVP_MAX_MD_SIZE], s_ap[EVP_MAX_MD_SIZE];
     unsigned char rms[EVP_MAX_MD_SIZE], psk[EVP_MAX_MD_SIZE];
     static const unsigned char nonce0 = 0;
-    unsigned int n = 0;
     int hl;
     HmacKey k = {0};
     PyObject *result = NULL;
@@ -618,19 +666,14 @@ mod_tls_server_finished(PyObject *module, PyObject *args)
     s_fin[1] = c_fin[1] = 0;
     s_fin[2] = c_fin[2] = 0;
     s_fin[3] = c_fin[3] = (unsigned char)hl;
-    ctx = transcript_ctx(md, 0);
-    scratch = transcript_ctx(md, 1);
-    if (ctx == NULL || scratch == NULL || EVP_DigestInit_ex(ctx, md, NULL) != 1 ||
-        EVP_DigestUpdate(ctx, transcript.buf, (size_t)transcript.len) != 1 ||
-        digest_so_far(ctx, scratch, h) < 0 || finished_mac(md, hl, s_hs.buf, h, s_fin + 4) < 0 ||
-        EVP_DigestUpdate(ctx, s_fin, (size_t)(4 + hl)) != 1 ||
-        digest_so_far(ctx, scratch, h) < 0 ||
+    if (rh_init(&th, md) < 0 || rh_update(&th, transcript.buf, (size_t)transcript.len) < 0 ||
+        rh_peek(&th, h) < 0 || finished_mac(md, hl, s_hs.buf, h, s_fin + 4) < 0 ||
+        rh_update(&th, s_fin, (size_t)(4 + hl)) < 0 || rh_peek(&th, h) < 0 ||
         expand_label_key(&k, "c ap traffic", 12, h, (size_t)hl, hl, c_ap) < 0 ||
         expand_label_key(&k, "s ap traffic", 12, h, (size_t)hl, hl, s_ap) < 0 ||
         finished_mac(md, hl, c_hs.buf, h, c_fin + 4) < 0 ||
         (with_ticket &&
-         (EVP_DigestUpdate(ctx, c_fin, (size_t)(4 + hl)) != 1 ||
-          EVP_DigestFinal_ex(ctx, h, &n) != 1 ||
+         (rh_update(&th, c_fin, (size_t)(4 + hl)) < 0 || rh_peek(&th, h) < 0 ||
           expand_label_key(&k, "res master", 10, h, (size_t)hl, hl, rms) < 0 ||
           expand_label_ctx(md, rms, (size_t)hl, "resumption", 10, &nonce0, 1, hl, psk) < 0))) {
         ERR_clear_error();
@@ -641,6 +684,7 @@ mod_tls_server_finished(PyObject *module, PyObject *args)
                            s_ap, (Py_ssize_t)hl, c_fin + 4, (Py_ssize_t)hl, psk,
                            (Py_ssize_t)(with_ticket ? hl : 0));
 wipe:
+    rh_free(&th);
     hmac_key_wipe(&k);
     OPENSSL_cleanse(c_ap, sizeof(c_ap));
     OPENSSL_cleanse(s_ap, sizeof(s_ap));
