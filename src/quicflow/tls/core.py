@@ -22,33 +22,34 @@ Secret = tuple[Epoch, bool, CipherSuite, bytes]
 class HandshakeCore:
     """Buffers, transcript, outputs and results of one handshake (either side)."""
 
+    # immutable starting values: class attributes, set on an instance when they change
+    # (fewer stores per handshake)
+    # thash's running hash: of which transcript object and suite, and how far
+    _running: Any = None
+    _running_of: bytearray | None = None
+    _running_suite: CipherSuite | None = None
+    _running_len = 0
+    suite: CipherSuite | None = None
+    ks: KeySchedule | None = None
+    client_random = b""
+    client_hs_secret = b""
+    server_hs_secret = b""
+    complete = False
+    alpn: str | None = None
+    peer_tp: bytes | None = None
+    failed: TlsAlert | None = None
+
     def __init__(self, config: TlsConfig, transport_parameters: bytes) -> None:
         config.validate()
         self.config = config
         self.transport_parameters = transport_parameters
-        self.buffers: dict[Epoch, bytearray] = {
-            Epoch.INITIAL: bytearray(), Epoch.ZERO_RTT: bytearray(),
-            Epoch.HANDSHAKE: bytearray(), Epoch.ONE_RTT: bytearray(),
-        }
+        #: partial messages per epoch (an epoch's buffer is made when data first comes)
+        self.buffers: dict[Epoch, bytearray] = {}
         self.output: list[tuple[Epoch, bytes]] = []
         self.secrets: list[Secret] = []
         self.transcript = bytearray()
-        # thash's running hash: of which transcript object and suite, and how far
-        self._running: Any = None
-        self._running_of: bytearray | None = None
-        self._running_suite: CipherSuite | None = None
-        self._running_len = 0
-        self.suite: CipherSuite | None = None
-        self.ks: KeySchedule | None = None
-        self.client_random = b""
-        self.client_hs_secret = b""
-        self.server_hs_secret = b""
-        self.complete = False
-        self.alpn: str | None = None
-        self.peer_tp: bytes | None = None
         self.peer_certs: list[x509.Certificate] = []
         self.peer_cert_ders: list[bytes] = []  # the same chain as received (DER)
-        self.failed: TlsAlert | None = None
 
     # ------------------------------------------------------------ to override
 
@@ -80,8 +81,11 @@ class HandshakeCore:
     def _receive(self, epoch: Epoch, data: bytes) -> None:
         if type(epoch) is not Epoch:
             epoch = Epoch(epoch)
-        buf = self.buffers[epoch]
-        buf += data
+        buf = self.buffers.get(epoch)
+        if buf is None:
+            buf = self.buffers[epoch] = bytearray(data)
+        else:
+            buf += data
         while len(buf) >= 4:
             length = int.from_bytes(buf[1:4], "big")
             if length > MAX_MESSAGE_LEN:
@@ -105,7 +109,7 @@ class HandshakeCore:
 
     def require_empty(self, epoch: Epoch) -> None:
         """Messages must not span a key change (RFC 8446 §5.1)."""
-        if self.buffers[epoch]:
+        if self.buffers.get(epoch):
             raise TlsAlert(UNEXPECTED_MESSAGE, f"data left in epoch {epoch.name} at a key change")
 
     def thash(self) -> bytes:

@@ -207,31 +207,33 @@ def encrypted_extensions_bytes(alpn_entry: bytes, transport_parameters: bytes,
 
 
 class ServerHandshake(HandshakeCore):
+    # immutable starting values: class attributes, set on an instance when they change
+    hrr_group: int | None = None
+    server_name: str | None = None
+    #: rewrites our transport parameters once the client's are known (see TlsSession)
+    params_hook: Callable[[bytes], bytes] | None = None
+    #: the application's (and the transport's) say on 0-RTT: called with the ticket of a
+    #: ClientHello that may have its early data accepted
+    early_data_hook: Callable[[TicketContents], bool] | None = None
+    wall_time = 0.0
+    resumed = False
+    early_status: bool | None = None  # None: not offered; True accepted
+    ticket: TicketContents | None = None
+    client_ticket_age = 0.0
+    client_takes_tickets = False  # the client listed psk_dhe_ke
+    #: our Certificate message (from _identity, with the signature negotiation)
+    certificate_message = b""
+    #: the client Finished verify_data to expect and the PSK of the ticket to send, both
+    #: known when our Finished goes out (b"": not known then, or no ticket)
+    client_finished = b""
+    ticket_psk = b""
+    ticket_entropy = b""  # fresh random bytes for the ticket: age_add, nonce
+
     def __init__(self, config: TlsConfig, transport_parameters: bytes) -> None:
         super().__init__(config, transport_parameters)
         self.state = WAIT_CH
         self.group_ids = [GROUP_IDS[g] for g in config.groups]
-        self.hrr_group: int | None = None
-        self.server_name: str | None = None
-        #: rewrites our transport parameters once the client's are known (see TlsSession)
-        self.params_hook: Callable[[bytes], bytes] | None = None
-        #: the application's (and the transport's) say on 0-RTT: called with the ticket
-        #: of a ClientHello that may have its early data accepted
-        self.early_data_hook: Callable[[TicketContents], bool] | None = None
-        self.wall_time = 0.0
-        self.resumed = False
-        self.early_status: bool | None = None  # None: not offered; True accepted
-        self.ticket: TicketContents | None = None
-        self.client_ticket_age = 0.0
-        self.client_takes_tickets = False  # the client listed psk_dhe_ke
-        #: our Certificate message (from _identity, with the signature negotiation)
-        self.certificate_message = b""
         self.signer: Signer = _no_signer
-        #: the client Finished verify_data to expect and the PSK of the ticket to send,
-        #: both known when our Finished goes out (b"": not known then, or no ticket)
-        self.client_finished = b""
-        self.ticket_psk = b""
-        self.ticket_entropy = b""  # fresh random bytes for the ticket: age_add, nonce
 
     def expected_epoch(self) -> Epoch | None:
         if self.state in (WAIT_CH, WAIT_CH2):
