@@ -181,7 +181,16 @@ def _u16_array(data: bytes, pos: int, end: int, len_bytes: int) -> tuple[list[in
     stop = pos + n
     if stop > end or n & 1:
         raise _truncated()
-    return list(struct.unpack(f"!{n >> 1}H", data[pos:stop])), stop
+    unpack = _U16_ARRAYS.get(n)
+    if unpack is None:
+        unpack = struct.Struct(f"!{n >> 1}H").unpack_from
+        if len(_U16_ARRAYS) < 128:
+            _U16_ARRAYS[n] = unpack
+    return list(unpack(data, pos)), stop
+
+
+#: unpack_from of n/2 big-endian u16 values, by n (a handful of list sizes recur)
+_U16_ARRAYS: dict[int, Callable[[bytes, int], tuple[int, ...]]] = {}
 
 
 def _parse_extensions(data: bytes, pos: int, end: int) -> tuple[dict[int, bytes], int]:
