@@ -162,8 +162,10 @@ class HandshakeCore:
         """Keep and publish the (client, server) handshake traffic secrets."""
         self.client_hs_secret, self.server_hs_secret = c_hs, s_hs
         is_client = self.config.is_client
-        self.add_secret(Epoch.HANDSHAKE, is_client, c_hs)
-        self.add_secret(Epoch.HANDSHAKE, not is_client, s_hs)
+        suite = self.suite
+        assert suite is not None
+        self.secrets += ((Epoch.HANDSHAKE, is_client, suite, c_hs),
+                         (Epoch.HANDSHAKE, not is_client, suite, s_hs))
         if self.config.keylog_file:
             self.keylog("CLIENT_HANDSHAKE_TRAFFIC_SECRET", c_hs)
             self.keylog("SERVER_HANDSHAKE_TRAFFIC_SECRET", s_hs)
@@ -176,8 +178,10 @@ class HandshakeCore:
     def publish_application_secrets(self, c_ap: bytes, s_ap: bytes) -> None:
         """Publish the (client, server) application traffic secrets."""
         is_client = self.config.is_client
-        self.add_secret(Epoch.ONE_RTT, is_client, c_ap)
-        self.add_secret(Epoch.ONE_RTT, not is_client, s_ap)
+        suite = self.suite
+        assert suite is not None
+        self.secrets += ((Epoch.ONE_RTT, is_client, suite, c_ap),
+                         (Epoch.ONE_RTT, not is_client, suite, s_ap))
         if self.config.keylog_file:
             self.keylog("CLIENT_TRAFFIC_SECRET_0", c_ap)
             self.keylog("SERVER_TRAFFIC_SECRET_0", s_ap)
