@@ -61,7 +61,7 @@ else:
             "quicflow.crypto._native",
             sources=[
                 f"{NATIVE_SRC}/{name}.c"
-                for name in ("module", "keys", "hkdf", "table", "batch", "coalesce",
+                for name in ("module", "keys", "hmac", "hkdf", "table", "batch", "coalesce",
                              "stream_run", "tparams", "header", "frames")
             ],
             depends=[f"{NATIVE_SRC}/native.h"],

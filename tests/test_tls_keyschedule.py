@@ -112,7 +112,9 @@ def test_native_hkdf_steps_match_rfc5869(suite: CipherSuite) -> None:
     assert ext is not None
     h = suite_hash(suite)
     n = h.digest_size
-    for salt in (b"", os.urandom(n), os.urandom(7)):
+    # (keys of every length around the hash's block: a longer key is hashed first)
+    for salt in (b"", os.urandom(n), os.urandom(7), os.urandom(64), os.urandom(65),
+                 os.urandom(128), os.urandom(129), os.urandom(300)):
         ikm = os.urandom(40)
         expected = hmac.digest(salt or bytes(n), ikm, h.name)
         assert ext.hkdf_extract(int(suite), salt, ikm) == expected
@@ -178,3 +180,125 @@ def test_quic_keys_in_one_call_equal_the_label_by_label_derivation(
         eng.seal(buf, [(0, len(header), 40, 7, b"c")])
         bufs.append(bytes(buf))
     assert bufs[0] == bufs[1]
+
+
+def server_steps_by_step(suite: CipherSuite, psk: bytes | None, shared: bytes,
+                         transcript: bytes, sh_len: int, cert_len: int,
+                         with_ticket: bool) -> list[bytes]:
+    """What ``server_handshake`` and ``server_finished`` must give, one RFC 8446 step
+    at a time (transcript hashes of prefixes, then each Derive-Secret / Finished MAC)."""
+    ks = KeySchedule(suite, psk)
+    ks.set_shared_secret(shared)
+    c_hs, s_hs = ks.handshake_traffic(keyschedule.transcript_hash(suite, transcript[:sh_len]))
+    signed = keyschedule.transcript_hash(suite, transcript[:cert_len])
+    server_fin = ks.finished_verify_data(s_hs, keyschedule.transcript_hash(suite, transcript))
+    n = suite_hash_len(suite)
+    with_sf = transcript + bytes((20, 0, 0, n)) + server_fin
+    c_ap, s_ap = ks.application_traffic(keyschedule.transcript_hash(suite, with_sf))
+    client_fin = ks.finished_verify_data(c_hs, keyschedule.transcript_hash(suite, with_sf))
+    psk_out = b""
+    if with_ticket:
+        with_cf = with_sf + bytes((20, 0, 0, n)) + client_fin
+        rms = ks.resumption_master(keyschedule.transcript_hash(suite, with_cf))
+        psk_out = ks.ticket_psk(rms, b"\x00")
+    return [ks.handshake_secret, ks.master_secret, c_hs, s_hs, signed, server_fin, c_ap,
+            s_ap, client_fin, psk_out]
+
+
+def server_steps(suite: CipherSuite, psk: bytes | None, shared: bytes, transcript: bytes,
+                 sh_len: int, cert_len: int, with_ticket: bool) -> list[bytes]:
+    ks = KeySchedule(suite, psk)
+    c_hs, s_hs, signed = ks.server_handshake(shared, bytearray(transcript), sh_len, cert_len)
+    rest = ks.server_finished(c_hs, s_hs, bytearray(transcript), with_ticket)
+    return [ks.handshake_secret, ks.master_secret, c_hs, s_hs, signed, *rest]
+
+
+@pytest.mark.parametrize("suite", SUITES)
+@pytest.mark.parametrize("with_psk", [False, True])
+@pytest.mark.parametrize("with_ticket", [False, True])
+def test_server_key_schedule_in_two_calls_equals_the_steps(
+    engine: bool, suite: CipherSuite, with_psk: bool, with_ticket: bool
+) -> None:
+    # the server's two calls (one C call each with the extension; QUICFLOW_ENGINE=python
+    # runs the Python code) give what the RFC 8446 steps one by one give, bit for bit
+    n = suite_hash_len(suite)
+    psk = os.urandom(n) if with_psk else None
+    shared = os.urandom(32)
+    transcript = os.urandom(1500)
+    for sh_len, cert_len in ((300, 1200), (0, 0), (1500, 1500), (90, 91)):
+        expected = server_steps_by_step(suite, psk, shared, transcript, sh_len, cert_len,
+                                        with_ticket)
+        got = server_steps(suite, psk, shared, transcript, sh_len, cert_len, with_ticket)
+        assert got == expected
+        assert (got[-1] == b"") == (not with_ticket)
+
+
+def test_server_key_schedule_rfc8448_secrets(engine: bool) -> None:
+    # RFC 8448 §3: the handshake and master secrets from its (EC)DHE shared secret (they
+    # do not depend on the transcript)
+    ks = KeySchedule(CipherSuite.AES_128_GCM_SHA256)
+    ks.server_handshake(bytes.fromhex(
+        "8bd4054fb55b9d63fdfbacf9f04b9f0d35e6d63f537563efd46272900f89492d"), b"x" * 10, 5, 10)
+    assert ks.handshake_secret.hex() == (
+        "1dc826e93606aa6fdc0aadc12f741b01046aa6b99f691ed221a9f0ca043fbeac")
+    assert ks.master_secret.hex() == (
+        "18df06843d13a08bf2a449844c5f8a478001bc4d4c627984d5a41da8d0402919")
+
+
+def test_native_server_key_schedule_rejects_bad_lengths() -> None:
+    need_native()
+    ext = EXT
+    d = bytes(32)
+    with pytest.raises(ValueError):
+        ext.tls_server_handshake(0x1301, d, d, b"abc", 2, 4)  # cert_len past the end
+    with pytest.raises(ValueError):
+        ext.tls_server_handshake(0x1301, d, d, b"abc", 3, 2)  # sh_len after cert_len
+    with pytest.raises(ValueError):
+        ext.tls_server_handshake(0x1302, d, d, b"abc", 1, 2)  # derived of SHA-256 length
+    with pytest.raises(ValueError):
+        ext.tls_server_finished(0x1301, d, d, bytes(31), b"abc", True)
+    with pytest.raises(ValueError):
+        ext.tls_server_finished(0x1304, d, d, d, b"abc", True)
+
+
+@pytest.mark.parametrize("suite", SUITES)
+@pytest.mark.parametrize("version", [QUIC_V1, QUIC_V2])
+def test_protector_for_secret_seals_like_the_protector_of_derived_keys(
+    engine: bool, suite: CipherSuite, version: int
+) -> None:
+    # PacketProtector.for_secret (one C call with the extension: packet_key_context) is
+    # PacketProtector(derive_packet_keys(...)): the same keys and the same packets
+    secret = os.urandom(suite_hash_len(suite))
+    fast = keys.PacketProtector.for_secret(suite, secret, version)
+    ref = keys.PacketProtector(derive_packet_keys(suite, secret, version))
+    assert fast.keys == ref.keys
+    header = bytes([0xC3]) + b"\x00\x00\x00\x01\x08" + os.urandom(8) + b"\x00\x40\x30" + \
+        b"\x00\x00\x00\x05"
+    payload = os.urandom(40)
+    sealed = fast.seal(header, payload, 5)
+    assert sealed == ref.seal(header, payload, 5)
+    assert ref.open(sealed, len(header) - 4, 4)[1:] == (payload, 5)
+    assert fast.next_generation().seal(header, payload, 6) == \
+        ref.next_generation().seal(header, payload, 6)
+    with pytest.raises(KeyError):
+        keys.PacketProtector.for_secret(suite, secret, 0x0A0A0A0A)
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_native_packet_key_context(suite: CipherSuite) -> None:
+    need_native()
+    ext = EXT
+    secret = os.urandom(suite_hash_len(suite))
+    for v2, version in ((False, QUIC_V1), (True, QUIC_V2)):
+        kc = ext.packet_key_context(int(suite), secret, v2)
+        ref = derive_packet_keys(suite, secret, version)
+        assert kc.hp_key == ref.hp_key and kc.secret == secret
+        assert kc.iv == int.from_bytes(ref.iv, "big")
+        hp = os.urandom(len(ref.hp_key))
+        assert ext.packet_key_context(int(suite), secret, v2, hp).hp_key == hp
+    with pytest.raises(ValueError, match="header protection key"):
+        ext.packet_key_context(int(suite), secret, False, b"short")
+    with pytest.raises(ValueError, match="secret"):
+        ext.packet_key_context(int(suite), secret[:-1], False)
+    with pytest.raises(ValueError):
+        ext.packet_key_context(0x1304, secret, False)

@@ -292,3 +292,12 @@ def test_stored_ticket_parser_raises_only_value_error(data: bytes) -> None:
         SessionTicket.from_bytes(data)
     except ValueError:
         pass
+
+
+def test_every_ticket_has_its_own_random_age_add_and_nonce(pki: Pki) -> None:
+    # age_add and the sealing nonce (the ticket's anti-replay id) come from the same OS
+    # draw as the ServerHello random: fresh per handshake, never shared between tickets
+    tickets = [first_ticket(pki) for _ in range(4)]
+    assert len({t.age_add for t in tickets}) == 4
+    assert len({t.ticket[:12] for t in tickets}) == 4
+    assert len({t.psk for t in tickets}) == 4

@@ -1,6 +1,7 @@
 """The TLS server's per-handshake fast paths give what the general code gives: the
-ServerHello packed in one go, the key share made without the generic type checks, the
-running transcript hash."""
+ServerHello and EncryptedExtensions packed in one go, the key share made without the
+generic type checks, the running transcript hash, the ticket plaintext written from its
+fields, the signer bound to the key once."""
 
 from __future__ import annotations
 
@@ -163,3 +164,98 @@ def test_new_session_ticket_bytes_match_the_encoder(lifetime: int, age_add: int,
     got = new_session_ticket_bytes(lifetime, age_add, ticket, early)
     assert got == encode_new_session_ticket(nst)
     assert decode_new_session_ticket(got[4:]) == nst
+
+
+@given(alpn=st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1,
+                   max_size=20),
+       tp=st.binary(max_size=600), early=st.booleans())
+def test_encrypted_extensions_bytes_match_the_encoder(alpn: str, tp: bytes,
+                                                      early: bool) -> None:
+    import struct
+
+    from quicflow.tls.messages import (
+        EXT_ALPN,
+        EXT_EARLY_DATA,
+        EXT_QUIC_TRANSPORT_PARAMETERS,
+        decode_encrypted_extensions,
+        encode_encrypted_extensions,
+        ext_alpn,
+        parse_alpn,
+    )
+    from quicflow.tls.server import encrypted_extensions_bytes
+
+    ext = [(EXT_ALPN, ext_alpn([alpn])), (EXT_QUIC_TRANSPORT_PARAMETERS, tp)]
+    if early:
+        ext.append((EXT_EARLY_DATA, b""))
+    body = ext_alpn([alpn])
+    got = encrypted_extensions_bytes(struct.pack("!HH", EXT_ALPN, len(body)) + body, tp,
+                                     early)
+    assert got == encode_encrypted_extensions(ext)
+    decoded = decode_encrypted_extensions(got[4:])
+    assert parse_alpn(decoded[EXT_ALPN]) == [alpn]
+    assert decoded[EXT_QUIC_TRANSPORT_PARAMETERS] == tp
+    assert (EXT_EARLY_DATA in decoded) == early
+
+
+@given(issued_at=st.floats(0, 4e9), lifetime=st.integers(1, 604800),
+       age_add=st.integers(0, 0xFFFFFFFF), early=st.booleans(),
+       suite=st.sampled_from([0x1301, 0x1302, 0x1303]), psk=st.binary(max_size=48),
+       alpn=st.text(max_size=20), sni=st.text(max_size=40), tp=st.binary(max_size=300))
+def test_ticket_plaintext_round_trips(issued_at: float, lifetime: int, age_add: int,
+                                      early: bool, suite: int, psk: bytes, alpn: str,
+                                      sni: str, tp: bytes) -> None:
+    from quicflow.tls.tickets import TicketContents, encode_ticket
+
+    max_early = 0xFFFFFFFF if early else 0
+    plain = encode_ticket(issued_at, lifetime, age_add, max_early, suite, psk, alpn, sni, tp)
+    got = TicketContents.decode(plain)
+    assert (got.lifetime, got.age_add, got.max_early_data, got.suite, got.psk, got.alpn,
+            got.server_name, got.transport_parameters) == (
+        lifetime, age_add, max_early, suite, psk, alpn, sni, tp)
+    assert got.issued_at == int(issued_at * 1000) / 1000
+    assert TicketContents(issued_at, lifetime, age_add, max_early, suite, psk, alpn, sni,
+                          tp).encode() == plain
+
+
+@pytest.mark.parametrize("key_type", ["ec", "ed25519", "rsa"])
+def test_signer_for_key_signs_like_sign(key_type: str) -> None:
+    from quicflow.tls.alerts import HANDSHAKE_FAILURE
+    from quicflow.tls.certs import generate_self_signed
+    from quicflow.tls.verify import (
+        SERVER_CONTEXT,
+        certificate_verify_content,
+        signature_algorithms_for_key,
+        signer_for_key,
+        verify_signature,
+    )
+
+    cert, key = generate_self_signed(["localhost"], key_type)  # type: ignore[arg-type]
+    signer = signer_for_key(key)
+    content = certificate_verify_content(SERVER_CONTEXT, os.urandom(32))
+    for scheme in signature_algorithms_for_key(key):
+        signature = signer(scheme, content)
+        if key_type == "ed25519":  # (deterministic: the very bytes of sign())
+            from quicflow.tls.verify import sign
+            assert signature == sign(key, scheme, content)
+        verify_signature(cert, scheme, signature, content)  # raises if it does not verify
+    with pytest.raises(TlsAlert) as err:
+        signer(0x0807 if key_type != "ed25519" else 0x0403, content)
+    assert err.value.description == HANDSHAKE_FAILURE
+
+
+@given(algorithm=st.integers(0, 0xFFFF), signature=st.binary(max_size=600))
+def test_certificate_verify_packed_in_one_go(algorithm: int, signature: bytes) -> None:
+    import struct
+
+    from quicflow.tls.messages import (
+        CERTIFICATE_VERIFY,
+        decode_certificate_verify,
+        encode_certificate_verify,
+        handshake,
+        vec,
+    )
+
+    got = encode_certificate_verify(algorithm, signature)
+    assert got == handshake(CERTIFICATE_VERIFY, struct.pack("!H", algorithm)
+                            + vec(2, signature))
+    assert decode_certificate_verify(got[4:]) == (algorithm, signature)

@@ -141,10 +141,11 @@ class PacketProtector:
     A runtime object (never part of snapshot state): rebuild it from ``PacketKeys``.
     """
 
-    __slots__ = ("keys", "_aead", "_iv", "_hp", "_native")
+    __slots__ = ("_keys", "_spec", "_aead", "_iv", "_hp", "_native")
 
     def __init__(self, keys: PacketKeys) -> None:
-        self.keys = keys
+        self._keys: PacketKeys | None = keys
+        self._spec: tuple[CipherSuite, bytes, int] | None = None
         ext = _EXT
         self._native = ext is not None
         self._iv = int.from_bytes(keys.iv, "big")
@@ -155,6 +156,35 @@ class PacketProtector:
         else:
             self._aead = make_aead(keys.suite, keys.key)
             self._hp = make_header_protection(keys.suite, keys.hp_key)
+
+    @classmethod
+    def for_secret(cls, suite: CipherSuite, secret: bytes,
+                   version: int = QUIC_V1) -> PacketProtector:
+        """``PacketProtector(derive_packet_keys(suite, secret, version))``; with the C
+        extension the keys go straight into the ``KeyContext`` (one call) and
+        ``keys`` is derived only if asked for."""
+        ext = _EXT
+        if ext is None:
+            return cls(derive_packet_keys(suite, secret, version))
+        LABELS[version]  # (an unknown version: KeyError, as derive_packet_keys raises)
+        self = cls.__new__(cls)
+        self._keys = None
+        self._spec = (suite, secret, version)
+        self._native = True
+        self._aead = None
+        self._iv = 0  # (the Python path's; the KeyContext has its own)
+        self._hp = ext.packet_key_context(suite, bytes(secret), version == QUIC_V2)
+        return self
+
+    @property
+    def keys(self) -> PacketKeys:
+        """The keying material (derived again from the secret when made by
+        ``for_secret``: the same bytes)."""
+        keys = self._keys
+        if keys is None:
+            assert self._spec is not None  # (set by for_secret, the only way to no keys)
+            keys = self._keys = derive_packet_keys(*self._spec)
+        return keys
 
     def next_generation(self) -> PacketProtector:
         """A protector for the next key phase (RFC 9001 §6)."""

@@ -19,7 +19,7 @@ from .cid_table import CidTableEngine
 from .extension import ENGINE_ENV, EXT, IMPORT_ERROR, python_forced
 from .keys import LABELS, QUIC_V2
 from .offload import Buffer, OffloadEngine, OpenResult, RunEntry, SoftwareOffloadEngine
-from .suites import CipherSuite, suite_key_len
+from .suites import CipherSuite
 
 __all__ = ["ENGINE_ENV", "NativeOffloadEngine", "available", "best_engine",
            "openssl_version", "unavailable_reason"]
@@ -111,20 +111,16 @@ class NativeOffloadEngine(CidTableEngine[NativeKeyState]):
     ) -> NativeKeyState:
         if type(suite) is not CipherSuite:
             suite = CipherSuite(suite)
-        secret = bytes(secret)
         LABELS[version]  # an unknown version fails here as in the software engine (KeyError)
         v2 = version == QUIC_V2
-        # this generation's key, iv and hp key: three HMACs in one C call (the same labels
-        # as derive_key_iv & co.); the next generation's keys (key updates) are made in C
-        # from the secret when first needed, so a short connection never makes them
-        key, iv, hp = _ext.quic_keys(suite, secret, v2, False)
-        if hp_key is not None:
-            hp = bytes(hp_key)
-        if len(hp) != suite_key_len(suite):
-            raise ValueError(f"header protection key must be {suite_key_len(suite)} bytes")
-        current = _ext.KeyContext(suite, key, iv, hp, secret)
-        state: NativeKeyState = _ext.CidState(suite, hp, key_phase & 1, current, None,
-                                              largest_pn, v2)
+        # this generation's key, iv and hp key (three HMACs, the same labels as
+        # derive_key_iv & co.) in a KeyContext: one C call; the next generation's keys
+        # (key updates) are made in C from the secret when first needed, so a short
+        # connection never makes them. (A given hp_key of the wrong length: ValueError.)
+        current = _ext.packet_key_context(suite, bytes(secret), v2,
+                                          None if hp_key is None else bytes(hp_key))
+        state: NativeKeyState = _ext.CidState(suite, current.hp_key, key_phase & 1, current,
+                                              None, largest_pn, v2)
         return state
 
     def _key_update(self, state: NativeKeyState) -> None:

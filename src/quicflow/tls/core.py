@@ -22,33 +22,34 @@ Secret = tuple[Epoch, bool, CipherSuite, bytes]
 class HandshakeCore:
     """Buffers, transcript, outputs and results of one handshake (either side)."""
 
+    # immutable starting values: class attributes, set on an instance when they change
+    # (fewer stores per handshake)
+    # thash's running hash: of which transcript object and suite, and how far
+    _running: Any = None
+    _running_of: bytearray | None = None
+    _running_suite: CipherSuite | None = None
+    _running_len = 0
+    suite: CipherSuite | None = None
+    ks: KeySchedule | None = None
+    client_random = b""
+    client_hs_secret = b""
+    server_hs_secret = b""
+    complete = False
+    alpn: str | None = None
+    peer_tp: bytes | None = None
+    failed: TlsAlert | None = None
+
     def __init__(self, config: TlsConfig, transport_parameters: bytes) -> None:
         config.validate()
         self.config = config
         self.transport_parameters = transport_parameters
-        self.buffers: dict[Epoch, bytearray] = {
-            Epoch.INITIAL: bytearray(), Epoch.ZERO_RTT: bytearray(),
-            Epoch.HANDSHAKE: bytearray(), Epoch.ONE_RTT: bytearray(),
-        }
+        #: partial messages per epoch (an epoch's buffer is made when data first comes)
+        self.buffers: dict[Epoch, bytearray] = {}
         self.output: list[tuple[Epoch, bytes]] = []
         self.secrets: list[Secret] = []
         self.transcript = bytearray()
-        # thash's running hash: of which transcript object and suite, and how far
-        self._running: Any = None
-        self._running_of: bytearray | None = None
-        self._running_suite: CipherSuite | None = None
-        self._running_len = 0
-        self.suite: CipherSuite | None = None
-        self.ks: KeySchedule | None = None
-        self.client_random = b""
-        self.client_hs_secret = b""
-        self.server_hs_secret = b""
-        self.complete = False
-        self.alpn: str | None = None
-        self.peer_tp: bytes | None = None
         self.peer_certs: list[x509.Certificate] = []
         self.peer_cert_ders: list[bytes] = []  # the same chain as received (DER)
-        self.failed: TlsAlert | None = None
 
     # ------------------------------------------------------------ to override
 
@@ -80,8 +81,11 @@ class HandshakeCore:
     def _receive(self, epoch: Epoch, data: bytes) -> None:
         if type(epoch) is not Epoch:
             epoch = Epoch(epoch)
-        buf = self.buffers[epoch]
-        buf += data
+        buf = self.buffers.get(epoch)
+        if buf is None:
+            buf = self.buffers[epoch] = bytearray(data)
+        else:
+            buf += data
         while len(buf) >= 4:
             length = int.from_bytes(buf[1:4], "big")
             if length > MAX_MESSAGE_LEN:
@@ -105,7 +109,7 @@ class HandshakeCore:
 
     def require_empty(self, epoch: Epoch) -> None:
         """Messages must not span a key change (RFC 8446 §5.1)."""
-        if self.buffers[epoch]:
+        if self.buffers.get(epoch):
             raise TlsAlert(UNEXPECTED_MESSAGE, f"data left in epoch {epoch.name} at a key change")
 
     def thash(self) -> bytes:
@@ -152,11 +156,16 @@ class HandshakeCore:
     def install_handshake_secrets(self) -> None:
         """After ServerHello: derive and publish the handshake traffic secrets."""
         assert self.ks is not None
-        c_hs, s_hs = self.ks.handshake_traffic(self.thash())
+        self.publish_handshake_secrets(*self.ks.handshake_traffic(self.thash()))
+
+    def publish_handshake_secrets(self, c_hs: bytes, s_hs: bytes) -> None:
+        """Keep and publish the (client, server) handshake traffic secrets."""
         self.client_hs_secret, self.server_hs_secret = c_hs, s_hs
         is_client = self.config.is_client
-        self.add_secret(Epoch.HANDSHAKE, is_client, c_hs)
-        self.add_secret(Epoch.HANDSHAKE, not is_client, s_hs)
+        suite = self.suite
+        assert suite is not None
+        self.secrets += ((Epoch.HANDSHAKE, is_client, suite, c_hs),
+                         (Epoch.HANDSHAKE, not is_client, suite, s_hs))
         if self.config.keylog_file:
             self.keylog("CLIENT_HANDSHAKE_TRAFFIC_SECRET", c_hs)
             self.keylog("SERVER_HANDSHAKE_TRAFFIC_SECRET", s_hs)
@@ -164,10 +173,15 @@ class HandshakeCore:
     def install_application_secrets(self, thash: bytes) -> None:
         """From the hash of CH..server Finished: publish the 1-RTT traffic secrets."""
         assert self.ks is not None
-        c_ap, s_ap = self.ks.application_traffic(thash)
+        self.publish_application_secrets(*self.ks.application_traffic(thash))
+
+    def publish_application_secrets(self, c_ap: bytes, s_ap: bytes) -> None:
+        """Publish the (client, server) application traffic secrets."""
         is_client = self.config.is_client
-        self.add_secret(Epoch.ONE_RTT, is_client, c_ap)
-        self.add_secret(Epoch.ONE_RTT, not is_client, s_ap)
+        suite = self.suite
+        assert suite is not None
+        self.secrets += ((Epoch.ONE_RTT, is_client, suite, c_ap),
+                         (Epoch.ONE_RTT, not is_client, suite, s_ap))
         if self.config.keylog_file:
             self.keylog("CLIENT_TRAFFIC_SECRET_0", c_ap)
             self.keylog("SERVER_TRAFFIC_SECRET_0", s_ap)

@@ -181,7 +181,16 @@ def _u16_array(data: bytes, pos: int, end: int, len_bytes: int) -> tuple[list[in
     stop = pos + n
     if stop > end or n & 1:
         raise _truncated()
-    return list(struct.unpack(f"!{n >> 1}H", data[pos:stop])), stop
+    unpack = _U16_ARRAYS.get(n)
+    if unpack is None:
+        unpack = struct.Struct(f"!{n >> 1}H").unpack_from
+        if len(_U16_ARRAYS) < 128:
+            _U16_ARRAYS[n] = unpack
+    return list(unpack(data, pos)), stop
+
+
+#: unpack_from of n/2 big-endian u16 values, by n (a handful of list sizes recur)
+_U16_ARRAYS: dict[int, Callable[[bytes, int], tuple[int, ...]]] = {}
 
 
 def _parse_extensions(data: bytes, pos: int, end: int) -> tuple[dict[int, bytes], int]:
@@ -419,8 +428,14 @@ def decode_certificate_request(body: bytes) -> tuple[bytes, dict[int, bytes]]:
     return context, ext_map
 
 
+_CV_HEAD = struct.Struct("!IHH")
+
+
 def encode_certificate_verify(algorithm: int, signature: bytes) -> bytes:
-    return handshake(CERTIFICATE_VERIFY, struct.pack("!H", algorithm) + vec(2, signature))
+    n = len(signature)
+    if n > 0xFFFF:
+        raise ValueError("vector too long")
+    return _CV_HEAD.pack((CERTIFICATE_VERIFY << 24) | (4 + n), algorithm, n) + signature
 
 
 def _u16_and_vector(data: bytes) -> tuple[int, bytes]:

@@ -34,6 +34,7 @@ from .messages import (
     CERTIFICATE,
     CERTIFICATE_VERIFY,
     CLIENT_HELLO,
+    ENCRYPTED_EXTENSIONS,
     EXT_ALPN,
     EXT_EARLY_DATA,
     EXT_KEY_SHARE,
@@ -59,7 +60,6 @@ from .messages import (
     encode_certificate,
     encode_certificate_request,
     encode_certificate_verify,
-    encode_encrypted_extensions,
     encode_finished,
     encode_server_hello,
     ext_alpn,
@@ -75,6 +75,7 @@ from .tickets import (
     QUIC_MAX_EARLY_DATA,
     TicketContents,
     compact_parameters,
+    encode_ticket,
     parse_empty,
     parse_offered_psks,
     parse_psk_modes,
@@ -85,8 +86,8 @@ from .verify import (
     SERVER_CONTEXT,
     certificate_verify_content,
     load_der_chain,
-    sign,
     signature_algorithms_for_key,
+    signer_for_key,
     verify_client_chain,
     verify_signature,
 )
@@ -104,11 +105,12 @@ _CERTIFICATE_REQUEST = encode_certificate_request(
 #: the key object and of the chain's last certificate; the entry keeps the key and chain
 #: objects (so the ids stay theirs) and is used only while the configuration holds
 #: those very objects.
-_IDENTITIES: dict[tuple[int, int], tuple[tuple[object, ...], bytes, list[int]]] = {}
+_IDENTITIES: dict[tuple[int, int], tuple[tuple[object, ...], bytes, list[int], Signer]] = {}
 _MAX_IDENTITIES = 32
 #: RFC 8446 §4.4.3: the signed content is this prefix and the transcript hash
 _SERVER_VERIFY_PREFIX = certificate_verify_content(SERVER_CONTEXT, b"")
-#: EncryptedExtensions' ALPN extension by selected protocol (a few per process)
+#: EncryptedExtensions' ALPN extension entry (type, length, body) by selected protocol
+#: (a few per process)
 _SELECTED_ALPN: dict[str, bytes] = {}
 _TLS13 = TLS13.to_bytes(2, "big")
 
@@ -154,46 +156,84 @@ def new_session_ticket_bytes(lifetime: int, age_add: int, ticket: bytes,
 _PSK_ZERO = struct.pack("!HHH", EXT_PRE_SHARED_KEY, 2, 0)
 
 
-def _identity(config: TlsConfig) -> tuple[bytes, list[int]]:
-    """(Certificate message, signature schemes) of ``config``'s certificate and key."""
+Signer = Callable[[int, bytes], bytes]
+
+
+def _identity(config: TlsConfig) -> tuple[bytes, list[int], Signer]:
+    """(Certificate message, signature schemes, signer) of ``config``'s certificate and
+    key."""
     objects: tuple[object, ...] = (config.private_key, *config.certificate_chain)
     key = (id(config.private_key), id(objects[-1]))
     hit = _IDENTITIES.get(key)
     if hit is not None and len(hit[0]) == len(objects) and all(
         map(operator.is_, hit[0], objects)
     ):
-        return hit[1], hit[2]
+        return hit[1], hit[2], hit[3]
     assert config.private_key is not None
     message = encode_certificate(
         b"", [c.public_bytes(Encoding.DER) for c in config.certificate_chain]
     )
     schemes = signature_algorithms_for_key(config.private_key)
+    signer = signer_for_key(config.private_key)
     if len(_IDENTITIES) >= _MAX_IDENTITIES:
         _IDENTITIES.clear()
-    _IDENTITIES[key] = (objects, message, schemes)
-    return message, schemes
+    _IDENTITIES[key] = (objects, message, schemes, signer)
+    return message, schemes, signer
+
+
+def _no_signer(algorithm: int, content: bytes) -> bytes:
+    raise TlsAlert(HANDSHAKE_FAILURE, "no signature algorithm negotiated")
+
+
+_EXT_ENTRY = struct.Struct("!HH")
+_EE_HEAD = struct.Struct("!IH")
+_EE_EARLY_DATA = _EXT_ENTRY.pack(EXT_EARLY_DATA, 0)
+
+
+def encrypted_extensions_bytes(alpn_entry: bytes, transport_parameters: bytes,
+                               early_data: bool) -> bytes:
+    """``encode_encrypted_extensions`` of the ALPN extension (``alpn_entry``: its type,
+    length and body), quic_transport_parameters and, with ``early_data``, an empty
+    early_data extension, in that order, packed in one go."""
+    n = len(transport_parameters)
+    total = len(alpn_entry) + 4 + n + (4 if early_data else 0)
+    if n > 0xFFFF or total > 0xFFFF:
+        raise ValueError("vector too long")
+    return b"".join((
+        _EE_HEAD.pack((ENCRYPTED_EXTENSIONS << 24) | (2 + total), total), alpn_entry,
+        _EXT_ENTRY.pack(EXT_QUIC_TRANSPORT_PARAMETERS, n), transport_parameters,
+        _EE_EARLY_DATA if early_data else b"",
+    ))
 
 
 class ServerHandshake(HandshakeCore):
+    # immutable starting values: class attributes, set on an instance when they change
+    hrr_group: int | None = None
+    server_name: str | None = None
+    #: rewrites our transport parameters once the client's are known (see TlsSession)
+    params_hook: Callable[[bytes], bytes] | None = None
+    #: the application's (and the transport's) say on 0-RTT: called with the ticket of a
+    #: ClientHello that may have its early data accepted
+    early_data_hook: Callable[[TicketContents], bool] | None = None
+    wall_time = 0.0
+    resumed = False
+    early_status: bool | None = None  # None: not offered; True accepted
+    ticket: TicketContents | None = None
+    client_ticket_age = 0.0
+    client_takes_tickets = False  # the client listed psk_dhe_ke
+    #: our Certificate message (from _identity, with the signature negotiation)
+    certificate_message = b""
+    #: the client Finished verify_data to expect and the PSK of the ticket to send, both
+    #: known when our Finished goes out (b"": not known then, or no ticket)
+    client_finished = b""
+    ticket_psk = b""
+    ticket_entropy = b""  # fresh random bytes for the ticket: age_add, nonce
+
     def __init__(self, config: TlsConfig, transport_parameters: bytes) -> None:
         super().__init__(config, transport_parameters)
         self.state = WAIT_CH
         self.group_ids = [GROUP_IDS[g] for g in config.groups]
-        self.hrr_group: int | None = None
-        self.server_name: str | None = None
-        #: rewrites our transport parameters once the client's are known (see TlsSession)
-        self.params_hook: Callable[[bytes], bytes] | None = None
-        #: the application's (and the transport's) say on 0-RTT: called with the ticket
-        #: of a ClientHello that may have its early data accepted
-        self.early_data_hook: Callable[[TicketContents], bool] | None = None
-        self.wall_time = 0.0
-        self.resumed = False
-        self.early_status: bool | None = None  # None: not offered; True accepted
-        self.ticket: TicketContents | None = None
-        self.client_ticket_age = 0.0
-        self.client_takes_tickets = False  # the client listed psk_dhe_ke
-        #: our Certificate message (from _identity, with the signature negotiation)
-        self.certificate_message = b""
+        self.signer: Signer = _no_signer
 
     def expected_epoch(self) -> Epoch | None:
         if self.state in (WAIT_CH, WAIT_CH2):
@@ -240,7 +280,7 @@ class ServerHandshake(HandshakeCore):
             raise TlsAlert(MISSING_EXTENSION, "ClientHello has no signature_algorithms")
         offered = parse_u16_list(ext[EXT_SIGNATURE_ALGORITHMS])
         assert self.config.private_key is not None
-        self.certificate_message, schemes = _identity(self.config)
+        self.certificate_message, schemes, self.signer = _identity(self.config)
         for algorithm in schemes:
             if algorithm in offered:
                 return algorithm
@@ -322,14 +362,16 @@ class ServerHandshake(HandshakeCore):
             self.add_secret(Epoch.ZERO_RTT, False, early_secret)
             self.keylog("CLIENT_EARLY_TRAFFIC_SECRET", early_secret)
         # (the legacy_session_id is empty: checked above)
-        sh_bytes = server_hello_bytes(os.urandom(32), int(suite), group, our_share,
+        # one draw from the OS for the ServerHello random and, when a ticket will follow,
+        # its age_add and sealing nonce (16 bytes kept for _send_ticket)
+        entropy = os.urandom(48 if self.client_takes_tickets else 32)
+        self.ticket_entropy = entropy[32:]
+        sh_bytes = server_hello_bytes(entropy[:32], int(suite), group, our_share,
                                       psk is not None)
         self.transcript += sh_bytes
         self.send(Epoch.INITIAL, sh_bytes)
         self.ks = KeySchedule(suite, psk)
-        self.ks.set_shared_secret(shared)
-        self.install_handshake_secrets()
-        self._send_server_flight(sig_alg)
+        self._send_server_flight(sig_alg, shared)
 
     # ------------------------------------------------------------ resumption
 
@@ -409,39 +451,48 @@ class ServerHandshake(HandshakeCore):
         self.send(Epoch.INITIAL, hrr_bytes)
         self.state = WAIT_CH2
 
-    def _send_server_flight(self, sig_alg: int) -> None:
+    def _send_server_flight(self, sig_alg: int, shared: bytes) -> None:
+        """EncryptedExtensions, [CertificateRequest], [Certificate, CertificateVerify],
+        Finished, after the ServerHello: the key schedule from the (EC)DHE ``shared``
+        secret runs in two steps (``KeySchedule.server_handshake`` and
+        ``server_finished``: one C call each), which also give the client Finished to
+        expect and, when a ticket will be sent, its PSK."""
         cfg = self.config
-        assert self.ks is not None and self.alpn is not None and cfg.private_key is not None
-        out = bytearray()
+        ks = self.ks
+        assert ks is not None and self.alpn is not None and cfg.private_key is not None
+        transcript = self.transcript
+        sh_len = len(transcript)
         ask = cfg.client_certificates != "none" and not self.resumed
         alpn = _SELECTED_ALPN.get(self.alpn)
         if alpn is None:
-            alpn = ext_alpn([self.alpn])
+            body = ext_alpn([self.alpn])
+            alpn = _EXT_ENTRY.pack(EXT_ALPN, len(body)) + body
             if len(_SELECTED_ALPN) < 64:
                 _SELECTED_ALPN[self.alpn] = alpn
-        ee = [
-            (EXT_ALPN, alpn),
-            (EXT_QUIC_TRANSPORT_PARAMETERS, self.transport_parameters),
-        ]
-        if self.early_status:
-            ee.append((EXT_EARLY_DATA, b""))
-        for msg in (
-            encode_encrypted_extensions(ee),
-            *((_CERTIFICATE_REQUEST,) if ask else ()),
-            *((self.certificate_message,) if not self.resumed else ()),
-        ):
-            self.transcript += msg
-            out += msg
+        transcript += encrypted_extensions_bytes(alpn, self.transport_parameters,
+                                                 bool(self.early_status))
+        if ask:
+            transcript += _CERTIFICATE_REQUEST
         if not self.resumed:
-            content = _SERVER_VERIFY_PREFIX + self.thash()
-            cv = encode_certificate_verify(sig_alg, sign(cfg.private_key, sig_alg, content))
-            self.transcript += cv
-            out += cv
-        fin = encode_finished(self.ks.finished_verify_data(self.server_hs_secret, self.thash()))
-        self.transcript += fin
-        out += fin
-        self.send(Epoch.HANDSHAKE, bytes(out))
-        self.install_application_secrets(self.thash())
+            transcript += self.certificate_message
+        c_hs, s_hs, signed_hash = ks.server_handshake(shared, transcript, sh_len,
+                                                      len(transcript))
+        self.publish_handshake_secrets(c_hs, s_hs)
+        if not self.resumed:
+            signature = self.signer(sig_alg, _SERVER_VERIFY_PREFIX + signed_hash)
+            transcript += encode_certificate_verify(sig_alg, signature)
+        # RFC 8446 §4.2.9: a ticket only to a client that takes psk_dhe_ke, never with
+        # client certificates
+        with_ticket = (cfg.ticket_sealer is not None and cfg.client_certificates == "none"
+                       and self.client_takes_tickets)
+        server_fin, c_ap, s_ap, client_fin, ticket_psk = ks.server_finished(
+            c_hs, s_hs, transcript, with_ticket)
+        transcript += encode_finished(server_fin)
+        self.send(Epoch.HANDSHAKE, bytes(transcript[sh_len:]))
+        self.publish_application_secrets(c_ap, s_ap)
+        if not ask:  # (a client Certificate/CertificateVerify would change both)
+            self.client_finished = client_fin
+            self.ticket_psk = ticket_psk
         self.state = WAIT_CLIENT_CERT if ask else WAIT_FINISHED
 
     def _client_certificate(self, body: bytes, raw: bytes) -> None:
@@ -475,34 +526,36 @@ class ServerHandshake(HandshakeCore):
         self.state = WAIT_FINISHED
 
     def _finished(self, body: bytes, raw: bytes) -> None:
-        assert self.ks is not None
-        expected = self.ks.finished_verify_data(self.client_hs_secret, self.thash())
+        ks = self.ks
+        assert ks is not None
+        # known since our Finished unless a client certificate came in between
+        expected = self.client_finished or ks.finished_verify_data(self.client_hs_secret,
+                                                                   self.thash())
         if not hmac.compare_digest(expected, body):
             raise TlsAlert(DECRYPT_ERROR, "client Finished does not verify")
         self.require_empty(Epoch.HANDSHAKE)
         self.state = DONE
         self.complete = True
-        cfg = self.config
-        if (cfg.ticket_sealer is not None and cfg.client_certificates == "none"
-                and self.client_takes_tickets):  # RFC 8446 §4.2.9
-            self.transcript += raw
-            self._send_ticket(self.ks.resumption_master(self.thash()))
+        self.transcript += raw
+        if self.ticket_psk:  # (set when our Finished was sent: RFC 8446 §4.2.9 allows one)
+            self._send_ticket(self.ticket_psk)
 
-    def _send_ticket(self, resumption_master: bytes) -> None:
-        """One NewSessionTicket in 1-RTT (RFC 8446 §4.6.1), sealed with the ticket key;
-        0-RTT allowed with max_early_data_size 0xffffffff (RFC 9001 §4.6.1)."""
+    def _send_ticket(self, psk: bytes) -> None:
+        """One NewSessionTicket in 1-RTT (RFC 8446 §4.6.1) with the nonce 0x00 (``psk``
+        is its PSK), sealed with the ticket key; 0-RTT allowed with max_early_data_size
+        0xffffffff (RFC 9001 §4.6.1)."""
         cfg = self.config
         assert self.ks is not None and self.suite is not None and cfg.ticket_sealer is not None
-        nonce = b"\x00"
-        age_add = int.from_bytes(os.urandom(4), "big")
+        entropy = self.ticket_entropy
+        if len(entropy) != 16:
+            entropy = os.urandom(16)
+        age_add = int.from_bytes(entropy[:4], "big")
         max_early = QUIC_MAX_EARLY_DATA if cfg.early_data else 0
-        contents = TicketContents(
-            issued_at=self.wall_time, lifetime=cfg.ticket_lifetime, age_add=age_add,
-            max_early_data=max_early, suite=int(self.suite),
-            psk=self.ks.ticket_psk(resumption_master, nonce), alpn=self.alpn or "",
-            server_name=self.server_name or "",
-            transport_parameters=(cfg.ticket_parameters
-                                  or compact_parameters(self.transport_parameters)),
-        )
+        plaintext = encode_ticket(  # (TicketContents.encode of these fields)
+            self.wall_time, cfg.ticket_lifetime, age_add, max_early, int(self.suite), psk,
+            self.alpn or "", self.server_name or "",
+            cfg.ticket_parameters or compact_parameters(self.transport_parameters))
         self.send(Epoch.ONE_RTT, new_session_ticket_bytes(
-            cfg.ticket_lifetime, age_add, cfg.ticket_sealer.seal(contents), bool(max_early)))
+            cfg.ticket_lifetime, age_add, cfg.ticket_sealer.seal_plaintext(plaintext,
+                                                                          entropy[4:]),
+            bool(max_early)))

@@ -204,6 +204,26 @@ def compact_parameters(raw: bytes) -> bytes:
 # ---------------------------------------------------------------- server: sealed tickets
 
 
+_TICKET_HEAD = struct.Struct("!BQIIIH")
+
+
+def encode_ticket(issued_at: float, lifetime: int, age_add: int, max_early_data: int,
+                  suite: int, psk: bytes, alpn: str, server_name: str,
+                  transport_parameters: bytes) -> bytes:
+    """The plaintext of a ticket (``TicketContents.encode``) from its fields."""
+    alpn_b = alpn.encode()
+    sni_b = server_name.encode()
+    if len(psk) > 0xFF or len(alpn_b) > 0xFF or len(sni_b) > 0xFF or \
+            len(transport_parameters) > 0xFFFF:
+        raise ValueError("vector too long")
+    return b"".join((
+        _TICKET_HEAD.pack(_FORMAT, int(issued_at * 1000), lifetime, age_add, max_early_data,
+                          suite),
+        bytes((len(psk),)), psk, bytes((len(alpn_b),)), alpn_b, bytes((len(sni_b),)), sni_b,
+        len(transport_parameters).to_bytes(2, "big"), transport_parameters,
+    ))
+
+
 @dataclass(slots=True)
 class TicketContents:
     """What a ticket carries (sealed): enough to resume and to judge 0-RTT."""
@@ -220,12 +240,9 @@ class TicketContents:
     ticket_id: bytes = b""  # the ticket's random AEAD nonce: the anti-replay key
 
     def encode(self) -> bytes:
-        return (
-            bytes((_FORMAT,)) + struct.pack("!QIIIH", int(self.issued_at * 1000), self.lifetime,
-                                            self.age_add, self.max_early_data, self.suite)
-            + vec(1, self.psk) + vec(1, self.alpn.encode()) + vec(1, self.server_name.encode())
-            + vec(2, self.transport_parameters)
-        )
+        return encode_ticket(self.issued_at, self.lifetime, self.age_add, self.max_early_data,
+                             self.suite, self.psk, self.alpn, self.server_name,
+                             self.transport_parameters)
 
     @classmethod
     def decode(cls, data: bytes) -> TicketContents:
@@ -255,9 +272,15 @@ class TicketSealer:
         self._aead = AESGCM(hkdf_expand(h, prk, b"ticket key", 32))
 
     def seal(self, contents: TicketContents) -> bytes:
+        return self.seal_plaintext(contents.encode())
+
+    def seal_plaintext(self, plaintext: bytes, nonce: bytes = b"") -> bytes:
+        """A ticket of ``encode_ticket``'s bytes (what ``seal`` seals), under ``nonce``
+        (12 fresh random bytes; drawn here when not given)."""
         assert self._aead is not None
-        nonce = os.urandom(_NONCE_LEN)
-        return nonce + self._aead.encrypt(nonce, contents.encode(), b"quicflow ticket")
+        if len(nonce) != _NONCE_LEN:
+            nonce = os.urandom(_NONCE_LEN)
+        return nonce + self._aead.encrypt(nonce, plaintext, b"quicflow ticket")
 
     def open(self, ticket: bytes, wall_time: float) -> TicketContents | None:
         """The contents of a ticket that is ours and not expired; None otherwise

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -107,6 +108,22 @@ def sign(key: PrivateKey, algorithm: int, content: bytes) -> bytes:
         pss = padding.PSS(mgf=padding.MGF1(h), salt_length=h.digest_size)
         return key.sign(content, pss, h)
     raise TlsAlert(HANDSHAKE_FAILURE, f"cannot sign with scheme {algorithm:#06x}")
+
+
+def signer_for_key(key: PrivateKey) -> Callable[[int, bytes], bytes]:
+    """``sign`` with ``key`` bound, its type looked at once (per configuration) instead
+    of per signature: the same signatures and the same alert for a scheme it cannot
+    make."""
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        ec_sign = key.sign
+
+        def sign_ec(algorithm: int, content: bytes) -> bytes:
+            if algorithm == SIG_ECDSA_SECP256R1_SHA256:
+                return ec_sign(content, _ECDSA_SHA256)
+            raise TlsAlert(HANDSHAKE_FAILURE, f"cannot sign with scheme {algorithm:#06x}")
+
+        return sign_ec
+    return functools.partial(sign, key)
 
 
 def verify_signature(

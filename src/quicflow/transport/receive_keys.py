@@ -7,7 +7,6 @@ from ..crypto.epoch import Epoch
 from ..crypto.keys import (
     PacketProtector,
     derive_hp_key,
-    derive_packet_keys,
     next_generation_secret,
 )
 from ..crypto.suites import CipherSuite
@@ -33,7 +32,7 @@ def install_secret(
         return
     if conn.qlog is not None:
         qlog.key_updated(conn, conn._now_hint, epoch, is_send, "tls")
-    protector = PacketProtector(derive_packet_keys(suite, secret, conn.version))
+    protector = PacketProtector.for_secret(suite, secret, conn.version)
     if is_send:
         conn.send_protectors[epoch] = protector
     else:

@@ -6,176 +6,26 @@
  *   hkdf_expand_label(suite, secret, label, length[, context])
  *   finished_verify_data(suite, base_key, transcript_hash)
  *   quic_keys(suite, secret, v2, with_next)             -> (key, iv, hp[, ku, key', iv'])
- *   initial_keys(salt, dcid, v2)                        -> both directions' Initial keys
+ *   tls_server_handshake(...), tls_server_finished(...) a TLS server's key schedule
+ *   initial_keys(salt, dcid, v2)                       -> both directions' Initial keys
  * All lengths are at most one hash long (one HMAC block), as every TLS 1.3 / QUIC label
  * is; the pure-Python code in quicflow.crypto.hkdf is the bit-identical reference.
  */
-/* the one-block SHA-2 functions (deprecated in OpenSSL 3, still built by default) make an
- * HMAC of a short message ~2.5x faster than EVP_MAC: see fast_hmac below */
-#define OPENSSL_SUPPRESS_DEPRECATED
+/* (the HMAC and the running transcript hash these steps use are in hmac.c) */
 #include "native.h"
 
-#include <openssl/core_names.h>
-#include <openssl/objects.h>
-#include <openssl/sha.h>
-
-/* One EVP_MAC_CTX per hash, fetched once and re-keyed per call: about 0.3 us per HMAC
- * against 0.9 us for the one-shot HMAC(), which fetches and builds its context each time
- * (OpenSSL 3). 0: not tried yet, 1: ready, -1: unavailable (HMAC() is used). */
-static EVP_MAC_CTX *hmac_ctxs[2];
-static int hmac_ready;
-
-static void
-hmac_setup(void)
-{
-    static const char *names[2] = {"SHA256", "SHA384"};
-    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-    int i;
-    hmac_ready = -1;
-    if (mac == NULL) {
-        ERR_clear_error();
-        return;
-    }
-    for (i = 0; i < 2; i++) {
-        OSSL_PARAM params[2];
-        params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)names[i], 0);
-        params[1] = OSSL_PARAM_construct_end();
-        hmac_ctxs[i] = EVP_MAC_CTX_new(mac);
-        if (hmac_ctxs[i] == NULL || EVP_MAC_CTX_set_params(hmac_ctxs[i], params) != 1) {
-            for (; i >= 0; i--) {
-                EVP_MAC_CTX_free(hmac_ctxs[i]);
-                hmac_ctxs[i] = NULL;
-            }
-            EVP_MAC_free(mac);
-            ERR_clear_error();
-            return;
-        }
-    }
-    EVP_MAC_free(mac); /* the contexts hold their own references */
-    hmac_ready = 1;
-}
-
-#if !defined(OPENSSL_NO_DEPRECATED_3_0)
-/* HMAC (RFC 2104) over SHA-256 (idx 0) or SHA-384 (idx 1) with the low-level hash
- * functions: no provider dispatch, no context set-up; the same bytes as EVP_MAC
- * (tests/test_crypto_hmac_native.py compares them with Python's hmac). */
-#define FAST_HMAC(NAME, CTX, INIT, UPDATE, FINAL, ONESHOT, BLOCK, SIZE)                    \
-    static void NAME(const unsigned char *key, size_t key_len, const unsigned char *data,   \
-                     size_t len, unsigned char *out)                                        \
-    {                                                                                       \
-        unsigned char k[BLOCK], pad[BLOCK], inner[SIZE];                                    \
-        CTX ctx;                                                                            \
-        size_t i;                                                                           \
-        memset(k, 0, sizeof(k));                                                            \
-        if (key_len > BLOCK) {                                                              \
-            ONESHOT(key, key_len, k);                                                       \
-        } else if (key_len) {                                                               \
-            memcpy(k, key, key_len);                                                        \
-        }                                                                                   \
-        for (i = 0; i < BLOCK; i++) {                                                       \
-            pad[i] = k[i] ^ 0x36;                                                           \
-        }                                                                                   \
-        INIT(&ctx);                                                                         \
-        UPDATE(&ctx, pad, BLOCK);                                                           \
-        UPDATE(&ctx, data, len);                                                            \
-        FINAL(inner, &ctx);                                                                 \
-        for (i = 0; i < BLOCK; i++) {                                                       \
-            pad[i] = k[i] ^ 0x5c;                                                           \
-        }                                                                                   \
-        INIT(&ctx);                                                                         \
-        UPDATE(&ctx, pad, BLOCK);                                                           \
-        UPDATE(&ctx, inner, SIZE);                                                          \
-        FINAL(out, &ctx);                                                                   \
-        OPENSSL_cleanse(k, sizeof(k));                                                      \
-        OPENSSL_cleanse(pad, sizeof(pad));                                                  \
-        OPENSSL_cleanse(inner, sizeof(inner));                                              \
-        OPENSSL_cleanse(&ctx, sizeof(ctx));                                                 \
-    }
-FAST_HMAC(fast_hmac_sha256, SHA256_CTX, SHA256_Init, SHA256_Update, SHA256_Final, SHA256, 64,
-          32)
-FAST_HMAC(fast_hmac_sha384, SHA512_CTX, SHA384_Init, SHA384_Update, SHA384_Final, SHA384, 128,
-          48)
-#endif
-
-int
-hmac_digest(const EVP_MD *md, const unsigned char *key, size_t key_len,
-            const unsigned char *data, size_t len, unsigned char *out, unsigned int *out_len)
-{
-    /* HMAC pads the key with zeros to the block size: an empty key is the same key as
-     * one zero byte (EVP_MAC_init would take an empty key as "keep the previous one") */
-    static const unsigned char zero = 0;
-    int type = EVP_MD_get_type(md);
-    int idx = type == NID_sha256 ? 0 : type == NID_sha384 ? 1 : -1;
-#if !defined(OPENSSL_NO_DEPRECATED_3_0)
-    if (idx == 0) {
-        fast_hmac_sha256(key, key_len, data, len, out);
-        *out_len = 32;
-        return 0;
-    }
-    if (idx == 1) {
-        fast_hmac_sha384(key, key_len, data, len, out);
-        *out_len = 48;
-        return 0;
-    }
-#endif
-    if (hmac_ready == 0) {
-        hmac_setup();
-    }
-    if (hmac_ready == 1 && idx >= 0) {
-        size_t outl = 0;
-        EVP_MAC_CTX *ctx = hmac_ctxs[idx];
-        if (key_len == 0) {
-            key = &zero;
-            key_len = 1;
-        }
-        if (EVP_MAC_init(ctx, key, key_len, NULL) == 1 && EVP_MAC_update(ctx, data, len) == 1 &&
-            EVP_MAC_final(ctx, out, &outl, EVP_MAX_MD_SIZE) == 1) {
-            *out_len = (unsigned int)outl;
-            return 0;
-        }
-        ERR_clear_error();
-        return -1;
-    }
-    if (key_len > INT_MAX || HMAC(md, key, (int)key_len, data, len, out, out_len) == NULL) {
-        ERR_clear_error();
-        return -1;
-    }
-    return 0;
-}
-
-/* HMAC(secret, HkdfLabel(length, "tls13 " + label, context) || 0x01)[:length] */
+/* HKDF-Expand-Label(secret, label, context, length) (one HMAC) */
 static int
 expand_label_ctx(const EVP_MD *md, const unsigned char *secret, size_t secret_len,
                  const char *label, size_t label_len, const unsigned char *context,
                  size_t context_len, int length, unsigned char *out)
 {
-    unsigned char info[2 + 1 + 255 + 1 + 255 + 1];
-    unsigned char block[EVP_MAX_MD_SIZE];
-    unsigned int block_len = 0;
-    size_t n = 0;
-    if (length < 0 || length > EVP_MD_get_size(md) || label_len + 6 > 255 || context_len > 255
-        || secret_len > INT_MAX) {
-        return -1;
-    }
-    info[n++] = (unsigned char)(length >> 8);
-    info[n++] = (unsigned char)length;
-    info[n++] = (unsigned char)(6 + label_len);
-    memcpy(info + n, "tls13 ", 6);
-    n += 6;
-    memcpy(info + n, label, label_len);
-    n += label_len;
-    info[n++] = (unsigned char)context_len;
-    if (context_len) {
-        memcpy(info + n, context, context_len);
-        n += context_len;
-    }
-    info[n++] = 1; /* block counter */
-    if (hmac_digest(md, secret, secret_len, info, n, block, &block_len) < 0) {
-        return -1;
-    }
-    memcpy(out, block, (size_t)length);
-    OPENSSL_cleanse(block, sizeof(block));
-    return 0;
+    HmacKey k;
+    int rc;
+    hmac_key_init(&k, md, secret, secret_len);
+    rc = expand_label_key(&k, label, label_len, context, context_len, length, out);
+    hmac_key_wipe(&k);
+    return rc;
 }
 
 /* HKDF-Expand-Label with an empty context (the packet keys of table.c) */
@@ -314,6 +164,7 @@ mod_quic_keys(PyObject *module, PyObject *args)
     unsigned char key[MAX_KEY_LEN], iv[IV_LEN], hp[MAX_KEY_LEN];
     unsigned char ku[MAX_HASH_LEN], nkey[MAX_KEY_LEN], niv[IV_LEN];
     const char *lk = "quic key", *li = "quic iv", *lh = "quic hp", *lu = "quic ku";
+    HmacKey k = {0}, kn = {0};
     PyObject *result = NULL;
 
     (void)module;
@@ -327,19 +178,15 @@ mod_quic_keys(PyObject *module, PyObject *args)
         lk = "quicv2 key", li = "quicv2 iv", lh = "quicv2 hp", lu = "quicv2 ku";
     }
     md = info.md();
-    if (expand_label_ctx(md, secret.buf, (size_t)secret.len, lk, strlen(lk), NULL, 0,
-                         info.key_len, key) < 0 ||
-        expand_label_ctx(md, secret.buf, (size_t)secret.len, li, strlen(li), NULL, 0, IV_LEN,
-                         iv) < 0 ||
-        expand_label_ctx(md, secret.buf, (size_t)secret.len, lh, strlen(lh), NULL, 0,
-                         info.key_len, hp) < 0 ||
+    hmac_key_init(&k, md, secret.buf, (size_t)secret.len); /* one keyed HMAC, 3-4 labels */
+    if (expand_label_key(&k, lk, strlen(lk), NULL, 0, info.key_len, key) < 0 ||
+        expand_label_key(&k, li, strlen(li), NULL, 0, IV_LEN, iv) < 0 ||
+        expand_label_key(&k, lh, strlen(lh), NULL, 0, info.key_len, hp) < 0 ||
         (with_next &&
-         (expand_label_ctx(md, secret.buf, (size_t)secret.len, lu, strlen(lu), NULL, 0,
-                           info.hash_len, ku) < 0 ||
-          expand_label_ctx(md, ku, (size_t)info.hash_len, lk, strlen(lk), NULL, 0,
-                           info.key_len, nkey) < 0 ||
-          expand_label_ctx(md, ku, (size_t)info.hash_len, li, strlen(li), NULL, 0, IV_LEN,
-                           niv) < 0))) {
+         (expand_label_key(&k, lu, strlen(lu), NULL, 0, info.hash_len, ku) < 0 ||
+          (hmac_key_init(&kn, md, ku, (size_t)info.hash_len), 0) ||
+          expand_label_key(&kn, lk, strlen(lk), NULL, 0, info.key_len, nkey) < 0 ||
+          expand_label_key(&kn, li, strlen(li), NULL, 0, IV_LEN, niv) < 0))) {
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL: HKDF-Expand-Label failed");
         goto wipe;
     }
@@ -353,12 +200,240 @@ mod_quic_keys(PyObject *module, PyObject *args)
                                (Py_ssize_t)IV_LEN, hp, (Py_ssize_t)info.key_len);
     }
 wipe:
+    hmac_key_wipe(&k);
+    hmac_key_wipe(&kn);
     OPENSSL_cleanse(key, sizeof(key));
     OPENSSL_cleanse(ku, sizeof(ku));
     OPENSSL_cleanse(nkey, sizeof(nkey));
 done:
     PyBuffer_Release(&secret);
     return result;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* a TLS 1.3 server's key schedule from the shared secret on, in two calls             */
+
+/* HMAC(HKDF-Expand-Label(base_key, "finished", "", hash_len), thash) (RFC 8446 4.4.4) */
+static int
+finished_mac(const EVP_MD *md, int hash_len, const unsigned char *base_key,
+             const unsigned char *thash, unsigned char *out)
+{
+    unsigned char key[EVP_MAX_MD_SIZE];
+    unsigned int out_len = 0;
+    int rc = expand_label_ctx(md, base_key, (size_t)hash_len, "finished", 8, NULL, 0,
+                              hash_len, key) < 0 ||
+                     hmac_digest(md, key, (size_t)hash_len, thash, (size_t)hash_len, out,
+                                 &out_len) < 0
+                 ? -1
+                 : 0;
+    OPENSSL_cleanse(key, sizeof(key));
+    return rc;
+}
+
+/* tls_server_handshake(suite, derived, shared, transcript, sh_len, cert_len)
+ *   -> (handshake_secret, master_secret, c_hs, s_hs, hash of transcript[:cert_len])
+ * derived: Derive-Secret(early_secret, "derived", ""); the transcript hash at sh_len
+ * (ClientHello..ServerHello) gives the handshake traffic secrets, the one at cert_len
+ * (..Certificate) is what CertificateVerify signs. RFC 8446 7.1. */
+PyObject *
+mod_tls_server_handshake(PyObject *module, PyObject *args)
+{
+    long suite;
+    Py_buffer derived, shared, transcript;
+    Py_ssize_t sh_len, cert_len;
+    SuiteInfo info;
+    const EVP_MD *md;
+    RunningHash th = {0};
+    unsigned char hs[EVP_MAX_MD_SIZE], master[EVP_MAX_MD_SIZE], d2[EVP_MAX_MD_SIZE];
+    unsigned char c_hs[EVP_MAX_MD_SIZE], s_hs[EVP_MAX_MD_SIZE];
+    unsigned char h_sh[EVP_MAX_MD_SIZE], h_cert[EVP_MAX_MD_SIZE], empty[EVP_MAX_MD_SIZE];
+    unsigned char zeros[EVP_MAX_MD_SIZE] = {0};
+    unsigned int n = 0;
+    int hl;
+    HmacKey k = {0};
+    PyObject *result = NULL;
+
+    (void)module;
+    if (!PyArg_ParseTuple(args, "ly*y*y*nn:tls_server_handshake", &suite, &derived, &shared,
+                          &transcript, &sh_len, &cert_len)) {
+        return NULL;
+    }
+    if (suite_info(suite, &info) < 0) {
+        goto done;
+    }
+    md = info.md();
+    hl = info.hash_len;
+    if (derived.len != hl || sh_len < 0 || sh_len > cert_len || cert_len > transcript.len) {
+        PyErr_SetString(PyExc_ValueError, "tls_server_handshake: bad lengths");
+        goto done;
+    }
+    if (rh_init(&th, md) < 0 || rh_peek(&th, empty) < 0 ||
+        rh_update(&th, transcript.buf, (size_t)sh_len) < 0 || rh_peek(&th, h_sh) < 0 ||
+        rh_update(&th, (const unsigned char *)transcript.buf + sh_len,
+                  (size_t)(cert_len - sh_len)) < 0 ||
+        rh_peek(&th, h_cert) < 0 ||
+        hmac_digest(md, derived.buf, (size_t)hl, shared.buf, (size_t)shared.len, hs, &n) < 0 ||
+        (hmac_key_init(&k, md, hs, (size_t)hl), 0) ||
+        expand_label_key(&k, "c hs traffic", 12, h_sh, (size_t)hl, hl, c_hs) < 0 ||
+        expand_label_key(&k, "s hs traffic", 12, h_sh, (size_t)hl, hl, s_hs) < 0 ||
+        expand_label_key(&k, "derived", 7, empty, (size_t)hl, hl, d2) < 0 ||
+        hmac_digest(md, d2, (size_t)hl, zeros, (size_t)hl, master, &n) < 0) {
+        ERR_clear_error();
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL: TLS handshake key schedule failed");
+        goto wipe;
+    }
+    result = Py_BuildValue("(y#y#y#y#y#)", hs, (Py_ssize_t)hl, master, (Py_ssize_t)hl, c_hs,
+                           (Py_ssize_t)hl, s_hs, (Py_ssize_t)hl, h_cert, (Py_ssize_t)hl);
+wipe:
+    rh_free(&th);
+    hmac_key_wipe(&k);
+    OPENSSL_cleanse(hs, sizeof(hs));
+    OPENSSL_cleanse(master, sizeof(master));
+    OPENSSL_cleanse(d2, sizeof(d2));
+    OPENSSL_cleanse(c_hs, sizeof(c_hs));
+    OPENSSL_cleanse(s_hs, sizeof(s_hs));
+done:
+    PyBuffer_Release(&derived);
+    PyBuffer_Release(&shared);
+    PyBuffer_Release(&transcript);
+    return result;
+}
+
+/* tls_server_finished(suite, c_hs, s_hs, master, transcript, with_ticket)
+ *   -> (server verify_data, c_ap, s_ap, client verify_data, ticket PSK or b"")
+ * transcript: ClientHello..CertificateVerify (..EncryptedExtensions when resuming). The
+ * server Finished MACs its hash; the application secrets and the client Finished MAC
+ * take the hash up to the server Finished (no client certificate in between). With
+ * with_ticket, the PSK of a NewSessionTicket with nonce 0x00 from the resumption master
+ * secret, whose hash ends with the client Finished that verifies (RFC 8446 4.4.4, 4.6.1,
+ * 7.1). */
+PyObject *
+mod_tls_server_finished(PyObject *module, PyObject *args)
+{
+    long suite;
+    Py_buffer c_hs, s_hs, master, transcript;
+    int with_ticket;
+    SuiteInfo info;
+    const EVP_MD *md;
+    RunningHash th = {0};
+    unsigned char s_fin[4 + EVP_MAX_MD_SIZE], c_fin[4 + EVP_MAX_MD_SIZE];
+    unsigned char h[EVP_MAX_MD_SIZE], c_ap[EVP_MAX_MD_SIZE], s_ap[EVP_MAX_MD_SIZE];
+    unsigned char rms[EVP_MAX_MD_SIZE], psk[EVP_MAX_MD_SIZE];
+    static const unsigned char nonce0 = 0;
+    int hl;
+    HmacKey k = {0};
+    PyObject *result = NULL;
+
+    (void)module;
+    if (!PyArg_ParseTuple(args, "ly*y*y*y*p:tls_server_finished", &suite, &c_hs, &s_hs,
+                          &master, &transcript, &with_ticket)) {
+        return NULL;
+    }
+    if (suite_info(suite, &info) < 0) {
+        goto done;
+    }
+    md = info.md();
+    hl = info.hash_len;
+    if (c_hs.len != hl || s_hs.len != hl || master.len != hl) {
+        PyErr_SetString(PyExc_ValueError, "tls_server_finished: secrets of the wrong length");
+        goto done;
+    }
+    hmac_key_init(&k, md, master.buf, (size_t)hl); /* 2-3 labels of the master secret */
+    s_fin[0] = c_fin[0] = 20; /* HandshakeType finished, u24 length */
+    s_fin[1] = c_fin[1] = 0;
+    s_fin[2] = c_fin[2] = 0;
+    s_fin[3] = c_fin[3] = (unsigned char)hl;
+    if (rh_init(&th, md) < 0 || rh_update(&th, transcript.buf, (size_t)transcript.len) < 0 ||
+        rh_peek(&th, h) < 0 || finished_mac(md, hl, s_hs.buf, h, s_fin + 4) < 0 ||
+        rh_update(&th, s_fin, (size_t)(4 + hl)) < 0 || rh_peek(&th, h) < 0 ||
+        expand_label_key(&k, "c ap traffic", 12, h, (size_t)hl, hl, c_ap) < 0 ||
+        expand_label_key(&k, "s ap traffic", 12, h, (size_t)hl, hl, s_ap) < 0 ||
+        finished_mac(md, hl, c_hs.buf, h, c_fin + 4) < 0 ||
+        (with_ticket &&
+         (rh_update(&th, c_fin, (size_t)(4 + hl)) < 0 || rh_peek(&th, h) < 0 ||
+          expand_label_key(&k, "res master", 10, h, (size_t)hl, hl, rms) < 0 ||
+          expand_label_ctx(md, rms, (size_t)hl, "resumption", 10, &nonce0, 1, hl, psk) < 0))) {
+        ERR_clear_error();
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL: TLS Finished key schedule failed");
+        goto wipe;
+    }
+    result = Py_BuildValue("(y#y#y#y#y#)", s_fin + 4, (Py_ssize_t)hl, c_ap, (Py_ssize_t)hl,
+                           s_ap, (Py_ssize_t)hl, c_fin + 4, (Py_ssize_t)hl, psk,
+                           (Py_ssize_t)(with_ticket ? hl : 0));
+wipe:
+    rh_free(&th);
+    hmac_key_wipe(&k);
+    OPENSSL_cleanse(c_ap, sizeof(c_ap));
+    OPENSSL_cleanse(s_ap, sizeof(s_ap));
+    OPENSSL_cleanse(rms, sizeof(rms));
+    OPENSSL_cleanse(psk, sizeof(psk));
+    OPENSSL_cleanse(c_fin, sizeof(c_fin));
+done:
+    PyBuffer_Release(&c_hs);
+    PyBuffer_Release(&s_hs);
+    PyBuffer_Release(&master);
+    PyBuffer_Release(&transcript);
+    return result;
+}
+
+/* packet_key_context(suite, secret, v2[, hp_key]) -> KeyContext: the packet keys of a
+ * traffic secret ("quic key", "quic iv", "quic hp"; "quicv2 ..." when v2) in a
+ * KeyContext that keeps the secret, in one call (what quic_keys + KeyContext do in two);
+ * hp_key, when given and not None, replaces the derived header-protection key (it stays
+ * the same across key updates). */
+PyObject *
+mod_packet_key_context(PyObject *module, PyObject *args)
+{
+    long suite;
+    PyObject *secret, *hp_given = Py_None, *hp_bytes = NULL;
+    int v2;
+    SuiteInfo info;
+    HmacKey k = {0};
+    unsigned char key[MAX_KEY_LEN], iv[IV_LEN], hp[MAX_KEY_LEN];
+    KeyContext *result = NULL;
+
+    (void)module;
+    if (!PyArg_ParseTuple(args, "lSp|O:packet_key_context", &suite, &secret, &v2, &hp_given)) {
+        return NULL;
+    }
+    if (suite_info(suite, &info) < 0) {
+        return NULL;
+    }
+    if (PyBytes_GET_SIZE(secret) != info.hash_len) {
+        PyErr_Format(PyExc_ValueError, "secret must be %d bytes", info.hash_len);
+        return NULL;
+    }
+    if (hp_given != Py_None) {
+        if (!PyBytes_Check(hp_given) || PyBytes_GET_SIZE(hp_given) != info.key_len) {
+            PyErr_Format(PyExc_ValueError, "header protection key must be %d bytes",
+                         info.key_len);
+            return NULL;
+        }
+    }
+    hmac_key_init(&k, info.md(), (const unsigned char *)PyBytes_AS_STRING(secret),
+                  (size_t)PyBytes_GET_SIZE(secret));
+    if (expand_label_key(&k, v2 ? "quicv2 key" : "quic key", v2 ? 10 : 8, NULL, 0, info.key_len,
+                         key) < 0 ||
+        expand_label_key(&k, v2 ? "quicv2 iv" : "quic iv", v2 ? 9 : 7, NULL, 0, IV_LEN, iv) < 0 ||
+        (hp_given == Py_None &&
+         expand_label_key(&k, v2 ? "quicv2 hp" : "quic hp", v2 ? 9 : 7, NULL, 0, info.key_len,
+                          hp) < 0)) {
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL: HKDF-Expand-Label failed");
+        goto wipe;
+    }
+    hp_bytes = hp_given != Py_None
+                   ? Py_NewRef(hp_given)
+                   : PyBytes_FromStringAndSize((const char *)hp, info.key_len);
+    if (hp_bytes == NULL) {
+        goto wipe;
+    }
+    result = kc_create(suite, key, iv, hp_bytes, secret);
+    Py_DECREF(hp_bytes);
+wipe:
+    hmac_key_wipe(&k);
+    OPENSSL_cleanse(key, sizeof(key));
+    OPENSSL_cleanse(hp, sizeof(hp));
+    return (PyObject *)result;
 }
 
 /* initial_keys(salt, dcid, v2): the Initial secrets of a client's first DCID (RFC 9001
