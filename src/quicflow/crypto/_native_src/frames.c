@@ -20,26 +20,6 @@
 
 enum { C_PADDING, C_PING, C_ACK, C_CRYPTO, C_STREAM, C_NCID, C_CLOSE, C_DONE, N_CLASSES };
 
-static int
-varint(const uint8_t *b, Py_ssize_t n, Py_ssize_t *pos, uint64_t *out)
-{
-    Py_ssize_t p = *pos;
-    if (p >= n) {
-        return -1;
-    }
-    Py_ssize_t len = (Py_ssize_t)1 << (b[p] >> 6);
-    if (p + len > n) {
-        return -1;
-    }
-    uint64_t v = b[p] & 0x3F;
-    for (Py_ssize_t i = 1; i < len; i++) {
-        v = (v << 8) | b[p + i];
-    }
-    *pos = p + len;
-    *out = v;
-    return 0;
-}
-
 /* a new reference to cls(*args) (stealing the n references in args, which may be NULL
    after a failed allocation: then NULL with the error set) */
 static PyObject *
@@ -73,8 +53,8 @@ parse_ack(const uint8_t *b, Py_ssize_t n, Py_ssize_t *pos, int ecn, PyObject *cl
 {
     uint64_t largest, delay, count, first;
     Py_ssize_t p = *pos;
-    if (varint(b, n, &p, &largest) < 0 || varint(b, n, &p, &delay) < 0 ||
-        varint(b, n, &p, &count) < 0 || varint(b, n, &p, &first) < 0 || first > largest ||
+    if (qf_varint(b, n, &p, &largest) < 0 || qf_varint(b, n, &p, &delay) < 0 ||
+        qf_varint(b, n, &p, &count) < 0 || qf_varint(b, n, &p, &first) < 0 || first > largest ||
         count > (uint64_t)(n - p) / 2) {
         return 0; /* (each further range takes two bytes at least) */
     }
@@ -92,7 +72,7 @@ parse_ack(const uint8_t *b, Py_ssize_t n, Py_ssize_t *pos, int ecn, PyObject *cl
     Py_DECREF(range);
     for (uint64_t i = 0; i < count; i++) {
         uint64_t gap, length;
-        if (varint(b, n, &p, &gap) < 0 || varint(b, n, &p, &length) < 0) {
+        if (qf_varint(b, n, &p, &gap) < 0 || qf_varint(b, n, &p, &length) < 0) {
             Py_DECREF(ranges);
             return 0;
         }
@@ -114,8 +94,8 @@ parse_ack(const uint8_t *b, Py_ssize_t n, Py_ssize_t *pos, int ecn, PyObject *cl
     PyObject *counts;
     if (ecn) {
         uint64_t ect0, ect1, ce;
-        if (varint(b, n, &p, &ect0) < 0 || varint(b, n, &p, &ect1) < 0 ||
-            varint(b, n, &p, &ce) < 0) {
+        if (qf_varint(b, n, &p, &ect0) < 0 || qf_varint(b, n, &p, &ect1) < 0 ||
+            qf_varint(b, n, &p, &ce) < 0) {
             Py_DECREF(ranges);
             return 0;
         }
@@ -171,7 +151,7 @@ mod_parse_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
         } else if (ftype == 0x06) { /* CRYPTO */
             uint64_t offset, length;
-            if (varint(b, n, &pos, &offset) < 0 || varint(b, n, &pos, &length) < 0 ||
+            if (qf_varint(b, n, &pos, &offset) < 0 || qf_varint(b, n, &pos, &length) < 0 ||
                 offset + length > VARINT_MAX || length > (uint64_t)(n - pos)) {
                 goto not_here;
             }
@@ -181,12 +161,12 @@ mod_parse_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             frame = make(classes[C_CRYPTO], a, 2);
         } else if (ftype >= 0x08 && ftype <= 0x0F) { /* STREAM */
             uint64_t sid, offset = 0, length;
-            if (varint(b, n, &pos, &sid) < 0 ||
-                ((ftype & 0x04) && varint(b, n, &pos, &offset) < 0)) {
+            if (qf_varint(b, n, &pos, &sid) < 0 ||
+                ((ftype & 0x04) && qf_varint(b, n, &pos, &offset) < 0)) {
                 goto not_here;
             }
             if (ftype & 0x02) {
-                if (varint(b, n, &pos, &length) < 0 || length > (uint64_t)(n - pos)) {
+                if (qf_varint(b, n, &pos, &length) < 0 || length > (uint64_t)(n - pos)) {
                     goto not_here;
                 }
             } else {
@@ -203,7 +183,7 @@ mod_parse_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             frame = make(classes[C_STREAM], a, 4);
         } else if (ftype == 0x18) { /* NEW_CONNECTION_ID */
             uint64_t seq, retire;
-            if (varint(b, n, &pos, &seq) < 0 || varint(b, n, &pos, &retire) < 0 ||
+            if (qf_varint(b, n, &pos, &seq) < 0 || qf_varint(b, n, &pos, &retire) < 0 ||
                 retire > seq || pos >= n) {
                 goto not_here;
             }
@@ -219,9 +199,9 @@ mod_parse_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             frame = make(classes[C_NCID], a, 4);
         } else if (ftype == 0x1C || ftype == 0x1D) { /* CONNECTION_CLOSE */
             uint64_t code, frame_type = 0, length;
-            if (varint(b, n, &pos, &code) < 0 ||
-                (ftype == 0x1C && varint(b, n, &pos, &frame_type) < 0) ||
-                varint(b, n, &pos, &length) < 0 || length > (uint64_t)(n - pos)) {
+            if (qf_varint(b, n, &pos, &code) < 0 ||
+                (ftype == 0x1C && qf_varint(b, n, &pos, &frame_type) < 0) ||
+                qf_varint(b, n, &pos, &length) < 0 || length > (uint64_t)(n - pos)) {
                 goto not_here;
             }
             PyObject *a[3] = {PyLong_FromUnsignedLongLong(code),

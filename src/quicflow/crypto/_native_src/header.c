@@ -25,26 +25,6 @@
 static const int TYPE_OF_BITS_V1[4] = {T_INITIAL, T_ZERO_RTT, T_HANDSHAKE, T_RETRY};
 static const int TYPE_OF_BITS_V2[4] = {T_RETRY, T_INITIAL, T_ZERO_RTT, T_HANDSHAKE};
 
-static int
-varint_at(const uint8_t *b, Py_ssize_t n, Py_ssize_t *pos, uint64_t *out)
-{
-    Py_ssize_t p = *pos;
-    if (p >= n) {
-        return -1;
-    }
-    Py_ssize_t len = (Py_ssize_t)1 << (b[p] >> 6);
-    if (p + len > n) {
-        return -1;
-    }
-    uint64_t v = b[p] & 0x3F;
-    for (Py_ssize_t i = 1; i < len; i++) {
-        v = (v << 8) | b[p + i];
-    }
-    *pos = p + len;
-    *out = v;
-    return 0;
-}
-
 static PyObject *
 make_header(PyObject *header_type, int ptype, uint32_t version, const uint8_t *b,
             Py_ssize_t dcid_at, Py_ssize_t dcid_len, Py_ssize_t scid_at, Py_ssize_t scid_len,
@@ -140,7 +120,7 @@ mod_parse_header(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t token_at = p, token_len = 0;
     if (ptype == T_INITIAL) {
         uint64_t tl;
-        if (varint_at(b, n, &p, &tl) < 0 || tl > (uint64_t)(n - p)) {
+        if (qf_varint(b, n, &p, &tl) < 0 || tl > (uint64_t)(n - p)) {
             goto not_here;
         }
         token_at = p;
@@ -148,7 +128,7 @@ mod_parse_header(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         p += token_len;
     }
     uint64_t length;
-    if (varint_at(b, n, &p, &length) < 0 || length == 0 || length > (uint64_t)(n - p)) {
+    if (qf_varint(b, n, &p, &length) < 0 || length == 0 || length > (uint64_t)(n - p)) {
         goto not_here;
     }
     result = make_header(args[3], ptype, version, b, dcid_at, dcid_len, scid_at, scid_len,

@@ -571,4 +571,27 @@ PyObject *mod_tls_server_handshake(PyObject *module, PyObject *args);
 PyObject *mod_tls_server_finished(PyObject *module, PyObject *args);
 PyObject *mod_packet_key_context(PyObject *module, PyObject *args);
 
+/* The QUIC variable-length integer (RFC 9000 16) at b[*pos] of the n bytes: 0 and *pos
+ * moved past it, or -1 (nothing moved) when it runs past n.  Shared by the parsers of
+ * header.c, frames.c and tparams.c. */
+static inline int
+qf_varint(const uint8_t *b, Py_ssize_t n, Py_ssize_t *pos, uint64_t *out)
+{
+    Py_ssize_t p = *pos;
+    if (p >= n) {
+        return -1;
+    }
+    Py_ssize_t len = (Py_ssize_t)1 << (b[p] >> 6);
+    if (p + len > n) {
+        return -1;
+    }
+    uint64_t v = b[p] & 0x3F;
+    for (Py_ssize_t i = 1; i < len; i++) {
+        v = (v << 8) | b[p + i];
+    }
+    *pos = p + len;
+    *out = v;
+    return 0;
+}
+
 #endif /* QUICFLOW_NATIVE_H */

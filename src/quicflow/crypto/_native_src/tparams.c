@@ -23,26 +23,6 @@
 #define MAX_HIGH_IDS 64
 #define MAX_CID_LEN 20
 
-static int
-read_varint(const uint8_t *b, Py_ssize_t n, Py_ssize_t *pos, uint64_t *out)
-{
-    Py_ssize_t p = *pos;
-    if (p >= n) {
-        return -1;
-    }
-    Py_ssize_t len = (Py_ssize_t)1 << (b[p] >> 6);
-    if (p + len > n) {
-        return -1;
-    }
-    uint64_t v = b[p] & 0x3F;
-    for (Py_ssize_t i = 1; i < len; i++) {
-        v = (v << 8) | b[p + i];
-    }
-    *pos = p + len;
-    *out = v;
-    return 0;
-}
-
 /* 1: decoded into values, 0: not here (the caller returns None), -1: a Python error */
 static int
 decode_one(PyObject *values, PyObject *spec, const uint8_t *b, Py_ssize_t pos,
@@ -59,7 +39,7 @@ decode_one(PyObject *values, PyObject *spec, const uint8_t *b, Py_ssize_t pos,
         }
         uint64_t v;
         Py_ssize_t p = pos;
-        if (read_varint(b, end, &p, &v) < 0 || p != end || v < lo || v > hi) {
+        if (qf_varint(b, end, &p, &v) < 0 || p != end || v < lo || v > hi) {
             return 0;
         }
         value = PyLong_FromUnsignedLongLong(v);
@@ -150,7 +130,7 @@ mod_decode_tparams(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t pos = 0;
     while (pos < n) {
         uint64_t pid, length;
-        if (read_varint(b, n, &pos, &pid) < 0 || read_varint(b, n, &pos, &length) < 0 ||
+        if (qf_varint(b, n, &pos, &pid) < 0 || qf_varint(b, n, &pos, &length) < 0 ||
             length > (uint64_t)(n - pos)) {
             goto not_here;
         }
