@@ -185,3 +185,19 @@ def test_mass_expiry_while_a_transfer_flows() -> None:
             break
     assert hashlib.sha256(bytes(got)).digest() == hashlib.sha256(data).digest()
     assert legit.counters.dropped_undecryptable == 0
+
+
+def test_an_expired_connection_costs_what_forget_alone_costs() -> None:
+    """A connection that ends (here: idle timeout) drops its CIDs in the one forget:
+    no removal of each CID first, then the forget's own pass over the same keys."""
+    server = _server()
+    _half_open(server, 2, 0.0)
+    first, second = list(server.all_connections)
+    direct = _teardown_ops(server, first)
+    second.handle_timer(5.0 + 0.001)
+    assert second.terminated and second.cid_changes  # its CIDs, listed as removed
+    before = server.registry.counters.ops
+    assert server.datagrams_to_send(second, 5.001) == []
+    assert server.registry.counters.ops - before == direct
+    assert len(server.registry) == 0 and not server.registry.ours
+    assert not server.registry.initial and not second.cid_changes

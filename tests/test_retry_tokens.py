@@ -217,3 +217,27 @@ def test_new_token_is_sealed_when_sent_not_for_a_client_closing_with_its_finishe
     token = _client_with_token(stays)
     assert token[0] == NEW_TOKEN
     assert stays.server.admission.counters.new_tokens_sealed == 1
+
+
+def test_token_layout_and_a_fresh_nonce_each() -> None:
+    """The documented layout (kind | nonce | AES-256-GCM(issued ms | 0 | 0), the kind and
+    the client's IP as associated data), decrypted here with the key derived by hand;
+    no two tokens share a nonce (the nonces come from a batch of random bytes)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from quicflow.crypto.hkdf import hkdf_expand, hkdf_extract
+
+    h = hashes.SHA256()
+    aead = AESGCM(hkdf_expand(h, hkdf_extract(h, b"quicflow address validation", KEY),
+                              b"token key", 32))
+    sealer = TokenSealer(KEY)
+    tokens = [sealer.seal(NEW_TOKEN, CLIENT_ADDR, b"", 1000.25) for _ in range(200)]
+    assert len({t[1:13] for t in tokens}) == len(tokens)
+    for t in tokens:
+        assert t[0] == NEW_TOKEN and len(t) == 1 + 12 + 10 + 16
+        plain = aead.decrypt(t[1:13], t[13:], bytes((NEW_TOKEN, 127, 0, 0, 1)))
+        assert plain == (1000250).to_bytes(8, "big") + b"\x00\x00"
+    r = sealer.seal(RETRY_TOKEN, CLIENT_ADDR, b"odcid123", 1000.0, b"rscid4")
+    plain = aead.decrypt(r[1:13], r[13:], bytes((RETRY_TOKEN, 127, 0, 0, 1)) + b"\xc3\x50")
+    assert plain == (1000000).to_bytes(8, "big") + b"\x08odcid123\x06rscid4"

@@ -423,6 +423,11 @@ class EndpointRunner:
     def _send(self, conn: Connection) -> None:
         if self._closed:
             return
+        if conn.terminated:  # nothing to build: its events, then the teardown (which
+            if conn.events:  # drops its CIDs, whatever changes were still pending)
+                self._dispatch(conn)
+            self._forget(conn)
+            return
         if conn.state < CLOSING or conn.close_pending or conn.cid_changes:
             if not self._build_and_send(conn):
                 return  # its socket's buffer is full: it waits for writability

@@ -610,6 +610,9 @@ class Endpoint:
     def _sync_cids(self, conn: Connection) -> None:
         if not conn.cid_changes:
             return
+        if conn.terminated:  # forget drops every key it owns: no removal one by one
+            self.forget(conn)
+            return
         registry = self.registry
         for added, cid in conn.cid_changes:
             if added:
@@ -618,8 +621,6 @@ class Endpoint:
             else:
                 registry.remove_cid(cid, conn)
         conn.cid_changes.clear()
-        if conn.terminated:
-            self.forget(conn)
 
     def forget(self, conn: Connection) -> None:
         """Remove a connection and exactly its own CIDs (O(its CIDs), see registry.py).
@@ -630,6 +631,7 @@ class Endpoint:
         self.admission.forget(conn)
         qlog.stop(conn)
         self.token_origins.pop(id(conn), None)
+        conn.cid_changes.clear()  # (its CIDs are dropped below, whatever they were)
         dropped = self.registry.forget(conn)
         if dropped and self.is_server and conn.counters.packets_received and not (
             conn.handshake_complete

@@ -29,11 +29,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..crypto.hkdf import hkdf_expand, hkdf_extract
+from .cids import random_part
 
 RETRY_TOKEN = 0x52  # 'R'
 NEW_TOKEN = 0x4E  # 'N'
 _NONCE_LEN = 12
 _MIN_LEN = 1 + _NONCE_LEN + 10 + 16
+_KIND = [bytes((i,)) for i in range(256)]  # the kind byte, made once
 
 Address = tuple[Any, ...]
 
@@ -76,13 +78,17 @@ class TokenSealer:
         retry_scid: bytes = b"",
     ) -> bytes:
         assert self._aead is not None
-        nonce = os.urandom(_NONCE_LEN)
-        plain = (
-            int(wall_time * 1000).to_bytes(8, "big") + bytes((len(odcid),)) + odcid
-            + bytes((len(retry_scid),)) + retry_scid
-        )
-        aad = bytes((kind,)) + _address_bytes(address, kind == RETRY_TOKEN)
-        return bytes((kind,)) + nonce + self._aead.encrypt(nonce, plain, aad)
+        nonce = random_part(_NONCE_LEN)  # (os.urandom, read in batches; each used once)
+        if odcid or retry_scid:
+            plain = (
+                int(wall_time * 1000).to_bytes(8, "big") + bytes((len(odcid),)) + odcid
+                + bytes((len(retry_scid),)) + retry_scid
+            )
+        else:  # a NEW_TOKEN token: both empty
+            plain = int(wall_time * 1000).to_bytes(8, "big") + b"\x00\x00"
+        head = _KIND[kind]
+        aad = head + _address_bytes(address, kind == RETRY_TOKEN)
+        return head + nonce + self._aead.encrypt(nonce, plain, aad)
 
     def open(
         self, token: bytes, address: Address, wall_time: float, lifetime: float
