@@ -273,9 +273,18 @@ class LossDetection:
             raise AckError(f"ACK of unsent packet {largest} in {epoch.name}")
         if largest > sp.largest_acked:
             sp.largest_acked = largest
-        acked = self._remove_acked(sp, ranges)
-        if not acked:
-            return [], []
+        sent = sp.sent
+        if len(ranges) == 1 and sent and 0 <= ranges[0][0] <= next(iter(sent)) and (
+            (last := next(reversed(sent.values()))).pn + last.count - 1 <= largest
+        ):
+            # one range over every record (a handshake's usual ACK): all of it, in order,
+            # without _remove_acked's merge walk
+            acked = list(sent.values())
+            sent.clear()
+        else:
+            acked = self._remove_acked(sp, ranges)
+            if not acked:
+                return [], []
         largest_pkt = acked[-1] if acked[-1].pn + acked[-1].count - 1 == largest else None
 
         if largest_pkt is not None:
