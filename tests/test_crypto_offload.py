@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
@@ -272,3 +273,26 @@ def test_pn_recovery_uses_largest_received() -> None:
     sender.seal(buf, descs)
     res = receiver.open(bytes(buf), _open_descs(descs))
     assert [r.pn for r in res if r] == pns
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_install_returns_the_entry_key_state_gives(native: bool) -> None:
+    """program_engine reads the new entry's hp key from install's result: the same object
+    key_state returns, with the hp key derived from the secret (or the one given)."""
+    from quicflow.crypto.keys import derive_hp_key
+
+    if native:
+        from quicflow.crypto.native import NativeOffloadEngine, available
+
+        assert available(), "the native extension is built by make venv"
+        engine: Any = NativeOffloadEngine()
+    else:
+        engine = SoftwareOffloadEngine()
+    suite = CipherSuite.AES_128_GCM_SHA256
+    secret = _secret(suite)
+    state = engine.install(CID, suite, secret, opener=True, largest_pn=7)
+    assert state is engine.key_state(CID, opener=True)
+    assert state.hp_key == derive_hp_key(suite, secret)
+    given = bytes(range(16))
+    sealer = engine.install(CID, suite, secret, opener=False, hp_key=given)
+    assert sealer is engine.key_state(CID, opener=False) and sealer.hp_key == given

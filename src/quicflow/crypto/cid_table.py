@@ -63,12 +63,13 @@ class CidTableEngine(Generic[S]):
         largest_pn: int = -1,
         hp_key: bytes | None = None,
         version: int = 1,
-    ) -> None:
+    ) -> S:
         """Program ``cid`` with the keys of ``secret`` (replaces an existing entry);
-        ``version`` picks the HKDF labels (QUIC v1 or v2) of its keys and key updates."""
-        (self._openers if opener else self._sealers)[bytes(cid)] = self._new_state(
-            suite, secret, key_phase, largest_pn, hp_key, version
-        )
+        ``version`` picks the HKDF labels (QUIC v1 or v2) of its keys and key updates.
+        Returns the new entry (what ``key_state`` gives for ``cid`` from now on)."""
+        state = self._new_state(suite, secret, key_phase, largest_pn, hp_key, version)
+        (self._openers if opener else self._sealers)[bytes(cid)] = state
+        return state
 
     def alias(self, new_cid: bytes, existing_cid: bytes, *, opener: bool) -> None:
         """Make ``new_cid`` share the entry of ``existing_cid`` (KeyError if unknown)."""

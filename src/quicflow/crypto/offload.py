@@ -191,7 +191,10 @@ class OffloadEngine(Protocol):
         largest_pn: int = -1,
         hp_key: bytes | None = None,
         version: int = 1,
-    ) -> None: ...
+    ) -> Any:
+        """Program ``cid`` with the keys of ``secret``; returns the new entry (as
+        ``key_state`` gives it)."""
+        ...
 
     def alias(self, new_cid: bytes, existing_cid: bytes, *, opener: bool) -> None: ...
 

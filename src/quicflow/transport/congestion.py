@@ -101,8 +101,11 @@ class CongestionControl:
         ``size`` may be the sum of several packets of one ACK, ``time_sent`` the send
         time of the latest of them (they must all be outside the recovery period).
         """
-        self.on_removed_from_flight(size)
-        if self.app_limited or self.in_recovery(time_sent):
+        # (on_removed_from_flight and in_recovery inline: this runs for every ACK)
+        remaining = self.bytes_in_flight - size
+        self.bytes_in_flight = remaining if remaining > 0 else 0
+        start = self.recovery_start_time
+        if self.app_limited or (start is not None and time_sent <= start):
             return
         if self.cwnd < self.ssthresh:
             step = self.ssthresh - self.cwnd

@@ -53,7 +53,6 @@ from .state import (
     CLOSING,
     DRAINING,
     ESTABLISHED,
-    PacketSpace,
     PeerCid,
 )
 from .streams import ReassemblyFull
@@ -289,7 +288,11 @@ def _receive_packet(
     if ends and ends[-1] == pn:
         ends[-1] = pn + 1  # the next in order: the last range grows (RangeSet.add inline)
     else:
-        received.add(pn, pn + 1)
+        if not ends or pn > ends[-1]:  # a new last range (RangeSet.add's first case)
+            received.starts.append(pn)
+            ends.append(pn + 1)
+        else:
+            received.add(pn, pn + 1)
         if len(ends) > 64:
             received.shift_below(received.starts[-32])
     newest = pn > largest_received
@@ -316,20 +319,16 @@ def _receive_packet(
             space.ack_immediately = True
         elif space.ack_deadline is None:
             space.ack_deadline = now + conn.configuration.max_ack_delay
-    if not server_initial or _crypto_held(space) > crypto_before:
+    if not server_initial or (  # (_crypto_held inline)
+        (recv := space.crypto_recv) is not None
+        and recv.read_offset + recv.ready_bytes + recv.chunk_bytes > crypto_before
+    ):
         # an Initial that brings a server no new handshake data (anyone can build one)
         # does not keep the connection alive
         conn.idle_deadline = now + _effective_idle(conn)
     conn.last_ack_eliciting_sent_after_receive = False
     if conn.state == CLOSING:
         answer_in_closing(conn)
-
-
-def _crypto_held(space: PacketSpace) -> int:
-    recv = space.crypto_recv
-    if recv is None:  # discarded
-        return 0
-    return recv.read_offset + recv.ready_bytes + recv.chunk_bytes
 
 
 def _effective_idle(conn: Connection) -> float:
@@ -502,10 +501,10 @@ def _after_tls(conn: Connection, now: float) -> None:
         _apply_peer_params(conn, tls.peer_transport_parameters)
     if tls.handshake_complete and not conn.handshake_complete:
         conn.handshake_complete = True
-        conn.alpn_protocol = tls.alpn_protocol
+        conn.alpn_protocol = alpn = tls.alpn_protocol
         conn.peer_certificate_ders = tls.peer_certificate_ders
         conn.state = ESTABLISHED
-        conn.events.append(HandshakeCompleted(tls.alpn_protocol, conn.session_resumed,
+        conn.events.append(HandshakeCompleted(alpn, conn.session_resumed,
                                               conn.early_data_accepted))
         if not conn.is_client:
             conn.handshake_confirmed = True

@@ -3,6 +3,8 @@ protectors, the 1-RTT keys in the offload engine) and answering a peer's key upd
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..crypto.epoch import Epoch
 from ..crypto.keys import (
     PacketProtector,
@@ -50,26 +52,28 @@ def program_engine(conn: Connection) -> None:
     send_hp = conn.one_rtt_send_hp or None
     largest = conn.spaces[2].largest_received
     first: bytes | None = None
+    opener: Any = None
     for entry in conn.host_cids:
         if entry.retired:
             continue
         if first is None:
-            engine.install(entry.cid, suite, conn.one_rtt_recv_secret, opener=True,
-                           largest_pn=largest, hp_key=recv_hp, version=conn.version)
+            # (install returns the entry: its hp key without a key_state look-up)
+            opener = engine.install(entry.cid, suite, conn.one_rtt_recv_secret, opener=True,
+                                    largest_pn=largest, hp_key=recv_hp, version=conn.version)
             first = entry.cid
         else:
             engine.alias(entry.cid, first, opener=True)
     if recv_hp is None:
         conn.one_rtt_recv_hp = (
-            engine.key_state(first, opener=True).hp_key if first is not None
+            opener.hp_key if first is not None
             else derive_hp_key(suite, conn.one_rtt_recv_secret, conn.version)
         )
     # the sealer is keyed by a local key, never by the peer's CID (which it chooses);
     # both directions start in key phase 0 (the engine keeps the phases from then on)
-    engine.install(conn.seal_key, suite, conn.one_rtt_send_secret, opener=False,
-                   hp_key=send_hp, version=conn.version)
+    sealer = engine.install(conn.seal_key, suite, conn.one_rtt_send_secret, opener=False,
+                            hp_key=send_hp, version=conn.version)
     if send_hp is None:
-        conn.one_rtt_send_hp = engine.key_state(conn.seal_key, opener=False).hp_key
+        conn.one_rtt_send_hp = sealer.hp_key
     conn.one_rtt_ready = True
 
 

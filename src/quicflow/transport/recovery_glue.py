@@ -93,6 +93,8 @@ def _validate_ecn(
 
 #: Epoch by value (a table lookup: calling the enum class runs enum's Python __call__)
 _EPOCHS = tuple(Epoch)
+#: a CRYPTO record's epoch value -> its space's index in ``conn.spaces`` (SPACE_OF_EPOCH)
+_SPACE_OF_EPOCH_VALUE = tuple(SPACE_OF_EPOCH[e] for e in _EPOCHS)
 
 
 def on_acked_packets(conn: Connection, packets: list[SentPacket]) -> None:
@@ -114,7 +116,7 @@ def on_acked_packets(conn: Connection, packets: list[SentPacket]) -> None:
                     conn.send_buffered -= stream.send.on_acked(rec[2], rec[3], bool(rec[4]))
                     writable.add(rec[1])
             elif kind == R_CRYPTO:
-                crypto = conn.spaces[SPACE_OF_EPOCH[_EPOCHS[rec[1]]]].crypto_send
+                crypto = conn.spaces[_SPACE_OF_EPOCH_VALUE[rec[1]]].crypto_send
                 if crypto is not None:  # (None: the space was discarded)
                     crypto.on_acked(rec[2], rec[3], False)
             elif kind == R_RESET:
