@@ -4,6 +4,8 @@
   ``encode_frame(Ack(...))`` (newest 32 ranges, ECN counts, ACK delay exponent).
 - A server's first flight is one datagram (Initial + Handshake, 1200 bytes) built
   without starting a 1-RTT packet: NEW_TOKEN waits for confirmation.
+- NEW_CONNECTION_ID frames are written without frame objects: the encoder's bytes and
+  checks; ``Pacer.consume`` at an unchanged time skips the refill, same tokens.
 - A one-datagram ``send_batch`` (the usual handshake datagram) goes out in one syscall
   with send_basic's counters, and an error on it is handled as send_basic handles it.
 """
@@ -14,11 +16,13 @@ import socket
 import time
 from types import SimpleNamespace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quicflow.crypto.epoch import Epoch
 from quicflow.datapath.socket import UdpTransport
+from quicflow.transport.congestion import Pacer
 from quicflow.transport.events import NewTokenReceived
 from quicflow.transport.rangeset import RangeSet
 from quicflow.transport.send import _encode_ack
@@ -147,3 +151,78 @@ def test_connected_send_to_a_closed_port_is_counted_and_skipped() -> None:
         assert tx.counters.send_errors == 1
         assert all(results)  # never held back in the pending queue
         assert not tx.has_pending()
+
+
+def _new_cid_reference(conn: object) -> bytes:
+    """The NEW_CONNECTION_ID frames of the unannounced CIDs as the frame encoder writes
+    them (what _fill_control wrote before)."""
+    out = bytearray()
+    for entry in conn.host_cids:  # type: ignore[attr-defined]
+        if not entry.announced and not entry.retired and entry.sequence > 0 and (
+                entry.sequence >= conn.host_retire_prior_to):  # type: ignore[attr-defined]
+            F.encode_frame(F.NewConnectionId(
+                sequence=entry.sequence,
+                retire_prior_to=conn.host_retire_prior_to,  # type: ignore[attr-defined]
+                cid=entry.cid, reset_token=entry.reset_token), out)
+    return bytes(out)
+
+
+def test_new_connection_id_frames_match_the_frame_encoder() -> None:
+    from quicflow.transport.send import _fill_control
+
+    pair = MemoryPair()
+    pair.run(lambda: pair.client.handshake_confirmed and bool(pair.server_conns))
+    (conn,) = pair.server_conns
+    pair.run(lambda: len(conn.host_cids) > 2
+             and all(e.announced for e in conn.host_cids[1:]))
+    # the client holds every CID the server announced, with its reset token
+    held = {c.cid: c.reset_token for c in pair.client.peer_cids}
+    assert len(conn.host_cids) > 2
+    for entry in conn.host_cids[1:]:
+        assert held[entry.cid] == entry.reset_token
+    for retire_prior_to in (0, 2):
+        conn.host_retire_prior_to = retire_prior_to
+        for entry in conn.host_cids:
+            entry.announced = False
+        expected = _new_cid_reference(conn)
+        payload = bytearray(b"\x01")
+        records: list[tuple[int, ...]] = []
+        _fill_control(conn, payload, 1200, records)
+        assert bytes(payload[1:]) == expected and expected
+        assert [r[1] for r in records] == [
+            e.sequence for e in conn.host_cids if e.sequence >= max(1, retire_prior_to)]
+    # a CID the encoder refuses is refused the same way (a 16-byte token, 1..20 bytes)
+    conn.host_cids[-1].announced = False
+    conn.host_cids[-1].reset_token = b"short"
+    with pytest.raises(ValueError):
+        _fill_control(conn, bytearray(), 1200, [])
+
+
+def _reference_consume(pacer: Pacer, now: float, size: int, srtt: float,
+                       cwnd: int) -> None:
+    """Pacer.consume before its same-time shortcut: refill, then take ``size``."""
+    rate = pacer.multiplier * cwnd / srtt if srtt > 0.0 else 0.0
+    pacer._refill(now, rate, pacer.capacity(rate, cwnd))
+    pacer.tokens -= size
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(st.tuples(st.sampled_from([0.0, 0.0, 1e-5, 3e-4, 0.01, -1e-4]),
+                             st.integers(1, 64 * 1500), st.sampled_from([0.0, 0.001, 0.3]),
+                             st.integers(1200, 1 << 24)), min_size=1, max_size=30),
+    interval=st.sampled_from([0.0, 0.002]),
+)
+def test_pacer_consume_matches_the_refill_reference(
+    steps: list[tuple[float, int, float, int]], interval: float,
+) -> None:
+    fast = Pacer(burst_interval=interval, max_burst_datagrams=256, granularity=0.001,
+                 run_datagrams=64)
+    slow = Pacer(burst_interval=interval, max_burst_datagrams=256, granularity=0.001,
+                 run_datagrams=64)
+    now = 1.0
+    for dt, size, srtt, cwnd in steps:
+        now += dt
+        fast.consume(now, size, srtt, cwnd)
+        _reference_consume(slow, now, size, srtt, cwnd)
+        assert (fast.tokens, fast.last_time) == (slow.tokens, slow.last_time)

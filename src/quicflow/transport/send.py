@@ -536,12 +536,17 @@ def _fill_control(
         ):
             if limit - len(payload) < 48:
                 break
-            F.encode_frame(
-                F.NewConnectionId(sequence=entry.sequence,
-                                  retire_prior_to=conn.host_retire_prior_to, cid=entry.cid,
-                                  reset_token=entry.reset_token),
-                payload,
-            )
+            # the NEW_CONNECTION_ID frame as F.encode_frame writes it, with its checks,
+            # without the frame object (retire_prior_to <= sequence: the condition above)
+            cid, token = entry.cid, entry.reset_token
+            if not 0 < len(cid) <= 20 or len(token) != 16:
+                raise ValueError("NEW_CONNECTION_ID: cid of 1..20 bytes, 16-byte token")
+            payload.append(F.NEW_CONNECTION_ID)
+            push_varint(payload, entry.sequence)
+            push_varint(payload, conn.host_retire_prior_to)
+            payload.append(len(cid))
+            payload += cid
+            payload += token
             entry.announced = True
             records.append((R_NEW_CID, entry.sequence))
     for bidi, limits in ((True, conn.bidi), (False, conn.uni)):
