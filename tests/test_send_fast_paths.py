@@ -226,3 +226,59 @@ def test_pacer_consume_matches_the_refill_reference(
         fast.consume(now, size, srtt, cwnd)
         _reference_consume(slow, now, size, srtt, cwnd)
         assert (fast.tokens, fast.last_time) == (slow.tokens, slow.last_time)
+
+
+@given(pn=st.integers(0, 1 << 40), behind=st.integers(-5, 400), none=st.booleans())
+def test_one_byte_packet_numbers_up_to_128_unacknowledged(
+    pn: int, behind: int, none: bool,
+) -> None:
+    """The send path writes a 1-byte packet number without calling
+    encode_packet_number while at most 128 packets are unacknowledged (RFC 9000 A.2)."""
+    from quicflow.wire.packet import encode_packet_number
+
+    largest = None if none else pn - behind
+    if largest is not None and largest < 0:
+        largest = None
+    unacked = pn + 1 if largest is None else pn - largest
+    if unacked <= 128:
+        assert encode_packet_number(pn, largest)[1] == 1
+
+
+def test_packet_bookkeeping_matches_the_loss_detector() -> None:
+    """_on_packet_sent records a packet as LossDetection.on_packet_sent does, with its
+    checks: a packet number not above the last one is refused."""
+    from quicflow.transport.recovery import SentPacket
+    from quicflow.transport.send import _on_packet_sent
+
+    pair = MemoryPair()
+    pair.run(lambda: pair.client.handshake_confirmed and bool(pair.server_conns))
+    (conn,) = pair.server_conns
+    twin = MemoryPair()
+    twin.run(lambda: twin.client.handshake_confirmed and bool(twin.server_conns))
+    (other,) = twin.server_conns
+    now = pair.now + 0.5
+    before = (conn.loss.cc.bytes_in_flight, conn.loss.packets_sent,
+              other.loss.cc.bytes_in_flight, other.loss.packets_sent)
+    for eliciting in (True, False, True):
+        pn = conn.spaces[2].next_pn
+        conn.spaces[2].next_pn += 1
+        other_pn = other.spaces[2].next_pn
+        other.spaces[2].next_pn += 1
+        _on_packet_sent(conn, Epoch.ONE_RTT, pn, 300, eliciting, [], now)
+        other.loss.on_packet_sent(SentPacket(other_pn, now, 300, eliciting, eliciting,
+                                             Epoch.ONE_RTT, []))
+        if eliciting:
+            other.pacer.consume(now, 300, other.loss.rtt, other.loss.cc.cwnd)
+    a, b = conn.loss.spaces[2], other.loss.spaces[2]
+    assert (a.largest_sent, a.ack_eliciting_in_flight, a.last_ack_eliciting_time,
+            sorted(a.sent)[-3:]) == (b.largest_sent, b.ack_eliciting_in_flight,
+                                     b.last_ack_eliciting_time, sorted(b.sent)[-3:])
+    assert (conn.loss.cc.bytes_in_flight - before[0], conn.loss.packets_sent - before[1]) \
+        == (other.loss.cc.bytes_in_flight - before[2], other.loss.packets_sent - before[3]) \
+        == (600, 3)
+    assert conn.pacer.tokens == other.pacer.tokens
+    assert conn.loss.timer_anchor == other.loss.timer_anchor == now
+    with pytest.raises(ValueError):
+        _on_packet_sent(conn, Epoch.ONE_RTT, a.largest_sent, 300, True, [], now)
+    with pytest.raises(ValueError):
+        _on_packet_sent(conn, Epoch.HANDSHAKE, 99, 300, True, [], now)  # discarded
