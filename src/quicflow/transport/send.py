@@ -537,7 +537,9 @@ def _fill_control(
         F.encode_frame(F.MaxData(maximum=flow.max_data), payload)
         records.append((R_MAX_DATA,))
         flow.pending_max_data = False
-    for bidi, limits in ((True, conn.bidi), (False, conn.uni)):
+    bidi_limits, uni_limits = conn.bidi, conn.uni
+    for bidi, limits in ((True, bidi_limits), (False, uni_limits)) if (
+            bidi_limits.pending_max_streams or uni_limits.pending_max_streams) else ():
         if limits.pending_max_streams:
             F.encode_frame(F.MaxStreams(bidi=bidi, maximum=limits.max_remote), payload)
             records.append((R_MAX_STREAMS, int(bidi)))
@@ -570,7 +572,8 @@ def _fill_control(
             payload += token
             entry.announced = True
             records.append((R_NEW_CID, entry.sequence))
-    for bidi, limits in ((True, conn.bidi), (False, conn.uni)):
+    for bidi, limits in ((True, bidi_limits), (False, uni_limits)) if (
+            bidi_limits.blocked_pending or uni_limits.blocked_pending) else ():
         if limits.blocked_pending:
             F.encode_frame(F.StreamsBlocked(bidi=bidi, limit=limits.peer_max), payload)
             records.append((R_STREAMS_BLOCKED, int(bidi)))
