@@ -391,7 +391,7 @@ def _fill_payload(
     if not cc_ok and not ack_due:
         return False
     ack_end = 0
-    if epoch != Epoch.ZERO_RTT and (space.ack_pending or repeat_due
+    if epoch != _ZERO_RTT and (space.ack_pending or repeat_due
             or ((epoch in _HANDSHAKE_EPOCHS or probe) and space.received.starts)) and (
                 ack_due or cc_ok):
         # Initial and Handshake packets and probes always carry an ACK of what arrived
@@ -402,7 +402,7 @@ def _fill_payload(
         ack_end = len(payload)
     if not cc_ok:
         _ack_sent(space)
-        if epoch == Epoch.ONE_RTT:
+        if epoch == _ONE_RTT:
             _schedule_ack_repeat(conn, space, False, now)
         return False
     start_len = ack_end
@@ -416,7 +416,7 @@ def _fill_payload(
         if crypto.next_offset > crypto.acked_offset:
             crypto.on_lost(crypto.acked_offset, crypto.next_offset - crypto.acked_offset,
                            False)
-    while crypto.has_data_to_send() and epoch != Epoch.ZERO_RTT:
+    while crypto.has_data_to_send() and epoch != _ZERO_RTT:
         room = limit - len(payload) - 1 - 8 - 4
         if room <= 0:
             break
@@ -429,12 +429,12 @@ def _fill_payload(
         push_varint(payload, len(data))
         payload += data
         records.append((R_CRYPTO, int(epoch), offset, len(data)))
-    if epoch == Epoch.ONE_RTT:
+    if epoch == _ONE_RTT:
         _fill_control(conn, payload, limit, records)
         if conn.datagrams_pending:
             _fill_datagrams(conn, payload, limit)
         _fill_streams(conn, payload, limit, records)
-    elif epoch == Epoch.ZERO_RTT:
+    elif epoch == _ZERO_RTT:
         _fill_streams(conn, payload, limit, records)
     eliciting = len(payload) > start_len
     if probe and not eliciting:
@@ -448,7 +448,7 @@ def _fill_payload(
         return False
     if ack_end:
         _ack_sent(space)
-        if epoch == Epoch.ONE_RTT:
+        if epoch == _ONE_RTT:
             _schedule_ack_repeat(conn, space, eliciting, now)
     return eliciting
 
@@ -715,13 +715,13 @@ def _build_close_datagram(conn: Connection, now: float) -> bytes:
     seal: list[tuple[int, int, int, int, bytes]] = []
     for epoch in _EPOCHS:
         space = conn.spaces[_SPACE[epoch]]
-        if space.discarded or epoch == Epoch.ZERO_RTT:
+        if space.discarded or epoch == _ZERO_RTT:
             continue
-        if conn.handshake_confirmed and epoch != Epoch.ONE_RTT:
+        if conn.handshake_confirmed and epoch != _ONE_RTT:
             continue  # the peer processes 1-RTT: send the close with its real code only
         # before that, the close goes in Handshake packets too: a server does not
         # process 1-RTT before its handshake completes (RFC 9000 §10.2.3, RFC 9001 §5.7)
-        if epoch == Epoch.ONE_RTT:
+        if epoch == _ONE_RTT:
             if not conn.one_rtt_ready:
                 continue
             frame = F.ConnectionClose(error_code=code, frame_type=frame_type if not application
@@ -741,7 +741,7 @@ def _build_close_datagram(conn: Connection, now: float) -> bytes:
         pn = space.next_pn
         space.next_pn += 1
         pn_len = 4
-        if epoch == Epoch.ONE_RTT:
+        if epoch == _ONE_RTT:
             header = build_short_header(conn.peer_cid, pn, pn_len, 0)  # engine sets the phase
             offset = len(buf)
             buf += header + payload + bytes(TAG_LEN)
@@ -749,11 +749,11 @@ def _build_close_datagram(conn: Connection, now: float) -> bytes:
         else:
             protector = conn.send_protectors[epoch]
             assert protector is not None
-            if epoch == Epoch.INITIAL and conn.is_client:
+            if epoch == _INITIAL and conn.is_client:
                 payload.extend(bytes(max(0, 1200 - 80 - len(payload))))
             header = build_long_header(
-                INITIAL if epoch == Epoch.INITIAL else HANDSHAKE, conn.version, conn.peer_cid,
-                conn.initial_scid, conn.token if epoch == Epoch.INITIAL else b"",
+                INITIAL if epoch == _INITIAL else HANDSHAKE, conn.version, conn.peer_cid,
+                conn.initial_scid, conn.token if epoch == _INITIAL else b"",
                 pn_len + len(payload) + TAG_LEN, pn, pn_len,
             )
             buf += protector.seal(header, bytes(payload), pn)
