@@ -217,3 +217,14 @@ def test_new_token_is_sealed_when_sent_not_for_a_client_closing_with_its_finishe
     token = _client_with_token(stays)
     assert token[0] == NEW_TOKEN
     assert stays.server.admission.counters.new_tokens_sealed == 1
+
+
+def test_token_nonces_are_never_repeated_and_every_token_opens() -> None:
+    """Token nonces come from batched os.urandom reads (endpoint.cids.random_part): each
+    of many tokens has its own 12-byte nonce, across batch refills, and opens."""
+    sealer = TokenSealer(KEY)
+    addr = ("192.0.2.7", 4433)
+    tokens = [sealer.seal(NEW_TOKEN, addr, b"", 1000.0) for _ in range(300)]
+    nonces = {t[1:13] for t in tokens}
+    assert len(nonces) == len(tokens)
+    assert all(sealer.open(t, addr, 1000.5, 60.0) == (NEW_TOKEN, b"", b"") for t in tokens)

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..crypto.hkdf import hkdf_expand, hkdf_extract
+from .cids import random_part
 
 RETRY_TOKEN = 0x52  # 'R'
 NEW_TOKEN = 0x4E  # 'N'
@@ -76,7 +77,7 @@ class TokenSealer:
         retry_scid: bytes = b"",
     ) -> bytes:
         assert self._aead is not None
-        nonce = os.urandom(_NONCE_LEN)
+        nonce = random_part(_NONCE_LEN)  # (os.urandom, read in batches; each used once)
         plain = (
             int(wall_time * 1000).to_bytes(8, "big") + bytes((len(odcid),)) + odcid
             + bytes((len(retry_scid),)) + retry_scid
