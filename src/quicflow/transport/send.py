@@ -258,7 +258,7 @@ def _build_datagram(
                 pn_len + plen + TAG_LEN, pn, pn_len,
             )
             hlen = len(header)
-            buf += protector.seal(header, bytes(payload), pn)
+            buf += protector.seal(header, payload, pn)
         size = hlen + plen + TAG_LEN
         total += size
         if qlog_on:
@@ -756,7 +756,7 @@ def _build_close_datagram(conn: Connection, now: float) -> bytes:
                 conn.initial_scid, conn.token if epoch == _INITIAL else b"",
                 pn_len + len(payload) + TAG_LEN, pn, pn_len,
             )
-            buf += protector.seal(header, bytes(payload), pn)
+            buf += protector.seal(header, payload, pn)
         if conn.qlog is not None:
             qlog.packet_sent(conn, now, epoch, pn, payload, len(header) + len(payload) + TAG_LEN)
     if not buf:
