@@ -318,7 +318,7 @@ def _encode_ack(conn: Connection, space: PacketSpace, payload: bytearray, now: f
     received = space.received
     starts, ends = received.starts, received.ends
     i = len(starts) - 1
-    stop = max(-1, i - 32)
+    stop = i - 32 if i > 31 else -1
     delay_us = int((now - space.largest_received_time) * 1_000_000)
     exponent = conn.configuration.ack_delay_exponent if epoch is _ONE_RTT else 3
     ecn = space.ecn_counts
@@ -331,7 +331,11 @@ def _encode_ack(conn: Connection, space: PacketSpace, payload: bytearray, now: f
         payload.append(largest)
     else:
         push_varint(payload, largest)
-    push_varint(payload, (delay_us if delay_us > 0 else 0) >> exponent)
+    delay = delay_us >> exponent if delay_us > 0 else 0
+    if delay < 0x40:
+        payload.append(delay)
+    else:
+        push_varint(payload, delay)
     count = i - stop - 1
     if count < 0x40:
         payload.append(count)
@@ -348,9 +352,11 @@ def _encode_ack(conn: Connection, space: PacketSpace, payload: bytearray, now: f
         smallest = starts[j]
         push_varint(payload, hi - smallest)
     if with_ecn:
-        push_varint(payload, ecn[0])
-        push_varint(payload, ecn[1])
-        push_varint(payload, ecn[2])
+        for n in ecn:  # (a handshake's counts are one-byte varints: written inline)
+            if n < 0x40:
+                payload.append(n)
+            else:
+                push_varint(payload, n)
 
 
 def _ack_sent(space: PacketSpace) -> None:
