@@ -282,3 +282,37 @@ def test_packet_bookkeeping_matches_the_loss_detector() -> None:
         _on_packet_sent(conn, Epoch.ONE_RTT, a.largest_sent, 300, True, [], now)
     with pytest.raises(ValueError):
         _on_packet_sent(conn, Epoch.HANDSHAKE, 99, 300, True, [], now)  # discarded
+
+
+@settings(max_examples=25, deadline=None)
+@given(sizes=st.lists(st.integers(1, 20000), min_size=1, max_size=3),
+       capacity=st.sampled_from([60, 1100, 1 << 15]))
+def test_crypto_frames_match_the_frame_encoder(sizes: list[int], capacity: int) -> None:
+    """CRYPTO frames written inline (1- and 2-byte varints) are the encoder's bytes, for
+    lengths and offsets of every varint size, and carry the stream's bytes in order."""
+    from quicflow.transport.send import _fill_payload
+
+    pair = MemoryPair()
+    pair.run(lambda: pair.client.handshake_confirmed)
+    conn = pair.client
+    space = conn.spaces[2]
+    crypto = space.crypto_send
+    assert crypto is not None
+    data = bytes(i % 251 for i in range(sum(sizes)))
+    start = crypto.next_offset
+    crypto.write(data)
+    got = bytearray()
+    while crypto.has_data_to_send():
+        conn.probes_pending[2] = 1  # (a probe: no congestion or pacing check)
+        payload = bytearray()
+        records: list[tuple[int, ...]] = []
+        _fill_payload(conn, Epoch.ONE_RTT, space, payload, capacity, records, pair.now,
+                      False, False, True)
+        expected = bytearray()
+        for frame in F.parse_frames(bytes(payload)):
+            F.encode_frame(frame, expected)
+            if isinstance(frame, F.Crypto):
+                assert frame.offset == start + len(got)
+                got += frame.data
+        assert bytes(payload) == bytes(expected)
+    assert bytes(got) == data

@@ -430,11 +430,20 @@ def _fill_payload(
         if chunk is None:
             break
         offset, data, _, _ = chunk
+        n = len(data)
         payload.append(F.CRYPTO)  # the CRYPTO frame, as F.encode_frame writes it
-        push_varint(payload, offset)
-        push_varint(payload, len(data))
+        if offset < 0x40:  # (a flight's first frame: offset 0, 1- or 2-byte length)
+            payload.append(offset)
+        else:
+            push_varint(payload, offset)
+        if n < 0x40:
+            payload.append(n)
+        elif n < 0x4000:
+            payload += (n | 0x4000).to_bytes(2, "big")
+        else:
+            push_varint(payload, n)
         payload += data
-        records.append((R_CRYPTO, int(epoch), offset, len(data)))
+        records.append((R_CRYPTO, int(epoch), offset, n))
     if epoch == _ONE_RTT:
         _fill_control(conn, payload, limit, records)
         if conn.datagrams_pending:
