@@ -109,3 +109,18 @@ def test_short_and_truncated_packets_fail_alike(suite: CipherSuite,
         native.seal(hdr, b"", 5)
     with pytest.raises(ValueError, match="too short"):
         python.seal(hdr, b"", 5)
+
+
+def test_a_bytearray_payload_seals_as_its_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The send path hands its payload bytearray to seal without copying it: both the C
+    and the Python protector seal the bytes it holds, and leave it as it was."""
+    suite = CipherSuite.AES_128_GCM_SHA256
+    keyset = derive_packet_keys(suite, bytes(range(suite_hash_len(suite))))
+    native, python = pair(keyset, monkeypatch)
+    hdr = header(True, 7, 2, b"\x01" * 8)
+    data = bytes(range(200))
+    for prot in (native, python):
+        payload = bytearray(data)
+        assert prot.seal(hdr, payload, 7) == prot.seal(hdr, data, 7) == python.seal(
+            hdr, data, 7)
+        assert payload == data

@@ -241,3 +241,12 @@ def test_token_layout_and_a_fresh_nonce_each() -> None:
     r = sealer.seal(RETRY_TOKEN, CLIENT_ADDR, b"odcid123", 1000.0, b"rscid4")
     plain = aead.decrypt(r[1:13], r[13:], bytes((RETRY_TOKEN, 127, 0, 0, 1)) + b"\xc3\x50")
     assert plain == (1000000).to_bytes(8, "big") + b"\x08odcid123\x06rscid4"
+def test_token_nonces_are_never_repeated_and_every_token_opens() -> None:
+    """Token nonces come from batched os.urandom reads (endpoint.cids.random_part): each
+    of many tokens has its own 12-byte nonce, across batch refills, and opens."""
+    sealer = TokenSealer(KEY)
+    addr = ("192.0.2.7", 4433)
+    tokens = [sealer.seal(NEW_TOKEN, addr, b"", 1000.0) for _ in range(300)]
+    nonces = {t[1:13] for t in tokens}
+    assert len(nonces) == len(tokens)
+    assert all(sealer.open(t, addr, 1000.5, 60.0) == (NEW_TOKEN, b"", b"") for t in tokens)

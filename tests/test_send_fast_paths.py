@@ -4,6 +4,8 @@
   ``encode_frame(Ack(...))`` (newest 32 ranges, ECN counts, ACK delay exponent).
 - A server's first flight is one datagram (Initial + Handshake, 1200 bytes) built
   without starting a 1-RTT packet: NEW_TOKEN waits for confirmation.
+- NEW_CONNECTION_ID frames are written without frame objects: the encoder's bytes and
+  checks; ``Pacer.consume`` at an unchanged time skips the refill, same tokens.
 - A one-datagram ``send_batch`` (the usual handshake datagram) goes out in one syscall
   with send_basic's counters, and an error on it is handled as send_basic handles it.
 """
@@ -14,11 +16,13 @@ import socket
 import time
 from types import SimpleNamespace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quicflow.crypto.epoch import Epoch
 from quicflow.datapath.socket import UdpTransport
+from quicflow.transport.congestion import Pacer
 from quicflow.transport.events import NewTokenReceived
 from quicflow.transport.rangeset import RangeSet
 from quicflow.transport.send import _encode_ack
@@ -147,3 +151,168 @@ def test_connected_send_to_a_closed_port_is_counted_and_skipped() -> None:
         assert tx.counters.send_errors == 1
         assert all(results)  # never held back in the pending queue
         assert not tx.has_pending()
+
+
+def _new_cid_reference(conn: object) -> bytes:
+    """The NEW_CONNECTION_ID frames of the unannounced CIDs as the frame encoder writes
+    them (what _fill_control wrote before)."""
+    out = bytearray()
+    for entry in conn.host_cids:  # type: ignore[attr-defined]
+        if not entry.announced and not entry.retired and entry.sequence > 0 and (
+                entry.sequence >= conn.host_retire_prior_to):  # type: ignore[attr-defined]
+            F.encode_frame(F.NewConnectionId(
+                sequence=entry.sequence,
+                retire_prior_to=conn.host_retire_prior_to,  # type: ignore[attr-defined]
+                cid=entry.cid, reset_token=entry.reset_token), out)
+    return bytes(out)
+
+
+def test_new_connection_id_frames_match_the_frame_encoder() -> None:
+    from quicflow.transport.send import _fill_control
+
+    pair = MemoryPair()
+    pair.run(lambda: pair.client.handshake_confirmed and bool(pair.server_conns))
+    (conn,) = pair.server_conns
+    pair.run(lambda: len(conn.host_cids) > 2
+             and all(e.announced for e in conn.host_cids[1:]))
+    # the client holds every CID the server announced, with its reset token
+    held = {c.cid: c.reset_token for c in pair.client.peer_cids}
+    assert len(conn.host_cids) > 2
+    for entry in conn.host_cids[1:]:
+        assert held[entry.cid] == entry.reset_token
+    for retire_prior_to in (0, 2):
+        conn.host_retire_prior_to = retire_prior_to
+        for entry in conn.host_cids:
+            entry.announced = False
+        expected = _new_cid_reference(conn)
+        payload = bytearray(b"\x01")
+        records: list[tuple[int, ...]] = []
+        _fill_control(conn, payload, 1200, records)
+        assert bytes(payload[1:]) == expected and expected
+        assert [r[1] for r in records] == [
+            e.sequence for e in conn.host_cids if e.sequence >= max(1, retire_prior_to)]
+    # a CID the encoder refuses is refused the same way (a 16-byte token, 1..20 bytes)
+    conn.host_cids[-1].announced = False
+    conn.host_cids[-1].reset_token = b"short"
+    with pytest.raises(ValueError):
+        _fill_control(conn, bytearray(), 1200, [])
+
+
+def _reference_consume(pacer: Pacer, now: float, size: int, srtt: float,
+                       cwnd: int) -> None:
+    """Pacer.consume before its same-time shortcut: refill, then take ``size``."""
+    rate = pacer.multiplier * cwnd / srtt if srtt > 0.0 else 0.0
+    pacer._refill(now, rate, pacer.capacity(rate, cwnd))
+    pacer.tokens -= size
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(st.tuples(st.sampled_from([0.0, 0.0, 1e-5, 3e-4, 0.01, -1e-4]),
+                             st.integers(1, 64 * 1500), st.sampled_from([0.0, 0.001, 0.3]),
+                             st.integers(1200, 1 << 24)), min_size=1, max_size=30),
+    interval=st.sampled_from([0.0, 0.002]),
+)
+def test_pacer_consume_matches_the_refill_reference(
+    steps: list[tuple[float, int, float, int]], interval: float,
+) -> None:
+    fast = Pacer(burst_interval=interval, max_burst_datagrams=256, granularity=0.001,
+                 run_datagrams=64)
+    slow = Pacer(burst_interval=interval, max_burst_datagrams=256, granularity=0.001,
+                 run_datagrams=64)
+    now = 1.0
+    for dt, size, srtt, cwnd in steps:
+        now += dt
+        fast.consume(now, size, srtt, cwnd)
+        _reference_consume(slow, now, size, srtt, cwnd)
+        assert (fast.tokens, fast.last_time) == (slow.tokens, slow.last_time)
+
+
+@given(pn=st.integers(0, 1 << 40), behind=st.integers(-5, 400), none=st.booleans())
+def test_one_byte_packet_numbers_up_to_128_unacknowledged(
+    pn: int, behind: int, none: bool,
+) -> None:
+    """The send path writes a 1-byte packet number without calling
+    encode_packet_number while at most 128 packets are unacknowledged (RFC 9000 A.2)."""
+    from quicflow.wire.packet import encode_packet_number
+
+    largest = None if none else pn - behind
+    if largest is not None and largest < 0:
+        largest = None
+    unacked = pn + 1 if largest is None else pn - largest
+    if unacked <= 128:
+        assert encode_packet_number(pn, largest)[1] == 1
+
+
+def test_packet_bookkeeping_matches_the_loss_detector() -> None:
+    """_on_packet_sent records a packet as LossDetection.on_packet_sent does, with its
+    checks: a packet number not above the last one is refused."""
+    from quicflow.transport.recovery import SentPacket
+    from quicflow.transport.send import _on_packet_sent
+
+    pair = MemoryPair()
+    pair.run(lambda: pair.client.handshake_confirmed and bool(pair.server_conns))
+    (conn,) = pair.server_conns
+    twin = MemoryPair()
+    twin.run(lambda: twin.client.handshake_confirmed and bool(twin.server_conns))
+    (other,) = twin.server_conns
+    now = pair.now + 0.5
+    before = (conn.loss.cc.bytes_in_flight, conn.loss.packets_sent,
+              other.loss.cc.bytes_in_flight, other.loss.packets_sent)
+    for eliciting in (True, False, True):
+        pn = conn.spaces[2].next_pn
+        conn.spaces[2].next_pn += 1
+        other_pn = other.spaces[2].next_pn
+        other.spaces[2].next_pn += 1
+        _on_packet_sent(conn, Epoch.ONE_RTT, pn, 300, eliciting, [], now)
+        other.loss.on_packet_sent(SentPacket(other_pn, now, 300, eliciting, eliciting,
+                                             Epoch.ONE_RTT, []))
+        if eliciting:
+            other.pacer.consume(now, 300, other.loss.rtt, other.loss.cc.cwnd)
+    a, b = conn.loss.spaces[2], other.loss.spaces[2]
+    assert (a.largest_sent, a.ack_eliciting_in_flight, a.last_ack_eliciting_time,
+            sorted(a.sent)[-3:]) == (b.largest_sent, b.ack_eliciting_in_flight,
+                                     b.last_ack_eliciting_time, sorted(b.sent)[-3:])
+    assert (conn.loss.cc.bytes_in_flight - before[0], conn.loss.packets_sent - before[1]) \
+        == (other.loss.cc.bytes_in_flight - before[2], other.loss.packets_sent - before[3]) \
+        == (600, 3)
+    assert conn.pacer.tokens == other.pacer.tokens
+    assert conn.loss.timer_anchor == other.loss.timer_anchor == now
+    with pytest.raises(ValueError):
+        _on_packet_sent(conn, Epoch.ONE_RTT, a.largest_sent, 300, True, [], now)
+    with pytest.raises(ValueError):
+        _on_packet_sent(conn, Epoch.HANDSHAKE, 99, 300, True, [], now)  # discarded
+
+
+@settings(max_examples=25, deadline=None)
+@given(sizes=st.lists(st.integers(1, 20000), min_size=1, max_size=3),
+       capacity=st.sampled_from([60, 1100, 1 << 15]))
+def test_crypto_frames_match_the_frame_encoder(sizes: list[int], capacity: int) -> None:
+    """CRYPTO frames written inline (1- and 2-byte varints) are the encoder's bytes, for
+    lengths and offsets of every varint size, and carry the stream's bytes in order."""
+    from quicflow.transport.send import _fill_payload
+
+    pair = MemoryPair()
+    pair.run(lambda: pair.client.handshake_confirmed)
+    conn = pair.client
+    space = conn.spaces[2]
+    crypto = space.crypto_send
+    assert crypto is not None
+    data = bytes(i % 251 for i in range(sum(sizes)))
+    start = crypto.next_offset
+    crypto.write(data)
+    got = bytearray()
+    while crypto.has_data_to_send():
+        conn.probes_pending[2] = 1  # (a probe: no congestion or pacing check)
+        payload = bytearray()
+        records: list[tuple[int, ...]] = []
+        _fill_payload(conn, Epoch.ONE_RTT, space, payload, capacity, records, pair.now,
+                      False, False, True)
+        expected = bytearray()
+        for frame in F.parse_frames(bytes(payload)):
+            F.encode_frame(frame, expected)
+            if isinstance(frame, F.Crypto):
+                assert frame.offset == start + len(got)
+                got += frame.data
+        assert bytes(payload) == bytes(expected)
+    assert bytes(got) == data

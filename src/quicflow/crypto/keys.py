@@ -197,16 +197,18 @@ class PacketProtector:
         mask: bytes = self._hp.mask(sample)
         return mask
 
-    def seal(self, header: bytes, payload: bytes, pn: int) -> bytes:
+    def seal(self, header: bytes, payload: bytes | bytearray, pn: int) -> bytes:
         """Encrypt ``payload`` with ``header`` as associated data, then mask the header.
 
         The pn length comes from ``header[0] & 3``; the pn field ends ``header``.
-        Raises ``ValueError`` when the packet is too short to be sampled.
+        Raises ``ValueError`` when the packet is too short to be sampled. (A bytearray
+        payload is read, not kept: the caller may reuse it.)
         """
         if self._native:
             sealed: bytes = self._hp.seal_packet(header, payload, pn)
             return sealed
         assert self._aead is not None
+        payload = bytes(payload)
         pn_len = (header[0] & 3) + 1
         pn_offset = len(header) - pn_len
         sample_at = pn_offset + 4

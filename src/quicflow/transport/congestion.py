@@ -325,5 +325,11 @@ class Pacer:
         """``size`` bytes were sent at ``now``."""
         srtt = rtt.smoothed_rtt if isinstance(rtt, RttEstimator) else rtt  # self.rate()
         rate = self.multiplier * cwnd / srtt if srtt > 0.0 else 0.0
+        last = self.last_time
+        if last is not None and rate != 0.0 and now <= last:
+            # _refill would change nothing (no time passed): no bucket to compute (the
+            # packets of one flight, built at one ``now``)
+            self.tokens -= size
+            return
         self._refill(now, rate, self.capacity(rate, cwnd))
         self.tokens -= size

@@ -23,7 +23,7 @@ from .connection import Connection
 from .errors import APPLICATION_ERROR
 from .pmtud import build_probe, probe_due
 from .receive import _discard_epoch, _effective_idle, issue_pending_cids
-from .recovery import SentPacket
+from .recovery import EPOCH_SPACE, SentPacket
 from .state import (
     CLOSING,
     R_CRYPTO,
@@ -54,6 +54,8 @@ _LONG_TYPE = {Epoch.INITIAL: INITIAL, Epoch.ZERO_RTT: ZERO_RTT, Epoch.HANDSHAKE:
 _APP = (Epoch.ZERO_RTT, Epoch.ONE_RTT)
 _HANDSHAKE_EPOCHS = (Epoch.INITIAL, Epoch.HANDSHAKE)
 _INITIAL, _ZERO_RTT, _ONE_RTT = Epoch.INITIAL, Epoch.ZERO_RTT, Epoch.ONE_RTT
+#: epoch (by value) -> the loss detector's packet number space index
+_PN_SPACE = tuple(int(s) for s in EPOCH_SPACE)
 
 
 def datagrams_to_send(conn: Connection, now: float) -> list[bytes]:
@@ -191,8 +193,13 @@ def _build_datagram(
                 if crypto is None or not crypto.has_data_to_send():
                     continue
         pn = space.next_pn
-        _, pn_len = encode_packet_number(pn, space.largest_acked if space.largest_acked >= 0
-                                         else None)
+        largest_acked = space.largest_acked
+        # encode_packet_number's length: 1 byte while at most 128 packets are unacked
+        if (pn - largest_acked if largest_acked >= 0 else pn + 1) <= 128:
+            pn_len = 1
+        else:
+            _, pn_len = encode_packet_number(pn, largest_acked if largest_acked >= 0
+                                             else None)
         if epoch is _ONE_RTT:
             overhead = 1 + len(peer_cid) + pn_len + TAG_LEN
         else:
@@ -251,7 +258,7 @@ def _build_datagram(
                 pn_len + plen + TAG_LEN, pn, pn_len,
             )
             hlen = len(header)
-            buf += protector.seal(header, bytes(payload), pn)
+            buf += protector.seal(header, payload, pn)
         size = hlen + plen + TAG_LEN
         total += size
         if qlog_on:
@@ -279,11 +286,25 @@ def _on_packet_sent(
     # in flight = ack-eliciting here: we never send PADDING-only packets; the fields
     # by position (pn, time_sent, size, ack_eliciting, in_flight, epoch, frames: the
     # caller's fresh list, not used after): keywords cost twice as much
+    # LossDetection.on_packet_sent inline (the same checks and updates; a packet here
+    # is never a batch: count 1)
     loss = conn.loss
-    loss.on_packet_sent(SentPacket(pn, now, size, ack_eliciting, ack_eliciting, epoch,
-                                   records))  # type: ignore[arg-type]
+    sp = loss.spaces[_PN_SPACE[epoch]]
+    if sp.discarded:
+        raise ValueError(f"packet number space of {epoch.name} was discarded")
+    if pn <= sp.largest_sent:
+        raise ValueError(f"packet number {pn} not above {sp.largest_sent}")
+    sp.largest_sent = pn
+    sp.sent[pn] = SentPacket(pn, now, size, ack_eliciting, ack_eliciting, epoch,
+                             records)  # type: ignore[arg-type]
+    loss.packets_sent += 1
     if ack_eliciting:
-        conn.pacer.consume(now, size, loss.rtt, loss.cc.cwnd)
+        sp.last_ack_eliciting_time = now
+        sp.ack_eliciting_in_flight += 1
+        cc = loss.cc
+        cc.on_sent(size, now)
+        loss.timer_anchor = now
+        conn.pacer.consume(now, size, loss.rtt, cc.cwnd)
         if not conn.last_ack_eliciting_sent_after_receive:
             conn.idle_deadline = now + _effective_idle(conn)
             conn.last_ack_eliciting_sent_after_receive = True
@@ -297,7 +318,7 @@ def _encode_ack(conn: Connection, space: PacketSpace, payload: bytearray, now: f
     received = space.received
     starts, ends = received.starts, received.ends
     i = len(starts) - 1
-    stop = max(-1, i - 32)
+    stop = i - 32 if i > 31 else -1
     delay_us = int((now - space.largest_received_time) * 1_000_000)
     exponent = conn.configuration.ack_delay_exponent if epoch is _ONE_RTT else 3
     ecn = space.ecn_counts
@@ -310,7 +331,11 @@ def _encode_ack(conn: Connection, space: PacketSpace, payload: bytearray, now: f
         payload.append(largest)
     else:
         push_varint(payload, largest)
-    push_varint(payload, (delay_us if delay_us > 0 else 0) >> exponent)
+    delay = delay_us >> exponent if delay_us > 0 else 0
+    if delay < 0x40:
+        payload.append(delay)
+    else:
+        push_varint(payload, delay)
     count = i - stop - 1
     if count < 0x40:
         payload.append(count)
@@ -327,9 +352,11 @@ def _encode_ack(conn: Connection, space: PacketSpace, payload: bytearray, now: f
         smallest = starts[j]
         push_varint(payload, hi - smallest)
     if with_ecn:
-        push_varint(payload, ecn[0])
-        push_varint(payload, ecn[1])
-        push_varint(payload, ecn[2])
+        for n in ecn:  # (a handshake's counts are one-byte varints: written inline)
+            if n < 0x40:
+                payload.append(n)
+            else:
+                push_varint(payload, n)
 
 
 def _ack_sent(space: PacketSpace) -> None:
@@ -370,7 +397,7 @@ def _fill_payload(
     if not cc_ok and not ack_due:
         return False
     ack_end = 0
-    if epoch != Epoch.ZERO_RTT and (space.ack_pending or repeat_due
+    if epoch != _ZERO_RTT and (space.ack_pending or repeat_due
             or ((epoch in _HANDSHAKE_EPOCHS or probe) and space.received.starts)) and (
                 ack_due or cc_ok):
         # Initial and Handshake packets and probes always carry an ACK of what arrived
@@ -381,7 +408,7 @@ def _fill_payload(
         ack_end = len(payload)
     if not cc_ok:
         _ack_sent(space)
-        if epoch == Epoch.ONE_RTT:
+        if epoch == _ONE_RTT:
             _schedule_ack_repeat(conn, space, False, now)
         return False
     start_len = ack_end
@@ -395,7 +422,7 @@ def _fill_payload(
         if crypto.next_offset > crypto.acked_offset:
             crypto.on_lost(crypto.acked_offset, crypto.next_offset - crypto.acked_offset,
                            False)
-    while crypto.has_data_to_send() and epoch != Epoch.ZERO_RTT:
+    while crypto.has_data_to_send() and epoch != _ZERO_RTT:
         room = limit - len(payload) - 1 - 8 - 4
         if room <= 0:
             break
@@ -403,17 +430,26 @@ def _fill_payload(
         if chunk is None:
             break
         offset, data, _, _ = chunk
+        n = len(data)
         payload.append(F.CRYPTO)  # the CRYPTO frame, as F.encode_frame writes it
-        push_varint(payload, offset)
-        push_varint(payload, len(data))
+        if offset < 0x40:  # (a flight's first frame: offset 0, 1- or 2-byte length)
+            payload.append(offset)
+        else:
+            push_varint(payload, offset)
+        if n < 0x40:
+            payload.append(n)
+        elif n < 0x4000:
+            payload += (n | 0x4000).to_bytes(2, "big")
+        else:
+            push_varint(payload, n)
         payload += data
-        records.append((R_CRYPTO, int(epoch), offset, len(data)))
-    if epoch == Epoch.ONE_RTT:
+        records.append((R_CRYPTO, int(epoch), offset, n))
+    if epoch == _ONE_RTT:
         _fill_control(conn, payload, limit, records)
         if conn.datagrams_pending:
             _fill_datagrams(conn, payload, limit)
         _fill_streams(conn, payload, limit, records)
-    elif epoch == Epoch.ZERO_RTT:
+    elif epoch == _ZERO_RTT:
         _fill_streams(conn, payload, limit, records)
     eliciting = len(payload) > start_len
     if probe and not eliciting:
@@ -427,7 +463,7 @@ def _fill_payload(
         return False
     if ack_end:
         _ack_sent(space)
-        if epoch == Epoch.ONE_RTT:
+        if epoch == _ONE_RTT:
             _schedule_ack_repeat(conn, space, eliciting, now)
     return eliciting
 
@@ -516,7 +552,9 @@ def _fill_control(
         F.encode_frame(F.MaxData(maximum=flow.max_data), payload)
         records.append((R_MAX_DATA,))
         flow.pending_max_data = False
-    for bidi, limits in ((True, conn.bidi), (False, conn.uni)):
+    bidi_limits, uni_limits = conn.bidi, conn.uni
+    for bidi, limits in ((True, bidi_limits), (False, uni_limits)) if (
+            bidi_limits.pending_max_streams or uni_limits.pending_max_streams) else ():
         if limits.pending_max_streams:
             F.encode_frame(F.MaxStreams(bidi=bidi, maximum=limits.max_remote), payload)
             records.append((R_MAX_STREAMS, int(bidi)))
@@ -536,15 +574,21 @@ def _fill_control(
         ):
             if limit - len(payload) < 48:
                 break
-            F.encode_frame(
-                F.NewConnectionId(sequence=entry.sequence,
-                                  retire_prior_to=conn.host_retire_prior_to, cid=entry.cid,
-                                  reset_token=entry.reset_token),
-                payload,
-            )
+            # the NEW_CONNECTION_ID frame as F.encode_frame writes it, with its checks,
+            # without the frame object (retire_prior_to <= sequence: the condition above)
+            cid, token = entry.cid, entry.reset_token
+            if not 0 < len(cid) <= 20 or len(token) != 16:
+                raise ValueError("NEW_CONNECTION_ID: cid of 1..20 bytes, 16-byte token")
+            payload.append(F.NEW_CONNECTION_ID)
+            push_varint(payload, entry.sequence)
+            push_varint(payload, conn.host_retire_prior_to)
+            payload.append(len(cid))
+            payload += cid
+            payload += token
             entry.announced = True
             records.append((R_NEW_CID, entry.sequence))
-    for bidi, limits in ((True, conn.bidi), (False, conn.uni)):
+    for bidi, limits in ((True, bidi_limits), (False, uni_limits)) if (
+            bidi_limits.blocked_pending or uni_limits.blocked_pending) else ():
         if limits.blocked_pending:
             F.encode_frame(F.StreamsBlocked(bidi=bidi, limit=limits.peer_max), payload)
             records.append((R_STREAMS_BLOCKED, int(bidi)))
@@ -686,13 +730,13 @@ def _build_close_datagram(conn: Connection, now: float) -> bytes:
     seal: list[tuple[int, int, int, int, bytes]] = []
     for epoch in _EPOCHS:
         space = conn.spaces[_SPACE[epoch]]
-        if space.discarded or epoch == Epoch.ZERO_RTT:
+        if space.discarded or epoch == _ZERO_RTT:
             continue
-        if conn.handshake_confirmed and epoch != Epoch.ONE_RTT:
+        if conn.handshake_confirmed and epoch != _ONE_RTT:
             continue  # the peer processes 1-RTT: send the close with its real code only
         # before that, the close goes in Handshake packets too: a server does not
         # process 1-RTT before its handshake completes (RFC 9000 §10.2.3, RFC 9001 §5.7)
-        if epoch == Epoch.ONE_RTT:
+        if epoch == _ONE_RTT:
             if not conn.one_rtt_ready:
                 continue
             frame = F.ConnectionClose(error_code=code, frame_type=frame_type if not application
@@ -712,7 +756,7 @@ def _build_close_datagram(conn: Connection, now: float) -> bytes:
         pn = space.next_pn
         space.next_pn += 1
         pn_len = 4
-        if epoch == Epoch.ONE_RTT:
+        if epoch == _ONE_RTT:
             header = build_short_header(conn.peer_cid, pn, pn_len, 0)  # engine sets the phase
             offset = len(buf)
             buf += header + payload + bytes(TAG_LEN)
@@ -720,14 +764,14 @@ def _build_close_datagram(conn: Connection, now: float) -> bytes:
         else:
             protector = conn.send_protectors[epoch]
             assert protector is not None
-            if epoch == Epoch.INITIAL and conn.is_client:
+            if epoch == _INITIAL and conn.is_client:
                 payload.extend(bytes(max(0, 1200 - 80 - len(payload))))
             header = build_long_header(
-                INITIAL if epoch == Epoch.INITIAL else HANDSHAKE, conn.version, conn.peer_cid,
-                conn.initial_scid, conn.token if epoch == Epoch.INITIAL else b"",
+                INITIAL if epoch == _INITIAL else HANDSHAKE, conn.version, conn.peer_cid,
+                conn.initial_scid, conn.token if epoch == _INITIAL else b"",
                 pn_len + len(payload) + TAG_LEN, pn, pn_len,
             )
-            buf += protector.seal(header, bytes(payload), pn)
+            buf += protector.seal(header, payload, pn)
         if conn.qlog is not None:
             qlog.packet_sent(conn, now, epoch, pn, payload, len(header) + len(payload) + TAG_LEN)
     if not buf:
