@@ -387,7 +387,7 @@ def _receive_retry(conn: Connection, data: bytes, pos: int, hdr: PacketHeader) -
     conn._install_initial_keys(hdr.scid)
     # everything sent in Initial is resent with the new keys
     space = conn.spaces[0]
-    requeue_epoch(conn, Epoch.INITIAL)
+    requeue_epoch(conn, EP_INITIAL)
     space.next_pn = max(space.next_pn, 1)
     early_data.on_retry(conn)
 
@@ -509,7 +509,7 @@ def _after_tls(conn: Connection, now: float) -> None:
         if not conn.is_client:
             conn.handshake_confirmed = True
             conn.handshake_done_pending = True
-            _discard_epoch(conn, Epoch.HANDSHAKE)
+            _discard_epoch(conn, EP_HANDSHAKE)
             _issue_cids_up_to_peer_limit(conn)
         # a client issues its spare CIDs once confirmed (_on_handshake_done): it may not
         # migrate before (RFC 9000 §9), and one that closes at once never needs them
@@ -518,7 +518,7 @@ def _after_tls(conn: Connection, now: float) -> None:
         # keeps it for the session tickets that come)
         if not conn.is_client:
             conn.tls = None
-            conn.recv_protectors[Epoch.ZERO_RTT] = None
+            conn.recv_protectors[EP_0RTT] = None
 
 
 #: Each CID we issue costs memory for the connection's life (its entries in the
@@ -686,7 +686,7 @@ def _on_path_response(conn: Connection, frame: Any, epoch: Epoch, now: float) ->
 
 
 def _on_connection_close(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
-    if frame.frame_type is None and (epoch == Epoch.INITIAL or epoch == Epoch.HANDSHAKE):
+    if frame.frame_type is None and (epoch == EP_INITIAL or epoch == EP_HANDSHAKE):
         # an application close (0x1d) only in 0-RTT and 1-RTT (RFC 9000 §12.4, §12.5)
         raise QuicError(PROTOCOL_VIOLATION, f"ConnectionClose not allowed in {epoch.name}",
                         F.CONNECTION_CLOSE_APP)
@@ -699,7 +699,7 @@ def _on_handshake_done(conn: Connection, frame: Any, epoch: Epoch, now: float) -
         raise QuicError(PROTOCOL_VIOLATION, "HANDSHAKE_DONE from a client")
     if not conn.handshake_confirmed:
         conn.handshake_confirmed = True
-        _discard_epoch(conn, Epoch.HANDSHAKE)
+        _discard_epoch(conn, EP_HANDSHAKE)
         if conn.state < CLOSING:
             _issue_cids_up_to_peer_limit(conn)  # the spares for migration, see _after_tls
         pathprobe.on_handshake_confirmed(conn)

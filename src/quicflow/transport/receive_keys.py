@@ -15,13 +15,15 @@ from ..crypto.suites import CipherSuite
 from . import qlog
 from .connection import Connection
 
+_ONE_RTT = Epoch.ONE_RTT  # (a global: an enum class attribute costs about four times more)
+
 
 def install_secret(
     conn: Connection, epoch: Epoch, is_send: bool, suite: CipherSuite, secret: bytes
 ) -> None:
     """A traffic secret from TLS: a packet protector for Initial/Handshake/0-RTT; for
     1-RTT, kept until both directions are known, then the engine is programmed."""
-    if epoch == Epoch.ONE_RTT:
+    if epoch == _ONE_RTT:
         if conn.qlog is not None:
             qlog.key_updated(conn, conn._now_hint, epoch, is_send, "tls")
         conn.cipher_suite = suite
@@ -90,7 +92,7 @@ def on_peer_key_update(conn: Connection) -> None:
     # the next update waits three PTOs: the peer may still be on the old keys' timer
     conn.key_update_allowed_at = conn._now_hint + 3 * conn.pto()
     if conn.qlog is not None:
-        qlog.key_updated(conn, conn._now_hint, Epoch.ONE_RTT, False, "remote_update",
+        qlog.key_updated(conn, conn._now_hint, _ONE_RTT, False, "remote_update",
                          key_phase=conn.recv_key_phase)
     if conn.send_key_phase == conn.recv_key_phase:
         return  # the peer answered the update we started
@@ -99,7 +101,7 @@ def on_peer_key_update(conn: Connection) -> None:
                                                       conn.version)
     conn.engine.update(conn.seal_key, opener=False)
     if conn.qlog is not None:
-        qlog.key_updated(conn, conn._now_hint, Epoch.ONE_RTT, True, "remote_update",
+        qlog.key_updated(conn, conn._now_hint, _ONE_RTT, True, "remote_update",
                          key_phase=conn.send_key_phase)
 
 

@@ -45,8 +45,10 @@ EPOCH_SPACE: tuple[PnSpace, ...] = (
 _PN_SPACES: tuple[PnSpace, ...] = tuple(PnSpace)
 #: the spaces compared with on the per-ACK path, as globals (an enum class attribute costs
 #: about four times more)
+_INITIAL_SPACE = PnSpace.INITIAL
 _HANDSHAKE_SPACE = PnSpace.HANDSHAKE
 _APPLICATION_SPACE = PnSpace.APPLICATION
+_ZERO_RTT = Epoch.ZERO_RTT
 #: Packet number space -> epoch in which a probe for that space is sent.
 SPACE_EPOCH: tuple[Epoch, ...] = (Epoch.INITIAL, Epoch.HANDSHAKE, Epoch.ONE_RTT)
 
@@ -398,8 +400,8 @@ class LossDetection:
         """
         space = EPOCH_SPACE[epoch]
         sp = self.spaces[space]
-        if epoch == Epoch.ZERO_RTT:
-            removed = [p for p in sp.sent.values() if p.epoch == Epoch.ZERO_RTT]
+        if epoch == _ZERO_RTT:
+            removed = [p for p in sp.sent.values() if p.epoch == _ZERO_RTT]
             for p in removed:
                 del sp.sent[p.pn]
         else:
@@ -616,10 +618,10 @@ class LossDetection:
             if app.ack_eliciting_in_flight:
                 if app.last_ack_eliciting_time is None or not self.handshake_confirmed:
                     return None, None
-                return app.last_ack_eliciting_time + self.pto_period(True), PnSpace.APPLICATION
+                return app.last_ack_eliciting_time + self.pto_period(True), _APPLICATION_SPACE
             if self.peer_validated() or self.timer_anchor is None:
                 return None, None
-            space = PnSpace.HANDSHAKE if self.has_handshake_keys else PnSpace.INITIAL
+            space = _HANDSHAKE_SPACE if self.has_handshake_keys else _INITIAL_SPACE
             return self.timer_anchor + self.pto_period(False), space
         duration = self.pto_period(False)
         best: float | None = None
@@ -629,7 +631,7 @@ class LossDetection:
             if sp.ack_eliciting_in_flight == 0 or sp.last_ack_eliciting_time is None:
                 continue
             d = duration
-            if space == PnSpace.APPLICATION:
+            if space == _APPLICATION_SPACE:
                 if not self.handshake_confirmed:
                     break
                 d = self.pto_period(True)

@@ -29,7 +29,8 @@ from .state import (
 )
 from .stream_api import maybe_forget_stream
 
-_ONE_RTT = Epoch.ONE_RTT  # (a global: an enum class attribute costs about four times more)
+#: (globals: an enum class attribute costs about four times more)
+_INITIAL, _HANDSHAKE, _ONE_RTT = Epoch.INITIAL, Epoch.HANDSHAKE, Epoch.ONE_RTT
 
 
 def on_ack_frame(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
@@ -223,23 +224,23 @@ def on_loss_timeout(conn: Connection, now: float) -> None:
     if probe_epoch is not None:
         index = SPACE_OF_EPOCH[probe_epoch]
         conn.probes_pending[index] = 2
-        if probe_epoch != Epoch.ONE_RTT:
+        if probe_epoch != _ONE_RTT:
             requeue_epoch(conn, probe_epoch)
-            if (probe_epoch == Epoch.INITIAL
+            if (probe_epoch == _INITIAL
                     and conn.loss.spaces[1].ack_eliciting_in_flight
-                    and conn.send_protectors[Epoch.HANDSHAKE] is not None):
+                    and conn.send_protectors[_HANDSHAKE] is not None):
                 # RFC 9002 §6.2.4: also probe the other spaces with data in flight (the
                 # Handshake data coalesces with the Initial probe); otherwise a server
                 # whose whole first flight was lost resends its certificate only at
                 # the Handshake PTO, one backoff later
                 conn.probes_pending[1] = max(conn.probes_pending[1], 1)
-                requeue_epoch(conn, Epoch.HANDSHAKE)
+                requeue_epoch(conn, _HANDSHAKE)
         else:
             # RFC 9002 §6.2.4: probes SHOULD carry data. Without new data a probe would
             # be a bare PING, which a peer may never acknowledge (one that waits for our
             # HANDSHAKE_DONE probes Handshake only): resend what the oldest packet in
             # flight carried. It stays in flight; an ACK for either copy is fine.
-            unacked = conn.loss.unacked(Epoch.ONE_RTT)
+            unacked = conn.loss.unacked(_ONE_RTT)
             if unacked:
                 oldest = unacked[0]
                 resend_frames(conn, [oldest.piece(oldest.pn, oldest.pn)])

@@ -266,7 +266,7 @@ def _build_datagram(
         _on_packet_sent(conn, epoch, pn, size, eliciting, records, now)
     if conn.is_client and spaces[1].next_pn > 0 and not spaces[0].discarded:
         # RFC 9001 §4.9.1: a client discards Initial keys when it first sends Handshake
-        _discard_epoch(conn, Epoch.INITIAL)
+        _discard_epoch(conn, _INITIAL)
     return total
 
 

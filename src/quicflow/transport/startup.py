@@ -181,8 +181,8 @@ def setup(self: Connection, now: float, server_name: str | None,
 def install_initial_keys(self: Connection, dcid: bytes) -> None:
     client, server = initial_packet_keys(dcid, self.version)
     send, recv = (client, server) if self.is_client else (server, client)
-    self.send_protectors[Epoch.INITIAL] = PacketProtector(send)
-    self.recv_protectors[Epoch.INITIAL] = PacketProtector(recv)
+    self.send_protectors[0] = PacketProtector(send)  # 0: Epoch.INITIAL
+    self.recv_protectors[0] = PacketProtector(recv)
 
 
 def switch_version(self: Connection, version: int) -> None:
