@@ -23,7 +23,7 @@ from .connection import Connection
 from .errors import APPLICATION_ERROR
 from .pmtud import build_probe, probe_due
 from .receive import _discard_epoch, _effective_idle, issue_pending_cids
-from .recovery import EPOCH_SPACE, SentPacket
+from .recovery import SentPacket
 from .state import (
     CLOSING,
     R_CRYPTO,
@@ -54,8 +54,6 @@ _LONG_TYPE = {Epoch.INITIAL: INITIAL, Epoch.ZERO_RTT: ZERO_RTT, Epoch.HANDSHAKE:
 _APP = (Epoch.ZERO_RTT, Epoch.ONE_RTT)
 _HANDSHAKE_EPOCHS = (Epoch.INITIAL, Epoch.HANDSHAKE)
 _INITIAL, _ZERO_RTT, _ONE_RTT = Epoch.INITIAL, Epoch.ZERO_RTT, Epoch.ONE_RTT
-#: epoch (by value) -> the loss detector's packet number space index
-_PN_SPACE = tuple(int(s) for s in EPOCH_SPACE)
 
 
 def datagrams_to_send(conn: Connection, now: float) -> list[bytes]:
@@ -286,25 +284,11 @@ def _on_packet_sent(
     # in flight = ack-eliciting here: we never send PADDING-only packets; the fields
     # by position (pn, time_sent, size, ack_eliciting, in_flight, epoch, frames: the
     # caller's fresh list, not used after): keywords cost twice as much
-    # LossDetection.on_packet_sent inline (the same checks and updates; a packet here
-    # is never a batch: count 1)
     loss = conn.loss
-    sp = loss.spaces[_PN_SPACE[epoch]]
-    if sp.discarded:
-        raise ValueError(f"packet number space of {epoch.name} was discarded")
-    if pn <= sp.largest_sent:
-        raise ValueError(f"packet number {pn} not above {sp.largest_sent}")
-    sp.largest_sent = pn
-    sp.sent[pn] = SentPacket(pn, now, size, ack_eliciting, ack_eliciting, epoch,
-                             records)  # type: ignore[arg-type]
-    loss.packets_sent += 1
+    loss.on_packet_sent(SentPacket(pn, now, size, ack_eliciting, ack_eliciting, epoch,
+                                   records))  # type: ignore[arg-type]
     if ack_eliciting:
-        sp.last_ack_eliciting_time = now
-        sp.ack_eliciting_in_flight += 1
-        cc = loss.cc
-        cc.on_sent(size, now)
-        loss.timer_anchor = now
-        conn.pacer.consume(now, size, loss.rtt, cc.cwnd)
+        conn.pacer.consume(now, size, loss.rtt, loss.cc.cwnd)
         if not conn.last_ack_eliciting_sent_after_receive:
             conn.idle_deadline = now + _effective_idle(conn)
             conn.last_ack_eliciting_sent_after_receive = True
