@@ -268,9 +268,8 @@ class Endpoint:
             # (the calls' own first tests inline: most datagrams need neither)
             if not conn.counters.packets_received and not self._keep_new(conn):
                 return None
-            half_open = self.admission.half_open
-            if half_open and (conn.address_validated or conn.terminated):
-                half_open.pop(id(conn), None)  # (Admission.update inline)
+            if self.admission.half_open:
+                self.admission.update(conn)
             if conn.cid_changes:
                 self._sync_cids(conn)
         return conn
@@ -396,9 +395,8 @@ class Endpoint:
                 conn = self._lookup(segment, address, now, ecn)
                 if conn is not None:
                     receive_datagram(conn, segment, address, now, ecn, self._header)
-                    half_open = self.admission.half_open
-                    if half_open and (conn.address_validated or conn.terminated):
-                        half_open.pop(id(conn), None)  # (Admission.update inline)
+                    if self.admission.half_open:
+                        self.admission.update(conn)
                     if self._keep_new(conn):
                         touched[conn] = None
             pos = end
