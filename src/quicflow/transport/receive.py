@@ -53,6 +53,7 @@ from .state import (
     CLOSING,
     DRAINING,
     ESTABLISHED,
+    PacketSpace,
     PeerCid,
 )
 from .streams import ReassemblyFull
@@ -268,11 +269,7 @@ def _receive_packet(
         _discard_epoch(conn, EP_INITIAL)
     # (only a server's Initial packets need what CRYPTO held before, see below)
     server_initial = epoch == EP_INITIAL and not conn.is_client
-    crypto_before = 0
-    if server_initial:  # (_crypto_held inline)
-        recv = space.crypto_recv
-        crypto_before = (recv.read_offset + recv.ready_bytes + recv.chunk_bytes
-                         if recv is not None else 0)
+    crypto_before = _crypto_held(space) if server_initial else 0
     challenges_before = len(conn.path_challenges_received) if epoch == EP_1RTT else 0
     try:
         ack_eliciting = _process_frames(conn, payload, epoch, now)
@@ -288,11 +285,7 @@ def _receive_packet(
     if ends and ends[-1] == pn:
         ends[-1] = pn + 1  # the next in order: the last range grows (RangeSet.add inline)
     else:
-        if not ends or pn > ends[-1]:  # a new last range (RangeSet.add's first case)
-            received.starts.append(pn)
-            ends.append(pn + 1)
-        else:
-            received.add(pn, pn + 1)
+        received.add(pn, pn + 1)
         if len(ends) > 64:
             received.shift_below(received.starts[-32])
     newest = pn > largest_received
@@ -319,16 +312,21 @@ def _receive_packet(
             space.ack_immediately = True
         elif space.ack_deadline is None:
             space.ack_deadline = now + conn.configuration.max_ack_delay
-    if not server_initial or (  # (_crypto_held inline)
-        (recv := space.crypto_recv) is not None
-        and recv.read_offset + recv.ready_bytes + recv.chunk_bytes > crypto_before
-    ):
+    if not server_initial or _crypto_held(space) > crypto_before:
         # an Initial that brings a server no new handshake data (anyone can build one)
         # does not keep the connection alive
         conn.idle_deadline = now + _effective_idle(conn)
     conn.last_ack_eliciting_sent_after_receive = False
     if conn.state == CLOSING:
         answer_in_closing(conn)
+
+
+def _crypto_held(space: PacketSpace) -> int:
+    """CRYPTO bytes the space has received so far (0 once it is discarded)."""
+    recv = space.crypto_recv
+    if recv is None:  # discarded
+        return 0
+    return recv.read_offset + recv.ready_bytes + recv.chunk_bytes
 
 
 def _effective_idle(conn: Connection) -> float:
