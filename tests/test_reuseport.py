@@ -8,6 +8,7 @@ its slot, which a re-attached program with a worker -> slot map corrects.
 
 from __future__ import annotations
 
+import random
 import select
 import socket
 import struct
@@ -136,10 +137,72 @@ def test_long_headers_with_our_cid_length_follow_the_worker_byte(group, clients)
     for i, c in enumerate(clients):
         c.sendto(short_header(i % 3), group.address)
     assert all(m == d[3] for m, d, _ in receive_all(group.sockets, len(clients)))
-    # Everything else: one member per source (the hash), spread over several members.
-    rounds = [handshake_header(1, cid_length=12), handshake_header(2, config_id=3),
+    # Every other long header goes to the member its DCID's first byte names modulo 3,
+    # from any source; a short header of another config still falls back to the hash.
+    others = [handshake_header(1, cid_length=12), handshake_header(2, config_id=3),
               handshake_header(7), long_header()]  # fmt: skip
-    assert_hashed_by_source(group, clients, rounds)
+    for payload in others:
+        for c in clients[:8]:
+            c.sendto(payload, group.address)
+        got = receive_all(group.sockets, 8)
+        assert {m for m, _, _ in got} == {payload[6] % 3}
+    assert_hashed_by_source(group, clients, [short_header(1, config_id=2)])
+
+
+def initial_header(dcid: bytes) -> bytes:
+    return bytes([0xC0, 0, 0, 0, 1, len(dcid)]) + dcid + b"\x00" * 40
+
+
+def test_a_clients_first_initials_reach_one_worker_from_any_address(group, clients):
+    """Every copy of a client's first Initial (its random DCID, RFC 9000 §7.2) reaches
+    the worker DCID[0] mod N: from a new client address too, and while a
+    per-connection socket sits between its bind and its connect. The kernel's fallback
+    hash, measured here as well, does neither: a resent Initial would reach another
+    worker (or that socket), which would make a second connection for the client."""
+    rng = random.Random(7)
+    dcids = [rng.randbytes(rng.randrange(8, 21)) for _ in clients]
+    half = len(clients) // 2
+
+    def members(senders: list[socket.socket], socks: list[socket.socket]) -> dict[bytes, int]:
+        for c, dcid in zip(senders, dcids[: len(senders)], strict=True):
+            c.sendto(initial_header(dcid), group.address)
+        got = receive_all(socks, len(senders))
+        return {d[6 : 6 + d[5]]: m for m, d, _ in got}
+
+    def unconnected_members(n: int) -> list[socket.socket]:
+        out = []
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind(group.address)
+            s.setblocking(False)
+            out.append(s)
+        return out
+
+    # Without our CID length the program leaves long headers to the kernel's hash.
+    group.steer(WORKER_OFFSET)
+    before = members(clients[:half], group.sockets)
+    again = members(clients[half:], group.sockets)  # the same DCIDs from other addresses
+    moved_by_address = sum(before[d] != m for d, m in again.items())
+    extra = unconnected_members(3)
+    try:
+        during = members(clients[:half], group.sockets + extra)
+    finally:
+        for s in extra:
+            s.close()
+    assert moved_by_address > 0
+    assert sum(before[d] != m for d, m in during.items()) > 0
+
+    group.steer(WORKER_OFFSET, cid_length=8)
+    expected = {d: d[0] % 3 for d in dcids[:half]}
+    assert members(clients[:half], group.sockets) == expected
+    assert members(clients[half:], group.sockets) == expected  # other source addresses
+    extra = unconnected_members(3)
+    try:
+        assert members(clients[:half], group.sockets + extra) == expected
+    finally:
+        for s in extra:
+            s.close()
 
 
 def test_long_header_steering_with_a_slot_map(group, clients):
@@ -150,6 +213,10 @@ def test_long_header_steering_with_a_slot_map(group, clients):
     got = receive_all(group.sockets, 48)
     worker_at = {2: 0, 0: 1, 1: 2}
     assert all(worker_at[m] == (d[8] if d[0] & 0x80 else d[3]) for m, d, _ in got)
+    # A client's first Initial: worker DCID[0] mod 3 = 0x11 mod 3 = 2, at slot 1.
+    for c in clients[:8]:
+        c.sendto(long_header(), group.address)
+    assert {m for m, _, _ in receive_all(group.sockets, 8)} == {1}
 
 
 def test_without_a_program_the_kernel_hashes_the_4_tuple(group, clients):
@@ -190,8 +257,9 @@ def test_program_shape():
         steering_program(2, 2, cid_length=2)  # the worker byte would lie beyond the CID
     long = steering_program(WORKER_OFFSET, 4, cid_length=8)
     assert long[-1] == (0x06, 0, 0, FALLBACK_INDEX) and long[-2] == (0x16, 0, 0, 0)
-    code, jt, jf, k = long[3]  # DCID length 8, or the long block's "ret FALLBACK"
-    assert (code, jt, k) == (0x15, 0, 8) and long[3 + 1 + jf] == (0x06, 0, 0, FALLBACK_INDEX)
+    code, jt, jf, k = long[3]  # DCID length 8, or the spread block: DCID[0] mod 4
+    assert (code, jt, k) == (0x15, 0, 8)
+    assert long[3 + 1 + jf : 3 + 4 + jf] == [(0x30, 0, 0, 6), (0x94, 0, 0, 4), (0x16, 0, 0, 0)]
 
 
 def test_handoff_message_round_trip():

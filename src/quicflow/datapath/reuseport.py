@@ -18,9 +18,17 @@ The steering program reads the UDP payload (offset 0 is the QUIC first byte):
 - a long header whose DCID (length at payload offset 5, the CID from offset 6) has our
   CID length, when the program is given it: the same worker byte, so Handshake packets
   and the client's later Initials follow the CID even after its address changed;
-- any other long header (a client's first Initials, whose DCID it chose at random): an
-  index >= N, so the 4-tuple hash picks the worker, which then issues CIDs carrying its
-  own worker byte.
+- with our CID length given, any other long header (a client's first Initials and 0-RTT,
+  whose DCID it chose at random, RFC 9000 §7.2): worker ``DCID[0] mod N``. Every copy of
+  a client's first Initial carries the same DCID, so a resent Initial reaches the worker
+  that holds its connection, from any client address. The kernel's fallback hash does
+  not promise that: it picks anew for a client whose address changed during the
+  handshake, and it counts every unconnected member, including a per-connection socket
+  between its ``bind`` and its ``connect`` (measured in tests/test_reuseport.py: with
+  three such sockets, most sources move and some land on those sockets). Another
+  worker would then make a second connection for the same client;
+- without our CID length, every long header: an index >= N, so the 4-tuple hash picks
+  the worker, which then issues CIDs carrying its own worker byte.
 
 Index ↔ member: the kernel numbers members in the order they joined, and closing member
 i moves the *last* member into slot i. ``ReuseportGroup`` binds every member at once and
@@ -64,6 +72,7 @@ _ALU_AND_K = 0x04 | 0x50 | 0x00  # BPF_ALU | BPF_AND | BPF_K: A &= k
 _JEQ_K = 0x05 | 0x10 | 0x00  # BPF_JMP | BPF_JEQ | BPF_K
 _JSET_K = 0x05 | 0x40 | 0x00  # BPF_JMP | BPF_JSET | BPF_K
 _JGE_K = 0x05 | 0x30 | 0x00  # BPF_JMP | BPF_JGE | BPF_K
+_ALU_MOD_K = 0x04 | 0x90 | 0x00  # BPF_ALU | BPF_MOD | BPF_K: A %= k
 _RET_K = 0x06 | 0x00  # BPF_RET | BPF_K
 _RET_A = 0x06 | 0x10  # BPF_RET | BPF_A
 
@@ -105,6 +114,22 @@ def _cid_block(
     return block
 
 
+def _spread_block(workers: int, slot_of: Sequence[int] | None) -> list[Instruction]:
+    """Steer a long header by its DCID's first byte modulo the workers (the byte at
+    payload offset 6); a worker with no member falls back to the hash."""
+    block: list[Instruction] = [(_LDB_ABS, 0, 0, 6), (_ALU_MOD_K, 0, 0, workers)]
+    if slot_of is None or list(slot_of) == list(range(workers)):
+        block.append((_RET_A, 0, 0, 0))
+        return block
+    for w, slot in enumerate(slot_of):
+        if slot < 0:
+            continue
+        block.append((_JEQ_K, 0, 1, w))
+        block.append((_RET_K, 0, 0, slot))
+    block.append((_RET_K, 0, 0, FALLBACK_INDEX))
+    return block
+
+
 def _patch(prog: list[Instruction], jumps: Sequence[int], target: int) -> None:
     """Point the listed conditional jumps (>0: jt, <0: jf) of ``prog`` at ``target``."""
     for ref in jumps:
@@ -133,9 +158,11 @@ def steering_program(
     worker ``w`` has no member now; its datagrams fall back to the hash).
     ``cid_length``: our CIDs' length. With it, long headers whose DCID has that length
     are steered too (Handshake packets, and the client's Initials once it has switched to
-    our CID, reach their worker even after the client's address changed); the DCID's
-    position in a long header is version-independent (RFC 8999). Without it, every long
-    header falls back to the hash.
+    our CID, reach their worker even after the client's address changed), and every other
+    long header goes to worker ``DCID[0] mod workers`` (all copies of a client's first
+    Initial to one worker, however the group's membership changes); the DCID's position
+    in a long header is version-independent (RFC 8999). Without it, every long header
+    falls back to the hash.
     """
     if not 0 < worker_cid_offset < 20:
         raise ValueError(f"worker byte offset must be 1..19, got {worker_cid_offset}")
@@ -154,12 +181,16 @@ def steering_program(
         prog = head + short
         _patch(prog, [1], len(prog) - 1)
         return prog
-    long = _cid_block(6, worker_cid_offset, workers, config_id, slot_of)
-    # ldb [0]; jset 0x80 ? long : short. long: ldb [5]; jeq cid_length ? block : fallback
+    # The long block's "no" (another DCID length, config or worker byte) lands on the
+    # spread block, which takes the place of the block's own last "ret FALLBACK".
+    long = _cid_block(6, worker_cid_offset, workers, config_id, slot_of)[:-1]
+    spread_at = len(long)
+    long += _spread_block(workers, slot_of)
+    # ldb [0]; jset 0x80 ? long : short. long: ldb [5]; jeq cid_length ? block : spread
     prog = [(_LDB_ABS, 0, 0, 0), (_JSET_K, 0, len(long) + 2, 0x80),
             (_LDB_ABS, 0, 0, 5), (_JEQ_K, 0, 0, cid_length)]  # fmt: skip
     prog += long
-    _patch(prog, [-3], len(prog) - 1)  # a DCID of another length -> long's fallback
+    _patch(prog, [-3], 4 + spread_at)  # a DCID of another length -> the spread block
     prog += short
     if len(long) + 2 > _MAX_JUMP:
         raise ValueError("too many workers for one classic BPF program")
