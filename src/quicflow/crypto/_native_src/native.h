@@ -560,6 +560,11 @@ PyObject *mod_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs
 PyObject *mod_seal_stream_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_parse_header(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_parse_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+/* frames.c: the frames of the n payload bytes at b (a new list), None (not the common
+ * case: let the Python reference parse them) or NULL with an exception; classes: a tuple
+ * checked by qf_frame_classes_ok (0 with TypeError set when it is not an 8-tuple). */
+int qf_frame_classes_ok(PyObject *classes);
+PyObject *qf_parse_frames(const uint8_t *b, Py_ssize_t n, PyObject *classes);
 PyObject *mod_decode_tparams(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 /* hkdf.c: the TLS 1.3 key schedule's HKDF steps and the QUIC keys of a secret */
 PyObject *mod_hkdf_extract(PyObject *module, PyObject *args);
