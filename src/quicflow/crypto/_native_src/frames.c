@@ -20,69 +20,15 @@
  */
 #include "native.h"
 
-#include <structmember.h>
-
 #define VARINT_MAX ((((uint64_t)1) << 62) - 1)
 
 enum { C_PADDING, C_PING, C_ACK, C_CRYPTO, C_STREAM, C_NCID, C_CLOSE, C_DONE, N_CLASSES };
 
-/* Frame objects without their Python __init__.  The classes are slotted dataclasses
- * whose __init__ only assigns each field, in __slots__ order (transport/frame_parse.py
- * checks it at import): such an object is the type's allocation with each slot set,
- * which is what this builds when the class qualifies (object's __new__, no
- * __post_init__, one object slot per argument); any other class is called.  The layout
- * is worked out once per classes tuple (held, so its identity stays valid). */
-#define MAX_FIELDS 4
-typedef struct {
-    Py_ssize_t nfields; /* -1: call the class */
-    Py_ssize_t offsets[MAX_FIELDS];
-} Layout;
-
+/* Frame objects are built by qf_build (objects.c): without their generated __init__.
+ * The layouts are worked out once per classes tuple (held, so its identity stays
+ * valid). */
 static PyObject *layout_of = NULL; /* the classes tuple the layouts below belong to */
-static Layout layouts[N_CLASSES];
-
-/* The slot layout of cls when instances can be built directly (else nfields -1); -1
- * with an exception set on failure. */
-static int
-layout_for(PyObject *cls, Layout *out)
-{
-    out->nfields = -1;
-    if (!PyType_Check(cls)) {
-        return 0;
-    }
-    PyTypeObject *type = (PyTypeObject *)cls;
-    if (type->tp_new != PyBaseObject_Type.tp_new || type->tp_alloc == NULL ||
-        type->tp_dictoffset != 0 || !(type->tp_flags & Py_TPFLAGS_HEAPTYPE)) {
-        return 0;
-    }
-    PyObject *dict = type->tp_dict;
-    if (PyDict_GetItemString(dict, "__post_init__") != NULL) {
-        return 0;
-    }
-    PyObject *slots = PyDict_GetItemString(dict, "__slots__");
-    if (slots == NULL || !PyTuple_Check(slots) || PyTuple_GET_SIZE(slots) > MAX_FIELDS ||
-        type->tp_base != &PyBaseObject_Type) {
-        return 0;
-    }
-    Py_ssize_t n = PyTuple_GET_SIZE(slots);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *name = PyTuple_GET_ITEM(slots, i);
-        PyObject *descr = PyUnicode_Check(name) ? PyDict_GetItemWithError(dict, name) : NULL;
-        if (descr == NULL) {
-            return PyErr_Occurred() ? -1 : 0;
-        }
-        if (Py_TYPE(descr) != &PyMemberDescr_Type) {
-            return 0;
-        }
-        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
-        if (member->type != T_OBJECT_EX || (member->flags & READONLY)) {
-            return 0;
-        }
-        out->offsets[i] = member->offset;
-    }
-    out->nfields = n;
-    return 0;
-}
+static QfLayout layouts[N_CLASSES];
 
 /* The layouts of classes (a checked 8-tuple); -1 with an exception set on failure. */
 static int
@@ -93,7 +39,7 @@ layouts_for(PyObject *classes)
     }
     Py_CLEAR(layout_of);
     for (int i = 0; i < N_CLASSES; i++) {
-        if (layout_for(PyTuple_GET_ITEM(classes, i), &layouts[i]) < 0) {
+        if (qf_layout_for(PyTuple_GET_ITEM(classes, i), &layouts[i]) < 0) {
             return -1;
         }
     }
@@ -106,32 +52,7 @@ layouts_for(PyObject *classes)
 static PyObject *
 make(PyObject *const *classes, int which, PyObject **args, Py_ssize_t n)
 {
-    PyObject *out = NULL;
-    Py_ssize_t i;
-    for (i = 0; i < n; i++) {
-        if (args[i] == NULL) {
-            goto done;
-        }
-    }
-    PyObject *cls = classes[which];
-    const Layout *layout = &layouts[which];
-    if (layout->nfields == n) {
-        PyTypeObject *type = (PyTypeObject *)cls;
-        out = type->tp_alloc(type, 0);
-        if (out != NULL) {
-            for (i = 0; i < n; i++) { /* (the slots are NULL: nothing to release) */
-                *(PyObject **)((char *)out + layout->offsets[i]) = args[i];
-            }
-            return out; /* the references in args went into the slots */
-        }
-        goto done;
-    }
-    out = PyObject_Vectorcall(cls, args, (size_t)n, NULL);
-done:
-    for (i = 0; i < n; i++) {
-        Py_XDECREF(args[i]);
-    }
-    return out;
+    return qf_build(classes[which], &layouts[which], args, n);
 }
 
 static PyObject *
