@@ -61,6 +61,21 @@ bytes_at(const uint8_t *b, Py_ssize_t pos, Py_ssize_t len)
     return PyBytes_FromStringAndSize((const char *)b + pos, len);
 }
 
+/* the tuple (lo, hi) of an ACK range (both in 0 .. 2**62-1) */
+static PyObject *
+range_of(int64_t lo, int64_t hi)
+{
+    PyObject *a = PyLong_FromLongLong(lo), *b = PyLong_FromLongLong(hi), *t = NULL;
+    if (a != NULL && b != NULL && (t = PyTuple_New(2)) != NULL) {
+        PyTuple_SET_ITEM(t, 0, a);
+        PyTuple_SET_ITEM(t, 1, b);
+        return t;
+    }
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    return NULL;
+}
+
 /* the ACK frame at b[*pos] (after its type): 1 parsed, 0 not here, -1 error */
 static int
 parse_ack(const uint8_t *b, Py_ssize_t n, Py_ssize_t *pos, int ecn,
@@ -78,7 +93,7 @@ parse_ack(const uint8_t *b, Py_ssize_t n, Py_ssize_t *pos, int ecn,
     if (ranges == NULL) {
         return -1;
     }
-    PyObject *range = Py_BuildValue("(LL)", (long long)smallest, (long long)largest);
+    PyObject *range = range_of(smallest, (int64_t)largest);
     if (range == NULL || PyList_Append(ranges, range) < 0) {
         Py_XDECREF(range);
         Py_DECREF(ranges);
@@ -98,7 +113,7 @@ parse_ack(const uint8_t *b, Py_ssize_t n, Py_ssize_t *pos, int ecn,
         }
         int64_t hi = smallest - (int64_t)gap - 2;
         smallest = hi - (int64_t)length;
-        range = Py_BuildValue("(LL)", (long long)smallest, (long long)hi);
+        range = range_of(smallest, hi);
         if (range == NULL || PyList_Append(ranges, range) < 0) {
             Py_XDECREF(range);
             Py_DECREF(ranges);
