@@ -9,6 +9,9 @@ does not hand well-formed ones back) and returns None for everything else.
 
 from __future__ import annotations
 
+import dataclasses
+import gc
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -150,3 +153,45 @@ def test_the_receive_path_uses_the_c_parser() -> None:
 
     assert vars(receive)["parse_frames"] is frame_parse.parse_frames
     assert frame_parse.parse_frames is frame_parse._parse_frames
+
+
+def test_frame_classes_are_plain_dataclasses() -> None:
+    """C builds these classes' objects without their __init__: that is only the same
+    object when __init__ is the generated one that assigns the fields in __slots__
+    order, and nothing runs after it."""
+    for cls in frame_parse.CLASSES:
+        assert dataclasses.is_dataclass(cls) and cls.__new__ is object.__new__
+        assert cls.__slots__ == tuple(f.name for f in dataclasses.fields(cls))
+        assert not hasattr(cls, "__post_init__")
+        assert cls.__init__.__code__.co_filename == "<string>"  # (dataclass-generated)
+    frames = native._ext.parse_frames(_enc([Ping(), HandshakeDone()]) + b"\x00\x00",
+                                      frame_parse.CLASSES)
+    assert frames == [Ping(), HandshakeDone(), Padding(2)]
+    assert all(gc.is_tracked(f) for f in frames[2:])
+
+
+def test_other_classes_are_called() -> None:
+    """A class C cannot build directly (its own __init__, __post_init__, no slots) is
+    called with the fields, as before."""
+    made: list[tuple[object, ...]] = []
+
+    class Called:
+        def __init__(self, *args: object) -> None:
+            made.append(args)
+
+    @dataclasses.dataclass(slots=True)
+    class Checked:
+        offset: int
+        data: bytes
+
+        def __post_init__(self) -> None:
+            made.append(("post", self.offset))
+
+    classes = list(frame_parse.CLASSES)
+    classes[1] = Called  # Ping
+    classes[3] = Checked  # Crypto
+    frames = native._ext.parse_frames(b"\x01\x06\x05\x01x", tuple(classes))
+    assert [type(f) for f in frames] == [Called, Checked]
+    assert made == [(), ("post", 5)] and frames[1].data == b"x"
+    # and the real classes again (the layouts follow the tuple passed)
+    assert native._ext.parse_frames(b"\x01", frame_parse.CLASSES) == [Ping()]

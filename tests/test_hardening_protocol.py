@@ -162,9 +162,10 @@ def test_path_challenge_flood_is_answered_with_bounded_state(
     seen: list[bytes] = []
     original = R._process_frames
 
-    def spy(conn: Connection, payload: bytes, epoch: Epoch, now: float) -> bool:
+    def spy(conn: Connection, payload: bytes, epoch: Epoch, now: float,
+            frames: list[F.Frame] | None = None) -> bool:
         seen.extend(f.data for f in F.parse_frames(payload) if isinstance(f, F.PathResponse))
-        return original(conn, payload, epoch, now)
+        return original(conn, payload, epoch, now, frames)
 
     monkeypatch.setattr(R, "_process_frames", spy)
     for d in answers:

@@ -9,6 +9,8 @@ message. C parses short headers and v1/v2 Initial, 0-RTT and Handshake headers i
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -143,3 +145,37 @@ def test_the_receive_path_uses_the_c_parser() -> None:
 
     assert vars(endpoint)["parse_header"] is headers.parse_header
     assert vars(receive)["parse_header"] is headers.parse_header
+
+
+def test_headers_are_built_with_the_dataclass_defaults() -> None:
+    """C builds a PacketHeader without its __init__, with the two defaults it would set:
+    so PacketHeader must stay a slotted dataclass of those ten fields; each header gets
+    its own supported_versions list, as from __init__."""
+    fields = dataclasses.fields(PacketHeader)
+    assert PacketHeader.__slots__ == tuple(f.name for f in fields)
+    assert [f.name for f in fields][8:] == ["supported_versions", "integrity_tag"]
+    assert fields[8].default_factory is list and fields[9].default == b""
+    assert all(f.default is dataclasses.MISSING for f in fields[:8])
+    assert not hasattr(PacketHeader, "__post_init__")
+    assert PacketHeader.__init__.__code__.co_filename == "<string>"  # (generated)
+    data = build_short_header(b"\x01\x02\x03\x04", 7, 1, 0) + bytes(30)
+    one, two = _c(data, 0, 4), _c(data, 0, 4)
+    assert one == two == parse_header(data, 0, 4)
+    assert one is not None and two is not None
+    assert one.supported_versions == [] and one.supported_versions is not two.supported_versions
+    one.supported_versions.append(1)
+    assert two.supported_versions == []
+
+
+def test_another_header_class_is_called() -> None:
+    """A class that is not a ten-field slotted dataclass gets the eight values."""
+    made: list[tuple[object, ...]] = []
+
+    class Called:
+        def __init__(self, *args: object) -> None:
+            made.append(args)
+
+    data = build_short_header(b"\x01\x02\x03\x04", 7, 1, 0) + bytes(30)
+    assert type(native._ext.parse_header(data, 0, 4, Called)) is Called
+    assert len(made) == 1 and len(made[0]) == 8
+    assert type(native._ext.parse_header(data, 0, 4, PacketHeader)) is PacketHeader

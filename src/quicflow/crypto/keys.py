@@ -260,6 +260,26 @@ class PacketProtector:
             raise DecryptError(_OPEN_ERRORS[2]) from None
         return plain_header, payload, pn
 
+    def open_frames(
+        self, data: Buffer, pos: int, pn_offset: int, end: int, largest_pn: int,
+        classes: tuple[type, ...] | None,
+    ) -> tuple[int, bytes, list[Any] | None] | None:
+        """``open`` of the packet ``data[pos:end]`` (``pn_offset`` counted from
+        ``data``'s start), then, with the C extension and ``classes`` given, its
+        payload's frames as the C ``parse_frames`` makes them: one C call per received
+        long-header packet. Returns ``(pn, payload, frames)``, ``frames`` None when not
+        parsed here (no extension, no ``classes``, or input the C parser leaves to the
+        Python reference); None when the packet cannot be opened (``DecryptError``)."""
+        if self._native:
+            opened: tuple[int, bytes, list[Any] | None] | None = self._hp.open_frames(
+                data, pos, pn_offset, end, largest_pn, classes)
+            return opened
+        try:
+            _, payload, pn = self.open(memoryview(data)[pos:end], pn_offset - pos, largest_pn)
+        except DecryptError:
+            return None
+        return pn, payload, None
+
 
 #: why a packet could not be opened (the C KeyContext's codes)
 _OPEN_ERRORS = {1: "packet too short to remove header protection",

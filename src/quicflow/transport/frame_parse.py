@@ -8,6 +8,12 @@ frame objects. Anything else (another frame type, any malformed frame) goes to t
 reference, which parses it or raises ``FrameEncodingError`` with its frame type: the
 result never depends on the parser (tests/test_frame_parse_native.py).
 ``QUICFLOW_ENGINE=python`` (or no extension) uses the reference alone.
+
+C builds the objects of ``CLASSES`` without calling their ``__init__``: each is a slotted
+dataclass whose generated ``__init__`` only assigns the fields in ``__slots__`` order (no
+``__post_init__``), so the object is its allocation with the slots set (a class that is
+not of this kind is called instead). A received long-header packet's frames come from
+the same C code, in the call that opens it (``PacketProtector.open_frames``).
 """
 
 from __future__ import annotations

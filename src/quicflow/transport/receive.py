@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 from ..crypto.epoch import Epoch
-from ..crypto.keys import DecryptError
 from ..crypto.retry import verify_retry_integrity_tag
 from ..crypto.suites import CipherSuite
 from ..tls.alerts import TlsAlert
@@ -43,7 +42,7 @@ from .events import (
     HandshakeCompleted,
     NewTokenReceived,
 )
-from .frame_parse import parse_frames
+from .frame_parse import CLASSES, NATIVE_PARSE, parse_frames
 from .headers import parse_header
 from .peer_params import decode_peer_parameters
 from .receive_keys import install_secret, on_peer_key_update, program_engine
@@ -70,6 +69,8 @@ _ECN_INDEX = (0, 1, 0, 2)
 #: the packet number space of a long header packet type (0-RTT: the application's)
 _SPACE_OF_LONG = {INITIAL: 0, HANDSHAKE: 1, ZERO_RTT: 2}
 
+#: what open_frames parses a long-header packet's frames into (None: not in C)
+_FRAME_CLASSES = CLASSES if NATIVE_PARSE is not None else None
 # frames allowed in Initial and Handshake packets (RFC 9000 §12.4)
 _HANDSHAKE_FRAMES = (F.Padding, F.Ping, F.Ack, F.Crypto, F.ConnectionClose)
 
@@ -227,7 +228,7 @@ def _receive_packet(
             conn.counters.dropped_undecryptable += 1
             _check_stateless_reset(conn, data[pos : hdr.end])
             return
-        pn, payload = result.pn, result.payload
+        pn, payload, frames = result.pn, result.payload, None
         if result.phase_changed:
             on_peer_key_update(conn)
     else:
@@ -238,14 +239,14 @@ def _receive_packet(
             conn.counters.dropped_no_keys += 1
             return
         space = conn.spaces[_SPACE_OF_LONG[ptype]]
-        try:
-            _, payload, pn = protector.open(
-                memoryview(data)[pos : hdr.end], hdr.pn_offset - pos, space.largest_received
-            )
-        except DecryptError:
+        # header protection, AEAD and (the common case) the frames in one C call
+        opened = protector.open_frames(data, pos, hdr.pn_offset, hdr.end,
+                                       space.largest_received, _FRAME_CLASSES)
+        if opened is None:
             conn.counters.packets_dropped += 1
             conn.counters.dropped_undecryptable += 1
             return
+        pn, payload, frames = opened
         if conn.is_client and ptype == INITIAL and conn.peer_initial_scid is None:
             conn.peer_initial_scid = hdr.scid
             conn.peer_cid = hdr.scid
@@ -272,7 +273,7 @@ def _receive_packet(
     crypto_before = _crypto_held(space) if server_initial else 0
     challenges_before = len(conn.path_challenges_received) if epoch == EP_1RTT else 0
     try:
-        ack_eliciting = _process_frames(conn, payload, epoch, now)
+        ack_eliciting = _process_frames(conn, payload, epoch, now, frames)
     except ReassemblyFull:
         conn.counters.packets_received -= 1
         conn.counters.packets_dropped += 1
@@ -408,13 +409,16 @@ def _discard_epoch(conn: Connection, epoch: Epoch) -> None:
 # ---------------------------------------------------------------------- frames
 
 
-def _process_frames(conn: Connection, payload: bytes, epoch: Epoch, now: float) -> bool:
-    try:
-        frames = parse_frames(payload)
-    except FrameEncodingError as exc:
-        raise QuicError(FRAME_ENCODING_ERROR, str(exc), exc.frame_type) from None
-    except WireError as exc:
-        raise QuicError(FRAME_ENCODING_ERROR, str(exc)) from None
+def _process_frames(conn: Connection, payload: bytes, epoch: Epoch, now: float,
+                    frames: list[Any] | None = None) -> bool:
+    """The payload's frames (``frames``: already parsed from it, by open_frames)."""
+    if frames is None:
+        try:
+            frames = parse_frames(payload)
+        except FrameEncodingError as exc:
+            raise QuicError(FRAME_ENCODING_ERROR, str(exc), exc.frame_type) from None
+        except WireError as exc:
+            raise QuicError(FRAME_ENCODING_ERROR, str(exc)) from None
     if not frames:
         raise QuicError(PROTOCOL_VIOLATION, "packet without frames")
     ack_eliciting = False

@@ -12,7 +12,11 @@
  * its frame type and message; so the result (or the error) never depends on the parser.
  *
  * classes: (Padding, Ping, Ack, Crypto, Stream, NewConnectionId, ConnectionClose,
- *           HandshakeDone), the wire.frame_types dataclasses.
+ *           HandshakeDone), the wire.frame_types dataclasses.  Their objects are built
+ *           without a call of the generated __init__ (see make below).
+ *
+ * qf_parse_frames is the same on a plain buffer: KeyContext.open_frames (keys.c) parses
+ * the payload it just decrypted with it.
  */
 #include "native.h"
 
@@ -20,24 +24,35 @@
 
 enum { C_PADDING, C_PING, C_ACK, C_CRYPTO, C_STREAM, C_NCID, C_CLOSE, C_DONE, N_CLASSES };
 
-/* a new reference to cls(*args) (stealing the n references in args, which may be NULL
-   after a failed allocation: then NULL with the error set) */
-static PyObject *
-make(PyObject *cls, PyObject **args, Py_ssize_t n)
+/* Frame objects are built by qf_build (objects.c): without their generated __init__.
+ * The layouts are worked out once per classes tuple (held, so its identity stays
+ * valid). */
+static PyObject *layout_of = NULL; /* the classes tuple the layouts below belong to */
+static QfLayout layouts[N_CLASSES];
+
+/* The layouts of classes (a checked 8-tuple); -1 with an exception set on failure. */
+static int
+layouts_for(PyObject *classes)
 {
-    PyObject *out = NULL;
-    Py_ssize_t i;
-    for (i = 0; i < n; i++) {
-        if (args[i] == NULL) {
-            goto done;
+    if (classes == layout_of) {
+        return 0;
+    }
+    Py_CLEAR(layout_of);
+    for (int i = 0; i < N_CLASSES; i++) {
+        if (qf_layout_for(PyTuple_GET_ITEM(classes, i), &layouts[i]) < 0) {
+            return -1;
         }
     }
-    out = PyObject_Vectorcall(cls, args, (size_t)n, NULL);
-done:
-    for (i = 0; i < n; i++) {
-        Py_XDECREF(args[i]);
-    }
-    return out;
+    layout_of = Py_NewRef(classes);
+    return 0;
+}
+
+/* a new reference to classes[which](*args) (stealing the n references in args, which
+   may be NULL after a failed allocation: then NULL with the error set) */
+static PyObject *
+make(PyObject *const *classes, int which, PyObject **args, Py_ssize_t n)
+{
+    return qf_build(classes[which], &layouts[which], args, n);
 }
 
 static PyObject *
@@ -46,10 +61,25 @@ bytes_at(const uint8_t *b, Py_ssize_t pos, Py_ssize_t len)
     return PyBytes_FromStringAndSize((const char *)b + pos, len);
 }
 
+/* the tuple (lo, hi) of an ACK range (both in 0 .. 2**62-1) */
+static PyObject *
+range_of(int64_t lo, int64_t hi)
+{
+    PyObject *a = PyLong_FromLongLong(lo), *b = PyLong_FromLongLong(hi), *t = NULL;
+    if (a != NULL && b != NULL && (t = PyTuple_New(2)) != NULL) {
+        PyTuple_SET_ITEM(t, 0, a);
+        PyTuple_SET_ITEM(t, 1, b);
+        return t;
+    }
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    return NULL;
+}
+
 /* the ACK frame at b[*pos] (after its type): 1 parsed, 0 not here, -1 error */
 static int
-parse_ack(const uint8_t *b, Py_ssize_t n, Py_ssize_t *pos, int ecn, PyObject *cls,
-          PyObject **frame)
+parse_ack(const uint8_t *b, Py_ssize_t n, Py_ssize_t *pos, int ecn,
+          PyObject *const *classes, PyObject **frame)
 {
     uint64_t largest, delay, count, first;
     Py_ssize_t p = *pos;
@@ -63,7 +93,7 @@ parse_ack(const uint8_t *b, Py_ssize_t n, Py_ssize_t *pos, int ecn, PyObject *cl
     if (ranges == NULL) {
         return -1;
     }
-    PyObject *range = Py_BuildValue("(LL)", (long long)smallest, (long long)largest);
+    PyObject *range = range_of(smallest, (int64_t)largest);
     if (range == NULL || PyList_Append(ranges, range) < 0) {
         Py_XDECREF(range);
         Py_DECREF(ranges);
@@ -83,7 +113,7 @@ parse_ack(const uint8_t *b, Py_ssize_t n, Py_ssize_t *pos, int ecn, PyObject *cl
         }
         int64_t hi = smallest - (int64_t)gap - 2;
         smallest = hi - (int64_t)length;
-        range = Py_BuildValue("(LL)", (long long)smallest, (long long)hi);
+        range = range_of(smallest, hi);
         if (range == NULL || PyList_Append(ranges, range) < 0) {
             Py_XDECREF(range);
             Py_DECREF(ranges);
@@ -105,29 +135,30 @@ parse_ack(const uint8_t *b, Py_ssize_t n, Py_ssize_t *pos, int ecn, PyObject *cl
         counts = Py_NewRef(Py_None);
     }
     PyObject *args[3] = {ranges, PyLong_FromUnsignedLongLong(delay), counts};
-    *frame = make(cls, args, 3);
+    *frame = make(classes, C_ACK, args, 3);
     *pos = p;
     return *frame == NULL ? -1 : 1;
 }
 
-PyObject *
-mod_parse_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+int
+qf_frame_classes_ok(PyObject *classes)
 {
-    (void)module;
-    if (nargs != 2 || !PyTuple_Check(args[1]) || PyTuple_GET_SIZE(args[1]) != N_CLASSES) {
-        PyErr_SetString(PyExc_TypeError, "parse_frames(payload, classes: 8-tuple)");
+    if (!PyTuple_Check(classes) || PyTuple_GET_SIZE(classes) != N_CLASSES) {
+        PyErr_SetString(PyExc_TypeError, "parse_frames: classes must be an 8-tuple");
+        return 0;
+    }
+    return 1;
+}
+
+PyObject *
+qf_parse_frames(const uint8_t *b, Py_ssize_t n, PyObject *classes_tuple)
+{
+    PyObject *const *classes = &PyTuple_GET_ITEM(classes_tuple, 0);
+    if (layouts_for(classes_tuple) < 0) {
         return NULL;
     }
-    PyObject *const *classes = &PyTuple_GET_ITEM(args[1], 0);
-    Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
-        return NULL;
-    }
-    const uint8_t *b = (const uint8_t *)view.buf;
-    Py_ssize_t n = view.len;
     PyObject *frames = PyList_New(0);
     if (frames == NULL) {
-        PyBuffer_Release(&view);
         return NULL;
     }
     Py_ssize_t pos = 0;
@@ -141,11 +172,11 @@ mod_parse_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 pos++;
             }
             PyObject *a[1] = {PyLong_FromSsize_t(pos - start)};
-            frame = make(classes[C_PADDING], a, 1);
+            frame = make(classes, C_PADDING, a, 1);
         } else if (ftype == 0x01) {
-            frame = PyObject_Vectorcall(classes[C_PING], NULL, 0, NULL);
+            frame = make(classes, C_PING, NULL, 0);
         } else if (ftype == 0x02 || ftype == 0x03) {
-            int rc = parse_ack(b, n, &pos, ftype == 0x03, classes[C_ACK], &frame);
+            int rc = parse_ack(b, n, &pos, ftype == 0x03, classes, &frame);
             if (rc == 0) {
                 goto not_here;
             }
@@ -158,7 +189,7 @@ mod_parse_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             PyObject *a[2] = {PyLong_FromUnsignedLongLong(offset),
                               bytes_at(b, pos, (Py_ssize_t)length)};
             pos += (Py_ssize_t)length;
-            frame = make(classes[C_CRYPTO], a, 2);
+            frame = make(classes, C_CRYPTO, a, 2);
         } else if (ftype >= 0x08 && ftype <= 0x0F) { /* STREAM */
             uint64_t sid, offset = 0, length;
             if (qf_varint(b, n, &pos, &sid) < 0 ||
@@ -180,7 +211,7 @@ mod_parse_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                               bytes_at(b, pos, (Py_ssize_t)length),
                               Py_NewRef((ftype & 0x01) ? Py_True : Py_False)};
             pos += (Py_ssize_t)length;
-            frame = make(classes[C_STREAM], a, 4);
+            frame = make(classes, C_STREAM, a, 4);
         } else if (ftype == 0x18) { /* NEW_CONNECTION_ID */
             uint64_t seq, retire;
             if (qf_varint(b, n, &pos, &seq) < 0 || qf_varint(b, n, &pos, &retire) < 0 ||
@@ -196,7 +227,7 @@ mod_parse_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                               bytes_at(b, pos + 1, cid_len),
                               bytes_at(b, pos + 1 + cid_len, 16)};
             pos += 1 + cid_len + 16;
-            frame = make(classes[C_NCID], a, 4);
+            frame = make(classes, C_NCID, a, 4);
         } else if (ftype == 0x1C || ftype == 0x1D) { /* CONNECTION_CLOSE */
             uint64_t code, frame_type = 0, length;
             if (qf_varint(b, n, &pos, &code) < 0 ||
@@ -209,9 +240,9 @@ mod_parse_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                                             : Py_NewRef(Py_None),
                               bytes_at(b, pos, (Py_ssize_t)length)};
             pos += (Py_ssize_t)length;
-            frame = make(classes[C_CLOSE], a, 3);
+            frame = make(classes, C_CLOSE, a, 3);
         } else if (ftype == 0x1E) {
-            frame = PyObject_Vectorcall(classes[C_DONE], NULL, 0, NULL);
+            frame = make(classes, C_DONE, NULL, 0);
         } else {
             goto not_here;
         }
@@ -224,14 +255,31 @@ mod_parse_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             goto error;
         }
     }
-    PyBuffer_Release(&view);
     return frames;
 not_here:
-    PyBuffer_Release(&view);
     Py_DECREF(frames);
     Py_RETURN_NONE;
 error:
-    PyBuffer_Release(&view);
     Py_DECREF(frames);
     return NULL;
+}
+
+PyObject *
+mod_parse_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "parse_frames(payload, classes: 8-tuple)");
+        return NULL;
+    }
+    if (!qf_frame_classes_ok(args[1])) {
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    PyObject *frames = qf_parse_frames((const uint8_t *)view.buf, view.len, args[1]);
+    PyBuffer_Release(&view);
+    return frames;
 }

@@ -9,6 +9,11 @@
  * version, and every malformed header.  The caller then runs parse_header, the reference,
  * which returns those headers or raises WireError with its message; so the result (or
  * the error) never depends on which parser ran.  Nothing here is header-protected.
+ *
+ * header_type is wire.packet.PacketHeader: a slotted dataclass of ten fields, the last
+ * two with defaults (supported_versions: a new empty list; integrity_tag: b"").  It is
+ * built without its __init__ (objects.c) with those two defaults; a class not of that
+ * kind (other than ten plain slots) is called with the eight values.
  */
 #include "native.h"
 
@@ -25,14 +30,25 @@
 static const int TYPE_OF_BITS_V1[4] = {T_INITIAL, T_ZERO_RTT, T_HANDSHAKE, T_RETRY};
 static const int TYPE_OF_BITS_V2[4] = {T_RETRY, T_INITIAL, T_ZERO_RTT, T_HANDSHAKE};
 
+/* header_type's layout (objects.c), worked out once per class (held) */
+static PyObject *layout_of = NULL;
+static QfLayout layout;
+
 static PyObject *
 make_header(PyObject *header_type, int ptype, uint32_t version, const uint8_t *b,
             Py_ssize_t dcid_at, Py_ssize_t dcid_len, Py_ssize_t scid_at, Py_ssize_t scid_len,
             Py_ssize_t token_at, Py_ssize_t token_len, Py_ssize_t pn_offset, Py_ssize_t end,
             int first)
 {
-    PyObject *args[8] = {NULL};
-    PyObject *result = NULL;
+    PyObject *args[10] = {NULL};
+    Py_ssize_t n = 8;
+    if (header_type != layout_of) {
+        Py_CLEAR(layout_of);
+        if (qf_layout_for(header_type, &layout) < 0) {
+            return NULL;
+        }
+        layout_of = Py_NewRef(header_type);
+    }
     args[0] = PyLong_FromLong(ptype);
     args[1] = PyLong_FromUnsignedLong(version);
     args[2] = PyBytes_FromStringAndSize((const char *)b + dcid_at, dcid_len);
@@ -41,17 +57,14 @@ make_header(PyObject *header_type, int ptype, uint32_t version, const uint8_t *b
     args[5] = PyLong_FromSsize_t(pn_offset);
     args[6] = PyLong_FromSsize_t(end);
     args[7] = PyLong_FromLong(first);
-    for (int i = 0; i < 8; i++) {
-        if (args[i] == NULL) {
-            goto done;
-        }
+    if (layout.nfields == 10) {
+        /* built directly: the two defaults the generated __init__ would set,
+           supported_versions (a new list) and integrity_tag (b"") */
+        args[8] = PyList_New(0);
+        args[9] = PyBytes_FromStringAndSize(NULL, 0);
+        n = 10;
     }
-    result = PyObject_Vectorcall(header_type, args, 8, NULL);
-done:
-    for (int i = 0; i < 8; i++) {
-        Py_XDECREF(args[i]);
-    }
-    return result;
+    return qf_build(header_type, n == 10 ? &layout : &(QfLayout){.nfields = -1}, args, n);
 }
 
 PyObject *

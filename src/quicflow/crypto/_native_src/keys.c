@@ -432,6 +432,133 @@ done:
     return result;
 }
 
+/* open_frames(data, pos, pn_offset, end, largest_pn, classes) -> (pn, payload, frames)
+ * or None: open_packet on data[pos:end] (pn_offset counted from data's start) and, when
+ * classes is not None, the payload's frames as parse_frames makes them (frames None:
+ * classes was None, or not the common case: let the Python reference parse them).  None
+ * when the packet cannot be opened (too short to remove header protection, or
+ * authentication failed: open_packet's 1 and 2).  One call per received long-header
+ * packet instead of open_packet and parse_frames. */
+static PyObject *
+kc_open_frames_py(KeyContext *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer data = {0};
+    Py_ssize_t pos, end, pn_offset, sample_at, header_len, ct_len, len;
+    long long largest;
+    const unsigned char *src;
+    unsigned char mask[5], first, stack[256];
+    unsigned char *h = stack;
+    int64_t truncated = 0, pn;
+    int pn_len, i;
+    PyObject *payload = NULL, *frames = NULL, *pn_obj, *result = NULL, *classes;
+
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        "open_frames(data, pos, pn_offset, end, largest_pn, classes)");
+        return NULL;
+    }
+    pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    pn_offset = PyLong_AsSsize_t(args[2]);
+    if (pn_offset == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    end = PyLong_AsSsize_t(args[3]);
+    if (end == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    largest = PyLong_AsLongLong(args[4]);
+    if (largest == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (largest < -1 || largest >= PN_MAX) {
+        PyErr_SetString(PyExc_ValueError, "largest_pn out of range");
+        return NULL;
+    }
+    if (pos < 0 || end < 0) {
+        PyErr_SetString(PyExc_ValueError, "pos and end must not be negative");
+        return NULL;
+    }
+    classes = args[5];
+    if (classes != Py_None && !qf_frame_classes_ok(classes)) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &data, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    /* the packet data[pos:end], clamped like a slice */
+    if (end > data.len) {
+        end = data.len;
+    }
+    len = end > pos ? end - pos : 0;
+    src = (const unsigned char *)data.buf + (len ? pos : 0);
+    pn_offset -= pos;
+    sample_at = pn_offset + 4;
+    if (pn_offset < 1 || len < sample_at + SAMPLE_LEN || len > INT_MAX) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (kc_mask(self, KC_HP_OPEN, src + sample_at, mask) < 0) {
+        openssl_error("header protection mask");
+        goto done;
+    }
+    first = src[0] ^ (mask[0] & ((src[0] & 0x80) ? 0x0F : 0x1F));
+    pn_len = (first & 3) + 1;
+    header_len = pn_offset + pn_len;
+    ct_len = len - header_len;
+    if (ct_len < TAG_LEN) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (header_len > (Py_ssize_t)sizeof(stack)) {
+        h = PyMem_Malloc((size_t)header_len);
+        if (h == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    memcpy(h, src, (size_t)header_len);
+    h[0] = first;
+    for (i = 0; i < pn_len; i++) {
+        h[pn_offset + i] ^= mask[1 + i];
+        truncated = (truncated << 8) | h[pn_offset + i];
+    }
+    pn = decode_pn(truncated, pn_len * 8, (int64_t)largest);
+    payload = PyBytes_FromStringAndSize(NULL, ct_len - TAG_LEN);
+    if (payload == NULL) {
+        goto done;
+    }
+    if (kc_open(self, (uint64_t)pn, h, (int)header_len, src + header_len, (int)ct_len,
+                (unsigned char *)PyBytes_AS_STRING(payload)) < 0) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (classes != Py_None) {
+        frames = qf_parse_frames((const uint8_t *)PyBytes_AS_STRING(payload),
+                                 PyBytes_GET_SIZE(payload), classes);
+        if (frames == NULL) {
+            goto done;
+        }
+    } else {
+        frames = Py_NewRef(Py_None);
+    }
+    pn_obj = PyLong_FromLongLong(pn);
+    if (pn_obj != NULL) {
+        result = PyTuple_Pack(3, pn_obj, payload, frames);
+        Py_DECREF(pn_obj);
+    }
+done:
+    if (h != stack) {
+        PyMem_Free(h);
+    }
+    Py_XDECREF(payload);
+    Py_XDECREF(frames);
+    PyBuffer_Release(&data);
+    return result;
+}
+
 static PyMethodDef kc_methods[] = {
     {"mask", (PyCFunction)kc_mask_py, METH_O, "5-byte header protection mask of a sample"},
     {"seal_packet", (PyCFunction)(void (*)(void))kc_seal_packet_py, METH_FASTCALL,
@@ -439,6 +566,9 @@ static PyMethodDef kc_methods[] = {
     {"open_packet", (PyCFunction)(void (*)(void))kc_open_packet_py, METH_FASTCALL,
      "open_packet(packet, pn_offset, largest_pn) -> (header, payload, pn), or 1 (too "
      "short) or 2 (authentication failed)"},
+    {"open_frames", (PyCFunction)(void (*)(void))kc_open_frames_py, METH_FASTCALL,
+     "open_frames(data, pos, pn_offset, end, largest_pn, classes) -> (pn, payload, "
+     "frames | None), or None (too short, or authentication failed)"},
     {NULL},
 };
 

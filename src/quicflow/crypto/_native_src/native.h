@@ -24,6 +24,7 @@
  *   tparams.c  decode_tparams(...): the common case of a peer's transport parameters.
  *   header.c   parse_header(...): the common packet headers of a received datagram.
  *   frames.c   parse_frames(...): the frames of a handshake or plain 1-RTT packet.
+ *   objects.c  the parsers' objects (slotted dataclasses) built without their __init__.
  * The per-packet primitives (nonce, mask, seal, open of one KeyContext) are static inline
  * below so that the batch loops inline them exactly as in a single translation unit.
  *
@@ -560,6 +561,23 @@ PyObject *mod_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs
 PyObject *mod_seal_stream_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_parse_header(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_parse_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+/* objects.c: objects of a slotted dataclass built without its generated __init__.
+ * qf_layout_for fills *out with the slot offsets of cls's __slots__ (nfields -1 when cls
+ * is not of the kind that allows it; -1 with an exception set on failure); qf_build
+ * steals the n references in args (NULL entries: a failed allocation, then NULL with the
+ * error set) and makes the object directly when layout->nfields == n, else calls cls. */
+#define QF_MAX_FIELDS 10
+typedef struct {
+    Py_ssize_t nfields;
+    Py_ssize_t offsets[QF_MAX_FIELDS];
+} QfLayout;
+int qf_layout_for(PyObject *cls, QfLayout *out);
+PyObject *qf_build(PyObject *cls, const QfLayout *layout, PyObject **args, Py_ssize_t n);
+/* frames.c: the frames of the n payload bytes at b (a new list), None (not the common
+ * case: let the Python reference parse them) or NULL with an exception; classes: a tuple
+ * checked by qf_frame_classes_ok (0 with TypeError set when it is not an 8-tuple). */
+int qf_frame_classes_ok(PyObject *classes);
+PyObject *qf_parse_frames(const uint8_t *b, Py_ssize_t n, PyObject *classes);
 PyObject *mod_decode_tparams(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 /* hkdf.c: the TLS 1.3 key schedule's HKDF steps and the QUIC keys of a secret */
 PyObject *mod_hkdf_extract(PyObject *module, PyObject *args);
