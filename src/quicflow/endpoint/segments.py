@@ -21,9 +21,11 @@ def one_short_run(data: bytes | memoryview, pos: int, segment_size: int, key: by
     if max(data[pos:total:segment_size]) & 0x80:
         return False
     count = (total - pos + segment_size - 1) // segment_size
-    for i, byte in enumerate(key, pos + 1):
-        if bytes(data[i:total:segment_size]) != bytes((byte,)) * count:
+    i = pos + 1
+    for byte in key:  # the DCID's i-th byte of every segment (bytes.count: one C loop)
+        if bytes(data[i:total:segment_size]).count(byte) != count:
             return False
+        i += 1
     return True
 
 
