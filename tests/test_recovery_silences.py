@@ -230,38 +230,6 @@ def test_an_ack_only_packet_is_sent_again_twice_then_no_more() -> None:
     assert client.loss.ack_eliciting_in_flight == 0  # none of them asks for an answer
 
 
-def test_the_ack_of_packets_in_a_flow_is_not_sent_again() -> None:
-    """The ACK of packets that came within max_ack_delay of the ones before (a flow) is
-    not repeated: the flow's next packet, or the peer's PTO probe after a silence, draws
-    a new ACK. A repeat armed for the ACK after the silence is dropped too. (With 256
-    bulk connections the client's repeats fired 95-207 times per GiB, each a timer
-    turn and a datagram both ends handle.)"""
-    pair, client, server, sid = _stream_after_silence()
-    addr = ("127.0.0.1", 4433)
-    server.send_stream_data(sid, b"ping", end_stream=False)
-    for d in pair.server.datagrams_to_send(server, pair.now):
-        pair.client_ep.receive(d, addr, pair.now)  # after the silence: repeats armed
-    assert pair.client_ep.datagrams_to_send(client, pair.now)
-    assert client.spaces[2].ack_repeat_at is not None
-    pair.now += 0.005  # within max_ack_delay: the flow goes on
-    server.send_stream_data(sid, bytes(3000), end_stream=False)
-    flow = pair.server.datagrams_to_send(server, pair.now)
-    assert len(flow) >= 2
-    for d in flow:
-        pair.client_ep.receive(d, addr, pair.now)
-    assert len(pair.client_ep.datagrams_to_send(client, pair.now)) == 1  # its ACK
-    assert client.spaces[2].ack_repeat_at is None
-    sent = 0
-    end = pair.now + 10 * client.pto()
-    while pair.now < end:
-        deadline = client.timer()
-        assert deadline is not None
-        pair.now = min(max(deadline, pair.now + 0.0002), end)
-        client.handle_timer(pair.now)
-        sent += len(pair.client_ep.datagrams_to_send(client, pair.now))
-    assert sent == 0
-
-
 def _aioquic_like_server(monkeypatch: pytest.MonkeyPatch) -> None:
     """Servers send one probe per PTO (not two) and double the PTO without a cap."""
     from quicflow.transport import recovery_glue

@@ -53,7 +53,6 @@ from .state import (
     CLOSING,
     DRAINING,
     ESTABLISHED,
-    NO_ACK_REPEAT,
     PacketSpace,
     PeerCid,
 )
@@ -290,9 +289,8 @@ def _receive_packet(
         if len(ends) > 64:
             received.shift_below(received.starts[-32])
     newest = pn > largest_received
-    quiet = now - space.largest_received_time > conn.configuration.max_ack_delay
     if newest:
-        if quiet:
+        if now - space.largest_received_time > conn.configuration.max_ack_delay:
             space.ack_immediately = True  # after a silence: likely PTO probes (see below)
         space.largest_received = pn
         space.largest_received_time = now
@@ -308,11 +306,8 @@ def _receive_packet(
         space.ecn_counts[_ECN_INDEX[ecn & 3]] += 1
     space.ack_pending = True
     if ack_eliciting:
-        if quiet:  # (the first one since our last ACK decides, unless one is quiet)
-            space.ack_repeats = 0
-        elif not space.ack_eliciting_pending:
-            space.ack_repeats = NO_ACK_REPEAT
         space.ack_eliciting_pending += 1
+        space.ack_repeats = 0
         if epoch != EP_1RTT or space.ack_eliciting_pending >= 2:
             space.ack_immediately = True
         elif space.ack_deadline is None:

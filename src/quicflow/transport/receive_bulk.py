@@ -26,7 +26,7 @@ from .receive import (
 )
 from .receive import _process_frames as process_frames
 from .receive_keys import on_peer_key_update
-from .state import CLOSING, DRAINING, ESTABLISHED, NO_ACK_REPEAT
+from .state import CLOSING, DRAINING, ESTABLISHED
 from .streams import ReassemblyFull
 
 _ECN_INDEX = {2: 0, 1: 1, 3: 2}
@@ -92,7 +92,6 @@ def receive_short_run(
     readable: list[int] = []
     eliciting = 0
     accepted = 0
-    quiet = now - space.largest_received_time > max_ack_delay  # (see NO_ACK_REPEAT)
     ecn_index = _ECN_INDEX.get(ecn & 3, -1)
     try:
         for entry in entries:
@@ -204,11 +203,8 @@ def receive_short_run(
         space.ecn_counts[ecn_index] += accepted
     space.ack_pending = True
     if eliciting:
-        if quiet:  # (the first run since our last ACK decides, unless one is quiet)
-            space.ack_repeats = 0
-        elif not space.ack_eliciting_pending:
-            space.ack_repeats = NO_ACK_REPEAT
         space.ack_eliciting_pending += eliciting
+        space.ack_repeats = 0
         if space.ack_eliciting_pending >= 2:
             space.ack_immediately = True
         elif space.ack_deadline is None:

@@ -12,12 +12,6 @@ HANDSHAKE = 0
 ESTABLISHED = 1
 CLOSING = 2
 DRAINING = 3
-
-#: ``PacketSpace.ack_repeats`` when the packets to acknowledge came in a flow (each
-#: within max_ack_delay of the one before): their ACK-only packet is not sent again,
-#: as the flow's next packet, or the peer's PTO probe after a silence, draws a new ACK
-#: (see send.ACK_REPEATS)
-NO_ACK_REPEAT = 1 << 16
 CLOSED = 4
 
 # ECN validation (RFC 9000 §13.4.2)
@@ -83,8 +77,8 @@ class PacketSpace:
     ack_immediately: bool = False
     ack_deadline: float | None = None
     ack_pending: bool = False  # a received packet not yet acknowledged
-    #: 1-RTT: when to send the last ACK-only packet again (and how many times it was,
-    #: NO_ACK_REPEAT: not at all), see send.ACK_REPEATS
+    #: 1-RTT: when to send the last ACK-only packet again (and how many times it was),
+    #: see send.ACK_REPEATS
     ack_repeat_at: float | None = None
     ack_repeats: int = 0
     ecn_counts: list[int] = field(default_factory=lambda: [0, 0, 0])  # what we received
