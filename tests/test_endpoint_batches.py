@@ -204,3 +204,28 @@ def test_interleaved_connections_cost_one_lookup_per_run() -> None:
         assert got == payloads[name][: len(got)]
         assert len(got) >= n * (seg_size - 60)
         assert client.counters.packets_dropped == 0
+
+
+def test_runs_of_one_receive_round_give_one_readable_event() -> None:
+    """Two GRO batches of one stream read in the same round: one StreamReadable (one
+    wake-up of the stream's reader), not one per batch."""
+    from quicflow.transport.events import StreamReadable
+
+    pair = MemoryPair(seed=11)
+    _established(pair)
+    server = pair.server_conns[0]
+    client = pair.client
+    _warm_up(pair, server, client)
+    sid = server.open_stream()
+    data = random.Random(6).randbytes(N * 1200 * 2)
+    server.send_stream_data(sid, data, end_stream=True)
+    segments = _bulk_datagrams(pair.server, server, pair.now, N)[:N]
+    client.pop_events()
+    ep = pair.client_ep
+    for part in (segments[: N // 2], segments[N // 2 :]):
+        buf, seg_size = _gro_buffer(part)
+        assert ep.receive_batch(buf, seg_size, SERVER_ADDR, pair.now) == [client]
+    readable = [e for e in client.pop_events() if isinstance(e, StreamReadable)]
+    assert [e.stream_id for e in readable] == [sid]
+    got = _readable(client, sid)
+    assert got == data[: len(got)] and len(got) >= N * (seg_size - 60)

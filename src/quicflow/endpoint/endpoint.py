@@ -44,6 +44,7 @@ from .moved import ForwardTarget, MovedCids
 from .quiclb import QuicLbConfig, ServerIdLayout
 from .registry import ConnectionRegistry
 from .reset import match_reset
+from .segments import one_short_run, short_run_entries
 
 MIN_INITIAL_SIZE = 1200
 #: Fresh CIDs drawn before giving up on one no other connection holds (a collision of
@@ -383,8 +384,14 @@ class Endpoint:
                 run_conn = self._lookup(bytes(data[pos:end]), address, now, ecn)
                 run_key = key
                 if run_conn is not None:
-                    run.append((pos, end - pos, key))
                     touched[run_conn] = None
+                    if end < total and one_short_run(data, pos, segment_size, key):
+                        # every segment to the end continues this run (the usual GRO
+                        # batch): all of them at once, as the loop would add them
+                        run += short_run_entries(pos, segment_size, total, key)
+                        counters.segments_received += len(run) - 1
+                        break
+                    run.append((pos, end - pos, key))
             else:
                 if run and run_conn is not None:
                     receive_short_run(run_conn, data, run, address, now, ecn)

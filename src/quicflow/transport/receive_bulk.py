@@ -213,8 +213,17 @@ def receive_short_run(
     conn.last_ack_eliciting_sent_after_receive = False
     if conn.state == CLOSING:
         answer_in_closing(conn)
+    events = conn.events
+    if len(readable) == 1:  # (the usual run: one stream)
+        sid = readable[0]
+        prev = events[-1] if events else None
+        # the run before, in the same receive round, said so already (nothing came
+        # between): one wake-up of the stream's reader per round, not per run
+        if prev is None or prev.__class__ is not StreamReadable or prev.stream_id != sid:
+            events.append(StreamReadable(sid))
+        return
     seen = set()
     for sid in readable:
         if sid not in seen:
             seen.add(sid)
-            conn.events.append(StreamReadable(sid))
+            events.append(StreamReadable(sid))
