@@ -474,6 +474,9 @@ class EndpointRunner:
                 break
             if len(bounds) < 64:
                 break
+            paced = conn.pacer_deadline
+            if paced is not None and paced > now:
+                break  # the pacer holds the rest back: the timer sends it at ``paced``
         else:
             self.schedule_flush(conn)  # more to send: yield to the loop first
         return True
