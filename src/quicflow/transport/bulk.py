@@ -175,7 +175,8 @@ def build_bulk(
     if not conn.last_ack_eliciting_sent_after_receive:
         conn.idle_deadline = now + _effective_idle(conn)
         conn.last_ack_eliciting_sent_after_receive = True
-    if done == count and conn.send_queue and conn.send_queue[0] == sid:
+    if pacer_room - total < max_count * mds and done == count and conn.send_queue and (
+            conn.send_queue[0] == sid):  # (a budget left for a whole run: the next goes)
         _pace_after_run(conn, now, send, max_count - done or max_count)
     return done
 
