@@ -86,11 +86,9 @@ def build_bulk(
     assert send is not None
     flow = conn.flow
     start = send.next_offset
-    end = min(send.write_offset, send.max_data, start + flow.peer_max_data - flow.data_sent)
-    if end <= start:
+    end, want = _run_want(conn, send, cwnd_room, max_count)
+    if not want:
         return 0
-    # the run this turn could take: window, caller's room, the data that waits
-    want = min(cwnd_room, max_count * mds, (end - start) + (end - start) // 1024 * 64 + mds)
     rtt = loss.rtt
     pacer_room, later = conn.pacer.run_budget(now, rtt, cc.cwnd, want)
     if later is not None:
@@ -187,18 +185,27 @@ def _pace_after_run(conn: Connection, now: float, send: SendStream, max_count: i
     deadline it gives in ``conn.pacer_deadline``, so the caller stops here instead of
     making that call (and a whole empty build when the run filled the batch) only to be
     held back (issue 11: about 11 k such calls per GiB at 256 connections)."""
-    mds = conn.max_datagram_size
     loss = conn.loss
     cc = loss.cc
     cwnd_room = cc.cwnd - cc.bytes_in_flight
-    if cwnd_room < mds:
+    if cwnd_room < conn.max_datagram_size:
         return  # the window holds the rest back: the general path says what goes
+    _, want = _run_want(conn, send, cwnd_room, max_count)
+    if want:
+        _, later = conn.pacer.run_budget(now, loss.rtt, cc.cwnd, want)
+        if later is not None:
+            conn.pacer_deadline = later
+
+
+def _run_want(conn: Connection, send: SendStream, cwnd_room: int, max_count: int
+              ) -> tuple[int, int]:
+    """Where the stream bytes a run may take end (flow control) and the bytes that run
+    would take on the wire, at most the window room and ``max_count`` datagrams (0:
+    no stream byte may go)."""
     flow = conn.flow
     start = send.next_offset
     end = min(send.write_offset, send.max_data, start + flow.peer_max_data - flow.data_sent)
     if end <= start:
-        return
-    want = min(cwnd_room, max_count * mds, (end - start) + (end - start) // 1024 * 64 + mds)
-    _, later = conn.pacer.run_budget(now, loss.rtt, cc.cwnd, want)
-    if later is not None:
-        conn.pacer_deadline = later
+        return end, 0
+    mds = conn.max_datagram_size
+    return end, min(cwnd_room, max_count * mds, (end - start) + (end - start) // 1024 * 64 + mds)
