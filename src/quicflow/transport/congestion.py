@@ -243,7 +243,7 @@ class Pacer:
     #: the burst (bytes) the last deadline ``run_budget`` gave waits for (0: none). While
     #: a connection waits, its ACKs grow the window and so the bucket (cwnd / 8); the
     #: run then due is the one promised, not a larger one that would move the deadline
-    #: again (issue 11, 256 x 4 MiB: 636 such second waits per GiB, 160-185 with this)
+    #: again (issue 11, 256 x 4 MiB: 636 such second waits per GiB before)
     promised: float = 0.0
     tokens: float = 0.0
     last_time: float | None = None
