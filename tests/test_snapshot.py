@@ -70,6 +70,9 @@ class Net:
             self.seq += 1
             heapq.heappush(self.queue, (self.now + DELAY, self.seq, to_server, d))
 
+    def in_flight(self, to_server: bool) -> int:
+        return sum(1 for q in self.queue if q[2] == to_server)
+
     def drop_in_flight(self, to_server: bool) -> int:
         before = len(self.queue)
         self.queue = [q for q in self.queue if q[2] != to_server]
@@ -137,7 +140,9 @@ def _check_download(side_app: ClientApp, size: int = SIZE) -> None:
 
 def test_server_snapshot_restore_mid_download() -> None:
     net, client, server = _start(loss=0.002)
-    net.run(lambda: _received(client) >= 1024 * 1024)
+    # capture while the server's datagrams are on the link (lost with the old server): the
+    # moment it has none there depends on how the pacer spaces its runs
+    net.run(lambda: _received(client) >= 1024 * 1024 and net.in_flight(to_server=False) > 0)
     old = server.conn
     assert old is not None and old.handshake_confirmed
     assert old.loss.bytes_in_flight > 0, "want packets in flight at capture time"

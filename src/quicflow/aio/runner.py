@@ -31,6 +31,7 @@ from ..datapath.connected import ConnectedSockets, SocketPolicy
 from ..datapath.socket import UdpTransport, normalize_address
 from ..endpoint.endpoint import Endpoint
 from ..transport import qlog
+from ..transport.bulk import bulk_applies
 from ..transport.connection import Connection
 from ..transport.state import CLOSING
 from .gcpolicy import POLICY as GC_POLICY
@@ -429,7 +430,9 @@ class EndpointRunner:
             self._forget(conn)
             return
         if conn.state < CLOSING or conn.close_pending or conn.cid_changes:
-            if not self._build_and_send(conn):
+            if conn.pacer_deadline is not None and self._held_by_pacer(conn):
+                pass  # a build now would send nothing: the timer sends at the deadline
+            elif not self._build_and_send(conn):
                 return  # its socket's buffer is full: it waits for writability
         # else closing or draining with no close datagram due: nothing to build (the
         # endpoint would return none), only the timer and the teardown below
@@ -440,6 +443,22 @@ class EndpointRunner:
         self._arm_timer(conn)
         if conn.terminated:
             self._forget(conn)
+
+    def _held_by_pacer(self, conn: Connection) -> bool:
+        """Nothing but new data of its first queued stream waits (``bulk_applies``) and
+        the pacer holds that back until ``conn.pacer_deadline``, still ahead: the bulk
+        sender would return -1 and the build send nothing, so the turn (an ACK's, a
+        write's) skips it and the connection's timer sends the burst at the deadline
+        (issue 11, 256 x 4 MiB: about 0.8 k of 17 k turns per GiB). The ACK may have
+        raised the pacing rate meanwhile; the burst then goes at the deadline the pacer
+        gave, not before it."""
+        if (conn.state >= CLOSING or conn.close_pending or conn.cid_changes
+                or conn.qlog is not None):
+            return False
+        now = self._clock()
+        deadline = conn.pacer_deadline
+        return (deadline is not None and deadline > now and conn.pmtud.next_at > now
+                and bulk_applies(conn))
 
     def _build_and_send(self, conn: Connection) -> bool:
         """Build and send what ``conn`` has; False when it joined the connections that
@@ -474,6 +493,9 @@ class EndpointRunner:
                 break
             if len(bounds) < 64:
                 break
+            paced = conn.pacer_deadline
+            if paced is not None and paced > now:
+                break  # the pacer holds the rest back: the timer sends it at ``paced``
         else:
             self.schedule_flush(conn)  # more to send: yield to the loop first
         return True

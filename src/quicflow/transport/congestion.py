@@ -240,6 +240,11 @@ class Pacer:
     #: connections: Jain 0.83-0.99 with a floor of 64, 0.990-0.998 with 256). The
     #: average rate is unchanged; only the largest burst is larger.
     run_datagrams: int = 0
+    #: the burst (bytes) the last deadline ``run_budget`` gave waits for (0: none). While
+    #: a connection waits, its ACKs grow the window and so the bucket (cwnd / 8); the
+    #: run then due is the one promised, not a larger one that would move the deadline
+    #: again (issue 11, 256 x 4 MiB: 636 such second waits per GiB before)
+    promised: float = 0.0
     tokens: float = 0.0
     last_time: float | None = None
 
@@ -308,6 +313,8 @@ class Pacer:
         each time a datagram's worth of budget trickles in would make every call (and
         every connection's turn) build one packet; waiting for a burst keeps the same
         average rate, in bursts no larger than the bucket the pacer allows anyway.
+        The burst waited for is remembered (``promised``): a bucket grown meanwhile (the
+        window grows with every ACK in slow start) does not move the deadline later.
         """
         srtt = rtt.smoothed_rtt if isinstance(rtt, RttEstimator) else rtt  # self.rate()
         rate = self.multiplier * cwnd / srtt if srtt > 0.0 else 0.0
@@ -317,8 +324,13 @@ class Pacer:
         early = rate * self.granularity
         tokens = self._refill(now, rate, capacity) + early
         need = float(want) if want < capacity else capacity
+        promised = self.promised
+        if promised and promised < need:
+            need = promised  # the burst this connection was told to wait for
         if tokens >= need:
+            self.promised = 0.0
             return int(tokens), None
+        self.promised = need
         return 0, now + (need - tokens) / rate
 
     def consume(self, now: float, size: int, rtt: RttEstimator | float, cwnd: int) -> None:

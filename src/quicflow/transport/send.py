@@ -97,6 +97,8 @@ def build_datagrams(
             built = build_bulk(conn, now, buf, bounds, seal, max_datagrams - count)
             count, end = len(bounds), len(buf)
             if built > 0:
+                if conn.pacer_deadline is not None:
+                    break  # the pacer bounded that run: the next one goes at the deadline
                 continue
             if built < 0:
                 break  # paced: the rest goes as one burst at conn.pacer_deadline
