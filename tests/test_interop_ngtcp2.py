@@ -292,10 +292,12 @@ def test_gtlsclient_our_server_with_loss(site: Path) -> None:
     downloaded(site, into, ["one.bin", "small.bin"], log)
     dropped_out, dropped_in = ngtcp2.simulated_losses(log)
     assert dropped_in > 0 and face.conn.counters.packets_lost > 0
-    if face.closed:  # the clean close itself is checked without loss (download test)
-        closed_cleanly_by_peer(face)
+    error = face._close_error
+    if error is not None and error.by_peer:  # (the clean close is checked without loss
+        assert error.error_code == H3_NO_ERROR  # in the download test)
     # else gtlsclient's one CONNECTION_CLOSE fell to its own --tx-loss (it exits right
-    # after sending it; seen once in a loaded suite run): our side ends at its idle timeout
+    # after sending it; 1 in ~30 runs): our side ends the connection itself, at
+    # server.close() (which now sends CONNECTION_CLOSE at once) or its idle timeout
 
 
 @pytest.mark.parametrize("rebinding, transfer", [
