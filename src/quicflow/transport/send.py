@@ -247,17 +247,15 @@ def _build_datagram(
             buf += header
             buf += payload
             buf += bytes(TAG_LEN)
+            size = hlen + plen + TAG_LEN
         else:
             protector = protectors[epoch]
             assert protector is not None
-            header = build_long_header(
-                _LONG_TYPE[epoch], conn.version, peer_cid, conn.initial_scid,
-                conn.token if epoch is _INITIAL else b"",
-                pn_len + plen + TAG_LEN, pn, pn_len,
+            # header, payload and sealing in one call (C: written in place in buf)
+            size = protector.seal_long(
+                buf, _LONG_TYPE[epoch], conn.version, peer_cid, conn.initial_scid,
+                conn.token if epoch is _INITIAL else b"", payload, pn, pn_len,
             )
-            hlen = len(header)
-            buf += protector.seal(header, payload, pn)
-        size = hlen + plen + TAG_LEN
         total += size
         if qlog_on:
             qlog.packet_sent(conn, now, epoch, pn, payload, size)
