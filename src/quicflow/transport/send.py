@@ -12,7 +12,6 @@ from ..wire.packet import (
     HANDSHAKE,
     INITIAL,
     ZERO_RTT,
-    build_long_header,
     build_short_header,
     encode_packet_number,
 )
@@ -743,19 +742,19 @@ def _build_close_datagram(conn: Connection, now: float) -> bytes:
             offset = len(buf)
             buf += header + payload + bytes(TAG_LEN)
             seal.append((offset, len(header), len(payload), pn, conn.seal_key))
+            size = len(header) + len(payload) + TAG_LEN
         else:
             protector = conn.send_protectors[epoch]
             assert protector is not None
             if epoch == _INITIAL and conn.is_client:
                 payload.extend(bytes(max(0, 1200 - 80 - len(payload))))
-            header = build_long_header(
-                INITIAL if epoch == _INITIAL else HANDSHAKE, conn.version, conn.peer_cid,
-                conn.initial_scid, conn.token if epoch == _INITIAL else b"",
-                pn_len + len(payload) + TAG_LEN, pn, pn_len,
+            size = protector.seal_long(
+                buf, INITIAL if epoch == _INITIAL else HANDSHAKE, conn.version, conn.peer_cid,
+                conn.initial_scid, conn.token if epoch == _INITIAL else b"", payload, pn,
+                pn_len,
             )
-            buf += protector.seal(header, payload, pn)
         if conn.qlog is not None:
-            qlog.packet_sent(conn, now, epoch, pn, payload, len(header) + len(payload) + TAG_LEN)
+            qlog.packet_sent(conn, now, epoch, pn, payload, size)
     if not buf:
         return b""
     if seal:
