@@ -6,14 +6,17 @@ packet, and the engine seals them all in one ``seal`` call (DESIGN.md, "Crypto o
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..crypto.epoch import Epoch
+from ..crypto.extension import EXT, python_forced
 from ..wire import frames as F
 from ..wire.packet import (
     HANDSHAKE,
     INITIAL,
     ZERO_RTT,
-    build_short_header,
     encode_packet_number,
+    push_short_packet,
 )
 from ..wire.varint import push_varint, varint_len
 from . import qlog
@@ -53,6 +56,10 @@ _LONG_TYPE = {Epoch.INITIAL: INITIAL, Epoch.ZERO_RTT: ZERO_RTT, Epoch.HANDSHAKE:
 _APP = (Epoch.ZERO_RTT, Epoch.ONE_RTT)
 _HANDSHAKE_EPOCHS = (Epoch.INITIAL, Epoch.HANDSHAKE)
 _INITIAL, _ZERO_RTT, _ONE_RTT = Epoch.INITIAL, Epoch.ZERO_RTT, Epoch.ONE_RTT
+#: wire.packet.push_short_packet in C (None: not built, or the pure-Python code forced;
+#: the C call returns None for what it leaves to the reference)
+_PUSH_SHORT_C: Any = (getattr(EXT, "push_short_packet", None)
+                      if EXT is not None and not python_forced() else None)
 
 
 def datagrams_to_send(conn: Connection, now: float) -> list[bytes]:
@@ -232,6 +239,7 @@ def _build_datagram(
         if used < target:
             packets[-1][3].extend(bytes(target - used))
     qlog_on = conn.qlog is not None
+    push_c = _PUSH_SHORT_C
     total = 0
     for epoch, pn, pn_len, payload, records, eliciting in packets:
         plen = len(payload)
@@ -240,12 +248,10 @@ def _build_datagram(
             payload.extend(bytes(4 - pn_len - plen))
             plen = 4 - pn_len
         if epoch is _ONE_RTT:
-            header = build_short_header(peer_cid, pn, pn_len, 0)  # engine sets the phase
-            hlen = len(header)
-            seal.append((len(buf), hlen, plen, pn, conn.seal_key))
-            buf += header
-            buf += payload
-            buf += bytes(TAG_LEN)
+            start = len(buf)  # header, payload, tag room; the engine seals it below
+            hlen = (push_c is not None and push_c(buf, peer_cid, pn, pn_len, payload)
+                    ) or push_short_packet(buf, peer_cid, pn, pn_len, payload)
+            seal.append((start, hlen, plen, pn, conn.seal_key))
             size = hlen + plen + TAG_LEN
         else:
             protector = protectors[epoch]
@@ -738,11 +744,10 @@ def _build_close_datagram(conn: Connection, now: float) -> bytes:
         space.next_pn += 1
         pn_len = 4
         if epoch == _ONE_RTT:
-            header = build_short_header(conn.peer_cid, pn, pn_len, 0)  # engine sets the phase
             offset = len(buf)
-            buf += header + payload + bytes(TAG_LEN)
-            seal.append((offset, len(header), len(payload), pn, conn.seal_key))
-            size = len(header) + len(payload) + TAG_LEN
+            hlen = push_short_packet(buf, conn.peer_cid, pn, pn_len, payload)
+            seal.append((offset, hlen, len(payload), pn, conn.seal_key))
+            size = hlen + len(payload) + TAG_LEN
         else:
             protector = conn.send_protectors[epoch]
             assert protector is not None

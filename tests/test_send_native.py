@@ -1,11 +1,16 @@
-"""PacketProtector.seal_long: a long-header packet's header built, its payload copied and
-the packet sealed in one C call, straight into the datagram buffer, against the
-pure-Python reference (``build_long_header`` then ``seal``).
+"""The send path's C calls against their pure-Python references.
 
-For any packet type, version, CIDs, token, payload and packet number (valid or not) the
-C call appends the reference's bytes and returns their count, or raises the reference's
-error with the buffer untouched; the common case (what a handshake sends) is done in C.
-A connection's handshake then takes this path: one call per Initial/Handshake packet.
+``PacketProtector.seal_long``: a long-header packet's header built, its payload copied
+and the packet sealed in one C call, straight into the datagram buffer (reference:
+``build_long_header`` then ``seal``). For any packet type, version, CIDs, token, payload
+and packet number (valid or not) it appends the reference's bytes and returns their
+count, or raises the reference's error with the buffer untouched; the common case (what a
+handshake sends) is done in C, one call per Initial/Handshake packet.
+
+``push_short_packet``: a 1-RTT packet's plaintext (header, payload, tag room) appended
+for the engine's seal in one C call (reference: ``wire.packet.push_short_packet``): the
+same bytes and header length, or None with the buffer untouched where the reference
+decides.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quicflow.crypto import keys
+from quicflow.crypto.extension import EXT
 from quicflow.crypto.keys import PacketKeys, PacketProtector, derive_packet_keys
 from quicflow.crypto.suites import CipherSuite, suite_hash_len
+from quicflow.transport import send
 from quicflow.wire.packet import (
     HANDSHAKE,
     INITIAL,
@@ -27,6 +34,7 @@ from quicflow.wire.packet import (
     ZERO_RTT,
     build_long_header,
     parse_header,
+    push_short_packet,
 )
 from tests.support.memory_pair import MemoryPair
 from tests.test_open_frames_native import pair
@@ -165,3 +173,78 @@ def test_handshake_seals_its_long_header_packets_in_c(monkeypatch: pytest.Monkey
     assert len(calls) >= 4  # both sides' Initial and Handshake packets
     if keys._EXT is not None:
         assert all(in_c for _, in_c in calls)
+
+
+def push_c() -> Any:
+    fn = getattr(EXT, "push_short_packet", None) if EXT is not None else None
+    if fn is None:
+        pair(keyset(CipherSuite.AES_128_GCM_SHA256, 0))  # (fails: the extension is needed)
+    return fn
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    dcid=st.binary(max_size=21), pn=st.one_of(st.integers(0, 2**32), st.integers(-3, 2**62 + 3)),
+    pn_len=st.integers(-1, 6), payload=st.binary(max_size=1500), prefix=st.binary(max_size=40),
+    as_bytearray=st.booleans(),
+)
+def test_push_short_packet_matches_reference(dcid: bytes, pn: int, pn_len: int,
+                                             payload: bytes, prefix: bytes,
+                                             as_bytearray: bool) -> None:
+    fn = push_c()
+    body = bytearray(payload) if as_bytearray else payload
+    expected = bytearray(prefix)
+    try:
+        hlen: object = push_short_packet(expected, dcid, pn, pn_len, body)
+    except Exception as exc:  # noqa: BLE001 - the reference's error: C must leave it
+        hlen = (type(exc), str(exc))
+    got = bytearray(prefix)
+    result = fn(got, dcid, pn, pn_len, body)
+    if result is None:
+        assert got == prefix
+    else:
+        assert result == hlen and got == expected
+        assert got[len(prefix):] == (bytes([0x40 | (pn_len - 1)]) + dcid
+                                     + (pn % (1 << 8 * pn_len)).to_bytes(pn_len, "big")
+                                     + payload + bytes(16))
+    if 1 <= pn_len <= 4 and 0 <= pn < 2**62:
+        assert result is not None  # the send path's case is done in C
+
+
+def test_push_short_packet_leaves_aliasing_and_odd_arguments_to_the_reference() -> None:
+    fn = push_c()
+    buf = bytearray(b"abc")
+    assert fn(buf, b"d", 1, 1, buf) is None and buf == b"abc"
+    assert fn(buf, buf, 1, 1, b"x") is None and buf == b"abc"
+    assert fn(b"abc", b"d", 1, 1, b"x") is None
+    assert fn(buf, "not bytes", 1, 1, b"x") is None and buf == b"abc"
+    assert fn(buf, b"d", True, 1, b"x") is None and buf == b"abc"
+    with pytest.raises(BufferError):  # what the reference does with the first one
+        push_short_packet(buf, b"d", 1, 1, buf)
+
+
+def test_the_send_path_builds_short_packets_in_c(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection's 1-RTT packets go through the C call (not the reference) and the
+    transfer completes."""
+    real = send._PUSH_SHORT_C
+    if real is None:  # not built, or QUICFLOW_ENGINE=python: the reference builds them
+        mp = MemoryPair()
+        mp.run(lambda: mp.client.handshake_confirmed)
+        assert mp.server_conns[0].handshake_confirmed
+        return
+    calls: list[object] = []
+
+    def spy(*args: Any) -> object:
+        result = real(*args)
+        calls.append(result)
+        return result
+
+    def reference_not_used(*args: Any) -> int:
+        raise AssertionError("the reference ran for a packet C builds")
+
+    monkeypatch.setattr(send, "_PUSH_SHORT_C", spy)
+    monkeypatch.setattr(send, "push_short_packet", reference_not_used)
+    mp = MemoryPair()
+    mp.run(lambda: mp.client.handshake_confirmed)
+    assert mp.server_conns[0].handshake_confirmed
+    assert calls and all(isinstance(c, int) for c in calls)
