@@ -8,11 +8,19 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 
+from ..wire.packet import build_long_header
 from .aead import Aead, decode_packet_number, make_aead, packet_nonce
 from .extension import native_for_keys
 from .header_protection import SAMPLE_LEN, make_header_protection
 from .hkdf import hkdf_expand_label, hkdf_extract
-from .suites import AEAD_IV_LEN, CipherSuite, suite_hash, suite_hash_len, suite_key_len
+from .suites import (
+    AEAD_IV_LEN,
+    AEAD_TAG_LEN,
+    CipherSuite,
+    suite_hash,
+    suite_hash_len,
+    suite_key_len,
+)
 
 INITIAL_SALT_V1 = bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a")
 INITIAL_SALT_V2 = bytes.fromhex("0dede3def700a6db819381be6e269dcbf9bd2ed9")  # RFC 9369 §3.3.1
@@ -221,6 +229,27 @@ class PacketProtector:
         for i in range(pn_len):
             packet[pn_offset + i] ^= mask[1 + i]
         return bytes(packet)
+
+    def seal_long(
+        self, buf: bytearray, packet_type: int, version: int, dcid: bytes, scid: bytes,
+        token: bytes, payload: bytes | bytearray, pn: int, pn_len: int,
+    ) -> int:
+        """Append to ``buf`` the sealed long-header packet (Initial, 0-RTT, Handshake) of
+        ``payload``; returns its size. The same bytes as
+        ``buf += self.seal(build_long_header(packet_type, version, dcid, scid, token,
+        pn_len + len(payload) + 16, pn, pn_len), payload, pn)``, and the same errors;
+        with the C extension one call builds the header in ``buf``, copies the payload
+        after it and seals it there (the reference below for what C leaves to it)."""
+        if self._native:
+            size: int | None = self._hp.seal_long(buf, packet_type, version, dcid, scid,
+                                                   token, payload, pn, pn_len)
+            if size is not None:
+                return size
+        header = build_long_header(packet_type, version, dcid, scid, token,
+                                   pn_len + len(payload) + AEAD_TAG_LEN, pn, pn_len)
+        packet = self.seal(header, payload, pn)
+        buf += packet
+        return len(packet)
 
     def open(self, packet: Buffer, pn_offset: int, largest_pn: int) -> tuple[bytes, bytes, int]:
         """Remove header protection, recover the pn and decrypt.

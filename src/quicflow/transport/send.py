@@ -6,15 +6,17 @@ packet, and the engine seals them all in one ``seal`` call (DESIGN.md, "Crypto o
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..crypto.epoch import Epoch
+from ..crypto.extension import EXT, python_forced
 from ..wire import frames as F
 from ..wire.packet import (
     HANDSHAKE,
     INITIAL,
     ZERO_RTT,
-    build_long_header,
-    build_short_header,
     encode_packet_number,
+    push_short_packet,
 )
 from ..wire.varint import push_varint, varint_len
 from . import qlog
@@ -54,6 +56,10 @@ _LONG_TYPE = {Epoch.INITIAL: INITIAL, Epoch.ZERO_RTT: ZERO_RTT, Epoch.HANDSHAKE:
 _APP = (Epoch.ZERO_RTT, Epoch.ONE_RTT)
 _HANDSHAKE_EPOCHS = (Epoch.INITIAL, Epoch.HANDSHAKE)
 _INITIAL, _ZERO_RTT, _ONE_RTT = Epoch.INITIAL, Epoch.ZERO_RTT, Epoch.ONE_RTT
+#: wire.packet.push_short_packet in C (None: not built, or the pure-Python code forced;
+#: the C call returns None for what it leaves to the reference)
+_PUSH_SHORT_C: Any = (getattr(EXT, "push_short_packet", None)
+                      if EXT is not None and not python_forced() else None)
 
 
 def datagrams_to_send(conn: Connection, now: float) -> list[bytes]:
@@ -235,6 +241,7 @@ def _build_datagram(
         if used < target:
             packets[-1][3].extend(bytes(target - used))
     qlog_on = conn.qlog is not None
+    push_c = _PUSH_SHORT_C
     total = 0
     for epoch, pn, pn_len, payload, records, eliciting in packets:
         plen = len(payload)
@@ -243,23 +250,19 @@ def _build_datagram(
             payload.extend(bytes(4 - pn_len - plen))
             plen = 4 - pn_len
         if epoch is _ONE_RTT:
-            header = build_short_header(peer_cid, pn, pn_len, 0)  # engine sets the phase
-            hlen = len(header)
-            seal.append((len(buf), hlen, plen, pn, conn.seal_key))
-            buf += header
-            buf += payload
-            buf += bytes(TAG_LEN)
+            start = len(buf)  # header, payload, tag room; the engine seals it below
+            hlen = (push_c is not None and push_c(buf, peer_cid, pn, pn_len, payload)
+                    ) or push_short_packet(buf, peer_cid, pn, pn_len, payload)
+            seal.append((start, hlen, plen, pn, conn.seal_key))
+            size = hlen + plen + TAG_LEN
         else:
             protector = protectors[epoch]
             assert protector is not None
-            header = build_long_header(
-                _LONG_TYPE[epoch], conn.version, peer_cid, conn.initial_scid,
-                conn.token if epoch is _INITIAL else b"",
-                pn_len + plen + TAG_LEN, pn, pn_len,
+            # header, payload and sealing in one call (C: written in place in buf)
+            size = protector.seal_long(
+                buf, _LONG_TYPE[epoch], conn.version, peer_cid, conn.initial_scid,
+                conn.token if epoch is _INITIAL else b"", payload, pn, pn_len,
             )
-            hlen = len(header)
-            buf += protector.seal(header, payload, pn)
-        size = hlen + plen + TAG_LEN
         total += size
         if qlog_on:
             qlog.packet_sent(conn, now, epoch, pn, payload, size)
@@ -743,23 +746,22 @@ def _build_close_datagram(conn: Connection, now: float) -> bytes:
         space.next_pn += 1
         pn_len = 4
         if epoch == _ONE_RTT:
-            header = build_short_header(conn.peer_cid, pn, pn_len, 0)  # engine sets the phase
             offset = len(buf)
-            buf += header + payload + bytes(TAG_LEN)
-            seal.append((offset, len(header), len(payload), pn, conn.seal_key))
+            hlen = push_short_packet(buf, conn.peer_cid, pn, pn_len, payload)
+            seal.append((offset, hlen, len(payload), pn, conn.seal_key))
+            size = hlen + len(payload) + TAG_LEN
         else:
             protector = conn.send_protectors[epoch]
             assert protector is not None
             if epoch == _INITIAL and conn.is_client:
                 payload.extend(bytes(max(0, 1200 - 80 - len(payload))))
-            header = build_long_header(
-                INITIAL if epoch == _INITIAL else HANDSHAKE, conn.version, conn.peer_cid,
-                conn.initial_scid, conn.token if epoch == _INITIAL else b"",
-                pn_len + len(payload) + TAG_LEN, pn, pn_len,
+            size = protector.seal_long(
+                buf, INITIAL if epoch == _INITIAL else HANDSHAKE, conn.version, conn.peer_cid,
+                conn.initial_scid, conn.token if epoch == _INITIAL else b"", payload, pn,
+                pn_len,
             )
-            buf += protector.seal(header, payload, pn)
         if conn.qlog is not None:
-            qlog.packet_sent(conn, now, epoch, pn, payload, len(header) + len(payload) + TAG_LEN)
+            qlog.packet_sent(conn, now, epoch, pn, payload, size)
     if not buf:
         return b""
     if seal:

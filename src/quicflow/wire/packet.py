@@ -238,6 +238,24 @@ def build_short_header(
     )
 
 
+#: room for the AEAD tag (16 bytes with every QUIC packet protection suite)
+_TAG_ROOM = bytes(16)
+
+
+def push_short_packet(
+    buf: bytearray, dcid: bytes, pn: int, pn_len: int, payload: bytes | bytearray
+) -> int:
+    """Append a 1-RTT packet's plaintext as the send path hands it to the offload
+    engine's ``seal``: ``build_short_header(dcid, pn, pn_len, 0)`` (the engine sets the
+    key phase), the payload, then 16 zero bytes where the AEAD tag goes. Returns the
+    header's length. (The send path's C twin: ``crypto._native.push_short_packet``.)"""
+    header = build_short_header(dcid, pn, pn_len, 0)
+    buf += header
+    buf += payload
+    buf += _TAG_ROOM
+    return len(header)
+
+
 def encode_packet_number(pn: int, largest_acked: int | None) -> tuple[int, int]:
     """RFC 9000 A.2: returns ``(truncated_value, length_in_bytes)``."""
     num_unacked = pn + 1 if largest_acked is None else pn - largest_acked

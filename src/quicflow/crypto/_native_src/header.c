@@ -152,3 +152,68 @@ not_here:
     PyBuffer_Release(&view);
     Py_RETURN_NONE;
 }
+
+/* push_short_packet(buf, dcid, pn, pn_len, payload) -> int | None: appends to the
+ * bytearray buf a plaintext 1-RTT packet as the send path lays it out for the engine's
+ * seal -- wire.packet.build_short_header(dcid, pn, pn_len, 0) (spin and key phase 0:
+ * the engine sets the phase), the payload, then TAG_LEN zero bytes for the tag -- and
+ * returns the header's length (wire.packet.push_short_packet). None, buf unchanged, for
+ * what the reference decides: a pn length other than 1..4, a pn that is not a 62-bit
+ * number, non-bytearray buf, payload being buf, arguments without a buffer. */
+PyObject *
+mod_push_short_packet(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer dcid = {0}, payload = {0};
+    PyObject *buf, *result = NULL;
+    unsigned long long pn;
+    long pn_len;
+    Py_ssize_t old, hlen, i;
+    unsigned char *p;
+    (void)module;
+
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "push_short_packet(buf, dcid, pn, pn_len, payload)");
+        return NULL;
+    }
+    buf = args[0];
+    if (!PyByteArray_CheckExact(buf) || !PyLong_CheckExact(args[2]) ||
+        !PyLong_CheckExact(args[3]) || args[4] == buf || args[1] == buf) {
+        Py_RETURN_NONE;
+    }
+    pn = PyLong_AsUnsignedLongLong(args[2]);
+    pn_len = PyLong_AsLong(args[3]);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    if (pn_len < 1 || pn_len > 4 || pn >= ((unsigned long long)1 << 62)) {
+        Py_RETURN_NONE;
+    }
+    if (PyObject_GetBuffer(args[1], &dcid, PyBUF_SIMPLE) < 0 ||
+        PyObject_GetBuffer(args[4], &payload, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        result = Py_None;
+        Py_INCREF(result);
+        goto done;
+    }
+    hlen = 1 + dcid.len + pn_len;
+    old = PyByteArray_GET_SIZE(buf);
+    if (PyByteArray_Resize(buf, old + hlen + payload.len + TAG_LEN) < 0) {
+        goto done;
+    }
+    p = (unsigned char *)PyByteArray_AS_STRING(buf) + old;
+    p[0] = (unsigned char)(0x40 | (pn_len - 1));
+    memcpy(p + 1, dcid.buf, (size_t)dcid.len);
+    p += 1 + dcid.len;
+    for (i = 0; i < pn_len; i++) {
+        p[i] = (unsigned char)(pn >> (8 * (pn_len - 1 - i)));
+    }
+    p += pn_len;
+    memcpy(p, payload.buf, (size_t)payload.len);
+    memset(p + payload.len, 0, TAG_LEN);
+    result = PyLong_FromSsize_t(hlen);
+done:
+    if (dcid.obj) PyBuffer_Release(&dcid);
+    if (payload.obj) PyBuffer_Release(&payload);
+    return result;
+}

@@ -342,6 +342,137 @@ done:
     return out;
 }
 
+/* seal_long(buf, packet_type, version, dcid, scid, token, payload, pn, pn_len) -> int:
+ * appends to the bytearray buf the sealed packet that
+ *   buf += seal_packet(wire.packet.build_long_header(packet_type, version, dcid, scid,
+ *                      token, pn_len + len(payload) + 16, pn, pn_len), payload, pn)
+ * appends (the header written in place, the payload copied after it, AEAD with the header
+ * as AAD, then header protection) and returns its size; one call per built Initial,
+ * 0-RTT or Handshake packet. None, with buf unchanged, for anything else (a packet type
+ * or pn length build_long_header refuses, a CID over 20 bytes, a Length that does not
+ * fit two bytes, a token of 2**30 bytes or more, a pn that is not a 62-bit number, a
+ * packet too short to be sampled, payload being buf): the Python reference then builds
+ * it or raises its error. Packet types are wire/packet.py's (0 Initial, 1 0-RTT, 2
+ * Handshake); the first byte's type bits are QUIC v2's (RFC 9369) for that version and
+ * v1's for any other, as build_long_header writes them. */
+#define SL_QUIC_V2 0x6B3343CFul
+static const unsigned char SL_BITS_V1[3] = {0, 1, 2};
+static const unsigned char SL_BITS_V2[3] = {1, 2, 3};
+
+static PyObject *
+kc_seal_long_py(KeyContext *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer dcid = {0}, scid = {0}, token = {0}, payload = {0};
+    PyObject *buf, *result = NULL;
+    long ptype, pn_len;
+    unsigned long version;
+    unsigned long long pn;
+    Py_ssize_t old, hlen, total, tok_len, tok_vlen, length, pos, pn_offset, i;
+    unsigned char *p, mask[5], first;
+
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError,
+                        "seal_long(buf, packet_type, version, dcid, scid, token, payload, "
+                        "pn, pn_len)");
+        return NULL;
+    }
+    buf = args[0];
+    if (!PyByteArray_CheckExact(buf) || !PyLong_CheckExact(args[1]) ||
+        !PyLong_CheckExact(args[2]) || !PyLong_CheckExact(args[7]) ||
+        !PyLong_CheckExact(args[8]) || args[6] == buf) {
+        Py_RETURN_NONE;
+    }
+    ptype = PyLong_AsLong(args[1]);
+    pn_len = PyLong_AsLong(args[8]);
+    version = PyLong_AsUnsignedLong(args[2]);
+    pn = PyLong_AsUnsignedLongLong(args[7]);
+    if (PyErr_Occurred()) { /* out of range: the reference decides */
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    if (ptype < 0 || ptype > 2 || pn_len < 1 || pn_len > 4 || version > 0xFFFFFFFFul ||
+        pn >= ((unsigned long long)1 << 62)) {
+        Py_RETURN_NONE;
+    }
+    if (PyObject_GetBuffer(args[3], &dcid, PyBUF_SIMPLE) < 0 ||
+        PyObject_GetBuffer(args[4], &scid, PyBUF_SIMPLE) < 0 ||
+        PyObject_GetBuffer(args[5], &token, PyBUF_SIMPLE) < 0 ||
+        PyObject_GetBuffer(args[6], &payload, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        result = Py_None;
+        Py_INCREF(result);
+        goto done;
+    }
+    tok_len = ptype == 0 ? token.len : 0;
+    tok_vlen = ptype != 0 ? 0 : tok_len < 0x40 ? 1 : tok_len < 0x4000 ? 2 : 4;
+    length = pn_len + payload.len + TAG_LEN;
+    hlen = 7 + dcid.len + scid.len + tok_vlen + tok_len + 2 + pn_len;
+    total = hlen + payload.len + TAG_LEN;
+    pn_offset = hlen - pn_len;
+    if (dcid.len > 20 || scid.len > 20 || tok_len >= ((Py_ssize_t)1 << 30) ||
+        length >= 0x4000 || total < pn_offset + 4 + SAMPLE_LEN) {
+        result = Py_None;
+        Py_INCREF(result);
+        goto done;
+    }
+    old = PyByteArray_GET_SIZE(buf);
+    if (PyByteArray_Resize(buf, old + total) < 0) {
+        goto done;
+    }
+    p = (unsigned char *)PyByteArray_AS_STRING(buf) + old;
+    first = (unsigned char)(0xC0 | (version == SL_QUIC_V2 ? SL_BITS_V2 : SL_BITS_V1)[ptype] << 4 |
+                            (pn_len - 1));
+    p[0] = first;
+    p[1] = (unsigned char)(version >> 24);
+    p[2] = (unsigned char)(version >> 16);
+    p[3] = (unsigned char)(version >> 8);
+    p[4] = (unsigned char)version;
+    p[5] = (unsigned char)dcid.len;
+    memcpy(p + 6, dcid.buf, (size_t)dcid.len);
+    pos = 6 + dcid.len;
+    p[pos++] = (unsigned char)scid.len;
+    memcpy(p + pos, scid.buf, (size_t)scid.len);
+    pos += scid.len;
+    if (tok_vlen == 1) {
+        p[pos++] = (unsigned char)tok_len;
+    } else if (tok_vlen == 2) {
+        p[pos++] = (unsigned char)(0x40 | tok_len >> 8);
+        p[pos++] = (unsigned char)tok_len;
+    } else if (tok_vlen == 4) {
+        p[pos++] = (unsigned char)(0x80 | tok_len >> 24);
+        p[pos++] = (unsigned char)(tok_len >> 16);
+        p[pos++] = (unsigned char)(tok_len >> 8);
+        p[pos++] = (unsigned char)tok_len;
+    }
+    if (tok_len) {
+        memcpy(p + pos, token.buf, (size_t)tok_len);
+        pos += tok_len;
+    }
+    p[pos++] = (unsigned char)(0x40 | length >> 8);
+    p[pos++] = (unsigned char)length;
+    for (i = pn_len - 1; i >= 0; i--) {
+        p[pos + i] = (unsigned char)(pn >> (8 * (pn_len - 1 - i)));
+    }
+    memcpy(p + hlen, payload.buf, (size_t)payload.len);
+    if (kc_seal(self, pn, p, (int)hlen, p + hlen, (int)payload.len) < 0 ||
+        kc_mask(self, KC_HP, p + pn_offset + 4, mask) < 0) {
+        PyByteArray_Resize(buf, old);
+        openssl_error("packet seal");
+        goto done;
+    }
+    p[0] ^= mask[0] & 0x0F;
+    for (i = 0; i < pn_len; i++) {
+        p[pn_offset + i] ^= mask[1 + i];
+    }
+    result = PyLong_FromSsize_t(total);
+done:
+    if (dcid.obj) PyBuffer_Release(&dcid);
+    if (scid.obj) PyBuffer_Release(&scid);
+    if (token.obj) PyBuffer_Release(&token);
+    if (payload.obj) PyBuffer_Release(&payload);
+    return result;
+}
+
 /* open_packet(packet, pn_offset, largest_pn) -> (plain_header, payload, pn), or the int
  * 1 (too short to remove header protection) or 2 (authentication failed), as
  * keys.PacketProtector.open does it; packet runs from the first byte to the end of this
@@ -563,6 +694,9 @@ static PyMethodDef kc_methods[] = {
     {"mask", (PyCFunction)kc_mask_py, METH_O, "5-byte header protection mask of a sample"},
     {"seal_packet", (PyCFunction)(void (*)(void))kc_seal_packet_py, METH_FASTCALL,
      "seal_packet(header, payload, pn) -> bytes: AEAD and header protection"},
+    {"seal_long", (PyCFunction)(void (*)(void))kc_seal_long_py, METH_FASTCALL,
+     "seal_long(buf, packet_type, version, dcid, scid, token, payload, pn, pn_len) -> int "
+     "(the sealed long-header packet appended to buf), or None (left to the reference)"},
     {"open_packet", (PyCFunction)(void (*)(void))kc_open_packet_py, METH_FASTCALL,
      "open_packet(packet, pn_offset, largest_pn) -> (header, payload, pn), or 1 (too "
      "short) or 2 (authentication failed)"},

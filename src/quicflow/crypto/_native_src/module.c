@@ -18,6 +18,9 @@ static PyMethodDef module_methods[] = {
      "seal_stream_run(table, buf, key, pn, pn_len, stream_id, data, start, end, offset, "
      "off_len, data_cap, count, fin[, dcid]) -> int: frame and seal a run of STREAM "
      "packets (sealed with key's entry; dcid, default key, goes into the headers)"},
+    {"push_short_packet", (PyCFunction)(void (*)(void))mod_push_short_packet, METH_FASTCALL,
+     "push_short_packet(buf, dcid, pn, pn_len, payload) -> header_len | None: a 1-RTT "
+     "packet's header, payload and tag room appended to buf"},
     {"parse_header", (PyCFunction)(void (*)(void))mod_parse_header, METH_FASTCALL,
      "parse_header(data, pos, short_dcid_len, header_type) -> header | None: a short or "
      "a v1/v2 Initial/0-RTT/Handshake header (None: let wire.packet parse or reject it)"},

@@ -22,7 +22,8 @@
  *   coalesce.c open_run(table, buf, packets): open a run and coalesce its STREAM data.
  *   stream_run.c seal_stream_run(...): frame and seal a run of one-STREAM-frame packets.
  *   tparams.c  decode_tparams(...): the common case of a peer's transport parameters.
- *   header.c   parse_header(...): the common packet headers of a received datagram.
+ *   header.c   parse_header(...): the common packet headers of a received datagram;
+ *              push_short_packet(...): a 1-RTT packet's plaintext appended for the seal.
  *   frames.c   parse_frames(...): the frames of a handshake or plain 1-RTT packet.
  *   objects.c  the parsers' objects (slotted dataclasses) built without their __init__.
  * The per-packet primitives (nonce, mask, seal, open of one KeyContext) are static inline
@@ -560,6 +561,7 @@ PyObject *mod_open(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_seal_stream_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_parse_header(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mod_push_short_packet(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_parse_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 /* objects.c: objects of a slotted dataclass built without its generated __init__.
  * qf_layout_for fills *out with the slot offsets of cls's __slots__ (nfields -1 when cls
