@@ -7,6 +7,7 @@ import operator
 import os
 import struct
 from collections.abc import Callable
+from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -50,6 +51,13 @@ from .messages import (
     HRR_RANDOM,
     LEGACY_VERSION,
     NEW_SESSION_TICKET,
+    OFFER_ALPN,
+    OFFER_GROUPS,
+    OFFER_PSK_MODES,
+    OFFER_SHARES,
+    OFFER_SIGNATURES,
+    OFFER_SNI,
+    OFFER_VERSIONS,
     SERVER_HELLO,
     TLS13,
     ClientHello,
@@ -266,10 +274,10 @@ class ServerHandshake(HandshakeCore):
                 return suite if type(suite) is CipherSuite else CipherSuite(suite)
         raise TlsAlert(HANDSHAKE_FAILURE, "no cipher suite in common")
 
-    def _negotiate_alpn(self, ext: dict[int, bytes]) -> str:
+    def _negotiate_alpn(self, ext: dict[int, bytes], offers: tuple[Any, ...] | None) -> str:
         if EXT_ALPN not in ext:
             raise TlsAlert(NO_APPLICATION_PROTOCOL, "client offered no ALPN protocol")
-        offered = parse_alpn(ext[EXT_ALPN])
+        offered = offers[OFFER_ALPN] if offers is not None else parse_alpn(ext[EXT_ALPN])
         for proto in self.config.alpn_protocols:
             if proto in offered:
                 return proto
@@ -279,10 +287,12 @@ class ServerHandshake(HandshakeCore):
             f"server supports {self.config.alpn_protocols!r}",
         )
 
-    def _negotiate_signature(self, ext: dict[int, bytes]) -> int:
+    def _negotiate_signature(self, ext: dict[int, bytes],
+                             offers: tuple[Any, ...] | None) -> int:
         if EXT_SIGNATURE_ALGORITHMS not in ext:
             raise TlsAlert(MISSING_EXTENSION, "ClientHello has no signature_algorithms")
-        offered = parse_u16_list(ext[EXT_SIGNATURE_ALGORITHMS])
+        offered = (offers[OFFER_SIGNATURES] if offers is not None
+                   else parse_u16_list(ext[EXT_SIGNATURE_ALGORITHMS]))
         assert self.config.private_key is not None
         self.certificate_message, schemes, self.signer = _identity(self.config)
         for algorithm in schemes:
@@ -294,6 +304,9 @@ class ServerHandshake(HandshakeCore):
 
     def _client_hello(self, hello: ClientHello, raw: bytes) -> None:
         ext = hello.ext_map
+        # the extension bodies parsed in C with the message (each well formed), else
+        # parsed here as they are needed (the same values, or an alert in the same order)
+        offers = hello.offers
         self.require_empty(_INITIAL)
         if hello.session_id:  # RFC 9001 §8.4: a QUIC connection error
             raise TlsAlert(ILLEGAL_PARAMETER, "non-empty legacy_session_id in a QUIC "
@@ -304,8 +317,9 @@ class ServerHandshake(HandshakeCore):
                                "pre_shared_key without psk_key_exchange_modes")
             if hello.extensions[-1][0] != EXT_PRE_SHARED_KEY:  # RFC 8446 §4.2.11
                 raise TlsAlert(ILLEGAL_PARAMETER, "pre_shared_key is not the last extension")
-        if EXT_SUPPORTED_VERSIONS not in ext or TLS13 not in parse_supported_versions_client(
-            ext[EXT_SUPPORTED_VERSIONS]
+        if EXT_SUPPORTED_VERSIONS not in ext or TLS13 not in (
+            offers[OFFER_VERSIONS] if offers is not None
+            else parse_supported_versions_client(ext[EXT_SUPPORTED_VERSIONS])
         ):
             raise TlsAlert(PROTOCOL_VERSION, "client does not offer TLS 1.3")
         if EXT_QUIC_TRANSPORT_PARAMETERS not in ext:
@@ -314,16 +328,24 @@ class ServerHandshake(HandshakeCore):
             if required not in ext:
                 raise TlsAlert(MISSING_EXTENSION, f"ClientHello lacks extension {required}")
         suite = self._negotiate_suite(hello)
-        alpn = self._negotiate_alpn(ext)
-        sig_alg = self._negotiate_signature(ext)
-        client_groups = parse_u16_list(ext[EXT_SUPPORTED_GROUPS])
-        shares = parse_key_share_client(ext[EXT_KEY_SHARE])
+        alpn = self._negotiate_alpn(ext, offers)
+        sig_alg = self._negotiate_signature(ext, offers)
+        if offers is not None:
+            client_groups = offers[OFFER_GROUPS]
+            shares = offers[OFFER_SHARES]
+        else:
+            client_groups = parse_u16_list(ext[EXT_SUPPORTED_GROUPS])
+            shares = parse_key_share_client(ext[EXT_KEY_SHARE])
         share_map: dict[int, bytes] = {}
         for group, key in shares:
             if group in share_map or group not in client_groups:
                 raise TlsAlert(ILLEGAL_PARAMETER, f"bad key share entry for group {group:#06x}")
             share_map[group] = key
-        server_name = parse_server_name(ext[EXT_SERVER_NAME]) if EXT_SERVER_NAME in ext else None
+        if offers is not None:
+            server_name = offers[OFFER_SNI]
+        else:
+            server_name = (parse_server_name(ext[EXT_SERVER_NAME]) if EXT_SERVER_NAME in ext
+                           else None)
 
         if self.state == WAIT_CH2:
             assert self.suite is not None
@@ -385,8 +407,10 @@ class ServerHandshake(HandshakeCore):
         that does not is fatal: RFC 8446 §4.2.11). None: a full handshake."""
         ext = hello.ext_map
         sealer = self.config.ticket_sealer
-        self.client_takes_tickets = EXT_PSK_KEY_EXCHANGE_MODES in ext and (
-            PSK_DHE_KE in parse_psk_modes(ext[EXT_PSK_KEY_EXCHANGE_MODES]))
+        offers = hello.offers
+        self.client_takes_tickets = EXT_PSK_KEY_EXCHANGE_MODES in ext and PSK_DHE_KE in (
+            offers[OFFER_PSK_MODES] if offers is not None
+            else parse_psk_modes(ext[EXT_PSK_KEY_EXCHANGE_MODES]))
         if EXT_EARLY_DATA in ext:
             parse_empty(ext[EXT_EARLY_DATA])
             if self.state == WAIT_CH:

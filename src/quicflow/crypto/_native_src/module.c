@@ -27,6 +27,9 @@ static PyMethodDef module_methods[] = {
     {"decode_tparams", (PyCFunction)(void (*)(void))mod_decode_tparams, METH_FASTCALL,
      "decode_tparams(data, from_server, specs, server_only) -> dict | None: the common "
      "case of a peer's transport parameters (None: let wire.tparams decode or reject)"},
+    {"parse_client_hello", (PyCFunction)(void (*)(void))mod_parse_client_hello, METH_FASTCALL,
+     "parse_client_hello(body) -> (random, session_id, suites, extensions, ext_map, offers) "
+     "| None: the common case of a ClientHello (None: let tls.messages parse or reject it)"},
     {"hkdf_extract", mod_hkdf_extract, METH_VARARGS,
      "hkdf_extract(suite, salt, ikm) -> bytes (an empty salt is hash-length zeros)"},
     {"hkdf_expand_label", mod_hkdf_expand_label, METH_VARARGS,

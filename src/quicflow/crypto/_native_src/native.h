@@ -24,6 +24,7 @@
  *   tparams.c  decode_tparams(...): the common case of a peer's transport parameters.
  *   header.c   parse_header(...): the common packet headers of a received datagram.
  *   frames.c   parse_frames(...): the frames of a handshake or plain 1-RTT packet.
+ *   hello.c    parse_client_hello(body): the common case of a TLS ClientHello.
  * The per-packet primitives (nonce, mask, seal, open of one KeyContext) are static inline
  * below so that the batch loops inline them exactly as in a single translation unit.
  *
@@ -561,6 +562,8 @@ PyObject *mod_seal_stream_run(PyObject *module, PyObject *const *args, Py_ssize_
 PyObject *mod_parse_header(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_parse_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_decode_tparams(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+/* hello.c: the common case of a ClientHello body */
+PyObject *mod_parse_client_hello(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 /* hkdf.c: the TLS 1.3 key schedule's HKDF steps and the QUIC keys of a secret */
 PyObject *mod_hkdf_extract(PyObject *module, PyObject *args);
 PyObject *mod_hkdf_expand_label(PyObject *module, PyObject *args);
