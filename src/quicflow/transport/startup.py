@@ -17,12 +17,13 @@ from ..crypto.keys import PacketProtector, derive_packet_keys, initial_packet_ke
 from ..tls.config import TlsConfig
 from ..tls.session import TlsSession
 from ..tls.tickets import SessionTicket, ticket_sealer
-from ..wire.tparams import TransportParameters, peek_version_information
+from ..wire.tparams import TransportParameters
 from . import early_data, pathprobe
 from .config import Configuration
 from .congestion import CongestionControl, Pacer
 from .inline import Arg, Inline, inline_init
 from .local_params import encode_local_parameters
+from .peer_params import client_version_information
 from .pmtud import Pmtud, new_pmtud
 from .recovery import LossDetection, SpaceState
 from .state import INITIAL_CRYPTO_WINDOW, PacketSpace
@@ -226,7 +227,7 @@ def negotiate_version(self: Connection, client_params: bytes) -> bytes:
     the client's version_information (its order of preference) that we accept;
     returns our transport parameters with it as the chosen version."""
     # malformed parameters: the error is raised (with its code) when they are applied
-    info = peek_version_information(client_params)
+    info = client_version_information(client_params)
     if info and info[0] == self.version:
         ours = self.configuration.versions
         chosen = next((v for v in info[1:] if v in ours), self.version)
