@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..crypto.epoch import Epoch
-from ..crypto.keys import PacketProtector, derive_packet_keys, initial_packet_keys
+from ..crypto.keys import PacketProtector, derive_packet_keys, initial_protectors
 from ..tls.config import TlsConfig
 from ..tls.session import TlsSession
 from ..tls.tickets import SessionTicket, ticket_sealer
@@ -180,10 +180,10 @@ def setup(self: Connection, now: float, server_name: str | None,
 
 
 def install_initial_keys(self: Connection, dcid: bytes) -> None:
-    client, server = initial_packet_keys(dcid, self.version)
+    client, server = initial_protectors(dcid, self.version)
     send, recv = (client, server) if self.is_client else (server, client)
-    self.send_protectors[0] = PacketProtector(send)  # 0: Epoch.INITIAL
-    self.recv_protectors[0] = PacketProtector(recv)
+    self.send_protectors[0] = send  # 0: Epoch.INITIAL
+    self.recv_protectors[0] = recv
 
 
 def switch_version(self: Connection, version: int) -> None:

@@ -42,6 +42,9 @@ static PyMethodDef module_methods[] = {
     {"initial_keys", mod_initial_keys, METH_VARARGS,
      "initial_keys(salt, dcid, v2) -> (client secret, key, iv, hp, server secret, key, iv, "
      "hp)"},
+    {"initial_contexts", mod_initial_contexts, METH_VARARGS,
+     "initial_contexts(salt, dcid, v2) -> (client KeyContext, server KeyContext) of the "
+     "Initial keys (initial_keys with each direction's keys in a KeyContext)"},
     {"packet_key_context", mod_packet_key_context, METH_VARARGS,
      "packet_key_context(suite, secret, v2[, hp_key]) -> KeyContext of the secret's packet "
      "keys (quic_keys and KeyContext in one call)"},

@@ -570,6 +570,7 @@ PyObject *mod_hkdf_expand_label(PyObject *module, PyObject *args);
 PyObject *mod_finished_verify_data(PyObject *module, PyObject *args);
 PyObject *mod_quic_keys(PyObject *module, PyObject *args);
 PyObject *mod_initial_keys(PyObject *module, PyObject *args);
+PyObject *mod_initial_contexts(PyObject *module, PyObject *args);
 PyObject *mod_tls_server_handshake(PyObject *module, PyObject *args);
 PyObject *mod_tls_server_finished(PyObject *module, PyObject *args);
 PyObject *mod_packet_key_context(PyObject *module, PyObject *args);
