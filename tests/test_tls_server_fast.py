@@ -6,6 +6,7 @@ fields, the signer bound to the key once."""
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
@@ -259,3 +260,40 @@ def test_certificate_verify_packed_in_one_go(algorithm: int, signature: bytes) -
     assert got == handshake(CERTIFICATE_VERIFY, struct.pack("!H", algorithm)
                             + vec(2, signature))
     assert decode_certificate_verify(got[4:]) == (algorithm, signature)
+
+
+def test_server_hello_randoms_come_from_batched_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each handshake's ServerHello random (and ticket entropy) is fresh and distinct,
+    read from the kernel in batches (crypto/randoms.py): 130 handshakes, 3 reads."""
+    from quicflow.crypto import randoms
+    from quicflow.tls.certs import generate_self_signed
+    from quicflow.tls.messages import SERVER_HELLO, decode_server_hello
+    from quicflow.tls.session import TlsSession
+    from quicflow.tls.tickets import ticket_sealer
+
+    reads: list[int] = []
+    real = os.urandom
+
+    def counted(n: int) -> bytes:
+        reads.append(n)
+        return real(n)
+
+    monkeypatch.setattr(randoms, "os", SimpleNamespace(urandom=counted))  # (its reads only)
+    monkeypatch.setattr(randoms, "_SPARE", {})
+    cert, key = generate_self_signed(["localhost"])
+    server_cfg = TlsConfig(is_client=False, alpn_protocols=["perf"], certificate_chain=[cert],
+                           private_key=key, ticket_sealer=ticket_sealer(bytes(32)))
+    client_cfg = TlsConfig(is_client=True, alpn_protocols=["perf"], verify_peer=False)
+    randoms_seen = set()
+    for _ in range(130):
+        client, server = TlsSession(client_cfg, b"c"), TlsSession(server_cfg, b"s")
+        client.start()
+        for epoch, data in client.pop_output():
+            server.receive(epoch, data)
+        (_, first), *_ = server.pop_output()
+        assert first[0] == SERVER_HELLO
+        randoms_seen.add(decode_server_hello(first[4:]).random)
+    assert len(randoms_seen) == 130
+    assert reads == [48 * randoms.RANDOM_BATCH] * 3  # (a client taking tickets: 48 bytes)

@@ -12,6 +12,7 @@ from typing import Any
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from quicflow.crypto.epoch import Epoch
+from quicflow.crypto.randoms import random_part
 from quicflow.crypto.suites import CipherSuite, suite_hash
 
 from .alerts import (
@@ -388,9 +389,10 @@ class ServerHandshake(HandshakeCore):
             self.add_secret(_ZERO_RTT, False, early_secret)
             self.keylog("CLIENT_EARLY_TRAFFIC_SECRET", early_secret)
         # (the legacy_session_id is empty: checked above)
-        # one draw from the OS for the ServerHello random and, when a ticket will follow,
-        # its age_add and sealing nonce (16 bytes kept for _send_ticket)
-        entropy = os.urandom(48 if self.client_takes_tickets else 32)
+        # one draw for the ServerHello random and, when a ticket will follow, its age_add
+        # and sealing nonce (16 bytes kept for _send_ticket): from os.urandom read in
+        # batches, each value handed out once
+        entropy = random_part(48 if self.client_takes_tickets else 32)
         self.ticket_entropy = entropy[32:]
         sh_bytes = server_hello_bytes(entropy[:32], int(suite), group, our_share,
                                       psk is not None)
