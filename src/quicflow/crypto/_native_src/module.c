@@ -30,6 +30,9 @@ static PyMethodDef module_methods[] = {
     {"parse_client_hello", (PyCFunction)(void (*)(void))mod_parse_client_hello, METH_FASTCALL,
      "parse_client_hello(body) -> (random, session_id, suites, extensions, ext_map, offers) "
      "| None: the common case of a ClientHello (None: let tls.messages parse or reject it)"},
+    {"reset_token", (PyCFunction)(void (*)(void))mod_reset_token, METH_FASTCALL,
+     "reset_token(key, cid) -> bytes: HMAC-SHA256(key, 'quicflow stateless reset' | cid)"
+     "[:16] (the key's HMAC state kept for the next call with it)"},
     {"hkdf_extract", mod_hkdf_extract, METH_VARARGS,
      "hkdf_extract(suite, salt, ikm) -> bytes (an empty salt is hash-length zeros)"},
     {"hkdf_expand_label", mod_hkdf_expand_label, METH_VARARGS,

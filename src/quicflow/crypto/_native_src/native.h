@@ -571,6 +571,8 @@ PyObject *mod_finished_verify_data(PyObject *module, PyObject *args);
 PyObject *mod_quic_keys(PyObject *module, PyObject *args);
 PyObject *mod_initial_keys(PyObject *module, PyObject *args);
 PyObject *mod_initial_contexts(PyObject *module, PyObject *args);
+/* hmac.c: a stateless reset token (the static key's HMAC state cached) */
+PyObject *mod_reset_token(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_tls_server_handshake(PyObject *module, PyObject *args);
 PyObject *mod_tls_server_finished(PyObject *module, PyObject *args);
 PyObject *mod_packet_key_context(PyObject *module, PyObject *args);
