@@ -67,13 +67,13 @@ def test_c_token_keeps_each_keys_hmac_apart(keys: list[bytes],
                                             calls: list[tuple[int, bytes]]) -> None:
     """The C token keeps the last key's HMAC state: any sequence of keys (switching back
     and forth, long keys, any CID length) gives each call the documented token."""
-    from quicflow.crypto.stateless_reset import _NATIVE_TOKEN
+    from quicflow.crypto.extension import EXT
 
-    require(_NATIVE_TOKEN is not None, "native crypto extension not built")
+    require(EXT is not None, "native crypto extension not built")
     for index, cid in calls:
         key = keys[index % len(keys)]
         expected = hmac.digest(key, b"quicflow stateless reset" + cid, "sha256")[:16]
-        assert _NATIVE_TOKEN(key, cid) == expected
+        assert EXT.reset_token(key, cid) == expected
 
 
 def test_server_restart_resets_the_client() -> None:
