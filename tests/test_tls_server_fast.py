@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -297,3 +298,52 @@ def test_server_hello_randoms_come_from_batched_reads(
         randoms_seen.add(decode_server_hello(first[4:]).random)
     assert len(randoms_seen) == 130
     assert reads == [48 * randoms.RANDOM_BATCH] * 3  # (a client taking tickets: 48 bytes)
+
+
+def _server_outcome(pieces: list[bytes]) -> tuple[object, ...]:
+    """A fresh server session fed ``pieces`` in Initial: its alert (description and
+    message) or its output and secrets."""
+    from quicflow.crypto.epoch import Epoch
+    from quicflow.tls.certs import generate_self_signed
+    from quicflow.tls.session import TlsSession
+
+    if not _CERT_KEY:
+        _CERT_KEY.append(generate_self_signed(["localhost"]))
+    cert, key = _CERT_KEY[0]
+    server = TlsSession(TlsConfig(is_client=False, alpn_protocols=["perf"],
+                                  certificate_chain=[cert], private_key=key), b"s")
+    try:
+        for piece in pieces:
+            server.receive(Epoch.INITIAL, piece)
+    except TlsAlert as alert:
+        return ("alert", alert.description, alert.message)
+    return ("ok", len(server.pop_output()), len(server.pop_secrets()))
+
+
+_CERT_KEY: list[tuple[Any, Any]] = []  # (one certificate for the whole module)
+
+
+@given(messages=st.lists(st.tuples(st.sampled_from([1, 2, 8, 11, 20, 99]),
+                                   st.binary(max_size=40)), min_size=1, max_size=3),
+       data=st.data())
+def test_whole_messages_and_byte_pieces_end_alike(messages: list[tuple[int, bytes]],
+                                                  data: st.DataObject) -> None:
+    """A message arriving whole (handled without buffering) ends as the same bytes
+    arriving a byte at a time or cut anywhere (buffered): the same alert or output."""
+    stream = b"".join(bytes([t]) + len(b).to_bytes(3, "big") + b for t, b in messages)
+    whole = [bytes([t]) + len(b).to_bytes(3, "big") + b for t, b in messages]
+    cut = data.draw(st.integers(0, len(stream)))
+    expected = _server_outcome([stream[i : i + 1] for i in range(len(stream))])
+    assert _server_outcome(whole) == expected
+    assert _server_outcome([stream[:cut], stream[cut:]]) == expected
+
+
+def test_an_oversized_message_is_refused_whole_or_in_pieces() -> None:
+    from quicflow.tls.core import MAX_MESSAGE_LEN
+
+    body = bytes(MAX_MESSAGE_LEN + 1)
+    message = b"\x01" + len(body).to_bytes(3, "big") + body
+    for pieces in ([message], [message[:4]], [message[:2], message[2:]]):
+        outcome = _server_outcome(pieces)
+        assert outcome[:2] == ("alert", 50)  # decode_error
+        assert "too long" in str(outcome[2])
