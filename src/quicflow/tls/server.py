@@ -356,14 +356,15 @@ class ServerHandshake(HandshakeCore):
                 raise TlsAlert(ILLEGAL_PARAMETER, "ClientHello2 lacks the requested key share")
             group = self.hrr_group
         else:
-            chosen = next((g for g in self.group_ids if g in share_map), None)
-            if chosen is None:
+            for group in self.group_ids:  # our first group the client sent a share of
+                if group in share_map:
+                    break
+            else:
                 retry = next((g for g in self.group_ids if g in client_groups), None)
                 if retry is None:
                     raise TlsAlert(HANDSHAKE_FAILURE, "no key exchange group in common")
                 self._send_retry_request(hello, suite, retry, raw)
                 return
-            group = chosen
 
         self.client_random = hello.random
         self.server_name = server_name
