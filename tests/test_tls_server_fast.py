@@ -6,11 +6,12 @@ fields, the signer bound to the key once."""
 from __future__ import annotations
 
 import os
+import struct
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quicflow.crypto.suites import CipherSuite
@@ -31,6 +32,7 @@ from quicflow.tls.messages import (
     ext_key_share_server,
 )
 from quicflow.tls.server import server_hello_bytes
+from tests.support.prereq import require
 
 
 @given(random=st.binary(min_size=32, max_size=32),
@@ -347,3 +349,53 @@ def test_an_oversized_message_is_refused_whole_or_in_pieces() -> None:
         outcome = _server_outcome(pieces)
         assert outcome[:2] == ("alert", 50)  # decode_error
         assert "too long" in str(outcome[2])
+
+
+def _python_ticket_message(sealer: Any, nonce: bytes, fields: tuple[Any, ...]) -> bytes:
+    from quicflow.tls.server import new_session_ticket_bytes
+    from quicflow.tls.tickets import encode_ticket
+
+    issued_at, lifetime, age_add, max_early, suite, psk, alpn, sni, tp = fields
+    plaintext = encode_ticket(issued_at, lifetime, age_add, max_early, suite, psk, alpn, sni,
+                              tp)
+    return new_session_ticket_bytes(lifetime, age_add, sealer.seal_plaintext(plaintext, nonce),
+                                     bool(max_early))
+
+
+@settings(max_examples=150)
+@given(keys=st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=3),
+       tickets=st.lists(st.tuples(
+           st.integers(0, 2), st.binary(min_size=12, max_size=12),
+           st.floats(0, 4e9, allow_nan=False), st.integers(0, 2**32 + 1),
+           st.integers(0, 2**32 - 1), st.sampled_from([0, 0xFFFFFFFF]),
+           st.sampled_from([0x1301, 0x1302, 0x1303]), st.binary(max_size=260),
+           st.text(max_size=8), st.text(max_size=300), st.binary(max_size=80)),
+           min_size=1, max_size=4))
+def test_ticket_message_in_c_is_the_python_steps(keys: list[bytes],
+                                                 tickets: list[tuple[Any, ...]]) -> None:
+    """The C NewSessionTicket (sealed ticket included) is byte for byte what
+    encode_ticket, seal_plaintext and new_session_ticket_bytes give, for sealers taking
+    turns (the C side keeps the last key's AES schedule); where a field does not fit it
+    returns None and the Python steps raise."""
+    from quicflow.crypto.extension import EXT
+    from quicflow.tls.tickets import TICKET_AAD, decode_new_session_ticket, ticket_sealer
+
+    require(EXT is not None, "native crypto extension not built")
+    sealers = [ticket_sealer(k) for k in keys]
+    for which, nonce, *fields in tickets:
+        sealer = sealers[which % len(sealers)]
+        issued_at, lifetime, age_add, max_early, suite, psk, alpn, sni, tp = fields
+        got = EXT.ticket_message(sealer.aead_key, nonce, TICKET_AAD, int(issued_at * 1000),
+                                 lifetime, age_add, max_early, suite, psk, alpn, sni, tp)
+        try:
+            expected = _python_ticket_message(sealer, nonce, tuple(fields))
+        except (ValueError, struct.error):
+            assert got is None
+            continue
+        assert got == expected
+        n = int.from_bytes(got[14:16], "big")  # (after type, length, lifetime, age_add, nonce)
+        opened = sealer.open(got[16 : 16 + n], int(issued_at * 1000) / 1000)
+        assert opened is not None and (opened.psk, opened.alpn, opened.server_name,
+                                       opened.transport_parameters) == (psk, alpn, sni, tp)
+        if lifetime <= 7 * 86400:
+            assert decode_new_session_ticket(got[4:]).max_early_data == (max_early or None)

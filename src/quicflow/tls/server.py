@@ -12,6 +12,7 @@ from typing import Any
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from quicflow.crypto.epoch import Epoch
+from quicflow.crypto.extension import native_for_keys
 from quicflow.crypto.randoms import random_part
 from quicflow.crypto.suites import CipherSuite, suite_hash
 
@@ -82,7 +83,9 @@ from .messages import (
 from .tickets import (
     PSK_DHE_KE,
     QUIC_MAX_EARLY_DATA,
+    TICKET_AAD,
     TicketContents,
+    TicketSealer,
     compact_parameters,
     encode_ticket,
     parse_empty,
@@ -163,6 +166,30 @@ def new_session_ticket_bytes(lifetime: int, age_add: int, ticket: bytes,
     head = _NST_HEAD.pack((NEW_SESSION_TICKET << 24) | (12 + n + len(ext)), lifetime, age_add,
                           1, 0, n)
     return head + ticket + ext
+
+
+#: the C engine's NewSessionTicket in one call, or None (not built, or Python forced)
+_NATIVE_TICKET: Any = getattr(native_for_keys(), "ticket_message", None)
+
+
+def ticket_message(sealer: TicketSealer, nonce: bytes, issued_at: float, lifetime: int,
+                   age_add: int, max_early: int, suite: int, psk: bytes, alpn: str,
+                   server_name: str, transport_parameters: bytes) -> bytes:
+    """The NewSessionTicket of these ticket fields: ``encode_ticket``, sealed by
+    ``sealer.seal_plaintext`` under ``nonce``, framed by ``new_session_ticket_bytes``
+    (with 0-RTT when ``max_early``); in one C call when the fields fit (else, or without
+    the extension, those three steps, with their errors)."""
+    native = _NATIVE_TICKET
+    if native is not None and sealer.aead_key:
+        message: bytes | None = native(
+            sealer.aead_key, nonce, TICKET_AAD, int(issued_at * 1000), lifetime, age_add,
+            max_early, suite, psk, alpn, server_name, transport_parameters)
+        if message is not None:
+            return message
+    plaintext = encode_ticket(issued_at, lifetime, age_add, max_early, suite, psk, alpn,
+                              server_name, transport_parameters)
+    return new_session_ticket_bytes(lifetime, age_add, sealer.seal_plaintext(plaintext, nonce),
+                                    bool(max_early))
 
 
 #: pre_shared_key in a ServerHello: selected_identity 0
@@ -582,11 +609,7 @@ class ServerHandshake(HandshakeCore):
             entropy = os.urandom(16)
         age_add = int.from_bytes(entropy[:4], "big")
         max_early = QUIC_MAX_EARLY_DATA if cfg.early_data else 0
-        plaintext = encode_ticket(  # (TicketContents.encode of these fields)
-            self.wall_time, cfg.ticket_lifetime, age_add, max_early, int(self.suite), psk,
-            self.alpn or "", self.server_name or "",
-            cfg.ticket_parameters or compact_parameters(self.transport_parameters))
-        self.send(_ONE_RTT, new_session_ticket_bytes(
-            cfg.ticket_lifetime, age_add, cfg.ticket_sealer.seal_plaintext(plaintext,
-                                                                          entropy[4:]),
-            bool(max_early)))
+        self.send(_ONE_RTT, ticket_message(  # (TicketContents.encode of these fields)
+            cfg.ticket_sealer, entropy[4:], self.wall_time, cfg.ticket_lifetime, age_add,
+            max_early, int(self.suite), psk, self.alpn or "", self.server_name or "",
+            cfg.ticket_parameters or compact_parameters(self.transport_parameters)))

@@ -33,6 +33,9 @@ static PyMethodDef module_methods[] = {
     {"reset_token", (PyCFunction)(void (*)(void))mod_reset_token, METH_FASTCALL,
      "reset_token(key, cid) -> bytes: HMAC-SHA256(key, 'quicflow stateless reset' | cid)"
      "[:16] (the key's HMAC state kept for the next call with it)"},
+    {"ticket_message", (PyCFunction)(void (*)(void))mod_ticket_message, METH_FASTCALL,
+     "ticket_message(key, nonce, aad, issued_ms, lifetime, age_add, max_early, suite, psk, "
+     "alpn, server_name, transport_parameters) -> NewSessionTicket bytes | None"},
     {"hkdf_extract", mod_hkdf_extract, METH_VARARGS,
      "hkdf_extract(suite, salt, ikm) -> bytes (an empty salt is hash-length zeros)"},
     {"hkdf_expand_label", mod_hkdf_expand_label, METH_VARARGS,
