@@ -85,3 +85,36 @@ def test_plaintext_cids_are_what_encode_cid_makes() -> None:
         for cid in cids:
             assert cid == encode_cid(cfg, sid, cid[1 + sid_len:])
             assert decode_server_id(cfg, cid) == sid and gen.is_ours(cid)
+
+
+def test_server_tls_config_is_shared_until_a_value_changes() -> None:
+    """A server's TlsConfig is made once per set of configuration values and shared by
+    its connections; any value it is made of (changed in place or replaced, a new
+    certificate or key object) gives the next connection a TlsConfig with the new
+    value."""
+    cert, key = generate_self_signed(["localhost"])
+    cfg = Configuration(alpn_protocols=["perf"], certificate_chain=[cert], private_key=key,
+                        ticket_key=bytes(32))
+
+    def tls_of_new() -> object:
+        conn = server_connection(cfg, ("127.0.0.1", 4433), b"\x01" * 8, 0.0)
+        assert conn.tls is not None
+        return conn.tls._hs.config
+
+    first = tls_of_new()
+    assert tls_of_new() is first
+    cfg.alpn_protocols.append("h3")  # in place
+    second = tls_of_new()
+    assert second is not first and second.alpn_protocols == ["perf", "h3"]
+    cfg.groups = ["secp256r1"]
+    assert tls_of_new().groups == ["secp256r1"]
+    cfg.max_data = 12345  # a limit a ticket remembers
+    third = tls_of_new()
+    assert third.ticket_parameters != second.ticket_parameters
+    cfg.ticket_key = None
+    assert tls_of_new().ticket_sealer is None
+    cert2, key2 = generate_self_signed(["localhost"])
+    cfg.certificate_chain, cfg.private_key = [cert2], key2
+    fourth = tls_of_new()
+    assert fourth.certificate_chain == [cert2] and fourth.private_key is key2
+    assert tls_of_new() is fourth

@@ -23,8 +23,10 @@ from quicflow.crypto import (
     suite_hash,
     suite_hash_len,
 )
+from quicflow.crypto.aead import make_aead
 from quicflow.crypto.header_protection import make_header_protection
 from quicflow.crypto.hkdf import hkdf_expand
+from quicflow.crypto.keys import PacketProtector
 from quicflow.crypto.native import NativeOffloadEngine, best_engine
 from quicflow.crypto.offload import OpenResult
 from tests.support.prereq import require
@@ -481,3 +483,30 @@ def test_initial_packet_keys_one_call_matches_python(dcid: bytes, v2: bool) -> N
         want = derive_packet_keys(keys_module.INITIAL_SUITE, secret, version)
         assert (keys.suite, keys.secret, keys.key, keys.iv, keys.hp_key, keys.version) == (
             want.suite, want.secret, want.key, want.iv, want.hp_key, want.version)
+
+
+@settings(max_examples=60, deadline=None)
+@given(dcid=st.binary(min_size=0, max_size=20), v2=st.booleans(), pn=st.integers(0, 2**30),
+       payload=st.binary(min_size=20, max_size=200))
+def test_initial_protectors_in_one_call_seal_like_python(dcid: bytes, v2: bool, pn: int,
+                                                          payload: bytes) -> None:
+    """``initial_protectors`` (one C call: both KeyContexts) seals every packet as the
+    Python protector of ``initial_packet_keys`` does, opens the Python one's packets, and
+    gives the same ``keys``."""
+    from quicflow.crypto import keys as keys_module
+
+    version = keys_module.QUIC_V2 if v2 else keys_module.QUIC_V1
+    made = keys_module.initial_protectors(dcid, version)
+    python_made = keys_module.initial_packet_keys(dcid, version)
+    header = b"\xc1" + version.to_bytes(4, "big") + b"\x00\x00\x00" + (pn & 0xFFFF).to_bytes(2,
+                                                                                       "big")
+    for fast, want in zip(made, python_made, strict=True):
+        slow = PacketProtector(want)
+        slow._native = False  # the reference AEAD and header protection
+        slow._aead = make_aead(want.suite, want.key)
+        slow._hp = make_header_protection(want.suite, want.hp_key)
+        sealed = fast.seal(header, payload, pn)
+        assert sealed == slow.seal(header, payload, pn)
+        assert fast.open(slow.seal(header, payload, pn), len(header) - 2, pn - 1) == (
+            header, payload, pn)
+        assert fast.keys == want

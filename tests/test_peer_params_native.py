@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from quicflow.crypto import native
 from quicflow.transport import peer_params
-from quicflow.transport.peer_params import decode_peer_parameters
+from quicflow.transport.peer_params import client_version_information, decode_peer_parameters
 from quicflow.wire import TransportParameterError
 from quicflow.wire.tparams import (
     DECODE_SPECS,
@@ -23,6 +23,7 @@ from quicflow.wire.tparams import (
     TransportParameters,
     decode_transport_parameters,
     encode_transport_parameters,
+    peek_version_information,
 )
 from quicflow.wire.varint import encode_varint
 from tests.support.prereq import require
@@ -58,6 +59,8 @@ def _both_agree(raw: bytes, from_server: bool) -> TransportParameters | None:
     except TransportParameterError as exc:
         got = f"error: {exc}"
     assert got == expected
+    if not from_server:  # a server's peek at its client's version_information
+        assert client_version_information(raw) == peek_version_information(raw)
     return fast
 
 
@@ -112,6 +115,9 @@ def test_arbitrary_bytes_decode_or_fail_alike(raw: bytes, from_server: bool) -> 
     (b"\x0c\x01\x00", True),  # disable_active_migration not empty
     (b"\x11\x04\x00\x00\x00\x00", True),  # chosen version 0
     (b"\x11\x06" + bytes(6), True),  # version list not a multiple of 4
+    (b"\x11\x08" + bytes(4) + b"\x00\x00\x00\x01", False),  # chosen 0: peeked in Python
+    (b"\x11\x04\x00\x00\x00\x01\x11\x04\x00\x00\x00\x02", False),  # twice: the first
+    (b"\x11\x04\x00\x00\x00\x01\x01\x05\x01", False),  # then a truncated parameter
     (b"\x0f\x15" + bytes(21), True),  # a 21-byte CID
     (b"\x0f\x05\x01", True),  # truncated value
     (b"\x40", True),  # truncated id
@@ -128,7 +134,8 @@ def test_many_high_ids_are_left_to_python() -> None:
 
 def test_a_handshake_uses_the_c_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
     """The server decodes its client's parameters through peer_params (C), the client
-    its server's: a real in-memory handshake, counted."""
+    its server's, and the server reads its client's version_information with it on the
+    ClientHello (version negotiation): a real in-memory handshake, counted."""
     from tests.support.memory_pair import MemoryPair
 
     calls = {"c": 0, "done": 0}
@@ -144,7 +151,7 @@ def test_a_handshake_uses_the_c_decoder(monkeypatch: pytest.MonkeyPatch) -> None
     pair = MemoryPair()
     pair.run(lambda: pair.client.handshake_complete and bool(pair.server_conns)
              and pair.server_conns[0].handshake_complete)
-    assert calls == {"c": 2, "done": 2}
+    assert calls == {"c": 3, "done": 3}
     server = pair.server_conns[0]
     assert server.peer_params is not None and pair.client.peer_params is not None
     assert server.peer_params.initial_source_connection_id == pair.client.initial_scid

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import quicflow
 from quicflow.crypto.stateless_reset import stateless_reset_token
@@ -21,6 +23,7 @@ from quicflow.endpoint.endpoint import Endpoint
 from quicflow.endpoint.stateless import MIN_RESET_SIZE
 from quicflow.transport.events import ConnectionTerminated
 from tests.support.memory_pair import SERVER_ADDR, MemoryPair
+from tests.support.prereq import require
 from tests.support.quic_helpers import client_config, run
 from tests.test_retry_tokens import server_config
 
@@ -44,15 +47,33 @@ def test_token_is_hmac_sha256_on_both_engines(key_len: int,
     # the documented derivation, whichever engine computes it (the token goes through
     # HKDF-Extract, in C or Python: an empty key there is hash-length zeros, the same
     # HMAC key)
-    from quicflow.crypto import hkdf
+    from quicflow.crypto import hkdf, stateless_reset
     from quicflow.crypto.extension import EXT
 
     key = os.urandom(key_len)
     cid = os.urandom(8)
     expected = hmac.digest(key, b"quicflow stateless reset" + cid, "sha256")[:16]
-    for ext in (EXT, None):  # (EXT is None only when the extension is not built)
+    c_token = stateless_reset._NATIVE_TOKEN
+    for ext, token in ((EXT, c_token), (None, None)):  # (None: the Python path)
         monkeypatch.setattr(hkdf, "_NATIVE", ext)
+        monkeypatch.setattr(stateless_reset, "_NATIVE_TOKEN", token)
         assert stateless_reset_token(key, cid) == expected
+
+
+@settings(max_examples=200)
+@given(keys=st.lists(st.binary(max_size=80), min_size=1, max_size=4),
+       calls=st.lists(st.tuples(st.integers(0, 3), st.binary(max_size=60)), max_size=12))
+def test_c_token_keeps_each_keys_hmac_apart(keys: list[bytes],
+                                            calls: list[tuple[int, bytes]]) -> None:
+    """The C token keeps the last key's HMAC state: any sequence of keys (switching back
+    and forth, long keys, any CID length) gives each call the documented token."""
+    from quicflow.crypto.extension import EXT
+
+    require(EXT is not None, "native crypto extension not built")
+    for index, cid in calls:
+        key = keys[index % len(keys)]
+        expected = hmac.digest(key, b"quicflow stateless reset" + cid, "sha256")[:16]
+        assert EXT.reset_token(key, cid) == expected
 
 
 def test_server_restart_resets_the_client() -> None:

@@ -6,9 +6,12 @@ fields, the signer bound to the key once."""
 from __future__ import annotations
 
 import os
+import struct
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quicflow.crypto.suites import CipherSuite
@@ -29,6 +32,7 @@ from quicflow.tls.messages import (
     ext_key_share_server,
 )
 from quicflow.tls.server import server_hello_bytes
+from tests.support.prereq import require
 
 
 @given(random=st.binary(min_size=32, max_size=32),
@@ -259,3 +263,139 @@ def test_certificate_verify_packed_in_one_go(algorithm: int, signature: bytes) -
     assert got == handshake(CERTIFICATE_VERIFY, struct.pack("!H", algorithm)
                             + vec(2, signature))
     assert decode_certificate_verify(got[4:]) == (algorithm, signature)
+
+
+def test_server_hello_randoms_come_from_batched_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each handshake's ServerHello random (and ticket entropy) is fresh and distinct,
+    read from the kernel in batches (crypto/randoms.py): 130 handshakes, 3 reads."""
+    from quicflow.crypto import randoms
+    from quicflow.tls.certs import generate_self_signed
+    from quicflow.tls.messages import SERVER_HELLO, decode_server_hello
+    from quicflow.tls.session import TlsSession
+    from quicflow.tls.tickets import ticket_sealer
+
+    reads: list[int] = []
+    real = os.urandom
+
+    def counted(n: int) -> bytes:
+        reads.append(n)
+        return real(n)
+
+    monkeypatch.setattr(randoms, "os", SimpleNamespace(urandom=counted))  # (its reads only)
+    monkeypatch.setattr(randoms, "_SPARE", {})
+    cert, key = generate_self_signed(["localhost"])
+    server_cfg = TlsConfig(is_client=False, alpn_protocols=["perf"], certificate_chain=[cert],
+                           private_key=key, ticket_sealer=ticket_sealer(bytes(32)))
+    client_cfg = TlsConfig(is_client=True, alpn_protocols=["perf"], verify_peer=False)
+    randoms_seen = set()
+    for _ in range(130):
+        client, server = TlsSession(client_cfg, b"c"), TlsSession(server_cfg, b"s")
+        client.start()
+        for epoch, data in client.pop_output():
+            server.receive(epoch, data)
+        (_, first), *_ = server.pop_output()
+        assert first[0] == SERVER_HELLO
+        randoms_seen.add(decode_server_hello(first[4:]).random)
+    assert len(randoms_seen) == 130
+    assert reads == [48 * randoms.RANDOM_BATCH] * 3  # (a client taking tickets: 48 bytes)
+
+
+def _server_outcome(pieces: list[bytes]) -> tuple[object, ...]:
+    """A fresh server session fed ``pieces`` in Initial: its alert (description and
+    message) or its output and secrets."""
+    from quicflow.crypto.epoch import Epoch
+    from quicflow.tls.certs import generate_self_signed
+    from quicflow.tls.session import TlsSession
+
+    if not _CERT_KEY:
+        _CERT_KEY.append(generate_self_signed(["localhost"]))
+    cert, key = _CERT_KEY[0]
+    server = TlsSession(TlsConfig(is_client=False, alpn_protocols=["perf"],
+                                  certificate_chain=[cert], private_key=key), b"s")
+    try:
+        for piece in pieces:
+            server.receive(Epoch.INITIAL, piece)
+    except TlsAlert as alert:
+        return ("alert", alert.description, alert.message)
+    return ("ok", len(server.pop_output()), len(server.pop_secrets()))
+
+
+_CERT_KEY: list[tuple[Any, Any]] = []  # (one certificate for the whole module)
+
+
+@given(messages=st.lists(st.tuples(st.sampled_from([1, 2, 8, 11, 20, 99]),
+                                   st.binary(max_size=40)), min_size=1, max_size=3),
+       data=st.data())
+def test_whole_messages_and_byte_pieces_end_alike(messages: list[tuple[int, bytes]],
+                                                  data: st.DataObject) -> None:
+    """A message arriving whole (handled without buffering) ends as the same bytes
+    arriving a byte at a time or cut anywhere (buffered): the same alert or output."""
+    stream = b"".join(bytes([t]) + len(b).to_bytes(3, "big") + b for t, b in messages)
+    whole = [bytes([t]) + len(b).to_bytes(3, "big") + b for t, b in messages]
+    cut = data.draw(st.integers(0, len(stream)))
+    expected = _server_outcome([stream[i : i + 1] for i in range(len(stream))])
+    assert _server_outcome(whole) == expected
+    assert _server_outcome([stream[:cut], stream[cut:]]) == expected
+
+
+def test_an_oversized_message_is_refused_whole_or_in_pieces() -> None:
+    from quicflow.tls.core import MAX_MESSAGE_LEN
+
+    body = bytes(MAX_MESSAGE_LEN + 1)
+    message = b"\x01" + len(body).to_bytes(3, "big") + body
+    for pieces in ([message], [message[:4]], [message[:2], message[2:]]):
+        outcome = _server_outcome(pieces)
+        assert outcome[:2] == ("alert", 50)  # decode_error
+        assert "too long" in str(outcome[2])
+
+
+def _python_ticket_message(sealer: Any, nonce: bytes, fields: tuple[Any, ...]) -> bytes:
+    from quicflow.tls.server import new_session_ticket_bytes
+    from quicflow.tls.tickets import encode_ticket
+
+    issued_at, lifetime, age_add, max_early, suite, psk, alpn, sni, tp = fields
+    plaintext = encode_ticket(issued_at, lifetime, age_add, max_early, suite, psk, alpn, sni,
+                              tp)
+    return new_session_ticket_bytes(lifetime, age_add, sealer.seal_plaintext(plaintext, nonce),
+                                     bool(max_early))
+
+
+@settings(max_examples=150)
+@given(keys=st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=3),
+       tickets=st.lists(st.tuples(
+           st.integers(0, 2), st.binary(min_size=12, max_size=12),
+           st.floats(0, 4e9, allow_nan=False), st.integers(0, 2**32 + 1),
+           st.integers(0, 2**32 - 1), st.sampled_from([0, 0xFFFFFFFF]),
+           st.sampled_from([0x1301, 0x1302, 0x1303]), st.binary(max_size=260),
+           st.text(max_size=8), st.text(max_size=300), st.binary(max_size=80)),
+           min_size=1, max_size=4))
+def test_ticket_message_in_c_is_the_python_steps(keys: list[bytes],
+                                                 tickets: list[tuple[Any, ...]]) -> None:
+    """The C NewSessionTicket (sealed ticket included) is byte for byte what
+    encode_ticket, seal_plaintext and new_session_ticket_bytes give, for sealers taking
+    turns (the C side keeps the last key's AES schedule); where a field does not fit it
+    returns None and the Python steps raise."""
+    from quicflow.crypto.extension import EXT
+    from quicflow.tls.tickets import TICKET_AAD, decode_new_session_ticket, ticket_sealer
+
+    require(EXT is not None, "native crypto extension not built")
+    sealers = [ticket_sealer(k) for k in keys]
+    for which, nonce, *fields in tickets:
+        sealer = sealers[which % len(sealers)]
+        issued_at, lifetime, age_add, max_early, suite, psk, alpn, sni, tp = fields
+        got = EXT.ticket_message(sealer.aead_key, nonce, TICKET_AAD, int(issued_at * 1000),
+                                 lifetime, age_add, max_early, suite, psk, alpn, sni, tp)
+        try:
+            expected = _python_ticket_message(sealer, nonce, tuple(fields))
+        except (ValueError, struct.error):
+            assert got is None
+            continue
+        assert got == expected
+        n = int.from_bytes(got[14:16], "big")  # (after type, length, lifetime, age_add, nonce)
+        opened = sealer.open(got[16 : 16 + n], int(issued_at * 1000) / 1000)
+        assert opened is not None and (opened.psk, opened.alpn, opened.server_name,
+                                       opened.transport_parameters) == (psk, alpn, sni, tp)
+        if lifetime <= 7 * 86400:
+            assert decode_new_session_ticket(got[4:]).max_early_data == (max_early or None)

@@ -140,6 +140,21 @@ def initial_packet_keys(dcid: bytes, version: int = QUIC_V1) -> tuple[PacketKeys
             derive_packet_keys(INITIAL_SUITE, server, version))
 
 
+def initial_protectors(dcid: bytes, version: int = QUIC_V1
+                       ) -> tuple[PacketProtector, PacketProtector]:
+    """(client, server) protectors of :func:`initial_packet_keys`: with the C extension
+    one call derives both directions' keys straight into their ``KeyContext`` objects
+    (``keys`` derived again from the secret only if asked for)."""
+    ext = _EXT
+    if ext is None:
+        client, server = initial_packet_keys(dcid, version)
+        return PacketProtector(client), PacketProtector(server)
+    salt = INITIAL_SALT_V2 if version == QUIC_V2 else INITIAL_SALT_V1
+    client_ctx, server_ctx = ext.initial_contexts(salt, dcid, version == QUIC_V2)
+    return (PacketProtector.of_context(client_ctx, INITIAL_SUITE, version),
+            PacketProtector.of_context(server_ctx, INITIAL_SUITE, version))
+
+
 class PacketProtector:
     """Seals and opens packets with one set of keys; AEAD and HP contexts are cached.
 
@@ -182,6 +197,19 @@ class PacketProtector:
         self._aead = None
         self._iv = 0  # (the Python path's; the KeyContext has its own)
         self._hp = ext.packet_key_context(suite, bytes(secret), version == QUIC_V2)
+        return self
+
+    @classmethod
+    def of_context(cls, context: Any, suite: CipherSuite, version: int) -> PacketProtector:
+        """(C extension) A protector of ``context``, a ``KeyContext`` holding the packet
+        keys of its secret (``suite``, ``version``): what ``for_secret`` makes."""
+        self = cls.__new__(cls)
+        self._keys = None
+        self._spec = (suite, context.secret, version)
+        self._native = True
+        self._aead = None
+        self._iv = 0  # (the Python path's; the KeyContext has its own)
+        self._hp = context
         return self
 
     @property

@@ -11,34 +11,15 @@ from __future__ import annotations
 import os
 from typing import Protocol
 
+# (random parts from batched os.urandom reads; re-exported for the endpoint's other users)
+from quicflow.crypto.randoms import RANDOM_BATCH as RANDOM_BATCH
+from quicflow.crypto.randoms import random_part as random_part
 from quicflow.endpoint.quiclb import (
     QuicLbConfig,
     ServerIdLayout,
     decode_server_id,
     encode_cid,
 )
-
-#: random CID parts read from the kernel at once (one getrandom call per 64 CIDs, not
-#: one per CID)
-RANDOM_BATCH = 64
-#: unused random parts by length; ``list.pop`` hands each out once (atomic under the
-#: GIL, so threads never share one); cleared in a forked child, so that parent and
-#: child never hand out the same bytes
-_SPARE: dict[int, list[bytes]] = {}
-os.register_at_fork(after_in_child=_SPARE.clear)
-
-
-def random_part(length: int) -> bytes:
-    """``length`` random bytes (from ``os.urandom``, read in batches) for a CID."""
-    try:
-        return _SPARE[length].pop()
-    except (KeyError, IndexError):  # (empty: refill; a thread racing us gets its own)
-        if length <= 0:
-            return b""
-        block = os.urandom(length * RANDOM_BATCH)
-        parts = [block[i : i + length] for i in range(0, len(block), length)]
-        _SPARE[length] = parts
-        return parts.pop()
 
 
 class ConnectionIdSource(Protocol):

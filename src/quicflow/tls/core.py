@@ -85,8 +85,19 @@ class HandshakeCore:
         if type(epoch) is not Epoch:
             epoch = Epoch(epoch)
         buf = self.buffers.get(epoch)
-        if buf is None:
-            buf = self.buffers[epoch] = bytearray(data)
+        if not buf:
+            # nothing held and exactly one whole message (a handshake's usual CRYPTO
+            # frame: the ClientHello, the Finished): handled without buffering a copy
+            n = len(data)
+            if n >= 4 and n - 4 == ((data[1] << 16) | (data[2] << 8) | data[3]) <= (
+                MAX_MESSAGE_LEN
+            ):
+                self._dispatch(epoch, bytes(data))
+                return
+            if buf is None:
+                buf = self.buffers[epoch] = bytearray(data)
+            else:
+                buf += data
         else:
             buf += data
         while len(buf) >= 4:
@@ -97,18 +108,22 @@ class HandshakeCore:
                 break
             raw = bytes(buf[: 4 + length])
             del buf[: 4 + length]
-            msg_type = raw[0]
-            if self.complete:
-                self.handle_post_handshake(epoch, msg_type, raw[4:])
-                continue
-            expected = self.expected_epoch()
-            if expected != epoch:
-                raise TlsAlert(
-                    UNEXPECTED_MESSAGE,
-                    f"handshake message {msg_type} in epoch {epoch.name}, "
-                    f"expected {expected.name if expected is not None else 'none'}",
-                )
-            self.handle(epoch, msg_type, raw[4:], raw)
+            self._dispatch(epoch, raw)
+
+    def _dispatch(self, epoch: Epoch, raw: bytes) -> None:
+        """One whole handshake message ``raw`` (with its 4-byte header) of ``epoch``."""
+        msg_type = raw[0]
+        if self.complete:
+            self.handle_post_handshake(epoch, msg_type, raw[4:])
+            return
+        expected = self.expected_epoch()
+        if expected != epoch:
+            raise TlsAlert(
+                UNEXPECTED_MESSAGE,
+                f"handshake message {msg_type} in epoch {epoch.name}, "
+                f"expected {expected.name if expected is not None else 'none'}",
+            )
+        self.handle(epoch, msg_type, raw[4:], raw)
 
     def require_empty(self, epoch: Epoch) -> None:
         """Messages must not span a key change (RFC 8446 §5.1)."""

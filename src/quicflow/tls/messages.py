@@ -9,7 +9,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from quicflow.crypto.extension import EXT, python_forced
 
 from .alerts import DECODE_ERROR, ILLEGAL_PARAMETER, TlsAlert
 
@@ -267,6 +269,12 @@ def decode_extensions(r: Reader) -> dict[int, bytes]:
 # ---------------------------------------------------------------- ClientHello
 
 
+#: offers of a ClientHello parsed in C: indexes of the extension bodies' values, as the
+#: parse_* functions give them (None: that extension is absent)
+OFFER_VERSIONS, OFFER_SIGNATURES, OFFER_GROUPS, OFFER_SHARES, OFFER_ALPN, OFFER_SNI, \
+    OFFER_PSK_MODES = range(7)
+
+
 @dataclass(slots=True)
 class ClientHello:
     random: bytes
@@ -275,6 +283,9 @@ class ClientHello:
     extensions: Extensions = field(default_factory=list)
     # decoded only (for lookup); encoding uses ``extensions``
     ext_map: dict[int, bytes] = field(default_factory=dict)
+    #: decoded by the C parser only: the bodies of the extensions a server reads, already
+    #: parsed (indexed by OFFER_*; each one well formed), or None (parse them on use)
+    offers: tuple[Any, ...] | None = field(default=None, compare=False)
 
 
 def encode_client_hello(hello: ClientHello) -> bytes:
@@ -289,7 +300,26 @@ def encode_client_hello(hello: ClientHello) -> bytes:
     return handshake(CLIENT_HELLO, body)
 
 
+#: the C parser of a ClientHello's common case, or None (not built, or Python forced)
+NATIVE_CLIENT_HELLO: Any = (
+    getattr(EXT, "parse_client_hello", None) if EXT is not None and not python_forced()
+    else None
+)
+
+
 def decode_client_hello(body: bytes) -> ClientHello:
+    """A ClientHello body. Its common case is parsed in C (with ``offers``); anything
+    else, every error included, here (the reference: the same fields or alert)."""
+    native = NATIVE_CLIENT_HELLO
+    if native is not None:
+        parsed = native(body)
+        if parsed is not None:
+            return ClientHello(*parsed)
+    return decode_client_hello_py(body)
+
+
+def decode_client_hello_py(body: bytes) -> ClientHello:
+    """``decode_client_hello`` in Python alone (no ``offers``)."""
     # one pass over the body: legacy_version (ignored in TLS 1.3), random, session id,
     # cipher suites, compression methods, extensions
     end = len(body)

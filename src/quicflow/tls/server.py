@@ -7,10 +7,13 @@ import operator
 import os
 import struct
 from collections.abc import Callable
+from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from quicflow.crypto.epoch import Epoch
+from quicflow.crypto.extension import native_for_keys
+from quicflow.crypto.randoms import random_part
 from quicflow.crypto.suites import CipherSuite, suite_hash
 
 from .alerts import (
@@ -50,6 +53,13 @@ from .messages import (
     HRR_RANDOM,
     LEGACY_VERSION,
     NEW_SESSION_TICKET,
+    OFFER_ALPN,
+    OFFER_GROUPS,
+    OFFER_PSK_MODES,
+    OFFER_SHARES,
+    OFFER_SIGNATURES,
+    OFFER_SNI,
+    OFFER_VERSIONS,
     SERVER_HELLO,
     TLS13,
     ClientHello,
@@ -73,7 +83,9 @@ from .messages import (
 from .tickets import (
     PSK_DHE_KE,
     QUIC_MAX_EARLY_DATA,
+    TICKET_AAD,
     TicketContents,
+    TicketSealer,
     compact_parameters,
     encode_ticket,
     parse_empty,
@@ -154,6 +166,30 @@ def new_session_ticket_bytes(lifetime: int, age_add: int, ticket: bytes,
     head = _NST_HEAD.pack((NEW_SESSION_TICKET << 24) | (12 + n + len(ext)), lifetime, age_add,
                           1, 0, n)
     return head + ticket + ext
+
+
+#: the C engine's NewSessionTicket in one call, or None (not built, or Python forced)
+_NATIVE_TICKET: Any = getattr(native_for_keys(), "ticket_message", None)
+
+
+def ticket_message(sealer: TicketSealer, nonce: bytes, issued_at: float, lifetime: int,
+                   age_add: int, max_early: int, suite: int, psk: bytes, alpn: str,
+                   server_name: str, transport_parameters: bytes) -> bytes:
+    """The NewSessionTicket of these ticket fields: ``encode_ticket``, sealed by
+    ``sealer.seal_plaintext`` under ``nonce``, framed by ``new_session_ticket_bytes``
+    (with 0-RTT when ``max_early``); in one C call when the fields fit (else, or without
+    the extension, those three steps, with their errors)."""
+    native = _NATIVE_TICKET
+    if native is not None and sealer.aead_key:
+        message: bytes | None = native(
+            sealer.aead_key, nonce, TICKET_AAD, int(issued_at * 1000), lifetime, age_add,
+            max_early, suite, psk, alpn, server_name, transport_parameters)
+        if message is not None:
+            return message
+    plaintext = encode_ticket(issued_at, lifetime, age_add, max_early, suite, psk, alpn,
+                              server_name, transport_parameters)
+    return new_session_ticket_bytes(lifetime, age_add, sealer.seal_plaintext(plaintext, nonce),
+                                    bool(max_early))
 
 
 #: pre_shared_key in a ServerHello: selected_identity 0
@@ -266,10 +302,10 @@ class ServerHandshake(HandshakeCore):
                 return suite if type(suite) is CipherSuite else CipherSuite(suite)
         raise TlsAlert(HANDSHAKE_FAILURE, "no cipher suite in common")
 
-    def _negotiate_alpn(self, ext: dict[int, bytes]) -> str:
+    def _negotiate_alpn(self, ext: dict[int, bytes], offers: tuple[Any, ...] | None) -> str:
         if EXT_ALPN not in ext:
             raise TlsAlert(NO_APPLICATION_PROTOCOL, "client offered no ALPN protocol")
-        offered = parse_alpn(ext[EXT_ALPN])
+        offered = offers[OFFER_ALPN] if offers is not None else parse_alpn(ext[EXT_ALPN])
         for proto in self.config.alpn_protocols:
             if proto in offered:
                 return proto
@@ -279,10 +315,12 @@ class ServerHandshake(HandshakeCore):
             f"server supports {self.config.alpn_protocols!r}",
         )
 
-    def _negotiate_signature(self, ext: dict[int, bytes]) -> int:
+    def _negotiate_signature(self, ext: dict[int, bytes],
+                             offers: tuple[Any, ...] | None) -> int:
         if EXT_SIGNATURE_ALGORITHMS not in ext:
             raise TlsAlert(MISSING_EXTENSION, "ClientHello has no signature_algorithms")
-        offered = parse_u16_list(ext[EXT_SIGNATURE_ALGORITHMS])
+        offered = (offers[OFFER_SIGNATURES] if offers is not None
+                   else parse_u16_list(ext[EXT_SIGNATURE_ALGORITHMS]))
         assert self.config.private_key is not None
         self.certificate_message, schemes, self.signer = _identity(self.config)
         for algorithm in schemes:
@@ -294,6 +332,9 @@ class ServerHandshake(HandshakeCore):
 
     def _client_hello(self, hello: ClientHello, raw: bytes) -> None:
         ext = hello.ext_map
+        # the extension bodies parsed in C with the message (each well formed), else
+        # parsed here as they are needed (the same values, or an alert in the same order)
+        offers = hello.offers
         self.require_empty(_INITIAL)
         if hello.session_id:  # RFC 9001 §8.4: a QUIC connection error
             raise TlsAlert(ILLEGAL_PARAMETER, "non-empty legacy_session_id in a QUIC "
@@ -304,8 +345,9 @@ class ServerHandshake(HandshakeCore):
                                "pre_shared_key without psk_key_exchange_modes")
             if hello.extensions[-1][0] != EXT_PRE_SHARED_KEY:  # RFC 8446 §4.2.11
                 raise TlsAlert(ILLEGAL_PARAMETER, "pre_shared_key is not the last extension")
-        if EXT_SUPPORTED_VERSIONS not in ext or TLS13 not in parse_supported_versions_client(
-            ext[EXT_SUPPORTED_VERSIONS]
+        if EXT_SUPPORTED_VERSIONS not in ext or TLS13 not in (
+            offers[OFFER_VERSIONS] if offers is not None
+            else parse_supported_versions_client(ext[EXT_SUPPORTED_VERSIONS])
         ):
             raise TlsAlert(PROTOCOL_VERSION, "client does not offer TLS 1.3")
         if EXT_QUIC_TRANSPORT_PARAMETERS not in ext:
@@ -314,16 +356,24 @@ class ServerHandshake(HandshakeCore):
             if required not in ext:
                 raise TlsAlert(MISSING_EXTENSION, f"ClientHello lacks extension {required}")
         suite = self._negotiate_suite(hello)
-        alpn = self._negotiate_alpn(ext)
-        sig_alg = self._negotiate_signature(ext)
-        client_groups = parse_u16_list(ext[EXT_SUPPORTED_GROUPS])
-        shares = parse_key_share_client(ext[EXT_KEY_SHARE])
+        alpn = self._negotiate_alpn(ext, offers)
+        sig_alg = self._negotiate_signature(ext, offers)
+        if offers is not None:
+            client_groups = offers[OFFER_GROUPS]
+            shares = offers[OFFER_SHARES]
+        else:
+            client_groups = parse_u16_list(ext[EXT_SUPPORTED_GROUPS])
+            shares = parse_key_share_client(ext[EXT_KEY_SHARE])
         share_map: dict[int, bytes] = {}
         for group, key in shares:
             if group in share_map or group not in client_groups:
                 raise TlsAlert(ILLEGAL_PARAMETER, f"bad key share entry for group {group:#06x}")
             share_map[group] = key
-        server_name = parse_server_name(ext[EXT_SERVER_NAME]) if EXT_SERVER_NAME in ext else None
+        if offers is not None:
+            server_name = offers[OFFER_SNI]
+        else:
+            server_name = (parse_server_name(ext[EXT_SERVER_NAME]) if EXT_SERVER_NAME in ext
+                           else None)
 
         if self.state == WAIT_CH2:
             assert self.suite is not None
@@ -333,14 +383,15 @@ class ServerHandshake(HandshakeCore):
                 raise TlsAlert(ILLEGAL_PARAMETER, "ClientHello2 lacks the requested key share")
             group = self.hrr_group
         else:
-            chosen = next((g for g in self.group_ids if g in share_map), None)
-            if chosen is None:
+            for group in self.group_ids:  # our first group the client sent a share of
+                if group in share_map:
+                    break
+            else:
                 retry = next((g for g in self.group_ids if g in client_groups), None)
                 if retry is None:
                     raise TlsAlert(HANDSHAKE_FAILURE, "no key exchange group in common")
                 self._send_retry_request(hello, suite, retry, raw)
                 return
-            group = chosen
 
         self.client_random = hello.random
         self.server_name = server_name
@@ -366,9 +417,10 @@ class ServerHandshake(HandshakeCore):
             self.add_secret(_ZERO_RTT, False, early_secret)
             self.keylog("CLIENT_EARLY_TRAFFIC_SECRET", early_secret)
         # (the legacy_session_id is empty: checked above)
-        # one draw from the OS for the ServerHello random and, when a ticket will follow,
-        # its age_add and sealing nonce (16 bytes kept for _send_ticket)
-        entropy = os.urandom(48 if self.client_takes_tickets else 32)
+        # one draw for the ServerHello random and, when a ticket will follow, its age_add
+        # and sealing nonce (16 bytes kept for _send_ticket): from os.urandom read in
+        # batches, each value handed out once
+        entropy = random_part(48 if self.client_takes_tickets else 32)
         self.ticket_entropy = entropy[32:]
         sh_bytes = server_hello_bytes(entropy[:32], int(suite), group, our_share,
                                       psk is not None)
@@ -385,8 +437,10 @@ class ServerHandshake(HandshakeCore):
         that does not is fatal: RFC 8446 §4.2.11). None: a full handshake."""
         ext = hello.ext_map
         sealer = self.config.ticket_sealer
-        self.client_takes_tickets = EXT_PSK_KEY_EXCHANGE_MODES in ext and (
-            PSK_DHE_KE in parse_psk_modes(ext[EXT_PSK_KEY_EXCHANGE_MODES]))
+        offers = hello.offers
+        self.client_takes_tickets = EXT_PSK_KEY_EXCHANGE_MODES in ext and PSK_DHE_KE in (
+            offers[OFFER_PSK_MODES] if offers is not None
+            else parse_psk_modes(ext[EXT_PSK_KEY_EXCHANGE_MODES]))
         if EXT_EARLY_DATA in ext:
             parse_empty(ext[EXT_EARLY_DATA])
             if self.state == WAIT_CH:
@@ -555,11 +609,7 @@ class ServerHandshake(HandshakeCore):
             entropy = os.urandom(16)
         age_add = int.from_bytes(entropy[:4], "big")
         max_early = QUIC_MAX_EARLY_DATA if cfg.early_data else 0
-        plaintext = encode_ticket(  # (TicketContents.encode of these fields)
-            self.wall_time, cfg.ticket_lifetime, age_add, max_early, int(self.suite), psk,
-            self.alpn or "", self.server_name or "",
-            cfg.ticket_parameters or compact_parameters(self.transport_parameters))
-        self.send(_ONE_RTT, new_session_ticket_bytes(
-            cfg.ticket_lifetime, age_add, cfg.ticket_sealer.seal_plaintext(plaintext,
-                                                                          entropy[4:]),
-            bool(max_early)))
+        self.send(_ONE_RTT, ticket_message(  # (TicketContents.encode of these fields)
+            cfg.ticket_sealer, entropy[4:], self.wall_time, cfg.ticket_lifetime, age_add,
+            max_early, int(self.suite), psk, self.alpn or "", self.server_name or "",
+            cfg.ticket_parameters or compact_parameters(self.transport_parameters)))

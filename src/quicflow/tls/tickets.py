@@ -49,6 +49,8 @@ QUIC_MAX_EARLY_DATA = 0xFFFFFFFF
 MAX_TICKET_LIFETIME = 7 * 86400
 
 _NONCE_LEN = 12
+#: the associated data every ticket is sealed with
+TICKET_AAD = b"quicflow ticket"
 _FORMAT = 1
 
 
@@ -265,11 +267,14 @@ class TicketSealer:
 
     key: bytes
     _aead: AESGCM | None = field(default=None, repr=False)
+    #: the derived AES-256-GCM key (for the C engine's ticket_message)
+    aead_key: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
         h = hashes.SHA256()
         prk = hkdf_extract(h, b"quicflow session tickets", self.key)
-        self._aead = AESGCM(hkdf_expand(h, prk, b"ticket key", 32))
+        self.aead_key = hkdf_expand(h, prk, b"ticket key", 32)
+        self._aead = AESGCM(self.aead_key)
 
     def seal(self, contents: TicketContents) -> bytes:
         return self.seal_plaintext(contents.encode())
@@ -280,7 +285,7 @@ class TicketSealer:
         assert self._aead is not None
         if len(nonce) != _NONCE_LEN:
             nonce = os.urandom(_NONCE_LEN)
-        return nonce + self._aead.encrypt(nonce, plaintext, b"quicflow ticket")
+        return nonce + self._aead.encrypt(nonce, plaintext, TICKET_AAD)
 
     def open(self, ticket: bytes, wall_time: float) -> TicketContents | None:
         """The contents of a ticket that is ours and not expired; None otherwise
@@ -289,8 +294,7 @@ class TicketSealer:
         if len(ticket) < _NONCE_LEN + 16 + 24:
             return None
         try:
-            plain = self._aead.decrypt(ticket[:_NONCE_LEN], ticket[_NONCE_LEN:],
-                                       b"quicflow ticket")
+            plain = self._aead.decrypt(ticket[:_NONCE_LEN], ticket[_NONCE_LEN:], TICKET_AAD)
             contents = TicketContents.decode(plain)
         except Exception:  # InvalidTag, or a format we do not know: not a ticket of ours
             return None

@@ -19,6 +19,7 @@ from ..wire.tparams import (
     SERVER_ONLY_MASK,
     TransportParameters,
     decode_transport_parameters,
+    peek_version_information,
 )
 
 #: the C decoder, or None (not built, or the pure-Python code forced)
@@ -37,3 +38,16 @@ def decode_peer_parameters(
         if values is not None:
             return TransportParameters(**values)
     return decode_transport_parameters(data, from_server=from_server)
+
+
+def client_version_information(data: bytes) -> list[int] | None:
+    """(server) ``wire.tparams.peek_version_information`` of a client's parameters: the
+    C decoder's version_information when it takes them (then the only one, well formed:
+    what the peek finds), else the peek itself (absent or malformed: None)."""
+    native = NATIVE_DECODE
+    if native is not None:
+        values = native(data, False, DECODE_SPECS, SERVER_ONLY_MASK)
+        if values is not None:
+            info: list[int] | None = values.get("version_information")
+            return info
+    return peek_version_information(data)

@@ -13,16 +13,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..crypto.epoch import Epoch
-from ..crypto.keys import PacketProtector, derive_packet_keys, initial_packet_keys
+from ..crypto.keys import PacketProtector, derive_packet_keys, initial_protectors
 from ..tls.config import TlsConfig
 from ..tls.session import TlsSession
 from ..tls.tickets import SessionTicket, ticket_sealer
-from ..wire.tparams import TransportParameters, peek_version_information
+from ..wire.tparams import TransportParameters
 from . import early_data, pathprobe
 from .config import Configuration
 from .congestion import CongestionControl, Pacer
 from .inline import Arg, Inline, inline_init
 from .local_params import encode_local_parameters
+from .peer_params import client_version_information
 from .pmtud import Pmtud, new_pmtud
 from .recovery import LossDetection, SpaceState
 from .state import INITIAL_CRYPTO_WINDOW, PacketSpace
@@ -107,8 +108,39 @@ def local_transport_parameters(self: Connection) -> TransportParameters:
     return tp
 
 
+#: a server's TlsConfig by everything it is made of: the configuration's values, its key
+#: and certificates by identity (the entry keeps those objects, so the ids stay theirs).
+#: Made once per set of values and shared by that configuration's connections (nothing
+#: changes a TlsConfig once made); a few entries per process
+_SERVER_TLS: dict[tuple[object, ...], tuple[tuple[object, ...], TlsConfig]] = {}
+_MAX_SERVER_TLS = 32
+
+
 def tls_config(self: Connection, server_name: str | None,
-                ticket: SessionTicket | None = None) -> TlsConfig:
+               ticket: SessionTicket | None = None) -> TlsConfig:
+    """The TLS settings of this connection's handshake (a server's: shared with every
+    connection of an equal configuration)."""
+    if self.is_client or server_name is not None or ticket is not None:
+        return _make_tls_config(self, server_name, ticket)
+    cfg = self.configuration
+    objects = (cfg.private_key, *cfg.certificate_chain)
+    key = (tuple(map(id, objects)), cfg.server_name, tuple(cfg.alpn_protocols), cfg.cafile,
+           cfg.cadata, cfg.verify_peer, tuple(cfg.cipher_suites), tuple(cfg.groups),
+           cfg.keylog_file, cfg.client_certificates, cfg.early_data, cfg.ticket_key,
+           cfg.ticket_lifetime, cfg.ticket_age_window,
+           early_data.ticket_parameters(self) if cfg.ticket_key else b"")
+    hit = _SERVER_TLS.get(key)
+    if hit is not None:
+        return hit[1]
+    made = _make_tls_config(self, None, None)
+    if len(_SERVER_TLS) >= _MAX_SERVER_TLS:
+        _SERVER_TLS.clear()
+    _SERVER_TLS[key] = (objects, made)
+    return made
+
+
+def _make_tls_config(self: Connection, server_name: str | None,
+                     ticket: SessionTicket | None) -> TlsConfig:
     cfg = self.configuration
     sealer = None
     if not self.is_client and cfg.ticket_key:
@@ -179,10 +211,10 @@ def setup(self: Connection, now: float, server_name: str | None,
 
 
 def install_initial_keys(self: Connection, dcid: bytes) -> None:
-    client, server = initial_packet_keys(dcid, self.version)
+    client, server = initial_protectors(dcid, self.version)
     send, recv = (client, server) if self.is_client else (server, client)
-    self.send_protectors[0] = PacketProtector(send)  # 0: Epoch.INITIAL
-    self.recv_protectors[0] = PacketProtector(recv)
+    self.send_protectors[0] = send  # 0: Epoch.INITIAL
+    self.recv_protectors[0] = recv
 
 
 def switch_version(self: Connection, version: int) -> None:
@@ -226,10 +258,12 @@ def negotiate_version(self: Connection, client_params: bytes) -> bytes:
     the client's version_information (its order of preference) that we accept;
     returns our transport parameters with it as the chosen version."""
     # malformed parameters: the error is raised (with its code) when they are applied
-    info = peek_version_information(client_params)
+    info = client_version_information(client_params)
     if info and info[0] == self.version:
         ours = self.configuration.versions
-        chosen = next((v for v in info[1:] if v in ours), self.version)
-        if chosen != self.version:
-            switch_version(self, chosen)
+        for chosen in info[1:]:  # (the client's order of preference)
+            if chosen in ours:
+                if chosen != self.version:
+                    switch_version(self, chosen)
+                break
     return encode_local_parameters(self)

@@ -491,3 +491,74 @@ wipe:
     PyBuffer_Release(&dcid);
     return result;
 }
+
+/* initial_contexts(salt, dcid, v2) -> (client KeyContext, server KeyContext)
+ * initial_keys' derivation (RFC 9001 5.2) with each direction's packet keys put straight
+ * into a KeyContext that keeps its secret (what packet_key_context gives for that
+ * secret): the Initial protectors of a new connection in one call. */
+PyObject *
+mod_initial_contexts(PyObject *module, PyObject *args)
+{
+    Py_buffer salt, dcid;
+    int v2;
+    const EVP_MD *md = EVP_sha256();
+    unsigned char initial[EVP_MAX_MD_SIZE], secret[32], key[16], iv[IV_LEN], hp[16];
+    unsigned int initial_len = 0;
+    const char *labels[2] = {"client in", "server in"};
+    const char *lk = "quic key", *li = "quic iv", *lh = "quic hp";
+    PyObject *contexts[2] = {NULL, NULL}, *result = NULL;
+    HmacKey k = {0};
+    int i;
+
+    (void)module;
+    if (!PyArg_ParseTuple(args, "y*y*p:initial_contexts", &salt, &dcid, &v2)) {
+        return NULL;
+    }
+    if (v2) {
+        lk = "quicv2 key", li = "quicv2 iv", lh = "quicv2 hp";
+    }
+    if (hmac_digest(md, salt.buf, (size_t)salt.len, dcid.buf, (size_t)dcid.len, initial,
+                    &initial_len) < 0) {
+        goto fail;
+    }
+    for (i = 0; i < 2; i++) {
+        PyObject *secret_bytes, *hp_bytes;
+        int bad;
+        if (expand_label_ctx(md, initial, initial_len, labels[i], 9, NULL, 0, 32, secret) < 0) {
+            goto fail;
+        }
+        hmac_key_init(&k, md, secret, sizeof(secret)); /* one keyed HMAC, 3 labels */
+        bad = expand_label_key(&k, lk, strlen(lk), NULL, 0, 16, key) < 0 ||
+              expand_label_key(&k, li, strlen(li), NULL, 0, IV_LEN, iv) < 0 ||
+              expand_label_key(&k, lh, strlen(lh), NULL, 0, 16, hp) < 0;
+        hmac_key_wipe(&k);
+        if (bad) {
+            goto fail;
+        }
+        secret_bytes = PyBytes_FromStringAndSize((const char *)secret, sizeof(secret));
+        hp_bytes = PyBytes_FromStringAndSize((const char *)hp, sizeof(hp));
+        if (secret_bytes != NULL && hp_bytes != NULL) {
+            contexts[i] = (PyObject *)kc_create(SUITE_AES128, key, iv, hp_bytes, secret_bytes);
+        }
+        Py_XDECREF(secret_bytes);
+        Py_XDECREF(hp_bytes);
+        if (contexts[i] == NULL) {
+            goto wipe;
+        }
+    }
+    result = PyTuple_Pack(2, contexts[0], contexts[1]);
+    goto wipe;
+fail:
+    PyErr_SetString(PyExc_RuntimeError, "OpenSSL: Initial key derivation failed");
+wipe:
+    Py_XDECREF(contexts[0]);
+    Py_XDECREF(contexts[1]);
+    OPENSSL_cleanse(initial, sizeof(initial));
+    OPENSSL_cleanse(secret, sizeof(secret));
+    OPENSSL_cleanse(key, sizeof(key));
+    OPENSSL_cleanse(iv, sizeof(iv));
+    OPENSSL_cleanse(hp, sizeof(hp));
+    PyBuffer_Release(&salt);
+    PyBuffer_Release(&dcid);
+    return result;
+}

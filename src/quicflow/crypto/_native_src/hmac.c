@@ -292,3 +292,81 @@ rh_free(RunningHash *h)
     EVP_MD_CTX_free(h->scratch);
     h->evp = h->scratch = NULL;
 }
+
+/* reset_token(key, cid) -> bytes: the stateless reset token of one of our connection IDs,
+ * HMAC-SHA256(key, "quicflow stateless reset" | cid)[:16] (crypto/stateless_reset.py).
+ * An endpoint's key is static, so its keyed HMAC (the two pad blocks) is kept for the
+ * next call with the same key: one entry, keys up to 64 bytes (the GIL is held). */
+#define RESET_LABEL "quicflow stateless reset"
+#define RESET_LABEL_LEN (sizeof(RESET_LABEL) - 1)
+
+static HmacKey reset_hmac;
+static unsigned char reset_key[64];
+static size_t reset_key_len;
+static int reset_cached;
+
+PyObject *
+mod_reset_token(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer key, cid;
+    unsigned char stack[RESET_LABEL_LEN + 64], mac[EVP_MAX_MD_SIZE];
+    unsigned char *data = stack;
+    size_t len;
+    int rc;
+    HmacKey once;
+    const HmacKey *k = &reset_hmac;
+    PyObject *result = NULL;
+
+    (void)module;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "reset_token(key, cid)");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &key, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[1], &cid, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&key);
+        return NULL;
+    }
+    len = RESET_LABEL_LEN + (size_t)cid.len;
+    if (len > sizeof(stack)) {
+        data = PyMem_Malloc(len);
+        if (data == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    memcpy(data, RESET_LABEL, RESET_LABEL_LEN);
+    memcpy(data + RESET_LABEL_LEN, cid.buf, (size_t)cid.len);
+    if ((size_t)key.len <= sizeof(reset_key)) {
+        if (!reset_cached || reset_key_len != (size_t)key.len ||
+            memcmp(reset_key, key.buf, (size_t)key.len) != 0) {
+            if (reset_cached) {
+                hmac_key_wipe(&reset_hmac);
+            }
+            memcpy(reset_key, key.buf, (size_t)key.len);
+            reset_key_len = (size_t)key.len;
+            hmac_key_init(&reset_hmac, EVP_sha256(), reset_key, reset_key_len);
+            reset_cached = 1;
+        }
+        rc = hmac_key_mac(k, data, len, mac);
+    } else { /* (a longer key: keyed for this call only) */
+        hmac_key_init(&once, EVP_sha256(), key.buf, (size_t)key.len);
+        rc = hmac_key_mac(&once, data, len, mac);
+        hmac_key_wipe(&once);
+    }
+    if (rc < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL: HMAC failed");
+    } else {
+        result = PyBytes_FromStringAndSize((const char *)mac, 16);
+    }
+    OPENSSL_cleanse(mac, sizeof(mac));
+done:
+    if (data != stack) {
+        PyMem_Free(data);
+    }
+    PyBuffer_Release(&cid);
+    PyBuffer_Release(&key);
+    return result;
+}

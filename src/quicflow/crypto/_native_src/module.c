@@ -30,6 +30,15 @@ static PyMethodDef module_methods[] = {
     {"decode_tparams", (PyCFunction)(void (*)(void))mod_decode_tparams, METH_FASTCALL,
      "decode_tparams(data, from_server, specs, server_only) -> dict | None: the common "
      "case of a peer's transport parameters (None: let wire.tparams decode or reject)"},
+    {"parse_client_hello", (PyCFunction)(void (*)(void))mod_parse_client_hello, METH_FASTCALL,
+     "parse_client_hello(body) -> (random, session_id, suites, extensions, ext_map, offers) "
+     "| None: the common case of a ClientHello (None: let tls.messages parse or reject it)"},
+    {"reset_token", (PyCFunction)(void (*)(void))mod_reset_token, METH_FASTCALL,
+     "reset_token(key, cid) -> bytes: HMAC-SHA256(key, 'quicflow stateless reset' | cid)"
+     "[:16] (the key's HMAC state kept for the next call with it)"},
+    {"ticket_message", (PyCFunction)(void (*)(void))mod_ticket_message, METH_FASTCALL,
+     "ticket_message(key, nonce, aad, issued_ms, lifetime, age_add, max_early, suite, psk, "
+     "alpn, server_name, transport_parameters) -> NewSessionTicket bytes | None"},
     {"hkdf_extract", mod_hkdf_extract, METH_VARARGS,
      "hkdf_extract(suite, salt, ikm) -> bytes (an empty salt is hash-length zeros)"},
     {"hkdf_expand_label", mod_hkdf_expand_label, METH_VARARGS,
@@ -42,6 +51,9 @@ static PyMethodDef module_methods[] = {
     {"initial_keys", mod_initial_keys, METH_VARARGS,
      "initial_keys(salt, dcid, v2) -> (client secret, key, iv, hp, server secret, key, iv, "
      "hp)"},
+    {"initial_contexts", mod_initial_contexts, METH_VARARGS,
+     "initial_contexts(salt, dcid, v2) -> (client KeyContext, server KeyContext) of the "
+     "Initial keys (initial_keys with each direction's keys in a KeyContext)"},
     {"packet_key_context", mod_packet_key_context, METH_VARARGS,
      "packet_key_context(suite, secret, v2[, hp_key]) -> KeyContext of the secret's packet "
      "keys (quic_keys and KeyContext in one call)"},

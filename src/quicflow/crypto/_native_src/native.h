@@ -26,6 +26,8 @@
  *              push_short_packet(...): a 1-RTT packet's plaintext appended for the seal.
  *   frames.c   parse_frames(...): the frames of a handshake or plain 1-RTT packet.
  *   objects.c  the parsers' objects (slotted dataclasses) built without their __init__.
+ *   hello.c    parse_client_hello(body): the common case of a TLS ClientHello.
+ *   ticket.c   ticket_message(...): a TLS server's NewSessionTicket in one call.
  * The per-packet primitives (nonce, mask, seal, open of one KeyContext) are static inline
  * below so that the batch loops inline them exactly as in a single translation unit.
  *
@@ -581,12 +583,19 @@ PyObject *qf_build(PyObject *cls, const QfLayout *layout, PyObject **args, Py_ss
 int qf_frame_classes_ok(PyObject *classes);
 PyObject *qf_parse_frames(const uint8_t *b, Py_ssize_t n, PyObject *classes);
 PyObject *mod_decode_tparams(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+/* hello.c: the common case of a ClientHello body */
+PyObject *mod_parse_client_hello(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 /* hkdf.c: the TLS 1.3 key schedule's HKDF steps and the QUIC keys of a secret */
 PyObject *mod_hkdf_extract(PyObject *module, PyObject *args);
 PyObject *mod_hkdf_expand_label(PyObject *module, PyObject *args);
 PyObject *mod_finished_verify_data(PyObject *module, PyObject *args);
 PyObject *mod_quic_keys(PyObject *module, PyObject *args);
 PyObject *mod_initial_keys(PyObject *module, PyObject *args);
+PyObject *mod_initial_contexts(PyObject *module, PyObject *args);
+/* ticket.c: a TLS server's NewSessionTicket, its ticket sealed (AES-256-GCM) */
+PyObject *mod_ticket_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+/* hmac.c: a stateless reset token (the static key's HMAC state cached) */
+PyObject *mod_reset_token(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_tls_server_handshake(PyObject *module, PyObject *args);
 PyObject *mod_tls_server_finished(PyObject *module, PyObject *args);
 PyObject *mod_packet_key_context(PyObject *module, PyObject *args);
