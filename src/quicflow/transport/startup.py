@@ -136,8 +136,8 @@ def local_transport_parameters(self: Connection) -> TransportParameters:
 
 #: a server's TlsConfig by everything it is made of: the configuration's values, its key
 #: and certificates by identity (the entry keeps those objects, so the ids stay theirs).
-#: Made once per set of values and shared by that configuration's connections (nothing
-#: changes a TlsConfig once made); a few entries per process
+#: Made and validated once per set of values and shared by that configuration's
+#: connections (nothing changes a TlsConfig once made); a few entries per process
 _SERVER_TLS: dict[tuple[object, ...], tuple[tuple[object, ...], TlsConfig]] = {}
 _MAX_SERVER_TLS = 32
 
@@ -148,6 +148,13 @@ def tls_config(self: Connection, server_name: str | None,
     connection of an equal configuration)."""
     if self.is_client or server_name is not None or ticket is not None:
         return _make_tls_config(self, server_name, ticket)
+    return shared_server_tls(self)
+
+
+def shared_server_tls(self: Connection) -> TlsConfig:
+    """A server's TlsConfig, shared by the connections of equal configurations and
+    validated (``TlsConfig.validate``) when made: its ``ValueError`` comes from here,
+    and a config that fails is not kept."""
     cfg = self.configuration
     objects = (cfg.private_key, *cfg.certificate_chain)
     key = (tuple(map(id, objects)), cfg.server_name, tuple(cfg.alpn_protocols), cfg.cafile,
@@ -159,6 +166,7 @@ def tls_config(self: Connection, server_name: str | None,
     if hit is not None:
         return hit[1]
     made = _make_tls_config(self, None, None)
+    made.validate()
     if len(_SERVER_TLS) >= _MAX_SERVER_TLS:
         _SERVER_TLS.clear()
     _SERVER_TLS[key] = (objects, made)
@@ -217,7 +225,10 @@ def setup(self: Connection, now: float, server_name: str | None,
     negotiates = not self.is_client and len(cfg.versions) > 1
     # a negotiating server's parameters come from the hook, on the ClientHello
     params = b"" if negotiates else encode_local_parameters(self)
-    self.tls = TlsSession(tls_config(self, server_name, ticket), params)
+    if self.is_client or server_name is not None or ticket is not None:
+        self.tls = TlsSession(tls_config(self, server_name, ticket), params)
+    else:  # (validated when made)
+        self.tls = TlsSession(shared_server_tls(self), params, checked=True)
     if negotiates:
         self.tls.on_client_parameters(self._negotiate_version)
     self.tls.set_wall_time(now + self.wall_offset)
