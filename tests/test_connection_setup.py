@@ -8,6 +8,7 @@ between connections must not reuse an old tail.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -118,3 +119,25 @@ def test_server_tls_config_is_shared_until_a_value_changes() -> None:
     fourth = tls_of_new()
     assert fourth.certificate_chain == [cert2] and fourth.private_key is key2
     assert tls_of_new() is fourth
+
+
+def test_server_tls_config_checked_for_every_new_set_of_values() -> None:
+    """The shared server TlsConfig is validated once, when made: a configuration TLS
+    cannot use is refused with TlsConfig.validate's ValueError on every connection
+    (nothing invalid is kept), also when a valid one is changed in place."""
+    cert, key = generate_self_signed(["localhost"])
+    cfg = Configuration(alpn_protocols=["x" * 256], certificate_chain=[cert],
+                        private_key=key)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="bad ALPN protocol"):
+            server_connection(cfg, ("127.0.0.1", 4433), b"\x01" * 8, 0.0)
+    cfg.alpn_protocols[0] = "perf"
+    conn = server_connection(cfg, ("127.0.0.1", 4433), b"\x01" * 8, 0.0)
+    assert conn.tls is not None and conn.tls._hs.config.alpn_protocols == ["perf"]
+    cfg.alpn_protocols.append("")  # in place: an empty protocol name
+    with pytest.raises(ValueError, match="bad ALPN protocol"):
+        server_connection(cfg, ("127.0.0.1", 4433), b"\x01" * 8, 0.0)
+    cfg.alpn_protocols.pop()
+    cfg.certificate_chain = []  # a server without its certificate
+    with pytest.raises(ValueError, match="needs certificate_chain"):
+        server_connection(cfg, ("127.0.0.1", 4433), b"\x01" * 8, 0.0)

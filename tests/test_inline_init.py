@@ -95,6 +95,7 @@ def test_new_connection_equals_the_dataclass_constructor() -> None:
             if f.name not in skip:
                 assert _dump(getattr(made, f.name)) == _dump(getattr(plain, f.name)), f.name
         assert _dump(made.loss) == _dump(plain.loss) and _dump(made.pmtud) == _dump(plain.pmtud)
+        assert _dump(made.pacer) == _dump(plain.pacer)
         assert made.configuration is cfg and made.engine is engine
         other = _new_connection(cfg, is_client, ("127.0.0.1", 4433), b"\x01" * 8, 5.0,
                                 engine, None, b"j" * 8)
@@ -108,22 +109,55 @@ def test_new_connection_equals_the_dataclass_constructor() -> None:
 
 def test_new_recovery_equals_the_dataclass_constructors() -> None:
     from quicflow.transport.config import Configuration
-    from quicflow.transport.congestion import CongestionControl
+    from quicflow.transport.congestion import CongestionControl, Pacer
+    from quicflow.transport.pmtud import new_pmtud
     from quicflow.transport.recovery import LossDetection
     from quicflow.transport.startup import new_recovery
 
     for algorithm in ("cubic", "newreno"):
-        cfg = Configuration(alpn_protocols=["x"], congestion_control=algorithm,
-                            max_pto_period=2.5)
-        for is_client in (True, False):
-            loss, _, _ = new_recovery(cfg, is_client)
-            plain = LossDetection(is_server=not is_client, max_ack_delay=0.025,
-                                  cc=CongestionControl(algorithm=algorithm),
-                                  max_pto_period=2.5)
-            assert _dump(loss) == _dump(plain)
-            again, _, _ = new_recovery(cfg, is_client)
-            assert not {id(o) for o in _mutables(loss, [])} & {
-                id(o) for o in _mutables(again, [])}
+        for pmtud in (True, False):
+            cfg = Configuration(alpn_protocols=["x"], congestion_control=algorithm,
+                                max_pto_period=2.5, pmtud=pmtud)
+            for is_client in (True, False):
+                loss, pacer, made_pmtud = new_recovery(cfg, is_client)
+                plain = LossDetection(is_server=not is_client, max_ack_delay=0.025,
+                                      cc=CongestionControl(algorithm=algorithm),
+                                      max_pto_period=2.5)
+                assert _dump(loss) == _dump(plain)
+                assert loss.cc.cwnd == 12000  # (RFC 9002 §7.2 at 1200 bytes)
+                assert _dump(pacer) == _dump(Pacer(
+                    burst_interval=0.002, max_burst_datagrams=256, granularity=0.001,
+                    run_datagrams=256))
+                assert _dump(made_pmtud) == _dump(new_pmtud(pmtud))
+                again = new_recovery(cfg, is_client)
+                assert not {id(o) for o in _mutables([loss, pacer, made_pmtud], [])} & {
+                    id(o) for o in _mutables(list(again), [])}
+
+
+def test_unknown_congestion_control_refused_by_every_constructor() -> None:
+    """The controller made inline skips CongestionControl.__post_init__: its check on
+    the algorithm is made by the constructors (the same ValueError)."""
+    from quicflow.transport.config import Configuration
+    from quicflow.transport.factory import client_connection, server_connection
+    from quicflow.transport.startup import new_recovery
+
+    cfg = Configuration(alpn_protocols=["x"], congestion_control="bbr")
+    with pytest.raises(ValueError, match="unknown congestion control algorithm 'bbr'"):
+        new_recovery(cfg, True)
+    with pytest.raises(ValueError, match="unknown congestion control algorithm 'bbr'"):
+        client_connection(cfg, ("127.0.0.1", 4433), 0.0)
+    with pytest.raises(ValueError, match="unknown congestion control algorithm 'bbr'"):
+        server_connection(cfg, ("127.0.0.1", 5000), b"\x01" * 8, 0.0)
+
+
+def test_inline_of_a_class_with_post_init_is_explicit() -> None:
+    from quicflow.transport.congestion import CongestionControl
+    from quicflow.transport.recovery import LossDetection
+
+    with pytest.raises(TypeError, match="__post_init__"):
+        inline_init(LossDetection, cc=Inline(CongestionControl))
+    make = inline_init(LossDetection, cc=Inline.post_init_done(CongestionControl, cwnd=5))
+    assert make().cc.cwnd == 5
 
 
 def test_inline_init_arguments_at_any_depth() -> None:

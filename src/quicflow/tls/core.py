@@ -42,8 +42,10 @@ class HandshakeCore:
     peer_tp: bytes | None = None
     failed: TlsAlert | None = None
 
-    def __init__(self, config: TlsConfig, transport_parameters: bytes) -> None:
-        config.validate()
+    def __init__(self, config: TlsConfig, transport_parameters: bytes,
+                 checked: bool = False) -> None:
+        if not checked:  # (checked: validate() passed and nothing changed the config since)
+            config.validate()
         self.config = config
         self.transport_parameters = transport_parameters
         #: partial messages per epoch (an epoch's buffer is made when data first comes)

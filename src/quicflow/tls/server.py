@@ -269,8 +269,9 @@ class ServerHandshake(HandshakeCore):
     ticket_psk = b""
     ticket_entropy = b""  # fresh random bytes for the ticket: age_add, nonce
 
-    def __init__(self, config: TlsConfig, transport_parameters: bytes) -> None:
-        super().__init__(config, transport_parameters)
+    def __init__(self, config: TlsConfig, transport_parameters: bytes,
+                 checked: bool = False) -> None:
+        super().__init__(config, transport_parameters, checked)
         self.state = WAIT_CH
         self.group_ids = [GROUP_IDS[g] for g in config.groups]
         self.signer: Signer = _no_signer

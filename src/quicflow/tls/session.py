@@ -29,12 +29,16 @@ class TlsSession:
 
     __slots__ = ("_hs",)
 
-    def __init__(self, config: TlsConfig, transport_parameters: bytes) -> None:
+    def __init__(self, config: TlsConfig, transport_parameters: bytes, *,
+                 checked: bool = False) -> None:
+        """``checked`` (a server's): ``config.validate()`` passed already and nothing
+        changed the config since (one config shared by many handshakes is checked once;
+        else ``validate`` runs here and raises its ``ValueError``)."""
         self._hs: ClientHandshake | ServerHandshake
         if config.is_client:
             self._hs = ClientHandshake(config, bytes(transport_parameters))
         else:
-            self._hs = ServerHandshake(config, bytes(transport_parameters))
+            self._hs = ServerHandshake(config, bytes(transport_parameters), checked)
 
     def on_client_parameters(self, hook: Callable[[bytes], bytes]) -> None:
         """(server) ``hook(client transport parameters)`` runs on the ClientHello and

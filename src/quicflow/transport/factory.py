@@ -8,13 +8,15 @@ run its TLS set-up; the endpoint calls them (``Endpoint.connect``, ``Endpoint.ac
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from ..crypto.offload import OffloadEngine, SoftwareOffloadEngine
 from ..tls.tickets import SessionTicket
 from .config import Configuration
-from .connection import Address, CidIssuer, Connection, new_recovery, new_seal_key
+from .connection import Address, CidIssuer, Connection, new_seal_key
 from .inline import Arg, inline_init
-from .startup import SPACE_SPECS
+from .pmtud import INF
+from .startup import SPACE_SPECS, check_algorithm, recovery_spec
 
 
 def client_connection(
@@ -89,28 +91,33 @@ def _new_connection(
 ) -> Connection:
     """The part both constructors share: a Connection with the engine and sealer key
     defaulted (see :func:`client_connection`), its clock hint set to ``now``."""
-    loss, pacer, pmtud = new_recovery(configuration, is_client)
-    conn = _make_connection(
-        configuration=configuration, is_client=is_client, now_created=now,
+    check_algorithm(configuration)
+    conn = _MAKE_CONNECTION[is_client](
+        configuration=configuration, now_created=now,
         original_dcid=original_dcid, peer_address=peer_address,
         local_cid_length=configuration.connection_id_length,
         engine=engine or SoftwareOffloadEngine(),
         seal_key=new_seal_key() if seal_key is None else seal_key, cid_issuer=cid_issuer,
-        loss=loss, pacer=pacer, pmtud=pmtud,
+        cc_algorithm=configuration.congestion_control,
+        max_pto_period=configuration.max_pto_period, pmtud=configuration.pmtud,
+        pmtud_next_at=0.0 if configuration.pmtud else INF,
     )
     conn._now_hint = now
     return conn
 
 
-#: ``Connection(configuration=..., ..., pmtud=...)`` with its packet number spaces, flow
-#: control, stream limits and counters made inline (inline.py): one Python call for ~70
+#: ``Connection(configuration=..., ..., pmtud=...)`` by is_client, with its packet number
+#: spaces, flow control, stream limits, counters, loss detection, pacer and PMTUD made
+#: inline (inline.py; the last three as new_recovery makes them): one Python call for ~80
 #: objects, instead of a call per dataclass object (tests/test_inline_init.py)
-_make_connection = inline_init(
-    Connection, configuration=Arg("configuration"), is_client=Arg("is_client"),
-    now_created=Arg("now_created"), original_dcid=Arg("original_dcid"),
-    peer_address=Arg("peer_address"), local_cid_length=Arg("local_cid_length"),
-    engine=Arg("engine"), seal_key=Arg("seal_key"), cid_issuer=Arg("cid_issuer"),
-    loss=Arg("loss"), pacer=Arg("pacer"), pmtud=Arg("pmtud"),
-    spaces=SPACE_SPECS, probes_pending=[0, 0, 0], send_protectors=[None] * 4,
-    recv_protectors=[None] * 4,
-)
+_MAKE_CONNECTION: dict[bool, Callable[..., Connection]] = {
+    is_client: inline_init(
+        Connection, configuration=Arg("configuration"), is_client=is_client,
+        now_created=Arg("now_created"), original_dcid=Arg("original_dcid"),
+        peer_address=Arg("peer_address"), local_cid_length=Arg("local_cid_length"),
+        engine=Arg("engine"), seal_key=Arg("seal_key"), cid_issuer=Arg("cid_issuer"),
+        spaces=SPACE_SPECS, probes_pending=[0, 0, 0], send_protectors=[None] * 4,
+        recv_protectors=[None] * 4, **recovery_spec(is_client),
+    )
+    for is_client in (False, True)
+}

@@ -9,7 +9,9 @@ only. The result is the same plain data the constructors give (tests/test_inline
 compares them field by field), so snapshots and everything else see no difference.
 
 Only dataclasses without ``__post_init__`` are inlined (a class with one is called as
-usual); a field's default factory that is not a dataclass is called as usual.
+usual, and an :class:`Inline` of one is refused unless made with
+:meth:`Inline.post_init_done`, whose values must give what ``__post_init__`` would
+check and set); a field's default factory that is not a dataclass is called as usual.
 """
 
 from __future__ import annotations
@@ -25,11 +27,20 @@ class Inline:
     """A field's value made inline: ``cls`` with some fields given (``max_data=...``);
     a value may itself be an :class:`Inline`."""
 
-    __slots__ = ("cls", "values")
+    __slots__ = ("cls", "values", "skip_post_init")
 
     def __init__(self, cls: type, **values: Any) -> None:
         self.cls = cls
         self.values = values
+        self.skip_post_init = False
+
+    @classmethod
+    def post_init_done(cls, target: type, **values: Any) -> Inline:
+        """An Inline of a class with a ``__post_init__``, which is not run: ``values``
+        give the fields it would set, and the caller does its checks."""
+        made = cls(target, **values)
+        made.skip_post_init = True
+        return made
 
 
 class Arg:
@@ -62,6 +73,11 @@ class _Writer:
         self.ns[name] = value
         return name
 
+    def inline(self, spec: Inline) -> str:
+        if hasattr(spec.cls, "__post_init__") and not spec.skip_post_init:
+            raise TypeError(f"{spec.cls.__name__} has a __post_init__: see Inline.post_init_done")
+        return self.build(spec.cls, spec.values)
+
     def build(self, cls: type, values: dict[str, Any]) -> str:
         """Lines that make a ``cls`` (fields from ``values``, else their defaults) into
         a new local variable, whose name is returned."""
@@ -76,7 +92,7 @@ class _Writer:
             if f.name in values:
                 value = values[f.name]
                 if isinstance(value, Inline):
-                    expr = self.build(value.cls, value.values)
+                    expr = self.inline(value)
                 elif isinstance(value, Arg):
                     if value.name in self.params:
                         raise TypeError(f"argument {value.name!r} given twice")
@@ -84,7 +100,7 @@ class _Writer:
                     expr = value.name
                 elif type(value) is list:  # a fresh list (of these constants) per call
                     expr = "[" + ", ".join(
-                        self.build(v.cls, v.values) if isinstance(v, Inline) else self.const(v)
+                        self.inline(v) if isinstance(v, Inline) else self.const(v)
                         for v in value) + "]"
                 else:
                     expr = self.const(value)

@@ -20,11 +20,11 @@ from ..tls.tickets import SessionTicket, ticket_sealer
 from ..wire.tparams import TransportParameters
 from . import early_data, pathprobe
 from .config import Configuration
-from .congestion import CongestionControl, Pacer
+from .congestion import ALGORITHMS, CongestionControl, Pacer, initial_window
 from .inline import Arg, Inline, inline_init
 from .local_params import encode_local_parameters
 from .peer_params import client_version_information
-from .pmtud import Pmtud, new_pmtud
+from .pmtud import INF, Pmtud
 from .recovery import LossDetection, SpaceState
 from .state import INITIAL_CRYPTO_WINDOW, PacketSpace
 from .streams import RecvStream, SendStream
@@ -57,26 +57,52 @@ def new_spaces() -> list[PacketSpace]:
     return [_new_initial_space(), _new_space(), _new_space()]
 
 
-#: ``LossDetection(is_server=..., max_ack_delay=0.025, cc=cc, max_pto_period=...)`` with
-#: its RTT estimator and packet number spaces made inline (inline.py), by is_client
-_NEW_LOSS: dict[bool, Callable[..., LossDetection]] = {
-    is_client: inline_init(
-        LossDetection, is_server=not is_client, max_ack_delay=0.025, cc=Arg("cc"),
-        max_pto_period=Arg("max_pto_period"), amplification_limited=False,
-        spaces=[Inline(SpaceState), Inline(SpaceState), Inline(SpaceState)])
-    for is_client in (False, True)
+def recovery_spec(is_client: bool) -> dict[str, Inline]:
+    """A new connection's ``loss``, ``pacer`` and ``pmtud`` fields, to be made inline
+    (inline.py) with the arguments ``cc_algorithm``, ``max_pto_period``, ``pmtud`` and
+    ``pmtud_next_at`` (see :func:`new_recovery`): its loss detection with the RTT
+    estimator, packet number spaces and congestion controller (cwnd the initial window
+    at 1200 bytes, as CongestionControl.__post_init__ sets it; the algorithm checked by
+    the caller, :func:`check_algorithm`)."""
+    return {
+        "loss": Inline(
+            LossDetection, is_server=not is_client, max_ack_delay=0.025,
+            cc=Inline.post_init_done(CongestionControl, algorithm=Arg("cc_algorithm"),
+                                     cwnd=initial_window(1200)),
+            max_pto_period=Arg("max_pto_period"), amplification_limited=False,
+            spaces=[Inline(SpaceState), Inline(SpaceState), Inline(SpaceState)]),
+        # pacing in batch-sized bursts: up to 2 ms of the pacing rate, at most one GSO
+        # send; sends may run 1 ms ahead (asyncio timers wake in whole milliseconds)
+        "pacer": Inline(Pacer, burst_interval=0.002, max_burst_datagrams=256,
+                        granularity=0.001, run_datagrams=256),
+        # (as new_pmtud: next_at 0.0 when enabled, else INF)
+        "pmtud": Inline(Pmtud, enabled=Arg("pmtud"), next_at=Arg("pmtud_next_at")),
+    }
+
+
+def check_algorithm(cfg: Configuration) -> None:
+    """CongestionControl's own check, for a controller made inline."""
+    if cfg.congestion_control not in ALGORITHMS:
+        raise ValueError(f"unknown congestion control algorithm {cfg.congestion_control!r}")
+
+
+_RECOVERY: dict[bool, tuple[Callable[..., LossDetection], Callable[[], Pacer],
+                            Callable[..., Pmtud]]] = {
+    is_client: (inline_init(LossDetection, **spec["loss"].values),
+                inline_init(Pacer, **spec["pacer"].values),
+                inline_init(Pmtud, **spec["pmtud"].values))
+    for is_client, spec in ((False, recovery_spec(False)), (True, recovery_spec(True)))
 }
 
 
 def new_recovery(cfg: Configuration, is_client: bool) -> tuple[LossDetection, Pacer, Pmtud]:
-    """Loss detection, pacer and path MTU discovery of a new connection."""
-    loss = _NEW_LOSS[is_client](cc=CongestionControl(algorithm=cfg.congestion_control),
-                                max_pto_period=cfg.max_pto_period)
-    # pacing in batch-sized bursts: up to 2 ms of the pacing rate, at most one GSO send;
-    # sends may run 1 ms ahead (asyncio timers wake in whole milliseconds)
-    pacer = Pacer(burst_interval=0.002, max_burst_datagrams=256, granularity=0.001,
-                  run_datagrams=256)
-    return loss, pacer, new_pmtud(cfg.pmtud)
+    """Loss detection, pacer and path MTU discovery of a new connection (a connection
+    made in factory.py gets them from the same :func:`recovery_spec`)."""
+    check_algorithm(cfg)
+    new_loss, new_pacer, new_pmtud = _RECOVERY[is_client]
+    return (new_loss(cc_algorithm=cfg.congestion_control, max_pto_period=cfg.max_pto_period),
+            new_pacer(),
+            new_pmtud(pmtud=cfg.pmtud, pmtud_next_at=0.0 if cfg.pmtud else INF))
 
 
 def local_transport_parameters(self: Connection) -> TransportParameters:
@@ -110,8 +136,8 @@ def local_transport_parameters(self: Connection) -> TransportParameters:
 
 #: a server's TlsConfig by everything it is made of: the configuration's values, its key
 #: and certificates by identity (the entry keeps those objects, so the ids stay theirs).
-#: Made once per set of values and shared by that configuration's connections (nothing
-#: changes a TlsConfig once made); a few entries per process
+#: Made and validated once per set of values and shared by that configuration's
+#: connections (nothing changes a TlsConfig once made); a few entries per process
 _SERVER_TLS: dict[tuple[object, ...], tuple[tuple[object, ...], TlsConfig]] = {}
 _MAX_SERVER_TLS = 32
 
@@ -122,6 +148,13 @@ def tls_config(self: Connection, server_name: str | None,
     connection of an equal configuration)."""
     if self.is_client or server_name is not None or ticket is not None:
         return _make_tls_config(self, server_name, ticket)
+    return shared_server_tls(self)
+
+
+def shared_server_tls(self: Connection) -> TlsConfig:
+    """A server's TlsConfig, shared by the connections of equal configurations and
+    validated (``TlsConfig.validate``) when made: its ``ValueError`` comes from here,
+    and a config that fails is not kept."""
     cfg = self.configuration
     objects = (cfg.private_key, *cfg.certificate_chain)
     key = (tuple(map(id, objects)), cfg.server_name, tuple(cfg.alpn_protocols), cfg.cafile,
@@ -133,6 +166,7 @@ def tls_config(self: Connection, server_name: str | None,
     if hit is not None:
         return hit[1]
     made = _make_tls_config(self, None, None)
+    made.validate()
     if len(_SERVER_TLS) >= _MAX_SERVER_TLS:
         _SERVER_TLS.clear()
     _SERVER_TLS[key] = (objects, made)
@@ -191,7 +225,10 @@ def setup(self: Connection, now: float, server_name: str | None,
     negotiates = not self.is_client and len(cfg.versions) > 1
     # a negotiating server's parameters come from the hook, on the ClientHello
     params = b"" if negotiates else encode_local_parameters(self)
-    self.tls = TlsSession(tls_config(self, server_name, ticket), params)
+    if self.is_client or server_name is not None or ticket is not None:
+        self.tls = TlsSession(tls_config(self, server_name, ticket), params)
+    else:  # (validated when made)
+        self.tls = TlsSession(shared_server_tls(self), params, checked=True)
     if negotiates:
         self.tls.on_client_parameters(self._negotiate_version)
     self.tls.set_wall_time(now + self.wall_offset)
