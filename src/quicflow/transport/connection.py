@@ -522,7 +522,11 @@ class Connection:
         if self.terminated:
             return
         if self.state >= CLOSING:
-            on_closing_timer(self, now)
+            deadline = self.close_deadline
+            if deadline is not None and now >= deadline:
+                self._terminate()  # the period is over (on_closing_timer's first case)
+            else:
+                on_closing_timer(self, now)
             return
         if now >= self.idle_deadline:
             self.state = DRAINING
