@@ -654,7 +654,10 @@ class EndpointRunner:
             conn.handle_timer(now)
             if conn.events:
                 self._dispatch(conn)
-            self._send(conn)
+            if not conn.terminated:
+                self._send(conn)
+            elif not self._closed:  # (a drained connection's end, most often: nothing to
+                self._forget(conn)  # build, only the teardown _send would come to)
         heap = self._timer_heap  # (re-arming may have compacted it)
         while heap:  # the next live deadline arms the loop timer
             deadline, _, key = heap[0]
@@ -681,13 +684,18 @@ class EndpointRunner:
         return face
 
     def _forget(self, conn: Connection) -> None:
-        self._timers.pop(id(conn), None)  # its heap entry is skipped when it comes up
+        key = id(conn)
+        self._timers.pop(key, None)  # its heap entry is skipped when it comes up
         self.endpoint.forget(conn)
         if self.sockets is not None:
             self.sockets.forget(conn)
-        self._home.pop(conn, None)
-        face = self.remove_face(conn)
+        if self._home:
+            self._home.pop(conn, None)
+        face = self.faces.pop(key, None)  # (remove_face, inline)
         if face is not None:
+            if self._counted > 0:
+                self._counted -= 1
+                GC_POLICY.removed()
             face.on_terminated()
         if self.connected_peer is not None and not self.faces:
             self.close()

@@ -635,9 +635,11 @@ class Endpoint:
         if conn.released:
             self.moved.record((e.cid for e in conn.host_cids), conn._now_hint,
                               conn.idle_timeout)
-        self.admission.forget(conn)
-        qlog.stop(conn)
-        self.token_origins.pop(id(conn), None)
+        self.admission.half_open.pop(id(conn), None)  # (Admission.forget, inline)
+        if conn.qlog is not None:
+            qlog.stop(conn)
+        if self.token_origins:  # (a client's)
+            self.token_origins.pop(id(conn), None)
         conn.cid_changes.clear()  # (its CIDs are dropped below, whatever they were)
         dropped = self.registry.forget(conn)
         if dropped and self.is_server and conn.counters.packets_received and not (

@@ -28,6 +28,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ..crypto.extension import native_for_keys
 from ..crypto.hkdf import hkdf_expand, hkdf_extract
 from .cids import random_part
 
@@ -60,6 +61,11 @@ def _address_bytes(address: Address, with_port: bool) -> bytes:
     return ip
 
 
+#: the C engine's token seal in one call (crypto/_native_src/ticket.c), or None (not
+#: built, or Python forced)
+_NATIVE_SEAL: Any = getattr(native_for_keys(), "address_token", None)
+
+
 @dataclass(slots=True, eq=False)
 class TokenSealer:
     """Seals and opens tokens with one configured key (any length; 32 random bytes is
@@ -67,11 +73,14 @@ class TokenSealer:
 
     key: bytes
     _aead: AESGCM | None = field(default=None, repr=False)
+    #: the derived AES-256-GCM key (for the C engine's address_token)
+    _aead_key: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
         h = hashes.SHA256()
         prk = hkdf_extract(h, b"quicflow address validation", self.key)
-        self._aead = AESGCM(hkdf_expand(h, prk, b"token key", 32))
+        self._aead_key = hkdf_expand(h, prk, b"token key", 32)
+        self._aead = AESGCM(self._aead_key)
 
     def seal(
         self, kind: int, address: Address, odcid: bytes, wall_time: float,
@@ -79,6 +88,14 @@ class TokenSealer:
     ) -> bytes:
         assert self._aead is not None
         nonce = random_part(_NONCE_LEN)  # (os.urandom, read in batches; each used once)
+        head = _KIND[kind]
+        aad = head + _address_bytes(address, kind == RETRY_TOKEN)
+        native = _NATIVE_SEAL
+        if native is not None:  # the same bytes in one C call (None: the steps below)
+            token: bytes | None = native(self._aead_key, kind, nonce, int(wall_time * 1000),
+                                         odcid, retry_scid, aad)
+            if token is not None:
+                return token
         if odcid or retry_scid:
             plain = (
                 int(wall_time * 1000).to_bytes(8, "big") + bytes((len(odcid),)) + odcid
@@ -86,8 +103,6 @@ class TokenSealer:
             )
         else:  # a NEW_TOKEN token: both empty
             plain = int(wall_time * 1000).to_bytes(8, "big") + b"\x00\x00"
-        head = _KIND[kind]
-        aad = head + _address_bytes(address, kind == RETRY_TOKEN)
         return head + nonce + self._aead.encrypt(nonce, plain, aad)
 
     def open(

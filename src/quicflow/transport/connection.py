@@ -498,31 +498,45 @@ class Connection:
         if self.state >= CLOSING:
             return closing_timer(self)
         self.sync_recovery()
-        deadlines = [self.idle_deadline]
-        loss = self.loss.timer()
-        if loss is not None:
-            deadlines.append(loss)
+        # the earliest of these deadlines (compared as they come: no list, no min())
+        best = self.idle_deadline
+        t = self.loss.timer()
+        if t is not None and t < best:
+            best = t
         for space in self.spaces:
-            if space.ack_deadline is not None and not space.discarded:
-                deadlines.append(space.ack_deadline)
-            if space.ack_repeat_at is not None:
-                deadlines.append(space.ack_repeat_at)
-        if self.pacer_deadline is not None:
-            deadlines.append(self.pacer_deadline)
+            t = space.ack_deadline
+            if t is not None and t < best and not space.discarded:
+                best = t
+            t = space.ack_repeat_at
+            if t is not None and t < best:
+                best = t
+        t = self.pacer_deadline
+        if t is not None and t < best:
+            best = t
         if self.key_update_requested and not self.key_update_pending and self.key_phase_acked():
-            deadlines.append(self.key_update_allowed_at)
-        if self.handshake_confirmed and self.pmtud.next_at < self.idle_deadline:
-            deadlines.append(self.pmtud.next_at)  # a path MTU probe is due (pmtud.py)
+            t = self.key_update_allowed_at
+            if t < best:
+                best = t
+        if self.handshake_confirmed:
+            t = self.pmtud.next_at  # a path MTU probe is due (pmtud.py; only one
+            if t < best:  # before the idle deadline counts: best is never later)
+                best = t
         if self.probe is not None:
-            deadlines.append(pathprobe.probe_timer(self) or self.probe.deadline)
-        return min(deadlines)
+            t = pathprobe.probe_timer(self) or self.probe.deadline
+            if t < best:
+                best = t
+        return best
 
     def handle_timer(self, now: float) -> None:
         self._now_hint = now
         if self.terminated:
             return
         if self.state >= CLOSING:
-            on_closing_timer(self, now)
+            deadline = self.close_deadline
+            if deadline is not None and now >= deadline:
+                self._terminate()  # the period is over (on_closing_timer's first case)
+            else:
+                on_closing_timer(self, now)
             return
         if now >= self.idle_deadline:
             self.state = DRAINING

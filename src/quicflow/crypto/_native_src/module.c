@@ -39,6 +39,9 @@ static PyMethodDef module_methods[] = {
     {"ticket_message", (PyCFunction)(void (*)(void))mod_ticket_message, METH_FASTCALL,
      "ticket_message(key, nonce, aad, issued_ms, lifetime, age_add, max_early, suite, psk, "
      "alpn, server_name, transport_parameters) -> NewSessionTicket bytes | None"},
+    {"address_token", (PyCFunction)(void (*)(void))mod_address_token, METH_FASTCALL,
+     "address_token(key, kind, nonce, issued_ms, odcid, retry_scid, aad) -> bytes | None: "
+     "an address validation token sealed as endpoint/tokens.TokenSealer.seal does"},
     {"hkdf_extract", mod_hkdf_extract, METH_VARARGS,
      "hkdf_extract(suite, salt, ikm) -> bytes (an empty salt is hash-length zeros)"},
     {"hkdf_expand_label", mod_hkdf_expand_label, METH_VARARGS,

@@ -27,7 +27,8 @@
  *   frames.c   parse_frames(...): the frames of a handshake or plain 1-RTT packet.
  *   objects.c  the parsers' objects (slotted dataclasses) built without their __init__.
  *   hello.c    parse_client_hello(body): the common case of a TLS ClientHello.
- *   ticket.c   ticket_message(...): a TLS server's NewSessionTicket in one call.
+ *   ticket.c   ticket_message(...): a TLS server's NewSessionTicket in one call;
+ *              address_token(...): an address validation token sealed in one call.
  * The per-packet primitives (nonce, mask, seal, open of one KeyContext) are static inline
  * below so that the batch loops inline them exactly as in a single translation unit.
  *
@@ -594,6 +595,7 @@ PyObject *mod_initial_keys(PyObject *module, PyObject *args);
 PyObject *mod_initial_contexts(PyObject *module, PyObject *args);
 /* ticket.c: a TLS server's NewSessionTicket, its ticket sealed (AES-256-GCM) */
 PyObject *mod_ticket_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mod_address_token(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 /* hmac.c: a stateless reset token (the static key's HMAC state cached) */
 PyObject *mod_reset_token(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_tls_server_handshake(PyObject *module, PyObject *args);

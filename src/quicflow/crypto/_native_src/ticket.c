@@ -13,6 +13,15 @@
  * None when a field does not fit (a vector too long, a ticket over 65535 bytes, a name
  * that is not UTF-8 encodable): the Python path then raises its error.  The key's AES
  * schedule is kept for the next call with the same key (one entry; the GIL is held).
+ *
+ * address_token(key, kind, nonce, issued_ms, odcid, retry_scid, aad) -> bytes | None
+ *
+ * An address validation token as endpoint/tokens.TokenSealer.seal builds it: the kind
+ * byte, the 12-byte nonce, then AES-256-GCM under `key` (32 bytes) with `aad` of
+ * issued_ms (8 bytes) | len | odcid | len | retry_scid.  None when a field does not fit
+ * (a CID over 255 bytes, issued_ms not an unsigned 64-bit value, a kind over 255): the
+ * Python path then raises its error.  Its own kept key schedule (one entry), apart from
+ * the tickets' one, so the two keys do not take turns re-keying one context.
  */
 #include "native.h"
 
@@ -23,9 +32,14 @@
 #define EXT_EARLY_DATA 42
 #define QUIC_MAX_EARLY 0xFFFFFFFFu
 
-static EVP_CIPHER_CTX *ticket_ctx;
-static unsigned char ticket_key[32];
-static int ticket_keyed;
+/* an AES-256-GCM context keyed for the last key it was given */
+struct kept_aead {
+    EVP_CIPHER_CTX *ctx;
+    unsigned char key[32];
+    int keyed;
+};
+
+static struct kept_aead ticket_aead, token_aead;
 
 static unsigned char *
 put_u16(unsigned char *p, unsigned v)
@@ -47,31 +61,32 @@ put_u32(unsigned char *p, uint32_t v)
 
 /* ciphertext and tag of `in` into out (in_len + 16 bytes); 0 or -1 */
 static int
-ticket_seal(const unsigned char *key, const unsigned char *nonce, const unsigned char *aad,
-            int aad_len, const unsigned char *in, int in_len, unsigned char *out)
+kept_seal(struct kept_aead *k, const unsigned char *key, const unsigned char *nonce,
+          const unsigned char *aad, int aad_len, const unsigned char *in, int in_len,
+          unsigned char *out)
 {
     int len = 0, fin = 0;
-    if (ticket_ctx == NULL) {
-        ticket_ctx = EVP_CIPHER_CTX_new();
-        if (ticket_ctx == NULL) {
+    if (k->ctx == NULL) {
+        k->ctx = EVP_CIPHER_CTX_new();
+        if (k->ctx == NULL) {
             return -1;
         }
     }
-    if (!ticket_keyed || memcmp(ticket_key, key, sizeof(ticket_key)) != 0) {
-        ticket_keyed = 0;
-        if (EVP_EncryptInit_ex(ticket_ctx, EVP_aes_256_gcm(), NULL, key, NULL) != 1) {
+    if (!k->keyed || memcmp(k->key, key, sizeof(k->key)) != 0) {
+        k->keyed = 0;
+        if (EVP_EncryptInit_ex(k->ctx, EVP_aes_256_gcm(), NULL, key, NULL) != 1) {
             return -1;
         }
-        memcpy(ticket_key, key, sizeof(ticket_key));
-        ticket_keyed = 1;
+        memcpy(k->key, key, sizeof(k->key));
+        k->keyed = 1;
     }
-    if (EVP_EncryptInit_ex(ticket_ctx, NULL, NULL, NULL, nonce) != 1 ||
-        (aad_len && EVP_EncryptUpdate(ticket_ctx, NULL, &len, aad, aad_len) != 1) ||
-        EVP_EncryptUpdate(ticket_ctx, out, &len, in, in_len) != 1 ||
-        EVP_EncryptFinal_ex(ticket_ctx, out + len, &fin) != 1 ||
-        EVP_CIPHER_CTX_ctrl(ticket_ctx, EVP_CTRL_GCM_GET_TAG, TICKET_TAG_LEN,
+    if (EVP_EncryptInit_ex(k->ctx, NULL, NULL, NULL, nonce) != 1 ||
+        (aad_len && EVP_EncryptUpdate(k->ctx, NULL, &len, aad, aad_len) != 1) ||
+        EVP_EncryptUpdate(k->ctx, out, &len, in, in_len) != 1 ||
+        EVP_EncryptFinal_ex(k->ctx, out + len, &fin) != 1 ||
+        EVP_CIPHER_CTX_ctrl(k->ctx, EVP_CTRL_GCM_GET_TAG, TICKET_TAG_LEN,
                             out + len + fin) != 1) {
-        ticket_keyed = 0;
+        k->keyed = 0;
         return -1;
     }
     return 0;
@@ -175,8 +190,8 @@ mod_ticket_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     *m++ = 0;
     m = put_u16(m, (unsigned)ticket_len);
     memcpy(m, nonce.buf, TICKET_NONCE_LEN);
-    if (ticket_seal(key.buf, nonce.buf, aad.buf, (int)aad.len, plain, (int)plain_len,
-                    m + TICKET_NONCE_LEN) < 0) {
+    if (kept_seal(&ticket_aead, key.buf, nonce.buf, aad.buf, (int)aad.len, plain,
+                  (int)plain_len, m + TICKET_NONCE_LEN) < 0) {
         Py_CLEAR(result);
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL: ticket sealing failed");
         goto done;
@@ -200,5 +215,74 @@ done:
     PyBuffer_Release(&aad);
     PyBuffer_Release(&psk);
     PyBuffer_Release(&tp);
+    return result;
+}
+
+PyObject *
+mod_address_token(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    Py_buffer key = {0}, nonce = {0}, odcid = {0}, scid = {0}, aad = {0};
+    unsigned long kind;
+    unsigned long long issued_ms;
+    unsigned char plain[8 + 1 + 255 + 1 + 255];
+    Py_ssize_t plain_len;
+    PyObject *result = NULL;
+
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "address_token(key, kind, nonce, issued_ms, odcid, "
+                        "retry_scid, aad)");
+        return NULL;
+    }
+    kind = PyLong_AsUnsignedLong(args[1]);
+    issued_ms = PyLong_AsUnsignedLongLong(args[3]);
+    if (PyErr_Occurred()) {
+        PyErr_Clear(); /* (a value that does not fit: the Python path's error) */
+        Py_RETURN_NONE;
+    }
+    if (kind > 0xFFul) {
+        Py_RETURN_NONE;
+    }
+    if (PyObject_GetBuffer(args[0], &key, PyBUF_SIMPLE) < 0 ||
+        PyObject_GetBuffer(args[2], &nonce, PyBUF_SIMPLE) < 0 ||
+        PyObject_GetBuffer(args[4], &odcid, PyBUF_SIMPLE) < 0 ||
+        PyObject_GetBuffer(args[5], &scid, PyBUF_SIMPLE) < 0 ||
+        PyObject_GetBuffer(args[6], &aad, PyBUF_SIMPLE) < 0) {
+        goto done;
+    }
+    if (key.len != 32 || nonce.len != TICKET_NONCE_LEN || odcid.len > 0xFF ||
+        scid.len > 0xFF || aad.len > 0xFFFF) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    unsigned char *p = put_u32(plain, (uint32_t)(issued_ms >> 32));
+    p = put_u32(p, (uint32_t)issued_ms);
+    *p++ = (unsigned char)odcid.len;
+    memcpy(p, odcid.buf, (size_t)odcid.len);
+    p += odcid.len;
+    *p++ = (unsigned char)scid.len;
+    memcpy(p, scid.buf, (size_t)scid.len);
+    p += scid.len;
+    plain_len = p - plain;
+    result = PyBytes_FromStringAndSize(NULL, 1 + TICKET_NONCE_LEN + plain_len +
+                                       TICKET_TAG_LEN);
+    if (result == NULL) {
+        goto done;
+    }
+    unsigned char *m = (unsigned char *)PyBytes_AS_STRING(result);
+    m[0] = (unsigned char)kind;
+    memcpy(m + 1, nonce.buf, TICKET_NONCE_LEN);
+    if (kept_seal(&token_aead, key.buf, nonce.buf, aad.buf, (int)aad.len, plain,
+                  (int)plain_len, m + 1 + TICKET_NONCE_LEN) < 0) {
+        Py_CLEAR(result);
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL: token sealing failed");
+    }
+done:
+    OPENSSL_cleanse(plain, sizeof(plain));
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&nonce);
+    PyBuffer_Release(&odcid);
+    PyBuffer_Release(&scid);
+    PyBuffer_Release(&aad);
     return result;
 }
