@@ -26,7 +26,7 @@ from quicflow.transport.congestion import Pacer
 from quicflow.transport.events import NewTokenReceived
 from quicflow.transport.rangeset import RangeSet
 from quicflow.transport.send import _encode_ack
-from quicflow.transport.state import PacketSpace
+from quicflow.transport.state import R_CRYPTO, PacketSpace
 from quicflow.wire import frames as F
 from tests.support.memory_pair import MemoryPair
 
@@ -316,3 +316,56 @@ def test_crypto_frames_match_the_frame_encoder(sizes: list[int], capacity: int) 
                 got += frame.data
         assert bytes(payload) == bytes(expected)
     assert bytes(got) == data
+
+
+@settings(max_examples=25, deadline=None)
+@given(writes=st.lists(st.sampled_from([1, 90, 700, 3000, 70000]), min_size=1, max_size=4),
+       capacity=st.sampled_from([60, 1100, 1 << 15]),
+       lose=st.tuples(st.integers(0, 1 << 17), st.integers(1, 5000)))
+def test_crypto_frames_from_several_chunks_and_after_a_loss(
+    writes: list[int], capacity: int, lose: tuple[int, int]
+) -> None:
+    """CRYPTO data written in several writes (a large one is a chunk of its own) goes out
+    in order, each byte at its offset, as next_chunk would cut it; after a loss the
+    lost range goes out again (first) with the same bytes, and nothing else."""
+    from quicflow.transport.send import _fill_payload
+
+    pair = MemoryPair()
+    pair.run(lambda: pair.client.handshake_confirmed)
+    conn = pair.client
+    space = conn.spaces[2]
+    crypto = space.crypto_send
+    assert crypto is not None
+    start = crypto.next_offset
+    data = bytes((i * 7) % 251 for i in range(sum(writes)))
+    pos = 0
+    for n in writes:
+        crypto.write(data[pos : pos + n])
+        pos += n
+
+    def send_all() -> list[tuple[int, bytes]]:
+        sent = []
+        while crypto.has_data_to_send():
+            conn.probes_pending[2] = 1  # (a probe: no congestion or pacing check)
+            payload = bytearray()
+            records: list[tuple[int, ...]] = []
+            _fill_payload(conn, Epoch.ONE_RTT, space, payload, capacity, records,
+                          pair.now, False, False, True)
+            frames = [f for f in F.parse_frames(bytes(payload)) if isinstance(f, F.Crypto)]
+            assert frames, "a packet without the CRYPTO data that waits"
+            assert [(r[2], r[3]) for r in records if r[0] == R_CRYPTO] == [
+                (f.offset, len(f.data)) for f in frames]
+            sent += [(f.offset, bytes(f.data)) for f in frames]
+        return sent
+
+    first = send_all()
+    assert first[0][0] == start
+    assert b"".join(d for _, d in first) == data
+    assert all(a[0] + len(a[1]) == b[0] for a, b in zip(first, first[1:], strict=False))
+    assert crypto.next_offset == start + len(data)
+    lo = start + min(lose[0], len(data) - 1)
+    hi = min(lo + lose[1], start + len(data))
+    crypto.on_lost(lo, hi - lo, False)
+    again = send_all()
+    assert again[0][0] == lo and b"".join(d for _, d in again) == data[lo - start : hi - start]
+    assert not crypto.has_data_to_send() and crypto.next_offset == start + len(data)

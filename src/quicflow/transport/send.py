@@ -196,7 +196,9 @@ def _build_datagram(
             probe = probes[index] > 0
             if not ack_due and not probe:
                 crypto = space.crypto_send  # an Initial or Handshake packet: CRYPTO only
-                if crypto is None or not crypto.has_data_to_send():
+                # (_crypto_to_send inline: a flight's second call finds none)
+                if crypto is None or not (crypto.next_offset < crypto.write_offset
+                                          or crypto.lost.starts or crypto.fin_lost):
                     continue
         pn = space.next_pn
         largest_acked = space.largest_acked
@@ -411,14 +413,35 @@ def _fill_payload(
         if crypto.next_offset > crypto.acked_offset:
             crypto.on_lost(crypto.acked_offset, crypto.next_offset - crypto.acked_offset,
                            False)
-    while crypto.has_data_to_send() and epoch != _ZERO_RTT:
+    while epoch != _ZERO_RTT:
         room = limit - len(payload) - 1 - 8 - 4
-        if room <= 0:
-            break
-        chunk = crypto.next_chunk(room, 1 << 62)
-        if chunk is None:
-            break
-        offset, data, _, _ = chunk
+        offset = crypto.next_offset
+        if not crypto.lost.starts and not crypto.fin_lost and not crypto.fin_written:
+            # new data only (a flight's first send): what next_chunk would hand out, as
+            # one slice of the stream's one chunk when it holds the range (the usual
+            # case: TLS's writes are appended to one trailing chunk)
+            end = crypto.write_offset
+            if end > crypto.max_data:
+                end = crypto.max_data
+            if offset >= end or room <= 0:
+                break
+            if end - offset > room:
+                end = offset + room
+            crypto.next_offset = end
+            ends = crypto.chunk_ends
+            if len(ends) == 1:
+                chunk = crypto.chunks[0]
+                at = offset - (ends[0] - len(chunk))
+                data = chunk[at : at + end - offset]
+            else:
+                data = crypto._slice(offset, end)
+        else:
+            if room <= 0 or not crypto.has_data_to_send():
+                break
+            got = crypto.next_chunk(room, 1 << 62)
+            if got is None:
+                break
+            offset, data, _, _ = got
         n = len(data)
         payload.append(F.CRYPTO)  # the CRYPTO frame, as F.encode_frame writes it
         if offset < 0x40:  # (a flight's first frame: offset 0, 1- or 2-byte length)
@@ -494,8 +517,9 @@ def _app_frames_waiting(conn: Connection) -> bool:
     ):
         return True
     crypto = conn.spaces[2].crypto_send
-    if crypto is not None and crypto.has_data_to_send():
-        return True
+    if crypto is not None and (crypto.next_offset < crypto.write_offset
+                               or crypto.lost.starts or crypto.fin_lost):
+        return True  # (its has_data_to_send: a CRYPTO stream has no FIN, no reset)
     bidi, uni = conn.bidi, conn.uni
     if (bidi.pending_max_streams or uni.pending_max_streams or bidi.blocked_pending
             or uni.blocked_pending):
