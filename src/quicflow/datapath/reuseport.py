@@ -104,14 +104,21 @@ def _cid_block(
         fallback_jumps.append(len(block) - 1)
         block.append((_RET_A, 0, 0, 0))
     else:
-        for w, slot in enumerate(slot_of):
-            if slot < 0:
-                continue
-            block.append((_JEQ_K, 0, 1, w))
-            block.append((_RET_K, 0, 0, slot))
+        block += _slot_chain(slot_of)
     block.append((_RET_K, 0, 0, FALLBACK_INDEX))
     _patch(block, fallback_jumps, len(block) - 1)
     return block
+
+
+def _slot_chain(slot_of: Sequence[int]) -> list[Instruction]:
+    """``ret slot_of[A]`` for each worker A that has a member; falls through for the
+    rest (the caller's next instruction: its ``ret FALLBACK``)."""
+    chain: list[Instruction] = []
+    for w, slot in enumerate(slot_of):
+        if slot >= 0:
+            chain.append((_JEQ_K, 0, 1, w))
+            chain.append((_RET_K, 0, 0, slot))
+    return chain
 
 
 def _spread_block(workers: int, slot_of: Sequence[int] | None) -> list[Instruction]:
@@ -119,15 +126,8 @@ def _spread_block(workers: int, slot_of: Sequence[int] | None) -> list[Instructi
     payload offset 6); a worker with no member falls back to the hash."""
     block: list[Instruction] = [(_LDB_ABS, 0, 0, 6), (_ALU_MOD_K, 0, 0, workers)]
     if slot_of is None or list(slot_of) == list(range(workers)):
-        block.append((_RET_A, 0, 0, 0))
-        return block
-    for w, slot in enumerate(slot_of):
-        if slot < 0:
-            continue
-        block.append((_JEQ_K, 0, 1, w))
-        block.append((_RET_K, 0, 0, slot))
-    block.append((_RET_K, 0, 0, FALLBACK_INDEX))
-    return block
+        return block + [(_RET_A, 0, 0, 0)]
+    return block + _slot_chain(slot_of) + [(_RET_K, 0, 0, FALLBACK_INDEX)]
 
 
 def _patch(prog: list[Instruction], jumps: Sequence[int], target: int) -> None:
