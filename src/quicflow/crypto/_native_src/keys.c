@@ -284,9 +284,9 @@ kc_seal_packet_py(KeyContext *self, PyObject *const *args, Py_ssize_t nargs)
     Py_buffer header = {0}, payload = {0};
     unsigned long long pn;
     PyObject *out = NULL;
-    unsigned char *p, mask[5];
+    unsigned char *p;
     Py_ssize_t total, pn_offset, sample_at;
-    int pn_len, i;
+    int pn_len;
 
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "seal_packet(header, payload, pn)");
@@ -326,15 +326,11 @@ kc_seal_packet_py(KeyContext *self, PyObject *const *args, Py_ssize_t nargs)
     p = (unsigned char *)PyBytes_AS_STRING(out);
     memcpy(p, header.buf, (size_t)header.len);
     memcpy(p + header.len, payload.buf, (size_t)payload.len);
-    if (kc_seal(self, pn, p, (int)header.len, p + header.len, (int)payload.len) < 0 ||
-        kc_mask(self, KC_HP, p + sample_at, mask) < 0) {
+    if (kc_seal_protect(self, pn, p, (int)header.len, (int)payload.len, pn_offset,
+                        pn_len) < 0) {
         Py_CLEAR(out);
         openssl_error("packet seal");
         goto done;
-    }
-    p[0] ^= mask[0] & ((p[0] & 0x80) ? 0x0F : 0x1F);
-    for (i = 0; i < pn_len; i++) {
-        p[pn_offset + i] ^= mask[1 + i];
     }
 done:
     if (header.obj) PyBuffer_Release(&header);
@@ -368,7 +364,7 @@ kc_seal_long_py(KeyContext *self, PyObject *const *args, Py_ssize_t nargs)
     unsigned long version;
     unsigned long long pn;
     Py_ssize_t old, hlen, total, tok_len, tok_vlen, length, pos, pn_offset, i;
-    unsigned char *p, mask[5], first;
+    unsigned char *p, first;
 
     if (nargs != 9) {
         PyErr_SetString(PyExc_TypeError,
@@ -454,15 +450,10 @@ kc_seal_long_py(KeyContext *self, PyObject *const *args, Py_ssize_t nargs)
         p[pos + i] = (unsigned char)(pn >> (8 * (pn_len - 1 - i)));
     }
     memcpy(p + hlen, payload.buf, (size_t)payload.len);
-    if (kc_seal(self, pn, p, (int)hlen, p + hlen, (int)payload.len) < 0 ||
-        kc_mask(self, KC_HP, p + pn_offset + 4, mask) < 0) {
+    if (kc_seal_protect(self, pn, p, (int)hlen, (int)payload.len, pn_offset, pn_len) < 0) {
         PyByteArray_Resize(buf, old);
         openssl_error("packet seal");
         goto done;
-    }
-    p[0] ^= mask[0] & 0x0F;
-    for (i = 0; i < pn_len; i++) {
-        p[pn_offset + i] ^= mask[1 + i];
     }
     result = PyLong_FromSsize_t(total);
 done:
@@ -484,11 +475,10 @@ kc_open_packet_py(KeyContext *self, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t pn_offset, sample_at, header_len, ct_len;
     long long largest;
     const unsigned char *src;
-    unsigned char mask[5], first;
-    int64_t truncated = 0, pn;
-    int pn_len, i;
+    unsigned char stack[256];
+    unsigned char *h = stack;
+    int64_t truncated, pn;
     PyObject *header = NULL, *payload = NULL, *result = NULL, *pn_obj;
-    unsigned char *h;
 
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "open_packet(packet, pn_offset, largest_pn)");
@@ -519,24 +509,22 @@ kc_open_packet_py(KeyContext *self, PyObject *const *args, Py_ssize_t nargs)
         result = PyLong_FromLong(2);
         goto done;
     }
-    if (kc_mask(self, KC_HP_OPEN, src + sample_at, mask) < 0) {
-        openssl_error("header protection mask");
+    if (pn_offset + 4 > (Py_ssize_t)sizeof(stack)) {
+        h = PyMem_Malloc((size_t)(pn_offset + 4));
+        if (h == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    header_len = kc_unprotect(self, src, pn_offset, h, &truncated);
+    if (header_len < 0) {
         goto done;
     }
-    first = src[0] ^ (mask[0] & ((src[0] & 0x80) ? 0x0F : 0x1F));
-    pn_len = (first & 3) + 1;
-    header_len = pn_offset + pn_len;
-    header = PyBytes_FromStringAndSize((const char *)src, header_len);
+    header = PyBytes_FromStringAndSize((const char *)h, header_len);
     if (header == NULL) {
         goto done;
     }
-    h = (unsigned char *)PyBytes_AS_STRING(header);
-    h[0] = first;
-    for (i = 0; i < pn_len; i++) {
-        h[pn_offset + i] ^= mask[1 + i];
-        truncated = (truncated << 8) | h[pn_offset + i];
-    }
-    pn = decode_pn(truncated, pn_len * 8, (int64_t)largest);
+    pn = decode_pn(truncated, (int)(header_len - pn_offset) * 8, (int64_t)largest);
     ct_len = packet.len - header_len;
     if (ct_len < TAG_LEN) {
         result = PyLong_FromLong(2);
@@ -557,6 +545,9 @@ kc_open_packet_py(KeyContext *self, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(pn_obj);
     }
 done:
+    if (h != stack) {
+        PyMem_Free(h);
+    }
     Py_XDECREF(header);
     Py_XDECREF(payload);
     PyBuffer_Release(&packet);
@@ -577,10 +568,9 @@ kc_open_frames_py(KeyContext *self, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t pos, end, pn_offset, sample_at, header_len, ct_len, len;
     long long largest;
     const unsigned char *src;
-    unsigned char mask[5], first, stack[256];
+    unsigned char stack[256];
     unsigned char *h = stack;
-    int64_t truncated = 0, pn;
-    int pn_len, i;
+    int64_t truncated, pn;
     PyObject *payload = NULL, *frames = NULL, *pn_obj, *result = NULL, *classes;
 
     if (nargs != 6) {
@@ -631,32 +621,23 @@ kc_open_frames_py(KeyContext *self, PyObject *const *args, Py_ssize_t nargs)
         result = Py_NewRef(Py_None);
         goto done;
     }
-    if (kc_mask(self, KC_HP_OPEN, src + sample_at, mask) < 0) {
-        openssl_error("header protection mask");
-        goto done;
-    }
-    first = src[0] ^ (mask[0] & ((src[0] & 0x80) ? 0x0F : 0x1F));
-    pn_len = (first & 3) + 1;
-    header_len = pn_offset + pn_len;
-    ct_len = len - header_len;
-    if (ct_len < TAG_LEN) {
-        result = Py_NewRef(Py_None);
-        goto done;
-    }
-    if (header_len > (Py_ssize_t)sizeof(stack)) {
-        h = PyMem_Malloc((size_t)header_len);
+    if (pn_offset + 4 > (Py_ssize_t)sizeof(stack)) {
+        h = PyMem_Malloc((size_t)(pn_offset + 4));
         if (h == NULL) {
             PyErr_NoMemory();
             goto done;
         }
     }
-    memcpy(h, src, (size_t)header_len);
-    h[0] = first;
-    for (i = 0; i < pn_len; i++) {
-        h[pn_offset + i] ^= mask[1 + i];
-        truncated = (truncated << 8) | h[pn_offset + i];
+    header_len = kc_unprotect(self, src, pn_offset, h, &truncated);
+    if (header_len < 0) {
+        goto done;
     }
-    pn = decode_pn(truncated, pn_len * 8, (int64_t)largest);
+    ct_len = len - header_len;
+    if (ct_len < TAG_LEN) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    pn = decode_pn(truncated, (int)(header_len - pn_offset) * 8, (int64_t)largest);
     payload = PyBytes_FromStringAndSize(NULL, ct_len - TAG_LEN);
     if (payload == NULL) {
         goto done;

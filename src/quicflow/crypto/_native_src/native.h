@@ -355,6 +355,31 @@ KeyContext *cs_next(CidState *self);
  * set. */
 int cs_rotate(CidState *self);
 
+/* Seal the packet at p in place and protect its header (RFC 9001 5.3, 5.4): the header
+ * is p[0:header_len] with the packet number in p[pn_offset:pn_offset+pn_len], the
+ * payload of payload_len bytes follows, then 16 bytes for the tag; the sample lies 4
+ * bytes after pn_offset (the caller checked it is inside). 0; -1 when the AEAD seal
+ * failed, -2 when the mask did (OpenSSL's error queue holds why). */
+static inline int
+kc_seal_protect(KeyContext *kc, uint64_t pn, unsigned char *p, int header_len,
+                int payload_len, Py_ssize_t pn_offset, int pn_len)
+{
+    unsigned char mask[5];
+    int k;
+
+    if (kc_seal(kc, pn, p, header_len, p + header_len, payload_len) < 0) {
+        return -1;
+    }
+    if (kc_mask(kc, KC_HP, p + pn_offset + 4, mask) < 0) {
+        return -2;
+    }
+    p[0] ^= mask[0] & ((p[0] & 0x80) ? 0x0F : 0x1F);
+    for (k = 0; k < pn_len; k++) {
+        p[pn_offset + k] ^= mask[1 + k];
+    }
+    return 0;
+}
+
 /* Seal one plaintext short-header packet in place: buf[offset:offset+header_len] is the
  * header (first byte given as `first`, key-phase bit already set; pn in its last pn_len
  * bytes), the payload of payload_len bytes follows, then 16 bytes for the tag. Applies
@@ -364,22 +389,14 @@ static inline int
 seal_one(CidState *state, unsigned char *buf, Py_ssize_t offset, int header_len,
          int payload_len, uint64_t pn, int pn_len, unsigned char first)
 {
-    unsigned char mask[5];
-    Py_ssize_t body = offset + header_len, pn_offset = body - pn_len;
-    int k;
+    int failed;
 
     buf[offset] = first;
-    if (kc_seal(state->current, pn, buf + offset, header_len, buf + body, payload_len) < 0) {
-        openssl_error("AEAD seal");
+    failed = kc_seal_protect(state->current, pn, buf + offset, header_len, payload_len,
+                             header_len - pn_len, pn_len);
+    if (failed) {
+        openssl_error(failed == -1 ? "AEAD seal" : "header protection mask");
         return -1;
-    }
-    if (kc_mask(state->current, KC_HP, buf + pn_offset + 4, mask) < 0) {
-        openssl_error("header protection mask");
-        return -1;
-    }
-    buf[offset] = first ^ (mask[0] & 0x1F);
-    for (k = 0; k < pn_len; k++) {
-        buf[pn_offset + k] ^= mask[1 + k];
     }
     if ((int64_t)pn > state->largest_pn) {
         state->largest_pn = (int64_t)pn;
@@ -407,6 +424,35 @@ decode_pn(int64_t truncated, int nbits, int64_t largest_pn)
     return candidate;
 }
 
+/* Header protection off a received packet (RFC 9001 5.4): src is its first byte, its
+ * packet number starts at pn_offset and the sample 4 bytes later (the caller checked both
+ * are inside the packet). Copies the header to hdr (room for pn_offset + 4 bytes) with
+ * the first byte and the packet number unmasked; returns the header's length (pn_offset +
+ * the pn length), or -1 with an exception set. *truncated: the packet number's bytes. */
+static inline Py_ssize_t
+kc_unprotect(KeyContext *kc, const unsigned char *src, Py_ssize_t pn_offset,
+             unsigned char *hdr, int64_t *truncated)
+{
+    unsigned char mask[5], first;
+    int pn_len, k;
+    int64_t t = 0;
+
+    if (kc_mask(kc, KC_HP_OPEN, src + pn_offset + 4, mask) < 0) {
+        openssl_error("header protection mask");
+        return -1;
+    }
+    first = src[0] ^ (mask[0] & ((src[0] & 0x80) ? 0x0F : 0x1F));
+    pn_len = (first & 3) + 1;
+    memcpy(hdr, src, (size_t)(pn_offset + pn_len));
+    hdr[0] = first;
+    for (k = 0; k < pn_len; k++) {
+        hdr[pn_offset + k] ^= mask[1 + k];
+        t = (t << 8) | hdr[pn_offset + k];
+    }
+    *truncated = t;
+    return pn_offset + pn_len;
+}
+
 /* Header buffer on the stack for cids up to HDR_LOCAL - 5 bytes (longer: PyMem_Malloc). */
 #define HDR_LOCAL 64
 
@@ -428,34 +474,23 @@ static inline int
 open_prepare(CidState *state, const unsigned char *buf, Py_ssize_t buf_len, Py_ssize_t offset,
              Py_ssize_t length, Py_ssize_t cid_len, unsigned char *hdr, OpenPrep *op)
 {
-    Py_ssize_t end = offset + length, pn_offset = offset + 1 + cid_len, sample_at;
-    unsigned char mask[5], first;
-    int pn_len, k;
-    int64_t truncated = 0;
+    Py_ssize_t end = offset + length, pn_offset = offset + 1 + cid_len, sample_at, hlen;
+    int64_t truncated;
 
     sample_at = pn_offset + 4;
     if (offset < 0 || length < 0 || end > buf_len || sample_at + SAMPLE_LEN > end ||
         (buf[offset] & 0x80) || length > INT_MAX) {
         return 1;
     }
-    if (kc_mask(state->current, KC_HP_OPEN, buf + sample_at, mask) < 0) {
-        openssl_error("header protection mask");
+    hlen = kc_unprotect(state->current, buf + offset, 1 + cid_len, hdr, &truncated);
+    if (hlen < 0) {
         return -1;
     }
-    first = buf[offset] ^ (mask[0] & 0x1F);
-    pn_len = (first & 3) + 1;
-    op->body = pn_offset + pn_len;
-    op->hdr_len = (int)(op->body - offset);
+    op->hdr_len = (int)hlen;
+    op->body = offset + hlen;
     op->plen = end - op->body - TAG_LEN;
-    memcpy(hdr, buf + offset, (size_t)op->hdr_len);
-    hdr[0] = first;
-    for (k = 0; k < pn_len; k++) {
-        unsigned char byte = hdr[1 + cid_len + k] ^ mask[1 + k];
-        hdr[1 + cid_len + k] = byte;
-        truncated = (truncated << 8) | byte;
-    }
-    op->pn = decode_pn(truncated, pn_len * 8, state->largest_pn);
-    op->phase = (first >> 2) & 1;
+    op->pn = decode_pn(truncated, (int)(hlen - 1 - cid_len) * 8, state->largest_pn);
+    op->phase = (hdr[0] >> 2) & 1;
     op->rotate = 0;
     if (op->phase == state->key_phase) {
         op->keys = state->current;
