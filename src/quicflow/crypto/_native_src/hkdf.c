@@ -150,6 +150,79 @@ done:
     return result;
 }
 
+/* The packet keys of a traffic secret, k being its keyed HMAC (RFC 9001 5.1: "quic key",
+ * "quic iv", "quic hp"; "quicv2 ..." when v2): key and hp of key_len bytes, iv of IV_LEN;
+ * hp NULL: not derived. -1 on an OpenSSL failure (no exception set). */
+static int
+packet_keys(const HmacKey *k, int v2, int key_len, unsigned char *key, unsigned char *iv,
+            unsigned char *hp)
+{
+    if (expand_label_key(k, v2 ? "quicv2 key" : "quic key", v2 ? 10 : 8, NULL, 0, key_len,
+                         key) < 0 ||
+        expand_label_key(k, v2 ? "quicv2 iv" : "quic iv", v2 ? 9 : 7, NULL, 0, IV_LEN, iv) < 0 ||
+        (hp != NULL &&
+         expand_label_key(k, v2 ? "quicv2 hp" : "quic hp", v2 ? 9 : 7, NULL, 0, key_len, hp) <
+             0)) {
+        return -1;
+    }
+    return 0;
+}
+
+/* The client's and the server's Initial secrets of a client's first DCID (RFC 9001 5.2:
+ * HKDF-Extract(salt, dcid), then "client in" / "server in"; SHA-256). -1 on an OpenSSL
+ * failure (no exception set). */
+static int
+initial_secrets(const Py_buffer *salt, const Py_buffer *dcid, unsigned char secret[2][32])
+{
+    const EVP_MD *md = EVP_sha256();
+    unsigned char initial[EVP_MAX_MD_SIZE];
+    unsigned int initial_len = 0;
+    int failed;
+
+    failed = hmac_digest(md, salt->buf, (size_t)salt->len, dcid->buf, (size_t)dcid->len,
+                         initial, &initial_len) < 0 ||
+             expand_label_ctx(md, initial, initial_len, "client in", 9, NULL, 0, 32,
+                              secret[0]) < 0 ||
+             expand_label_ctx(md, initial, initial_len, "server in", 9, NULL, 0, 32,
+                              secret[1]) < 0;
+    OPENSSL_cleanse(initial, sizeof(initial));
+    return failed ? -1 : 0;
+}
+
+/* A KeyContext with the packet keys of secret (a bytes object of the suite's hash length,
+ * which it keeps); hp_given (not None) replaces the derived header-protection key. NULL
+ * with an exception set. */
+static KeyContext *
+secret_key_context(long suite, const SuiteInfo *info, PyObject *secret, int v2,
+                   PyObject *hp_given)
+{
+    HmacKey k = {0};
+    unsigned char key[MAX_KEY_LEN], iv[IV_LEN], hp[MAX_KEY_LEN];
+    PyObject *hp_bytes;
+    KeyContext *result = NULL;
+
+    hmac_key_init(&k, info->md(), (const unsigned char *)PyBytes_AS_STRING(secret),
+                  (size_t)PyBytes_GET_SIZE(secret));
+    if (packet_keys(&k, v2, info->key_len, key, iv, hp_given == Py_None ? hp : NULL) < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL: HKDF-Expand-Label failed");
+        goto wipe;
+    }
+    hp_bytes = hp_given != Py_None
+                   ? Py_NewRef(hp_given)
+                   : PyBytes_FromStringAndSize((const char *)hp, info->key_len);
+    if (hp_bytes == NULL) {
+        goto wipe;
+    }
+    result = kc_create(suite, key, iv, hp_bytes, secret);
+    Py_DECREF(hp_bytes);
+wipe:
+    hmac_key_wipe(&k);
+    OPENSSL_cleanse(key, sizeof(key));
+    OPENSSL_cleanse(iv, sizeof(iv));
+    OPENSSL_cleanse(hp, sizeof(hp));
+    return result;
+}
+
 /* quic_keys(suite, secret, v2, with_next): (key, iv, hp) of secret with the "quic ..."
  * labels ("quicv2 ..." when v2); with_next adds the "quic ku" secret of the next key
  * phase and its key and iv: (key, iv, hp, ku, next_key, next_iv). */
@@ -163,7 +236,6 @@ mod_quic_keys(PyObject *module, PyObject *args)
     const EVP_MD *md;
     unsigned char key[MAX_KEY_LEN], iv[IV_LEN], hp[MAX_KEY_LEN];
     unsigned char ku[MAX_HASH_LEN], nkey[MAX_KEY_LEN], niv[IV_LEN];
-    const char *lk = "quic key", *li = "quic iv", *lh = "quic hp", *lu = "quic ku";
     HmacKey k = {0}, kn = {0};
     PyObject *result = NULL;
 
@@ -174,19 +246,14 @@ mod_quic_keys(PyObject *module, PyObject *args)
     if (suite_info(suite, &info) < 0) {
         goto done;
     }
-    if (v2) {
-        lk = "quicv2 key", li = "quicv2 iv", lh = "quicv2 hp", lu = "quicv2 ku";
-    }
     md = info.md();
     hmac_key_init(&k, md, secret.buf, (size_t)secret.len); /* one keyed HMAC, 3-4 labels */
-    if (expand_label_key(&k, lk, strlen(lk), NULL, 0, info.key_len, key) < 0 ||
-        expand_label_key(&k, li, strlen(li), NULL, 0, IV_LEN, iv) < 0 ||
-        expand_label_key(&k, lh, strlen(lh), NULL, 0, info.key_len, hp) < 0 ||
+    if (packet_keys(&k, v2, info.key_len, key, iv, hp) < 0 ||
         (with_next &&
-         (expand_label_key(&k, lu, strlen(lu), NULL, 0, info.hash_len, ku) < 0 ||
+         (expand_label_key(&k, v2 ? "quicv2 ku" : "quic ku", v2 ? 9 : 7, NULL, 0,
+                           info.hash_len, ku) < 0 ||
           (hmac_key_init(&kn, md, ku, (size_t)info.hash_len), 0) ||
-          expand_label_key(&kn, lk, strlen(lk), NULL, 0, info.key_len, nkey) < 0 ||
-          expand_label_key(&kn, li, strlen(li), NULL, 0, IV_LEN, niv) < 0))) {
+          packet_keys(&kn, v2, info.key_len, nkey, niv, NULL) < 0))) {
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL: HKDF-Expand-Label failed");
         goto wipe;
     }
@@ -385,12 +452,9 @@ PyObject *
 mod_packet_key_context(PyObject *module, PyObject *args)
 {
     long suite;
-    PyObject *secret, *hp_given = Py_None, *hp_bytes = NULL;
+    PyObject *secret, *hp_given = Py_None;
     int v2;
     SuiteInfo info;
-    HmacKey k = {0};
-    unsigned char key[MAX_KEY_LEN], iv[IV_LEN], hp[MAX_KEY_LEN];
-    KeyContext *result = NULL;
 
     (void)module;
     if (!PyArg_ParseTuple(args, "lSp|O:packet_key_context", &suite, &secret, &v2, &hp_given)) {
@@ -410,30 +474,7 @@ mod_packet_key_context(PyObject *module, PyObject *args)
             return NULL;
         }
     }
-    hmac_key_init(&k, info.md(), (const unsigned char *)PyBytes_AS_STRING(secret),
-                  (size_t)PyBytes_GET_SIZE(secret));
-    if (expand_label_key(&k, v2 ? "quicv2 key" : "quic key", v2 ? 10 : 8, NULL, 0, info.key_len,
-                         key) < 0 ||
-        expand_label_key(&k, v2 ? "quicv2 iv" : "quic iv", v2 ? 9 : 7, NULL, 0, IV_LEN, iv) < 0 ||
-        (hp_given == Py_None &&
-         expand_label_key(&k, v2 ? "quicv2 hp" : "quic hp", v2 ? 9 : 7, NULL, 0, info.key_len,
-                          hp) < 0)) {
-        PyErr_SetString(PyExc_RuntimeError, "OpenSSL: HKDF-Expand-Label failed");
-        goto wipe;
-    }
-    hp_bytes = hp_given != Py_None
-                   ? Py_NewRef(hp_given)
-                   : PyBytes_FromStringAndSize((const char *)hp, info.key_len);
-    if (hp_bytes == NULL) {
-        goto wipe;
-    }
-    result = kc_create(suite, key, iv, hp_bytes, secret);
-    Py_DECREF(hp_bytes);
-wipe:
-    hmac_key_wipe(&k);
-    OPENSSL_cleanse(key, sizeof(key));
-    OPENSSL_cleanse(hp, sizeof(hp));
-    return (PyObject *)result;
+    return (PyObject *)secret_key_context(suite, &info, secret, v2, hp_given);
 }
 
 /* initial_keys(salt, dcid, v2): the Initial secrets of a client's first DCID (RFC 9001
@@ -445,12 +486,8 @@ mod_initial_keys(PyObject *module, PyObject *args)
 {
     Py_buffer salt, dcid;
     int v2;
-    const EVP_MD *md = EVP_sha256();
-    unsigned char initial[EVP_MAX_MD_SIZE], secret[2][32], key[2][16], iv[2][IV_LEN],
-        hp[2][16];
-    unsigned int initial_len = 0;
-    const char *labels[2] = {"client in", "server in"};
-    const char *lk = "quic key", *li = "quic iv", *lh = "quic hp";
+    unsigned char secret[2][32], key[2][16], iv[2][IV_LEN], hp[2][16];
+    HmacKey k = {0};
     PyObject *result = NULL;
     int i;
 
@@ -458,19 +495,15 @@ mod_initial_keys(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*y*p:initial_keys", &salt, &dcid, &v2)) {
         return NULL;
     }
-    if (v2) {
-        lk = "quicv2 key", li = "quicv2 iv", lh = "quicv2 hp";
-    }
-    if (hmac_digest(md, salt.buf, (size_t)salt.len, dcid.buf, (size_t)dcid.len, initial,
-                    &initial_len) < 0) {
+    if (initial_secrets(&salt, &dcid, secret) < 0) {
         goto fail;
     }
     for (i = 0; i < 2; i++) {
-        if (expand_label_ctx(md, initial, initial_len, labels[i], 9, NULL, 0, 32,
-                             secret[i]) < 0 ||
-            expand_label_ctx(md, secret[i], 32, lk, strlen(lk), NULL, 0, 16, key[i]) < 0 ||
-            expand_label_ctx(md, secret[i], 32, li, strlen(li), NULL, 0, IV_LEN, iv[i]) < 0 ||
-            expand_label_ctx(md, secret[i], 32, lh, strlen(lh), NULL, 0, 16, hp[i]) < 0) {
+        int bad;
+        hmac_key_init(&k, EVP_sha256(), secret[i], sizeof(secret[i])); /* 3 labels */
+        bad = packet_keys(&k, v2, 16, key[i], iv[i], hp[i]) < 0;
+        hmac_key_wipe(&k);
+        if (bad) {
             goto fail;
         }
     }
@@ -482,7 +515,6 @@ mod_initial_keys(PyObject *module, PyObject *args)
 fail:
     PyErr_SetString(PyExc_RuntimeError, "OpenSSL: Initial key derivation failed");
 wipe:
-    OPENSSL_cleanse(initial, sizeof(initial));
     OPENSSL_cleanse(secret, sizeof(secret));
     OPENSSL_cleanse(key, sizeof(key));
     OPENSSL_cleanse(iv, sizeof(iv));
@@ -501,63 +533,39 @@ mod_initial_contexts(PyObject *module, PyObject *args)
 {
     Py_buffer salt, dcid;
     int v2;
-    const EVP_MD *md = EVP_sha256();
-    unsigned char initial[EVP_MAX_MD_SIZE], secret[32], key[16], iv[IV_LEN], hp[16];
-    unsigned int initial_len = 0;
-    const char *labels[2] = {"client in", "server in"};
-    const char *lk = "quic key", *li = "quic iv", *lh = "quic hp";
+    unsigned char secret[2][32];
+    SuiteInfo info;
     PyObject *contexts[2] = {NULL, NULL}, *result = NULL;
-    HmacKey k = {0};
     int i;
 
     (void)module;
     if (!PyArg_ParseTuple(args, "y*y*p:initial_contexts", &salt, &dcid, &v2)) {
         return NULL;
     }
-    if (v2) {
-        lk = "quicv2 key", li = "quicv2 iv", lh = "quicv2 hp";
+    if (suite_info(SUITE_AES128, &info) < 0) {
+        goto wipe;
     }
-    if (hmac_digest(md, salt.buf, (size_t)salt.len, dcid.buf, (size_t)dcid.len, initial,
-                    &initial_len) < 0) {
-        goto fail;
+    if (initial_secrets(&salt, &dcid, secret) < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL: Initial key derivation failed");
+        goto wipe;
     }
     for (i = 0; i < 2; i++) {
-        PyObject *secret_bytes, *hp_bytes;
-        int bad;
-        if (expand_label_ctx(md, initial, initial_len, labels[i], 9, NULL, 0, 32, secret) < 0) {
-            goto fail;
+        PyObject *secret_bytes = PyBytes_FromStringAndSize((const char *)secret[i], 32);
+        if (secret_bytes == NULL) {
+            goto wipe;
         }
-        hmac_key_init(&k, md, secret, sizeof(secret)); /* one keyed HMAC, 3 labels */
-        bad = expand_label_key(&k, lk, strlen(lk), NULL, 0, 16, key) < 0 ||
-              expand_label_key(&k, li, strlen(li), NULL, 0, IV_LEN, iv) < 0 ||
-              expand_label_key(&k, lh, strlen(lh), NULL, 0, 16, hp) < 0;
-        hmac_key_wipe(&k);
-        if (bad) {
-            goto fail;
-        }
-        secret_bytes = PyBytes_FromStringAndSize((const char *)secret, sizeof(secret));
-        hp_bytes = PyBytes_FromStringAndSize((const char *)hp, sizeof(hp));
-        if (secret_bytes != NULL && hp_bytes != NULL) {
-            contexts[i] = (PyObject *)kc_create(SUITE_AES128, key, iv, hp_bytes, secret_bytes);
-        }
-        Py_XDECREF(secret_bytes);
-        Py_XDECREF(hp_bytes);
+        contexts[i] = (PyObject *)secret_key_context(SUITE_AES128, &info, secret_bytes, v2,
+                                                     Py_None);
+        Py_DECREF(secret_bytes);
         if (contexts[i] == NULL) {
             goto wipe;
         }
     }
     result = PyTuple_Pack(2, contexts[0], contexts[1]);
-    goto wipe;
-fail:
-    PyErr_SetString(PyExc_RuntimeError, "OpenSSL: Initial key derivation failed");
 wipe:
     Py_XDECREF(contexts[0]);
     Py_XDECREF(contexts[1]);
-    OPENSSL_cleanse(initial, sizeof(initial));
     OPENSSL_cleanse(secret, sizeof(secret));
-    OPENSSL_cleanse(key, sizeof(key));
-    OPENSSL_cleanse(iv, sizeof(iv));
-    OPENSSL_cleanse(hp, sizeof(hp));
     PyBuffer_Release(&salt);
     PyBuffer_Release(&dcid);
     return result;
