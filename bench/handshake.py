@@ -29,7 +29,13 @@ until closed. Printed (one JSON object on stdout, progress on stderr):
 - ``server_rss_kb`` before and after the idle connections (VmRSS from /proc), and the
   difference per idle connection;
 - ``server_idle_cpu_ms_per_s`` (with ``--idle``): the server's CPU over 3 s in which only
-  the idle connections are open, per second (timers of idle connections cost this).
+  the idle connections are open, per second (timers of idle connections cost this);
+- ``server_context_switches_per_handshake``: the server's voluntary and involuntary
+  context switches (/proc/PID/status) over the measured loop, per handshake;
+- ``server_syscalls_per_handshake`` (with ``--syscalls``): the server's system calls over
+  the measured loop by name, per handshake, counted by ``perf stat`` on the kernel's
+  syscall tracepoints (needs Linux perf and tracepoint access, e.g. root); any server,
+  ngtcp2's too: counts, not times, so they compare across a loaded machine.
 
 ``--client endpoint`` opens the measured connections on one shared client endpoint
 (``quicflow.client_endpoint``); ``connect`` gives each its own socket (``quicflow.connect``).
@@ -97,6 +103,60 @@ def rss_kb(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def context_switches(pid: int) -> int:
+    """Voluntary + involuntary context switches of ``pid`` so far."""
+    total = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                total += int(line.split()[1])
+    return total
+
+
+#: the system calls --syscalls counts by name (tracepoints syscalls:sys_enter_NAME), and
+#: all of them together (raw_syscalls:sys_enter)
+SYSCALLS = ("epoll_wait", "epoll_pwait", "recvmmsg", "recvmsg", "recvfrom", "sendmmsg",
+            "sendmsg", "sendto", "read", "write", "getrandom")
+
+
+def start_syscall_count(pid: int, out_file: str) -> subprocess.Popen[bytes] | None:
+    """``perf stat`` counting ``pid``'s system calls into ``out_file`` (CSV) until
+    SIGINT; None when perf cannot (no perf, no tracepoint access)."""
+    events = ",".join([f"syscalls:sys_enter_{name}" for name in SYSCALLS]
+                      + ["raw_syscalls:sys_enter"])
+    try:
+        proc = subprocess.Popen(["perf", "stat", "-x", ",", "-e", events, "-p", str(pid),
+                                 "-o", out_file], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError as e:
+        log(f"--syscalls: no perf ({e})")
+        return None
+    time.sleep(0.5)  # perf attaches; the server is idle meanwhile
+    if proc.poll() is not None:
+        log("--syscalls: perf stat failed (tracepoint access?)")
+        return None
+    return proc
+
+
+def stop_syscall_count(proc: subprocess.Popen[bytes], out_file: str, handshakes: int
+                       ) -> dict[str, float]:
+    """Stop ``perf stat`` and read its counts: per handshake, by system call name
+    (``total``: every system call)."""
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=10)
+    counts: dict[str, float] = {}
+    with open(out_file) as f:
+        for line in f:
+            fields = line.strip().split(",")
+            if len(fields) < 3 or not fields[0].isdigit():
+                continue
+            event = fields[2]
+            name = "total" if event == "raw_syscalls:sys_enter" else event.split("sys_enter_")[-1]
+            if int(fields[0]):
+                counts[name] = round(int(fields[0]) / handshakes, 3)
+    return counts
 
 
 # ---------------------------------------------------------------------------- server
@@ -378,6 +438,10 @@ async def _client(args: argparse.Namespace, port: int, pid: int) -> dict[str, An
         window = args.server == "quicflow"
         if window:  # the server's measured window (GC counts; --profile-loop) starts
             os.kill(pid, signal.SIGUSR2)
+        counter = (start_syscall_count(pid, os.path.join(os.path.dirname(args.window_file),
+                                                         "syscalls.csv"))
+                   if args.syscalls else None)
+        switches = context_switches(pid)
         (u0, k0), c0, t0 = cpu_split(pid), time.process_time(), time.perf_counter()
 
         own0, prof = os.times(), _client_profiler(args.client_profile)
@@ -389,6 +453,12 @@ async def _client(args: argparse.Namespace, port: int, pid: int) -> dict[str, An
         own1 = os.times()
 
         (u1, k1), c1, t1 = cpu_split(pid), time.process_time(), time.perf_counter()
+        out["server_context_switches_per_handshake"] = round(
+            (context_switches(pid) - switches) / args.handshakes, 3)
+        if counter is not None:
+            out["server_syscalls_per_handshake"] = stop_syscall_count(
+                counter, os.path.join(os.path.dirname(args.window_file), "syscalls.csv"),
+                args.handshakes)
         if window:
             os.kill(pid, signal.SIGUSR2)  # and ends
             out["server_gc_in_loop"] = await _window_stats(args.window_file)
@@ -454,6 +524,10 @@ def main() -> int:
     ap.add_argument("--tracemalloc", metavar="PREFIX",
                     help="quicflow server: tracemalloc snapshots PREFIX.1/.2 before and after "
                     "the idle connections; bytes per idle connection by source line on stderr")
+    ap.add_argument("--syscalls", action="store_true",
+                    help="count the server's system calls over the measured loop with "
+                    "'perf stat' (needs Linux perf and tracepoint access): "
+                    "server_syscalls_per_handshake in the JSON")
     args = ap.parse_args()
     args.cafile = None
     if args.cmd == "serve":
