@@ -460,8 +460,9 @@ def _fill_payload(
         _fill_control(conn, payload, limit, records)
         if conn.datagrams_pending:
             _fill_datagrams(conn, payload, limit)
-        _fill_streams(conn, payload, limit, records)
-    elif epoch == _ZERO_RTT:
+        if conn.send_queue:  # (empty: _fill_streams writes nothing; a handshake's packets)
+            _fill_streams(conn, payload, limit, records)
+    elif epoch == _ZERO_RTT and conn.send_queue:
         _fill_streams(conn, payload, limit, records)
     eliciting = len(payload) > start_len
     if probe and not eliciting:
