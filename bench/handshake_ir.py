@@ -7,9 +7,10 @@ executed does not. This runs bench/handshake_core.py's in-memory handshakes unde
 ``valgrind --tool=callgrind`` and counts instructions only inside the server's calls
 (``server``, the default: receive, build, timers and teardown of each handshake) or only
 inside one function of the server (``--only server_connection`` and the like: the
-outermost call, its callees included). A tiny C helper, compiled on the fly with the
-system's ``valgrind/callgrind.h``, switches the counting on and off. Needs valgrind and
-a C compiler. Under valgrind OpenSSL may not use the CPU's SHA extensions, so hashing
+outermost call, its callees included), or only inside one of its flight builds per
+handshake (``--only first_flight`` / ``post_flight``). A tiny C helper, compiled on the
+fly with the system's ``valgrind/callgrind.h``, switches the counting on and off. Needs
+valgrind and a C compiler. Under valgrind OpenSSL may not use the CPU's SHA extensions, so hashing
 counts for more instructions than it costs in time. Prints one JSON object.
 """
 
@@ -45,6 +46,11 @@ _TARGETS = {
     "datagrams_to_send": ("quicflow.endpoint.endpoint", None, "datagrams_to_send"),
 }
 
+#: --only choices that count one of the server's Endpoint.datagrams_to_send calls per
+#: handshake: its first (the Initial and Handshake flight) or the one right after its
+#: handshake completed (HANDSHAKE_DONE, NEW_TOKEN and the NewSessionTicket)
+_FLIGHTS = ("first_flight", "post_flight")
+
 
 def _inner(args: argparse.Namespace) -> None:
     import importlib
@@ -72,6 +78,8 @@ def _inner(args: argparse.Namespace) -> None:
             return spent
 
         hc._server_begin, hc._server_end = counted_begin, counted_end  # type: ignore[assignment]
+    elif args.only in _FLIGHTS:
+        _count_flight(args.only, hc, toggle)
     else:
         module_name, owner_name, name = _target(args.only)
         module = importlib.import_module(module_name)
@@ -108,6 +116,41 @@ def _inner(args: argparse.Namespace) -> None:
         hc.handshake(server, client_cfg, 1.0, 9999, clock, keep=False)
 
 
+def _count_flight(which: str, hc: Any, toggle: Any) -> None:
+    """Count only the server's first ``datagrams_to_send`` call of each connection, or
+    the first one after its handshake completed (``which``)."""
+    from quicflow.endpoint.endpoint import Endpoint
+
+    build = Endpoint.datagrams_to_send
+    seen: dict[int, str] = {}  # id(connection) -> the last flight counted
+
+    def counted(self: Endpoint, conn: Any, now: float) -> list[bytes]:
+        key = id(conn)
+        if key not in seen:
+            seen[key] = "first_flight"
+            flight = "first_flight"
+        elif seen[key] == "first_flight" and conn.handshake_complete:
+            seen[key] = flight = "post_flight"
+        else:
+            flight = ""
+        if flight != which:
+            return build(self, conn, now)
+        toggle()
+        try:
+            return build(self, conn, now)
+        finally:
+            toggle()
+
+    forget = Endpoint.forget
+
+    def forgotten(self: Endpoint, conn: Any) -> None:
+        seen.pop(id(conn), None)  # (an id is reused once its connection is gone)
+        forget(self, conn)
+
+    Endpoint.datagrams_to_send = counted  # type: ignore[method-assign]
+    Endpoint.forget = forgotten  # type: ignore[method-assign]
+
+
 def _target(only: str) -> tuple[str, str | None, str]:
     """A --only choice, or ``module:name`` / ``module:Class.name`` (the function as the
     caller looks it up: patch the name in the module that calls it)."""
@@ -123,11 +166,13 @@ def main() -> int:
     ap.add_argument("--handshakes", type=int, default=100)
     ap.add_argument("--only", default="server",
                     help="count inside all the server's calls (default) or one function: "
-                         f"{', '.join(_TARGETS)}, or any as MODULE:NAME or "
+                         f"{', '.join(_TARGETS)}; one server flight build per "
+                         f"handshake: {', '.join(_FLIGHTS)}; or any as MODULE:NAME or "
                          "MODULE:CLASS.NAME (e.g. quicflow.transport.receive:_after_tls)")
     ap.add_argument("--helper", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.only != "server" and ":" not in args.only and args.only not in _TARGETS:
+    if args.only != "server" and ":" not in args.only and args.only not in _TARGETS and (
+            args.only not in _FLIGHTS):
         ap.error(f"--only: unknown function {args.only!r}")
     if args.helper:
         _inner(args)

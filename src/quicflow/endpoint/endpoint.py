@@ -28,6 +28,7 @@ from ..transport import qlog
 from ..transport.config import Configuration
 from ..transport.connection import (
     Address,
+    CidIssuer,
     Connection,
 )
 from ..transport.factory import client_connection, server_connection
@@ -132,6 +133,9 @@ class Endpoint:
     #: processes and hosts; the I/O layer sets it
     wall_offset: float = 0.0
     admission: Admission = field(init=False)
+    #: ``self.issue_cid`` bound once: every connection's ``cid_issuer`` (one object for
+    #: all of them, not a bound method made per connection)
+    _issuer: CidIssuer = field(init=False, repr=False)
     token_origins: dict[int, str] = field(default_factory=dict)  # (client) id -> server
     #: False while the connections are being handed over: Initials of new connections
     #: are dropped (their clients send them again, to the successor)
@@ -180,6 +184,7 @@ class Endpoint:
                     StrikeRegister(window=cfg.ticket_age_window) if self.is_server else None),
             )
         self.admission = Admission(self.configuration)
+        self._issuer = self.issue_cid
 
     @property
     def generator(self) -> ConnectionIdSource:
@@ -213,7 +218,7 @@ class Endpoint:
         tickets = cfg.session_ticket_cache
         conn = client_connection(
             cfg, address, now, server_name=server_name, engine=self.engine,
-            cid_issuer=self.issue_cid, wall_offset=self.wall_offset,
+            cid_issuer=self._issuer, wall_offset=self.wall_offset,
             session_ticket=tickets.take(origin) if tickets is not None else None,
         )
         if self.qlog_factory is not None:
@@ -525,7 +530,7 @@ class Endpoint:
         conn = server_connection(
             self.configuration, address, admit.original_dcid, now, engine=self.engine,
             client_scid=hdr.scid, retry_scid=admit.retry_scid, address_validated=admit.validated,
-            version=hdr.version, cid_issuer=self.issue_cid,
+            version=hdr.version, cid_issuer=self._issuer,
         )
         if self.qlog_factory is not None:
             self.qlog_factory(conn, now)
@@ -605,7 +610,7 @@ class Endpoint:
         Its CIDs are registered (short-header packets reach it only if they carry our
         server ID: restore it where its CIDs route) and new ones come from our generator.
         """
-        conn.cid_issuer = self.issue_cid
+        conn.cid_issuer = self._issuer
         for cid in conn.host_cid_list():
             conn.cid_changes.append((True, cid))
         self._track(conn)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from cryptography import x509
@@ -41,6 +42,10 @@ class HandshakeCore:
     alpn: str | None = None
     peer_tp: bytes | None = None
     failed: TlsAlert | None = None
+    #: the peer's chain as received (set when its Certificate message arrives; a server
+    #: without client authentication never gets one) and the same chain as DER
+    peer_certs: Sequence[x509.Certificate] = ()
+    peer_cert_ders: Sequence[bytes] = ()
 
     def __init__(self, config: TlsConfig, transport_parameters: bytes,
                  checked: bool = False) -> None:
@@ -53,8 +58,6 @@ class HandshakeCore:
         self.output: list[tuple[Epoch, bytes]] = []
         self.secrets: list[Secret] = []
         self.transcript = bytearray()
-        self.peer_certs: list[x509.Certificate] = []
-        self.peer_cert_ders: list[bytes] = []  # the same chain as received (DER)
 
     # ------------------------------------------------------------ to override
 

@@ -284,7 +284,8 @@ class Connection:
         if self.cid_issuer is None:
             self.cid_issuer = random_cid_issuer(self.local_cid_length)
         cid, token = self.cid_issuer()
-        entry = LocalCid(sequence=self.next_host_cid_seq, cid=cid, reset_token=token)
+        # (sequence, cid, reset_token) by position: keywords cost twice as much
+        entry = LocalCid(self.next_host_cid_seq, cid, token)
         self.next_host_cid_seq += 1
         self.host_cids.append(entry)
         self.cid_changes.append((True, entry.cid))

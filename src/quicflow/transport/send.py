@@ -50,6 +50,7 @@ from .state import (
 TAG_LEN = 16
 MAX_DATAGRAMS_PER_CALL = 64
 _EPOCHS = (Epoch.INITIAL, Epoch.ZERO_RTT, Epoch.HANDSHAKE, Epoch.ONE_RTT)
+_ONE_RTT_ONLY = (Epoch.ONE_RTT,)
 _SPACE = {Epoch.INITIAL: 0, Epoch.ZERO_RTT: 2, Epoch.HANDSHAKE: 1, Epoch.ONE_RTT: 2}
 _LONG_TYPE = {Epoch.INITIAL: INITIAL, Epoch.ZERO_RTT: ZERO_RTT, Epoch.HANDSHAKE: HANDSHAKE}
 #: epochs whose packets carry application data (congestion-controlled and paced)
@@ -158,7 +159,9 @@ def _build_datagram(
     probes = conn.probes_pending
     peer_cid = conn.peer_cid
     long_overhead = 0  # of a Handshake packet, without its pn (computed once needed)
-    for epoch in _EPOCHS:
+    # 1-RTT keys, Initial and Handshake discarded: the loop would skip all other epochs
+    established = one_rtt_ready and spaces[0].discarded and spaces[1].discarded
+    for epoch in _ONE_RTT_ONLY if established else _EPOCHS:
         # what decides whether a packet of this epoch goes (see _fill_payload): an ACK
         # is due (ack-eliciting packets are waiting and the epoch, a reordering or the
         # ACK delay asks for it), a PTO probe, or something ack-eliciting waits
@@ -460,8 +463,7 @@ def _fill_payload(
         _fill_control(conn, payload, limit, records)
         if conn.datagrams_pending:
             _fill_datagrams(conn, payload, limit)
-        _fill_streams(conn, payload, limit, records)
-    elif epoch == _ZERO_RTT:
+    if conn.send_queue and epoch in _APP:  # (none queued: _fill_streams writes nothing)
         _fill_streams(conn, payload, limit, records)
     eliciting = len(payload) > start_len
     if probe and not eliciting:
