@@ -156,6 +156,21 @@ def after_newest(conn: Connection, space: PacketSpace, largest: int) -> None:
         af.gap_pn = -1
 
 
+def silence_limit(conn: Connection) -> float:
+    """A newest packet after a silence longer than this is acknowledged at once: our
+    max_ack_delay, as after it a packet is likely a PTO probe (RFC 9002 §6.2). Not while
+    the peer's ACK_FREQUENCY request is in force: the peer marks its probes with
+    IMMEDIATE_ACK and allows for the delay it asked for (draft -14 §7); at 256
+    connections a connection's turns are often that far apart on loopback."""
+    if conn.ack_freq.recv_sequence >= 0:
+        return _INF
+    limit: float = conn.configuration.max_ack_delay
+    return limit
+
+
+_INF = float("inf")
+
+
 def on_ce(conn: Connection, space: PacketSpace) -> None:
     """A CE-marked packet arrived: acknowledged at once while the peer's request holds
     ACKs back (draft -14 §6.3; the RFC 9000 policy is unchanged)."""

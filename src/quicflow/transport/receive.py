@@ -33,6 +33,7 @@ from .ack_frequency import (
     on_immediate_ack,
     on_peer_parameters,
     out_of_order,
+    silence_limit,
 )
 from .closing import answer_in_closing
 from .congestion import initial_window
@@ -300,7 +301,7 @@ def _receive_packet(
             received.shift_below(received.starts[-32])
     newest = pn > largest_received
     if newest:
-        if now - space.largest_received_time > conn.configuration.max_ack_delay:
+        if now - space.largest_received_time > silence_limit(conn):
             space.ack_immediately = True  # after a silence: likely PTO probes (see below)
         space.largest_received = pn
         space.largest_received_time = now

@@ -13,7 +13,14 @@ from bisect import bisect_right
 
 from ..crypto.epoch import Epoch
 from ..tls.alerts import TlsAlert
-from .ack_frequency import after_eliciting, after_newest, on_ce, on_stream_end, out_of_order
+from .ack_frequency import (
+    after_eliciting,
+    after_newest,
+    on_ce,
+    on_stream_end,
+    out_of_order,
+    silence_limit,
+)
 from .closing import answer_in_closing
 from .connection import Address, Connection
 from .errors import FLOW_CONTROL_ERROR, QuicError
@@ -69,7 +76,7 @@ def receive_short_run(
         return
     counters = conn.counters
     counters.datagrams_received += len(packets)
-    max_ack_delay = conn.configuration.max_ack_delay
+    silence = silence_limit(conn)
     ack_freq = conn.ack_freq
     if not conn.one_rtt_ready:
         counters.packets_dropped += len(packets)
@@ -138,7 +145,7 @@ def receive_short_run(
                     out_of_order(conn, space, pn, largest)
                 received.add(pn, end_pn)
                 if end_pn - 1 > largest:
-                    if now - space.largest_received_time > max_ack_delay:
+                    if now - space.largest_received_time > silence:
                         space.ack_immediately = True  # after a silence: PTO probes
                     space.largest_received = end_pn - 1
                     space.largest_received_time = now
@@ -174,7 +181,7 @@ def receive_short_run(
                 out_of_order(conn, space, pn, space.largest_received)
             received.add(pn, pn + 1)
             if pn > space.largest_received:
-                if now - space.largest_received_time > max_ack_delay:
+                if now - space.largest_received_time > silence:
                     space.ack_immediately = True  # after a silence: PTO probes
                 space.largest_received = pn
                 space.largest_received_time = now
