@@ -94,6 +94,7 @@ def on_ack_frequency(conn: Connection, frame: Any, epoch: Epoch, now: float) -> 
     af = conn.ack_freq
     if af.advertised_us < 0:
         raise QuicError(PROTOCOL_VIOLATION, "ACK_FREQUENCY without our min_ack_delay")
+    conn.counters.ack_frequency_received += 1
     delay_us = frame.max_ack_delay
     if delay_us < af.advertised_us:
         raise QuicError(PROTOCOL_VIOLATION, "requested max ack delay below min_ack_delay")
@@ -117,6 +118,7 @@ def on_immediate_ack(conn: Connection, frame: Any, epoch: Epoch, now: float) -> 
     """IMMEDIATE_ACK (draft -14 §5): the packet is acknowledged at once."""
     if conn.ack_freq.advertised_us < 0:
         raise QuicError(PROTOCOL_VIOLATION, "IMMEDIATE_ACK without our min_ack_delay")
+    conn.counters.immediate_acks_received += 1
     conn.spaces[2].ack_immediately = True
 
 

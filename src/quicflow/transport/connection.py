@@ -122,6 +122,8 @@ class ConnectionCounters:
     ack_frames_sent: int = 0  # ACK frames, all packet number spaces
     ack_frames_received: int = 0
     ack_frequency_sent: int = 0  # ACK_FREQUENCY frames (draft-ietf-quic-ack-frequency)
+    ack_frequency_received: int = 0  # (the newest applied or not)
+    immediate_acks_received: int = 0  # IMMEDIATE_ACK frames
 
 
 @dataclass(slots=True, eq=False)  # an entity: compared by identity
