@@ -160,7 +160,7 @@ class Configuration:
     #: ACK less often) and ask a peer that offers it for one ACK per quarter congestion
     #: window, at most ``ack_frequency_threshold`` ack-eliciting packets
     ack_frequency: bool = True
-    ack_frequency_threshold: int = 64
+    ack_frequency_threshold: int = 256
     ack_delay_exponent: int = 3
     keylog_file: str | None = None
     send_buffer_per_connection: int = 16 * MIB

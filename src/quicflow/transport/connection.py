@@ -24,7 +24,7 @@ from ..crypto.suites import CipherSuite
 from ..tls.session import TlsSession
 from ..wire.tparams import TransportParameters
 from . import pathprobe, startup, stream_api
-from .ack_frequency import AckFrequency
+from .ack_frequency import AckFrequency, peer_max_ack_delay
 from .closing import closing_timer, draining_deadline, on_closing_timer, start_closing
 from .config import Configuration
 from .congestion import CongestionControl, Pacer
@@ -496,8 +496,7 @@ class Connection:
         return events
 
     def pto(self) -> float:
-        max_ack_delay = (self.peer_params.max_ack_delay / 1000) if self.peer_params else 0.025
-        return self.loss.rtt.pto_duration(max_ack_delay, True)
+        return self.loss.rtt.pto_duration(peer_max_ack_delay(self), True)
 
     def timer(self) -> float | None:
         """The next time :meth:`handle_timer` must run, or None."""
@@ -577,7 +576,7 @@ class Connection:
             and self.amplification_credit() < 1200
         )
         if self.peer_params is not None:
-            loss.max_ack_delay = self.peer_params.max_ack_delay / 1000
+            loss.max_ack_delay = peer_max_ack_delay(self)
 
     def _terminate(self) -> None:
         self.state = CLOSED

@@ -33,6 +33,7 @@ from .ack_frequency import (
     on_immediate_ack,
     on_peer_parameters,
     out_of_order,
+    peer_max_ack_delay,
     silence_limit,
 )
 from .closing import answer_in_closing
@@ -364,7 +365,7 @@ def _effective_idle(conn: Connection) -> float:
     rtt = conn.loss.rtt
     var = 4 * rtt.rttvar
     pto = 3 * (rtt.smoothed_rtt + (var if var > GRANULARITY else GRANULARITY)
-               + (params.max_ack_delay / 1000 if params is not None else 0.025))
+               + peer_max_ack_delay(conn))
     return idle if idle > pto else pto
 
 

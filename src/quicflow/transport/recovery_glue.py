@@ -6,7 +6,7 @@ from typing import Any
 
 from ..crypto.epoch import Epoch
 from . import pmtud, qlog
-from .ack_frequency import maybe_request, on_frame_lost, on_probe
+from .ack_frequency import maybe_request, on_frame_acked, on_frame_lost, on_probe
 from .connection import SPACE_OF_EPOCH, Connection
 from .events import StreamWritable
 from .recovery import SentPacket
@@ -130,6 +130,8 @@ def on_acked_packets(conn: Connection, packets: list[SentPacket]) -> None:
                 if stream is not None and stream.send is not None:
                     stream.send.reset_acked = True
                     writable.add(rec[1])
+            elif kind == R_ACK_FREQUENCY:
+                on_frame_acked(conn, rec[1], rec[2])
             elif kind == R_PATH_CHALLENGE and conn.path_challenge:
                 # The challenge arrived but no PATH_RESPONSE yet: it may be in this very
                 # packet (frames after the ACK clear the flag again), or lost, and a

@@ -497,9 +497,9 @@ def _fill_control(
         conn.handshake_done_pending = False
     ack_freq = conn.ack_freq
     if ack_freq.pending or ack_freq.immediate_pending:
-        sequence = encode_pending(conn, payload)
+        sequence, delay_us = encode_pending(conn, payload)
         if sequence >= 0:
-            records.append((R_ACK_FREQUENCY, sequence))
+            records.append((R_ACK_FREQUENCY, sequence, delay_us))
     if conn.new_token_pending and conn.handshake_confirmed and conn.new_token and (
         limit - len(payload) > len(conn.new_token) + 16
     ):
