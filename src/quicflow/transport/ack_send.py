@@ -17,7 +17,6 @@ def encode_ack(conn: Connection, space: PacketSpace, payload: bytearray, now: fl
     """The space's ACK frame (the newest 32 ranges), written straight from the RangeSet:
     the bytes ``F.encode_frame(F.Ack(...))`` writes, without the frame object. The
     RangeSet keeps its ranges disjoint and non-adjacent, so every gap is >= 0."""
-    conn.counters.ack_frames_sent += 1
     received = space.received
     starts, ends = received.starts, received.ends
     i = len(starts) - 1

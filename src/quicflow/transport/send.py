@@ -345,7 +345,9 @@ def _fill_payload(
         # a client's 0-RTT packets never carry one (RFC 9000 §12.4)
         _encode_ack(conn, space, payload, now, epoch)
         ack_end = len(payload)
-    if not cc_ok:
+    if not cc_ok:  # (then an ACK is due: what was written goes)
+        if ack_end:
+            conn.counters.ack_frames_sent += 1
         _ack_sent(space)
         if epoch == _ONE_RTT:
             _schedule_ack_repeat(conn, space, False, now)
@@ -422,6 +424,7 @@ def _fill_payload(
         del payload[:]  # nothing but an ACK that is not due: send nothing
         return False
     if ack_end:
+        conn.counters.ack_frames_sent += 1
         _ack_sent(space)
         if epoch == _ONE_RTT:
             _schedule_ack_repeat(conn, space, eliciting, now)
