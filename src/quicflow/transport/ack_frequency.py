@@ -12,11 +12,12 @@ max_ack_delay). The decisions after received packets (``after_eliciting``,
 Sending side: when the peer offered ``min_ack_delay``, ``maybe_request`` (after each
 1-RTT ACK frame) asks for a threshold of a quarter of the congestion window in packets,
 at most ``Configuration.ack_frequency_threshold``, in steps of a factor of two (a new
-frame only when the wanted value doubles or halves). The requested max ack delay is the
-peer's own max_ack_delay, so RFC 9002's PTO and RTT use of it does not change; the
-reordering threshold is 1, so every gap is still acknowledged at once and loss recovery
-sees what it saw before. A PTO probe carries IMMEDIATE_ACK once a threshold above 1 was
-requested (``on_probe``).
+frame only when the wanted value doubles or halves). The requested max ack delay is a
+quarter of the smoothed RTT within the peer's min_ack_delay and max_ack_delay, and
+``peer_max_ack_delay`` gives RFC 9002 (PTO, RTT samples) the delay the peer may use now;
+the reordering threshold is 1, so every gap is still acknowledged at once and loss
+recovery sees what it saw before. A PTO probe carries IMMEDIATE_ACK once a threshold
+above 1 was requested (``on_probe``).
 
 All of it is plain data in :class:`AckFrequency` (``Connection.ack_freq``); its defaults
 are "not negotiated", which is what a snapshot taken before the extension restores to.
