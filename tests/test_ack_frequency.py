@@ -36,7 +36,7 @@ from quicflow.wire.varint import VARINT_MAX, encode_varint
 from .support.forge import encode_frames
 from .support.memory_pair import MemoryPair
 from .support.snapshot_peer import ClientApp, LocalSide, ServerApp
-from .test_hardening_protocol import _close_seen_by_client, _established, _inject
+from .test_hardening_protocol import _close_seen_by_client, _established, _inject, _settle
 from .test_snapshot import _CERT, CLIENT_ADDR, SERVER_ADDR, Net, _check_download
 
 varints = st.integers(min_value=0, max_value=VARINT_MAX)
@@ -326,6 +326,31 @@ def test_lossy_download_with_the_extension_arrives_intact(loss: float, size: int
     assert server.counters.packets_lost > 0
 
 
+def test_a_connection_with_nothing_to_send_asks_for_nothing() -> None:
+    """Both sides offer the extension, but a handshake-only connection sends no
+    ACK_FREQUENCY (a frame and an ACK of it would cost every short connection a datagram
+    each way); the first request comes with data to send."""
+    pair, client, server = _established()
+    assert server.ack_freq.peer_min_us >= 0 and client.ack_freq.peer_min_us >= 0
+    assert server.counters.ack_frequency_sent == 0 == client.counters.ack_frequency_sent
+    sid = server.open_stream()
+    server.send_stream_data(sid, bytes(200_000), end_stream=True)
+    for _ in range(200):
+        pair.step()
+        pair.now += 0.0002
+    assert server.counters.ack_frequency_sent >= 1
+    assert client.counters.ack_frequency_received >= 1
+
+
+def _asked_for_two(pair: MemoryPair, server: Connection) -> None:
+    """(an established pair: a connection with nothing to send asks for nothing) as if
+    the server had asked the client for a threshold of 2, acknowledged and settled."""
+    server.ack_freq.requested, server.ack_freq.pending = 2, True
+    _settle(pair)
+    pair.now += 0.03  # past the client's ACK delay: what it held is acknowledged
+    _settle(pair)
+
+
 def test_a_pto_probe_carries_immediate_ack(monkeypatch: pytest.MonkeyPatch) -> None:
     """Once we asked for fewer ACKs, a 1-RTT PTO probe asks for one at once: the client
     (threshold 2 in force, no silence rule) got the data but its ACK was lost; the
@@ -340,6 +365,7 @@ def test_a_pto_probe_carries_immediate_ack(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setitem(receive_module._HANDLERS, F.ImmediateAck, counted)
     pair, client, server = _established()
+    _asked_for_two(pair, server)
     assert client.ack_freq.recv_sequence >= 0 and client.ack_freq.threshold >= 2
     server.ack_freq.requested = 10  # as if asked for 10 (what the probe decision reads)
     sid = server.open_stream()
@@ -375,6 +401,7 @@ def test_without_immediate_ack_a_lone_packet_waits() -> None:
     """(the counterpart of the test above) the same lone packet without IMMEDIATE_ACK
     is acknowledged at the requested max ack delay, not at once."""
     pair, client, server = _established()
+    _asked_for_two(pair, server)
     sid = server.open_stream()
     server.send_stream_data(sid, b"one", end_stream=False)
     for d in pair.server.datagrams_to_send(server, pair.now):

@@ -10,8 +10,10 @@ max_ack_delay). The decisions after received packets (``after_eliciting``,
 (receive.py, receive_bulk.py).
 
 Sending side: when the peer offered ``min_ack_delay``, ``maybe_request`` (after each
-1-RTT ACK frame) asks for a threshold of a quarter of the congestion window in packets,
-at most ``Configuration.ack_frequency_threshold``, in steps of a factor of two (a new
+1-RTT ACK frame, while stream data waits to be sent: a handshake-only or idle connection
+asks nothing, which would cost it a datagram each way) asks for a threshold of a
+quarter of the congestion window in packets, at most
+``Configuration.ack_frequency_threshold``, in steps of a factor of two (a new
 frame only when the wanted value doubles or halves). The requested max ack delay is a
 quarter of the smoothed RTT within the peer's min_ack_delay and max_ack_delay, and
 ``peer_max_ack_delay`` gives RFC 9002 (PTO, RTT samples) the delay the peer may use now;
@@ -197,7 +199,11 @@ def on_stream_end(conn: Connection) -> None:
 
 def maybe_request(conn: Connection) -> None:
     """(after a 1-RTT ACK frame, the peer offering the extension) a new threshold when a
-    quarter of the congestion window, capped, has doubled or halved since the last."""
+    quarter of the congestion window, capped, has doubled or halved since the last.
+    Only while stream data waits: asking costs a frame and the peer's ACK of it (about
+    +8 % instructions per handshake for a connection that sends nothing after it)."""
+    if not conn.send_queue:
+        return  # nothing to send (a handshake-only or idle connection): nothing to ask
     af = conn.ack_freq
     want = conn.loss.cc.cwnd // (4 * conn.max_datagram_size)
     cap = conn.configuration.ack_frequency_threshold
