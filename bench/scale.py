@@ -18,7 +18,9 @@ loopback with 1200-byte datagrams, and the table gives:
 - for quicflow, packets per engine call and segments per GSO call of the server (its
   ``--json`` counters at exit);
 - client CPU seconds per GB (the client process from start to exit, handshakes and
-  start-up included: it runs every connection, so it may be what limits the goodput).
+  start-up included: it runs every connection, so it may be what limits the goodput);
+- for quicflow, ACK frames the client sent and datagrams the server received per GiB
+  (the ACK Frequency extension's effect: a download's client sends little but ACKs).
 
 Progress goes to stderr, the markdown table to stdout.
 """
@@ -92,6 +94,12 @@ def one_run(impl: Impl, connections: int, size: int, workdir: str) -> dict[str, 
             stats = json.loads(lines[-1])
             row["packets_per_engine_call"] = stats.get("packets_per_engine_call")
             row["segments_per_gso_call"] = stats.get("segments_per_gso_call")
+            received = stats.get("datapath", {}).get("datagrams_received")
+            if received is not None:
+                row["server_datagrams_in_per_gib"] = received / (size / 2**30)
+        acks = result.get("ack_frames_sent")
+        if acks is not None:
+            row["client_acks_per_gib"] = int(acks) / (size / 2**30)
     return row
 
 
@@ -113,8 +121,9 @@ def main() -> int:
     names = [x.strip() for x in args.impl.split(",") if x.strip()]
     rows: list[str] = [
         "| implementation | connections | goodput MB/s | server CPU s/GB | Jain's index"
-        " | packets/engine call | segments/GSO call | client CPU s/GB |",
-        "|---|---|---|---|---|---|---|---|",
+        " | packets/engine call | segments/GSO call | client CPU s/GB"
+        " | client ACKs/GiB | server datagrams in/GiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     with tempfile.TemporaryDirectory(prefix="quicflow-scale-") as workdir:
         cert, key = generate_self_signed(["localhost", "127.0.0.1"])
@@ -138,11 +147,14 @@ def main() -> int:
                     log(f"{label}: {r['goodput'] / 1e6:.1f} MB/s, "
                         f"{r['cpu_per_gb']:.2f} CPU-s/GB (client {r['client_cpu_per_gb']:.2f}), "
                         f"fairness {r['fairness']}, "
-                        f"{r.get('packets_per_engine_call')} packets/engine call")
+                        f"{r.get('packets_per_engine_call')} packets/engine call, "
+                        f"client ACKs/GiB {_fmt(r.get('client_acks_per_gib'), '.0f')}, "
+                        f"server datagrams in/GiB "
+                        f"{_fmt(r.get('server_datagrams_in_per_gib'), '.0f')}")
                     results.append(r)
                     time.sleep(0.5)
                 if not results:
-                    rows.append(f"| {name} | {n} | failed | | | | | |")
+                    rows.append(f"| {name} | {n} | failed | | | | | | | |")
                     continue
                 results.sort(key=lambda r: r["goodput"])
                 r = results[len(results) // 2]
@@ -151,7 +163,9 @@ def main() -> int:
                     f"{_fmt(r['fairness'], '.3f')} | "
                     f"{_fmt(r.get('packets_per_engine_call'), '.1f')} | "
                     f"{_fmt(r.get('segments_per_gso_call'), '.1f')} | "
-                    f"{r['client_cpu_per_gb']:.2f} |"
+                    f"{r['client_cpu_per_gb']:.2f} | "
+                    f"{_fmt(r.get('client_acks_per_gib'), '.0f')} | "
+                    f"{_fmt(r.get('server_datagrams_in_per_gib'), '.0f')} |"
                 )
     print("\n".join(rows))
     return 0

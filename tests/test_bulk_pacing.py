@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+import quicflow.transport.receive as receive_module
 import quicflow.transport.send as send_module
 from quicflow.aio.runner import EndpointRunner
 from quicflow.transport.bulk import build_bulk
@@ -36,6 +37,10 @@ def _paced_server(monkeypatch: pytest.MonkeyPatch, bucket: int) -> tuple[Any, An
     """A server connection mid-download with all its data queued, a window far larger
     than a run and a pacer holding exactly ``bucket`` datagrams of budget."""
     monkeypatch.setattr(snapshot_peer, "SEND_AHEAD", SIZE)  # all data queued
+    # the server asks for no other ACK frequency (with fewer ACKs, more would be in
+    # flight at the 512 KiB mark, and the client's flow control credit would end the
+    # run, not the pacer): ack_frequency tests its own
+    monkeypatch.setattr(receive_module, "on_peer_parameters", lambda conn, value: None)
     net, client, server = _start()
     net.run(lambda: len(client.app.received) >= 512 * 1024)
     conn = server.conn

@@ -82,3 +82,23 @@ def test_retry_from_picoquic_server(site: Site) -> None:
 def test_loss_and_reordering(site: Site, role: str) -> None:
     """5 % loss and 5 % reordering each way through tests/support/relay.py."""
     hq_peers.loss_and_reordering(exchange, role, site, timeout=90)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_ack_frequency_extension(site: Site, role: str) -> None:
+    """draft-ietf-quic-ack-frequency: this picoquic (1.1.53) sends min_ack_delay (1000
+    µs) with the code point of the latest drafts (0xff04de1b), so quicflow asks it for
+    fewer ACKs with ACK_FREQUENCY frames (type 0xaf, four varints), which it takes (a
+    frame it could not parse would close the connection), and it sends its own, which
+    quicflow takes: the files arrive intact (hashes) and the close is clean. (quicflow
+    asks only while it has data to send: as the downloading client it asks nothing.)"""
+    for i, size in enumerate([1 * MB, 3 * MB]):
+        site.add(f"af{i}.bin", size)
+    out = exchange(role, site)
+    assert out.conn_stats["peer_min_ack_delay"] is not None
+    if role == "qf-server":
+        assert out.conn_stats["ack_frequency_sent"] >= 1
+    else:
+        assert out.conn_stats["ack_frequency_sent"] == 0
+    assert out.conn_stats["ack_frequency_received"] >= 1
+    assert out.peer["code"] == 0

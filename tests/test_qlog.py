@@ -57,6 +57,9 @@ FRAME_FIELDS: dict[str, dict[str, Any]] = {
     "new_token": {"token": dict},
     "handshake_done": {},
     "datagram": {"length": INT},
+    "ack_frequency": {"sequence_number": INT, "ack_eliciting_threshold": INT,
+                      "request_max_ack_delay": NUM, "reordering_threshold": INT},
+    "immediate_ack": {},
 }
 METRICS = {"cwnd", "bytes_in_flight", "smoothed_rtt", "latest_rtt", "min_rtt", "rtt_variance"}
 
@@ -357,9 +360,10 @@ def test_a_server_closed_while_its_connections_close_or_drain_keeps_their_whole_
         scfg = Configuration(alpn_protocols=["perf"], certificate_chain=[cert],
                              private_key=key, qlog_dir=str(tmp_path))
         # max_ack_delay 0.5 s: the server's PTO, hence its draining period (3 PTO),
-        # lasts long enough to close the server while it drains
+        # lasts long enough to close the server while it drains (without the ACK
+        # Frequency extension, with which the server would ask for a shorter delay)
         ccfg = Configuration(alpn_protocols=["perf"], verify_peer=False,
-                             qlog_dir=str(tmp_path), max_ack_delay=0.5)
+                             qlog_dir=str(tmp_path), max_ack_delay=0.5, ack_frequency=False)
         ends = []
         for server_closes in (False, True):
             server = await quicflow.serve(echo_proto.serve_stream, "127.0.0.1", 0,

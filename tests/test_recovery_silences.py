@@ -132,7 +132,9 @@ def test_one_rtt_held_for_keys_does_not_inflate_the_clients_rtt() -> None:
 
 
 def _established(seed: int = 1) -> tuple[MemoryPair, Connection, Connection]:
-    pair = MemoryPair(seed=seed)
+    # RFC 9000's ACK policy: the ACK Frequency extension off (the peer's request would
+    # replace the silence rule tested here; tests/test_ack_frequency.py has its own)
+    pair = MemoryPair(seed=seed, ack_frequency=False)
     pair.run(lambda: pair.client.handshake_confirmed and bool(pair.server_conns)
              and pair.server_conns[0].handshake_confirmed)
     _settle(pair)

@@ -204,7 +204,7 @@ def test_padding_collapses_and_nonminimal_types() -> None:
 @pytest.mark.parametrize(
     ("raw", "ftype"),
     [
-        (b"\x1f", 0x1F),  # unknown
+        (b"\x20", 0x20),  # unknown (0x1f is IMMEDIATE_ACK, ack-frequency)
         (b"\x40\x32", 0x32),  # unknown, 2-byte type (0x30, 0x31: DATAGRAM)
         (b"\x80", 0x80),  # truncated type
         (b"\x02\x05\x00\x00\x06", 0x02),  # first ACK range below zero

@@ -92,7 +92,11 @@ def _quicflow_view(face: quicflow.QuicConnection) -> dict[str, Any]:
     c = face.conn
     return {"cipher_suite": int(c.cipher_suite) if c.cipher_suite is not None else None,
             "alpn": face.alpn_protocol, "key_updates_received": c.key_updates_received,
-            "retried": c.retry_scid is not None}  # fmt: skip
+            "retried": c.retry_scid is not None,
+            "peer_min_ack_delay": c.peer_params.min_ack_delay if c.peer_params else None,
+            "ack_frequency_sent": c.counters.ack_frequency_sent,
+            "ack_frequency_received": c.counters.ack_frequency_received,
+            "immediate_acks_received": c.counters.immediate_acks_received}  # fmt: skip
 
 
 async def start_key_update(face: quicflow.QuicConnection) -> None:

@@ -89,15 +89,18 @@ class MemoryPair:
         client_config: Configuration | None = None,
         server_config: Configuration | None = None,
         ecn: int | Callable[[int, bytes], int] = 0,
+        ack_frequency: bool = True,
     ) -> None:
         cert, key = _CERT
         self.server = Endpoint(
             server_config
-            or Configuration(alpn_protocols=["perf"], certificate_chain=[cert], private_key=key),
+            or Configuration(alpn_protocols=["perf"], certificate_chain=[cert], private_key=key,
+                             ack_frequency=ack_frequency),
             is_server=True,
         )
         self.client_ep = Endpoint(
-            client_config or Configuration(alpn_protocols=["perf"], verify_peer=False),
+            client_config or Configuration(alpn_protocols=["perf"], verify_peer=False,
+                                           ack_frequency=ack_frequency),
             is_server=False,
         )
         rng = random.Random(seed)

@@ -425,6 +425,9 @@ _CONNECTION_COUNTERS = (
     "duplicate_packets",
     "migrations",  # paths the client moved to (e.g. the server's preferred address)
     "migrations_failed",
+    "ack_frames_sent",  # (ACK frames per GiB: the ACK Frequency extension's effect)
+    "ack_frames_received",
+    "ack_frequency_sent",
 )
 _ENDPOINT_COUNTERS = (
     "lookups",

@@ -36,6 +36,8 @@ def bulk_applies(conn: Connection) -> bool:
         or conn.host_cids_pending
         or conn.datagrams_pending
         or conn.flow.pending_max_data
+        or conn.ack_freq.pending
+        or conn.ack_freq.immediate_pending
         or conn.pending_stream_updates
         or conn.path_challenges_received
         or conn.path_challenge_pending

@@ -156,6 +156,11 @@ class Configuration:
     active_connection_id_limit: int = 4
     connection_id_length: int = 8
     max_ack_delay: float = 0.025
+    #: draft-ietf-quic-ack-frequency: advertise min_ack_delay (peers may then ask us to
+    #: ACK less often) and ask a peer that offers it for one ACK per quarter congestion
+    #: window, at most ``ack_frequency_threshold`` ack-eliciting packets
+    ack_frequency: bool = True
+    ack_frequency_threshold: int = 256
     ack_delay_exponent: int = 3
     keylog_file: str | None = None
     send_buffer_per_connection: int = 16 * MIB
@@ -209,6 +214,10 @@ class Configuration:
             raise ValueError("connection_id_length must be 0 or between 4 and 20")
         if self.active_connection_id_limit < 2:
             raise ValueError("active_connection_id_limit must be at least 2")
+        if self.ack_frequency_threshold < 1:
+            raise ValueError("ack_frequency_threshold must be at least 1")
+        if not 0 <= self.max_ack_delay < 16.384:
+            raise ValueError("max_ack_delay must be at least 0 and below 2^14 ms")
         if self.idle_timeout < 0:
             raise ValueError("idle_timeout must not be negative")
         if self.max_pto_period < 0:

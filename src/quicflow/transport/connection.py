@@ -24,6 +24,7 @@ from ..crypto.suites import CipherSuite
 from ..tls.session import TlsSession
 from ..wire.tparams import TransportParameters
 from . import pathprobe, startup, stream_api
+from .ack_frequency import AckFrequency, peer_max_ack_delay
 from .closing import closing_timer, draining_deadline, on_closing_timer, start_closing
 from .config import Configuration
 from .congestion import CongestionControl, Pacer
@@ -118,6 +119,11 @@ class ConnectionCounters:
     path_probes_sent: int = 0  # (client) PATH_CHALLENGE datagrams sent on a probed path
     zero_rtt_sent: int = 0  # (client) 0-RTT packets sent
     zero_rtt_received: int = 0  # (server) 0-RTT packets opened and processed
+    ack_frames_sent: int = 0  # ACK frames, all packet number spaces
+    ack_frames_received: int = 0
+    ack_frequency_sent: int = 0  # ACK_FREQUENCY frames (draft-ietf-quic-ack-frequency)
+    ack_frequency_received: int = 0  # (the newest applied or not)
+    immediate_acks_received: int = 0  # IMMEDIATE_ACK frames
 
 
 @dataclass(slots=True, eq=False)  # an entity: compared by identity
@@ -198,6 +204,8 @@ class Connection:
     pacer: Pacer = field(default_factory=Pacer)
     loss: LossDetection = field(default_factory=LossDetection)
     probes_pending: list[int] = field(default_factory=partial(list, (0, 0, 0)))
+    #: draft-ietf-quic-ack-frequency state, both roles (ack_frequency.py)
+    ack_freq: AckFrequency = field(default_factory=AckFrequency)
     max_datagram_size: int = 1200
     path_mtu_cap: int = 65527  # largest UDP payload the path was seen to carry
     pmtud: Pmtud = field(default_factory=Pmtud)  # path MTU discovery (pmtud.py)
@@ -489,8 +497,7 @@ class Connection:
         return events
 
     def pto(self) -> float:
-        max_ack_delay = (self.peer_params.max_ack_delay / 1000) if self.peer_params else 0.025
-        return self.loss.rtt.pto_duration(max_ack_delay, True)
+        return self.loss.rtt.pto_duration(peer_max_ack_delay(self), True)
 
     def timer(self) -> float | None:
         """The next time :meth:`handle_timer` must run, or None."""
@@ -570,7 +577,7 @@ class Connection:
             and self.amplification_credit() < 1200
         )
         if self.peer_params is not None:
-            loss.max_ack_delay = self.peer_params.max_ack_delay / 1000
+            loss.max_ack_delay = peer_max_ack_delay(self)
 
     def _terminate(self) -> None:
         self.state = CLOSED

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 #: frames a 0-RTT packet must not carry (RFC 9000 §12.4, §17.2.3)
 FORBIDDEN_IN_0RTT = (F.Ack, F.Crypto, F.NewToken, F.HandshakeDone, F.PathResponse,
-                     F.RetireConnectionId)
+                     F.RetireConnectionId, F.ImmediateAck)  # (the last: ack-frequency §5)
 
 
 _TICKET_PARAMETERS: dict[tuple[int, ...], bytes] = {}

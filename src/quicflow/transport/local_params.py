@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..wire.tparams import encode_transport_parameters
+from .ack_frequency import local_min_ack_delay, on_local_parameters
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -35,6 +36,7 @@ def _cid_param(out: bytearray, pid: int, cid: bytes) -> None:
 def encode_local_parameters(conn: Connection) -> bytes:
     """``encode_transport_parameters(conn.local_params())``, byte for byte."""
     cfg = conn.configuration
+    on_local_parameters(conn, local_min_ack_delay(cfg))
     if cfg.preferred_address is not None or cfg.preferred_address_v6 is not None:
         # the preferred address carries a CID of the connection: no shared tail
         return encode_transport_parameters(conn.local_params())
@@ -42,7 +44,8 @@ def encode_local_parameters(conn: Connection) -> bytes:
     key = (server, conn.version, tuple(cfg.versions), cfg.idle_timeout, cfg.max_data,
            cfg.max_stream_data, cfg.max_streams_bidi, cfg.max_streams_uni,
            cfg.ack_delay_exponent, cfg.max_ack_delay, cfg.active_connection_id_limit,
-           cfg.max_datagram_frame_size, server and cfg.disable_active_migration)
+           cfg.max_datagram_frame_size, server and cfg.disable_active_migration,
+           cfg.ack_frequency)
     tail = _TAILS.get(key)
     if tail is None:
         tp = conn.local_params()

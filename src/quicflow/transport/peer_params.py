@@ -16,8 +16,10 @@ from typing import Any
 from ..crypto.extension import EXT, python_forced
 from ..wire.tparams import (
     DECODE_SPECS,
+    HIGH_SPECS,
     SERVER_ONLY_MASK,
     TransportParameters,
+    check_ack_delays,
     decode_transport_parameters,
     peek_version_information,
 )
@@ -34,9 +36,11 @@ def decode_peer_parameters(
     """``decode_transport_parameters(data, from_server=...)``, its common case in C."""
     native = NATIVE_DECODE
     if native is not None:
-        values = native(data, from_server, DECODE_SPECS, SERVER_ONLY_MASK)
+        values = native(data, from_server, DECODE_SPECS, SERVER_ONLY_MASK, HIGH_SPECS)
         if values is not None:
-            return TransportParameters(**values)
+            params = TransportParameters(**values)
+            check_ack_delays(params)  # (the reference's check across parameters)
+            return params
     return decode_transport_parameters(data, from_server=from_server)
 
 

@@ -191,6 +191,13 @@ def _frame(f: Any, ack_exponent: int) -> dict[str, Any]:  # noqa: C901 - one cas
         return {"frame_type": "handshake_done"}
     if cls is F.Datagram:
         return {"frame_type": "datagram", "length": len(f.data)}
+    if cls is F.AckFrequency:  # (draft-ietf-quic-ack-frequency's qlog fields)
+        return {"frame_type": "ack_frequency", "sequence_number": f.sequence,
+                "ack_eliciting_threshold": f.threshold,
+                "request_max_ack_delay": f.max_ack_delay / 1000.0,
+                "reordering_threshold": f.reordering}
+    if cls is F.ImmediateAck:
+        return {"frame_type": "immediate_ack"}
     return {"frame_type": "unknown"}
 
 

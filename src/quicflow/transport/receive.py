@@ -25,6 +25,17 @@ from ..wire.packet import (
 )
 from . import early_data, pathprobe, qlog
 from . import receive_streams as RS
+from .ack_frequency import (
+    after_eliciting,
+    after_newest,
+    on_ack_frequency,
+    on_ce,
+    on_immediate_ack,
+    on_peer_parameters,
+    out_of_order,
+    peer_max_ack_delay,
+    silence_limit,
+)
 from .closing import answer_in_closing
 from .congestion import initial_window
 from .connection import SPACE_OF_EPOCH, Address, Connection
@@ -282,7 +293,7 @@ def _receive_packet(
     # ACK bookkeeping
     ends = received.ends
     if pn < largest_received or (ends and pn > largest_received + 1):
-        space.ack_immediately = True  # reordering or a gap
+        out_of_order(conn, space, pn, largest_received)  # reordering or a gap
     if ends and ends[-1] == pn:
         ends[-1] = pn + 1  # the next in order: the last range grows (RangeSet.add inline)
     else:
@@ -291,10 +302,12 @@ def _receive_packet(
             received.shift_below(received.starts[-32])
     newest = pn > largest_received
     if newest:
-        if now - space.largest_received_time > conn.configuration.max_ack_delay:
+        if now - space.largest_received_time > silence_limit(conn):
             space.ack_immediately = True  # after a silence: likely PTO probes (see below)
         space.largest_received = pn
         space.largest_received_time = now
+        if conn.ack_freq.gap_pn >= 0:
+            after_newest(conn, space, pn)
     if epoch == EP_1RTT:
         if conn.host_cids_deferred and conn.state == ESTABLISHED:
             conn.host_cids_deferred = False  # the client is there: our spare CIDs go out
@@ -305,14 +318,16 @@ def _receive_packet(
             conn.last_non_probing_pn = pn
     if ecn:
         space.ecn_counts[_ECN_INDEX[ecn & 3]] += 1
+        if ecn & 3 == 3:
+            on_ce(conn, space)
     space.ack_pending = True
     if ack_eliciting:
-        space.ack_eliciting_pending += 1
-        space.ack_repeats = 0
-        if epoch != EP_1RTT or space.ack_eliciting_pending >= 2:
+        if epoch == EP_1RTT:
+            after_eliciting(conn, space, 1, now)
+        else:  # Initial and Handshake packets: at once
+            space.ack_eliciting_pending += 1
+            space.ack_repeats = 0
             space.ack_immediately = True
-        elif space.ack_deadline is None:
-            space.ack_deadline = now + conn.configuration.max_ack_delay
     if not server_initial or _crypto_held(space) > crypto_before:
         # an Initial that brings a server no new handshake data (anyone can build one)
         # does not keep the connection alive
@@ -350,7 +365,7 @@ def _effective_idle(conn: Connection) -> float:
     rtt = conn.loss.rtt
     var = 4 * rtt.rttvar
     pto = 3 * (rtt.smoothed_rtt + (var if var > GRANULARITY else GRANULARITY)
-               + (params.max_ack_delay / 1000 if params is not None else 0.025))
+               + peer_max_ack_delay(conn))
     return idle if idle > pto else pto
 
 
@@ -578,6 +593,7 @@ def _apply_peer_params(conn: Connection, raw: bytes) -> None:
         raise QuicError(TRANSPORT_PARAMETER_ERROR, "initial_source_connection_id mismatch")
     _check_version_information(conn, params.version_information)
     pathprobe.on_peer_parameters(conn, params)
+    on_peer_parameters(conn, params.min_ack_delay)
     conn.peer_params = params
     conn.flow.peer_max_data = params.initial_max_data
     conn.bidi.peer_max = params.initial_max_streams_bidi
@@ -744,6 +760,8 @@ _HANDLERS: dict[type, Callable[[Connection, Any, Epoch, float], None] | None] = 
     F.ConnectionClose: _on_connection_close,
     F.HandshakeDone: _on_handshake_done,
     F.Datagram: _on_datagram,
+    F.AckFrequency: on_ack_frequency,  # (ack_frequency.py)
+    F.ImmediateAck: on_immediate_ack,
 }
 
 _NOT_ACK_ELICITING = frozenset({F.Ack, F.Padding, F.ConnectionClose})  # RFC 9002 §2

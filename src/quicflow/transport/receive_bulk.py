@@ -13,6 +13,14 @@ from bisect import bisect_right
 
 from ..crypto.epoch import Epoch
 from ..tls.alerts import TlsAlert
+from .ack_frequency import (
+    after_eliciting,
+    after_newest,
+    on_ce,
+    on_stream_end,
+    out_of_order,
+    silence_limit,
+)
 from .closing import answer_in_closing
 from .connection import Address, Connection
 from .errors import FLOW_CONTROL_ERROR, QuicError
@@ -68,7 +76,8 @@ def receive_short_run(
         return
     counters = conn.counters
     counters.datagrams_received += len(packets)
-    max_ack_delay = conn.configuration.max_ack_delay
+    silence = silence_limit(conn)
+    ack_freq = conn.ack_freq
     if not conn.one_rtt_ready:
         counters.packets_dropped += len(packets)
         counters.dropped_no_keys += len(packets)
@@ -133,13 +142,17 @@ def receive_short_run(
                 all_probing = False
                 largest = space.largest_received
                 if pn < largest or (received and pn > largest + 1):
-                    space.ack_immediately = True
+                    out_of_order(conn, space, pn, largest)
                 received.add(pn, end_pn)
                 if end_pn - 1 > largest:
-                    if now - space.largest_received_time > max_ack_delay:
+                    if now - space.largest_received_time > silence:
                         space.ack_immediately = True  # after a silence: PTO probes
                     space.largest_received = end_pn - 1
                     space.largest_received_time = now
+                    if ack_freq.gap_pn >= 0:
+                        after_newest(conn, space, end_pn - 1)
+                if fin:
+                    on_stream_end(conn)
                 continue
             if kind == 2:  # (2, index): did not open
                 counters.engine_open_failures += 1
@@ -165,13 +178,15 @@ def receive_short_run(
             accepted += 1
             all_probing = all_probing and conn.last_packet_probing
             if pn < space.largest_received or (received and pn > space.largest_received + 1):
-                space.ack_immediately = True
+                out_of_order(conn, space, pn, space.largest_received)
             received.add(pn, pn + 1)
             if pn > space.largest_received:
-                if now - space.largest_received_time > max_ack_delay:
+                if now - space.largest_received_time > silence:
                     space.ack_immediately = True  # after a silence: PTO probes
                 space.largest_received = pn
                 space.largest_received_time = now
+                if ack_freq.gap_pn >= 0:
+                    after_newest(conn, space, pn)
             if is_eliciting:
                 eliciting += 1
     except QuicError as exc:
@@ -201,14 +216,11 @@ def receive_short_run(
         received.shift_below(received.starts[-32])
     if ecn_index >= 0:
         space.ecn_counts[ecn_index] += accepted
+        if ecn_index == 2:
+            on_ce(conn, space)
     space.ack_pending = True
     if eliciting:
-        space.ack_eliciting_pending += eliciting
-        space.ack_repeats = 0
-        if space.ack_eliciting_pending >= 2:
-            space.ack_immediately = True
-        elif space.ack_deadline is None:
-            space.ack_deadline = now + conn.configuration.max_ack_delay
+        after_eliciting(conn, space, eliciting, now)
     conn.idle_deadline = now + _effective_idle(conn)
     conn.last_ack_eliciting_sent_after_receive = False
     if conn.state == CLOSING:

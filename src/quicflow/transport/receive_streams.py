@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..crypto.epoch import Epoch
+from .ack_frequency import on_stream_end
 from .connection import Connection
 from .errors import FLOW_CONTROL_ERROR, FRAME_ENCODING_ERROR, QuicError
 from .events import (
@@ -29,6 +30,8 @@ def on_stream(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
         return
     recv = stream.recv
     flow = conn.flow
+    if frame.fin:
+        on_stream_end(conn)
     cost = recv.chunk_cost
     grown = recv.receive(frame.offset, frame.data, frame.fin,
                          flow.max_data - flow.data_consumed - flow.reassembly_cost)

@@ -6,12 +6,14 @@ from typing import Any
 
 from ..crypto.epoch import Epoch
 from . import pmtud, qlog
+from .ack_frequency import maybe_request, on_frame_acked, on_frame_lost, on_probe
 from .connection import SPACE_OF_EPOCH, Connection
 from .events import StreamWritable
 from .recovery import SentPacket
 from .state import (
     ECN_CAPABLE,
     ECN_FAILED,
+    R_ACK_FREQUENCY,
     R_CRYPTO,
     R_HANDSHAKE_DONE,
     R_MAX_DATA,
@@ -39,6 +41,7 @@ def on_ack_frame(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None
     else:
         exponent = 3
     ack_delay = (frame.ack_delay << exponent) / 1_000_000
+    conn.counters.ack_frames_received += 1
     loss = conn.loss
     acked, lost = loss.on_ack_received(
         epoch, frame.ranges, ack_delay, now, conn.handshake_confirmed
@@ -61,6 +64,8 @@ def on_ack_frame(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None
             pmtud.on_acks(conn, acked, now)
     if lost:
         on_lost_packets(conn, lost)
+    if epoch == _ONE_RTT and conn.ack_freq.peer_min_us >= 0:
+        maybe_request(conn)  # (the window moved: ask for another ACK frequency?)
     if conn.qlog is not None:
         qlog.metrics_updated(conn, now)
 
@@ -125,6 +130,8 @@ def on_acked_packets(conn: Connection, packets: list[SentPacket]) -> None:
                 if stream is not None and stream.send is not None:
                     stream.send.reset_acked = True
                     writable.add(rec[1])
+            elif kind == R_ACK_FREQUENCY:
+                on_frame_acked(conn, rec[1], rec[2])
             elif kind == R_PATH_CHALLENGE and conn.path_challenge:
                 # The challenge arrived but no PATH_RESPONSE yet: it may be in this very
                 # packet (frames after the ACK clear the flag again), or lost, and a
@@ -190,6 +197,8 @@ def resend_frames(conn: Connection, packets: list[SentPacket]) -> None:
                 conn.handshake_done_pending = True
             elif kind == R_NEW_TOKEN:
                 conn.new_token_pending = True
+            elif kind == R_ACK_FREQUENCY:
+                on_frame_lost(conn, rec[1])
             elif kind == R_PATH_CHALLENGE:
                 if conn.path_challenge:  # not yet answered: challenge the path again
                     conn.path_challenge_pending = True
@@ -236,6 +245,7 @@ def on_loss_timeout(conn: Connection, now: float) -> None:
                 conn.probes_pending[1] = max(conn.probes_pending[1], 1)
                 requeue_epoch(conn, _HANDSHAKE)
         else:
+            on_probe(conn)  # (an IMMEDIATE_ACK with the probe, if we asked for fewer)
             # RFC 9002 §6.2.4: probes SHOULD carry data. Without new data a probe would
             # be a bare PING, which a peer may never acknowledge (one that waits for our
             # HANDSHAKE_DONE probes Handshake only): resend what the oldest packet in

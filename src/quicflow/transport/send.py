@@ -20,6 +20,9 @@ from ..wire.packet import (
 )
 from ..wire.varint import push_varint, varint_len
 from . import qlog
+from .ack_frequency import encode_pending
+from .ack_send import ack_sent as _ack_sent
+from .ack_send import encode_ack as _encode_ack
 from .bulk import build_bulk, bulk_applies
 from .connection import Connection
 from .errors import APPLICATION_ERROR
@@ -28,6 +31,7 @@ from .receive import _discard_epoch, _effective_idle, issue_pending_cids
 from .recovery import SentPacket
 from .state import (
     CLOSING,
+    R_ACK_FREQUENCY,
     R_CRYPTO,
     R_DATA_BLOCKED,
     R_HANDSHAKE_DONE,
@@ -304,62 +308,6 @@ def _on_packet_sent(
             conn.last_ack_eliciting_sent_after_receive = True
 
 
-def _encode_ack(conn: Connection, space: PacketSpace, payload: bytearray, now: float,
-                epoch: Epoch) -> None:
-    """The space's ACK frame (the newest 32 ranges), written straight from the RangeSet:
-    the bytes ``F.encode_frame(F.Ack(...))`` writes, without the frame object. The
-    RangeSet keeps its ranges disjoint and non-adjacent, so every gap is >= 0."""
-    received = space.received
-    starts, ends = received.starts, received.ends
-    i = len(starts) - 1
-    stop = i - 32 if i > 31 else -1
-    delay_us = int((now - space.largest_received_time) * 1_000_000)
-    exponent = conn.configuration.ack_delay_exponent if epoch is _ONE_RTT else 3
-    ecn = space.ecn_counts
-    with_ecn = ecn[0] or ecn[1] or ecn[2]
-    payload.append(F.ACK_ECN if with_ecn else F.ACK)
-    smallest = starts[i]
-    largest = ends[i] - 1
-    # (one-byte varints inline: a handshake's largest, range count and first range)
-    if largest < 0x40:
-        payload.append(largest)
-    else:
-        push_varint(payload, largest)
-    delay = delay_us >> exponent if delay_us > 0 else 0
-    if delay < 0x40:
-        payload.append(delay)
-    else:
-        push_varint(payload, delay)
-    count = i - stop - 1
-    if count < 0x40:
-        payload.append(count)
-    else:
-        push_varint(payload, count)
-    first = largest - smallest
-    if first < 0x40:
-        payload.append(first)
-    else:
-        push_varint(payload, first)
-    for j in range(i - 1, stop, -1):
-        hi = ends[j] - 1
-        push_varint(payload, smallest - hi - 2)
-        smallest = starts[j]
-        push_varint(payload, hi - smallest)
-    if with_ecn:
-        for n in ecn:  # (a handshake's counts are one-byte varints: written inline)
-            if n < 0x40:
-                payload.append(n)
-            else:
-                push_varint(payload, n)
-
-
-def _ack_sent(space: PacketSpace) -> None:
-    space.ack_pending = False
-    space.ack_immediately = False
-    space.ack_eliciting_pending = 0
-    space.ack_deadline = None
-
-
 def _fill_payload(
     conn: Connection,
     epoch: Epoch,
@@ -400,7 +348,9 @@ def _fill_payload(
         # a client's 0-RTT packets never carry one (RFC 9000 §12.4)
         _encode_ack(conn, space, payload, now, epoch)
         ack_end = len(payload)
-    if not cc_ok:
+    if not cc_ok:  # (then an ACK is due: what was written goes)
+        if ack_end:
+            conn.counters.ack_frames_sent += 1
         _ack_sent(space)
         if epoch == _ONE_RTT:
             _schedule_ack_repeat(conn, space, False, now)
@@ -476,6 +426,7 @@ def _fill_payload(
         del payload[:]  # nothing but an ACK that is not due: send nothing
         return False
     if ack_end:
+        conn.counters.ack_frames_sent += 1
         _ack_sent(space)
         if epoch == _ONE_RTT:
             _schedule_ack_repeat(conn, space, eliciting, now)
@@ -516,6 +467,8 @@ def _app_frames_waiting(conn: Connection) -> bool:
         or conn.retire_pending
         or conn.host_cids_pending
         or conn.flow.pending_max_data
+        or conn.ack_freq.pending
+        or conn.ack_freq.immediate_pending
     ):
         return True
     crypto = conn.spaces[2].crypto_send
@@ -547,6 +500,11 @@ def _fill_control(
         payload.append(F.HANDSHAKE_DONE)
         records.append((R_HANDSHAKE_DONE,))
         conn.handshake_done_pending = False
+    ack_freq = conn.ack_freq
+    if ack_freq.pending or ack_freq.immediate_pending:
+        sequence, delay_us = encode_pending(conn, payload)
+        if sequence >= 0:
+            records.append((R_ACK_FREQUENCY, sequence, delay_us))
     if conn.new_token_pending and conn.handshake_confirmed and conn.new_token and (
         limit - len(payload) > len(conn.new_token) + 16
     ):

@@ -34,6 +34,7 @@ from ..crypto.epoch import Epoch
 from ..crypto.offload import OffloadEngine
 from ..crypto.suites import CipherSuite, suite_hash_len, suite_key_len
 from ..wire.tparams import PreferredAddress, TransportParameters
+from .ack_frequency import AckFrequency
 from .codec import Codec, SnapshotError
 from .config import Configuration
 from .congestion import CongestionControl, Pacer
@@ -137,6 +138,7 @@ CLASSES: tuple[type[Any], ...] = (
     PathProbe,
     DirectionKeys,
     Pmtud,
+    AckFrequency,
 )
 ENUMS = (Epoch, CipherSuite, PnSpace)
 

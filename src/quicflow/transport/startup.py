@@ -19,6 +19,7 @@ from ..tls.session import TlsSession
 from ..tls.tickets import SessionTicket, ticket_sealer
 from ..wire.tparams import TransportParameters
 from . import early_data, pathprobe
+from .ack_frequency import local_min_ack_delay
 from .config import Configuration
 from .congestion import ALGORITHMS, CongestionControl, Pacer, initial_window
 from .inline import Arg, Inline, inline_init
@@ -123,6 +124,7 @@ def local_transport_parameters(self: Connection) -> TransportParameters:
         initial_source_connection_id=self.initial_scid,
         version_information=[self.version, *cfg.versions],
         max_datagram_frame_size=cfg.max_datagram_frame_size,
+        min_ack_delay=local_min_ack_delay(cfg),
     )
     if not self.is_client:
         tp.original_destination_connection_id = self.original_dcid

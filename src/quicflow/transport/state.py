@@ -40,6 +40,7 @@ R_PING = 14
 R_STREAM_RUN = 15
 R_PATH_CHALLENGE = 16
 R_NEW_TOKEN = 24  # (R_NEW_TOKEN,): the server's NEW_TOKEN frame
+R_ACK_FREQUENCY = 25  # (R_ACK_FREQUENCY, sequence): our ACK_FREQUENCY frame
 
 
 def _crypto_send() -> SendStream:

@@ -32,6 +32,8 @@ PATH_RESPONSE = 0x1B
 CONNECTION_CLOSE = 0x1C
 CONNECTION_CLOSE_APP = 0x1D
 HANDSHAKE_DONE = 0x1E
+IMMEDIATE_ACK = 0x1F  # draft-ietf-quic-ack-frequency-14 §5 (1-RTT packets only)
+ACK_FREQUENCY = 0xAF  # draft-ietf-quic-ack-frequency-14 §4 (a two-byte frame type)
 DATAGRAM = 0x30  # RFC 9221: data to the end of the packet
 DATAGRAM_LEN = 0x31  # with a length
 
@@ -163,6 +165,21 @@ class Datagram:
     data: bytes
 
 
+@dataclass(slots=True)
+class AckFrequency:
+    """draft-ietf-quic-ack-frequency-14 ACK_FREQUENCY: how often the peer asks us to ACK."""
+
+    sequence: int
+    threshold: int  # ack-eliciting packets received before an ACK is owed
+    max_ack_delay: int  # requested max ack delay, microseconds
+    reordering: int  # reordering threshold (0: reordering never asks for an ACK at once)
+
+
+@dataclass(slots=True)
+class ImmediateAck:
+    """draft-ietf-quic-ack-frequency-14 IMMEDIATE_ACK: acknowledge this packet at once."""
+
+
 Frame = Union[  # noqa: UP007 - a named alias reads better as Union
     Padding,
     Ping,
@@ -185,4 +202,6 @@ Frame = Union[  # noqa: UP007 - a named alias reads better as Union
     ConnectionClose,
     HandshakeDone,
     Datagram,
+    AckFrequency,
+    ImmediateAck,
 ]

@@ -9,6 +9,7 @@ from .errors import FrameEncodingError, WireError
 from .frame_types import (
     ACK,
     ACK_ECN,
+    ACK_FREQUENCY,
     CONNECTION_CLOSE,
     CONNECTION_CLOSE_APP,
     CRYPTO,
@@ -16,6 +17,7 @@ from .frame_types import (
     DATAGRAM,
     DATAGRAM_LEN,
     HANDSHAKE_DONE,
+    IMMEDIATE_ACK,
     MAX_DATA,
     MAX_STREAM_DATA,
     MAX_STREAMS_BIDI,
@@ -38,12 +40,14 @@ from .frame_types import (
     STREAMS_BLOCKED_BIDI,
     STREAMS_BLOCKED_UNI,
     Ack,
+    AckFrequency,
     ConnectionClose,
     Crypto,
     DataBlocked,
     Datagram,
     Frame,
     HandshakeDone,
+    ImmediateAck,
     MaxData,
     MaxStreamData,
     MaxStreams,
@@ -65,11 +69,13 @@ from .varint import VARINT_MAX, decode_varint, push_varint, varint_len
 __all__ = [
     "ACK",
     "ACK_ECN",
+    "ACK_FREQUENCY",
     "CONNECTION_CLOSE",
     "CONNECTION_CLOSE_APP",
     "CRYPTO",
     "DATA_BLOCKED",
     "HANDSHAKE_DONE",
+    "IMMEDIATE_ACK",
     "DATAGRAM",
     "DATAGRAM_LEN",
     "MAX_DATA",
@@ -93,11 +99,13 @@ __all__ = [
     "STREAM_LEN",
     "STREAM_OFF",
     "Ack",
+    "AckFrequency",
     "ConnectionClose",
     "Crypto",
     "DataBlocked",
     "Frame",
     "HandshakeDone",
+    "ImmediateAck",
     "Datagram",
     "MaxData",
     "MaxStreamData",
@@ -355,6 +363,18 @@ def _parse_ping(data: bytes, pos: int, ftype: int) -> tuple[Frame, int]:
     return Ping(), pos
 
 
+def _parse_ack_frequency(data: bytes, pos: int, ftype: int) -> tuple[Frame, int]:
+    sequence, pos = decode_varint(data, pos)
+    threshold, pos = decode_varint(data, pos)
+    max_ack_delay, pos = decode_varint(data, pos)
+    reordering, pos = decode_varint(data, pos)
+    return AckFrequency(sequence, threshold, max_ack_delay, reordering), pos
+
+
+def _parse_immediate_ack(data: bytes, pos: int, ftype: int) -> tuple[Frame, int]:
+    return ImmediateAck(), pos
+
+
 _PARSERS: dict[int, _Parser] = {
     DATAGRAM: _parse_datagram,
     DATAGRAM_LEN: _parse_datagram,
@@ -380,6 +400,8 @@ _PARSERS: dict[int, _Parser] = {
     CONNECTION_CLOSE: _parse_connection_close,
     CONNECTION_CLOSE_APP: _parse_connection_close,
     HANDSHAKE_DONE: _parse_handshake_done,
+    IMMEDIATE_ACK: _parse_immediate_ack,
+    ACK_FREQUENCY: _parse_ack_frequency,
 }
 for _t in range(STREAM, STREAM + 8):
     _PARSERS[_t] = _parse_stream
@@ -646,7 +668,21 @@ def _enc_datagram(f: Datagram, out: bytearray) -> None:
     out += f.data
 
 
+def _enc_ack_frequency(f: AckFrequency, out: bytearray) -> None:
+    push_varint(out, ACK_FREQUENCY)
+    push_varint(out, f.sequence)
+    push_varint(out, f.threshold)
+    push_varint(out, f.max_ack_delay)
+    push_varint(out, f.reordering)
+
+
+def _enc_immediate_ack(f: ImmediateAck, out: bytearray) -> None:
+    out.append(IMMEDIATE_ACK)
+
+
 _ENCODERS: dict[type, Callable[[Any, bytearray], None]] = {
+    AckFrequency: _enc_ack_frequency,
+    ImmediateAck: _enc_immediate_ack,
     Datagram: _enc_datagram,
     Padding: _enc_padding,
     Ping: _enc_ping,
@@ -712,6 +748,8 @@ _TYPE_OF: dict[type, int] = {
     PathResponse: PATH_RESPONSE,
     HandshakeDone: HANDSHAKE_DONE,
     Datagram: DATAGRAM_LEN,
+    AckFrequency: ACK_FREQUENCY,
+    ImmediateAck: IMMEDIATE_ACK,
 }
 
 

@@ -11,10 +11,13 @@ from .varint import decode_varint, push_varint
 
 __all__ = [
     "DECODE_SPECS",
+    "HIGH_SPECS",
+    "MIN_ACK_DELAY",
     "SERVER_ONLY_MASK",
     "SERVER_ONLY_PARAMETERS",
     "PreferredAddress",
     "TransportParameters",
+    "check_ack_delays",
     "decode_transport_parameters",
     "encode_transport_parameters",
 ]
@@ -38,6 +41,9 @@ INITIAL_SOURCE_CONNECTION_ID = 0x0F
 RETRY_SOURCE_CONNECTION_ID = 0x10
 VERSION_INFORMATION = 0x11  # RFC 9368 §3
 MAX_DATAGRAM_FRAME_SIZE = 0x20  # RFC 9221 §3
+MIN_ACK_DELAY = 0xFF04DE1B  # draft-ietf-quic-ack-frequency-14 §3 (microseconds)
+#: min_ack_delay values of 2^24 microseconds or more are invalid (draft -14 §3)
+MIN_ACK_DELAY_LIMIT = 1 << 24
 
 #: Parameters only a server may send (RFC 9000 §18.2).
 SERVER_ONLY_PARAMETERS = frozenset(
@@ -90,6 +96,8 @@ class TransportParameters:
     #: RFC 9368: [chosen version, available versions...]
     version_information: list[int] | None = None
     max_datagram_frame_size: int = 0  # RFC 9221: 0 = DATAGRAM frames not accepted
+    #: draft-ietf-quic-ack-frequency: microseconds; None = the extension is not offered
+    min_ack_delay: int | None = None
 
 
 # (id, field name, default) of the integer-valued parameters, in id order.
@@ -153,6 +161,11 @@ DECODE_SPECS: tuple[tuple[str, int] | tuple[str, int, int] | None, ...] = tuple(
 )
 #: SERVER_ONLY_PARAMETERS as bits (all below 64)
 SERVER_ONLY_MASK = sum(1 << pid for pid in SERVER_ONLY_PARAMETERS)
+#: The integer parameters with ids past DECODE_SPECS, by id, as the C decoder takes them
+#: (its fifth argument): ``(field, lo, hi)``
+HIGH_SPECS: dict[int, tuple[str, int, int]] = {
+    MIN_ACK_DELAY: ("min_ack_delay", 0, MIN_ACK_DELAY_LIMIT - 1),
+}
 
 
 def _encode_preferred_address(pa: PreferredAddress) -> bytes:
@@ -240,6 +253,10 @@ def encode_transport_parameters(tp: TransportParameters) -> bytes:
         _push_param(out, DISABLE_ACTIVE_MIGRATION, b"")
     if tp.preferred_address is not None:
         _push_param(out, PREFERRED_ADDRESS, _encode_preferred_address(tp.preferred_address))
+    if tp.min_ack_delay is not None:
+        encoded = bytearray()
+        push_varint(encoded, tp.min_ack_delay)
+        _push_param(out, MIN_ACK_DELAY, bytes(encoded))
     if tp.version_information is not None:
         if not tp.version_information or not all(
             0 < v < 1 << 32 for v in tp.version_information
@@ -261,6 +278,13 @@ def _check_int(pid: int, value: int) -> None:
         raise TransportParameterError("active_connection_id_limit below 2")
     if pid in (INITIAL_MAX_STREAMS_BIDI, INITIAL_MAX_STREAMS_UNI) and value > _MAX_STREAMS:
         raise TransportParameterError("initial_max_streams above 2^60")
+
+
+def check_ack_delays(tp: TransportParameters) -> None:
+    """The checks across parameters: min_ack_delay (microseconds) not above max_ack_delay
+    (milliseconds), draft-ietf-quic-ack-frequency-14 §3."""
+    if tp.min_ack_delay is not None and tp.min_ack_delay > tp.max_ack_delay * 1000:
+        raise TransportParameterError("min_ack_delay above max_ack_delay")
 
 
 def peek_version_information(data: bytes) -> list[int] | None:
@@ -373,9 +397,18 @@ def decode_transport_parameters(
                 if versions[0] == 0:
                     raise TransportParameterError("version_information chosen version is 0")
                 values["version_information"] = versions
+            elif pid == MIN_ACK_DELAY:
+                value, vend = decode_varint(buf, pos)
+                if vend != end:
+                    raise TransportParameterError("bad length of transport parameter min_ack_delay")
+                if value >= MIN_ACK_DELAY_LIMIT:
+                    raise TransportParameterError("min_ack_delay of 2^24 or more")
+                values["min_ack_delay"] = value
             pos = end
     except TransportParameterError:
         raise
     except WireError as exc:
         raise TransportParameterError(f"malformed transport parameters: {exc}") from None
-    return TransportParameters(**values)
+    tp = TransportParameters(**values)
+    check_ack_delays(tp)
+    return tp

@@ -1,5 +1,5 @@
 /*
- * decode_tparams(data, from_server, specs, server_only) -> dict | None
+ * decode_tparams(data, from_server, specs, server_only[, high]) -> dict | None
  *
  * The common case of decoding a peer's transport parameters (RFC 9000 18): every
  * parameter well formed and within its limits, each id at most once.  Returns the
@@ -17,6 +17,8 @@
  *                      3: an empty flag (True), 4: a version list (4k bytes, k >= 1, the
  *                      first nonzero), anything else: not decoded here (None)
  * server_only: bit i set = id i is a server-only parameter (ids below 64).
+ * high: optional dict {id: (name, lo, hi)} of integer parameters with ids at or past the
+ *       end of specs (e.g. min_ack_delay, 0xff04de1b); other such ids are skipped.
  */
 #include "native.h"
 
@@ -98,11 +100,13 @@ PyObject *
 mod_decode_tparams(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 4 || !PyTuple_Check(args[2])) {
+    if (nargs < 4 || nargs > 5 || !PyTuple_Check(args[2]) ||
+        (nargs == 5 && !PyDict_Check(args[4]))) {
         PyErr_SetString(PyExc_TypeError,
-                        "decode_tparams(data, from_server, specs: tuple, server_only)");
+                        "decode_tparams(data, from_server, specs: tuple, server_only[, high: dict])");
         return NULL;
     }
+    PyObject *high = nargs == 5 && PyDict_GET_SIZE(args[4]) ? args[4] : NULL;
     int from_server = PyObject_IsTrue(args[1]);
     if (from_server < 0) {
         return NULL;
@@ -154,20 +158,34 @@ mod_decode_tparams(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
             seen_high[n_high++] = pid;
         }
+        PyObject *spec = Py_None;
         if (pid < (uint64_t)n_specs) {
-            PyObject *spec = PyTuple_GET_ITEM(specs, (Py_ssize_t)pid);
-            if (spec != Py_None) {
-                if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) < 2) {
-                    PyErr_SetString(PyExc_TypeError, "decode_tparams: bad spec");
+            spec = PyTuple_GET_ITEM(specs, (Py_ssize_t)pid);
+        } else if (high != NULL) {
+            PyObject *key = PyLong_FromUnsignedLongLong(pid);
+            if (key == NULL) {
+                goto error;
+            }
+            spec = PyDict_GetItemWithError(high, key); /* borrowed */
+            Py_DECREF(key);
+            if (spec == NULL) {
+                if (PyErr_Occurred()) {
                     goto error;
                 }
-                int rc = decode_one(values, spec, b, pos, end);
-                if (rc < 0) {
-                    goto error;
-                }
-                if (rc == 0) {
-                    goto not_here;
-                }
+                spec = Py_None;
+            }
+        }
+        if (spec != Py_None) {
+            if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) < 2) {
+                PyErr_SetString(PyExc_TypeError, "decode_tparams: bad spec");
+                goto error;
+            }
+            int rc = decode_one(values, spec, b, pos, end);
+            if (rc < 0) {
+                goto error;
+            }
+            if (rc == 0) {
+                goto not_here;
             }
         }
         pos = end;

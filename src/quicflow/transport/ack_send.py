@@ -1,0 +1,68 @@
+"""The ACK frame a packet carries, written straight from the received ranges, and what
+sending it clears (the decisions of when one is owed: ack_frequency.py)."""
+
+from __future__ import annotations
+
+from ..crypto.epoch import Epoch
+from ..wire import frames as F
+from ..wire.varint import push_varint
+from .connection import Connection
+from .state import PacketSpace
+
+_ONE_RTT = Epoch.ONE_RTT  # (a global: an enum class attribute costs about four times more)
+
+
+def encode_ack(conn: Connection, space: PacketSpace, payload: bytearray, now: float,
+               epoch: Epoch) -> None:
+    """The space's ACK frame (the newest 32 ranges), written straight from the RangeSet:
+    the bytes ``F.encode_frame(F.Ack(...))`` writes, without the frame object. The
+    RangeSet keeps its ranges disjoint and non-adjacent, so every gap is >= 0."""
+    received = space.received
+    starts, ends = received.starts, received.ends
+    i = len(starts) - 1
+    stop = i - 32 if i > 31 else -1
+    delay_us = int((now - space.largest_received_time) * 1_000_000)
+    exponent = conn.configuration.ack_delay_exponent if epoch is _ONE_RTT else 3
+    ecn = space.ecn_counts
+    with_ecn = ecn[0] or ecn[1] or ecn[2]
+    payload.append(F.ACK_ECN if with_ecn else F.ACK)
+    smallest = starts[i]
+    largest = ends[i] - 1
+    # (one-byte varints inline: a handshake's largest, range count and first range)
+    if largest < 0x40:
+        payload.append(largest)
+    else:
+        push_varint(payload, largest)
+    delay = delay_us >> exponent if delay_us > 0 else 0
+    if delay < 0x40:
+        payload.append(delay)
+    else:
+        push_varint(payload, delay)
+    count = i - stop - 1
+    if count < 0x40:
+        payload.append(count)
+    else:
+        push_varint(payload, count)
+    first = largest - smallest
+    if first < 0x40:
+        payload.append(first)
+    else:
+        push_varint(payload, first)
+    for j in range(i - 1, stop, -1):
+        hi = ends[j] - 1
+        push_varint(payload, smallest - hi - 2)
+        smallest = starts[j]
+        push_varint(payload, hi - smallest)
+    if with_ecn:
+        for n in ecn:  # (a handshake's counts are one-byte varints: written inline)
+            if n < 0x40:
+                payload.append(n)
+            else:
+                push_varint(payload, n)
+
+
+def ack_sent(space: PacketSpace) -> None:
+    space.ack_pending = False
+    space.ack_immediately = False
+    space.ack_eliciting_pending = 0
+    space.ack_deadline = None
