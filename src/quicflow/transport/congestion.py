@@ -327,7 +327,7 @@ class Pacer:
         promised = self.promised
         if promised and promised < need:
             need = promised  # the burst this connection was told to wait for
-        if tokens >= need:
+        if tokens > need - 1.0:  # (a deadline's refill can round to a hair under need)
             self.promised = 0.0
             return int(tokens), None
         self.promised = need
