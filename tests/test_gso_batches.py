@@ -1,4 +1,4 @@
-"""The runner's split of a send buffer into GSO sends (``aio.runner.gso_batches``).
+"""The runner's split of a send buffer into GSO sends (``aio.gso.gso_batches``).
 
 The split decides which datagrams share one sendmsg: every send must be a run of
 equal-size datagrams of which only the last may be shorter, within the segment and byte
@@ -11,7 +11,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quicflow.aio.runner import MAX_GSO_BYTES, MAX_GSO_SEGMENTS, gso_batches
+from quicflow.aio.gso import MAX_GSO_BYTES, MAX_GSO_SEGMENTS, gso_batches
 
 
 def reference(bounds: list[int]) -> list[tuple[int, int, int]]:
