@@ -14,6 +14,18 @@ from ..datapath.socket import UdpTransport
 
 MAX_GSO_SEGMENTS = 64
 MAX_GSO_BYTES = 65000
+#: datagrams a connection's send turn builds at most before it yields to the loop
+TURN_DATAGRAMS = 1024
+
+
+def gso_run(max_datagram_size: int) -> int:
+    """Datagrams one build asks for: two whole GSO sends of ``max_datagram_size``
+    (108 of 1200 bytes). A bulk run's datagrams are one size, so a full build goes out
+    in two sendmsg calls; with the transport's 64 per build, 1200-byte datagrams went as
+    54 + 10 (issue 11: 29.4 k sendmsg and 15.5 k engine calls per GiB on one connection,
+    17.8 k and 9.5 k with two sends per build)."""
+    per_send = MAX_GSO_BYTES // max_datagram_size
+    return 2 * max(1, min(per_send, MAX_GSO_SEGMENTS))
 
 
 def gso_batches(bounds: list[int]) -> list[tuple[int, int, int]]:

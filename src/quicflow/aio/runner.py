@@ -35,7 +35,7 @@ from ..transport.bulk import bulk_applies
 from ..transport.connection import Connection
 from ..transport.state import CLOSING
 from .gcpolicy import POLICY as GC_POLICY
-from .gso import send_buffer
+from .gso import TURN_DATAGRAMS, gso_run, send_buffer
 from .paths import PATH_EVENTS, on_path_events, send_probes
 from .qlogfile import file_factory
 from .sendbuffer import SendBudget
@@ -431,10 +431,11 @@ class EndpointRunner:
             if waiting is not None:
                 waiting[1][conn] = None
                 return False
-        for i in range(16):
+        batch = gso_run(conn.max_datagram_size)
+        for i in range(TURN_DATAGRAMS // batch):
             if i:
                 now = self._clock()
-            buf, bounds = self.endpoint.build_datagrams(conn, now)
+            buf, bounds = self.endpoint.build_datagrams(conn, now, batch)
             if not bounds:
                 break
             if len(bounds) == 1:  # one datagram (a handshake flight, an ACK): no runs
@@ -446,7 +447,7 @@ class EndpointRunner:
             if not sent:
                 self._wait_writable(transport, conn)
                 break
-            if len(bounds) < 64:
+            if len(bounds) < batch:
                 break
             paced = conn.pacer_deadline
             if paced is not None and paced > now:
