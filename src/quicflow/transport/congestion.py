@@ -112,7 +112,7 @@ class CongestionControl:
         in flight) keeps growing as before; congestion avoidance is unchanged. (A half,
         as Linux takes in slow start, kept windows of 256 connections x 4 MiB, held to
         about 1 MiB each by the endpoint's send buffer, under the 2048 datagrams at which
-        the pacer's burst reaches its 256: more, shorter turns, +25 % server CPU per GB.)
+        the pacer's burst reaches its 256: more, shorter turns, +25-40 % server CPU per GB.)
         """
         # (on_removed_from_flight and in_recovery inline: this runs for every ACK)
         prior = self.bytes_in_flight
