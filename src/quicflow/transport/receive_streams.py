@@ -100,13 +100,14 @@ def on_max_streams(conn: Connection, frame: Any, epoch: Epoch, now: float) -> No
 
 def on_data_blocked(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
     flow = conn.flow
-    if frame.limit > flow.max_data:
+    if frame.limit >= flow.max_data:
         return
-    # The peer waited for a connection limit we gave (RFC 9000 §19.12: input to tuning
-    # flow control): the window is smaller than the rate needs, as for a stream's
-    # STREAM_DATA_BLOCKED. One at an earlier limit counts too: the peer ran out before
-    # our next update reached it (with a long RTT the update and the frame cross, and
-    # the window would never grow). Without it a window grows only with the rate of
+    # The peer waited at a connection limit we had already raised (RFC 9000 §19.12:
+    # input to tuning flow control): the application read half a window before the
+    # peer's blocked signal reached us, so it keeps up and the window ran out within a
+    # round trip: too small for the rate. (At our current limit the application has not
+    # read half the window yet: it, not the window, holds the peer back, and a larger
+    # window would only buffer more.) Without it a window grows only with the rate of
     # updates: with many connections sharing one busy receiver, the ones whose window
     # happened to double got a larger share of every round, so their updates came
     # faster and their windows doubled again, while others stayed blocked at the
