@@ -1,7 +1,8 @@
 """A sender held by the receiver's stream limit says so (STREAM_DATA_BLOCKED, RFC 9000
 §4.1) also on the bulk send path, and the receiver takes it as a sign that its window
 is too small for the rate: it doubles the window (within ``max_stream_data_window``); the
-larger limit goes out only with the next update, once the application reads."""
+larger limit goes out only with the next update, once the application reads. The same
+for the connection's window and DATA_BLOCKED (within ``max_data_window``)."""
 
 from __future__ import annotations
 
@@ -76,3 +77,67 @@ def test_repeated_blocked_frames_never_grow_the_window_past_its_maximum() -> Non
     assert recv.max_data == limit  # nothing more the peer may send before we read
     on_stream_data_blocked(server, StreamDataBlocked(sid, limit + 1), Epoch.ONE_RTT, pair.now)
     assert recv.window == 4096 * KIB
+
+
+def _conn_limited_pair() -> MemoryPair:
+    """The server's connection window (64 KiB, at most 4 MiB) binds before its stream
+    window does."""
+    cert, key = _CERT
+    server = Configuration(alpn_protocols=["perf"], certificate_chain=[cert], private_key=key,
+                           max_data=64 * KIB, max_data_window=4096 * KIB,
+                           max_stream_data=1024 * KIB, max_stream_data_window=4096 * KIB)
+    client = Configuration(alpn_protocols=["perf"], verify_peer=False)
+    return MemoryPair(server_config=server, client_config=client)
+
+
+def test_a_slow_application_does_not_grow_the_connection_window() -> None:
+    """The client waits at the server's connection limit and says so (DATA_BLOCKED, RFC
+    9000 §4.1) while the server's application reads nothing: the frame names the limit
+    still current, so the application, not the window, holds the sender back, and the
+    window stays as it is (a larger one would only buffer more unread data). Once the
+    application reads, everything arrives intact."""
+    pair = _conn_limited_pair()
+    pair.run(lambda: pair.client.handshake_confirmed)
+    data = hashlib.sha256(b"c").digest() * (2 * 1024 * KIB // 32)  # 2 MiB
+    sid = pair.client.open_stream()
+    pair.client.send_stream_data(sid, data, end_stream=True)
+    server = pair.server_conns[0]
+    flow = server.flow
+
+    pair.run(lambda: flow.data_received >= 64 * KIB)  # the application reads nothing yet
+    for _ in range(20):
+        pair.step()
+    assert pair.client.flow.blocked_sent_at == 64 * KIB  # the client said so
+    assert flow.window == 64 * KIB and flow.max_data == 64 * KIB
+
+    got = bytearray()
+    pair.run(lambda: bool(got.extend(server.read_stream(sid))) or len(got) == len(data))
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+
+
+def test_data_blocked_at_a_limit_already_raised_grows_the_connection_window() -> None:
+    """DATA_BLOCKED at a limit below our current one: the application had read half a
+    window before the peer's signal arrived, so the window ran out within a round trip
+    and doubles (issue 11: with 64 connections on one busy receiver, those whose window
+    did not grow with the rate of updates stayed blocked at the initial window for
+    seconds while the others finished: Jain's index under 0.98). Repeats double it at
+    most up to ``max_data_window`` and never raise the limit the peer may send to; at
+    our current limit or above it, nothing changes."""
+    from quicflow.crypto.epoch import Epoch
+    from quicflow.transport.receive_streams import on_data_blocked
+    from quicflow.wire.frames import DataBlocked
+
+    pair = _conn_limited_pair()
+    pair.run(lambda: pair.client.handshake_confirmed)
+    server = pair.server_conns[0]
+    flow = server.flow
+    limit = flow.max_data
+    for at in (limit, limit + 1):
+        on_data_blocked(server, DataBlocked(at), Epoch.ONE_RTT, pair.now)
+    assert flow.window == 64 * KIB
+    on_data_blocked(server, DataBlocked(limit - 1000), Epoch.ONE_RTT, pair.now)
+    assert flow.window == 128 * KIB
+    for _ in range(100):
+        on_data_blocked(server, DataBlocked(limit - 1000), Epoch.ONE_RTT, pair.now)
+    assert flow.window == 4096 * KIB  # doubled up to the maximum, not past it
+    assert flow.max_data == limit  # nothing more the peer may send before we read

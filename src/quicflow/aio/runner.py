@@ -35,6 +35,7 @@ from ..transport.bulk import bulk_applies
 from ..transport.connection import Connection
 from ..transport.state import CLOSING
 from .gcpolicy import POLICY as GC_POLICY
+from .gso import TURN_DATAGRAMS, gso_run, send_buffer
 from .paths import PATH_EVENTS, on_path_events, send_probes
 from .qlogfile import file_factory
 from .sendbuffer import SendBudget
@@ -45,57 +46,11 @@ if TYPE_CHECKING:
 #: IP + UDP header bytes that a path MTU includes and a UDP payload does not.
 IPV4_UDP_OVERHEAD = 28
 IPV6_UDP_OVERHEAD = 48
-MAX_GSO_SEGMENTS = 64
-MAX_GSO_BYTES = 65000
 RECV_BATCH = 8  # receive buffers (each up to 64 GRO segments) read per round
 RECV_ROUNDS = 32  # rounds per readable callback before yielding to the loop
 #: source addresses remembered in their normalized form (``normalize_address``): a
 #: server reads many datagrams from each client; the map is emptied when it is full
 PEER_CACHE = 4096
-
-
-def gso_batches(bounds: list[int]) -> list[tuple[int, int, int]]:
-    """Split datagrams lying back to back (``bounds``: the end offset of each) into GSO
-    sends: ``(start, end, segment size)``, each a run of equal-size datagrams of at most
-    ``MAX_GSO_SEGMENTS`` and ``MAX_GSO_BYTES`` of which only the last may be shorter.
-
-    A bulk run's datagrams are all one size, so the full-size stretch of a send is
-    checked in one comparison of ``bounds`` with the offsets it would have (C speed)
-    instead of datagram by datagram; the datagram-by-datagram rule then decides the
-    rest (at most one more, shorter datagram, or every one when the sizes differ).
-    """
-    out: list[tuple[int, int, int]] = []
-    n = len(bounds)
-    i = 0
-    start = 0
-    while i < n:
-        size = bounds[i] - start
-        m = n - i
-        if m > MAX_GSO_SEGMENTS:
-            m = MAX_GSO_SEGMENTS
-        if size <= 0:  # (never built: an empty datagram goes alone)
-            m = 1
-        elif m > MAX_GSO_BYTES // size:
-            m = MAX_GSO_BYTES // size
-        j = i + 1
-        if m > 1 and bounds[i + m - 1] != start + m * size:
-            m -= 1  # (the last datagram of a run is often shorter)
-        if m > 1 and bounds[i + m - 1] == start + m * size and bounds[i : i + m] == list(
-            range(start + size, start + m * size + 1, size)
-        ):
-            j = i + m  # m full-size datagrams
-        while j < n and j - i < MAX_GSO_SEGMENTS and bounds[j] - start <= MAX_GSO_BYTES:
-            seg = bounds[j] - bounds[j - 1]
-            if seg > size:
-                break
-            j += 1
-            if seg < size:
-                break
-        end = bounds[j - 1]
-        out.append((start, end, size))
-        start = end
-        i = j
-    return out
 
 
 class EndpointRunner:
@@ -476,22 +431,23 @@ class EndpointRunner:
             if waiting is not None:
                 waiting[1][conn] = None
                 return False
-        for i in range(16):
+        batch = gso_run(conn.max_datagram_size)
+        for i in range(TURN_DATAGRAMS // batch):
             if i:
                 now = self._clock()
-            buf, bounds = self.endpoint.build_datagrams(conn, now)
+            buf, bounds = self.endpoint.build_datagrams(conn, now, batch)
             if not bounds:
                 break
             if len(bounds) == 1:  # one datagram (a handshake flight, an ACK): no runs
                 sent = transport.send_batch(buf, bounds[0], addr, conn.ecn_codepoint())
             else:
-                sent = self._send_buffer(transport, buf, bounds, addr, conn.ecn_codepoint())
+                sent = send_buffer(transport, buf, bounds, addr, conn.ecn_codepoint())
             if transport.mtu_events:
                 self._apply_mtu_events(transport)  # before building more: smaller now
             if not sent:
                 self._wait_writable(transport, conn)
                 break
-            if len(bounds) < 64:
+            if len(bounds) < batch:
                 break
             paced = conn.pacer_deadline
             if paced is not None and paced > now:
@@ -499,20 +455,6 @@ class EndpointRunner:
         else:
             self.schedule_flush(conn)  # more to send: yield to the loop first
         return True
-
-    @staticmethod
-    def _send_buffer(
-        transport: UdpTransport, buf: bytearray, bounds: list[int],
-        addr: tuple[Any, ...] | None, ecn: int,
-    ) -> bool:
-        """Send runs of equal-size datagrams (the last of a run may be shorter) as GSO
-        batches straight from the buffer; False when the kernel buffer filled up."""
-        ok = True
-        view = memoryview(buf)
-        for start, end, size in gso_batches(bounds):
-            if not transport.send_batch(view[start:end], size, addr, ecn):
-                ok = False
-        return ok
 
     def _wait_writable(self, transport: UdpTransport, conn: Connection) -> None:
         fd = transport.fileno()

@@ -35,7 +35,7 @@ from ..transport.factory import client_connection, server_connection
 from ..transport.headers import parse_header
 from ..transport.receive import receive_datagram
 from ..transport.receive_bulk import receive_short_run
-from ..transport.send import build_datagrams, datagrams_to_send
+from ..transport.send import MAX_DATAGRAMS_PER_CALL, build_datagrams, datagrams_to_send
 from ..transport.state import DRAINING, ESTABLISHED
 from ..wire.errors import WireError
 from ..wire.packet import INITIAL, PacketHeader, build_version_negotiation
@@ -581,11 +581,14 @@ class Endpoint:
         self._sync_cids(conn)
         return out
 
-    def build_datagrams(self, conn: Connection, now: float) -> tuple[bytearray, list[int]]:
-        """Datagrams in one buffer with their end offsets (see transport.send)."""
+    def build_datagrams(self, conn: Connection, now: float,
+                        max_datagrams: int = MAX_DATAGRAMS_PER_CALL
+                        ) -> tuple[bytearray, list[int]]:
+        """Up to ``max_datagrams`` datagrams in one buffer with their end offsets (see
+        transport.send)."""
         if conn.new_token_pending and not conn.new_token and conn.handshake_confirmed:
             self._mint_token(conn, now)
-        out = build_datagrams(conn, now)
+        out = build_datagrams(conn, now, max_datagrams)
         if conn.cid_changes:
             self._sync_cids(conn)
         return out

@@ -36,7 +36,9 @@ class Configuration:
         that is longer without backoff stays as it is); 0 doubles without limit, as RFC
         9002 §6.2.1 has it. See ``LossDetection`` for why the default caps it.
     max_data / max_data_window: initial and largest connection receive window; the window
-        grows towards the largest one as the measured bandwidth-delay product requires.
+        grows towards the largest one as the measured bandwidth-delay product requires,
+        and doubles (up to the largest) when the peer reports DATA_BLOCKED at a limit we
+        had already raised (the application keeps up; the window ran out).
     max_stream_data / max_stream_data_window: the same per stream; a stream's window also
         doubles (up to the largest) when the peer reports STREAM_DATA_BLOCKED at its limit.
     max_streams_bidi / max_streams_uni: how many streams the peer may have open at once.

@@ -750,7 +750,7 @@ _HANDLERS: dict[type, Callable[[Connection, Any, Epoch, float], None] | None] = 
     F.MaxData: RS.on_max_data,
     F.MaxStreamData: RS.on_max_stream_data,
     F.MaxStreams: RS.on_max_streams,
-    F.DataBlocked: None,
+    F.DataBlocked: RS.on_data_blocked,
     F.StreamDataBlocked: RS.on_stream_data_blocked,
     F.StreamsBlocked: RS.on_streams_blocked,
     F.NewConnectionId: _on_new_connection_id,
