@@ -4,6 +4,7 @@ refusal, on the loopback of a private network namespace shaped with tc)."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import select
 import shutil
@@ -184,6 +185,51 @@ def test_full_send_buffer_queues_and_flushes_without_loss(backend: str) -> None:
             b[i : i + 1200] for b in batches for i in range(0, len(b), 1200)
         ]
         assert tx.counters.datagrams_sent == 400
+
+
+@needs_gso
+def test_a_send_refused_on_a_queued_icmp_report_keeps_gso(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With IP_RECVERR each queued ICMP report fails one later send (EMSGSIZE for
+    "fragmentation needed"). After a path MTU drop the reports for datagrams sent before
+    it keep arriving, late under load: one that comes after the queue was read fails the
+    GSO send tried again, while the same datagrams sent one by one go through. That says
+    nothing about GSO itself: it stays on (tests/test_pmtu.py's transfer behind a router
+    turned it off under load). A report's arrival cannot be timed on a real path, so the
+    two syscall wrappers stand in for it; the sockets and the datagrams are real."""
+    import quicflow.datapath.socket as socket_module
+
+    real_send_gso = socket_module.send_gso
+    arrived: list[int] = []  # reports queued and not yet read
+    refusals = [2]  # the first GSO send and its retry each meet a report
+
+    def send_gso(sock, view, offset, size, addr, chunk, counters):  # type: ignore[no-untyped-def]
+        if refusals[0]:
+            refusals[0] -= 1
+            arrived.append(1280)  # for a 1452-byte datagram sent before the drop
+            return offset, errno.EMSGSIZE
+        return real_send_gso(sock, view, offset, size, addr, chunk, counters)
+
+    def read_error_queue(sock, counters, limit=256):  # type: ignore[no-untyped-def]
+        out = [(("127.0.0.1", port), errno.EMSGSIZE, 2, 3, 4, mtu) for mtu in arrived]
+        counters.errqueue_entries += len(out)
+        arrived.clear()
+        return out
+
+    monkeypatch.setattr(socket_module, "send_gso", send_gso)
+    monkeypatch.setattr(socket_module, "read_error_queue", read_error_queue)
+    with UdpTransport.open("127.0.0.1", 0) as rx, UdpTransport.open(
+        "127.0.0.1", 0, backend="gso", pmtu_discovery=True
+    ) as tx:
+        port = rx.local_address[1]
+        first, second = payload(3 * 1200), payload(3 * 1200, seed=1)
+        assert tx.send_batch(first, 1200, rx.local_address)  # sent one by one
+        assert tx.counters.gso_fallbacks == 0 and tx.backend == "gso"
+        assert tx.send_batch(second, 1200, rx.local_address)  # GSO again
+        assert refusals == [0] and tx.counters.gso_fallbacks == 0
+        entries = receive(rx, 2 * len(first))
+        assert b"".join(segments_of(entries)) == first + second
 
 
 @needs_gso

@@ -585,6 +585,19 @@ class UdpTransport:
         ipv6 = self._family == socket.AF_INET6 and ":" in host and "." not in host
         return segment_size + (48 if ipv6 else 28) > mtu
 
+    def _reports_came(self, reports: int, addr: Address | None) -> bool:
+        """Whether ICMP reports were queued while this send was refused (``reports``:
+        the error-queue entries read before the first refusal was looked into; -1: not
+        looked into). With IP_RECVERR each queued report fails one later send, with
+        EMSGSIZE for "fragmentation needed": after a path MTU drop the reports for
+        datagrams already sent keep arriving (late under load), so a refusal then says
+        nothing about GSO itself, and GSO stays on. A kernel that refuses GSO refuses
+        it again on a later call with an empty queue."""
+        if reports < 0:
+            return False
+        self.check_errors(connected=addr is None)  # those that came since as well
+        return self.counters.errqueue_entries != reports
+
     def _send_inner(
         self, view: memoryview, offset: int, segment_size: int, addr: Address | None, ecn: int
     ) -> int:
@@ -594,6 +607,7 @@ class UdpTransport:
         sock = self._sock
         counters = self.counters
         drained = False
+        reports = -1  # error-queue entries read before the first refusal was looked into
         while offset < total:
             if not (self._gso and total - offset > segment_size):
                 offset, _ = send_basic(sock, view, offset, segment_size, addr, counters)
@@ -608,6 +622,7 @@ class UdpTransport:
                 # sends one per oversized datagram): read them all, then try GSO again
                 # before concluding that the kernel refuses GSO itself.
                 drained = True
+                reports = counters.errqueue_entries
                 self.check_errors(connected=addr is None)
                 if not self._exceeds_path_mtu(segment_size, addr):
                     continue
@@ -626,7 +641,7 @@ class UdpTransport:
                     # says EINVAL when gso_size is over the route's MTU): GSO is not at
                     # fault, keep it; the owner lowers its datagram size.
                     pass
-                elif offset > start:
+                elif offset > start and not self._reports_came(reports, addr):
                     # Plain datagrams of this size go through: GSO itself is refused.
                     self._gso = False
                     counters.gso_fallbacks += 1
