@@ -181,10 +181,19 @@ def stop_event() -> asyncio.Event:
     return stop
 
 
+def say(line: str) -> None:
+    """One line on stderr, written whole in one call. Worker processes share the stream:
+    ``print`` writes a text and its newline apart, and with unbuffered stderr
+    (PYTHONUNBUFFERED) another worker's line can land between the two, so that two
+    lines read as one."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def _fail(message: str, code: int = 1) -> int:
     """Print one line on stderr; return the exit status."""
     line = " ".join(message.split())  # exactly one line
-    print(f"{PROG}: {line}", file=sys.stderr, flush=True)
+    say(f"{PROG}: {line}")
     return code
 
 

@@ -20,7 +20,7 @@ from ..aio.handover import Handover
 from ..aio.workers import WorkerGroupServer
 from ..migration.handoff import HandoffError
 from ..transport.config import Configuration
-from .common import _describe_error, _fail, stop_event
+from .common import _describe_error, _fail, say, stop_event
 
 PROGRESS_MIN = 1 << 20  # bodies above this get a progress line on stderr
 PROGRESS_EVERY = 0.5  # seconds
@@ -118,14 +118,12 @@ async def _serve(args: argparse.Namespace) -> int:
     host, port = server.address[0], server.address[1]
     shown = f"[{host}]" if ":" in str(host) else str(host)
     workers = f", {args.workers} workers" if kwargs.get("workers") else ""
-    print(f"serving {args.app} on https://{shown}:{port} (HTTP/3{workers})",
-          file=sys.stderr, flush=True)
+    say(f"serving {args.app} on https://{shown}:{port} (HTTP/3{workers})")
     if args.takeover:
         inner = server.h3.server
         taken = (inner.restored_connections if isinstance(inner, WorkerGroupServer)
                  else len(inner.connections))
-        print(f"took over {taken} connection(s) from {args.takeover}", file=sys.stderr,
-              flush=True)
+        say(f"took over {taken} connection(s) from {args.takeover}")
     if handoff:
         stop: asyncio.Future[Any] = asyncio.ensure_future(stop_event().wait())
         handed: asyncio.Future[Any] = server.handoff(handoff)
@@ -136,7 +134,7 @@ async def _serve(args: argparse.Namespace) -> int:
                 count = handed.result()
             except (HandoffError, OSError) as exc:
                 return _fail(f"handoff failed: {exc}")
-            print(f"handed off {count} connection(s)", file=sys.stderr, flush=True)
+            say(f"handed off {count} connection(s)")
             if isinstance(server.h3.server, WorkerGroupServer):
                 await server.h3.server.wait_closed()  # its workers have ended
             try:
@@ -146,7 +144,7 @@ async def _serve(args: argparse.Namespace) -> int:
             return 0
     else:
         await stop_event().wait()
-    print("shutting down (GOAWAY)", file=sys.stderr, flush=True)
+    say("shutting down (GOAWAY)")
     try:
         await server.shutdown(args.grace)
     except RuntimeError as exc:
@@ -167,8 +165,8 @@ def _announce_successor(grace: float) -> Callable[[Handover], None]:
 
         async def announce() -> None:
             busy = requests_in_progress(view)
-            print(f"successor connected: handing off after {busy} request(s) in progress "
-                  f"finish (at most {grace:g} s)", file=sys.stderr, flush=True)
+            say(f"successor connected: handing off after {busy} request(s) in progress "
+                f"finish (at most {grace:g} s)")
             if wait is not None:
                 await wait()
 
