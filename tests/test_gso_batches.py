@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quicflow.aio.gso import (
+    BUILD_BYTES,
     MAX_GSO_BYTES,
     MAX_GSO_SEGMENTS,
     TURN_DATAGRAMS,
@@ -99,17 +100,19 @@ def test_long_equal_runs_with_a_tail(size: int, count: int, tail: int, extra: in
 
 def test_a_build_is_a_turn_of_whole_gso_sends() -> None:
     """``gso_run``: the datagrams one build asks for fill whole GSO sends exactly, as many
-    as a turn holds (builds of two sends made a 400-datagram turn in four engine calls)."""
+    as a turn holds within ``BUILD_BYTES`` (builds of two sends made a 400-datagram turn
+    in four engine calls); a jumbo datagram size still builds at least one send."""
     for mds in (1200, 1350, 1452, 9000, 65000, 65527):
         n = gso_run(mds)
         per_send = min(MAX_GSO_BYTES // mds, MAX_GSO_SEGMENTS) or 1
-        assert n == per_send * max(1, TURN_DATAGRAMS // per_send)
-        assert TURN_DATAGRAMS - per_send < n <= TURN_DATAGRAMS
+        assert n % per_send == 0 and n <= TURN_DATAGRAMS
+        assert n == per_send or n * mds <= BUILD_BYTES
+        assert n + per_send > TURN_DATAGRAMS or (n + per_send) * mds > BUILD_BYTES
         batches = gso_batches(_bounds([mds] * n))
         assert batches == reference(_bounds([mds] * n)), mds
         assert all(end - start == per_send * mds for start, end, _ in batches), mds
-    assert gso_run(1200) == 972 and gso_run(1452) == 1012
-    assert gso_run(100) == 1024 and gso_run(9000) == 1022 and gso_run(65527) == 1024
+    assert gso_run(1200) == 864 and gso_run(1452) == 704
+    assert gso_run(100) == 1024 and gso_run(9000) == 112 and gso_run(65527) == 16
 
 
 def test_a_bulk_download_sends_full_gso_batches() -> None:
