@@ -144,8 +144,7 @@ def test_a_turn_the_pacer_holds_back_would_have_sent_nothing(
     download: whenever it says so, the build would indeed have sent nothing; it says so
     on some steps; and the download arrives intact."""
     monkeypatch.setattr(snapshot_peer, "SEND_AHEAD", SIZE)
-    clock = [0.0]
-    runner = SimpleNamespace(_clock=lambda: clock[0])
+    runner = SimpleNamespace()
     held = sent_anyway = 0
     real_step = snapshot_peer.LocalSide.step
 
@@ -158,8 +157,7 @@ def test_a_turn_the_pacer_holds_back_would_have_sent_nothing(
         if conn is not None and not conn.is_client and conn.pacer_deadline is not None:
             deadline = conn.timer()
             if deadline is None or deadline > now:  # (a due timer is handled first)
-                clock[0] = now
-                skip = EndpointRunner._held_by_pacer(runner, conn)  # type: ignore[arg-type]
+                skip = EndpointRunner._held_by_pacer(runner, conn, now)  # type: ignore[arg-type]
         out = real_step(self, now, [])
         if skip:
             held += 1

@@ -16,16 +16,24 @@ MAX_GSO_SEGMENTS = 64
 MAX_GSO_BYTES = 65000
 #: datagrams a connection's send turn builds at most before it yields to the loop
 TURN_DATAGRAMS = 1024
+#: bytes one build holds at most (the buffer a full socket leaves queued)
+BUILD_BYTES = 1 << 20
 
 
 def gso_run(max_datagram_size: int) -> int:
-    """Datagrams one build asks for: two whole GSO sends of ``max_datagram_size``
-    (108 of 1200 bytes). A bulk run's datagrams are one size, so a full build goes out
-    in two sendmsg calls; with the transport's 64 per build, 1200-byte datagrams went as
-    54 + 10 (issue 11: 29.4 k sendmsg and 15.5 k engine calls per GiB on one connection,
-    17.8 k and 9.5 k with two sends per build)."""
-    per_send = MAX_GSO_BYTES // max_datagram_size
-    return 2 * max(1, min(per_send, MAX_GSO_SEGMENTS))
+    """Datagrams one build asks for: whole GSO sends of ``max_datagram_size``, as many
+    as a turn holds (``TURN_DATAGRAMS``) within ``BUILD_BYTES`` (864 of 1200 bytes: 16
+    sends of 54). The pacer's bucket and the window bound the run, not the build: each
+    build is one engine call's Python set-up (``build_datagrams``, ``bulk_applies``,
+    ``build_bulk``, its pacer queries, a SentPacket), so a turn of 400 datagrams made in
+    builds of two sends (108) paid it four times (issue 11: one connection made 9.0 k
+    engine calls per GiB with builds of two sends, 1.1 k with a turn per build; 256 x
+    4 MiB, whose runs are cwnd / 8 in slow start, 16.5 k -> 13.8 k). A bulk run's
+    datagrams are one size, so a full build goes out in whole sendmsg calls; what a full
+    socket buffer leaves of it waits in the socket's queue (at most ``BUILD_BYTES``)."""
+    per_send = max(1, min(MAX_GSO_BYTES // max_datagram_size, MAX_GSO_SEGMENTS))
+    sends = min(TURN_DATAGRAMS // per_send, BUILD_BYTES // (per_send * max_datagram_size))
+    return per_send * max(1, sends)
 
 
 def gso_batches(bounds: list[int]) -> list[tuple[int, int, int]]:

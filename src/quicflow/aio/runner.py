@@ -385,9 +385,10 @@ class EndpointRunner:
             self._forget(conn)
             return
         if conn.state < CLOSING or conn.close_pending or conn.cid_changes:
-            if conn.pacer_deadline is not None and self._held_by_pacer(conn):
+            now = self._clock()  # (one clock read for the turn)
+            if conn.pacer_deadline is not None and self._held_by_pacer(conn, now):
                 pass  # a build now would send nothing: the timer sends at the deadline
-            elif not self._build_and_send(conn):
+            elif not self._build_and_send(conn, now):
                 return  # its socket's buffer is full: it waits for writability
         # else closing or draining with no close datagram due: nothing to build (the
         # endpoint would return none), only the timer and the teardown below
@@ -399,7 +400,7 @@ class EndpointRunner:
         if conn.terminated:
             self._forget(conn)
 
-    def _held_by_pacer(self, conn: Connection) -> bool:
+    def _held_by_pacer(self, conn: Connection, now: float) -> bool:
         """Nothing but new data of its first queued stream waits (``bulk_applies``) and
         the pacer holds that back until ``conn.pacer_deadline``, still ahead: the bulk
         sender would return -1 and the build send nothing, so the turn (an ACK's, a
@@ -410,15 +411,13 @@ class EndpointRunner:
         if (conn.state >= CLOSING or conn.close_pending or conn.cid_changes
                 or conn.qlog is not None):
             return False
-        now = self._clock()
         deadline = conn.pacer_deadline
         return (deadline is not None and deadline > now and conn.pmtud.next_at > now
                 and bulk_applies(conn))
 
-    def _build_and_send(self, conn: Connection) -> bool:
+    def _build_and_send(self, conn: Connection, now: float) -> bool:
         """Build and send what ``conn`` has; False when it joined the connections that
         wait for its socket to become writable (nothing else is done for it then)."""
-        now = self._clock()
         sockets = self.sockets
         if self.listeners or (sockets is not None and (
                 conn.handshake_confirmed or sockets.unconfirmed_may_hold)):
