@@ -97,6 +97,8 @@ def one_run(impl: Impl, connections: int, size: int, workdir: str) -> dict[str, 
             received = stats.get("datapath", {}).get("datagrams_received")
             if received is not None:
                 row["server_datagrams_in_per_gib"] = received / (size / 2**30)
+        row["data_blocked"] = (result.get("data_blocked_received"),
+                               result.get("data_blocked_grew"))
         acks = result.get("ack_frames_sent")
         if acks is not None:
             row["client_acks_per_gib"] = int(acks) / (size / 2**30)
@@ -150,7 +152,9 @@ def main() -> int:
                         f"{r.get('packets_per_engine_call')} packets/engine call, "
                         f"client ACKs/GiB {_fmt(r.get('client_acks_per_gib'), '.0f')}, "
                         f"server datagrams in/GiB "
-                        f"{_fmt(r.get('server_datagrams_in_per_gib'), '.0f')}")
+                        f"{_fmt(r.get('server_datagrams_in_per_gib'), '.0f')}, "
+                        f"client DATA_BLOCKED received/grew a window "
+                        f"{r.get('data_blocked', (None, None))}")
                     results.append(r)
                     time.sleep(0.5)
                 if not results:

@@ -59,7 +59,7 @@ class QuicStreamReader:
         face = self._connection
         while True:
             self._check_reset()
-            data = face.conn.read_stream(self.stream_id, n)
+            data = face.conn.read_stream(self.stream_id, n, face.loop.time())
             if data:
                 face.after_read()
                 return data

@@ -428,6 +428,8 @@ _CONNECTION_COUNTERS = (
     "ack_frames_sent",  # (ACK frames per GiB: the ACK Frequency extension's effect)
     "ack_frames_received",
     "ack_frequency_sent",
+    "data_blocked_received",  # (a download's client: the server held by its window)
+    "data_blocked_grew",  # of them, those that doubled the connection window
 )
 _ENDPOINT_COUNTERS = (
     "lookups",

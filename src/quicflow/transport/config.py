@@ -38,7 +38,8 @@ class Configuration:
     max_data / max_data_window: initial and largest connection receive window; the window
         grows towards the largest one as the measured bandwidth-delay product requires,
         and doubles (up to the largest) when the peer reports DATA_BLOCKED at a limit we
-        had already raised (the application keeps up; the window ran out).
+        had already raised, or at our current limit and the application then reads
+        within 2 srtt (it keeps up; the window ran out).
     max_stream_data / max_stream_data_window: the same per stream; a stream's window also
         doubles (up to the largest) when the peer reports STREAM_DATA_BLOCKED at its limit.
     max_streams_bidi / max_streams_uni: how many streams the peer may have open at once.

@@ -124,6 +124,8 @@ class ConnectionCounters:
     ack_frequency_sent: int = 0  # ACK_FREQUENCY frames (draft-ietf-quic-ack-frequency)
     ack_frequency_received: int = 0  # (the newest applied or not)
     immediate_acks_received: int = 0  # IMMEDIATE_ACK frames
+    data_blocked_received: int = 0  # DATA_BLOCKED frames
+    data_blocked_grew: int = 0  # of them, those that doubled the connection window
 
 
 @dataclass(slots=True, eq=False)  # an entity: compared by identity

@@ -103,7 +103,16 @@ def on_max_streams(conn: Connection, frame: Any, epoch: Epoch, now: float) -> No
 
 def on_data_blocked(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
     flow = conn.flow
-    if frame.limit >= flow.max_data:
+    conn.counters.data_blocked_received += 1
+    if frame.limit == flow.max_data:
+        # At our current limit: most often the frame rides with the data up to it, before
+        # the application could read it, and that cannot be told from an application that
+        # holds the peer back. Noted; the next window update decides
+        # (stream_api.update_connection_window: did the application read soon after?).
+        flow.peer_blocked_at = frame.limit
+        flow.peer_blocked_time = now
+        return
+    if frame.limit > flow.max_data:
         return
     # The peer waited at a connection limit we had already raised (RFC 9000 §19.12:
     # input to tuning flow control): the application read half a window before the
@@ -119,6 +128,7 @@ def on_data_blocked(conn: Connection, frame: Any, epoch: Epoch, now: float) -> N
     # limit goes out with the next update, when the application has read half the window.
     if flow.window < flow.window_max:
         flow.window = min(flow.window * 2, flow.window_max)
+        conn.counters.data_blocked_grew += 1
 
 
 def on_stream_data_blocked(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:

@@ -93,7 +93,8 @@ CONFIG_SECRET_FIELDS = frozenset(
 
 #: Absolute times (float seconds of the process's monotonic clock), per class, that are
 #: shifted by (restore time - capture time). None and infinity stay as they are; the
-#: ``last_update_time`` fields use 0.0 for "never" and stay 0.0, and so does
+#: ``last_update_time`` fields and ``FlowControl.peer_blocked_time`` use 0.0 for "never"
+#: and stay 0.0, and so does
 #: ``Pmtud.next_at``'s 0.0 ("the first send after confirmation starts the one-PTO wait
 #: before the first probe": a connection captured before that send still waits after a
 #: restore, instead of probing at once).
@@ -102,7 +103,7 @@ TIME_FIELDS: dict[type[Any], tuple[str, ...]] = {
                  "_now_hint", "key_update_allowed_at", "close_started", "close_resend_at"),
     PacketSpace: ("largest_received_time", "ack_deadline", "ack_repeat_at"),
     PathProbe: ("started", "next_send", "deadline"),
-    FlowControl: ("last_update_time",),
+    FlowControl: ("last_update_time", "peer_blocked_time"),
     RecvStream: ("last_update_time",),
     LossDetection: ("first_rtt_sample_time", "timer_anchor"),
     SpaceState: ("loss_time", "last_ack_eliciting_time"),
@@ -111,7 +112,7 @@ TIME_FIELDS: dict[type[Any], tuple[str, ...]] = {
     Pacer: ("last_time",),
     Pmtud: ("next_at",),
 }
-_ZERO_MEANS_NEVER = frozenset({"last_update_time", "next_at"})
+_ZERO_MEANS_NEVER = frozenset({"last_update_time", "next_at", "peer_blocked_time"})
 
 CLASSES: tuple[type[Any], ...] = (
     Connection,

@@ -147,6 +147,10 @@ class FlowControl:
     blocked_sent_at: int = -1
     blocked_pending: bool = False
     pending_max_data: bool = False
+    # the peer's last DATA_BLOCKED at our current limit: the limit it named (-1: none)
+    # and when it arrived (0.0: never); the next window update decides on it
+    peer_blocked_at: int = -1
+    peer_blocked_time: float = 0.0
     reassembly_cost: int = 0  # sum of the streams' out-of-order charge (chunk_cost)
 
     def reassembly_budget(self) -> int:

@@ -135,30 +135,58 @@ def stream_buffered(conn: Connection, stream_id: int) -> int:
     return stream.send.buffered
 
 
-def read_stream(conn: Connection, stream_id: int, max_bytes: int = -1) -> bytes:
-    """Read received bytes; b"" with :meth:`stream_at_eof` true means the end."""
+def read_stream(
+    conn: Connection, stream_id: int, max_bytes: int = -1, now: float | None = None
+) -> bytes:
+    """Read received bytes; b"" with :meth:`stream_at_eof` true means the end.
+
+    ``now`` is the application's time of the read (the clock the connection is driven
+    with): window updates are timed with it. Without it, the time of the connection's
+    last receive or build stands in, which is late for an application that reads long
+    after the data came."""
     stream = conn.streams.get(stream_id)
     if stream is None or stream.recv is None:
         return b""
     recv = stream.recv
     data = recv.read(max_bytes)
     if data:
+        when = conn._now_hint if now is None else now
         conn.flow.data_consumed += len(data)
         if recv.should_update_window():
-            recv.new_limit(conn._now_hint, conn.rtt.smoothed_rtt)
+            recv.new_limit(when, conn.rtt.smoothed_rtt)
             if stream_id not in conn.pending_stream_updates:
                 conn.pending_stream_updates.append(stream_id)
         flow = conn.flow
         if flow.max_data - flow.data_consumed <= flow.window // 2:
-            if flow.last_update_time and conn._now_hint - flow.last_update_time < (
-                2 * conn.rtt.smoothed_rtt
-            ):
-                flow.window = min(flow.window * 2, flow.window_max)
-            flow.last_update_time = conn._now_hint
-            flow.max_data = flow.data_consumed + flow.window
-            flow.pending_max_data = True
+            update_connection_window(conn, when)
     maybe_forget_stream(conn, stream)
     return data
+
+
+def update_connection_window(conn: Connection, now: float) -> None:
+    """The application has read half the connection window: raise our limit to a
+    window past what it has read (MAX_DATA, RFC 9000 §4.2), first doubling the window
+    (within ``max_data_window``) when it is too small for the rate.
+
+    Too small when updates come within 2 srtt of each other (the rate fills a window
+    that fast), or when the peer said it was blocked at the limit this update replaces
+    (DATA_BLOCKED, RFC 9000 §19.12) and the application read up to here within 2 srtt
+    of that signal: it keeps up, so the window, not the application, held the peer back
+    (issue 11: connections of one busy receiver whose windows did not grow stayed
+    blocked for seconds). An application that read later than that held the peer back
+    itself; its window stays (a larger one would only buffer more unread data)."""
+    flow = conn.flow
+    srtt2 = 2 * conn.rtt.smoothed_rtt
+    fast_updates = bool(flow.last_update_time) and now - flow.last_update_time < srtt2
+    kept_up = flow.peer_blocked_at == flow.max_data and now - flow.peer_blocked_time < srtt2
+    if (fast_updates or kept_up) and flow.window < flow.window_max:
+        flow.window = min(flow.window * 2, flow.window_max)
+        if kept_up and not fast_updates:  # grown because of the signal
+            conn.counters.data_blocked_grew += 1
+    flow.peer_blocked_at = -1
+    flow.last_update_time = now
+    flow.max_data = flow.data_consumed + flow.window
+    flow.pending_max_data = True
 
 
 def stream_at_eof(conn: Connection, stream_id: int) -> bool:
