@@ -7,6 +7,7 @@ on a backoff timer inside the closing period (transport/closing.py)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 
 import quicflow
@@ -388,3 +389,37 @@ def test_closing_a_server_or_a_client_endpoint_sends_each_connection_its_close()
     for exc in seen:
         assert isinstance(exc, quicflow.ConnectionClosedError), repr(exc)
         assert (exc.error_code, exc.by_peer, exc.application) == (0, True, True), repr(exc)
+
+
+def test_a_drained_connection_leaves_the_engine_and_its_neighbour_keeps_working() -> None:
+    """A connection closed by its peer keeps its keys and CIDs while draining (late
+    packets are absorbed, RFC 9000 §10.2), then drops exactly its own engine entries
+    (openers of its CIDs, its sealer) in one step; a second connection on the same
+    server still delivers a stream intact."""
+    pair = MemoryPair()
+    second = pair.add_client()
+    pair.run(lambda: pair.client.handshake_confirmed and second.handshake_confirmed)
+    engine = pair.server.engine
+    for conn in pair.server_conns:
+        assert conn.host_cids and all(e.cid in engine for e in conn.host_cids)
+        assert conn.seal_key in engine
+    pair.client.close(4, "bye", now=pair.now)
+    pair.step()
+    [closing] = [c for c in pair.server_conns if c.state == DRAINING]
+    [other] = [c for c in pair.server_conns if c is not closing]
+    mine = [e.cid for e in closing.host_cids]
+    assert all(cid in engine for cid in mine)  # routed until the period ends
+    pair.run(lambda: closing.terminated)
+    assert not any(cid in engine for cid in mine) and closing.seal_key not in engine
+    assert all(e.cid in engine for e in other.host_cids) and other.seal_key in engine
+    data = hashlib.sha256(b"neighbour").digest() * 4000
+    sid = second.open_stream()
+    second.send_stream_data(sid, data, end_stream=True)
+    got = bytearray()
+
+    def done() -> bool:
+        got.extend(other.read_stream(sid))
+        return sid in other.streams and other.stream_at_eof(sid)
+
+    pair.run(done)
+    assert hashlib.sha256(bytes(got)).digest() == hashlib.sha256(data).digest()

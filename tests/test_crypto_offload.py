@@ -296,3 +296,37 @@ def test_install_returns_the_entry_key_state_gives(native: bool) -> None:
     given = bytes(range(16))
     sealer = engine.install(CID, suite, secret, opener=False, hp_key=given)
     assert sealer is engine.key_state(CID, opener=False) and sealer.hp_key == given
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_remove_connection_drops_exactly_its_entries(native: bool) -> None:
+    """An ended connection's openers (its CIDs, aliases of one entry) and its sealer go in
+    one call; another connection's entries stay and still open its packets."""
+    if native:
+        from quicflow.crypto.native import NativeOffloadEngine, available
+
+        assert available(), "the native extension is built by make venv"
+        engine: Any = NativeOffloadEngine()
+    else:
+        engine = SoftwareOffloadEngine()
+    suite = CipherSuite.AES_128_GCM_SHA256
+    mine = [CID, bytes.fromhex("1112131415161718"), bytes.fromhex("2122232425262728")]
+    other = bytes.fromhex("a1a2a3a4a5a6a7a8")
+    engine.install(mine[0], suite, _secret(suite), opener=True)
+    for cid in mine[1:]:
+        engine.alias(cid, mine[0], opener=True)
+    engine.install(b"peer-cid", suite, _secret(suite), opener=False)
+    engine.install(other, suite, _secret(suite), opener=True)
+    engine.install(b"other-peer", suite, _secret(suite), opener=False)
+    engine.remove_connection(mine, b"peer-cid")
+    for cid in mine:
+        assert cid not in engine
+    assert b"peer-cid" not in engine
+    assert other in engine and b"other-peer" in engine
+    sender = SoftwareOffloadEngine()
+    sender.install(other, suite, _secret(suite), opener=False)
+    buf, descs, plain = _batch(other, [0], [40])
+    sender.seal(buf, descs)
+    [res] = engine.open(bytes(buf), _open_descs(descs))
+    assert res is not None and res.pn == 0 and bytes(res.payload) == plain[0][1]
+    engine.remove_connection([], b"never-installed")  # nothing there: nothing happens

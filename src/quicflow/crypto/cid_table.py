@@ -8,6 +8,7 @@ built (``_new_state``) and how a key update changes it (``_key_update``), plus i
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Generic, TypeVar
 
 from .suites import CipherSuite
@@ -83,6 +84,14 @@ class CidTableEngine(Generic[S]):
     def remove(self, cid: bytes, *, opener: bool) -> None:
         """Forget ``cid`` only (its aliases keep the shared entry)."""
         (self._openers if opener else self._sealers).pop(bytes(cid), None)
+
+    def remove_connection(self, opener_cids: Iterable[bytes], sealer_cid: bytes) -> None:
+        """A connection ended: forget its entries in one step, the openers of
+        ``opener_cids`` (its own CIDs) and the sealer of ``sealer_cid`` (all ``bytes``)."""
+        openers = self._openers
+        for cid in opener_cids:
+            openers.pop(cid, None)
+        self._sealers.pop(sealer_cid, None)
 
     def key_state(self, cid: bytes, *, opener: bool) -> S:
         """The live table entry of ``cid`` (for snapshots); KeyError if unknown."""

@@ -8,7 +8,7 @@ other engine must produce bit-identical output.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -201,6 +201,10 @@ class OffloadEngine(Protocol):
     def update(self, cid: bytes, *, opener: bool) -> None: ...
 
     def remove(self, cid: bytes, *, opener: bool) -> None: ...
+
+    def remove_connection(self, opener_cids: Iterable[bytes], sealer_cid: bytes) -> None:
+        """Forget an ended connection's openers (its CIDs) and its sealer at once."""
+        ...
 
     def key_state(self, cid: bytes, *, opener: bool) -> Any:
         """The live table entry of ``cid``: ``key_phase``, ``current.secret``, ``hp_key``,

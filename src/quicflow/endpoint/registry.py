@@ -136,15 +136,17 @@ class ConnectionRegistry(Generic[C]):
         """Drop ``conn`` and exactly the keys it owns (O(its keys), not O(connections));
         False if it was not here."""
         counters = self.counters
-        counters.ops += 1
         owned = self._owned.pop(conn, None)
         if owned is None:
+            counters.ops += 1
             return False
         counters.forgotten += 1
+        ops = 1 + len(owned)  # the pop, then a get per key (and a delete per key held)
+        ours, initial = self.ours, self.initial
         for which, key in owned:
-            table = self.ours if which == OURS_MAP else self.initial
-            counters.ops += 1
+            table = ours if which == OURS_MAP else initial
             if table.get(key) is conn:
                 del table[key]
-                counters.ops += 1
+                ops += 1
+        counters.ops += ops
         return True

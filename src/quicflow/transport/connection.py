@@ -586,10 +586,8 @@ class Connection:
         self.terminated = True
         for entry in self.host_cids:
             self.cid_changes.append((False, entry.cid))
-        if self.one_rtt_ready:
-            for entry in self.host_cids:
-                self.engine.remove(entry.cid, opener=True)
-            self.engine.remove(self.seal_key, opener=False)
+        if self.one_rtt_ready:  # its engine entries, in one call
+            self.engine.remove_connection([e.cid for e in self.host_cids], self.seal_key)
             self.one_rtt_ready = False
 
     # ------------------------------------------------------------------ closing

@@ -290,6 +290,8 @@ def _receive_packet(
         conn.counters.packets_dropped += 1
         conn.counters.dropped_reassembly_full += 1
         return  # not acknowledged: the peer sends it again
+    if conn.state == DRAINING:  # its CONNECTION_CLOSE: nothing is sent from now on and
+        return  # only the period's end is timed: ACK state, idle deadline never read again
     # ACK bookkeeping
     ends = received.ends
     if pn < largest_received or (ends and pn > largest_received + 1):
