@@ -212,7 +212,7 @@ async def _kill_one_worker() -> None:
                     assert result is True  # the other worker's downloads complete intact
                 else:
                     assert isinstance(result, quicflow.ConnectionClosedError), result
-        # New connections reach the restarted worker (Initials are hashed over both).
+        # New connections reach the restarted worker (their Initials' DCIDs name both).
         fresh = await asyncio.gather(*(fetch(port, 32 * 1024, seed=100 + i) for i in range(16)))
         assert all(ok for _, ok in fresh)
         assert {w for w, _ in fresh} == {0, 1}
@@ -221,8 +221,16 @@ async def _kill_one_worker() -> None:
     rows = check_worker_keys(server.stats(), 2)
     assert rows[1]["restarts"] == 1 and rows[1]["exit_codes"][0] == -signal.SIGKILL
     assert rows[0]["restarts"] == 0
-    # The restarted worker sits in the same group slot: nothing went to the wrong worker.
-    assert [row["misrouted_datagrams"] for row in rows] == [0, 0]
+    # The restarted worker sits in the same group slot. Until it is back, its slot is
+    # empty and the kernel hashes what names it (its clients' ACKs and probes, sent
+    # later now that ACKs may wait for the ACK Frequency extension's delay) over the
+    # sockets left: those few land on worker 0 and are counted as misrouted (1 datagram
+    # in 1 of ~20 whole-suite runs on 2026-11-30); handed to a worker that is not back
+    # yet, they may die with its inbox (QUIC resends). A restarted worker in another
+    # slot would take about half of all datagrams: the bound is 5 %.
+    misrouted = sum(row["misrouted_datagrams"] for row in rows)
+    assert misrouted * 20 <= sum(row["datagrams_received"] for row in rows), rows
+    assert sum(row["handed_over_datagrams"] for row in rows) <= misrouted
     assert rows[1]["connections"] == owners.count(1) + sum(1 for w, _ in fresh if w == 1)
 
 
