@@ -26,6 +26,16 @@ def _secret(suite: CipherSuite) -> bytes:
     return bytes(range(48 if suite == CipherSuite.AES_256_GCM_SHA384 else 32))
 
 
+def _engine(native: bool) -> Any:
+    """The C engine (built by make venv) or the Python one."""
+    if native:
+        from quicflow.crypto.native import NativeOffloadEngine, available
+
+        assert available(), "the native extension is built by make venv"
+        return NativeOffloadEngine()
+    return SoftwareOffloadEngine()
+
+
 def _header(cid: bytes, pn: int, pn_len: int, key_phase: int = 0) -> bytes:
     first = 0x40 | (key_phase << 2) | (pn_len - 1)
     return bytes((first,)) + cid + (pn & ((1 << (8 * pn_len)) - 1)).to_bytes(pn_len, "big")
@@ -281,13 +291,7 @@ def test_install_returns_the_entry_key_state_gives(native: bool) -> None:
     key_state returns, with the hp key derived from the secret (or the one given)."""
     from quicflow.crypto.keys import derive_hp_key
 
-    if native:
-        from quicflow.crypto.native import NativeOffloadEngine, available
-
-        assert available(), "the native extension is built by make venv"
-        engine: Any = NativeOffloadEngine()
-    else:
-        engine = SoftwareOffloadEngine()
+    engine = _engine(native)
     suite = CipherSuite.AES_128_GCM_SHA256
     secret = _secret(suite)
     state = engine.install(CID, suite, secret, opener=True, largest_pn=7)
@@ -302,13 +306,7 @@ def test_install_returns_the_entry_key_state_gives(native: bool) -> None:
 def test_remove_connection_drops_exactly_its_entries(native: bool) -> None:
     """An ended connection's openers (its CIDs, aliases of one entry) and its sealer go in
     one call; another connection's entries stay and still open its packets."""
-    if native:
-        from quicflow.crypto.native import NativeOffloadEngine, available
-
-        assert available(), "the native extension is built by make venv"
-        engine: Any = NativeOffloadEngine()
-    else:
-        engine = SoftwareOffloadEngine()
+    engine = _engine(native)
     suite = CipherSuite.AES_128_GCM_SHA256
     mine = [CID, bytes.fromhex("1112131415161718"), bytes.fromhex("2122232425262728")]
     other = bytes.fromhex("a1a2a3a4a5a6a7a8")
