@@ -464,6 +464,75 @@ done:
     return result;
 }
 
+/* Header protection removed from the packet src[0:len] (its packet number at pn_offset)
+ * and the packet opened (the one home of both steps for open_packet and open_frames):
+ * 0 with *payload (a new reference) and *pn set, and *header (a new reference) unless
+ * header is NULL; 1 when the packet is too short to remove header protection; 2 when it
+ * cannot be opened (over INT_MAX bytes, shorter than its tag, authentication failed); -1
+ * with a Python error set. */
+static int
+kc_open_whole(KeyContext *self, const unsigned char *src, Py_ssize_t len,
+              Py_ssize_t pn_offset, long long largest, PyObject **header,
+              PyObject **payload, int64_t *pn)
+{
+    unsigned char stack[256];
+    unsigned char *h = stack;
+    Py_ssize_t header_len, ct_len;
+    int64_t truncated;
+    int rc = -1;
+
+    *payload = NULL;
+    if (header != NULL) {
+        *header = NULL;
+    }
+    if (pn_offset < 1 || len < pn_offset + 4 + SAMPLE_LEN) {
+        return 1;
+    }
+    if (len > INT_MAX) {
+        return 2;
+    }
+    if (pn_offset + 4 > (Py_ssize_t)sizeof(stack)) {
+        h = PyMem_Malloc((size_t)(pn_offset + 4));
+        if (h == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    header_len = kc_unprotect(self, src, pn_offset, h, &truncated);
+    if (header_len < 0) {
+        goto done;
+    }
+    ct_len = len - header_len;
+    if (ct_len < TAG_LEN) {
+        rc = 2;
+        goto done;
+    }
+    *pn = decode_pn(truncated, (int)(header_len - pn_offset) * 8, (int64_t)largest);
+    *payload = PyBytes_FromStringAndSize(NULL, ct_len - TAG_LEN);
+    if (*payload == NULL) {
+        goto done;
+    }
+    if (kc_open(self, (uint64_t)*pn, h, (int)header_len, src + header_len, (int)ct_len,
+                (unsigned char *)PyBytes_AS_STRING(*payload)) < 0) {
+        Py_CLEAR(*payload);
+        rc = 2;
+        goto done;
+    }
+    if (header != NULL) {
+        *header = PyBytes_FromStringAndSize((const char *)h, header_len);
+        if (*header == NULL) {
+            Py_CLEAR(*payload);
+            goto done;
+        }
+    }
+    rc = 0;
+done:
+    if (h != stack) {
+        PyMem_Free(h);
+    }
+    return rc;
+}
+
 /* open_packet(packet, pn_offset, largest_pn) -> (plain_header, payload, pn), or the int
  * 1 (too short to remove header protection) or 2 (authentication failed), as
  * keys.PacketProtector.open does it; packet runs from the first byte to the end of this
@@ -472,13 +541,11 @@ static PyObject *
 kc_open_packet_py(KeyContext *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer packet = {0};
-    Py_ssize_t pn_offset, sample_at, header_len, ct_len;
+    Py_ssize_t pn_offset;
     long long largest;
-    const unsigned char *src;
-    unsigned char stack[256];
-    unsigned char *h = stack;
-    int64_t truncated, pn;
-    PyObject *header = NULL, *payload = NULL, *result = NULL, *pn_obj;
+    int64_t pn;
+    int rc;
+    PyObject *header, *payload, *result = NULL, *pn_obj;
 
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "open_packet(packet, pn_offset, largest_pn)");
@@ -499,58 +566,19 @@ kc_open_packet_py(KeyContext *self, PyObject *const *args, Py_ssize_t nargs)
     if (PyObject_GetBuffer(args[0], &packet, PyBUF_SIMPLE) < 0) {
         return NULL;
     }
-    src = packet.buf;
-    sample_at = pn_offset + 4;
-    if (pn_offset < 1 || packet.len < sample_at + SAMPLE_LEN) {
-        result = PyLong_FromLong(1);
-        goto done;
-    }
-    if (packet.len > INT_MAX) {
-        result = PyLong_FromLong(2);
-        goto done;
-    }
-    if (pn_offset + 4 > (Py_ssize_t)sizeof(stack)) {
-        h = PyMem_Malloc((size_t)(pn_offset + 4));
-        if (h == NULL) {
-            PyErr_NoMemory();
-            goto done;
-        }
-    }
-    header_len = kc_unprotect(self, src, pn_offset, h, &truncated);
-    if (header_len < 0) {
-        goto done;
-    }
-    header = PyBytes_FromStringAndSize((const char *)h, header_len);
-    if (header == NULL) {
-        goto done;
-    }
-    pn = decode_pn(truncated, (int)(header_len - pn_offset) * 8, (int64_t)largest);
-    ct_len = packet.len - header_len;
-    if (ct_len < TAG_LEN) {
-        result = PyLong_FromLong(2);
-        goto done;
-    }
-    payload = PyBytes_FromStringAndSize(NULL, ct_len - TAG_LEN);
-    if (payload == NULL) {
-        goto done;
-    }
-    if (kc_open(self, (uint64_t)pn, h, (int)header_len, src + header_len, (int)ct_len,
-                (unsigned char *)PyBytes_AS_STRING(payload)) < 0) {
-        result = PyLong_FromLong(2);
-        goto done;
+    rc = kc_open_whole(self, packet.buf, packet.len, pn_offset, largest, &header, &payload,
+                       &pn);
+    PyBuffer_Release(&packet);
+    if (rc != 0) {
+        return rc < 0 ? NULL : PyLong_FromLong(rc);
     }
     pn_obj = PyLong_FromLongLong(pn);
     if (pn_obj != NULL) {
         result = PyTuple_Pack(3, header, payload, pn_obj);
         Py_DECREF(pn_obj);
     }
-done:
-    if (h != stack) {
-        PyMem_Free(h);
-    }
-    Py_XDECREF(header);
-    Py_XDECREF(payload);
-    PyBuffer_Release(&packet);
+    Py_DECREF(header);
+    Py_DECREF(payload);
     return result;
 }
 
@@ -565,13 +593,12 @@ static PyObject *
 kc_open_frames_py(KeyContext *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer data = {0};
-    Py_ssize_t pos, end, pn_offset, sample_at, header_len, ct_len, len;
+    Py_ssize_t pos, end, pn_offset, len;
     long long largest;
     const unsigned char *src;
-    unsigned char stack[256];
-    unsigned char *h = stack;
-    int64_t truncated, pn;
-    PyObject *payload = NULL, *frames = NULL, *pn_obj, *result = NULL, *classes;
+    int64_t pn;
+    int rc;
+    PyObject *payload, *frames, *pn_obj, *result = NULL, *classes;
 
     if (nargs != 6) {
         PyErr_SetString(PyExc_TypeError,
@@ -615,43 +642,17 @@ kc_open_frames_py(KeyContext *self, PyObject *const *args, Py_ssize_t nargs)
     }
     len = end > pos ? end - pos : 0;
     src = (const unsigned char *)data.buf + (len ? pos : 0);
-    pn_offset -= pos;
-    sample_at = pn_offset + 4;
-    if (pn_offset < 1 || len < sample_at + SAMPLE_LEN || len > INT_MAX) {
-        result = Py_NewRef(Py_None);
-        goto done;
-    }
-    if (pn_offset + 4 > (Py_ssize_t)sizeof(stack)) {
-        h = PyMem_Malloc((size_t)(pn_offset + 4));
-        if (h == NULL) {
-            PyErr_NoMemory();
-            goto done;
-        }
-    }
-    header_len = kc_unprotect(self, src, pn_offset, h, &truncated);
-    if (header_len < 0) {
-        goto done;
-    }
-    ct_len = len - header_len;
-    if (ct_len < TAG_LEN) {
-        result = Py_NewRef(Py_None);
-        goto done;
-    }
-    pn = decode_pn(truncated, (int)(header_len - pn_offset) * 8, (int64_t)largest);
-    payload = PyBytes_FromStringAndSize(NULL, ct_len - TAG_LEN);
-    if (payload == NULL) {
-        goto done;
-    }
-    if (kc_open(self, (uint64_t)pn, h, (int)header_len, src + header_len, (int)ct_len,
-                (unsigned char *)PyBytes_AS_STRING(payload)) < 0) {
-        result = Py_NewRef(Py_None);
-        goto done;
+    rc = kc_open_whole(self, src, len, pn_offset - pos, largest, NULL, &payload, &pn);
+    PyBuffer_Release(&data);
+    if (rc != 0) {
+        return rc < 0 ? NULL : Py_NewRef(Py_None);
     }
     if (classes != Py_None) {
         frames = qf_parse_frames((const uint8_t *)PyBytes_AS_STRING(payload),
                                  PyBytes_GET_SIZE(payload), classes);
         if (frames == NULL) {
-            goto done;
+            Py_DECREF(payload);
+            return NULL;
         }
     } else {
         frames = Py_NewRef(Py_None);
@@ -661,13 +662,8 @@ kc_open_frames_py(KeyContext *self, PyObject *const *args, Py_ssize_t nargs)
         result = PyTuple_Pack(3, pn_obj, payload, frames);
         Py_DECREF(pn_obj);
     }
-done:
-    if (h != stack) {
-        PyMem_Free(h);
-    }
-    Py_XDECREF(payload);
-    Py_XDECREF(frames);
-    PyBuffer_Release(&data);
+    Py_DECREF(payload);
+    Py_DECREF(frames);
     return result;
 }
 
