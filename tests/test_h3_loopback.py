@@ -333,3 +333,46 @@ def test_http3_server_refuses_handoff_and_moves(tmp_path: Any) -> None:
         return len(await response.read())
 
     assert run(with_server(body), 30) == 1000
+
+
+def test_a_late_http3_reader_keeps_its_connection_window() -> None:
+    """The HTTP/3 layer reads the transport as the application gives credit back, and
+    hands the transport the application's time of that read: a client whose
+    application reads a response body only long after the server said it was blocked
+    at the client's connection limit (64 KiB) keeps that window, and the update is
+    timed at that read (issue 11: without the time, the connection's last receive or
+    build stood in, which can make a late read look prompt and times the next update's
+    "fast updates" test from the wrong moment). The body arrives intact."""
+    size = 512 * 1024
+
+    async def main() -> tuple[int, int, int, float, bytes, str]:
+        server = await h3.serve(app, "127.0.0.1", 0, configuration=h3_server_config())
+        try:
+            config = replace(h3_client_config(), max_data=64 * 1024,
+                             max_data_window=4 * MB, max_stream_data=MB)
+            async with h3.connect("127.0.0.1", server.address[1],
+                                  configuration=config) as client:
+                client.face.h3.stream_buffer = 16 * 1024  # body read as credit comes back
+                resp = await client.get(f"/bytes/{size}")
+                c = client.face.conn
+                while not c.counters.data_blocked_received:
+                    await asyncio.sleep(0.005)
+                await asyncio.sleep(0.5)  # the application is busy elsewhere
+                assert 2 * c.rtt.smoothed_rtt < 0.5
+                got = bytearray()
+                updated = c.flow.last_update_time
+                late = asyncio.get_running_loop().time()
+                while c.flow.last_update_time == updated and len(got) < size:  # half a window
+                    got += await resp.read(8 * 1024)
+                window, grew = c.flow.window, c.counters.data_blocked_grew
+                updated = c.flow.last_update_time - late
+                got += await resp.read()
+                return (window, grew, c.counters.data_blocked_received, updated,
+                        bytes(got), resp.header("x-sha256"))
+        finally:
+            server.close()
+
+    window, grew, received, updated, got, digest = run(main(), 60)
+    assert window == 64 * 1024 and grew == 0 and received >= 1
+    assert updated >= 0  # the update is timed at the application's read
+    assert sha(got) == digest == sha(body_of(size))

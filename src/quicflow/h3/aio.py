@@ -297,7 +297,7 @@ class H3QuicConnection(QuicConnection):
         self.flush()
 
     def consumed(self, stream_id: int, nbytes: int) -> None:
-        self._dispatch(self.h3.consumed(stream_id, nbytes))
+        self._dispatch(self.h3.consumed(stream_id, nbytes, self.loop.time()))
         self.after_read()
         self.flush()
 

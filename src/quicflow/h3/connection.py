@@ -357,7 +357,7 @@ class H3Connection:
 
     # ------------------------------------------------------------------ request streams
 
-    def _pump(self, st: RequestState, out: list[H3Event]) -> None:
+    def _pump(self, st: RequestState, out: list[H3Event], now: float | None = None) -> None:
         quic = self.quic
         sid = st.stream_id
         try:
@@ -369,7 +369,7 @@ class H3Connection:
                 want = st.credit if st.headers_done else HEADERS_READ
                 if want <= 0:
                     return
-                data = quic.read_stream(sid, want)
+                data = quic.read_stream(sid, want, now)
                 if data:
                     st.parser.feed(data)
                     continue
@@ -452,15 +452,18 @@ class H3Connection:
         if st.ended and st.send_done:
             self.requests.pop(st.stream_id, None)
 
-    def consumed(self, stream_id: int, nbytes: int) -> list[H3Event]:
-        """The application took ``nbytes`` of body: read more from the transport."""
+    def consumed(self, stream_id: int, nbytes: int, now: float | None = None) -> list[H3Event]:
+        """The application took ``nbytes`` of body: read more from the transport.
+
+        ``now`` is the application's time of the read (the clock the connection is driven
+        with): the transport times its window updates with it (``read_stream``)."""
         out: list[H3Event] = []
         st = self.requests.get(stream_id)
         if st is None or self.failed:
             return out
         st.credit += nbytes
         try:
-            self._pump(st, out)
+            self._pump(st, out, now)
         except H3Error as exc:
             self._fail(exc)
         return out
