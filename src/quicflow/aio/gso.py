@@ -85,10 +85,7 @@ def send_buffer(
     addr: tuple[Any, ...] | None, ecn: int,
 ) -> bool:
     """Send runs of equal-size datagrams (the last of a run may be shorter) as GSO
-    batches straight from the buffer; False when the kernel buffer filled up."""
-    ok = True
-    view = memoryview(buf)
-    for start, end, size in gso_batches(bounds):
-        if not transport.send_batch(view[start:end], size, addr, ecn):
-            ok = False
-    return ok
+    batches straight from the buffer, in one call into the socket (``send_runs``: one
+    ``batches_sent`` per run, as a ``send_batch`` each would count); False when the
+    kernel buffer filled up."""
+    return transport.send_runs(buf, gso_batches(bounds), addr, ecn)

@@ -518,6 +518,66 @@ class UdpTransport:
             return False
         return True
 
+    def send_runs(
+        self,
+        data: bytes | bytearray | memoryview,
+        runs: list[tuple[int, int, int]],
+        addr: tuple[Any, ...] | None,
+        ecn: int = 0,
+    ) -> bool:
+        """Send several runs of ``data`` in order: ``(start, end, segment_size)`` each, as
+        :meth:`send_batch` would send ``data[start:end]`` (each run counts as one batch in
+        ``batches_sent``; the per-``sendmsg`` counters are the same).
+
+        One call for a build's GSO sends: while nothing is queued, GSO is on and the run
+        is more than one datagram, each run goes straight to ``send_gso`` (the layers of
+        ``send_batch`` are paid once per call, not per run). A run that fails goes on
+        through the general path from where it stopped; when the kernel buffer fills, what
+        is left of it and every later run wait in the pending queue, in order (not tried
+        again in this call). Returns False when the kernel buffer filled up.
+        """
+        view = data if isinstance(data, memoryview) else memoryview(data)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        if self._pending or not self._gso:
+            ok = True
+            for start, end, size in runs:
+                if not self.send_batch(view[start:end], size, addr, ecn):
+                    ok = False
+            return ok
+        if addr is not None:
+            addr = to_socket_address(addr, self._family)
+        ecn &= ECN_MASK
+        if ecn != self._tos:
+            self._set_tos(ecn)
+        counters = self.counters
+        sock = self._sock
+        total = len(view)
+        for i, (start, end, size) in enumerate(runs):
+            if size <= 0:
+                raise ValueError("segment_size must be positive")
+            counters.batches_sent += 1
+            part = view if end == total else view[:end]
+            if end - start > size and self._gso:  # (a refusal may turn GSO off)
+                offset, code = send_gso(sock, part, start, size, addr,
+                                        self._chunk_bytes(size), counters)
+                if code:  # the general path takes the rest of this run from here
+                    offset = self._send(part, offset, size, addr, ecn, code)
+            else:
+                offset = self._send(part, start, size, addr, ecn)
+            if offset < end:  # the buffer is full: the rest waits, in order
+                self._queue(bytes(view[offset:end]), size, addr, ecn)
+                for start, end, size in runs[i + 1 :]:
+                    counters.batches_sent += 1
+                    self._queue(bytes(view[start:end]), size, addr, ecn)
+                return False
+        return True
+
+    def _chunk_bytes(self, segment_size: int) -> int:
+        """Bytes one GSO ``sendmsg`` takes of datagrams of ``segment_size``."""
+        segments = min(self._chunk_segments, MAX_GSO_BYTES_V4 // segment_size)
+        return segment_size * max(1, segments)
+
     def has_pending(self) -> bool:
         return bool(self._pending)
 
@@ -558,15 +618,18 @@ class UdpTransport:
             pass
 
     def _send(
-        self, view: memoryview, offset: int, segment_size: int, addr: Address | None, ecn: int
+        self, view: memoryview, offset: int, segment_size: int, addr: Address | None, ecn: int,
+        failed: int = 0,
     ) -> int:
         """Send ``view[offset:]``; return how far it got (== len(view) when all went).
 
         Datagrams refused for their size (EMSGSIZE) are counted (``send_errors``,
-        ``send_emsgsize``) and skipped, and the new path MTU is learned."""
+        ``send_emsgsize``) and skipped, and the new path MTU is learned. ``failed``: the
+        errno a GSO send of ``view[offset:]`` just returned (``send_runs``), handled as
+        if this call had made it (0: none)."""
         counters = self.counters
         refused = counters.send_emsgsize
-        offset = self._send_inner(view, offset, segment_size, addr, ecn)
+        offset = self._send_inner(view, offset, segment_size, addr, ecn, failed)
         if counters.send_emsgsize != refused and self._pmtu:
             self.check_errors(connected=addr is None)
         return offset
@@ -599,7 +662,8 @@ class UdpTransport:
         return self.counters.errqueue_entries != reports
 
     def _send_inner(
-        self, view: memoryview, offset: int, segment_size: int, addr: Address | None, ecn: int
+        self, view: memoryview, offset: int, segment_size: int, addr: Address | None, ecn: int,
+        failed: int = 0,
     ) -> int:
         if ecn != self._tos:
             self._set_tos(ecn)
@@ -612,9 +676,12 @@ class UdpTransport:
             if not (self._gso and total - offset > segment_size):
                 offset, _ = send_basic(sock, view, offset, segment_size, addr, counters)
                 return offset
-            segments = min(self._chunk_segments, MAX_GSO_BYTES_V4 // segment_size)
-            chunk = segment_size * max(1, segments)
-            offset, code = send_gso(sock, view, offset, segment_size, addr, chunk, counters)
+            chunk = self._chunk_bytes(segment_size)
+            if failed:  # (send_runs' GSO send of this chunk failed with that errno)
+                code, failed = failed, 0
+            else:
+                offset, code = send_gso(sock, view, offset, segment_size, addr, chunk,
+                                        counters)
             if code == 0 or code in WOULD_BLOCK_ERRNOS:
                 return offset
             if code in GSO_REFUSED_ERRNOS and self._pmtu and not drained:
