@@ -8,6 +8,7 @@ straight from the buffer.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ..datapath.socket import UdpTransport
@@ -20,6 +21,7 @@ TURN_DATAGRAMS = 1024
 BUILD_BYTES = 1 << 20
 
 
+@functools.cache  # (once per datagram size: a hit is a C call)
 def gso_run(max_datagram_size: int) -> int:
     """Datagrams one build asks for: whole GSO sends of ``max_datagram_size``, as many
     as a turn holds (``TURN_DATAGRAMS``) within ``BUILD_BYTES`` (864 of 1200 bytes: 16

@@ -199,6 +199,14 @@ def bind_reuseport(sock: socket.socket, sockaddr: tuple[Any, ...]) -> None:
                 raise
 
 
+@functools.cache  # (a hit is a C call: no Python frame per GSO send)
+def _chunk_bytes(max_segments: int, segment_size: int) -> int:
+    """Bytes one GSO ``sendmsg`` takes of datagrams of ``segment_size``, at most
+    ``max_segments`` of them."""
+    segments = min(max_segments, MAX_GSO_BYTES_V4 // segment_size)
+    return segment_size * max(1, segments)
+
+
 class UdpTransport:
     """One non-blocking UDP socket with batch send/receive.
 
@@ -560,7 +568,7 @@ class UdpTransport:
             part = view if end == total else view[:end]
             if end - start > size and self._gso:  # (a refusal may turn GSO off)
                 offset, code = send_gso(sock, part, start, size, addr,
-                                        self._chunk_bytes(size), counters)
+                                        _chunk_bytes(self._chunk_segments, size), counters)
                 if code:  # the general path takes the rest of this run from here
                     offset = self._send(part, offset, size, addr, ecn, code)
             else:
@@ -572,11 +580,6 @@ class UdpTransport:
                     self._queue(bytes(view[start:end]), size, addr, ecn)
                 return False
         return True
-
-    def _chunk_bytes(self, segment_size: int) -> int:
-        """Bytes one GSO ``sendmsg`` takes of datagrams of ``segment_size``."""
-        segments = min(self._chunk_segments, MAX_GSO_BYTES_V4 // segment_size)
-        return segment_size * max(1, segments)
 
     def has_pending(self) -> bool:
         return bool(self._pending)
@@ -676,7 +679,7 @@ class UdpTransport:
             if not (self._gso and total - offset > segment_size):
                 offset, _ = send_basic(sock, view, offset, segment_size, addr, counters)
                 return offset
-            chunk = self._chunk_bytes(segment_size)
+            chunk = _chunk_bytes(self._chunk_segments, segment_size)
             if failed:  # (send_runs' GSO send of this chunk failed with that errno)
                 code, failed = failed, 0
             else:
