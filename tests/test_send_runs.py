@@ -76,7 +76,11 @@ def test_without_gso_the_runs_go_datagram_by_datagram() -> None:
         assert tx.counters.batches_sent == len(runs)
 
 
-def test_a_full_buffer_queues_the_rest_of_the_runs_in_order() -> None:
+@pytest.mark.parametrize("sizes", [
+    ([1200] * 53 + [500]) * 6 + [1200] * 10,  # GSO runs
+    list(range(100, 1401, 100)) * 12,  # runs of one datagram each (send_batch's path)
+], ids=["gso-runs", "single-datagram-runs"])
+def test_a_full_buffer_queues_the_rest_of_the_runs_in_order(sizes: list[int]) -> None:
     # as test_full_send_buffer_queues_and_flushes_without_loss: a token bucket on the
     # namespace's loopback holds the sender's buffer memory, a tiny SO_SNDBUF fills up
     shape = ["tc", "qdisc", "add", "dev", "lo", "root", "tbf",
@@ -90,7 +94,6 @@ def test_a_full_buffer_queues_the_rest_of_the_runs_in_order() -> None:
 
     rx, tx = in_private_netns([shape], build)
     with rx, tx:
-        sizes = ([1200] * 53 + [500]) * 6 + [1200] * 10
         data, bounds, each = _datagrams(sizes)
         runs = gso_batches(bounds)
         assert not tx.send_runs(data, runs, rx.local_address)

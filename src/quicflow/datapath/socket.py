@@ -539,7 +539,8 @@ class UdpTransport:
 
         One call for a build's GSO sends: while nothing is queued, GSO is on and the run
         is more than one datagram, each run goes straight to ``send_gso`` (the layers of
-        ``send_batch`` are paid once per call, not per run). A run that fails goes on
+        ``send_batch`` are paid once per call, not per run); a run of one datagram goes
+        through ``send_batch``'s one-send path. A run that fails goes on
         through the general path from where it stopped; when the kernel buffer fills, what
         is left of it and every later run wait in the pending queue, in order (not tried
         again in this call). Returns False when the kernel buffer filled up.
@@ -553,8 +554,7 @@ class UdpTransport:
                 if not self.send_batch(view[start:end], size, addr, ecn):
                     ok = False
             return ok
-        if addr is not None:
-            addr = to_socket_address(addr, self._family)
+        to = to_socket_address(addr, self._family) if addr is not None else None
         ecn &= ECN_MASK
         if ecn != self._tos:
             self._set_tos(ecn)
@@ -564,21 +564,27 @@ class UdpTransport:
         for i, (start, end, size) in enumerate(runs):
             if size <= 0:
                 raise ValueError("segment_size must be positive")
-            counters.batches_sent += 1
-            part = view if end == total else view[:end]
-            if end - start > size and self._gso:  # (a refusal may turn GSO off)
-                offset, code = send_gso(sock, part, start, size, addr,
+            if end - start <= size or not self._gso:
+                # one datagram (send_batch's one-send path, as a handshake flight's are),
+                # or GSO turned off by a refusal earlier in this call
+                if self.send_batch(view[start:end], size, addr, ecn):
+                    continue
+                offset = end  # (send_batch queued the rest of its run itself)
+            else:
+                counters.batches_sent += 1
+                part = view if end == total else view[:end]
+                offset, code = send_gso(sock, part, start, size, to,
                                         _chunk_bytes(self._chunk_segments, size), counters)
                 if code:  # the general path takes the rest of this run from here
-                    offset = self._send(part, offset, size, addr, ecn, code)
-            else:
-                offset = self._send(part, start, size, addr, ecn)
-            if offset < end:  # the buffer is full: the rest waits, in order
-                self._queue(bytes(view[offset:end]), size, addr, ecn)
-                for start, end, size in runs[i + 1 :]:
-                    counters.batches_sent += 1
-                    self._queue(bytes(view[start:end]), size, addr, ecn)
-                return False
+                    offset = self._send(part, offset, size, to, ecn, code)
+                if offset >= end:
+                    continue
+                self._queue(bytes(view[offset:end]), size, to, ecn)
+            # the buffer is full: the later runs wait behind what is queued, in order
+            for start, end, size in runs[i + 1 :]:
+                counters.batches_sent += 1
+                self._queue(bytes(view[start:end]), size, to, ecn)
+            return False
         return True
 
     def has_pending(self) -> bool:
