@@ -8,6 +8,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import quicflow.transport.receive as receive_module
 import quicflow.transport.send as send_module
@@ -169,3 +171,50 @@ def test_a_turn_the_pacer_holds_back_would_have_sent_nothing(
     net.run(lambda: client.app.done)
     _check_download(client.app)
     assert held >= 5 and sent_anyway == 0, (held, sent_anyway)
+
+
+def _run_budget_with_refill(pacer: Pacer, now: float, srtt: float, cwnd: int, want: int
+                            ) -> tuple[int, float | None]:
+    """Reference: ``Pacer.run_budget`` as it was, the refill asked every time (test
+    oracle of the shortcut at an unchanged ``now``)."""
+    rate = pacer.rate(srtt, cwnd)
+    if rate == 0.0:
+        return want, None
+    capacity = pacer.capacity(rate, cwnd)
+    tokens = pacer._refill(now, rate, capacity) + rate * pacer.granularity
+    need = float(want) if want < capacity else capacity
+    if pacer.promised and pacer.promised < need:
+        need = pacer.promised
+    if tokens > need - 1.0:
+        pacer.promised = 0.0
+        return int(tokens), None
+    pacer.promised = need
+    return 0, now + (need - tokens) / rate
+
+
+@given(st.lists(st.tuples(st.sampled_from([0.0, 0.0, 1e-6, 1e-4, 0.003]),  # time step
+                          st.integers(0, 300_000),  # bytes consumed after the query
+                          st.integers(2 * MDS, 5_000_000),  # cwnd
+                          st.integers(1, 600))),  # want, datagrams
+       st.floats(0.0005, 0.2), st.sampled_from([0.0, 0.001]))
+@settings(max_examples=300, deadline=None)
+def test_a_query_at_the_same_time_skips_only_a_refill_that_adds_nothing(
+    steps: list[tuple[float, int, int, int]], srtt: float, granularity: float,
+) -> None:
+    """``run_budget`` at the ``now`` of the last refill (the question after a run) reads
+    the tokens instead of refilling: the answers and the pacer's state are those of the
+    refill asked every time, over random sequences of queries and sends."""
+    fast = Pacer(max_datagram_size=MDS, burst_interval=0.002, max_burst_datagrams=256,
+                 run_datagrams=256, granularity=granularity)
+    ref = Pacer(max_datagram_size=MDS, burst_interval=0.002, max_burst_datagrams=256,
+                run_datagrams=256, granularity=granularity)
+    now = 100.0
+    for step, sent, cwnd, want in steps:
+        now += step
+        assert fast.run_budget(now, srtt, cwnd, want * MDS) == _run_budget_with_refill(
+            ref, now, srtt, cwnd, want * MDS)
+        if sent:
+            fast.consume(now, sent, srtt, cwnd)
+            ref.consume(now, sent, srtt, cwnd)
+        assert (fast.tokens, fast.last_time, fast.promised) == (
+            ref.tokens, ref.last_time, ref.promised)

@@ -8,6 +8,7 @@ straight from the buffer.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ..datapath.socket import UdpTransport
@@ -20,6 +21,7 @@ TURN_DATAGRAMS = 1024
 BUILD_BYTES = 1 << 20
 
 
+@functools.cache  # (once per datagram size: a hit is a C call)
 def gso_run(max_datagram_size: int) -> int:
     """Datagrams one build asks for: whole GSO sends of ``max_datagram_size``, as many
     as a turn holds (``TURN_DATAGRAMS``) within ``BUILD_BYTES`` (864 of 1200 bytes: 16
@@ -85,10 +87,7 @@ def send_buffer(
     addr: tuple[Any, ...] | None, ecn: int,
 ) -> bool:
     """Send runs of equal-size datagrams (the last of a run may be shorter) as GSO
-    batches straight from the buffer; False when the kernel buffer filled up."""
-    ok = True
-    view = memoryview(buf)
-    for start, end, size in gso_batches(bounds):
-        if not transport.send_batch(view[start:end], size, addr, ecn):
-            ok = False
-    return ok
+    batches straight from the buffer, in one call into the socket (``send_runs``: one
+    ``batches_sent`` per run, as a ``send_batch`` each would count); False when the
+    kernel buffer filled up."""
+    return transport.send_runs(buf, gso_batches(bounds), addr, ecn)

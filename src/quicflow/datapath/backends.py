@@ -28,6 +28,7 @@ loses data silently.
 from __future__ import annotations
 
 import errno
+import functools
 import importlib
 import socket
 import struct
@@ -89,7 +90,6 @@ MMSG_REFUSED = (
 )
 
 _ANC_SPACE = socket.CMSG_SPACE(4) * 3
-_SEGMENT_CACHE: dict[int, bytes] = {}
 
 
 @dataclass(slots=True)
@@ -142,12 +142,9 @@ def resolve_backend(requested: str, caps: Capabilities) -> str:
     raise ValueError(f"unknown datapath backend {requested!r}: use 'auto', 'gso' or 'basic'")
 
 
+@functools.cache  # (a hit is a C call: no Python frame per sendmsg)
 def _segment_cmsg(segment_size: int) -> bytes:
-    raw = _SEGMENT_CACHE.get(segment_size)
-    if raw is None:
-        raw = struct.pack("=H", segment_size)
-        _SEGMENT_CACHE[segment_size] = raw
-    return raw
+    return struct.pack("=H", segment_size)
 
 
 _UDP: Any

@@ -199,6 +199,14 @@ def bind_reuseport(sock: socket.socket, sockaddr: tuple[Any, ...]) -> None:
                 raise
 
 
+@functools.cache  # (a hit is a C call: no Python frame per GSO send)
+def _chunk_bytes(max_segments: int, segment_size: int) -> int:
+    """Bytes one GSO ``sendmsg`` takes of datagrams of ``segment_size``, at most
+    ``max_segments`` of them."""
+    segments = min(max_segments, MAX_GSO_BYTES_V4 // segment_size)
+    return segment_size * max(1, segments)
+
+
 class UdpTransport:
     """One non-blocking UDP socket with batch send/receive.
 
@@ -518,6 +526,67 @@ class UdpTransport:
             return False
         return True
 
+    def send_runs(
+        self,
+        data: bytes | bytearray | memoryview,
+        runs: list[tuple[int, int, int]],
+        addr: tuple[Any, ...] | None,
+        ecn: int = 0,
+    ) -> bool:
+        """Send several runs of ``data`` in order: ``(start, end, segment_size)`` each, as
+        :meth:`send_batch` would send ``data[start:end]`` (each run counts as one batch in
+        ``batches_sent``; the per-``sendmsg`` counters are the same).
+
+        One call for a build's GSO sends: while nothing is queued, GSO is on and the run
+        is more than one datagram, each run goes straight to ``send_gso`` (the layers of
+        ``send_batch`` are paid once per call, not per run); a run of one datagram goes
+        through ``send_batch``'s one-send path. A run that fails goes on
+        through the general path from where it stopped; when the kernel buffer fills, what
+        is left of it and every later run wait in the pending queue, in order (not tried
+        again in this call). Returns False when the kernel buffer filled up.
+        """
+        view = data if isinstance(data, memoryview) else memoryview(data)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        if self._pending or not self._gso:
+            ok = True
+            for start, end, size in runs:
+                if not self.send_batch(view[start:end], size, addr, ecn):
+                    ok = False
+            return ok
+        to = to_socket_address(addr, self._family) if addr is not None else None
+        ecn &= ECN_MASK
+        if ecn != self._tos:
+            self._set_tos(ecn)
+        counters = self.counters
+        sock = self._sock
+        total = len(view)
+        for i, (start, end, size) in enumerate(runs):
+            if size <= 0:
+                raise ValueError("segment_size must be positive")
+            if end - start <= size or not self._gso:
+                # one datagram (send_batch's one-send path, as a handshake flight's are),
+                # or GSO turned off by a refusal earlier in this call
+                if self.send_batch(view[start:end], size, addr, ecn):
+                    continue
+                offset = end  # (send_batch queued the rest of its run itself)
+            else:
+                counters.batches_sent += 1
+                part = view if end == total else view[:end]
+                offset, code = send_gso(sock, part, start, size, to,
+                                        _chunk_bytes(self._chunk_segments, size), counters)
+                if code:  # the general path takes the rest of this run from here
+                    offset = self._send(part, offset, size, to, ecn, code)
+                if offset >= end:
+                    continue
+                self._queue(bytes(view[offset:end]), size, to, ecn)
+            # the buffer is full: the later runs wait behind what is queued, in order
+            for start, end, size in runs[i + 1 :]:
+                counters.batches_sent += 1
+                self._queue(bytes(view[start:end]), size, to, ecn)
+            return False
+        return True
+
     def has_pending(self) -> bool:
         return bool(self._pending)
 
@@ -558,15 +627,18 @@ class UdpTransport:
             pass
 
     def _send(
-        self, view: memoryview, offset: int, segment_size: int, addr: Address | None, ecn: int
+        self, view: memoryview, offset: int, segment_size: int, addr: Address | None, ecn: int,
+        failed: int = 0,
     ) -> int:
         """Send ``view[offset:]``; return how far it got (== len(view) when all went).
 
         Datagrams refused for their size (EMSGSIZE) are counted (``send_errors``,
-        ``send_emsgsize``) and skipped, and the new path MTU is learned."""
+        ``send_emsgsize``) and skipped, and the new path MTU is learned. ``failed``: the
+        errno a GSO send of ``view[offset:]`` just returned (``send_runs``), handled as
+        if this call had made it (0: none)."""
         counters = self.counters
         refused = counters.send_emsgsize
-        offset = self._send_inner(view, offset, segment_size, addr, ecn)
+        offset = self._send_inner(view, offset, segment_size, addr, ecn, failed)
         if counters.send_emsgsize != refused and self._pmtu:
             self.check_errors(connected=addr is None)
         return offset
@@ -599,7 +671,8 @@ class UdpTransport:
         return self.counters.errqueue_entries != reports
 
     def _send_inner(
-        self, view: memoryview, offset: int, segment_size: int, addr: Address | None, ecn: int
+        self, view: memoryview, offset: int, segment_size: int, addr: Address | None, ecn: int,
+        failed: int = 0,
     ) -> int:
         if ecn != self._tos:
             self._set_tos(ecn)
@@ -612,9 +685,12 @@ class UdpTransport:
             if not (self._gso and total - offset > segment_size):
                 offset, _ = send_basic(sock, view, offset, segment_size, addr, counters)
                 return offset
-            segments = min(self._chunk_segments, MAX_GSO_BYTES_V4 // segment_size)
-            chunk = segment_size * max(1, segments)
-            offset, code = send_gso(sock, view, offset, segment_size, addr, chunk, counters)
+            chunk = _chunk_bytes(self._chunk_segments, segment_size)
+            if failed:  # (send_runs' GSO send of this chunk failed with that errno)
+                code, failed = failed, 0
+            else:
+                offset, code = send_gso(sock, view, offset, segment_size, addr, chunk,
+                                        counters)
             if code == 0 or code in WOULD_BLOCK_ERRNOS:
                 return offset
             if code in GSO_REFUSED_ERRNOS and self._pmtu and not drained:

@@ -338,7 +338,13 @@ class Pacer:
             return want, None
         capacity = self.capacity(rate, cwnd)
         early = rate * self.granularity
-        tokens = self._refill(now, rate, capacity) + early
+        last = self.last_time
+        if last is not None and now <= last:
+            # _refill would change nothing (no time passed, as in ``consume``): the
+            # question after a run, at the run's ``now`` (bulk.py's _pace_after_run)
+            tokens = self.tokens + early
+        else:
+            tokens = self._refill(now, rate, capacity) + early
         need = float(want) if want < capacity else capacity
         promised = self.promised
         if promised and promised < need:
