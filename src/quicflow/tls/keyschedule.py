@@ -170,8 +170,9 @@ class KeySchedule:
         ``transcript`` is ClientHello..Certificate (..EncryptedExtensions when
         resuming), the ServerHello ending at ``sh_len``; ``sign`` is None (resuming: no
         CertificateVerify, b"") or gives the CertificateVerify message for the hash of
-        ``transcript``; the Finished steps hash it after ``transcript``. No client
-        certificate may come in between. One C call with the extension."""
+        ``transcript``; the Finished steps hash it after ``transcript`` (``sign`` must
+        not change ``transcript``: the C call holds its buffer). No client certificate
+        may come in between. One C call with the extension."""
         const = self._const
         if _EXT is not None:
             derived = const.derived if not self._psk else self._derive(

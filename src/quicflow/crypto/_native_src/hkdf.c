@@ -371,8 +371,9 @@ server_finished_step(const EVP_MD *md, int hl, RunningHash *th, const unsigned c
  * transcript: ClientHello..Certificate (..EncryptedExtensions when resuming), ServerHello
  * ending at sh_len. sign: None (resuming: no CertificateVerify, b"" in its place) or
  * sign(hash of transcript) -> the CertificateVerify message, which the Finished step's
- * hash takes after the transcript. One pass of the transcript hash for both steps (the
- * two steps of KeySchedule.server_flight). */
+ * hash takes after the transcript (transcript stays exported meanwhile: sign must not
+ * resize it). One pass of the transcript hash for both steps (the two steps of
+ * KeySchedule.server_flight). */
 PyObject *
 mod_tls_server_flight(PyObject *module, PyObject *args)
 {
