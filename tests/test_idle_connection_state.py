@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import hashlib
 
+from quicflow.crypto.epoch import Epoch
 from quicflow.crypto.offload import SoftwareOffloadEngine
 from quicflow.transport.connection import Connection
+from quicflow.transport.errors import CRYPTO_BUFFER_EXCEEDED
 from quicflow.transport.snapshot import restore_connection, snapshot_connection
+from tests.support.forge import forge, raw
 from tests.support.memory_pair import MemoryPair
 
 
@@ -20,7 +23,9 @@ def _discarded_spaces_hold_nothing(conn: Connection) -> None:
         assert space.crypto_send is None and space.crypto_recv is None
     app = conn.spaces[2]
     assert not app.discarded
-    assert app.crypto_send is not None and app.crypto_recv is not None
+    assert app.crypto_send is not None
+    # a server makes its 1-RTT CRYPTO receive stream only when a CRYPTO frame comes
+    assert (app.crypto_recv is not None) == conn.is_client
 
 
 def test_discarded_spaces_drop_their_crypto_streams_and_data_still_flows() -> None:
@@ -48,3 +53,22 @@ def test_discarded_spaces_drop_their_crypto_streams_and_data_still_flows() -> No
     blob = snapshot_connection(server, pair.now)
     restored, _ = restore_connection(blob, engine=SoftwareOffloadEngine(), now=pair.now)
     _discarded_spaces_hold_nothing(restored)
+
+
+def test_a_servers_first_one_rtt_crypto_frame_makes_its_stream_and_keeps_the_limit() -> None:
+    # the server holds no application-space CRYPTO receive stream until a 1-RTT CRYPTO
+    # frame arrives: then it is made with the same window as a client's, and data past
+    # that window still closes the connection with CRYPTO_BUFFER_EXCEEDED
+    pair = MemoryPair(seed=3)
+    pair.run(lambda: pair.client.handshake_confirmed and bool(pair.server_conns)
+             and pair.server_conns[0].handshake_confirmed)
+    server = pair.server_conns[0]
+    assert server.spaces[2].crypto_recv is None
+    pair.server.receive(forge(pair.client, Epoch.ONE_RTT, raw(0x06, 0, 3, b"abc")),
+                        pair.client_addr, pair.now)
+    recv = server.spaces[2].crypto_recv
+    assert recv is not None and server.close_error is None
+    assert recv.read_offset == 3 and recv.window == pair.client.spaces[2].crypto_recv.window
+    pair.server.receive(forge(pair.client, Epoch.ONE_RTT, raw(0x06, recv.max_data, 3, b"abc")),
+                        pair.client_addr, pair.now)
+    assert server.close_error is not None and server.close_error[0] == CRYPTO_BUFFER_EXCEEDED

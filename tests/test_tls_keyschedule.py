@@ -26,6 +26,7 @@ from quicflow.crypto.native import NativeOffloadEngine, available
 from quicflow.crypto.offload import SoftwareOffloadEngine
 from quicflow.crypto.suites import CipherSuite, suite_hash, suite_hash_len
 from quicflow.tls import keyschedule
+from quicflow.tls.alerts import HANDSHAKE_FAILURE, TlsAlert
 from quicflow.tls.keyschedule import KeySchedule
 from tests.support.prereq import require
 
@@ -185,12 +186,13 @@ def test_quic_keys_in_one_call_equal_the_label_by_label_derivation(
 def server_steps_by_step(suite: CipherSuite, psk: bytes | None, shared: bytes,
                          transcript: bytes, sh_len: int, cert_len: int,
                          with_ticket: bool) -> list[bytes]:
-    """What ``server_handshake`` and ``server_finished`` must give, one RFC 8446 step
-    at a time (transcript hashes of prefixes, then each Derive-Secret / Finished MAC)."""
+    """What ``server_flight`` must give, one RFC 8446 step at a time (transcript hashes
+    of prefixes, then each Derive-Secret / Finished MAC): ``transcript[:cert_len]`` is
+    what it is given, ``transcript[cert_len:]`` the CertificateVerify its signer returns
+    for the hash of the first part (none when the two are equal: resuming)."""
     ks = KeySchedule(suite, psk)
     ks.set_shared_secret(shared)
     c_hs, s_hs = ks.handshake_traffic(keyschedule.transcript_hash(suite, transcript[:sh_len]))
-    signed = keyschedule.transcript_hash(suite, transcript[:cert_len])
     server_fin = ks.finished_verify_data(s_hs, keyschedule.transcript_hash(suite, transcript))
     n = suite_hash_len(suite)
     with_sf = transcript + bytes((20, 0, 0, n)) + server_fin
@@ -201,31 +203,40 @@ def server_steps_by_step(suite: CipherSuite, psk: bytes | None, shared: bytes,
         with_cf = with_sf + bytes((20, 0, 0, n)) + client_fin
         rms = ks.resumption_master(keyschedule.transcript_hash(suite, with_cf))
         psk_out = ks.ticket_psk(rms, b"\x00")
-    return [ks.handshake_secret, ks.master_secret, c_hs, s_hs, signed, server_fin, c_ap,
-            s_ap, client_fin, psk_out]
+    return [ks.handshake_secret, ks.master_secret, c_hs, s_hs, transcript[cert_len:],
+            server_fin, c_ap, s_ap, client_fin, psk_out]
 
 
 def server_steps(suite: CipherSuite, psk: bytes | None, shared: bytes, transcript: bytes,
                  sh_len: int, cert_len: int, with_ticket: bool) -> list[bytes]:
     ks = KeySchedule(suite, psk)
-    c_hs, s_hs, signed = ks.server_handshake(shared, bytearray(transcript), sh_len, cert_len)
-    rest = ks.server_finished(c_hs, s_hs, bytearray(transcript), with_ticket)
-    return [ks.handshake_secret, ks.master_secret, c_hs, s_hs, signed, *rest]
+    signed: list[bytes] = []
+
+    def sign(h: bytes) -> bytes:
+        signed.append(h)
+        return transcript[cert_len:]
+
+    out = ks.server_flight(shared, bytearray(transcript[:cert_len]), sh_len,
+                           sign if cert_len < len(transcript) else None, with_ticket)
+    # the signer saw the hash of what CertificateVerify signs (ClientHello..Certificate)
+    assert signed == ([keyschedule.transcript_hash(suite, transcript[:cert_len])]
+                      if cert_len < len(transcript) else [])
+    return [ks.handshake_secret, ks.master_secret, *out]
 
 
 @pytest.mark.parametrize("suite", SUITES)
 @pytest.mark.parametrize("with_psk", [False, True])
 @pytest.mark.parametrize("with_ticket", [False, True])
-def test_server_key_schedule_in_two_calls_equals_the_steps(
+def test_server_key_schedule_in_one_call_equals_the_steps(
     engine: bool, suite: CipherSuite, with_psk: bool, with_ticket: bool
 ) -> None:
-    # the server's two calls (one C call each with the extension; QUICFLOW_ENGINE=python
-    # runs the Python code) give what the RFC 8446 steps one by one give, bit for bit
+    # the server's one call (one C call with the extension; QUICFLOW_ENGINE=python runs
+    # the Python code) gives what the RFC 8446 steps one by one give, bit for bit
     n = suite_hash_len(suite)
     psk = os.urandom(n) if with_psk else None
     shared = os.urandom(32)
     transcript = os.urandom(1500)
-    for sh_len, cert_len in ((300, 1200), (0, 0), (1500, 1500), (90, 91)):
+    for sh_len, cert_len in ((300, 1200), (0, 0), (1500, 1500), (90, 91), (300, 300)):
         expected = server_steps_by_step(suite, psk, shared, transcript, sh_len, cert_len,
                                         with_ticket)
         got = server_steps(suite, psk, shared, transcript, sh_len, cert_len, with_ticket)
@@ -233,32 +244,45 @@ def test_server_key_schedule_in_two_calls_equals_the_steps(
         assert (got[-1] == b"") == (not with_ticket)
 
 
+def test_server_key_schedule_signer_errors_pass_through(engine: bool) -> None:
+    # what the signer raises (an alert: no signature with that scheme) comes out as it
+    # is; a signer that returns no bytes is refused by the C call
+    ks = KeySchedule(CipherSuite.AES_128_GCM_SHA256)
+
+    def refuse(h: bytes) -> bytes:
+        raise TlsAlert(HANDSHAKE_FAILURE, "cannot sign")
+
+    with pytest.raises(TlsAlert):
+        ks.server_flight(bytes(32), bytearray(b"x" * 10), 5, refuse, True)
+
+
 def test_server_key_schedule_rfc8448_secrets(engine: bool) -> None:
     # RFC 8448 §3: the handshake and master secrets from its (EC)DHE shared secret (they
     # do not depend on the transcript)
     ks = KeySchedule(CipherSuite.AES_128_GCM_SHA256)
-    ks.server_handshake(bytes.fromhex(
-        "8bd4054fb55b9d63fdfbacf9f04b9f0d35e6d63f537563efd46272900f89492d"), b"x" * 10, 5, 10)
+    ks.server_flight(bytes.fromhex(
+        "8bd4054fb55b9d63fdfbacf9f04b9f0d35e6d63f537563efd46272900f89492d"), b"x" * 10, 5,
+        None, False)
     assert ks.handshake_secret.hex() == (
         "1dc826e93606aa6fdc0aadc12f741b01046aa6b99f691ed221a9f0ca043fbeac")
     assert ks.master_secret.hex() == (
         "18df06843d13a08bf2a449844c5f8a478001bc4d4c627984d5a41da8d0402919")
 
 
-def test_native_server_key_schedule_rejects_bad_lengths() -> None:
+def test_native_server_key_schedule_rejects_bad_arguments() -> None:
     need_native()
     ext = EXT
     d = bytes(32)
     with pytest.raises(ValueError):
-        ext.tls_server_handshake(0x1301, d, d, b"abc", 2, 4)  # cert_len past the end
+        ext.tls_server_flight(0x1301, d, d, b"abc", 4, None, True)  # sh_len past the end
     with pytest.raises(ValueError):
-        ext.tls_server_handshake(0x1301, d, d, b"abc", 3, 2)  # sh_len after cert_len
+        ext.tls_server_flight(0x1301, d, d, b"abc", -1, None, True)
     with pytest.raises(ValueError):
-        ext.tls_server_handshake(0x1302, d, d, b"abc", 1, 2)  # derived of SHA-256 length
-    with pytest.raises(ValueError):
-        ext.tls_server_finished(0x1301, d, d, bytes(31), b"abc", True)
-    with pytest.raises(ValueError):
-        ext.tls_server_finished(0x1304, d, d, d, b"abc", True)
+        ext.tls_server_flight(0x1302, d, d, b"abc", 1, None, True)  # derived: SHA-256 length
+    with pytest.raises(TypeError):
+        ext.tls_server_flight(0x1301, d, d, b"abc", 1, 5, True)  # sign not callable
+    with pytest.raises(TypeError):
+        ext.tls_server_flight(0x1301, d, d, b"abc", 1, lambda h: "text", True)  # not bytes
 
 
 @pytest.mark.parametrize("suite", SUITES)

@@ -72,27 +72,26 @@ class ConnectionRegistry(Generic[C]):
 
     # ------------------------------------------------------------------ keys
 
-    def _table(self, which: int) -> dict[bytes, C]:
-        return self.ours if which == OURS_MAP else self.initial
-
     def _claim(self, which: int, key: bytes, conn: C) -> bool:
-        counters = self.counters
-        table = self._table(which)
-        counters.ops += 1
+        # (the dict operations are counted once per call, summed here: the same counts)
+        table = self.ours if which == OURS_MAP else self.initial
         holder = table.get(key)
         if holder is not None:
+            counters = self.counters
+            counters.ops += 1
             if holder is conn:
                 return True
             counters.collisions_refused += 1
             return False
         owned = self._owned.get(conn)
-        counters.ops += 1
         if owned is None:
             owned = self._owned[conn] = set()
-            counters.ops += 1
+            ops = 5
+        else:
+            ops = 4
         table[key] = conn
         owned.add((which, key))
-        counters.ops += 2
+        self.counters.ops += ops
         return True
 
     def add_initial(self, dcid: bytes, conn: C) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
@@ -150,56 +151,53 @@ class KeySchedule:
             self._derive(self.master_secret, "s ap traffic", thash),
         )
 
-    def server_handshake(self, shared: bytes, transcript: bytes | bytearray, sh_len: int,
-                         cert_len: int) -> tuple[bytes, bytes, bytes]:
-        """A server's step from the shared secret: sets the handshake and master
-        secrets and returns the (client, server) handshake traffic secrets for the hash
-        of ``transcript[:sh_len]`` (ClientHello..ServerHello) with the hash of
-        ``transcript[:cert_len]`` (..Certificate: what CertificateVerify signs). One C
-        call with the extension; the same steps as ``set_shared_secret`` and
-        ``handshake_traffic`` without it."""
+    def server_flight(
+        self,
+        shared: bytes,
+        transcript: bytes | bytearray,
+        sh_len: int,
+        sign: Callable[[bytes], bytes] | None,
+        with_ticket: bool,
+    ) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes]:
+        """A server's key schedule from the shared secret to its Finished, the transcript
+        hashed once: sets the handshake and master secrets and returns (client and
+        server handshake traffic secrets, the CertificateVerify message, the server
+        Finished verify_data, client and server application traffic secrets, the client
+        Finished verify_data that must arrive, and with ``with_ticket`` the PSK of a
+        NewSessionTicket with the nonce 0x00 from the resumption master secret of the
+        transcript ending with that client Finished, else b"").
+
+        ``transcript`` is ClientHello..Certificate (..EncryptedExtensions when
+        resuming), the ServerHello ending at ``sh_len``; ``sign`` is None (resuming: no
+        CertificateVerify, b"") or gives the CertificateVerify message for the hash of
+        ``transcript``; the Finished steps hash it after ``transcript`` (``sign`` must
+        not change ``transcript``: the C call holds its buffer). No client certificate
+        may come in between. One C call with the extension."""
         const = self._const
         if _EXT is not None:
             derived = const.derived if not self._psk else self._derive(
                 self.early_secret, "derived", const.empty_hash)
-            hs, ms, c_hs, s_hs, h_cert = _EXT.tls_server_handshake(
-                self.suite, derived, shared, transcript, sh_len, cert_len)
-            self.handshake_secret, self.master_secret = hs, ms
-            return c_hs, s_hs, h_cert
+            (self.handshake_secret, self.master_secret, *out) = _EXT.tls_server_flight(
+                self.suite, derived, shared, transcript, sh_len, sign, with_ticket)
+            return tuple(out)
         self.set_shared_secret(shared)
         view = memoryview(transcript)
         h = HASHLIB[self.suite](view[:sh_len])
         c_hs, s_hs = self.handshake_traffic(h.copy().digest())
-        h.update(view[sh_len:cert_len])
-        return c_hs, s_hs, h.digest()
-
-    def server_finished(self, client_hs: bytes, server_hs: bytes,
-                        transcript: bytes | bytearray,
-                        with_ticket: bool) -> tuple[bytes, bytes, bytes, bytes, bytes]:
-        """A server's step at its Finished, for ``transcript`` = ClientHello..
-        CertificateVerify (..EncryptedExtensions when resuming) and no client
-        certificate to come: (server Finished verify_data, client and server
-        application traffic secrets, the client Finished verify_data that must arrive,
-        and with ``with_ticket`` the PSK of a NewSessionTicket with the nonce 0x00 from
-        the resumption master secret of the transcript ending with that client Finished;
-        else b""). One C call with the extension."""
-        if _EXT is not None:
-            out: tuple[bytes, bytes, bytes, bytes, bytes] = _EXT.tls_server_finished(
-                self.suite, client_hs, server_hs, self.master_secret, transcript,
-                with_ticket)
-            return out
+        h.update(view[sh_len:])
+        cv = b"" if sign is None else sign(h.copy().digest())
+        h.update(cv)
         header = bytes((FINISHED, 0, 0, self.hash_len))
-        h = HASHLIB[self.suite](transcript)
-        server_fin = self.finished_verify_data(server_hs, h.copy().digest())
+        server_fin = self.finished_verify_data(s_hs, h.copy().digest())
         h.update(header + server_fin)
         h_sf = h.copy().digest()
         c_ap, s_ap = self.application_traffic(h_sf)
-        client_fin = self.finished_verify_data(client_hs, h_sf)
+        client_fin = self.finished_verify_data(c_hs, h_sf)
         psk = b""
         if with_ticket:
             h.update(header + client_fin)
             psk = self.ticket_psk(self.resumption_master(h.digest()), b"\x00")
-        return server_fin, c_ap, s_ap, client_fin, psk
+        return c_hs, s_hs, cv, server_fin, c_ap, s_ap, client_fin, psk
 
     def finished_verify_data(self, base_key: bytes, thash: bytes) -> bytes:
         """HMAC(HKDF-Expand-Label(base_key, "finished", "", Hash.length), thash)."""

@@ -513,9 +513,10 @@ class ServerHandshake(HandshakeCore):
     def _send_server_flight(self, sig_alg: int, shared: bytes) -> None:
         """EncryptedExtensions, [CertificateRequest], [Certificate, CertificateVerify],
         Finished, after the ServerHello: the key schedule from the (EC)DHE ``shared``
-        secret runs in two steps (``KeySchedule.server_handshake`` and
-        ``server_finished``: one C call each), which also give the client Finished to
-        expect and, when a ticket will be sent, its PSK."""
+        secret to the Finished runs in one step (``KeySchedule.server_flight``: one C
+        call, the transcript hashed once, the CertificateVerify signed from inside it),
+        which also gives the client Finished to expect and, when a ticket will be sent,
+        its PSK."""
         cfg = self.config
         ks = self.ks
         assert ks is not None and self.alpn is not None and cfg.private_key is not None
@@ -534,18 +535,23 @@ class ServerHandshake(HandshakeCore):
             transcript += _CERTIFICATE_REQUEST
         if not self.resumed:
             transcript += self.certificate_message
-        c_hs, s_hs, signed_hash = ks.server_handshake(shared, transcript, sh_len,
-                                                      len(transcript))
-        self.publish_handshake_secrets(c_hs, s_hs)
-        if not self.resumed:
-            signature = self.signer(sig_alg, _SERVER_VERIFY_PREFIX + signed_hash)
-            transcript += encode_certificate_verify(sig_alg, signature)
         # RFC 8446 §4.2.9: a ticket only to a client that takes psk_dhe_ke, never with
         # client certificates
         with_ticket = (cfg.ticket_sealer is not None and cfg.client_certificates == "none"
                        and self.client_takes_tickets)
-        server_fin, c_ap, s_ap, client_fin, ticket_psk = ks.server_finished(
-            c_hs, s_hs, transcript, with_ticket)
+        sign: Callable[[bytes], bytes] | None = None
+        if not self.resumed:
+            signer = self.signer
+
+            def certificate_verify(signed_hash: bytes) -> bytes:
+                signature = signer(sig_alg, _SERVER_VERIFY_PREFIX + signed_hash)
+                return encode_certificate_verify(sig_alg, signature)
+
+            sign = certificate_verify
+        c_hs, s_hs, cv, server_fin, c_ap, s_ap, client_fin, ticket_psk = ks.server_flight(
+            shared, transcript, sh_len, sign, with_ticket)
+        self.publish_handshake_secrets(c_hs, s_hs)
+        transcript += cv
         transcript += encode_finished(server_fin)
         self.send(_HANDSHAKE, bytes(transcript[sh_len:]))
         self.publish_application_secrets(c_ap, s_ap)

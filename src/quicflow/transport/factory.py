@@ -16,7 +16,7 @@ from .config import Configuration
 from .connection import Address, CidIssuer, Connection, new_seal_key
 from .inline import Arg, inline_init
 from .pmtud import INF
-from .startup import SPACE_SPECS, check_algorithm, recovery_spec
+from .startup import SERVER_SPACE_SPECS, SPACE_SPECS, check_algorithm, recovery_spec
 
 
 def client_connection(
@@ -116,7 +116,8 @@ _MAKE_CONNECTION: dict[bool, Callable[..., Connection]] = {
         now_created=Arg("now_created"), original_dcid=Arg("original_dcid"),
         peer_address=Arg("peer_address"), local_cid_length=Arg("local_cid_length"),
         engine=Arg("engine"), seal_key=Arg("seal_key"), cid_issuer=Arg("cid_issuer"),
-        spaces=SPACE_SPECS, probes_pending=[0, 0, 0], send_protectors=[None] * 4,
+        spaces=SPACE_SPECS if is_client else SERVER_SPACE_SPECS,
+        probes_pending=[0, 0, 0], send_protectors=[None] * 4,
         recv_protectors=[None] * 4, **recovery_spec(is_client),
     )
     for is_client in (False, True)

@@ -65,6 +65,7 @@ from .state import (
     ESTABLISHED,
     PacketSpace,
     PeerCid,
+    new_crypto_recv,
 )
 from .streams import ReassemblyFull
 
@@ -472,8 +473,11 @@ def _process_frames(conn: Connection, payload: bytes, epoch: Epoch, now: float,
 def _on_crypto(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
     space = conn.spaces[SPACE_OF_EPOCH[epoch]]
     recv = space.crypto_recv
-    if recv is None:  # discarded space (its packets are not opened: cannot happen)
-        return
+    if recv is None:
+        if epoch is not EP_1RTT:  # a discarded space (its packets are not opened)
+            return
+        # a server's application space makes its CRYPTO receive stream on demand
+        recv = space.crypto_recv = new_crypto_recv()
     offset = frame.offset
     data = frame.data
     end = offset + len(data)

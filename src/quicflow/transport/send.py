@@ -388,6 +388,10 @@ def _fill_payload(
                 data = chunk[at : at + end - offset]
             else:
                 data = crypto._slice(offset, end)
+            # the last frame: either all new data is in (the next turn would find offset
+            # >= end) or it took all the room (the next would find room <= 0, the frame's
+            # header being at least 3 bytes)
+            last = True
         else:
             if room <= 0 or not crypto.has_data_to_send():
                 break
@@ -395,6 +399,7 @@ def _fill_payload(
             if got is None:
                 break
             offset, data, _, _ = got
+            last = False
         n = len(data)
         payload.append(F.CRYPTO)  # the CRYPTO frame, as F.encode_frame writes it
         if offset < 0x40:  # (a flight's first frame: offset 0, 1- or 2-byte length)
@@ -409,6 +414,8 @@ def _fill_payload(
             push_varint(payload, n)
         payload += data
         records.append((R_CRYPTO, int(epoch), offset, n))
+        if last:
+            break
     if epoch == _ONE_RTT:
         _fill_control(conn, payload, limit, records)
         if conn.datagrams_pending:

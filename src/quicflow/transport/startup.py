@@ -36,18 +36,24 @@ if TYPE_CHECKING:
 SPACE_OF_EPOCH = {Epoch.INITIAL: 0, Epoch.ZERO_RTT: 2, Epoch.HANDSHAKE: 1, Epoch.ONE_RTT: 2}
 
 
-def space_spec(window: int) -> Inline:
-    """``PacketSpace(crypto_recv=...)`` with a CRYPTO receive window of ``window`` bytes,
-    for :func:`~quicflow.transport.inline.inline_init` (its range sets and CRYPTO streams
+def space_spec(window: int | None) -> Inline:
+    """``PacketSpace(crypto_recv=...)`` with a CRYPTO receive window of ``window`` bytes
+    (None: no CRYPTO receive stream yet), for
+    :func:`~quicflow.transport.inline.inline_init` (its range sets and CRYPTO streams
     made inline: 2 calls instead of 9)."""
     return Inline(
         PacketSpace, ecn_counts=[0, 0, 0], ecn_peer_counts=[0, 0, 0],
         crypto_send=Inline(SendStream, max_data=1 << 62),
-        crypto_recv=Inline(RecvStream, max_data=window, window=window, window_max=window))
+        crypto_recv=None if window is None else Inline(
+            RecvStream, max_data=window, window=window, window_max=window))
 
 
 #: the spaces of a new connection: the Initial space's CRYPTO window is smaller
 SPACE_SPECS = [space_spec(INITIAL_CRYPTO_WINDOW), space_spec(1 << 20), space_spec(1 << 20)]
+#: a server's: its application space's CRYPTO receive stream is made when a 1-RTT CRYPTO
+#: frame comes (receive.py ``_on_crypto``; a client never needs to send one: its
+#: handshake messages go in Initial and Handshake packets)
+SERVER_SPACE_SPECS = [*SPACE_SPECS[:2], space_spec(None)]
 _new_initial_space: Callable[[], PacketSpace] = inline_init(PacketSpace, **SPACE_SPECS[0].values)
 _new_space: Callable[[], PacketSpace] = inline_init(PacketSpace, **SPACE_SPECS[1].values)
 

@@ -47,7 +47,9 @@ def _crypto_send() -> SendStream:
     return SendStream(max_data=1 << 62)
 
 
-def _crypto_recv() -> RecvStream:
+def new_crypto_recv() -> RecvStream:
+    """A CRYPTO receive stream of the Handshake or application space (a 1 MiB window);
+    a server's application space makes its own on demand (receive.py ``_on_crypto``)."""
     return RecvStream(max_data=1 << 20, window=1 << 20, window_max=1 << 20)
 
 
@@ -88,7 +90,9 @@ class PacketSpace:
     #: so nothing is sent or received in it again), which frees ~1 KB per idle connection
     #: for each of the Initial and Handshake spaces
     crypto_send: SendStream | None = field(default_factory=_crypto_send)
-    crypto_recv: RecvStream | None = field(default_factory=_crypto_recv)
+    #: (a server's application space: None until a 1-RTT CRYPTO frame comes, which a
+    #: client never needs to send)
+    crypto_recv: RecvStream | None = field(default_factory=new_crypto_recv)
     discarded: bool = False
 
     def __init__(self, crypto_recv: RecvStream | None = None) -> None:
@@ -107,8 +111,7 @@ class PacketSpace:
         self.ecn_counts = [0, 0, 0]
         self.ecn_peer_counts = [0, 0, 0]
         self.crypto_send = SendStream(max_data=1 << 62)
-        self.crypto_recv = (RecvStream(max_data=1 << 20, window=1 << 20, window_max=1 << 20)
-                            if crypto_recv is None else crypto_recv)
+        self.crypto_recv = new_crypto_recv() if crypto_recv is None else crypto_recv
         self.discarded = False
 
 

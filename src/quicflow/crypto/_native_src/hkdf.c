@@ -6,7 +6,7 @@
  *   hkdf_expand_label(suite, secret, label, length[, context])
  *   finished_verify_data(suite, base_key, transcript_hash)
  *   quic_keys(suite, secret, v2, with_next)             -> (key, iv, hp[, ku, key', iv'])
- *   tls_server_handshake(...), tls_server_finished(...) a TLS server's key schedule
+ *   tls_server_flight(...)                             a TLS server's key schedule
  *   initial_keys(salt, dcid, v2)                       -> both directions' Initial keys
  * All lengths are at most one hash long (one HMAC block), as every TLS 1.3 / QUIC label
  * is; the pure-Python code in quicflow.crypto.hkdf is the bit-identical reference.
@@ -278,7 +278,7 @@ done:
 }
 
 /* ---------------------------------------------------------------------------------- */
-/* a TLS 1.3 server's key schedule from the shared secret on, in two calls             */
+/* a TLS 1.3 server's key schedule from the shared secret on, in one call            */
 
 /* HMAC(HKDF-Expand-Label(base_key, "finished", "", hash_len), thash) (RFC 8446 4.4.4) */
 static int
@@ -297,148 +297,173 @@ finished_mac(const EVP_MD *md, int hash_len, const unsigned char *base_key,
     return rc;
 }
 
-/* tls_server_handshake(suite, derived, shared, transcript, sh_len, cert_len)
- *   -> (handshake_secret, master_secret, c_hs, s_hs, hash of transcript[:cert_len])
- * derived: Derive-Secret(early_secret, "derived", ""); the transcript hash at sh_len
- * (ClientHello..ServerHello) gives the handshake traffic secrets, the one at cert_len
- * (..Certificate) is what CertificateVerify signs. RFC 8446 7.1. */
-PyObject *
-mod_tls_server_handshake(PyObject *module, PyObject *args)
+/* The handshake step: from the hash state th holding transcript[:sh_len]
+ * (ClientHello..ServerHello), the handshake secret, the master secret and the handshake
+ * traffic secrets; th goes on with transcript[sh_len:] (..Certificate). RFC 8446 7.1.
+ * derived: Derive-Secret(early_secret, "derived", ""); empty: the hash of no bytes. */
+static int
+server_handshake_step(const EVP_MD *md, int hl, RunningHash *th, const unsigned char *empty,
+                      const unsigned char *derived, const unsigned char *shared,
+                      size_t shared_len, const unsigned char *rest, size_t rest_len,
+                      unsigned char *hs, unsigned char *master, unsigned char *c_hs,
+                      unsigned char *s_hs)
 {
-    long suite;
-    Py_buffer derived, shared, transcript;
-    Py_ssize_t sh_len, cert_len;
-    SuiteInfo info;
-    const EVP_MD *md;
-    RunningHash th = {0};
-    unsigned char hs[EVP_MAX_MD_SIZE], master[EVP_MAX_MD_SIZE], d2[EVP_MAX_MD_SIZE];
-    unsigned char c_hs[EVP_MAX_MD_SIZE], s_hs[EVP_MAX_MD_SIZE];
-    unsigned char h_sh[EVP_MAX_MD_SIZE], h_cert[EVP_MAX_MD_SIZE], empty[EVP_MAX_MD_SIZE];
+    unsigned char h_sh[EVP_MAX_MD_SIZE], d2[EVP_MAX_MD_SIZE];
     unsigned char zeros[EVP_MAX_MD_SIZE] = {0};
     unsigned int n = 0;
-    int hl;
     HmacKey k = {0};
-    PyObject *result = NULL;
-
-    (void)module;
-    if (!PyArg_ParseTuple(args, "ly*y*y*nn:tls_server_handshake", &suite, &derived, &shared,
-                          &transcript, &sh_len, &cert_len)) {
-        return NULL;
-    }
-    if (suite_info(suite, &info) < 0) {
-        goto done;
-    }
-    md = info.md();
-    hl = info.hash_len;
-    if (derived.len != hl || sh_len < 0 || sh_len > cert_len || cert_len > transcript.len) {
-        PyErr_SetString(PyExc_ValueError, "tls_server_handshake: bad lengths");
-        goto done;
-    }
-    if (rh_init(&th, md) < 0 || rh_peek(&th, empty) < 0 ||
-        rh_update(&th, transcript.buf, (size_t)sh_len) < 0 || rh_peek(&th, h_sh) < 0 ||
-        rh_update(&th, (const unsigned char *)transcript.buf + sh_len,
-                  (size_t)(cert_len - sh_len)) < 0 ||
-        rh_peek(&th, h_cert) < 0 ||
-        hmac_digest(md, derived.buf, (size_t)hl, shared.buf, (size_t)shared.len, hs, &n) < 0 ||
-        (hmac_key_init(&k, md, hs, (size_t)hl), 0) ||
-        expand_label_key(&k, "c hs traffic", 12, h_sh, (size_t)hl, hl, c_hs) < 0 ||
-        expand_label_key(&k, "s hs traffic", 12, h_sh, (size_t)hl, hl, s_hs) < 0 ||
-        expand_label_key(&k, "derived", 7, empty, (size_t)hl, hl, d2) < 0 ||
-        hmac_digest(md, d2, (size_t)hl, zeros, (size_t)hl, master, &n) < 0) {
-        ERR_clear_error();
-        PyErr_SetString(PyExc_RuntimeError, "OpenSSL: TLS handshake key schedule failed");
-        goto wipe;
-    }
-    result = Py_BuildValue("(y#y#y#y#y#)", hs, (Py_ssize_t)hl, master, (Py_ssize_t)hl, c_hs,
-                           (Py_ssize_t)hl, s_hs, (Py_ssize_t)hl, h_cert, (Py_ssize_t)hl);
-wipe:
-    rh_free(&th);
+    int rc = rh_peek(th, h_sh) < 0 || rh_update(th, rest, rest_len) < 0 ||
+                     hmac_digest(md, derived, (size_t)hl, shared, shared_len, hs, &n) < 0 ||
+                     (hmac_key_init(&k, md, hs, (size_t)hl), 0) ||
+                     expand_label_key(&k, "c hs traffic", 12, h_sh, (size_t)hl, hl, c_hs) < 0 ||
+                     expand_label_key(&k, "s hs traffic", 12, h_sh, (size_t)hl, hl, s_hs) < 0 ||
+                     expand_label_key(&k, "derived", 7, empty, (size_t)hl, hl, d2) < 0 ||
+                     hmac_digest(md, d2, (size_t)hl, zeros, (size_t)hl, master, &n) < 0
+                 ? -1
+                 : 0;
     hmac_key_wipe(&k);
-    OPENSSL_cleanse(hs, sizeof(hs));
-    OPENSSL_cleanse(master, sizeof(master));
     OPENSSL_cleanse(d2, sizeof(d2));
-    OPENSSL_cleanse(c_hs, sizeof(c_hs));
-    OPENSSL_cleanse(s_hs, sizeof(s_hs));
-done:
-    PyBuffer_Release(&derived);
-    PyBuffer_Release(&shared);
-    PyBuffer_Release(&transcript);
-    return result;
+    return rc;
 }
 
-/* tls_server_finished(suite, c_hs, s_hs, master, transcript, with_ticket)
- *   -> (server verify_data, c_ap, s_ap, client verify_data, ticket PSK or b"")
- * transcript: ClientHello..CertificateVerify (..EncryptedExtensions when resuming). The
- * server Finished MACs its hash; the application secrets and the client Finished MAC
- * take the hash up to the server Finished (no client certificate in between). With
- * with_ticket, the PSK of a NewSessionTicket with nonce 0x00 from the resumption master
- * secret, whose hash ends with the client Finished that verifies (RFC 8446 4.4.4, 4.6.1,
- * 7.1). */
-PyObject *
-mod_tls_server_finished(PyObject *module, PyObject *args)
+/* The Finished step: th holds the transcript up to the server's CertificateVerify
+ * (..EncryptedExtensions when resuming). The server Finished MACs its hash; the
+ * application secrets and the client Finished MAC take the hash up to the server
+ * Finished (no client certificate in between). With with_ticket, the PSK of a
+ * NewSessionTicket with nonce 0x00 from the resumption master secret, whose hash ends
+ * with the client Finished that verifies (RFC 8446 4.4.4, 4.6.1, 7.1). s_fin and c_fin
+ * get the 4-byte Finished message header, then the verify_data. */
+static int
+server_finished_step(const EVP_MD *md, int hl, RunningHash *th, const unsigned char *c_hs,
+                     const unsigned char *s_hs, const unsigned char *master, int with_ticket,
+                     unsigned char *s_fin, unsigned char *c_ap, unsigned char *s_ap,
+                     unsigned char *c_fin, unsigned char *psk)
 {
-    long suite;
-    Py_buffer c_hs, s_hs, master, transcript;
-    int with_ticket;
-    SuiteInfo info;
-    const EVP_MD *md;
-    RunningHash th = {0};
-    unsigned char s_fin[4 + EVP_MAX_MD_SIZE], c_fin[4 + EVP_MAX_MD_SIZE];
-    unsigned char h[EVP_MAX_MD_SIZE], c_ap[EVP_MAX_MD_SIZE], s_ap[EVP_MAX_MD_SIZE];
-    unsigned char rms[EVP_MAX_MD_SIZE], psk[EVP_MAX_MD_SIZE];
     static const unsigned char nonce0 = 0;
-    int hl;
+    unsigned char h[EVP_MAX_MD_SIZE], rms[EVP_MAX_MD_SIZE];
     HmacKey k = {0};
-    PyObject *result = NULL;
-
-    (void)module;
-    if (!PyArg_ParseTuple(args, "ly*y*y*y*p:tls_server_finished", &suite, &c_hs, &s_hs,
-                          &master, &transcript, &with_ticket)) {
-        return NULL;
-    }
-    if (suite_info(suite, &info) < 0) {
-        goto done;
-    }
-    md = info.md();
-    hl = info.hash_len;
-    if (c_hs.len != hl || s_hs.len != hl || master.len != hl) {
-        PyErr_SetString(PyExc_ValueError, "tls_server_finished: secrets of the wrong length");
-        goto done;
-    }
-    hmac_key_init(&k, md, master.buf, (size_t)hl); /* 2-3 labels of the master secret */
+    int rc;
+    hmac_key_init(&k, md, master, (size_t)hl); /* 2-3 labels of the master secret */
     s_fin[0] = c_fin[0] = 20; /* HandshakeType finished, u24 length */
     s_fin[1] = c_fin[1] = 0;
     s_fin[2] = c_fin[2] = 0;
     s_fin[3] = c_fin[3] = (unsigned char)hl;
-    if (rh_init(&th, md) < 0 || rh_update(&th, transcript.buf, (size_t)transcript.len) < 0 ||
-        rh_peek(&th, h) < 0 || finished_mac(md, hl, s_hs.buf, h, s_fin + 4) < 0 ||
-        rh_update(&th, s_fin, (size_t)(4 + hl)) < 0 || rh_peek(&th, h) < 0 ||
-        expand_label_key(&k, "c ap traffic", 12, h, (size_t)hl, hl, c_ap) < 0 ||
-        expand_label_key(&k, "s ap traffic", 12, h, (size_t)hl, hl, s_ap) < 0 ||
-        finished_mac(md, hl, c_hs.buf, h, c_fin + 4) < 0 ||
-        (with_ticket &&
-         (rh_update(&th, c_fin, (size_t)(4 + hl)) < 0 || rh_peek(&th, h) < 0 ||
-          expand_label_key(&k, "res master", 10, h, (size_t)hl, hl, rms) < 0 ||
-          expand_label_ctx(md, rms, (size_t)hl, "resumption", 10, &nonce0, 1, hl, psk) < 0))) {
+    rc = rh_peek(th, h) < 0 || finished_mac(md, hl, s_hs, h, s_fin + 4) < 0 ||
+                 rh_update(th, s_fin, (size_t)(4 + hl)) < 0 || rh_peek(th, h) < 0 ||
+                 expand_label_key(&k, "c ap traffic", 12, h, (size_t)hl, hl, c_ap) < 0 ||
+                 expand_label_key(&k, "s ap traffic", 12, h, (size_t)hl, hl, s_ap) < 0 ||
+                 finished_mac(md, hl, c_hs, h, c_fin + 4) < 0 ||
+                 (with_ticket &&
+                  (rh_update(th, c_fin, (size_t)(4 + hl)) < 0 || rh_peek(th, h) < 0 ||
+                   expand_label_key(&k, "res master", 10, h, (size_t)hl, hl, rms) < 0 ||
+                   expand_label_ctx(md, rms, (size_t)hl, "resumption", 10, &nonce0, 1, hl,
+                                    psk) < 0))
+             ? -1
+             : 0;
+    hmac_key_wipe(&k);
+    OPENSSL_cleanse(rms, sizeof(rms));
+    return rc;
+}
+
+/* tls_server_flight(suite, derived, shared, transcript, sh_len, sign, with_ticket)
+ *   -> (handshake_secret, master_secret, c_hs, s_hs, CertificateVerify message,
+ *       server verify_data, c_ap, s_ap, client verify_data, ticket PSK or b"")
+ * transcript: ClientHello..Certificate (..EncryptedExtensions when resuming), ServerHello
+ * ending at sh_len. sign: None (resuming: no CertificateVerify, b"" in its place) or
+ * sign(hash of transcript) -> the CertificateVerify message, which the Finished step's
+ * hash takes after the transcript (transcript stays exported meanwhile: sign must not
+ * resize it). One pass of the transcript hash for both steps (the two steps of
+ * KeySchedule.server_flight). */
+PyObject *
+mod_tls_server_flight(PyObject *module, PyObject *args)
+{
+    long suite;
+    Py_buffer derived, shared, transcript;
+    Py_ssize_t sh_len;
+    PyObject *sign, *cv = NULL;
+    int with_ticket, failed;
+    SuiteInfo info;
+    const EVP_MD *md;
+    RunningHash th = {0};
+    unsigned char hs[EVP_MAX_MD_SIZE], master[EVP_MAX_MD_SIZE];
+    unsigned char c_hs[EVP_MAX_MD_SIZE], s_hs[EVP_MAX_MD_SIZE], h_cert[EVP_MAX_MD_SIZE];
+    unsigned char empty[EVP_MAX_MD_SIZE];
+    unsigned char s_fin[4 + EVP_MAX_MD_SIZE], c_fin[4 + EVP_MAX_MD_SIZE];
+    unsigned char c_ap[EVP_MAX_MD_SIZE], s_ap[EVP_MAX_MD_SIZE], psk[EVP_MAX_MD_SIZE];
+    int hl;
+    PyObject *result = NULL;
+
+    (void)module;
+    if (!PyArg_ParseTuple(args, "ly*y*y*nOp:tls_server_flight", &suite, &derived, &shared,
+                          &transcript, &sh_len, &sign, &with_ticket)) {
+        return NULL;
+    }
+    if (suite_info(suite, &info) < 0) {
+        goto done;
+    }
+    md = info.md();
+    hl = info.hash_len;
+    if (derived.len != hl || sh_len < 0 || sh_len > transcript.len) {
+        PyErr_SetString(PyExc_ValueError, "tls_server_flight: bad lengths");
+        goto done;
+    }
+    if (sign != Py_None && !PyCallable_Check(sign)) {
+        PyErr_SetString(PyExc_TypeError, "tls_server_flight: sign must be callable or None");
+        goto done;
+    }
+    if (rh_init(&th, md) < 0 || rh_peek(&th, empty) < 0 ||
+        rh_update(&th, transcript.buf, (size_t)sh_len) < 0 ||
+        server_handshake_step(md, hl, &th, empty, derived.buf, shared.buf, (size_t)shared.len,
+                              (const unsigned char *)transcript.buf + sh_len,
+                              (size_t)(transcript.len - sh_len), hs, master, c_hs,
+                              s_hs) < 0 ||
+        rh_peek(&th, h_cert) < 0) {
+        ERR_clear_error();
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL: TLS handshake key schedule failed");
+        goto wipe;
+    }
+    if (sign == Py_None) {
+        cv = PyBytes_FromStringAndSize(NULL, 0);
+    } else {
+        PyObject *h = PyBytes_FromStringAndSize((const char *)h_cert, hl);
+        cv = h == NULL ? NULL : PyObject_CallOneArg(sign, h);
+        Py_XDECREF(h);
+        if (cv != NULL && !PyBytes_Check(cv)) {
+            PyErr_SetString(PyExc_TypeError, "tls_server_flight: sign must return bytes");
+            Py_CLEAR(cv);
+        }
+    }
+    if (cv == NULL) {
+        goto wipe;
+    }
+    failed = rh_update(&th, PyBytes_AS_STRING(cv), (size_t)PyBytes_GET_SIZE(cv)) < 0 ||
+             server_finished_step(md, hl, &th, c_hs, s_hs, master, with_ticket, s_fin, c_ap,
+                                  s_ap, c_fin, psk) < 0;
+    if (failed) {
         ERR_clear_error();
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL: TLS Finished key schedule failed");
         goto wipe;
     }
-    result = Py_BuildValue("(y#y#y#y#y#)", s_fin + 4, (Py_ssize_t)hl, c_ap, (Py_ssize_t)hl,
-                           s_ap, (Py_ssize_t)hl, c_fin + 4, (Py_ssize_t)hl, psk,
+    result = Py_BuildValue("(y#y#y#y#Oy#y#y#y#y#)", hs, (Py_ssize_t)hl, master,
+                           (Py_ssize_t)hl, c_hs, (Py_ssize_t)hl, s_hs, (Py_ssize_t)hl, cv,
+                           s_fin + 4, (Py_ssize_t)hl, c_ap, (Py_ssize_t)hl, s_ap,
+                           (Py_ssize_t)hl, c_fin + 4, (Py_ssize_t)hl, psk,
                            (Py_ssize_t)(with_ticket ? hl : 0));
 wipe:
+    Py_XDECREF(cv);
     rh_free(&th);
-    hmac_key_wipe(&k);
+    OPENSSL_cleanse(hs, sizeof(hs));
+    OPENSSL_cleanse(master, sizeof(master));
+    OPENSSL_cleanse(c_hs, sizeof(c_hs));
+    OPENSSL_cleanse(s_hs, sizeof(s_hs));
     OPENSSL_cleanse(c_ap, sizeof(c_ap));
     OPENSSL_cleanse(s_ap, sizeof(s_ap));
-    OPENSSL_cleanse(rms, sizeof(rms));
     OPENSSL_cleanse(psk, sizeof(psk));
     OPENSSL_cleanse(c_fin, sizeof(c_fin));
+    OPENSSL_cleanse(s_fin, sizeof(s_fin));
 done:
-    PyBuffer_Release(&c_hs);
-    PyBuffer_Release(&s_hs);
-    PyBuffer_Release(&master);
+    PyBuffer_Release(&derived);
+    PyBuffer_Release(&shared);
     PyBuffer_Release(&transcript);
     return result;
 }

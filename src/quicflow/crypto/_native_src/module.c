@@ -60,12 +60,11 @@ static PyMethodDef module_methods[] = {
     {"packet_key_context", mod_packet_key_context, METH_VARARGS,
      "packet_key_context(suite, secret, v2[, hp_key]) -> KeyContext of the secret's packet "
      "keys (quic_keys and KeyContext in one call)"},
-    {"tls_server_handshake", mod_tls_server_handshake, METH_VARARGS,
-     "tls_server_handshake(suite, derived, shared, transcript, sh_len, cert_len) -> "
-     "(handshake_secret, master_secret, c_hs, s_hs, hash of transcript[:cert_len])"},
-    {"tls_server_finished", mod_tls_server_finished, METH_VARARGS,
-     "tls_server_finished(suite, c_hs, s_hs, master, transcript, with_ticket) -> "
-     "(server verify_data, c_ap, s_ap, client verify_data, ticket PSK or b'')"},
+    {"tls_server_flight", mod_tls_server_flight, METH_VARARGS,
+     "tls_server_flight(suite, derived, shared, transcript, sh_len, sign, with_ticket) -> "
+     "(handshake_secret, master_secret, c_hs, s_hs, CertificateVerify, server verify_data, "
+     "c_ap, s_ap, client verify_data, ticket PSK or b''); sign: None or "
+     "sign(transcript hash) -> CertificateVerify message"},
     {NULL},
 };
 

@@ -45,7 +45,7 @@
  *   seal_stream_run(table, buf, key, pn, pn_len, stream_id, data, start, end, offset,
  *                   off_len, data_cap, count, fin[, dcid]) -> packets built
  *   hkdf_expand_label(suite, secret, label, length) -> bytes   (for tests)
- *   tls_server_handshake / tls_server_finished: a TLS server's key schedule (hkdf.c)
+ *   tls_server_flight: a TLS server's key schedule, the transcript hashed once (hkdf.c)
  *
  * The GIL is held throughout: the table entries and their EVP contexts are shared mutable
  * state, exactly like the Python engine's.
@@ -633,8 +633,7 @@ PyObject *mod_ticket_message(PyObject *module, PyObject *const *args, Py_ssize_t
 PyObject *mod_address_token(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 /* hmac.c: a stateless reset token (the static key's HMAC state cached) */
 PyObject *mod_reset_token(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
-PyObject *mod_tls_server_handshake(PyObject *module, PyObject *args);
-PyObject *mod_tls_server_finished(PyObject *module, PyObject *args);
+PyObject *mod_tls_server_flight(PyObject *module, PyObject *args);
 PyObject *mod_packet_key_context(PyObject *module, PyObject *args);
 
 /* The QUIC variable-length integer (RFC 9000 16) at b[*pos] of the n bytes: 0 and *pos
