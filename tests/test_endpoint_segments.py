@@ -12,7 +12,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quicflow.endpoint.segments import join_continuing, one_short_run, short_run_entries
+from quicflow.endpoint.segments import one_short_run, short_run_entries
 
 
 def walk(data: bytes | memoryview, pos: int, segment_size: int, cid_len: int
@@ -81,69 +81,3 @@ def test_a_full_batch_of_one_connection() -> None:
     # the last segment from another connection, or a long header: not one run
     assert not one_short_run(data[:-700] + bytes([0x41]) + bytes(8) + bytes(691), 0, 1200, key)
     assert not one_short_run(data[:-700] + bytes([0xC1]) + key + bytes(691), 0, 1200, key)
-
-
-# ------------------------------------------------------------- join_continuing
-
-
-def _segments(batch: list[tuple[bytes | memoryview, int, object, int]]
-              ) -> list[tuple[bytes, object, int]]:
-    """Every datagram of ``batch`` with its address and ECN bits, in order."""
-    out = []
-    for data, seg, addr, ecn in batch:
-        raw = bytes(data)
-        for pos in range(0, len(raw), seg):
-            out.append((raw[pos : pos + seg], addr, ecn))
-    return out
-
-
-@st.composite
-def receive_rounds(draw: st.DrawFn) -> list[tuple[bytes | memoryview, int, object, int]]:
-    """Entries as a receive round gives them: GRO buffers (whole segments, or a shorter
-    last one) and plain datagrams, from one or two addresses, with one or two ECN
-    marks and segment sizes."""
-    out: list[tuple[bytes | memoryview, int, object, int]] = []
-    for _ in range(draw(st.integers(0, 10))):
-        seg = draw(st.sampled_from([5, 7, 1200]))
-        count = draw(st.integers(1, 5))
-        last = draw(st.integers(1, seg)) if draw(st.booleans()) else seg
-        size = seg * (count - 1) + last
-        data = draw(st.binary(min_size=size, max_size=size))
-        addr = draw(st.sampled_from([("127.0.0.1", 4433), ("127.0.0.1", 4434), None]))
-        ecn = draw(st.sampled_from([0, 2]))
-        entry_seg = seg if size > seg else size  # one datagram: its own length
-        out.append((memoryview(data) if draw(st.booleans()) else data, entry_seg, addr, ecn))
-    return out
-
-
-@given(receive_rounds())
-def test_join_continuing_keeps_every_datagram_and_its_marks(
-    batch: list[tuple[bytes | memoryview, int, object, int]]
-) -> None:
-    joined = join_continuing(batch)
-    assert _segments(joined) == _segments(batch)
-    assert len(joined) <= len(batch)
-    for data, seg, _, _ in joined:  # each entry: whole segments, the last maybe shorter
-        assert 0 < seg <= len(data) or len(data) == seg == 0
-    # a buffer continues the one before only if nothing told them apart
-    for (a, sa, pa, ea), (_, sb, pb, eb) in zip(joined, joined[1:], strict=False):
-        if sa < len(a) and len(a) % sa == 0:
-            assert (sb, pb, eb) != (sa, pa, ea)
-
-
-def test_join_continuing_joins_the_buffers_of_one_flight() -> None:
-    addr = ("127.0.0.1", 4433)
-    a, b, c = b"a" * 3600, b"b" * 2400, b"c" * 1000
-    batch = [(a, 1200, addr, 2), (b, 1200, addr, 2), (c, 1000, addr, 2)]
-    assert join_continuing(batch) == [(a + b, 1200, addr, 2), (c, 1000, addr, 2)]
-    # another address, ECN mark or segment size starts a new buffer
-    assert len(join_continuing([(a, 1200, addr, 2), (b, 1200, ("::1", 1), 2)])) == 2
-    assert len(join_continuing([(a, 1200, addr, 2), (b, 1200, addr, 0)])) == 2
-    assert len(join_continuing([(a, 1200, addr, 2), (b[:2000], 1000, addr, 2)])) == 2
-    # after a shorter last segment nothing can continue the buffer
-    assert len(join_continuing([(a[:3500], 1200, addr, 2), (b, 1200, addr, 2)])) == 2
-    # a datagram of one segment's size continues a buffer; a lone one is left alone
-    assert join_continuing([(a, 1200, addr, 2), (b[:1200], 1200, addr, 2)]) == [
-        (a + b[:1200], 1200, addr, 2)]
-    assert join_continuing([(c, 1000, addr, 2), (c, 1000, addr, 2)]) == [
-        (c, 1000, addr, 2), (c, 1000, addr, 2)]

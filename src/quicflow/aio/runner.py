@@ -30,7 +30,6 @@ from ..datapath.backends import RecvEntry
 from ..datapath.connected import ConnectedSockets, SocketPolicy
 from ..datapath.socket import UdpTransport, normalize_address
 from ..endpoint.endpoint import Endpoint
-from ..endpoint.segments import join_continuing
 from ..transport import qlog
 from ..transport.bulk import bulk_applies
 from ..transport.connection import Connection
@@ -234,8 +233,6 @@ class EndpointRunner:
         runs = 0  # endpoint calls whose connections ``touched`` holds
         plain: list[tuple[bytes, tuple[Any, ...], int]] = []
         peers = self._peers
-        if len(batch) > 1:  # kernel buffers of one flight: one endpoint call
-            batch = join_continuing(batch)
         for data, segment_size, addr, ecn in batch:
             if addr:
                 peer = peers.get(addr)

@@ -1,5 +1,4 @@
-"""A GRO batch's segments taken as one run when they all belong to it, and the GRO
-buffers of one receive round joined where each continues the one before.
+"""A GRO batch's segments taken as one run when they all belong to it.
 
 ``Endpoint.receive_batch`` walks a batch segment by segment: a short-header segment
 whose DCID is that of the run before it joins the run, anything else ends it. In the
@@ -9,11 +8,6 @@ every segment per slice) and give the run's entries at once, exactly what the wa
 would have given (tests/test_endpoint_segments.py compares both)."""
 
 from __future__ import annotations
-
-from typing import Any
-
-#: (data, segment_size, address, ecn): a receive entry (datapath.backends.RecvEntry)
-Entry = tuple[Any, int, Any, int]
 
 
 def one_short_run(data: bytes | memoryview, pos: int, segment_size: int, key: bytes) -> bool:
@@ -44,38 +38,3 @@ def short_run_entries(pos: int, segment_size: int, total: int, key: bytes
     if total - p != segment_size:
         run[-1] = (p, total - p, key)
     return run
-
-
-def join_continuing(batch: list[Entry]) -> list[Entry]:
-    """``batch`` with each GRO buffer that continues the one before joined to it: same
-    segment size, address and ECN bits, the one before a GRO buffer (several segments)
-    of whole segments only. The segments, their order, sizes, addresses and ECN bits are
-    those of ``batch``; only how many buffers hold them changes.
-
-    The kernel hands a download over in buffers of at most 64 KiB; those of one flight
-    arrive back to back (at 256 connections a receive round holds 3-4 of one connection,
-    37 segments each). ``Endpoint.receive_batch`` then costs one lookup, one run check
-    and one engine call per joined buffer instead of per kernel buffer, for a copy of the
-    bytes (about 0.03 s per GiB)."""
-    out: list[Entry] = []
-    parts: list[Any] = []
-    size = 0  # bytes in ``parts``
-    head: Entry | None = None  # the first entry of ``parts``
-    for entry in batch:
-        data = entry[0]
-        if (head is not None and entry[1] == head[1] and size % head[1] == 0
-                and entry[2] == head[2] and entry[3] == head[3]):
-            parts.append(data)
-            size += len(data)
-            continue
-        if head is not None:
-            out.append(head if len(parts) == 1 else (b"".join(parts),) + head[1:])
-        n = len(data)
-        if entry[1] < n:  # a GRO buffer: later ones may continue it
-            head, parts, size = entry, [data], n
-        else:
-            out.append(entry)
-            head, parts, size = None, [], 0
-    if head is not None:
-        out.append(head if len(parts) == 1 else (b"".join(parts),) + head[1:])
-    return out
