@@ -126,6 +126,9 @@ def test_download_upload_json(perf_server: ServerProcess) -> None:
     assert result["segments_per_gso_call"] >= 1.0
     assert len(result["connection_goodputs"]) == 2
     assert 0.5 <= result["fairness"] <= 1.0
+    # the client's own CPU in the goodput window: positive, and no more than its threads
+    # could use in that window (bench/scale.py: is the client what limits the goodput?)
+    assert 0 < result["cpu_seconds"] <= result["seconds"] * (os.cpu_count() or 1) + 0.01
 
 
 def test_insecure_and_summary_line(perf_server: ServerProcess) -> None:

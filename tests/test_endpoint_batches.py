@@ -229,3 +229,77 @@ def test_runs_of_one_receive_round_give_one_readable_event() -> None:
     assert [e.stream_id for e in readable] == [sid]
     got = _readable(client, sid)
     assert got == data[: len(got)] and len(got) >= N * (seg_size - 60)
+
+
+def test_a_run_goes_on_through_the_buffers_of_one_round() -> None:
+    """Three GRO buffers of one connection read back to back (``receive_batches``): one
+    lookup for all of them, every packet taken, the data intact; the connection's state
+    is the one three ``receive_batch`` calls give (ranges, counters, events)."""
+    states = []
+    for together in (False, True):
+        pair = MemoryPair(seed=14)
+        _established(pair)
+        server, client = pair.server_conns[0], pair.client
+        _warm_up(pair, server, client)
+        sid = server.open_stream()
+        data = random.Random(8).randbytes(N * 1200 * 2)
+        server.send_stream_data(sid, data, end_stream=True)
+        segments = _bulk_datagrams(pair.server, server, pair.now, N)[:N]
+        buffers = [_gro_buffer(part) for part in (segments[:7], segments[7:14], segments[14:])]
+        client.pop_events()
+        ep = pair.client_ep
+        lookups = ep.counters.lookups
+        packets = client.counters.packets_received
+        if together:
+            touched = ep.receive_batches(buffers, SERVER_ADDR, pair.now)
+        else:
+            touched = []
+            for buf, seg in buffers:
+                touched += ep.receive_batch(buf, seg, SERVER_ADDR, pair.now)
+        assert set(map(id, touched)) == {id(client)}
+        assert ep.counters.lookups - lookups == (1 if together else 3)
+        assert client.counters.packets_received - packets == N
+        space = client.spaces[2]
+        events = [type(e).__name__ for e in client.pop_events()]
+        got = _readable(client, sid)
+        assert got == data[: len(got)] and len(got) >= N * (1200 - 60)
+        states.append((list(space.received.starts), list(space.received.ends),
+                       space.largest_received, space.ack_eliciting_pending,
+                       space.ack_immediately, client.counters.bytes_received,
+                       client.counters.datagrams_received, events, got))
+    assert states[0] == states[1]
+
+
+def test_buffers_of_two_connections_in_one_round() -> None:
+    """A round whose buffers alternate between two connections, one buffer starting
+    with the other's segments: each connection gets exactly its own packets, one lookup
+    per run (a run ends where the other connection's segments begin)."""
+    pair = MemoryPair(seed=15)
+    pair.add_client()
+    _established(pair)
+    ep = pair.client_ep
+    peers = []
+    for client in pair.clients:
+        server = next(s for s in pair.server_conns
+                      if s.peer_cid in ep.connections and ep.connections[s.peer_cid] is client)
+        peers.append((server, client))
+    for server, client in peers:
+        _warm_up(pair, server, client)
+    built = {}
+    for name, (server, _) in zip("ab", peers, strict=True):
+        sid = server.open_stream()
+        server.send_stream_data(sid, random.Random(ord(name)).randbytes(N * 2400), True)
+        built[name] = _bulk_datagrams(pair.server, server, pair.now, 12)[:12]
+    a, b = built["a"], built["b"]
+    # buffers: [a a a a] [a a b b] [b b b] [a a a]  -> runs: a(6) b(5) a(3)
+    buffers = [_gro_buffer(a[:4]), _gro_buffer(a[4:6] + b[:2]), _gro_buffer(b[2:5]),
+               _gro_buffer(a[6:9])]
+    (_, ca), (_, cb) = peers
+    lookups = ep.counters.lookups
+    got_a, got_b = ca.counters.packets_received, cb.counters.packets_received
+    touched = ep.receive_batches(buffers, SERVER_ADDR, pair.now)
+    assert set(map(id, touched)) == {id(ca), id(cb)}
+    assert ep.counters.lookups - lookups == 3
+    assert ca.counters.packets_received - got_a == 9
+    assert cb.counters.packets_received - got_b == 5
+    assert ca.counters.packets_dropped == cb.counters.packets_dropped == 0

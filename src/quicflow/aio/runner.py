@@ -232,6 +232,11 @@ class EndpointRunner:
         touched: list[Connection] = []
         runs = 0  # endpoint calls whose connections ``touched`` holds
         plain: list[tuple[bytes, tuple[Any, ...], int]] = []
+        # GRO buffers read back to back from one peer with the same ECN bits: one
+        # endpoint call, so a run goes on from one buffer into the next
+        gro: list[tuple[bytes | memoryview, int]] = []
+        gro_from: tuple[Any, ...] = ()
+        gro_ecn = 0
         peers = self._peers
         for data, segment_size, addr, ecn in batch:
             if addr:
@@ -248,10 +253,21 @@ class EndpointRunner:
                     touched += endpoint.receive_datagrams(plain, now)
                     plain = []
                     runs += 1
-                touched += endpoint.receive_batch(data, segment_size, peer, now, ecn)
-                runs += 1
+                if gro and (peer != gro_from or ecn != gro_ecn):
+                    touched += endpoint.receive_batches(gro, gro_from, now, gro_ecn)
+                    gro = []
+                    runs += 1
+                gro.append((data, segment_size))
+                gro_from, gro_ecn = peer, ecn
             else:
+                if gro:
+                    touched += endpoint.receive_batches(gro, gro_from, now, gro_ecn)
+                    gro = []
+                    runs += 1
                 plain.append((data if type(data) is bytes else bytes(data), peer, ecn))
+        if gro:
+            touched += endpoint.receive_batches(gro, gro_from, now, gro_ecn)
+            runs += 1
         if plain:
             if runs:
                 touched += endpoint.receive_datagrams(plain, now)

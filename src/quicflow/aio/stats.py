@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import fields
 from typing import Any
 
 from ..datapath.backends import DatapathCounters
@@ -10,6 +10,20 @@ from ..datapath.connected import ConnectedSocketCounters, add_counters
 from ..transport.connection import Connection
 from ..transport.pmtud import stats as pmtud_stats
 from .runner import EndpointRunner
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def counter_values(counters: Any) -> dict[str, Any]:
+    """A counters dataclass (all its fields numbers) as a dict: what
+    ``dataclasses.asdict`` gives for it, without asdict's recursive deep copy of every
+    field (ConnectionCounters: 1.6 µs against 21.7; the perf client takes each
+    connection's stats() as it ends, while the others still run)."""
+    cls = type(counters)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
+    return {name: getattr(counters, name) for name in names}
 
 
 def datapath_stats(runner: EndpointRunner) -> dict[str, Any]:
@@ -24,7 +38,7 @@ def datapath_stats(runner: EndpointRunner) -> dict[str, Any]:
             add_counters(c, runner.transport.counters)
         for listener in runner.listeners:
             add_counters(c, listener.counters)
-    out: dict[str, Any] = asdict(c)
+    out: dict[str, Any] = counter_values(c)
     out["backend"] = runner.transport.backend
     out.update(datapath_ratios(out))
     return out
@@ -50,10 +64,10 @@ def datapath_ratios(c: dict[str, Any]) -> dict[str, float]:
 
 def endpoint_stats(runner: EndpointRunner) -> dict[str, Any]:
     e = runner.endpoint.counters
-    out: dict[str, Any] = asdict(e)
+    out: dict[str, Any] = counter_values(e)
     out["dropped"] = e.dropped()
     admission = runner.endpoint.admission
-    out.update(asdict(admission.counters))
+    out.update(counter_values(admission.counters))
     out["half_open"] = len(admission.half_open)
     out["dropped"] += admission.counters.dropped_half_open
     out["segments_per_lookup"] = e.segments_received / e.lookups if e.lookups else 0.0
@@ -79,16 +93,16 @@ def socket_stats(runner: EndpointRunner) -> dict[str, Any]:
     """Per-connection socket counters (all 0 when they are off); ``connected_sockets`` is
     the most held at once, ``connected_sockets_now`` how many are held now."""
     if runner.sockets is None:
-        out = asdict(ConnectedSocketCounters())
+        out = counter_values(ConnectedSocketCounters())
         out["cap"] = 0
     else:
-        out = asdict(runner.sockets.counters)
+        out = counter_values(runner.sockets.counters)
         out["cap"] = runner.sockets.cap
     return out
 
 
 def connection_stats(conn: Connection) -> dict[str, Any]:
-    out: dict[str, Any] = asdict(conn.counters)
+    out: dict[str, Any] = counter_values(conn.counters)
     loss = conn.loss
     out.update(
         smoothed_rtt=conn.rtt.smoothed_rtt,

@@ -11,6 +11,9 @@ Counting: ``bytes_received`` is the sum of the response payloads the client read
 download), ``bytes_sent`` the sum of the upload payloads it wrote (the 8-byte size headers
 are not counted). Goodput is ``(bytes_received + bytes_sent) / seconds``, where ``seconds``
 runs from the moment every connection finished its handshake to the end of the last stream.
+``cpu_seconds`` is the client process's CPU time (user + system, all threads) in that same
+window: with ``seconds`` it tells whether the client itself was what limited the goodput
+(a client at one core has ``cpu_seconds`` close to ``seconds``).
 """
 
 from __future__ import annotations
@@ -342,6 +345,8 @@ class PerfResult:
     #: accepted its 0-RTT data (None: not a resumption run)
     resumed: bool | None = None
     early_data_accepted: bool | None = None
+    #: the client process's CPU seconds in the ``seconds`` window (None: not measured)
+    cpu_seconds: float | None = None
 
     @property
     def fairness(self) -> float:
@@ -386,6 +391,8 @@ class PerfResult:
             c.get("endpoint_engine_packets_sealed", 0) / calls if calls else 0.0
         )
         out["backend"] = self.backend
+        if self.cpu_seconds is not None:
+            out["cpu_seconds"] = self.cpu_seconds
         if self.resumed is not None:
             out["resumed"] = self.resumed
             out["early_data_accepted"] = bool(self.early_data_accepted)
@@ -491,6 +498,9 @@ class _Run:
         self.all_connected = asyncio.Event()
         self.connected_at = 0.0
         self.finished_at = 0.0
+        #: process CPU time (time.process_time) at ``connected_at`` and ``finished_at``
+        self.cpu_connected = 0.0
+        self.cpu_finished = 0.0
         self.counters: dict[str, int] = {}
         self.backend = ""
         self.moved: list[tuple[int, float]] = []  # per connection: (bytes, finished at)
@@ -544,6 +554,7 @@ async def _run_connection(
         run.pending -= 1
         if run.pending == 0:
             run.connected_at = time.perf_counter()
+            run.cpu_connected = time.process_time()
             run.all_connected.set()
         await run.all_connected.wait()
         moved = await asyncio.gather(
@@ -553,7 +564,9 @@ async def _run_connection(
             )
         )
         finished = time.perf_counter()
-        run.finished_at = max(run.finished_at, finished)
+        if finished >= run.finished_at:
+            run.finished_at = finished
+            run.cpu_finished = time.process_time()
         run.moved.append((sum(moved), finished))
         run.add_counters(conn)
 
@@ -644,6 +657,7 @@ async def run_client(
         connection_goodputs=[
             n / max(t - run.connected_at, 1e-9) for n, t in run.moved
         ],
+        cpu_seconds=run.cpu_finished - run.cpu_connected,
     )
 
 

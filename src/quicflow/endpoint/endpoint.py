@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Container, KeysView
+from collections.abc import Callable, Container, KeysView, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +34,7 @@ from ..transport.connection import (
 from ..transport.factory import client_connection, server_connection
 from ..transport.headers import parse_header
 from ..transport.receive import receive_datagram
-from ..transport.receive_bulk import receive_short_run
+from ..transport.receive_bulk import RunPart, receive_short_run, receive_short_runs
 from ..transport.send import MAX_DATAGRAMS_PER_CALL, build_datagrams, datagrams_to_send
 from ..transport.state import DRAINING, ESTABLISHED
 from ..wire.errors import WireError
@@ -361,59 +361,89 @@ class Endpoint:
         """A GRO batch: segments of ``segment_size`` (the last may be shorter) from one
         address. A run of short-header segments with the same DCID costs one lookup and
         one engine call; long-header segments take the per-datagram path."""
+        return self.receive_batches(((data, segment_size),), address, now, ecn)
+
+    def receive_batches(
+        self, buffers: Sequence[tuple[bytes | memoryview, int]], address: Address,
+        now: float, ecn: int = 0,
+    ) -> list[Connection]:
+        """GRO batches ``(data, segment_size)`` read back to back from one address with
+        the same ECN bits, taken as ``receive_batch`` takes each, except that a run of
+        one connection's short-header segments goes on from one buffer into the next:
+        the kernel hands a flight over in buffers of at most 64 KiB, and a receive round
+        of a download holds several (3-4 at 256 connections, 8 at one). The run costs
+        one lookup, and its bookkeeping is done once (``receive_short_runs``)."""
         counters = self.counters
-        counters.datagrams_received += 1
         touched: dict[Connection, None] = {}  # by identity, in order
-        total = len(data)
-        if segment_size <= 0:
-            segment_size = total
         cid_len = self.cid_length
-        run: list[tuple[int, int, bytes]] = []
+        parts: list[RunPart] = []  # the run's part in earlier buffers
+        run: list[tuple[int, int, bytes]] = []  # ... and in this one
         run_conn: Connection | None = None
         run_key = b""
-        pos = 0
-        while pos < total:
-            end = min(pos + segment_size, total)
-            counters.segments_received += 1
-            first = data[pos]
-            if not first & 0x80:
-                key = bytes(data[pos + 1 : pos + 1 + cid_len])
-                if run and key == run_key:
-                    run.append((pos, end - pos, key))
-                    pos = end
-                    continue
-                if run and run_conn is not None:
-                    receive_short_run(run_conn, data, run, address, now, ecn)
+        for data, segment_size in buffers:
+            counters.datagrams_received += 1
+            total = len(data)
+            if segment_size <= 0:
+                segment_size = total
+            pos = 0
+            if parts and one_short_run(data, 0, segment_size, run_key):
+                # the run goes on through this whole buffer (the usual next buffer)
+                run = short_run_entries(0, segment_size, total, run_key)
+                counters.segments_received += len(run)
+                parts.append((data, run))
                 run = []
-                counters.lookups += 1
-                run_conn = self._lookup(bytes(data[pos:end]), address, now, ecn)
-                run_key = key
-                if run_conn is not None:
-                    touched[run_conn] = None
-                    if end < total and one_short_run(data, pos, segment_size, key):
-                        # every segment to the end continues this run (the usual GRO
-                        # batch): all of them at once, as the loop would add them
-                        run += short_run_entries(pos, segment_size, total, key)
-                        counters.segments_received += len(run) - 1
-                        break
-                    run.append((pos, end - pos, key))
-            else:
-                if run and run_conn is not None:
-                    receive_short_run(run_conn, data, run, address, now, ecn)
+                continue
+            while pos < total:
+                end = min(pos + segment_size, total)
+                counters.segments_received += 1
+                first = data[pos]
+                if not first & 0x80:
+                    key = bytes(data[pos + 1 : pos + 1 + cid_len])
+                    if (run or parts) and key == run_key:
+                        run.append((pos, end - pos, key))
+                        pos = end
+                        continue
+                    if run_conn is not None and (run or parts):
+                        if run:
+                            parts.append((data, run))
+                        receive_short_runs(run_conn, parts, address, now, ecn)
+                    run = []
+                    parts = []
+                    counters.lookups += 1
+                    run_conn = self._lookup(bytes(data[pos:end]), address, now, ecn)
+                    run_key = key
+                    if run_conn is not None:
+                        touched[run_conn] = None
+                        if end < total and one_short_run(data, pos, segment_size, key):
+                            # every segment to the end continues this run (the usual GRO
+                            # batch): all of them at once, as the loop would add them
+                            run += short_run_entries(pos, segment_size, total, key)
+                            counters.segments_received += len(run) - 1
+                            break
+                        run.append((pos, end - pos, key))
+                else:
+                    if run_conn is not None and (run or parts):
+                        if run:
+                            parts.append((data, run))
+                        receive_short_runs(run_conn, parts, address, now, ecn)
+                    run = []
+                    parts = []
+                    run_conn = None
+                    segment = bytes(data[pos:end])
+                    counters.lookups += 1
+                    conn = self._lookup(segment, address, now, ecn)
+                    if conn is not None:
+                        receive_datagram(conn, segment, address, now, ecn, self._header)
+                        if self.admission.half_open:
+                            self.admission.update(conn)
+                        if self._keep_new(conn):
+                            touched[conn] = None
+                pos = end
+            if run:  # the run may go on in the next buffer
+                parts.append((data, run))
                 run = []
-                run_conn = None
-                segment = bytes(data[pos:end])
-                counters.lookups += 1
-                conn = self._lookup(segment, address, now, ecn)
-                if conn is not None:
-                    receive_datagram(conn, segment, address, now, ecn, self._header)
-                    if self.admission.half_open:
-                        self.admission.update(conn)
-                    if self._keep_new(conn):
-                        touched[conn] = None
-            pos = end
-        if run and run_conn is not None:
-            receive_short_run(run_conn, data, run, address, now, ecn)
+        if parts and run_conn is not None:
+            receive_short_runs(run_conn, parts, address, now, ecn)
         for c in touched:
             self._sync_cids(c)
         return list(touched)

@@ -10,6 +10,8 @@ per-frame path. ACK and idle-timer bookkeeping happens once per run.
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Sequence
+from typing import Any
 
 from ..crypto.epoch import Epoch
 from ..tls.alerts import TlsAlert
@@ -55,6 +57,10 @@ def _overlap(received: RangeSet, start: int, end: int) -> int:
     return total
 
 
+#: a run's datagrams in one buffer: ``(buffer, [(offset, length, dcid), ...])``
+RunPart = tuple["bytes | memoryview", list[tuple[int, int, bytes]]]
+
+
 def receive_short_run(
     conn: Connection,
     buf: bytes | memoryview,
@@ -65,31 +71,50 @@ def receive_short_run(
 ) -> None:
     """Take a run of short-header datagrams ``(offset, length, dcid)`` from ``buf``: one
     after the other, without gaps (a GRO batch's segments, or datagrams joined)."""
+    receive_short_runs(conn, ((buf, packets),), addr, now, ecn)
+
+
+def receive_short_runs(
+    conn: Connection,
+    parts: Sequence[RunPart],
+    addr: Address,
+    now: float,
+    ecn: int = 0,
+) -> None:
+    """Take a run of short-header datagrams that spans several buffers (the GRO buffers
+    of one receive round that continue each other): one engine call per buffer, the
+    per-run bookkeeping (ACK state, idle timer, path, events) once for all of them,
+    as if the buffers had been one."""
     conn._now_hint = now
     if conn.terminated or conn.state == DRAINING:
         return
     if conn.qlog is not None:  # packet by packet, so that each is logged with its frames
         from .receive import receive_datagram
 
-        for offset, length, _ in packets:
-            receive_datagram(conn, bytes(buf[offset : offset + length]), addr, now, ecn)
+        for buf, packets in parts:
+            for offset, length, _ in packets:
+                receive_datagram(conn, bytes(buf[offset : offset + length]), addr, now, ecn)
         return
     counters = conn.counters
-    counters.datagrams_received += len(packets)
+    count = 0
+    size = 0
+    for _, packets in parts:
+        count += len(packets)
+        last = packets[-1]
+        size += last[0] + last[1] - packets[0][0]  # back to back: no per-datagram sum
+    counters.datagrams_received += count
     silence = silence_limit(conn)
     ack_freq = conn.ack_freq
     if not conn.one_rtt_ready:
-        counters.packets_dropped += len(packets)
-        counters.dropped_no_keys += len(packets)
+        counters.packets_dropped += count
+        counters.dropped_no_keys += count
         return
-    last = packets[-1]
-    size = last[0] + last[1] - packets[0][0]  # back to back: no per-datagram sum
     counters.bytes_received += size
     if not conn.handshake_complete and not conn.is_client:  # RFC 9001 §5.7
-        for offset, length, _ in packets:
-            hold_early_one_rtt(conn, bytes(buf[offset : offset + length]), addr, ecn)
+        for buf, packets in parts:
+            for offset, length, _ in packets:
+                hold_early_one_rtt(conn, bytes(buf[offset : offset + length]), addr, ecn)
         return
-    entries = conn.engine.open_run(buf, packets)
     space = conn.spaces[2]
     largest_before = space.largest_received
     received = space.received
@@ -102,95 +127,104 @@ def receive_short_run(
     eliciting = 0
     accepted = 0
     ecn_index = _ECN_INDEX.get(ecn & 3, -1)
+    closed = False
+    entry: tuple[Any, ...] = ()
     try:
-        for entry in entries:
-            kind = entry[0]
-            if kind == 0:  # (0, first_pn, count, stream_id, offset, data, fin)
-                _, pn, count, sid, offset, data, fin = entry
-                end_pn = pn + count
-                duplicates = _overlap(received, pn, end_pn) if pn <= space.largest_received else 0
-                stream = streams.get(sid)
-                recv = stream.recv if stream is not None else None
-                if recv is None:
-                    conn.check_stream_direction(sid, receiving=True)
-                    stream = conn.get_or_create_peer_stream(sid)
+        for buf, packets in parts:
+            entries = conn.engine.open_run(buf, packets)
+            for entry in entries:
+                kind = entry[0]
+                if kind == 0:  # (0, first_pn, count, stream_id, offset, data, fin)
+                    _, pn, count, sid, offset, data, fin = entry
+                    end_pn = pn + count
+                    duplicates = (_overlap(received, pn, end_pn)
+                                  if pn <= space.largest_received else 0)
+                    stream = streams.get(sid)
                     recv = stream.recv if stream is not None else None
-                if recv is not None:
-                    cost = recv.chunk_cost
-                    try:
-                        grown = recv.receive(offset, data, fin, flow.max_data
-                                             - flow.data_consumed - flow.reassembly_cost)
-                    except ReassemblyFull:  # dropped unacknowledged: sent again
-                        counters.packets_dropped += count
-                        counters.dropped_reassembly_full += count
-                        continue
-                    if recv.chunk_cost != cost:
-                        flow.reassembly_cost += recv.chunk_cost - cost
-                    if grown:
-                        flow.data_received += grown
-                        if flow.data_received > flow.max_data:
-                            raise QuicError(FLOW_CONTROL_ERROR, "connection flow control exceeded")
-                    if not readable or readable[-1] != sid:
-                        readable.append(sid)
-                if duplicates:
-                    counters.duplicate_packets += duplicates
-                    count -= duplicates
-                    if not count:
-                        continue
-                accepted += count
-                eliciting += count
-                all_probing = False
-                largest = space.largest_received
-                if pn < largest or (received and pn > largest + 1):
-                    out_of_order(conn, space, pn, largest)
-                received.add(pn, end_pn)
-                if end_pn - 1 > largest:
+                    if recv is None:
+                        conn.check_stream_direction(sid, receiving=True)
+                        stream = conn.get_or_create_peer_stream(sid)
+                        recv = stream.recv if stream is not None else None
+                    if recv is not None:
+                        cost = recv.chunk_cost
+                        try:
+                            grown = recv.receive(offset, data, fin, flow.max_data
+                                                 - flow.data_consumed - flow.reassembly_cost)
+                        except ReassemblyFull:  # dropped unacknowledged: sent again
+                            counters.packets_dropped += count
+                            counters.dropped_reassembly_full += count
+                            continue
+                        if recv.chunk_cost != cost:
+                            flow.reassembly_cost += recv.chunk_cost - cost
+                        if grown:
+                            flow.data_received += grown
+                            if flow.data_received > flow.max_data:
+                                raise QuicError(FLOW_CONTROL_ERROR,
+                                                "connection flow control exceeded")
+                        if not readable or readable[-1] != sid:
+                            readable.append(sid)
+                    if duplicates:
+                        counters.duplicate_packets += duplicates
+                        count -= duplicates
+                        if not count:
+                            continue
+                    accepted += count
+                    eliciting += count
+                    all_probing = False
+                    largest = space.largest_received
+                    if pn < largest or (received and pn > largest + 1):
+                        out_of_order(conn, space, pn, largest)
+                    received.add(pn, end_pn)
+                    if end_pn - 1 > largest:
+                        if now - space.largest_received_time > silence:
+                            space.ack_immediately = True  # after a silence: PTO probes
+                        space.largest_received = end_pn - 1
+                        space.largest_received_time = now
+                        if ack_freq.gap_pn >= 0:
+                            after_newest(conn, space, end_pn - 1)
+                    if fin:
+                        on_stream_end(conn)
+                    continue
+                if kind == 2:  # (2, index): did not open
+                    counters.engine_open_failures += 1
+                    counters.packets_dropped += 1
+                    counters.dropped_undecryptable += 1
+                    offset, length, _ = packets[entry[1]]
+                    _check_stateless_reset(conn, bytes(buf[offset : offset + length]))
+                    continue
+                _, pn, payload, phase_changed = entry  # (1, pn, payload, phase_changed)
+                if phase_changed:
+                    on_peer_key_update(conn)
+                if pn <= space.largest_received and pn in received:
+                    counters.duplicate_packets += 1
+                    continue
+                try:
+                    is_eliciting = process_frames(conn, payload, _ONE_RTT, now)
+                except ReassemblyFull:  # dropped unacknowledged: sent again
+                    counters.packets_dropped += 1
+                    counters.dropped_reassembly_full += 1
+                    continue
+                if conn.state >= CLOSING and conn.state != state_before:
+                    closed = True
+                    break  # this packet closed the connection
+                accepted += 1
+                all_probing = all_probing and conn.last_packet_probing
+                if pn < space.largest_received or (received and pn > space.largest_received + 1):
+                    out_of_order(conn, space, pn, space.largest_received)
+                received.add(pn, pn + 1)
+                if pn > space.largest_received:
                     if now - space.largest_received_time > silence:
                         space.ack_immediately = True  # after a silence: PTO probes
-                    space.largest_received = end_pn - 1
+                    space.largest_received = pn
                     space.largest_received_time = now
                     if ack_freq.gap_pn >= 0:
-                        after_newest(conn, space, end_pn - 1)
-                if fin:
-                    on_stream_end(conn)
-                continue
-            if kind == 2:  # (2, index): did not open
-                counters.engine_open_failures += 1
-                counters.packets_dropped += 1
-                counters.dropped_undecryptable += 1
-                offset, length, _ = packets[entry[1]]
-                _check_stateless_reset(conn, bytes(buf[offset : offset + length]))
-                continue
-            _, pn, payload, phase_changed = entry  # (1, pn, payload, phase_changed)
-            if phase_changed:
-                on_peer_key_update(conn)
-            if pn <= space.largest_received and pn in received:
-                counters.duplicate_packets += 1
-                continue
-            try:
-                is_eliciting = process_frames(conn, payload, _ONE_RTT, now)
-            except ReassemblyFull:  # dropped unacknowledged: sent again
-                counters.packets_dropped += 1
-                counters.dropped_reassembly_full += 1
-                continue
-            if conn.state >= CLOSING and conn.state != state_before:
-                break  # this packet closed the connection
-            accepted += 1
-            all_probing = all_probing and conn.last_packet_probing
-            if pn < space.largest_received or (received and pn > space.largest_received + 1):
-                out_of_order(conn, space, pn, space.largest_received)
-            received.add(pn, pn + 1)
-            if pn > space.largest_received:
-                if now - space.largest_received_time > silence:
-                    space.ack_immediately = True  # after a silence: PTO probes
-                space.largest_received = pn
-                space.largest_received_time = now
-                if ack_freq.gap_pn >= 0:
-                    after_newest(conn, space, pn)
-            if is_eliciting:
-                eliciting += 1
+                        after_newest(conn, space, pn)
+                if is_eliciting:
+                    eliciting += 1
+            if closed:
+                break
     except QuicError as exc:
-        if not exc.frame_type and entry[0] == 0:  # a coalesced run of STREAM frames
+        if not exc.frame_type and entry and entry[0] == 0:  # coalesced STREAM frames
             exc.frame_type = 0x0A | (0x04 if entry[4] else 0) | (0x01 if entry[6] else 0)
         conn.close_with_error(exc)
     except TlsAlert as exc:
