@@ -80,8 +80,10 @@ def on_ack_frame(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None
             pmtud.on_acks(conn, acked, now)
     if lost:
         on_lost_packets(conn, lost)
-    if epoch == _ONE_RTT and conn.ack_freq.peer_min_us >= 0:
-        maybe_request(conn)  # (the window moved: ask for another ACK frequency?)
+    if epoch == _ONE_RTT and conn.ack_freq.peer_min_us >= 0 and conn.send_queue:
+        # (the window moved: ask for another ACK frequency? maybe_request's first
+        # test, inline: not while nothing waits to be sent, as after a handshake)
+        maybe_request(conn)
     if conn.qlog is not None:
         qlog.metrics_updated(conn, now)
 
