@@ -133,7 +133,9 @@ def _rebuilt(
     if not sent or kept[-1].pn < next(iter(sent)):
         # the usual case: the pieces left of split batches come before every record
         # still outstanding (an ACK or a loss takes the oldest packets)
-        merged = {piece.pn: piece for piece in kept}
+        merged: dict[int, SentPacket] = {}
+        for piece in kept:  # (a loop: a comprehension is a call of its own)
+            merged[piece.pn] = piece
         merged.update(sent)
         return merged
     for piece in kept:
