@@ -125,12 +125,22 @@ class SpaceState:
 def _rebuilt(
     sent: dict[int, SentPacket], removed: list[int], kept: list[SentPacket]
 ) -> dict[int, SentPacket]:
-    """``sent`` without ``removed``, with the ``kept`` pieces, in packet number order."""
-    gone = set(removed)
-    merged = {k: v for k, v in sent.items() if k not in gone}
+    """``sent`` without ``removed``, with the ``kept`` pieces, in packet number order.
+
+    ``kept`` is in packet number order; ``sent`` itself is emptied of ``removed``."""
+    for key in removed:
+        del sent[key]
+    if not sent or kept[-1].pn < next(iter(sent)):
+        # the usual case: the pieces left of split batches come before every record
+        # still outstanding (an ACK or a loss takes the oldest packets)
+        merged: dict[int, SentPacket] = {}
+        for piece in kept:  # (a loop: a comprehension is a call of its own)
+            merged[piece.pn] = piece
+        merged.update(sent)
+        return merged
     for piece in kept:
-        merged[piece.pn] = piece
-    return dict(sorted(merged.items()))
+        sent[piece.pn] = piece
+    return dict(sorted(sent.items()))
 
 
 def _new_spaces() -> list[SpaceState]:
@@ -306,11 +316,15 @@ class LossDetection:
                     )
                     break
 
-        if sp.sent:
+        sent = sp.sent  # (_remove_acked may have rebuilt it)
+        if sent and next(iter(sent)) <= sp.largest_acked:
             lost = self._detect_lost(sp, now)
             if lost:
                 self._on_lost(sp, lost, now)
-        else:  # all acknowledged: nothing to declare lost (_detect_lost's own first test)
+        else:
+            # nothing outstanding at or below the largest acknowledged (all of it
+            # acknowledged, or only packets sent after it left): nothing can be lost and
+            # no loss timer is due, as _detect_lost's walk would find at its first record
             sp.loss_time = None
             lost = []
 

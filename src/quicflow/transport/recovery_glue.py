@@ -27,7 +27,6 @@ from .state import (
     R_STOP,
     R_STREAM,
     R_STREAM_RUN,
-    PacketSpace,
 )
 from .stream_api import maybe_forget_stream
 
@@ -56,45 +55,37 @@ def on_ack_frame(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None
         space.largest_acked = largest
     if acked:
         conn.probes_pending = [0, 0, 0]
-        if conn.ecn_state != ECN_FAILED:  # (_validate_ecn's first test, inline)
-            _validate_ecn(conn, space, frame.ecn, acked, now)
+        if conn.ecn_state != ECN_FAILED:
+            # RFC 9000 §13.4.2: the peer's ECN counts must account for the ECT(0)
+            # packets it acknowledges; otherwise the path drops or bleaches the marks
+            # and ECN goes off
+            ecn = frame.ecn
+            if ecn is None:
+                conn.ecn_state = ECN_FAILED
+            else:
+                old = space.ecn_peer_counts
+                d_ect0, d_ect1, d_ce = ecn[0] - old[0], ecn[1] - old[1], ecn[2] - old[2]
+                if d_ect0 < 0 or d_ect1 < 0 or d_ce < 0:
+                    pass  # a reordered, older ACK
+                elif d_ect1 > 0 or d_ect0 + d_ce < len(acked):
+                    conn.ecn_state = ECN_FAILED
+                else:
+                    space.ecn_peer_counts = [ecn[0], ecn[1], ecn[2]]
+                    conn.ecn_state = ECN_CAPABLE
+                    if d_ce > 0:
+                        conn.cc.on_ecn_ce(acked[-1].time_sent, now)
         on_acked_packets(conn, acked)
         pm = conn.pmtud
         if pm.probe_pn >= 0 or pm.big_loss_events:
             pmtud.on_acks(conn, acked, now)
     if lost:
         on_lost_packets(conn, lost)
-    if epoch == _ONE_RTT and conn.ack_freq.peer_min_us >= 0:
-        maybe_request(conn)  # (the window moved: ask for another ACK frequency?)
+    if epoch == _ONE_RTT and conn.ack_freq.peer_min_us >= 0 and conn.send_queue:
+        # (the window moved: ask for another ACK frequency? maybe_request's first
+        # test, inline: not while nothing waits to be sent, as after a handshake)
+        maybe_request(conn)
     if conn.qlog is not None:
         qlog.metrics_updated(conn, now)
-
-
-def _validate_ecn(
-    conn: Connection,
-    space: PacketSpace,
-    ecn: tuple[int, int, int] | None,
-    acked: list[SentPacket],
-    now: float,
-) -> None:
-    """RFC 9000 §13.4.2: the peer's ECN counts must account for the ECT(0) packets it
-    acknowledges; otherwise the path drops or bleaches the marks and ECN goes off."""
-    if conn.ecn_state == ECN_FAILED:
-        return
-    if ecn is None:
-        conn.ecn_state = ECN_FAILED
-        return
-    old = space.ecn_peer_counts
-    d_ect0, d_ect1, d_ce = ecn[0] - old[0], ecn[1] - old[1], ecn[2] - old[2]
-    if d_ect0 < 0 or d_ect1 < 0 or d_ce < 0:
-        return  # a reordered, older ACK
-    if d_ect1 > 0 or d_ect0 + d_ce < len(acked):
-        conn.ecn_state = ECN_FAILED
-        return
-    space.ecn_peer_counts = [ecn[0], ecn[1], ecn[2]]
-    conn.ecn_state = ECN_CAPABLE
-    if d_ce > 0:
-        conn.cc.on_ecn_ce(acked[-1].time_sent, now)
 
 
 #: Epoch by value (a table lookup: calling the enum class runs enum's Python __call__)
@@ -106,21 +97,39 @@ _SPACE_OF_EPOCH_VALUE = tuple(SPACE_OF_EPOCH[e] for e in _EPOCHS)
 def on_acked_packets(conn: Connection, packets: list[SentPacket]) -> None:
     writable: set[int] = set()
     streams = conn.streams
+    # Consecutive acknowledged bytes of one stream (a bulk flight's batches, in packet
+    # number order) reach the send buffer as one range: its state after one on_acked
+    # of a..c is the state after a..b then b..c, and so is the sum released.
+    run_sid = -1
+    run_send = None
+    run_start = run_end = 0
+    run_fin = False
     for packet in packets:
         for record in packet.frames:
             rec: tuple[int, ...] = record  # type: ignore[assignment]
             kind = rec[0]
-            if kind == R_STREAM_RUN:
-                stream = streams.get(rec[1])
-                if stream is not None and stream.send is not None:
+            if kind == R_STREAM_RUN or kind == R_STREAM:
+                if kind == R_STREAM_RUN:
                     offset, length, fin = _run_piece(packet, rec)
-                    conn.send_buffered -= stream.send.on_acked(offset, length, fin)
-                    writable.add(rec[1])
-            elif kind == R_STREAM:
-                stream = streams.get(rec[1])
-                if stream is not None and stream.send is not None:
-                    conn.send_buffered -= stream.send.on_acked(rec[2], rec[3], bool(rec[4]))
-                    writable.add(rec[1])
+                else:
+                    offset, length, fin = rec[2], rec[3], bool(rec[4])
+                sid = rec[1]
+                if sid == run_sid and offset == run_end and not run_fin:
+                    run_end = offset + length
+                    run_fin = fin
+                    continue
+                if run_send is not None:
+                    conn.send_buffered -= run_send.on_acked(
+                        run_start, run_end - run_start, run_fin
+                    )
+                stream = streams.get(sid)
+                run_send = stream.send if stream is not None else None
+                run_sid = sid
+                run_start = offset
+                run_end = offset + length
+                run_fin = fin
+                if run_send is not None:
+                    writable.add(sid)
             elif kind == R_CRYPTO:
                 crypto = conn.spaces[_SPACE_OF_EPOCH_VALUE[rec[1]]].crypto_send
                 if crypto is not None:  # (None: the space was discarded)
@@ -137,12 +146,18 @@ def on_acked_packets(conn: Connection, packets: list[SentPacket]) -> None:
                 # packet (frames after the ACK clear the flag again), or lost, and a
                 # PATH_RESPONSE is never retransmitted. Ask again, with the same data.
                 conn.path_challenge_pending = True
+    if run_send is not None:
+        conn.send_buffered -= run_send.on_acked(run_start, run_end - run_start, run_fin)
     for sid in writable:
         stream = streams.get(sid)
         if stream is None:
             continue
         conn.events.append(StreamWritable(sid))
-        if stream.send is not None and stream.send.is_complete():
+        send = stream.send
+        # (is_complete needs the FIN or the reset acknowledged: asked only then)
+        if send is not None and (send.fin_acked or send.reset_code is not None) and (
+            send.is_complete()
+        ):
             maybe_forget_stream(conn, stream)
 
 
