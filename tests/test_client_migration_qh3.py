@@ -26,7 +26,13 @@ import quicflow
 from quicflow.datapath.connected import SocketPolicy
 from tests.support.aioquic_migrate import data
 from tests.support.aioquic_peer import AioquicProcess
-from tests.support.quic_helpers import client_config, issued, run, server_config
+from tests.support.quic_helpers import (
+    client_config,
+    issued,
+    record_socket_peers,
+    run,
+    server_config,
+)
 from tests.test_client_migration import _free_port, _sink_and_source, _transfer
 from tests.test_interop_qh3 import CA_NAME, Pki, pki  # noqa: F401  (fixture)
 
@@ -98,18 +104,7 @@ def test_qh3_client_rebinds_on_quicflow_server(how: str, pki: Pki) -> None:  # n
             configuration=server_config(issued(CA_NAME, "localhost")),
             connection_sockets=16, socket_policy=SocketPolicy(min_bytes=0, min_age=0),
         )
-        # the peer port of every per-connection socket given (the connection gives its
-        # socket up as soon as it closes, and qh3 closes right after its result)
-        sockets = server.runner.sockets
-        assert sockets is not None and sockets.on_open is not None
-        opened: list[int] = []
-        on_open = sockets.on_open
-
-        def record(transport: Any, conn: Any) -> None:
-            opened.append(transport.socket.getpeername()[1])
-            on_open(transport, conn)
-
-        sockets.on_open = record
+        opened = record_socket_peers(server)  # (qh3 closes right after its result)
         async with server:
             async with qh3_migrate_process(
                 "client", "--port", str(server.address[1]), "--cafile", pki.cafile,
