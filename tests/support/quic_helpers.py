@@ -107,3 +107,20 @@ class SilentUdpPort:
 
     def __exit__(self, *exc: object) -> None:
         self.sock.close()
+
+
+def record_socket_peers(server: Any) -> list[int]:
+    """The peer port of every per-connection socket ``server`` gives from now on, in
+    order (a connection gives its socket up as soon as it closes, so a test that checks
+    after the peer closed reads this instead of the live socket)."""
+    sockets = server.runner.sockets
+    assert sockets is not None and sockets.on_open is not None
+    opened: list[int] = []
+    on_open = sockets.on_open
+
+    def record(transport: Any, conn: Any) -> None:
+        opened.append(transport.socket.getpeername()[1])
+        on_open(transport, conn)
+
+    sockets.on_open = record
+    return opened

@@ -406,8 +406,13 @@ class EndpointRunner:
                 pass  # a build now would send nothing: the timer sends at the deadline
             elif not self._build_and_send(conn, now):
                 return  # its socket's buffer is full: it waits for writability
-        # else closing or draining with no close datagram due: nothing to build (the
-        # endpoint would return none), only the timer and the teardown below
+        elif self.sockets is not None:
+            # closing or draining with no close datagram due: nothing to build (the
+            # endpoint would return none), only the timer and the teardown below; its
+            # connected socket goes now (a draining connection never sends, so route()
+            # would not release it), not when the connection is forgotten: see
+            # datapath/connected.py on 4-tuples reused by another client
+            self.sockets.release(conn)
         if conn.probe is not None:
             send_probes(self, conn, None)
         if conn.events:

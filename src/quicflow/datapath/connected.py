@@ -24,7 +24,14 @@ Pitfalls handled here (DESIGN.md, "Scalable sockets"):
   demultiplexing (:meth:`ConnectedSockets.note_stray` counts them); none is dropped;
 * a client whose address changed is no longer reached through its socket: the socket is
   closed as soon as the connection's peer address differs from the socket's, and a new
-  one is given once the new path is validated (counted in ``connected_socket_moves``).
+  one is given once the new path is validated (counted in ``connected_socket_moves``);
+* a connection that is closing or draining gives its socket up at once
+  (:meth:`ConnectedSockets.route`, and the runner for a draining connection, which sends
+  nothing): a connected socket takes every datagram of its 4-tuple, so one kept until the
+  connection is forgotten would take those of a new client (or a rebound NAT mapping)
+  that reuses the port, whatever connection or worker they name. The late packets of
+  the closing connection reach the listener and are demultiplexed by CID as usual
+  (RFC 9000 §10.2: absorbed while draining).
 
 Protocol-agnostic: the policy reads a few facts a connection exposes
 (:class:`ConnectionFacts`); the set never parses a packet. The asyncio side registers
@@ -44,6 +51,7 @@ from quicflow.datapath.backends import Address, DatapathCounters
 from quicflow.datapath.constants import IPPROTO_IPV6, IPV6_V6ONLY, SO_REUSEPORT
 from quicflow.datapath.socket import UdpTransport, normalize_address, to_socket_address
 from quicflow.datapath.socket import _set_buffers as set_buffers
+from quicflow.transport.state import CLOSING
 
 __all__ = [
     "DEFAULT_CONNECTION_SOCKETS",
@@ -79,6 +87,8 @@ class ConnectionFacts(Protocol):
 
     is_client: bool
     terminated: bool
+    #: connection state (``transport.state``): CLOSING and above hold no socket
+    state: int
     handshake_confirmed: bool
     address_validated: bool
     path_challenge: bytes
@@ -157,6 +167,11 @@ def bind_connection_socket(
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_REUSEPORT, 1)
+        # SO_REUSEADDR too: :func:`connect_socket` turns SO_REUSEPORT off once the
+        # socket is connected, and two per-connection sockets then share the port
+        # through SO_REUSEADDR (a listener has no SO_REUSEADDR: a socket of anyone
+        # else that asks for it still conflicts with the listeners)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             v6only = listener.getsockopt(IPPROTO_IPV6, IPV6_V6ONLY)
             sock.setsockopt(IPPROTO_IPV6, IPV6_V6ONLY, v6only)
@@ -169,10 +184,22 @@ def bind_connection_socket(
 
 
 def connect_socket(sock: socket.socket, peer: Address) -> None:
-    """``connect()`` a bound per-connection socket to its client. Until this returns,
-    the socket may have queued other clients' datagrams (they are read later and
-    redelivered as strays)."""
+    """``connect()`` a bound per-connection socket to its client, then turn its
+    SO_REUSEPORT off. Until this returns, the socket may have queued other clients'
+    datagrams (they are read later and redelivered as strays).
+
+    Why SO_REUSEPORT goes (measured on Linux 6.18, tests/test_connection_socket_strays.py):
+    a socket bound to the port joins the reuseport group of the first socket with
+    SO_REUSEPORT that the kernel finds on the port, and the newest comes first. If that
+    is a connected per-connection socket, the new socket, until it is connected, takes
+    every datagram on the port that no connected socket's 4-tuple matches: the steering
+    program's pick of a listener is not used, so another worker's datagrams become its
+    strays (handed over, ``misrouted_datagrams``). With connected sockets out of that
+    search (SO_REUSEPORT off: the connected socket still gets its own 4-tuple), a new
+    socket joins the listeners' group and the program steers during its bind-connect
+    window as before."""
     sock.connect(to_socket_address(peer, sock.family))
+    sock.setsockopt(socket.SOL_SOCKET, SO_REUSEPORT, 0)
 
 
 def _nofile_limit() -> int:
@@ -256,21 +283,21 @@ class ConnectedSockets:
     def route(self, conn: ConnectionFacts, now: float) -> UdpTransport | None:
         """The socket ``conn``'s datagrams go out through now, or None for the listener.
 
-        Closes a socket whose connection ended or whose client's address changed (the
-        connection then waits on the listener until the new path is validated), and gives
-        one to a connection that qualifies while there is room.
+        Closes a socket whose connection is closing, draining or ended, or whose client's
+        address changed (the connection then waits on the listener until the new path is
+        validated), and gives one to a connection that qualifies while there is room.
         """
         key = id(conn)
         entry = self._held.get(key)
         if entry is not None:
-            if conn.terminated:
+            if conn.state >= CLOSING or conn.terminated:
                 self.release(conn)
                 return None
             if entry[2] == conn.peer_address:
                 return entry[1]
             self.release(conn)
             self._moved.add(key)
-        if self.cap == 0 or conn.is_client or conn.terminated:
+        if self.cap == 0 or conn.is_client or conn.terminated or conn.state >= CLOSING:
             return None
         moved = key in self._moved
         if not self.policy.qualifies(conn, now, moved):
