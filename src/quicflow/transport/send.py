@@ -121,6 +121,9 @@ def build_datagrams(
         size = _build_datagram(conn, now, buf, room, seal)
         if not size:
             break
+        last = size < 0  # (an ACK alone: nothing else waits, a next call would find none)
+        if last:
+            size = -size
         end += size
         bounds.append(end)
         count += 1
@@ -130,6 +133,8 @@ def build_datagrams(
         counters = conn.counters
         counters.datagrams_sent += 1
         counters.bytes_sent += size
+        if last:
+            break
     if conn.pmtud.next_at <= now and probe_due(conn, now):
         # a path MTU probe goes last: larger than the rest, it is a GSO run of its own
         if build_probe(conn, now, buf, seal):
@@ -146,7 +151,8 @@ def _build_datagram(
     room: int,
     seal: list[tuple[int, int, int, int, bytes]],
 ) -> int:
-    """Append one datagram's packets to ``buf``; its size (0: nothing to send).
+    """Append one datagram's packets to ``buf``; its size (0: nothing to send; negative:
+    an established connection's ACK alone, after which nothing else waits to be sent).
 
     An epoch with nothing to write is skipped before any packet is started: no ACK is
     due, no probe, and (Initial/Handshake) no CRYPTO data or (1-RTT) none of the
@@ -165,6 +171,7 @@ def _build_datagram(
     long_overhead = 0  # of a Handshake packet, without its pn (computed once needed)
     # 1-RTT keys, Initial and Handshake discarded: the loop would skip all other epochs
     established = one_rtt_ready and spaces[0].discarded and spaces[1].discarded
+    alone = False  # (the last packet's: an ACK alone)
     for epoch in _ONE_RTT_ONLY if established else _EPOCHS:
         # what decides whether a packet of this epoch goes (see _fill_payload): an ACK
         # is due (ack-eliciting packets are waiting and the epoch, a reordering or the
@@ -287,7 +294,7 @@ def _build_datagram(
     if conn.is_client and spaces[1].next_pn > 0 and not spaces[0].discarded:
         # RFC 9001 §4.9.1: a client discards Initial keys when it first sends Handshake
         _discard_epoch(conn, _INITIAL)
-    return total
+    return -total if established and alone else total
 
 
 def _on_packet_sent(
