@@ -28,14 +28,19 @@ def encode_ack(conn: Connection, space: PacketSpace, payload: bytearray, now: fl
     payload.append(F.ACK_ECN if with_ecn else F.ACK)
     smallest = starts[i]
     largest = ends[i] - 1
-    # (one-byte varints inline: a handshake's largest, range count and first range)
+    # (one-byte varints inline: a handshake's largest, range count and first range;
+    # two-byte ones too for the largest and the delay, a transfer's usual sizes)
     if largest < 0x40:
         payload.append(largest)
+    elif largest < 0x4000:
+        payload += (largest | 0x4000).to_bytes(2, "big")
     else:
         push_varint(payload, largest)
     delay = delay_us >> exponent if delay_us > 0 else 0
     if delay < 0x40:
         payload.append(delay)
+    elif delay < 0x4000:
+        payload += (delay | 0x4000).to_bytes(2, "big")
     else:
         push_varint(payload, delay)
     count = i - stop - 1

@@ -237,7 +237,7 @@ class Connection:
     close_resends: int = 0
     close_packets_seen: int = 0
     #: the closing datagram as last built, sent again as it is while the packets it needs
-    #: stay the same (``close_shape``, see send.py; RFC 9000 §10.2.1 allows the repeat)
+    #: stay the same (``close_shape``, see close_send.py; RFC 9000 §10.2.1 allows the repeat)
     close_datagram: bytes = b""
     close_shape: int = -1
     terminated: bool = False

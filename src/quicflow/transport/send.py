@@ -24,8 +24,8 @@ from .ack_frequency import encode_pending
 from .ack_send import ack_sent as _ack_sent
 from .ack_send import encode_ack as _encode_ack
 from .bulk import build_bulk, bulk_applies
+from .close_send import close_datagrams as _close_datagrams
 from .connection import Connection
-from .errors import APPLICATION_ERROR
 from .pmtud import build_probe, probe_due
 from .receive import _discard_epoch, _effective_idle, issue_pending_cids
 from .recovery import SentPacket
@@ -121,6 +121,9 @@ def build_datagrams(
         size = _build_datagram(conn, now, buf, room, seal)
         if not size:
             break
+        last = size < 0  # (an ACK alone: nothing else waits, a next call would find none)
+        if last:
+            size = -size
         end += size
         bounds.append(end)
         count += 1
@@ -130,6 +133,8 @@ def build_datagrams(
         counters = conn.counters
         counters.datagrams_sent += 1
         counters.bytes_sent += size
+        if last:
+            break
     if conn.pmtud.next_at <= now and probe_due(conn, now):
         # a path MTU probe goes last: larger than the rest, it is a GSO run of its own
         if build_probe(conn, now, buf, seal):
@@ -146,7 +151,8 @@ def _build_datagram(
     room: int,
     seal: list[tuple[int, int, int, int, bytes]],
 ) -> int:
-    """Append one datagram's packets to ``buf``; its size (0: nothing to send).
+    """Append one datagram's packets to ``buf``; its size (0: nothing to send; negative:
+    an established connection's ACK alone, after which nothing else waits to be sent).
 
     An epoch with nothing to write is skipped before any packet is started: no ACK is
     due, no probe, and (Initial/Handshake) no CRYPTO data or (1-RTT) none of the
@@ -165,6 +171,7 @@ def _build_datagram(
     long_overhead = 0  # of a Handshake packet, without its pn (computed once needed)
     # 1-RTT keys, Initial and Handshake discarded: the loop would skip all other epochs
     established = one_rtt_ready and spaces[0].discarded and spaces[1].discarded
+    alone = False  # (the last packet's: an ACK alone)
     for epoch in _ONE_RTT_ONLY if established else _EPOCHS:
         # what decides whether a packet of this epoch goes (see _fill_payload): an ACK
         # is due (ack-eliciting packets are waiting and the epoch, a reordering or the
@@ -181,8 +188,12 @@ def _build_datagram(
                     space.ack_immediately
                     or (space.ack_deadline is not None and now >= space.ack_deadline)))
             probe = probes[2] > 0
-            if not ack_due and not probe and not _app_frames_waiting(conn):
-                continue
+            if not probe and not _app_frames_waiting(conn):
+                if not ack_due:
+                    continue
+                alone = True  # the ACK alone: _fill_payload's other writers write nothing
+            else:
+                alone = False
         elif protectors[epoch] is None:
             continue
         elif epoch is _ZERO_RTT:
@@ -191,14 +202,14 @@ def _build_datagram(
             space = spaces[2]
             if space.discarded:
                 continue
-            repeat_due = ack_due = False  # 0-RTT packets carry no ACK (RFC 9000 §12.4)
+            repeat_due = ack_due = alone = False  # 0-RTT packets carry no ACK (RFC 9000 §12.4)
             probe = probes[2] > 0
         else:
             index = 0 if epoch is _INITIAL else 1
             space = spaces[index]
             if space.discarded:
                 continue
-            repeat_due = False
+            repeat_due = alone = False
             ack_due = space.ack_pending and space.ack_eliciting_pending > 0
             probe = probes[index] > 0
             if not ack_due and not probe:
@@ -229,8 +240,12 @@ def _build_datagram(
             break
         payload = bytearray()
         records: list[tuple[int, ...]] = []
-        eliciting = _fill_payload(conn, epoch, space, payload, capacity, records, now,
-                                  ack_due, repeat_due, probe)
+        if alone:
+            _ack_alone(conn, space, payload, now)
+            eliciting = False
+        else:
+            eliciting = _fill_payload(conn, epoch, space, payload, capacity, records, now,
+                                      ack_due, repeat_due, probe)
         plen = len(payload)
         if not plen:
             continue
@@ -279,7 +294,7 @@ def _build_datagram(
     if conn.is_client and spaces[1].next_pn > 0 and not spaces[0].discarded:
         # RFC 9001 §4.9.1: a client discards Initial keys when it first sends Handshake
         _discard_epoch(conn, _INITIAL)
-    return total
+    return -total if established and alone else total
 
 
 def _on_packet_sent(
@@ -438,6 +453,19 @@ def _fill_payload(
         if epoch == _ONE_RTT:
             _schedule_ack_repeat(conn, space, eliciting, now)
     return eliciting
+
+
+def _ack_alone(conn: Connection, space: PacketSpace, payload: bytearray, now: float) -> None:
+    """The 1-RTT packet ``_fill_payload`` writes when an ACK is due and nothing else
+    waits (``_app_frames_waiting`` false, no probe): the ACK frame alone, without the
+    steps that write nothing for it (an ACK that is due goes whatever the congestion
+    window and the pacer say; the CRYPTO, control, DATAGRAM and STREAM writers). The
+    pacer is not asked for a deadline: with nothing waiting it would only wake the
+    connection to send nothing. The usual build of a connection that receives."""
+    _encode_ack(conn, space, payload, now, _ONE_RTT)
+    conn.counters.ack_frames_sent += 1
+    _ack_sent(space)
+    _schedule_ack_repeat(conn, space, False, now)
 
 
 #: An ACK-only packet is sent again up to this many times, one PTO and then two PTOs
@@ -669,92 +697,3 @@ def _push_stream_frame(
         push_varint(payload, offset)
     push_varint(payload, len(data))
     payload += data
-
-
-def _close_shape(conn: Connection) -> int:
-    """What decides which packets a closing datagram holds and how they are sealed (the
-    spaces still in use, whether the peer is known to process 1-RTT, whether we have
-    1-RTT keys, and which: a key update the peer started moves our send keys too)."""
-    spaces = conn.spaces
-    return (spaces[0].discarded | spaces[1].discarded << 1 | spaces[2].discarded << 2
-            | conn.handshake_confirmed << 3 | conn.one_rtt_ready << 4
-            | hash(conn.one_rtt_send_secret) << 5)
-
-
-def _close_datagrams(conn: Connection, now: float) -> list[bytes]:
-    """The closing datagram: built once, then sent again byte for byte (RFC 9000
-    §10.2.1: retransmitting the final packet is allowed, an exception to the rule of a
-    new packet number per packet) until the packets it needs change (a space discarded,
-    the handshake confirmed); with qlog each copy is built and logged afresh."""
-    shape = _close_shape(conn)
-    if conn.close_datagram and conn.close_shape == shape and conn.qlog is None:
-        datagram = conn.close_datagram
-    else:
-        datagram = _build_close_datagram(conn, now)
-        conn.close_datagram, conn.close_shape = datagram, shape
-    if not datagram:
-        return []
-    if not conn.address_validated:
-        budget = conn.amplification_credit()
-        if len(datagram) > budget:
-            return []
-        conn.bytes_sent_unvalidated += len(datagram)
-    return [datagram]
-
-
-def _build_close_datagram(conn: Connection, now: float) -> bytes:
-    assert conn.close_error is not None
-    code, frame_type, reason, application = conn.close_error
-    reason_bytes = reason.encode()[:256]
-    buf = bytearray()
-    seal: list[tuple[int, int, int, int, bytes]] = []
-    for epoch in _EPOCHS:
-        space = conn.spaces[_SPACE[epoch]]
-        if space.discarded or epoch == _ZERO_RTT:
-            continue
-        if conn.handshake_confirmed and epoch != _ONE_RTT:
-            continue  # the peer processes 1-RTT: send the close with its real code only
-        # before that, the close goes in Handshake packets too: a server does not
-        # process 1-RTT before its handshake completes (RFC 9000 §10.2.3, RFC 9001 §5.7)
-        if epoch == _ONE_RTT:
-            if not conn.one_rtt_ready:
-                continue
-            frame = F.ConnectionClose(error_code=code, frame_type=frame_type if not application
-                                      else None, reason=reason_bytes)
-        else:
-            if conn.send_protectors[epoch] is None:
-                continue
-            if application:
-                frame = F.ConnectionClose(error_code=APPLICATION_ERROR, frame_type=0, reason=b"")
-            else:
-                frame = F.ConnectionClose(error_code=code, frame_type=frame_type or 0,
-                                          reason=reason_bytes)
-        payload = bytearray()
-        F.encode_frame(frame, payload)
-        if len(payload) < 4:
-            payload.extend(bytes(4 - len(payload)))
-        pn = space.next_pn
-        space.next_pn += 1
-        pn_len = 4
-        if epoch == _ONE_RTT:
-            offset = len(buf)
-            hlen = push_short_packet(buf, conn.peer_cid, pn, pn_len, payload)
-            seal.append((offset, hlen, len(payload), pn, conn.seal_key))
-            size = hlen + len(payload) + TAG_LEN
-        else:
-            protector = conn.send_protectors[epoch]
-            assert protector is not None
-            if epoch == _INITIAL and conn.is_client:
-                payload.extend(bytes(max(0, 1200 - 80 - len(payload))))
-            size = protector.seal_long(
-                buf, INITIAL if epoch == _INITIAL else HANDSHAKE, conn.version, conn.peer_cid,
-                conn.initial_scid, conn.token if epoch == _INITIAL else b"", payload, pn,
-                pn_len,
-            )
-        if conn.qlog is not None:
-            qlog.packet_sent(conn, now, epoch, pn, payload, size)
-    if not buf:
-        return b""
-    if seal:
-        conn.engine.seal(buf, seal)
-    return bytes(buf)
