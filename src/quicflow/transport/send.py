@@ -448,10 +448,7 @@ def _fill_payload(
         del payload[:]  # nothing but an ACK that is not due: send nothing
         return False
     if ack_end:
-        conn.counters.ack_frames_sent += 1
-        _ack_sent(space)
-        if epoch == _ONE_RTT:
-            _schedule_ack_repeat(conn, space, eliciting, now)
+        _ack_written(conn, space, epoch, eliciting, now)
     return eliciting
 
 
@@ -463,9 +460,18 @@ def _ack_alone(conn: Connection, space: PacketSpace, payload: bytearray, now: fl
     pacer is not asked for a deadline: with nothing waiting it would only wake the
     connection to send nothing. The usual build of a connection that receives."""
     _encode_ack(conn, space, payload, now, _ONE_RTT)
+    _ack_written(conn, space, _ONE_RTT, False, now)
+
+
+def _ack_written(conn: Connection, space: PacketSpace, epoch: Epoch, eliciting: bool,
+                 now: float) -> None:
+    """An ACK frame went into a packet of ``epoch`` (``eliciting``: with frames that
+    ask for an ACK back): counted, the space's owed-ACK state cleared, and a 1-RTT
+    ACK-only packet's repeat scheduled."""
     conn.counters.ack_frames_sent += 1
     _ack_sent(space)
-    _schedule_ack_repeat(conn, space, False, now)
+    if epoch == _ONE_RTT:
+        _schedule_ack_repeat(conn, space, eliciting, now)
 
 
 #: An ACK-only packet is sent again up to this many times, one PTO and then two PTOs
