@@ -396,19 +396,22 @@ class Endpoint:
             while pos < total:
                 end = min(pos + segment_size, total)
                 counters.segments_received += 1
-                first = data[pos]
-                if not first & 0x80:
+                short = not data[pos] & 0x80
+                key = b""
+                if short:
                     key = bytes(data[pos + 1 : pos + 1 + cid_len])
                     if (run or parts) and key == run_key:
                         run.append((pos, end - pos, key))
                         pos = end
                         continue
-                    if run_conn is not None and (run or parts):
-                        if run:
-                            parts.append((data, run))
-                        receive_short_runs(run_conn, parts, address, now, ecn)
-                    run = []
-                    parts = []
+                # the run so far (if any) ends here
+                if run_conn is not None and (run or parts):
+                    if run:
+                        parts.append((data, run))
+                    receive_short_runs(run_conn, parts, address, now, ecn)
+                run = []
+                parts = []
+                if short:
                     counters.lookups += 1
                     run_conn = self._lookup(bytes(data[pos:end]), address, now, ecn)
                     run_key = key
@@ -422,12 +425,6 @@ class Endpoint:
                             break
                         run.append((pos, end - pos, key))
                 else:
-                    if run_conn is not None and (run or parts):
-                        if run:
-                            parts.append((data, run))
-                        receive_short_runs(run_conn, parts, address, now, ecn)
-                    run = []
-                    parts = []
                     run_conn = None
                     segment = bytes(data[pos:end])
                     counters.lookups += 1
