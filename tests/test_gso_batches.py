@@ -120,26 +120,8 @@ def test_a_bulk_download_sends_full_gso_batches() -> None:
     48.7 datagrams per sendmsg (31.0 with 64-datagram builds; 296 sendmsg calls against
     466), its engine calls 222-233 packets (82-84 with builds of two sends, 55 with 64
     datagrams), and the bytes arrive intact."""
-    import quicflow
-    from tests.support import echo_proto
-    from tests.support.quic_helpers import client_config, run, server_config
+    from tests.support.quic_helpers import loopback_download
 
-    async def main() -> dict[str, dict[str, float]]:
-        server = await quicflow.serve(echo_proto.serve_stream, "127.0.0.1", 0,
-                                      configuration=server_config(max_datagram_size=1200))
-        try:
-            config = client_config(max_datagram_size=1200)
-            async with quicflow.connect("127.0.0.1", server.address[1],
-                                        configuration=config) as conn:
-                reader, writer = await conn.create_stream()
-                result = await echo_proto.client_exchange(
-                    reader, writer, upload=b"", download=16 << 20, seed=3
-                )
-                assert result["ok"], result
-            return server.stats()  # type: ignore[no-any-return]
-        finally:
-            server.close()
-
-    stats = run(main(), 60)
+    _, stats = loopback_download(16 << 20, seed=3)
     assert stats["datapath"]["segments_per_gso_call"] >= 40, stats["datapath"]
     assert stats["endpoint"]["packets_per_engine_call"] >= 150, stats["endpoint"]

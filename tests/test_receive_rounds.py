@@ -23,27 +23,9 @@ def test_a_download_costs_one_lookup_per_receive_round(
     connection about once per receive call (58-60 lookups for 52-53 calls; 297 for 54 when
     every kernel buffer was looked up on its own), and the bytes arrive intact."""
     require(CAPS.gso and CAPS.gro, "UDP GSO/GRO not available on this kernel")
-    import quicflow
-    from tests.support import echo_proto
-    from tests.support.quic_helpers import client_config, run, server_config
+    from tests.support.quic_helpers import loopback_download
 
-    async def main() -> dict[str, dict[str, float]]:
-        server = await quicflow.serve(echo_proto.serve_stream, "127.0.0.1", 0,
-                                      configuration=server_config(max_datagram_size=1200))
-        try:
-            config = client_config(max_datagram_size=1200)
-            async with quicflow.connect("127.0.0.1", server.address[1],
-                                        configuration=config) as conn:
-                reader, writer = await conn.create_stream()
-                result = await echo_proto.client_exchange(
-                    reader, writer, upload=b"", download=16 << 20, seed=5
-                )
-                assert result["ok"], result
-                return conn.stats()  # type: ignore[no-any-return]
-        finally:
-            server.close()
-
-    stats = run(main(), 60)
+    stats, _ = loopback_download(16 << 20, seed=5)
     datapath, endpoint = stats["datapath"], stats["endpoint"]
     assert datapath["segments_per_recv_batch"] >= 20, datapath  # GRO did coalesce
     assert endpoint["lookups"] <= 1.5 * datapath["batches_received"], (endpoint, datapath)

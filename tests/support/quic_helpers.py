@@ -124,3 +124,29 @@ def record_socket_peers(server: Any) -> list[int]:
 
     sockets.on_open = record
     return opened
+
+
+def loopback_download(size: int, seed: int, max_datagram_size: int = 1200,
+                      ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One download of ``size`` bytes from a fresh server over loopback (the echo
+    protocol, checked intact); the client connection's and the server's ``stats()``."""
+    from tests.support import echo_proto
+
+    async def main() -> tuple[dict[str, Any], dict[str, Any]]:
+        server = await quicflow.serve(
+            echo_proto.serve_stream, "127.0.0.1", 0,
+            configuration=server_config(max_datagram_size=max_datagram_size))
+        try:
+            config = client_config(max_datagram_size=max_datagram_size)
+            async with quicflow.connect("127.0.0.1", server.address[1],
+                                        configuration=config) as conn:
+                reader, writer = await conn.create_stream()
+                result = await echo_proto.client_exchange(
+                    reader, writer, upload=b"", download=size, seed=seed)
+                assert result["ok"], result
+                client_stats: dict[str, Any] = conn.stats()
+            return client_stats, server.stats()
+        finally:
+            server.close()
+
+    return run(main(), 60)
