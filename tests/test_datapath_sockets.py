@@ -58,6 +58,24 @@ def segments_of(entries: list[RecvEntry]) -> list[bytes]:
     return out
 
 
+
+def drain_queued(rx: UdpTransport, tx: UdpTransport, want: int) -> list[RecvEntry]:
+    """Read ``want`` bytes from ``rx`` while ``tx`` flushes what it queued when its
+    send buffer was full (on writability, as the runner does); all of it goes."""
+    entries: list[RecvEntry] = []
+    got = 0
+    deadline = time.monotonic() + 5.0
+    while got < want:
+        assert time.monotonic() < deadline, f"{got} of {want} bytes arrived"
+        select.select([rx], [tx] if tx.has_pending() else [], [], 0.5)
+        if tx.has_pending():
+            tx.flush_pending()
+        for e in rx.recv_batch():
+            entries.append((bytes(e[0]), e[1], e[2], e[3]))
+            got += len(e[0])
+    assert not tx.has_pending() and tx.pending_bytes == 0
+    return entries
+
 def in_private_netns(setup: list[list[str]], build: Callable[[], T]) -> T:
     """Run ``build`` in a thread that entered a new network namespace, after bringing its
     loopback up and running the ``setup`` commands (ip/tc) there. Sockets made by ``build``
@@ -167,20 +185,7 @@ def test_full_send_buffer_queues_and_flushes_without_loss(backend: str) -> None:
         assert tx.has_pending() and tx.pending_bytes > 0
         assert tx.counters.send_eagain > 0
         # The receiver starts reading only now; the sender flushes on writability.
-        want = sum(map(len, batches))
-        entries: list[RecvEntry] = []
-        got = 0
-        deadline = time.monotonic() + 5.0
-        while got < want:
-            assert time.monotonic() < deadline, f"{got} of {want} bytes arrived"
-            writers = [tx] if tx.has_pending() else []
-            select.select([rx], writers, [], 0.5)
-            if tx.has_pending():
-                tx.flush_pending()
-            for e in rx.recv_batch():
-                entries.append((bytes(e[0]), e[1], e[2], e[3]))
-                got += len(e[0])
-        assert not tx.has_pending() and tx.pending_bytes == 0
+        entries = drain_queued(rx, tx, sum(map(len, batches)))
         assert segments_of(entries) == [
             b[i : i + 1200] for b in batches for i in range(0, len(b), 1200)
         ]

@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import select
 import socket
-import time
 
 import pytest
 
 from quicflow.aio.gso import gso_batches
-from quicflow.datapath import RecvEntry, UdpTransport
+from quicflow.datapath import UdpTransport
 
-from .test_datapath_sockets import in_private_netns, needs_gso, payload, receive, segments_of
+from .test_datapath_sockets import (
+    drain_queued,
+    in_private_netns,
+    needs_gso,
+    payload,
+    receive,
+    segments_of,
+)
 
 
 def _datagrams(sizes: list[int]) -> tuple[bytes, list[int], list[bytes]]:
@@ -102,19 +107,7 @@ def test_a_full_buffer_queues_the_rest_of_the_runs_in_order(sizes: list[int]) ->
         # a later send goes behind what waits
         tail = payload(1200, seed=99)
         tx.send_batch(tail, 1200, rx.local_address)
-        entries: list[RecvEntry] = []
-        got = 0
-        want = len(data) + len(tail)
-        deadline = time.monotonic() + 5.0
-        while got < want:
-            assert time.monotonic() < deadline, f"{got} of {want} bytes arrived"
-            select.select([rx], [tx] if tx.has_pending() else [], [], 0.5)
-            if tx.has_pending():
-                tx.flush_pending()
-            for e in rx.recv_batch():
-                entries.append((bytes(e[0]), e[1], e[2], e[3]))
-                got += len(e[0])
-        assert not tx.has_pending() and tx.pending_bytes == 0
+        entries = drain_queued(rx, tx, len(data) + len(tail))
         assert segments_of(entries) == each + [tail]
         assert tx.counters.datagrams_sent == len(sizes) + 1
 
