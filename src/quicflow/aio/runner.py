@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..datapath.backends import RecvEntry
 from ..datapath.connected import ConnectedSockets, SocketPolicy
+from ..datapath.handoff import SteeringTransport
 from ..datapath.socket import UdpTransport, normalize_address
 from ..endpoint.endpoint import Endpoint
 from ..transport import qlog
@@ -337,12 +338,24 @@ class EndpointRunner:
     ) -> tuple[list[RecvEntry], int]:
         """``batch`` read from a per-connection socket, with the datagrams of other peers
         (strays) passed through the listener's ``claim`` (a worker hands another worker's
-        over); how many strays there were. Never drops one."""
+        over); how many strays there were. Never drops one.
+
+        In a worker (the listener is a ``SteeringTransport``) the whole batch goes through
+        ``claim``, the socket's own peer's datagrams too: a connected socket takes every
+        datagram of its 4-tuple, also those of another client that a NAT mapped onto its
+        peer's address after that peer vanished, whose CIDs name another worker. This
+        worker's endpoint would drop them (``dropped_not_ours``) for as long as the
+        socket lives (up to its connection's idle timeout); ``claim`` hands them over
+        (``misrouted_datagrams``). Its common case, short headers naming this worker, is
+        a few C-level checks per buffer."""
         strays = [e for e in batch if e[2] and normalize_address(e[2]) != socket_peer]
+        transport = self.transport
+        if isinstance(transport, SteeringTransport):
+            return transport.claim(batch), len(strays)
         if not strays:
             return batch, 0
         own = [e for e in batch if not e[2] or normalize_address(e[2]) == socket_peer]
-        return own + self.transport.claim(strays), len(strays)
+        return own + transport.claim(strays), len(strays)
 
     def _dispatch(self, conn: Connection) -> None:
         face = self.faces.get(id(conn))
