@@ -153,8 +153,9 @@ def _build_datagram(
 ) -> int:
     """Append one datagram's packets to ``buf``; its size (0: nothing to send; negative:
     nothing else waits to be sent, so a next call would build nothing: an established
-    connection's ACK alone, or Initial/Handshake packets that left their spaces with no
-    CRYPTO data, ACK or probe owed while every other epoch had nothing to write).
+    connection's ACK alone, or packets after which every epoch they came from owes
+    nothing (no probe, no ACK or ACK repeat, and no CRYPTO data or, in 1-RTT, none of
+    ``_app_frames_waiting``'s triggers) while every other epoch had nothing to write).
 
     An epoch with nothing to write is skipped before any packet is started: no ACK is
     due, no probe, and (Initial/Handshake) no CRYPTO data or (1-RTT) none of the
@@ -174,8 +175,8 @@ def _build_datagram(
     # 1-RTT keys, Initial and Handshake discarded: the loop would skip all other epochs
     established = one_rtt_ready and spaces[0].discarded and spaces[1].discarded
     alone = False  # (the last packet's: an ACK alone)
-    # every epoch seen skipped for having nothing to write, or (Initial/Handshake) wrote
-    # all it owed: a next call would build nothing (build_datagrams then stops)
+    # every epoch seen skipped for having nothing to write, or wrote all it owed (not
+    # 0-RTT): a next call would build nothing (build_datagrams then stops)
     drained = True
     for epoch in _ONE_RTT_ONLY if established else _EPOCHS:
         # what decides whether a packet of this epoch goes (see _fill_payload): an ACK
@@ -197,9 +198,9 @@ def _build_datagram(
                 if not ack_due:
                     continue
                 alone = True  # the ACK alone: _fill_payload's other writers write nothing
+                drained = False  # (returned negative below in any case)
             else:
                 alone = False
-            drained = False
         elif protectors[epoch] is None:
             continue
         elif epoch is _ZERO_RTT:
@@ -258,10 +259,14 @@ def _build_datagram(
             drained = False
             continue
         packets.append((epoch, pn, pn_len, payload, records, eliciting))
-        if drained:  # (an Initial or Handshake packet: its writers' state after it)
-            crypto = space.crypto_send
-            drained = not (probes[index] or space.ack_pending
-                           or (crypto is not None and crypto.has_data_to_send()))
+        if drained:  # what the writers of this epoch left owed after the packet
+            if epoch is _ONE_RTT:  # (the last epoch; no ACK repeat may come due)
+                drained = not (probes[2] or space.ack_pending or space.ack_repeat_at is not None
+                               or _app_frames_waiting(conn))
+            else:
+                crypto = space.crypto_send
+                drained = not (probes[index] or space.ack_pending
+                               or (crypto is not None and crypto.has_data_to_send()))
         space.next_pn = pn + 1
         left -= overhead + plen
         if epoch is _INITIAL:
