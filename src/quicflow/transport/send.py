@@ -121,7 +121,7 @@ def build_datagrams(
         size = _build_datagram(conn, now, buf, room, seal)
         if not size:
             break
-        last = size < 0  # (an ACK alone: nothing else waits, a next call would find none)
+        last = size < 0  # (nothing else waits: a next call would build nothing)
         if last:
             size = -size
         end += size
@@ -152,7 +152,10 @@ def _build_datagram(
     seal: list[tuple[int, int, int, int, bytes]],
 ) -> int:
     """Append one datagram's packets to ``buf``; its size (0: nothing to send; negative:
-    an established connection's ACK alone, after which nothing else waits to be sent).
+    nothing else waits to be sent, so a next call would build nothing: an established
+    connection's ACK alone, or packets after which every epoch they came from owes
+    nothing (no probe, no ACK or ACK repeat, and no CRYPTO data or, in 1-RTT, none of
+    ``_app_frames_waiting``'s triggers) while every other epoch had nothing to write).
 
     An epoch with nothing to write is skipped before any packet is started: no ACK is
     due, no probe, and (Initial/Handshake) no CRYPTO data or (1-RTT) none of the
@@ -172,6 +175,9 @@ def _build_datagram(
     # 1-RTT keys, Initial and Handshake discarded: the loop would skip all other epochs
     established = one_rtt_ready and spaces[0].discarded and spaces[1].discarded
     alone = False  # (the last packet's: an ACK alone)
+    # every epoch seen skipped for having nothing to write, or wrote all it owed (not
+    # 0-RTT): a next call would build nothing (build_datagrams then stops)
+    drained = True
     for epoch in _ONE_RTT_ONLY if established else _EPOCHS:
         # what decides whether a packet of this epoch goes (see _fill_payload): an ACK
         # is due (ack-eliciting packets are waiting and the epoch, a reordering or the
@@ -192,6 +198,7 @@ def _build_datagram(
                 if not ack_due:
                     continue
                 alone = True  # the ACK alone: _fill_payload's other writers write nothing
+                drained = False  # (returned negative below in any case)
             else:
                 alone = False
         elif protectors[epoch] is None:
@@ -202,7 +209,7 @@ def _build_datagram(
             space = spaces[2]
             if space.discarded:
                 continue
-            repeat_due = ack_due = alone = False  # 0-RTT packets carry no ACK (RFC 9000 §12.4)
+            repeat_due = ack_due = alone = drained = False  # no ACK in 0-RTT (RFC 9000 §12.4)
             probe = probes[2] > 0
         else:
             index = 0 if epoch is _INITIAL else 1
@@ -237,6 +244,7 @@ def _build_datagram(
                 overhead += varint_len(token_len) + token_len
         capacity = left - overhead
         if capacity < 8:
+            drained = False
             break
         payload = bytearray()
         records: list[tuple[int, ...]] = []
@@ -248,8 +256,17 @@ def _build_datagram(
                                       ack_due, repeat_due, probe)
         plen = len(payload)
         if not plen:
+            drained = False
             continue
         packets.append((epoch, pn, pn_len, payload, records, eliciting))
+        if drained:  # what the writers of this epoch left owed after the packet
+            if epoch is _ONE_RTT:  # (the last epoch; no ACK repeat may come due)
+                drained = not (probes[2] or space.ack_pending or space.ack_repeat_at is not None
+                               or _app_frames_waiting(conn))
+            else:
+                crypto = space.crypto_send
+                drained = not (probes[index] or space.ack_pending
+                               or (crypto is not None and crypto.has_data_to_send()))
         space.next_pn = pn + 1
         left -= overhead + plen
         if epoch is _INITIAL:
@@ -294,7 +311,7 @@ def _build_datagram(
     if conn.is_client and spaces[1].next_pn > 0 and not spaces[0].discarded:
         # RFC 9001 §4.9.1: a client discards Initial keys when it first sends Handshake
         _discard_epoch(conn, _INITIAL)
-    return -total if established and alone else total
+    return -total if drained or (established and alone) else total
 
 
 def _on_packet_sent(
