@@ -44,7 +44,7 @@ class Runner:
     """What the wheel uses of an EndpointRunner: ``_timers`` and ``on_timer``."""
 
     def __init__(self, served: list[tuple[float, object]]) -> None:
-        self._timers: dict[int, tuple[float, object]] = {}
+        self._timers: dict[int, tuple[float, object, Runner]] = {}
         self.served = served
 
     def on_timer(self, conn: object, now: float) -> None:
@@ -83,8 +83,8 @@ def test_served_on_time_in_order(sequence: list[tuple[str, int, int | None]]) ->
             elif key not in live or live[key][0] != b:
                 order += 1
                 live[key] = (float(b), order)
-                runner._timers[key] = (float(b), conn)
-                wheel.push(float(b), runner, key)  # type: ignore[arg-type]
+                runner._timers[key] = (float(b), conn, runner)
+                wheel.push(float(b), runner._timers, key)  # type: ignore[arg-type]
         else:
             loop.now += a
             served.clear()

@@ -1,9 +1,11 @@
 """One loop timer for the connections of every runner on an event loop.
 
 Each :class:`EndpointRunner` keeps its connections' deadlines (``runner._timers``: id ->
-(deadline, conn)); this heap holds ``(deadline, serial, runner, id)`` entries for all the
-runners of one loop, with entries whose deadline moved skipped when they come up, and
-one asyncio timer armed for the earliest. A client makes a runner per connection
+(deadline, conn, runner)); this heap holds ``(deadline, serial, timers, id)`` entries for
+all the runners of one loop, with entries whose deadline moved skipped when they come up,
+and one asyncio timer armed for the earliest. (An entry holds the runner's ``_timers``,
+not the runner: a stopped runner's are empty, so its entries left in the heap keep
+nothing of it alive.) A client makes a runner per connection
 (``aio.connect``): with a loop timer per runner, 256 connections meant 256 loop timers,
 each cancelled and armed again whenever its one connection's deadline came earlier, and
 firing for nothing whenever it had moved later (issue 11: ~1.6–2.1 k empty turns and
@@ -25,6 +27,9 @@ if TYPE_CHECKING:
 
 _INF = float("inf")
 
+#: a runner's deadlines: id(conn) -> (deadline, conn, runner)
+Timers = dict[int, "tuple[float, Connection, EndpointRunner]"]
+
 
 class LoopWheel:
     """The loop timer and deadline heap shared by the runners of one event loop."""
@@ -33,26 +38,27 @@ class LoopWheel:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        #: (deadline, serial, runner, id(conn)); the serial is unique, so a runner is
-        #: never compared
-        self.heap: list[tuple[float, int, EndpointRunner, int]] = []
+        #: (deadline, serial, runner._timers, id(conn)); the serial is unique, so the
+        #: third item is never compared
+        self.heap: list[tuple[float, int, Timers, int]] = []
         self.serial = 0
         self.handle: asyncio.TimerHandle | None = None
         self.at = _INF  # when the loop timer fires (inf: not armed)
         self.runners: dict[int, EndpointRunner] = {}  # the runners using it (by id)
         self.limit = 64  # the heap is compacted when it grows past this
 
-    def push(self, deadline: float, runner: EndpointRunner, key: int) -> None:
-        """``runner``'s connection ``key`` is due at ``deadline`` (its ``_timers`` entry
-        says so already)."""
+    def push(self, deadline: float, timers: Timers, key: int) -> None:
+        """The connection ``key`` of the runner whose ``_timers`` are ``timers`` is due at
+        ``deadline`` (its entry there says so already)."""
         self.serial += 1
         heap = self.heap
-        heapq.heappush(heap, (deadline, self.serial, runner, key))
+        heapq.heappush(heap, (deadline, self.serial, timers, key))
         if len(heap) > self.limit:  # drop skipped entries: O(1) amortised
             self.heap = heap = [
-                (d, self.serial + i, r, k)
-                for i, (r, k, d) in enumerate(
-                    (r, k, d) for r in self.runners.values() for k, (d, _) in r._timers.items()
+                (d, self.serial + i, t, k)
+                for i, (t, k, d) in enumerate(
+                    (r._timers, k, v[0]) for r in self.runners.values()
+                    for k, v in r._timers.items()
                 )
             ]
             self.serial += len(heap)
@@ -72,15 +78,14 @@ class LoopWheel:
         self.at = _INF
         now = self.loop.time()
         heap = self.heap
-        due: list[tuple[EndpointRunner, Connection]] = []
+        due: list[tuple[float, Connection, EndpointRunner]] = []
         while heap and heap[0][0] <= now:
-            deadline, _, runner, key = heapq.heappop(heap)
-            timers = runner._timers
+            deadline, _, timers, key = heapq.heappop(heap)
             entry = timers.get(key)
             if entry is not None and entry[0] == deadline:
                 del timers[key]
-                due.append((runner, entry[1]))
-        for runner, conn in due:  # in deadline order, each once
+                due.append(entry)
+        for _, conn, runner in due:  # in deadline order, each once
             try:
                 runner.on_timer(conn, now)
             except Exception as exc:  # (one runner's failure stops no other's timers)
@@ -89,8 +94,8 @@ class LoopWheel:
                 )
         heap = self.heap  # (pushing may have compacted it)
         while heap:  # the next live deadline arms the loop timer
-            deadline, _, runner, key = heap[0]
-            entry = runner._timers.get(key)
+            deadline, _, timers, key = heap[0]
+            entry = timers.get(key)
             if entry is not None and entry[0] == deadline:
                 if deadline < self.at:
                     self._arm(deadline)

@@ -82,9 +82,10 @@ class EndpointRunner:
         self.connected_peer = connected_peer
         #: how to name the peer in errors ("HOST port PORT" of connect()); set by connect
         self.peer_name: str | None = None
-        #: the connections' deadlines: id(conn) -> (deadline, conn); one asyncio timer
-        #: for the connections of all runners on this loop (see _arm_timer, loopwheel.py)
-        self._timers: dict[int, tuple[float, Connection]] = {}
+        #: the connections' deadlines: id(conn) -> (deadline, conn, self); one asyncio
+        #: timer for the connections of all runners on this loop (see _arm_timer,
+        #: loopwheel.py)
+        self._timers: loopwheel.Timers = {}
         self._wheel = loopwheel.join(self)
         self._dirty: dict[Connection, None] = {}  # by identity, in order
         self._peers: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # see PEER_CACHE
@@ -590,8 +591,8 @@ class EndpointRunner:
             return
         if current is not None and current[0] == deadline:
             return
-        self._timers[key] = (deadline, conn)
-        self._wheel.push(deadline, self, key)
+        self._timers[key] = (deadline, conn, self)
+        self._wheel.push(deadline, self._timers, key)
 
     def on_timer(self, conn: Connection, now: float) -> None:
         """``conn``'s deadline came (the loop's wheel took it out of ``_timers``)."""
