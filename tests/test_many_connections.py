@@ -9,6 +9,7 @@ a connection's data back until a burst's worth of budget has built up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -199,11 +200,14 @@ def test_connections_share_one_loop_timer_and_idle_timeouts_still_fire() -> None
 
                 await asyncio.gather(*(open_one() for _ in range(24)))
                 assert len(runner._timers) == 24
+                wheel = runner._wheel
+                assert wheel is ep.runner._wheel
                 scheduled = [h for h in loop._scheduled  # type: ignore[attr-defined]
                              if not h.cancelled() and
-                             getattr(h._callback, "__self__", None) is runner]
-                assert len(scheduled) == 1  # one loop timer for the 24 connections
-                assert len(runner._timer_heap) <= 2 * len(runner._timers) + 64
+                             getattr(h._callback, "__self__", None) is wheel]
+                assert len(scheduled) == 1  # one loop timer for the 48 connections
+                live = sum(len(r._timers) for r in wheel.runners.values())
+                assert len(wheel.heap) <= 2 * live + 65
                 for _ in range(150):  # the server's 3 s idle timeout ends them all
                     if not runner.faces:
                         break
@@ -213,6 +217,54 @@ def test_connections_share_one_loop_timer_and_idle_timeouts_still_fire() -> None
                 assert {c.close_error[2] for c in accepted} == {"idle timeout"}  # type: ignore[attr-defined]
         finally:
             server.close()
+
+    run(main(), 60)
+
+
+def test_client_connections_of_one_loop_share_its_loop_timer() -> None:
+    """``connect`` gives each connection a runner of its own; their deadlines share the
+    loop's one timer (aio/loopwheel.py), not one each, and every connection's timers
+    still fire: the clients' 2 s idle timeouts end them all, and the wheel is gone with
+    the last runner."""
+
+    async def main() -> None:
+        from quicflow.aio import loopwheel
+
+        loop = asyncio.get_running_loop()
+        server = await quicflow.serve(
+            echo_proto.serve_stream, "127.0.0.1", 0, configuration=server_config()
+        )
+        try:
+            port = server.address[1]
+            ended: list[str] = []
+
+            async def one() -> None:
+                async with quicflow.connect(
+                    "127.0.0.1", port, configuration=client_config(idle_timeout=2.0)
+                ) as conn:
+                    reader, writer = await conn.create_stream()
+                    writer.write(b"x" * 3000)
+                    await writer.drain()
+                    with contextlib.suppress(quicflow.ConnectionClosedError):
+                        await reader.read(1)  # nothing comes back: idle
+                    ended.append(conn.conn.close_error[2])  # type: ignore[index]
+
+            tasks = [asyncio.ensure_future(one()) for _ in range(8)]
+            while len(loopwheel._WHEELS[id(loop)].runners) < 9:
+                await asyncio.sleep(0.01)
+            wheel = loopwheel._WHEELS[id(loop)]
+            assert wheel is server.runner._wheel
+            await asyncio.sleep(0.2)
+            scheduled = [h for h in loop._scheduled  # type: ignore[attr-defined]
+                         if not h.cancelled() and
+                         getattr(h._callback, "__self__", None) is wheel]
+            assert len(scheduled) == 1  # one loop timer for 8 runners and the server's
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 20)
+            assert ended == ["idle timeout"] * 8
+            assert len(wheel.runners) == 1  # the server's runner is left
+        finally:
+            server.close()
+        assert id(loop) not in loopwheel._WHEELS
 
     run(main(), 60)
 

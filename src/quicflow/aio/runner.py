@@ -20,7 +20,6 @@ datagrams through the socket :meth:`ConnectedSockets.route` picks.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import socket
 import time
 from collections.abc import Callable, Container
@@ -35,6 +34,7 @@ from ..transport import qlog
 from ..transport.bulk import bulk_applies
 from ..transport.connection import Connection
 from ..transport.state import CLOSING
+from . import loopwheel
 from .gcpolicy import POLICY as GC_POLICY
 from .gso import TURN_DATAGRAMS, gso_run, send_buffer
 from .paths import PATH_EVENTS, on_path_events, send_probes
@@ -82,14 +82,11 @@ class EndpointRunner:
         self.connected_peer = connected_peer
         #: how to name the peer in errors ("HOST port PORT" of connect()); set by connect
         self.peer_name: str | None = None
-        #: one asyncio timer for all connections (see _arm_timer): id(conn) -> (deadline,
-        #: conn), a heap of (deadline, serial, id) with stale entries skipped, and the
-        #: loop timer armed for the earliest deadline
-        self._timers: dict[int, tuple[float, Connection]] = {}
-        self._timer_heap: list[tuple[float, int, int]] = []
-        self._timer_serial = 0
-        self._wheel: asyncio.TimerHandle | None = None
-        self._wheel_at = float("inf")
+        #: the connections' deadlines: id(conn) -> (deadline, conn, self); one asyncio
+        #: timer for the connections of all runners on this loop (see _arm_timer,
+        #: loopwheel.py)
+        self._timers: loopwheel.Timers = {}
+        self._wheel = loopwheel.join(self)
         self._dirty: dict[Connection, None] = {}  # by identity, in order
         self._peers: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # see PEER_CACHE
         self._flush_scheduled = False
@@ -580,10 +577,11 @@ class EndpointRunner:
     # ------------------------------------------------------------------ timers
 
     def _arm_timer(self, conn: Connection) -> None:
-        """Keep ``conn``'s deadline in the runner's timer heap. Every connection shares
-        one loop timer (armed for the earliest deadline): its callback serves, in one
-        pass, every connection due by then, instead of one asyncio timer per connection
-        (a TimerHandle and a heap of Python-compared handles per re-arm)."""
+        """Keep ``conn``'s deadline in the loop's timer heap (loopwheel.py). Every
+        connection of every runner on the loop shares one loop timer (armed for the
+        earliest deadline): its callback serves, in one pass, every connection due by
+        then, instead of one asyncio timer per connection or per runner (a TimerHandle
+        and a heap of Python-compared handles per re-arm)."""
         key = id(conn)
         deadline = conn.timer()
         current = self._timers.get(key)
@@ -593,55 +591,18 @@ class EndpointRunner:
             return
         if current is not None and current[0] == deadline:
             return
-        self._timers[key] = (deadline, conn)
-        self._timer_serial += 1
-        heap = self._timer_heap
-        heapq.heappush(heap, (deadline, self._timer_serial, key))
-        if len(heap) > 2 * len(self._timers) + 64:  # drop stale entries: O(1) amortised
-            self._timer_heap = heap = [
-                (d, self._timer_serial + i, k)
-                for i, (k, (d, _)) in enumerate(self._timers.items())
-            ]
-            self._timer_serial += len(heap)
-            heapq.heapify(heap)
-        if deadline < self._wheel_at:
-            self._arm_wheel(deadline)
+        self._timers[key] = (deadline, conn, self)
+        self._wheel.push(deadline, self._timers, key)
 
-    def _arm_wheel(self, when: float) -> None:
-        if self._wheel is not None:
-            self._wheel.cancel()
-        self._wheel_at = when
-        self._wheel = self.loop.call_at(when, self._on_wheel)
-
-    def _on_wheel(self) -> None:
-        self._wheel = None
-        self._wheel_at = float("inf")
-        now = self.loop.time()
-        heap, timers = self._timer_heap, self._timers
-        due: list[Connection] = []
-        while heap and heap[0][0] <= now:
-            deadline, _, key = heapq.heappop(heap)
-            entry = timers.get(key)
-            if entry is not None and entry[0] == deadline:
-                del timers[key]
-                due.append(entry[1])
-        for conn in due:  # in deadline order, each once
-            conn.handle_timer(now)
-            if conn.events:
-                self._dispatch(conn)
-            if not conn.terminated:
-                self._send(conn)
-            elif not self._closed:  # (a drained connection's end, most often: nothing to
-                self._forget(conn)  # build, only the teardown _send would come to)
-        heap = self._timer_heap  # (re-arming may have compacted it)
-        while heap:  # the next live deadline arms the loop timer
-            deadline, _, key = heap[0]
-            entry = timers.get(key)
-            if entry is not None and entry[0] == deadline:
-                if deadline < self._wheel_at:
-                    self._arm_wheel(deadline)
-                break
-            heapq.heappop(heap)
+    def on_timer(self, conn: Connection, now: float) -> None:
+        """``conn``'s deadline came (the loop's wheel took it out of ``_timers``)."""
+        conn.handle_timer(now)
+        if conn.events:
+            self._dispatch(conn)
+        if not conn.terminated:
+            self._send(conn)
+        elif not self._closed:  # (a drained connection's end, most often: nothing to
+            self._forget(conn)  # build, only the teardown _send would come to)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -687,12 +648,8 @@ class EndpointRunner:
             return
         self._closed = True
         self._reading = False
-        if self._wheel is not None:
-            self._wheel.cancel()
-            self._wheel = None
-        self._wheel_at = float("inf")
-        self._timers.clear()
-        self._timer_heap.clear()
+        self._timers.clear()  # its entries in the wheel are skipped from now on
+        self._wheel.leave(self)
         transports = [self.transport, *self.listeners]
         if self.probe_transport is not None:
             transports.append(self.probe_transport)
