@@ -47,16 +47,7 @@ async def _other_workers_datagram_from_a_socket_peer() -> None:
         workers = await stack.enter_async_context(in_process_workers(2, 8, every))
         transports, runners = workers.transports, workers.runners
         # clients until each worker serves one (the kernel hashes first Initials)
-        clients: dict[int, Any] = {}
-        for seed in range(40):
-            client = await stack.enter_async_context(
-                quicflow.connect("127.0.0.1", workers.port, configuration=client_configuration())
-            )
-            assert (await download(client, 32 * 1024, seed=seed)).ok
-            clients.setdefault(client.conn.peer_cid[WORKER_BYTE], client)
-            if len(clients) == 2:
-                break
-        assert set(clients) == {0, 1}
+        clients = await _one_client_per_worker(stack, ("127.0.0.1", workers.port))
         a, b = 0, 1
         client_a, client_b = clients[a], clients[b]
         # worker a's connection of client A holds a socket connected to A's address
@@ -88,6 +79,23 @@ async def _other_workers_datagram_from_a_socket_peer() -> None:
             assert result.ok
         assert runners[a].connection_socket(server_a) is not None
 
+
+
+async def _one_client_per_worker(stack: AsyncExitStack, address: tuple[str, int],
+                                 ) -> dict[int, Any]:
+    """Clients connected to ``address`` until each of the two workers serves one (the
+    kernel hashes first Initials), each having downloaded 32 KiB intact; by worker."""
+    clients: dict[int, Any] = {}
+    for seed in range(40):
+        client = await stack.enter_async_context(
+            quicflow.connect(*address, configuration=client_configuration())
+        )
+        assert (await download(client, 32 * 1024, seed=seed)).ok
+        clients.setdefault(client.conn.peer_cid[WORKER_BYTE], client)
+        if len(clients) == 2:
+            break
+    assert set(clients) == {0, 1}
+    return clients
 
 def test_another_workers_datagram_from_a_socket_peer_is_handed_over_not_dropped() -> None:
     asyncio.run(_other_workers_datagram_from_a_socket_peer())
@@ -165,16 +173,7 @@ async def _nat_gives_a_vanished_clients_port_to_another_workers_client() -> None
         workers = await stack.enter_async_context(in_process_workers(2, 8, every))
         nat = _ReusingNat(("127.0.0.1", workers.port))
         stack.callback(nat.close)
-        clients: dict[int, Any] = {}
-        for seed in range(40):
-            client = await stack.enter_async_context(
-                quicflow.connect(*nat.address, configuration=client_configuration())
-            )
-            assert (await download(client, 32 * 1024, seed=seed)).ok
-            clients.setdefault(client.conn.peer_cid[WORKER_BYTE], client)
-            if len(clients) == 2:
-                break
-        assert set(clients) == {0, 1}
+        clients = await _one_client_per_worker(stack, nat.address)
         a, b = 0, 1
         client_a, client_b = clients[a], clients[b]
         address_a = client_a.runner.transport.local_address
