@@ -198,12 +198,11 @@ def on_stream_end(conn: Connection) -> None:
 
 
 def maybe_request(conn: Connection) -> None:
-    """(after a 1-RTT ACK frame, the peer offering the extension) a new threshold when a
-    quarter of the congestion window, capped, has doubled or halved since the last.
-    Only while stream data waits: asking costs a frame and the peer's ACK of it (about
-    +8 % instructions per handshake for a connection that sends nothing after it)."""
-    if not conn.send_queue:
-        return  # nothing to send (a handshake-only or idle connection): nothing to ask
+    """A new threshold when a quarter of the congestion window, capped, has doubled or
+    halved since the last. Its caller (``recovery_glue.on_ack_frame``, after a 1-RTT ACK
+    frame) asks only when the peer offered the extension and stream data waits to be
+    sent: asking costs a frame and the peer's ACK of it (about +8 % instructions per
+    handshake for a connection that sends nothing after it)."""
     af = conn.ack_freq
     want = conn.loss.cc.cwnd // (4 * conn.max_datagram_size)
     cap = conn.configuration.ack_frequency_threshold
