@@ -81,8 +81,9 @@ def on_ack_frame(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None
     if lost:
         on_lost_packets(conn, lost)
     if epoch == _ONE_RTT and conn.ack_freq.peer_min_us >= 0 and conn.send_queue:
-        # (the window moved: ask for another ACK frequency? maybe_request's first
-        # test, inline: not while nothing waits to be sent, as after a handshake)
+        # the window moved: ask for another ACK frequency (only while stream data waits
+        # to be sent: a handshake-only or idle connection asks nothing, see
+        # maybe_request)
         maybe_request(conn)
     if conn.qlog is not None:
         qlog.metrics_updated(conn, now)
@@ -153,11 +154,7 @@ def on_acked_packets(conn: Connection, packets: list[SentPacket]) -> None:
         if stream is None:
             continue
         conn.events.append(StreamWritable(sid))
-        send = stream.send
-        # (is_complete needs the FIN or the reset acknowledged: asked only then)
-        if send is not None and (send.fin_acked or send.reset_code is not None) and (
-            send.is_complete()
-        ):
+        if stream.send is not None and stream.send.is_complete():
             maybe_forget_stream(conn, stream)
 
 
