@@ -90,21 +90,29 @@ def _conn_limited_pair() -> MemoryPair:
     return MemoryPair(server_config=server, client_config=client)
 
 
+
+def _sent_up_to_the_limit(size: int, seed: bytes) -> tuple[MemoryPair, int, bytes]:
+    """A client sending ``size`` bytes on one stream to a server whose connection limit
+    is 64 KiB, run until the server has received up to that limit; its application has
+    read nothing."""
+    pair = _conn_limited_pair()
+    pair.run(lambda: pair.client.handshake_confirmed)
+    data = hashlib.sha256(seed).digest() * (size // 32)
+    sid = pair.client.open_stream()
+    pair.client.send_stream_data(sid, data, end_stream=True)
+    flow = pair.server_conns[0].flow
+    pair.run(lambda: flow.data_received >= 64 * KIB)  # the application reads nothing yet
+    return pair, sid, data
+
 def test_a_slow_application_does_not_grow_the_connection_window() -> None:
     """The client waits at the server's connection limit and says so (DATA_BLOCKED, RFC
     9000 §4.1) while the server's application reads nothing: the frame names the limit
     still current, so the application, not the window, holds the sender back, and the
     window stays as it is (a larger one would only buffer more unread data). Once the
     application reads, everything arrives intact."""
-    pair = _conn_limited_pair()
-    pair.run(lambda: pair.client.handshake_confirmed)
-    data = hashlib.sha256(b"c").digest() * (2 * 1024 * KIB // 32)  # 2 MiB
-    sid = pair.client.open_stream()
-    pair.client.send_stream_data(sid, data, end_stream=True)
+    pair, sid, data = _sent_up_to_the_limit(2 * 1024 * KIB, b"c")
     server = pair.server_conns[0]
     flow = server.flow
-
-    pair.run(lambda: flow.data_received >= 64 * KIB)  # the application reads nothing yet
     for _ in range(20):
         pair.step()
     assert pair.client.flow.blocked_sent_at == 64 * KIB  # the client said so
@@ -147,14 +155,9 @@ def _blocked_at_the_current_limit() -> tuple[MemoryPair, int, bytes]:
     """A connection-limited download whose sender waits at the server's current
     connection limit (64 KiB) and said so, the server's application having read
     nothing yet; the DATA_BLOCKED rode in with the last data, at ``pair.now``."""
-    pair = _conn_limited_pair()
-    pair.run(lambda: pair.client.handshake_confirmed)
-    data = hashlib.sha256(b"k").digest() * (1024 * KIB // 32)  # 1 MiB
-    sid = pair.client.open_stream()
-    pair.client.send_stream_data(sid, data, end_stream=True)
+    pair, sid, data = _sent_up_to_the_limit(1024 * KIB, b"k")
     server = pair.server_conns[0]
     flow = server.flow
-    pair.run(lambda: flow.data_received >= 64 * KIB)  # the application reads nothing yet
     for _ in range(20):
         if server.counters.data_blocked_received:
             break
