@@ -37,6 +37,7 @@ from ..transport.state import CLOSING
 from . import loopwheel
 from .gcpolicy import POLICY as GC_POLICY
 from .gso import TURN_DATAGRAMS, gso_run, send_buffer
+from .mallocpolicy import POLICY as MALLOC_POLICY
 from .paths import PATH_EVENTS, on_path_events, send_probes
 from .qlogfile import file_factory
 from .sendbuffer import SendBudget
@@ -78,6 +79,7 @@ class EndpointRunner:
         self.faces: dict[int, QuicConnection] = {}  # id(Connection) -> face
         self._counted = 0  # faces reported to the process's GC policy (gcpolicy.py)
         GC_POLICY.runner_started()
+        MALLOC_POLICY.runner_started()
         self.on_accept = on_accept
         self.connected_peer = connected_peer
         #: how to name the peer in errors ("HOST port PORT" of connect()); set by connect
