@@ -453,3 +453,44 @@ def test_server_options_that_would_do_nothing_are_refused(
     )  # fmt: skip
     assert r.returncode == 2, r.stderr
     assert _one_error_line(r.stderr) == f"quicflow: {message}"
+
+
+def test_a_waiting_download_holds_none_of_its_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a perf client's stream waits for its next read it holds none of its earlier
+    reads (up to 1 MiB each): with 256 connections those were most of the client's heap
+    (issue 11). Counted by references to the last read when the next one starts."""
+    from quicflow.aio.streams import QuicStreamReader
+
+    held: list[int] = []
+    last: dict[int, bytes] = {}
+    orig = QuicStreamReader.read
+
+    async def read(self: QuicStreamReader, n: int = -1) -> bytes:
+        before = last.pop(id(self), None)
+        # references other than ``before`` and getrefcount's own (a read of a few bytes
+        # can be a shared constant: not counted)
+        if before is not None and len(before) >= 1024:
+            held.append(sys.getrefcount(before) - 2)
+        data = await orig(self, n)
+        last[id(self)] = data
+        return data
+
+    monkeypatch.setattr(QuicStreamReader, "read", read)
+
+    async def scenario() -> None:
+        cert, key = generate_self_signed(["localhost", "127.0.0.1"])
+        cfg = quicflow.Configuration(
+            alpn_protocols=["perf"], certificate_chain=[cert], private_key=key
+        )
+        server, _ = await start_server("127.0.0.1", 0, configuration=cfg)
+        ccfg = quicflow.Configuration(alpn_protocols=["perf"], cadata=certificate_pem(cert))
+        try:
+            result = await run_client("127.0.0.1", server.address[1], download=8 * MIB,
+                                      connections=2, configuration=ccfg, timeout=10)
+            assert result.bytes_received == 8 * MIB
+        finally:
+            server.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert len(held) >= 2  # reads that waited for more
+    assert max(held) == 0, held
