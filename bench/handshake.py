@@ -24,6 +24,8 @@ until closed. Printed (one JSON object on stdout, progress on stderr):
   /proc/PID/stat) over the measured loop, divided by HANDSHAKES;
 - ``client_cpu_ms_per_handshake``: this process's CPU (``time.process_time``) over the
   loop, divided by HANDSHAKES;
+- ``server_datagrams_sent_per_handshake`` and ``..._received_...`` (quicflow server):
+  the server socket's datagrams over the measured loop, per handshake;
 - ``server_gc_in_loop`` (quicflow server): the garbage collector's collections and CPU
   ms per generation over the measured loop (``gc.callbacks`` in the server);
 - ``server_rss_kb`` before and after the idle connections (VmRSS from /proc), and the
@@ -213,17 +215,26 @@ async def _serve(args: argparse.Namespace) -> None:
             row[1] += time.thread_time() - gc_started[0]
 
     in_window = [False]
+    datagrams = [0, 0]  # the socket's datagrams sent and received when the loop started
+
+    def socket_datagrams() -> list[int]:
+        counts = server.stats()["datapath"]
+        return [counts["datagrams_sent"], counts["datagrams_received"]]
 
     def toggle() -> None:  # SIGUSR2 from the client: the measured loop starts or ends
         in_window[0] = not in_window[0]
         if in_window[0]:
             gc.callbacks.append(on_gc)
+            datagrams[:] = socket_datagrams()
         else:
             gc.callbacks.remove(on_gc)
+            sent, received = socket_datagrams()
             if args.window_file:
                 with open(args.window_file + ".tmp", "w") as f:
-                    json.dump({f"gen{g}": {"collections": n, "ms": round(t * 1000, 3)}
-                               for g, (n, t) in enumerate(gc_window)}, f)
+                    json.dump({**{f"gen{g}": {"collections": n, "ms": round(t * 1000, 3)}
+                                  for g, (n, t) in enumerate(gc_window)},
+                               "datagrams_sent": sent - datagrams[0],
+                               "datagrams_received": received - datagrams[1]}, f)
                 os.rename(args.window_file + ".tmp", args.window_file)
         if PROFILER is not None and args.profile_loop:
             if in_window[0]:
@@ -461,7 +472,12 @@ async def _client(args: argparse.Namespace, port: int, pid: int) -> dict[str, An
                 args.handshakes)
         if window:
             os.kill(pid, signal.SIGUSR2)  # and ends
-            out["server_gc_in_loop"] = await _window_stats(args.window_file)
+            window_stats = await _window_stats(args.window_file)
+            if window_stats is not None:
+                for key in ("datagrams_sent", "datagrams_received"):
+                    out[f"server_{key}_per_handshake"] = round(
+                        window_stats.pop(key) / args.handshakes, 3)
+            out["server_gc_in_loop"] = window_stats
         out["server_cpu_ms_per_handshake"] = (u1 + k1 - u0 - k0) * 1000 / args.handshakes
         out["server_user_ms_per_handshake"] = (u1 - u0) * 1000 / args.handshakes
         out["server_system_ms_per_handshake"] = (k1 - k0) * 1000 / args.handshakes

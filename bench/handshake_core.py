@@ -37,6 +37,10 @@ from quicflow.transport.send import datagrams_to_send  # noqa: E402
 
 CLIENT_ADDR = ("127.0.0.1", 40000)
 GC_TUNED = (20_000, 20, 100)
+#: --close-at-complete: the client closes as soon as its handshake completes: its close
+#: reaches the server after its Finished, and the server's answer to the Finished (its
+#: post-handshake flight) never reaches it (the usual order in bench/handshake.py)
+CLOSE_AT_COMPLETE = [False]
 
 
 #: the cProfile.Profile of --profile-server while the measured handshakes run
@@ -64,8 +68,12 @@ def handshake(server: Endpoint, client_cfg: Configuration, now: float, port: int
     from quicflow.transport.receive import receive_datagram
 
     sconn = None
+    closed = False
     for _ in range(10):
         out = datagrams_to_send(client, now)
+        # as bench/handshake.py's client: it closes as soon as it has sent its Finished,
+        # before the server's answer to it arrives
+        closed = CLOSE_AT_COMPLETE[0] and not keep and client.handshake_complete
         t0 = _server_begin()
         for d in out:
             c = server.receive(d, addr, now)
@@ -74,6 +82,8 @@ def handshake(server: Endpoint, client_cfg: Configuration, now: float, port: int
         back = server.datagrams_to_send(sconn, now) if sconn is not None else []
         server.accepted.clear()
         clock[0] += _server_end(t0)
+        if closed:
+            break
         for d in back:
             receive_datagram(client, d, ("127.0.0.1", 4433), now)
         now += 0.001
@@ -82,8 +92,8 @@ def handshake(server: Endpoint, client_cfg: Configuration, now: float, port: int
             break
     assert sconn is not None and sconn.handshake_complete and client.handshake_complete
     assert ticket is None or sconn.session_resumed
-    got = next((e.ticket for e in client.pop_events() if isinstance(e, SessionTicketReceived)),
-               None)
+    got = None if closed else next(
+        (e.ticket for e in client.pop_events() if isinstance(e, SessionTicketReceived)), None)
     if not keep:
         client.close(0, "", now=now)
         t0 = _server_begin()
@@ -124,12 +134,17 @@ def main() -> int:
     ap.add_argument("--profile-server", metavar="FILE",
                     help="cProfile only the server's calls of the measured handshakes into "
                          "FILE (call counts; see server_calls_per_handshake)")
+    ap.add_argument("--close-at-complete", action="store_true",
+                    help="the client closes as soon as its handshake completes, before the "
+                         "server's post-handshake flight reaches it (as in "
+                         "bench/handshake.py)")
     ap.add_argument("--gc", choices=["default", "freeze", "tuned", "off"], default="default")
     ap.add_argument("--tracemalloc", type=int, default=0, metavar="N",
                     help="trace allocations while the idle connections are made and "
                          "print the N biggest sites on stderr")
     args = ap.parse_args()
     server, client_cfg = server_and_client_config()
+    CLOSE_AT_COMPLETE[0] = args.close_at_complete
     clock = [0.0]
     ticket = handshake(server, client_cfg, 1.0, 9999, clock, keep=False)  # imports, caches
     if not args.resume:

@@ -32,8 +32,8 @@ def _count() -> None:
         counts["server_received" if self.is_server else "client_received"] += len(datagrams)
         return receive(self, datagrams, now)
 
-    def build_datagrams(self: Endpoint, conn: Any, now: float) -> Any:
-        buf, ends = build(self, conn, now)
+    def build_datagrams(self: Endpoint, conn: Any, now: float, *rest: Any) -> Any:
+        buf, ends = build(self, conn, now, *rest)
         counts["server_sent" if self.is_server else "client_sent"] += len(ends)
         return buf, ends
 

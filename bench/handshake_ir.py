@@ -62,6 +62,7 @@ def _inner(args: argparse.Namespace) -> None:
 
     toggle = ctypes.CDLL(args.helper).qf_toggle
     server, client_cfg = hc.server_and_client_config()
+    hc.CLOSE_AT_COMPLETE[0] = args.close_at_complete
     clock = [0.0]
     for _ in range(30):  # imports, caches
         hc.handshake(server, client_cfg, 1.0, 9999, clock, keep=False)
@@ -169,6 +170,10 @@ def main() -> int:
                          f"{', '.join(_TARGETS)}; one server flight build per "
                          f"handshake: {', '.join(_FLIGHTS)}; or any as MODULE:NAME or "
                          "MODULE:CLASS.NAME (e.g. quicflow.transport.receive:_after_tls)")
+    ap.add_argument("--close-at-complete", action="store_true",
+                    help="the client closes as soon as its handshake completes, before the "
+                         "server's post-handshake flight reaches it (as in "
+                         "bench/handshake.py)")
     ap.add_argument("--helper", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.only != "server" and ":" not in args.only and args.only not in _TARGETS and (
@@ -188,7 +193,8 @@ def main() -> int:
             ["valgrind", "--tool=callgrind", "--collect-atstart=no",
              f"--callgrind-out-file={os.path.join(tmp, 'callgrind.out')}",
              sys.executable, os.path.abspath(__file__), "--handshakes", str(args.handshakes),
-             "--only", args.only, "--helper", helper],
+             "--only", args.only, "--helper", helper]
+            + (["--close-at-complete"] if args.close_at_complete else []),
             capture_output=True, text=True, check=True,
         )
     found = re.search(r"Collected : (\d+)", run.stderr)
@@ -196,6 +202,7 @@ def main() -> int:
         print(run.stderr, file=sys.stderr)
         return 1
     print(json.dumps({"handshakes": args.handshakes, "only": args.only,
+                      "close_at_complete": args.close_at_complete,
                       "instructions_per_handshake": round(int(found.group(1))
                                                           / args.handshakes)}))
     return 0
