@@ -598,6 +598,9 @@ PyObject *mod_seal(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_open(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_seal_stream_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+/* bulk.c: transport/bulk.py's build_bulk_python in one call (see there) */
+PyObject *mod_bulk_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_parse_header(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_push_short_packet(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_parse_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
