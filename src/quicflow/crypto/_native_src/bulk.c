@@ -10,8 +10,8 @@
  * the same state as the Python code, in the same order, without its ~25 Python frames.
  *
  * Whatever this file does not handle goes to the Python twin before anything changed:
- * another engine than the native one, a run that reaches the end of the send buffer's
- * chunk, a field of an unexpected type (e.g. an int where the pacer keeps floats), values
+ * another engine than the native one, a run that may reach the end of the send buffer's
+ * chunk with more data after it, a field of an unexpected type (e.g. an int where the pacer keeps floats), values
  * beyond 64 bits, an empty queue or a missing stream. bulk_setup(python_twin, SentPacket,
  * effective_idle, R_STREAM_RUN, Epoch.ONE_RTT, engine_type) must have been called (bulk.py
  * does, at import); until then every call goes to... nothing: it raises RuntimeError.
@@ -499,7 +499,7 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     long long mds, cwnd, bif, cwnd_room, max_count, start, write_offset, max_data, peer_max,
         data_sent, end, want, pacer_room = 0, count, pn, la, n, pn_len, header_len,
         sid_len, capacity, off_len, frame_head, data_cap, unit, at, chunk_end, sidv, built,
-        offset, size, packet_start, k, lsent, blocked_sent_at;
+        offset, size, packet_start, k, lsent, blocked_sent_at, run_end;
     at = chunk_end = 0;
     int r, fin_written, fin, paced, has, discarded, flag;
 
@@ -589,10 +589,14 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     READ(get_obj(conn, s_pacer, &R.pacer));
     READ(pacer_load(R.pacer, &P));
     READ(chunk_at(R.send, start, &R.chunk, &at, &chunk_end));
-    if (end > chunk_end) { /* the run would go on in the next chunk: the twin's loop */
+    /* a run that could go on into the next chunk: the twin's loop (a run is at most
+     * min(max_count, cwnd_room // mds) packets of fewer than mds stream bytes each) */
+    k = cwnd_room / mds < max_count ? cwnd_room / mds : max_count;
+    if (end > chunk_end && start + k * mds > chunk_end) {
         r = FALLBACK;
         goto unread;
     }
+    run_end = end < chunk_end ? end : chunk_end;
     READ(get_obj(conn, s_spaces, &spaces));
     r = FALLBACK;
     if (PyList_CheckExact(spaces) && PyList_GET_SIZE(spaces) == 3) {
@@ -679,12 +683,12 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     seal_args[5] = Py_NewRef(R.sid);
     seal_args[6] = Py_NewRef(R.chunk);
     seal_args[7] = PyLong_FromLongLong(at);
-    seal_args[8] = PyLong_FromLongLong(at + end - start);
+    seal_args[8] = PyLong_FromLongLong(at + run_end - start);
     seal_args[9] = PyLong_FromLongLong(start);
     seal_args[10] = PyLong_FromLongLong(off_len);
     seal_args[11] = PyLong_FromLongLong(data_cap);
     seal_args[12] = PyLong_FromLongLong(count);
-    seal_args[13] = Py_NewRef(fin_written && end == write_offset ? Py_True : Py_False);
+    seal_args[13] = Py_NewRef(fin_written && run_end == write_offset ? Py_True : Py_False);
     seal_args[14] = Py_NewRef(R.dcid);
     for (k = 0; k < 15; k++) {
         if (seal_args[k] == NULL) {
@@ -711,8 +715,8 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return PyLong_FromLong(0);
     }
     offset = start + built * data_cap;
-    if (end < offset) {
-        offset = end;
+    if (run_end < offset) {
+        offset = run_end;
     }
     fin = fin_written && offset == write_offset;
     if (fin && PyObject_SetAttr(R.send, s_fin_sent, Py_True) < 0) {
