@@ -494,7 +494,7 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *conn, *nowobj, *buf, *bounds, *stream, *streams, *spaces, *v;
     PyObject *seal_args[15] = {NULL}, *res = NULL, *pkt = NULL, *frames = NULL, *rec = NULL;
     Refs R = {NULL};
-    PacerV P;
+    PacerV P, Q;
     double now, srtt, later = 0.0;
     long long mds, cwnd, bif, cwnd_room, max_count, start, write_offset, max_data, peer_max,
         data_sent, end, want, pacer_room = 0, count, pn, la, n, pn_len, header_len,
@@ -588,15 +588,6 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     READ(get_float(R.rtt, s_smoothed_rtt, &srtt));
     READ(get_obj(conn, s_pacer, &R.pacer));
     READ(pacer_load(R.pacer, &P));
-    READ(chunk_at(R.send, start, &R.chunk, &at, &chunk_end));
-    /* a run that could go on into the next chunk: the twin's loop (a run is at most
-     * min(max_count, cwnd_room // mds) packets of fewer than mds stream bytes each) */
-    k = cwnd_room / mds < max_count ? cwnd_room / mds : max_count;
-    if (end > chunk_end && start + k * mds > chunk_end) {
-        r = FALLBACK;
-        goto unread;
-    }
-    run_end = end < chunk_end ? end : chunk_end;
     READ(get_obj(conn, s_spaces, &spaces));
     r = FALLBACK;
     if (PyList_CheckExact(spaces) && PyList_GET_SIZE(spaces) == 3) {
@@ -624,53 +615,72 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_DECREF(spaces);
     READ(r);
     READ(get_obj(conn, s_counters, &R.counters));
+
+    /* the pacer's answer and the run's shape, on a copy of the pacer's state: a run that
+     * may go on into the send buffer's next chunk is the twin's (its loop), decided
+     * before anything changed */
+    Q = P;
+    paced = pacer_run_budget(&Q, now, srtt, cwnd, want, &pacer_room, &later);
+    count = data_cap = pn_len = header_len = frame_head = off_len = 0;
+    if (!paced) {
+        count = max_count;
+        if (cwnd_room / mds < count) {
+            count = cwnd_room / mds;
+        }
+        k = pacer_room / mds;
+        if (k < 1) {
+            k = 1;
+        }
+        if (k < count) {
+            count = k;
+        }
+        /* encode_packet_number(pn + count, largest acked or None)'s length (RFC 9000
+         * A.2); more than 4 bytes: the twin raises its ValueError */
+        n = la >= 0 ? pn + count - la : pn + count + 1;
+        if (n < 1) {
+            n = 1;
+        }
+        pn_len = (bit_length((unsigned long long)(2 * n - 1)) + 7) >> 3;
+        if (pn_len < 1) {
+            pn_len = 1;
+        } else if (pn_len > 4) {
+            READ(FALLBACK);
+        }
+        header_len = 1 + PyBytes_GET_SIZE(R.dcid) + pn_len;
+        sid_len = vlen(sidv);
+        capacity = mds - header_len - 16;
+        off_len = vlen(end);
+        frame_head = 1 + sid_len + off_len + 2;
+        data_cap = capacity - frame_head;
+        if (data_cap > 0) {
+            READ(chunk_at(R.send, start, &R.chunk, &at, &chunk_end));
+            if (end > chunk_end && start + count * data_cap >= chunk_end) {
+                READ(FALLBACK);
+            }
+        }
+    }
 #undef READ
 
     /* -- from here on, the state changes as the Python code changes it */
-    if (pacer_run_budget(&P, now, srtt, cwnd, want, &pacer_room, &later)) {
-        if (pacer_store(R.pacer, &P) < 0 || set_float(conn, s_pacer_deadline, later) < 0) {
+    P = Q;
+    if (pacer_store(R.pacer, &P) < 0) {
+        goto error;
+    }
+    if (paced) {
+        if (set_float(conn, s_pacer_deadline, later) < 0) {
             goto error;
         }
         refs_clear(&R);
         return PyLong_FromLong(-1);
     }
-    if (pacer_store(R.pacer, &P) < 0 || PyObject_SetAttr(conn, s_pacer_deadline, Py_None)) {
+    if (PyObject_SetAttr(conn, s_pacer_deadline, Py_None) < 0) {
         goto error;
     }
-    count = max_count;
-    if (cwnd_room / mds < count) {
-        count = cwnd_room / mds;
-    }
-    k = pacer_room / mds;
-    if (k < 1) {
-        k = 1;
-    }
-    if (k < count) {
-        count = k;
-    }
-    /* encode_packet_number(pn + count, largest acked or None)'s length (RFC 9000 A.2) */
-    n = la >= 0 ? pn + count - la : pn + count + 1;
-    if (n < 1) {
-        n = 1;
-    }
-    pn_len = (bit_length((unsigned long long)(2 * n - 1)) + 7) >> 3;
-    if (pn_len < 1) {
-        pn_len = 1;
-    } else if (pn_len > 4) {
-        PyErr_SetString(PyExc_ValueError,
-                        "too many unacknowledged packets to encode the packet number");
-        goto error;
-    }
-    header_len = 1 + PyBytes_GET_SIZE(R.dcid) + pn_len;
-    sid_len = vlen(sidv);
-    capacity = mds - header_len - 16;
-    off_len = vlen(end);
-    frame_head = 1 + sid_len + off_len + 2;
-    data_cap = capacity - frame_head;
     if (data_cap <= 0) {
         refs_clear(&R);
         return PyLong_FromLong(0);
     }
+    run_end = end < chunk_end ? end : chunk_end;
     unit = header_len + frame_head + data_cap + 16;
 
     /* the engine call (NativeOffloadEngine.seal_stream_run) */
