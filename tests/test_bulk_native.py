@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 import quicflow.transport.send as send_module
-from quicflow.crypto.extension import EXT
+from quicflow.crypto.extension import EXT, python_forced
+from quicflow.crypto.native import NativeOffloadEngine
 from quicflow.crypto.offload import SoftwareOffloadEngine
 from quicflow.endpoint.endpoint import Endpoint
 from quicflow.transport import bulk
@@ -56,6 +57,11 @@ def _state(conn: Connection, buf: bytearray, bounds: list[int], built: int) -> t
     )
 
 
+def _setup_twin(twin: Callable[..., int]) -> None:
+    EXT.bulk_setup(twin, bulk.SentPacket, bulk._effective_idle, bulk.R_STREAM_RUN,
+                   bulk._ONE_RTT, NativeOffloadEngine)
+
+
 def _download(monkeypatch: pytest.MonkeyPatch, build: Callable[..., int], size: int,
               loss: float, max_data: int | None, chunk: int = 0, software: bool = False
               ) -> list[tuple[Any, ...]]:
@@ -86,8 +92,8 @@ def _download(monkeypatch: pytest.MonkeyPatch, build: Callable[..., int], size: 
             client = LocalSide(cli_ep, ClientApp(size), SERVER_ADDR, conn)
             server = LocalSide(_server_endpoint(), ServerApp(), CLIENT_ADDR)
             net = Net(client, server, now, loss=loss)
-        if software:
-            server.endpoint.engine = SoftwareOffloadEngine()
+        # (the server's engine whatever QUICFLOW_ENGINE says for this run)
+        server.endpoint.engine = SoftwareOffloadEngine() if software else NativeOffloadEngine()
         net.run(lambda: client.app.done, max_time=120.0)
         _check_download(client.app, size)
         assert _received(client) == size
@@ -104,7 +110,7 @@ def test_native_build_bulk_matches_python(
     size: int, loss: float, max_data: int | None, chunk: int,
 ) -> None:
     require(EXT is not None, "the native extension is not built")
-    assert bulk.build_bulk is EXT.build_bulk
+    assert bulk.build_bulk is (bulk.build_bulk_python if python_forced() else EXT.build_bulk)
     twin_calls = 0
 
     def counted_twin(*args: Any) -> int:
@@ -112,12 +118,11 @@ def test_native_build_bulk_matches_python(
         twin_calls += 1
         return bulk.build_bulk_python(*args)
 
-    EXT.bulk_setup(counted_twin, bulk.SentPacket, bulk._effective_idle, bulk.R_STREAM_RUN,
-                   bulk._ONE_RTT, bulk.native.NativeOffloadEngine)
+    _setup_twin(counted_twin)
     try:
         native = _download(monkeypatch, EXT.build_bulk, size, loss, max_data, chunk)
     finally:
-        bulk._pick_build_bulk()  # the real twin again
+        _setup_twin(bulk.build_bulk_python)
     python = _download(monkeypatch, bulk.build_bulk_python, size, loss, max_data, chunk)
     assert len(native) == len(python) > 20
     for i, (a, b) in enumerate(zip(native, python, strict=True)):
@@ -141,10 +146,9 @@ def test_native_build_bulk_hands_other_engines_to_python(
         calls += 1
         return bulk.build_bulk_python(*args)
 
-    EXT.bulk_setup(counted_twin, bulk.SentPacket, bulk._effective_idle, bulk.R_STREAM_RUN,
-                   bulk._ONE_RTT, bulk.native.NativeOffloadEngine)
+    _setup_twin(counted_twin)
     try:
         trace = _download(monkeypatch, EXT.build_bulk, 1 << 20, 0.0, None, software=True)
     finally:
-        bulk._pick_build_bulk()
+        _setup_twin(bulk.build_bulk_python)
     assert trace and calls == len(trace)
