@@ -10,13 +10,14 @@
  * the same state as the Python code, in the same order, without its ~25 Python frames.
  *
  * Whatever this file does not handle goes to the Python twin before anything changed:
- * another engine than the native one, a run that may reach the end of the send buffer's
- * chunk with more data after it, a field of an unexpected type (e.g. an int where the pacer keeps floats), values
- * beyond 64 bits, an empty queue or a missing stream. bulk_setup(python_twin, SentPacket,
- * effective_idle, R_STREAM_RUN, Epoch.ONE_RTT, engine_type) must have been called (bulk.py
- * does, at import); until then every call goes to... nothing: it raises RuntimeError.
- * tests/test_bulk_native.py runs transfers through both and compares every datagram and
- * the senders' state.
+ * another engine than the native one, a run that may reach the end of its send-buffer
+ * chunk with more data after it (the twin's loop goes on into the next chunk), a field of
+ * an unexpected type (e.g. an int where the pacer keeps floats), values beyond 2**61, an
+ * empty queue, a missing stream, a packet number too far ahead for 4 bytes (the twin
+ * raises). bulk_setup(python_twin, SentPacket, effective_idle, R_STREAM_RUN,
+ * Epoch.ONE_RTT, engine_type) must have been called (bulk.py does, at import); before
+ * that, build_bulk raises RuntimeError. tests/test_bulk_native.py runs whole downloads
+ * through both and compares the sender's state after every call.
  */
 #include "native.h"
 
