@@ -12,6 +12,7 @@ download arrives intact either way.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -63,11 +64,12 @@ def _setup_twin(twin: Callable[..., int]) -> None:
 
 
 def _download(monkeypatch: pytest.MonkeyPatch, build: Callable[..., int], size: int,
-              loss: float, max_data: int | None, chunk: int = 0, software: bool = False
-              ) -> list[tuple[Any, ...]]:
+              loss: float, max_data: int | None, chunk: int = 0, software: bool = False,
+              algorithm: str = "cubic", lossy_until: int = 0) -> list[tuple[Any, ...]]:
     """Each bulk build's result and the server's state after it, over a download (the
     server writes ``chunk`` bytes at a time when given: 64 KiB writes are send buffer
-    chunks of their own, so many runs reach a chunk's end)."""
+    chunks of their own, so many runs reach a chunk's end; ``lossy_until``: the link
+    loses nothing once the client has that many bytes)."""
     trace: list[tuple[Any, ...]] = []
 
     def traced(conn: Connection, now: float, buf: bytearray, bounds: list[int],
@@ -94,6 +96,11 @@ def _download(monkeypatch: pytest.MonkeyPatch, build: Callable[..., int], size: 
             net = Net(client, server, now, loss=loss)
         # (the server's engine whatever QUICFLOW_ENGINE says for this run)
         server.endpoint.engine = SoftwareOffloadEngine() if software else NativeOffloadEngine()
+        server.endpoint.configuration = dataclasses.replace(
+            server.endpoint.configuration, congestion_control=algorithm)
+        if lossy_until:
+            net.run(lambda: _received(client) >= lossy_until, max_time=120.0)
+            net.loss = 0.0
         net.run(lambda: client.app.done, max_time=120.0)
         _check_download(client.app, size)
         assert _received(client) == size

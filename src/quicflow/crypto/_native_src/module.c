@@ -24,6 +24,11 @@ static PyMethodDef module_methods[] = {
     {"build_bulk", (PyCFunction)(void (*)(void))mod_build_bulk, METH_FASTCALL,
      "build_bulk(conn, now, buf, bounds, seal, max_count) -> int: transport/bulk.py's "
      "build_bulk_python in one call (the cases it does not take go to that twin)"},
+    {"ack_setup", (PyCFunction)(void (*)(void))mod_ack_setup, METH_FASTCALL,
+     "ack_setup(python_twin, ONE_RTT): what ack_received needs from the transport layer"},
+    {"ack_received", (PyCFunction)(void (*)(void))mod_ack_received, METH_FASTCALL,
+     "ack_received(loss, epoch, ranges, ack_delay, now, handshake_confirmed) -> (acked, "
+     "lost): LossDetection.on_ack_received's common case (the rest goes to that twin)"},
     {"push_short_packet", (PyCFunction)(void (*)(void))mod_push_short_packet, METH_FASTCALL,
      "push_short_packet(buf, dcid, pn, pn_len, payload) -> header_len | None: a 1-RTT "
      "packet's header, payload and tag room appended to buf"},

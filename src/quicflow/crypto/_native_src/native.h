@@ -601,6 +601,9 @@ PyObject *mod_seal_stream_run(PyObject *module, PyObject *const *args, Py_ssize_
 /* bulk.c: transport/bulk.py's build_bulk_python in one call (see there) */
 PyObject *mod_bulk_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+/* ack.c: LossDetection.on_ack_received's common case in one call (see there) */
+PyObject *mod_ack_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_parse_header(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_push_short_packet(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_parse_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
