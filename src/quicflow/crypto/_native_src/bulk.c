@@ -501,8 +501,9 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         data_sent, end, want, pacer_room = 0, count, pn, la, n, pn_len, header_len,
         sid_len, capacity, off_len, frame_head, data_cap, unit, at, chunk_end, sidv, built,
         offset, size, packet_start, k, lsent, blocked_sent_at, run_end;
-    at = chunk_end = 0;
     int r, fin_written, fin, paced, has, discarded, flag;
+
+    at = chunk_end = 0;
 
     (void)module;
     if (nargs != 6) {
@@ -540,6 +541,10 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         goto unread;
     }
     READ(get_ll(conn, s_max_datagram_size, &mds));
+    if (mds <= 0 || max_count < 1) { /* (never so: the twin's arithmetic decides) */
+        r = FALLBACK;
+        goto unread;
+    }
     READ(get_obj(conn, s_loss, &R.loss));
     READ(get_obj(R.loss, s_cc, &R.cc));
     READ(get_ll(R.cc, s_cwnd, &cwnd));
