@@ -54,102 +54,6 @@ mod_ack_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-#define FALLBACK 1
-
-/* an exact int in 64 bits: 0, FALLBACK, or -1 with an error */
-static int
-val_ll(PyObject *v, long long *out)
-{
-    int overflow;
-    if (!PyLong_CheckExact(v)) {
-        return FALLBACK;
-    }
-    *out = PyLong_AsLongLongAndOverflow(v, &overflow);
-    if (*out == -1 && PyErr_Occurred()) {
-        return -1;
-    }
-    return overflow || *out > ((long long)1 << 62) || *out < -((long long)1 << 62) ? FALLBACK
-                                                                                   : 0;
-}
-
-static int
-attr_ll(PyObject *o, PyObject *name, long long *out)
-{
-    PyObject *v = PyObject_GetAttr(o, name);
-    int r;
-    if (v == NULL) {
-        return -1;
-    }
-    r = val_ll(v, out);
-    Py_DECREF(v);
-    return r;
-}
-
-/* a float, or None when none_ok (*is_none set) */
-static int
-attr_float(PyObject *o, PyObject *name, double *out, int *is_none)
-{
-    PyObject *v = PyObject_GetAttr(o, name);
-    int r = 0;
-    if (v == NULL) {
-        return -1;
-    }
-    if (is_none != NULL) {
-        *is_none = v == Py_None;
-    }
-    if (PyFloat_CheckExact(v)) {
-        *out = PyFloat_AS_DOUBLE(v);
-    } else if (!(is_none != NULL && v == Py_None)) {
-        r = FALLBACK;
-    }
-    Py_DECREF(v);
-    return r;
-}
-
-/* an exact bool */
-static int
-attr_bool(PyObject *o, PyObject *name, int *out)
-{
-    PyObject *v = PyObject_GetAttr(o, name);
-    int r = 0;
-    if (v == NULL) {
-        return -1;
-    }
-    if (v == Py_True || v == Py_False) {
-        *out = v == Py_True;
-    } else {
-        r = FALLBACK;
-    }
-    Py_DECREF(v);
-    return r;
-}
-
-static int
-put_ll(PyObject *o, PyObject *name, long long v)
-{
-    PyObject *x = PyLong_FromLongLong(v);
-    int r;
-    if (x == NULL) {
-        return -1;
-    }
-    r = PyObject_SetAttr(o, name, x);
-    Py_DECREF(x);
-    return r;
-}
-
-static int
-put_float(PyObject *o, PyObject *name, double v)
-{
-    PyObject *x = PyFloat_FromDouble(v);
-    int r;
-    if (x == NULL) {
-        return -1;
-    }
-    r = PyObject_SetAttr(o, name, x);
-    Py_DECREF(x);
-    return r;
-}
-
 typedef struct {
     double latest, smoothed, var, min;
     int has;
@@ -226,7 +130,7 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }                                                                                 \
     } while (0)
 
-    r = FALLBACK;
+    r = QF_FALLBACK;
     if (epoch != one_rtt || !PyFloat_CheckExact(nowobj) || !PyFloat_CheckExact(args[3]) ||
         !PyList_CheckExact(ranges) || PyList_GET_SIZE(ranges) != 1) {
         goto unread;
@@ -237,10 +141,10 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (!PyTuple_CheckExact(range) || PyTuple_GET_SIZE(range) != 2) {
         goto unread;
     }
-    CHECK(val_ll(PyTuple_GET_ITEM(range, 0), &lo));
-    CHECK(val_ll(PyTuple_GET_ITEM(range, 1), &hi));
+    CHECK(qf_as_ll(PyTuple_GET_ITEM(range, 0), &lo));
+    CHECK(qf_as_ll(PyTuple_GET_ITEM(range, 1), &hi));
     if (lo < 0 || hi < lo) {
-        r = FALLBACK;
+        r = QF_FALLBACK;
         goto unread;
     }
     b = PyObject_IsTrue(args[5]);
@@ -254,27 +158,27 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (spaces == NULL) {
         return NULL;
     }
-    r = FALLBACK;
+    r = QF_FALLBACK;
     if (!PyList_CheckExact(spaces) || PyList_GET_SIZE(spaces) != 3) {
         goto unread;
     }
     sp = Py_NewRef(PyList_GET_ITEM(spaces, 2));
-    CHECK(attr_bool(sp, s_discarded, &b));
+    CHECK(qf_get_exact_bool(sp, s_discarded, &b));
     if (b) {
-        r = FALLBACK;
+        r = QF_FALLBACK;
         goto unread;
     }
-    CHECK(attr_ll(sp, s_largest_sent, &largest_sent));
-    CHECK(attr_ll(sp, s_largest_acked, &largest_acked));
+    CHECK(qf_get_ll(sp, s_largest_sent, &largest_sent));
+    CHECK(qf_get_ll(sp, s_largest_acked, &largest_acked));
     if (hi > largest_sent) { /* the twin raises AckError */
-        r = FALLBACK;
+        r = QF_FALLBACK;
         goto unread;
     }
     sent = PyObject_GetAttr(sp, s_sent);
     if (sent == NULL) {
         goto error;
     }
-    r = FALLBACK;
+    r = QF_FALLBACK;
     if (!PyDict_CheckExact(sent) || PyDict_GET_SIZE(sent) == 0) {
         goto unread;
     }
@@ -285,13 +189,13 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         goto error;
     }
     while (PyDict_Next(sent, &pos, &key, &p)) {
-        CHECK(val_ll(key, &k));
+        CHECK(qf_as_ll(key, &k));
         if (k > hi) {
             has_remaining = 1;
             first_remaining = first_remaining < 0 ? k : first_remaining;
             break;
         }
-        CHECK(attr_ll(p, s_count, &cnt));
+        CHECK(qf_get_ll(p, s_count, &cnt));
         if (k + cnt - 1 < lo) { /* before the range: stays */
             if (first_remaining < 0) {
                 first_remaining = k;
@@ -300,7 +204,7 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             continue;
         }
         if (!(lo <= k && k + cnt - 1 <= hi)) {
-            r = FALLBACK;
+            r = QF_FALLBACK;
             goto unread;
         }
         if (PyList_Append(acked, p) < 0 || PyList_Append(keys, key) < 0) {
@@ -309,25 +213,25 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     n = PyList_GET_SIZE(acked);
     if (n == 0) {
-        r = FALLBACK;
+        r = QF_FALLBACK;
         goto unread;
     }
     if (hi > largest_acked) {
         largest_acked = hi;
     }
     if (has_remaining && first_remaining <= largest_acked) { /* the loss walk: the twin's */
-        r = FALLBACK;
+        r = QF_FALLBACK;
         goto unread;
     }
     /* the RTT sample: the newest acknowledged record ends at the largest acknowledged */
     {
         PyObject *last = PyList_GET_ITEM(acked, n - 1);
         long long lk, lc;
-        CHECK(attr_ll(last, s_count, &lc));
-        CHECK(val_ll(PyList_GET_ITEM(keys, n - 1), &lk));
+        CHECK(qf_get_ll(last, s_count, &lc));
+        CHECK(qf_as_ll(PyList_GET_ITEM(keys, n - 1), &lk));
         if (lk + lc - 1 == hi) {
             largest_pkt = last;
-            CHECK(attr_float(last, s_time_sent, &largest_time, NULL));
+            CHECK(qf_get_float(last, s_time_sent, &largest_time));
         }
     }
     /* the flight's accounting */
@@ -336,14 +240,14 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (rtt == NULL) {
         goto error;
     }
-    CHECK(attr_float(cc, s_recovery_start_time, &recovery_start, &no_recovery));
+    CHECK(qf_get_float_or_none(cc, s_recovery_start_time, &recovery_start, &no_recovery));
     for (i = 0; i < n; i++) {
         p = PyList_GET_ITEM(acked, i);
-        CHECK(attr_ll(p, s_count, &cnt));
-        CHECK(attr_ll(p, s_size, &size));
-        CHECK(attr_bool(p, s_in_flight, &in_flight));
-        CHECK(attr_bool(p, s_ack_eliciting, &ack_eliciting));
-        CHECK(attr_float(p, s_time_sent, &t, NULL));
+        CHECK(qf_get_ll(p, s_count, &cnt));
+        CHECK(qf_get_ll(p, s_size, &size));
+        CHECK(qf_get_exact_bool(p, s_in_flight, &in_flight));
+        CHECK(qf_get_exact_bool(p, s_ack_eliciting, &ack_eliciting));
+        CHECK(qf_get_float(p, s_time_sent, &t));
         count += cnt;
         any_eliciting |= ack_eliciting;
         if (in_flight) {
@@ -360,10 +264,14 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
         }
     }
-    CHECK(attr_ll(cc, s_bytes_in_flight, &bif));
-    CHECK(attr_ll(cc, s_cwnd, &cwnd));
-    CHECK(attr_ll(cc, s_ssthresh, &ssthresh));
-    CHECK(attr_bool(cc, s_app_limited, &app_limited));
+    CHECK(qf_get_ll(cc, s_bytes_in_flight, &bif));
+    if (bif > ((long long)1 << 60)) { /* (4 * bytes in flight below stays in 64 bits) */
+        r = QF_FALLBACK;
+        goto unread;
+    }
+    CHECK(qf_get_ll(cc, s_cwnd, &cwnd));
+    CHECK(qf_get_ll(cc, s_ssthresh, &ssthresh));
+    CHECK(qf_get_exact_bool(cc, s_app_limited, &app_limited));
     /* CongestionControl.on_removed_from_flight(recovering), then on_acked(growth, ...) */
     if (recovering) {
         bif = bif - recovering > 0 ? bif - recovering : 0;
@@ -386,28 +294,28 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 }
             }
             if (!done) { /* congestion avoidance (CUBIC, NewReno): the twin's */
-                r = FALLBACK;
+                r = QF_FALLBACK;
                 goto unread;
             }
         }
     }
     /* the RTT estimator and the rest of what the twin reads */
-    CHECK(attr_float(rtt, s_latest_rtt, &R.latest, NULL));
-    CHECK(attr_float(rtt, s_smoothed_rtt, &R.smoothed, NULL));
-    CHECK(attr_float(rtt, s_rttvar, &R.var, NULL));
-    CHECK(attr_float(rtt, s_min_rtt, &R.min, NULL));
-    CHECK(attr_bool(rtt, s_has_sample, &R.has));
-    CHECK(attr_float(loss, s_max_ack_delay, &max_ack_delay, NULL));
-    CHECK(attr_bool(loss, s_handshake_confirmed, &confirmed));
-    CHECK(attr_bool(loss, s_is_server, &is_server));
-    CHECK(attr_bool(loss, s_peer_completed_address_validation, &pcav));
-    CHECK(attr_float(loss, s_first_rtt_sample_time, &t, &first_none));
-    CHECK(attr_ll(sp, s_ack_eliciting_in_flight, &sp_ae));
-    CHECK(attr_ll(loss, s_packets_acked, &packets_acked));
+    CHECK(qf_get_float(rtt, s_latest_rtt, &R.latest));
+    CHECK(qf_get_float(rtt, s_smoothed_rtt, &R.smoothed));
+    CHECK(qf_get_float(rtt, s_rttvar, &R.var));
+    CHECK(qf_get_float(rtt, s_min_rtt, &R.min));
+    CHECK(qf_get_exact_bool(rtt, s_has_sample, &R.has));
+    CHECK(qf_get_float(loss, s_max_ack_delay, &max_ack_delay));
+    CHECK(qf_get_exact_bool(loss, s_handshake_confirmed, &confirmed));
+    CHECK(qf_get_exact_bool(loss, s_is_server, &is_server));
+    CHECK(qf_get_exact_bool(loss, s_peer_completed_address_validation, &pcav));
+    CHECK(qf_get_float_or_none(loss, s_first_rtt_sample_time, &t, &first_none));
+    CHECK(qf_get_ll(sp, s_ack_eliciting_in_flight, &sp_ae));
+    CHECK(qf_get_ll(loss, s_packets_acked, &packets_acked));
 #undef CHECK
 
     /* -- from here on, the state changes as the twin changes it */
-    if (put_ll(sp, s_largest_acked, largest_acked) < 0) {
+    if (qf_set_ll(sp, s_largest_acked, largest_acked) < 0) {
         goto error;
     }
     for (i = 0; i < n; i++) {
@@ -420,20 +328,20 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             goto error;
         }
         rtt_update(&R, now - largest_time, ack_delay, confirmed, max_ack_delay);
-        if (put_float(rtt, s_latest_rtt, R.latest) < 0 ||
-            put_float(rtt, s_smoothed_rtt, R.smoothed) < 0 ||
-            put_float(rtt, s_rttvar, R.var) < 0 || put_float(rtt, s_min_rtt, R.min) < 0 ||
+        if (qf_set_float(rtt, s_latest_rtt, R.latest) < 0 ||
+            qf_set_float(rtt, s_smoothed_rtt, R.smoothed) < 0 ||
+            qf_set_float(rtt, s_rttvar, R.var) < 0 || qf_set_float(rtt, s_min_rtt, R.min) < 0 ||
             PyObject_SetAttr(rtt, s_has_sample, R.has ? Py_True : Py_False) < 0) {
             goto error;
         }
     }
     if (PyObject_SetAttr(sp, s_loss_time, Py_None) < 0 ||
-        put_ll(sp, s_ack_eliciting_in_flight, sp_ae - ae) < 0 ||
-        put_ll(cc, s_bytes_in_flight, bif) < 0 || put_ll(cc, s_cwnd, cwnd) < 0 ||
-        put_ll(loss, s_packets_acked, packets_acked + count) < 0) {
+        qf_set_ll(sp, s_ack_eliciting_in_flight, sp_ae - ae) < 0 ||
+        qf_set_ll(cc, s_bytes_in_flight, bif) < 0 || qf_set_ll(cc, s_cwnd, cwnd) < 0 ||
+        qf_set_ll(loss, s_packets_acked, packets_acked + count) < 0) {
         goto error;
     }
-    if ((is_server || pcav || confirmed) && put_ll(loss, s_pto_count, 0) < 0) {
+    if ((is_server || pcav || confirmed) && qf_set_ll(loss, s_pto_count, 0) < 0) {
         goto error;
     }
     if (PyObject_SetAttr(loss, s_timer_anchor, nowobj) < 0) {

@@ -8,6 +8,7 @@
  * (Pacer.consume), takes the stream off the queue when bulk.py would, counts, and asks
  * the pacer again after a full run (bulk.py's _pace_after_run): the same decisions and
  * the same state as the Python code, in the same order, without its ~25 Python frames.
+ * The pacer's twin is pacer.c; the field helpers are fields.c.
  *
  * Whatever this file does not handle goes to the Python twin before anything changed:
  * another engine than the native one, a run that may reach the end of its send-buffer
@@ -27,15 +28,13 @@ static PyObject *twin, *sent_packet_cls, *effective_idle, *r_stream_run, *one_rt
 #define NAMES(X)                                                                          \
     X(max_datagram_size) X(loss) X(cc) X(cwnd) X(bytes_in_flight) X(send_queue) X(streams) \
     X(send) X(flow) X(next_offset) X(write_offset) X(max_data) X(peer_max_data)           \
-    X(data_sent) X(rtt) X(smoothed_rtt) X(pacer) X(multiplier) X(burst_datagrams)         \
-    X(burst_interval) X(max_burst_datagrams) X(run_datagrams) X(granularity) X(promised)  \
-    X(tokens) X(last_time) X(pacer_deadline) X(spaces) X(next_pn) X(largest_acked)        \
-    X(peer_cid) X(engine) X(_sealers) X(seal_key) X(chunks) X(chunk_ends) X(fin_written)  \
-    X(fin_sent) X(sealed) X(seal_calls) X(discarded) X(largest_sent) X(sent)              \
-    X(packets_sent) X(last_ack_eliciting_time) X(ack_eliciting_in_flight) X(timer_anchor) \
-    X(reset_code) X(lost) X(starts) X(fin_lost) X(blocked_sent_at) X(counters)            \
-    X(datagrams_sent) X(bytes_sent) X(last_ack_eliciting_sent_after_receive)              \
-    X(idle_deadline) X(on_packet_sent)
+    X(data_sent) X(rtt) X(smoothed_rtt) X(pacer) X(pacer_deadline) X(spaces) X(next_pn)  \
+    X(largest_acked) X(peer_cid) X(engine) X(_sealers) X(seal_key) X(chunks)              \
+    X(chunk_ends) X(fin_written) X(fin_sent) X(sealed) X(seal_calls) X(discarded)         \
+    X(largest_sent) X(sent) X(packets_sent) X(last_ack_eliciting_time)                    \
+    X(ack_eliciting_in_flight) X(timer_anchor) X(reset_code) X(lost) X(starts)            \
+    X(fin_lost) X(blocked_sent_at) X(counters) X(datagrams_sent) X(bytes_sent)            \
+    X(last_ack_eliciting_sent_after_receive) X(idle_deadline) X(on_packet_sent)
 
 #define DECLARE(n) static PyObject *s_##n;
 NAMES(DECLARE)
@@ -57,6 +56,9 @@ mod_bulk_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     NAMES(INTERN)
 #undef INTERN
+    if (qf_pacer_setup() < 0) {
+        return NULL;
+    }
     Py_XSETREF(twin, Py_NewRef(args[0]));
     Py_XSETREF(sent_packet_cls, Py_NewRef(args[1]));
     Py_XSETREF(effective_idle, Py_NewRef(args[2]));
@@ -64,273 +66,6 @@ mod_bulk_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_XSETREF(one_rtt, Py_NewRef(args[4]));
     Py_XSETREF(engine_type, Py_NewRef(args[5]));
     Py_RETURN_NONE;
-}
-
-/* Reading: 0 ok, 1 not this file's case (the twin decides), -1 error. */
-#define FALLBACK 1
-
-static int
-get_obj(PyObject *o, PyObject *name, PyObject **out)
-{
-    *out = PyObject_GetAttr(o, name);
-    return *out == NULL ? -1 : 0;
-}
-
-static int
-as_ll(PyObject *v, long long *out)
-{
-    int overflow;
-    if (!PyLong_CheckExact(v)) {
-        return FALLBACK;
-    }
-    *out = PyLong_AsLongLongAndOverflow(v, &overflow);
-    if (*out == -1 && PyErr_Occurred()) {
-        return -1;
-    }
-    /* (well inside 64 bits: sums and products below cannot overflow) */
-    return overflow || *out > ((long long)1 << 61) || *out < -((long long)1 << 61) ? FALLBACK
-                                                                                   : 0;
-}
-
-static int
-get_ll(PyObject *o, PyObject *name, long long *out)
-{
-    PyObject *v = PyObject_GetAttr(o, name);
-    int r;
-    if (v == NULL) {
-        return -1;
-    }
-    r = as_ll(v, out);
-    Py_DECREF(v);
-    return r;
-}
-
-static int
-get_float(PyObject *o, PyObject *name, double *out)
-{
-    PyObject *v = PyObject_GetAttr(o, name);
-    int r = 0;
-    if (v == NULL) {
-        return -1;
-    }
-    if (PyFloat_CheckExact(v)) {
-        *out = PyFloat_AS_DOUBLE(v);
-    } else {
-        r = FALLBACK;
-    }
-    Py_DECREF(v);
-    return r;
-}
-
-static int
-get_bool(PyObject *o, PyObject *name, int *out)
-{
-    PyObject *v = PyObject_GetAttr(o, name);
-    if (v == NULL) {
-        return -1;
-    }
-    *out = PyObject_IsTrue(v);
-    Py_DECREF(v);
-    return *out < 0 ? -1 : 0;
-}
-
-static int
-set_ll(PyObject *o, PyObject *name, long long v)
-{
-    PyObject *x = PyLong_FromLongLong(v);
-    int r;
-    if (x == NULL) {
-        return -1;
-    }
-    r = PyObject_SetAttr(o, name, x);
-    Py_DECREF(x);
-    return r;
-}
-
-static int
-set_float(PyObject *o, PyObject *name, double v)
-{
-    PyObject *x = PyFloat_FromDouble(v);
-    int r;
-    if (x == NULL) {
-        return -1;
-    }
-    r = PyObject_SetAttr(o, name, x);
-    Py_DECREF(x);
-    return r;
-}
-
-/* o.name += k (Python int arithmetic, whatever the size) */
-static int
-add_attr(PyObject *o, PyObject *name, long long k)
-{
-    PyObject *v = PyObject_GetAttr(o, name), *x, *sum;
-    int r;
-    if (v == NULL) {
-        return -1;
-    }
-    x = PyLong_FromLongLong(k);
-    if (x == NULL) {
-        Py_DECREF(v);
-        return -1;
-    }
-    sum = PyNumber_Add(v, x);
-    Py_DECREF(v);
-    Py_DECREF(x);
-    if (sum == NULL) {
-        return -1;
-    }
-    r = PyObject_SetAttr(o, name, sum);
-    Py_DECREF(sum);
-    return r;
-}
-
-/* ------------------------------------------------------------------ the pacer's twin */
-
-typedef struct {
-    double multiplier, burst_interval, granularity, promised, tokens, last_time;
-    int has_last;
-    long long burst, mds, max_burst, run;
-} PacerV;
-
-static int
-pacer_load(PyObject *pacer, PacerV *p)
-{
-    PyObject *last;
-    int r;
-    if ((r = get_float(pacer, s_multiplier, &p->multiplier)) ||
-        (r = get_float(pacer, s_burst_interval, &p->burst_interval)) ||
-        (r = get_float(pacer, s_granularity, &p->granularity)) ||
-        (r = get_float(pacer, s_promised, &p->promised)) ||
-        (r = get_float(pacer, s_tokens, &p->tokens)) ||
-        (r = get_ll(pacer, s_burst_datagrams, &p->burst)) ||
-        (r = get_ll(pacer, s_max_datagram_size, &p->mds)) ||
-        (r = get_ll(pacer, s_max_burst_datagrams, &p->max_burst)) ||
-        (r = get_ll(pacer, s_run_datagrams, &p->run))) {
-        return r;
-    }
-    if (p->burst < 0 || p->mds < 0 || p->max_burst < 0 || p->run < 0 ||
-        p->burst > (1 << 20) || p->mds > (1 << 20) || p->max_burst > (1 << 20) ||
-        p->run > (1 << 20)) {
-        return FALLBACK;  /* (products of these stay exact doubles below) */
-    }
-    if (get_obj(pacer, s_last_time, &last) < 0) {
-        return -1;
-    }
-    r = 0;
-    if (last == Py_None) {
-        p->has_last = 0;
-        p->last_time = 0.0;
-    } else if (PyFloat_CheckExact(last)) {
-        p->has_last = 1;
-        p->last_time = PyFloat_AS_DOUBLE(last);
-    } else {
-        r = FALLBACK;
-    }
-    Py_DECREF(last);
-    return r;
-}
-
-static int
-pacer_store(PyObject *pacer, const PacerV *p)
-{
-    if (set_float(pacer, s_tokens, p->tokens) < 0 ||
-        set_float(pacer, s_promised, p->promised) < 0) {
-        return -1;
-    }
-    if (!p->has_last) {
-        return PyObject_SetAttr(pacer, s_last_time, Py_None);
-    }
-    return set_float(pacer, s_last_time, p->last_time);
-}
-
-static double
-pacer_rate(const PacerV *p, double srtt, long long cwnd)
-{
-    return srtt > 0.0 ? p->multiplier * (double)cwnd / srtt : 0.0;
-}
-
-/* Pacer.capacity */
-static double
-pacer_capacity(const PacerV *p, double rate, long long cwnd)
-{
-    double capacity = (double)(p->burst * p->mds);
-    if (p->burst_interval > 0.0 && rate > 0.0) {
-        double a = rate * p->burst_interval, b = (double)(p->max_burst * p->mds);
-        double timed = b < a ? b : a;
-        double c = (double)(p->run * p->mds), d = (double)cwnd / 8.0;
-        double floor_ = d < c ? d : c;
-        if (floor_ > timed) {
-            timed = floor_;
-        }
-        if (timed > capacity) {
-            capacity = timed;
-        }
-    }
-    return capacity;
-}
-
-/* Pacer._refill */
-static double
-pacer_refill(PacerV *p, double now, double rate, double capacity)
-{
-    int had = p->has_last;
-    double last = p->last_time;
-    if (!had || rate == 0.0) {
-        p->tokens = capacity;
-    } else if (now > last) {
-        double tokens = p->tokens + (now - last) * rate;
-        p->tokens = tokens < capacity ? tokens : capacity;
-    }
-    if (!had || now > last) {
-        p->last_time = now;
-        p->has_last = 1;
-    }
-    return p->tokens;
-}
-
-/* Pacer.run_budget: 1 with *later set (nothing now), 0 with *room set */
-static int
-pacer_run_budget(PacerV *p, double now, double srtt, long long cwnd, long long want,
-                 long long *room, double *later)
-{
-    double rate = pacer_rate(p, srtt, cwnd), capacity, early, tokens, need;
-    if (rate == 0.0) {
-        *room = want;
-        return 0;
-    }
-    capacity = pacer_capacity(p, rate, cwnd);
-    early = rate * p->granularity;
-    if (p->has_last && now <= p->last_time) {
-        tokens = p->tokens + early;
-    } else {
-        tokens = pacer_refill(p, now, rate, capacity) + early;
-    }
-    need = (double)want < capacity ? (double)want : capacity;
-    if (p->promised != 0.0 && p->promised < need) {
-        need = p->promised;
-    }
-    if (tokens > need - 1.0) {
-        p->promised = 0.0;
-        *room = (long long)tokens;
-        return 0;
-    }
-    p->promised = need;
-    *later = now + (need - tokens) / rate;
-    return 1;
-}
-
-/* Pacer.consume */
-static void
-pacer_consume(PacerV *p, double now, long long size, double srtt, long long cwnd)
-{
-    double rate = pacer_rate(p, srtt, cwnd);
-    if (p->has_last && rate != 0.0 && now <= p->last_time) {
-        p->tokens -= (double)size;
-        return;
-    }
-    pacer_refill(p, now, rate, pacer_capacity(p, rate, cwnd));
-    p->tokens -= (double)size;
 }
 
 /* bulk.py's _run_want: *end and the bytes a run would take (0: none) */
@@ -403,8 +138,8 @@ chunk_at(PyObject *send, long long start, PyObject **chunk, long long *at, long 
     PyObject *ends = NULL, *chunks = NULL;
     Py_ssize_t lo = 0, hi, mid;
     long long v, clen;
-    int r = FALLBACK;
-    if (get_obj(send, s_chunk_ends, &ends) < 0 || get_obj(send, s_chunks, &chunks) < 0) {
+    int r = QF_FALLBACK;
+    if (qf_get_obj(send, s_chunk_ends, &ends) < 0 || qf_get_obj(send, s_chunks, &chunks) < 0) {
         r = -1;
         goto done;
     }
@@ -415,10 +150,10 @@ chunk_at(PyObject *send, long long start, PyObject **chunk, long long *at, long 
     hi = PyList_GET_SIZE(ends);
     while (lo < hi) { /* bisect_right */
         mid = (lo + hi) / 2;
-        if ((r = as_ll(PyList_GET_ITEM(ends, mid), &v)) != 0) {
+        if ((r = qf_as_ll(PyList_GET_ITEM(ends, mid), &v)) != 0) {
             goto done;
         }
-        r = FALLBACK;
+        r = QF_FALLBACK;
         if (start < v) {
             hi = mid;
         } else {
@@ -428,7 +163,7 @@ chunk_at(PyObject *send, long long start, PyObject **chunk, long long *at, long 
     if (lo >= PyList_GET_SIZE(ends)) {
         goto done;
     }
-    if ((r = as_ll(PyList_GET_ITEM(ends, lo), end)) != 0) {
+    if ((r = qf_as_ll(PyList_GET_ITEM(ends, lo), end)) != 0) {
         goto done;
     }
     *chunk = PyList_GET_ITEM(chunks, lo);
@@ -437,7 +172,7 @@ chunk_at(PyObject *send, long long start, PyObject **chunk, long long *at, long 
     } else if (PyByteArray_CheckExact(*chunk)) {
         clen = PyByteArray_GET_SIZE(*chunk);
     } else {
-        r = FALLBACK;
+        r = QF_FALLBACK;
         goto done;
     }
     Py_INCREF(*chunk);
@@ -456,7 +191,7 @@ has_data_to_send(PyObject *send, long long next, long long write_offset, long lo
 {
     PyObject *v, *starts;
     int t;
-    if (get_obj(send, s_reset_code, &v) < 0) {
+    if (qf_get_obj(send, s_reset_code, &v) < 0) {
         return -1;
     }
     t = v != Py_None;
@@ -464,7 +199,7 @@ has_data_to_send(PyObject *send, long long next, long long write_offset, long lo
     if (t) {
         return 0;
     }
-    if (get_obj(send, s_lost, &v) < 0) {
+    if (qf_get_obj(send, s_lost, &v) < 0) {
         return -1;
     }
     starts = PyObject_GetAttr(v, s_starts);
@@ -477,7 +212,7 @@ has_data_to_send(PyObject *send, long long next, long long write_offset, long lo
     if (t != 0) {
         return t; /* 1, or -1 */
     }
-    if (get_bool(send, s_fin_lost, &t) < 0) {
+    if (qf_get_bool(send, s_fin_lost, &t) < 0) {
         return -1;
     }
     if (t) {
@@ -495,7 +230,7 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *conn, *nowobj, *buf, *bounds, *stream, *streams, *spaces, *v;
     PyObject *seal_args[15] = {NULL}, *res = NULL, *pkt = NULL, *frames = NULL, *rec = NULL;
     Refs R = {NULL};
-    PacerV P, Q;
+    QfPacer P, Q;
     double now, srtt, later = 0.0;
     long long mds, cwnd, bif, cwnd_room, max_count, start, write_offset, max_data, peer_max,
         data_sent, end, want, pacer_room = 0, count, pn, la, n, pn_len, header_len,
@@ -528,105 +263,110 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     } while (0)
 
     /* -- everything read, nothing changed yet: the twin may still take it all over */
-    r = FALLBACK;
+    r = QF_FALLBACK;
     if (!PyFloat_CheckExact(nowobj) || !PyByteArray_CheckExact(buf) ||
         !PyList_CheckExact(bounds)) {
         goto unread;
     }
     now = PyFloat_AS_DOUBLE(nowobj);
-    READ(as_ll(args[5], &max_count));
-    READ(get_obj(conn, s_engine, &R.engine));
+    READ(qf_as_ll(args[5], &max_count));
+    READ(qf_get_obj(conn, s_engine, &R.engine));
     if ((PyObject *)Py_TYPE(R.engine) != engine_type) {
-        r = FALLBACK;
+        r = QF_FALLBACK;
         goto unread;
     }
-    READ(get_ll(conn, s_max_datagram_size, &mds));
-    if (mds <= 0 || max_count < 1) { /* (never so: the twin's arithmetic decides) */
-        r = FALLBACK;
+    READ(qf_get_ll(conn, s_max_datagram_size, &mds));
+    if (mds <= 0 || max_count < 1 || mds > (1 << 20) || max_count > (1 << 20)) {
+        /* (never so: the twin's arithmetic decides; products below stay in 64 bits) */
+        r = QF_FALLBACK;
         goto unread;
     }
-    READ(get_obj(conn, s_loss, &R.loss));
-    READ(get_obj(R.loss, s_cc, &R.cc));
-    READ(get_ll(R.cc, s_cwnd, &cwnd));
-    READ(get_ll(R.cc, s_bytes_in_flight, &bif));
+    READ(qf_get_obj(conn, s_loss, &R.loss));
+    READ(qf_get_obj(R.loss, s_cc, &R.cc));
+    READ(qf_get_ll(R.cc, s_cwnd, &cwnd));
+    READ(qf_get_ll(R.cc, s_bytes_in_flight, &bif));
     cwnd_room = cwnd - bif;
     if (cwnd_room < mds) {
         refs_clear(&R);
         return PyLong_FromLong(0);
     }
-    READ(get_obj(conn, s_send_queue, &R.queue));
-    r = FALLBACK;
+    READ(qf_get_obj(conn, s_send_queue, &R.queue));
+    r = QF_FALLBACK;
     if (!PyList_CheckExact(R.queue) || PyList_GET_SIZE(R.queue) < 1) {
         goto unread;
     }
     R.sid = Py_NewRef(PyList_GET_ITEM(R.queue, 0));
-    READ(as_ll(R.sid, &sidv));
+    READ(qf_as_ll(R.sid, &sidv));
     if (sidv < 0) {
-        r = FALLBACK;
+        r = QF_FALLBACK;
         goto unread;
     }
-    READ(get_obj(conn, s_streams, &streams));
-    r = FALLBACK;
+    READ(qf_get_obj(conn, s_streams, &streams));
+    r = QF_FALLBACK;
     stream = PyDict_CheckExact(streams) ? PyDict_GetItemWithError(streams, R.sid) : NULL;
     Py_DECREF(streams);
     if (stream == NULL) {
-        r = PyErr_Occurred() ? -1 : FALLBACK;
+        r = PyErr_Occurred() ? -1 : QF_FALLBACK;
         goto unread;
     }
-    READ(get_obj(stream, s_send, &R.send)); /* (stream: borrowed from the dict, in use) */
+    READ(qf_get_obj(stream, s_send, &R.send)); /* (stream: borrowed from the dict, in use) */
     if (R.send == Py_None) {
-        r = FALLBACK;
+        r = QF_FALLBACK;
         goto unread;
     }
-    READ(get_obj(conn, s_flow, &R.flow));
-    READ(get_ll(R.send, s_next_offset, &start));
-    READ(get_ll(R.send, s_write_offset, &write_offset));
-    READ(get_ll(R.send, s_max_data, &max_data));
-    READ(get_ll(R.flow, s_peer_max_data, &peer_max));
-    READ(get_ll(R.flow, s_data_sent, &data_sent));
+    READ(qf_get_obj(conn, s_flow, &R.flow));
+    READ(qf_get_ll(R.send, s_next_offset, &start));
+    READ(qf_get_ll(R.send, s_write_offset, &write_offset));
+    READ(qf_get_ll(R.send, s_max_data, &max_data));
+    READ(qf_get_ll(R.flow, s_peer_max_data, &peer_max));
+    READ(qf_get_ll(R.flow, s_data_sent, &data_sent));
     run_want(start, write_offset, max_data, peer_max, data_sent, cwnd_room, max_count, mds,
              &end, &want);
     if (!want) {
         refs_clear(&R);
         return PyLong_FromLong(0);
     }
-    READ(get_obj(R.loss, s_rtt, &R.rtt));
-    READ(get_float(R.rtt, s_smoothed_rtt, &srtt));
-    READ(get_obj(conn, s_pacer, &R.pacer));
-    READ(pacer_load(R.pacer, &P));
-    READ(get_obj(conn, s_spaces, &spaces));
-    r = FALLBACK;
+    READ(qf_get_obj(R.loss, s_rtt, &R.rtt));
+    READ(qf_get_float(R.rtt, s_smoothed_rtt, &srtt));
+    READ(qf_get_obj(conn, s_pacer, &R.pacer));
+    READ(qf_pacer_load(R.pacer, &P));
+    READ(qf_get_obj(conn, s_spaces, &spaces));
+    r = QF_FALLBACK;
     if (PyList_CheckExact(spaces) && PyList_GET_SIZE(spaces) == 3) {
         R.space = Py_NewRef(PyList_GET_ITEM(spaces, 2));
         r = 0;
     }
     Py_DECREF(spaces);
     READ(r);
-    READ(get_ll(R.space, s_next_pn, &pn));
-    READ(get_ll(R.space, s_largest_acked, &la));
-    READ(get_obj(conn, s_peer_cid, &R.dcid));
-    READ(get_obj(R.engine, s__sealers, &R.table));
-    READ(get_obj(conn, s_seal_key, &R.seal_key));
-    READ(get_bool(R.send, s_fin_written, &fin_written));
-    r = FALLBACK;
+    READ(qf_get_ll(R.space, s_next_pn, &pn));
+    READ(qf_get_ll(R.space, s_largest_acked, &la));
+    if (pn > ((long long)1 << 61)) { /* (2 * packets unacknowledged stays in 64 bits) */
+        r = QF_FALLBACK;
+        goto unread;
+    }
+    READ(qf_get_obj(conn, s_peer_cid, &R.dcid));
+    READ(qf_get_obj(R.engine, s__sealers, &R.table));
+    READ(qf_get_obj(conn, s_seal_key, &R.seal_key));
+    READ(qf_get_bool(R.send, s_fin_written, &fin_written));
+    r = QF_FALLBACK;
     if (!PyBytes_CheckExact(R.dcid)) {
         goto unread;
     }
-    READ(get_obj(R.loss, s_spaces, &spaces));
-    r = FALLBACK;
+    READ(qf_get_obj(R.loss, s_spaces, &spaces));
+    r = QF_FALLBACK;
     if (PyList_CheckExact(spaces) && PyList_GET_SIZE(spaces) == 3) {
         R.lspace = Py_NewRef(PyList_GET_ITEM(spaces, 2));
         r = 0;
     }
     Py_DECREF(spaces);
     READ(r);
-    READ(get_obj(conn, s_counters, &R.counters));
+    READ(qf_get_obj(conn, s_counters, &R.counters));
 
     /* the pacer's answer and the run's shape, on a copy of the pacer's state: a run that
      * may go on into the send buffer's next chunk is the twin's (its loop), decided
      * before anything changed */
     Q = P;
-    paced = pacer_run_budget(&Q, now, srtt, cwnd, want, &pacer_room, &later);
+    paced = qf_pacer_run_budget(&Q, now, srtt, cwnd, want, &pacer_room, &later);
     count = data_cap = pn_len = header_len = frame_head = off_len = 0;
     if (!paced) {
         count = max_count;
@@ -650,7 +390,7 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (pn_len < 1) {
             pn_len = 1;
         } else if (pn_len > 4) {
-            READ(FALLBACK);
+            READ(QF_FALLBACK);
         }
         header_len = 1 + PyBytes_GET_SIZE(R.dcid) + pn_len;
         sid_len = vlen(sidv);
@@ -661,7 +401,7 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (data_cap > 0) {
             READ(chunk_at(R.send, start, &R.chunk, &at, &chunk_end));
             if (end > chunk_end && start + count * data_cap >= chunk_end) {
-                READ(FALLBACK);
+                READ(QF_FALLBACK);
             }
         }
     }
@@ -669,11 +409,11 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
     /* -- from here on, the state changes as the Python code changes it */
     P = Q;
-    if (pacer_store(R.pacer, &P) < 0) {
+    if (qf_pacer_store(R.pacer, &P) < 0) {
         goto error;
     }
     if (paced) {
-        if (set_float(conn, s_pacer_deadline, later) < 0) {
+        if (qf_set_float(conn, s_pacer_deadline, later) < 0) {
             goto error;
         }
         refs_clear(&R);
@@ -720,7 +460,7 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (built == -1 && PyErr_Occurred()) {
         goto error;
     }
-    if (add_attr(R.engine, s_sealed, built) < 0 || add_attr(R.engine, s_seal_calls, 1) < 0) {
+    if (qf_add_attr(R.engine, s_sealed, built) < 0 || qf_add_attr(R.engine, s_seal_calls, 1) < 0) {
         goto error;
     }
     if (!built) { /* cannot happen (count > 0, data waits); nothing was appended */
@@ -789,14 +529,14 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_CLEAR(frames);
     }
     /* LossDetection.on_packet_sent(pkt) (its refusals: through the method itself) */
-    if (get_bool(R.lspace, s_discarded, &discarded) < 0) {
+    if (qf_get_bool(R.lspace, s_discarded, &discarded) < 0) {
         goto error;
     }
-    r = discarded ? FALLBACK : get_ll(R.lspace, s_largest_sent, &lsent);
+    r = discarded ? QF_FALLBACK : qf_get_ll(R.lspace, s_largest_sent, &lsent);
     if (r < 0) {
         goto error;
     }
-    if (r == FALLBACK || pn <= lsent) {
+    if (r == QF_FALLBACK || pn <= lsent) {
         res = PyObject_CallMethodOneArg(R.loss, s_on_packet_sent, pkt);
         if (res == NULL) {
             goto error;
@@ -804,30 +544,30 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_CLEAR(res);
     } else {
         PyObject *sent;
-        if (set_ll(R.lspace, s_largest_sent, pn + built - 1) < 0 ||
-            get_obj(R.lspace, s_sent, &sent) < 0) {
+        if (qf_set_ll(R.lspace, s_largest_sent, pn + built - 1) < 0 ||
+            qf_get_obj(R.lspace, s_sent, &sent) < 0) {
             goto error;
         }
         r = PyObject_SetItem(sent, seal_args[3], pkt);
         Py_DECREF(sent);
-        if (r < 0 || add_attr(R.loss, s_packets_sent, built) < 0 ||
+        if (r < 0 || qf_add_attr(R.loss, s_packets_sent, built) < 0 ||
             PyObject_SetAttr(R.lspace, s_last_ack_eliciting_time, nowobj) < 0 ||
-            add_attr(R.lspace, s_ack_eliciting_in_flight, built) < 0 ||
-            add_attr(R.cc, s_bytes_in_flight, size) < 0 || /* cc.on_sent */
+            qf_add_attr(R.lspace, s_ack_eliciting_in_flight, built) < 0 ||
+            qf_add_attr(R.cc, s_bytes_in_flight, size) < 0 || /* cc.on_sent */
             PyObject_SetAttr(R.loss, s_timer_anchor, nowobj) < 0) {
             goto error;
         }
     }
     Py_CLEAR(pkt);
-    if (set_ll(R.space, s_next_pn, pn + built) < 0 ||
-        add_attr(R.flow, s_data_sent, offset - start) < 0 ||
-        set_ll(R.send, s_next_offset, offset) < 0) {
+    if (qf_set_ll(R.space, s_next_pn, pn + built) < 0 ||
+        qf_add_attr(R.flow, s_data_sent, offset - start) < 0 ||
+        qf_set_ll(R.send, s_next_offset, offset) < 0) {
         goto error;
     }
 
     /* the stream leaves the queue when nothing of it waits (one just blocked by the
      * peer's limit stays: the general path sends its STREAM_DATA_BLOCKED) */
-    if (get_bool(R.send, s_fin_sent, &flag) < 0) {
+    if (qf_get_bool(R.send, s_fin_sent, &flag) < 0) {
         goto error;
     }
     has = has_data_to_send(R.send, offset, write_offset, max_data, fin_written, flag);
@@ -837,23 +577,23 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (!has) {
         int blocked = offset < write_offset && offset >= max_data;
         if (blocked) {
-            r = get_ll(R.send, s_blocked_sent_at, &blocked_sent_at);
+            r = qf_get_ll(R.send, s_blocked_sent_at, &blocked_sent_at);
             if (r < 0) {
                 goto error;
             }
-            blocked = r == FALLBACK || blocked_sent_at != max_data;
+            blocked = r == QF_FALLBACK || blocked_sent_at != max_data;
         }
         if (!blocked && PySequence_DelItem(R.queue, 0) < 0) {
             goto error;
         }
     }
-    pacer_consume(&P, now, size, srtt, cwnd);
-    if (pacer_store(R.pacer, &P) < 0 || add_attr(R.counters, s_packets_sent, built) < 0 ||
-        add_attr(R.counters, s_datagrams_sent, built) < 0 ||
-        add_attr(R.counters, s_bytes_sent, size) < 0) {
+    qf_pacer_consume(&P, now, size, srtt, cwnd);
+    if (qf_pacer_store(R.pacer, &P) < 0 || qf_add_attr(R.counters, s_packets_sent, built) < 0 ||
+        qf_add_attr(R.counters, s_datagrams_sent, built) < 0 ||
+        qf_add_attr(R.counters, s_bytes_sent, size) < 0) {
         goto error;
     }
-    if (get_bool(conn, s_last_ack_eliciting_sent_after_receive, &flag) < 0) {
+    if (qf_get_bool(conn, s_last_ack_eliciting_sent_after_receive, &flag) < 0) {
         goto error;
     }
     if (!flag) {
@@ -884,9 +624,9 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     if (paced) {
         long long mc = max_count - built ? max_count - built : max_count, mds2;
-        if (get_ll(R.cc, s_cwnd, &cwnd) || get_ll(R.cc, s_bytes_in_flight, &bif) ||
-            get_ll(conn, s_max_datagram_size, &mds2) ||
-            get_ll(R.flow, s_data_sent, &data_sent)) {
+        if (qf_get_ll(R.cc, s_cwnd, &cwnd) || qf_get_ll(R.cc, s_bytes_in_flight, &bif) ||
+            qf_get_ll(conn, s_max_datagram_size, &mds2) ||
+            qf_get_ll(R.flow, s_data_sent, &data_sent)) {
             if (!PyErr_Occurred()) {
                 PyErr_SetString(PyExc_OverflowError, "build_bulk: state out of range");
             }
@@ -896,12 +636,12 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (cwnd_room >= mds2) {
             run_want(offset, write_offset, max_data, peer_max, data_sent, cwnd_room, mc,
                      mds2, &end, &want);
-            if (want && pacer_run_budget(&P, now, srtt, cwnd, want, &pacer_room, &later)) {
-                if (set_float(conn, s_pacer_deadline, later) < 0) {
+            if (want && qf_pacer_run_budget(&P, now, srtt, cwnd, want, &pacer_room, &later)) {
+                if (qf_set_float(conn, s_pacer_deadline, later) < 0) {
                     goto error;
                 }
             }
-            if (want && pacer_store(R.pacer, &P) < 0) {
+            if (want && qf_pacer_store(R.pacer, &P) < 0) {
                 goto error;
             }
         }
