@@ -62,8 +62,8 @@ else:
             sources=[
                 f"{NATIVE_SRC}/{name}.c"
                 for name in ("module", "keys", "hmac", "hkdf", "table", "batch", "coalesce",
-                             "stream_run", "tparams", "header", "frames", "objects", "hello",
-                             "ticket")
+                             "stream_run", "fields", "pacer", "bulk", "ack", "tparams",
+                             "header", "frames", "objects", "hello", "ticket")
             ],
             depends=[f"{NATIVE_SRC}/native.h"],
             libraries=["crypto"],

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..crypto.epoch import Epoch
+from ..crypto.extension import EXT, python_forced
 from . import pmtud, qlog
 from .ack_frequency import maybe_request, on_frame_acked, on_frame_lost, on_probe
 from .connection import SPACE_OF_EPOCH, Connection
 from .events import StreamWritable
-from .recovery import SentPacket
+from .recovery import LossDetection, SentPacket
 from .state import (
     ECN_CAPABLE,
     ECN_FAILED,
@@ -42,8 +44,8 @@ def on_ack_frame(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None
     ack_delay = (frame.ack_delay << exponent) / 1_000_000
     conn.counters.ack_frames_received += 1
     loss = conn.loss
-    acked, lost = loss.on_ack_received(
-        epoch, frame.ranges, ack_delay, now, conn.handshake_confirmed
+    acked, lost = _ack_received(
+        loss, epoch, frame.ranges, ack_delay, now, conn.handshake_confirmed
     )
     space = conn.spaces[SPACE_OF_EPOCH[epoch]]
     largest = frame.ranges[0][1] if frame.ranges else -1
@@ -88,6 +90,24 @@ def on_ack_frame(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None
     if conn.qlog is not None:
         qlog.metrics_updated(conn, now)
 
+
+_AckReceived = Callable[[LossDetection, Epoch, list[tuple[int, int]], float, float, bool],
+                        tuple[list[SentPacket], list[SentPacket]]]
+
+
+def _pick_ack_received() -> _AckReceived:
+    """``LossDetection.on_ack_received``, or its C twin for an ACK frame's common case
+    (``crypto/_native_src/ack.c``: one range of whole records in the application space,
+    nothing to declare lost; the rest goes to the method) when the extension is built
+    and not forced off."""
+    if EXT is None or python_forced():
+        return LossDetection.on_ack_received
+    EXT.ack_setup(LossDetection.on_ack_received, _ONE_RTT)
+    native: _AckReceived = EXT.ack_received
+    return native
+
+
+_ack_received = _pick_ack_received()
 
 #: Epoch by value (a table lookup: calling the enum class runs enum's Python __call__)
 _EPOCHS = tuple(Epoch)

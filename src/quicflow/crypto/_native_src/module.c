@@ -18,6 +18,17 @@ static PyMethodDef module_methods[] = {
      "seal_stream_run(table, buf, key, pn, pn_len, stream_id, data, start, end, offset, "
      "off_len, data_cap, count, fin[, dcid]) -> int: frame and seal a run of STREAM "
      "packets (sealed with key's entry; dcid, default key, goes into the headers)"},
+    {"bulk_setup", (PyCFunction)(void (*)(void))mod_bulk_setup, METH_FASTCALL,
+     "bulk_setup(python_twin, SentPacket, effective_idle, R_STREAM_RUN, ONE_RTT, "
+     "engine_type): what build_bulk needs from the transport layer"},
+    {"build_bulk", (PyCFunction)(void (*)(void))mod_build_bulk, METH_FASTCALL,
+     "build_bulk(conn, now, buf, bounds, seal, max_count) -> int: transport/bulk.py's "
+     "build_bulk_python in one call (the cases it does not take go to that twin)"},
+    {"ack_setup", (PyCFunction)(void (*)(void))mod_ack_setup, METH_FASTCALL,
+     "ack_setup(python_twin, ONE_RTT): what ack_received needs from the transport layer"},
+    {"ack_received", (PyCFunction)(void (*)(void))mod_ack_received, METH_FASTCALL,
+     "ack_received(loss, epoch, ranges, ack_delay, now, handshake_confirmed) -> (acked, "
+     "lost): LossDetection.on_ack_received's common case (the rest goes to that twin)"},
     {"push_short_packet", (PyCFunction)(void (*)(void))mod_push_short_packet, METH_FASTCALL,
      "push_short_packet(buf, dcid, pn, pn_len, payload) -> header_len | None: a 1-RTT "
      "packet's header, payload and tag room appended to buf"},

@@ -598,6 +598,43 @@ PyObject *mod_seal(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_open(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_seal_stream_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+/* fields.c: the transport's plain-data fields read and written from C (the C twins of
+ * Python code: bulk.c, ack.c, pacer.c). Reads return 0, QF_FALLBACK (not an exact int
+ * within +-QF_FIELD_MAX, not an exact float or bool: the caller hands the call to the
+ * Python code before anything changed) or -1 with an exception set. */
+#define QF_FALLBACK 1
+#define QF_FIELD_MAX (((long long)1 << 62) - 1) /* (QUIC varints; sums stay in 64 bits) */
+int qf_get_obj(PyObject *o, PyObject *name, PyObject **out);
+int qf_as_ll(PyObject *v, long long *out);
+int qf_get_ll(PyObject *o, PyObject *name, long long *out);
+int qf_get_float(PyObject *o, PyObject *name, double *out);
+int qf_get_float_or_none(PyObject *o, PyObject *name, double *out, int *is_none);
+int qf_get_bool(PyObject *o, PyObject *name, int *out);
+int qf_get_exact_bool(PyObject *o, PyObject *name, int *out);
+int qf_set_ll(PyObject *o, PyObject *name, long long v);
+int qf_set_float(PyObject *o, PyObject *name, double v);
+int qf_add_attr(PyObject *o, PyObject *name, long long k);
+/* pacer.c: transport/congestion.py's Pacer for bulk.c (qf_pacer_setup interns its names) */
+typedef struct {
+    double multiplier, burst_interval, granularity, promised, tokens, last_time;
+    int has_last;
+    long long burst, mds, max_burst, run;
+} QfPacer;
+int qf_pacer_setup(void);
+int qf_pacer_load(PyObject *pacer, QfPacer *p);
+int qf_pacer_store(PyObject *pacer, const QfPacer *p);
+double qf_pacer_rate(const QfPacer *p, double srtt, long long cwnd);
+double qf_pacer_capacity(const QfPacer *p, double rate, long long cwnd);
+double qf_pacer_refill(QfPacer *p, double now, double rate, double capacity);
+int qf_pacer_run_budget(QfPacer *p, double now, double srtt, long long cwnd, long long want,
+                        long long *room, double *later);
+void qf_pacer_consume(QfPacer *p, double now, long long size, double srtt, long long cwnd);
+/* bulk.c: transport/bulk.py's build_bulk_python in one call (see there) */
+PyObject *mod_bulk_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+/* ack.c: LossDetection.on_ack_received's common case in one call (see there) */
+PyObject *mod_ack_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_parse_header(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_push_short_packet(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_parse_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs);

@@ -1,0 +1,374 @@
+/*
+ * quicflow.crypto._native -- ack: ack_received(loss, epoch, ranges, ack_delay, now,
+ * handshake_confirmed), the C twin of transport/recovery.py's
+ * LossDetection.on_ack_received (the reference, and the fallback) for an ACK frame's
+ * common case in a bulk transfer: one range in the application space that acknowledges
+ * whole records (packets or batches) and leaves nothing at or below the largest
+ * acknowledged outstanding (no loss walk). It removes the records, takes the RTT sample
+ * (RttEstimator.update), counts the bytes out of flight and grows the window in slow
+ * start (CongestionControl.on_removed_from_flight / on_acked), and returns (acked, [])
+ * with the same state as the Python code.
+ *
+ * Everything else goes to the twin before anything changed (handshake_confirmed, which
+ * the twin sets first too, aside): another epoch, several ranges, a range that splits a
+ * batch, a loss walk due, congestion avoidance, an ACK of nothing new, an ACK of
+ * a packet never sent (the twin raises), fields of unexpected types. ack_setup(twin,
+ * ONE_RTT) must have been called (recovery_glue.py does, at import).
+ * tests/test_ack_native.py compares both over whole downloads with loss.
+ */
+#include "native.h"
+
+#include <math.h>
+
+static PyObject *twin, *one_rtt;
+
+#define NAMES(X)                                                                          \
+    X(handshake_confirmed) X(spaces) X(discarded) X(largest_sent) X(largest_acked) X(sent) \
+    X(count) X(size) X(time_sent) X(in_flight) X(ack_eliciting) X(rtt) X(cc)              \
+    X(latest_rtt) X(smoothed_rtt) X(rttvar) X(min_rtt) X(has_sample) X(max_ack_delay)     \
+    X(first_rtt_sample_time) X(loss_time) X(ack_eliciting_in_flight) X(bytes_in_flight)   \
+    X(recovery_start_time) X(app_limited) X(cwnd) X(ssthresh) X(packets_acked)             \
+    X(is_server)                                                                          \
+    X(peer_completed_address_validation) X(pto_count) X(timer_anchor)
+
+#define DECLARE(n) static PyObject *s_##n;
+NAMES(DECLARE)
+#undef DECLARE
+
+PyObject *
+mod_ack_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "ack_setup(python_twin, ONE_RTT)");
+        return NULL;
+    }
+#define INTERN(n)                                                                         \
+    if (s_##n == NULL && (s_##n = PyUnicode_InternFromString(#n)) == NULL) {              \
+        return NULL;                                                                      \
+    }
+    NAMES(INTERN)
+#undef INTERN
+    Py_XSETREF(twin, Py_NewRef(args[0]));
+    Py_XSETREF(one_rtt, Py_NewRef(args[1]));
+    Py_RETURN_NONE;
+}
+
+typedef struct {
+    double latest, smoothed, var, min;
+    int has;
+} Rtt;
+
+#define GRANULARITY 0.001
+
+/* RttEstimator.update */
+static void
+rtt_update(Rtt *r, double latest_rtt, double ack_delay, int confirmed, double max_ack_delay)
+{
+    double adjusted, d;
+    r->latest = latest_rtt;
+    if (!r->has) {
+        r->has = 1;
+        r->min = latest_rtt;
+        if (!confirmed && max_ack_delay < ack_delay && ack_delay <= latest_rtt + GRANULARITY) {
+            d = latest_rtt - ack_delay;
+            latest_rtt = GRANULARITY > d ? GRANULARITY : d; /* max(d, GRANULARITY) */
+        }
+        r->smoothed = latest_rtt;
+        r->var = latest_rtt / 2;
+        return;
+    }
+    if (latest_rtt < r->min) {
+        r->min = latest_rtt;
+    }
+    if (confirmed && ack_delay > max_ack_delay) {
+        ack_delay = max_ack_delay;
+    }
+    adjusted = latest_rtt;
+    if (latest_rtt >= r->min + ack_delay) {
+        adjusted = latest_rtt - ack_delay;
+    }
+    d = r->smoothed - adjusted;
+    r->var = 0.75 * r->var + 0.25 * fabs(d);
+    r->smoothed = 0.875 * r->smoothed + 0.125 * adjusted;
+}
+
+PyObject *
+mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *loss, *epoch, *ranges, *nowobj, *spaces = NULL, *sp = NULL, *sent = NULL;
+    PyObject *range, *key, *p, *acked = NULL, *keys = NULL, *rtt = NULL, *cc = NULL;
+    PyObject *out = NULL, *lost = NULL, *largest_pkt = NULL;
+    Py_ssize_t pos = 0, i, n;
+    long long lo, hi, largest_sent, largest_acked, k, cnt, size, count = 0, ae = 0, growth = 0,
+        recovering = 0, bif, cwnd, ssthresh, first_remaining = -1, sp_ae, packets_acked;
+    double now, ack_delay, t, growth_time = 0.0, recovery_start = 0.0, largest_time = 0.0,
+                                  max_ack_delay;
+    int r, b, in_flight, ack_eliciting, any_eliciting = 0, no_recovery, app_limited,
+        confirmed, is_server, pcav, first_none, has_remaining = 0;
+    Rtt R;
+
+    (void)module;
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        "ack_received(loss, epoch, ranges, ack_delay, now, handshake_confirmed)");
+        return NULL;
+    }
+    if (twin == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "ack_setup was not called");
+        return NULL;
+    }
+    loss = args[0];
+    epoch = args[1];
+    ranges = args[2];
+    nowobj = args[4];
+
+#define CHECK(expr)                                                                       \
+    do {                                                                                  \
+        if ((r = (expr)) != 0) {                                                          \
+            goto unread;                                                                  \
+        }                                                                                 \
+    } while (0)
+
+    r = QF_FALLBACK;
+    if (epoch != one_rtt || !PyFloat_CheckExact(nowobj) || !PyFloat_CheckExact(args[3]) ||
+        !PyList_CheckExact(ranges) || PyList_GET_SIZE(ranges) != 1) {
+        goto unread;
+    }
+    now = PyFloat_AS_DOUBLE(nowobj);
+    ack_delay = PyFloat_AS_DOUBLE(args[3]);
+    range = PyList_GET_ITEM(ranges, 0);
+    if (!PyTuple_CheckExact(range) || PyTuple_GET_SIZE(range) != 2) {
+        goto unread;
+    }
+    CHECK(qf_as_ll(PyTuple_GET_ITEM(range, 0), &lo));
+    CHECK(qf_as_ll(PyTuple_GET_ITEM(range, 1), &hi));
+    if (lo < 0 || hi < lo) {
+        r = QF_FALLBACK;
+        goto unread;
+    }
+    b = PyObject_IsTrue(args[5]);
+    if (b < 0) {
+        return NULL;
+    }
+    if (b && PyObject_SetAttr(loss, s_handshake_confirmed, Py_True) < 0) {
+        return NULL; /* (the twin sets it first too) */
+    }
+    spaces = PyObject_GetAttr(loss, s_spaces);
+    if (spaces == NULL) {
+        return NULL;
+    }
+    r = QF_FALLBACK;
+    if (!PyList_CheckExact(spaces) || PyList_GET_SIZE(spaces) != 3) {
+        goto unread;
+    }
+    sp = Py_NewRef(PyList_GET_ITEM(spaces, 2));
+    CHECK(qf_get_exact_bool(sp, s_discarded, &b));
+    if (b) {
+        r = QF_FALLBACK;
+        goto unread;
+    }
+    CHECK(qf_get_ll(sp, s_largest_sent, &largest_sent));
+    CHECK(qf_get_ll(sp, s_largest_acked, &largest_acked));
+    if (hi > largest_sent) { /* the twin raises AckError */
+        r = QF_FALLBACK;
+        goto unread;
+    }
+    sent = PyObject_GetAttr(sp, s_sent);
+    if (sent == NULL) {
+        goto error;
+    }
+    r = QF_FALLBACK;
+    if (!PyDict_CheckExact(sent) || PyDict_GET_SIZE(sent) == 0) {
+        goto unread;
+    }
+    /* the records a one-range ACK takes whole, in order (a batch split: the twin) */
+    acked = PyList_New(0);
+    keys = PyList_New(0);
+    if (acked == NULL || keys == NULL) {
+        goto error;
+    }
+    while (PyDict_Next(sent, &pos, &key, &p)) {
+        CHECK(qf_as_ll(key, &k));
+        if (k > hi) {
+            has_remaining = 1;
+            first_remaining = first_remaining < 0 ? k : first_remaining;
+            break;
+        }
+        CHECK(qf_get_ll(p, s_count, &cnt));
+        if (k + cnt - 1 < lo) { /* before the range: stays */
+            if (first_remaining < 0) {
+                first_remaining = k;
+            }
+            has_remaining = 1;
+            continue;
+        }
+        if (!(lo <= k && k + cnt - 1 <= hi)) {
+            r = QF_FALLBACK;
+            goto unread;
+        }
+        if (PyList_Append(acked, p) < 0 || PyList_Append(keys, key) < 0) {
+            goto error;
+        }
+    }
+    n = PyList_GET_SIZE(acked);
+    if (n == 0) {
+        r = QF_FALLBACK;
+        goto unread;
+    }
+    if (hi > largest_acked) {
+        largest_acked = hi;
+    }
+    if (has_remaining && first_remaining <= largest_acked) { /* the loss walk: the twin's */
+        r = QF_FALLBACK;
+        goto unread;
+    }
+    /* the RTT sample: the newest acknowledged record ends at the largest acknowledged */
+    {
+        PyObject *last = PyList_GET_ITEM(acked, n - 1);
+        long long lk, lc;
+        CHECK(qf_get_ll(last, s_count, &lc));
+        CHECK(qf_as_ll(PyList_GET_ITEM(keys, n - 1), &lk));
+        if (lk + lc - 1 == hi) {
+            largest_pkt = last;
+            CHECK(qf_get_float(last, s_time_sent, &largest_time));
+        }
+    }
+    /* the flight's accounting */
+    cc = PyObject_GetAttr(loss, s_cc);
+    rtt = cc == NULL ? NULL : PyObject_GetAttr(loss, s_rtt);
+    if (rtt == NULL) {
+        goto error;
+    }
+    CHECK(qf_get_float_or_none(cc, s_recovery_start_time, &recovery_start, &no_recovery));
+    for (i = 0; i < n; i++) {
+        p = PyList_GET_ITEM(acked, i);
+        CHECK(qf_get_ll(p, s_count, &cnt));
+        CHECK(qf_get_ll(p, s_size, &size));
+        CHECK(qf_get_exact_bool(p, s_in_flight, &in_flight));
+        CHECK(qf_get_exact_bool(p, s_ack_eliciting, &ack_eliciting));
+        CHECK(qf_get_float(p, s_time_sent, &t));
+        count += cnt;
+        any_eliciting |= ack_eliciting;
+        if (in_flight) {
+            if (ack_eliciting) {
+                ae += cnt;
+            }
+            if (!no_recovery && t <= recovery_start) {
+                recovering += size;
+            } else {
+                growth += size;
+                if (t > growth_time) {
+                    growth_time = t;
+                }
+            }
+        }
+    }
+    CHECK(qf_get_ll(cc, s_bytes_in_flight, &bif));
+    if (bif > ((long long)1 << 60)) { /* (4 * bytes in flight below stays in 64 bits) */
+        r = QF_FALLBACK;
+        goto unread;
+    }
+    CHECK(qf_get_ll(cc, s_cwnd, &cwnd));
+    CHECK(qf_get_ll(cc, s_ssthresh, &ssthresh));
+    CHECK(qf_get_exact_bool(cc, s_app_limited, &app_limited));
+    /* CongestionControl.on_removed_from_flight(recovering), then on_acked(growth, ...) */
+    if (recovering) {
+        bif = bif - recovering > 0 ? bif - recovering : 0;
+    }
+    if (growth) {
+        long long prior = bif, sz = growth;
+        bif = prior - sz > 0 ? prior - sz : 0;
+        if (!(app_limited || (!no_recovery && growth_time <= recovery_start))) {
+            int done = 0;
+            if (cwnd < ssthresh) {
+                long long step = ssthresh - cwnd;
+                if (4 * prior < cwnd) {
+                    done = 1;
+                } else if (sz <= step) {
+                    cwnd += sz;
+                    done = 1;
+                } else {
+                    cwnd += step;
+                    sz -= step;
+                }
+            }
+            if (!done) { /* congestion avoidance (CUBIC, NewReno): the twin's */
+                r = QF_FALLBACK;
+                goto unread;
+            }
+        }
+    }
+    /* the RTT estimator and the rest of what the twin reads */
+    CHECK(qf_get_float(rtt, s_latest_rtt, &R.latest));
+    CHECK(qf_get_float(rtt, s_smoothed_rtt, &R.smoothed));
+    CHECK(qf_get_float(rtt, s_rttvar, &R.var));
+    CHECK(qf_get_float(rtt, s_min_rtt, &R.min));
+    CHECK(qf_get_exact_bool(rtt, s_has_sample, &R.has));
+    CHECK(qf_get_float(loss, s_max_ack_delay, &max_ack_delay));
+    CHECK(qf_get_exact_bool(loss, s_handshake_confirmed, &confirmed));
+    CHECK(qf_get_exact_bool(loss, s_is_server, &is_server));
+    CHECK(qf_get_exact_bool(loss, s_peer_completed_address_validation, &pcav));
+    CHECK(qf_get_float_or_none(loss, s_first_rtt_sample_time, &t, &first_none));
+    CHECK(qf_get_ll(sp, s_ack_eliciting_in_flight, &sp_ae));
+    CHECK(qf_get_ll(loss, s_packets_acked, &packets_acked));
+#undef CHECK
+
+    /* -- from here on, the state changes as the twin changes it */
+    if (qf_set_ll(sp, s_largest_acked, largest_acked) < 0) {
+        goto error;
+    }
+    for (i = 0; i < n; i++) {
+        if (PyDict_DelItem(sent, PyList_GET_ITEM(keys, i)) < 0) {
+            goto error;
+        }
+    }
+    if (largest_pkt != NULL && any_eliciting) {
+        if (first_none && PyObject_SetAttr(loss, s_first_rtt_sample_time, nowobj) < 0) {
+            goto error;
+        }
+        rtt_update(&R, now - largest_time, ack_delay, confirmed, max_ack_delay);
+        if (qf_set_float(rtt, s_latest_rtt, R.latest) < 0 ||
+            qf_set_float(rtt, s_smoothed_rtt, R.smoothed) < 0 ||
+            qf_set_float(rtt, s_rttvar, R.var) < 0 || qf_set_float(rtt, s_min_rtt, R.min) < 0 ||
+            PyObject_SetAttr(rtt, s_has_sample, R.has ? Py_True : Py_False) < 0) {
+            goto error;
+        }
+    }
+    if (PyObject_SetAttr(sp, s_loss_time, Py_None) < 0 ||
+        qf_set_ll(sp, s_ack_eliciting_in_flight, sp_ae - ae) < 0 ||
+        qf_set_ll(cc, s_bytes_in_flight, bif) < 0 || qf_set_ll(cc, s_cwnd, cwnd) < 0 ||
+        qf_set_ll(loss, s_packets_acked, packets_acked + count) < 0) {
+        goto error;
+    }
+    if ((is_server || pcav || confirmed) && qf_set_ll(loss, s_pto_count, 0) < 0) {
+        goto error;
+    }
+    if (PyObject_SetAttr(loss, s_timer_anchor, nowobj) < 0) {
+        goto error;
+    }
+    lost = PyList_New(0);
+    if (lost == NULL) {
+        goto error;
+    }
+    out = PyTuple_Pack(2, acked, lost);
+    Py_DECREF(lost);
+    goto done;
+
+unread:
+    if (r >= 0) {
+        out = PyObject_Vectorcall(twin, args, 6, NULL);
+    }
+    goto done;
+error:
+    out = NULL;
+done:
+    Py_XDECREF(spaces);
+    Py_XDECREF(sp);
+    Py_XDECREF(sent);
+    Py_XDECREF(acked);
+    Py_XDECREF(keys);
+    Py_XDECREF(rtt);
+    Py_XDECREF(cc);
+    return out;
+}
