@@ -67,12 +67,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
-def one_run(impl: Impl, connections: int, size: int, workdir: str) -> dict[str, Any]:
+def one_run(impl: Impl, connections: int, size: int, workdir: str,
+            client_args: list[str] | None = None) -> dict[str, Any]:
     port = free_udp_port()
     srv = impl.server("127.0.0.1", port, 1200)
     if impl.name == "quicflow":
         srv.append("--json")
     cli = impl.client("127.0.0.1", port, size, 1200, connections)
+    if impl.name == "quicflow" and client_args:
+        cli += client_args
     with running_server(srv, workdir) as server:
         before = cpu_seconds(server.proc.pid)
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -131,6 +134,9 @@ def main() -> int:
     ap.add_argument("--impl", default="quicflow",
                     help="comma-separated: quicflow, aioquic, qh3 (default: %(default)s)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per cell, median kept")
+    ap.add_argument("--shared-socket", action="store_true",
+                    help="quicflow's client opens all connections on one shared socket "
+                    "(perf client --shared-socket)")
     args = ap.parse_args()
     counts = [int(x) for x in args.connections.split(",")]
     names = [x.strip() for x in args.impl.split(",") if x.strip()]
@@ -156,7 +162,8 @@ def main() -> int:
                 for rep in range(args.repeat):
                     label = f"{name} x{n} run {rep + 1}/{args.repeat}"
                     try:
-                        r = one_run(impl, n, args.size, workdir)
+                        r = one_run(impl, n, args.size, workdir,
+                                   ["--shared-socket"] if args.shared_socket else None)
                     except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
                         log(f"{label}: FAILED: {e}")
                         continue

@@ -103,19 +103,28 @@ def _is_ipv4(host: str) -> bool:
     return True
 
 
+#: kernel receive and send buffer asked for a socket (``UdpTransport.open``)
+SOCKET_BUFFER = 8 << 20
+
+
 def _set_buffers(sock: socket.socket, nbytes: int) -> None:
-    privileged = os.geteuid() == 0
     for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
-        if privileged:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, force, nbytes)
-                continue
-            except OSError:
-                pass
+        _set_buffer(sock, force, plain, nbytes)
+
+
+def _set_buffer(sock: socket.socket, force: int, plain: int, nbytes: int) -> None:
+    """Ask for ``nbytes`` (past ``net.core.[rw]mem_max`` when privileged); the kernel
+    may give less, which is not an error."""
+    if os.geteuid() == 0:
         try:
-            sock.setsockopt(socket.SOL_SOCKET, plain, nbytes)
+            sock.setsockopt(socket.SOL_SOCKET, force, nbytes)
+            return
         except OSError:
-            pass  # keep the default: a smaller buffer is not an error
+            pass
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, plain, nbytes)
+    except OSError:
+        pass  # keep the default: a smaller buffer is not an error
 
 
 def _configure(sock: socket.socket, backend: str, caps: Capabilities) -> None:
@@ -268,7 +277,7 @@ class UdpTransport:
         backend: str = "auto",
         reuse_port: bool = False,
         connect_to: tuple[Any, ...] | None = None,
-        buffer_bytes: int = 8 << 20,
+        buffer_bytes: int = SOCKET_BUFFER,
         pmtu_discovery: bool = False,
     ) -> UdpTransport:
         """Create, configure, bind (then connect, if ``connect_to``) a UDP socket.
@@ -340,6 +349,18 @@ class UdpTransport:
     @property
     def closed(self) -> bool:
         return self._sock.fileno() < 0
+
+    @property
+    def receive_buffer(self) -> int:
+        """The kernel's receive buffer limit for this socket in bytes (SO_RCVBUF: what
+        the kernel granted, twice the bytes asked for, as Linux counts its overhead)."""
+        return self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+    def grow_receive_buffer(self, nbytes: int) -> None:
+        """Ask for a receive buffer of ``nbytes`` unless it has one at least that large
+        (the kernel caps the request at ``net.core.rmem_max`` without CAP_NET_ADMIN)."""
+        if self.receive_buffer < 2 * nbytes:
+            _set_buffer(self._sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, nbytes)
 
     def close(self) -> None:
         self._sock.close()
