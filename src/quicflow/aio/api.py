@@ -322,7 +322,9 @@ async def client_endpoint(
     qlog_from_environment(config)
     transport = UdpTransport.open(host, port, backend=backend)
     endpoint = Endpoint(config, is_server=False, engine=engine or best_engine())
-    ep = ClientEndpoint(EndpointRunner(transport, endpoint))
+    runner = EndpointRunner(transport, endpoint)
+    runner.join_singles = True
+    ep = ClientEndpoint(runner)
     try:
         yield ep
     finally:

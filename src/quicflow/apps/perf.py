@@ -422,6 +422,7 @@ _DATAPATH_COUNTERS = (
     "send_eagain",
     "send_errors",
     "recv_errors",
+    "receive_drops",  # the kernel's, for a full receive buffer (SO_MEMINFO)
     "gso_fallbacks",
     "pmtu_drops",
 )

@@ -662,7 +662,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="print one JSON object on stdout (bytes_received, bytes_sent, seconds, "
         "goodput_bytes_per_s, connections, streams, handshake_seconds, datagram and "
         "syscall counters, packets_lost, syscalls_per_datagram, packets_per_engine_call, "
-        "segments_per_gso_call, migrations (e.g. to the server's preferred address), "
+        "segments_per_gso_call, receive_drops (datagrams the kernel dropped for a full "
+        "client socket buffer), migrations (e.g. to the server's preferred address), "
         "connection_goodputs, fairness) instead of a summary line",
     )  # fmt: skip
     add_quiet_option(client)

@@ -13,6 +13,7 @@ import functools
 import ipaddress
 import os
 import socket
+import struct
 from typing import Any
 
 from quicflow.datapath.backends import (
@@ -45,6 +46,9 @@ from quicflow.datapath.constants import (
     IPV6_TCLASS,
     IPV6_V6ONLY,
     MAX_GSO_BYTES_V4,
+    SK_MEMINFO_DROPS,
+    SK_MEMINFO_VARS,
+    SO_MEMINFO,
     SO_RCVBUFFORCE,
     SO_REUSEPORT,
     SO_SNDBUFFORCE,
@@ -355,6 +359,19 @@ class UdpTransport:
         """The kernel's receive buffer limit for this socket in bytes (SO_RCVBUF: what
         the kernel granted, twice the bytes asked for, as Linux counts its overhead)."""
         return self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+    @property
+    def receive_drops(self) -> int:
+        """Datagrams the kernel dropped for this socket since it was made, mostly for a
+        full receive buffer (SO_MEMINFO's SK_MEMINFO_DROPS; 0 where not supported)."""
+        try:
+            raw = self._sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * SK_MEMINFO_VARS)
+        except OSError:
+            return 0
+        if len(raw) < 4 * SK_MEMINFO_VARS:
+            return 0
+        drops: int = struct.unpack_from("=I", raw, 4 * SK_MEMINFO_DROPS)[0]
+        return drops
 
     def grow_receive_buffer(self, nbytes: int) -> None:
         """Ask for a receive buffer of ``nbytes`` unless it has one at least that large
