@@ -86,8 +86,11 @@ def _grow_shared_buffer(runner: EndpointRunner) -> None:
     about 1 k datagrams per GiB to UdpRcvbufErrors and ran at half the goodput of a
     socket each, with 2.4x the ACKs. The buffer is a limit, not an allocation: it is
     only filled when the loop falls behind, and the peers' flow control windows bound
-    what can be in flight."""
-    steps = 1 << max(0, len(runner.faces) - 1).bit_length()  # a power of two >= faces
+    what can be in flight. Asked only when the step changes (no syscall per connect)."""
+    n = len(runner.faces)
+    if n > 2 and (n - 1) & (n - 2):  # the step (a power of two >= n) is n - 1's
+        return
+    steps = 1 << (n - 1).bit_length() if n > 1 else 1
     runner.transport.grow_receive_buffer(min(steps * SOCKET_BUFFER, SHARED_RECEIVE_BUFFER_CAP))
 
 
