@@ -19,7 +19,6 @@ window: with ``seconds`` it tells whether the client itself was what limited the
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import struct
 import time
@@ -41,6 +40,7 @@ from ..aio import (
 )
 from ..aio.workers import CidPlan, WorkerGroupServer, worker_counters
 from ..datapath.connected import DEFAULT_CONNECTION_SOCKETS
+from ..datapath.socket import _is_ipv4 as is_ipv4
 from ..transport.config import Configuration
 
 ALPN = "perf"
@@ -646,7 +646,7 @@ async def run_client(
     async with AsyncExitStack() as stack:
         shared = None
         if shared_socket:  # IPv4-only for an IPv4 literal: no mapped addresses
-            local = "0.0.0.0" if _is_ipv4_literal(host) else "::"
+            local = "0.0.0.0" if is_ipv4(host) else "::"
             shared = await stack.enter_async_context(
                 client_endpoint(local, configuration=config, backend=backend))
         result = await _run_connections(
@@ -657,14 +657,6 @@ async def run_client(
             run.add_shared_counters(shared)
             result.backend = run.backend
     return result
-
-
-def _is_ipv4_literal(host: str) -> bool:
-    try:
-        ipaddress.IPv4Address(host)
-    except ValueError:
-        return False
-    return True
 
 
 async def _run_connections(
