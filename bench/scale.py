@@ -114,6 +114,8 @@ def one_run(impl: Impl, connections: int, size: int, workdir: str,
         acks = result.get("ack_frames_sent")
         if acks is not None:
             row["client_acks_per_gib"] = int(acks) / (size / 2**30)
+        # datagrams the kernel dropped for the client's socket(s): a full receive buffer
+        row["client_receive_drops"] = result.get("receive_drops")
     return row
 
 
@@ -157,6 +159,7 @@ def main() -> int:
             f.write(private_key_pem(key))
         for name in names:
             impl = Impl(name, cert_file, key_file)
+            shown = f"{name} (shared socket)" if args.shared_socket and name == "quicflow" else name
             for n in counts:
                 results = []
                 for rep in range(args.repeat):
@@ -176,17 +179,18 @@ def main() -> int:
                         f"client ACKs/GiB {_fmt(r.get('client_acks_per_gib'), '.0f')}, "
                         f"server datagrams in/GiB "
                         f"{_fmt(r.get('server_datagrams_in_per_gib'), '.0f')}, "
+                        f"client socket drops {r.get('client_receive_drops')}, "
                         f"client DATA_BLOCKED received/grew a window "
                         f"{r.get('data_blocked', (None, None))}")
                     results.append(r)
                     time.sleep(0.5)
                 if not results:
-                    rows.append(f"| {name} | {n} | failed | | | | | | | | |")
+                    rows.append(f"| {shown} | {n} | failed | | | | | | | | |")
                     continue
                 results.sort(key=lambda r: r["goodput"])
                 r = results[len(results) // 2]
                 rows.append(
-                    f"| {name} | {n} | {r['goodput'] / 1e6:.1f} | {r['cpu_per_gb']:.2f} | "
+                    f"| {shown} | {n} | {r['goodput'] / 1e6:.1f} | {r['cpu_per_gb']:.2f} | "
                     f"{_fmt(r['fairness'], '.3f')} | "
                     f"{_fmt(r.get('packets_per_engine_call'), '.1f')} | "
                     f"{_fmt(r.get('segments_per_gso_call'), '.1f')} | "
