@@ -67,12 +67,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
-def one_run(impl: Impl, connections: int, size: int, workdir: str) -> dict[str, Any]:
+def one_run(impl: Impl, connections: int, size: int, workdir: str,
+            client_args: list[str] | None = None) -> dict[str, Any]:
     port = free_udp_port()
     srv = impl.server("127.0.0.1", port, 1200)
     if impl.name == "quicflow":
         srv.append("--json")
     cli = impl.client("127.0.0.1", port, size, 1200, connections)
+    if impl.name == "quicflow" and client_args:
+        cli += client_args
     with running_server(srv, workdir) as server:
         before = cpu_seconds(server.proc.pid)
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -111,6 +114,8 @@ def one_run(impl: Impl, connections: int, size: int, workdir: str) -> dict[str, 
         acks = result.get("ack_frames_sent")
         if acks is not None:
             row["client_acks_per_gib"] = int(acks) / (size / 2**30)
+        # datagrams the kernel dropped for the client's socket(s): a full receive buffer
+        row["client_receive_drops"] = result.get("receive_drops")
     return row
 
 
@@ -131,6 +136,9 @@ def main() -> int:
     ap.add_argument("--impl", default="quicflow",
                     help="comma-separated: quicflow, aioquic, qh3 (default: %(default)s)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per cell, median kept")
+    ap.add_argument("--shared-socket", action="store_true",
+                    help="quicflow's client opens all connections on one shared socket "
+                    "(perf client --shared-socket)")
     args = ap.parse_args()
     counts = [int(x) for x in args.connections.split(",")]
     names = [x.strip() for x in args.impl.split(",") if x.strip()]
@@ -151,12 +159,14 @@ def main() -> int:
             f.write(private_key_pem(key))
         for name in names:
             impl = Impl(name, cert_file, key_file)
+            shown = f"{name} (shared socket)" if args.shared_socket and name == "quicflow" else name
             for n in counts:
                 results = []
                 for rep in range(args.repeat):
                     label = f"{name} x{n} run {rep + 1}/{args.repeat}"
                     try:
-                        r = one_run(impl, n, args.size, workdir)
+                        r = one_run(impl, n, args.size, workdir,
+                                   ["--shared-socket"] if args.shared_socket else None)
                     except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
                         log(f"{label}: FAILED: {e}")
                         continue
@@ -169,17 +179,18 @@ def main() -> int:
                         f"client ACKs/GiB {_fmt(r.get('client_acks_per_gib'), '.0f')}, "
                         f"server datagrams in/GiB "
                         f"{_fmt(r.get('server_datagrams_in_per_gib'), '.0f')}, "
+                        f"client socket drops {r.get('client_receive_drops')}, "
                         f"client DATA_BLOCKED received/grew a window "
                         f"{r.get('data_blocked', (None, None))}")
                     results.append(r)
                     time.sleep(0.5)
                 if not results:
-                    rows.append(f"| {name} | {n} | failed | | | | | | | | |")
+                    rows.append(f"| {shown} | {n} | failed | | | | | | | | |")
                     continue
                 results.sort(key=lambda r: r["goodput"])
                 r = results[len(results) // 2]
                 rows.append(
-                    f"| {name} | {n} | {r['goodput'] / 1e6:.1f} | {r['cpu_per_gb']:.2f} | "
+                    f"| {shown} | {n} | {r['goodput'] / 1e6:.1f} | {r['cpu_per_gb']:.2f} | "
                     f"{_fmt(r['fairness'], '.3f')} | "
                     f"{_fmt(r.get('packets_per_engine_call'), '.1f')} | "
                     f"{_fmt(r.get('segments_per_gso_call'), '.1f')} | "

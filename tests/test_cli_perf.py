@@ -180,6 +180,9 @@ def test_bad_arguments_exit_2() -> None:
     r = _client("--host", "127.0.0.1", "--download", "5X")
     assert r.returncode == 2
     assert "invalid size" in r.stderr
+    r = _client("--host", "127.0.0.1", "--resume", "--shared-socket")
+    assert r.returncode == 2
+    assert "drop --shared-socket" in r.stderr
 
 
 def test_unwritable_keylog_is_refused(tmp_path: Path) -> None:

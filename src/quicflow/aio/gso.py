@@ -91,3 +91,41 @@ def send_buffer(
     ``batches_sent`` per run, as a ``send_batch`` each would count); False when the
     kernel buffer filled up."""
     return transport.send_runs(buf, gso_batches(bounds), addr, ecn)
+
+
+def join_singles(
+    singles: list[tuple[bytearray, tuple[Any, ...], int, Any]],
+) -> list[tuple[tuple[Any, ...], int, bytearray, list[int], list[Any]]]:
+    """The one-datagram builds of a receive round on a shared client socket (mostly
+    ACKs of many connections to one server), ``(datagram, destination, ECN, owner)``,
+    as sends: per destination and ECN codepoint ``(destination, ECN, buffer, bounds,
+    owners)``, the datagrams back to back from the largest to the smallest, so that
+    ``send_buffer`` sends runs of one size (the last of each may be shorter) in one call
+    into the socket instead of a ``sendmsg`` each. Datagrams of different connections
+    have no order between them; each connection has at most one here."""
+    groups: dict[tuple[tuple[Any, ...], int], list[tuple[bytearray, Any]]] = {}
+    for data, addr, ecn, owner in singles:
+        key = (addr, ecn)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [(data, owner)]
+        else:
+            group.append((data, owner))
+    out = []
+    for (addr, ecn), group in groups.items():
+        if len(group) == 1:
+            data, owner = group[0]
+            out.append((addr, ecn, data, [len(data)], [owner]))
+            continue
+        group.sort(key=_size, reverse=True)
+        buf = bytearray()
+        bounds = []
+        for data, _ in group:
+            buf += data
+            bounds.append(len(buf))
+        out.append((addr, ecn, buf, bounds, [owner for _, owner in group]))
+    return out
+
+
+def _size(item: tuple[bytearray, Any]) -> int:
+    return len(item[0])

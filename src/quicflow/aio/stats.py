@@ -40,6 +40,7 @@ def datapath_stats(runner: EndpointRunner) -> dict[str, Any]:
             add_counters(c, listener.counters)
     out: dict[str, Any] = counter_values(c)
     out["backend"] = runner.transport.backend
+    out["receive_drops"] = runner.transport.receive_drops  # (the main socket's)
     out.update(datapath_ratios(out))
     return out
 

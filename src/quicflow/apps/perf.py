@@ -23,20 +23,24 @@ import os
 import struct
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..aio import (
+    ClientEndpoint,
     ConnectionClosedError,
     QuicConnection,
     QuicServer,
     QuicStreamReader,
     QuicStreamWriter,
+    client_endpoint,
     connect,
     serve,
 )
 from ..aio.workers import CidPlan, WorkerGroupServer, worker_counters
 from ..datapath.connected import DEFAULT_CONNECTION_SOCKETS
+from ..datapath.socket import _is_ipv4 as is_ipv4
 from ..transport.config import Configuration
 
 ALPN = "perf"
@@ -418,6 +422,7 @@ _DATAPATH_COUNTERS = (
     "send_eagain",
     "send_errors",
     "recv_errors",
+    "receive_drops",  # the kernel's, for a full receive buffer (SO_MEMINFO)
     "gso_fallbacks",
     "pmtu_drops",
 )
@@ -508,20 +513,34 @@ class _Run:
         self.backend = ""
         self.moved: list[tuple[int, float]] = []  # per connection: (bytes, finished at)
 
-    def add_counters(self, conn: QuicConnection) -> None:
+    def add_counters(self, conn: QuicConnection, shared: bool = False) -> None:
+        """Add ``conn``'s counters; with ``shared`` (one client endpoint for all
+        connections) its connection counters only: the socket's and the endpoint's are
+        added once, by ``add_shared_counters``."""
         stats = conn.stats()
+        self._add(stats, ("connection",) if shared else
+                  ("datapath", "connection", "endpoint"))
+
+    def add_shared_counters(self, ep: ClientEndpoint) -> None:
+        """The shared socket's and endpoint's counters (``--shared-socket``), once."""
+        self._add(ep.stats(), ("datapath", "endpoint"))
+
+    def _add(self, stats: dict[str, Any], groups: tuple[str, ...]) -> None:
         for group, names in (
             ("datapath", _DATAPATH_COUNTERS),
             ("connection", _CONNECTION_COUNTERS),
             ("endpoint", _ENDPOINT_COUNTERS),
         ):
+            if group not in groups:
+                continue
             values = stats[group]
             prefix = "endpoint_" if group == "endpoint" else ""
             for name in names:
                 # socket byte counts are UDP payload, not the perf payload
                 key = "udp_" + name if name.startswith("bytes_") else prefix + name
                 self.counters[key] = self.counters.get(key, 0) + int(values.get(name, 0))
-        self.backend = str(stats["datapath"]["backend"])
+        if "datapath" in groups:
+            self.backend = str(stats["datapath"]["backend"])
 
 
 async def _run_connection(
@@ -534,10 +553,14 @@ async def _run_connection(
     downloads: list[int],
     uploads: list[int],
     verify: bool,
+    shared: ClientEndpoint | None,
 ) -> None:
-    async with connect(
-        host, port, configuration=configuration, backend=backend, wait_connected=False
-    ) as conn:
+    opened = (
+        connect(host, port, configuration=configuration, backend=backend,
+                wait_connected=False)
+        if shared is None else shared.connect(host, port, wait_connected=False)
+    )  # fmt: skip
+    async with opened as conn:
         # The idle timeout normally ends a handshake that gets no answer (and ends it at
         # once); the guard is a fallback for a configuration with a longer idle timeout.
         guard = None if timeout is None else timeout + HANDSHAKE_GUARD
@@ -571,7 +594,7 @@ async def _run_connection(
             run.finished_at = finished
             run.cpu_finished = time.process_time()
         run.moved.append((sum(moved), finished))
-        run.add_counters(conn)
+        run.add_counters(conn, shared is not None)
 
 
 async def _report_progress(run: _Run, progress: ProgressCallback, interval: float) -> None:
@@ -595,8 +618,12 @@ async def run_client(
     timeout: float | None = None,
     progress: ProgressCallback | None = None,
     progress_interval: float = 1.0,
+    shared_socket: bool = False,
 ) -> PerfResult:
     """Run ``connections`` connections with ``streams`` bidirectional streams each.
+
+    ``shared_socket``: all connections share one client socket and endpoint
+    (:func:`quicflow.client_endpoint`) instead of a socket each.
 
     ``download`` and ``upload`` are totals over all streams, split evenly between them.
     ``timeout`` bounds each handshake (the configuration's ``idle_timeout`` bounds silence
@@ -616,6 +643,31 @@ async def run_client(
     downloads = split_evenly(download, total)
     uploads = split_evenly(upload, total)
     run = _Run(connections)
+    async with AsyncExitStack() as stack:
+        shared = None
+        if shared_socket:  # IPv4-only for an IPv4 literal: no mapped addresses
+            local = "0.0.0.0" if is_ipv4(host) else "::"
+            shared = await stack.enter_async_context(
+                client_endpoint(local, configuration=config, backend=backend))
+        result = await _run_connections(
+            run, host, port, config, backend, timeout, downloads, uploads, verify,
+            progress, progress_interval, shared,
+        )  # fmt: skip
+        if shared is not None:
+            run.add_shared_counters(shared)
+            result.backend = run.backend
+    return result
+
+
+async def _run_connections(
+    run: _Run, host: str, port: int, config: Configuration, backend: str,
+    timeout: float | None, downloads: list[int], uploads: list[int], verify: bool,
+    progress: ProgressCallback | None, progress_interval: float,
+    shared: ClientEndpoint | None,
+) -> PerfResult:
+    connections = run.pending
+    streams = len(downloads) // connections
+    total = len(downloads)
     started = time.perf_counter()
     tasks = [
         asyncio.create_task(
@@ -629,6 +681,7 @@ async def run_client(
                 downloads[i * streams : (i + 1) * streams],
                 uploads[i * streams : (i + 1) * streams],
                 verify,
+                shared,
             )
         )
         for i in range(connections)

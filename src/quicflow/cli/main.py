@@ -297,6 +297,7 @@ def _run_perf_client(
             host, port, download=args.download, upload=args.upload, streams=args.streams,
             connections=args.connections, configuration=config, backend=args.backend,
             verify=verify, timeout=args.timeout, progress=progress,
+            shared_socket=getattr(args, "shared_socket", False),  # (not in demo)
         ),
         (ConnectionClosedError, PerfError, TimeoutError, OSError, ValueError),
     )  # fmt: skip
@@ -333,6 +334,8 @@ def cmd_perf_client(args: argparse.Namespace) -> int:
     if args.resume or args.zero_rtt:
         if args.connections != 1:
             return _fail("--resume/--0rtt measure one connection: drop --connections", 2)
+        if args.shared_socket:
+            return _fail("--resume/--0rtt measure one connection: drop --shared-socket", 2)
         outcome = _run_resumed(args, config)
     else:
         outcome = _run_perf_client(args.host, args.port, args, config, verify=args.verify)
@@ -619,6 +622,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--connections", type=_positive_int, default=1, metavar="N",
         help="concurrent connections (default: %(default)s)",
     )  # fmt: skip
+    client.add_argument(
+        "--shared-socket", action="store_true",
+        help="open all connections on one shared client socket and endpoint "
+        "(quicflow.client_endpoint) instead of a socket each (default: a socket each)",
+    )  # fmt: skip
     add_client_tls_options(client)
     client.add_argument(
         "--cert", metavar="FILE",
@@ -654,7 +662,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="print one JSON object on stdout (bytes_received, bytes_sent, seconds, "
         "goodput_bytes_per_s, connections, streams, handshake_seconds, datagram and "
         "syscall counters, packets_lost, syscalls_per_datagram, packets_per_engine_call, "
-        "segments_per_gso_call, migrations (e.g. to the server's preferred address), "
+        "segments_per_gso_call, receive_drops (datagrams the kernel dropped for a full "
+        "client socket buffer), migrations (e.g. to the server's preferred address), "
         "connection_goodputs, fairness) instead of a summary line",
     )  # fmt: skip
     add_quiet_option(client)

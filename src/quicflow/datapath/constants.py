@@ -36,6 +36,11 @@ SO_REUSEPORT: Final = 15
 SO_SNDBUFFORCE: Final = 32
 SO_RCVBUFFORCE: Final = 33
 SO_ATTACH_REUSEPORT_CBPF: Final = 51
+#: ``getsockopt`` of the socket's memory counters (``SK_MEMINFO_*``, u32 each); the
+#: ninth, ``SK_MEMINFO_DROPS``, counts what the kernel dropped for it (Linux >= 4.x)
+SO_MEMINFO: Final = 55
+SK_MEMINFO_VARS: Final = 9
+SK_MEMINFO_DROPS: Final = 8
 
 #: a plain int: ``socket.MSG_TRUNC`` is a ``MsgFlag``, and ``flags & MsgFlag`` runs the
 #: enum module's Python ``__and__`` on every datagram received

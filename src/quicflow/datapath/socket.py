@@ -13,6 +13,7 @@ import functools
 import ipaddress
 import os
 import socket
+import struct
 from typing import Any
 
 from quicflow.datapath.backends import (
@@ -45,6 +46,9 @@ from quicflow.datapath.constants import (
     IPV6_TCLASS,
     IPV6_V6ONLY,
     MAX_GSO_BYTES_V4,
+    SK_MEMINFO_DROPS,
+    SK_MEMINFO_VARS,
+    SO_MEMINFO,
     SO_RCVBUFFORCE,
     SO_REUSEPORT,
     SO_SNDBUFFORCE,
@@ -103,19 +107,28 @@ def _is_ipv4(host: str) -> bool:
     return True
 
 
+#: kernel receive and send buffer asked for a socket (``UdpTransport.open``)
+SOCKET_BUFFER = 8 << 20
+
+
 def _set_buffers(sock: socket.socket, nbytes: int) -> None:
-    privileged = os.geteuid() == 0
     for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
-        if privileged:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, force, nbytes)
-                continue
-            except OSError:
-                pass
+        _set_buffer(sock, force, plain, nbytes)
+
+
+def _set_buffer(sock: socket.socket, force: int, plain: int, nbytes: int) -> None:
+    """Ask for ``nbytes`` (past ``net.core.[rw]mem_max`` when privileged); the kernel
+    may give less, which is not an error."""
+    if os.geteuid() == 0:
         try:
-            sock.setsockopt(socket.SOL_SOCKET, plain, nbytes)
+            sock.setsockopt(socket.SOL_SOCKET, force, nbytes)
+            return
         except OSError:
-            pass  # keep the default: a smaller buffer is not an error
+            pass
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, plain, nbytes)
+    except OSError:
+        pass  # keep the default: a smaller buffer is not an error
 
 
 def _configure(sock: socket.socket, backend: str, caps: Capabilities) -> None:
@@ -268,7 +281,7 @@ class UdpTransport:
         backend: str = "auto",
         reuse_port: bool = False,
         connect_to: tuple[Any, ...] | None = None,
-        buffer_bytes: int = 8 << 20,
+        buffer_bytes: int = SOCKET_BUFFER,
         pmtu_discovery: bool = False,
     ) -> UdpTransport:
         """Create, configure, bind (then connect, if ``connect_to``) a UDP socket.
@@ -340,6 +353,31 @@ class UdpTransport:
     @property
     def closed(self) -> bool:
         return self._sock.fileno() < 0
+
+    @property
+    def receive_buffer(self) -> int:
+        """The kernel's receive buffer limit for this socket in bytes (SO_RCVBUF: what
+        the kernel granted, twice the bytes asked for, as Linux counts its overhead)."""
+        return self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+    @property
+    def receive_drops(self) -> int:
+        """Datagrams the kernel dropped for this socket since it was made, mostly for a
+        full receive buffer (SO_MEMINFO's SK_MEMINFO_DROPS; 0 where not supported)."""
+        try:
+            raw = self._sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * SK_MEMINFO_VARS)
+        except OSError:
+            return 0
+        if len(raw) < 4 * SK_MEMINFO_VARS:
+            return 0
+        drops: int = struct.unpack_from("=I", raw, 4 * SK_MEMINFO_DROPS)[0]
+        return drops
+
+    def grow_receive_buffer(self, nbytes: int) -> None:
+        """Ask for a receive buffer of ``nbytes`` unless it has one at least that large
+        (the kernel caps the request at ``net.core.rmem_max`` without CAP_NET_ADMIN)."""
+        if self.receive_buffer < 2 * nbytes:
+            _set_buffer(self._sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, nbytes)
 
     def close(self) -> None:
         self._sock.close()
