@@ -175,9 +175,14 @@ def test_50mb_across_a_veth_pair_between_namespaces(backend: str) -> None:
         assert report["backend"] == backend
         assert report["gso_fallbacks"] == 0
         assert report["truncated"] == 0
-        # 1452-byte datagrams crossed the 1500-byte link (1452 + 28 bytes of headers).
-        average = report["udp_bytes_received"] / report["datagrams_received"]
-        assert average > 1300, f"average received datagram {average:.0f} bytes"
+        # 1452-byte datagrams crossed the 1500-byte link (1452 + 28 bytes of headers): the
+        # 50 MiB came in fewer datagrams than 1200-byte ones could carry it in. (Not an
+        # average size: the small datagrams among them, ACK_FREQUENCY and PING packets and
+        # the short last packet of a chunk, vary from run to run: 1283 bytes in one run.)
+        datagrams = report["datagrams_received"]
+        assert datagrams < SIZE // 1200, (
+            f"{datagrams} datagrams, {report['udp_bytes_received'] / datagrams:.0f} bytes "
+            "on average: were the 1452-byte datagrams cut down?")
         assert "stopped:" in server_err and "sent 50.0 MiB" in server_err, server_err
 
 
