@@ -66,6 +66,32 @@ def encode_ack(conn: Connection, space: PacketSpace, payload: bytearray, now: fl
                 push_varint(payload, n)
 
 
+#: our packets awaiting the peer's ACK, none of them ack-eliciting, at which a 1-RTT
+#: packet that holds an ACK alone carries a PING too (``ping_due``)
+ACK_ONLY_PING_AFTER = 32
+
+
+def ping_due(conn: Connection, now: float) -> bool:
+    """Whether a 1-RTT packet that holds an ACK alone should carry a PING.
+
+    RFC 9000 §13.2.4: "A receiver that sends only non-ack-eliciting packets, such as ACK
+    frames, might not receive an acknowledgment for a long period of time", and it
+    "could send a PING or other small ack-eliciting frame occasionally, such as once per
+    round trip, to elicit an ACK from the peer". A peer acknowledges our ACK-only
+    packets only with ACKs it sends for other packets (§13.2.1; ours too:
+    ack_frequency.after_eliciting), and recovery keeps a record of each until then: a
+    receiver that only acknowledges (a download's client) would keep one per ACK it sent.
+    So a PING goes once ``ACK_ONLY_PING_AFTER`` records wait and nothing ack-eliciting
+    is in flight: at most one per round trip (the next waits until this one is
+    acknowledged or lost), and the congestion window is then empty (only ack-eliciting
+    packets are in flight); the pacer is asked, as the packet is in flight."""
+    sp = conn.loss.spaces[2]
+    if sp.ack_eliciting_in_flight or len(sp.sent) < ACK_ONLY_PING_AFTER:
+        return False
+    loss = conn.loss
+    return conn.pacer.budget(now, loss.rtt, loss.cc.cwnd) >= conn.max_datagram_size
+
+
 def ack_sent(space: PacketSpace) -> None:
     space.ack_pending = False
     space.ack_immediately = False
