@@ -108,7 +108,7 @@ def test_a_loopback_download_client_gets_no_ack_of_its_acks_alone(
     assert client["eliciting"] > 0
     # (a PTO probe of the server, should the loaded machine ever fire one, carries an ACK
     # of whatever arrived: a few at most)
-    assert client["ack_only"] <= 2, client
+    assert client["ack_only"] <= 3, client
 
 
 def _big_windows() -> Configuration:
