@@ -22,8 +22,8 @@ from ..wire.varint import push_varint, varint_len
 from . import qlog
 from .ack_frequency import encode_pending
 from .ack_send import ack_sent as _ack_sent
+from .ack_send import elicit as _elicit
 from .ack_send import encode_ack as _encode_ack
-from .ack_send import ping_due as _ping_due
 from .bulk import build_bulk, bulk_applies
 from .close_send import close_datagrams as _close_datagrams
 from .connection import Connection
@@ -359,9 +359,9 @@ def _fill_payload(
     an ACK-only packet is repeated); otherwise it only rides along with other frames, so
     two peers never acknowledge each other's ACKs forever, and in 1-RTT only while an
     ack-eliciting packet waits for it (``space.ack_pending``: the peer's ACK-only
-    packets alone make none pending, ack_frequency.after_eliciting). ``_build_datagram`` calls
-    this only when an ACK is due, a probe (``probe``) or something ack-eliciting waits
-    (else the ACK would be written, then dropped).
+    packets alone make none pending, ack_frequency.after_eliciting).
+    ``_build_datagram`` calls this only when an ACK is due, a probe (``probe``) or
+    something ack-eliciting waits (else the ACK would be written, then dropped).
     """
     loss = conn.loss
     cc_ok = probe or epoch not in _APP or loss.cc.available() >= conn.max_datagram_size
@@ -477,7 +477,7 @@ def _ack_alone(conn: Connection, space: PacketSpace, payload: bytearray,
                records: list[tuple[int, ...]], now: float) -> bool:
     """The 1-RTT packet ``_fill_payload`` writes when an ACK is due and nothing else
     waits (``_app_frames_waiting`` false, no probe): the ACK frame alone (and the PING
-    of ``_elicit`` now and then), without the steps that write nothing for it (an ACK
+    of ``ack_send.elicit`` now and then), without the steps that write nothing for it (an ACK
     that is due goes whatever the congestion window and the pacer say; the CRYPTO,
     control, DATAGRAM and STREAM writers). The pacer is not asked for a deadline: with
     nothing waiting it would only wake the connection to send nothing. The usual build
@@ -486,18 +486,6 @@ def _ack_alone(conn: Connection, space: PacketSpace, payload: bytearray,
     eliciting = _elicit(conn, payload, records, now)
     _ack_written(conn, space, _ONE_RTT, eliciting, now)
     return eliciting
-
-
-def _elicit(conn: Connection, payload: bytearray, records: list[tuple[int, ...]],
-            now: float) -> bool:
-    """A 1-RTT packet holds an ACK alone: a PING goes with it when ``ack_send.ping_due``
-    says our ACK-only packets have waited long enough for an ACK (RFC 9000 §13.2.4).
-    The PING is not sent again if lost: a later ACK-only packet brings the next."""
-    if not _ping_due(conn, now):
-        return False
-    payload.append(F.PING)
-    records.append((R_PING,))
-    return True
 
 
 def _ack_written(conn: Connection, space: PacketSpace, epoch: Epoch, eliciting: bool,
