@@ -137,8 +137,8 @@ def after_eliciting(conn: Connection, space: PacketSpace, count: int, now: float
     when an ACK goes for an ack-eliciting one: RFC 9000 §13.2.1, "Non-ack-eliciting
     packets are eventually acknowledged when the endpoint sends an ACK frame in
     response to other events", and §13.2.4 leaves it to their sender to ask for an ACK
-    (send.py ``_ack_alone``'s PING). An ACK riding on each data packet for the peer's
-    ACKs alone only took the peer's packets off its batch receive path."""
+    (ack_send.elicit's PING). An ACK written into each data packet for the peer's ACKs
+    alone cost the peer an ACK frame to parse and walk for nothing it needs."""
     space.ack_pending = True
     pending = space.ack_eliciting_pending + count
     space.ack_eliciting_pending = pending
