@@ -44,15 +44,16 @@ def _transfer(seed: int, loss: float, reorder: float, short_path: bool,
                          else tuple(type(f).__name__ for f in frames)))
         return push(buf, dcid, pn, pn_len, payload)
 
-    def general(conn: Any, space: Any, payload: bytearray, now: float) -> None:
+    def general(conn: Any, space: Any, payload: bytearray, records: list[Any],
+                now: float) -> bool:
         """What the general path writes for it: _fill_payload with an ACK due."""
         repeat_due = space.ack_repeat_at is not None and now >= space.ack_repeat_at
-        assert not send._fill_payload(conn, Epoch.ONE_RTT, space, payload, 1200, [], now,
-                                      True, repeat_due, False)
+        return send._fill_payload(conn, Epoch.ONE_RTT, space, payload, 1200, records, now,
+                                  True, repeat_due, False)
 
-    def counted(conn: Any, *args: Any) -> None:
+    def counted(conn: Any, *args: Any) -> bool:
         alone[0] += conn is receiver
-        ack_alone(conn, *args)
+        return ack_alone(conn, *args)
 
     monkeypatch.setattr(send, "_PUSH_SHORT_C", None)  # (the reference: same bytes)
     monkeypatch.setattr(send, "push_short_packet", recorded)

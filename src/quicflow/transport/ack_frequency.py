@@ -129,8 +129,17 @@ def on_immediate_ack(conn: Connection, frame: Any, epoch: Epoch, now: float) -> 
 
 
 def after_eliciting(conn: Connection, space: PacketSpace, count: int, now: float) -> None:
-    """``count`` ack-eliciting 1-RTT packets arrived: an ACK at once past the threshold,
-    else within the max ack delay."""
+    """``count`` ack-eliciting 1-RTT packets arrived: an ACK is pending, at once past
+    the threshold, else within the max ack delay.
+
+    Only these make a 1-RTT ACK pending (both receive paths). A packet without
+    ack-eliciting frames (a peer's ACK alone) is put in the ranges and acknowledged
+    when an ACK goes for an ack-eliciting one: RFC 9000 §13.2.1, "Non-ack-eliciting
+    packets are eventually acknowledged when the endpoint sends an ACK frame in
+    response to other events", and §13.2.4 leaves it to their sender to ask for an ACK
+    (ack_send.elicit's PING). An ACK written into each data packet for the peer's ACKs
+    alone cost the peer an ACK frame to parse and walk for nothing it needs."""
+    space.ack_pending = True
     pending = space.ack_eliciting_pending + count
     space.ack_eliciting_pending = pending
     space.ack_repeats = 0

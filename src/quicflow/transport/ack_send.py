@@ -1,5 +1,6 @@
-"""The ACK frame a packet carries, written straight from the received ranges, and what
-sending it clears (the decisions of when one is owed: ack_frequency.py)."""
+"""The ACK frame a packet carries, written straight from the received ranges, what
+sending it clears, and the PING an ACK alone takes now and then (``elicit``); the
+decisions of when an ACK is owed: ack_frequency.py."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from ..crypto.epoch import Epoch
 from ..wire import frames as F
 from ..wire.varint import push_varint
 from .connection import Connection
-from .state import PacketSpace
+from .state import R_PING, PacketSpace
 
 _ONE_RTT = Epoch.ONE_RTT  # (a global: an enum class attribute costs about four times more)
 
@@ -64,6 +65,39 @@ def encode_ack(conn: Connection, space: PacketSpace, payload: bytearray, now: fl
                 payload.append(n)
             else:
                 push_varint(payload, n)
+
+
+#: our packets awaiting the peer's ACK, none of them ack-eliciting, at which a 1-RTT
+#: packet that holds an ACK alone carries a PING too (``elicit``)
+ACK_ONLY_PING_AFTER = 32
+
+
+def elicit(conn: Connection, payload: bytearray, records: list[tuple[int, ...]],
+           now: float) -> bool:
+    """A 1-RTT packet holds an ACK alone: add a PING when one is due; returns whether
+    one went in (the packet is then ack-eliciting).
+
+    RFC 9000 §13.2.4: "A receiver that sends only non-ack-eliciting packets, such as ACK
+    frames, might not receive an acknowledgment for a long period of time", and it
+    "could send a PING or other small ack-eliciting frame occasionally, such as once per
+    round trip, to elicit an ACK from the peer". A peer acknowledges our ACK-only
+    packets only with ACKs it sends for other packets (§13.2.1; ours too:
+    ack_frequency.after_eliciting), and recovery keeps a record of each until then: a
+    receiver that only acknowledges (a download's client) would keep one per ACK it sent.
+    So a PING goes once ``ACK_ONLY_PING_AFTER`` records wait and nothing ack-eliciting
+    is in flight: at most one per round trip (the next waits until this one is
+    acknowledged or lost), and the congestion window is then empty (only ack-eliciting
+    packets are in flight); the pacer is asked, as the packet is in flight. A lost PING
+    is not sent again: a later ACK-only packet brings the next."""
+    loss = conn.loss
+    sp = loss.spaces[2]
+    if sp.ack_eliciting_in_flight or len(sp.sent) < ACK_ONLY_PING_AFTER:
+        return False
+    if conn.pacer.budget(now, loss.rtt, loss.cc.cwnd) < conn.max_datagram_size:
+        return False
+    payload.append(F.PING)
+    records.append((R_PING,))
+    return True
 
 
 def ack_sent(space: PacketSpace) -> None:

@@ -323,14 +323,16 @@ def _receive_packet(
         space.ecn_counts[_ECN_INDEX[ecn & 3]] += 1
         if ecn & 3 == 3:
             on_ce(conn, space)
-    space.ack_pending = True
     if ack_eliciting:
         if epoch == EP_1RTT:
-            after_eliciting(conn, space, 1, now)
+            after_eliciting(conn, space, 1, now)  # (which makes an ACK pending)
         else:  # Initial and Handshake packets: at once
+            space.ack_pending = True
             space.ack_eliciting_pending += 1
             space.ack_repeats = 0
             space.ack_immediately = True
+    elif epoch != EP_1RTT:  # (1-RTT: acknowledged by an ACK that goes for others)
+        space.ack_pending = True
     if not server_initial or _crypto_held(space) > crypto_before:
         # an Initial that brings a server no new handshake data (anyone can build one)
         # does not keep the connection alive

@@ -252,9 +252,8 @@ def receive_short_runs(
         space.ecn_counts[ecn_index] += accepted
         if ecn_index == 2:
             on_ce(conn, space)
-    space.ack_pending = True
     if eliciting:
-        after_eliciting(conn, space, eliciting, now)
+        after_eliciting(conn, space, eliciting, now)  # (which makes an ACK pending)
     conn.idle_deadline = now + _effective_idle(conn)
     conn.last_ack_eliciting_sent_after_receive = False
     if conn.state == CLOSING:

@@ -22,6 +22,7 @@ from ..wire.varint import push_varint, varint_len
 from . import qlog
 from .ack_frequency import encode_pending
 from .ack_send import ack_sent as _ack_sent
+from .ack_send import elicit as _elicit
 from .ack_send import encode_ack as _encode_ack
 from .bulk import build_bulk, bulk_applies
 from .close_send import close_datagrams as _close_datagrams
@@ -249,8 +250,7 @@ def _build_datagram(
         payload = bytearray()
         records: list[tuple[int, ...]] = []
         if alone:
-            _ack_alone(conn, space, payload, now)
-            eliciting = False
+            eliciting = _ack_alone(conn, space, payload, records, now)
         else:
             eliciting = _fill_payload(conn, epoch, space, payload, capacity, records, now,
                                       ack_due, repeat_due, probe)
@@ -357,9 +357,11 @@ def _fill_payload(
     An ACK goes alone only when one is due (``ack_due``: ack-eliciting packets are
     waiting and the epoch, a reordering or the ACK delay asks for it; ``repeat_due``:
     an ACK-only packet is repeated); otherwise it only rides along with other frames, so
-    two peers never acknowledge each other's ACKs forever. ``_build_datagram`` calls
-    this only when an ACK is due, a probe (``probe``) or something ack-eliciting waits
-    (else the ACK would be written, then dropped).
+    two peers never acknowledge each other's ACKs forever, and in 1-RTT only while an
+    ack-eliciting packet waits for it (``space.ack_pending``: the peer's ACK-only
+    packets alone make none pending, ack_frequency.after_eliciting).
+    ``_build_datagram`` calls this only when an ACK is due, a probe (``probe``) or
+    something ack-eliciting waits (else the ACK would be written, then dropped).
     """
     loss = conn.loss
     cc_ok = probe or epoch not in _APP or loss.cc.available() >= conn.max_datagram_size
@@ -464,20 +466,26 @@ def _fill_payload(
     if not eliciting and not ack_due:
         del payload[:]  # nothing but an ACK that is not due: send nothing
         return False
+    if ack_end and not eliciting and epoch is _ONE_RTT:
+        eliciting = _elicit(conn, payload, records, now)
     if ack_end:
         _ack_written(conn, space, epoch, eliciting, now)
     return eliciting
 
 
-def _ack_alone(conn: Connection, space: PacketSpace, payload: bytearray, now: float) -> None:
+def _ack_alone(conn: Connection, space: PacketSpace, payload: bytearray,
+               records: list[tuple[int, ...]], now: float) -> bool:
     """The 1-RTT packet ``_fill_payload`` writes when an ACK is due and nothing else
-    waits (``_app_frames_waiting`` false, no probe): the ACK frame alone, without the
-    steps that write nothing for it (an ACK that is due goes whatever the congestion
-    window and the pacer say; the CRYPTO, control, DATAGRAM and STREAM writers). The
-    pacer is not asked for a deadline: with nothing waiting it would only wake the
-    connection to send nothing. The usual build of a connection that receives."""
+    waits (``_app_frames_waiting`` false, no probe): the ACK frame alone (and the PING
+    of ``ack_send.elicit`` now and then), without the steps that write nothing for it (an ACK
+    that is due goes whatever the congestion window and the pacer say; the CRYPTO,
+    control, DATAGRAM and STREAM writers). The pacer is not asked for a deadline: with
+    nothing waiting it would only wake the connection to send nothing. The usual build
+    of a connection that receives. Returns whether the packet is ack-eliciting."""
     _encode_ack(conn, space, payload, now, _ONE_RTT)
-    _ack_written(conn, space, _ONE_RTT, False, now)
+    eliciting = _elicit(conn, payload, records, now)
+    _ack_written(conn, space, _ONE_RTT, eliciting, now)
+    return eliciting
 
 
 def _ack_written(conn: Connection, space: PacketSpace, epoch: Epoch, eliciting: bool,

@@ -79,7 +79,9 @@ class PacketSpace:
     ack_eliciting_pending: int = 0
     ack_immediately: bool = False
     ack_deadline: float | None = None
-    ack_pending: bool = False  # a received packet not yet acknowledged
+    #: a received packet not yet acknowledged; 1-RTT: an ack-eliciting one (a packet
+    #: without ack-eliciting frames is acknowledged only with others: after_eliciting)
+    ack_pending: bool = False
     #: 1-RTT: when to send the last ACK-only packet again (and how many times it was),
     #: see send.ACK_REPEATS
     ack_repeat_at: float | None = None
