@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from quicflow.crypto.epoch import Epoch
-from quicflow.transport import recovery
+from quicflow.transport import recovery, recovery_glue
 from quicflow.transport import stream_api as S
 from quicflow.transport.ack_send import ACK_ONLY_PING_AFTER
 from quicflow.transport.config import Configuration
@@ -34,7 +34,9 @@ class AckTally:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.by_loss: dict[int, dict[str, int]] = {}
         self.clients: set[int] = set()
-        original = recovery.LossDetection.on_ack_received
+        # what recovery_glue.on_ack_frame calls: LossDetection.on_ack_received, or its
+        # C twin for the common case (ack.c), which does not go through the method
+        original = recovery_glue._ack_received
 
         def counted(loss: Any, epoch: Epoch, *args: Any) -> Any:
             acked, lost = original(loss, epoch, *args)
@@ -48,7 +50,7 @@ class AckTally:
                 tally[kind] += 1
             return acked, lost
 
-        monkeypatch.setattr(recovery.LossDetection, "on_ack_received", counted)
+        monkeypatch.setattr(recovery_glue, "_ack_received", counted)
 
     def of(self, conn: Connection) -> dict[str, int]:
         return self.by_loss.get(id(conn.loss), {"eliciting": 0, "ack_only": 0,
