@@ -161,6 +161,69 @@ kc_acquire(KeyContext *kc, int which)
     return entry->ctx;
 }
 
+/* The AES-GCM nonce as a parameter (kc_aead_nonce): on once kc_gcm_params_probe found it
+ * exact on this OpenSSL (module init). */
+int kc_gcm_params = 0;
+
+/* Seal 40 bytes under two nonces in turn on one context (the second re-uses the context
+ * as the packet loop does) by the init path and by the parameter path: same bytes and
+ * tags? Then open by the parameter path: the right tag opens, a wrong one fails and the
+ * next right one opens again. */
+int
+kc_gcm_params_probe(void)
+{
+    static const unsigned char key[16] = {0x1f, 0x36, 0x96, 0x13, 0xdd, 0x76, 0xd5, 0x46,
+                                          0x77, 0x30, 0xef, 0xcb, 0xe3, 0xb1, 0xa2, 0x2d};
+    static const unsigned char aad[21] = "probe: header bytes!";
+    unsigned char nonce[IV_LEN], want[2][56], got[2][56], plain[40], bad[TAG_LEN];
+    EVP_CIPHER_CTX *a = EVP_CIPHER_CTX_new(), *b = EVP_CIPHER_CTX_new();
+    EVP_CIPHER_CTX *d = EVP_CIPHER_CTX_new();
+    int ok = a != NULL && b != NULL && d != NULL, saved = kc_gcm_params, r, outl;
+
+    kc_gcm_params = 1;
+    ok = ok && EVP_EncryptInit_ex(a, EVP_aes_128_gcm(), NULL, key, NULL) == 1 &&
+         EVP_EncryptInit_ex(b, EVP_aes_128_gcm(), NULL, key, NULL) == 1 &&
+         EVP_DecryptInit_ex(d, EVP_aes_128_gcm(), NULL, key, NULL) == 1;
+    for (r = 0; ok && r < 2; r++) {
+        memset(nonce, 0xa5 ^ r, IV_LEN);
+        memset(plain, 0x3c + r, sizeof(plain));
+        memcpy(want[r], plain, sizeof(plain));
+        memcpy(got[r], plain, sizeof(plain));
+        ok = kc_aead_nonce(a, 0, 1, nonce, NULL) == 0 &&
+             EVP_EncryptUpdate(a, NULL, &outl, aad, (int)sizeof(aad)) == 1 &&
+             EVP_EncryptUpdate(a, want[r], &outl, want[r], 40) == 1 &&
+             EVP_EncryptFinal_ex(a, want[r] + 40, &outl) == 1 &&
+             kc_aead_tag(a, want[r] + 40) == 0 && kc_aead_nonce(b, 1, 1, nonce, NULL) == 0 &&
+             EVP_EncryptUpdate(b, NULL, &outl, aad, (int)sizeof(aad)) == 1 &&
+             EVP_EncryptUpdate(b, got[r], &outl, got[r], 40) == 1 &&
+             EVP_EncryptFinal_ex(b, got[r] + 40, &outl) == 1 &&
+             kc_aead_tag(b, got[r] + 40) == 0 && memcmp(want[r], got[r], 56) == 0;
+    }
+    /* open: the second packet, a wrong tag (fails), the first, the second again */
+    for (r = 0; ok && r < 4; r++) {
+        int which = r == 2 ? 0 : 1, opened;
+        const unsigned char *tag = want[which] + 40;
+        if (r == 1) {
+            memcpy(bad, tag, TAG_LEN);
+            bad[5] ^= 0x10;
+            tag = bad;
+        }
+        memset(nonce, 0xa5 ^ which, IV_LEN);
+        opened = kc_aead_nonce(d, 1, 0, nonce, tag) == 0 &&
+                 EVP_DecryptUpdate(d, NULL, &outl, aad, (int)sizeof(aad)) == 1 &&
+                 EVP_DecryptUpdate(d, got[which], &outl, want[which], 40) == 1 &&
+                 EVP_DecryptFinal_ex(d, got[which] + 40, &outl) == 1;
+        memset(plain, 0x3c + which, sizeof(plain));
+        ok = r == 1 ? !opened : opened && memcmp(got[which], plain, 40) == 0;
+    }
+    ERR_clear_error();
+    EVP_CIPHER_CTX_free(a);
+    EVP_CIPHER_CTX_free(b);
+    EVP_CIPHER_CTX_free(d);
+    kc_gcm_params = saved;
+    return ok;
+}
+
 int
 check_len(Py_buffer *view, Py_ssize_t want, const char *what)
 {

@@ -7,7 +7,29 @@
 
 #include <openssl/crypto.h>
 
+/* For tests: the AES-GCM per-packet set-up by parameter (1) or by the init (0); returns
+ * the former setting. Turning it on where the probe found it inexact is refused. */
+static PyObject *
+mod_gcm_nonce_param(PyObject *self, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg), before = kc_gcm_params;
+    (void)self;
+    if (on < 0) {
+        return NULL;
+    }
+    if (on && !kc_gcm_params_probe()) {
+        PyErr_SetString(PyExc_RuntimeError, "this OpenSSL does not take the GCM nonce as a "
+                                            "parameter exactly");
+        return NULL;
+    }
+    kc_gcm_params = on;
+    return PyBool_FromLong(before);
+}
+
 static PyMethodDef module_methods[] = {
+    {"_gcm_nonce_param", mod_gcm_nonce_param, METH_O,
+     "_gcm_nonce_param(on) -> bool (for tests): the AES-GCM nonce and tag of each packet "
+     "set as OpenSSL 3 parameters (True) or by a cipher init (False); the former setting"},
     {"seal", (PyCFunction)(void (*)(void))mod_seal, METH_FASTCALL,
      "seal(table, buf, packets): seal (offset, header_len, payload_len, pn, cid) in place"},
     {"open", (PyCFunction)(void (*)(void))mod_open, METH_FASTCALL,
@@ -96,6 +118,9 @@ PyInit__native(void)
     if (PyType_Ready(&KeyContextType) < 0 || PyType_Ready(&CidStateType) < 0) {
         return NULL;
     }
+#ifdef QF_OSSL_PARAMS
+    kc_gcm_params = kc_gcm_params_probe();
+#endif
     m = PyModule_Create(&native_module);
     if (m == NULL) {
         return NULL;
@@ -103,7 +128,8 @@ PyInit__native(void)
     if (PyModule_AddObjectRef(m, "KeyContext", (PyObject *)&KeyContextType) < 0 ||
         PyModule_AddObjectRef(m, "CidState", (PyObject *)&CidStateType) < 0 ||
         PyModule_AddStringConstant(m, "OPENSSL_VERSION", OpenSSL_version(OPENSSL_VERSION)) <
-            0) {
+            0 ||
+        PyModule_AddIntConstant(m, "GCM_NONCE_PARAM", kc_gcm_params) < 0) {
         Py_DECREF(m);
         return NULL;
     }
