@@ -123,13 +123,6 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     ranges = args[2];
     nowobj = args[4];
 
-#define CHECK(expr)                                                                       \
-    do {                                                                                  \
-        if ((r = (expr)) != 0) {                                                          \
-            goto unread;                                                                  \
-        }                                                                                 \
-    } while (0)
-
     r = QF_FALLBACK;
     if (epoch != one_rtt || !PyFloat_CheckExact(nowobj) || !PyFloat_CheckExact(args[3]) ||
         !PyList_CheckExact(ranges) || PyList_GET_SIZE(ranges) != 1) {
@@ -141,8 +134,8 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (!PyTuple_CheckExact(range) || PyTuple_GET_SIZE(range) != 2) {
         goto unread;
     }
-    CHECK(qf_as_ll(PyTuple_GET_ITEM(range, 0), &lo));
-    CHECK(qf_as_ll(PyTuple_GET_ITEM(range, 1), &hi));
+    QF_READ(r, qf_as_ll(PyTuple_GET_ITEM(range, 0), &lo));
+    QF_READ(r, qf_as_ll(PyTuple_GET_ITEM(range, 1), &hi));
     if (lo < 0 || hi < lo) {
         r = QF_FALLBACK;
         goto unread;
@@ -163,13 +156,13 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         goto unread;
     }
     sp = Py_NewRef(PyList_GET_ITEM(spaces, 2));
-    CHECK(qf_get_exact_bool(sp, s_discarded, &b));
+    QF_READ(r, qf_get_exact_bool(sp, s_discarded, &b));
     if (b) {
         r = QF_FALLBACK;
         goto unread;
     }
-    CHECK(qf_get_ll(sp, s_largest_sent, &largest_sent));
-    CHECK(qf_get_ll(sp, s_largest_acked, &largest_acked));
+    QF_READ(r, qf_get_ll(sp, s_largest_sent, &largest_sent));
+    QF_READ(r, qf_get_ll(sp, s_largest_acked, &largest_acked));
     if (hi > largest_sent) { /* the twin raises AckError */
         r = QF_FALLBACK;
         goto unread;
@@ -189,13 +182,13 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         goto error;
     }
     while (PyDict_Next(sent, &pos, &key, &p)) {
-        CHECK(qf_as_ll(key, &k));
+        QF_READ(r, qf_as_ll(key, &k));
         if (k > hi) {
             has_remaining = 1;
             first_remaining = first_remaining < 0 ? k : first_remaining;
             break;
         }
-        CHECK(qf_get_ll(p, s_count, &cnt));
+        QF_READ(r, qf_get_ll(p, s_count, &cnt));
         if (k + cnt - 1 < lo) { /* before the range: stays */
             if (first_remaining < 0) {
                 first_remaining = k;
@@ -227,11 +220,11 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     {
         PyObject *last = PyList_GET_ITEM(acked, n - 1);
         long long lk, lc;
-        CHECK(qf_get_ll(last, s_count, &lc));
-        CHECK(qf_as_ll(PyList_GET_ITEM(keys, n - 1), &lk));
+        QF_READ(r, qf_get_ll(last, s_count, &lc));
+        QF_READ(r, qf_as_ll(PyList_GET_ITEM(keys, n - 1), &lk));
         if (lk + lc - 1 == hi) {
             largest_pkt = last;
-            CHECK(qf_get_float(last, s_time_sent, &largest_time));
+            QF_READ(r, qf_get_float(last, s_time_sent, &largest_time));
         }
     }
     /* the flight's accounting */
@@ -240,14 +233,14 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (rtt == NULL) {
         goto error;
     }
-    CHECK(qf_get_float_or_none(cc, s_recovery_start_time, &recovery_start, &no_recovery));
+    QF_READ(r, qf_get_float_or_none(cc, s_recovery_start_time, &recovery_start, &no_recovery));
     for (i = 0; i < n; i++) {
         p = PyList_GET_ITEM(acked, i);
-        CHECK(qf_get_ll(p, s_count, &cnt));
-        CHECK(qf_get_ll(p, s_size, &size));
-        CHECK(qf_get_exact_bool(p, s_in_flight, &in_flight));
-        CHECK(qf_get_exact_bool(p, s_ack_eliciting, &ack_eliciting));
-        CHECK(qf_get_float(p, s_time_sent, &t));
+        QF_READ(r, qf_get_ll(p, s_count, &cnt));
+        QF_READ(r, qf_get_ll(p, s_size, &size));
+        QF_READ(r, qf_get_exact_bool(p, s_in_flight, &in_flight));
+        QF_READ(r, qf_get_exact_bool(p, s_ack_eliciting, &ack_eliciting));
+        QF_READ(r, qf_get_float(p, s_time_sent, &t));
         count += cnt;
         any_eliciting |= ack_eliciting;
         if (in_flight) {
@@ -264,14 +257,14 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
         }
     }
-    CHECK(qf_get_ll(cc, s_bytes_in_flight, &bif));
+    QF_READ(r, qf_get_ll(cc, s_bytes_in_flight, &bif));
     if (bif > ((long long)1 << 60)) { /* (4 * bytes in flight below stays in 64 bits) */
         r = QF_FALLBACK;
         goto unread;
     }
-    CHECK(qf_get_ll(cc, s_cwnd, &cwnd));
-    CHECK(qf_get_ll(cc, s_ssthresh, &ssthresh));
-    CHECK(qf_get_exact_bool(cc, s_app_limited, &app_limited));
+    QF_READ(r, qf_get_ll(cc, s_cwnd, &cwnd));
+    QF_READ(r, qf_get_ll(cc, s_ssthresh, &ssthresh));
+    QF_READ(r, qf_get_exact_bool(cc, s_app_limited, &app_limited));
     /* CongestionControl.on_removed_from_flight(recovering), then on_acked(growth, ...) */
     if (recovering) {
         bif = bif - recovering > 0 ? bif - recovering : 0;
@@ -300,19 +293,18 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     /* the RTT estimator and the rest of what the twin reads */
-    CHECK(qf_get_float(rtt, s_latest_rtt, &R.latest));
-    CHECK(qf_get_float(rtt, s_smoothed_rtt, &R.smoothed));
-    CHECK(qf_get_float(rtt, s_rttvar, &R.var));
-    CHECK(qf_get_float(rtt, s_min_rtt, &R.min));
-    CHECK(qf_get_exact_bool(rtt, s_has_sample, &R.has));
-    CHECK(qf_get_float(loss, s_max_ack_delay, &max_ack_delay));
-    CHECK(qf_get_exact_bool(loss, s_handshake_confirmed, &confirmed));
-    CHECK(qf_get_exact_bool(loss, s_is_server, &is_server));
-    CHECK(qf_get_exact_bool(loss, s_peer_completed_address_validation, &pcav));
-    CHECK(qf_get_float_or_none(loss, s_first_rtt_sample_time, &t, &first_none));
-    CHECK(qf_get_ll(sp, s_ack_eliciting_in_flight, &sp_ae));
-    CHECK(qf_get_ll(loss, s_packets_acked, &packets_acked));
-#undef CHECK
+    QF_READ(r, qf_get_float(rtt, s_latest_rtt, &R.latest));
+    QF_READ(r, qf_get_float(rtt, s_smoothed_rtt, &R.smoothed));
+    QF_READ(r, qf_get_float(rtt, s_rttvar, &R.var));
+    QF_READ(r, qf_get_float(rtt, s_min_rtt, &R.min));
+    QF_READ(r, qf_get_exact_bool(rtt, s_has_sample, &R.has));
+    QF_READ(r, qf_get_float(loss, s_max_ack_delay, &max_ack_delay));
+    QF_READ(r, qf_get_exact_bool(loss, s_handshake_confirmed, &confirmed));
+    QF_READ(r, qf_get_exact_bool(loss, s_is_server, &is_server));
+    QF_READ(r, qf_get_exact_bool(loss, s_peer_completed_address_validation, &pcav));
+    QF_READ(r, qf_get_float_or_none(loss, s_first_rtt_sample_time, &t, &first_none));
+    QF_READ(r, qf_get_ll(sp, s_ack_eliciting_in_flight, &sp_ae));
+    QF_READ(r, qf_get_ll(loss, s_packets_acked, &packets_acked));
 
     /* -- from here on, the state changes as the twin changes it */
     if (qf_set_ll(sp, s_largest_acked, largest_acked) < 0) {

@@ -255,13 +255,6 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     buf = args[2];
     bounds = args[3];
 
-#define READ(expr)                                                                        \
-    do {                                                                                  \
-        if ((r = (expr)) != 0) {                                                          \
-            goto unread;                                                                  \
-        }                                                                                 \
-    } while (0)
-
     /* -- everything read, nothing changed yet: the twin may still take it all over */
     r = QF_FALLBACK;
     if (!PyFloat_CheckExact(nowobj) || !PyByteArray_CheckExact(buf) ||
@@ -269,39 +262,39 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         goto unread;
     }
     now = PyFloat_AS_DOUBLE(nowobj);
-    READ(qf_as_ll(args[5], &max_count));
-    READ(qf_get_obj(conn, s_engine, &R.engine));
+    QF_READ(r, qf_as_ll(args[5], &max_count));
+    QF_READ(r, qf_get_obj(conn, s_engine, &R.engine));
     if ((PyObject *)Py_TYPE(R.engine) != engine_type) {
         r = QF_FALLBACK;
         goto unread;
     }
-    READ(qf_get_ll(conn, s_max_datagram_size, &mds));
+    QF_READ(r, qf_get_ll(conn, s_max_datagram_size, &mds));
     if (mds <= 0 || max_count < 1 || mds > (1 << 20) || max_count > (1 << 20)) {
         /* (never so: the twin's arithmetic decides; products below stay in 64 bits) */
         r = QF_FALLBACK;
         goto unread;
     }
-    READ(qf_get_obj(conn, s_loss, &R.loss));
-    READ(qf_get_obj(R.loss, s_cc, &R.cc));
-    READ(qf_get_ll(R.cc, s_cwnd, &cwnd));
-    READ(qf_get_ll(R.cc, s_bytes_in_flight, &bif));
+    QF_READ(r, qf_get_obj(conn, s_loss, &R.loss));
+    QF_READ(r, qf_get_obj(R.loss, s_cc, &R.cc));
+    QF_READ(r, qf_get_ll(R.cc, s_cwnd, &cwnd));
+    QF_READ(r, qf_get_ll(R.cc, s_bytes_in_flight, &bif));
     cwnd_room = cwnd - bif;
     if (cwnd_room < mds) {
         refs_clear(&R);
         return PyLong_FromLong(0);
     }
-    READ(qf_get_obj(conn, s_send_queue, &R.queue));
+    QF_READ(r, qf_get_obj(conn, s_send_queue, &R.queue));
     r = QF_FALLBACK;
     if (!PyList_CheckExact(R.queue) || PyList_GET_SIZE(R.queue) < 1) {
         goto unread;
     }
     R.sid = Py_NewRef(PyList_GET_ITEM(R.queue, 0));
-    READ(qf_as_ll(R.sid, &sidv));
+    QF_READ(r, qf_as_ll(R.sid, &sidv));
     if (sidv < 0) {
         r = QF_FALLBACK;
         goto unread;
     }
-    READ(qf_get_obj(conn, s_streams, &streams));
+    QF_READ(r, qf_get_obj(conn, s_streams, &streams));
     r = QF_FALLBACK;
     stream = PyDict_CheckExact(streams) ? PyDict_GetItemWithError(streams, R.sid) : NULL;
     Py_DECREF(streams);
@@ -309,58 +302,58 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         r = PyErr_Occurred() ? -1 : QF_FALLBACK;
         goto unread;
     }
-    READ(qf_get_obj(stream, s_send, &R.send)); /* (stream: borrowed from the dict, in use) */
+    QF_READ(r, qf_get_obj(stream, s_send, &R.send)); /* (stream: borrowed from the dict, in use) */
     if (R.send == Py_None) {
         r = QF_FALLBACK;
         goto unread;
     }
-    READ(qf_get_obj(conn, s_flow, &R.flow));
-    READ(qf_get_ll(R.send, s_next_offset, &start));
-    READ(qf_get_ll(R.send, s_write_offset, &write_offset));
-    READ(qf_get_ll(R.send, s_max_data, &max_data));
-    READ(qf_get_ll(R.flow, s_peer_max_data, &peer_max));
-    READ(qf_get_ll(R.flow, s_data_sent, &data_sent));
+    QF_READ(r, qf_get_obj(conn, s_flow, &R.flow));
+    QF_READ(r, qf_get_ll(R.send, s_next_offset, &start));
+    QF_READ(r, qf_get_ll(R.send, s_write_offset, &write_offset));
+    QF_READ(r, qf_get_ll(R.send, s_max_data, &max_data));
+    QF_READ(r, qf_get_ll(R.flow, s_peer_max_data, &peer_max));
+    QF_READ(r, qf_get_ll(R.flow, s_data_sent, &data_sent));
     run_want(start, write_offset, max_data, peer_max, data_sent, cwnd_room, max_count, mds,
              &end, &want);
     if (!want) {
         refs_clear(&R);
         return PyLong_FromLong(0);
     }
-    READ(qf_get_obj(R.loss, s_rtt, &R.rtt));
-    READ(qf_get_float(R.rtt, s_smoothed_rtt, &srtt));
-    READ(qf_get_obj(conn, s_pacer, &R.pacer));
-    READ(qf_pacer_load(R.pacer, &P));
-    READ(qf_get_obj(conn, s_spaces, &spaces));
+    QF_READ(r, qf_get_obj(R.loss, s_rtt, &R.rtt));
+    QF_READ(r, qf_get_float(R.rtt, s_smoothed_rtt, &srtt));
+    QF_READ(r, qf_get_obj(conn, s_pacer, &R.pacer));
+    QF_READ(r, qf_pacer_load(R.pacer, &P));
+    QF_READ(r, qf_get_obj(conn, s_spaces, &spaces));
     r = QF_FALLBACK;
     if (PyList_CheckExact(spaces) && PyList_GET_SIZE(spaces) == 3) {
         R.space = Py_NewRef(PyList_GET_ITEM(spaces, 2));
         r = 0;
     }
     Py_DECREF(spaces);
-    READ(r);
-    READ(qf_get_ll(R.space, s_next_pn, &pn));
-    READ(qf_get_ll(R.space, s_largest_acked, &la));
+    QF_READ(r, r);
+    QF_READ(r, qf_get_ll(R.space, s_next_pn, &pn));
+    QF_READ(r, qf_get_ll(R.space, s_largest_acked, &la));
     if (pn > ((long long)1 << 61)) { /* (2 * packets unacknowledged stays in 64 bits) */
         r = QF_FALLBACK;
         goto unread;
     }
-    READ(qf_get_obj(conn, s_peer_cid, &R.dcid));
-    READ(qf_get_obj(R.engine, s__sealers, &R.table));
-    READ(qf_get_obj(conn, s_seal_key, &R.seal_key));
-    READ(qf_get_bool(R.send, s_fin_written, &fin_written));
+    QF_READ(r, qf_get_obj(conn, s_peer_cid, &R.dcid));
+    QF_READ(r, qf_get_obj(R.engine, s__sealers, &R.table));
+    QF_READ(r, qf_get_obj(conn, s_seal_key, &R.seal_key));
+    QF_READ(r, qf_get_bool(R.send, s_fin_written, &fin_written));
     r = QF_FALLBACK;
     if (!PyBytes_CheckExact(R.dcid)) {
         goto unread;
     }
-    READ(qf_get_obj(R.loss, s_spaces, &spaces));
+    QF_READ(r, qf_get_obj(R.loss, s_spaces, &spaces));
     r = QF_FALLBACK;
     if (PyList_CheckExact(spaces) && PyList_GET_SIZE(spaces) == 3) {
         R.lspace = Py_NewRef(PyList_GET_ITEM(spaces, 2));
         r = 0;
     }
     Py_DECREF(spaces);
-    READ(r);
-    READ(qf_get_obj(conn, s_counters, &R.counters));
+    QF_READ(r, r);
+    QF_READ(r, qf_get_obj(conn, s_counters, &R.counters));
 
     /* the pacer's answer and the run's shape, on a copy of the pacer's state: a run that
      * may go on into the send buffer's next chunk is the twin's (its loop), decided
@@ -390,7 +383,7 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (pn_len < 1) {
             pn_len = 1;
         } else if (pn_len > 4) {
-            READ(QF_FALLBACK);
+            QF_READ(r, QF_FALLBACK);
         }
         header_len = 1 + PyBytes_GET_SIZE(R.dcid) + pn_len;
         sid_len = vlen(sidv);
@@ -399,13 +392,12 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         frame_head = 1 + sid_len + off_len + 2;
         data_cap = capacity - frame_head;
         if (data_cap > 0) {
-            READ(chunk_at(R.send, start, &R.chunk, &at, &chunk_end));
+            QF_READ(r, chunk_at(R.send, start, &R.chunk, &at, &chunk_end));
             if (end > chunk_end && start + count * data_cap >= chunk_end) {
-                READ(QF_FALLBACK);
+                QF_READ(r, QF_FALLBACK);
             }
         }
     }
-#undef READ
 
     /* -- from here on, the state changes as the Python code changes it */
     P = Q;

@@ -673,6 +673,14 @@ PyObject *mod_seal_stream_run(PyObject *module, PyObject *const *args, Py_ssize_
  * within +-QF_FIELD_MAX, not an exact float or bool: the caller hands the call to the
  * Python code before anything changed) or -1 with an exception set. */
 #define QF_FALLBACK 1
+/* A read into `r` (an int of the caller): anything but 0 (QF_FALLBACK, or -1 with an
+ * exception set) jumps to the caller's `unread` label, where nothing has changed yet. */
+#define QF_READ(r, expr)                                                                  \
+    do {                                                                                  \
+        if (((r) = (expr)) != 0) {                                                        \
+            goto unread;                                                                  \
+        }                                                                                 \
+    } while (0)
 #define QF_FIELD_MAX (((long long)1 << 62) - 1) /* (QUIC varints; sums stay in 64 bits) */
 int qf_get_obj(PyObject *o, PyObject *name, PyObject **out);
 int qf_as_ll(PyObject *v, long long *out);
