@@ -19,7 +19,7 @@ import pytest
 
 from quicflow.transport.connection import Connection
 
-from .support.memory_pair import MemoryPair
+from .support.memory_pair import SERVER_ADDR, MemoryPair
 from .support.relay import packet_kinds
 
 
@@ -318,3 +318,52 @@ def test_a_pto_probe_carries_the_ack(monkeypatch: pytest.MonkeyPatch) -> None:
     pair.server.receive(probes[0], pair.client_addr, pair.now)
     assert server.loss.ack_eliciting_in_flight < unacked
 
+
+
+def test_pto_probe_resends_handshake_done_behind_an_ack_only_packet() -> None:
+    """The flake of test_interop_qh3.py::test_loss_and_reordering_with_qh3_client, in
+    simulated time: the server's HANDSHAKE_DONE is lost, and so is its copy, and an
+    ACK-only packet the client never acknowledges (ACK-only packets elicit nothing) was
+    sent just before that copy.  A client that sends nothing more in 1-RTT until it is
+    confirmed (qh3's, once congestion-blocked) is only reached by the server's PTO
+    probes: they must carry HANDSHAKE_DONE again (RFC 9002 §6.2.4, RFC 9000 §13.3).
+    They were bare PINGs: the probe resent what the oldest packet awaiting an ACK
+    carried, here the ACK-only one, so the client was never confirmed."""
+    pair = MemoryPair(seed=7)
+    pair.complete_server_handshake()
+    client, server = pair.client, pair.server_conns[0]
+    sid = client.open_stream()
+
+    def client_sends(n: int) -> None:
+        client.send_stream_data(sid, b"u" * n)
+        for d in pair.client_ep.datagrams_to_send(client, pair.now):
+            pair.server.receive(d, pair.client_addr, pair.now)
+        pair.now += 0.001
+
+    def deliver(datagrams: list[bytes]) -> None:
+        for d in datagrams:
+            pair.client_ep.receive(d, SERVER_ADDR, pair.now)
+
+    def server_flight() -> list[bytes]:
+        return pair.server.datagrams_to_send(server, pair.now)
+
+    server_flight()  # HANDSHAKE_DONE (& NEW_TOKEN...): lost
+    client_sends(1000)
+    held = server_flight()  # NEW_CONNECTION_IDs: delivered later
+    client_sends(3000)
+    server_flight()  # an ACK-only packet: lost
+    deliver(held)
+    client_sends(1000)  # its ACK declares the first HANDSHAKE_DONE lost...
+    app = server.loss.spaces[2]
+    first = next(iter(app.sent.values()))
+    assert not first.ack_eliciting  # (the scenario: an ACK-only packet is the oldest)
+    server_flight()  # ...and its copy is lost too; the client sends nothing more
+    assert not client.handshake_confirmed
+    ptos = 0
+    while ptos < 1:  # the first PTO (a PMTU probe may come before it)
+        before = server.loss.pto_count
+        pair.now = max(pair.now, server.timer() or pair.now)
+        server.handle_timer(pair.now)
+        ptos += server.loss.pto_count - before
+        deliver(server_flight())
+    assert client.handshake_confirmed

@@ -38,6 +38,9 @@ qh3 differences handled here: its client trusts only CA certificates as anchors 
 it a CA-issued server certificate and the CA as ``--cafile``), it does not offer Ed25519
 signatures (use EC P-256 certificates), its ``close()`` takes no error code (it closes
 with NO_ERROR), and the negotiated suite comes from ``QuicConnection.get_cipher()``.
+
+Debugging: with ``PEER_QLOGDIR`` set in the environment, the peer writes its own qlog
+there (the library's ``QuicFileLogger``); ``QLOGDIR`` does the same for quicflow.
 """
 
 from __future__ import annotations
@@ -85,6 +88,8 @@ def _configuration(args: argparse.Namespace, is_client: bool) -> Any:
         max_stream_data=BIG_WINDOW,
         idle_timeout=args.idle_timeout,
     )
+    if os.environ.get("PEER_QLOGDIR"):  # debugging: the peer's own qlog, one file each
+        cfg.quic_logger = _lib(args, "quic.logger").QuicFileLogger(os.environ["PEER_QLOGDIR"])
     if args.chacha:
         cfg.cipher_suites = [CipherSuite.CHACHA20_POLY1305_SHA256]
     if args.versions:  # "2,1": QUIC versions in order of preference (client: first = sent)

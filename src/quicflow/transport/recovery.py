@@ -222,6 +222,15 @@ class LossDetection:
         """The packets of that epoch's space still awaiting an ACK, in send order."""
         return list(self.spaces[EPOCH_SPACE[epoch]].sent.values())
 
+    def oldest_ack_eliciting(self, epoch: Epoch) -> SentPacket | None:
+        """The oldest packet of that epoch's space still awaiting an ACK that carried
+        frames to send again (ack-eliciting, not a PMTU probe); ACK-only packets before
+        it, which a peer need never acknowledge, are passed over."""
+        for pkt in self.spaces[EPOCH_SPACE[epoch]].sent.values():
+            if pkt.ack_eliciting and not pkt.pmtu_probe:
+                return pkt
+        return None
+
     def peer_validated(self) -> bool:
         """PeerCompletedAddressValidation() of RFC 9002 A.6."""
         return self.is_server or self.peer_completed_address_validation or (

@@ -280,11 +280,12 @@ def on_loss_timeout(conn: Connection, now: float) -> None:
             on_probe(conn)  # (an IMMEDIATE_ACK with the probe, if we asked for fewer)
             # RFC 9002 §6.2.4: probes SHOULD carry data. Without new data a probe would
             # be a bare PING, which a peer may never acknowledge (one that waits for our
-            # HANDSHAKE_DONE probes Handshake only): resend what the oldest packet in
-            # flight carried. It stays in flight; an ACK for either copy is fine.
-            unacked = conn.loss.unacked(_ONE_RTT)
-            if unacked:
-                oldest = unacked[0]
+            # HANDSHAKE_DONE probes Handshake only): resend what the oldest
+            # ack-eliciting packet in flight carried (not the oldest packet: that may be
+            # an ACK-only one, never acknowledged, with nothing to resend). It stays in
+            # flight; an ACK for either copy is fine.
+            oldest = conn.loss.oldest_ack_eliciting(_ONE_RTT)
+            if oldest is not None:
                 resend_frames(conn, [oldest.piece(oldest.pn, oldest.pn)])
 
 
