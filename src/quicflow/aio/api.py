@@ -16,7 +16,7 @@ from typing import Any, overload
 from ..crypto.native import best_engine
 from ..crypto.offload import OffloadEngine
 from ..datapath.connected import DEFAULT_CONNECTION_SOCKETS, SocketPolicy
-from ..datapath.socket import SOCKET_BUFFER, UdpTransport, ensure_port_free
+from ..datapath.socket import SOCKET_BUFFER, UdpTransport, ensure_port_free, wildcard_host
 from ..endpoint.cids import ConnectionIdSource
 from ..endpoint.endpoint import Endpoint
 from ..migration.handoff import take_over
@@ -230,8 +230,7 @@ async def connect(
     _keylog_from_environment(config)
     qlog_from_environment(config)
     family, peer = await _resolve(host, port)
-    local = "0.0.0.0" if family == socket.AF_INET else "::"
-    transport = UdpTransport.open(local, 0, backend=backend, connect_to=peer)
+    transport = UdpTransport.open(wildcard_host(family), 0, backend=backend, connect_to=peer)
     endpoint = Endpoint(
         config, is_server=False, engine=engine or best_engine(), cid_generator=cid_generator
     )

@@ -19,10 +19,9 @@ socket the probe came in on.
 
 from __future__ import annotations
 
-import socket
 from typing import TYPE_CHECKING, Any
 
-from ..datapath.socket import UdpTransport, normalize_address
+from ..datapath.socket import UdpTransport, normalize_address, wildcard_host
 from ..transport.connection import Connection
 from ..transport.events import PathMigrated, PathProbeFailed, PreferredAddressAvailable
 from ..transport.path import PROBE_PREFERRED
@@ -44,7 +43,7 @@ def open_probe_socket(
         raise MigrationError("a migration is already in progress")
     family = runner.transport.family
     if local_host is None:
-        local_host = "0.0.0.0" if family == socket.AF_INET else "::"
+        local_host = wildcard_host(family)
     transport = UdpTransport.open(local_host, local_port, backend=runner.transport.backend,
                                   connect_to=peer)
     transport.enable_pmtu_discovery()

@@ -40,7 +40,7 @@ from ..aio import (
 )
 from ..aio.workers import CidPlan, WorkerGroupServer, worker_counters
 from ..datapath.connected import DEFAULT_CONNECTION_SOCKETS
-from ..datapath.socket import _is_ipv4 as is_ipv4
+from ..datapath.socket import wildcard_host
 from ..transport.config import Configuration
 
 ALPN = "perf"
@@ -646,9 +646,8 @@ async def run_client(
     async with AsyncExitStack() as stack:
         shared = None
         if shared_socket:  # IPv4-only for an IPv4 literal: no mapped addresses
-            local = "0.0.0.0" if is_ipv4(host) else "::"
             shared = await stack.enter_async_context(
-                client_endpoint(local, configuration=config, backend=backend))
+                client_endpoint(wildcard_host(host), configuration=config, backend=backend))
         result = await _run_connections(
             run, host, port, config, backend, timeout, downloads, uploads, verify,
             progress, progress_interval, shared,

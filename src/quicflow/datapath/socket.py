@@ -107,6 +107,15 @@ def _is_ipv4(host: str) -> bool:
     return True
 
 
+def wildcard_host(family_or_host: int | str) -> str:
+    """The local address a client socket binds to reach a peer of that address family
+    (an ``AF_*`` constant) or of that host: ``0.0.0.0`` for IPv4 (an IPv4 literal),
+    else ``::`` (dual-stack: a host name may resolve to either)."""
+    if isinstance(family_or_host, str):
+        return "0.0.0.0" if _is_ipv4(family_or_host) else "::"
+    return "0.0.0.0" if family_or_host == socket.AF_INET else "::"
+
+
 #: kernel receive and send buffer asked for a socket (``UdpTransport.open``)
 SOCKET_BUFFER = 8 << 20
 
