@@ -71,6 +71,7 @@ sys.path.insert(0, os.path.join(ROOT, "src"))
 sys.path.insert(0, BENCH)
 
 import quicflow  # noqa: E402
+from quicflow.aio.stats import datapath_stats  # noqa: E402
 from quicflow.tls.certs import (  # noqa: E402
     certificate_pem,
     generate_self_signed,
@@ -218,7 +219,10 @@ async def _serve(args: argparse.Namespace) -> None:
     datagrams = [0, 0]  # the socket's datagrams sent and received when the loop started
 
     def socket_datagrams() -> list[int]:
-        counts = server.stats()["datapath"]
+        # the socket's counters only: server.stats() also makes every held connection's
+        # counters, and the loop's start (inside the measured CPU window) then paid for
+        # them: ~0.02 ms per handshake with 10,000 idle connections held
+        counts = datapath_stats(server.runner)
         return [counts["datagrams_sent"], counts["datagrams_received"]]
 
     def toggle() -> None:  # SIGUSR2 from the client: the measured loop starts or ends
