@@ -96,8 +96,9 @@ def handshake(server: Endpoint, client_cfg: Configuration, now: float, port: int
         (e.ticket for e in client.pop_events() if isinstance(e, SessionTicketReceived)), None)
     if not keep:
         client.close(0, "", now=now)
+        close = datagrams_to_send(client, now)  # (the client's work: outside the window)
         t0 = _server_begin()
-        for d in datagrams_to_send(client, now):
+        for d in close:
             server.receive(d, addr, now)
         sconn.handle_timer(now + 10)  # draining ends
         server.datagrams_to_send(sconn, now + 10)
