@@ -30,6 +30,7 @@ from ..transport.events import (
 )
 from ..transport.path import PROBE_MIGRATE
 from .errors import ConnectionClosedError
+from .mallocpolicy import POLICY as MALLOC_POLICY
 from .runner import EndpointRunner
 from .sendbuffer import SendGate
 from .streams import QuicStreamReader, QuicStreamWriter
@@ -55,7 +56,7 @@ class QuicConnection:
         "_close_info", "_close_exc", "_tasks", "_datagrams", "_datagram_waiter",
         "datagrams_dropped",
         "app_state", "send_limit", "send_gate", "_send_accounted", "_migration",
-        "_connect_waiters", "_close_waiters", "__weakref__",
+        "_connect_waiters", "_close_waiters", "held_window", "__weakref__",
     )
     #: why connections of this face class cannot be handed over or moved (None: they
     #: can); a subclass with state of its own sets it unless its capture hooks cover it
@@ -94,6 +95,9 @@ class QuicConnection:
         self.send_limit = conn.configuration.send_buffer_per_connection
         self.send_gate = SendGate(self.loop)
         self._send_accounted = 0
+        #: the connection's receive window as last reported to the malloc policy (0:
+        #: not counted; the runner counts it from ``add_face`` until the end)
+        self.held_window = 0
         self._migration: asyncio.Future[tuple[Any, ...]] | None = None
         # one future per wait_connected()/wait_closed() call (made by the call): a waiter
         # cancelled alone leaves the others waiting, without a shield per call
@@ -324,6 +328,10 @@ class QuicConnection:
         c = self.conn
         if c.flow.pending_max_data or c.pending_stream_updates:
             self.flush()
+        held = self.held_window
+        if held and c.flow.window != held:  # the window grew: the malloc policy follows
+            self.held_window = c.flow.window
+            MALLOC_POLICY.windows_changed(c.flow.window - held)
 
     # ------------------------------------------------------------------ streams
 

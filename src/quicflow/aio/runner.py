@@ -648,16 +648,21 @@ class EndpointRunner:
     # ------------------------------------------------------------------ lifecycle
 
     def add_face(self, conn: Connection, face: QuicConnection) -> None:
-        """Serve ``conn`` through ``face`` (counted for the process's GC policy)."""
+        """Serve ``conn`` through ``face`` (counted for the process's GC policy, and its
+        receive window for the malloc policy: see ``QuicConnection.held_window``)."""
         self.faces[id(conn)] = face
         self._counted += 1
         GC_POLICY.added()
+        face.held_window = window = conn.flow.window
+        MALLOC_POLICY.windows_changed(window)
 
     def remove_face(self, conn: Connection) -> QuicConnection | None:
         face = self.faces.pop(id(conn), None)
-        if face is not None and self._counted > 0:
-            self._counted -= 1
-            GC_POLICY.removed()
+        if face is not None:
+            if self._counted > 0:
+                self._counted -= 1
+                GC_POLICY.removed()
+            _release_window(face)
         return face
 
     def _forget(self, conn: Connection) -> None:
@@ -673,6 +678,7 @@ class EndpointRunner:
             if self._counted > 0:
                 self._counted -= 1
                 GC_POLICY.removed()
+            _release_window(face)
             face.on_terminated()
         if self.connected_peer is not None and not self.faces:
             self.close()
@@ -714,6 +720,8 @@ class EndpointRunner:
         while self._counted > 0:  # faces left behind no longer count as held
             self._counted -= 1
             GC_POLICY.removed()
+        for face in self.faces.values():
+            _release_window(face)
         if self.sockets is not None:
             self.sockets.close_all()
         for other in [*self.listeners, *self.retired_transports.values()]:
@@ -722,3 +730,10 @@ class EndpointRunner:
             self.probe_transport.close()
             self.probe_transport = None
         self.transport.close()
+
+
+def _release_window(face: QuicConnection) -> None:
+    """``face``'s connection no longer counts for the malloc policy."""
+    if face.held_window:
+        MALLOC_POLICY.windows_changed(-face.held_window)
+        face.held_window = 0
