@@ -52,11 +52,11 @@ class QuicConnection:
 
     __slots__ = (
         "runner", "conn", "loop", "stream_handler", "_readers", "_writers", "_incoming",
-        "_terminated", "_is_connected", "_is_terminated", "_streams_waiters",
+        "_terminated", "_is_connected", "_is_terminated", "_streams_waiters", "held_window",
         "_close_info", "_close_exc", "_tasks", "_datagrams", "_datagram_waiter",
         "datagrams_dropped",
         "app_state", "send_limit", "send_gate", "_send_accounted", "_migration",
-        "_connect_waiters", "_close_waiters", "held_window", "__weakref__",
+        "_connect_waiters", "_close_waiters", "__weakref__",
     )
     #: why connections of this face class cannot be handed over or moved (None: they
     #: can); a subclass with state of its own sets it unless its capture hooks cover it
@@ -89,15 +89,15 @@ class QuicConnection:
         self._datagrams: collections.deque[bytes] | None = None  # made by the first one
         self._datagram_waiter: asyncio.Future[None] | None = None
         self.datagrams_dropped = 0  # received but not read in time (queue full)
+        #: the connection's receive window as last reported to the malloc policy (0:
+        #: not counted; the runner counts it from ``add_face`` until the end)
+        self.held_window = 0
         self.app_state: dict[str, Any] = {}
         # written-but-unacknowledged bytes: this connection's bound and its share of the
         # endpoint's (sendbuffer.py)
         self.send_limit = conn.configuration.send_buffer_per_connection
         self.send_gate = SendGate(self.loop)
         self._send_accounted = 0
-        #: the connection's receive window as last reported to the malloc policy (0:
-        #: not counted; the runner counts it from ``add_face`` until the end)
-        self.held_window = 0
         self._migration: asyncio.Future[tuple[Any, ...]] | None = None
         # one future per wait_connected()/wait_closed() call (made by the call): a waiter
         # cancelled alone leaves the others waiting, without a shield per call
