@@ -1,7 +1,7 @@
 """A receive round's kernel buffers of one flight reach the endpoint in one call.
 
 The kernel hands GRO-coalesced datagrams over in buffers of at most 64 KiB; a round reads
-up to eight. The runner gives the endpoint those read back to back from one peer in one
+up to sixteen. The runner gives the endpoint those read back to back from one peer in one
 ``Endpoint.receive_batches`` call, where a run of one connection goes on from buffer to
 buffer: a round of one connection's download costs one lookup and one bookkeeping pass,
 not one per kernel buffer (issue 11: at 256 connections a round held 3-4 buffers of one

@@ -30,6 +30,7 @@ from ..transport.events import (
 )
 from ..transport.path import PROBE_MIGRATE
 from .errors import ConnectionClosedError
+from .mallocpolicy import POLICY as MALLOC_POLICY
 from .runner import EndpointRunner
 from .sendbuffer import SendGate
 from .streams import QuicStreamReader, QuicStreamWriter
@@ -51,7 +52,7 @@ class QuicConnection:
 
     __slots__ = (
         "runner", "conn", "loop", "stream_handler", "_readers", "_writers", "_incoming",
-        "_terminated", "_is_connected", "_is_terminated", "_streams_waiters",
+        "_terminated", "_is_connected", "_is_terminated", "_streams_waiters", "held_window",
         "_close_info", "_close_exc", "_tasks", "_datagrams", "_datagram_waiter",
         "datagrams_dropped",
         "app_state", "send_limit", "send_gate", "_send_accounted", "_migration",
@@ -88,6 +89,9 @@ class QuicConnection:
         self._datagrams: collections.deque[bytes] | None = None  # made by the first one
         self._datagram_waiter: asyncio.Future[None] | None = None
         self.datagrams_dropped = 0  # received but not read in time (queue full)
+        #: the connection's receive window as last reported to the malloc policy (0:
+        #: not counted; the runner counts it from ``add_face`` until the end)
+        self.held_window = 0
         self.app_state: dict[str, Any] = {}
         # written-but-unacknowledged bytes: this connection's bound and its share of the
         # endpoint's (sendbuffer.py)
@@ -324,6 +328,10 @@ class QuicConnection:
         c = self.conn
         if c.flow.pending_max_data or c.pending_stream_updates:
             self.flush()
+        held = self.held_window
+        if held and c.flow.window != held:  # the window grew: the malloc policy follows
+            self.held_window = c.flow.window
+            MALLOC_POLICY.windows_changed(c.flow.window - held)
 
     # ------------------------------------------------------------------ streams
 

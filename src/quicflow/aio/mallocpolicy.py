@@ -19,6 +19,19 @@ the heap, not from a fresh ``mmap`` each) and an ``M_TRIM_THRESHOLD`` of
 instead of trimming it). The price: after a burst, up to that much free heap stays
 with the process instead of going back to the system.
 
+What a receiver holds between its readers' turns grows with its connections: a client
+with 64 bulk downloads held 80-130 MB of received data at times (a runner per
+connection: one loop turn reads several sockets before any reader runs), so a fixed
+32 MiB let the heap go back and be faulted in again every cycle (issue 11: 66-81 k page
+faults per GiB at 64 connections against 11.5 k for one). The free heap kept therefore
+follows what the connections' receive windows let their peers make us hold: the
+runners report each connection's window (the flow-control credit we advertised, which
+bounds its unread data) and the threshold is the smallest power-of-two multiple of
+:data:`TRIM_THRESHOLD` that covers their sum, at most :data:`RETAIN_CAP` (and 1/16 of
+the machine's memory), lowered again when the sum falls below a quarter of it (so a
+server whose connections come and go does not call ``mallopt`` at every one). No more
+is kept than the peers could have made us allocate anyway.
+
 Process-wide, like :mod:`.gcpolicy`. Left alone when the environment already tunes
 malloc (``GLIBC_TUNABLES`` naming ``glibc.malloc``, or a ``MALLOC_*_`` variable), on
 other C libraries, and after ``set_enabled(False)`` (call it before the first runner
@@ -37,16 +50,24 @@ M_MMAP_THRESHOLD = -3
 #: allocations from this size get their own mmap (glibc's default starts at 128 KiB and
 #: rises with the chunks freed, up to 32 MiB)
 MMAP_THRESHOLD = 4 << 20
-#: free memory at the top of the heap kept for reuse
+#: free memory at the top of the heap kept for reuse (at least; see the module text)
 TRIM_THRESHOLD = 32 << 20
+#: the most free heap kept, whatever the connections' windows add up to
+RETAIN_CAP = 256 << 20
 
 
 class MallocPolicy:
-    __slots__ = ("enabled", "applied")
+    __slots__ = ("enabled", "applied", "mallopt", "windows", "trim", "cap")
 
     def __init__(self) -> None:
         self.enabled = True
         self.applied = False  # mallopt was called (once per process)
+        #: glibc's mallopt, once the policy applies (None: it does not)
+        self.mallopt: ctypes._NamedFuncPointer | None = None
+        #: the receive windows of the runners' connections, summed (bytes)
+        self.windows = 0
+        self.trim = TRIM_THRESHOLD  # the trim threshold set
+        self.cap = RETAIN_CAP
 
     def runner_started(self) -> None:
         """A runner starts: apply the thresholds (once per process)."""
@@ -60,12 +81,40 @@ class MallocPolicy:
             return
         mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
         mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+        self.mallopt = mallopt
+        self.cap = max(TRIM_THRESHOLD, min(RETAIN_CAP, _physical_memory() // 16))
+        self.trim = TRIM_THRESHOLD
+        self.windows_changed(0)  # connections counted before the first runner started
+
+    def windows_changed(self, delta: int) -> None:
+        """The connections' receive windows grew (or shrank, a connection went) by
+        ``delta`` bytes: keep the trim threshold in step (see the module text)."""
+        windows = self.windows = self.windows + delta
+        mallopt = self.mallopt
+        if mallopt is None:
+            return
+        trim = self.trim
+        if windows > trim and trim < self.cap or windows < trim >> 2 and trim > TRIM_THRESHOLD:
+            want = TRIM_THRESHOLD
+            while want < windows and want < self.cap:
+                want <<= 1
+            want = min(want, self.cap)
+            if want != trim:
+                self.trim = want
+                mallopt(M_TRIM_THRESHOLD, want)
 
 
 def _environment_tunes_malloc() -> bool:
     if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
         return True
     return any(k.startswith("MALLOC_") and k.endswith("_") for k in os.environ)
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return RETAIN_CAP * 16
 
 
 def _glibc_mallopt() -> ctypes._NamedFuncPointer | None:
