@@ -310,9 +310,16 @@ class EndpointRunner:
             self._singles = []
         try:
             for conn in touched:
-                if conn.events:
-                    self._dispatch(conn)
-                self._send(conn)
+                if conn.events and self._dispatch(conn):
+                    # a writer of conn was woken (an ACK freed its window or buffer):
+                    # its task runs next and writes, so the turn comes right after it
+                    # (its callback follows the task's step in the loop's queue) and
+                    # sends what was queued and what it wrote in one build, not in two
+                    # turns (issue 11: 256 x 16 MiB, 3.5 k of 12.8 k ACK turns per 4 GiB
+                    # sent nothing, and the writer's flush followed each)
+                    self.loop.call_soon(self.flush_now, conn)
+                else:
+                    self._send(conn)
                 if conn.off_path_challenges:  # answered through the socket they came in
                     send_probes(self, conn, transport if socket_peer is None
                                 and transport is not self.probe_transport else None)
@@ -381,16 +388,22 @@ class EndpointRunner:
         socket lives (up to its connection's idle timeout); ``claim`` hands them over
         (``misrouted_datagrams``). Its common case, short headers naming this worker, is
         a few C-level checks per buffer."""
-        strays = [e for e in batch if e[2] and normalize_address(e[2]) != socket_peer]
+        # (a datagram from the peer as given: no normalize_address call; an address
+        # equal to the normalized peer normalizes to it)
+        strays = [e for e in batch
+                  if e[2] and e[2] != socket_peer and normalize_address(e[2]) != socket_peer]
         transport = self.transport
         if isinstance(transport, SteeringTransport):
             return transport.claim(batch), len(strays)
         if not strays:
             return batch, 0
-        own = [e for e in batch if not e[2] or normalize_address(e[2]) == socket_peer]
+        own = [e for e in batch
+               if not e[2] or e[2] == socket_peer or normalize_address(e[2]) == socket_peer]
         return own + transport.claim(strays), len(strays)
 
-    def _dispatch(self, conn: Connection) -> None:
+    def _dispatch(self, conn: Connection) -> bool:
+        """Hand ``conn``'s events to its face; whether that woke a writer of it (its
+        ``drain()`` returns and it writes within this pass of the loop)."""
         face = self.faces.get(id(conn))
         events = conn.pop_events()
         if events and conn.is_client:
@@ -399,7 +412,10 @@ class EndpointRunner:
                     on_path_events(self, conn, events)
                     break
         if face is not None and events:
+            woken = face.writers_woken
             face.handle_events(events)
+            return face.writers_woken != woken
+        return False
 
     # ------------------------------------------------------------------ send
 
