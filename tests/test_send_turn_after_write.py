@@ -8,9 +8,11 @@ sent already, so that turn built nothing, and the write's own flush was a second
 (issue 11, 256 x 16 MiB: 3.5 k of 12.8 k turns after ACKs per 4 GiB built nothing).
 The turn now comes right after the writer's step: one build for both.
 
-Counted over real loopback sockets, in the order the server did them: its send turns
-for the connection (empty or not) and its writer's writes. A turn that built nothing
-and was followed by a write before the next turn is the pattern that went away.
+Traced over real loopback sockets, in the order the server did them: the events
+handed to the connection's face (an ACK round's StreamWritable and buffer
+accounting, which is where its writer is woken), its send turns (empty or not) and its
+writer's writes. The pattern that went away: events, then a turn that built nothing,
+then the write.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import pytest
 
 import quicflow
+from quicflow.aio import connection as face_mod
 from quicflow.aio import runner as runner_mod
 from quicflow.aio import streams as streams_mod
 from tests.support import echo_proto
@@ -29,9 +32,12 @@ DOWNLOAD = 16 * echo_proto.CHUNK  # written in 1 MiB chunks, drain() after each
 
 
 def test_ack_that_wakes_the_writer_gives_one_turn(monkeypatch: pytest.MonkeyPatch) -> None:
-    events: list[str] = []  # the server's: "0" an empty turn, "+" a turn that sent, "w"
+    # the server's: "e" events handed over, "0" an empty turn, "+" a turn that sent,
+    # "w" a write
+    events: list[str] = []
     send = runner_mod.EndpointRunner._send
     write = streams_mod.QuicStreamWriter.write
+    handle = face_mod.QuicConnection.handle_events
 
     def counted_send(self: Any, conn: Any) -> None:
         before = conn.counters.datagrams_sent
@@ -44,7 +50,13 @@ def test_ack_that_wakes_the_writer_gives_one_turn(monkeypatch: pytest.MonkeyPatc
             events.append("w")
         write(self, data)
 
+    def traced_events(self: Any, batch: Any) -> Any:
+        if not self.conn.is_client:
+            events.append("e")
+        return handle(self, batch)
+
     monkeypatch.setattr(runner_mod.EndpointRunner, "_send", counted_send)
+    monkeypatch.setattr(face_mod.QuicConnection, "handle_events", traced_events)
     monkeypatch.setattr(streams_mod.QuicStreamWriter, "write", counted_write)
 
     async def main() -> dict[str, object]:
@@ -69,7 +81,7 @@ def test_ack_that_wakes_the_writer_gives_one_turn(monkeypatch: pytest.MonkeyPatc
     trace = "".join(events)
     chunks = DOWNLOAD // echo_proto.CHUNK
     assert trace.count("w") == chunks + 1  # the response header, then the chunks
-    # an empty turn right before a write: the turn that came too early (measured: 13-15
-    # of the 16 chunks before, 2-3 now: a writer woken otherwise than by its own
-    # connection's ACK, e.g. a gate's pass_on, still writes after a turn)
-    assert trace.count("0w") <= chunks // 3, trace
+    # the ACK round that woke the writer, its empty turn, the write (before: for 12-15
+    # of the 16 chunks)
+    assert trace.count("e0w") == 0, trace
+    assert trace.count("ew") >= chunks // 2, trace  # (the round, the write, its turn)
