@@ -54,8 +54,7 @@ class QuicConnection:
         "_terminated", "_is_connected", "_is_terminated", "_streams_waiters",
         "_close_info", "_close_exc", "_tasks", "_datagrams", "_datagram_waiter",
         "datagrams_dropped",
-        "app_state", "send_limit", "send_gate", "_send_accounted", "writers_woken",
-        "_migration",
+        "app_state", "send_limit", "send_gate", "_send_accounted", "_migration",
         "_connect_waiters", "_close_waiters", "__weakref__",
     )
     #: why connections of this face class cannot be handed over or moved (None: they
@@ -95,10 +94,6 @@ class QuicConnection:
         self.send_limit = conn.configuration.send_buffer_per_connection
         self.send_gate = SendGate(self.loop)
         self._send_accounted = 0
-        #: how many times a writer of this connection was woken to write (a stream's
-        #: ``drain()`` by its window or its send buffer bound): the runner lets such a
-        #: connection's send turn wait for what the writer writes (runner._process)
-        self.writers_woken = 0
         self._migration: asyncio.Future[tuple[Any, ...]] | None = None
         # one future per wait_connected()/wait_closed() call (made by the call): a waiter
         # cancelled alone leaves the others waiting, without a shield per call
@@ -309,8 +304,8 @@ class QuicConnection:
                     # pressure wakes it (as send_buffer_full() would have registered it)
                     if self.send_gate._waiters:
                         budget.share_waiters[self.send_gate] = None
-                elif self.send_gate.wake_one():
-                    self.writers_woken += 1
+                else:
+                    self.send_gate.wake_one()
 
     def send_buffer_full(self) -> SendGate | None:
         """The gate to wait at when this connection or the endpoint is over its bound."""
@@ -471,9 +466,8 @@ class QuicConnection:
                     reader._wake()
             elif cls is StreamWritable:
                 writer = self._writers.get(event.stream_id)  # type: ignore[union-attr]
-                if writer is not None and not writer._gated and (  # (a gate wakes
-                        writer._wake()):  # the rest)
-                    self.writers_woken += 1
+                if writer is not None and not writer._gated:  # (a gate wakes the rest)
+                    writer._wake()
             elif cls is StreamOpened:
                 self._on_stream_opened(event.stream_id)  # type: ignore[union-attr]
             elif cls is StreamReset or cls is StopSendingReceived:

@@ -308,37 +308,18 @@ class EndpointRunner:
         # acknowledge (and send) after every round, so ACKs keep the peer's clock
         if self.join_singles and len(touched) > 1:
             self._singles = []
-        deferred: list[Connection] = []
         try:
             for conn in touched:
-                if conn.events and self._dispatch(conn):
-                    # a writer of conn was woken (an ACK freed its window or buffer): its
-                    # task writes in the loop's next pass, so the turn waits for it (see
-                    # _send_after_write)
-                    deferred.append(conn)
-                else:
-                    self._send(conn)
+                if conn.events:
+                    self._dispatch(conn)
+                self._send(conn)
                 if conn.off_path_challenges:  # answered through the socket they came in
                     send_probes(self, conn, transport if socket_peer is None
                                 and transport is not self.probe_transport else None)
-            if deferred:
-                self.loop.call_soon(self._send_after_write, deferred)
         finally:
             singles, self._singles = self._singles, None
             if singles:
                 self._send_singles(singles)
-
-    def _send_after_write(self, conns: list[Connection]) -> None:
-        """The send turns of a receive round's connections whose writers it woke. Queued
-        behind the writers' task steps, they send what was queued and what the writers
-        wrote in one build each, not in two turns (issue 11, 256 x 16 MiB: 3.5 k of
-        12.8 k turns after ACKs per 4 GiB built nothing, everything written was sent,
-        and the write's flush followed each). A connection forgotten meanwhile (ended,
-        or handed over) is not served."""
-        faces = self.faces
-        for conn in conns:
-            if id(conn) in faces:
-                self.flush_now(conn)
 
     def _send_singles(
         self, singles: list[tuple[bytearray, tuple[Any, ...], int, Connection]]
@@ -413,9 +394,7 @@ class EndpointRunner:
                if not e[2] or e[2] == socket_peer or normalize_address(e[2]) == socket_peer]
         return own + transport.claim(strays), len(strays)
 
-    def _dispatch(self, conn: Connection) -> bool:
-        """Hand ``conn``'s events to its face; whether that woke a writer of it (its
-        ``drain()`` returns and it writes within this pass of the loop)."""
+    def _dispatch(self, conn: Connection) -> None:
         face = self.faces.get(id(conn))
         events = conn.pop_events()
         if events and conn.is_client:
@@ -424,10 +403,7 @@ class EndpointRunner:
                     on_path_events(self, conn, events)
                     break
         if face is not None and events:
-            woken = face.writers_woken
             face.handle_events(events)
-            return face.writers_woken != woken
-        return False
 
     # ------------------------------------------------------------------ send
 

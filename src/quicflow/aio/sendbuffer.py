@@ -41,15 +41,13 @@ class SendGate:
             self._waiters = deque()
         self._waiters.append(waiter)
 
-    def wake_one(self) -> bool:
-        """Wake the first waiter still waiting; whether there was one."""
+    def wake_one(self) -> None:
         waiters = self._waiters
         while waiters:
             waiter = waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
-                return True
-        return False
+                return
 
     def wake_all(self) -> None:
         waiters, self._waiters = self._waiters, None

@@ -102,13 +102,10 @@ class QuicStreamWriter:
     def connection(self) -> QuicConnection:
         return self._connection
 
-    def _wake(self) -> bool:
-        """Wake a ``drain()`` that waits; whether one did."""
+    def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-            return True
-        return False
 
     def _check(self) -> None:
         self._connection.raise_if_closed()
