@@ -394,13 +394,17 @@ class EndpointRunner:
         socket lives (up to its connection's idle timeout); ``claim`` hands them over
         (``misrouted_datagrams``). Its common case, short headers naming this worker, is
         a few C-level checks per buffer."""
-        strays = [e for e in batch if e[2] and normalize_address(e[2]) != socket_peer]
+        # (a datagram from the peer as given: no normalize_address call; an address
+        # equal to the normalized peer normalizes to it)
+        strays = [e for e in batch
+                  if e[2] and e[2] != socket_peer and normalize_address(e[2]) != socket_peer]
         transport = self.transport
         if isinstance(transport, SteeringTransport):
             return transport.claim(batch), len(strays)
         if not strays:
             return batch, 0
-        own = [e for e in batch if not e[2] or normalize_address(e[2]) == socket_peer]
+        own = [e for e in batch
+               if not e[2] or e[2] == socket_peer or normalize_address(e[2]) == socket_peer]
         return own + transport.claim(strays), len(strays)
 
     def _dispatch(self, conn: Connection) -> None:

@@ -1,0 +1,180 @@
+"""Where a perf server's CPU goes with N bulk connections: its send turns and their parts.
+
+Run: ``.venv/bin/python bench/server_turns.py [--connections 256] [--size 4G]``
+
+Starts ``quicflow perf server --max-datagram 1200`` in a child process with wrappers
+around the runner's entry points, runs ``quicflow perf client --download SIZE
+--connections N`` against it, stops the server and prints, per GiB of payload:
+
+- the send turns (``EndpointRunner._send``) by what started them: a receive round
+  (``recv``), the loop timer (``timer``: mostly the pacer), a flush after a write
+  (``flush``) or anything else, how many datagrams each sent and how many sent none;
+- the server thread's CPU time (``time.thread_time_ns``: not wall time, so a busy
+  machine's waits do not count) in those turns and in some of their parts (the build,
+  the C bulk build, the general-path build, the GSO send, the timer re-arm, the route),
+  and in the receive rounds and timer callbacks outside the turns.
+
+Each wrapped call costs about a microsecond more, so the figures are a little high;
+counts of turns are exact for the run (they move between runs with the load, as the
+timer turns do). The issue 11 notes in bench/RESULTS.md use it to compare one
+connection with 64 and 256 (fifteenth pass, srv64).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+SRC = os.path.join(os.path.dirname(BENCH), "src")
+sys.path.insert(0, BENCH)
+
+from run import free_udp_port, parse_size  # noqa: E402
+
+MARK = "server_turns: "
+
+
+def serve(port: int) -> None:
+    """The child: the perf server with the wrappers, the report on stderr at exit."""
+    sys.path.insert(0, SRC)
+    import atexit
+    import runpy
+
+    from quicflow.aio import runner as runner_mod
+    from quicflow.endpoint.endpoint import Endpoint
+    from quicflow.transport import send as send_mod
+
+    clock = time.thread_time_ns
+    source = ["other"]
+    turns: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0, 0, 0])
+    outside: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+    parts: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+    nested = [0]
+    cls = runner_mod.EndpointRunner
+    send = cls._send
+
+    def timed_send(self: Any, conn: Any) -> None:
+        before = conn.counters.datagrams_sent
+        start = clock()
+        send(self, conn)
+        spent = clock() - start
+        nested[0] += spent
+        sent = conn.counters.datagrams_sent - before
+        entry = turns[source[-1]]
+        entry[0] += 1
+        entry[1] += sent
+        entry[2] += sent == 0
+        entry[3] += spent
+
+    def entry_point(name: str, tag: str) -> None:
+        inner = getattr(cls, name)
+
+        def wrapped(self: Any, *args: Any) -> Any:
+            source.append(tag)
+            before = nested[0]
+            start = clock()
+            try:
+                return inner(self, *args)
+            finally:
+                source.pop()
+                spent = clock() - start
+                entry = outside[tag]
+                entry[0] += 1
+                entry[1] += spent - (nested[0] - before)
+                nested[0] = before + spent
+
+        setattr(cls, name, wrapped)
+
+    def part(owner: Any, name: str, tag: str) -> None:
+        inner = getattr(owner, name)
+
+        def wrapped(*args: Any) -> Any:
+            start = clock()
+            try:
+                return inner(*args)
+            finally:
+                entry = parts[tag]
+                entry[0] += 1
+                entry[1] += clock() - start
+
+        setattr(owner, name, wrapped)
+
+    cls._send = timed_send  # type: ignore[method-assign]
+    entry_point("_process", "recv")
+    entry_point("on_timer", "timer")
+    entry_point("_flush_dirty", "flush")
+    part(Endpoint, "build_datagrams", "build")
+    part(send_mod, "build_bulk", "bulk build (C)")
+    part(send_mod, "_build_datagram", "general build")
+    part(runner_mod, "send_buffer", "GSO send")
+    part(cls, "_arm_timer", "timer re-arm")
+    part(cls, "_route", "route")
+    cpu_start = time.process_time()
+
+    def report() -> None:
+        out = {"turns": dict(turns), "outside": dict(outside), "parts": dict(parts),
+               "process_cpu": time.process_time() - cpu_start}
+        print(MARK + json.dumps(out), file=sys.stderr, flush=True)
+
+    atexit.register(report)
+    sys.argv = ["quicflow", "perf", "server", "--host", "127.0.0.1", "--port", str(port),
+                "--max-datagram", "1200"]
+    runpy.run_module("quicflow", run_name="__main__")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--connections", type=int, default=256, help="concurrent downloads")
+    ap.add_argument("--size", default="4G", help="total download (default 4G)")
+    ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return
+    size = parse_size(args.size)
+    gib = size / (1 << 30)
+    port = free_udp_port()
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+        print(f"downloading {args.size} over {args.connections} connections", file=sys.stderr)
+        client = subprocess.run(
+            [sys.executable, "-m", "quicflow", "perf", "client", "-q", "--host", "127.0.0.1",
+             "--port", str(port), "--download", str(size), "--insecure", "--json",
+             "--max-datagram", "1200", "--connections", str(args.connections),
+             "--timeout", "120"], env=env, capture_output=True, text=True, check=True)
+        goodput = json.loads(client.stdout)["goodput_bytes_per_s"] / 1e6
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=30)
+    lines = [line for line in err.splitlines() if line.startswith(MARK)]
+    if not lines:
+        sys.exit("the server gave no report:\n" + err[-2000:])
+    rep = json.loads(lines[-1][len(MARK):])
+    print(f"{args.connections} connections, {args.size}, goodput {goodput:.0f} MB/s; "
+          f"server process CPU {rep['process_cpu'] / gib:.3f} s/GiB (instrumented)\n")
+    print("| send turns from | per GiB | datagrams per turn | empty per GiB | CPU us per turn "
+          "| CPU s/GiB |\n|---|---|---|---|---|---|")
+    for tag, (n, sent, empty, ns) in sorted(rep["turns"].items()):
+        print(f"| {tag} | {n / gib:.0f} | {sent / max(n, 1):.1f} | {empty / gib:.0f} | "
+              f"{ns / max(n, 1) / 1000:.1f} | {ns / 1e9 / gib:.3f} |")
+    print("\n| part | calls per GiB | CPU us per call | CPU s/GiB |\n|---|---|---|---|")
+    for tag, (n, ns) in sorted(rep["parts"].items()):
+        print(f"| {tag} (in turns) | {n / gib:.0f} | {ns / max(n, 1) / 1000:.1f} | "
+              f"{ns / 1e9 / gib:.3f} |")
+    for tag, (n, ns) in sorted(rep["outside"].items()):
+        print(f"| {tag} callbacks outside their turns | {n / gib:.0f} | "
+              f"{ns / max(n, 1) / 1000:.1f} | {ns / 1e9 / gib:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
