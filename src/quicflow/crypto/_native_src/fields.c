@@ -27,6 +27,14 @@
 
 #include <structmember.h>
 
+/* A version tag CPython still vouches for: PyType_Modified clears it to 0 (and, up to
+ * 3.12, clears Py_TPFLAGS_VALID_VERSION_TAG; 3.13 dropped the flag); tags are never
+ * reused for another type */
+#ifdef Py_TPFLAGS_VALID_VERSION_TAG
+#define TAG_VALID(t) (((t)->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) && (t)->tp_version_tag != 0)
+#else
+#define TAG_VALID(t) ((t)->tp_version_tag != 0)
+#endif
 #define SLOT_TABLE 1024 /* entries (a power of two): the twins use about 100 pairs */
 #define SLOT_PROBES 16
 typedef struct {
@@ -82,7 +90,7 @@ slot_of(PyObject *o, PyObject *name, int write)
               : type->tp_getattro != PyObject_GenericGetAttr) {
         return NULL;
     }
-    if (!(type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) || type->tp_version_tag == 0) {
+    if (!TAG_VALID(type)) {
         return NULL; /* (the named access gives it one; the next call makes the entry) */
     }
     unsigned int tag = type->tp_version_tag;
@@ -111,7 +119,7 @@ slot_of(PyObject *o, PyObject *name, int write)
     }
     if (e->tag != tag) {
         Py_ssize_t offset = slot_offset_for(type, name);
-        if (!(type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) || type->tp_version_tag != tag) {
+        if (!TAG_VALID(type) || type->tp_version_tag != tag) {
             return NULL; /* (the type changed during the lookup) */
         }
         e->offset = offset;
