@@ -81,22 +81,31 @@ slot_offset_for(PyTypeObject *type, PyObject *name)
     return 0;
 }
 
-/* The address of o's slot for name, or NULL: use the named access (write: for a store) */
-static PyObject **
-slot_of(PyObject *o, PyObject *name, int write)
+#if defined(__GNUC__) || defined(__clang__)
+#define QF_NOINLINE __attribute__((noinline))
+#else
+#define QF_NOINLINE
+#endif
+
+static inline size_t
+slot_hash(PyTypeObject *type, PyObject *name)
+{
+    uint64_t x = ((uint64_t)(uintptr_t)type >> 4) ^
+                 ((uint64_t)(uintptr_t)name >> 4) * 0x9E3779B97F4A7C15ull;
+    return (size_t)(x ^ (x >> 29));
+}
+
+/* slot_of's table work: find or make the entry of (type, name), (re)made under the type's
+ * current version tag */
+static QF_NOINLINE PyObject **
+slot_of_slow(PyObject *o, PyObject *name)
 {
     PyTypeObject *type = Py_TYPE(o);
-    if (write ? type->tp_setattro != PyObject_GenericSetAttr
-              : type->tp_getattro != PyObject_GenericGetAttr) {
-        return NULL;
-    }
     if (!TAG_VALID(type)) {
         return NULL; /* (the named access gives it one; the next call makes the entry) */
     }
     unsigned int tag = type->tp_version_tag;
-    uint64_t x = ((uint64_t)(uintptr_t)type >> 4) ^
-                 ((uint64_t)(uintptr_t)name >> 4) * 0x9E3779B97F4A7C15ull;
-    size_t h = (size_t)(x ^ (x >> 29));
+    size_t h = slot_hash(type, name);
     SlotEntry *e = NULL;
     for (int i = 0; i < SLOT_PROBES; i++) {
         SlotEntry *c = &slot_table[(h + (size_t)i) & (SLOT_TABLE - 1)];
@@ -126,6 +135,24 @@ slot_of(PyObject *o, PyObject *name, int write)
         e->tag = tag;
     }
     return e->offset ? (PyObject **)((char *)o + e->offset) : NULL;
+}
+
+/* The address of o's slot for name, or NULL: use the named access (write: for a store).
+ * Inline: the entry at its first place, made under the type's current tag. */
+static inline PyObject **
+slot_of(PyObject *o, PyObject *name, int write)
+{
+    PyTypeObject *type = Py_TYPE(o);
+    if (write ? type->tp_setattro != PyObject_GenericSetAttr
+              : type->tp_getattro != PyObject_GenericGetAttr) {
+        return NULL;
+    }
+    const SlotEntry *e = &slot_table[slot_hash(type, name) & (SLOT_TABLE - 1)];
+    if (e->type == type && e->name == name && e->tag == type->tp_version_tag &&
+        TAG_VALID(type)) {
+        return e->offset ? (PyObject **)((char *)o + e->offset) : NULL;
+    }
+    return slot_of_slow(o, name);
 }
 
 PyObject *
