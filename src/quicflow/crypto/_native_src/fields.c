@@ -28,9 +28,9 @@
 #include <structmember.h>
 
 /* A version tag CPython still vouches for: PyType_Modified clears it to 0 (and, up to
- * 3.12, clears Py_TPFLAGS_VALID_VERSION_TAG; 3.13 dropped the flag); tags are never
- * reused for another type */
-#ifdef Py_TPFLAGS_VALID_VERSION_TAG
+ * 3.12, clears Py_TPFLAGS_VALID_VERSION_TAG; 3.13 keeps the name but no longer sets the
+ * flag); tags are never reused for another type */
+#if PY_VERSION_HEX < 0x030D0000
 #define TAG_VALID(t) (((t)->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) && (t)->tp_version_tag != 0)
 #else
 #define TAG_VALID(t) ((t)->tp_version_tag != 0)
