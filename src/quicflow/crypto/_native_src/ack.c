@@ -144,10 +144,10 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (b < 0) {
         return NULL;
     }
-    if (b && PyObject_SetAttr(loss, s_handshake_confirmed, Py_True) < 0) {
+    if (b && qf_field_set(loss, s_handshake_confirmed, Py_True) < 0) {
         return NULL; /* (the twin sets it first too) */
     }
-    spaces = PyObject_GetAttr(loss, s_spaces);
+    spaces = qf_field_get(loss, s_spaces);
     if (spaces == NULL) {
         return NULL;
     }
@@ -167,7 +167,7 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         r = QF_FALLBACK;
         goto unread;
     }
-    sent = PyObject_GetAttr(sp, s_sent);
+    sent = qf_field_get(sp, s_sent);
     if (sent == NULL) {
         goto error;
     }
@@ -228,8 +228,8 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     /* the flight's accounting */
-    cc = PyObject_GetAttr(loss, s_cc);
-    rtt = cc == NULL ? NULL : PyObject_GetAttr(loss, s_rtt);
+    cc = qf_field_get(loss, s_cc);
+    rtt = cc == NULL ? NULL : qf_field_get(loss, s_rtt);
     if (rtt == NULL) {
         goto error;
     }
@@ -316,18 +316,18 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     if (largest_pkt != NULL && any_eliciting) {
-        if (first_none && PyObject_SetAttr(loss, s_first_rtt_sample_time, nowobj) < 0) {
+        if (first_none && qf_field_set(loss, s_first_rtt_sample_time, nowobj) < 0) {
             goto error;
         }
         rtt_update(&R, now - largest_time, ack_delay, confirmed, max_ack_delay);
         if (qf_set_float(rtt, s_latest_rtt, R.latest) < 0 ||
             qf_set_float(rtt, s_smoothed_rtt, R.smoothed) < 0 ||
             qf_set_float(rtt, s_rttvar, R.var) < 0 || qf_set_float(rtt, s_min_rtt, R.min) < 0 ||
-            PyObject_SetAttr(rtt, s_has_sample, R.has ? Py_True : Py_False) < 0) {
+            qf_field_set(rtt, s_has_sample, R.has ? Py_True : Py_False) < 0) {
             goto error;
         }
     }
-    if (PyObject_SetAttr(sp, s_loss_time, Py_None) < 0 ||
+    if (qf_field_set(sp, s_loss_time, Py_None) < 0 ||
         qf_set_ll(sp, s_ack_eliciting_in_flight, sp_ae - ae) < 0 ||
         qf_set_ll(cc, s_bytes_in_flight, bif) < 0 || qf_set_ll(cc, s_cwnd, cwnd) < 0 ||
         qf_set_ll(loss, s_packets_acked, packets_acked + count) < 0) {
@@ -336,7 +336,7 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if ((is_server || pcav || confirmed) && qf_set_ll(loss, s_pto_count, 0) < 0) {
         goto error;
     }
-    if (PyObject_SetAttr(loss, s_timer_anchor, nowobj) < 0) {
+    if (qf_field_set(loss, s_timer_anchor, nowobj) < 0) {
         goto error;
     }
     lost = PyList_New(0);

@@ -202,7 +202,7 @@ has_data_to_send(PyObject *send, long long next, long long write_offset, long lo
     if (qf_get_obj(send, s_lost, &v) < 0) {
         return -1;
     }
-    starts = PyObject_GetAttr(v, s_starts);
+    starts = qf_field_get(v, s_starts);
     Py_DECREF(v);
     if (starts == NULL) {
         return -1;
@@ -411,7 +411,7 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         refs_clear(&R);
         return PyLong_FromLong(-1);
     }
-    if (PyObject_SetAttr(conn, s_pacer_deadline, Py_None) < 0) {
+    if (qf_field_set(conn, s_pacer_deadline, Py_None) < 0) {
         goto error;
     }
     if (data_cap <= 0) {
@@ -467,7 +467,7 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         offset = run_end;
     }
     fin = fin_written && offset == write_offset;
-    if (fin && PyObject_SetAttr(R.send, s_fin_sent, Py_True) < 0) {
+    if (fin && qf_field_set(R.send, s_fin_sent, Py_True) < 0) {
         goto error;
     }
     size = PyByteArray_GET_SIZE(buf) - packet_start;
@@ -543,10 +543,10 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         r = PyObject_SetItem(sent, seal_args[3], pkt);
         Py_DECREF(sent);
         if (r < 0 || qf_add_attr(R.loss, s_packets_sent, built) < 0 ||
-            PyObject_SetAttr(R.lspace, s_last_ack_eliciting_time, nowobj) < 0 ||
+            qf_field_set(R.lspace, s_last_ack_eliciting_time, nowobj) < 0 ||
             qf_add_attr(R.lspace, s_ack_eliciting_in_flight, built) < 0 ||
             qf_add_attr(R.cc, s_bytes_in_flight, size) < 0 || /* cc.on_sent */
-            PyObject_SetAttr(R.loss, s_timer_anchor, nowobj) < 0) {
+            qf_field_set(R.loss, s_timer_anchor, nowobj) < 0) {
             goto error;
         }
     }
@@ -598,9 +598,9 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (deadline == NULL) {
             goto error;
         }
-        r = PyObject_SetAttr(conn, s_idle_deadline, deadline);
+        r = qf_field_set(conn, s_idle_deadline, deadline);
         Py_DECREF(deadline);
-        if (r < 0 || PyObject_SetAttr(conn, s_last_ack_eliciting_sent_after_receive,
+        if (r < 0 || qf_field_set(conn, s_last_ack_eliciting_sent_after_receive,
                                       Py_True) < 0) {
             goto error;
         }

@@ -51,6 +51,13 @@ static PyMethodDef module_methods[] = {
     {"ack_received", (PyCFunction)(void (*)(void))mod_ack_received, METH_FASTCALL,
      "ack_received(loss, epoch, ranges, ack_delay, now, handshake_confirmed) -> (acked, "
      "lost): LossDetection.on_ack_received's common case (the rest goes to that twin)"},
+    {"field_slot", (PyCFunction)(void (*)(void))mod_field_slot, METH_FASTCALL,
+     "field_slot(o, name, write) -> int | None: the slot offset the C twins use for "
+     "o.name (None: they read or write it by name; for tests)"},
+    {"field_get", (PyCFunction)(void (*)(void))mod_field_get, METH_FASTCALL,
+     "field_get(o, name): o.name as the C twins read it (for tests)"},
+    {"field_set", (PyCFunction)(void (*)(void))mod_field_set, METH_FASTCALL,
+     "field_set(o, name, v): o.name = v as the C twins write it (for tests)"},
     {"push_short_packet", (PyCFunction)(void (*)(void))mod_push_short_packet, METH_FASTCALL,
      "push_short_packet(buf, dcid, pn, pn_len, payload) -> header_len | None: a 1-RTT "
      "packet's header, payload and tag room appended to buf"},

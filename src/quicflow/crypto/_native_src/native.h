@@ -682,6 +682,13 @@ PyObject *mod_seal_stream_run(PyObject *module, PyObject *const *args, Py_ssize_
         }                                                                                 \
     } while (0)
 #define QF_FIELD_MAX (((long long)1 << 62) - 1) /* (QUIC varints; sums stay in 64 bits) */
+/* o.name (a new reference) / o.name = v: a plain slot of a slotted dataclass's object
+ * at its cached offset, anything else by name (see fields.c) */
+PyObject *qf_field_get(PyObject *o, PyObject *name);
+int qf_field_set(PyObject *o, PyObject *name, PyObject *v);
+PyObject *mod_field_slot(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mod_field_get(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mod_field_set(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 int qf_get_obj(PyObject *o, PyObject *name, PyObject **out);
 int qf_as_ll(PyObject *v, long long *out);
 int qf_get_ll(PyObject *o, PyObject *name, long long *out);

@@ -74,7 +74,7 @@ qf_pacer_store(PyObject *pacer, const QfPacer *p)
         return -1;
     }
     if (!p->has_last) {
-        return PyObject_SetAttr(pacer, s_last_time, Py_None);
+        return qf_field_set(pacer, s_last_time, Py_None);
     }
     return qf_set_float(pacer, s_last_time, p->last_time);
 }
