@@ -519,9 +519,10 @@ class EndpointRunner:
             if i:
                 now = self._clock()
             buf, bounds = self.endpoint.build_datagrams(conn, now, batch)
-            if not bounds:
+            built = len(bounds)
+            if not built:
                 break
-            if len(bounds) == 1:  # one datagram (a handshake flight, an ACK): no runs
+            if built == 1:  # one datagram (a handshake flight, an ACK): no runs
                 singles = self._singles
                 if (singles is not None and addr is not None and transport is self.transport
                         and len(buf) == bounds[0]):
@@ -535,7 +536,7 @@ class EndpointRunner:
             if not sent:
                 self._wait_writable(transport, conn)
                 break
-            if len(bounds) < batch:
+            if built < batch:
                 break
             paced = conn.pacer_deadline
             if paced is not None and paced > now:

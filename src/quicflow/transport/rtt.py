@@ -61,7 +61,8 @@ class RttEstimator:
 
     def pto_duration(self, max_ack_delay: float, include_ack_delay: bool) -> float:
         """One probe timeout without backoff: srtt + max(4·rttvar, 1 ms) [+ max_ack_delay]."""
-        duration = self.smoothed_rtt + max(4 * self.rttvar, GRANULARITY)
+        var = 4 * self.rttvar  # (max() without its call: once per send turn's re-arm)
+        duration = self.smoothed_rtt + (var if var > GRANULARITY else GRANULARITY)
         if include_ack_delay:
             duration += max_ack_delay
         return duration
