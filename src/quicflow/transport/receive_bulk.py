@@ -172,7 +172,8 @@ def receive_short_runs(
                     eliciting += count
                     all_probing = False
                     largest = space.largest_received
-                    if pn < largest or (received and pn > largest + 1):
+                    # (the gap test first: the set's __bool__ is a Python call per entry)
+                    if pn < largest or (pn > largest + 1 and received):
                         out_of_order(conn, space, pn, largest)
                     received.add(pn, end_pn)
                     if end_pn - 1 > largest:
@@ -209,7 +210,7 @@ def receive_short_runs(
                     break  # this packet closed the connection
                 accepted += 1
                 all_probing = all_probing and conn.last_packet_probing
-                if pn < space.largest_received or (received and pn > space.largest_received + 1):
+                if pn < space.largest_received or (pn > space.largest_received + 1 and received):
                     out_of_order(conn, space, pn, space.largest_received)
                 received.add(pn, pn + 1)
                 if pn > space.largest_received:
