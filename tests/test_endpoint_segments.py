@@ -12,7 +12,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quicflow.endpoint.segments import one_short_run, short_run_entries
+from quicflow.endpoint.segments import short_run
 
 
 def walk(data: bytes | memoryview, pos: int, segment_size: int, cid_len: int
@@ -53,7 +53,7 @@ def batches(draw: st.DrawFn) -> tuple[bytes, int, int, int]:
 
 
 @given(batches(), st.booleans())
-def test_one_short_run_agrees_with_the_walk(
+def test_short_run_agrees_with_the_walk(
     batch: tuple[bytes, int, int, int], as_view: bool
 ) -> None:
     raw, segment_size, cid_len, pos = batch
@@ -64,20 +64,17 @@ def test_one_short_run_agrees_with_the_walk(
     if len(key) < cid_len:
         return  # (the receive path drops such a segment before a run starts)
     expected = walk(data, pos, segment_size, cid_len)
-    assert one_short_run(data, pos, segment_size, key) == (expected is not None)
-    if expected is not None:
-        assert short_run_entries(pos, segment_size, len(data), key) == expected
+    assert short_run(data, pos, segment_size, key) == expected
 
 
 def test_a_full_batch_of_one_connection() -> None:
     key = bytes(range(8))
     segment = bytes([0x41]) + key + bytes(1191)
     data = segment * 63 + segment[:700]
-    assert one_short_run(data, 0, 1200, key)
-    entries = short_run_entries(0, 1200, len(data), key)
-    assert len(entries) == 64
+    entries = short_run(data, 0, 1200, key)
+    assert entries is not None and len(entries) == 64
     assert entries[0] == (0, 1200, key)
     assert entries[-1] == (63 * 1200, 700, key)
     # the last segment from another connection, or a long header: not one run
-    assert not one_short_run(data[:-700] + bytes([0x41]) + bytes(8) + bytes(691), 0, 1200, key)
-    assert not one_short_run(data[:-700] + bytes([0xC1]) + key + bytes(691), 0, 1200, key)
+    assert short_run(data[:-700] + bytes([0x41]) + bytes(8) + bytes(691), 0, 1200, key) is None
+    assert short_run(data[:-700] + bytes([0xC1]) + key + bytes(691), 0, 1200, key) is None

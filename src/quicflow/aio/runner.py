@@ -255,13 +255,20 @@ class EndpointRunner:
         gro_from: tuple[Any, ...] = ()
         gro_ecn = 0
         peers = self._peers
+        # a round's buffers mostly come from one peer: its address is looked up once
+        last_addr: tuple[Any, ...] | None = None
+        addr_peer: tuple[Any, ...] = ()
         for data, segment_size, addr, ecn in batch:
             if addr:
-                peer = peers.get(addr)
-                if peer is None:
-                    if len(peers) >= PEER_CACHE:
-                        peers.clear()
-                    peer = peers[addr] = normalize_address(addr)
+                if addr != last_addr:
+                    found = peers.get(addr)
+                    if found is None:
+                        if len(peers) >= PEER_CACHE:
+                            peers.clear()
+                        found = peers[addr] = normalize_address(addr)
+                    addr_peer = found
+                    last_addr = addr
+                peer = addr_peer
             else:
                 peer = socket_peer or self.connected_peer
                 assert peer is not None

@@ -45,7 +45,7 @@ from .moved import ForwardTarget, MovedCids
 from .quiclb import QuicLbConfig, ServerIdLayout
 from .registry import ConnectionRegistry
 from .reset import match_reset
-from .segments import one_short_run, short_run_entries
+from .segments import short_run
 
 MIN_INITIAL_SIZE = 1200
 #: Fresh CIDs drawn before giving up on one no other connection holds (a collision of
@@ -386,12 +386,11 @@ class Endpoint:
             if segment_size <= 0:
                 segment_size = total
             pos = 0
-            if parts and one_short_run(data, 0, segment_size, run_key):
+            whole = short_run(data, 0, segment_size, run_key) if parts else None
+            if whole is not None:
                 # the run goes on through this whole buffer (the usual next buffer)
-                run = short_run_entries(0, segment_size, total, run_key)
-                counters.segments_received += len(run)
-                parts.append((data, run))
-                run = []
+                counters.segments_received += len(whole)
+                parts.append((data, whole))
                 continue
             while pos < total:
                 end = min(pos + segment_size, total)
@@ -417,10 +416,12 @@ class Endpoint:
                     run_key = key
                     if run_conn is not None:
                         touched[run_conn] = None
-                        if end < total and one_short_run(data, pos, segment_size, key):
+                        whole = (short_run(data, pos, segment_size, key)
+                                 if end < total else None)
+                        if whole is not None:
                             # every segment to the end continues this run (the usual GRO
                             # batch): all of them at once, as the loop would add them
-                            run += short_run_entries(pos, segment_size, total, key)
+                            run += whole
                             counters.segments_received += len(run) - 1
                             break
                         run.append((pos, end - pos, key))

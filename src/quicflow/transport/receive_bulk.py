@@ -37,7 +37,7 @@ from .receive import (
 from .receive import _process_frames as process_frames
 from .receive_keys import on_peer_key_update
 from .state import CLOSING, DRAINING, ESTABLISHED
-from .streams import ReassemblyFull
+from .streams import ReassemblyFull, RecvStream
 
 _ECN_INDEX = {2: 0, 1: 1, 3: 2}
 _ONE_RTT = Epoch.ONE_RTT  # (a global: an enum class attribute costs about four times more)
@@ -129,6 +129,10 @@ def receive_short_runs(
     ecn_index = _ECN_INDEX.get(ecn & 3, -1)
     closed = False
     entry: tuple[Any, ...] = ()
+    # the stream of the STREAM entry before (a run's entries are mostly of one stream):
+    # the receiving half, looked up once for them; not across a general packet
+    last_sid = -1
+    last_recv: RecvStream | None = None
     try:
         for buf, packets in parts:
             entries = conn.engine.open_run(buf, packets)
@@ -139,12 +143,17 @@ def receive_short_runs(
                     end_pn = pn + count
                     duplicates = (_overlap(received, pn, end_pn)
                                   if pn <= space.largest_received else 0)
-                    stream = streams.get(sid)
-                    recv = stream.recv if stream is not None else None
-                    if recv is None:
-                        conn.check_stream_direction(sid, receiving=True)
-                        stream = conn.get_or_create_peer_stream(sid)
+                    if sid == last_sid:  # (the usual: the entry before's stream)
+                        recv = last_recv
+                    else:
+                        stream = streams.get(sid)
                         recv = stream.recv if stream is not None else None
+                        if recv is None:
+                            conn.check_stream_direction(sid, receiving=True)
+                            stream = conn.get_or_create_peer_stream(sid)
+                            recv = stream.recv if stream is not None else None
+                        if recv is not None:
+                            last_sid, last_recv = sid, recv
                     if recv is not None:
                         cost = recv.chunk_cost
                         try:
@@ -172,7 +181,8 @@ def receive_short_runs(
                     eliciting += count
                     all_probing = False
                     largest = space.largest_received
-                    if pn < largest or (received and pn > largest + 1):
+                    # (the gap test first: the set's __bool__ is a Python call per entry)
+                    if pn < largest or (pn > largest + 1 and received):
                         out_of_order(conn, space, pn, largest)
                     received.add(pn, end_pn)
                     if end_pn - 1 > largest:
@@ -191,8 +201,10 @@ def receive_short_runs(
                     counters.dropped_undecryptable += 1
                     offset, length, _ = packets[entry[1]]
                     _check_stateless_reset(conn, bytes(buf[offset : offset + length]))
+                    last_sid = -1  # (a reset ends the connection and its streams)
                     continue
                 _, pn, payload, phase_changed = entry  # (1, pn, payload, phase_changed)
+                last_sid = -1  # its frames may reset or end a stream: looked up again
                 if phase_changed:
                     on_peer_key_update(conn)
                 if pn <= space.largest_received and pn in received:
@@ -209,7 +221,7 @@ def receive_short_runs(
                     break  # this packet closed the connection
                 accepted += 1
                 all_probing = all_probing and conn.last_packet_probing
-                if pn < space.largest_received or (received and pn > space.largest_received + 1):
+                if pn < space.largest_received or (pn > space.largest_received + 1 and received):
                     out_of_order(conn, space, pn, space.largest_received)
                 received.add(pn, pn + 1)
                 if pn > space.largest_received:
@@ -246,7 +258,7 @@ def receive_short_runs(
         conn.host_cids_deferred = False  # the client is there: our spare CIDs go out
         conn.host_cids_pending = True
     counters.packets_received += accepted
-    if len(received) > 64:
+    if len(received.starts) > 64:  # (the set's __len__ is a Python call per run)
         received.shift_below(received.starts[-32])
     if ecn_index >= 0:
         space.ecn_counts[ecn_index] += accepted
