@@ -30,8 +30,7 @@ def encode_ack(conn: Connection, space: PacketSpace, payload: bytearray, now: fl
     smallest = starts[i]
     largest = ends[i] - 1
     # (one-byte varints inline: a handshake's largest, range count and first range;
-    # two-byte ones too for the largest, the delay and the ranges, a transfer's usual
-    # sizes: push_varint and encode_varint were two Python calls per range field)
+    # two-byte ones too for the largest and the delay, a transfer's usual sizes)
     if largest < 0x40:
         payload.append(largest)
     elif largest < 0x4000:
@@ -53,27 +52,13 @@ def encode_ack(conn: Connection, space: PacketSpace, payload: bytearray, now: fl
     first = largest - smallest
     if first < 0x40:
         payload.append(first)
-    elif first < 0x4000:
-        payload += (first | 0x4000).to_bytes(2, "big")
     else:
         push_varint(payload, first)
-    for j in range(i - 1, stop, -1):  # (gaps and lengths of one or two bytes inline)
+    for j in range(i - 1, stop, -1):  # (push_varint: one call per field)
         hi = ends[j] - 1
-        gap = smallest - hi - 2
-        if gap < 0x40:
-            payload.append(gap)
-        elif gap < 0x4000:
-            payload += (gap | 0x4000).to_bytes(2, "big")
-        else:
-            push_varint(payload, gap)
+        push_varint(payload, smallest - hi - 2)
         smallest = starts[j]
-        length = hi - smallest
-        if length < 0x40:
-            payload.append(length)
-        elif length < 0x4000:
-            payload += (length | 0x4000).to_bytes(2, "big")
-        else:
-            push_varint(payload, length)
+        push_varint(payload, hi - smallest)
     if with_ecn:
         for n in ecn:  # (a handshake's counts are one-byte varints: written inline)
             if n < 0x40:

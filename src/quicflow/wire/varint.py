@@ -61,8 +61,11 @@ def varint_len(value: int) -> int:
 
 
 def push_varint(out: bytearray, value: int) -> None:
-    """Append the shortest encoding of ``value`` to ``out``."""
+    """Append the shortest encoding of ``value`` to ``out`` (the one- and two-byte forms,
+    the common ones in frames, without a further call)."""
     if 0 <= value < 0x40:
         out.append(value)
+    elif 0x40 <= value < 0x4000:
+        out += (value | 0x4000).to_bytes(2, "big")
     else:
         out += encode_varint(value)
