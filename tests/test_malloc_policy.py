@@ -108,6 +108,15 @@ def test_the_heap_kept_follows_the_connections_receive_windows() -> None:
     assert one >= 8 * 4096
 
 
+def test_the_heap_kept_stays_bounded_whatever_the_windows_add_up_to() -> None:
+    # 10,000 connections with 16 MiB windows (160 GiB a peer set could claim): the free
+    # heap kept stops at the cap (RETAIN_CAP, or 1/16 of the machine's memory when that
+    # is less), and falls back to the fixed threshold once they are gone
+    (_, trim), (_, trim_after) = _window_faults(10_000 * (16 << 20))
+    assert mallocpolicy.TRIM_THRESHOLD <= trim <= mallocpolicy.RETAIN_CAP
+    assert trim_after == mallocpolicy.TRIM_THRESHOLD
+
+
 def test_runners_count_their_connections_windows_until_they_end() -> None:
     policy = mallocpolicy.POLICY
     start = policy.windows
