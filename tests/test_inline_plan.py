@@ -208,3 +208,37 @@ def test_no_reference_is_leaked_or_lost() -> None:
     with pytest.raises(TypeError):
         make(**{k: v for k, v in args.items() if k != "engine"})
     assert [sys.getrefcount(v) for v in mine] == before
+
+
+def test_fast_init_twins_equal_their_constructors() -> None:
+    from quicflow.transport.inline import fast_init
+    from quicflow.transport.recovery import SentPacket, new_sent_packet
+    from quicflow.transport.state import LocalCid, PeerCid, new_local_cid, new_peer_cid
+
+    assert {type(f).__name__ for f in (new_sent_packet, new_local_cid, new_peer_cid)} == {
+        "Plan"}
+    frames: list[object] = [("crypto", 0, 5)]
+    cases = [
+        (new_sent_packet(7, 1.5, 1200, True, False, 2, frames),
+         SentPacket(7, 1.5, 1200, True, False, 2, frames)),  # type: ignore[arg-type]
+        (new_sent_packet(7, 1.5, size=1200, ack_eliciting=True, in_flight=False, epoch=2,
+                         frames=frames), SentPacket(7, 1.5, 1200, True, False, 2, frames)),
+        (new_local_cid(3, b"c" * 8, b"t" * 16), LocalCid(3, b"c" * 8, b"t" * 16)),
+        (new_peer_cid(0, b"p", None), PeerCid(0, b"p", None)),
+    ]
+    for made, plain in cases:
+        assert type(made) is type(plain)
+        for f in dataclasses.fields(plain):
+            a, b = getattr(made, f.name), getattr(plain, f.name)
+            assert type(a) is type(b) and a == b, f.name
+    assert cases[0][0].frames is frames  # (given, not copied: as the constructor does)
+    short = fast_init(SentPacket, "pn", "time_sent", "size", "ack_eliciting", "in_flight",
+                      "epoch")
+    a, b = short(1, 2.0, 3, True, True, 2), short(1, 2.0, 3, True, True, 2)
+    assert a.frames == [] and a.frames is not b.frames  # a default factory's, per object
+    with pytest.raises(TypeError):
+        new_sent_packet(1, 2.0, 3, True, True, 2, [], 1)  # more than the fields given
+    with pytest.raises(TypeError):
+        new_local_cid(1, b"x")
+    with pytest.raises(TypeError, match="first fields"):
+        fast_init(LocalCid, "cid")

@@ -158,7 +158,22 @@ def _python_make(cls: type[T], values: dict[str, Any]
     return make, plan, tuple(writer.params)
 
 
-def _native_make(plan: Node, params: tuple[str, ...]) -> Callable[..., Any] | None:
+def fast_init(cls: Callable[..., T], *names: str) -> Callable[..., T]:
+    """``cls`` itself (a slotted dataclass), or with the native engine its C twin for the
+    calls a hot path makes: exactly the fields ``names``, in their order, by position
+    or by name; every other field at its default (a default factory's value fresh per
+    object, as the constructor makes it). Not for classes with a ``__post_init__``."""
+    assert isinstance(cls, type)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    if list(names) != fields[:len(names)]:
+        raise TypeError(f"fast_init: {names} are not {cls.__name__}'s first fields")
+    _, plan, params = _python_make(cls, {name: Arg(name) for name in names})
+    native = _native_make(plan, params, len(names))
+    return cls if native is None else native
+
+
+def _native_make(plan: Node, params: tuple[str, ...], positional: int = 0
+                 ) -> Callable[..., Any] | None:
     """The made function as one C call (``_native.object_plan``: the same objects, see
     crypto/_native_src/plan.c), or None without the native engine (or with
     QUICFLOW_ENGINE=python) or for a class whose slots C cannot set as Python does."""
@@ -167,7 +182,7 @@ def _native_make(plan: Node, params: tuple[str, ...]) -> Callable[..., Any] | No
     if EXT is None or python_forced():
         return None
     try:
-        made: Callable[..., Any] = EXT.object_plan(plan, params)
+        made: Callable[..., Any] = EXT.object_plan(plan, params, positional)
     except TypeError:
         return None
     return made

@@ -101,7 +101,8 @@ static PyMethodDef module_methods[] = {
      "packet_key_context(suite, secret, v2[, hp_key]) -> KeyContext of the secret's packet "
      "keys (quic_keys and KeyContext in one call)"},
     {"object_plan", (PyCFunction)(void (*)(void))mod_object_plan, METH_FASTCALL,
-     "object_plan(node, argnames) -> a callable that makes the object graph node describes "
+     "object_plan(node, argnames[, positional]) -> a callable that makes the object graph "
+     "node describes "
      "(plan.c; transport/inline.py's C twin)"},
     {"tls_server_flight", mod_tls_server_flight, METH_VARARGS,
      "tls_server_flight(suite, derived, shared, transcript, sh_len, sign, with_ticket) -> "

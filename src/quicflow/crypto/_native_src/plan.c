@@ -18,7 +18,9 @@
  *                                each named slot set to its node's value
  *
  * The Plan it returns is called with exactly the keyword arguments argnames, as the
- * Python function is, and returns the same object graph: the same classes, the same
+ * Python function is (object_plan(node, argnames, k): the first k of them may also be
+ * given by position, in order, as a dataclass's own constructor takes its fields; see
+ * inline.py's fast_init), and returns the same object graph: the same classes, the same
  * values in the same slots, every list, dict and object new and the constants and
  * arguments shared (tests/test_inline_plan.py compares the two field by field).
  *
@@ -48,7 +50,8 @@ typedef struct {
     vectorcallfunc vectorcall;
     PlanOp *ops;
     Py_ssize_t nops, cap, depth, max_depth;
-    PyObject *argnames; /* a tuple of str */
+    PyObject *argnames;     /* a tuple of str */
+    Py_ssize_t npositional; /* how many of them may also come by position, in order */
 } PlanObject;
 
 static void
@@ -298,8 +301,9 @@ plan_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *
     Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
     PyObject *small[16];
     PyObject **argv = small;
-    if (npos != 0) {
-        PyErr_SetString(PyExc_TypeError, "make() takes keyword arguments only");
+    if (npos > p->npositional) {
+        PyErr_Format(PyExc_TypeError, "make() takes %zd positional arguments but %zd were "
+                     "given", p->npositional, npos);
         return NULL;
     }
     if (n > 16) {
@@ -311,6 +315,9 @@ plan_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *
         memset(small, 0, sizeof(small));
     }
     PyObject *out = NULL;
+    for (Py_ssize_t i = 0; i < npos; i++) {
+        argv[i] = args[i];
+    }
     for (Py_ssize_t i = 0; i < nkw; i++) {
         PyObject *name = PyTuple_GET_ITEM(kwnames, i);
         Py_ssize_t j = 0;
@@ -338,7 +345,7 @@ plan_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *
             PyErr_Format(PyExc_TypeError, "make() got multiple values for argument %R", name);
             goto done;
         }
-        argv[j] = args[i];
+        argv[j] = args[npos + i];
     }
     for (Py_ssize_t j = 0; j < n; j++) {
         if (argv[j] == NULL) {
@@ -370,11 +377,23 @@ PyObject *
 mod_object_plan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 2 || !PyTuple_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "object_plan(node, argnames: tuple of str)");
+    Py_ssize_t npositional = 0;
+    if ((nargs != 2 && nargs != 3) || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "object_plan(node, argnames: tuple of str[, positional: int])");
         return NULL;
     }
     PyObject *argnames = args[1];
+    if (nargs == 3) {
+        npositional = PyLong_AsSsize_t(args[2]);
+        if (npositional == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (npositional < 0 || npositional > PyTuple_GET_SIZE(argnames)) {
+            PyErr_SetString(PyExc_ValueError, "object_plan: positional out of range");
+            return NULL;
+        }
+    }
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(argnames); i++) {
         if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(argnames, i))) {
             PyErr_SetString(PyExc_TypeError, "object_plan: argnames must be str");
@@ -392,6 +411,7 @@ mod_object_plan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     p->ops = NULL;
     p->nops = p->cap = p->depth = p->max_depth = 0;
     p->argnames = Py_NewRef(argnames);
+    p->npositional = npositional;
     if (plan_compile(p, args[0], PyTuple_GET_SIZE(argnames), 0) < 0) {
         Py_DECREF(p);
         return NULL;
