@@ -36,6 +36,8 @@
 
 #include <structmember.h>
 
+#define PLAN_STACK 256
+
 enum { OP_CONST, OP_ARG, OP_DICT, OP_CALL, OP_LIST, OP_OBJ };
 
 typedef struct {
@@ -228,10 +230,10 @@ plan_compile(PlanObject *p, PyObject *node, Py_ssize_t nargs, int level)
 static PyObject *
 plan_run(PlanObject *p, PyObject *const *argv)
 {
-    PyObject *small[64];
+    PyObject *small[PLAN_STACK]; /* (a connection's plan needs about 120) */
     PyObject **stack = small;
     Py_ssize_t top = 0;
-    if (p->max_depth > 64) {
+    if (p->max_depth > PLAN_STACK) {
         stack = PyMem_Malloc((size_t)p->max_depth * sizeof(PyObject *));
         if (stack == NULL) {
             return PyErr_NoMemory();
@@ -285,7 +287,15 @@ plan_run(PlanObject *p, PyObject *const *argv)
         }
         stack[top++] = v;
     }
-    PyObject *out = stack[0];
+    PyObject *out = NULL;
+    if (top == 1) { /* (always: object_plan checked that the plan leaves one value) */
+        out = stack[0];
+    } else {
+        while (top > 0) {
+            Py_DECREF(stack[--top]);
+        }
+        PyErr_SetString(PyExc_SystemError, "object_plan: a plan left no single value");
+    }
     if (stack != small) {
         PyMem_Free(stack);
     }
