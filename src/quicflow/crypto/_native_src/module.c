@@ -126,7 +126,8 @@ PyMODINIT_FUNC
 PyInit__native(void)
 {
     PyObject *m;
-    if (PyType_Ready(&KeyContextType) < 0 || PyType_Ready(&CidStateType) < 0) {
+    if (PyType_Ready(&KeyContextType) < 0 || PyType_Ready(&CidStateType) < 0 ||
+        qf_plan_type_ready() < 0) {
         return NULL;
     }
 #ifdef QF_OSSL_PARAMS

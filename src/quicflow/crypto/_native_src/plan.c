@@ -383,6 +383,12 @@ static PyTypeObject PlanType = {
     .tp_doc = "A compiled object_plan: call it with its keyword arguments",
 };
 
+int
+qf_plan_type_ready(void)
+{
+    return PyType_Ready(&PlanType);
+}
+
 PyObject *
 mod_object_plan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -409,9 +415,6 @@ mod_object_plan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             PyErr_SetString(PyExc_TypeError, "object_plan: argnames must be str");
             return NULL;
         }
-    }
-    if (PlanType.tp_flags & Py_TPFLAGS_READY ? 0 : PyType_Ready(&PlanType) < 0) {
-        return NULL;
     }
     PlanObject *p = PyObject_New(PlanObject, &PlanType);
     if (p == NULL) {
