@@ -52,6 +52,7 @@ from .state import (
     PacketSpace,
     PeerCid,
     StreamLimits,
+    new_local_cid,
 )
 from .stream_api import StreamLimitReached as StreamLimitReached
 from .streams import Stream
@@ -295,7 +296,7 @@ class Connection:
             self.cid_issuer = random_cid_issuer(self.local_cid_length)
         cid, token = self.cid_issuer()
         # (sequence, cid, reset_token) by position: keywords cost twice as much
-        entry = LocalCid(self.next_host_cid_seq, cid, token)
+        entry = new_local_cid(self.next_host_cid_seq, cid, token)
         self.next_host_cid_seq += 1
         self.host_cids.append(entry)
         self.cid_changes.append((True, entry.cid))

@@ -66,6 +66,7 @@ from .state import (
     PacketSpace,
     PeerCid,
     new_crypto_recv,
+    new_peer_cid,
 )
 from .streams import ReassemblyFull
 
@@ -588,11 +589,11 @@ def _apply_peer_params(conn: Connection, raw: bytes) -> None:
         if params.retry_source_connection_id != conn.retry_scid:
             raise QuicError(TRANSPORT_PARAMETER_ERROR, "retry_source_connection_id")
         if params.stateless_reset_token is not None:
-            conn.peer_cids.append(PeerCid(0, conn.peer_cid, params.stateless_reset_token))
+            conn.peer_cids.append(new_peer_cid(0, conn.peer_cid, params.stateless_reset_token))
         else:
-            conn.peer_cids.append(PeerCid(0, conn.peer_cid, None))
+            conn.peer_cids.append(new_peer_cid(0, conn.peer_cid, None))
     else:
-        conn.peer_cids.append(PeerCid(0, conn.peer_cid, None))
+        conn.peer_cids.append(new_peer_cid(0, conn.peer_cid, None))
     if params.initial_source_connection_id is None:  # RFC 9000 §7.3
         raise QuicError(TRANSPORT_PARAMETER_ERROR, "initial_source_connection_id missing")
     if params.initial_source_connection_id != conn.peer_cid and (
@@ -649,7 +650,7 @@ def _on_new_connection_id(conn: Connection, frame: Any, epoch: Epoch, now: float
             return
     if frame.sequence < conn.peer_cid_seq or frame.sequence in conn.retire_pending:
         return
-    conn.peer_cids.append(PeerCid(frame.sequence, frame.cid, frame.reset_token))
+    conn.peer_cids.append(new_peer_cid(frame.sequence, frame.cid, frame.reset_token))
     if frame.retire_prior_to > 0:
         keep = []
         for entry in conn.peer_cids:

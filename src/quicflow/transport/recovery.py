@@ -6,6 +6,7 @@ the detector what it needs through plain fields (see :class:`LossDetection`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -13,6 +14,7 @@ from quicflow.crypto.epoch import Epoch
 
 from .congestion import CongestionControl
 from .errors import PROTOCOL_VIOLATION, QuicError
+from .inline import fast_init
 from .rtt import GRANULARITY, RttEstimator
 
 #: RFC 9002 §6.1.1: kPacketThreshold.
@@ -104,6 +106,13 @@ class SentPacket:
         base = self.base_pn if self.base_pn >= 0 else self.pn
         return SentPacket(lo, self.time_sent, size, self.ack_eliciting, self.in_flight,
                           self.epoch, self.frames, n, self.unit, base, self.pmtu_probe)
+
+
+#: ``SentPacket(pn, time_sent, size, ack_eliciting, in_flight, epoch, frames)`` for the
+#: per-packet send path: the native engine's twin of the constructor (inline.py)
+new_sent_packet: Callable[[int, float, int, bool, bool, Epoch, list[object]], SentPacket] = (
+    fast_init(SentPacket, "pn", "time_sent", "size", "ack_eliciting", "in_flight", "epoch",
+              "frames"))
 
 
 @dataclass(slots=True, eq=False)

@@ -29,7 +29,7 @@ from .close_send import close_datagrams as _close_datagrams
 from .connection import Connection
 from .pmtud import build_probe, probe_due
 from .receive import _discard_epoch, _effective_idle, issue_pending_cids
-from .recovery import SentPacket
+from .recovery import new_sent_packet
 from .state import (
     CLOSING,
     R_ACK_FREQUENCY,
@@ -331,8 +331,8 @@ def _on_packet_sent(
     # by position (pn, time_sent, size, ack_eliciting, in_flight, epoch, frames: the
     # caller's fresh list, not used after): keywords cost twice as much
     loss = conn.loss
-    loss.on_packet_sent(SentPacket(pn, now, size, ack_eliciting, ack_eliciting, epoch,
-                                   records))  # type: ignore[arg-type]
+    loss.on_packet_sent(new_sent_packet(pn, now, size, ack_eliciting, ack_eliciting, epoch,
+                                        records))  # type: ignore[arg-type]
     if ack_eliciting:
         conn.pacer.consume(now, size, loss.rtt, loss.cc.cwnd)
         if not conn.last_ack_eliciting_sent_after_receive:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .inline import fast_init
 from .rangeset import RangeSet
 from .streams import RecvStream, SendStream
 
@@ -135,6 +137,14 @@ class PeerCid:
     sequence: int
     cid: bytes
     reset_token: bytes | None
+
+
+#: ``LocalCid(sequence, cid, reset_token)`` and ``PeerCid(sequence, cid, reset_token)``
+#: for the per-handshake paths: the native engine's twin of the constructor (inline.py)
+new_local_cid: Callable[[int, bytes, bytes], LocalCid] = fast_init(
+    LocalCid, "sequence", "cid", "reset_token")
+new_peer_cid: Callable[[int, bytes, bytes | None], PeerCid] = fast_init(
+    PeerCid, "sequence", "cid", "reset_token")
 
 
 @dataclass(slots=True, eq=False)

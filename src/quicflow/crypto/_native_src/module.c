@@ -100,6 +100,10 @@ static PyMethodDef module_methods[] = {
     {"packet_key_context", mod_packet_key_context, METH_VARARGS,
      "packet_key_context(suite, secret, v2[, hp_key]) -> KeyContext of the secret's packet "
      "keys (quic_keys and KeyContext in one call)"},
+    {"object_plan", (PyCFunction)(void (*)(void))mod_object_plan, METH_FASTCALL,
+     "object_plan(node, argnames[, positional]) -> a callable that makes the object graph "
+     "node describes "
+     "(plan.c; transport/inline.py's C twin)"},
     {"tls_server_flight", mod_tls_server_flight, METH_VARARGS,
      "tls_server_flight(suite, derived, shared, transcript, sh_len, sign, with_ticket) -> "
      "(handshake_secret, master_secret, c_hs, s_hs, CertificateVerify, server verify_data, "
@@ -122,7 +126,8 @@ PyMODINIT_FUNC
 PyInit__native(void)
 {
     PyObject *m;
-    if (PyType_Ready(&KeyContextType) < 0 || PyType_Ready(&CidStateType) < 0) {
+    if (PyType_Ready(&KeyContextType) < 0 || PyType_Ready(&CidStateType) < 0 ||
+        qf_plan_type_ready() < 0) {
         return NULL;
     }
 #ifdef QF_OSSL_PARAMS

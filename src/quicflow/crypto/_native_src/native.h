@@ -756,6 +756,9 @@ PyObject *mod_address_token(PyObject *module, PyObject *const *args, Py_ssize_t 
 /* hmac.c: a stateless reset token (the static key's HMAC state cached) */
 PyObject *mod_reset_token(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_tls_server_flight(PyObject *module, PyObject *args);
+/* plan.c: transport/inline.py's made functions as one C call (see there) */
+PyObject *mod_object_plan(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+int qf_plan_type_ready(void); /* (PyInit__native: the Plan type) */
 PyObject *mod_packet_key_context(PyObject *module, PyObject *args);
 
 /* The QUIC variable-length integer (RFC 9000 16) at b[*pos] of the n bytes: 0 and *pos
