@@ -493,6 +493,8 @@ class EndpointRunner:
     def _send(self, conn: Connection) -> None:
         if self._closed:
             return
+        if self._dirty:  # this turn sends what a flush scheduled for it would (a read's
+            self._dirty.pop(conn, None)  # window update, most often: a round came first)
         if conn.terminated:  # nothing to build: its events, then the teardown (which
             if conn.events:  # drops its CIDs, whatever changes were still pending)
                 self._dispatch(conn)
