@@ -18,7 +18,10 @@ from quicflow.transport.inline import Arg, Inline, _python_make, inline_init
 from quicflow.transport.rangeset import RangeSet
 from quicflow.transport.streams import SendStream
 
-pytestmark = pytest.mark.skipif(EXT is None, reason="native extension not built")
+
+@pytest.fixture(autouse=True)
+def _native(require: Any) -> None:
+    require(EXT is not None, "the native extension is not built")
 
 
 def _native_or_python() -> str:
