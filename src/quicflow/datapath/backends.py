@@ -68,6 +68,7 @@ __all__ = [
     "recv_into_native",
     "receiver_for",
     "native_receive_built",
+    "udp_extension",
     "send_gso",
     "send_gso_runs",
     "send_gso_runs_native",
@@ -178,6 +179,11 @@ def recv_into_native(
         counters.recv_errors += errors
     if truncated:
         counters.truncated += truncated
+
+
+def udp_extension() -> Any:
+    """The extension ``quicflow.datapath._udp`` when it was built and loads, else None."""
+    return _UDP
 
 
 def native_receive_built() -> bool:

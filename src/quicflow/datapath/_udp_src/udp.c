@@ -375,11 +375,103 @@ fail:
     return NULL;
 }
 
+/*
+ * gso_batches(max_segments, max_bytes, bounds) -> [(start, end, size), ...]
+ *
+ * The C twin of aio.gso.gso_batches_python (the reference; tests/test_gso_native.py
+ * compares them): datagrams back to back (bounds: the end offset of each) split into
+ * GSO sends of equal-size datagrams, only the last of a send shorter, at most
+ * max_segments datagrams and max_bytes bytes each (an empty datagram goes alone).
+ */
+static PyObject *
+mod_gso_batches(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *bounds, *out;
+    Py_ssize_t n, i = 0, j, k;
+    long long start = 0, size, max_segments, max_bytes, b, prev, seg;
+    (void)self;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "gso_batches(max_segments, max_bytes, bounds)");
+        return NULL;
+    }
+    bounds = args[2];
+    if (!PyList_Check(bounds)) {
+        PyErr_SetString(PyExc_TypeError, "gso_batches: bounds must be a list");
+        return NULL;
+    }
+    max_segments = PyLong_AsLongLong(args[0]);
+    if (max_segments == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    max_bytes = PyLong_AsLongLong(args[1]);
+    if (max_bytes == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (max_segments < 1 || max_bytes < 1) {
+        PyErr_SetString(PyExc_ValueError, "gso_batches: limits must be positive");
+        return NULL;
+    }
+    out = PyList_New(0);
+    if (out == NULL) {
+        return NULL;
+    }
+    n = PyList_GET_SIZE(bounds);
+#define BOUND(idx, dst)                                                                \
+    do {                                                                               \
+        (dst) = PyLong_AsLongLong(PyList_GET_ITEM(bounds, (idx)));                     \
+        if ((dst) == -1 && PyErr_Occurred()) {                                         \
+            goto fail;                                                                 \
+        }                                                                              \
+    } while (0)
+    while (i < n) {
+        PyObject *run;
+        BOUND(i, b);
+        size = b - start;
+        /* the reference's rule, datagram by datagram: the first datagram sets the size;
+         * each next one joins while the send has room (segments, bytes) and it is not
+         * larger; a shorter one joins and ends the send */
+        j = i + 1;
+        prev = b;
+        for (k = i + 1; k < n && k - i < max_segments; k++) {
+            BOUND(k, b);
+            if (b - start > max_bytes) {
+                break;
+            }
+            seg = b - prev;
+            if (seg > size) {
+                break;
+            }
+            j = k + 1;
+            prev = b;
+            if (seg < size) {
+                break;
+            }
+        }
+        BOUND(j - 1, b);
+        run = Py_BuildValue("(LLL)", start, b, size);
+        if (run == NULL || PyList_Append(out, run) < 0) {
+            Py_XDECREF(run);
+            goto fail;
+        }
+        Py_DECREF(run);
+        start = b;
+        i = j;
+    }
+#undef BOUND
+    return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyMethodDef udp_methods[] = {
     {"recv", (PyCFunction)(void (*)(void))mod_recv, METH_FASTCALL,
      "recv(fd, out, max_buffers) -> (calls, datagrams, bytes, errors, truncated): read up "
      "to max_buffers buffers with recvmmsg and append (data, segment_size, (host, port), "
      "ecn) entries to out"},
+    {"gso_batches", (PyCFunction)(void (*)(void))mod_gso_batches, METH_FASTCALL,
+     "gso_batches(max_segments, max_bytes, bounds) -> [(start, end, size)]: datagrams "
+     "back to back split into GSO sends (aio.gso.gso_batches_python's rule)"},
     {"send_runs", (PyCFunction)(void (*)(void))mod_send_runs, METH_FASTCALL,
      "send_runs(fd, buf, runs, first, segment_size, chunk_bytes) -> (index, offset, errno, "
      "batches, syscalls, datagrams, bytes, eagain, retries): GSO sends of runs[first:] of "
