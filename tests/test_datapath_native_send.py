@@ -167,3 +167,17 @@ def test_send_runs_gives_the_receiver_the_same_datagrams_with_either_loop() -> N
     assert got["native"] == got["python"]
     assert got["native"][0] == [bytes(buf[a:b]) for a, b in zip([0, *bounds], bounds,
                                                                  strict=False)]
+
+
+def test_a_start_past_the_last_run_sends_nothing_in_either_loop() -> None:
+    rx, tx = _pair()
+    try:
+        runs = [(0, 2400, 1200)]
+        for _, sender in SENDERS:
+            counters = DatapathCounters()
+            assert sender(tx.socket, memoryview(bytearray(2400)), runs, 1, 1200, 64800,
+                          counters) == (1, 0, 0)
+            assert counters == DatapathCounters()
+    finally:
+        rx.close()
+        tx.close()

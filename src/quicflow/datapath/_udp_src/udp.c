@@ -366,6 +366,9 @@ mod_send_runs(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             offset = stop;
         }
     }
+    if (i > n) {
+        i = n; /* (a start past the end: nothing to send, as in Python) */
+    }
 done:
     PyBuffer_Release(&view);
     return Py_BuildValue("(nlillllll)", i, offset, code, batches, syscalls, datagrams,
