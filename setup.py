@@ -1,7 +1,8 @@
 """Build hook for the optional native extensions (metadata lives in pyproject.toml).
 
 ``quicflow.crypto._native`` (C on OpenSSL's libcrypto) speeds up the crypto offload engine;
-``quicflow.datapath._udp`` (plain C) reads a receive batch with one ``recvmmsg``.
+``quicflow.datapath._udp`` (plain C) reads a receive batch with one ``recvmmsg`` and splits
+and sends a build's GSO runs in one call.
 Both are optional: without a C compiler, Python headers or the libssl headers the build
 prints a warning and quicflow installs without them (the pure-Python code is used). Set
 ``QUICFLOW_NO_NATIVE=1`` to skip them deliberately.
@@ -78,8 +79,9 @@ else:
             optional=True,
         )
     )
-    # quicflow.datapath._udp: one recvmmsg per receive batch (datapath/backends.py falls
-    # back to one recvmsg per buffer without it)
+    # quicflow.datapath._udp: one recvmmsg per receive batch, a build's GSO sends in one
+    # call (datapath/backends.py and aio/gso.py fall back to one recvmsg per buffer and
+    # the Python split and sendmsg loop without it)
     ext_modules.append(
         Extension(
             "quicflow.datapath._udp",

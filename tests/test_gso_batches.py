@@ -3,11 +3,16 @@
 The split decides which datagrams share one sendmsg: every send must be a run of
 equal-size datagrams of which only the last may be shorter, within the segment and byte
 limits, and together the sends must cover the buffer in order. The fast path (a whole
-full-size stretch compared at once) must split exactly as the datagram-by-datagram rule.
+full-size stretch compared at once) must split exactly as the datagram-by-datagram rule,
+and so must the C twin (``gso_batches_native``, ``datapath/_udp_src``) that the runner
+takes when the extension is built.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -17,8 +22,12 @@ from quicflow.aio.gso import (
     MAX_GSO_SEGMENTS,
     TURN_DATAGRAMS,
     gso_batches,
+    gso_batches_native,
+    gso_batches_python,
     gso_run,
 )
+from quicflow.crypto.extension import python_forced
+from quicflow.datapath.backends import udp_extension
 
 
 def reference(bounds: list[int]) -> list[tuple[int, int, int]]:
@@ -125,3 +134,41 @@ def test_a_bulk_download_sends_full_gso_batches() -> None:
     _, stats = loopback_download(16 << 20, seed=3)
     assert stats["datapath"]["segments_per_gso_call"] >= 40, stats["datapath"]
     assert stats["endpoint"]["packets_per_engine_call"] >= 150, stats["endpoint"]
+
+
+@pytest.fixture
+def _udp_built(require: Callable[[bool, str], None]) -> None:
+    require(udp_extension() is not None, "quicflow.datapath._udp is not built")
+
+
+def test_the_runner_splits_with_the_c_twin_when_it_is_built(_udp_built: None) -> None:
+    want = gso_batches_python if python_forced() else gso_batches_native
+    assert gso_batches is want
+
+
+@given(st.lists(st.one_of(st.integers(0, 1500), st.sampled_from([1200, 1200, 1200, 1452]),
+                          st.integers(1, 65000)), max_size=300))
+def test_the_c_twin_splits_as_the_reference(sizes: list[int]) -> None:
+    if gso_batches_native is None:
+        return  # (the fixture above says so once; hypothesis runs this many times)
+    bounds = _bounds(sizes)
+    batches = gso_batches_native(bounds)
+    assert batches == gso_batches_python(bounds) == reference(bounds)
+    assert all(type(v) is int for run in batches for v in run)
+
+
+@given(st.integers(1, 1500), st.integers(1, 900), st.integers(0, 1500), st.integers(0, 5))
+def test_the_c_twin_splits_long_runs_with_a_tail_as_the_reference(
+        size: int, count: int, tail: int, extra: int) -> None:
+    if gso_batches_native is None:
+        return
+    bounds = _bounds([size] * count + [tail] + [size] * extra)
+    assert gso_batches_native(bounds) == gso_batches_python(bounds) == reference(bounds)
+
+
+def test_the_c_twin_refuses_what_the_reference_cannot_split(_udp_built: None) -> None:
+    assert gso_batches_native is not None
+    with pytest.raises(TypeError):
+        gso_batches_python([1200, "x"])  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        gso_batches_native([1200, "x"])  # type: ignore[list-item]

@@ -9,8 +9,11 @@ straight from the buffer.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
+from ..crypto.extension import python_forced
+from ..datapath.backends import udp_extension
 from ..datapath.socket import UdpTransport
 
 MAX_GSO_SEGMENTS = 64
@@ -38,7 +41,7 @@ def gso_run(max_datagram_size: int) -> int:
     return per_send * max(1, sends)
 
 
-def gso_batches(bounds: list[int]) -> list[tuple[int, int, int]]:
+def gso_batches_python(bounds: list[int]) -> list[tuple[int, int, int]]:
     """Split datagrams lying back to back (``bounds``: the end offset of each) into GSO
     sends: ``(start, end, segment size)``, each a run of equal-size datagrams of at most
     ``MAX_GSO_SEGMENTS`` and ``MAX_GSO_BYTES`` of which only the last may be shorter.
@@ -80,6 +83,19 @@ def gso_batches(bounds: list[int]) -> list[tuple[int, int, int]]:
         start = end
         i = j
     return out
+
+
+_UDP: Any = udp_extension()
+_Split = Callable[[list[int]], list[tuple[int, int, int]]]
+#: ``gso_batches_python``'s split in one call of the extension (``_udp.gso_batches``: the
+#: datagram-by-datagram rule in C, no list built per run to compare with), its limits
+#: bound here (a partial: no Python frame of its own)
+gso_batches_native: _Split | None = (
+    functools.partial(_UDP.gso_batches, MAX_GSO_SEGMENTS, MAX_GSO_BYTES)
+    if _UDP is not None else None)
+#: the split the runner uses: the C twin when the extension is built and not forced off
+gso_batches: _Split = (gso_batches_native if gso_batches_native is not None
+                       and not python_forced() else gso_batches_python)
 
 
 def send_buffer(

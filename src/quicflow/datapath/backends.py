@@ -12,7 +12,10 @@ segments, and the ``UDP_GRO`` cmsg tells their size. A batch of buffers is read 
 else with one ``recvmsg`` per buffer (``recv_into_python``, the reference: same entries,
 same counters except ``syscalls_recv``). The native call also ends a batch as soon as the
 kernel returns fewer buffers than asked, without the last read that fails with EAGAIN.
-``QUICFLOW_ENGINE=python`` forces the Python loop.
+On a connected socket a build's GSO runs of one segment size go out in one call of the same
+extension (``send_gso_runs_native``: the ``sendmsg`` calls of ``send_gso_runs``, the
+reference, without a Python call, slice and exception frame around each).
+``QUICFLOW_ENGINE=python`` forces the Python loops.
 
 An ``mmsg`` send backend (ctypes ``sendmmsg``/``recvmmsg``) is deliberately absent:
 measured here it is slower than the plain calls on receive and at most ~8 % faster on
@@ -65,7 +68,11 @@ __all__ = [
     "recv_into_native",
     "receiver_for",
     "native_receive_built",
+    "udp_extension",
     "send_gso",
+    "send_gso_runs",
+    "send_gso_runs_native",
+    "gso_runs_sender_for",
     "send_basic",
     "GSO_REFUSED_ERRNOS",
     "WOULD_BLOCK_ERRNOS",
@@ -172,6 +179,11 @@ def recv_into_native(
         counters.recv_errors += errors
     if truncated:
         counters.truncated += truncated
+
+
+def udp_extension() -> Any:
+    """The extension ``quicflow.datapath._udp`` when it was built and loads, else None."""
+    return _UDP
 
 
 def native_receive_built() -> bool:
@@ -300,6 +312,81 @@ def send_gso(
         counters.bytes_sent += end - offset
         offset = end
     return offset, 0
+
+
+#: how a connected socket's GSO runs of one segment size are sent: ``(sock, view, runs,
+#: first, segment_size, chunk_bytes, counters) -> (index, offset, errno)``
+GsoRunsSender = Callable[
+    [socket.socket, memoryview, list[tuple[int, int, int]], int, int, int, DatapathCounters],
+    tuple[int, int, int],
+]
+
+
+def send_gso_runs(
+    sock: socket.socket,
+    view: memoryview,
+    runs: list[tuple[int, int, int]],
+    first: int,
+    segment_size: int,
+    chunk_bytes: int,
+    counters: DatapathCounters,
+) -> tuple[int, int, int]:
+    """``send_gso`` of each of ``runs[first:]`` (``(start, end, size)`` in ``view``) on a
+    connected socket while the run has ``segment_size`` and more than one datagram, one
+    ``batches_sent`` each. Returns ``(index, offset, errno)``: the run it stopped at (the
+    first it does not take, or ``len(runs)``; errno 0, offset that run's start) or the
+    run whose chunk at ``offset`` failed with ``errno``, as ``send_gso`` returns it.
+
+    The reference of ``send_gso_runs_native`` (``datapath/_udp_src``: the same sends and
+    counters in one call, not one ``sendmsg`` call from Python each)."""
+    n = len(runs)
+    total = len(view)
+    i = first
+    offset = 0
+    while i < n:
+        start, end, size = runs[i]
+        offset = start
+        if size != segment_size or end - start <= size:
+            return i, offset, 0
+        counters.batches_sent += 1
+        part = view if end == total else view[:end]
+        offset, code = send_gso(sock, part, start, size, None, chunk_bytes, counters)
+        if code:
+            return i, offset, code
+        i += 1
+    return n, offset, 0
+
+
+def send_gso_runs_native(
+    sock: socket.socket,
+    view: memoryview,
+    runs: list[tuple[int, int, int]],
+    first: int,
+    segment_size: int,
+    chunk_bytes: int,
+    counters: DatapathCounters,
+) -> tuple[int, int, int]:
+    """``send_gso_runs`` in one call of the extension (``_udp.send_runs``): the same
+    syscalls, results and counters. Needs the extension (``gso_runs_sender_for``)."""
+    (index, offset, code, batches, syscalls, datagrams, nbytes, eagain,
+     retries) = _UDP.send_runs(sock.fileno(), view, runs, first, segment_size, chunk_bytes)
+    counters.batches_sent += batches
+    counters.syscalls_send += syscalls
+    counters.datagrams_sent += datagrams
+    counters.bytes_sent += nbytes
+    if eagain:
+        counters.send_eagain += eagain
+    if retries:
+        counters.send_retries += retries
+    return index, offset, code
+
+
+def gso_runs_sender_for(sock: socket.socket) -> GsoRunsSender:
+    """How ``sock``'s GSO runs go: the native loop when the extension is built, not forced
+    off (``QUICFLOW_ENGINE=python``) and ``sock`` is an IPv4/IPv6 socket."""
+    if _UDP is None or python_forced() or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return send_gso_runs
+    return send_gso_runs_native
 
 
 def send_basic(

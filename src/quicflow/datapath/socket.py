@@ -22,6 +22,7 @@ from quicflow.datapath.backends import (
     Address,
     DatapathCounters,
     RecvEntry,
+    gso_runs_sender_for,
     read_error_queue,
     receiver_for,
     resolve_backend,
@@ -247,6 +248,7 @@ class UdpTransport:
         "_pending",
         "_pending_bytes",
         "_recv",
+        "_gso_runs",
         "counters",
         "capabilities",
         "_pmtu",
@@ -269,6 +271,7 @@ class UdpTransport:
         self._pending: collections.deque[_Pending] = collections.deque()
         self._pending_bytes = 0
         self._recv = receiver_for(sock)  # one recvmmsg per batch when the C part is built
+        self._gso_runs = gso_runs_sender_for(sock)  # (the same: one call per build)
         self.counters = DatapathCounters()
         self._pmtu = False
         self._path_mtu: dict[str | None, int] = {}  # destination host (None: connected)
@@ -608,23 +611,38 @@ class UdpTransport:
         counters = self.counters
         sock = self._sock
         total = len(view)
-        for i, (start, end, size) in enumerate(runs):
+        n = len(runs)
+        i = 0
+        while i < n:
+            start, end, size = runs[i]
             if size <= 0:
                 raise ValueError("segment_size must be positive")
             if end - start <= size or not self._gso:
                 # one datagram (send_batch's one-send path, as a handshake flight's are),
                 # or GSO turned off by a refusal earlier in this call
                 if self.send_batch(view[start:end], size, addr, ecn):
+                    i += 1
                     continue
                 offset = end  # (send_batch queued the rest of its run itself)
             else:
-                counters.batches_sent += 1
-                part = view if end == total else view[:end]
-                offset, code = send_gso(sock, part, start, size, to,
-                                        _chunk_bytes(self._chunk_segments, size), counters)
+                chunk = _chunk_bytes(self._chunk_segments, size)
+                if to is None:
+                    # a connected socket: this run and the next ones of its size in one
+                    # call (send_gso_runs: the extension's loop when it is built)
+                    i, offset, code = self._gso_runs(sock, view, runs, i, size, chunk,
+                                                     counters)
+                    if not code:
+                        continue  # all sent up to run i, which is not of that kind
+                    start, end, size = runs[i]
+                    part = view if end == total else view[:end]
+                else:
+                    counters.batches_sent += 1
+                    part = view if end == total else view[:end]
+                    offset, code = send_gso(sock, part, start, size, to, chunk, counters)
                 if code:  # the general path takes the rest of this run from here
                     offset = self._send(part, offset, size, to, ecn, code)
                 if offset >= end:
+                    i += 1
                     continue
                 self._queue(bytes(view[offset:end]), size, to, ecn)
             # the buffer is full: the later runs wait behind what is queued, in order

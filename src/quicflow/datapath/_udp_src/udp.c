@@ -1,5 +1,6 @@
 /*
- * quicflow.datapath._udp -- receive a batch of UDP datagrams with one recvmmsg(2).
+ * quicflow.datapath._udp -- receive a batch of UDP datagrams with one recvmmsg(2), and
+ * send a connected socket's GSO runs in one call (send_runs, further down).
  *
  * The native half of datapath.backends.recv_into; the pure-Python recv_into_python (one
  * recvmsg per buffer) is the reference, and both append the same entries:
@@ -26,6 +27,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <netinet/in.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -33,6 +35,7 @@
 #define SLOT_BYTES 65536     /* datapath.constants.RECV_SLOT_BYTES: up to 64 GRO segments */
 #define SOL_UDP_LEVEL 17     /* datapath.constants.SOL_UDP */
 #define UDP_GRO_TYPE 104     /* datapath.constants.UDP_GRO */
+#define UDP_SEGMENT_TYPE 103 /* datapath.constants.UDP_SEGMENT */
 #define ECN_MASK 3
 /* as backends._ANC_SPACE: room for three 4-byte control messages */
 #define CTRL_BYTES (3 * CMSG_SPACE(4))
@@ -207,11 +210,275 @@ mod_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return Py_BuildValue("(lllll)", calls, datagrams, nbytes, errors, truncated);
 }
 
+
+/* Whether errno value e is one of backends.WOULD_BLOCK_ERRNOS. */
+static int
+would_block(int e)
+{
+    return e == EAGAIN || e == EWOULDBLOCK || e == ENOBUFS;
+}
+
+/*
+ * send_runs(fd, buf, runs, first, segment_size, chunk_bytes)
+ *   -> (index, offset, errno, batches, syscalls, datagrams, bytes, eagain, retries)
+ *
+ * The C twin of the GSO part of UdpTransport.send_runs on a connected socket: for
+ * runs[first:], while a run (start, end, size) has size == segment_size and more than one
+ * datagram (end - start > size), backends.send_gso(sock, view[:end], start, size, None,
+ * chunk_bytes, counters): chunks of chunk_bytes, each one sendmsg with a UDP_SEGMENT
+ * control message (a chunk of one datagram: send(2)), EINTR retried, a would-block errno
+ * (EAGAIN, EWOULDBLOCK, ENOBUFS) counted and returned, any other errno retried once and
+ * returned when it fails again.  Stops at the first run it does not take (errno 0,
+ * offset = that run's start) or at a failed chunk (offset = the chunk's start, that run
+ * counted in batches as Python counts it before sending).  Returns the counters to add.
+ */
+static PyObject *
+mod_send_runs(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    long fd_long, segment, chunk_bytes;
+    Py_ssize_t first, n, i;
+    long batches = 0, syscalls = 0, datagrams = 0, nbytes = 0, eagain = 0, retries = 0;
+    long offset = 0;
+    int code = 0;
+    PyObject *runs;
+    union {
+        struct cmsghdr align;
+        unsigned char bytes[CMSG_SPACE(sizeof(uint16_t))];
+    } ctrl;
+    (void)self;
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        "send_runs(fd, buf, runs, first, segment_size, chunk_bytes)");
+        return NULL;
+    }
+    fd_long = PyLong_AsLong(args[0]);
+    if (fd_long == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (fd_long < 0 || fd_long > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "send_runs: bad file descriptor");
+        return NULL;
+    }
+    runs = args[2];
+    if (!PyList_Check(runs)) {
+        PyErr_SetString(PyExc_TypeError, "send_runs: runs must be a list");
+        return NULL;
+    }
+    first = PyLong_AsSsize_t(args[3]);
+    if (first == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    segment = PyLong_AsLong(args[4]);
+    if (segment == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    chunk_bytes = PyLong_AsLong(args[5]);
+    if (chunk_bytes == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (segment <= 0 || segment > 0xffff || chunk_bytes < segment) {
+        PyErr_SetString(PyExc_ValueError, "send_runs: bad segment or chunk size");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    memset(&ctrl, 0, sizeof ctrl);
+    {
+        struct cmsghdr *c = &ctrl.align;
+        uint16_t seg16 = (uint16_t)segment; /* struct.pack("=H", size) */
+        c->cmsg_level = SOL_UDP_LEVEL;
+        c->cmsg_type = UDP_SEGMENT_TYPE;
+        c->cmsg_len = CMSG_LEN(sizeof seg16);
+        memcpy(CMSG_DATA(c), &seg16, sizeof seg16);
+    }
+    n = PyList_GET_SIZE(runs);
+    for (i = first < 0 ? 0 : first; i < n; i++) {
+        PyObject *run = PyList_GET_ITEM(runs, i);
+        long start, end, size;
+        int retried = 0;
+        if (!PyTuple_Check(run) || PyTuple_GET_SIZE(run) != 3) {
+            PyErr_SetString(PyExc_TypeError, "send_runs: a run is (start, end, size)");
+            goto fail;
+        }
+        start = PyLong_AsLong(PyTuple_GET_ITEM(run, 0));
+        end = PyLong_AsLong(PyTuple_GET_ITEM(run, 1));
+        size = PyLong_AsLong(PyTuple_GET_ITEM(run, 2));
+        if (PyErr_Occurred()) {
+            goto fail;
+        }
+        offset = start;
+        if (size != segment || end - start <= size) {
+            break; /* not this call's: the Python loop goes on from here */
+        }
+        if (start < 0 || end > (long)view.len) {
+            PyErr_SetString(PyExc_ValueError, "send_runs: run outside the buffer");
+            goto fail;
+        }
+        batches++;
+        while (offset < end) {
+            long stop = offset + chunk_bytes;
+            ssize_t r;
+            if (stop > end) {
+                stop = end;
+            }
+            syscalls++;
+            for (;;) {
+                if (stop - offset > segment) {
+                    struct iovec iov;
+                    struct msghdr msg;
+                    iov.iov_base = (char *)view.buf + offset;
+                    iov.iov_len = (size_t)(stop - offset);
+                    memset(&msg, 0, sizeof msg);
+                    msg.msg_iov = &iov;
+                    msg.msg_iovlen = 1;
+                    msg.msg_control = ctrl.bytes;
+                    msg.msg_controllen = sizeof ctrl.bytes;
+                    r = sendmsg((int)fd_long, &msg, 0);
+                } else {
+                    r = send((int)fd_long, (char *)view.buf + offset,
+                             (size_t)(stop - offset), 0);
+                }
+                if (r >= 0 || errno != EINTR) {
+                    break;
+                }
+                if (PyErr_CheckSignals() < 0) { /* as CPython's sendmsg (PEP 475) */
+                    goto fail;
+                }
+            }
+            if (r < 0) {
+                int e = errno ? errno : EIO;
+                if (would_block(e)) {
+                    eagain++;
+                } else if (!retried) {
+                    /* maybe an error left by an earlier datagram (IP_RECVERR): once more */
+                    retried = 1;
+                    retries++;
+                    continue;
+                }
+                code = e;
+                goto done;
+            }
+            retried = 0;
+            datagrams += (stop - offset + segment - 1) / segment;
+            nbytes += stop - offset;
+            offset = stop;
+        }
+    }
+    if (i > n) {
+        i = n; /* (a start past the end: nothing to send, as in Python) */
+    }
+done:
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(nlillllll)", i, offset, code, batches, syscalls, datagrams,
+                         nbytes, eagain, retries);
+fail:
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
+/*
+ * gso_batches(max_segments, max_bytes, bounds) -> [(start, end, size), ...]
+ *
+ * The C twin of aio.gso.gso_batches_python (the reference; tests/test_gso_native.py
+ * compares them): datagrams back to back (bounds: the end offset of each) split into
+ * GSO sends of equal-size datagrams, only the last of a send shorter, at most
+ * max_segments datagrams and max_bytes bytes each (an empty datagram goes alone).
+ */
+static PyObject *
+mod_gso_batches(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *bounds, *out;
+    Py_ssize_t n, i = 0, j, k;
+    long long start = 0, size, max_segments, max_bytes, b, prev, seg;
+    (void)self;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "gso_batches(max_segments, max_bytes, bounds)");
+        return NULL;
+    }
+    bounds = args[2];
+    if (!PyList_Check(bounds)) {
+        PyErr_SetString(PyExc_TypeError, "gso_batches: bounds must be a list");
+        return NULL;
+    }
+    max_segments = PyLong_AsLongLong(args[0]);
+    if (max_segments == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    max_bytes = PyLong_AsLongLong(args[1]);
+    if (max_bytes == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (max_segments < 1 || max_bytes < 1) {
+        PyErr_SetString(PyExc_ValueError, "gso_batches: limits must be positive");
+        return NULL;
+    }
+    out = PyList_New(0);
+    if (out == NULL) {
+        return NULL;
+    }
+    n = PyList_GET_SIZE(bounds);
+#define BOUND(idx, dst)                                                                \
+    do {                                                                               \
+        (dst) = PyLong_AsLongLong(PyList_GET_ITEM(bounds, (idx)));                     \
+        if ((dst) == -1 && PyErr_Occurred()) {                                         \
+            goto fail;                                                                 \
+        }                                                                              \
+    } while (0)
+    while (i < n) {
+        PyObject *run;
+        BOUND(i, b);
+        size = b - start;
+        /* the reference's rule, datagram by datagram: the first datagram sets the size;
+         * each next one joins while the send has room (segments, bytes) and it is not
+         * larger; a shorter one joins and ends the send */
+        j = i + 1;
+        prev = b;
+        for (k = i + 1; k < n && k - i < max_segments; k++) {
+            BOUND(k, b);
+            if (b - start > max_bytes) {
+                break;
+            }
+            seg = b - prev;
+            if (seg > size) {
+                break;
+            }
+            j = k + 1;
+            prev = b;
+            if (seg < size) {
+                break;
+            }
+        }
+        BOUND(j - 1, b);
+        run = Py_BuildValue("(LLL)", start, b, size);
+        if (run == NULL || PyList_Append(out, run) < 0) {
+            Py_XDECREF(run);
+            goto fail;
+        }
+        Py_DECREF(run);
+        start = b;
+        i = j;
+    }
+#undef BOUND
+    return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyMethodDef udp_methods[] = {
     {"recv", (PyCFunction)(void (*)(void))mod_recv, METH_FASTCALL,
      "recv(fd, out, max_buffers) -> (calls, datagrams, bytes, errors, truncated): read up "
      "to max_buffers buffers with recvmmsg and append (data, segment_size, (host, port), "
      "ecn) entries to out"},
+    {"gso_batches", (PyCFunction)(void (*)(void))mod_gso_batches, METH_FASTCALL,
+     "gso_batches(max_segments, max_bytes, bounds) -> [(start, end, size)]: datagrams "
+     "back to back split into GSO sends (aio.gso.gso_batches_python's rule)"},
+    {"send_runs", (PyCFunction)(void (*)(void))mod_send_runs, METH_FASTCALL,
+     "send_runs(fd, buf, runs, first, segment_size, chunk_bytes) -> (index, offset, errno, "
+     "batches, syscalls, datagrams, bytes, eagain, retries): GSO sends of runs[first:] of "
+     "one segment size on a connected socket (backends.send_gso's loop)"},
     {NULL},
 };
 
