@@ -42,14 +42,6 @@ class Configuration:
         within 2 srtt (it keeps up; the window ran out).
     max_stream_data / max_stream_data_window: the same per stream; a stream's window also
         doubles (up to the largest) when the peer reports STREAM_DATA_BLOCKED at its limit.
-        The initial one is as large as the connection's (4 MiB): the unread data of a
-        connection is bounded by max_data whatever its streams' windows, and a smaller
-        stream window only stopped a one-stream transfer at its limit, and at each
-        doubling, while the connection had room (STREAM_DATA_BLOCKED, MAX_STREAM_DATA and
-        the ACKs of both: issue 11, a tenth of both ends' Python calls per connection at
-        256 x 4 MiB). The cost: one stream the application leaves unread can now take the
-        whole initial connection window (four could before); read every stream the peer
-        sends on, or give max_stream_data a fraction of max_data.
     max_streams_bidi / max_streams_uni: how many streams the peer may have open at once.
     congestion_control: "cubic" (default) or "newreno".
     max_datagram_size: largest UDP payload sent (1200 .. 65527; default 1452). With
@@ -148,7 +140,7 @@ class Configuration:
     max_pto_period: float = 1.0
     max_data: int = 4 * MIB
     max_data_window: int = 64 * MIB
-    max_stream_data: int = 4 * MIB
+    max_stream_data: int = 1 * MIB
     max_stream_data_window: int = 32 * MIB
     max_streams_bidi: int = 256
     max_streams_uni: int = 256
