@@ -11,7 +11,7 @@ from quicflow.transport.config import Configuration
 from quicflow.transport.connection import Connection
 from quicflow.transport.pmtud import BASE_PLPMTU, probe_due
 from quicflow.transport.snapshot import restore_connection, snapshot_connection
-from tests.support.memory_pair import MemoryPair
+from tests.support.memory_pair import SERVER_ADDR, MemoryPair
 
 _CERT = generate_self_signed(["localhost"])
 
@@ -188,3 +188,49 @@ def test_a_connection_restored_before_its_wait_began_still_waits_one_pto() -> No
     assert not probe_due(restored, later + restored.pto() / 2)
     assert probe_due(restored, restored.pmtud.next_at)  # one PTO later, the search
     assert restored.pmtud.started and restored.pmtud.probes_sent == 0
+
+
+def test_one_burst_of_congestion_loss_is_no_black_hole() -> None:
+    """A receive buffer overflows once: a flight's full-size datagrams are dropped while
+    the small ones sent right after them get through. The burst is declared lost in
+    pieces, with no full-size packet acknowledged in between: the ACK of the first
+    small packet (all but the last two full-size ones, packet threshold), the delayed
+    ACK of the second (one more) and the time threshold (the last one, RFC 9002 §6.1).
+    That is one loss event, not three: no black hole, the size stays at 1452."""
+    pair = _pair()
+    client, server = pair.client, pair.server_conns[0]
+    pair.run(lambda: client.max_datagram_size == 1452 and client.pmtud.candidate == 0)
+    ep = pair.client_ep
+    client.send_stream_data(client.open_stream(), os.urandom(8 * 1400), end_stream=True)
+    flight = ep.datagrams_to_send(client, pair.now)
+    assert len(flight) >= 4 and all(len(d) > BASE_PLPMTU for d in flight)
+    smalls: list[bytes] = []
+    for _ in range(2):  # small writes, each in a datagram of its own
+        client.send_stream_data(client.open_stream(), b"x" * 100, end_stream=True)
+        smalls += ep.datagrams_to_send(client, pair.now)
+    assert len(smalls) == 2 and all(len(d) <= BASE_PLPMTU for d in smalls)
+    pieces = []
+    for d in smalls:  # the full-size ones are dropped, the small ones arrive
+        pair.now += 0.001
+        pair.server.receive(d, pair.client_addr, pair.now)
+        acks = pair.server.datagrams_to_send(server, pair.now)
+        if not acks:  # the second: acknowledged after the ACK delay
+            pair.now = server.timer() or pair.now
+            server.handle_timer(pair.now)
+            acks = pair.server.datagrams_to_send(server, pair.now)
+        lost = client.counters.packets_lost
+        for ack in acks:
+            ep.receive(ack, SERVER_ADDR, pair.now)
+        pieces.append(client.counters.packets_lost - lost)
+    lost = client.counters.packets_lost
+    loss_time = client.loss.spaces[2].loss_time  # the last one: by the time threshold
+    assert loss_time is not None
+    pair.now = loss_time
+    client.handle_timer(pair.now)
+    pieces.append(client.counters.packets_lost - lost)
+    assert all(pieces) and sum(pieces) == len(flight), pieces  # three pieces, one burst
+    assert client.pmtud.black_holes == 0
+    assert client.max_datagram_size == 1452
+    _, intact = _upload(pair, 500_000)  # and the connection goes on at full size
+    assert intact
+    assert client.pmtud.black_holes == 0 and client.max_datagram_size == 1452

@@ -20,7 +20,12 @@ sent in datagrams of at most 1200 bytes (``send.py``), so smaller packets keep g
 through when full-size ones do not. BLACK_HOLE_LOSSES loss events in a row with
 full-size packets lost and none acknowledged between them mean a black hole: the
 connection falls back to 1200 bytes and searches again, first at the size that failed
-(a false alarm costs one probe), then below it. A finished search starts again after
+(a false alarm costs one probe), then below it. A loss event counts only when a
+full-size packet sent after the previous counted event is lost ("repeatedly lost",
+RFC 8899 §4.3): one burst of congestion loss — a receive buffer that overflowed once —
+is often declared piece by piece (an ACK of one later packet, another ACK, the
+time-threshold timer for the last few, RFC 9002 §6.1), and is one event, as it is one
+congestion event for the window (RFC 9002 §7.3.2). A finished search starts again after
 ``Configuration.pmtud_raise_interval`` (PMTU_RAISE_TIMER).
 
 All state is plain data in :class:`Pmtud` (captured with the connection).
@@ -61,6 +66,7 @@ class Pmtud:
     tries: int = 0  # probes of ``candidate`` lost so far
     next_at: float = INF  # when a probe may go (INF: none due)
     big_loss_events: int = 0  # loss events with full-size losses and no full-size ACK
+    big_loss_pn: int = -1  # largest packet number sent when the last one was counted
     # counters (stats)
     probes_sent: int = 0
     probes_acked: int = 0
@@ -241,18 +247,23 @@ def on_path_mtu_cap(conn: Connection, now: float) -> None:
 def on_losses(conn: Connection, lost: list[SentPacket], now: float) -> None:
     """Probes among ``lost`` fail; other full-size losses count towards a black hole: a
     loss event with full-size packets lost, BLACK_HOLE_LOSSES times in a row without an
-    ACK of a full-size packet between them (:func:`on_acks` resets the count)."""
+    ACK of a full-size packet between them (:func:`on_acks` resets the count). Only
+    full-size packets sent after the previous counted event make a new one: the rest
+    of a burst already counted (declared lost later, by another ACK or by time) is the
+    same event."""
     pm = conn.pmtud
     big = False
+    after = pm.big_loss_pn
     for p in lost:
         if p.pmtu_probe:
             on_probe_lost(conn, p, now)
-        elif conn.max_datagram_size > BASE_PLPMTU and (
+        elif conn.max_datagram_size > BASE_PLPMTU and p.pn + p.count - 1 > after and (
             p.unit if p.count > 1 else p.size
         ) > BASE_PLPMTU:
             big = True
     if big:
         pm.big_loss_events += 1
+        pm.big_loss_pn = conn.spaces[2].next_pn - 1
         if pm.big_loss_events >= BLACK_HOLE_LOSSES:
             black_hole(conn, now)
 
@@ -276,6 +287,7 @@ def black_hole(conn: Connection, now: float) -> None:
     failed = conn.max_datagram_size
     pm.black_holes += 1
     pm.big_loss_events = 0
+    pm.big_loss_pn = conn.spaces[2].next_pn - 1  # (the rest of the flight: no evidence)
     set_datagram_size(conn, BASE_PLPMTU)
     if pm.enabled:
         _start_search(pm, conn, now, failed)
