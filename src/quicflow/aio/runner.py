@@ -463,8 +463,7 @@ class EndpointRunner:
             self.loop.call_soon(self._flush_dirty)
 
     def flush_now(self, conn: Connection) -> None:
-        """Send what ``conn`` has at once (a flush already scheduled skips it)."""
-        self._dirty.pop(conn, None)
+        """Send what ``conn`` has at once (the turn takes a flush already scheduled)."""
         self._send(conn)
 
     def _flush_dirty(self) -> None:
