@@ -588,10 +588,7 @@ def _apply_peer_params(conn: Connection, raw: bytes) -> None:
             raise QuicError(TRANSPORT_PARAMETER_ERROR, "original_destination_connection_id")
         if params.retry_source_connection_id != conn.retry_scid:
             raise QuicError(TRANSPORT_PARAMETER_ERROR, "retry_source_connection_id")
-        if params.stateless_reset_token is not None:
-            conn.peer_cids.append(new_peer_cid(0, conn.peer_cid, params.stateless_reset_token))
-        else:
-            conn.peer_cids.append(new_peer_cid(0, conn.peer_cid, None))
+        conn.peer_cids.append(new_peer_cid(0, conn.peer_cid, params.stateless_reset_token))
     else:
         conn.peer_cids.append(new_peer_cid(0, conn.peer_cid, None))
     if params.initial_source_connection_id is None:  # RFC 9000 §7.3
