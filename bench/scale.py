@@ -27,7 +27,13 @@ loopback with 1200-byte datagrams, and the table gives:
 - for quicflow, ACK frames the client sent and datagrams the server received per GiB
   (the ACK Frequency extension's effect: a download's client sends little but ACKs).
 
-Progress goes to stderr, the markdown table to stdout.
+With ``--repeat K`` the counts run in K interleaved rounds (1, 64, 256, 1, 64, 256, ...);
+the first table keeps each cell's median run, and a second table gives, for each count,
+the ratios to the one-connection run of the same round (goodput in %, server CPU per GB
+and the client's CPU per GB in the transfer as multiples): the issue-11 targets are ratios,
+and a host whose speed drifts moves two runs minutes apart more than two runs side by side.
+
+Progress goes to stderr, the markdown tables to stdout.
 """
 
 from __future__ import annotations
@@ -119,6 +125,53 @@ def one_run(impl: Impl, connections: int, size: int, workdir: str,
     return row
 
 
+RATIO_HEADER = [
+    "| implementation | connections | goodput, % of one connection's | server CPU/GB, "
+    "× one connection's | client CPU/GB in transfer, × one connection's | rounds |",
+    "|---|---|---|---|---|---|",
+]
+
+
+def _median(values: list[float]) -> float:
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def _ratio_rows(shown: str, counts: list[int],
+                by_round: list[dict[int, dict[str, Any]]]) -> list[str]:
+    """Each count against the one-connection run of the same round: the median of the
+    per-round ratios, and their range (a drifting host moves both runs of a round)."""
+    if 1 not in counts:
+        return []
+    out = []
+    for n in counts:
+        if n == 1:
+            continue
+        good: list[float] = []
+        cpu: list[float] = []
+        cli: list[float] = []
+        for rnd in by_round:
+            one, many = rnd.get(1), rnd.get(n)
+            if one is None or many is None:
+                continue
+            good.append(100 * many["goodput"] / one["goodput"])
+            cpu.append(many["cpu_per_gb"] / one["cpu_per_gb"])
+            if one.get("client_transfer_cpu_per_gb") and many.get("client_transfer_cpu_per_gb"):
+                cli.append(many["client_transfer_cpu_per_gb"] / one["client_transfer_cpu_per_gb"])
+
+        def cell(xs: list[float], spec: str) -> str:
+            if not xs:
+                return "–"
+            if len(xs) == 1:
+                return format(xs[0], spec)
+            return f"{format(_median(xs), spec)} ({format(min(xs), spec)}–{format(max(xs), spec)})"
+
+        out.append(f"| {shown} | {n} | {cell(good, '.1f')} | {cell(cpu, '.2f')} | "
+                   f"{cell(cli, '.2f')} | {len(good)} |")
+    return out
+
+
 def _pct(share: float | None) -> float | None:
     return None if share is None else 100 * share
 
@@ -135,7 +188,11 @@ def main() -> int:
                     help="total download per run (default: 200M)")
     ap.add_argument("--impl", default="quicflow",
                     help="comma-separated: quicflow, aioquic, qh3 (default: %(default)s)")
-    ap.add_argument("--repeat", type=int, default=1, help="runs per cell, median kept")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds, each running every connection count once (interleaved); "
+                    "the table keeps each cell's median run, and a second table gives each "
+                    "count's ratios to the one-connection run of the same round (median and "
+                    "range)")
     ap.add_argument("--shared-socket", action="store_true",
                     help="quicflow's client opens all connections on one shared socket "
                     "(perf client --shared-socket)")
@@ -149,6 +206,7 @@ def main() -> int:
         " | server datagrams in/GiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    ratio_rows: list[str] = []
     with tempfile.TemporaryDirectory(prefix="quicflow-scale-") as workdir:
         cert, key = generate_self_signed(["localhost", "127.0.0.1"])
         cert_file = os.path.join(workdir, "cert.pem")
@@ -160,9 +218,13 @@ def main() -> int:
         for name in names:
             impl = Impl(name, cert_file, key_file)
             shown = f"{name} (shared socket)" if args.shared_socket and name == "quicflow" else name
-            for n in counts:
-                results = []
-                for rep in range(args.repeat):
+            # rounds, each running every connection count once: on a host whose speed
+            # drifts, a ratio to one connection is taken within a round
+            per_count: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
+            by_round: list[dict[int, dict[str, Any]]] = []
+            for rep in range(args.repeat):
+                this_round: dict[int, dict[str, Any]] = {}
+                for n in counts:
                     label = f"{name} x{n} run {rep + 1}/{args.repeat}"
                     try:
                         r = one_run(impl, n, args.size, workdir,
@@ -182,8 +244,12 @@ def main() -> int:
                         f"client socket drops {r.get('client_receive_drops')}, "
                         f"client DATA_BLOCKED received/grew a window "
                         f"{r.get('data_blocked', (None, None))}")
-                    results.append(r)
+                    per_count[n].append(r)
+                    this_round[n] = r
                     time.sleep(0.5)
+                by_round.append(this_round)
+            for n in counts:
+                results = per_count[n]
                 if not results:
                     rows.append(f"| {shown} | {n} | failed | | | | | | | | |")
                     continue
@@ -200,7 +266,11 @@ def main() -> int:
                     f"{_fmt(r.get('client_acks_per_gib'), '.0f')} | "
                     f"{_fmt(r.get('server_datagrams_in_per_gib'), '.0f')} |"
                 )
+            ratio_rows.extend(_ratio_rows(shown, counts, by_round))
     print("\n".join(rows))
+    if ratio_rows:
+        print()
+        print("\n".join(RATIO_HEADER + ratio_rows))
     return 0
 
 
