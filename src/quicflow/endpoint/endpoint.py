@@ -421,8 +421,8 @@ class Endpoint:
                         if whole is not None:
                             # every segment to the end continues this run (the usual GRO
                             # batch): all of them at once, as the loop would add them
-                            run += whole
-                            counters.segments_received += len(run) - 1
+                            parts.append((data, whole))
+                            counters.segments_received += len(whole) - 1
                             break
                         run.append((pos, end - pos, key))
                 else:

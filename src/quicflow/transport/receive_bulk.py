@@ -58,7 +58,7 @@ def _overlap(received: RangeSet, start: int, end: int) -> int:
 
 
 #: a run's datagrams in one buffer: ``(buffer, [(offset, length, dcid), ...])``
-RunPart = tuple["bytes | memoryview", list[tuple[int, int, bytes]]]
+RunPart = tuple["bytes | memoryview", Sequence[tuple[int, int, bytes]]]
 
 
 def receive_short_run(

@@ -188,23 +188,53 @@ start_run(Run *run, PyObject *entries, PyObject *plain, int64_t pn, const Stream
 PyObject *
 mod_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *table, *seq = NULL, *entries = NULL, *out;
+    PyObject *table, *seq = NULL, *entries = NULL, *out, *key = NULL, *empty;
     CidCache cache = {0};
     CidState *state;
     Py_buffer view = {0};
-    Py_ssize_t n, i, failures = 0, hdr_cap = HDR_LOCAL;
+    Py_ssize_t n, i, failures = 0, hdr_cap = HDR_LOCAL, strided;
     unsigned char local[HDR_LOCAL], *hdr = local;
     Run run = {0};
+    int ok;
 
     (void)module;
-    if (batch_args(args, nargs, 3, "open_run(table, buf, packets)", PyBUF_SIMPLE, &table, &view,
-                   &seq) < 0) {
+    /* packets from short_run (a Segments run): walked by its stride, one cid lookup */
+    strided = nargs == 3 ? qf_segments(args[2], &key) : -1;
+    if (strided >= 0) {
+        PyObject *plain_args[3];
+        empty = PyTuple_New(0);
+        if (empty == NULL) {
+            return NULL;
+        }
+        plain_args[0] = args[0];
+        plain_args[1] = args[1];
+        plain_args[2] = empty;
+        ok = batch_args(plain_args, 3, 3, "", PyBUF_SIMPLE, &table, &view, &seq);
+        Py_DECREF(empty);
+    } else {
+        ok = batch_args(args, nargs, 3, "open_run(table, buf, packets)", PyBUF_SIMPLE, &table,
+                        &view, &seq);
+    }
+    if (ok < 0) {
         return NULL;
     }
-    n = PySequence_Fast_GET_SIZE(seq);
+    n = strided >= 0 ? strided : PySequence_Fast_GET_SIZE(seq);
     entries = PyList_New(0);
     if (entries == NULL) {
         goto error;
+    }
+    if (strided >= 0) { /* (what open_descriptor's cache holds after the first entry) */
+        cache.state = lookup(table, key);
+        if (cache.state == NULL && PyErr_Occurred()) {
+            goto error;
+        }
+        if (cache.state != NULL) {
+            cache.cid_len = PyBytes_Check(key) ? PyBytes_GET_SIZE(key) : PyObject_Length(key);
+            if (cache.cid_len < 0) {
+                goto error;
+            }
+        }
+        cache.last_cid = key;
     }
     for (i = 0; i < n; i++) {
         PyObject *plain = NULL, *items[4];
@@ -214,8 +244,10 @@ mod_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         OpenPrep op;
         int rc, is_stream;
 
-        if (open_descriptor(table, PySequence_Fast_GET_ITEM(seq, i), &offset, &length,
-                            &cache) < 0) {
+        if (strided >= 0) {
+            qf_segment_at(args[2], i, &offset, &length);
+        } else if (open_descriptor(table, PySequence_Fast_GET_ITEM(seq, i), &offset, &length,
+                                   &cache) < 0) {
             goto error;
         }
         state = cache.state;

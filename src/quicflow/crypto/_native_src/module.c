@@ -36,6 +36,9 @@ static PyMethodDef module_methods[] = {
      "open(table, buf, packets, result_type) -> (results, failures)"},
     {"open_run", (PyCFunction)(void (*)(void))mod_open_run, METH_FASTCALL,
      "open_run(table, buf, packets) -> (entries, failures): open and coalesce STREAM data"},
+    {"short_run", (PyCFunction)(void (*)(void))mod_short_run, METH_FASTCALL,
+     "short_run(data, pos, segment_size, key) -> Segments | None: endpoint/segments.py's "
+     "short_run_python (the run entries of a GRO buffer from pos when all are key's)"},
     {"seal_stream_run", (PyCFunction)(void (*)(void))mod_seal_stream_run, METH_FASTCALL,
      "seal_stream_run(table, buf, key, pn, pn_len, stream_id, data, start, end, offset, "
      "off_len, data_cap, count, fin[, dcid]) -> int: frame and seal a run of STREAM "
@@ -127,7 +130,7 @@ PyInit__native(void)
 {
     PyObject *m;
     if (PyType_Ready(&KeyContextType) < 0 || PyType_Ready(&CidStateType) < 0 ||
-        qf_plan_type_ready() < 0) {
+        qf_plan_type_ready() < 0 || qf_segments_ready() < 0) {
         return NULL;
     }
 #ifdef QF_OSSL_PARAMS

@@ -759,6 +759,12 @@ PyObject *mod_tls_server_flight(PyObject *module, PyObject *args);
 /* plan.c: transport/inline.py's made functions as one C call (see there) */
 PyObject *mod_object_plan(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 int qf_plan_type_ready(void); /* (PyInit__native: the Plan type) */
+/* segments.c: short_run (endpoint/segments.py's twin) and its Segments result: the count
+ * of a Segments object and its dcid (borrowed), or -1 when obj is not one; its i-th entry */
+PyObject *mod_short_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+int qf_segments_ready(void);
+Py_ssize_t qf_segments(PyObject *obj, PyObject **key);
+void qf_segment_at(PyObject *obj, Py_ssize_t i, Py_ssize_t *offset, Py_ssize_t *length);
 PyObject *mod_packet_key_context(PyObject *module, PyObject *args);
 
 /* The QUIC variable-length integer (RFC 9000 16) at b[*pos] of the n bytes: 0 and *pos
