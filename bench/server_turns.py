@@ -1,6 +1,6 @@
 """Where a perf server's CPU goes with N bulk connections: its send turns and their parts.
 
-Run: ``.venv/bin/python bench/server_turns.py [--connections 256] [--size 4G]``
+Run: ``.venv/bin/python bench/server_turns.py [--connections 256] [--size 4G] [--bounds]``
 
 Starts ``quicflow perf server --max-datagram 1200`` in a child process with wrappers
 around the runner's entry points, runs ``quicflow perf client --download SIZE
@@ -12,7 +12,15 @@ around the runner's entry points, runs ``quicflow perf client --download SIZE
 - the server thread's CPU time (``time.thread_time_ns``: not wall time, so a busy
   machine's waits do not count) in those turns and in some of their parts (the build,
   the C bulk build, the general-path build, the GSO send, the timer re-arm, the route),
-  and in the receive rounds and timer callbacks outside the turns.
+  and in the receive rounds and timer callbacks outside the turns;
+- with ``--bounds``, what bounded each bulk build (``build_bulk``) that sent something:
+  the pacer's bucket (the burst, ``Pacer.capacity``, plus what the rate earns in the
+  loop's granularity), the congestion window's room, flow control (the stream's or the
+  connection's limit), the data queued, or the build's datagram limit; and the builds
+  and datagrams by the congestion window they were sent at (below 2,048 datagrams the
+  bucket is cwnd/8: the ramp; from 2,048 on, the 256-datagram cap). Its bookkeeping (a
+  few microseconds per build) counts in the turns' and the build's figures, not in the
+  C build's.
 
 Each wrapped call costs about a microsecond more, so the figures are a little high;
 counts of turns are exact for the run (they move between runs with the load, as the
@@ -41,7 +49,7 @@ from run import free_udp_port, parse_size  # noqa: E402
 MARK = "server_turns: "
 
 
-def serve(port: int) -> None:
+def serve(port: int, with_bounds: bool) -> None:
     """The child: the perf server with the wrappers, the report on stderr at exit."""
     sys.path.insert(0, SRC)
     import atexit
@@ -106,6 +114,41 @@ def serve(port: int) -> None:
 
         setattr(owner, name, wrapped)
 
+    bounds: dict[str, int] = collections.defaultdict(int)
+    windows: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+
+    def bounded_build(conn: Any, now: float, buf: Any, ends: Any, seal: Any,
+                      max_count: int) -> Any:
+        """What bounded the run (measured before the build, as its own reads are)."""
+        mds = conn.max_datagram_size
+        cc = conn.loss.cc
+        pacer = conn.pacer
+        room = (cc.cwnd - cc.bytes_in_flight) // mds
+        send = conn.streams[conn.send_queue[0]].send
+        start = send.next_offset
+        flow = conn.flow
+        # (stream bytes per datagram: a little under the datagram size)
+        limits = [("window", room), ("queued data", -(-(send.write_offset - start) // mds)),
+                  ("stream flow control", -(-(send.max_data - start) // mds)),
+                  ("connection flow control",
+                   -(-(flow.peer_max_data - flow.data_sent) // mds)),
+                  ("datagrams per build", max_count)]
+        rate = pacer.rate(conn.loss.rtt, cc.cwnd)
+        bucket = pacer.capacity(rate, cc.cwnd) + rate * pacer.granularity
+        built = build_bulk(conn, now, buf, ends, seal, max_count)
+        if built <= 0:
+            bounds["(none: held by the pacer)" if built < 0 else "(none: general path)"] += 1
+            return built
+        tag, least = min(limits, key=lambda item: item[1])
+        if built < least - 1:
+            tag = "pacer bucket" if built >= bucket // mds - 2 else "pacer (a partial bucket)"
+        bounds[tag] += 1
+        window = cc.cwnd // mds
+        key = next((f"< {w}" for w in (256, 512, 1024, 2048, 4096) if window < w), ">= 4096")
+        windows[key][0] += 1
+        windows[key][1] += built
+        return built
+
     cls._send = timed_send  # type: ignore[method-assign]
     entry_point("_process", "recv")
     entry_point("on_timer", "timer")
@@ -116,10 +159,14 @@ def serve(port: int) -> None:
     part(runner_mod, "send_buffer", "GSO send")
     part(cls, "_arm_timer", "timer re-arm")
     part(cls, "_route", "route")
+    if with_bounds:
+        build_bulk = send_mod.build_bulk  # (the timed one: the bookkeeping is outside)
+        send_mod.build_bulk = bounded_build
     cpu_start = time.process_time()
 
     def report() -> None:
         out = {"turns": dict(turns), "outside": dict(outside), "parts": dict(parts),
+               "bounds": dict(bounds), "windows": dict(windows),
                "process_cpu": time.process_time() - cpu_start}
         print(MARK + json.dumps(out), file=sys.stderr, flush=True)
 
@@ -133,16 +180,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--connections", type=int, default=256, help="concurrent downloads")
     ap.add_argument("--size", default="4G", help="total download (default 4G)")
+    ap.add_argument("--bounds", action="store_true",
+                    help="also what bounded each bulk build, and the windows they ran at")
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        serve(args.serve)
+        serve(args.serve, args.bounds)
         return
     size = parse_size(args.size)
     gib = size / (1 << 30)
     port = free_udp_port()
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port)], env=env,
+    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port)]
+                              + (["--bounds"] if args.bounds else []), env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(1.5)
@@ -174,6 +224,17 @@ def main() -> None:
     for tag, (n, ns) in sorted(rep["outside"].items()):
         print(f"| {tag} callbacks outside their turns | {n / gib:.0f} | "
               f"{ns / max(n, 1) / 1000:.1f} | {ns / 1e9 / gib:.3f} |")
+    if not args.bounds:
+        return
+    print("\n| bulk builds bounded by | per GiB |\n|---|---|")
+    for tag, n in sorted(rep["bounds"].items(), key=lambda item: -item[1]):
+        print(f"| {tag} | {n / gib:.0f} |")
+    print("\n| congestion window (datagrams) | builds per GiB | datagrams per GiB | datagrams "
+          "per build |\n|---|---|---|---|")
+    order = ["< 256", "< 512", "< 1024", "< 2048", "< 4096", ">= 4096"]
+    for key in sorted(rep["windows"], key=order.index):
+        n, sent = rep["windows"][key]
+        print(f"| {key} | {n / gib:.0f} | {sent / gib:.0f} | {sent / max(n, 1):.1f} |")
 
 
 if __name__ == "__main__":
