@@ -2,25 +2,30 @@
  * quicflow.crypto._native -- ack: ack_received(loss, epoch, ranges, ack_delay, now,
  * handshake_confirmed), the C twin of transport/recovery.py's
  * LossDetection.on_ack_received (the reference, and the fallback) for an ACK frame's
- * common case in a bulk transfer: one range in the application space that acknowledges
- * whole records (packets or batches) and leaves nothing at or below the largest
- * acknowledged outstanding (no loss walk). It removes the records, takes the RTT sample
+ * common case in a bulk transfer or a handshake: one range, in any packet number space
+ * (Initial, Handshake, application), that acknowledges whole records (packets or
+ * batches) and leaves nothing at or below the largest acknowledged outstanding (no loss
+ * walk). It removes the records, takes the RTT sample
  * (RttEstimator.update), counts the bytes out of flight and grows the window in slow
  * start (CongestionControl.on_removed_from_flight / on_acked), and returns (acked, [])
  * with the same state as the Python code.
  *
- * Everything else goes to the twin before anything changed (handshake_confirmed, which
- * the twin sets first too, aside): another epoch, several ranges, a range that splits a
+ * Everything else goes to the twin before anything changed (handshake_confirmed, and a
+ * client's peer_completed_address_validation on a Handshake ACK, which the twin sets
+ * first too, aside): an epoch not given to ack_setup (0-RTT), several ranges, a range that splits a
  * batch, a loss walk due, congestion avoidance, an ACK of nothing new, an ACK of
  * a packet never sent (the twin raises), fields of unexpected types. ack_setup(twin,
- * ONE_RTT) must have been called (recovery_glue.py does, at import).
+ * ONE_RTT, INITIAL, HANDSHAKE) must have been called (recovery_glue.py does, at import;
+ * ack_setup(twin, ONE_RTT) takes the application space only).
  * tests/test_ack_native.py compares both over whole downloads with loss.
  */
 #include "native.h"
 
 #include <math.h>
 
-static PyObject *twin, *one_rtt;
+/* the epochs taken, by packet number space: Initial, Handshake, application (NULL: the
+ * twin's) */
+static PyObject *twin, *space_epoch[3];
 
 #define NAMES(X)                                                                          \
     X(handshake_confirmed) X(spaces) X(discarded) X(largest_sent) X(largest_acked) X(sent) \
@@ -39,8 +44,8 @@ PyObject *
 mod_ack_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "ack_setup(python_twin, ONE_RTT)");
+    if (nargs != 2 && nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "ack_setup(python_twin, ONE_RTT[, INITIAL, HANDSHAKE])");
         return NULL;
     }
 #define INTERN(n)                                                                         \
@@ -50,7 +55,9 @@ mod_ack_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     NAMES(INTERN)
 #undef INTERN
     Py_XSETREF(twin, Py_NewRef(args[0]));
-    Py_XSETREF(one_rtt, Py_NewRef(args[1]));
+    Py_XSETREF(space_epoch[2], Py_NewRef(args[1]));
+    Py_XSETREF(space_epoch[0], nargs == 4 ? Py_NewRef(args[2]) : NULL);
+    Py_XSETREF(space_epoch[1], nargs == 4 ? Py_NewRef(args[3]) : NULL);
     Py_RETURN_NONE;
 }
 
@@ -105,7 +112,7 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     double now, ack_delay, t, growth_time = 0.0, recovery_start = 0.0, largest_time = 0.0,
                                   max_ack_delay;
     int r, b, in_flight, ack_eliciting, any_eliciting = 0, no_recovery, app_limited,
-        confirmed, is_server, pcav, first_none, has_remaining = 0;
+        confirmed, is_server, pcav, first_none, has_remaining = 0, index;
     Rtt R;
 
     (void)module;
@@ -124,7 +131,10 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     nowobj = args[4];
 
     r = QF_FALLBACK;
-    if (epoch != one_rtt || !PyFloat_CheckExact(nowobj) || !PyFloat_CheckExact(args[3]) ||
+    for (index = 0; index < 3 && (space_epoch[index] == NULL || epoch != space_epoch[index]);
+         index++) {
+    }
+    if (index == 3 || !PyFloat_CheckExact(nowobj) || !PyFloat_CheckExact(args[3]) ||
         !PyList_CheckExact(ranges) || PyList_GET_SIZE(ranges) != 1) {
         goto unread;
     }
@@ -147,6 +157,13 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (b && qf_field_set(loss, s_handshake_confirmed, Py_True) < 0) {
         return NULL; /* (the twin sets it first too) */
     }
+    if (index == 1) { /* a client's Handshake ACK: the twin sets this first too */
+        QF_READ(r, qf_get_exact_bool(loss, s_is_server, &is_server));
+        if (!is_server &&
+            qf_field_set(loss, s_peer_completed_address_validation, Py_True) < 0) {
+            return NULL;
+        }
+    }
     spaces = qf_field_get(loss, s_spaces);
     if (spaces == NULL) {
         return NULL;
@@ -155,7 +172,7 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (!PyList_CheckExact(spaces) || PyList_GET_SIZE(spaces) != 3) {
         goto unread;
     }
-    sp = Py_NewRef(PyList_GET_ITEM(spaces, 2));
+    sp = Py_NewRef(PyList_GET_ITEM(spaces, index));
     QF_READ(r, qf_get_exact_bool(sp, s_discarded, &b));
     if (b) {
         r = QF_FALLBACK;

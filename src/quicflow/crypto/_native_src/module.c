@@ -47,7 +47,8 @@ static PyMethodDef module_methods[] = {
      "build_bulk(conn, now, buf, bounds, seal, max_count) -> int: transport/bulk.py's "
      "build_bulk_python in one call (the cases it does not take go to that twin)"},
     {"ack_setup", (PyCFunction)(void (*)(void))mod_ack_setup, METH_FASTCALL,
-     "ack_setup(python_twin, ONE_RTT): what ack_received needs from the transport layer"},
+     "ack_setup(python_twin, ONE_RTT[, INITIAL, HANDSHAKE]): what ack_received needs from "
+     "the transport layer (the epochs it takes)"},
     {"ack_received", (PyCFunction)(void (*)(void))mod_ack_received, METH_FASTCALL,
      "ack_received(loss, epoch, ranges, ack_delay, now, handshake_confirmed) -> (acked, "
      "lost): LossDetection.on_ack_received's common case (the rest goes to that twin)"},
