@@ -52,6 +52,11 @@ static PyMethodDef module_methods[] = {
     {"ack_received", (PyCFunction)(void (*)(void))mod_ack_received, METH_FASTCALL,
      "ack_received(loss, epoch, ranges, ack_delay, now, handshake_confirmed) -> (acked, "
      "lost): LossDetection.on_ack_received's common case (the rest goes to that twin)"},
+    {"idle_setup", mod_idle_setup, METH_O,
+     "idle_setup(python_twin): the function effective_idle hands what it does not take to"},
+    {"effective_idle", mod_effective_idle, METH_O,
+     "effective_idle(conn) -> float: the idle timeout in force, transport/receive.py's "
+     "effective_idle_python in one call (the cases it does not take go to that twin)"},
     {"field_slot", (PyCFunction)(void (*)(void))mod_field_slot, METH_FASTCALL,
      "field_slot(o, name, write) -> int | None: the slot offset the C twins use for "
      "o.name (None: they read or write it by name; for tests)"},

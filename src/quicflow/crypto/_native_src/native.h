@@ -720,6 +720,9 @@ PyObject *mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nar
 /* ack.c: LossDetection.on_ack_received's common case in one call (see there) */
 PyObject *mod_ack_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+/* idle.c: receive.py's effective_idle_python in one call (see there) */
+PyObject *mod_idle_setup(PyObject *module, PyObject *arg);
+PyObject *mod_effective_idle(PyObject *module, PyObject *conn);
 PyObject *mod_parse_header(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_push_short_packet(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_parse_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
