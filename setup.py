@@ -64,7 +64,7 @@ else:
                 f"{NATIVE_SRC}/{name}.c"
                 for name in ("module", "keys", "hmac", "hkdf", "table", "batch", "coalesce",
                              "stream_run", "fields", "pacer", "bulk", "ack", "tparams",
-                             "header", "frames", "objects", "hello", "ticket", "plan", "idle")
+                             "header", "frames", "objects", "hello", "ticket", "plan", "idle", "sent")
             ],
             depends=[f"{NATIVE_SRC}/native.h"],
             libraries=["crypto"],

@@ -57,6 +57,13 @@ static PyMethodDef module_methods[] = {
     {"effective_idle", mod_effective_idle, METH_O,
      "effective_idle(conn) -> float: the idle timeout in force, transport/receive.py's "
      "effective_idle_python in one call (the cases it does not take go to that twin)"},
+    {"sent_setup", (PyCFunction)(void (*)(void))mod_sent_setup, METH_FASTCALL,
+     "sent_setup(python_twin, new_sent_packet, ZERO_RTT, LossDetection.on_packet_sent, "
+     "CongestionControl.on_sent, effective_idle): what packet_sent needs from the "
+     "transport layer"},
+    {"packet_sent", (PyCFunction)(void (*)(void))mod_packet_sent, METH_FASTCALL,
+     "packet_sent(conn, epoch, pn, size, ack_eliciting, records, now): transport/send.py's "
+     "on_packet_sent_python in one call (the cases it does not take go to that twin)"},
     {"field_slot", (PyCFunction)(void (*)(void))mod_field_slot, METH_FASTCALL,
      "field_slot(o, name, write) -> int | None: the slot offset the C twins use for "
      "o.name (None: they read or write it by name; for tests)"},

@@ -723,6 +723,9 @@ PyObject *mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t n
 /* idle.c: receive.py's effective_idle_python in one call (see there) */
 PyObject *mod_idle_setup(PyObject *module, PyObject *arg);
 PyObject *mod_effective_idle(PyObject *module, PyObject *conn);
+/* sent.c: send.py's on_packet_sent_python in one call (see there) */
+PyObject *mod_sent_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mod_packet_sent(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_parse_header(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_push_short_packet(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_parse_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
