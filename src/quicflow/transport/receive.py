@@ -593,7 +593,8 @@ def issue_pending_cids(conn: Connection) -> None:
     limit = conn.peer_params.active_connection_id_limit if conn.peer_params else 2
     if not conn.local_cid_length:
         return  # zero-length CIDs: there is only one (RFC 9000 §5.1.1)
-    while len(conn.host_cids) < min(limit, MAX_ISSUED_CIDS):
+    target = limit if limit < MAX_ISSUED_CIDS else MAX_ISSUED_CIDS  # (min(): a slow call)
+    while len(conn.host_cids) < target:
         conn.issue_host_cid()
 
 
@@ -628,7 +629,9 @@ def _apply_peer_params(conn: Connection, raw: bytes) -> None:
                                                params.max_udp_payload_size, conn.path_mtu_cap))
     cc = conn.loss.cc
     cc.max_datagram_size = conn.max_datagram_size
-    cc.cwnd = max(cc.cwnd, initial_window(conn.max_datagram_size))
+    window = initial_window(conn.max_datagram_size)
+    if window > cc.cwnd:  # (max(): a slow call)
+        cc.cwnd = window
     conn.pacer.max_datagram_size = conn.max_datagram_size
     conn.idle_deadline = conn._now_hint + _effective_idle(conn)
     for stream in conn.streams.values():  # streams opened before the params arrived

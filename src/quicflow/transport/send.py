@@ -278,7 +278,7 @@ def _build_datagram(
     # padding: client Initial datagrams and ack-eliciting server Initial datagrams
     # fill 1200 bytes (RFC 9000 §14.1)
     if has_initial and (conn.is_client or ack_eliciting_initial):
-        target = min(1200, room)
+        target = room if room < 1200 else 1200
         used = room - left
         if used < target:
             packets[-1][3].extend(bytes(target - used))
