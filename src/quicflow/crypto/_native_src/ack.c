@@ -381,3 +381,187 @@ done:
     Py_XDECREF(cc);
     return out;
 }
+
+/* -- ack_frame(conn, space, payload, now, epoch): the C twin of transport/ack_send.py's
+ * encode_ack_python (the reference, and the fallback): the space's ACK frame (the newest
+ * 32 ranges, the ACK delay with our exponent in 1-RTT and 3 before, the ECN counts when
+ * any is set) appended to payload, the bytes the reference writes. A value the
+ * reference would refuse or compute otherwise (a negative or 2^62 or larger field, a
+ * delay that is no finite float, an empty range set, fields of unexpected types) goes to
+ * the reference before anything is written. ack_frame_setup(twin, ONE_RTT) must have
+ * been called (send.py does, at import). tests/test_send_fast_paths.py compares both
+ * with the frame encoder. */
+
+static PyObject *frame_twin, *frame_one_rtt;
+
+#define FRAME_NAMES(X)                                                                    \
+    X(received) X(starts) X(ends) X(largest_received_time) X(configuration)               \
+    X(ack_delay_exponent) X(ecn_counts)
+
+#define DECLARE(n) static PyObject *f_##n;
+FRAME_NAMES(DECLARE)
+#undef DECLARE
+
+PyObject *
+mod_ack_frame_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "ack_frame_setup(python_twin, ONE_RTT)");
+        return NULL;
+    }
+#define INTERN(n)                                                                         \
+    if (f_##n == NULL && (f_##n = PyUnicode_InternFromString(#n)) == NULL) {              \
+        return NULL;                                                                      \
+    }
+    FRAME_NAMES(INTERN)
+#undef INTERN
+    Py_XSETREF(frame_twin, Py_NewRef(args[0]));
+    Py_XSETREF(frame_one_rtt, Py_NewRef(args[1]));
+    Py_RETURN_NONE;
+}
+
+/* the shortest QUIC varint of v (< 2^62) at b + *n */
+static void
+put_varint(unsigned char *b, size_t *n, long long v)
+{
+    unsigned long long u = (unsigned long long)v;
+    int len = u < 0x40 ? 1 : u < 0x4000 ? 2 : u < 0x40000000 ? 4 : 8, i;
+    unsigned long long tag = len == 1 ? 0 : len == 2 ? 0x4000ULL : len == 4 ? 0x80000000ULL
+                                                                           : 0xC000000000000000ULL;
+    u |= tag;
+    for (i = len - 1; i >= 0; i--) {
+        b[*n + (size_t)i] = (unsigned char)(u & 0xff);
+        u >>= 8;
+    }
+    *n += (size_t)len;
+}
+
+#define ACK_RANGES 32
+#define VARINT_LIMIT ((long long)1 << 62)
+
+PyObject *
+mod_ack_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *conn, *space, *payload, *nowobj, *received = NULL, *starts = NULL,
+                                               *ends = NULL, *cfg = NULL, *ecn = NULL;
+    /* the fields in order: largest, delay, count, first, (gap, length) per range, ECN */
+    long long v[4 + 2 * ACK_RANGES + 3], s, e, smallest, exponent = 3, counts[3];
+    unsigned char out[1 + 8 * (4 + 2 * ACK_RANGES + 3)];
+    size_t n = 0;
+    Py_ssize_t i, stop, j, nv = 0, k, old;
+    double now, lrt, d;
+    int r, with_ecn;
+
+    (void)module;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "ack_frame(conn, space, payload, now, epoch)");
+        return NULL;
+    }
+    if (frame_twin == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "ack_frame_setup was not called");
+        return NULL;
+    }
+    conn = args[0];
+    space = args[1];
+    payload = args[2];
+    nowobj = args[3];
+    r = QF_FALLBACK;
+    if (!PyByteArray_CheckExact(payload) || !PyFloat_CheckExact(nowobj)) {
+        goto unread;
+    }
+    now = PyFloat_AS_DOUBLE(nowobj);
+    QF_READ(r, qf_get_obj(space, f_received, &received));
+    QF_READ(r, qf_get_obj(received, f_starts, &starts));
+    QF_READ(r, qf_get_obj(received, f_ends, &ends));
+    r = QF_FALLBACK;
+    if (!PyList_CheckExact(starts) || !PyList_CheckExact(ends) ||
+        PyList_GET_SIZE(starts) == 0 || PyList_GET_SIZE(ends) < PyList_GET_SIZE(starts)) {
+        goto unread;
+    }
+    i = PyList_GET_SIZE(starts) - 1;
+    stop = i > ACK_RANGES - 1 ? i - ACK_RANGES : -1;
+    QF_READ(r, qf_get_float(space, f_largest_received_time, &lrt));
+    d = (now - lrt) * 1000000; /* int(): toward zero */
+    if (!isfinite(d) || d >= 9.0e18 || d <= -9.0e18) {
+        r = QF_FALLBACK;
+        goto unread;
+    }
+    if (args[4] == frame_one_rtt) {
+        QF_READ(r, qf_get_obj(conn, f_configuration, &cfg));
+        QF_READ(r, qf_get_ll(cfg, f_ack_delay_exponent, &exponent));
+        if (exponent < 0 || exponent > 62) {
+            r = QF_FALLBACK;
+            goto unread;
+        }
+    }
+    QF_READ(r, qf_get_obj(space, f_ecn_counts, &ecn));
+    r = QF_FALLBACK;
+    if (!PyList_CheckExact(ecn) || PyList_GET_SIZE(ecn) != 3) {
+        goto unread;
+    }
+    for (k = 0; k < 3; k++) {
+        QF_READ(r, qf_as_ll(PyList_GET_ITEM(ecn, k), &counts[k]));
+    }
+    with_ecn = counts[0] || counts[1] || counts[2];
+    /* the values, each checked before anything is written */
+    QF_READ(r, qf_as_ll(PyList_GET_ITEM(starts, i), &smallest));
+    QF_READ(r, qf_as_ll(PyList_GET_ITEM(ends, i), &e));
+    v[nv++] = e - 1; /* largest */
+    {
+        long long delay_us = (long long)d;
+        v[nv++] = delay_us > 0 ? delay_us >> exponent : 0;
+    }
+    v[nv++] = i - stop - 1; /* the ranges after the first */
+    v[nv++] = e - 1 - smallest;
+    for (j = i - 1; j > stop; j--) {
+        QF_READ(r, qf_as_ll(PyList_GET_ITEM(ends, j), &e));
+        QF_READ(r, qf_as_ll(PyList_GET_ITEM(starts, j), &s));
+        v[nv++] = smallest - (e - 1) - 2; /* the gap */
+        smallest = s;
+        v[nv++] = e - 1 - smallest;
+    }
+    if (with_ecn) {
+        for (k = 0; k < 3; k++) {
+            v[nv++] = counts[k];
+        }
+    }
+    for (k = 0; k < nv; k++) {
+        if (v[k] < 0 || v[k] >= VARINT_LIMIT) { /* the reference raises */
+            r = QF_FALLBACK;
+            goto unread;
+        }
+    }
+    out[n++] = with_ecn ? 0x03 : 0x02; /* ACK_ECN, ACK */
+    for (k = 0; k < nv; k++) {
+        put_varint(out, &n, v[k]);
+    }
+    old = PyByteArray_GET_SIZE(payload);
+    if (PyByteArray_Resize(payload, old + (Py_ssize_t)n) < 0) {
+        goto error;
+    }
+    memcpy(PyByteArray_AS_STRING(payload) + old, out, n);
+    Py_INCREF(Py_None);
+    r = 0;
+    goto done;
+
+unread:
+    if (r >= 0) {
+        PyObject *res = PyObject_Vectorcall(frame_twin, args, 5, NULL);
+        Py_XDECREF(res);
+        r = res == NULL ? -1 : 0;
+        if (r == 0) {
+            Py_INCREF(Py_None);
+        }
+    }
+    goto done;
+error:
+    r = -1;
+done:
+    Py_XDECREF(received);
+    Py_XDECREF(starts);
+    Py_XDECREF(ends);
+    Py_XDECREF(cfg);
+    Py_XDECREF(ecn);
+    return r < 0 ? NULL : Py_None;
+}

@@ -64,6 +64,11 @@ static PyMethodDef module_methods[] = {
     {"packet_sent", (PyCFunction)(void (*)(void))mod_packet_sent, METH_FASTCALL,
      "packet_sent(conn, epoch, pn, size, ack_eliciting, records, now): transport/send.py's "
      "on_packet_sent_python in one call (the cases it does not take go to that twin)"},
+    {"ack_frame_setup", (PyCFunction)(void (*)(void))mod_ack_frame_setup, METH_FASTCALL,
+     "ack_frame_setup(python_twin, ONE_RTT): what ack_frame needs from the transport layer"},
+    {"ack_frame", (PyCFunction)(void (*)(void))mod_ack_frame, METH_FASTCALL,
+     "ack_frame(conn, space, payload, now, epoch): transport/ack_send.py's "
+     "encode_ack_python in one call (the cases it does not take go to that twin)"},
     {"field_slot", (PyCFunction)(void (*)(void))mod_field_slot, METH_FASTCALL,
      "field_slot(o, name, write) -> int | None: the slot offset the C twins use for "
      "o.name (None: they read or write it by name; for tests)"},

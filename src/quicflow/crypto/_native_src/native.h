@@ -720,6 +720,8 @@ PyObject *mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nar
 /* ack.c: LossDetection.on_ack_received's common case in one call (see there) */
 PyObject *mod_ack_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mod_ack_frame_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mod_ack_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 /* idle.c: receive.py's effective_idle_python in one call (see there) */
 PyObject *mod_idle_setup(PyObject *module, PyObject *arg);
 PyObject *mod_effective_idle(PyObject *module, PyObject *conn);
