@@ -26,7 +26,8 @@ static PyObject *twin, *new_sent_packet, *zero_rtt, *loss_on_sent, *cc_on_sent,
     X(counters) X(packets_sent) X(zero_rtt_sent) X(loss) X(spaces) X(discarded)           \
     X(largest_sent) X(sent) X(ack_eliciting_in_flight) X(last_ack_eliciting_time) X(cc)   \
     X(bytes_in_flight) X(timer_anchor) X(pacer) X(rtt) X(smoothed_rtt) X(cwnd)            \
-    X(last_ack_eliciting_sent_after_receive) X(idle_deadline) X(on_packet_sent) X(on_sent)
+    X(last_ack_eliciting_sent_after_receive) X(idle_deadline) X(on_packet_sent) X(on_sent)     \
+    X(tokens) X(last_time)
 
 #define DECLARE(n) static PyObject *s_##n;
 SENT_NAMES(DECLARE)
@@ -186,9 +187,17 @@ mod_packet_sent(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             qf_field_set(loss, s_timer_anchor, nowobj) < 0) {
             goto error;
         }
-        qf_pacer_consume(&P, now, size, srtt, cwnd);
-        if (qf_pacer_store(pacer, &P) < 0) {
-            goto error;
+        /* Pacer.consume: its tokens, and its last_time the very `now` object when it
+         * moved (as the reference stores it; qf_pacer_store would make new floats of
+         * last_time and the unchanged promised, 48 bytes a connection keeps) */
+        {
+            int moved = !P.has_last || now > P.last_time;
+            qf_pacer_consume(&P, now, size, srtt, cwnd);
+            moved = moved && P.has_last && P.last_time == now;
+            if (qf_set_float(pacer, s_tokens, P.tokens) < 0 ||
+                (moved && qf_field_set(pacer, s_last_time, nowobj) < 0)) {
+                goto error;
+            }
         }
         if (!after_receive) {
             idle = PyObject_CallOneArg(effective_idle, conn);
