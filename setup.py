@@ -65,7 +65,7 @@ else:
                 for name in ("module", "keys", "hmac", "hkdf", "table", "batch", "coalesce",
                              "stream_run", "fields", "pacer", "bulk", "ack", "tparams",
                              "header", "frames", "objects", "hello", "ticket", "plan",
-                             "segments")
+                             "segments", "idle", "sent")
             ],
             depends=[f"{NATIVE_SRC}/native.h"],
             libraries=["crypto"],

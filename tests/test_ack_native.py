@@ -1,12 +1,13 @@
 """The native engine's ACK frame handling (``crypto/_native_src/ack.c``) against its
 Python twin, ``LossDetection.on_ack_received``.
 
-For an ACK frame's common case in a bulk transfer (one range of whole records in the
-application space, nothing to declare lost) the C function removes the records, takes
-the RTT sample and grows the window itself; everything else goes to the method. Over
-whole downloads (0-20 % loss, both congestion controllers, a client whose flow control
-ends runs) both give the same acknowledged and lost records and leave the same sender
-state after every ACK frame of either side, and the downloads arrive intact.
+For an ACK frame's common case in a bulk transfer or a handshake (one range of whole
+records in any packet number space, nothing to declare lost) the C function removes the
+records, takes the RTT sample and grows the window itself; everything else goes to the
+method. Over whole downloads, handshakes included (0-20 % loss, both congestion
+controllers, a client whose flow control ends runs) both give the same acknowledged and
+lost records and leave the same sender state after every ACK frame of either side, and
+the downloads arrive intact.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from tests.support import prereq
 from tests.test_bulk_native import _download
 
 _ONE_RTT = Epoch.ONE_RTT
+#: what recovery_glue gives ack_setup: the epochs the C function takes
+_SETUP_EPOCHS = (Epoch.ONE_RTT, Epoch.INITIAL, Epoch.HANDSHAKE)
 
 
 def _records(packets: list[SentPacket]) -> list[tuple[Any, ...]]:
@@ -51,6 +54,7 @@ def _state(loss: LossDetection, result: tuple[list[SentPacket], list[SentPacket]
         cc.bytes_in_flight, cc.recovery_start_time, cc.congestion_events,
         cc.cubic_w_max, cc.cubic_t_epoch, cc.cubic_w_est, loss.packets_acked,
         loss.packets_lost, loss.pto_count, loss.handshake_confirmed,
+        loss.peer_completed_address_validation,
     )
 
 
@@ -87,18 +91,26 @@ def test_native_ack_received_matches_python(
 ) -> None:
     require(EXT is not None, "the native extension is not built")
     twin_calls = 0
+    handshake_twin_calls = 0
+    handshake_frames = 0
 
     def counted_twin(*args: Any) -> Any:
-        nonlocal twin_calls
+        nonlocal twin_calls, handshake_twin_calls
         twin_calls += 1
+        handshake_twin_calls += args[1] != _ONE_RTT
         return LossDetection.on_ack_received(*args)
 
-    EXT.ack_setup(counted_twin, recovery_glue._ONE_RTT)
+    def counted_native(*args: Any) -> Any:
+        nonlocal handshake_frames
+        handshake_frames += args[1] != _ONE_RTT
+        return EXT.ack_received(*args)
+
+    EXT.ack_setup(counted_twin, *_SETUP_EPOCHS)
     try:
-        native = _traced(monkeypatch, EXT.ack_received, size, loss, max_data, algorithm,
+        native = _traced(monkeypatch, counted_native, size, loss, max_data, algorithm,
                          lossy_until)
     finally:
-        EXT.ack_setup(LossDetection.on_ack_received, recovery_glue._ONE_RTT)
+        EXT.ack_setup(LossDetection.on_ack_received, *_SETUP_EPOCHS)
     python = _traced(monkeypatch, LossDetection.on_ack_received, size, loss, max_data,
                      algorithm, lossy_until)
     assert len(native) == len(python) > 20
@@ -107,13 +119,17 @@ def test_native_ack_received_matches_python(
     # the C function took its share of the frames itself (the handshake's, several
     # ranges (a loss leaves gaps), splits, loss walks, congestion avoidance: the twin's)
     assert len(native) - twin_calls >= c_share * len(native)
+    if not loss:  # the handshake's Initial and Handshake ACK frames too
+        assert handshake_frames >= 2
+        assert handshake_twin_calls < handshake_frames
 
 
 @st.composite
-def _detector(draw: st.DrawFn) -> tuple[LossDetection, list[tuple[int, int]], float, float,
-                                        bool]:
-    """A loss detector with application-space records (packets and batches, with gaps)
-    and a window in any state, and one ACK range."""
+def _detector(draw: st.DrawFn) -> tuple[Epoch, LossDetection, list[tuple[int, int]], float,
+                                        float, bool]:
+    """A loss detector with records (packets and batches, with gaps) in one packet number
+    space, a window in any state, and one ACK range."""
+    epoch = draw(st.sampled_from([Epoch.INITIAL, Epoch.HANDSHAKE, _ONE_RTT]))
     loss = LossDetection(is_server=draw(st.booleans()))
     loss.handshake_confirmed = draw(st.booleans())
     loss.peer_completed_address_validation = draw(st.booleans())
@@ -130,7 +146,7 @@ def _detector(draw: st.DrawFn) -> tuple[LossDetection, list[tuple[int, int]], fl
     cc.cwnd = draw(st.integers(2400, 1 << 24))
     cc.ssthresh = draw(st.sampled_from([cc.ssthresh, cc.cwnd, cc.cwnd * 2, 2400]))
     cc.app_limited = draw(st.booleans())
-    sp = loss.spaces[2]
+    sp = loss.spaces[(Epoch.INITIAL, Epoch.HANDSHAKE, _ONE_RTT).index(epoch)]
     pn = draw(st.integers(0, 5000))
     now = 10.0
     flight = 0
@@ -140,7 +156,7 @@ def _detector(draw: st.DrawFn) -> tuple[LossDetection, list[tuple[int, int]], fl
         unit = 1200
         size = count * unit - draw(st.integers(0, 1100))
         t = now + pn * 1e-5
-        p = SentPacket(pn, t, size, draw(st.booleans()), draw(st.booleans()), _ONE_RTT,
+        p = SentPacket(pn, t, size, draw(st.booleans()), draw(st.booleans()), epoch,
                        [], count, unit)
         sp.sent[pn] = p
         sp.largest_sent = pn + count - 1
@@ -163,25 +179,25 @@ def _detector(draw: st.DrawFn) -> tuple[LossDetection, list[tuple[int, int]], fl
         lo = draw(st.sampled_from([0, first.pn]))
         ends = [p.pn + p.count - 1 for p in sp.sent.values()]
         hi = draw(st.sampled_from(ends))
-    return loss, [(lo, hi)], draw(st.sampled_from([0.0, 0.0004, 0.03])), now + 0.2, (
+    return epoch, loss, [(lo, hi)], draw(st.sampled_from([0.0, 0.0004, 0.03])), now + 0.2, (
         draw(st.booleans()))
 
 
 @settings(max_examples=400, deadline=None)
 @given(case=_detector())
 def test_native_ack_received_matches_python_on_any_state(
-    case: tuple[LossDetection, list[tuple[int, int]], float, float, bool],
+    case: tuple[Epoch, LossDetection, list[tuple[int, int]], float, float, bool],
 ) -> None:
-    """Random detector states and one-range ACKs: the C function (or the twin it hands
+    """Random detector states and one-range ACKs in any space: the C function (or the twin it hands
     the frame to) leaves the state the method leaves and returns the same records, or
     raises the same error."""
     prereq.require(EXT is not None, "the native extension is not built")
-    loss, ranges, ack_delay, now, confirmed = case
+    epoch, loss, ranges, ack_delay, now, confirmed = case
     a, b = copy.deepcopy(loss), copy.deepcopy(loss)
     outcome: list[Any] = []
     for det, fn in ((a, EXT.ack_received), (b, LossDetection.on_ack_received)):
         try:
-            result = fn(det, _ONE_RTT, list(ranges), ack_delay, now, confirmed)
+            result = fn(det, epoch, list(ranges), ack_delay, now, confirmed)
         except Exception as exc:  # noqa: BLE001 - the same error either way
             outcome.append((type(exc), str(exc)))
         else:

@@ -1,7 +1,9 @@
 """The send path's shortcuts write what the general code writes.
 
 - ACK frames are written straight from the packet space's RangeSet: the same bytes as
-  ``encode_frame(Ack(...))`` (newest 32 ranges, ECN counts, ACK delay exponent).
+  ``encode_frame(Ack(...))`` (newest 32 ranges, ECN counts, ACK delay exponent), by the
+  Python code and by its C twin (which leaves what it does not take to the Python code:
+  the same error and the same bytes written before it).
 - A server's first flight is one datagram (Initial + Handshake, 1200 bytes) built
   without starting a 1-RTT packet: NEW_TOKEN waits for confirmation.
 - NEW_CONNECTION_ID frames are written without frame objects: the encoder's bytes and
@@ -21,7 +23,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quicflow.crypto.epoch import Epoch
+from quicflow.crypto.extension import EXT
 from quicflow.datapath.socket import UdpTransport
+from quicflow.transport.ack_send import encode_ack_python
 from quicflow.transport.congestion import Pacer
 from quicflow.transport.events import NewTokenReceived
 from quicflow.transport.rangeset import RangeSet
@@ -29,6 +33,11 @@ from quicflow.transport.send import _encode_ack
 from quicflow.transport.state import R_CRYPTO, PacketSpace
 from quicflow.wire import frames as F
 from tests.support.memory_pair import MemoryPair
+
+if EXT is not None:  # (done at import unless QUICFLOW_ENGINE=python: compared here anyway)
+    EXT.ack_frame_setup(encode_ack_python, Epoch.ONE_RTT)
+#: the ACK frame writers: the Python code and its C twin
+_ACK_WRITERS = [encode_ack_python] + ([EXT.ack_frame] if EXT is not None else [])
 
 
 def _reference_ack(space: PacketSpace, now: float, exponent: int) -> bytes:
@@ -71,14 +80,50 @@ def test_ack_frame_matches_the_frame_encoder(
     space.largest_received_time = now - delay
     conn = SimpleNamespace(configuration=SimpleNamespace(ack_delay_exponent=exponent))
     epoch = Epoch.ONE_RTT if one_rtt else Epoch.HANDSHAKE
-    out = bytearray(b"\x01")  # written after what the payload already holds
-    _encode_ack(conn, space, out, now, epoch)  # type: ignore[arg-type]
-    assert bytes(out[1:]) == _reference_ack(space, now, exponent if one_rtt else 3)
+    for write in [_encode_ack, *_ACK_WRITERS]:  # (what send.py uses, then each)
+        out = bytearray(b"\x01")  # written after what the payload already holds
+        write(conn, space, out, now, epoch)
+        assert bytes(out[1:]) == _reference_ack(space, now, exponent if one_rtt else 3)
     frames = F.parse_frames(bytes(out[1:]))
     ack = frames[0]
     assert isinstance(ack, F.Ack)
     assert ack.ranges[0][1] == received.ends[-1] - 1  # the largest packet first
     assert len(ack.ranges) == min(32, len(received.starts))
+
+
+@pytest.mark.parametrize("case", ["empty", "negative ecn", "nan delay", "huge pn", "gap",
+                                  "int time"])
+def test_ack_frame_refusals_are_the_python_codes(case: str) -> None:
+    """What the Python code refuses (or writes from other types) comes out the same from
+    the C twin: the same exception after the same bytes, or the same bytes."""
+    outcome = []
+    for write in _ACK_WRITERS:
+        space = PacketSpace()
+        space.received.add(3, 9)
+        space.largest_received_time = 99.0
+        if case == "empty":
+            space.received = RangeSet()
+        elif case == "negative ecn":
+            space.ecn_counts = [1, -1, 0]
+        elif case == "nan delay":
+            space.largest_received_time = float("nan")
+        elif case == "huge pn":
+            space.received.add(1 << 62, (1 << 62) + 1)
+        elif case == "gap":
+            space.received.starts.insert(0, 0)  # (a range set broken by hand: overlap)
+            space.received.ends.insert(0, 7)
+        else:
+            space.largest_received_time = 99  # type: ignore[assignment]
+        conn = SimpleNamespace(configuration=SimpleNamespace(ack_delay_exponent=3))
+        out = bytearray(b"\x01")
+        try:
+            write(conn, space, out, 100.0, Epoch.ONE_RTT)  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - the same error either way
+            outcome.append((type(exc), str(exc), bytes(out)))
+        else:
+            outcome.append((None, "", bytes(out)))
+    assert len(outcome) == len(_ACK_WRITERS)
+    assert all(o == outcome[0] for o in outcome)
 
 
 def test_server_flight_is_one_datagram_and_new_token_still_arrives() -> None:

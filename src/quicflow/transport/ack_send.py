@@ -4,7 +4,10 @@ decisions of when an ACK is owed: ack_frequency.py."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..crypto.epoch import Epoch
+from ..crypto.extension import EXT, python_forced
 from ..wire import frames as F
 from ..wire.varint import push_varint
 from .connection import Connection
@@ -13,11 +16,15 @@ from .state import R_PING, PacketSpace
 _ONE_RTT = Epoch.ONE_RTT  # (a global: an enum class attribute costs about four times more)
 
 
-def encode_ack(conn: Connection, space: PacketSpace, payload: bytearray, now: float,
-               epoch: Epoch) -> None:
+def encode_ack_python(conn: Connection, space: PacketSpace, payload: bytearray, now: float,
+                      epoch: Epoch) -> None:
     """The space's ACK frame (the newest 32 ranges), written straight from the RangeSet:
     the bytes ``F.encode_frame(F.Ack(...))`` writes, without the frame object. The
-    RangeSet keeps its ranges disjoint and non-adjacent, so every gap is >= 0."""
+    RangeSet keeps its ranges disjoint and non-adjacent, so every gap is >= 0.
+
+    The reference of ``encode_ack``, which is its C twin (``crypto/_native_src/ack.c``)
+    when the extension is built and not forced off: a change here needs the same change
+    there (tests/test_send_fast_paths.py compares both with the frame encoder)."""
     received = space.received
     starts, ends = received.starts, received.ends
     i = len(starts) - 1
@@ -65,6 +72,19 @@ def encode_ack(conn: Connection, space: PacketSpace, payload: bytearray, now: fl
                 payload.append(n)
             else:
                 push_varint(payload, n)
+
+
+def _pick_encode_ack() -> Callable[[Connection, PacketSpace, bytearray, float, Epoch], None]:
+    native = getattr(EXT, "ack_frame", None) if EXT is not None else None
+    if native is None or python_forced():
+        return encode_ack_python
+    EXT.ack_frame_setup(encode_ack_python, _ONE_RTT)
+    picked: Callable[[Connection, PacketSpace, bytearray, float, Epoch], None] = native
+    return picked
+
+
+#: ``encode_ack_python``, or its C twin
+encode_ack = _pick_encode_ack()
 
 
 #: our packets awaiting the peer's ACK, none of them ack-eliciting, at which a 1-RTT

@@ -27,7 +27,8 @@ CUBIC_ALPHA = 3 * (1 - CUBIC_BETA) / (1 + CUBIC_BETA)
 
 def initial_window(max_datagram_size: int) -> int:
     """RFC 9002 §7.2: min(10·mds, max(14720, 2·mds))."""
-    return min(10 * max_datagram_size, max(14720, 2 * max_datagram_size))
+    floor = 2 * max_datagram_size if 2 * max_datagram_size > 14720 else 14720
+    return floor if floor < 10 * max_datagram_size else 10 * max_datagram_size
 
 
 def minimum_window(max_datagram_size: int) -> int:
@@ -277,11 +278,16 @@ class Pacer:
         if self.burst_interval > 0.0 and rate > 0.0:
             # a batch-sized burst: what the rate allows in ``burst_interval``, at most
             # ``max_burst_datagrams`` (one GSO send), at least the fixed burst
-            timed = min(rate * self.burst_interval,
-                        float(self.max_burst_datagrams * self.max_datagram_size))
+            # (min(), a slow call, written out: the first of equal values)
+            timed = rate * self.burst_interval
+            top = float(self.max_burst_datagrams * self.max_datagram_size)
+            if top < timed:
+                timed = top
             # ``run_datagrams`` at least when the window is eight times that or more
             # (cwnd / 8 below that)
-            floor = min(float(self.run_datagrams * self.max_datagram_size), cwnd / 8)
+            floor = float(self.run_datagrams * self.max_datagram_size)
+            if cwnd / 8 < floor:
+                floor = cwnd / 8
             if floor > timed:
                 timed = floor
             if timed > capacity:

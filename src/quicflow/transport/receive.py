@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..crypto.epoch import Epoch
+from ..crypto.extension import EXT, python_forced
 from ..crypto.retry import verify_retry_integrity_tag
 from ..crypto.suites import CipherSuite
 from ..tls.alerts import TlsAlert
@@ -351,9 +352,13 @@ def _crypto_held(space: PacketSpace) -> int:
     return recv.read_offset + recv.ready_bytes + recv.chunk_bytes
 
 
-def _effective_idle(conn: Connection) -> float:
+def effective_idle_python(conn: Connection) -> float:
     """The idle timeout in force: the smaller of ours and the peer's (0: none), the
-    half-open limit for a server's unvalidated connection, never below 3 PTO."""
+    half-open limit for a server's unvalidated connection, never below 3 PTO.
+
+    The reference of ``_effective_idle``, which is its C twin
+    (``crypto/_native_src/idle.c``) when the extension is built and not forced off: a
+    change here needs the same change there (tests/test_idle_native.py compares them)."""
     cfg = conn.configuration
     idle = cfg.idle_timeout if cfg.idle_timeout > 0 else _INF
     params = conn.peer_params
@@ -376,6 +381,20 @@ def _effective_idle(conn: Connection) -> float:
 
 
 _INF = float("inf")
+
+
+def _pick_effective_idle() -> Callable[[Connection], float]:
+    native = getattr(EXT, "effective_idle", None) if EXT is not None else None
+    if native is None or python_forced():
+        return effective_idle_python
+    EXT.idle_setup(effective_idle_python)
+    picked: Callable[[Connection], float] = native
+    return picked
+
+
+#: the idle timeout in force (``effective_idle_python``, or its C twin); runs for every
+#: packet received and the first ack-eliciting one sent after
+_effective_idle = _pick_effective_idle()
 
 
 def _check_stateless_reset(conn: Connection, packet: bytes) -> None:
@@ -574,7 +593,8 @@ def issue_pending_cids(conn: Connection) -> None:
     limit = conn.peer_params.active_connection_id_limit if conn.peer_params else 2
     if not conn.local_cid_length:
         return  # zero-length CIDs: there is only one (RFC 9000 §5.1.1)
-    while len(conn.host_cids) < min(limit, MAX_ISSUED_CIDS):
+    target = limit if limit < MAX_ISSUED_CIDS else MAX_ISSUED_CIDS  # (min(): a slow call)
+    while len(conn.host_cids) < target:
         conn.issue_host_cid()
 
 
@@ -609,7 +629,9 @@ def _apply_peer_params(conn: Connection, raw: bytes) -> None:
                                                params.max_udp_payload_size, conn.path_mtu_cap))
     cc = conn.loss.cc
     cc.max_datagram_size = conn.max_datagram_size
-    cc.cwnd = max(cc.cwnd, initial_window(conn.max_datagram_size))
+    window = initial_window(conn.max_datagram_size)
+    if window > cc.cwnd:  # (max(): a slow call)
+        cc.cwnd = window
     conn.pacer.max_datagram_size = conn.max_datagram_size
     conn.idle_deadline = conn._now_hint + _effective_idle(conn)
     for stream in conn.streams.values():  # streams opened before the params arrived

@@ -97,12 +97,12 @@ _AckReceived = Callable[[LossDetection, Epoch, list[tuple[int, int]], float, flo
 
 def _pick_ack_received() -> _AckReceived:
     """``LossDetection.on_ack_received``, or its C twin for an ACK frame's common case
-    (``crypto/_native_src/ack.c``: one range of whole records in the application space,
-    nothing to declare lost; the rest goes to the method) when the extension is built
-    and not forced off."""
+    (``crypto/_native_src/ack.c``: one range of whole records in any packet number
+    space, nothing to declare lost; the rest goes to the method) when the extension is
+    built and not forced off."""
     if EXT is None or python_forced():
         return LossDetection.on_ack_received
-    EXT.ack_setup(LossDetection.on_ack_received, _ONE_RTT)
+    EXT.ack_setup(LossDetection.on_ack_received, _ONE_RTT, _INITIAL, _HANDSHAKE)
     native: _AckReceived = EXT.ack_received
     return native
 

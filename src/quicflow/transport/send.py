@@ -26,10 +26,11 @@ from .ack_send import elicit as _elicit
 from .ack_send import encode_ack as _encode_ack
 from .bulk import build_bulk, bulk_applies
 from .close_send import close_datagrams as _close_datagrams
+from .congestion import CongestionControl
 from .connection import Connection
 from .pmtud import build_probe, probe_due
 from .receive import _discard_epoch, _effective_idle, issue_pending_cids
-from .recovery import new_sent_packet
+from .recovery import LossDetection, new_sent_packet
 from .state import (
     CLOSING,
     R_ACK_FREQUENCY,
@@ -277,7 +278,7 @@ def _build_datagram(
     # padding: client Initial datagrams and ack-eliciting server Initial datagrams
     # fill 1200 bytes (RFC 9000 §14.1)
     if has_initial and (conn.is_client or ack_eliciting_initial):
-        target = min(1200, room)
+        target = room if room < 1200 else 1200
         used = room - left
         if used < target:
             packets[-1][3].extend(bytes(target - used))
@@ -314,7 +315,7 @@ def _build_datagram(
     return -total if drained or (established and alone) else total
 
 
-def _on_packet_sent(
+def on_packet_sent_python(
     conn: Connection,
     epoch: Epoch,
     pn: int,
@@ -323,6 +324,13 @@ def _on_packet_sent(
     records: list[tuple[int, ...]],
     now: float,
 ) -> None:
+    """What the per-packet send path records for a packet it built: counters, the
+    SentPacket for loss detection, the pacer's tokens and (the first ack-eliciting
+    packet after a receive) the idle deadline.
+
+    The reference of ``_on_packet_sent``, which is its C twin
+    (``crypto/_native_src/sent.c``) when the extension is built and not forced off: a
+    change here needs the same change there (tests/test_sent_native.py compares them)."""
     counters = conn.counters
     counters.packets_sent += 1
     if epoch is _ZERO_RTT:
@@ -338,6 +346,19 @@ def _on_packet_sent(
         if not conn.last_ack_eliciting_sent_after_receive:
             conn.idle_deadline = now + _effective_idle(conn)
             conn.last_ack_eliciting_sent_after_receive = True
+
+
+def _pick_on_packet_sent() -> Any:
+    native = getattr(EXT, "packet_sent", None) if EXT is not None else None
+    if native is None or python_forced():
+        return on_packet_sent_python
+    EXT.sent_setup(on_packet_sent_python, new_sent_packet, _ZERO_RTT,
+                   LossDetection.on_packet_sent, CongestionControl.on_sent, _effective_idle)
+    return native
+
+
+#: ``on_packet_sent_python``, or its C twin
+_on_packet_sent = _pick_on_packet_sent()
 
 
 def _fill_payload(

@@ -2,25 +2,30 @@
  * quicflow.crypto._native -- ack: ack_received(loss, epoch, ranges, ack_delay, now,
  * handshake_confirmed), the C twin of transport/recovery.py's
  * LossDetection.on_ack_received (the reference, and the fallback) for an ACK frame's
- * common case in a bulk transfer: one range in the application space that acknowledges
- * whole records (packets or batches) and leaves nothing at or below the largest
- * acknowledged outstanding (no loss walk). It removes the records, takes the RTT sample
+ * common case in a bulk transfer or a handshake: one range, in any packet number space
+ * (Initial, Handshake, application), that acknowledges whole records (packets or
+ * batches) and leaves nothing at or below the largest acknowledged outstanding (no loss
+ * walk). It removes the records, takes the RTT sample
  * (RttEstimator.update), counts the bytes out of flight and grows the window in slow
  * start (CongestionControl.on_removed_from_flight / on_acked), and returns (acked, [])
  * with the same state as the Python code.
  *
- * Everything else goes to the twin before anything changed (handshake_confirmed, which
- * the twin sets first too, aside): another epoch, several ranges, a range that splits a
+ * Everything else goes to the twin before anything changed (handshake_confirmed, and a
+ * client's peer_completed_address_validation on a Handshake ACK, which the twin sets
+ * first too, aside): an epoch not given to ack_setup (0-RTT), several ranges, a range that splits a
  * batch, a loss walk due, congestion avoidance, an ACK of nothing new, an ACK of
  * a packet never sent (the twin raises), fields of unexpected types. ack_setup(twin,
- * ONE_RTT) must have been called (recovery_glue.py does, at import).
+ * ONE_RTT, INITIAL, HANDSHAKE) must have been called (recovery_glue.py does, at import;
+ * ack_setup(twin, ONE_RTT) takes the application space only).
  * tests/test_ack_native.py compares both over whole downloads with loss.
  */
 #include "native.h"
 
 #include <math.h>
 
-static PyObject *twin, *one_rtt;
+/* the epochs taken, by packet number space: Initial, Handshake, application (NULL: the
+ * twin's) */
+static PyObject *twin, *space_epoch[3];
 
 #define NAMES(X)                                                                          \
     X(handshake_confirmed) X(spaces) X(discarded) X(largest_sent) X(largest_acked) X(sent) \
@@ -39,8 +44,8 @@ PyObject *
 mod_ack_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "ack_setup(python_twin, ONE_RTT)");
+    if (nargs != 2 && nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "ack_setup(python_twin, ONE_RTT[, INITIAL, HANDSHAKE])");
         return NULL;
     }
 #define INTERN(n)                                                                         \
@@ -50,7 +55,9 @@ mod_ack_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     NAMES(INTERN)
 #undef INTERN
     Py_XSETREF(twin, Py_NewRef(args[0]));
-    Py_XSETREF(one_rtt, Py_NewRef(args[1]));
+    Py_XSETREF(space_epoch[2], Py_NewRef(args[1]));
+    Py_XSETREF(space_epoch[0], nargs == 4 ? Py_NewRef(args[2]) : NULL);
+    Py_XSETREF(space_epoch[1], nargs == 4 ? Py_NewRef(args[3]) : NULL);
     Py_RETURN_NONE;
 }
 
@@ -105,7 +112,7 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     double now, ack_delay, t, growth_time = 0.0, recovery_start = 0.0, largest_time = 0.0,
                                   max_ack_delay;
     int r, b, in_flight, ack_eliciting, any_eliciting = 0, no_recovery, app_limited,
-        confirmed, is_server, pcav, first_none, has_remaining = 0;
+        confirmed, is_server, pcav, first_none, has_remaining = 0, index;
     Rtt R;
 
     (void)module;
@@ -124,7 +131,10 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     nowobj = args[4];
 
     r = QF_FALLBACK;
-    if (epoch != one_rtt || !PyFloat_CheckExact(nowobj) || !PyFloat_CheckExact(args[3]) ||
+    for (index = 0; index < 3 && (space_epoch[index] == NULL || epoch != space_epoch[index]);
+         index++) {
+    }
+    if (index == 3 || !PyFloat_CheckExact(nowobj) || !PyFloat_CheckExact(args[3]) ||
         !PyList_CheckExact(ranges) || PyList_GET_SIZE(ranges) != 1) {
         goto unread;
     }
@@ -147,6 +157,13 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (b && qf_field_set(loss, s_handshake_confirmed, Py_True) < 0) {
         return NULL; /* (the twin sets it first too) */
     }
+    if (index == 1) { /* a client's Handshake ACK: the twin sets this first too */
+        QF_READ(r, qf_get_exact_bool(loss, s_is_server, &is_server));
+        if (!is_server &&
+            qf_field_set(loss, s_peer_completed_address_validation, Py_True) < 0) {
+            return NULL;
+        }
+    }
     spaces = qf_field_get(loss, s_spaces);
     if (spaces == NULL) {
         return NULL;
@@ -155,7 +172,7 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (!PyList_CheckExact(spaces) || PyList_GET_SIZE(spaces) != 3) {
         goto unread;
     }
-    sp = Py_NewRef(PyList_GET_ITEM(spaces, 2));
+    sp = Py_NewRef(PyList_GET_ITEM(spaces, index));
     QF_READ(r, qf_get_exact_bool(sp, s_discarded, &b));
     if (b) {
         r = QF_FALLBACK;
@@ -363,4 +380,188 @@ done:
     Py_XDECREF(rtt);
     Py_XDECREF(cc);
     return out;
+}
+
+/* -- ack_frame(conn, space, payload, now, epoch): the C twin of transport/ack_send.py's
+ * encode_ack_python (the reference, and the fallback): the space's ACK frame (the newest
+ * 32 ranges, the ACK delay with our exponent in 1-RTT and 3 before, the ECN counts when
+ * any is set) appended to payload, the bytes the reference writes. A value the
+ * reference would refuse or compute otherwise (a negative or 2^62 or larger field, a
+ * delay that is no finite float, an empty range set, fields of unexpected types) goes to
+ * the reference before anything is written. ack_frame_setup(twin, ONE_RTT) must have
+ * been called (send.py does, at import). tests/test_send_fast_paths.py compares both
+ * with the frame encoder. */
+
+static PyObject *frame_twin, *frame_one_rtt;
+
+#define FRAME_NAMES(X)                                                                    \
+    X(received) X(starts) X(ends) X(largest_received_time) X(configuration)               \
+    X(ack_delay_exponent) X(ecn_counts)
+
+#define DECLARE(n) static PyObject *f_##n;
+FRAME_NAMES(DECLARE)
+#undef DECLARE
+
+PyObject *
+mod_ack_frame_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "ack_frame_setup(python_twin, ONE_RTT)");
+        return NULL;
+    }
+#define INTERN(n)                                                                         \
+    if (f_##n == NULL && (f_##n = PyUnicode_InternFromString(#n)) == NULL) {              \
+        return NULL;                                                                      \
+    }
+    FRAME_NAMES(INTERN)
+#undef INTERN
+    Py_XSETREF(frame_twin, Py_NewRef(args[0]));
+    Py_XSETREF(frame_one_rtt, Py_NewRef(args[1]));
+    Py_RETURN_NONE;
+}
+
+/* the shortest QUIC varint of v (< 2^62) at b + *n */
+static void
+put_varint(unsigned char *b, size_t *n, long long v)
+{
+    unsigned long long u = (unsigned long long)v;
+    int len = u < 0x40 ? 1 : u < 0x4000 ? 2 : u < 0x40000000 ? 4 : 8, i;
+    unsigned long long tag = len == 1 ? 0 : len == 2 ? 0x4000ULL : len == 4 ? 0x80000000ULL
+                                                                           : 0xC000000000000000ULL;
+    u |= tag;
+    for (i = len - 1; i >= 0; i--) {
+        b[*n + (size_t)i] = (unsigned char)(u & 0xff);
+        u >>= 8;
+    }
+    *n += (size_t)len;
+}
+
+#define ACK_RANGES 32
+#define VARINT_LIMIT ((long long)1 << 62)
+
+PyObject *
+mod_ack_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *conn, *space, *payload, *nowobj, *received = NULL, *starts = NULL,
+                                               *ends = NULL, *cfg = NULL, *ecn = NULL;
+    /* the fields in order: largest, delay, count, first, (gap, length) per range, ECN */
+    long long v[4 + 2 * ACK_RANGES + 3], s, e, smallest, exponent = 3, counts[3];
+    unsigned char out[1 + 8 * (4 + 2 * ACK_RANGES + 3)];
+    size_t n = 0;
+    Py_ssize_t i, stop, j, nv = 0, k, old;
+    double now, lrt, d;
+    int r, with_ecn;
+
+    (void)module;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "ack_frame(conn, space, payload, now, epoch)");
+        return NULL;
+    }
+    if (frame_twin == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "ack_frame_setup was not called");
+        return NULL;
+    }
+    conn = args[0];
+    space = args[1];
+    payload = args[2];
+    nowobj = args[3];
+    r = QF_FALLBACK;
+    if (!PyByteArray_CheckExact(payload) || !PyFloat_CheckExact(nowobj)) {
+        goto unread;
+    }
+    now = PyFloat_AS_DOUBLE(nowobj);
+    QF_READ(r, qf_get_obj(space, f_received, &received));
+    QF_READ(r, qf_get_obj(received, f_starts, &starts));
+    QF_READ(r, qf_get_obj(received, f_ends, &ends));
+    r = QF_FALLBACK;
+    if (!PyList_CheckExact(starts) || !PyList_CheckExact(ends) ||
+        PyList_GET_SIZE(starts) == 0 || PyList_GET_SIZE(ends) < PyList_GET_SIZE(starts)) {
+        goto unread;
+    }
+    i = PyList_GET_SIZE(starts) - 1;
+    stop = i > ACK_RANGES - 1 ? i - ACK_RANGES : -1;
+    QF_READ(r, qf_get_float(space, f_largest_received_time, &lrt));
+    d = (now - lrt) * 1000000; /* int(): toward zero */
+    if (!isfinite(d) || d >= 9.0e18 || d <= -9.0e18) {
+        r = QF_FALLBACK;
+        goto unread;
+    }
+    if (args[4] == frame_one_rtt) {
+        QF_READ(r, qf_get_obj(conn, f_configuration, &cfg));
+        QF_READ(r, qf_get_ll(cfg, f_ack_delay_exponent, &exponent));
+        if (exponent < 0 || exponent > 62) {
+            r = QF_FALLBACK;
+            goto unread;
+        }
+    }
+    QF_READ(r, qf_get_obj(space, f_ecn_counts, &ecn));
+    r = QF_FALLBACK;
+    if (!PyList_CheckExact(ecn) || PyList_GET_SIZE(ecn) != 3) {
+        goto unread;
+    }
+    for (k = 0; k < 3; k++) {
+        QF_READ(r, qf_as_ll(PyList_GET_ITEM(ecn, k), &counts[k]));
+    }
+    with_ecn = counts[0] || counts[1] || counts[2];
+    /* the values, each checked before anything is written */
+    QF_READ(r, qf_as_ll(PyList_GET_ITEM(starts, i), &smallest));
+    QF_READ(r, qf_as_ll(PyList_GET_ITEM(ends, i), &e));
+    v[nv++] = e - 1; /* largest */
+    {
+        long long delay_us = (long long)d;
+        v[nv++] = delay_us > 0 ? delay_us >> exponent : 0;
+    }
+    v[nv++] = i - stop - 1; /* the ranges after the first */
+    v[nv++] = e - 1 - smallest;
+    for (j = i - 1; j > stop; j--) {
+        QF_READ(r, qf_as_ll(PyList_GET_ITEM(ends, j), &e));
+        QF_READ(r, qf_as_ll(PyList_GET_ITEM(starts, j), &s));
+        v[nv++] = smallest - (e - 1) - 2; /* the gap */
+        smallest = s;
+        v[nv++] = e - 1 - smallest;
+    }
+    if (with_ecn) {
+        for (k = 0; k < 3; k++) {
+            v[nv++] = counts[k];
+        }
+    }
+    for (k = 0; k < nv; k++) {
+        if (v[k] < 0 || v[k] >= VARINT_LIMIT) { /* the reference raises */
+            r = QF_FALLBACK;
+            goto unread;
+        }
+    }
+    out[n++] = with_ecn ? 0x03 : 0x02; /* ACK_ECN, ACK */
+    for (k = 0; k < nv; k++) {
+        put_varint(out, &n, v[k]);
+    }
+    old = PyByteArray_GET_SIZE(payload);
+    if (PyByteArray_Resize(payload, old + (Py_ssize_t)n) < 0) {
+        goto error;
+    }
+    memcpy(PyByteArray_AS_STRING(payload) + old, out, n);
+    Py_INCREF(Py_None);
+    r = 0;
+    goto done;
+
+unread:
+    if (r >= 0) {
+        PyObject *res = PyObject_Vectorcall(frame_twin, args, 5, NULL);
+        Py_XDECREF(res);
+        r = res == NULL ? -1 : 0;
+        if (r == 0) {
+            Py_INCREF(Py_None);
+        }
+    }
+    goto done;
+error:
+    r = -1;
+done:
+    Py_XDECREF(received);
+    Py_XDECREF(starts);
+    Py_XDECREF(ends);
+    Py_XDECREF(cfg);
+    Py_XDECREF(ecn);
+    return r < 0 ? NULL : Py_None;
 }

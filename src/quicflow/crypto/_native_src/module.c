@@ -50,10 +50,28 @@ static PyMethodDef module_methods[] = {
      "build_bulk(conn, now, buf, bounds, seal, max_count) -> int: transport/bulk.py's "
      "build_bulk_python in one call (the cases it does not take go to that twin)"},
     {"ack_setup", (PyCFunction)(void (*)(void))mod_ack_setup, METH_FASTCALL,
-     "ack_setup(python_twin, ONE_RTT): what ack_received needs from the transport layer"},
+     "ack_setup(python_twin, ONE_RTT[, INITIAL, HANDSHAKE]): what ack_received needs from "
+     "the transport layer (the epochs it takes)"},
     {"ack_received", (PyCFunction)(void (*)(void))mod_ack_received, METH_FASTCALL,
      "ack_received(loss, epoch, ranges, ack_delay, now, handshake_confirmed) -> (acked, "
      "lost): LossDetection.on_ack_received's common case (the rest goes to that twin)"},
+    {"idle_setup", mod_idle_setup, METH_O,
+     "idle_setup(python_twin): the function effective_idle hands what it does not take to"},
+    {"effective_idle", mod_effective_idle, METH_O,
+     "effective_idle(conn) -> float: the idle timeout in force, transport/receive.py's "
+     "effective_idle_python in one call (the cases it does not take go to that twin)"},
+    {"sent_setup", (PyCFunction)(void (*)(void))mod_sent_setup, METH_FASTCALL,
+     "sent_setup(python_twin, new_sent_packet, ZERO_RTT, LossDetection.on_packet_sent, "
+     "CongestionControl.on_sent, effective_idle): what packet_sent needs from the "
+     "transport layer"},
+    {"packet_sent", (PyCFunction)(void (*)(void))mod_packet_sent, METH_FASTCALL,
+     "packet_sent(conn, epoch, pn, size, ack_eliciting, records, now): transport/send.py's "
+     "on_packet_sent_python in one call (the cases it does not take go to that twin)"},
+    {"ack_frame_setup", (PyCFunction)(void (*)(void))mod_ack_frame_setup, METH_FASTCALL,
+     "ack_frame_setup(python_twin, ONE_RTT): what ack_frame needs from the transport layer"},
+    {"ack_frame", (PyCFunction)(void (*)(void))mod_ack_frame, METH_FASTCALL,
+     "ack_frame(conn, space, payload, now, epoch): transport/ack_send.py's "
+     "encode_ack_python in one call (the cases it does not take go to that twin)"},
     {"field_slot", (PyCFunction)(void (*)(void))mod_field_slot, METH_FASTCALL,
      "field_slot(o, name, write) -> int | None: the slot offset the C twins use for "
      "o.name (None: they read or write it by name; for tests)"},

@@ -29,6 +29,10 @@
  *   hello.c    parse_client_hello(body): the common case of a TLS ClientHello.
  *   ticket.c   ticket_message(...): a TLS server's NewSessionTicket in one call;
  *              address_token(...): an address validation token sealed in one call.
+ *   ack.c      ack_received(...): LossDetection.on_ack_received's common case;
+ *              ack_frame(...): an ACK frame written (ack_send.encode_ack_python's twin).
+ *   idle.c     effective_idle(conn): the idle timeout in force (receive.py's twin).
+ *   sent.c     packet_sent(...): what send.py records for each packet it built.
  * The per-packet primitives (nonce, mask, seal, open of one KeyContext) are static inline
  * below so that the batch loops inline them exactly as in a single translation unit.
  *
@@ -669,7 +673,7 @@ PyObject *mod_open(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_seal_stream_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 /* fields.c: the transport's plain-data fields read and written from C (the C twins of
- * Python code: bulk.c, ack.c, pacer.c). Reads return 0, QF_FALLBACK (not an exact int
+ * Python code: bulk.c, ack.c, pacer.c, idle.c, sent.c). Reads return 0, QF_FALLBACK (not an exact int
  * within +-QF_FIELD_MAX, not an exact float or bool: the caller hands the call to the
  * Python code before anything changed) or -1 with an exception set. */
 #define QF_FALLBACK 1
@@ -720,6 +724,14 @@ PyObject *mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nar
 /* ack.c: LossDetection.on_ack_received's common case in one call (see there) */
 PyObject *mod_ack_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mod_ack_frame_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mod_ack_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+/* idle.c: receive.py's effective_idle_python in one call (see there) */
+PyObject *mod_idle_setup(PyObject *module, PyObject *arg);
+PyObject *mod_effective_idle(PyObject *module, PyObject *conn);
+/* sent.c: send.py's on_packet_sent_python in one call (see there) */
+PyObject *mod_sent_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mod_packet_sent(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_parse_header(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_push_short_packet(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_parse_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
