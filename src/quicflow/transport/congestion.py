@@ -27,8 +27,7 @@ CUBIC_ALPHA = 3 * (1 - CUBIC_BETA) / (1 + CUBIC_BETA)
 
 def initial_window(max_datagram_size: int) -> int:
     """RFC 9002 §7.2: min(10·mds, max(14720, 2·mds))."""
-    floor = 2 * max_datagram_size if 2 * max_datagram_size > 14720 else 14720
-    return floor if floor < 10 * max_datagram_size else 10 * max_datagram_size
+    return min(10 * max_datagram_size, max(14720, 2 * max_datagram_size))
 
 
 def minimum_window(max_datagram_size: int) -> int:
