@@ -59,7 +59,7 @@ def _state(conn: Connection, buf: bytearray, bounds: list[int], built: int) -> t
 
 
 def _setup_twin(twin: Callable[..., int]) -> None:
-    EXT.bulk_setup(twin, bulk.SentPacket, bulk._effective_idle, bulk.R_STREAM_RUN,
+    EXT.bulk_setup(twin, bulk.SentPacket, bulk.effective_idle, bulk.R_STREAM_RUN,
                    bulk._ONE_RTT, NativeOffloadEngine)
 
 

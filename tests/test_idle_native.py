@@ -1,4 +1,4 @@
-"""The idle timeout in force (``transport/receive.py``'s ``effective_idle_python``)
+"""The idle timeout in force (``transport/idle.py``'s ``effective_idle_python``)
 against its C twin (``crypto/_native_src/idle.c``), which every received packet runs.
 
 Over connection states of both sides (before and after the handshake, with and without
@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quicflow.crypto.extension import EXT, python_forced
-from quicflow.transport import receive
+from quicflow.transport import idle
 from quicflow.transport.connection import Connection
 from tests.support import prereq
 from tests.support.memory_pair import MemoryPair
@@ -40,7 +40,7 @@ def _connections() -> list[Connection]:
 
 _CONNS = _connections() if EXT is not None else []
 if EXT is not None:  # (done at import unless QUICFLOW_ENGINE=python: compared here anyway)
-    EXT.idle_setup(receive.effective_idle_python)
+    EXT.idle_setup(idle.effective_idle_python)
 _FLOATS = st.floats(0.0, 100.0) | st.sampled_from([0.0, 0.001, 0.0025, 0.333, 5.0, 30.0])
 _MS = st.integers(0, 600_000) | st.sampled_from([0, 1, 25, 16383, (1 << 53) + 1, 1 << 61])
 
@@ -68,7 +68,7 @@ def test_native_effective_idle_matches_python(data: st.DataObject) -> None:
     af = conn.ack_freq = copy.copy(conn.ack_freq)
     af.peer_delay = data.draw(st.sampled_from([-1.0, 0.0, 0.001, 0.025, 0.2]))
     native: Any = EXT.effective_idle(conn)
-    python = receive.effective_idle_python(conn)
+    python = idle.effective_idle_python(conn)
     assert native == python
     assert type(native) is type(python)
 
@@ -77,7 +77,7 @@ def test_native_effective_idle_matches_python(data: st.DataObject) -> None:
 def test_native_effective_idle_on_real_connections(conn: Connection) -> None:
     prereq.require(EXT is not None, "the native extension is not built")
     # (what the transport uses)
-    assert receive._effective_idle is (receive.effective_idle_python if python_forced()
+    assert idle.effective_idle is (idle.effective_idle_python if python_forced()
                                        else EXT.effective_idle)
     native = EXT.effective_idle(conn)
-    assert native == receive.effective_idle_python(conn) > 0
+    assert native == idle.effective_idle_python(conn) > 0

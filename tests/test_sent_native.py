@@ -20,7 +20,7 @@ import pytest
 
 from quicflow.crypto.epoch import Epoch
 from quicflow.crypto.extension import EXT, python_forced
-from quicflow.transport import receive, recovery, send
+from quicflow.transport import idle, recovery, send
 from quicflow.transport.congestion import CongestionControl
 from quicflow.transport.connection import Connection
 from quicflow.transport.recovery import LossDetection, new_sent_packet
@@ -32,7 +32,7 @@ def _setup() -> None:
     """What send.py does at import (unless QUICFLOW_ENGINE=python: compared here anyway)."""
     EXT.sent_setup(send.on_packet_sent_python, new_sent_packet, Epoch.ZERO_RTT,
                    LossDetection.on_packet_sent, CongestionControl.on_sent,
-                   receive._effective_idle)
+                   idle.effective_idle)
 
 
 def _clone(conn: Connection) -> Any:

@@ -22,7 +22,7 @@ from ..crypto.epoch import Epoch
 from ..crypto.extension import EXT, python_forced
 from ..wire.packet import encode_packet_number
 from .connection import Connection
-from .receive import _effective_idle
+from .idle import effective_idle
 from .recovery import SentPacket
 from .state import R_STREAM_RUN
 from .streams import SendStream
@@ -184,7 +184,7 @@ def build_bulk_python(
     counters.datagrams_sent += done
     counters.bytes_sent += total
     if not conn.last_ack_eliciting_sent_after_receive:
-        conn.idle_deadline = now + _effective_idle(conn)
+        conn.idle_deadline = now + effective_idle(conn)
         conn.last_ack_eliciting_sent_after_receive = True
     if pacer_room - total < max_count * mds and done == count and conn.send_queue and (
             conn.send_queue[0] == sid):  # (a budget left for a whole run: the next goes)
@@ -232,7 +232,7 @@ def _pick_build_bulk() -> _Build:
     """The C twin when the native engine loaded (and is not forced off), else Python."""
     if EXT is None or python_forced():
         return build_bulk_python
-    EXT.bulk_setup(build_bulk_python, SentPacket, _effective_idle, R_STREAM_RUN, _ONE_RTT,
+    EXT.bulk_setup(build_bulk_python, SentPacket, effective_idle, R_STREAM_RUN, _ONE_RTT,
                    native.NativeOffloadEngine)
     built: _Build = EXT.build_bulk
     return built

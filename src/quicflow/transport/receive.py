@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 from ..crypto.epoch import Epoch
-from ..crypto.extension import EXT, python_forced
 from ..crypto.retry import verify_retry_integrity_tag
 from ..crypto.suites import CipherSuite
 from ..tls.alerts import TlsAlert
@@ -34,7 +33,6 @@ from .ack_frequency import (
     on_immediate_ack,
     on_peer_parameters,
     out_of_order,
-    peer_max_ack_delay,
     silence_limit,
 )
 from .closing import answer_in_closing
@@ -56,10 +54,10 @@ from .events import (
 )
 from .frame_parse import CLASSES, NATIVE_PARSE, parse_frames
 from .headers import parse_header
+from .idle import effective_idle
 from .peer_params import decode_peer_parameters
 from .receive_keys import install_secret, on_peer_key_update, program_engine
 from .recovery_glue import on_ack_frame, requeue_epoch
-from .rtt import GRANULARITY
 from .state import (
     CLOSING,
     DRAINING,
@@ -338,7 +336,7 @@ def _receive_packet(
     if not server_initial or _crypto_held(space) > crypto_before:
         # an Initial that brings a server no new handshake data (anyone can build one)
         # does not keep the connection alive
-        conn.idle_deadline = now + _effective_idle(conn)
+        conn.idle_deadline = now + effective_idle(conn)
     conn.last_ack_eliciting_sent_after_receive = False
     if conn.state == CLOSING:
         answer_in_closing(conn)
@@ -350,51 +348,6 @@ def _crypto_held(space: PacketSpace) -> int:
     if recv is None:  # discarded
         return 0
     return recv.read_offset + recv.ready_bytes + recv.chunk_bytes
-
-
-def effective_idle_python(conn: Connection) -> float:
-    """The idle timeout in force: the smaller of ours and the peer's (0: none), the
-    half-open limit for a server's unvalidated connection, never below 3 PTO.
-
-    The reference of ``_effective_idle``, which is its C twin
-    (``crypto/_native_src/idle.c``) when the extension is built and not forced off: a
-    change here needs the same change there (tests/test_idle_native.py compares them)."""
-    cfg = conn.configuration
-    idle = cfg.idle_timeout if cfg.idle_timeout > 0 else _INF
-    params = conn.peer_params
-    if params is not None and params.max_idle_timeout > 0:
-        peer = params.max_idle_timeout / 1000
-        if peer < idle:
-            idle = peer
-    if not conn.is_client and not conn.address_validated:  # half-open: short life
-        if cfg.half_open_timeout < idle:
-            idle = cfg.half_open_timeout
-    if idle == _INF:
-        return idle
-    # 3 PTO: Connection.pto() (RttEstimator.pto_duration with the peer's max_ack_delay)
-    # inline, as this runs for every packet received
-    rtt = conn.loss.rtt
-    var = 4 * rtt.rttvar
-    pto = 3 * (rtt.smoothed_rtt + (var if var > GRANULARITY else GRANULARITY)
-               + peer_max_ack_delay(conn))
-    return idle if idle > pto else pto
-
-
-_INF = float("inf")
-
-
-def _pick_effective_idle() -> Callable[[Connection], float]:
-    native = getattr(EXT, "effective_idle", None) if EXT is not None else None
-    if native is None or python_forced():
-        return effective_idle_python
-    EXT.idle_setup(effective_idle_python)
-    picked: Callable[[Connection], float] = native
-    return picked
-
-
-#: the idle timeout in force (``effective_idle_python``, or its C twin); runs for every
-#: packet received and the first ack-eliciting one sent after
-_effective_idle = _pick_effective_idle()
 
 
 def _check_stateless_reset(conn: Connection, packet: bytes) -> None:
@@ -633,7 +586,7 @@ def _apply_peer_params(conn: Connection, raw: bytes) -> None:
     if window > cc.cwnd:  # (max(): a slow call)
         cc.cwnd = window
     conn.pacer.max_datagram_size = conn.max_datagram_size
-    conn.idle_deadline = conn._now_hint + _effective_idle(conn)
+    conn.idle_deadline = conn._now_hint + effective_idle(conn)
     for stream in conn.streams.values():  # streams opened before the params arrived
         if stream.send is not None and stream.local:
             stream.send.max_data = (

@@ -27,13 +27,10 @@ from .closing import answer_in_closing
 from .connection import Address, Connection
 from .errors import FLOW_CONTROL_ERROR, QuicError
 from .events import StreamReadable
+from .idle import effective_idle
 from .pathprobe import after_one_rtt_packet
 from .rangeset import RangeSet
-from .receive import (
-    _check_stateless_reset,
-    _effective_idle,
-    hold_early_one_rtt,
-)
+from .receive import _check_stateless_reset, hold_early_one_rtt
 from .receive import _process_frames as process_frames
 from .receive_keys import on_peer_key_update
 from .state import CLOSING, DRAINING, ESTABLISHED
@@ -266,7 +263,7 @@ def receive_short_runs(
             on_ce(conn, space)
     if eliciting:
         after_eliciting(conn, space, eliciting, now)  # (which makes an ACK pending)
-    conn.idle_deadline = now + _effective_idle(conn)
+    conn.idle_deadline = now + effective_idle(conn)
     conn.last_ack_eliciting_sent_after_receive = False
     if conn.state == CLOSING:
         answer_in_closing(conn)

@@ -28,8 +28,9 @@ from .bulk import build_bulk, bulk_applies
 from .close_send import close_datagrams as _close_datagrams
 from .congestion import CongestionControl
 from .connection import Connection
+from .idle import effective_idle
 from .pmtud import build_probe, probe_due
-from .receive import _discard_epoch, _effective_idle, issue_pending_cids
+from .receive import _discard_epoch, issue_pending_cids
 from .recovery import LossDetection, new_sent_packet
 from .state import (
     CLOSING,
@@ -344,7 +345,7 @@ def on_packet_sent_python(
     if ack_eliciting:
         conn.pacer.consume(now, size, loss.rtt, loss.cc.cwnd)
         if not conn.last_ack_eliciting_sent_after_receive:
-            conn.idle_deadline = now + _effective_idle(conn)
+            conn.idle_deadline = now + effective_idle(conn)
             conn.last_ack_eliciting_sent_after_receive = True
 
 
@@ -353,7 +354,7 @@ def _pick_on_packet_sent() -> Any:
     if native is None or python_forced():
         return on_packet_sent_python
     EXT.sent_setup(on_packet_sent_python, new_sent_packet, _ZERO_RTT,
-                   LossDetection.on_packet_sent, CongestionControl.on_sent, _effective_idle)
+                   LossDetection.on_packet_sent, CongestionControl.on_sent, effective_idle)
     return native
 
 

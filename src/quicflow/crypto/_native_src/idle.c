@@ -1,6 +1,6 @@
 /*
  * quicflow.crypto._native -- idle: effective_idle(conn), the C twin of
- * transport/receive.py's effective_idle_python (the reference, and the fallback): the
+ * transport/idle.py's effective_idle_python (the reference, and the fallback): the
  * idle timeout in force, the smaller of ours and the peer's, the half-open limit for a
  * server's unvalidated connection, never below 3 PTO (with the peer's max_ack_delay as
  * ack_frequency.peer_max_ack_delay gives it, which the reference calls). The same float

@@ -58,7 +58,7 @@ static PyMethodDef module_methods[] = {
     {"idle_setup", mod_idle_setup, METH_O,
      "idle_setup(python_twin): the function effective_idle hands what it does not take to"},
     {"effective_idle", mod_effective_idle, METH_O,
-     "effective_idle(conn) -> float: the idle timeout in force, transport/receive.py's "
+     "effective_idle(conn) -> float: the idle timeout in force, transport/idle.py's "
      "effective_idle_python in one call (the cases it does not take go to that twin)"},
     {"sent_setup", (PyCFunction)(void (*)(void))mod_sent_setup, METH_FASTCALL,
      "sent_setup(python_twin, new_sent_packet, ZERO_RTT, LossDetection.on_packet_sent, "

@@ -31,7 +31,7 @@
  *              address_token(...): an address validation token sealed in one call.
  *   ack.c      ack_received(...): LossDetection.on_ack_received's common case;
  *              ack_frame(...): an ACK frame written (ack_send.encode_ack_python's twin).
- *   idle.c     effective_idle(conn): the idle timeout in force (receive.py's twin).
+ *   idle.c     effective_idle(conn): the idle timeout in force (idle.py's twin).
  *   sent.c     packet_sent(...): what send.py records for each packet it built.
  * The per-packet primitives (nonce, mask, seal, open of one KeyContext) are static inline
  * below so that the batch loops inline them exactly as in a single translation unit.
@@ -726,7 +726,7 @@ PyObject *mod_ack_setup(PyObject *module, PyObject *const *args, Py_ssize_t narg
 PyObject *mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_ack_frame_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_ack_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
-/* idle.c: receive.py's effective_idle_python in one call (see there) */
+/* idle.c: idle.py's effective_idle_python in one call (see there) */
 PyObject *mod_idle_setup(PyObject *module, PyObject *arg);
 PyObject *mod_effective_idle(PyObject *module, PyObject *conn);
 /* sent.c: send.py's on_packet_sent_python in one call (see there) */
