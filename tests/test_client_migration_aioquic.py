@@ -46,8 +46,11 @@ def test_quicflow_client_migrates_to_aioquic_server(pem: tuple[str, str]) -> Non
 
 
 def test_aioquic_client_rebinds_on_quicflow_server(pem: tuple[str, str]) -> None:  # noqa: F811
+    """Half-way through the download aioquic's client moves to a new port with a fresh
+    connection ID; then a second download, wholly on the new path (``--again``: it is
+    what shows the server followed; see the qh3 twin of this test)."""
     cert, _ = pem
-    down, up = 3_000_000, 500_000
+    down, up, again = 3_000_000, 500_000, 200_000
 
     async def main() -> None:
         server = await quicflow.serve(
@@ -59,11 +62,12 @@ def test_aioquic_client_rebinds_on_quicflow_server(pem: tuple[str, str]) -> None
             async with AioquicProcess("client", "--port", str(server.address[1]),
                                       "--cafile", cert, "--download", str(down),
                                       "--upload", str(up), "--rebind",
-                                      module=MODULE) as peer:
+                                      "--again", str(again), module=MODULE) as peer:
                 rebound = await peer.next_event("rebound")
                 result = await peer.next_event("result")
                 assert result["ok"], result
                 assert result["sha256"] == hashlib.sha256(data(down, 2)).hexdigest()
+                assert result["again_sha256"] == hashlib.sha256(data(again, 2)).hexdigest()
                 conns = server.connections
                 assert len(conns) == 1
                 stats = conns[0].stats()["connection"]

@@ -10,20 +10,27 @@ upload, then FIN; the server answers with the SHA-256 of the upload and then the
         {"event": "served", "upload_sha256": "...", "peer": ["127.0.0.1", 50123]}
 
     python -m tests.support.aioquic_migrate client --port P --cafile F --download D
-        [--upload U] [--rebind [--rebind-how both|port|cid]]
+        [--upload U] [--rebind [--rebind-how both|port|cid] [--rebind-at F]] [--again A]
         {"event": "rebound", "old_port": A, "new_port": B}       (with --rebind)
-        {"event": "result", "ok": true, "sha256": "...", "server": ["127.0.0.1", P2],
-         "local_port": B}
+        {"event": "result", "ok": true, "sha256": "...", "again_sha256": "...",
+         "server": ["127.0.0.1", P2], "local_port": B}
 
 ``--rebind``: half-way through the download the client moves to a new UDP socket (a new
 local port) and switches to a fresh connection ID (``QuicConnection.change_connection_id``),
 as a NAT rebinding or a deliberate migration would; aioquic 1.7's client has no API for
 it, so the protocol's datagram transport is replaced by a new one (``--rebind-how port``:
 only the new socket, the same connection ID, as a NAT rebinding looks; ``cid``: only the
-fresh connection ID, on the same socket). ``server`` reports the
-peer address aioquic's server sends to when a stream is served; ``result.server`` is the
-address the client sends to at the end (a server's preferred address once aioquic's
-client moved there by itself, RFC 9000 §9.6).
+fresh connection ID, on the same socket); ``--rebind-at F``: after that fraction of the
+download was read (0.5; 1: after its last byte, when the server has sent all of it).
+``--again A``: once the download is read, a second exchange on a new stream (no upload,
+``A`` bytes down, ``again_sha256`` in the result), wholly after the rebinding. A server
+that follows the client sends it on the new path, and past three times what the client
+sent there only once that path is validated (RFC 9000 §8.1, §9.3), so its end shows the
+server's side of the move. Without it, a server that had sent the whole download before
+the rebinding may get nothing from the new port but the client's CONNECTION_CLOSE.
+``server`` reports the peer address aioquic's server sends to when a stream is served;
+``result.server`` is the address the client sends to at the end (a server's preferred
+address once aioquic's client moved there by itself, RFC 9000 §9.6).
 
 qh3 (``--library qh3``; its asyncio API mirrors aioquic's): its native core keeps no
 Python-side ``_network_paths``, so the address a connection sends to is the one its
@@ -155,7 +162,7 @@ async def run_client(args: argparse.Namespace) -> int:
         while chunk := await reader.read(CHUNK):
             digest.update(chunk)
             got += len(chunk)
-            if args.rebind and not rebound and got >= args.download // 2:
+            if args.rebind and not rebound and got >= args.download * args.rebind_at:
                 rebound = True
                 old = client._transport
                 old_port = old.get_extra_info("sockname")[1]
@@ -171,10 +178,23 @@ async def run_client(args: argparse.Namespace) -> int:
                     client.transmit()  # same CID from the new port: a NAT rebinding
                 new_port = client._transport.get_extra_info("sockname")[1]
                 emit({"event": "rebound", "old_port": old_port, "new_port": new_port})
-        server = _peer_of(client)
         ok = (got == args.download
               and upload_digest == hashlib.sha256(data(args.upload, 1)).digest())
+        again = None
+        if args.again:
+            reader, writer = await client.create_stream()
+            writer.write(args.again.to_bytes(8, "big"))
+            writer.write_eof()
+            ok = ok and await reader.readexactly(32) == hashlib.sha256().digest()
+            again = hashlib.sha256()
+            got_again = 0
+            while chunk := await reader.read(CHUNK):
+                again.update(chunk)
+                got_again += len(chunk)
+            ok = ok and got_again == args.again
+        server = _peer_of(client)
         emit({"event": "result", "ok": ok, "sha256": digest.hexdigest(), "bytes": got,
+              "again_sha256": None if again is None else again.hexdigest(),
               "server": server,
               "local_port": client._transport.get_extra_info("sockname")[1]})
         if args.library == "qh3":
@@ -199,6 +219,10 @@ def main() -> int:
     p.add_argument("--rebind-how", choices=["both", "port", "cid"], default="both",
                    help="with --rebind: a new port and a fresh CID (both), only a new "
                         "port (port: a NAT rebinding), only a fresh CID (cid)")
+    p.add_argument("--rebind-at", type=float, default=0.5,
+                   help="with --rebind: the fraction of the download read before it")
+    p.add_argument("--again", type=int, default=0,
+                   help="then a second download of this many bytes on a new stream")
     p.add_argument("--library", choices=["aioquic", "qh3"], default="aioquic")
     args = p.parse_args()
     if args.role == "server":
