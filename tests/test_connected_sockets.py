@@ -224,6 +224,12 @@ def test_client_changing_source_port_moves_to_a_new_socket() -> None:
                     new_port = (await relay.rebind())[1]
                     result = await asyncio.wait_for(task, 60)
                     assert result.ok
+                    # an exchange wholly after the rebinding: had the server sent (and
+                    # seen acknowledged) the whole download before it, the client would
+                    # send nothing from the new port until its close (the qh3 rebinding
+                    # tests' race, tests/test_client_migration_qh3.py)
+                    again = await asyncio.wait_for(download(conn, 200_000, seed=8), 60)
+                    assert again.ok
                     (face,) = server.connections
                     sock = server.runner.connection_socket(face.conn)
                     assert sock is not None and sock.getpeername()[1] == new_port
