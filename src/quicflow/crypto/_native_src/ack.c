@@ -421,24 +421,7 @@ mod_ack_frame_setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-/* the shortest QUIC varint of v (< 2^62) at b + *n */
-static void
-put_varint(unsigned char *b, size_t *n, long long v)
-{
-    unsigned long long u = (unsigned long long)v;
-    int len = u < 0x40 ? 1 : u < 0x4000 ? 2 : u < 0x40000000 ? 4 : 8, i;
-    unsigned long long tag = len == 1 ? 0 : len == 2 ? 0x4000ULL : len == 4 ? 0x80000000ULL
-                                                                           : 0xC000000000000000ULL;
-    u |= tag;
-    for (i = len - 1; i >= 0; i--) {
-        b[*n + (size_t)i] = (unsigned char)(u & 0xff);
-        u >>= 8;
-    }
-    *n += (size_t)len;
-}
-
 #define ACK_RANGES 32
-#define VARINT_LIMIT ((long long)1 << 62)
 
 PyObject *
 mod_ack_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -527,14 +510,14 @@ mod_ack_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     for (k = 0; k < nv; k++) {
-        if (v[k] < 0 || v[k] >= VARINT_LIMIT) { /* the reference raises */
+        if (v[k] < 0 || v[k] > QF_FIELD_MAX) { /* the reference raises */
             r = QF_FALLBACK;
             goto unread;
         }
     }
     out[n++] = with_ecn ? 0x03 : 0x02; /* ACK_ECN, ACK */
     for (k = 0; k < nv; k++) {
-        put_varint(out, &n, v[k]);
+        n += (size_t)qf_put_varint(out + n, (uint64_t)v[k]);
     }
     old = PyByteArray_GET_SIZE(payload);
     if (PyByteArray_Resize(payload, old + (Py_ssize_t)n) < 0) {

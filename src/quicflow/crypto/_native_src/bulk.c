@@ -108,12 +108,6 @@ bit_length(unsigned long long v)
     return n;
 }
 
-static inline int
-vlen(long long v)
-{
-    return v < 0x40 ? 1 : v < 0x4000 ? 2 : v < 0x40000000 ? 4 : 8;
-}
-
 /* ------------------------------------------------------------------ build_bulk */
 
 typedef struct {
@@ -386,9 +380,9 @@ mod_build_bulk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             QF_READ(r, QF_FALLBACK);
         }
         header_len = 1 + PyBytes_GET_SIZE(R.dcid) + pn_len;
-        sid_len = vlen(sidv);
+        sid_len = qf_varint_len((uint64_t)sidv);
         capacity = mds - header_len - 16;
-        off_len = vlen(end);
+        off_len = qf_varint_len((uint64_t)end);
         frame_head = 1 + sid_len + off_len + 2;
         data_cap = capacity - frame_head;
         if (data_cap > 0) {

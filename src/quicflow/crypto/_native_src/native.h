@@ -802,4 +802,25 @@ qf_varint(const uint8_t *b, Py_ssize_t n, Py_ssize_t *pos, uint64_t *out)
     return 0;
 }
 
+/* The length of the shortest QUIC variable-length integer of v (< 2^62): 1, 2, 4 or 8. */
+static inline int
+qf_varint_len(uint64_t v)
+{
+    return v < 0x40 ? 1 : v < 0x4000 ? 2 : v < 0x40000000 ? 4 : 8;
+}
+
+/* v (< 2^62) as the shortest QUIC variable-length integer at b; its length. Shared by the
+ * frame writers of ack.c, bulk.c and stream_run.c. */
+static inline int
+qf_put_varint(unsigned char *b, uint64_t v)
+{
+    int len = qf_varint_len(v);
+    v |= (uint64_t)(len == 1 ? 0 : len == 2 ? 1 : len == 4 ? 2 : 3) << (8 * len - 2);
+    for (int i = len - 1; i >= 0; i--) {
+        b[i] = (unsigned char)v;
+        v >>= 8;
+    }
+    return len;
+}
+
 #endif /* QUICFLOW_NATIVE_H */

@@ -18,12 +18,6 @@
 
 #define VARINT_MAX (((uint64_t)1 << 62) - 1)
 
-static inline int
-varint_len(uint64_t v)
-{
-    return v < 0x40 ? 1 : v < 0x4000 ? 2 : v < 0x40000000 ? 4 : 8;
-}
-
 /* the length bits of a varint of n = 1, 2, 4 or 8 bytes, in place */
 static inline uint64_t
 varint_prefix(int n)
@@ -166,7 +160,7 @@ mod_seal_stream_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         goto error;
     }
 
-    sid_len = varint_len(sid);
+    sid_len = qf_varint_len(sid);
     put_be(sid_bytes, sid | varint_prefix(sid_len), sid_len);
     off_prefix = varint_prefix((int)off_len);
     header_len = 1 + cid_len + pn_len;
