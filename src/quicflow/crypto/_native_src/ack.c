@@ -66,8 +66,6 @@ typedef struct {
     int has;
 } Rtt;
 
-#define GRANULARITY 0.001
-
 /* RttEstimator.update */
 static void
 rtt_update(Rtt *r, double latest_rtt, double ack_delay, int confirmed, double max_ack_delay)
@@ -77,9 +75,9 @@ rtt_update(Rtt *r, double latest_rtt, double ack_delay, int confirmed, double ma
     if (!r->has) {
         r->has = 1;
         r->min = latest_rtt;
-        if (!confirmed && max_ack_delay < ack_delay && ack_delay <= latest_rtt + GRANULARITY) {
+        if (!confirmed && max_ack_delay < ack_delay && ack_delay <= latest_rtt + QF_GRANULARITY) {
             d = latest_rtt - ack_delay;
-            latest_rtt = GRANULARITY > d ? GRANULARITY : d; /* max(d, GRANULARITY) */
+            latest_rtt = QF_GRANULARITY > d ? QF_GRANULARITY : d; /* max(d, QF_GRANULARITY) */
         }
         r->smoothed = latest_rtt;
         r->var = latest_rtt / 2;

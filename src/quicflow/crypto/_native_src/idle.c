@@ -24,7 +24,6 @@ static PyObject *twin;
 IDLE_NAMES(DECLARE)
 #undef DECLARE
 
-#define GRANULARITY 0.001        /* rtt.GRANULARITY */
 #define EXACT ((long long)1 << 53) /* an int that converts to a double exactly */
 
 PyObject *
@@ -102,7 +101,7 @@ mod_effective_idle(PyObject *module, PyObject *conn)
         peer_mad = 0.025;
     }
     var = 4 * rttvar;
-    pto = 3 * (smoothed + (var > GRANULARITY ? var : GRANULARITY) + peer_mad);
+    pto = 3 * (smoothed + (var > QF_GRANULARITY ? var : QF_GRANULARITY) + peer_mad);
     out = PyFloat_FromDouble(idle > pto ? idle : pto);
     goto done;
 

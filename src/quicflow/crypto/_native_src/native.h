@@ -686,6 +686,7 @@ PyObject *mod_seal_stream_run(PyObject *module, PyObject *const *args, Py_ssize_
         }                                                                                 \
     } while (0)
 #define QF_FIELD_MAX (((long long)1 << 62) - 1) /* (QUIC varints; sums stay in 64 bits) */
+#define QF_GRANULARITY 0.001 /* transport/rtt.py's GRANULARITY (RFC 9002 kGranularity) */
 /* o.name (a new reference) / o.name = v: a plain slot of a slotted dataclass's object
  * at its cached offset, anything else by name (see fields.c) */
 PyObject *qf_field_get(PyObject *o, PyObject *name);
