@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from quicflow.endpoint.endpoint import Endpoint
 from quicflow.transport.connection import Connection
+from quicflow.transport.streams import RecvStream
 
 from .support.memory_pair import SERVER_ADDR, MemoryPair
 
@@ -303,3 +306,78 @@ def test_buffers_of_two_connections_in_one_round() -> None:
     assert ca.counters.packets_received - got_a == 9
     assert cb.counters.packets_received - got_b == 5
     assert ca.counters.packets_dropped == cb.counters.packets_dropped == 0
+
+
+def _counting_stream_receives(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many times data went into a receiving stream (``receive`` or
+    ``receive_pieces``), with the pieces each time."""
+    calls: list[int] = []
+    inside: list[bool] = []  # (receive_pieces may hand its pieces to receive, joined)
+    receive, receive_pieces = RecvStream.receive, RecvStream.receive_pieces
+
+    def one(self: RecvStream, offset: int, data: bytes, fin: bool, budget: int = 1 << 62) -> int:
+        if not inside:
+            calls.append(1)
+        return receive(self, offset, data, fin, budget)
+
+    def pieces(self: RecvStream, offset: int, data: list[bytes], fin: bool,
+               budget: int = 1 << 62) -> int:
+        calls.append(len(data))
+        inside.append(True)
+        try:
+            return receive_pieces(self, offset, data, fin, budget)
+        finally:
+            inside.pop()
+
+    monkeypatch.setattr(RecvStream, "receive", one)
+    monkeypatch.setattr(RecvStream, "receive_pieces", pieces)
+    return calls
+
+
+@pytest.mark.parametrize("lost", [None, 7, 13, 0])
+def test_a_run_of_one_stream_through_the_buffers_is_one_stream_receive(
+    lost: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round's run of one stream through three GRO buffers goes into the stream once,
+    as the buffers' pieces (not once per buffer); where a packet is missing at a
+    buffer's edge the run is cut there. Either way the connection's state is what three
+    ``receive_batch`` calls give (ranges, largest, ACK state, counters, events, data)."""
+    states = []
+    for together in (False, True):
+        pair = MemoryPair(seed=16)
+        _established(pair)
+        server, client = pair.server_conns[0], pair.client
+        _warm_up(pair, server, client)
+        sid = server.open_stream()
+        data = random.Random(9).randbytes(N * 1200 * 2)
+        server.send_stream_data(sid, data, end_stream=True)
+        segments = _bulk_datagrams(pair.server, server, pair.now, N)[:N]
+        parts = [segments[:7], segments[7:14], segments[14:]]
+        if lost is not None:
+            parts = [[s for s in part if s is not segments[lost]] for part in parts]
+        buffers = [_gro_buffer(part) for part in parts if part]
+        client.pop_events()
+        ep = pair.client_ep
+        calls = _counting_stream_receives(monkeypatch)
+        if together:
+            touched = ep.receive_batches(buffers, SERVER_ADDR, pair.now)
+        else:
+            touched = []
+            for buf, seg in buffers:
+                touched += ep.receive_batch(buf, seg, SERVER_ADDR, pair.now)
+        monkeypatch.undo()
+        assert set(map(id, touched)) == {id(client)}
+        expected = {None: [3], 7: [1, 2], 13: [2, 1], 0: [3]}[lost] if together else [1, 1, 1]
+        assert calls == expected
+        space = client.spaces[2]
+        events = [type(e).__name__ for e in client.pop_events()]
+        recv = client.streams[sid].recv
+        assert recv is not None
+        stored = (recv.highest_offset, recv.ready_bytes, recv.chunk_bytes,
+                  list(recv.chunk_ranges.starts))
+        got = _readable(client, sid)
+        states.append((list(space.received.starts), list(space.received.ends),
+                       space.largest_received, space.ack_eliciting_pending,
+                       space.ack_immediately, client.counters.packets_received,
+                       client.counters.bytes_received, events, stored, got))
+    assert states[0] == states[1]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from quicflow.transport.errors import FINAL_SIZE_ERROR, FLOW_CONTROL_ERROR, QuicError
 from quicflow.transport.rangeset import RangeSet
 from quicflow.transport.snapshot_check import check_send_stream
-from quicflow.transport.streams import RecvStream, SendStream
+from quicflow.transport.streams import ReassemblyFull, RecvStream, SendStream
 
 
 def _recv(limit: int = 1 << 30) -> RecvStream:
@@ -170,3 +170,71 @@ def test_rangeset_merges_and_subtracts() -> None:
     rs.subtract(15, 55)
     assert list(rs) == [(0, 5), (10, 15), (55, 60)]
     assert 12 in rs and 15 not in rs and rs.covers(55, 60)
+
+
+def _state(recv: RecvStream) -> tuple[object, ...]:
+    return (recv.read_offset, recv.ready_bytes, recv.highest_offset, recv.final_size,
+            dict(recv.chunks), list(recv.chunk_ranges.starts), list(recv.chunk_ranges.ends),
+            recv.chunk_bytes, recv.chunk_cost, b"".join(recv.ready)[recv.ready_pos :]
+            if recv.ready_head == 0 else None)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(min_value=0, max_value=2**32))
+def test_receive_pieces_is_receive_of_the_joined_pieces(seed: int) -> None:
+    """The batch path's run of one stream through several GRO buffers comes as pieces:
+    ``receive_pieces`` gives what ``receive`` of the joined bytes gives (result, error,
+    the stream's state and what a read returns), in order or not, with FIN, over the
+    stream's limit, after a final size, below the data received, after a reset."""
+    rng = random.Random(seed)
+    data = rng.randbytes(6000)
+    limit = rng.choice([6000, 4000])
+    streams = (_recv(limit), _recv(limit))
+    for _ in range(rng.randint(0, 3)):  # a history: in order, out of order, with FIN
+        start = rng.randrange(0, 5000)
+        end = min(start + rng.randint(1, 1500), 6000)
+        fin = end == 6000 and rng.random() < 0.3
+        for recv in streams:
+            try:
+                recv.receive(start, data[start:end], fin)
+            except (QuicError, ReassemblyFull):
+                pass
+    if rng.random() < 0.1:
+        for recv in streams:
+            recv.reset_code = 7
+    if rng.random() < 0.3:
+        for recv in streams:
+            recv.read(rng.randint(1, 3000))
+    contiguous = streams[0].read_offset + streams[0].ready_bytes
+    offset = rng.choice([contiguous, contiguous, max(0, contiguous - 100),
+                         min(contiguous + 700, 5000)])
+    pieces = []
+    pos = offset
+    for _ in range(rng.randint(2, 4)):
+        n = rng.randint(1, 1200)
+        pieces.append(data[pos : pos + n])
+        pos += n
+    pieces = [p for p in pieces if p] or [b"x"]
+    fin = rng.random() < 0.3
+    budget = rng.choice([1 << 62, 500])
+    outcomes = []
+    for recv, joined in zip(streams, (True, False), strict=True):
+        try:
+            if joined:
+                got: object = recv.receive(offset, b"".join(pieces), fin, budget)
+            else:
+                got = recv.receive_pieces(offset, pieces, fin, budget)
+        except Exception as exc:  # noqa: BLE001 (the same error either way)
+            got = (type(exc), getattr(exc, "code", None))
+        outcomes.append((got, _state(recv), recv.read(), _state(recv)))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_in_order_pieces_go_to_the_reader_without_a_copy() -> None:
+    recv = _recv()
+    recv.receive(0, b"abc", False)
+    pieces = [b"defg", b"hij", b"klmno"]
+    assert recv.receive_pieces(3, pieces, True) == 12
+    assert all(any(p is q for q in recv.ready) for p in pieces)
+    assert recv.read() == b"abcdefghijklmno"
+    assert recv.at_eof() and recv.fin_read

@@ -345,6 +345,7 @@ class Connection:
     stream_buffered = stream_api.stream_buffered
     read_stream = stream_api.read_stream
     stream_at_eof = stream_api.stream_at_eof
+    stream_waits = stream_api.stream_waits
     reset_stream = stream_api.reset_stream
     stop_sending = stream_api.stop_sending
     stream_ids = stream_api.stream_ids

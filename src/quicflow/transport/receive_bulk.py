@@ -10,10 +10,11 @@ per-frame path. ACK and idle-timer bookkeeping happens once per run.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..crypto.epoch import Epoch
+from ..crypto.offload import OffloadEngine
 from ..tls.alerts import TlsAlert
 from .ack_frequency import (
     after_eliciting,
@@ -56,6 +57,53 @@ def _overlap(received: RangeSet, start: int, end: int) -> int:
 
 #: a run's datagrams in one buffer: ``(buffer, [(offset, length, dcid), ...])``
 RunPart = tuple["bytes | memoryview", Sequence[tuple[int, int, bytes]]]
+
+
+def _joined_entries(
+    engine: OffloadEngine, parts: Sequence[RunPart]
+) -> Iterator[tuple[tuple[Any, ...], bytes | memoryview, Sequence[tuple[int, int, bytes]]]]:
+    """The engine's ``open_run`` entries of each part, in order, as ``(entry, buffer,
+    packets)``, except that the STREAM entry that ends one buffer and the one that opens
+    the next are one entry when they continue each other (consecutive packet numbers,
+    the same stream, contiguous offsets, no FIN before), as ``open_run`` joins packets
+    within a buffer: a download's round of one stream is one entry, not one per GRO
+    buffer (issue 11: ~21 k entries per GiB at 256 connections, each a stream receive
+    and a range add). A joined entry's data is the list of the buffers' pieces (for
+    ``RecvStream.receive_pieces``). A buffer is opened before the entry that ends the
+    buffer before it is taken (that entry is STREAM data only)."""
+    held: tuple[Any, ...] | None = None  # a STREAM entry that ended the buffer before
+    held_at: tuple[Any, ...] = ()  # (its buffer, its packets)
+    held_end = 0  # its end offset
+    pieces: list[bytes] | None = None  # its data, when joined
+    for buf, packets in parts:
+        entries = engine.open_run(buf, packets)
+        start = 0
+        if held is not None:
+            first = entries[0] if entries else None
+            if (first is not None and first[0] == 0 and first[3] == held[3]
+                    and first[1] == held[1] + held[2] and first[4] == held_end
+                    and first[5]):
+                data = first[5]
+                if pieces is None:
+                    pieces = [held[5]]
+                pieces.append(data)
+                held_end += len(data)
+                held = (0, held[1], held[2] + first[2], held[3], held[4], pieces, first[6])
+                if len(entries) == 1 and not first[6]:
+                    continue  # it may go on in the next buffer
+                start = 1
+            yield held, held_at[0], held_at[1]
+            held = None
+            pieces = None
+        last = len(entries) - 1
+        for i in range(start, last + 1):
+            entry = entries[i]
+            if i == last and entry[0] == 0 and not entry[6] and entry[5]:
+                held, held_at, held_end = entry, (buf, packets), entry[4] + len(entry[5])
+            else:
+                yield entry, buf, packets
+    if held is not None:
+        yield held, held_at[0], held_at[1]
 
 
 def receive_short_run(
@@ -124,114 +172,110 @@ def receive_short_runs(
     eliciting = 0
     accepted = 0
     ecn_index = _ECN_INDEX.get(ecn & 3, -1)
-    closed = False
     entry: tuple[Any, ...] = ()
     # the stream of the STREAM entry before (a run's entries are mostly of one stream):
     # the receiving half, looked up once for them; not across a general packet
     last_sid = -1
     last_recv: RecvStream | None = None
     try:
-        for buf, packets in parts:
-            entries = conn.engine.open_run(buf, packets)
-            for entry in entries:
-                kind = entry[0]
-                if kind == 0:  # (0, first_pn, count, stream_id, offset, data, fin)
-                    _, pn, count, sid, offset, data, fin = entry
-                    end_pn = pn + count
-                    duplicates = (_overlap(received, pn, end_pn)
-                                  if pn <= space.largest_received else 0)
-                    if sid == last_sid:  # (the usual: the entry before's stream)
-                        recv = last_recv
-                    else:
-                        stream = streams.get(sid)
+        for entry, buf, packets in _joined_entries(conn.engine, parts):
+            kind = entry[0]
+            if kind == 0:  # (0, first_pn, count, stream_id, offset, data, fin)
+                _, pn, count, sid, offset, data, fin = entry
+                end_pn = pn + count
+                duplicates = (_overlap(received, pn, end_pn)
+                              if pn <= space.largest_received else 0)
+                if sid == last_sid:  # (the usual: the entry before's stream)
+                    recv = last_recv
+                else:
+                    stream = streams.get(sid)
+                    recv = stream.recv if stream is not None else None
+                    if recv is None:
+                        conn.check_stream_direction(sid, receiving=True)
+                        stream = conn.get_or_create_peer_stream(sid)
                         recv = stream.recv if stream is not None else None
-                        if recv is None:
-                            conn.check_stream_direction(sid, receiving=True)
-                            stream = conn.get_or_create_peer_stream(sid)
-                            recv = stream.recv if stream is not None else None
-                        if recv is not None:
-                            last_sid, last_recv = sid, recv
                     if recv is not None:
-                        cost = recv.chunk_cost
-                        try:
-                            grown = recv.receive(offset, data, fin, flow.max_data
-                                                 - flow.data_consumed - flow.reassembly_cost)
-                        except ReassemblyFull:  # dropped unacknowledged: sent again
-                            counters.packets_dropped += count
-                            counters.dropped_reassembly_full += count
-                            continue
-                        if recv.chunk_cost != cost:
-                            flow.reassembly_cost += recv.chunk_cost - cost
-                        if grown:
-                            flow.data_received += grown
-                            if flow.data_received > flow.max_data:
-                                raise QuicError(FLOW_CONTROL_ERROR,
-                                                "connection flow control exceeded")
-                        if not readable or readable[-1] != sid:
-                            readable.append(sid)
-                    if duplicates:
-                        counters.duplicate_packets += duplicates
-                        count -= duplicates
-                        if not count:
-                            continue
-                    accepted += count
-                    eliciting += count
-                    all_probing = False
-                    largest = space.largest_received
-                    # (the gap test first: the set's __bool__ is a Python call per entry)
-                    if pn < largest or (pn > largest + 1 and received):
-                        out_of_order(conn, space, pn, largest)
-                    received.add(pn, end_pn)
-                    if end_pn - 1 > largest:
-                        if now - space.largest_received_time > silence:
-                            space.ack_immediately = True  # after a silence: PTO probes
-                        space.largest_received = end_pn - 1
-                        space.largest_received_time = now
-                        if ack_freq.gap_pn >= 0:
-                            after_newest(conn, space, end_pn - 1)
-                    if fin:
-                        on_stream_end(conn)
-                    continue
-                if kind == 2:  # (2, index): did not open
-                    counters.engine_open_failures += 1
-                    counters.packets_dropped += 1
-                    counters.dropped_undecryptable += 1
-                    offset, length, _ = packets[entry[1]]
-                    _check_stateless_reset(conn, bytes(buf[offset : offset + length]))
-                    last_sid = -1  # (a reset ends the connection and its streams)
-                    continue
-                _, pn, payload, phase_changed = entry  # (1, pn, payload, phase_changed)
-                last_sid = -1  # its frames may reset or end a stream: looked up again
-                if phase_changed:
-                    on_peer_key_update(conn)
-                if pn <= space.largest_received and pn in received:
-                    counters.duplicate_packets += 1
-                    continue
-                try:
-                    is_eliciting = process_frames(conn, payload, _ONE_RTT, now)
-                except ReassemblyFull:  # dropped unacknowledged: sent again
-                    counters.packets_dropped += 1
-                    counters.dropped_reassembly_full += 1
-                    continue
-                if conn.state >= CLOSING and conn.state != state_before:
-                    closed = True
-                    break  # this packet closed the connection
-                accepted += 1
-                all_probing = all_probing and conn.last_packet_probing
-                if pn < space.largest_received or (pn > space.largest_received + 1 and received):
-                    out_of_order(conn, space, pn, space.largest_received)
-                received.add(pn, pn + 1)
-                if pn > space.largest_received:
+                        last_sid, last_recv = sid, recv
+                if recv is not None:
+                    cost = recv.chunk_cost
+                    budget = flow.max_data - flow.data_consumed - flow.reassembly_cost
+                    try:
+                        grown = (recv.receive(offset, data, fin, budget)
+                                 if type(data) is not list
+                                 else recv.receive_pieces(offset, data, fin, budget))
+                    except ReassemblyFull:  # dropped unacknowledged: sent again
+                        counters.packets_dropped += count
+                        counters.dropped_reassembly_full += count
+                        continue
+                    if recv.chunk_cost != cost:
+                        flow.reassembly_cost += recv.chunk_cost - cost
+                    if grown:
+                        flow.data_received += grown
+                        if flow.data_received > flow.max_data:
+                            raise QuicError(FLOW_CONTROL_ERROR,
+                                            "connection flow control exceeded")
+                    if not readable or readable[-1] != sid:
+                        readable.append(sid)
+                if duplicates:
+                    counters.duplicate_packets += duplicates
+                    count -= duplicates
+                    if not count:
+                        continue
+                accepted += count
+                eliciting += count
+                all_probing = False
+                largest = space.largest_received
+                # (the gap test first: the set's __bool__ is a Python call per entry)
+                if pn < largest or (pn > largest + 1 and received):
+                    out_of_order(conn, space, pn, largest)
+                received.add(pn, end_pn)
+                if end_pn - 1 > largest:
                     if now - space.largest_received_time > silence:
                         space.ack_immediately = True  # after a silence: PTO probes
-                    space.largest_received = pn
+                    space.largest_received = end_pn - 1
                     space.largest_received_time = now
                     if ack_freq.gap_pn >= 0:
-                        after_newest(conn, space, pn)
-                if is_eliciting:
-                    eliciting += 1
-            if closed:
-                break
+                        after_newest(conn, space, end_pn - 1)
+                if fin:
+                    on_stream_end(conn)
+                continue
+            if kind == 2:  # (2, index): did not open
+                counters.engine_open_failures += 1
+                counters.packets_dropped += 1
+                counters.dropped_undecryptable += 1
+                offset, length, _ = packets[entry[1]]
+                _check_stateless_reset(conn, bytes(buf[offset : offset + length]))
+                last_sid = -1  # (a reset ends the connection and its streams)
+                continue
+            _, pn, payload, phase_changed = entry  # (1, pn, payload, phase_changed)
+            last_sid = -1  # its frames may reset or end a stream: looked up again
+            if phase_changed:
+                on_peer_key_update(conn)
+            if pn <= space.largest_received and pn in received:
+                counters.duplicate_packets += 1
+                continue
+            try:
+                is_eliciting = process_frames(conn, payload, _ONE_RTT, now)
+            except ReassemblyFull:  # dropped unacknowledged: sent again
+                counters.packets_dropped += 1
+                counters.dropped_reassembly_full += 1
+                continue
+            if conn.state >= CLOSING and conn.state != state_before:
+                break  # this packet closed the connection
+            accepted += 1
+            all_probing = all_probing and conn.last_packet_probing
+            if pn < space.largest_received or (pn > space.largest_received + 1 and received):
+                out_of_order(conn, space, pn, space.largest_received)
+            received.add(pn, pn + 1)
+            if pn > space.largest_received:
+                if now - space.largest_received_time > silence:
+                    space.ack_immediately = True  # after a silence: PTO probes
+                space.largest_received = pn
+                space.largest_received_time = now
+                if ack_freq.gap_pn >= 0:
+                    after_newest(conn, space, pn)
+            if is_eliciting:
+                eliciting += 1
     except QuicError as exc:
         if not exc.frame_type and entry and entry[0] == 0:  # coalesced STREAM frames
             exc.frame_type = 0x0A | (0x04 if entry[4] else 0) | (0x01 if entry[6] else 0)

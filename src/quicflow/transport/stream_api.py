@@ -197,6 +197,18 @@ def stream_at_eof(conn: Connection, stream_id: int) -> bool:
     return recv is None or recv.at_eof() and recv.readable == 0 or recv.reset_code is not None
 
 
+def stream_waits(conn: Connection, stream_id: int) -> bool:
+    """Nothing to read on the stream now and more may come: no data, no final size,
+    no reset (what ``read_stream`` giving b"" while ``stream_at_eof`` is false means,
+    found without a read)."""
+    stream = conn.streams.get(stream_id)
+    if stream is None:
+        return False
+    recv = stream.recv
+    return (recv is not None and not recv.ready_bytes and recv.final_size is None
+            and recv.reset_code is None)
+
+
 def reset_stream(conn: Connection, stream_id: int, error_code: int) -> None:
     send = existing_stream(conn, stream_id).send
     if send is None:

@@ -346,6 +346,33 @@ class RecvStream:
             return grown
         return 0
 
+    def receive_pieces(
+        self, offset: int, pieces: list[bytes], fin: bool, budget: int = _NO_LIMIT
+    ) -> int:
+        """``receive(offset, b"".join(pieces), fin, budget)``: the same checks, errors and
+        result, for data given as non-empty pieces that follow each other (the batch
+        path's run of one stream through several GRO buffers). In order, the pieces go
+        to the reader as they are (``read`` joins what it returns, as it would the
+        frames'); anything else takes ``receive`` with the pieces joined."""
+        size = 0
+        for piece in pieces:
+            size += len(piece)
+        end = offset + size
+        if (offset != self.read_offset + self.ready_bytes or self.chunks
+                or self.final_size is not None or end > self.max_data
+                or (fin and end < self.highest_offset)
+                or self.reset_code is not None or self.stop_sending_code is not None):
+            return self.receive(offset, b"".join(pieces), fin, budget)
+        self.ready.extend(pieces)
+        self.ready_bytes += size
+        if fin:
+            self.final_size = end
+        grown = end - self.highest_offset
+        if grown > 0:
+            self.highest_offset = end
+            return grown
+        return 0
+
     def _store(self, offset: int, data: bytes | memoryview, end: int, budget: int) -> None:
         """Keep the parts of an out-of-order frame not stored yet."""
         ranges = self.chunk_ranges
