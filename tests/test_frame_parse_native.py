@@ -24,6 +24,8 @@ from quicflow.wire.frames import (
     Frame,
     HandshakeDone,
     MaxData,
+    MaxStreamData,
+    MaxStreams,
     Padding,
     Ping,
     encode_frame,
@@ -51,6 +53,8 @@ common_frame: st.SearchStrategy[Frame] = st.one_of(
     st.builds(ConnectionClose, st.integers(0, VARINT_MAX),
               st.none() | st.integers(0, VARINT_MAX), st.binary(max_size=64)),
     st.just(HandshakeDone()),
+    st.builds(MaxData, st.integers(0, VARINT_MAX)),
+    st.builds(MaxStreamData, st.integers(0, VARINT_MAX), st.integers(0, VARINT_MAX)),
 )
 
 
@@ -139,7 +143,7 @@ def test_each_malformed_frame_fails_alike(raw: bytes) -> None:
 
 def test_what_c_leaves_to_python() -> None:
     assert _both_agree(b"\x40\x01\x80\x00\x00\x1e") is None  # non-minimal frame types
-    assert _both_agree(_enc([MaxData(5)])) is None  # another frame type
+    assert _both_agree(_enc([MaxStreams(True, 5)])) is None  # another frame type
     assert _both_agree(b"\x02\x05\x00" + encode_varint(2**40) + b"\x00") is None  # count
     assert _both_agree(b"") == []
     assert _both_agree(bytes(70000)) == [Padding(70000)]  # longer than the zeros table
@@ -195,3 +199,16 @@ def test_other_classes_are_called() -> None:
     assert made == [(), ("post", 5)] and frames[1].data == b"x"
     # and the real classes again (the layouts follow the tuple passed)
     assert native._ext.parse_frames(b"\x01", frame_parse.CLASSES) == [Ping()]
+
+
+def test_window_updates_beside_an_ack_parse_in_c() -> None:
+    """A receiver's ACK with its MAX_DATA and MAX_STREAM_DATA (what a download's client
+    sends the server) stays in C; a truncated one goes to the reference and fails alike."""
+    from quicflow.wire.frames import Ack
+
+    frames: list[Frame] = [Ack([(90, 100)], 7, None), MaxData(1 << 30),
+                           MaxStreamData(4, (1 << 40) + 3), Padding(3)]
+    assert _both_agree(_enc(frames)) == frames
+    payload = _enc(frames[:3])
+    for cut in range(1, len(payload)):
+        _both_agree(payload[:cut])

@@ -2,9 +2,10 @@
 
 ``parse_frames`` is ``wire.frames.parse_frames``, with its common case in C
 (``quicflow.crypto._native.parse_frames``): a payload made only of PADDING, PING, ACK,
-CRYPTO, STREAM, NEW_CONNECTION_ID, CONNECTION_CLOSE and HANDSHAKE_DONE frames, each well
-formed — what a handshake's packets and plain 1-RTT packets carry — becomes the same
-frame objects. Anything else (another frame type, any malformed frame) goes to the
+CRYPTO, STREAM, NEW_CONNECTION_ID, CONNECTION_CLOSE, HANDSHAKE_DONE, MAX_DATA and
+MAX_STREAM_DATA frames, each well formed — what a handshake's packets and plain 1-RTT
+packets carry, and a receiver's window updates beside its ACKs — becomes the same frame
+objects. Anything else (another frame type, any malformed frame) goes to the
 reference, which parses it or raises ``FrameEncodingError`` with its frame type: the
 result never depends on the parser (tests/test_frame_parse_native.py).
 ``QUICFLOW_ENGINE=python`` (or no extension) uses the reference alone.
@@ -29,7 +30,7 @@ NATIVE_PARSE: Any = (
 )
 #: the classes C makes, in the order it expects them
 CLASSES = (F.Padding, F.Ping, F.Ack, F.Crypto, F.Stream, F.NewConnectionId,
-           F.ConnectionClose, F.HandshakeDone)
+           F.ConnectionClose, F.HandshakeDone, F.MaxData, F.MaxStreamData)
 
 
 def _parse_frames(payload: bytes | bytearray | memoryview) -> list[F.Frame]:

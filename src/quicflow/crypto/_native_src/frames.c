@@ -4,15 +4,16 @@
  * The frames of a decrypted packet payload, parsed as wire/frames.parse_frames does
  * (RFC 9000 12.4, 19), when every frame is one of those a handshake and a plain 1-RTT
  * packet carry: PADDING (a run: one Padding), PING, ACK, ACK_ECN, CRYPTO, STREAM
- * (0x08-0x0f), NEW_CONNECTION_ID, CONNECTION_CLOSE (0x1c, 0x1d) and HANDSHAKE_DONE, each
- * well formed and its type in one byte.  Returns the list of frame objects (the same
+ * (0x08-0x0f), NEW_CONNECTION_ID, CONNECTION_CLOSE (0x1c, 0x1d), HANDSHAKE_DONE, MAX_DATA
+ * and MAX_STREAM_DATA (a receiver's window updates, which come with its ACKs), each well
+ * formed and its type in one byte.  Returns the list of frame objects (the same
  * classes, with the same field values), or None for anything else: another frame type,
  * a frame type in more than one byte, and every malformed frame.  The caller then runs
  * parse_frames, the reference, which parses the payload or raises FrameEncodingError with
  * its frame type and message; so the result (or the error) never depends on the parser.
  *
  * classes: (Padding, Ping, Ack, Crypto, Stream, NewConnectionId, ConnectionClose,
- *           HandshakeDone), the wire.frame_types dataclasses.  Their objects are built
+ *           HandshakeDone, MaxData, MaxStreamData), the wire.frame_types dataclasses.  Their objects are built
  *           without a call of the generated __init__ (see make below).
  *
  * qf_parse_frames is the same on a plain buffer: KeyContext.open_frames (keys.c) parses
@@ -22,7 +23,10 @@
 
 #define VARINT_MAX ((((uint64_t)1) << 62) - 1)
 
-enum { C_PADDING, C_PING, C_ACK, C_CRYPTO, C_STREAM, C_NCID, C_CLOSE, C_DONE, N_CLASSES };
+enum {
+    C_PADDING, C_PING, C_ACK, C_CRYPTO, C_STREAM, C_NCID, C_CLOSE, C_DONE, C_MAX_DATA,
+    C_MAX_STREAM_DATA, N_CLASSES
+};
 
 /* Frame objects are built by qf_build (objects.c): without their generated __init__.
  * The layouts are worked out once per classes tuple (held, so its identity stays
@@ -30,7 +34,7 @@ enum { C_PADDING, C_PING, C_ACK, C_CRYPTO, C_STREAM, C_NCID, C_CLOSE, C_DONE, N_
 static PyObject *layout_of = NULL; /* the classes tuple the layouts below belong to */
 static QfLayout layouts[N_CLASSES];
 
-/* The layouts of classes (a checked 8-tuple); -1 with an exception set on failure. */
+/* The layouts of classes (a checked 10-tuple); -1 with an exception set on failure. */
 static int
 layouts_for(PyObject *classes)
 {
@@ -144,7 +148,7 @@ int
 qf_frame_classes_ok(PyObject *classes)
 {
     if (!PyTuple_Check(classes) || PyTuple_GET_SIZE(classes) != N_CLASSES) {
-        PyErr_SetString(PyExc_TypeError, "parse_frames: classes must be an 8-tuple");
+        PyErr_SetString(PyExc_TypeError, "parse_frames: classes must be a 10-tuple");
         return 0;
     }
     return 1;
@@ -243,6 +247,21 @@ qf_parse_frames(const uint8_t *b, Py_ssize_t n, PyObject *classes_tuple)
             frame = make(classes, C_CLOSE, a, 3);
         } else if (ftype == 0x1E) {
             frame = make(classes, C_DONE, NULL, 0);
+        } else if (ftype == 0x10) { /* MAX_DATA */
+            uint64_t maximum;
+            if (qf_varint(b, n, &pos, &maximum) < 0) {
+                goto not_here;
+            }
+            PyObject *a[1] = {PyLong_FromUnsignedLongLong(maximum)};
+            frame = make(classes, C_MAX_DATA, a, 1);
+        } else if (ftype == 0x11) { /* MAX_STREAM_DATA */
+            uint64_t sid, maximum;
+            if (qf_varint(b, n, &pos, &sid) < 0 || qf_varint(b, n, &pos, &maximum) < 0) {
+                goto not_here;
+            }
+            PyObject *a[2] = {PyLong_FromUnsignedLongLong(sid),
+                              PyLong_FromUnsignedLongLong(maximum)};
+            frame = make(classes, C_MAX_STREAM_DATA, a, 2);
         } else {
             goto not_here;
         }
@@ -269,7 +288,7 @@ mod_parse_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
     if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "parse_frames(payload, classes: 8-tuple)");
+        PyErr_SetString(PyExc_TypeError, "parse_frames(payload, classes: 10-tuple)");
         return NULL;
     }
     if (!qf_frame_classes_ok(args[1])) {

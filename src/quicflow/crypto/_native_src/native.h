@@ -750,7 +750,7 @@ int qf_layout_for(PyObject *cls, QfLayout *out);
 PyObject *qf_build(PyObject *cls, const QfLayout *layout, PyObject **args, Py_ssize_t n);
 /* frames.c: the frames of the n payload bytes at b (a new list), None (not the common
  * case: let the Python reference parse them) or NULL with an exception; classes: a tuple
- * checked by qf_frame_classes_ok (0 with TypeError set when it is not an 8-tuple). */
+ * checked by qf_frame_classes_ok (0 with TypeError set when it is not a 10-tuple). */
 int qf_frame_classes_ok(PyObject *classes);
 PyObject *qf_parse_frames(const uint8_t *b, Py_ssize_t n, PyObject *classes);
 PyObject *mod_decode_tparams(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
