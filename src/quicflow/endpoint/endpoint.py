@@ -300,6 +300,10 @@ class Endpoint:
         GRO, or a peer that does not send GSO batches). Consecutive short-header
         datagrams with the same DCID, address and ECN bits are joined and take the run
         path: one lookup and one engine call for the run."""
+        if len(datagrams) == 1:  # (a round of one, the usual ACK from a client of many)
+            data, address, ecn = datagrams[0]
+            conn = self.receive(data, address, now, ecn)
+            return [] if conn is None else [conn]
         touched: dict[Connection, None] = {}  # by identity, in order
         counters = self.counters
         cid_len = self.cid_length
