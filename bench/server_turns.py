@@ -49,7 +49,67 @@ from run import free_udp_port, parse_size  # noqa: E402
 MARK = "server_turns: "
 
 
-def serve(port: int, with_bounds: bool) -> None:
+def install_kinds(kinds: dict[str, int]) -> None:
+    """Count the datagrams the general path (``send._build_datagram``) builds, by the
+    frames their 1-RTT packets carried (the sent-packet records; ACK when an ACK owed
+    before the build was no longer owed after it) and whether a bulk run followed in
+    the same build, i.e. whether the datagram went alone or led a burst."""
+    from quicflow.endpoint import endpoint as endpoint_mod
+    from quicflow.transport import send as send_mod
+    from quicflow.transport import state as state_mod
+
+
+    names = {getattr(state_mod, n): n[2:] for n in dir(state_mod)
+             if n.startswith("R_") and isinstance(getattr(state_mod, n), int)}
+    general = send_mod._build_datagram
+    bulk = send_mod.build_bulk
+    whole = endpoint_mod.build_datagrams
+    call: list[list[Any]] = []  # this build's general datagrams: [kind, bulk after]
+
+    def kind_of(conn: Any, before: int, owed: bool) -> str:
+        space = conn.loss.spaces[2]
+        if space.largest_sent <= before:
+            return "not 1-RTT"
+        mix: set[str] = set()
+        if owed and not conn.spaces[2].ack_pending:
+            mix.add("ACK")
+        for pn in range(before + 1, space.largest_sent + 1):
+            pkt = space.sent.get(pn)
+            if pkt is None:
+                mix.add("ACK only")
+                continue
+            mix.update(names.get(r[0], str(r[0])) for r in pkt.frames)
+        return "+".join(sorted(mix)) or "no frame record (an ACK repeat, a PING)"
+
+    def general_build(conn: Any, now: float, buf: Any, room: int, seal: Any) -> Any:
+        space = conn.loss.spaces[2]
+        before = space.largest_sent
+        owed = bool(conn.spaces[2].ack_pending)
+        size = general(conn, now, buf, room, seal)
+        if size:
+            call.append([kind_of(conn, before, owed), False])
+        return size
+
+    def kinds_bulk(conn: Any, *args: Any) -> Any:
+        built = bulk(conn, *args)
+        if built > 0:
+            for entry in call:
+                entry[1] = True
+        return built
+
+    def kinds_whole(conn: Any, *args: Any) -> Any:
+        call.clear()
+        out = whole(conn, *args)
+        for kind, then_bulk in call:
+            kinds[kind + (" | bulk run after it" if then_bulk else " | alone")] += 1
+        return out
+
+    send_mod._build_datagram = general_build
+    send_mod.build_bulk = kinds_bulk
+    endpoint_mod.build_datagrams = kinds_whole
+
+
+def serve(port: int, with_bounds: bool, with_kinds: bool = False) -> None:
     """The child: the perf server with the wrappers, the report on stderr at exit."""
     sys.path.insert(0, SRC)
     import atexit
@@ -162,11 +222,14 @@ def serve(port: int, with_bounds: bool) -> None:
     if with_bounds:
         build_bulk = send_mod.build_bulk  # (the timed one: the bookkeeping is outside)
         send_mod.build_bulk = bounded_build
+    kinds: dict[str, int] = collections.defaultdict(int)
+    if with_kinds:
+        install_kinds(kinds)
     cpu_start = time.process_time()
 
     def report() -> None:
         out = {"turns": dict(turns), "outside": dict(outside), "parts": dict(parts),
-               "bounds": dict(bounds), "windows": dict(windows),
+               "bounds": dict(bounds), "windows": dict(windows), "kinds": dict(kinds),
                "process_cpu": time.process_time() - cpu_start}
         print(MARK + json.dumps(out), file=sys.stderr, flush=True)
 
@@ -176,33 +239,56 @@ def serve(port: int, with_bounds: bool) -> None:
     runpy.run_module("quicflow", run_name="__main__")
 
 
+def client_kinds(argv: list[str]) -> None:
+    """The perf client with ``install_kinds``; its counts on stderr at exit."""
+    sys.path.insert(0, SRC)
+    import atexit
+    import runpy
+
+    kinds: dict[str, int] = collections.defaultdict(int)
+    install_kinds(kinds)
+    atexit.register(lambda: print(MARK + json.dumps(kinds), file=sys.stderr, flush=True))
+    sys.argv = ["quicflow", *argv]
+    runpy.run_module("quicflow", run_name="__main__")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--connections", type=int, default=256, help="concurrent downloads")
     ap.add_argument("--size", default="4G", help="total download (default 4G)")
     ap.add_argument("--bounds", action="store_true",
                     help="also what bounded each bulk build, and the windows they ran at")
+    ap.add_argument("--kinds", action="store_true",
+                    help="also the general-path datagrams by the frames they carried")
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--client-kinds", action="store_true", help=argparse.SUPPRESS)
+    if sys.argv[1:2] == ["--client-kinds"]:  # (the client's own options follow)
+        client_kinds(sys.argv[2:])
+        return
     args = ap.parse_args()
     if args.serve:
-        serve(args.serve, args.bounds)
+        serve(args.serve, args.bounds, args.kinds)
         return
     size = parse_size(args.size)
     gib = size / (1 << 30)
     port = free_udp_port()
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
     server = subprocess.Popen([sys.executable, __file__, "--serve", str(port)]
-                              + (["--bounds"] if args.bounds else []), env=env,
+                              + (["--bounds"] if args.bounds else [])
+                              + (["--kinds"] if args.kinds else []), env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(1.5)
         print(f"downloading {args.size} over {args.connections} connections", file=sys.stderr)
+        launcher = [__file__, "--client-kinds"] if args.kinds else ["-m", "quicflow"]
         client = subprocess.run(
-            [sys.executable, "-m", "quicflow", "perf", "client", "-q", "--host", "127.0.0.1",
+            [sys.executable, *launcher, "perf", "client", "-q", "--host", "127.0.0.1",
              "--port", str(port), "--download", str(size), "--insecure", "--json",
              "--max-datagram", "1200", "--connections", str(args.connections),
              "--timeout", "120"], env=env, capture_output=True, text=True, check=True)
         goodput = json.loads(client.stdout)["goodput_bytes_per_s"] / 1e6
+        client_rep = [json.loads(line[len(MARK):]) for line in client.stderr.splitlines()
+                      if line.startswith(MARK)]
     finally:
         server.send_signal(signal.SIGINT)
         _, err = server.communicate(timeout=30)
@@ -224,6 +310,13 @@ def main() -> None:
     for tag, (n, ns) in sorted(rep["outside"].items()):
         print(f"| {tag} callbacks outside their turns | {n / gib:.0f} | "
               f"{ns / max(n, 1) / 1000:.1f} | {ns / 1e9 / gib:.3f} |")
+    if args.kinds:
+        print("\n| general-path datagrams (frames) | per GiB |\n|---|---|")
+        for tag, n in sorted(rep["kinds"].items(), key=lambda item: -item[1]):
+            print(f"| {tag} | {n / gib:.0f} |")
+        print("\n| the client's general-path datagrams (frames) | per GiB |\n|---|---|")
+        for tag, n in sorted(client_rep[-1].items(), key=lambda item: -item[1]):
+            print(f"| {tag} | {n / gib:.0f} |")
     if not args.bounds:
         return
     print("\n| bulk builds bounded by | per GiB |\n|---|---|")
