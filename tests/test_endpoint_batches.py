@@ -78,21 +78,28 @@ def _gro_buffer(segments: list[bytes]) -> tuple[bytes, int]:
     return b"".join(segments), size
 
 
+def _one_download(
+    seed: int, data_seed: int
+) -> tuple[MemoryPair, Connection, Connection, int, bytes, list[bytes]]:
+    """An established, warmed-up pair whose server has built the first N datagrams of
+    one stream (``sid``) of 2 N x 1200 random bytes (``random.Random(data_seed)``), FIN
+    set: ``(pair, server, client, sid, data, segments)``."""
+    pair = MemoryPair(seed=seed)
+    _established(pair)
+    server, client = pair.server_conns[0], pair.client
+    _warm_up(pair, server, client)
+    sid = server.open_stream()
+    data = random.Random(data_seed).randbytes(N * 1200 * 2)
+    server.send_stream_data(sid, data, end_stream=True)
+    return pair, server, client, sid, data, _bulk_datagrams(pair.server, server, pair.now, N)[:N]
+
+
 def _readable(conn: Connection, sid: int) -> bytes:
     return conn.read_stream(sid) if sid in conn.streams else b""
 
 
 def test_gro_batch_of_one_connection_costs_one_lookup() -> None:
-    pair = MemoryPair(seed=11)
-    _established(pair)
-    server = pair.server_conns[0]
-    client = pair.client
-    _warm_up(pair, server, client)
-
-    sid = server.open_stream()
-    data = random.Random(5).randbytes(N * 1200 * 2)
-    server.send_stream_data(sid, data, end_stream=True)
-    segments = _bulk_datagrams(pair.server, server, pair.now, N)[:N]
+    pair, server, client, sid, data, segments = _one_download(11, 5)
     assert all(not s[0] & 0x80 for s in segments), "expected 1-RTT (short header) packets"
     buf, seg_size = _gro_buffer(segments)
     assert seg_size == server.max_datagram_size
@@ -214,15 +221,7 @@ def test_runs_of_one_receive_round_give_one_readable_event() -> None:
     wake-up of the stream's reader), not one per batch."""
     from quicflow.transport.events import StreamReadable
 
-    pair = MemoryPair(seed=11)
-    _established(pair)
-    server = pair.server_conns[0]
-    client = pair.client
-    _warm_up(pair, server, client)
-    sid = server.open_stream()
-    data = random.Random(6).randbytes(N * 1200 * 2)
-    server.send_stream_data(sid, data, end_stream=True)
-    segments = _bulk_datagrams(pair.server, server, pair.now, N)[:N]
+    pair, server, client, sid, data, segments = _one_download(11, 6)
     client.pop_events()
     ep = pair.client_ep
     for part in (segments[: N // 2], segments[N // 2 :]):
@@ -240,14 +239,7 @@ def test_a_run_goes_on_through_the_buffers_of_one_round() -> None:
     is the one three ``receive_batch`` calls give (ranges, counters, events)."""
     states = []
     for together in (False, True):
-        pair = MemoryPair(seed=14)
-        _established(pair)
-        server, client = pair.server_conns[0], pair.client
-        _warm_up(pair, server, client)
-        sid = server.open_stream()
-        data = random.Random(8).randbytes(N * 1200 * 2)
-        server.send_stream_data(sid, data, end_stream=True)
-        segments = _bulk_datagrams(pair.server, server, pair.now, N)[:N]
+        pair, server, client, sid, data, segments = _one_download(14, 8)
         buffers = [_gro_buffer(part) for part in (segments[:7], segments[7:14], segments[14:])]
         client.pop_events()
         ep = pair.client_ep
@@ -344,14 +336,7 @@ def test_a_run_of_one_stream_through_the_buffers_is_one_stream_receive(
     ``receive_batch`` calls give (ranges, largest, ACK state, counters, events, data)."""
     states = []
     for together in (False, True):
-        pair = MemoryPair(seed=16)
-        _established(pair)
-        server, client = pair.server_conns[0], pair.client
-        _warm_up(pair, server, client)
-        sid = server.open_stream()
-        data = random.Random(9).randbytes(N * 1200 * 2)
-        server.send_stream_data(sid, data, end_stream=True)
-        segments = _bulk_datagrams(pair.server, server, pair.now, N)[:N]
+        pair, server, client, sid, data, segments = _one_download(16, 9)
         parts = [segments[:7], segments[7:14], segments[14:]]
         if lost is not None:
             parts = [[s for s in part if s is not segments[lost]] for part in parts]

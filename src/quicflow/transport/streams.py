@@ -338,13 +338,7 @@ class RecvStream:
                 piece = bytes(data[contiguous - offset :])
                 self.ready.append(piece)
                 self.ready_bytes += len(piece)
-        if fin:
-            self.final_size = end
-        grown = end - self.highest_offset
-        if grown > 0:
-            self.highest_offset = end
-            return grown
-        return 0
+        return self._advance(end, fin)
 
     def receive_pieces(
         self, offset: int, pieces: list[bytes], fin: bool, budget: int = _NO_LIMIT
@@ -365,6 +359,11 @@ class RecvStream:
             return self.receive(offset, b"".join(pieces), fin, budget)
         self.ready.extend(pieces)
         self.ready_bytes += size
+        return self._advance(end, fin)
+
+    def _advance(self, end: int, fin: bool) -> int:
+        """A frame that ended at ``end`` was taken: its final size, and by how much
+        ``highest_offset`` grew (what ``receive`` returns)."""
         if fin:
             self.final_size = end
         grown = end - self.highest_offset
