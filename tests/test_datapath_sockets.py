@@ -12,7 +12,8 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import pytest
@@ -57,6 +58,20 @@ def segments_of(entries: list[RecvEntry]) -> list[bytes]:
         out.extend(raw[i : i + seg] for i in range(0, len(raw), seg))
     return out
 
+
+
+@contextmanager
+def one_cpu() -> Iterator[None]:
+    """Keep the calling thread on one CPU meanwhile. The loopback device hands each packet
+    to the backlog of the CPU that transmits it (and a token-bucket qdisc's timer fires on
+    the CPU that armed it), so a sender that moves between CPUs can see its datagrams
+    delivered out of order by the kernel: a test of the order we send in must not move."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def drain_queued(rx: UdpTransport, tx: UdpTransport, want: int) -> list[RecvEntry]:
@@ -178,7 +193,7 @@ def test_full_send_buffer_queues_and_flushes_without_loss(backend: str) -> None:
         return rx, tx
 
     rx, tx = in_private_netns([shape], build)
-    with rx, tx:
+    with rx, tx, one_cpu():
         batches = [payload(10 * 1200, seed=i) for i in range(40)]
         results = [tx.send_batch(b, 1200, rx.local_address) for b in batches]
         assert False in results, "send buffer never filled"

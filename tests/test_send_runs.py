@@ -19,6 +19,7 @@ from .test_datapath_sockets import (
     drain_queued,
     in_private_netns,
     needs_gso,
+    one_cpu,
     payload,
     receive,
     segments_of,
@@ -88,8 +89,9 @@ def test_without_gso_the_runs_go_datagram_by_datagram() -> None:
 def test_a_full_buffer_queues_the_rest_of_the_runs_in_order(sizes: list[int]) -> None:
     # as test_full_send_buffer_queues_and_flushes_without_loss: a token bucket on the
     # namespace's loopback holds the sender's buffer memory, a tiny SO_SNDBUF fills up
+    # (20 Mbit/s: a sender held off the CPU for tens of ms still finds it full)
     shape = ["tc", "qdisc", "add", "dev", "lo", "root", "tbf",
-             "rate", "200mbit", "burst", "32kb", "limit", "64mb"]
+             "rate", "20mbit", "burst", "32kb", "limit", "64mb"]
 
     def build() -> tuple[UdpTransport, UdpTransport]:
         rx = UdpTransport.open("127.0.0.1", 0, buffer_bytes=32 << 20)
@@ -98,7 +100,7 @@ def test_a_full_buffer_queues_the_rest_of_the_runs_in_order(sizes: list[int]) ->
         return rx, tx
 
     rx, tx = in_private_netns([shape], build)
-    with rx, tx:
+    with rx, tx, one_cpu():
         data, bounds, each = _datagrams(sizes)
         runs = gso_batches(bounds)
         assert not tx.send_runs(data, runs, rx.local_address)
