@@ -94,6 +94,18 @@ def _one_download(
     return pair, server, client, sid, data, _bulk_datagrams(pair.server, server, pair.now, N)[:N]
 
 
+def _deliver(ep: Endpoint, buffers: list[tuple[bytes, int]], now: float,
+             together: bool) -> list[Connection]:
+    """The GRO buffers to ``ep``: in one ``receive_batches`` call (``together``) or one
+    ``receive_batch`` call each; the connections they touched."""
+    if together:
+        return ep.receive_batches(buffers, SERVER_ADDR, now)
+    touched: list[Connection] = []
+    for buf, seg in buffers:
+        touched += ep.receive_batch(buf, seg, SERVER_ADDR, now)
+    return touched
+
+
 def _readable(conn: Connection, sid: int) -> bytes:
     return conn.read_stream(sid) if sid in conn.streams else b""
 
@@ -245,12 +257,7 @@ def test_a_run_goes_on_through_the_buffers_of_one_round() -> None:
         ep = pair.client_ep
         lookups = ep.counters.lookups
         packets = client.counters.packets_received
-        if together:
-            touched = ep.receive_batches(buffers, SERVER_ADDR, pair.now)
-        else:
-            touched = []
-            for buf, seg in buffers:
-                touched += ep.receive_batch(buf, seg, SERVER_ADDR, pair.now)
+        touched = _deliver(ep, buffers, pair.now, together)
         assert set(map(id, touched)) == {id(client)}
         assert ep.counters.lookups - lookups == (1 if together else 3)
         assert client.counters.packets_received - packets == N
@@ -344,12 +351,7 @@ def test_a_run_of_one_stream_through_the_buffers_is_one_stream_receive(
         client.pop_events()
         ep = pair.client_ep
         calls = _counting_stream_receives(monkeypatch)
-        if together:
-            touched = ep.receive_batches(buffers, SERVER_ADDR, pair.now)
-        else:
-            touched = []
-            for buf, seg in buffers:
-                touched += ep.receive_batch(buf, seg, SERVER_ADDR, pair.now)
+        touched = _deliver(ep, buffers, pair.now, together)
         monkeypatch.undo()
         assert set(map(id, touched)) == {id(client)}
         expected = {None: [3], 7: [1, 2], 13: [2, 1], 0: [3]}[lost] if together else [1, 1, 1]
