@@ -18,9 +18,11 @@ around the runner's entry points, runs ``quicflow perf client --download SIZE
   loop's granularity), the congestion window's room, flow control (the stream's or the
   connection's limit), the data queued, or the build's datagram limit; and the builds
   and datagrams by the congestion window they were sent at (below 2,048 datagrams the
-  bucket is cwnd/8: the ramp; from 2,048 on, the 256-datagram cap). Its bookkeeping (a
-  few microseconds per build) counts in the turns' and the build's figures, not in the
-  C build's.
+  bucket is cwnd/8: the ramp; from 2,048 on, the 256-datagram cap), and srtt, min_rtt
+  and their ratio at the builds (10th, 50th, 90th percentile: the bucket's timed part is
+  2 ms at 1.25·cwnd/srtt, and a busy server's srtt grows with its queues). Its
+  bookkeeping (a few microseconds per build) counts in the turns' and the build's
+  figures, not in the C build's.
 
 Each wrapped call costs about a microsecond more, so the figures are a little high;
 counts of turns are exact for the run (they move between runs with the load, as the
@@ -176,6 +178,7 @@ def serve(port: int, with_bounds: bool, with_kinds: bool = False) -> None:
 
     bounds: dict[str, int] = collections.defaultdict(int)
     windows: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+    rtts: list[tuple[float, float]] = []
 
     def bounded_build(conn: Any, now: float, buf: Any, ends: Any, seal: Any,
                       max_count: int) -> Any:
@@ -193,8 +196,10 @@ def serve(port: int, with_bounds: bool, with_kinds: bool = False) -> None:
                   ("connection flow control",
                    -(-(flow.peer_max_data - flow.data_sent) // mds)),
                   ("datagrams per build", max_count)]
-        rate = pacer.rate(conn.loss.rtt, cc.cwnd)
+        rtt = conn.loss.rtt
+        rate = pacer.rate(rtt, cc.cwnd)
         bucket = pacer.capacity(rate, cc.cwnd) + rate * pacer.granularity
+        rtts.append((rtt.smoothed_rtt, rtt.min_rtt))
         built = build_bulk(conn, now, buf, ends, seal, max_count)
         if built <= 0:
             bounds["(none: held by the pacer)" if built < 0 else "(none: general path)"] += 1
@@ -230,6 +235,7 @@ def serve(port: int, with_bounds: bool, with_kinds: bool = False) -> None:
     def report() -> None:
         out = {"turns": dict(turns), "outside": dict(outside), "parts": dict(parts),
                "bounds": dict(bounds), "windows": dict(windows), "kinds": dict(kinds),
+               "rtts": _quartiles(rtts),
                "process_cpu": time.process_time() - cpu_start}
         print(MARK + json.dumps(out), file=sys.stderr, flush=True)
 
@@ -250,6 +256,19 @@ def client_kinds(argv: list[str]) -> None:
     atexit.register(lambda: print(MARK + json.dumps(kinds), file=sys.stderr, flush=True))
     sys.argv = ["quicflow", *argv]
     runpy.run_module("quicflow", run_name="__main__")
+
+
+def _quartiles(rtts: list[tuple[float, float]]) -> dict[str, list[float]]:
+    """srtt, min_rtt (ms) and srtt / min_rtt at the builds: 10th, 50th, 90th percentile."""
+    cols = {"srtt (ms)": [s * 1e3 for s, _ in rtts],
+            "min_rtt (ms)": [m * 1e3 for _, m in rtts],
+            "srtt / min_rtt": [s / m for s, m in rtts if m > 0.0]}
+    out = {}
+    for name, values in cols.items():
+        values.sort()
+        n = len(values)
+        out[name] = [values[int(q * (n - 1))] for q in (0.1, 0.5, 0.9)] if n else []
+    return out
 
 
 def main() -> None:
@@ -328,6 +347,9 @@ def main() -> None:
     for key in sorted(rep["windows"], key=order.index):
         n, sent = rep["windows"][key]
         print(f"| {key} | {n / gib:.0f} | {sent / gib:.0f} | {sent / max(n, 1):.1f} |")
+    print("\n| at the builds | 10th | 50th | 90th percentile |\n|---|---|---|---|")
+    for name, values in rep["rtts"].items():
+        print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
 
 
 if __name__ == "__main__":
