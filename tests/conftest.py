@@ -7,8 +7,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -39,3 +40,19 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     """Tests marked ``netns`` need root: skip them (or fail, under REQUIRE_ALL) without it."""
     if item.get_closest_marker("netns") is not None:
         prereq.require(prereq.is_root(), "needs root to create network namespaces")
+
+
+@pytest.fixture(autouse=True)
+def _wakeup_check(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """With ``QUICFLOW_WAKEUP_CHECK=1``: the lost wake-up check (tests/support/wakeups.py)
+    on the loop of every runner the test makes; the test fails if it found any."""
+    if os.environ.get("QUICFLOW_WAKEUP_CHECK") != "1":
+        yield
+        return
+    from tests.support import wakeups  # (imported only when asked for)
+
+    checks = wakeups.watch_runners(monkeypatch)
+    yield
+    found = [c.report() for c in checks if c.violations]
+    if found:
+        pytest.fail("lost wake-ups:\n" + "\n".join(found), pytrace=False)

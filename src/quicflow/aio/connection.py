@@ -325,8 +325,13 @@ class QuicConnection:
         return None
 
     def after_read(self) -> None:
+        """An application read (outside a receive turn) may owe the peer credit: window
+        space (MAX_DATA, MAX_STREAM_DATA) or, when it ended a peer's stream, a stream
+        slot (MAX_STREAMS): a send is scheduled for it. Nothing else may send soon: a
+        peer waiting for the credit with nothing in flight waited for the idle timeout."""
         c = self.conn
-        if c.flow.pending_max_data or c.pending_stream_updates:
+        if (c.flow.pending_max_data or c.pending_stream_updates
+                or c.bidi.pending_max_streams or c.uni.pending_max_streams):
             self.flush()
         held = self.held_window
         if held and c.flow.window != held:  # the window grew: the malloc policy follows
@@ -351,6 +356,9 @@ class QuicConnection:
             try:
                 stream_id = self.conn.open_stream(bidirectional)
             except StreamLimitReached:
+                limits = self.conn.bidi if bidirectional else self.conn.uni
+                if limits.blocked_pending:  # STREAMS_BLOCKED goes now (RFC 9000 §4.6)
+                    self.flush()
                 waiter = self.loop.create_future()
                 self._streams_waiters.append(waiter)
                 try:

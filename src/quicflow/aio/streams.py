@@ -68,6 +68,7 @@ class QuicStreamReader:
                     return data
                 if face.conn.stream_at_eof(self.stream_id):
                     self._check_reset()
+                    face.after_read()  # (reading the end may free a stream slot)
                     return b""
             await self._wait()
 

@@ -732,7 +732,13 @@ def _fill_streams(
                 F.encode_frame(F.DataBlocked(limit=flow.peer_max_data), payload)
                 records.append((R_DATA_BLOCKED,))
                 flow.blocked_sent_at = flow.peer_max_data
-            return
+            # No new byte of any stream may go, but what needs no credit still may:
+            # lost bytes (below what was sent), a FIN alone, RESET_STREAM, STOP_SENDING
+            # of the streams queued after this one. Stopping here stalled a connection
+            # whose lost bytes were queued behind a stream waiting for MAX_DATA while
+            # the peer, its window full of the bytes after the gap, waited for them.
+            i += 1
+            continue
         if sent_any:
             # the packet is full: rotate this stream to the back for fairness
             queue.append(queue.pop(i))
