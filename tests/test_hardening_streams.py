@@ -238,3 +238,32 @@ def test_small_pieces_within_the_window_are_never_refused(order: str) -> None:
     recv.receive(0, data[:1200], False)  # the gap
     assert recv.read() == data and recv.at_eof() and recv.out_of_order_pieces == 0
     assert recv.chunk_cost == 0
+
+
+def test_a_piece_between_stored_ranges_is_taken_whatever_the_charge() -> None:
+    """picoquic under 20 % loss with a 32 KiB stream window: 1210 bytes missing at the
+    front, the rest of the window stored but 9 bytes between two ranges, the charge
+    over the room. The 9 bytes add no gap: refused, they came again and again in the
+    packet that also held the front's bytes, and the stream never moved. Taken, the
+    front's bytes follow and everything reads back exact."""
+    limit = 21 * 1024
+    data = random.Random(13).randbytes(limit)
+    hole = (9000, 9009)
+    recv = _recv(limit)
+    pos = 1210
+    refused = 0
+    while pos < limit:
+        end = min(pos + 600, limit)
+        for start, stop in ((pos, min(end, hole[0])), (max(pos, hole[1]), end)):
+            if start < stop:
+                try:
+                    recv.receive(start, data[start:stop], stop == limit)
+                except ReassemblyFull:
+                    refused += 1
+        pos = end
+    assert refused == 0 and len(recv.chunk_ranges) == 2
+    assert recv.chunk_cost > recv.max_data - recv.read_offset - 1024  # no room for 1 KiB
+    recv.receive(hole[0], data[hole[0] : hole[1]], False)  # no ReassemblyFull
+    assert len(recv.chunk_ranges) == 1
+    recv.receive(0, data[:1210], False)
+    assert recv.read() == data and recv.at_eof() and recv.chunk_cost == 0

@@ -383,7 +383,7 @@ class RecvStream:
             size = end - offset
             cost = size if size > PIECE_COST else PIECE_COST
             if cost > min(budget, self.max_data - self.read_offset - self.chunk_cost):
-                self._make_room(cost, budget)
+                self._make_room(cost, budget, offset, end)
             self.chunks[offset] = data if type(data) is bytes else bytes(data)
             self.chunk_bytes += size
             self.chunk_cost += cost
@@ -413,7 +413,7 @@ class RecvStream:
             cost += max(stop - pos, PIECE_COST)
             pos = stop
         if cost > min(budget, self.max_data - self.read_offset - self.chunk_cost):
-            self._make_room(cost, budget)
+            self._make_room(cost, budget, offset, end)
         chunks = self.chunks
         stored = 0
         for start, stop in gaps:
@@ -426,26 +426,40 @@ class RecvStream:
         self.chunk_cost += cost
         ranges.add(offset, end)
 
-    def _make_room(self, cost: int, budget: int) -> None:
-        """Room for a new piece charged ``cost`` that the stored pieces' charge leaves no
-        room for: join the small stored pieces (:meth:`join_small_pieces`) if that frees
-        enough, else raise :class:`ReassemblyFull` with nothing changed.
+    def _make_room(self, cost: int, budget: int, offset: int, end: int) -> None:
+        """Room for a new piece ``[offset, end)`` charged ``cost`` that the stored pieces'
+        charge leaves no room for. Join the small stored pieces
+        (:meth:`_join_small_pieces`) if that frees enough. Else a piece that touches a
+        stored range (it adds no gap) is taken anyway, the small pieces joined; only a
+        piece that opens a new gap raises :class:`ReassemblyFull`, with nothing changed.
 
         The charge of a piece under ``PIECE_COST`` is more than its bytes: a peer that
-        sends its retransmissions in pieces of a few hundred bytes (picoquic does, under
-        loss) filled the stream's charge with bytes well within the flow-control window,
-        every later piece was refused, and with the gap's bytes always in a packet that
-        also held a refused piece the stream never moved again (RFC 9000 §2.2: data
-        received out of order is buffered up to the advertised limit). Joined, the pieces
-        are charged their bytes plus at most ``PIECE_COST`` per stored range."""
-        overcharge = self.chunk_cost - self.chunk_bytes  # the most joining can free
-        short = cost - min(budget, self.max_data - self.read_offset - self.chunk_cost)
-        if short > overcharge or len(self.chunks) == len(self.chunk_ranges.starts):
-            raise ReassemblyFull("out-of-order data over the reassembly budget")
-        after = self.chunk_cost - self._joined_cost_saving()
-        if cost > min(budget + self.chunk_cost - after, self.max_data - self.read_offset - after):
-            raise ReassemblyFull("out-of-order data over the reassembly budget")
-        self._join_small_pieces()
+        resends in pieces of a few hundred bytes (picoquic does, under loss) filled a
+        stream's charge with bytes well within the flow-control window, and every later
+        piece was refused, down to the 9 bytes between two stored ranges; with the gap's
+        bytes always in a packet that also held a refused piece, the stream never moved
+        again (RFC 9000 §2.2: data received out of order is buffered up to the advertised
+        limit). A piece that touches a stored range costs no new gap, and its bytes are
+        within the window (flow control); joined, the pieces are charged their bytes plus
+        at most ``PIECE_COST`` per stored range, so they stay bounded by the window and
+        MAX_RANGES."""
+        starts, ends = self.chunk_ranges.starts, self.chunk_ranges.ends
+        joinable = len(self.chunks) > len(starts)  # else each range is one piece
+        j = bisect_left(ends, offset)  # the first range that ends at or after ``offset``
+        if j < len(starts) and starts[j] <= end:  # touches it: no new gap
+            if joinable:
+                self._join_small_pieces()
+            return
+        if joinable:
+            overcharge = self.chunk_cost - self.chunk_bytes  # the most joining can free
+            short = cost - min(budget, self.max_data - self.read_offset - self.chunk_cost)
+            if short <= overcharge:
+                after = self.chunk_cost - self._joined_cost_saving()
+                if cost <= min(budget + self.chunk_cost - after,
+                               self.max_data - self.read_offset - after):
+                    self._join_small_pieces()
+                    return
+        raise ReassemblyFull("out-of-order data over the reassembly budget")
 
     def _small_runs(self) -> list[tuple[int, list[int]]]:
         """The runs :meth:`_join_small_pieces` joins: (offset of the first piece, offsets
