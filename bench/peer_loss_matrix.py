@@ -1,7 +1,7 @@
 """Interop under loss and tight limits: foreign peers x role x loss profile x limits.
 
 Each cell is one connection between quicflow and a foreign stack through the lossy relay
-(tests/support/relay.py, plus a burst-loss variant here), every byte checked by SHA-256,
+(tests/support/relay.py, bursts of loss included), every byte checked by SHA-256,
 with a timeout. hq-interop peers (quic-go, quinn, quiche, picoquic) download files; the
 echo peers (aioquic, qh3) upload and download on several streams at once.
 
@@ -32,7 +32,7 @@ import quicflow
 from quicflow.aio.stats import connection_stats
 from tests.support import echo_proto, hq_peers
 from tests.support.aioquic_peer import AioquicProcess
-from tests.support.quic_helpers import ca, client_config, issued, server_config
+from tests.support.quic_helpers import ca, client_config, issued, run, server_config
 from tests.support.relay import Direction, LossyUdpRelay
 
 KB, MB = 1024, 1024 * 1024
@@ -58,45 +58,31 @@ NO_STREAM_WAIT = {"qh3", "quiche"}
 ECHO_PEERS = ["aioquic", "qh3"]
 
 
-class BurstRelay(LossyUdpRelay):
-    """The relay with burst loss: with probability ``p`` per datagram a burst starts that
-    drops everything of that direction (this one included) for ``lo..hi`` milliseconds
-    (bounded in time, not in datagrams: a burst of N datagrams would be an outage of N
-    probe timeouts when only probes and their ACKs flow)."""
+class TracedRelay(LossyUdpRelay):
+    """The relay (its loss, reordering and bursts) keeping what it did with each
+    datagram, for the trace kept with a failed run."""
 
-    def __init__(self, *a: Any, burst: tuple[float, int, int], **kw: Any) -> None:
+    def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
-        self.burst = burst
-        self.until = {"c2s": 0.0, "s2c": 0.0}
-        self.bursts = 0
         self.trace: list[tuple[float, str, int, str]] = []  # (time, direction, bytes, what)
 
     def _relay(self, d: Direction, data: bytes) -> None:
         before = (d.dropped, d.forwarded)
-        self._relay_burst(d, data)
+        super()._relay(d, data)
         what = "drop" if d.dropped != before[0] else "fwd" if d.forwarded != before[1] else "hold"
         self.trace.append((time.monotonic(), d.name, len(data), what))
 
-    def _relay_burst(self, d: Direction, data: bytes) -> None:
-        p, lo, hi = self.burst
-        now = time.monotonic()
-        if now >= self.until[d.name] and p and d.rng.random() < p:
-            self.until[d.name] = now + d.rng.uniform(lo, hi) / 1000
-            self.bursts += 1
-        if now < self.until[d.name]:
-            d.received += 1
-            d.dropped += 1
-            return
-        super()._relay(d, data)
 
-
-RELAYS: list[LossyUdpRelay] = []
+RELAYS: list[TracedRelay] = []
 
 
 def make_relay(profile: dict[str, Any], seed: int) -> Any:
-    def factory(addr: Any, **_: Any) -> LossyUdpRelay:
+    def factory(addr: Any, **_: Any) -> TracedRelay:
         kw = {k: v for k, v in profile.items() if k != "burst"}
-        r = BurstRelay(addr, burst=profile.get("burst", (0.0, 0, 0)), seed=seed, **kw)
+        if "burst" in profile:
+            p, lo, hi = profile["burst"]
+            kw.update(burst=p, burst_ms=(lo, hi))
+        r = TracedRelay(addr, seed=seed, **kw)
         RELAYS.append(r)
         return r
 
@@ -129,6 +115,7 @@ def peer_class(name: str) -> Any:
 
 def peer_missing(name: str) -> str | None:
     import importlib
+    import importlib.util
 
     if name in ECHO_PEERS:
         return None if importlib.util.find_spec(name) else f"{name} not installed"
@@ -269,13 +256,13 @@ def run_cell(peer: str, role: str, profile: str, limits: str, seed: int,
     try:
         if peer in HQ_PEERS:
             hq_peers.LossyUdpRelay = factory  # type: ignore[attr-defined]
-            hq_peers._quicflow_view = _view  # type: ignore[assignment]
+            hq_peers._quicflow_view = _view
             rec.update(hq_cell(peer, role, lim, tmp, qlog, timeout))
         elif role == "qf-client":
-            rec.update(hq_peers.run(echo_as_client(peer, factory, lim, tmp, qlog, pargs),
+            rec.update(run(echo_as_client(peer, factory, lim, tmp, qlog, pargs),
                                     timeout))  # fmt: skip
         else:
-            rec.update(hq_peers.run(echo_as_server(peer, factory, lim, tmp, qlog, timeout,
+            rec.update(run(echo_as_server(peer, factory, lim, tmp, qlog, timeout,
                                                    pargs), timeout + 20))  # fmt: skip
         rec["ok"] = True
     except BaseException as exc:  # noqa: BLE001 - every failure is a result here
@@ -305,7 +292,7 @@ def run_cell(peer: str, role: str, profile: str, limits: str, seed: int,
         shutil.copytree(tmp, dest)
         if RELAYS:
             with open(dest / "relay-trace.txt", "w") as f:
-                for t, name, size, what in RELAYS[0].trace:  # type: ignore[attr-defined]
+                for t, name, size, what in RELAYS[0].trace:
                     f.write(f"{t:.6f} {name} {size} {what}\n")
         shutil.rmtree(tmp, ignore_errors=True)
         rec["kept"] = str(dest)
