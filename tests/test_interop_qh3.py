@@ -108,8 +108,10 @@ async def with_qh3_client(
     loss: float = 0.0,
     reorder: float = 0.0,
     timeout: float = 120.0,
+    relay_kw: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], PeerProcess, list[quicflow.QuicConnection], dict[str, Any] | None]:
-    """A qh3 client against our server; returns its result event."""
+    """A qh3 client against our server; returns its result event (through the lossy
+    relay with ``loss``/``reorder``, or with ``relay_kw``'s settings)."""
     accepted: list[quicflow.QuicConnection] = []
     server = await quicflow.serve(
         echo_proto.serve_stream, "127.0.0.1", 0,
@@ -119,9 +121,9 @@ async def with_qh3_client(
     relay: LossyUdpRelay | None = None
     try:
         port = server.address[1]
-        if loss or reorder:
+        if loss or reorder or relay_kw:
             relay = await LossyUdpRelay(server.address, loss=loss, reorder=reorder,
-                                        seed=8).start()
+                                        seed=8, **(relay_kw or {})).start()
             port = relay.address[1]
         async with qh3_process(
             "client", "--port", str(port), "--cafile", pki.cafile, "--server-name", "localhost",
@@ -302,6 +304,24 @@ def test_loss_and_reordering_with_qh3_client(pki: Pki) -> None:
     assert result["ok"], result
     _assert_relay_disturbed(stats)
     assert accepted[0].conn.counters.packets_lost > 0  # our server resent what was lost
+
+
+def test_small_windows_of_qh3_client_with_loss_bursts(pki: Pki) -> None:
+    """qh3's client allows 48 KiB on the connection and 16 KiB per stream and exchanges
+    150 KiB up and 120 KiB down on 12 streams at once, through bursts of loss (5-60 ms,
+    both ways): our server spends most of the transfer at the connection limit with
+    bytes of other streams lost. Those go out again without new credit (RFC 9000 §4.1),
+    or qh3, its window full of the bytes after the gap, never raises the limit and both
+    wait silently until the idle timeout (on main before c36477f: 4 of 4 runs stalled)."""
+    kib = 1024
+    result, _, accepted, stats = run(with_qh3_client(
+        pki, "--streams", "12", "--upload", str(150 * kib), "--download", str(120 * kib),
+        "--max-data", str(48 * kib), "--max-stream-data", str(16 * kib),
+        server_kw={"idle_timeout": 5.0}, relay_kw={"burst": 0.005}, timeout=40,
+    ), 60)
+    assert result["ok"], result
+    assert stats is not None and stats["s2c"]["bursts"] + stats["c2s"]["bursts"] > 0, stats
+    assert accepted[0].conn.counters.packets_lost > 0
 
 
 class _DropFirstShortHeader(LossyUdpRelay):

@@ -81,6 +81,22 @@ def test_loss_10_percent_drops_5_to_15_percent() -> None:
             assert d == _payload(seq)
 
 
+def test_burst_loss_drops_runs_of_datagrams() -> None:
+    """A burst drops everything of its direction for a while: the lost datagrams come in
+    runs, no more runs than bursts, and what is forwarded is intact and in order."""
+    with _udp() as server, _udp() as client:
+        with RelayThread(server.getsockname(), burst=0.02, seed=3) as relay:
+            got = _pump(relay, client, server)
+        got = _drain(relay, server, got)
+    c2s = relay.c2s
+    assert c2s.bursts > 0 and c2s.dropped > 0 and c2s.forwarded + c2s.dropped == N
+    seqs = [struct.unpack("!I", d[:4])[0] for d in got]
+    assert seqs == sorted(seqs) and all(d == _payload(q) for q, d in zip(seqs, got, strict=True))
+    lost = sorted(set(range(N)) - set(seqs))
+    runs = 1 + sum(1 for a, b in zip(lost, lost[1:], strict=False) if b != a + 1)
+    assert runs <= c2s.bursts
+
+
 def test_reorder_changes_order_but_not_content() -> None:
     with _udp() as server, _udp() as client:
         with RelayThread(server.getsockname(), reorder=0.2, seed=3) as relay:

@@ -21,6 +21,7 @@ object per line, flushed at once)::
     python -m tests.support.aioquic_peer client --port P [--host H] [--cafile F]
         [--server-name N] [--streams S] [--upload U] [--download D] [--chacha]
         [--client-cert C --client-key K] [--library aioquic|qh3]
+        (either role: [--max-data N] [--max-stream-data N], the receive windows)
         {"event": "handshake", "cipher_suite": 4865, "alpn": "perf"}
         {"event": "result", "ok": true, "streams": [...]}       (or {"event": "error", ...})
 
@@ -84,8 +85,8 @@ def _configuration(args: argparse.Namespace, is_client: bool) -> Any:
     cfg = QuicConfiguration(
         is_client=is_client,
         alpn_protocols=["perf"],
-        max_data=BIG_WINDOW,
-        max_stream_data=BIG_WINDOW,
+        max_data=getattr(args, "max_data", 0) or BIG_WINDOW,
+        max_stream_data=getattr(args, "max_stream_data", 0) or BIG_WINDOW,
         idle_timeout=args.idle_timeout,
     )
     if os.environ.get("PEER_QLOGDIR"):  # debugging: the peer's own qlog, one file each
@@ -338,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="(server) send a CertificateRequest (aioquic's test-only hook)")
     p.add_argument("--idle-timeout", type=float, default=30.0)
     p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--max-data", type=int, default=0,
+                   help="connection receive window (default: 16 MiB)")
+    p.add_argument("--max-stream-data", type=int, default=0,
+                   help="stream receive window (default: 16 MiB)")
     args = p.parse_args(argv)
     if args.role == "server":
         return serve(run_server, args)

@@ -333,3 +333,16 @@ def loss_and_reordering(exchange: Exchange, role: str, site: Site, timeout: floa
     for i in range(4):
         site.add(f"l{i}.bin", 256 * KB)
     return exchange(role, site, loss=0.05, timeout=timeout)
+
+
+def heavy_loss_download(exchange: Exchange, site: Site, timeout: float) -> Outcome:
+    """quicflow's client downloads 1 MiB, 300 KiB and two small files through 20 % loss
+    and 20 % reordering each way, with small receive windows that do not grow (64 KiB
+    for the connection, 32 KiB per stream): quicflow takes the peer's retransmissions
+    however they are cut up (picoquic resends in pieces of a few hundred bytes, some of
+    6 to 30), each stored out of order within the window it gave (RFC 9000 §2.2)."""
+    for i, size in enumerate([1200, 40 * KB, 300 * KB, 1 * MB]):
+        site.add(f"h{i}.bin", size)
+    return exchange("qf-client", site, loss=0.20, timeout=timeout, max_data=64 * KB,
+                    max_data_window=64 * KB, max_stream_data=32 * KB,
+                    max_stream_data_window=32 * KB)  # fmt: skip

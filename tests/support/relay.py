@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+import time
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -62,6 +63,13 @@ class Direction:
     # deterministic drops by position: the next ``drop_next`` datagrams, whatever they hold
     # (set it from the relay's loop, e.g. right before the client sends its close)
     drop_next: int = 0
+    # loss in bursts: with probability ``burst`` a datagram starts a burst that drops
+    # everything of this direction for ``burst_ms`` (min, max) milliseconds; bounded in
+    # time, not in datagrams (N datagrams would be N probe timeouts when only probes flow)
+    burst: float = 0.0
+    burst_ms: tuple[float, float] = (5.0, 60.0)
+    burst_until: float = 0.0
+    bursts: int = 0
 
     def drops(self, data: bytes) -> bool:
         """Count ``data``'s packet kinds; True if a ``drop_nth`` or ``drop_next`` rule
@@ -90,6 +98,7 @@ class Direction:
             "duplicated": self.duplicated,
             "corrupted": self.corrupted,
             "undeliverable": self.undeliverable,
+            "bursts": self.bursts,
         }
 
 
@@ -144,7 +153,10 @@ class LossyUdpRelay:
     ``loss``/``reorder`` set both directions; ``c2s_*``/``s2c_*`` override one direction.
     ``duplicate`` sends a datagram twice and ``corrupt`` flips one random bit of it, each
     with that probability, in both directions (defaults 0: the random stream is then the
-    same as without them, so seeded tests keep their drops).
+    same as without them, so seeded tests keep their drops). ``burst`` is the probability
+    that a datagram starts a burst of loss: everything of that direction is dropped for
+    ``burst_ms`` (min, max) milliseconds (time-bounded, so where a burst falls depends on
+    the timing: not reproducible datagram for datagram).
     Settings may be changed while running (``relay.c2s.loss = 0.5``).
     ``c2s_drop_nth=[("handshake", 1)]`` drops, deterministically, the client's first
     datagram that holds a Handshake packet (kinds: see :func:`packet_kinds`).
@@ -166,11 +178,13 @@ class LossyUdpRelay:
         max_hold: float = 0.05,
         duplicate: float = 0.0,
         corrupt: float = 0.0,
+        burst: float = 0.0,
+        burst_ms: tuple[float, float] = (5.0, 60.0),
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
-        for value in (loss, reorder, duplicate, corrupt, c2s_loss, s2c_loss, c2s_reorder,
-                      s2c_reorder):
+        for value in (loss, reorder, duplicate, corrupt, burst, c2s_loss, s2c_loss,
+                      c2s_reorder, s2c_reorder):
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"probabilities must be within [0, 1], got {value}")
         self.server_addr: Address = tuple(server_addr)
@@ -190,6 +204,7 @@ class LossyUdpRelay:
         )
         for d in (self.c2s, self.s2c):
             d.duplicate, d.corrupt = duplicate, corrupt
+            d.burst, d.burst_ms = burst, burst_ms
         self.c2s.drop_nth = list(c2s_drop_nth or [])
         self.s2c.drop_nth = list(s2c_drop_nth or [])
         self.client_addr: Address | None = None
@@ -300,6 +315,14 @@ class LossyUdpRelay:
         if d.drops(data):
             d.dropped += 1
             return
+        if d.burst > 0.0:
+            now = time.monotonic()
+            if now >= d.burst_until and d.rng.random() < d.burst:
+                d.burst_until = now + d.rng.uniform(*d.burst_ms) / 1000
+                d.bursts += 1
+            if now < d.burst_until:
+                d.dropped += 1
+                return
         if d.loss > 0.0 and d.rng.random() < d.loss:
             d.dropped += 1
             return

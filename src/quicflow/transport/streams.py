@@ -383,7 +383,7 @@ class RecvStream:
             size = end - offset
             cost = size if size > PIECE_COST else PIECE_COST
             if cost > min(budget, self.max_data - self.read_offset - self.chunk_cost):
-                raise ReassemblyFull("out-of-order data over the reassembly budget")
+                self._make_room(cost, budget, offset, end)
             self.chunks[offset] = data if type(data) is bytes else bytes(data)
             self.chunk_bytes += size
             self.chunk_cost += cost
@@ -400,7 +400,6 @@ class RecvStream:
             j = bisect_left(ends, offset)
             if j >= n or starts[j] > end:
                 raise ReassemblyFull("too many gaps in the out-of-order data")
-        room = min(budget, self.max_data - self.read_offset - self.chunk_cost)
         gaps: list[tuple[int, int]] = []
         cost = 0
         pos = offset
@@ -412,9 +411,9 @@ class RecvStream:
             stop = end if i >= n else min(end, starts[i])
             gaps.append((pos, stop))
             cost += max(stop - pos, PIECE_COST)
-            if cost > room:
-                raise ReassemblyFull("out-of-order data over the reassembly budget")
             pos = stop
+        if cost > min(budget, self.max_data - self.read_offset - self.chunk_cost):
+            self._make_room(cost, budget, offset, end)
         chunks = self.chunks
         stored = 0
         for start, stop in gaps:
@@ -426,6 +425,95 @@ class RecvStream:
         self.chunk_bytes += stored
         self.chunk_cost += cost
         ranges.add(offset, end)
+
+    def _make_room(self, cost: int, budget: int, offset: int, end: int) -> None:
+        """Room for a new piece ``[offset, end)`` charged ``cost`` that the stored pieces'
+        charge leaves no room for. Join the small stored pieces
+        (:meth:`_join_small_pieces`) if that frees enough. Else a piece that touches a
+        stored range (it adds no gap) is taken anyway, the small pieces joined; only a
+        piece that opens a new gap raises :class:`ReassemblyFull`, with nothing changed.
+
+        The charge of a piece under ``PIECE_COST`` is more than its bytes: a peer that
+        resends in pieces of a few hundred bytes (picoquic does, under loss) filled a
+        stream's charge with bytes well within the flow-control window, and every later
+        piece was refused, down to the 9 bytes between two stored ranges; with the gap's
+        bytes always in a packet that also held a refused piece, the stream never moved
+        again (RFC 9000 §2.2: data received out of order is buffered up to the advertised
+        limit). A piece that touches a stored range costs no new gap, and its bytes are
+        within the window (flow control); joined, the pieces are charged their bytes plus
+        at most ``PIECE_COST`` per stored range, so they stay bounded by the window and
+        MAX_RANGES."""
+        starts, ends = self.chunk_ranges.starts, self.chunk_ranges.ends
+        joinable = len(self.chunks) > len(starts)  # else each range is one piece
+        j = bisect_left(ends, offset)  # the first range that ends at or after ``offset``
+        if j < len(starts) and starts[j] <= end:  # touches it: no new gap
+            if joinable:
+                self._join_small_pieces()
+            return
+        if joinable:
+            overcharge = self.chunk_cost - self.chunk_bytes  # the most joining can free
+            short = cost - min(budget, self.max_data - self.read_offset - self.chunk_cost)
+            if short <= overcharge:
+                after = self.chunk_cost - self._joined_cost_saving()
+                if cost <= min(budget + self.chunk_cost - after,
+                               self.max_data - self.read_offset - after):
+                    self._join_small_pieces()
+                    return
+        raise ReassemblyFull("out-of-order data over the reassembly budget")
+
+    def _small_runs(self) -> list[tuple[int, list[int]]]:
+        """The runs :meth:`_join_small_pieces` joins: (offset of the first piece, offsets
+        of the pieces), in each stored range a piece under ``PIECE_COST`` and the pieces
+        after it while the run is under ``PIECE_COST`` (so each joined piece but a
+        range's last is charged its bytes, and a byte is copied again only when a small
+        piece arrives in front of it)."""
+        chunks = self.chunks
+        runs: list[tuple[int, list[int]]] = []
+        for start, stop in zip(self.chunk_ranges.starts, self.chunk_ranges.ends, strict=True):
+            pos = start
+            while pos < stop:
+                size = len(chunks[pos])
+                if size >= PIECE_COST:
+                    pos += size
+                    continue
+                run = [pos]
+                pos += size
+                while size < PIECE_COST and pos < stop:
+                    run.append(pos)
+                    step = len(chunks[pos])
+                    size += step
+                    pos += step
+                if len(run) > 1:
+                    runs.append((run[0], run))
+        return runs
+
+    def _joined_cost_saving(self) -> int:
+        """By how much :meth:`_join_small_pieces` would lower ``chunk_cost``."""
+        chunks = self.chunks
+        saving = 0
+        for _, run in self._small_runs():
+            size = 0
+            for at in run:
+                piece = len(chunks[at])
+                size += piece
+                saving += piece if piece > PIECE_COST else PIECE_COST
+            saving -= size if size > PIECE_COST else PIECE_COST
+        return saving
+
+    def _join_small_pieces(self) -> int:
+        """Join the runs of small stored pieces (see :meth:`_small_runs`) into one piece
+        each; the stored bytes and ranges stay as they are. Returns the charge freed."""
+        chunks = self.chunks
+        freed = 0
+        for first, run in self._small_runs():
+            parts = [chunks.pop(at) for at in run]
+            joined = b"".join(parts)
+            chunks[first] = joined
+            for piece in parts:
+                freed += len(piece) if len(piece) > PIECE_COST else PIECE_COST
+            freed -= len(joined) if len(joined) > PIECE_COST else PIECE_COST
+        self.chunk_cost -= freed
+        return freed
 
     def _fill(self, offset: int, data: bytes | memoryview, end: int, contiguous: int) -> None:
         """In-order data while pieces are stored: take the new bytes and every stored
