@@ -235,7 +235,9 @@ def test_small_pieces_within_the_window_are_never_refused(order: str) -> None:
     for start, end in frames:
         recv.receive(start, data[start:end], end == limit)  # none raises ReassemblyFull
     assert recv.out_of_order_bytes == limit - 1200
-    assert recv.chunk_cost <= recv.max_data - recv.read_offset
+    # the small pieces were joined: no more pieces than the window holds KiB (the charge
+    # may pass the window by what the last pass over the pieces left unjoined)
+    assert recv.out_of_order_pieces <= limit // 1024
     recv.receive(0, data[:1200], False)  # the gap
     assert recv.read() == data and recv.at_eof() and recv.out_of_order_pieces == 0
     assert recv.chunk_cost == 0
@@ -292,4 +294,37 @@ def test_small_window_reassembly_stays_consistent_and_exact(seed: int) -> None:
         check_recv_stream(recv, "recv")
     recv.receive(0, data, True)
     check_recv_stream(recv, "recv")
+    assert recv.read() == data and recv.at_eof() and recv.chunk_cost == 0
+
+
+def test_tiny_frames_past_the_charge_do_not_each_walk_every_piece(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A peer's 1-byte frames, each next to a stored range, once the charge binds: each
+    is taken (it opens no gap), but a pass over all stored pieces (O(pieces)) is made
+    only when the overcharge has grown by 1 KiB per 16 pieces since the last one. A pass
+    per frame let a packet of 1-byte frames walk ~1000 pieces for each of its frames."""
+    limit = 1 << 20
+    data = random.Random(14).randbytes(limit)
+    recv = _recv(limit)
+    for offset in range(24, limit - 1024, 1024):  # the charge at once: 1000-byte
+        recv.receive(offset, data[offset : offset + 1000], False)  # pieces, 24-byte gaps
+    passes = 0
+    small_runs = RecvStream._small_runs
+
+    def counted(self: RecvStream) -> list[tuple[int, list[int]]]:
+        nonlocal passes
+        passes += 1
+        return small_runs(self)
+
+    monkeypatch.setattr(RecvStream, "_small_runs", counted)
+    frames = 0
+    for gap in range(1024, 1024 * 44, 1024):  # 43 gaps filled byte by byte
+        for offset in range(gap, gap + 24):
+            recv.receive(offset, data[offset : offset + 1], False)  # never refused
+            frames += 1
+    assert 0 < passes <= frames // 16  # (a pass per frame past the charge before)
+    # bounded as before, but for the pieces stored since the last pass (1 in 16)
+    assert recv.out_of_order_pieces <= (limit // 1024) * 17 // 16
+    recv.receive(0, data, True)
     assert recv.read() == data and recv.at_eof() and recv.chunk_cost == 0

@@ -280,6 +280,9 @@ class RecvStream:
     chunk_ranges: RangeSet = field(default_factory=RangeSet)  # what ``chunks`` covers
     chunk_bytes: int = 0  # bytes in ``chunks``
     chunk_cost: int = 0  # their charge: sum of max(len(piece), PIECE_COST)
+    #: the overcharge (chunk_cost - chunk_bytes) the last pass over the pieces left
+    #: (``_make_room``: a pass costs O(pieces) and is made again only once it has grown)
+    joined_over: int = 0
     max_data: int = 0  # our advertised MAX_STREAM_DATA
     window: int = 0
     window_max: int = 0
@@ -442,23 +445,34 @@ class RecvStream:
         limit). A piece that touches a stored range costs no new gap, and its bytes are
         within the window (flow control); joined, the pieces are charged their bytes plus
         at most ``PIECE_COST`` per stored range, so they stay bounded by the window and
-        MAX_RANGES."""
+        MAX_RANGES. A pass over the pieces is made only when the overcharge has grown
+        since the last one (``joined_over``), so neither a packet full of tiny frames nor
+        a stream of refused ones makes each frame walk every stored piece."""
         starts, ends = self.chunk_ranges.starts, self.chunk_ranges.ends
-        joinable = len(self.chunks) > len(starts)  # else each range is one piece
+        over = self.chunk_cost - self.chunk_bytes  # the most a pass can free
+        if over < self.joined_over:
+            self.joined_over = over  # pieces were read since the last pass
+        # A pass walks every piece. It is made only when the overcharge grew by more than
+        # PIECE_COST per 16 stored pieces since the last pass: each piece adds less than
+        # PIECE_COST, so a pass is paid for by n/16 new pieces, and a peer's tiny frames
+        # (each packet full of them, or each refused) cost O(1) each, amortized.
+        worth = over - self.joined_over > PIECE_COST * (1 + len(self.chunks) // 16)
         j = bisect_left(ends, offset)  # the first range that ends at or after ``offset``
         if j < len(starts) and starts[j] <= end:  # touches it: no new gap
-            if joinable:
+            if worth:
                 self._join_small_pieces()
+                self.joined_over = self.chunk_cost - self.chunk_bytes
             return
-        if joinable:
-            overcharge = self.chunk_cost - self.chunk_bytes  # the most joining can free
+        if worth:
             short = cost - min(budget, self.max_data - self.read_offset - self.chunk_cost)
-            if short <= overcharge:
+            if short <= over:
                 after = self.chunk_cost - self._joined_cost_saving()
                 if cost <= min(budget + self.chunk_cost - after,
                                self.max_data - self.read_offset - after):
                     self._join_small_pieces()
+                    self.joined_over = self.chunk_cost - self.chunk_bytes
                     return
+            self.joined_over = over  # (refused: nothing else changes, the charge stays)
         raise ReassemblyFull("out-of-order data over the reassembly budget")
 
     def _small_runs(self) -> list[tuple[int, list[int]]]:
