@@ -58,6 +58,11 @@ class MoveOutcome:
     #: owed (ack-eliciting packets not acknowledged yet), with lost bytes to send again
     at_capture: dict[str, int] = field(default_factory=dict)
     relay: dict[str, int] = field(default_factory=dict)  # datagrams dropped, reordered
+    #: per move: seconds in ``move_to`` (TLS session, captures, restores), and from the
+    #: route switch until the client has 64 KiB more (the transfer going again)
+    move_seconds: list[float] = field(default_factory=list)
+    resume_seconds: list[float] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)  # connections not captured
 
 
 class CheckingPerf(PerfServerHandler):
@@ -193,14 +198,21 @@ async def run_moves(load: MoveLoad, directory: Path) -> MoveOutcome:
                 await asyncio.sleep(0.002)
             to = "b" if at == "a" else "a"
             receiver = receivers[to]
+            started = loop.time()
             moved = await servers[at].move_to(  # type: ignore[union-attr]
                 receiver.address[0], receiver.address[1], contexts[at][1],
                 server_name="localhost")
             for relay in relays:
                 relay.server_addr = ("127.0.0.1", servers[to].address[1])
+            switched = loop.time()
+            out.move_seconds.append(round(switched - started, 4))
             out.moves += 1
             out.moved += moved
             at = to
+            before = done[0]
+            while done[0] < before + 64 * KB and done[0] < total:
+                await asyncio.sleep(0.001)
+            out.resume_seconds.append(round(loop.time() - switched, 4))
 
     start = loop.time()
     try:
@@ -226,6 +238,9 @@ async def run_moves(load: MoveLoad, directory: Path) -> MoveOutcome:
             receiver.close()
         for server in servers.values():
             server.close()
+    for server in servers.values():
+        for reason, count in server.handover.skip_reasons.items():  # type: ignore[union-attr]
+            out.skipped[reason] = out.skipped.get(reason, 0) + count
     out.upload_errors = handler.upload_errors
     if out.upload_errors:
         out.ok, out.error = False, f"{out.upload_errors} upload reads off the pattern"
