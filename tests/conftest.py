@@ -43,16 +43,40 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _wakeup_check(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _wakeup_check(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """With ``QUICFLOW_WAKEUP_CHECK=1``: the lost wake-up check (tests/support/wakeups.py)
-    on the loop of every runner the test makes; the test fails if it found any."""
+    on the loop of every runner the test makes, on every connection restored from a
+    snapshot, and in the processes the test starts (forked workers, perf servers: they
+    write to a spool directory, ``QUICFLOW_WAKEUP_SPOOL``); the test fails if it found
+    any. ``QUICFLOW_WAKEUP_COVERAGE=FILE``: one JSON line per test there, saying what
+    was checked (loops, connections, restores, in this process and the others)."""
     if os.environ.get("QUICFLOW_WAKEUP_CHECK") != "1":
         yield
         return
     from tests.support import wakeups  # (imported only when asked for)
 
-    checks = wakeups.watch_runners(monkeypatch)
+    spool = str(tmp_path_factory.mktemp("wakeups"))
+    monkeypatch.setenv("QUICFLOW_WAKEUP_SPOOL", spool)
+    checks = wakeups.watch_runners(monkeypatch, spool)
     yield
     found = [c.report() for c in checks if c.violations]
+    lines = wakeups.read_spool(spool)
+    found += [f"(process {line['pid']}) {line['text']}" for line in lines
+              if line["kind"] == "violation"]
+    coverage = os.environ.get("QUICFLOW_WAKEUP_COVERAGE")
+    if coverage:
+        import json
+
+        with open(coverage, "a") as f:
+            f.write(json.dumps({
+                "test": request.node.nodeid, "loops": len(checks),
+                "connections": sum(len(c.connections_seen) for c in checks),
+                "restores": sum(c.restores for c in checks),
+                "checks": sum(c.checks for c in checks),
+                "processes": len({line["pid"] for line in lines}),
+                "process_connections": sum(line["kind"] == "seen" for line in lines),
+                "process_restores": sum(line["kind"] == "restored" for line in lines),
+                "violations": len(found)}) + "\n")
     if found:
         pytest.fail("lost wake-ups:\n" + "\n".join(found), pytrace=False)

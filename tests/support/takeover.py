@@ -57,6 +57,8 @@ class ServerProc:
         cmd = [*(prefix or []), sys.executable]
         cmd += ["-c", _WAIT_THEN_RUN] if wait_for_go else ["-m", "quicflow.cli.main"]
         env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+        if os.environ.get("QUICFLOW_WAKEUP_SPOOL"):  # the lost wake-up check runs there too
+            env["PYTHONPATH"] += os.pathsep + str(ROOT / "tests" / "support" / "wakeup_site")
         self.proc = subprocess.Popen(
             [*cmd, "perf", "server", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,

@@ -27,16 +27,39 @@ writer only while a bound holds it (or a woken writer has yet to pass the turn o
 ``create_stream`` only while the peer's stream limit is reached; pending events are
 dispatched (``conn.events`` empty) unless a flush is scheduled.
 
+And invariants of the connection's own state (``invariants``), which hold whether or
+not a turn would send: an ACK owed for ack-eliciting packets has a deadline (or is due
+at once), packets in flight have a loss/PTO deadline, an established connection has a
+deadline at all (its idle timeout at least). They are checked at every pass and right
+after every restore of a snapshot (``watch_restores``: a connection moved here, handed
+over from another process or worker), before anything has run on it: a restore that
+drops a deadline (the ACK's, the PTO's) is caught there, even when traffic would hide
+it later.
+
+Restored connections are checked like any other on the runner that adopted them
+(``restore_one``: in-process takeovers and moves, and the successor's runner, which
+serves before it reads its socket). A *paused* runner (``EndpointRunner.pause``: a
+handoff passes its socket on) is skipped like a closed one: pausing is a legal quiet
+state, because a paused runner never serves again — each of its connections was
+captured and released (served by the successor from its restore on) or ends with the
+process.
+
 Install it on a running loop (``WakeupCheck(loop).install()``); ``violations`` lists
 what it found, each kind once per connection with a count, and the connection's state
 at the first finding. ``tests/conftest.py`` installs it on every runner's loop when
-``QUICFLOW_WAKEUP_CHECK=1`` is set, and fails the test that left violations.
+``QUICFLOW_WAKEUP_CHECK=1`` is set, and fails the test that left violations. Other
+processes report through a *spool* directory (``QUICFLOW_WAKEUP_SPOOL``): forked
+workers inherit the test's patches, and perf server subprocesses load them through
+``tests/support/wakeup_site/sitecustomize.py`` (``install_in_process``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -161,6 +184,11 @@ class WakeupCheck:
         #: (``record``) each connection's details at the latest check: id -> state
         self.record = False
         self.last: dict[int, dict[str, Any]] = {}
+        #: a directory: each finding (and each connection first seen) is written there
+        #: at once, as JSON lines of this process (a worker process that ends with
+        #: ``os._exit`` reports what it found that way)
+        self.spool: str | None = None
+        self.restores = 0  # snapshots restored on this loop (checked by watch_restores)
 
     # ------------------------------------------------------------------ install
 
@@ -195,6 +223,10 @@ class WakeupCheck:
     def report(self) -> str:
         return "\n".join(str(v) for v in self.violations.values())
 
+    def spool_line(self, kind: str, text: str) -> None:
+        if self.spool is not None:
+            spool_write(self.spool, kind, text)
+
     # ------------------------------------------------------------------ the check
 
     def _found(self, conn: Connection, kind: str, detail: str, now: float,
@@ -205,8 +237,9 @@ class WakeupCheck:
             found.count += 1
             return
         name = f"{'client' if conn.is_client else 'server'} conn {conn.original_dcid.hex()[:8]}"
-        self.violations[key] = Violation(kind, name, now, detail,
-                                         state if state is not None else conn_state(conn, now))
+        found = self.violations[key] = Violation(
+            kind, name, now, detail, state if state is not None else conn_state(conn, now))
+        self.spool_line("violation", str(found))
 
     def check(self) -> None:
         if self._busy:
@@ -234,7 +267,9 @@ class WakeupCheck:
             for conn in list(runner.endpoint.all_connections):
                 if conn.terminated or conn.released:
                     continue
-                self.connections_seen.add(id(conn))
+                if id(conn) not in self.connections_seen:
+                    self.connections_seen.add(id(conn))
+                    self.spool_line("seen", conn.original_dcid.hex())
                 if self.record:
                     self.last[id(conn)] = conn_details(conn, now)
                 self._check_conn(runner, conn, now, heap, wheel_at)
@@ -246,6 +281,8 @@ class WakeupCheck:
             return  # a turn comes at once
         if conn in runner._dirty:
             self._found(conn, "dirty-unscheduled", "in _dirty without a flush scheduled", now)
+        for broken in invariants(conn):
+            self._found(conn, "invariant", broken, now)
         if conn.events:
             self._found(conn, "undispatched-events",
                         f"{[type(e).__name__ for e in conn.events[:4]]} left in conn.events",
@@ -372,21 +409,125 @@ def _gate_has_done(*gates: SendGate) -> bool:
     return any(w.done() for g in gates for w in (g._waiters or ()))
 
 
-def watch_runners(monkeypatch: Any) -> list[WakeupCheck]:
-    """Install a check on the loop of every :class:`EndpointRunner` made from now on
-    (``monkeypatch``: undone at the test's end); the list fills with the checks made."""
+def watch_runners(monkeypatch: Any, spool: str | None = None) -> list[WakeupCheck]:
+    """Install a check on the loop of every :class:`EndpointRunner` made from now on,
+    and ``watch_restores`` (``monkeypatch``: undone at the test's end); the list fills
+    with the checks made in this process. A worker forked meanwhile inherits the
+    patches: its checks write to ``spool`` (it reports nothing otherwise)."""
     from quicflow.aio.runner import EndpointRunner
 
     checks: list[WakeupCheck] = []
+    origin = os.getpid()
     init = EndpointRunner.__init__
 
     def patched(self: EndpointRunner, *args: Any, **kw: Any) -> None:
         init(self, *args, **kw)
         if WakeupCheck.of(self.loop) is None:
-            checks.append(WakeupCheck(self.loop).install())
+            check = WakeupCheck(self.loop)
+            if os.getpid() != origin:  # a forked worker
+                check.spool = spool
+                check.spool_line("installed", "forked worker")
+            checks.append(check.install())
 
     monkeypatch.setattr(EndpointRunner, "__init__", patched)
+    watch_restores(monkeypatch.setattr, spool)
     return checks
+
+
+def install_in_process(spool: str) -> None:
+    """In a process the tests started (``wakeup_site/sitecustomize.py``): a check with
+    ``spool`` on the loop of every runner, and ``watch_restores``, for the process's
+    life."""
+    from quicflow.aio.runner import EndpointRunner
+
+    init = EndpointRunner.__init__
+
+    def patched(self: EndpointRunner, *args: Any, **kw: Any) -> None:
+        init(self, *args, **kw)
+        if WakeupCheck.of(self.loop) is None:
+            check = WakeupCheck(self.loop)
+            check.spool = spool
+            check.spool_line("installed", " ".join(sys.argv[:4]))
+            check.install()
+
+    EndpointRunner.__init__ = patched  # type: ignore[method-assign]
+    watch_restores(setattr, spool)
+
+
+def watch_restores(setattr_: Any, spool: str | None = None) -> None:
+    """Check ``invariants`` on every connection restored from a snapshot right after its
+    restore (``restore_sealed`` as ``restore_one`` calls it), before anything runs on it;
+    findings go to the check of the running loop (or to ``spool``)."""
+    from quicflow.aio import handover
+
+    restore = handover.restore_sealed
+    if getattr(restore, "_wakeup_watch", False):
+        return  # watched already (this process, or the process it was forked from)
+
+    def checked(*args: Any, **kw: Any) -> Any:
+        conn, app_state = restore(*args, **kw)
+        check = WakeupCheck.of(asyncio.get_running_loop())
+        if check is not None:
+            check.restores += 1
+            check.spool_line("restored", conn.original_dcid.hex())
+        for broken in invariants(conn):
+            if check is not None:
+                check._found(conn, "restored-invariant", broken, kw.get("now", 0.0))
+            elif spool is not None:
+                spool_write(spool, "violation", f"restored-invariant: {broken}")
+        return conn, app_state
+
+    checked._wakeup_watch = True  # type: ignore[attr-defined]
+    setattr_(handover, "restore_sealed", checked)
+
+
+def invariants(conn: Connection) -> list[str]:
+    """Deadlines ``conn``'s state must have, whatever a turn would send: an ACK owed for
+    ack-eliciting packets has a deadline or is due at once; ack-eliciting packets in
+    flight have a loss/PTO deadline (unless the anti-amplification limit holds the
+    server back); an established connection has a deadline at all
+    (its idle timeout at least). Empty when all hold (or the connection is closing)."""
+    if conn.terminated or conn.released or conn.state >= CLOSING:
+        return []
+    out = []
+    app = conn.spaces[2]
+    if (not app.discarded and app.ack_eliciting_pending and not app.ack_immediately
+            and app.ack_deadline is None):
+        out.append(f"{app.ack_eliciting_pending} ack-eliciting packets owe an ACK with no "
+                   "ACK deadline")
+    loss = conn.loss
+    # (a server at its anti-amplification limit on a path not validated yet, after a
+    # client's address changed, arms no PTO: RFC 9002 §6.2.2.1, "packets sent on PTO
+    # count against the anti-amplification limit"; what the client sends wakes it)
+    if (conn.handshake_confirmed and loss.ack_eliciting_in_flight and loss.timer() is None
+            and not loss.amplification_limited):
+        out.append(f"{loss.ack_eliciting_in_flight} ack-eliciting packets in flight with "
+                   "no loss/PTO deadline")
+    if conn.handshake_confirmed and conn.timer() is None:
+        out.append("an established connection with no deadline at all")
+    return out
+
+
+def spool_write(spool: str, kind: str, text: str) -> None:
+    """One JSON line (this process, ``kind``, ``text``) appended to ``spool``'s file of
+    this process, in one write (workers end with ``os._exit``: nothing is buffered)."""
+    line = json.dumps({"pid": os.getpid(), "kind": kind, "text": text}) + "\n"
+    fd = os.open(os.path.join(spool, f"wakeups-{os.getpid()}.jsonl"),
+                 os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def read_spool(spool: str) -> list[dict[str, Any]]:
+    """Every line the processes wrote to ``spool`` (see ``spool_write``)."""
+    out = []
+    for name in sorted(os.listdir(spool)):
+        if name.startswith("wakeups-") and name.endswith(".jsonl"):
+            with open(os.path.join(spool, name)) as f:
+                out += [json.loads(line) for line in f if line.strip()]
+    return out
 
 
 def _waits_in(waiter: asyncio.Future[None], name: str) -> bool:
