@@ -15,9 +15,14 @@ timeout on both sides.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
+
+import pytest
 
 from quicflow.tls.certs import generate_self_signed
+from quicflow.transport import send as send_module
 from quicflow.transport.config import Configuration
+from quicflow.transport.streams import SendStream
 from tests.support.memory_pair import MemoryPair
 
 KIB = 1024
@@ -75,3 +80,46 @@ def test_lost_data_is_resent_while_the_connection_waits_for_max_data() -> None:
     assert client.counters.packets_lost >= 1  # the first datagram was found lost, resent
     assert bytes(got[a]) == first
     assert bytes(got[b]) == second
+
+
+def test_streams_waiting_for_max_data_leave_the_queue_until_it_comes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """64 streams wait for MAX_DATA (the server's application does not read yet): each
+    leaves the send queue once it has nothing that may go without credit, so the
+    packets built meanwhile (ACKs, probes) do not walk all 64 streams each; MAX_DATA
+    puts them back, and every byte arrives."""
+    pair = _pair()
+    client = pair.client
+    pair.run(lambda: client.handshake_confirmed and not client.spaces[2].ack_pending
+             and not client.loss.bytes_in_flight)
+    server = pair.server_conns[0]
+    bodies = {client.open_stream(): hashlib.sha256(bytes([i])).digest() * 128
+              for i in range(64)}  # 4 KiB each: 256 KiB against a 16 KiB window
+    for sid, body in bodies.items():
+        client.send_stream_data(sid, body, end_stream=True)
+    pair.run(lambda: client.flow.peer_max_data == client.flow.data_sent
+             and not client.loss.bytes_in_flight)
+    visits = 0
+    next_chunk = SendStream.next_chunk
+
+    def counted(self: SendStream, max_len: int, conn_credit: int) -> Any:
+        nonlocal visits
+        visits += 1
+        return next_chunk(self, max_len, conn_credit)
+
+    monkeypatch.setattr(SendStream, "next_chunk", counted)
+    for _ in range(50):  # the stream part of packets built while it waits
+        send_module._fill_streams(client, bytearray(), 1200, [])
+    assert visits <= 64  # (64 per packet before: 3,200)
+    assert client.flow.peer_max_data == client.flow.data_sent
+    got = {sid: bytearray() for sid in bodies}
+
+    def done() -> bool:
+        for sid, buf in got.items():  # the application reads now: MAX_DATA goes out
+            buf.extend(server.read_stream(sid, -1, pair.now))
+        return all(len(got[sid]) == len(body) for sid, body in bodies.items())
+
+    pair.run(done, max_time=30.0)
+    assert all(bytes(got[sid]) == body for sid, body in bodies.items())
+    assert not client.send_queue

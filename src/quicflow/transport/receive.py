@@ -593,6 +593,8 @@ def _apply_peer_params(conn: Connection, raw: bytes) -> None:
                 params.initial_max_stream_data_uni if stream.stream_id & 2
                 else params.initial_max_stream_data_bidi_remote
             )
+    # (0-RTT: a stream that waited at the remembered limits goes on under the new ones)
+    RS.requeue_sendable(conn)
 
 
 VERSION_NEGOTIATION_ERROR = 0x11  # RFC 9368 §4

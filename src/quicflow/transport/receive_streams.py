@@ -77,8 +77,22 @@ def on_stop_sending(conn: Connection, frame: Any, epoch: Epoch, now: float) -> N
 def on_max_data(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
     if frame.maximum > conn.flow.peer_max_data:
         conn.flow.peer_max_data = frame.maximum
+        requeue_sendable(conn)
         for sid in conn.streams:
             conn.events.append(StreamWritable(sid))
+
+
+def requeue_sendable(conn: Connection) -> None:
+    """The connection's credit or the streams' limits grew: every stream with something
+    to send is in the send queue again. A stream that waits for credit leaves the queue
+    (send._fill_streams at credit 0, or a stream at its own limit), so the streams behind
+    it are not walked past it for every packet built while it waits."""
+    queue = conn.send_queue
+    queued = set(queue)
+    for sid, stream in conn.streams.items():
+        send = stream.send
+        if send is not None and sid not in queued and send.has_data_to_send():
+            queue.append(sid)
 
 
 def on_max_stream_data(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:

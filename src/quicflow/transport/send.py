@@ -706,6 +706,7 @@ def _fill_streams(
             continue
         credit = flow.peer_max_data - flow.data_sent
         sent_any = False
+        exhausted = False  # the stream has nothing more that may go now (not: no room)
         while True:
             room = limit - len(payload)
             header_max = 1 + varint_len(sid) + varint_len(send.next_offset + room) + 2
@@ -713,6 +714,7 @@ def _fill_streams(
                 break
             chunk = send.next_chunk(room - header_max, credit)
             if chunk is None:
+                exhausted = True
                 break
             offset, data, fin, new_bytes = chunk
             flow.data_sent += new_bytes
@@ -737,7 +739,14 @@ def _fill_streams(
             # of the streams queued after this one. Stopping here stalled a connection
             # whose lost bytes were queued behind a stream waiting for MAX_DATA while
             # the peer, its window full of the bytes after the gap, waited for them.
-            i += 1
+            # A stream with nothing else leaves the queue until the credit grows
+            # (receive_streams.requeue_sendable), as one blocked by its own limit does
+            # until MAX_STREAM_DATA: the streams behind are not walked past it again
+            # for every packet built while the credit is 0.
+            if exhausted:
+                queue.pop(i)
+            else:
+                i += 1  # (the packet is full: the rest of its lost bytes go next)
             continue
         if sent_any:
             # the packet is full: rotate this stream to the back for fairness
