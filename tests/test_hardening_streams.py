@@ -312,7 +312,7 @@ def test_tiny_frames_past_the_charge_do_not_each_walk_every_piece(
     passes = 0
     small_runs = RecvStream._small_runs
 
-    def counted(self: RecvStream) -> list[tuple[int, list[int]]]:
+    def counted(self: RecvStream) -> tuple[list[tuple[int, list[int]]], int]:
         nonlocal passes
         passes += 1
         return small_runs(self)

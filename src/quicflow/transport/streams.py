@@ -432,7 +432,7 @@ class RecvStream:
     def _make_room(self, cost: int, budget: int, offset: int, end: int) -> None:
         """Room for a new piece ``[offset, end)`` charged ``cost`` that the stored pieces'
         charge leaves no room for. Join the small stored pieces
-        (:meth:`_join_small_pieces`) if that frees enough. Else a piece that touches a
+        (:meth:`_join_runs`) if that frees enough. Else a piece that touches a
         stored range (it adds no gap) is taken anyway, the small pieces joined; only a
         piece that opens a new gap raises :class:`ReassemblyFull`, with nothing changed.
 
@@ -460,29 +460,28 @@ class RecvStream:
         j = bisect_left(ends, offset)  # the first range that ends at or after ``offset``
         if j < len(starts) and starts[j] <= end:  # touches it: no new gap
             if worth:
-                self._join_small_pieces()
-                self.joined_over = self.chunk_cost - self.chunk_bytes
+                self._join_runs(*self._small_runs())
             return
         if worth:
             short = cost - min(budget, self.max_data - self.read_offset - self.chunk_cost)
             if short <= over:
-                after = self.chunk_cost - self._joined_cost_saving()
-                if cost <= min(budget + self.chunk_cost - after,
-                               self.max_data - self.read_offset - after):
-                    self._join_small_pieces()
-                    self.joined_over = self.chunk_cost - self.chunk_bytes
+                runs, saving = self._small_runs()
+                after = self.chunk_cost - saving
+                if cost <= min(budget + saving, self.max_data - self.read_offset - after):
+                    self._join_runs(runs, saving)
                     return
             self.joined_over = over  # (refused: nothing else changes, the charge stays)
         raise ReassemblyFull("out-of-order data over the reassembly budget")
 
-    def _small_runs(self) -> list[tuple[int, list[int]]]:
-        """The runs :meth:`_join_small_pieces` joins: (offset of the first piece, offsets
-        of the pieces), in each stored range a piece under ``PIECE_COST`` and the pieces
-        after it while the run is under ``PIECE_COST`` (so each joined piece but a
-        range's last is charged its bytes, and a byte is copied again only when a small
-        piece arrives in front of it)."""
+    def _small_runs(self) -> tuple[list[tuple[int, list[int]]], int]:
+        """The runs :meth:`_join_runs` joins, (offset of the first piece, offsets of the
+        pieces), and by how much joining them lowers ``chunk_cost``: in each stored range
+        a piece under ``PIECE_COST`` and the pieces after it while the run is under
+        ``PIECE_COST`` (so each joined piece but a range's last is charged its bytes, and
+        a byte is copied again only when a small piece arrives in front of it)."""
         chunks = self.chunks
         runs: list[tuple[int, list[int]]] = []
+        saving = 0
         for start, stop in zip(self.chunk_ranges.starts, self.chunk_ranges.ends, strict=True):
             pos = start
             while pos < stop:
@@ -491,43 +490,28 @@ class RecvStream:
                     pos += size
                     continue
                 run = [pos]
+                charged = PIECE_COST  # what the run's pieces are charged apart
                 pos += size
                 while size < PIECE_COST and pos < stop:
                     run.append(pos)
                     step = len(chunks[pos])
+                    charged += step if step > PIECE_COST else PIECE_COST
                     size += step
                     pos += step
                 if len(run) > 1:
                     runs.append((run[0], run))
-        return runs
+                    saving += charged - (size if size > PIECE_COST else PIECE_COST)
+        return runs, saving
 
-    def _joined_cost_saving(self) -> int:
-        """By how much :meth:`_join_small_pieces` would lower ``chunk_cost``."""
+    def _join_runs(self, runs: list[tuple[int, list[int]]], saving: int) -> None:
+        """Join each run of :meth:`_small_runs` into one piece (the stored bytes and
+        ranges stay as they are) and lower the charge by its ``saving``; then the pass's
+        overcharge is what the next pass is measured from."""
         chunks = self.chunks
-        saving = 0
-        for _, run in self._small_runs():
-            size = 0
-            for at in run:
-                piece = len(chunks[at])
-                size += piece
-                saving += piece if piece > PIECE_COST else PIECE_COST
-            saving -= size if size > PIECE_COST else PIECE_COST
-        return saving
-
-    def _join_small_pieces(self) -> int:
-        """Join the runs of small stored pieces (see :meth:`_small_runs`) into one piece
-        each; the stored bytes and ranges stay as they are. Returns the charge freed."""
-        chunks = self.chunks
-        freed = 0
-        for first, run in self._small_runs():
-            parts = [chunks.pop(at) for at in run]
-            joined = b"".join(parts)
-            chunks[first] = joined
-            for piece in parts:
-                freed += len(piece) if len(piece) > PIECE_COST else PIECE_COST
-            freed -= len(joined) if len(joined) > PIECE_COST else PIECE_COST
-        self.chunk_cost -= freed
-        return freed
+        for first, run in runs:
+            chunks[first] = b"".join([chunks.pop(at) for at in run])
+        self.chunk_cost -= saving
+        self.joined_over = self.chunk_cost - self.chunk_bytes
 
     def _fill(self, offset: int, data: bytes | memoryview, end: int, contiguous: int) -> None:
         """In-order data while pieces are stored: take the new bytes and every stored
