@@ -56,6 +56,11 @@ class CongestionControl:
     ca_acked: float = 0.0
     congestion_events: int = 0
     persistent_congestion_events: int = 0
+    #: one packet may still go on the window from before the current reduction (RFC 9002
+    #: §7.3.2: "If the congestion window is reduced immediately, a single packet can be
+    #: sent prior to reduction"); set when a recovery period starts, spent by the next
+    #: packet that the reduced window would have held back (``take_recovery_credit``)
+    recovery_credit: bool = False
     # CUBIC state (RFC 9438 §4), sizes in bytes.
     cubic_w_max: float = 0.0
     cubic_cwnd_prior: float = 0.0
@@ -149,6 +154,7 @@ class CongestionControl:
             return
         self.recovery_start_time = now
         self.congestion_events += 1
+        self.recovery_credit = True
         self.ca_acked = 0.0
         if self.algorithm == "cubic":
             cwnd = float(self.cwnd)
@@ -177,6 +183,7 @@ class CongestionControl:
         """
         self.cwnd = self.minimum_window
         self.recovery_start_time = None
+        self.recovery_credit = False
         self.persistent_congestion_events += 1
         self.ca_acked = 0.0
         self.cubic_t_epoch = None

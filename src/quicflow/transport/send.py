@@ -386,12 +386,18 @@ def _fill_payload(
     something ack-eliciting waits (else the ACK would be written, then dropped).
     """
     loss = conn.loss
-    cc_ok = probe or epoch not in _APP or loss.cc.available() >= conn.max_datagram_size
+    cc = loss.cc
+    cc_ok = probe or epoch not in _APP or cc.available() >= conn.max_datagram_size
+    credit = not cc_ok and cc.recovery_credit  # (RFC 9002 §7.3.2; congestion.py)
+    if credit:
+        cc_ok = True
     if cc_ok and epoch in _APP and not probe:
-        if conn.pacer.budget(now, loss.rtt, loss.cc.cwnd) < conn.max_datagram_size:
+        if conn.pacer.budget(now, loss.rtt, cc.cwnd) < conn.max_datagram_size:
             conn.pacer_deadline = conn.pacer.next_send_time(now, conn.max_datagram_size,
-                                                            loss.rtt, loss.cc.cwnd)
+                                                            loss.rtt, cc.cwnd)
             cc_ok = False
+        elif credit:
+            cc.recovery_credit = False
     if not cc_ok and not ack_due:
         return False
     ack_end = 0
