@@ -8,10 +8,11 @@
 ``tests/support/aioquic_h3_peer.body_of`` repeats). With ``--stall-after`` the handler
 stops writing after that many body bytes and waits (so a takeover lands mid-response);
 the successor continues each response in progress from ``stream.body_sent``
-(``capture_request``/``resume_request``). stderr: ``listening on H:P``, ``handed off N
-connection(s)``; stdout: one JSON line on exit (``handed_off_connections`` after a
-handoff, else the endpoint's counters after SIGTERM). A successor offers handoff at PATH
-again.
+(``capture_request``/``resume_request``). ``--workers N`` serves from N worker processes
+(a successor takes over with as many). stderr: ``listening on H:P``, ``stalled after B of
+SIZE bytes in process PID`` (once per stalled response), ``handed off N connection(s)``;
+stdout: one JSON line on exit (``handed_off_connections`` after a handoff, else the
+endpoint's counters after SIGTERM). A successor offers handoff at PATH again.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 if __package__ in (None, ""):
@@ -52,9 +54,12 @@ def body_sha256(size: int) -> str:
     return h.hexdigest()
 
 
-async def send_body(stream: h3.H3Stream, size: int, stall_after: int | None) -> None:
+async def send_body(stream: h3.H3Stream, size: int, stall_after: int | None,
+                    stalled: Callable[[], None] | None = None) -> None:
     while stream.body_sent < size:
         if stall_after is not None and stream.body_sent >= stall_after:
+            if stalled is not None:
+                stalled()
             await asyncio.Event().wait()  # until the handoff stops this handler
         n = min(CHUNK, size - stream.body_sent)
         if stall_after is not None:
@@ -72,6 +77,7 @@ async def main() -> int:
     parser.add_argument("--takeover")
     parser.add_argument("--wait-go", action="store_true")
     parser.add_argument("--stall-after", type=int)
+    parser.add_argument("--workers", type=int)
     args = parser.parse_args()
     loop = asyncio.get_running_loop()
     if args.wait_go:
@@ -85,7 +91,12 @@ async def main() -> int:
             return
         size = int(path.rsplit("/", 1)[1])
         stream.send_headers([(":status", "200"), ("content-length", str(size))])
-        await send_body(stream, size, args.stall_after)
+
+        def stalled() -> None:
+            print(f"stalled after {stream.body_sent} of {size} bytes in process "
+                  f"{os.getpid()}", file=sys.stderr, flush=True)
+
+        await send_body(stream, size, args.stall_after, stalled)
 
     def capture_request(stream: h3.H3Stream) -> Any:
         if not stream.path.startswith("/bytes/") or not stream._headers_sent:
@@ -100,7 +111,7 @@ async def main() -> int:
     server = await h3.serve(
         handler, "127.0.0.1", args.port, configuration=config, migratable=True,
         capture_request=capture_request, resume_request=resume_request,
-        takeover=args.takeover,
+        takeover=args.takeover, **({"workers": args.workers} if args.workers else {}),
     )  # fmt: skip
     host, port = server.address[:2]
     print(f"listening on {host}:{port}", file=sys.stderr, flush=True)

@@ -1,0 +1,162 @@
+"""HTTP/3 live migration (issue 7) under ngtcp2's native HTTP/3 client (Debian
+``ngtcp2-client``'s ``gtlsclient``: its own QPACK, timers, key updates and CID handling;
+it knows nothing of quicflow).
+
+Same host: ``tests/support/h3_takeover_server.py`` (quicflow's h3 asyncio face with
+``migratable=True``) stalls each response after STALL bytes and says so on stderr, so
+the successor process takes over mid-body every time and continues the response from
+``stream.body_sent`` (``capture_request``/``resume_request``). Checked: the saved body's
+SHA-256 (gtlsclient ``--download``), one handshake in gtlsclient's log and its
+CONNECTION_CLOSE with H3_NO_ERROR (it exits 0 even after a stall, so its status alone
+proves nothing), the old process's exit status and hand-off count, the successor's
+endpoint counters (no new handshake; it sealed the rest of the body).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quicflow.h3.errors import H3_NO_ERROR
+from tests.support import ngtcp2
+from tests.support.h3_takeover_server import body_slice
+from tests.support.prereq import have_module
+from tests.support.takeover import write_certificate
+from tests.test_h3_takeover import H3ServerProc, _wait_lines
+
+pytestmark = pytest.mark.interop
+MB = 1 << 20
+SIZE = 40 * MB
+STALL = 8 * MB
+HANDSHAKE_DONE = "QUIC handshake has completed"  # gtlsclient logs it once per handshake
+PAYLOAD = 1500  # no 1-RTT packet carries more body bytes than this
+
+
+@pytest.fixture(autouse=True)
+def _tools(require: Callable[[bool, str], None]) -> None:
+    require(ngtcp2.available(), "gtlsserver/gtlsclient not installed (make deps: "
+                                "Debian ngtcp2-server, ngtcp2-client)")
+    require(have_module("pylsqpack"), "pylsqpack not installed (pip install 'quicflow[h3]')")
+
+
+def _servers(tmp_path: Path, *extra: str) -> tuple[H3ServerProc, H3ServerProc]:
+    cert, key = write_certificate(tmp_path)
+    path = str(tmp_path / "handoff.sock")
+    common = ["--cert", cert, "--key", key, *extra]
+    old = H3ServerProc([*common, "--handoff", path, "--stall-after", str(STALL)])
+    new = H3ServerProc([*common, "--takeover", path], wait_for_go=True)
+    return old, new
+
+
+def _stalls(proc: H3ServerProc, count: int) -> list[tuple[int, int, int]]:
+    """(body bytes sent, size, process id) of the first ``count`` stalled responses."""
+    out = []
+    for line in _wait_lines(proc, "stalled after ", count):
+        words = line.split()
+        out.append((int(words[2]), int(words[4]), int(words[-1])))
+    return out
+
+
+def _take_over(old: H3ServerProc, new: H3ServerProc) -> tuple[int, dict[str, Any] | None]:
+    new.go()
+    status, doc = old.finish()
+    new.wait_line("listening on ")
+    return status, doc
+
+
+def _successor_endpoint(new: H3ServerProc) -> dict[str, Any]:
+    status, summary = new.stop()
+    assert status == 0 and summary is not None
+    endpoint: dict[str, Any] = summary["endpoint"]
+    return endpoint
+
+
+def _check_client(status: int, log: str, into: Path, name: str, size: int) -> None:
+    assert status == 0, log[-2000:]
+    ngtcp2.check_downloads(into, {name: body_slice(0, size)}, log)
+    assert log.count(HANDSHAKE_DONE) == 1, "one handshake, before the switch"
+    assert ngtcp2.closes(log, "tx") == [H3_NO_ERROR]
+    assert ngtcp2.closes(log, "rx") == []
+
+
+@pytest.mark.timeout(120)
+def test_gtlsclient_download_survives_takeover_mid_body(tmp_path: Path) -> None:
+    """gtlsclient downloads SIZE bytes; the server process is replaced after STALL of
+    them; the successor sends the rest on the same connection."""
+    old, new = _servers(tmp_path)
+    into = tmp_path / "down"
+    into.mkdir()
+
+    async def go() -> tuple[int, str, list[tuple[int, int, int]], tuple[int, Any]]:
+        loop = asyncio.get_running_loop()
+        port = old.port()
+        client = asyncio.ensure_future(ngtcp2.gtlsclient(
+            port, [f"https://127.0.0.1:{port}/bytes/{SIZE}"], f"--download={into}",
+            log_path=tmp_path / "gtlsclient.log", timeout=90))
+        stalls = await loop.run_in_executor(None, _stalls, old, 1)
+        switched = await loop.run_in_executor(None, _take_over, old, new)
+        status, log = await client
+        return status, log, stalls, switched
+
+    try:
+        status, log, stalls, (old_status, doc) = asyncio.run(go())
+        assert stalls == [(STALL, SIZE, old.proc.pid)], "the switch landed mid-body"
+        _check_client(status, log, into, str(SIZE), SIZE)
+        assert old_status == 0 and doc == {"handed_off_connections": 1}
+        endpoint = _successor_endpoint(new)
+        assert endpoint["connections_accepted"] == 0, "no new handshake after the switch"
+        assert endpoint["engine_packets_sealed"] * PAYLOAD >= SIZE - STALL, \
+            "the successor sent the rest of the body"
+    finally:
+        old.kill()
+        new.kill()
+
+
+@pytest.mark.timeout(180)
+def test_gtlsclient_downloads_survive_workers_takeover_mid_body(tmp_path: Path) -> None:
+    """``--workers 2`` taken over by ``--workers 2``: gtlsclient downloads on connections
+    of both workers (clients are added until both have one stalled mid-body), every
+    worker hands its connections to its successor worker, every body arrives whole on
+    its one connection."""
+    size = 16 * MB
+    old, new = _servers(tmp_path, "--workers", "2")
+    clients: list[tuple[asyncio.Future[tuple[int, str]], Path]] = []
+
+    async def go() -> tuple[list[tuple[int, str]], list[tuple[int, int, int]],
+                            tuple[int, Any]]:
+        loop = asyncio.get_running_loop()
+        port = old.port()
+        stalls: list[tuple[int, int, int]] = []
+        while len(stalls) < 2 or len({pid for _, _, pid in stalls}) < 2:
+            assert len(stalls) < 8, f"connections not spread over the workers: {stalls}"
+            into = tmp_path / f"down{len(clients)}"
+            into.mkdir()
+            clients.append((asyncio.ensure_future(ngtcp2.gtlsclient(
+                port, [f"https://127.0.0.1:{port}/bytes/{size}"], f"--download={into}",
+                "--timeout=60s", log_path=tmp_path / f"gtlsclient{len(clients)}.log",
+                timeout=150)), into))
+            stalls = await loop.run_in_executor(None, _stalls, old, len(clients))
+        switched = await loop.run_in_executor(None, _take_over, old, new)
+        results = [await client for client, _ in clients]
+        return results, stalls, switched
+
+    try:
+        results, stalls, (old_status, doc) = asyncio.run(go())
+        n = len(results)
+        assert all(sent == STALL and whole == size for sent, whole, _ in stalls), stalls
+        for (status, log), (_, into) in zip(results, clients, strict=True):
+            _check_client(status, log, into, str(size), size)
+        assert old_status == 0 and doc == {"handed_off_connections": n}
+        endpoint = _successor_endpoint(new)
+        assert endpoint["connections_accepted"] == 0, "no new handshake after the switch"
+        # (the workers report no engine counters; the old ones stopped at STALL bytes)
+        assert endpoint["datagrams_received"] > 0
+    finally:
+        for client, _ in clients:
+            client.cancel()
+        old.kill()
+        new.kill()
