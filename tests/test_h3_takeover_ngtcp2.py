@@ -160,3 +160,95 @@ def test_gtlsclient_downloads_survive_workers_takeover_mid_body(tmp_path: Path) 
             client.cancel()
         old.kill()
         new.kill()
+
+
+def _move_files(tmp_path: Path) -> tuple[dict[str, tuple[str, str]], str]:
+    """Server certificates for hosts a and b (also client certificates for the mutually
+    authenticated move channel) under one CA: ({name: (cert, key)}, CA file)."""
+    from quicflow.tls.certs import (
+        certificate_pem,
+        generate_ca,
+        issue_certificate,
+        private_key_pem,
+    )
+
+    ca, ca_key = generate_ca("h3 move CA")
+    (tmp_path / "ca.pem").write_bytes(certificate_pem(ca))
+    files = {}
+    for name in ("a", "b"):
+        cert, key = issue_certificate(ca, ca_key, ["localhost", "127.0.0.1"],
+                                      client_auth=True)
+        (tmp_path / f"{name}.pem").write_bytes(certificate_pem(cert))
+        (tmp_path / f"{name}.key").write_bytes(private_key_pem(key))
+        files[name] = (str(tmp_path / f"{name}.pem"), str(tmp_path / f"{name}.key"))
+    return files, str(tmp_path / "ca.pem")
+
+
+@pytest.mark.timeout(120)
+def test_gtlsclient_download_moves_to_another_server_mid_response(tmp_path: Path) -> None:
+    """``H3Server.move_to`` (issue 7 item 4a) under gtlsclient: server A stalls its
+    response after ``stall`` bytes, moves the connection to server B (the move channel:
+    mutually authenticated TLS over TCP) and a relay standing for the router switches
+    the route to B; B sends the rest on the same connection (one process holds A, B and
+    the relay; gtlsclient is its own process)."""
+    from dataclasses import replace
+
+    from quicflow.h3 import aio as h3
+    from quicflow.migration.transfer import client_context, server_context
+    from tests.support.h3_takeover_server import send_body
+    from tests.support.quic_helpers import server_config
+    from tests.support.relay import LossyUdpRelay
+
+    files, ca_file = _move_files(tmp_path)
+    size, stall = 12 * MB, 3 * MB
+    into = tmp_path / "down"
+    into.mkdir()
+
+    async def go() -> tuple[int, str, int, int, int]:
+        stalled = asyncio.Event()
+        handled = {"a": 0, "b": 0}
+
+        def capture_request(stream: h3.H3Stream) -> Any:
+            return {"size": size}
+
+        async def resume_request(stream: h3.H3Stream, state: Any) -> None:
+            handled["b"] += 1
+            await send_body(stream, int(state["size"]), None)
+
+        async def handler_a(stream: h3.H3Stream) -> None:
+            handled["a"] += 1
+            await stream.read()
+            stream.send_headers([(":status", "200"), ("content-length", str(size))])
+            await send_body(stream, size, stall, stalled.set)
+
+        config = replace(server_config(), alpn_protocols=["h3"])
+        a = await h3.serve(handler_a, "127.0.0.1", 0, configuration=config,
+                           migratable=True, capture_request=capture_request)
+        b = await h3.serve(handler_a, "127.0.0.1", 0, configuration=config,
+                           migratable=True, resume_request=resume_request)
+        receiver = await b.server.accept_moves(  # type: ignore[union-attr]
+            "127.0.0.1", 0, server_context(*files["b"], ca_file))
+        relay = await LossyUdpRelay(("127.0.0.1", a.address[1])).start()
+        try:
+            port = relay.address[1]
+            client = asyncio.ensure_future(ngtcp2.gtlsclient(
+                port, [f"https://127.0.0.1:{port}/bytes/{size}"], f"--download={into}",
+                log_path=tmp_path / "gtlsclient.log", timeout=60))
+            await asyncio.wait_for(stalled.wait(), 30)
+            moved = await a.move_to(receiver.address[0], receiver.address[1],
+                                    client_context(*files["a"], ca_file),
+                                    server_name="localhost")
+            relay.server_addr = ("127.0.0.1", b.address[1])
+            status, log = await client
+            accepted = b.stats()["endpoint"]["connections_accepted"]
+            return status, log, moved, accepted, handled["b"]
+        finally:
+            await relay.close()
+            receiver.close()
+            a.close()
+            b.close()
+
+    status, log, moved, accepted, resumed = asyncio.run(go())
+    assert moved == 1 and resumed == 1
+    _check_client(status, log, into, str(size), size)
+    assert accepted == 0, "B accepted no handshake: the moved connection went on"
