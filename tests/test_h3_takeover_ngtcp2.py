@@ -43,21 +43,26 @@ def _tools(require: Callable[[bool, str], None]) -> None:
     require(have_module("pylsqpack"), "pylsqpack not installed (pip install 'quicflow[h3]')")
 
 
-def _servers(tmp_path: Path, *extra: str) -> tuple[H3ServerProc, H3ServerProc]:
+def _servers(tmp_path: Path, *extra: str, old_extra: tuple[str, ...] = (),
+             new_extra: tuple[str, ...] = ()) -> tuple[H3ServerProc, H3ServerProc]:
     cert, key = write_certificate(tmp_path)
     path = str(tmp_path / "handoff.sock")
     common = ["--cert", cert, "--key", key, *extra]
-    old = H3ServerProc([*common, "--handoff", path, "--stall-after", str(STALL)])
-    new = H3ServerProc([*common, "--takeover", path], wait_for_go=True)
+    old = H3ServerProc([*common, "--handoff", path, "--stall-after", str(STALL), *old_extra])
+    new = H3ServerProc([*common, "--takeover", path, *new_extra], wait_for_go=True)
     return old, new
 
 
-def _stalls(proc: H3ServerProc, count: int) -> list[tuple[int, int, int]]:
-    """(body bytes sent, size, process id) of the first ``count`` stalled responses."""
+Stall = tuple[int, int, int, int]
+
+
+def _stalls(proc: H3ServerProc, count: int) -> list[Stall]:
+    """(body bytes sent, size, process id, key updates received) of the first ``count``
+    stalled responses."""
     out = []
     for line in _wait_lines(proc, "stalled after ", count):
         words = line.split()
-        out.append((int(words[2]), int(words[4]), int(words[-1])))
+        out.append((int(words[2]), int(words[4]), int(words[8]), int(words[-1].rstrip(")"))))
     return out
 
 
@@ -83,30 +88,41 @@ def _check_client(status: int, log: str, into: Path, name: str, size: int) -> No
     assert ngtcp2.closes(log, "rx") == []
 
 
-@pytest.mark.timeout(120)
-def test_gtlsclient_download_survives_takeover_mid_body(tmp_path: Path) -> None:
-    """gtlsclient downloads SIZE bytes; the server process is replaced after STALL of
-    them; the successor sends the rest on the same connection."""
-    old, new = _servers(tmp_path)
+def _download_across_takeover(tmp_path: Path, old: H3ServerProc, new: H3ServerProc,
+                              size: int, *options: str) -> tuple[str, Stall]:
+    """gtlsclient (with ``options``) downloads ``size`` bytes; the successor takes over
+    once the old process stalled. Checks the client's side and the old process's exit;
+    returns gtlsclient's log and the stall (see :func:`_stalls`)."""
     into = tmp_path / "down"
     into.mkdir()
 
-    async def go() -> tuple[int, str, list[tuple[int, int, int]], tuple[int, Any]]:
+    async def go() -> tuple[int, str, list[Stall], tuple[int, Any]]:
         loop = asyncio.get_running_loop()
         port = old.port()
         client = asyncio.ensure_future(ngtcp2.gtlsclient(
-            port, [f"https://127.0.0.1:{port}/bytes/{SIZE}"], f"--download={into}",
-            log_path=tmp_path / "gtlsclient.log", timeout=90))
+            port, [f"https://127.0.0.1:{port}/bytes/{size}"], f"--download={into}",
+            *options, log_path=tmp_path / "gtlsclient.log", timeout=90))
         stalls = await loop.run_in_executor(None, _stalls, old, 1)
         switched = await loop.run_in_executor(None, _take_over, old, new)
         status, log = await client
         return status, log, stalls, switched
 
+    status, log, stalls, (old_status, doc) = asyncio.run(go())
+    assert len(stalls) == 1 and stalls[0][1:3] == (size, old.proc.pid)
+    assert STALL <= stalls[0][0] < size, "the switch landed mid-body"
+    _check_client(status, log, into, str(size), size)
+    assert old_status == 0 and doc == {"handed_off_connections": 1}
+    return log, stalls[0]
+
+
+@pytest.mark.timeout(120)
+def test_gtlsclient_download_survives_takeover_mid_body(tmp_path: Path) -> None:
+    """gtlsclient downloads SIZE bytes; the server process is replaced after STALL of
+    them; the successor sends the rest on the same connection."""
+    old, new = _servers(tmp_path)
     try:
-        status, log, stalls, (old_status, doc) = asyncio.run(go())
-        assert stalls == [(STALL, SIZE, old.proc.pid)], "the switch landed mid-body"
-        _check_client(status, log, into, str(SIZE), SIZE)
-        assert old_status == 0 and doc == {"handed_off_connections": 1}
+        _, stall = _download_across_takeover(tmp_path, old, new, SIZE)
+        assert stall == (STALL, SIZE, old.proc.pid, 0)
         endpoint = _successor_endpoint(new)
         assert endpoint["connections_accepted"] == 0, "no new handshake after the switch"
         assert endpoint["engine_packets_sealed"] * PAYLOAD >= SIZE - STALL, \
@@ -126,12 +142,12 @@ def test_gtlsclient_downloads_survive_workers_takeover_mid_body(tmp_path: Path) 
     old, new = _servers(tmp_path, "--workers", "2")
     clients: list[tuple[asyncio.Future[tuple[int, str]], Path]] = []
 
-    async def go() -> tuple[list[tuple[int, str]], list[tuple[int, int, int]],
+    async def go() -> tuple[list[tuple[int, str]], list[Stall],
                             tuple[int, Any]]:
         loop = asyncio.get_running_loop()
         port = old.port()
-        stalls: list[tuple[int, int, int]] = []
-        while len(stalls) < 2 or len({pid for _, _, pid in stalls}) < 2:
+        stalls: list[Stall] = []
+        while len(stalls) < 2 or len({s[2] for s in stalls}) < 2:
             assert len(stalls) < 8, f"connections not spread over the workers: {stalls}"
             into = tmp_path / f"down{len(clients)}"
             into.mkdir()
@@ -147,7 +163,7 @@ def test_gtlsclient_downloads_survive_workers_takeover_mid_body(tmp_path: Path) 
     try:
         results, stalls, (old_status, doc) = asyncio.run(go())
         n = len(results)
-        assert all(sent == STALL and whole == size for sent, whole, _ in stalls), stalls
+        assert all(sent == STALL and whole == size for sent, whole, _, _ in stalls), stalls
         for (status, log), (_, into) in zip(results, clients, strict=True):
             _check_client(status, log, into, str(size), size)
         assert old_status == 0 and doc == {"handed_off_connections": n}
@@ -219,7 +235,10 @@ def test_gtlsclient_download_moves_to_another_server_mid_response(tmp_path: Path
             handled["a"] += 1
             await stream.read()
             stream.send_headers([(":status", "200"), ("content-length", str(size))])
-            await send_body(stream, size, stall, stalled.set)
+            async def on_stall() -> None:
+                stalled.set()
+
+            await send_body(stream, size, stall, on_stall)
 
         config = replace(server_config(), alpn_protocols=["h3"])
         a = await h3.serve(handler_a, "127.0.0.1", 0, configuration=config,
@@ -252,3 +271,38 @@ def test_gtlsclient_download_moves_to_another_server_mid_response(tmp_path: Path
     assert moved == 1 and resumed == 1
     _check_client(status, log, into, str(size), size)
     assert accepted == 0, "B accepted no handshake: the moved connection went on"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_gtlsclient_key_update_across_takeover(tmp_path: Path, when: str) -> None:
+    """gtlsclient starts a key update (RFC 9001 §6; ``--key-update``: once, that long
+    after its handshake) on one side of the switch: ``before``: 10 ms after the
+    handshake, and the old process stalls only once it has answered it, so the
+    successor goes on in the new key phase; ``after``: 2 s after the handshake, while
+    the old process has long stalled (with none received) and the successor trickles the
+    body until the client's first packet under new keys reaches it, then sends the rest.
+    Both: the body whole, one handshake, H3_NO_ERROR."""
+    size = 16 * MB
+    if when == "before":
+        old, new = _servers(tmp_path, old_extra=("--key-update-before-stall",))
+        option = "--key-update=10ms"
+    else:
+        old, new = _servers(tmp_path, new_extra=("--key-update-after-resume",))
+        option = "--key-update=2s"
+    try:
+        log, (_, _, _, updates) = _download_across_takeover(tmp_path, old, new, size,
+                                                            option)
+        assert log.count("Initiate key update") == 1, "gtlsclient started one key update"
+        assert "key update confirmed" in log  # a packet under its new keys was acknowledged
+        if when == "before":
+            assert updates == 1, "the old process answered the key update"
+        else:
+            assert updates == 0, "no key update before the switch (2 s after the handshake)"
+            line = new.wait_line("key update after the switch at ")
+            assert line.endswith("(key updates received: 1)"), line
+        endpoint = _successor_endpoint(new)
+        assert endpoint["connections_accepted"] == 0, "no new handshake after the switch"
+    finally:
+        old.kill()
+        new.kill()

@@ -10,9 +10,16 @@ stops writing after that many body bytes and waits (so a takeover lands mid-resp
 the successor continues each response in progress from ``stream.body_sent``
 (``capture_request``/``resume_request``). ``--workers N`` serves from N worker processes
 (a successor takes over with as many). stderr: ``listening on H:P``, ``stalled after B of
-SIZE bytes in process PID`` (once per stalled response), ``handed off N connection(s)``;
+SIZE bytes in process PID (key updates received: K)`` (once per stalled response),
+``handed off N connection(s)``;
 stdout: one JSON line on exit (``handed_off_connections`` after a handoff, else the
 endpoint's counters after SIGTERM). A successor offers handoff at PATH again.
+
+Key updates the client starts (RFC 9001 §6) around the switch: with
+``--key-update-before-stall`` the old server trickles 1 KiB pieces at the stall until it
+has received one, then says it stalled; with ``--key-update-after-resume`` the successor
+trickles until it receives one the old process had not seen (stderr: ``key update after
+the switch at B of SIZE bytes``), then sends the rest.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 if __package__ in (None, ""):
@@ -55,17 +62,25 @@ def body_sha256(size: int) -> str:
 
 
 async def send_body(stream: h3.H3Stream, size: int, stall_after: int | None,
-                    stalled: Callable[[], None] | None = None) -> None:
+                    stalled: Callable[[], Awaitable[None]] | None = None) -> None:
     while stream.body_sent < size:
         if stall_after is not None and stream.body_sent >= stall_after:
             if stalled is not None:
-                stalled()
+                await stalled()
             await asyncio.Event().wait()  # until the handoff stops this handler
         n = min(CHUNK, size - stream.body_sent)
         if stall_after is not None:
             n = min(n, max(stall_after - stream.body_sent, 1))
         await stream.write(body_slice(stream.body_sent, n))
     await stream.end()
+
+
+async def trickle_until(stream: h3.H3Stream, size: int, done: Callable[[], bool]) -> None:
+    """Write the body on in 1 KiB pieces 10 ms apart until ``done()`` (or the end): each
+    piece makes the client send again (an ACK), e.g. its first packet under new keys."""
+    while not done() and stream.body_sent < size - 1:
+        await stream.write(body_slice(stream.body_sent, min(1024, size - 1 - stream.body_sent)))
+        await asyncio.sleep(0.01)
 
 
 async def main() -> int:
@@ -78,6 +93,8 @@ async def main() -> int:
     parser.add_argument("--wait-go", action="store_true")
     parser.add_argument("--stall-after", type=int)
     parser.add_argument("--workers", type=int)
+    parser.add_argument("--key-update-before-stall", action="store_true")
+    parser.add_argument("--key-update-after-resume", action="store_true")
     args = parser.parse_args()
     loop = asyncio.get_running_loop()
     if args.wait_go:
@@ -92,19 +109,32 @@ async def main() -> int:
         size = int(path.rsplit("/", 1)[1])
         stream.send_headers([(":status", "200"), ("content-length", str(size))])
 
-        def stalled() -> None:
+        conn = stream.face.conn
+
+        async def stalled() -> None:
+            if args.key_update_before_stall:
+                await trickle_until(stream, size, lambda: conn.key_updates_received > 0)
             print(f"stalled after {stream.body_sent} of {size} bytes in process "
-                  f"{os.getpid()}", file=sys.stderr, flush=True)
+                  f"{os.getpid()} (key updates received: {conn.key_updates_received})",
+                  file=sys.stderr, flush=True)
 
         await send_body(stream, size, args.stall_after, stalled)
 
     def capture_request(stream: h3.H3Stream) -> Any:
         if not stream.path.startswith("/bytes/") or not stream._headers_sent:
             return None
-        return {"size": int(stream.path.rsplit("/", 1)[1])}
+        return {"size": int(stream.path.rsplit("/", 1)[1]),
+                "key_updates": stream.face.conn.key_updates_received}
 
     async def resume_request(stream: h3.H3Stream, state: Any) -> None:
-        await send_body(stream, int(state["size"]), None)
+        size, conn = int(state["size"]), stream.face.conn
+        if args.key_update_after_resume:
+            before = int(state["key_updates"])
+            await trickle_until(stream, size, lambda: conn.key_updates_received > before)
+            print(f"key update after the switch at {stream.body_sent} of {size} bytes "
+                  f"(key updates received: {conn.key_updates_received})",
+                  file=sys.stderr, flush=True)
+        await send_body(stream, size, None)
 
     config = Configuration(alpn_protocols=["h3"])
     config.load_cert_chain(args.cert, args.key)
