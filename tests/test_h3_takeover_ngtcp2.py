@@ -15,6 +15,7 @@ endpoint counters (no new handshake; it sealed the rest of the body).
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,16 +54,23 @@ def _servers(tmp_path: Path, *extra: str, old_extra: tuple[str, ...] = (),
     return old, new
 
 
-Stall = tuple[int, int, int, int]
+Stall = tuple[int, int, int, dict[str, int]]
+_STALLED = re.compile(r"stalled after (\d+) of (\d+) bytes in process (\d+) \((.*)\)$")
+
+
+def _counts(text: str) -> dict[str, int]:
+    """``{"key-update": K, "path-change": P}`` from "key-update: K, path-change: P"."""
+    return {name: int(n) for name, n in (part.split(": ") for part in text.split(", "))}
 
 
 def _stalls(proc: H3ServerProc, count: int) -> list[Stall]:
-    """(body bytes sent, size, process id, key updates received) of the first ``count``
-    stalled responses."""
+    """(body bytes sent, size, process id, what the connection had seen: key updates
+    received, path changes) of the first ``count`` stalled responses."""
     out = []
     for line in _wait_lines(proc, "stalled after ", count):
-        words = line.split()
-        out.append((int(words[2]), int(words[4]), int(words[8]), int(words[-1].rstrip(")"))))
+        m = _STALLED.match(line)
+        assert m is not None, line
+        out.append((int(m[1]), int(m[2]), int(m[3]), _counts(m[4])))
     return out
 
 
@@ -122,7 +130,7 @@ def test_gtlsclient_download_survives_takeover_mid_body(tmp_path: Path) -> None:
     old, new = _servers(tmp_path)
     try:
         _, stall = _download_across_takeover(tmp_path, old, new, SIZE)
-        assert stall == (STALL, SIZE, old.proc.pid, 0)
+        assert stall == (STALL, SIZE, old.proc.pid, {"key-update": 0, "path-change": 0})
         endpoint = _successor_endpoint(new)
         assert endpoint["connections_accepted"] == 0, "no new handshake after the switch"
         assert endpoint["engine_packets_sealed"] * PAYLOAD >= SIZE - STALL, \
@@ -285,22 +293,73 @@ def test_gtlsclient_key_update_across_takeover(tmp_path: Path, when: str) -> Non
     Both: the body whole, one handshake, H3_NO_ERROR."""
     size = 16 * MB
     if when == "before":
-        old, new = _servers(tmp_path, old_extra=("--key-update-before-stall",))
+        old, new = _servers(tmp_path, old_extra=("--before-stall", "key-update"))
         option = "--key-update=10ms"
     else:
-        old, new = _servers(tmp_path, new_extra=("--key-update-after-resume",))
+        old, new = _servers(tmp_path, new_extra=("--after-resume", "key-update"))
         option = "--key-update=2s"
     try:
-        log, (_, _, _, updates) = _download_across_takeover(tmp_path, old, new, size,
-                                                            option)
+        log, (_, _, _, seen) = _download_across_takeover(tmp_path, old, new, size, option)
         assert log.count("Initiate key update") == 1, "gtlsclient started one key update"
         assert "key update confirmed" in log  # a packet under its new keys was acknowledged
         if when == "before":
-            assert updates == 1, "the old process answered the key update"
+            assert seen["key-update"] == 1, "the old process answered the key update"
         else:
-            assert updates == 0, "no key update before the switch (2 s after the handshake)"
-            line = new.wait_line("key update after the switch at ")
-            assert line.endswith("(key updates received: 1)"), line
+            assert seen["key-update"] == 0, "no key update before the switch"
+            line = new.wait_line("key-update after the switch at ")
+            assert "(key-update: 1," in line, line
+        endpoint = _successor_endpoint(new)
+        assert endpoint["connections_accepted"] == 0, "no new handshake after the switch"
+    finally:
+        old.kill()
+        new.kill()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_gtlsclient_address_change_across_takeover(tmp_path: Path, when: str) -> None:
+    """gtlsclient moves to a new local port (``--change-local-addr``: with path
+    validation, RFC 9000 §9) on one side of the switch: ``before``: 10 ms after the
+    handshake, and the old process stalls only once it has followed it (a new path, a
+    new connected socket), so that path and socket are handed over; ``after``: 2 s after
+    the handshake, so the successor validates the new path of a connection it restored,
+    with connection IDs the old process issued. Both: the body whole, one handshake,
+    H3_NO_ERROR."""
+    size = 16 * MB
+    if when == "before":
+        old, new = _servers(tmp_path, old_extra=("--before-stall", "path-change"))
+        option = "--change-local-addr=10ms"
+    else:
+        old, new = _servers(tmp_path, new_extra=("--after-resume", "path-change"))
+        option = "--change-local-addr=2s"
+    try:
+        log, (_, _, _, seen) = _download_across_takeover(tmp_path, old, new, size, option)
+        assert log.count("Local address is now ") == 1, "gtlsclient moved once"
+        if when == "before":
+            assert seen["path-change"] == 1, "the old process followed the client"
+        else:
+            assert seen["path-change"] == 0, "no address change before the switch"
+            line = new.wait_line("path-change after the switch at ")
+            assert "path-change: 1)" in line, line
+        endpoint = _successor_endpoint(new)
+        assert endpoint["connections_accepted"] == 0, "no new handshake after the switch"
+    finally:
+        old.kill()
+        new.kill()
+
+
+@pytest.mark.timeout(120)
+def test_gtlsclient_download_with_loss_survives_takeover(tmp_path: Path) -> None:
+    """gtlsclient drops 5% of what it sends and receives, before and after the switch:
+    what was in flight at the capture is recovered by the successor (RFC 9002 loss
+    recovery on restored state), the body arrives whole on the one connection."""
+    size = 16 * MB
+    old, new = _servers(tmp_path)
+    try:
+        log, _ = _download_across_takeover(tmp_path, old, new, size, "--tx-loss=0.05",
+                                           "--rx-loss=0.05")
+        dropped_out, dropped_in = ngtcp2.simulated_losses(log)
+        assert dropped_out > 0 and dropped_in > 0
         endpoint = _successor_endpoint(new)
         assert endpoint["connections_accepted"] == 0, "no new handshake after the switch"
     finally:

@@ -10,16 +10,17 @@ stops writing after that many body bytes and waits (so a takeover lands mid-resp
 the successor continues each response in progress from ``stream.body_sent``
 (``capture_request``/``resume_request``). ``--workers N`` serves from N worker processes
 (a successor takes over with as many). stderr: ``listening on H:P``, ``stalled after B of
-SIZE bytes in process PID (key updates received: K)`` (once per stalled response),
+SIZE bytes in process PID (key-update: K, path-change: P)`` (once per stalled response),
 ``handed off N connection(s)``;
 stdout: one JSON line on exit (``handed_off_connections`` after a handoff, else the
 endpoint's counters after SIGTERM). A successor offers handoff at PATH again.
 
-Key updates the client starts (RFC 9001 §6) around the switch: with
-``--key-update-before-stall`` the old server trickles 1 KiB pieces at the stall until it
-has received one, then says it stalled; with ``--key-update-after-resume`` the successor
-trickles until it receives one the old process had not seen (stderr: ``key update after
-the switch at B of SIZE bytes``), then sends the rest.
+What the client does around the switch (EVENT: ``key-update``, a key update it started,
+RFC 9001 §6; ``path-change``, a move to a new address it made, RFC 9000 §9): with
+``--before-stall EVENT`` the old server trickles 1 KiB pieces at the stall until the
+connection has seen one, then says it stalled; with ``--after-resume EVENT`` the
+successor trickles until it sees one the old process had not seen (stderr: ``EVENT after
+the switch at B of SIZE bytes (...)``), then sends the rest.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ if __package__ in (None, ""):
 
 from quicflow.h3 import aio as h3
 from quicflow.transport.config import Configuration
+from quicflow.transport.connection import Connection
 
 BLOCK = hashlib.sha256(b"0").digest() * 2048  # 64 KiB
 CHUNK = 256 * 1024
@@ -83,6 +85,17 @@ async def trickle_until(stream: h3.H3Stream, size: int, done: Callable[[], bool]
         await asyncio.sleep(0.01)
 
 
+#: what the client can do around a switch, and how a connection counts it
+EVENTS: dict[str, Callable[[Connection], int]] = {
+    "key-update": lambda conn: conn.key_updates_received,
+    "path-change": lambda conn: conn.path_changes,
+}
+
+
+def _counts(conn: Connection) -> str:
+    return ", ".join(f"{name}: {count(conn)}" for name, count in EVENTS.items())
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cert", required=True)
@@ -93,8 +106,8 @@ async def main() -> int:
     parser.add_argument("--wait-go", action="store_true")
     parser.add_argument("--stall-after", type=int)
     parser.add_argument("--workers", type=int)
-    parser.add_argument("--key-update-before-stall", action="store_true")
-    parser.add_argument("--key-update-after-resume", action="store_true")
+    parser.add_argument("--before-stall", choices=sorted(EVENTS))
+    parser.add_argument("--after-resume", choices=sorted(EVENTS))
     args = parser.parse_args()
     loop = asyncio.get_running_loop()
     if args.wait_go:
@@ -112,28 +125,28 @@ async def main() -> int:
         conn = stream.face.conn
 
         async def stalled() -> None:
-            if args.key_update_before_stall:
-                await trickle_until(stream, size, lambda: conn.key_updates_received > 0)
+            if args.before_stall:
+                count = EVENTS[args.before_stall]
+                await trickle_until(stream, size, lambda: count(conn) > 0)
             print(f"stalled after {stream.body_sent} of {size} bytes in process "
-                  f"{os.getpid()} (key updates received: {conn.key_updates_received})",
-                  file=sys.stderr, flush=True)
+                  f"{os.getpid()} ({_counts(conn)})", file=sys.stderr, flush=True)
 
         await send_body(stream, size, args.stall_after, stalled)
 
     def capture_request(stream: h3.H3Stream) -> Any:
         if not stream.path.startswith("/bytes/") or not stream._headers_sent:
             return None
+        conn = stream.face.conn
         return {"size": int(stream.path.rsplit("/", 1)[1]),
-                "key_updates": stream.face.conn.key_updates_received}
+                "counts": {name: count(conn) for name, count in EVENTS.items()}}
 
     async def resume_request(stream: h3.H3Stream, state: Any) -> None:
         size, conn = int(state["size"]), stream.face.conn
-        if args.key_update_after_resume:
-            before = int(state["key_updates"])
-            await trickle_until(stream, size, lambda: conn.key_updates_received > before)
-            print(f"key update after the switch at {stream.body_sent} of {size} bytes "
-                  f"(key updates received: {conn.key_updates_received})",
-                  file=sys.stderr, flush=True)
+        if args.after_resume:
+            count, before = EVENTS[args.after_resume], int(state["counts"][args.after_resume])
+            await trickle_until(stream, size, lambda: count(conn) > before)
+            print(f"{args.after_resume} after the switch at {stream.body_sent} of {size} "
+                  f"bytes ({_counts(conn)})", file=sys.stderr, flush=True)
         await send_body(stream, size, None)
 
     config = Configuration(alpn_protocols=["h3"])
