@@ -45,11 +45,12 @@ def _tools(require: Callable[[bool, str], None]) -> None:
 
 
 def _servers(tmp_path: Path, *extra: str, old_extra: tuple[str, ...] = (),
-             new_extra: tuple[str, ...] = ()) -> tuple[H3ServerProc, H3ServerProc]:
+             new_extra: tuple[str, ...] = (), stall: int = STALL
+             ) -> tuple[H3ServerProc, H3ServerProc]:
     cert, key = write_certificate(tmp_path)
     path = str(tmp_path / "handoff.sock")
     common = ["--cert", cert, "--key", key, *extra]
-    old = H3ServerProc([*common, "--handoff", path, "--stall-after", str(STALL), *old_extra])
+    old = H3ServerProc([*common, "--handoff", path, "--stall-after", str(stall), *old_extra])
     new = H3ServerProc([*common, "--takeover", path, *new_extra], wait_for_go=True)
     return old, new
 
@@ -362,6 +363,147 @@ def test_gtlsclient_download_with_loss_survives_takeover(tmp_path: Path) -> None
         assert dropped_out > 0 and dropped_in > 0
         endpoint = _successor_endpoint(new)
         assert endpoint["connections_accepted"] == 0, "no new handshake after the switch"
+    finally:
+        old.kill()
+        new.kill()
+
+
+@pytest.mark.timeout(120)
+def test_gtlsclient_download_survives_two_takeovers_in_a_row(tmp_path: Path) -> None:
+    """One response, three processes: the first stalls after STALL bytes, the second
+    takes over, continues to 2 * STALL and stalls, the third takes over from it (the
+    restored connection is captured again) and sends the rest; gtlsclient sees one
+    connection and the whole body."""
+    size = 3 * STALL
+    cert, key = write_certificate(tmp_path)
+    path = str(tmp_path / "handoff.sock")
+    common = ["--cert", cert, "--key", key]
+    first = H3ServerProc([*common, "--handoff", path, "--stall-after", str(STALL)])
+    second = H3ServerProc([*common, "--takeover", path, "--stall-after", str(2 * STALL)],
+                          wait_for_go=True)
+    third = H3ServerProc([*common, "--takeover", path], wait_for_go=True)
+    into = tmp_path / "down"
+    into.mkdir()
+
+    async def go() -> tuple[int, str, list[Stall], list[tuple[int, Any]]]:
+        loop = asyncio.get_running_loop()
+        port = first.port()
+        client = asyncio.ensure_future(ngtcp2.gtlsclient(
+            port, [f"https://127.0.0.1:{port}/bytes/{size}"], f"--download={into}",
+            log_path=tmp_path / "gtlsclient.log", timeout=90))
+        stalls = await loop.run_in_executor(None, _stalls, first, 1)
+        switches = [await loop.run_in_executor(None, _take_over, first, second)]
+        stalls += await loop.run_in_executor(None, _stalls, second, 1)
+        switches.append(await loop.run_in_executor(None, _take_over, second, third))
+        status, log = await client
+        return status, log, stalls, switches
+
+    try:
+        status, log, stalls, switches = asyncio.run(go())
+        assert [(sent, pid) for sent, _, pid, _ in stalls] == [
+            (STALL, first.proc.pid), (2 * STALL, second.proc.pid)]
+        _check_client(status, log, into, str(size), size)
+        assert switches == [(0, {"handed_off_connections": 1})] * 2
+        endpoint = _successor_endpoint(third)
+        assert endpoint["connections_accepted"] == 0, "no new handshake after the switches"
+        assert endpoint["engine_packets_sealed"] * PAYLOAD >= size - 2 * STALL
+    finally:
+        for proc in (first, second, third):
+            proc.kill()
+
+
+@pytest.mark.timeout(120)
+def test_quicflow_serve_asgi_takeover_resets_response_gtlsclient_was_receiving(
+    tmp_path: Path, require: Callable[[bool, str], None]
+) -> None:
+    """``quicflow serve APP --handoff PATH --grace 0.01`` taken over by ``--takeover
+    PATH`` while gtlsclient receives an ASGI response that cannot move (the application's
+    coroutine holds it; /stall/N stops after N chunks): the successor resets that request
+    with H3_REQUEST_CANCELLED, gtlsclient receives the RESET_STREAM on its one connection,
+    keeps the bytes it had (the body's first ones) and closes with H3_NO_ERROR."""
+    require(have_module("starlette"), "starlette not installed (make venv)")
+    from quicflow.h3.errors import H3_REQUEST_CANCELLED
+    from tests.support.starlette_app import body_of
+
+    chunks = 64
+    cert, key = write_certificate(tmp_path)
+    path = str(tmp_path / "asgi.sock")
+    app = ["serve", "tests.support.starlette_app:app", "--cert", cert, "--key", key,
+           "--grace", "0.01"]
+    old = H3ServerProc([*app, "--port", "0", "--handoff", path], module="quicflow")
+    new: H3ServerProc | None = None
+    into = tmp_path / "down"
+    into.mkdir()
+
+    async def go() -> tuple[int, str, int]:
+        nonlocal new
+        loop = asyncio.get_running_loop()
+        port = int(old.wait_line("serving ").split(":")[-1].split()[0])
+        client = asyncio.ensure_future(ngtcp2.gtlsclient(
+            port, [f"https://127.0.0.1:{port}/stall/{chunks}"], f"--download={into}",
+            log_path=tmp_path / "gtlsclient.log", timeout=90))
+        await loop.run_in_executor(None, old.wait_line, "stalled after ")
+        new = H3ServerProc([*app, "--takeover", path], module="quicflow")
+        status, log = await client
+        old_status, _ = await loop.run_in_executor(None, old.finish)
+        return status, log, old_status
+
+    try:
+        status, log, old_status = asyncio.run(go())
+        assert status == 0, log[-2000:]
+        resets = ngtcp2.stream_signals(log, "rx")
+        assert [(kind, sid, code) for kind, sid, code in resets] == [
+            ("RESET_STREAM", 0, H3_REQUEST_CANCELLED)]
+        saved = (into / str(chunks)).read_bytes()
+        whole = b"".join(body_of(65536, seed=i) for i in range(chunks))
+        assert 0 < len(saved) <= len(whole) and whole.startswith(saved)
+        assert log.count(HANDSHAKE_DONE) == 1, "one handshake, before the switch"
+        assert ngtcp2.closes(log, "tx") == [H3_NO_ERROR]
+        assert old_status == 0
+        assert "successor connected: handing off after 1 request(s) in progress " \
+               "finish (at most 0.01 s)" in old.seen
+        assert "handed off 1 connection(s)" in old.seen
+        assert new is not None
+        assert new.wait_line("took over ") == f"took over 1 connection(s) from {path}"
+        new.proc.terminate()
+        assert new.proc.wait(timeout=30) == 0
+    finally:
+        old.kill()
+        if new is not None:
+            new.kill()
+
+
+@pytest.mark.timeout(120)
+def test_gtlsclient_concurrent_downloads_survive_takeover_mid_body(tmp_path: Path) -> None:
+    """16 requests at once on gtlsclient's one connection, every response stalled mid-body
+    when the successor takes over: each continues in the successor, each file whole."""
+    n, stall = 16, MB
+    sizes = [3 * MB + i for i in range(n)]  # distinct names for --download
+    old, new = _servers(tmp_path, stall=stall)
+    into = tmp_path / "down"
+    into.mkdir()
+
+    async def go() -> tuple[int, str, list[Stall], tuple[int, Any]]:
+        loop = asyncio.get_running_loop()
+        port = old.port()
+        client = asyncio.ensure_future(ngtcp2.gtlsclient(
+            port, [f"https://127.0.0.1:{port}/bytes/{size}" for size in sizes],
+            f"--download={into}", log_path=tmp_path / "gtlsclient.log", timeout=90))
+        stalls = await loop.run_in_executor(None, _stalls, old, n)
+        switched = await loop.run_in_executor(None, _take_over, old, new)
+        status, log = await client
+        return status, log, stalls, switched
+
+    try:
+        status, log, stalls, (old_status, doc) = asyncio.run(go())
+        assert sorted((sent, size) for sent, size, _, _ in stalls) == [
+            (stall, size) for size in sizes], "every response stalled mid-body"
+        assert status == 0, log[-2000:]
+        ngtcp2.check_downloads(into, {str(size): body_slice(0, size) for size in sizes}, log)
+        assert log.count(HANDSHAKE_DONE) == 1
+        assert ngtcp2.closes(log, "tx") == [H3_NO_ERROR]
+        assert old_status == 0 and doc == {"handed_off_connections": 1}
+        assert _successor_endpoint(new)["connections_accepted"] == 0
     finally:
         old.kill()
         new.kill()

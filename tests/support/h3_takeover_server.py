@@ -8,12 +8,13 @@
 ``tests/support/aioquic_h3_peer.body_of`` repeats). With ``--stall-after`` the handler
 stops writing after that many body bytes and waits (so a takeover lands mid-response);
 the successor continues each response in progress from ``stream.body_sent``
-(``capture_request``/``resume_request``). ``--workers N`` serves from N worker processes
-(a successor takes over with as many). stderr: ``listening on H:P``, ``stalled after B of
-SIZE bytes in process PID (key-update: K, path-change: P)`` (once per stalled response),
-``handed off N connection(s)``;
-stdout: one JSON line on exit (``handed_off_connections`` after a handoff, else the
-endpoint's counters after SIGTERM). A successor offers handoff at PATH again.
+(``capture_request``/``resume_request``), up to its own ``--stall-after`` if given (so
+a third process can take over from it mid-response too). ``--workers N`` serves from N
+worker processes (a successor takes over with as many). stderr: ``listening on H:P``,
+``stalled after B of SIZE bytes in process PID (key-update: K, path-change: P)`` (once
+per stalled response), ``handed off N connection(s)``; stdout: one JSON line on exit
+(``handed_off_connections`` after a handoff, else the endpoint's counters after
+SIGTERM). A successor offers handoff at PATH again.
 
 What the client does around the switch (EVENT: ``key-update``, a key update it started,
 RFC 9001 §6; ``path-change``, a move to a new address it made, RFC 9000 §9): with
@@ -113,15 +114,7 @@ async def main() -> int:
     if args.wait_go:
         await loop.run_in_executor(None, sys.stdin.readline)
 
-    async def handler(stream: h3.H3Stream) -> None:
-        await stream.read()
-        path = stream.path
-        if not path.startswith("/bytes/"):
-            await stream.respond(404)
-            return
-        size = int(path.rsplit("/", 1)[1])
-        stream.send_headers([(":status", "200"), ("content-length", str(size))])
-
+    def stalling(stream: h3.H3Stream, size: int) -> Callable[[], Awaitable[None]]:
         conn = stream.face.conn
 
         async def stalled() -> None:
@@ -131,7 +124,17 @@ async def main() -> int:
             print(f"stalled after {stream.body_sent} of {size} bytes in process "
                   f"{os.getpid()} ({_counts(conn)})", file=sys.stderr, flush=True)
 
-        await send_body(stream, size, args.stall_after, stalled)
+        return stalled
+
+    async def handler(stream: h3.H3Stream) -> None:
+        await stream.read()
+        path = stream.path
+        if not path.startswith("/bytes/"):
+            await stream.respond(404)
+            return
+        size = int(path.rsplit("/", 1)[1])
+        stream.send_headers([(":status", "200"), ("content-length", str(size))])
+        await send_body(stream, size, args.stall_after, stalling(stream, size))
 
     def capture_request(stream: h3.H3Stream) -> Any:
         if not stream.path.startswith("/bytes/") or not stream._headers_sent:
@@ -147,7 +150,7 @@ async def main() -> int:
             await trickle_until(stream, size, lambda: count(conn) > before)
             print(f"{args.after_resume} after the switch at {stream.body_sent} of {size} "
                   f"bytes ({_counts(conn)})", file=sys.stderr, flush=True)
-        await send_body(stream, size, None)
+        await send_body(stream, size, args.stall_after, stalling(stream, size))
 
     config = Configuration(alpn_protocols=["h3"])
     config.load_cert_chain(args.cert, args.key)
