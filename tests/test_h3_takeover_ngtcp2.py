@@ -15,6 +15,7 @@ endpoint counters (no new handshake; it sealed the rest of the body).
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -503,6 +504,68 @@ def test_gtlsclient_concurrent_downloads_survive_takeover_mid_body(tmp_path: Pat
         assert log.count(HANDSHAKE_DONE) == 1
         assert ngtcp2.closes(log, "tx") == [H3_NO_ERROR]
         assert old_status == 0 and doc == {"handed_off_connections": 1}
+        assert _successor_endpoint(new)["connections_accepted"] == 0
+    finally:
+        old.kill()
+        new.kill()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("moving", [False, True])
+def test_gtlsclient_upload_survives_takeover_mid_body(tmp_path: Path, moving: bool) -> None:
+    """gtlsclient uploads 24 MiB (``-d FILE -m POST``); the old process stops reading
+    after 4 MiB (flow control holds the rest), the successor takes the body bytes
+    received but not read with the connection, reads on and answers the body's length
+    and CRC-32. With ``moving``, gtlsclient also moves to a new port (with path
+    validation, RFC 9000 §9) 2 s after its handshake, long after the switch (the
+    successor reads slowly until it has followed the client).
+
+    Not with ``--nat-rebinding`` (no path validation): gtlsclient then ignores every
+    packet still sent to its old port ("ignore packet from unknown path"), so a server
+    can follow it only if it sends something after the move; an uploader that waits for
+    flow-control credit with nothing in flight sends nothing (ngtcp2 0.12 sends no
+    STREAM_DATA_BLOCKED), the credit goes to the old port, and the connection idles out;
+    reproduced without any switch, against a plain server that pauses its reads (see
+    bench/RESULTS.md, this pass)."""
+    import zlib
+
+    size, stall = 24 * MB, 4 * MB
+    body = tmp_path / "upload.bin"
+    body.write_bytes(os.urandom(size))
+    new_extra = ("--after-resume", "path-change") if moving else ()
+    old, new = _servers(tmp_path, stall=stall, new_extra=new_extra)
+    into = tmp_path / "down"
+    into.mkdir()
+    options = ["--change-local-addr=2s"] if moving else []
+
+    async def go() -> tuple[int, str, str, tuple[int, Any]]:
+        loop = asyncio.get_running_loop()
+        port = old.port()
+        client = asyncio.ensure_future(ngtcp2.gtlsclient(
+            port, [f"https://127.0.0.1:{port}/crc"], f"--data={body}", "--http-method=POST",
+            f"--download={into}", *options, log_path=tmp_path / "gtlsclient.log",
+            timeout=90))
+        line = await loop.run_in_executor(None, old.wait_line, "upload stalled after ")
+        switched = await loop.run_in_executor(None, _take_over, old, new)
+        status, log = await client
+        return status, log, line, switched
+
+    try:
+        status, log, line, (old_status, doc) = asyncio.run(go())
+        m = re.fullmatch(r"upload stalled after (\d+) bytes in process (\d+) \((.*)\)", line)
+        assert m is not None, line
+        assert stall <= int(m[1]) < size and int(m[2]) == old.proc.pid, "mid-body"
+        assert _counts(m[3]) == {"key-update": 0, "path-change": 0}
+        assert status == 0, log[-2000:]
+        answer = f"{size} {zlib.crc32(body.read_bytes()):08x}".encode()
+        ngtcp2.check_downloads(into, {"crc": answer}, log)
+        assert log.count(HANDSHAKE_DONE) == 1
+        assert ngtcp2.closes(log, "tx") == [H3_NO_ERROR]
+        assert old_status == 0 and doc == {"handed_off_connections": 1}
+        if moving:
+            assert log.count("Local address is now ") == 1
+            followed = new.wait_line("path-change after the switch at ")
+            assert "path-change: 1)" in followed, followed
         assert _successor_endpoint(new)["connections_accepted"] == 0
     finally:
         old.kill()

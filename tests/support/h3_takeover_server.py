@@ -9,11 +9,16 @@
 stops writing after that many body bytes and waits (so a takeover lands mid-response);
 the successor continues each response in progress from ``stream.body_sent``
 (``capture_request``/``resume_request``), up to its own ``--stall-after`` if given (so
-a third process can take over from it mid-response too). ``--workers N`` serves from N
-worker processes (a successor takes over with as many). stderr: ``listening on H:P``,
-``stalled after B of SIZE bytes in process PID (key-update: K, path-change: P)`` (once
-per stalled response), ``handed off N connection(s)``; stdout: one JSON line on exit
-(``handed_off_connections`` after a handoff, else the endpoint's counters after
+a third process can take over from it mid-response too). ``POST /crc`` answers "N
+CRC32" (decimal bytes, 8 hex digits) of the request body; with ``--stall-after`` it
+stops reading after that many bytes, and the successor reads on from its captured count
+and CRC. ``--workers N`` serves from N worker processes (a successor takes over with as
+many).
+
+stderr: ``listening on H:P``; ``stalled after B of SIZE bytes in process PID
+(key-update: K, path-change: P)`` or ``upload stalled after N bytes in process PID
+(...)`` (once per stalled request); ``handed off N connection(s)``. stdout: one JSON line on
+exit (``handed_off_connections`` after a handoff, else the endpoint's counters after
 SIGTERM). A successor offers handoff at PATH again.
 
 What the client does around the switch (EVENT: ``key-update``, a key update it started,
@@ -21,7 +26,7 @@ RFC 9001 §6; ``path-change``, a move to a new address it made, RFC 9000 §9): w
 ``--before-stall EVENT`` the old server trickles 1 KiB pieces at the stall until the
 connection has seen one, then says it stalled; with ``--after-resume EVENT`` the
 successor trickles until it sees one the old process had not seen (stderr: ``EVENT after
-the switch at B of SIZE bytes (...)``), then sends the rest.
+the switch at ...``), then sends the rest; an upload is read 16 KiB per 10 ms meanwhile.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import json
 import os
 import signal
 import sys
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -126,9 +132,38 @@ async def main() -> int:
 
         return stalled
 
+    uploads: dict[h3.H3Stream, list[int]] = {}  # POST /crc: [bytes read, CRC-32 so far]
+
+    async def receive_upload(stream: h3.H3Stream, received: int, crc: int,
+                             event: tuple[str, int] | None = None) -> None:
+        """Read the body on from ``received`` bytes (CRC ``crc``); with ``event`` (name,
+        count before), read 16 KiB per 10 ms until the connection counts more of it."""
+        conn = stream.face.conn
+        progress = uploads[stream] = [received, crc]
+        stalled = args.stall_after is None or received >= args.stall_after
+        while chunk := await stream.read(16 * 1024 if event else 64 * 1024):
+            progress[0] += len(chunk)
+            progress[1] = zlib.crc32(chunk, progress[1])
+            if not stalled and progress[0] >= args.stall_after:
+                print(f"upload stalled after {progress[0]} bytes in process {os.getpid()} "
+                      f"({_counts(conn)})", file=sys.stderr, flush=True)
+                await asyncio.Event().wait()  # not reading: flow control holds the rest
+            if event is not None:
+                if EVENTS[event[0]](conn) <= event[1]:
+                    await asyncio.sleep(0.01)
+                    continue
+                print(f"{event[0]} after the switch at {progress[0]} bytes received "
+                      f"({_counts(conn)})", file=sys.stderr, flush=True)
+                event = None
+        del uploads[stream]
+        await stream.respond(200, [], f"{progress[0]} {progress[1]:08x}".encode())
+
     async def handler(stream: h3.H3Stream) -> None:
-        await stream.read()
         path = stream.path
+        if stream.method == "POST" and path == "/crc":
+            await receive_upload(stream, 0, 0)
+            return
+        await stream.read()
         if not path.startswith("/bytes/"):
             await stream.respond(404)
             return
@@ -137,13 +172,21 @@ async def main() -> int:
         await send_body(stream, size, args.stall_after, stalling(stream, size))
 
     def capture_request(stream: h3.H3Stream) -> Any:
+        conn = stream.face.conn
+        counts = {name: count(conn) for name, count in EVENTS.items()}
+        if stream in uploads:
+            return {"upload": uploads[stream], "counts": counts}
         if not stream.path.startswith("/bytes/") or not stream._headers_sent:
             return None
-        conn = stream.face.conn
-        return {"size": int(stream.path.rsplit("/", 1)[1]),
-                "counts": {name: count(conn) for name, count in EVENTS.items()}}
+        return {"size": int(stream.path.rsplit("/", 1)[1]), "counts": counts}
 
     async def resume_request(stream: h3.H3Stream, state: Any) -> None:
+        if "upload" in state:
+            event = None
+            if args.after_resume:
+                event = (args.after_resume, int(state["counts"][args.after_resume]))
+            await receive_upload(stream, *map(int, state["upload"]), event)
+            return
         size, conn = int(state["size"]), stream.face.conn
         if args.after_resume:
             count, before = EVENTS[args.after_resume], int(state["counts"][args.after_resume])
