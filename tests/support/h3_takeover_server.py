@@ -185,7 +185,8 @@ async def main() -> int:
             event = None
             if args.after_resume:
                 event = (args.after_resume, int(state["counts"][args.after_resume]))
-            await receive_upload(stream, *map(int, state["upload"]), event)
+            received, crc = (int(v) for v in state["upload"])
+            await receive_upload(stream, received, crc, event)
             return
         size, conn = int(state["size"]), stream.face.conn
         if args.after_resume:
