@@ -9,7 +9,10 @@ the successor process takes over mid-body every time and continues the response 
 SHA-256 (gtlsclient ``--download``), one handshake in gtlsclient's log and its
 CONNECTION_CLOSE with H3_NO_ERROR (it exits 0 even after a stall, so its status alone
 proves nothing), the old process's exit status and hand-off count, the successor's
-endpoint counters (no new handshake; it sealed the rest of the body).
+endpoint counters (no new handshake; it sealed the rest of the body). Around that: two
+workers, a move to another server (``move_to``), gtlsclient's own key update and
+address change on either side of the switch, loss, two takeovers in a row, 16
+concurrent responses, uploads, and ``quicflow serve`` (ASGI) resetting what cannot move.
 """
 
 from __future__ import annotations
@@ -181,9 +184,7 @@ def test_gtlsclient_downloads_survive_workers_takeover_mid_body(tmp_path: Path) 
         assert endpoint["connections_accepted"] == 0, "no new handshake after the switch"
         # (the workers report no engine counters; the old ones stopped at STALL bytes)
         assert endpoint["datagrams_received"] > 0
-    finally:
-        for client, _ in clients:
-            client.cancel()
+    finally:  # (asyncio.run cancelled any gtlsclient still running)
         old.kill()
         new.kill()
 
