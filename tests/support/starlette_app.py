@@ -4,11 +4,13 @@ GET /              -> "hello from starlette"
 GET /bytes/{n}     -> n bytes of ``body_of(n)`` (x-sha256 header)
 POST /sha          -> JSON {"sha256", "size"} of the request body
 GET /stream/{n}    -> n chunks of 64 KiB, streamed (StreamingResponse)
+GET /stall/{n}     -> the same n chunks, then "stalled after n chunks" on stderr and no end
 GET /state         -> JSON {"started": true} once the lifespan startup ran
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sys
 from collections.abc import AsyncIterator
@@ -54,6 +56,18 @@ async def stream(request: Request) -> Response:
     return StreamingResponse(chunks(), media_type="application/octet-stream")
 
 
+async def stall(request: Request) -> Response:
+    n = int(request.path_params["n"])
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(n):
+            yield body_of(65536, seed=i)
+        print(f"stalled after {n} chunks", file=sys.stderr, flush=True)
+        await asyncio.Event().wait()
+
+    return StreamingResponse(chunks(), media_type="application/octet-stream")
+
+
 async def state(request: Request) -> Response:
     return JSONResponse({"started": getattr(request.app.state, "started", False)})
 
@@ -72,6 +86,7 @@ app = Starlette(
         Route("/bytes/{n:int}", nbytes),
         Route("/sha", sha, methods=["POST"]),
         Route("/stream/{n:int}", stream),
+        Route("/stall/{n:int}", stall),
         Route("/state", state),
     ],
     lifespan=lifespan,
