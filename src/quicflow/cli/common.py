@@ -18,7 +18,8 @@ from typing import Any, Protocol, TextIO, TypeVar
 
 from cryptography import x509
 
-from ..aio import ConnectionClosedError
+from ..aio import ConnectionClosedError, QuicServer
+from ..aio.workers import WorkerGroupServer
 from ..apps.hq import HqError
 from ..apps.perf import PerfError
 from ..tls.certs import certificate_pem, generate_self_signed, load_pem_chain, load_pem_key
@@ -346,6 +347,30 @@ def print_result(result: R, as_json: bool, text: Callable[[R], str]) -> None:
         print(json.dumps(result.to_dict(), sort_keys=True), flush=True)
     else:
         print(text(result), flush=True)
+
+
+def report_handoff(
+    as_json: bool, server: QuicServer | WorkerGroupServer,
+    handed: asyncio.Future[int],
+) -> int:
+    """The old process after a takeover (``--handoff``): say on stderr how many
+    connections went (with ``as_json``, ``{"handed_off_connections": N}`` on stdout);
+    the exit status: 0, or 1 when the handoff failed."""
+    if handed.exception() is not None:
+        return _fail(f"handoff failed: {handed.exception()}")
+    count = handed.result()
+    if isinstance(server, QuicServer):
+        t = server.handover.timings
+        print(f"handed off {count} connection(s) to the successor (stop "
+              f"{t.get('stop', 0):.3f} s, capture {t.get('capture', 0):.3f} s, send "
+              f"{t.get('send', 0):.3f} s, until restored {t.get('ack', 0):.3f} s,"
+              f" {int(t.get('bytes', 0))} bytes of snapshots)", file=sys.stderr, flush=True)
+    else:
+        print(f"handed off {count} connection(s) to the successor group "
+              f"({len(server.group)} workers)", file=sys.stderr, flush=True)
+    if as_json:
+        print(json.dumps({"handed_off_connections": count}), flush=True)
+    return 0
 
 
 def _add_transport_options(p: argparse.ArgumentParser) -> None:

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
+import time
+from dataclasses import asdict
+from typing import Any
 
 from ..aio import ConnectionClosedError
 from ..apps.hq import HqError, HqResult, parse_url, run_client, server_configuration, start_server
+from ..migration.handoff import HandoffError
+from ..transport.codec import SnapshotError
 from ..transport.config import Configuration
 from .common import (
     _add_transport_options,
@@ -23,6 +29,7 @@ from .common import (
     format_bytes,
     format_rate,
     print_result,
+    report_handoff,
     run_with_progress,
     server_certificate,
     stop_event,
@@ -32,20 +39,36 @@ from .common import (
 
 
 async def _serve(args: argparse.Namespace, config: Configuration) -> int:
+    started = time.monotonic()
     server, handler = await start_server(
-        args.host, args.port, root=args.root, configuration=config, backend=args.backend
-    )
+        args.host, args.port, root=args.root, configuration=config, backend=args.backend,
+        takeover=args.takeover,
+    )  # fmt: skip
     stop = stop_event()
+    if args.takeover:
+        print(f"took over {len(server.connections)} connection(s) from {args.takeover}"
+              f" in {time.monotonic() - started:.3f} s", file=sys.stderr, flush=True)
+    handoff_path = args.handoff or args.takeover
+    handed = server.handoff(handoff_path) if handoff_path else None
     print(f"listening on {_format_address(server.address)} (ALPN hq-interop),"
           f" serving {handler.root}", file=sys.stderr, flush=True)  # fmt: skip
     try:
-        await stop.wait()
+        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
+        if handed is not None:
+            waiters.append(handed)
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        waiters[0].cancel()
     finally:
         server.close()
         await server.wait_closed()
+    if handed is not None and handed.done():
+        return report_handoff(args.json, server, handed)
     s = handler.stats
     print(f"stopped: {s.requests} request(s) answered, {s.refused} refused,"
           f" sent {format_bytes(s.bytes_sent)}", file=sys.stderr, flush=True)  # fmt: skip
+    if args.json:
+        report = {**asdict(s), "endpoint": server.stats()["endpoint"]}
+        print(json.dumps(report), flush=True)
     return 0
 
 
@@ -62,6 +85,8 @@ def cmd_hq_server(args: argparse.Namespace) -> int:
                 pmtud=args.pmtud,
             )  # fmt: skip
             return asyncio.run(_serve(args, config))
+    except (HandoffError, SnapshotError) as e:
+        return _fail(f"takeover failed: {e}")
     except (OSError, ValueError) as e:
         return _fail(_describe_error(e) if isinstance(e, OSError) else str(e))
 
@@ -123,10 +148,31 @@ def add_hq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "exit 0). Prints 'listening on ADDRESS:PORT' on stderr once ready. Requests for "
         "paths outside --root (.., symbolic links leading out), missing files and malformed "
         "requests are refused: their stream is reset with application error code 1. Without "
-        "--cert it makes a self-signed certificate and says on stderr in which file.",
+        "--cert it makes a self-signed certificate and says on stderr in which file. With "
+        "--handoff, a successor started with --takeover replaces this process without "
+        "ending a connection: responses in progress go on from where they stopped.",
     )
     server.add_argument("--root", required=True, metavar="DIR", help="directory to serve")
     add_listen_options(server)
+    server.add_argument(
+        "--handoff", metavar="PATH",
+        help="offer this server's connections to a successor on a unix socket at PATH "
+        "(mode 0600, same user only); when one takes over, print how many connections "
+        "went (with --json: {\"handed_off_connections\": N}) and exit 0",
+    )  # fmt: skip
+    server.add_argument(
+        "--takeover", metavar="PATH",
+        help="start by taking over the socket and connections of the hq server offering "
+        "a handoff at PATH (no new handshakes; --host/--port are then unused), then offer "
+        "the same at PATH for the next successor. Give it the predecessor's --root and "
+        "--cert/--key: without --cert, new clients get a new self-signed certificate",
+    )  # fmt: skip
+    server.add_argument(
+        "--json", action="store_true",
+        help="on exit print one JSON object on stdout: after a handoff "
+        "{\"handed_off_connections\": N}, else the counters (requests, refused, "
+        "bytes_sent, endpoint)",
+    )  # fmt: skip
     _add_transport_options(server)
     server.set_defaults(func=cmd_hq_server)
 

@@ -21,7 +21,7 @@ import time
 from typing import Any, TextIO
 
 from ..aio import ConnectionClosedError, QuicServer
-from ..aio.workers import CidPlan, WorkerGroupServer
+from ..aio.workers import CidPlan
 from ..apps.perf import (
     PerfError,
     PerfResult,
@@ -58,6 +58,7 @@ from .common import (
     format_rate,
     parse_size,
     print_result,
+    report_handoff,
     run_with_progress,
     server_certificate,
     stop_event,
@@ -125,7 +126,7 @@ async def _serve_perf(args: argparse.Namespace, config: Configuration) -> int:
         server.close()
         await server.wait_closed()
     if handed is not None and handed.done():
-        return _report_handoff(args, server, handed)
+        return report_handoff(args.json, server, handed)
     report = server_report(server, handler)
     dp = report["datapath"]
     print(
@@ -150,28 +151,6 @@ def _cid_plan(args: argparse.Namespace) -> CidPlan:
         nonce_len=args.quic_lb_nonce_len, key=key,
     )  # fmt: skip
     return CidPlan(quic_lb, args.host_id)
-
-
-def _report_handoff(
-    args: argparse.Namespace, server: QuicServer | WorkerGroupServer,
-    handed: asyncio.Future[int],
-) -> int:
-    """The old process after a takeover: say how many connections went, exit 0."""
-    if handed.exception() is not None:
-        return _fail(f"handoff failed: {handed.exception()}")
-    count = handed.result()
-    if isinstance(server, QuicServer):
-        t = server.handover.timings
-        print(f"handed off {count} connection(s) to the successor (stop "
-              f"{t.get('stop', 0):.3f} s, capture {t.get('capture', 0):.3f} s, send "
-              f"{t.get('send', 0):.3f} s, until restored {t.get('ack', 0):.3f} s,"
-              f" {int(t.get('bytes', 0))} bytes of snapshots)", file=sys.stderr, flush=True)
-    else:
-        print(f"handed off {count} connection(s) to the successor group "
-              f"({len(server.group)} workers)", file=sys.stderr, flush=True)
-    if args.json:
-        print(json.dumps({"handed_off_connections": count}), flush=True)
-    return 0
 
 
 def _preferred_arg(text: str) -> tuple[str, int]:
