@@ -11,10 +11,15 @@
 //	    {"event":"closed","how":"application","remote":true,"code":0,"reason":"",...}
 //	quicgo-peer client -connect HOST:PORT -server-name N (-ca F | -insecure) -out DIR
 //	        [-suite aes128|aes256|chacha20] [-key-update N] [-close-code C] [-sequential]
-//	        /path ...
+//	        [-pause-at N -resume-file F] /path ...
 //	    {"event":"handshake",...}
+//	    {"event":"paused","path":"/a","bytes":N}        (with -pause-at)
 //	    {"event":"result","ok":true,"files":[{"path":"/a","bytes":N,"sha256":"..."}]}
 //	    {"event":"closed",...}
+//
+// -pause-at N stops reading at byte N of the first file that has that many (the server
+// is then held by flow control) and goes on once the file -resume-file exists: a test
+// replaces the server process meanwhile (same-host takeover).
 //
 // -key-update N makes quic-go start a key update every N packets (its internal
 // handshake.KeyUpdateInterval, which quic-go's public API does not expose). Key updates
@@ -234,6 +239,14 @@ type fileResult struct {
 	SHA256 string `json:"sha256"`
 }
 
+// pause: with -pause-at N, the first file to reach N bytes stops being read (every
+// other file reaching N waits too) until the file -resume-file exists.
+var pause struct {
+	at     int64
+	resume string
+	once   sync.Once
+}
+
 func fetch(conn quic.Connection, path, outDir string) (fileResult, error) {
 	str, err := conn.OpenStreamSync(context.Background())
 	if err != nil {
@@ -249,7 +262,29 @@ func fetch(conn quic.Connection, path, outDir string) (fileResult, error) {
 	}
 	defer f.Close()
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), str)
+	w := io.MultiWriter(f, h)
+	var n int64
+	if pause.at > 0 {
+		n, err = io.CopyN(w, str, pause.at)
+		if err == nil { // more may come: wait until the test says so
+			pause.once.Do(func() {
+				emit(map[string]interface{}{"event": "paused", "path": path, "bytes": n})
+				for {
+					if _, e := os.Stat(pause.resume); e == nil {
+						break
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+			})
+		} else if err == io.EOF {
+			err = nil
+		}
+		if err != nil {
+			return fileResult{}, fmt.Errorf("%s: %v", path, err)
+		}
+	}
+	m, err := io.Copy(w, str)
+	n += m
 	if err != nil {
 		return fileResult{}, fmt.Errorf("%s: %v", path, err)
 	}
@@ -267,6 +302,8 @@ func client(args []string) {
 	keyUpdate := fs.Uint64("key-update", 0, "start a key update every N packets")
 	closeCode := fs.Uint64("close-code", 0, "application error code to close with")
 	sequential := fs.Bool("sequential", false, "fetch one file after the other")
+	fs.Int64Var(&pause.at, "pause-at", 0, "stop reading a file at N bytes until -resume-file exists")
+	fs.StringVar(&pause.resume, "resume-file", "", "see -pause-at")
 	_ = fs.Parse(args)
 	if *keyUpdate > 0 {
 		keyUpdateInterval = *keyUpdate

@@ -10,11 +10,15 @@
 //!       {"event":"request","path":"/a","bytes":N}
 //!       {"event":"closed","how":"application","remote":true,"code":0,"reason":""}
 //!   quinn-peer client --connect HOST:PORT --ca F --out DIR [--suite aes128|aes256|chacha20]
-//!           [--key-update] [--sequential] /path ...
+//!           [--key-update] [--sequential] [--pause-at N --resume-file F] /path ...
 //!       {"event":"handshake","alpn":"hq-interop"}
+//!       {"event":"paused","path":"/a","bytes":N}        (with --pause-at)
 //!       {"event":"result","ok":true,"files":[{"path":"/a","bytes":N,"sha256":"..."}]}
 //!       {"event":"closed",...}
 //!
+//! --pause-at N stops reading the first file that reaches N bytes (the server is then held
+//! by flow control) until the file --resume-file exists: a test replaces the server process
+//! meanwhile (same-host takeover).
 //! --key-update (server) starts a key update before it answers each request.
 //! --sequential (client) fetches the files one after the other; --key-update does too and
 //! starts a key update (quinn's Connection::force_key_update) before each one. quinn
@@ -26,6 +30,7 @@ use std::fs;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 const ALPN: &[u8] = b"hq-interop";
@@ -185,11 +190,39 @@ async fn server(opts: HashMap<String, String>) {
 
 // ---------------------------------------------------------------------------- client
 
-async fn fetch(conn: quinn::Connection, path: String, out: PathBuf) -> Result<String, String> {
-    let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+/// --pause-at N: the first file to reach N bytes stops being read (the server is then
+/// held by flow control) until the file --resume-file exists.
+static PAUSED: AtomicBool = AtomicBool::new(false);
+
+async fn pause_at(recv: &mut quinn::RecvStream, path: &str, pause: &Option<(usize, PathBuf)>)
+                  -> Result<Vec<u8>, String> {
+    let mut data = Vec::new();
+    let Some((at, resume)) = pause else { return Ok(data) };
+    let mut buf = vec![0u8; 64 * 1024];
+    while data.len() < *at {
+        let want = buf.len().min(*at - data.len());
+        match recv.read(&mut buf[..want]).await.map_err(|e| format!("{}: {}", path, e))? {
+            Some(n) => data.extend_from_slice(&buf[..n]),
+            None => return Ok(data),
+        }
+    }
+    if !PAUSED.swap(true, Ordering::SeqCst) {
+        emit(&[("event", json_str("paused")), ("path", json_str(path)),
+               ("bytes", data.len().to_string())]);
+        while !resume.exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+    Ok(data)
+}
+
+async fn fetch(conn: quinn::Connection, path: String, out: PathBuf,
+               pause: Option<(usize, PathBuf)>) -> Result<String, String> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     send.write_all(format!("GET {}\r\n", path).as_bytes()).await.map_err(|e| e.to_string())?;
     send.finish().await.map_err(|e| e.to_string())?;
-    let data = recv.read_to_end(1 << 30).await.map_err(|e| format!("{}: {}", path, e))?;
+    let mut data = pause_at(&mut recv, &path, &pause).await?;
+    data.extend(recv.read_to_end(1 << 30).await.map_err(|e| format!("{}: {}", path, e))?);
     let name = Path::new(&path).file_name().map(|n| n.to_owned()).unwrap_or_else(|| "index.html".into());
     fs::write(out.join(name), &data).map_err(|e| e.to_string())?;
     let digest = ring::digest::digest(&ring::digest::SHA256, &data);
@@ -226,17 +259,20 @@ async fn client(opts: HashMap<String, String>, paths: Vec<String>) {
         .await.unwrap_or_else(|e| fail(&format!("handshake: {}", e)));
     emit(&[("event", json_str("handshake")), ("alpn", json_str(&alpn_of(&conn)))]);
     let out = PathBuf::from(get("out"));
+    let pause = opts.get("pause-at").map(|n| {
+        (n.parse::<usize>().unwrap_or_else(|_| fail("bad --pause-at")), PathBuf::from(get("resume-file")))
+    });
     let mut results = Vec::new();
     if opts.contains_key("key-update") || opts.contains_key("sequential") {
         for p in &paths {
             if opts.contains_key("key-update") {
                 conn.force_key_update();
             }
-            results.push(fetch(conn.clone(), p.clone(), out.clone()).await);
+            results.push(fetch(conn.clone(), p.clone(), out.clone(), pause.clone()).await);
         }
     } else {
         let tasks: Vec<_> = paths.iter()
-            .map(|p| tokio::spawn(fetch(conn.clone(), p.clone(), out.clone())))
+            .map(|p| tokio::spawn(fetch(conn.clone(), p.clone(), out.clone(), pause.clone())))
             .collect();
         for t in tasks {
             results.push(t.await.unwrap_or_else(|e| Err(e.to_string())));

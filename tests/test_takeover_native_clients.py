@@ -1,0 +1,111 @@
+"""Same-host takeover (issue 7) under native foreign clients: quic-go's and quinn's hq
+clients download from ``quicflow hq server --handoff`` while a successor
+(``quicflow hq server --takeover``) replaces it in the middle of a large file.
+
+Where the switch lands is fixed by counts, not by timing: the peer client stops reading
+the large file at ``PAUSE_AT`` bytes (``--pause-at``; the old server is then held by the
+client's flow-control window, far below the file's size) and reads on once the test
+creates ``--resume-file``. ``resume="after"`` reads on once the old process has exited
+(the successor sends everything past the window); ``resume="during"`` reads on as the
+switch starts, so the old process is sending when it is stopped and what it had in
+flight is the successor's to recover.
+
+Every file must arrive whole (SHA-256), the client sees one handshake and closes with
+code 0, the old process exits 0 after handing over 1 connection, and the successor
+accepts no new handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import hq_peers, quicgo, quinn
+from tests.support.hq_peers import KB, MB, Site, check_downloads
+from tests.support.quicgo import QuicGoProcess
+from tests.support.quinn import QuinnProcess
+from tests.support.takeover import ServerProc
+
+pytestmark = pytest.mark.interop
+
+BIG = 48 * MB
+#: where the client stops reading the big file until the switch is under way; with the
+#: peers' largest windows (quic-go: 15 MB for the connection) the old server cannot have
+#: sent the whole file by then
+PAUSE_AT = 4 * MB
+PEERS: dict[str, tuple[Any, Any]] = {"quic-go": (quicgo, QuicGoProcess),
+                                     "quinn": (quinn, QuinnProcess)}  # fmt: skip
+
+
+def _servers(site: Site, handoff: str) -> tuple[ServerProc, ServerProc]:
+    common = ["--root", str(site.root), "--cert", site.cert, "--key", site.key, "--json"]
+    old = ServerProc(["--host", "127.0.0.1", "--port", "0", "--handoff", handoff, *common],
+                     command=("hq", "server"))
+    new = ServerProc(["--takeover", handoff, *common], wait_for_go=True,
+                     command=("hq", "server"))
+    return old, new
+
+
+def _take_over(old: ServerProc, new: ServerProc) -> tuple[int, dict[str, Any] | None]:
+    new.go()
+    status, doc = old.finish()
+    new.wait_line("listening on ")
+    return status, doc
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("resume", ["after", "during"])
+@pytest.mark.parametrize("peer", sorted(PEERS))
+def test_takeover_mid_download_native_client(tmp_path: Path, peer: str, resume: str,
+                                             require: Callable[[bool, str], None]) -> None:
+    module, process = PEERS[peer]
+    site = hq_peers.peer_site(module, tmp_path, require)
+    big = site.add("big.bin", BIG)
+    for i, size in enumerate([0, 1, 1200, 100 * KB]):
+        site.add(f"s{i}.bin", size)
+    resume_file = tmp_path / "resume"
+    old, new = _servers(site, str(tmp_path / "handoff.sock"))
+
+    async def go() -> tuple[list[dict[str, Any]], dict[str, Any],
+                            tuple[int, dict[str, Any] | None], int, dict[str, Any]]:
+        port = old.port()
+        loop = asyncio.get_running_loop()
+        async with process("client", "--connect", f"127.0.0.1:{port}", "--ca", site.ca,
+                           "--server-name", "localhost", "--out", str(site.out),
+                           "--pause-at", str(PAUSE_AT), "--resume-file", str(resume_file),
+                           *site.files) as client:  # fmt: skip
+            paused = await client.next_event("paused", timeout=60)
+            if resume == "during":
+                resume_file.touch()
+            switched = await loop.run_in_executor(None, _take_over, old, new)
+            resume_file.touch()
+            result = await client.next_event("result", timeout=60)
+            await client.next_event("closed", timeout=30)
+            rc = await client.wait_exit(30)
+            return client.events, paused, switched, rc, result
+
+    try:
+        events, paused, (status, doc), rc, result = asyncio.run(go())
+        assert paused["path"] == big and paused["bytes"] == PAUSE_AT < BIG
+        check_downloads(site, [(f["path"], f["bytes"], f["sha256"]) for f in result["files"]])
+        assert rc == 0
+        assert [e["event"] for e in events].count("handshake") == 1
+        # the client closed the connection itself, with code 0 (quinn reports its own
+        # close as "local"), after every file arrived: the server never ended it
+        closed = next(e for e in events if e["event"] == "closed")
+        assert closed["how"] in ("application", "local") and closed["code"] == 0
+        assert closed["remote"] is False
+        assert status == 0 and doc == {"handed_off_connections": 1}
+        assert any(line.startswith("handed off 1 connection") for line in old.seen)
+        new_status, summary = new.stop()
+        assert new_status == 0 and summary is not None
+        assert summary["endpoint"]["connections_accepted"] == 0, "no new handshake"
+        if resume == "after":  # the old server was held below the file's size
+            assert 0 < summary["bytes_sent"] < BIG
+    finally:
+        old.kill()
+        new.kill()
