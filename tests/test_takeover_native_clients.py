@@ -1,14 +1,15 @@
-"""Same-host takeover (issue 7) under native foreign clients: quic-go's and quinn's hq
-clients download from ``quicflow hq server --handoff`` while a successor
-(``quicflow hq server --takeover``) replaces it in the middle of a large file.
+"""Same-host takeover (issue 7) under native foreign clients: quic-go's, quinn's,
+quiche's (Node binding) and picoquic's (Python 3.12 binding) hq clients download from
+``quicflow hq server --handoff`` while a successor (``quicflow hq server --takeover``)
+replaces it in the middle of a large file.
 
 Where the switch lands is fixed by counts, not by timing: the peer client stops reading
-the large file at ``PAUSE_AT`` bytes (``--pause-at``; the old server is then held by the
-client's flow-control window, far below the file's size) and reads on once the test
-creates ``--resume-file``. ``resume="after"`` reads on once the old process has exited
-(the successor sends everything past the window); ``resume="during"`` reads on as the
-switch starts, so the old process is sending when it is stopped and what it had in
-flight is the successor's to recover.
+the large file at ``PAUSE_AT`` bytes (``--pause-at``; picoquic's a chunk later; the old
+server is then held by the client's flow-control window, far below the file's size) and
+reads on once the test creates ``--resume-file``. ``resume="after"`` reads on once the
+old process has exited (the successor sends everything past the window);
+``resume="during"`` reads on as the switch starts, so the old process is sending when it
+is stopped and what it had in flight is the successor's to recover.
 
 Every file must arrive whole (SHA-256), the client sees one handshake and closes with
 code 0, the old process exits 0 after handing over 1 connection, and the successor
@@ -24,8 +25,9 @@ from typing import Any
 
 import pytest
 
-from tests.support import hq_peers, quicgo, quiche, quinn
+from tests.support import hq_peers, picoquic, quicgo, quiche, quinn
 from tests.support.hq_peers import KB, MB, Site, check_downloads
+from tests.support.picoquic import PicoquicProcess
 from tests.support.quicgo import QuicGoProcess
 from tests.support.quiche import QuicheProcess
 from tests.support.quinn import QuinnProcess
@@ -38,12 +40,13 @@ pytestmark = pytest.mark.interop
 #: 10 MB for the connection at first) is well below it, so the old server cannot have
 #: sent the whole file by the switch. quiche's (Node) client is the slow one: its file is
 #: the smallest that keeps that margin.
-BIG = {"quic-go": 48 * MB, "quinn": 48 * MB, "quiche": 24 * MB}
+BIG = {"quic-go": 48 * MB, "quinn": 48 * MB, "quiche": 24 * MB, "picoquic": 48 * MB}
 #: where the client stops reading the big file until the switch is under way
 PAUSE_AT = 4 * MB
 PEERS: dict[str, tuple[Any, Any]] = {"quic-go": (quicgo, QuicGoProcess),
                                      "quinn": (quinn, QuinnProcess),
-                                     "quiche": (quiche, QuicheProcess)}  # fmt: skip
+                                     "quiche": (quiche, QuicheProcess),
+                                     "picoquic": (picoquic, PicoquicProcess)}  # fmt: skip
 
 
 def _servers(site: Site, handoff: str) -> tuple[ServerProc, ServerProc]:
@@ -100,15 +103,16 @@ def test_takeover_mid_download_native_client(tmp_path: Path, peer: str, resume: 
 
     try:
         events, paused, (status, doc), rc, result = asyncio.run(go())
-        assert paused["path"] == big and paused["bytes"] == PAUSE_AT < size
+        assert paused["path"] == big and PAUSE_AT <= paused["bytes"] < size
         check_downloads(site, [(f["path"], f["bytes"], f["sha256"]) for f in result["files"]])
         assert rc == 0
         assert [e["event"] for e in events].count("handshake") == 1
         # the client closed the connection itself, with code 0 (quinn reports its own
-        # close as "local"), after every file arrived: the server never ended it
+        # close as "local"; picoquic's binding does not say who closed), after every file
+        # arrived: the server never ended it
         closed = next(e for e in events if e["event"] == "closed")
         assert closed["how"] in ("application", "local") and closed["code"] == 0
-        assert closed["remote"] is False
+        assert closed.get("remote", False) is False
         assert status == 0 and doc == {"handed_off_connections": 1}
         assert any(line.startswith("handed off 1 connection") for line in old.seen)
         new_status, summary = new.stop()

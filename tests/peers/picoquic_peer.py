@@ -7,8 +7,14 @@ JSON lines on stdout, the protocol of ``tests/support/hq_peers.py``::
     server --cert C --key K --root DIR --port P [--retry]
         {"event": "ready", "port": P}
     client --connect HOST:PORT --ca F --server-name N --out DIR [--sequential]
-           [--cipher-suite ID] /path...
+           [--cipher-suite ID] [--pause-at N --resume-file F] /path...
+        {"event": "paused", "path": P, "bytes": N}     (with --pause-at)
         {"event": "result", "files": [{"path", "bytes", "sha256"}]}
+
+``--pause-at N``: once a file has N bytes (or a little more: data comes in chunks), the
+client stops taking events (it blocks its event loop) until the file ``--resume-file``
+exists; picoquic's own thread goes on (ACKs), but it stops extending the flow-control
+window, so the server is held: a test replaces the server process meanwhile.
 
 Both report ``handshake`` (``alpn``) and ``closed`` (``code``: the CONNECTION_CLOSE code
 picoquic reports, ``how``: "application").
@@ -23,6 +29,7 @@ import json
 import os
 import socket
 import sys
+import time
 from typing import Any
 
 from aiopquic.asyncio import connect, serve
@@ -40,12 +47,16 @@ def emit(obj: dict[str, Any]) -> None:
 
 class Peer(QuicConnectionProtocol):
     root = ""
+    pause_at = 0
+    resume_file = ""
+    paused = False
 
     def __init__(self, quic: Any, stream_handler: Any = None) -> None:
         super().__init__(quic, stream_handler=stream_handler)
         self.buffers: dict[int, bytearray] = {}
         self.done: dict[int, asyncio.Future[bytes]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        self.paths: dict[int, str] = {}
 
     def quic_event_received(self, event: Any) -> None:
         if isinstance(event, HandshakeCompleted):
@@ -53,6 +64,12 @@ class Peer(QuicConnectionProtocol):
         elif isinstance(event, StreamDataReceived):
             buf = self.buffers.setdefault(event.stream_id, bytearray())
             buf += bytes(event.data)
+            if self.pause_at and not self.paused and len(buf) >= self.pause_at:
+                self.paused = True
+                path = self.paths.get(event.stream_id, "")
+                emit({"event": "paused", "path": path, "bytes": len(buf)})
+                while not os.path.exists(self.resume_file):
+                    time.sleep(0.005)  # blocks the loop on purpose: nothing is consumed
             if event.end_stream:
                 data = bytes(self.buffers.pop(event.stream_id))
                 if self.root:
@@ -83,6 +100,7 @@ class Peer(QuicConnectionProtocol):
         sid = self._quic.get_next_available_stream_id()
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self.done[sid] = fut
+        self.paths[sid] = path
         self._quic.send_stream_data(sid, f"GET {path}\r\n".encode(), end_stream=True)
         data = await fut
         with open(os.path.join(out, os.path.basename(path)), "wb") as f:
@@ -121,6 +139,7 @@ async def run_client(args: argparse.Namespace) -> None:
     if args.key_update_interval:
         cfg.key_update_interval = args.key_update_interval
     host, port = args.connect.rsplit(":", 1)
+    Peer.pause_at, Peer.resume_file = args.pause_at, args.resume_file
     async with connect(host, int(port), configuration=cfg, create_protocol=Peer) as peer:
         assert isinstance(peer, Peer)
         if args.sequential:
@@ -152,6 +171,8 @@ def main() -> int:
     c.add_argument("--cipher-suite", default="")
     c.add_argument("--key-update-interval", type=int, default=0,
                    help="start a key update every N packets picoquic sends (0: never)")
+    c.add_argument("--pause-at", type=int, default=0)
+    c.add_argument("--resume-file", default="")
     c.add_argument("paths", nargs="+")
     args = parser.parse_args()
     asyncio.run(run_server(args) if args.role == "server" else run_client(args))
