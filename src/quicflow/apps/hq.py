@@ -33,6 +33,7 @@ from ..aio import (
     connect,
     serve,
 )
+from ..aio.workers import CidPlan
 from ..transport.config import Configuration
 
 ALPN = "hq-interop"
@@ -249,20 +250,22 @@ def server_configuration(
 
 async def start_server(
     host: str, port: int, *, root: str, configuration: Configuration, backend: str = "auto",
-    takeover: str | None = None,
+    takeover: str | None = None, cid_plan: CidPlan | None = None,
 ) -> tuple[QuicServer, HqServerHandler]:
     """Serve ``root`` over hq-interop; returns the server and its handler (with stats).
 
-    The server can hand its connections to a successor (``server.handoff(path)``);
-    ``takeover=path`` starts by taking over those of the hq server offering a handoff at
-    ``path`` (responses in progress go on from where they were)."""
+    The server can hand its connections to a successor (``server.handoff(path)``) or
+    move them to another host (``server.accept_moves`` there); ``takeover=path`` starts
+    by taking over those of the hq server offering a handoff at ``path`` (responses in
+    progress go on from where they were). ``cid_plan``: the QUIC-LB layout of the
+    connection IDs (host ID), for a balancer that routes by it."""
     config = replace(configuration)
     if ALPN not in config.alpn_protocols:
         config.alpn_protocols = [*config.alpn_protocols, ALPN]
     handler = HqServerHandler(root)
     server = await serve(handler, host, port, configuration=config, backend=backend,
                          capture=handler.capture, restore=handler.restore,
-                         takeover=takeover)  # fmt: skip
+                         takeover=takeover, cid_plan=cid_plan)  # fmt: skip
     return server, handler
 
 

@@ -21,10 +21,12 @@ from .common import (
     _describe_error,
     _fail,
     _format_address,
+    add_cid_options,
     add_client_tls_options,
     add_listen_options,
     add_quiet_option,
     add_timeout_option,
+    cid_plan,
     client_configuration,
     format_bytes,
     format_rate,
@@ -34,6 +36,7 @@ from .common import (
     server_certificate,
     stop_event,
 )
+from .migrate import add_migrate_parser, add_server_options, start_receiver
 
 # ---------------------------------------------------------------------------- server
 
@@ -42,7 +45,7 @@ async def _serve(args: argparse.Namespace, config: Configuration) -> int:
     started = time.monotonic()
     server, handler = await start_server(
         args.host, args.port, root=args.root, configuration=config, backend=args.backend,
-        takeover=args.takeover,
+        takeover=args.takeover, cid_plan=cid_plan(args),
     )  # fmt: skip
     stop = stop_event()
     if args.takeover:
@@ -50,6 +53,7 @@ async def _serve(args: argparse.Namespace, config: Configuration) -> int:
               f" in {time.monotonic() - started:.3f} s", file=sys.stderr, flush=True)
     handoff_path = args.handoff or args.takeover
     handed = server.handoff(handoff_path) if handoff_path else None
+    receiver = await start_receiver(args, server)
     print(f"listening on {_format_address(server.address)} (ALPN hq-interop),"
           f" serving {handler.root}", file=sys.stderr, flush=True)  # fmt: skip
     try:
@@ -59,6 +63,8 @@ async def _serve(args: argparse.Namespace, config: Configuration) -> int:
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         waiters[0].cancel()
     finally:
+        if receiver is not None:
+            receiver.close()
         server.close()
         await server.wait_closed()
     if handed is not None and handed.done():
@@ -77,6 +83,22 @@ def cmd_hq_server(args: argparse.Namespace) -> int:
         return _fail(f"--root {args.root}: not a directory", 2)
     if args.key and not args.cert:
         return _fail("--key needs --cert", 2)
+    try:
+        cid_plan(args)
+    except ValueError as e:
+        return _fail(f"bad QUIC-LB options: {e}", 2)
+    # checked before anything starts (a successor that failed on them later would have
+    # taken the connections over already)
+    migrate_files = (args.migrate_cert, args.migrate_key, args.migrate_ca)
+    if bool(args.migrate_listen) != all(migrate_files) or (
+            not args.migrate_listen and any(migrate_files)):
+        return _fail("--migrate-listen, --migrate-cert, --migrate-key and --migrate-ca "
+                     "go together", 2)
+    for option, path in (("--migrate-cert", args.migrate_cert),
+                         ("--migrate-key", args.migrate_key),
+                         ("--migrate-ca", args.migrate_ca)):
+        if path and not os.path.isfile(path):
+            return _fail(f"{option} {path}: no such file", 2)
     try:
         with server_certificate(args, "quicflow-hq-") as (chain, key):
             config = server_configuration(
@@ -134,7 +156,7 @@ def add_hq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     """Add ``hq server`` and ``hq client`` to the ``quicflow`` command's subparsers."""
     hq = sub.add_parser(
         "hq",
-        help="hq-interop (HTTP/0.9 over QUIC, ALPN hq-interop): server and client",
+        help="hq-interop (HTTP/0.9 over QUIC, ALPN hq-interop): server, client, migrate",
         description="hq-interop, the HTTP/0.9-over-QUIC protocol interop tools use (ALPN "
         "hq-interop): the client sends 'GET /path' on a stream of its own per file, the "
         "server answers with the file's bytes.",
@@ -167,6 +189,8 @@ def add_hq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "the same at PATH for the next successor. Give it the predecessor's --root and "
         "--cert/--key: without --cert, new clients get a new self-signed certificate",
     )  # fmt: skip
+    add_cid_options(server)
+    add_server_options(server)
     server.add_argument(
         "--json", action="store_true",
         help="on exit print one JSON object on stdout: after a handoff "
@@ -175,6 +199,7 @@ def add_hq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )  # fmt: skip
     _add_transport_options(server)
     server.set_defaults(func=cmd_hq_server)
+    add_migrate_parser(hq_sub)
 
     client = hq_sub.add_parser(
         "client",
