@@ -251,9 +251,12 @@ async fn client(opts: HashMap<String, String>, paths: Vec<String>) {
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap_or_else(|e| fail(&e.to_string()));
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(tls)));
     let addr: SocketAddr = get("connect").parse().unwrap_or_else(|_| fail("bad --connect"));
+    // the unspecified address of the server's family: the route picks the source (a
+    // server outside loopback, e.g. in a network namespace, is reachable too)
+    let local: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap();
+    let mut endpoint = quinn::Endpoint::client(local).unwrap_or_else(|e| fail(&e.to_string()));
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(tls)));
     let server_name = opts.get("server-name").cloned().unwrap_or_else(|| "localhost".into());
     let conn = endpoint.connect(addr, &server_name).unwrap_or_else(|e| fail(&e.to_string()))
         .await.unwrap_or_else(|e| fail(&format!("handshake: {}", e)));
