@@ -2,15 +2,18 @@
 QUIC-LB balancer, by CID (issue 7, item 4b), with ``quicflow hq server`` on both hosts.
 
 As in tests/test_migrate_quiclb.py (namespaces of tests/support/lbnet.py; new
-connections go to host A): ``quicflow hq migrate --mode cids`` moves the connection to B
-in the middle of a large file; A adds B's CIDs to it with a Retire Prior To for its own
-right before the capture, B restores it and announces them. The client must honour
-Retire Prior To (RFC 9000 §5.1.2) and switch to B's CIDs, which the balancer routes to
-B. Where the move lands is fixed by counts: the client stops reading at ``PAUSE_AT``
+connections go to host A): ``quicflow hq migrate --mode cids`` (with ``"during"``, the
+same request sent from the test) moves the connection to B in the middle of a large
+file; A adds B's CIDs to it with a Retire Prior To for its own right before the
+capture, B restores it and announces them. The client must honour Retire Prior To
+(RFC 9000 §5.1.2) and switch to B's CIDs, which the balancer routes to B.
+
+Where the move lands is fixed by counts: the client stops reading at ``PAUSE_AT``
 (``--pause-at``; A is then held by its flow-control window, far below the file's size)
-and reads on after the move. (Reading on as the move starts is not tested here: the
-move command is a process of its own, and nothing tells the test when A captures; the
-client could finish first.) Needs root (``ip netns``) and nft.
+and reads on (a byte written to ``--resume-file``) after the move (``resume="after"``)
+or as it starts (``"during"``: A is sending, and what reaches A after the capture is
+forwarded to B); then it stops again at ``SECOND`` until the move is over, so however
+slow the move, A cannot have sent the whole file. Needs root (``ip netns``) and nft.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from quicflow.migration.handoff import request_move
 from tests.support import quicgo, quinn
 from tests.support.hq_peers import KB, MB, check_downloads, make_site
 from tests.support.lbnet import VIP, lb_net
@@ -39,27 +43,38 @@ from tests.test_migrate_quiclb import PORT, start_hosts
 
 pytestmark = [pytest.mark.interop, pytest.mark.netns]
 
-BIG = 48 * MB
+BIG = 64 * MB
 PAUSE_AT = 4 * MB
+SECOND = 40 * MB  # (+ quic-go's 15 MB connection window < BIG)
 PEERS: dict[str, tuple[Any, Any]] = {"quic-go": (quicgo, QuicGoProcess),
                                      "quinn": (quinn, QuinnProcess)}  # fmt: skip
 
 
-def _move(tmp_path: Path, pki: dict[str, str], to: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    return subprocess.run(
+def _move(tmp_path: Path, pki: dict[str, str], to: str, command: bool) -> dict[str, Any]:
+    """``quicflow hq migrate --mode cids --handoff A --to B`` (``command``), or the same
+    request from this process (no interpreter to start: the move begins at once)."""
+    request = {"to": to, "cert": pki["a_cert"], "key": pki["a_key"], "ca": pki["ca"],
+               "server_name": "localhost", "count": None, "mode": "cids",
+               "forward_seconds": 10.0}  # fmt: skip
+    if not command:
+        return request_move(str(tmp_path / "a.sock"), request)
+    done = subprocess.run(
         [sys.executable, "-m", "quicflow.cli.main", "hq", "migrate",
          "--handoff", str(tmp_path / "a.sock"), "--to", to,
          "--cert", pki["a_cert"], "--key", pki["a_key"], "--ca", pki["ca"],
          "--server-name", "localhost", "--mode", "cids", "--json"],
-        capture_output=True, text=True, timeout=120, env=env, cwd=ROOT,
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
     )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return {"moved": json.loads(done.stdout)["moved_connections"]}
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("resume", ["after", "during"])
 @pytest.mark.parametrize("peer", sorted(PEERS))
 def test_native_client_follows_its_connection_to_another_host_by_cid(
-        tmp_path: Path, peer: str, require: Callable[[bool, str], None]) -> None:
+        tmp_path: Path, peer: str, resume: str, require: Callable[[bool, str], None]) -> None:
     require(is_root(), "needs root for network namespaces (run the tests as root, as CI does)")
     require(have_binary("ip") and have_binary("nft"), "programs ip and nft needed")
     module, process = PEERS[peer]
@@ -72,25 +87,34 @@ def test_native_client_follows_its_connection_to_another_host_by_cid(
         site.add(f"s{i}.bin", small)
     pki = _pki(tmp_path)
     resume_file = tmp_path / "resume"
+    resume_file.touch()
+    points = [PAUSE_AT] if resume == "after" else [PAUSE_AT, SECOND]
+
+    def release() -> None:  # the client goes on from its next pause
+        with open(resume_file, "ab") as f:
+            f.write(b"x")
     with lb_net() as net:
         net.load_ruleset(PORT, new_connections_to_host1=True)
         a, b = start_hosts(net, tmp_path, pki, command=("hq", "server"),
                            extra=("--root", str(site.root)))
         cert = str(tmp_path / "cert.pem")
 
-        async def run() -> tuple[list[dict[str, Any]], subprocess.CompletedProcess[str]]:
+        async def run() -> tuple[list[dict[str, Any]], dict[str, Any]]:
             loop = asyncio.get_running_loop()
             client = process("client")
             await client._spawn(*exec_argv(net.client, [
                 str(binary), "client", "--connect", f"{VIP}:{PORT}", "--ca", cert,
                 "--server-name", "localhost", "--out", str(site.out),
-                "--pause-at", str(PAUSE_AT), "--resume-file", str(resume_file),
+                "--pause-at", ",".join(map(str, points)), "--resume-file", str(resume_file),
                 *site.files]))  # fmt: skip
             try:
                 await client.next_event("paused", timeout=60)
+                if resume == "during":
+                    release()
                 moved = await loop.run_in_executor(None, _move, tmp_path, pki,
-                                                   f"{net.host_ips[1]}:7444")
-                resume_file.touch()
+                                                   f"{net.host_ips[1]}:7444",
+                                                   resume == "after")
+                release()
                 await client.next_event("result", timeout=60)
                 await client.next_event("closed", timeout=30)
                 assert await client.wait_exit(30) == 0
@@ -105,10 +129,10 @@ def test_native_client_follows_its_connection_to_another_host_by_cid(
         finally:
             a.kill()
             b.kill()
-    assert moved.returncode == 0, moved.stderr
-    assert json.loads(moved.stdout) == {"moved_connections": 1}
+    assert moved.get("moved") == 1, moved
     paused = next(e for e in events if e["event"] == "paused")
     assert paused["path"] == big and paused["bytes"] == PAUSE_AT
+    assert [e["k"] for e in events if e["event"] == "paused"] == [1, 2][:len(points)]
     result = next(e for e in events if e["event"] == "result")
     check_downloads(site, [(f["path"], f["bytes"], f["sha256"]) for f in result["files"]])
     assert [e["event"] for e in events].count("handshake") == 1

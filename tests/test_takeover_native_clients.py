@@ -6,10 +6,12 @@ replaces it in the middle of a large file.
 Where the switch lands is fixed by counts, not by timing: the peer client stops reading
 the large file at ``PAUSE_AT`` bytes (``--pause-at``; picoquic's a chunk later; the old
 server is then held by the client's flow-control window, far below the file's size) and
-reads on once the test creates ``--resume-file``. ``resume="after"`` reads on once the
-old process has exited (the successor sends everything past the window);
+reads on once the test writes a byte to ``--resume-file``. ``resume="after"`` reads on
+once the old process has exited (the successor sends everything past the window);
 ``resume="during"`` reads on as the switch starts, so the old process is sending when it
-is stopped and what it had in flight is the successor's to recover.
+is stopped and what it had in flight is the successor's to recover; the client stops
+again at ``SECOND`` bytes until the switch is over, so however slow the switch, the old
+server cannot have sent the whole file.
 
 Every file must arrive whole (SHA-256), the client sees one handshake and closes with
 code 0, the old process exits 0 after handing over 1 connection, and the successor
@@ -35,14 +37,16 @@ from tests.support.takeover import ServerProc
 
 pytestmark = pytest.mark.interop
 
-#: the large file's size per peer: where the client pauses (PAUSE_AT) plus the largest
-#: receive window it gives (quic-go: 15 MB for the connection; quiche: 16 MB per stream,
-#: 10 MB for the connection at first) is well below it, so the old server cannot have
-#: sent the whole file by the switch. quiche's (Node) client is the slow one: its file is
-#: the smallest that keeps that margin.
+#: the large file's size per peer: where the client pauses (PAUSE_AT, then SECOND) plus
+#: the largest receive window it gives (quic-go: 15 MB for the connection; quiche: 16 MB
+#: per stream) is below it, so the old server cannot have sent the whole file by the
+#: switch. quiche's (Node) client is the slow one: its file is the smallest that keeps
+#: that margin.
 BIG = {"quic-go": 48 * MB, "quinn": 48 * MB, "quiche": 24 * MB, "picoquic": 48 * MB}
 #: where the client stops reading the big file until the switch is under way
 PAUSE_AT = 4 * MB
+#: (resume="during") where it stops again until the switch is over
+SECOND = {"quic-go": 24 * MB, "quinn": 24 * MB, "quiche": 6 * MB, "picoquic": 24 * MB}
 PEERS: dict[str, tuple[Any, Any]] = {"quic-go": (quicgo, QuicGoProcess),
                                      "quinn": (quinn, QuinnProcess),
                                      "quiche": (quiche, QuicheProcess),
@@ -81,6 +85,12 @@ def test_takeover_mid_download_native_client(tmp_path: Path, peer: str, resume: 
     for i, small in enumerate([0, 1, 1200, 100 * KB]):
         site.add(f"s{i}.bin", small)
     resume_file = tmp_path / "resume"
+    resume_file.touch()
+    points = [PAUSE_AT] if resume == "after" else [PAUSE_AT, SECOND[peer]]
+
+    def release() -> None:  # the client goes on from its next pause
+        with open(resume_file, "ab") as f:
+            f.write(b"x")
     old, new = _servers(site, str(tmp_path / "handoff.sock"))
 
     async def go() -> tuple[list[dict[str, Any]], dict[str, Any],
@@ -89,13 +99,13 @@ def test_takeover_mid_download_native_client(tmp_path: Path, peer: str, resume: 
         loop = asyncio.get_running_loop()
         async with process("client", "--connect", f"127.0.0.1:{port}", "--ca", site.ca,
                            "--server-name", "localhost", "--out", str(site.out),
-                           "--pause-at", str(PAUSE_AT), "--resume-file", str(resume_file),
-                           *site.files) as client:  # fmt: skip
+                           "--pause-at", ",".join(map(str, points)),
+                           "--resume-file", str(resume_file), *site.files) as client:
             paused = await client.next_event("paused", timeout=60)
             if resume == "during":
-                resume_file.touch()
+                release()
             switched = await loop.run_in_executor(None, _take_over, old, new)
-            resume_file.touch()
+            release()
             result = await client.next_event("result", timeout=60)
             await client.next_event("closed", timeout=30)
             rc = await client.wait_exit(30)
@@ -104,6 +114,7 @@ def test_takeover_mid_download_native_client(tmp_path: Path, peer: str, resume: 
     try:
         events, paused, (status, doc), rc, result = asyncio.run(go())
         assert paused["path"] == big and PAUSE_AT <= paused["bytes"] < size
+        assert [e["k"] for e in events if e["event"] == "paused"] == [1, 2][:len(points)]
         check_downloads(site, [(f["path"], f["bytes"], f["sha256"]) for f in result["files"]])
         assert rc == 0
         assert [e["event"] for e in events].count("handshake") == 1
@@ -118,8 +129,8 @@ def test_takeover_mid_download_native_client(tmp_path: Path, peer: str, resume: 
         new_status, summary = new.stop()
         assert new_status == 0 and summary is not None
         assert summary["endpoint"]["connections_accepted"] == 0, "no new handshake"
-        if resume == "after":  # the old server was held below the file's size
-            assert 0 < summary["bytes_sent"] < size
+        # the old server was held below the file's size: the successor sent the rest
+        assert 0 < summary["bytes_sent"] < size
     finally:
         old.kill()
         new.kill()

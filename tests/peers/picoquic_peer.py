@@ -7,14 +7,15 @@ JSON lines on stdout, the protocol of ``tests/support/hq_peers.py``::
     server --cert C --key K --root DIR --port P [--retry]
         {"event": "ready", "port": P}
     client --connect HOST:PORT --ca F --server-name N --out DIR [--sequential]
-           [--cipher-suite ID] [--pause-at N --resume-file F] /path...
-        {"event": "paused", "path": P, "bytes": N}     (with --pause-at)
+           [--cipher-suite ID] [--pause-at N1[,N2...] --resume-file F] /path...
+        {"event": "paused", "path": P, "bytes": N, "k": K}     (with --pause-at)
         {"event": "result", "files": [{"path", "bytes", "sha256"}]}
 
-``--pause-at N``: once a file has N bytes (or a little more: data comes in chunks), the
-client stops taking events (it blocks its event loop) until the file ``--resume-file``
-exists; picoquic's own thread goes on (ACKs), but it stops extending the flow-control
-window, so the server is held: a test replaces the server process meanwhile.
+``--pause-at N1,N2...``: once the first file to get there has Nk bytes (or a little
+more: data comes in chunks), the client stops taking events (it blocks its event loop)
+until the file ``--resume-file`` holds at least k bytes; picoquic's own thread goes on
+(ACKs), but it stops extending the flow-control window, so the server is held: a test
+replaces the server process meanwhile.
 
 Both report ``handshake`` (``alpn``) and ``closed`` (``code``: the CONNECTION_CLOSE code
 picoquic reports, ``how``: "application").
@@ -45,9 +46,16 @@ def emit(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
+
+
 class Peer(QuicConnectionProtocol):
     root = ""
-    pause_at = 0
+    pause_at: list[int] = []
     resume_file = ""
     paused = False
 
@@ -57,6 +65,7 @@ class Peer(QuicConnectionProtocol):
         self.done: dict[int, asyncio.Future[bytes]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.paths: dict[int, str] = {}
+        self.pauses: dict[int, int] = {}  # stream -> pauses done
 
     def quic_event_received(self, event: Any) -> None:
         if isinstance(event, HandshakeCompleted):
@@ -64,12 +73,15 @@ class Peer(QuicConnectionProtocol):
         elif isinstance(event, StreamDataReceived):
             buf = self.buffers.setdefault(event.stream_id, bytearray())
             buf += bytes(event.data)
-            if self.pause_at and not self.paused and len(buf) >= self.pause_at:
-                self.paused = True
-                path = self.paths.get(event.stream_id, "")
-                emit({"event": "paused", "path": path, "bytes": len(buf)})
-                while not os.path.exists(self.resume_file):
-                    time.sleep(0.005)  # blocks the loop on purpose: nothing is consumed
+            k = self.pauses.get(event.stream_id, 0)
+            if k < len(self.pause_at) and len(buf) >= self.pause_at[k]:
+                if k > 0 or not Peer.paused:  # the first file to reach N1 pauses
+                    Peer.paused = True
+                    self.pauses[event.stream_id] = k + 1
+                    path = self.paths.get(event.stream_id, "")
+                    emit({"event": "paused", "path": path, "bytes": len(buf), "k": k + 1})
+                    while _size(self.resume_file) < k + 1:
+                        time.sleep(0.005)  # blocks the loop on purpose: nothing is consumed
             if event.end_stream:
                 data = bytes(self.buffers.pop(event.stream_id))
                 if self.root:
@@ -171,7 +183,7 @@ def main() -> int:
     c.add_argument("--cipher-suite", default="")
     c.add_argument("--key-update-interval", type=int, default=0,
                    help="start a key update every N packets picoquic sends (0: never)")
-    c.add_argument("--pause-at", type=int, default=0)
+    c.add_argument("--pause-at", type=lambda t: [int(v) for v in t.split(",")], default=[])
     c.add_argument("--resume-file", default="")
     c.add_argument("paths", nargs="+")
     args = parser.parse_args()

@@ -10,15 +10,15 @@
 //!       {"event":"request","path":"/a","bytes":N}
 //!       {"event":"closed","how":"application","remote":true,"code":0,"reason":""}
 //!   quinn-peer client --connect HOST:PORT --ca F --out DIR [--suite aes128|aes256|chacha20]
-//!           [--key-update] [--sequential] [--pause-at N --resume-file F] /path ...
+//!           [--key-update] [--sequential] [--pause-at N1[,N2...] --resume-file F] /path ...
 //!       {"event":"handshake","alpn":"hq-interop"}
-//!       {"event":"paused","path":"/a","bytes":N}        (with --pause-at)
+//!       {"event":"paused","path":"/a","bytes":N,"k":K}  (with --pause-at)
 //!       {"event":"result","ok":true,"files":[{"path":"/a","bytes":N,"sha256":"..."}]}
 //!       {"event":"closed",...}
 //!
-//! --pause-at N stops reading the first file that reaches N bytes (the server is then held
-//! by flow control) until the file --resume-file exists: a test replaces the server process
-//! meanwhile (same-host takeover).
+//! --pause-at N1,N2... stops reading the first file that reaches N1 bytes at each Nk (the
+//! server is then held by flow control) until the file --resume-file holds at least k
+//! bytes: a test replaces the server process meanwhile (same-host takeover).
 //! --key-update (server) starts a key update before it answers each request.
 //! --sequential (client) fetches the files one after the other; --key-update does too and
 //! starts a key update (quinn's Connection::force_key_update) before each one. quinn
@@ -190,26 +190,30 @@ async fn server(opts: HashMap<String, String>) {
 
 // ---------------------------------------------------------------------------- client
 
-/// --pause-at N: the first file to reach N bytes stops being read (the server is then
-/// held by flow control) until the file --resume-file exists.
+/// --pause-at N1[,N2...]: the first file to reach N1 bytes stops being read at each Nk
+/// (the server is then held by flow control) until the file --resume-file holds at least
+/// k bytes.
 static PAUSED: AtomicBool = AtomicBool::new(false);
 
-async fn pause_at(recv: &mut quinn::RecvStream, path: &str, pause: &Option<(usize, PathBuf)>)
+async fn pause_at(recv: &mut quinn::RecvStream, path: &str, pause: &Option<(Vec<usize>, PathBuf)>)
                   -> Result<Vec<u8>, String> {
     let mut data = Vec::new();
-    let Some((at, resume)) = pause else { return Ok(data) };
+    let Some((points, resume)) = pause else { return Ok(data) };
     let mut buf = vec![0u8; 64 * 1024];
-    while data.len() < *at {
-        let want = buf.len().min(*at - data.len());
-        match recv.read(&mut buf[..want]).await.map_err(|e| format!("{}: {}", path, e))? {
-            Some(n) => data.extend_from_slice(&buf[..n]),
-            None => return Ok(data),
+    for (k, at) in points.iter().enumerate() {
+        while data.len() < *at {
+            let want = buf.len().min(*at - data.len());
+            match recv.read(&mut buf[..want]).await.map_err(|e| format!("{}: {}", path, e))? {
+                Some(n) => data.extend_from_slice(&buf[..n]),
+                None => return Ok(data),
+            }
         }
-    }
-    if !PAUSED.swap(true, Ordering::SeqCst) {
+        if k == 0 && PAUSED.swap(true, Ordering::SeqCst) {
+            return Ok(data); // another file pauses
+        }
         emit(&[("event", json_str("paused")), ("path", json_str(path)),
-               ("bytes", data.len().to_string())]);
-        while !resume.exists() {
+               ("bytes", data.len().to_string()), ("k", (k + 1).to_string())]);
+        while fs::metadata(resume).map(|m| m.len()).unwrap_or(0) < (k + 1) as u64 {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
@@ -217,7 +221,7 @@ async fn pause_at(recv: &mut quinn::RecvStream, path: &str, pause: &Option<(usiz
 }
 
 async fn fetch(conn: quinn::Connection, path: String, out: PathBuf,
-               pause: Option<(usize, PathBuf)>) -> Result<String, String> {
+               pause: Option<(Vec<usize>, PathBuf)>) -> Result<String, String> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     send.write_all(format!("GET {}\r\n", path).as_bytes()).await.map_err(|e| e.to_string())?;
     send.finish().await.map_err(|e| e.to_string())?;
@@ -263,7 +267,8 @@ async fn client(opts: HashMap<String, String>, paths: Vec<String>) {
     emit(&[("event", json_str("handshake")), ("alpn", json_str(&alpn_of(&conn)))]);
     let out = PathBuf::from(get("out"));
     let pause = opts.get("pause-at").map(|n| {
-        (n.parse::<usize>().unwrap_or_else(|_| fail("bad --pause-at")), PathBuf::from(get("resume-file")))
+        (n.split(',').map(|v| v.parse::<usize>().unwrap_or_else(|_| fail("bad --pause-at"))).collect(),
+         PathBuf::from(get("resume-file")))
     });
     let mut results = Vec::new();
     if opts.contains_key("key-update") || opts.contains_key("sequential") {
