@@ -112,3 +112,23 @@ def test_hq_stream_is_captured_before_its_handler_runs(tmp_path: Path) -> None:
         assert handler.capture(connection) == {"4": ["", False, 0]}
     finally:
         coro.close()
+
+
+def test_hq_server_takeover_of_nothing_fails_cleanly(tmp_path: Path) -> None:
+    """``quicflow hq server --takeover PATH`` with no server offering at PATH exits 1
+    with a line saying why (no traceback)."""
+    import subprocess
+    import sys
+
+    from tests.support.takeover import ROOT
+
+    done = subprocess.run(
+        [sys.executable, "-m", "quicflow.cli.main", "hq", "server", "--root", str(tmp_path),
+         "--takeover", str(tmp_path / "nobody.sock")],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        f"quicflow: takeover failed: no server offers a handoff at {tmp_path / 'nobody.sock'}")
