@@ -153,7 +153,8 @@ def cmd_hq_client(args: argparse.Namespace) -> int:
 
 
 def add_hq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``hq server`` and ``hq client`` to the ``quicflow`` command's subparsers."""
+    """Add ``hq server``, ``hq client`` and ``hq migrate`` to the ``quicflow`` command's
+    subparsers."""
     hq = sub.add_parser(
         "hq",
         help="hq-interop (HTTP/0.9 over QUIC, ALPN hq-interop): server, client, migrate",
@@ -186,8 +187,9 @@ def add_hq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--takeover", metavar="PATH",
         help="start by taking over the socket and connections of the hq server offering "
         "a handoff at PATH (no new handshakes; --host/--port are then unused), then offer "
-        "the same at PATH for the next successor. Give it the predecessor's --root and "
-        "--cert/--key: without --cert, new clients get a new self-signed certificate",
+        "the same at PATH for the next successor. Give it the predecessor's --root, "
+        "--cert/--key and CID options (--host-id, --quic-lb-*): without --cert, new "
+        "clients get a new self-signed certificate",
     )  # fmt: skip
     add_cid_options(server)
     add_server_options(server)
