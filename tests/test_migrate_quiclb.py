@@ -38,10 +38,12 @@ SIZE = 32 << 20
 
 def start_hosts(net: LbNet, tmp_path: Path, pki: dict[str, str],
                 command: tuple[str, ...] = ("perf", "server"),
-                extra: tuple[str, ...] = ()) -> tuple[ServerProc, ...]:
+                extra: tuple[str, ...] = (),
+                credential: tuple[str, str] | None = None) -> tuple[ServerProc, ...]:
     """Perf servers (or ``command``'s, with ``extra`` options) on A (offering moves at
-    tmp_path/a.sock) and B (accepting them)."""
-    cert, key = write_certificate(tmp_path)
+    tmp_path/a.sock) and B (accepting them); their certificate and key files are
+    ``credential`` (default: a self-signed one written to tmp_path/cert.pem)."""
+    cert, key = credential or write_certificate(tmp_path)
     common = ["--host", "0.0.0.0", "--port", str(PORT), "--cert", cert, "--key", key,
               "--json", *extra]
     a = ServerProc([*common, "--host-id", "1", "--handoff", str(tmp_path / "a.sock")],
