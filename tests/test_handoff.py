@@ -485,3 +485,35 @@ def test_perf_stream_is_captured_before_its_handler_runs() -> None:
         assert handler.capture(connection) == {"4": ["", -1, False, 0]}
     finally:
         coro.close()
+
+
+def test_handler_stopped_before_its_first_step_leaves_no_unawaited_coroutine() -> None:
+    """A handoff that stops a connection right after a stream opened cancels the stream's
+    handler task before its first step: the handler's coroutine (made when the stream
+    opened, so that perf and hq record the stream for capture) was then collected
+    unawaited, and every such takeover printed "RuntimeWarning: coroutine ... was never
+    awaited" in the old process (seen with hq's in test_hq_takeover.py)."""
+    import gc
+    import warnings
+    from types import SimpleNamespace
+
+    from quicflow.aio.connection import QuicConnection
+
+    started: list[int] = []
+
+    async def handler(reader: Any, writer: Any) -> None:
+        started.append(reader.stream_id)
+
+    async def go() -> None:
+        runner: Any = SimpleNamespace(loop=asyncio.get_running_loop())
+        conn: Any = SimpleNamespace(configuration=Configuration())
+        face = QuicConnection(runner, conn, stream_handler=handler)
+        face._on_stream_opened(4)  # the task exists, it has not run yet
+        await face.stop()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        asyncio.run(go())
+        gc.collect()
+    assert started == []
+    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []

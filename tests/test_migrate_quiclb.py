@@ -36,16 +36,22 @@ CLIENTS = 4
 SIZE = 32 << 20
 
 
-def start_hosts(net: LbNet, tmp_path: Path, pki: dict[str, str]) -> tuple[ServerProc, ...]:
-    """Perf servers on A (offering moves at tmp_path/a.sock) and B (accepting them)."""
-    cert, key = write_certificate(tmp_path)
+def start_hosts(net: LbNet, tmp_path: Path, pki: dict[str, str],
+                command: tuple[str, ...] = ("perf", "server"),
+                extra: tuple[str, ...] = (),
+                credential: tuple[str, str] | None = None) -> tuple[ServerProc, ...]:
+    """Perf servers (or ``command``'s, with ``extra`` options) on A (offering moves at
+    tmp_path/a.sock) and B (accepting them); their certificate and key files are
+    ``credential`` (default: a self-signed one written to tmp_path/cert.pem)."""
+    cert, key = credential or write_certificate(tmp_path)
     common = ["--host", "0.0.0.0", "--port", str(PORT), "--cert", cert, "--key", key,
-              "--json"]
+              "--json", *extra]
     a = ServerProc([*common, "--host-id", "1", "--handoff", str(tmp_path / "a.sock")],
-                   prefix=exec_argv(net.hosts[0], [])[:4])
+                   prefix=exec_argv(net.hosts[0], [])[:4], command=command)
     b = ServerProc([*common, "--host-id", "2", "--migrate-listen", f"{net.host_ips[1]}:7444",
                     "--migrate-cert", pki["b_cert"], "--migrate-key", pki["b_key"],
-                    "--migrate-ca", pki["ca"]], prefix=exec_argv(net.hosts[1], [])[:4])
+                    "--migrate-ca", pki["ca"]], prefix=exec_argv(net.hosts[1], [])[:4],
+                   command=command)
     a.port()
     b.port()
     b.wait_line("accepting migrations on ")

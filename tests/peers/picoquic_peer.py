@@ -7,8 +7,15 @@ JSON lines on stdout, the protocol of ``tests/support/hq_peers.py``::
     server --cert C --key K --root DIR --port P [--retry]
         {"event": "ready", "port": P}
     client --connect HOST:PORT --ca F --server-name N --out DIR [--sequential]
-           [--cipher-suite ID] /path...
+           [--cipher-suite ID] [--pause-at N1[,N2...] --resume-file F] /path...
+        {"event": "paused", "path": P, "bytes": N, "k": K}     (with --pause-at)
         {"event": "result", "files": [{"path", "bytes", "sha256"}]}
+
+``--pause-at N1,N2...``: once the first file to get there has Nk bytes (or a little
+more: data comes in chunks), the client stops taking events (it blocks its event loop)
+until the file ``--resume-file`` holds at least k bytes; picoquic's own thread goes on
+(ACKs), but it stops extending the flow-control window, so the server is held: a test
+replaces the server process meanwhile.
 
 Both report ``handshake`` (``alpn``) and ``closed`` (``code``: the CONNECTION_CLOSE code
 picoquic reports, ``how``: "application").
@@ -23,6 +30,7 @@ import json
 import os
 import socket
 import sys
+import time
 from typing import Any
 
 from aiopquic.asyncio import connect, serve
@@ -38,14 +46,26 @@ def emit(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
+
+
 class Peer(QuicConnectionProtocol):
     root = ""
+    pause_at: list[int] = []
+    resume_file = ""
+    paused = False
 
     def __init__(self, quic: Any, stream_handler: Any = None) -> None:
         super().__init__(quic, stream_handler=stream_handler)
         self.buffers: dict[int, bytearray] = {}
         self.done: dict[int, asyncio.Future[bytes]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        self.paths: dict[int, str] = {}
+        self.pauses: dict[int, int] = {}  # stream -> pauses done
 
     def quic_event_received(self, event: Any) -> None:
         if isinstance(event, HandshakeCompleted):
@@ -53,6 +73,15 @@ class Peer(QuicConnectionProtocol):
         elif isinstance(event, StreamDataReceived):
             buf = self.buffers.setdefault(event.stream_id, bytearray())
             buf += bytes(event.data)
+            k = self.pauses.get(event.stream_id, 0)
+            if k < len(self.pause_at) and len(buf) >= self.pause_at[k]:
+                if k > 0 or not Peer.paused:  # the first file to reach N1 pauses
+                    Peer.paused = True
+                    self.pauses[event.stream_id] = k + 1
+                    path = self.paths.get(event.stream_id, "")
+                    emit({"event": "paused", "path": path, "bytes": len(buf), "k": k + 1})
+                    while _size(self.resume_file) < k + 1:
+                        time.sleep(0.005)  # blocks the loop on purpose: nothing is consumed
             if event.end_stream:
                 data = bytes(self.buffers.pop(event.stream_id))
                 if self.root:
@@ -83,6 +112,7 @@ class Peer(QuicConnectionProtocol):
         sid = self._quic.get_next_available_stream_id()
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self.done[sid] = fut
+        self.paths[sid] = path
         self._quic.send_stream_data(sid, f"GET {path}\r\n".encode(), end_stream=True)
         data = await fut
         with open(os.path.join(out, os.path.basename(path)), "wb") as f:
@@ -121,6 +151,7 @@ async def run_client(args: argparse.Namespace) -> None:
     if args.key_update_interval:
         cfg.key_update_interval = args.key_update_interval
     host, port = args.connect.rsplit(":", 1)
+    Peer.pause_at, Peer.resume_file = args.pause_at, args.resume_file
     async with connect(host, int(port), configuration=cfg, create_protocol=Peer) as peer:
         assert isinstance(peer, Peer)
         if args.sequential:
@@ -152,6 +183,8 @@ def main() -> int:
     c.add_argument("--cipher-suite", default="")
     c.add_argument("--key-update-interval", type=int, default=0,
                    help="start a key update every N packets picoquic sends (0: never)")
+    c.add_argument("--pause-at", type=lambda t: [int(v) for v in t.split(",")], default=[])
+    c.add_argument("--resume-file", default="")
     c.add_argument("paths", nargs="+")
     args = parser.parse_args()
     asyncio.run(run_server(args) if args.role == "server" else run_client(args))

@@ -1,6 +1,6 @@
-"""Processes for same-host takeover tests: a ``quicflow perf server --handoff`` and a
-successor ``quicflow perf server --takeover`` that is started early (imports done) and
-takes over only when told, so the switch lands mid-transfer at a chosen moment.
+"""Processes for same-host takeover tests: a ``quicflow perf server --handoff`` (or
+``quicflow hq server``) and a successor started with ``--takeover`` early (imports done)
+that takes over only when told, so the switch lands mid-transfer at a chosen moment.
 """
 
 from __future__ import annotations
@@ -50,17 +50,19 @@ def perf_sha256(size: int) -> str:
 
 
 class ServerProc:
-    """A perf server process; ``lines`` collects its stderr, ``stdout()`` its stdout."""
+    """A perf server process (``command=("hq", "server")``: an hq one); ``lines``
+    collects its stderr, ``stdout()`` its stdout."""
 
     def __init__(self, args: list[str], *, wait_for_go: bool = False,
-                 prefix: list[str] | None = None) -> None:
+                 prefix: list[str] | None = None,
+                 command: tuple[str, ...] = ("perf", "server")) -> None:
         cmd = [*(prefix or []), sys.executable]
         cmd += ["-c", _WAIT_THEN_RUN] if wait_for_go else ["-m", "quicflow.cli.main"]
         env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
         if os.environ.get("QUICFLOW_WAKEUP_SPOOL"):  # the lost wake-up check runs there too
             env["PYTHONPATH"] += os.pathsep + str(ROOT / "tests" / "support" / "wakeup_site")
         self.proc = subprocess.Popen(
-            [*cmd, "perf", "server", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [*cmd, *command, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
         )
         self.lines: queue.Queue[str | None] = queue.Queue()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from typing import Any
 
 from cryptography import x509
@@ -517,7 +518,9 @@ class QuicConnection:
         if self.stream_handler is not None:
             result = self.stream_handler(reader, writer)
             if asyncio.iscoroutine(result):
-                self._keep_task(self.loop.create_task(self._run_handler(result, writer)))
+                task = self.loop.create_task(self._run_handler(result, writer))
+                task.add_done_callback(partial(_close_unstarted, result))
+                self._keep_task(task)
         else:
             self._incoming_queue().put_nowait((reader, writer))
 
@@ -631,3 +634,12 @@ def _discard(waiters: list[asyncio.Future[None]], waiter: asyncio.Future[None]) 
         waiters.remove(waiter)
     except ValueError:
         pass
+
+
+def _close_unstarted(coro: Coroutine[Any, Any, Any], task: asyncio.Task[Any]) -> None:
+    """A handler task cancelled before its first step (a handoff stops the connection
+    right after the stream opened) never awaited the handler's coroutine: close it, or
+    it warns "coroutine ... was never awaited" when collected. (A coroutine that ran is
+    finished by then: closing it does nothing.)"""
+    if task.cancelled():
+        coro.close()

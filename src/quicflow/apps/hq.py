@@ -18,7 +18,7 @@ import asyncio
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
@@ -33,6 +33,7 @@ from ..aio import (
     connect,
     serve,
 )
+from ..aio.workers import CidPlan
 from ..transport.config import Configuration
 
 ALPN = "hq-interop"
@@ -99,7 +100,14 @@ class HqServerStats:
 
 
 class HqServerHandler:
-    """Serves the files under ``root``: a stream handler for :func:`quicflow.serve`."""
+    """Serves the files under ``root``: a stream handler for :func:`quicflow.serve`, with
+    the handoff hooks ``capture``/``restore`` (a response in progress continues from its
+    offset in the successor, which reopens the file).
+
+    Per stream it keeps ``[request bytes read (hex), request read to FIN, response bytes
+    written]`` in ``connection.app_state["hq"]``, updated before every await, so a stream
+    stopped at any await point is described exactly.
+    """
 
     def __init__(self, root: str) -> None:
         if not os.path.isdir(root):
@@ -113,29 +121,47 @@ class HqServerHandler:
         if not reader.at_eof():
             reader.stop(HQ_REQUEST_REFUSED)
 
-    async def _read_request(self, reader: QuicStreamReader) -> bytes | None:
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            data = await reader.read(MAX_REQUEST + 1 - size)
-            if not data:
-                return b"".join(parts)
-            parts.append(data)
-            size += len(data)
-            if size > MAX_REQUEST:
-                return None
+    def __call__(self, reader: QuicStreamReader, writer: QuicStreamWriter
+                 ) -> Coroutine[Any, Any, None]:
+        # The progress entry is made here, not in the task: a handoff that stops the
+        # connection before the task's first step still captures the stream (and the
+        # successor serves it from the start).
+        progress: list[Any] = ["", False, 0]
+        if not reader.stream_id & 0x2:
+            _progress_table(writer.connection)[reader.stream_id] = progress
+        return self._serve(reader, writer, progress)
 
-    async def __call__(self, reader: QuicStreamReader, writer: QuicStreamWriter) -> None:
+    async def _serve(self, reader: QuicStreamReader, writer: QuicStreamWriter,
+                     p: list[Any]) -> None:  # fmt: skip
         if reader.stream_id & 0x2:  # unidirectional: hq-interop has none
             self.stats.refused += 1
             reader.stop(HQ_REQUEST_REFUSED)
             return
+        table = _progress_table(writer.connection)
         try:
-            request = await self._read_request(reader)
-        except StreamResetError:
-            self.stats.refused += 1
-            return
-        path = parse_request(request) if request is not None else None
+            await self._respond(reader, writer, p)
+        finally:
+            if not _stopping():
+                table.pop(reader.stream_id, None)
+
+    async def _respond(self, reader: QuicStreamReader, writer: QuicStreamWriter,
+                       p: list[Any]) -> None:  # fmt: skip
+        request = bytes.fromhex(p[0])
+        while not p[1]:
+            try:
+                data = await reader.read(MAX_REQUEST + 1 - len(request))
+            except StreamResetError:
+                self.stats.refused += 1
+                return
+            if not data:
+                p[1] = True
+                break
+            request += data
+            p[0] = request.hex()
+            if len(request) > MAX_REQUEST:
+                self._refuse(reader, writer)
+                return
+        path = parse_request(request)
         full = resolve_path(self.root, path) if path is not None else None
         if full is None:
             self._refuse(reader, writer)
@@ -146,15 +172,68 @@ class HqServerHandler:
             self._refuse(reader, writer)
             return
         with f:
+            if p[2]:
+                f.seek(p[2])
             while True:
                 chunk = f.read(CHUNK_SIZE)
                 if not chunk:
                     break
                 writer.write(chunk)
                 self.stats.bytes_sent += len(chunk)
+                p[2] += len(chunk)
                 await writer.drain()
         writer.write_eof()
         self.stats.requests += 1
+
+    # -- handoff hooks -----------------------------------------------------------------
+
+    def capture(self, connection: QuicConnection) -> dict[str, Any]:
+        """The state of the connection's requests in progress (JSON-able). Response bytes
+        written but not yet sent are taken back (the successor reads them from the file
+        again), so the snapshot holds only what is in flight."""
+        table = _progress_table(connection)
+        for sid, p in table.items():
+            if p[1] and sid in connection.conn.streams:
+                before, p[2] = p[2], connection.conn.take_back_unsent(sid)
+                self.stats.bytes_sent -= before - p[2]
+        return {str(sid): p for sid, p in table.items()}
+
+    async def restore(
+        self, connection: QuicConnection, state: Any,
+        streams: dict[int, tuple[QuicStreamReader, QuicStreamWriter]],
+    ) -> None:
+        """Continue every request in progress from where the old process stopped."""
+        table = _progress_table(connection)
+        for key, p in (state or {}).items():
+            sid = int(key)
+            if (sid not in streams or type(p) is not list or len(p) != 3
+                    or type(p[0]) is not str or type(p[2]) is not int):
+                continue
+            table[sid] = p
+            reader, writer = streams[sid]
+            connection.track_task(
+                asyncio.get_running_loop().create_task(_quiet(self._serve(reader, writer, p)))
+            )
+
+
+async def _quiet(coro: Awaitable[None]) -> None:
+    """Run a restored stream's handler; a connection that ends meanwhile is no error."""
+    try:
+        await coro
+    except ConnectionError:
+        pass
+
+
+def _progress_table(connection: QuicConnection) -> dict[int, list[Any]]:
+    table: dict[int, list[Any]] = connection.app_state.setdefault("hq", {})
+    return table
+
+
+def _stopping() -> bool:
+    """True inside a task being cancelled (a handoff stops the stream handlers): its
+    progress entry must stay for ``capture``."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def server_configuration(
@@ -170,14 +249,23 @@ def server_configuration(
 
 
 async def start_server(
-    host: str, port: int, *, root: str, configuration: Configuration, backend: str = "auto"
+    host: str, port: int, *, root: str, configuration: Configuration, backend: str = "auto",
+    takeover: str | None = None, cid_plan: CidPlan | None = None,
 ) -> tuple[QuicServer, HqServerHandler]:
-    """Serve ``root`` over hq-interop; returns the server and its handler (with stats)."""
+    """Serve ``root`` over hq-interop; returns the server and its handler (with stats).
+
+    The server can hand its connections to a successor (``server.handoff(path)``) or
+    move them to another host (``server.accept_moves`` there); ``takeover=path`` starts
+    by taking over those of the hq server offering a handoff at ``path`` (responses in
+    progress go on from where they were). ``cid_plan``: the QUIC-LB layout of the
+    connection IDs (host ID), for a balancer that routes by it."""
     config = replace(configuration)
     if ALPN not in config.alpn_protocols:
         config.alpn_protocols = [*config.alpn_protocols, ALPN]
     handler = HqServerHandler(root)
-    server = await serve(handler, host, port, configuration=config, backend=backend)
+    server = await serve(handler, host, port, configuration=config, backend=backend,
+                         capture=handler.capture, restore=handler.restore,
+                         takeover=takeover, cid_plan=cid_plan)  # fmt: skip
     return server, handler
 
 

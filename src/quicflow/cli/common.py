@@ -18,9 +18,11 @@ from typing import Any, Protocol, TextIO, TypeVar
 
 from cryptography import x509
 
-from ..aio import ConnectionClosedError
+from ..aio import ConnectionClosedError, QuicServer
+from ..aio.workers import CidPlan, WorkerGroupServer
 from ..apps.hq import HqError
 from ..apps.perf import PerfError
+from ..endpoint.quiclb import QuicLbConfig
 from ..tls.certs import certificate_pem, generate_self_signed, load_pem_chain, load_pem_key
 from ..tls.config import PrivateKey
 from ..transport.config import Configuration
@@ -346,6 +348,79 @@ def print_result(result: R, as_json: bool, text: Callable[[R], str]) -> None:
         print(json.dumps(result.to_dict(), sort_keys=True), flush=True)
     else:
         print(text(result), flush=True)
+
+
+def report_handoff(
+    as_json: bool, server: QuicServer | WorkerGroupServer,
+    handed: asyncio.Future[int],
+) -> int:
+    """The old process after a takeover (``--handoff``): say on stderr how many
+    connections went (with ``as_json``, ``{"handed_off_connections": N}`` on stdout);
+    the exit status: 0, or 1 when the handoff failed."""
+    if handed.exception() is not None:
+        return _fail(f"handoff failed: {handed.exception()}")
+    count = handed.result()
+    if isinstance(server, QuicServer):
+        t = server.handover.timings
+        print(f"handed off {count} connection(s) to the successor (stop "
+              f"{t.get('stop', 0):.3f} s, capture {t.get('capture', 0):.3f} s, send "
+              f"{t.get('send', 0):.3f} s, until restored {t.get('ack', 0):.3f} s,"
+              f" {int(t.get('bytes', 0))} bytes of snapshots)", file=sys.stderr, flush=True)
+    else:
+        print(f"handed off {count} connection(s) to the successor group "
+              f"({len(server.group)} workers)", file=sys.stderr, flush=True)
+    if as_json:
+        print(json.dumps({"handed_off_connections": count}), flush=True)
+    return 0
+
+
+def _hex_key(text: str) -> bytes:
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not hexadecimal: {text!r}") from None
+    if len(key) != 16:
+        raise argparse.ArgumentTypeError(f"must be 16 bytes (32 hex digits), got {len(key)}")
+    return key
+
+
+def add_cid_options(p: argparse.ArgumentParser) -> None:
+    """The connection ID options (QUIC-LB server ID: host ID and worker byte) of a server
+    behind a balancer that routes by them; :func:`cid_plan` reads them."""
+    p.add_argument(
+        "--host-id", type=lambda t: _int_arg(t, 0, None), default=0, metavar="N",
+        help="this host's ID in the server ID of every connection ID (QUIC-LB), for a "
+        "load balancer that routes by it (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--host-id-len", type=lambda t: _int_arg(t, 0, 14), default=1, metavar="BYTES",
+        help="bytes of the host ID; the server ID is these plus one worker byte "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--quic-lb-config-id", type=lambda t: _int_arg(t, 0, 6), default=0, metavar="N",
+        help="QUIC-LB config rotation bits of the connection IDs, 0..6 (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--quic-lb-nonce-len", type=lambda t: _int_arg(t, 4, 18), default=5, metavar="BYTES",
+        help="QUIC-LB nonce bytes; CID length = 1 + server ID + nonce <= 20 "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--quic-lb-key", type=_hex_key, metavar="HEX",
+        help="16-byte AES key (32 hex digits) to encrypt the server ID (QUIC-LB single- or "
+        "four-pass); needs --no-steering with --workers (default: plaintext)",
+    )  # fmt: skip
+
+
+def cid_plan(args: argparse.Namespace) -> CidPlan:
+    """The CID plan of the command line (ValueError when the options do not fit)."""
+    key = args.quic_lb_key
+    quic_lb = QuicLbConfig(
+        config_id=args.quic_lb_config_id, server_id_len=args.host_id_len + 1,
+        nonce_len=args.quic_lb_nonce_len, key=key,
+    )  # fmt: skip
+    return CidPlan(quic_lb, args.host_id)
 
 
 def _add_transport_options(p: argparse.ArgumentParser) -> None:

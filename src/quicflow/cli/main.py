@@ -21,7 +21,6 @@ import time
 from typing import Any, TextIO
 
 from ..aio import ConnectionClosedError, QuicServer
-from ..aio.workers import CidPlan, WorkerGroupServer
 from ..apps.perf import (
     PerfError,
     PerfResult,
@@ -31,7 +30,6 @@ from ..apps.perf import (
     start_server,
 )
 from ..datapath.connected import DEFAULT_CONNECTION_SOCKETS
-from ..endpoint.quiclb import QuicLbConfig
 from ..migration.handoff import HandoffError
 from ..tls.certs import certificate_pem, generate_self_signed, private_key_pem
 from ..transport.codec import SnapshotError
@@ -49,15 +47,18 @@ from .common import (
     _positive_int,
     _seconds_arg,
     _size_arg,
+    add_cid_options,
     add_client_tls_options,
     add_listen_options,
     add_quiet_option,
     add_timeout_option,
+    cid_plan,
     client_configuration,
     format_bytes,
     format_rate,
     parse_size,
     print_result,
+    report_handoff,
     run_with_progress,
     server_certificate,
     stop_event,
@@ -93,7 +94,7 @@ async def _serve_perf(args: argparse.Namespace, config: Configuration) -> int:
     started = time.monotonic()
     server, handler = await start_server(
         args.host, args.port, configuration=config, backend=args.backend,
-        workers=args.workers, steering=not args.no_steering, cid_plan=_cid_plan(args),
+        workers=args.workers, steering=not args.no_steering, cid_plan=cid_plan(args),
         connection_sockets=args.connection_sockets, takeover=args.takeover,
     )  # fmt: skip
     stop = stop_event()
@@ -125,7 +126,7 @@ async def _serve_perf(args: argparse.Namespace, config: Configuration) -> int:
         server.close()
         await server.wait_closed()
     if handed is not None and handed.done():
-        return _report_handoff(args, server, handed)
+        return report_handoff(args.json, server, handed)
     report = server_report(server, handler)
     dp = report["datapath"]
     print(
@@ -139,38 +140,6 @@ async def _serve_perf(args: argparse.Namespace, config: Configuration) -> int:
     )
     if args.json:
         print(json.dumps(report), flush=True)
-    return 0
-
-
-def _cid_plan(args: argparse.Namespace) -> CidPlan:
-    """The CID plan of the command line (ValueError when the options do not fit)."""
-    key = args.quic_lb_key
-    quic_lb = QuicLbConfig(
-        config_id=args.quic_lb_config_id, server_id_len=args.host_id_len + 1,
-        nonce_len=args.quic_lb_nonce_len, key=key,
-    )  # fmt: skip
-    return CidPlan(quic_lb, args.host_id)
-
-
-def _report_handoff(
-    args: argparse.Namespace, server: QuicServer | WorkerGroupServer,
-    handed: asyncio.Future[int],
-) -> int:
-    """The old process after a takeover: say how many connections went, exit 0."""
-    if handed.exception() is not None:
-        return _fail(f"handoff failed: {handed.exception()}")
-    count = handed.result()
-    if isinstance(server, QuicServer):
-        t = server.handover.timings
-        print(f"handed off {count} connection(s) to the successor (stop "
-              f"{t.get('stop', 0):.3f} s, capture {t.get('capture', 0):.3f} s, send "
-              f"{t.get('send', 0):.3f} s, until restored {t.get('ack', 0):.3f} s,"
-              f" {int(t.get('bytes', 0))} bytes of snapshots)", file=sys.stderr, flush=True)
-    else:
-        print(f"handed off {count} connection(s) to the successor group "
-              f"({len(server.group)} workers)", file=sys.stderr, flush=True)
-    if args.json:
-        print(json.dumps({"handed_off_connections": count}), flush=True)
     return 0
 
 
@@ -199,7 +168,7 @@ def _read_key_file(path: str) -> bytes | None:
 
 def cmd_perf_server(args: argparse.Namespace) -> int:
     try:
-        _cid_plan(args)
+        cid_plan(args)
     except ValueError as e:
         return _fail(f"bad QUIC-LB options: {e}", 2)
     if args.quic_lb_key is not None and args.workers is not None and not args.no_steering:
@@ -435,16 +404,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 
-def _hex_key(text: str) -> bytes:
-    try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not hexadecimal: {text!r}") from None
-    if len(key) != 16:
-        raise argparse.ArgumentTypeError(f"must be 16 bytes (32 hex digits), got {len(key)}")
-    return key
-
-
 def _add_worker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers", type=lambda t: _int_arg(t, 1, 256), default=None, metavar="N",
@@ -457,30 +416,7 @@ def _add_worker_options(p: argparse.ArgumentParser) -> None:
         help="with --workers: no steering program; the kernel hashes the 4-tuple and a "
         "worker hands datagrams of other workers' connections over (misrouted_datagrams)",
     )  # fmt: skip
-    p.add_argument(
-        "--host-id", type=lambda t: _int_arg(t, 0, None), default=0, metavar="N",
-        help="this host's ID in the server ID of every connection ID (QUIC-LB), for a "
-        "load balancer that routes by it (default: %(default)s)",
-    )  # fmt: skip
-    p.add_argument(
-        "--host-id-len", type=lambda t: _int_arg(t, 0, 14), default=1, metavar="BYTES",
-        help="bytes of the host ID; the server ID is these plus one worker byte "
-        "(default: %(default)s)",
-    )  # fmt: skip
-    p.add_argument(
-        "--quic-lb-config-id", type=lambda t: _int_arg(t, 0, 6), default=0, metavar="N",
-        help="QUIC-LB config rotation bits of the connection IDs, 0..6 (default: %(default)s)",
-    )  # fmt: skip
-    p.add_argument(
-        "--quic-lb-nonce-len", type=lambda t: _int_arg(t, 4, 18), default=5, metavar="BYTES",
-        help="QUIC-LB nonce bytes; CID length = 1 + server ID + nonce <= 20 "
-        "(default: %(default)s)",
-    )  # fmt: skip
-    p.add_argument(
-        "--quic-lb-key", type=_hex_key, metavar="HEX",
-        help="16-byte AES key (32 hex digits) to encrypt the server ID (QUIC-LB single- or "
-        "four-pass); needs --no-steering with --workers (default: plaintext)",
-    )  # fmt: skip
+    add_cid_options(p)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""``quicflow perf migrate`` and the move options of ``quicflow perf server``.
+"""``quicflow perf migrate`` (also ``quicflow hq migrate``) and the move options of
+``quicflow perf server`` and ``quicflow hq server``.
 
 Moving the connections of a running perf server on host A to a perf server on host B
 (the service address must move to B with them, e.g. a router switches its route):
@@ -35,7 +36,7 @@ from .common import _positive_int
 def add_server_options(server: argparse.ArgumentParser) -> None:
     server.add_argument(
         "--migrate-listen", metavar="HOST:PORT", type=_listen_host_port,
-        help="accept connections moved here from a perf server on another host, over "
+        help="accept connections moved here from a server on another host, over "
         "TCP inside TLS that requires a client certificate from --migrate-ca; needs "
         "--migrate-cert, --migrate-key and --migrate-ca (default: off)",
     )  # fmt: skip
@@ -109,12 +110,14 @@ def _forward_seconds(text: str) -> float:
     return value
 
 
-def add_migrate_parser(perf_sub: Any) -> None:
-    p = perf_sub.add_parser(
+def add_migrate_parser(sub: Any) -> None:
+    """``migrate`` under ``perf`` or ``hq`` (the same command: it talks to the server's
+    handoff socket, whatever the application)."""
+    p = sub.add_parser(
         "migrate",
-        help="move connections of a running perf server to one on another host",
-        description="Ask the perf server offering a handoff at --handoff to move its "
-        "connections (all, or --count of them) to the perf server accepting migrations "
+        help="move connections of a running server to one on another host",
+        description="Ask the server offering a handoff at --handoff to move its "
+        "connections (all, or --count of them) to the server accepting migrations "
         "at --to, over TCP inside mutually authenticated TLS; the service address must "
         "follow them to the other host, or (--mode cids) a balancer routing by the CIDs' "
         "server ID takes the clients there. Prints how many moved (--json: "

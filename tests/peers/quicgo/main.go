@@ -11,10 +11,15 @@
 //	    {"event":"closed","how":"application","remote":true,"code":0,"reason":"",...}
 //	quicgo-peer client -connect HOST:PORT -server-name N (-ca F | -insecure) -out DIR
 //	        [-suite aes128|aes256|chacha20] [-key-update N] [-close-code C] [-sequential]
-//	        /path ...
+//	        [-pause-at N1[,N2...] -resume-file F] /path ...
 //	    {"event":"handshake",...}
+//	    {"event":"paused","path":"/a","bytes":N,"k":K}  (with -pause-at)
 //	    {"event":"result","ok":true,"files":[{"path":"/a","bytes":N,"sha256":"..."}]}
 //	    {"event":"closed",...}
+//
+// -pause-at N1,N2... stops reading the first file that reaches N1 bytes at each Nk (the
+// server is then held by flow control) and goes on once the file -resume-file holds at
+// least k bytes: a test replaces the server process meanwhile (same-host takeover).
 //
 // -key-update N makes quic-go start a key update every N packets (its internal
 // handshake.KeyUpdateInterval, which quic-go's public API does not expose). Key updates
@@ -234,6 +239,23 @@ type fileResult struct {
 	SHA256 string `json:"sha256"`
 }
 
+// pause: with -pause-at N1[,N2...], the first file to reach N1 bytes stops being read at
+// each Nk until the file -resume-file holds at least k bytes.
+var pause struct {
+	at     []int64
+	resume string
+	owner  int32 // 1 once a file has claimed the pauses
+}
+
+func waitResume(k int) {
+	for {
+		if st, e := os.Stat(pause.resume); e == nil && st.Size() >= int64(k) {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func fetch(conn quic.Connection, path, outDir string) (fileResult, error) {
 	str, err := conn.OpenStreamSync(context.Background())
 	if err != nil {
@@ -249,7 +271,24 @@ func fetch(conn quic.Connection, path, outDir string) (fileResult, error) {
 	}
 	defer f.Close()
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), str)
+	w := io.MultiWriter(f, h)
+	var n int64
+	for k, at := range pause.at {
+		m, err := io.CopyN(w, str, at-n)
+		n += m
+		if err == io.EOF {
+			break
+		} else if err != nil {
+			return fileResult{}, fmt.Errorf("%s: %v", path, err)
+		}
+		if k == 0 && !atomic.CompareAndSwapInt32(&pause.owner, 0, 1) {
+			break // another file pauses
+		}
+		emit(map[string]interface{}{"event": "paused", "path": path, "bytes": n, "k": k + 1})
+		waitResume(k + 1)
+	}
+	m, err := io.Copy(w, str)
+	n += m
 	if err != nil {
 		return fileResult{}, fmt.Errorf("%s: %v", path, err)
 	}
@@ -267,7 +306,19 @@ func client(args []string) {
 	keyUpdate := fs.Uint64("key-update", 0, "start a key update every N packets")
 	closeCode := fs.Uint64("close-code", 0, "application error code to close with")
 	sequential := fs.Bool("sequential", false, "fetch one file after the other")
+	pauseAt := fs.String("pause-at", "", "N1[,N2...]: stop reading a file at each Nk until -resume-file holds k bytes")
+	fs.StringVar(&pause.resume, "resume-file", "", "see -pause-at")
 	_ = fs.Parse(args)
+	for _, f := range strings.Split(*pauseAt, ",") {
+		if f == "" {
+			continue
+		}
+		var v int64
+		if _, err := fmt.Sscan(f, &v); err != nil {
+			fail("bad -pause-at %q", *pauseAt)
+		}
+		pause.at = append(pause.at, v)
+	}
 	if *keyUpdate > 0 {
 		keyUpdateInterval = *keyUpdate
 	}

@@ -3,7 +3,9 @@
 // the file's bytes + FIN. Run by tests/support/quiche.py with QUICHE_PEER_MODULES pointing
 // at the cached node_modules. JSON lines on stdout, the protocol of
 // tests/support/hq_peers.py:
-//   node peer.mjs client --connect HOST:PORT --ca F --server-name N --out DIR /path...
+//   node peer.mjs client --connect HOST:PORT --ca F --server-name N --out DIR
+//            [--pause-at N1[,N2...] --resume-file F] /path...
+//     {"event":"paused","path":...,"bytes":N,"k":K}   (with --pause-at)
 //     {"event":"handshake","alpn":...} {"event":"result","files":[{path,bytes,sha256}]}
 //     {"event":"closed","how":"application","code":0}
 //   node peer.mjs server --cert C --key K --root DIR   (one connection, then it exits)
@@ -11,7 +13,7 @@
 // quiche's server (QUICServer) always answers a first Initial with a Retry; its TLS
 // (BoringSSL) has no cipher-suite setting and the binding no way to start a key update.
 import { createHash, createHmac, timingSafeEqual, webcrypto } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { basename, join, resolve, sep } from 'node:path';
 import { pathToFileURL } from 'node:url';
 
@@ -30,6 +32,8 @@ for (let i = 1; i < argv.length; i++) {
   else if (a === '--server-name') opts.serverName = argv[++i];
   else if (a === '--out') opts.out = argv[++i];
   else if (a === '--sequential') opts.sequential = true;
+  else if (a === '--pause-at') opts.pauseAt = argv[++i].split(',').map(Number);
+  else if (a === '--resume-file') opts.resumeFile = argv[++i];
   else if (a === '--cert') opts.cert = argv[++i];
   else if (a === '--key') opts.key = argv[++i];
   else if (a === '--root') opts.root = argv[++i];
@@ -159,12 +163,36 @@ const client = await QUICClient.createQUICClient({
 emit({ event: 'handshake', alpn: 'hq-interop' });
 const watchdog = driveLostTimers(client.connection);
 
+// --pause-at N1[,N2...]: the first file to reach N1 bytes stops being read at each Nk (the
+// server is then held by flow control) until the file --resume-file holds at least k bytes
+// (a test replaces the server then)
+let paused = false;
+function resumeSize() {
+  try { return statSync(opts.resumeFile).size; } catch { return -1; }
+}
 async function fetch(path) {
   const stream = client.connection.newStream('bidi');
   stream.writable.getWriter();  // the request goes to quiche directly, with its FIN
   await sendWithFin(client.connection, stream, Buffer.from(`GET ${path}\r\n`));
   const chunks = [];
-  for await (const chunk of stream.readable) chunks.push(Buffer.from(chunk));
+  let got = 0;
+  let k = 0;  // pauses done
+  for await (const chunk of stream.readable) {
+    let buf = Buffer.from(chunk);
+    while (opts.pauseAt && k < opts.pauseAt.length && got + buf.length >= opts.pauseAt[k]) {
+      if (k === 0 && paused) break;  // another file pauses
+      paused = true;
+      const head = buf.subarray(0, opts.pauseAt[k] - got);
+      chunks.push(head);
+      got += head.length;
+      buf = buf.subarray(head.length);
+      k += 1;
+      emit({ event: 'paused', path, bytes: got, k });
+      while (resumeSize() < k) await new Promise((r) => setTimeout(r, 5));
+    }
+    chunks.push(buf);
+    got += buf.length;
+  }
   const data = Buffer.concat(chunks);
   writeFileSync(join(opts.out, basename(path)), data);
   return { path, bytes: data.length, sha256: createHash('sha256').update(data).digest('hex') };

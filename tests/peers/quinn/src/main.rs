@@ -10,11 +10,15 @@
 //!       {"event":"request","path":"/a","bytes":N}
 //!       {"event":"closed","how":"application","remote":true,"code":0,"reason":""}
 //!   quinn-peer client --connect HOST:PORT --ca F --out DIR [--suite aes128|aes256|chacha20]
-//!           [--key-update] [--sequential] /path ...
+//!           [--key-update] [--sequential] [--pause-at N1[,N2...] --resume-file F] /path ...
 //!       {"event":"handshake","alpn":"hq-interop"}
+//!       {"event":"paused","path":"/a","bytes":N,"k":K}  (with --pause-at)
 //!       {"event":"result","ok":true,"files":[{"path":"/a","bytes":N,"sha256":"..."}]}
 //!       {"event":"closed",...}
 //!
+//! --pause-at N1,N2... stops reading the first file that reaches N1 bytes at each Nk (the
+//! server is then held by flow control) until the file --resume-file holds at least k
+//! bytes: a test replaces the server process meanwhile (same-host takeover).
 //! --key-update (server) starts a key update before it answers each request.
 //! --sequential (client) fetches the files one after the other; --key-update does too and
 //! starts a key update (quinn's Connection::force_key_update) before each one. quinn
@@ -26,6 +30,7 @@ use std::fs;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 const ALPN: &[u8] = b"hq-interop";
@@ -185,11 +190,43 @@ async fn server(opts: HashMap<String, String>) {
 
 // ---------------------------------------------------------------------------- client
 
-async fn fetch(conn: quinn::Connection, path: String, out: PathBuf) -> Result<String, String> {
-    let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+/// --pause-at N1[,N2...]: the first file to reach N1 bytes stops being read at each Nk
+/// (the server is then held by flow control) until the file --resume-file holds at least
+/// k bytes.
+static PAUSED: AtomicBool = AtomicBool::new(false);
+
+async fn pause_at(recv: &mut quinn::RecvStream, path: &str, pause: &Option<(Vec<usize>, PathBuf)>)
+                  -> Result<Vec<u8>, String> {
+    let mut data = Vec::new();
+    let Some((points, resume)) = pause else { return Ok(data) };
+    let mut buf = vec![0u8; 64 * 1024];
+    for (k, at) in points.iter().enumerate() {
+        while data.len() < *at {
+            let want = buf.len().min(*at - data.len());
+            match recv.read(&mut buf[..want]).await.map_err(|e| format!("{}: {}", path, e))? {
+                Some(n) => data.extend_from_slice(&buf[..n]),
+                None => return Ok(data),
+            }
+        }
+        if k == 0 && PAUSED.swap(true, Ordering::SeqCst) {
+            return Ok(data); // another file pauses
+        }
+        emit(&[("event", json_str("paused")), ("path", json_str(path)),
+               ("bytes", data.len().to_string()), ("k", (k + 1).to_string())]);
+        while fs::metadata(resume).map(|m| m.len()).unwrap_or(0) < (k + 1) as u64 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+    Ok(data)
+}
+
+async fn fetch(conn: quinn::Connection, path: String, out: PathBuf,
+               pause: Option<(Vec<usize>, PathBuf)>) -> Result<String, String> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     send.write_all(format!("GET {}\r\n", path).as_bytes()).await.map_err(|e| e.to_string())?;
     send.finish().await.map_err(|e| e.to_string())?;
-    let data = recv.read_to_end(1 << 30).await.map_err(|e| format!("{}: {}", path, e))?;
+    let mut data = pause_at(&mut recv, &path, &pause).await?;
+    data.extend(recv.read_to_end(1 << 30).await.map_err(|e| format!("{}: {}", path, e))?);
     let name = Path::new(&path).file_name().map(|n| n.to_owned()).unwrap_or_else(|| "index.html".into());
     fs::write(out.join(name), &data).map_err(|e| e.to_string())?;
     let digest = ring::digest::digest(&ring::digest::SHA256, &data);
@@ -218,25 +255,32 @@ async fn client(opts: HashMap<String, String>, paths: Vec<String>) {
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap_or_else(|e| fail(&e.to_string()));
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(tls)));
     let addr: SocketAddr = get("connect").parse().unwrap_or_else(|_| fail("bad --connect"));
+    // the unspecified address of the server's family: the route picks the source (a
+    // server outside loopback, e.g. in a network namespace, is reachable too)
+    let local: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap();
+    let mut endpoint = quinn::Endpoint::client(local).unwrap_or_else(|e| fail(&e.to_string()));
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(tls)));
     let server_name = opts.get("server-name").cloned().unwrap_or_else(|| "localhost".into());
     let conn = endpoint.connect(addr, &server_name).unwrap_or_else(|e| fail(&e.to_string()))
         .await.unwrap_or_else(|e| fail(&format!("handshake: {}", e)));
     emit(&[("event", json_str("handshake")), ("alpn", json_str(&alpn_of(&conn)))]);
     let out = PathBuf::from(get("out"));
+    let pause = opts.get("pause-at").map(|n| {
+        (n.split(',').map(|v| v.parse::<usize>().unwrap_or_else(|_| fail("bad --pause-at"))).collect(),
+         PathBuf::from(get("resume-file")))
+    });
     let mut results = Vec::new();
     if opts.contains_key("key-update") || opts.contains_key("sequential") {
         for p in &paths {
             if opts.contains_key("key-update") {
                 conn.force_key_update();
             }
-            results.push(fetch(conn.clone(), p.clone(), out.clone()).await);
+            results.push(fetch(conn.clone(), p.clone(), out.clone(), pause.clone()).await);
         }
     } else {
         let tasks: Vec<_> = paths.iter()
-            .map(|p| tokio::spawn(fetch(conn.clone(), p.clone(), out.clone())))
+            .map(|p| tokio::spawn(fetch(conn.clone(), p.clone(), out.clone(), pause.clone())))
             .collect();
         for t in tasks {
             results.push(t.await.unwrap_or_else(|e| Err(e.to_string())));
