@@ -30,7 +30,11 @@ def _check(face: quicflow.QuicConnection) -> None:
     expected = min(CEILING, params.max_udp_payload_size)
     assert expected > 1200
     assert stats["pmtud"] is True
-    assert stats["mtu"] == stats["max_datagram_size"] == expected, stats
+    assert stats["mtu"] == stats["max_datagram_size"], stats
+    # the ceiling, or just below it: during a bulk transfer the peer's receive buffer
+    # (a Python process on a loaded host) may drop the ceiling's probe MAX_PROBES times
+    # (RFC 8899), after which the binary search ends below it (seen once: 8999 of 9000)
+    assert expected * 0.95 <= stats["mtu"] <= expected, stats
     assert stats["pmtud_probes_acked"] >= 1, stats
     assert stats["pmtud_black_holes"] == 0, stats
 

@@ -26,6 +26,13 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..migration.handoff import HandoffError, HandoffListener, Offer, Received, refuse
+from ..migration.server_keys import (
+    SecretsError,
+    adopt_secrets,
+    merge_strikes,
+    seal_secrets,
+    seal_strikes,
+)
 from ..transport.codec import SnapshotError
 from ..transport.connection import Connection
 from ..transport.snapshot import SnapshotGuard, capture_sealed, restore_sealed
@@ -205,7 +212,8 @@ class Handover:
                 sockets.append(sock)
         offer = Offer(channel)
         offer.begin({"format": FORMAT, "guard": self.guard.export().decode(),
-                     "connection_sockets": by_cid}, sockets)
+                     "connection_sockets": by_cid,
+                     "secrets": seal_secrets(endpoint, key)}, sockets)
         endpoint.forwarding = []
         runner.forward = lambda entries: offer.datagrams(
             [(data, len(data), addr, ecn) for data, addr, ecn in entries])
@@ -252,9 +260,11 @@ class Handover:
             endpoint.frozen.clear()
             runner.forward = None
         t2 = time.monotonic()
-        result = await loop.run_in_executor(
-            None, offer.finish, {"guard": self.guard.export().decode()}
-        )
+        trailer: dict[str, Any] = {"guard": self.guard.export().decode()}
+        strikes = seal_strikes(endpoint, key)  # (no 0-RTT accepted here from now on)
+        if strikes is not None:
+            trailer["strikes"] = strikes
+        result = await loop.run_in_executor(None, offer.finish, trailer)
         self.timings = {"stop": stop_time, "capture": capture_time,
                         "send": t2 - t0 - capture_time - stop_time,
                         "ack": time.monotonic() - t2, "bytes": float(size)}
@@ -311,6 +321,12 @@ async def restore_server(
         raise HandoffError("not a quicflow handoff (unknown format)")
     guard = SnapshotGuard()
     guard.merge(str(header.get("guard", "{}")).encode())
+    sealed_keys = header.get("secrets")
+    if isinstance(sealed_keys, str):  # (before any restore: their tokens use them)
+        try:
+            adopt_secrets(runner.endpoint, sealed_keys, received.key)
+        except SecretsError as exc:
+            raise HandoffError(str(exc)) from None
     restored = 0
     by_cid = header.get("connection_sockets") or {}
     loop = runner.loop
@@ -366,6 +382,10 @@ async def restore_server(
             slice_end = time.monotonic() + RESTORE_SLICE
     if received.trailer is not None:
         guard.merge(str(received.trailer.get("guard", "{}")).encode())
+        if isinstance(sealed_keys, str):  # (a predecessor that sent its ticket key)
+            strikes = received.trailer.get("strikes")
+            merge_strikes(runner.endpoint, strikes if isinstance(strikes, str) else None,
+                          received.key, time.time())
     runner.start_reading()  # the old process reads nothing more
     return guard, restored
 

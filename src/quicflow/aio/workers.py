@@ -515,10 +515,13 @@ async def serve_workers(
         raise ValueError("steering reads plaintext QUIC-LB CIDs: use no key, or steering=False")
     config = plan.configuration(configuration)
     # one set of keys for every worker (not one per worker's endpoint): a session ticket,
-    # a NEW_TOKEN token or a reset token from one worker is good at all the others
-    config = replace(config, ticket_key=config.ticket_key or os.urandom(32),
-                     token_key=config.token_key or os.urandom(32),
-                     reset_key=config.reset_key or os.urandom(32))
+    # a NEW_TOKEN token or a reset token from one worker is good at all the others. A
+    # group taking over leaves them unset: each worker adopts its predecessor's, the old
+    # group's shared ones (migration/server_keys.py)
+    if takeover is None:
+        config = replace(config, ticket_key=config.ticket_key or os.urandom(32),
+                         token_key=config.token_key or os.urandom(32),
+                         reset_key=config.reset_key or os.urandom(32))
     if takeover is not None:
         loop = asyncio.get_running_loop()
         members = await loop.run_in_executor(None, take_over_group, takeover, workers)

@@ -79,6 +79,13 @@ class Admission:
         self.sealer = TokenSealer(_key(self.configuration.token_key))
         self.reset_key = _key(self.configuration.reset_key)
 
+    def use_keys(self, configuration: Configuration) -> None:
+        """Seal and open tokens and derive reset tokens with ``configuration``'s keys from
+        now on (a takeover's successor adopting its predecessor's); the half-open
+        handshakes and the counters stay."""
+        self.configuration = configuration
+        self.__post_init__()
+
     # ------------------------------------------------------------ Initials
 
     def admit(

@@ -112,6 +112,12 @@ class EndpointCounters:
         )
 
 
+#: Configuration keys that outlive a connection: session tickets, Retry/NEW_TOKEN
+#: tokens and stateless reset tokens sealed or derived with them must stay good at a
+#: successor (``Endpoint.adopt_secrets``).
+SECRET_FIELDS = ("ticket_key", "token_key", "reset_key")
+
+
 @dataclass(slots=True, eq=False)
 class Endpoint:
     """All connections on one local address, client or server side.
@@ -161,6 +167,10 @@ class Endpoint:
     qlog_factory: Callable[[Connection, float], None] | None = None
     #: datagrams to forward to the host a connection moved to: (data, client, target)
     forwarded: list[tuple[bytes, Address, ForwardTarget]] = field(default_factory=list)
+    #: the secrets of SECRET_FIELDS this endpoint made itself (its configuration left
+    #: them None): a successor in a takeover adopts its predecessor's instead
+    #: (``adopt_secrets``), an operator's own keys stay
+    generated_secrets: tuple[str, ...] = field(default=(), init=False)
 
     def __post_init__(self) -> None:
         length = self.configuration.connection_id_length
@@ -173,6 +183,9 @@ class Endpoint:
                 self.configuration, connection_id_length=self.cid_generator.cid_length
             )
         cfg = self.configuration
+        self.generated_secrets = tuple(
+            name for name in SECRET_FIELDS
+            if getattr(cfg, name) is None and (self.is_server or name != "ticket_key"))
         if cfg.token_key is None or cfg.reset_key is None or (  # one random key per endpoint
             self.is_server and (cfg.ticket_key is None or cfg.strike_register is None)
         ):
@@ -185,6 +198,26 @@ class Endpoint:
             )
         self.admission = Admission(self.configuration)
         self._issuer = self.issue_cid
+
+    def secrets(self) -> dict[str, bytes]:
+        """This endpoint's keys of SECRET_FIELDS (what a successor adopts)."""
+        cfg = self.configuration
+        return {name: value for name in SECRET_FIELDS
+                if isinstance(value := getattr(cfg, name), bytes)}
+
+    def adopt_secrets(self, secrets: dict[str, bytes]) -> list[str]:
+        """Take a predecessor's keys (a same-host takeover) where this endpoint made its
+        own: its session tickets, Retry and NEW_TOKEN tokens and stateless reset tokens
+        stay good here. Keys the configuration set are kept. Returns the names adopted."""
+        adopted = [name for name in self.generated_secrets
+                   if isinstance(secrets.get(name), bytes) and len(secrets[name]) >= 16]
+        if adopted:
+            changes: dict[str, Any] = {name: secrets[name] for name in adopted}
+            cfg = self.configuration = dataclasses.replace(self.configuration, **changes)
+            self.admission.use_keys(cfg)
+            self.generated_secrets = tuple(
+                n for n in self.generated_secrets if n not in adopted)
+        return adopted
 
     @property
     def generator(self) -> ConnectionIdSource:

@@ -333,10 +333,15 @@ class StrikeRegister:
     order: deque[tuple[float, bytes]] = field(default_factory=deque)
     refused_full: int = 0
     refused_replay: int = 0
+    #: no 0-RTT at all before this wall-clock time (``refuse_until``)
+    closed_until: float = 0.0
 
     def admit(self, key: bytes, wall_time: float) -> bool:
         """True the first time ``key`` comes (it is then remembered), False for a
-        replay or when the register is full."""
+        replay, when the register is full or while it is closed."""
+        if wall_time < self.closed_until:
+            self.refused_replay += 1  # (what it may be: the ids it was to have are unknown)
+            return False
         order, seen = self.order, self.seen
         while order and order[0][0] <= wall_time:
             expiry, old = order.popleft()
@@ -355,6 +360,33 @@ class StrikeRegister:
 
     def __len__(self) -> int:
         return len(self.seen)
+
+    def export(self) -> list[tuple[bytes, float]]:
+        """The remembered ids with their expiry (wall-clock seconds), oldest first."""
+        seen = self.seen
+        return [(key, expiry) for expiry, key in self.order if seen.get(key) == expiry]
+
+    def refuse_until(self, wall_time: float) -> None:
+        """Accept no 0-RTT before ``wall_time`` (a successor that could not learn which
+        tickets its predecessor admitted waits until those would have expired)."""
+        self.closed_until = max(self.closed_until, wall_time)
+
+    def merge(self, entries: list[tuple[bytes, float]], wall_time: float) -> int:
+        """Remember ids another process admitted (a takeover's predecessor), so their
+        0-RTT is refused here too until they expire; at most ``max_entries`` in all.
+        Returns how many were added."""
+        added = 0
+        seen, order = self.seen, self.order
+        for key, expiry in sorted(entries, key=lambda e: e[1]):
+            if expiry <= wall_time or key in seen or len(seen) >= self.max_entries:
+                continue
+            expiry = min(expiry, wall_time + 2 * self.window)
+            seen[key] = expiry
+            order.append((expiry, key))
+            added += 1
+        if added:  # expiry order, which ``admit`` relies on to drop the oldest first
+            self.order = deque(sorted(order))
+        return added
 
 
 # ---------------------------------------------------------------- client: kept tickets
