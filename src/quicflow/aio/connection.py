@@ -479,7 +479,11 @@ class QuicConnection:
             if cls is StreamReadable:
                 reader = self._readers.get(event.stream_id)  # type: ignore[union-attr]
                 if reader is not None:
+                    waiting = reader._waiter is not None
                     reader._wake()
+                    if waiting and self.conn.stream_complete(
+                            event.stream_id):  # type: ignore[union-attr]
+                        self.runner.defer_send(self.conn)  # (after the wake: it runs first)
             elif cls is StreamWritable:
                 writer = self._writers.get(event.stream_id)  # type: ignore[union-attr]
                 if writer is not None and not writer._gated:  # (a gate wakes the rest)
@@ -518,6 +522,7 @@ class QuicConnection:
             result = self.stream_handler(reader, writer)
             if asyncio.iscoroutine(result):
                 self._keep_task(self.loop.create_task(self._run_handler(result, writer)))
+                self.runner.defer_send(self.conn)
         else:
             self._incoming_queue().put_nowait((reader, writer))
 
