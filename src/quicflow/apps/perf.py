@@ -583,17 +583,12 @@ async def _run_connection(
             run.cpu_connected = time.process_time()
             run.all_connected.set()
         await run.all_connected.wait()
-        if len(downloads) == 1:  # awaited in this task: a response's end and the close
-            # then come in one step (no ACK of its last packets first: README, "Short
-            # connections"), and no task per connection
-            moved = [await _run_stream(conn, downloads[0], uploads[0], run.tally, verify)]
-        else:
-            moved = await asyncio.gather(
-                *(
-                    _run_stream(conn, d, u, run.tally, verify)
-                    for d, u in zip(downloads, uploads, strict=True)
-                )
+        moved = await asyncio.gather(
+            *(
+                _run_stream(conn, d, u, run.tally, verify)
+                for d, u in zip(downloads, uploads, strict=True)
             )
+        )
         finished = time.perf_counter()
         if finished >= run.finished_at:
             run.finished_at = finished
