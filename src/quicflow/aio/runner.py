@@ -115,8 +115,10 @@ class EndpointRunner:
         self._dirty: dict[Connection, None] = {}  # by identity, in order
         self._peers: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # see PEER_CACHE
         self._flush_scheduled = False
-        #: the connection whose round's events are being dispatched (``defer_send``)
+        #: the connection whose round's events are being dispatched (``defer_send``),
+        #: and those whose round's send is queued after the application's step
         self._deferrable: Connection | None = None
+        self._deferred: dict[Connection, None] = {}
         # fd -> (socket, connections waiting for it to drain) while its buffer is full
         self._waiting: dict[int, tuple[UdpTransport, dict[Connection, None]]] = {}
         self._closed = False
@@ -451,6 +453,7 @@ class EndpointRunner:
         key phase before it confirmed its handshake may end the connection: quinn)."""
         if self._deferrable is conn and not conn.handshake_done_pending:
             self._deferrable = None
+            self._deferred[conn] = None
             self.loop.call_soon(self._send, conn)
 
     def flush_now(self, conn: Connection) -> None:
@@ -485,6 +488,8 @@ class EndpointRunner:
             return
         if self._dirty:  # this turn sends what a flush scheduled for it would (a read's
             self._dirty.pop(conn, None)  # window update, most often: a round came first)
+        if self._deferred:
+            self._deferred.pop(conn, None)
         if conn.terminated:  # nothing to build: its events, then the teardown (which
             if conn.events:  # drops its CIDs, whatever changes were still pending)
                 self._dispatch(conn)
