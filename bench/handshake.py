@@ -5,6 +5,11 @@ Run: ``.venv/bin/python bench/handshake.py [--server quicflow|aioquic|qh3]
 (``--server ngtcp2 --alpn h3`` for Debian's ngtcp2-server, which speaks HTTP/3 only: the
 client offers ALPN h3 and closes right after the handshake, so only the handshake runs)
 
+``--request BYTES`` (quicflow's server and client endpoint): each connection, once its
+handshake is complete, opens a bidirectional stream and makes one perf request for BYTES
+(the server runs ``quicflow.apps.perf``'s handler), reads the response to its FIN, then
+closes: the figures are then per short connection, to compare with handshake-only runs.
+
 The client's side: ``--client aioquic`` runs aioquic's client instead of quicflow's (for
 its client CPU figure, against the same server); ``--client-profile FILE`` cProfiles this
 (client) process over the measured loop only; ``--verify [BUNDLE]`` makes the client
@@ -61,6 +66,7 @@ import asyncio
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -185,7 +191,12 @@ async def _serve(args: argparse.Namespace) -> None:
     async def handler(reader: Any, writer: Any) -> None:
         writer.write_eof()
 
-    server = await quicflow.serve(handler, "127.0.0.1", args.port, configuration=config)
+    # a stream opened by --request: the perf protocol's server (the handshake-only runs
+    # open no stream, so this handler is never called in them)
+    from quicflow.apps.perf import PerfServerHandler
+
+    server = await quicflow.serve(PerfServerHandler() if args.perf else handler,
+                                  "127.0.0.1", args.port, configuration=config)
     loop = asyncio.get_running_loop()
 
     if args.tracemalloc:
@@ -296,6 +307,7 @@ def server_argv(
                 "--cert", cert, "--key", key, "--gc", gc, "--retry", retry,
                 "--window-file", os.path.join(os.path.dirname(cert), "window.json")]
         argv += ["--tracemalloc", tracemalloc] if tracemalloc else []
+        argv += ["--perf"]
         argv += ["--profile-loop"] if profile and profile_loop else []
         return argv + (["--profile", profile] if profile else [])
     if name == "ngtcp2":  # Debian's ngtcp2-server (GnuTLS example server, HTTP/3 only)
@@ -389,6 +401,7 @@ async def _client(args: argparse.Namespace, port: int, pid: int) -> dict[str, An
     out: dict[str, Any] = {"server": args.server, "handshakes": args.handshakes,
                            "concurrency": args.concurrency, "idle": args.idle,
                            "client": args.client, "verify": bool(args.cafile),
+                           "request": args.request,
                            "server_retry": args.retry if args.server == "quicflow" else None}
     async with quicflow.client_endpoint("127.0.0.1", configuration=config) as idle_ep, \
             quicflow.client_endpoint("127.0.0.1", configuration=config) as ep:
@@ -443,9 +456,24 @@ async def _client(args: argparse.Namespace, port: int, pid: int) -> dict[str, An
                 aio_cfg.server_name = "localhost"
                 aio_cfg.load_verify_locations(cafile=args.cafile)
 
+        request = struct.pack("!Q", args.request)
+
         async def one() -> None:
             async with sem:
-                if args.client == "endpoint":
+                if args.client == "endpoint" and args.request:
+                    async with ep.connect("127.0.0.1", port) as conn:
+                        reader, writer = await conn.create_stream()
+                        writer.write(request)
+                        writer.write_eof()
+                        got = 0
+                        while True:
+                            data = await reader.read(65536)
+                            if not data:
+                                break
+                            got += len(data)
+                        if got != args.request:
+                            raise RuntimeError(f"response of {got} bytes")
+                elif args.client == "endpoint":
                     async with ep.connect("127.0.0.1", port):
                         pass
                 elif args.client == "aioquic":
@@ -528,6 +556,7 @@ def main() -> int:
     srv.add_argument("--gc", choices=["library", "default", "off"], default="library")
     srv.add_argument("--retry", choices=["load", "never", "always"], default="load")
     srv.add_argument("--tracemalloc", help="snapshot file prefix (SIGUSR1 writes one)")
+    srv.add_argument("--perf", action="store_true", help="streams run the perf protocol")
     ap.add_argument("--server", default="quicflow",
                     choices=["quicflow", "aioquic", "qh3", "ngtcp2"],
                     help="ngtcp2: Debian's gtlsserver (ngtcp2-server), needs --alpn h3")
@@ -538,6 +567,11 @@ def main() -> int:
                     help="quicflow client on one shared endpoint, quicflow.connect() per "
                     "connection, or aioquic's client (for comparison)")
     ap.add_argument("--alpn", default="perf")
+    ap.add_argument("--request", type=int, default=0, metavar="BYTES",
+                    help="each connection (--client endpoint, quicflow server) makes one "
+                         "perf request for BYTES after its handshake, reads the whole "
+                         "response, then closes: a short connection's cost, not only its "
+                         "handshake's")
     ap.add_argument("--verify", metavar="BUNDLE", nargs="?", const=SYSTEM_BUNDLE,
                     help="clients verify the server's certificate against a CA file: "
                     f"BUNDLE (default {SYSTEM_BUNDLE}) plus the test certificate")

@@ -4,7 +4,8 @@ Whenever the event loop is about to wait for I/O (the selector's ``select``: eve
 callback of the iteration has run), every live connection of every runner on the loop
 must be in one of these states:
 
-- *scheduled*: queued for a flush (``runner._dirty`` with the flush callback pending) or
+- *scheduled*: queued for a flush (``runner._dirty`` with the flush callback pending),
+  for the send of a round that woke application code (``runner._deferred``), or
   waiting for its socket to drain (``runner._waiting``);
 - *armed*: its deadline ``Connection.timer()`` is in the runner's ``_timers`` (not later
   than what the connection asks for), the loop wheel's heap holds that entry, and the
@@ -277,8 +278,9 @@ class WakeupCheck:
 
     def _check_conn(self, runner: EndpointRunner, conn: Connection, now: float,
                     heap: set[tuple[int, int, float]], wheel_at: float) -> None:
-        if (conn in runner._dirty and runner._flush_scheduled) or _waits_writable(runner, conn):
-            return  # a turn comes at once
+        if ((conn in runner._dirty and runner._flush_scheduled) or conn in runner._deferred
+                or _waits_writable(runner, conn)):
+            return  # a turn comes at once (a flush, or a round's send queued by defer_send)
         if conn in runner._dirty:
             self._found(conn, "dirty-unscheduled", "in _dirty without a flush scheduled", now)
         for broken in invariants(conn):

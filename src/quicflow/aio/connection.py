@@ -480,7 +480,11 @@ class QuicConnection:
             if cls is StreamReadable:
                 reader = self._readers.get(event.stream_id)  # type: ignore[union-attr]
                 if reader is not None:
+                    waiting = reader._waiter is not None
                     reader._wake()
+                    if waiting and self.conn.stream_complete(
+                            event.stream_id):  # type: ignore[union-attr]
+                        self.runner.defer_send(self.conn)  # (after the wake: it runs first)
             elif cls is StreamWritable:
                 writer = self._writers.get(event.stream_id)  # type: ignore[union-attr]
                 if writer is not None and not writer._gated:  # (a gate wakes the rest)
@@ -521,6 +525,7 @@ class QuicConnection:
                 task = self.loop.create_task(self._run_handler(result, writer))
                 task.add_done_callback(partial(_close_unstarted, result))
                 self._keep_task(task)
+                self.runner.defer_send(self.conn)
         else:
             self._incoming_queue().put_nowait((reader, writer))
 

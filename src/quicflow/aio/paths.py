@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..datapath.backends import RecvEntry
+from ..datapath.handoff import SteeringTransport
 from ..datapath.socket import UdpTransport, normalize_address, wildcard_host
 from ..transport.connection import Connection
 from ..transport.events import PathMigrated, PathProbeFailed, PreferredAddressAvailable
@@ -125,3 +127,31 @@ def send_probes(runner: EndpointRunner, conn: Connection, via: UdpTransport | No
             transport = via if via is not None else runner.home_listener(conn)
             dest = addr
         transport.send_batch(data, len(data), dest)
+
+
+def sort_strays(
+    transport: UdpTransport, batch: list[RecvEntry], socket_peer: tuple[Any, ...]
+) -> tuple[list[RecvEntry], int]:
+    """``batch`` read from a per-connection socket, with the datagrams of other peers
+    (strays) passed through the listener's (``transport``'s) ``claim`` (a worker hands
+    another worker's over); how many strays there were. Never drops one.
+
+    In a worker (the listener is a ``SteeringTransport``) the whole batch goes through
+    ``claim``, the socket's own peer's datagrams too: a connected socket takes every
+    datagram of its 4-tuple, also those of another client that a NAT mapped onto its
+    peer's address after that peer vanished, whose CIDs name another worker. This
+    worker's endpoint would drop them (``dropped_not_ours``) for as long as the
+    socket lives (up to its connection's idle timeout); ``claim`` hands them over
+    (``misrouted_datagrams``). Its common case, short headers naming this worker, is
+    a few C-level checks per buffer."""
+    # (a datagram from the peer as given: no normalize_address call; an address
+    # equal to the normalized peer normalizes to it)
+    strays = [e for e in batch
+              if e[2] and e[2] != socket_peer and normalize_address(e[2]) != socket_peer]
+    if isinstance(transport, SteeringTransport):
+        return transport.claim(batch), len(strays)
+    if not strays:
+        return batch, 0
+    own = [e for e in batch
+           if not e[2] or e[2] == socket_peer or normalize_address(e[2]) == socket_peer]
+    return own + transport.claim(strays), len(strays)

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..datapath.backends import RecvEntry
 from ..datapath.connected import ConnectedSockets, SocketPolicy
-from ..datapath.handoff import SteeringTransport
 from ..datapath.socket import UdpTransport, normalize_address
 from ..endpoint.endpoint import Endpoint
 from ..transport import qlog
@@ -38,7 +37,7 @@ from . import loopwheel
 from .gcpolicy import POLICY as GC_POLICY
 from .gso import TURN_DATAGRAMS, gso_run, join_singles, send_buffer
 from .mallocpolicy import POLICY as MALLOC_POLICY
-from .paths import PATH_EVENTS, on_path_events, send_probes
+from .paths import PATH_EVENTS, on_path_events, send_probes, sort_strays
 from .qlogfile import file_factory
 from .sendbuffer import SendBudget
 
@@ -116,6 +115,10 @@ class EndpointRunner:
         self._dirty: dict[Connection, None] = {}  # by identity, in order
         self._peers: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # see PEER_CACHE
         self._flush_scheduled = False
+        #: the connection whose round's events are being dispatched (``defer_send``),
+        #: and those whose round's send is queued after the application's step
+        self._deferrable: Connection | None = None
+        self._deferred: dict[Connection, None] = {}
         # fd -> (socket, connections waiting for it to drain) while its buffer is full
         self._waiting: dict[int, tuple[UdpTransport, dict[Connection, None]]] = {}
         self._closed = False
@@ -245,14 +248,14 @@ class EndpointRunner:
                 ahead = batch[RECV_BATCH:]
                 del batch[RECV_BATCH:]
             if socket_peer is not None:
-                batch, found = self._sort_strays(batch, socket_peer)
+                batch, found = sort_strays(self.transport, batch, socket_peer)
                 strays += found
             self._process(batch, socket_peer, transport)
             if drained or transport.closed:
                 break
         if ahead and not transport.closed and not self._closed:  # (the bound was reached)
             if socket_peer is not None:
-                ahead, found = self._sort_strays(ahead, socket_peer)
+                ahead, found = sort_strays(self.transport, ahead, socket_peer)
                 strays += found
             self._process(ahead, socket_peer, transport)
         if strays and self.sockets is not None:
@@ -358,9 +361,14 @@ class EndpointRunner:
             self._singles = []
         try:
             for conn in touched:
+                deferred = False
                 if conn.events:
+                    self._deferrable = conn
                     self._dispatch(conn)
-                self._send(conn)
+                    deferred = self._deferrable is None  # (defer_send)
+                    self._deferrable = None
+                if not deferred:
+                    self._send(conn)
                 if conn.off_path_challenges:  # answered through the socket they came in
                     send_probes(self, conn, transport if socket_peer is None
                                 and transport is not self.probe_transport else None)
@@ -414,34 +422,6 @@ class EndpointRunner:
             self._dispatch(conn)
             self._send(conn)
 
-    def _sort_strays(
-        self, batch: list[RecvEntry], socket_peer: tuple[Any, ...]
-    ) -> tuple[list[RecvEntry], int]:
-        """``batch`` read from a per-connection socket, with the datagrams of other peers
-        (strays) passed through the listener's ``claim`` (a worker hands another worker's
-        over); how many strays there were. Never drops one.
-
-        In a worker (the listener is a ``SteeringTransport``) the whole batch goes through
-        ``claim``, the socket's own peer's datagrams too: a connected socket takes every
-        datagram of its 4-tuple, also those of another client that a NAT mapped onto its
-        peer's address after that peer vanished, whose CIDs name another worker. This
-        worker's endpoint would drop them (``dropped_not_ours``) for as long as the
-        socket lives (up to its connection's idle timeout); ``claim`` hands them over
-        (``misrouted_datagrams``). Its common case, short headers naming this worker, is
-        a few C-level checks per buffer."""
-        # (a datagram from the peer as given: no normalize_address call; an address
-        # equal to the normalized peer normalizes to it)
-        strays = [e for e in batch
-                  if e[2] and e[2] != socket_peer and normalize_address(e[2]) != socket_peer]
-        transport = self.transport
-        if isinstance(transport, SteeringTransport):
-            return transport.claim(batch), len(strays)
-        if not strays:
-            return batch, 0
-        own = [e for e in batch
-               if not e[2] or e[2] == socket_peer or normalize_address(e[2]) == socket_peer]
-        return own + transport.claim(strays), len(strays)
-
     def _dispatch(self, conn: Connection) -> None:
         face = self.faces.get(id(conn))
         events = conn.pop_events()
@@ -461,6 +441,20 @@ class EndpointRunner:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush_dirty)
+
+    def defer_send(self, conn: Connection) -> None:
+        """While a round's events of ``conn`` are dispatched and made application code
+        runnable that likely sends at once (a new stream's handler, a reader given its
+        stream's end), the round's send waits one loop callback, after that code's step:
+        a request's ACK goes with the response; a response's ACK, when the client then
+        closes, not at all (README, "Short connections"). No-op outside a round, and
+        while a server's HANDSHAKE_DONE waits: it goes now, in the keys the handshake
+        ended with (a handler may start a key update, and a client that gets the new
+        key phase before it confirmed its handshake may end the connection: quinn)."""
+        if self._deferrable is conn and not conn.handshake_done_pending:
+            self._deferrable = None
+            self._deferred[conn] = None
+            self.loop.call_soon(self._send, conn)
 
     def flush_now(self, conn: Connection) -> None:
         """Send what ``conn`` has at once (the turn takes a flush already scheduled)."""
@@ -494,6 +488,8 @@ class EndpointRunner:
             return
         if self._dirty:  # this turn sends what a flush scheduled for it would (a read's
             self._dirty.pop(conn, None)  # window update, most often: a round came first)
+        if self._deferred:
+            self._deferred.pop(conn, None)
         if conn.terminated:  # nothing to build: its events, then the teardown (which
             if conn.events:  # drops its CIDs, whatever changes were still pending)
                 self._dispatch(conn)

@@ -197,6 +197,14 @@ def stream_at_eof(conn: Connection, stream_id: int) -> bool:
     return recv is None or recv.at_eof() and recv.readable == 0 or recv.reset_code is not None
 
 
+def stream_complete(conn: Connection, stream_id: int) -> bool:
+    """Every byte of the peer's stream has arrived, up to its final size (what is
+    left is reading it: the reader gets its end without waiting again)."""
+    stream = conn.streams.get(stream_id)
+    recv = None if stream is None else stream.recv
+    return recv is not None and recv.final_size is not None and recv.at_eof()
+
+
 def stream_waits(conn: Connection, stream_id: int) -> bool:
     """Nothing to read on the stream now and more may come: no data, no final size,
     no reset (what ``read_stream`` giving b"" while ``stream_at_eof`` is false means,
