@@ -18,7 +18,7 @@ import asyncio
 import hashlib
 import os
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
@@ -35,6 +35,7 @@ from ..aio import (
 )
 from ..aio.workers import CidPlan
 from ..transport.config import Configuration
+from .handoff_state import progress_table, resume, stopping
 
 ALPN = "hq-interop"
 #: longest request accepted (``GET `` + path + CRLF); longer requests are refused
@@ -128,7 +129,7 @@ class HqServerHandler:
         # successor serves it from the start).
         progress: list[Any] = ["", False, 0]
         if not reader.stream_id & 0x2:
-            _progress_table(writer.connection)[reader.stream_id] = progress
+            progress_table(writer.connection, "hq")[reader.stream_id] = progress
         return self._serve(reader, writer, progress)
 
     async def _serve(self, reader: QuicStreamReader, writer: QuicStreamWriter,
@@ -137,11 +138,11 @@ class HqServerHandler:
             self.stats.refused += 1
             reader.stop(HQ_REQUEST_REFUSED)
             return
-        table = _progress_table(writer.connection)
+        table = progress_table(writer.connection, "hq")
         try:
             await self._respond(reader, writer, p)
         finally:
-            if not _stopping():
+            if not stopping():
                 table.pop(reader.stream_id, None)
 
     async def _respond(self, reader: QuicStreamReader, writer: QuicStreamWriter,
@@ -191,7 +192,7 @@ class HqServerHandler:
         """The state of the connection's requests in progress (JSON-able). Response bytes
         written but not yet sent are taken back (the successor reads them from the file
         again), so the snapshot holds only what is in flight."""
-        table = _progress_table(connection)
+        table = progress_table(connection, "hq")
         for sid, p in table.items():
             if p[1] and sid in connection.conn.streams:
                 before, p[2] = p[2], connection.conn.take_back_unsent(sid)
@@ -203,7 +204,7 @@ class HqServerHandler:
         streams: dict[int, tuple[QuicStreamReader, QuicStreamWriter]],
     ) -> None:
         """Continue every request in progress from where the old process stopped."""
-        table = _progress_table(connection)
+        table = progress_table(connection, "hq")
         for key, p in (state or {}).items():
             sid = int(key)
             if (sid not in streams or type(p) is not list or len(p) != 3
@@ -211,29 +212,10 @@ class HqServerHandler:
                 continue
             table[sid] = p
             reader, writer = streams[sid]
-            connection.track_task(
-                asyncio.get_running_loop().create_task(_quiet(self._serve(reader, writer, p)))
-            )
+            resume(connection, self._serve(reader, writer, p))
 
 
-async def _quiet(coro: Awaitable[None]) -> None:
-    """Run a restored stream's handler; a connection that ends meanwhile is no error."""
-    try:
-        await coro
-    except ConnectionError:
-        pass
 
-
-def _progress_table(connection: QuicConnection) -> dict[int, list[Any]]:
-    table: dict[int, list[Any]] = connection.app_state.setdefault("hq", {})
-    return table
-
-
-def _stopping() -> bool:
-    """True inside a task being cancelled (a handoff stops the stream handlers): its
-    progress entry must stay for ``capture``."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 def server_configuration(

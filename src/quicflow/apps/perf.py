@@ -22,7 +22,7 @@ import asyncio
 import os
 import struct
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -42,6 +42,7 @@ from ..aio.workers import CidPlan, WorkerGroupServer, worker_counters
 from ..datapath.connected import DEFAULT_CONNECTION_SOCKETS
 from ..datapath.socket import wildcard_host
 from ..transport.config import Configuration
+from .handoff_state import progress_table, resume, stopping
 
 ALPN = "perf"
 PATTERN_SIZE = 64 * 1024
@@ -127,14 +128,14 @@ class PerfServerHandler:
         # successor serves it from the start).
         self.stats.streams += 1
         progress: list[Any] = ["", -1, False, 0]
-        _progress_table(writer.connection)[reader.stream_id] = progress
+        progress_table(writer.connection, "perf")[reader.stream_id] = progress
         return self._serve(reader, writer, progress)
 
     async def _serve(
         self, reader: QuicStreamReader, writer: QuicStreamWriter, p: list[Any]
     ) -> None:
         stats = self.stats
-        table = _progress_table(writer.connection)
+        table = progress_table(writer.connection, "perf")
         try:
             if reader.stream_id & 0x2:  # a unidirectional client stream: upload only
                 await self._read_to_fin(reader)
@@ -166,7 +167,7 @@ class PerfServerHandler:
                 p[3] += n
             writer.write_eof()
         finally:
-            if not _stopping():
+            if not stopping():
                 table.pop(reader.stream_id, None)
 
     async def _read_to_fin(self, reader: QuicStreamReader) -> None:
@@ -183,7 +184,7 @@ class PerfServerHandler:
         """The state of the connection's streams in progress (JSON-able). Response bytes
         written but not yet sent are taken back (the pattern is written again after the
         restore), so the snapshot holds only what is in flight."""
-        table = _progress_table(connection)
+        table = progress_table(connection, "perf")
         for sid, p in table.items():
             if p[1] >= 0 and p[2] and sid in connection.conn.streams:
                 before, p[3] = p[3], connection.conn.take_back_unsent(sid)
@@ -195,36 +196,17 @@ class PerfServerHandler:
         streams: dict[int, tuple[QuicStreamReader, QuicStreamWriter]],
     ) -> None:
         """Continue every stream in progress from where the old process stopped."""
-        table = _progress_table(connection)
+        table = progress_table(connection, "perf")
         for key, p in (state or {}).items():
             sid = int(key)
             if sid not in streams or type(p) is not list or len(p) != 4:
                 continue
             table[sid] = p
             reader, writer = streams[sid]
-            connection.track_task(
-                asyncio.get_running_loop().create_task(_quiet(self._serve(reader, writer, p)))
-            )
+            resume(connection, self._serve(reader, writer, p))
 
 
-async def _quiet(coro: Awaitable[None]) -> None:
-    """Run a restored stream's handler; a connection that ends meanwhile is no error."""
-    try:
-        await coro
-    except ConnectionError:
-        pass
 
-
-def _progress_table(connection: QuicConnection) -> dict[int, list[Any]]:
-    table: dict[int, list[Any]] = connection.app_state.setdefault("perf", {})
-    return table
-
-
-def _stopping() -> bool:
-    """True inside a task being cancelled (a handoff stops the stream handlers): its
-    progress entry must stay for ``capture``."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 def server_configuration(
