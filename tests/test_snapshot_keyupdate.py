@@ -59,11 +59,13 @@ def _sent(side: LocalSide) -> int:
 # to that point of a key update.
 def _ours_unanswered(net: Net, me: LocalSide, peer: LocalSide) -> None:
     _conn(me).initiate_key_update()
+    _until_started(net, _conn(me))  # (a server first waits for HANDSHAKE_DONE's ACK)
     assert _conn(me).key_update_pending
 
 
 def _ours_in_flight(net: Net, me: LocalSide, peer: LocalSide) -> None:
     _conn(me).initiate_key_update()
+    _until_started(net, _conn(me))
     net.run_for(0.002)  # new-phase packets on the wire, no answer yet (one-way 5 ms)
     assert _conn(me).key_update_pending
 

@@ -181,6 +181,10 @@ class Connection:
     handshake_complete: bool = False
     handshake_confirmed: bool = False
     handshake_done_pending: bool = False
+    #: (server) HANDSHAKE_DONE not yet acknowledged: the client may not have confirmed
+    #: the handshake, and a key update it saw first could end the connection (quinn:
+    #: KEY_UPDATE_ERROR), so none starts before (``key_phase_acked``)
+    handshake_done_unacked: bool = False
     address_validated: bool = False
     bytes_received_unvalidated: int = 0
     bytes_sent_unvalidated: int = 0
@@ -372,8 +376,10 @@ class Connection:
 
     def key_phase_acked(self) -> bool:
         """The peer acknowledged a packet we sent with the current keys (or there was
-        no update yet): a new update may start (RFC 9001 §6.1)."""
-        return self.spaces[2].largest_acked >= self.key_phase_first_pn
+        no update yet): a new update may start (RFC 9001 §6.1). A server also waits
+        for the acknowledgment of its HANDSHAKE_DONE (the client confirmed)."""
+        return (self.spaces[2].largest_acked >= self.key_phase_first_pn
+                and not self.handshake_done_unacked)
 
     def _start_key_update_if_allowed(self, now: float) -> None:
         from ..crypto.keys import next_generation_secret

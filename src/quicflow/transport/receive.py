@@ -507,6 +507,7 @@ def _after_tls(conn: Connection, now: float) -> None:
         if not conn.is_client:
             conn.handshake_confirmed = True
             conn.handshake_done_pending = True
+            conn.handshake_done_unacked = True
             _discard_epoch(conn, EP_HANDSHAKE)
             _issue_cids_up_to_peer_limit(conn)
         # a client issues its spare CIDs once confirmed (_on_handshake_done): it may not

@@ -162,6 +162,8 @@ def on_acked_packets(conn: Connection, packets: list[SentPacket]) -> None:
                     writable.add(rec[1])
             elif kind == R_ACK_FREQUENCY:
                 on_frame_acked(conn, rec[1], rec[2])
+            elif kind == R_HANDSHAKE_DONE:
+                conn.handshake_done_unacked = False  # the client confirmed: key updates
             elif kind == R_PATH_CHALLENGE and conn.path_challenge:
                 # The challenge arrived but no PATH_RESPONSE yet: it may be in this very
                 # packet (frames after the ACK clear the flag again), or lost, and a
