@@ -447,11 +447,10 @@ class EndpointRunner:
         runnable that likely sends at once (a new stream's handler, a reader given its
         stream's end), the round's send waits one loop callback, after that code's step:
         a request's ACK goes with the response; a response's ACK, when the client then
-        closes, not at all (README, "Short connections"). No-op outside a round, and
-        while a server's HANDSHAKE_DONE waits: it goes now, in the keys the handshake
-        ended with (a handler may start a key update, and a client that gets the new
-        key phase before it confirmed its handshake may end the connection: quinn)."""
-        if self._deferrable is conn and not conn.handshake_done_pending:
+        closes, not at all (README, "Short connections"). No-op outside a round. (A
+        handler that starts a key update at once no longer puts HANDSHAKE_DONE in the
+        new phase: a server's updates wait for its acknowledgment, ``key_phase_acked``.)"""
+        if self._deferrable is conn:
             self._deferrable = None
             self._deferred[conn] = None
             self.loop.call_soon(self._send, conn)

@@ -59,7 +59,7 @@ class CongestionControl:
     #: one packet may still go on the window from before the current reduction (RFC 9002
     #: §7.3.2: "If the congestion window is reduced immediately, a single packet can be
     #: sent prior to reduction"); set when a recovery period starts, spent by the next
-    #: packet that the reduced window would have held back (``take_recovery_credit``)
+    #: packet that the reduced window would have held back (``send._fill_payload``)
     recovery_credit: bool = False
     # CUBIC state (RFC 9438 §4), sizes in bytes.
     cubic_w_max: float = 0.0
