@@ -177,7 +177,7 @@ class Templates:
         conn = ep.connect(("127.0.0.1", 4433), 0.0, server_name="localhost")
         self.datagrams: list[bytes] = [bytes(d) for d in ep.datagrams_to_send(conn, 0.0)]
         send = conn.spaces[0].crypto_send
-        self.client_hello = bytes(send.buffer[send.buffer_start:])
+        self.client_hello = b"".join(send.chunks)[send.buffer_start:]
         pair = MemoryPair(seed=7)
         captured: list[bytes] = []
         for link in (pair.up, pair.down):

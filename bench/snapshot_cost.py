@@ -1,15 +1,18 @@
 """Capture and restore cost of one idle connection, in process.
 
-Run: ``.venv/bin/python bench/snapshot_cost.py [--connections 300] [--profile]``.
-Builds established connections in memory (the test suite's in-memory pair, a 1 KB
-request answered), then times ``capture_sealed`` and ``restore_sealed`` + ``adopt`` for
-each; ``--profile`` prints the cProfile of both.
+Run: ``.venv/bin/python bench/snapshot_cost.py [--connections 300] [--buffered BYTES]
+[--profile]``. Builds established connections in memory (the test suite's in-memory
+pair, a 1 KB request answered), then times ``capture_sealed`` and ``restore_sealed`` +
+``adopt`` for each; ``--buffered`` first writes that many random bytes on a new stream
+of each server connection (data a busy connection holds unsent or unacknowledged,
+which a snapshot carries); ``--profile`` prints the cProfile of both.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import sys
 import time
@@ -29,6 +32,8 @@ from tests.test_snapshot import _server_endpoint, _start  # noqa: E402
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--connections", type=int, default=300)
+    p.add_argument("--buffered", type=int, default=0,
+                   help="random bytes written on a new stream of each connection first")
     p.add_argument("--profile", action="store_true")
     args = p.parse_args()
     key = new_snapshot_key()
@@ -36,6 +41,9 @@ def main() -> int:
     for _ in range(args.connections):
         net, client, server = _start(size=1000)
         net.run(lambda client=client: client.app.done)
+        if args.buffered and server.conn is not None:
+            sid = server.conn.open_stream(bidirectional=False)
+            server.conn.send_stream_data(sid, os.urandom(args.buffered))
         conns.append((net, server.conn))
     ep = _server_endpoint()
     out_guard, in_guard = SnapshotGuard(), SnapshotGuard()

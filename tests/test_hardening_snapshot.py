@@ -4,9 +4,7 @@ item 11): every field of every captured object is checked against its annotation
 
 from __future__ import annotations
 
-import json
 import random
-import zlib
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -31,12 +29,12 @@ def _blob() -> bytes:
 
 def _doc() -> dict[str, Any]:
     blob = _blob()
-    doc: dict[str, Any] = json.loads(zlib.decompress(blob[len(codec_mod.MAGIC):]))
+    doc, _ = codec_mod.document(blob)
     return doc
 
 
 def _encode(doc: dict[str, Any]) -> bytes:
-    return codec_mod.MAGIC + zlib.compress(json.dumps(doc).encode())
+    return codec_mod.assemble(doc, codec_mod.document(_blob())[1])
 
 
 def _conn_fields(doc: dict[str, Any]) -> dict[str, Any]:

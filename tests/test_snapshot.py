@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import heapq
-import json
 import math
 import random
 import zlib
@@ -151,7 +150,7 @@ def test_server_snapshot_restore_mid_download() -> None:
     capture = net.now
     blob = snapshot_connection(old, capture, app_state=server.app.state())
     info = snapshot_info(blob)
-    assert info["format"] == "quicflow-connection-snapshot" and info["version"] == 3
+    assert info["format"] == "quicflow-connection-snapshot" and info["version"] == 4
     assert info["role"] == "server" and info["created"] == capture
     sealed = seal_snapshot(blob, key := new_snapshot_key())
 
@@ -325,9 +324,9 @@ def test_sealed_snapshot_wrong_key_and_tampering() -> None:
 
 
 def _rewrite(blob: bytes, edit: Callable[[dict[str, Any]], None]) -> bytes:
-    doc = json.loads(zlib.decompress(blob[len(codec_mod.MAGIC):]))
+    doc, tail = codec_mod.document(blob)
     edit(doc)
-    return codec_mod.MAGIC + zlib.compress(json.dumps(doc).encode())
+    return codec_mod.assemble(doc, tail)
 
 
 def test_unknown_class_version_and_garbage_are_rejected() -> None:
@@ -349,15 +348,15 @@ def test_unknown_class_version_and_garbage_are_rejected() -> None:
         restore_connection(_rewrite(blob, evil_enum), engine=engine, now=1.0)
 
     def new_version(doc: dict[str, Any]) -> None:
-        doc["version"] = 4
+        doc["version"] = 5
 
-    with pytest.raises(SnapshotError, match="version 4"):
+    with pytest.raises(SnapshotError, match="version 5"):
         restore_connection(_rewrite(blob, new_version), engine=engine, now=1.0)
 
-    def old_version(doc: dict[str, Any]) -> None:  # a build before chunked send streams
-        doc["version"] = 2
+    def old_version(doc: dict[str, Any]) -> None:  # a build before out-of-band bytes
+        doc["version"] = 3
 
-    with pytest.raises(SnapshotError, match="version 2"):
+    with pytest.raises(SnapshotError, match="version 3"):
         restore_connection(_rewrite(blob, old_version), engine=engine, now=1.0)
 
     def other_format(doc: dict[str, Any]) -> None:
@@ -445,7 +444,7 @@ def test_restore_shifts_times_and_keeps_state() -> None:
     assert set(restored.cid_changes) == {(True, c) for c in conn.host_cid_list()}
     timer = restored.timer()
     assert timer is not None and timer >= later - 1.0
-    assert CODEC.version == 3
+    assert CODEC.version == 4
 
 
 class _LazyClient(ClientApp):
