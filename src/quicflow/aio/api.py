@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import ipaddress
 import os
@@ -229,7 +230,13 @@ async def connect(
     _keylog_from_environment(config)
     qlog_from_environment(config)
     family, peer = await _resolve(host, port)
-    transport = UdpTransport.open(wildcard_host(family), 0, backend=backend, connect_to=peer)
+    try:
+        transport = UdpTransport.open(wildcard_host(family), 0, backend=backend,
+                                      connect_to=peer)
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            raise OSError(exc.errno, _no_more_files(exc)) from exc
+        raise
     endpoint = Endpoint(
         config, is_server=False, engine=engine or best_engine(), cid_generator=cid_generator
     )
@@ -250,6 +257,15 @@ async def connect(
             task = asyncio.get_running_loop().create_task(_finish_closing(runner))
             _FINISHING.add(task)
             task.add_done_callback(_FINISHING.discard)
+
+
+def _no_more_files(exc: OSError) -> str:
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return (f"{exc.strerror}: each quicflow.connect() opens a socket of its own (open-file"
+            f" limit {soft}: raise it, ulimit -n, or share one socket among connections"
+            " with quicflow.client_endpoint(); the perf client's --shared-socket)")
 
 
 #: connect()'s runners finishing a closing period (tasks are only weakly referenced)
