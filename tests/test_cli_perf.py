@@ -497,3 +497,58 @@ def test_a_waiting_download_holds_none_of_its_reads(monkeypatch: pytest.MonkeyPa
     asyncio.run(asyncio.wait_for(scenario(), 60))
     assert len(held) >= 2  # reads that waited for more
     assert max(held) == 0, held
+
+
+def _client_with_file_limit(soft: int, hard: int, *args: str) -> subprocess.CompletedProcess[str]:
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    return subprocess.run(
+        [QUICFLOW, "perf", "client", *args],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        preexec_fn=limit,
+    )  # fmt: skip
+
+
+def test_open_file_limit_is_raised_to_the_hard_limit(perf_server: ServerProcess) -> None:
+    """400 connections need 400 sockets: a soft limit of 256 under a hard one of 4096 is
+    raised by the command itself (as Go's runtime does), and the run succeeds."""
+    r = _client_with_file_limit(
+        256, 4096, "--host", "127.0.0.1", "--port", str(perf_server.port), "--cafile",
+        perf_server.cafile, "--server-name", "localhost", "--download", "400K",
+        "--connections", "400", "--json", "-q")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["bytes_received"] == 400 * 1024
+
+
+def test_too_few_files_says_why_and_what_to_do(perf_server: ServerProcess) -> None:
+    """With a hard limit of 256 the run fails with one line that names the limit and the
+    shared socket; --shared-socket then succeeds under the same limit."""
+    common = ("--host", "127.0.0.1", "--port", str(perf_server.port), "--cafile",
+              perf_server.cafile, "--server-name", "localhost", "--download", "400K",
+              "--connections", "400", "-q")
+    r = _client_with_file_limit(256, 256, *common)
+    assert r.returncode == 1
+    line = _one_error_line(r.stderr)
+    assert "Too many open files" in line and "open-file limit 256" in line
+    assert "--shared-socket" in line and "client_endpoint" in line
+    r = _client_with_file_limit(256, 256, *common, "--shared-socket", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["bytes_received"] == 400 * 1024
+
+
+def test_closed_stdout_ends_quietly(perf_server: ServerProcess) -> None:
+    """``quicflow perf client --json | head -c 10``: the reader goes away; no traceback."""
+    proc = subprocess.Popen(
+        [QUICFLOW, "perf", "client", "--host", "127.0.0.1", "--port", str(perf_server.port),
+         "--cafile", perf_server.cafile, "--server-name", "localhost", "--download", "64K",
+         "--json", "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the result is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

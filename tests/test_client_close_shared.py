@@ -4,7 +4,9 @@ The exit sends the CONNECTION_CLOSE and returns: the connection stays in its clo
 state (RFC 9000 §10.2) on the endpoint, which still answers late packets with the close
 and repeats a lost one, so a sequential connect/close loop is not held up by each
 connection's closing period (3 PTO, ~90 ms on loopback). ``quicflow.connect()`` (a
-socket of its own) still waits for the closing period before closing its socket.
+socket of its own) returns the same way and closes its socket once the closing period
+is over, or when the event loop ends first (RFC 9000 §10.2 lets an endpoint that can
+close its UDP socket end the period early).
 """
 
 from __future__ import annotations
@@ -106,7 +108,89 @@ def test_lost_close_is_repeated_after_the_exit_and_the_server_sees_the_code() ->
     run(main(), 30)
 
 
-def test_connect_with_its_own_socket_still_waits_for_the_closing_period() -> None:
+def test_connect_with_its_own_socket_returns_and_closes_the_socket_after_the_period() -> (
+    None
+):
+    async def main() -> None:
+        server_side: list[quicflow.QuicConnection] = []
+        server = await quicflow.serve(
+            echo_proto.serve_stream, "127.0.0.1", 0, configuration=server_config(),
+            connection_handler=server_side.append,
+        )
+        try:
+            async with quicflow.connect(
+                "127.0.0.1", server.address[1], configuration=client_config()
+            ) as conn:
+                conn.close(0x21, "own socket")
+            # the exit did not wait for the closing period; the socket is still open to
+            # answer late packets with the close
+            assert conn.conn.state == CLOSING and not conn.conn.terminated
+            sock = conn.runner.transport.socket
+            assert sock.fileno() >= 0
+            await asyncio.wait_for(conn.wait_closed(), 10)
+            for _ in range(100):  # the background task closes it right after
+                if sock.fileno() < 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert conn.conn.terminated and sock.fileno() < 0
+            await asyncio.wait_for(server_side[0].wait_closed(), 10)
+            assert _peer_error(server_side[0]) == (0x21, "own socket", True)
+        finally:
+            server.close()
+
+    run(main(), 30)
+
+
+def test_lost_close_on_its_own_socket_is_repeated_after_the_exit() -> None:
+    """connect() (a socket of its own) through a relay that drops its first
+    CONNECTION_CLOSE: the exit returned at once, and the close still reaches the server
+    within the closing period (the server's idle timeout is 60 s)."""
+    code, reason = 0x2C, "own socket, after the exit"
+
+    async def main() -> None:
+        server_side: list[quicflow.QuicConnection] = []
+        server = await quicflow.serve(
+            _echo, "127.0.0.1", 0, configuration=server_config(idle_timeout=60.0),
+            connection_handler=server_side.append,
+        )
+        relay = await LossyUdpRelay(server.address, seed=3).start()
+        try:
+            cfg = client_config(idle_timeout=60.0)
+            async with quicflow.connect("127.0.0.1", relay.address[1],
+                                        configuration=cfg) as conn:
+                reader, writer = await conn.create_stream()
+                writer.write(b"hello")
+                writer.write_eof()
+                assert await reader.read() == b"hello"
+                for _ in range(500):  # nothing in flight either way
+                    if (conn.conn.loss.bytes_in_flight == 0 and server_side
+                            and server_side[0].conn.loss.bytes_in_flight == 0):
+                        break
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.1)
+                relay.c2s.drop_next = 1
+                conn.close(code, reason)
+            assert conn.conn.state == CLOSING  # the exit did not wait
+            await asyncio.wait_for(server_side[0].wait_closed(), 10)
+            assert _peer_error(server_side[0]) == (code, reason, True)
+            assert conn.conn.counters.close_resends + conn.conn.close_packets_seen >= 1
+            assert relay.stats()["c2s"]["dropped"] == 1
+        finally:
+            await relay.close()
+            server.close()
+
+    run(main(), 30)
+
+
+def test_event_loop_ending_during_the_closing_period_closes_the_socket() -> None:
+    """The program ends right after the block (asyncio.run returns): the closing period
+    is cut short and the socket closed, with no warning about a pending task or an
+    unclosed socket."""
+    import gc
+    import warnings
+
+    held: list[quicflow.QuicConnection] = []
+
     async def main() -> None:
         server = await quicflow.serve(
             echo_proto.serve_stream, "127.0.0.1", 0, configuration=server_config()
@@ -115,10 +199,16 @@ def test_connect_with_its_own_socket_still_waits_for_the_closing_period() -> Non
             async with quicflow.connect(
                 "127.0.0.1", server.address[1], configuration=client_config()
             ) as conn:
-                pass
-            # the closing period ran to its end (its timer) before the socket closed
-            assert conn.conn.terminated
+                held.append(conn)
+            assert conn.conn.state == CLOSING
         finally:
             server.close()
 
-    run(main(), 30)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        asyncio.run(main())
+        gc.collect()
+    (conn,) = held
+    assert conn.runner.transport.socket.fileno() < 0
+    assert conn.runner._closed
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], caught

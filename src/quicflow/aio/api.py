@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import ipaddress
 import os
@@ -98,14 +99,16 @@ class _Open:
     """``async with``: one client connection on ``runner``'s endpoint: handshake,
     yield, close.
 
-    Leaving the block sends the CONNECTION_CLOSE at once. On a shared client endpoint
-    (``peer`` None: ``host`` is resolved on entry) it returns then: the connection
-    stays in its closing state (RFC 9000 §10.2) on the endpoint, whose runner answers
-    late packets with the close, repeats it on its backoff timer and frees the
-    connection IDs when the 3 PTO are over (closing the endpoint ends them early, as
-    §10.2 allows when the socket goes); ``wait_closed()`` waits for that end. A
-    connection of its own (``connect()``) waits for the closing period before its
-    socket is closed (at most 3 PTO + 0.5 s): the socket is needed to finish it.
+    Leaving the block sends the CONNECTION_CLOSE at once and returns then: the
+    connection stays in its closing state (RFC 9000 §10.2) on its endpoint, whose runner
+    answers late packets with the close, repeats it on its backoff timer and frees the
+    connection IDs when the 3 PTO are over; ``wait_closed()`` waits for that end. On a
+    shared client endpoint (``peer`` None: ``host`` is resolved on entry) closing the
+    endpoint ends them early, as §10.2 allows when the socket goes. A connection of its
+    own (``connect()``) finishes its closing period in the background and then closes
+    its socket (``_finish_closing``): the caller does not wait 3 PTO, which after a burst
+    of handshakes inflated the RTT estimate reached seconds (issue 11: 7.6 s at 1,000
+    connections), and a sequence of requests on a 100 ms path would wait ~1 s each.
 
     A plain class rather than an ``asynccontextmanager`` generator: one object per
     connection, no generator and no wrapper between the caller and the loop."""
@@ -172,14 +175,11 @@ class _Open:
             face.close()
             runner = face.runner
             runner.flush_now(conn)  # the CONNECTION_CLOSE now, not a loop round later
-            if self.peer is None and conn.state >= CLOSING:
-                return  # a shared endpoint: its runner ends the closing period
-            if conn.state >= CLOSING and not runner._closed:
-                # the runner's timer ends the closing period (3 PTO); a runner closed
-                # meanwhile releases the wait (_release): no loop timer per connection
-                await face.wait_closed()
-            else:
-                await face.wait_closed_for(3 * conn.pto() + 0.5)
+            if conn.state >= CLOSING:
+                # its runner's timer ends the closing period (3 PTO); connect() closes
+                # a socket of its own after that, in the background
+                return
+            await face.wait_closed_for(3 * conn.pto() + 0.5)
 
 
 def _close_faces(runner: EndpointRunner) -> None:
@@ -230,7 +230,13 @@ async def connect(
     _keylog_from_environment(config)
     qlog_from_environment(config)
     family, peer = await _resolve(host, port)
-    transport = UdpTransport.open(wildcard_host(family), 0, backend=backend, connect_to=peer)
+    try:
+        transport = UdpTransport.open(wildcard_host(family), 0, backend=backend,
+                                      connect_to=peer)
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            raise OSError(exc.errno, _no_more_files(exc)) from exc
+        raise
     endpoint = Endpoint(
         config, is_server=False, engine=engine or best_engine(), cid_generator=cid_generator
     )
@@ -241,6 +247,39 @@ async def connect(
             runner, peer, host, port, stream_handler, wait_connected, face_class
         ) as face:
             yield face
+    finally:
+        faces = list(runner.faces.values())
+        if runner._closed or not faces or not all(
+            f.conn.state >= CLOSING and not f.conn.terminated for f in faces
+        ):
+            _close_runner(runner)
+        else:  # (a task: the loop's end cancels it, which closes the socket)
+            task = asyncio.get_running_loop().create_task(_finish_closing(runner))
+            _FINISHING.add(task)
+            task.add_done_callback(_FINISHING.discard)
+
+
+def _no_more_files(exc: OSError) -> str:
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return (f"{exc.strerror}: each quicflow.connect() opens a socket of its own (open-file"
+            f" limit {soft}: raise it, ulimit -n, or share one socket among connections"
+            " with quicflow.client_endpoint(); the perf client's --shared-socket)")
+
+
+#: connect()'s runners finishing a closing period (tasks are only weakly referenced)
+_FINISHING: set[asyncio.Task[None]] = set()
+
+
+async def _finish_closing(runner: EndpointRunner) -> None:
+    """Wait for the closing periods of ``runner``'s connections, then close its socket.
+    Cancelled (the event loop ends first: ``asyncio.run`` cancels what is left), the
+    socket is closed now, which RFC 9000 §10.2 allows an endpoint that can close its
+    UDP socket: late packets then draw no answer."""
+    try:
+        for face in list(runner.faces.values()):
+            await face.wait_closed()
     finally:
         _close_runner(runner)
 

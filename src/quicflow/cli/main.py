@@ -58,6 +58,7 @@ from .common import (
     format_rate,
     parse_size,
     print_result,
+    raise_open_file_limit,
     report_handoff,
     run_with_progress,
     server_certificate,
@@ -644,7 +645,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``quicflow`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    status: int = args.func(args)
+    raise_open_file_limit()
+    try:
+        status: int = args.func(args)
+    except BrokenPipeError:  # stdout's reader went away (``| head``): no traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     return status
 
 
