@@ -92,6 +92,11 @@ EDITS: dict[str, Callable[[dict[str, Any]], None]] = {
     "list of ints holds a string": lambda f: f["flow"]["f"].__setitem__("max_data", "x"),
     "range list holds a float": lambda f: f["spaces"][2]["f"]["received"]["f"].__setitem__(
         "starts", [0.5]),
+    "range list holds a bool": lambda f: f["spaces"][2]["f"]["received"]["f"].__setitem__(
+        "ends", [True]),
+    "range list holds a huge integer": lambda f: f["spaces"][2]["f"]["received"][
+        "f"].__setitem__("ends", [1 << 70]),
+    "float field holds a bool": lambda f: f.__setitem__("idle_deadline", True),
     "tuple of the wrong size": lambda f: f["cid_changes"].append({"$t": [True]}),
     "enum field holds an int": lambda f: f.__setitem__("cipher_suite", 4865),
     "counters hold a list": lambda f: f.__setitem__("counters", []),

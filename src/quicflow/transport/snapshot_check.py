@@ -76,10 +76,24 @@ def _fail(where: str, hint: Any, value: Any) -> SnapshotError:
                          f"{type(value).__name__}")
 
 
+def _scalar_ok(value: Any, hint: Any) -> bool:
+    """A value of a plain scalar hint that is fine as it is (the common case, decided
+    without the general walk; False sends it there, which says what is wrong)."""
+    t = type(value)
+    if t is hint:
+        return t is not int or -_MAX_INT < value < _MAX_INT
+    return hint is float and t is int
+
+
+_SCALARS = frozenset({int, float, bool, str, bytes, bytearray, type(None)})
+
+
 def _check(value: Any, hint: Any, where: str, allowed: frozenset[type[Any]],
            skip: dict[type[Any], frozenset[str]],
            stack: list[tuple[Any, Any, str]]) -> None:
     if hint is Any or hint is object:
+        return
+    if hint in _SCALARS and _scalar_ok(value, hint):
         return
     origin, args = _shape(hint)
     if origin is typing.Union or origin is types.UnionType:
@@ -106,6 +120,11 @@ def _check(value: Any, hint: Any, where: str, allowed: frozenset[type[Any]],
         if type(value) is not list:
             raise _fail(where, hint, value)
         item = args[0] if args else Any
+        if item in _SCALARS:  # (lists of ints: range sets, counts) no entry per item
+            for i, v in enumerate(value):
+                if not _scalar_ok(v, item):
+                    _check_plain(v, item, f"{where}[{i}]", allowed, skip, stack)
+            return
         for i, v in enumerate(value):
             stack.append((v, item, f"{where}[{i}]"))
         return
@@ -163,27 +182,43 @@ def _check_plain(value: Any, hint: Any, where: str, allowed: frozenset[type[Any]
         if t is not hint:
             raise _fail(where, hint, value)
         return
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+    skipped = skip.get(t, _NONE)
+    plan = _plans.get((t, skipped)) if t is hint else None
+    if plan is None and isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if t is not hint or t not in allowed:
             raise _fail(where, hint, value)
-        name = t.__name__
-        skipped = skip.get(t, frozenset())
-        for field_name, field_hint in _hints(t).items():
-            if field_name in skipped:
-                continue
+        plan = _plans[t, skipped] = _plan(t, skipped)
+    if plan is not None:
+        if t not in allowed:
+            raise _fail(where, hint, value)
+        for field_name, field_hint, field_where, length in plan:
             field_value = getattr(value, field_name)
-            length = FIXED_LENGTHS.get((name, field_name))
-            if length is not None and (type(field_value) is not list
-                                       or len(field_value) != length):
-                raise SnapshotError(f"snapshot field {name}.{field_name}: expected a list "
+            if length and (type(field_value) is not list or len(field_value) != length):
+                raise SnapshotError(f"snapshot field {field_where}: expected a list "
                                     f"of {length}")
-            stack.append((field_value, field_hint, f"{name}.{field_name}"))
+            if field_hint in _SCALARS and _scalar_ok(field_value, field_hint):
+                continue  # (most fields: no stack entry)
+            stack.append((field_value, field_hint, field_where))
         return
     if isinstance(hint, type):
         if not isinstance(value, hint):
             raise _fail(where, hint, value)
         return
     raise SnapshotError(f"snapshot field {where}: unsupported annotation {hint!r}")
+
+
+#: per dataclass and fields skipped: (field, hint, "Class.field", fixed length or 0) for
+#: each field checked
+_plans: dict[tuple[type[Any], frozenset[str]], tuple[tuple[str, Any, str, int], ...]] = {}
+_NONE: frozenset[str] = frozenset()
+
+
+def _plan(cls: type[Any], skipped: frozenset[str]) -> tuple[tuple[str, Any, str, int], ...]:
+    name = cls.__name__
+    return tuple((field_name, field_hint, f"{name}.{field_name}",
+                  FIXED_LENGTHS.get((name, field_name), 0))
+                 for field_name, field_hint in _hints(cls).items()
+                 if field_name not in skipped)
 
 
 # ---------------------------------------------------------------------- consistency
