@@ -54,6 +54,8 @@ DEFAULT_MAX_SIZE = 1 << 30
 MAX_DEPTH = 64
 
 _FLOAT_NAMES = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+#: JSON values that decode to themselves
+_PLAIN = frozenset({int, str, bool, float})
 
 
 class SnapshotError(Exception):
@@ -96,6 +98,11 @@ class Codec:
             if unknown:
                 raise TypeError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
             self._exclude[cls] = frozenset(names)
+        #: the fields written, per class (those not excluded, in declaration order)
+        self._written: dict[type[Any], tuple[str, ...]] = {
+            cls: tuple(f.name for f in fields if f.name not in self._exclude.get(cls, ()))
+            for cls, fields in self._fields.items()
+        }
 
     @staticmethod
     def _register(table: dict[str, Any], cls: type[Any]) -> None:
@@ -154,14 +161,16 @@ class Codec:
             if self._enums.get(t.__name__) is not t:
                 raise SnapshotError(f"enum class {t.__qualname__} is not registered")
             return {"$e": t.__name__, "v": self.to_json(value.value, blobs)}
-        fields = self._fields.get(t)
-        if fields is not None:
-            skip = self._exclude.get(t, frozenset())
-            return {
-                "$c": t.__name__,
-                "f": {f.name: self.to_json(getattr(value, f.name), blobs)
-                      for f in fields if f.name not in skip},
-            }
+        names = self._written.get(t)
+        if names is not None:
+            out: dict[str, Any] = {}
+            for name in names:
+                v = getattr(value, name)
+                tv = type(v)
+                # (ints, strings, booleans and None as they are: most fields, no call)
+                out[name] = (v if v is None or tv is int or tv is str or tv is bool
+                             else self.to_json(v, blobs))
+            return {"$c": t.__name__, "f": out}
         raise SnapshotError(f"cannot encode a value of type {t.__qualname__}")
 
     # ------------------------------------------------------------------ decode
@@ -213,8 +222,9 @@ class Codec:
         if value is None or t is bool or t is int or t is str or t is float:
             return value
         d = depth + 1
-        if t is list:
-            return [self.from_json(v, d, blobs) for v in value]
+        if t is list:  # (mostly ints: range sets, counts; taken as they are)
+            return [v if v is None or type(v) in _PLAIN else self.from_json(v, d, blobs)
+                    for v in value]
         if t is not dict:
             raise SnapshotError(f"unexpected JSON value of type {t.__name__}")
         if "$c" in value:
@@ -274,21 +284,26 @@ class Codec:
         values = value.get("f")
         if set(value) != {"$c", "f"} or type(values) is not dict:
             raise SnapshotError(f"malformed {name} record")
-        fields = self._fields[cls]
         extra = values.keys() - self._names[cls]
         if extra:
             raise SnapshotError(f"{name} has no field(s) {sorted(extra)} (other layout?)")
         obj = object.__new__(cls)
-        for f in fields:
-            if f.name in values:
-                field_value = self.from_json(values[f.name], depth, blobs)
+        setattr_ = object.__setattr__
+        for f in self._fields[cls]:
+            field_name = f.name
+            if field_name in values:
+                field_value = values[field_name]
+                tv = type(field_value)
+                if not (field_value is None or tv is int or tv is str or tv is bool
+                        or tv is float):
+                    field_value = self.from_json(field_value, depth, blobs)
             elif f.default is not dataclasses.MISSING:
                 field_value = f.default
             elif f.default_factory is not dataclasses.MISSING:
                 field_value = f.default_factory()
             else:
-                raise SnapshotError(f"{name} record lacks required field {f.name!r}")
-            object.__setattr__(obj, f.name, field_value)
+                raise SnapshotError(f"{name} record lacks required field {field_name!r}")
+            setattr_(obj, field_name, field_value)
         return obj
 
 

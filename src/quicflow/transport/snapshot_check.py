@@ -120,7 +120,12 @@ def _check(value: Any, hint: Any, where: str, allowed: frozenset[type[Any]],
         if type(value) is not list:
             raise _fail(where, hint, value)
         item = args[0] if args else Any
-        if item in _SCALARS:  # (lists of ints: range sets, counts) no entry per item
+        if item is int:  # (range sets, counts) no call per item
+            for i, v in enumerate(value):
+                if type(v) is not int or not -_MAX_INT < v < _MAX_INT:
+                    _check_plain(v, item, f"{where}[{i}]", allowed, skip, stack)
+            return
+        if item in _SCALARS:  # no entry per item
             for i, v in enumerate(value):
                 if not _scalar_ok(v, item):
                     _check_plain(v, item, f"{where}[{i}]", allowed, skip, stack)
