@@ -12,6 +12,9 @@ close its UDP socket end the period early).
 from __future__ import annotations
 
 import asyncio
+from contextlib import AsyncExitStack
+
+import pytest
 
 import quicflow
 from quicflow.transport.state import CLOSING
@@ -66,11 +69,16 @@ def test_sequential_connect_close_loop_returns_while_each_connection_is_closing(
     run(main(), 30)
 
 
-def test_lost_close_is_repeated_after_the_exit_and_the_server_sees_the_code() -> None:
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-endpoint", "own-socket"])
+def test_lost_close_is_repeated_after_the_exit_and_the_server_sees_the_code(
+    shared: bool,
+) -> None:
     """Through a relay that drops the client's first CONNECTION_CLOSE: the exit has
-    returned, and the endpoint still gets the close to the server (its backoff repeat
-    or its answer to the server's next packet) within the closing period."""
-    code, reason = 0x2B, "bye after the exit"
+    returned, and the client still gets the close to the server (its backoff repeat or
+    its answer to the server's next packet) within the closing period, on a shared
+    client endpoint and on a connect() socket of its own alike (the server's idle
+    timeout is 60 s)."""
+    code, reason = 0x2B, f"bye after the exit ({'shared' if shared else 'own'})"
 
     async def main() -> None:
         server_side: list[quicflow.QuicConnection] = []
@@ -78,11 +86,18 @@ def test_lost_close_is_repeated_after_the_exit_and_the_server_sees_the_code() ->
             _echo, "127.0.0.1", 0, configuration=server_config(idle_timeout=60.0),
             connection_handler=server_side.append,
         )
-        relay = await LossyUdpRelay(server.address, seed=2).start()
+        relay = await LossyUdpRelay(server.address, seed=2 if shared else 3).start()
         try:
             cfg = client_config(idle_timeout=60.0)
-            async with quicflow.client_endpoint("127.0.0.1", configuration=cfg) as ep:
-                async with ep.connect("127.0.0.1", relay.address[1]) as conn:
+            async with AsyncExitStack() as stack:
+                if shared:
+                    ep = await stack.enter_async_context(
+                        quicflow.client_endpoint("127.0.0.1", configuration=cfg))
+                    opened = ep.connect("127.0.0.1", relay.address[1])
+                else:
+                    opened = quicflow.connect("127.0.0.1", relay.address[1],
+                                              configuration=cfg)
+                async with opened as conn:
                     reader, writer = await conn.create_stream()
                     writer.write(b"hello")
                     writer.write_eof()
@@ -136,47 +151,6 @@ def test_connect_with_its_own_socket_returns_and_closes_the_socket_after_the_per
             await asyncio.wait_for(server_side[0].wait_closed(), 10)
             assert _peer_error(server_side[0]) == (0x21, "own socket", True)
         finally:
-            server.close()
-
-    run(main(), 30)
-
-
-def test_lost_close_on_its_own_socket_is_repeated_after_the_exit() -> None:
-    """connect() (a socket of its own) through a relay that drops its first
-    CONNECTION_CLOSE: the exit returned at once, and the close still reaches the server
-    within the closing period (the server's idle timeout is 60 s)."""
-    code, reason = 0x2C, "own socket, after the exit"
-
-    async def main() -> None:
-        server_side: list[quicflow.QuicConnection] = []
-        server = await quicflow.serve(
-            _echo, "127.0.0.1", 0, configuration=server_config(idle_timeout=60.0),
-            connection_handler=server_side.append,
-        )
-        relay = await LossyUdpRelay(server.address, seed=3).start()
-        try:
-            cfg = client_config(idle_timeout=60.0)
-            async with quicflow.connect("127.0.0.1", relay.address[1],
-                                        configuration=cfg) as conn:
-                reader, writer = await conn.create_stream()
-                writer.write(b"hello")
-                writer.write_eof()
-                assert await reader.read() == b"hello"
-                for _ in range(500):  # nothing in flight either way
-                    if (conn.conn.loss.bytes_in_flight == 0 and server_side
-                            and server_side[0].conn.loss.bytes_in_flight == 0):
-                        break
-                    await asyncio.sleep(0.01)
-                await asyncio.sleep(0.1)
-                relay.c2s.drop_next = 1
-                conn.close(code, reason)
-            assert conn.conn.state == CLOSING  # the exit did not wait
-            await asyncio.wait_for(server_side[0].wait_closed(), 10)
-            assert _peer_error(server_side[0]) == (code, reason, True)
-            assert conn.conn.counters.close_resends + conn.conn.close_packets_seen >= 1
-            assert relay.stats()["c2s"]["dropped"] == 1
-        finally:
-            await relay.close()
             server.close()
 
     run(main(), 30)
