@@ -382,6 +382,9 @@ def _receive_retry(conn: Connection, data: bytes, pos: int, hdr: PacketHeader) -
     requeue_epoch(conn, EP_INITIAL)
     space.next_pn = max(space.next_pn, 1)
     early_data.on_retry(conn)
+    # RFC 9002 §6.3: the first flight was neither acknowledged nor lost; congestion
+    # control and loss recovery start afresh (a lost Initial halved the window before)
+    conn.loss.on_retry(conn._now_hint)
 
 
 def _discard_epoch(conn: Connection, epoch: Epoch) -> None:

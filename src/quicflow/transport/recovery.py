@@ -461,6 +461,30 @@ class LossDetection:
         self.packets_lost += sum(p.count for p in out)
         return out
 
+    def on_retry(self, now: float) -> None:
+        """A Retry (RFC 9002 §6.3): the flight it answers was received but not processed,
+        so it is neither acknowledged nor lost. Every packet record goes without a
+        congestion signal, congestion control and the PTO backoff start afresh, and the
+        first Initial's round trip becomes the RTT estimate when there is none yet (which
+        §6.3 allows). (The 0-RTT records go first: their frames are sent again.)"""
+        first: float | None = None
+        for sp in self.spaces:
+            if sp.sent:
+                removed = list(sp.sent.values())
+                sp.sent.clear()
+                self._remove_from_flight(sp, removed)
+                for p in removed:
+                    if first is None or p.time_sent < first:
+                        first = p.time_sent
+            sp.loss_time = None
+            sp.last_ack_eliciting_time = None
+        self.pto_count = 0
+        old = self.cc
+        self.cc = CongestionControl(old.algorithm, old.max_datagram_size)
+        self.cc.bytes_in_flight = old.bytes_in_flight  # (0: the flight was all there was)
+        if first is not None and not self.rtt.has_sample and now > first:
+            self.rtt.update(now - first, 0.0, False, self.max_ack_delay)
+
     def reset_path(self) -> None:
         """New path (RFC 9000 §9.4): fresh RTT estimate and congestion controller of the
         same algorithm; bytes already in flight stay counted."""
