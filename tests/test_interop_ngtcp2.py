@@ -129,7 +129,9 @@ def test_our_client_gtlsserver_with_loss(site: Path) -> None:
     _, log = run(against_gtlsserver(site, body, "--tx-loss=0.1", "--rx-loss=0.1"),
                  timeout=60)  # fmt: skip
     dropped_out, dropped_in = ngtcp2.simulated_losses(log)
-    assert dropped_out > 0 and dropped_in > 0
+    # some loss happened (each direction alone can see none: a loaded run had 1 and 0,
+    # the server's sends going in a few large GSO batches, our ACKs one per round)
+    assert dropped_out + dropped_in > 0
     assert ngtcp2.closes(log, "rx") == [H3_NO_ERROR]
 
 
