@@ -116,7 +116,13 @@ def test_takeover_mid_download_native_client(tmp_path: Path, peer: str, resume: 
             return client.events, paused, switched, rc, result
 
     try:
-        events, paused, (status, doc), rc, result = asyncio.run(go())
+        try:
+            events, paused, (status, doc), rc, result = asyncio.run(go())
+        except BaseException as exc:
+            # a rare stall seen once in ~40 loaded runs (picoquic, "during"): keep both
+            # servers' own account of the switch with the failure
+            exc.add_note(f"old server: {old.seen[-8:]}\nsuccessor: {new.seen[-8:]}")
+            raise
         assert paused["path"] == big and PAUSE_AT <= paused["bytes"] < size
         assert [e["k"] for e in events if e["event"] == "paused"] == [1, 2][:len(points)]
         check_downloads(site, [(f["path"], f["bytes"], f["sha256"]) for f in result["files"]])
