@@ -327,8 +327,26 @@ async def restore_server(
             adopt_secrets(runner.endpoint, sealed_keys, received.key)
         except SecretsError as exc:
             raise HandoffError(str(exc)) from None
-    restored = 0
     by_cid = header.get("connection_sockets") or {}
+    # Until the end mark, a short-header datagram for a CID this endpoint does not know
+    # belongs to a connection still on its way (one read off a connection socket it was
+    # not meant for: a socket's queue may hold other clients' datagrams): set aside and
+    # dropped (QUIC sends it again), never answered with a stateless reset, which the
+    # adopted reset key would make valid and so end that connection.
+    runner.endpoint.forwarding = []
+    try:
+        return await _restore_all(runner, received, guard, by_cid, handler, restore,
+                                  face_class, sealed_keys)
+    finally:
+        runner.endpoint.forwarding = None
+
+
+async def _restore_all(
+    runner: EndpointRunner, received: Received, guard: SnapshotGuard, by_cid: Any,
+    handler: StreamHandler | None, restore: RestoreHook | None,
+    face_class: type[QuicConnection], sealed_keys: Any,
+) -> tuple[SnapshotGuard, int]:
+    restored = 0
     loop = runner.loop
     frames: asyncio.Queue[Any] = asyncio.Queue()
     parser = received.frame_parser()
@@ -386,6 +404,7 @@ async def restore_server(
             strikes = received.trailer.get("strikes")
             merge_strikes(runner.endpoint, strikes if isinstance(strikes, str) else None,
                           received.key, time.time())
+    runner.endpoint.forwarding = None  # every connection is here now
     runner.start_reading()  # the old process reads nothing more
     return guard, restored
 
