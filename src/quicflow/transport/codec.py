@@ -293,9 +293,7 @@ class Codec:
             field_name = f.name
             if field_name in values:
                 field_value = values[field_name]
-                tv = type(field_value)
-                if not (field_value is None or tv is int or tv is str or tv is bool
-                        or tv is float):
+                if field_value is not None and type(field_value) not in _PLAIN:
                     field_value = self.from_json(field_value, depth, blobs)
             elif f.default is not dataclasses.MISSING:
                 field_value = f.default
