@@ -41,8 +41,9 @@ class CallCounter:
 
 
 def _handshake(server: Endpoint, port: int, now: float, keep: bool,
-               counter: CallCounter) -> Connection:
-    """One handshake from a new client address; the server's calls are counted."""
+               counter: CallCounter, take: bool = True) -> Connection:
+    """One handshake from a new client address; the server's calls are counted.
+    ``take``: the new connection is taken from ``server.accepted`` as an I/O layer does."""
     addr = ("127.0.0.1", port)
     client = client_connection(CLIENT_CFG, SERVER_ADDR, now, server_name="localhost")
     sconn = None
@@ -53,7 +54,8 @@ def _handshake(server: Endpoint, port: int, now: float, keep: bool,
             got = server.receive(d, addr, now)
             sconn = got if got is not None else sconn
         back = server.datagrams_to_send(sconn, now) if sconn is not None else []
-        server.accepted.clear()
+        if take:
+            server.accepted.clear()
         counter.active = False
         for d in back:
             receive_datagram(client, d, SERVER_ADDR, now)
@@ -97,3 +99,18 @@ def test_new_handshakes_make_the_same_calls_with_10_or_400_connections_held() ->
     # random CIDs and keys make a few calls differ (varint lengths...); an O(n) step
     # (a scan of the held connections or their CIDs) would add thousands
     assert abs(many - few) <= few * 0.02, (few, many)
+
+
+def test_a_caller_that_never_takes_accepted_connections_holds_no_forgotten_one() -> None:
+    """A sans-I/O server whose caller does not drain ``Endpoint.accepted`` (or drains it
+    late): the connections it forgot are not kept alive there, however many came and
+    went; the live ones stay, oldest first."""
+    server = _server()
+    counter = CallCounter()
+    kept = [_handshake(server, 30000 + i, 0.0, True, counter, take=False) for i in range(2)]
+    for i in range(50):
+        _handshake(server, 31000 + i, 1.0, False, counter, take=False)
+    assert list(server.accepted) == kept
+    assert len(server.all_connections) == 2
+    server.forget(kept[0])
+    assert list(server.accepted) == [kept[1]]

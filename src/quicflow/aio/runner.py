@@ -333,11 +333,11 @@ class EndpointRunner:
         if runs > 1:
             touched = list(dict.fromkeys(touched))  # each once (by identity), in order
         if endpoint.accepted:
+            accepted, endpoint.accepted = endpoint.accepted, {}  # (taken whole: see there)
             on_accept = self.on_accept
-            for conn in endpoint.accepted:
-                if on_accept is not None:
+            if on_accept is not None:
+                for conn in accepted:
                     self.add_face(conn, on_accept(conn))
-            endpoint.accepted.clear()
         if endpoint.stateless:
             if self.listeners and transport in self.listeners:
                 for data, addr in endpoint.pop_stateless():  # from the address they hit

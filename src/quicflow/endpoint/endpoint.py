@@ -132,7 +132,10 @@ class Endpoint:
     engine: OffloadEngine = field(default_factory=best_engine)
     cid_generator: ConnectionIdSource | None = None
     registry: ConnectionRegistry[Connection] = field(default_factory=ConnectionRegistry)
-    accepted: list[Connection] = field(default_factory=list)  # new server connections
+    #: new server connections, oldest first, for the I/O layer to take (iterate, then
+    #: ``clear()``). Keyed by identity; ``forget`` removes a connection still here, so a
+    #: caller that takes them late, or never, holds no connection the endpoint dropped
+    accepted: dict[Connection, None] = field(default_factory=dict)
     stateless: list[tuple[bytes, Address]] = field(default_factory=list)
     counters: EndpointCounters = field(default_factory=EndpointCounters)
     #: add to ``now`` to get wall-clock (Unix) seconds: token times must agree across
@@ -316,9 +319,9 @@ class Endpoint:
     def _keep_new(self, conn: Connection) -> bool:
         """A connection created for an Initial none of whose packets could be opened is
         forgotten at once (a forged or corrupted Initial must not hold server state)."""
-        if conn.counters.packets_received or not self.accepted or self.accepted[-1] is not conn:
+        if conn.counters.packets_received or conn not in self.accepted:
             return True
-        self.accepted.pop()
+        del self.accepted[conn]
         qlog.stop(conn, keep=False)
         self.counters.connections_accepted -= 1
         self.counters.dropped_undecryptable_initial += 1
@@ -606,7 +609,7 @@ class Endpoint:
         self.admission.track(conn)
         registry.add_initial(dcid, conn)
         self._track(conn)
-        self.accepted.append(conn)
+        self.accepted[conn] = None
         self.counters.connections_accepted += 1
         return conn
 
@@ -709,6 +712,8 @@ class Endpoint:
             self.moved.record((e.cid for e in conn.host_cids), conn._now_hint,
                               conn.idle_timeout)
         self.admission.half_open.pop(id(conn), None)  # (Admission.forget, inline)
+        if self.accepted:
+            self.accepted.pop(conn, None)  # (not taken yet by the I/O layer)
         if conn.qlog is not None:
             qlog.stop(conn)
         if self.token_origins:  # (a client's)
