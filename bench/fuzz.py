@@ -242,6 +242,16 @@ def phase_inproc(args: argparse.Namespace, rng: random.Random, templates: Templa
     server = pair.server
     counts = {"random": 0, "mutated": 0, "initial": 0, "one_rtt": 0}
     exceptions: list[str] = []
+
+    class Internal(logging.Handler):
+        """A bug met while taking a packet closes that connection with INTERNAL_ERROR
+        and is logged (transport/receive.py ``close_for_bug``), not raised: count it."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            exc = record.exc_info[1] if record.exc_info else None
+            exceptions.append(f"internal: {exc!r}"[:300])
+
+    logging.getLogger("quicflow.transport").addHandler(Internal(logging.ERROR))
     rss_before = rss_kb()
     blocks_before = py_blocks()
     start = time.monotonic()

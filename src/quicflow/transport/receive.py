@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -119,6 +120,9 @@ def receive_datagram(
         except (QuicError, TlsAlert) as exc:
             _close_for(conn, exc)
             return
+        except Exception as exc:  # noqa: BLE001 - a bug of ours: see close_for_bug
+            close_for_bug(conn, exc)
+            return
         if conn.state >= CLOSING:
             return
         pos = hdr.end
@@ -136,7 +140,25 @@ def _receive_one(
     except (QuicError, TlsAlert) as exc:
         _close_for(conn, exc)
         return False
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: see close_for_bug
+        close_for_bug(conn, exc)
+        return False
     return conn.state < CLOSING
+
+
+log = logging.getLogger("quicflow.transport")
+
+
+def close_for_bug(conn: Connection, exc: Exception) -> None:
+    """An exception that is no protocol violation came out of taking a peer's packet: a
+    bug of ours. The connection may be left half-updated (an ACK that removed lost packets
+    from the sent record before their frames were queued again left a download with
+    nothing in flight and nothing to resend, waiting for its idle timeout), so it closes
+    with INTERNAL_ERROR (RFC 9000 §20.1) and the error is logged with its traceback; the
+    other packets of the round and every other connection go on."""
+    log.error("internal error taking a packet: closing the connection with INTERNAL_ERROR",
+              exc_info=exc)
+    conn.close(INTERNAL_ERROR, "internal error", application=False)
 
 
 def _close_for(conn: Connection, exc: QuicError | TlsAlert) -> None:

@@ -31,7 +31,7 @@ from .events import StreamReadable
 from .idle import effective_idle
 from .pathprobe import after_one_rtt_packet
 from .rangeset import RangeSet
-from .receive import _check_stateless_reset, hold_early_one_rtt
+from .receive import _check_stateless_reset, close_for_bug, hold_early_one_rtt
 from .receive import _process_frames as process_frames
 from .receive_keys import on_peer_key_update
 from .state import CLOSING, DRAINING, ESTABLISHED
@@ -282,6 +282,8 @@ def receive_short_runs(
         conn.close_with_error(exc)
     except TlsAlert as exc:
         conn.close(exc.quic_error_code, str(exc), application=False)
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: see close_for_bug
+        close_for_bug(conn, exc)
     if not accepted:
         return
     conn.last_packet_probing = all_probing

@@ -169,9 +169,10 @@ class SendStream:
             if offset <= acked_offset and not acked.starts:
                 new_acked = end  # in order, nothing acknowledged above: the usual case
             else:
+                # (a FIN alone, at the end, adds nothing: the set may stay empty)
                 acked.add(max(offset, acked_offset), end)
                 new_acked = -1
-                if acked.starts[0] <= acked_offset < acked.ends[0]:
+                if acked.starts and acked.starts[0] <= acked_offset < acked.ends[0]:
                     new_acked = acked.ends[0]
                     acked.shift_below(new_acked)
             if new_acked >= 0:
