@@ -61,16 +61,11 @@ class ServerProc:
     ``finish`` (and ``stop``) fail when the server's stderr shows an exception: one that
     escaped to the event loop is logged there and the server goes on, so nothing else in
     a test would notice (the picoquic takeover stall of 2026-12-02 was one, printed by
-    the successor in every failing run). ``allow_errors=True`` for a test that causes
-    them on purpose."""
-
-    allow_errors = False  # (subclasses with an __init__ of their own keep the check)
+    the successor in every failing run)."""
 
     def __init__(self, args: list[str], *, wait_for_go: bool = False,
                  prefix: list[str] | None = None,
-                 command: tuple[str, ...] = ("perf", "server"),
-                 allow_errors: bool = False) -> None:
-        self.allow_errors = allow_errors
+                 command: tuple[str, ...] = ("perf", "server")) -> None:
         cmd = [*(prefix or []), sys.executable]
         cmd += ["-c", _WAIT_THEN_RUN] if wait_for_go else ["-m", "quicflow.cli.main"]
         env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
@@ -131,13 +126,11 @@ class ServerProc:
                 break
             self.seen.append(line)
         doc = json.loads(out.strip().splitlines()[-1]) if out.strip() else None
-        if not self.allow_errors:
-            marked = [i for i, line in enumerate(self.seen)
-                      if any(mark in line for mark in _ERROR_MARKS)]
-            if marked:
-                first = marked[0]
-                raise AssertionError("the server logged an exception:\n"
-                                     + "\n".join(self.seen[max(0, first - 2):first + 30]))
+        first = next((i for i, line in enumerate(self.seen)
+                      if any(mark in line for mark in _ERROR_MARKS)), None)
+        if first is not None:
+            raise AssertionError("the server logged an exception:\n"
+                                 + "\n".join(self.seen[max(0, first - 2):first + 30]))
         return self.proc.returncode, doc
 
     def stop(self) -> tuple[int, dict[str, Any] | None]:
