@@ -369,7 +369,7 @@ def test_a_pto_probe_carries_immediate_ack(monkeypatch: pytest.MonkeyPatch) -> N
     sid = server.open_stream()
     server.send_stream_data(sid, b"data", end_stream=False)
     for d in pair.server.datagrams_to_send(server, pair.now):
-        pair.client_ep.receive(d, ("127.0.0.1", 4433), pair.now)
+        pair.client_ep.receive(d, SERVER_ADDR, pair.now)
     assert pair.client_ep.datagrams_to_send(client, pair.now) == []  # the ACK waits
     deadline = client.timer()
     assert deadline is not None
@@ -387,10 +387,10 @@ def test_a_pto_probe_carries_immediate_ack(monkeypatch: pytest.MonkeyPatch) -> N
             probes = out
             break
         for d in out:  # (ACK-only packets: delivered, so the probe comes after no gap)
-            pair.client_ep.receive(d, ("127.0.0.1", 4433), pair.now)
+            pair.client_ep.receive(d, SERVER_ADDR, pair.now)
         assert pair.client_ep.datagrams_to_send(client, pair.now) == []
     assert probes and not server.ack_freq.immediate_pending and not taken
-    pair.client_ep.receive(probes[0], ("127.0.0.1", 4433), pair.now)
+    pair.client_ep.receive(probes[0], SERVER_ADDR, pair.now)
     assert taken == [1]
     assert pair.client_ep.datagrams_to_send(client, pair.now), "the probe's ACK waited"
 
@@ -403,7 +403,7 @@ def test_without_immediate_ack_a_lone_packet_waits() -> None:
     sid = server.open_stream()
     server.send_stream_data(sid, b"one", end_stream=False)
     for d in pair.server.datagrams_to_send(server, pair.now):
-        pair.client_ep.receive(d, ("127.0.0.1", 4433), pair.now)
+        pair.client_ep.receive(d, SERVER_ADDR, pair.now)
     assert pair.client_ep.datagrams_to_send(client, pair.now) == []
 
 

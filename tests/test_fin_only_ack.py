@@ -28,7 +28,7 @@ from quicflow.transport.errors import INTERNAL_ERROR
 from quicflow.transport.events import ConnectionTerminated
 from quicflow.transport.streams import SendStream
 from quicflow.wire import frames as F
-from tests.support.memory_pair import _CERT, MemoryPair
+from tests.support.memory_pair import _CERT, SERVER_ADDR, MemoryPair
 
 
 def test_send_stream_takes_a_fin_acknowledged_before_the_bytes() -> None:
@@ -72,7 +72,7 @@ def test_acknowledged_fin_alone_does_not_strand_lost_bytes() -> None:
     acks = pair.server.datagrams_to_send(srv, pair.now + 0.03)  # (its ACK delay)
     assert acks
     for datagram in acks:
-        pair.client_ep.receive(datagram, ("127.0.0.1", 4433), pair.now + 0.031)
+        pair.client_ep.receive(datagram, SERVER_ADDR, pair.now + 0.031)
     send = client.streams[sid].send
     assert send is not None and send.fin_acked and send.acked_offset == 0
     # the data packets three or more below the FIN's are lost at once (the packet

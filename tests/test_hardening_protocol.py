@@ -24,7 +24,7 @@ from quicflow.transport.receive import _discard_epoch
 from quicflow.wire import frames as F
 
 from .support.forge import encode_frames, forge
-from .support.memory_pair import MemoryPair
+from .support.memory_pair import SERVER_ADDR, MemoryPair
 
 
 def _established(**kw: object) -> tuple[MemoryPair, Connection, Connection]:
@@ -169,7 +169,7 @@ def test_path_challenge_flood_is_answered_with_bounded_state(
 
     monkeypatch.setattr(R, "_process_frames", spy)
     for d in answers:
-        pair.client_ep.receive(d, ("127.0.0.1", 4433), pair.now)
+        pair.client_ep.receive(d, SERVER_ADDR, pair.now)
     assert last in seen and len(seen) <= 4
 
 

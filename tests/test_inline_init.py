@@ -75,6 +75,7 @@ def test_new_connection_equals_the_dataclass_constructor() -> None:
     from quicflow.transport.config import Configuration
     from quicflow.transport.connection import Connection
     from quicflow.transport.factory import _new_connection
+    from quicflow.transport.path import set_pacing
     from quicflow.transport.startup import new_recovery
 
     cfg = Configuration(alpn_protocols=["hq-interop"])
@@ -90,6 +91,7 @@ def test_new_connection_equals_the_dataclass_constructor() -> None:
             cid_issuer=None, loss=loss, pacer=pacer, pmtud=pmtud,
         )
         plain._now_hint = 5.0
+        set_pacing(plain)  # (as the factory does: a loopback path is not paced)
         if not is_client:  # a server makes its 1-RTT CRYPTO receive stream on demand
             assert made.spaces[2].crypto_recv is None
             plain.spaces[2].crypto_recv = None

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import socket
 
 from quicflow.endpoint.endpoint import Endpoint
 from quicflow.endpoint.tokens import NEW_TOKEN, RETRY_TOKEN, TokenCache, TokenSealer
@@ -109,7 +110,7 @@ def test_token_from_another_endpoint_with_the_same_key() -> None:
     b = Endpoint(server_config(), is_server=True)
     a.wall_offset, b.wall_offset = 1_700_000_000.0, 1_700_000_100.0 - 50.0
     token = a.admission.new_token(CLIENT_ADDR, 10.0 + a.wall_offset)
-    opened = b.admission.sealer.open(token, ("127.0.0.1", 1234), 60.0 + b.wall_offset, 3600)
+    opened = b.admission.sealer.open(token, (CLIENT_ADDR[0], 1234), 60.0 + b.wall_offset, 3600)
     assert opened == (NEW_TOKEN, b"", b"")
     other = Endpoint(server_config(token_key=b"another key" * 3), is_server=True)
     assert other.admission.sealer.open(token, CLIENT_ADDR, 60.0 + b.wall_offset, 3600) is None
@@ -120,13 +121,14 @@ def test_token_checks() -> None:
     t = sealer.seal(RETRY_TOKEN, CLIENT_ADDR, b"odcid123", 1000.0, b"rscid456")
     assert sealer.open(t, CLIENT_ADDR, 1005.0, 10.0) == (RETRY_TOKEN, b"odcid123", b"rscid456")
     assert sealer.open(t, CLIENT_ADDR, 1011.0, 10.0) is None  # expired
-    assert sealer.open(t, ("127.0.0.1", 50001), 1005.0, 10.0) is None  # another port
-    assert sealer.open(t, ("127.0.0.2", 50000), 1005.0, 10.0) is None  # another host
+    host, port = CLIENT_ADDR
+    assert sealer.open(t, (host, port + 1), 1005.0, 10.0) is None  # another port
+    assert sealer.open(t, ("192.0.2.99", CLIENT_ADDR[1]), 1005.0, 10.0) is None  # another host
     bad = bytearray(t)
     bad[-1] ^= 1
     assert sealer.open(bytes(bad), CLIENT_ADDR, 1005.0, 10.0) is None
     n = sealer.seal(NEW_TOKEN, CLIENT_ADDR, b"", 1000.0)
-    assert sealer.open(n, ("127.0.0.1", 1), 1005.0, 10.0) == (NEW_TOKEN, b"", b"")  # any port
+    assert sealer.open(n, (CLIENT_ADDR[0], 1), 1005.0, 10.0) == (NEW_TOKEN, b"", b"")  # any port
     assert sealer.open(b"garbage" * 9, CLIENT_ADDR, 1005.0, 10.0) is None
 
 
@@ -232,14 +234,16 @@ def test_token_layout_and_a_fresh_nonce_each() -> None:
     aead = AESGCM(hkdf_expand(h, hkdf_extract(h, b"quicflow address validation", KEY),
                               b"token key", 32))
     sealer = TokenSealer(KEY)
+    host = socket.inet_aton(CLIENT_ADDR[0])  # (the address bound into the tokens)
     tokens = [sealer.seal(NEW_TOKEN, CLIENT_ADDR, b"", 1000.25) for _ in range(200)]
     assert len({t[1:13] for t in tokens}) == len(tokens)
     for t in tokens:
         assert t[0] == NEW_TOKEN and len(t) == 1 + 12 + 10 + 16
-        plain = aead.decrypt(t[1:13], t[13:], bytes((NEW_TOKEN, 127, 0, 0, 1)))
+        plain = aead.decrypt(t[1:13], t[13:], bytes((NEW_TOKEN,)) + host)
         assert plain == (1000250).to_bytes(8, "big") + b"\x00\x00"
     r = sealer.seal(RETRY_TOKEN, CLIENT_ADDR, b"odcid123", 1000.0, b"rscid4")
-    plain = aead.decrypt(r[1:13], r[13:], bytes((RETRY_TOKEN, 127, 0, 0, 1)) + b"\xc3\x50")
+    plain = aead.decrypt(r[1:13], r[13:], bytes((RETRY_TOKEN,)) + host
+                         + CLIENT_ADDR[1].to_bytes(2, "big"))
     assert plain == (1000000).to_bytes(8, "big") + b"\x08odcid123\x06rscid4"
 def test_token_nonces_are_never_repeated_and_every_token_opens() -> None:
     """Token nonces come from batched os.urandom reads (endpoint.cids.random_part): each

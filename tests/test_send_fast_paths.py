@@ -32,7 +32,7 @@ from quicflow.transport.rangeset import RangeSet
 from quicflow.transport.send import _encode_ack
 from quicflow.transport.state import R_CRYPTO, PacketSpace
 from quicflow.wire import frames as F
-from tests.support.memory_pair import MemoryPair
+from tests.support.memory_pair import SERVER_ADDR, MemoryPair
 
 if EXT is not None:  # (done at import unless QUICFLOW_ENGINE=python: compared here anyway)
     EXT.ack_frame_setup(encode_ack_python, Epoch.ONE_RTT)
@@ -139,7 +139,7 @@ def test_server_flight_is_one_datagram_and_new_token_still_arrives() -> None:
     assert conn.counters.packets_sent == 2
     assert conn.new_token_pending  # waits for confirmation
     for d in flight:
-        pair.client_ep.receive(d, ("127.0.0.1", 4433), pair.now)
+        pair.client_ep.receive(d, SERVER_ADDR, pair.now)
     pair.run(lambda: client.handshake_confirmed)
     pair.run(lambda: not conn.new_token_pending and not conn.spaces[2].ack_pending)
     events = client.pop_events()

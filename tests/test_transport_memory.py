@@ -14,7 +14,7 @@ from quicflow.transport.connection import Connection, StreamLimitReached
 from quicflow.transport.events import ConnectionTerminated, StreamOpened
 from quicflow.transport.state import ESTABLISHED
 
-from .support.memory_pair import MemoryPair
+from .support.memory_pair import CLIENT_ADDR, MemoryPair
 
 
 def _drain(conn: Connection, sink: dict[int, bytearray]) -> None:
@@ -203,7 +203,7 @@ def test_server_respects_three_times_amplification_limit() -> None:
     first = pair.client_ep.datagrams_to_send(pair.client, 0.0)
     received = sum(len(d) for d in first)
     for d in first:
-        pair.server.receive(d, ("127.0.0.1", 50000), 0.0)
+        pair.server.receive(d, CLIENT_ADDR, 0.0)
     server = pair.server_conns[0]
     sent = sum(len(d) for d in pair.server.datagrams_to_send(server, 0.0))
     assert 0 < sent <= 3 * received
@@ -266,7 +266,7 @@ def test_server_follows_a_client_whose_address_changed() -> None:
     pair.run(lambda: server.streams.get(sid) is not None
              and server.streams[sid].recv.highest_offset >= 100_000)
     assert server.address_validated and server.path_changes == 0
-    pair.client_addr = ("127.0.0.1", 61000)  # the client's NAT picked a new port
+    pair.client_addr = (CLIENT_ADDR[0], 61000)  # the client's NAT picked a new port
     client.send_stream_data(sid, up[200_000:], end_stream=True)
     got = bytearray()
 
@@ -277,7 +277,7 @@ def test_server_follows_a_client_whose_address_changed() -> None:
 
     pair.run(done)
     assert bytes(got) == up
-    assert server.peer_address == ("127.0.0.1", 61000)
+    assert server.peer_address == (CLIENT_ADDR[0], 61000)
     assert server.path_changes == 1 and server.address_validated
     assert server.path_challenge == b""  # answered by the client's PATH_RESPONSE
 
@@ -296,7 +296,7 @@ def test_lost_path_response_is_challenged_again(monkeypatch: pytest.MonkeyPatch)
     client.send_stream_data(sid, up[:100_000])
     pair.run(lambda: server.streams.get(sid) is not None
              and server.streams[sid].recv.highest_offset >= 50_000)
-    pair.client_addr = ("127.0.0.1", 61001)
+    pair.client_addr = (CLIENT_ADDR[0], 61001)
     send = endpoint_module.datagrams_to_send
     dropped: list[int] = []
 

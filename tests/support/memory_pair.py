@@ -21,8 +21,10 @@ from quicflow.tls.certs import generate_self_signed
 from quicflow.transport.config import Configuration
 from quicflow.transport.connection import Connection
 
-CLIENT_ADDR = ("127.0.0.1", 50000)
-SERVER_ADDR = ("127.0.0.1", 4433)
+# (documentation addresses, RFC 5737: a simulated path through a network, paced as
+# one; a loopback address would leave the connections unpaced, path.set_pacing)
+CLIENT_ADDR = ("192.0.2.1", 50000)
+SERVER_ADDR = ("192.0.2.2", 4433)
 
 _CERT = generate_self_signed(["localhost"])
 

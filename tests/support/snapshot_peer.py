@@ -27,8 +27,9 @@ from quicflow.transport.config import Configuration
 from quicflow.transport.connection import Address, Connection
 from quicflow.transport.snapshot import open_snapshot, restore_connection
 
-SERVER_ADDR: Address = ("127.0.0.1", 4433)
-CLIENT_ADDR: Address = ("127.0.0.1", 5555)
+# (documentation addresses, RFC 5737: a simulated network path, paced; path.set_pacing)
+SERVER_ADDR: Address = ("192.0.2.2", 4433)
+CLIENT_ADDR: Address = ("192.0.2.1", 5555)
 KEY_ENV = "QUICFLOW_SNAPSHOT_KEY"
 CHUNK = 32 * 1024
 SEND_AHEAD = 256 * 1024

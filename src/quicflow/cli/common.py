@@ -340,7 +340,7 @@ def client_configuration(args: argparse.Namespace, alpn: str) -> Configuration:
         alpn_protocols=[alpn], verify_peer=not args.insecure, cafile=args.cafile,
         server_name=args.server_name, congestion_control=args.congestion,
         max_datagram_size=args.max_datagram, idle_timeout=args.timeout,
-        keylog_file=args.keylog, pmtud=args.pmtud,
+        keylog_file=args.keylog, pmtud=args.pmtud, pacing=args.pacing,
     )  # fmt: skip
 
 
@@ -453,6 +453,11 @@ def _add_transport_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--congestion", choices=["cubic", "newreno"], default="cubic",
         help="congestion controller (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--pacing", choices=["auto", "on", "off"], default="auto",
+        help="pace sends (RFC 9002 7.7): auto = on every path but one to a loopback "
+        "address, where the congestion window alone bounds a burst (default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
         "--max-datagram", type=_datagram_arg, default=1452, metavar="N",

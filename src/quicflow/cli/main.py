@@ -204,6 +204,7 @@ def cmd_perf_server(args: argparse.Namespace) -> int:
                 congestion_control=args.congestion,
                 max_datagram_size=args.max_datagram,
                 pmtud=args.pmtud,
+                pacing=args.pacing,
                 keylog_file=args.keylog,
                 retry=args.retry,
             )

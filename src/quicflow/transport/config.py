@@ -44,6 +44,10 @@ class Configuration:
         doubles (up to the largest) when the peer reports STREAM_DATA_BLOCKED at its limit.
     max_streams_bidi / max_streams_uni: how many streams the peer may have open at once.
     congestion_control: "cubic" (default) or "newreno".
+    pacing: "auto" (default) paces a connection's sends (RFC 9002 §7.7: 1.25·cwnd/srtt in
+        bursts) unless its peer is at a loopback address, where no network queue needs
+        it and the congestion window alone bounds a burst; "on" paces every path, "off"
+        none. Decided again when the connection's path changes.
     max_datagram_size: largest UDP payload sent (1200 .. 65527; default 1452). With
         ``pmtud`` (default) it is the ceiling of path MTU discovery: a connection starts
         at 1200 bytes and probes upwards (RFC 8899) to the smallest of this, the peer's
@@ -164,6 +168,9 @@ class Configuration:
     #: window, at most ``ack_frequency_threshold`` ack-eliciting packets
     ack_frequency: bool = True
     ack_frequency_threshold: int = 256
+    #: pace sends (RFC 9002 §7.7) on every path ("on"), none ("off"), or every path
+    #: but one to a loopback address ("auto"): see ``path.set_pacing``
+    pacing: str = "auto"
     ack_delay_exponent: int = 3
     keylog_file: str | None = None
     send_buffer_per_connection: int = 16 * MIB
@@ -227,6 +234,8 @@ class Configuration:
             raise ValueError("max_pto_period must not be negative")
         if self.send_buffer_per_connection < 1 or self.send_buffer_per_endpoint < 1:
             raise ValueError("send buffer limits must be positive")
+        if self.pacing not in ("on", "off", "auto"):
+            raise ValueError("pacing must be 'on', 'off' or 'auto'")
         if self.retry not in ("never", "always", "load"):
             raise ValueError("retry must be 'never', 'always' or 'load'")
         if self.retry_threshold < 0 or self.max_half_open < 0 or self.half_open_timeout <= 0:

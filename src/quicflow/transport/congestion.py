@@ -235,6 +235,10 @@ class CongestionControl:
         self.ca_acked = growth - whole
 
 
+#: the pacing rate is this multiple of cwnd/srtt (RFC 9002 §7.7's N)
+PACING_MULTIPLIER = 1.25
+
+
 @dataclass(slots=True, eq=False)
 class Pacer:
     """Token-bucket pacer (RFC 9002 §7.7): rate 1.25·cwnd/srtt, bursts of 10 datagrams.
@@ -245,7 +249,9 @@ class Pacer:
 
     max_datagram_size: int = 1200
     burst_datagrams: int = 10
-    multiplier: float = 1.25
+    #: the rate is ``multiplier``·cwnd/srtt; 0 leaves the connection unpaced (its path
+    #: does not need it: path.set_pacing), as before the first RTT sample
+    multiplier: float = PACING_MULTIPLIER
     burst_interval: float = 0.0  # seconds of rate a burst may hold (0: fixed burst only)
     max_burst_datagrams: int = 64
     #: how early a send may be, in seconds: what the rate earns within the timer

@@ -33,7 +33,7 @@ from .errors import (
     QuicError,
 )
 from .events import ConnectionTerminated, Event
-from .path import Path, PathProbe
+from .path import Path, PathProbe, set_pacing
 from .pmtud import Pmtud
 from .qlog import QlogTrace
 from .recovery import LossDetection
@@ -465,6 +465,7 @@ class Connection:
                 ecn_state=self.ecn_state,
             )
         self.peer_address = addr
+        set_pacing(self)
         self.path_changes += 1
         self.address_validated = False
         self.bytes_received_unvalidated = 0

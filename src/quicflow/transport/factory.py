@@ -15,6 +15,7 @@ from ..tls.tickets import SessionTicket
 from .config import Configuration
 from .connection import Address, CidIssuer, Connection, new_seal_key
 from .inline import Arg, inline_init
+from .path import set_pacing
 from .pmtud import INF
 from .startup import SERVER_SPACE_SPECS, SPACE_SPECS, check_algorithm, recovery_spec
 
@@ -103,6 +104,8 @@ def _new_connection(
         pmtud_next_at=0.0 if configuration.pmtud else INF,
     )
     conn._now_hint = now
+    if configuration.pacing != "on":
+        set_pacing(conn)
     return conn
 
 

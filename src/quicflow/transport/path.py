@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .congestion import PACING_MULTIPLIER
+
 if TYPE_CHECKING:
     from .connection import Connection
 
@@ -89,6 +91,34 @@ def apply_path(conn: Connection, path: Path) -> None:
     conn.ecn_state = path.ecn_state
     conn.cc.max_datagram_size = path.max_datagram_size
     conn.pacer.max_datagram_size = path.max_datagram_size
+    set_pacing(conn)
+
+
+def is_loopback(address: Address) -> bool:
+    """Whether ``address`` (numeric, as the datapath reports it) is a loopback address:
+    127.0.0.0/8, ::1, or 127.0.0.0/8 mapped into IPv6. Anything else (a form not
+    recognised included) is not."""
+    host = address[0] if address else None
+    if not isinstance(host, str):
+        return False
+    return host.startswith("127.") or host == "::1" or host.startswith("::ffff:127.")
+
+
+def set_pacing(conn: Connection) -> None:
+    """Pace the connection's sends on its current path, or not (``Configuration.pacing``).
+
+    Pacing (RFC 9002 §7.7) keeps bursts from overflowing a bottleneck's queue; a sender
+    "with knowledge that the network path to the receiver can absorb larger bursts MAY
+    use a higher limit". A loopback path has no network queue: the receiver's socket
+    buffer is the only one, and the congestion window still bounds what is in flight
+    (Linux TCP does not pace there either without the fq qdisc). With ``"auto"`` (the
+    default) a connection whose peer is at a loopback address sends its window's worth
+    as it opens; every other path is paced. Paced on loopback, 256 downloads on one
+    host spread each window over an srtt that their own processing had stretched: many
+    small bursts, and a receive round and an ACK for each (issue 11)."""
+    mode = conn.configuration.pacing
+    unpaced = mode == "off" or (mode == "auto" and is_loopback(conn.peer_address))
+    conn.pacer.multiplier = 0.0 if unpaced else PACING_MULTIPLIER
 
 
 #: The Connection fields a Path holds (kept out of the connection's own record in a

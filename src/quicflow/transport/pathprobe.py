@@ -28,7 +28,7 @@ from ..wire.packet import build_short_header, encode_packet_number
 from ..wire.tparams import PreferredAddress, TransportParameters
 from .errors import TRANSPORT_PARAMETER_ERROR, QuicError
 from .events import PathMigrated, PathProbeFailed, PreferredAddressAvailable
-from .path import PROBE_MIGRATE, PROBE_PREFERRED, Address, PathProbe
+from .path import PROBE_MIGRATE, PROBE_PREFERRED, Address, PathProbe, set_pacing
 from .pmtud import restart as restart_pmtud
 from .recovery import SentPacket
 from .rtt import RttEstimator
@@ -134,6 +134,7 @@ def complete_probe(conn: Connection, now: float) -> None:
         if old_seq not in conn.retire_pending:
             conn.retire_pending.append(old_seq)
     conn.peer_address = probe.peer_address
+    set_pacing(conn)
     conn.path_changes += 1
     conn.counters.migrations += 1
     conn.ecn_state = 0  # validate ECN again on the new path
