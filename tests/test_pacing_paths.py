@@ -112,3 +112,19 @@ def test_a_loopback_turn_sends_what_the_window_allows(monkeypatch: pytest.Monkey
     assert len(send_module.build_datagrams(conn, now)[1]) == 40
     assert conn.pacer_deadline is not None and conn.pacer_deadline > now
     assert send_module.build_datagrams(conn, now)[1] == []
+
+
+def test_the_command_line_sets_the_mode() -> None:
+    """``--pacing`` reaches the client's configuration (auto by default); an unknown
+    mode is a usage error."""
+    from quicflow.cli.common import client_configuration
+    from quicflow.cli.main import build_parser
+
+    parser = build_parser()
+    base = ["perf", "client", "--host", "127.0.0.1", "--port", "4433"]
+    assert client_configuration(parser.parse_args(base), "perf").pacing == "auto"
+    args = parser.parse_args([*base, "--pacing", "on"])
+    assert client_configuration(args, "perf").pacing == "on"
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args([*base, "--pacing", "fast"])
+    assert exc.value.code == 2

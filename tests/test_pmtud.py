@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import os
 
+import pytest
+
 from quicflow.tls.certs import generate_self_signed
 from quicflow.transport.config import Configuration
 from quicflow.transport.connection import Connection
@@ -17,14 +19,15 @@ _CERT = generate_self_signed(["localhost"])
 
 
 def _pair(mds: int = 1452, *, pmtud: bool = True, mtu: int = 65527, seed: int = 1,
-          loss: float = 0.0) -> MemoryPair:
+          loss: float = 0.0, pacing: str = "auto") -> MemoryPair:
     cert, key = _CERT
     pair = MemoryPair(
         seed=seed, loss=loss,
         client_config=Configuration(alpn_protocols=["perf"], verify_peer=False,
-                                    max_datagram_size=mds, pmtud=pmtud),
+                                    max_datagram_size=mds, pmtud=pmtud, pacing=pacing),
         server_config=Configuration(alpn_protocols=["perf"], certificate_chain=[cert],
-                                    private_key=key, max_datagram_size=mds, pmtud=pmtud),
+                                    private_key=key, max_datagram_size=mds, pmtud=pmtud,
+                                    pacing=pacing),
     )
     pair.up.mtu = pair.down.mtu = mtu
     pair.run(lambda: pair.client.handshake_confirmed and bool(pair.server_conns)
@@ -79,6 +82,31 @@ def test_starts_at_1200_and_reaches_the_ceiling() -> None:
         assert conn.pmtud.candidate == 0  # search complete: raise timer armed
     # the largest datagram that crossed the link is the probe size, never more
     assert pair.up.too_big == 0
+
+
+@pytest.mark.parametrize("pacing", ["on", "off"])  # ("off": as on a loopback path)
+def test_probes_stay_within_the_window_and_still_raise_the_size(pacing: str) -> None:
+    """A probe goes only within the congestion window (RFC 9002 §7; the recovery case:
+    test_recovery_credit.py), yet a search that starts mid-transfer still raises the
+    size when nothing paces the sender and each run fills the window: the probe goes
+    first in a build while the window has room for it."""
+    pair = _pair(pacing=pacing)
+    client = pair.client
+    worst = 0
+    started = False
+
+    def check(got: int) -> None:
+        nonlocal worst, started
+        cc = client.loss.cc
+        worst = max(worst, cc.bytes_in_flight - cc.cwnd)
+        if got > 1_000_000 and not started:  # the first search begins mid-transfer
+            started = True
+            client.pmtud.next_at = pair.now
+
+    server, intact = _upload(pair, 8_000_000, during=check)
+    assert intact and started
+    assert worst <= 0  # (no loss: no recovery packet beyond the window either)
+    assert client.pmtud.probes_acked >= 1 and client.max_datagram_size == 1452
 
 
 def test_first_probe_one_pto_after_confirmation() -> None:

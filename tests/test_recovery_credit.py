@@ -6,13 +6,20 @@ paths")."""
 
 from __future__ import annotations
 
+import pytest
+
+from quicflow.transport.config import Configuration
 from quicflow.transport.connection import Connection
 
-from .support.memory_pair import SERVER_ADDR, MemoryPair
+from .support.memory_pair import _CERT, SERVER_ADDR, MemoryPair
 
 
-def _server_sending(size: int) -> tuple[MemoryPair, Connection, Connection, int]:
-    pair = MemoryPair(seed=3, ack_frequency=False)
+def _server_sending(size: int, pacing: str = "auto"
+                    ) -> tuple[MemoryPair, Connection, Connection, int]:
+    cert, key = _CERT
+    pair = MemoryPair(seed=3, ack_frequency=False, server_config=Configuration(
+        alpn_protocols=["perf"], certificate_chain=[cert], private_key=key,
+        ack_frequency=False, pacing=pacing))
     pair.run(lambda: pair.client.handshake_confirmed and bool(pair.server_conns)
              and pair.server_conns[0].handshake_confirmed)
     client, server = pair.client, pair.server_conns[0]
@@ -47,8 +54,11 @@ def _send_all(pair: MemoryPair, server: Connection) -> list[bytes]:
     return out
 
 
-def test_one_packet_goes_beyond_the_reduced_window_when_recovery_starts() -> None:
-    pair, client, server, sid = _server_sending(1 << 20)
+@pytest.mark.parametrize("pacing", ["auto", "off"])  # (a network path; unpaced as loopback)
+def test_one_packet_goes_beyond_the_reduced_window_when_recovery_starts(pacing: str) -> None:
+    """Paced or not: unpaced, the whole reduced window goes at once, and a path MTU probe
+    that is due waits for room in the window rather than go beyond it."""
+    pair, client, server, sid = _server_sending(1 << 20, pacing)
     cc, mds = server.loss.cc, server.max_datagram_size
     flight = pair.server.datagrams_to_send(server, pair.now)
     assert cc.available() < mds  # the initial window is full
@@ -71,10 +81,11 @@ def test_one_packet_goes_beyond_the_reduced_window_when_recovery_starts() -> Non
     assert cc.bytes_in_flight <= cc.cwnd
 
 
-def test_no_extra_packet_without_a_new_recovery_period() -> None:
+@pytest.mark.parametrize("pacing", ["auto", "off"])
+def test_no_extra_packet_without_a_new_recovery_period(pacing: str) -> None:
     """A second loss from the same flight starts no recovery period: one packet beyond
     the window, not two."""
-    pair, client, server, sid = _server_sending(1 << 20)
+    pair, client, server, sid = _server_sending(1 << 20, pacing)
     cc, mds = server.loss.cc, server.max_datagram_size
     flight = pair.server.datagrams_to_send(server, pair.now)
     _deliver(pair, flight[1:2] + flight[3:])  # two of the flight lost

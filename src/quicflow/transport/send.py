@@ -102,10 +102,17 @@ def build_datagrams(
                 bounds.append(len(buf))
         return buf, bounds
     seal: list[tuple[int, int, int, int, bytes]] = []
+    if conn.pmtud.next_at <= now and not conn.loss.cc.recovery_credit and probe_due(
+            conn, now) and _probe_fits(conn) and build_probe(conn, now, buf, seal):
+        # a path MTU probe that is due goes first while the window has room for it (a
+        # bulk run would fill it), unless a recovery period that just began has its
+        # lost data to send first (``recovery_credit``); larger than the rest, it is a
+        # GSO send of its own
+        bounds.append(len(buf))
     budget = conn.amplification_credit()
     mds = conn.max_datagram_size
-    count = 0  # len(bounds)
-    end = 0  # len(buf)
+    count = len(bounds)
+    end = len(buf)
     while count < max_datagrams:
         if budget >= 1 << 61 and conn.send_queue and conn.qlog is None and bulk_applies(conn):
             built = build_bulk(conn, now, buf, bounds, seal, max_datagrams - count)
@@ -139,12 +146,24 @@ def build_datagrams(
         if last:
             break
     if conn.pmtud.next_at <= now and probe_due(conn, now):
-        # a path MTU probe goes last: larger than the rest, it is a GSO run of its own
-        if build_probe(conn, now, buf, seal):
-            bounds.append(len(buf))
+        if not _probe_fits(conn):
+            # the window is full: look again in a round trip (ACKs open it); the
+            # connection's timer would otherwise keep firing at the past deadline
+            srtt = conn.loss.rtt.smoothed_rtt
+            conn.pmtud.next_at = now + (srtt if srtt > 0.001 else 0.001)
+        elif build_probe(conn, now, buf, seal):
+            bounds.append(len(buf))  # (or last, in room the datagrams before left)
     if seal:
         conn.engine.seal(buf, seal)
     return buf, bounds
+
+
+def _probe_fits(conn: Connection) -> bool:
+    """Whether a path MTU probe may go now: within the congestion window (RFC 9002 §7:
+    nothing beyond it but PTO probes and the one packet of a new recovery period), or
+    alone on an empty path (a probe larger than the smallest window would wait forever)."""
+    cc = conn.loss.cc
+    return cc.bytes_in_flight == 0 or cc.available() >= conn.pmtud.candidate
 
 
 def _build_datagram(
