@@ -8,14 +8,13 @@ from typing import Any
 
 import pytest
 
-import quicflow.transport.receive as receive_module
 import quicflow.transport.send as send_module
 from quicflow.endpoint.endpoint import Endpoint
 from quicflow.transport.config import Configuration
 from quicflow.transport.congestion import PACING_MULTIPLIER
 from quicflow.transport.path import Path, apply_path, current_path, is_loopback
-from tests.support import snapshot_peer
-from tests.test_snapshot import SIZE, _start
+from tests.test_bulk_pacing import _paced_server
+from tests.test_snapshot import _start
 
 NET_ADDR = ("192.0.2.7", 4433)  # (TEST-NET-1: a path through a network)
 
@@ -73,27 +72,13 @@ def test_the_decision_follows_the_path() -> None:
 
 
 def _bulk_server(monkeypatch: pytest.MonkeyPatch, peer: tuple[str, int]) -> tuple[Any, float]:
-    """A server connection mid-download with all its data queued, a window far larger
-    than a run and a pacer whose bucket, if it paces, is 40 datagrams; its path's peer
-    address is then ``peer`` (pacing decided for it)."""
-    monkeypatch.setattr(snapshot_peer, "SEND_AHEAD", SIZE)  # all data queued
-    monkeypatch.setattr(receive_module, "on_peer_parameters", lambda conn, value: None)
-    net, client, server = _start()
-    net.run(lambda: len(client.app.received) >= 512 * 1024)
-    conn = server.conn
-    assert conn is not None and conn.send_queue
+    """test_bulk_pacing's server mid-download (all data queued, a window far larger than
+    a run) with a 40-datagram bucket if it paces; its path's peer address then ``peer``
+    (pacing decided for it)."""
+    _, conn, now = _paced_server(monkeypatch, 40)
     path = current_path(conn)
     path.peer_address = peer
     apply_path(conn, path)
-    now = net.now
-    mds = conn.max_datagram_size
-    conn.loss.cc.cwnd = conn.loss.cc.bytes_in_flight + 4000 * mds
-    pacer = conn.pacer
-    pacer.granularity = 0.0
-    pacer.run_datagrams = 40
-    pacer.burst_interval = 1e-9
-    pacer.tokens, pacer.last_time, pacer.promised = 40 * mds, now, 0.0
-    conn.pacer_deadline = None
     return conn, now
 
 
