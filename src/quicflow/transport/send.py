@@ -106,8 +106,8 @@ def build_datagrams(
             conn, now) and _probe_fits(conn) and build_probe(conn, now, buf, seal):
         # a path MTU probe that is due goes first while the window has room for it (a
         # bulk run would fill it), unless a recovery period that just began has its
-        # lost data to send first (``recovery_credit``); larger than the rest, it is a
-        # GSO send of its own
+        # lost data to send first (``recovery_credit``); larger than the rest, it heads
+        # a GSO send (with at most one shorter datagram after it)
         bounds.append(len(buf))
     budget = conn.amplification_credit()
     mds = conn.max_datagram_size
