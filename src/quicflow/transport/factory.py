@@ -104,8 +104,7 @@ def _new_connection(
         pmtud_next_at=0.0 if configuration.pmtud else INF,
     )
     conn._now_hint = now
-    if configuration.pacing != "on":
-        set_pacing(conn)
+    set_pacing(conn)
     return conn
 
 
