@@ -10,6 +10,7 @@ Every test needs the built extension: without it they skip, or fail under
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import select
 import socket
 from collections.abc import Callable
@@ -105,6 +106,39 @@ def test_native_and_python_loops_read_the_same_entries(family: str) -> None:
         py, c = dataclasses.asdict(py_counters), dataclasses.asdict(c_counters)
         assert py.pop("syscalls_recv") > c.pop("syscalls_recv")
         assert c == py and c["datagrams_received"] == sent
+    finally:
+        rx.close()
+        tx.close()
+
+
+def test_entries_keep_their_bytes_while_later_reads_fill_the_same_slots() -> None:
+    """The kernel writes into the bytes objects the entries hand out (a pool, one per
+    slot): an entry already handed out is never written again, whatever later reads bring
+    (full 64 KiB GRO buffers, single bytes, an empty datagram)."""
+    gso = CAPS.gso and CAPS.gro
+    rx = UdpTransport.open("127.0.0.1", 0, backend="gso" if gso else "basic")
+    tx = UdpTransport.open("127.0.0.1", 0, backend="gso" if gso else "basic")
+    try:
+        dest = ("127.0.0.1", rx.local_address[1])
+        kept: list[tuple[bytes, str]] = []
+        for n in range(6):
+            sent = 0
+            for k in range(8):
+                fill = bytes([n * 8 + k]) * 1200
+                if gso:
+                    assert tx.send_batch(fill * 50, 1200, dest)
+                    sent += 50
+                else:
+                    assert tx.send_batch(fill, 1200, dest)
+                    sent += 1
+            assert tx.socket.sendto(b"", dest) == 0
+            assert tx.send_batch(bytes([n]), 1, dest)
+            entries = _read_all(rx, recv_into_native, sent + 2, DatapathCounters())
+            kept += [(e[0], hashlib.sha256(e[0]).hexdigest()) for e in entries]
+            assert [e[0] for e in entries[-2:]] == [b"", bytes([n])]
+        assert all(hashlib.sha256(data).hexdigest() == digest for data, digest in kept)
+        assert len({id(data) for data, _ in kept if data}) == len([d for d, _ in kept if d])
+        assert sum(len(data) for data, _ in kept) == 6 * (8 * 1200 * (50 if gso else 1) + 1)
     finally:
         rx.close()
         tx.close()
