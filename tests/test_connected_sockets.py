@@ -487,3 +487,60 @@ def test_icmp_errors_of_a_vanished_client_do_not_pile_up_on_its_socket() -> None
             server.close()
 
     asyncio.run(main())
+
+
+def test_what_a_closed_socket_still_held_is_not_lost() -> None:
+    """Two connections on one client socket share one connected socket on the server.
+    Datagrams of the second that wait unread in it when the first connection's close
+    releases the socket are read and processed, not dropped with it: the second's
+    download then completes intact without a packet of its own declared lost."""
+    from quicflow.aio.runner import EndpointRunner
+    from quicflow.datapath.socket import UdpTransport
+
+    async def main() -> None:
+        server = await _serve(cap=8)
+        peer = ("127.0.0.1", server.address[1])
+        loop = asyncio.get_running_loop()
+        transport = UdpTransport.open("127.0.0.1", 0, connect_to=peer)
+        endpoint = Endpoint(client_configuration(), is_server=False)
+        runner = EndpointRunner(transport, endpoint, connected_peer=peer)
+        faces = []
+        try:
+            for _ in range(2):
+                conn = endpoint.connect(peer, loop.time())
+                face = QuicConnection(runner, conn)
+                runner.faces[id(conn)] = face
+                runner.schedule_flush(conn)
+                faces.append(face)
+            for face in faces:
+                await asyncio.wait_for(face.wait_connected(), 10)
+            assert all(r.ok for r in await asyncio.wait_for(_download_all(faces, 64 * KIB), 30))
+            sockets = server.runner.sockets
+            assert sockets is not None
+            (holder,) = [f for f in server.connections if sockets.socket_of(f.conn)]
+            held = sockets.socket_of(holder.conn)
+            assert held is not None
+            (other,) = [f for f in faces if f.conn.original_dcid != holder.conn.original_dcid]
+            # the server stops reading the shared socket; the other connection's request
+            # (and whatever it sends meanwhile) waits in it
+            server.runner.loop.remove_reader(held.fileno())
+            lost_before = other.conn.counters.packets_lost
+            task = asyncio.create_task(download(other, 256 * KIB, seed=9))
+            for _ in range(200):
+                if select.select([held], [], [], 0)[0]:
+                    break
+                await asyncio.sleep(0.005)
+            assert select.select([held], [], [], 0)[0], "nothing queued in the socket"
+            await asyncio.sleep(0.05)
+            holder.close()  # the server's close releases the socket
+            result = await asyncio.wait_for(task, 30)
+            assert result.ok
+            assert other.conn.counters.packets_lost == lost_before
+            assert sockets.counters.leftovers_redelivered >= 1
+            assert server.stats()["sockets"]["leftovers_redelivered"] >= 1
+            await _close_all(faces)
+        finally:
+            runner.close()
+            server.close()
+
+    asyncio.run(main())

@@ -163,6 +163,7 @@ class EndpointRunner:
         self.sockets = ConnectedSockets(
             self.transport, cap, policy=policy, backend=self.transport.backend,
             on_open=self._socket_opened, on_close=self._socket_closing,
+            on_leftovers=self._socket_leftovers,
         )  # fmt: skip
 
     def add_listener(self, transport: UdpTransport) -> None:
@@ -204,6 +205,13 @@ class EndpointRunner:
             self.loop.remove_writer(fd)
             for conn in waiting[1]:
                 self.schedule_flush(conn)  # on the listener, or a new socket
+
+    def _socket_leftovers(self, batch: list[RecvEntry]) -> None:
+        # what a connected socket still held when it was closed (other connections' of
+        # a client that shares one socket among them, say): processed as if read from
+        # the listener, in a loop callback of its own (the close may come in the middle
+        # of a connection's send turn)
+        self.loop.call_soon(self.deliver, batch)
 
     # ------------------------------------------------------------------ receive
 

@@ -31,7 +31,14 @@ Pitfalls handled here (DESIGN.md, "Scalable sockets"):
   connection is forgotten would take those of a new client (or a rebound NAT mapping)
   that reuses the port, whatever connection or worker they name. The late packets of
   the closing connection reach the listener and are demultiplexed by CID as usual
-  (RFC 9000 §10.2: absorbed while draining).
+  (RFC 9000 §10.2: absorbed while draining);
+* what the kernel still holds in a socket that is closed is read first and handed to
+  ``on_leftovers`` (the endpoint's demultiplexing), not dropped with the socket: the
+  4-tuple's datagrams are not only its connection's when a client runs several
+  connections on one socket (one connected socket serves them all, see :meth:`route`),
+  and a busy server may hold hundreds of their ACKs and window updates there (issue 11:
+  256 downloads on a shared client socket lost 340 of ~7,800 client datagrams per GiB
+  this way, each connection's share of them then waiting for its PTO).
 
 Protocol-agnostic: the policy reads a few facts a connection exposes
 (:class:`ConnectionFacts`); the set never parses a packet. The asyncio side registers
@@ -47,7 +54,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
-from quicflow.datapath.backends import Address, DatapathCounters
+from quicflow.datapath.backends import Address, DatapathCounters, RecvEntry
 from quicflow.datapath.constants import IPPROTO_IPV6, IPV6_V6ONLY, SO_REUSEPORT
 from quicflow.datapath.socket import UdpTransport, normalize_address, to_socket_address
 from quicflow.datapath.socket import _set_buffers as set_buffers
@@ -62,6 +69,7 @@ __all__ = [
     "add_counters",
     "bind_connection_socket",
     "connect_socket",
+    "read_leftovers",
 ]
 
 #: Default cap of connected sockets per listener (per worker process). Chosen from the
@@ -155,6 +163,9 @@ class ConnectedSocketCounters:
     strays_redelivered: int = 0
     #: times a qualifying connection stayed on the listener because the cap was reached
     connected_sockets_cap_reached: int = 0
+    #: datagrams still queued in a connected socket when it was closed, read and handed
+    #: to the endpoint's demultiplexing (``on_leftovers``) instead of dropped with it
+    leftovers_redelivered: int = 0
 
 
 def bind_connection_socket(
@@ -215,7 +226,9 @@ class ConnectedSockets:
 
     ``on_open(transport, conn)`` is called for every socket that starts serving a
     connection (made here or attached); ``on_close(transport)`` before one is closed or
-    detached. Every operation is O(1) in the number of connections.
+    detached; ``on_leftovers(entries)`` with what was still queued in a socket being
+    closed (read just before; without the callback it is dropped with the socket). Every
+    operation is O(1) in the number of connections.
     """
 
     def __init__(
@@ -227,6 +240,7 @@ class ConnectedSockets:
         backend: str = "auto",
         on_open: Callable[[UdpTransport, Any], None] | None = None,
         on_close: Callable[[UdpTransport], None] | None = None,
+        on_leftovers: Callable[[list[RecvEntry]], None] | None = None,
     ) -> None:
         if cap < 0:
             raise ValueError("the connected-socket cap must be >= 0")
@@ -241,6 +255,7 @@ class ConnectedSockets:
         self.backend = backend
         self.on_open = on_open
         self.on_close = on_close
+        self.on_leftovers = on_leftovers
         self.counters = ConnectedSocketCounters()
         self._held: dict[int, tuple[Any, UdpTransport, Address]] = {}  # id(conn) -> ...
         self._by_fd: dict[int, Any] = {}  # fd -> conn
@@ -367,15 +382,27 @@ class ConnectedSockets:
     def _accumulate(self, counters: DatapathCounters) -> None:
         add_counters(self._closed_totals, counters)
 
-    def release(self, conn: Any) -> None:
+    def release(self, conn: Any, *, leftovers: bool = True) -> None:
         """Close ``conn``'s socket, if it holds one (what waits unsent is tried once;
-        whatever the kernel still refuses is lost to QUIC, which resends frames)."""
-        transport = self._remove(conn)
-        if transport is not None:
-            if transport.has_pending():
-                transport.flush_pending()
-            transport.close()
-            self.counters.connected_sockets_closed += 1
+        whatever the kernel still refuses is lost to QUIC, which resends frames). What
+        waits unread goes to ``on_leftovers`` (unless ``leftovers`` is false: a runner
+        that is closing has no use for it)."""
+        entry = self._held.get(id(conn))
+        if entry is None:
+            return
+        transport = entry[1]
+        left: list[RecvEntry] = []
+        if leftovers and self.on_leftovers is not None and not transport.closed:
+            left = read_leftovers(transport)  # (before _remove: its counters count them)
+        self._remove(conn)
+        if transport.has_pending():
+            transport.flush_pending()
+        transport.close()
+        self.counters.connected_sockets_closed += 1
+        if left and self.on_leftovers is not None:
+            self.counters.leftovers_redelivered += sum(
+                -(-len(data) // size) if size else 1 for data, size, _, _ in left)
+            self.on_leftovers(left)
 
     def forget(self, conn: Any) -> None:
         """``conn`` ended: close its socket and drop every trace of it."""
@@ -422,7 +449,7 @@ class ConnectedSockets:
 
     def close_all(self) -> None:
         for conn, _ in list(self.items()):
-            self.release(conn)
+            self.release(conn, leftovers=False)
         self._moved.clear()
 
     # ------------------------------------------------------------------ counters
@@ -434,6 +461,22 @@ class ConnectedSockets:
         for _, transport, _ in self._held.values():
             add_counters(totals, transport.counters)
         return totals
+
+
+#: the most receive buffers read from a socket being closed (its queue is bounded by its
+#: receive buffer; this bounds the read when a peer keeps it filling meanwhile)
+LEFTOVER_BUFFERS = 1024
+
+
+def read_leftovers(transport: UdpTransport) -> list[RecvEntry]:
+    """Whatever ``transport`` holds unread, up to :data:`LEFTOVER_BUFFERS` buffers."""
+    out: list[RecvEntry] = []
+    while len(out) < LEFTOVER_BUFFERS:
+        batch = transport.recv_batch(min(64, LEFTOVER_BUFFERS - len(out)))
+        if not batch:
+            break
+        out += batch
+    return out
 
 
 def add_counters(into: DatapathCounters, more: DatapathCounters) -> None:
