@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import socket
 from contextlib import AsyncExitStack
 from typing import Any
@@ -199,3 +200,42 @@ async def _nat_gives_a_vanished_clients_port_to_another_workers_client() -> None
 
 def test_a_nat_mapping_given_to_another_workers_client_keeps_its_transfer_going() -> None:
     asyncio.run(_nat_gives_a_vanished_clients_port_to_another_workers_client())
+
+
+async def _other_workers_datagram_left_in_a_closed_socket() -> None:
+    every = SocketPolicy(min_bytes=0, min_age=0.0)
+    async with AsyncExitStack() as stack:
+        workers = await stack.enter_async_context(in_process_workers(2, 8, every))
+        transports, runners = workers.transports, workers.runners
+        clients = await _one_client_per_worker(stack, ("127.0.0.1", workers.port))
+        a, b = 0, 1
+        client_a, client_b = clients[a], clients[b]
+        address_a = client_a.runner.transport.local_address
+        (server_a,) = [
+            f.conn for f in runners[a].faces.values() if f.conn.peer_address == address_a
+        ]
+        sockets = runners[a].sockets
+        held = runners[a].connection_socket(server_a)
+        assert sockets is not None and held is not None
+        # worker a does not read A's socket for a moment; B's short header from A's
+        # address (a NAT's reuse) waits in it when the socket is closed
+        runners[a].loop.remove_reader(held.fileno())
+        header = bytes([0x40 | 0x03]) + client_b.conn.peer_cid + os.urandom(60)
+        misrouted = transports[a].misrouted_datagrams
+        handed_over = transports[b].handed_over_datagrams
+        not_ours = runners[a].endpoint.counters.dropped_not_ours
+        client_a.runner.transport.socket.sendto(header, ("127.0.0.1", workers.port))
+        assert await _until(lambda: bool(select.select([held], [], [], 0)[0]))
+        sockets.release(server_a)
+        assert await _until(lambda: transports[b].handed_over_datagrams > handed_over), (
+            "the datagram left in the closed socket was not handed to its worker"
+        )
+        assert transports[a].misrouted_datagrams == misrouted + 1
+        assert runners[a].endpoint.counters.dropped_not_ours == not_ours
+        assert sockets.counters.leftovers_redelivered == 1
+        for seed, client in enumerate((client_a, client_b)):
+            assert (await download(client, 64 * 1024, seed=200 + seed)).ok
+
+
+def test_another_workers_datagram_left_in_a_closed_socket_is_handed_over() -> None:
+    asyncio.run(_other_workers_datagram_left_in_a_closed_socket())

@@ -206,12 +206,19 @@ class EndpointRunner:
             for conn in waiting[1]:
                 self.schedule_flush(conn)  # on the listener, or a new socket
 
-    def _socket_leftovers(self, batch: list[RecvEntry]) -> None:
-        # what a connected socket still held when it was closed (other connections' of
-        # a client that shares one socket among them, say): processed as if read from
-        # the listener, in a loop callback of its own (the close may come in the middle
-        # of a connection's send turn)
-        self.loop.call_soon(self.deliver, batch)
+    def _socket_leftovers(self, batch: list[RecvEntry], peer: tuple[Any, ...]) -> None:
+        # what a closed connected socket still held: read as its reads are, in a callback
+        # of its own (the close may come in the middle of a connection's send turn)
+        self.loop.call_soon(self._process_leftovers, batch, peer)
+
+    def _process_leftovers(self, batch: list[RecvEntry], peer: tuple[Any, ...]) -> None:
+        if self._closed:
+            return
+        batch, strays = sort_strays(self.transport, batch, peer)  # (a worker's claim)
+        if strays and self.sockets is not None:
+            self.sockets.note_stray(strays)
+        if batch:
+            self._process(batch, peer, self.transport)
 
     # ------------------------------------------------------------------ receive
 

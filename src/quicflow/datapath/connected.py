@@ -226,8 +226,9 @@ class ConnectedSockets:
 
     ``on_open(transport, conn)`` is called for every socket that starts serving a
     connection (made here or attached); ``on_close(transport)`` before one is closed or
-    detached; ``on_leftovers(entries)`` with what was still queued in a socket being
-    closed (read just before; without the callback it is dropped with the socket). Every
+    detached; ``on_leftovers(entries, peer)`` with what was still queued in a socket
+    being closed and the peer it was connected to (read just before; without the
+    callback it is dropped with the socket). Every
     operation is O(1) in the number of connections.
     """
 
@@ -240,7 +241,7 @@ class ConnectedSockets:
         backend: str = "auto",
         on_open: Callable[[UdpTransport, Any], None] | None = None,
         on_close: Callable[[UdpTransport], None] | None = None,
-        on_leftovers: Callable[[list[RecvEntry]], None] | None = None,
+        on_leftovers: Callable[[list[RecvEntry], Address], None] | None = None,
     ) -> None:
         if cap < 0:
             raise ValueError("the connected-socket cap must be >= 0")
@@ -402,7 +403,7 @@ class ConnectedSockets:
         if left and self.on_leftovers is not None:
             self.counters.leftovers_redelivered += sum(
                 -(-len(data) // size) if size else 1 for data, size, _, _ in left)
-            self.on_leftovers(left)
+            self.on_leftovers(left, entry[2])
 
     def forget(self, conn: Any) -> None:
         """``conn`` ended: close its socket and drop every trace of it."""
