@@ -228,8 +228,8 @@ class ConnectedSockets:
     connection (made here or attached); ``on_close(transport)`` before one is closed or
     detached; ``on_leftovers(entries, peer)`` with what was still queued in a socket
     being closed and the peer it was connected to (read just before; without the
-    callback it is dropped with the socket). Every
-    operation is O(1) in the number of connections.
+    callback it is dropped with the socket). Every operation is O(1) in the number of
+    connections (a closing socket's queue is read up to :data:`LEFTOVER_BUFFERS`).
     """
 
     def __init__(

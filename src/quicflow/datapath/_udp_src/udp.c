@@ -23,7 +23,7 @@
  * place to the datagram's length (_PyBytes_Resize; glibc's realloc splits a shrinking
  * chunk without copying) and handed out, its slot filled again at the next call. Copying
  * from a static buffer instead cost a second pass over every received byte (issue 11:
- * ~6 % of a bulk receiver's CPU samples in memcpy from this function, ``perf record``).
+ * 3-6 % of a bulk receiver's CPU samples in memcpy from this function, perf record).
  *
  * The GIL is held throughout: the pool is the module's and the call never blocks.
  */
