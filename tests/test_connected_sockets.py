@@ -425,29 +425,44 @@ def test_dual_stack_listener_gives_ipv4_and_ipv6_clients_sockets() -> None:
     asyncio.run(main())
 
 
+async def _on_one_client_socket(
+    peer: tuple[str, int], n: int
+) -> tuple[Any, list[QuicConnection]]:
+    """``n`` connections to ``peer`` from one client socket (one endpoint and runner, one
+    4-tuple), each connected; the runner is the caller's to close."""
+    from quicflow.aio.runner import EndpointRunner
+    from quicflow.datapath.socket import UdpTransport
+
+    loop = asyncio.get_running_loop()
+    transport = UdpTransport.open("127.0.0.1", 0, connect_to=peer)
+    endpoint = Endpoint(client_configuration(), is_server=False)
+    runner = EndpointRunner(transport, endpoint, connected_peer=peer)
+    faces = []
+    try:
+        for _ in range(n):
+            conn = endpoint.connect(peer, loop.time())
+            face = QuicConnection(runner, conn)
+            runner.faces[id(conn)] = face
+            runner.schedule_flush(conn)
+            faces.append(face)
+        for face in faces:
+            await asyncio.wait_for(face.wait_connected(), 10)
+    except BaseException:
+        runner.close()
+        raise
+    return runner, faces
+
+
 def test_connections_sharing_a_client_socket_share_one_connected_socket() -> None:
     """Three connections from one client socket (one 4-tuple): one connected socket, not
     three on the same 4-tuple; every download intact."""
-    from quicflow.aio.runner import EndpointRunner
-    from quicflow.datapath.socket import UdpTransport
 
     async def main() -> None:
         server = await _serve(cap=8)
         peer = ("127.0.0.1", server.address[1])
-        loop = asyncio.get_running_loop()
-        transport = UdpTransport.open("127.0.0.1", 0, connect_to=peer)
-        endpoint = Endpoint(client_configuration(), is_server=False)
-        runner = EndpointRunner(transport, endpoint, connected_peer=peer)
-        faces = []
+        runner, faces = await _on_one_client_socket(peer, 3)
+        transport = runner.transport
         try:
-            for _ in range(3):
-                conn = endpoint.connect(peer, loop.time())
-                face = QuicConnection(runner, conn)
-                runner.faces[id(conn)] = face
-                runner.schedule_flush(conn)
-                faces.append(face)
-            for face in faces:
-                await asyncio.wait_for(face.wait_connected(), 10)
             results = await asyncio.wait_for(_download_all(faces, 1 << 20), 60)
             assert all(r.ok for r in results)
             assert len(server.connections) == 3
@@ -494,26 +509,12 @@ def test_what_a_closed_socket_still_held_is_not_lost() -> None:
     Datagrams of the second that wait unread in it when the first connection's close
     releases the socket are read and processed, not dropped with it: the second's
     download then completes intact without a packet of its own declared lost."""
-    from quicflow.aio.runner import EndpointRunner
-    from quicflow.datapath.socket import UdpTransport
 
     async def main() -> None:
         server = await _serve(cap=8)
         peer = ("127.0.0.1", server.address[1])
-        loop = asyncio.get_running_loop()
-        transport = UdpTransport.open("127.0.0.1", 0, connect_to=peer)
-        endpoint = Endpoint(client_configuration(), is_server=False)
-        runner = EndpointRunner(transport, endpoint, connected_peer=peer)
-        faces = []
+        runner, faces = await _on_one_client_socket(peer, 2)
         try:
-            for _ in range(2):
-                conn = endpoint.connect(peer, loop.time())
-                face = QuicConnection(runner, conn)
-                runner.faces[id(conn)] = face
-                runner.schedule_flush(conn)
-                faces.append(face)
-            for face in faces:
-                await asyncio.wait_for(face.wait_connected(), 10)
             assert all(r.ok for r in await asyncio.wait_for(_download_all(faces, 64 * KIB), 30))
             sockets = server.runner.sockets
             assert sockets is not None

@@ -42,21 +42,28 @@ async def _until(check: Any, seconds: float = 3.0) -> bool:
     return True
 
 
-async def _other_workers_datagram_from_a_socket_peer() -> None:
+async def _held_socket_of_worker_a(stack: AsyncExitStack) -> tuple[Any, Any, Any, Any]:
+    """Two in-process workers, a client served by each (A by worker a, B by worker b),
+    and worker a's connection of A, which holds a socket connected to A's address:
+    ``(workers, client_a, client_b, server_a)``."""
     every = SocketPolicy(min_bytes=0, min_age=0.0)
+    workers = await stack.enter_async_context(in_process_workers(2, 8, every))
+    # clients until each worker serves one (the kernel hashes first Initials)
+    clients = await _one_client_per_worker(stack, ("127.0.0.1", workers.port))
+    client_a, client_b = clients[0], clients[1]
+    address_a = client_a.runner.transport.local_address
+    (server_a,) = [
+        f.conn for f in workers.runners[0].faces.values() if f.conn.peer_address == address_a
+    ]
+    assert workers.runners[0].connection_socket(server_a) is not None
+    return workers, client_a, client_b, server_a
+
+
+async def _other_workers_datagram_from_a_socket_peer() -> None:
     async with AsyncExitStack() as stack:
-        workers = await stack.enter_async_context(in_process_workers(2, 8, every))
+        workers, client_a, client_b, server_a = await _held_socket_of_worker_a(stack)
         transports, runners = workers.transports, workers.runners
-        # clients until each worker serves one (the kernel hashes first Initials)
-        clients = await _one_client_per_worker(stack, ("127.0.0.1", workers.port))
         a, b = 0, 1
-        client_a, client_b = clients[a], clients[b]
-        # worker a's connection of client A holds a socket connected to A's address
-        address_a = client_a.runner.transport.local_address
-        (server_a,) = [
-            f.conn for f in runners[a].faces.values() if f.conn.peer_address == address_a
-        ]
-        assert runners[a].connection_socket(server_a) is not None
         # B's short header (its CID names worker b), as a NAT would send it from A's
         # address after A vanished: it reaches worker a through A's connected socket
         header = bytes([0x40 | 0x03]) + client_b.conn.peer_cid + os.urandom(60)
@@ -203,17 +210,10 @@ def test_a_nat_mapping_given_to_another_workers_client_keeps_its_transfer_going(
 
 
 async def _other_workers_datagram_left_in_a_closed_socket() -> None:
-    every = SocketPolicy(min_bytes=0, min_age=0.0)
     async with AsyncExitStack() as stack:
-        workers = await stack.enter_async_context(in_process_workers(2, 8, every))
+        workers, client_a, client_b, server_a = await _held_socket_of_worker_a(stack)
         transports, runners = workers.transports, workers.runners
-        clients = await _one_client_per_worker(stack, ("127.0.0.1", workers.port))
         a, b = 0, 1
-        client_a, client_b = clients[a], clients[b]
-        address_a = client_a.runner.transport.local_address
-        (server_a,) = [
-            f.conn for f in runners[a].faces.values() if f.conn.peer_address == address_a
-        ]
         sockets = runners[a].sockets
         held = runners[a].connection_socket(server_a)
         assert sockets is not None and held is not None
