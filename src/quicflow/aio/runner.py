@@ -212,13 +212,8 @@ class EndpointRunner:
         self.loop.call_soon(self._process_leftovers, batch, peer)
 
     def _process_leftovers(self, batch: list[RecvEntry], peer: tuple[Any, ...]) -> None:
-        if self._closed:
-            return
-        batch, strays = sort_strays(self.transport, batch, peer)  # (a worker's claim)
-        if strays and self.sockets is not None:
-            self.sockets.note_stray(strays)
-        if batch:
-            self._process(batch, peer, self.transport)
+        if not self._closed:
+            self._note_strays(self._process_read(batch, peer, self.transport))
 
     # ------------------------------------------------------------------ receive
 
@@ -262,23 +257,31 @@ class EndpointRunner:
             if not drained:
                 ahead = batch[RECV_BATCH:]
                 del batch[RECV_BATCH:]
-            if socket_peer is not None:
-                batch, found = sort_strays(self.transport, batch, socket_peer)
-                strays += found
-            self._process(batch, socket_peer, transport)
+            strays += self._process_read(batch, socket_peer, transport)
             if drained or transport.closed:
                 break
         if ahead and not transport.closed and not self._closed:  # (the bound was reached)
-            if socket_peer is not None:
-                ahead, found = sort_strays(self.transport, ahead, socket_peer)
-                strays += found
-            self._process(ahead, socket_peer, transport)
-        if strays and self.sockets is not None:
-            self.sockets.note_stray(strays)
+            strays += self._process_read(ahead, socket_peer, transport)
+        self._note_strays(strays)
         if transport.mtu_events:
             self._apply_mtu_events(transport)
         if transport.unreachable_events:
             self._apply_unreachable(transport)
+
+    def _process_read(self, batch: list[RecvEntry], socket_peer: tuple[Any, ...] | None,
+                      transport: UdpTransport) -> int:
+        """Process a batch read from ``transport``; one of a connected socket (connected
+        to ``socket_peer``) has its strays sorted out first (a worker's ``claim``).
+        Returns how many strays there were."""
+        found = 0
+        if socket_peer is not None:
+            batch, found = sort_strays(self.transport, batch, socket_peer)
+        self._process(batch, socket_peer, transport)
+        return found
+
+    def _note_strays(self, count: int) -> None:
+        if count and self.sockets is not None:
+            self.sockets.note_stray(count)
 
     def deliver(self, batch: list[RecvEntry]) -> None:
         """Process datagrams read elsewhere as if read from the listening socket (those
