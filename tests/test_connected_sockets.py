@@ -545,3 +545,42 @@ def test_what_a_closed_socket_still_held_is_not_lost() -> None:
             server.close()
 
     asyncio.run(main())
+
+
+def test_what_is_read_from_a_closing_socket_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer may keep a connected socket's queue full: closing it reads at most
+    ``LEFTOVER_BUFFERS`` buffers (the rest go with the socket), each handed on intact with
+    its source, and counts what it handed on; a closing set (``close_all``) reads none."""
+    from types import SimpleNamespace
+
+    from quicflow.datapath.socket import UdpTransport
+
+    monkeypatch.setattr(connected, "LEFTOVER_BUFFERS", 16)
+    listener = UdpTransport.open("127.0.0.1", 0, reuse_port=True)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    got: list[tuple[list[Any], Any]] = []
+    sockets = connected.ConnectedSockets(
+        listener, 4, on_leftovers=lambda entries, addr: got.append((entries, addr)))
+    try:
+        address = peer.getsockname()
+        conn = SimpleNamespace(peer_address=address)
+        for n in range(2):
+            sock = connected.bind_connection_socket(listener.socket)
+            connected.connect_socket(sock, address)
+            sockets.attach(conn, sock)  # type: ignore[arg-type]
+            for i in range(40):
+                peer.sendto(bytes([n, i]) * 50, listener.local_address)
+            assert select.select([sock], [], [], 2.0)[0]
+            if n == 0:
+                sockets.release(conn)
+            else:
+                sockets.close_all()
+        ((entries, addr),) = got
+        assert addr == address
+        assert [e[0] for e in entries] == [bytes([0, i]) * 50 for i in range(16)]
+        assert {e[2] for e in entries} == {address}
+        assert sockets.counters.leftovers_redelivered == 16
+    finally:
+        listener.close()
+        peer.close()
