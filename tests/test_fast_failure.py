@@ -12,6 +12,7 @@ import sys
 import pytest
 
 import quicflow
+from quicflow.aio.paths import apply_unreachable
 from tests.support.quic_helpers import client_config, run
 
 
@@ -81,7 +82,7 @@ def test_unreachable_after_the_server_answered_is_ignored() -> None:
             async with quicflow.connect("127.0.0.1", server.address[1],
                                         configuration=client_config()) as conn:
                 conn.runner.transport.unreachable_events.append(None)
-                conn.runner._apply_unreachable()
+                apply_unreachable(conn.runner)
                 assert not conn.closed
                 _, writer = await conn.create_stream()
                 writer.write(b"still here")

@@ -1,4 +1,5 @@
-"""New paths in the asyncio face: client migration, preferred addresses, probes.
+"""New paths in the asyncio face: client migration, preferred addresses, probes; and what
+the kernel reports about a path (a lower path MTU, an unreachable server).
 
 The sans-I/O side is ``transport/pathprobe.py``; here the sockets move.
 
@@ -19,6 +20,7 @@ socket the probe came in on.
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING, Any
 
 from ..datapath.backends import RecvEntry
@@ -33,6 +35,9 @@ if TYPE_CHECKING:
     from .runner import EndpointRunner
 
 PATH_EVENTS = frozenset({PathMigrated, PathProbeFailed, PreferredAddressAvailable})
+#: IP + UDP header bytes that a path MTU includes and a UDP payload does not.
+IPV4_UDP_OVERHEAD = 28
+IPV6_UDP_OVERHEAD = 48
 #: Seconds the old socket of a client that migrated is still read before it is closed.
 OLD_SOCKET_GRACE = 1.0
 
@@ -155,3 +160,55 @@ def sort_strays(
     own = [e for e in batch
            if not e[2] or e[2] == socket_peer or normalize_address(e[2]) == socket_peer]
     return own + transport.claim(strays), len(strays)
+
+
+def apply_mtu_events(runner: EndpointRunner, transport: UdpTransport) -> None:
+    """Lower the datagram size of the connections whose path MTU ``transport`` saw
+    drop, and flush them (their refused datagrams' frames are resent, smaller)."""
+    events = transport.mtu_events[:]
+    transport.mtu_events.clear()
+    connections = runner.endpoint.all_connections
+    own = None
+    if transport is not runner.transport and runner.sockets is not None:
+        own = runner.sockets.connection_of(transport.fileno())
+    for addr, mtu in events:
+        if own is not None:  # a per-connection socket: its connection only
+            affected = [own]
+        elif runner.connected_peer is not None or addr is None:
+            affected = list(connections)
+        else:
+            # a path MTU belongs to the destination host (the port may be 0)
+            peer = normalize_address(addr)
+            affected = [
+                c for c in connections if normalize_address(c.peer_address)[0] == peer[0]
+            ]
+        # An AF_INET6 socket counts IPv6 headers even for IPv4-mapped peers when it
+        # checks GSO segments against the path MTU (seen: 1252-byte segments refused
+        # with EMSGSIZE on a 1280 path while single datagrams of 1252 went through),
+        # so size by the socket's family, not the peer's.
+        ipv6 = transport.family == socket.AF_INET6
+        size = mtu - (IPV6_UDP_OVERHEAD if ipv6 else IPV4_UDP_OVERHEAD)
+        for conn in affected:
+            before = conn.max_datagram_size
+            conn.lower_max_datagram_size(size)
+            if conn.max_datagram_size != before and not conn.terminated:
+                runner.schedule_flush(conn)
+
+
+def apply_unreachable(runner: EndpointRunner, transport: UdpTransport | None = None) -> None:
+    """An ICMP error said nothing listens where a client connects: a connection
+    that has heard nothing from its server yet fails at once (one that has is kept:
+    ICMP is not authenticated, RFC 9000 §14.2.1). A server's per-connection sockets
+    see these too (a client gone away); they are dropped, like the listener's."""
+    if transport is None:
+        transport = runner.transport
+    transport.unreachable_events.clear()
+    if runner.connected_peer is None or transport is not runner.transport:
+        return
+    host, port = runner.connected_peer[0], runner.connected_peer[1]
+    name = runner.peer_name or f"{host} port {port}"
+    for conn in list(runner.endpoint.all_connections):
+        if conn.is_client and not conn.terminated and not conn.counters.packets_received:
+            conn.abort(f"connection refused: nothing listens on {name}")
+            runner._dispatch(conn)
+            runner._forget(conn)

@@ -37,16 +37,20 @@ from . import loopwheel
 from .gcpolicy import POLICY as GC_POLICY
 from .gso import TURN_DATAGRAMS, gso_run, join_singles, send_buffer
 from .mallocpolicy import POLICY as MALLOC_POLICY
-from .paths import PATH_EVENTS, on_path_events, send_probes, sort_strays
+from .paths import (
+    PATH_EVENTS,
+    apply_mtu_events,
+    apply_unreachable,
+    on_path_events,
+    send_probes,
+    sort_strays,
+)
 from .qlogfile import file_factory
 from .sendbuffer import SendBudget
 
 if TYPE_CHECKING:
     from .connection import QuicConnection
 
-#: IP + UDP header bytes that a path MTU includes and a UDP payload does not.
-IPV4_UDP_OVERHEAD = 28
-IPV6_UDP_OVERHEAD = 48
 #: receive buffers (each up to 64 GRO segments) read per round. A round is the batch
 #: the receiver processes before it decides about ACKs (every touched connection is
 #: flushed at its end): draft-ietf-quic-ack-frequency §6.4 and RFC 9000 §13.2.2 let a
@@ -264,9 +268,9 @@ class EndpointRunner:
             strays += self._process_read(ahead, socket_peer, transport)
         self._note_strays(strays)
         if transport.mtu_events:
-            self._apply_mtu_events(transport)
+            apply_mtu_events(self, transport)
         if transport.unreachable_events:
-            self._apply_unreachable(transport)
+            apply_unreachable(self, transport)
 
     def _process_read(self, batch: list[RecvEntry], socket_peer: tuple[Any, ...] | None,
                       transport: UdpTransport) -> int:
@@ -413,7 +417,7 @@ class EndpointRunner:
             else:
                 sent = send_buffer(transport, buf, bounds, addr, ecn)
             if transport.mtu_events:
-                self._apply_mtu_events(transport)
+                apply_mtu_events(self, transport)
             if not sent:
                 for conn in conns:
                     self._wait_writable(transport, conn)
@@ -581,7 +585,7 @@ class EndpointRunner:
             else:
                 sent = send_buffer(transport, buf, bounds, addr, conn.ecn_codepoint())
             if transport.mtu_events:
-                self._apply_mtu_events(transport)  # before building more: smaller now
+                apply_mtu_events(self, transport)  # before building more: smaller now
             if not sent:
                 self._wait_writable(transport, conn)
                 break
@@ -605,7 +609,7 @@ class EndpointRunner:
     def _on_writable(self, transport: UdpTransport) -> None:
         done = transport.flush_pending()
         if transport.mtu_events:
-            self._apply_mtu_events(transport)
+            apply_mtu_events(self, transport)
         if done:
             fd = transport.fileno()
             self.loop.remove_writer(fd)
@@ -627,60 +631,6 @@ class EndpointRunner:
                     queue[later] = None
                 queue[conn] = None
                 return
-
-    # ------------------------------------------------------------------ path MTU
-
-    def _apply_mtu_events(self, transport: UdpTransport) -> None:
-        """Lower the datagram size of the connections whose path MTU ``transport`` saw
-        drop, and flush them (their refused datagrams' frames are resent, smaller)."""
-        events = transport.mtu_events[:]
-        transport.mtu_events.clear()
-        connections = self.endpoint.all_connections
-        own = None
-        if transport is not self.transport and self.sockets is not None:
-            own = self.sockets.connection_of(transport.fileno())
-        for addr, mtu in events:
-            if own is not None:  # a per-connection socket: its connection only
-                affected = [own]
-            elif self.connected_peer is not None or addr is None:
-                affected = list(connections)
-            else:
-                # a path MTU belongs to the destination host (the port may be 0)
-                peer = normalize_address(addr)
-                affected = [
-                    c for c in connections if normalize_address(c.peer_address)[0] == peer[0]
-                ]
-            # An AF_INET6 socket counts IPv6 headers even for IPv4-mapped peers when it
-            # checks GSO segments against the path MTU (seen: 1252-byte segments refused
-            # with EMSGSIZE on a 1280 path while single datagrams of 1252 went through),
-            # so size by the socket's family, not the peer's.
-            ipv6 = transport.family == socket.AF_INET6
-            size = mtu - (IPV6_UDP_OVERHEAD if ipv6 else IPV4_UDP_OVERHEAD)
-            for conn in affected:
-                before = conn.max_datagram_size
-                conn.lower_max_datagram_size(size)
-                if conn.max_datagram_size != before and not conn.terminated:
-                    self.schedule_flush(conn)
-
-    # ------------------------------------------------------------------ unreachable
-
-    def _apply_unreachable(self, transport: UdpTransport | None = None) -> None:
-        """An ICMP error said nothing listens where a client connects: a connection
-        that has heard nothing from its server yet fails at once (one that has is kept:
-        ICMP is not authenticated, RFC 9000 §14.2.1). A server's per-connection sockets
-        see these too (a client gone away); they are dropped, like the listener's."""
-        if transport is None:
-            transport = self.transport
-        transport.unreachable_events.clear()
-        if self.connected_peer is None or transport is not self.transport:
-            return
-        host, port = self.connected_peer[0], self.connected_peer[1]
-        name = self.peer_name or f"{host} port {port}"
-        for conn in list(self.endpoint.all_connections):
-            if conn.is_client and not conn.terminated and not conn.counters.packets_received:
-                conn.abort(f"connection refused: nothing listens on {name}")
-                self._dispatch(conn)
-                self._forget(conn)
 
     # ------------------------------------------------------------------ timers
 
