@@ -185,7 +185,11 @@ def main() -> int:
     ap.add_argument("--connections", default="1,8,64,256",
                     help="comma-separated connection counts (default: %(default)s)")
     ap.add_argument("--size", type=parse_size, default=parse_size("200M"),
-                    help="total download per run (default: 200M)")
+                    help="total download per run, shared by the connections (default: "
+                    "200M). Each connection costs about 1-3 ms of client and ~0.75 ms of "
+                    "server CPU whatever its size (its first flights, its close), so "
+                    "SIZE/N sets how much of a run that is: the issue-11 figures in "
+                    "bench/RESULTS.md use 1G (4 MiB per connection at 256) and 4G")
     ap.add_argument("--impl", default="quicflow",
                     help="comma-separated: quicflow, aioquic, qh3 (default: %(default)s)")
     ap.add_argument("--repeat", type=int, default=1,
