@@ -394,15 +394,17 @@ class ConnectedSockets:
         transport = entry[1]
         left: list[RecvEntry] = []
         if leftovers and self.on_leftovers is not None and not transport.closed:
-            left = read_leftovers(transport)  # (before _remove: its counters count them)
+            # (before _remove: the socket's counters count what is read, GRO segments too)
+            read_before = transport.counters.datagrams_received
+            left = read_leftovers(transport)
+            self.counters.leftovers_redelivered += (
+                transport.counters.datagrams_received - read_before)
         self._remove(conn)
         if transport.has_pending():
             transport.flush_pending()
         transport.close()
         self.counters.connected_sockets_closed += 1
         if left and self.on_leftovers is not None:
-            self.counters.leftovers_redelivered += sum(
-                -(-len(data) // size) if size else 1 for data, size, _, _ in left)
             self.on_leftovers(left, entry[2])
 
     def forget(self, conn: Any) -> None:
