@@ -11,7 +11,12 @@ import hashlib
 import math
 
 import quicflow
-from quicflow.transport.closing import DRAIN_GRID, RESEND_DELAYS, draining_deadline
+from quicflow.transport.closing import (
+    DRAIN_GRID,
+    MAX_CLOSING_PTOS,
+    RESEND_DELAYS,
+    draining_deadline,
+)
 from quicflow.transport.connection import Connection
 from quicflow.transport.events import ConnectionTerminated
 from quicflow.transport.state import DRAINING
@@ -423,3 +428,48 @@ def test_a_drained_connection_leaves_the_engine_and_its_neighbour_keeps_working(
 
     pair.run(done)
     assert hashlib.sha256(bytes(got)).digest() == hashlib.sha256(data).digest()
+
+
+def test_a_peer_whose_first_probes_go_unanswered_still_gets_the_close() -> None:
+    """The close and every answer in the first 6 PTO are lost while the server waits for
+    the ACK of its 1-RTT packets: its later PTO probes (7 and 15 PTO after its last
+    packet) are still answered, because each packet received while closing keeps the
+    period open for the next probe and a probe long after the last answer is answered
+    whatever the count. Before, the period ended at 3 PTO and the server learnt of the
+    close only at its idle timeout, as an idle timeout."""
+    pair, server = _close_with_server_packets_unacknowledged()
+    client = pair.client
+    closed_at = pair.now
+    pto = client.pto()
+    pair.up.drop_next = 10_000
+    pair.run(lambda: pair.now >= closed_at + 6 * pto)
+    lost = pair.up.dropped
+    assert not client.terminated and lost >= 2  # the close and an answer, at least
+    pair.up.drop_next = 0
+    seen: list[ConnectionTerminated] = []
+    pair.run(lambda: _terminated(server, seen), max_time=closed_at + 60)
+    assert (seen[0].error_code, seen[0].reason, seen[0].by_peer) == (11, "closing early", True)
+    assert pair.now - closed_at < MAX_CLOSING_PTOS * pto
+    pair.run(lambda: client.terminated)
+
+
+def test_a_peer_that_keeps_sending_holds_a_closing_connection_a_bounded_time() -> None:
+    """The server never hears the close and sends a small packet every PTO/8: the client
+    answers at most a few times per PTO and ends MAX_CLOSING_PTOS PTOs after its close."""
+    pair, server = _quiet_pair()
+    client = pair.client
+    pto = client.pto()
+    pair.up.drop_next = 10_000
+    client.close(5, "", now=pair.now)
+    closed_at = pair.now
+    sid = server.open_stream()
+    while not client.terminated:
+        server.send_stream_data(sid, b"z" * 10)
+        pair.step()
+        pair.now += pto / 8
+        client.handle_timer(pair.now)
+        assert pair.now - closed_at < 2 * MAX_CLOSING_PTOS * pto
+    elapsed = pair.now - closed_at
+    assert MAX_CLOSING_PTOS * pto - pto <= elapsed <= MAX_CLOSING_PTOS * pto + pto
+    answers = pair.up.dropped
+    assert answers <= 2 * elapsed / pto + math.log2(client.close_packets_seen) + 2

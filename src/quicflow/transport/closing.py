@@ -27,7 +27,21 @@ repeats that flight. Either way it sends again unless it has our close, and is a
 cannot send for the anti-amplification limit; it then ends at its half-open timeout.)
 
 Answers to incoming packets are rate-limited the way the RFC suggests: the 1st, 2nd,
-4th, 8th... ack-eliciting packet received while closing is answered, the others not.
+4th, 8th... packet received while closing is answered, and any packet that comes half a
+PTO or more after the last copy we sent. The count alone answered a peer's PTO probes
+less and less often (the 3rd, 5th, 6th, 7th not at all), so under loss a peer whose
+first answers were lost kept probing unanswered; the time rule answers each probe, and a
+flood still gets at most two answers per PTO beyond the count's.
+
+A packet received while closing also keeps the closing period open: the peer is alive
+and has not got our close, and its next probe would otherwise find the connection
+forgotten. Its probes come at a doubling interval (RFC 9002 §6.2.1: 1, 3, 7, 15... PTOs
+after its last packet before our close), so a packet T after the close keeps the period
+open until T + 2 PTO after it (3 PTO at least): its next probe, about 2T + 1 PTO after
+the close, is inside. The period never ends later than
+:data:`MAX_CLOSING_PTOS` PTOs or our idle timeout after the close, whichever is sooner:
+past the idle timeout the peer has given up too (its idle timer has run since the last
+packet it got from us, which was before our close).
 """
 
 from __future__ import annotations
@@ -44,6 +58,11 @@ if TYPE_CHECKING:
 #: 1/4, 1/2 then 1 PTO), each before the closing period (3 PTO) ends.
 RESEND_DELAYS = (0.25, 0.75, 1.75)
 
+
+#: The closing period, kept open by the peer's packets, ends at most this many PTOs after
+#: the close (and never later than the idle timeout after it): the peer's PTO probes at
+#: 1, 3, 7, 15 and 31 PTOs are inside it.
+MAX_CLOSING_PTOS = 34
 
 #: The draining period (3 PTO, RFC 9000 §10.2) ends on a grid of this many seconds,
 #: rounded up, so it is never shorter: connections that drain close together (a server's
@@ -75,6 +94,7 @@ def start_closing(conn: Connection, now: float, period: float) -> None:
     conn.close_packets_seen = 0
     conn.close_resends = 0
     conn.close_started = now
+    conn.close_answered_at = now
     conn.close_resend_at = None
     if period > 0:
         if _peer_sends_again(conn):
@@ -109,6 +129,7 @@ def on_closing_timer(conn: Connection, now: float) -> None:
         conn.close_resend_at = None
         return
     conn.close_pending = True
+    conn.close_answered_at = now
     conn.close_resends += 1
     conn.counters.close_resends += 1
     if conn.close_resends < len(RESEND_DELAYS):
@@ -120,9 +141,21 @@ def on_closing_timer(conn: Connection, now: float) -> None:
     conn.close_resend_at = None
 
 
-def answer_in_closing(conn: Connection) -> None:
-    """An ack-eliciting packet arrived while closing: answer it, rate-limited."""
+def answer_in_closing(conn: Connection, now: float) -> None:
+    """A packet arrived while closing: answer it, rate-limited, and keep the closing
+    period open for the peer's next probe (bounded: see the module's notes)."""
     conn.close_packets_seen += 1
     seen = conn.close_packets_seen
-    if seen & (seen - 1) == 0:  # 1, 2, 4, 8, ...
+    pto = conn.pto()
+    if seen & (seen - 1) == 0 or now - conn.close_answered_at >= 0.5 * pto:
         conn.close_pending = True
+        conn.close_answered_at = now
+    deadline = conn.close_deadline
+    if deadline is not None:
+        wanted = now + max(3 * pto, now - conn.close_started + 2 * pto)
+        if wanted > deadline:
+            limit = conn.close_started + MAX_CLOSING_PTOS * pto
+            idle = conn.idle_timeout
+            if 0 < idle and conn.close_started + idle < limit:
+                limit = conn.close_started + idle
+            conn.close_deadline = max(deadline, min(wanted, limit))

@@ -238,6 +238,7 @@ class Connection:
     close_error: tuple[int, int | None, str, bool] | None = None  # (code, frame_type, reason, app)
     close_pending: bool = False
     close_started: float = 0.0  # closing state: see closing.py
+    close_answered_at: float = 0.0  # when a copy of the close was last made due
     close_resend_at: float | None = None
     close_resends: int = 0
     close_packets_seen: int = 0

@@ -361,7 +361,7 @@ def _receive_packet(
         conn.idle_deadline = now + effective_idle(conn)
     conn.last_ack_eliciting_sent_after_receive = False
     if conn.state == CLOSING:
-        answer_in_closing(conn)
+        answer_in_closing(conn, now)
 
 
 def _crypto_held(space: PacketSpace) -> int:

@@ -312,7 +312,7 @@ def receive_short_runs(
     conn.idle_deadline = now + effective_idle(conn)
     conn.last_ack_eliciting_sent_after_receive = False
     if conn.state == CLOSING:
-        answer_in_closing(conn)
+        answer_in_closing(conn, now)
     events = conn.events
     if len(readable) == 1:  # (the usual run: one stream)
         sid = readable[0]
