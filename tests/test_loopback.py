@@ -206,6 +206,70 @@ def test_transfer_through_10_percent_loss_and_reordering() -> None:
     assert stats["client"]["packets_lost"] > 0, stats  # the client noticed and resent
 
 
+def test_transfer_through_corrupted_and_duplicated_datagrams() -> None:
+    """10 % of the datagrams each way get one bit flipped and 5 % arrive twice (the
+    interop runner's "transfercorruption"): a corrupted packet fails its AEAD check (or
+    no longer parses) and is dropped and counted, never delivered; the sender resends,
+    and both 4 MB transfers arrive intact."""
+    async def main() -> dict[str, dict[str, int]]:
+        server = await quicflow.serve(
+            echo_proto.serve_stream, "127.0.0.1", 0, configuration=server_config()
+        )
+        try:
+            async with LossyUdpRelay(server.address, corrupt=0.10, duplicate=0.05,
+                                     seed=8) as relay:
+                async with quicflow.connect(
+                    "127.0.0.1", relay.address[1], configuration=client_config()
+                ) as conn:
+                    result = await exchange(conn, upload=4 * MB, download=4 * MB, seed=12)
+                    assert result["ok"], result
+                    counters = conn.conn.counters
+                    client = {"dropped": counters.packets_dropped,
+                              "duplicates": counters.duplicate_packets,
+                              "lost": counters.packets_lost}
+                return {**relay.stats(), "client": client}
+        finally:
+            server.close()
+
+    stats = run(main(), 120)
+    for direction in ("c2s", "s2c"):
+        assert stats[direction]["corrupted"] > 100, stats
+        assert stats[direction]["duplicated"] > 50, stats
+    client = stats["client"]
+    assert client["dropped"] > 100 and client["duplicates"] > 0, stats
+    assert client["lost"] > 0, stats  # what the server dropped, the client sent again
+
+
+def test_handshakes_through_30_percent_corruption() -> None:
+    """Handshakes with 30 % of the datagrams corrupted each way ("handshakecorruption"):
+    a corrupted Initial or Handshake packet is dropped like a lost one (a flipped bit in
+    a connection ID or the version must not start a new connection or end this one),
+    and each handshake completes and carries its exchange. One relay per connection:
+    the relay forwards to the client that sent last."""
+    async def main() -> list[int]:
+        server = await quicflow.serve(
+            echo_proto.serve_stream, "127.0.0.1", 0, configuration=server_config()
+        )
+        corrupted = []
+        try:
+            for i in range(4):
+                async with LossyUdpRelay(server.address, corrupt=0.30, seed=40 + i) as relay:
+                    async with quicflow.connect(
+                        "127.0.0.1", relay.address[1], configuration=client_config()
+                    ) as conn:
+                        result = await exchange(conn, upload=20_000, download=20_000,
+                                                seed=i)
+                        assert result["ok"], result
+                    stats = relay.stats()
+                    corrupted.append(stats["c2s"]["corrupted"] + stats["s2c"]["corrupted"])
+        finally:
+            server.close()
+        return corrupted
+
+    corrupted = run(main(), 120)
+    assert all(n > 0 for n in corrupted), corrupted
+
+
 # ---------------------------------------------------------------------------- errors
 
 
