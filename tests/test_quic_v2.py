@@ -5,8 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from quicflow.transport.events import ConnectionTerminated
-from quicflow.wire.packet import QUIC_V1, QUIC_V2, parse_header
-from tests.support.memory_pair import MemoryPair
+from quicflow.wire.packet import (
+    QUIC_V1,
+    QUIC_V2,
+    VERSION_NEGOTIATION,
+    build_version_negotiation,
+    parse_header,
+)
+from tests.support.memory_pair import SERVER_ADDR, MemoryPair
 from tests.test_retry_tokens import _echo_transfer, client_config, server_config
 
 
@@ -112,3 +118,61 @@ def test_incompatible_negotiation_restarts_in_a_common_version() -> None:
     assert pair.client.version_restarted and pair.client.original_dcid != first_dcid
     assert pair.server.counters.version_negotiations_sent == 1
     _echo_transfer(pair)
+
+
+def _server_initial_as_version_negotiation(pair: MemoryPair) -> bytes:
+    """The server's first datagram with one corruption that makes it a well-formed
+    Version Negotiation packet: the version field zeroed (and a tail of whole versions).
+    Its connection IDs are the server's, not an echo of the client's."""
+    for datagram in pair.client_ep.datagrams_to_send(pair.client, pair.now):
+        pair.server.receive(datagram, pair.client_addr, pair.now)
+    server_datagram = pair.server.datagrams_to_send(pair.server_conns[0], pair.now)[0]
+    forged = bytearray(server_datagram)
+    forged[1:5] = bytes(4)
+    dcid_len = forged[5]
+    versions_at = 7 + dcid_len + forged[6 + dcid_len]
+    # what follows reads as versions; keep none that is ours (else the packet is
+    # ignored for listing our version, the other rule)
+    forged = forged[:versions_at] + bytes.fromhex("1a2a3a4aff00001d")
+    header = parse_header(bytes(forged), 0, 8)
+    assert header.packet_type == VERSION_NEGOTIATION
+    assert header.scid != pair.client.original_dcid and QUIC_V1 not in header.supported_versions
+    return bytes(forged)
+
+
+def test_a_corrupted_packet_that_parses_as_version_negotiation_is_ignored() -> None:
+    """RFC 9000 §6.2 and §17.2.1: a Version Negotiation packet that does not echo the
+    client's connection IDs is dropped (counted), and the handshake goes on."""
+    pair = MemoryPair()
+    forged = _server_initial_as_version_negotiation(pair)
+    dropped = pair.client.counters.packets_dropped
+    pair.client_ep.receive(forged, SERVER_ADDR, pair.now)
+    assert pair.client.counters.packets_dropped == dropped + 1
+    assert not pair.client.terminated
+    pair.run(lambda: pair.client.handshake_confirmed)
+    assert pair.client.version == QUIC_V1
+
+
+def test_version_negotiation_after_a_retry_is_ignored() -> None:
+    """A client that has processed a Retry ignores Version Negotiation, even one that
+    echoes its Initial's connection IDs and lists no version in common."""
+    pair = MemoryPair(server_config=server_config(retry="always"),
+                      client_config=client_config(versions=[QUIC_V1]))
+    pair.run(lambda: pair.client.retry_scid is not None)
+    client = pair.client
+    vn = build_version_negotiation(client.initial_scid, client.original_dcid, [0x1A2A3A4A])
+    dropped = client.counters.packets_dropped
+    pair.client_ep.receive(vn, SERVER_ADDR, pair.now)
+    assert client.counters.packets_dropped == dropped + 1 and not client.terminated
+    pair.run(lambda: client.handshake_confirmed)
+
+
+def test_version_negotiation_that_echoes_the_ids_ends_the_attempt() -> None:
+    """The same packet before any other, echoing the client's IDs: the attempt ends
+    (no version in common), as RFC 9000 §6.2 says."""
+    pair = MemoryPair(client_config=client_config(versions=[QUIC_V1]))
+    client = pair.client
+    vn = build_version_negotiation(client.initial_scid, client.original_dcid, [0x1A2A3A4A])
+    pair.client_ep.receive(vn, SERVER_ADDR, pair.now)
+    events = [e for e in client.pop_events() if isinstance(e, ConnectionTerminated)]
+    assert events and events[0].reason == "server does not support QUIC version 1"

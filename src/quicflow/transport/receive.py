@@ -219,17 +219,23 @@ def _receive_packet(
 ) -> None:
     ptype = hdr.packet_type
     if ptype == VERSION_NEGOTIATION:
-        if conn.is_client and not conn.peer_initial_scid and (
-            conn.version not in hdr.supported_versions  # (else ignored, RFC 9000 §6.2)
-        ):
-            other = next((v for v in conn.configuration.versions
-                          if v in hdr.supported_versions), None)
-            if other is not None and not conn.version_restarted:
-                conn.restart_in_version(other)
-                return
-            names = {QUIC_V1: "1", QUIC_V2: "2"}
-            conn.enter_draining(0, None, "server does not support QUIC version "
-                                + names.get(conn.version, hex(conn.version)))
+        # RFC 9000 §6.2: taken only before any other packet was processed (a Retry
+        # counts), only when it echoes the connection IDs of our Initial (§17.2.1) and
+        # never when it lists our version: otherwise it is corrupted (a flipped bit turns
+        # a server Initial of version 1 into one of version 0) or forged, and ignored.
+        if not (conn.is_client and not conn.peer_initial_scid and conn.retry_scid is None
+                and hdr.scid == conn.original_dcid and hdr.dcid == conn.initial_scid
+                and conn.version not in hdr.supported_versions):
+            conn.counters.packets_dropped += 1
+            return
+        other = next((v for v in conn.configuration.versions
+                      if v in hdr.supported_versions), None)
+        if other is not None and not conn.version_restarted:
+            conn.restart_in_version(other)
+            return
+        names = {QUIC_V1: "1", QUIC_V2: "2"}
+        conn.enter_draining(0, None, "server does not support QUIC version "
+                            + names.get(conn.version, hex(conn.version)))
         return
     if ptype == RETRY:
         _receive_retry(conn, data, pos, hdr)
