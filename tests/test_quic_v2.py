@@ -176,3 +176,20 @@ def test_version_negotiation_that_echoes_the_ids_ends_the_attempt() -> None:
     pair.client_ep.receive(vn, SERVER_ADDR, pair.now)
     events = [e for e in client.pop_events() if isinstance(e, ConnectionTerminated)]
     assert events and events[0].reason == "server does not support QUIC version 1"
+
+
+def test_version_negotiation_after_a_server_initial_with_an_empty_cid_is_ignored() -> None:
+    """A server may choose a zero-length connection ID: its Initial, once processed,
+    still counts as "another packet" (RFC 9000 §6.2), so a Version Negotiation that
+    echoes the client's IDs is ignored afterwards. (quicflow's own server always issues
+    QUIC-LB IDs of 7 bytes or more: the empty SCID such a server's Initial leaves is set
+    here directly.)"""
+    pair = MemoryPair(client_config=client_config(versions=[QUIC_V1]))
+    pair.run(lambda: pair.client.handshake_confirmed)
+    client = pair.client
+    client.peer_initial_scid = b""
+    vn = build_version_negotiation(client.initial_scid, client.original_dcid, [0x1A2A3A4A])
+    dropped = client.counters.packets_dropped
+    pair.client_ep.receive(vn, SERVER_ADDR, pair.now)
+    assert client.counters.packets_dropped == dropped + 1 and not client.terminated
+    _echo_transfer(pair)

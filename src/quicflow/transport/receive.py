@@ -223,7 +223,7 @@ def _receive_packet(
         # counts), only when it echoes the connection IDs of our Initial (§17.2.1) and
         # never when it lists our version: otherwise it is corrupted (a flipped bit turns
         # a server Initial of version 1 into one of version 0) or forged, and ignored.
-        if not (conn.is_client and not conn.peer_initial_scid and conn.retry_scid is None
+        if not (conn.is_client and conn.peer_initial_scid is None and conn.retry_scid is None
                 and hdr.scid == conn.original_dcid and hdr.dcid == conn.initial_scid
                 and conn.version not in hdr.supported_versions):
             conn.counters.packets_dropped += 1
