@@ -61,10 +61,10 @@ async def with_aioquic_server(
     """Our client against an aioquic server (optionally through the lossy relay)."""
     cert, key = pem
     # Through the lossy relay our CONNECTION_CLOSE can be lost, and then the peer may end
-    # only at its idle timeout (RFC 9000 §10.2): copies of the close are skipped while the
-    # peer has packets of its own unacknowledged (closing.py), and the answer to its
-    # retransmission can be lost too (seen in ~2 of 50 runs). A short idle timeout bounds
-    # that wait.
+    # only at its idle timeout (RFC 9000 §10.2): while the peer has packets of its own
+    # unacknowledged we answer its retransmissions rather than repeat the close blindly
+    # (closing.py), and every answer inside our closing period (34 PTO at most) can be
+    # lost too. A short idle timeout bounds that wait.
     lossy = bool(loss or reorder)
     if lossy:
         aioquic_args = ("--idle-timeout", str(LOSSY_IDLE_TIMEOUT), *aioquic_args)
