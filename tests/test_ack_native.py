@@ -146,6 +146,9 @@ def _detector(draw: st.DrawFn) -> tuple[Epoch, LossDetection, list[tuple[int, in
     cc.cwnd = draw(st.integers(2400, 1 << 24))
     cc.ssthresh = draw(st.sampled_from([cc.ssthresh, cc.cwnd, cc.cwnd * 2, 2400]))
     cc.app_limited = draw(st.booleans())
+    # the ensemble's ceiling (ensemble.py): none, below, at or above the window
+    cc.ss_ceiling = draw(st.sampled_from(
+        [cc.ss_ceiling, cc.cwnd // 2, cc.cwnd, cc.cwnd + 1, cc.cwnd * 2]))
     sp = loss.spaces[(Epoch.INITIAL, Epoch.HANDSHAKE, _ONE_RTT).index(epoch)]
     pn = draw(st.integers(0, 5000))
     now = 10.0

@@ -19,6 +19,8 @@ from __future__ import annotations
 import heapq
 from typing import TYPE_CHECKING
 
+from ..transport.ensemble import SlowStartEnsembles
+
 if TYPE_CHECKING:
     import asyncio
 
@@ -32,9 +34,10 @@ Timers = dict[int, "tuple[float, Connection, EndpointRunner]"]
 
 
 class LoopWheel:
-    """The loop timer and deadline heap shared by the runners of one event loop."""
+    """The loop timer and deadline heap shared by the runners of one event loop (and
+    their connections' slow-start ensembles: ``transport/ensemble.py``)."""
 
-    __slots__ = ("loop", "heap", "serial", "handle", "at", "runners", "limit")
+    __slots__ = ("loop", "heap", "serial", "handle", "at", "runners", "limit", "ensembles")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -46,6 +49,9 @@ class LoopWheel:
         self.at = _INF  # when the loop timer fires (inf: not armed)
         self.runners: dict[int, EndpointRunner] = {}  # the runners using it (by id)
         self.limit = 64  # the heap is compacted when it grows past this
+        #: the slow-start ensembles of the loop's connections, by peer host (a client
+        #: makes a runner per connection: per runner, it would see one connection each)
+        self.ensembles = SlowStartEnsembles()
 
     def push(self, deadline: float, timers: Timers, key: int) -> None:
         """The connection ``key`` of the runner whose ``_timers`` are ``timers`` is due at

@@ -116,6 +116,7 @@ class EndpointRunner:
         #: loopwheel.py)
         self._timers: loopwheel.Timers = {}
         self._wheel = loopwheel.join(self)
+        self._ensembles = self._wheel.ensembles
         self._dirty: dict[Connection, None] = {}  # by identity, in order
         self._peers: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # see PEER_CACHE
         self._flush_scheduled = False
@@ -596,6 +597,8 @@ class EndpointRunner:
                 break  # the pacer holds the rest back: the timer sends it at ``paced``
         else:
             self.schedule_flush(conn)  # more to send: yield to the loop first
+        if conn.configuration.shared_slow_start:  # (its window against the others' to
+            self._ensembles.note(conn)  # its host: transport/ensemble.py)
         return True
 
     def _wait_writable(self, transport: UdpTransport, conn: Connection) -> None:
@@ -685,6 +688,7 @@ class EndpointRunner:
     def _forget(self, conn: Connection) -> None:
         key = id(conn)
         self._timers.pop(key, None)  # its heap entry is skipped when it comes up
+        self._ensembles.forget(key)
         self.endpoint.forget(conn)
         if self.sockets is not None:
             self.sockets.forget(conn)
@@ -713,6 +717,8 @@ class EndpointRunner:
         self._closed = True
         self._reading = False
         self._timers.clear()  # its entries in the wheel are skipped from now on
+        for conn in self.endpoint.registry:  # (the loop's other runners go on)
+            self._ensembles.forget(id(conn))
         self._wheel.leave(self)
         transports = [self.transport, *self.listeners]
         if self.probe_transport is not None:

@@ -44,6 +44,10 @@ class Configuration:
         doubles (up to the largest) when the peer reports STREAM_DATA_BLOCKED at its limit.
     max_streams_bidi / max_streams_uni: how many streams the peer may have open at once.
     congestion_control: "cubic" (default) or "newreno".
+    shared_slow_start: a window-limited connection joins the ensemble of the loop's
+        connections to its peer's host, and slow start does not grow its window past 5/4
+        of the ensemble's mean once it has 8 members (``transport/ensemble.py``: the ones
+        that started first no longer keep their lead); False: its slow start is its own.
     pacing: "auto" (default) paces a connection's sends (RFC 9002 §7.7: 1.25·cwnd/srtt in
         bursts) unless its peer is at a loopback address, where no network queue needs
         it and the congestion window alone bounds a burst; "on" paces every path, "off"
@@ -149,6 +153,7 @@ class Configuration:
     max_streams_bidi: int = 256
     max_streams_uni: int = 256
     congestion_control: str = "cubic"
+    shared_slow_start: bool = True
     max_datagram_size: int = 1452
     pmtud: bool = True
     pmtud_raise_interval: float = 600.0

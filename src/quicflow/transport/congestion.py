@@ -14,6 +14,8 @@ ALGORITHMS = ("newreno", "cubic")
 
 #: Stands for an infinite slow-start threshold (kept an int so the state is plain data).
 SSTHRESH_INFINITE = (1 << 62) - 1
+#: ``CongestionControl.ss_ceiling`` when none applies (the largest value the engine reads)
+NO_CEILING = (1 << 62) - 1
 
 #: RFC 9002 §7.3.2: kLossReductionFactor of NewReno.
 LOSS_REDUCTION_FACTOR = 0.5
@@ -68,6 +70,9 @@ class CongestionControl:
     cubic_t_epoch: float | None = None
     cubic_cwnd_epoch: float = 0.0
     cubic_w_est: float = 0.0
+    #: slow start grows the window up to here only: the ceiling of the connections to
+    #: the same host (``ensemble.py``; set at each send turn, NO_CEILING when none)
+    ss_ceiling: int = NO_CEILING
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -118,6 +123,7 @@ class CongestionControl:
         as Linux takes in slow start, kept windows of 256 connections x 4 MiB, held to
         about 1 MiB each by the endpoint's send buffer, under the 2048 datagrams at which
         the pacer's burst reaches its 256: more, shorter turns, +25-40 % server CPU per GB.)
+        Nor does it grow a window at or past ``ss_ceiling`` (ensemble.py).
         """
         # (on_removed_from_flight and in_recovery inline: this runs for every ACK)
         prior = self.bytes_in_flight
@@ -127,8 +133,8 @@ class CongestionControl:
         if self.app_limited or (start is not None and time_sent <= start):
             return
         if self.cwnd < self.ssthresh:
-            if 4 * prior < self.cwnd:
-                return  # under a quarter of the window in use (see above)
+            if 4 * prior < self.cwnd or self.cwnd >= self.ss_ceiling:
+                return  # under a quarter of the window in use, or at the ceiling
             step = self.ssthresh - self.cwnd
             if size <= step:
                 self.cwnd += size

@@ -32,7 +32,7 @@ static PyObject *twin, *space_epoch[3];
     X(count) X(size) X(time_sent) X(in_flight) X(ack_eliciting) X(rtt) X(cc)              \
     X(latest_rtt) X(smoothed_rtt) X(rttvar) X(min_rtt) X(has_sample) X(max_ack_delay)     \
     X(first_rtt_sample_time) X(loss_time) X(ack_eliciting_in_flight) X(bytes_in_flight)   \
-    X(recovery_start_time) X(app_limited) X(cwnd) X(ssthresh) X(packets_acked)             \
+    X(recovery_start_time) X(app_limited) X(cwnd) X(ssthresh) X(packets_acked) X(ss_ceiling) \
     X(is_server)                                                                          \
     X(peer_completed_address_validation) X(pto_count) X(timer_anchor)
 
@@ -106,7 +106,7 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *out = NULL, *lost = NULL, *largest_pkt = NULL;
     Py_ssize_t pos = 0, i, n;
     long long lo, hi, largest_sent, largest_acked, k, cnt, size, count = 0, ae = 0, growth = 0,
-        recovering = 0, bif, cwnd, ssthresh, first_remaining = -1, sp_ae, packets_acked;
+        recovering = 0, bif, cwnd, ssthresh, ss_ceiling, first_remaining = -1, sp_ae, packets_acked;
     double now, ack_delay, t, growth_time = 0.0, recovery_start = 0.0, largest_time = 0.0,
                                   max_ack_delay;
     int r, b, in_flight, ack_eliciting, any_eliciting = 0, no_recovery, app_limited,
@@ -279,6 +279,7 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     QF_READ(r, qf_get_ll(cc, s_cwnd, &cwnd));
     QF_READ(r, qf_get_ll(cc, s_ssthresh, &ssthresh));
+    QF_READ(r, qf_get_ll(cc, s_ss_ceiling, &ss_ceiling));
     QF_READ(r, qf_get_exact_bool(cc, s_app_limited, &app_limited));
     /* CongestionControl.on_removed_from_flight(recovering), then on_acked(growth, ...) */
     if (recovering) {
@@ -291,7 +292,7 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             int done = 0;
             if (cwnd < ssthresh) {
                 long long step = ssthresh - cwnd;
-                if (4 * prior < cwnd) {
+                if (4 * prior < cwnd || cwnd >= ss_ceiling) {
                     done = 1;
                 } else if (sz <= step) {
                     cwnd += sz;
