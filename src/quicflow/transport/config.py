@@ -46,8 +46,9 @@ class Configuration:
     congestion_control: "cubic" (default) or "newreno".
     shared_slow_start: a window-limited connection joins the ensemble of the loop's
         connections to its peer's host, and slow start does not grow its window past 5/4
-        of the ensemble's mean once it has 8 members (``transport/ensemble.py``: the ones
-        that started first no longer keep their lead); False: its slow start is its own.
+        of the ensemble's mean rate (window / smoothed RTT) once it has 8 members
+        (``transport/ensemble.py``: the ones that started first no longer keep their
+        lead); False: its slow start is its own.
     pacing: "auto" (default) paces a connection's sends (RFC 9002 §7.7: 1.25·cwnd/srtt in
         bursts) unless its peer is at a loopback address, where no network queue needs
         it and the congestion window alone bounds a burst; "on" paces every path, "off"

@@ -11,16 +11,18 @@ first had about three times the others' windows half a second in and finished in
 thirds of their time; Jain's index 0.95-0.98 in about a third of the runs).
 
 Connections to the same host share its path (RFC 9040's "ensemble sharing" shares
-congestion state among them; RFC 3124 manages it jointly). Here each connection whose
-last send turn left it less than a datagram of window (*window-limited*) is a member of
-its peer host's ensemble with that window; with at least ``ENSEMBLE_MIN`` members, slow
-start does not grow a window that is already ``CEILING_NUM / CEILING_DEN`` times the
-members' mean or more (``CongestionControl.ss_ceiling``). A leader keeps its window and
-sends as before; it grows again once the mean has caught up. Windows that grow together
-are not held: each member's window is the one of its latest turn (a few per round trip),
-so the mean trails a doubling ensemble by less than the ratio. Nothing changes for a
-connection alone on its host, one in congestion avoidance, or one below the ceiling, and
-no window shrinks.
+congestion state among them; RFC 3124 manages it jointly), so the fair share is an equal
+*rate*. Here each connection whose last send turn left it less than a datagram of window
+(*window-limited*) is a member of its peer host's ensemble with its rate, window over
+smoothed RTT; with at least ``ENSEMBLE_MIN`` members, slow start does not grow a window
+that already gives ``CEILING_NUM / CEILING_DEN`` times the members' mean rate or more at
+the connection's own RTT (``CongestionControl.ss_ceiling``). A leader keeps its window
+and sends as before; it grows again once the mean has caught up. Windows that grow
+together are not held: each member's rate is the one of its latest turn (a few per round
+trip), so the mean trails a doubling ensemble by less than the ratio. A connection on a
+longer path to the same host (a relay, another route) needs a larger window for the same
+rate and gets it. Nothing changes for a connection alone on its host, one in congestion
+avoidance, or one below the ceiling, and no window shrinks.
 
 Every operation is O(1): the mean is a running sum. Sans-I/O: the runner calls
 :meth:`SlowStartEnsembles.note` at each send turn and :meth:`SlowStartEnsembles.forget`
@@ -38,17 +40,18 @@ if TYPE_CHECKING:
 
 #: window-limited connections a host needs before its ensemble sets a ceiling
 ENSEMBLE_MIN = 8
-#: the ceiling, as a ratio to the members' mean window (5/4)
+#: the ceiling, as a ratio to the members' mean rate (5/4)
 CEILING_NUM, CEILING_DEN = 5, 4
 
 
 class _Host:
-    __slots__ = ("windows", "total")
+    __slots__ = ("rates", "total")
 
     def __init__(self) -> None:
-        #: id(conn) -> the window of its latest send turn (members only)
-        self.windows: dict[int, int] = {}
-        self.total = 0  # sum(windows.values())
+        #: id(conn) -> its rate at its latest send turn, window / smoothed RTT in bytes
+        #: per second (members only)
+        self.rates: dict[int, int] = {}
+        self.total = 0  # sum(rates.values())
 
 
 class SlowStartEnsembles:
@@ -63,9 +66,11 @@ class SlowStartEnsembles:
         self.member_of: dict[int, object] = {}
 
     def note(self, conn: Connection) -> None:
-        """``conn`` had a send turn: it joins (or stays in, with its window now) its host's
+        """``conn`` had a send turn: it joins (or stays in, with its rate now) its host's
         ensemble if the window held it back, or leaves; it gets the host's ceiling."""
-        cc = conn.loss.cc
+        loss = conn.loss
+        cc = loss.cc
+        srtt = loss.rtt.smoothed_rtt
         key = id(conn)
         host_key = conn.peer_address[0]
         if cc.cwnd - cc.bytes_in_flight < conn.max_datagram_size:
@@ -78,9 +83,10 @@ class SlowStartEnsembles:
                 host = self.hosts[host_key] = _Host()
             if was is None:
                 self.member_of[key] = host_key
-            windows = host.windows
-            host.total += cc.cwnd - windows.get(key, 0)
-            windows[key] = cc.cwnd
+            rates = host.rates
+            rate = int(cc.cwnd / srtt)
+            host.total += rate - rates.get(key, 0)
+            rates[key] = rate
         else:
             if key in self.member_of:
                 self.forget(key)
@@ -88,9 +94,12 @@ class SlowStartEnsembles:
             if host is None:
                 cc.ss_ceiling = NO_CEILING
                 return
-        n = len(host.windows)
-        cc.ss_ceiling = (host.total * CEILING_NUM // (CEILING_DEN * n)
-                         if n >= ENSEMBLE_MIN else NO_CEILING)
+        n = len(host.rates)
+        if n < ENSEMBLE_MIN:
+            cc.ss_ceiling = NO_CEILING
+            return
+        ceiling = int(host.total * srtt * CEILING_NUM / (CEILING_DEN * n))
+        cc.ss_ceiling = ceiling if ceiling < NO_CEILING else NO_CEILING
 
     def forget(self, key: int) -> None:
         """The connection ``id`` ``key`` leaves its ensemble (if in one)."""
@@ -98,6 +107,6 @@ class SlowStartEnsembles:
         if host_key is None:
             return
         host = self.hosts[host_key]
-        host.total -= host.windows.pop(key)
-        if not host.windows:
+        host.total -= host.rates.pop(key)
+        if not host.rates:
             del self.hosts[host_key]
