@@ -1,7 +1,7 @@
 """Slow start shared by the connections to one host (transport/ensemble.py).
 
 Connections that start a round trip apart keep a 2:1 ratio of windows for as long as
-slow start lasts; with the ensemble a leader stops growing at 5/4 of the window-limited
+slow start lasts; with the ensemble a leader stops growing at 3/2 of the window-limited
 connections' mean rate until the others catch up. Driven here round trip by round trip
 with real congestion controllers (each window acknowledged a quarter at a time and sent
 again in full, as on a path that loses nothing).
@@ -14,7 +14,12 @@ import asyncio
 import quicflow
 from quicflow.transport.congestion import NO_CEILING, CongestionControl
 from quicflow.transport.connection import Connection
-from quicflow.transport.ensemble import ENSEMBLE_MIN, SlowStartEnsembles
+from quicflow.transport.ensemble import (
+    CEILING_DEN,
+    CEILING_NUM,
+    ENSEMBLE_MIN,
+    SlowStartEnsembles,
+)
 from quicflow.transport.rtt import RttEstimator
 from tests.support import echo_proto
 from tests.support.quic_helpers import client_config, run, server_config
@@ -67,11 +72,11 @@ def _start(conns: list[Conn], ensembles: SlowStartEnsembles | None) -> None:
 
 
 def _run_staggered(ensembles: SlowStartEnsembles | None) -> tuple[list[int], list[int]]:
-    """Eight connections to one host start a round trip before eight more; the windows of
-    both groups after eight more round trips."""
+    """Four connections to one host start a round trip before twenty more (a server's
+    first-served few); the windows of both groups after eight more round trips."""
     rtt = RttEstimator()
-    leaders = [Conn("10.0.0.1", 1000 + i) for i in range(8)]
-    laggers = [Conn("10.0.0.1", 2000 + i) for i in range(8)]
+    leaders = [Conn("10.0.0.1", 1000 + i) for i in range(4)]
+    laggers = [Conn("10.0.0.1", 2000 + i) for i in range(20)]
     _start(leaders, ensembles)
     _round(leaders, ensembles, 0.0, rtt)
     _start(laggers, ensembles)
@@ -88,7 +93,7 @@ def test_a_round_trip_lead_stays_twofold_without_the_ensemble() -> None:
 def test_the_ensemble_lets_the_later_connections_catch_up() -> None:
     ensembles = SlowStartEnsembles()
     leaders, laggers = _run_staggered(ensembles)
-    assert max(leaders) * 4 <= min(laggers) * 5  # within the 5/4 ceiling
+    assert max(leaders) * CEILING_DEN <= min(laggers) * CEILING_NUM  # within the ceiling
     # and the ensemble still grew: the laggers doubled at every round trip but the ones
     # where they reached the leaders' window, which then doubled on
     free_leaders, free_laggers = _run_staggered(None)
@@ -128,7 +133,8 @@ def test_a_ceiling_needs_enough_window_limited_connections_to_one_host() -> None
     ensembles.note(leader)  # type: ignore[arg-type]
     window = spare.loss.cc.cwnd
     mean = (4 * window + (ENSEMBLE_MIN - 1) * window) / ENSEMBLE_MIN
-    assert abs(leader.loss.cc.ss_ceiling - mean * 5 / 4) <= 2  # (rates in whole bytes/s)
+    ceiling = mean * CEILING_NUM / CEILING_DEN
+    assert abs(leader.loss.cc.ss_ceiling - ceiling) <= 2  # (rates in whole bytes/s)
     # at the ceiling, slow start holds the leader's window; a lagger's grows
     rtt = RttEstimator()
     leader.loss.cc.on_acked(window, 0.0, RTT, rtt)

@@ -45,7 +45,7 @@ class Configuration:
     max_streams_bidi / max_streams_uni: how many streams the peer may have open at once.
     congestion_control: "cubic" (default) or "newreno".
     shared_slow_start: a window-limited connection joins the ensemble of the loop's
-        connections to its peer's host, and slow start does not grow its window past 5/4
+        connections to its peer's host, and slow start does not grow its window past 3/2
         of the ensemble's mean rate (window / smoothed RTT) once it has 8 members
         (``transport/ensemble.py``: the ones that started first no longer keep their
         lead); False: its slow start is its own.

@@ -40,8 +40,11 @@ if TYPE_CHECKING:
 
 #: window-limited connections a host needs before its ensemble sets a ceiling
 ENSEMBLE_MIN = 8
-#: the ceiling, as a ratio to the members' mean rate (5/4)
-CEILING_NUM, CEILING_DEN = 5, 4
+#: the ceiling, as a ratio to the members' mean rate (3/2: at 5/4, 256 x 4 MiB was as
+#: fair, Jain 0.989-1.000, but held more windows below what they would have grown to,
+#: and the smaller windows cost about 5 % goodput in more ACKs and shorter send turns;
+#: 3/2 about 2 %, Jain 0.982-1.000: bench/RESULTS.md, issue 11's 27th pass)
+CEILING_NUM, CEILING_DEN = 3, 2
 
 
 class _Host:
