@@ -172,6 +172,18 @@ def test_a_longer_path_to_the_same_host_gets_the_window_its_rate_needs() -> None
     assert near.loss.cc.cwnd == window
 
 
+def test_a_zero_round_trip_time_counts_as_a_microsecond() -> None:
+    ensembles = SlowStartEnsembles()
+    conns = [Conn("10.0.0.1", i, rtt=0.0) for i in range(ENSEMBLE_MIN)]
+    for c in conns:
+        assert c.loss.rtt.smoothed_rtt == 0.0
+        c.loss.cc.on_sent(c.loss.cc.cwnd, 0.0)
+        ensembles.note(c)  # type: ignore[arg-type]
+    window = conns[0].loss.cc.cwnd
+    assert ensembles.hosts["10.0.0.1"].total == ENSEMBLE_MIN * int(window / 1e-6)
+    assert abs(conns[-1].loss.cc.ss_ceiling - window * CEILING_NUM / CEILING_DEN) <= 2
+
+
 def test_members_are_counted_once_and_forgotten_in_full() -> None:
     ensembles = SlowStartEnsembles()
     conns = [Conn("10.0.0.1", i) for i in range(ENSEMBLE_MIN)]

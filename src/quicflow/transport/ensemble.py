@@ -45,6 +45,8 @@ ENSEMBLE_MIN = 8
 #: and the smaller windows cost about 5 % goodput in more ACKs and shorter send turns;
 #: 3/2 about 2 %, Jain 0.982-1.000: bench/RESULTS.md, issue 11's 27th pass)
 CEILING_NUM, CEILING_DEN = 3, 2
+#: the least smoothed RTT a rate is computed with (seconds)
+MIN_RTT = 1e-6
 
 
 class _Host:
@@ -74,6 +76,8 @@ class SlowStartEnsembles:
         loss = conn.loss
         cc = loss.cc
         srtt = loss.rtt.smoothed_rtt
+        if srtt < MIN_RTT:  # (a zero sample: a clock that did not move)
+            srtt = MIN_RTT
         key = id(conn)
         host_key = conn.peer_address[0]
         if cc.cwnd - cc.bytes_in_flight < conn.max_datagram_size:
