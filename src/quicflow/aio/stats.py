@@ -7,6 +7,7 @@ from typing import Any
 
 from ..datapath.backends import DatapathCounters
 from ..datapath.connected import ConnectedSocketCounters, add_counters
+from ..transport.congestion import NO_CEILING
 from ..transport.connection import Connection
 from ..transport.pmtud import stats as pmtud_stats
 from .runner import EndpointRunner
@@ -109,6 +110,8 @@ def connection_stats(conn: Connection) -> dict[str, Any]:
         smoothed_rtt=conn.rtt.smoothed_rtt,
         min_rtt=conn.rtt.min_rtt,
         cwnd=conn.cc.cwnd,
+        # the ceiling its host's ensemble set at its last send turn (None: none)
+        slow_start_ceiling=None if conn.cc.ss_ceiling == NO_CEILING else conn.cc.ss_ceiling,
         bytes_in_flight=conn.cc.bytes_in_flight,
         congestion_control=conn.cc.algorithm,
         pto_count=loss.pto_count,
