@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 import quicflow
 from quicflow.transport.congestion import NO_CEILING, CongestionControl
 from quicflow.transport.ensemble import (
@@ -203,11 +205,12 @@ def test_members_are_counted_once_and_forgotten_in_full() -> None:
     assert not ensembles.hosts and not ensembles.member_of
 
 
-def test_downloads_to_one_host_carry_the_ceiling_and_arrive_intact() -> None:
+@pytest.mark.parametrize("shared", [True, False])
+def test_downloads_to_one_host_carry_the_ceiling_and_arrive_intact(shared: bool) -> None:
     """Real loopback connections: a dozen concurrent 2 MiB downloads from one client
     process arrive intact (hashes), server connections report their host's ceiling in
-    ``stats()`` while they are window-limited, and the ensemble is empty once the
-    server has closed."""
+    ``stats()`` while they are window-limited (none with ``shared_slow_start=False``),
+    and the ensemble is empty once the server has closed."""
     size = 2 << 20
     count = 12
     faces: list[quicflow.QuicConnection] = []
@@ -221,7 +224,8 @@ def test_downloads_to_one_host_carry_the_ceiling_and_arrive_intact() -> None:
 
     async def main() -> None:
         server = await quicflow.serve(
-            echo_proto.serve_stream, "127.0.0.1", 0, configuration=server_config(),
+            echo_proto.serve_stream, "127.0.0.1", 0,
+            configuration=server_config(shared_slow_start=shared),
             connection_handler=faces.append)
         try:
             port = server.address[1]
@@ -243,5 +247,8 @@ def test_downloads_to_one_host_carry_the_ceiling_and_arrive_intact() -> None:
             await server.wait_closed()
 
     run(main())
-    assert ceilings, "no server connection was given a ceiling"
+    if shared:
+        assert ceilings, "no server connection was given a ceiling"
+    else:
+        assert not ceilings, "a connection that opted out was given a ceiling"
     assert not faces[0].runner._ensembles.hosts  # everyone left

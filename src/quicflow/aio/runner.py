@@ -597,8 +597,8 @@ class EndpointRunner:
                 break  # the pacer holds the rest back: the timer sends it at ``paced``
         else:
             self.schedule_flush(conn)  # more to send: yield to the loop first
-        if conn.configuration.shared_slow_start:  # (its window against the others' to
-            self._ensembles.note(conn)  # its host: transport/ensemble.py)
+        if conn.configuration.shared_slow_start:  # (its rate against the others' to its
+            self._ensembles.note(conn)  # host: transport/ensemble.py)
         return True
 
     def _wait_writable(self, transport: UdpTransport, conn: Connection) -> None:
