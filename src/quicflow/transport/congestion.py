@@ -14,8 +14,9 @@ ALGORITHMS = ("newreno", "cubic")
 
 #: Stands for an infinite slow-start threshold (kept an int so the state is plain data).
 SSTHRESH_INFINITE = (1 << 62) - 1
-#: ``CongestionControl.ss_ceiling`` when none applies (the largest value the engine reads)
-NO_CEILING = (1 << 62) - 1
+#: ``CongestionControl.ss_ceiling`` when none applies: the same largest value the engine
+#: reads (QF_FIELD_MAX; anything above sends every ACK to the Python twin)
+NO_CEILING = SSTHRESH_INFINITE
 
 #: RFC 9002 §7.3.2: kLossReductionFactor of NewReno.
 LOSS_REDUCTION_FACTOR = 0.5
