@@ -482,9 +482,12 @@ class QuicConnection:
                 if reader is not None:
                     waiting = reader._waiter is not None
                     reader._wake()
-                    if waiting and self.conn.stream_complete(
-                            event.stream_id):  # type: ignore[union-attr]
-                        self.runner.defer_send(self.conn)  # (after the wake: it runs first)
+                    sid = event.stream_id  # type: ignore[union-attr]
+                    if waiting and (self.conn.stream_complete(sid)
+                                    or self.conn.read_owes_credit(sid)):
+                        # (after the wake: it runs first) the read that ends the stream,
+                        # or gives the peer window credit, goes with the round's ACK
+                        self.runner.defer_send(self.conn)
             elif cls is StreamWritable:
                 writer = self._writers.get(event.stream_id)  # type: ignore[union-attr]
                 if writer is not None and not writer._gated:  # (a gate wakes the rest)

@@ -468,9 +468,11 @@ class EndpointRunner:
     def defer_send(self, conn: Connection) -> None:
         """While a round's events of ``conn`` are dispatched and made application code
         runnable that likely sends at once (a new stream's handler, a reader given its
-        stream's end), the round's send waits one loop callback, after that code's step:
-        a request's ACK goes with the response; a response's ACK, when the client then
-        closes, not at all (README, "Short connections"). No-op outside a round. (A
+        stream's end, or data whose read gives the peer window credit), the round's send
+        waits one loop callback, after that code's step: a request's ACK goes with the
+        response; a response's ACK, when the client then closes, not at all (README,
+        "Short connections"); a download's ACK with the MAX_STREAM_DATA or MAX_DATA its
+        read makes owed, in one datagram instead of two. No-op outside a round. (A
         handler that starts a key update at once no longer puts HANDSHAKE_DONE in the
         new phase: a server's updates wait for its acknowledgment, ``key_phase_acked``.)"""
         if self._deferrable is conn:

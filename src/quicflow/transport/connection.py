@@ -352,6 +352,7 @@ class Connection:
     stream_at_eof = stream_api.stream_at_eof
     stream_waits = stream_api.stream_waits
     stream_complete = stream_api.stream_complete
+    read_owes_credit = stream_api.read_owes_credit
     reset_stream = stream_api.reset_stream
     stop_sending = stream_api.stop_sending
     stream_ids = stream_api.stream_ids

@@ -205,6 +205,21 @@ def stream_complete(conn: Connection, stream_id: int) -> bool:
     return recv is not None and recv.final_size is not None and recv.at_eof()
 
 
+def read_owes_credit(conn: Connection, stream_id: int) -> bool:
+    """Reading all the stream has ready would raise one of our limits: a MAX_STREAM_DATA
+    or MAX_DATA frame would be owed then (``read_stream``'s rules, found without a read)."""
+    stream = conn.streams.get(stream_id)
+    recv = None if stream is None else stream.recv
+    if recv is None:
+        return False
+    ready = recv.ready_bytes
+    if recv.final_size is None and (
+            recv.max_data - (recv.read_offset + ready) <= recv.window // 2):
+        return True
+    flow = conn.flow
+    return flow.max_data - (flow.data_consumed + ready) <= flow.window // 2
+
+
 def stream_waits(conn: Connection, stream_id: int) -> bool:
     """Nothing to read on the stream now and more may come: no data, no final size,
     no reset (what ``read_stream`` giving b"" while ``stream_at_eof`` is false means,
