@@ -117,12 +117,19 @@ def build_datagrams(
         if budget >= 1 << 61 and conn.send_queue and conn.qlog is None and bulk_applies(conn):
             built = build_bulk(conn, now, buf, bounds, seal, max_datagrams - count)
             count, end = len(bounds), len(buf)
-            if built > 0:
-                if conn.pacer_deadline is not None:
-                    break  # the pacer bounded that run: the next one goes at the deadline
-                continue
             if built < 0:
                 break  # paced: the rest goes as one burst at conn.pacer_deadline
+            if built > 0 and conn.pacer_deadline is not None:
+                break  # the pacer bounded that run: the next one goes at the deadline
+            cc = conn.loss.cc
+            if cc.cwnd - cc.bytes_in_flight < mds and not cc.recovery_credit:
+                # the window is full, and bulk_applies found nothing owed that goes
+                # without it (an ACK, a probe): the general path would build nothing.
+                # (issue 11: a turn that ends at the window, ~5,000 per GiB at 256
+                # connections, made that empty build each time)
+                break
+            if built > 0:
+                continue
         room = mds if mds < budget else budget
         if conn.probes_pending[2] and mds > 1200 and conn.pmtud.enabled:
             room = min(room, 1200)  # PTO probes fit any path: black hole detection
