@@ -23,9 +23,8 @@ import pytest
 
 from quicflow.tls.certs import generate_self_signed
 from quicflow.transport import send
-from quicflow.transport import stream_api as S
 from quicflow.transport.config import Configuration
-from tests.support.memory_pair import MemoryPair
+from tests.support.memory_pair import MemoryPair, upload
 
 #: Ed25519 signatures are deterministic, so two runs send datagrams of the same sizes
 _ED25519 = generate_self_signed(["localhost"], "ed25519")
@@ -63,19 +62,9 @@ def _run(seed: int, loss: float, reorder: float, long_chain: bool, shortcut: boo
     monkeypatch.setattr(send, "_build_datagram", checked)
     pair = MemoryPair(seed=seed, loss=loss, reorder=reorder,
                       server_config=_server_config(long_chain))
-    pair.run(lambda: bool(pair.client.handshake_confirmed and pair.server_conns
-                          and pair.server_conns[0].handshake_confirmed))
-    (server,) = pair.server_conns
-    sid = S.open_stream(pair.client)
     data = bytes(range(256)) * 256
-    S.send_stream_data(pair.client, sid, data, True)
-    got = bytearray()
-
-    def done() -> bool:
-        got.extend(S.read_stream(server, sid, -1, pair.now))
-        return len(got) == len(data) and not pair.client.loss.cc.bytes_in_flight
-
-    pair.run(done)
+    got = upload(pair, data)
+    (server,) = pair.server_conns
     monkeypatch.undo()
     counters = [(c.packets_sent, c.datagrams_sent, c.bytes_sent, c.ack_frames_sent)
                 for c in (pair.client.counters, server.counters)]

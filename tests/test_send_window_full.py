@@ -19,8 +19,7 @@ from typing import Any
 import pytest
 
 from quicflow.transport import send
-from quicflow.transport import stream_api as S
-from tests.support.memory_pair import MemoryPair
+from tests.support.memory_pair import MemoryPair, upload
 
 SIZE = 4 << 20
 
@@ -47,19 +46,8 @@ def test_a_turn_at_the_window_ends_without_an_empty_build(
     monkeypatch.setattr(send, "_build_datagram", general)
     monkeypatch.setattr(send, "build_datagrams", turn)
     pair = MemoryPair(seed=seed, loss=loss)
-    pair.run(lambda: bool(pair.client.handshake_confirmed and pair.server_conns
-                          and pair.server_conns[0].handshake_confirmed))
-    (server,) = pair.server_conns
-    sid = S.open_stream(pair.client)
     data = bytes(range(256)) * (SIZE // 256)
-    S.send_stream_data(pair.client, sid, data, True)
-    got = bytearray()
-
-    def done() -> bool:
-        got.extend(S.read_stream(server, sid, -1, pair.now))
-        return len(got) == len(data) and not pair.client.loss.cc.bytes_in_flight
-
-    pair.run(done)
+    got = upload(pair, data)
     assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
     assert pair.client.counters.packets_lost > 0  # the window was what ended the turns
     assert counts["turns"] > 100, counts

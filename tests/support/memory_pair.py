@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from quicflow.endpoint.endpoint import Endpoint
 from quicflow.tls.certs import generate_self_signed
+from quicflow.transport import stream_api
 from quicflow.transport.config import Configuration
 from quicflow.transport.connection import Connection
 
@@ -179,3 +180,22 @@ class MemoryPair:
                 raise AssertionError(f"not done after {max_time} simulated seconds")
             for c in conns:
                 c.handle_timer(self.now)
+
+
+def upload(pair: MemoryPair, data: bytes) -> bytes:
+    """Once both sides have confirmed the handshake, the client sends ``data`` on a new
+    stream with its FIN; runs until the server has read it all and the client has
+    nothing in flight. Returns what the server read."""
+    pair.run(lambda: bool(pair.client.handshake_confirmed and pair.server_conns
+                          and pair.server_conns[0].handshake_confirmed))
+    (server,) = pair.server_conns
+    sid = stream_api.open_stream(pair.client)
+    stream_api.send_stream_data(pair.client, sid, data, True)
+    got = bytearray()
+
+    def done() -> bool:
+        got.extend(stream_api.read_stream(server, sid, -1, pair.now))
+        return len(got) == len(data) and not pair.client.loss.cc.bytes_in_flight
+
+    pair.run(done)
+    return bytes(got)
