@@ -506,7 +506,7 @@ def test_handler_stopped_before_its_first_step_leaves_no_unawaited_coroutine() -
 
     async def go() -> None:
         runner: Any = SimpleNamespace(loop=asyncio.get_running_loop(), defer_send=lambda conn: None)
-        conn: Any = SimpleNamespace(configuration=Configuration())
+        conn: Any = SimpleNamespace(configuration=Configuration(), streams={})
         face = QuicConnection(runner, conn, stream_handler=handler)
         face._on_stream_opened(4)  # the task exists, it has not run yet
         await face.stop()

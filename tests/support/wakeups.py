@@ -178,7 +178,9 @@ class WakeupCheck:
         self.checks = 0  # check passes made
         self.probes = 0  # probe turns made
         self.late_probes = 0  # of them, those that ran into the wake-up (not judged)
-        self.connections_seen: set[int] = set()
+        #: every connection object checked, by id: held, so that an id is never that of
+        #: an ended connection's successor (ended connections are freed at once)
+        self.connections_seen: dict[int, Any] = {}
         self._last = -math.inf
         self._select: Any = None
         self._busy = False
@@ -269,7 +271,7 @@ class WakeupCheck:
                 if conn.terminated or conn.released:
                     continue
                 if id(conn) not in self.connections_seen:
-                    self.connections_seen.add(id(conn))
+                    self.connections_seen[id(conn)] = conn
                     self.spool_line("seen", conn.original_dcid.hex())
                 if self.record:
                     self.last[id(conn)] = conn_details(conn, now)

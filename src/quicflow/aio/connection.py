@@ -40,6 +40,9 @@ log = logging.getLogger("quicflow.aio")
 
 #: Application error code of a stream whose handler raised (RESET_STREAM/STOP_SENDING).
 HANDLER_FAILED = 0x101
+#: stream reader/writer pairs a connection holds beyond twice its open streams before it
+#: lets go of those of ended streams (``QuicConnection._prune``)
+PRUNE_SLACK = 64
 
 StreamHandler = Callable[[QuicStreamReader, QuicStreamWriter], Awaitable[None] | None]
 
@@ -342,11 +345,32 @@ class QuicConnection:
     # ------------------------------------------------------------------ streams
 
     def _faces(self, stream_id: int) -> tuple[QuicStreamReader, QuicStreamWriter]:
-        reader = self._readers.get(stream_id)
+        readers = self._readers
+        reader = readers.get(stream_id)
         if reader is None:
-            reader = self._readers[stream_id] = QuicStreamReader(self, stream_id)
+            if len(readers) >= 2 * len(self.conn.streams) + PRUNE_SLACK:
+                self._prune()
+            reader = readers[stream_id] = QuicStreamReader(self, stream_id)
             self._writers[stream_id] = QuicStreamWriter(self, stream_id)
         return reader, self._writers[stream_id]
+
+    def _prune(self) -> None:
+        """Let go of the reader and writer of each stream the connection has forgotten
+        (both its halves ended, its data read): one long connection serving stream after
+        stream (an HTTP/3 client's requests) otherwise kept a pair per stream it ever had
+        for its whole life. The application may still hold them; they go on working
+        (a read gives b"", a write raises as on an ended stream). Called when the pairs
+        held reach twice the streams open plus ``PRUNE_SLACK``: O(1) amortised per stream.
+        A pair with a waiting reader or writer is kept (it is woken with the rest)."""
+        streams = self.conn.streams
+        readers = self._readers
+        writers = self._writers
+        gone = [sid for sid, reader in readers.items()
+                if sid not in streams and reader._waiter is None
+                and writers[sid]._waiter is None]
+        for sid in gone:
+            del readers[sid]
+            del writers[sid]
 
     async def create_stream(
         self, bidirectional: bool = True
@@ -629,6 +653,13 @@ class QuicConnection:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+        # the readers and writers refer back to this face: without these references the
+        # connection's whole state (~200 objects) goes by reference counting once the
+        # application lets go of it, instead of waiting as a cycle for a full collection
+        # (which a server's raised collector thresholds put off for tens of thousands of
+        # connections); they were all woken above and need nothing of these maps
+        self._readers = {}
+        self._writers = {}
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:

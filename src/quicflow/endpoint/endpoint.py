@@ -724,6 +724,11 @@ class Endpoint:
             conn.handshake_complete
         ):
             self.counters.handshakes_failed += 1
+        if self.is_server:
+            # a handshake that never completed still holds its TLS session, whose hooks
+            # refer back to the connection: that cycle would keep the whole connection
+            # (~100 objects) until a full collection; without it, refcounting frees it
+            conn.tls = None
 
     def new_server_cid(self) -> bytes:
         """A fresh CID of ours that no connection holds (e.g. a Retry's SCID)."""

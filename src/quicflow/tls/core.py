@@ -23,6 +23,13 @@ Secret = tuple[Epoch, bool, CipherSuite, bytes]
 _HANDSHAKE, _ONE_RTT = Epoch.HANDSHAKE, Epoch.ONE_RTT
 
 
+def _without_traceback(alert: TlsAlert) -> TlsAlert:
+    """``alert`` as the handshake keeps it to raise again: a copy without the traceback,
+    whose frames hold the handshake, its connection and the datagrams being read (a
+    cycle that kept a failed handshake's whole connection until a full collection)."""
+    return TlsAlert(alert.description, alert.message, alert.transport_error)
+
+
 class HandshakeCore:
     """Buffers, transcript, outputs and results of one handshake (either side)."""
 
@@ -74,16 +81,17 @@ class HandshakeCore:
     # ------------------------------------------------------------ plumbing
 
     def receive(self, epoch: Epoch, data: bytes) -> None:
-        if self.failed is not None:
-            raise self.failed
+        failed = self.failed
+        if failed is not None:  # the same alert again, as a fresh exception
+            raise TlsAlert(failed.description, failed.message, failed.transport_error)
         try:
             self._receive(epoch, data)
         except TlsAlert as alert:
-            self.failed = alert
+            self.failed = _without_traceback(alert)
             raise
         except Exception as exc:  # any parsing slip is a decode error, never a crash
             decode_alert = TlsAlert(DECODE_ERROR, f"malformed handshake data: {exc!r}")
-            self.failed = decode_alert
+            self.failed = TlsAlert(decode_alert.description, decode_alert.message)
             raise decode_alert from exc
 
     def _receive(self, epoch: Epoch, data: bytes) -> None:
