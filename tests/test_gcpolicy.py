@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 
@@ -13,6 +16,8 @@ import pytest
 import quicflow
 from quicflow.aio import gcpolicy
 from tests.support.transfer import client_configuration, server_configuration
+
+SRC = os.path.dirname(os.path.dirname(os.path.abspath(quicflow.__file__)))
 
 
 @pytest.fixture
@@ -138,3 +143,80 @@ def test_gen0_threshold_set_by_the_application_meanwhile_is_kept(
     while policy.live:
         policy.removed()
     assert gc.get_threshold() == (3000, 10, 10)
+
+
+def test_a_fall_to_a_quarter_of_the_peak_releases_once(
+        policy: gcpolicy.FreezeOnGrowth, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gcpolicy, "FREEZE_FROM", 1 << 30)  # (no freezes in this test)
+    peak = gcpolicy.RELEASE_FROM
+    for _ in range(peak):
+        policy.added()
+    while policy.live >= peak // 4:
+        policy.removed()
+        assert policy.releases == 0 or policy.live < peak // 4
+    assert policy.releases == 1 and policy.peak == policy.live
+    for _ in range(100):  # coming and going below the peak: no more collections
+        policy.added()
+        policy.removed()
+    while policy.live:
+        policy.removed()
+    assert policy.releases == 1
+    below = peak - 1  # a process that never held RELEASE_FROM connections: never
+    fresh = gcpolicy.FreezeOnGrowth()
+    for _ in range(below):
+        fresh.added()
+    while fresh.live:
+        fresh.removed()
+    assert fresh.releases == 0
+
+
+RELEASE = """
+import gc, os, sys
+from quicflow.aio import gcpolicy, mallocpolicy
+mallocpolicy.POLICY.runner_started()  # what the first EndpointRunner does
+gcpolicy.POLICY.runner_started()
+count = gcpolicy.RELEASE_FROM
+if sys.argv[1] == "off":
+    gcpolicy.RELEASE_FROM = 1 << 30
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+class State:  # a connection's state: objects that refer to each other, and its buffers
+    __slots__ = ("other", "buffers")
+
+held = []
+for _ in range(count):
+    a, b = State(), State()
+    a.other, b.other = b, a
+    a.buffers = [b"x" * 65536 for _ in range(2)]  # 128 KiB each, heap-allocated
+    held.append(a)
+    gcpolicy.POLICY.added()
+peak = rss_mb()
+while held:  # the connections end: their state is now garbage in reference cycles
+    held.pop()
+    gcpolicy.POLICY.removed()
+print(int(peak - rss_mb()), gcpolicy.POLICY.releases, mallocpolicy.POLICY.releases)
+"""
+
+
+def _released(mode: str) -> tuple[int, int, int]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    env["PYTHONPATH"] = SRC
+    out = subprocess.run([sys.executable, "-c", RELEASE, mode], env=env, check=True,
+                         capture_output=True, text=True, timeout=60)
+    freed, collections, trims = (int(x) for x in out.stdout.split())
+    return freed, collections, trims
+
+
+def test_memory_goes_back_when_the_connections_fall() -> None:
+    # 1,024 connections of 128 KiB each (128 MiB) end; their state is in reference cycles
+    # that no collection would reach soon (the raised generation-0 threshold)
+    freed, collections, trims = _released("on")
+    assert collections == 1 and trims == 1
+    assert freed >= 64  # MiB: collected, and the heap given back (but the trim threshold)
+    freed, collections, trims = _released("off")
+    assert collections == 0 and trims == 0
+    assert freed < 32  # without the release, the dead state stays resident

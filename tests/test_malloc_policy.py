@@ -117,6 +117,46 @@ def test_the_heap_kept_stays_bounded_whatever_the_windows_add_up_to() -> None:
     assert trim_after == mallocpolicy.TRIM_THRESHOLD
 
 
+RELEASED = """
+import os, sys
+from quicflow.aio import mallocpolicy
+policy = mallocpolicy.POLICY
+policy.runner_started()
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+held = 64 * (4 << 20)  # 64 connections' windows: the heap kept rises to the cap
+policy.windows_changed(held)
+buffers = [b"x" * 65536 for _ in range(3200)]  # 200 MiB of received data, then read
+del buffers
+kept = rss_mb()
+if sys.argv[1] == "mallopt-only":
+    policy.malloc_trim = None  # (what lowering the threshold alone does)
+policy.windows_changed(-held)  # the connections end
+print(int(kept - rss_mb()), policy.trim)
+"""
+
+
+def _released_when_lowered(mode: str) -> tuple[int, int]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    env["PYTHONPATH"] = SRC
+    out = subprocess.run([sys.executable, "-c", RELEASED, mode], env=env, check=True,
+                         capture_output=True, text=True, timeout=60)
+    freed, trim = out.stdout.split()
+    return int(freed), int(trim)
+
+
+def test_the_heap_goes_back_when_the_connections_that_held_it_end() -> None:
+    freed, trim = _released_when_lowered("release")
+    assert trim == mallocpolicy.TRIM_THRESHOLD
+    assert freed >= 128  # MiB of the 200 freed (what is above the fixed threshold)
+    freed, _ = _released_when_lowered("mallopt-only")
+    assert freed < 32  # a lowered threshold alone trims nothing until a later free
+
+
 def test_runners_count_their_connections_windows_until_they_end() -> None:
     policy = mallocpolicy.POLICY
     start = policy.windows

@@ -32,6 +32,12 @@ the machine's memory), lowered again when the sum falls below a quarter of it (s
 server whose connections come and go does not call ``mallopt`` at every one). No more
 is kept than the peers could have made us allocate anyway.
 
+When the threshold comes down, and when the connections of a big process fall to a
+quarter of their peak (the GC policy sees that, :mod:`.gcpolicy`, and collects first),
+:meth:`MallocPolicy.release` has glibc's ``malloc_trim`` give back the free heap beyond
+the threshold then in force, pages in the middle of the heap included (a threshold
+lowered by ``mallopt`` trims only the top, and only at a later free).
+
 Process-wide, like :mod:`.gcpolicy`. Left alone when the environment already tunes
 malloc (``GLIBC_TUNABLES`` naming ``glibc.malloc``, or a ``MALLOC_*_`` variable), on
 other C libraries, and after ``set_enabled(False)`` (call it before the first runner
@@ -57,13 +63,16 @@ RETAIN_CAP = 256 << 20
 
 
 class MallocPolicy:
-    __slots__ = ("enabled", "applied", "mallopt", "windows", "trim", "cap")
+    __slots__ = ("enabled", "applied", "mallopt", "malloc_trim", "windows", "trim", "cap",
+                 "releases")
 
     def __init__(self) -> None:
         self.enabled = True
         self.applied = False  # mallopt was called (once per process)
         #: glibc's mallopt, once the policy applies (None: it does not)
         self.mallopt: ctypes._NamedFuncPointer | None = None
+        self.malloc_trim: ctypes._NamedFuncPointer | None = None  # (glibc's, likewise)
+        self.releases = 0  # malloc_trim calls made
         #: the receive windows of the runners' connections, summed (bytes)
         self.windows = 0
         self.trim = TRIM_THRESHOLD  # the trim threshold set
@@ -79,6 +88,7 @@ class MallocPolicy:
         mallopt = _glibc_mallopt()
         if mallopt is None:
             return
+        self.malloc_trim = _glibc_malloc_trim()
         mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
         mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
         self.mallopt = mallopt
@@ -102,6 +112,17 @@ class MallocPolicy:
             if want != trim:
                 self.trim = want
                 mallopt(M_TRIM_THRESHOLD, want)
+                if want < trim:  # the connections that held more are gone: their heap
+                    self.release()  # goes back now, not at some later free at the top
+
+
+    def release(self) -> None:
+        """Give the free heap beyond the trim threshold in force back to the system
+        (``malloc_trim``; a no-op where the policy does not apply)."""
+        malloc_trim = self.malloc_trim
+        if malloc_trim is not None and self.mallopt is not None:
+            malloc_trim(self.trim)
+            self.releases += 1
 
 
 def _environment_tunes_malloc() -> bool:
@@ -132,6 +153,17 @@ def _glibc_mallopt() -> ctypes._NamedFuncPointer | None:
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     return mallopt
+
+
+def _glibc_malloc_trim() -> ctypes._NamedFuncPointer | None:
+    """glibc's ``malloc_trim`` (this process runs glibc: ``_glibc_mallopt`` found it)."""
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    malloc_trim.argtypes = (ctypes.c_size_t,)
+    malloc_trim.restype = ctypes.c_int
+    return malloc_trim
 
 
 POLICY = MallocPolicy()
