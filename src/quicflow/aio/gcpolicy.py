@@ -41,16 +41,16 @@ the live set grows, and reference cycles wait at most in proportion to what is h
 Changing a threshold collects nothing; a threshold the application set in between is
 left alone from then on.
 
-After a burst the memory goes back. Connection state is full of reference cycles, and what
-a connection held when it ends waits for a full collection, which Python starts only
-after enough net allocations: a server left idle after tens of thousands of handshakes
-(a fuzz campaign, ``bench/fuzz.py``: 20,000 accepted in 60 s) still held ~800,000 dead
-objects and ~300 MB of resident memory. So when the live connections fall below a
-quarter of their peak since the last release, once that peak reached
-:data:`RELEASE_FROM`, the policy releases what it froze, collects once (walking at most a
-quarter of the peak's live state, plus the dead) and has the malloc policy give the
-freed heap back (``mallocpolicy.POLICY.release``); the peak restarts from the live count,
-so the cost is O(1) amortised per connection ended, as for the freezes.
+After a burst the memory goes back. A connection's own state dies by reference count
+when it ends (the library breaks its cycles then), but what is left in cycles (an
+application's objects, a handler's exception and its traceback) waits for a full
+collection, which the raised thresholds put off; and freed memory stays in the heap.
+So when the live connections fall below a quarter of their peak since the last
+release, once that peak reached :data:`RELEASE_FROM`, the policy releases what it
+froze, collects once (walking at most a quarter of the peak's live state, plus the
+dead) and has the malloc policy give the freed heap back
+(``mallocpolicy.POLICY.release``); the peak restarts from the live count, so the cost
+is O(1) amortised per connection ended, as for the freezes.
 
 Process-wide, like the collector itself: every :class:`EndpointRunner` reports its start
 and the connections it adds and forgets. ``set_enabled(False)`` turns the policy off
