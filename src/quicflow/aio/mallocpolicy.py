@@ -115,7 +115,6 @@ class MallocPolicy:
                 if want < trim:  # the connections that held more are gone: their heap
                     self.release()  # goes back now, not at some later free at the top
 
-
     def release(self) -> None:
         """Give the free heap beyond the trim threshold in force back to the system
         (``malloc_trim``; a no-op where the policy does not apply)."""

@@ -83,7 +83,7 @@ class HandshakeCore:
     def receive(self, epoch: Epoch, data: bytes) -> None:
         failed = self.failed
         if failed is not None:  # the same alert again, as a fresh exception
-            raise TlsAlert(failed.description, failed.message, failed.transport_error)
+            raise _without_traceback(failed)
         try:
             self._receive(epoch, data)
         except TlsAlert as alert:
@@ -91,7 +91,7 @@ class HandshakeCore:
             raise
         except Exception as exc:  # any parsing slip is a decode error, never a crash
             decode_alert = TlsAlert(DECODE_ERROR, f"malformed handshake data: {exc!r}")
-            self.failed = TlsAlert(decode_alert.description, decode_alert.message)
+            self.failed = _without_traceback(decode_alert)
             raise decode_alert from exc
 
     def _receive(self, epoch: Epoch, data: bytes) -> None:
