@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 
@@ -15,9 +12,8 @@ import pytest
 
 import quicflow
 from quicflow.aio import gcpolicy
+from tests.support.fresh_process import run_script
 from tests.support.transfer import client_configuration, server_configuration
-
-SRC = os.path.dirname(os.path.dirname(os.path.abspath(quicflow.__file__)))
 
 
 @pytest.fixture
@@ -202,12 +198,7 @@ print(int(peak - rss_mb()), gcpolicy.POLICY.releases, mallocpolicy.POLICY.releas
 
 
 def _released(mode: str) -> tuple[int, int, int]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    env["PYTHONPATH"] = SRC
-    out = subprocess.run([sys.executable, "-c", RELEASE, mode], env=env, check=True,
-                         capture_output=True, text=True, timeout=60)
-    freed, collections, trims = (int(x) for x in out.stdout.split())
+    freed, collections, trims = (int(x) for x in run_script(RELEASE, mode).split())
     return freed, collections, trims
 
 

@@ -6,16 +6,12 @@ malloc itself is left alone. Counted in page faults (``ru_minflt``) of a fresh p
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 
 import quicflow
 from quicflow.aio import mallocpolicy
 from tests.support import echo_proto
+from tests.support.fresh_process import run_script
 from tests.support.quic_helpers import client_config, run, server_config
-
-SRC = os.path.dirname(os.path.dirname(os.path.abspath(quicflow.__file__)))
 
 TURNS = """
 import resource, sys
@@ -37,14 +33,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def _faults(policy: str, tunables: str | None = None) -> int:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    env["PYTHONPATH"] = SRC
-    if tunables is not None:
-        env["GLIBC_TUNABLES"] = tunables
-    out = subprocess.run([sys.executable, "-c", TURNS, policy], env=env, check=True,
-                         capture_output=True, text=True, timeout=60)
-    return int(out.stdout)
+    return int(run_script(TURNS, policy, tunables=tunables))
 
 
 def test_the_heap_is_kept_between_receive_turns() -> None:
@@ -85,12 +74,8 @@ print(faults(), policy.trim)
 
 
 def _window_faults(held: int) -> list[tuple[int, int]]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    env["PYTHONPATH"] = SRC
-    out = subprocess.run([sys.executable, "-c", WINDOWS, str(held)], env=env, check=True,
-                         capture_output=True, text=True, timeout=60)
-    return [(int(a), int(b)) for a, b in (line.split() for line in out.stdout.splitlines())]
+    out = run_script(WINDOWS, str(held))
+    return [(int(a), int(b)) for a, b in (line.split() for line in out.splitlines())]
 
 
 def test_the_heap_kept_follows_the_connections_receive_windows() -> None:
@@ -140,12 +125,7 @@ print(int(kept - rss_mb()), policy.trim)
 
 
 def _released_when_lowered(mode: str) -> tuple[int, int]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    env["PYTHONPATH"] = SRC
-    out = subprocess.run([sys.executable, "-c", RELEASED, mode], env=env, check=True,
-                         capture_output=True, text=True, timeout=60)
-    freed, trim = out.stdout.split()
+    freed, trim = run_script(RELEASED, mode).split()
     return int(freed), int(trim)
 
 

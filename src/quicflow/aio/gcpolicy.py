@@ -118,11 +118,14 @@ class FreezeOnGrowth:
         if self.gen0_at and self.live < self.gen0_at // 4:
             self._follow_live()
         if self.frozen_at and self.live < self.frozen_at // 4:
-            gc.unfreeze()
-            self.frozen_at = 0
-            self.unfreezes += 1
+            self._unfreeze()
         if self.peak >= RELEASE_FROM and self.live < self.peak // 4:
             self._release()
+
+    def _unfreeze(self) -> None:
+        gc.unfreeze()
+        self.frozen_at = 0
+        self.unfreezes += 1
 
     def _release(self) -> None:
         """The live connections fell below a quarter of their peak: collect what the
@@ -130,10 +133,8 @@ class FreezeOnGrowth:
         self.peak = self.live
         self.releases += 1
         if self.enabled:
-            if self.frozen_at:
-                gc.unfreeze()  # (the connections frozen then are mostly gone)
-                self.frozen_at = 0
-                self.unfreezes += 1
+            if self.frozen_at:  # (the connections frozen then are mostly gone)
+                self._unfreeze()
             gc.collect()
         MALLOC_POLICY.release()
 
