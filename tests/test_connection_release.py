@@ -112,6 +112,33 @@ def test_an_ended_connection_is_freed_without_a_collection(no_collector: None) -
     assert [ref for ref in refs if ref() is not None] == []
 
 
+def test_a_connect_client_is_freed_without_a_collection(no_collector: None) -> None:
+    """``quicflow.connect()`` gives each connection an endpoint of its own: once the
+    connection is closed and let go of, the endpoint (its registry, its CID issuer) and
+    the connection go by reference counting."""
+    endpoints: list[weakref.ref[Endpoint]] = []
+    faces: list[weakref.ref[quicflow.QuicConnection]] = []
+
+    async def main() -> None:
+        server = await quicflow.serve(_echo, "127.0.0.1", 0,
+                                      configuration=server_configuration())
+        port = server.address[1]
+        try:
+            for i in range(3):
+                async with quicflow.connect("127.0.0.1", port,
+                                            configuration=client_configuration()) as face:
+                    await _exchange(face, b"client %d" % i)
+                    endpoints.append(weakref.ref(face.runner.endpoint))
+                    faces.append(weakref.ref(face))
+                del face
+        finally:
+            server.close()
+
+    asyncio.run(main())
+    assert len(endpoints) == 3
+    assert [ref for ref in endpoints + faces if ref() is not None] == []
+
+
 @pytest.mark.parametrize("alpn", ["perf", "not-offered"])
 def test_a_handshake_that_never_completes_leaves_no_cycle(no_collector: None,
                                                           alpn: str) -> None:

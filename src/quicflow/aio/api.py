@@ -195,7 +195,9 @@ def _close_runner(runner: EndpointRunner) -> None:
     """Close a client runner and release whoever waits for its connections' end: with
     the socket gone their closing periods never finish (they count as ended now)."""
     runner.close()
-    for face in list(runner.faces.values()):
+    faces = list(runner.faces.values())
+    runner.faces.clear()  # (each refers back to the runner: a cycle kept otherwise)
+    for face in faces:
         face.on_terminated()
 
 

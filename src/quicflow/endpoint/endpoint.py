@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import weakref
 from collections.abc import Callable, Container, KeysView, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,7 +119,7 @@ class EndpointCounters:
 SECRET_FIELDS = ("ticket_key", "token_key", "reset_key")
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, weakref_slot=True)
 class Endpoint:
     """All connections on one local address, client or server side.
 
@@ -142,8 +143,8 @@ class Endpoint:
     #: processes and hosts; the I/O layer sets it
     wall_offset: float = 0.0
     admission: Admission = field(init=False)
-    #: ``self.issue_cid`` bound once: every connection's ``cid_issuer`` (one object for
-    #: all of them, not a bound method made per connection)
+    #: ``self.issue_cid`` through a weak reference, made once: every connection's
+    #: ``cid_issuer`` (one object for all of them; see ``_weak_issuer``)
     _issuer: CidIssuer = field(init=False, repr=False)
     token_origins: dict[int, str] = field(default_factory=dict)  # (client) id -> server
     #: False while the connections are being handed over: Initials of new connections
@@ -200,7 +201,7 @@ class Endpoint:
                     StrikeRegister(window=cfg.ticket_age_window) if self.is_server else None),
             )
         self.admission = Admission(self.configuration)
-        self._issuer = self.issue_cid
+        self._issuer = _weak_issuer(self)
 
     def secrets(self) -> dict[str, bytes]:
         """This endpoint's keys of SECRET_FIELDS (what a successor adopts)."""
@@ -753,3 +754,19 @@ class Endpoint:
             "half_open": len(self.admission.half_open),
             **dataclasses.asdict(self.admission.counters),
         }
+
+
+def _weak_issuer(endpoint: Endpoint) -> CidIssuer:
+    """``endpoint.issue_cid`` through a weak reference. The bound method itself, stored on
+    the endpoint, would make the endpoint a reference cycle (with its registry, admission
+    and configuration) that only a full collection frees: every ended ``connect()``
+    client, whose endpoint is its own, would wait for one."""
+    ref = weakref.ref(endpoint)
+
+    def issue() -> tuple[bytes, bytes]:
+        owner = ref()
+        if owner is None:
+            raise RuntimeError("the endpoint that issued this connection's CIDs is gone")
+        return owner.issue_cid()
+
+    return issue
