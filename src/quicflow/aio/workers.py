@@ -35,6 +35,7 @@ from ..endpoint.endpoint import Endpoint
 from ..endpoint.quiclb import QuicLbConfig, ServerIdLayout
 from ..migration.group import offer_group, same_socket, take_over_group, worker_path
 from ..migration.handoff import HandoffError, HandoffListener, Received, refuse, reply, take_over
+from ..tls.shared_strikes import shared_strike_register
 from ..transport.codec import SnapshotError
 from ..transport.config import Configuration
 from ..transport.connection import Connection
@@ -522,6 +523,12 @@ async def serve_workers(
         config = replace(config, ticket_key=config.ticket_key or os.urandom(32),
                          token_key=config.token_key or os.urandom(32),
                          reset_key=config.reset_key or os.urandom(32))
+    if config.early_data and config.strike_register is None:
+        # one anti-replay record for the whole group: a first flight replayed to another
+        # worker gets no 0-RTT there either (tls/shared_strikes.py)
+        shared = shared_strike_register(config.ticket_age_window)
+        if shared is not None:
+            config = replace(config, strike_register=shared)
     if takeover is not None:
         loop = asyncio.get_running_loop()
         members = await loop.run_in_executor(None, take_over_group, takeover, workers)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ..tls.shared_strikes import SharedStrikeRegister
 from ..tls.tickets import StrikeRegister
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ def seal_strikes(endpoint: Endpoint, key: bytes) -> str | None:
     """The ids of the tickets whose 0-RTT the endpoint accepted, still remembered, sealed
     for the successor (None: the endpoint keeps no such record)."""
     register = endpoint.configuration.strike_register
-    if not isinstance(register, StrikeRegister):
+    if not isinstance(register, (StrikeRegister, SharedStrikeRegister)):
         return None
     return _seal({"strikes": [[k.hex(), expiry] for k, expiry in register.export()]}, key)
 
@@ -81,7 +82,7 @@ def merge_strikes(endpoint: Endpoint, sealed: str | None, key: bytes, wall_time:
     record that is missing (``None``), does not open or does not parse closes the
     register to 0-RTT until any ticket the predecessor admitted has expired instead."""
     register = endpoint.configuration.strike_register
-    if not isinstance(register, StrikeRegister):
+    if not isinstance(register, (StrikeRegister, SharedStrikeRegister)):
         return 0
     try:
         if sealed is None:

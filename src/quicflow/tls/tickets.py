@@ -15,9 +15,10 @@ accepted for ``2 * window`` seconds, and a ClientHello whose ticket age (as the 
 reports it) differs from the age the server computes by more than ``window`` is refused
 0-RTT (so a replay older than that is refused without the register). The register is
 bounded; when full, 0-RTT is refused (the handshake goes on in 1-RTT). It lives in
-memory: another process (a worker, a host, a restart) has its own, so a ClientHello
-replayed to another process within ``window`` seconds can have its 0-RTT data accepted
-once more there. Resumption itself (without early data) is not limited.
+the process's memory; the workers of one server share a
+:class:`~quicflow.tls.shared_strikes.SharedStrikeRegister` instead. Another host or a
+restart has its own, so a ClientHello replayed there within ``window`` seconds can have
+its 0-RTT data accepted once more. Resumption itself (without early data) is not limited.
 """
 
 from __future__ import annotations
