@@ -8,8 +8,10 @@ import asyncio
 import dataclasses
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -18,9 +20,9 @@ from hypothesis import strategies as st
 import quicflow
 from quicflow.endpoint.endpoint import Endpoint
 from quicflow.tls.shared_strikes import PROBES, SharedStrikeRegister, _Locked
-from quicflow.tls.tickets import StrikeRegister
+from quicflow.tls.tickets import SessionTicketCache, StrikeRegister
 from tests.support.memory_pair import MemoryPair
-from tests.support.transfer import serve_stream, server_configuration
+from tests.support.transfer import client_configuration, serve_stream, server_configuration
 from tests.test_early_data_memory import configs, first_connection, resumed_with_data
 
 
@@ -178,3 +180,84 @@ def test_a_worker_group_shares_one_register() -> None:
     own = StrikeRegister()
     assert asyncio.run(group(server_configuration(strike_register=own))) is own
     assert asyncio.run(group(server_configuration(early_data=False))) is None
+
+
+REQUEST = b"a request sent in 0-RTT"
+
+
+async def _replayed_to_both_workers(log: Path, config: quicflow.Configuration) -> int:
+    """A worker group with steering off (the kernel spreads clients over the workers by
+    their 4-tuple); a client's recorded 0-RTT first flight is sent from new source ports
+    until both workers have seen it. Returns how many times the request in it reached
+    the application (each line of ``log`` is one, written by the worker that got it)."""
+
+    async def handler(reader: quicflow.QuicStreamReader,
+                      writer: quicflow.QuicStreamWriter) -> None:
+        data = await reader.read()
+        if data == REQUEST:
+            with open(log, "a") as f:
+                f.write(f"{os.getpid()}\n")
+        writer.write(b"ok")
+        writer.write_eof()
+
+    server = await quicflow.serve(handler, "127.0.0.1", 0, configuration=config,
+                                  workers=2, steering=False)
+    socks: list[socket.socket] = []
+    try:
+        port = server.address[1]
+        cache = SessionTicketCache()
+        client_cfg = client_configuration(session_ticket_cache=cache)
+        async with quicflow.connect("127.0.0.1", port, configuration=client_cfg) as face:
+            reader, writer = await face.create_stream()
+            writer.write(b"get a ticket")
+            writer.write_eof()
+            assert await reader.read() == b"ok"
+            for _ in range(100):
+                if len(cache):
+                    break
+                await asyncio.sleep(0.01)
+        assert len(cache) == 1
+        now = time.monotonic()
+        client = Endpoint(client_cfg, is_server=False, wall_offset=time.time() - now)
+        conn = client.connect(("127.0.0.1", port), now)
+        sid = conn.open_stream()
+        conn.send_stream_data(sid, REQUEST, end_stream=True)
+        first = client.datagrams_to_send(conn, now)
+        assert conn.early_data_attempted
+
+        def received() -> list[int]:
+            return [row.get("datagrams_received", 0) for row in server.stats()["workers"]]
+
+        await asyncio.sleep(0.6)  # the ticket's connection counted in its worker's report
+        before = received()
+        for _ in range(40):  # each from a port of its own: a worker by the 4-tuple hash
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks.append(sock)
+            sock.bind(("127.0.0.1", 0))
+            for d in first:
+                sock.sendto(d, ("127.0.0.1", port))
+            await asyncio.sleep(0.3)  # (the workers report every 0.25 s)
+            if all(a > b for a, b in zip(received(), before, strict=True)):
+                break
+        assert all(a > b for a, b in zip(received(), before, strict=True)), "one worker only"
+        await asyncio.sleep(0.5)
+    finally:
+        for sock in socks:
+            sock.close()
+        server.close()
+        await server.wait_closed()
+    return len(log.read_text().split()) if log.exists() else 0
+
+
+@pytest.mark.parametrize("kind", ["shared", "per-worker"])
+def test_a_worker_group_accepts_a_replayed_first_flight_once(tmp_path: Path,
+                                                            kind: str) -> None:
+    """End to end: the group's shared register lets the request of a recorded 0-RTT first
+    flight reach the application once, whichever worker each copy lands on; with a
+    register of each worker's own (the configuration's, copied into each by the fork)
+    the other worker accepts it again."""
+    config = server_configuration()
+    if kind == "per-worker":
+        config = dataclasses.replace(config, strike_register=StrikeRegister())
+    accepted = asyncio.run(_replayed_to_both_workers(tmp_path / "requests", config))
+    assert accepted == (1 if kind == "shared" else 2)
