@@ -19,11 +19,12 @@ from hypothesis import strategies as st
 
 import quicflow
 from quicflow.endpoint.endpoint import Endpoint
+from quicflow.migration.server_keys import merge_strikes, seal_strikes
 from quicflow.tls.shared_strikes import PROBES, SharedStrikeRegister, _Locked
 from quicflow.tls.tickets import SessionTicketCache, StrikeRegister
 from tests.support.memory_pair import MemoryPair
 from tests.support.transfer import client_configuration, serve_stream, server_configuration
-from tests.test_early_data_memory import configs, first_connection, resumed_with_data
+from tests.test_early_data_memory import configs, first_connection
 
 
 def in_child(work: Callable[[], bool]) -> bool:
@@ -139,28 +140,34 @@ def test_it_decides_like_the_per_process_register(ops: list[tuple[int, float]]) 
 
 @pytest.mark.parametrize("kind", ["shared", "per-process"])
 def test_a_first_flight_replayed_to_another_worker(kind: str) -> None:
-    """A recorded 0-RTT first flight sent again to another process of the server (what
-    a worker group is: the same keys, another endpoint): refused 0-RTT there with the
-    shared register, accepted once more with a register of the process's own."""
+    """A recorded 0-RTT first flight goes to another process of the server first (what a
+    worker group is: the same keys, another endpoint, forked before either admitted
+    anything) and then to this one: refused 0-RTT here with the shared register,
+    accepted a second time with a register of each process's own."""
     register = SharedStrikeRegister(window=10.0)
     client_cfg, server_cfg = configs(strike_register=register)
     pair = MemoryPair(client_config=client_cfg, server_config=server_cfg)
+    assert pair.server.configuration.strike_register is register  # (kept while empty)
     first_connection(pair)
-    _, server, first = resumed_with_data(pair)
-    assert server.early_data_accepted
+    client = pair.add_client()
+    sid = client.open_stream()
+    client.send_stream_data(sid, b"a request in 0-RTT", end_stream=True)
+    first = pair.client_ep.datagrams_to_send(client, pair.now)
     config = pair.server.configuration
     if kind == "per-process":
         config = dataclasses.replace(config, strike_register=StrikeRegister(window=10.0))
 
-    def other_worker() -> bool:
-        endpoint = Endpoint(config, is_server=True, wall_offset=pair.server.wall_offset)
+    def accepted(endpoint: Endpoint) -> bool:
+        old = set(endpoint.all_connections)
         for d in first:
             endpoint.receive(d, pair.client_addr, pair.now)
-        [conn] = endpoint.accepted
+        [conn] = [c for c in endpoint.all_connections if c not in old]
         assert conn.session_resumed and conn.early_data_attempted
         return conn.early_data_accepted
 
-    assert in_child(other_worker) == (kind == "per-process")
+    assert in_child(lambda: accepted(
+        Endpoint(config, is_server=True, wall_offset=pair.server.wall_offset)))
+    assert accepted(pair.server) == (kind == "per-process")
 
 
 def test_a_worker_group_shares_one_register() -> None:
@@ -261,3 +268,22 @@ def test_a_worker_group_accepts_a_replayed_first_flight_once(tmp_path: Path,
         config = dataclasses.replace(config, strike_register=StrikeRegister())
     accepted = asyncio.run(_replayed_to_both_workers(tmp_path / "requests", config))
     assert accepted == (1 if kind == "shared" else 2)
+
+
+def test_a_takeover_record_carries_the_shared_register() -> None:
+    """``seal_strikes`` of a worker whose register is the group's, and ``merge_strikes``
+    into a successor's: the ids admitted (by any worker) are refused by the successor."""
+    now = time.time()
+    shared = SharedStrikeRegister()
+    old = Endpoint(server_configuration(strike_register=shared), is_server=True)
+    assert in_child(lambda: shared.admit(b"by worker 1.", now))  # another worker's
+    assert shared.admit(b"by worker 0.", now)
+    key = bytes(range(32))
+    record = seal_strikes(old, key)
+    assert record is not None
+    for register in (StrikeRegister(), SharedStrikeRegister()):
+        new = Endpoint(server_configuration(strike_register=register), is_server=True)
+        assert merge_strikes(new, record, key, now + 1) == 2
+        assert not register.admit(b"by worker 1.", now + 2)
+        assert not register.admit(b"by worker 0.", now + 2)
+        assert register.admit(b"a fresh one.", now + 2)

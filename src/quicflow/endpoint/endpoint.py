@@ -197,7 +197,9 @@ class Endpoint:
                 cfg, token_key=cfg.token_key or os.urandom(32),
                 reset_key=cfg.reset_key or os.urandom(32),
                 ticket_key=cfg.ticket_key or (os.urandom(32) if self.is_server else None),
-                strike_register=cfg.strike_register or (
+                # (not ``or``: a register is falsy while empty, and the one given, a
+                # worker group's shared one say, must be the one used)
+                strike_register=cfg.strike_register if cfg.strike_register is not None else (
                     StrikeRegister(window=cfg.ticket_age_window) if self.is_server else None),
             )
         self.admission = Admission(self.configuration)
