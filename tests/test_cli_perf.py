@@ -176,6 +176,21 @@ def test_no_server_times_out() -> None:
     assert elapsed < 10, elapsed
 
 
+def test_every_connection_refused_is_one_error_line() -> None:
+    """Several connections that all fail (a closed port refuses each at once): the
+    command says so in one line; the other connections' failures are not left to
+    asyncio's "Task exception was never retrieved" tracebacks."""
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    r = _client("--host", "127.0.0.1", "--port", str(port), "--insecure",
+                "--connections", "4", "--timeout", "5")
+    assert r.returncode == 1
+    line = _one_error_line(r.stderr)
+    assert line.startswith("quicflow: connection refused"), line
+
+
 def test_bad_arguments_exit_2() -> None:
     r = _client("--host", "127.0.0.1", "--download", "5X")
     assert r.returncode == 2

@@ -36,6 +36,7 @@ from ..aio import (
 from ..aio.workers import CidPlan
 from ..transport.config import Configuration
 from .handoff_state import progress_table, resume, stopping
+from .tasks import wait_all
 
 ALPN = "hq-interop"
 #: longest request accepted (``GET `` + path + CRLF); longer requests are refused
@@ -443,13 +444,7 @@ async def run_client(
     if progress is not None:
         reporter = asyncio.create_task(_report(run, progress, progress_interval))
     try:
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for t in pending:
-            t.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        for t in tasks:
-            if t.done() and not t.cancelled() and t.exception() is not None:
-                raise t.exception()  # type: ignore[misc]
+        await wait_all(tasks)
     finally:
         for t in tasks:
             t.cancel()

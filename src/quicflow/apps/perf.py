@@ -43,6 +43,7 @@ from ..datapath.connected import DEFAULT_CONNECTION_SOCKETS
 from ..datapath.socket import wildcard_host
 from ..transport.config import Configuration
 from .handoff_state import progress_table, resume, stopping
+from .tasks import wait_all
 
 ALPN = "perf"
 PATTERN_SIZE = 64 * 1024
@@ -673,7 +674,7 @@ async def _run_connections(
         else None
     )
     try:
-        await _wait_all(tasks)
+        await wait_all(tasks)
     finally:
         if reporter is not None:
             reporter.cancel()
@@ -696,23 +697,3 @@ async def _run_connections(
         ],
         cpu_seconds=run.cpu_finished - run.cpu_connected,
     )
-
-
-async def _wait_all(tasks: list[asyncio.Task[None]]) -> None:
-    """Wait for every task; on the first failure cancel the others and raise it."""
-    try:
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    except asyncio.CancelledError:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-    for t in pending:
-        t.cancel()
-    if pending:
-        await asyncio.gather(*pending, return_exceptions=True)
-    for t in tasks:
-        if t.done() and not t.cancelled():
-            exc = t.exception()
-            if exc is not None:
-                raise exc
