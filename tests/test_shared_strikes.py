@@ -104,6 +104,11 @@ def test_long_ids_are_kept_as_a_digest() -> None:
     a, b = b"x" * 40, b"x" * 39 + b"y"
     assert register.admit(a, now) and register.admit(b, now)
     assert not register.admit(a, now) and not register.admit(b, now)
+    # exported as its digest, a long id merged into a successor's register is still
+    # refused there
+    successor = SharedStrikeRegister()
+    assert successor.merge(register.export(), now) == 2
+    assert not successor.admit(a, now + 1) and not successor.admit(b, now + 1)
 
 
 def test_export_and_merge_with_a_per_process_register() -> None:

@@ -6,12 +6,15 @@ would accept a first flight replayed to every other worker once more.
 The ids live in a shared memory file (``memfd_create``) mapped by every process forked
 after the register was made, as an open-addressing table: a slot is the id (up to 16
 bytes; a longer one is stored as its BLAKE2b-128 digest), its length and its expiry
-(wall-clock seconds). An id is looked for in the :data:`PROBES` slots from its hash on;
-an expired slot is taken again by the next id that needs it, and an id finds no free
-slot among its :data:`PROBES` (a table full of ids not yet expired) is refused, counted
-as ``refused_full``: the handshake goes on in 1-RTT, as with a full ``StrikeRegister``.
-The table has the power of two of slots at least ``2 * max_entries``, 32 bytes each
-(100,000 entries: 8 MiB, shared by all the workers).
+(wall-clock seconds). A digest is stored as a 16-byte id is, so the digest that
+``export`` hands a successor for a long id matches that id again after ``merge`` (a
+16-byte id equal to another id's digest: a 2^-128 chance). An id is looked for in the
+:data:`PROBES` slots from its hash on; an expired slot is taken again by the next id
+that needs it, and an id that finds no free slot among its :data:`PROBES` (a table full
+of ids not yet expired) is refused, counted as ``refused_full``: the handshake goes on
+in 1-RTT, as with a full ``StrikeRegister``. The table has the power of two of slots at
+least ``2 * max_entries``, 32 bytes each (100,000 entries: 8 MiB, shared by all the
+workers).
 
 An admission is one look and one write under a POSIX record lock on the file
 (``lockf``): the kernel releases it when a process dies, so a worker killed in the
@@ -35,19 +38,18 @@ import time
 
 #: slots looked at from an id's hash on
 PROBES = 32
-#: expiry (float, 0: never used), id length (255: a digest), id (zero-padded)
+#: expiry (float, 0: never used), id length (16 for a digest), id (zero-padded)
 _SLOT = struct.Struct("<dB7x16s")
 #: the header: no 0-RTT before this wall-clock time
 _HEADER = struct.Struct("<d24x")
 _KEY_MAX = 16
-_DIGEST = 255
 
 
 def _stored(key: bytes) -> tuple[int, bytes]:
     """(the length field, the 16 bytes stored) of ``key``."""
     if len(key) <= _KEY_MAX:
         return len(key), key.ljust(_KEY_MAX, b"\0")
-    return _DIGEST, hashlib.blake2b(key, digest_size=_KEY_MAX).digest()
+    return _KEY_MAX, hashlib.blake2b(key, digest_size=_KEY_MAX).digest()
 
 
 def _home(stored: bytes) -> int:
@@ -130,7 +132,7 @@ class SharedStrikeRegister:
         now = time.time()
         with _Locked(self._fd):
             entries = [
-                (stored if length == _DIGEST else stored[:length], expiry)
+                (stored[:length], expiry)
                 for expiry, length, stored in _SLOT.iter_unpack(
                     memoryview(self._map)[_HEADER.size:])
                 if expiry > now
