@@ -85,6 +85,15 @@ def test_key_updates_started_by_quicflow(site: Site, role: str) -> None:
 
 
 @pytest.mark.parametrize("role", ROLES)
+def test_key_updates_at_a_packet_count(site: Site, role: str) -> None:
+    """quicflow starts key updates by itself once 20 packets went out with a key
+    (``key_update_after``: the AEAD confidentiality limit made small): quic-go answers
+    them, the file arrives intact."""
+    out = hq_peers.key_updates_at_a_packet_count(exchange, role, site)
+    assert out.peer["key_updates_local"] == 0
+
+
+@pytest.mark.parametrize("role", ROLES)
 def test_key_updates_started_by_quicgo(site: Site, role: str) -> None:
     site.add("a.bin", 4 * MB)
     out = exchange(role, site, peer_args=("--key-update", "200"))

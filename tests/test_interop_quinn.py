@@ -75,6 +75,14 @@ def test_key_updates_started_by_quicflow(site: Site, role: str) -> None:
 
 
 @pytest.mark.parametrize("role", ROLES)
+def test_key_updates_at_a_packet_count(site: Site, role: str) -> None:
+    """quicflow starts key updates by itself once 20 packets went out with a key
+    (``key_update_after``: the AEAD confidentiality limit made small): quinn answers
+    them, the file arrives intact."""
+    hq_peers.key_updates_at_a_packet_count(exchange, role, site)
+
+
+@pytest.mark.parametrize("role", ROLES)
 def test_key_updates_started_by_quinn(site: Site, role: str) -> None:
     """quinn starts a key update before each of three files (its client before each
     request, its server before each answer); quicflow follows every one."""

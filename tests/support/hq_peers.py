@@ -94,6 +94,8 @@ def _quicflow_view(face: quicflow.QuicConnection) -> dict[str, Any]:
             "alpn": face.alpn_protocol, "key_updates_received": c.key_updates_received,
             "retried": c.retry_scid is not None,
             "peer_min_ack_delay": c.peer_params.min_ack_delay if c.peer_params else None,
+            "key_updates_started": c.counters.key_updates_started,
+            "packets_sent": c.counters.packets_sent,
             "ack_frequency_sent": c.counters.ack_frequency_sent,
             "ack_frequency_received": c.counters.ack_frequency_received,
             "immediate_acks_received": c.counters.immediate_acks_received}  # fmt: skip
@@ -320,6 +322,21 @@ def key_updates_started_by_quicflow(exchange: Exchange, role: str, site: Site) -
         site.add(name, 1 * MB)
     out = exchange(role, site, key_updates=True)
     assert out.conn_stats["key_updates_received"] == 3  # the peer's answers
+    return out
+
+
+def key_updates_at_a_packet_count(exchange: Exchange, role: str, site: Site) -> Outcome:
+    """quicflow with ``key_update_after=20``: the key update it starts by itself at the
+    AEAD confidentiality limit (RFC 9001 §6.6), made to come after 20 packets. In an 8 MB
+    download (quicflow sends the data as server, the ACKs as client) it starts one soon
+    after the handshake and more while the transfer lasts (each three PTOs after the
+    peer answered the one before, RFC 9001 §6.5); the peer answers them, and the file
+    arrives intact. (How many fit in the transfer's time varies: at least one.)"""
+    site.add("a.bin", 8 * MB)
+    out = exchange(role, site, key_update_after=20)
+    started = out.conn_stats["key_updates_started"]
+    # the peer answered them (the last may have started just before the end)
+    assert 1 <= started and max(1, started - 1) <= out.conn_stats["key_updates_received"] <= started
     return out
 
 

@@ -32,6 +32,11 @@ class Configuration:
     server_name: the host name a client checks the certificate against (defaults to the host
         passed to ``connect``).
     idle_timeout: seconds of silence after which the connection closes (max_idle_timeout).
+    key_update_after: 1-RTT packets sent with one key before the connection starts a key
+        update by itself (RFC 9001 §6); None (default): three quarters of the cipher's
+        confidentiality limit (RFC 9001 §6.6: 2^23 packets for AES-GCM, none to reach for
+        ChaCha20-Poly1305). A larger value counts as the default: the limit is never
+        passed (sending stops short of it while an update cannot start yet).
     max_pto_period: seconds at which the probe timeout stops doubling (default 1.0; a PTO
         that is longer without backoff stays as it is); 0 doubles without limit, as RFC
         9002 §6.2.1 has it. See ``LossDetection`` for why the default caps it.
@@ -147,6 +152,7 @@ class Configuration:
     server_name: str | None = None
     idle_timeout: float = 30.0
     max_pto_period: float = 1.0
+    key_update_after: int | None = None
     max_data: int = 4 * MIB
     max_data_window: int = 64 * MIB
     max_stream_data: int = 1 * MIB
@@ -236,6 +242,8 @@ class Configuration:
             raise ValueError("max_ack_delay must be at least 0 and below 2^14 ms")
         if self.idle_timeout < 0:
             raise ValueError("idle_timeout must not be negative")
+        if self.key_update_after is not None and self.key_update_after < 1:
+            raise ValueError("key_update_after must be at least 1 (or None)")
         if self.max_pto_period < 0:
             raise ValueError("max_pto_period must not be negative")
         if self.send_buffer_per_connection < 1 or self.send_buffer_per_endpoint < 1:

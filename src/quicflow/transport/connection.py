@@ -127,6 +127,7 @@ class ConnectionCounters:
     immediate_acks_received: int = 0  # IMMEDIATE_ACK frames
     data_blocked_received: int = 0  # DATA_BLOCKED frames
     data_blocked_grew: int = 0  # of them, those that doubled the connection window
+    key_updates_started: int = 0  # 1-RTT key updates we started (asked for, or the AEAD limit)
 
 
 @dataclass(slots=True, eq=False)  # an entity: compared by identity
@@ -257,6 +258,11 @@ class Connection:
     # yet). A new update waits for an ACK of a pn >= it (RFC 9001 §6.1).
     key_phase_first_pn: int = -1
     key_update_ping: bool = False  # a waiting update asks for that ACK with a PING
+    # the next 1-RTT pn at which a build looks at the AEAD limits (aead_limits.py; 0:
+    # the next build does)
+    key_limit_pn: int = 0
+    # (confidentiality, integrity) limits in packets; None: the suite's (RFC 9001 §6.6)
+    aead_limits: tuple[int, int] | None = None
     key_updates_received: int = 0
     # migration: a random id given at the first capture, and how many captures so far;
     # a capture releases the connection (``released``): it never sends again here
@@ -392,6 +398,7 @@ class Connection:
             return
         self.key_update_requested = False
         self.key_phase_first_pn = self.spaces[2].next_pn
+        self.counters.key_updates_started += 1
         # the engine's sealer moves to the next phase (the phase's one source of truth)
         self.one_rtt_send_secret = next_generation_secret(
             self.cipher_suite, self.one_rtt_send_secret, self.version

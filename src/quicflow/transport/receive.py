@@ -36,6 +36,7 @@ from .ack_frequency import (
     out_of_order,
     silence_limit,
 )
+from .aead_limits import on_open_failure
 from .closing import answer_in_closing
 from .congestion import initial_window
 from .connection import SPACE_OF_EPOCH, Address, Connection
@@ -267,6 +268,7 @@ def _receive_packet(
             conn.counters.packets_dropped += 1
             conn.counters.dropped_undecryptable += 1
             _check_stateless_reset(conn, data[pos : hdr.end])
+            on_open_failure(conn)
             return
         pn, payload, frames = result.pn, result.payload, None
         if result.phase_changed:
@@ -285,6 +287,7 @@ def _receive_packet(
         if opened is None:
             conn.counters.packets_dropped += 1
             conn.counters.dropped_undecryptable += 1
+            on_open_failure(conn)
             return
         pn, payload, frames = opened
         if conn.is_client and ptype == INITIAL and conn.peer_initial_scid is None:
@@ -370,6 +373,24 @@ def _receive_packet(
         answer_in_closing(conn, now)
 
 
+def _frames_in_closing(conn: Connection, frames: list[Any], epoch: Epoch, now: float) -> bool:
+    """A packet's frames while we close (RFC 9000 §10.2.1: a packet is only answered):
+    its ACKs (the closing period looks at what the peer still has unacknowledged,
+    closing.py) and a CONNECTION_CLOSE (draining, §10.2.2); nothing else is taken (no
+    stream data, no new state: RFC 9001 §6.6 too, after the integrity limit)."""
+    ack_eliciting = False
+    for frame in frames:
+        cls = type(frame)
+        if cls not in _NOT_ACK_ELICITING:
+            ack_eliciting = True
+        elif cls is not F.Padding:
+            _HANDLERS[cls](conn, frame, epoch, now)  # type: ignore[misc]
+            if conn.state == DRAINING:
+                break
+    conn.last_packet_probing = False
+    return ack_eliciting
+
+
 def _crypto_held(space: PacketSpace) -> int:
     """CRYPTO bytes the space has received so far (0 once it is discarded)."""
     recv = space.crypto_recv
@@ -445,6 +466,8 @@ def _process_frames(conn: Connection, payload: bytes, epoch: Epoch, now: float,
             raise QuicError(FRAME_ENCODING_ERROR, str(exc)) from None
     if not frames:
         raise QuicError(PROTOCOL_VIOLATION, "packet without frames")
+    if conn.state >= CLOSING:
+        return _frames_in_closing(conn, frames, epoch, now)
     ack_eliciting = False
     probing = True
     probing_frames = pathprobe.PROBING_FRAMES

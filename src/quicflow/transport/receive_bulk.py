@@ -24,6 +24,7 @@ from .ack_frequency import (
     out_of_order,
     silence_limit,
 )
+from .aead_limits import on_open_failure
 from .closing import answer_in_closing
 from .connection import Address, Connection
 from .errors import FLOW_CONTROL_ERROR, QuicError
@@ -187,6 +188,8 @@ def receive_short_runs(
                               if pn <= space.largest_received else 0)
                 if sid == last_sid:  # (the usual: the entry before's stream)
                     recv = last_recv
+                elif conn.state >= CLOSING:  # answered only: its data is not taken
+                    recv = None  # (RFC 9000 §10.2.1; receive._frames_in_closing)
                 else:
                     stream = streams.get(sid)
                     recv = stream.recv if stream is not None else None
@@ -245,6 +248,8 @@ def receive_short_runs(
                 counters.dropped_undecryptable += 1
                 offset, length, _ = packets[entry[1]]
                 _check_stateless_reset(conn, bytes(buf[offset : offset + length]))
+                if on_open_failure(conn):
+                    break  # (RFC 9001 §6.6: no more packets are processed)
                 last_sid = -1  # (a reset ends the connection and its streams)
                 continue
             _, pn, payload, phase_changed = entry  # (1, pn, payload, phase_changed)

@@ -24,6 +24,7 @@ from .ack_frequency import encode_pending
 from .ack_send import ack_sent as _ack_sent
 from .ack_send import elicit as _elicit
 from .ack_send import encode_ack as _encode_ack
+from .aead_limits import may_send
 from .bulk import build_bulk, bulk_applies
 from .close_send import close_datagrams as _close_datagrams
 from .congestion import CongestionControl
@@ -101,6 +102,9 @@ def build_datagrams(
                 buf += datagram
                 bounds.append(len(buf))
         return buf, bounds
+    if conn.spaces[2].next_pn + max_datagrams >= conn.key_limit_pn and not may_send(
+            conn, now, max_datagrams):
+        return buf, bounds  # the send keys' confidentiality limit (aead_limits.py)
     seal: list[tuple[int, int, int, int, bytes]] = []
     if conn.pmtud.next_at <= now and not conn.loss.cc.recovery_credit and probe_due(
             conn, now) and _probe_fits(conn) and build_probe(conn, now, buf, seal):
