@@ -9,7 +9,7 @@ from typing import Any
 from ..crypto.epoch import Epoch
 from ..crypto.retry import verify_retry_integrity_tag
 from ..crypto.suites import CipherSuite
-from ..tls.alerts import TlsAlert
+from ..tls.alerts import UNEXPECTED_MESSAGE, TlsAlert
 from ..wire import frames as F
 from ..wire.errors import FrameEncodingError, TransportParameterError, WireError
 from ..wire.packet import (
@@ -525,9 +525,15 @@ def _on_crypto(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
             raise QuicError(0xD, "CRYPTO data beyond the buffer") from None
         data = recv.read()
     recv.max_data = recv.read_offset + recv.window
-    if not data or conn.tls is None:
+    if not data:
         return
     tls = conn.tls
+    if tls is None:  # (a server once its handshake completed, or a restored connection)
+        if not conn.is_client and epoch is EP_1RTT:
+            # a QUIC client has no post-handshake message to send: no KeyUpdate (RFC
+            # 9001 §6), no post-handshake authentication (§4.4), no EndOfEarlyData (§8.3)
+            raise TlsAlert(UNEXPECTED_MESSAGE, "TLS message from a client after its handshake")
+        return
     tls.set_wall_time(now + conn.wall_offset)
     tls.receive(epoch, data)
     _after_tls(conn, now)
