@@ -131,6 +131,23 @@ def test_download_upload_json(perf_server: ServerProcess) -> None:
     assert 0 < result["cpu_seconds"] <= result["seconds"] * (os.cpu_count() or 1) + 0.01
 
 
+def test_key_updates_by_packet_count(perf_server: ServerProcess) -> None:
+    """--key-update-after: the client starts 1-RTT key updates by itself (the AEAD
+    confidentiality limit's mechanism, RFC 9001 §6.6, made to come after 40 packets);
+    the upload arrives intact and the JSON counts them."""
+    r = _client(
+        "--host", "127.0.0.1", "--port", str(perf_server.port), "--cafile", perf_server.cafile,
+        "--download", "1M", "--upload", "4M", "--verify", "--json", "--key-update-after", "40",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["bytes_sent"] == 4 * MIB and result["bytes_received"] == 1 * MIB
+    assert result["verified"] is True
+    assert result["key_updates_started"] >= 1
+    r = _client("--host", "127.0.0.1", "--key-update-after", "0")
+    assert r.returncode == 2 and "must be at least 1" in r.stderr
+
+
 def test_insecure_and_summary_line(perf_server: ServerProcess) -> None:
     r = _client(
         "--host", "127.0.0.1", "--port", str(perf_server.port), "--insecure",

@@ -425,6 +425,7 @@ _CONNECTION_COUNTERS = (
     "ack_frequency_sent",
     "data_blocked_received",  # (a download's client: the server held by its window)
     "data_blocked_grew",  # of them, those that doubled the connection window
+    "key_updates_started",  # 1-RTT key updates the client started (--key-update-after)
 )
 _ENDPOINT_COUNTERS = (
     "lookups",

@@ -341,6 +341,7 @@ def client_configuration(args: argparse.Namespace, alpn: str) -> Configuration:
         server_name=args.server_name, congestion_control=args.congestion,
         max_datagram_size=args.max_datagram, idle_timeout=args.timeout,
         keylog_file=args.keylog, pmtud=args.pmtud, pacing=args.pacing,
+        key_update_after=args.key_update_after,
     )  # fmt: skip
 
 
@@ -468,6 +469,13 @@ def _add_transport_options(p: argparse.ArgumentParser) -> None:
         "--no-pmtud", dest="pmtud", action="store_false",
         help="no path MTU discovery: send --max-datagram sized datagrams from the start "
         "(the path must carry them)",
+    )  # fmt: skip
+    p.add_argument(
+        "--key-update-after", type=lambda t: _int_arg(t, 1, None), default=None,
+        metavar="PACKETS",
+        help="start a 1-RTT key update once this many packets went out under one key "
+        "(default: three quarters of the cipher's confidentiality limit, RFC 9001 6.6: "
+        "2^23 packets for AES-GCM)",
     )  # fmt: skip
     p.add_argument(
         "--backend", choices=["auto", "gso", "basic"], default="auto",

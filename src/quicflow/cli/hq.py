@@ -104,7 +104,7 @@ def cmd_hq_server(args: argparse.Namespace) -> int:
             config = server_configuration(
                 chain, key, congestion_control=args.congestion,
                 max_datagram_size=args.max_datagram, keylog_file=args.keylog,
-                pmtud=args.pmtud, pacing=args.pacing,
+                pmtud=args.pmtud, pacing=args.pacing, key_update_after=args.key_update_after,
             )  # fmt: skip
             return asyncio.run(_serve(args, config))
     except (HandoffError, SnapshotError) as e:

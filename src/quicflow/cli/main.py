@@ -205,6 +205,7 @@ def cmd_perf_server(args: argparse.Namespace) -> int:
                 max_datagram_size=args.max_datagram,
                 pmtud=args.pmtud,
                 pacing=args.pacing,
+                key_update_after=args.key_update_after,
                 keylog_file=args.keylog,
                 retry=args.retry,
             )
