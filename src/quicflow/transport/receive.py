@@ -106,6 +106,7 @@ def receive_datagram(
     if not conn.address_validated:
         conn.bytes_received_unvalidated += n
     pos = 0
+    dcid: bytes | None = None  # the first packet's
     while pos < n:
         if first is not None:
             hdr, first = first, None
@@ -116,6 +117,15 @@ def receive_datagram(
                 counters.packets_dropped += 1
                 counters.dropped_malformed += 1
                 return
+        if dcid is None:
+            dcid = hdr.dcid
+        elif hdr.dcid != dcid:
+            # RFC 9000 §12.2: the datagram was routed by its first packet's CID; a packet
+            # after it with another one (another connection's, whose keys the shared
+            # engine holds) is not this connection's to open
+            counters.packets_dropped += 1
+            counters.dropped_other_dcid += 1
+            return
         try:  # (_receive_one inline)
             _receive_packet(conn, data, pos, hdr, addr, now, ecn)
         except (QuicError, TlsAlert) as exc:
