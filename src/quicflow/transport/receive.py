@@ -685,6 +685,12 @@ def _check_version_information(conn: Connection, info: list[int] | None) -> None
         raise QuicError(VERSION_NEGOTIATION_ERROR, "version in use not in the available list")
 
 
+#: retirements waiting to be sent, as a multiple of our active_connection_id_limit, past
+#: which a peer's NEW_CONNECTION_ID closes the connection (RFC 9000 §5.1.2 asks to allow
+#: at least twice the limit, sent and unacknowledged together)
+RETIRE_PENDING_PER_LIMIT = 4
+
+
 def _on_new_connection_id(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
     if not conn.peer_cid:
         raise QuicError(PROTOCOL_VIOLATION, "NEW_CONNECTION_ID with zero-length CIDs")
@@ -707,6 +713,14 @@ def _on_new_connection_id(conn: Connection, frame: Any, epoch: Epoch, now: float
         if conn.peer_cid_seq < frame.retire_prior_to:
             best = min(keep, key=lambda e: e.sequence)
             _switch_peer_cid(conn, best)
+        if len(conn.retire_pending) > RETIRE_PENDING_PER_LIMIT * (
+                conn.configuration.active_connection_id_limit):
+            # RFC 9000 §5.1.2: a peer that retires faster than our RETIRE_CONNECTION_ID
+            # frames go out (tens of NEW_CONNECTION_ID frames a packet, each retiring
+            # the one before) would grow the list, and each frame's check of it, without
+            # bound: 10 k frames cost a second of the loop
+            raise QuicError(CONNECTION_ID_LIMIT_ERROR,
+                            "connection IDs retired faster than they can be acknowledged")
     if len(conn.peer_cids) > conn.configuration.active_connection_id_limit:
         raise QuicError(CONNECTION_ID_LIMIT_ERROR, "too many connection IDs")
 
