@@ -7,6 +7,7 @@ import hashlib
 import socket
 
 from quicflow.endpoint.endpoint import Endpoint
+from quicflow.endpoint.stateless import retry_packet
 from quicflow.endpoint.tokens import NEW_TOKEN, RETRY_TOKEN, TokenCache, TokenSealer
 from quicflow.transport.config import Configuration
 from quicflow.transport.events import ConnectionTerminated, NewTokenReceived
@@ -254,3 +255,21 @@ def test_token_nonces_are_never_repeated_and_every_token_opens() -> None:
     nonces = {t[1:13] for t in tokens}
     assert len(nonces) == len(tokens)
     assert all(sealer.open(t, addr, 1000.5, 60.0) == (NEW_TOKEN, b"", b"") for t in tokens)
+
+
+def test_a_client_discards_a_retry_without_token_or_with_its_own_dcid() -> None:
+    """RFC 9000 §17.2.5.2: a Retry with an empty token, or whose SCID is the DCID of the
+    client's Initial, is discarded (counted) even with a valid integrity tag; the
+    connection goes on as if it had not come, and a proper Retry is still followed."""
+    pair = MemoryPair(seed=21)
+    client = pair.client
+    (initial, *_) = pair.client_ep.datagrams_to_send(client, pair.now)
+    assert initial[0] & 0x80
+    for scid, token in ((b"\x42" * 8, b""), (client.original_dcid, b"a token")):
+        bad = retry_packet(client.initial_scid, client.original_dcid, scid, token)
+        pair.client_ep.receive(bad, SERVER_ADDR, pair.now)
+        assert client.retry_scid is None
+    assert client.counters.dropped_bad_retry == 2
+    good = retry_packet(client.initial_scid, client.original_dcid, b"\x43" * 8, b"a token")
+    pair.client_ep.receive(good, SERVER_ADDR, pair.now)
+    assert client.retry_scid == b"\x43" * 8 and client.token == b"a token"

@@ -427,7 +427,10 @@ def _receive_retry(conn: Connection, data: bytes, pos: int, hdr: PacketHeader) -
         return
     packet = bytes(data[pos : hdr.end])
     pseudo = retry_pseudo_packet(conn.original_dcid, packet[:-16])
+    # RFC 9000 §17.2.5.2: a Retry must carry a token and a new CID (one equal to our
+    # Initial's DCID is discarded), and verify
     if (hdr.version != conn.version or hdr.dcid != conn.initial_scid
+            or not hdr.token or hdr.scid == conn.original_dcid
             or not verify_retry_integrity_tag(pseudo, packet[-16:], conn.version)):
         conn.counters.packets_dropped += 1
         conn.counters.dropped_bad_retry += 1
