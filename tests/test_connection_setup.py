@@ -13,11 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quicflow.crypto.keys import QUIC_V1, QUIC_V2
+from quicflow.endpoint.endpoint import Endpoint
 from quicflow.tls.certs import generate_self_signed
 from quicflow.transport.config import Configuration
 from quicflow.transport.factory import client_connection, server_connection
 from quicflow.transport.local_params import encode_local_parameters
 from quicflow.wire.tparams import decode_transport_parameters, encode_transport_parameters
+from tests.support.memory_pair import SERVER_ADDR, MemoryPair
 
 _CERT, _KEY = generate_self_signed(["localhost"])
 
@@ -141,3 +143,25 @@ def test_server_tls_config_checked_for_every_new_set_of_values() -> None:
     cfg.certificate_chain = []  # a server without its certificate
     with pytest.raises(ValueError, match="needs certificate_chain"):
         server_connection(cfg, ("127.0.0.1", 4433), b"\x01" * 8, 0.0)
+
+
+def test_a_second_servers_initial_is_discarded_by_the_client() -> None:
+    """RFC 9000 §7.2: two servers behind one address both answer the client's Initial;
+    the client keeps the first and discards every long-header packet with the other's
+    Source Connection ID (counted), and completes its handshake with the first."""
+    pair = MemoryPair(seed=22)
+    second = Endpoint(Configuration(alpn_protocols=["perf"], certificate_chain=[_CERT],
+                                    private_key=_KEY), is_server=True)
+    client = pair.client
+    for d in pair.client_ep.datagrams_to_send(client, pair.now):
+        pair.server.receive(d, pair.client_addr, pair.now)
+        second.receive(d, pair.client_addr, pair.now)
+    (first_conn,), (second_conn,) = pair.server_conns, list(second.all_connections)
+    answer = pair.server.datagrams_to_send(first_conn, pair.now)
+    other = second.datagrams_to_send(second_conn, pair.now)
+    for d in answer + other:
+        pair.client_ep.receive(d, SERVER_ADDR, pair.now)
+    assert client.counters.dropped_other_scid >= len(other) > 0
+    assert client.peer_initial_scid in first_conn.host_cid_list()
+    pair.run(lambda: client.handshake_confirmed or client.terminated, max_time=5)
+    assert client.handshake_confirmed and not client.terminated

@@ -261,6 +261,13 @@ def _receive_packet(
         conn.counters.packets_dropped += 1
         conn.counters.dropped_malformed += 1
         return
+    if (ptype != ONE_RTT and conn.is_client and conn.peer_initial_scid is not None
+            and hdr.scid != conn.peer_initial_scid):
+        # RFC 9000 §7.2: once a server's Initial was taken, the packets of another
+        # (a second server behind the same address answered too) are discarded
+        conn.counters.packets_dropped += 1
+        conn.counters.dropped_other_scid += 1
+        return
     if ptype == ONE_RTT:
         epoch = EP_1RTT
         space = conn.spaces[2]
