@@ -57,18 +57,19 @@ def test_discarded_spaces_drop_their_crypto_streams_and_data_still_flows() -> No
 
 def test_a_servers_first_one_rtt_crypto_frame_makes_its_stream_and_keeps_the_limit() -> None:
     # the server holds no application-space CRYPTO receive stream until a 1-RTT CRYPTO
-    # frame arrives: then it is made with the same window as a client's, and data past
-    # that window still closes the connection with CRYPTO_BUFFER_EXCEEDED
-    pair = MemoryPair(seed=3)
-    pair.run(lambda: pair.client.handshake_confirmed and bool(pair.server_conns)
-             and pair.server_conns[0].handshake_confirmed)
-    server = pair.server_conns[0]
-    assert server.spaces[2].crypto_recv is None
-    pair.server.receive(forge(pair.client, Epoch.ONE_RTT, raw(0x06, 0, 3, b"abc")),
-                        pair.client_addr, pair.now)
-    recv = server.spaces[2].crypto_recv
-    assert recv is not None and server.close_error is None
-    assert recv.read_offset == 3 and recv.window == pair.client.spaces[2].crypto_recv.window
-    pair.server.receive(forge(pair.client, Epoch.ONE_RTT, raw(0x06, recv.max_data, 3, b"abc")),
-                        pair.client_addr, pair.now)
-    assert server.close_error is not None and server.close_error[0] == CRYPTO_BUFFER_EXCEEDED
+    # frame arrives: then it is made with the same window as a client's. A client has no
+    # TLS message to send after its handshake (RFC 9001 §6, §4.4, §8.3), so data within
+    # the window closes with unexpected_message; data past it with CRYPTO_BUFFER_EXCEEDED
+    for offset, code in ((0, 0x100 + 10), (None, CRYPTO_BUFFER_EXCEEDED)):
+        pair = MemoryPair(seed=3)
+        pair.run(lambda pair=pair: pair.client.handshake_confirmed
+                 and bool(pair.server_conns) and pair.server_conns[0].handshake_confirmed)
+        server = pair.server_conns[0]
+        assert server.spaces[2].crypto_recv is None
+        window = pair.client.spaces[2].crypto_recv.window
+        at = window if offset is None else offset
+        pair.server.receive(forge(pair.client, Epoch.ONE_RTT, raw(0x06, at, 3, b"abc")),
+                            pair.client_addr, pair.now)
+        recv = server.spaces[2].crypto_recv
+        assert recv is not None and recv.window == window
+        assert server.close_error is not None and server.close_error[0] == code
