@@ -44,6 +44,11 @@ class DecryptError(Exception):
     """A packet could not be unprotected (too short, bad tag, ...)."""
 
 
+class ReservedBitsError(DecryptError):
+    """A packet opened, but its reserved header bits are set (RFC 9000 §17.2, §17.3.1):
+    a connection error of type PROTOCOL_VIOLATION, not a packet to drop quietly."""
+
+
 @dataclass(slots=True)
 class PacketKeys:
     """The keying material derived from one traffic secret."""
@@ -288,7 +293,8 @@ class PacketProtector:
         if self._native:
             opened = self._hp.open_packet(packet, pn_offset, largest_pn)
             if opened.__class__ is int:
-                raise DecryptError(_OPEN_ERRORS[opened])
+                raise (ReservedBitsError if opened == RESERVED_BITS else DecryptError)(
+                    _OPEN_ERRORS[opened])
             result: tuple[bytes, bytes, int] = opened
             return result
         assert self._aead is not None
@@ -315,29 +321,39 @@ class PacketProtector:
             )
         except InvalidTag:
             raise DecryptError(_OPEN_ERRORS[2]) from None
+        if first & (0x0C if first & 0x80 else 0x18):
+            raise ReservedBitsError(_OPEN_ERRORS[RESERVED_BITS])
         return plain_header, payload, pn
 
     def open_frames(
         self, data: Buffer, pos: int, pn_offset: int, end: int, largest_pn: int,
         classes: tuple[type, ...] | None,
-    ) -> tuple[int, bytes, list[Any] | None] | None:
+    ) -> tuple[int, bytes, list[Any] | None] | int | None:
         """``open`` of the packet ``data[pos:end]`` (``pn_offset`` counted from
         ``data``'s start), then, with the C extension and ``classes`` given, its
         payload's frames as the C ``parse_frames`` makes them: one C call per received
         long-header packet. Returns ``(pn, payload, frames)``, ``frames`` None when not
         parsed here (no extension, no ``classes``, or input the C parser leaves to the
-        Python reference); None when the packet cannot be opened (``DecryptError``)."""
+        Python reference); None when the packet cannot be opened (``DecryptError``), and
+        ``RESERVED_BITS`` when it opened with its reserved header bits set (a connection
+        error, RFC 9000 §17.2)."""
         if self._native:
-            opened: tuple[int, bytes, list[Any] | None] | None = self._hp.open_frames(
+            opened: tuple[int, bytes, list[Any] | None] | int | None = self._hp.open_frames(
                 data, pos, pn_offset, end, largest_pn, classes)
             return opened
         try:
             _, payload, pn = self.open(memoryview(data)[pos:end], pn_offset - pos, largest_pn)
+        except ReservedBitsError:
+            return RESERVED_BITS
         except DecryptError:
             return None
         return pn, payload, None
 
 
+#: an opened packet's reserved header bits were set (RFC 9000 §17.2, §17.3.1): the C
+#: KeyContext's code 3, ``open_frames``'s value for it
+RESERVED_BITS = 3
 #: why a packet could not be opened (the C KeyContext's codes)
 _OPEN_ERRORS = {1: "packet too short to remove header protection",
-                2: "packet authentication failed"}
+                2: "packet authentication failed",
+                RESERVED_BITS: "reserved header bits set"}

@@ -43,6 +43,8 @@ RunEntry = tuple[Any, ...]
 - ``(1, pn, payload, phase_changed)``: any other opened packet (or one that opened with a
   key-phase change).
 - ``(2, index)``: descriptor ``index`` failed to open.
+- ``(3, pn)``: a packet that opened with its reserved header bits set (RFC 9000 §17.3.1:
+  a connection error of type PROTOCOL_VIOLATION).
 """
 
 STREAM_DATA_MAX = (1 << 62) - 1
@@ -147,6 +149,12 @@ def coalesce_run(results: Sequence[OpenResult | None]) -> list[RunEntry]:
                 append((0, first, last - first + 1, sid, start_offset, b"".join(chunks), False))
                 active = False
             append((2, index))
+            continue
+        if result.header[0] & 0x18:  # reserved bits set (RFC 9000 §17.3.1)
+            if active:
+                append((0, first, last - first + 1, sid, start_offset, b"".join(chunks), False))
+                active = False
+            append((3, result.pn))
             continue
         payload = result.payload
         parsed = None if result.phase_changed else single_stream_frame(payload)

@@ -288,6 +288,8 @@ def _receive_packet(
             on_open_failure(conn)
             return
         pn, payload, frames = result.pn, result.payload, None
+        if result.header[0] & 0x18:  # RFC 9000 §17.3.1, after removing both protections
+            raise QuicError(PROTOCOL_VIOLATION, "reserved header bits set")
         if result.phase_changed:
             on_peer_key_update(conn)
     else:
@@ -306,7 +308,9 @@ def _receive_packet(
             conn.counters.dropped_undecryptable += 1
             on_open_failure(conn)
             return
-        pn, payload, frames = opened
+        if opened.__class__ is int:  # RESERVED_BITS (RFC 9000 §17.2)
+            raise QuicError(PROTOCOL_VIOLATION, "reserved header bits set")
+        pn, payload, frames = opened  # type: ignore[misc]
         if conn.is_client and ptype == INITIAL and conn.peer_initial_scid is None:
             conn.peer_initial_scid = hdr.scid
             conn.peer_cid = hdr.scid

@@ -27,7 +27,7 @@ from .ack_frequency import (
 from .aead_limits import on_open_failure
 from .closing import answer_in_closing
 from .connection import Address, Connection
-from .errors import FLOW_CONTROL_ERROR, QuicError
+from .errors import FLOW_CONTROL_ERROR, PROTOCOL_VIOLATION, QuicError
 from .events import StreamReadable
 from .idle import effective_idle
 from .pathprobe import after_one_rtt_packet
@@ -242,6 +242,8 @@ def receive_short_runs(
                 if fin:
                     on_stream_end(conn)
                 continue
+            if kind == 3:  # (3, pn): opened with reserved header bits set (RFC 9000 §17.3.1)
+                raise QuicError(PROTOCOL_VIOLATION, "reserved header bits set")
             if kind == 2:  # (2, index): did not open
                 counters.engine_open_failures += 1
                 counters.packets_dropped += 1

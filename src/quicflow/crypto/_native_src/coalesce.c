@@ -167,6 +167,20 @@ append_failure(Run *run, PyObject *entries, Py_ssize_t index)
     return append_entry(entries, 2, items);
 }
 
+/* Close the open run (if any) and append (3, pn): a packet that opened with its reserved
+ * header bits set. 0, or -1 with an exception set. */
+static int
+append_reserved(Run *run, PyObject *entries, int64_t pn)
+{
+    PyObject *items[2];
+    if (flush_run(run, entries, 0) < 0) {
+        return -1;
+    }
+    items[0] = PyLong_FromLong(3);
+    items[1] = PyLong_FromLongLong(pn);
+    return append_entry(entries, 2, items);
+}
+
 /* Start a run from a packet's own plaintext object (stolen). 0 or -1. */
 static int
 start_run(Run *run, PyObject *entries, PyObject *plain, int64_t pn, const StreamFrame *f)
@@ -311,6 +325,13 @@ mod_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
             failures++;
             if (append_failure(&run, entries, i) < 0) {
+                goto error;
+            }
+            continue;
+        }
+        if (hdr[0] & 0x18) { /* reserved bits set (RFC 9000 17.3.1): the connection's error */
+            Py_XDECREF(plain);
+            if (append_reserved(&run, entries, op.pn) < 0) {
                 goto error;
             }
             continue;

@@ -531,8 +531,9 @@ done:
  * and the packet opened (the one home of both steps for open_packet and open_frames):
  * 0 with *payload (a new reference) and *pn set, and *header (a new reference) unless
  * header is NULL; 1 when the packet is too short to remove header protection; 2 when it
- * cannot be opened (over INT_MAX bytes, shorter than its tag, authentication failed); -1
- * with a Python error set. */
+ * cannot be opened (over INT_MAX bytes, shorter than its tag, authentication failed); 3
+ * when it opened but its reserved header bits are set (RFC 9000 17.2, 17.3.1: the
+ * connection's error, PROTOCOL_VIOLATION); -1 with a Python error set. */
 static int
 kc_open_whole(KeyContext *self, const unsigned char *src, Py_ssize_t len,
               Py_ssize_t pn_offset, long long largest, PyObject **header,
@@ -579,6 +580,11 @@ kc_open_whole(KeyContext *self, const unsigned char *src, Py_ssize_t len,
                 (unsigned char *)PyBytes_AS_STRING(*payload)) < 0) {
         Py_CLEAR(*payload);
         rc = 2;
+        goto done;
+    }
+    if (h[0] & ((h[0] & 0x80) ? 0x0C : 0x18)) {
+        Py_CLEAR(*payload);
+        rc = 3;
         goto done;
     }
     if (header != NULL) {
@@ -646,7 +652,8 @@ kc_open_packet_py(KeyContext *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 /* open_frames(data, pos, pn_offset, end, largest_pn, classes) -> (pn, payload, frames)
- * or None: open_packet on data[pos:end] (pn_offset counted from data's start) and, when
+ * or None, or the int 3 (opened, reserved header bits set): open_packet on data[pos:end]
+ * (pn_offset counted from data's start) and, when
  * classes is not None, the payload's frames as parse_frames makes them (frames None:
  * classes was None, or not the common case: let the Python reference parse them).  None
  * when the packet cannot be opened (too short to remove header protection, or
@@ -708,7 +715,7 @@ kc_open_frames_py(KeyContext *self, PyObject *const *args, Py_ssize_t nargs)
     rc = kc_open_whole(self, src, len, pn_offset - pos, largest, NULL, &payload, &pn);
     PyBuffer_Release(&data);
     if (rc != 0) {
-        return rc < 0 ? NULL : Py_NewRef(Py_None);
+        return rc < 0 ? NULL : rc == 3 ? PyLong_FromLong(3) : Py_NewRef(Py_None);
     }
     if (classes != Py_None) {
         frames = qf_parse_frames((const uint8_t *)PyBytes_AS_STRING(payload),
