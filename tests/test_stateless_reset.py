@@ -178,3 +178,28 @@ def test_client_endpoint_ignores_packets_without_a_token() -> None:
     pair.run(lambda: pair.client.handshake_confirmed)
     pair.client_ep.receive(b"\x40" + os.urandom(60), SERVER_ADDR, pair.now)
     assert not pair.client.terminated
+
+
+def test_only_the_tokens_of_cids_in_use_are_checked() -> None:
+    """RFC 9000 §10.3.1: a datagram ending in the reset token of a CID the peer issued
+    and we never used (a spare one) is no stateless reset; one ending in the token of the
+    CID we send with is, and ends the connection."""
+    pair = MemoryPair(server_config=server_config(reset_key=KEY))
+    pair.run(lambda: pair.client.handshake_confirmed and len(pair.client.peer_cids) > 1)
+    client = pair.client
+    (current,) = [e for e in client.peer_cids if e.sequence == client.peer_cid_seq]
+    spares = [e for e in client.peer_cids if e.sequence != client.peer_cid_seq]
+    assert spares and all(e.reset_token is not None for e in spares)
+
+    def reset_with(token: bytes) -> bytes:  # a reset's shape: random bytes, the token last
+        return bytes([0x40 | os.urandom(1)[0] & 0x3F]) + os.urandom(40) + token
+
+    for spare in spares:
+        assert spare.reset_token is not None
+        pair.client_ep.receive(reset_with(spare.reset_token), SERVER_ADDR, pair.now)
+        assert not client.terminated
+    assert current.reset_token is not None
+    pair.client_ep.receive(reset_with(current.reset_token), SERVER_ADDR, pair.now)
+    assert client.terminated
+    events = [e for e in client.pop_events() if isinstance(e, ConnectionTerminated)]
+    assert events and events[-1].reason == "stateless reset"

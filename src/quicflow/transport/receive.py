@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -420,15 +421,28 @@ def _crypto_held(space: PacketSpace) -> int:
     return recv.read_offset + recv.ready_bytes + recv.chunk_bytes
 
 
+def reset_token_matches(conn: Connection, token: bytes) -> bool:
+    """Whether ``token`` (a datagram's last 16 bytes) is the stateless reset token of a
+    peer CID we use: the current one, or the one a path probe sends with. RFC 9000
+    §10.3.1: never the token of a CID not used (or retired), and compared without leaking
+    its value (constant time, every candidate compared)."""
+    probe = conn.probe
+    probe_seq = probe.cid_seq if probe is not None else -1
+    current = conn.peer_cid_seq
+    found = False
+    for entry in conn.peer_cids:
+        if entry.reset_token is not None and (entry.sequence == current
+                                              or entry.sequence == probe_seq):
+            found |= hmac.compare_digest(entry.reset_token, token)
+    return found
+
+
 def _check_stateless_reset(conn: Connection, packet: bytes) -> None:
     if len(packet) < 21:
         return
-    token = bytes(packet[-16:])
-    for entry in conn.peer_cids:
-        if entry.reset_token == token:
-            conn.enter_draining(0, None, "stateless reset")
-            conn._terminate()
-            return
+    if reset_token_matches(conn, bytes(packet[-16:])):
+        conn.enter_draining(0, None, "stateless reset")
+        conn._terminate()
 
 
 def _receive_retry(conn: Connection, data: bytes, pos: int, hdr: PacketHeader) -> None:
