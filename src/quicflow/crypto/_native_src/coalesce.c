@@ -155,29 +155,19 @@ flush_run(Run *run, PyObject *entries, int fin)
     return append_entry(entries, 7, items);
 }
 
+/* Close the open run (if any) and append (kind, value) (value: a new reference, stolen;
+ * NULL -> error): (2, index) for a packet that failed to open, (3, pn) for one that opened
+ * with its reserved header bits set. 0, or -1 with an exception set. */
 static int
-append_failure(Run *run, PyObject *entries, Py_ssize_t index)
+append_pair(Run *run, PyObject *entries, long kind, PyObject *value)
 {
     PyObject *items[2];
     if (flush_run(run, entries, 0) < 0) {
+        Py_XDECREF(value);
         return -1;
     }
-    items[0] = PyLong_FromLong(2);
-    items[1] = PyLong_FromSsize_t(index);
-    return append_entry(entries, 2, items);
-}
-
-/* Close the open run (if any) and append (3, pn): a packet that opened with its reserved
- * header bits set. 0, or -1 with an exception set. */
-static int
-append_reserved(Run *run, PyObject *entries, int64_t pn)
-{
-    PyObject *items[2];
-    if (flush_run(run, entries, 0) < 0) {
-        return -1;
-    }
-    items[0] = PyLong_FromLong(3);
-    items[1] = PyLong_FromLongLong(pn);
+    items[0] = PyLong_FromLong(kind);
+    items[1] = value;
     return append_entry(entries, 2, items);
 }
 
@@ -267,7 +257,7 @@ mod_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         state = cache.state;
         if (state == NULL) {
             failures++;
-            if (append_failure(&run, entries, i) < 0) {
+            if (append_pair(&run, entries, 2, PyLong_FromSsize_t(i)) < 0) {
                 goto error;
             }
             continue;
@@ -288,7 +278,7 @@ mod_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         if (rc > 0) {
             failures++;
-            if (append_failure(&run, entries, i) < 0) {
+            if (append_pair(&run, entries, 2, PyLong_FromSsize_t(i)) < 0) {
                 goto error;
             }
             continue;
@@ -324,14 +314,14 @@ mod_open_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 goto error;
             }
             failures++;
-            if (append_failure(&run, entries, i) < 0) {
+            if (append_pair(&run, entries, 2, PyLong_FromSsize_t(i)) < 0) {
                 goto error;
             }
             continue;
         }
         if (hdr[0] & 0x18) { /* reserved bits set (RFC 9000 17.3.1): the connection's error */
             Py_XDECREF(plain);
-            if (append_reserved(&run, entries, op.pn) < 0) {
+            if (append_pair(&run, entries, 3, PyLong_FromLongLong(op.pn)) < 0) {
                 goto error;
             }
             continue;
