@@ -65,8 +65,10 @@ from .state import (
     CLOSING,
     DRAINING,
     ESTABLISHED,
+    RECEIVED_RANGES,
     PacketSpace,
     PeerCid,
+    forget_old_ranges,
     new_crypto_recv,
     new_peer_cid,
 )
@@ -322,7 +324,7 @@ def _receive_packet(
     received = space.received
     largest_received = space.largest_received
     # (the largest received packet number is the set's largest: a newer one is no dup)
-    if pn <= largest_received and pn in received:
+    if pn <= largest_received and (pn in received or pn < space.received_floor):
         conn.counters.duplicate_packets += 1
         return
     conn.counters.packets_received += 1
@@ -354,8 +356,8 @@ def _receive_packet(
         ends[-1] = pn + 1  # the next in order: the last range grows (RangeSet.add inline)
     else:
         received.add(pn, pn + 1)
-        if len(ends) > 64:
-            received.shift_below(received.starts[-32])
+        if len(ends) > RECEIVED_RANGES:
+            forget_old_ranges(space)
     newest = pn > largest_received
     if newest:
         if now - space.largest_received_time > silence_limit(conn):

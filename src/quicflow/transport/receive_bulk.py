@@ -35,7 +35,7 @@ from .rangeset import RangeSet
 from .receive import _check_stateless_reset, close_for_bug, hold_early_one_rtt
 from .receive import _process_frames as process_frames
 from .receive_keys import on_peer_key_update
-from .state import CLOSING, DRAINING, ESTABLISHED
+from .state import CLOSING, DRAINING, ESTABLISHED, RECEIVED_RANGES, forget_old_ranges
 from .streams import ReassemblyFull, RecvStream
 
 _ECN_INDEX = {2: 0, 1: 1, 3: 2}
@@ -184,8 +184,11 @@ def receive_short_runs(
             if kind == 0:  # (0, first_pn, count, stream_id, offset, data, fin)
                 _, pn, count, sid, offset, data, fin = entry
                 end_pn = pn + count
-                duplicates = (_overlap(received, pn, end_pn)
-                              if pn <= space.largest_received else 0)
+                duplicates = 0
+                if pn <= space.largest_received:
+                    duplicates = _overlap(received, pn, end_pn)
+                    if pn < space.received_floor:  # (forgotten: may have been taken)
+                        duplicates += min(end_pn, space.received_floor) - pn
                 if sid == last_sid:  # (the usual: the entry before's stream)
                     recv = last_recv
                 elif conn.state >= CLOSING:  # answered only: its data is not taken
@@ -231,7 +234,7 @@ def receive_short_runs(
                 # (the gap test first: the set's __bool__ is a Python call per entry)
                 if pn < largest or (pn > largest + 1 and received):
                     out_of_order(conn, space, pn, largest)
-                received.add(pn, end_pn)
+                received.add(max(pn, space.received_floor), end_pn)
                 if end_pn - 1 > largest:
                     if now - space.largest_received_time > silence:
                         space.ack_immediately = True  # after a silence: PTO probes
@@ -258,7 +261,8 @@ def receive_short_runs(
             last_sid = -1  # its frames may reset or end a stream: looked up again
             if phase_changed:
                 on_peer_key_update(conn)
-            if pn <= space.largest_received and pn in received:
+            if pn <= space.largest_received and (pn in received
+                                                 or pn < space.received_floor):
                 counters.duplicate_packets += 1
                 continue
             try:
@@ -308,8 +312,8 @@ def receive_short_runs(
         conn.host_cids_deferred = False  # the client is there: our spare CIDs go out
         conn.host_cids_pending = True
     counters.packets_received += accepted
-    if len(received.starts) > 64:  # (the set's __len__ is a Python call per run)
-        received.shift_below(received.starts[-32])
+    if len(received.starts) > RECEIVED_RANGES:  # (the set's __len__: a call per run)
+        forget_old_ranges(space)
     if ecn_index >= 0:
         space.ecn_counts[ecn_index] += accepted
         if ecn_index == 2:

@@ -76,6 +76,10 @@ class PacketSpace:
     next_pn: int = 0
     largest_acked: int = -1
     received: RangeSet = field(default_factory=RangeSet)
+    #: packet numbers below it were dropped from ``received`` (which keeps its newest
+    #: ranges only, see :func:`forget_old_ranges`); a packet below it is taken as a
+    #: duplicate, since it may have been processed (RFC 9000 §12.3)
+    received_floor: int = 0
     largest_received: int = -1
     largest_received_time: float = 0.0
     ack_eliciting_pending: int = 0
@@ -104,6 +108,7 @@ class PacketSpace:
         self.next_pn = 0
         self.largest_acked = -1
         self.received = RangeSet()
+        self.received_floor = 0
         self.largest_received = -1
         self.largest_received_time = 0.0
         self.ack_eliciting_pending = 0
@@ -117,6 +122,24 @@ class PacketSpace:
         self.crypto_send = SendStream(max_data=1 << 62)
         self.crypto_recv = new_crypto_recv() if crypto_recv is None else crypto_recv
         self.discarded = False
+
+
+#: ``received`` holds at most this many ranges; past it the oldest are forgotten
+RECEIVED_RANGES = 64
+#: ... down to this many
+RECEIVED_RANGES_KEPT = 32
+
+
+def forget_old_ranges(space: PacketSpace) -> None:
+    """``space.received`` grew past RECEIVED_RANGES ranges (a peer's losses or
+    reordering): the oldest are dropped, below RECEIVED_RANGES_KEPT, and the floor
+    rises to the oldest range kept, so that no packet number below it is processed
+    again (RFC 9000 §12.3; such a packet is a replay or far too late). ACK frames carry
+    the ranges kept only."""
+    received = space.received
+    floor = received.starts[-RECEIVED_RANGES_KEPT]
+    received.shift_below(floor)
+    space.received_floor = floor
 
 
 @dataclass(slots=True)
