@@ -19,7 +19,7 @@ from quicflow.transport.errors import (
 )
 
 from .support.forge import forge, raw
-from .support.memory_pair import MemoryPair
+from .support.memory_pair import SERVER_ADDR, MemoryPair
 
 TOKEN = bytes(16)
 CID = b"\x08" + bytes(range(8))
@@ -158,3 +158,31 @@ def test_one_rtt_frame_with_invalid_values(name: str) -> None:
     pair.run(heard, max_time=pair.now + 10)
     term = next(e for e in events if isinstance(e, ConnectionTerminated))
     assert term.error_code == code and term.by_peer
+
+
+def test_retire_connection_id_to_a_zero_length_cid_is_a_protocol_violation() -> None:
+    """RFC 9000 §19.16: an endpoint that provides a zero-length connection ID closes with
+    PROTOCOL_VIOLATION on RETIRE_CONNECTION_ID (before, a client with zero-length CIDs
+    replaced its one empty CID with another, sequence 1)."""
+    from quicflow.transport.config import Configuration
+    from quicflow.transport.events import ConnectionTerminated
+
+    config = Configuration(alpn_protocols=["perf"], verify_peer=False, connection_id_length=0)
+    pair = MemoryPair(client_config=config)
+    pair.run(lambda: pair.client.handshake_confirmed and bool(pair.server_conns)
+             and pair.server_conns[0].handshake_confirmed)
+    client, server = pair.client, pair.server_conns[0]
+    assert client.initial_scid == b"" and server.peer_cid == b""
+    pair.client_ep.receive(forge(server, Epoch.ONE_RTT, raw(0x19, 0)), SERVER_ADDR,
+                           pair.now)
+    assert client.close_error is not None
+    assert client.close_error[:2] == (PROTOCOL_VIOLATION, 0x19)
+    events: list[object] = []
+
+    def heard() -> bool:
+        events.extend(server.pop_events())
+        return any(isinstance(e, ConnectionTerminated) for e in events)
+
+    pair.run(heard, max_time=pair.now + 10)
+    term = next(e for e in events if isinstance(e, ConnectionTerminated))
+    assert term.error_code == PROTOCOL_VIOLATION and term.by_peer

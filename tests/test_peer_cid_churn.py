@@ -61,3 +61,35 @@ def test_a_peer_that_rotates_at_a_sane_rate_is_served() -> None:
         pair.server.datagrams_to_send(server, pair.now)
         assert not server.retire_pending
     assert server.state < CLOSING and server.peer_cid_seq == seq - 1
+
+
+def test_a_late_cid_below_retire_prior_to_is_retired() -> None:
+    """RFC 9000 §19.15: a NEW_CONNECTION_ID whose sequence is below a Retire Prior To
+    received before (it was reordered, or sent again) is answered with its
+    RETIRE_CONNECTION_ID. Before, it was dropped unanswered, and the peer kept it as
+    one of our active CIDs for ever. The client's CIDs 0-10 (sequence 10 first, retiring
+    the others; 8 late): the client sees 8 retired, and both go on."""
+    pair = MemoryPair(seed=15)
+    server = _server(pair)
+    client = pair.client
+    while pair.step():
+        pair.now += 0.0002
+    while client.next_host_cid_seq <= 10:
+        client.issue_host_cid()
+    by_seq = {e.sequence: e for e in client.host_cids}
+
+    def ncid(seq: int, retire_prior_to: int) -> bytes:
+        out = bytearray()
+        entry = by_seq[seq]
+        encode_frame(F.NewConnectionId(seq, retire_prior_to, entry.cid, entry.reset_token),
+                     out)
+        return bytes(out)
+
+    _process_frames(server, ncid(10, 10), Epoch.ONE_RTT, pair.now)
+    assert server.peer_cid_seq == 10
+    pair.server.datagrams_to_send(server, pair.now)  # (the retirements owed go out: lost)
+    _process_frames(server, ncid(8, 0), Epoch.ONE_RTT, pair.now)  # the late one
+    assert server.retire_pending == [8]
+    assert 8 not in {e.sequence for e in server.peer_cids}, "a retired CID is not used"
+    pair.run(lambda: 8 not in {e.sequence for e in client.host_cids})
+    assert server.state < CLOSING and client.state < CLOSING

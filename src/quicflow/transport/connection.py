@@ -150,6 +150,9 @@ class Connection:
     peer_cid: bytes = b""
     peer_cid_seq: int = 0
     retire_pending: list[int] = field(default_factory=list)
+    #: the largest Retire Prior To of the peer's NEW_CONNECTION_ID frames: a CID it sends
+    #: later with a sequence below it is retired at once (RFC 9000 §19.15)
+    peer_retire_prior_to: int = 0
     #: the Retire Prior To of our NEW_CONNECTION_ID frames: our CIDs below this sequence
     #: are retired by the peer and not replaced (see ``hand_over_cids``)
     host_retire_prior_to: int = 0

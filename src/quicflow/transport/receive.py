@@ -729,9 +729,20 @@ def _on_new_connection_id(conn: Connection, frame: Any, epoch: Epoch, now: float
             if entry.cid != frame.cid:
                 raise QuicError(PROTOCOL_VIOLATION, "NEW_CONNECTION_ID sequence reused")
             return
-    if frame.sequence < conn.peer_cid_seq or frame.sequence in conn.retire_pending:
+    if frame.sequence in conn.retire_pending:
         return
+    if frame.sequence < conn.peer_retire_prior_to:
+        # a late frame (reordered or sent again) of a CID the peer retired already: it
+        # is retired now too (RFC 9000 §19.15), even if it was before (unknown here;
+        # the peer ignores a second retirement)
+        conn.retire_pending.append(frame.sequence)
+        _check_retire_pending(conn)
+        return
+    if frame.sequence < conn.peer_cid_seq:
+        return  # (seen, and retired when we moved on to a later one: pathprobe.py)
     conn.peer_cids.append(new_peer_cid(frame.sequence, frame.cid, frame.reset_token))
+    if frame.retire_prior_to > conn.peer_retire_prior_to:
+        conn.peer_retire_prior_to = frame.retire_prior_to
     if frame.retire_prior_to > 0:
         keep = []
         for entry in conn.peer_cids:
@@ -743,16 +754,20 @@ def _on_new_connection_id(conn: Connection, frame: Any, epoch: Epoch, now: float
         if conn.peer_cid_seq < frame.retire_prior_to:
             best = min(keep, key=lambda e: e.sequence)
             _switch_peer_cid(conn, best)
-        if len(conn.retire_pending) > RETIRE_PENDING_PER_LIMIT * (
-                conn.configuration.active_connection_id_limit):
-            # RFC 9000 §5.1.2: a peer that retires faster than our RETIRE_CONNECTION_ID
-            # frames go out (tens of NEW_CONNECTION_ID frames a packet, each retiring
-            # the one before) would grow the list, and each frame's check of it, without
-            # bound: 10 k frames cost a second of the loop
-            raise QuicError(CONNECTION_ID_LIMIT_ERROR,
-                            "connection IDs retired faster than they can be acknowledged")
+        _check_retire_pending(conn)
     if len(conn.peer_cids) > conn.configuration.active_connection_id_limit:
         raise QuicError(CONNECTION_ID_LIMIT_ERROR, "too many connection IDs")
+
+
+def _check_retire_pending(conn: Connection) -> None:
+    """RFC 9000 §5.1.2: a peer that retires faster than our RETIRE_CONNECTION_ID frames
+    go out (tens of NEW_CONNECTION_ID frames a packet, each retiring the one before)
+    would grow the list, and each frame's check of it, without bound: 10 k frames cost
+    a second of the loop."""
+    if len(conn.retire_pending) > RETIRE_PENDING_PER_LIMIT * (
+            conn.configuration.active_connection_id_limit):
+        raise QuicError(CONNECTION_ID_LIMIT_ERROR,
+                        "connection IDs retired faster than they can be acknowledged")
 
 
 def _switch_peer_cid(conn: Connection, entry: PeerCid) -> None:
@@ -762,6 +777,8 @@ def _switch_peer_cid(conn: Connection, entry: PeerCid) -> None:
 
 
 def _on_retire_connection_id(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
+    if not conn.local_cid_length:  # RFC 9000 §19.16: we issued no CIDs to retire
+        raise QuicError(PROTOCOL_VIOLATION, "RETIRE_CONNECTION_ID to a zero-length CID")
     if frame.sequence >= conn.next_host_cid_seq:
         raise QuicError(PROTOCOL_VIOLATION, "RETIRE_CONNECTION_ID for an unissued CID")
     for index, entry in enumerate(conn.host_cids):
