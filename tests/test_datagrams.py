@@ -10,6 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import quicflow
+from quicflow.crypto.epoch import Epoch
+from quicflow.transport.errors import PROTOCOL_VIOLATION
 from quicflow.transport.events import ConnectionTerminated, DatagramReceived
 from quicflow.wire import frames as F
 from tests.support import echo_proto
@@ -26,7 +28,7 @@ def test_datagram_frame_round_trip(data: bytes) -> None:
     out = bytearray()
     F.encode_frame(F.Datagram(data), out)
     assert F.parse_frames(bytes(out)) == [F.Datagram(data)]
-    assert F.parse_frames(b"\x30" + data) == [F.Datagram(data)]  # type 0x30: to the end
+    assert F.parse_frames(b"\x30" + data) == [F.Datagram(data, with_length=False)]  # to the end
 
 
 def _pair(loss: float = 0.0, **kw: object) -> MemoryPair:
@@ -125,6 +127,39 @@ def test_unannounced_datagram_frame_is_a_protocol_violation() -> None:
     pair.run(lambda: pair.client.state >= 2 and server.state >= 2)
     closes = [e for e in pair.client.pop_events() if isinstance(e, ConnectionTerminated)]
     assert closes and closes[-1].error_code == 0x0A and closes[-1].frame_type == 0x31
+
+
+@pytest.mark.parametrize("frame_type", [0x30, 0x31])
+def test_datagram_frame_size_limit_counts_type_length_and_data(frame_type: int) -> None:
+    """RFC 9221 §3, §5: max_datagram_frame_size is the whole frame's size (type, Length
+    field of a 0x31 frame, data); a larger frame closes with PROTOCOL_VIOLATION. Before,
+    a 0x31 frame up to 2 bytes over (its Length field) was taken."""
+    from .support.forge import forge
+
+    limit = 100
+    length_field = 1 if frame_type == 0x31 else 0
+    for over in (0, 1):
+        pair = MemoryPair(server_config=mem_server(max_datagram_frame_size=limit),
+                          client_config=mem_client(max_datagram_frame_size=limit))
+        pair.run(lambda: pair.client.handshake_confirmed  # noqa: B023
+                 and bool(pair.server_conns)  # noqa: B023
+                 and pair.server_conns[0].handshake_confirmed)  # noqa: B023
+        server = pair.server_conns[0]
+        size = limit + over
+        data_len = size - 1 - 2 * length_field  # (a 2-byte Length field)
+        head = bytes([frame_type]) + ((0x4000 | data_len).to_bytes(2, "big")
+                                      if length_field else b"")
+        frame = head + bytes(data_len)
+        assert len(frame) == size  # (0x30: its data runs to the packet's end)
+        received = server.counters.datagram_frames_received
+        pair.server.receive(forge(pair.client, Epoch.ONE_RTT, frame), pair.client_addr,
+                            pair.now)
+        if over:
+            assert server.close_error is not None
+            assert server.close_error[0] == PROTOCOL_VIOLATION
+        else:
+            assert server.close_error is None
+            assert server.counters.datagram_frames_received == received + 1
 
 
 def test_datagrams_over_loopback_between_quicflow_peers() -> None:

@@ -25,6 +25,7 @@ from ..wire.packet import (
     PacketHeader,
     retry_pseudo_packet,
 )
+from ..wire.varint import varint_len
 from . import early_data, pathprobe, qlog
 from . import receive_streams as RS
 from .ack_frequency import (
@@ -846,7 +847,9 @@ def _on_new_token(conn: Connection, frame: Any, epoch: Epoch, now: float) -> Non
 
 def _on_datagram(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:
     limit = conn.configuration.max_datagram_frame_size
-    if not limit or 1 + len(frame.data) > limit:  # (the limit counts the frame's header)
+    size = len(frame.data)
+    size += 1 + varint_len(size) if frame.with_length else 1  # RFC 9221 §3: the frame's
+    if not limit or size > limit:  # type, Length field (0x31) and data
         raise QuicError(PROTOCOL_VIOLATION, "DATAGRAM frame not allowed or too large",
                         F.DATAGRAM_LEN)
     conn.counters.datagram_frames_received += 1

@@ -163,6 +163,9 @@ class Datagram:
     """RFC 9221 DATAGRAM (types 0x30 without and 0x31 with a length)."""
 
     data: bytes
+    #: received as type 0x31: the frame holds a Length field (what the peer's limit,
+    #: max_datagram_frame_size, counts with the type and the data; RFC 9221 §3)
+    with_length: bool = True
 
 
 @dataclass(slots=True)

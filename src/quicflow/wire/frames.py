@@ -356,7 +356,7 @@ def _parse_datagram(data: bytes, pos: int, ftype: int) -> tuple[Frame, int]:
     else:
         length = len(data) - pos
     value, pos = _bytes(data, pos, length, ftype)
-    return Datagram(value), pos
+    return Datagram(value, ftype == DATAGRAM_LEN), pos
 
 
 def _parse_ping(data: bytes, pos: int, ftype: int) -> tuple[Frame, int]:
