@@ -165,3 +165,45 @@ def test_a_second_servers_initial_is_discarded_by_the_client() -> None:
     assert client.peer_initial_scid in first_conn.host_cid_list()
     pair.run(lambda: client.handshake_confirmed or client.terminated, max_time=5)
     assert client.handshake_confirmed and not client.terminated
+
+
+@pytest.mark.parametrize("when", ["first", "later"])
+def test_a_server_initial_with_a_token_is_discarded(when: str) -> None:
+    """RFC 9000 §17.2.2: a server's Initial has Token Length 0; a client discards one
+    with a token (before, it was processed: as the server's first Initial it would have
+    picked the server's connection ID). A PING-only server Initial with a 3-byte token,
+    as the first packet the client sees or after the server's flight: dropped and
+    counted, and the handshake completes."""
+    from quicflow.crypto.epoch import Epoch
+    from quicflow.wire.packet import INITIAL, build_long_header
+
+    pair = MemoryPair()
+    client = pair.client
+    for d in pair.client_ep.datagrams_to_send(client, pair.now):
+        pair.server.receive(d, pair.client_addr, pair.now)
+    (server,) = pair.server_conns
+    flight = pair.server.datagrams_to_send(server, pair.now)
+    if when == "later":
+        for d in flight:
+            pair.client_ep.receive(d, SERVER_ADDR, pair.now)
+    payload = b"\x01" + bytes(1160)  # PING, PADDING (a datagram of 1200 bytes or more)
+    space = server.spaces[0]
+    pn = space.next_pn
+    space.next_pn += 1
+    header = build_long_header(INITIAL, server.version, server.peer_cid, server.initial_scid,
+                               b"tok", 4 + len(payload) + 16, pn, 4)
+    protector = server.send_protectors[Epoch.INITIAL]
+    assert protector is not None
+    packet = protector.seal(header, payload, pn)
+    received = client.counters.packets_received
+    dropped = client.counters.dropped_malformed
+    assert len(packet) >= 1200
+    pair.client_ep.receive(packet, SERVER_ADDR, pair.now)
+    assert client.counters.packets_received == received, "the packet was processed"
+    assert client.counters.dropped_malformed == dropped + 1
+    if when == "first":
+        assert client.peer_initial_scid is None
+        for d in flight:
+            pair.client_ep.receive(d, SERVER_ADDR, pair.now)
+    pair.run(lambda: client.handshake_confirmed or client.terminated, max_time=5)
+    assert client.handshake_confirmed and not client.terminated

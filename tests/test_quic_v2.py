@@ -193,3 +193,23 @@ def test_version_negotiation_after_a_server_initial_with_an_empty_cid_is_ignored
     pair.client_ep.receive(vn, SERVER_ADDR, pair.now)
     assert client.counters.packets_dropped == dropped + 1 and not client.terminated
     _echo_transfer(pair)
+
+
+def test_a_second_version_negotiation_is_ignored() -> None:
+    """RFC 9000 §6.2 (and RFC 9368 §2.1): a client discards Version Negotiation once it
+    processed any other packet, an earlier Version Negotiation packet included. After
+    the restart in v1, a second one that echoes the new IDs is dropped and the
+    handshake goes on (before, the client gave up)."""
+    pair = MemoryPair(server_config=server_config(versions=[QUIC_V1]),
+                      client_config=client_config(versions=[QUIC_V2, QUIC_V1]))
+    client = pair.client
+    first = build_version_negotiation(client.initial_scid, client.original_dcid, [QUIC_V1])
+    pair.client_ep.receive(first, SERVER_ADDR, pair.now)
+    assert client.version_restarted and client.version == QUIC_V1
+    second = build_version_negotiation(client.initial_scid, client.original_dcid,
+                                       [0x1A2A3A4A])
+    dropped = client.counters.packets_dropped
+    pair.client_ep.receive(second, SERVER_ADDR, pair.now)
+    assert client.counters.packets_dropped == dropped + 1 and not client.terminated
+    pair.run(lambda: client.handshake_confirmed)
+    _echo_transfer(pair)

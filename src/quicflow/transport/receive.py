@@ -235,17 +235,19 @@ def _receive_packet(
     ptype = hdr.packet_type
     if ptype == VERSION_NEGOTIATION:
         # RFC 9000 §6.2: taken only before any other packet was processed (a Retry
-        # counts), only when it echoes the connection IDs of our Initial (§17.2.1) and
-        # never when it lists our version: otherwise it is corrupted (a flipped bit turns
-        # a server Initial of version 1 into one of version 0) or forged, and ignored.
+        # counts, and so does an earlier Version Negotiation packet), only when it echoes
+        # the connection IDs of our Initial (§17.2.1) and never when it lists our
+        # version: otherwise it is corrupted (a flipped bit turns a server Initial of
+        # version 1 into one of version 0) or forged, and ignored.
         if not (conn.is_client and conn.peer_initial_scid is None and conn.retry_scid is None
+                and not conn.version_restarted
                 and hdr.scid == conn.original_dcid and hdr.dcid == conn.initial_scid
                 and conn.version not in hdr.supported_versions):
             conn.counters.packets_dropped += 1
             return
         other = next((v for v in conn.configuration.versions
                       if v in hdr.supported_versions), None)
-        if other is not None and not conn.version_restarted:
+        if other is not None:
             conn.restart_in_version(other)
             return
         names = {QUIC_V1: "1", QUIC_V2: "2"}
@@ -265,13 +267,17 @@ def _receive_packet(
         conn.counters.packets_dropped += 1
         conn.counters.dropped_malformed += 1
         return
-    if (ptype != ONE_RTT and conn.is_client and conn.peer_initial_scid is not None
-            and hdr.scid != conn.peer_initial_scid):
-        # RFC 9000 §7.2: once a server's Initial was taken, the packets of another
-        # (a second server behind the same address answered too) are discarded
-        conn.counters.packets_dropped += 1
-        conn.counters.dropped_other_scid += 1
-        return
+    if ptype != ONE_RTT and conn.is_client:
+        if conn.peer_initial_scid is not None and hdr.scid != conn.peer_initial_scid:
+            # RFC 9000 §7.2: once a server's Initial was taken, the packets of another
+            # (a second server behind the same address answered too) are discarded
+            conn.counters.packets_dropped += 1
+            conn.counters.dropped_other_scid += 1
+            return
+        if hdr.token:  # RFC 9000 §17.2.2: a server's Initial carries no token
+            conn.counters.packets_dropped += 1
+            conn.counters.dropped_malformed += 1
+            return
     if ptype == ONE_RTT:
         epoch = EP_1RTT
         space = conn.spaces[2]
