@@ -207,3 +207,29 @@ def test_a_server_initial_with_a_token_is_discarded(when: str) -> None:
             pair.client_ep.receive(d, SERVER_ADDR, pair.now)
     pair.run(lambda: client.handshake_confirmed or client.terminated, max_time=5)
     assert client.handshake_confirmed and not client.terminated
+
+
+def test_a_server_discards_a_known_connections_initial_in_a_short_datagram() -> None:
+    """RFC 9000 §14.1: a server discards an Initial packet in a datagram under 1200
+    bytes. The endpoint did so for a first Initial only; one for a connection it holds
+    was processed (and acknowledged: an amplification an attacker gets for 50 bytes).
+    The same PING padded to 1200 bytes is taken."""
+    from quicflow.crypto.epoch import Epoch
+
+    from .support.forge import forge, raw
+
+    pair = MemoryPair()
+    client = pair.client
+    for d in pair.client_ep.datagrams_to_send(client, pair.now):
+        pair.server.receive(d, pair.client_addr, pair.now)
+    (server,) = pair.server_conns
+    received = server.counters.packets_received
+    short = forge(client, Epoch.INITIAL, raw(0x01))
+    assert len(short) < 1200
+    pair.server.receive(short, pair.client_addr, pair.now)
+    assert server.counters.packets_received == received
+    assert server.counters.dropped_short_initial == 1
+    padded = forge(client, Epoch.INITIAL, raw(0x01), pad_to=1200)
+    assert len(padded) >= 1200
+    pair.server.receive(padded, pair.client_addr, pair.now)
+    assert server.counters.packets_received == received + 1

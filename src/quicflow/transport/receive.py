@@ -75,6 +75,9 @@ from .state import (
 )
 from .streams import ReassemblyFull
 
+#: RFC 9000 §14.1: the smallest datagram a server takes an Initial packet in
+MIN_INITIAL_DATAGRAM = 1200
+
 #: the epochs as module constants for the per-packet code (an enum class attribute costs
 #: about four times a global's lookup)
 EP_INITIAL, EP_0RTT, EP_HANDSHAKE, EP_1RTT = (Epoch.INITIAL, Epoch.ZERO_RTT, Epoch.HANDSHAKE,
@@ -278,6 +281,12 @@ def _receive_packet(
             conn.counters.packets_dropped += 1
             conn.counters.dropped_malformed += 1
             return
+    elif ptype == INITIAL and len(data) < MIN_INITIAL_DATAGRAM:
+        # RFC 9000 §14.1: a server discards an Initial in a datagram under 1200 bytes
+        # (the endpoint does so for a first Initial; this is one of a known connection)
+        conn.counters.packets_dropped += 1
+        conn.counters.dropped_short_initial += 1
+        return
     if ptype == ONE_RTT:
         epoch = EP_1RTT
         space = conn.spaces[2]
