@@ -10,7 +10,7 @@ from cryptography import x509
 from quicflow.crypto.epoch import Epoch
 from quicflow.crypto.suites import CipherSuite
 
-from .alerts import DECODE_ERROR, UNEXPECTED_MESSAGE, TlsAlert
+from .alerts import DECODE_ERROR, QUIC_PROTOCOL_VIOLATION, UNEXPECTED_MESSAGE, TlsAlert
 from .config import TlsConfig
 from .keyschedule import HASHLIB, KeySchedule, transcript_hash
 
@@ -97,6 +97,16 @@ class HandshakeCore:
     def _receive(self, epoch: Epoch, data: bytes) -> None:
         if type(epoch) is not Epoch:
             epoch = Epoch(epoch)
+        if epoch is not Epoch.ONE_RTT:
+            # new data (QUIC hands over only bytes past what came before) at a level
+            # below the one the next message must come in: RFC 9001 §4.1.3 makes it a
+            # connection error of type PROTOCOL_VIOLATION, even a partial message
+            expected = Epoch.ONE_RTT if self.complete else self.expected_epoch()
+            if expected is not None and epoch < expected:
+                raise TlsAlert(UNEXPECTED_MESSAGE,
+                               f"CRYPTO data past the end of epoch {epoch.name} after the "
+                               f"keys of epoch {expected.name}",
+                               transport_error=QUIC_PROTOCOL_VIOLATION)
         buf = self.buffers.get(epoch)
         if not buf:
             # nothing held and exactly one whole message (a handshake's usual CRYPTO
@@ -140,8 +150,9 @@ class HandshakeCore:
 
     def require_empty(self, epoch: Epoch) -> None:
         """Messages must not span a key change (RFC 8446 §5.1)."""
-        if self.buffers.get(epoch):
-            raise TlsAlert(UNEXPECTED_MESSAGE, f"data left in epoch {epoch.name} at a key change")
+        if self.buffers.get(epoch):  # (RFC 9001 §4.1.3: a QUIC PROTOCOL_VIOLATION)
+            raise TlsAlert(UNEXPECTED_MESSAGE, f"data left in epoch {epoch.name} at a key change",
+                           transport_error=QUIC_PROTOCOL_VIOLATION)
 
     def thash(self) -> bytes:
         """The hash of the transcript so far. A running hash: only the bytes appended
