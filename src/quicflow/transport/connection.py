@@ -108,6 +108,7 @@ class ConnectionCounters:
     dropped_other_dcid: int = 0  # coalesced after a packet with another DCID (RFC 9000 §12.2)
     dropped_other_scid: int = 0  # (client) long headers from another server's SCID (§7.2)
     dropped_short_initial: int = 0  # (server) Initials in datagrams under 1200 bytes (§14.1)
+    dropped_unknown_address: int = 0  # (client) from no server address it knows (§9)
     dropped_bad_retry: int = 0
     duplicate_packets: int = 0
     engine_open_failures: int = 0

@@ -184,6 +184,14 @@ def on_probe_timer(conn: Connection, now: float) -> None:
 # ---------------------------------------------------------------------- both roles
 
 
+def from_probed_address(conn: Connection, addr: Address) -> bool:
+    """(client) ``addr`` is the server address the running probe validates (its
+    preferred address): besides the current one, the only one a client takes packets
+    from (RFC 9000 §9: those of an unknown server address are discarded)."""
+    probe = conn.probe
+    return probe is not None and tuple(addr) == probe.peer_address
+
+
 def after_one_rtt_packet(
     conn: Connection, addr: Address, newest: bool, size: int, challenges_before: int
 ) -> None:

@@ -108,6 +108,11 @@ def receive_datagram(
         return
     n = len(data)
     counters = conn.counters
+    if (conn.is_client and addr != conn.peer_address
+            and not pathprobe.from_probed_address(conn, addr)):
+        counters.packets_dropped += 1  # RFC 9000 §9: not from the server we talk to
+        counters.dropped_unknown_address += 1
+        return
     counters.datagrams_received += 1
     counters.bytes_received += n
     if not conn.address_validated:

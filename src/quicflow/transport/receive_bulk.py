@@ -30,7 +30,7 @@ from .connection import Address, Connection
 from .errors import FLOW_CONTROL_ERROR, PROTOCOL_VIOLATION, QuicError
 from .events import StreamReadable
 from .idle import effective_idle
-from .pathprobe import after_one_rtt_packet
+from .pathprobe import after_one_rtt_packet, from_probed_address
 from .rangeset import RangeSet
 from .receive import _check_stateless_reset, close_for_bug, hold_early_one_rtt
 from .receive import _process_frames as process_frames
@@ -148,6 +148,10 @@ def receive_short_runs(
         count += len(packets)
         last = packets[-1]
         size += last[0] + last[1] - packets[0][0]  # back to back: no per-datagram sum
+    if conn.is_client and addr != conn.peer_address and not from_probed_address(conn, addr):
+        counters.packets_dropped += count  # RFC 9000 §9: not from the server we talk to
+        counters.dropped_unknown_address += count
+        return
     counters.datagrams_received += count
     silence = silence_limit(conn)
     ack_freq = conn.ack_freq
