@@ -169,7 +169,7 @@ def test_a_packet_after_a_silence_is_acknowledged_at_once() -> None:
     server.send_stream_data(sid, b"ping", end_stream=False)
     datagrams = pair.server.datagrams_to_send(server, pair.now)
     assert len(datagrams) == 1
-    pair.client_ep.receive(datagrams[0], ("127.0.0.1", 4433), pair.now)
+    pair.client_ep.receive(datagrams[0], SERVER_ADDR, pair.now)
     answer = pair.client_ep.datagrams_to_send(client, pair.now)
     assert answer, "the ACK waited for max_ack_delay"
     before = server.loss.packets_acked
@@ -178,7 +178,7 @@ def test_a_packet_after_a_silence_is_acknowledged_at_once() -> None:
     # in the middle of a flow (no silence) the usual delayed ACK still applies
     server.send_stream_data(sid, b"pong", end_stream=False)
     for d in pair.server.datagrams_to_send(server, pair.now):
-        pair.client_ep.receive(d, ("127.0.0.1", 4433), pair.now)
+        pair.client_ep.receive(d, SERVER_ADDR, pair.now)
     assert pair.client_ep.datagrams_to_send(client, pair.now) == []
 
 
@@ -215,7 +215,7 @@ def test_an_ack_only_packet_is_sent_again_twice_then_no_more() -> None:
     assert client.pto() < 0.05
     server.send_stream_data(sid, b"ping", end_stream=False)
     for d in pair.server.datagrams_to_send(server, pair.now):
-        pair.client_ep.receive(d, ("127.0.0.1", 4433), pair.now)
+        pair.client_ep.receive(d, SERVER_ADDR, pair.now)
     sent: list[float] = []
     end = pair.now + 0.5
     while pair.now < end:
@@ -302,7 +302,7 @@ def test_a_pto_probe_carries_the_ack(monkeypatch: pytest.MonkeyPatch) -> None:
     pair, client, server, sid = _stream_after_silence()
     server.send_stream_data(sid, b"ping", end_stream=False)
     for d in pair.server.datagrams_to_send(server, pair.now):
-        pair.client_ep.receive(d, ("127.0.0.1", 4433), pair.now)
+        pair.client_ep.receive(d, SERVER_ADDR, pair.now)
     assert pair.client_ep.datagrams_to_send(client, pair.now)  # the ACK: lost
     client.send_stream_data(sid, b"more", end_stream=False)
     assert pair.client_ep.datagrams_to_send(client, pair.now)  # data, no ACK: lost
