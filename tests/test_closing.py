@@ -473,3 +473,27 @@ def test_a_peer_that_keeps_sending_holds_a_closing_connection_a_bounded_time() -
     assert MAX_CLOSING_PTOS * pto - pto <= elapsed <= MAX_CLOSING_PTOS * pto + pto
     answers = pair.up.dropped
     assert answers <= 2 * elapsed / pto + math.log2(client.close_packets_seen) + 2
+
+
+def test_a_client_close_with_an_initial_packet_fills_1200_bytes_and_reaches_the_server(
+) -> None:
+    """RFC 9000 §14.1: a client's datagram with an Initial packet has at least 1200
+    bytes, its CONNECTION_CLOSE's too; a server discards an Initial in a smaller one.
+    Before, the close was padded to a guessed 1200 - 80 bytes of payload (1166 bytes
+    in all here), so the server dropped it and went on with the handshake."""
+    for with_handshake_keys in (False, True):
+        pair = MemoryPair(seed=5)
+        client = pair.client
+        for d in pair.client_ep.datagrams_to_send(client, pair.now):
+            pair.server.receive(d, pair.client_addr, pair.now)
+        (server,) = pair.server_conns
+        if with_handshake_keys:  # the close then holds an Initial and a Handshake packet
+            for d in pair.server.datagrams_to_send(server, pair.now):
+                pair.client_ep.receive(d, SERVER_ADDR, pair.now)
+        client.close(0x0A, "closing in the handshake", application=False)
+        (datagram,) = pair.client_ep.datagrams_to_send(client, pair.now)
+        assert len(datagram) in (1200, 1201)
+        pair.server.receive(datagram, pair.client_addr, pair.now)
+        assert server.counters.dropped_short_initial == 0
+        ends = [e for e in server.pop_events() if isinstance(e, ConnectionTerminated)]
+        assert ends and ends[0].error_code == 0x0A and ends[0].by_peer

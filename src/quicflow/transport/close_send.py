@@ -47,7 +47,26 @@ def close_datagrams(conn: Connection, now: float) -> list[bytes]:
     return [datagram]
 
 
+#: RFC 9000 §14.1: a client's datagrams that carry an Initial packet have at least this
+#: many bytes (a server discards an Initial in a smaller one)
+MIN_INITIAL_DATAGRAM = 1200
+
+
 def build_close_datagram(conn: Connection, now: float) -> bytes:
+    """The CONNECTION_CLOSE packets in one datagram. A client's datagram with an Initial
+    packet is built twice: the first build measures it, the second pads the Initial
+    packet so that the whole datagram has 1200 bytes (or 1201, when the padding makes
+    the Initial's Length field a byte longer)."""
+    if not conn.is_client or conn.spaces[0].discarded or conn.handshake_confirmed:
+        return _build(conn, now, 0)
+    next_pns = [space.next_pn for space in conn.spaces]
+    measured = len(_build(conn, now, 0, log=False))
+    for space, pn in zip(conn.spaces, next_pns, strict=True):
+        space.next_pn = pn
+    return _build(conn, now, max(0, MIN_INITIAL_DATAGRAM - measured))
+
+
+def _build(conn: Connection, now: float, initial_padding: int, log: bool = True) -> bytes:
     assert conn.close_error is not None
     code, frame_type, reason, application = conn.close_error
     reason_bytes = reason.encode()[:256]
@@ -89,14 +108,14 @@ def build_close_datagram(conn: Connection, now: float) -> bytes:
         else:
             protector = conn.send_protectors[epoch]
             assert protector is not None
-            if epoch == _INITIAL and conn.is_client:
-                payload.extend(bytes(max(0, 1200 - 80 - len(payload))))
+            if epoch == _INITIAL:
+                payload.extend(bytes(initial_padding))
             size = protector.seal_long(
                 buf, INITIAL if epoch == _INITIAL else HANDSHAKE, conn.version, conn.peer_cid,
                 conn.initial_scid, conn.token if epoch == _INITIAL else b"", payload, pn,
                 pn_len,
             )
-        if conn.qlog is not None:
+        if log and conn.qlog is not None:
             qlog.packet_sent(conn, now, epoch, pn, payload, size)
     if not buf:
         return b""
