@@ -215,8 +215,10 @@ def after_one_rtt_packet(
     fresh = received[challenges_before:]
     del received[challenges_before:]
     out = conn.off_path_challenges
-    for data in fresh:
-        out.append((data, tuple(addr), 3 * size))
+    # the datagram's 3x budget (RFC 9000 §8) goes to one answer: the last of its
+    # challenges (several in one datagram are no probe a peer needs answered each, and
+    # answering each in its own datagram multiplied the bytes sent to that address)
+    out.append((fresh[-1], tuple(addr), 3 * size))
     if len(out) > MAX_OFF_PATH_CHALLENGES:
         del out[: len(out) - MAX_OFF_PATH_CHALLENGES]
 

@@ -131,6 +131,12 @@ def probe_due(conn: Connection, now: float) -> bool:
     pm = conn.pmtud
     if now < pm.next_at or not conn.handshake_confirmed or not conn.one_rtt_ready:
         return False
+    if not conn.is_client and not conn.address_validated:
+        # (server) a peer that moved to an address not yet validated: a probe would go past the
+        # 3x limit on what it sent from there (RFC 9000 §8, §9.3); looked at again in
+        # a PTO (the connection's timer must not come due at once again)
+        pm.next_at = now + conn.pto()
+        return False
     if not pm.started or pm.candidate == 0:  # first search, or the raise timer expired
         if pm.next_at == 0.0:
             # the first send after confirmation: the first search starts one PTO later,

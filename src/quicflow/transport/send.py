@@ -508,12 +508,18 @@ def _fill_payload(
         records.append((R_CRYPTO, int(epoch), offset, n))
         if last:
             break
+    path_frames = False
     if epoch == _ONE_RTT:
-        _fill_control(conn, payload, limit, records)
+        path_frames = _fill_control(conn, payload, limit, records)
         if conn.datagrams_pending:
             _fill_datagrams(conn, payload, limit)
     if conn.send_queue and epoch in _APP:  # (none queued: _fill_streams writes nothing)
         _fill_streams(conn, payload, limit, records)
+    if path_frames and len(payload) < limit:
+        # RFC 9000 §8.2.1, §8.2.2: a datagram with PATH_CHALLENGE or PATH_RESPONSE is
+        # expanded to at least 1200 bytes, within the anti-amplification limit (the
+        # room build_datagrams gave is at most the credit): padded to the room
+        payload.extend(bytes(limit - len(payload)))
     eliciting = len(payload) > start_len
     if probe and not eliciting:
         payload.append(F.PING)
@@ -613,9 +619,11 @@ def _app_frames_waiting(conn: Connection) -> bool:
 
 def _fill_control(
     conn: Connection, payload: bytearray, limit: int, records: list[tuple[int, ...]]
-) -> None:
+) -> bool:
+    """Control frames into ``payload``; returns whether a PATH_CHALLENGE or
+    PATH_RESPONSE is among them (its datagram is padded)."""
     if limit - len(payload) < 64:
-        return
+        return False
     if conn.key_update_ping:
         payload.append(F.PING)
         records.append((R_PING,))
@@ -637,13 +645,16 @@ def _fill_control(
         payload += conn.new_token
         records.append((R_NEW_TOKEN,))
         conn.new_token_pending = False
+    path_frames = False
     if conn.path_challenge_pending and conn.path_challenge:
         F.encode_frame(F.PathChallenge(data=conn.path_challenge), payload)
         records.append((R_PATH_CHALLENGE,))
         conn.path_challenge_pending = False
+        path_frames = True
     while conn.path_challenges_received and limit - len(payload) > 16:
         data = conn.path_challenges_received.pop(0)
         F.encode_frame(F.PathResponse(data=data), payload)
+        path_frames = True
     flow = conn.flow
     if flow.pending_max_data:
         F.encode_frame(F.MaxData(maximum=flow.max_data), payload)
@@ -695,6 +706,7 @@ def _fill_control(
         seq = conn.retire_pending.pop(0)
         F.encode_frame(F.RetireConnectionId(sequence=seq), payload)
         records.append((R_RETIRE_CID, seq))
+    return path_frames
 
 
 def _fill_datagrams(conn: Connection, payload: bytearray, limit: int) -> None:
