@@ -392,7 +392,9 @@ class EndpointRunner:
                     self._deferrable = None
                 if not deferred:
                     self._send(conn)
-                if conn.off_path_challenges:  # answered through the socket they came in
+                if conn.off_path_challenges or (  # answered through the socket they
+                        conn.previous_path is not None  # came in; a challenge of the path
+                        and conn.previous_path.challenge_pending):  # the peer left
                     send_probes(self, conn, transport if socket_peer is None
                                 and transport is not self.probe_transport else None)
         finally:

@@ -33,7 +33,7 @@ from .errors import (
     QuicError,
 )
 from .events import ConnectionTerminated, Event
-from .path import Path, PathProbe, set_pacing
+from .path import Path, PathProbe, apply_path, set_pacing
 from .pmtud import Pmtud
 from .qlog import QlogTrace
 from .recovery import LossDetection
@@ -230,6 +230,9 @@ class Connection:
     path_challenge_pending: bool = False  # to be sent (again)
     path_changes: int = 0
     previous_path: Path | None = None  # while a new peer address is being validated
+    #: (server) when validating the peer's new address is given up and the connection
+    #: goes back to ``previous_path`` (RFC 9000 §8.2.4, §9.3.2); None: no validation runs
+    path_validation_deadline: float | None = None
     probe: PathProbe | None = None  # (client) a new path being validated (pathprobe.py)
     # challenges that came from another address in probing-only packets, answered there:
     # (data, address, byte budget)
@@ -473,13 +476,25 @@ class Connection:
         """
         if self.is_client or addr == self.peer_address or not self.handshake_confirmed:
             return
+        previous = self.previous_path
+        if previous is not None and tuple(addr) == previous.peer_address:
+            # back on the last validated path (the peer's newest packet came from there
+            # again: the move was a copy an attacker sent from elsewhere, RFC 9000 §9.3.3,
+            # or a rebinding undone): no validation to run
+            self.revert_path()
+            return
         new_host = addr[0] != self.peer_address[0]
-        if self.address_validated and self.previous_path is None:
+        if self.address_validated and previous is None:
+            # RFC 9000 §9.3.3: the path it came from is challenged too (probe_datagrams
+            # sends it), so that a peer still there answers with a newer packet from it
             self.previous_path = Path(
-                peer_address=self.peer_address, validated=True,
+                peer_address=tuple(self.peer_address), validated=True,
+                challenge=os.urandom(8), challenge_pending=True,
                 max_datagram_size=self.max_datagram_size, mtu_cap=self.path_mtu_cap,
                 ecn_state=self.ecn_state,
             )
+        self.path_validation_deadline = self._now_hint + 3 * max(
+            self.pto(), RttEstimator().pto_duration(self.loss.max_ack_delay, True))
         self.peer_address = addr
         set_pacing(self)
         self.path_changes += 1
@@ -494,6 +509,23 @@ class Connection:
             self.loss.reset_path()
             restart(self, self._now_hint)
         pathprobe.use_fresh_peer_cid(self)  # RFC 9000 §9.5: not one CID on two paths
+
+    def revert_path(self) -> None:
+        """(server) Back to ``previous_path``, the last validated one: its validation of
+        the new address failed or the peer came back (RFC 9000 §9.3.2)."""
+        previous = self.previous_path
+        assert previous is not None
+        previous.challenge, previous.challenge_pending = b"", False
+        apply_path(self, previous)
+        self.previous_path = None
+        self.path_validation_deadline = None
+        self.path_changes += 1
+        from .idle import effective_idle  # (idle.py imports this module)
+
+        # the half-open limit of an unvalidated address no longer holds
+        idle = self._now_hint + effective_idle(self)
+        if idle > self.idle_deadline:
+            self.idle_deadline = idle
 
     def ecn_codepoint(self) -> int:
         """The ECN bits for outgoing datagrams: ECT(0) unless validation failed."""
@@ -561,6 +593,9 @@ class Connection:
             t = pathprobe.probe_timer(self) or self.probe.deadline
             if t < best:
                 best = t
+        t = self.path_validation_deadline
+        if t is not None and t < best:
+            best = t
         return best
 
     def handle_timer(self, now: float) -> None:
@@ -594,6 +629,11 @@ class Connection:
             self._start_key_update_if_allowed(now)
         if self.probe is not None:
             pathprobe.on_probe_timer(self, now)
+        deadline = self.path_validation_deadline
+        if deadline is not None and now >= deadline:
+            self.path_validation_deadline = None
+            if not self.address_validated and self.previous_path is not None:
+                self.revert_path()  # the new address never answered (RFC 9000 §9.3.2)
 
     def sync_recovery(self) -> None:
         """Copy what loss detection needs to know about the connection into it."""

@@ -238,6 +238,15 @@ def probe_datagrams(conn: Connection, now: float) -> list[tuple[bytes, Address]]
         frames = bytearray()
         F.encode_frame(F.PathResponse(data=data), frames)
         out.append((_packet(conn, conn.peer_cid, frames, min(1200, budget)), addr))
+    previous = conn.previous_path
+    if previous is not None and previous.challenge_pending:
+        # (server) the path the peer apparently left is challenged once (RFC 9000
+        # §9.3.3): a peer still there answers from it, and its newer packet brings the
+        # connection back (Connection.on_peer_address); a validated path: 1200 bytes
+        previous.challenge_pending = False
+        frames = bytearray()
+        F.encode_frame(F.PathChallenge(data=previous.challenge), frames)
+        out.append((_packet(conn, conn.peer_cid, frames, 1200), previous.peer_address))
     probe = conn.probe
     if probe is not None and probe.sends < MAX_PROBE_SENDS and now >= probe.next_send:
         frames = bytearray()

@@ -835,8 +835,13 @@ def _on_path_response(conn: Connection, frame: Any, epoch: Epoch, now: float) ->
     if conn.path_challenge and frame.data == conn.path_challenge:
         conn.path_challenge = b""
         conn.previous_path = None
+        conn.path_validation_deadline = None
         conn.path_challenge_pending = False
         conn.address_validated = True  # the new path is validated: no 3x limit
+        return
+    previous = conn.previous_path
+    if previous is not None and previous.challenge and frame.data == previous.challenge:
+        previous.challenge = b""  # the old path still works (RFC 9000 §9.3.3)
 
 
 def _on_connection_close(conn: Connection, frame: Any, epoch: Epoch, now: float) -> None:

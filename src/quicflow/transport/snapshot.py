@@ -103,7 +103,7 @@ CONFIG_SECRET_FIELDS = frozenset(
 TIME_FIELDS: dict[type[Any], tuple[str, ...]] = {
     Connection: ("now_created", "idle_deadline", "close_deadline", "pacer_deadline",
                  "_now_hint", "key_update_allowed_at", "close_started", "close_resend_at",
-                 "close_answered_at"),
+                 "close_answered_at", "path_validation_deadline"),
     PacketSpace: ("largest_received_time", "ack_deadline", "ack_repeat_at"),
     PathProbe: ("started", "next_send", "deadline"),
     FlowControl: ("last_update_time", "peer_blocked_time"),
