@@ -375,6 +375,6 @@ def test_lose_all_and_reset_path() -> None:
     assert ld.bytes_in_flight == 0 and ld.ack_eliciting_in_flight == 0
     assert ld.cc.congestion_events == 0
     send(ld, 2, 1.0)
-    ld.reset_path()
+    ld.reset_path(1.5)
     assert ld.cc.algorithm == "cubic" and ld.bytes_in_flight == MDS
     assert not ld.rtt.has_sample

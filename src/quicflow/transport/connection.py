@@ -506,7 +506,7 @@ class Connection:
         if new_host:
             from .pmtud import restart
 
-            self.loss.reset_path()
+            self.loss.reset_path(self._now_hint)
             restart(self, self._now_hint)
         pathprobe.use_fresh_peer_cid(self)  # RFC 9000 §9.5: not one CID on two paths
 

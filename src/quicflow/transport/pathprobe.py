@@ -138,7 +138,7 @@ def complete_probe(conn: Connection, now: float) -> None:
     conn.path_changes += 1
     conn.counters.migrations += 1
     conn.ecn_state = 0  # validate ECN again on the new path
-    conn.loss.reset_path()  # RFC 9000 §9.4: fresh RTT estimate and congestion window
+    conn.loss.reset_path(now)  # RFC 9000 §9.4: fresh RTT estimate and congestion window
     restart_pmtud(conn, now)  # a new path: 1200 bytes (what the probe proved), search again
     conn.pacer.max_datagram_size = conn.max_datagram_size
     conn.events.append(PathMigrated(probe.kind, probe.peer_address))

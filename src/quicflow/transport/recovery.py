@@ -197,6 +197,9 @@ class LossDetection:
     spaces: list[SpaceState] = field(default_factory=_new_spaces)
     pto_count: int = 0
     first_rtt_sample_time: float | None = None
+    #: when the current path began (``reset_path``): a packet sent before went on the
+    #: previous path and gives the new one no RTT sample (RFC 9000 §9.4)
+    path_started: float = 0.0
     max_pto_period: float = MAX_PTO_PERIOD
     #: When the RFC's SetLossDetectionTimer last ran (base of the anti-deadlock PTO).
     timer_anchor: float | None = None
@@ -321,7 +324,7 @@ class LossDetection:
                 return [], []
         largest_pkt = acked[-1] if acked[-1].pn + acked[-1].count - 1 == largest else None
 
-        if largest_pkt is not None:
+        if largest_pkt is not None and largest_pkt.time_sent >= self.path_started:
             for p in acked:
                 if p.ack_eliciting:
                     if self.first_rtt_sample_time is None:
@@ -485,14 +488,20 @@ class LossDetection:
         if first is not None and not self.rtt.has_sample and now > first:
             self.rtt.update(now - first, 0.0, False, self.max_ack_delay)
 
-    def reset_path(self) -> None:
+    def reset_path(self, now: float) -> None:
         """New path (RFC 9000 §9.4): fresh RTT estimate and congestion controller of the
-        same algorithm; bytes already in flight stay counted."""
+        same algorithm; bytes already in flight stay counted. The packets sent on the
+        old path "MUST NOT contribute to congestion control or RTT estimation for the
+        new path": their ACKs give no RTT sample (``path_started``), and the new
+        controller starts as if a recovery period began now, so that they leave the
+        flight without growing its window and their losses start no recovery period."""
         old = self.cc
         self.rtt = RttEstimator()
         self.cc = CongestionControl(old.algorithm, old.max_datagram_size)
         self.cc.bytes_in_flight = old.bytes_in_flight
+        self.cc.recovery_start_time = now
         self.first_rtt_sample_time = None
+        self.path_started = now
 
     # -- internals -----------------------------------------------------------
 

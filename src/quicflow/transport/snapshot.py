@@ -108,7 +108,7 @@ TIME_FIELDS: dict[type[Any], tuple[str, ...]] = {
     PathProbe: ("started", "next_send", "deadline"),
     FlowControl: ("last_update_time", "peer_blocked_time"),
     RecvStream: ("last_update_time",),
-    LossDetection: ("first_rtt_sample_time", "timer_anchor"),
+    LossDetection: ("first_rtt_sample_time", "timer_anchor", "path_started"),
     SpaceState: ("loss_time", "last_ack_eliciting_time"),
     SentPacket: ("time_sent",),
     CongestionControl: ("recovery_start_time", "cubic_t_epoch"),

@@ -34,7 +34,7 @@ static PyObject *twin, *space_epoch[3];
     X(first_rtt_sample_time) X(loss_time) X(ack_eliciting_in_flight) X(bytes_in_flight)   \
     X(recovery_start_time) X(app_limited) X(cwnd) X(ssthresh) X(packets_acked) X(ss_ceiling) \
     X(is_server)                                                                          \
-    X(peer_completed_address_validation) X(pto_count) X(timer_anchor)
+    X(peer_completed_address_validation) X(pto_count) X(timer_anchor) X(path_started)
 
 #define DECLARE(n) static PyObject *s_##n;
 NAMES(DECLARE)
@@ -107,6 +107,7 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t pos = 0, i, n;
     long long lo, hi, largest_sent, largest_acked, k, cnt, size, count = 0, ae = 0, growth = 0,
         recovering = 0, bif, cwnd, ssthresh, ss_ceiling, first_remaining = -1, sp_ae, packets_acked;
+    double path_started = 0.0;
     double now, ack_delay, t, growth_time = 0.0, recovery_start = 0.0, largest_time = 0.0,
                                   max_ack_delay;
     int r, b, in_flight, ack_eliciting, any_eliciting = 0, no_recovery, app_limited,
@@ -315,6 +316,7 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     QF_READ(r, qf_get_float(rtt, s_min_rtt, &R.min));
     QF_READ(r, qf_get_exact_bool(rtt, s_has_sample, &R.has));
     QF_READ(r, qf_get_float(loss, s_max_ack_delay, &max_ack_delay));
+    QF_READ(r, qf_get_float(loss, s_path_started, &path_started));
     QF_READ(r, qf_get_exact_bool(loss, s_handshake_confirmed, &confirmed));
     QF_READ(r, qf_get_exact_bool(loss, s_is_server, &is_server));
     QF_READ(r, qf_get_exact_bool(loss, s_peer_completed_address_validation, &pcav));
@@ -331,7 +333,8 @@ mod_ack_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             goto error;
         }
     }
-    if (largest_pkt != NULL && any_eliciting) {
+    /* (a packet sent before the path began gives it no RTT sample: RFC 9000 §9.4) */
+    if (largest_pkt != NULL && any_eliciting && largest_time >= path_started) {
         if (first_none && qf_field_set(loss, s_first_rtt_sample_time, nowobj) < 0) {
             goto error;
         }
