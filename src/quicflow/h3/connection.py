@@ -145,6 +145,8 @@ class RequestState:
     send_done: bool = False  # FIN sent or our side reset
     blocked: bool = False  # waiting for the QPACK encoder stream
     is_connect: bool = False
+    #: (client) a HEAD request: its response has no content whatever its content-length
+    head: bool = False
     expected_length: int | None = None
     body_received: int = 0
 
@@ -184,6 +186,8 @@ class H3Connection:
     uni: dict[int, UniState] = field(default_factory=dict)
     goaway_sent: int | None = None
     goaway_received: int | None = None
+    #: (server) the client's largest MAX_PUSH_ID: it may not go down (RFC 9114 §7.2.7)
+    max_push_id_received: int | None = None
     max_peer_bidi: int = -1  # highest peer-initiated bidi stream seen
     failed: bool = False
     counters: H3Counters = field(default_factory=H3Counters)
@@ -399,10 +403,14 @@ class H3Connection:
             st.credit -= len(payload)
             if st.expected_length is not None and st.body_received > st.expected_length:
                 raise H3StreamError(H3_MESSAGE_ERROR, "more body bytes than content-length")
-            out.append(DataReceived(st.stream_id, payload, False))
+            if payload:  # (an empty DATA frame: nothing for the application)
+                out.append(DataReceived(st.stream_id, payload, False))
         elif ftype == F.HEADERS:
             if st.trailers_done:
                 raise H3Error(H3_FRAME_UNEXPECTED, "HEADERS frame after trailers")
+            if st.is_connect and st.headers_done:
+                # RFC 9114 §4.4: on a CONNECT stream only DATA frames follow its HEADERS
+                raise H3Error(H3_FRAME_UNEXPECTED, "HEADERS frame on a CONNECT stream")
             try:
                 control, headers = self.decoder.feed_header(st.stream_id, payload)
             except self.lsqpack.StreamBlocked:
@@ -413,24 +421,32 @@ class H3Connection:
                 raise H3Error(QPACK_DECOMPRESSION_FAILED, "cannot decode field section") from exc
             self._send_decoder(control)
             self._deliver_headers(st, headers, out)
-        else:
-            # PUSH_PROMISE included: we never send MAX_PUSH_ID, so no push is allowed
+        elif ftype == F.PUSH_PROMISE and self.is_client:
+            # RFC 9114 §7.2.5: a push ID above the MAX_PUSH_ID we sent; we send none, so
+            # every push ID is above it
+            raise H3Error(H3_ID_ERROR, "PUSH_PROMISE beyond our MAX_PUSH_ID (none sent)")
+        else:  # (PUSH_PROMISE to a server: a client never sends one, RFC 9114 §7.2.5)
             raise H3Error(H3_FRAME_UNEXPECTED, f"frame {ftype:#x} on a request stream")
 
     def _deliver_headers(self, st: RequestState, headers: Headers, out: list[H3Event]) -> None:
         if not st.headers_done:
+            no_content = False
             if self.is_client:
                 status = validate_response(headers)
                 if 100 <= status < 200:
                     out.append(HeadersReceived(st.stream_id, headers, False))
                     return  # informational: the final response follows
+                # RFC 9114 §4.1.2: a response defined as having no content (to HEAD, a
+                # 204 or 304) may carry a content-length it has no DATA for
+                no_content = st.head or status in (204, 304)
             else:
                 st.is_connect = validate_request(
                     headers, extended_connect=self.enable_connect_protocol
                 )
                 self.counters.requests_received += 1
             st.headers_done = True
-            st.expected_length = content_length(headers)
+            length = content_length(headers)
+            st.expected_length = 0 if no_content and length is not None else length
             out.append(HeadersReceived(st.stream_id, headers, False))
         else:
             validate_trailers(headers)
@@ -596,10 +612,12 @@ class H3Connection:
             self.goaway_received = last
             out.append(GoawayReceived(last))
         elif ftype == F.MAX_PUSH_ID:
-            F.parse_single_varint(payload, "MAX_PUSH_ID")
+            push_id = F.parse_single_varint(payload, "MAX_PUSH_ID")
             if self.is_client:
                 raise H3Error(H3_FRAME_UNEXPECTED, "MAX_PUSH_ID from a server")
-            # a server that never pushes has nothing to do with it
+            if self.max_push_id_received is not None and push_id < self.max_push_id_received:
+                raise H3Error(H3_ID_ERROR, "MAX_PUSH_ID went down")
+            self.max_push_id_received = push_id  # (a server that never pushes: no other use)
         elif ftype == F.CANCEL_PUSH:
             F.parse_single_varint(payload, "CANCEL_PUSH")
             raise H3Error(H3_ID_ERROR, "CANCEL_PUSH for a push that was never allowed")
@@ -655,6 +673,10 @@ class H3Connection:
 
     def send_headers(self, stream_id: int, headers: Headers, end_stream: bool = False) -> None:
         """A HEADERS frame (request/response head or trailers) on ``stream_id``."""
+        if self.is_client:
+            st = self.requests.get(stream_id)
+            if st is not None and not st.send_done and (b":method", b"HEAD") in headers:
+                st.head = True
         encoder_data, block = self.encoder.encode(stream_id, headers)
         self._send_encoder(encoder_data)
         self.quic.send_stream_data(stream_id, F.encode_frame(F.HEADERS, block), end_stream)

@@ -126,7 +126,8 @@ class FrameParser:
         return self.frame_type != -1 or bool(self.buf)
 
     def next(self) -> tuple[int, bytes] | None:
-        """The next item: ``(DATA, chunk)`` for DATA payload pieces, ``(type, payload)`` for
+        """The next item: ``(DATA, chunk)`` for DATA payload pieces (one empty chunk for an
+        empty DATA frame), ``(type, payload)`` for
         a complete frame of any other known type; unknown frames are skipped. None: more
         bytes needed."""
         while True:
@@ -148,8 +149,10 @@ class FrameParser:
                 self.frame_type = frame_type
                 self.remaining = length
                 if frame_type == DATA and length == 0:
+                    # an empty DATA frame is still a DATA frame: where none may be it is
+                    # an error like any other (RFC 9114 §4.1, §7.2.1)
                     self.frame_type = -1
-                    continue
+                    return DATA, b""
             ftype = self.frame_type
             take = min(self.remaining, len(self.buf))
             if ftype == DATA:

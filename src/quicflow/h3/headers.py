@@ -16,6 +16,11 @@ CONNECTION_FIELDS = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
 _UPPER = bytes(range(ord("A"), ord("Z") + 1))
+#: RFC 9110 §5.6.2 tchar in lowercase (RFC 9114 §4.2): what a field name is made of
+_TCHAR = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+#: RFC 9110 §5.5: a field value holds no control character but HTAB (0x00-0x08,
+#: 0x0a-0x1f, 0x7f: CR, LF and NUL among them), RFC 9114 §10.3
+_VALUE_CTL = bytes([*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F])
 
 
 def _error(reason: str) -> H3StreamError:
@@ -30,7 +35,9 @@ def _check_fields(headers: Headers, allowed_pseudo: frozenset[bytes]) -> dict[by
             raise _error("empty field name")
         if name.translate(None, _UPPER) != name:
             raise _error(f"uppercase field name {name!r}")
-        if b"\r" in value or b"\n" in value or b"\x00" in value:
+        if (name[1:] if name[0] == 0x3A else name).translate(None, _TCHAR):
+            raise _error(f"invalid characters in field name {name!r}")  # RFC 9114 §10.3
+        if value.translate(None, _VALUE_CTL) != value:
             raise _error(f"invalid characters in field {name!r}")
         if name.startswith(b":"):
             if regular:
@@ -68,9 +75,27 @@ def validate_request(headers: Headers, *, extended_connect: bool) -> bool:
         return True
     if b":protocol" in pseudo:
         raise _error(":protocol on a method other than CONNECT")
-    if not pseudo.get(b":scheme") or not pseudo.get(b":path"):
+    scheme = pseudo.get(b":scheme")
+    if not scheme or not pseudo.get(b":path"):
         raise _error("request without :scheme or :path")
+    if scheme in (b"https", b"http"):
+        _check_authority(headers, pseudo.get(b":authority"))
     return False
+
+
+def _check_authority(headers: Headers, authority: bytes | None) -> None:
+    """RFC 9114 §4.3.1: an http or https request has :authority or Host, neither empty,
+    and the same value when both are there."""
+    hosts = [value for name, value in headers if name == b"host"]
+    if authority is None and not hosts:
+        raise _error("request without :authority or host")
+    if authority is not None and not authority:
+        raise _error("empty :authority")
+    for host in hosts:
+        if not host:
+            raise _error("empty host")
+        if authority is not None and host != authority:
+            raise _error("host differs from :authority")
 
 
 def validate_response(headers: Headers) -> int:

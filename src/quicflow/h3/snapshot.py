@@ -92,7 +92,7 @@ def capture_h3(h3: H3Connection) -> dict[str, Any]:
         "id": st.stream_id, "parser": _parser(st.parser), "credit": st.credit,
         "local": st.local, "headers_done": st.headers_done,
         "trailers_done": st.trailers_done, "ended": st.ended, "send_done": st.send_done,
-        "is_connect": st.is_connect, "expected_length": st.expected_length,
+        "is_connect": st.is_connect, "head": st.head, "expected_length": st.expected_length,
         "body_received": st.body_received,
     } for st in h3.requests.values()]
     uni = [{
@@ -115,6 +115,7 @@ def capture_h3(h3: H3Connection) -> dict[str, Any]:
             h3.peer_settings.items()),
         "goaway_sent": h3.goaway_sent,
         "goaway_received": h3.goaway_received,
+        "max_push_id_received": h3.max_push_id_received,
         "max_peer_bidi": h3.max_peer_bidi,
         "decoder_partial": b64(h3.decoder_partial),
         "counters": {f.name: getattr(c, f.name) for f in fields(c)},
@@ -157,6 +158,7 @@ def restore_h3(h3: H3Connection, state: Any) -> None:
                           _bool(d, "local"))
         for key in ("headers_done", "trailers_done", "ended", "send_done", "is_connect"):
             setattr(st, key, _bool(d, key))
+        st.head = d.get("head") is True  # (absent in older captures)
         st.expected_length = _int(d, "expected_length", none=True)
         st.body_received = _int(d, "body_received")
         requests[st.stream_id] = st
@@ -173,6 +175,7 @@ def restore_h3(h3: H3Connection, state: Any) -> None:
         "stream_buffer": _int(state, "stream_buffer"),
         "goaway_sent": _int(state, "goaway_sent", none=True),
         "goaway_received": _int(state, "goaway_received", none=True),
+        "max_push_id_received": _int(state, "max_push_id_received", none=True),
         "max_peer_bidi": _int(state, "max_peer_bidi"),
         "enable_connect_protocol": _bool(state, "enable_connect_protocol"),
         "enable_datagram": _bool(state, "enable_datagram"),
