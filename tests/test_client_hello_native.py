@@ -198,7 +198,9 @@ def test_rare_messages_go_to_python_with_the_same_alerts() -> None:
     dup = _body(bytes(32), b"", [0x1301], [(57, b""), (57, b"")])
     long_sid = _body(bytes(32), bytes(33), [0x1301], [])
     deflate = _body(bytes(32), b"", [0x1301], [], compression=b"\x02\x00\x01")
-    for raw, code in ((dup, 47), (long_sid, 47), (deflate, 47), (b"\x03", 50)):
+    no_suites = _body(bytes(32), b"", [], [])
+    for raw, code in ((dup, 47), (long_sid, 50), (no_suites, 50), (deflate, 47),
+                      (b"\x03", 50)):
         assert native._ext.parse_client_hello(raw) is None
         with pytest.raises(TlsAlert) as caught:
             decode_client_hello(raw)

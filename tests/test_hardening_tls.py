@@ -103,3 +103,71 @@ def test_over_quic_the_client_sees_missing_extension_for_a_bare_psk() -> None:
     term = _quic_client_sends(MemoryPair(), drop=EXT_PSK_KEY_EXCHANGE_MODES,
                               add=[(EXT_PRE_SHARED_KEY, _PSK)])
     assert (term.error_code, term.by_peer) == (0x100 + 109, True)
+
+
+@pytest.mark.parametrize("field", ["session_id", "cipher_suites"])
+def test_an_out_of_range_length_is_a_decode_error(
+    cert: tuple[x509.Certificate, PrivateKey], field: str,
+) -> None:
+    """RFC 8446 §6: a field whose length is outside its vector's range (a 33-byte
+    legacy_session_id<0..32>, an empty cipher_suites<2..2^16-2>) is a decode_error
+    (before: illegal_parameter, and handshake_failure for the empty list), with the
+    native ClientHello parser and the Python one alike."""
+    hello = decode_client_hello(client_hello_bytes(cert)[4:])
+    if field == "session_id":
+        hello.session_id = bytes(33)
+    else:
+        hello.cipher_suites = []
+    alert = _server_refuses(cert, encode_client_hello(hello))
+    assert alert.description == 50 and alert.quic_error_code == 0x132
+
+
+def test_a_resumption_server_hello_without_key_share_is_illegal_parameter() -> None:
+    """RFC 8446 §4.2.11: a client that offered psk_dhe_ke only aborts with
+    illegal_parameter when the server selects its PSK without a key_share (before:
+    missing_extension)."""
+    import os
+    import struct
+    import time
+
+    from quicflow.tls import TlsConfig, TlsSession, certificate_pem
+    from quicflow.tls.messages import (
+        EXT_SUPPORTED_VERSIONS,
+        SERVER_HELLO,
+        encode_extensions,
+        handshake,
+    )
+    from quicflow.tls.tickets import ticket_sealer
+
+    cert, key = generate_self_signed(["localhost"])
+    sealer = ticket_sealer(b"ticket key".ljust(32, b"."))
+    now = time.time()
+
+    def sessions(ticket: object = None) -> tuple[TlsSession, TlsSession]:
+        c = TlsSession(TlsConfig(is_client=True, alpn_protocols=["perf"],
+                                 server_name="localhost", cadata=certificate_pem(cert),
+                                 session_ticket=ticket), b"c")
+        s = TlsSession(TlsConfig(is_client=False, alpn_protocols=["perf"],
+                                 certificate_chain=[cert], private_key=key,
+                                 ticket_sealer=sealer), b"s")
+        c.set_wall_time(now)
+        s.set_wall_time(now)
+        return c, s
+
+    client, server = sessions()
+    client.start()
+    for _ in range(4):
+        for a, b in ((client, server), (server, client)):
+            for epoch, data in a.pop_output():
+                b.receive(epoch, data)
+    (ticket,) = client.pop_tickets()
+    client, _ = sessions(ticket)
+    client.start()
+    client.pop_output()
+    body = (struct.pack("!H", 0x0303) + os.urandom(32) + b"\x00"
+            + struct.pack("!HB", ticket.suite, 0)
+            + encode_extensions([(EXT_SUPPORTED_VERSIONS, b"\x03\x04"),
+                                 (EXT_PRE_SHARED_KEY, b"\x00\x00")]))
+    with pytest.raises(TlsAlert) as exc:
+        client.receive(Epoch.INITIAL, handshake(SERVER_HELLO, body))
+    assert exc.value.description == 47

@@ -58,8 +58,10 @@ def ref_client_hello(body: bytes) -> ClientHello:
     random = r.raw(32)
     session_id = r.vec(1)
     if len(session_id) > 32:
-        raise TlsAlert(ILLEGAL_PARAMETER, "legacy_session_id longer than 32 bytes")
+        raise TlsAlert(DECODE_ERROR, "legacy_session_id longer than 32 bytes")
     suites = r.sub(2).items(Reader.u16)
+    if not suites:
+        raise TlsAlert(DECODE_ERROR, "empty cipher_suites")
     if r.vec(1) != b"\x00":
         raise TlsAlert(ILLEGAL_PARAMETER, "legacy_compression_methods must be [null]")
     ext_map = ref_extensions(r)

@@ -102,13 +102,11 @@ WAIT_SH, WAIT_EE, WAIT_CERT, WAIT_CV, WAIT_FINISHED, DONE = range(6)
 
 _SH_ALLOWED = {EXT_SUPPORTED_VERSIONS, EXT_KEY_SHARE, EXT_PRE_SHARED_KEY}
 _HRR_ALLOWED = {EXT_SUPPORTED_VERSIONS, EXT_KEY_SHARE, EXT_COOKIE}
-_EE_FORBIDDEN = {
-    EXT_SUPPORTED_VERSIONS,
-    EXT_KEY_SHARE,
-    EXT_COOKIE,
-    EXT_SIGNATURE_ALGORITHMS,
-    EXT_PRE_SHARED_KEY,
-}
+#: what RFC 8446 §4.2 (its table) allows in EncryptedExtensions, RFC 9001 §8.2's
+#: quic_transport_parameters too: server_name, max_fragment_length, supported_groups,
+#: use_srtp, heartbeat, ALPN, client/server_certificate_type, early_data
+_EE_ALLOWED = frozenset({EXT_SERVER_NAME, 1, EXT_SUPPORTED_GROUPS, 14, 15, EXT_ALPN, 19, 20,
+                         EXT_EARLY_DATA, EXT_QUIC_TRANSPORT_PARAMETERS})
 
 
 #: encoded ClientHello extensions that depend only on the configuration, by (groups,
@@ -302,6 +300,9 @@ class ClientHandshake(HandshakeCore):
             return
         suite = self._check_common(sh, _SH_ALLOWED)
         if EXT_KEY_SHARE not in sh.ext_map:
+            if EXT_PRE_SHARED_KEY in sh.ext_map:  # RFC 8446 §4.2.11: we offer psk_dhe_ke
+                raise TlsAlert(ILLEGAL_PARAMETER, "PSK ServerHello without the key_share "
+                               "psk_dhe_ke requires")
             raise TlsAlert(MISSING_EXTENSION, "ServerHello has no key_share")
         group, peer_key = parse_key_share_server(sh.ext_map[EXT_KEY_SHARE])
         if group not in self.shares:
@@ -374,8 +375,13 @@ class ClientHandshake(HandshakeCore):
 
     def _encrypted_extensions(self, body: bytes, raw: bytes) -> None:
         ext = decode_encrypted_extensions(body)
-        for ext_type in _EE_FORBIDDEN:
-            if ext_type in ext:
+        assert self.hello is not None
+        offered = {ext_type for ext_type, _ in self.hello.extensions}
+        for ext_type in ext:  # RFC 8446 §4.2: a response to no request, or out of place
+            if ext_type not in offered:
+                raise TlsAlert(UNSUPPORTED_EXTENSION,
+                               f"extension {ext_type} in EncryptedExtensions was not offered")
+            if ext_type not in _EE_ALLOWED:
                 raise TlsAlert(ILLEGAL_PARAMETER, f"extension {ext_type} in EncryptedExtensions")
         if EXT_ALPN not in ext:
             raise TlsAlert(NO_APPLICATION_PROTOCOL, "server did not select an ALPN protocol")

@@ -330,9 +330,11 @@ def decode_client_hello_py(body: bytes) -> ClientHello:
     if pos > end:
         raise _truncated()
     session_id = body[35:pos]
-    if len(session_id) > 32:
-        raise TlsAlert(ILLEGAL_PARAMETER, "legacy_session_id longer than 32 bytes")
+    if len(session_id) > 32:  # RFC 8446 §6: an out-of-range length is a decode_error
+        raise TlsAlert(DECODE_ERROR, "legacy_session_id longer than 32 bytes")
     suites, pos = _u16_array(body, pos, end, 2)
+    if not suites:  # cipher_suites<2..2^16-2>
+        raise TlsAlert(DECODE_ERROR, "empty cipher_suites")
     if pos >= end or pos + 1 + body[pos] > end:
         raise _truncated()
     compression = body[pos + 1 : pos + 1 + body[pos]]

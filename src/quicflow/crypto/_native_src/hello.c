@@ -243,12 +243,12 @@ mod_parse_client_hello(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     if (sid_len > 32 || pos > end) {
         goto done;
     }
-    /* cipher_suites<2..2^16-2>: a u16 list (the Python parser allows it empty) */
+    /* cipher_suites<2..2^16-2>: a u16 list (empty: the Python parser's decode_error) */
     if (pos + 2 > end) {
         goto done;
     }
     Py_ssize_t n = u16_at(b + pos);
-    if (n & 1 || pos + 2 + n > end) {
+    if (n == 0 || n & 1 || pos + 2 + n > end) {
         goto done;
     }
     suites = u16_list(b + pos + 2, n);
