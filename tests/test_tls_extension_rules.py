@@ -64,3 +64,67 @@ def test_an_extension_the_client_did_not_offer_is_unsupported_extension(
 def test_an_offered_extension_that_has_no_place_there_is_illegal_parameter(
         monkeypatch: pytest.MonkeyPatch) -> None:
     assert _handshake(monkeypatch, [(EXT_PSK_KEY_EXCHANGE_MODES, b"\x01\x01")]) == 47
+
+
+@pytest.mark.parametrize("ext_type", [5, 0x1234])
+def test_certificate_entry_extensions_nobody_asked_for(monkeypatch: pytest.MonkeyPatch,
+                                                       ext_type: int) -> None:
+    """RFC 8446 §4.4.2: a Certificate's entry extensions answer the ClientHello's; ours
+    asks for none (no status_request, no signed_certificate_timestamp), so the client
+    aborts with unsupported_extension (before, they were parsed and dropped)."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from quicflow.tls.messages import CERTIFICATE, handshake, vec
+
+    original = tls_server._identity
+
+    def with_entry_extension(cfg: TlsConfig) -> tuple[bytes, object, object]:
+        _, schemes, signer = original(cfg)
+        ext = vec(2, ext_type.to_bytes(2, "big") + vec(2, b""))
+        entries = b"".join(vec(3, c.public_bytes(Encoding.DER)) + ext
+                           for c in cfg.certificate_chain)
+        return handshake(CERTIFICATE, vec(1, b"") + vec(3, entries)), schemes, signer
+
+    monkeypatch.setattr(tls_server, "_identity", with_entry_extension)
+    assert _handshake(monkeypatch, []) == 110
+
+
+def test_an_expired_server_certificate_is_certificate_expired() -> None:
+    """The alert for a certificate outside its validity is certificate_expired (45):
+    cryptography's message ("cert is not valid at validation time") was not among the
+    phrases looked for, so it went out as certificate_unknown (46)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    old = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+           .public_key(key.public_key()).serial_number(1234)
+           .not_valid_before(now - datetime.timedelta(days=30))
+           .not_valid_after(now - datetime.timedelta(days=1))
+           .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
+           .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+           .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+           .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+           .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()),
+                          False)
+           .sign(key, hashes.SHA256()))
+    client = TlsSession(TlsConfig(is_client=True, alpn_protocols=["perf"],
+                                  server_name="localhost", cadata=certificate_pem(old)), b"c")
+    server = TlsSession(TlsConfig(is_client=False, alpn_protocols=["perf"],
+                                  certificate_chain=[old], private_key=key), b"s")
+    client.start()
+    with pytest.raises(TlsAlert) as exc:
+        moved = True
+        while moved:
+            moved = False
+            for sender, receiver in ((client, server), (server, client)):
+                for epoch, data in sender.pop_output():
+                    moved = True
+                    receiver.receive(epoch, data)
+    assert exc.value.description == 45

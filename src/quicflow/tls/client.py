@@ -416,7 +416,11 @@ class ClientHandshake(HandshakeCore):
         self.transcript += raw
 
     def _certificate(self, body: bytes, raw: bytes) -> None:
-        context, ders = decode_certificate(body)
+        entry_extensions: list[int] = []
+        context, ders = decode_certificate(body, entry_extensions)
+        if entry_extensions:  # RFC 8446 §4.4.2: they answer requests; we make none
+            raise TlsAlert(UNSUPPORTED_EXTENSION, f"server certificate entry extensions "
+                           f"{entry_extensions} never requested")
         if context:
             raise TlsAlert(ILLEGAL_PARAMETER, "server Certificate with a request context")
         if not ders:

@@ -417,8 +417,10 @@ def encode_certificate(context: bytes, cert_ders: list[bytes]) -> bytes:
     return handshake(CERTIFICATE, vec(1, context) + vec(3, entries))
 
 
-def decode_certificate(body: bytes) -> tuple[bytes, list[bytes]]:
-    """Returns (certificate_request_context, DER certificates)."""
+def decode_certificate(body: bytes, entry_extensions: list[int] | None = None
+                       ) -> tuple[bytes, list[bytes]]:
+    """Returns (certificate_request_context, DER certificates); the types of the
+    certificate entries' extensions are appended to ``entry_extensions`` when given."""
     end = len(body)
     if end < 1 or 1 + body[0] > end:
         raise _truncated()
@@ -440,7 +442,9 @@ def decode_certificate(body: bytes) -> tuple[bytes, list[bytes]]:
         if nxt == pos + 3:
             raise TlsAlert(DECODE_ERROR, "empty certificate entry")
         der = body[pos + 3 : nxt]
-        _, pos = _parse_extensions(body, nxt, stop)  # per-certificate extensions, unused
+        entry_ext, pos = _parse_extensions(body, nxt, stop)  # per-certificate extensions
+        if entry_ext and entry_extensions is not None:
+            entry_extensions.extend(entry_ext)
         ders.append(der)
     if stop != end:
         raise _trailing()

@@ -27,6 +27,7 @@ from .alerts import (
     PROTOCOL_VERSION,
     QUIC_PROTOCOL_VIOLATION,
     UNEXPECTED_MESSAGE,
+    UNSUPPORTED_EXTENSION,
     TlsAlert,
 )
 from .config import TlsConfig
@@ -561,7 +562,11 @@ class ServerHandshake(HandshakeCore):
         self.state = WAIT_CLIENT_CERT if ask else WAIT_FINISHED
 
     def _client_certificate(self, body: bytes, raw: bytes) -> None:
-        context, ders = decode_certificate(body)
+        entry_extensions: list[int] = []
+        context, ders = decode_certificate(body, entry_extensions)
+        if entry_extensions:  # RFC 8446 §4.4.2: they answer requests; we make none
+            raise TlsAlert(UNSUPPORTED_EXTENSION, f"client certificate entry extensions "
+                           f"{entry_extensions} never requested")
         if context:
             raise TlsAlert(ILLEGAL_PARAMETER, "client Certificate with a wrong request context")
         self.transcript += raw

@@ -219,7 +219,8 @@ def _chain_alert(exc: VerificationError, who: str) -> TlsAlert:
     reason = str(exc)
     if "subjectAltName" in reason or "subject" in reason.lower() and "match" in reason:
         return TlsAlert(BAD_CERTIFICATE, f"{who} does not match: {reason}")
-    if "expired" in reason or "not yet valid" in reason or "validity" in reason:
+    if ("expired" in reason or "not yet valid" in reason or "validity" in reason
+            or "not valid at validation time" in reason):  # (cryptography's wording)
         return TlsAlert(CERTIFICATE_EXPIRED, f"{who} is not valid now: {reason}")
     if "candidates exhausted" in reason or "issuer" in reason:
         return TlsAlert(UNKNOWN_CA, f"{who} is not issued by a trusted CA: {reason}")
