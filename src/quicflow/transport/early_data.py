@@ -19,10 +19,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..crypto.epoch import Epoch
+from ..tls import tickets
 from ..tls.session import TlsSession
 from ..tls.tickets import REMEMBERED, TicketContents, remembered_parameters
 from ..wire import frames as F
 from ..wire.tparams import TransportParameters, encode_transport_parameters
+from .errors import INTERNAL_ERROR, PROTOCOL_VIOLATION, QuicError
 from .events import SessionTicketReceived
 
 if TYPE_CHECKING:
@@ -109,6 +111,53 @@ def after_tls(conn: Connection, tls: TlsSession) -> None:
     else:
         conn.early_data_attempted = status is not None
         conn.early_data_accepted = bool(status)
+
+
+def on_server_parameters(conn: Connection, params: TransportParameters) -> None:
+    """(client that attempted 0-RTT) The server's transport parameters came, in its
+    EncryptedExtensions, already applied to the connection's limits.
+
+    Accepted: they may not be below the remembered ones (RFC 9000 §7.4.1; RFC 9221 §3
+    for max_datagram_frame_size: PROTOCOL_VIOLATION), and no more 0-RTT packets go, as
+    they may only use the remembered limits: what is left waits for the 1-RTT keys (the
+    server's Finished, most often in the same flight).
+
+    Rejected: the 0-RTT frames go again in 1-RTT (``reject_early_data``), which is right
+    only when they fit what the server now allows and its application protocol is the
+    ticket's (RFC 9001 §4.6.2: "all connection characteristics that the client assumed
+    might be incorrect"); else the connection closes (INTERNAL_ERROR, with the reason)
+    rather than break the server's limits or hand the bytes to another protocol."""
+    if conn.early_data_accepted:
+        remembered = conn.remembered_params
+        if remembered is not None:
+            lowered = [name for name in tickets.REMEMBERED  # (the client's list)
+                       if getattr(params, name) < getattr(remembered, name)]
+            if lowered:
+                raise QuicError(PROTOCOL_VIOLATION,
+                                f"0-RTT accepted with lower limits than remembered: {lowered}")
+        conn.send_protectors[Epoch.ZERO_RTT] = None
+        return
+    why = _unfit_after_rejection(conn, params)
+    if why:
+        raise QuicError(INTERNAL_ERROR, f"0-RTT rejected and its data cannot be sent again: "
+                        f"{why} (open a new connection)")
+
+
+def _unfit_after_rejection(conn: Connection, params: TransportParameters) -> str:
+    tls = conn.tls
+    ticket = tls.offered_ticket if tls is not None else None
+    if ticket is not None and tls is not None and tls.alpn_protocol not in (None, ticket.alpn):
+        return f"the server chose ALPN {tls.alpn_protocol!r}, not the ticket's {ticket.alpn!r}"
+    if conn.flow.data_sent > params.initial_max_data:
+        return "more data than the server's initial_max_data"
+    if conn.bidi.opened_local > params.initial_max_streams_bidi or (
+            conn.uni.opened_local > params.initial_max_streams_uni):
+        return "more streams than the server allows"
+    for stream in conn.streams.values():
+        send = stream.send
+        if send is not None and stream.local and send.next_offset > send.max_data:
+            return f"stream {stream.stream_id} beyond the server's initial_max_stream_data"
+    return ""
 
 
 def reject_early_data(conn: Connection) -> None:

@@ -715,6 +715,8 @@ def _apply_peer_params(conn: Connection, raw: bytes) -> None:
                 params.initial_max_stream_data_uni if stream.stream_id & 2
                 else params.initial_max_stream_data_bidi_remote
             )
+    if conn.is_client and conn.early_data_attempted:
+        early_data.on_server_parameters(conn, params)
     # (0-RTT: a stream that waited at the remembered limits goes on under the new ones)
     RS.requeue_sendable(conn)
 
