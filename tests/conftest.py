@@ -27,6 +27,20 @@ def require_root() -> None:
     prereq.require_root()
 
 
+@pytest.fixture(params=["native", "python"])
+def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+           require: Callable[[bool, str], None]) -> str:
+    """Each test twice: with the native engine, and with the pure-Python one
+    (``QUICFLOW_ENGINE=python``, read when a connection makes its engine)."""
+    if request.param == "python":
+        monkeypatch.setenv("QUICFLOW_ENGINE", "python")
+    else:
+        from quicflow.crypto.extension import EXT
+
+        require(EXT is not None, "the native extension is not built (make venv)")
+    return str(request.param)
+
+
 @pytest.fixture
 def free_udp_port() -> int:
     """A UDP port on 127.0.0.1 that was free a moment ago (bound, then released)."""

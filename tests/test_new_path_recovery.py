@@ -9,31 +9,16 @@ the new window. Now neither: with the native ACK path and with the pure-Python o
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import pytest
-
 from quicflow.crypto.epoch import Epoch
-from quicflow.crypto.extension import EXT
 from quicflow.transport.connection import Connection
 from quicflow.transport.recovery import SentPacket
 from quicflow.wire import frame_types as F
 from quicflow.wire.frames import encode_frame
 
 from .support.forge import forge, raw
-from .support.memory_pair import MemoryPair
+from .support.memory_pair import MemoryPair, confirmed
 
 NEW_HOST = ("198.51.100.9", 40000)
-
-
-@pytest.fixture(params=["native", "python"])
-def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
-           require: Callable[[bool, str], None]) -> str:
-    if request.param == "python":
-        monkeypatch.setenv("QUICFLOW_ENGINE", "python")
-    else:
-        require(EXT is not None, "the native extension is not built (make venv)")
-    return str(request.param)
 
 
 def _from_client(client: Connection, payload: bytes) -> bytes:
@@ -48,12 +33,7 @@ def _from_client(client: Connection, payload: bytes) -> bytes:
 
 def test_acks_of_old_path_packets_give_the_new_path_no_sample_and_no_growth(
         engine: str) -> None:
-    pair = MemoryPair(seed=81)
-    pair.run(lambda: bool(pair.client.handshake_confirmed and pair.server_conns
-                          and pair.server_conns[0].handshake_confirmed))
-    while pair.step():
-        pair.now += 0.0002
-    client, server = pair.client, pair.server_conns[0]
+    pair, client, server = confirmed(MemoryPair(seed=81))
     sid = server.open_stream()
     server.send_stream_data(sid, b"x" * 6000, end_stream=False)
     pair.server.datagrams_to_send(server, pair.now)  # on the old path; its ACK waits

@@ -21,18 +21,13 @@ from quicflow.wire import frame_types as F
 from quicflow.wire.frames import encode_frame
 
 from .support.forge import forge, raw
-from .support.memory_pair import SERVER_ADDR, MemoryPair
+from .support.memory_pair import SERVER_ADDR, MemoryPair, confirmed
 
 NEW = ("198.51.100.9", 40000)
 
 
 def _confirmed() -> tuple[MemoryPair, Connection, Connection]:
-    pair = MemoryPair(seed=51)
-    pair.run(lambda: bool(pair.client.handshake_confirmed and pair.server_conns
-                          and pair.server_conns[0].handshake_confirmed))
-    while pair.step():
-        pair.now += 0.0002
-    return pair, pair.client, pair.server_conns[0]
+    return confirmed(MemoryPair(seed=51))
 
 
 def _challenges(*datas: bytes) -> bytes:

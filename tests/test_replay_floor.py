@@ -19,18 +19,13 @@ from quicflow.transport.connection import Connection
 from quicflow.transport.state import CLOSING, RECEIVED_RANGES
 
 from .support.forge import forge, raw
-from .support.memory_pair import MemoryPair
+from .support.memory_pair import MemoryPair, confirmed
 
 PING = raw(0x01)
 
 
 def _confirmed(seed: int) -> tuple[MemoryPair, Connection, Connection]:
-    pair = MemoryPair(seed=seed)
-    pair.run(lambda: bool(pair.client.handshake_confirmed and pair.server_conns
-                          and pair.server_conns[0].handshake_confirmed))
-    while pair.step():
-        pair.now += 0.0002
-    return pair, pair.client, pair.server_conns[0]
+    return confirmed(MemoryPair(seed=seed))
 
 
 def _deliver(pair: MemoryPair, datagram: bytes, path: str) -> None:

@@ -6,12 +6,9 @@ run (``open_run``) and a long-header packet (``open_frames``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 
 from quicflow.crypto.epoch import Epoch
-from quicflow.crypto.extension import EXT
 from quicflow.crypto.keys import PacketProtector, derive_packet_keys
 from quicflow.transport.connection import Connection
 from quicflow.transport.errors import PROTOCOL_VIOLATION
@@ -22,16 +19,6 @@ from quicflow.wire.packet import HANDSHAKE, build_long_header, build_short_heade
 from .support.memory_pair import SERVER_ADDR, MemoryPair
 
 PING_AND_PADDING = b"\x01" + b"\x00" * 40
-
-
-@pytest.fixture(params=["native", "python"])
-def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
-           require: Callable[[bool, str], None]) -> str:
-    if request.param == "python":
-        monkeypatch.setenv("QUICFLOW_ENGINE", "python")
-    else:
-        require(EXT is not None, "the native extension is not built (make venv)")
-    return str(request.param)
 
 
 def _confirmed(pair: MemoryPair) -> tuple[Connection, Connection]:

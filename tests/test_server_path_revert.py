@@ -19,7 +19,7 @@ from quicflow.transport.pathprobe import probe_datagrams
 from quicflow.transport.state import CLOSING
 
 from .support.forge import forge, raw
-from .support.memory_pair import SERVER_ADDR, MemoryPair
+from .support.memory_pair import SERVER_ADDR, MemoryPair, confirmed
 
 ELSEWHERE = ("198.51.100.9", 40000)
 
@@ -27,12 +27,7 @@ ELSEWHERE = ("198.51.100.9", 40000)
 def _moved() -> tuple[MemoryPair, Connection, Connection]:
     """An established pair; a copy of a client packet (a PING: not probing) arrives from
     ELSEWHERE, and the server moves there."""
-    pair = MemoryPair(seed=61)
-    pair.run(lambda: bool(pair.client.handshake_confirmed and pair.server_conns
-                          and pair.server_conns[0].handshake_confirmed))
-    while pair.step():
-        pair.now += 0.0002
-    client, server = pair.client, pair.server_conns[0]
+    pair, client, server = confirmed(MemoryPair(seed=61))
     copy = forge(client, Epoch.ONE_RTT, raw(0x01), pad_to=1200)
     pair.server.receive(copy, ELSEWHERE, pair.now)
     assert server.peer_address == ELSEWHERE and not server.address_validated

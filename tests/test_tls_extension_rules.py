@@ -35,19 +35,24 @@ def _handshake(monkeypatch: pytest.MonkeyPatch, extra: list[tuple[int, bytes]]) 
                                   server_name="localhost", cadata=certificate_pem(CERT)), b"c")
     server = TlsSession(TlsConfig(is_client=False, alpn_protocols=["perf"],
                                   certificate_chain=[CERT], private_key=KEY), b"s")
-    client.start()
     try:
-        moved = True
-        while moved:
-            moved = False
-            for sender, receiver in ((client, server), (server, client)):
-                for epoch, data in sender.pop_output():
-                    moved = True
-                    receiver.receive(epoch, data)
+        _exchange(client, server)
     except TlsAlert as alert:
         return alert.description
     assert client.handshake_complete
     return None
+
+
+def _exchange(client: TlsSession, server: TlsSession) -> None:
+    """Start ``client`` and move handshake bytes both ways until none moves."""
+    client.start()
+    moved = True
+    while moved:
+        moved = False
+        for sender, receiver in ((client, server), (server, client)):
+            for epoch, data in sender.pop_output():
+                moved = True
+                receiver.receive(epoch, data)
 
 
 def test_the_encrypted_extensions_the_client_asked_for_complete(
@@ -118,13 +123,6 @@ def test_an_expired_server_certificate_is_certificate_expired() -> None:
                                   server_name="localhost", cadata=certificate_pem(old)), b"c")
     server = TlsSession(TlsConfig(is_client=False, alpn_protocols=["perf"],
                                   certificate_chain=[old], private_key=key), b"s")
-    client.start()
     with pytest.raises(TlsAlert) as exc:
-        moved = True
-        while moved:
-            moved = False
-            for sender, receiver in ((client, server), (server, client)):
-                for epoch, data in sender.pop_output():
-                    moved = True
-                    receiver.receive(epoch, data)
+        _exchange(client, server)
     assert exc.value.description == 45

@@ -17,19 +17,14 @@ from quicflow.crypto.epoch import Epoch
 from quicflow.transport.connection import Connection
 
 from .support.forge import forge, raw
-from .support.memory_pair import SERVER_ADDR, MemoryPair
+from .support.memory_pair import SERVER_ADDR, MemoryPair, confirmed
 
 ELSEWHERE = ("198.51.100.7", 4433)
 MAX_DATA = 0x10
 
 
 def _confirmed() -> tuple[MemoryPair, Connection, Connection]:
-    pair = MemoryPair(seed=41)
-    pair.run(lambda: bool(pair.client.handshake_confirmed and pair.server_conns
-                          and pair.server_conns[0].handshake_confirmed))
-    while pair.step():
-        pair.now += 0.0002
-    return pair, pair.client, pair.server_conns[0]
+    return confirmed(MemoryPair(seed=41))
 
 
 @pytest.mark.parametrize("path", ["datagram", "gro-batch"])

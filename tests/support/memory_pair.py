@@ -199,3 +199,13 @@ def upload(pair: MemoryPair, data: bytes) -> bytes:
 
     pair.run(done)
     return bytes(got)
+
+
+def confirmed(pair: MemoryPair) -> tuple[MemoryPair, Connection, Connection]:
+    """``pair`` once both ends confirmed the handshake and nothing is left to move
+    either way: (pair, client, server)."""
+    pair.run(lambda: bool(pair.client.handshake_confirmed and pair.server_conns
+                          and pair.server_conns[0].handshake_confirmed))
+    while pair.step():
+        pair.now += 0.0002
+    return pair, pair.client, pair.server_conns[0]
