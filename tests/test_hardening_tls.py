@@ -105,19 +105,29 @@ def test_over_quic_the_client_sees_missing_extension_for_a_bare_psk() -> None:
     assert (term.error_code, term.by_peer) == (0x100 + 109, True)
 
 
-@pytest.mark.parametrize("field", ["session_id", "cipher_suites"])
+#: extension bodies whose list is empty where RFC 8446 asks for at least one entry
+_EMPTY_LISTS = {"supported_versions": (43, b"\x00"), "signature_algorithms": (13, b"\x00\x00"),
+                "supported_groups": (10, b"\x00\x00"),
+                "key_exchange": (51, b"\x00\x04\x00\x1d\x00\x00")}
+
+
+@pytest.mark.parametrize("field", ["session_id", "cipher_suites", *_EMPTY_LISTS])
 def test_an_out_of_range_length_is_a_decode_error(
     cert: tuple[x509.Certificate, PrivateKey], field: str,
 ) -> None:
     """RFC 8446 §6: a field whose length is outside its vector's range (a 33-byte
-    legacy_session_id<0..32>, an empty cipher_suites<2..2^16-2>) is a decode_error
-    (before: illegal_parameter, and handshake_failure for the empty list), with the
-    native ClientHello parser and the Python one alike."""
+    legacy_session_id<0..32>, an empty cipher_suites<2..2^16-2>, supported_versions,
+    signature_algorithms or supported_groups list, an empty key_exchange<1..2^16-1>)
+    is a decode_error (before: illegal_parameter, handshake_failure or
+    protocol_version), with the native ClientHello parser and the Python one alike."""
     hello = decode_client_hello(client_hello_bytes(cert)[4:])
     if field == "session_id":
         hello.session_id = bytes(33)
-    else:
+    elif field == "cipher_suites":
         hello.cipher_suites = []
+    else:
+        ext_type, body = _EMPTY_LISTS[field]
+        hello.extensions = [(t, body if t == ext_type else d) for t, d in hello.extensions]
     alert = _server_refuses(cert, encode_client_hello(hello))
     assert alert.description == 50 and alert.quic_error_code == 0x132
 

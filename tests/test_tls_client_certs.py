@@ -202,7 +202,8 @@ def test_client_config_needs_key_with_chain(pki: Pki) -> None:
         TlsConfig(is_client=True, alpn_protocols=["perf"], client_certificates="maybe").validate()
 
 
-@given(st.binary(max_size=64), st.lists(st.integers(0, 0xFFFF), max_size=8, unique=True))
+@given(st.binary(max_size=64),
+       st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=8, unique=True))
 def test_certificate_request_round_trip(context: bytes, schemes: list[int]) -> None:
     raw = encode_certificate_request(context, [(13, u16_list(schemes))])
     assert raw[0] == CERTIFICATE_REQUEST

@@ -112,11 +112,13 @@ def ref_certificate(body: bytes) -> tuple[bytes, list[bytes]]:
     return context, ders
 
 
-def ref_u16_vector(len_bytes: int) -> Callable[[bytes], list[int]]:
+def ref_u16_vector(len_bytes: int, empty: str) -> Callable[[bytes], list[int]]:
     def parse(data: bytes) -> list[int]:
         r = Reader(data)
         out = r.sub(len_bytes).items(Reader.u16)
         r.done()
+        if not out:
+            raise TlsAlert(DECODE_ERROR, empty)
         return out
     return parse
 
@@ -136,6 +138,8 @@ def ref_key_share_client(data: bytes) -> list[tuple[int, bytes]]:
     r = Reader(data)
     out = r.sub(2).items(_entry)
     r.done()
+    if any(not key for _, key in out):
+        raise TlsAlert(DECODE_ERROR, "empty key_exchange")
     return out
 
 
@@ -167,8 +171,8 @@ PAIRS: list[tuple[Callable[[bytes], Any], Callable[[bytes], Any]]] = [
     (decode_encrypted_extensions, ref_encrypted_extensions),
     (decode_certificate_verify, ref_certificate_verify),
     (decode_certificate, ref_certificate),
-    (parse_supported_versions_client, ref_u16_vector(1)),
-    (parse_u16_list, ref_u16_vector(2)),
+    (parse_supported_versions_client, ref_u16_vector(1, "empty supported_versions")),
+    (parse_u16_list, ref_u16_vector(2, "empty list")),
     (parse_u16, ref_u16),
     (parse_key_share_client, ref_key_share_client),
     (parse_key_share_server, ref_key_share_server),

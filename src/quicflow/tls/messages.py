@@ -507,6 +507,8 @@ def parse_supported_versions_client(data: bytes) -> list[int]:
     out, pos = _u16_array(data, 0, len(data), 1)
     if pos != len(data):
         raise _trailing()
+    if not out:  # versions<2..254> (RFC 8446 §4.2.1, §6: out of range)
+        raise TlsAlert(DECODE_ERROR, "empty supported_versions")
     return out
 
 
@@ -519,9 +521,14 @@ def parse_u16(data: bytes) -> int:
 
 
 def parse_u16_list(data: bytes) -> list[int]:
+    """A u16 list with a 2-byte length that may not be empty: signature_algorithms
+    <2..2^16-2>, named_group_list <2..2^16-1> (RFC 8446 §4.2.3, §4.2.7; §6: an
+    out-of-range length is a decode_error)."""
     out, pos = _u16_array(data, 0, len(data), 2)
     if pos != len(data):
         raise _trailing()
+    if not out:
+        raise TlsAlert(DECODE_ERROR, "empty list")
     return out
 
 
@@ -535,6 +542,9 @@ def parse_key_share_client(data: bytes) -> list[tuple[int, bytes]]:
     out = list(_typed_entries(data, 2, stop))
     if stop != end:
         raise _trailing()
+    for _, key in out:
+        if not key:  # key_exchange<1..2^16-1> (RFC 8446 §4.2.8)
+            raise TlsAlert(DECODE_ERROR, "empty key_exchange")
     return out
 
 

@@ -65,7 +65,7 @@ exact_u16_list(const uint8_t *b, Py_ssize_t n, int len_bytes)
         Py_RETURN_NONE;
     }
     Py_ssize_t len = len_bytes == 1 ? b[0] : (Py_ssize_t)u16_at(b);
-    if (len & 1 || len_bytes + len != n) {
+    if (len == 0 || len & 1 || len_bytes + len != n) { /* (empty: Python's decode_error) */
         Py_RETURN_NONE;
     }
     return u16_list(b + len_bytes, len);
@@ -89,6 +89,10 @@ key_shares(const uint8_t *b, Py_ssize_t n)
             Py_RETURN_NONE;
         }
         Py_ssize_t len = u16_at(b + pos + 2);
+        if (len == 0) { /* key_exchange<1..2^16-1>: Python's decode_error */
+            Py_DECREF(out);
+            Py_RETURN_NONE;
+        }
         PyObject *entry = Py_BuildValue("(ly#)", (long)u16_at(b + pos), b + pos + 4, len);
         if (entry == NULL || PyList_Append(out, entry) < 0) {
             Py_XDECREF(entry);
