@@ -11,7 +11,8 @@ HTTP/3 on the other. Each case failed before its fix (the thirty-third pass):
 - an https request without :authority or Host, with an empty one, or with both
   different, was delivered (§4.3.1);
 - a client closed on PUSH_PROMISE with H3_FRAME_UNEXPECTED, not H3_ID_ERROR (§7.2.5);
-- a client reset a 304 or HEAD response that had a content-length and no DATA (§4.1.2).
+- a client reset a 304 or HEAD response that had a content-length and no DATA (§4.1.2);
+- a QPACK insert before any Set Dynamic Table Capacity was taken (RFC 9204 §3.2.2).
 """
 
 from __future__ import annotations
@@ -231,3 +232,30 @@ def test_a_get_response_shorter_than_its_content_length_is_still_malformed() -> 
     resets = [e for e in rig.events if isinstance(e, StreamReset) and e.stream_id == sid]
     assert resets and resets[0].error_code == E.H3_MESSAGE_ERROR and not resets[0].by_peer
     assert not [e for e in rig.events if isinstance(e, DataReceived) and e.stream_ended]
+
+
+def _encoder_stream(rig: Rig, instructions: bytes) -> None:
+    sid = rig.raw.open_stream(False)
+    rig.raw.send_stream_data(sid, encode_varint(F.STREAM_QPACK_ENCODER) + instructions)
+
+
+def test_a_qpack_insert_before_set_dynamic_table_capacity_is_an_encoder_stream_error(
+) -> None:
+    """RFC 9204 §3.2.2: the dynamic table's capacity is 0 until the encoder sets it, so an
+    insert first is QPACK_ENCODER_STREAM_ERROR (pylsqpack starts at the advertised
+    maximum and took it)."""
+    rig = Rig("server")
+    rig.control()
+    _encoder_stream(rig, bytes([0x40 | 5]) + b"x-dyn" + bytes([1]) + b"v")
+    rig.settle()
+    assert rig.closed_with() == E.QPACK_ENCODER_STREAM_ERROR
+
+
+def test_a_qpack_insert_after_set_dynamic_table_capacity_is_taken() -> None:
+    rig = Rig("server")
+    rig.control()
+    # Set Dynamic Table Capacity 4096: a 5-bit prefix integer, 31 then 4065 in 2 bytes
+    set_capacity = bytes([0x3F, (4065 & 0x7F) | 0x80, 4065 >> 7])
+    _encoder_stream(rig, set_capacity + bytes([0x40 | 5]) + b"x-dyn" + bytes([1]) + b"v")
+    rig.settle()
+    assert rig.closed_with() is None

@@ -74,7 +74,9 @@ def test_encoder_instruction_beyond_capacity_0_is_refused() -> None:
                                      inspect), timeout=20))
 
     assert outcome(b"\x20\x20") == "captured"
-    assert "beyond capacity 0" in outcome(b"\xc0")  # Insert With Name Reference, cut
+    # Set Dynamic Table Capacity 0 (the first instruction must set it: RFC 9204 §3.2.2),
+    # then an Insert With Name Reference, cut
+    assert "beyond capacity 0" in outcome(b"\x20\xc0")
 
 
 def test_partial_state_is_captured_and_restores_to_the_same_state() -> None:

@@ -197,6 +197,9 @@ class H3Connection:
     #: capturable mode: the peer's encoder stream carried something other than
     #: "Set Dynamic Table Capacity 0" (its decoder may hold a partial instruction)
     qpack_encoder_dirty: bool = False
+    #: the peer's encoder stream began with Set Dynamic Table Capacity (RFC 9204 §3.2.2:
+    #: the table's capacity is 0 until then, so any other instruction first is an error)
+    peer_capacity_set: bool = False
     #: capturable mode: an incomplete instruction of the peer's decoder stream
     decoder_partial: bytearray = field(default_factory=bytearray)
 
@@ -538,6 +541,11 @@ class H3Connection:
                 self.counters.encoder_bytes_received += len(data)
                 if self.capturable and data.count(SET_CAPACITY_0) != len(data):
                     self.qpack_encoder_dirty = True  # refused or an error: not capturable
+                if not self.peer_capacity_set:
+                    if data[0] & 0xE0 != SET_CAPACITY_0:  # (pylsqpack starts at the max)
+                        raise H3Error(QPACK_ENCODER_STREAM_ERROR,
+                                      "encoder instruction before Set Dynamic Table Capacity")
+                    self.peer_capacity_set = True
                 try:
                     unblocked = self.decoder.feed_encoder(data)
                 except self.lsqpack.EncoderStreamError as exc:

@@ -116,6 +116,7 @@ def capture_h3(h3: H3Connection) -> dict[str, Any]:
         "goaway_sent": h3.goaway_sent,
         "goaway_received": h3.goaway_received,
         "max_push_id_received": h3.max_push_id_received,
+        "peer_capacity_set": h3.peer_capacity_set,
         "max_peer_bidi": h3.max_peer_bidi,
         "decoder_partial": b64(h3.decoder_partial),
         "counters": {f.name: getattr(c, f.name) for f in fields(c)},
@@ -193,6 +194,7 @@ def restore_h3(h3: H3Connection, state: Any) -> None:
     h3.requests = requests
     h3.uni = uni
     h3.decoder_partial = bytearray(partial)
+    h3.peer_capacity_set = state.get("peer_capacity_set") is True  # (absent: older captures)
     h3.started = True
 
 
