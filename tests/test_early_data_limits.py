@@ -33,11 +33,10 @@ from quicflow.wire.packet import (
     HANDSHAKE,
     INITIAL,
     QUIC_V1,
-    ZERO_RTT,
     build_long_header,
-    parse_header,
 )
 from tests.support.memory_pair import _CERT, SERVER_ADDR, MemoryPair
+from tests.test_early_data_memory import zero_rtt_packets
 
 
 def _resumed(**limits: Any) -> MemoryPair:
@@ -177,11 +176,4 @@ def test_no_0rtt_after_encrypted_extensions_raised_the_limits() -> None:
     pair.client_ep.receive(_sealed(server, Epoch.HANDSHAKE, _crypto(ee)), SERVER_ADDR, pair.now)
     assert not client.one_rtt_ready and client.early_data_accepted
     out = pair.client_ep.datagrams_to_send(client, pair.now)
-    zero_rtt = 0
-    for d in out:
-        pos = 0
-        while pos < len(d) and d[pos] & 0x80:
-            header = parse_header(d, pos, 8)
-            zero_rtt += header.packet_type == ZERO_RTT
-            pos = header.end
-    assert zero_rtt == 0 and client.flow.data_sent == remembered
+    assert zero_rtt_packets(out) == 0 and client.flow.data_sent == remembered

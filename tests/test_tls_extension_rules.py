@@ -20,6 +20,8 @@ from quicflow.tls.messages import (
     encode_encrypted_extensions,
 )
 
+from .test_tls_errors import run
+
 CERT, KEY = generate_self_signed(["localhost"])
 
 
@@ -36,23 +38,11 @@ def _handshake(monkeypatch: pytest.MonkeyPatch, extra: list[tuple[int, bytes]]) 
     server = TlsSession(TlsConfig(is_client=False, alpn_protocols=["perf"],
                                   certificate_chain=[CERT], private_key=KEY), b"s")
     try:
-        _exchange(client, server)
+        run(client, server)
     except TlsAlert as alert:
         return alert.description
     assert client.handshake_complete
     return None
-
-
-def _exchange(client: TlsSession, server: TlsSession) -> None:
-    """Start ``client`` and move handshake bytes both ways until none moves."""
-    client.start()
-    moved = True
-    while moved:
-        moved = False
-        for sender, receiver in ((client, server), (server, client)):
-            for epoch, data in sender.pop_output():
-                moved = True
-                receiver.receive(epoch, data)
 
 
 def test_the_encrypted_extensions_the_client_asked_for_complete(
@@ -124,5 +114,5 @@ def test_an_expired_server_certificate_is_certificate_expired() -> None:
     server = TlsSession(TlsConfig(is_client=False, alpn_protocols=["perf"],
                                   certificate_chain=[old], private_key=key), b"s")
     with pytest.raises(TlsAlert) as exc:
-        _exchange(client, server)
+        run(client, server)
     assert exc.value.description == 45
