@@ -39,7 +39,7 @@ from ..transport.receive_bulk import RunPart, receive_short_run, receive_short_r
 from ..transport.send import MAX_DATAGRAMS_PER_CALL, build_datagrams, datagrams_to_send
 from ..transport.state import DRAINING, ESTABLISHED
 from ..wire.errors import WireError
-from ..wire.packet import INITIAL, PacketHeader, build_version_negotiation
+from ..wire.packet import INITIAL, MIN_INITIAL_DATAGRAM, PacketHeader, build_version_negotiation
 from .admission import Admission
 from .cids import CidGenerator, ConnectionIdSource, RandomCidGenerator
 from .moved import ForwardTarget, MovedCids
@@ -48,7 +48,6 @@ from .registry import ConnectionRegistry
 from .reset import match_reset
 from .segments import short_run
 
-MIN_INITIAL_SIZE = 1200
 #: Fresh CIDs drawn before giving up on one no other connection holds (a collision of
 #: random nonces is rare; several in a row mean the generator is broken).
 CID_ATTEMPTS = 8
@@ -574,7 +573,7 @@ class Endpoint:
             self.counters.dropped_unknown_cid += 1
             return None
         if hdr.version not in self.configuration.versions:
-            if hdr.version != 0 and len(data) >= MIN_INITIAL_SIZE:
+            if hdr.version != 0 and len(data) >= MIN_INITIAL_DATAGRAM:
                 vn = build_version_negotiation(hdr.scid, hdr.dcid, self.configuration.versions)
                 self.stateless.append((vn, address))
                 self.counters.version_negotiations_sent += 1
@@ -584,7 +583,7 @@ class Endpoint:
         if hdr.packet_type != INITIAL:
             self.counters.dropped_unknown_cid += 1
             return None
-        if len(data) < MIN_INITIAL_SIZE:
+        if len(data) < MIN_INITIAL_DATAGRAM:
             self.counters.dropped_short_initial += 1
             return None
         if len(hdr.dcid) < 8:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..crypto.epoch import Epoch
 from ..wire import frames as F
-from ..wire.packet import HANDSHAKE, INITIAL, push_short_packet
+from ..wire.packet import HANDSHAKE, INITIAL, MIN_INITIAL_DATAGRAM, push_short_packet
 from . import qlog
 from .connection import Connection
 from .errors import APPLICATION_ERROR
@@ -45,11 +45,6 @@ def close_datagrams(conn: Connection, now: float) -> list[bytes]:
             return []
         conn.bytes_sent_unvalidated += len(datagram)
     return [datagram]
-
-
-#: RFC 9000 §14.1: a client's datagrams that carry an Initial packet have at least this
-#: many bytes (a server discards an Initial in a smaller one)
-MIN_INITIAL_DATAGRAM = 1200
 
 
 def build_close_datagram(conn: Connection, now: float) -> bytes:

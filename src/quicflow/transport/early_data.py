@@ -146,8 +146,9 @@ def on_server_parameters(conn: Connection, params: TransportParameters) -> None:
 def _unfit_after_rejection(conn: Connection, params: TransportParameters) -> str:
     tls = conn.tls
     ticket = tls.offered_ticket if tls is not None else None
-    if ticket is not None and tls is not None and tls.alpn_protocol not in (None, ticket.alpn):
-        return f"the server chose ALPN {tls.alpn_protocol!r}, not the ticket's {ticket.alpn!r}"
+    chosen = tls.alpn_protocol if tls is not None else None
+    if ticket is not None and chosen not in (None, ticket.alpn):
+        return f"the server chose ALPN {chosen!r}, not the ticket's {ticket.alpn!r}"
     if conn.flow.data_sent > params.initial_max_data:
         return "more data than the server's initial_max_data"
     if conn.bidi.opened_local > params.initial_max_streams_bidi or (

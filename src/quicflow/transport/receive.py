@@ -16,6 +16,7 @@ from ..wire.errors import FrameEncodingError, TransportParameterError, WireError
 from ..wire.packet import (
     HANDSHAKE,
     INITIAL,
+    MIN_INITIAL_DATAGRAM,
     ONE_RTT,
     QUIC_V1,
     QUIC_V2,
@@ -74,9 +75,6 @@ from .state import (
     new_peer_cid,
 )
 from .streams import ReassemblyFull
-
-#: RFC 9000 §14.1: the smallest datagram a server takes an Initial packet in
-MIN_INITIAL_DATAGRAM = 1200
 
 #: the epochs as module constants for the per-packet code (an enum class attribute costs
 #: about four times a global's lookup)

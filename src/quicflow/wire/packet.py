@@ -40,6 +40,10 @@ VERSION_NEGOTIATION = 5
 
 QUIC_V1 = 0x00000001
 QUIC_V2 = 0x6B3343CF  # RFC 9369
+
+#: RFC 9000 §14.1: the smallest UDP payload a datagram carrying an Initial packet may have
+#: (a client pads to it; a server discards an Initial in a smaller datagram)
+MIN_INITIAL_DATAGRAM = 1200
 SUPPORTED_VERSIONS = (QUIC_V1, QUIC_V2)
 
 # long header type bits -> packet type, per version (RFC 9369 §3.2 permutes them)
