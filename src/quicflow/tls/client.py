@@ -52,10 +52,10 @@ from .messages import (
     TLS13,
     ClientHello,
     ServerHello,
-    decode_certificate,
     decode_certificate_request,
     decode_certificate_verify,
     decode_encrypted_extensions,
+    decode_peer_certificate,
     decode_server_hello,
     encode_certificate,
     encode_certificate_verify,
@@ -416,11 +416,7 @@ class ClientHandshake(HandshakeCore):
         self.transcript += raw
 
     def _certificate(self, body: bytes, raw: bytes) -> None:
-        entry_extensions: list[int] = []
-        context, ders = decode_certificate(body, entry_extensions)
-        if entry_extensions:  # RFC 8446 §4.4.2: they answer requests; we make none
-            raise TlsAlert(UNSUPPORTED_EXTENSION, f"server certificate entry extensions "
-                           f"{entry_extensions} never requested")
+        context, ders = decode_peer_certificate(body, "server")
         if context:
             raise TlsAlert(ILLEGAL_PARAMETER, "server Certificate with a request context")
         if not ders:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from quicflow.crypto.extension import EXT, python_forced
 
-from .alerts import DECODE_ERROR, ILLEGAL_PARAMETER, TlsAlert
+from .alerts import DECODE_ERROR, ILLEGAL_PARAMETER, UNSUPPORTED_EXTENSION, TlsAlert
 
 T = TypeVar("T")
 
@@ -448,6 +448,18 @@ def decode_certificate(body: bytes, entry_extensions: list[int] | None = None
         ders.append(der)
     if stop != end:
         raise _trailing()
+    return context, ders
+
+
+def decode_peer_certificate(body: bytes, who: str) -> tuple[bytes, list[bytes]]:
+    """``decode_certificate`` for the peer's Certificate (``who``: "server" or "client"):
+    its entries' extensions answer requests of ours (RFC 8446 §4.4.2), and we make none,
+    so any is unsupported_extension (§4.2)."""
+    entry_extensions: list[int] = []
+    context, ders = decode_certificate(body, entry_extensions)
+    if entry_extensions:
+        raise TlsAlert(UNSUPPORTED_EXTENSION,
+                       f"{who} certificate entry extensions {entry_extensions} never requested")
     return context, ders
 
 

@@ -27,7 +27,6 @@ from .alerts import (
     PROTOCOL_VERSION,
     QUIC_PROTOCOL_VIOLATION,
     UNEXPECTED_MESSAGE,
-    UNSUPPORTED_EXTENSION,
     TlsAlert,
 )
 from .config import TlsConfig
@@ -65,9 +64,9 @@ from .messages import (
     TLS13,
     ClientHello,
     ServerHello,
-    decode_certificate,
     decode_certificate_verify,
     decode_client_hello,
+    decode_peer_certificate,
     encode_certificate,
     encode_certificate_request,
     encode_certificate_verify,
@@ -562,11 +561,7 @@ class ServerHandshake(HandshakeCore):
         self.state = WAIT_CLIENT_CERT if ask else WAIT_FINISHED
 
     def _client_certificate(self, body: bytes, raw: bytes) -> None:
-        entry_extensions: list[int] = []
-        context, ders = decode_certificate(body, entry_extensions)
-        if entry_extensions:  # RFC 8446 §4.4.2: they answer requests; we make none
-            raise TlsAlert(UNSUPPORTED_EXTENSION, f"client certificate entry extensions "
-                           f"{entry_extensions} never requested")
+        context, ders = decode_peer_certificate(body, "client")
         if context:
             raise TlsAlert(ILLEGAL_PARAMETER, "client Certificate with a wrong request context")
         self.transcript += raw
