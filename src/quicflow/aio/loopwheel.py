@@ -20,6 +20,7 @@ import heapq
 from typing import TYPE_CHECKING
 
 from ..transport.ensemble import SlowStartEnsembles
+from .readturns import ReadTurns
 
 if TYPE_CHECKING:
     import asyncio
@@ -35,9 +36,11 @@ Timers = dict[int, "tuple[float, Connection, EndpointRunner]"]
 
 class LoopWheel:
     """The loop timer and deadline heap shared by the runners of one event loop (and
-    their connections' slow-start ensembles: ``transport/ensemble.py``)."""
+    their connections' slow-start ensembles: ``transport/ensemble.py``; and the loop's
+    read budget per turn: ``readturns.py``)."""
 
-    __slots__ = ("loop", "heap", "serial", "handle", "at", "runners", "limit", "ensembles")
+    __slots__ = ("loop", "heap", "serial", "handle", "at", "runners", "limit", "ensembles",
+                 "reads")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -52,6 +55,7 @@ class LoopWheel:
         #: the slow-start ensembles of the loop's connections, by peer host (a client
         #: makes a runner per connection: per runner, it would see one connection each)
         self.ensembles = SlowStartEnsembles()
+        self.reads = ReadTurns(loop)
 
     def push(self, deadline: float, timers: Timers, key: int) -> None:
         """The connection ``key`` of the runner whose ``_timers`` are ``timers`` is due at

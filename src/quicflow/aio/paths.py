@@ -55,7 +55,7 @@ def open_probe_socket(
                                   connect_to=peer)
     transport.enable_pmtu_discovery()
     runner.probe_transport = transport
-    runner.loop.add_reader(transport.fileno(), runner._read, transport, None)
+    runner.watch(transport, runner._read, transport, None)
     return transport
 
 
@@ -70,7 +70,7 @@ def _retire(runner: EndpointRunner, transport: UdpTransport, after: float) -> No
     def close() -> None:
         if not transport.closed:
             try:
-                runner.loop.remove_reader(transport.fileno())
+                runner.unwatch(transport)
             except (ValueError, OSError):
                 pass
             transport.close()
@@ -91,13 +91,13 @@ def on_path_events(runner: EndpointRunner, conn: Connection, events: list[Any]) 
             probe = runner.probe_transport
             if probe is not None and runner.connected_peer is not None:
                 old = runner.transport
-                runner.loop.remove_reader(old.fileno())
+                runner.unwatch(old)
                 runner.transport = probe
                 runner.probe_transport = None
                 runner.connected_peer = normalize_address(event.peer_address)
                 # still read the old socket a moment: what the server sent before it
                 # followed us arrives there
-                runner.loop.add_reader(old.fileno(), runner._read, old, None)
+                runner.watch(old, runner._read, old, None)
                 _retire(runner, old, OLD_SOCKET_GRACE)
         elif cls is PathProbeFailed:
             close_probe_socket(runner)

@@ -46,10 +46,15 @@ from .paths import (
     sort_strays,
 )
 from .qlogfile import file_factory
+from .readturns import ReadTurns
 from .sendbuffer import SendBudget
 
 if TYPE_CHECKING:
     from .connection import QuicConnection
+
+#: how a runner reads one of its sockets: (the socket, the callback registered for it on
+#: the loop's selector, its arguments)
+Registration = tuple[UdpTransport, Callable[..., None], tuple[Any, ...]]
 
 #: receive buffers (each up to 64 GRO segments) read per round. A round is the batch
 #: the receiver processes before it decides about ACKs (every touched connection is
@@ -117,6 +122,10 @@ class EndpointRunner:
         self._timers: loopwheel.Timers = {}
         self._wheel = loopwheel.join(self)
         self._ensembles = self._wheel.ensembles
+        #: the loop's read budget per turn, shared with its other runners (readturns.py)
+        self._reads: ReadTurns = self._wheel.reads
+        #: id(socket) -> how it is read (``watch``)
+        self._registrations: dict[int, Registration] = {}
         self._dirty: dict[Connection, None] = {}  # by identity, in order
         self._peers: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # see PEER_CACHE
         self._flush_scheduled = False
@@ -160,7 +169,31 @@ class EndpointRunner:
         a successor taking over starts reading it when its predecessor has stopped)."""
         if not self._reading and not self._closed:
             self._reading = True
-            self.loop.add_reader(self.transport.fileno(), self._on_readable)
+            self.watch(self.transport, self._on_readable)
+
+    @property
+    def closed(self) -> bool:
+        """Paused or closed: nothing is read, sent or timed any more."""
+        return self._closed
+
+    def watch(self, transport: UdpTransport, callback: Callable[..., None], *args: Any) -> None:
+        """Read ``transport`` from now on: ``callback(*args)`` when it is readable (it
+        calls ``_read``). The registration is kept so that a socket parked by the loop's
+        read budget can be put back as it was (``readturns.py``)."""
+        self.loop.add_reader(transport.fileno(), callback, *args)
+        self._registrations[id(transport)] = (transport, callback, args)
+
+    def unwatch(self, transport: UdpTransport) -> None:
+        """Stop reading ``transport`` (it stays open)."""
+        self._registrations.pop(id(transport), None)
+        self._reads.forget(transport)
+        if not transport.closed:
+            self.loop.remove_reader(transport.fileno())
+
+    def registration(self, transport: UdpTransport) -> Registration | None:
+        """How ``transport`` is read, if it was registered through ``watch``."""
+        registration = self._registrations.get(id(transport))
+        return registration if registration is not None and registration[0] is transport else None
 
     def enable_connection_sockets(self, cap: int, policy: SocketPolicy | None = None) -> None:
         """Give up to ``cap`` connections a socket of their own (see datapath.connected).
@@ -176,7 +209,7 @@ class EndpointRunner:
         main listener; connections that move there send through it."""
         transport.enable_pmtu_discovery()
         self.listeners.append(transport)
-        self.loop.add_reader(transport.fileno(), self._read, transport, None)
+        self.watch(transport, self._read, transport, None)
 
     def home_listener(self, conn: Connection) -> UdpTransport:
         home = self._home.get(conn) if self.listeners else None
@@ -199,12 +232,12 @@ class EndpointRunner:
         return self.sockets.detach(conn) if self.sockets is not None else None
 
     def _socket_opened(self, transport: UdpTransport, conn: Connection) -> None:
-        self.loop.add_reader(transport.fileno(), self._on_conn_readable, transport)
+        self.watch(transport, self._on_conn_readable, transport)
         # datagrams queued between bind and connect (other clients' included) wait there
 
     def _socket_closing(self, transport: UdpTransport) -> None:
         fd = transport.fileno()
-        self.loop.remove_reader(fd)
+        self.unwatch(transport)
         waiting = self._waiting.pop(fd, None)
         if waiting is not None:
             self.loop.remove_writer(fd)
@@ -240,22 +273,41 @@ class EndpointRunner:
         self._read(transport, peer)
 
     def _read(self, transport: UdpTransport, socket_peer: tuple[Any, ...] | None) -> None:
-        """Read ``transport`` in rounds and feed the endpoint. ``socket_peer``: the peer a
-        per-connection socket is connected to; datagrams from anyone else are strays."""
-        if self._closed:
+        """``transport`` is readable: read it now, or park it until the loop's read
+        budget serves it (``readturns.py``): when this turn's is spent, or while other
+        sockets wait for theirs (they go first)."""
+        reads = self._reads
+        if reads.parked or reads.used >= reads.budget:
+            if not self._closed:
+                reads.park(self, transport, socket_peer)
             return
+        self.read_turn(transport, socket_peer)
+
+    def read_turn(self, transport: UdpTransport, socket_peer: tuple[Any, ...] | None) -> bool:
+        """Read ``transport`` in rounds and feed the endpoint. ``socket_peer``: the peer a
+        per-connection socket is connected to; datagrams from anyone else are strays.
+        The read stops after the round that spends the loop turn's read budget. Returns
+        whether it stopped before the socket's queue was empty."""
+        if self._closed:
+            return False
+        reads = self._reads
+        counters = transport.counters
+        start = counters.bytes_received
+        left = reads.budget - reads.used
         strays = 0
         # A round is RECV_BATCH buffers, and the socket's last few with them: up to
         # RECV_TAIL more are read ahead, and when the socket has no more than those the
         # round takes them all (one ACK decision and one turn per connection for the
         # whole remainder); otherwise they open the next round.
         ahead: list[RecvEntry] = []
+        drained = False
         for _ in range(RECV_ROUNDS):
             batch = transport.recv_batch(RECV_BATCH + RECV_TAIL - len(ahead))
             if ahead:
                 batch = ahead + batch
                 ahead = []
             if not batch:
+                drained = True
                 break
             received = len(batch)
             drained = received < RECV_BATCH + RECV_TAIL
@@ -263,15 +315,17 @@ class EndpointRunner:
                 ahead = batch[RECV_BATCH:]
                 del batch[RECV_BATCH:]
             strays += self._process_read(batch, socket_peer, transport)
-            if drained or transport.closed:
+            if drained or transport.closed or counters.bytes_received - start >= left:
                 break
         if ahead and not transport.closed and not self._closed:  # (the bound was reached)
             strays += self._process_read(ahead, socket_peer, transport)
+        reads.charge(transport, counters.bytes_received - start)
         self._note_strays(strays)
         if transport.mtu_events:
             apply_mtu_events(self, transport)
         if transport.unreachable_events:
             apply_unreachable(self, transport)
+        return not drained and not transport.closed and not self._closed
 
     def _process_read(self, batch: list[RecvEntry], socket_peer: tuple[Any, ...] | None,
                       transport: UdpTransport) -> int:
@@ -730,7 +784,9 @@ class EndpointRunner:
         transports += list(self.retired_transports.values())
         if self.sockets is not None:  # connection sockets stay open too (a handoff)
             transports += [t for _, t in self.sockets.items()]
+        self._registrations.clear()
         for transport in transports:
+            self._reads.forget(transport)
             try:
                 self.loop.remove_reader(transport.fileno())
                 if self._waiting.pop(transport.fileno(), None) is not None:
