@@ -15,8 +15,12 @@ later). A socket found ready while the budget is spent, or while other sockets w
 *parked*: queued, and taken off the selector when its runner registered it through
 ``EndpointRunner.watch``, so that level-triggered epoll does not report it again at
 every turn until it is served. The next turn first runs the readers woken by this one's
-data, then :meth:`ReadTurns._turn` serves parked sockets while the budget lasts (each put
-back on the selector first), then the sockets that became ready anew.
+data, then :meth:`ReadTurns._turn` serves parked sockets while the budget lasts, then the
+sockets that became ready anew. A served socket that had data (or was stopped by the
+budget) is parked again at once, still off the selector: while it stays busy it costs no
+selector change per read (taking each one off and putting it back cost ~4 k such pairs
+per GiB with 256 downloads, 5 % of the client's CPU). One read empty goes back on the
+selector.
 
 The order is start-time fair queueing by bytes read: each socket's finish tag is its
 start tag plus the bytes of its latest read, a parked socket starts at the larger of its
@@ -29,8 +33,9 @@ last cycle (~0.4 s of ~1.1 s), Jain's index 0.978-0.989 against 0.990-0.996 with
 
 Measured (bench/RESULTS.md, issue 11's 34th pass): the decryption's and the readers' cost
 per byte came back to one connection's, and 256 x 4 MiB ran 10-14 points of one
-connection's goodput higher. Budgets of 2 and 4 MiB did equally well, 1 MiB less (more
-turns); left on the selector, parked sockets cost 2-3 % more in reports.
+connection's goodput higher. A budget of 4 MiB did better than 1, 2 or 8 MiB (alternated
+runs, 256 x 4 MiB: medians 1031, 1036, 1086, 1033 MB/s); left on the selector, parked
+sockets cost 2-3 % more in reports.
 
 Per loop, held by the loop's :class:`~.loopwheel.LoopWheel`. Parking, serving and
 charging are O(log n) in the parked sockets.
@@ -84,10 +89,6 @@ class ReadTurns:
     def spent(self) -> bool:
         return self.used >= self.budget
 
-    def left(self) -> int:
-        """Bytes this turn may still read (0 or less: none)."""
-        return self.budget - self.used
-
     def charge(self, transport: UdpTransport, nbytes: int) -> None:
         """A runner read ``nbytes`` from ``transport`` in this turn."""
         if nbytes > 0:
@@ -108,9 +109,6 @@ class ReadTurns:
         vtime = self.vtime
         self.tags = {k: t for k, t in self.tags.items() if t > vtime or k in self.parked}
         self._prune_at = max(64, 2 * len(self.tags))
-
-    def is_parked(self, transport: UdpTransport) -> bool:
-        return id(transport) in self.parked
 
     def park(self, runner: EndpointRunner, transport: UdpTransport,
              peer: tuple[Any, ...] | None) -> None:
@@ -162,11 +160,21 @@ class ReadTurns:
                     continue
                 if registration is not None and runner.registration(transport) is not registration:
                     continue  # no longer read by the runner (unwatched meanwhile)
-                if runner.read_turn(transport, peer):  # stopped at the budget: it waits on
-                    self._requeue(key, entry)  # (off the selector, its new tag in force)
-                elif registration is not None and runner.registration(transport) is registration:
+                used = self.used
+                more = runner.read_turn(transport, peer)
+                if registration is None:
+                    if more:  # (on the selector all along: reported again, it waits)
+                        self._requeue(key, entry)
+                elif runner.registration(transport) is not registration:
+                    pass  # unwatched by what it read (a socket released, say)
+                elif more or self.used > used:
+                    # stopped at the budget, or it had data: it waits again, off the
+                    # selector, with its new tag (a busy socket then costs no selector
+                    # change per read: issue 11, 256 downloads, ~4 k pairs per GiB)
+                    self._requeue(key, entry)
+                else:  # read empty: back on the selector, read when data comes
                     self.loop.add_reader(transport.fileno(), registration[1],
-                                         *registration[2])  # read it when data comes
+                                         *registration[2])
         finally:
             if (queue or self.used) and not self.armed:
                 self._arm()  # the queue's rest next turn; the budget renews then too
