@@ -180,6 +180,61 @@ def test_a_socket_that_read_more_waits_behind_one_that_read_less() -> None:
     run(main(), 20)
 
 
+class DrainingRunner(Runner):
+    """Reads a socket until it is empty, as ``read_turn`` does under the budget."""
+
+    def read_turn(self, transport: UdpTransport, peer: Any) -> bool:
+        batch = transport.recv_batch(8)
+        for data, *_ in batch:
+            self.served.append(self.names[id(transport)])
+            self.turns.charge(transport, len(data))
+        return len(batch) == 8
+
+
+def test_a_busy_socket_stays_off_the_selector_until_a_read_finds_it_empty() -> None:
+    """A parked socket read empty of data it had waits again off the selector: what
+    comes meanwhile is read at its next turn without a report (and without the selector
+    changes of putting it back and taking it off again); a read that finds nothing puts
+    it back, and data then brings a report."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        turns = ReadTurns(loop, budget=1000)
+        runner = DrainingRunner(loop, turns)
+        transports, sender = _sockets(3)
+        a, b, other = transports
+        try:
+            runner.watch(a, "a")
+            runner.watch(b, "b")
+            for t in (a, b):
+                sender.sendto(b"x" * 1000, t.local_address)
+            turns.charge(other, 1000)  # the turn's budget went to another socket
+            runner.on_readable(a)
+            runner.on_readable(b)
+            assert runner.reports == 2
+            await _turns(1)  # the next turn: a's datagram (1000 bytes, the budget)
+            assert runner.served == ["a"]
+            sender.sendto(b"y" * 1000, a.local_address)  # a is off the selector
+            await asyncio.sleep(0.02)
+            for _ in range(10):
+                await asyncio.sleep(0)
+            assert runner.served == ["a", "b", "a"]
+            assert runner.reports == 2  # a was read at its turn, unreported
+            assert not turns.parked  # read empty at last: both back on the selector
+            sender.sendto(b"z" * 10, b.local_address)
+            for _ in range(40):
+                await asyncio.sleep(0.005)
+                if runner.reports == 3:
+                    break
+            assert runner.reports == 3 and runner.served[-1] == "b"
+        finally:
+            sender.close()
+            for t in transports:
+                t.close()
+
+    run(main(), 20)
+
+
 def test_the_budget_renews_every_turn() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
