@@ -53,7 +53,7 @@ class Runner:
     def on_readable(self, transport: UdpTransport) -> None:
         self.reports += 1
         if self.turns.parked or self.turns.spent():
-            self.turns.park(self, transport, None)
+            self.turns.park(self, transport, None)  # type: ignore[arg-type]
             return
         self.read_turn(transport, None)
 
