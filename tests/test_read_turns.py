@@ -289,3 +289,47 @@ def test_downloads_on_many_sockets_arrive_intact_under_a_small_budget(
             server.close()
 
     run(main(), 120)
+
+
+UPLOAD = 1 << 20
+
+
+async def _upload(port: int, seed: int) -> dict[str, object]:
+    async with quicflow.connect("127.0.0.1", port, configuration=client_config()) as conn:
+        reader, writer = await conn.create_stream()
+        return await echo_proto.client_exchange(
+            reader, writer, upload=echo_proto.payload(seed, UPLOAD), download=0,
+            seed=seed)
+
+
+def test_uploads_to_a_server_with_connection_sockets_arrive_intact_under_a_small_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server reads a socket per connection (``connection_sockets``): under a 64 KiB
+    budget its sockets are parked too, and every upload arrives intact (the server's
+    digest of what it read, checked by each client)."""
+    monkeypatch.setattr(readturns, "TURN_BYTES", 64 * 1024)
+    parked_by: list[object] = []
+    park = ReadTurns.park
+
+    def recording(self: ReadTurns, runner: Any, transport: Any, peer: Any) -> None:
+        parked_by.append(runner)
+        park(self, runner, transport, peer)
+
+    monkeypatch.setattr(ReadTurns, "park", recording)
+
+    async def main() -> None:
+        server = await quicflow.serve(
+            echo_proto.serve_stream, "127.0.0.1", 0, configuration=server_config()
+        )
+        try:
+            port = server.address[1]
+            results = await asyncio.gather(*(_upload(port, s) for s in range(CONNECTIONS)))
+            assert all(r["ok"] and r["upload_intact"] for r in results), results[:2]
+            stats = server.stats()
+            assert stats["sockets"]["connected_sockets_opened"] == CONNECTIONS, stats["sockets"]
+            assert any(r is server.runner for r in parked_by)
+        finally:
+            server.close()
+
+    run(main(), 120)
