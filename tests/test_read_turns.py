@@ -10,7 +10,9 @@ almost every read waits for a turn."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -67,10 +69,17 @@ class Runner:
         return True
 
 
-def _sockets(count: int) -> tuple[list[UdpTransport], socket.socket]:
+@contextlib.contextmanager
+def _sockets(count: int) -> Iterator[tuple[list[UdpTransport], socket.socket]]:
+    """``count`` loopback sockets to read and one to send to them, closed after."""
     transports = [UdpTransport.open("127.0.0.1", 0) for _ in range(count)]
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    return transports, sender
+    try:
+        yield transports, sender
+    finally:
+        sender.close()
+        for t in transports:
+            t.close()
 
 
 async def _turns(n: int) -> None:
@@ -83,8 +92,7 @@ def test_sockets_ready_after_the_budget_wait_off_the_selector_and_go_in_order() 
         loop = asyncio.get_running_loop()
         turns = ReadTurns(loop, budget=2000)  # two 1000-byte datagrams per turn
         runner = Runner(loop, turns)
-        transports, sender = _sockets(4)
-        try:
+        with _sockets(4) as (transports, sender):
             for name, t in zip("abcd", transports, strict=True):
                 runner.watch(t, name)
             for t in transports:  # three datagrams wait in each socket
@@ -106,10 +114,6 @@ def test_sockets_ready_after_the_budget_wait_off_the_selector_and_go_in_order() 
             await _turns(10)  # each found empty once more, and back on the selector
             assert not turns.queue and not turns.parked
             assert len(runner.served) == 12
-        finally:
-            sender.close()
-            for t in transports:
-                t.close()
 
     run(main(), 20)
 
@@ -119,9 +123,8 @@ def test_a_parked_socket_no_longer_read_or_closed_is_dropped_from_the_queue() ->
         loop = asyncio.get_running_loop()
         turns = ReadTurns(loop, budget=1000)
         runner = Runner(loop, turns)
-        transports, sender = _sockets(3)
-        a, b, c = transports
-        try:
+        with _sockets(3) as (transports, sender):
+            a, b, c = transports
             for name, t in zip("abc", transports, strict=True):
                 runner.watch(t, name)
                 sender.sendto(b"x" * 1000, t.local_address)
@@ -138,10 +141,6 @@ def test_a_parked_socket_no_longer_read_or_closed_is_dropped_from_the_queue() ->
             sender.sendto(b"y" * 10, b.local_address)
             await _turns(10)
             assert runner.served == ["a"]
-        finally:
-            sender.close()
-            for t in transports:
-                t.close()
 
     run(main(), 20)
 
@@ -154,9 +153,8 @@ def test_a_socket_that_read_more_waits_behind_one_that_read_less() -> None:
         loop = asyncio.get_running_loop()
         turns = ReadTurns(loop, budget=1000)  # one 1000-byte datagram per turn
         runner = Runner(loop, turns)
-        transports, sender = _sockets(2)
-        a, b = transports
-        try:
+        with _sockets(2) as (transports, sender):
+            a, b = transports
             runner.watch(a, "a")
             runner.watch(b, "b")
             for t in transports:
@@ -172,10 +170,6 @@ def test_a_socket_that_read_more_waits_behind_one_that_read_less() -> None:
             assert runner.served[:3] == ["b", "b", "b"]
             assert sorted(runner.served[3:5]) == ["a", "b"]
             assert sorted(runner.served) == ["a"] * 5 + ["b"] * 5
-        finally:
-            sender.close()
-            for t in transports:
-                t.close()
 
     run(main(), 20)
 
@@ -201,9 +195,8 @@ def test_a_busy_socket_stays_off_the_selector_until_a_read_finds_it_empty() -> N
         loop = asyncio.get_running_loop()
         turns = ReadTurns(loop, budget=1000)
         runner = DrainingRunner(loop, turns)
-        transports, sender = _sockets(3)
-        a, b, other = transports
-        try:
+        with _sockets(3) as (transports, sender):
+            a, b, other = transports
             runner.watch(a, "a")
             runner.watch(b, "b")
             for t in (a, b):
@@ -227,10 +220,6 @@ def test_a_busy_socket_stays_off_the_selector_until_a_read_finds_it_empty() -> N
                 if runner.reports == 3:
                     break
             assert runner.reports == 3 and runner.served[-1] == "b"
-        finally:
-            sender.close()
-            for t in transports:
-                t.close()
 
     run(main(), 20)
 
