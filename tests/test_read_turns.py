@@ -224,6 +224,46 @@ def test_a_busy_socket_stays_off_the_selector_until_a_read_finds_it_empty() -> N
     run(main(), 20)
 
 
+class FailingRunner(Runner):
+    """Its first read raises (a bug in what a read feeds), later ones work."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, turns: ReadTurns) -> None:
+        super().__init__(loop, turns)
+        self.failed = False
+
+    def read_turn(self, transport: UdpTransport, peer: Any) -> bool:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("a read failed")
+        return super().read_turn(transport, peer)
+
+
+def test_a_parked_socket_whose_read_raises_is_put_back_on_the_selector() -> None:
+    """The exception goes to the loop's handler, and the socket is not left off the
+    selector: its data is read at a later report."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        errors: list[object] = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(context))
+        turns = ReadTurns(loop, budget=1000)
+        runner = FailingRunner(loop, turns)
+        with _sockets(2) as (transports, sender):
+            a, other = transports
+            runner.watch(a, "a")
+            sender.sendto(b"x" * 1000, a.local_address)
+            turns.charge(other, 1000)
+            runner.on_readable(a)  # parked
+            for _ in range(40):
+                await asyncio.sleep(0.005)
+                if runner.served:
+                    break
+            assert runner.failed and len(errors) == 1
+            assert runner.served == ["a"]
+
+    run(main(), 20)
+
+
 def test_the_budget_renews_every_turn() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()

@@ -161,7 +161,15 @@ class ReadTurns:
                 if registration is not None and runner.registration(transport) is not registration:
                     continue  # no longer read by the runner (unwatched meanwhile)
                 used = self.used
-                more = runner.read_turn(transport, peer)
+                try:
+                    more = runner.read_turn(transport, peer)
+                except BaseException:
+                    # (the loop's handler reports it) not left off the selector for good
+                    if registration is not None and not transport.closed and (
+                            runner.registration(transport) is registration):
+                        self.loop.add_reader(transport.fileno(), registration[1],
+                                             *registration[2])
+                    raise
                 if registration is None:
                     if more:  # (on the selector all along: reported again, it waits)
                         self._requeue(key, entry)
