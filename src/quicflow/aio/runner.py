@@ -46,7 +46,7 @@ from .paths import (
     sort_strays,
 )
 from .qlogfile import file_factory
-from .readturns import ReadTurns
+from .readturns import RECV_BATCH, RECV_ROUNDS, RECV_TAIL, ReadTurns
 from .sendbuffer import SendBudget
 
 if TYPE_CHECKING:
@@ -56,32 +56,6 @@ if TYPE_CHECKING:
 #: the loop's selector, its arguments)
 Registration = tuple[UdpTransport, Callable[..., None], tuple[Any, ...]]
 
-#: receive buffers (each up to 64 GRO segments) read per round. A round is the batch
-#: the receiver processes before it decides about ACKs (every touched connection is
-#: flushed at its end): draft-ietf-quic-ack-frequency §6.4 and RFC 9000 §13.2.2 let a
-#: receiver process all packets of a batch before it determines whether to send an
-#: ACK. A round fills only when the socket holds that much, i.e. when the receiver is
-#: behind: the data is delivered already, the sender's window grows by the bytes
-#: acknowledged (RFC 9002 §7.3.1), not by the ACKs, and an ACK per eight buffers
-#: cost the receiver more than the sender's ACK_FREQUENCY threshold asked for (issue
-#: 11: with 64 downloads a socket read was 2.6 rounds of 8 and each round passed the
-#: threshold: 3.3-3.8 k ACKs per GiB against 2.2 k for one connection; 2.2-2.6 k with
-#: 16 buffers, and 1.2-1.3 k for one connection). A gap is still acknowledged at the
-#: end of the round that found it.
-RECV_BATCH = 16
-#: buffers read ahead past a full round: when fewer than these were left in the socket,
-#: they join the round instead of making one of their own. With a socket per connection the
-#: server's turns leave a connection's socket one to a few bursts at a time; a read that
-#: found a full round and a short remainder made two rounds, and the remainder, under the
-#: peer's ACK threshold after the first round's ACK, was acknowledged by the ACK timer
-#: (issue 11, 256 x 16 MiB: ~430 of ~2,400 socket reads per GiB, each one more ACK
-#: turn and one more round; draft-ietf-quic-ack-frequency §6.4 lets a receiver process
-#: a batch before it decides about ACKs). A round holds at most RECV_BATCH + RECV_TAIL
-#: - 1 buffers.
-RECV_TAIL = 8
-#: rounds per readable callback before yielding to the loop (256 buffers at most, and the
-#: RECV_TAIL read ahead)
-RECV_ROUNDS = 16
 #: source addresses remembered in their normalized form (``normalize_address``): a
 #: server reads many datagrams from each client; the map is emptied when it is full
 PEER_CACHE = 4096
