@@ -1,11 +1,12 @@
 """The loop's read budget per turn (aio/readturns.py): once a turn has read its budget,
-the sockets found ready wait, off the selector, and later turns serve them in the order
-they came, none passed over and none lost; the budget renews every turn.
+the sockets found ready wait, off the selector, and later turns serve them least bytes
+read first, none passed over and none lost; the budget renews every turn.
 
 The first tests drive ``ReadTurns`` with real loopback sockets and a minimal runner (what
-the budget uses of an ``EndpointRunner``); the last ones run real downloads, one runner
-and socket per client connection (``quicflow.connect``), with a budget small enough that
-almost every read waits for a turn."""
+the budget uses of an ``EndpointRunner``); the last ones run real transfers: downloads
+with a runner and socket per client connection (``quicflow.connect``), uploads to a
+server that reads a socket per connection, with a budget small enough that almost every
+read waits for a turn."""
 
 from __future__ import annotations
 
