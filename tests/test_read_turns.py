@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -83,6 +84,19 @@ def _sockets(count: int) -> Iterator[tuple[list[UdpTransport], socket.socket]]:
             t.close()
 
 
+def _delivered() -> None:
+    """Let the datagrams just sent reach their sockets before the loop runs again (a
+    blocking pause: loopback delivery may wait for the kernel's softirq on a loaded
+    machine, and the order these tests check starts from full sockets)."""
+    time.sleep(0.05)
+
+
+async def _until(done: Callable[[], bool], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        await asyncio.sleep(0.001)
+
+
 async def _turns(n: int) -> None:
     for _ in range(n):
         await asyncio.sleep(0)
@@ -94,15 +108,13 @@ def test_sockets_ready_after_the_budget_wait_off_the_selector_and_go_in_order() 
         turns = ReadTurns(loop, budget=2000)  # two 1000-byte datagrams per turn
         runner = Runner(loop, turns)
         with _sockets(4) as (transports, sender):
-            for name, t in zip("abcd", transports, strict=True):
-                runner.watch(t, name)
             for t in transports:  # three datagrams wait in each socket
                 for _ in range(3):
                     sender.sendto(b"x" * 1000, t.local_address)
-            for _ in range(40):
-                await asyncio.sleep(0)
-                if len(runner.served) == 12:
-                    break
+            _delivered()
+            for name, t in zip("abcd", transports, strict=True):
+                runner.watch(t, name)
+            await _until(lambda: len(runner.served) == 12)
             assert len(runner.served) == 12  # every datagram read
             # two reads a turn, and no socket more than one read ahead of another
             for end in range(1, 13):
@@ -129,6 +141,7 @@ def test_a_parked_socket_no_longer_read_or_closed_is_dropped_from_the_queue() ->
             for name, t in zip("abc", transports, strict=True):
                 runner.watch(t, name)
                 sender.sendto(b"x" * 1000, t.local_address)
+            _delivered()
             turns.charge(transports[0], 1000)  # this turn's budget is spent
             for t in transports:  # the selector's reports of this turn: all parked
                 runner.on_readable(t)
@@ -161,13 +174,11 @@ def test_a_socket_that_read_more_waits_behind_one_that_read_less() -> None:
             for t in transports:
                 for _ in range(5):
                     sender.sendto(b"x" * 1000, t.local_address)
+            _delivered()
             turns.charge(a, 3000)  # a's reads of this turn spent the budget
             runner.on_readable(a)
             runner.on_readable(b)
-            for _ in range(60):
-                await asyncio.sleep(0)
-                if len(runner.served) == 10:
-                    break
+            await _until(lambda: len(runner.served) == 10)
             assert runner.served[:3] == ["b", "b", "b"]
             assert sorted(runner.served[3:5]) == ["a", "b"]
             assert sorted(runner.served) == ["a"] * 5 + ["b"] * 5
@@ -202,6 +213,7 @@ def test_a_busy_socket_stays_off_the_selector_until_a_read_finds_it_empty() -> N
             runner.watch(b, "b")
             for t in (a, b):
                 sender.sendto(b"x" * 1000, t.local_address)
+            _delivered()
             turns.charge(other, 1000)  # the turn's budget went to another socket
             runner.on_readable(a)
             runner.on_readable(b)
@@ -209,17 +221,13 @@ def test_a_busy_socket_stays_off_the_selector_until_a_read_finds_it_empty() -> N
             await _turns(1)  # the next turn: a's datagram (1000 bytes, the budget)
             assert runner.served == ["a"]
             sender.sendto(b"y" * 1000, a.local_address)  # a is off the selector
-            await asyncio.sleep(0.02)
-            for _ in range(10):
-                await asyncio.sleep(0)
+            _delivered()
+            await _until(lambda: len(runner.served) == 3 and not turns.parked)
             assert runner.served == ["a", "b", "a"]
             assert runner.reports == 2  # a was read at its turn, unreported
             assert not turns.parked  # read empty at last: both back on the selector
             sender.sendto(b"z" * 10, b.local_address)
-            for _ in range(40):
-                await asyncio.sleep(0.005)
-                if runner.reports == 3:
-                    break
+            await _until(lambda: runner.reports == 3)
             assert runner.reports == 3 and runner.served[-1] == "b"
 
     run(main(), 20)
@@ -253,12 +261,10 @@ def test_a_parked_socket_whose_read_raises_is_put_back_on_the_selector() -> None
             a, other = transports
             runner.watch(a, "a")
             sender.sendto(b"x" * 1000, a.local_address)
+            _delivered()
             turns.charge(other, 1000)
             runner.on_readable(a)  # parked
-            for _ in range(40):
-                await asyncio.sleep(0.005)
-                if runner.served:
-                    break
+            await _until(lambda: bool(runner.served))
             assert runner.failed and len(errors) == 1
             assert runner.served == ["a"]
 
