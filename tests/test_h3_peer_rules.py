@@ -31,9 +31,9 @@ from quicflow.transport.connection import Connection
 from quicflow.wire.varint import encode_varint
 from tests.support.memory_pair import MemoryPair
 from tests.support.prereq import have_module
+from tests.test_h3_errors import SETTINGS, request_block
 from tests.test_h3_loopback import h3_client_config, h3_server_config
 
-SETTINGS = F.encode_frame(F.SETTINGS, F.encode_settings({}))
 GET = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"localhost"),
        (b":path", b"/")]
 
@@ -41,13 +41,6 @@ GET = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"localhost
 @pytest.fixture(autouse=True)
 def _lsqpack(require: Callable[[bool, str], None]) -> None:
     require(have_module("pylsqpack"), "pylsqpack not installed (pip install 'quicflow[h3]')")
-
-
-def _headers(headers: list[tuple[bytes, bytes]], stream_id: int = 0) -> bytes:
-    import pylsqpack
-
-    _, block = pylsqpack.Encoder().encode(stream_id, headers)  # static table only
-    return F.encode_frame(F.HEADERS, block)
 
 
 class Rig:
@@ -113,9 +106,9 @@ def test_an_empty_data_frame_where_none_may_be(where: str) -> None:
     else:
         rig.control(SETTINGS + (empty if where == "control" else b""))
     if where == "before-headers":
-        rig.request(empty + _headers(GET))
+        rig.request(empty + request_block(GET))
     elif where == "after-trailers":
-        rig.request(_headers(GET) + _headers([(b"x-t", b"1")]) + empty)
+        rig.request(request_block(GET) + request_block([(b"x-t", b"1")]) + empty)
     rig.settle()
     expected = E.H3_MISSING_SETTINGS if where == "control-first" else E.H3_FRAME_UNEXPECTED
     assert rig.closed_with() == expected
@@ -124,7 +117,8 @@ def test_an_empty_data_frame_where_none_may_be(where: str) -> None:
 def test_an_empty_data_frame_in_a_body_is_nothing() -> None:
     rig = Rig("server")
     rig.control()
-    sid = rig.request(_headers(GET) + F.encode_frame(F.DATA, b"") + F.encode_frame(F.DATA, b"ab"))
+    sid = rig.request(request_block(GET) + F.encode_frame(F.DATA, b"")
+                      + F.encode_frame(F.DATA, b"ab"))
     rig.settle()
     assert rig.closed_with() is None
     data = [e for e in rig.events if isinstance(e, DataReceived) and e.stream_id == sid]
@@ -145,8 +139,8 @@ def test_headers_on_a_connect_stream_after_its_head() -> None:
     rig = Rig("server")
     rig.control()
     connect = [(b":method", b"CONNECT"), (b":authority", b"example.com:443")]
-    rig.request(_headers(connect) + F.encode_frame(F.DATA, b"tunnel")
-                + _headers([(b"x-t", b"1")]), fin=False)
+    rig.request(request_block(connect) + F.encode_frame(F.DATA, b"tunnel")
+                + request_block([(b"x-t", b"1")]), fin=False)
     rig.settle()
     assert rig.closed_with() == E.H3_FRAME_UNEXPECTED
 
@@ -156,7 +150,7 @@ def test_headers_on_a_connect_stream_after_its_head() -> None:
 def test_invalid_characters_in_a_request_field(field: tuple[bytes, bytes]) -> None:
     rig = Rig("server")
     rig.control()
-    sid = rig.request(_headers([*GET, field]))
+    sid = rig.request(request_block([*GET, field]))
     rig.settle()
     assert rig.closed_with() is None
     assert rig.reset_code(sid) == E.H3_MESSAGE_ERROR
@@ -173,7 +167,7 @@ def test_authority_and_host_rules(case: str) -> None:
     regular = [f for f in extra if not f[0].startswith(b":")]
     rig = Rig("server")
     rig.control()
-    sid = rig.request(_headers(head + pseudo + regular))
+    sid = rig.request(request_block(head + pseudo + regular))
     rig.settle()
     assert rig.reset_code(sid) == E.H3_MESSAGE_ERROR
     assert not [e for e in rig.events if isinstance(e, HeadersReceived)], "delivered"
@@ -182,9 +176,9 @@ def test_authority_and_host_rules(case: str) -> None:
 def test_host_alone_or_equal_to_authority_is_served() -> None:
     rig = Rig("server")
     rig.control()
-    alone = rig.request(_headers([(b":method", b"GET"), (b":scheme", b"https"),
+    alone = rig.request(request_block([(b":method", b"GET"), (b":scheme", b"https"),
                                   (b":path", b"/"), (b"host", b"localhost")]))
-    both = rig.request(_headers([*GET, (b"host", b"localhost")], 4))
+    both = rig.request(request_block([*GET, (b"host", b"localhost")], 4))
     rig.settle()
     assert rig.reset_code(alone) is None and rig.reset_code(both) is None
     assert {e.stream_id for e in rig.events if isinstance(e, HeadersReceived)} == {alone, both}
@@ -213,7 +207,7 @@ def test_a_response_without_content_may_carry_a_content_length(method: bytes,
     rig = Rig("client")
     rig.control()
     sid = _client_request(rig, method)
-    rig.raw.send_stream_data(sid, _headers([(b":status", status), (b"content-length", b"100")],
+    rig.raw.send_stream_data(sid, request_block([(b":status", status), (b"content-length", b"100")],
                                            sid), True)
     rig.settle()
     assert rig.reset_code(sid) is None and rig.closed_with() is None
@@ -225,7 +219,7 @@ def test_a_get_response_shorter_than_its_content_length_is_still_malformed() -> 
     rig = Rig("client")
     rig.control()
     sid = _client_request(rig, b"GET")
-    rig.raw.send_stream_data(sid, _headers([(b":status", b"200"), (b"content-length", b"100")],
+    rig.raw.send_stream_data(sid, request_block([(b":status", b"200"), (b"content-length", b"100")],
                                            sid), True)
     rig.settle()
     assert rig.closed_with() is None
