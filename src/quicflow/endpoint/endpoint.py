@@ -46,6 +46,7 @@ from .moved import ForwardTarget, MovedCids
 from .quiclb import QuicLbConfig, ServerIdLayout
 from .registry import ConnectionRegistry
 from .reset import match_reset
+from .retired import RetiredCids
 from .segments import short_run
 
 #: Fresh CIDs drawn before giving up on one no other connection holds (a collision of
@@ -96,6 +97,8 @@ class EndpointCounters:
     #: packets for a connection in its draining period: it sends nothing and has nothing
     #: to learn (RFC 9000 §10.2.2), e.g. a closing client's CONNECTION_CLOSE repeats
     dropped_draining: int = 0
+    #: packets with a CID the client retired a moment ago (retired.py: no reset)
+    dropped_retired_cid: int = 0
 
     def dropped(self) -> int:
         return (
@@ -109,6 +112,7 @@ class EndpointCounters:
             + self.dropped_not_ours
             + self.dropped_initial_collision
             + self.dropped_draining
+            + self.dropped_retired_cid
         )
 
 
@@ -152,6 +156,9 @@ class Endpoint:
     #: CIDs of connections handed off (captured and released): their packets are
     #: dropped, never answered with a stateless reset the client would accept
     moved: MovedCids = field(default_factory=MovedCids)
+    #: (server) CIDs a client retired a moment ago: their late packets are dropped,
+    #: never answered with a stateless reset (retired.py)
+    retired: RetiredCids = field(default_factory=RetiredCids)
     #: during a same-host handoff: short-header packets with a CID of ours that no
     #: connection here holds (handed off already, or issued by the successor since) are
     #: put here as ``(data, address, ecn)`` for the I/O layer to pass to the successor,
@@ -514,6 +521,9 @@ class Endpoint:
                 return None
             conn = registry.by_cid(cid)
             if conn is None:
+                if self.retired and self.retired.holds(cid, now):
+                    self.counters.dropped_retired_cid += 1  # overtaken by its retirement
+                    return None
                 gone = bool(self.moved) and self.moved.holds(cid, now)
                 target = self.moved.target(cid, now) if gone else None
                 if target is not None:  # moved per connection: forward it there
@@ -705,6 +715,8 @@ class Endpoint:
                     self.counters.cid_collisions += 1
             else:
                 registry.remove_cid(cid, conn)
+                if self.is_server:
+                    self.retired.record(cid, conn._now_hint, conn.pto())
         conn.cid_changes.clear()
 
     def forget(self, conn: Connection) -> None:
@@ -746,6 +758,7 @@ class Endpoint:
             "dropped": c.dropped(),
             "dropped_not_ours": c.dropped_not_ours,
             "dropped_moved": c.dropped_moved,
+            "dropped_retired_cid": c.dropped_retired_cid,
             "handoff_diverted": c.handoff_diverted,
             "forwarded_moved": c.forwarded_moved,
             "forwarded_received": c.forwarded_received,
